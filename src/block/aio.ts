@@ -1,0 +1,129 @@
+import { BlockError, toBlockError } from './errors.js';
+import type { BlockDriverState } from './node.js';
+
+/** Completion callback of an AIO request: null on success. */
+export type CompletionFunc = (error: BlockError | null) => void;
+
+type AcbState = 'idle' | 'queued' | 'running' | 'completing';
+
+/**
+ * An in-flight asynchronous request (QEMU's BlockDriverAIOCB). AIOCBs come from a pool and go
+ * back to it after their callback has run, so a busy device allocates none per request.
+ *
+ * Life cycle: get() -> start(work) -> work runs in a later microtask -> complete() -> the
+ * callback runs in a later microtask -> release to the pool.
+ */
+export class BlockAIOCB {
+  bs: BlockDriverState | null = null;
+  cb: CompletionFunc | null = null;
+  /** Bumped at each reuse: lets tests see that a pool recycles objects. */
+  generation = 0;
+  private state: AcbState = 'idle';
+  private cancelled = false;
+  private finishWaiters: (() => void)[] = [];
+
+  constructor(readonly pool: AIOPool<BlockAIOCB>) {}
+
+  /** True from start() until the callback has run. */
+  get inFlight(): boolean {
+    return this.state !== 'idle';
+  }
+
+  /**
+   * Run `work` as this request's coroutine. It never starts synchronously inside the caller:
+   * QEMU's callers may cancel between submitting and the first bottom half.
+   */
+  start(work: (acb: this) => Promise<void>): this {
+    this.state = 'queued';
+    queueMicrotask(() => {
+      if (this.cancelled) {
+        this.complete(new BlockError('ECANCELED', 'Operation canceled', { op: 'aio' }));
+        return;
+      }
+      this.state = 'running';
+      work(this).then(
+        () => this.complete(null),
+        (e: unknown) => this.complete(toBlockError(e, { op: 'aio' })),
+      );
+    });
+    return this;
+  }
+
+  /** Finish the request: its callback runs in a later microtask, exactly once. */
+  complete(error: BlockError | null): void {
+    if (this.state === 'completing' || this.state === 'idle') return;
+    this.state = 'completing';
+    queueMicrotask(() => {
+      const cb = this.cb;
+      try {
+        cb?.(error);
+      } finally {
+        const waiters = this.finishWaiters;
+        this.finishWaiters = [];
+        this.pool.release(this);
+        for (const w of waiters) w();
+      }
+    });
+  }
+
+  /**
+   * Cancel and wait (bdrv_aio_cancel). A request that has not begun its I/O completes with
+   * ECANCELED; one that has begun runs to its end, since stopping it halfway could leave a
+   * table half-linked. Either way this resolves after the callback has run exactly once.
+   */
+  cancel(): Promise<void> {
+    if (this.state === 'idle') return Promise.resolve();
+    if (this.state === 'queued') this.cancelled = true;
+    return new Promise<void>((resolve) => this.finishWaiters.push(resolve));
+  }
+
+  /** Called by the pool when handing the object out again. */
+  reset(bs: BlockDriverState | null, cb: CompletionFunc | null): void {
+    this.bs = bs;
+    this.cb = cb;
+    this.state = 'idle';
+    this.cancelled = false;
+    this.generation++;
+  }
+}
+
+/**
+ * Free-list allocator of AIOCBs (QEMU's AIOPool). A driver with per-request state subclasses
+ * BlockAIOCB and gives its own factory.
+ */
+export class AIOPool<T extends BlockAIOCB> {
+  private readonly free: T[] = [];
+  /** Objects ever created; stays flat once the pool is warm. */
+  created = 0;
+
+  constructor(private readonly factory: (pool: AIOPool<T>) => T) {}
+
+  get(bs: BlockDriverState | null, cb: CompletionFunc | null): T {
+    let acb = this.free.pop();
+    if (!acb) {
+      acb = this.factory(this);
+      this.created++;
+    }
+    acb.reset(bs, cb);
+    return acb;
+  }
+
+  release(acb: T): void {
+    acb.reset(null, null);
+    this.free.push(acb);
+  }
+
+  get freeCount(): number {
+    return this.free.length;
+  }
+}
+
+/** The pool the registry's adapters use for drivers that only have coroutine hooks. */
+export const genericAioPool = new AIOPool<BlockAIOCB>((pool) => new BlockAIOCB(pool as AIOPool<BlockAIOCB>));
+
+/** Await an AIO request: the promise adapter from callback style to coroutine style. */
+export function aioToPromise(submit: (cb: CompletionFunc) => BlockAIOCB): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    submit((err) => (err ? reject(err) : resolve()));
+  });
+}

@@ -1,0 +1,203 @@
+import type { BlockAIOCB, CompletionFunc } from './aio.js';
+import type { Clock } from './clock.js';
+import type { BlkDebugEvent } from './events.js';
+import type { IOVector } from './iovec.js';
+import type { BlockDriverState } from './node.js';
+import type { BlockDriverRegistry } from './registry.js';
+
+export const BDRV_SECTOR_SIZE = 512;
+export const BDRV_SECTOR_BITS = 9;
+
+export interface WriteFlags {
+  /** Force Unit Access: the write is durable when it completes. */
+  fua?: boolean;
+}
+
+export interface WriteZeroesFlags {
+  /** The range may be deallocated instead of written (BDRV_REQ_MAY_UNMAP). */
+  mayUnmap?: boolean;
+  /** Fail with ENOTSUP rather than fall back to writing a zero buffer (BDRV_REQ_NO_FALLBACK). */
+  noFallback?: boolean;
+}
+
+/**
+ * Block status of a byte range (QEMU's bdrv_co_block_status): what `isAllocated`, `map` and
+ * convert's zero detection are built on.
+ */
+export interface BlockStatus {
+  /** Bytes from the queried offset for which this answer holds; > 0 whenever bytes > 0. */
+  pnum: number;
+  /** This layer determines the content (data or a zero marker): BDRV_BLOCK_ALLOCATED. */
+  allocated: boolean;
+  /** The range has data stored somewhere (BDRV_BLOCK_DATA). */
+  data: boolean;
+  /** The range reads as zeros (BDRV_BLOCK_ZERO). */
+  zero: boolean;
+  /** Host byte offset of the data in `file` (BDRV_BLOCK_OFFSET_VALID). */
+  offset?: number;
+  /** The node that holds the data at `offset`. */
+  file?: BlockDriverState;
+}
+
+/** bdrv_get_info. */
+export interface BlockDriverInfo {
+  clusterSize: number;
+  isDirty: boolean;
+}
+
+/** BdrvCheckResult. */
+export interface CheckResult {
+  corruptions: number;
+  leaks: number;
+  checkErrors: number;
+  corruptionsFixed: number;
+  leaksFixed: number;
+  totalClusters: number;
+  allocatedClusters: number;
+  fragmentedClusters: number;
+  compressedClusters: number;
+  imageEndOffset?: number;
+}
+
+/** What check may repair (BDRV_FIX_LEAKS | BDRV_FIX_ERRORS). */
+export interface CheckFix {
+  leaks?: boolean;
+  errors?: boolean;
+}
+
+export function emptyCheckResult(): CheckResult {
+  return {
+    corruptions: 0,
+    leaks: 0,
+    checkErrors: 0,
+    corruptionsFixed: 0,
+    leaksFixed: 0,
+    totalClusters: 0,
+    allocatedClusters: 0,
+    fragmentedClusters: 0,
+    compressedClusters: 0,
+  };
+}
+
+/** Options of `open` (QEMU's BDRV_O_* flags and friends). */
+export interface OpenOptions {
+  /** Format driver name; probed from the first bytes when absent. */
+  format?: string;
+  /** Open read-only (default: read-write). */
+  readOnly?: boolean;
+  /** Do not open the backing file (BDRV_O_NO_BACKING). */
+  noBacking?: boolean;
+  /** Opened for `check`: the format skips its open-time repair (BDRV_O_CHECK). */
+  check?: boolean;
+  /** Inactive / incoming migration: no metadata writes at open (BDRV_O_INACTIVE). */
+  inactive?: boolean;
+  /** Force the backing file's format instead of what the image records or probing. */
+  backingFormat?: string;
+  /** Ignore flushes (cache=unsafe). */
+  noFlush?: boolean;
+  /** Copy-on-read: reads from the backing file are written into the image (qemu-io -C). */
+  copyOnRead?: boolean;
+  /** Open even if another process has the image locked (-U); accepted for compatibility. */
+  forceShare?: boolean;
+  /** Time source for timers (the QED need-check timer). Defaults to the real clock. */
+  clock?: Clock;
+  /** Driver registry; defaults to the global one with every built-in driver. */
+  registry?: BlockDriverRegistry;
+  /** Driver-specific options (blkdebug's config, for example). */
+  driverOptions?: Record<string, string>;
+  /** How deep in a backing chain this node is opened; the generic layer sets it. */
+  depth?: number;
+}
+
+/** Options of `create` (the -o options of qemu-img create). */
+export interface CreateOptions {
+  /** Virtual size in bytes. */
+  size?: number;
+  backingFile?: string;
+  backingFmt?: string;
+  clusterSize?: number;
+  tableSize?: number;
+  [name: string]: string | number | boolean | undefined;
+}
+
+/** One entry of a driver's create options (what `-o help` lists). */
+export interface CreateOptionSpec {
+  /** QEMU's option name: `size`, `backing_file`, `backing_fmt`, `cluster_size`, `table_size`. */
+  name: string;
+  /** Key in CreateOptions (camelCase). */
+  key: string;
+  type: 'size' | 'string' | 'number' | 'bool';
+  help: string;
+  default?: number | string | boolean;
+}
+
+/** What a driver's create hook gets besides the file name and options. */
+export interface CreateContext {
+  registry: BlockDriverRegistry;
+  /**
+   * Create (or truncate to 0) the protocol-level file `filename` and open it read-write.
+   * The caller closes it.
+   */
+  createFile(filename: string): Promise<BlockDriverState>;
+}
+
+/**
+ * A block driver: a plain object of optional hooks, registered once. A missing hook means
+ * "not supported" (ENOTSUP) and is never stubbed. The generic layer has already checked bounds,
+ * alignment to `requestAlignment`, read-only and closed nodes before any hook runs.
+ *
+ * Offsets and lengths of co* hooks are bytes; aio* hooks take 512-byte sectors, as QEMU's did.
+ * A driver gives either style of read/write; the registry fills in the other.
+ */
+export interface BlockDriver {
+  /** Format name (`qed`, `raw`) or protocol name (`file`, `mem`). */
+  readonly formatName: string;
+  /** A protocol driver claims filenames with this prefix (`mem:disk0`); `file` is the default. */
+  readonly protocolName?: string;
+  /** Protocol drivers open host storage; format drivers open over a protocol child (`bs.file`). */
+  readonly isProtocol?: boolean;
+  /** Filters (blkdebug, blkverify) sit in place of a protocol and wrap another node. */
+  readonly isFilter?: boolean;
+  /** Alignment of requests the driver accepts, bytes; default 512 for formats, 1 for protocols. */
+  readonly requestAlignment?: number;
+  /** The format can have a backing file (create accepts backing_file). */
+  readonly supportsBacking?: boolean;
+  readonly createOptions?: readonly CreateOptionSpec[];
+
+  /** Score 0..100 for the first bytes (up to 2 KiB): raw 1, magic match 100. Pure. */
+  probe?(buf: Uint8Array, filename: string): number;
+  /**
+   * Open `bs`. Protocols use `bs.filename`; formats read through `bs.file`. A format with a
+   * backing file sets `bs.backingFile` (and `bs.backingFormat` when the image records one);
+   * the generic layer opens the backing node after open returns.
+   */
+  open?(bs: BlockDriverState, options: OpenOptions): Promise<void>;
+  close?(bs: BlockDriverState): Promise<void>;
+  create?(filename: string, options: CreateOptions, ctx: CreateContext): Promise<void>;
+
+  coPreadv?(bs: BlockDriverState, offset: number, bytes: number, qiov: IOVector): Promise<void>;
+  coPwritev?(bs: BlockDriverState, offset: number, bytes: number, qiov: IOVector, flags: WriteFlags): Promise<void>;
+  aioReadv?(bs: BlockDriverState, sectorNum: number, qiov: IOVector, nbSectors: number, cb: CompletionFunc): BlockAIOCB;
+  aioWritev?(bs: BlockDriverState, sectorNum: number, qiov: IOVector, nbSectors: number, cb: CompletionFunc): BlockAIOCB;
+  coFlush?(bs: BlockDriverState): Promise<void>;
+
+  /** Block status of [offset, offset+bytes); `pnum` may be shorter than `bytes`. */
+  coBlockStatus?(bs: BlockDriverState, offset: number, bytes: number): Promise<BlockStatus>;
+  /** bdrv_co_is_allocated in bytes; derived from coBlockStatus when absent. */
+  coIsAllocated?(bs: BlockDriverState, offset: number, bytes: number): Promise<{ allocated: boolean; pnum: number }>;
+  /** Native zeroing; reject with ENOTSUP to make the generic layer write a zero buffer instead. */
+  coWriteZeroes?(bs: BlockDriverState, offset: number, bytes: number, flags: WriteZeroesFlags): Promise<void>;
+  coDiscard?(bs: BlockDriverState, offset: number, bytes: number): Promise<void>;
+
+  truncate?(bs: BlockDriverState, size: number): Promise<void>;
+  getLength?(bs: BlockDriverState): number | Promise<number>;
+  /** Bytes the image occupies on the host (qemu-img info's disk size). */
+  getAllocatedFileSize?(bs: BlockDriverState): Promise<number>;
+  getInfo?(bs: BlockDriverState): Promise<BlockDriverInfo>;
+  changeBackingFile?(bs: BlockDriverState, backingFile: string | null, backingFmt: string | null): Promise<void>;
+  invalidateCache?(bs: BlockDriverState): Promise<void>;
+  check?(bs: BlockDriverState, fix: CheckFix): Promise<CheckResult>;
+  makeEmpty?(bs: BlockDriverState): Promise<void>;
+  /** A debug event announced on this node (blkdebug acts on it; may wait at a breakpoint). */
+  debugEvent?(bs: BlockDriverState, event: BlkDebugEvent): Promise<void>;
+}

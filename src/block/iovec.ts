@@ -1,0 +1,140 @@
+/**
+ * Scatter/gather vector over Uint8Arrays (QEMU's QEMUIOVector). Slices share memory with the
+ * parent vector, so a driver can hand the part of a request that falls in one cluster to the
+ * layer below without copying.
+ */
+export class IOVector {
+  readonly iov: Uint8Array[];
+  private _size: number;
+
+  constructor(iov: Uint8Array[] = []) {
+    this.iov = iov.filter((b) => b.length > 0);
+    this._size = this.iov.reduce((n, b) => n + b.length, 0);
+  }
+
+  static from(buf: Uint8Array): IOVector {
+    return new IOVector([buf]);
+  }
+
+  static alloc(size: number): IOVector {
+    return new IOVector([new Uint8Array(size)]);
+  }
+
+  get size(): number {
+    return this._size;
+  }
+
+  get niov(): number {
+    return this.iov.length;
+  }
+
+  /** Append a buffer (qemu_iovec_add). */
+  add(buf: Uint8Array): this {
+    if (buf.length > 0) {
+      this.iov.push(buf);
+      this._size += buf.length;
+    }
+    return this;
+  }
+
+  /** Append vectors' buffers, sharing memory (qemu_iovec_concat). */
+  static concat(...vectors: IOVector[]): IOVector {
+    return new IOVector(vectors.flatMap((v) => v.iov));
+  }
+
+  /** A view of `len` bytes starting at `offset`, sharing memory (qemu_iovec_copy of old QEMU). */
+  slice(offset: number, len: number = this._size - offset): IOVector {
+    checkRange(offset, len, this._size);
+    const out: Uint8Array[] = [];
+    let skip = offset;
+    let left = len;
+    for (const buf of this.iov) {
+      if (left === 0) break;
+      if (skip >= buf.length) {
+        skip -= buf.length;
+        continue;
+      }
+      const take = Math.min(buf.length - skip, left);
+      out.push(buf.subarray(skip, skip + take));
+      skip = 0;
+      left -= take;
+    }
+    return new IOVector(out);
+  }
+
+  /** Copy bytes from `src` into the vector at `offset` (qemu_iovec_from_buf). */
+  copyFrom(src: Uint8Array, offset = 0): void {
+    checkRange(offset, src.length, this._size);
+    let pos = 0;
+    this.forEachSegment(offset, src.length, (seg) => {
+      seg.set(src.subarray(pos, pos + seg.length));
+      pos += seg.length;
+    });
+  }
+
+  /** Copy `len` bytes at `offset` out into `dst` (qemu_iovec_to_buf). */
+  copyTo(dst: Uint8Array, offset = 0, len = Math.min(dst.length, this._size - offset)): void {
+    checkRange(offset, len, this._size);
+    let pos = 0;
+    this.forEachSegment(offset, len, (seg) => {
+      dst.set(seg, pos);
+      pos += seg.length;
+    });
+  }
+
+  /** Fill `len` bytes at `offset` with `byte` (qemu_iovec_memset). */
+  memset(offset: number, byte: number, len: number = this._size - offset): void {
+    checkRange(offset, len, this._size);
+    this.forEachSegment(offset, len, (seg) => seg.fill(byte));
+  }
+
+  /** The vector's bytes in one fresh buffer. */
+  toBuffer(): Uint8Array {
+    if (this.iov.length === 1) return this.iov[0].slice();
+    const out = new Uint8Array(this._size);
+    this.copyTo(out, 0, this._size);
+    return out;
+  }
+
+  /**
+   * Offset of the first byte that differs from `other` (qemu_iovec_compare), or -1 when the
+   * first min(size) bytes are equal.
+   */
+  compare(other: IOVector | Uint8Array): number {
+    const a = this.toBuffer();
+    const b = other instanceof IOVector ? other.toBuffer() : other;
+    const n = Math.min(a.length, b.length);
+    for (let i = 0; i < n; i++) if (a[i] !== b[i]) return i;
+    return -1;
+  }
+
+  /** True when every byte is zero (used for copy-on-read and convert's zero detection). */
+  isZero(): boolean {
+    for (const buf of this.iov) {
+      for (let i = 0; i < buf.length; i++) if (buf[i] !== 0) return false;
+    }
+    return true;
+  }
+
+  private forEachSegment(offset: number, len: number, fn: (seg: Uint8Array) => void): void {
+    let skip = offset;
+    let left = len;
+    for (const buf of this.iov) {
+      if (left === 0) return;
+      if (skip >= buf.length) {
+        skip -= buf.length;
+        continue;
+      }
+      const take = Math.min(buf.length - skip, left);
+      fn(buf.subarray(skip, skip + take));
+      skip = 0;
+      left -= take;
+    }
+  }
+}
+
+function checkRange(offset: number, len: number, size: number): void {
+  if (!Number.isInteger(offset) || !Number.isInteger(len) || offset < 0 || len < 0 || offset + len > size) {
+    throw new RangeError(`IOVector range ${offset}+${len} outside 0..${size}`);
+  }
+}
