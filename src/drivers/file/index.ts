@@ -1,0 +1,1 @@
+export { fileDriver, fileStripPrefix } from './file.js';

@@ -1,0 +1,1 @@
+export { RAW_PROBE_GUARD_BYTES, rawDriver } from './raw.js';

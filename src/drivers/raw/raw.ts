@@ -1,0 +1,214 @@
+/**
+ * The `raw` format: guest bytes are the protocol's bytes, at the same offsets (QEMU's raw /
+ * raw-format). Everything passes through to `bs.file`. No node: imports.
+ */
+import { CoMutex } from '../../block/coroutine.js';
+import {
+  BDRV_SECTOR_SIZE,
+  type BlockDriver,
+  type BlockDriverInfo,
+  type BlockStatus,
+  type CreateContext,
+  type CreateOptions,
+  type OpenOptions,
+  type WriteFlags,
+  type WriteZeroesFlags,
+} from '../../block/driver.js';
+import { BlockError } from '../../block/errors.js';
+import type { IOVector } from '../../block/iovec.js';
+import type { BlockDriverState } from '../../block/node.js';
+import { BLOCK_PROBE_BUF_SIZE, getDefaultRegistry, type BlockDriverRegistry } from '../../block/registry.js';
+
+interface RawState {
+  /**
+   * Opened by probing, not by an explicit format. Then a guest could write another format's
+   * header into the first bytes and be reopened as that format (e.g. a QED header naming a host
+   * file as backing file): such writes are refused.
+   */
+  probed: boolean;
+  registry: BlockDriverRegistry | null;
+  /** Serialises guarded head writes, so two of them cannot both pass the check on old bytes. */
+  headLock: CoMutex;
+}
+
+/** The bytes a prober reads: every write touching them is checked on a probed image. */
+export const RAW_PROBE_GUARD_BYTES = BLOCK_PROBE_BUF_SIZE;
+
+function state(bs: BlockDriverState): RawState {
+  const s = bs.opaque as RawState | null | undefined;
+  if (s === null || s === undefined) {
+    throw new BlockError('EBADF', `'${bs.filename}' is not open`, { op: 'raw', path: bs.filename });
+  }
+  return s;
+}
+
+function child(bs: BlockDriverState): BlockDriverState {
+  const f = bs.file;
+  if (f === null) throw new BlockError('EBADF', `raw node '${bs.filename}' has no file child`, { op: 'raw', path: bs.filename });
+  return f;
+}
+
+/** Any bytes can be a raw image, so raw answers weakly and any real format wins. */
+function rawProbe(_buf: Uint8Array, _filename: string): number {
+  return 1;
+}
+
+async function rawOpen(bs: BlockDriverState, options: OpenOptions): Promise<void> {
+  child(bs);
+  const probed = options.format === undefined;
+  bs.opaque = {
+    probed,
+    registry: probed ? (options.registry ?? getDefaultRegistry()) : null,
+    headLock: new CoMutex(),
+  } satisfies RawState;
+}
+
+async function rawClose(bs: BlockDriverState): Promise<void> {
+  bs.opaque = null;
+}
+
+async function rawCreate(filename: string, options: CreateOptions, ctx: CreateContext): Promise<void> {
+  const size = options.size ?? 0;
+  if (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 0) {
+    throw new BlockError('EINVAL', 'Invalid image size specified', { op: 'create', path: filename });
+  }
+  // Like QEMU's file creation: whole sectors, made sparse by a truncate (nothing is written).
+  const rounded = Math.ceil(size / BDRV_SECTOR_SIZE) * BDRV_SECTOR_SIZE;
+  const file = await ctx.createFile(filename);
+  try {
+    await file.truncate(rounded);
+  } finally {
+    await file.close();
+  }
+}
+
+/**
+ * On a probed image, refuse a write into the probed head bytes when the head it leaves behind
+ * would be claimed by another format. `src` null means zeroes.
+ */
+async function rawCheckHeadWrite(
+  bs: BlockDriverState,
+  s: RawState,
+  offset: number,
+  bytes: number,
+  src: IOVector | null,
+): Promise<void> {
+  const registry = s.registry;
+  if (registry === null) return;
+  const file = child(bs);
+  const curLen = Math.min(await file.getLength(), RAW_PROBE_GUARD_BYTES);
+  const newLen = Math.min(RAW_PROBE_GUARD_BYTES, Math.max(curLen, offset + bytes));
+  const head = new Uint8Array(newLen);
+  if (curLen > 0) await file.pread(0, head.subarray(0, curLen));
+  const n = Math.min(newLen - offset, bytes);
+  if (src !== null) src.copyTo(head.subarray(offset, offset + n), 0, n);
+  else head.fill(0, offset, offset + n);
+  for (const drv of registry.list()) {
+    if (drv === bs.driver || drv.formatName === 'raw' || drv.probe === undefined || drv.isProtocol === true) continue;
+    if (drv.probe(head, bs.filename) > 0) {
+      throw new BlockError(
+        'EPERM',
+        `Write to the first bytes of '${bs.filename}' refused: the image was probed as raw and would now look like ${drv.formatName} (specify the raw format explicitly to allow it)`,
+        { op: 'write', offset, path: bs.filename },
+      );
+    }
+  }
+}
+
+/** Run `write` after the probe guard when it touches the head of a probed image. */
+async function rawGuardedWrite(
+  bs: BlockDriverState,
+  offset: number,
+  bytes: number,
+  src: IOVector | null,
+  write: () => Promise<void>,
+): Promise<void> {
+  const s = state(bs);
+  if (!s.probed || offset >= RAW_PROBE_GUARD_BYTES || bytes === 0) return write();
+  return s.headLock.run(async () => {
+    await rawCheckHeadWrite(bs, s, offset, bytes, src);
+    await write();
+  });
+}
+
+async function rawCoPreadv(bs: BlockDriverState, offset: number, _bytes: number, qiov: IOVector): Promise<void> {
+  await child(bs).preadv(offset, qiov);
+}
+
+async function rawCoPwritev(
+  bs: BlockDriverState,
+  offset: number,
+  bytes: number,
+  qiov: IOVector,
+  flags: WriteFlags,
+): Promise<void> {
+  const file = child(bs);
+  await rawGuardedWrite(bs, offset, bytes, qiov, () => file.pwritev(offset, qiov, flags));
+}
+
+/** Zeroing goes to the protocol, which zeroes natively (mem) or falls back to a zero buffer. */
+async function rawCoWriteZeroes(
+  bs: BlockDriverState,
+  offset: number,
+  bytes: number,
+  flags: WriteZeroesFlags,
+): Promise<void> {
+  const file = child(bs);
+  await rawGuardedWrite(bs, offset, bytes, null, () => file.writeZeroes(offset, bytes, flags));
+}
+
+async function rawCoDiscard(bs: BlockDriverState, offset: number, bytes: number): Promise<void> {
+  await child(bs).discard(offset, bytes);
+}
+
+async function rawCoFlush(bs: BlockDriverState): Promise<void> {
+  await child(bs).flush();
+}
+
+/** Raw has no metadata: the protocol's answer at the same offset is the answer. */
+async function rawCoBlockStatus(bs: BlockDriverState, offset: number, bytes: number): Promise<BlockStatus> {
+  const file = child(bs);
+  const st = await file.blockStatus(offset, bytes);
+  return { pnum: st.pnum, allocated: true, data: st.data, zero: st.zero, offset, file };
+}
+
+async function rawTruncate(bs: BlockDriverState, size: number): Promise<void> {
+  await child(bs).truncate(size);
+}
+
+async function rawGetLength(bs: BlockDriverState): Promise<number> {
+  return child(bs).getLength();
+}
+
+async function rawGetInfo(_bs: BlockDriverState): Promise<BlockDriverInfo> {
+  return { clusterSize: 0, isDirty: false };
+}
+
+async function rawGetAllocatedFileSize(bs: BlockDriverState): Promise<number> {
+  return child(bs).getAllocatedFileSize();
+}
+
+async function rawInvalidateCache(bs: BlockDriverState): Promise<void> {
+  await child(bs).invalidateCache();
+}
+
+export const rawDriver: BlockDriver = {
+  formatName: 'raw',
+  requestAlignment: 1,
+  createOptions: [{ name: 'size', key: 'size', type: 'size', help: 'Virtual disk size' }],
+  probe: rawProbe,
+  open: rawOpen,
+  close: rawClose,
+  create: rawCreate,
+  coPreadv: rawCoPreadv,
+  coPwritev: rawCoPwritev,
+  coWriteZeroes: rawCoWriteZeroes,
+  coDiscard: rawCoDiscard,
+  coFlush: rawCoFlush,
+  coBlockStatus: rawCoBlockStatus,
+  truncate: rawTruncate,
+  getLength: rawGetLength,
+  getInfo: rawGetInfo,
+  getAllocatedFileSize: rawGetAllocatedFileSize,
+  invalidateCache: rawInvalidateCache,
+};
