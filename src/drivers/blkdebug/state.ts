@@ -101,14 +101,20 @@ export class BlkdebugState {
       }
     }
     this.state = newState;
-    for (const tag of suspendTags) await this.suspend(tag);
+    // Every hit breakpoint is registered before the request parks, so that remove_break or
+    // resume can find all of them (QEMU queues them while processing and yields afterwards).
+    const parked = suspendTags.map((tag) => this.suspend(tag));
+    for (const p of parked) await p;
   }
 
   private suspend(tag: string): Promise<void> {
-    return new Promise<void>((resolve) => {
-      this.suspended.unshift({ tag, wake: resolve });
-      messageSink?.(`blkdebug: Suspended request '${tag}'`);
+    let wake: () => void = () => undefined;
+    const p = new Promise<void>((resolve) => {
+      wake = resolve;
     });
+    this.suspended.unshift({ tag, wake });
+    messageSink?.(`blkdebug: Suspended request '${tag}'`);
+    return p;
   }
 
   /**
