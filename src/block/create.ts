@@ -1,0 +1,141 @@
+import type { BlockDriver, CreateContext, CreateOptions, CreateOptionSpec } from './driver.js';
+import { BlockError, toBlockError } from './errors.js';
+import { BlockDriverState } from './node.js';
+import { combineBackingPath } from './path.js';
+import { getDefaultRegistry, type BlockDriverRegistry } from './registry.js';
+
+export interface BdrvCreateParams {
+  /** Format driver name ('qed', 'raw', or a protocol such as 'file'). */
+  format: string;
+  /** The -o options, by camelCase key or QEMU's name (`backing_file`). */
+  options?: CreateOptions;
+  /** Do not open the backing file (qemu-img create -u): a size must then be given. */
+  unsafe?: boolean;
+  registry?: BlockDriverRegistry;
+}
+
+/** Every driver takes a size, listed or not (QEMU's BLOCK_OPT_SIZE). */
+const SIZE_SPEC: CreateOptionSpec = { name: 'size', key: 'size', type: 'size', help: 'Virtual disk size' };
+
+function optionSpecs(drv: BlockDriver): readonly CreateOptionSpec[] {
+  const specs = drv.createOptions ?? [];
+  return specs.some((s) => s.key === 'size') ? specs : [SIZE_SPEC, ...specs];
+}
+
+/**
+ * Check the options against the driver's list (unknown names are refused before anything is
+ * created) and return them keyed by their camelCase keys.
+ */
+export function validateCreateOptions(drv: BlockDriver, options: CreateOptions): CreateOptions {
+  const specs = optionSpecs(drv);
+  const out: CreateOptions = {};
+  for (const [name, value] of Object.entries(options)) {
+    if (value === undefined) continue;
+    const spec = specs.find((s) => s.key === name || s.name === name);
+    if (!spec) throw new BlockError('EINVAL', `Invalid parameter '${name}'`, { op: 'create' });
+    let ok: boolean;
+    switch (spec.type) {
+      case 'size':
+      case 'number':
+        ok = typeof value === 'number' && Number.isSafeInteger(value) && value >= 0;
+        break;
+      case 'string':
+        ok = typeof value === 'string';
+        break;
+      case 'bool':
+        ok = typeof value === 'boolean';
+        break;
+    }
+    if (!ok) {
+      throw new BlockError('EINVAL', `Parameter '${spec.name}' expects ${spec.type === 'bool' ? 'a boolean' : `a ${spec.type}`}`, {
+        op: 'create',
+      });
+    }
+    out[spec.key] = value;
+  }
+  return out;
+}
+
+/** CreateContext for drivers: how a format gets its protocol-level file. */
+export function makeCreateContext(registry: BlockDriverRegistry): CreateContext {
+  return {
+    registry,
+    async createFile(filename: string): Promise<BlockDriverState> {
+      const proto = registry.findProtocol(filename);
+      if (!proto.create) {
+        throw new BlockError('ENOTSUP', `Protocol driver '${proto.formatName}' does not support image creation`, {
+          op: 'create',
+          path: filename,
+        });
+      }
+      await proto.create(filename, { size: 0 }, this);
+      return BlockDriverState.open(filename, { format: proto.formatName, registry });
+    },
+  };
+}
+
+/**
+ * Create an image (bdrv_img_create): validate the options, take the size from the backing file
+ * when none is given, check that the backing file opens (unless unsafe), then let the format's
+ * create hook write the image.
+ */
+export async function bdrvCreate(filename: string, params: BdrvCreateParams): Promise<void> {
+  const registry = params.registry ?? getDefaultRegistry();
+  if (typeof filename !== 'string' || filename === '') {
+    throw new BlockError('EINVAL', 'An image file name is required', { op: 'create' });
+  }
+  const drv = registry.find(params.format);
+  if (!drv) throw new BlockError('EINVAL', `Unknown file format '${params.format}'`, { op: 'create' });
+  if (!drv.create) {
+    throw new BlockError('ENOTSUP', `Format driver '${drv.formatName}' does not support image creation`, {
+      op: 'create',
+      path: filename,
+    });
+  }
+  const options = validateCreateOptions(drv, params.options ?? {});
+
+  const backingFile = typeof options.backingFile === 'string' ? options.backingFile : '';
+  const backingFmt = typeof options.backingFmt === 'string' ? options.backingFmt : undefined;
+  if (backingFmt !== undefined && !registry.find(backingFmt)) {
+    throw new BlockError('EINVAL', `Unknown backing file format '${backingFmt}'`, { op: 'create' });
+  }
+  if (backingFile !== '' && !drv.supportsBacking) {
+    throw new BlockError('ENOTSUP', `Format '${drv.formatName}' does not support backing files`, {
+      op: 'create',
+      path: filename,
+    });
+  }
+
+  if (backingFile !== '' && !params.unsafe) {
+    // As QEMU does, the backing file must open before anything is created; its size is the
+    // default image size.
+    const full = combineBackingPath(filename, backingFile);
+    let backing: BlockDriverState;
+    try {
+      backing = await BlockDriverState.open(full, { format: backingFmt, readOnly: true, noBacking: true, registry });
+    } catch (e) {
+      const err = toBlockError(e, { op: 'create', path: full });
+      throw new BlockError(err.code, `Could not open backing image: ${err.message}`, {
+        op: 'create',
+        path: full,
+        cause: err,
+      });
+    }
+    try {
+      if (options.size === undefined) options.size = await backing.getLength();
+    } finally {
+      await backing.close();
+    }
+  }
+  if (options.size === undefined) {
+    throw new BlockError(
+      'EINVAL',
+      backingFile !== ''
+        ? 'The image size must be specified when the backing file is not opened (unsafe)'
+        : 'The image size must be specified',
+      { op: 'create', path: filename },
+    );
+  }
+
+  await drv.create(filename, options, makeCreateContext(registry));
+}

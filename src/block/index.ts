@@ -1,0 +1,12 @@
+export * from './errors.js';
+export * from './iovec.js';
+export * from './clock.js';
+export * from './coroutine.js';
+export * from './events.js';
+export * from './aio.js';
+export * from './driver.js';
+export * from './registry.js';
+export * from './node.js';
+export * from './create.js';
+export { combineBackingPath, protocolPrefix, canonicalImageName } from './path.js';
+export * as blockPath from './path.js';

@@ -1,0 +1,991 @@
+import { BlockAIOCB, genericAioPool, type CompletionFunc } from './aio.js';
+import { realClock, type Clock } from './clock.js';
+import { CoQueue } from './coroutine.js';
+import {
+  BDRV_SECTOR_SIZE,
+  type BlockDriver,
+  type BlockDriverInfo,
+  type BlockStatus,
+  type CheckFix,
+  type CheckResult,
+  type OpenOptions,
+  type WriteFlags,
+  type WriteZeroesFlags,
+} from './driver.js';
+import { BlockError, isBlockError, toBlockError } from './errors.js';
+import { BlockEventEmitter, type BlkDebugEvent } from './events.js';
+import { IOVector } from './iovec.js';
+import { canonicalImageName, combineBackingPath } from './path.js';
+import { BLOCK_PROBE_BUF_SIZE, BlockDriverRegistry, driverIO, getDefaultRegistry } from './registry.js';
+
+/** Longest backing chain we open below a top image (crosvm-style hard limit). */
+export const MAX_BACKING_DEPTH = 16;
+
+/** Largest zero buffer the writeZeroes fallback writes at once. */
+const WRITE_ZEROES_CHUNK = 1 << 20;
+
+/** An in-flight request on the overlap list (QEMU's BdrvTrackedRequest). */
+interface TrackedRequest {
+  /** Range rounded out to the node's request alignment. */
+  start: number;
+  end: number;
+  /** A read-modify-write (or copy-on-read) that nothing overlapping may run beside. */
+  serialising: boolean;
+  /** Woken when the request ends. */
+  waiters: CoQueue;
+}
+
+/** Errors from opening a backing file, already prefixed, so outer levels do not prefix again. */
+const backingErrors = new WeakSet<BlockError>();
+
+function invalidNumber(n: unknown): boolean {
+  return typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0;
+}
+
+function roundDown(n: number, align: number): number {
+  return n - (n % align);
+}
+
+function roundUp(n: number, align: number): number {
+  const r = n % align;
+  return r === 0 ? n : n + (align - r);
+}
+
+/**
+ * One node of an image graph (QEMU's BlockDriverState): a driver instance plus the generic
+ * request machinery. Every request is checked here, once, before a driver hook runs.
+ */
+export class BlockDriverState {
+  readonly driver: BlockDriver;
+  /** The name the node was opened with (full filename, filter prefixes included). */
+  filename: string;
+  /** Driver state. */
+  opaque: unknown = null;
+  /** Protocol child of a format node (or the image child of a filter). */
+  file: BlockDriverState | null = null;
+  /** The opened backing node (read-only). */
+  backing: BlockDriverState | null = null;
+  /** Backing file name as recorded in the image, '' if none. */
+  backingFile = '';
+  /** Backing format recorded in the image, '' if none. */
+  backingFormat = '';
+  /** backingFile resolved against the image's directory. */
+  fullBackingFilename = '';
+  readOnly: boolean;
+  readonly openOptions: OpenOptions;
+  readonly clock: Clock;
+  readonly events = new BlockEventEmitter();
+  readonly requestAlignment: number;
+  readonly depth: number;
+  readonly registry: BlockDriverRegistry;
+
+  private closing: Promise<void> | null = null;
+  private opened = false;
+  /** Every request in flight, overlapping or not: close() waits for this to drain. */
+  private inFlight = 0;
+  private readonly drained = new CoQueue();
+  private readonly tracked = new Set<TrackedRequest>();
+
+  /**
+   * A bare node; `open` is the normal way to get one. Drivers that build nodes by hand call
+   * `driverOpen` afterwards.
+   */
+  constructor(driver: BlockDriver, filename: string, options: OpenOptions = {}) {
+    this.driver = driver;
+    this.filename = filename;
+    this.openOptions = options;
+    this.readOnly = options.readOnly ?? false;
+    this.clock = options.clock ?? realClock;
+    this.depth = options.depth ?? 0;
+    this.registry = options.registry ?? getDefaultRegistry();
+    const align = driver.requestAlignment ?? (driver.isProtocol || driver.isFilter ? 1 : BDRV_SECTOR_SIZE);
+    if (!Number.isSafeInteger(align) || align < 1) {
+      throw new BlockError('EINVAL', `Driver '${driver.formatName}' has an invalid request alignment ${align}`);
+    }
+    this.requestAlignment = align;
+  }
+
+  /** True from a successful open until close() begins. */
+  get isOpen(): boolean {
+    return this.opened && this.closing === null;
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Opening
+
+  /**
+   * Open an image: the protocol (or filter) node for `filename`, then the format node over it
+   * (given or probed), then, unless noBacking, its backing chain read-only.
+   */
+  static async open(filename: string, options: OpenOptions = {}): Promise<BlockDriverState> {
+    return BlockDriverState.openChain(filename, options, []);
+  }
+
+  private static async openChain(filename: string, options: OpenOptions, chain: string[]): Promise<BlockDriverState> {
+    if (typeof filename !== 'string' || filename === '') {
+      throw new BlockError('EINVAL', 'An image file name is required', { op: 'open' });
+    }
+    const registry = options.registry ?? getDefaultRegistry();
+    const opts: OpenOptions = { ...options, registry, depth: options.depth ?? 0 };
+    const requested = opts.format === undefined ? undefined : registry.require(opts.format);
+
+    // Asking for a protocol or filter as the format opens that node alone (-f file, -f mem).
+    if (requested && (requested.isProtocol || requested.isFilter)) {
+      return BlockDriverState.openNode(requested, filename, opts);
+    }
+
+    const protoDrv = registry.findProtocol(filename);
+    const proto = await BlockDriverState.openNode(protoDrv, filename, opts);
+    let bs: BlockDriverState | null = null;
+    try {
+      let fmtDrv = requested;
+      if (!fmtDrv) {
+        const len = await proto.getLength();
+        const buf = new Uint8Array(Math.min(BLOCK_PROBE_BUF_SIZE, len));
+        if (buf.length > 0) await proto.pread(0, buf);
+        fmtDrv = registry.probe(buf, filename);
+      }
+      bs = new BlockDriverState(fmtDrv, filename, opts);
+      bs.file = proto;
+      await bs.driverOpen();
+      if (!opts.noBacking && bs.backingFile !== '') {
+        await bs.openBacking([...chain, canonicalImageName(filename)]);
+      }
+      return bs;
+    } catch (e) {
+      // Nothing half-open survives a failed open.
+      if (bs?.opened) await bs.close().catch(() => undefined);
+      else await proto.close().catch(() => undefined);
+      throw e;
+    }
+  }
+
+  private static async openNode(drv: BlockDriver, filename: string, opts: OpenOptions): Promise<BlockDriverState> {
+    const bs = new BlockDriverState(drv, filename, opts);
+    await bs.driverOpen();
+    return bs;
+  }
+
+  /** Run the driver's open hook and mark the node open. */
+  async driverOpen(): Promise<void> {
+    if (this.opened) throw new BlockError('EINVAL', `Node '${this.filename}' is already open`, { op: 'open' });
+    try {
+      await this.driver.open?.(this, this.openOptions);
+    } catch (e) {
+      // The driver's open failed: the children it got from us are ours to close.
+      await this.closeChildren().catch(() => undefined);
+      throw toBlockError(e, { op: 'open', path: this.filename });
+    }
+    this.opened = true;
+  }
+
+  /** The filename the image really lives under: the innermost child's (through filters). */
+  private storageFilename(): string {
+    let n: BlockDriverState = this;
+    while (n.file) n = n.file;
+    return n.filename;
+  }
+
+  private async openBacking(chain: string[]): Promise<void> {
+    const full = combineBackingPath(this.storageFilename(), this.backingFile);
+    this.fullBackingFilename = full;
+    const depth = this.depth + 1;
+    const canon = canonicalImageName(full);
+    if (chain.includes(canon)) {
+      throw new BlockError(
+        'ELOOP',
+        `Backing file chain has a cycle: ${[...chain, canon].join(' -> ')}`,
+        { op: 'open', path: full },
+      );
+    }
+    if (depth > MAX_BACKING_DEPTH) {
+      throw new BlockError(
+        'ELOOP',
+        `Backing file chain is too deep (more than ${MAX_BACKING_DEPTH} levels): ${[...chain, canon].join(' -> ')}`,
+        { op: 'open', path: full },
+      );
+    }
+    const format = this.openOptions.backingFormat ?? (this.backingFormat === '' ? undefined : this.backingFormat);
+    try {
+      this.backing = await BlockDriverState.openChain(
+        full,
+        {
+          format,
+          readOnly: true,
+          registry: this.registry,
+          clock: this.clock,
+          depth,
+          noFlush: this.openOptions.noFlush,
+          forceShare: this.openOptions.forceShare,
+          inactive: this.openOptions.inactive,
+        },
+        chain,
+      );
+    } catch (e) {
+      const err = toBlockError(e, { op: 'open', path: full });
+      if (backingErrors.has(err)) throw err;
+      let inner = err.message;
+      if (err.code === 'ENOENT' && !inner.startsWith('Could not open')) {
+        inner = `Could not open '${full}': ${err.errnoMessage}`;
+      }
+      const wrapped = new BlockError(err.code, `Could not open backing file: ${inner}`, {
+        op: 'open',
+        path: full,
+        cause: err,
+      });
+      backingErrors.add(wrapped);
+      throw wrapped;
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Checks and request tracking (all in one place)
+
+  private checkOpen(op: string): void {
+    if (!this.isOpen) {
+      throw new BlockError('EBADF', `${op}: node '${this.filename}' is closed`, { op, path: this.filename });
+    }
+  }
+
+  private checkArgs(op: string, offset: number, bytes: number): void {
+    if (invalidNumber(offset) || invalidNumber(bytes) || offset + bytes > Number.MAX_SAFE_INTEGER) {
+      throw new BlockError('EINVAL', `${op}: invalid request offset ${offset} length ${bytes}`, {
+        op,
+        offset: typeof offset === 'number' ? offset : undefined,
+        path: this.filename,
+      });
+    }
+  }
+
+  private checkWritable(op: string): void {
+    if (this.readOnly) {
+      throw new BlockError('EACCES', `${op}: node '${this.filename}' is read-only`, { op, path: this.filename });
+    }
+  }
+
+  private async checkBounds(op: string, offset: number, bytes: number): Promise<number> {
+    const len = await this.lengthUnchecked();
+    if (offset + bytes > len) {
+      throw new BlockError('EIO', `${op}: request ${offset}+${bytes} is past the end of the image (${len} bytes)`, {
+        op,
+        offset,
+        path: this.filename,
+      });
+    }
+    return len;
+  }
+
+  /** Count a request as in flight for close(); `fn` starts only if the node is open. */
+  private async inflight<T>(op: string, fn: () => Promise<T>): Promise<T> {
+    this.checkOpen(op);
+    this.inFlight++;
+    try {
+      return await fn();
+    } finally {
+      this.endInFlight();
+    }
+  }
+
+  private endInFlight(): void {
+    this.inFlight--;
+    if (this.inFlight === 0) this.drained.restartAll();
+  }
+
+  /**
+   * Wait until no conflicting request overlaps [start, end), then enter the overlap list. A
+   * serialising request conflicts with every overlapping one; any request conflicts with an
+   * overlapping serialising one. The final scan and the insertion happen without an await
+   * between them, and a waiting request holds nothing, so there is no deadlock.
+   */
+  private async trackBegin(start: number, end: number, serialising: boolean): Promise<TrackedRequest> {
+    for (;;) {
+      let conflict: TrackedRequest | undefined;
+      for (const r of this.tracked) {
+        if (r.start < end && start < r.end && (serialising || r.serialising)) {
+          conflict = r;
+          break;
+        }
+      }
+      if (!conflict) break;
+      await conflict.waiters.wait();
+    }
+    const req: TrackedRequest = { start, end, serialising, waiters: new CoQueue() };
+    this.tracked.add(req);
+    return req;
+  }
+
+  private trackEnd(req: TrackedRequest): void {
+    this.tracked.delete(req);
+    req.waiters.restartAll();
+  }
+
+  private async withTracked<T>(
+    offset: number,
+    bytes: number,
+    serialising: boolean,
+    fn: () => Promise<T>,
+  ): Promise<T> {
+    const align = this.requestAlignment;
+    const req = await this.trackBegin(roundDown(offset, align), roundUp(offset + bytes, align), serialising);
+    try {
+      return await fn();
+    } finally {
+      this.trackEnd(req);
+    }
+  }
+
+  private hasConflict(start: number, end: number): boolean {
+    for (const r of this.tracked) if (r.start < end && start < r.end) return true;
+    return false;
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Driver dispatch (aligned requests only)
+
+  private async driverPreadv(offset: number, bytes: number, qiov: IOVector): Promise<void> {
+    const fn = driverIO(this.driver).coPreadv;
+    if (!fn) throw this.notSupported('read');
+    await fn(this, offset, bytes, qiov);
+  }
+
+  private async driverPwritev(offset: number, bytes: number, qiov: IOVector, flags: WriteFlags): Promise<void> {
+    const fn = driverIO(this.driver).coPwritev;
+    if (!fn) throw this.notSupported('write');
+    await fn(this, offset, bytes, qiov, flags);
+  }
+
+  private notSupported(op: string): BlockError {
+    return new BlockError('ENOTSUP', `${op}: driver '${this.driver.formatName}' does not support this operation`, {
+      op,
+      path: this.filename,
+    });
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Reads
+
+  async pread(offset: number, buf: Uint8Array): Promise<void> {
+    await this.preadv(offset, IOVector.from(buf));
+  }
+
+  async preadv(offset: number, qiov: IOVector): Promise<void> {
+    const bytes = qiov.size;
+    this.checkArgs('read', offset, bytes);
+    await this.inflight('read', async () => {
+      const len = await this.checkBounds('read', offset, bytes);
+      if (bytes === 0) return;
+      const cor = this.openOptions.copyOnRead === true && !this.readOnly;
+      await this.withTracked(offset, bytes, cor, async () => {
+        if (cor) await this.copyOnReadv(offset, qiov, len);
+        else await this.alignedPreadv(offset, qiov, len);
+      });
+    });
+  }
+
+  /**
+   * Read through the driver, padding an unaligned request out to the request alignment with
+   * bounce buffers. The padded end is clamped to the image length: only the last block of an
+   * image whose size is not aligned can be short, and the driver gets exactly that.
+   */
+  private async alignedPreadv(offset: number, qiov: IOVector, len: number): Promise<void> {
+    const bytes = qiov.size;
+    const align = this.requestAlignment;
+    const start = roundDown(offset, align);
+    const end = Math.min(roundUp(offset + bytes, align), len);
+    if (start === offset && end === offset + bytes) {
+      await this.driverPreadv(offset, bytes, qiov);
+      return;
+    }
+    const padded = new IOVector();
+    if (offset > start) padded.add(new Uint8Array(offset - start));
+    for (const b of qiov.iov) padded.add(b);
+    if (end > offset + bytes) padded.add(new Uint8Array(end - offset - bytes));
+    await this.driverPreadv(start, end - start, padded);
+  }
+
+  /**
+   * Copy-on-read (qemu-io -C): read the aligned range, then write whatever this layer does not
+   * allocate back into it. The request is serialising, so nothing changes the range between
+   * the read and the write-back and rewriting a little more than needed is harmless.
+   */
+  private async copyOnReadv(offset: number, qiov: IOVector, len: number): Promise<void> {
+    const align = this.requestAlignment;
+    const start = roundDown(offset, align);
+    const end = Math.min(roundUp(offset + qiov.size, align), len);
+    const bounce = new Uint8Array(end - start);
+    await this.driverPreadv(start, end - start, IOVector.from(bounce));
+
+    let pos = start;
+    while (pos < end) {
+      const st = await this.blockStatusUnchecked(pos, end - pos);
+      const pieceEnd = Math.min(end, roundUp(pos + st.pnum, align));
+      if (!st.allocated) {
+        const piece = bounce.subarray(pos - start, pieceEnd - start);
+        await this.copyOnReadWrite(pos, piece);
+      }
+      pos = pieceEnd;
+    }
+    qiov.copyFrom(bounce.subarray(offset - start, offset - start + qiov.size));
+  }
+
+  private async copyOnReadWrite(offset: number, data: Uint8Array): Promise<void> {
+    const zero = this.driver.coWriteZeroes;
+    if (zero && IOVector.from(data).isZero()) {
+      try {
+        await zero.call(this.driver, this, offset, data.length, {});
+        return;
+      } catch (e) {
+        if (!isBlockError(e, 'ENOTSUP')) throw e;
+      }
+    }
+    await this.driverPwritev(offset, data.length, IOVector.from(data), {});
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Writes
+
+  async pwrite(offset: number, buf: Uint8Array, flags: WriteFlags = {}): Promise<void> {
+    await this.pwritev(offset, IOVector.from(buf), flags);
+  }
+
+  async pwritev(offset: number, qiov: IOVector, flags: WriteFlags = {}): Promise<void> {
+    const bytes = qiov.size;
+    this.checkArgs('write', offset, bytes);
+    this.checkWritable('write');
+    await this.inflight('write', async () => {
+      const len = await this.checkBounds('write', offset, bytes);
+      if (bytes === 0) return;
+      await this.trackedPwritev(offset, qiov, flags, len);
+    });
+  }
+
+  private isAligned(offset: number, bytes: number, len: number): boolean {
+    const align = this.requestAlignment;
+    return offset % align === 0 && (bytes % align === 0 || offset + bytes === len);
+  }
+
+  private async trackedPwritev(offset: number, qiov: IOVector, flags: WriteFlags, len: number): Promise<void> {
+    const bytes = qiov.size;
+    const aligned = this.isAligned(offset, bytes, len);
+    // Only a read-modify-write must not run beside overlapping requests.
+    await this.withTracked(offset, bytes, !aligned, () => this.alignedPwritev(offset, qiov, flags, len));
+  }
+
+  /**
+   * Write through the driver; an unaligned request reads the partial head and tail blocks and
+   * writes whole blocks (QEMU's bdrv_co_pwritev padding). The caller holds a serialising
+   * tracked request, so no other write can slip in between our read and our write.
+   */
+  private async alignedPwritev(offset: number, qiov: IOVector, flags: WriteFlags, len: number): Promise<void> {
+    const bytes = qiov.size;
+    const align = this.requestAlignment;
+    const reqEnd = offset + bytes;
+    const start = roundDown(offset, align);
+    const end = Math.min(roundUp(reqEnd, align), len);
+    if (start === offset && end === reqEnd) {
+      await this.driverPwritev(offset, bytes, qiov, flags);
+      return;
+    }
+    const headBlockEnd = Math.min(start + align, end);
+    const tailStart = roundDown(reqEnd, align);
+    let head: Uint8Array | null = null;
+    let tail: Uint8Array | null = null;
+    if (offset > start || (reqEnd < end && tailStart === start)) {
+      await this.debugEvent('pwritev_rmw_head');
+      head = new Uint8Array(headBlockEnd - start);
+      await this.driverPreadv(start, head.length, IOVector.from(head));
+      await this.debugEvent('pwritev_rmw_after_head');
+    }
+    if (reqEnd < end && tailStart > start) {
+      await this.debugEvent('pwritev_rmw_tail');
+      tail = new Uint8Array(end - tailStart);
+      await this.driverPreadv(tailStart, tail.length, IOVector.from(tail));
+      await this.debugEvent('pwritev_rmw_after_tail');
+    }
+    const padded = new IOVector();
+    if (head && tailStart === start && reqEnd < end) {
+      // Head and tail are the same block: patch the request into it.
+      qiov.copyTo(head.subarray(offset - start, reqEnd - start), 0, bytes);
+      padded.add(head);
+    } else {
+      if (head) padded.add(head.subarray(0, offset - start));
+      for (const b of qiov.iov) padded.add(b);
+      if (tail) padded.add(tail.subarray(reqEnd - tailStart));
+    }
+    await this.driverPwritev(start, end - start, padded, flags);
+  }
+
+  async writeZeroes(offset: number, bytes: number, flags: WriteZeroesFlags = {}): Promise<void> {
+    this.checkArgs('write_zeroes', offset, bytes);
+    this.checkWritable('write_zeroes');
+    await this.inflight('write_zeroes', async () => {
+      const len = await this.checkBounds('write_zeroes', offset, bytes);
+      if (bytes === 0) return;
+      const align = this.requestAlignment;
+      const reqEnd = offset + bytes;
+      // The unaligned head and tail are written as zero buffers through the RMW path; the
+      // aligned middle goes to the driver's native zeroing if it has one.
+      let midStart = roundUp(offset, align);
+      let midEnd = reqEnd === len ? reqEnd : roundDown(reqEnd, align);
+      if (midStart >= midEnd) {
+        midStart = reqEnd;
+        midEnd = reqEnd;
+      }
+      if ((offset < midStart || midEnd < reqEnd) && flags.noFallback) {
+        throw new BlockError('ENOTSUP', 'write_zeroes: unaligned request needs a fallback write', {
+          op: 'write_zeroes',
+          offset,
+          path: this.filename,
+        });
+      }
+      if (offset < midStart) {
+        await this.trackedPwritev(offset, IOVector.alloc(midStart - offset), {}, len);
+      }
+      if (midStart < midEnd) {
+        await this.withTracked(midStart, midEnd - midStart, false, () =>
+          this.zeroRange(midStart, midEnd - midStart, flags),
+        );
+      }
+      if (midEnd < reqEnd && midEnd >= midStart) {
+        const tailFrom = Math.max(midEnd, offset);
+        await this.trackedPwritev(tailFrom, IOVector.alloc(reqEnd - tailFrom), {}, len);
+      }
+    });
+  }
+
+  /** Aligned zeroing: native hook, else (or on ENOTSUP) a zero buffer written in chunks. */
+  private async zeroRange(offset: number, bytes: number, flags: WriteZeroesFlags): Promise<void> {
+    const native = this.driver.coWriteZeroes;
+    if (native) {
+      try {
+        await native.call(this.driver, this, offset, bytes, flags);
+        return;
+      } catch (e) {
+        if (!isBlockError(e, 'ENOTSUP')) throw e;
+      }
+    }
+    if (flags.noFallback) throw this.notSupported('write_zeroes');
+    const chunkMax = Math.max(this.requestAlignment, roundDown(WRITE_ZEROES_CHUNK, this.requestAlignment));
+    const zeros = new Uint8Array(Math.min(chunkMax, bytes));
+    for (let pos = offset; pos < offset + bytes; ) {
+      const n = Math.min(zeros.length, offset + bytes - pos);
+      await this.driverPwritev(pos, n, IOVector.from(zeros.subarray(0, n)), {});
+      pos += n;
+    }
+  }
+
+  /**
+   * Discard is advisory, as in QEMU: a driver without the hook ignores it, and only the
+   * aligned part of the range is passed down.
+   */
+  async discard(offset: number, bytes: number): Promise<void> {
+    this.checkArgs('discard', offset, bytes);
+    this.checkWritable('discard');
+    await this.inflight('discard', async () => {
+      const len = await this.checkBounds('discard', offset, bytes);
+      const hook = this.driver.coDiscard;
+      if (bytes === 0 || !hook) return;
+      const align = this.requestAlignment;
+      const start = roundUp(offset, align);
+      const end = offset + bytes === len ? len : roundDown(offset + bytes, align);
+      if (start >= end) return;
+      await this.withTracked(start, end - start, false, () => hook.call(this.driver, this, start, end - start));
+    });
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Flush, length, truncate
+
+  async flush(): Promise<void> {
+    await this.inflight('flush', () => this.flushUnchecked());
+  }
+
+  private async flushUnchecked(): Promise<void> {
+    // cache=unsafe: the host store is never asked to reach the disk, but format drivers still
+    // write out what they cache (QEMU's flush_to_os vs flush_to_disk).
+    if (this.openOptions.noFlush && (this.driver.isProtocol ?? false)) return;
+    if (this.driver.coFlush) {
+      await this.driver.coFlush(this);
+      return;
+    }
+    if (this.file) await this.file.flush();
+  }
+
+  async getLength(): Promise<number> {
+    return this.inflight('get_length', () => this.lengthUnchecked());
+  }
+
+  private async lengthUnchecked(): Promise<number> {
+    let len: number;
+    if (this.driver.getLength) len = await this.driver.getLength(this);
+    else if (this.file) len = await this.file.getLength();
+    else throw this.notSupported('get_length');
+    if (invalidNumber(len)) {
+      throw new BlockError('EIO', `Driver '${this.driver.formatName}' reported an invalid length ${len}`, {
+        op: 'get_length',
+        path: this.filename,
+      });
+    }
+    return len;
+  }
+
+  async truncate(size: number): Promise<void> {
+    this.checkArgs('truncate', size, 0);
+    this.checkWritable('truncate');
+    const hook = this.driver.truncate;
+    if (!hook) throw this.notSupported('truncate');
+    await this.inflight('truncate', async () => {
+      const old = await this.lengthUnchecked();
+      // Requests touching what is cut off or added must not run beside the size change.
+      const from = roundDown(Math.min(old, size), this.requestAlignment);
+      await this.withTracked(from, Number.MAX_SAFE_INTEGER - from, true, () => hook.call(this.driver, this, size));
+    });
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Allocation status
+
+  /**
+   * Clamp a status query to the image (QEMU answers past-the-end queries with nothing).
+   * Returns the number of bytes to ask about.
+   */
+  private async statusRange(op: string, offset: number, bytes: number): Promise<number> {
+    this.checkArgs(op, offset, bytes);
+    const len = await this.lengthUnchecked();
+    if (offset > len) {
+      throw new BlockError('EIO', `${op}: offset ${offset} is past the end of the image (${len} bytes)`, {
+        op,
+        offset,
+        path: this.filename,
+      });
+    }
+    return Math.min(bytes, len - offset);
+  }
+
+  /** Block status of this layer only. */
+  async blockStatus(offset: number, bytes: number): Promise<BlockStatus> {
+    this.checkArgs('block_status', offset, bytes);
+    return this.inflight('block_status', async () => {
+      const n = await this.statusRange('block_status', offset, bytes);
+      if (n === 0) return { pnum: 0, allocated: false, data: false, zero: false };
+      return this.blockStatusUnchecked(offset, n);
+    });
+  }
+
+  private async blockStatusUnchecked(offset: number, bytes: number): Promise<BlockStatus> {
+    const hook = this.driver.coBlockStatus;
+    if (!hook) {
+      // QEMU's default for drivers without the hook: everything is allocated data.
+      return { pnum: bytes, allocated: true, data: true, zero: false };
+    }
+    const st = await hook.call(this.driver, this, offset, bytes);
+    if (!Number.isSafeInteger(st.pnum) || st.pnum <= 0) {
+      throw new BlockError('EIO', `Driver '${this.driver.formatName}' returned block status with pnum ${st.pnum}`, {
+        op: 'block_status',
+        offset,
+        path: this.filename,
+      });
+    }
+    return st.pnum > bytes ? { ...st, pnum: bytes } : st;
+  }
+
+  async isAllocated(offset: number, bytes: number): Promise<{ allocated: boolean; pnum: number }> {
+    this.checkArgs('is_allocated', offset, bytes);
+    return this.inflight('is_allocated', async () => {
+      const n = await this.statusRange('is_allocated', offset, bytes);
+      if (n === 0) return { allocated: false, pnum: 0 };
+      return this.isAllocatedUnchecked(offset, n);
+    });
+  }
+
+  private async isAllocatedUnchecked(offset: number, bytes: number): Promise<{ allocated: boolean; pnum: number }> {
+    const hook = this.driver.coIsAllocated;
+    if (hook) {
+      const r = await hook.call(this.driver, this, offset, bytes);
+      if (!Number.isSafeInteger(r.pnum) || r.pnum <= 0) {
+        throw new BlockError('EIO', `Driver '${this.driver.formatName}' returned is_allocated with pnum ${r.pnum}`, {
+          op: 'is_allocated',
+          offset,
+          path: this.filename,
+        });
+      }
+      return { allocated: r.allocated, pnum: Math.min(r.pnum, bytes) };
+    }
+    const st = await this.blockStatusUnchecked(offset, bytes);
+    return { allocated: st.allocated, pnum: st.pnum };
+  }
+
+  /**
+   * Is the range allocated anywhere from this node down to (not including) `base`
+   * (bdrv_is_allocated_above)? `pnum` is how far the same answer holds.
+   */
+  async isAllocatedAbove(
+    base: BlockDriverState | null,
+    offset: number,
+    bytes: number,
+  ): Promise<{ allocated: boolean; pnum: number }> {
+    this.checkArgs('is_allocated_above', offset, bytes);
+    return this.inflight('is_allocated_above', async () => {
+      const n = await this.statusRange('is_allocated_above', offset, bytes);
+      if (n === 0) return { allocated: false, pnum: 0 };
+      let pnum = n;
+      for (let node: BlockDriverState | null = this; node && node !== base; node = node.backing) {
+        const nodeLen = node === this ? Infinity : await node.getLength();
+        // A backing file shorter than the top reads as unallocated zeros past its end.
+        if (offset >= nodeLen) continue;
+        const ask = Math.min(n, nodeLen - offset);
+        const r = node === this ? await this.isAllocatedUnchecked(offset, ask) : await node.isAllocated(offset, ask);
+        if (r.allocated) return { allocated: true, pnum: r.pnum };
+        // The unallocated answer holds only as far as every layer agrees; a layer's answer
+        // that stops at its own end does not shorten it.
+        if (r.pnum < pnum && (node === this || offset + r.pnum < nodeLen)) pnum = r.pnum;
+      }
+      return { allocated: false, pnum };
+    });
+  }
+
+  /**
+   * Block status through the backing chain: the first layer that allocates the range answers;
+   * `depth` says which (0 = this node). Unallocated everywhere reports the bottom layer's depth.
+   */
+  async blockStatusAbove(offset: number, bytes: number): Promise<BlockStatus & { depth: number }> {
+    this.checkArgs('block_status', offset, bytes);
+    return this.inflight('block_status', async () => {
+      let n = await this.statusRange('block_status', offset, bytes);
+      if (n === 0) return { pnum: 0, allocated: false, data: false, zero: false, depth: 0 };
+      let depth = 0;
+      let node: BlockDriverState = this;
+      for (;;) {
+        const nodeLen = node === this ? Infinity : await node.getLength();
+        if (offset >= nodeLen) {
+          // Past the end of a shorter backing file: reads as zeros.
+          return { pnum: n, allocated: false, data: false, zero: true, depth };
+        }
+        const ask = Math.min(n, nodeLen - offset);
+        const st = node === this ? await this.blockStatusUnchecked(offset, ask) : await node.blockStatus(offset, ask);
+        if (st.allocated || !node.backing) return { ...st, depth };
+        n = st.pnum;
+        node = node.backing;
+        depth++;
+      }
+    });
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Metadata operations
+
+  async getInfo(): Promise<BlockDriverInfo> {
+    const hook = this.driver.getInfo;
+    return this.inflight('get_info', async () => {
+      if (!hook) throw this.notSupported('get_info');
+      return hook.call(this.driver, this);
+    });
+  }
+
+  /** Host bytes used; without a hook, what the children use (QEMU's default). */
+  async getAllocatedFileSize(): Promise<number> {
+    return this.inflight('get_allocated_file_size', async () => {
+      if (this.driver.getAllocatedFileSize) return this.driver.getAllocatedFileSize(this);
+      if (this.file) return this.file.getAllocatedFileSize();
+      throw this.notSupported('get_allocated_file_size');
+    });
+  }
+
+  async check(fix: CheckFix = {}): Promise<CheckResult> {
+    if (fix.leaks || fix.errors) this.checkWritable('check');
+    const hook = this.driver.check;
+    return this.inflight('check', async () => {
+      if (!hook) throw this.notSupported('check');
+      return hook.call(this.driver, this, fix);
+    });
+  }
+
+  async changeBackingFile(name: string | null, fmt: string | null): Promise<void> {
+    this.checkWritable('change_backing_file');
+    const hook = this.driver.changeBackingFile;
+    await this.inflight('change_backing_file', async () => {
+      if (!hook) throw this.notSupported('change_backing_file');
+      await hook.call(this.driver, this, name, fmt);
+      // The node's view follows the image (bdrv_change_backing_file); the open backing node
+      // is left as it is, as QEMU does.
+      this.backingFile = name ?? '';
+      this.backingFormat = fmt ?? '';
+      this.fullBackingFilename = this.backingFile === '' ? '' : combineBackingPath(this.storageFilename(), name ?? '');
+    });
+  }
+
+  /** Drop cached metadata and reread it; without a hook, pass it to the file child. */
+  async invalidateCache(): Promise<void> {
+    await this.inflight('invalidate_cache', async () => {
+      if (this.driver.invalidateCache) await this.driver.invalidateCache(this);
+      else if (this.file) await this.file.invalidateCache();
+    });
+  }
+
+  async makeEmpty(): Promise<void> {
+    this.checkWritable('make_empty');
+    const hook = this.driver.makeEmpty;
+    await this.inflight('make_empty', async () => {
+      if (!hook) throw this.notSupported('make_empty');
+      await hook.call(this.driver, this);
+    });
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // AIO (sector based)
+
+  aioReadv(sectorNum: number, qiov: IOVector, nbSectors: number, cb: CompletionFunc): BlockAIOCB {
+    return this.aioRw(false, sectorNum, qiov, nbSectors, cb);
+  }
+
+  aioWritev(sectorNum: number, qiov: IOVector, nbSectors: number, cb: CompletionFunc): BlockAIOCB {
+    return this.aioRw(true, sectorNum, qiov, nbSectors, cb);
+  }
+
+  aioFlush(cb: CompletionFunc): BlockAIOCB {
+    return genericAioPool.get(this, cb).start(() => this.flush());
+  }
+
+  private aioRw(write: boolean, sectorNum: number, qiov: IOVector, nbSectors: number, cb: CompletionFunc): BlockAIOCB {
+    const op = write ? 'aio_write' : 'aio_read';
+    try {
+      this.checkOpen(op);
+      if (invalidNumber(sectorNum) || invalidNumber(nbSectors)) {
+        throw new BlockError('EINVAL', `${op}: invalid sector ${sectorNum} count ${nbSectors}`, { op });
+      }
+      this.checkArgs(op, sectorNum * BDRV_SECTOR_SIZE, nbSectors * BDRV_SECTOR_SIZE);
+      if (qiov.size !== nbSectors * BDRV_SECTOR_SIZE) {
+        throw new BlockError('EINVAL', `${op}: vector of ${qiov.size} bytes for ${nbSectors} sectors`, { op });
+      }
+      if (write) this.checkWritable(op);
+    } catch (e) {
+      const err = toBlockError(e, { op });
+      // Reported through the callback in a later microtask, never thrown or run synchronously.
+      return genericAioPool.get(this, cb).start(() => Promise.reject(err));
+    }
+
+    const offset = sectorNum * BDRV_SECTOR_SIZE;
+    const bytes = nbSectors * BDRV_SECTOR_SIZE;
+    const native = write ? this.driver.aioWritev : this.driver.aioReadv;
+    const align = this.requestAlignment;
+    const start = roundDown(offset, align);
+    const end = roundUp(offset + bytes, align);
+    // The driver's own AIO path (its pool, its cancel) when nothing overlapping is in flight
+    // and no padding or copy-on-read is needed; otherwise the generic path, which waits.
+    const lenNow = native ? this.lengthSync() : null;
+    if (
+      native &&
+      lenNow !== null &&
+      offset + bytes <= lenNow &&
+      start === offset &&
+      end === offset + bytes &&
+      !this.hasConflict(start, end) &&
+      !(this.openOptions.copyOnRead === true && !this.readOnly && !write)
+    ) {
+      return this.aioNative(native, offset, bytes, sectorNum, qiov, nbSectors, cb);
+    }
+    return genericAioPool
+      .get(this, cb)
+      .start(() => (write ? this.pwritev(offset, qiov) : this.preadv(offset, qiov)));
+  }
+
+  /** The length if the driver knows it without waiting (native AIO bounds check), else null. */
+  private lengthSync(): number | null {
+    const hook = this.driver.getLength;
+    if (!hook) return null;
+    const r = hook.call(this.driver, this);
+    if (typeof r === 'number') return r;
+    // An async length cannot be checked here; the generic path awaits it instead.
+    r.catch(() => undefined);
+    return null;
+  }
+
+  private aioNative(
+    native: NonNullable<BlockDriver['aioReadv']>,
+    offset: number,
+    bytes: number,
+    sectorNum: number,
+    qiov: IOVector,
+    nbSectors: number,
+    cb: CompletionFunc,
+  ): BlockAIOCB {
+    // Tracked like any request: close() waits for it and a later unaligned write waits for it.
+    this.inFlight++;
+    const req: TrackedRequest = { start: offset, end: offset + bytes, serialising: false, waiters: new CoQueue() };
+    this.tracked.add(req);
+    let ended = false;
+    const finish = (err: BlockError | null): void => {
+      if (ended) return;
+      ended = true;
+      this.trackEnd(req);
+      this.endInFlight();
+      cb(err);
+    };
+    return native.call(this.driver, this, sectorNum, qiov, nbSectors, finish);
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Events
+
+  trace(name: string, args: Record<string, unknown> = {}): void {
+    if (this.events.listenerCount('trace') > 0) this.events.emit('trace', { name, args });
+  }
+
+  /** Announce a blkdebug event on this node and let the driver act on it. */
+  async debugEvent(event: BlkDebugEvent): Promise<void> {
+    this.events.emit('debug', event);
+    await this.driver.debugEvent?.(this, event);
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Closing
+
+  /**
+   * Close: refuse new requests, wait for those in flight, flush, run the driver's close, close
+   * the children. Idempotent; a second call returns the first one's promise.
+   */
+  close(): Promise<void> {
+    if (this.closing) return this.closing;
+    if (!this.opened) {
+      this.closing = this.closeChildren();
+      return this.closing;
+    }
+    this.closing = this.doClose();
+    return this.closing;
+  }
+
+  private async doClose(): Promise<void> {
+    while (this.inFlight > 0) await this.drained.wait();
+    let firstError: unknown = null;
+    try {
+      if (!this.readOnly) await this.flushUnchecked();
+    } catch (e) {
+      firstError = e;
+    }
+    try {
+      await this.driver.close?.(this);
+    } catch (e) {
+      firstError ??= e;
+    }
+    try {
+      await this.closeChildren();
+    } catch (e) {
+      firstError ??= e;
+    }
+    this.events.emit('close');
+    if (firstError !== null) throw toBlockError(firstError, { op: 'close', path: this.filename });
+  }
+
+  private async closeChildren(): Promise<void> {
+    let firstError: unknown = null;
+    for (const child of [this.backing, this.file]) {
+      if (!child) continue;
+      try {
+        await child.close();
+      } catch (e) {
+        firstError ??= e;
+      }
+    }
+    if (firstError !== null) throw toBlockError(firstError, { op: 'close', path: this.filename });
+  }
+}
