@@ -181,9 +181,9 @@ export class BlockDriverState {
 
   /** The filename the image really lives under: the innermost child's (through filters). */
   private storageFilename(): string {
-    let n: BlockDriverState = this;
-    while (n.file) n = n.file;
-    return n.filename;
+    let name = this.filename;
+    for (let n = this.file; n; n = n.file) name = n.filename;
+    return name;
   }
 
   private async openBacking(chain: string[]): Promise<void> {
@@ -371,14 +371,18 @@ export class BlockDriverState {
   async preadv(offset: number, qiov: IOVector): Promise<void> {
     const bytes = qiov.size;
     this.checkArgs('read', offset, bytes);
-    await this.inflight('read', async () => {
-      const len = await this.checkBounds('read', offset, bytes);
-      if (bytes === 0) return;
-      const cor = this.openOptions.copyOnRead === true && !this.readOnly;
-      await this.withTracked(offset, bytes, cor, async () => {
-        if (cor) await this.copyOnReadv(offset, qiov, len);
-        else await this.alignedPreadv(offset, qiov, len);
-      });
+    await this.inflight('read', () => this.doPreadv(offset, qiov));
+  }
+
+  /** A read that passed the synchronous checks and is counted in flight. */
+  private async doPreadv(offset: number, qiov: IOVector): Promise<void> {
+    const bytes = qiov.size;
+    const len = await this.checkBounds('read', offset, bytes);
+    if (bytes === 0) return;
+    const cor = this.openOptions.copyOnRead === true && !this.readOnly;
+    await this.withTracked(offset, bytes, cor, async () => {
+      if (cor) await this.copyOnReadv(offset, qiov, len);
+      else await this.alignedPreadv(offset, qiov, len);
     });
   }
 
@@ -429,10 +433,10 @@ export class BlockDriverState {
   }
 
   private async copyOnReadWrite(offset: number, data: Uint8Array): Promise<void> {
-    const zero = this.driver.coWriteZeroes;
+    const zero = this.driver.coWriteZeroes?.bind(this.driver);
     if (zero && IOVector.from(data).isZero()) {
       try {
-        await zero.call(this.driver, this, offset, data.length, {});
+        await zero(this, offset, data.length, {});
         return;
       } catch (e) {
         if (!isBlockError(e, 'ENOTSUP')) throw e;
@@ -452,11 +456,14 @@ export class BlockDriverState {
     const bytes = qiov.size;
     this.checkArgs('write', offset, bytes);
     this.checkWritable('write');
-    await this.inflight('write', async () => {
-      const len = await this.checkBounds('write', offset, bytes);
-      if (bytes === 0) return;
-      await this.trackedPwritev(offset, qiov, flags, len);
-    });
+    await this.inflight('write', () => this.doPwritev(offset, qiov, flags));
+  }
+
+  /** A write that passed the synchronous checks and is counted in flight. */
+  private async doPwritev(offset: number, qiov: IOVector, flags: WriteFlags): Promise<void> {
+    const len = await this.checkBounds('write', offset, qiov.size);
+    if (qiov.size === 0) return;
+    await this.trackedPwritev(offset, qiov, flags, len);
   }
 
   private isAligned(offset: number, bytes: number, len: number): boolean {
@@ -555,10 +562,10 @@ export class BlockDriverState {
 
   /** Aligned zeroing: native hook, else (or on ENOTSUP) a zero buffer written in chunks. */
   private async zeroRange(offset: number, bytes: number, flags: WriteZeroesFlags): Promise<void> {
-    const native = this.driver.coWriteZeroes;
+    const native = this.driver.coWriteZeroes?.bind(this.driver);
     if (native) {
       try {
-        await native.call(this.driver, this, offset, bytes, flags);
+        await native(this, offset, bytes, flags);
         return;
       } catch (e) {
         if (!isBlockError(e, 'ENOTSUP')) throw e;
@@ -583,13 +590,13 @@ export class BlockDriverState {
     this.checkWritable('discard');
     await this.inflight('discard', async () => {
       const len = await this.checkBounds('discard', offset, bytes);
-      const hook = this.driver.coDiscard;
+      const hook = this.driver.coDiscard?.bind(this.driver);
       if (bytes === 0 || !hook) return;
       const align = this.requestAlignment;
       const start = roundUp(offset, align);
       const end = offset + bytes === len ? len : roundDown(offset + bytes, align);
       if (start >= end) return;
-      await this.withTracked(start, end - start, false, () => hook.call(this.driver, this, start, end - start));
+      await this.withTracked(start, end - start, false, () => hook(this, start, end - start));
     });
   }
 
@@ -632,13 +639,13 @@ export class BlockDriverState {
   async truncate(size: number): Promise<void> {
     this.checkArgs('truncate', size, 0);
     this.checkWritable('truncate');
-    const hook = this.driver.truncate;
+    const hook = this.driver.truncate?.bind(this.driver);
     if (!hook) throw this.notSupported('truncate');
     await this.inflight('truncate', async () => {
       const old = await this.lengthUnchecked();
       // Requests touching what is cut off or added must not run beside the size change.
       const from = roundDown(Math.min(old, size), this.requestAlignment);
-      await this.withTracked(from, Number.MAX_SAFE_INTEGER - from, true, () => hook.call(this.driver, this, size));
+      await this.withTracked(from, Number.MAX_SAFE_INTEGER - from, true, () => hook(this, size));
     });
   }
 
@@ -673,12 +680,12 @@ export class BlockDriverState {
   }
 
   private async blockStatusUnchecked(offset: number, bytes: number): Promise<BlockStatus> {
-    const hook = this.driver.coBlockStatus;
+    const hook = this.driver.coBlockStatus?.bind(this.driver);
     if (!hook) {
       // QEMU's default for drivers without the hook: everything is allocated data.
       return { pnum: bytes, allocated: true, data: true, zero: false };
     }
-    const st = await hook.call(this.driver, this, offset, bytes);
+    const st = await hook(this, offset, bytes);
     if (!Number.isSafeInteger(st.pnum) || st.pnum <= 0) {
       throw new BlockError('EIO', `Driver '${this.driver.formatName}' returned block status with pnum ${st.pnum}`, {
         op: 'block_status',
@@ -699,9 +706,9 @@ export class BlockDriverState {
   }
 
   private async isAllocatedUnchecked(offset: number, bytes: number): Promise<{ allocated: boolean; pnum: number }> {
-    const hook = this.driver.coIsAllocated;
+    const hook = this.driver.coIsAllocated?.bind(this.driver);
     if (hook) {
-      const r = await hook.call(this.driver, this, offset, bytes);
+      const r = await hook(this, offset, bytes);
       if (!Number.isSafeInteger(r.pnum) || r.pnum <= 0) {
         throw new BlockError('EIO', `Driver '${this.driver.formatName}' returned is_allocated with pnum ${r.pnum}`, {
           op: 'is_allocated',
@@ -713,6 +720,13 @@ export class BlockDriverState {
     }
     const st = await this.blockStatusUnchecked(offset, bytes);
     return { allocated: st.allocated, pnum: st.pnum };
+  }
+
+  /** This node and its backing nodes, top first, stopping before `base`. */
+  private chainAbove(base: BlockDriverState | null): BlockDriverState[] {
+    const nodes: BlockDriverState[] = base === this ? [] : [this];
+    for (let b = this.backing; b && b !== base; b = b.backing) nodes.push(b);
+    return nodes;
   }
 
   /**
@@ -729,7 +743,7 @@ export class BlockDriverState {
       const n = await this.statusRange('is_allocated_above', offset, bytes);
       if (n === 0) return { allocated: false, pnum: 0 };
       let pnum = n;
-      for (let node: BlockDriverState | null = this; node && node !== base; node = node.backing) {
+      for (const node of this.chainAbove(base)) {
         const nodeLen = node === this ? Infinity : await node.getLength();
         // A backing file shorter than the top reads as unallocated zeros past its end.
         if (offset >= nodeLen) continue;
@@ -753,9 +767,9 @@ export class BlockDriverState {
     return this.inflight('block_status', async () => {
       let n = await this.statusRange('block_status', offset, bytes);
       if (n === 0) return { pnum: 0, allocated: false, data: false, zero: false, depth: 0 };
-      let depth = 0;
-      let node: BlockDriverState = this;
-      for (;;) {
+      const nodes = this.chainAbove(null);
+      for (let depth = 0; ; depth++) {
+        const node = nodes[depth];
         const nodeLen = node === this ? Infinity : await node.getLength();
         if (offset >= nodeLen) {
           // Past the end of a shorter backing file: reads as zeros.
@@ -763,10 +777,8 @@ export class BlockDriverState {
         }
         const ask = Math.min(n, nodeLen - offset);
         const st = node === this ? await this.blockStatusUnchecked(offset, ask) : await node.blockStatus(offset, ask);
-        if (st.allocated || !node.backing) return { ...st, depth };
+        if (st.allocated || depth === nodes.length - 1) return { ...st, depth };
         n = st.pnum;
-        node = node.backing;
-        depth++;
       }
     });
   }
@@ -775,10 +787,10 @@ export class BlockDriverState {
   // Metadata operations
 
   async getInfo(): Promise<BlockDriverInfo> {
-    const hook = this.driver.getInfo;
+    const hook = this.driver.getInfo?.bind(this.driver);
     return this.inflight('get_info', async () => {
       if (!hook) throw this.notSupported('get_info');
-      return hook.call(this.driver, this);
+      return hook(this);
     });
   }
 
@@ -793,19 +805,19 @@ export class BlockDriverState {
 
   async check(fix: CheckFix = {}): Promise<CheckResult> {
     if (fix.leaks || fix.errors) this.checkWritable('check');
-    const hook = this.driver.check;
+    const hook = this.driver.check?.bind(this.driver);
     return this.inflight('check', async () => {
       if (!hook) throw this.notSupported('check');
-      return hook.call(this.driver, this, fix);
+      return hook(this, fix);
     });
   }
 
   async changeBackingFile(name: string | null, fmt: string | null): Promise<void> {
     this.checkWritable('change_backing_file');
-    const hook = this.driver.changeBackingFile;
+    const hook = this.driver.changeBackingFile?.bind(this.driver);
     await this.inflight('change_backing_file', async () => {
       if (!hook) throw this.notSupported('change_backing_file');
-      await hook.call(this.driver, this, name, fmt);
+      await hook(this, name, fmt);
       // The node's view follows the image (bdrv_change_backing_file); the open backing node
       // is left as it is, as QEMU does.
       this.backingFile = name ?? '';
@@ -824,10 +836,10 @@ export class BlockDriverState {
 
   async makeEmpty(): Promise<void> {
     this.checkWritable('make_empty');
-    const hook = this.driver.makeEmpty;
+    const hook = this.driver.makeEmpty?.bind(this.driver);
     await this.inflight('make_empty', async () => {
       if (!hook) throw this.notSupported('make_empty');
-      await hook.call(this.driver, this);
+      await hook(this);
     });
   }
 
@@ -843,7 +855,33 @@ export class BlockDriverState {
   }
 
   aioFlush(cb: CompletionFunc): BlockAIOCB {
-    return genericAioPool.get(this, cb).start(() => this.flush());
+    try {
+      this.checkOpen('aio_flush');
+    } catch (e) {
+      return this.aioFail(e, 'aio_flush', cb);
+    }
+    return this.aioGeneric(cb, () => this.flushUnchecked());
+  }
+
+  /** Report a refused request through the callback, in a later microtask, never by throwing. */
+  private aioFail(e: unknown, op: string, cb: CompletionFunc): BlockAIOCB {
+    const err = toBlockError(e, { op });
+    return genericAioPool.get(this, cb).start(() => Promise.reject(err));
+  }
+
+  /**
+   * Run `work` under a generic AIOCB. The request counts as in flight from submission to
+   * callback, so close() issued right after submitting still waits for it; the count drops in
+   * the callback, which runs exactly once even when the request is cancelled before it starts.
+   */
+  private aioGeneric(cb: CompletionFunc, work: () => Promise<void>): BlockAIOCB {
+    this.inFlight++;
+    return genericAioPool
+      .get(this, (err) => {
+        this.endInFlight();
+        cb(err);
+      })
+      .start(work);
   }
 
   private aioRw(write: boolean, sectorNum: number, qiov: IOVector, nbSectors: number, cb: CompletionFunc): BlockAIOCB {
@@ -859,14 +897,12 @@ export class BlockDriverState {
       }
       if (write) this.checkWritable(op);
     } catch (e) {
-      const err = toBlockError(e, { op });
-      // Reported through the callback in a later microtask, never thrown or run synchronously.
-      return genericAioPool.get(this, cb).start(() => Promise.reject(err));
+      return this.aioFail(e, op, cb);
     }
 
     const offset = sectorNum * BDRV_SECTOR_SIZE;
     const bytes = nbSectors * BDRV_SECTOR_SIZE;
-    const native = write ? this.driver.aioWritev : this.driver.aioReadv;
+    const native = write ? this.driver.aioWritev?.bind(this.driver) : this.driver.aioReadv?.bind(this.driver);
     const align = this.requestAlignment;
     const start = roundDown(offset, align);
     const end = roundUp(offset + bytes, align);
@@ -884,16 +920,14 @@ export class BlockDriverState {
     ) {
       return this.aioNative(native, offset, bytes, sectorNum, qiov, nbSectors, cb);
     }
-    return genericAioPool
-      .get(this, cb)
-      .start(() => (write ? this.pwritev(offset, qiov) : this.preadv(offset, qiov)));
+    return this.aioGeneric(cb, () => (write ? this.doPwritev(offset, qiov, {}) : this.doPreadv(offset, qiov)));
   }
 
   /** The length if the driver knows it without waiting (native AIO bounds check), else null. */
   private lengthSync(): number | null {
-    const hook = this.driver.getLength;
+    const hook = this.driver.getLength?.bind(this.driver);
     if (!hook) return null;
-    const r = hook.call(this.driver, this);
+    const r = hook(this);
     if (typeof r === 'number') return r;
     // An async length cannot be checked here; the generic path awaits it instead.
     r.catch(() => undefined);
@@ -921,7 +955,7 @@ export class BlockDriverState {
       this.endInFlight();
       cb(err);
     };
-    return native.call(this.driver, this, sectorNum, qiov, nbSectors, finish);
+    return native(this, sectorNum, qiov, nbSectors, finish);
   }
 
   // ---------------------------------------------------------------------------------------
