@@ -3,6 +3,7 @@
  * (QEMU's raw-posix / file-posix). It is under every on-disk image, so the request path avoids
  * per-request allocations beyond what the fs API itself needs.
  */
+import type { Stats } from 'node:fs';
 import { open as fsOpen, type FileHandle } from 'node:fs/promises';
 import type { BlockDriver, BlockStatus, CreateOptions, OpenOptions, WriteFlags } from '../../block/driver.js';
 import { BlockError, ERRNO_MESSAGES, type BlockErrorCode, toBlockError } from '../../block/errors.js';
@@ -12,6 +13,12 @@ import type { BlockDriverState } from '../../block/node.js';
 interface FileState {
   fh: FileHandle;
   path: string;
+  /**
+   * File length, cached: the generic layer asks for it on every request and an fstat per
+   * request would be a thread-pool round trip on the hot path. Kept up to date by our writes
+   * and truncates; like QEMU, a change made behind our back by another process is not seen.
+   */
+  length: number;
 }
 
 /** 'file:/x/y' and '/x/y' name the same host file. */
@@ -91,18 +98,20 @@ async function fileOpen(bs: BlockDriverState, options: OpenOptions): Promise<voi
   } catch (e) {
     throw openError('open', path, e);
   }
+  let st: Stats;
   try {
     // A directory opens fine with O_RDONLY on Linux; refuse it here like a read-write open would.
-    const st = await fh.stat();
+    st = await fh.stat();
     if (st.isDirectory()) throw new BlockError('EISDIR', `Could not open '${path}': ${ERRNO_MESSAGES.EISDIR}`, { op: 'open', path });
-    if (!st.isFile() && !st.isBlockDevice()) {
+    // Block devices are QEMU's host_device driver, not this one (their st_size is 0).
+    if (!st.isFile()) {
       throw new BlockError('EINVAL', `'file' driver requires '${path}' to be a regular file`, { op: 'open', path });
     }
   } catch (e) {
     await fh.close();
     throw e instanceof BlockError ? e : openError('open', path, e);
   }
-  bs.opaque = { fh, path } satisfies FileState;
+  bs.opaque = { fh, path, length: st.size } satisfies FileState;
 }
 
 async function fileClose(bs: BlockDriverState): Promise<void> {
@@ -127,8 +136,8 @@ async function fileCreate(filename: string, options: CreateOptions): Promise<voi
     throw openError('create', path, e);
   }
   try {
-    // Sparse: ftruncate up to the size allocates nothing, as QEMU's create does.
-    if (size > 0) await fh.truncate(size);
+    // Sparse: ftruncate up to the size allocates nothing; whole sectors, as QEMU's create does.
+    if (size > 0) await fh.truncate(Math.ceil(size / 512) * 512);
   } catch (e) {
     throw toBlockError(e, { op: 'create', path });
   } finally {
@@ -161,9 +170,12 @@ async function fileCoPwritev(
   try {
     // A write past EOF grows the file; the gap is a hole that reads as zeros.
     await pwritevFull(s.fh, qiov.iov, bytes, offset);
+    if (offset + bytes > s.length) s.length = offset + bytes;
     // FUA: the write must be durable when it completes.
     if (flags.fua === true) await s.fh.datasync();
   } catch (e) {
+    // A failed write (ENOSPC...) may still have grown the file partly: learn the real length.
+    await fileRefreshLength(s);
     throw toBlockError(e, { op: 'write', offset, path: s.path });
   }
 }
@@ -193,18 +205,29 @@ async function fileTruncate(bs: BlockDriverState, size: number): Promise<void> {
   }
   try {
     await s.fh.truncate(size);
+    s.length = size;
   } catch (e) {
+    await fileRefreshLength(s);
     throw toBlockError(e, { op: 'truncate', offset: size, path: s.path });
   }
 }
 
-async function fileGetLength(bs: BlockDriverState): Promise<number> {
-  const s = state(bs);
+async function fileRefreshLength(s: FileState): Promise<void> {
   try {
-    return (await s.fh.stat()).size;
-  } catch (e) {
-    throw toBlockError(e, { op: 'getLength', path: s.path });
+    s.length = (await s.fh.stat()).size;
+  } catch {
+    // Keep the cached value: the caller is already reporting the original error.
   }
+}
+
+/** Reread what may have changed behind our back: the length. */
+async function fileInvalidateCache(bs: BlockDriverState): Promise<void> {
+  await fileRefreshLength(state(bs));
+}
+
+/** Synchronous (cached): lets the generic layer bound-check without waiting. */
+function fileGetLength(bs: BlockDriverState): number {
+  return state(bs).length;
 }
 
 async function fileGetAllocatedFileSize(bs: BlockDriverState): Promise<number> {
@@ -233,4 +256,5 @@ export const fileDriver: BlockDriver = {
   truncate: fileTruncate,
   getLength: fileGetLength,
   getAllocatedFileSize: fileGetAllocatedFileSize,
+  invalidateCache: fileInvalidateCache,
 };

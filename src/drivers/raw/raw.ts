@@ -17,7 +17,7 @@ import {
 import { BlockError } from '../../block/errors.js';
 import type { IOVector } from '../../block/iovec.js';
 import type { BlockDriverState } from '../../block/node.js';
-import { BLOCK_PROBE_BUF_SIZE, getDefaultRegistry, type BlockDriverRegistry } from '../../block/registry.js';
+import { BLOCK_PROBE_BUF_SIZE } from '../../block/registry.js';
 
 interface RawState {
   /**
@@ -26,7 +26,6 @@ interface RawState {
    * file as backing file): such writes are refused.
    */
   probed: boolean;
-  registry: BlockDriverRegistry | null;
   /** Serialises guarded head writes, so two of them cannot both pass the check on old bytes. */
   headLock: CoMutex;
 }
@@ -56,11 +55,7 @@ function rawProbe(_buf: Uint8Array, _filename: string): number {
 async function rawOpen(bs: BlockDriverState, options: OpenOptions): Promise<void> {
   child(bs);
   const probed = options.format === undefined;
-  bs.opaque = {
-    probed,
-    registry: probed ? (options.registry ?? getDefaultRegistry()) : null,
-    headLock: new CoMutex(),
-  } satisfies RawState;
+  bs.opaque = { probed, headLock: new CoMutex() } satisfies RawState;
 }
 
 async function rawClose(bs: BlockDriverState): Promise<void> {
@@ -88,13 +83,10 @@ async function rawCreate(filename: string, options: CreateOptions, ctx: CreateCo
  */
 async function rawCheckHeadWrite(
   bs: BlockDriverState,
-  s: RawState,
   offset: number,
   bytes: number,
   src: IOVector | null,
 ): Promise<void> {
-  const registry = s.registry;
-  if (registry === null) return;
   const file = child(bs);
   const curLen = Math.min(await file.getLength(), RAW_PROBE_GUARD_BYTES);
   const newLen = Math.min(RAW_PROBE_GUARD_BYTES, Math.max(curLen, offset + bytes));
@@ -103,7 +95,8 @@ async function rawCheckHeadWrite(
   const n = Math.min(newLen - offset, bytes);
   if (src !== null) src.copyTo(head.subarray(offset, offset + n), 0, n);
   else head.fill(0, offset, offset + n);
-  for (const drv of registry.list()) {
+  // The registry the node was opened with: the one that did the probing.
+  for (const drv of bs.registry.list()) {
     if (drv === bs.driver || drv.formatName === 'raw' || drv.probe === undefined || drv.isProtocol === true) continue;
     if (drv.probe(head, bs.filename) > 0) {
       throw new BlockError(
@@ -126,7 +119,7 @@ async function rawGuardedWrite(
   const s = state(bs);
   if (!s.probed || offset >= RAW_PROBE_GUARD_BYTES || bytes === 0) return write();
   return s.headLock.run(async () => {
-    await rawCheckHeadWrite(bs, s, offset, bytes, src);
+    await rawCheckHeadWrite(bs, offset, bytes, src);
     await write();
   });
 }

@@ -1,0 +1,291 @@
+import { chmod, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { BlockError } from '../../src/block/errors.js';
+import { IOVector } from '../../src/block/iovec.js';
+import { BlockDriverState } from '../../src/block/node.js';
+import { BlockDriverRegistry } from '../../src/block/registry.js';
+import { fileDriver, fileStripPrefix } from '../../src/drivers/file/index.js';
+import { makeTempDir, removeTempDir } from '../interop/qemu.js';
+
+const registry = new BlockDriverRegistry().register(fileDriver);
+
+function pattern(n: number, seed: number): Uint8Array {
+  const b = new Uint8Array(n);
+  for (let i = 0; i < n; i++) b[i] = (i * 7 + seed * 13 + (i >> 8)) & 0xff;
+  return b;
+}
+
+function expectBytes(actual: Uint8Array, expected: Uint8Array): void {
+  const a = Buffer.from(actual.buffer, actual.byteOffset, actual.length);
+  const b = Buffer.from(expected.buffer, expected.byteOffset, expected.length);
+  if (!a.equals(b)) {
+    let i = 0;
+    while (i < Math.min(a.length, b.length) && a[i] === b[i]) i++;
+    expect.fail(`bytes differ at ${i} (lengths ${a.length}/${b.length})`);
+  }
+}
+
+async function rejection(p: Promise<unknown>): Promise<BlockError> {
+  try {
+    await p;
+  } catch (e) {
+    expect(e).toBeInstanceOf(BlockError);
+    return e as BlockError;
+  }
+  return expect.fail('expected a rejection');
+}
+
+function open(path: string, readOnly = false): Promise<BlockDriverState> {
+  return BlockDriverState.open(path, { format: 'file', registry, readOnly });
+}
+
+describe('file driver', () => {
+  let dir: string;
+  const nodes: BlockDriverState[] = [];
+  beforeEach(() => {
+    dir = makeTempDir('file-driver');
+  });
+  afterEach(async () => {
+    for (const n of nodes.splice(0)) await n.close();
+    removeTempDir(dir);
+  });
+  async function opened(path: string, readOnly = false): Promise<BlockDriverState> {
+    const bs = await open(path, readOnly);
+    nodes.push(bs);
+    return bs;
+  }
+
+  it('strips an optional file: prefix', () => {
+    expect(fileStripPrefix('file:/a/b')).toBe('/a/b');
+    expect(fileStripPrefix('/a/b')).toBe('/a/b');
+    expect(fileStripPrefix('rel')).toBe('rel');
+  });
+
+  it('create makes a sparse file of whole sectors, mode 0644 under the umask, and empties an existing one', async () => {
+    const p = join(dir, 'c.img');
+    await fileDriver.create!(p, { size: 1000 }, { registry, createFile: () => expect.fail('not used') });
+    const st = await stat(p);
+    expect(st.size).toBe(1024);
+    expect(st.mode & 0o777).toBe(0o644 & ~process.umask());
+    await fileDriver.create!(`file:${p}`, { size: 1 << 20 }, { registry, createFile: () => expect.fail('not used') });
+    expect((await stat(p)).size).toBe(1 << 20);
+    expect((await stat(p)).blocks * 512).toBeLessThan(1 << 20);
+    await writeFile(p, pattern(5000, 1));
+    await fileDriver.create!(p, {}, { registry, createFile: () => expect.fail('not used') });
+    expect((await stat(p)).size).toBe(0);
+  });
+
+  it('create reports ENOENT / EISDIR with the path', async () => {
+    const ctx = { registry, createFile: () => expect.fail('not used') };
+    const missing = join(dir, 'no', 'x.img');
+    const e1 = await rejection(fileDriver.create!(missing, { size: 512 }, ctx));
+    expect(e1.code).toBe('ENOENT');
+    expect(e1.path).toBe(missing);
+    expect(e1.message).toBe(`Could not create '${missing}': No such file or directory`);
+    const e2 = await rejection(fileDriver.create!(dir, { size: 512 }, ctx));
+    expect(e2.code).toBe('EISDIR');
+    const e3 = await rejection(fileDriver.create!(join(dir, 'neg'), { size: -1 }, ctx));
+    expect(e3.code).toBe('EINVAL');
+  });
+
+  it('reads and writes bytes at unaligned offsets, with scattered vectors', async () => {
+    const p = join(dir, 'rw.img');
+    await writeFile(p, new Uint8Array(64 * 1024));
+    const bs = await opened(`file:${p}`);
+    expect(bs.requestAlignment).toBe(1);
+    const data = pattern(3001, 2);
+    await bs.pwrite(1001, data);
+    const back = new Uint8Array(3001);
+    await bs.pread(1001, back);
+    expectBytes(back, data);
+    // writev / readv with several segments of odd sizes
+    const segs = [pattern(1, 3), pattern(511, 4), pattern(4097, 5), pattern(3, 6)];
+    await bs.pwritev(7, new IOVector(segs));
+    const outs = [new Uint8Array(100), new Uint8Array(4000), new Uint8Array(512)];
+    await bs.preadv(7, new IOVector(outs));
+    expectBytes(IOVector.from(new Uint8Array(0)).toBuffer(), new Uint8Array(0));
+    expectBytes(new IOVector(outs).toBuffer(), new IOVector(segs).toBuffer());
+    await bs.flush();
+    const onDisk = await readFile(p);
+    expectBytes(onDisk.subarray(7, 7 + 4612), new IOVector(segs).toBuffer());
+    expect(onDisk.length).toBe(64 * 1024);
+  });
+
+  it('loops on short reads: more buffers than IOV_MAX in one vector', async () => {
+    const p = join(dir, 'iov.img');
+    const data = pattern(3000, 7);
+    await writeFile(p, data);
+    const bs = await opened(p);
+    // The kernel takes at most 1024 iovecs per preadv: one byte per buffer forces short reads.
+    const bufs = Array.from({ length: 3000 }, () => new Uint8Array(1));
+    await bs.preadv(0, new IOVector(bufs));
+    expectBytes(new IOVector(bufs).toBuffer(), data);
+    const wbufs = Array.from({ length: 2500 }, (_, i) => Uint8Array.of((i * 3) & 0xff));
+    await bs.pwritev(100, new IOVector(wbufs));
+    const back = new Uint8Array(2500);
+    await bs.pread(100, back);
+    expectBytes(back, new IOVector(wbufs).toBuffer());
+  });
+
+  it('reads past EOF return zeros and writes past EOF grow the file (driver hooks)', async () => {
+    const p = join(dir, 'grow.img');
+    await writeFile(p, pattern(100, 8));
+    const bs = await opened(p);
+    // The generic layer bounds requests to the length; the driver itself serves any range.
+    const buf = new Uint8Array(300).fill(0xee);
+    await fileDriver.coPreadv!(bs, 50, 300, IOVector.from(buf));
+    expectBytes(buf.subarray(0, 50), pattern(100, 8).subarray(50));
+    expect(buf.subarray(50).every((b) => b === 0)).toBe(true);
+    const split = [new Uint8Array(10).fill(0xee), new Uint8Array(10).fill(0xee)];
+    await fileDriver.coPreadv!(bs, 95, 20, new IOVector(split));
+    expect([...split[0]]).toEqual([...pattern(100, 8).subarray(95), 0, 0, 0, 0, 0]);
+    expect(split[1].every((b) => b === 0)).toBe(true);
+
+    await fileDriver.coPwritev!(bs, 10_000, 4, IOVector.from(Uint8Array.of(1, 2, 3, 4)), {});
+    expect(await bs.getLength()).toBe(10_004);
+    expect((await stat(p)).size).toBe(10_004);
+    const gap = new Uint8Array(9900);
+    await bs.pread(100, gap);
+    expect(gap.every((b) => b === 0)).toBe(true);
+    const tail = new Uint8Array(4);
+    await bs.pread(10_000, tail);
+    expect([...tail]).toEqual([1, 2, 3, 4]);
+    // Through the node, past-the-end is refused (EIO) before the driver runs.
+    expect((await rejection(bs.pread(10_001, new Uint8Array(4)))).code).toBe('EIO');
+  });
+
+  it('truncate shrinks and grows; getLength follows; grown space reads zeros', async () => {
+    const p = join(dir, 't.img');
+    await writeFile(p, pattern(8192, 9));
+    const bs = await opened(p);
+    expect(await bs.getLength()).toBe(8192);
+    await bs.truncate(1000);
+    expect(await bs.getLength()).toBe(1000);
+    expect((await stat(p)).size).toBe(1000);
+    await bs.truncate(5000);
+    expect(await bs.getLength()).toBe(5000);
+    const b = new Uint8Array(5000);
+    await bs.pread(0, b);
+    expectBytes(b.subarray(0, 1000), pattern(8192, 9).subarray(0, 1000));
+    expect(b.subarray(1000).every((x) => x === 0)).toBe(true);
+    expect((await rejection(fileDriver.truncate!(bs, -5))).code).toBe('EINVAL');
+  });
+
+  it('invalidateCache rereads a length changed behind our back', async () => {
+    const p = join(dir, 'ext.img');
+    await writeFile(p, new Uint8Array(512));
+    const bs = await opened(p);
+    await writeFile(p, new Uint8Array(2048));
+    expect(await bs.getLength()).toBe(512);
+    await bs.invalidateCache();
+    expect(await bs.getLength()).toBe(2048);
+  });
+
+  it('flush and FUA writes succeed and the data is in the file', async () => {
+    const p = join(dir, 'f.img');
+    await writeFile(p, new Uint8Array(4096));
+    const bs = await opened(p);
+    await bs.pwrite(0, pattern(512, 10), { fua: true });
+    expectBytes((await readFile(p)).subarray(0, 512), pattern(512, 10));
+    await bs.pwrite(512, pattern(512, 11));
+    await bs.flush();
+    expectBytes((await readFile(p)).subarray(512, 1024), pattern(512, 11));
+  });
+
+  it('getAllocatedFileSize counts host blocks (sparse file: less than its length)', async () => {
+    const p = join(dir, 'a.img');
+    await fileDriver.create!(p, { size: 4 << 20 }, { registry, createFile: () => expect.fail('not used') });
+    const bs = await opened(p);
+    const before = await bs.getAllocatedFileSize();
+    expect(before).toBeLessThan(4 << 20);
+    await bs.pwrite(1 << 20, pattern(256 * 1024, 12));
+    await bs.flush();
+    const after = await bs.getAllocatedFileSize();
+    expect(after).toBeGreaterThanOrEqual(before + 256 * 1024);
+    expect(after).toBe((await stat(p)).blocks * 512);
+  });
+
+  it('blockStatus: everything is data at the same offset of this file (no SEEK_DATA in Node)', async () => {
+    const p = join(dir, 'bs.img');
+    await fileDriver.create!(p, { size: 1 << 20 }, { registry, createFile: () => expect.fail('not used') });
+    const bs = await opened(p);
+    const st = await bs.blockStatus(4096, 1 << 20);
+    expect(st).toMatchObject({ pnum: (1 << 20) - 4096, allocated: true, data: true, zero: false, offset: 4096 });
+    expect(st.file).toBe(bs);
+    expect(await bs.isAllocated(0, 512)).toEqual({ allocated: true, pnum: 512 });
+  });
+
+  it('opens read-only, and the node refuses writes there', async () => {
+    const p = join(dir, 'ro.img');
+    await writeFile(p, new Uint8Array(1024));
+    const bs = await opened(p, true);
+    expect(bs.readOnly).toBe(true);
+    expect((await rejection(bs.pwrite(0, new Uint8Array(1)))).code).toBe('EACCES');
+    // The handle itself is read-only: even the driver hook cannot write.
+    // ...and the error is wrapped as a BlockError with op, offset and path.
+    const e = await rejection(fileDriver.coPwritev!(bs, 5, 1, IOVector.from(new Uint8Array(1)), {}));
+    expect(e.code).toBe('EBADF');
+    expect(e).toMatchObject({ op: 'write', offset: 5, path: p });
+    expect(await bs.getLength()).toBe(1024);
+  });
+
+  it('missing file -> ENOENT with QEMU-like message and the path', async () => {
+    const p = join(dir, 'missing.img');
+    const e = await rejection(open(p));
+    expect(e.code).toBe('ENOENT');
+    expect(e.path).toBe(p);
+    expect(e.message).toBe(`Could not open '${p}': No such file or directory`);
+    expect((await rejection(open(`file:${p}`, true))).code).toBe('ENOENT');
+  });
+
+  it('directory -> EISDIR, read-write and read-only', async () => {
+    const sub = join(dir, 'sub');
+    await mkdir(sub);
+    const e = await rejection(open(sub));
+    expect(e.code).toBe('EISDIR');
+    expect(e.message).toBe(`Could not open '${sub}': Is a directory`);
+    expect(e.path).toBe(sub);
+    const r = await rejection(open(sub, true));
+    expect(r.code).toBe('EISDIR');
+    expect(r.path).toBe(sub);
+  });
+
+  it('a path through a regular file -> ENOTDIR', async () => {
+    const f = join(dir, 'plain');
+    await writeFile(f, 'x');
+    const e = await rejection(open(join(f, 'x.img')));
+    expect(e.code).toBe('ENOTDIR');
+    expect(e.message).toBe(`Could not open '${join(f, 'x.img')}': Not a directory`);
+  });
+
+  // root bypasses file permission bits, so chmod 000 cannot make EACCES happen for it.
+  it.skipIf(process.getuid?.() === 0)('unreadable file -> EACCES', async () => {
+    const p = join(dir, 'noperm.img');
+    await writeFile(p, new Uint8Array(512));
+    await chmod(p, 0o000);
+    const e = await rejection(open(p, true));
+    expect(e.code).toBe('EACCES');
+    expect(e.message).toBe(`Could not open '${p}': Permission denied`);
+  });
+
+  it('closed node: requests fail with EBADF, close is idempotent, the driver state is dropped', async () => {
+    const p = join(dir, 'cl.img');
+    await writeFile(p, new Uint8Array(512));
+    const bs = await open(p);
+    await bs.close();
+    await bs.close();
+    expect((await rejection(bs.pread(0, new Uint8Array(1)))).code).toBe('EBADF');
+    expect(() => fileDriver.getLength!(bs)).toThrowError(expect.objectContaining({ code: 'EBADF' }) as Error);
+  });
+
+  it('many concurrent writes and reads land where they should', async () => {
+    const p = join(dir, 'cc.img');
+    await writeFile(p, new Uint8Array(256 * 1024));
+    const bs = await opened(p);
+    await Promise.all(Array.from({ length: 64 }, (_, i) => bs.pwrite(i * 4096 + 3, pattern(4000, i))));
+    const bufs = Array.from({ length: 64 }, () => new Uint8Array(4000));
+    await Promise.all(bufs.map((b, i) => bs.pread(i * 4096 + 3, b)));
+    bufs.forEach((b, i) => expectBytes(b, pattern(4000, i)));
+  });
+});
