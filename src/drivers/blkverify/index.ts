@@ -1,0 +1,1 @@
+export { BLKVERIFY_PREFIX, blkverifyDriver, blkverifyParseFilename, blkverifyTestImage } from './blkverify.js';
