@@ -7,6 +7,9 @@ import { BlockDriverRegistry, setDefaultRegistry } from './block/registry.js';
 import { fileDriver } from './drivers/file/index.js';
 import { memDriver } from './drivers/mem/index.js';
 import { rawDriver } from './drivers/raw/index.js';
+import { blkdebugDriver } from './drivers/blkdebug/index.js';
+import { blkverifyDriver } from './drivers/blkverify/index.js';
+import { powerlossDriver } from './drivers/powerloss/index.js';
 
 export * from './block/index.js';
 
@@ -18,5 +21,8 @@ export const defaultRegistry = new BlockDriverRegistry();
 defaultRegistry.register(fileDriver);
 defaultRegistry.register(memDriver);
 defaultRegistry.register(rawDriver);
+defaultRegistry.register(blkdebugDriver);
+defaultRegistry.register(blkverifyDriver);
+defaultRegistry.register(powerlossDriver);
 
 setDefaultRegistry(defaultRegistry);
