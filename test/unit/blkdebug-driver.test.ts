@@ -153,3 +153,9 @@ describe('blkdebug driver', () => {
     await bs.close();
   });
 });
+
+describe('blkdebug filename with a protocol config', () => {
+  it('keeps the colon of a mem: config name', () => {
+    expect(blkdebugParseFilename('blkdebug:mem:cfg:mem:disk')).toEqual({ config: 'mem:cfg', image: 'mem:disk' });
+  });
+});

@@ -19,13 +19,20 @@ import { BlkdebugState } from './state.js';
 
 export const BLKDEBUG_PREFIX = 'blkdebug:';
 
-/** Split `blkdebug:CONFIG:IMAGE` (CONFIG may be empty). */
-export function blkdebugParseFilename(filename: string): { config: string; image: string } {
+/**
+ * Split `blkdebug:CONFIG:IMAGE` (CONFIG may be empty) at the first colon, as QEMU does, except
+ * that a CONFIG naming a protocol (`mem:rules`), as `isProtocol` tells, keeps its own colon.
+ */
+export function blkdebugParseFilename(
+  filename: string,
+  isProtocol: (name: string) => boolean = (n) => n === 'mem',
+): { config: string; image: string } {
   if (!filename.startsWith(BLKDEBUG_PREFIX)) {
     throw new BlockError('EINVAL', `'${filename}' is not a blkdebug file name`, { op: 'open', path: filename });
   }
   const rest = filename.slice(BLKDEBUG_PREFIX.length);
-  const c = rest.indexOf(':');
+  let c = rest.indexOf(':');
+  if (c > 0 && isProtocol(rest.slice(0, c))) c = rest.indexOf(':', c + 1);
   if (c < 0) {
     throw new BlockError('EINVAL', 'blkdebug requires both config file and image path', {
       op: 'open',
@@ -113,7 +120,10 @@ async function ruleCheck(bs: BlockDriverState, offset: number, bytes: number, io
 }
 
 async function blkdebugOpen(bs: BlockDriverState, options: OpenOptions): Promise<void> {
-  const { config, image } = blkdebugParseFilename(bs.filename);
+  const { config, image } = blkdebugParseFilename(bs.filename, (n) => {
+    const d = bs.registry.find(n);
+    return d !== undefined && d.protocolName === n;
+  });
   const configPath = options.driverOptions?.config ?? config;
   let rules: BlkdebugRule[] = [];
   if (configPath !== '') rules = parseBlkdebugConfig(await readConfigFile(bs, configPath), configPath);

@@ -21,13 +21,20 @@ interface BlkverifyState {
   test: BlockDriverState;
 }
 
-/** Split `blkverify:RAW:IMAGE`. */
-export function blkverifyParseFilename(filename: string): { raw: string; image: string } {
+/**
+ * Split `blkverify:RAW:IMAGE`. QEMU splits at the first colon; so do we, except that a RAW
+ * naming a protocol (`mem:ref`), as `isProtocol` tells, keeps its own colon.
+ */
+export function blkverifyParseFilename(
+  filename: string,
+  isProtocol: (name: string) => boolean = (n) => n === 'mem',
+): { raw: string; image: string } {
   const bad = (): BlockError =>
     new BlockError('EINVAL', 'blkverify requires raw copy and original image path', { op: 'open', path: filename });
   if (!filename.startsWith(BLKVERIFY_PREFIX)) throw bad();
   const rest = filename.slice(BLKVERIFY_PREFIX.length);
-  const c = rest.indexOf(':');
+  let c = rest.indexOf(':');
+  if (c > 0 && isProtocol(rest.slice(0, c))) c = rest.indexOf(':', c + 1);
   if (c <= 0 || c === rest.length - 1) throw bad();
   return { raw: rest.slice(0, c), image: rest.slice(c + 1) };
 }
@@ -40,8 +47,14 @@ function state(bs: BlockDriverState): BlkverifyState {
   return s;
 }
 
+/** A registered protocol or filter other than the host-file default. */
+export function isProtocolName(bs: BlockDriverState, name: string): boolean {
+  const d = bs.registry.find(name);
+  return d !== undefined && d.protocolName === name;
+}
+
 async function blkverifyOpen(bs: BlockDriverState, options: OpenOptions): Promise<void> {
-  const { raw, image } = blkverifyParseFilename(bs.filename);
+  const { raw, image } = blkverifyParseFilename(bs.filename, (n) => isProtocolName(bs, n));
   const common = {
     readOnly: options.readOnly,
     noFlush: options.noFlush,
