@@ -1,0 +1,311 @@
+import { readFile, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { bdrvCreate } from '../../src/block/create.js';
+import type { BlockDriver } from '../../src/block/driver.js';
+import { BlockError } from '../../src/block/errors.js';
+import { IOVector } from '../../src/block/iovec.js';
+import { BlockDriverState } from '../../src/block/node.js';
+import { BlockDriverRegistry } from '../../src/block/registry.js';
+import { fileDriver } from '../../src/drivers/file/index.js';
+import { MEM_CHUNK_SIZE, memDriver, memStoreCreate, memStoreDelete, memStoreGet, memStoreRead } from '../../src/drivers/mem/index.js';
+import { RAW_PROBE_GUARD_BYTES, rawDriver } from '../../src/drivers/raw/index.js';
+import { makeTempDir, removeTempDir } from '../interop/qemu.js';
+
+/**
+ * A format that only probes: it claims anything starting with QED's magic 'QED\0', as the qed
+ * driver does. Enough for the probed-raw guard, which only asks the other drivers' probes.
+ */
+const qedMagicProbe: BlockDriver = {
+  formatName: 'qedmagic',
+  probe: (buf) => (buf.length >= 4 && buf[0] === 0x51 && buf[1] === 0x45 && buf[2] === 0x44 && buf[3] === 0 ? 100 : 0),
+};
+
+const registry = new BlockDriverRegistry().register(fileDriver).register(memDriver).register(rawDriver).register(qedMagicProbe);
+const QED_MAGIC = Uint8Array.of(0x51, 0x45, 0x44, 0x00);
+
+function pattern(n: number, seed: number): Uint8Array {
+  const b = new Uint8Array(n);
+  for (let i = 0; i < n; i++) b[i] = (i * 5 + seed * 29 + (i >> 10)) & 0xff;
+  return b;
+}
+
+function expectBytes(actual: Uint8Array, expected: Uint8Array): void {
+  const a = Buffer.from(actual.buffer, actual.byteOffset, actual.length);
+  const b = Buffer.from(expected.buffer, expected.byteOffset, expected.length);
+  if (!a.equals(b)) {
+    let i = 0;
+    while (i < Math.min(a.length, b.length) && a[i] === b[i]) i++;
+    expect.fail(`bytes differ at ${i} (lengths ${a.length}/${b.length})`);
+  }
+}
+
+async function rejection(p: Promise<unknown>): Promise<BlockError> {
+  try {
+    await p;
+  } catch (e) {
+    expect(e).toBeInstanceOf(BlockError);
+    return e as BlockError;
+  }
+  return expect.fail('expected a rejection');
+}
+
+describe('raw driver', () => {
+  let dir: string;
+  let seq = 0;
+  const nodes: BlockDriverState[] = [];
+  const stores: string[] = [];
+  beforeEach(() => {
+    dir = makeTempDir('raw-driver');
+  });
+  afterEach(async () => {
+    for (const n of nodes.splice(0)) await n.close();
+    for (const s of stores.splice(0)) memStoreDelete(s);
+    removeTempDir(dir);
+  });
+  function memName(): string {
+    const n = `raw-driver-${process.pid}-${seq++}`;
+    stores.push(n);
+    return `mem:${n}`;
+  }
+  async function opened(filename: string, opts: { format?: string; readOnly?: boolean } = {}): Promise<BlockDriverState> {
+    const bs = await BlockDriverState.open(filename, { registry, ...opts });
+    nodes.push(bs);
+    return bs;
+  }
+
+  it('probes 1 for any bytes, so it is chosen only when nothing else claims the image', () => {
+    expect(rawDriver.probe!(new Uint8Array(0), 'x')).toBe(1);
+    expect(rawDriver.probe!(pattern(2048, 1), 'x.img')).toBe(1);
+    expect(rawDriver.probe!(QED_MAGIC, 'x.qed')).toBe(1);
+    expect(registry.probe(pattern(512, 2), 'x')).toBe(rawDriver);
+    expect(registry.probe(QED_MAGIC, 'x')).toBe(qedMagicProbe);
+  });
+
+  it('create makes a sparse file of whole sectors over the file protocol', async () => {
+    const p = join(dir, 'c.raw');
+    await bdrvCreate(p, { format: 'raw', options: { size: 1000 }, registry });
+    expect((await stat(p)).size).toBe(1024);
+    await bdrvCreate(p, { format: 'raw', options: { size: 8 << 20 }, registry });
+    const st = await stat(p);
+    expect(st.size).toBe(8 << 20);
+    expect(st.blocks * 512).toBeLessThan(1 << 20);
+    expect((await readFile(p)).every((b) => b === 0)).toBe(true);
+    const e = await rejection(
+      rawDriver.create!(p, { size: -1 }, { registry, createFile: () => expect.fail('must validate first') }),
+    );
+    expect(e.code).toBe('EINVAL');
+  });
+
+  it('create over mem', async () => {
+    const name = memName();
+    await bdrvCreate(name, { format: 'raw', options: { size: 3 * MEM_CHUNK_SIZE }, registry });
+    expect(memStoreGet(name)?.length).toBe(3 * MEM_CHUNK_SIZE);
+    expect(memStoreGet(name)?.chunks.size).toBe(0);
+  });
+
+  it('passes reads and writes through unchanged, at the same offsets (file)', async () => {
+    const p = join(dir, 'rw.raw');
+    await bdrvCreate(p, { format: 'raw', options: { size: 1 << 20 }, registry });
+    const bs = await opened(p, { format: 'raw' });
+    expect(bs.driver).toBe(rawDriver);
+    expect(bs.file?.driver).toBe(fileDriver);
+    expect(bs.requestAlignment).toBe(1);
+    const a = pattern(3000, 3);
+    await bs.pwrite(1000, a);
+    const segs = [pattern(7, 4), pattern(5000, 5)];
+    await bs.pwritev(70_001, new IOVector(segs));
+    const back = new Uint8Array(3000);
+    await bs.pread(1000, back);
+    expectBytes(back, a);
+    const outs = [new Uint8Array(4000), new Uint8Array(1007)];
+    await bs.preadv(70_001, new IOVector(outs));
+    expectBytes(new IOVector(outs).toBuffer(), new IOVector(segs).toBuffer());
+    await bs.flush();
+    const disk = await readFile(p);
+    expectBytes(disk.subarray(1000, 4000), a);
+    expectBytes(disk.subarray(70_001, 75_008), new IOVector(segs).toBuffer());
+    expect(await bs.getLength()).toBe(1 << 20);
+    expect((await rejection(bs.pread((1 << 20) - 1, new Uint8Array(2)))).code).toBe('EIO');
+  });
+
+  it('truncate and getLength go to the protocol; getInfo; getAllocatedFileSize from the file child', async () => {
+    const p = join(dir, 't.raw');
+    await bdrvCreate(p, { format: 'raw', options: { size: 4096 }, registry });
+    const bs = await opened(p, { format: 'raw' });
+    await bs.truncate(10_000);
+    expect(await bs.getLength()).toBe(10_000);
+    expect((await stat(p)).size).toBe(10_000);
+    await bs.pwrite(9_999, Uint8Array.of(5));
+    await bs.truncate(2_000);
+    expect(await bs.getLength()).toBe(2_000);
+    expect(await bs.getInfo()).toEqual({ clusterSize: 0, isDirty: false });
+    await bs.pwrite(0, new Uint8Array(2000).fill(1));
+    await bs.flush();
+    expect(await bs.getAllocatedFileSize()).toBe((await stat(p)).blocks * 512);
+    expect(await bs.getAllocatedFileSize()).toBe(await bs.file!.getAllocatedFileSize());
+  });
+
+  it('blockStatus comes from the protocol: same offset, file = bs.file', async () => {
+    const name = memName();
+    await bdrvCreate(name, { format: 'raw', options: { size: 8 * MEM_CHUNK_SIZE }, registry });
+    const bs = await opened(name, { format: 'raw' });
+    await bs.pwrite(2 * MEM_CHUNK_SIZE + 1, Uint8Array.of(1));
+    const hole = await bs.blockStatus(0, 8 * MEM_CHUNK_SIZE);
+    expect(hole).toMatchObject({ pnum: 2 * MEM_CHUNK_SIZE, allocated: true, data: false, zero: true, offset: 0 });
+    expect(hole.file).toBe(bs.file);
+    const data = await bs.blockStatus(2 * MEM_CHUNK_SIZE + 5, 100);
+    expect(data).toMatchObject({ pnum: 100, allocated: true, data: true, zero: false, offset: 2 * MEM_CHUNK_SIZE + 5 });
+    expect(data.file).toBe(bs.file);
+    // Over a host file: everything is data (the file driver cannot see holes).
+    const p = join(dir, 'bs.raw');
+    await bdrvCreate(p, { format: 'raw', options: { size: 4096 }, registry });
+    const fbs = await opened(p, { format: 'raw' });
+    expect(await fbs.blockStatus(512, 4096)).toMatchObject({ pnum: 3584, data: true, zero: false, offset: 512 });
+  });
+
+  it('writeZeroes uses the protocol: native on mem (chunks dropped with unmap), fallback on file', async () => {
+    const name = memName();
+    await bdrvCreate(name, { format: 'raw', options: { size: 4 * MEM_CHUNK_SIZE }, registry });
+    const bs = await opened(name, { format: 'raw' });
+    await bs.pwrite(0, new Uint8Array(4 * MEM_CHUNK_SIZE).fill(3));
+    await bs.writeZeroes(MEM_CHUNK_SIZE, 2 * MEM_CHUNK_SIZE, { mayUnmap: true });
+    expect([...(memStoreGet(name)?.chunks.keys() ?? [])].sort()).toEqual([0, 3]);
+    await bs.writeZeroes(10, 20, { noFallback: true });
+    const all = memStoreRead(name);
+    expect(all.subarray(0, 10).every((b) => b === 3)).toBe(true);
+    expect(all.subarray(10, 30).every((b) => b === 0)).toBe(true);
+    expect(all.subarray(30, MEM_CHUNK_SIZE).every((b) => b === 3)).toBe(true);
+
+    const p = join(dir, 'z.raw');
+    await writeFile(p, new Uint8Array(8192).fill(7));
+    const fbs = await opened(p, { format: 'raw' });
+    await fbs.writeZeroes(100, 5000);
+    const disk = await readFile(p);
+    expect(disk.subarray(100, 5100).every((b) => b === 0)).toBe(true);
+    expect(disk[99]).toBe(7);
+    expect(disk[5100]).toBe(7);
+    // The file protocol cannot zero natively: without fallback it is ENOTSUP.
+    expect((await rejection(fbs.writeZeroes(0, 512, { noFallback: true }))).code).toBe('ENOTSUP');
+  });
+
+  it('discard passes to the protocol', async () => {
+    const name = memName();
+    await bdrvCreate(name, { format: 'raw', options: { size: 2 * MEM_CHUNK_SIZE }, registry });
+    const bs = await opened(name, { format: 'raw' });
+    await bs.pwrite(0, new Uint8Array(2 * MEM_CHUNK_SIZE).fill(1));
+    await bs.discard(0, MEM_CHUNK_SIZE);
+    expect([...(memStoreGet(name)?.chunks.keys() ?? [])]).toEqual([1]);
+  });
+
+  it('AIO reads and writes through the raw node', async () => {
+    const name = memName();
+    await bdrvCreate(name, { format: 'raw', options: { size: 8192 }, registry });
+    const bs = await opened(name, { format: 'raw' });
+    const data = pattern(1536, 9);
+    await new Promise<void>((res, rej) => bs.aioWritev(4, IOVector.from(data), 3, (e) => (e ? rej(e) : res())));
+    await new Promise<void>((res, rej) => bs.aioFlush((e) => (e ? rej(e) : res())));
+    expectBytes(memStoreRead(name).subarray(2048, 2048 + 1536), data);
+  });
+
+  it('flush reaches the file child; close closes it', async () => {
+    const name = memName();
+    memStoreCreate(name.slice(4), 512);
+    const bs = await BlockDriverState.open(name, { format: 'raw', registry });
+    let flushed = 0;
+    const file = bs.file!;
+    const orig = file.flush.bind(file);
+    file.flush = async () => {
+      flushed++;
+      await orig();
+    };
+    await bs.flush();
+    expect(flushed).toBe(1);
+    await bs.close();
+    expect(file.isOpen).toBe(false);
+  });
+
+  describe('probed-raw guard', () => {
+    async function probedMem(size = 4096, head?: Uint8Array): Promise<{ bs: BlockDriverState; name: string }> {
+      const name = memName();
+      memStoreCreate(name.slice(4), size);
+      if (head) memStoreGet(name)!.write(0, [head], head.length);
+      const bs = await opened(name);
+      expect(bs.driver).toBe(rawDriver);
+      return { bs, name };
+    }
+
+    it('refuses a write that makes the head look like another format (EPERM), leaving the data alone', async () => {
+      const { bs, name } = await probedMem();
+      await bs.pwrite(0, pattern(512, 1));
+      const e = await rejection(bs.pwrite(0, QED_MAGIC));
+      expect(e.code).toBe('EPERM');
+      expect(e.message).toContain('qedmagic');
+      expectBytes(memStoreRead(name).subarray(0, 512), pattern(512, 1));
+      // A whole first sector carrying the magic, in several segments.
+      const sector = new Uint8Array(512);
+      sector.set(QED_MAGIC);
+      expect((await rejection(bs.pwritev(0, new IOVector([sector.subarray(0, 2), sector.subarray(2)])))).code).toBe('EPERM');
+      // Finishing a magic whose first byte is already there is refused as well.
+      await bs.pwrite(0, Uint8Array.of(0x51));
+      expect((await rejection(bs.pwrite(1, QED_MAGIC.subarray(1)))).code).toBe('EPERM');
+      expect(memStoreRead(name)[1]).toBe(pattern(512, 1)[1]);
+      // Through AIO too.
+      const aioErr = await new Promise<BlockError | null>((res) => bs.aioWritev(0, IOVector.from(sector), 1, res));
+      expect(aioErr?.code).toBe('EPERM');
+    });
+
+    it('allows harmless head writes and any write past the probed bytes', async () => {
+      const { bs, name } = await probedMem(8192);
+      await bs.pwrite(0, pattern(1024, 2));
+      await bs.pwrite(1, QED_MAGIC);
+      await bs.pwrite(RAW_PROBE_GUARD_BYTES, QED_MAGIC);
+      await bs.writeZeroes(0, 512);
+      const all = memStoreRead(name);
+      expect(all.subarray(0, 512).every((b) => b === 0)).toBe(true);
+      expectBytes(all.subarray(RAW_PROBE_GUARD_BYTES, RAW_PROBE_GUARD_BYTES + 4), QED_MAGIC);
+    });
+
+    it('a write that grows a short image into a header is refused too', async () => {
+      const { bs } = await probedMem(2);
+      expect((await rejection(rawDriver.coPwritev!(bs, 0, 4, IOVector.from(QED_MAGIC), {}))).code).toBe('EPERM');
+    });
+
+    it('with the raw format given explicitly, the same write is allowed', async () => {
+      const name = memName();
+      memStoreCreate(name.slice(4), 4096);
+      const bs = await opened(name, { format: 'raw' });
+      await bs.pwrite(0, QED_MAGIC);
+      expectBytes(memStoreRead(name).subarray(0, 4), QED_MAGIC);
+      await bs.close();
+      // ...and now the image probes as the other format.
+      const again = await opened(name);
+      expect(again.driver).toBe(qedMagicProbe);
+    });
+
+    it('over a host file as well', async () => {
+      const p = join(dir, 'probed.img');
+      await writeFile(p, new Uint8Array(4096));
+      const bs = await opened(p);
+      expect(bs.driver).toBe(rawDriver);
+      expect((await rejection(bs.pwrite(0, QED_MAGIC))).code).toBe('EPERM');
+      expect((await readFile(p)).subarray(0, 4).every((b) => b === 0)).toBe(true);
+      const explicit = await opened(p, { format: 'raw' });
+      await explicit.pwrite(0, QED_MAGIC);
+      await explicit.flush();
+      expectBytes((await readFile(p)).subarray(0, 4), QED_MAGIC);
+    });
+
+    it('concurrent head writes are checked one at a time', async () => {
+      const { bs, name } = await probedMem();
+      // Each write alone is harmless; together they would form the magic. The second one
+      // is checked against the first one's result.
+      const results = await Promise.allSettled([
+        bs.pwrite(0, Uint8Array.of(0x51, 0x45)),
+        bs.pwrite(2, Uint8Array.of(0x44, 0x00)),
+      ]);
+      expect(results.map((r) => r.status)).toEqual(['fulfilled', 'rejected']);
+      expect([...memStoreRead(name).subarray(0, 4)]).toEqual([0x51, 0x45, 0, 0]);
+    });
+  });
+});
