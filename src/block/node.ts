@@ -263,9 +263,18 @@ export class BlockDriverState {
     }
   }
 
+  /**
+   * Protocol and filter nodes grow: a format driver allocates by writing past the end of its
+   * file, and reads there see zeros (QEMU's growable protocol nodes). Format nodes have a fixed
+   * virtual size and refuse requests past it.
+   */
+  get growable(): boolean {
+    return (this.driver.isProtocol ?? false) || (this.driver.isFilter ?? false);
+  }
+
   private async checkBounds(op: string, offset: number, bytes: number): Promise<number> {
     const len = await this.lengthUnchecked();
-    if (offset + bytes > len) {
+    if (offset + bytes > len && !this.growable) {
       throw new BlockError('EIO', `${op}: request ${offset}+${bytes} is past the end of the image (${len} bytes)`, {
         op,
         offset,
@@ -274,6 +283,20 @@ export class BlockDriverState {
     }
     return len;
   }
+
+  /** The length for a write's padding; a growable node with byte alignment needs none. */
+  private async writeBounds(op: string, offset: number, bytes: number): Promise<number> {
+    if (this.growable && this.requestAlignment === 1) return Number.MAX_SAFE_INTEGER;
+    return this.checkBounds(op, offset, bytes);
+  }
+
+  /** Aligned driver read; what lies past the end of a growable node reads as zeros. */
+  private async readClamped(offset: number, qiov: IOVector, len: number): Promise<void> {
+    const n = Math.max(0, Math.min(qiov.size, len - offset));
+    if (n > 0) await this.driverPreadv(offset, n, n === qiov.size ? qiov : qiov.slice(0, n));
+    if (n < qiov.size) qiov.memset(n, 0);
+  }
+
 
   /** Count a request as in flight for close(); `fn` starts only if the node is open. */
   private async inflight<T>(op: string, fn: () => Promise<T>): Promise<T> {
@@ -395,16 +418,16 @@ export class BlockDriverState {
     const bytes = qiov.size;
     const align = this.requestAlignment;
     const start = roundDown(offset, align);
-    const end = Math.min(roundUp(offset + bytes, align), len);
+    const end = Math.min(roundUp(offset + bytes, align), Math.max(len, offset + bytes));
     if (start === offset && end === offset + bytes) {
-      await this.driverPreadv(offset, bytes, qiov);
+      await this.readClamped(offset, qiov, len);
       return;
     }
     const padded = new IOVector();
     if (offset > start) padded.add(new Uint8Array(offset - start));
     for (const b of qiov.iov) padded.add(b);
     if (end > offset + bytes) padded.add(new Uint8Array(end - offset - bytes));
-    await this.driverPreadv(start, end - start, padded);
+    await this.readClamped(start, padded, len);
   }
 
   /**
@@ -461,7 +484,7 @@ export class BlockDriverState {
 
   /** A write that passed the synchronous checks and is counted in flight. */
   private async doPwritev(offset: number, qiov: IOVector, flags: WriteFlags): Promise<void> {
-    const len = await this.checkBounds('write', offset, qiov.size);
+    const len = await this.writeBounds('write', offset, qiov.size);
     if (qiov.size === 0) return;
     await this.trackedPwritev(offset, qiov, flags, len);
   }
@@ -488,7 +511,8 @@ export class BlockDriverState {
     const align = this.requestAlignment;
     const reqEnd = offset + bytes;
     const start = roundDown(offset, align);
-    const end = Math.min(roundUp(reqEnd, align), len);
+    // A growable node may be written past its end; padding never reaches beyond both ends.
+    const end = Math.min(roundUp(reqEnd, align), Math.max(len, reqEnd));
     if (start === offset && end === reqEnd) {
       await this.driverPwritev(offset, bytes, qiov, flags);
       return;
@@ -500,13 +524,13 @@ export class BlockDriverState {
     if (offset > start || (reqEnd < end && tailStart === start)) {
       await this.debugEvent('pwritev_rmw_head');
       head = new Uint8Array(headBlockEnd - start);
-      await this.driverPreadv(start, head.length, IOVector.from(head));
+      await this.readClamped(start, IOVector.from(head), len);
       await this.debugEvent('pwritev_rmw_after_head');
     }
     if (reqEnd < end && tailStart > start) {
       await this.debugEvent('pwritev_rmw_tail');
       tail = new Uint8Array(end - tailStart);
-      await this.driverPreadv(tailStart, tail.length, IOVector.from(tail));
+      await this.readClamped(tailStart, IOVector.from(tail), len);
       await this.debugEvent('pwritev_rmw_after_tail');
     }
     const padded = new IOVector();
@@ -526,7 +550,7 @@ export class BlockDriverState {
     this.checkArgs('write_zeroes', offset, bytes);
     this.checkWritable('write_zeroes');
     await this.inflight('write_zeroes', async () => {
-      const len = await this.checkBounds('write_zeroes', offset, bytes);
+      const len = Math.max(await this.writeBounds('write_zeroes', offset, bytes), offset + bytes);
       if (bytes === 0) return;
       const align = this.requestAlignment;
       const reqEnd = offset + bytes;
@@ -589,7 +613,7 @@ export class BlockDriverState {
     this.checkArgs('discard', offset, bytes);
     this.checkWritable('discard');
     await this.inflight('discard', async () => {
-      const len = await this.checkBounds('discard', offset, bytes);
+      const len = Math.max(await this.writeBounds('discard', offset, bytes), offset + bytes);
       const hook = this.driver.coDiscard?.bind(this.driver);
       if (bytes === 0 || !hook) return;
       const align = this.requestAlignment;
