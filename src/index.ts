@@ -4,30 +4,31 @@
  * the drivers and no import cycle can form.
  */
 import { BlockDriverRegistry, setDefaultRegistry } from './block/registry.js';
-import { fileDriver } from './drivers/file/index.js';
-import { memDriver } from './drivers/mem/index.js';
-import { rawDriver } from './drivers/raw/index.js';
-import { qedDriver } from './drivers/qed/index.js';
 import { blkdebugDriver } from './drivers/blkdebug/index.js';
 import { blkverifyDriver } from './drivers/blkverify/index.js';
+import { fileDriver } from './drivers/file/index.js';
+import { memDriver } from './drivers/mem/index.js';
 import { powerlossDriver } from './drivers/powerloss/index.js';
+import { qedDriver } from './drivers/qed/index.js';
+import { rawDriver } from './drivers/raw/index.js';
 
 export * from './block/index.js';
 export { fileDriver } from './drivers/file/index.js';
 export * from './drivers/mem/index.js';
 export { rawDriver } from './drivers/raw/index.js';
+export { qedDriver } from './drivers/qed/index.js';
+export { blkdebugDriver } from './drivers/blkdebug/index.js';
+export { blkverifyDriver } from './drivers/blkverify/index.js';
+export { powerlossDriver } from './drivers/powerloss/index.js';
 
 /**
  * The registry `BlockDriverState.open` and `bdrvCreate` use when none is passed. Order matters
- * for probing only on ties (the later registration wins).
+ * for probing only on ties (the later registration wins): raw's weak claim (1) loses to any
+ * magic match.
  */
 export const defaultRegistry = new BlockDriverRegistry();
-defaultRegistry.register(fileDriver);
-defaultRegistry.register(memDriver);
-defaultRegistry.register(rawDriver);
-defaultRegistry.register(qedDriver);
-defaultRegistry.register(blkdebugDriver);
-defaultRegistry.register(blkverifyDriver);
-defaultRegistry.register(powerlossDriver);
+for (const drv of [fileDriver, memDriver, powerlossDriver, blkdebugDriver, blkverifyDriver, rawDriver, qedDriver]) {
+  defaultRegistry.register(drv);
+}
 
 setDefaultRegistry(defaultRegistry);
