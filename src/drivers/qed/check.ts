@@ -1,0 +1,195 @@
+/**
+ * Consistency check and repair (QEMU's qed-check.c, with the decisions of §17: clusters are
+ * counted exactly, so no phantom leaks).
+ *
+ * Walk L1 and every L2 table, marking the clusters they reference in a bitmap. Invalid offsets
+ * are corruptions (repairable: the entry is zeroed); a cluster referenced twice is a
+ * corruption that is only reported; an unreferenced cluster is a leak (never repaired: QED
+ * has no way to reuse space). Check errors are I/O failures while reading tables.
+ */
+import { emptyCheckResult, type CheckResult } from '../../block/driver.js';
+import { BlockError, toBlockError } from '../../block/errors.js';
+import { qedLimits } from './cluster.js';
+import { QED_F_NEED_CHECK, qedCheckClusterOffset, qedCheckTableOffset } from './header.js';
+import { type BDRVQEDState, type QEDRequest, qedFile, qedWriteHeaderSync } from './state.js';
+import {
+  QED_UNALLOC_CLUSTER,
+  QED_ZERO_CLUSTER,
+  type QEDTable,
+  qedReadL2Table,
+  qedWriteL2Table,
+  qedWriteTable,
+} from './table.js';
+
+interface QEDCheck {
+  s: BDRVQEDState;
+  result: CheckResult;
+  fix: boolean;
+  /** One bit per cluster of the (rounded-down) file. */
+  used: Uint8Array;
+  nclusters: number;
+  lastError: BlockError | null;
+}
+
+/** Mark `n` clusters from `offset` used; false (and a corruption each) if any already was. */
+function qedSetUsedClusters(check: QEDCheck, offset: number, n: number): boolean {
+  let cluster = offset / check.s.header.clusterSize;
+  let corruptions = 0;
+  for (let i = 0; i < n; i++, cluster++) {
+    const byte = cluster >> 3;
+    const bit = 1 << (cluster & 7);
+    if (check.used[byte] & bit) corruptions++;
+    check.used[byte] |= bit;
+  }
+  check.result.corruptions += corruptions;
+  return corruptions === 0;
+}
+
+/** Check one L2 table's entries; returns how many were invalid (zeroed when fixing). */
+function qedCheckL2Table(check: QEDCheck, table: QEDTable): number {
+  const s = check.s;
+  const limits = qedLimits(s);
+  let lastOffset = 0;
+  let invalid = 0;
+  for (let i = 0; i < s.tableNelems; i++) {
+    const offset = table.get(i);
+    if (offset === QED_UNALLOC_CLUSTER || offset === QED_ZERO_CLUSTER) continue;
+    check.result.allocatedClusters++;
+    if (lastOffset !== 0 && lastOffset + s.header.clusterSize !== offset) check.result.fragmentedClusters++;
+    lastOffset = offset;
+    if (!qedCheckClusterOffset(limits, offset)) {
+      if (check.fix) {
+        table.set(i, 0);
+        check.result.corruptionsFixed++;
+      } else {
+        check.result.corruptions++;
+      }
+      invalid++;
+      continue;
+    }
+    // A second reference is reported but cannot be repaired: which owner is right is unknown.
+    qedSetUsedClusters(check, offset, 1);
+  }
+  return invalid;
+}
+
+async function qedCheckL1Table(check: QEDCheck): Promise<void> {
+  const s = check.s;
+  const limits = qedLimits(s);
+  const l1 = s.l1Table;
+  let l1Invalid = 0;
+  for (let i = 0; i < s.tableNelems; i++) {
+    const offset = l1.get(i);
+    if (offset === QED_UNALLOC_CLUSTER) continue;
+    if (!qedCheckTableOffset(limits, offset)) {
+      if (check.fix) {
+        l1.set(i, 0);
+        check.result.corruptionsFixed++;
+      } else {
+        check.result.corruptions++;
+      }
+      l1Invalid++;
+      continue;
+    }
+    // A table overlapping something already seen is not read: its entries are suspect.
+    if (!qedSetUsedClusters(check, offset, s.header.tableSize)) continue;
+
+    const request: QEDRequest = { l2Table: null };
+    try {
+      await qedReadL2Table(s, request, offset);
+      const invalid = qedCheckL2Table(check, request.l2Table!.table);
+      if (invalid > 0 && check.fix) {
+        // Repaired tables are written whole, unflushed: the caller flushes before marking the
+        // image clean.
+        await qedWriteL2Table(s, request, 0, s.tableNelems, false);
+      }
+    } catch (e) {
+      check.result.checkErrors++;
+      check.lastError = toBlockError(e, { op: 'check', offset });
+      // A table we could not read or write back may differ from what the cache holds.
+      s.l2Cache.unref(request.l2Table);
+      request.l2Table = null;
+      s.l2Cache.remove(offset);
+      continue;
+    }
+    s.l2Cache.unref(request.l2Table);
+  }
+  if (l1Invalid > 0 && check.fix) {
+    try {
+      await qedWriteTable(s, s.header.l1TableOffset, l1, 0, s.tableNelems, false);
+    } catch (e) {
+      check.result.checkErrors++;
+      check.lastError = toBlockError(e, { op: 'check' });
+    }
+  }
+}
+
+/** Clear NEED_CHECK after a repair, only when nothing is left to repair (§17.5). */
+async function qedCheckMarkClean(s: BDRVQEDState, result: CheckResult): Promise<void> {
+  if (result.corruptions > 0 || result.checkErrors > 0) return;
+  if ((s.header.features & QED_F_NEED_CHECK) === 0n) return;
+  // The repairs must be durable before the image claims to be consistent.
+  await qedFile(s).flush();
+  s.header.features &= ~QED_F_NEED_CHECK;
+  try {
+    await qedWriteHeaderSync(s);
+    await qedFile(s).flush();
+  } catch (e) {
+    s.header.features |= QED_F_NEED_CHECK;
+    result.checkErrors++;
+    throw e;
+  }
+}
+
+/** One pass of the check (qed_check). The caller holds the allocation lock. */
+export async function qedCheckPass(s: BDRVQEDState, fix: boolean): Promise<CheckResult> {
+  const cs = s.header.clusterSize;
+  const nclusters = s.fileSize / cs;
+  const check: QEDCheck = {
+    s,
+    result: emptyCheckResult(),
+    fix,
+    used: new Uint8Array(Math.ceil(nclusters / 8) + 1),
+    nclusters,
+    lastError: null,
+  };
+  check.result.totalClusters = Math.ceil(s.header.imageSize / cs);
+
+  qedSetUsedClusters(check, s.header.l1TableOffset, s.header.tableSize);
+  await qedCheckL1Table(check);
+
+  // Leaks are only meaningful when every table was read.
+  if (check.result.checkErrors === 0) {
+    for (let i = s.header.headerSize; i < nclusters; i++) {
+      if ((check.used[i >> 3] & (1 << (i & 7))) === 0) check.result.leaks++;
+    }
+    if (fix) {
+      try {
+        await qedCheckMarkClean(s, check.result);
+      } catch {
+        // counted as a check error by qedCheckMarkClean
+      }
+    }
+  }
+  s.corruptionsRemain = check.result.corruptions > 0;
+  return check.result;
+}
+
+/**
+ * The check hook: any repair mode fixes everything QEMU fixes (invalid offsets; never leaks,
+ * never double references). After a repair that changed something, the image is checked again
+ * and that second pass is reported, with the first pass's repair counts, as qemu-img does.
+ */
+export async function qedCheck(s: BDRVQEDState, fix: boolean): Promise<CheckResult> {
+  await s.allocLock.lock();
+  try {
+    const first = await qedCheckPass(s, fix);
+    if (!fix || (first.corruptionsFixed === 0 && first.leaksFixed === 0)) return first;
+    const second = await qedCheckPass(s, false);
+    second.corruptionsFixed = first.corruptionsFixed;
+    second.leaksFixed = first.leaksFixed;
+    return second;
+  } finally {
+    s.allocLock.unlock();
+  }
+}

@@ -1,0 +1,107 @@
+/**
+ * Address translation: plan the next run of a request (QEMU's qed_find_cluster).
+ *
+ * The planner only reads tables; the callers (read, write, block status) decide what to do
+ * with the run. A run never crosses an L2-table boundary, and host-contiguous clusters merge
+ * into one run so a long request costs one I/O per contiguous piece.
+ */
+import { BlockError } from '../../block/errors.js';
+import { qedCheckClusterOffset, qedCheckTableOffset } from './header.js';
+import { QED_UNALLOC_CLUSTER, QED_ZERO_CLUSTER, qedReadL2Table, type QEDTable } from './table.js';
+import {
+  type BDRVQEDState,
+  type QEDRequest,
+  qedBytesToClusters,
+  qedL1Index,
+  qedL2Index,
+  qedOffsetIntoCluster,
+} from './state.js';
+
+export type QEDClusterKind =
+  /** Data clusters allocated in the image file at `hostOffset`. */
+  | 'found'
+  /** Zero clusters (entry 1): read as zeros, no backing fall-through. */
+  | 'zero'
+  /** The L2 table exists, the entries are 0: backing file or zeros. */
+  | 'l2-unallocated'
+  /** No L2 table for this range at all: backing file or zeros. */
+  | 'l1-unallocated';
+
+export interface QEDClusterRun {
+  kind: QEDClusterKind;
+  /** For 'found': host byte offset of the run's first guest byte; 0 otherwise. */
+  hostOffset: number;
+  /** Bytes of the run, from the queried position. */
+  length: number;
+}
+
+/** Limits on what a table-entry offset may be, from the current state. */
+export function qedLimits(s: BDRVQEDState) {
+  return {
+    clusterSize: s.header.clusterSize,
+    tableSize: s.header.tableSize,
+    headerSize: s.header.headerSize,
+    fileSize: s.fileSize,
+  };
+}
+
+/**
+ * Count how many of the `n` entries starting at `index` continue the first one: the same
+ * marker (0 or 1), or consecutive cluster offsets.
+ */
+export function qedCountContiguousClusters(
+  s: BDRVQEDState,
+  table: QEDTable,
+  index: number,
+  n: number,
+): { count: number; first: number } {
+  const first = table.get(index);
+  const cs = s.header.clusterSize;
+  let count = 1;
+  if (first === QED_UNALLOC_CLUSTER || first === QED_ZERO_CLUSTER) {
+    while (count < n && table.get(index + count) === first) count++;
+  } else {
+    while (count < n && table.get(index + count) === first + count * cs) count++;
+  }
+  return { count, first };
+}
+
+/**
+ * Plan the run starting at guest offset `pos`, at most `len` bytes. The request keeps a
+ * reference to the L2 table it used (released by the caller, or by the next lookup).
+ * An invalid table entry fails with EINVAL: nothing is ever read from a wild offset.
+ */
+export async function qedFindCluster(
+  s: BDRVQEDState,
+  request: QEDRequest,
+  pos: number,
+  len: number,
+): Promise<QEDClusterRun> {
+  // Requests are handled one L2 table at a time.
+  const l2End = (Math.floor(pos / s.l2Span) + 1) * s.l2Span;
+  len = Math.min(len, l2End - pos);
+
+  const l2Offset = s.l1Table.get(qedL1Index(s, pos));
+  if (l2Offset === QED_UNALLOC_CLUSTER) return { kind: 'l1-unallocated', hostOffset: 0, length: len };
+  const limits = qedLimits(s);
+  if (!qedCheckTableOffset(limits, l2Offset)) {
+    throw new BlockError('EINVAL', `QED L2 table offset ${l2Offset} is invalid`, { op: 'qed_find_cluster', offset: pos });
+  }
+
+  await qedReadL2Table(s, request, l2Offset);
+  const table = request.l2Table!.table;
+  const inCluster = qedOffsetIntoCluster(s, pos);
+  const n = qedBytesToClusters(s, inCluster + len);
+  const { count, first } = qedCountContiguousClusters(s, table, qedL2Index(s, pos), n);
+  const length = Math.min(len, count * s.header.clusterSize - inCluster);
+
+  if (first === QED_UNALLOC_CLUSTER) return { kind: 'l2-unallocated', hostOffset: 0, length };
+  if (first === QED_ZERO_CLUSTER) return { kind: 'zero', hostOffset: 0, length };
+  if (!qedCheckClusterOffset(limits, first)) {
+    throw new BlockError('EINVAL', `QED data cluster offset ${first} is invalid`, {
+      op: 'qed_find_cluster',
+      offset: pos,
+    });
+  }
+  return { kind: 'found', hostOffset: first + inCluster, length };
+}

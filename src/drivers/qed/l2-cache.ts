@@ -1,0 +1,89 @@
+/**
+ * Bounded, reference-counted LRU cache of L2 tables (QEMU's qed-l2-cache.c).
+ *
+ * A table in use by a request (ref > 0) is never evicted: the request may be about to update
+ * it, and a second copy read from disk would miss that update. Only unreferenced tables are
+ * evicted, oldest first, so memory stays at `capacity` tables plus those in flight.
+ */
+import { QED_L2_CACHE_SIZE } from './header.js';
+import { QEDTable } from './table.js';
+
+export interface CachedL2Table {
+  /** File offset of the table. */
+  offset: number;
+  table: QEDTable;
+  /** Requests holding this table. */
+  ref: number;
+}
+
+export class L2Cache {
+  /** Committed tables in LRU order: the first is the least recently used. */
+  private readonly entries = new Map<number, CachedL2Table>();
+  /** Reads in progress, so concurrent misses share one read. */
+  readonly loading = new Map<number, Promise<CachedL2Table>>();
+
+  constructor(
+    readonly nelems: number,
+    readonly capacity = QED_L2_CACHE_SIZE,
+  ) {}
+
+  get size(): number {
+    return this.entries.size;
+  }
+
+  /** A fresh, uncommitted table held by the caller (ref 1). */
+  alloc(offset: number): CachedL2Table {
+    return { offset, table: new QEDTable(this.nelems), ref: 1 };
+  }
+
+  /** Look a table up and take a reference; marks it most recently used. */
+  find(offset: number): CachedL2Table | undefined {
+    const entry = this.entries.get(offset);
+    if (!entry) return undefined;
+    this.entries.delete(offset);
+    this.entries.set(offset, entry);
+    entry.ref++;
+    return entry;
+  }
+
+  /** Drop a reference (null is fine). */
+  unref(entry: CachedL2Table | null): void {
+    if (!entry) return;
+    if (entry.ref > 0) entry.ref--;
+    this.evict();
+  }
+
+  /**
+   * Insert a table read from disk or newly written. A reference the caller holds stays held.
+   * Replaces a stale entry at the same offset only when that one is unused.
+   */
+  commit(entry: CachedL2Table): void {
+    const old = this.entries.get(entry.offset);
+    if (old && old !== entry) this.entries.delete(entry.offset);
+    this.entries.delete(entry.offset);
+    this.entries.set(entry.offset, entry);
+    this.evict();
+  }
+
+  /** Forget a table (after a failed write that never linked it). */
+  remove(offset: number): void {
+    this.entries.delete(offset);
+  }
+
+  /** Drop everything (invalidate_cache, close). */
+  clear(): void {
+    this.entries.clear();
+  }
+
+  has(offset: number): boolean {
+    return this.entries.has(offset);
+  }
+
+  private evict(): void {
+    if (this.entries.size <= this.capacity) return;
+    for (const [offset, entry] of this.entries) {
+      if (this.entries.size <= this.capacity) break;
+      if (entry.ref === 0) this.entries.delete(offset);
+    }
+  }
+}

@@ -1,0 +1,351 @@
+/**
+ * The QED block driver: open/close and the metadata hooks, assembled into `qedDriver`.
+ * The request path lives in io.ts, the check in check.ts, creation in create.ts.
+ */
+import type { CompletionFunc } from '../../block/aio.js';
+import { CoMutex } from '../../block/coroutine.js';
+import type {
+  BlockDriver,
+  BlockDriverInfo,
+  BlockStatus,
+  CheckFix,
+  CheckResult,
+  CreateOptions,
+  OpenOptions,
+  WriteFlags,
+  WriteZeroesFlags,
+} from '../../block/driver.js';
+import { BlockError } from '../../block/errors.js';
+import type { IOVector } from '../../block/iovec.js';
+import type { BlockDriverState } from '../../block/node.js';
+import { qedCheck } from './check.js';
+import { qedFindCluster } from './cluster.js';
+import { qedCreate, qedCreateOptions, qedCreateWarnings } from './create.js';
+import {
+  decodeHeader,
+  encodeHeader,
+  QED_AUTOCLEAR_FEATURE_MASK,
+  QED_COMPAT_FEATURE_MASK,
+  QED_F_BACKING_FILE,
+  QED_F_BACKING_FORMAT_NO_PROBE,
+  QED_F_NEED_CHECK,
+  QED_HEADER_STRUCT_SIZE,
+  QED_MAGIC,
+  qedIsImageSizeValid,
+  type QEDHeader,
+  validateHeader,
+} from './header.js';
+import {
+  QED_AIOCB_WRITE,
+  qedAioSetup,
+  qedCoRequest,
+  qedCoWriteZeroes,
+  type QEDAIOCB,
+} from './io.js';
+import { L2Cache } from './l2-cache.js';
+import { cancelNeedCheckTimer, qedNeedCheckTimerCb } from './need-check.js';
+import { type BDRVQEDState, type QEDRequest, qedFile, qedState, qedWriteHeaderSync } from './state.js';
+import { QEDTable, qedReadL1Table } from './table.js';
+
+/** Probe: the magic is all QED has; a match is certain. */
+export function qedProbe(buf: Uint8Array): number {
+  if (buf.length < QED_HEADER_STRUCT_SIZE) return 0;
+  const magic = buf[0] | (buf[1] << 8) | (buf[2] << 16) | (buf[3] << 24);
+  return magic === QED_MAGIC ? 100 : 0;
+}
+
+/** Read the header and everything derived from it; leaves bs.opaque set on success. */
+async function qedDoOpen(bs: BlockDriverState, options: OpenOptions): Promise<void> {
+  const file = bs.file;
+  if (!file) throw new BlockError('EINVAL', 'QED needs a file to open', { op: 'open', path: bs.filename });
+  const fileLength = await file.getLength();
+  const buf = new Uint8Array(QED_HEADER_STRUCT_SIZE);
+  if (fileLength > 0) await file.pread(0, buf.subarray(0, Math.min(fileLength, buf.length)));
+  const { header, fileSize } = validateHeader(decodeHeader(buf), fileLength);
+
+  const tableNelems = (header.clusterSize * header.tableSize) / 8;
+  const s: BDRVQEDState = {
+    bs,
+    header,
+    fileSize,
+    tableNelems,
+    l2Span: tableNelems * header.clusterSize,
+    l1Table: new QEDTable(tableNelems),
+    l2Cache: new L2Cache(tableNelems),
+    allocLock: new CoMutex(),
+    needCheckTimer: null,
+    timerTask: null,
+    corruptionsRemain: false,
+    openOptions: options,
+    closed: false,
+  };
+
+  let backingFile = '';
+  let backingFormat = '';
+  if ((header.features & QED_F_BACKING_FILE) !== 0n) {
+    if (header.backingFilenameSize > 0) {
+      const name = new Uint8Array(header.backingFilenameSize);
+      await file.pread(header.backingFilenameOffset, name);
+      backingFile = new TextDecoder().decode(name);
+    }
+    if ((header.features & QED_F_BACKING_FORMAT_NO_PROBE) !== 0n) backingFormat = 'raw';
+  }
+
+  const writable = !bs.readOnly && !options.inactive;
+  // Unknown autoclear bits are knocked out by a writer that does not understand them, so a
+  // newer program can tell its extension data is stale.
+  if ((header.autoclearFeatures & ~QED_AUTOCLEAR_FEATURE_MASK) !== 0n && writable) {
+    const old = header.autoclearFeatures;
+    header.autoclearFeatures &= QED_AUTOCLEAR_FEATURE_MASK;
+    try {
+      await qedWriteHeaderSync(s);
+      await file.flush();
+    } catch (e) {
+      header.autoclearFeatures = old;
+      throw e;
+    }
+  }
+
+  await qedReadL1Table(s);
+
+  // An image not closed cleanly is checked (and repaired) before read-write use. Read-only and
+  // inactive opens skip it, which allows recovery reads; a check open runs its own check.
+  if ((header.features & QED_F_NEED_CHECK) !== 0n && writable && !options.check) {
+    const result = await qedCheck(s, true);
+    if (result.checkErrors > 0) {
+      throw new BlockError('EIO', 'Image corrupted', { op: 'open', path: bs.filename });
+    }
+  }
+
+  s.needCheckTimer = bs.clock.newTimer(() => qedNeedCheckTimerCb(s));
+  bs.backingFile = backingFile;
+  bs.backingFormat = backingFormat;
+  bs.opaque = s;
+}
+
+async function qedOpen(bs: BlockDriverState, options: OpenOptions): Promise<void> {
+  await qedDoOpen(bs, options);
+}
+
+/**
+ * Close: stop the timer, wait for its job, make everything durable, and mark the image clean
+ * unless a check found corruption it could not repair (§17.5). The generic layer has already
+ * waited for every request.
+ */
+async function qedClose(bs: BlockDriverState): Promise<void> {
+  const s = bs.opaque as BDRVQEDState | null;
+  if (!s || s.closed) return;
+  s.closed = true;
+  cancelNeedCheckTimer(s);
+  if (s.timerTask) await s.timerTask;
+  try {
+    if (!bs.readOnly && !s.openOptions.inactive) {
+      const file = qedFile(s);
+      await file.flush();
+      if ((s.header.features & QED_F_NEED_CHECK) !== 0n && !s.corruptionsRemain) {
+        s.header.features &= ~QED_F_NEED_CHECK;
+        await qedWriteHeaderSync(s);
+        await file.flush();
+      }
+    }
+  } finally {
+    s.l2Cache.clear();
+  }
+}
+
+function qedAioReadv(
+  bs: BlockDriverState,
+  sectorNum: number,
+  qiov: IOVector,
+  nbSectors: number,
+  cb: CompletionFunc,
+): QEDAIOCB {
+  return qedAioSetup(bs, sectorNum, qiov, nbSectors, cb, 0);
+}
+
+function qedAioWritev(
+  bs: BlockDriverState,
+  sectorNum: number,
+  qiov: IOVector,
+  nbSectors: number,
+  cb: CompletionFunc,
+): QEDAIOCB {
+  return qedAioSetup(bs, sectorNum, qiov, nbSectors, cb, QED_AIOCB_WRITE);
+}
+
+async function qedCoPreadv(bs: BlockDriverState, offset: number, bytes: number, qiov: IOVector): Promise<void> {
+  await qedCoRequest(bs, offset, bytes, qiov, 0);
+}
+
+async function qedCoPwritev(
+  bs: BlockDriverState,
+  offset: number,
+  bytes: number,
+  qiov: IOVector,
+  flags: WriteFlags,
+): Promise<void> {
+  await qedCoRequest(bs, offset, bytes, qiov, QED_AIOCB_WRITE);
+  // QED has no FUA of its own: a flush after the write gives the same durability.
+  if (flags.fua) await qedFile(qedState(bs)).flush();
+}
+
+/** Block status of one run, from the same planner the request path uses. */
+async function qedCoBlockStatus(bs: BlockDriverState, offset: number, bytes: number): Promise<BlockStatus> {
+  const s = qedState(bs);
+  const request: QEDRequest = { l2Table: null };
+  try {
+    const run = await qedFindCluster(s, request, offset, bytes);
+    switch (run.kind) {
+      case 'found':
+        return { pnum: run.length, allocated: true, data: true, zero: false, offset: run.hostOffset, file: qedFile(s) };
+      case 'zero':
+        return { pnum: run.length, allocated: true, data: false, zero: true };
+      default:
+        // Not ours: the generic layer asks the backing file (or reports zeros without one).
+        return { pnum: run.length, allocated: false, data: false, zero: false };
+    }
+  } finally {
+    s.l2Cache.unref(request.l2Table);
+  }
+}
+
+async function qedCoIsAllocated(
+  bs: BlockDriverState,
+  offset: number,
+  bytes: number,
+): Promise<{ allocated: boolean; pnum: number }> {
+  const st = await qedCoBlockStatus(bs, offset, bytes);
+  return { allocated: st.allocated, pnum: st.pnum };
+}
+
+async function qedWriteZeroesHook(
+  bs: BlockDriverState,
+  offset: number,
+  bytes: number,
+  flags: WriteZeroesFlags,
+): Promise<void> {
+  await qedCoWriteZeroes(bs, offset, bytes, flags.noFallback === true);
+}
+
+/** Grow only: the new size goes into the header; tables and file stay as they are. */
+async function qedTruncate(bs: BlockDriverState, size: number): Promise<void> {
+  const s = qedState(bs);
+  if (!Number.isSafeInteger(size) || !qedIsImageSizeValid(size, s.header.clusterSize, s.header.tableSize)) {
+    throw new BlockError('EINVAL', 'Invalid image size specified', { op: 'truncate', offset: size });
+  }
+  if (size < s.header.imageSize) {
+    throw new BlockError('ENOTSUP', 'Shrinking images is currently not supported', { op: 'truncate', offset: size });
+  }
+  const old = s.header.imageSize;
+  s.header.imageSize = size;
+  try {
+    await qedWriteHeaderSync(s);
+  } catch (e) {
+    s.header.imageSize = old;
+    throw e;
+  }
+}
+
+function qedGetLength(bs: BlockDriverState): number {
+  return qedState(bs).header.imageSize;
+}
+
+async function qedGetInfo(bs: BlockDriverState): Promise<BlockDriverInfo> {
+  const s = qedState(bs);
+  return { clusterSize: s.header.clusterSize, isDirty: (s.header.features & QED_F_NEED_CHECK) !== 0n };
+}
+
+/**
+ * Rewrite header + backing name in one durable write at offset 0. A name is always placed
+ * right after the header struct; removing the backing file leaves the old name bytes.
+ */
+async function qedChangeBackingFile(
+  bs: BlockDriverState,
+  backingFile: string | null,
+  backingFmt: string | null,
+): Promise<void> {
+  const s = qedState(bs);
+  const name = backingFile === null || backingFile === '' ? null : backingFile;
+  // With unknown compat features set, what follows the header may be theirs: do not overwrite.
+  if (name !== null && (s.header.compatFeatures & ~QED_COMPAT_FEATURE_MASK) !== 0n) {
+    throw new BlockError('ENOTSUP', 'Cannot change the backing file: the image uses unknown compatible features', {
+      op: 'change_backing_file',
+    });
+  }
+  const nameBytes = new TextEncoder().encode(name ?? '');
+  const newHeader: QEDHeader = { ...s.header };
+  newHeader.features &= ~(QED_F_BACKING_FILE | QED_F_BACKING_FORMAT_NO_PROBE);
+  if (name !== null) {
+    newHeader.features |= QED_F_BACKING_FILE;
+    if (backingFmt === 'raw') newHeader.features |= QED_F_BACKING_FORMAT_NO_PROBE;
+  }
+  newHeader.backingFilenameOffset = QED_HEADER_STRUCT_SIZE;
+  newHeader.backingFilenameSize = nameBytes.length;
+  const len = QED_HEADER_STRUCT_SIZE + nameBytes.length;
+  if (len > newHeader.headerSize * newHeader.clusterSize || nameBytes.length >= 4096) {
+    throw new BlockError('ENOSPC', 'No space left in the file header', { op: 'change_backing_file' });
+  }
+  const buf = new Uint8Array(len);
+  encodeHeader(newHeader, buf.subarray(0, QED_HEADER_STRUCT_SIZE));
+  buf.set(nameBytes, QED_HEADER_STRUCT_SIZE);
+  const file = qedFile(s);
+  await file.pwrite(0, buf);
+  await file.flush();
+  s.header = newHeader;
+  bs.backingFile = name ?? '';
+  bs.backingFormat = name !== null && backingFmt === 'raw' ? 'raw' : '';
+}
+
+/** Drop every piece of cached state and read it again from the image. */
+async function qedInvalidateCache(bs: BlockDriverState): Promise<void> {
+  const s = qedState(bs);
+  s.closed = true;
+  cancelNeedCheckTimer(s);
+  if (s.timerTask) await s.timerTask;
+  s.l2Cache.clear();
+  bs.opaque = null;
+  try {
+    await qedDoOpen(bs, s.openOptions);
+  } catch (e) {
+    // Keep the old state usable rather than leave the node without one.
+    s.closed = false;
+    bs.opaque = s;
+    throw e;
+  }
+}
+
+async function qedCheckHook(bs: BlockDriverState, fix: CheckFix): Promise<CheckResult> {
+  const s = qedState(bs);
+  // QEMU treats every repair mode as "fix everything it can".
+  return qedCheck(s, fix.errors === true || fix.leaks === true);
+}
+
+export interface QEDBlockDriver extends BlockDriver {
+  /** Warnings a tool prints for create options (table_size=1 cannot be opened by QEMU). */
+  createWarnings(options: CreateOptions): string[];
+}
+
+export const qedDriver: QEDBlockDriver = {
+  formatName: 'qed',
+  requestAlignment: 512,
+  supportsBacking: true,
+  createOptions: qedCreateOptions,
+  probe: qedProbe,
+  open: qedOpen,
+  close: qedClose,
+  create: qedCreate,
+  coPreadv: qedCoPreadv,
+  coPwritev: qedCoPwritev,
+  aioReadv: qedAioReadv,
+  aioWritev: qedAioWritev,
+  coBlockStatus: qedCoBlockStatus,
+  coIsAllocated: qedCoIsAllocated,
+  coWriteZeroes: qedWriteZeroesHook,
+  truncate: qedTruncate,
+  getLength: qedGetLength,
+  getInfo: qedGetInfo,
+  changeBackingFile: qedChangeBackingFile,
+  invalidateCache: qedInvalidateCache,
+  check: qedCheckHook,
+  createWarnings: qedCreateWarnings,
+};

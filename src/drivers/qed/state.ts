@@ -1,0 +1,111 @@
+/**
+ * BDRVQEDState: what an open QED image keeps in memory, plus the small helpers every other
+ * file shares (geometry arithmetic, header writes, cluster allocation).
+ */
+import type { Timer } from '../../block/clock.js';
+import { CoMutex } from '../../block/coroutine.js';
+import type { OpenOptions } from '../../block/driver.js';
+import { BlockError } from '../../block/errors.js';
+import { IOVector } from '../../block/iovec.js';
+import type { BlockDriverState } from '../../block/node.js';
+import { encodeHeader, QED_HEADER_STRUCT_SIZE, type QEDHeader } from './header.js';
+import type { CachedL2Table, L2Cache } from './l2-cache.js';
+import type { QEDTable } from './table.js';
+
+export interface BDRVQEDState {
+  bs: BlockDriverState;
+  header: QEDHeader;
+  /** File length rounded down to a cluster: where the next cluster is appended. */
+  fileSize: number;
+  /** Entries per table. */
+  tableNelems: number;
+  /** Guest bytes mapped by one L2 table (entries × cluster size). */
+  l2Span: number;
+  l1Table: QEDTable;
+  l2Cache: L2Cache;
+  /**
+   * Held by the one request allowed to allocate (from its first allocating cluster until it
+   * completes) and by the need-check timer while it clears the dirty bit: QEMU's
+   * allocating_acb + allocating_write_reqs queue + "plugged" state, as one FIFO mutex.
+   */
+  allocLock: CoMutex;
+  needCheckTimer: Timer | null;
+  /** The running timer job, so close can wait for it. */
+  timerTask: Promise<void> | null;
+  /** A check left unfixable corruption: never mark the image clean (§17.5). */
+  corruptionsRemain: boolean;
+  openOptions: OpenOptions;
+  closed: boolean;
+}
+
+/** Per-request table state (QEMU's QEDRequest): the L2 table the request holds a reference to. */
+export interface QEDRequest {
+  l2Table: CachedL2Table | null;
+}
+
+export function qedState(bs: BlockDriverState): BDRVQEDState {
+  const s = bs.opaque as BDRVQEDState | null | undefined;
+  if (!s) throw new BlockError('EBADF', 'QED image is not open', { op: 'qed' });
+  return s;
+}
+
+export function qedFile(s: BDRVQEDState): BlockDriverState {
+  const file = s.bs.file;
+  if (!file) throw new BlockError('EBADF', 'QED node has no file child', { op: 'qed' });
+  return file;
+}
+
+/** Emit a trace point, building nothing when nobody listens. */
+export function qedTrace(s: BDRVQEDState, name: string, args: Record<string, unknown>): void {
+  if (s.bs.events.listenerCount('trace') > 0) s.bs.trace(name, { s, ...args });
+}
+
+export function qedStartOfCluster(s: BDRVQEDState, offset: number): number {
+  return offset - (offset % s.header.clusterSize);
+}
+
+export function qedOffsetIntoCluster(s: BDRVQEDState, offset: number): number {
+  return offset % s.header.clusterSize;
+}
+
+/** Clusters needed to hold `bytes` bytes, computed exactly (QEMU divides by cs-1: §17.2). */
+export function qedBytesToClusters(s: BDRVQEDState, bytes: number): number {
+  return Math.ceil(bytes / s.header.clusterSize);
+}
+
+export function qedL1Index(s: BDRVQEDState, pos: number): number {
+  return Math.floor(pos / s.l2Span);
+}
+
+export function qedL2Index(s: BDRVQEDState, pos: number): number {
+  return Math.floor(pos / s.header.clusterSize) % s.tableNelems;
+}
+
+/**
+ * Reserve `n` clusters at the end of the file. Only moves the in-memory end; the caller
+ * writes them. Allocation is append-only.
+ */
+export function qedAllocClusters(s: BDRVQEDState, n: number): number {
+  const offset = s.fileSize;
+  s.fileSize += n * s.header.clusterSize;
+  return offset;
+}
+
+/** Write the 64-byte header struct (create, close, truncate, autoclear reset, check). */
+export async function qedWriteHeaderSync(s: BDRVQEDState): Promise<void> {
+  await qedFile(s).pwrite(0, encodeHeader(s.header));
+}
+
+/**
+ * Update the header in place by read-modify-write of the sectors holding it, so bytes after
+ * the struct (the backing name, data of unknown compat features) are kept as they are.
+ */
+export async function qedWriteHeader(s: BDRVQEDState): Promise<void> {
+  const file = qedFile(s);
+  const len = Math.ceil(QED_HEADER_STRUCT_SIZE / 512) * 512;
+  const buf = new Uint8Array(len);
+  await file.preadv(0, IOVector.from(buf));
+  encodeHeader(s.header, buf.subarray(0, QED_HEADER_STRUCT_SIZE));
+  await file.pwritev(0, IOVector.from(buf));
+}
+

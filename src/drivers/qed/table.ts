@@ -1,0 +1,143 @@
+/**
+ * L1/L2 tables: the in-memory form (raw little-endian bytes, so entries we never touch are
+ * written back bit for bit) and the table I/O of QEMU's qed-table.c.
+ */
+import { IOVector } from '../../block/iovec.js';
+import type { BDRVQEDState, QEDRequest } from './state.js';
+import { qedTrace, qedFile } from './state.js';
+import type { CachedL2Table } from './l2-cache.js';
+
+/** Table entry meaning "not allocated": reads fall through to the backing file. */
+export const QED_UNALLOC_CLUSTER = 0;
+/** L2 entry meaning "zero cluster": reads as zeros, never falls through. */
+export const QED_ZERO_CLUSTER = 1;
+
+const TWO_32 = 0x1_0000_0000;
+
+/** A table of `nelems` u64 LE entries, kept as the bytes found on disk. */
+export class QEDTable {
+  readonly bytes: Uint8Array;
+  private readonly view: DataView;
+
+  constructor(readonly nelems: number) {
+    this.bytes = new Uint8Array(nelems * 8);
+    this.view = new DataView(this.bytes.buffer);
+  }
+
+  /**
+   * Entry `i` as a number. Values past 2^53 cannot be offsets of a file we can hold; they come
+   * back rounded (still far beyond EOF, so every validity rule rejects them).
+   */
+  get(i: number): number {
+    return this.view.getUint32(i * 8, true) + this.view.getUint32(i * 8 + 4, true) * TWO_32;
+  }
+
+  /** Set entry `i` to a safe, non-negative integer. */
+  set(i: number, value: number): void {
+    this.view.setUint32(i * 8, value % TWO_32, true);
+    this.view.setUint32(i * 8 + 4, Math.floor(value / TWO_32), true);
+  }
+
+  fill(value: number): void {
+    if (value === 0) this.bytes.fill(0);
+    else for (let i = 0; i < this.nelems; i++) this.set(i, value);
+  }
+}
+
+/** Entries per 512-byte sector. */
+const SECTOR_ENTRIES = 512 / 8;
+
+/** Read a whole table (table_size clusters) at `offset`. */
+export async function qedReadTable(s: BDRVQEDState, offset: number, table: QEDTable): Promise<void> {
+  await qedFile(s).preadv(offset, IOVector.from(table.bytes));
+  qedTrace(s, 'qedReadTable', { offset, table });
+}
+
+/**
+ * Write entries [index, index+n) of `table`, widened to whole 512-byte sectors: only the
+ * sectors holding changed entries are touched (QEMU's qed_write_table). `flush` makes the
+ * write durable before returning, for callers that are about to link to this table.
+ */
+export async function qedWriteTable(
+  s: BDRVQEDState,
+  offset: number,
+  table: QEDTable,
+  index: number,
+  n: number,
+  flush: boolean,
+): Promise<void> {
+  qedTrace(s, 'qedWriteTable', { offset, table, index, n });
+  const start = index - (index % SECTOR_ENTRIES);
+  const end = Math.min(table.nelems, Math.ceil((index + n) / SECTOR_ENTRIES) * SECTOR_ENTRIES);
+  // A private copy: the in-memory table may change again while the write is in flight.
+  const bytes = table.bytes.slice(start * 8, end * 8);
+  const file = qedFile(s);
+  try {
+    await file.pwritev(offset + start * 8, IOVector.from(bytes));
+    if (flush) await file.flush();
+    qedTrace(s, 'qedWriteTableCb', { table, flush, ret: 0 });
+  } catch (e) {
+    qedTrace(s, 'qedWriteTableCb', { table, flush, ret: e });
+    throw e;
+  }
+}
+
+export async function qedReadL1Table(s: BDRVQEDState): Promise<void> {
+  await qedReadTable(s, s.header.l1TableOffset, s.l1Table);
+}
+
+/** Write L1 entries [index, index+n) (only their sectors). */
+export async function qedWriteL1Table(s: BDRVQEDState, index: number, n: number): Promise<void> {
+  await qedFile(s).debugEvent('l1_update');
+  await qedWriteTable(s, s.header.l1TableOffset, s.l1Table, index, n, false);
+}
+
+/** Write entries of the request's L2 table. */
+export async function qedWriteL2Table(
+  s: BDRVQEDState,
+  request: QEDRequest,
+  index: number,
+  n: number,
+  flush: boolean,
+): Promise<void> {
+  const l2 = request.l2Table!;
+  await qedFile(s).debugEvent('l2_update');
+  await qedWriteTable(s, l2.offset, l2.table, index, n, flush);
+}
+
+/**
+ * Make `request.l2Table` the L2 table at `offset`, from the cache or from disk. Concurrent
+ * misses on the same table share one read, so there is only ever one copy of a table in memory
+ * (an allocating write updates the copy every reader sees).
+ */
+export async function qedReadL2Table(s: BDRVQEDState, request: QEDRequest, offset: number): Promise<void> {
+  s.l2Cache.unref(request.l2Table);
+  request.l2Table = null;
+  for (;;) {
+    const hit = s.l2Cache.find(offset);
+    if (hit) {
+      request.l2Table = hit;
+      return;
+    }
+    let loading = s.l2Cache.loading.get(offset);
+    if (!loading) {
+      loading = loadL2Table(s, offset);
+      s.l2Cache.loading.set(offset, loading);
+    }
+    // The loaded entry is committed unreferenced; loop to take a reference through find().
+    await loading;
+  }
+}
+
+async function loadL2Table(s: BDRVQEDState, offset: number): Promise<CachedL2Table> {
+  try {
+    const entry = s.l2Cache.alloc(offset);
+    await qedFile(s).debugEvent('l2_load');
+    await qedReadTable(s, offset, entry.table);
+    entry.ref = 0;
+    s.l2Cache.commit(entry);
+    return entry;
+  } finally {
+    s.l2Cache.loading.delete(offset);
+  }
+}
