@@ -95,7 +95,8 @@ export async function bdrvCreate(filename: string, params: BdrvCreateParams): Pr
   const options = validateCreateOptions(drv, params.options ?? {});
 
   const backingFile = typeof options.backingFile === 'string' ? options.backingFile : '';
-  const backingFmt = typeof options.backingFmt === 'string' ? options.backingFmt : undefined;
+  // An empty backing_fmt means none, as an absent one.
+  const backingFmt = typeof options.backingFmt === 'string' && options.backingFmt !== '' ? options.backingFmt : undefined;
   if (backingFmt !== undefined && !registry.find(backingFmt)) {
     throw new BlockError('EINVAL', `Unknown backing file format '${backingFmt}'`, { op: 'create' });
   }

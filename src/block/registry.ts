@@ -60,9 +60,9 @@ export function driverIO(drv: BlockDriver): DriverIO {
 
   if (nativeCoR) io.coPreadv = nativeCoR;
   else if (nativeAioR) {
-    io.coPreadv = (bs, offset, bytes, qiov) => {
+    io.coPreadv = async (bs, offset, bytes, qiov) => {
       const { sectorNum, nbSectors } = sectorsOf(offset, bytes, 'read');
-      return aioToPromise((cb) => nativeAioR(bs, sectorNum, qiov, nbSectors, cb));
+      await aioToPromise((cb) => nativeAioR(bs, sectorNum, qiov, nbSectors, cb));
     };
   }
   if (nativeCoW) io.coPwritev = nativeCoW;
@@ -71,7 +71,12 @@ export function driverIO(drv: BlockDriver): DriverIO {
     io.coPwritev = async (bs, offset, bytes, qiov, flags) => {
       const { sectorNum, nbSectors } = sectorsOf(offset, bytes, 'write');
       await aioToPromise((cb) => nativeAioW(bs, sectorNum, qiov, nbSectors, cb));
-      if (flags.fua) await bs.flush();
+      // The driver's own flush, not bs.flush(): the node may already be closing while this
+      // write drains.
+      if (flags.fua) {
+        if (drv.coFlush) await drv.coFlush(bs);
+        else if (bs.file) await bs.file.flush();
+      }
     };
   }
 
