@@ -1,0 +1,361 @@
+import { describe, expect, it } from 'vitest';
+import { BlockError, IOVector, memStoreRead, memStoreWrite, VirtualClock } from '../../src/index.js';
+import { L2Cache } from '../../src/drivers/qed/index.js';
+import { qedAioPool } from '../../src/drivers/qed/io.js';
+import {
+  compact,
+  createQed,
+  firstDiff,
+  memRaw,
+  newMemQed,
+  openQed,
+  pattern,
+  qedS,
+  readAll,
+  recRegistry,
+  recStore,
+  rng,
+  setU64,
+  u64,
+} from './qed-helpers.js';
+
+const CS = 4096;
+const L2SPAN = 512 * CS; // ts=1, 4K clusters: 2 MiB per L2 table
+
+describe('qed: allocation layout', () => {
+  it('appends data clusters first, then a new L2 table, and links L1 → L2 → data', async () => {
+    const { name, bs } = await newMemQed({ size: 8 << 20, clusterSize: CS, tableSize: 1 });
+    await bs.pwrite(0, pattern(3 * CS, 1));
+    await bs.close();
+    const f = memStoreRead(name);
+    // header | L1 | data×3 | L2
+    expect(f.length).toBe(2 * CS + 3 * CS + CS);
+    expect(u64(f, CS)).toBe(5 * CS); // L1[0] -> L2 after the data
+    expect([u64(f, 5 * CS), u64(f, 5 * CS + 8), u64(f, 5 * CS + 16), u64(f, 5 * CS + 24)]).toEqual([
+      2 * CS,
+      3 * CS,
+      4 * CS,
+      0,
+    ]);
+    expect(firstDiff(f.subarray(2 * CS, 5 * CS), pattern(3 * CS, 1))).toBe(-1);
+  });
+
+  it('splits a write straddling an L2 boundary into one run per table', async () => {
+    const { name, bs } = await newMemQed({ size: 8 << 20, clusterSize: CS, tableSize: 1 });
+    const data = pattern(2 * CS, 2);
+    await bs.pwrite(L2SPAN - CS, data);
+    const back = new Uint8Array(2 * CS);
+    await bs.pread(L2SPAN - CS, back);
+    expect(firstDiff(back, data)).toBe(-1);
+    const st = await bs.blockStatus(L2SPAN - CS, 2 * CS);
+    expect(st.pnum).toBe(CS); // runs never cross an L2 boundary
+    await bs.close();
+    const f = memStoreRead(name);
+    // data(run 1) | L2 #0 | data(run 2) | L2 #1
+    expect(u64(f, CS)).toBe(3 * CS);
+    expect(u64(f, CS + 8)).toBe(5 * CS);
+    expect(u64(f, 3 * CS + 511 * 8)).toBe(2 * CS);
+    expect(u64(f, 5 * CS)).toBe(4 * CS);
+  });
+
+  it('merges host-contiguous clusters into one run', async () => {
+    const { bs } = await newMemQed({ size: 8 << 20, clusterSize: CS, tableSize: 1 });
+    await bs.pwrite(0, pattern(4 * CS, 3));
+    const st = await bs.blockStatus(0, 8 * CS);
+    expect(st).toMatchObject({ pnum: 4 * CS, allocated: true, data: true, offset: 2 * CS });
+    const rest = await bs.blockStatus(4 * CS, 100 * CS);
+    expect(rest).toMatchObject({ pnum: 100 * CS, allocated: false });
+    await bs.close();
+  });
+});
+
+describe('qed: reads and writes against a model', () => {
+  async function randomRun(seed: number, withBacking: boolean): Promise<void> {
+    const size = 6 << 20;
+    const model = new Uint8Array(size);
+    let backing: string | undefined;
+    if (withBacking) {
+      const b = pattern(3 * 1024 * 1024 + 1000, seed + 100); // shorter than the image, odd length
+      backing = memRaw(b);
+      model.set(b);
+    }
+    const { name, bs } = await newMemQed({
+      size,
+      clusterSize: CS,
+      tableSize: 1,
+      ...(backing ? { backingFile: backing, backingFmt: 'raw' } : {}),
+    });
+    const r = rng(seed);
+    for (let i = 0; i < 120; i++) {
+      const off = Math.floor(r() * (size - 20000));
+      const len = 1 + Math.floor(r() * 20000);
+      const kind = r();
+      if (kind < 0.6) {
+        const data = pattern(len, seed * 1000 + i);
+        await bs.pwrite(off, data);
+        model.set(data, off);
+      } else if (kind < 0.75) {
+        await bs.writeZeroes(off, len);
+        model.fill(0, off, off + len);
+      } else {
+        const got = new Uint8Array(len);
+        await bs.pread(off, got);
+        expect(firstDiff(got, model.subarray(off, off + len))).toBe(-1);
+      }
+    }
+    expect(firstDiff(await readAll(bs), model)).toBe(-1);
+    const chk = await bs.check();
+    expect(chk).toMatchObject({ corruptions: 0, leaks: 0, checkErrors: 0 });
+    await bs.close();
+    const again = await openQed(name, { readOnly: true });
+    expect(firstDiff(await readAll(again), model)).toBe(-1);
+    await again.close();
+  }
+
+  it('random I/O without a backing file', async () => {
+    await randomRun(1, false);
+  });
+
+  it('random I/O over a raw backing file shorter than the image', async () => {
+    await randomRun(2, true);
+  });
+
+  it('copies the untouched head and tail of a new cluster from the backing file', async () => {
+    const base = pattern(6000, 9);
+    const backing = memRaw(base);
+    const { name, bs } = await newMemQed({ size: 64 * 1024, clusterSize: CS, tableSize: 1, backingFile: backing, backingFmt: 'raw' });
+    await bs.pwrite(1000, new Uint8Array(100).fill(0xaa));
+    await bs.pwrite(2 * CS + 100, new Uint8Array(10).fill(0xbb)); // past the backing EOF
+    const model = new Uint8Array(64 * 1024);
+    model.set(base);
+    model.fill(0xaa, 1000, 1100);
+    model.fill(0xbb, 2 * CS + 100, 2 * CS + 110);
+    expect(firstDiff(await readAll(bs), model)).toBe(-1);
+    await bs.close();
+    // The cluster in the file holds the whole COW result.
+    const f = memStoreRead(name);
+    expect(firstDiff(f.subarray(2 * CS, 3 * CS), model.subarray(0, CS))).toBe(-1);
+  });
+});
+
+describe('qed: zero clusters', () => {
+  it('aligned write-zeroes makes zero markers: nothing allocated, no backing fall-through', async () => {
+    const backing = memRaw(new Uint8Array(4 * CS).fill(0x55));
+    const { name, bs } = await newMemQed({ size: 16 * CS, clusterSize: CS, tableSize: 1, backingFile: backing, backingFmt: 'raw' });
+    await bs.writeZeroes(0, 2 * CS);
+    const got = new Uint8Array(3 * CS);
+    await bs.pread(0, got);
+    expect(got.subarray(0, 2 * CS).every((x) => x === 0)).toBe(true);
+    expect(got.subarray(2 * CS).every((x) => x === 0x55)).toBe(true);
+    expect(await bs.blockStatus(0, 4 * CS)).toMatchObject({ pnum: 2 * CS, allocated: true, zero: true, data: false });
+    expect(await bs.isAllocated(0, 4 * CS)).toEqual({ allocated: true, pnum: 2 * CS });
+    await bs.close();
+    const f = memStoreRead(name);
+    expect(f.length).toBe(3 * CS); // only the new L2 table
+    expect([u64(f, 2 * CS), u64(f, 2 * CS + 8), u64(f, 2 * CS + 16)]).toEqual([1, 1, 0]);
+  });
+
+  it('§17.4: a partial write into a zero cluster leaves the rest zero, not backing data', async () => {
+    const backing = memRaw(new Uint8Array(4 * CS).fill(0x55));
+    const { bs } = await newMemQed({ size: 16 * CS, clusterSize: CS, tableSize: 1, backingFile: backing, backingFmt: 'raw' });
+    await bs.writeZeroes(0, CS);
+    await bs.pwrite(512, new Uint8Array(512).fill(0x11));
+    const got = new Uint8Array(CS);
+    await bs.pread(0, got);
+    const want = new Uint8Array(CS);
+    want.fill(0x11, 512, 1024);
+    expect(firstDiff(got, want)).toBe(-1);
+    expect(await bs.blockStatus(0, CS)).toMatchObject({ allocated: true, data: true });
+    await bs.close();
+  });
+
+  it('unaligned write-zeroes writes zeros (allocating, as QEMU’s fallback does); noFallback refuses', async () => {
+    const { name, bs } = await newMemQed({ size: 16 * CS, clusterSize: CS, tableSize: 1 });
+    const before = memStoreRead(name);
+    await expect(bs.writeZeroes(512, 512, { noFallback: true })).rejects.toMatchObject({ code: 'ENOTSUP' });
+    await expect(bs.writeZeroes(512, CS * 2, { noFallback: true })).rejects.toMatchObject({ code: 'ENOTSUP' });
+    expect(firstDiff(memStoreRead(name), before)).toBe(-1);
+    await bs.writeZeroes(512, 512);
+    expect(await bs.blockStatus(0, CS)).toMatchObject({ allocated: true, data: true, pnum: CS });
+    // Mixed: unaligned head and tail are written, the aligned middle becomes markers.
+    await bs.writeZeroes(4 * CS + 512, 2 * CS);
+    expect(await bs.blockStatus(4 * CS, CS)).toMatchObject({ data: true });
+    expect(await bs.blockStatus(5 * CS, CS)).toMatchObject({ zero: true, data: false, allocated: true });
+    expect(await bs.blockStatus(6 * CS, CS)).toMatchObject({ data: true });
+    await bs.close();
+  });
+
+  it('zeroing allocated clusters writes zeros in place and keeps them allocated', async () => {
+    const { bs } = await newMemQed({ size: 16 * CS, clusterSize: CS, tableSize: 1 });
+    await bs.pwrite(0, pattern(2 * CS, 4));
+    await bs.writeZeroes(0, 2 * CS);
+    expect(await bs.blockStatus(0, 2 * CS)).toMatchObject({ allocated: true, data: true, offset: 2 * CS, pnum: 2 * CS });
+    expect((await readAll(bs)).every((x) => x === 0)).toBe(true);
+    // Zeroing zero clusters again changes nothing.
+    await bs.writeZeroes(8 * CS, CS);
+    await bs.writeZeroes(8 * CS, CS);
+    expect(await bs.blockStatus(8 * CS, CS)).toMatchObject({ zero: true });
+    await bs.close();
+  });
+});
+
+describe('qed: invalid table entries', () => {
+  it('fails with EINVAL instead of reading a wild offset', async () => {
+    const { name, bs } = await newMemQed({ size: 8 << 20, clusterSize: CS, tableSize: 1 });
+    await bs.pwrite(0, pattern(CS, 5));
+    await bs.pwrite(L2SPAN, pattern(CS, 5));
+    await bs.close();
+    const f = memStoreRead(name);
+    const l2 = u64(f, CS);
+    setU64(f, l2, 1 << 30); // data entry past EOF
+    setU64(f, CS + 8, 12345); // unaligned L2 offset
+    memStoreWrite(name, f);
+    const ro = await openQed(name, { readOnly: true });
+    await expect(ro.pread(0, new Uint8Array(512))).rejects.toMatchObject({ code: 'EINVAL' });
+    await expect(ro.pread(L2SPAN, new Uint8Array(512))).rejects.toMatchObject({ code: 'EINVAL' });
+    await expect(ro.blockStatus(0, 512)).rejects.toBeInstanceOf(BlockError);
+    await ro.close();
+  });
+});
+
+describe('qed: concurrency', () => {
+  it('many concurrent allocating writes into the same clusters give the model and no leaks', async () => {
+    const { name, bs } = await newMemQed({ size: 8 << 20, clusterSize: CS, tableSize: 1 });
+    const model = new Uint8Array(8 << 20);
+    const r = rng(7);
+    const sectors = new Set<number>();
+    while (sectors.size < 96) sectors.add(Math.floor(r() * 64) * 8 + Math.floor(r() * 8) + (r() < 0.3 ? 4096 : 0));
+    const jobs = [...sectors].map((sec, i) => {
+      const data = pattern(512, i + 1);
+      model.set(data, sec * 512);
+      return bs.pwrite(sec * 512, data);
+    });
+    // Reads of untouched and touched places run beside them.
+    jobs.push(bs.pread(0, new Uint8Array(CS)));
+    await Promise.all(jobs);
+    expect(firstDiff(await readAll(bs), model)).toBe(-1);
+    const chk = await bs.check();
+    expect(chk).toMatchObject({ corruptions: 0, leaks: 0 });
+    const clusters = new Set([...sectors].map((s) => Math.floor((s * 512) / CS)));
+    await bs.close();
+    // Every touched cluster allocated exactly once, plus the two L2 tables.
+    expect(memStoreRead(name).length).toBe(2 * CS + clusters.size * CS + 2 * CS);
+  });
+
+  it('AIO: pooled AIOCBs; a request cancelled before it starts leaves nothing behind', async () => {
+    const { name, bs } = await newMemQed({ size: 1 << 20, clusterSize: CS, tableSize: 1 });
+    const results: (string | null)[] = [];
+    const a = bs.aioWritev(0, IOVector.from(new Uint8Array(CS).fill(1)), CS / 512, (e) => results.push(e ? e.code : null));
+    const b = bs.aioWritev(64, IOVector.from(new Uint8Array(CS).fill(2)), CS / 512, (e) => results.push(e ? e.code : null));
+    await b.cancel(); // cancelled before its coroutine ran
+    await new Promise<void>((resolve) => {
+      const done = (): void => (results.length >= 2 ? resolve() : void setTimeout(done, 1));
+      done();
+    });
+    expect(results.sort()).toEqual(['ECANCELED', null].sort());
+    void a;
+    const got = new Uint8Array(2 * 32 * 1024);
+    await bs.pread(0, got);
+    expect(got[0]).toBe(1);
+    expect(got[32 * 1024]).toBe(0);
+    expect(await bs.isAllocated(32 * 1024, CS)).toMatchObject({ allocated: false });
+    // A running request is waited for and finishes its table updates.
+    const c = bs.aioWritev(128, IOVector.from(new Uint8Array(CS).fill(3)), CS / 512, () => undefined);
+    await Promise.resolve();
+    await Promise.resolve();
+    await c.cancel();
+    const check = await bs.check();
+    expect(check.corruptions).toBe(0);
+    expect(qedAioPool.created).toBeGreaterThan(0);
+    await bs.close();
+    void name;
+  });
+});
+
+describe('qed: write and flush ordering (§13)', () => {
+  async function scenario(backing: boolean, existingL2: boolean): Promise<string[]> {
+    const registry = recRegistry();
+    const name = `rec:order-${backing}-${existingL2}-${Math.random()}`;
+    let base: string | undefined;
+    if (backing) base = memRaw(new Uint8Array(64 * CS).fill(0x77));
+    await createQed(name, { size: 64 * CS, clusterSize: CS, tableSize: 1, ...(base ? { backingFile: base, backingFmt: 'raw' } : {}) }, registry);
+    const bs = await openQed(name, { registry, clock: new VirtualClock() });
+    if (existingL2) await bs.pwrite(10 * CS, new Uint8Array(CS).fill(9));
+    const st = recStore(name);
+    st.log.length = 0;
+    await bs.pwrite(CS + 512, new Uint8Array(512).fill(1));
+    const ops = compact(st.log);
+    await bs.close();
+    return ops;
+  }
+
+  it('no backing, new L2: dirty header + flush, data, whole L2, flush, L1 sector', async () => {
+    // file: header 0 | L1 4096 | data 8192 | L2 12288
+    expect(await scenario(false, false)).toEqual(['W@0+512', 'F', 'W@8192+4096', 'W@12288+4096', 'F', 'W@4096+512']);
+  });
+
+  it('no backing, existing L2: data then the one L2 sector, no flush (the dirty bit covers it)', async () => {
+    // the first write made the image dirty already; L2 at 12288, entry 1 in its first sector
+    expect(await scenario(false, true)).toEqual(['W@16384+4096', 'W@12288+512']);
+  });
+
+  it('backing file, new L2: data, flush, whole L2, flush, L1 sector; never dirty', async () => {
+    expect(await scenario(true, false)).toEqual(['W@8192+4096', 'F', 'W@12288+4096', 'F', 'W@4096+512']);
+  });
+
+  it('backing file, existing L2: data, flush, L2 sector', async () => {
+    expect(await scenario(true, true)).toEqual(['W@16384+4096', 'F', 'W@12288+512']);
+  });
+
+  it('in-place writes touch data only', async () => {
+    const registry = recRegistry();
+    const name = `rec:inplace-${Math.random()}`;
+    await createQed(name, { size: 64 * CS, clusterSize: CS, tableSize: 1 }, registry);
+    const bs = await openQed(name, { registry, clock: new VirtualClock() });
+    await bs.pwrite(0, new Uint8Array(2 * CS).fill(1));
+    recStore(name).log.length = 0;
+    await bs.pwrite(512, new Uint8Array(CS).fill(2));
+    expect(compact(recStore(name).log)).toEqual(['W@8704+4096']);
+    await bs.close();
+  });
+});
+
+describe('qed: L2 cache', () => {
+  it('evicts only unreferenced tables, least recently used first', () => {
+    const c = new L2Cache(8, 2);
+    const a = c.alloc(100);
+    c.commit(a); // held by us (ref 1)
+    for (const off of [200, 300, 400]) {
+      const e = c.alloc(off);
+      e.ref = 0;
+      c.commit(e);
+    }
+    expect(c.has(100)).toBe(true); // in use: never evicted
+    expect(c.size).toBe(2);
+    expect(c.has(400)).toBe(true);
+    c.unref(a);
+    const e = c.alloc(500);
+    e.ref = 0;
+    c.commit(e);
+    expect(c.has(100)).toBe(false);
+    expect(c.size).toBe(2);
+    const f = c.find(400)!;
+    expect(f.ref).toBe(1);
+    c.unref(f);
+    expect(f.ref).toBe(0);
+  });
+
+  it('stays bounded while touching more L2 tables than it holds', async () => {
+    const { bs } = await newMemQed({ size: 128 << 20, clusterSize: CS, tableSize: 1 });
+    for (let i = 0; i < 64; i++) await bs.pwrite(i * L2SPAN, new Uint8Array(512).fill(i + 1));
+    qedS(bs).l2Cache.clear();
+    const got = new Uint8Array(512);
+    for (let i = 0; i < 64; i++) {
+      await bs.pread(i * L2SPAN, got);
+      expect(got[0]).toBe(i + 1);
+      expect(qedS(bs).l2Cache.size).toBeLessThanOrEqual(50);
+    }
+    expect(qedS(bs).l2Cache.size).toBe(50);
+    await bs.close();
+  });
+});
