@@ -1,0 +1,256 @@
+/**
+ * Guest command sequences and the runner that applies them to an image and to the byte-array
+ * model side by side. Offsets and lengths are drawn as abstract numbers and placed at run time
+ * (the image grows, so its size is not known when the command is drawn), with a bias towards
+ * sector and cluster boundaries, where the bugs live.
+ */
+import fc from 'fast-check';
+import { BlockDriverState, BlockError, type CheckResult } from '../../src/index.js';
+import { memStoreRestore, memStoreSnapshot, memStripPrefix } from '../../src/drivers/mem/index.js';
+import type { ImageSetup } from './harness.js';
+import { firstDiff, pattern } from './model.js';
+
+export type Placement = 'any' | 'sector' | 'cluster' | 'edge';
+
+export interface Span {
+  at: number;
+  len: number;
+  place: Placement;
+}
+
+export type Command =
+  | { op: 'write'; span: Span; seed: number }
+  | { op: 'zero'; span: Span }
+  | { op: 'read'; span: Span }
+  | { op: 'flush' }
+  | { op: 'grow'; by: number }
+  | { op: 'reopen' }
+  | { op: 'rebase'; how: 'copy' | 'remove' }
+  | { op: 'check' };
+
+export const spanArb: fc.Arbitrary<Span> = fc.record({
+  at: fc.nat({ max: 0x7fffffff }),
+  len: fc.nat({ max: 0x7fffffff }),
+  place: fc.constantFrom<Placement>('any', 'sector', 'cluster', 'edge'),
+});
+
+export function commandArb(): fc.Arbitrary<Command> {
+  return fc.oneof(
+    { weight: 6, arbitrary: fc.record({ op: fc.constant('write' as const), span: spanArb, seed: fc.nat({ max: 1 << 20 }) }) },
+    { weight: 2, arbitrary: fc.record({ op: fc.constant('zero' as const), span: spanArb }) },
+    { weight: 5, arbitrary: fc.record({ op: fc.constant('read' as const), span: spanArb }) },
+    { weight: 1, arbitrary: fc.constant({ op: 'flush' as const }) },
+    { weight: 1, arbitrary: fc.record({ op: fc.constant('grow' as const), by: fc.integer({ min: 0, max: 64 }) }) },
+    { weight: 1, arbitrary: fc.constant({ op: 'reopen' as const }) },
+    { weight: 1, arbitrary: fc.record({ op: fc.constant('rebase' as const), how: fc.constantFrom<'copy' | 'remove'>('copy', 'remove') }) },
+    { weight: 1, arbitrary: fc.constant({ op: 'check' as const }) },
+  );
+}
+
+/** Place an abstract span inside an image of `size` bytes with clusters of `cs` bytes. */
+export function place(span: Span, size: number, cs: number, maxLen: number): { offset: number; len: number } {
+  let offset = span.at % size;
+  switch (span.place) {
+    case 'sector':
+      offset -= offset % 512;
+      break;
+    case 'cluster':
+      offset -= offset % cs;
+      break;
+    case 'edge': {
+      // A few bytes either side of a cluster boundary.
+      const b = offset - (offset % cs);
+      offset = Math.min(size - 1, Math.max(0, b + ((span.len % 17) - 8)));
+      break;
+    }
+    case 'any':
+      break;
+  }
+  const room = size - offset;
+  let len: number;
+  if (span.place === 'cluster' || span.place === 'sector') {
+    const unit = span.place === 'cluster' ? cs : 512;
+    len = Math.min(room, unit * (1 + (span.len % Math.max(1, Math.floor(maxLen / unit)))));
+  } else {
+    len = Math.min(room, 1 + (span.len % maxLen));
+  }
+  return { offset, len };
+}
+
+export class ModelMismatch extends Error {
+  override readonly name = 'ModelMismatch';
+}
+
+export function describeCmd(c: Command, placed?: { offset: number; len: number }): string {
+  const where = placed ? ` ${placed.offset}+${placed.len}` : '';
+  return `${c.op}${where}${'how' in c ? ` ${c.how}` : ''}${'by' in c ? ` +${c.by}` : ''}`;
+}
+
+/** Assert that a check found nothing (or, with `leaksOk`, nothing but leaks). */
+export function expectClean(r: CheckResult, what: string, leaksOk = false): void {
+  if (r.corruptions !== 0 || r.checkErrors !== 0 || (!leaksOk && r.leaks !== 0)) {
+    throw new ModelMismatch(
+      `${what}: check found corruptions=${r.corruptions} leaks=${r.leaks} checkErrors=${r.checkErrors}`,
+    );
+  }
+}
+
+export async function readAndCompare(bs: BlockDriverState, setup: ImageSetup, offset: number, len: number, what: string) {
+  const buf = new Uint8Array(len);
+  await bs.pread(offset, buf);
+  const want = setup.model.read(offset, len);
+  const d = firstDiff(buf, want);
+  if (d >= 0) {
+    throw new ModelMismatch(
+      `${what}: read ${offset}+${len} differs at guest offset ${offset + d}: got ${buf[d]} want ${want[d]}`,
+    );
+  }
+}
+
+/** Compare the whole disk with the model. */
+export async function compareAll(bs: BlockDriverState, setup: ImageSetup, what: string): Promise<void> {
+  const len = await bs.getLength();
+  if (len !== setup.model.size) throw new ModelMismatch(`${what}: length ${len}, model ${setup.model.size}`);
+  const step = 1 << 20;
+  for (let off = 0; off < len; off += step) await readAndCompare(bs, setup, off, Math.min(step, len - off), what);
+}
+
+export interface RunState {
+  bs: BlockDriverState;
+  setup: ImageSetup;
+  copies: number;
+  executed: number;
+  log: string[];
+}
+
+function markTouched(setup: ImageSetup, offset: number, len: number): void {
+  const cs = setup.geom.clusterSize;
+  for (let c = Math.floor(offset / cs); c * cs < offset + len; c++) setup.touched.add(c);
+}
+
+/** Apply one command to the image and the model; throws ModelMismatch on any divergence. */
+export async function runCommand(st: RunState, c: Command): Promise<void> {
+  const { setup } = st;
+  const model = setup.model;
+  const cs = setup.geom.clusterSize;
+  const maxLen = Math.min(3 * cs + 1024, 1 << 20);
+  st.executed++;
+  switch (c.op) {
+    case 'write': {
+      const p = place(c.span, model.size, cs, maxLen);
+      st.log.push(describeCmd(c, p));
+      const data = pattern(p.len, c.seed);
+      await st.bs.pwrite(p.offset, data);
+      model.write(p.offset, data);
+      markTouched(setup, p.offset, p.len);
+      return;
+    }
+    case 'zero': {
+      const p = place(c.span, model.size, cs, maxLen);
+      st.log.push(describeCmd(c, p));
+      await st.bs.writeZeroes(p.offset, p.len);
+      model.zero(p.offset, p.len);
+      markTouched(setup, p.offset, p.len);
+      return;
+    }
+    case 'read': {
+      const p = place(c.span, model.size, cs, maxLen);
+      st.log.push(describeCmd(c, p));
+      await readAndCompare(st.bs, setup, p.offset, p.len, st.log.join('; '));
+      return;
+    }
+    case 'flush':
+      st.log.push('flush');
+      await st.bs.flush();
+      return;
+    case 'grow': {
+      // Up to 48 sectors, or up to 16 whole clusters.
+      const newSize = model.size + (c.by <= 48 ? c.by * 512 : (c.by - 48) * cs);
+      st.log.push(`grow ${model.size}->${newSize}`);
+      await st.bs.truncate(newSize);
+      model.grow(newSize, setup.backingView ?? setup.tailView ?? undefined);
+      return;
+    }
+    case 'reopen':
+      st.log.push('reopen');
+      await st.bs.close();
+      st.bs = await setup.open();
+      return;
+    case 'check': {
+      st.log.push('check');
+      expectClean(await st.bs.check(), st.log.join('; '));
+      return;
+    }
+    case 'rebase': {
+      if (setup.format !== 'qed') return;
+      if (c.how === 'remove') {
+        st.log.push('rebase remove');
+        await st.bs.changeBackingFile(null, null);
+        // What the image never touched now reads as zeros; touched clusters hold their data
+        // (copy-on-write copied the backing bytes in).
+        for (let c0 = 0; c0 * cs < model.size; c0++) {
+          if (!setup.touched.has(c0)) model.zero(c0 * cs, Math.min(cs, model.size - c0 * cs));
+        }
+        // A touched cluster that straddles the end holds, past the end, what copy-on-write
+        // copied from the backing file (QEMU does not clip the COW at the image end either):
+        // a later grow shows it.
+        const last = Math.floor((model.size - 1) / cs);
+        if (setup.touched.has(last) && (last + 1) * cs > model.size && setup.backingView) {
+          const tail = new Uint8Array((last + 1) * cs);
+          tail.set(setup.backingView.subarray(0, Math.min(tail.length, setup.backingView.length)));
+          setup.tailView = tail;
+        }
+        setup.backingView = null;
+        setup.backingName = '';
+        setup.backingFmt = '';
+        // As in QEMU, the change is to the header only: the open node keeps reading its old
+        // backing node until the image is opened again.
+        await st.bs.close();
+        st.bs = await setup.open();
+        return;
+      }
+      if (setup.backingName === '') return;
+      // Point the image at a byte-identical copy of its backing file: nothing may change.
+      st.copies++;
+      // Backing names are relative, in the image's own store namespace: name = store name.
+      const oldStore = memStripPrefix(setup.backingName);
+      const newName = `${setup.prefix}-copy${st.copies}-${setup.backingFmt}`;
+      memStoreRestore(newName, memStoreSnapshot(oldStore));
+      st.log.push(`rebase copy ${newName}`);
+      await st.bs.changeBackingFile(newName, setup.backingFmt);
+      setup.backingName = newName;
+      // The change is read back at the next open.
+      await st.bs.close();
+      st.bs = await setup.open();
+      if (st.bs.backingFile !== newName) {
+        throw new ModelMismatch(`${st.log.join('; ')}: backing file is '${st.bs.backingFile}', want '${newName}'`);
+      }
+      return;
+    }
+  }
+}
+
+/** Run a whole sequence, then compare everything and check; the image is closed at the end. */
+export async function runSequence(setup: ImageSetup, cmds: readonly Command[]): Promise<number> {
+  const st: RunState = { bs: await setup.open(), setup, copies: 0, executed: 0, log: [] };
+  try {
+    for (const c of cmds) await runCommand(st, c);
+    await compareAll(st.bs, setup, `after ${st.log.join('; ')}`);
+    if (setup.format === 'qed') expectClean(await st.bs.check(), `final check after ${st.log.join('; ')}`);
+    await st.bs.close();
+    // And once more from a fresh open: everything reached the store.
+    const again = await setup.open({ readOnly: true });
+    try {
+      await compareAll(again, setup, `after reopen: ${st.log.join('; ')}`);
+    } finally {
+      await again.close();
+    }
+  } catch (e) {
+    await st.bs.close().catch(() => undefined);
+    if (e instanceof BlockError) {
+      throw new ModelMismatch(`${st.log.join('; ')}: unexpected ${e.code}: ${e.message}`, { cause: e });
+    }
+    throw e;
+  }
+  return st.executed;
+}

@@ -1,0 +1,65 @@
+/**
+ * `npm run fuzz -- --seed N --runs M [--only NAME[,NAME...]] [--narrow]`: every property, longer
+ * and with wider geometries than in `npm test`. Prints the seed, the number of guest commands
+ * run per property, and fast-check's report (with the shrunk counterexample) for any failure.
+ * Exit status 1 when a property failed.
+ */
+import '../../src/index.js';
+import { ALL_PROPERTIES } from './properties.js';
+
+function usage(): never {
+  console.error('usage: npm run fuzz -- [--seed N] [--runs M] [--only NAME,...] [--narrow]');
+  console.error(`properties: ${Object.keys(ALL_PROPERTIES).join(', ')}`);
+  process.exit(2);
+}
+
+function parseArgs(argv: string[]): { seed: number; runs: number; only: string[] | null; wide: boolean } {
+  let seed = Date.now() % 0x7fffffff;
+  let runs = 200;
+  let only: string[] | null = null;
+  let wide = true;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const val = (): string => {
+      const v = argv[++i];
+      if (v === undefined) usage();
+      return v;
+    };
+    if (a === '--seed') seed = Number(val());
+    else if (a === '--runs') runs = Number(val());
+    else if (a === '--only') only = val().split(',');
+    else if (a === '--narrow') wide = false;
+    else if (a === '--help' || a === '-h') usage();
+    else usage();
+  }
+  if (!Number.isSafeInteger(seed) || !Number.isSafeInteger(runs) || runs < 1) usage();
+  for (const n of only ?? []) if (!(n in ALL_PROPERTIES)) usage();
+  return { seed, runs, only, wide };
+}
+
+async function main(): Promise<void> {
+  const { seed, runs, only, wide } = parseArgs(process.argv.slice(2));
+  console.log(`fuzz: seed ${seed}, ${runs} runs per property${wide ? ', wide geometries' : ''}`);
+  let failed = 0;
+  let total = 0;
+  for (const [name, prop] of Object.entries(ALL_PROPERTIES)) {
+    if (only && !only.includes(name)) continue;
+    let commands = 0;
+    const t0 = Date.now();
+    try {
+      await prop({ seed, numRuns: runs, wide, onCommands: (n) => (commands += n) });
+      console.log(`  ${name}: ok, ${runs} runs, ${commands} commands, ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+    } catch (e) {
+      failed++;
+      console.log(`  ${name}: FAILED after ${commands} commands (seed ${seed})`);
+      console.log(e instanceof Error ? e.message : String(e));
+      const cause = e instanceof Error ? e.cause : undefined;
+      if (cause instanceof Error) console.log(`cause: ${cause.stack ?? cause.message}`);
+    }
+    total += commands;
+  }
+  console.log(`fuzz: seed ${seed}, ${total} commands in total, ${failed} propert${failed === 1 ? 'y' : 'ies'} failed`);
+  process.exitCode = failed > 0 ? 1 : 0;
+}
+
+await main();
