@@ -151,8 +151,13 @@ describe('file driver', () => {
     const tail = new Uint8Array(4);
     await bs.pread(10_000, tail);
     expect([...tail]).toEqual([1, 2, 3, 4]);
-    // Through the node, past-the-end is refused (EIO) before the driver runs.
-    expect((await rejection(bs.pread(10_001, new Uint8Array(4)))).code).toBe('EIO');
+    // Through the (growable) protocol node as well: zeros past the end, writes extend.
+    const past = new Uint8Array(8).fill(0xee);
+    await bs.pread(10_000, past);
+    expect([...past]).toEqual([1, 2, 3, 4, 0, 0, 0, 0]);
+    await bs.pwrite(20_000, Uint8Array.of(9));
+    expect(await bs.getLength()).toBe(20_001);
+    expect((await stat(p)).size).toBe(20_001);
   });
 
   it('truncate shrinks and grows; getLength follows; grown space reads zeros', async () => {

@@ -1,9 +1,11 @@
 /**
- * The `file` protocol driver: a host file through a node:fs/promises FileHandle
- * (QEMU's raw-posix / file-posix). It is under every on-disk image, so the request path avoids
- * per-request allocations beyond what the fs API itself needs.
+ * The `file` protocol driver: a host file (QEMU's raw-posix / file-posix). A node:fs/promises
+ * FileHandle owns the descriptor (open, close, stat, truncate, datasync); reads and writes, the
+ * hot path under every on-disk image, use the callback API on its fd: measured here, 4 KiB
+ * requests run about twice as fast as through FileHandle.read/write, and nothing but the
+ * promise and its callback is allocated per request.
  */
-import type { Stats } from 'node:fs';
+import { read as fsRead, readv as fsReadv, write as fsWrite, writev as fsWritev, type Stats } from 'node:fs';
 import { open as fsOpen, type FileHandle } from 'node:fs/promises';
 import type { BlockDriver, BlockStatus, CreateOptions, OpenOptions, WriteFlags } from '../../block/driver.js';
 import { BlockError, ERRNO_MESSAGES, type BlockErrorCode, toBlockError } from '../../block/errors.js';
@@ -19,6 +21,9 @@ interface FileState {
    * and truncates; like QEMU, a change made behind our back by another process is not seen.
    */
   length: number;
+  /** Reads and writes in flight on the raw fd: close waits for them before the fd goes away. */
+  pending: number;
+  drained: (() => void)[];
 }
 
 /** 'file:/x/y' and '/x/y' name the same host file. */
@@ -59,18 +64,32 @@ function iovTail(iov: readonly Uint8Array[], skip: number): Uint8Array[] {
   return out;
 }
 
+function preadOnce(fd: number, iov: readonly Uint8Array[], size: number, pos: number): Promise<number> {
+  return new Promise<number>((resolve, reject) => {
+    const cb = (err: NodeJS.ErrnoException | null, n: number): void => (err === null ? resolve(n) : reject(err));
+    // One buffer: plain pread, no array handed down.
+    if (iov.length === 1) fsRead(fd, iov[0], 0, size, pos, cb);
+    else fsReadv(fd, iov as Uint8Array[], pos, cb);
+  });
+}
+
+function pwriteOnce(fd: number, iov: readonly Uint8Array[], size: number, pos: number): Promise<number> {
+  return new Promise<number>((resolve, reject) => {
+    const cb = (err: NodeJS.ErrnoException | null, n: number): void => (err === null ? resolve(n) : reject(err));
+    if (iov.length === 1) fsWrite(fd, iov[0], 0, size, pos, cb);
+    else fsWritev(fd, iov as Uint8Array[], pos, cb);
+  });
+}
+
 /**
  * preadv until `size` bytes or EOF; returns the bytes read. A short count is not EOF by itself
  * (signals, IOV_MAX splitting), only a read returning 0 is.
  */
-async function preadvFull(fh: FileHandle, iov: readonly Uint8Array[], size: number, pos: number): Promise<number> {
-  // Fast path: one buffer, one pread, no array built.
-  let done =
-    iov.length === 1
-      ? (await fh.read(iov[0], 0, size, pos)).bytesRead
-      : (await fh.readv(iov as Uint8Array[], pos)).bytesRead;
+async function preadvFull(fd: number, iov: readonly Uint8Array[], size: number, pos: number): Promise<number> {
+  let done = await preadOnce(fd, iov, size, pos);
   while (done < size && done > 0) {
-    const n = (await fh.readv(iovTail(iov, done), pos + done)).bytesRead;
+    const rest = iovTail(iov, done);
+    const n = await preadOnce(fd, rest, size - done, pos + done);
     if (n === 0) break;
     done += n;
   }
@@ -78,15 +97,25 @@ async function preadvFull(fh: FileHandle, iov: readonly Uint8Array[], size: numb
 }
 
 /** pwritev until every byte is written; a write that makes no progress is an I/O error. */
-async function pwritevFull(fh: FileHandle, iov: readonly Uint8Array[], size: number, pos: number): Promise<void> {
-  let done =
-    iov.length === 1
-      ? (await fh.write(iov[0], 0, size, pos)).bytesWritten
-      : (await fh.writev(iov as Uint8Array[], pos)).bytesWritten;
+async function pwritevFull(fd: number, iov: readonly Uint8Array[], size: number, pos: number): Promise<void> {
+  let done = await pwriteOnce(fd, iov, size, pos);
   while (done < size) {
-    const n = (await fh.writev(iovTail(iov, done), pos + done)).bytesWritten;
+    const rest = iovTail(iov, done);
+    const n = await pwriteOnce(fd, rest, size - done, pos + done);
     if (n === 0) throw new BlockError('EIO', 'short write made no progress', { op: 'write', offset: pos + done });
     done += n;
+  }
+}
+
+function beginIO(s: FileState): void {
+  s.pending++;
+}
+
+function endIO(s: FileState): void {
+  if (--s.pending === 0 && s.drained.length > 0) {
+    const waiters = s.drained;
+    s.drained = [];
+    for (const w of waiters) w();
   }
 }
 
@@ -111,14 +140,16 @@ async function fileOpen(bs: BlockDriverState, options: OpenOptions): Promise<voi
     await fh.close();
     throw e instanceof BlockError ? e : openError('open', path, e);
   }
-  bs.opaque = { fh, path, length: st.size } satisfies FileState;
+  bs.opaque = { fh, path, length: st.size, pending: 0, drained: [] } satisfies FileState;
 }
 
 async function fileClose(bs: BlockDriverState): Promise<void> {
   const s = bs.opaque as FileState | null | undefined;
   if (s === null || s === undefined) return;
   bs.opaque = null;
-  // FileHandle.close waits for this handle's in-flight operations.
+  // The fd must outlive every read/write issued on it (a closed fd number can be reused by the
+  // next open, and a late write would land in someone else's file).
+  while (s.pending > 0) await new Promise<void>((resolve) => s.drained.push(resolve));
   await s.fh.close();
 }
 
@@ -148,11 +179,16 @@ async function fileCreate(filename: string, options: CreateOptions): Promise<voi
 async function fileCoPreadv(bs: BlockDriverState, offset: number, bytes: number, qiov: IOVector): Promise<void> {
   if (bytes === 0) return;
   const s = state(bs);
+  // Never touch more than `bytes`, even if the vector is longer.
+  const iov = qiov.size === bytes ? qiov.iov : qiov.slice(0, bytes).iov;
   let done: number;
+  beginIO(s);
   try {
-    done = await preadvFull(s.fh, qiov.iov, bytes, offset);
+    done = await preadvFull(s.fh.fd, iov, bytes, offset);
   } catch (e) {
     throw toBlockError(e, { op: 'read', offset, path: s.path });
+  } finally {
+    endIO(s);
   }
   // Past EOF a host file reads as zeros (the layer above may cover a growing file).
   if (done < bytes) qiov.memset(done, 0, bytes - done);
@@ -167,9 +203,11 @@ async function fileCoPwritev(
 ): Promise<void> {
   if (bytes === 0) return;
   const s = state(bs);
+  const iov = qiov.size === bytes ? qiov.iov : qiov.slice(0, bytes).iov;
+  beginIO(s);
   try {
     // A write past EOF grows the file; the gap is a hole that reads as zeros.
-    await pwritevFull(s.fh, qiov.iov, bytes, offset);
+    await pwritevFull(s.fh.fd, iov, bytes, offset);
     if (offset + bytes > s.length) s.length = offset + bytes;
     // FUA: the write must be durable when it completes.
     if (flags.fua === true) await s.fh.datasync();
@@ -177,6 +215,8 @@ async function fileCoPwritev(
     // A failed write (ENOSPC...) may still have grown the file partly: learn the real length.
     await fileRefreshLength(s);
     throw toBlockError(e, { op: 'write', offset, path: s.path });
+  } finally {
+    endIO(s);
   }
 }
 
