@@ -105,13 +105,21 @@ export function firstDiff(a: Uint8Array, b: Uint8Array): number {
 
 export type RecOp = { op: 'write'; offset: number; len: number } | { op: 'flush' } | { op: 'read'; offset: number; len: number };
 
-const recStores = new Map<string, { data: Uint8Array; length: number; log: RecOp[] }>();
+export interface RecState {
+  data: Uint8Array;
+  length: number;
+  log: RecOp[];
+  /** Fail every write (and flush) with EIO while set. */
+  failWrites: boolean;
+}
 
-export function recStore(name: string): { data: Uint8Array; length: number; log: RecOp[] } {
+const recStores = new Map<string, RecState>();
+
+export function recStore(name: string): RecState {
   const key = name.replace(/^rec:/, '');
   let st = recStores.get(key);
   if (!st) {
-    st = { data: new Uint8Array(1 << 16), length: 0, log: [] };
+    st = { data: new Uint8Array(1 << 16), length: 0, log: [], failWrites: false };
     recStores.set(key, st);
   }
   return st;
@@ -139,27 +147,28 @@ export const recDriver: BlockDriver = {
     st.data.fill(0);
   },
   async coPreadv(bs, offset, bytes, qiov) {
-    const st = bs.opaque as ReturnType<typeof recStore>;
+    const st = bs.opaque as RecState;
     st.log.push({ op: 'read', offset, len: bytes });
     const out = new Uint8Array(bytes);
     out.set(st.data.subarray(offset, Math.min(offset + bytes, st.length)));
     qiov.copyFrom(out);
   },
   async coPwritev(bs, offset, bytes, qiov) {
-    const st = bs.opaque as ReturnType<typeof recStore>;
+    const st = bs.opaque as RecState;
+    if (st.failWrites) throw new BlockError('EIO', 'rec: injected write error');
     st.log.push({ op: 'write', offset, len: bytes });
     grow(st, offset + bytes);
     st.data.set(qiov.toBuffer(), offset);
     st.length = Math.max(st.length, offset + bytes);
   },
   async coFlush(bs) {
-    (bs.opaque as ReturnType<typeof recStore>).log.push({ op: 'flush' });
+    (bs.opaque as RecState).log.push({ op: 'flush' });
   },
   getLength(bs) {
-    return (bs.opaque as ReturnType<typeof recStore>).length;
+    return (bs.opaque as RecState).length;
   },
   async truncate(bs, size) {
-    const st = bs.opaque as ReturnType<typeof recStore>;
+    const st = bs.opaque as RecState;
     if (size < 0) throw new BlockError('EINVAL');
     grow(st, size);
     if (size < st.length) st.data.fill(0, size);
