@@ -92,19 +92,21 @@ export async function bdrvCreate(filename: string, params: BdrvCreateParams): Pr
       path: filename,
     });
   }
-  const options = validateCreateOptions(drv, params.options ?? {});
+  const raw = params.options ?? {};
+  const wantsBacking = [raw.backingFile, raw.backing_file].some((v) => v !== undefined && v !== '');
+  if (wantsBacking && !drv.supportsBacking) {
+    throw new BlockError('ENOTSUP', `Backing file not supported for file format '${drv.formatName}'`, {
+      op: 'create',
+      path: filename,
+    });
+  }
+  const options = validateCreateOptions(drv, raw);
 
   const backingFile = typeof options.backingFile === 'string' ? options.backingFile : '';
   // An empty backing_fmt means none, as an absent one.
   const backingFmt = typeof options.backingFmt === 'string' && options.backingFmt !== '' ? options.backingFmt : undefined;
   if (backingFmt !== undefined && !registry.find(backingFmt)) {
     throw new BlockError('EINVAL', `Unknown backing file format '${backingFmt}'`, { op: 'create' });
-  }
-  if (backingFile !== '' && !drv.supportsBacking) {
-    throw new BlockError('ENOTSUP', `Format '${drv.formatName}' does not support backing files`, {
-      op: 'create',
-      path: filename,
-    });
   }
 
   if (backingFile !== '' && !params.unsafe) {

@@ -70,6 +70,19 @@ describe('BlockDriverState request checks', () => {
     await bs.close();
   });
 
+  it('lets protocol nodes grow: writes past the end extend, reads past the end see zeros', async () => {
+    const name = makeMem(1000);
+    const bs = await BlockDriverState.open(name, { format: 'mem', registry: testRegistry() });
+    expect(bs.growable).toBe(true);
+    await bs.pwrite(2000, new Uint8Array(48).fill(3));
+    expect(await bs.getLength()).toBe(2048);
+    const back = new Uint8Array(100).fill(0xaa);
+    await bs.pread(2000, back);
+    expect(back.subarray(0, 48).every((b) => b === 3)).toBe(true);
+    expect(back.subarray(48).every((b) => b === 0)).toBe(true);
+    await bs.close();
+  });
+
   it('refuses invalid numbers with EINVAL', async () => {
     const { bs } = await openStrict(4096);
     const buf = new Uint8Array(1);
