@@ -135,7 +135,19 @@ export class BlockDriverState {
     }
 
     const protoDrv = registry.findProtocol(filename);
-    const proto = await BlockDriverState.openNode(protoDrv, filename, opts);
+    // The protocol (or filter) node gets only what concerns storage: format-level options
+    // (copy-on-read, check, backing) belong to the format node above it.
+    const protoOpts: OpenOptions = {
+      readOnly: opts.readOnly,
+      noFlush: opts.noFlush,
+      forceShare: opts.forceShare,
+      inactive: opts.inactive,
+      clock: opts.clock,
+      registry,
+      depth: opts.depth,
+      driverOptions: opts.driverOptions,
+    };
+    const proto = await BlockDriverState.openNode(protoDrv, filename, protoOpts);
     let bs: BlockDriverState | null = null;
     try {
       let fmtDrv = requested;
