@@ -209,6 +209,25 @@ describe.skipIf(!qemu)('raw interop with qemu-img / qemu-io', () => {
     expect(cmp.status, cmp.stdout + cmp.stderr).toBe(0);
   });
 
+  it('a file of odd length: same virtual size as qemu-img info, same tail writes as qemu-io', async () => {
+    const ours = join(dir, 'odd-ours.raw');
+    const theirs = join(dir, 'odd-qemu.raw');
+    const body = new Uint8Array(1001).fill(0x42);
+    writeFileSync(ours, body);
+    writeFileSync(theirs, body);
+    const info = runQemuImg(['info', '--output=json', '-f', 'raw', theirs]);
+    expect(info.status).toBe(0);
+    const bs = await BlockDriverState.open(ours, { format: 'raw', registry });
+    try {
+      expect(await bs.getLength()).toBe((JSON.parse(info.stdout) as Record<string, number>)['virtual-size']);
+      await bs.pwrite(1010, new Uint8Array(4).fill(1));
+    } finally {
+      await bs.close();
+    }
+    runQemuIoOk(['-f', 'raw', '-c', 'write -P 1 1010 4', theirs]);
+    sameFiles(ours, theirs);
+  });
+
   it('we read what qemu-io wrote', async () => {
     const theirs = join(dir, 'read-qemu.raw');
     expect(runQemuImg(['create', '-q', '-f', 'raw', theirs, '1M']).status).toBe(0);

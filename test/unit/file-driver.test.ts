@@ -284,6 +284,21 @@ describe('file driver', () => {
     expect(() => fileDriver.getLength!(bs)).toThrowError(expect.objectContaining({ code: 'EBADF' }) as Error);
   });
 
+  it('driver close waits for reads and writes still running on the descriptor', async () => {
+    const p = join(dir, 'late.img');
+    await writeFile(p, new Uint8Array(0));
+    const bs = await open(p);
+    const order: string[] = [];
+    const data = pattern(4 << 20, 13);
+    const w = fileDriver.coPwritev!(bs, 0, data.length, IOVector.from(data), {}).then(() => order.push('write'));
+    const c = fileDriver.close!(bs).then(() => order.push('close'));
+    await Promise.all([w, c]);
+    expect(order).toEqual(['write', 'close']);
+    expectBytes(await readFile(p), data);
+    // The node still thinks it is open; its close flushes a driver state that is gone (EBADF).
+    expect((await rejection(bs.close())).code).toBe('EBADF');
+  });
+
   it('many concurrent writes and reads land where they should', async () => {
     const p = join(dir, 'cc.img');
     await writeFile(p, new Uint8Array(256 * 1024));

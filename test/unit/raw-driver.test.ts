@@ -133,17 +133,43 @@ describe('raw driver', () => {
     const p = join(dir, 't.raw');
     await bdrvCreate(p, { format: 'raw', options: { size: 4096 }, registry });
     const bs = await opened(p, { format: 'raw' });
-    await bs.truncate(10_000);
-    expect(await bs.getLength()).toBe(10_000);
-    expect((await stat(p)).size).toBe(10_000);
-    await bs.pwrite(9_999, Uint8Array.of(5));
-    await bs.truncate(2_000);
-    expect(await bs.getLength()).toBe(2_000);
+    await bs.truncate(10_240);
+    expect(await bs.getLength()).toBe(10_240);
+    expect((await stat(p)).size).toBe(10_240);
+    await bs.pwrite(10_239, Uint8Array.of(5));
+    await bs.truncate(2_048);
+    expect(await bs.getLength()).toBe(2_048);
+    expect((await stat(p)).size).toBe(2_048);
     expect(await bs.getInfo()).toEqual({ clusterSize: 0, isDirty: false });
     await bs.pwrite(0, new Uint8Array(2000).fill(1));
     await bs.flush();
     expect(await bs.getAllocatedFileSize()).toBe((await stat(p)).blocks * 512);
     expect(await bs.getAllocatedFileSize()).toBe(await bs.file!.getAllocatedFileSize());
+  });
+
+  it('a file whose length is not a multiple of 512 is a disk of whole sectors, like QEMU', async () => {
+    const p = join(dir, 'odd.raw');
+    await writeFile(p, new Uint8Array(1001).fill(0x42));
+    const bs = await opened(p, { format: 'raw' });
+    expect(await bs.getLength()).toBe(1024);
+    const tail = new Uint8Array(30).fill(0xee);
+    await bs.pread(994, tail);
+    expect(tail.subarray(0, 7).every((b) => b === 0x42)).toBe(true);
+    expect(tail.subarray(7).every((b) => b === 0)).toBe(true);
+    // QEMU's map: data up to the file end, then a zero tail at the same offsets.
+    expect(await bs.blockStatus(0, 1024)).toMatchObject({ pnum: 1001, data: true, zero: false, offset: 0 });
+    const z = await bs.blockStatus(1001, 23);
+    expect(z).toMatchObject({ pnum: 23, allocated: true, data: false, zero: true, offset: 1001 });
+    expect(z.file).toBe(bs.file);
+    // Writing in the tail grows the file; past the sector end is out of the disk.
+    await bs.pwrite(1010, Uint8Array.of(1, 2, 3, 4));
+    expect((await stat(p)).size).toBe(1014);
+    expect(await bs.getLength()).toBe(1024);
+    expect((await rejection(bs.pwrite(1020, new Uint8Array(8)))).code).toBe('EIO');
+    // Resizing to an odd size keeps the file exact and the disk in whole sectors.
+    await bs.truncate(1500);
+    expect((await stat(p)).size).toBe(1500);
+    expect(await bs.getLength()).toBe(1536);
   });
 
   it('blockStatus comes from the protocol: same offset, file = bs.file', async () => {

@@ -162,6 +162,9 @@ async function rawCoFlush(bs: BlockDriverState): Promise<void> {
 async function rawCoBlockStatus(bs: BlockDriverState, offset: number, bytes: number): Promise<BlockStatus> {
   const file = child(bs);
   const st = await file.blockStatus(offset, bytes);
+  // The sector tail past the end of a file whose length is not a multiple of 512 (see
+  // rawGetLength): the protocol has nothing there, and it reads as zeros.
+  if (st.pnum === 0) return { pnum: bytes, allocated: true, data: false, zero: true, offset, file };
   return { pnum: st.pnum, allocated: true, data: st.data, zero: st.zero, offset, file };
 }
 
@@ -169,8 +172,14 @@ async function rawTruncate(bs: BlockDriverState, size: number): Promise<void> {
   await child(bs).truncate(size);
 }
 
+/**
+ * Whole sectors, as QEMU's block layer counts sizes: a 1001-byte file is a 1024-byte disk whose
+ * last 23 bytes read as zeros (the protocol node zero-fills past its end, and a write there
+ * grows the file).
+ */
 async function rawGetLength(bs: BlockDriverState): Promise<number> {
-  return child(bs).getLength();
+  const len = await child(bs).getLength();
+  return Math.ceil(len / BDRV_SECTOR_SIZE) * BDRV_SECTOR_SIZE;
 }
 
 async function rawGetInfo(_bs: BlockDriverState): Promise<BlockDriverInfo> {
