@@ -322,6 +322,28 @@ describe('raw driver', () => {
       expectBytes((await readFile(p)).subarray(0, 4), QED_MAGIC);
     });
 
+    it('with the package registry, the real qed probe makes a QED header write EPERM', async () => {
+      // Imported here so that this file's other tests do not depend on every driver loading.
+      const { defaultRegistry } = await import('../../src/index.js');
+      expect(defaultRegistry.find('qed')).toBeDefined();
+      const name = memName();
+      memStoreCreate(name.slice(4), 64 * 1024);
+      const bs = await BlockDriverState.open(name, { registry: defaultRegistry });
+      nodes.push(bs);
+      expect(bs.driver.formatName).toBe('raw');
+      // A plausible QED header: magic, cluster size 64 KiB, table size 4, header size 1.
+      const hdr = new Uint8Array(64);
+      const dv = new DataView(hdr.buffer);
+      dv.setUint32(0, 0x00444551, true);
+      dv.setUint32(4, 65536, true);
+      dv.setUint32(8, 4, true);
+      dv.setUint32(12, 1, true);
+      const e = await rejection(bs.pwrite(0, hdr));
+      expect(e.code).toBe('EPERM');
+      expect(e.message).toContain('qed');
+      expect(memStoreRead(name).subarray(0, 64).every((b) => b === 0)).toBe(true);
+    });
+
     it('concurrent head writes are checked one at a time', async () => {
       const { bs, name } = await probedMem();
       // Each write alone is harmless; together they would form the magic. The second one

@@ -97,7 +97,8 @@ async function rawCheckHeadWrite(
   else head.fill(0, offset, offset + n);
   // The registry the node was opened with: the one that did the probing.
   for (const drv of bs.registry.list()) {
-    if (drv === bs.driver || drv.formatName === 'raw' || drv.probe === undefined || drv.isProtocol === true) continue;
+    if (drv === bs.driver || drv.formatName === 'raw' || drv.probe === undefined) continue;
+    if (drv.isProtocol === true || drv.isFilter === true) continue;
     if (drv.probe(head, bs.filename) > 0) {
       throw new BlockError(
         'EPERM',
