@@ -1,3 +1,4 @@
+import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
 import { isBlockError } from '../../src/block/errors.js';
 import {
@@ -134,6 +135,64 @@ describe('MemStore', () => {
     expect(s.status(4 * MEM_CHUNK_SIZE, s.length)).toEqual({ data: false, pnum: 46 * MEM_CHUNK_SIZE });
     expect(s.status(50 * MEM_CHUNK_SIZE, 10 * MEM_CHUNK_SIZE)).toEqual({ data: true, pnum: MEM_CHUNK_SIZE });
     expect(s.status(51 * MEM_CHUNK_SIZE, 49 * MEM_CHUNK_SIZE)).toEqual({ data: false, pnum: 49 * MEM_CHUNK_SIZE });
+  });
+});
+
+describe('MemStore against a flat model (property)', () => {
+  // Small chunks of the real store are 64 KiB; sizes here straddle a few of them.
+  const MAX = 4 * MEM_CHUNK_SIZE + 1000;
+  type Op =
+    | { k: 'w'; off: number; len: number; seed: number; split: number }
+    | { k: 'z'; off: number; len: number; unmap: boolean }
+    | { k: 't'; size: number };
+  const op: fc.Arbitrary<Op> = fc.oneof(
+    fc.record({ k: fc.constant('w' as const), off: fc.nat(MAX), len: fc.integer({ min: 1, max: 2 * MEM_CHUNK_SIZE }), seed: fc.nat(255), split: fc.nat() }),
+    fc.record({ k: fc.constant('z' as const), off: fc.nat(MAX), len: fc.integer({ min: 1, max: 3 * MEM_CHUNK_SIZE }), unmap: fc.boolean() }),
+    fc.record({ k: fc.constant('t' as const), size: fc.nat(MAX) }),
+  );
+
+  it('reads, length and status agree with a flat buffer after any sequence of writes, zeroes and truncates', () => {
+    fc.assert(
+      fc.property(fc.array(op, { maxLength: 25 }), (ops) => {
+        const s = new MemStore();
+        let model = new Uint8Array(0);
+        const grow = (n: number): void => {
+          if (n > model.length) {
+            const m = new Uint8Array(n);
+            m.set(model);
+            model = m;
+          }
+        };
+        for (const o of ops) {
+          if (o.k === 'w') {
+            const data = bytes(o.len, o.seed);
+            const cut = o.split % (o.len + 1);
+            s.write(o.off, [data.subarray(0, cut), data.subarray(cut)], o.len);
+            grow(o.off + o.len);
+            model.set(data, o.off);
+          } else if (o.k === 'z') {
+            s.writeZeroes(o.off, o.len, o.unmap);
+            grow(o.off + o.len);
+            model.fill(0, o.off, o.off + o.len);
+          } else {
+            s.truncate(o.size);
+            model = model.length >= o.size ? model.slice(0, o.size) : (grow(o.size), model);
+          }
+          expect(s.length).toBe(model.length);
+        }
+        expectBytes(readFlat(s, 0, s.length), model);
+        // Holes (by status) really read as zeros, and status runs tile the store.
+        for (let pos = 0; pos < s.length; ) {
+          const st = s.status(pos, s.length - pos);
+          expect(st.pnum).toBeGreaterThan(0);
+          if (!st.data) expect(model.subarray(pos, pos + st.pnum).every((b) => b === 0)).toBe(true);
+          pos += st.pnum;
+        }
+        // No chunk lies wholly past the end.
+        for (const idx of s.chunks.keys()) expect(idx * MEM_CHUNK_SIZE).toBeLessThan(s.length);
+      }),
+      { numRuns: 60 },
+    );
   });
 });
 
