@@ -5,6 +5,7 @@
  * Exit status 1 when a property failed.
  */
 import '../../src/index.js';
+import { faultStats } from './fault-props.js';
 import { ALL_PROPERTIES } from './properties.js';
 
 function usage(): never {
@@ -58,6 +59,7 @@ async function main(): Promise<void> {
     }
     total += commands;
   }
+  console.log(`fault stats: ${JSON.stringify(faultStats)}`);
   console.log(`fuzz: seed ${seed}, ${total} commands in total, ${failed} propert${failed === 1 ? 'y' : 'ies'} failed`);
   process.exitCode = failed > 0 ? 1 : 0;
 }

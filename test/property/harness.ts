@@ -4,7 +4,7 @@
  * in-memory stores, together with the byte-array model of what the guest must read.
  */
 import fc from 'fast-check';
-import { BlockDriverRegistry, BlockDriverState, bdrvCreate, defaultRegistry } from '../../src/index.js';
+import { BlockDriverRegistry, BlockDriverState, VirtualClock, bdrvCreate, defaultRegistry } from '../../src/index.js';
 import { memStoreDelete, memStoreNames } from '../../src/drivers/mem/index.js';
 import { powerlossStoreDelete } from '../../src/drivers/powerloss/index.js';
 import { ByteModel, pattern } from './model.js';
@@ -240,7 +240,8 @@ export async function buildImage(
     backingFmt: backing?.fmt ?? '',
     touched: new Set(),
     registry,
-    open: (o = {}) => BlockDriverState.open(top, { format, registry, readOnly: o.readOnly }),
+    // A virtual clock: the need-check timer never fires behind the test's back.
+    open: (o = {}) => BlockDriverState.open(top, { format, registry, readOnly: o.readOnly, clock: new VirtualClock() }),
     cleanup: () => cleanupPrefix(prefix),
   };
 }

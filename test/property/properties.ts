@@ -3,6 +3,7 @@
  * them with a small budget, `npm run fuzz` (fuzz.ts) with a large one.
  */
 import fc from 'fast-check';
+import { propBlkdebug, propPowerLoss } from './fault-props.js';
 import { commandArb, runSequence, type Command } from './commands.js';
 import { buildImage, fcParams, freshPrefix, geometryArb, type Geometry, type PropertyOptions } from './harness.js';
 
@@ -51,4 +52,6 @@ export type PropertyFn = (opts: PropertyOptions) => Promise<void>;
 /** Every property, by name (fuzz.ts runs them all or those named with --only). */
 export const ALL_PROPERTIES: Record<string, PropertyFn> = {
   sequential: propSequential,
+  blkdebug: propBlkdebug,
+  powerloss: propPowerLoss,
 };

@@ -139,6 +139,11 @@ export class BlkdebugState {
     return { error, immediately: rule.immediately };
   }
 
+  /** Drop every armed error (tests: end an injection window without a new event). */
+  disarm(): void {
+    this.activeRules = [];
+  }
+
   /** bdrv_debug_breakpoint: park the next request that announces `event`. */
   addBreakpoint(event: BlkDebugEvent, tag: string): void {
     this.addRule({ action: 'suspend', event, state: 0, tag });

@@ -1,0 +1,363 @@
+/**
+ * Fault properties: injected I/O errors (blkdebug) and power loss (the powerloss protocol).
+ * In both, what the guest was told succeeded must survive, what failed may be old or new per
+ * sector, and the image must come back with nothing worse than leaked clusters.
+ */
+import fc from 'fast-check';
+import { BlockDriverState, BlockError, VirtualClock, type CheckResult } from '../../src/index.js';
+import { blkdebugState } from '../../src/drivers/blkdebug/index.js';
+import { memStoreGet, memStoreRead } from '../../src/drivers/mem/index.js';
+import { powerlossStoreCreate } from '../../src/drivers/powerloss/index.js';
+import { ModelMismatch, place, spanArb, type Span } from './commands.js';
+import {
+  buildImage,
+  fcParams,
+  freshPrefix,
+  geometryArb,
+  type Geometry,
+  type ImageSetup,
+  type PropertyOptions,
+} from './harness.js';
+import { ByteModel, mulberry32, pattern } from './model.js';
+
+export interface GuestWrite {
+  kind: 'write' | 'zero';
+  span: Span;
+  seed: number;
+}
+
+export const guestWriteArb: fc.Arbitrary<GuestWrite> = fc.record({
+  kind: fc.constantFrom<'write' | 'zero'>('write', 'write', 'write', 'zero'),
+  span: spanArb,
+  seed: fc.nat({ max: 1 << 20 }),
+});
+
+/** Place a guest write and return its data (zeros for writeZeroes). */
+export function placeWrite(w: GuestWrite, setup: ImageSetup): { offset: number; data: Uint8Array } {
+  const cs = setup.geom.clusterSize;
+  const p = place(w.span, setup.model.size, cs, Math.min(3 * cs + 1024, 1 << 20));
+  return { offset: p.offset, data: w.kind === 'zero' ? new Uint8Array(p.len) : pattern(p.len, w.seed) };
+}
+
+export async function applyWrite(bs: BlockDriverState, w: GuestWrite, offset: number, data: Uint8Array): Promise<void> {
+  if (w.kind === 'zero') await bs.writeZeroes(offset, data.length);
+  else await bs.pwrite(offset, data);
+}
+
+/**
+ * Compare the image with a model in which the sectors of `uncertain` may hold either the old
+ * or the new bytes (a failed or unacknowledged write). Returns the bytes read.
+ */
+export async function compareWithUncertain(
+  bs: BlockDriverState,
+  oldModel: Uint8Array,
+  alternatives: { offset: number; data: Uint8Array }[],
+  what: string,
+): Promise<Uint8Array> {
+  const got = new Uint8Array(oldModel.length);
+  await bs.pread(0, got);
+  // Per sector, the acceptable contents: the old one and each alternative applied in order
+  // (a later acknowledged write never loses to an earlier unacknowledged one: the caller
+  // passes only unacknowledged ones here).
+  const S = 512;
+  const sectors = Math.ceil(oldModel.length / S);
+  for (let s = 0; s < sectors; s++) {
+    const a = s * S;
+    const b = Math.min(oldModel.length, a + S);
+    if (equalRange(got, oldModel, a, b)) continue;
+    let ok = false;
+    // Any subset applied in order: with few alternatives, enumerate.
+    const touching = alternatives.filter((w) => w.offset < b && w.offset + w.data.length > a);
+    const n = Math.min(touching.length, 10);
+    for (let mask = 1; mask < 1 << n && !ok; mask++) {
+      const cand = oldModel.slice(a, b);
+      for (let i = 0; i < n; i++) {
+        if (!(mask & (1 << i))) continue;
+        const w = touching[i];
+        const from = Math.max(a, w.offset);
+        const to = Math.min(b, w.offset + w.data.length);
+        cand.set(w.data.subarray(from - w.offset, to - w.offset), from - a);
+      }
+      ok = equalRange(got, cand, a, b, a);
+    }
+    if (!ok) {
+      let d = a;
+      while (d < b && got[d] === oldModel[d]) d++;
+      throw new ModelMismatch(`${what}: sector ${s} (guest offset ${d}) holds neither the old nor any written content`);
+    }
+  }
+  return got;
+}
+
+function equalRange(x: Uint8Array, y: Uint8Array, a: number, b: number, yBase = 0): boolean {
+  for (let i = a; i < b; i++) if (x[i] !== y[i - yBase]) return false;
+  return true;
+}
+
+export function expectOnlyLeaks(r: CheckResult, what: string): void {
+  if (r.corruptions !== 0 || r.checkErrors !== 0) {
+    throw new ModelMismatch(`${what}: check found corruptions=${r.corruptions} checkErrors=${r.checkErrors} leaks=${r.leaks}`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// blkdebug
+
+/** How often the faults really hit (a property whose fault never fires proves nothing). */
+export const faultStats = { cases: 0, injections: 0, crashes: 0, crashedMidRequest: 0, pendingAtCrash: 0 };
+
+/** The events the QED driver announces on its file child. */
+export const QED_EVENTS = ['read_aio', 'write_aio', 'cow_write', 'l1_update', 'l2_update', 'l2_load', 'read_backing_aio'] as const;
+
+export interface InjectCase {
+  geom: Geometry;
+  before: GuestWrite[];
+  target: GuestWrite;
+  event: (typeof QED_EVENTS)[number];
+  errno: 5 | 28;
+  immediately: boolean;
+  /** Close and reopen between `before` and the target (cold L2 cache). */
+  cold: boolean;
+}
+
+export const injectCaseArb = (wide = false): fc.Arbitrary<InjectCase> =>
+  fc.record({
+    geom: geometryArb(wide),
+    before: fc.array(guestWriteArb, { maxLength: wide ? 12 : 5 }),
+    target: guestWriteArb,
+    event: fc.constantFrom(...QED_EVENTS),
+    errno: fc.constantFrom<5 | 28>(5, 28),
+    immediately: fc.boolean(),
+    cold: fc.boolean(),
+  });
+
+export const injectExamples: [InjectCase][] = [];
+
+/**
+ * An error injected at any event of a write fails that write with that error (when the event
+ * is followed by I/O within it), and the image is left with nothing but leaks; everything else
+ * reads back as before, the failed write's sectors old or new.
+ */
+export async function runInjectCase(c: InjectCase): Promise<number> {
+  const setup = await buildImage(c.geom, freshPrefix('inj'));
+  let commands = 0;
+  try {
+    const config = `[inject-error]\nevent = "${c.event}"\nerrno = "${c.errno}"\nonce = "on"\nstate = "2"\nimmediately = "${c.immediately ? 'on' : 'off'}"\n`;
+    const openDebug = (): Promise<BlockDriverState> =>
+      BlockDriverState.open(`blkdebug::${setup.top}`, {
+        format: setup.format,
+        clock: new VirtualClock(),
+        registry: setup.registry,
+        driverOptions: { configText: config },
+      });
+    let bs = await openDebug();
+    try {
+      for (const w of c.before) {
+        const { offset, data } = placeWrite(w, setup);
+        await applyWrite(bs, w, offset, data);
+        setup.model.write(offset, data);
+        commands++;
+      }
+      if (c.cold) {
+        await bs.close();
+        bs = await openDebug();
+      }
+      const dbg = blkdebugState(bs);
+      if (!dbg) throw new Error('no blkdebug node');
+      const { offset, data } = placeWrite(c.target, setup);
+      const before = dbg.errorsInjected;
+      dbg.state = 2;
+      let failure: unknown = null;
+      try {
+        await applyWrite(bs, c.target, offset, data);
+      } catch (e) {
+        failure = e;
+      }
+      commands++;
+      dbg.state = 1;
+      dbg.disarm();
+      const injected = dbg.errorsInjected - before;
+      faultStats.injections += injected > 0 ? 1 : 0;
+      faultStats.cases++;
+      const code = c.errno === 5 ? 'EIO' : 'ENOSPC';
+      if (injected > 0 && failure === null) {
+        throw new ModelMismatch(`error injected at ${c.event} but the ${c.target.kind} at ${offset}+${data.length} succeeded`);
+      }
+      if (failure !== null) {
+        if (!(failure instanceof BlockError)) throw failure;
+        if (injected === 0) throw new ModelMismatch(`write failed without an injected error: ${failure.message}`);
+        if (failure.code !== code) {
+          throw new ModelMismatch(`injected ${code} at ${c.event} but the write failed with ${failure.code}: ${failure.message}`);
+        }
+      }
+      const oldModel = setup.model.bytes.slice();
+      const alternatives = failure === null ? [] : [{ offset, data }];
+      if (failure === null) setup.model.write(offset, data);
+      // Close may itself fail if the failed write left the driver unable to flush; what
+      // matters is the state on the store, checked after a plain reopen.
+      await bs.close().catch(() => undefined);
+      const again = await setup.open();
+      try {
+        expectOnlyLeaks(await again.check(), `after ${c.event} injection`);
+        await compareWithUncertain(again, failure === null ? setup.model.bytes : oldModel, alternatives, `after ${c.event}`);
+      } finally {
+        await again.close();
+      }
+    } finally {
+      await bs.close().catch(() => undefined);
+    }
+  } finally {
+    setup.cleanup();
+  }
+  return commands;
+}
+
+export async function propBlkdebug(opts: PropertyOptions): Promise<void> {
+  await fc.assert(
+    fc.asyncProperty(injectCaseArb(opts.wide), async (c) => {
+      opts.onCommands?.(await runInjectCase(c));
+    }),
+    { ...fcParams(opts), examples: [...injectExamples, ...((opts.examples ?? []) as [InjectCase][])] },
+  );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Power loss
+
+export interface PowerLossCase {
+  geom: Geometry;
+  /** Writes, with a flush after those marked. */
+  ops: { w: GuestWrite; flushAfter: boolean }[];
+  /** Protocol requests allowed before the power goes (large = after the last op). */
+  crashAfter: number;
+  /** Seeds which volatile writes survive. */
+  crashSeed: number;
+  /** Writes after recovery, to see that the repaired image is usable. */
+  after: GuestWrite[];
+}
+
+export const powerLossCaseArb = (wide = false): fc.Arbitrary<PowerLossCase> =>
+  fc.record({
+    geom: geometryArb(wide),
+    ops: fc.array(fc.record({ w: guestWriteArb, flushAfter: fc.boolean() }), { minLength: 1, maxLength: wide ? 16 : 8 }),
+    crashAfter: fc.nat({ max: wide ? 200 : 60 }),
+    crashSeed: fc.nat(),
+    after: fc.array(guestWriteArb, { maxLength: 3 }),
+  });
+
+export const powerLossExamples: [PowerLossCase][] = [];
+
+/**
+ * Power loss at a random request: every write acknowledged before a completed flush reads back
+ * intact; unflushed writes may be there or not (per sector); after the open-time check no
+ * corruption remains and nothing but leaks is left; the image takes new writes afterwards.
+ */
+export async function runPowerLossCase(c: PowerLossCase): Promise<number> {
+  // The image under test lives on the powerloss protocol; its backing chain on mem (a backing
+  // file is read-only, so power loss cannot touch it).
+  const setup = await buildImage(c.geom, freshPrefix('pl'));
+  let commands = 0;
+  const plName = `${setup.prefix}-top.qed`;
+  try {
+    if (setup.format !== 'qed') return 0;
+    // Move the freshly created image onto a powerloss store: created durable, as qemu-img
+    // create syncs before it exits.
+    const store = powerlossStoreCreate(plName, memStoreRead(memStripName(setup.top)));
+    // The backing file is found relative to the image: same prefix, mem namespace. Point the
+    // powerloss image's recorded relative name at the mem store with an absolute mem: name.
+    const file = `powerloss:${plName}`;
+    const open = (): Promise<BlockDriverState> =>
+      BlockDriverState.open(file, { format: 'qed', registry: setup.registry, clock: new VirtualClock() });
+    // Re-point the backing name at the mem namespace (header rewrite + flush: durable).
+    if (setup.backingName !== '') {
+      const tmp = await BlockDriverState.open(file, {
+        format: 'qed',
+        registry: setup.registry,
+        noBacking: true,
+        clock: new VirtualClock(),
+      });
+      await tmp.changeBackingFile(`mem:${setup.backingName}`, setup.backingFmt);
+      await tmp.close();
+    }
+    store.flush();
+
+    let bs = await open();
+    // Durable model: what a completed flush covered. Pending: acknowledged since then.
+    let durable = setup.model.bytes.slice();
+    let pending: { offset: number; data: Uint8Array }[] = [];
+    store.failAfter(c.crashAfter);
+    for (const { w, flushAfter } of c.ops) {
+      const { offset, data } = placeWrite(w, setup);
+      commands++;
+      try {
+        await applyWrite(bs, w, offset, data);
+      } catch (e) {
+        if (!store.dead) throw e;
+        // The write did not complete: it may still have reached the disk in part.
+        pending.push({ offset, data });
+        faultStats.crashedMidRequest++;
+        break;
+      }
+      setup.model.write(offset, data);
+      pending.push({ offset, data });
+      if (flushAfter) {
+        commands++;
+        try {
+          await bs.flush();
+        } catch (e) {
+          if (!store.dead) throw e;
+          break;
+        }
+        durable = setup.model.bytes.slice();
+        pending = [];
+      }
+    }
+    // The process dies: no close path. Drop the node without flushing.
+    store.failAfter(0);
+    await bs.close().catch(() => undefined);
+    faultStats.crashes++;
+    faultStats.pendingAtCrash += store.pendingOps.length;
+    store.crash(mulberry32(c.crashSeed));
+
+    bs = await open();
+    try {
+      const r = await bs.check();
+      expectOnlyLeaks(r, 'after power loss and open-time repair');
+      const got = await compareWithUncertain(bs, durable, pending, 'after power loss');
+      // Resolve the uncertainty: the model is what survived.
+      const model = new ByteModel(got.length, got);
+      for (const w of c.after) {
+        const { offset, data } = placeWrite(w, { ...setup, model });
+        await applyWrite(bs, w, offset, data);
+        model.write(offset, data);
+        commands++;
+      }
+      const back = new Uint8Array(model.size);
+      await bs.pread(0, back);
+      for (let i = 0; i < back.length; i++) {
+        if (back[i] !== model.bytes[i]) throw new ModelMismatch(`after recovery writes: differs at ${i}`);
+      }
+      expectOnlyLeaks(await bs.check(), 'after recovery writes');
+    } finally {
+      await bs.close();
+    }
+  } finally {
+    setup.cleanup();
+  }
+  return commands;
+}
+
+function memStripName(filename: string): string {
+  const n = filename.startsWith('mem:') ? filename.slice(4) : filename;
+  if (!memStoreGet(n)) throw new Error(`no mem store ${n}`);
+  return n;
+}
+
+export async function propPowerLoss(opts: PropertyOptions): Promise<void> {
+  await fc.assert(
+    fc.asyncProperty(powerLossCaseArb(opts.wide), async (c) => {
+      opts.onCommands?.(await runPowerLossCase(c));
+    }),
+    { ...fcParams(opts), examples: [...powerLossExamples, ...((opts.examples ?? []) as [PowerLossCase][])] },
+  );
+}
