@@ -160,6 +160,8 @@ export class BlockDriverState {
       bs = new BlockDriverState(fmtDrv, filename, opts);
       bs.file = proto;
       await bs.driverOpen();
+      // Resolved even with noBacking: `info` shows where the backing file would be.
+      if (bs.backingFile !== '') bs.fullBackingFilename = combineBackingPath(bs.storageFilename(), bs.backingFile);
       if (!opts.noBacking && bs.backingFile !== '') {
         await bs.openBacking([...chain, canonicalImageName(filename)]);
       }
@@ -199,8 +201,7 @@ export class BlockDriverState {
   }
 
   private async openBacking(chain: string[]): Promise<void> {
-    const full = combineBackingPath(this.storageFilename(), this.backingFile);
-    this.fullBackingFilename = full;
+    const full = this.fullBackingFilename;
     const depth = this.depth + 1;
     const canon = canonicalImageName(full);
     if (chain.includes(canon)) {

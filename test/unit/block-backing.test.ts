@@ -124,6 +124,7 @@ describe('backing chains', () => {
     const bs = await BlockDriverState.open(`${d}/top.tc`, { registry, noBacking: true });
     expect(bs.backing).toBeNull();
     expect(bs.backingFile).toBe('nothere.tc');
+    expect(bs.fullBackingFilename).toBe(`${d}/nothere.tc`);
     await bs.close();
   });
 

@@ -3,13 +3,14 @@ import {
   BlockDriverState,
   BlockError,
   IOVector,
+  bdrvCreate,
   memStoreCreate,
   memStoreRead,
   memStoreWrite,
   type BlockDriver,
   type BlockErrorCode,
 } from '../../src/index.js';
-import { jitter, makeMem, makeStrictDriver, memName, testRegistry, type StrictLog } from './block-helpers.js';
+import { chainDriver, jitter, makeMem, makeStrictDriver, memName, testRegistry, type StrictLog } from './block-helpers.js';
 
 async function expectCode(p: Promise<unknown>, code: BlockErrorCode): Promise<BlockError> {
   const e: unknown = await p.then(
@@ -332,7 +333,6 @@ describe('copy-on-read', () => {
     memStoreCreate(base, 8192);
     memStoreWrite(base, pattern(4096, 5));
     const top = memName('cor-top');
-    const { bdrvCreate } = await import('../../src/index.js');
     await bdrvCreate(top, { format: 'tchain', options: { size: 8192, backingFile: base, backingFmt: 'raw' }, registry });
     const bs = await BlockDriverState.open(top, { registry, copyOnRead: true });
     expect((await bs.isAllocated(0, 8192)).allocated).toBe(false);
@@ -352,12 +352,40 @@ describe('copy-on-read', () => {
     await again.close();
   });
 
+  it('writes all-zero data through the native writeZeroes hook', async () => {
+    const zeroCalls: [number, number][] = [];
+    const zchain: BlockDriver = {
+      ...chainDriver,
+      formatName: 'tchainz',
+      probe: undefined,
+      async coWriteZeroes(bs, offset, bytes) {
+        zeroCalls.push([offset, bytes]);
+        await chainDriver.coPwritev!(bs, offset, bytes, IOVector.alloc(bytes), {});
+      },
+    };
+    const registry = testRegistry(zchain);
+    const base = makeMem(8192);
+    const baseData = new Uint8Array(8192);
+    baseData.set(pattern(1024, 8));
+    memStoreWrite(base, baseData);
+    const top = memName('cor-zero');
+    await bdrvCreate(top, { format: 'tchain', options: { backingFile: base, backingFmt: 'raw' }, registry });
+    const bs = await BlockDriverState.open(top, { registry, format: 'tchainz', copyOnRead: true });
+    const back = new Uint8Array(1000);
+    await bs.pread(3000, back);
+    expect(back.every((b) => b === 0)).toBe(true);
+    expect(zeroCalls).toEqual([[2560, 1536]]);
+    await bs.pread(0, new Uint8Array(10));
+    expect(zeroCalls.length).toBe(1);
+    expect(await bs.isAllocated(0, 8192)).toEqual({ allocated: true, pnum: 512 });
+    await bs.close();
+  });
+
   it('does nothing on a read-only node', async () => {
     const registry = testRegistry();
     const base = makeMem(4096);
     memStoreWrite(base, pattern(4096, 2));
     const top = memName('cor-ro');
-    const { bdrvCreate } = await import('../../src/index.js');
     await bdrvCreate(top, { format: 'tchain', options: { backingFile: base, backingFmt: 'raw' }, registry });
     const bs = await BlockDriverState.open(top, { registry, copyOnRead: true, readOnly: true });
     await bs.pread(0, new Uint8Array(512));
