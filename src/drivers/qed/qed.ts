@@ -200,9 +200,14 @@ async function qedCoBlockStatus(bs: BlockDriverState, offset: number, bytes: num
         return { pnum: run.length, allocated: true, data: true, zero: false, offset: run.hostOffset, file: qedFile(s) };
       case 'zero':
         return { pnum: run.length, allocated: true, data: false, zero: true };
-      default:
-        // Not ours: the generic layer asks the backing file (or reports zeros without one).
-        return { pnum: run.length, allocated: false, data: false, zero: false };
+      default: {
+        // Not allocated here: the data comes from the backing file, and reads as zeros when
+        // there is none or the range starts past its end (QEMU's generic block status adds
+        // this for every format with backing support).
+        const backing = bs.backing;
+        const zero = !backing || offset >= (await backing.getLength());
+        return { pnum: run.length, allocated: false, data: false, zero };
+      }
     }
   } finally {
     s.l2Cache.unref(request.l2Table);
