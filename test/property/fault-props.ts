@@ -185,7 +185,7 @@ export async function runInjectCase(c: InjectCase): Promise<number> {
       }
       if (failure !== null) {
         // Anything but a BlockError (a TypeError from a driver bug) fails the property as is.
-        if (!(failure instanceof BlockError)) throw failure instanceof Error ? failure : new Error(String(failure));
+        if (!(failure instanceof BlockError)) throw failure instanceof Error ? failure : new Error(`non-Error thrown: ${typeof failure}`);
         if (injected === 0) throw new ModelMismatch(`write failed without an injected error: ${failure.message}`);
         if (failure.code !== code) {
           throw new ModelMismatch(`injected ${code} at ${c.event} but the write failed with ${failure.code}: ${failure.message}`);
