@@ -119,7 +119,7 @@ export class AIOPool<T extends BlockAIOCB> {
 }
 
 /** The pool the registry's adapters use for drivers that only have coroutine hooks. */
-export const genericAioPool = new AIOPool<BlockAIOCB>((pool) => new BlockAIOCB(pool as AIOPool<BlockAIOCB>));
+export const genericAioPool = new AIOPool<BlockAIOCB>((pool) => new BlockAIOCB(pool));
 
 /** Await an AIO request: the promise adapter from callback style to coroutine style. */
 export function aioToPromise(submit: (cb: CompletionFunc) => BlockAIOCB): Promise<void> {

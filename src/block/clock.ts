@@ -56,10 +56,10 @@ export class VirtualClock implements Clock {
   newTimer(callback: () => void): Timer {
     const entry = { due: 0, callback };
     const timers = this.timers;
-    const clock = this;
+    const now = (): number => this.time;
     return {
       mod(ms: number) {
-        entry.due = clock.time + ms;
+        entry.due = now() + ms;
         timers.add(entry);
       },
       cancel() {
