@@ -187,6 +187,24 @@ describe('file driver', () => {
     expect(await bs.getLength()).toBe(2048);
   });
 
+  it('writeZeroes writes zeros (any size, past EOF too) and refuses noFallback with ENOTSUP', async () => {
+    const p = join(dir, 'z.img');
+    const size = 3 << 20;
+    await writeFile(p, new Uint8Array(size).fill(0x99));
+    const bs = await opened(p);
+    await bs.writeZeroes(5, (5 << 19) + 7);
+    const disk = await readFile(p);
+    expect(disk.subarray(0, 5).every((b) => b === 0x99)).toBe(true);
+    expect(disk.subarray(5, 5 + (5 << 19) + 7).every((b) => b === 0)).toBe(true);
+    expect(disk.subarray(5 + (5 << 19) + 7).every((b) => b === 0x99)).toBe(true);
+    await bs.writeZeroes(size + 100, 1000);
+    expect(await bs.getLength()).toBe(size + 1100);
+    expect((await stat(p)).size).toBe(size + 1100);
+    const e = await rejection(bs.writeZeroes(0, 512, { noFallback: true }));
+    expect(e.code).toBe('ENOTSUP');
+    expect((await readFile(p)).subarray(0, 5).every((b) => b === 0x99)).toBe(true);
+  });
+
   it('flush and FUA writes succeed and the data is in the file', async () => {
     const p = join(dir, 'f.img');
     await writeFile(p, new Uint8Array(4096));
