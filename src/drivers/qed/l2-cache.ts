@@ -54,12 +54,11 @@ export class L2Cache {
   }
 
   /**
-   * Insert a table read from disk or newly written. A reference the caller holds stays held.
-   * Replaces a stale entry at the same offset only when that one is unused.
+   * Insert a table read from disk or newly written (replacing any entry at that offset). A
+   * reference the caller holds stays held.
    */
   commit(entry: CachedL2Table): void {
-    const old = this.entries.get(entry.offset);
-    if (old && old !== entry) this.entries.delete(entry.offset);
+    // Re-inserting moves the offset to the most-recently-used end.
     this.entries.delete(entry.offset);
     this.entries.set(entry.offset, entry);
     this.evict();

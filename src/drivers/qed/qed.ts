@@ -138,6 +138,9 @@ async function qedClose(bs: BlockDriverState): Promise<void> {
   s.closed = true;
   cancelNeedCheckTimer(s);
   if (s.timerTask) await s.timerTask;
+  // The generic layer has drained requests; holding the allocation lock also guarantees that
+  // no allocation is half-linked while we decide whether the image is clean.
+  await s.allocLock.lock();
   try {
     if (!bs.readOnly && !s.openOptions.inactive) {
       const file = qedFile(s);
@@ -149,6 +152,7 @@ async function qedClose(bs: BlockDriverState): Promise<void> {
       }
     }
   } finally {
+    s.allocLock.unlock();
     s.l2Cache.clear();
   }
 }
