@@ -216,7 +216,8 @@ export async function runInjectCase(c: InjectCase): Promise<number> {
 export async function propBlkdebug(opts: PropertyOptions): Promise<void> {
   await fc.assert(
     fc.asyncProperty(injectCaseArb(opts.wide), async (c) => {
-      opts.onCommands?.(await runInjectCase(c));
+      const n = await runInjectCase(c);
+      opts.onCommands?.(n);
     }),
     { ...fcParams(opts), examples: [...injectExamples, ...((opts.examples ?? []) as [InjectCase][])] },
   );
@@ -357,7 +358,8 @@ function memStripName(filename: string): string {
 export async function propPowerLoss(opts: PropertyOptions): Promise<void> {
   await fc.assert(
     fc.asyncProperty(powerLossCaseArb(opts.wide), async (c) => {
-      opts.onCommands?.(await runPowerLossCase(c));
+      const n = await runPowerLossCase(c);
+      opts.onCommands?.(n);
     }),
     { ...fcParams(opts), examples: [...powerLossExamples, ...((opts.examples ?? []) as [PowerLossCase][])] },
   );

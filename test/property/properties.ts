@@ -38,7 +38,8 @@ export async function propSequential(opts: PropertyOptions): Promise<void> {
     fc.asyncProperty(geometryArb(opts.wide), fc.array(commandArb(), { minLength: 1, maxLength: maxCommands, size: opts.wide ? 'large' : 'medium' }), async (geom, cmds) => {
       const setup = await buildImage(geom, freshPrefix('seq'));
       try {
-        opts.onCommands?.(await runSequence(setup, cmds));
+        const n = await runSequence(setup, cmds);
+      opts.onCommands?.(n);
       } finally {
         setup.cleanup();
       }
