@@ -111,6 +111,8 @@ export interface RecState {
   log: RecOp[];
   /** Fail every write (and flush) with EIO while set. */
   failWrites: boolean;
+  /** Fail a write when this returns true (sees the write's offset and length). */
+  failWhen?: (offset: number, len: number) => boolean;
 }
 
 const recStores = new Map<string, RecState>();
@@ -155,7 +157,7 @@ export const recDriver: BlockDriver = {
   },
   async coPwritev(bs, offset, bytes, qiov) {
     const st = bs.opaque as RecState;
-    if (st.failWrites) throw new BlockError('EIO', 'rec: injected write error');
+    if (st.failWrites || st.failWhen?.(offset, bytes)) throw new BlockError('EIO', 'rec: injected write error');
     st.log.push({ op: 'write', offset, len: bytes });
     grow(st, offset + bytes);
     st.data.set(qiov.toBuffer(), offset);

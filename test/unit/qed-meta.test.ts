@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { BlockDriverState, memStoreRead, memStoreWrite, VirtualClock } from '../../src/index.js';
 import {
   createQed,
+  memName,
   firstDiff,
   newMemQed,
   openQed,
@@ -254,6 +255,78 @@ describe('qed: truncate, backing file change, cache invalidation', () => {
     const { bs } = await newMemQed({ size: 1 << 20, clusterSize: CS, tableSize: 1 });
     await expect(bs.makeEmpty()).rejects.toMatchObject({ code: 'ENOTSUP' });
     expect(await bs.getInfo()).toEqual({ clusterSize: CS, isDirty: false });
+    await bs.close();
+  });
+});
+
+describe('qed: failure handling and events', () => {
+  it('a failed allocating write gives its clusters back and leaves tables as they were', async () => {
+    const registry = recRegistry();
+    const name = `rec:fail-${Math.random()}`;
+    await createQed(name, { size: 1 << 20, clusterSize: CS, tableSize: 1 }, registry);
+    const bs = await openQed(name, { registry, clock: new VirtualClock() });
+    await bs.pwrite(0, new Uint8Array(CS).fill(1)); // L2 exists from here on
+    const st = recStore(name);
+    const lenBefore = st.length;
+    st.failWrites = true;
+    await expect(bs.pwrite(5 * CS, new Uint8Array(CS).fill(2))).rejects.toMatchObject({ code: 'EIO' });
+    st.failWrites = false;
+    expect(await bs.isAllocated(5 * CS, CS)).toMatchObject({ allocated: false });
+    await bs.pwrite(6 * CS, new Uint8Array(CS).fill(3));
+    // The reserved cluster was reused: no hole, no leak.
+    expect(st.length).toBe(lenBefore + CS);
+    expect(await bs.check()).toMatchObject({ corruptions: 0, leaks: 0 });
+
+    // A failing L2 sector write: the in-memory entries are restored.
+    // The data write succeeds, the L2 sector write (the second write) fails.
+    let writes = 0;
+    st.failWhen = () => ++writes === 2;
+    await expect(bs.pwrite(8 * CS, new Uint8Array(CS).fill(4))).rejects.toMatchObject({ code: 'EIO' });
+    st.failWhen = undefined;
+    expect(await bs.isAllocated(8 * CS, CS)).toMatchObject({ allocated: false });
+    const got = new Uint8Array(CS);
+    await bs.pread(8 * CS, got);
+    expect(got.every((x) => x === 0)).toBe(true);
+    await bs.close();
+  });
+
+  it('inactive opens write nothing at open (no autoclear reset, no repair)', async () => {
+    const { name, bs } = await newMemQed({ size: 1 << 20, clusterSize: CS, tableSize: 1 });
+    await bs.close();
+    const f = memStoreRead(name);
+    setU64(f, 32, 0x10);
+    setU64(f, 16, 2);
+    memStoreWrite(name, f);
+    const ina = await openQed(name, { inactive: true });
+    expect((await ina.getInfo()).isDirty).toBe(true);
+    await ina.close();
+    expect(firstDiff(memStoreRead(name), f)).toBe(-1);
+  });
+
+  it('emits trace points and debug events at QEMU’s places', async () => {
+    const backing = memName('b');
+    memStoreWrite(backing, new Uint8Array(8 * CS).fill(1));
+    const { bs } = await newMemQed({ size: 1 << 20, clusterSize: CS, tableSize: 1, backingFile: backing, backingFmt: 'raw' });
+    const traces: string[] = [];
+    const debug: string[] = [];
+    bs.events.on('trace', (e) => traces.push(e.name));
+    bs.file!.events.on('debug', (e) => debug.push(e));
+    await bs.pwrite(512, new Uint8Array(512));
+    await bs.pread(0, new Uint8Array(CS));
+    await bs.pread(4 * CS, new Uint8Array(512));
+    expect(debug).toEqual([
+      'read_backing_aio',
+      'read_backing_aio',
+      'cow_write',
+      'write_aio',
+      'l2_update',
+      'l1_update',
+      'read_aio',
+      'read_backing_aio',
+    ]);
+    for (const t of ['qedAioSetup', 'qedAioNextIo', 'qedAioWriteData', 'qedAioWritePrefill', 'qedAioWritePostfill', 'qedAioWriteMain', 'qedWriteTable', 'qedAioReadData', 'qedAioComplete']) {
+      expect(traces).toContain(t);
+    }
     await bs.close();
   });
 });
