@@ -340,6 +340,9 @@ async function qedAioWriteL2Update(
     // otherwise leave L1 pointing at garbage.
     await qedWriteL2Table(s, acb.request, 0, s.tableNelems, true);
 
+    // The table joins the cache (we keep our reference) before L1 points to it, so a reader
+    // that follows the new L1 entry finds this copy instead of reading a second one.
+    s.l2Cache.commit(l2);
     const l1Index = qedL1Index(s, acb.curPos);
     const old = s.l1Table.get(l1Index);
     s.l1Table.set(l1Index, l2.offset);
@@ -347,10 +350,9 @@ async function qedAioWriteL2Update(
       await qedWriteL1Table(s, l1Index, 1);
     } catch (e) {
       s.l1Table.set(l1Index, old);
+      s.l2Cache.remove(l2.offset);
       throw e;
     }
-    // Readers can find the table from here on; it joins the cache (we keep our reference).
-    s.l2Cache.commit(l2);
     return;
   }
 
