@@ -25,6 +25,8 @@ export class L2Cache {
   constructor(
     readonly nelems: number,
     readonly capacity = QED_L2_CACHE_SIZE,
+    /** Trace hook (QEMU's trace_qed_*_l2_cache_entry points). */
+    private readonly trace?: (name: string, args: Record<string, unknown>) => void,
   ) {}
 
   get size(): number {
@@ -33,7 +35,9 @@ export class L2Cache {
 
   /** A fresh, uncommitted table held by the caller (ref 1). */
   alloc(offset: number): CachedL2Table {
-    return { offset, table: new QEDTable(this.nelems), ref: 1 };
+    const entry = { offset, table: new QEDTable(this.nelems), ref: 1 };
+    this.trace?.('qedAllocL2CacheEntry', { l2Cache: this, entry });
+    return entry;
   }
 
   /** Look a table up and take a reference; marks it most recently used. */
@@ -43,6 +47,7 @@ export class L2Cache {
     this.entries.delete(offset);
     this.entries.set(offset, entry);
     entry.ref++;
+    this.trace?.('qedFindL2CacheEntry', { l2Cache: this, entry, offset, ref: entry.ref });
     return entry;
   }
 
@@ -50,6 +55,7 @@ export class L2Cache {
   unref(entry: CachedL2Table | null): void {
     if (!entry) return;
     if (entry.ref > 0) entry.ref--;
+    this.trace?.('qedUnrefL2CacheEntry', { entry, ref: entry.ref });
     this.evict();
   }
 

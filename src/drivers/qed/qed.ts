@@ -30,6 +30,7 @@ import {
   QED_F_BACKING_FORMAT_NO_PROBE,
   QED_F_NEED_CHECK,
   QED_HEADER_STRUCT_SIZE,
+  QED_L2_CACHE_SIZE,
   QED_MAGIC,
   qedIsImageSizeValid,
   type QEDHeader,
@@ -71,7 +72,9 @@ async function qedDoOpen(bs: BlockDriverState, options: OpenOptions): Promise<vo
     tableNelems,
     l2Span: tableNelems * header.clusterSize,
     l1Table: new QEDTable(tableNelems),
-    l2Cache: new L2Cache(tableNelems),
+    l2Cache: new L2Cache(tableNelems, QED_L2_CACHE_SIZE, (name, args) => {
+      if (bs.events.listenerCount('trace') > 0) bs.trace(name, args);
+    }),
     allocLock: new CoMutex(),
     needCheckTimer: null,
     timerTask: null,
