@@ -397,3 +397,30 @@ describe('qed: native AIO under load', () => {
     await bs.close();
   });
 });
+
+describe('qed: exact sizes (§17.2, §17.3)', () => {
+  it('one 32 MiB allocating write with 4 KiB clusters (QEMU mis-sizes this) is exact', async () => {
+    const { name, bs } = await newMemQed({ size: 64 << 20, clusterSize: CS, tableSize: 16 });
+    const data = pattern(32 << 20, 3);
+    await bs.pwrite(CS, data);
+    const back = new Uint8Array(32 << 20);
+    await bs.pread(CS, back);
+    expect(firstDiff(back, data)).toBe(-1);
+    expect(await bs.check()).toMatchObject({ corruptions: 0, leaks: 0, allocatedClusters: 8192 });
+    await bs.close();
+    // header + L1 (16 clusters) + 8192 data clusters + two L2 tables (16 clusters each): one
+    // L2 maps 32 MiB, and the write starts one cluster in, so its last cluster is in the second
+    expect(memStoreRead(name).length).toBe((1 + 16 + 8192 + 2 * 16) * CS);
+  });
+
+  it('accepts geometries whose maximum QEMU computes as 0', async () => {
+    const cs = 16 << 20;
+    const { bs } = await newMemQed({ size: 1 << 30, clusterSize: cs, tableSize: 1 });
+    expect(await bs.getLength()).toBe(1 << 30);
+    await bs.pwrite((1 << 30) - 512, new Uint8Array(512).fill(5));
+    const got = new Uint8Array(512);
+    await bs.pread((1 << 30) - 512, got);
+    expect(got[511]).toBe(5);
+    await bs.close();
+  });
+});
