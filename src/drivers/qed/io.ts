@@ -138,6 +138,8 @@ export async function qedAioNextIo(s: BDRVQEDState, acb: QEDRequestState): Promi
 function qedAioComplete(s: BDRVQEDState, acb: QEDRequestState): void {
   s.l2Cache.unref(acb.request.l2Table);
   acb.request.l2Table = null;
+  // A pooled AIOCB must not keep the guest's buffers alive until it is reused.
+  acb.qiov = null;
   if (acb.allocating) {
     acb.allocating = false;
     const waiters = s.allocLock.waiting;
