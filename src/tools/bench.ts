@@ -88,12 +88,9 @@ function intOption(o: ToolOutput, arg: string, max: number, what: string): numbe
   return v;
 }
 
-/**
- * Parse `bench` arguments (without the subcommand name) in qemu-img's order: option errors as
- * they come, then the file name, then the cross-option checks. Throws ToolExit after printing.
- */
-export function parseBenchArgs(o: ToolOutput, args: readonly string[]): BenchOptions {
-  const opts: BenchOptions = {
+/** qemu-img bench's defaults: 75000 reads of 4 KiB, 64 in flight, from offset 0. */
+export function defaultBenchOptions(): BenchOptions {
+  return {
     filename: '',
     format: undefined,
     count: 75000,
@@ -110,6 +107,14 @@ export function parseBenchArgs(o: ToolOutput, args: readonly string[]): BenchOpt
     aio: 'threads',
     forceShare: false,
   };
+}
+
+/**
+ * Parse `bench` arguments (without the subcommand name) in qemu-img's order: option errors as
+ * they come, then the file name, then the cross-option checks. Throws ToolExit after printing.
+ */
+export function parseBenchArgs(o: ToolOutput, args: readonly string[]): BenchOptions {
+  const opts = defaultBenchOptions();
   let help = false;
   const rest = parseOptions(o, ['bench', ...args], ':hc:d:f:ni:o:qs:S:t:wU', LONG_OPTIONS, (opt, arg = '') => {
     switch (opt) {
@@ -235,7 +240,7 @@ interface Slot {
  * The request engine, shaped like qemu-img's bench_cb: a completion may trigger a flush
  * (draining first unless --no-drain) and then refills the queue up to `depth`.
  */
-class BenchRun {
+export class BenchRun {
   private n: number;
   private inFlight = 0;
   private inFlush = false;
@@ -253,7 +258,7 @@ class BenchRun {
     private readonly bs: BlockDriverState,
     private readonly opts: BenchOptions,
     private readonly imageSize: number,
-    private readonly writethrough: boolean,
+    private readonly writethrough = false,
   ) {
     this.n = opts.count;
     this.offset = opts.offset;
@@ -272,6 +277,11 @@ class BenchRun {
       };
       this.free.push(slot);
     }
+  }
+
+  /** Request slots (buffers) this run owns: min(depth, count), allocated once. */
+  get slotCount(): number {
+    return this.free.length + this.inFlight;
   }
 
   /** Run to the end; resolves with the first request error, or null. */
