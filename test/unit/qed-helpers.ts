@@ -113,6 +113,14 @@ export interface RecState {
   failWrites: boolean;
   /** Fail a write when this returns true (sees the write's offset and length). */
   failWhen?: (offset: number, len: number) => boolean;
+  /** Delay every operation by a random number of event-loop turns (drawn from this PRNG). */
+  jitter?: () => number;
+}
+
+async function recJitter(st: RecState): Promise<void> {
+  if (!st.jitter) return;
+  const n = Math.floor(st.jitter() * 4);
+  for (let i = 0; i < n; i++) await new Promise<void>((r) => setTimeout(r, 0));
 }
 
 const recStores = new Map<string, RecState>();
@@ -150,6 +158,7 @@ export const recDriver: BlockDriver = {
   },
   async coPreadv(bs, offset, bytes, qiov) {
     const st = bs.opaque as RecState;
+    await recJitter(st);
     st.log.push({ op: 'read', offset, len: bytes });
     const out = new Uint8Array(bytes);
     out.set(st.data.subarray(offset, Math.min(offset + bytes, st.length)));
@@ -157,6 +166,7 @@ export const recDriver: BlockDriver = {
   },
   async coPwritev(bs, offset, bytes, qiov) {
     const st = bs.opaque as RecState;
+    await recJitter(st);
     if (st.failWrites || st.failWhen?.(offset, bytes)) throw new BlockError('EIO', 'rec: injected write error');
     st.log.push({ op: 'write', offset, len: bytes });
     grow(st, offset + bytes);
@@ -164,6 +174,7 @@ export const recDriver: BlockDriver = {
     st.length = Math.max(st.length, offset + bytes);
   },
   async coFlush(bs) {
+    await recJitter(bs.opaque as RecState);
     (bs.opaque as RecState).log.push({ op: 'flush' });
   },
   getLength(bs) {
