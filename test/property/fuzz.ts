@@ -5,7 +5,9 @@
  * Exit status 1 when a property failed.
  */
 import '../../src/index.js';
+import { concStats } from './concurrency.js';
 import { faultStats } from './fault-props.js';
+import { gatedRequests } from './sched-protocol.js';
 import { ALL_PROPERTIES } from './properties.js';
 
 function usage(): never {
@@ -59,7 +61,7 @@ async function main(): Promise<void> {
     }
     total += commands;
   }
-  console.log(`fault stats: ${JSON.stringify(faultStats)}`);
+  console.log(`fault stats: ${JSON.stringify(faultStats)}, concurrency: ${JSON.stringify(concStats)}, gated I/O: ${gatedRequests}`);
   console.log(`fuzz: seed ${seed}, ${total} commands in total, ${failed} propert${failed === 1 ? 'y' : 'ies'} failed`);
   process.exitCode = failed > 0 ? 1 : 0;
 }

@@ -3,6 +3,7 @@
  * them with a small budget, `npm run fuzz` (fuzz.ts) with a large one.
  */
 import fc from 'fast-check';
+import { propConcurrent } from './concurrency.js';
 import { propBlkdebug, propPowerLoss } from './fault-props.js';
 import { commandArb, runSequence, type Command } from './commands.js';
 import { buildImage, fcParams, freshPrefix, geometryArb, type Geometry, type PropertyOptions } from './harness.js';
@@ -55,4 +56,5 @@ export const ALL_PROPERTIES: Record<string, PropertyFn> = {
   sequential: propSequential,
   blkdebug: propBlkdebug,
   powerloss: propPowerLoss,
+  concurrent: propConcurrent,
 };
