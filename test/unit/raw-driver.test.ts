@@ -183,7 +183,7 @@ describe('raw driver', () => {
     const data = await bs.blockStatus(2 * MEM_CHUNK_SIZE + 5, 100);
     expect(data).toMatchObject({ pnum: 100, allocated: true, data: true, zero: false, offset: 2 * MEM_CHUNK_SIZE + 5 });
     expect(data.file).toBe(bs.file);
-    // Over a host file: everything is data (the file driver cannot see holes).
+    // Over a host file: create allocates the first block (as QEMU does), so it is data.
     const p = join(dir, 'bs.raw');
     await bdrvCreate(p, { format: 'raw', options: { size: 4096 }, registry });
     const fbs = await opened(p, { format: 'raw' });

@@ -18,6 +18,7 @@ import type {
 import { BlockError, ERRNO_MESSAGES, type BlockErrorCode, toBlockError } from '../../block/errors.js';
 import type { IOVector } from '../../block/iovec.js';
 import type { BlockDriverState } from '../../block/node.js';
+import { type SeekAddon, seekAddon } from './seek.js';
 
 interface FileState {
   fh: FileHandle;
@@ -160,6 +161,29 @@ async function fileClose(bs: BlockDriverState): Promise<void> {
   await s.fh.close();
 }
 
+/**
+ * One shared, never-written zero buffer, referenced many times in one vector: zeroing needs no
+ * allocation per request. Only ever a write source, so sharing it is safe.
+ */
+const ZERO_SEGMENT = new Uint8Array(64 * 1024);
+const ZERO_SEGMENTS_PER_WRITE = 16;
+
+/**
+ * After growing an empty file, write zeros over its first block (4 KiB, or one sector when the
+ * file is smaller), as QEMU's file driver does on create and on resize from 0: a later
+ * O_DIRECT open probes the alignment by reading there, and qemu-img map shows that block as
+ * data, so ours must too. The bytes were zeros already; failures change nothing and are ignored.
+ */
+async function allocateFirstBlock(fd: number, size: number): Promise<void> {
+  const n = Math.min(size, size < 4096 ? 512 : 4096);
+  if (n <= 0) return;
+  try {
+    await pwritevFull(fd, [ZERO_SEGMENT.subarray(0, n)], n, 0);
+  } catch {
+    // Only an optimisation: the file already reads as zeros there.
+  }
+}
+
 async function fileCreate(filename: string, options: CreateOptions): Promise<void> {
   const path = fileStripPrefix(filename);
   const size = options.size ?? 0;
@@ -175,7 +199,11 @@ async function fileCreate(filename: string, options: CreateOptions): Promise<voi
   }
   try {
     // Sparse: ftruncate up to the size allocates nothing; whole sectors, as QEMU's create does.
-    if (size > 0) await fh.truncate(Math.ceil(size / 512) * 512);
+    if (size > 0) {
+      const sectors = Math.ceil(size / 512) * 512;
+      await fh.truncate(sectors);
+      await allocateFirstBlock(fh.fd, sectors);
+    }
   } catch (e) {
     throw toBlockError(e, { op: 'create', path });
   } finally {
@@ -226,13 +254,6 @@ async function fileCoPwritev(
     endIO(s);
   }
 }
-
-/**
- * One shared, never-written zero buffer, referenced many times in one vector: zeroing needs no
- * allocation per request. Only ever a write source, so sharing it is safe.
- */
-const ZERO_SEGMENT = new Uint8Array(64 * 1024);
-const ZERO_SEGMENTS_PER_WRITE = 16;
 
 /**
  * Node has no fallocate (PUNCH_HOLE / ZERO_RANGE), so zeroing writes zeros, from a shared buffer.
@@ -289,13 +310,65 @@ async function fileCoFlush(bs: BlockDriverState): Promise<void> {
   }
 }
 
+/** Where a byte of the host file lies, as lseek(SEEK_DATA / SEEK_HOLE) sees it. */
+type Allocation =
+  | { kind: 'data'; hole: number } // data from the offset up to `hole`
+  | { kind: 'hole'; data: number } // a hole from the offset up to `data`
+  | { kind: 'trailing' } // a hole up to the end of the file, or the offset is past it
+  | { kind: 'unknown' }; // no answer: callers must assume data
+
 /**
- * Node exposes no lseek(SEEK_DATA/SEEK_HOLE), so holes cannot be found portably: like QEMU on a
- * host without SEEK_DATA, every byte is reported as data stored at the same offset of this file.
- * (A st_blocks == 0 shortcut is not used: inline-data file systems report 0 blocks for data.)
+ * Classify `start`: first SEEK_DATA (where is the next data?), then, only when `start` is in
+ * data, SEEK_HOLE (where does it end?). The file can change between the two calls (another
+ * process punching a hole or truncating): an answer that contradicts the first is "unknown",
+ * never a guess that could call data a hole. Errors (a file system without SEEK_DATA) are
+ * "unknown" too: the caller then reports data, which is always safe.
+ */
+function findAllocation(seek: SeekAddon, fd: number, start: number): Allocation {
+  try {
+    const data = seek.seekData(fd, start);
+    if (data < 0) return { kind: 'trailing' };
+    if (data < start) return { kind: 'unknown' }; // lseek must not go backwards
+    if (data > start) return { kind: 'hole', data };
+    const hole = seek.seekHole(fd, start);
+    // Truncated behind our back since SEEK_DATA: what is left past the end reads as zeros.
+    if (hole < 0) return { kind: 'trailing' };
+    // A hole right at `start` now: it was data a moment ago; the file is changing under us.
+    if (hole <= start) return { kind: 'unknown' };
+    return { kind: 'data', hole };
+  } catch {
+    return { kind: 'unknown' };
+  }
+}
+
+/**
+ * Data or hole, as QEMU's file-posix answers: a hole is zeros that take no room (zero), data is
+ * data; both at the same offset of this file, and allocated at this layer (the range is
+ * determined here; nothing lies below a protocol node). The answer runs up to the next
+ * data/hole boundary, clamped to the request by the generic layer.
+ *
+ * lseek runs synchronously: it is a short syscall answered from the extent tree and page
+ * cache, cheaper than a round trip through the thread pool. It moves the fd's file position,
+ * which nothing uses: every read and write here is positioned (pread/pwrite).
+ *
+ * Without the native addon (see seek.ts) Node cannot find holes, and every byte is reported as
+ * data, as QEMU does on a host without SEEK_DATA. (A st_blocks == 0 shortcut is not used:
+ * inline-data file systems report 0 blocks for data.)
  */
 async function fileCoBlockStatus(bs: BlockDriverState, offset: number, bytes: number): Promise<BlockStatus> {
-  return { pnum: bytes, allocated: true, data: true, zero: false, offset, file: bs };
+  const s = state(bs);
+  const seek = seekAddon();
+  const where = seek === null ? ({ kind: 'unknown' } as const) : findAllocation(seek, s.fh.fd, offset);
+  switch (where.kind) {
+    case 'data':
+      return { pnum: Math.min(bytes, where.hole - offset), allocated: true, data: true, zero: false, offset, file: bs };
+    case 'hole':
+      return { pnum: Math.min(bytes, where.data - offset), allocated: true, data: false, zero: true, offset, file: bs };
+    case 'trailing':
+      return { pnum: bytes, allocated: true, data: false, zero: true, offset, file: bs };
+    case 'unknown':
+      return { pnum: bytes, allocated: true, data: true, zero: false, offset, file: bs };
+  }
 }
 
 async function fileTruncate(bs: BlockDriverState, size: number): Promise<void> {
@@ -304,8 +377,19 @@ async function fileTruncate(bs: BlockDriverState, size: number): Promise<void> {
     throw new BlockError('EINVAL', `Invalid size ${size}`, { op: 'truncate', path: s.path });
   }
   try {
+    const wasEmpty = s.length === 0;
     await s.fh.truncate(size);
     s.length = size;
+    // The generic layer serialises a truncate against every request from the old end on (here
+    // from 0), so this write cannot race a guest write to the first block.
+    if (wasEmpty && size > 0) {
+      beginIO(s);
+      try {
+        await allocateFirstBlock(s.fh.fd, size);
+      } finally {
+        endIO(s);
+      }
+    }
   } catch (e) {
     await fileRefreshLength(s);
     throw toBlockError(e, { op: 'truncate', offset: size, path: s.path });

@@ -1,0 +1,74 @@
+/**
+ * Holes in host files: lseek(SEEK_DATA / SEEK_HOLE) through the small native addon built from
+ * native/seek.c at install time (binding.gyp, `npm ci` runs node-gyp). Node's fs has no lseek.
+ * The addon is optional: when it was not built (no compiler, another platform) the file driver
+ * reports every byte as data, which is always correct, only slower to copy.
+ */
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export interface SeekAddon {
+  /** First data byte at or after `offset`; -1 when none (trailing hole, or at/after EOF). */
+  seekData(fd: number, offset: number): number;
+  /** First hole byte at or after `offset` (EOF counts as one); -1 when offset is at/after EOF. */
+  seekHole(fd: number, offset: number): number;
+}
+
+/** node-gyp's output, relative to the package root. */
+const ADDON_RELATIVE_PATH = join('build', 'Release', 'blocklayer_seek.node');
+
+/**
+ * The package root: the nearest directory holding package.json above this module. This module
+ * runs from src/drivers/file (tsx, vitest) or dist/src/drivers/file (compiled, or installed under
+ * node_modules/blocklayer); both lead to the same root, where node-gyp put build/.
+ */
+function packageRoot(): string | null {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    if (existsSync(join(dir, 'package.json'))) return dir;
+    const up = dirname(dir);
+    if (up === dir) return null;
+    dir = up;
+  }
+}
+
+function isSeekAddon(m: unknown): m is SeekAddon {
+  const o = m as Partial<SeekAddon> | null;
+  return typeof o?.seekData === 'function' && typeof o.seekHole === 'function';
+}
+
+/** The addon, or null when it is missing or unusable (never throws: holes are optional). */
+export function loadSeekAddon(): SeekAddon | null {
+  try {
+    const root = packageRoot();
+    if (root === null) return null;
+    const path = join(root, ADDON_RELATIVE_PATH);
+    if (!existsSync(path)) return null;
+    const m: unknown = createRequire(import.meta.url)(path);
+    return isSeekAddon(m) ? m : null;
+  } catch {
+    // Built for another Node ABI or platform, or a broken build: fall back to "all data".
+    return null;
+  }
+}
+
+/** Loaded on first use; `undefined` = not tried yet. */
+let addon: SeekAddon | null | undefined;
+
+/** The addon the file driver uses, or null (then every byte of a host file is data). */
+export function seekAddon(): SeekAddon | null {
+  if (addon === undefined) addon = loadSeekAddon();
+  return addon;
+}
+
+/**
+ * Test seam: make the file driver use `a` (null simulates a missing addon; undefined reloads it
+ * on next use). Returns the previous value for restoring.
+ */
+export function setSeekAddonForTest(a: SeekAddon | null | undefined): SeekAddon | null | undefined {
+  const prev = addon;
+  addon = a;
+  return prev;
+}
