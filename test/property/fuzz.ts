@@ -6,6 +6,7 @@
  */
 import '../../src/index.js';
 import { concStats } from './concurrency.js';
+import { corruptStats } from './corruption.js';
 import { faultStats } from './fault-props.js';
 import { gatedRequests } from './sched-protocol.js';
 import { ALL_PROPERTIES } from './properties.js';
@@ -61,7 +62,7 @@ async function main(): Promise<void> {
     }
     total += commands;
   }
-  console.log(`fault stats: ${JSON.stringify(faultStats)}, concurrency: ${JSON.stringify(concStats)}, gated I/O: ${gatedRequests}`);
+  console.log(`fault stats: ${JSON.stringify(faultStats)}, concurrency: ${JSON.stringify(concStats)}, corruption: ${JSON.stringify(corruptStats)}, gated I/O: ${gatedRequests}`);
   console.log(`fuzz: seed ${seed}, ${total} commands in total, ${failed} propert${failed === 1 ? 'y' : 'ies'} failed`);
   process.exitCode = failed > 0 ? 1 : 0;
 }

@@ -4,6 +4,7 @@
  */
 import fc from 'fast-check';
 import { propConcurrent } from './concurrency.js';
+import { propCorruption } from './corruption.js';
 import { propBlkdebug, propPowerLoss } from './fault-props.js';
 import { commandArb, runSequence, type Command } from './commands.js';
 import { buildImage, fcParams, freshPrefix, geometryArb, type Geometry, type PropertyOptions } from './harness.js';
@@ -57,4 +58,5 @@ export const ALL_PROPERTIES: Record<string, PropertyFn> = {
   blkdebug: propBlkdebug,
   powerloss: propPowerLoss,
   concurrent: propConcurrent,
+  corruption: propCorruption,
 };

@@ -1,0 +1,12 @@
+import { describe, expect, it } from 'vitest';
+import { corruptStats, propCorruption } from './corruption.js';
+
+describe('corrupted QED images', () => {
+  it('open/read/write/check end in a result or a BlockError, read-only opens never write', async () => {
+    const before = { ...corruptStats };
+    await propCorruption({ numRuns: 150 });
+    // Both kinds of outcome must occur, or the mutations are too timid or too brutal.
+    expect(corruptStats.roOpened - before.roOpened).toBeGreaterThan(10);
+    expect(corruptStats.cases - before.cases - (corruptStats.roOpened - before.roOpened)).toBeGreaterThan(10);
+  });
+});
