@@ -1,0 +1,120 @@
+// Helpers of the benchmark scripts: running a tool as a child process and measuring it,
+// statistics, machine description. Both tools always run as child processes so that the
+// comparison is fair (process start, image open and close are the same kind of work).
+import { spawnSync } from 'node:child_process';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import { join } from 'node:path';
+
+export const REPO = join(import.meta.dirname, '..');
+export const TIME_BIN = '/usr/bin/time';
+
+export interface Measured {
+  /** Seconds the tool reported ("Run completed in X seconds."), or null for tools without. */
+  reported: number | null;
+  /** Wall-clock seconds of the whole child process (start, open, run, close, exit). */
+  wall: number;
+  /** Peak resident set size in KiB (GNU time %M), or null when /usr/bin/time is missing. */
+  maxRssKiB: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+export class CommandFailed extends Error {
+  constructor(
+    readonly cmd: string[],
+    readonly status: number | null,
+    readonly stdout: string,
+    readonly stderr: string,
+  ) {
+    super(`${cmd.join(' ')} exited with ${status}: ${stderr.trim() || stdout.trim()}`);
+  }
+}
+
+/** Run a command to completion; throws CommandFailed on a non-zero exit. */
+export function run(cmd: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): { stdout: string; stderr: string } {
+  const r = spawnSync(cmd[0], cmd.slice(1), {
+    cwd: opts.cwd,
+    env: opts.env ?? process.env,
+    encoding: 'utf8',
+    maxBuffer: 64 * 1024 * 1024,
+  });
+  if (r.error) throw r.error;
+  if (r.status !== 0) throw new CommandFailed(cmd, r.status, r.stdout, r.stderr);
+  return { stdout: r.stdout, stderr: r.stderr };
+}
+
+const RUN_LINE = /Run completed in (\d+\.\d+) seconds\./;
+
+/**
+ * Run one measured command. With GNU time present, it wraps the child and writes the peak RSS
+ * to a side file (so the tool's own stderr stays untouched).
+ */
+export function measure(cmd: string[], tmp: string, env?: NodeJS.ProcessEnv): Measured {
+  const haveTime = existsSync(TIME_BIN);
+  const timeFile = join(tmp, `.time-${process.pid}`);
+  const full = haveTime ? [TIME_BIN, '-f', '%M', '-o', timeFile, ...cmd] : cmd;
+  const t0 = process.hrtime.bigint();
+  const { stdout, stderr } = run(full, { env });
+  const wall = Number(process.hrtime.bigint() - t0) / 1e9;
+  let maxRssKiB: number | null = null;
+  if (haveTime) {
+    const txt = readFileSync(timeFile, 'utf8').trim().split('\n').pop() ?? '';
+    const v = Number.parseInt(txt, 10);
+    maxRssKiB = Number.isFinite(v) ? v : null;
+    rmSync(timeFile, { force: true });
+  }
+  const m = RUN_LINE.exec(stdout);
+  return { reported: m ? Number(m[1]) : null, wall, maxRssKiB, stdout, stderr };
+}
+
+export function median(xs: readonly number[]): number {
+  if (xs.length === 0) return Number.NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 === 1 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
+}
+
+export interface Machine {
+  nproc: number;
+  model: string;
+  memGiB: number;
+  node: string;
+  qemuImg: string;
+  loadavg: string;
+  uvThreadpool: string;
+}
+
+export function describeMachine(qemuImg: string): Machine {
+  let model = os.cpus()[0]?.model ?? 'unknown';
+  try {
+    const m = /^model name\s*:\s*(.*)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'));
+    if (m) model = m[1];
+  } catch {
+    // Not Linux: os.cpus() is the best we have.
+  }
+  let qemuVersion = 'not installed';
+  try {
+    qemuVersion = run([qemuImg, '--version']).stdout.split('\n')[0];
+  } catch {
+    // Reported as missing in the table header.
+  }
+  return {
+    nproc: os.availableParallelism(),
+    model,
+    memGiB: Math.round(os.totalmem() / 2 ** 30),
+    node: process.version,
+    qemuImg: qemuVersion,
+    loadavg: os.loadavg().map((x) => x.toFixed(2)).join(' '),
+    uvThreadpool: process.env.UV_THREADPOOL_SIZE ?? 'default (4)',
+  };
+}
+
+export function fmtSeconds(s: number): string {
+  if (!Number.isFinite(s)) return 'n/a';
+  return s < 10 ? s.toFixed(3) : s.toFixed(2);
+}
+
+export function fmtMiB(kib: number | null): string {
+  return kib === null ? 'n/a' : `${(kib / 1024).toFixed(1)} MiB`;
+}
