@@ -2,8 +2,8 @@ import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlockDriverState, type CheckResult } from '../../src/index.js';
-import { makeTempDir, removeTempDir, requireQemu, runQemuImg, runQemuIo } from '../interop/qemu.js';
-import { firstDiff, pattern, rng, setU64, u64 } from './qed-helpers.js';
+import { makeTempDir, removeTempDir, requireQemu, runQemuImg, runQemuIo } from './qemu.js';
+import { firstDiff, pattern, rng, setU64, u64 } from '../unit/qed-helpers.js';
 
 const qemu = requireQemu();
 const CS = 4096;
