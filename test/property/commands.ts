@@ -5,7 +5,7 @@
  * sector and cluster boundaries, where the bugs live.
  */
 import fc from 'fast-check';
-import { BlockDriverState, BlockError, type CheckResult } from '../../src/index.js';
+import { BlockDriverState, BlockError, IOVector, VirtualClock, aioToPromise, type CheckResult } from '../../src/index.js';
 import { memStoreRestore, memStoreSnapshot, memStripPrefix } from '../../src/drivers/mem/index.js';
 import type { ImageSetup } from './harness.js';
 import { firstDiff, pattern } from './model.js';
@@ -26,7 +26,11 @@ export type Command =
   | { op: 'grow'; by: number }
   | { op: 'reopen' }
   | { op: 'rebase'; how: 'copy' | 'remove' }
-  | { op: 'check' };
+  | { op: 'check' }
+  | { op: 'discard'; span: Span }
+  | { op: 'map' }
+  | { op: 'reopenCor' }
+  | { op: 'aio'; write: boolean; span: Span; seed: number };
 
 export const spanArb: fc.Arbitrary<Span> = fc.record({
   at: fc.nat({ max: 0x7fffffff }),
@@ -44,6 +48,13 @@ export function commandArb(): fc.Arbitrary<Command> {
     { weight: 1, arbitrary: fc.constant({ op: 'reopen' as const }) },
     { weight: 1, arbitrary: fc.record({ op: fc.constant('rebase' as const), how: fc.constantFrom<'copy' | 'remove'>('copy', 'remove') }) },
     { weight: 1, arbitrary: fc.constant({ op: 'check' as const }) },
+    { weight: 1, arbitrary: fc.record({ op: fc.constant('discard' as const), span: spanArb }) },
+    { weight: 1, arbitrary: fc.constant({ op: 'map' as const }) },
+    { weight: 1, arbitrary: fc.constant({ op: 'reopenCor' as const }) },
+    {
+      weight: 2,
+      arbitrary: fc.record({ op: fc.constant('aio' as const), write: fc.boolean(), span: spanArb, seed: fc.nat({ max: 1 << 20 }) }),
+    },
   );
 }
 
@@ -120,6 +131,8 @@ export interface RunState {
   setup: ImageSetup;
   copies: number;
   executed: number;
+  /** The node is open with copy-on-read. */
+  cor?: boolean;
   log: string[];
 }
 
@@ -157,6 +170,8 @@ export async function runCommand(st: RunState, c: Command): Promise<void> {
       const p = place(c.span, model.size, cs, maxLen);
       st.log.push(describeCmd(c, p));
       await readAndCompare(st.bs, setup, p.offset, p.len, st.log.join('; '));
+      // Copy-on-read put what was read into the image: it stays after a backing removal.
+      if (st.cor) markTouched(setup, p.offset, p.len);
       return;
     }
     case 'flush':
@@ -175,7 +190,55 @@ export async function runCommand(st: RunState, c: Command): Promise<void> {
       st.log.push('reopen');
       await st.bs.close();
       st.bs = await setup.open();
+      st.cor = false;
       return;
+    case 'discard': {
+      // QED has no discard: the request succeeds and changes nothing (as qemu-io shows).
+      const p = place(c.span, model.size, cs, maxLen);
+      st.log.push(describeCmd(c, p));
+      await st.bs.discard(p.offset, p.len);
+      return;
+    }
+    case 'map': {
+      st.log.push('map');
+      await checkMap(st.bs, setup, st.log.join('; '));
+      return;
+    }
+    case 'reopenCor': {
+      // Copy-on-read: reads pull backing data into the image; the guest sees no change.
+      st.log.push('reopen copy-on-read');
+      await st.bs.close();
+      st.cor = true;
+      st.bs = await BlockDriverState.open(setup.top, {
+        format: setup.format,
+        registry: setup.registry,
+        copyOnRead: true,
+        clock: new VirtualClock(),
+      });
+      return;
+    }
+    case 'aio': {
+      const sectors = Math.floor(model.size / 512);
+      if (sectors === 0) return;
+      const first = c.span.at % sectors;
+      const nb = 1 + (c.span.len % Math.min(sectors - first, Math.max(1, Math.floor(maxLen / 512))));
+      const offset = first * 512;
+      st.log.push(`aio_${c.write ? 'write' : 'read'} ${offset}+${nb * 512}`);
+      const buf = c.write ? pattern(nb * 512, c.seed) : new Uint8Array(nb * 512);
+      await aioToPromise((cb) =>
+        c.write ? st.bs.aioWritev(first, IOVector.from(buf), nb, cb) : st.bs.aioReadv(first, IOVector.from(buf), nb, cb),
+      );
+      if (c.write) {
+        model.write(offset, buf);
+        markTouched(setup, offset, buf.length);
+      } else {
+        if (st.cor) markTouched(setup, offset, buf.length);
+        const want = model.read(offset, buf.length);
+        const d = firstDiff(buf, want);
+        if (d >= 0) throw new ModelMismatch(`${st.log.join('; ')}: aio read differs at ${offset + d}`);
+      }
+      return;
+    }
     case 'check': {
       st.log.push('check');
       expectClean(await st.bs.check(), st.log.join('; '));
@@ -207,6 +270,7 @@ export async function runCommand(st: RunState, c: Command): Promise<void> {
         // backing node until the image is opened again.
         await st.bs.close();
         st.bs = await setup.open();
+        st.cor = false;
         return;
       }
       if (setup.backingName === '') return;
@@ -222,11 +286,35 @@ export async function runCommand(st: RunState, c: Command): Promise<void> {
       // The change is read back at the next open.
       await st.bs.close();
       st.bs = await setup.open();
+      st.cor = false;
       if (st.bs.backingFile !== newName) {
         throw new ModelMismatch(`${st.log.join('; ')}: backing file is '${st.bs.backingFile}', want '${newName}'`);
       }
       return;
     }
+  }
+}
+
+/**
+ * Block status agrees with the data: extents cover the disk without gaps, and a range reported
+ * as zero reads as zeros. (With a backing chain, blockStatusAbove answers for the whole chain.)
+ */
+export async function checkMap(bs: BlockDriverState, setup: ImageSetup, what: string): Promise<void> {
+  const len = setup.model.size;
+  let off = 0;
+  let extents = 0;
+  while (off < len) {
+    const st = await bs.blockStatusAbove(off, len - off);
+    if (!Number.isSafeInteger(st.pnum) || st.pnum <= 0 || off + st.pnum > len) {
+      throw new ModelMismatch(`${what}: block status at ${off} returned pnum ${st.pnum}`);
+    }
+    if (st.zero) {
+      const bytes = setup.model.read(off, st.pnum);
+      const nz = bytes.findIndex((x) => x !== 0);
+      if (nz >= 0) throw new ModelMismatch(`${what}: block status says zero at ${off}+${st.pnum}, but offset ${off + nz} holds ${bytes[nz]}`);
+    }
+    off += st.pnum;
+    if (++extents > 1_000_000) throw new ModelMismatch(`${what}: block status walk does not end`);
   }
 }
 

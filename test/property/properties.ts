@@ -28,6 +28,16 @@ export const sequentialExamples: [Geometry, Command[]][] = [
       { op: 'read', span: { at: 0, len: 0, place: 'any' } },
     ],
   ],
+  // fuzz seed 40: copy-on-read allocates what it reads; a backing removal keeps it.
+  [
+    { clusterSize: 4096, tableSize: 1, size: 512, backing: 'raw', backingSize: 512, backingClusterSize: 4096, seed: 1 },
+    [
+      { op: 'reopenCor' },
+      { op: 'read', span: { at: 0, len: 0, place: 'any' } },
+      { op: 'rebase', how: 'remove' },
+      { op: 'zero', span: { at: 0, len: 0, place: 'any' } },
+    ],
+  ],
 ];
 
 /**
