@@ -2,8 +2,7 @@
   "targets": [
     {
       "target_name": "blocklayer_seek",
-      "sources": ["native/seek.c"],
-      "cflags": ["-Wall", "-Wextra", "-O2"]
+      "sources": ["native/seek.c"]
     }
   ]
 }
