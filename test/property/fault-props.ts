@@ -8,7 +8,7 @@ import { BlockDriverState, BlockError, VirtualClock, type CheckResult } from '..
 import { blkdebugState } from '../../src/drivers/blkdebug/index.js';
 import { memStoreGet, memStoreRead } from '../../src/drivers/mem/index.js';
 import { powerlossStoreCreate } from '../../src/drivers/powerloss/index.js';
-import { ModelMismatch, place, spanArb, type Span } from './commands.js';
+import { ModelMismatch, expectClean, place, spanArb, type Span } from './commands.js';
 import {
   buildImage,
   fcParams,
@@ -118,6 +118,8 @@ export interface InjectCase {
   immediately: boolean;
   /** Close and reopen between `before` and the target (cold L2 cache). */
   cold: boolean;
+  /** The target is a read of the target span (or a flush) instead of a write. */
+  targetKind?: 'write' | 'read' | 'flush';
 }
 
 export const injectCaseArb = (wide = false): fc.Arbitrary<InjectCase> =>
@@ -129,6 +131,7 @@ export const injectCaseArb = (wide = false): fc.Arbitrary<InjectCase> =>
     errno: fc.constantFrom<5 | 28>(5, 28),
     immediately: fc.boolean(),
     cold: fc.boolean(),
+    targetKind: fc.constantFrom<'write' | 'read' | 'flush'>('write', 'write', 'read', 'flush'),
   });
 
 export const injectExamples: [InjectCase][] = [];
@@ -167,10 +170,19 @@ export async function runInjectCase(c: InjectCase): Promise<number> {
       const { offset, data } = placeWrite(c.target, setup);
       const before = dbg.errorsInjected;
       dbg.state = 2;
+      const kind = c.targetKind ?? 'write';
       let failure: unknown = null;
       try {
-        await applyWrite(bs, c.target, offset, data);
+        if (kind === 'write') await applyWrite(bs, c.target, offset, data);
+        else if (kind === 'read') {
+          const buf = new Uint8Array(data.length);
+          await bs.pread(offset, buf);
+          const want = setup.model.read(offset, data.length);
+          const d = buf.findIndex((x, i) => x !== want[i]);
+          if (d >= 0) throw new ModelMismatch(`read after ${c.event} armed: differs at ${offset + d}`);
+        } else await bs.flush();
       } catch (e) {
+        if (e instanceof ModelMismatch) throw e;
         failure = e;
       }
       commands++;
@@ -192,8 +204,8 @@ export async function runInjectCase(c: InjectCase): Promise<number> {
         }
       }
       const oldModel = setup.model.bytes.slice();
-      const alternatives = failure === null ? [] : [{ offset, data }];
-      if (failure === null) setup.model.write(offset, data);
+      const alternatives = failure === null || kind !== 'write' ? [] : [{ offset, data }];
+      if (failure === null && kind === 'write') setup.model.write(offset, data);
       // Close may itself fail if the failed write left the driver unable to flush; what
       // matters is the state on the store, checked after a plain reopen.
       await bs.close().catch(() => undefined);
@@ -201,6 +213,8 @@ export async function runInjectCase(c: InjectCase): Promise<number> {
       try {
         expectOnlyLeaks(await again.check(), `after ${c.event} injection`);
         await compareWithUncertain(again, failure === null ? setup.model.bytes : oldModel, alternatives, `after ${c.event}`);
+        // A failed read or flush changes nothing on the image: not even a leak.
+        if (kind !== 'write') expectClean(await again.check(), `after a failed ${kind}`);
       } finally {
         await again.close();
       }

@@ -6,7 +6,9 @@ import fc from 'fast-check';
 import { propConcurrent } from './concurrency.js';
 import { propCorruption } from './corruption.js';
 import { propBlkdebug, propPowerLoss } from './fault-props.js';
-import { commandArb, runSequence, type Command } from './commands.js';
+import { BlockDriverState, VirtualClock } from '../../src/index.js';
+import { memStoreWrite } from '../../src/drivers/mem/index.js';
+import { commandArb, compareAll, runCommand, runSequence, type Command, type RunState } from './commands.js';
 import { buildImage, fcParams, freshPrefix, geometryArb, type Geometry, type PropertyOptions } from './harness.js';
 
 /** Literal counterexamples found so far: replayed first by every run of the property. */
@@ -60,6 +62,50 @@ export async function propSequential(opts: PropertyOptions): Promise<void> {
   );
 }
 
+/**
+ * The same sequences through the blkverify filter: a raw reference (the backing view) and the
+ * QED image under test get every write, every read is compared by blkverify itself (EIO at the
+ * first differing byte) and by the model.
+ */
+export async function propBlkverify(opts: PropertyOptions): Promise<void> {
+  const verifyCmd = commandArb().filter((c) => ['write', 'zero', 'read', 'flush', 'aio', 'discard'].includes(c.op));
+  await fc.assert(
+    fc.asyncProperty(
+      geometryArb(opts.wide),
+      fc.array(verifyCmd, { minLength: 1, maxLength: opts.wide ? 40 : 20 }),
+      async (geom, cmds) => {
+        const setup = await buildImage(geom, freshPrefix('bv'));
+        try {
+          const ref = `${setup.prefix}-ref.raw`;
+          memStoreWrite(ref, setup.model.bytes);
+          const st: RunState = {
+            bs: await BlockDriverState.open(`blkverify:mem:${ref}:${setup.top}`, {
+              format: 'raw',
+              registry: setup.registry,
+              clock: new VirtualClock(),
+              driverOptions: { testFormat: setup.format },
+            }),
+            setup,
+            copies: 0,
+            executed: 0,
+            log: [],
+          };
+          try {
+            for (const c of cmds) await runCommand(st, c);
+            await compareAll(st.bs, setup, `blkverify after ${st.log.join('; ')}`);
+          } finally {
+            await st.bs.close();
+          }
+          opts.onCommands?.(st.executed);
+        } finally {
+          setup.cleanup();
+        }
+      },
+    ),
+    fcParams(opts),
+  );
+}
+
 export type PropertyFn = (opts: PropertyOptions) => Promise<void>;
 
 /** Every property, by name (fuzz.ts runs them all or those named with --only). */
@@ -69,4 +115,5 @@ export const ALL_PROPERTIES: Record<string, PropertyFn> = {
   powerloss: propPowerLoss,
   concurrent: propConcurrent,
   corruption: propCorruption,
+  blkverify: propBlkverify,
 };

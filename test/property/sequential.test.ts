@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { propSequential } from './properties.js';
+import { propBlkverify, propSequential } from './properties.js';
 import { formatUnderTest } from './harness.js';
 
 describe(`model-based sequential (${formatUnderTest()} over mem)`, () => {
@@ -7,5 +7,13 @@ describe(`model-based sequential (${formatUnderTest()} over mem)`, () => {
     let commands = 0;
     await propSequential({ numRuns: 100, onCommands: (n) => (commands += n) });
     expect(commands).toBeGreaterThan(300);
+  });
+});
+
+describe('blkverify (raw reference vs QED under test)', () => {
+  it('the same sequences through blkverify never report a mismatch', async () => {
+    let commands = 0;
+    await propBlkverify({ numRuns: 60, onCommands: (n) => (commands += n) });
+    expect(commands).toBeGreaterThan(100);
   });
 });
