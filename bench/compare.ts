@@ -1,7 +1,7 @@
 // `npm run bench [-- --runs N --only 1,2,mem --no-build --write --keep]`
 //
 // Runs every workload with `qemu-img bench` and `blk-img bench` (both as child processes, on
-// identical fresh images, alternating which goes first), at least 3 runs each, and prints the
+// identical fresh images, alternating which goes first), 5 runs each by default, and prints the
 // median time ratio ours / QEMU per workload (below 1 = we are faster), throughput, and peak
 // RSS. Then the memory check: a 16 TiB QED image, its last cluster written and read back,
 // with our peak RSS under 100 MiB. A full run rewrites bench/RESULTS.md (keeping its
@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import {
   CommandFailed,
   REPO,
+  findOurs,
   TIME_BIN,
   describeMachine,
   fmtMiB,
@@ -21,6 +22,7 @@ import {
   run,
   type Machine,
   type Measured,
+  type Ours,
 } from './lib.js';
 import { MEMORY_CHECK, allWorkloads, type Ctx, type Tool, type Workload } from './workloads.js';
 
@@ -38,7 +40,7 @@ function usage(): never {
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { runs: 3, only: null, build: true, write: false, keep: false };
+  const a: Args = { runs: 5, only: null, build: true, write: false, keep: false };
   for (let i = 0; i < argv.length; i++) {
     const [name, inline] = argv[i].split('=', 2);
     const value = (): string => {
@@ -78,58 +80,6 @@ function parseArgs(argv: string[]): Args {
 }
 
 // ---------------------------------------------------------------------------------------------
-// How to run our side
-
-const IMG_JS = join(REPO, 'dist/src/tools/img.js');
-const BENCH_JS = join(REPO, 'dist/src/tools/bench.js');
-
-/**
- * Our command line: the real CLI (dist/src/tools/img.js) when it dispatches `bench`, otherwise
- * a one-line launcher of the compiled imgBench (before the blk-img entry point exists).
- */
-interface Ours {
-  bench: string[];
-  convert: string[] | null;
-  note: string;
-}
-
-function findOurs(tmp: string, qemuImg: string): Ours {
-  const probeImg = join(tmp, 'probe.raw');
-  run([qemuImg, 'create', '-q', '-f', 'raw', probeImg, '1M']);
-  let note = '';
-  if (existsSync(IMG_JS)) {
-    try {
-      const out = run([process.execPath, IMG_JS, 'bench', '-c', '0', '-f', 'raw', probeImg]).stdout;
-      if (out.startsWith('Sending 0 read requests')) {
-        let convert: string[] | null = [process.execPath, IMG_JS, 'convert'];
-        const dst = join(tmp, 'probe.qed');
-        try {
-          run([...convert, '-f', 'raw', '-O', 'qed', probeImg, dst]);
-          run([qemuImg, 'check', '-q', dst]);
-        } catch (e) {
-          convert = null;
-          note = `blk-img convert did not work (${e instanceof Error ? e.message.split('\n')[0] : String(e)}): workload 7 skipped.`;
-        }
-        rmSync(dst, { force: true });
-        return { bench: [process.execPath, IMG_JS, 'bench'], convert, note };
-      }
-    } catch {
-      // Falls through to the launcher below.
-    }
-  }
-  if (!existsSync(BENCH_JS)) throw new Error(`${BENCH_JS} is missing: build first (npm run build)`);
-  const launcher =
-    `import { imgBench } from ${JSON.stringify(BENCH_JS)};` +
-    'process.exitCode = await imgBench(process.argv.slice(1), ' +
-    '{ stdout: (s) => process.stdout.write(s), stderr: (s) => process.stderr.write(s) }, "blk-img");';
-  return {
-    bench: [process.execPath, '--input-type=module', '-e', launcher, '--'],
-    convert: null,
-    note: 'dist/src/tools/img.js did not dispatch `bench` yet: our side ran through a launcher of dist/src/tools/bench.js; blk-img convert unavailable, workload 7 skipped.',
-  };
-}
-
-// ---------------------------------------------------------------------------------------------
 // Running
 
 interface Row {
@@ -146,7 +96,7 @@ function runOnce(w: Workload, tool: Tool, ctx: Ctx, ours: Ours): Measured {
       const cmd = tool === 'qemu' ? [ctx.qemuImg, 'convert', ...args] : [...(ours.convert ?? []), ...args];
       return measure(cmd, ctx.dir);
     }
-    const cmd = tool === 'qemu' ? [ctx.qemuImg, 'bench', ...args] : [...ours.bench, ...args];
+    const cmd = tool === 'qemu' ? [ctx.qemuImg, 'bench', ...args] : [...ours.bench(), ...args];
     const m = measure(cmd, ctx.dir);
     if (m.reported === null) throw new Error(`no "Run completed" line from ${tool}: ${m.stdout}${m.stderr}`);
     return m;
@@ -205,8 +155,8 @@ function memoryCheck(ctx: Ctx, ours: Ours): MemoryResult {
   const f = MEMORY_CHECK.image(ctx);
   const qemuWrite = measure([ctx.qemuImg, 'bench', ...MEMORY_CHECK.writeArgs(f)], ctx.dir);
   const q = MEMORY_CHECK.image(ctx);
-  const write = measure([...ours.bench, ...MEMORY_CHECK.writeArgs(q)], ctx.dir);
-  const read = measure([...ours.bench, ...MEMORY_CHECK.readArgs(q)], ctx.dir);
+  const write = measure([...ours.bench(), ...MEMORY_CHECK.writeArgs(q)], ctx.dir);
+  const read = measure([...ours.bench(), ...MEMORY_CHECK.readArgs(q)], ctx.dir);
   // The cluster must really be there: QEMU reads back what we wrote.
   run([ctx.qemuImg, 'check', '-q', q]);
   const peakKiB = Math.max(write.maxRssKiB ?? -1, read.maxRssKiB ?? -1);
@@ -274,7 +224,7 @@ function memoryText(m: MemoryResult | null): string {
 }
 
 function machineText(mc: Machine, args: Args, started: Date, seconds: number, notes: string[]): string {
-  const cmd = `npm run bench${args.runs !== 3 || args.only ? ' --' : ''}${args.runs !== 3 ? ` --runs ${args.runs}` : ''}${
+  const cmd = `npm run bench${args.runs !== 5 || args.only ? ' --' : ''}${args.runs !== 5 ? ` --runs ${args.runs}` : ''}${
     args.only ? ` --only ${[...args.only].join(',')}` : ''
   }`;
   return [

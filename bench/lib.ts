@@ -118,3 +118,63 @@ export function fmtSeconds(s: number): string {
 export function fmtMiB(kib: number | null): string {
   return kib === null ? 'n/a' : `${(kib / 1024).toFixed(1)} MiB`;
 }
+
+// ---------------------------------------------------------------------------------------------
+// How to run our side
+
+const IMG_JS = join(REPO, 'dist/src/tools/img.js');
+const BENCH_JS = join(REPO, 'dist/src/tools/bench.js');
+
+/**
+ * Our command lines: the real CLI (dist/src/tools/img.js) when it dispatches `bench`, otherwise
+ * a one-line launcher of the compiled imgBench (before the blk-img entry point existed).
+ * `nodeFlags` go before the script (e.g. --cpu-prof).
+ */
+export interface Ours {
+  bench(nodeFlags?: string[]): string[];
+  convert: string[] | null;
+  note: string;
+}
+
+export function findOurs(tmp: string, qemuImg: string): Ours {
+  const probeImg = join(tmp, 'probe.raw');
+  run([qemuImg, 'create', '-q', '-f', 'raw', probeImg, '1M']);
+  try {
+    if (existsSync(IMG_JS)) {
+      let dispatches = false;
+      try {
+        dispatches = run([process.execPath, IMG_JS, 'bench', '-c', '0', '-f', 'raw', probeImg]).stdout.startsWith('Sending 0 read requests');
+      } catch {
+        // Not dispatched (yet): the launcher below.
+      }
+      if (dispatches) {
+        let convert: string[] | null = [process.execPath, IMG_JS, 'convert'];
+        let note = '';
+        const dst = join(tmp, 'probe.qed');
+        try {
+          run([...convert, '-f', 'raw', '-O', 'qed', probeImg, dst]);
+          run([qemuImg, 'check', '-q', dst]);
+        } catch (e) {
+          convert = null;
+          note = `blk-img convert did not work (${e instanceof Error ? e.message.split('\n')[0] : String(e)}): workload 7 skipped.`;
+        }
+        rmSync(dst, { force: true });
+        return { bench: (flags = []) => [process.execPath, ...flags, IMG_JS, 'bench'], convert, note };
+      }
+    }
+  } finally {
+    rmSync(probeImg, { force: true });
+  }
+  if (!existsSync(BENCH_JS)) throw new Error(`${BENCH_JS} is missing: build first (npm run build)`);
+  const launcher =
+    `import { imgBench } from ${JSON.stringify(BENCH_JS)};` +
+    'process.exitCode = await imgBench(process.argv.slice(1), ' +
+    '{ stdout: (s) => process.stdout.write(s), stderr: (s) => process.stderr.write(s) }, "blk-img");';
+  return {
+    bench: (flags = []) => [process.execPath, ...flags, '--input-type=module', '-e', launcher, '--'],
+    convert: null,
+    note:
+      'dist/src/tools/img.js did not dispatch `bench` yet: our side ran through a launcher of ' +
+      'dist/src/tools/bench.js; blk-img convert unavailable, workload 7 skipped.',
+  };
+}
