@@ -6,6 +6,7 @@ import fc from 'fast-check';
 import { propConcurrent } from './concurrency.js';
 import { propCorruption } from './corruption.js';
 import { propBlkdebug, propPowerLoss } from './fault-props.js';
+import { propQemuInterop } from './interop-props.js';
 import { BlockDriverState, VirtualClock } from '../../src/index.js';
 import { memStoreWrite } from '../../src/drivers/mem/index.js';
 import { commandArb, compareAll, runCommand, runSequence, type Command, type RunState } from './commands.js';
@@ -116,4 +117,5 @@ export const ALL_PROPERTIES: Record<string, PropertyFn> = {
   concurrent: propConcurrent,
   corruption: propCorruption,
   blkverify: propBlkverify,
+  qemu: propQemuInterop,
 };
