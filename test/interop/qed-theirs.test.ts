@@ -1,0 +1,270 @@
+/**
+ * Interop matrix, direction "QEMU -> ours": images qemu-img creates and qemu-io writes, across
+ * geometries and backing files, read here byte for byte like `qemu-img convert -O raw` reads
+ * them, mapped like `qemu-img map`, checked like `qemu-img check`. Then dirty images left by
+ * a qemu-io that aborted mid-session: our read-write open repairs them as QEMU does, our
+ * read-only open leaves them alone.
+ */
+import { closeSync, copyFileSync, openSync, readFileSync, readSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BlockDriverState } from '../../src/index.js';
+import { firstDiff, u64 } from '../unit/qed-helpers.js';
+import { makeTempDir, removeTempDir, requireQemu, runQemuImg, runQemuIo } from './qemu.js';
+import {
+  matrixOps,
+  ourCheck,
+  ourMap,
+  qemuCheck,
+  qemuIoBatch,
+  qemuIoCmd,
+  qemuMap,
+  sha,
+  type Op,
+} from './qed-support.js';
+
+const qemu = requireQemu();
+const K = 1024;
+const M = 1024 * K;
+
+interface Geometry {
+  name: string;
+  cs: number;
+  ts: number;
+  size: number;
+}
+
+// table_size=1 is left out: QEMU cannot open such images, so it cannot write them (§6).
+const geometries: Geometry[] = [
+  { name: '4K/ts=2', cs: 4 * K, ts: 2, size: 16 * M },
+  { name: '4K/ts=16', cs: 4 * K, ts: 16, size: 40 * M },
+  { name: '64K/ts=4 (default)', cs: 64 * K, ts: 4, size: 2 * 1024 * M + 4 * M },
+  { name: '1M/ts=2', cs: M, ts: 2, size: 64 * M },
+];
+type Backing = 'none' | 'raw' | 'raw-short' | 'qed';
+const backings: Backing[] = ['none', 'raw', 'raw-short', 'qed'];
+
+/** Bytes [start, end) of a (sparse) file, zero-padded past its end. */
+function fileRange(path: string, start: number, end: number): Uint8Array {
+  const out = new Uint8Array(end - start);
+  const fd = openSync(path, 'r');
+  try {
+    let done = 0;
+    while (done < out.length) {
+      const n = readSync(fd, out, done, out.length - done, start + done);
+      if (n === 0) break;
+      done += n;
+    }
+  } finally {
+    closeSync(fd);
+  }
+  return out;
+}
+
+describe.skipIf(!qemu)('QED interop: images QEMU 7.2 creates and writes, read by us', () => {
+  let dir = '';
+  let n = 0;
+  beforeAll(() => {
+    dir = makeTempDir('qed-theirs');
+  });
+  afterAll(() => removeTempDir(dir));
+
+  function qemuImg(args: string[]): void {
+    const r = runQemuImg(args, { cwd: dir });
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+  }
+
+  /** A backing file written by QEMU tools; returns its name and format. */
+  function makeBacking(kind: Backing, size: number): { name: string; fmt: string } | null {
+    if (kind === 'none') return null;
+    const name = `base-${++n}.${kind === 'qed' ? 'qed' : 'raw'}`;
+    const len = kind === 'raw-short' ? Math.min(size, 3 * M + 512) : Math.min(size, 16 * M);
+    if (kind === 'qed') {
+      qemuImg(['create', '-q', '-f', 'qed', '-o', 'cluster_size=4096,table_size=2', name, String(len)]);
+      qemuIoBatch(name, ['write -q -P 0x71 0 256k', `write -q -P 0x72 ${8 * M - 4 * K} 12k`, 'write -q -z 64k 64k'], ['-f', 'qed'], dir);
+    } else {
+      qemuImg(['create', '-q', '-f', 'raw', name, String(len)]);
+      const cmds: string[] = [];
+      for (let off = 0; off < len; off += 256 * K) cmds.push(`write -q -P ${((off / 4096) * 37 + 5) & 0xff} ${off} ${Math.min(256 * K, len - off)}`);
+      qemuIoBatch(name, cmds, ['-f', 'raw'], dir);
+    }
+    return { name, fmt: kind === 'qed' ? 'qed' : 'raw' };
+  }
+
+  async function scenario(g: Geometry, kind: Backing): Promise<void> {
+    const backing = makeBacking(kind, g.size);
+    const img = `theirs-${++n}.qed`;
+    const path = join(dir, img);
+    qemuImg([
+      'create',
+      '-q',
+      '-f',
+      'qed',
+      '-o',
+      `cluster_size=${g.cs},table_size=${g.ts}`,
+      ...(backing ? ['-b', backing.name, '-F', backing.fmt] : []),
+      img,
+      String(g.size),
+    ]);
+    const l2Span = ((g.cs * g.ts) / 8) * g.cs;
+    const ops: Op[] = matrixOps(g.cs, l2Span, g.size);
+    qemuIoBatch(img, ops.map(qemuIoCmd), ['-f', 'qed'], dir);
+    const before = sha(path);
+
+    // What QEMU reads: the whole disk converted to a (sparse) raw file.
+    const raw = join(dir, `${img}.raw`);
+    qemuImg(['convert', '-f', 'qed', '-O', 'raw', img, `${img}.raw`]);
+    expect(statSync(raw).size).toBe(g.size);
+
+    const bs = await BlockDriverState.open(path, { readOnly: true });
+    // Small disks are compared whole; big sparse ones around every operation and at both ends
+    // (the map comparison below covers the untouched space).
+    const windows: [number, number][] =
+      g.size <= 64 * M
+        ? [[0, g.size]]
+        : [[0, 4 * M], [g.size - 4 * M, g.size], ...ops.map((op): [number, number] => [Math.max(0, op.off - g.cs), Math.min(g.size, op.off + op.len + g.cs)])];
+    for (const [a, b] of windows) {
+      const mine = new Uint8Array(b - a);
+      await bs.pread(a, mine);
+      expect({ window: a, diff: firstDiff(mine, fileRange(raw, a, b)) }).toEqual({ window: a, diff: -1 });
+    }
+    expect(await ourMap(bs)).toEqual(qemuMap(img, dir));
+    await bs.close();
+
+    // Our check agrees with qemu-img check field by field.
+    const q = qemuCheck(path);
+    expect(q.fields).toMatchObject({ corruptions: 0, leaks: 0, checkErrors: 0 });
+    expect(await ourCheck(path)).toEqual(q.fields);
+    // Read-only opens and checks never wrote a byte.
+    expect(sha(path)).toBe(before);
+  }
+
+  for (const g of geometries) {
+    for (const b of backings) {
+      it(`${g.name}, backing: ${b}`, async () => {
+        await scenario(g, b);
+      });
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Dirty images left by an aborted qemu-io.
+
+  const CS = 4096;
+
+  /** qemu-io runs `cmds` and then abort()s: no close path, so NEED_CHECK stays set (no backing). */
+  function writeThenAbort(img: string, cmds: string[]): void {
+    const args = ['-f', 'qed'];
+    for (const c of cmds) args.push('-c', c);
+    const r = runQemuIo([...args, '-c', 'abort', img], { cwd: dir });
+    // Killed by SIGABRT: the shell would say 134; spawnSync reports no exit status.
+    expect(r.status === null || r.status === 134).toBe(true);
+  }
+
+  function features(path: string): number {
+    return u64(readFileSync(path), 16);
+  }
+
+  /**
+   * Compare our repair with QEMU's on copies of one dirty file: `qemu-img check -r all`, our
+   * read-write open + close, and (when `qemuOpen`) QEMU's own read-write open + close.
+   */
+  async function repairParity(path: string, opts: { qemuOpen: boolean; stillDirty: boolean }): Promise<void> {
+    const viaCheck = `${path}.chk`;
+    const viaOurs = `${path}.ours`;
+    const viaRo = `${path}.ro`;
+    const viaQemuOpen = `${path}.qopen`;
+    for (const p of [viaCheck, viaOurs, viaRo, viaQemuOpen]) copyFileSync(path, p);
+    const dirtyCheck = qemuCheck(path);
+    expect(await ourCheck(path)).toEqual(dirtyCheck.fields);
+
+    runQemuImg(['check', '-q', '-f', 'qed', '-r', 'all', viaCheck]);
+    const bs = await BlockDriverState.open(viaOurs);
+    await bs.close();
+    const mine = readFileSync(viaOurs);
+    const theirs = readFileSync(viaCheck);
+    expect((features(viaOurs) & 2) !== 0).toBe(opts.stillDirty);
+    if (opts.stillDirty) {
+      // QEMU 7.2's close clears NEED_CHECK even though corruption remains (§11 quirk b); we
+      // keep it (§17.5). Everything else is the same bytes.
+      expect(features(viaCheck) & 2).toBe(0);
+      theirs[16] |= 2;
+    }
+    expect(firstDiff(mine, theirs)).toBe(-1);
+    // The repaired files check the same.
+    expect(await ourCheck(viaOurs)).toEqual(qemuCheck(viaCheck).fields);
+
+    if (opts.qemuOpen) {
+      qemuIoBatch(viaQemuOpen, ['read -q 0 512'], ['-f', 'qed'], dir);
+      expect(firstDiff(readFileSync(viaOurs), readFileSync(viaQemuOpen))).toBe(-1);
+    }
+
+    // A read-only open (and reads through it) leaves the dirty file untouched.
+    const before = sha(viaRo);
+    const ro = await BlockDriverState.open(viaRo, { readOnly: true });
+    const buf = new Uint8Array(64 * K);
+    await ro.pread(0, buf);
+    expect((await ro.getInfo()).isDirty).toBe(true);
+    await ro.close();
+    expect(sha(viaRo)).toBe(before);
+  }
+
+  it('dirty after abort (no backing): our read-write open repairs it as qemu-img check -r all and QEMU open do', async () => {
+    const img = join(dir, 'dirty1.qed');
+    qemuImg(['create', '-q', '-f', 'qed', '-o', 'cluster_size=4096,table_size=2', 'dirty1.qed', '16M']);
+    writeThenAbort(img, ['write -q -P 1 0 12k', `write -q -P 2 ${5 * M} 4k`, 'write -q -z 64k 64k']);
+    expect(features(img) & 2).toBe(2);
+    await repairParity(img, { qemuOpen: true, stillDirty: false });
+  });
+
+  it('dirty after abort with lost clusters (entries past EOF): repaired the same way', async () => {
+    const img = join(dir, 'dirty2.qed');
+    qemuImg(['create', '-q', '-f', 'qed', '-o', 'cluster_size=4096,table_size=2', 'dirty2.qed', '16M']);
+    qemuIoBatch('dirty2.qed', ['write -q -P 1 0 8k', `write -q -P 3 ${5 * M} 4k`], ['-f', 'qed'], dir);
+    // Second session: three more data clusters appended to existing L2 tables, then a crash
+    // that (we pretend) lost the last two clusters of the file: their L2 entries point past EOF.
+    writeThenAbort(img, ['write -q -P 4 16k 8k', `write -q -P 5 ${5 * M + 8 * K} 4k`]);
+    const len = readFileSync(img).length;
+    truncateSync(img, len - 2 * CS);
+    const q = qemuCheck(img);
+    expect(q.fields.corruptions).toBe(2);
+    await repairParity(img, { qemuOpen: true, stillDirty: false });
+  });
+
+  it('dirty after abort with a lost L2 table (L1 entry past EOF): repaired the same way', async () => {
+    const img = join(dir, 'dirty3.qed');
+    qemuImg(['create', '-q', '-f', 'qed', '-o', 'cluster_size=4096,table_size=2', 'dirty3.qed', '16M']);
+    writeThenAbort(img, ['write -q -P 1 0 8k', `write -q -P 2 ${9 * M} 4k`]);
+    const len = readFileSync(img).length;
+    truncateSync(img, len - 2 * CS); // the second L2 table is gone
+    await repairParity(img, { qemuOpen: true, stillDirty: false });
+  });
+
+  it('dirty with a double reference (unrepairable): our open keeps NEED_CHECK (QEMU 7.2 clears it), the rest matches check -r all', async () => {
+    const img = join(dir, 'dirty4.qed');
+    qemuImg(['create', '-q', '-f', 'qed', '-o', 'cluster_size=4096,table_size=2', 'dirty4.qed', '16M']);
+    writeThenAbort(img, ['write -q -P 1 0 8k']);
+    const bytes = readFileSync(img);
+    const l2 = u64(bytes, CS);
+    bytes.writeBigUInt64LE(BigInt(u64(bytes, l2)), l2 + 16); // entry 2 = entry 0
+    writeFileSync(img, bytes);
+    await repairParity(img, { qemuOpen: false, stillDirty: true });
+  });
+
+  it('after abort with a backing file the header stays clean and our open changes nothing', async () => {
+    const base = makeBacking('raw', 16 * M)!;
+    const img = join(dir, 'dirty5.qed');
+    qemuImg(['create', '-q', '-f', 'qed', '-o', 'cluster_size=4096,table_size=2', '-b', base.name, '-F', 'raw', 'dirty5.qed', '16M']);
+    writeThenAbort(img, ['write -q -P 1 1k 8k', `write -q -P 2 ${5 * M} 4k`]);
+    expect(features(img) & 2).toBe(0);
+    const before = sha(img);
+    const bs = await BlockDriverState.open(img);
+    const got = new Uint8Array(8 * K);
+    await bs.pread(1024, got);
+    expect(got.every((b) => b === 1)).toBe(true);
+    await bs.close();
+    expect(sha(img)).toBe(before);
+    expect(await ourCheck(img)).toEqual(qemuCheck(img).fields);
+  });
+});
