@@ -250,6 +250,8 @@ export interface PowerLossCase {
   crashSeed: number;
   /** Writes after recovery, to see that the repaired image is usable. */
   after: GuestWrite[];
+  /** Lose power again after this many requests of the recovering open (its repair). */
+  repairCrash?: number | null;
 }
 
 export const powerLossCaseArb = (wide = false): fc.Arbitrary<PowerLossCase> =>
@@ -259,6 +261,7 @@ export const powerLossCaseArb = (wide = false): fc.Arbitrary<PowerLossCase> =>
     crashAfter: fc.nat({ max: wide ? 200 : 60 }),
     crashSeed: fc.nat(),
     after: fc.array(guestWriteArb, { maxLength: 3 }),
+    repairCrash: fc.option(fc.nat({ max: 12 }), { freq: 3 }),
   });
 
 export const powerLossExamples: [PowerLossCase][] = [];
@@ -333,7 +336,22 @@ export async function runPowerLossCase(c: PowerLossCase): Promise<number> {
     await bs.close().catch(() => undefined);
     faultStats.crashes++;
     faultStats.pendingAtCrash += store.pendingOps.length;
-    store.crash(mulberry32(c.crashSeed));
+    const rand = mulberry32(c.crashSeed);
+    store.crash(rand);
+
+    if (c.repairCrash !== undefined && c.repairCrash !== null) {
+      // The power goes again while the recovering open reads and repairs the image.
+      store.failAfter(c.repairCrash);
+      try {
+        const half = await open();
+        store.failAfter(0);
+        await half.close().catch(() => undefined);
+      } catch (e) {
+        if (!(e instanceof BlockError)) throw e;
+      }
+      faultStats.crashes++;
+      store.crash(rand);
+    }
 
     bs = await open();
     try {
