@@ -18,6 +18,7 @@ export type ConcOp =
   | { op: 'zero'; span: Span }
   | { op: 'read'; span: Span }
   | { op: 'flush' }
+  | { op: 'grow'; by: number }
   | { op: 'aioWrite'; span: Span; seed: number; cancel: 'none' | 'now' | 'scheduled' };
 
 const concOpArb: fc.Arbitrary<ConcOp> = fc.oneof(
@@ -25,6 +26,7 @@ const concOpArb: fc.Arbitrary<ConcOp> = fc.oneof(
   { weight: 1, arbitrary: fc.record({ op: fc.constant('zero' as const), span: spanArb }) },
   { weight: 2, arbitrary: fc.record({ op: fc.constant('read' as const), span: spanArb }) },
   { weight: 1, arbitrary: fc.constant({ op: 'flush' as const }) },
+  { weight: 1, arbitrary: fc.record({ op: fc.constant('grow' as const), by: fc.integer({ min: 1, max: 24 }) }) },
   {
     weight: 3,
     arbitrary: fc.record({
@@ -96,6 +98,7 @@ async function runBatch(bs: BlockDriverState, setup: ImageSetup, ops: ConcOp[], 
   const writes: PendingWrite[] = [];
   const reads: { offset: number; buf: Uint8Array }[] = [];
   const tasks: Promise<unknown>[] = [];
+  let grownTo = 0;
   for (const o of ops) {
     switch (o.op) {
       case 'write': {
@@ -126,6 +129,14 @@ async function runBatch(bs: BlockDriverState, setup: ImageSetup, ops: ConcOp[], 
         log.push('flush');
         tasks.push(bs.flush());
         break;
+      case 'grow': {
+        // Concurrent with the batch's requests (all placed below the old size).
+        const newSize = Math.max(grownTo, model.size) + o.by * 512;
+        grownTo = newSize;
+        log.push(`grow ->${newSize}`);
+        tasks.push(bs.truncate(newSize));
+        break;
+      }
       case 'aioWrite': {
         // Sector-aligned, as the AIO interface is.
         const sectors = Math.floor(model.size / 512);
@@ -201,13 +212,22 @@ async function runBatch(bs: BlockDriverState, setup: ImageSetup, ops: ConcOp[], 
       if (!ok) throw new ModelMismatch(`${log.join('; ')}: read saw ${r.buf[i]} at ${pos}, neither old (${old[pos]}) nor written`);
     }
   }
+  // Concurrent grows: the order they ran in is unknown, but the largest wins (each asks for
+  // more than the one before it), and the new space shows the backing file or zeros.
+  if (grownTo > model.size) {
+    const len = await bs.getLength();
+    if (len !== grownTo) throw new ModelMismatch(`${log.join('; ')}: length ${len} after growing to ${grownTo}`);
+    model.grow(grownTo, setup.backingView ?? undefined);
+  }
+  const oldGrown = model.bytes.slice();
+  oldGrown.set(old);
   // The disk: per sector some serialisation of the writes.
   const got = new Uint8Array(model.size);
   await bs.pread(0, got);
   for (let a = 0; a < model.size; a += 512) {
     const b = Math.min(model.size, a + 512);
     const touching = writes.filter((w) => w.offset < b && w.offset + w.data.length > a);
-    if (!sectorExplained(old.subarray(a, b), got.subarray(a, b), a, touching)) {
+    if (!sectorExplained(oldGrown.subarray(a, b), got.subarray(a, b), a, touching)) {
       throw new ModelMismatch(`${log.join('; ')}: sector at ${a} is no serialisation of the batch's writes`);
     }
   }
