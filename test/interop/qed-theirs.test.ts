@@ -12,6 +12,7 @@ import { BlockDriverState } from '../../src/index.js';
 import { firstDiff, u64 } from '../unit/qed-helpers.js';
 import { makeTempDir, removeTempDir, requireQemu, runQemuImg, runQemuIo } from './qemu.js';
 import {
+  applyOurs,
   matrixOps,
   ourCheck,
   ourMap,
@@ -267,5 +268,64 @@ describe.skipIf(!qemu)('QED interop: images QEMU 7.2 creates and writes, read by
     await bs.close();
     expect(sha(img)).toBe(before);
     expect(await ourCheck(img)).toEqual(qemuCheck(img).fields);
+  });
+
+  // -------------------------------------------------------------------------------------------
+  // A two-cluster header region (valid per the spec, never created by QEMU) holding a backing
+  // name longer than one cluster: both sides read, write, check and rebase it alike.
+
+  it('header_size=2 with a 4040-byte backing name: QEMU and we write, read, check and rebase it alike', async () => {
+    const base = makeBacking('raw', 16 * M)!;
+    const longName = `${'./'.repeat((4040 - base.name.length) / 2)}${base.name}`;
+    expect(longName.length).toBe(4040);
+    const fresh = Buffer.alloc(4 * CS);
+    fresh.write('QED\0', 0, 'latin1');
+    fresh.writeUInt32LE(CS, 4);
+    fresh.writeUInt32LE(2, 8);
+    fresh.writeUInt32LE(2, 12); // header_size
+    fresh.writeBigUInt64LE(0x05n, 16); // BACKING_FILE | NO_PROBE
+    fresh.writeBigUInt64LE(BigInt(2 * CS), 40); // L1 after the header region
+    fresh.writeBigUInt64LE(BigInt(16 * M), 48);
+    fresh.writeUInt32LE(64, 56);
+    fresh.writeUInt32LE(longName.length, 60);
+    fresh.write(longName, 64, 'latin1');
+    const theirs = join(dir, 'hs2-q.qed');
+    const ours = join(dir, 'hs2-o.qed');
+    writeFileSync(theirs, fresh);
+    writeFileSync(ours, fresh);
+    const ops = matrixOps(CS, 4 * M, 16 * M);
+    qemuIoBatch('hs2-q.qed', ops.map(qemuIoCmd), ['-f', 'qed'], dir);
+    const bs = await BlockDriverState.open(ours);
+    expect(bs.backingFile).toBe(longName);
+    for (const op of ops) await applyOurs(bs, op);
+    expect(await ourMap(bs)).toEqual(qemuMap('hs2-q.qed', dir));
+    await bs.close();
+    // §17.4 (a partial write into a zero cluster) differs only with backing data under it.
+    const mine = readFileSync(ours);
+    expect(mine.length).toBe(readFileSync(theirs).length);
+    expect(qemuCheck(ours).fields).toEqual(await ourCheck(theirs));
+    expect(qemuCheck(ours).fields).toMatchObject({ corruptions: 0, leaks: 0 });
+    // Full-disk contents: QEMU reads ours as we read theirs, except the §17.4 cluster.
+    const rawQ = join(dir, 'hs2-q.raw');
+    const rawO = join(dir, 'hs2-o.raw');
+    expect(runQemuImg(['convert', '-O', 'raw', theirs, rawQ]).status).toBe(0);
+    expect(runQemuImg(['convert', '-O', 'raw', ours, rawO]).status).toBe(0);
+    const a = readFileSync(rawQ);
+    const b = readFileSync(rawO);
+    const zeroWrite = 9 * CS; // cluster zeroed, then partly rewritten
+    expect(firstDiff(a.subarray(0, zeroWrite), b.subarray(0, zeroWrite))).toBe(-1);
+    expect(firstDiff(a.subarray(zeroWrite + CS), b.subarray(zeroWrite + CS))).toBe(-1);
+    const back = new Uint8Array(16 * M);
+    const rd = await BlockDriverState.open(theirs, { readOnly: true });
+    await rd.pread(0, back);
+    await rd.close();
+    expect(firstDiff(back, a)).toBe(-1);
+    // Rebase -u to another long name: same header bytes.
+    const other = `${'./'.repeat((4000 - base.name.length) / 2)}${base.name}`;
+    expect(runQemuImg(['rebase', '-u', '-f', 'qed', '-b', other, '-F', 'raw', theirs]).status).toBe(0);
+    const rb = await BlockDriverState.open(ours, { noBacking: true });
+    await rb.changeBackingFile(other, 'raw');
+    await rb.close();
+    expect(firstDiff(readFileSync(ours).subarray(0, 2 * CS), readFileSync(theirs).subarray(0, 2 * CS))).toBe(-1);
   });
 });
