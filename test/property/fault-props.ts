@@ -104,7 +104,7 @@ export function expectOnlyLeaks(r: CheckResult, what: string): void {
 // blkdebug
 
 /** How often the faults really hit (a property whose fault never fires proves nothing). */
-export const faultStats = { cases: 0, injections: 0, crashes: 0, crashedMidRequest: 0, pendingAtCrash: 0 };
+export const faultStats = { cases: 0, injections: 0, crashes: 0, crashedMidRequest: 0, pendingAtCrash: 0, concurrentGroups: 0 };
 
 /** The events the QED driver announces on its file child. */
 export const QED_EVENTS = ['read_aio', 'write_aio', 'cow_write', 'l1_update', 'l2_update', 'l2_load', 'read_backing_aio'] as const;
@@ -243,7 +243,7 @@ export async function propBlkdebug(opts: PropertyOptions): Promise<void> {
 export interface PowerLossCase {
   geom: Geometry;
   /** Writes, with a flush after those marked. */
-  ops: { w: GuestWrite; flushAfter: boolean }[];
+  ops: { w: GuestWrite; flushAfter: boolean; withNext?: boolean }[];
   /** Protocol requests allowed before the power goes (large = after the last op). */
   crashAfter: number;
   /** Seeds which volatile writes survive. */
@@ -257,7 +257,10 @@ export interface PowerLossCase {
 export const powerLossCaseArb = (wide = false): fc.Arbitrary<PowerLossCase> =>
   fc.record({
     geom: geometryArb(wide),
-    ops: fc.array(fc.record({ w: guestWriteArb, flushAfter: fc.boolean() }), { minLength: 1, maxLength: wide ? 16 : 8 }),
+    ops: fc.array(fc.record({ w: guestWriteArb, flushAfter: fc.boolean(), withNext: fc.boolean() }), {
+      minLength: 1,
+      maxLength: wide ? 16 : 8,
+    }),
     crashAfter: fc.nat({ max: wide ? 200 : 60 }),
     crashSeed: fc.nat(),
     after: fc.array(guestWriteArb, { maxLength: 3 }),
@@ -305,27 +308,45 @@ export async function runPowerLossCase(c: PowerLossCase): Promise<number> {
     let durable = setup.model.bytes.slice();
     let pending: { offset: number; data: Uint8Array }[] = [];
     store.failAfter(c.crashAfter);
-    for (const { w, flushAfter } of c.ops) {
-      const { offset, data } = placeWrite(w, setup);
-      commands++;
-      try {
-        await applyWrite(bs, w, offset, data);
-      } catch (e) {
-        if (!store.dead) throw e;
-        // The write did not complete: it may still have reached the disk in part.
-        pending.push({ offset, data });
+    // Consecutive ops with `withNext` run concurrently (non-overlapping ones only, so that
+    // the order in which they reach the disk does not matter to the model).
+    let i = 0;
+    outer: while (i < c.ops.length) {
+      const group: { offset: number; data: Uint8Array; w: GuestWrite }[] = [];
+      let flushAfter = false;
+      do {
+        const { w } = c.ops[i];
+        const { offset, data } = placeWrite(w, setup);
+        const overlaps = group.some((g) => g.offset < offset + data.length && offset < g.offset + g.data.length);
+        if (!overlaps) group.push({ offset, data, w });
+        flushAfter = c.ops[i].flushAfter;
+        i++;
+      } while (i < c.ops.length && c.ops[i - 1].withNext === true);
+      commands += group.length;
+      const results = await Promise.allSettled(group.map((g) => applyWrite(bs, g.w, g.offset, g.data)));
+      if (group.length > 1) faultStats.concurrentGroups++;
+      let failed = false;
+      for (let k = 0; k < group.length; k++) {
+        const r = results[k];
+        // Acknowledged or not, a write since the last flush may or may not be on the disk.
+        pending.push({ offset: group[k].offset, data: group[k].data });
+        if (r.status === 'fulfilled') setup.model.write(group[k].offset, group[k].data);
+        else {
+          if (!store.dead) throw r.reason instanceof Error ? r.reason : new Error('write failed');
+          failed = true;
+        }
+      }
+      if (failed) {
         faultStats.crashedMidRequest++;
         break;
       }
-      setup.model.write(offset, data);
-      pending.push({ offset, data });
       if (flushAfter) {
         commands++;
         try {
           await bs.flush();
         } catch (e) {
           if (!store.dead) throw e;
-          break;
+          break outer;
         }
         durable = setup.model.bytes.slice();
         pending = [];
