@@ -1,0 +1,217 @@
+// blk-img create: qemu-img create's options, checks in bdrv_img_create's order, and the
+// "Formatting ..." line printed (and flushed) just before the format driver runs.
+import { BlockDriverState, bdrvCreate, combineBackingPath, isBlockError, type BlockDriver, type CreateOptions } from '../index.js';
+import { qedCreateWarnings } from '../drivers/qed/create.js';
+import { ToolExit, cvtnum, errorExit, errorMessage, parseOptions } from './common.js';
+import {
+  LONG_HELP,
+  LONG_OBJECT,
+  closeQuietly,
+  hasHelpOption,
+  isValidOptionList,
+  parseCreateOptions,
+  printOptionHelp,
+  HelpRequest,
+  unsupportedOption,
+  type ImgEnv,
+} from './img-util.js';
+
+/** -o accumulation: each list is checked, then appended with a comma. */
+export function accumulateOptions(env: ImgEnv, acc: string | null, arg: string): string {
+  if (!isValidOptionList(arg)) {
+    env.o.error(`Invalid option list: ${arg}`);
+    throw new ToolExit(1);
+  }
+  return acc === null ? arg : `${acc},${arg}`;
+}
+
+/** print_block_option_help. */
+export function printBlockOptionHelp(env: ImgEnv, filename: string | null, fmt: string): number {
+  const drv = env.registry.find(fmt);
+  if (!drv || drv.isProtocol || drv.isFilter) {
+    env.o.error(`Unknown file format '${fmt}'`);
+    return 1;
+  }
+  if (!drv.create) {
+    env.o.error(`Format driver '${fmt}' does not support image creation`);
+    return 1;
+  }
+  let proto: BlockDriver | null = null;
+  if (filename !== null) proto = env.registry.findProtocol(filename);
+  env.o.out(filename !== null ? 'Supported options:\n' : `Supported ${fmt} options:\n`);
+  printOptionHelp(env.o, drv, proto);
+  if (filename === null) {
+    env.o.out('\nThe protocol level may support further options.\nSpecify the target filename to include those options.\n');
+  }
+  return 0;
+}
+
+/** Turn a protocol-level "path: errno text" into QEMU's "Could not create 'path': errno text". */
+export function createErrorMessage(e: unknown): string {
+  if (isBlockError(e) && e.path !== undefined && e.message === `${e.path}: ${e.errnoMessage}`) {
+    return `Could not create '${e.path}': ${e.errnoMessage}`;
+  }
+  return errorMessage(e);
+}
+
+export interface ImgCreateParams {
+  filename: string;
+  fmt: string;
+  baseFilename: string | null;
+  baseFmt: string | null;
+  options: string;
+  imgSize: number | null;
+  unsafe: boolean;
+  quiet: boolean;
+}
+
+/**
+ * bdrv_img_create. Errors are thrown as plain messages (the caller prefixes the filename);
+ * the Formatting line is printed unless quiet.
+ */
+export async function imgCreateImage(env: ImgEnv, p: ImgCreateParams): Promise<void> {
+  const drv = env.registry.find(p.fmt);
+  if (!drv || drv.isProtocol || drv.isFilter) throw new Error(`Unknown file format '${p.fmt}'`);
+  if (!drv.create) throw new Error(`Format driver '${p.fmt}' does not support image creation`);
+  const opts = parseCreateOptions(drv, p.options);
+  const names = new Set((drv.createOptions ?? []).map((s) => s.name));
+  if (p.baseFilename !== null) {
+    if (!names.has('backing_file')) throw new Error(`Backing file not supported for file format '${p.fmt}'`);
+    opts.set('backing_file', p.baseFilename);
+  }
+  if (p.baseFmt !== null) {
+    if (!names.has('backing_fmt')) throw new Error(`Backing file format not supported for file format '${p.fmt}'`);
+    opts.set('backing_fmt', p.baseFmt);
+  }
+  if (p.imgSize !== null) {
+    if (opts.has('size')) throw new Error('The image size must be specified only once');
+    opts.set('size', p.imgSize);
+  }
+  const backingFile = opts.get('backing_file') as string | undefined;
+  const backingFmt = opts.get('backing_fmt') as string | undefined;
+  if (backingFile !== undefined) {
+    if (backingFile === p.filename) throw new Error('Error: Trying to create an image with the same filename as the backing file');
+    if (backingFile === '') throw new Error('Expected backing file name, got empty string');
+  }
+  if (backingFile !== undefined && !p.unsafe) {
+    const full = combineBackingPath(p.filename, backingFile);
+    let bs: BlockDriverState;
+    try {
+      bs = await BlockDriverState.open(full, { format: backingFmt, readOnly: true, forceShare: true, registry: env.registry });
+    } catch (e) {
+      throw new Error(`${errorMessage(e)}\nCould not open backing image.`, { cause: e });
+    }
+    try {
+      if (backingFmt === undefined) {
+        // QEMU's hint has no trailing newline.
+        throw new Error(`Backing file specified without backing format\nDetected format of ${bs.driver.formatName}.`, {
+          cause: 'nonl',
+        });
+      }
+      if (!opts.has('size')) opts.set('size', await bs.getLength());
+    } finally {
+      await closeQuietly(bs);
+    }
+  } else if (backingFile !== undefined && backingFmt === undefined) {
+    throw new Error('Backing file specified without backing format');
+  }
+  if (!opts.has('size')) throw new Error('Image creation needs a size parameter');
+
+  if (!p.quiet) {
+    const parts: string[] = [];
+    for (const spec of drv.createOptions ?? []) {
+      const v = opts.get(spec.name) ?? spec.default;
+      if (v === undefined) continue;
+      parts.push(`${spec.name}=${typeof v === 'boolean' ? (v ? 'on' : 'off') : String(v)}`);
+    }
+    env.o.out(`Formatting '${p.filename}', fmt=${p.fmt} ${parts.join(' ')}\n`);
+    env.o.flush();
+  }
+  if (backingFmt !== undefined && !env.registry.find(backingFmt)) {
+    throw new Error(`Parameter 'backing-fmt' does not accept value '${backingFmt}'`);
+  }
+  const createOpts: CreateOptions = {};
+  for (const [name, v] of opts) {
+    const key = drv.createOptions?.find((s) => s.name === name)?.key ?? name;
+    createOpts[key] = v;
+  }
+  if (drv.formatName === 'qed') {
+    for (const w of qedCreateWarnings(createOpts)) env.o.warn(w);
+  }
+  try {
+    await bdrvCreate(p.filename, { format: p.fmt, options: createOpts, unsafe: true, registry: env.registry });
+  } catch (e) {
+    throw new Error(createErrorMessage(e), { cause: e });
+  }
+}
+
+/** Print an error thrown by imgCreateImage as error_reportf_err(err, "%s: ", filename). */
+export function reportWithPrefix(env: ImgEnv, prefix: string, e: unknown): void {
+  const msg = errorMessage(e);
+  const noNewline = e instanceof Error && e.cause === 'nonl';
+  const nl = msg.indexOf('\n');
+  if (nl < 0) {
+    env.o.error(`${prefix}${msg}`);
+    return;
+  }
+  env.o.error(`${prefix}${msg.slice(0, nl)}`);
+  env.o.errRaw(msg.slice(nl + 1) + (noNewline ? '' : '\n'));
+}
+
+export async function imgCreate(env: ImgEnv, argv: string[]): Promise<number> {
+  let fmt = 'raw';
+  let baseFmt: string | null = null;
+  let baseFilename: string | null = null;
+  let options: string | null = null;
+  let quiet = false;
+  let unsafe = false;
+  const rest = parseOptions(env.o, argv, ':F:b:f:ho:qu', [LONG_HELP, LONG_OBJECT], (opt, arg = '') => {
+    switch (opt) {
+      case 'h':
+        throw new HelpRequest();
+      case 'F':
+        baseFmt = arg;
+        break;
+      case 'b':
+        baseFilename = arg;
+        break;
+      case 'f':
+        fmt = arg;
+        break;
+      case 'o':
+        options = accumulateOptions(env, options, arg);
+        break;
+      case 'q':
+        quiet = true;
+        break;
+      case 'u':
+        unsafe = true;
+        break;
+      default:
+        unsupportedOption(env, '--object');
+    }
+  });
+  const filename = rest.length > 0 ? rest[0] : null;
+  if (options !== null && hasHelpOption(options)) return printBlockOptionHelp(env, filename, fmt);
+  if (filename === null) errorExit(env.o, 'Expecting image file name');
+  let imgSize: number | null = null;
+  if (rest.length > 1) imgSize = cvtnum(env.o, 'image size', rest[1]);
+  if (rest.length > 2) errorExit(env.o, `Unexpected argument: ${rest[2]}`);
+  try {
+    await imgCreateImage(env, {
+      filename,
+      fmt,
+      baseFilename,
+      baseFmt,
+      options: options ?? '',
+      imgSize,
+      unsafe,
+      quiet,
+    });
+  } catch (e) {
+    if (e instanceof ToolExit) throw e;
+    reportWithPrefix(env, `${filename}: `, e);
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,204 @@
+// blk-img rebase: change an image's backing file. Safe mode first copies into the image every
+// range it does not allocate itself where the old and the new backing file differ, so that the
+// guest-visible content is unchanged; -u only rewrites the header.
+import { BlockDriverState, combineBackingPath } from '../index.js';
+import { ERRNO_MESSAGES, isBlockError } from '../block/errors.js';
+import { resolve } from 'node:path';
+import { errorExit, errorMessage, parseOptions, ToolExit } from './common.js';
+import { checkCacheMode } from './img-check.js';
+import { compareBuffers } from './img-compare.js';
+import { HelpRequest, LONG_FORCE_SHARE, LONG_HELP, LONG_IMAGE_OPTS, LONG_OBJECT, Progress, closeQuietly, imgOpen, unsupportedOption, type ImgEnv } from './img-util.js';
+
+const IO_BUF_SIZE = 2 * 1024 * 1024;
+
+const errno = (e: unknown): string => (isBlockError(e) ? ERRNO_MESSAGES[e.code] : errorMessage(e));
+
+/** bdrv_find_backing_image: the node of bs's chain (below bs) whose file is `name`. */
+export function findBackingImage(bs: BlockDriverState, name: string): BlockDriverState | null {
+  const want = resolve(name);
+  for (let b = bs.backing; b; b = b.backing) {
+    if (resolve(b.filename) === want) return b;
+  }
+  return null;
+}
+
+export async function imgRebase(env: ImgEnv, argv: string[]): Promise<number> {
+  let fmt: string | undefined;
+  let outBasefmt = null as string | null;
+  let outBaseimg = null as string | null;
+  let cache = 'writeback';
+  let srcCache = 'writeback';
+  let progressOn = false;
+  let quiet = false;
+  let unsafe = false;
+  let forceShare = false;
+  const rest = parseOptions(env.o, argv, ':hf:F:b:upt:T:qU', [LONG_HELP, LONG_OBJECT, LONG_IMAGE_OPTS, LONG_FORCE_SHARE], (opt, arg = '') => {
+    switch (opt) {
+      case 'h':
+        throw new HelpRequest();
+      case 'f':
+        fmt = arg;
+        break;
+      case 'F':
+        outBasefmt = arg;
+        break;
+      case 'b':
+        outBaseimg = arg;
+        break;
+      case 'u':
+        unsafe = true;
+        break;
+      case 'p':
+        progressOn = true;
+        break;
+      case 't':
+        cache = arg;
+        break;
+      case 'T':
+        srcCache = arg;
+        break;
+      case 'q':
+        quiet = true;
+        break;
+      case 'U':
+        forceShare = true;
+        break;
+      default:
+        unsupportedOption(env, `--${opt}`);
+    }
+  });
+  if (quiet) progressOn = false;
+  if (rest.length !== 1) errorExit(env.o, 'Expecting one image file name');
+  if (!unsafe && outBaseimg === null) errorExit(env.o, 'Must specify backing file (-b) or use unsafe mode (-u)');
+  const filename = rest[0];
+  const base: string = outBaseimg ?? '';
+  const basefmt: string | null = outBasefmt;
+  const progress = new Progress(env.o, progressOn, 2.0);
+  progress.print(0, 100);
+
+  let bs: BlockDriverState | null = null;
+  let newBacking: BlockDriverState | null = null;
+  let ownsNewBacking = false;
+  try {
+    checkCacheMode(env, cache, 'cache');
+    checkCacheMode(env, srcCache, 'source cache');
+    // Unsafe mode ignores the old backing file (it may have been renamed or moved).
+    bs = await imgOpen(env, filename, { format: fmt, noBacking: unsafe });
+    if (basefmt !== null && !env.registry.find(basefmt)) {
+      env.o.error(`Invalid format name: '${basefmt}'`);
+      return 1;
+    }
+    // Checked before anything is copied (QEMU only finds out when it changes the header).
+    if (base !== '' && basefmt === null) {
+      env.o.error(`Could not change the backing file to '${base}': backing format must be specified`);
+      return 1;
+    }
+    let prefixChain: BlockDriverState | null = null;
+    if (!unsafe) {
+      const oldBacking = bs.backing;
+      if (base !== '') {
+        const realPath = combineBackingPath(filename, base);
+        prefixChain = findBackingImage(bs, realPath);
+        if (prefixChain) {
+          newBacking = prefixChain;
+        } else {
+          try {
+            newBacking = await BlockDriverState.open(realPath, {
+              format: basefmt ?? undefined,
+              readOnly: true,
+              forceShare,
+              registry: env.registry,
+            });
+            ownsNewBacking = true;
+          } catch (e) {
+            env.o.error(`Could not open new backing file '${base}': ${errorMessage(e)}`);
+            return 1;
+          }
+        }
+      }
+      const size = await bs.getLength();
+      const oldSize = oldBacking ? await oldBacking.getLength() : 0;
+      const newSize = newBacking ? await newBacking.getLength() : 0;
+      const localProgress = size !== 0 ? Math.fround(100 / Math.trunc(size / Math.min(size, IO_BUF_SIZE))) : 0;
+      let n = 0;
+      for (let offset = 0; offset < size; offset += n) {
+        n = Math.min(IO_BUF_SIZE, size - offset);
+        try {
+          const a = await bs.isAllocated(offset, n);
+          n = a.pnum;
+          if (a.allocated) continue;
+          if (prefixChain && bs.backing) {
+            const b = await bs.backing.isAllocatedAbove(prefixChain, offset, n);
+            n = b.pnum;
+            if (!b.allocated) continue;
+          }
+        } catch (e) {
+          env.o.error(`error while reading image metadata: ${errno(e)}`);
+          return 1;
+        }
+        let oldIsZero = false;
+        let bufOld: Uint8Array;
+        if (offset >= oldSize || !oldBacking) {
+          bufOld = new Uint8Array(n);
+          oldIsZero = true;
+        } else {
+          if (offset + n > oldSize) n = oldSize - offset;
+          bufOld = new Uint8Array(n);
+          try {
+            await oldBacking.pread(offset, bufOld);
+          } catch {
+            env.o.error('error while reading from old backing file');
+            return 1;
+          }
+        }
+        let bufNew: Uint8Array;
+        if (offset >= newSize || !newBacking) {
+          bufNew = new Uint8Array(n);
+        } else {
+          if (offset + n > newSize) n = newSize - offset;
+          bufNew = new Uint8Array(n);
+          try {
+            await newBacking.pread(offset, bufNew);
+          } catch {
+            env.o.error('error while reading from new backing file');
+            return 1;
+          }
+        }
+        // Where the old and new backing differ, the old content goes into the image.
+        let written = 0;
+        while (written < n) {
+          const r = compareBuffers(bufOld.subarray(written, n), bufNew.subarray(written, n), n - written);
+          if (r.differ) {
+            try {
+              if (oldIsZero) await bs.writeZeroes(offset + written, r.pnum);
+              else await bs.pwrite(offset + written, bufOld.subarray(written, written + r.pnum));
+            } catch (e) {
+              env.o.error(`Error while writing to COW image: ${errno(e)}`);
+              return 1;
+            }
+          }
+          written += r.pnum;
+        }
+        progress.print(localProgress, 100);
+      }
+    }
+    try {
+      if (base !== '') await bs.changeBackingFile(base, basefmt);
+      else await bs.changeBackingFile(null, null);
+    } catch (e) {
+      if (isBlockError(e, 'ENOSPC')) env.o.error(`Could not change the backing file to '${base}': No space left in the file header`);
+      else env.o.error(`Could not change the backing file to '${base}': ${errno(e)}`);
+      return 1;
+    }
+    progress.print(100, 0);
+    return 0;
+  } catch (e) {
+    if (e instanceof ToolExit) throw e;
+    env.o.error(errorMessage(e));
+    return 1;
+  } finally {
+    if (ownsNewBacking) await closeQuietly(newBacking);
+    await closeQuietly(bs);
+    progress.end();
+  }
+}

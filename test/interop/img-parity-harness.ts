@@ -1,0 +1,144 @@
+// Harness of the blk-img parity suite. A session is a set-up (run with the real qemu-img /
+// qemu-io in two fresh directories, so both start from identical files) and a list of
+// qemu-img command lines, each run once through the real qemu-img (spawned, in the first
+// directory) and once through blk-img's main() in process (in the second directory, under
+// the program name "qemu-img"). stdout, stderr and the exit status are compared after masking
+// host-allocation figures (disk size / actual-size) and collapsing progress meters. Commands
+// marked `merged` are also compared with stdout and stderr sharing one pipe (stdio ordering).
+// At the end, the images a session names are inspected with the real qemu-img in both
+// directories: same map, same info, same content.
+import { spawnSync } from 'node:child_process';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { main } from '../../src/tools/img.js';
+import { runQemuImg, runQemuIo } from './qemu.js';
+
+export interface Step {
+  args: string[];
+  /** Also compare the interleaving of stdout and stderr on one pipe (command must be re-runnable). */
+  merged?: boolean;
+}
+
+export interface Session {
+  name: string;
+  /** Set-up commands: ['qemu-img', ...] / ['qemu-io', ...] / ['sh', script], run in both directories. */
+  setup?: string[][];
+  steps: Array<string[] | Step>;
+  /** Images whose final state is compared with the real qemu-img (map, info, content). */
+  images?: string[];
+}
+
+export interface Outcome {
+  stdout: string;
+  stderr: string;
+  status: number | null;
+  merged?: string;
+}
+
+/** Mask what depends on the host's allocation and timing, collapse progress meters. */
+export function mask(s: string): string {
+  return s
+    .replace(/disk size: .*/g, 'disk size: <masked>')
+    .replace(/"actual-size": \d+/g, '"actual-size": <masked>')
+    .replace(/(?: {4}\(\d+\.\d\d\/100%\)\r)+/g, '<progress>');
+}
+
+function runSetup(cmd: string[], cwd: string): void {
+  const [tool, ...args] = cmd;
+  let r;
+  if (tool === 'qemu-img') r = runQemuImg(args, { cwd });
+  else if (tool === 'qemu-io') r = runQemuIo(args, { cwd });
+  else r = spawnSync('/bin/sh', ['-c', args.join(' ')], { cwd, encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`set-up ${cmd.join(' ')} failed: ${String(r.stderr)}`);
+}
+
+export function runTheirs(args: string[], cwd: string, merged: boolean): Outcome {
+  const r = runQemuImg(args, { cwd });
+  const out: Outcome = { stdout: mask(r.stdout), stderr: mask(r.stderr), status: r.status };
+  if (merged) {
+    const m = spawnSync('/bin/sh', ['-c', 'exec "$@" 2>&1', 'sh', 'qemu-img', ...args], { cwd, encoding: 'utf8' });
+    out.merged = mask(String(m.stdout));
+  }
+  return out;
+}
+
+export async function runOurs(args: string[], cwd: string, merged: boolean): Promise<Outcome> {
+  let stdout = '';
+  let stderr = '';
+  let all = '';
+  const old = process.cwd();
+  process.chdir(cwd);
+  let status: number;
+  try {
+    status = await main(['node', '/usr/bin/qemu-img', ...args], {
+      stdout: {
+        write: (s: string) => {
+          stdout += s;
+          all += s;
+        },
+      },
+      stderr: {
+        write: (s: string) => {
+          stderr += s;
+          all += s;
+        },
+      },
+    });
+  } finally {
+    process.chdir(old);
+  }
+  const out: Outcome = { stdout: mask(stdout), stderr: mask(stderr), status };
+  if (merged) out.merged = mask(all);
+  return out;
+}
+
+export interface StepResult {
+  label: string;
+  theirs: Outcome;
+  ours: Outcome;
+}
+
+let counter = 0;
+
+/** Run a session; returns every step's outcomes plus the final image inspections. */
+export async function runSession(root: string, s: Session): Promise<StepResult[]> {
+  const id = `${counter++}`;
+  const dq = join(root, `q${id}`);
+  const db = join(root, `b${id}`);
+  mkdirSync(dq);
+  mkdirSync(db);
+  for (const cmd of s.setup ?? []) {
+    runSetup(cmd, dq);
+    runSetup(cmd, db);
+  }
+  const results: StepResult[] = [];
+  for (const raw of s.steps) {
+    const step: Step = Array.isArray(raw) ? { args: raw } : raw;
+    const merged = step.merged === true;
+    const theirs = runTheirs(step.args, dq, merged);
+    const ours = await runOurs(step.args, db, merged);
+    results.push({ label: `qemu-img ${step.args.join(' ')}`, theirs, ours });
+  }
+  for (const img of s.images ?? []) {
+    for (const args of [
+      ['info', '--output=json', img],
+      ['map', '--output=json', img],
+      ['check', img],
+    ]) {
+      const a = runQemuImg(args, { cwd: dq });
+      const b = runQemuImg(args, { cwd: db });
+      results.push({
+        label: `final state: qemu-img ${args.join(' ')}`,
+        theirs: { stdout: mask(a.stdout), stderr: mask(a.stderr), status: a.status },
+        ours: { stdout: mask(b.stdout), stderr: mask(b.stderr), status: b.status },
+      });
+    }
+    const c = runQemuImg(['compare', join(dq, img), join(db, img)]);
+    results.push({
+      label: `final state: content of ${img}`,
+      theirs: { stdout: 'Images are identical.\n', stderr: '', status: 0 },
+      ours: { stdout: c.stdout, stderr: c.stderr, status: c.status },
+    });
+  }
+  return results;
+}
