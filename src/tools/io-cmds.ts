@@ -91,12 +91,31 @@ class OptFail {
 }
 
 function parseNum(s: IoSession, arg: string): number | OptFail {
+  const r = parseNumBig(s, arg);
+  return r instanceof OptFail ? r : r.value;
+}
+
+/** cvtnum keeping the exact value too (messages print int64 values exactly). */
+function parseNumBig(s: IoSession, arg: string): { value: number; big: bigint } | OptFail {
   const r = cvtnum(s.o, arg);
   if (!r.ok) {
     printCvtnumErr(s.o, r.error, arg);
     return new OptFail(r.error === 'EINVAL' ? EINVAL : -34);
   }
-  return r.value;
+  return r;
+}
+
+/** The alignment messages of read -b / write -b / write -c. */
+function checkSectorAligned(s: IoSession, offset: bigint, count: bigint): boolean {
+  if (offset % 512n !== 0n) {
+    s.o.out(`${offset} is not a sector-aligned value for 'offset'\n`);
+    return false;
+  }
+  if (count % 512n !== 0n) {
+    s.o.out(`${count} is not a sector-aligned value for 'count'\n`);
+    return false;
+  }
+  return true;
 }
 
 /** Bounds as blk_check_byte_request does them, for numbers the block layer cannot take. */
@@ -241,10 +260,11 @@ async function readF(s: IoSession, argv: string[]): Promise<number> {
     usage(s, readCmd);
     return EINVAL;
   }
-  const offset = parseNum(s, args[g.optind]);
-  if (offset instanceof OptFail) return offset.ret;
-  const count = parseNum(s, args[g.optind + 1]);
-  if (count instanceof OptFail) return count.ret;
+  const offsetR = parseNumBig(s, args[g.optind]);
+  if (offsetR instanceof OptFail) return offsetR.ret;
+  const countR = parseNumBig(s, args[g.optind + 1]);
+  if (countR instanceof OptFail) return countR.ret;
+  const [offset, offsetBig, count, countBig] = [offsetR.value, offsetR.big, countR.value, countR.big];
   if (count > BDRV_REQUEST_MAX_BYTES) {
     s.o.out(`length cannot exceed ${BDRV_REQUEST_MAX_BYTES}, given ${args[g.optind + 1]}\n`);
     return EINVAL;
@@ -259,14 +279,7 @@ async function readF(s: IoSession, argv: string[]): Promise<number> {
     return EINVAL;
   }
   if (bflag) {
-    if (offset % BDRV_SECTOR_SIZE !== 0) {
-      s.o.out(`${offset} is not a sector-aligned value for 'offset'\n`);
-      return EINVAL;
-    }
-    if (count % BDRV_SECTOR_SIZE !== 0) {
-      s.o.out(`${count} is not a sector-aligned value for 'count'\n`);
-      return EINVAL;
-    }
+    if (!checkSectorAligned(s, offsetBig, countBig)) return EINVAL;
   }
   const bs = image(s);
   // Bounds are known before the buffer exists: a read past the end fails without allocating.
@@ -291,6 +304,14 @@ async function readF(s: IoSession, argv: string[]): Promise<number> {
   if (vflag) dumpBuffer(s.o, buf, offset);
   printReport(s.o, 'read', t, offset, count, count, 1, cflag);
   return ret;
+}
+
+function noFallbackCapable(bs: BlockDriverState): boolean {
+  for (let n: BlockDriverState | null = bs; n; n = n.file) {
+    const d = n.driver;
+    if (!(d.isProtocol ?? false) && !(d.isFilter ?? false) && d.formatName !== 'raw') return false;
+  }
+  return true;
 }
 
 async function outOfBounds(bs: BlockDriverState, offset: number, bytes: number): Promise<boolean> {
@@ -389,23 +410,17 @@ async function writeF(s: IoSession, argv: string[]): Promise<number> {
     s.o.out('Only one of -z, -P, and -s can be specified at the same time\n');
     return EINVAL;
   }
-  const offset = parseNum(s, args[g.optind]);
-  if (offset instanceof OptFail) return offset.ret;
-  const count = parseNum(s, args[g.optind + 1]);
-  if (count instanceof OptFail) return count.ret;
+  const offsetR = parseNumBig(s, args[g.optind]);
+  if (offsetR instanceof OptFail) return offsetR.ret;
+  const countR = parseNumBig(s, args[g.optind + 1]);
+  if (countR instanceof OptFail) return countR.ret;
+  const [offset, offsetBig, count, countBig] = [offsetR.value, offsetR.big, countR.value, countR.big];
   if (count > BDRV_REQUEST_MAX_BYTES && !noFallback) {
     s.o.out(`length cannot exceed ${BDRV_REQUEST_MAX_BYTES} without -n, given ${args[g.optind + 1]}\n`);
     return EINVAL;
   }
   if (bflag || cflag) {
-    if (offset % BDRV_SECTOR_SIZE !== 0) {
-      s.o.out(`${offset} is not a sector-aligned value for 'offset'\n`);
-      return EINVAL;
-    }
-    if (count % BDRV_SECTOR_SIZE !== 0) {
-      s.o.out(`${count} is not a sector-aligned value for 'count'\n`);
-      return EINVAL;
-    }
+    if (!checkSectorAligned(s, offsetBig, countBig)) return EINVAL;
   }
   const bs = image(s);
   const oob = unsafeRequest(offset, count) || (await outOfBounds(bs, offset, count));
@@ -422,6 +437,9 @@ async function writeF(s: IoSession, argv: string[]): Promise<number> {
     if (oob) throw toolError('EIO', 'write');
     // Neither VM state (bdrv_save_vmstate) nor compressed writes exist in these formats.
     if (bflag || cflag) throw toolError('ENOTSUP', 'write');
+    // Only the raw/file stack can zero without a fallback (QEMU's supported_zero_flags): every
+    // other format refuses BDRV_REQ_NO_FALLBACK before trying, aligned or not.
+    if (zflag && noFallback && !noFallbackCapable(bs)) throw toolError('ENOTSUP', 'write');
     if (zflag) await bs.writeZeroes(offset, count, { mayUnmap, noFallback });
     else await bs.pwrite(offset, buf ?? new Uint8Array(0), { fua });
   });

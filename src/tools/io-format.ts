@@ -6,7 +6,11 @@ import { INT64_MAX, cvtstr, formatFixed, qemuStrtosz, type ToolOutput } from './
 /** Largest request qemu-io accepts (BDRV_REQUEST_MAX_BYTES: INT_MAX rounded down to 512). */
 export const BDRV_REQUEST_MAX_BYTES = 2147483136;
 
-export type CvtnumResult = { ok: true; value: number } | { ok: false; error: 'EINVAL' | 'ERANGE' };
+/**
+ * `value` is the number as a double (exact up to 2^53; beyond, callers see a non-safe integer
+ * and treat the request as out of range); `big` is exact, for messages that print it.
+ */
+export type CvtnumResult = { ok: true; value: number; big: bigint } | { ok: false; error: 'EINVAL' | 'ERANGE' };
 
 /** Multipliers of the suffixes that cannot be hex digits (B and E are digits after 0x). */
 const HEX_SUFFIX_MUL: Record<string, bigint> = { K: 1n << 10n, M: 1n << 20n, G: 1n << 30n, T: 1n << 40n, P: 1n << 50n };
@@ -32,9 +36,7 @@ export function cvtnum(o: ToolOutput, s: string): CvtnumResult {
     value = r.value;
   }
   if (value > INT64_MAX) return { ok: false, error: 'ERANGE' };
-  // Offsets and lengths beyond 2^53 cannot be addressed by the block layer; they are far past
-  // any image's end, so Infinity makes every later bounds check fail as QEMU's would.
-  return { ok: true, value: value > BigInt(Number.MAX_SAFE_INTEGER) ? Number.POSITIVE_INFINITY : Number(value) };
+  return { ok: true, value: Number(value), big: value };
 }
 
 /** print_cvtnum_err: the message for a failed cvtnum (stdout). */
