@@ -32,15 +32,17 @@ interface Args {
   build: boolean;
   write: boolean;
   keep: boolean;
+  /** UV_THREADPOOL_SIZE for our child processes (libuv's file I/O threads), or inherited. */
+  uvThreads: string | null;
 }
 
 function usage(): never {
-  process.stderr.write('usage: npm run bench -- [--runs N] [--only 1,2,...,8,mem] [--no-build] [--write] [--keep]\n');
+  process.stderr.write('usage: npm run bench -- [--runs N] [--only 1,2,...,8,mem] [--uv-threads N] [--no-build] [--write] [--keep]\n');
   process.exit(2);
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { runs: 5, only: null, build: true, write: false, keep: false };
+  const a: Args = { runs: 5, only: null, build: true, write: false, keep: false, uvThreads: null };
   for (let i = 0; i < argv.length; i++) {
     const [name, inline] = argv[i].split('=', 2);
     const value = (): string => {
@@ -72,6 +74,12 @@ function parseArgs(argv: string[]): Args {
       case '--keep':
         a.keep = true;
         break;
+      case '--uv-threads': {
+        const n = Number.parseInt(value(), 10);
+        if (!Number.isInteger(n) || n < 1 || n > 1024) usage();
+        a.uvThreads = String(n);
+        break;
+      }
       default:
         usage();
     }
@@ -89,15 +97,18 @@ interface Row {
   skipped?: string;
 }
 
+/** Environment of our child processes. */
+let oursEnv: NodeJS.ProcessEnv = process.env;
+
 function runOnce(w: Workload, tool: Tool, ctx: Ctx, ours: Ours): Measured {
   const args = w.prepare(ctx, tool);
   try {
     if (w.kind === 'convert') {
-      const cmd = tool === 'qemu' ? [ctx.qemuImg, 'convert', ...args] : [...(ours.convert ?? []), ...args];
-      return measure(cmd, ctx.dir);
+      if (tool === 'qemu') return measure([ctx.qemuImg, 'convert', ...args], ctx.dir);
+      return measure([...(ours.convert?.() ?? []), ...args], ctx.dir, oursEnv);
     }
-    const cmd = tool === 'qemu' ? [ctx.qemuImg, 'bench', ...args] : [...ours.bench(), ...args];
-    const m = measure(cmd, ctx.dir);
+    const m =
+      tool === 'qemu' ? measure([ctx.qemuImg, 'bench', ...args], ctx.dir) : measure([...ours.bench(), ...args], ctx.dir, oursEnv);
     if (m.reported === null) throw new Error(`no "Run completed" line from ${tool}: ${m.stdout}${m.stderr}`);
     return m;
   } finally {
@@ -155,8 +166,8 @@ function memoryCheck(ctx: Ctx, ours: Ours): MemoryResult {
   const f = MEMORY_CHECK.image(ctx);
   const qemuWrite = measure([ctx.qemuImg, 'bench', ...MEMORY_CHECK.writeArgs(f)], ctx.dir);
   const q = MEMORY_CHECK.image(ctx);
-  const write = measure([...ours.bench(), ...MEMORY_CHECK.writeArgs(q)], ctx.dir);
-  const read = measure([...ours.bench(), ...MEMORY_CHECK.readArgs(q)], ctx.dir);
+  const write = measure([...ours.bench(), ...MEMORY_CHECK.writeArgs(q)], ctx.dir, oursEnv);
+  const read = measure([...ours.bench(), ...MEMORY_CHECK.readArgs(q)], ctx.dir, oursEnv);
   // The cluster must really be there: QEMU reads back what we wrote.
   run([ctx.qemuImg, 'check', '-q', q]);
   const peakKiB = Math.max(write.maxRssKiB ?? -1, read.maxRssKiB ?? -1);
@@ -224,14 +235,17 @@ function memoryText(m: MemoryResult | null): string {
 }
 
 function machineText(mc: Machine, args: Args, started: Date, seconds: number, notes: string[]): string {
-  const cmd = `npm run bench${args.runs !== 5 || args.only ? ' --' : ''}${args.runs !== 5 ? ` --runs ${args.runs}` : ''}${
-    args.only ? ` --only ${[...args.only].join(',')}` : ''
-  }`;
+  const extra = [
+    args.runs !== 5 ? `--runs ${args.runs}` : '',
+    args.only ? `--only ${[...args.only].join(',')}` : '',
+    args.uvThreads !== null ? `--uv-threads ${args.uvThreads}` : '',
+  ].filter((x) => x !== '');
+  const cmd = `npm run bench${extra.length > 0 ? ` -- ${extra.join(' ')}` : ''}`;
   return [
     `- date: ${started.toISOString()} (took ${seconds.toFixed(0)} s)`,
     `- command: \`${cmd}\` (${args.runs} runs per tool and workload, alternating order; medians)`,
     `- machine: ${mc.nproc} CPUs, ${mc.model}, ${mc.memGiB} GiB RAM, load average at start ${mc.loadavg}`,
-    `- node ${mc.node}, UV_THREADPOOL_SIZE ${mc.uvThreadpool}; ${mc.qemuImg}`,
+    `- node ${mc.node}, UV_THREADPOOL_SIZE of blk-img: ${mc.uvThreadpool}; ${mc.qemuImg}`,
     `- images in a temporary directory under ${os.tmpdir()} (page cache warm: this measures the block layer, not the disk)`,
     ...notes.map((n) => `- note: ${n}`),
   ].join('\n');
@@ -263,7 +277,8 @@ function main(): number {
   const started = new Date();
   const t0 = process.hrtime.bigint();
   const qemuImg = 'qemu-img';
-  const mc = describeMachine(qemuImg);
+  if (args.uvThreads !== null) oursEnv = { ...process.env, UV_THREADPOOL_SIZE: args.uvThreads };
+  const mc = describeMachine(qemuImg, oursEnv.UV_THREADPOOL_SIZE);
   if (mc.qemuImg === 'not installed') {
     process.stderr.write('qemu-img is not installed (Debian: apt-get install qemu-utils)\n');
     return 1;

@@ -85,7 +85,7 @@ export interface Machine {
   uvThreadpool: string;
 }
 
-export function describeMachine(qemuImg: string): Machine {
+export function describeMachine(qemuImg: string, uvThreadpool: string | undefined): Machine {
   let model = os.cpus()[0]?.model ?? 'unknown';
   try {
     const m = /^model name\s*:\s*(.*)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'));
@@ -106,7 +106,7 @@ export function describeMachine(qemuImg: string): Machine {
     node: process.version,
     qemuImg: qemuVersion,
     loadavg: os.loadavg().map((x) => x.toFixed(2)).join(' '),
-    uvThreadpool: process.env.UV_THREADPOOL_SIZE ?? 'default (4)',
+    uvThreadpool: uvThreadpool ?? 'default (4)',
   };
 }
 
@@ -122,17 +122,18 @@ export function fmtMiB(kib: number | null): string {
 // ---------------------------------------------------------------------------------------------
 // How to run our side
 
-const IMG_JS = join(REPO, 'dist/src/tools/img.js');
+/** The blk-img launcher (imports dist/src/tools/img.js and runs its main). */
+const BLK_IMG = join(REPO, 'bin/blk-img.js');
 const BENCH_JS = join(REPO, 'dist/src/tools/bench.js');
 
 /**
- * Our command lines: the real CLI (dist/src/tools/img.js) when it dispatches `bench`, otherwise
- * a one-line launcher of the compiled imgBench (before the blk-img entry point existed).
+ * Our command lines: the real CLI (bin/blk-img.js over dist/) when it dispatches `bench`,
+ * otherwise a one-line launcher of the compiled imgBench (before the blk-img entry point existed).
  * `nodeFlags` go before the script (e.g. --cpu-prof).
  */
 export interface Ours {
   bench(nodeFlags?: string[]): string[];
-  convert: string[] | null;
+  convert: ((nodeFlags?: string[]) => string[]) | null;
   note: string;
 }
 
@@ -140,26 +141,26 @@ export function findOurs(tmp: string, qemuImg: string): Ours {
   const probeImg = join(tmp, 'probe.raw');
   run([qemuImg, 'create', '-q', '-f', 'raw', probeImg, '1M']);
   try {
-    if (existsSync(IMG_JS)) {
+    if (existsSync(BLK_IMG)) {
       let dispatches = false;
       try {
-        dispatches = run([process.execPath, IMG_JS, 'bench', '-c', '0', '-f', 'raw', probeImg]).stdout.startsWith('Sending 0 read requests');
+        dispatches = run([process.execPath, BLK_IMG, 'bench', '-c', '0', '-f', 'raw', probeImg]).stdout.startsWith('Sending 0 read requests');
       } catch {
         // Not dispatched (yet): the launcher below.
       }
       if (dispatches) {
-        let convert: string[] | null = [process.execPath, IMG_JS, 'convert'];
+        let convert: Ours['convert'] = (flags = []) => [process.execPath, ...flags, BLK_IMG, 'convert'];
         let note = '';
         const dst = join(tmp, 'probe.qed');
         try {
-          run([...convert, '-f', 'raw', '-O', 'qed', probeImg, dst]);
+          run([...convert(), '-f', 'raw', '-O', 'qed', probeImg, dst]);
           run([qemuImg, 'check', '-q', dst]);
         } catch (e) {
           convert = null;
           note = `blk-img convert did not work (${e instanceof Error ? e.message.split('\n')[0] : String(e)}): workload 7 skipped.`;
         }
         rmSync(dst, { force: true });
-        return { bench: (flags = []) => [process.execPath, ...flags, IMG_JS, 'bench'], convert, note };
+        return { bench: (flags = []) => [process.execPath, ...flags, BLK_IMG, 'bench'], convert, note };
       }
     }
   } finally {
@@ -174,7 +175,7 @@ export function findOurs(tmp: string, qemuImg: string): Ours {
     bench: (flags = []) => [process.execPath, ...flags, '--input-type=module', '-e', launcher, '--'],
     convert: null,
     note:
-      'dist/src/tools/img.js did not dispatch `bench` yet: our side ran through a launcher of ' +
+      'bin/blk-img.js did not dispatch `bench` yet: our side ran through a launcher of ' +
       'dist/src/tools/bench.js; blk-img convert unavailable, workload 7 skipped.',
   };
 }

@@ -6,6 +6,7 @@
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import { join, relative } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { REPO, findOurs, measure, run } from './lib.js';
 import { allWorkloads, type Ctx } from './workloads.js';
 
@@ -76,8 +77,8 @@ function main(): void {
     }
   }
   const w = allWorkloads().find((x) => x.id === id);
-  if (!w || w.kind !== 'bench') {
-    process.stderr.write(`no bench workload '${id}' (ids: ${allWorkloads().map((x) => x.id).join(' ')})\n`);
+  if (!w) {
+    process.stderr.write(`no workload '${id}' (ids: ${allWorkloads().map((x) => x.id).join(' ')})\n`);
     process.exit(2);
   }
   if (build) {
@@ -93,8 +94,11 @@ function main(): void {
     const ours = findOurs(dir, 'qemu-img');
     const profDir = join(dir, 'prof');
     const args = w.prepare(ctx, 'ours');
-    const m = measure([...ours.bench(['--cpu-prof', '--cpu-prof-dir', profDir, '--cpu-prof-interval', '200']), ...args], dir);
-    process.stdout.write(`workload ${w.id}: ${w.title}\n${m.stdout}`);
+    const flags = ['--cpu-prof', '--cpu-prof-dir', profDir, '--cpu-prof-interval', '200'];
+    const cmd = w.kind === 'bench' ? ours.bench(flags) : ours.convert?.(flags);
+    if (cmd === undefined) throw new Error('blk-img convert is not available');
+    const m = measure([...cmd, ...args], dir, process.env);
+    process.stdout.write(`workload ${w.id}: ${w.title}\n${m.stdout}(process ${m.wall.toFixed(3)} s)\n`);
     const file = readdirSync(profDir).find((f) => f.endsWith('.cpuprofile'));
     if (file === undefined) throw new Error('no .cpuprofile written');
     const s = summarise(JSON.parse(readFileSync(join(profDir, file), 'utf8')) as CpuProfile);
@@ -109,4 +113,5 @@ function main(): void {
   }
 }
 
-main();
+// Run only as a script: summarise() is also imported by other bench helpers.
+if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) main();
