@@ -78,12 +78,19 @@ export interface CorruptCase {
   mutations: Mutation[];
   /** Guest operations tried on the corrupted image. */
   ops: GuestWrite[];
+  inBacking?: boolean;
 }
 
 export const corruptCaseArb = (wide = false): fc.Arbitrary<CorruptCase> =>
   fc.record({
     // Small clusters: every table lies within the few-MiB file, so the allocation cap is tight.
-    geom: geometryArb(false).map((g) => ({ ...g, clusterSize: Math.min(g.clusterSize, 65536), backing: g.backing === 'raw' ? 'raw' : 'none' as const })),
+    geom: geometryArb(false).map((g) => ({
+      ...g,
+      clusterSize: Math.min(g.clusterSize, 65536),
+      backing: g.backing === 'chain3' ? ('qed' as const) : g.backing,
+    })),
+    /** Corrupt the QED backing file instead of the image (when there is one). */
+    inBacking: fc.boolean(),
     writes: fc.array(guestWriteArb, { minLength: 1, maxLength: 6 }),
     mutations: fc.array(mutationArb, { minLength: 1, maxLength: wide ? 6 : 3 }),
     ops: fc.array(guestWriteArb, { maxLength: 4 }),
@@ -233,7 +240,10 @@ export async function runCorruptCase(c: CorruptCase): Promise<number> {
       commands++;
     }
     await bs0.close();
-    const storeName = setup.top.slice('mem:'.length);
+    // The backing file is opened read-only under the image: corrupt it, and it must come
+    // through byte for byte.
+    const inBacking = c.inBacking === true && setup.backingFmt === 'qed';
+    const storeName = inBacking ? setup.backingName : setup.top.slice('mem:'.length);
     const valid = memStoreRead(storeName);
     const bad = mutate(valid, c.mutations);
     memStoreWrite(storeName, bad);
@@ -290,6 +300,12 @@ export async function runCorruptCase(c: CorruptCase): Promise<number> {
         if (!(again instanceof BlockError)) {
           await settle('check', again.check());
           await settle('close', again.close());
+        }
+      }
+      if (inBacking) {
+        const now = memStoreRead(storeName);
+        if (now.length !== bad.length || now.some((x, i) => x !== bad[i])) {
+          throw new ModelMismatch('the read-only backing file was written');
         }
       }
     });
