@@ -359,5 +359,11 @@ export function matrixOps(cs: number, l2Span: number, size: number): Op[] {
     ops.push({ kind: 'zero', off: l2Span - cs, len: 2 * cs });
     ops.push({ kind: 'write', off: l2Span + 512, len: 512, pat: 0x67 });
   }
+  if (3 * l2Span < size) {
+    // One request across two L2 boundaries (three tables, the middle one new), then aligned
+    // zeroing across the second boundary.
+    ops.push({ kind: 'write', off: l2Span - 3 * cs + 512, len: 2 * l2Span, pat: 0x68 });
+    ops.push({ kind: 'zero', off: 2 * l2Span - 2 * cs, len: 4 * cs });
+  }
   return ops;
 }
