@@ -5,7 +5,7 @@ import { ERRNO_MESSAGES, isBlockError } from '../block/errors.js';
 import { resolve } from 'node:path';
 import { errorExit, errorMessage, parseOptions, cvtnum } from './common.js';
 import { checkCacheMode } from './img-check.js';
-import { BDRV_BLOCK_ZERO, blockStatusAboveFlags } from './img-map.js';
+import { BDRV_BLOCK_ALLOCATED, BDRV_BLOCK_ZERO, blockStatusAboveFlags } from './img-map.js';
 import { HelpRequest, LONG_HELP, LONG_IMAGE_OPTS, LONG_OBJECT, Progress, closeQuietly, imgOpen, unsupportedOption, type ImgEnv } from './img-util.js';
 
 /** Copy chunk of the commit job. */
@@ -86,11 +86,12 @@ export async function imgCommit(env: ImgEnv, argv: string[]): Promise<number> {
         if ((await baseRw.getLength()) < len) await baseRw.truncate(len);
         const total = Math.max(len, 1);
         for (let off = 0; off < len; ) {
-          const a = await bs.isAllocatedAbove(baseBs, off, Math.min(len - off, COMMIT_BUF_SIZE));
-          const n = a.pnum;
-          if (a.allocated) {
-            const st = await blockStatusAboveFlags(bs, baseBs, off, n);
-            const m = st.pnum;
+          // Allocated above the base, counting the zeros a shorter intermediate layer reads as
+          // past its end (QEMU's is_allocated_above does; they are committed as zeros).
+          const st = await blockStatusAboveFlags(bs, baseBs, off, Math.min(len - off, COMMIT_BUF_SIZE));
+          const n = st.pnum;
+          if (st.flags & BDRV_BLOCK_ALLOCATED) {
+            const m = n;
             if (st.flags & BDRV_BLOCK_ZERO) {
               await baseRw.writeZeroes(off, m);
             } else {

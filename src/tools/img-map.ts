@@ -46,7 +46,9 @@ export interface LayerStatus {
  */
 export async function layerStatus(bs: BlockDriverState, offset: number, bytes: number): Promise<LayerStatus> {
   const st = await bs.blockStatus(offset, bytes);
-  const r: LayerStatus = { pnum: st.pnum, allocated: st.allocated || st.data || st.zero, data: st.data, zero: st.zero };
+    // ALLOCATED is what the driver itself claims (data or a zero marker); the generic layer's
+  // "reads as zero" for unallocated ranges does not make them present.
+  const r: LayerStatus = { pnum: st.pnum, allocated: st.allocated, data: st.data, zero: st.zero };
   if (st.offset !== undefined) {
     r.offset = st.offset;
     r.file = st.file;

@@ -56,7 +56,16 @@ export interface ImgOpenOptions {
 /** img_open: open or print "Could not open 'NAME': reason" and exit 1 (or `failStatus`). */
 export async function imgOpen(env: ImgEnv, filename: string, opts: ImgOpenOptions, failStatus = 1): Promise<BlockDriverState> {
   try {
-    return await openImage(env, filename, opts);
+    const bs = await openImage(env, filename, opts);
+    if (!bs.readOnly && opts.format === undefined && bs.driver.formatName === 'raw') {
+      // Writes to block 0 of a probed raw image are restricted (the raw driver guards them).
+      env.o.errRaw(
+        `WARNING: Image format was not specified for '${filename}' and probing guessed raw.\n` +
+          '         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n' +
+          "         Specify the 'raw' format explicitly to remove the restrictions.\n",
+      );
+    }
+    return bs;
   } catch (e) {
     env.o.error(`Could not open '${filename}': ${openErrorMessage(e, filename)}`);
     throw new ToolExit(failStatus);

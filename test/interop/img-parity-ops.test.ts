@@ -208,7 +208,10 @@ const sessions: Session[] = [
       ['commit', '-t', 'foo', 'ov2.qed'],
       ['commit', '-b', 'b2.qed', 't2.qed'],
     ],
-    images: ['base.qed', 'ov2.qed', 'b2.qed', 'm2.qed', 't2.qed'],
+    images: ['base.qed', 'ov2.qed', 'm2.qed', 't2.qed'],
+    // QEMU's commit job (mirror) copies extents with parallel requests that complete in no fixed
+    // order, so where several extents are allocated in the base the host offsets can differ.
+    contentOnly: ['b2.qed'],
   },
   {
     name: 'resize',
