@@ -19,6 +19,9 @@ const QED_DATA: ImageSpec = {
   setup: ['write -P 0x41 0 64k', 'write -P 0x62 128k 4k', 'write -z 256k 64k', 'write -P 0x33 2M 100'],
 };
 const RAW_DATA: ImageSpec = { name: 'data.raw', fmt: 'raw', size: '1M', setup: ['write -P 0x5a 4k 8k'] };
+/** A raw backing file and a QED overlay naming it relatively (created with -u, then copied). */
+const BASE: ImageSpec = { ...RAW_DATA, name: 'base.raw' };
+const OVERLAY: ImageSpec = { name: 'over.qed', fmt: 'qed', size: '1M', opts: ['-u', '-b', 'base.raw', '-F', 'raw'] };
 
 const q = (...c: string[]): string[] => [...cmds(...c), 'img.qed'];
 const r = (...c: string[]): string[] => ['-f', 'raw', ...cmds(...c), 'img.raw'];
@@ -171,6 +174,20 @@ const sessions: Session[] = [
   },
   { name: 'length and info', args: ['-f', 'qed', ...cmds('length', 'info'), 'data.qed'], images: [QED_DATA] },
   { name: 'raw length, info, map, alloc', args: r('length', 'info', 'map', 'alloc 0 2M', 'alloc 0', 'alloc 1M'), images: [RAW] },
+  { name: 'raw with data', args: ['-f', 'raw', ...cmds('map', 'alloc 4k 8k', 'read -P 0x5a 4k 8k', 'read -v 4090 12', 'write -P 0x21 5k 1k', 'read -v 5116 8'), 'data.raw'], images: [RAW_DATA], compareImages: true },
+  {
+    name: 'overlay over a raw backing file',
+    args: [...cmds('read -P 0x5a 4k 8k', 'read -P 0 0 4k', 'map', 'alloc 0 1M', 'write -P 1 6k 1k', 'read -v 6140 10', 'map', 'alloc 0 1M', 'info', 'read -P 0 64k 64k'), 'over.qed'],
+    images: [BASE, OVERLAY],
+    compareImages: true,
+  },
+  { name: 'copy-on-read from the backing file', args: ['-C', ...cmds('read -P 0 0 4k', 'map', 'read -P 0x5a 8k 1k', 'map'), 'over.qed'], images: [BASE, OVERLAY], compareImages: true },
+  { name: 'overlay opened read-only', args: ['-r', ...cmds('read -P 0x5a 4k 8k', 'write 0 1', 'map'), 'over.qed'], images: [BASE, OVERLAY] },
+  {
+    name: 'blkdebug error injection',
+    args: [...cmds('read 0 4k', 'write -P 1 0 4k', 'read 0 4k', 'readv 0 512', 'aio_read 0 512', 'aio_flush', 'read -P 1 0 4k'), 'blkdebug:inject.cfg:img.qed'],
+    images: [QED],
+  },
   { name: 'map of a populated image', args: ['-f', 'qed', ...cmds('map'), 'data.qed'], images: [QED_DATA] },
   { name: 'map of an empty image', args: q('map'), images: [QED] },
   {
@@ -243,6 +260,7 @@ describe.skipIf(!qemu)('blk-io parity with qemu-io 7.2', () => {
     runner.beforeRun = (caseDir: string) => {
       writeFileSync(join(caseDir, 'pat.txt'), 'abcdefghijABCDEFGHIJ0123456789 !"#$%&\'()*+,-./:;<=>?@[\\]^_`{|}~\x01\x7f\xff');
       writeFileSync(join(caseDir, 'empty.txt'), '');
+      writeFileSync(join(caseDir, 'inject.cfg'), '[inject-error]\nevent = "read_aio"\nerrno = "5"\n');
       writeFileSync(join(caseDir, 'qedhead.bin'), Buffer.concat([Buffer.from('QED\0', 'latin1'), Buffer.alloc(508)]));
     };
   });
