@@ -324,3 +324,111 @@ export async function propCorruption(opts: PropertyOptions): Promise<void> {
     { ...fcParams(opts), examples: [...corruptExamples, ...((opts.examples ?? []) as [CorruptCase][])] },
   );
 }
+
+// ---------------------------------------------------------------------------------------------
+// I/O errors during the open-time repair
+
+export interface RepairFaultCase {
+  geom: Geometry;
+  writes: GuestWrite[];
+  /** L2 entries to point past the end of the file (what a crash leaves behind). */
+  dangling: number[];
+  event: 'l2_load' | 'l2_update' | 'l1_update' | 'read_aio' | 'write_aio';
+  once: boolean;
+}
+
+export const repairFaultCaseArb: fc.Arbitrary<RepairFaultCase> = fc.record({
+  geom: geometryArb(false).map((g) => ({ ...g, clusterSize: Math.min(g.clusterSize, 65536), backing: 'none' as const })),
+  writes: fc.array(guestWriteArb, { minLength: 1, maxLength: 6 }),
+  dangling: fc.array(fc.nat({ max: 1 << 16 }), { minLength: 0, maxLength: 3 }),
+  event: fc.constantFrom<RepairFaultCase['event']>('l2_load', 'l2_update', 'l1_update', 'read_aio', 'write_aio'),
+  once: fc.boolean(),
+});
+
+/**
+ * A dirty image (NEED_CHECK set, L2 entries pointing past EOF) opened read-write through
+ * blkdebug with an error armed at a metadata event: the open (and its repair) either works or
+ * fails with a BlockError, and the image is not made worse: a later plain open repairs it
+ * completely and the data that was there reads back.
+ */
+export async function runRepairFaultCase(c: RepairFaultCase): Promise<number> {
+  const setup = await buildImage(c.geom, freshPrefix('rf'));
+  let commands = 0;
+  try {
+    if (setup.format !== 'qed') return 0;
+    const bs0 = await setup.open();
+    for (const w of c.writes) {
+      const { offset, data } = placeWrite(w, setup);
+      await applyWrite(bs0, w, offset, data);
+      setup.model.write(offset, data);
+      commands++;
+    }
+    await bs0.close();
+    const storeName = setup.top.slice('mem:'.length);
+    const img = memStoreRead(storeName);
+    const cs = Number(getLE(img, 4, 4));
+    const ts = Number(getLE(img, 8, 4));
+    const l1 = Number(getLE(img, 40, 8));
+    const entries = (ts * cs) / 8;
+    const tables: number[] = [];
+    for (let i = 0; i < entries; i++) {
+      const e = Number(getLE(img, l1 + 8 * i, 8));
+      if (e !== 0) tables.push(e);
+    }
+    const danglingAt: number[] = [];
+    if (tables.length > 0) {
+      for (const d of c.dangling) {
+        const t = tables[d % tables.length];
+        const idx = d % entries;
+        // Only unallocated entries: the guest data the model knows stays reachable.
+        if (getLE(img, t + 8 * idx, 8) !== 0n) continue;
+        putLE(img, t + 8 * idx, 8, BigInt(img.length - (img.length % cs) + cs * (1 + (d % 3))));
+        danglingAt.push(idx);
+      }
+    }
+    putLE(img, 16, 8, getLE(img, 16, 8) | 2n); // NEED_CHECK
+    memStoreWrite(storeName, img);
+
+    const config = `[inject-error]\nevent = "${c.event}"\nonce = "${c.once ? 'on' : 'off'}"\n`;
+    const dbg = await settle(
+      'open through blkdebug',
+      BlockDriverState.open(`blkdebug::${setup.top}`, {
+        format: 'qed',
+        registry: setup.registry,
+        clock: new VirtualClock(),
+        driverOptions: { configText: config },
+      }),
+    );
+    if (!(dbg instanceof BlockError)) {
+      await settle('read', dbg.pread(0, new Uint8Array(Math.min(setup.model.size, 65536))));
+      await settle('close', dbg.close());
+    }
+    commands++;
+    const again = await setup.open();
+    try {
+      const r = await again.check();
+      if (r.corruptions !== 0 || r.checkErrors !== 0) {
+        throw new ModelMismatch(`after a repair under injected ${c.event}: corruptions=${r.corruptions} checkErrors=${r.checkErrors}`);
+      }
+      const got = new Uint8Array(setup.model.size);
+      await again.pread(0, got);
+      const d = got.findIndex((x, i) => x !== setup.model.bytes[i]);
+      if (d >= 0) throw new ModelMismatch(`after a repair under injected ${c.event}: data differs at ${d}`);
+    } finally {
+      await again.close();
+    }
+  } finally {
+    setup.cleanup();
+  }
+  return commands;
+}
+
+export async function propRepairFault(opts: PropertyOptions): Promise<void> {
+  await fc.assert(
+    fc.asyncProperty(repairFaultCaseArb, async (c) => {
+      const n = await runRepairFaultCase(c);
+      opts.onCommands?.(n);
+    }),
+    fcParams(opts),
+  );
+}

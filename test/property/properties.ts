@@ -4,7 +4,7 @@
  */
 import fc from 'fast-check';
 import { propConcurrent } from './concurrency.js';
-import { propCorruption } from './corruption.js';
+import { propCorruption, propRepairFault } from './corruption.js';
 import { propBlkdebug, propPowerLoss } from './fault-props.js';
 import { propQemuInterop } from './interop-props.js';
 import { BlockDriverState, VirtualClock } from '../../src/index.js';
@@ -116,6 +116,7 @@ export const ALL_PROPERTIES: Record<string, PropertyFn> = {
   powerloss: propPowerLoss,
   concurrent: propConcurrent,
   corruption: propCorruption,
+  repairfault: propRepairFault,
   blkverify: propBlkverify,
   qemu: propQemuInterop,
 };
