@@ -4,7 +4,7 @@ import { concStats, propConcurrent } from './concurrency.js';
 describe('concurrent requests under fc.scheduler (QED over a scheduled mem protocol)', () => {
   it('every batch ends as some per-sector serialisation of its writes; cancelled AIO writes are all or nothing', async () => {
     const before = { ...concStats };
-    await propConcurrent({ numRuns: 80 });
+    await propConcurrent({ numRuns: 150 });
     expect(concStats.multiRequestBatches - before.multiRequestBatches).toBeGreaterThan(40);
     expect(concStats.cancelledBeforeStart - before.cancelledBeforeStart).toBeGreaterThan(0);
   });

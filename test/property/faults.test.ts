@@ -5,14 +5,14 @@ describe('fault injection (QED over mem)', () => {
   it('an error injected at any event of a write fails that write and leaves only leaks', async () => {
     let commands = 0;
     const before = faultStats.injections;
-    await propBlkdebug({ numRuns: 120, onCommands: (n) => (commands += n) });
+    await propBlkdebug({ numRuns: 250, onCommands: (n) => (commands += n) });
     // The property proves something only if errors were really injected.
     expect(faultStats.injections - before).toBeGreaterThan(10);
     expect(commands).toBeGreaterThan(120);
   });
   it('power loss: flushed writes survive, the open-time check leaves only leaks', async () => {
     const before = { ...faultStats };
-    await propPowerLoss({ numRuns: 120 });
+    await propPowerLoss({ numRuns: 250 });
     expect(faultStats.crashedMidRequest - before.crashedMidRequest).toBeGreaterThan(5);
     expect(faultStats.pendingAtCrash - before.pendingAtCrash).toBeGreaterThan(20);
   });

@@ -7,7 +7,7 @@ const qemu = requireQemu();
 describe.skipIf(!qemu)('QED after random sequences, as qemu-img 7.2 sees it', () => {
   it('qemu-img compare finds the model bytes and qemu-img check finds nothing', async () => {
     let commands = 0;
-    await propQemuInterop({ numRuns: 40, onCommands: (n) => (commands += n) });
+    await propQemuInterop({ numRuns: 60, onCommands: (n) => (commands += n) });
     expect(commands).toBeGreaterThan(40);
   });
 });

@@ -5,7 +5,7 @@ import { formatUnderTest } from './harness.js';
 describe(`model-based sequential (${formatUnderTest()} over mem)`, () => {
   it('random command sequences read back as the byte-array model', async () => {
     let commands = 0;
-    await propSequential({ numRuns: 100, onCommands: (n) => (commands += n) });
+    await propSequential({ numRuns: 250, onCommands: (n) => (commands += n) });
     expect(commands).toBeGreaterThan(300);
   });
 });
@@ -13,7 +13,7 @@ describe(`model-based sequential (${formatUnderTest()} over mem)`, () => {
 describe('blkverify (raw reference vs QED under test)', () => {
   it('the same sequences through blkverify never report a mismatch', async () => {
     let commands = 0;
-    await propBlkverify({ numRuns: 60, onCommands: (n) => (commands += n) });
+    await propBlkverify({ numRuns: 150, onCommands: (n) => (commands += n) });
     expect(commands).toBeGreaterThan(100);
   });
 });
