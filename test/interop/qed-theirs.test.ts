@@ -8,7 +8,7 @@
 import { closeSync, copyFileSync, openSync, readFileSync, readSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BlockDriverState } from '../../src/index.js';
+import { BlockDriverState, bdrvCreate } from '../../src/index.js';
 import { firstDiff, u64 } from '../unit/qed-helpers.js';
 import { makeTempDir, removeTempDir, requireQemu, runQemuImg, runQemuIo } from './qemu.js';
 import {
@@ -345,5 +345,27 @@ describe.skipIf(!qemu)('QED interop: images QEMU 7.2 creates and writes, read by
     expect(q.status).toBe(3);
     expect(mine.leaks).toBe(0);
     expect({ ...mine, leaks: q.fields.leaks }).toEqual(q.fields);
+  });
+
+  it('a 0-byte image grown and written: QEMU-made read here, ours read by QEMU, same bytes', async () => {
+    qemuImg(['create', '-q', '-f', 'qed', 'z-q.qed', '0']);
+    await bdrvCreate(join(dir, 'z-o.qed'), { format: 'qed', options: { size: 0 } });
+    expect(firstDiff(readFileSync(join(dir, 'z-o.qed')), readFileSync(join(dir, 'z-q.qed')))).toBe(-1);
+    // An empty disk maps to one empty entry in qemu-img 7.2, to nothing here.
+    expect(qemuMap('z-q.qed', dir)).toEqual([{ start: 0, length: 0, depth: 0, present: false, zero: false, data: false }]);
+    expect(await ourCheck(join(dir, 'z-q.qed'))).toEqual(qemuCheck(join(dir, 'z-q.qed')).fields);
+    qemuIoBatch('z-q.qed', ['truncate 1M', 'write -q -P 3 0 4k', 'write -q -z 64k 64k', 'write -q -P 4 1020k 4k'], ['-f', 'qed'], dir);
+    const bs = await BlockDriverState.open(join(dir, 'z-o.qed'));
+    await bs.truncate(M);
+    for (const op of [
+      { kind: 'write', off: 0, len: 4 * K, pat: 3 },
+      { kind: 'zero', off: 64 * K, len: 64 * K },
+      { kind: 'write', off: 1020 * K, len: 4 * K, pat: 4 },
+    ] as Op[]) await applyOurs(bs, op);
+    await bs.close();
+    expect(firstDiff(readFileSync(join(dir, 'z-o.qed')), readFileSync(join(dir, 'z-q.qed')))).toBe(-1);
+    const rd = await BlockDriverState.open(join(dir, 'z-q.qed'), { readOnly: true });
+    expect(await ourMap(rd)).toEqual(qemuMap('z-q.qed', dir));
+    await rd.close();
   });
 });
