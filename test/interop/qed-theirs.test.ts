@@ -77,6 +77,11 @@ describe.skipIf(!qemu)('QED interop: images QEMU 7.2 creates and writes, read by
     expect(r.status).toBe(0);
   }
 
+  function qemuReadAllRaw(img: string): Buffer {
+    qemuImg(['convert', '-O', 'raw', img, `${img}.raw`]);
+    return readFileSync(join(dir, `${img}.raw`));
+  }
+
   /** A backing file written by QEMU tools; returns its name and format. */
   function makeBacking(kind: Backing, size: number): { name: string; fmt: string } | null {
     if (kind === 'none') return null;
@@ -367,5 +372,21 @@ describe.skipIf(!qemu)('QED interop: images QEMU 7.2 creates and writes, read by
     const rd = await BlockDriverState.open(join(dir, 'z-q.qed'), { readOnly: true });
     expect(await ourMap(rd)).toEqual(qemuMap('z-q.qed', dir));
     await rd.close();
+  });
+
+  it('a three-level chain (QED over QED over raw, each shorter than the one above): same bytes, same map', async () => {
+    qemuImg(['create', '-q', '-f', 'raw', 'c3-base.raw', '4M']);
+    qemuIoBatch('c3-base.raw', ['write -q -P 0x31 0 4M'], ['-f', 'raw'], dir);
+    qemuImg(['create', '-q', '-f', 'qed', '-o', 'cluster_size=4096,table_size=2', '-b', 'c3-base.raw', '-F', 'raw', 'c3-mid.qed', '8M']);
+    qemuIoBatch('c3-mid.qed', ['write -q -P 0x32 1M 64k', 'write -q -z 2M 64k', `write -q -P 0x33 ${6 * M} 8k`], ['-f', 'qed'], dir);
+    qemuImg(['create', '-q', '-f', 'qed', '-o', 'cluster_size=4096,table_size=2', '-b', 'c3-mid.qed', '-F', 'qed', 'c3-top.qed', '16M']);
+    qemuIoBatch('c3-top.qed', ['write -q -P 0x34 1M 4k', `write -q -P 0x35 ${6 * M + 4 * K} 8k`, `write -q -P 0x36 ${12 * M} 4k`], ['-f', 'qed'], dir);
+    const raw = qemuReadAllRaw('c3-top.qed');
+    const bs = await BlockDriverState.open(join(dir, 'c3-top.qed'), { readOnly: true });
+    const mine = new Uint8Array(16 * M);
+    await bs.pread(0, mine);
+    expect(firstDiff(mine, raw)).toBe(-1);
+    expect(await ourMap(bs)).toEqual(qemuMap('c3-top.qed', dir));
+    await bs.close();
   });
 });
