@@ -6,6 +6,7 @@ import fc from 'fast-check';
 import { propConcurrent } from './concurrency.js';
 import { propCorruption, propRepairFault } from './corruption.js';
 import { propBlkdebug, propPowerLoss } from './fault-props.js';
+import { propHuge } from './huge.js';
 import { propQemuInterop } from './interop-props.js';
 import { BlockDriverState, VirtualClock } from '../../src/index.js';
 import { memStoreWrite } from '../../src/drivers/mem/index.js';
@@ -117,6 +118,7 @@ export const ALL_PROPERTIES: Record<string, PropertyFn> = {
   concurrent: propConcurrent,
   corruption: propCorruption,
   repairfault: propRepairFault,
+  huge: propHuge,
   blkverify: propBlkverify,
   qemu: propQemuInterop,
 };

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { propBlkverify, propSequential } from './properties.js';
 import { formatUnderTest } from './harness.js';
+import { propHuge } from './huge.js';
 
 describe(`model-based sequential (${formatUnderTest()} over mem)`, () => {
   it('random command sequences read back as the byte-array model', async () => {
@@ -15,5 +16,13 @@ describe('blkverify (raw reference vs QED under test)', () => {
     let commands = 0;
     await propBlkverify({ numRuns: 150, onCommands: (n) => (commands += n) });
     expect(commands).toBeGreaterThan(100);
+  });
+});
+
+describe('huge sparse images (offsets past 2^31, 2^32, up to the size limit)', () => {
+  it('writes near 32-bit and L2 boundaries and at the very end read back', async () => {
+    let commands = 0;
+    await propHuge({ numRuns: 40, onCommands: (n) => (commands += n) });
+    expect(commands).toBeGreaterThan(40);
   });
 });
