@@ -12,7 +12,7 @@ import {
   blkdebugRemoveBreak,
   blkdebugResume,
 } from '../drivers/blkdebug/index.js';
-import { Getopt, cvtstr } from './common.js';
+import { Getopt, cvtstr, type ToolOutput } from './common.js';
 import { COMMAND_HELP } from './io-help.js';
 import {
   BDRV_REQUEST_MAX_BYTES,
@@ -1042,18 +1042,29 @@ export function parseAioMode(mode: string): boolean | null {
   return null;
 }
 
-/** QemuOpts "key=value,key2=value2" (",," is a literal comma). */
-export function parseKeyValues(text: string): Map<string, string> | string {
+/**
+ * QemuOpts "key=value,key2=value2" (",," is a literal comma). A bare word is the deprecated
+ * short form of a boolean ("foo" = foo=on, "nofoo" = foo=off), with QEMU's warning.
+ */
+export function parseKeyValues(o: ToolOutput, text: string): Map<string, string> {
   const out = new Map<string, string>();
   let i = 0;
   while (i < text.length) {
     let key = '';
     while (i < text.length && text[i] !== '=' && text[i] !== ',') key += text[i++];
-    if (text[i] !== '=') return `Invalid parameter '${key}'`;
+    if (text[i] !== '=') {
+      i++;
+      const off = key.startsWith('no');
+      const name = off ? key.slice(2) : key;
+      const value = off ? 'off' : 'on';
+      o.warn(`short-form boolean option '${key}' deprecated`);
+      o.errRaw(`Please use ${name}=${value} instead\n`);
+      out.set(name, value);
+      continue;
+    }
     i++;
     let val = '';
-    for (;;) {
-      if (i >= text.length) break;
+    while (i < text.length) {
       if (text[i] === ',') {
         if (text[i + 1] === ',') {
           val += ',';
@@ -1106,7 +1117,15 @@ export async function openfile(
     extra.delete('read-only');
   }
   const target = name ?? fileName ?? null;
+  if (target === null && driver === undefined) return fail('Must specify either driver or file');
   if (target === null || target === '') return fail("The 'file' block driver requires a file name");
+  for (const key of ['cache.direct', 'cache.no-flush']) {
+    const v = extra.get(key);
+    if (v === undefined) continue;
+    if (key === 'cache.direct') f.nocache = v === 'on';
+    else f.noFlush = v === 'on';
+    extra.delete(key);
+  }
   if (f.forceShare && !f.readOnly) return fail('force-share=on can only be used with read-only images');
   if (f.nativeAio && !f.nocache) {
     return fail('aio=native was specified, but it requires cache.direct=on, which was not specified.');
@@ -1238,13 +1257,7 @@ async function openF(s: IoSession, argv: string[]): Promise<number> {
           fail = new OptFail(EINVAL);
           return false;
         }
-        const kv = parseKeyValues(a);
-        if (typeof kv === 'string') {
-          s.o.error(kv);
-          fail = new OptFail(EINVAL);
-          return false;
-        }
-        opts = new Map([...opts, ...kv]);
+        opts = new Map([...opts, ...parseKeyValues(s.o, a)]);
         break;
       }
       case 'U':
@@ -1260,7 +1273,10 @@ async function openF(s: IoSession, argv: string[]): Promise<number> {
   if (fail !== null) return (fail as OptFail).ret;
   const args = g.rest;
   let ok: boolean;
-  if (g.optind === args.length - 1) ok = await openfile(s, args[g.optind], f, opts);
+  if (s.imageOpts && g.optind === args.length - 1) {
+    // With --image-opts the argument is itself the option string.
+    ok = await openfile(s, null, f, parseKeyValues(s.o, args[g.optind]));
+  } else if (g.optind === args.length - 1) ok = await openfile(s, args[g.optind], f, opts);
   else if (g.optind === args.length) ok = await openfile(s, null, f, opts);
   else {
     usage(s, openCmd);
@@ -1291,13 +1307,7 @@ async function reopenF(s: IoSession, argv: string[]): Promise<number> {
       }
       hasCache = true;
     } else if (c === 'o') {
-      const kv = parseKeyValues(a);
-      if (typeof kv === 'string') {
-        s.o.error(kv);
-        fail = new OptFail(EINVAL);
-        return false;
-      }
-      opts = new Map([...opts, ...kv]);
+      opts = new Map([...opts, ...parseKeyValues(s.o, a)]);
     } else if (c === 'r' || c === 'w') {
       if (hasRw) {
         s.o.error('Only one -r/-w option may be given');

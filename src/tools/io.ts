@@ -304,9 +304,7 @@ async function run(s: IoSession, args: string[], io: BlkIoIO): Promise<number> {
   if (rest.length === 1) {
     let ok: boolean;
     if (imageOpts) {
-      const kv = parseKeyValues(rest[0]);
-      if (typeof kv === 'string') fail(kv);
-      ok = await openfile(s, null, flags, kv as Map<string, string>);
+      ok = await openfile(s, null, flags, parseKeyValues(o, rest[0]));
     } else {
       ok = await openfile(s, rest[0], { ...flags, format });
     }

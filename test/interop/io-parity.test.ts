@@ -216,6 +216,21 @@ const sessions: Session[] = [
     args: ['-f', 'raw', ...cmds('close', 'open -o driver=raw img.raw', 'length', 'close', 'open -r -o driver=raw img.raw', 'write 0 1', 'close', 'open -o driver=qed img.raw'), 'img.raw'],
     images: [RAW],
   },
+  { name: 'image-opts', args: ['--image-opts', ...cmds('info', 'length', 'write -P 2 0 1k', 'read -P 2 0 1k'), 'driver=qed,file.filename=img.qed'], images: [QED], compareImages: true },
+  { name: 'image-opts without a driver', args: ['--image-opts', ...cmds('length'), 'img.qed'], images: [QED] },
+  { name: 'image-opts and open', args: ['--image-opts', ...cmds('open -o driver=raw img.qed', 'open driver=raw,file.filename=img.qed', 'info', 'close', 'open driver=qed,file.driver=file,file.filename=img.qed', 'info')], images: [QED] },
+  {
+    name: 'open option strings',
+    args: cmds('open -o foo img.qed', 'open -o driver=qed,,x img.qed', 'open -o a=b,c img.qed', 'open -o =b img.qed', 'open -o nofoo img.qed', 'open -o driver=qed -o bar=1 img.qed', 'open -o driver=qed,cache.no-flush=on img.qed', 'info'),
+    images: [QED],
+  },
+  {
+    name: 'QED with 4 KiB clusters',
+    args: ['-f', 'qed', ...cmds('info', 'write -P 1 4k 4k', 'write -z 16k 8k', 'map', 'alloc 0 64k', 'read -P 0 0 4k', 'truncate 3M', 'length'), 'small.qed'],
+    images: [{ name: 'small.qed', fmt: 'qed', size: '2M', opts: ['-o', 'cluster_size=4096,table_size=2'] }],
+    compareImages: true,
+  },
+  { name: 'altname option errors', args: q('r -x 0 1', 'w -x 0 1', 'alloc 100 1000', 'q -x'), images: [QED] },
   {
     name: 'reopen',
     args: q('reopen -r', 'write 0 1', 'read 0 1', 'reopen -w', 'write 0 1', 'reopen -r -w', 'reopen -c bogus', 'reopen -c none', 'reopen -c writeback', 'reopen -o cache.direct=on -c none', 'reopen -o foo=bar', 'reopen -c unsafe', 'reopen -o read-only=on -r', 'reopen -x', 'reopen 1', 'write 0 1', 'map'),
