@@ -60,12 +60,9 @@ export async function layerStatus(bs: BlockDriverState, offset: number, bytes: n
   return r;
 }
 
-/** The node that really holds the bytes at a host offset: through raw/filters to the protocol. */
-function leafFilename(file: BlockDriverState | undefined): string | null {
-  if (!file) return null;
-  let n: BlockDriverState = file;
-  while (n.file) n = n.file;
-  return n.filename;
+/** The node holding the bytes at `offset` is named as it was opened (a filter keeps its prefix). */
+function nodeFilename(file: BlockDriverState | undefined): string | null {
+  return file ? file.filename : null;
 }
 
 /** get_block_status of qemu-img map: walk down the chain until a layer decides. */
@@ -95,7 +92,7 @@ export async function getBlockStatus(top: BlockDriverState, offset: number, byte
     hasOffset,
     depth,
     present: st.allocated,
-    filename: hasOffset ? leafFilename(st.file) : null,
+    filename: hasOffset ? nodeFilename(st.file) : null,
   };
 }
 

@@ -88,11 +88,6 @@ export async function imgRebase(env: ImgEnv, argv: string[]): Promise<number> {
       env.o.error(`Invalid format name: '${basefmt}'`);
       return 1;
     }
-    // Checked before anything is copied (QEMU only finds out when it changes the header).
-    if (base !== '' && basefmt === null) {
-      env.o.error(`Could not change the backing file to '${base}': backing format must be specified`);
-      return 1;
-    }
     let prefixChain: BlockDriverState | null = null;
     if (!unsafe) {
       const oldBacking = bs.backing;
@@ -182,16 +177,24 @@ export async function imgRebase(env: ImgEnv, argv: string[]): Promise<number> {
         progress.print(localProgress, 100);
       }
     }
-    try {
-      if (base !== '') await bs.changeBackingFile(base, basefmt);
-      else await bs.changeBackingFile(null, null);
-    } catch (e) {
-      if (isBlockError(e, 'ENOSPC')) env.o.error(`Could not change the backing file to '${base}': No space left in the file header`);
-      else env.o.error(`Could not change the backing file to '${base}': ${errno(e)}`);
-      return 1;
+    // A new backing file needs its format (bdrv_change_backing_file's "require"). What was
+    // copied above keeps the guest view unchanged, so stopping here is harmless.
+    let status = 0;
+    if (base !== '' && basefmt === null) {
+      env.o.error(`Could not change the backing file to '${base}': backing format must be specified`);
+      status = 1;
+    } else {
+      try {
+        if (base !== '') await bs.changeBackingFile(base, basefmt);
+        else await bs.changeBackingFile(null, null);
+      } catch (e) {
+        if (isBlockError(e, 'ENOSPC')) env.o.error(`Could not change the backing file to '${base}': No space left in the file header`);
+        else env.o.error(`Could not change the backing file to '${base}': ${errno(e)}`);
+        status = 1;
+      }
     }
     progress.print(100, 0);
-    return 0;
+    return status;
   } catch (e) {
     if (e instanceof ToolExit) throw e;
     env.o.error(errorMessage(e));

@@ -83,6 +83,25 @@ const sessions: Session[] = [
     ],
     images: ['y.qed', 'z.qed', 'w.qed'],
   },
+  {
+    name: 'I/O errors injected with blkdebug',
+    setup: [
+      ['qemu-img', 'create', '-q', '-f', 'qed', 'c1.qed', '1M'],
+      ['qemu-io', '-f', 'qed', '-c', 'write -P 1 64k 4k', 'c1.qed'],
+      ['sh', 'printf \'[inject-error]\\nevent = "read_aio"\\nerrno = "5"\\n\' > rd.cfg'],
+    ],
+    steps: [
+      { args: ['compare', 'blkdebug:rd.cfg:c1.qed', 'c1.qed'], merged: true },
+      ['compare', 'c1.qed', 'blkdebug:rd.cfg:c1.qed'],
+      ['map', 'blkdebug:rd.cfg:c1.qed'],
+      ['map', '--output=json', 'blkdebug:rd.cfg:c1.qed'],
+      ['convert', '-O', 'raw', 'blkdebug:rd.cfg:c1.qed', 'out.raw'],
+      ['dd', 'if=blkdebug:rd.cfg:c1.qed', 'of=out2.raw', 'bs=64k'],
+      ['info', 'blkdebug:rd.cfg:c1.qed'],
+      ['check', 'blkdebug:rd.cfg:c1.qed'],
+      ['info', 'blkdebug:nonexist.cfg:c1.qed'],
+    ],
+  },
 ];
 
 describe.skipIf(!qemu)('blk-img parity with qemu-img 7.2: damaged images', () => {

@@ -17,6 +17,8 @@ export interface Step {
   args: string[];
   /** Also compare the interleaving of stdout and stderr on one pipe (command must be re-runnable). */
   merged?: boolean;
+  /** Collapse progress meters before comparing (commit's job loop prints a different count). */
+  maskProgress?: boolean;
 }
 
 export interface Session {
@@ -38,11 +40,9 @@ export interface Outcome {
 }
 
 /** Mask what depends on the host's allocation and timing, collapse progress meters. */
-export function mask(s: string): string {
-  return s
-    .replace(/disk size: .*/g, 'disk size: <masked>')
-    .replace(/"actual-size": \d+/g, '"actual-size": <masked>')
-    .replace(/(?: {4}\(\d+\.\d\d\/100%\)\r)+/g, '<progress>');
+export function mask(s: string, maskProgress = false): string {
+  const m = s.replace(/disk size: .*/g, 'disk size: <masked>').replace(/"actual-size": \d+/g, '"actual-size": <masked>');
+  return maskProgress ? m.replace(/(?: {4}\(\d+\.\d\d\/100%\)\r)+/g, '<progress>') : m;
 }
 
 function runSetup(cmd: string[], cwd: string): void {
@@ -54,17 +54,17 @@ function runSetup(cmd: string[], cwd: string): void {
   if (r.status !== 0) throw new Error(`set-up ${cmd.join(' ')} failed: ${String(r.stderr)}`);
 }
 
-export function runTheirs(args: string[], cwd: string, merged: boolean): Outcome {
+export function runTheirs(args: string[], cwd: string, merged: boolean, mp = false): Outcome {
   const r = runQemuImg(args, { cwd });
-  const out: Outcome = { stdout: mask(r.stdout), stderr: mask(r.stderr), status: r.status };
+  const out: Outcome = { stdout: mask(r.stdout, mp), stderr: mask(r.stderr, mp), status: r.status };
   if (merged) {
     const m = spawnSync('/bin/sh', ['-c', 'exec "$@" 2>&1', 'sh', 'qemu-img', ...args], { cwd, encoding: 'utf8' });
-    out.merged = mask(String(m.stdout));
+    out.merged = mask(String(m.stdout), mp);
   }
   return out;
 }
 
-export async function runOurs(args: string[], cwd: string, merged: boolean): Promise<Outcome> {
+export async function runOurs(args: string[], cwd: string, merged: boolean, mp = false): Promise<Outcome> {
   let stdout = '';
   let stderr = '';
   let all = '';
@@ -89,8 +89,8 @@ export async function runOurs(args: string[], cwd: string, merged: boolean): Pro
   } finally {
     process.chdir(old);
   }
-  const out: Outcome = { stdout: mask(stdout), stderr: mask(stderr), status };
-  if (merged) out.merged = mask(all);
+  const out: Outcome = { stdout: mask(stdout, mp), stderr: mask(stderr, mp), status };
+  if (merged) out.merged = mask(all, mp);
   return out;
 }
 
@@ -117,8 +117,9 @@ export async function runSession(root: string, s: Session): Promise<StepResult[]
   for (const raw of s.steps) {
     const step: Step = Array.isArray(raw) ? { args: raw } : raw;
     const merged = step.merged === true;
-    const theirs = runTheirs(step.args, dq, merged);
-    const ours = await runOurs(step.args, db, merged);
+    const mp = step.maskProgress === true;
+    const theirs = runTheirs(step.args, dq, merged, mp);
+    const ours = await runOurs(step.args, db, merged, mp);
     results.push({ label: `qemu-img ${step.args.join(' ')}`, theirs, ours });
   }
   const all = [...(s.images ?? []).map((i) => ({ img: i, full: true })), ...(s.contentOnly ?? []).map((i) => ({ img: i, full: false }))];
