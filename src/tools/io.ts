@@ -9,6 +9,9 @@ import { COMMANDS, openfile, parseAioMode, parseCacheMode, parseKeyValues, qemui
 import { IoSession, defaultOpenFlags, type IoHooks } from './io-session.js';
 
 export { COMMANDS } from './io-cmds.js';
+
+/** Reported by -V (package.json's version). */
+const BLOCKLAYER_VERSION = '0.1.0';
 export { maskTimings } from './io-format.js';
 
 /** Where blk-io talks to; every field defaults to the process's own. */
@@ -122,6 +125,11 @@ class LineReader {
       this.eof = true;
       this.it = null;
     }
+  }
+
+  /** Stop reading: an async-iterated stream is destroyed, so the process can exit. */
+  async close(): Promise<void> {
+    await this.it?.return?.();
   }
 
   async next(): Promise<string | null> {
@@ -277,7 +285,7 @@ async function run(s: IoSession, args: string[], io: BlkIoIO): Promise<number> {
         // Trace points go to the node's event emitter; blk-io has no trace backend to print them.
         break;
       case 'V':
-        o.out(`${o.prog} version 7.2.0 (blocklayer)\nCopyright (c) 2003-2022 Fabrice Bellard and the QEMU Project developers\n`);
+        o.out(`${o.prog} version ${BLOCKLAYER_VERSION} (blocklayer; commands and output of qemu-io 7.2)\n`);
         throw new ExitNow(0);
       case 'h':
         usage(o);
@@ -320,13 +328,17 @@ async function run(s: IoSession, args: string[], io: BlkIoIO): Promise<number> {
     }
   } else {
     const reader = new LineReader(io.stdin);
-    while (!s.quit) {
-      o.out(`${o.prog}> `);
-      o.flush();
-      const line = await reader.next();
-      if (line === null) break;
-      const ret = await qemuioCommand(s, line);
-      if (ret < 0) lastError = ret;
+    try {
+      while (!s.quit) {
+        o.out(`${o.prog}> `);
+        o.flush();
+        const line = await reader.next();
+        if (line === null) break;
+        const ret = await qemuioCommand(s, line);
+        if (ret < 0) lastError = ret;
+      }
+    } finally {
+      await reader.close();
     }
   }
 
