@@ -2,6 +2,9 @@
 // check's corruption reports and repairs, and the exit codes that go with them
 // (see img-parity-harness.ts). Dirty (NEED_CHECK) images are not compared: QEMU 7.2 reports
 // "dirty-flag": false for them, we report the header's truth (qed-format.md §11, §17.5).
+import { spawnSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { makeTempDir, removeTempDir, requireQemu } from './qemu.js';
 import { runSession, type Session } from './img-parity-harness.js';
@@ -104,9 +107,53 @@ const sessions: Session[] = [
   },
 ];
 
+/**
+ * Read-only files: running as root, permission bits do not stop writes, so the files are made
+ * immutable (chattr +i), which refuses any write open with EPERM. Skipped where chattr fails.
+ */
+const readOnly: Session = {
+  name: 'read-only (immutable) files',
+  setup: [
+    ['qemu-img', 'create', '-q', '-f', 'qed', 'base.qed', '1M'],
+    ['qemu-img', 'create', '-q', '-f', 'qed', '-b', 'base.qed', '-F', 'qed', 'ro.qed'],
+    ['qemu-io', '-f', 'qed', '-c', 'write -P 1 0 64k', 'ro.qed'],
+    ['qemu-img', 'create', '-q', '-f', 'qed', 'src.qed', '1M'],
+    ['sh', 'chattr +i ro.qed'],
+  ],
+  teardown: [['sh', 'chattr -i ro.qed']],
+  steps: [
+    ['info', 'ro.qed'],
+    ['map', 'ro.qed'],
+    ['check', 'ro.qed'],
+    { args: ['check', '-r', 'all', 'ro.qed'], merged: true },
+    ['resize', 'ro.qed', '2M'],
+    ['commit', 'ro.qed'],
+    ['rebase', '-u', '-b', '', 'ro.qed'],
+    ['rebase', '-b', 'src.qed', '-F', 'qed', 'ro.qed'],
+    ['convert', '-n', '-O', 'qed', 'src.qed', 'ro.qed'],
+    ['convert', '-O', 'qed', 'src.qed', 'ro.qed'],
+    ['create', '-f', 'qed', 'ro.qed', '1M'],
+    ['dd', 'if=src.qed', 'of=ro.qed'],
+    ['compare', 'ro.qed', 'ro.qed'],
+  ],
+};
+
+function chattrWorks(dir: string): boolean {
+  const f = join(dir, 'probe');
+  writeFileSync(f, '');
+  const ok = spawnSync('chattr', ['+i', f]).status === 0;
+  if (ok) spawnSync('chattr', ['-i', f]);
+  return ok;
+}
+
 describe.skipIf(!qemu)('blk-img parity with qemu-img 7.2: damaged images', () => {
   const root = makeTempDir('img-parity-damaged');
   afterAll(() => removeTempDir(root));
+  it.skipIf(!chattrWorks(root))(readOnly.name, async () => {
+    const results = await runSession(root, readOnly);
+    const diffs = results.filter((r) => JSON.stringify(r.ours) !== JSON.stringify(r.theirs));
+    expect(diffs.map((r) => ({ label: r.label, ours: r.ours, theirs: r.theirs }))).toEqual([]);
+  });
   for (const s of sessions) {
     it(s.name, async () => {
       const results = await runSession(root, s);

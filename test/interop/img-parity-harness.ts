@@ -28,6 +28,8 @@ export interface Session {
   steps: Array<string[] | Step>;
   /** Images whose final state is compared with the real qemu-img (map, info, content). */
   images?: string[];
+  /** Run after the steps even when one throws (same form as setup). */
+  teardown?: string[][];
   /** Images compared by content and check only (their host layout may legitimately differ). */
   contentOnly?: string[];
 }
@@ -114,13 +116,20 @@ export async function runSession(root: string, s: Session): Promise<StepResult[]
     runSetup(cmd, db);
   }
   const results: StepResult[] = [];
-  for (const raw of s.steps) {
-    const step: Step = Array.isArray(raw) ? { args: raw } : raw;
-    const merged = step.merged === true;
-    const mp = step.maskProgress === true;
-    const theirs = runTheirs(step.args, dq, merged, mp);
-    const ours = await runOurs(step.args, db, merged, mp);
-    results.push({ label: `qemu-img ${step.args.join(' ')}`, theirs, ours });
+  try {
+    for (const raw of s.steps) {
+      const step: Step = Array.isArray(raw) ? { args: raw } : raw;
+      const merged = step.merged === true;
+      const mp = step.maskProgress === true;
+      const theirs = runTheirs(step.args, dq, merged, mp);
+      const ours = await runOurs(step.args, db, merged, mp);
+      results.push({ label: `qemu-img ${step.args.join(' ')}`, theirs, ours });
+    }
+  } finally {
+    for (const cmd of s.teardown ?? []) {
+      runSetup(cmd, dq);
+      runSetup(cmd, db);
+    }
   }
   const all = [...(s.images ?? []).map((i) => ({ img: i, full: true })), ...(s.contentOnly ?? []).map((i) => ({ img: i, full: false }))];
   for (const { img, full } of all) {
