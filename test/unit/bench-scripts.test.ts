@@ -1,0 +1,74 @@
+// The benchmark scripts' pure parts: statistics, the workload table, the profile summary.
+// Nothing here runs a benchmark or looks at a time.
+import { describe, expect, it } from 'vitest';
+import { fmtMiB, fmtSeconds, median } from '../../bench/lib.js';
+import { summarise } from '../../bench/profile.js';
+import { MEMORY_CHECK, allWorkloads } from '../../bench/workloads.js';
+
+describe('bench statistics', () => {
+  it('median of odd and even samples, order-independent', () => {
+    expect(median([3, 1, 2])).toBe(2);
+    expect(median([4, 1, 3, 2])).toBe(2.5);
+    expect(median([5])).toBe(5);
+    expect(median([])).toBeNaN();
+    const xs = [0.9, 0.1, 0.5];
+    median(xs);
+    expect(xs).toEqual([0.9, 0.1, 0.5]); // the caller's array is not sorted in place
+  });
+
+  it('formats seconds and sizes', () => {
+    expect(fmtSeconds(0.1234)).toBe('0.123');
+    expect(fmtSeconds(12.345)).toBe('12.35');
+    expect(fmtSeconds(Number.NaN)).toBe('n/a');
+    expect(fmtMiB(1536)).toBe('1.5 MiB');
+    expect(fmtMiB(null)).toBe('n/a');
+  });
+});
+
+describe('bench workloads', () => {
+  const all = allWorkloads();
+
+  it('covers the issue list: 1-7, the raw mirrors of 1-5 as 8, ids unique', () => {
+    expect(new Set(all.map((w) => w.id)).size).toBe(all.length);
+    expect([...new Set(all.map((w) => w.group))]).toEqual(['1', '2', '3', '4', '5', '6', '7', '8']);
+    const raw = all.filter((w) => w.group === '8');
+    expect(raw.map((w) => w.twinOf)).toEqual(['1', '2', '3', '4r', '4w', '5']);
+    for (const r of raw) {
+      expect(r.format).toBe('raw');
+      expect(all.find((w) => w.id === r.twinOf)?.format).toBe('qed');
+    }
+    expect(all.find((w) => w.id === '7')?.kind).toBe('convert');
+  });
+
+  it('the memory check writes and reads exactly the last cluster of a 16 TiB image', () => {
+    const w = MEMORY_CHECK.writeArgs('x.qed');
+    const offset = Number(w[w.indexOf('-o') + 1]);
+    expect(offset + MEMORY_CHECK.clusterSize).toBe(16 * 1024 ** 4);
+    expect(w).toContain('-w');
+    expect(MEMORY_CHECK.readArgs('x.qed')).not.toContain('-w');
+    expect(w[w.indexOf('-c') + 1]).toBe('1');
+  });
+});
+
+describe('profile summary', () => {
+  it('adds sample time deltas to the sampled node, by function and by file', () => {
+    const frame = (functionName: string, url: string, lineNumber = 0) => ({ functionName, url, lineNumber });
+    const s = summarise({
+      nodes: [
+        { id: 1, callFrame: frame('(root)', '') },
+        { id: 2, callFrame: frame('hot', 'node:fs', 9) },
+        { id: 3, callFrame: frame('cold', 'node:fs', 19) },
+        { id: 4, callFrame: frame('(garbage collector)', '') },
+      ],
+      samples: [2, 2, 3, 4, 2],
+      timeDeltas: [1000, 2000, 500, 1500, 1000],
+    });
+    expect(s.totalMs).toBe(6);
+    expect(s.byFunction[0]).toEqual({ name: 'hot node:fs:10', ms: 4 });
+    expect(s.byFunction.map((e) => e.name)).toEqual(['hot node:fs:10', '(garbage collector)', 'cold node:fs:20']);
+    expect(s.byFile).toEqual([
+      { name: 'node: internals', ms: 4.5 },
+      { name: '(garbage collector)', ms: 1.5 },
+    ]);
+  });
+});
