@@ -3,16 +3,20 @@
  * qemu-img/qemu-io 7.2: `check` finds nothing, `qemu-io read -P` sees our data, `compare`
  * against a raw file given the same writes says identical, and `qemu-img map` equals our map.
  */
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlockDriverState, bdrvCreate } from '../../src/index.js';
+import { firstDiff } from '../unit/qed-helpers.js';
 import { makeTempDir, removeTempDir, requireQemu, runQemuImg } from './qemu.js';
 import {
   applyOurs,
   matrixOps,
+  ourCheck,
   ourMap,
   qemuCheck,
   qemuIoBatch,
+  qemuIoCmd,
   qemuMap,
   RunModel,
   writeModelRaw,
@@ -133,5 +137,41 @@ describe.skipIf(!qemu)('QED interop: images we create and write, read by QEMU 7.
   }
   it('4K/ts=2, backing: raw-long (longer than the image)', async () => {
     await scenario(geometries[0], 'raw-long');
+  });
+
+  it('guest offsets past 4 GiB (4K/ts=16, 256 GiB disk), both ways: bytes, check and map agree', async () => {
+    const G = 1024 * M;
+    const size = 256 * G;
+    const ops: Op[] = [
+      { kind: 'write', off: 4 * G - 512, len: 1024, pat: 0x41 }, // across 2^32
+      { kind: 'write', off: 200 * G + 1024, len: 5120, pat: 0x42 },
+      { kind: 'zero', off: 128 * G, len: 64 * K },
+      { kind: 'write', off: 128 * G + 4 * K + 512, len: 512, pat: 0x43 }, // into a zero cluster
+      { kind: 'write', off: size - 4 * K, len: 4 * K, pat: 0x44 }, // last cluster of the disk
+    ];
+    const model = new RunModel(size);
+    for (const op of ops) model.apply(op);
+    const ours = join(dir, 'big-o.qed');
+    const theirs = join(dir, 'big-q.qed');
+    await bdrvCreate(ours, { format: 'qed', options: { size, clusterSize: 4096, tableSize: 16 } });
+    expect(runQemuImg(['create', '-q', '-f', 'qed', '-o', 'cluster_size=4096,table_size=16', theirs, String(size)]).status).toBe(0);
+    const bs = await BlockDriverState.open(ours);
+    for (const op of ops) await applyOurs(bs, op);
+    await bs.close();
+    qemuIoBatch(theirs, ops.map(qemuIoCmd), ['-f', 'qed']);
+    // Same operations, same file.
+    expect(firstDiff(readFileSync(ours), readFileSync(theirs))).toBe(-1);
+    // QEMU reads ours; we read theirs.
+    qemuIoBatch(ours, model.reads(), ['-f', 'qed']);
+    const rd = await BlockDriverState.open(theirs, { readOnly: true });
+    for (const op of ops) {
+      const a = op.off - 4 * K;
+      const got = new Uint8Array(op.len + 8 * K);
+      await rd.pread(a, got.subarray(0, Math.min(got.length, size - a)));
+      expect(firstDiff(got.subarray(0, Math.min(got.length, size - a)), model.bytes(a, Math.min(a + got.length, size)))).toBe(-1);
+    }
+    expect(await ourMap(rd)).toEqual(qemuMap(theirs));
+    await rd.close();
+    expect(qemuCheck(ours).fields).toEqual(await ourCheck(theirs));
   });
 });
