@@ -14,6 +14,7 @@ import {
 } from '../drivers/blkdebug/index.js';
 import { Getopt, cvtstr, type ToolOutput } from './common.js';
 import { COMMAND_HELP } from './io-help.js';
+import { attachTrace } from './io-trace.js';
 import {
   BDRV_REQUEST_MAX_BYTES,
   cvtnum,
@@ -1166,6 +1167,7 @@ export async function openfile(
       return fail(errText(e));
     }
   }
+  attachTrace(s.o, s.trace, bs);
   s.bs = bs;
   s.filename = target;
   s.flags = f;

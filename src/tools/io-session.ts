@@ -4,6 +4,7 @@ import { closeSync, openSync, readSync } from 'node:fs';
 import type { BlockDriverState } from '../block/node.js';
 import { BlockError, ERRNO_MESSAGES, isBlockError, type BlockErrorCode } from '../block/errors.js';
 import type { ToolOutput } from './common.js';
+import { TraceOptions } from './io-trace.js';
 
 /** How the image was opened (kept for reopen). */
 export interface OpenFlags {
@@ -48,6 +49,8 @@ export class IoSession {
   flags: OpenFlags = defaultOpenFlags();
   quit = false;
   imageOpts = false;
+  /** -T patterns: matching trace points of every opened image print on stderr. */
+  readonly trace = new TraceOptions();
   /**
    * AIO completions wait here until the main loop runs (a command that waits for I/O,
    * aio_flush, exit), as qemu-io's callbacks only run from its event loop. Reported newest

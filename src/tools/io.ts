@@ -282,7 +282,7 @@ async function run(s: IoSession, args: string[], io: BlkIoIO): Promise<number> {
         if (!parseCacheMode(a, flags)) fail(`Invalid cache option: ${a}`);
         break;
       case 'T':
-        // Trace points go to the node's event emitter; blk-io has no trace backend to print them.
+        if (!s.trace.add(o, a)) throw new ExitNow(1);
         break;
       case 'V':
         o.out(`${o.prog} version ${BLOCKLAYER_VERSION} (blocklayer; commands and output of qemu-io 7.2)\n`);

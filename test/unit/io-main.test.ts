@@ -150,4 +150,11 @@ describe('blk-io main', () => {
     expect(r.err).toBe('blk-io: Block node is read-only\n');
     expect(r.out).toContain('read 1/1 bytes at offset 0\n');
   });
+
+  it('-T prints matching trace points on stderr', async () => {
+    const img = await memQed();
+    const r = await run(['-T', 'qed_aio_setup', '-T', 'enable=qed_aio_comp*', '-f', 'qed', '-c', 'read 0 512', img]);
+    expect(r.err).toMatch(/^qed_aio_setup s 0x[0-9a-f]+ acb 0x[0-9a-f]+ sector_num 0 nb_sectors 1 .*\nqed_aio_complete s 0x[0-9a-f]+ acb 0x[0-9a-f]+ ret 0\n$/);
+    expect(r.out).toBe('read 512/512 bytes at offset 0\n512 bytes, 1 ops; TIME (RATE)\n');
+  });
 });
