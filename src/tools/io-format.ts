@@ -30,6 +30,12 @@ export function cvtnum(o: ToolOutput, s: string): CvtnumResult {
     if (base >= 1n << 64n) return { ok: false, error: 'ERANGE' };
     value = base * HEX_SUFFIX_MUL[hex[2].toUpperCase()];
     if (value >= 1n << 64n) return { ok: false, error: 'ERANGE' };
+  } else if (roundsToOne(s) !== null) {
+    // A fraction so close to 1 that the double is 1.0: QEMU's conversion of 2^64 to its
+    // 0.64 fixed point wraps to 0 (x86), so the fraction vanishes ("1.99999999999999999999k"
+    // is 1 KiB).
+    value = roundsToOne(s) ?? 0n;
+    if (value >= 1n << 64n) return { ok: false, error: 'ERANGE' };
   } else {
     const r = qemuStrtosz(s);
     if (!r.ok) return { ok: false, error: r.error };
@@ -37,6 +43,15 @@ export function cvtnum(o: ToolOutput, s: string): CvtnumResult {
   }
   if (value > INT64_MAX) return { ok: false, error: 'ERANGE' };
   return { ok: true, value: Number(value), big: value };
+}
+
+const SUFFIX_MUL: Record<string, bigint> = { K: 1n << 10n, M: 1n << 20n, G: 1n << 30n, T: 1n << 40n, P: 1n << 50n, E: 1n << 60n };
+
+/** The value of "N.FFFF<suffix>" when the fraction reads as exactly 1.0, else null. */
+function roundsToOne(s: string): bigint | null {
+  const m = /^[ \t\n\v\f\r]*\+?([0-9]+)(\.[0-9]+)([KMGTPEkmgtpe])$/.exec(s);
+  if (m === null || Number(`0${m[2]}`) < 1) return null;
+  return BigInt(m[1]) * SUFFIX_MUL[m[3].toUpperCase()];
 }
 
 /** print_cvtnum_err: the message for a failed cvtnum (stdout). */
