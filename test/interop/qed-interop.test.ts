@@ -73,6 +73,14 @@ describe.skipIf(!qemu)('qed interop with QEMU 7.2', () => {
     const b = readFileSync(ours);
     expect(b.length).toBe(a.length);
     expect(firstDiff(b, a)).toBe(-1);
+    // And the disk reads the same here as through QEMU (backing file included).
+    const raw = `${theirs}.raw`;
+    expect(runQemuImg(['convert', '-O', 'raw', theirs, raw], { cwd: dir }).status).toBe(0);
+    const rd = await BlockDriverState.open(theirs, { readOnly: true });
+    const got = new Uint8Array(16 << 20);
+    await rd.pread(0, got);
+    await rd.close();
+    expect(firstDiff(got, readFileSync(raw))).toBe(-1);
   }
 
   const handOps: Op[] = [
@@ -131,6 +139,19 @@ describe.skipIf(!qemu)('qed interop with QEMU 7.2', () => {
     // §17.4 and QEMU's rule, so the files must match byte for byte; shorter than the image.
     writeFileSync(join(dir, 'zero.raw'), Buffer.alloc((5 << 20) + 512));
     await sameOpsSameBytes(randomOps(12, 80, 40), 'zero.raw');
+  });
+
+  it('a raw backing file of odd length (not a sector multiple): COW across its end gives byte-identical files', async () => {
+    writeFileSync(join(dir, 'odd.raw'), Buffer.from(pattern((3 << 20) + 100, 9)));
+    await sameOpsSameBytes(
+      [
+        { kind: 'write', off: (3 << 20) - 512, len: 512, pat: 0x21 }, // cluster holds the backing EOF
+        { kind: 'write', off: (3 << 20) + 4096, len: 512, pat: 0x22 }, // past the backing EOF
+        { kind: 'write', off: (3 << 20) - 8192 + 1024, len: 512, pat: 0x23 },
+        { kind: 'zero', off: (3 << 20) + 8192 + 512, len: 512 },
+      ],
+      'odd.raw',
+    );
   });
 
   it('random operations with 64K clusters and 16-cluster tables give byte-identical files', async () => {
