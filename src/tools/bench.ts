@@ -434,6 +434,8 @@ export async function imgBench(argv: string[], out: BenchSinks, prog: string): P
     {
       stdout: { write: (s: string) => out.stdout(s) },
       stderr: { write: (s: string) => out.stderr(s) },
+      // On a terminal the "Sending ..." line shows before the run, as stdio line-buffers it.
+      stdoutIsTTY: process.stdout.isTTY === true,
     },
     prog,
   );
