@@ -1108,7 +1108,8 @@ export async function openfile(
   const driver = extra.get('driver');
   if (driver !== undefined) f.format = driver;
   extra.delete('driver');
-  const fileName = extra.get('file.filename') ?? extra.get('filename');
+  const plainName = extra.get('filename');
+  const childName = extra.get('file.filename');
   extra.delete('file.filename');
   extra.delete('filename');
   if (extra.get('file.driver') === 'file') extra.delete('file.driver');
@@ -1117,9 +1118,11 @@ export async function openfile(
     f.readOnly = ro === 'on' || ro === 'true';
     extra.delete('read-only');
   }
-  const target = name ?? fileName ?? null;
-  if (target === null && driver === undefined) return fail('Must specify either driver or file');
-  if (target === null || target === '') return fail("The 'file' block driver requires a file name");
+  // Without a path, "filename" names the image, or a driver plus its "file.filename" child.
+  if (name === null && plainName === undefined && driver === undefined) return fail('Must specify either driver or file');
+  const target = name ?? plainName ?? childName ?? null;
+  if (target === null) return fail('A block device must be specified for "file"');
+  if (target === '') return fail("The 'file' block driver requires a file name");
   for (const key of ['cache.direct', 'cache.no-flush']) {
     const v = extra.get(key);
     if (v === undefined) continue;

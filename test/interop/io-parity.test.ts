@@ -224,6 +224,11 @@ const sessions: Session[] = [
   { name: 'image-opts without a driver', args: ['--image-opts', ...cmds('length'), 'img.qed'], images: [QED] },
   { name: 'image-opts and open', args: ['--image-opts', ...cmds('open -o driver=raw img.qed', 'open driver=raw,file.filename=img.qed', 'info', 'close', 'open driver=qed,file.driver=file,file.filename=img.qed', 'info')], images: [QED] },
   {
+    name: 'open without a path',
+    args: cmds('open -o driver=qed', 'open -o driver=raw', 'open -r', 'open -o file.filename=img.qed', 'info', 'close', 'open -o filename=img.qed', 'info', 'close', 'open -o driver=qed,file.filename=img.qed', 'info'),
+    images: [QED],
+  },
+  {
     name: 'open option strings',
     args: cmds('open -o foo img.qed', 'open -o driver=qed,,x img.qed', 'open -o a=b,c img.qed', 'open -o =b img.qed', 'open -o nofoo img.qed', 'open -o driver=qed -o bar=1 img.qed', 'open -o driver=qed,cache.no-flush=on img.qed', 'info'),
     images: [QED],
