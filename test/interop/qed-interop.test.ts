@@ -154,6 +154,24 @@ describe.skipIf(!qemu)('qed interop with QEMU 7.2', () => {
     );
   });
 
+  it('copy-on-read (qemu-io -C) gives byte-identical files, zero backing data as zero clusters', async () => {
+    const base = Buffer.alloc(4 << 20, 0x55);
+    base.fill(0, 1 << 20, (1 << 20) + 65536);
+    writeFileSync(join(dir, 'cor.raw'), base);
+    const theirs = join(dir, 'cor-q.qed');
+    const ours = join(dir, 'cor-o.qed');
+    create(theirs, 'cluster_size=4096,table_size=2', '8M', 'cor.raw');
+    copyFileSync(theirs, ours);
+    const reads: [number, number][] = [[1000, 100], [1 << 20, 65536], [2 << 20, 10000], [(4 << 20) - 4096, 8192], [6 << 20, 4096]];
+    const r = runQemuIo(['-C', '-f', 'qed', ...reads.flatMap(([o, l]) => ['-c', `read -q ${o} ${l}`]), theirs]);
+    expect(r.stderr + r.stdout).toBe('');
+    const bs = await BlockDriverState.open(ours, { copyOnRead: true });
+    for (const [o, l] of reads) await bs.pread(o, new Uint8Array(l));
+    await bs.close();
+    expect(readFileSync(ours).length).toBeGreaterThan(3 * CS); // something was copied up
+    expect(firstDiff(readFileSync(ours), readFileSync(theirs))).toBe(-1);
+  });
+
   it('random operations with 64K clusters and 16-cluster tables give byte-identical files', async () => {
     await sameOpsSameBytes(randomOps(13, 60, 300), undefined, 0, 'cluster_size=65536,table_size=16');
   });
