@@ -185,6 +185,8 @@ const sessions: Session[] = [
     images: [BASE, OVERLAY],
     compareImages: true,
   },
+  { name: 'missing backing file', args: [...cmds('length'), 'orphan.qed'], images: [{ name: 'orphan.qed', fmt: 'qed', size: '1M', opts: ['-u', '-b', 'nobase.raw', '-F', 'raw'] }] },
+  { name: 'QED header read as raw', args: ['-f', 'raw', ...cmds('length', 'read -v 0 80'), 'orphan.qed'], images: [{ name: 'orphan.qed', fmt: 'qed', size: '1M', opts: ['-u', '-b', 'nobase.raw', '-F', 'raw'] }] },
   { name: 'copy-on-read from the backing file', args: ['-C', ...cmds('read -P 0 0 4k', 'map', 'read -P 0x5a 8k 1k', 'map'), 'over.qed'], images: [BASE, OVERLAY], compareImages: true },
   { name: 'overlay opened read-only', args: ['-r', ...cmds('read -P 0x5a 4k 8k', 'write 0 1', 'map'), 'over.qed'], images: [BASE, OVERLAY] },
   {
