@@ -1358,7 +1358,14 @@ async function reopenF(s: IoSession, argv: string[]): Promise<number> {
     return EINVAL;
   }
   const bs = image(s);
-  if (!f.readOnly && bs.backing === null && s.flags.snapshot) f.readOnly = false;
+  if (s.flags.snapshot) {
+    // The temporary overlay lives in memory: closing it would lose it, and reopening the
+    // image itself would let writes reach it. Only the mode of the overlay changes.
+    await s.drain();
+    bs.readOnly = f.readOnly;
+    s.flags = { ...f, snapshot: true };
+    return 0;
+  }
   // Reopening is close + open with the new flags; the image keeps its format.
   const old = s.flags;
   const name = s.filename;

@@ -95,6 +95,8 @@ export class ParityRunner {
     let err = '';
     const stdout = { write: (t: string) => (out += t) };
     const stderr = merged ? stdout : { write: (t: string) => (err += t) };
+    // Relative names as with qemu-io: run in the case directory (vitest's pool is 'forks', so
+    // the worker is a process and may change its directory).
     const cwd = process.cwd();
     process.chdir(caseDir);
     try {

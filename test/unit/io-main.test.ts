@@ -157,4 +157,14 @@ describe('blk-io main', () => {
     expect(r.err).toMatch(/^qed_aio_setup s 0x[0-9a-f]+ acb 0x[0-9a-f]+ sector_num 0 nb_sectors 1 .*\nqed_aio_complete s 0x[0-9a-f]+ acb 0x[0-9a-f]+ ret 0\n$/);
     expect(r.out).toBe('read 512/512 bytes at offset 0\n512 bytes, 1 ops; TIME (RATE)\n');
   });
+
+  it('-s keeps writes in a temporary overlay, also across reopen', async () => {
+    const img = await memQed();
+    const r = await run(['-s', '-f', 'qed', '-c', 'write -P 7 0 4k', '-c', 'reopen -r', '-c', 'write 0 1', '-c', 'reopen -w', '-c', 'read -P 7 0 4k', img]);
+    expect(r.err).toBe('blk-io: Block node is read-only\n');
+    expect(r.out).toContain('read 4096/4096 bytes at offset 0\n');
+    const after = await run(['-f', 'qed', '-c', 'read -P 0 0 4k', '-c', 'map', img]);
+    expect(after.out).toContain('1 MiB (0x100000) bytes not allocated at offset 0 bytes (0x0)\n');
+    expect(after.status).toBe(0);
+  });
 });
