@@ -6,6 +6,7 @@ import { isBlockError } from '../block/errors.js';
 import { IOVector } from '../block/iovec.js';
 import { BlockDriverState } from '../block/node.js';
 import { bdrvCreate } from '../block/create.js';
+import { protocolPrefix } from '../block/path.js';
 import {
   blkdebugBreak,
   blkdebugIsSuspended,
@@ -1184,7 +1185,8 @@ async function snapshotOverlay(base: BlockDriverState, target: string, f: OpenFl
   const overlay = `mem:blk-io-snapshot-${process.pid}-${++snapshotCounter}`;
   await bdrvCreate(overlay, {
     format: 'qed',
-    options: { size, backingFile: resolve(target), backingFmt: fmt },
+    // A host path is made absolute (the overlay lives elsewhere); mem: and filter names stay.
+    options: { size, backingFile: protocolPrefix(target) === null ? resolve(target) : target, backingFmt: fmt },
   });
   return BlockDriverState.open(overlay, {
     format: 'qed',
