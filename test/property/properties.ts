@@ -7,7 +7,7 @@ import { propConcurrent } from './concurrency.js';
 import { propCorruption, propRepairFault } from './corruption.js';
 import { propBlkdebug, propPowerLoss } from './fault-props.js';
 import { propHuge } from './huge.js';
-import { propQemuInterop } from './interop-props.js';
+import { propQemuInterop, propQemuWrites } from './interop-props.js';
 import { BlockDriverState, VirtualClock } from '../../src/index.js';
 import { memStoreWrite } from '../../src/drivers/mem/index.js';
 import { commandArb, compareAll, runCommand, runSequence, type Command, type RunState } from './commands.js';
@@ -121,4 +121,5 @@ export const ALL_PROPERTIES: Record<string, PropertyFn> = {
   huge: propHuge,
   blkverify: propBlkverify,
   qemu: propQemuInterop,
+  qemuwrites: propQemuWrites,
 };
