@@ -272,6 +272,34 @@ describe('qed: concurrency', () => {
   });
 });
 
+describe('qed: allocation order of concurrent requests', () => {
+  it('requests allocate in arrival order: a cached L2 table does not make a request yield (regression)', async () => {
+    // 4K/ts=2: one L2 table maps 4 MiB. Table #0 exists and is cached; A needs it, B needs a
+    // new table. Submitted A then B, QEMU allocates A's cluster first (its coroutine reaches
+    // the allocation queue before B's even starts); so must we.
+    const { bs } = await newMemQed({ size: 16 << 20, clusterSize: CS, tableSize: 2 });
+    await bs.pwrite(0, new Uint8Array(CS).fill(1));
+    const done: Promise<void>[] = [];
+    const submit = (off: number, fill: number): void => {
+      done.push(
+        new Promise<void>((resolve, reject) => {
+          bs.aioWritev(off / 512, IOVector.from(new Uint8Array(CS).fill(fill)), CS / 512, (e) => (e ? reject(e) : resolve()));
+        }),
+      );
+    };
+    submit(8 * CS, 2); // A: table #0, cached
+    submit(5 << 20, 3); // B: no table yet
+    submit(12 * CS, 4); // C: table #0 again
+    await Promise.all(done);
+    const a = await bs.blockStatus(8 * CS, CS);
+    const b = await bs.blockStatus(5 << 20, CS);
+    const c = await bs.blockStatus(12 * CS, CS);
+    // Fresh file: header, L1 (2), data 0, L2 #0 (2) = 6 clusters; then A, B + its table, C.
+    expect([a.offset, b.offset, c.offset]).toEqual([6 * CS, 7 * CS, 10 * CS]);
+    await bs.close();
+  });
+});
+
 describe('qed: write and flush ordering (§13)', () => {
   async function scenario(backing: boolean, existingL2: boolean): Promise<string[]> {
     const registry = recRegistry();

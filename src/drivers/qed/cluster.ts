@@ -7,7 +7,7 @@
  */
 import { BlockError } from '../../block/errors.js';
 import { qedCheckClusterOffset, qedCheckTableOffset } from './header.js';
-import { QED_UNALLOC_CLUSTER, QED_ZERO_CLUSTER, qedReadL2Table, type QEDTable } from './table.js';
+import { QED_UNALLOC_CLUSTER, QED_ZERO_CLUSTER, qedReadL2Table, qedTakeCachedL2Table, type QEDTable } from './table.js';
 import {
   type BDRVQEDState,
   type QEDRequest,
@@ -88,7 +88,11 @@ export async function qedFindCluster(
     throw new BlockError('EINVAL', `QED L2 table offset ${l2Offset} is invalid`, { op: 'qed_find_cluster', offset: pos });
   }
 
-  await qedReadL2Table(s, request, l2Offset);
+  // A cached table is taken without yielding, as QEMU's coroutine runs on until real I/O:
+  // otherwise a request whose table is cached would queue for allocation behind a later
+  // request that needs no table at all, and concurrent writes would allocate in another
+  // order than QEMU's (a different, if valid, file).
+  if (!qedTakeCachedL2Table(s, request, l2Offset)) await qedReadL2Table(s, request, l2Offset);
   const table = request.l2Table!.table;
   const inCluster = qedOffsetIntoCluster(s, pos);
   const n = qedBytesToClusters(s, inCluster + len);

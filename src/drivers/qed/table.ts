@@ -106,6 +106,18 @@ export async function qedWriteL2Table(
 }
 
 /**
+ * Make `request.l2Table` the L2 table at `offset` if the cache holds it; false on a miss.
+ * Synchronous on purpose: a hit must not yield (see qedFindCluster).
+ */
+export function qedTakeCachedL2Table(s: BDRVQEDState, request: QEDRequest, offset: number): boolean {
+  const hit = s.l2Cache.find(offset);
+  if (!hit) return false;
+  s.l2Cache.unref(request.l2Table);
+  request.l2Table = hit;
+  return true;
+}
+
+/**
  * Make `request.l2Table` the L2 table at `offset`, from the cache or from disk. Concurrent
  * misses on the same table share one read, so there is only ever one copy of a table in memory
  * (an allocating write updates the copy every reader sees).
