@@ -31,12 +31,21 @@ interface TrackedRequest {
   end: number;
   /** A read-modify-write (or copy-on-read) that nothing overlapping may run beside. */
   serialising: boolean;
-  /** Woken when the request ends. */
-  waiters: CoQueue;
+  /**
+   * Woken when the request ends. Made only when a conflicting request actually waits: nearly
+   * every request ends with nobody waiting, and a queue per request is garbage on the hot path.
+   */
+  waiters: CoQueue | null;
 }
+
+/** Shared settled promise: `debugEvent` with nothing to run allocates nothing. */
+const RESOLVED: Promise<void> = Promise.resolve();
 
 /** Errors from opening a backing file, already prefixed, so outer levels do not prefix again. */
 const backingErrors = new WeakSet<BlockError>();
+
+/** Default write flags, shared (never mutated). */
+const NO_FLAGS: WriteFlags = Object.freeze({});
 
 function invalidNumber(n: unknown): boolean {
   return typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0;
@@ -85,6 +94,13 @@ export class BlockDriverState {
   private inFlight = 0;
   private readonly drained = new CoQueue();
   private readonly tracked = new Set<TrackedRequest>();
+  /** Overlapping serialising requests in `tracked` (RMW, copy-on-read, truncate). */
+  private serialisingCount = 0;
+  /** The driver's hooks, bound once per node (a `.bind` per request is garbage). */
+  private readonly io: ReturnType<typeof driverIO>;
+  private readonly getLengthHook: ((bs: BlockDriverState) => number | Promise<number>) | null;
+  private readonly nativeAioReadv: BlockDriver['aioReadv'] | undefined;
+  private readonly nativeAioWritev: BlockDriver['aioWritev'] | undefined;
 
   /**
    * A bare node; `open` is the normal way to get one. Drivers that build nodes by hand call
@@ -103,6 +119,10 @@ export class BlockDriverState {
       throw new BlockError('EINVAL', `Driver '${driver.formatName}' has an invalid request alignment ${align}`);
     }
     this.requestAlignment = align;
+    this.io = driverIO(driver);
+    this.getLengthHook = driver.getLength?.bind(driver) ?? null;
+    this.nativeAioReadv = driver.aioReadv?.bind(driver);
+    this.nativeAioWritev = driver.aioWritev?.bind(driver);
   }
 
   /** True from a successful open until close() begins. */
@@ -333,26 +353,44 @@ export class BlockDriverState {
    * overlapping serialising one. The final scan and the insertion happen without an await
    * between them, and a waiting request holds nothing, so there is no deadlock.
    */
-  private async trackBegin(start: number, end: number, serialising: boolean): Promise<TrackedRequest> {
+  private trackBegin(start: number, end: number, serialising: boolean): TrackedRequest | Promise<TrackedRequest> {
+    // No conflict: enter synchronously (no promise, no microtask); otherwise wait and rescan.
+    if (this.findConflict(start, end, serialising) === undefined) return this.trackInsert(start, end, serialising);
+    return this.trackBeginWait(start, end, serialising);
+  }
+
+  private async trackBeginWait(start: number, end: number, serialising: boolean): Promise<TrackedRequest> {
     for (;;) {
-      let conflict: TrackedRequest | undefined;
-      for (const r of this.tracked) {
-        if (r.start < end && start < r.end && (serialising || r.serialising)) {
-          conflict = r;
-          break;
-        }
-      }
-      if (!conflict) break;
-      await conflict.waiters.wait();
+      const conflict = this.findConflict(start, end, serialising);
+      if (conflict === undefined) break;
+      await (conflict.waiters ??= new CoQueue()).wait();
     }
-    const req: TrackedRequest = { start, end, serialising, waiters: new CoQueue() };
+    return this.trackInsert(start, end, serialising);
+  }
+
+  /**
+   * The request [start, end) must wait for. Without serialising requests in flight, a
+   * non-serialising request conflicts with nothing: the scan is skipped.
+   */
+  private findConflict(start: number, end: number, serialising: boolean): TrackedRequest | undefined {
+    if (!serialising && this.serialisingCount === 0) return undefined;
+    for (const r of this.tracked) {
+      if (r.start < end && start < r.end && (serialising || r.serialising)) return r;
+    }
+    return undefined;
+  }
+
+  private trackInsert(start: number, end: number, serialising: boolean): TrackedRequest {
+    const req: TrackedRequest = { start, end, serialising, waiters: null };
     this.tracked.add(req);
+    if (serialising) this.serialisingCount++;
     return req;
   }
 
   private trackEnd(req: TrackedRequest): void {
     this.tracked.delete(req);
-    req.waiters.restartAll();
+    if (req.serialising) this.serialisingCount--;
+    req.waiters?.restartAll();
   }
 
   private async withTracked<T>(
@@ -362,7 +400,8 @@ export class BlockDriverState {
     fn: () => Promise<T>,
   ): Promise<T> {
     const align = this.requestAlignment;
-    const req = await this.trackBegin(roundDown(offset, align), roundUp(offset + bytes, align), serialising);
+    const begun = this.trackBegin(roundDown(offset, align), roundUp(offset + bytes, align), serialising);
+    const req = begun instanceof Promise ? await begun : begun;
     try {
       return await fn();
     } finally {
@@ -379,13 +418,13 @@ export class BlockDriverState {
   // Driver dispatch (aligned requests only)
 
   private async driverPreadv(offset: number, bytes: number, qiov: IOVector): Promise<void> {
-    const fn = driverIO(this.driver).coPreadv;
+    const fn = this.io.coPreadv;
     if (!fn) throw this.notSupported('read');
     await fn(this, offset, bytes, qiov);
   }
 
   private async driverPwritev(offset: number, bytes: number, qiov: IOVector, flags: WriteFlags): Promise<void> {
-    const fn = driverIO(this.driver).coPwritev;
+    const fn = this.io.coPwritev;
     if (!fn) throw this.notSupported('write');
     await fn(this, offset, bytes, qiov, flags);
   }
@@ -407,6 +446,35 @@ export class BlockDriverState {
   async preadv(offset: number, qiov: IOVector): Promise<void> {
     const bytes = qiov.size;
     this.checkArgs('read', offset, bytes);
+    const fn = this.io.coPreadv;
+    // Fast path, same semantics as the slow one when all of these hold: the node is open (the
+    // request counts in flight, so close waits for it), the length is known synchronously and
+    // the request lies inside it (no bounds error, no zero-fill past the end), it is aligned
+    // (no padding, no RMW), not copy-on-read, and no serialising request overlaps it (so
+    // trackBegin would not wait). It still enters `tracked`, so a later RMW waits for it. The
+    // driver hook is called directly instead of through the 9 async helpers of the slow path.
+    if (fn !== undefined && bytes > 0 && this.isOpen && !(this.openOptions.copyOnRead === true && !this.readOnly)) {
+      const len = this.lengthSync();
+      const align = this.requestAlignment;
+      if (
+        len !== null &&
+        !invalidNumber(len) &&
+        offset + bytes <= len &&
+        offset % align === 0 &&
+        bytes % align === 0 &&
+        this.findConflict(offset, offset + bytes, false) === undefined
+      ) {
+        this.inFlight++;
+        const req = this.trackInsert(offset, offset + bytes, false);
+        try {
+          await fn(this, offset, bytes, qiov);
+        } finally {
+          this.trackEnd(req);
+          this.endInFlight();
+        }
+        return;
+      }
+    }
     await this.inflight('read', () => this.doPreadv(offset, qiov));
   }
 
@@ -488,10 +556,35 @@ export class BlockDriverState {
     await this.pwritev(offset, IOVector.from(buf), flags);
   }
 
-  async pwritev(offset: number, qiov: IOVector, flags: WriteFlags = {}): Promise<void> {
+  async pwritev(offset: number, qiov: IOVector, flags: WriteFlags = NO_FLAGS): Promise<void> {
     const bytes = qiov.size;
     this.checkArgs('write', offset, bytes);
     this.checkWritable('write');
+    const fn = this.io.coPwritev;
+    // Fast path (see preadv): open, aligned, within the length unless the node grows, and no
+    // overlapping serialising request; an aligned write is never serialising itself.
+    if (fn !== undefined && bytes > 0 && this.isOpen) {
+      const align = this.requestAlignment;
+      const len = this.growable ? Number.MAX_SAFE_INTEGER : this.lengthSync();
+      if (
+        len !== null &&
+        !invalidNumber(len) &&
+        offset + bytes <= len &&
+        offset % align === 0 &&
+        bytes % align === 0 &&
+        this.findConflict(offset, offset + bytes, false) === undefined
+      ) {
+        this.inFlight++;
+        const req = this.trackInsert(offset, offset + bytes, false);
+        try {
+          await fn(this, offset, bytes, qiov, flags);
+        } finally {
+          this.trackEnd(req);
+          this.endInFlight();
+        }
+        return;
+      }
+    }
     await this.inflight('write', () => this.doPwritev(offset, qiov, flags));
   }
 
@@ -939,7 +1032,7 @@ export class BlockDriverState {
 
     const offset = sectorNum * BDRV_SECTOR_SIZE;
     const bytes = nbSectors * BDRV_SECTOR_SIZE;
-    const native = write ? this.driver.aioWritev?.bind(this.driver) : this.driver.aioReadv?.bind(this.driver);
+    const native = write ? this.nativeAioWritev : this.nativeAioReadv;
     const align = this.requestAlignment;
     const start = roundDown(offset, align);
     const end = roundUp(offset + bytes, align);
@@ -952,7 +1045,7 @@ export class BlockDriverState {
       offset + bytes <= lenNow &&
       start === offset &&
       end === offset + bytes &&
-      !this.hasConflict(start, end) &&
+      (this.tracked.size === 0 || !this.hasConflict(start, end)) &&
       !(this.openOptions.copyOnRead === true && !this.readOnly && !write)
     ) {
       return this.aioNative(native, offset, bytes, sectorNum, qiov, nbSectors, cb);
@@ -962,7 +1055,7 @@ export class BlockDriverState {
 
   /** The length if the driver knows it without waiting (native AIO bounds check), else null. */
   private lengthSync(): number | null {
-    const hook = this.driver.getLength?.bind(this.driver);
+    const hook = this.getLengthHook;
     if (!hook) return null;
     const r = hook(this);
     if (typeof r === 'number') return r;
@@ -982,8 +1075,7 @@ export class BlockDriverState {
   ): BlockAIOCB {
     // Tracked like any request: close() waits for it and a later unaligned write waits for it.
     this.inFlight++;
-    const req: TrackedRequest = { start: offset, end: offset + bytes, serialising: false, waiters: new CoQueue() };
-    this.tracked.add(req);
+    const req = this.trackInsert(offset, offset + bytes, false);
     let ended = false;
     const finish = (err: BlockError | null): void => {
       if (ended) return;
@@ -1003,7 +1095,14 @@ export class BlockDriverState {
   }
 
   /** Announce a blkdebug event on this node and let the driver act on it. */
-  async debugEvent(event: BlkDebugEvent): Promise<void> {
+  debugEvent(event: BlkDebugEvent): Promise<void> {
+    // Every data request announces one; with no listener and no driver hook (anything but
+    // blkdebug) there is nothing to run: hand back a settled promise, allocate nothing.
+    if (this.driver.debugEvent === undefined && this.events.listenerCount('debug') === 0) return RESOLVED;
+    return this.debugEventSlow(event);
+  }
+
+  private async debugEventSlow(event: BlkDebugEvent): Promise<void> {
     this.events.emit('debug', event);
     await this.driver.debugEvent?.(this, event);
   }
