@@ -175,7 +175,9 @@ describe.skipIf(!qemu)('qed interop with QEMU 7.2', () => {
   /**
    * Batches of writes submitted together: qemu-io `aio_write` x N + `aio_flush` against the
    * same writes started together here. Allocations are serialised in arrival order on both
-   * sides, so the files come out identical.
+   * sides, so the files come out identical. Only while every table is cached: when requests
+   * must first read L2 tables, QEMU resumes them in the order its thread pool reports the
+   * reads done (newest first when several finish together), which is host timing, not format.
    */
   async function sameBatchesSameBytes(batches: Op[][], backing?: string, viaAio = false): Promise<void> {
     const theirs = join(dir, `bt-${Math.random()}.qed`);
