@@ -5,6 +5,7 @@
  * Exit status 1 when a property failed.
  */
 import '../../src/index.js';
+import { mapStats } from './commands.js';
 import { concStats } from './concurrency.js';
 import { corruptStats } from './corruption.js';
 import { faultStats } from './fault-props.js';
@@ -62,7 +63,7 @@ async function main(): Promise<void> {
     }
     total += commands;
   }
-  console.log(`fault stats: ${JSON.stringify(faultStats)}, concurrency: ${JSON.stringify(concStats)}, corruption: ${JSON.stringify(corruptStats)}, gated I/O: ${gatedRequests}`);
+  console.log(`fault stats: ${JSON.stringify(faultStats)}, concurrency: ${JSON.stringify(concStats)}, corruption: ${JSON.stringify(corruptStats)}, gated I/O: ${gatedRequests}, map: ${JSON.stringify(mapStats)}`);
   console.log(`fuzz: seed ${seed}, ${total} commands in total, ${failed} propert${failed === 1 ? 'y' : 'ies'} failed`);
   process.exitCode = failed > 0 ? 1 : 0;
 }
