@@ -1,0 +1,261 @@
+// blk-io's flush, discard, truncate, length, info, map and alloc (qemu-io 7.2 semantics).
+// ---------------------------------------------------------------------------------------------
+// flush, discard, truncate, length, info, map, alloc
+import { BDRV_SECTOR_SIZE } from '../block/driver.js';
+import { isBlockError } from '../block/errors.js';
+import type { BlockDriverState } from '../block/node.js';
+import { cvtstr } from './common.js';
+import { BDRV_REQUEST_MAX_BYTES, cvtnum, printCvtnumErr, printReport } from './io-format.js';
+import { errText, errnoText, toolError, type IoSession } from './io-session.js';
+import {
+  EINVAL,
+  EIO,
+  ENOTSUP,
+  OptFail,
+  getopts,
+  image,
+  outOfBounds,
+  parseNum,
+  runIo,
+  unsafeRequest,
+  usage,
+  type CmdInfo,
+} from './io-cmd-util.js';
+
+export async function flushF(s: IoSession): Promise<number> {
+  const { err } = await runIo(s, () => image(s).flush());
+  return err === null ? 0 : EIO;
+}
+
+export async function discardF(s: IoSession, argv: string[]): Promise<number> {
+  let cflag = false;
+  let qflag = false;
+  const g = getopts(s, argv, 'Cq', (c) => {
+    if (c === 'C') cflag = true;
+    else if (c === 'q') qflag = true;
+    return true;
+  });
+  if (g === null) {
+    usage(s, discardCmd);
+    return EINVAL;
+  }
+  const args = g.rest;
+  if (g.optind !== args.length - 2) {
+    usage(s, discardCmd);
+    return EINVAL;
+  }
+  const offset = parseNum(s, args[g.optind]);
+  if (offset instanceof OptFail) return offset.ret;
+  const bytes = parseNum(s, args[g.optind + 1]);
+  if (bytes instanceof OptFail) return bytes.ret;
+  if (bytes > BDRV_REQUEST_MAX_BYTES) {
+    s.o.out(`length cannot exceed ${BDRV_REQUEST_MAX_BYTES}, given ${args[g.optind + 1]}\n`);
+    return EINVAL;
+  }
+  const bs = image(s);
+  const { t, err } = await runIo(s, async () => {
+    if (unsafeRequest(offset, bytes)) throw toolError('EIO', 'discard');
+    await bs.discard(offset, bytes);
+  });
+  if (err !== null) {
+    s.o.out(`discard failed: ${errnoText(err)}\n`);
+    return EIO;
+  }
+  if (!qflag) printReport(s.o, 'discard', t, offset, bytes, bytes, 1, cflag);
+  return 0;
+}
+
+const PREALLOC_MODES = ['off', 'metadata', 'falloc', 'full'];
+
+export async function truncateF(s: IoSession, argv: string[]): Promise<number> {
+  let prealloc = 'off';
+  let fail: OptFail | null = null;
+  const g = getopts(s, argv, 'm:', (_c, arg) => {
+    if (!PREALLOC_MODES.includes(arg ?? '')) {
+      s.o.error(`Invalid preallocation mode '${arg ?? ''}'`);
+      fail = new OptFail(EINVAL);
+      return false;
+    }
+    prealloc = arg ?? 'off';
+    return true;
+  });
+  if (g === null) {
+    usage(s, truncateCmd);
+    return EINVAL;
+  }
+  if (fail !== null) return (fail as OptFail).ret;
+  const args = g.rest;
+  // qemu-io crashes on "truncate -m MODE" without a size; say how to use it instead.
+  if (g.optind >= args.length) {
+    usage(s, truncateCmd);
+    return EINVAL;
+  }
+  const r = cvtnum(s.o, args[g.optind]);
+  if (!r.ok) {
+    // qemu-io quotes argv[1] here, whatever it is.
+    printCvtnumErr(s.o, r.error, args[1]);
+    return EINVAL;
+  }
+  const bs = image(s);
+  const fmt = bs.driver.formatName;
+  if (prealloc !== 'off' && (fmt !== 'raw' || prealloc === 'metadata')) {
+    // Only a raw file can preallocate; QED refuses every mode but off.
+    s.o.error(fmt === 'raw' ? `Unsupported preallocation mode: ${prealloc}` : `Unsupported preallocation mode '${prealloc}'`);
+    return ENOTSUP;
+  }
+  const { err } = await runIo(s, async () => {
+    if (!Number.isSafeInteger(r.value)) throw toolError('EFBIG', 'truncate');
+    await bs.truncate(r.value);
+  });
+  if (err !== null) {
+    s.o.error(errText(err));
+    return EIO;
+  }
+  return 0;
+}
+
+export async function lengthF(s: IoSession): Promise<number> {
+  try {
+    const size = await image(s).getLength();
+    s.o.out(`${cvtstr(size)}\n`);
+    return 0;
+  } catch (e) {
+    s.o.out(`getlength: ${errnoText(e)}\n`);
+    return EIO;
+  }
+}
+
+export async function infoF(s: IoSession): Promise<number> {
+  const bs = image(s);
+  s.o.out(`format name: ${bs.driver.formatName}\n`);
+  let clusterSize = 0;
+  try {
+    clusterSize = (await bs.getInfo()).clusterSize;
+  } catch (e) {
+    // A raw image has no format information: QEMU reports a cluster size of 0.
+    if (!isBlockError(e, 'ENOTSUP') || bs.driver.formatName !== 'raw') return ENOTSUP;
+  }
+  s.o.out(`cluster size: ${cvtstr(clusterSize)}\n`);
+  s.o.out(`vm state offset: ${cvtstr(0)}\n`);
+  return 0;
+}
+
+/** map_is_allocated: merge consecutive ranges with the same allocation state. */
+async function mapIsAllocated(
+  bs: BlockDriverState,
+  offset: number,
+  bytes: number,
+): Promise<{ allocated: boolean; pnum: number }> {
+  const first = await bs.isAllocated(offset, bytes);
+  let pnum = first.pnum;
+  let num = first.pnum;
+  let off = offset;
+  let left = bytes;
+  while (left > 0) {
+    off += num;
+    left -= num;
+    if (left <= 0) break;
+    const r = await bs.isAllocated(off, left);
+    if (r.allocated === first.allocated && r.pnum > 0) {
+      pnum += r.pnum;
+      num = r.pnum;
+    } else {
+      break;
+    }
+  }
+  return { allocated: first.allocated, pnum };
+}
+
+export async function mapF(s: IoSession): Promise<number> {
+  const bs = image(s);
+  let bytes: number;
+  try {
+    bytes = await bs.getLength();
+  } catch (e) {
+    s.o.error(`Failed to query image length: ${errnoText(e)}`);
+    return EIO;
+  }
+  let offset = 0;
+  while (bytes > 0) {
+    let r: { allocated: boolean; pnum: number };
+    try {
+      r = await mapIsAllocated(bs, offset, bytes);
+    } catch (e) {
+      s.poll();
+      s.o.error(`Failed to get allocation status: ${errnoText(e)}`);
+      return EIO;
+    }
+    s.poll();
+    if (r.pnum === 0) {
+      s.o.error('Unexpected end of image');
+      return EIO;
+    }
+    const what = r.allocated ? '    allocated' : 'not allocated';
+    s.o.out(
+      `${cvtstr(r.pnum)} (0x${r.pnum.toString(16)}) bytes ${what} at offset ${cvtstr(offset)} (0x${offset.toString(16)})\n`,
+    );
+    offset += r.pnum;
+    bytes -= r.pnum;
+  }
+  return 0;
+}
+
+export async function allocF(s: IoSession, argv: string[]): Promise<number> {
+  const start = parseNum(s, argv[1]);
+  if (start instanceof OptFail) return start.ret;
+  let count = BDRV_SECTOR_SIZE;
+  if (argv.length === 3) {
+    const c = parseNum(s, argv[2]);
+    if (c instanceof OptFail) return c.ret;
+    count = c;
+  }
+  const bs = image(s);
+  let offset = start;
+  let remaining = count;
+  let sumAlloc = 0;
+  while (remaining > 0) {
+    let r: { allocated: boolean; pnum: number };
+    try {
+      if (unsafeRequest(offset, 0)) r = { allocated: false, pnum: 0 };
+      else r = await bs.isAllocated(offset, Math.min(remaining, Number.MAX_SAFE_INTEGER - offset));
+    } catch (e) {
+      s.poll();
+      // Past the end there is nothing to report (QEMU answers with 0 bytes).
+      if (isBlockError(e, 'EIO') && (await outOfBounds(bs, offset, 0))) {
+        r = { allocated: false, pnum: 0 };
+      } else {
+        s.o.out(`is_allocated failed: ${errnoText(e)}\n`);
+        return EIO;
+      }
+    }
+    offset += r.pnum;
+    remaining -= r.pnum;
+    if (r.allocated) sumAlloc += r.pnum;
+    if (r.pnum === 0) {
+      count -= remaining;
+      remaining = 0;
+    }
+  }
+  s.poll();
+  s.o.out(`${sumAlloc}/${count} bytes allocated at offset ${cvtstr(start)}\n`);
+  return 0;
+}
+
+export const discardCmd: CmdInfo = {
+  name: 'discard',
+  cfunc: discardF,
+  argmin: 2,
+  argmax: -1,
+  write: true,
+  args: '[-Cq] off len',
+  oneline: 'discards a number of bytes at a specified offset',
+};
+export const truncateCmd: CmdInfo = {
+  name: 'truncate',
+  cfunc: truncateF,
+  argmin: 1,
+  argmax: 3,
+  write: true,
+  args: '[-m prealloc_mode] off',
+  oneline: 'truncates the current file at the given offset',
+};
