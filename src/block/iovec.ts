@@ -7,17 +7,28 @@ export class IOVector {
   readonly iov: Uint8Array[];
   private _size: number;
 
-  constructor(iov: Uint8Array[] = []) {
-    this.iov = iov.filter((b) => b.length > 0);
-    this._size = this.iov.reduce((n, b) => n + b.length, 0);
+  /**
+   * `adopt` (module-private) takes `iov` as it is, already free of empty buffers and owned by
+   * no one else: the hot paths (slices, single buffers) then skip the filtering copy.
+   */
+  constructor(iov: Uint8Array[] = [], adopt?: typeof ADOPT) {
+    if (adopt === ADOPT) {
+      this.iov = iov;
+    } else {
+      this.iov = [];
+      for (const b of iov) if (b.length > 0) this.iov.push(b);
+    }
+    let size = 0;
+    for (const b of this.iov) size += b.length;
+    this._size = size;
   }
 
   static from(buf: Uint8Array): IOVector {
-    return new IOVector([buf]);
+    return new IOVector(buf.length > 0 ? [buf] : [], ADOPT);
   }
 
   static alloc(size: number): IOVector {
-    return new IOVector([new Uint8Array(size)]);
+    return IOVector.from(new Uint8Array(size));
   }
 
   get size(): number {
@@ -45,6 +56,13 @@ export class IOVector {
   /** A view of `len` bytes starting at `offset`, sharing memory (qemu_iovec_copy of old QEMU). */
   slice(offset: number, len: number = this._size - offset): IOVector {
     checkRange(offset, len, this._size);
+    // The whole vector: the same buffers, no subarray views.
+    if (offset === 0 && len === this._size) return new IOVector(this.iov.slice(), ADOPT);
+    // Inside one buffer (the usual case: a cluster of a one-buffer request): one view.
+    const first = this.iov[0];
+    if (first !== undefined && offset + len <= first.length) {
+      return new IOVector(len > 0 ? [first.subarray(offset, offset + len)] : [], ADOPT);
+    }
     const out: Uint8Array[] = [];
     let skip = offset;
     let left = len;
@@ -59,7 +77,7 @@ export class IOVector {
       skip = 0;
       left -= take;
     }
-    return new IOVector(out);
+    return new IOVector(out, ADOPT);
   }
 
   /** Copy bytes from `src` into the vector at `offset` (qemu_iovec_from_buf). */
@@ -132,6 +150,9 @@ export class IOVector {
     }
   }
 }
+
+/** Marks the trusted constructor call (not exported: only this module adopts arrays). */
+const ADOPT: unique symbol = Symbol('IOVector.adopt');
 
 function checkRange(offset: number, len: number, size: number): void {
   if (!Number.isInteger(offset) || !Number.isInteger(len) || offset < 0 || len < 0 || offset + len > size) {
