@@ -3,11 +3,11 @@
 // data runs are scanned for zero sectors (-S) so that zero regions stay unallocated in the
 // target, requests run in parallel (-m, through p-queue) and are written in order unless -W.
 import PQueue from 'p-queue';
-import { bdrvCreate, type BlockDriverState } from '../index.js';
+import type { BlockDriverState } from '../index.js';
 import { ERRNO_MESSAGES, isBlockError } from '../block/errors.js';
 import { ToolExit, cvtnum, errorMessage, parseOptions } from './common.js';
 import { checkCacheMode } from './img-check.js';
-import { accumulateOptions, createErrorMessage, printBlockOptionHelp, reportWithPrefix } from './img-create.js';
+import { accumulateOptions, createErrorMessage, createImageFile, printBlockOptionHelp, reportWithPrefix } from './img-create.js';
 import { BDRV_BLOCK_DATA, BDRV_BLOCK_ZERO, blockStatusAboveFlags } from './img-map.js';
 import {
   HelpRequest,
@@ -499,7 +499,7 @@ export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
       const createOpts: Record<string, string | number | boolean> = {};
       for (const [name, v] of drvOpts) createOpts[drv.createOptions?.find((o) => o.name === name)?.key ?? name] = v;
       try {
-        await bdrvCreate(outFile, { format: targetFmt, options: createOpts, unsafe: true, registry: env.registry });
+        await createImageFile(env, outFile, targetFmt, createOpts);
       } catch (e) {
         reportWithPrefix(env, `${outFile}: error while converting ${targetFmt}: `, new Error(createErrorMessage(e)));
         return 1;

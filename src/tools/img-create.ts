@@ -1,6 +1,6 @@
 // blk-img create: qemu-img create's options, checks in bdrv_img_create's order, and the
 // "Formatting ..." line printed (and flushed) just before the format driver runs.
-import { BlockDriverState, bdrvCreate, combineBackingPath, isBlockError, type BlockDriver, type CreateOptions } from '../index.js';
+import { BlockDriverState, BlockError, bdrvCreate, combineBackingPath, isBlockError, type BlockDriver, type CreateOptions } from '../index.js';
 import { qedCreateWarnings } from '../drivers/qed/create.js';
 import { ToolExit, cvtnum, errorExit, errorMessage, parseOptions } from './common.js';
 import {
@@ -44,6 +44,15 @@ export function printBlockOptionHelp(env: ImgEnv, filename: string | null, fmt: 
     env.o.out('\nThe protocol level may support further options.\nSpecify the target filename to include those options.\n');
   }
   return 0;
+}
+
+/**
+ * bdrv_create through the block layer, the options already checked. An empty name fails the
+ * way the file protocol fails to create it.
+ */
+export async function createImageFile(env: ImgEnv, filename: string, format: string, options: CreateOptions): Promise<void> {
+  if (filename === '') throw new BlockError('ENOENT', "Could not create '': No such file or directory", { op: 'create' });
+  await bdrvCreate(filename, { format, options, unsafe: true, registry: env.registry });
 }
 
 /** Turn a protocol-level "path: errno text" into QEMU's "Could not create 'path': errno text". */
@@ -139,7 +148,7 @@ export async function imgCreateImage(env: ImgEnv, p: ImgCreateParams): Promise<v
     for (const w of qedCreateWarnings(createOpts)) env.o.warn(w);
   }
   try {
-    await bdrvCreate(p.filename, { format: p.fmt, options: createOpts, unsafe: true, registry: env.registry });
+    await createImageFile(env, p.filename, p.fmt, createOpts);
   } catch (e) {
     throw new Error(createErrorMessage(e), { cause: e });
   }

@@ -1,10 +1,10 @@
 // blk-img dd: copy bs-sized blocks from an image into a newly created one (dd(1) operands),
 // including qemu-img 7.2's quirks: count limits the copy to count*bs bytes measured from the
 // start of the input (not from skip), and a skip past the end only warns (exit status 0).
-import { bdrvCreate, type BlockDriverState } from '../index.js';
+import type { BlockDriverState } from '../index.js';
 import { ERRNO_MESSAGES, isBlockError } from '../block/errors.js';
 import { ToolExit, cvtnum, cvtnumFull, errorMessage, parseOptions } from './common.js';
-import { createErrorMessage, reportWithPrefix } from './img-create.js';
+import { createErrorMessage, createImageFile, reportWithPrefix } from './img-create.js';
 import { HelpRequest, LONG_FORCE_SHARE, LONG_HELP, LONG_IMAGE_OPTS, closeQuietly, imgOpen, unsupportedOption, type ImgEnv } from './img-util.js';
 
 const errno = (e: unknown): string => (isBlockError(e) ? ERRNO_MESSAGES[e.code] : errorMessage(e));
@@ -88,7 +88,7 @@ export async function imgDd(env: ImgEnv, argv: string[]): Promise<number> {
     const skipTooFar = skip !== null && skip * bsz > size;
     const outSize = skip !== null && !skipTooFar ? size - bsz * skip : skip !== null ? 0 : size;
     try {
-      await bdrvCreate(outFile, { format: outFmt, options: { size: outSize }, unsafe: true, registry: env.registry });
+      await createImageFile(env, outFile, outFmt, { size: outSize });
     } catch (e) {
       reportWithPrefix(env, `${outFile}: error while creating output image: `, new Error(createErrorMessage(e)));
       return 1;

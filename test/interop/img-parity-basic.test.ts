@@ -43,6 +43,21 @@ const sessions: Session[] = [
       ['dd'],
       ['create'],
       ['create', '-f'],
+      ['info', ''],
+      ['check', ''],
+      ['map', ''],
+      ['compare', '', ''],
+      ['create', '-f', 'qed', '', '1M'],
+      ['convert', '-O', 'qed', '', 'x.qed'],
+      ['resize', '', '1M'],
+      ['info', '--', '-x'],
+      ['info', '-f', 'qed', '--', 'nonexist'],
+      ['--help=1'],
+      // Not compared: --version / --help texts (ours name blocklayer and its command set), and
+      // -T/--trace PATTERN, which blk-img accepts and ignores (QEMU checks the pattern against
+      // its own event list and prints its trace points to stderr).
+      ['dd', 'if=', 'of=x'],
+      ['dd', 'if=x', 'of='],
     ],
   },
   {
