@@ -1,6 +1,4 @@
 // blk-io's flush, discard, truncate, length, info, map and alloc (qemu-io 7.2 semantics).
-// ---------------------------------------------------------------------------------------------
-// flush, discard, truncate, length, info, map, alloc
 import { BDRV_SECTOR_SIZE } from '../block/driver.js';
 import { isBlockError } from '../block/errors.js';
 import type { BlockDriverState } from '../block/node.js';

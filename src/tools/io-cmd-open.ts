@@ -1,7 +1,5 @@
 // blk-io's open, close and reopen, and openfile() shared with the program's own options:
 // cache/discard/aio modes, QemuOpts-style -o strings, QEMU's open messages, -s overlays.
-// ---------------------------------------------------------------------------------------------
-// open / close / reopen
 import { resolve } from 'node:path';
 import { bdrvCreate } from '../block/create.js';
 import { BlockDriverState } from '../block/node.js';

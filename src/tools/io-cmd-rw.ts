@@ -1,7 +1,5 @@
 // blk-io's read, write, readv, writev, aio_read, aio_write and aio_flush, as qemu-io 7.2 has
 // them: options, checks, messages and reports in its order.
-// ---------------------------------------------------------------------------------------------
-// read / write
 import { BDRV_SECTOR_SIZE } from '../block/driver.js';
 import { IOVector } from '../block/iovec.js';
 import type { BlockDriverState } from '../block/node.js';
