@@ -95,6 +95,7 @@ interface Row {
   qemu: Measured[];
   ours: Measured[];
   skipped?: string;
+  failed?: boolean;
 }
 
 /** Environment of our child processes. */
@@ -133,14 +134,23 @@ function runWorkload(w: Workload, runs: number, ctx: Ctx, ours: Ours): Row {
     return row;
   }
   log(`  ${w.id.padEnd(5)} ${w.title}\n        `);
-  for (let i = 0; i < runs; i++) {
-    // Alternate who goes first, so that neither always runs on a warmer cache.
-    const order: Tool[] = i % 2 === 0 ? ['qemu', 'ours'] : ['ours', 'qemu'];
-    for (const tool of order) {
-      const m = runOnce(w, tool, ctx, ours);
-      (tool === 'qemu' ? row.qemu : row.ours).push(m);
-      log(`${tool === 'qemu' ? 'Q' : 'B'} ${fmtSeconds(timeOf(m))}  `);
+  try {
+    for (let i = 0; i < runs; i++) {
+      // Alternate who goes first, so that neither always runs on a warmer cache.
+      const order: Tool[] = i % 2 === 0 ? ['qemu', 'ours'] : ['ours', 'qemu'];
+      for (const tool of order) {
+        const m = runOnce(w, tool, ctx, ours);
+        (tool === 'qemu' ? row.qemu : row.ours).push(m);
+        log(`${tool === 'qemu' ? 'Q' : 'B'} ${fmtSeconds(timeOf(m))}  `);
+      }
     }
+  } catch (e) {
+    // One broken workload (a tool failing mid-session) must not lose the others' results.
+    const msg = (e instanceof Error ? e.message : String(e)).split('\n')[0];
+    row.skipped = `FAILED: ${msg}`;
+    row.failed = true;
+    log(`\n        ${row.skipped}\n`);
+    return row;
   }
   log(`\n        ratio ${ratioOf(row).toFixed(2)}\n`);
   return row;
@@ -189,7 +199,7 @@ function table(rows: Row[]): string {
   out.push('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|');
   for (const r of rows) {
     if (r.skipped !== undefined) {
-      out.push(`| ${r.w.id} | ${r.w.title} | – | – | skipped: ${r.skipped} | | | | | |`);
+      out.push(`| ${r.w.id} | ${r.w.title} | – | – | ${r.failed === true ? '' : 'skipped: '}${r.skipped} | | | | | |`);
       continue;
     }
     const q = median(r.qemu.map(timeOf));
@@ -338,11 +348,10 @@ function main(): number {
       .join('\n');
     log(`\n${text}\n`);
     if (args.only === null || args.write) writeResults(text);
-    if (mem?.pass === false) {
-      process.stderr.write('memory check FAILED\n');
-      return 1;
-    }
-    return 0;
+    if (mem?.pass === false) process.stderr.write('memory check FAILED\n');
+    const failed = rows.filter((r) => r.failed === true).map((r) => r.w.id);
+    if (failed.length > 0) process.stderr.write(`workloads that failed: ${failed.join(' ')}\n`);
+    return mem?.pass === false || failed.length > 0 ? 1 : 0;
   } finally {
     cleanup();
   }
