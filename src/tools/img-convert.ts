@@ -290,6 +290,11 @@ export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
   let wrInOrder = true;
   let forceShare = false;
   let targetIsZero = false;
+  let copyRange = false;
+  let compressed = false;
+  let explicitMinSparse = false;
+  let snapshot = false;
+  let bitmaps = false;
   const rest = parseOptions(
     env.o,
     argv,
@@ -323,15 +328,16 @@ export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
           break;
         case 'C':
           // Copy offloading is the host's business; the copy loop is the same.
+          copyRange = true;
           break;
         case 'c':
-          unsupportedOption(env, 'Compression (-c)');
+          compressed = true;
           break;
         case 'o':
           options = accumulateOptions(env, options, arg);
           break;
         case 'l':
-          unsupportedOption(env, 'Snapshots (-l)');
+          snapshot = true;
           break;
         case 'S': {
           const sval = cvtnum(env.o, 'buffer size for sparse output', arg);
@@ -342,6 +348,7 @@ export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
             throw new ToolExit(1);
           }
           minSparse = sval / SECTOR;
+          explicitMinSparse = true;
           break;
         }
         case 'p':
@@ -381,8 +388,10 @@ export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
         case 'target-is-zero':
           targetIsZero = true;
           break;
-        case 'salvage':
         case 'bitmaps':
+          bitmaps = true;
+          break;
+        case 'salvage':
         case 'skip-broken-bitmaps':
           unsupportedOption(env, `--${opt}`);
           break;
@@ -392,6 +401,14 @@ export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
     },
   );
   const targetFmt: string = outFmt ?? 'raw';
+  if (compressed && copyRange) {
+    env.o.error('Cannot enable copy offloading when -c is used');
+    return 1;
+  }
+  if (explicitMinSparse && copyRange) {
+    env.o.error('Cannot enable copy offloading when -S is used');
+    return 1;
+  }
   if (targetIsZero && !skipCreate) {
     env.o.error('--target-is-zero requires use of -n flag');
     return 1;
@@ -441,6 +458,16 @@ export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
       }
       s.srcAlignment.push(Math.max(1, align));
       s.totalSectors += sectors;
+    }
+    if (snapshot) {
+      // No format here has internal snapshots.
+      env.o.error(`Failed to load snapshot: Block format '${src[0].driver.formatName}' used by device '' does not support temporarily loading internal snapshots`);
+      return 1;
+    }
+    if (bitmaps) {
+      // Persistent dirty bitmaps are a qcow2 feature; neither qed nor raw has them.
+      env.o.error('Source lacks bitmap support');
+      return 1;
     }
     const outFile = outFilename as string;
 
@@ -492,6 +519,11 @@ export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
     }
     if (typeof baseParam === 'string' && !drvOpts.has('backing_fmt')) {
       env.o.error('Use of backing file requires explicit backing format');
+      return 1;
+    }
+    if (compressed) {
+      // Neither qed nor raw can write compressed clusters.
+      env.o.error('Compression not supported for this file format');
       return 1;
     }
     if (!skipCreate) {
