@@ -1,5 +1,8 @@
 // blk-img in process, without QEMU: dispatch, help/version, program name, stdio ordering,
 // and every subcommand end to end on in-memory images (mem:NAME).
+import { mkdtempSync, openSync, readSync, rmSync, writeSync, closeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { main } from '../../src/tools/img.js';
 import { Progress, qdictOrder, qemuPathCombine, toJsonPretty, jsonObject } from '../../src/tools/img-util.js';
@@ -133,6 +136,32 @@ describe('blk-img subcommands on mem: images', () => {
     expect(r.status).toBe(0);
     expect(r.stderr).toMatch(/^blk-img: warning: .*table_size=1.*QEMU/m);
     expect((await run('check', `${d}/t1.qed`)).status).toBe(0);
+  });
+});
+
+describe('blk-img on a dirty image (qed-format.md §17.5: the flag is reported truthfully)', () => {
+  it('info shows it, check -r all clears it', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'img-dirty-'));
+    try {
+      const f = join(dir, 'd.qed');
+      expect((await run('create', '-q', '-f', 'qed', f, '1M')).status).toBe(0);
+      // Set QED_F_NEED_CHECK (0x02) in the features field at offset 16.
+      const fd = openSync(f, 'r+');
+      const b = Buffer.alloc(1);
+      readSync(fd, b, 0, 1, 16);
+      b[0] |= 0x02;
+      writeSync(fd, b, 0, 1, 16);
+      closeSync(fd);
+      expect((await run('info', f)).stdout).toContain('cleanly shut down: no\n');
+      expect(JSON.parse((await run('info', '--output=json', f)).stdout)).toMatchObject({ 'dirty-flag': true });
+      // A read-only check leaves the flag; a repairing one clears it.
+      expect((await run('check', f)).status).toBe(0);
+      expect((await run('info', f)).stdout).toContain('cleanly shut down: no\n');
+      expect((await run('check', '-r', 'all', f)).status).toBe(0);
+      expect((await run('info', f)).stdout).not.toContain('cleanly shut down');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
