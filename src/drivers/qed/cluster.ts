@@ -5,7 +5,7 @@
  * with the run. A run never crosses an L2-table boundary, and host-contiguous clusters merge
  * into one run so a long request costs one I/O per contiguous piece.
  */
-import { BlockError } from '../../block/errors.js';
+import { BlockError, toBlockError } from '../../block/errors.js';
 import { qedCheckClusterOffset, qedCheckTableOffset } from './header.js';
 import { QED_UNALLOC_CLUSTER, QED_ZERO_CLUSTER, qedReadL2Table, qedTakeCachedL2Table, type QEDTable } from './table.js';
 import {
@@ -70,29 +70,53 @@ export function qedCountContiguousClusters(
  * Plan the run starting at guest offset `pos`, at most `len` bytes. The request keeps a
  * reference to the L2 table it used (released by the caller, or by the next lookup).
  * An invalid table entry fails with EINVAL: nothing is ever read from a wild offset.
+ *
+ * The answer is synchronous (a plain run, no promise) when no table has to be read: L1
+ * unallocated or an L2 cache hit, i.e. nearly every request. A read from disk, and any error,
+ * comes back as a promise (errors always as a rejection, never thrown).
  */
-export async function qedFindCluster(
+export function qedFindCluster(
   s: BDRVQEDState,
   request: QEDRequest,
   pos: number,
   len: number,
-): Promise<QEDClusterRun> {
-  // Requests are handled one L2 table at a time.
-  const l2End = (Math.floor(pos / s.l2Span) + 1) * s.l2Span;
-  len = Math.min(len, l2End - pos);
+): QEDClusterRun | Promise<QEDClusterRun> {
+  try {
+    // Requests are handled one L2 table at a time.
+    const l2End = (Math.floor(pos / s.l2Span) + 1) * s.l2Span;
+    len = Math.min(len, l2End - pos);
 
-  const l2Offset = s.l1Table.get(qedL1Index(s, pos));
-  if (l2Offset === QED_UNALLOC_CLUSTER) return { kind: 'l1-unallocated', hostOffset: 0, length: len };
-  const limits = qedLimits(s);
-  if (!qedCheckTableOffset(limits, l2Offset)) {
-    throw new BlockError('EINVAL', `QED L2 table offset ${l2Offset} is invalid`, { op: 'qed_find_cluster', offset: pos });
+    const l2Offset = s.l1Table.get(qedL1Index(s, pos));
+    if (l2Offset === QED_UNALLOC_CLUSTER) return { kind: 'l1-unallocated', hostOffset: 0, length: len };
+    if (!qedCheckTableOffset(qedLimits(s), l2Offset)) {
+      throw new BlockError('EINVAL', `QED L2 table offset ${l2Offset} is invalid`, { op: 'qed_find_cluster', offset: pos });
+    }
+
+    // A cached table is taken without yielding, as QEMU's coroutine runs on until real I/O:
+    // otherwise a request whose table is cached would queue for allocation behind a later
+    // request that needs no table at all, and concurrent writes would allocate in another
+    // order than QEMU's (a different, if valid, file).
+    if (!qedTakeCachedL2Table(s, request, l2Offset)) return qedFindClusterRead(s, request, pos, len, l2Offset);
+    return qedFindClusterInTable(s, request, pos, len);
+  } catch (e) {
+    return Promise.reject(e instanceof Error ? e : toBlockError(e, { op: 'qed_find_cluster', offset: pos }));
   }
+}
 
-  // A cached table is taken without yielding, as QEMU's coroutine runs on until real I/O:
-  // otherwise a request whose table is cached would queue for allocation behind a later
-  // request that needs no table at all, and concurrent writes would allocate in another
-  // order than QEMU's (a different, if valid, file).
-  if (!qedTakeCachedL2Table(s, request, l2Offset)) await qedReadL2Table(s, request, l2Offset);
+/** Cache miss: read the table, then plan the run in it. */
+async function qedFindClusterRead(
+  s: BDRVQEDState,
+  request: QEDRequest,
+  pos: number,
+  len: number,
+  l2Offset: number,
+): Promise<QEDClusterRun> {
+  await qedReadL2Table(s, request, l2Offset);
+  return qedFindClusterInTable(s, request, pos, len);
+}
+
+/** Plan the run in the request's L2 table (already held). */
+function qedFindClusterInTable(s: BDRVQEDState, request: QEDRequest, pos: number, len: number): QEDClusterRun {
   const table = request.l2Table!.table;
   const inCluster = qedOffsetIntoCluster(s, pos);
   const n = qedBytesToClusters(s, inCluster + len);
@@ -101,7 +125,7 @@ export async function qedFindCluster(
 
   if (first === QED_UNALLOC_CLUSTER) return { kind: 'l2-unallocated', hostOffset: 0, length };
   if (first === QED_ZERO_CLUSTER) return { kind: 'zero', hostOffset: 0, length };
-  if (!qedCheckClusterOffset(limits, first)) {
+  if (!qedCheckClusterOffset(qedLimits(s), first)) {
     throw new BlockError('EINVAL', `QED data cluster offset ${first} is invalid`, {
       op: 'qed_find_cluster',
       offset: pos,
