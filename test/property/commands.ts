@@ -276,10 +276,11 @@ export async function runCommand(st: RunState, c: Command): Promise<void> {
       if (setup.backingName === '') return;
       // Point the image at a byte-identical copy of its backing file: nothing may change.
       st.copies++;
-      // Backing names are relative, in the image's own store namespace: name = store name.
-      const oldStore = memStripPrefix(setup.backingName);
+      // Backing names are relative, in the image's own namespace: for mem, name = store name;
+      // for host files, a file next to the image.
       const newName = `${setup.prefix}-copy${st.copies}-${setup.backingFmt}`;
-      memStoreRestore(newName, memStoreSnapshot(oldStore));
+      if (setup.copyFile) setup.copyFile(setup.backingName, newName);
+      else memStoreRestore(newName, memStoreSnapshot(memStripPrefix(setup.backingName)));
       st.log.push(`rebase copy ${newName}`);
       await st.bs.changeBackingFile(newName, setup.backingFmt);
       setup.backingName = newName;

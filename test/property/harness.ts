@@ -109,6 +109,8 @@ export interface ImageSetup {
   /** Backing file name as recorded in the top image, and its format. */
   backingName: string;
   backingFmt: string;
+  /** Copy a file of this run to a new name in the same namespace (host files; mem uses snapshots). */
+  copyFile?: (from: string, to: string) => void;
   /** After a backing removal: the bytes past the end that a straddling cluster holds. */
   tailView?: Uint8Array;
   /** Top-image clusters touched by a write (what a backing removal leaves in place). */
@@ -191,13 +193,14 @@ async function writeQedLayer(
 export async function buildImage(
   geom: Geometry,
   prefix: string,
-  opts: { proto?: string; registry?: BlockDriverRegistry } = {},
+  opts: { proto?: string; registry?: BlockDriverRegistry; dir?: string } = {},
 ): Promise<ImageSetup> {
   const registry = opts.registry ?? defaultRegistry;
   const proto = opts.proto ?? 'mem';
   const format = formatUnderTest(registry);
   const backingKind: BackingKind = format === 'qed' ? geom.backing : 'none';
-  const name = (n: string): string => `${proto}:${prefix}-${n}`;
+  // Host files ('file'): plain paths in `dir`; otherwise names in the protocol's namespace.
+  const name = (n: string): string => (proto === 'file' ? `${opts.dir ?? '.'}/${prefix}-${n}` : `${proto}:${prefix}-${n}`);
 
   let backing: { name: string; fmt: string; view: Uint8Array } | null = null;
   if (backingKind === 'raw' || backingKind === 'chain3') {

@@ -2,6 +2,9 @@
  * Every property of the fuzzing suite, as functions of {seed, numRuns}: the vitest files run
  * them with a small budget, `npm run fuzz` (fuzz.ts) with a large one.
  */
+import { copyFileSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import fc from 'fast-check';
 import { propConcurrent } from './concurrency.js';
 import { propCorruption, propRepairFault } from './corruption.js';
@@ -113,6 +116,7 @@ export type PropertyFn = (opts: PropertyOptions) => Promise<void>;
 /** Every property, by name (fuzz.ts runs them all or those named with --only). */
 export const ALL_PROPERTIES: Record<string, PropertyFn> = {
   sequential: propSequential,
+  sequentialfile: propSequentialFile,
   blkdebug: propBlkdebug,
   powerloss: propPowerLoss,
   concurrent: propConcurrent,
@@ -123,3 +127,33 @@ export const ALL_PROPERTIES: Record<string, PropertyFn> = {
   qemu: propQemuInterop,
   qemuwrites: propQemuWrites,
 };
+
+/**
+ * The sequential property over host files (the file protocol) instead of mem: the same model,
+ * through the file driver's length cache, hole detection and growth.
+ */
+export async function propSequentialFile(opts: PropertyOptions): Promise<void> {
+  const maxCommands = opts.wide ? 40 : 20;
+  const dir = mkdtempSync(join(tmpdir(), 'blocklayer-seqfile-'));
+  try {
+    await fc.assert(
+      fc.asyncProperty(geometryArb(false), fc.array(commandArb(), { minLength: 1, maxLength: maxCommands, size: opts.wide ? 'large' : 'medium' }), async (geom, cmds) => {
+        const prefix = freshPrefix('sf');
+        const setup = await buildImage(geom, prefix, { proto: 'file', dir });
+        setup.copyFile = (from, to) => copyFileSync(join(dir, from), join(dir, to));
+        setup.cleanup = () => {
+          for (const f of readdirSync(dir)) if (f.startsWith(`${prefix}-`)) rmSync(join(dir, f), { force: true });
+        };
+        try {
+          const n = await runSequence(setup, cmds);
+          opts.onCommands?.(n);
+        } finally {
+          setup.cleanup();
+        }
+      }),
+      fcParams(opts),
+    );
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}

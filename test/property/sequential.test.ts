@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { propBlkverify, propSequential } from './properties.js';
+import { propBlkverify, propSequential, propSequentialFile } from './properties.js';
 import { formatUnderTest } from './harness.js';
 import { propHuge } from './huge.js';
 
@@ -24,5 +24,13 @@ describe('huge sparse images (offsets past 2^31, 2^32, up to the size limit)', (
     let commands = 0;
     await propHuge({ numRuns: 40, onCommands: (n) => (commands += n) });
     expect(commands).toBeGreaterThan(40);
+  });
+});
+
+describe('model-based sequential over host files (file protocol)', () => {
+  it('the same sequences through the file driver read back as the model', async () => {
+    let commands = 0;
+    await propSequentialFile({ numRuns: 60, onCommands: (n) => (commands += n) });
+    expect(commands).toBeGreaterThan(60);
   });
 });
