@@ -55,6 +55,14 @@ export function qedFile(s: BDRVQEDState): BlockDriverState {
   return file;
 }
 
+/**
+ * True when someone listens to trace points. Hot call sites test it first, so the argument
+ * object literal is not even built per request when nobody listens.
+ */
+export function qedTracing(s: BDRVQEDState): boolean {
+  return s.bs.events.listenerCount('trace') > 0;
+}
+
 /** Emit a trace point, building nothing when nobody listens. */
 export function qedTrace(s: BDRVQEDState, name: string, args: Record<string, unknown>): void {
   if (s.bs.events.listenerCount('trace') > 0) s.bs.trace(name, { s, ...args });
