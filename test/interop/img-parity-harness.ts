@@ -15,7 +15,10 @@ import { runQemuImg, runQemuIo } from './qemu.js';
 
 export interface Step {
   args: string[];
-  /** Also compare the interleaving of stdout and stderr on one pipe (command must be re-runnable). */
+  /**
+   * Also compare the interleaving of stdout and stderr on one pipe. QEMU is run a second time
+   * for it, so only for commands that change nothing (or fail before changing anything).
+   */
   merged?: boolean;
   /** Collapse progress meters before comparing (commit's job loop prints a different count). */
   maskProgress?: boolean;
