@@ -30,7 +30,8 @@ export type Command =
   | { op: 'discard'; span: Span }
   | { op: 'map' }
   | { op: 'reopenCor' }
-  | { op: 'aio'; write: boolean; span: Span; seed: number };
+  | { op: 'aio'; write: boolean; span: Span; seed: number }
+  | { op: 'rebaseTooLong'; extra: number };
 
 export const spanArb: fc.Arbitrary<Span> = fc.record({
   at: fc.nat({ max: 0x7fffffff }),
@@ -51,6 +52,7 @@ export function commandArb(): fc.Arbitrary<Command> {
     { weight: 1, arbitrary: fc.record({ op: fc.constant('discard' as const), span: spanArb }) },
     { weight: 1, arbitrary: fc.constant({ op: 'map' as const }) },
     { weight: 1, arbitrary: fc.constant({ op: 'reopenCor' as const }) },
+    { weight: 1, arbitrary: fc.record({ op: fc.constant('rebaseTooLong' as const), extra: fc.nat({ max: 5000 }) }) },
     {
       weight: 2,
       arbitrary: fc.record({ op: fc.constant('aio' as const), write: fc.boolean(), span: spanArb, seed: fc.nat({ max: 1 << 20 }) }),
@@ -236,6 +238,28 @@ export async function runCommand(st: RunState, c: Command): Promise<void> {
         const want = model.read(offset, buf.length);
         const d = firstDiff(buf, want);
         if (d >= 0) throw new ModelMismatch(`${st.log.join('; ')}: aio read differs at ${offset + d}`);
+      }
+      return;
+    }
+    case 'rebaseTooLong': {
+      if (setup.format !== 'qed') return;
+      // A backing name that does not fit in the header cluster: refused, nothing written.
+      const name = 'n'.repeat(cs - 64 + 1 + c.extra);
+      st.log.push(`rebase to a ${name.length}-byte name`);
+      let err: unknown = null;
+      try {
+        await st.bs.changeBackingFile(name, 'raw');
+      } catch (e) {
+        err = e;
+      }
+      if (!(err instanceof BlockError) || err.code !== 'ENOSPC') {
+        throw new ModelMismatch(`${st.log.join('; ')}: expected ENOSPC, got ${err instanceof Error ? err.message : 'success'}`);
+      }
+      await st.bs.close();
+      st.bs = await setup.open();
+      st.cor = false;
+      if (st.bs.backingFile !== setup.backingName) {
+        throw new ModelMismatch(`${st.log.join('; ')}: backing file became '${st.bs.backingFile}'`);
       }
       return;
     }
