@@ -225,6 +225,14 @@ const sessions: Session[] = [
       ['check', '-r', 'all', '--output=json', 'leak.qed'],
       ['check', '-T', 'foo', 'a.qed'],
       ['check', '-T', 'none', 'a.qed'],
+      // bench is dispatched to src/tools/bench.ts (its own suite covers it in depth).
+      ['bench'],
+      ['bench', '-c', '100', '-d', '4', 'a.qed'],
+      { args: ['bench', '--flush-interval=1', 'a.qed'], merged: true },
+      // Depth 1: with parallel allocating writes QEMU's allocation order (and so check's
+      // fragmentation figure) differs from ours; that is the QED driver's business, not blk-img's.
+      ['bench', '-w', '-d', '1', '-c', '16', '-s', '64k', '--pattern=7', 'leak.qed'],
+      ['check', 'leak.qed'],
     ],
   },
 ];
