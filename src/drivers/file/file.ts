@@ -90,11 +90,17 @@ function pwriteOnce(fd: number, iov: readonly Uint8Array[], size: number, pos: n
 }
 
 /**
- * preadv until `size` bytes or EOF; returns the bytes read. A short count is not EOF by itself
+ * The rest of a preadv after a first read of `done` bytes: on until `size` bytes or EOF; returns
+ * the bytes read. A short count is not EOF by itself
  * (signals, IOV_MAX splitting), only a read returning 0 is.
  */
-async function preadvFull(fd: number, iov: readonly Uint8Array[], size: number, pos: number): Promise<number> {
-  let done = await preadOnce(fd, iov, size, pos);
+async function preadvRest(
+  fd: number,
+  iov: readonly Uint8Array[],
+  size: number,
+  pos: number,
+  done: number,
+): Promise<number> {
   while (done < size && done > 0) {
     const rest = iovTail(iov, done);
     const n = await preadOnce(fd, rest, size - done, pos + done);
@@ -106,7 +112,17 @@ async function preadvFull(fd: number, iov: readonly Uint8Array[], size: number, 
 
 /** pwritev until every byte is written; a write that makes no progress is an I/O error. */
 async function pwritevFull(fd: number, iov: readonly Uint8Array[], size: number, pos: number): Promise<void> {
-  let done = await pwriteOnce(fd, iov, size, pos);
+  await pwritevRest(fd, iov, size, pos, await pwriteOnce(fd, iov, size, pos));
+}
+
+/** The rest of pwritevFull after a first write of `done` bytes (rarely anything to do). */
+async function pwritevRest(
+  fd: number,
+  iov: readonly Uint8Array[],
+  size: number,
+  pos: number,
+  done: number,
+): Promise<void> {
   while (done < size) {
     const rest = iovTail(iov, done);
     const n = await pwriteOnce(fd, rest, size - done, pos + done);
@@ -219,7 +235,9 @@ async function fileCoPreadv(bs: BlockDriverState, offset: number, bytes: number,
   let done: number;
   beginIO(s);
   try {
-    done = await preadvFull(s.fh.fd, iov, bytes, offset);
+    // One pread inline (no helper frame); a short count goes on in preadvRest.
+    done = await preadOnce(s.fh.fd, iov, bytes, offset);
+    if (done < bytes && done > 0) done = await preadvRest(s.fh.fd, iov, bytes, offset, done);
   } catch (e) {
     throw toBlockError(e, { op: 'read', offset, path: s.path });
   } finally {
@@ -241,8 +259,10 @@ async function fileCoPwritev(
   const iov = qiov.size === bytes ? qiov.iov : qiov.slice(0, bytes).iov;
   beginIO(s);
   try {
-    // A write past EOF grows the file; the gap is a hole that reads as zeros.
-    await pwritevFull(s.fh.fd, iov, bytes, offset);
+    // A write past EOF grows the file; the gap is a hole that reads as zeros. One pwrite
+    // inline (no helper frame); a short count goes on in pwritevRest.
+    const done = await pwriteOnce(s.fh.fd, iov, bytes, offset);
+    if (done < bytes) await pwritevRest(s.fh.fd, iov, bytes, offset, done);
     if (offset + bytes > s.length) s.length = offset + bytes;
     // FUA: the write must be durable when it completes.
     if (flags.fua === true) await s.fh.datasync();
