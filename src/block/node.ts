@@ -1057,11 +1057,28 @@ export class BlockDriverState {
   private lengthSync(): number | null {
     const hook = this.getLengthHook;
     if (!hook) return null;
-    const r = hook(this);
+    let r: number | Promise<number>;
+    try {
+      r = hook(this);
+    } catch {
+      // The slow path asks again and reports the error where it belongs (callback, rejection).
+      return null;
+    }
     if (typeof r === 'number') return r;
     // An async length cannot be checked here; the generic path awaits it instead.
     r.catch(() => undefined);
     return null;
+  }
+
+  /**
+   * The length when it is known without waiting and the node is open, else null (then use
+   * getLength()). Lets a pass-through driver (raw) answer its own length synchronously, which
+   * keeps the request fast paths open above it.
+   */
+  knownLength(): number | null {
+    if (!this.isOpen) return null;
+    const len = this.lengthSync();
+    return len === null || invalidNumber(len) ? null : len;
   }
 
   private aioNative(

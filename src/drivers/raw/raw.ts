@@ -178,8 +178,17 @@ async function rawTruncate(bs: BlockDriverState, size: number): Promise<void> {
  * last 23 bytes read as zeros (the protocol node zero-fills past its end, and a write there
  * grows the file).
  */
-async function rawGetLength(bs: BlockDriverState): Promise<number> {
-  const len = await child(bs).getLength();
+function rawGetLength(bs: BlockDriverState): number | Promise<number> {
+  const file = child(bs);
+  // Synchronous when the protocol knows its length (file, mem): the generic layer's request
+  // fast paths need a synchronous length; otherwise (a filter) ask and wait.
+  const known = file.knownLength();
+  if (known !== null) return Math.ceil(known / BDRV_SECTOR_SIZE) * BDRV_SECTOR_SIZE;
+  return rawGetLengthAsync(file);
+}
+
+async function rawGetLengthAsync(file: BlockDriverState): Promise<number> {
+  const len = await file.getLength();
   return Math.ceil(len / BDRV_SECTOR_SIZE) * BDRV_SECTOR_SIZE;
 }
 
