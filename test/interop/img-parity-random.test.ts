@@ -25,7 +25,14 @@ const op = fc.record({
   pattern: fc.integer({ min: 1, max: 255 }),
 });
 
-function session(g: fc.RecordValue<{ clusterSize: number; tableSize: number; sizeUnits: number; backing: boolean }>, ops: Array<{ zero: boolean; start: number; len: number; pattern: number }>): Session {
+interface Geometry {
+  clusterSize: number;
+  tableSize: number;
+  sizeUnits: number;
+  backing: boolean;
+}
+
+function session(g: Geometry, ops: Array<{ zero: boolean; start: number; len: number; pattern: number }>): Session {
   const size = g.sizeUnits * 64 * KiB;
   const unit = size / 1024; // offsets in 1/1024ths of the image, rounded to sectors
   const cmds = ops.map((o) => {
