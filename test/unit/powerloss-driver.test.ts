@@ -99,3 +99,22 @@ describe('powerloss driver', () => {
     await expect(BlockDriverState.open('powerloss:nope', { format: 'raw' })).rejects.toMatchObject({ code: 'ENOENT' });
   });
 });
+
+describe('powerloss request latency', () => {
+  it('a flush issued before a write completed may overtake it; one issued after it may not', async () => {
+    for (const awaitWrite of [true, false]) {
+      const st = powerlossStoreCreate('pl', new Uint8Array(4096));
+      const bs = await BlockDriverState.open('powerloss:pl', { format: 'raw' });
+      // Offset 1024 is sector 2: its write lands after three microtask turns, the flush after one.
+      const w = bs.pwrite(1024, new Uint8Array(512).fill(7));
+      if (awaitWrite) await w;
+      await bs.flush();
+      await w;
+      st.crash(() => 0); // every volatile write lost
+      const b = new Uint8Array(1);
+      st.current.read(1024, [b], 1);
+      expect(b[0]).toBe(awaitWrite ? 7 : 0);
+      await bs.close();
+    }
+  });
+});

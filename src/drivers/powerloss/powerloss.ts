@@ -12,6 +12,20 @@ import type { IOVector } from '../../block/iovec.js';
 import type { BlockDriverState } from '../../block/node.js';
 import { PowerLossStore, powerlossStoreCreate, powerlossStoreGet, powerlossStripPrefix } from './store.js';
 
+/**
+ * Requests land after a few turns of the microtask queue, writes after 1..3 depending on where
+ * they go and flushes after one: a flush issued before an earlier write has *completed* may
+ * overtake it and leave it volatile, as on a real disk. A driver that awaits its writes before
+ * flushing (what the ordering rules require) sees no difference.
+ */
+async function latency(hops: number): Promise<void> {
+  for (let i = 0; i < hops; i++) await Promise.resolve();
+}
+
+function writeHops(offset: number): number {
+  return 1 + (Math.floor(offset / 512) % 3);
+}
+
 function store(bs: BlockDriverState): PowerLossStore {
   const s = bs.opaque;
   if (!(s instanceof PowerLossStore)) {
@@ -54,18 +68,24 @@ export const powerlossDriver: BlockDriver = {
   create: powerlossCreate,
 
   async coPreadv(bs, offset, bytes, qiov: IOVector) {
+    await latency(1);
     store(bs).read(offset, qiov.iov, bytes);
   },
   async coPwritev(bs, offset, bytes, qiov: IOVector, flags: WriteFlags) {
+    // The caller may reuse its buffer once we return, not before: copy at landing time.
+    await latency(writeHops(offset));
     store(bs).write(offset, qiov.iov, bytes, flags.fua === true);
   },
   async coWriteZeroes(bs, offset, bytes, _flags: WriteZeroesFlags) {
+    await latency(writeHops(offset));
     store(bs).writeZeroes(offset, bytes);
   },
   async coFlush(bs) {
+    await latency(1);
     store(bs).flush();
   },
   async truncate(bs, size) {
+    await latency(1);
     store(bs).truncate(size);
   },
   getLength(bs) {
