@@ -21,6 +21,14 @@ export class BlockAIOCB {
   private state: AcbState = 'idle';
   private cancelled = false;
   private finishWaiters: (() => void)[] = [];
+  /** The running request's work and result, kept in fields so no closure is made per request. */
+  private work: ((acb: BlockAIOCB) => Promise<void>) | null = null;
+  private error: BlockError | null = null;
+  // Bound once per AIOCB (pooled), not once per request.
+  private readonly runBound = (): void => this.run();
+  private readonly doneBound = (): void => this.complete(null);
+  private readonly failBound = (e: unknown): void => this.complete(toBlockError(e, { op: 'aio' }));
+  private readonly finishBound = (): void => this.finish();
 
   constructor(readonly pool: AIOPool<BlockAIOCB>) {}
 
@@ -35,35 +43,50 @@ export class BlockAIOCB {
    */
   start(work: (acb: this) => Promise<void>): this {
     this.state = 'queued';
-    queueMicrotask(() => {
-      if (this.cancelled) {
-        this.complete(new BlockError('ECANCELED', 'Operation canceled', { op: 'aio' }));
-        return;
-      }
-      this.state = 'running';
-      work(this).then(
-        () => this.complete(null),
-        (e: unknown) => this.complete(toBlockError(e, { op: 'aio' })),
-      );
-    });
+    // Called with this very object, whose type `work` expects.
+    this.work = work as (acb: BlockAIOCB) => Promise<void>;
+    queueMicrotask(this.runBound);
     return this;
+  }
+
+  private run(): void {
+    const work = this.work;
+    this.work = null;
+    if (this.cancelled || work === null) {
+      this.complete(new BlockError('ECANCELED', 'Operation canceled', { op: 'aio' }));
+      return;
+    }
+    this.state = 'running';
+    let p: Promise<void>;
+    try {
+      p = work(this);
+    } catch (e) {
+      // A work function that throws instead of rejecting still completes through the callback.
+      p = Promise.reject(e instanceof Error ? e : toBlockError(e, { op: 'aio' }));
+    }
+    p.then(this.doneBound, this.failBound);
   }
 
   /** Finish the request: its callback runs in a later microtask, exactly once. */
   complete(error: BlockError | null): void {
     if (this.state === 'completing' || this.state === 'idle') return;
     this.state = 'completing';
-    queueMicrotask(() => {
-      const cb = this.cb;
-      try {
-        cb?.(error);
-      } finally {
-        const waiters = this.finishWaiters;
-        this.finishWaiters = [];
-        this.pool.release(this);
-        for (const w of waiters) w();
-      }
-    });
+    this.error = error;
+    queueMicrotask(this.finishBound);
+  }
+
+  private finish(): void {
+    const cb = this.cb;
+    const error = this.error;
+    this.error = null;
+    try {
+      cb?.(error);
+    } finally {
+      const waiters = this.finishWaiters;
+      this.finishWaiters = [];
+      this.pool.release(this);
+      for (const w of waiters) w();
+    }
   }
 
   /**
@@ -83,6 +106,7 @@ export class BlockAIOCB {
     this.cb = cb;
     this.state = 'idle';
     this.cancelled = false;
+    this.work = null;
     this.generation++;
   }
 }

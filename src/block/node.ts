@@ -447,35 +447,71 @@ export class BlockDriverState {
     const bytes = qiov.size;
     this.checkArgs('read', offset, bytes);
     const fn = this.io.coPreadv;
-    // Fast path, same semantics as the slow one when all of these hold: the node is open (the
-    // request counts in flight, so close waits for it), the length is known synchronously and
-    // the request lies inside it (no bounds error, no zero-fill past the end), it is aligned
-    // (no padding, no RMW), not copy-on-read, and no serialising request overlaps it (so
-    // trackBegin would not wait). It still enters `tracked`, so a later RMW waits for it. The
-    // driver hook is called directly instead of through the 9 async helpers of the slow path.
-    if (fn !== undefined && bytes > 0 && this.isOpen && !(this.openOptions.copyOnRead === true && !this.readOnly)) {
-      const len = this.lengthSync();
-      const align = this.requestAlignment;
-      if (
-        len !== null &&
-        !invalidNumber(len) &&
-        offset + bytes <= len &&
-        offset % align === 0 &&
-        bytes % align === 0 &&
-        this.findConflict(offset, offset + bytes, false) === undefined
-      ) {
-        this.inFlight++;
-        const req = this.trackInsert(offset, offset + bytes, false);
-        try {
-          await fn(this, offset, bytes, qiov);
-        } finally {
-          this.trackEnd(req);
-          this.endInFlight();
-        }
-        return;
+    if (fn !== undefined && this.fastReadOk(offset, bytes)) {
+      this.inFlight++;
+      const req = this.trackInsert(offset, offset + bytes, false);
+      try {
+        await fn(this, offset, bytes, qiov);
+      } finally {
+        this.trackEnd(req);
+        this.endInFlight();
       }
+      return;
     }
     await this.inflight('read', () => this.doPreadv(offset, qiov));
+  }
+
+  /**
+   * Can a checked read take the fast path? It has the same semantics as the slow one when all
+   * of these hold: the node is open (the request counts in flight, so close waits for it), the
+   * length is known synchronously and the request lies inside it (no bounds error, no
+   * zero-fill past the end), it is aligned (no padding, no RMW), not copy-on-read, and no
+   * serialising request overlaps it (so trackBegin would not wait). It still enters `tracked`,
+   * so a later RMW waits for it. The driver hook is then called directly instead of through
+   * the 9 async helpers of the slow path.
+   */
+  private fastReadOk(offset: number, bytes: number): boolean {
+    if (bytes === 0 || !this.isOpen || (this.openOptions.copyOnRead === true && !this.readOnly)) return false;
+    const len = this.lengthSync();
+    const align = this.requestAlignment;
+    return (
+      len !== null &&
+      !invalidNumber(len) &&
+      offset + bytes <= len &&
+      offset % align === 0 &&
+      bytes % align === 0 &&
+      this.findConflict(offset, offset + bytes, false) === undefined
+    );
+  }
+
+  /**
+   * Fast path for writes (see fastReadOk): open, aligned, within the length unless the node
+   * grows, and no overlapping serialising request; an aligned write is never serialising.
+   */
+  private fastWriteOk(offset: number, bytes: number): boolean {
+    if (bytes === 0 || !this.isOpen) return false;
+    const align = this.requestAlignment;
+    const len = this.growable ? Number.MAX_SAFE_INTEGER : this.lengthSync();
+    return (
+      len !== null &&
+      !invalidNumber(len) &&
+      offset + bytes <= len &&
+      offset % align === 0 &&
+      bytes % align === 0 &&
+      this.findConflict(offset, offset + bytes, false) === undefined
+    );
+  }
+
+  /** Run a fast-path request (fastReadOk/fastWriteOk said yes): tracked and in flight. */
+  private async fastRun(offset: number, bytes: number, io: () => Promise<void>): Promise<void> {
+    this.inFlight++;
+    const req = this.trackInsert(offset, offset + bytes, false);
+    try {
+      await io();
+    } finally {
+      this.trackEnd(req);
+      this.endInFlight();
+    }
   }
 
   /** A read that passed the synchronous checks and is counted in flight. */
@@ -561,29 +597,16 @@ export class BlockDriverState {
     this.checkArgs('write', offset, bytes);
     this.checkWritable('write');
     const fn = this.io.coPwritev;
-    // Fast path (see preadv): open, aligned, within the length unless the node grows, and no
-    // overlapping serialising request; an aligned write is never serialising itself.
-    if (fn !== undefined && bytes > 0 && this.isOpen) {
-      const align = this.requestAlignment;
-      const len = this.growable ? Number.MAX_SAFE_INTEGER : this.lengthSync();
-      if (
-        len !== null &&
-        !invalidNumber(len) &&
-        offset + bytes <= len &&
-        offset % align === 0 &&
-        bytes % align === 0 &&
-        this.findConflict(offset, offset + bytes, false) === undefined
-      ) {
-        this.inFlight++;
-        const req = this.trackInsert(offset, offset + bytes, false);
-        try {
-          await fn(this, offset, bytes, qiov, flags);
-        } finally {
-          this.trackEnd(req);
-          this.endInFlight();
-        }
-        return;
+    if (fn !== undefined && this.fastWriteOk(offset, bytes)) {
+      this.inFlight++;
+      const req = this.trackInsert(offset, offset + bytes, false);
+      try {
+        await fn(this, offset, bytes, qiov, flags);
+      } finally {
+        this.trackEnd(req);
+        this.endInFlight();
       }
+      return;
     }
     await this.inflight('write', () => this.doPwritev(offset, qiov, flags));
   }
@@ -1050,7 +1073,24 @@ export class BlockDriverState {
     ) {
       return this.aioNative(native, offset, bytes, sectorNum, qiov, nbSectors, cb);
     }
-    return this.aioGeneric(cb, () => (write ? this.doPwritev(offset, qiov, {}) : this.doPreadv(offset, qiov)));
+    // The generic path still takes the request fast path when it applies (decided when the
+    // request runs, not at submission: other requests may have started or ended meanwhile).
+    return this.aioGeneric(cb, () => this.aioGenericRw(write, offset, bytes, qiov));
+  }
+
+  private aioGenericRw(write: boolean, offset: number, bytes: number, qiov: IOVector): Promise<void> {
+    if (write) {
+      const fn = this.io.coPwritev;
+      if (fn !== undefined && this.fastWriteOk(offset, bytes)) {
+        return this.fastRun(offset, bytes, () => fn(this, offset, bytes, qiov, NO_FLAGS));
+      }
+      return this.doPwritev(offset, qiov, NO_FLAGS);
+    }
+    const fn = this.io.coPreadv;
+    if (fn !== undefined && this.fastReadOk(offset, bytes)) {
+      return this.fastRun(offset, bytes, () => fn(this, offset, bytes, qiov));
+    }
+    return this.doPreadv(offset, qiov);
   }
 
   /** The length if the driver knows it without waiting (native AIO bounds check), else null. */
