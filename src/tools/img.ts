@@ -36,20 +36,20 @@ const COMMANDS: Array<[string, ImgCommand, string]> = [
   ['resize', imgResize, 'resize [-f fmt] [--preallocation=prealloc] [-q] [--shrink] filename [+ | -]size'],
 ];
 
-function versionText(prog: string): string {
-  return `${prog} version ${BLK_IMG_VERSION} (blocklayer)\nMirrors qemu-img 7.2: same subcommands, options, messages and exit codes.\n`;
+/** Like qemu-img's, the version and usage lines name the tool itself, not argv[1]. */
+function versionText(): string {
+  return `blk-img version ${BLK_IMG_VERSION} (blocklayer)\nMirrors qemu-img 7.2: same subcommands, options, messages and exit codes.\n`;
 }
 
 export function helpText(env: ImgEnv): string {
-  const p = env.o.prog;
   const formats = env.registry
     .list()
     .map((d) => d.formatName)
     .sort()
     .join(' ');
   return (
-    versionText(p) +
-    `usage: ${p} [standard options] command [command options]\n` +
+    versionText() +
+    'usage: blk-img [standard options] command [command options]\n' +
     'Disk image utility (blocklayer)\n\n' +
     "    '-h', '--help'       display this help and exit\n" +
     "    '-V', '--version'    output version information and exit\n\n" +
@@ -157,7 +157,7 @@ async function run(env: ImgEnv, argv: string[]): Promise<number> {
     if (r.kind === 'unknown') errorExit(o, `unrecognized option '${g.lastElement}'`);
     if (r.opt === 'h') throw new HelpRequest();
     if (r.opt === 'V') {
-      o.out(versionText(o.prog));
+      o.out(versionText());
       return 0;
     }
     // -T: trace events are emitted on each node's `trace` emitter; the tool has no sink for them.
