@@ -113,6 +113,16 @@ export function helpText(env: ImgEnv): string {
 
 /** Where the output of main() goes by default: the process's streams. */
 function processIO(): ToolIO {
+  // A reader that went away (`blk-img map | head -1`) would kill qemu-img with SIGPIPE; Node
+  // ignores SIGPIPE and reports EPIPE instead: leave quietly with the status a shell would show.
+  for (const stream of [process.stdout, process.stderr]) {
+    if (stream.listenerCount('error') === 0) {
+      stream.on('error', (e: NodeJS.ErrnoException) => {
+        if (e.code === 'EPIPE') process.exit(128 + 13);
+        throw e;
+      });
+    }
+  }
   return {
     stdout: { write: (s: string) => process.stdout.write(s) },
     stderr: { write: (s: string) => process.stderr.write(s) },
