@@ -89,6 +89,22 @@ const sessions: Session[] = [
     images: ['y.qed', 'z.qed', 'w.qed'],
   },
   {
+    // More than 4 KiB of stdout before an error: stdio writes full 4 KiB blocks as the buffer
+    // fills, so on a shared pipe the error lands after the last full block, not at the start.
+    name: 'long output cut by an error',
+    setup: [
+      ['qemu-img', 'create', '-q', '-f', 'qed', '-o', 'cluster_size=4k', 'frag.qed', '2M'],
+      ['qemu-io', '-f', 'qed', ...Array.from({ length: 120 }, (_, i) => ['-c', `write -P ${(i % 250) + 1} ${i * 8}k 4k`]).flat(), 'frag.qed'],
+      // Cut off the last data cluster: its L2 entry now points past the end of the file.
+      ['sh', 'truncate -s -4096 frag.qed'],
+    ],
+    steps: [
+      { args: ['map', '--output=json', 'frag.qed'], merged: true },
+      { args: ['map', 'frag.qed'], merged: true },
+      { args: ['check', 'frag.qed'], merged: true },
+    ],
+  },
+  {
     name: 'I/O errors injected with blkdebug',
     setup: [
       ['qemu-img', 'create', '-q', '-f', 'qed', 'c1.qed', '1M'],
