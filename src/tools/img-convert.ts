@@ -39,8 +39,27 @@ const errno = (e: unknown): string => (isBlockError(e) ? ERRNO_MESSAGES[e.code] 
 function isZeroSector(buf: Uint8Array, sector: number): boolean {
   const start = sector * SECTOR;
   const end = Math.min(start + SECTOR, buf.length);
+  const abs = buf.byteOffset + start;
+  if (end - start === SECTOR && abs % 8 === 0) {
+    // A whole, 8-byte aligned sector (pooled buffers always are): 8 bytes per step, through
+    // a 32-bit view made once per underlying buffer.
+    const words = wordView(buf.buffer);
+    for (let i = abs / 4, e = i + SECTOR / 4; i < e; i += 2) if ((words[i] | words[i + 1]) !== 0) return false;
+    return true;
+  }
   for (let i = start; i < end; i++) if (buf[i] !== 0) return false;
   return true;
+}
+
+const wordViews = new WeakMap<ArrayBufferLike, Uint32Array>();
+
+function wordView(ab: ArrayBufferLike): Uint32Array {
+  let v = wordViews.get(ab);
+  if (v === undefined) {
+    v = new Uint32Array(ab, 0, Math.floor(ab.byteLength / 4));
+    wordViews.set(ab, v);
+  }
+  return v;
 }
 
 /**
@@ -220,6 +239,10 @@ async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines: number
   // The previous request's write: with in-order writes each request waits for it.
   let lastWrite: Promise<void> = Promise.resolve();
   const queue = new PQueue({ concurrency: numCoroutines });
+  // Chunk buffers are reused (at most one per queue slot is in use): no fresh, zero-filled
+  // buffer per chunk. A read fills every byte it is given (zeros past the source's end).
+  const freeBufs: Uint8Array[] = [];
+  const EMPTY = new Uint8Array(0);
   let sectorNum = 0;
   while (sectorNum < s.totalSectors && failed === null) {
     let n = await iterationSectors(env, s, sectorNum);
@@ -238,8 +261,12 @@ async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines: number
     });
     const myRelease = release;
     void queue.add(async () => {
+      // Only data chunks (read, or zeros written as data) need a buffer; they are at most
+      // bufSectors long. Zero runs written with writeZeroes and backing runs never touch it.
+      const needBuf = status === 'data' || (!s.minSparse && status === 'zero');
+      const pooled = needBuf ? (freeBufs.pop() ?? new Uint8Array(s.bufSectors * SECTOR)) : null;
       try {
-        const buf = new Uint8Array(status === 'backing' ? 0 : n * SECTOR);
+        const buf = pooled === null ? EMPTY : pooled.subarray(0, n * SECTOR);
         if (status === 'data') {
           try {
             await convertRead(s, start, n, buf);
@@ -250,6 +277,8 @@ async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines: number
             }
           }
         } else if (!s.minSparse && status === 'zero') {
+          // A reused buffer holds the previous chunk's bytes.
+          buf.fill(0);
           status = 'data';
         }
         if (wrInOrder) await prevWrite;
@@ -264,6 +293,7 @@ async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines: number
           }
         }
       } finally {
+        if (pooled !== null) freeBufs.push(pooled);
         myRelease();
       }
     });
