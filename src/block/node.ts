@@ -172,9 +172,12 @@ export class BlockDriverState {
     try {
       let fmtDrv = requested;
       if (!fmtDrv) {
+        // QEMU probes a full 2 KiB buffer; a shorter file reads as zeros past its end, so a
+        // 40-byte file starting with a magic still probes as that format.
         const len = await proto.getLength();
-        const buf = new Uint8Array(Math.min(BLOCK_PROBE_BUF_SIZE, len));
-        if (buf.length > 0) await proto.pread(0, buf);
+        const buf = new Uint8Array(BLOCK_PROBE_BUF_SIZE);
+        const n = Math.min(BLOCK_PROBE_BUF_SIZE, len);
+        if (n > 0) await proto.pread(0, buf.subarray(0, n));
         fmtDrv = registry.probe(buf, filename);
       }
       bs = new BlockDriverState(fmtDrv, filename, opts);
