@@ -10,6 +10,7 @@ import { propConcurrent } from './concurrency.js';
 import { propCorruption, propRepairFault } from './corruption.js';
 import { propBlkdebug, propPowerLoss } from './fault-props.js';
 import { propHuge } from './huge.js';
+import { propMisuse } from './misuse.js';
 import { propQemuInterop, propQemuWrites } from './interop-props.js';
 import { BlockDriverState, VirtualClock } from '../../src/index.js';
 import { memStoreWrite } from '../../src/drivers/mem/index.js';
@@ -123,6 +124,7 @@ export const ALL_PROPERTIES: Record<string, PropertyFn> = {
   corruption: propCorruption,
   repairfault: propRepairFault,
   huge: propHuge,
+  misuse: propMisuse,
   blkverify: propBlkverify,
   qemu: propQemuInterop,
   qemuwrites: propQemuWrites,

@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { propBlkverify, propSequential, propSequentialFile } from './properties.js';
 import { formatUnderTest } from './harness.js';
 import { propHuge } from './huge.js';
+import { propMisuse } from './misuse.js';
 
 describe(`model-based sequential (${formatUnderTest()} over mem)`, () => {
   it('random command sequences read back as the byte-array model', async () => {
@@ -32,5 +33,13 @@ describe('model-based sequential over host files (file protocol)', () => {
     let commands = 0;
     await propSequentialFile({ numRuns: 60, onCommands: (n) => (commands += n) });
     expect(commands).toBeGreaterThan(60);
+  });
+});
+
+describe('API misuse', () => {
+  it('odd numbers, mismatched AIO vectors and closed nodes get a BlockError, and the image stays clean', async () => {
+    let commands = 0;
+    await propMisuse({ numRuns: 100, onCommands: (n) => (commands += n) });
+    expect(commands).toBeGreaterThan(100);
   });
 });
