@@ -106,7 +106,7 @@ export function describeMachine(qemuImg: string, uvThreadpool: string | undefine
     node: process.version,
     qemuImg: qemuVersion,
     loadavg: os.loadavg().map((x) => x.toFixed(2)).join(' '),
-    uvThreadpool: uvThreadpool ?? 'default (4)',
+    uvThreadpool: uvThreadpool ?? 'launcher default (2)',
   };
 }
 

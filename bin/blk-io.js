@@ -1,5 +1,16 @@
 #!/usr/bin/env node
 // blk-io launcher: the compiled tool does the work; its exit status becomes ours.
-import { main } from '../dist/src/tools/io.js';
-
-process.exitCode = await main(process.argv);
+//
+// libuv's file I/O thread pool, unless the user chose a size: 2 threads, measured (bench/RESULTS.md,
+// Profile notes). Page-cached small requests are fastest with few threads (each hand-off to a
+// sleeping worker costs a wake-up), but with 1 an fdatasync stalls every other request (COW
+// writes over a backing file took twice as long). libuv reads the variable once, when the pool
+// starts on first use, and loading an ES module entry already starts it: so this launcher is
+// CommonJS (bin/package.json), sets the size, and only then imports the (ESM) tool.
+'use strict';
+if (process.env.UV_THREADPOOL_SIZE === undefined) process.env.UV_THREADPOOL_SIZE = '2';
+import('../dist/src/tools/io.js')
+  .then(({ main }) => main(process.argv))
+  .then((code) => {
+    process.exitCode = code;
+  });
