@@ -116,6 +116,8 @@ export async function runQemuWriteCase(c: QemuWriteCase): Promise<number> {
     // model follows QEMU here: these bytes are what QEMU's image really holds.
     const backingView = model.slice();
     const zeroClusters = new Set<number>();
+    // Allocated clusters stay allocated: write -z on one zeroes it in place, no marker.
+    const allocated = new Set<number>();
     for (const o of c.ops) {
       let off = o.at % size;
       if (o.place === 'cluster') off -= off % cs;
@@ -129,9 +131,10 @@ export async function runQemuWriteCase(c: QemuWriteCase): Promise<number> {
         const cEnd = cStart + cs;
         const whole = o.zero && off <= cStart && off + len >= cEnd && cEnd <= size;
         if (whole) {
-          zeroClusters.add(k);
+          if (!allocated.has(k)) zeroClusters.add(k);
           continue;
         }
+        allocated.add(k);
         if (zeroClusters.has(k)) {
           zeroClusters.delete(k);
           if (c.backing === 'raw') {
@@ -183,6 +186,22 @@ export const qemuWriteExamples: [QemuWriteCase][] = [
       backing: 'raw',
       ops: [
         { zero: true, at: 0, len: 22945791, byte: 1, place: 'any' },
+        { zero: false, at: 0, len: 0, byte: 1, place: 'any' },
+      ],
+      grow: 0,
+    },
+  ],
+  // Fuzz seed 424242: write -z over an *allocated* cluster zeroes it in place (no marker), so
+  // a later partial write resurrects nothing.
+  [
+    {
+      clusterBits: 12,
+      tableBits: 1,
+      sizeSectors: 8,
+      backing: 'raw',
+      ops: [
+        { zero: false, at: 0, len: 0, byte: 1, place: 'any' },
+        { zero: true, at: 0, len: 830156799, byte: 1, place: 'any' },
         { zero: false, at: 0, len: 0, byte: 1, place: 'any' },
       ],
       grow: 0,
