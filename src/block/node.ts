@@ -36,6 +36,9 @@ interface TrackedRequest {
    * every request ends with nobody waiting, and a queue per request is garbage on the hot path.
    */
   waiters: CoQueue | null;
+  /** Neighbours on the node's list (oldest first): O(1) insert and removal, no hashing. */
+  prev: TrackedRequest | null;
+  next: TrackedRequest | null;
 }
 
 /** Shared settled promise: `debugEvent` with nothing to run allocates nothing. */
@@ -93,7 +96,9 @@ export class BlockDriverState {
   /** Every request in flight, overlapping or not: close() waits for this to drain. */
   private inFlight = 0;
   private readonly drained = new CoQueue();
-  private readonly tracked = new Set<TrackedRequest>();
+  /** Requests in flight on the overlap list, oldest first (a doubly linked list). */
+  private trackedHead: TrackedRequest | null = null;
+  private trackedTail: TrackedRequest | null = null;
   /** Overlapping serialising requests in `tracked` (RMW, copy-on-read, truncate). */
   private serialisingCount = 0;
   /** The driver's hooks, bound once per node (a `.bind` per request is garbage). */
@@ -377,21 +382,30 @@ export class BlockDriverState {
    */
   private findConflict(start: number, end: number, serialising: boolean): TrackedRequest | undefined {
     if (!serialising && this.serialisingCount === 0) return undefined;
-    for (const r of this.tracked) {
+    for (let r = this.trackedHead; r !== null; r = r.next) {
       if (r.start < end && start < r.end && (serialising || r.serialising)) return r;
     }
     return undefined;
   }
 
   private trackInsert(start: number, end: number, serialising: boolean): TrackedRequest {
-    const req: TrackedRequest = { start, end, serialising, waiters: null };
-    this.tracked.add(req);
+    const req: TrackedRequest = { start, end, serialising, waiters: null, prev: this.trackedTail, next: null };
+    if (this.trackedTail === null) this.trackedHead = req;
+    else this.trackedTail.next = req;
+    this.trackedTail = req;
     if (serialising) this.serialisingCount++;
     return req;
   }
 
   private trackEnd(req: TrackedRequest): void {
-    this.tracked.delete(req);
+    // Already off the list (ended once): nothing to unlink, nobody left to wake.
+    if (req.prev === null && this.trackedHead !== req) return;
+    if (req.prev === null) this.trackedHead = req.next;
+    else req.prev.next = req.next;
+    if (req.next === null) this.trackedTail = req.prev;
+    else req.next.prev = req.prev;
+    req.prev = null;
+    req.next = null;
     if (req.serialising) this.serialisingCount--;
     req.waiters?.restartAll();
   }
@@ -413,7 +427,7 @@ export class BlockDriverState {
   }
 
   private hasConflict(start: number, end: number): boolean {
-    for (const r of this.tracked) if (r.start < end && start < r.end) return true;
+    for (let r = this.trackedHead; r !== null; r = r.next) if (r.start < end && start < r.end) return true;
     return false;
   }
 
@@ -1071,7 +1085,7 @@ export class BlockDriverState {
       offset + bytes <= lenNow &&
       start === offset &&
       end === offset + bytes &&
-      (this.tracked.size === 0 || !this.hasConflict(start, end)) &&
+      !this.hasConflict(start, end) &&
       !(this.openOptions.copyOnRead === true && !this.readOnly && !write)
     ) {
       return this.aioNative(native, offset, bytes, sectorNum, qiov, nbSectors, cb);
