@@ -4,7 +4,7 @@
  */
 import { IOVector } from '../../block/iovec.js';
 import type { BDRVQEDState, QEDRequest } from './state.js';
-import { qedTrace, qedFile } from './state.js';
+import { qedTrace, qedTracing, qedFile } from './state.js';
 import type { CachedL2Table } from './l2-cache.js';
 
 /** Table entry meaning "not allocated": reads fall through to the backing file. */
@@ -66,7 +66,7 @@ export async function qedWriteTable(
   n: number,
   flush: boolean,
 ): Promise<void> {
-  qedTrace(s, 'qedWriteTable', { offset, table, index, n });
+  if (qedTracing(s)) qedTrace(s, 'qedWriteTable', { offset, table, index, n });
   const start = index - (index % SECTOR_ENTRIES);
   const end = Math.min(table.nelems, Math.ceil((index + n) / SECTOR_ENTRIES) * SECTOR_ENTRIES);
   // A private copy: the in-memory table may change again while the write is in flight.
@@ -75,7 +75,7 @@ export async function qedWriteTable(
   try {
     await file.pwritev(offset + start * 8, IOVector.from(bytes));
     if (flush) await file.flush();
-    qedTrace(s, 'qedWriteTableCb', { table, flush, ret: 0 });
+    if (qedTracing(s)) qedTrace(s, 'qedWriteTableCb', { table, flush, ret: 0 });
   } catch (e) {
     qedTrace(s, 'qedWriteTableCb', { table, flush, ret: e });
     throw e;
