@@ -106,8 +106,19 @@ export function describeMachine(qemuImg: string, uvThreadpool: string | undefine
     node: process.version,
     qemuImg: qemuVersion,
     loadavg: os.loadavg().map((x) => x.toFixed(2)).join(' '),
-    uvThreadpool: uvThreadpool ?? 'launcher default (2)',
+    uvThreadpool: uvThreadpool ?? launcherThreadpoolDefault(),
   };
+}
+
+/** What bin/blk-img.js sets UV_THREADPOOL_SIZE to when the environment leaves it unset. */
+function launcherThreadpoolDefault(): string {
+  try {
+    const m = /UV_THREADPOOL_SIZE\s*=\s*'(\d+)'/.exec(readFileSync(join(REPO, 'bin/blk-img.js'), 'utf8'));
+    if (m) return `${m[1]} (bin/blk-img.js default)`;
+  } catch {
+    // No launcher: libuv's own default.
+  }
+  return "libuv's default (4)";
 }
 
 export function fmtSeconds(s: number): string {
