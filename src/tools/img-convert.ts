@@ -568,7 +568,8 @@ export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
       }
     }
     checkCacheMode(env, cache, 'cache');
-    target = await imgOpen(env, outFile, { format: targetFmt });
+    // -t unsafe (convert's default, as in qemu-img): no host flush, not even at close.
+    target = await imgOpen(env, outFile, { format: targetFmt, noFlush: cache === 'unsafe' });
     s.target = target;
     s.alignment = Math.max(pow2floor(s.minSparse), Math.ceil(target.requestAlignment / SECTOR));
     if (skipCreate) {

@@ -51,6 +51,8 @@ export interface ImgOpenOptions {
   check?: boolean;
   forceShare?: boolean;
   backingFormat?: string;
+  /** cache=unsafe: flushes never reach the host file (the format still writes its metadata). */
+  noFlush?: boolean;
 }
 
 /** img_open: open or print "Could not open 'NAME': reason" and exit 1 (or `failStatus`). */
@@ -88,6 +90,7 @@ export async function openImage(env: ImgEnv, filename: string, opts: ImgOpenOpti
     check: opts.check,
     forceShare: opts.forceShare,
   };
+  if (opts.noFlush === true) o.noFlush = true;
   if (opts.format !== undefined) o.format = opts.format;
   if (opts.backingFormat !== undefined) o.backingFormat = opts.backingFormat;
   return BlockDriverState.open(filename, o);
