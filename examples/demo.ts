@@ -6,6 +6,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BlockDriverState, bdrvCreate } from '../src/index.js';
+import { main as blkImg } from '../src/tools/img.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -45,24 +46,23 @@ async function main(): Promise<void> {
     await bs.pread(2 * MiB, beyond);
     console.log(`read at 2 MiB (past the base's data): ${describe(beyond)}`);
 
-    // 4. Info, map and check, as blk-img shows them.
-    const info = await bs.getInfo();
-    console.log(`\ninfo: virtual size ${await bs.getLength()} bytes, cluster size ${info.clusterSize}, dirty ${info.isDirty}`);
-    console.log('map (offset, length, depth, allocated in):');
+    // 4. Where the data lives now: blockStatusAbove walks the chain (depth 0 = the overlay).
+    console.log('\nblock status through the chain:');
     const length = await bs.getLength();
     for (let offset = 0; offset < length; ) {
       const st = await bs.blockStatusAbove(offset, length - offset);
       const where = st.data ? (st.depth === 0 ? 'overlay.qed' : 'base.raw') : 'zeros';
-      console.log(`  ${offset.toString().padStart(8)} ${st.pnum.toString().padStart(8)}  depth ${st.depth}  ${where}`);
+      console.log(`  ${offset.toString().padStart(8)} +${st.pnum.toString().padStart(8)}  depth ${st.depth}  ${where}`);
       offset += st.pnum;
     }
-    await bs.flush();
-    const check = await bs.check();
-    console.log(
-      `check: ${check.corruptions} corruptions, ${check.leaks} leaks, ${check.allocatedClusters}/${check.totalClusters} clusters allocated`,
-    );
     await bs.close();
-    console.log(`\nTry the tools on it: npx blk-img info ${overlayPath}  (the demo removes ${dir} now)`);
+
+    // 5. The same image through blk-img, which prints what qemu-img prints.
+    for (const args of [['info', overlayPath], ['map', overlayPath], ['check', overlayPath]]) {
+      console.log(`\n$ blk-img ${args.join(' ')}`);
+      const code = await blkImg(['node', 'blk-img', ...args]);
+      if (code !== 0) throw new Error(`blk-img ${args[0]} exited with ${code}`);
+    }
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
