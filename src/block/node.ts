@@ -106,6 +106,12 @@ export class BlockDriverState {
   private readonly getLengthHook: ((bs: BlockDriverState) => number | Promise<number>) | null;
   private readonly nativeAioReadv: BlockDriver['aioReadv'] | undefined;
   private readonly nativeAioWritev: BlockDriver['aioWritev'] | undefined;
+  /**
+   * Writes that ended on this node (QEMU's write_gen) and the count the last successful flush
+   * saw (flushed_gen): a flush announces flush_to_disk only if they differ.
+   */
+  private writeGen = 0;
+  private flushedGen = 0;
 
   /**
    * A bare node; `open` is the normal way to get one. Drivers that build nodes by hand call
@@ -506,7 +512,9 @@ export class BlockDriverState {
    * grows, and no overlapping serialising request; an aligned write is never serialising.
    */
   private fastWriteOk(offset: number, bytes: number): boolean {
-    if (bytes === 0 || !this.isOpen) return false;
+    // The fast path announces no pwritev/pwritev_done: anyone watching this node's debug
+    // events (blkdebug's hook, a listener) gets the slow path, which does.
+    if (bytes === 0 || !this.isOpen || this.debugWatched()) return false;
     const align = this.requestAlignment;
     const len = this.growable ? Number.MAX_SAFE_INTEGER : this.lengthSync();
     return (
@@ -520,12 +528,13 @@ export class BlockDriverState {
   }
 
   /** Run a fast-path request (fastReadOk/fastWriteOk said yes): tracked and in flight. */
-  private async fastRun(offset: number, bytes: number, io: () => Promise<void>): Promise<void> {
+  private async fastRun(offset: number, bytes: number, write: boolean, io: () => Promise<void>): Promise<void> {
     this.inFlight++;
     const req = this.trackInsert(offset, offset + bytes, false);
     try {
       await io();
     } finally {
+      if (write) this.writeGen++;
       this.trackEnd(req);
       this.endInFlight();
     }
@@ -620,6 +629,7 @@ export class BlockDriverState {
       try {
         await fn(this, offset, bytes, qiov, flags);
       } finally {
+        this.writeGen++;
         this.trackEnd(req);
         this.endInFlight();
       }
@@ -660,7 +670,7 @@ export class BlockDriverState {
     // A growable node may be written past its end; padding never reaches beyond both ends.
     const end = Math.min(roundUp(reqEnd, align), Math.max(len, reqEnd));
     if (start === offset && end === reqEnd) {
-      await this.driverPwritev(offset, bytes, qiov, flags);
+      await this.announcedPwritev(offset, bytes, qiov, flags);
       return;
     }
     const headBlockEnd = Math.min(start + align, end);
@@ -689,7 +699,22 @@ export class BlockDriverState {
       for (const b of qiov.iov) padded.add(b);
       if (tail) padded.add(tail.subarray(reqEnd - tailStart));
     }
-    await this.driverPwritev(start, end - start, padded, flags);
+    await this.announcedPwritev(start, end - start, padded, flags);
+  }
+
+  /**
+   * The driver write of a request that reached this node (QEMU's bdrv_aligned_pwritev):
+   * `pwritev` before it, after any RMW reads; `pwritev_done` after it even when it failed, so
+   * a blkdebug rule on it arms for what the format does next. Counts for the next flush.
+   */
+  private async announcedPwritev(offset: number, bytes: number, qiov: IOVector, flags: WriteFlags): Promise<void> {
+    await this.debugEvent('pwritev');
+    try {
+      await this.driverPwritev(offset, bytes, qiov, flags);
+    } finally {
+      this.writeGen++;
+      await this.debugEvent('pwritev_done');
+    }
   }
 
   async writeZeroes(offset: number, bytes: number, flags: WriteZeroesFlags = {}): Promise<void> {
@@ -730,8 +755,22 @@ export class BlockDriverState {
     });
   }
 
-  /** Aligned zeroing: native hook, else (or on ENOTSUP) a zero buffer written in chunks. */
+  /**
+   * The aligned middle of a zero write reaching this node: announced once as `pwritev_zero`
+   * and closed by `pwritev_done`, as QEMU does, whichever way the zeroing is done below.
+   */
   private async zeroRange(offset: number, bytes: number, flags: WriteZeroesFlags): Promise<void> {
+    await this.debugEvent('pwritev_zero');
+    try {
+      await this.zeroRangeDriver(offset, bytes, flags);
+    } finally {
+      this.writeGen++;
+      await this.debugEvent('pwritev_done');
+    }
+  }
+
+  /** Aligned zeroing: native hook, else (or on ENOTSUP) a zero buffer written in chunks. */
+  private async zeroRangeDriver(offset: number, bytes: number, flags: WriteZeroesFlags): Promise<void> {
     const native = this.driver.coWriteZeroes?.bind(this.driver);
     if (native) {
       try {
@@ -766,7 +805,12 @@ export class BlockDriverState {
       const start = roundUp(offset, align);
       const end = offset + bytes === len ? len : roundDown(offset + bytes, align);
       if (start >= end) return;
-      await this.withTracked(start, end - start, false, () => hook(this, start, end - start));
+      try {
+        await this.withTracked(start, end - start, false, () => hook(this, start, end - start));
+      } finally {
+        // Discarded data counts as written for the next flush (QEMU's write_gen).
+        this.writeGen++;
+      }
     });
   }
 
@@ -778,6 +822,22 @@ export class BlockDriverState {
   }
 
   private async flushUnchecked(): Promise<void> {
+    // Taken first: writes ending while we flush count for the next flush, not this one.
+    const gen = this.writeGen;
+    const file = this.file;
+    // QEMU's bdrv_co_flush announces both steps on the primary child before any driver flush
+    // runs (a read-only node returns before them): flush_to_os always, even with
+    // cache=unsafe; flush_to_disk only when the node may reach the disk and something was
+    // written since the last successful flush.
+    if (file !== null && !this.readOnly) {
+      await file.debugEvent('flush_to_os');
+      if (!(this.openOptions.noFlush ?? false) && gen !== this.flushedGen) await file.debugEvent('flush_to_disk');
+    }
+    await this.flushDriver();
+    this.flushedGen = gen;
+  }
+
+  private async flushDriver(): Promise<void> {
     // cache=unsafe: the host store is never asked to reach the disk, but format drivers still
     // write out what they cache (QEMU's flush_to_os vs flush_to_disk).
     if (this.openOptions.noFlush && (this.driver.isProtocol ?? false)) return;
@@ -815,7 +875,12 @@ export class BlockDriverState {
       const old = await this.lengthUnchecked();
       // Requests touching what is cut off or added must not run beside the size change.
       const from = roundDown(Math.min(old, size), this.requestAlignment);
-      await this.withTracked(from, Number.MAX_SAFE_INTEGER - from, true, () => hook(this, size));
+      try {
+        await this.withTracked(from, Number.MAX_SAFE_INTEGER - from, true, () => hook(this, size));
+      } finally {
+        // A size change counts as a write for the next flush (QEMU's write_gen).
+        this.writeGen++;
+      }
     });
   }
 
@@ -1086,9 +1151,11 @@ export class BlockDriverState {
       start === offset &&
       end === offset + bytes &&
       !this.hasConflict(start, end) &&
-      !(this.openOptions.copyOnRead === true && !this.readOnly && !write)
+      !(this.openOptions.copyOnRead === true && !this.readOnly && !write) &&
+      // A native write announces no pwritev events; the generic path does (see fastWriteOk).
+      !(write && this.debugWatched())
     ) {
-      return this.aioNative(native, offset, bytes, sectorNum, qiov, nbSectors, cb);
+      return this.aioNative(native, write, offset, bytes, sectorNum, qiov, nbSectors, cb);
     }
     // The generic path still takes the request fast path when it applies (decided when the
     // request runs, not at submission: other requests may have started or ended meanwhile).
@@ -1099,13 +1166,13 @@ export class BlockDriverState {
     if (write) {
       const fn = this.io.coPwritev;
       if (fn !== undefined && this.fastWriteOk(offset, bytes)) {
-        return this.fastRun(offset, bytes, () => fn(this, offset, bytes, qiov, NO_FLAGS));
+        return this.fastRun(offset, bytes, true, () => fn(this, offset, bytes, qiov, NO_FLAGS));
       }
       return this.doPwritev(offset, qiov, NO_FLAGS);
     }
     const fn = this.io.coPreadv;
     if (fn !== undefined && this.fastReadOk(offset, bytes)) {
-      return this.fastRun(offset, bytes, () => fn(this, offset, bytes, qiov));
+      return this.fastRun(offset, bytes, false, () => fn(this, offset, bytes, qiov));
     }
     return this.doPreadv(offset, qiov);
   }
@@ -1140,6 +1207,7 @@ export class BlockDriverState {
 
   private aioNative(
     native: NonNullable<BlockDriver['aioReadv']>,
+    write: boolean,
     offset: number,
     bytes: number,
     sectorNum: number,
@@ -1154,6 +1222,7 @@ export class BlockDriverState {
     const finish = (err: BlockError | null): void => {
       if (ended) return;
       ended = true;
+      if (write) this.writeGen++;
       this.trackEnd(req);
       this.endInFlight();
       cb(err);
@@ -1172,8 +1241,13 @@ export class BlockDriverState {
   debugEvent(event: BlkDebugEvent): Promise<void> {
     // Every data request announces one; with no listener and no driver hook (anything but
     // blkdebug) there is nothing to run: hand back a settled promise, allocate nothing.
-    if (this.driver.debugEvent === undefined && this.events.listenerCount('debug') === 0) return RESOLVED;
+    if (!this.debugWatched()) return RESOLVED;
     return this.debugEventSlow(event);
+  }
+
+  /** Does anything act on this node's debug events (a driver hook or a listener)? */
+  private debugWatched(): boolean {
+    return this.driver.debugEvent !== undefined || this.events.listenerCount('debug') > 0;
   }
 
   private async debugEventSlow(event: BlkDebugEvent): Promise<void> {

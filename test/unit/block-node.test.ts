@@ -413,10 +413,15 @@ describe('events', () => {
     await bs.debugEvent('l2_update');
     expect(seen).toEqual(['emit:l2_update', 'hook:l2_update']);
     expect(traces).toEqual([{ name: 'qedAioSetup', args: { sectorNum: 1 } }]);
-    // Unaligned writes announce their RMW steps on the node.
+    // Unaligned writes announce their RMW steps on the node, then the write itself.
     seen.length = 0;
     await bs.pwrite(10, new Uint8Array(10));
-    expect(seen.filter((s) => s.startsWith('emit:'))).toEqual(['emit:pwritev_rmw_head', 'emit:pwritev_rmw_after_head']);
+    expect(seen.filter((s) => s.startsWith('emit:'))).toEqual([
+      'emit:pwritev_rmw_head',
+      'emit:pwritev_rmw_after_head',
+      'emit:pwritev',
+      'emit:pwritev_done',
+    ]);
     await bs.close();
   });
 });

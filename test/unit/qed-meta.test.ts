@@ -314,13 +314,22 @@ describe('qed: failure handling and events', () => {
     await bs.pwrite(512, new Uint8Array(512));
     await bs.pread(0, new Uint8Array(CS));
     await bs.pread(4 * CS, new Uint8Array(512));
+    // QED's own events, and the generic layer's pwritev/pwritev_done around every write that
+    // reaches the file node (QEMU's bdrv_aligned_pwritev): the one vectored COW+data write,
+    // then each table write.
     expect(debug).toEqual([
       'read_backing_aio',
       'read_backing_aio',
       'cow_write',
       'write_aio',
+      'pwritev',
+      'pwritev_done',
       'l2_update',
+      'pwritev',
+      'pwritev_done',
       'l1_update',
+      'pwritev',
+      'pwritev_done',
       'read_aio',
       'read_backing_aio',
     ]);
