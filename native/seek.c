@@ -1,5 +1,5 @@
 /*
- * blocklayer_seek: lseek(SEEK_DATA / SEEK_HOLE) for the file driver. Node's fs has no lseek, and
+ * blocklayer_seek: lseek(SEEK_DATA / SEEK_HOLE) and fallocate for the file driver. Node's fs has no lseek, and
  * without it every byte of a sparse host file would look like data (QEMU's file-posix driver
  * finds holes the same way).
  *
@@ -11,16 +11,29 @@
  * Any other failure throws an Error whose `code` is the errno name (EINVAL, EBADF...), with
  * `errno` (negative, as Node's own errors have it) and `syscall: 'lseek'`.
  *
+ * fallocate(2) for zeroing and discarding (Node's fs has no fallocate either; QEMU's file-posix
+ * zeroes and discards with it). Each runs on the libuv thread pool (a zeroing fallocate may
+ * write zeros into partial blocks and take a while) and returns a Promise<void>:
+ *
+ *   zeroRange(fd, offset, length)     FALLOC_FL_ZERO_RANGE (no KEEP_SIZE: may grow the file)
+ *   punchHole(fd, offset, length)     FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+ *   allocateRange(fd, offset, length) mode 0: allocate, growing the file when past its end
+ *
+ * A failure rejects with an Error as above, `syscall: 'fallocate'`; EOPNOTSUPP is 'ENOTSUP', and
+ * a host without fallocate (or without the flag) rejects every call with ENOTSUP.
+ *
  * lseek moves the descriptor's file position; the file driver only does positioned I/O
  * (pread/pwrite), so that position is never used.
  *
  * Plain Node-API (C, node_api.h): no node-addon-api dependency, ABI-stable across Node versions.
  */
-#define _GNU_SOURCE /* SEEK_DATA / SEEK_HOLE in glibc's <unistd.h> */
+#define _GNU_SOURCE /* SEEK_DATA / SEEK_HOLE in glibc's <unistd.h>, fallocate in <fcntl.h> */
 #define _FILE_OFFSET_BITS 64
 #define NAPI_VERSION 8
 
 #include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdint.h>
@@ -48,25 +61,42 @@ static const char *errno_name(int err) {
     case ENOSYS: return "ENOSYS";
     case EINTR: return "EINTR";
     case EBUSY: return "EBUSY";
+    case ENOSPC: return "ENOSPC";
+    case EFBIG: return "EFBIG";
+    case EPERM: return "EPERM";
+    case EROFS: return "EROFS";
+    case ENODEV: return "ENODEV";
+    case ENOTTY: return "ENOTTY";
+    case ETXTBSY: return "ETXTBSY";
+    case EACCES: return "EACCES";
     default: return "EIO";
   }
 }
 
-/* Throws a system error; callers return NULL right after. */
-static void throw_errno(napi_env env, int err) {
+/* A system error as Node shapes them: message "CODE: syscall: text", code, errno (negative), syscall. */
+static napi_value make_errno_error(napi_env env, int err, const char *syscall_name) {
   napi_value code, msg, error, errnum, syscall;
   const char *name = errno_name(err);
   char text[256];
-  snprintf(text, sizeof text, "%s: lseek: %s", name, strerror(err));
+  snprintf(text, sizeof text, "%s: %s: %s", name, syscall_name, strerror(err));
   if (napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &code) != napi_ok ||
       napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &msg) != napi_ok ||
       napi_create_error(env, code, msg, &error) != napi_ok) {
-    napi_throw_error(env, name, text);
-    return;
+    return NULL;
   }
   if (napi_create_int32(env, -err, &errnum) == napi_ok) napi_set_named_property(env, error, "errno", errnum);
-  if (napi_create_string_utf8(env, "lseek", NAPI_AUTO_LENGTH, &syscall) == napi_ok) {
+  if (napi_create_string_utf8(env, syscall_name, NAPI_AUTO_LENGTH, &syscall) == napi_ok) {
     napi_set_named_property(env, error, "syscall", syscall);
+  }
+  return error;
+}
+
+/* Throws a system error; callers return NULL right after. */
+static void throw_errno(napi_env env, int err) {
+  napi_value error = make_errno_error(env, err, "lseek");
+  if (error == NULL) {
+    napi_throw_error(env, errno_name(err), strerror(err));
+    return;
   }
   napi_throw(env, error);
 }
@@ -132,10 +162,137 @@ static napi_value unsupported(napi_env env, napi_callback_info info) {
 #define seek_hole unsupported
 #endif
 
+/* ------------------------------------------------------------------------------------------ */
+/* fallocate, off the JS thread */
+
+#if defined(__linux__) && defined(FALLOC_FL_KEEP_SIZE)
+#define HAVE_FALLOCATE 1
+#endif
+
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  int fd;
+  int mode;
+  off_t offset;
+  off_t length;
+  int err; /* 0, or the errno of the failed call */
+} FallocJob;
+
+static void falloc_execute(napi_env env, void *data) {
+  FallocJob *job = data;
+  (void)env;
+#ifdef HAVE_FALLOCATE
+  int r;
+  /* A signal may interrupt a long zeroing; the call is safe to repeat. */
+  do {
+    r = fallocate(job->fd, job->mode, job->offset, job->length);
+  } while (r < 0 && errno == EINTR);
+  job->err = r < 0 ? errno : 0;
+#else
+  job->err = ENOTSUP;
+#endif
+}
+
+static void falloc_complete(napi_env env, napi_status status, void *data) {
+  FallocJob *job = data;
+  napi_value value = NULL;
+  if (status != napi_ok) {
+    /* Cancelled or failed to run: reject rather than leave the promise pending forever. */
+    value = make_errno_error(env, status == napi_cancelled ? EINTR : EIO, "fallocate");
+    if (value != NULL) napi_reject_deferred(env, job->deferred, value);
+  } else if (job->err != 0) {
+    value = make_errno_error(env, job->err, "fallocate");
+    if (value != NULL) napi_reject_deferred(env, job->deferred, value);
+  } else if (napi_get_undefined(env, &value) == napi_ok) {
+    napi_resolve_deferred(env, job->deferred, value);
+  }
+  napi_delete_async_work(env, job->work);
+  free(job);
+}
+
+/* (fd, offset, length) checked like get_args; length must be > 0 (fallocate refuses 0). */
+static napi_value do_falloc(napi_env env, napi_callback_info info, int mode, const char *what) {
+  size_t argc = 3;
+  napi_value argv[3], promise, name;
+  double d[3];
+  FallocJob *job;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL;
+  if (argc < 3) {
+    napi_throw_type_error(env, "EINVAL", "expected (fd: number, offset: number, length: number)");
+    return NULL;
+  }
+  for (int i = 0; i < 3; i++) {
+    napi_valuetype t;
+    if (napi_typeof(env, argv[i], &t) != napi_ok || t != napi_number ||
+        napi_get_value_double(env, argv[i], &d[i]) != napi_ok) {
+      napi_throw_type_error(env, "EINVAL", "expected (fd: number, offset: number, length: number)");
+      return NULL;
+    }
+  }
+  if (!(d[0] >= 0 && d[0] <= INT32_MAX && floor(d[0]) == d[0])) {
+    napi_throw_range_error(env, "EINVAL", "fd must be a non-negative integer");
+    return NULL;
+  }
+  if (!(d[1] >= 0 && d[1] <= MAX_SAFE_INTEGER && floor(d[1]) == d[1]) ||
+      !(d[2] > 0 && d[2] <= MAX_SAFE_INTEGER && floor(d[2]) == d[2]) || d[1] + d[2] > MAX_SAFE_INTEGER) {
+    napi_throw_range_error(env, "EINVAL", "offset and length must be safe integers, length > 0");
+    return NULL;
+  }
+  job = calloc(1, sizeof *job);
+  if (job == NULL) {
+    napi_throw_error(env, "ENOMEM", "out of memory");
+    return NULL;
+  }
+  job->fd = (int)d[0];
+  job->mode = mode;
+  job->offset = (off_t)d[1];
+  job->length = (off_t)d[2];
+  if (napi_create_promise(env, &job->deferred, &promise) != napi_ok ||
+      napi_create_string_utf8(env, what, NAPI_AUTO_LENGTH, &name) != napi_ok ||
+      napi_create_async_work(env, NULL, name, falloc_execute, falloc_complete, job, &job->work) != napi_ok) {
+    free(job);
+    return NULL;
+  }
+  if (napi_queue_async_work(env, job->work) != napi_ok) {
+    napi_delete_async_work(env, job->work);
+    free(job);
+    return NULL;
+  }
+  return promise;
+}
+
+#ifdef HAVE_FALLOCATE
+#ifndef FALLOC_FL_PUNCH_HOLE
+#define FALLOC_FL_PUNCH_HOLE 0x02
+#endif
+#ifndef FALLOC_FL_ZERO_RANGE
+#define FALLOC_FL_ZERO_RANGE 0x10
+#endif
+#define MODE_ZERO_RANGE FALLOC_FL_ZERO_RANGE
+#define MODE_PUNCH_HOLE (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)
+#else
+#define MODE_ZERO_RANGE 0
+#define MODE_PUNCH_HOLE 0
+#endif
+
+static napi_value zero_range(napi_env env, napi_callback_info info) {
+  return do_falloc(env, info, MODE_ZERO_RANGE, "blocklayer:zeroRange");
+}
+static napi_value punch_hole(napi_env env, napi_callback_info info) {
+  return do_falloc(env, info, MODE_PUNCH_HOLE, "blocklayer:punchHole");
+}
+static napi_value allocate_range(napi_env env, napi_callback_info info) {
+  return do_falloc(env, info, 0, "blocklayer:allocateRange");
+}
+
 NAPI_MODULE_INIT() {
   napi_property_descriptor props[] = {
     {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_enumerable, NULL},
     {"seekHole", NULL, seek_hole, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"zeroRange", NULL, zero_range, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"punchHole", NULL, punch_hole, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"allocateRange", NULL, allocate_range, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
   return exports;

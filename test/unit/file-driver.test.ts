@@ -6,6 +6,7 @@ import { IOVector } from '../../src/block/iovec.js';
 import { BlockDriverState } from '../../src/block/node.js';
 import { BlockDriverRegistry } from '../../src/block/registry.js';
 import { fileDriver, fileStripPrefix } from '../../src/drivers/file/index.js';
+import { seekAddon, setSeekAddonForTest } from '../../src/drivers/file/seek.js';
 import { makeTempDir, removeTempDir } from '../interop/qemu.js';
 
 const registry = new BlockDriverRegistry().register(fileDriver);
@@ -187,7 +188,29 @@ describe('file driver', () => {
     expect(await bs.getLength()).toBe(2048);
   });
 
-  it('writeZeroes writes zeros (any size, past EOF too) and refuses noFallback with ENOTSUP', async () => {
+  it('without the native addon writeZeroes writes zeros (any size, past EOF too) and refuses noFallback with ENOTSUP', async () => {
+    const prev = setSeekAddonForTest(null);
+    try {
+      await zeroesWithoutAddon();
+    } finally {
+      setSeekAddonForTest(prev);
+    }
+  });
+
+  it('with the native addon writeZeroes with noFallback zeroes in place', async () => {
+    if (seekAddon()?.zeroRange === undefined) return expect.fail('native addon not built (npm run install)');
+    const p = join(dir, 'zn.img');
+    await writeFile(p, new Uint8Array(8192).fill(0x99));
+    const bs = await opened(p);
+    await bs.writeZeroes(512, 1024, { noFallback: true });
+    const disk = await readFile(p);
+    expect(disk.length).toBe(8192);
+    expect(disk.subarray(0, 512).every((b) => b === 0x99)).toBe(true);
+    expect(disk.subarray(512, 1536).every((b) => b === 0)).toBe(true);
+    expect(disk.subarray(1536).every((b) => b === 0x99)).toBe(true);
+  });
+
+  async function zeroesWithoutAddon(): Promise<void> {
     const p = join(dir, 'z.img');
     const size = 3 << 20;
     await writeFile(p, new Uint8Array(size).fill(0x99));
@@ -203,7 +226,7 @@ describe('file driver', () => {
     const e = await rejection(bs.writeZeroes(0, 512, { noFallback: true }));
     expect(e.code).toBe('ENOTSUP');
     expect((await readFile(p)).subarray(0, 5).every((b) => b === 0x99)).toBe(true);
-  });
+  }
 
   it('flush and FUA writes succeed and the data is in the file', async () => {
     const p = join(dir, 'f.img');

@@ -8,6 +8,7 @@ import { IOVector } from '../../src/block/iovec.js';
 import { BlockDriverState } from '../../src/block/node.js';
 import { BlockDriverRegistry } from '../../src/block/registry.js';
 import { fileDriver } from '../../src/drivers/file/index.js';
+import { setSeekAddonForTest } from '../../src/drivers/file/seek.js';
 import { MEM_CHUNK_SIZE, memDriver, memStoreCreate, memStoreDelete, memStoreGet, memStoreRead } from '../../src/drivers/mem/index.js';
 import { RAW_PROBE_GUARD_BYTES, rawDriver } from '../../src/drivers/raw/index.js';
 import { makeTempDir, removeTempDir } from '../interop/qemu.js';
@@ -211,8 +212,17 @@ describe('raw driver', () => {
     expect(disk.subarray(100, 5100).every((b) => b === 0)).toBe(true);
     expect(disk[99]).toBe(7);
     expect(disk[5100]).toBe(7);
-    // The file protocol cannot zero natively: without fallback it is ENOTSUP.
-    expect((await rejection(fbs.writeZeroes(0, 512, { noFallback: true }))).code).toBe('ENOTSUP');
+    // The flags reach the file protocol: with the native addon it zeroes without a fallback
+    // write; without it (no fallocate), noFallback is ENOTSUP and nothing is written.
+    await fbs.writeZeroes(0, 50, { noFallback: true });
+    expect((await readFile(p)).subarray(0, 50).every((b) => b === 0)).toBe(true);
+    const prev = setSeekAddonForTest(null);
+    try {
+      expect((await rejection(fbs.writeZeroes(6000, 512, { noFallback: true }))).code).toBe('ENOTSUP');
+      expect((await readFile(p)).subarray(6000, 6512).every((b) => b === 7)).toBe(true);
+    } finally {
+      setSeekAddonForTest(prev);
+    }
   });
 
   it('discard passes to the protocol', async () => {

@@ -1,8 +1,10 @@
 /**
- * Holes in host files: lseek(SEEK_DATA / SEEK_HOLE) through the small native addon built from
- * native/seek.c at install time (binding.gyp, `npm ci` runs node-gyp). Node's fs has no lseek.
+ * Holes in host files: lseek(SEEK_DATA / SEEK_HOLE) and fallocate (zero ranges, punched holes)
+ * through the small native addon built from native/seek.c at install time (binding.gyp, `npm ci`
+ * runs node-gyp). Node's fs has neither lseek nor fallocate.
  * The addon is optional: when it was not built (no compiler, another platform) the file driver
- * reports every byte as data, which is always correct, only slower to copy.
+ * reports every byte as data and zeroes by writing zeros, which is always correct, only slower
+ * and without holes.
  */
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -14,6 +16,17 @@ export interface SeekAddon {
   seekData(fd: number, offset: number): number;
   /** First hole byte at or after `offset` (EOF counts as one); -1 when offset is at/after EOF. */
   seekHole(fd: number, offset: number): number;
+  /*
+   * fallocate, on the thread pool; reject with a Node-style system error (`code` the errno
+   * name, EOPNOTSUPP as 'ENOTSUP'). Optional: an addon built before they existed lacks them,
+   * and the driver then treats them as unsupported.
+   */
+  /** FALLOC_FL_ZERO_RANGE: the range reads as zeros; grows the file when it ends past EOF. */
+  zeroRange?: (fd: number, offset: number, length: number) => Promise<void>;
+  /** FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE: deallocate, reads as zeros, length unchanged. */
+  punchHole?: (fd: number, offset: number, length: number) => Promise<void>;
+  /** fallocate mode 0: allocate the range; grows the file when it ends past EOF. */
+  allocateRange?: (fd: number, offset: number, length: number) => Promise<void>;
 }
 
 /** node-gyp's output, relative to the package root. */
