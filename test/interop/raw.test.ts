@@ -24,7 +24,8 @@ const registry = new BlockDriverRegistry().register(fileDriver).register(memDriv
 type Op =
   | { kind: 'write'; offset: number; len: number; pattern: number; fua?: boolean }
   | { kind: 'writev'; offset: number; lens: number[]; pattern: number }
-  | { kind: 'zero'; offset: number; len: number }
+  | { kind: 'zero'; offset: number; len: number; unmap?: boolean; noFallback?: boolean }
+  | { kind: 'discard'; offset: number; len: number }
   | { kind: 'truncate'; size: number };
 
 function qemuCommand(op: Op): string {
@@ -34,7 +35,9 @@ function qemuCommand(op: Op): string {
     case 'writev':
       return `writev -P 0x${op.pattern.toString(16)} ${op.offset} ${op.lens.join(' ')}`;
     case 'zero':
-      return `write -z ${op.offset} ${op.len}`;
+      return `write -z${op.unmap === true ? ' -u' : ''}${op.noFallback === true ? ' -n' : ''} ${op.offset} ${op.len}`;
+    case 'discard':
+      return `discard ${op.offset} ${op.len}`;
     case 'truncate':
       return `truncate ${op.size}`;
   }
@@ -50,12 +53,22 @@ async function applyOurs(bs: BlockDriverState, op: Op): Promise<void> {
       await bs.pwritev(op.offset, new IOVector(op.lens.map((l) => new Uint8Array(l).fill(op.pattern))));
       return;
     case 'zero':
-      await bs.writeZeroes(op.offset, op.len);
+      await bs.writeZeroes(op.offset, op.len, { mayUnmap: op.unmap === true, noFallback: op.noFallback === true });
+      return;
+    case 'discard':
+      await bs.discard(op.offset, op.len);
       return;
     case 'truncate':
       await bs.truncate(op.size);
       return;
   }
+}
+
+/** qemu-img map's JSON for a raw image: the reference reads both files' holes the same way. */
+function qemuMapJson(path: string): unknown {
+  const r = runQemuImg(['map', '--output=json', '-f', 'raw', path]);
+  expect(r.status, r.stderr).toBe(0);
+  return JSON.parse(r.stdout);
 }
 
 function runQemuIoOk(args: string[]): string {
@@ -165,6 +178,78 @@ describe.skipIf(!qemu)('raw interop with qemu-img / qemu-io', () => {
     const parsed = JSON.parse(info.stdout) as Record<string, unknown>;
     expect(parsed['virtual-size']).toBe(1 << 20);
     expect(parsed.format).toBe('raw');
+  });
+
+  it('write -z, -z -u, -zn, -z -u -n and discard: identical files and identical qemu-img map', async () => {
+    const size = 1 << 20;
+    const ops: Op[] = [
+      // Data everywhere first, so every hole below is one the zeroing or discard made.
+      { kind: 'write', offset: 0, len: size, pattern: 0xa5 },
+      { kind: 'zero', offset: 64 * 1024, len: 64 * 1024, unmap: true },
+      { kind: 'discard', offset: 192 * 1024, len: 128 * 1024 },
+      { kind: 'zero', offset: 384 * 1024, len: 64 * 1024 },
+      { kind: 'zero', offset: 512 * 1024, len: 64 * 1024, noFallback: true },
+      { kind: 'zero', offset: 600 * 1024, len: 40 * 1024, unmap: true, noFallback: true },
+      // Unaligned edges: partial blocks are zeroed in place, whole blocks become holes.
+      { kind: 'zero', offset: 700_001, len: 30_000, unmap: true },
+      { kind: 'discard', offset: 760_123, len: 20_000 },
+      { kind: 'zero', offset: 800_003, len: 9_999, noFallback: true },
+      { kind: 'discard', offset: 900_000, len: 100 },
+      // Written again over a hole, then zeroed at the very end of the image.
+      { kind: 'write', offset: 70_000, len: 5_000, pattern: 0x3c },
+      { kind: 'zero', offset: size - 12_288, len: 12_288, unmap: true },
+      { kind: 'discard', offset: size - 20_480, len: 4_096 },
+    ];
+    const { ours, theirs } = await compareRun('zero-flags', size, ops);
+    expect(qemuMapJson(ours)).toEqual(qemuMapJson(theirs));
+    // The holes are real: both maps show zero ranges.
+    expect(JSON.stringify(qemuMapJson(ours))).toContain('"zero":true');
+    expect(statSync(ours).blocks).toBe(statSync(theirs).blocks);
+  });
+
+  it('zeroing and discarding the sector tail of an odd-length file matches qemu-io (length and map)', async () => {
+    for (const [i, cmd] of (
+      [
+        { kind: 'zero', offset: 512, len: 512 },
+        { kind: 'zero', offset: 512, len: 512, unmap: true },
+        { kind: 'zero', offset: 512, len: 512, noFallback: true },
+        { kind: 'zero', offset: 1000, len: 24 },
+        { kind: 'discard', offset: 0, len: 1024 },
+      ] satisfies Op[]
+    ).entries()) {
+      const ours = join(dir, `tail-${i}-ours.raw`);
+      const theirs = join(dir, `tail-${i}-qemu.raw`);
+      const body = new Uint8Array(1001).fill(0x42);
+      writeFileSync(ours, body);
+      writeFileSync(theirs, body);
+      runQemuIoOk(['-f', 'raw', '-c', qemuCommand(cmd), theirs]);
+      const bs = await BlockDriverState.open(ours, { format: 'raw', registry });
+      try {
+        await applyOurs(bs, cmd);
+      } finally {
+        await bs.close();
+      }
+      sameFiles(ours, theirs);
+      expect(qemuMapJson(ours)).toEqual(qemuMapJson(theirs));
+    }
+  });
+
+  it('random writes, zeroes (all flag mixes) and discards (seeded): identical files and map', async () => {
+    const rnd = prng(0x2e40);
+    const size = 2 << 20;
+    const ops: Op[] = [{ kind: 'write', offset: 0, len: size, pattern: 0x11 }];
+    for (let i = 0; i < 50; i++) {
+      const len = 1 + Math.floor(rnd() * (rnd() < 0.3 ? 200_000 : 20_000));
+      // Half the requests on 4 KiB boundaries, where whole blocks can become holes.
+      let offset = Math.floor(rnd() * (size - len));
+      if (rnd() < 0.5) offset -= offset % 4096;
+      const r = rnd();
+      if (r < 0.2) ops.push({ kind: 'discard', offset, len });
+      else if (r < 0.6) ops.push({ kind: 'zero', offset, len, unmap: rnd() < 0.5, noFallback: rnd() < 0.3 });
+      else ops.push({ kind: 'write', offset, len, pattern: Math.floor(rnd() * 256) });
+    }
+    const { ours, theirs } = await compareRun('zero-random', size, ops);
+    expect(qemuMapJson(ours)).toEqual(qemuMapJson(theirs));
   });
 
   it('creation of odd sizes rounds up to whole sectors, like qemu-img create', async () => {
