@@ -167,4 +167,43 @@ describe.skipIf(!qemu || addon === null)('file driver holes vs qemu-img map (raw
     expect(await ourMap(p)).toEqual(want);
     expect(statSync(p).size).toBe(6 * MiB);
   });
+  it('holes we punch and zero (write -z -u, discard, write -z, -zn): same map as qemu-io making them, and as we report', async () => {
+    const ours = join(dir, 'zeroed-ours.raw');
+    const theirs = join(dir, 'zeroed-qemu.raw');
+    expect(runQemuImg(['create', '-f', 'raw', theirs, '4M']).status).toBe(0);
+    await bdrvCreate(ours, { format: 'raw', options: { size: 4 * MiB }, registry });
+    qemuIo(theirs, [
+      'write -P 0x21 0 4M',
+      'write -z -u 256k 256k',
+      'discard 1M 512k',
+      'write -z 2M 128k',
+      'write -zn 2304k 64k',
+      'write -z -u 3000001 70000',
+      'discard 3500001 9000',
+    ]);
+    const bs = await BlockDriverState.open(ours, { format: 'raw', registry });
+    try {
+      // A flush after each write and zeroing, as qemu-io's default writethrough cache does: on
+      // ext4 a ZERO_RANGE over data still dirty in the page cache stays data for SEEK_DATA.
+      await bs.pwrite(0, new Uint8Array(4 * MiB).fill(0x21), { fua: true });
+      await bs.writeZeroes(256 * KiB, 256 * KiB, { mayUnmap: true });
+      await bs.flush();
+      await bs.discard(1 * MiB, 512 * KiB);
+      await bs.writeZeroes(2 * MiB, 128 * KiB);
+      await bs.flush();
+      await bs.writeZeroes(2304 * KiB, 64 * KiB, { noFallback: true });
+      await bs.flush();
+      await bs.writeZeroes(3_000_001, 70_000, { mayUnmap: true });
+      await bs.flush();
+      await bs.discard(3_500_001, 9_000);
+    } finally {
+      await bs.close();
+    }
+    const want = qemuMap(theirs);
+    expect(want.filter((e) => e.zero && !e.data).map((e) => e.start)).toEqual(
+      expect.arrayContaining([256 * KiB, 1 * MiB]),
+    );
+    expect(qemuMap(ours)).toEqual(want);
+    expect(await ourMap(ours)).toEqual(want);
+  });
 });
