@@ -112,6 +112,8 @@ export class BlockDriverState {
    */
   private writeGen = 0;
   private flushedGen = 0;
+  /** Flushes of this node now at their flush_to_disk step (see flushToDiskDue). */
+  private flushingToDisk = 0;
 
   /**
    * A bare node; `open` is the normal way to get one. Drivers that build nodes by hand call
@@ -825,16 +827,32 @@ export class BlockDriverState {
     // Taken first: writes ending while we flush count for the next flush, not this one.
     const gen = this.writeGen;
     const file = this.file;
+    // The disk step is due only when the node may reach the disk and something was written
+    // since the last successful flush (QEMU's flushed_gen check).
+    const toDisk = !(this.openOptions.noFlush ?? false) && gen !== this.flushedGen;
     // QEMU's bdrv_co_flush announces both steps on the primary child before any driver flush
-    // runs (a read-only node returns before them): flush_to_os always, even with
-    // cache=unsafe; flush_to_disk only when the node may reach the disk and something was
-    // written since the last successful flush.
+    // runs (a read-only node returns before them): flush_to_os always, even with cache=unsafe.
     if (file !== null && !this.readOnly) {
       await file.debugEvent('flush_to_os');
-      if (!(this.openOptions.noFlush ?? false) && gen !== this.flushedGen) await file.debugEvent('flush_to_disk');
+      if (toDisk) await file.debugEvent('flush_to_disk');
     }
-    await this.flushDriver();
+    if (toDisk) this.flushingToDisk++;
+    try {
+      await this.flushDriver();
+    } finally {
+      if (toDisk) this.flushingToDisk--;
+    }
     this.flushedGen = gen;
+  }
+
+  /**
+   * Is a flush of this node at its flush_to_disk step (not cache=unsafe, and something was
+   * written through the node since its last successful flush)? QEMU runs a driver's disk
+   * flush only then. Our coFlush also flushes the children, so it always runs; a driver whose
+   * own disk-level work must follow QEMU's rule (blkdebug's flush rule check) asks this.
+   */
+  get flushToDiskDue(): boolean {
+    return this.flushingToDisk > 0;
   }
 
   private async flushDriver(): Promise<void> {

@@ -7,7 +7,8 @@
  * - a flush (bdrv_co_flush) announces on the node's file child `flush_to_os`, then
  *   `flush_to_disk` only when the node is not cache=unsafe and something was written (write,
  *   zero write, discard, truncate) since its last successful flush; a read-only node announces
- *   nothing.
+ *   nothing. Only then is the flush "due to disk" (BlockDriverState.flushToDiskDue), and only
+ *   then does blkdebug check its flush rules, as QEMU runs blkdebug's flush hook.
  * So a blkdebug rule on those events fails requests exactly where qemu-io 7.2 fails them (the
  * reference runs below). The write fast paths (and native AIO writes) announce nothing and are
  * taken only when nothing watches the node's debug events. Found by the blkdebug interop
@@ -197,6 +198,23 @@ describe('where the generic layer announces them', () => {
     }
   });
 
+  it('writethrough: the FUA write flushes blkdebug, so the next flush skips its flush rule check (QEMU: same, below)', async () => {
+    // flush_to_disk arms the rule in the later flush, but blkdebug was flushed by the FUA write
+    // and nothing was written since: QEMU skips its flush_to_disk hook, the flush succeeds and
+    // the armed rule fails the next read instead.
+    const cfg = '[inject-error]\nevent = "flush_to_disk"\nerrno = "5"\nonce = "on"\n';
+    await bdrvCreate('mem:ev-wt', { format: 'qed', options: { size: 1 << 20, clusterSize: 4096 } });
+    const bs = await BlockDriverState.open('blkdebug::mem:ev-wt', { format: 'qed', driverOptions: { configText: cfg } });
+    try {
+      await bs.pwrite(0, new Uint8Array(4096).fill(0xab), { fua: true });
+      await bs.flush();
+      await expect(bs.pread(0, new Uint8Array(4096))).rejects.toMatchObject({ code: 'EIO' });
+    } finally {
+      await bs.close().catch(() => undefined);
+      memStoreDelete('ev-wt');
+    }
+  });
+
   it('a rule on "pwritev_zero" fails a zero write (QEMU: ENOSPC, below)', async () => {
     const cfg = '[inject-error]\nevent = "pwritev_zero"\nerrno = "28"\n';
     memStoreWrite('ev-pz', new Uint8Array(1 << 20));
@@ -241,6 +259,16 @@ describe.skipIf(!qemu)('what QEMU 7.2 does with the same rules (the reference fo
     const r = runQemuIo(['-f', 'raw', '-t', 'writeback', '-c', 'write 0 512', '-c', 'flush', `blkdebug:${cfg}:${img}`]);
     expect(r.stdout).toContain('wrote 512/512 bytes');
     expect(r.status).not.toBe(0);
+  });
+
+  it('qemu-io (writethrough): with a flush_to_disk rule, write and flush succeed, the next read fails', () => {
+    const img = join(dir, 'wt.qed');
+    const cfg = join(dir, 'wt.cfg');
+    expect(runQemuImg(['create', '-q', '-f', 'qed', '-o', 'cluster_size=4096', img, '1M']).status).toBe(0);
+    writeFileSync(cfg, '[inject-error]\nevent = "flush_to_disk"\nerrno = "5"\nonce = "on"\n');
+    const r = runQemuIo(['-f', 'qed', '-c', 'write -P 0xab 0 4k', '-c', 'flush', '-c', 'read -P 0xab 0 4k', `blkdebug:${cfg}:${img}`]);
+    expect(r.stdout).toContain('wrote 4096/4096 bytes');
+    expect(r.stdout + r.stderr).toContain('read failed: Input/output error');
   });
 
   it('qemu-io: a rule on pwritev_zero fails a zero write', () => {

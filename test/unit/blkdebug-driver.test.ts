@@ -107,6 +107,9 @@ describe('blkdebug driver', () => {
     });
     await bs.flush();
     await bs.file!.debugEvent('flush_to_disk');
+    // As in QEMU, blkdebug checks flush rules only when the flush reaches the disk: after a write.
+    await bs.flush();
+    await bs.pwrite(0, new Uint8Array(512));
     expect((await rejection(bs.flush())).code).toBe('EIO');
     // iotype flush only: reads still work
     await bs.pread(0, new Uint8Array(16));
