@@ -150,7 +150,11 @@ async function rawCoPwritev(
   await rawGuardedWrite(bs, offset, bytes, qiov, () => file.pwritev(offset, qiov, flags));
 }
 
-/** Zeroing goes to the protocol, which zeroes natively (mem) or falls back to a zero buffer. */
+/**
+ * Zeroing goes to the protocol with its flags (mayUnmap, noFallback), as QEMU's raw format
+ * passes them: the protocol zeroes natively (mem chunks, fallocate on host files) or answers
+ * ENOTSUP, and then the generic layer writes a zero buffer unless noFallback forbids it.
+ */
 async function rawCoWriteZeroes(
   bs: BlockDriverState,
   offset: number,
@@ -161,6 +165,7 @@ async function rawCoWriteZeroes(
   await rawGuardedWrite(bs, offset, bytes, null, () => file.writeZeroes(offset, bytes, flags));
 }
 
+/** Discard goes to the protocol at the same offsets (a punched hole on host files). */
 async function rawCoDiscard(bs: BlockDriverState, offset: number, bytes: number): Promise<void> {
   await child(bs).discard(offset, bytes);
 }
