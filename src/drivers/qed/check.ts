@@ -11,7 +11,7 @@ import { emptyCheckResult, type CheckResult } from '../../block/driver.js';
 import { BlockError, toBlockError } from '../../block/errors.js';
 import { qedLimits } from './cluster.js';
 import { QED_F_NEED_CHECK, qedCheckClusterOffset, qedCheckTableOffset } from './header.js';
-import { type BDRVQEDState, type QEDRequest, qedFile, qedWriteHeaderSync } from './state.js';
+import { type BDRVQEDState, type QEDRequest, qedFile, qedWaitAllocPending, qedWriteHeaderSync } from './state.js';
 import {
   QED_UNALLOC_CLUSTER,
   QED_ZERO_CLUSTER,
@@ -183,6 +183,8 @@ export async function qedCheckPass(s: BDRVQEDState, fix: boolean): Promise<Check
 export async function qedCheck(s: BDRVQEDState, fix: boolean): Promise<CheckResult> {
   await s.allocLock.lock();
   try {
+    // The tables must not change under the check: wait for L2 updates still in flight.
+    await qedWaitAllocPending(s);
     const first = await qedCheckPass(s, fix);
     if (!fix || (first.corruptionsFixed === 0 && first.leaksFixed === 0)) return first;
     const second = await qedCheckPass(s, false);

@@ -13,6 +13,7 @@ import { QED_F_NEED_CHECK } from './header.js';
 import { startNeedCheckTimer, cancelNeedCheckTimer } from './need-check.js';
 import {
   type BDRVQEDState,
+  type QEDAllocReservation,
   type QEDRequest,
   qedAllocClusters,
   qedBytesToClusters,
@@ -26,7 +27,7 @@ import {
   qedTracing,
   qedWriteHeader,
 } from './state.js';
-import { QED_ZERO_CLUSTER, qedWriteL1Table, qedWriteL2Table } from './table.js';
+import { QED_ZERO_CLUSTER, qedWriteL1Table, qedWriteL2Entries, qedWriteL2Table } from './table.js';
 
 export const QED_AIOCB_WRITE = 0x1;
 export const QED_AIOCB_ZERO = 0x2;
@@ -46,6 +47,8 @@ export interface QEDRequestState {
   request: QEDRequest;
   /** This request holds s.allocLock: it is the one allowed to allocate. */
   allocating: boolean;
+  /** Released s.allocLock early and still writes its L2 entries (counted in s.allocPending). */
+  allocPending: boolean;
 }
 
 /** A pooled AIOCB carrying the request state. */
@@ -57,6 +60,7 @@ export class QEDAIOCB extends BlockAIOCB implements QEDRequestState {
   qiovOffset = 0;
   request: QEDRequest = { l2Table: null };
   allocating = false;
+  allocPending = false;
 }
 
 export const qedAioPool = new AIOPool<QEDAIOCB>(
@@ -64,7 +68,7 @@ export const qedAioPool = new AIOPool<QEDAIOCB>(
 );
 
 function newRequestState(flags: number, qiov: IOVector | null, pos: number, bytes: number): QEDRequestState {
-  return { flags, qiov, curPos: pos, endPos: pos + bytes, qiovOffset: 0, request: { l2Table: null }, allocating: false };
+  return { flags, qiov, curPos: pos, endPos: pos + bytes, qiovOffset: 0, request: { l2Table: null }, allocating: false, allocPending: false };
 }
 
 function initRequest(acb: QEDRequestState, flags: number, qiov: IOVector | null, pos: number, bytes: number): void {
@@ -76,6 +80,7 @@ function initRequest(acb: QEDRequestState, flags: number, qiov: IOVector | null,
   // Completion left the pooled request's table reference null: reuse the object.
   acb.request.l2Table = null;
   acb.allocating = false;
+  acb.allocPending = false;
 }
 
 /** qed_aio_setup: take an AIOCB from the pool and start the request as its coroutine. */
@@ -146,9 +151,20 @@ function qedAioComplete(s: BDRVQEDState, acb: QEDRequestState): void {
   acb.qiov = null;
   if (acb.allocating) {
     acb.allocating = false;
-    const waiters = s.allocLock.waiting;
     s.allocLock.unlock();
-    if (waiters === 0 && (s.header.features & QED_F_NEED_CHECK) !== 0n) startNeedCheckTimer(s);
+  } else if (acb.allocPending) {
+    acb.allocPending = false;
+    if (--s.allocPending === 0) {
+      const waiters = s.allocPendingWaiters.splice(0);
+      for (const wake of waiters) wake();
+    }
+  } else {
+    return;
+  }
+  // The burst is over when nobody allocates (the lock is free: unlock hands it to the next
+  // waiter otherwise) and nobody still writes L2 entries of an allocation.
+  if (!s.allocLock.isLocked && s.allocPending === 0 && (s.header.features & QED_F_NEED_CHECK) !== 0n) {
+    startNeedCheckTimer(s);
   }
 }
 
@@ -251,12 +267,26 @@ async function qedAioWriteAlloc(s: BDRVQEDState, acb: QEDRequestState, run: QEDC
   const pos = acb.curPos;
   const len = run.length;
   const nclusters = qedBytesToClusters(s, qedOffsetIntoCluster(s, pos) + len);
+  const l2 = run.kind === 'l1-unallocated' ? null : acb.request.l2Table!;
+  const index = qedL2Index(s, pos);
+  if (l2) {
+    // A request ahead of us that released the lock early may have allocated some of these
+    // clusters without having set their entries yet. Serialised, we would have run after it
+    // and found them allocated: wait for its entries and look the tables up again, so the
+    // outcome (in place or a new allocation) and the file layout are the same.
+    const busy = qedFindReservation(s, l2.offset, index, index + nclusters);
+    if (busy) {
+      await busy.done;
+      return 0;
+    }
+  }
   const zero = (acb.flags & QED_AIOCB_ZERO) !== 0;
   if (zero && run.kind === 'zero') return len; // already reads as zeros
 
   const savedFileSize = s.fileSize;
   const cluster = zero ? QED_ZERO_CLUSTER : qedAllocClusters(s, nclusters);
   let linking = false;
+  let reservation: QEDAllocReservation | null = null;
   try {
     if (qedShouldSetNeedCheck(s)) {
       s.header.features |= QED_F_NEED_CHECK;
@@ -270,15 +300,63 @@ async function qedAioWriteAlloc(s: BDRVQEDState, acb: QEDRequestState, run: QEDC
         throw e;
       }
     }
+    if (l2 && pos + len >= acb.endPos) {
+      // The last run of the request, into an L2 table already linked from L1: our clusters
+      // are reserved and the dirty bit (if needed) is durable, so hand the allocation lock on
+      // now: the next allocating requests write their data while ours is in flight. What
+      // QEMU's serialisation guarantees still holds:
+      // - layout: we allocate nothing more, so the next request allocates exactly where it
+      //   would have after our completion; one that overlaps our clusters waits for our
+      //   entries (qedFindReservation above) and then finds them, as it would have;
+      // - data before the L2 entry pointing at it: each request sets its own entries only
+      //   after its data is written (and flushed, with a backing file), and every table write
+      //   copies the entries when it is issued (qedWriteL2Entries);
+      // - no new table is involved (those runs keep the lock until linked from L1);
+      // - we complete only after our entries are written; the need-check timer, check and
+      //   close wait for us through s.allocPending.
+      reservation = qedReserve(s, l2.offset, index, index + nclusters);
+      acb.allocating = false;
+      acb.allocPending = true;
+      s.allocPending++;
+      s.allocLock.unlock();
+    }
     if (!zero) await qedAioWriteCow(s, acb, run, cluster, cs);
     linking = true;
-    await qedAioWriteL2Update(s, acb, run, nclusters, cluster);
+    await qedAioWriteL2Update(s, acb, run, nclusters, cluster, reservation);
   } catch (e) {
-    // Nothing links to the new clusters unless a table write was attempted: give them back.
-    if (!linking) s.fileSize = savedFileSize;
+    // Nothing links to the new clusters unless a table write was attempted: give them back,
+    // unless a request allocated after them meanwhile (then they stay a leak).
+    if (!linking && s.fileSize === savedFileSize + (zero ? 0 : nclusters * cs)) s.fileSize = savedFileSize;
     throw e;
+  } finally {
+    if (reservation) qedEndReservation(s, reservation);
   }
   return len;
+}
+
+function qedFindReservation(s: BDRVQEDState, l2Offset: number, start: number, end: number): QEDAllocReservation | null {
+  for (const r of s.allocReservations) {
+    if (r.l2Offset === l2Offset && r.start < end && start < r.end) return r;
+  }
+  return null;
+}
+
+function qedReserve(s: BDRVQEDState, l2Offset: number, start: number, end: number): QEDAllocReservation {
+  let settle!: () => void;
+  const done = new Promise<void>((resolve) => {
+    settle = resolve;
+  });
+  const r: QEDAllocReservation = { l2Offset, start, end, done, settle };
+  s.allocReservations.push(r);
+  return r;
+}
+
+/** The entries are set (or the allocation failed): wake who waits. Idempotent. */
+function qedEndReservation(s: BDRVQEDState, r: QEDAllocReservation): void {
+  const i = s.allocReservations.indexOf(r);
+  if (i < 0) return;
+  s.allocReservations.splice(i, 1);
+  r.settle();
 }
 
 /**
@@ -333,6 +411,7 @@ async function qedAioWriteL2Update(
   run: QEDClusterRun,
   n: number,
   cluster: number,
+  reservation: QEDAllocReservation | null,
 ): Promise<void> {
   const index = qedL2Index(s, acb.curPos);
   const step = cluster === QED_ZERO_CLUSTER ? 0 : s.header.clusterSize;
@@ -362,15 +441,23 @@ async function qedAioWriteL2Update(
     return;
   }
 
-  const table = acb.request.l2Table!.table;
+  const l2 = acb.request.l2Table!;
+  const table = l2.table;
   const saved: number[] = [];
   for (let i = 0; i < n; i++) {
     saved.push(table.get(index + i));
     table.set(index + i, cluster + i * step);
   }
+  // Our entries are visible now: a request waiting on our reservation may look again.
+  if (reservation) qedEndReservation(s, reservation);
+  // Our data is written (and flushed, with a backing file) before these entries were set, and
+  // the table is already linked from L1: what is left to order is this table write against
+  // the other updates of the same table, which qedWriteL2Entries keeps in order (and merges).
   try {
-    await qedWriteL2Table(s, acb.request, index, n, false);
+    await qedWriteL2Entries(s, l2, index, n);
   } catch (e) {
+    // This runs before the chain's next write copies the sectors (that copy happens at least
+    // one microtask after ours is resumed), so the write that follows carries the old values.
     for (let i = 0; i < n; i++) table.set(index + i, saved[i]);
     throw e;
   }

@@ -14,6 +14,19 @@ export interface CachedL2Table {
   table: QEDTable;
   /** Requests holding this table. */
   ref: number;
+  /** The sector write of this table in flight (qedWriteL2Entries), if any. */
+  writing: Promise<void> | null;
+  /** Entry updates made while `writing` was in flight: written together once it settles. */
+  next: PendingL2Write | null;
+}
+
+/** L2 entries [start, end) waiting for the table write in flight to settle. */
+export interface PendingL2Write {
+  start: number;
+  end: number;
+  promise: Promise<void>;
+  resolve: () => void;
+  reject: (e: unknown) => void;
 }
 
 export class L2Cache {
@@ -35,7 +48,7 @@ export class L2Cache {
 
   /** A fresh, uncommitted table held by the caller (ref 1). */
   alloc(offset: number): CachedL2Table {
-    const entry = { offset, table: new QEDTable(this.nelems), ref: 1 };
+    const entry: CachedL2Table = { offset, table: new QEDTable(this.nelems), ref: 1, writing: null, next: null };
     this.trace?.('qedAllocL2CacheEntry', { l2Cache: this, entry });
     return entry;
   }

@@ -36,7 +36,9 @@ export function qedNeedCheckTimerCb(s: BDRVQEDState): void {
  */
 export async function qedClearNeedCheck(s: BDRVQEDState): Promise<void> {
   qedTrace(s, 'qedNeedCheckTimerCb', {});
-  if (s.allocLock.isLocked) return;
+  // An allocation in progress (or one still writing its L2 entries after releasing the lock)
+  // re-arms the timer when the last of them completes: nothing to do now.
+  if (s.allocLock.isLocked || s.allocPending > 0) return;
   await s.allocLock.lock();
   let cleared = false;
   try {

@@ -45,7 +45,7 @@ import {
 } from './io.js';
 import { L2Cache } from './l2-cache.js';
 import { cancelNeedCheckTimer, qedNeedCheckTimerCb } from './need-check.js';
-import { type BDRVQEDState, type QEDRequest, qedFile, qedState, qedWriteHeaderSync } from './state.js';
+import { type BDRVQEDState, type QEDRequest, qedFile, qedState, qedWaitAllocPending, qedWriteHeaderSync } from './state.js';
 import { QEDTable, qedReadL1Table } from './table.js';
 
 /** Probe: the magic is all QED has; a match is certain. */
@@ -76,6 +76,9 @@ async function qedDoOpen(bs: BlockDriverState, options: OpenOptions): Promise<vo
       if (bs.events.listenerCount('trace') > 0) bs.trace(name, args);
     }),
     allocLock: new CoMutex(),
+    allocPending: 0,
+    allocPendingWaiters: [],
+    allocReservations: [],
     needCheckTimer: null,
     timerTask: null,
     corruptionsRemain: false,
@@ -145,6 +148,9 @@ async function qedClose(bs: BlockDriverState): Promise<void> {
   // no allocation is half-linked while we decide whether the image is clean.
   await s.allocLock.lock();
   try {
+    // Requests past their allocation may still be writing L2 entries; they must be on disk
+    // before the flush that precedes marking the image clean.
+    await qedWaitAllocPending(s);
     if (!bs.readOnly && !s.openOptions.inactive) {
       const file = qedFile(s);
       await file.flush();

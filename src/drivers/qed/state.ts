@@ -29,6 +29,19 @@ export interface BDRVQEDState {
    * allocating_acb + allocating_write_reqs queue + "plugged" state, as one FIFO mutex.
    */
   allocLock: CoMutex;
+  /**
+   * Allocating requests that released allocLock early (their data written, their L2 entries
+   * set in memory) and still wait for their L2 table write (io.ts, qedAioWriteL2Update).
+   */
+  allocPending: number;
+  /** Woken when allocPending drops to 0 (qedWaitAllocPending). */
+  allocPendingWaiters: (() => void)[];
+  /**
+   * Clusters allocated by requests that released allocLock early, whose L2 entries are not
+   * set in memory yet (their data is still being written). An allocating request whose run
+   * overlaps one waits for it and looks its tables up again (io.ts, qedAioWriteAlloc).
+   */
+  allocReservations: QEDAllocReservation[];
   needCheckTimer: Timer | null;
   /** The running timer job, so close can wait for it. */
   timerTask: Promise<void> | null;
@@ -36,6 +49,16 @@ export interface BDRVQEDState {
   corruptionsRemain: boolean;
   openOptions: OpenOptions;
   closed: boolean;
+}
+
+/** L2 entries [start, end) of the table at l2Offset, allocated but not yet set in memory. */
+export interface QEDAllocReservation {
+  l2Offset: number;
+  start: number;
+  end: number;
+  /** Settles when the entries are set (or the allocation failed). */
+  done: Promise<void>;
+  settle: () => void;
 }
 
 /** Per-request table state (QEMU's QEDRequest): the L2 table the request holds a reference to. */
@@ -97,6 +120,14 @@ export function qedAllocClusters(s: BDRVQEDState, n: number): number {
   const offset = s.fileSize;
   s.fileSize += n * s.header.clusterSize;
   return offset;
+}
+
+/**
+ * Wait until no allocating request that released allocLock early is still writing its L2
+ * entries. Callers hold allocLock, so no new one can start meanwhile.
+ */
+export async function qedWaitAllocPending(s: BDRVQEDState): Promise<void> {
+  while (s.allocPending > 0) await new Promise<void>((resolve) => s.allocPendingWaiters.push(resolve));
 }
 
 /** Write the 64-byte header struct (create, close, truncate, autoclear reset, check). */

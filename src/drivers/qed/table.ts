@@ -5,7 +5,7 @@
 import { IOVector } from '../../block/iovec.js';
 import type { BDRVQEDState, QEDRequest } from './state.js';
 import { qedTrace, qedTracing, qedFile } from './state.js';
-import type { CachedL2Table } from './l2-cache.js';
+import type { CachedL2Table, PendingL2Write } from './l2-cache.js';
 
 /** Table entry meaning "not allocated": reads fall through to the backing file. */
 export const QED_UNALLOC_CLUSTER = 0;
@@ -103,6 +103,62 @@ export async function qedWriteL2Table(
   const l2 = request.l2Table!;
   await qedFile(s).debugEvent('l2_update');
   await qedWriteTable(s, l2.offset, l2.table, index, n, flush);
+}
+
+/**
+ * Write L2 entries [index, index+n) of a table that is already linked from L1, coalescing
+ * with other requests' updates of the same table: one table write is in flight per table at
+ * a time; updates made meanwhile are gathered (their sector range widened to cover them all)
+ * and go out as one write when it settles. The promise settles once a write issued after the
+ * caller's entries were set in memory has settled, so a request still completes only after its
+ * own entries are on disk (flushed or not, exactly as one write per request would be).
+ *
+ * Ordering: callers set their entries only after their data is written (and flushed, with a
+ * backing file), and a write copies the table's sectors when it is issued, so no write ever
+ * carries an entry whose data was not yet written. Only sectors of this table are touched,
+ * and no flush is needed between them: tables already linked need none (§13).
+ */
+export function qedWriteL2Entries(s: BDRVQEDState, l2: CachedL2Table, index: number, n: number): Promise<void> {
+  const next = l2.next;
+  if (next) {
+    next.start = Math.min(next.start, index);
+    next.end = Math.max(next.end, index + n);
+    return next.promise;
+  }
+  if (l2.writing) {
+    let resolve!: () => void;
+    let reject!: (e: unknown) => void;
+    const promise = new Promise<void>((res, rej) => {
+      resolve = res;
+      reject = rej;
+    });
+    const pending: PendingL2Write = { start: index, end: index + n, promise, resolve, reject };
+    l2.next = pending;
+    return promise;
+  }
+  return qedIssueL2Write(s, l2, index, n);
+}
+
+function qedIssueL2Write(s: BDRVQEDState, l2: CachedL2Table, index: number, n: number): Promise<void> {
+  const write = qedWriteL2Sectors(s, l2, index, n);
+  l2.writing = write;
+  const settled = (): void => {
+    l2.writing = null;
+    const next = l2.next;
+    if (!next) return;
+    l2.next = null;
+    // The gathered updates go out now; each waiter gets this write's outcome. Handled in
+    // both directions, so the chain itself never rejects unobserved.
+    qedIssueL2Write(s, l2, next.start, next.end - next.start).then(next.resolve, next.reject);
+  };
+  // Bookkeeping only: the caller awaits `write` itself and sees its error.
+  write.then(settled, settled);
+  return write;
+}
+
+async function qedWriteL2Sectors(s: BDRVQEDState, l2: CachedL2Table, index: number, n: number): Promise<void> {
+  await qedFile(s).debugEvent('l2_update');
+  await qedWriteTable(s, l2.offset, l2.table, index, n, false);
 }
 
 /**
