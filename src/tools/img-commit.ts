@@ -1,17 +1,14 @@
 // blk-img commit: write what the image (and the layers down to the base) allocate into the
 // base image. As in QEMU 7.2, a QED overlay is not emptied afterwards (QED has no make_empty).
 import { BlockDriverState } from '../index.js';
-import { ERRNO_MESSAGES, isBlockError } from '../block/errors.js';
 import { resolve } from 'node:path';
 import { errorExit, errorMessage, parseOptions, cvtnum } from './common.js';
 import { checkCacheMode } from './img-check.js';
 import { BDRV_BLOCK_ALLOCATED, BDRV_BLOCK_ZERO, blockStatusAboveFlags } from './img-map.js';
-import { HelpRequest, LONG_HELP, LONG_IMAGE_OPTS, LONG_OBJECT, Progress, closeQuietly, imgOpen, unsupportedOption, type ImgEnv } from './img-util.js';
+import { HelpRequest, LONG_HELP, LONG_IMAGE_OPTS, LONG_OBJECT, Progress, closeQuietly, errnoMessage, imgOpen, unsupportedOption, type ImgEnv } from './img-util.js';
 
 /** Copy chunk of the commit job. */
 const COMMIT_BUF_SIZE = 2 * 1024 * 1024;
-
-const errno = (e: unknown): string => (isBlockError(e) ? ERRNO_MESSAGES[e.code] : errorMessage(e));
 
 export async function imgCommit(env: ImgEnv, argv: string[]): Promise<number> {
   let fmt: string | undefined;
@@ -109,7 +106,7 @@ export async function imgCommit(env: ImgEnv, argv: string[]): Promise<number> {
         await baseRw.flush();
         if (!drop && bs.driver.makeEmpty) await bs.makeEmpty();
       } catch (e) {
-        err = errno(e);
+        err = errnoMessage(e);
       }
     }
   } finally {

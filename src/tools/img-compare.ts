@@ -2,17 +2,14 @@
 // images, with qemu-img compare's exit codes: 0 identical, 1 different, 2 open error,
 // 3 block-status error, 4 read error.
 import type { BlockDriverState } from '../index.js';
-import { ERRNO_MESSAGES, isBlockError } from '../block/errors.js';
-import { ToolExit, errorExit, errorMessage, parseOptions } from './common.js';
+import { ToolExit, errorExit, parseOptions } from './common.js';
 import { checkCacheMode } from './img-check.js';
 import { BDRV_BLOCK_ALLOCATED, BDRV_BLOCK_ZERO, blockStatusAboveFlags } from './img-map.js';
-import { HelpRequest, LONG_FORCE_SHARE, LONG_HELP, LONG_IMAGE_OPTS, LONG_OBJECT, Progress, closeQuietly, imgOpen, unsupportedOption, type ImgEnv } from './img-util.js';
+import { HelpRequest, LONG_FORCE_SHARE, LONG_HELP, LONG_IMAGE_OPTS, LONG_OBJECT, Progress, closeQuietly, errnoMessage, imgOpen, unsupportedOption, type ImgEnv } from './img-util.js';
 
 /** Compare/check buffer size (IO_BUF_SIZE). */
 const IO_BUF_SIZE = 2 * 1024 * 1024;
 const SECTOR = 512;
-
-const errno = (e: unknown): string => (isBlockError(e) ? ERRNO_MESSAGES[e.code] : errorMessage(e));
 
 function sectorDiffers(a: Uint8Array, b: Uint8Array, off: number, len: number): boolean {
   for (let i = off; i < off + len; i++) if (a[i] !== b[i]) return true;
@@ -110,7 +107,7 @@ export async function imgCompare(env: ImgEnv, argv: string[]): Promise<number> {
       try {
         await bs.pread(offset, buf);
       } catch (e) {
-        env.o.error(`Error while reading offset ${offset} of ${name}: ${errno(e)}`);
+        env.o.error(`Error while reading offset ${offset} of ${name}: ${errnoMessage(e)}`);
         throw new ToolExit(4);
       }
       return buf;

@@ -4,8 +4,7 @@
 // target, requests run in parallel (-m, through p-queue) and are written in order unless -W.
 import PQueue from 'p-queue';
 import type { BlockDriverState } from '../index.js';
-import { ERRNO_MESSAGES, isBlockError } from '../block/errors.js';
-import { ToolExit, cvtnum, errorMessage, parseOptions } from './common.js';
+import { ToolExit, cvtnum, parseOptions } from './common.js';
 import { checkCacheMode } from './img-check.js';
 import { accumulateOptions, createErrorMessage, createImageFile, printBlockOptionHelp, reportWithPrefix } from './img-create.js';
 import { BDRV_BLOCK_DATA, BDRV_BLOCK_ZERO, blockStatusAboveFlags } from './img-map.js';
@@ -17,6 +16,7 @@ import {
   LONG_OBJECT,
   Progress,
   closeQuietly,
+  errnoMessage,
   hasHelpOption,
   imgOpen,
   parseCreateOptions,
@@ -33,8 +33,6 @@ const MAX_COROUTINES = 16;
 const REQUEST_MAX_SECTORS = Math.floor(0x7fffffff / SECTOR);
 
 type Status = 'data' | 'zero' | 'backing';
-
-const errno = (e: unknown): string => (isBlockError(e) ? ERRNO_MESSAGES[e.code] : errorMessage(e));
 
 function isZeroSector(buf: Uint8Array, sector: number): boolean {
   const start = sector * SECTOR;
@@ -163,7 +161,7 @@ async function iterationSectors(env: ImgEnv, s: ConvertState, sectorNum: number)
         flags = r.flags;
         count = r.pnum;
       } catch (e) {
-        env.o.error(`error while reading block status at offset ${offset}: ${errno(e)}`);
+        env.o.error(`error while reading block status at offset ${offset}: ${errnoMessage(e)}`);
         throw new ToolExit(1);
       }
     }
@@ -272,7 +270,7 @@ async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines: number
             await convertRead(s, start, n, buf);
           } catch (e) {
             if (failed === null) {
-              env.o.error(`error while reading at byte ${start * SECTOR}: ${errno(e)}`);
+              env.o.error(`error while reading at byte ${start * SECTOR}: ${errnoMessage(e)}`);
               failed = e;
             }
           }
@@ -287,7 +285,7 @@ async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines: number
             await convertWrite(s, start, n, buf, status);
           } catch (e) {
             if (failed === null) {
-              env.o.error(`error while writing at byte ${start * SECTOR}: ${errno(e)}`);
+              env.o.error(`error while writing at byte ${start * SECTOR}: ${errnoMessage(e)}`);
               failed = e;
             }
           }

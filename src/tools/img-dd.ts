@@ -2,12 +2,10 @@
 // including qemu-img 7.2's quirks: count limits the copy to count*bs bytes measured from the
 // start of the input (not from skip), and a skip past the end only warns (exit status 0).
 import type { BlockDriverState } from '../index.js';
-import { ERRNO_MESSAGES, isBlockError } from '../block/errors.js';
 import { ToolExit, cvtnum, cvtnumFull, errorMessage, parseOptions } from './common.js';
 import { createErrorMessage, createImageFile, reportWithPrefix } from './img-create.js';
-import { HelpRequest, LONG_FORCE_SHARE, LONG_HELP, LONG_IMAGE_OPTS, closeQuietly, imgOpen, unsupportedOption, type ImgEnv } from './img-util.js';
+import { HelpRequest, LONG_FORCE_SHARE, LONG_HELP, LONG_IMAGE_OPTS, closeQuietly, errnoMessage, imgOpen, unsupportedOption, type ImgEnv } from './img-util.js';
 
-const errno = (e: unknown): string => (isBlockError(e) ? ERRNO_MESSAGES[e.code] : errorMessage(e));
 const INT_MAX = 2147483647n;
 
 export async function imgDd(env: ImgEnv, argv: string[]): Promise<number> {
@@ -111,14 +109,14 @@ export async function imgDd(env: ImgEnv, argv: string[]): Promise<number> {
       try {
         await blk1.pread(inOffset, chunk);
       } catch (e) {
-        env.o.error(`error while reading from input image file: ${errno(e)}`);
+        env.o.error(`error while reading from input image file: ${errnoMessage(e)}`);
         return 1;
       }
       inOffset += bytes;
       try {
         await blk2.pwrite(outPos, chunk);
       } catch (e) {
-        env.o.error(`error while writing to output image file: ${errno(e)}`);
+        env.o.error(`error while writing to output image file: ${errnoMessage(e)}`);
         return 1;
       }
       outPos += bytes;

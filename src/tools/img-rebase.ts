@@ -2,16 +2,14 @@
 // range it does not allocate itself where the old and the new backing file differ, so that the
 // guest-visible content is unchanged; -u only rewrites the header.
 import { BlockDriverState, combineBackingPath } from '../index.js';
-import { ERRNO_MESSAGES, isBlockError } from '../block/errors.js';
+import { isBlockError } from '../block/errors.js';
 import { resolve } from 'node:path';
 import { errorExit, errorMessage, parseOptions, ToolExit } from './common.js';
 import { checkCacheMode } from './img-check.js';
 import { compareBuffers } from './img-compare.js';
-import { HelpRequest, LONG_FORCE_SHARE, LONG_HELP, LONG_IMAGE_OPTS, LONG_OBJECT, Progress, closeQuietly, imgOpen, unsupportedOption, type ImgEnv } from './img-util.js';
+import { HelpRequest, LONG_FORCE_SHARE, LONG_HELP, LONG_IMAGE_OPTS, LONG_OBJECT, Progress, closeQuietly, errnoMessage, imgOpen, unsupportedOption, type ImgEnv } from './img-util.js';
 
 const IO_BUF_SIZE = 2 * 1024 * 1024;
-
-const errno = (e: unknown): string => (isBlockError(e) ? ERRNO_MESSAGES[e.code] : errorMessage(e));
 
 /** bdrv_find_backing_image: the node of bs's chain (below bs) whose file is `name`. */
 export function findBackingImage(bs: BlockDriverState, name: string): BlockDriverState | null {
@@ -128,7 +126,7 @@ export async function imgRebase(env: ImgEnv, argv: string[]): Promise<number> {
             if (!b.allocated) continue;
           }
         } catch (e) {
-          env.o.error(`error while reading image metadata: ${errno(e)}`);
+          env.o.error(`error while reading image metadata: ${errnoMessage(e)}`);
           return 1;
         }
         let oldIsZero = false;
@@ -168,7 +166,7 @@ export async function imgRebase(env: ImgEnv, argv: string[]): Promise<number> {
               if (oldIsZero) await bs.writeZeroes(offset + written, r.pnum);
               else await bs.pwrite(offset + written, bufOld.subarray(written, written + r.pnum));
             } catch (e) {
-              env.o.error(`Error while writing to COW image: ${errno(e)}`);
+              env.o.error(`Error while writing to COW image: ${errnoMessage(e)}`);
               return 1;
             }
           }
@@ -189,7 +187,7 @@ export async function imgRebase(env: ImgEnv, argv: string[]): Promise<number> {
         else await bs.changeBackingFile(null, null);
       } catch (e) {
         if (isBlockError(e, 'ENOSPC')) env.o.error(`Could not change the backing file to '${base}': No space left in the file header`);
-        else env.o.error(`Could not change the backing file to '${base}': ${errno(e)}`);
+        else env.o.error(`Could not change the backing file to '${base}': ${errnoMessage(e)}`);
         status = 1;
       }
     }

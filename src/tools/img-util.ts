@@ -1,6 +1,7 @@
 // Pieces shared by the blk-img subcommands: opening images with qemu-img's messages, QAPI-style
 // JSON output (QDict key order), the progress meter, and -o option lists.
 import { BlockDriverState, defaultRegistry, isBlockError, type BlockDriver, type BlockDriverRegistry, type OpenOptions } from '../index.js';
+import { ERRNO_MESSAGES } from '../block/errors.js';
 import { ToolExit, ToolOutput, errorMessage, formatFixed, parseOptionSize, qemuStrtosz, type LongOption } from './common.js';
 
 export interface ImgEnv {
@@ -94,6 +95,11 @@ export async function openImage(env: ImgEnv, filename: string, opts: ImgOpenOpti
   if (opts.format !== undefined) o.format = opts.format;
   if (opts.backingFormat !== undefined) o.backingFormat = opts.backingFormat;
   return BlockDriverState.open(filename, o);
+}
+
+/** An I/O failure as qemu-img prints it after strerror(): the errno text of a BlockError. */
+export function errnoMessage(e: unknown): string {
+  return isBlockError(e) ? ERRNO_MESSAGES[e.code] : errorMessage(e);
 }
 
 /** Close and ignore errors (cleanup paths after a failure was already reported). */
