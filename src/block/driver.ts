@@ -18,6 +18,11 @@ export interface WriteZeroesFlags {
   mayUnmap?: boolean;
   /** Fail with ENOTSUP rather than fall back to writing a zero buffer (BDRV_REQ_NO_FALLBACK). */
   noFallback?: boolean;
+  /**
+   * Force Unit Access (a writethrough cache): no driver zeroes with FUA, so the generic layer
+   * flushes the node once after the whole zeroed range, as QEMU does.
+   */
+  fua?: boolean;
 }
 
 /**
@@ -158,6 +163,12 @@ export interface BlockDriver {
   readonly isProtocol?: boolean;
   /** Filters (blkdebug, blkverify) sit in place of a protocol and wrap another node. */
   readonly isFilter?: boolean;
+  /**
+   * The driver makes a write with `flags.fua` durable by itself (QEMU's BDRV_REQ_FUA in
+   * supported_write_flags). Otherwise the generic layer passes no FUA down and flushes the
+   * node after the write instead (QEMU's FUA emulation: qed, raw and file in 7.2).
+   */
+  readonly supportsFua?: boolean;
   /** Alignment of requests the driver accepts, bytes; default 512 for formats, 1 for protocols. */
   readonly requestAlignment?: number;
   /** The format can have a backing file (create accepts backing_file). */
