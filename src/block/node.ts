@@ -451,7 +451,15 @@ export class BlockDriverState {
   private async driverPwritev(offset: number, bytes: number, qiov: IOVector, flags: WriteFlags): Promise<void> {
     const fn = this.io.coPwritev;
     if (!fn) throw this.notSupported('write');
-    await fn(this, offset, bytes, qiov, flags);
+    if (flags.fua !== true || this.driver.supportsFua === true) {
+      await fn(this, offset, bytes, qiov, flags);
+      return;
+    }
+    // FUA emulation (QEMU's bdrv_driver_pwritev): the driver writes without it, then this
+    // node is flushed. The flush runs before the write counts in writeGen, so it reaches its
+    // flush_to_disk step only for earlier writes, as QEMU's does.
+    await fn(this, offset, bytes, qiov, NO_FLAGS);
+    await this.flushUnchecked();
   }
 
   private notSupported(op: string): BlockError {
@@ -625,7 +633,9 @@ export class BlockDriverState {
     this.checkArgs('write', offset, bytes);
     this.checkWritable('write');
     const fn = this.io.coPwritev;
-    if (fn !== undefined && this.fastWriteOk(offset, bytes)) {
+    // An emulated FUA needs the flush of driverPwritev: no fast path for it.
+    const fastFlags = flags.fua !== true || this.driver.supportsFua === true;
+    if (fn !== undefined && fastFlags && this.fastWriteOk(offset, bytes)) {
       this.inFlight++;
       const req = this.trackInsert(offset, offset + bytes, false);
       try {
@@ -742,8 +752,10 @@ export class BlockDriverState {
           path: this.filename,
         });
       }
+      // Head and tail are plain writes and keep the request's FUA (QEMU's zero padding).
+      const padFlags: WriteFlags = flags.fua === true ? { fua: true } : NO_FLAGS;
       if (offset < midStart) {
-        await this.trackedPwritev(offset, IOVector.alloc(midStart - offset), {}, len);
+        await this.trackedPwritev(offset, IOVector.alloc(midStart - offset), padFlags, len);
       }
       if (midStart < midEnd) {
         await this.withTracked(midStart, midEnd - midStart, false, () =>
@@ -752,7 +764,7 @@ export class BlockDriverState {
       }
       if (midEnd < reqEnd && midEnd >= midStart) {
         const tailFrom = Math.max(midEnd, offset);
-        await this.trackedPwritev(tailFrom, IOVector.alloc(reqEnd - tailFrom), {}, len);
+        await this.trackedPwritev(tailFrom, IOVector.alloc(reqEnd - tailFrom), padFlags, len);
       }
     });
   }
@@ -764,7 +776,10 @@ export class BlockDriverState {
   private async zeroRange(offset: number, bytes: number, flags: WriteZeroesFlags): Promise<void> {
     await this.debugEvent('pwritev_zero');
     try {
-      await this.zeroRangeDriver(offset, bytes, flags);
+      await this.zeroRangeDriver(offset, bytes, { mayUnmap: flags.mayUnmap, noFallback: flags.noFallback });
+      // No driver zeroes with FUA: one flush after the whole range (not one per fallback
+      // chunk), before the range counts in writeGen, as QEMU's bdrv_co_do_pwrite_zeroes.
+      if (flags.fua === true) await this.flushUnchecked();
     } finally {
       this.writeGen++;
       await this.debugEvent('pwritev_done');
