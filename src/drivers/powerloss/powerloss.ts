@@ -57,6 +57,8 @@ export const powerlossDriver: BlockDriver = {
   formatName: 'powerloss',
   protocolName: 'powerloss',
   isProtocol: true,
+  // Its store records FUA writes as durable on completion: no emulated flush needed.
+  supportsFua: true,
   requestAlignment: 1,
   createOptions: [{ name: 'size', key: 'size', type: 'size', help: 'Virtual disk size' }],
 
