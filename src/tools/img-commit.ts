@@ -1,11 +1,10 @@
 // blk-img commit: write what the image (and the layers down to the base) allocate into the
 // base image. As in QEMU 7.2, a QED overlay is not emptied afterwards (QED has no make_empty).
 import { BlockDriverState } from '../index.js';
-import { resolve } from 'node:path';
 import { errorExit, errorMessage, parseOptions, cvtnum } from './common.js';
 import { checkCacheMode } from './img-check.js';
 import { BDRV_BLOCK_ALLOCATED, BDRV_BLOCK_ZERO, blockStatusAboveFlags } from './img-map.js';
-import { HelpRequest, LONG_HELP, LONG_IMAGE_OPTS, LONG_OBJECT, Progress, closeQuietly, errnoMessage, imgOpen, unsupportedOption, type ImgEnv } from './img-util.js';
+import { HelpRequest, LONG_HELP, LONG_IMAGE_OPTS, LONG_OBJECT, Progress, closeQuietly, errnoMessage, findBackingImage, imgOpen, unsupportedOption, type ImgEnv } from './img-util.js';
 
 /** Copy chunk of the commit job. */
 const COMMIT_BUF_SIZE = 2 * 1024 * 1024;
@@ -61,8 +60,7 @@ export async function imgCommit(env: ImgEnv, argv: string[]): Promise<number> {
   try {
     let baseBs: BlockDriverState | null = null;
     if (base !== null) {
-      const want = resolve(base);
-      for (let b = bs.backing; b; b = b.backing) if (resolve(b.filename) === want) baseBs = b;
+      baseBs = findBackingImage(bs, base);
       if (!baseBs) err = `Did not find '${base}' in the backing chain of '${filename}'`;
     } else {
       baseBs = bs.backing;

@@ -3,22 +3,12 @@
 // guest-visible content is unchanged; -u only rewrites the header.
 import { BlockDriverState, combineBackingPath } from '../index.js';
 import { isBlockError } from '../block/errors.js';
-import { resolve } from 'node:path';
 import { errorExit, errorMessage, parseOptions, ToolExit } from './common.js';
 import { checkCacheMode } from './img-check.js';
 import { compareBuffers } from './img-compare.js';
-import { HelpRequest, LONG_FORCE_SHARE, LONG_HELP, LONG_IMAGE_OPTS, LONG_OBJECT, Progress, closeQuietly, errnoMessage, imgOpen, unsupportedOption, type ImgEnv } from './img-util.js';
+import { HelpRequest, LONG_FORCE_SHARE, LONG_HELP, LONG_IMAGE_OPTS, LONG_OBJECT, Progress, closeQuietly, errnoMessage, findBackingImage, imgOpen, unsupportedOption, type ImgEnv } from './img-util.js';
 
 const IO_BUF_SIZE = 2 * 1024 * 1024;
-
-/** bdrv_find_backing_image: the node of bs's chain (below bs) whose file is `name`. */
-export function findBackingImage(bs: BlockDriverState, name: string): BlockDriverState | null {
-  const want = resolve(name);
-  for (let b = bs.backing; b; b = b.backing) {
-    if (resolve(b.filename) === want) return b;
-  }
-  return null;
-}
 
 export async function imgRebase(env: ImgEnv, argv: string[]): Promise<number> {
   let fmt: string | undefined;

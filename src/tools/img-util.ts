@@ -1,6 +1,7 @@
 // Pieces shared by the blk-img subcommands: opening images with qemu-img's messages, QAPI-style
 // JSON output (QDict key order), the progress meter, and -o option lists.
 import { BlockDriverState, defaultRegistry, isBlockError, type BlockDriver, type BlockDriverRegistry, type OpenOptions } from '../index.js';
+import { resolve } from 'node:path';
 import { ERRNO_MESSAGES } from '../block/errors.js';
 import { ToolExit, ToolOutput, errorMessage, formatFixed, parseOptionSize, qemuStrtosz, type LongOption } from './common.js';
 
@@ -105,6 +106,19 @@ export function errnoMessage(e: unknown): string {
 /** Close and ignore errors (cleanup paths after a failure was already reported). */
 export async function closeQuietly(bs: BlockDriverState | null | undefined): Promise<void> {
   if (bs) await bs.close().catch(() => undefined);
+}
+
+/**
+ * bdrv_find_backing_image: the node of bs's chain (below bs) whose file is `name`. An open chain
+ * never holds one file twice (opening such a chain fails with ELOOP), so the first match is the
+ * only one.
+ */
+export function findBackingImage(bs: BlockDriverState, name: string): BlockDriverState | null {
+  const want = resolve(name);
+  for (let b = bs.backing; b; b = b.backing) {
+    if (resolve(b.filename) === want) return b;
+  }
+  return null;
 }
 
 /** The format node's driver name. */
