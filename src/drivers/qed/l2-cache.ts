@@ -32,6 +32,8 @@ export interface PendingL2Write {
 export class L2Cache {
   /** Committed tables in LRU order: the first is the least recently used. */
   private readonly entries = new Map<number, CachedL2Table>();
+  /** The most recently used table (the last of `entries`): a hit on it moves nothing. */
+  private mru: CachedL2Table | null = null;
   /** Reads in progress, so concurrent misses share one read. */
   readonly loading = new Map<number, Promise<CachedL2Table>>();
 
@@ -57,8 +59,11 @@ export class L2Cache {
   find(offset: number): CachedL2Table | undefined {
     const entry = this.entries.get(offset);
     if (!entry) return undefined;
-    this.entries.delete(offset);
-    this.entries.set(offset, entry);
+    if (entry !== this.mru) {
+      this.entries.delete(offset);
+      this.entries.set(offset, entry);
+      this.mru = entry;
+    }
     entry.ref++;
     this.trace?.('qedFindL2CacheEntry', { l2Cache: this, entry, offset, ref: entry.ref });
     return entry;
@@ -80,16 +85,19 @@ export class L2Cache {
     // Re-inserting moves the offset to the most-recently-used end.
     this.entries.delete(entry.offset);
     this.entries.set(entry.offset, entry);
+    this.mru = entry;
     this.evict();
   }
 
   /** Forget a table (after a failed write that never linked it). */
   remove(offset: number): void {
+    if (this.mru?.offset === offset) this.mru = null;
     this.entries.delete(offset);
   }
 
   /** Drop everything (invalidate_cache, close). */
   clear(): void {
+    this.mru = null;
     this.entries.clear();
   }
 
@@ -101,7 +109,10 @@ export class L2Cache {
     if (this.entries.size <= this.capacity) return;
     for (const [offset, entry] of this.entries) {
       if (this.entries.size <= this.capacity) break;
-      if (entry.ref === 0) this.entries.delete(offset);
+      if (entry.ref === 0) {
+        this.entries.delete(offset);
+        if (entry === this.mru) this.mru = null;
+      }
     }
   }
 }
