@@ -1,41 +1,17 @@
 import { chmod, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { BlockError } from '../../src/block/errors.js';
 import { IOVector } from '../../src/block/iovec.js';
 import { BlockDriverState } from '../../src/block/node.js';
 import { BlockDriverRegistry } from '../../src/block/registry.js';
 import { fileDriver, fileStripPrefix } from '../../src/drivers/file/index.js';
 import { seekAddon, setSeekAddonForTest } from '../../src/drivers/file/seek.js';
 import { makeTempDir, removeTempDir } from '../interop/qemu.js';
+import { bytePattern, expectBytes, rejection } from './test-bytes.js';
 
 const registry = new BlockDriverRegistry().register(fileDriver);
 
-function pattern(n: number, seed: number): Uint8Array {
-  const b = new Uint8Array(n);
-  for (let i = 0; i < n; i++) b[i] = (i * 7 + seed * 13 + (i >> 8)) & 0xff;
-  return b;
-}
-
-function expectBytes(actual: Uint8Array, expected: Uint8Array): void {
-  const a = Buffer.from(actual.buffer, actual.byteOffset, actual.length);
-  const b = Buffer.from(expected.buffer, expected.byteOffset, expected.length);
-  if (!a.equals(b)) {
-    let i = 0;
-    while (i < Math.min(a.length, b.length) && a[i] === b[i]) i++;
-    expect.fail(`bytes differ at ${i} (lengths ${a.length}/${b.length})`);
-  }
-}
-
-async function rejection(p: Promise<unknown>): Promise<BlockError> {
-  try {
-    await p;
-  } catch (e) {
-    expect(e).toBeInstanceOf(BlockError);
-    return e as BlockError;
-  }
-  return expect.fail('expected a rejection');
-}
+const pattern = bytePattern(7, 13, 8);
 
 function open(path: string, readOnly = false): Promise<BlockDriverState> {
   return BlockDriverState.open(path, { format: 'file', registry, readOnly });

@@ -3,13 +3,13 @@
 import { readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { BlockError } from '../../src/block/errors.js';
 import { BlockDriverState } from '../../src/block/node.js';
 import { BlockDriverRegistry } from '../../src/block/registry.js';
 import { fileDriver } from '../../src/drivers/file/index.js';
 import { loadSeekAddon, type SeekAddon, setSeekAddonForTest } from '../../src/drivers/file/seek.js';
 import { rawDriver } from '../../src/drivers/raw/index.js';
 import { makeTempDir, removeTempDir } from '../interop/qemu.js';
+import { rejection } from './test-bytes.js';
 
 const registry = new BlockDriverRegistry().register(fileDriver).register(rawDriver);
 const KiB = 1024;
@@ -19,16 +19,6 @@ if (realAddon?.punchHole === undefined && process.env.CI === 'true') {
   throw new Error('the native addon (build/Release/blocklayer_seek.node) lacks fallocate: run `npm ci`');
 }
 const addon: SeekAddon | null = realAddon?.punchHole === undefined ? null : realAddon;
-
-async function rejection(p: Promise<unknown>): Promise<BlockError> {
-  try {
-    await p;
-  } catch (e) {
-    expect(e).toBeInstanceOf(BlockError);
-    return e as BlockError;
-  }
-  return expect.fail('expected a rejection');
-}
 
 /** A system error shaped like the addon's (code = errno name). */
 function sysError(code: string): Error {

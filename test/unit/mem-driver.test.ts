@@ -1,6 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { bdrvCreate } from '../../src/block/create.js';
-import { BlockError } from '../../src/block/errors.js';
 import { IOVector } from '../../src/block/iovec.js';
 import { BlockDriverState } from '../../src/block/node.js';
 import { BlockDriverRegistry } from '../../src/block/registry.js';
@@ -13,35 +12,12 @@ import {
   memStoreGet,
   memStoreRead,
 } from '../../src/drivers/mem/index.js';
+import { bytePattern, expectBytes, rejection } from './test-bytes.js';
 
 const registry = new BlockDriverRegistry().register(memDriver);
 const TIB = 1024 ** 4;
 
-function pattern(n: number, seed: number): Uint8Array {
-  const b = new Uint8Array(n);
-  for (let i = 0; i < n; i++) b[i] = (i * 11 + seed * 17 + (i >> 9)) & 0xff;
-  return b;
-}
-
-function expectBytes(actual: Uint8Array, expected: Uint8Array): void {
-  const a = Buffer.from(actual.buffer, actual.byteOffset, actual.length);
-  const b = Buffer.from(expected.buffer, expected.byteOffset, expected.length);
-  if (!a.equals(b)) {
-    let i = 0;
-    while (i < Math.min(a.length, b.length) && a[i] === b[i]) i++;
-    expect.fail(`bytes differ at ${i} (lengths ${a.length}/${b.length})`);
-  }
-}
-
-async function rejection(p: Promise<unknown>): Promise<BlockError> {
-  try {
-    await p;
-  } catch (e) {
-    expect(e).toBeInstanceOf(BlockError);
-    return e as BlockError;
-  }
-  return expect.fail('expected a rejection');
-}
+const pattern = bytePattern(11, 17, 9);
 
 let seq = 0;
 const used: string[] = [];

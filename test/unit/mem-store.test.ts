@@ -14,25 +14,11 @@ import {
   memStoreSnapshot,
   memStoreWrite,
 } from '../../src/drivers/mem/index.js';
+import { bytePattern, expectBytes } from './test-bytes.js';
 
 const TIB = 1024 ** 4;
 
-function bytes(n: number, seed: number): Uint8Array {
-  const b = new Uint8Array(n);
-  for (let i = 0; i < n; i++) b[i] = (i * 31 + seed) & 0xff;
-  return b;
-}
-
-/** Byte equality without vitest's slow element-wise diff of big arrays. */
-function expectBytes(actual: Uint8Array, expected: Uint8Array): void {
-  const a = Buffer.from(actual.buffer, actual.byteOffset, actual.length);
-  const b = Buffer.from(expected.buffer, expected.byteOffset, expected.length);
-  if (!a.equals(b)) {
-    let i = 0;
-    while (i < Math.min(a.length, b.length) && a[i] === b[i]) i++;
-    expect.fail(`bytes differ at ${i} (lengths ${a.length}/${b.length})`);
-  }
-}
+const bytes = bytePattern(31, 1);
 
 function readFlat(store: MemStore, offset: number, n: number): Uint8Array {
   const out = new Uint8Array(n).fill(0xee);

@@ -12,6 +12,7 @@ import { setSeekAddonForTest } from '../../src/drivers/file/seek.js';
 import { MEM_CHUNK_SIZE, memDriver, memStoreCreate, memStoreDelete, memStoreGet, memStoreRead } from '../../src/drivers/mem/index.js';
 import { RAW_PROBE_GUARD_BYTES, rawDriver } from '../../src/drivers/raw/index.js';
 import { makeTempDir, removeTempDir } from '../interop/qemu.js';
+import { bytePattern, expectBytes, rejection } from './test-bytes.js';
 
 /**
  * A format that only probes: it claims anything starting with QED's magic 'QED\0', as the qed
@@ -25,31 +26,7 @@ const qedMagicProbe: BlockDriver = {
 const registry = new BlockDriverRegistry().register(fileDriver).register(memDriver).register(rawDriver).register(qedMagicProbe);
 const QED_MAGIC = Uint8Array.of(0x51, 0x45, 0x44, 0x00);
 
-function pattern(n: number, seed: number): Uint8Array {
-  const b = new Uint8Array(n);
-  for (let i = 0; i < n; i++) b[i] = (i * 5 + seed * 29 + (i >> 10)) & 0xff;
-  return b;
-}
-
-function expectBytes(actual: Uint8Array, expected: Uint8Array): void {
-  const a = Buffer.from(actual.buffer, actual.byteOffset, actual.length);
-  const b = Buffer.from(expected.buffer, expected.byteOffset, expected.length);
-  if (!a.equals(b)) {
-    let i = 0;
-    while (i < Math.min(a.length, b.length) && a[i] === b[i]) i++;
-    expect.fail(`bytes differ at ${i} (lengths ${a.length}/${b.length})`);
-  }
-}
-
-async function rejection(p: Promise<unknown>): Promise<BlockError> {
-  try {
-    await p;
-  } catch (e) {
-    expect(e).toBeInstanceOf(BlockError);
-    return e as BlockError;
-  }
-  return expect.fail('expected a rejection');
-}
+const pattern = bytePattern(5, 29, 10);
 
 describe('raw driver', () => {
   let dir: string;
