@@ -6,7 +6,7 @@ import { BlockDriverState } from '../block/node.js';
 import { protocolPrefix } from '../block/path.js';
 import type { ToolOutput } from './common.js';
 import { attachTrace } from './io-trace.js';
-import { errText, type IoSession, type OpenFlags } from './io-session.js';
+import { errText, errnoText, type IoSession, type OpenFlags } from './io-session.js';
 import { EINVAL, OptFail, getopts, image, usage, type CmdInfo } from './io-cmd-util.js';
 
 /** bdrv_parse_cache_mode. */
@@ -370,12 +370,29 @@ export async function reopenF(s: IoSession, argv: string[]): Promise<number> {
     return EINVAL;
   }
   const bs = image(s);
+  // bdrv_reopen_prepare flushes the image first (under the old cache mode): a failed flush
+  // leaves everything as it was.
+  await s.drain();
+  try {
+    if (!bs.readOnly) await bs.flush();
+  } catch (e) {
+    s.o.error(`Error flushing drive: ${errnoText(e)}`);
+    return EINVAL;
+  }
   if (s.flags.snapshot) {
     // The temporary overlay lives in memory: closing it would lose it, and reopening the
     // image itself would let writes reach it. Only the mode of the overlay changes.
     await s.drain();
     bs.readOnly = f.readOnly;
     s.flags = { ...f, snapshot: true };
+    return 0;
+  }
+  if (f.readOnly === s.flags.readOnly && !hasDrainWork(bs)) {
+    // Only the cache mode changes: QEMU keeps the same nodes, so their state (blkdebug rules
+    // already armed, flush generations) carries over. The write cache is ours (FUA or not),
+    // cache.no-flush is the nodes' open flag, O_DIRECT has no effect on our file driver.
+    for (let n: BlockDriverState | null = bs; n !== null; n = n.file) n.openOptions.noFlush = f.noFlush;
+    s.flags = { ...f };
     return 0;
   }
   // Reopening is close + open with the new flags; the image keeps its format.
@@ -390,6 +407,16 @@ export async function reopenF(s: IoSession, argv: string[]): Promise<number> {
   // Could not reopen that way: get the image back as it was.
   await openfile(s, name, { ...old, format, snapshot: false }, new Map());
   return EINVAL;
+}
+
+/**
+ * Does a node in the chain do work when QEMU drains it for a reopen? QED's pending need-check
+ * timer fires then and marks the image clean; our close + open does that too (at close), an
+ * in-place change would not.
+ */
+function hasDrainWork(bs: BlockDriverState): boolean {
+  for (let n: BlockDriverState | null = bs; n !== null; n = n.file) if (n.driver.formatName === 'qed') return true;
+  return false;
 }
 
 export const openCmd: CmdInfo = {

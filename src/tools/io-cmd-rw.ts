@@ -4,7 +4,7 @@ import { BDRV_SECTOR_SIZE } from '../block/driver.js';
 import { IOVector } from '../block/iovec.js';
 import type { BlockDriverState } from '../block/node.js';
 import { BDRV_REQUEST_MAX_BYTES, cvtnum, dumpBuffer, nowNs, parsePattern, printCvtnumErr, printReport, type Elapsed } from './io-format.js';
-import { allocFromFile, errnoText, toolError, type IoSession } from './io-session.js';
+import { allocFromFile, errnoText, toolError, writeFua, type IoSession } from './io-session.js';
 import {
   EINVAL,
   EIO,
@@ -258,8 +258,10 @@ export async function writeF(s: IoSession, argv: string[]): Promise<number> {
     // Only the raw/file stack can zero without a fallback (QEMU's supported_zero_flags): every
     // other format refuses BDRV_REQ_NO_FALLBACK before trying, aligned or not.
     if (zflag && noFallback && !noFallbackCapable(bs)) throw toolError('ENOTSUP', 'write');
-    if (zflag) await bs.writeZeroes(offset, count, { mayUnmap, noFallback });
-    else await bs.pwrite(offset, buf ?? new Uint8Array(0), { fua });
+    // The cache mode's FUA applies to zero writes too (blk_co_pwrite_zeroes goes through the
+    // same BlockBackend write path).
+    if (zflag) await bs.writeZeroes(offset, count, { mayUnmap, noFallback, fua: writeFua(s, fua) });
+    else await bs.pwrite(offset, buf ?? new Uint8Array(0), { fua: writeFua(s, fua) });
   });
   if (err !== null) {
     s.o.out(`write failed: ${errnoText(err)}\n`);
@@ -426,7 +428,7 @@ export async function writevF(s: IoSession, argv: string[]): Promise<number> {
   const v = createIovec(s, args.slice(g.optind + 1), pattern);
   if (v === null) return EINVAL;
   const bs = image(s);
-  const { t, err } = await aioWait(s, bs, true, offset, v.qiov, fua);
+  const { t, err } = await aioWait(s, bs, true, offset, v.qiov, writeFua(s, fua));
   if (err !== null) {
     s.o.out(`writev failed: ${errnoText(err)}\n`);
     return EIO;
@@ -569,7 +571,7 @@ export async function aioWriteF(s: IoSession, argv: string[]): Promise<number> {
       let err: unknown = null;
       try {
         if (unsafeRequest(offset, count)) throw toolError('EIO', 'aio_write');
-        await bs.writeZeroes(offset, count, { mayUnmap });
+        await bs.writeZeroes(offset, count, { mayUnmap, fua: writeFua(s, fua) });
       } catch (e) {
         err = e;
       }
@@ -581,7 +583,7 @@ export async function aioWriteF(s: IoSession, argv: string[]): Promise<number> {
   const v = createIovec(s, args.slice(g.optind + 1), pattern);
   if (v === null) return EINVAL;
   const t1 = nowNs();
-  submitAio(s, bs, true, offset, v.qiov, report(t1, v.buf.length), fua);
+  submitAio(s, bs, true, offset, v.qiov, report(t1, v.buf.length), writeFua(s, fua));
   return 0;
 }
 

@@ -92,6 +92,16 @@ export class IoSession {
   }
 }
 
+/**
+ * Does a write carry FUA? cache=writethrough (qemu-io's default) and directsync open the
+ * BlockBackend with its write cache disabled, and QEMU then adds FUA to every write it is
+ * given (data, zeroes, vectored, AIO), whatever the command asked; `write -f` asks for it in
+ * any mode. The generic layer emulates it with a flush of the node after the write.
+ */
+export function writeFua(s: IoSession, requested = false): boolean {
+  return requested || s.flags.writethrough;
+}
+
 /** strerror(-ret) for whatever a block-layer call threw. */
 export function errnoText(e: unknown): string {
   if (isBlockError(e)) return ERRNO_MESSAGES[e.code];
