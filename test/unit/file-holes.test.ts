@@ -2,16 +2,12 @@
 // native addon), and its fallback to "everything is data" without it.
 import { open as fsOpen, readFile, stat, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { bdrvCreate } from '../../src/block/create.js';
 import { BlockDriverState } from '../../src/block/node.js';
-import { BlockDriverRegistry } from '../../src/block/registry.js';
-import { fileDriver } from '../../src/drivers/file/index.js';
 import { loadSeekAddon, type SeekAddon, seekAddon, setSeekAddonForTest } from '../../src/drivers/file/seek.js';
-import { rawDriver } from '../../src/drivers/raw/index.js';
-import { makeTempDir, removeTempDir } from '../interop/qemu.js';
+import { fileRawRegistry as registry, useFileNodes } from './file-nodes.js';
 
-const registry = new BlockDriverRegistry().register(fileDriver).register(rawDriver);
 const KiB = 1024;
 const MiB = 1024 * 1024;
 
@@ -74,28 +70,12 @@ async function sparseFile(path: string, size: number, extents: [number, number][
 }
 
 describe('file driver block status and holes', () => {
-  let dir: string;
-  const nodes: BlockDriverState[] = [];
-  let saved: SeekAddon | null | undefined;
-  beforeEach(() => {
-    dir = makeTempDir('file-holes');
-    saved = setSeekAddonForTest(undefined);
-  });
-  afterEach(async () => {
-    for (const n of nodes.splice(0)) await n.close();
-    setSeekAddonForTest(saved);
-    removeTempDir(dir);
-  });
-  async function opened(path: string, format: 'file' | 'raw' = 'file'): Promise<BlockDriverState> {
-    const bs = await BlockDriverState.open(path, { format, registry });
-    nodes.push(bs);
-    return bs;
-  }
+  const fx = useFileNodes('file-holes', undefined);
 
   describe.skipIf(realAddon === null)('with the native addon', () => {
     it('the addon loads from the package root and answers lseek', async () => {
       expect(seekAddon()).not.toBeNull();
-      const p = join(dir, 'a.img');
+      const p = join(fx.dir, 'a.img');
       await sparseFile(p, 1 * MiB, [[256 * KiB, 4 * KiB]]);
       const fh = await fsOpen(p, 'r');
       try {
@@ -118,13 +98,13 @@ describe('file driver block status and holes', () => {
     });
 
     it('a sparse file reports its data and hole runs, each at the same offset of the file', async () => {
-      const p = join(dir, 'sparse.img');
+      const p = join(fx.dir, 'sparse.img');
       await sparseFile(p, 4 * MiB, [
         [1 * MiB, 64 * KiB],
         [3 * MiB, 4 * KiB],
         [3 * MiB + 8 * KiB, 4 * KiB],
       ]);
-      const bs = await opened(p);
+      const bs = await fx.opened(p);
       expect(await runs(bs)).toEqual([
         { start: 0, length: 1 * MiB, data: false, zero: true, offset: 0 },
         { start: 1 * MiB, length: 64 * KiB, data: true, zero: false, offset: 1 * MiB },
@@ -146,9 +126,9 @@ describe('file driver block status and holes', () => {
     });
 
     it('what is reported as zero reads as zeros, and our own writes turn holes into data', async () => {
-      const p = join(dir, 'w.img');
+      const p = join(fx.dir, 'w.img');
       await sparseFile(p, 2 * MiB, [[64 * KiB, 4 * KiB]]);
-      const bs = await opened(p);
+      const bs = await fx.opened(p);
       await bs.pwrite(1 * MiB, fill(8 * KiB, 0x33));
       // Growing the file: the gap up to the new data is a hole, the new tail is data.
       await bs.pwrite(3 * MiB, fill(4 * KiB, 0x44));
@@ -167,17 +147,17 @@ describe('file driver block status and holes', () => {
     });
 
     it('a file without holes is one data run, up to an unaligned end of file', async () => {
-      const p = join(dir, 'full.img');
+      const p = join(fx.dir, 'full.img');
       await writeFile(p, fill(256 * KiB + 5000, 0x11));
-      const bs = await opened(p);
+      const bs = await fx.opened(p);
       expect(await runs(bs)).toEqual([{ start: 0, length: 256 * KiB + 5000, data: true, zero: false, offset: 0 }]);
     });
 
     it('data ending inside the last block of an odd-length file: raw adds the zero sector tail', async () => {
-      const p = join(dir, 'odd.raw');
+      const p = join(fx.dir, 'odd.raw');
       await writeFile(p, Uint8Array.of(0x78));
       await truncate(p, 9000);
-      const bs = await opened(p, 'raw');
+      const bs = await fx.opened(p, 'raw');
       expect(await bs.getLength()).toBe(9216);
       // The file system allocates whole blocks: data covers the first one.
       const blk = (await stat(p)).blksize;
@@ -188,12 +168,12 @@ describe('file driver block status and holes', () => {
     });
 
     it('raw over a sparse file passes the runs through at the same offsets (blockStatusAbove)', async () => {
-      const p = join(dir, 's.raw');
+      const p = join(fx.dir, 's.raw');
       await sparseFile(p, 2 * MiB, [
         [0, 4 * KiB],
         [1 * MiB, 128 * KiB],
       ]);
-      const bs = await opened(p, 'raw');
+      const bs = await fx.opened(p, 'raw');
       const file = await runs(bs.file!);
       expect(await runs(bs, true)).toEqual(file);
       expect(file.map((r) => r.data)).toEqual([true, false, true, false]);
@@ -203,43 +183,43 @@ describe('file driver block status and holes', () => {
     });
 
     it('create and resize-from-empty allocate the first block, as QEMU does (the map shows it as data)', async () => {
-      const p = join(dir, 'c.raw');
+      const p = join(fx.dir, 'c.raw');
       await bdrvCreate(p, { format: 'raw', options: { size: 1 * MiB }, registry });
       expect((await readFile(p)).every((b) => b === 0)).toBe(true);
-      const bs = await opened(p, 'raw');
+      const bs = await fx.opened(p, 'raw');
       expect(await runs(bs, true)).toEqual([
         { start: 0, length: 4 * KiB, data: true, zero: false, offset: 0 },
         { start: 4 * KiB, length: 1 * MiB - 4 * KiB, data: false, zero: true, offset: 4 * KiB },
       ]);
       // A small image: one sector.
-      const small = join(dir, 'small.raw');
+      const small = join(fx.dir, 'small.raw');
       await bdrvCreate(small, { format: 'raw', options: { size: 1024 }, registry });
       expect((await stat(small)).size).toBe(1024);
       expect((await stat(small)).blocks).toBeGreaterThan(0);
       // Resizing an empty file allocates; resizing a non-empty one does not touch its head.
-      const e = join(dir, 'e.raw');
+      const e = join(fx.dir, 'e.raw');
       await writeFile(e, new Uint8Array(0));
-      const ebs = await opened(e, 'file');
+      const ebs = await fx.opened(e, 'file');
       await ebs.truncate(64 * KiB);
       expect((await stat(e)).size).toBe(64 * KiB);
       expect(await runs(ebs)).toEqual([
         { start: 0, length: 4 * KiB, data: true, zero: false, offset: 0 },
         { start: 4 * KiB, length: 60 * KiB, data: false, zero: true, offset: 4 * KiB },
       ]);
-      await sparseFile(join(dir, 'h.raw'), 8 * KiB, []);
-      const hbs = await opened(join(dir, 'h.raw'), 'file');
+      await sparseFile(join(fx.dir, 'h.raw'), 8 * KiB, []);
+      const hbs = await fx.opened(join(fx.dir, 'h.raw'), 'file');
       await hbs.truncate(64 * KiB);
       expect(await runs(hbs)).toEqual([{ start: 0, length: 64 * KiB, data: false, zero: true, offset: 0 }]);
     });
   });
 
   it('without the addon (simulated missing build) every byte is data', async () => {
-    const p = join(dir, 'fallback.img');
+    const p = join(fx.dir, 'fallback.img');
     await sparseFile(p, 4 * MiB, [[1 * MiB, 64 * KiB]]);
     setSeekAddonForTest(null);
-    const bs = await opened(p);
+    const bs = await fx.opened(p);
     expect(await runs(bs)).toEqual([{ start: 0, length: 4 * MiB, data: true, zero: false, offset: 0 }]);
-    const rbs = await opened(p, 'raw');
+    const rbs = await fx.opened(p, 'raw');
     expect(await runs(rbs, true)).toEqual([{ start: 0, length: 4 * MiB, data: true, zero: false, offset: 0 }]);
   });
 
@@ -255,10 +235,10 @@ describe('file driver block status and holes', () => {
     }
 
     async function statusWith(a: SeekAddon, offset: number, bytes: number): Promise<object> {
-      const p = join(dir, 'x.img');
+      const p = join(fx.dir, 'x.img');
       await writeFile(p, new Uint8Array(64 * KiB));
       setSeekAddonForTest(a);
-      const bs = await opened(p);
+      const bs = await fx.opened(p);
       const st = await bs.blockStatus(offset, bytes);
       return { pnum: st.pnum, data: st.data, zero: st.zero, offset: st.offset };
     }

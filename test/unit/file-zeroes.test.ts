@@ -2,16 +2,12 @@
 // mode 0) in QEMU file-posix's order, and the fallbacks when the host or the addon cannot.
 import { readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { BlockDriverState } from '../../src/block/node.js';
-import { BlockDriverRegistry } from '../../src/block/registry.js';
-import { fileDriver } from '../../src/drivers/file/index.js';
 import { loadSeekAddon, type SeekAddon, setSeekAddonForTest } from '../../src/drivers/file/seek.js';
-import { rawDriver } from '../../src/drivers/raw/index.js';
-import { makeTempDir, removeTempDir } from '../interop/qemu.js';
+import { useFileNodes } from './file-nodes.js';
 import { rejection } from './test-bytes.js';
 
-const registry = new BlockDriverRegistry().register(fileDriver).register(rawDriver);
 const KiB = 1024;
 
 const realAddon = loadSeekAddon();
@@ -64,26 +60,10 @@ function scripted(base: SeekAddon, fail: Partial<Record<'zeroRange' | 'punchHole
 
 describe.skipIf(addon === null)('file driver zeroing and discard (fallocate)', () => {
   const real = addon as SeekAddon;
-  let dir: string;
-  const nodes: BlockDriverState[] = [];
-  let saved: SeekAddon | null | undefined;
-  beforeEach(() => {
-    dir = makeTempDir('file-zeroes');
-    saved = setSeekAddonForTest(real);
-  });
-  afterEach(async () => {
-    for (const n of nodes.splice(0)) await n.close();
-    setSeekAddonForTest(saved);
-    removeTempDir(dir);
-  });
-  async function opened(path: string, format: 'file' | 'raw' = 'file'): Promise<BlockDriverState> {
-    const bs = await BlockDriverState.open(path, { format, registry });
-    nodes.push(bs);
-    return bs;
-  }
+  const fx = useFileNodes('file-zeroes', real);
   /** A 256 KiB file of 0x5a, all data. */
   async function dataFile(name: string, size = 256 * KiB): Promise<string> {
-    const p = join(dir, name);
+    const p = join(fx.dir, name);
     await writeFile(p, new Uint8Array(size).fill(0x5a));
     return p;
   }
@@ -98,7 +78,7 @@ describe.skipIf(addon === null)('file driver zeroing and discard (fallocate)', (
 
   it('writeZeroes with mayUnmap punches a hole: block status zero, reads zeros, size and neighbours kept', async () => {
     const p = await dataFile('u.img');
-    const bs = await opened(p);
+    const bs = await fx.opened(p);
     const before = (await stat(p)).blocks;
     await bs.writeZeroes(64 * KiB, 64 * KiB, { mayUnmap: true });
     expect(await status(bs, 64 * KiB, 64 * KiB)).toEqual({ pnum: 64 * KiB, zero: true, data: false });
@@ -115,7 +95,7 @@ describe.skipIf(addon === null)('file driver zeroing and discard (fallocate)', (
 
   it('discard punches a hole; unaligned edges read as zeros too', async () => {
     const p = await dataFile('d.img');
-    const bs = await opened(p);
+    const bs = await fx.opened(p);
     await bs.discard(4 * KiB + 100, 20 * KiB);
     // The whole blocks inside become a hole; the partial blocks at both ends are zeroed in place.
     expect(await status(bs, 8 * KiB, 16 * KiB)).toEqual({ pnum: 16 * KiB, zero: true, data: false });
@@ -132,7 +112,7 @@ describe.skipIf(addon === null)('file driver zeroing and discard (fallocate)', (
 
   it('writeZeroes without mayUnmap zeroes in place (ZERO_RANGE first) and reads as zeros', async () => {
     const p = await dataFile('z.img');
-    const bs = await opened(p);
+    const bs = await fx.opened(p);
     const s = scripted(real, {});
     setSeekAddonForTest(s.addon);
     await bs.writeZeroes(32 * KiB, 32 * KiB, { noFallback: true });
@@ -149,7 +129,7 @@ describe.skipIf(addon === null)('file driver zeroing and discard (fallocate)', (
 
   it('zeroing past EOF grows the file (ZERO_RANGE), a punched hole past EOF does not', async () => {
     const p = await dataFile('g.img', 1001);
-    const bs = await opened(p);
+    const bs = await fx.opened(p);
     await bs.writeZeroes(512, 512);
     expect((await stat(p)).size).toBe(1024);
     expect(await bs.getLength()).toBe(1024);
@@ -169,7 +149,7 @@ describe.skipIf(addon === null)('file driver zeroing and discard (fallocate)', (
   it('mayUnmap on a host that cannot punch falls back to ZERO_RANGE (ENOTSUP, EINVAL, EBUSY)', async () => {
     for (const code of ['ENOTSUP', 'EINVAL', 'EBUSY']) {
       const p = await dataFile(`np-${code}.img`);
-      const bs = await opened(p);
+      const bs = await fx.opened(p);
       const s = scripted(real, { punchHole: code });
       setSeekAddonForTest(s.addon);
       await bs.writeZeroes(0, 8 * KiB, { mayUnmap: true });
@@ -180,7 +160,7 @@ describe.skipIf(addon === null)('file driver zeroing and discard (fallocate)', (
 
   it('without ZERO_RANGE: punch a hole then allocate it again; ZERO_RANGE is not asked twice', async () => {
     const p = await dataFile('pa.img');
-    const bs = await opened(p);
+    const bs = await fx.opened(p);
     const s = scripted(real, { zeroRange: 'ENOTSUP' });
     setSeekAddonForTest(s.addon);
     await bs.writeZeroes(4 * KiB, 8 * KiB);
@@ -197,7 +177,7 @@ describe.skipIf(addon === null)('file driver zeroing and discard (fallocate)', (
 
   it('EINVAL from ZERO_RANGE tries the next way for this request but keeps ZERO_RANGE for later', async () => {
     const p = await dataFile('ei.img');
-    const bs = await opened(p);
+    const bs = await fx.opened(p);
     const s = scripted(real, { zeroRange: 'EINVAL' });
     setSeekAddonForTest(s.addon);
     await bs.writeZeroes(0, 4 * KiB);
@@ -207,7 +187,7 @@ describe.skipIf(addon === null)('file driver zeroing and discard (fallocate)', (
 
   it('nothing usable: ENOTSUP, so the generic layer writes zeros, or noFallback reports ENOTSUP untouched', async () => {
     const p = await dataFile('ns.img');
-    const bs = await opened(p);
+    const bs = await fx.opened(p);
     const s = scripted(real, { zeroRange: 'ENOTSUP', punchHole: 'ENOTSUP', allocateRange: 'ENOTSUP' });
     setSeekAddonForTest(s.addon);
     const e = await rejection(bs.writeZeroes(0, 4 * KiB, { noFallback: true }));
@@ -224,7 +204,7 @@ describe.skipIf(addon === null)('file driver zeroing and discard (fallocate)', (
 
   it('other fallocate errors are reported, not papered over with a zero write', async () => {
     const p = await dataFile('e.img');
-    const bs = await opened(p);
+    const bs = await fx.opened(p);
     setSeekAddonForTest(scripted(real, { zeroRange: 'ENOSPC' }).addon);
     expect((await rejection(bs.writeZeroes(0, 4 * KiB))).code).toBe('ENOSPC');
     setSeekAddonForTest(scripted(real, { punchHole: 'EIO' }).addon);
@@ -235,7 +215,7 @@ describe.skipIf(addon === null)('file driver zeroing and discard (fallocate)', (
 
   it('addon missing (test seam): zeroing writes zeros through the generic layer, discard is a no-op', async () => {
     const p = await dataFile('m.img');
-    const bs = await opened(p);
+    const bs = await fx.opened(p);
     setSeekAddonForTest(null);
     await bs.writeZeroes(0, 8 * KiB, { mayUnmap: true });
     await bs.writeZeroes(250 * KiB, 12 * KiB);
@@ -251,7 +231,7 @@ describe.skipIf(addon === null)('file driver zeroing and discard (fallocate)', (
 
   it('through a raw node: flags and discard reach the file', async () => {
     const p = await dataFile('r.raw');
-    const bs = await opened(p, 'raw');
+    const bs = await fx.opened(p, 'raw');
     await bs.writeZeroes(64 * KiB, 64 * KiB, { mayUnmap: true });
     await bs.discard(192 * KiB, 64 * KiB);
     await bs.writeZeroes(0, 4 * KiB, { noFallback: true });
