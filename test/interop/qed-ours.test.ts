@@ -11,6 +11,10 @@ import { firstDiff } from '../unit/qed-helpers.js';
 import { makeTempDir, removeTempDir, requireQemu, runQemuImg } from './qemu.js';
 import {
   applyOurs,
+  matrixBackingLength,
+  matrixBackings,
+  matrixGeometries,
+  matrixL2Span,
   matrixOps,
   ourCheck,
   ourMap,
@@ -20,31 +24,14 @@ import {
   qemuMap,
   RunModel,
   writeModelRaw,
+  type MatrixBacking,
+  type MatrixGeometry,
   type Op,
 } from './qed-support.js';
 
 const qemu = requireQemu();
 const K = 1024;
 const M = 1024 * K;
-
-interface Geometry {
-  name: string;
-  cs: number;
-  ts: number;
-  size: number;
-}
-
-// Sizes chosen so that every geometry has a write across an L2-table boundary while files
-// stay small (allocation is sparse) and far below (cs-1)*cs (QEMU's phantom leaks, §12).
-const geometries: Geometry[] = [
-  { name: '4K/ts=2', cs: 4 * K, ts: 2, size: 16 * M },
-  { name: '4K/ts=16', cs: 4 * K, ts: 16, size: 40 * M },
-  { name: '64K/ts=4 (default)', cs: 64 * K, ts: 4, size: 2 * 1024 * M + 4 * M },
-  { name: '1M/ts=2', cs: M, ts: 2, size: 64 * M },
-  { name: '4K/ts=2, size not cluster aligned', cs: 4 * K, ts: 2, size: 16 * M + 1536 },
-];
-
-type Backing = 'none' | 'raw' | 'raw-short' | 'raw-long' | 'qed';
 
 /** Backing contents: one byte value per 64 KiB block, so a few hundred runs at most. */
 function backingModel(size: number): RunModel {
@@ -62,15 +49,16 @@ describe.skipIf(!qemu)('QED interop: images we create and write, read by QEMU 7.
   afterAll(() => removeTempDir(dir));
 
   /** Make the backing file (ours too, when QED) and return its name and guest model. */
-  async function makeBacking(kind: Backing, size: number): Promise<{ name?: string; fmt?: string; model: RunModel }> {
+  async function makeBacking(kind: MatrixBacking, size: number): Promise<{ name?: string; fmt?: string; model: RunModel }> {
     if (kind === 'none') return { model: new RunModel(size) };
     const name = `base-${++n}.${kind === 'qed' ? 'qed' : 'raw'}`;
     const path = join(dir, name);
+    const len = matrixBackingLength(kind, size);
     if (kind === 'qed') {
       // A QED backing file we wrote ourselves, with its own zero clusters and unallocated space.
-      await bdrvCreate(path, { format: 'qed', options: { size: Math.min(size, 8 * M), clusterSize: 4096, tableSize: 2 } });
+      await bdrvCreate(path, { format: 'qed', options: { size: len, clusterSize: 4096, tableSize: 2 } });
       const b = await BlockDriverState.open(path);
-      const m = new RunModel(Math.min(size, 8 * M));
+      const m = new RunModel(len);
       const ops: Op[] = [
         { kind: 'write', off: 0, len: 256 * K, pat: 0x71 },
         { kind: 'write', off: 4 * M - 4 * K, len: 12 * K, pat: 0x72 },
@@ -83,13 +71,12 @@ describe.skipIf(!qemu)('QED interop: images we create and write, read by QEMU 7.
       await b.close();
       return { name, fmt: 'qed', model: m };
     }
-    const len = kind === 'raw-short' ? Math.min(size, 3 * M + 512) : kind === 'raw-long' ? size + M : Math.min(size, 8 * M);
     const m = backingModel(len);
     writeModelRaw(path, m);
     return { name, fmt: 'raw', model: m };
   }
 
-  async function scenario(g: Geometry, backingKind: Backing): Promise<void> {
+  async function scenario(g: MatrixGeometry, backingKind: MatrixBacking): Promise<void> {
     const backing = await makeBacking(backingKind, g.size);
     const model = backing.model.clone(g.size);
     const img = join(dir, `ours-${++n}.qed`);
@@ -102,8 +89,7 @@ describe.skipIf(!qemu)('QED interop: images we create and write, read by QEMU 7.
         ...(backing.name !== undefined ? { backingFile: backing.name, backingFmt: backing.fmt } : {}),
       },
     });
-    const l2Span = ((g.cs * g.ts) / 8) * g.cs;
-    const ops = matrixOps(g.cs, l2Span, g.size);
+    const ops = matrixOps(g.cs, matrixL2Span(g), g.size);
     const bs = await BlockDriverState.open(img);
     for (const op of ops) {
       await applyOurs(bs, op);
@@ -128,15 +114,15 @@ describe.skipIf(!qemu)('QED interop: images we create and write, read by QEMU 7.
     expect(mine).toEqual(qemuMap(img, dir));
   }
 
-  for (const g of geometries) {
-    for (const b of ['none', 'raw', 'raw-short', 'qed'] as const) {
+  for (const g of matrixGeometries) {
+    for (const b of matrixBackings) {
       it(`${g.name}, backing: ${b}`, async () => {
         await scenario(g, b);
       });
     }
   }
   it('4K/ts=2, backing: raw-long (longer than the image)', async () => {
-    await scenario(geometries[0], 'raw-long');
+    await scenario(matrixGeometries[0], 'raw-long');
   });
 
   it('guest offsets past 4 GiB (4K/ts=16, 256 GiB disk), both ways: bytes, check and map agree', async () => {

@@ -367,3 +367,43 @@ export function matrixOps(cs: number, l2Span: number, size: number): Op[] {
   }
   return ops;
 }
+
+// ---------------------------------------------------------------------------------------------
+// The interop matrix both directions run (qed-ours, qed-theirs)
+
+const K = 1024;
+const M = 1024 * K;
+
+export interface MatrixGeometry {
+  name: string;
+  cs: number;
+  ts: number;
+  size: number;
+}
+
+/**
+ * Sizes chosen so that every geometry has a write across an L2-table boundary while files stay
+ * small (allocation is sparse) and far below (cs-1)*cs (QEMU's phantom leaks, §12).
+ * table_size=1 is left out: QEMU cannot open such images, so it cannot write them (§6).
+ */
+export const matrixGeometries: MatrixGeometry[] = [
+  { name: '4K/ts=2', cs: 4 * K, ts: 2, size: 16 * M },
+  { name: '4K/ts=16', cs: 4 * K, ts: 16, size: 40 * M },
+  { name: '64K/ts=4 (default)', cs: 64 * K, ts: 4, size: 2 * 1024 * M + 4 * M },
+  { name: '1M/ts=2', cs: M, ts: 2, size: 64 * M },
+  { name: '4K/ts=2, size not cluster aligned', cs: 4 * K, ts: 2, size: 16 * M + 1536 },
+];
+
+export type MatrixBacking = 'none' | 'raw' | 'raw-short' | 'raw-long' | 'qed';
+/** The backings every geometry runs with ('raw-long' runs with the first geometry only). */
+export const matrixBackings: MatrixBacking[] = ['none', 'raw', 'raw-short', 'qed'];
+
+/** The backing file's length under an image of `size`: 'raw-short' ends mid-image, 'raw-long' past its end. */
+export function matrixBackingLength(kind: MatrixBacking, size: number): number {
+  return kind === 'raw-short' ? Math.min(size, 3 * M + 512) : kind === 'raw-long' ? size + M : Math.min(size, 8 * M);
+}
+
+/** Guest bytes one L2 table maps. */
+export function matrixL2Span(g: MatrixGeometry): number {
+  return ((g.cs * g.ts) / 8) * g.cs;
+}

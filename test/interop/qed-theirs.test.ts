@@ -13,6 +13,10 @@ import { firstDiff, u64 } from '../unit/qed-helpers.js';
 import { makeTempDir, removeTempDir, requireQemu, runQemuImg, runQemuIo } from './qemu.js';
 import {
   applyOurs,
+  matrixBackingLength,
+  matrixBackings,
+  matrixGeometries,
+  matrixL2Span,
   matrixOps,
   ourCheck,
   ourMap,
@@ -21,30 +25,14 @@ import {
   qemuIoCmd,
   qemuMap,
   sha,
+  type MatrixBacking,
+  type MatrixGeometry,
   type Op,
 } from './qed-support.js';
 
 const qemu = requireQemu();
 const K = 1024;
 const M = 1024 * K;
-
-interface Geometry {
-  name: string;
-  cs: number;
-  ts: number;
-  size: number;
-}
-
-// table_size=1 is left out: QEMU cannot open such images, so it cannot write them (§6).
-const geometries: Geometry[] = [
-  { name: '4K/ts=2', cs: 4 * K, ts: 2, size: 16 * M },
-  { name: '4K/ts=16', cs: 4 * K, ts: 16, size: 40 * M },
-  { name: '64K/ts=4 (default)', cs: 64 * K, ts: 4, size: 2 * 1024 * M + 4 * M },
-  { name: '1M/ts=2', cs: M, ts: 2, size: 64 * M },
-  { name: '4K/ts=2, size not cluster aligned', cs: 4 * K, ts: 2, size: 16 * M + 1536 },
-];
-type Backing = 'none' | 'raw' | 'raw-short' | 'raw-long' | 'qed';
-const backings: Backing[] = ['none', 'raw', 'raw-short', 'qed'];
 
 /** Bytes [start, end) of a (sparse) file, zero-padded past its end. */
 function fileRange(path: string, start: number, end: number): Uint8Array {
@@ -83,10 +71,10 @@ describe.skipIf(!qemu)('QED interop: images QEMU 7.2 creates and writes, read by
   }
 
   /** A backing file written by QEMU tools; returns its name and format. */
-  function makeBacking(kind: Backing, size: number): { name: string; fmt: string } | null {
+  function makeBacking(kind: MatrixBacking, size: number): { name: string; fmt: string } | null {
     if (kind === 'none') return null;
     const name = `base-${++n}.${kind === 'qed' ? 'qed' : 'raw'}`;
-    const len = kind === 'raw-short' ? Math.min(size, 3 * M + 512) : kind === 'raw-long' ? size + M : Math.min(size, 8 * M);
+    const len = matrixBackingLength(kind, size);
     if (kind === 'qed') {
       qemuImg(['create', '-q', '-f', 'qed', '-o', 'cluster_size=4096,table_size=2', name, String(len)]);
       qemuIoBatch(name, ['write -q -P 0x71 0 256k', `write -q -P 0x72 ${4 * M - 4 * K} 12k`, 'write -q -z 64k 64k'], ['-f', 'qed'], dir);
@@ -99,7 +87,7 @@ describe.skipIf(!qemu)('QED interop: images QEMU 7.2 creates and writes, read by
     return { name, fmt: kind === 'qed' ? 'qed' : 'raw' };
   }
 
-  async function scenario(g: Geometry, kind: Backing): Promise<void> {
+  async function scenario(g: MatrixGeometry, kind: MatrixBacking): Promise<void> {
     const backing = makeBacking(kind, g.size);
     const img = `theirs-${++n}.qed`;
     const path = join(dir, img);
@@ -114,8 +102,7 @@ describe.skipIf(!qemu)('QED interop: images QEMU 7.2 creates and writes, read by
       img,
       String(g.size),
     ]);
-    const l2Span = ((g.cs * g.ts) / 8) * g.cs;
-    const ops: Op[] = matrixOps(g.cs, l2Span, g.size);
+    const ops: Op[] = matrixOps(g.cs, matrixL2Span(g), g.size);
     qemuIoBatch(img, ops.map(qemuIoCmd), ['-f', 'qed'], dir);
     const before = sha(path);
 
@@ -147,15 +134,15 @@ describe.skipIf(!qemu)('QED interop: images QEMU 7.2 creates and writes, read by
     expect(sha(path)).toBe(before);
   }
 
-  for (const g of geometries) {
-    for (const b of backings) {
+  for (const g of matrixGeometries) {
+    for (const b of matrixBackings) {
       it(`${g.name}, backing: ${b}`, async () => {
         await scenario(g, b);
       });
     }
   }
   it('4K/ts=2, backing: raw-long (longer than the image)', async () => {
-    await scenario(geometries[0], 'raw-long');
+    await scenario(matrixGeometries[0], 'raw-long');
   });
 
   // -------------------------------------------------------------------------------------------
