@@ -165,3 +165,10 @@ export async function runSession(root: string, s: Session): Promise<StepResult[]
   }
   return results;
 }
+
+/** Run a session; returns the steps and final inspections whose outcomes differ (none: parity). */
+export async function sessionDiffs(root: string, s: Session): Promise<StepResult[]> {
+  const results = await runSession(root, s);
+  const diffs = results.filter((r) => JSON.stringify(r.ours) !== JSON.stringify(r.theirs));
+  return diffs.map((r) => ({ label: r.label, ours: r.ours, theirs: r.theirs }));
+}

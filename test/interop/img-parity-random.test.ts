@@ -5,7 +5,7 @@
 import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
 import { makeTempDir, removeTempDir, requireQemu } from './qemu.js';
-import { runSession, type Session } from './img-parity-harness.js';
+import { sessionDiffs, type Session } from './img-parity-harness.js';
 
 const qemu = requireQemu();
 const KiB = 1024;
@@ -120,9 +120,7 @@ describe.skipIf(!qemu)('blk-img parity with qemu-img 7.2: random images', () => 
     const numRuns = process.env.FC_NUM_RUNS !== undefined ? Number(process.env.FC_NUM_RUNS) : 6;
     await fc.assert(
       fc.asyncProperty(geometry, fc.array(op, { maxLength: 8 }), async (g, ops) => {
-        const results = await runSession(root, session(g, ops));
-        const diffs = results.filter((r) => JSON.stringify(r.ours) !== JSON.stringify(r.theirs));
-        expect(diffs.map((r) => ({ label: r.label, ours: r.ours, theirs: r.theirs }))).toEqual([]);
+        expect(await sessionDiffs(root, session(g, ops))).toEqual([]);
       }),
       { seed, numRuns, endOnFailure: true },
     );
@@ -133,9 +131,7 @@ describe.skipIf(!qemu)('blk-img parity with qemu-img 7.2: random images', () => 
     const numRuns = process.env.FC_NUM_RUNS !== undefined ? Number(process.env.FC_NUM_RUNS) : 5;
     await fc.assert(
       fc.asyncProperty(geometry, fc.array(op, { maxLength: 6 }), fc.array(op, { maxLength: 6 }), fc.boolean(), async (g, b, t, bigger) => {
-        const results = await runSession(root, chainSession(g, b, t, bigger));
-        const diffs = results.filter((r) => JSON.stringify(r.ours) !== JSON.stringify(r.theirs));
-        expect(diffs.map((r) => ({ label: r.label, ours: r.ours, theirs: r.theirs }))).toEqual([]);
+        expect(await sessionDiffs(root, chainSession(g, b, t, bigger))).toEqual([]);
       }),
       { seed, numRuns, endOnFailure: true },
     );
