@@ -43,6 +43,8 @@ export interface RunOutput {
 export class ParityRunner {
   private readonly templates = new Map<string, string>();
   private n = 0;
+  /** The directory of the last run: its images are blk-io's (the merged-pipe run's) results. */
+  lastCaseDir = '';
   /** Called with each fresh case directory (shared input files). */
   beforeRun: ((caseDir: string) => void) | null = null;
 
@@ -117,6 +119,7 @@ export class ParityRunner {
   async run(s: Session): Promise<{ qemu: RunOutput; blk: RunOutput; imagesEqual: boolean | null }> {
     const caseDir = join(this.dir, `case-${this.n++}`);
     mkdirSync(caseDir, { recursive: true });
+    this.lastCaseDir = caseDir;
     this.beforeRun?.(caseDir);
     const images = s.images ?? [];
     this.prepare(caseDir, images);
