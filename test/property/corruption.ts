@@ -10,7 +10,7 @@ import { BlockDriverState, BlockError, VirtualClock } from '../../src/index.js';
 import { memStoreRead, memStoreWrite } from '../../src/drivers/mem/index.js';
 import { ModelMismatch } from './commands.js';
 import { applyWrite, guestWriteArb, placeWrite, type GuestWrite } from './fault-props.js';
-import { buildImage, fcParams, freshPrefix, geometryArb, type Geometry, type PropertyOptions } from './harness.js';
+import { buildImage, fcParams, freshPrefix, geometryArb, type Geometry, type ImageSetup, type PropertyOptions } from './harness.js';
 
 /** Header fields: [offset, size in bytes]. */
 export const HEADER_FIELDS = {
@@ -228,18 +228,28 @@ async function settle<T>(what: string, p: Promise<T>): Promise<T | BlockError> {
   }
 }
 
+/**
+ * Write a fresh image's starting data through a plain open and close it, the model following
+ * (the repair case reads it back; the corruption case does not need it). Returns how many
+ * writes ran.
+ */
+async function prefill(setup: ImageSetup, writes: readonly GuestWrite[]): Promise<number> {
+  const bs = await setup.open();
+  for (const w of writes) {
+    const { offset, data } = placeWrite(w, setup);
+    await applyWrite(bs, w, offset, data);
+    setup.model.write(offset, data);
+  }
+  await bs.close();
+  return writes.length;
+}
+
 export async function runCorruptCase(c: CorruptCase): Promise<number> {
   const setup = await buildImage(c.geom, freshPrefix('cor'));
   let commands = 0;
   try {
     if (setup.format !== 'qed') return 0;
-    const bs0 = await setup.open();
-    for (const w of c.writes) {
-      const { offset, data } = placeWrite(w, setup);
-      await applyWrite(bs0, w, offset, data);
-      commands++;
-    }
-    await bs0.close();
+    commands += await prefill(setup, c.writes);
     // The backing file is opened read-only under the image: corrupt it, and it must come
     // through byte for byte.
     const inBacking = c.inBacking === true && setup.backingFmt === 'qed';
@@ -356,14 +366,7 @@ export async function runRepairFaultCase(c: RepairFaultCase): Promise<number> {
   let commands = 0;
   try {
     if (setup.format !== 'qed') return 0;
-    const bs0 = await setup.open();
-    for (const w of c.writes) {
-      const { offset, data } = placeWrite(w, setup);
-      await applyWrite(bs0, w, offset, data);
-      setup.model.write(offset, data);
-      commands++;
-    }
-    await bs0.close();
+    commands += await prefill(setup, c.writes);
     const storeName = setup.top.slice('mem:'.length);
     const img = memStoreRead(storeName);
     const cs = Number(getLE(img, 4, 4));
