@@ -10,6 +10,29 @@ import { HelpRequest, LONG_FORCE_SHARE, LONG_HELP, LONG_IMAGE_OPTS, LONG_OBJECT,
 
 const IO_BUF_SIZE = 2 * 1024 * 1024;
 
+/**
+ * Bytes [offset, offset + n) of a backing file, cut at its end; past its end, or without one,
+ * zeros that are not read (`zero`). Null when the read failed (reported as qemu-img does).
+ */
+async function readBacking(
+  env: ImgEnv,
+  backing: BlockDriverState | null,
+  backingSize: number,
+  which: 'old' | 'new',
+  offset: number,
+  n: number,
+): Promise<{ buf: Uint8Array; zero: boolean } | null> {
+  if (offset >= backingSize || !backing) return { buf: new Uint8Array(n), zero: true };
+  const buf = new Uint8Array(Math.min(n, backingSize - offset));
+  try {
+    await backing.pread(offset, buf);
+  } catch {
+    env.o.error(`error while reading from ${which} backing file`);
+    return null;
+  }
+  return { buf, zero: false };
+}
+
 export async function imgRebase(env: ImgEnv, argv: string[]): Promise<number> {
   let fmt: string | undefined;
   let outBasefmt = null as string | null;
@@ -119,34 +142,15 @@ export async function imgRebase(env: ImgEnv, argv: string[]): Promise<number> {
           env.o.error(`error while reading image metadata: ${errnoMessage(e)}`);
           return 1;
         }
-        let oldIsZero = false;
-        let bufOld: Uint8Array;
-        if (offset >= oldSize || !oldBacking) {
-          bufOld = new Uint8Array(n);
-          oldIsZero = true;
-        } else {
-          if (offset + n > oldSize) n = oldSize - offset;
-          bufOld = new Uint8Array(n);
-          try {
-            await oldBacking.pread(offset, bufOld);
-          } catch {
-            env.o.error('error while reading from old backing file');
-            return 1;
-          }
-        }
-        let bufNew: Uint8Array;
-        if (offset >= newSize || !newBacking) {
-          bufNew = new Uint8Array(n);
-        } else {
-          if (offset + n > newSize) n = newSize - offset;
-          bufNew = new Uint8Array(n);
-          try {
-            await newBacking.pread(offset, bufNew);
-          } catch {
-            env.o.error('error while reading from new backing file');
-            return 1;
-          }
-        }
+        const old = await readBacking(env, oldBacking, oldSize, 'old', offset, n);
+        if (!old) return 1;
+        n = old.buf.length;
+        const cur = await readBacking(env, newBacking, newSize, 'new', offset, n);
+        if (!cur) return 1;
+        n = cur.buf.length;
+        const bufOld = old.buf;
+        const bufNew = cur.buf;
+        const oldIsZero = old.zero;
         // Where the old and new backing differ, the old content goes into the image.
         let written = 0;
         while (written < n) {
