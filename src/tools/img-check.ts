@@ -7,6 +7,7 @@ import { errorExit, formatFixed, parseOptions, ToolExit } from './common.js';
 import {
   HelpRequest,
   LONG_FORCE_SHARE,
+  LONG_FORMAT,
   LONG_HELP,
   LONG_IMAGE_OPTS,
   LONG_OBJECT,
@@ -110,7 +111,7 @@ export async function imgCheck(env: ImgEnv, argv: string[]): Promise<number> {
     env.o,
     argv,
     ':hf:r:T:qU',
-    [LONG_HELP, { name: 'format', hasArg: 1, val: 'f' }, { name: 'repair', hasArg: 1, val: 'r' }, LONG_OUTPUT, LONG_OBJECT, LONG_IMAGE_OPTS, LONG_FORCE_SHARE],
+    [LONG_HELP, LONG_FORMAT, { name: 'repair', hasArg: 1, val: 'r' }, LONG_OUTPUT, LONG_OBJECT, LONG_IMAGE_OPTS, LONG_FORCE_SHARE],
     (opt, arg = '') => {
       switch (opt) {
         case 'h':

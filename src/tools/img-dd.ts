@@ -4,7 +4,7 @@
 import type { BlockDriverState } from '../index.js';
 import { ToolExit, cvtnum, cvtnumFull, errorMessage, parseOptions } from './common.js';
 import { createErrorMessage, createImageFile, reportWithPrefix } from './img-create.js';
-import { HelpRequest, LONG_FORCE_SHARE, LONG_HELP, LONG_IMAGE_OPTS, closeQuietly, errnoMessage, imgOpen, unsupportedOption, type ImgEnv } from './img-util.js';
+import { HelpRequest, LONG_FORCE_SHARE, LONG_HELP, LONG_IMAGE_OPTS, LONG_TARGET_IMAGE_OPTS, closeQuietly, errnoMessage, imgOpen, unsupportedOption, type ImgEnv } from './img-util.js';
 
 const INT_MAX = 2147483647n;
 
@@ -16,7 +16,7 @@ export async function imgDd(env: ImgEnv, argv: string[]): Promise<number> {
     env.o,
     argv,
     ':hf:O:U',
-    [LONG_HELP, LONG_IMAGE_OPTS, { name: 'target-image-opts', hasArg: 0, val: 'target-image-opts' }, LONG_FORCE_SHARE],
+    [LONG_HELP, LONG_IMAGE_OPTS, LONG_TARGET_IMAGE_OPTS, LONG_FORCE_SHARE],
     (opt, arg = '') => {
       switch (opt) {
         case 'h':

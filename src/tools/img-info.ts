@@ -4,6 +4,7 @@ import { errorExit, parseOptions, sizeToStr, ToolExit } from './common.js';
 import {
   HelpRequest,
   LONG_FORCE_SHARE,
+  LONG_FORMAT,
   LONG_HELP,
   LONG_IMAGE_OPTS,
   LONG_OBJECT,
@@ -102,7 +103,7 @@ export async function imgInfo(env: ImgEnv, argv: string[]): Promise<number> {
     env.o,
     argv,
     ':f:hU',
-    [LONG_HELP, { name: 'format', hasArg: 1, val: 'f' }, LONG_OUTPUT, { name: 'backing-chain', hasArg: 0, val: 'chain' }, LONG_OBJECT, LONG_IMAGE_OPTS, LONG_FORCE_SHARE],
+    [LONG_HELP, LONG_FORMAT, LONG_OUTPUT, { name: 'backing-chain', hasArg: 0, val: 'chain' }, LONG_OBJECT, LONG_IMAGE_OPTS, LONG_FORCE_SHARE],
     (opt, arg = '') => {
       switch (opt) {
         case 'h':

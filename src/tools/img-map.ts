@@ -5,6 +5,7 @@ import { cvtnum, errorExit, parseOptions, ToolExit } from './common.js';
 import {
   HelpRequest,
   LONG_FORCE_SHARE,
+  LONG_FORMAT,
   LONG_HELP,
   LONG_IMAGE_OPTS,
   LONG_OBJECT,
@@ -150,7 +151,7 @@ export async function imgMap(env: ImgEnv, argv: string[]): Promise<number> {
     ':f:hU',
     [
       LONG_HELP,
-      { name: 'format', hasArg: 1, val: 'f' },
+      LONG_FORMAT,
       LONG_OUTPUT,
       LONG_OBJECT,
       LONG_IMAGE_OPTS,

@@ -31,6 +31,8 @@ export const LONG_OBJECT: LongOption = { name: 'object', hasArg: 1, val: OPT_OBJ
 export const LONG_IMAGE_OPTS: LongOption = { name: 'image-opts', hasArg: 0, val: OPT_IMAGE_OPTS };
 export const LONG_FORCE_SHARE: LongOption = { name: 'force-share', hasArg: 0, val: 'U' };
 export const LONG_OUTPUT: LongOption = { name: 'output', hasArg: 1, val: OPT_OUTPUT };
+export const LONG_FORMAT: LongOption = { name: 'format', hasArg: 1, val: 'f' };
+export const LONG_TARGET_IMAGE_OPTS: LongOption = { name: 'target-image-opts', hasArg: 0, val: 'target-image-opts' };
 
 /** --output=human|json. */
 export function parseOutputFormat(env: ImgEnv, arg: string): 'human' | 'json' {
