@@ -6,7 +6,7 @@ import PQueue from 'p-queue';
 import type { BlockDriverState } from '../index.js';
 import { ToolExit, cvtnum, parseOptions } from './common.js';
 import { checkCacheMode } from './img-check.js';
-import { accumulateOptions, createErrorMessage, createImageFile, printBlockOptionHelp, reportWithPrefix } from './img-create.js';
+import { accumulateOptions, createErrorMessage, createImageFile, findCreateDriver, printBlockOptionHelp, reportWithPrefix } from './img-create.js';
 import { BDRV_BLOCK_DATA, BDRV_BLOCK_ZERO, blockStatusAboveFlags } from './img-map.js';
 import {
   HelpRequest,
@@ -502,13 +502,9 @@ export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
 
     let drvOpts = new Map<string, string | number | boolean>();
     if (!skipCreate) {
-      const drv = env.registry.find(targetFmt);
-      if (!drv || drv.isProtocol || drv.isFilter) {
-        env.o.error(`Unknown file format '${targetFmt}'`);
-        return 1;
-      }
-      if (!drv.create) {
-        env.o.error(`Format driver '${targetFmt}' does not support image creation`);
+      const drv = findCreateDriver(env, targetFmt);
+      if (typeof drv === 'string') {
+        env.o.error(drv);
         return 1;
       }
       try {

@@ -25,15 +25,22 @@ export function accumulateOptions(env: ImgEnv, acc: string | null, arg: string):
   return acc === null ? arg : `${acc},${arg}`;
 }
 
+/**
+ * The format driver that creates `fmt` images (bdrv_find_format, then its create check), or
+ * qemu-img's message saying why there is none. dd words an unknown format without its name.
+ */
+export function findCreateDriver(env: ImgEnv, fmt: string, unknownMessage = `Unknown file format '${fmt}'`): BlockDriver | string {
+  const drv = env.registry.find(fmt);
+  if (!drv || drv.isProtocol || drv.isFilter) return unknownMessage;
+  if (!drv.create) return `Format driver '${fmt}' does not support image creation`;
+  return drv;
+}
+
 /** print_block_option_help. */
 export function printBlockOptionHelp(env: ImgEnv, filename: string | null, fmt: string): number {
-  const drv = env.registry.find(fmt);
-  if (!drv || drv.isProtocol || drv.isFilter) {
-    env.o.error(`Unknown file format '${fmt}'`);
-    return 1;
-  }
-  if (!drv.create) {
-    env.o.error(`Format driver '${fmt}' does not support image creation`);
+  const drv = findCreateDriver(env, fmt);
+  if (typeof drv === 'string') {
+    env.o.error(drv);
     return 1;
   }
   let proto: BlockDriver | null = null;
@@ -79,9 +86,8 @@ export interface ImgCreateParams {
  * the Formatting line is printed unless quiet.
  */
 export async function imgCreateImage(env: ImgEnv, p: ImgCreateParams): Promise<void> {
-  const drv = env.registry.find(p.fmt);
-  if (!drv || drv.isProtocol || drv.isFilter) throw new Error(`Unknown file format '${p.fmt}'`);
-  if (!drv.create) throw new Error(`Format driver '${p.fmt}' does not support image creation`);
+  const drv = findCreateDriver(env, p.fmt);
+  if (typeof drv === 'string') throw new Error(drv);
   const opts = parseCreateOptions(drv, p.options);
   const names = new Set((drv.createOptions ?? []).map((s) => s.name));
   if (p.baseFilename !== null) {

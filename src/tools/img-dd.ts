@@ -3,7 +3,7 @@
 // start of the input (not from skip), and a skip past the end only warns (exit status 0).
 import type { BlockDriverState } from '../index.js';
 import { ToolExit, cvtnum, cvtnumFull, errorMessage, parseOptions } from './common.js';
-import { createErrorMessage, createImageFile, reportWithPrefix } from './img-create.js';
+import { createErrorMessage, createImageFile, findCreateDriver, reportWithPrefix } from './img-create.js';
 import { HelpRequest, LONG_FORCE_SHARE, LONG_HELP, LONG_IMAGE_OPTS, LONG_TARGET_IMAGE_OPTS, closeQuietly, errnoMessage, imgOpen, unsupportedOption, type ImgEnv } from './img-util.js';
 
 const INT_MAX = 2147483647n;
@@ -72,13 +72,9 @@ export async function imgDd(env: ImgEnv, argv: string[]): Promise<number> {
   const blk1 = await imgOpen(env, inFile, { format: fmt, readOnly: true, forceShare });
   let blk2: BlockDriverState | null = null;
   try {
-    const drv = env.registry.find(outFmt);
-    if (!drv || drv.isProtocol || drv.isFilter) {
-      env.o.error('Unknown file format');
-      return 1;
-    }
-    if (!drv.create) {
-      env.o.error(`Format driver '${outFmt}' does not support image creation`);
+    const drv = findCreateDriver(env, outFmt, 'Unknown file format');
+    if (typeof drv === 'string') {
+      env.o.error(drv);
       return 1;
     }
     let size = await blk1.getLength();
