@@ -97,6 +97,8 @@ export async function imgCompare(env: ImgEnv, argv: string[]): Promise<number> {
     const totalSize = Math.min(total1, total2);
     const progressBase = Math.max(total1, total2);
     progress.print(0, 100);
+    // The meter's share of one chunk, in single precision as QEMU's float arithmetic has it.
+    const advance = (chunk: number): void => progress.print(Math.fround(Math.fround(Math.fround(chunk) / Math.fround(progressBase)) * 100), 100);
     if (strict && total1 !== total2) {
       qprint('Strict mode: Image size mismatch!\n');
       return 1;
@@ -160,7 +162,7 @@ export async function imgCompare(env: ImgEnv, argv: string[]): Promise<number> {
         if (rc) return rc;
       }
       offset += chunk;
-      progress.print(Math.fround(Math.fround(Math.fround(chunk) / Math.fround(progressBase)) * 100), 100);
+      advance(chunk);
     }
 
     if (total1 !== total2) {
@@ -175,7 +177,7 @@ export async function imgCompare(env: ImgEnv, argv: string[]): Promise<number> {
           if (rc) return rc;
         }
         offset += chunk;
-        progress.print(Math.fround(Math.fround(Math.fround(chunk) / Math.fround(progressBase)) * 100), 100);
+        advance(chunk);
       }
     }
     qprint('Images are identical.\n');
