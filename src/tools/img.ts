@@ -12,7 +12,7 @@ import { imgInfo } from './img-info.js';
 import { imgMap } from './img-map.js';
 import { imgRebase } from './img-rebase.js';
 import { imgResize } from './img-resize.js';
-import { HelpRequest, makeEnv, type ImgCommand, type ImgEnv } from './img-util.js';
+import { HelpRequest, LONG_HELP, makeEnv, type ImgCommand, type ImgEnv } from './img-util.js';
 import { imgBench } from './bench.js';
 
 export const BLK_IMG_VERSION = '0.1.0';
@@ -156,7 +156,7 @@ async function run(env: ImgEnv, argv: string[]): Promise<number> {
   const o = env.o;
   if (argv.length < 2) errorExit(o, 'Not enough arguments');
   const g = new Getopt(argv, '+:hVT:', [
-    { name: 'help', hasArg: 0, val: 'h' },
+    LONG_HELP,
     { name: 'version', hasArg: 0, val: 'V' },
     { name: 'trace', hasArg: 1, val: 'T' },
   ]);
