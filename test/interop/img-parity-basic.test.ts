@@ -1,16 +1,9 @@
 // Parity with qemu-img 7.2: global options, create, info, check (see img-parity-harness.ts).
 import { afterAll, describe, expect, it } from 'vitest';
 import { makeTempDir, removeTempDir, requireQemu } from './qemu.js';
-import { sessionDiffs, type Session } from './img-parity-harness.js';
+import { DATA_IMAGES, sessionDiffs, type Session } from './img-parity-harness.js';
 
 const qemu = requireQemu();
-
-const QED_DATA: string[][] = [
-  ['qemu-img', 'create', '-q', '-f', 'qed', 'a.qed', '1M'],
-  ['qemu-io', '-f', 'qed', '-c', 'write -P 0xab 0 64k', '-c', 'write -P 0xcd 256k 100k', '-c', 'write -z 512k 64k', 'a.qed'],
-  ['qemu-img', 'create', '-q', '-f', 'raw', 'r.raw', '1M'],
-  ['qemu-io', '-f', 'raw', '-c', 'write -P 0x11 0 1M', 'r.raw'],
-];
 
 const sessions: Session[] = [
   {
@@ -120,7 +113,7 @@ const sessions: Session[] = [
   },
   {
     name: 'create: backing files',
-    setup: QED_DATA,
+    setup: DATA_IMAGES,
     steps: [
       ['create', '-f', 'qed', '-b', 'a.qed', 'e.qed'],
       ['create', '-f', 'qed', '-b', 'a.qed', '-F', 'qed', 'e.qed'],
@@ -146,7 +139,7 @@ const sessions: Session[] = [
   {
     name: 'info',
     setup: [
-      ...QED_DATA,
+      ...DATA_IMAGES,
       ['qemu-img', 'create', '-q', '-f', 'qed', '-b', 'r.raw', '-F', 'raw', 'e7.qed'],
       ['qemu-io', '-f', 'qed', '-c', 'write -P 0x22 64k 64k', 'e7.qed'],
       ['qemu-img', 'create', '-q', '-f', 'qed', '-b', 'a.qed', '-F', 'qed', 'e.qed'],
@@ -192,7 +185,7 @@ const sessions: Session[] = [
   {
     name: 'check',
     setup: [
-      ...QED_DATA,
+      ...DATA_IMAGES,
       ['qemu-img', 'create', '-q', '-f', 'qed', '-o', 'cluster_size=4k,table_size=2', 'b.qed', '10M'],
       ['qemu-img', 'create', '-q', '-f', 'qed', '-u', '-b', 'nonexist', '-F', 'qed', 'e4.qed', '1M'],
       ['qemu-img', 'create', '-q', '-f', 'qed', '-o', 'cluster_size=4k', 'frag.qed', '1M'],

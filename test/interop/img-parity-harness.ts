@@ -103,6 +103,17 @@ export async function runOurs(args: string[], cwd: string, merged: boolean, mp =
   return out;
 }
 
+/**
+ * The set-up most sessions start from: a.qed (1 MiB: data at 0 and 256k, a zeroed cluster at
+ * 512k) and r.raw (1 MiB of 0x11), written by the real qemu-img / qemu-io.
+ */
+export const DATA_IMAGES: string[][] = [
+  ['qemu-img', 'create', '-q', '-f', 'qed', 'a.qed', '1M'],
+  ['qemu-io', '-f', 'qed', '-c', 'write -P 0xab 0 64k', '-c', 'write -P 0xcd 256k 100k', '-c', 'write -z 512k 64k', 'a.qed'],
+  ['qemu-img', 'create', '-q', '-f', 'raw', 'r.raw', '1M'],
+  ['qemu-io', '-f', 'raw', '-c', 'write -P 0x11 0 1M', 'r.raw'],
+];
+
 export interface StepResult {
   label: string;
   theirs: Outcome;

@@ -3,15 +3,12 @@
 // QEMU reports host holes of a raw file as zero extents, our file driver reports data.
 import { afterAll, describe, expect, it } from 'vitest';
 import { makeTempDir, removeTempDir, requireQemu } from './qemu.js';
-import { sessionDiffs, type Session } from './img-parity-harness.js';
+import { DATA_IMAGES, sessionDiffs, type Session } from './img-parity-harness.js';
 
 const qemu = requireQemu();
 
 const BASE: string[][] = [
-  ['qemu-img', 'create', '-q', '-f', 'qed', 'a.qed', '1M'],
-  ['qemu-io', '-f', 'qed', '-c', 'write -P 0xab 0 64k', '-c', 'write -P 0xcd 256k 100k', '-c', 'write -z 512k 64k', 'a.qed'],
-  ['qemu-img', 'create', '-q', '-f', 'raw', 'r.raw', '1M'],
-  ['qemu-io', '-f', 'raw', '-c', 'write -P 0x11 0 1M', 'r.raw'],
+  ...DATA_IMAGES,
   ['qemu-img', 'create', '-q', '-f', 'qed', '-b', 'r.raw', '-F', 'raw', 'e7.qed'],
   ['qemu-io', '-f', 'qed', '-c', 'write -P 0x22 64k 64k', 'e7.qed'],
   ['qemu-img', 'create', '-q', '-f', 'qed', '-b', 'e7.qed', '-F', 'qed', 'top.qed', '2M'],
