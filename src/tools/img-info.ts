@@ -1,6 +1,6 @@
 // blk-img info: image facts as qemu-img info prints them (human or QAPI ImageInfo JSON).
 import { isBlockError, type BlockDriverState } from '../index.js';
-import { errorExit, parseOptions, sizeToStr, ToolExit } from './common.js';
+import { errorExit, errorMessage, parseOptions, sizeToStr, ToolExit } from './common.js';
 import {
   HelpRequest,
   LONG_FORCE_SHARE,
@@ -144,7 +144,7 @@ export async function imgInfo(env: ImgEnv, argv: string[]): Promise<number> {
     try {
       info = await queryImageInfo(bs, filename);
     } catch (e) {
-      env.o.error(e instanceof Error ? e.message : String(e));
+      env.o.error(errorMessage(e));
       throw new ToolExit(1);
     } finally {
       await closeQuietly(bs);
