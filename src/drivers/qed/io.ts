@@ -439,8 +439,47 @@ async function qedAioWriteCow(
   if (s.bs.backing) {
     // With a backing file the untouched parts of the clusters hold backing data: it must be
     // durable before the L2 table points here, or a crash would expose zeros in its place.
-    await file.flush();
+    await qedFlushWrittenData(s);
   }
+}
+
+/**
+ * Flush the file for data whose write has completed (the COW flush before an L2 update),
+ * sharing flushes between concurrent allocating requests: a flush issued after a write
+ * completed makes it durable, so callers that arrive while one is in flight (it may have
+ * started before their data was written: they never join it) wait together for the next one,
+ * issued when it settles. A lone request flushes at once, as before.
+ */
+function qedFlushWrittenData(s: BDRVQEDState): Promise<void> {
+  const next = s.dataFlushNext;
+  if (next) return next.promise;
+  if (s.dataFlushing) {
+    let resolve!: () => void;
+    let reject!: (e: unknown) => void;
+    const promise = new Promise<void>((res, rej) => {
+      resolve = res;
+      reject = rej;
+    });
+    s.dataFlushNext = { promise, resolve, reject };
+    return promise;
+  }
+  return qedIssueDataFlush(s);
+}
+
+function qedIssueDataFlush(s: BDRVQEDState): Promise<void> {
+  const flush = qedFile(s).flush();
+  s.dataFlushing = flush;
+  const settled = (): void => {
+    s.dataFlushing = null;
+    const next = s.dataFlushNext;
+    if (!next) return;
+    s.dataFlushNext = null;
+    // Everyone who joined `next` had written its data before this point: one flush covers all.
+    qedIssueDataFlush(s).then(next.resolve, next.reject);
+  };
+  // Bookkeeping only: the caller awaits `flush` itself and sees its error.
+  flush.then(settled, settled);
+  return flush;
 }
 
 /**

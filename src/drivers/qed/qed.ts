@@ -79,6 +79,8 @@ async function qedDoOpen(bs: BlockDriverState, options: OpenOptions): Promise<vo
     allocPending: 0,
     allocPendingWaiters: [],
     allocReservations: [],
+    dataFlushing: null,
+    dataFlushNext: null,
     needCheckTimer: null,
     timerTask: null,
     corruptionsRemain: false,

@@ -42,6 +42,9 @@ export interface BDRVQEDState {
    * overlaps one waits for it and looks its tables up again (io.ts, qedAioWriteAlloc).
    */
   allocReservations: QEDAllocReservation[];
+  /** The COW data flush in flight (io.ts, qedFlushWrittenData), and the next one, gathering. */
+  dataFlushing: Promise<void> | null;
+  dataFlushNext: { promise: Promise<void>; resolve: () => void; reject: (e: unknown) => void } | null;
   needCheckTimer: Timer | null;
   /** The running timer job, so close can wait for it. */
   timerTask: Promise<void> | null;
