@@ -316,7 +316,9 @@ describe('qed: failure handling and events', () => {
     await bs.pread(4 * CS, new Uint8Array(512));
     // QED's own events, and the generic layer's pwritev/pwritev_done around every write that
     // reaches the file node (QEMU's bdrv_aligned_pwritev): the one vectored COW+data write,
-    // then each table write.
+    // then each table write. The new L2 table is flushed through the QED node (QEMU's
+    // bdrv_co_flush(s->bs)), which announces flush_to_os on the file node before L1 links it;
+    // no flush_to_disk yet, since no write has completed on the QED node itself.
     expect(debug).toEqual([
       'read_backing_aio',
       'read_backing_aio',
@@ -327,6 +329,7 @@ describe('qed: failure handling and events', () => {
       'l2_update',
       'pwritev',
       'pwritev_done',
+      'flush_to_os',
       'l1_update',
       'pwritev',
       'pwritev_done',

@@ -74,7 +74,10 @@ export async function qedWriteTable(
   const file = qedFile(s);
   try {
     await file.pwritev(offset + start * 8, IOVector.from(bytes));
-    if (flush) await file.flush();
+    // Flushed through the QED node itself, as QEMU does (bdrv_co_flush(s->bs)): the generic
+    // flush announces flush_to_os/flush_to_disk on our file child and then flushes it, so
+    // blkdebug rules on those events fire here as they do in QEMU.
+    if (flush) await s.bs.flush();
     if (qedTracing(s)) qedTrace(s, 'qedWriteTableCb', { table, flush, ret: 0 });
   } catch (e) {
     qedTrace(s, 'qedWriteTableCb', { table, flush, ret: e });
