@@ -22,50 +22,51 @@ export class MemStore {
 
   /** Fill `bytes` bytes of `iov` from `offset`; holes read as zeros. */
   read(offset: number, iov: readonly Uint8Array[], bytes: number): void {
-    let pos = offset;
-    let left = bytes;
-    for (const seg of iov) {
-      if (left === 0) break;
-      const segLen = Math.min(seg.length, left);
-      let segOff = 0;
-      while (segOff < segLen) {
-        const idx = Math.floor(pos / MEM_CHUNK_SIZE);
-        const inChunk = pos - idx * MEM_CHUNK_SIZE;
-        const n = Math.min(MEM_CHUNK_SIZE - inChunk, segLen - segOff);
-        const chunk = this.chunks.get(idx);
-        if (chunk === undefined) seg.fill(0, segOff, segOff + n);
-        else seg.set(chunk.subarray(inChunk, inChunk + n), segOff);
-        segOff += n;
-        pos += n;
-      }
-      left -= segLen;
-    }
+    this.forEachPiece(offset, iov, bytes, (idx, inChunk, piece) => {
+      const chunk = this.chunks.get(idx);
+      if (chunk === undefined) piece.fill(0);
+      else piece.set(chunk.subarray(inChunk, inChunk + piece.length));
+    });
   }
 
   /** Store `bytes` bytes of `iov` at `offset`, growing the store past its end. */
   write(offset: number, iov: readonly Uint8Array[], bytes: number): void {
+    this.forEachPiece(offset, iov, bytes, (idx, inChunk, piece) => {
+      let chunk = this.chunks.get(idx);
+      if (chunk === undefined) {
+        chunk = new Uint8Array(MEM_CHUNK_SIZE);
+        this.chunks.set(idx, chunk);
+      }
+      chunk.set(piece, inChunk);
+    });
+    if (offset + bytes > this.length) this.length = offset + bytes;
+  }
+
+  /**
+   * Walk `bytes` bytes of `iov` against the store from `offset`, one piece per (segment, chunk)
+   * overlap: `piece` is the part of a segment that falls in chunk `idx` at `inChunk`.
+   */
+  private forEachPiece(
+    offset: number,
+    iov: readonly Uint8Array[],
+    bytes: number,
+    fn: (idx: number, inChunk: number, piece: Uint8Array) => void,
+  ): void {
     let pos = offset;
     let left = bytes;
     for (const seg of iov) {
       if (left === 0) break;
       const segLen = Math.min(seg.length, left);
-      let segOff = 0;
-      while (segOff < segLen) {
+      for (let segOff = 0; segOff < segLen; ) {
         const idx = Math.floor(pos / MEM_CHUNK_SIZE);
         const inChunk = pos - idx * MEM_CHUNK_SIZE;
         const n = Math.min(MEM_CHUNK_SIZE - inChunk, segLen - segOff);
-        let chunk = this.chunks.get(idx);
-        if (chunk === undefined) {
-          chunk = new Uint8Array(MEM_CHUNK_SIZE);
-          this.chunks.set(idx, chunk);
-        }
-        chunk.set(seg.subarray(segOff, segOff + n), inChunk);
+        fn(idx, inChunk, seg.subarray(segOff, segOff + n));
         segOff += n;
         pos += n;
       }
       left -= segLen;
     }
-    if (offset + bytes > this.length) this.length = offset + bytes;
   }
 
   /**
