@@ -35,14 +35,13 @@ const REQUEST_MAX_SECTORS = Math.floor(0x7fffffff / SECTOR);
 
 type Status = 'data' | 'zero' | 'backing';
 
-function isZeroSector(buf: Uint8Array, sector: number): boolean {
+function isZeroSector(buf: Uint8Array, sector: number, words: Uint32Array): boolean {
   const start = sector * SECTOR;
   const end = Math.min(start + SECTOR, buf.length);
   const abs = buf.byteOffset + start;
   if (end - start === SECTOR && abs % 8 === 0) {
     // A whole, 8-byte aligned sector (pooled buffers always are): 8 bytes per step, through
-    // a 32-bit view made once per underlying buffer.
-    const words = wordView(buf.buffer);
+    // a 32-bit view of the underlying buffer (looked up once per scan by the caller).
     for (let i = abs / 4, e = i + SECTOR / 4; i < e; i += 2) if ((words[i] | words[i + 1]) !== 0) return false;
     return true;
   }
@@ -67,9 +66,11 @@ function wordView(ab: ArrayBufferLike): Uint32Array {
  */
 function isAllocatedSectors(buf: Uint8Array, first: number, n: number, sectorNum: number, alignment: number): { ret: boolean; pnum: number } {
   if (n <= 0) return { ret: false, pnum: 0 };
-  let isZero = isZeroSector(buf, first);
+  // One view lookup per scan, not per sector: the scan runs once per 512 bytes converted.
+  const words = wordView(buf.buffer);
+  let isZero = isZeroSector(buf, first, words);
   let i = 1;
-  for (; i < n; i++) if (isZero !== isZeroSector(buf, first + i)) break;
+  for (; i < n; i++) if (isZero !== isZeroSector(buf, first + i, words)) break;
   if (i === n) return { ret: !isZero, pnum: i };
   const tail = (sectorNum + i) & (alignment - 1);
   if (tail) {
