@@ -22,6 +22,15 @@
  * A failure rejects with an Error as above, `syscall: 'fallocate'`; EOPNOTSUPP is 'ENOTSUP', and
  * a host without fallocate (or without the flag) rejects every call with ENOTSUP.
  *
+ *   preadNowait(fd, buffers, offset, size) -> bytes read now from the page cache
+ *                           preadv2(RWF_NOWAIT) on the calling thread: fills `buffers` (an array
+ *                           of Uint8Array, or one) with up to `size` bytes at `offset`, without
+ *                           ever waiting for the disk. Returns the count (short when only part
+ *                           is cached, 0 at end of file), -1 when nothing could be read without
+ *                           blocking or the read failed (the caller reads on the thread pool,
+ *                           which then reports the real error), -2 when this host cannot do
+ *                           RWF_NOWAIT reads at all (the caller stops trying).
+ *
  * lseek moves the descriptor's file position; the file driver only does positioned I/O
  * (pread/pwrite), so that position is never used.
  *
@@ -39,6 +48,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <node_api.h>
@@ -286,6 +296,98 @@ static napi_value allocate_range(napi_env env, napi_callback_info info) {
   return do_falloc(env, info, 0, "blocklayer:allocateRange");
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* Reads served from the page cache without a thread hop */
+
+/* Enough for any vector the block layer builds in one request; a longer one reads short. */
+#define NOWAIT_MAX_IOV 64
+
+static napi_value make_int(napi_env env, double v) {
+  napi_value r;
+  return napi_create_double(env, v, &r) == napi_ok ? r : NULL;
+}
+
+/* One Uint8Array's bytes; 0 when `v` is not a typed array. */
+static int typed_bytes(napi_env env, napi_value v, void **data, size_t *len) {
+  napi_typedarray_type type;
+  size_t length, byte_offset;
+  napi_value ab;
+  bool is_ta;
+  if (napi_is_typedarray(env, v, &is_ta) != napi_ok || !is_ta) return 0;
+  if (napi_get_typedarray_info(env, v, &type, &length, data, &ab, &byte_offset) != napi_ok) return 0;
+  if (type != napi_uint8_array) return 0;
+  *len = length;
+  return 1;
+}
+
+static napi_value pread_nowait(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  double d_fd, d_off, d_size;
+  struct iovec iov[NOWAIT_MAX_IOV];
+  int iovcnt = 0;
+  bool is_array;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL;
+  if (argc < 4 || napi_get_value_double(env, argv[0], &d_fd) != napi_ok ||
+      napi_get_value_double(env, argv[2], &d_off) != napi_ok || napi_get_value_double(env, argv[3], &d_size) != napi_ok) {
+    napi_throw_type_error(env, "EINVAL", "expected (fd: number, buffers: Uint8Array[], offset: number, size: number)");
+    return NULL;
+  }
+  if (!(d_fd >= 0 && d_fd <= INT32_MAX && floor(d_fd) == d_fd) ||
+      !(d_off >= 0 && d_off <= MAX_SAFE_INTEGER && floor(d_off) == d_off) ||
+      !(d_size >= 0 && d_size <= MAX_SAFE_INTEGER && floor(d_size) == d_size)) {
+    napi_throw_range_error(env, "EINVAL", "fd, offset and size must be non-negative safe integers");
+    return NULL;
+  }
+  size_t want = (size_t)d_size;
+  if (napi_is_array(env, argv[1], &is_array) != napi_ok) return NULL;
+  if (is_array) {
+    uint32_t n;
+    if (napi_get_array_length(env, argv[1], &n) != napi_ok) return NULL;
+    for (uint32_t i = 0; i < n && iovcnt < NOWAIT_MAX_IOV && want > 0; i++) {
+      napi_value el;
+      void *data;
+      size_t len;
+      if (napi_get_element(env, argv[1], i, &el) != napi_ok) return NULL;
+      if (!typed_bytes(env, el, &data, &len)) {
+        napi_throw_type_error(env, "EINVAL", "buffers must be Uint8Arrays");
+        return NULL;
+      }
+      if (len == 0) continue;
+      if (len > want) len = want;
+      iov[iovcnt].iov_base = data;
+      iov[iovcnt].iov_len = len;
+      iovcnt++;
+      want -= len;
+    }
+  } else {
+    void *data;
+    size_t len;
+    if (!typed_bytes(env, argv[1], &data, &len)) {
+      napi_throw_type_error(env, "EINVAL", "buffers must be Uint8Arrays");
+      return NULL;
+    }
+    if (len > want) len = want;
+    iov[0].iov_base = data;
+    iov[0].iov_len = len;
+    iovcnt = 1;
+  }
+#if defined(__linux__) && defined(RWF_NOWAIT)
+  ssize_t r;
+  do {
+    r = preadv2((int)d_fd, iov, iovcnt, (off_t)d_off, RWF_NOWAIT);
+  } while (r < 0 && errno == EINTR);
+  if (r >= 0) return make_int(env, (double)r);
+  /* Kernels or file systems without RWF_NOWAIT reads: never worth asking again. */
+  if (errno == EOPNOTSUPP || errno == ENOSYS) return make_int(env, -2);
+  return make_int(env, -1);
+#else
+  (void)iov;
+  (void)iovcnt;
+  return make_int(env, -2);
+#endif
+}
+
 NAPI_MODULE_INIT() {
   napi_property_descriptor props[] = {
     {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -293,6 +395,7 @@ NAPI_MODULE_INIT() {
     {"zeroRange", NULL, zero_range, NULL, NULL, NULL, napi_enumerable, NULL},
     {"punchHole", NULL, punch_hole, NULL, NULL, NULL, napi_enumerable, NULL},
     {"allocateRange", NULL, allocate_range, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"preadNowait", NULL, pread_nowait, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
   return exports;

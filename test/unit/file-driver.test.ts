@@ -325,4 +325,124 @@ describe('file driver', () => {
     await Promise.all(bufs.map((b, i) => bs.pread(i * 4096 + 3, b)));
     bufs.forEach((b, i) => expectBytes(b, pattern(4000, i)));
   });
+
+  describe('page-cache reads (preadNowait)', () => {
+    /** The real addon with its preadNowait replaced: the rest of the driver stays real. */
+    async function withNowait<T>(
+      preadNowait: ((fd: number, b: readonly Uint8Array[], off: number, size: number) => number) | undefined,
+      body: () => Promise<T>,
+    ): Promise<T> {
+      const real = seekAddon();
+      if (real === null) return expect.fail('native addon not built (npm run install)');
+      const prev = setSeekAddonForTest({ ...real, preadNowait });
+      try {
+        return await body();
+      } finally {
+        setSeekAddonForTest(prev);
+      }
+    }
+
+    it('the addon reads cached bytes now, reports end of file as 0 and refuses non-Uint8Array buffers', async () => {
+      const real = seekAddon();
+      if (real?.preadNowait === undefined) return expect.fail('native addon not built (npm run install)');
+      const p = join(dir, 'nw.img');
+      await writeFile(p, pattern(10000, 3));
+      const bs = await opened(p, true);
+      const fd = (bs.opaque as { fh: { fd: number } }).fh.fd;
+      const a = new Uint8Array(3000);
+      const b = new Uint8Array(5000);
+      // Just written: the page cache holds it (a host without RWF_NOWAIT says -2).
+      const n = real.preadNowait(fd, [a, b], 100, 7000);
+      if (n === -2) return;
+      expect(n).toBe(7000);
+      expectBytes(a, pattern(10000, 3).subarray(100, 3100));
+      expectBytes(b.subarray(0, 4000), pattern(10000, 3).subarray(3100, 7100));
+      expect(b.subarray(4000).every((x) => x === 0)).toBe(true);
+      expect(real.preadNowait(fd, [a], 9000, 3000)).toBe(1000);
+      expect(real.preadNowait(fd, [a], 20000, 3000)).toBe(0);
+      expect(() => real.preadNowait!(fd, [new Uint16Array(4) as unknown as Uint8Array], 0, 8)).toThrow(/Uint8Array/);
+    });
+
+    it('a short page-cache read goes on through the thread pool; past EOF reads zeros', async () => {
+      const p = join(dir, 'short.img');
+      const data = pattern(20000, 5);
+      await writeFile(p, data);
+      const calls: number[] = [];
+      const realRead = seekAddon()?.preadNowait;
+      if (realRead === undefined) return expect.fail('native addon not built (npm run install)');
+      // Only the first 1000 bytes "cached": the driver must read the rest itself.
+      await withNowait(
+        (fd, bufs, off, size) => {
+          calls.push(off);
+          const n = Math.min(1000, size);
+          const head = new Uint8Array(n);
+          const got = realRead(fd, [head], off, n);
+          if (got < 0) return got;
+          let rest = got;
+          for (const buf of bufs) {
+            const k = Math.min(rest, buf.length);
+            buf.set(head.subarray(got - rest, got - rest + k));
+            rest -= k;
+            if (rest === 0) break;
+          }
+          return got;
+        },
+        async () => {
+          const bs = await opened(p, true);
+          const a = new Uint8Array(3000);
+          const b = new Uint8Array(4000);
+          await bs.preadv(500, new IOVector([a, b]));
+          expectBytes(a, data.subarray(500, 3500));
+          expectBytes(b, data.subarray(3500, 7500));
+          const tail = new Uint8Array(4096).fill(0xee);
+          await bs.pread(18000, tail);
+          expectBytes(tail.subarray(0, 2000), data.subarray(18000));
+          expect(tail.subarray(2000).every((x) => x === 0)).toBe(true);
+        },
+      );
+      expect(calls).toEqual([500, 18000]);
+    });
+
+    it('"would block" (-1) reads on the thread pool; "unsupported" (-2) is not asked again', async () => {
+      const p = join(dir, 'wb.img');
+      const data = pattern(8192, 11);
+      await writeFile(p, data);
+      let asked = 0;
+      for (const answer of [-1, -2]) {
+        asked = 0;
+        await withNowait(
+          () => {
+            asked++;
+            return answer;
+          },
+          async () => {
+            const bs = await opened(p, true);
+            for (let i = 0; i < 3; i++) {
+              const buf = new Uint8Array(4096);
+              await bs.pread(i * 1024, buf);
+              expectBytes(buf, data.subarray(i * 1024, i * 1024 + 4096));
+            }
+          },
+        );
+        expect(asked).toBe(answer === -1 ? 3 : 1);
+      }
+    });
+
+    it('reads are the same bytes with and without the page-cache path', async () => {
+      const p = join(dir, 'same.img');
+      const data = pattern(1 << 20, 17);
+      await writeFile(p, data);
+      const readAll = async (): Promise<Uint8Array> => {
+        const bs = await opened(p, true);
+        const out = new Uint8Array((1 << 20) + 4096);
+        const parts = [out.subarray(0, 777), out.subarray(777, 70000), out.subarray(70000)];
+        await bs.preadv(0, new IOVector(parts));
+        return out;
+      };
+      const fast = await readAll();
+      const slow = await withNowait(undefined, readAll);
+      expectBytes(fast, slow);
+      expectBytes(fast.subarray(0, 1 << 20), data);
+    });
+  });
 });

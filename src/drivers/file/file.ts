@@ -4,6 +4,11 @@
  * hot path under every on-disk image, use the callback API on its fd: measured here, 4 KiB
  * requests run about twice as fast as through FileHandle.read/write, and nothing but the
  * promise and its callback is allocated per request.
+ *
+ * Reads first ask the page cache directly (preadv2 with RWF_NOWAIT, through the native addon):
+ * what is cached is copied right here, with no thread-pool round trip, and a read that would
+ * wait for the disk goes to the thread pool as before. io_uring does the same inline attempt;
+ * libuv's thread pool costs two thread hand-offs per request, more than copying 64 KiB.
  */
 import { read as fsRead, readv as fsReadv, write as fsWrite, writev as fsWritev, type Stats } from 'node:fs';
 import { open as fsOpen, type FileHandle } from 'node:fs/promises';
@@ -39,6 +44,8 @@ interface FileState {
   hasWriteZeroes: boolean;
   hasDiscard: boolean;
   hasFallocate: boolean;
+  /** The addon's page-cache read, while this host supports RWF_NOWAIT reads; else null. */
+  readNowait: SeekAddon['preadNowait'] | null;
 }
 
 /** 'file:/x/y' and '/x/y' name the same host file. */
@@ -180,6 +187,7 @@ async function fileOpen(bs: BlockDriverState, options: OpenOptions): Promise<voi
     hasWriteZeroes: true,
     hasDiscard: true,
     hasFallocate: true,
+    readNowait: seekAddon()?.preadNowait ?? null,
   } satisfies FileState;
 }
 
@@ -244,11 +252,18 @@ async function fileCoPreadv(bs: BlockDriverState, offset: number, bytes: number,
   const s = state(bs);
   // Never touch more than `bytes`, even if the vector is longer.
   const iov = qiov.size === bytes ? qiov.iov : qiov.slice(0, bytes).iov;
-  let done: number;
+  // What the page cache holds is read now; -1: nothing without waiting (or an error, which
+  // the thread pool's read reports properly), 0: end of file, short: only the head is cached.
+  let done = s.readNowait !== null ? fileReadNowait(s, iov, bytes, offset) : -1;
+  if (done === 0 || done === bytes) {
+    // Past EOF a host file reads as zeros (the layer above may cover a growing file).
+    if (done === 0) qiov.memset(0, 0, bytes);
+    return;
+  }
   beginIO(s);
   try {
     // One pread inline (no helper frame); a short count goes on in preadvRest.
-    done = await preadOnce(s.fh.fd, iov, bytes, offset);
+    if (done < 0) done = await preadOnce(s.fh.fd, iov, bytes, offset);
     if (done < bytes && done > 0) done = await preadvRest(s.fh.fd, iov, bytes, offset, done);
   } catch (e) {
     throw toBlockError(e, { op: 'read', offset, path: s.path });
@@ -257,6 +272,13 @@ async function fileCoPreadv(bs: BlockDriverState, offset: number, bytes: number,
   }
   // Past EOF a host file reads as zeros (the layer above may cover a growing file).
   if (done < bytes) qiov.memset(done, 0, bytes - done);
+}
+
+/** preadv2(RWF_NOWAIT); a host that cannot do it (-2) is not asked again. */
+function fileReadNowait(s: FileState, iov: readonly Uint8Array[], bytes: number, offset: number): number {
+  const n = s.readNowait!(s.fh.fd, iov, offset, bytes);
+  if (n === -2) s.readNowait = null;
+  return n;
 }
 
 async function fileCoPwritev(

@@ -27,6 +27,13 @@ export interface SeekAddon {
   punchHole?: (fd: number, offset: number, length: number) => Promise<void>;
   /** fallocate mode 0: allocate the range; grows the file when it ends past EOF. */
   allocateRange?: (fd: number, offset: number, length: number) => Promise<void>;
+  /**
+   * preadv2(RWF_NOWAIT) on this thread: up to `size` bytes at `offset` into `buffers`, only
+   * what the page cache holds. Bytes read (short when partly cached, 0 at end of file), -1 when
+   * nothing could be read without waiting or the read failed, -2 when the host has no
+   * RWF_NOWAIT reads. Optional, like the fallocate calls.
+   */
+  preadNowait?: (fd: number, buffers: readonly Uint8Array[], offset: number, size: number) => number;
 }
 
 /** node-gyp's output, relative to the package root. */
