@@ -1,3 +1,4 @@
+import { scheduleBottomHalf } from './coroutine.js';
 import { BlockError, toBlockError } from './errors.js';
 import type { BlockDriverState } from './node.js';
 
@@ -45,7 +46,7 @@ export class BlockAIOCB {
     this.state = 'queued';
     // Called with this very object, whose type `work` expects.
     this.work = work as (acb: BlockAIOCB) => Promise<void>;
-    queueMicrotask(this.runBound);
+    scheduleBottomHalf(this.runBound);
     return this;
   }
 
@@ -72,7 +73,7 @@ export class BlockAIOCB {
     if (this.state === 'completing' || this.state === 'idle') return;
     this.state = 'completing';
     this.error = error;
-    queueMicrotask(this.finishBound);
+    scheduleBottomHalf(this.finishBound);
   }
 
   private finish(): void {
