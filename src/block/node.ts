@@ -853,7 +853,7 @@ export class BlockDriverState {
     }
     if (toDisk) this.flushingToDisk++;
     try {
-      await this.flushDriver();
+      await this.flushDriver(toDisk);
     } finally {
       if (toDisk) this.flushingToDisk--;
     }
@@ -870,10 +870,12 @@ export class BlockDriverState {
     return this.flushingToDisk > 0;
   }
 
-  private async flushDriver(): Promise<void> {
-    // cache=unsafe: the host store is never asked to reach the disk, but format drivers still
-    // write out what they cache (QEMU's flush_to_os vs flush_to_disk).
-    if (this.openOptions.noFlush && (this.driver.isProtocol ?? false)) return;
+  private async flushDriver(toDisk: boolean): Promise<void> {
+    // A protocol's flush is its flush_to_disk step (fdatasync): skipped with cache=unsafe, and
+    // when nothing was written through the node since its last successful flush (QEMU's
+    // flushed_gen check: closing a read-mostly image costs no fdatasync). Format drivers
+    // still write out what they cache and pass the flush down (flush_to_os).
+    if (!toDisk && (this.driver.isProtocol ?? false)) return;
     if (this.driver.coFlush) {
       await this.driver.coFlush(this);
       return;
