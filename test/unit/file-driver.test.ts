@@ -433,17 +433,53 @@ describe('file driver', () => {
       const p = join(dir, 'same.img');
       const data = pattern(1 << 20, 17);
       await writeFile(p, data);
+      // Reads of up to 256 KiB in three-part vectors, the last one running past EOF.
       const readAll = async (): Promise<Uint8Array> => {
         const bs = await opened(p, true);
         const out = new Uint8Array((1 << 20) + 4096);
-        const parts = [out.subarray(0, 777), out.subarray(777, 70000), out.subarray(70000)];
-        await bs.preadv(0, new IOVector(parts));
+        for (let off = 0; off < out.length; off += 200_000) {
+          const end = Math.min(out.length, off + 200_000);
+          const parts = [out.subarray(off, off + 777), out.subarray(off + 777, off + 70000), out.subarray(off + 70000, end)];
+          await bs.preadv(off, new IOVector(parts));
+        }
         return out;
       };
-      const fast = await readAll();
+      let asked = 0;
+      const real = seekAddon()?.preadNowait;
+      if (real === undefined) return expect.fail('native addon not built (npm run install)');
+      const fast = await withNowait((fd, b, off, size) => {
+        asked++;
+        return real(fd, b, off, size);
+      }, readAll);
+      expect(asked).toBe(6);
       const slow = await withNowait(undefined, readAll);
       expectBytes(fast, slow);
       expectBytes(fast.subarray(0, 1 << 20), data);
+      expect(fast.subarray(1 << 20).every((x) => x === 0)).toBe(true);
+    });
+
+    it('reads over 256 KiB go to the thread pool: a long copy would hold this thread up', async () => {
+      const p = join(dir, 'big.img');
+      const data = pattern(1 << 20, 19);
+      await writeFile(p, data);
+      let asked = 0;
+      const real = seekAddon()?.preadNowait;
+      if (real === undefined) return expect.fail('native addon not built (npm run install)');
+      await withNowait(
+        (fd, b, off, size) => {
+          asked++;
+          return real(fd, b, off, size);
+        },
+        async () => {
+          const bs = await opened(p, true);
+          const big = new Uint8Array(256 * 1024 + 512);
+          await bs.pread(4096, big);
+          expectBytes(big, data.subarray(4096, 4096 + big.length));
+          expect(asked).toBe(0);
+          await bs.pread(0, big.subarray(0, 256 * 1024));
+          expect(asked).toBe(1);
+        },
+      );
     });
   });
 });

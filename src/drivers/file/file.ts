@@ -254,7 +254,7 @@ async function fileCoPreadv(bs: BlockDriverState, offset: number, bytes: number,
   const iov = qiov.size === bytes ? qiov.iov : qiov.slice(0, bytes).iov;
   // What the page cache holds is read now; -1: nothing without waiting (or an error, which
   // the thread pool's read reports properly), 0: end of file, short: only the head is cached.
-  let done = s.readNowait !== null ? fileReadNowait(s, iov, bytes, offset) : -1;
+  let done = s.readNowait !== null && bytes <= NOWAIT_MAX_BYTES ? fileReadNowait(s, iov, bytes, offset) : -1;
   if (done === 0 || done === bytes) {
     // Past EOF a host file reads as zeros (the layer above may cover a growing file).
     if (done === 0) qiov.memset(0, 0, bytes);
@@ -273,6 +273,13 @@ async function fileCoPreadv(bs: BlockDriverState, offset: number, bytes: number,
   // Past EOF a host file reads as zeros (the layer above may cover a growing file).
   if (done < bytes) qiov.memset(done, 0, bytes - done);
 }
+
+/**
+ * Larger reads go to the thread pool even when cached: a copy on this thread holds up every
+ * other request's submission and completion while it runs (1 MiB is a few hundred
+ * microseconds), and in the pool it overlaps with them (convert: read ahead while writing).
+ */
+const NOWAIT_MAX_BYTES = 256 * 1024;
 
 /** preadv2(RWF_NOWAIT); a host that cannot do it (-2) is not asked again. */
 function fileReadNowait(s: FileState, iov: readonly Uint8Array[], bytes: number, offset: number): number {
