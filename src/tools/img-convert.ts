@@ -200,28 +200,46 @@ async function convertRead(s: ConvertState, sectorNum: number, nbSectors: number
   }
 }
 
-/** convert_co_write. */
-async function convertWrite(s: ConvertState, sectorNum: number, nbSectors: number, buf: Uint8Array, status: Status): Promise<void> {
+/**
+ * convert_co_write. Every write of the chunk is issued before any is awaited, and `issued`
+ * runs once all of them are: the next chunk may then issue its own (see convertDoCopy).
+ */
+async function convertWrite(
+  s: ConvertState,
+  sectorNum: number,
+  nbSectors: number,
+  buf: Uint8Array,
+  status: Status,
+  issued: () => void,
+): Promise<void> {
+  const writes: Promise<void>[] = [];
   let first = 0;
-  while (nbSectors > 0) {
-    let n = nbSectors;
-    if (status !== 'backing') {
-      let writeData = status === 'data' && s.minSparse === 0;
-      if (status === 'data' && s.minSparse !== 0) {
-        const r = isAllocatedSectorsMin(buf, first, n, s.minSparse, sectorNum, s.alignment);
-        n = r.pnum;
-        writeData = r.ret;
+  try {
+    while (nbSectors > 0) {
+      let n = nbSectors;
+      if (status !== 'backing') {
+        let writeData = status === 'data' && s.minSparse === 0;
+        if (status === 'data' && s.minSparse !== 0) {
+          const r = isAllocatedSectorsMin(buf, first, n, s.minSparse, sectorNum, s.alignment);
+          n = r.pnum;
+          writeData = r.ret;
+        }
+        if (writeData) {
+          writes.push(s.target.pwrite(sectorNum * SECTOR, buf.subarray(first * SECTOR, (first + n) * SECTOR)));
+        } else if (!s.hasZeroInit) {
+          writes.push(s.target.writeZeroes(sectorNum * SECTOR, n * SECTOR, { mayUnmap: true }));
+        }
       }
-      if (writeData) {
-        await s.target.pwrite(sectorNum * SECTOR, buf.subarray(first * SECTOR, (first + n) * SECTOR));
-      } else if (!s.hasZeroInit) {
-        await s.target.writeZeroes(sectorNum * SECTOR, n * SECTOR, { mayUnmap: true });
-      }
+      sectorNum += n;
+      nbSectors -= n;
+      first += n;
     }
-    sectorNum += n;
-    nbSectors -= n;
-    first += n;
+  } finally {
+    issued();
   }
+  // Every write is waited for, failed or not (the buffer goes back to the pool after this),
+  // then the first failure is reported.
+  for (const r of await Promise.allSettled(writes)) if (r.status === 'rejected') throw r.reason;
 }
 
 async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines: number, wrInOrder: boolean, progress: Progress): Promise<void> {
@@ -236,8 +254,13 @@ async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines: number
 
   let allocatedDone = 0;
   let failed: unknown = null;
-  // The previous request's write: with in-order writes each request waits for it.
-  let lastWrite: Promise<void> = Promise.resolve();
+  // In-order writes (qemu-img's default, without -W): each chunk issues its writes only after
+  // the previous chunk has issued its own, so the target sees them in image order and a
+  // format that allocates (QED) lays the clusters out in that order, as qemu-img does. Unlike
+  // qemu-img, a chunk does not wait for the previous write to complete: the target's own
+  // ordering (QED's allocation lock, taken in issue order) keeps the layout, and the next
+  // chunk's data goes down while the previous one's L2 update is still being written.
+  let lastIssued: Promise<void> = Promise.resolve();
   const queue = new PQueue({ concurrency: numCoroutines });
   // Chunk buffers are reused (at most one per queue slot is in use): no fresh, zero-filled
   // buffer per chunk. A read fills every byte it is given (zeros past the source's end).
@@ -254,12 +277,12 @@ async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines: number
       allocatedDone += n;
       progress.print((100 * allocatedDone) / allocatedSectors, 0);
     }
-    const prevWrite = lastWrite;
-    let release!: () => void;
-    lastWrite = new Promise<void>((resolve) => {
-      release = resolve;
+    const prevIssued = lastIssued;
+    let markIssued!: () => void;
+    lastIssued = new Promise<void>((resolve) => {
+      markIssued = resolve;
     });
-    const myRelease = release;
+    const myIssued = markIssued;
     void queue.add(async () => {
       // Only data chunks (read, or zeros written as data) need a buffer; they are at most
       // bufSectors long. Zero runs written with writeZeroes and backing runs never touch it.
@@ -281,10 +304,10 @@ async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines: number
           buf.fill(0);
           status = 'data';
         }
-        if (wrInOrder) await prevWrite;
+        if (wrInOrder) await prevIssued;
         if (failed === null) {
           try {
-            await convertWrite(s, start, n, buf, status);
+            await convertWrite(s, start, n, buf, status, myIssued);
           } catch (e) {
             if (failed === null) {
               env.o.error(`error while writing at byte ${start * SECTOR}: ${errnoMessage(e)}`);
@@ -294,7 +317,8 @@ async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines: number
         }
       } finally {
         if (pooled !== null) freeBufs.push(pooled);
-        myRelease();
+        // Also when this chunk wrote nothing (a read error, an earlier failure).
+        myIssued();
       }
     });
     // Back-pressure: no more requests in flight than coroutines.
