@@ -69,7 +69,9 @@ export function makeCreateContext(registry: BlockDriverRegistry): CreateContext 
         });
       }
       await proto.create(filename, { size: 0 }, this);
-      return BlockDriverState.open(filename, { format: proto.formatName, registry });
+      // The format's create hook writes its image through this node past its (zero) end, as
+      // QEMU's create functions do after blk_set_allow_write_beyond_eof.
+      return BlockDriverState.open(filename, { format: proto.formatName, registry, child: true });
     },
   };
 }

@@ -112,6 +112,14 @@ export interface OpenOptions {
   driverOptions?: Record<string, string>;
   /** How deep in a backing chain this node is opened; the generic layer sets it. */
   depth?: number;
+  /**
+   * The node is opened for a parent node (QEMU's BdrvChild: a format's `file`, a filter's
+   * image, a backing file, a format's create hook) rather than for a user (QEMU's
+   * BlockBackend). Only then does a protocol or filter node grow on writes past its end and
+   * read zeros there; a user's node refuses such requests with EIO, as qemu-io does. The
+   * generic layer and the built-in drivers set it for the children they open. Default false.
+   */
+  child?: boolean;
 }
 
 /** Options of `create` (the -o options of qemu-img create). */

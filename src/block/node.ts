@@ -114,6 +114,11 @@ export class BlockDriverState {
   private flushedGen = 0;
   /** Flushes of this node now at their flush_to_disk step (see flushToDiskDue). */
   private flushingToDisk = 0;
+  /**
+   * Used by a parent node (opened with `child`, or put in a parent's `file` slot), not by a
+   * user directly: see `growable`.
+   */
+  private attached: boolean;
 
   /**
    * A bare node; `open` is the normal way to get one. Drivers that build nodes by hand call
@@ -127,6 +132,7 @@ export class BlockDriverState {
     this.clock = options.clock ?? realClock;
     this.depth = options.depth ?? 0;
     this.registry = options.registry ?? getDefaultRegistry();
+    this.attached = options.child ?? false;
     const align = driver.requestAlignment ?? (driver.isProtocol || driver.isFilter ? 1 : BDRV_SECTOR_SIZE);
     if (!Number.isSafeInteger(align) || align < 1) {
       throw new BlockError('EINVAL', `Driver '${driver.formatName}' has an invalid request alignment ${align}`);
@@ -171,6 +177,8 @@ export class BlockDriverState {
     // The protocol (or filter) node gets only what concerns storage: format-level options
     // (copy-on-read, check, backing) belong to the format node above it.
     const protoOpts: OpenOptions = {
+      // The format node writes through it: a child, which may grow.
+      child: true,
       readOnly: opts.readOnly,
       noFlush: opts.noFlush,
       forceShare: opts.forceShare,
@@ -216,11 +224,16 @@ export class BlockDriverState {
     return bs;
   }
 
-  /** Run the driver's open hook and mark the node open. */
+  /**
+   * Run the driver's open hook and mark the node open. Whatever sits in `file` before or after
+   * the hook (a node built by hand, a filter's image) becomes a child that may grow.
+   */
   async driverOpen(): Promise<void> {
     if (this.opened) throw new BlockError('EINVAL', `Node '${this.filename}' is already open`, { op: 'open' });
+    if (this.file) this.file.attached = true;
     try {
       await this.driver.open?.(this, this.openOptions);
+      if (this.file) this.file.attached = true;
     } catch (e) {
       // The driver's open failed: the children it got from us are ours to close.
       await this.closeChildren().catch(() => undefined);
@@ -261,6 +274,7 @@ export class BlockDriverState {
         {
           format,
           readOnly: true,
+          child: true,
           registry: this.registry,
           clock: this.clock,
           depth,
@@ -313,16 +327,36 @@ export class BlockDriverState {
   }
 
   /**
-   * Protocol and filter nodes grow: a format driver allocates by writing past the end of its
-   * file, and reads there see zeros (QEMU's growable protocol nodes). Format nodes have a fixed
-   * virtual size and refuse requests past it.
+   * Protocol and filter nodes used as children grow: a format driver allocates by writing past
+   * the end of its file, and reads there see zeros (QEMU's requests through a BdrvChild). A node
+   * the user opened directly (-f file, a filter name as the top image) refuses requests past its
+   * end with EIO, as QEMU's BlockBackend does; so do format nodes, whose virtual size is fixed.
    */
   get growable(): boolean {
+    return this.attached && this.isStorage();
+  }
+
+  private isStorage(): boolean {
     return (this.driver.isProtocol ?? false) || (this.driver.isFilter ?? false);
   }
 
+  /**
+   * The length a user's protocol or filter node shows: whole sectors, as QEMU's block layer
+   * counts sizes (its BlockBackend bounds requests by bdrv_getlength, which rounds up). The
+   * tail of the last sector reads as zeros (the driver zero-fills past its end) and a write
+   * there grows the file, as in qemu-io -f file. Children and format nodes keep their length.
+   */
+  private userLength(len: number): number {
+    return this.attached || !this.isStorage() ? len : roundUp(len, BDRV_SECTOR_SIZE);
+  }
+
+  /** The length requests are bounded by and padded against (see userLength). */
+  private async limitUnchecked(): Promise<number> {
+    return this.userLength(await this.lengthUnchecked());
+  }
+
   private async checkBounds(op: string, offset: number, bytes: number): Promise<number> {
-    const len = await this.lengthUnchecked();
+    const len = await this.limitUnchecked();
     if (offset + bytes > len && !this.growable) {
       throw new BlockError('EIO', `${op}: request ${offset}+${bytes} is past the end of the image (${len} bytes)`, {
         op,
@@ -884,7 +918,7 @@ export class BlockDriverState {
   }
 
   async getLength(): Promise<number> {
-    return this.inflight('get_length', () => this.lengthUnchecked());
+    return this.inflight('get_length', () => this.limitUnchecked());
   }
 
   private async lengthUnchecked(): Promise<number> {
@@ -928,7 +962,8 @@ export class BlockDriverState {
    */
   private async statusRange(op: string, offset: number, bytes: number): Promise<number> {
     this.checkArgs(op, offset, bytes);
-    const len = await this.lengthUnchecked();
+    // A user's protocol node answers for its sector tail too: the driver says zeros past EOF.
+    const len = await this.limitUnchecked();
     if (offset > len) {
       throw new BlockError('EIO', `${op}: offset ${offset} is past the end of the image (${len} bytes)`, {
         op,
@@ -1237,7 +1272,7 @@ export class BlockDriverState {
   knownLength(): number | null {
     if (!this.isOpen) return null;
     const len = this.lengthSync();
-    return len === null || invalidNumber(len) ? null : len;
+    return len === null || invalidNumber(len) ? null : this.userLength(len);
   }
 
   private aioNative(

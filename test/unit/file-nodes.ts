@@ -15,7 +15,10 @@ export const fileRawRegistry = new BlockDriverRegistry().register(fileDriver).re
 export interface FileNodes {
   /** This test's temp dir. */
   readonly dir: string;
-  /** Open `path` as `format`; the node is closed after the test. */
+  /**
+   * Open `path` as `format`; the node is closed after the test. A bare file node is opened as a
+   * format's child sees it (`child`): the file's own length, growth past the end.
+   */
   opened(path: string, format?: 'file' | 'raw'): Promise<BlockDriverState>;
 }
 
@@ -41,7 +44,7 @@ export function useFileNodes(prefix: string, addon: SeekAddon | undefined): File
       return dir;
     },
     async opened(path: string, format: 'file' | 'raw' = 'file'): Promise<BlockDriverState> {
-      const bs = await BlockDriverState.open(path, { format, registry: fileRawRegistry });
+      const bs = await BlockDriverState.open(path, { format, registry: fileRawRegistry, child: true });
       nodes.push(bs);
       return bs;
     },

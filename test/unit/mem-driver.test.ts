@@ -33,8 +33,9 @@ describe('mem driver', () => {
     for (const n of nodes.splice(0)) await n.close();
     for (const n of used.splice(0)) memStoreDelete(n);
   });
+  // Opened as a format's child sees it (`child`): the store's own length, growth past the end.
   async function opened(filename: string, readOnly = false): Promise<BlockDriverState> {
-    const bs = await BlockDriverState.open(filename, { format: 'mem', registry, readOnly });
+    const bs = await BlockDriverState.open(filename, { format: 'mem', registry, readOnly, child: true });
     nodes.push(bs);
     return bs;
   }

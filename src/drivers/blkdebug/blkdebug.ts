@@ -57,6 +57,8 @@ export async function openProtocolNode(
 ): Promise<BlockDriverState> {
   const drv = parent.registry.findProtocol(filename);
   return BlockDriverState.open(filename, {
+    // The filter passes requests through it: a child, which may grow under a format.
+    child: true,
     readOnly: options.readOnly,
     noFlush: options.noFlush,
     forceShare: options.forceShare,

@@ -56,6 +56,8 @@ export function isProtocolName(bs: BlockDriverState, name: string): boolean {
 async function blkverifyOpen(bs: BlockDriverState, options: OpenOptions): Promise<void> {
   const { raw, image } = blkverifyParseFilename(bs.filename, (n) => isProtocolName(bs, n));
   const common = {
+    // Both images are the filter's children: a protocol node among them may grow.
+    child: true,
     readOnly: options.readOnly,
     noFlush: options.noFlush,
     forceShare: options.forceShare,
