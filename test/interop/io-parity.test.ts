@@ -21,6 +21,8 @@ const QED_DATA: ImageSpec = {
 const RAW_DATA: ImageSpec = { name: 'data.raw', fmt: 'raw', size: '1M', setup: ['write -P 0x5a 4k 8k'] };
 /** A raw backing file and a QED overlay naming it relatively (created with -u, then copied). */
 const BASE: ImageSpec = { ...RAW_DATA, name: 'base.raw' };
+/** A raw file whose size (1000000) is not a multiple of 512, full of data. */
+const ODD: ImageSpec = { name: 'odd.raw', fmt: 'raw', size: '1M', setup: ['write -P 0x5a 0 1M', 'truncate 1000000'] };
 const OVERLAY: ImageSpec = { name: 'over.qed', fmt: 'qed', size: '1M', opts: ['-u', '-b', 'base.raw', '-F', 'raw'] };
 
 const q = (...c: string[]): string[] => [...cmds(...c), 'img.qed'];
@@ -203,6 +205,39 @@ const sessions: Session[] = [
     args: ['-f', 'qed', ...cmds('alloc 0', 'alloc 64k', 'alloc 64k 1M', 'alloc 60k 8k', 'alloc 256k 64k', 'alloc 0 4M', 'alloc 4M', 'alloc 5M 1', 'alloc 100 1', 'alloc 2M 1k', 'alloc 1x', 'alloc 0 1x', 'alloc 0 0', 'alloc 8E'), 'data.qed'],
     images: [QED_DATA],
   },
+
+  // --- a protocol node opened by the user: bounded like QEMU's BlockBackend, never grows -------
+  {
+    name: 'file node refuses requests past its end',
+    args: ['-f', 'file', ...cmds('write -P 1 1M 4k', 'write -P 1 1020k 8k', 'read 1020k 8k', 'read 1M 1', 'read 1048577 0', 'write 1048577 0', 'read 1M 0', 'write 1M 0', 'write -P 2 1048575 1', 'write 1048575 2', 'read -v 1048570 6', 'read 1048575 2', 'write -z 1M 4k', 'write -z 1020k 8k', 'write -z 1048575 2', 'write -z 1M 0', 'discard 1M 4k', 'discard 1020k 8k', 'discard 1048575 2', 'discard 1M 0', 'writev 1020k 4k 4k', 'readv 1020k 4k 4k', 'alloc 1M', 'alloc 1020k 8k', 'map', 'length', 'truncate 2M', 'write -P 5 1M 4k', 'read -P 5 1M 4k', 'write 2M 1', 'length'), 'img.raw'],
+    images: [RAW],
+    compareImages: true,
+  },
+  {
+    name: 'file node aio past its end',
+    args: ['-f', 'file', ...cmds('aio_write 1M 4k', 'aio_flush', 'aio_read 1020k 8k', 'aio_flush', 'aio_write -z 1M 512', 'aio_flush', 'aio_write -P 3 1044480 4k', 'aio_flush', 'aio_read -P 3 1044480 4k', 'aio_flush', 'length'), 'img.raw'],
+    images: [RAW],
+    compareImages: true,
+  },
+  {
+    name: 'file node of an unaligned size counts whole sectors',
+    args: ['-f', 'file', ...cmds('length', 'read -v 999990 20', 'write -P 3 999999 2', 'read -v 999990 20', 'write 1000448 1', 'write -z 1000000 1', 'write -P 4 1000001 447', 'read 1000448 0', 'read 1000448 1', 'alloc 999936 512', 'map', 'length'), 'odd.raw'],
+    images: [ODD],
+    compareImages: true,
+  },
+  {
+    name: 'file node of an unaligned size with -t none',
+    args: ['-t', 'none', '-f', 'file', ...cmds('read -v 999990 20', 'write -P 3 999999 2', 'read -v 999990 20', 'write 1000448 1', 'aio_write -P 4 1000000 448', 'aio_flush', 'read -v 999996 8', 'length'), 'odd.raw'],
+    images: [ODD],
+    compareImages: true,
+  },
+  {
+    name: 'filter node opened as the image refuses requests past its end',
+    args: ['-f', 'blkdebug', ...cmds('write 1M 1', 'read 1048575 2', 'write -P 7 1048575 1', 'read -v 1048575 1', 'write -z 1M 512', 'discard 1M 512', 'length'), 'blkdebug::img.raw'],
+    images: [RAW],
+    compareImages: true,
+  },
+  { name: 'raw node refuses requests past its end', args: r('write 1M 4k', 'read 1020k 8k', 'write -z 1M 4k', 'discard 1M 4k', 'write -P 6 1048575 1', 'read 1048575 2', 'read -v 1048575 1'), images: [RAW], compareImages: true },
 
   // --- size parsing (cvtnum) through alloc ---------------------------------------------------
   {
