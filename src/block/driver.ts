@@ -195,6 +195,15 @@ export interface BlockDriver {
   create?(filename: string, options: CreateOptions, ctx: CreateContext): Promise<void>;
 
   coPreadv?(bs: BlockDriverState, offset: number, bytes: number, qiov: IOVector): Promise<void>;
+  /**
+   * Read now, synchronously, if the data is at hand without waiting (the host's page cache):
+   * true when `qiov` holds the `bytes` bytes at `offset`; false when the driver cannot (not
+   * cached, an error, anything unusual), and the caller then uses coPreadv, which does the
+   * read properly and reports any error. Called only for requests the generic layer has
+   * checked (open, in bounds, aligned). Optional: it saves the promises and the turns of the
+   * event loop of a request whose data is already in memory.
+   */
+  preadvNow?(bs: BlockDriverState, offset: number, bytes: number, qiov: IOVector): boolean;
   coPwritev?(bs: BlockDriverState, offset: number, bytes: number, qiov: IOVector, flags: WriteFlags): Promise<void>;
   aioReadv?(bs: BlockDriverState, sectorNum: number, qiov: IOVector, nbSectors: number, cb: CompletionFunc): BlockAIOCB;
   aioWritev?(bs: BlockDriverState, sectorNum: number, qiov: IOVector, nbSectors: number, cb: CompletionFunc): BlockAIOCB;

@@ -511,6 +511,7 @@ export class BlockDriverState {
   }
 
   async preadv(offset: number, qiov: IOVector): Promise<void> {
+    if (this.preadvNow(offset, qiov)) return;
     const bytes = qiov.size;
     this.checkArgs('read', offset, bytes);
     const fn = this.io.coPreadv;
@@ -526,6 +527,22 @@ export class BlockDriverState {
       return;
     }
     await this.inflight('read', () => this.doPreadv(offset, qiov));
+  }
+
+  /**
+   * Read now, synchronously, when the driver can without waiting (its preadvNow hook: the
+   * host's page cache): true when `qiov` holds the bytes. False when nothing was done and
+   * preadv must be used: only a request preadv's fast path would take qualifies (valid, open,
+   * in bounds, aligned, no copy-on-read, no overlapping serialising request), and preadv
+   * handles and reports everything else. The read starts and ends within this call, so it
+   * needs no place among the tracked or in-flight requests.
+   */
+  preadvNow(offset: number, qiov: IOVector): boolean {
+    const drv = this.driver;
+    if (drv.preadvNow === undefined) return false;
+    const bytes = qiov.size;
+    if (invalidNumber(offset) || offset + bytes > Number.MAX_SAFE_INTEGER || !this.fastReadOk(offset, bytes)) return false;
+    return drv.preadvNow(this, offset, bytes, qiov);
   }
 
   /**
@@ -1240,6 +1257,7 @@ export class BlockDriverState {
       }
       return this.doPwritev(offset, qiov, NO_FLAGS);
     }
+    if (this.preadvNow(offset, qiov)) return RESOLVED;
     const fn = this.io.coPreadv;
     if (fn !== undefined && this.fastReadOk(offset, bytes)) {
       return this.fastRun(offset, bytes, false, () => fn(this, offset, bytes, qiov));

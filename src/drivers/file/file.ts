@@ -5,10 +5,11 @@
  * requests run about twice as fast as through FileHandle.read/write, and nothing but the
  * promise and its callback is allocated per request.
  *
- * Reads first ask the page cache directly (preadv2 with RWF_NOWAIT, through the native addon):
- * what is cached is copied right here, with no thread-pool round trip, and a read that would
- * wait for the disk goes to the thread pool as before. io_uring does the same inline attempt;
- * libuv's thread pool costs two thread hand-offs per request, more than copying 64 KiB.
+ * Reads first ask the page cache directly (the preadvNow hook: preadv2 with RWF_NOWAIT, through
+ * the native addon): what is cached is copied right here, with no thread-pool round trip and
+ * no promise, and a read that would wait for the disk goes to the thread pool (coPreadv).
+ * io_uring does the same inline attempt; libuv's thread pool costs two thread hand-offs per
+ * request, more than copying 64 KiB.
  */
 import { read as fsRead, readv as fsReadv, write as fsWrite, writev as fsWritev, type Stats } from 'node:fs';
 import { open as fsOpen, type FileHandle } from 'node:fs/promises';
@@ -252,18 +253,13 @@ async function fileCoPreadv(bs: BlockDriverState, offset: number, bytes: number,
   const s = state(bs);
   // Never touch more than `bytes`, even if the vector is longer.
   const iov = qiov.size === bytes ? qiov.iov : qiov.slice(0, bytes).iov;
-  // What the page cache holds is read now; -1: nothing without waiting (or an error, which
-  // the thread pool's read reports properly), 0: end of file, short: only the head is cached.
-  let done = s.readNowait !== null && bytes <= NOWAIT_MAX_BYTES ? fileReadNowait(s, iov, bytes, offset) : -1;
-  if (done === 0 || done === bytes) {
-    // Past EOF a host file reads as zeros (the layer above may cover a growing file).
-    if (done === 0) qiov.memset(0, 0, bytes);
-    return;
-  }
+  // The page cache was asked first (filePreadvNow, through the generic layer): this is the
+  // thread pool's read.
+  let done: number;
   beginIO(s);
   try {
     // One pread inline (no helper frame); a short count goes on in preadvRest.
-    if (done < 0) done = await preadOnce(s.fh.fd, iov, bytes, offset);
+    done = await preadOnce(s.fh.fd, iov, bytes, offset);
     if (done < bytes && done > 0) done = await preadvRest(s.fh.fd, iov, bytes, offset, done);
   } catch (e) {
     throw toBlockError(e, { op: 'read', offset, path: s.path });
@@ -280,6 +276,20 @@ async function fileCoPreadv(bs: BlockDriverState, offset: number, bytes: number,
  * microseconds), and in the pool it overlaps with them (convert: read ahead while writing).
  */
 const NOWAIT_MAX_BYTES = 256 * 1024;
+
+/**
+ * The preadvNow hook: the whole request from the page cache, now, or nothing (false: a miss,
+ * only part cached, an error; coPreadv then reads it, and reports the error).
+ */
+function filePreadvNow(bs: BlockDriverState, offset: number, bytes: number, qiov: IOVector): boolean {
+  const s = bs.opaque as FileState | null;
+  if (s === null || s.readNowait === null || bytes > NOWAIT_MAX_BYTES) return false;
+  if (bytes === 0) return true;
+  const n = fileReadNowait(s, qiov.size === bytes ? qiov.iov : qiov.slice(0, bytes).iov, bytes, offset);
+  // Past EOF a host file reads as zeros (the layer above may cover a growing file).
+  if (n === 0) qiov.memset(0, 0, bytes);
+  return n === 0 || n === bytes;
+}
 
 /** preadv2(RWF_NOWAIT); a host that cannot do it (-2) is not asked again. */
 function fileReadNowait(s: FileState, iov: readonly Uint8Array[], bytes: number, offset: number): number {
@@ -581,6 +591,7 @@ export const fileDriver: BlockDriver = {
   close: fileClose,
   create: fileCreate,
   coPreadv: fileCoPreadv,
+  preadvNow: filePreadvNow,
   coPwritev: fileCoPwritev,
   coWriteZeroes: fileCoWriteZeroes,
   coDiscard: fileCoDiscard,

@@ -149,7 +149,10 @@ export async function qedAioNextIo(s: BDRVQEDState, acb: QEDRequestState): Promi
           await qedFile(s).pwritev(run.hostOffset, qedCurrentQiov(acb, done));
         } else {
           if (qedTracing(s)) qedTrace(s, 'qedAioReadData', { acb, ret: run.kind, offset: run.hostOffset, len: done });
-          await qedFile(s).preadv(run.hostOffset, qedCurrentQiov(acb, done));
+          // From the page cache right now when it holds the data: no await, the loop goes on.
+          const file = qedFile(s);
+          const cur = qedCurrentQiov(acb, done);
+          if (!file.preadvNow(run.hostOffset, cur)) await file.preadv(run.hostOffset, cur);
         }
       } else {
         done = acb.flags & QED_AIOCB_WRITE ? await qedAioWriteData(s, acb, run) : await qedAioReadData(s, acb, run);

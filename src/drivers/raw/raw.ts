@@ -134,6 +134,11 @@ function rawCoPreadv(bs: BlockDriverState, offset: number, _bytes: number, qiov:
   return f.preadv(offset, qiov);
 }
 
+/** Pass-through: the file child reads now if it can. */
+function rawPreadvNow(bs: BlockDriverState, offset: number, _bytes: number, qiov: IOVector): boolean {
+  return bs.file?.preadvNow(offset, qiov) ?? false;
+}
+
 async function rawCoPwritev(
   bs: BlockDriverState,
   offset: number,
@@ -228,6 +233,7 @@ export const rawDriver: BlockDriver = {
   close: rawClose,
   create: rawCreate,
   coPreadv: rawCoPreadv,
+  preadvNow: rawPreadvNow,
   coPwritev: rawCoPwritev,
   coWriteZeroes: rawCoWriteZeroes,
   coDiscard: rawCoDiscard,
