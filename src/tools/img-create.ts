@@ -26,12 +26,15 @@ export function accumulateOptions(env: ImgEnv, acc: string | null, arg: string):
 }
 
 /**
- * The format driver that creates `fmt` images (bdrv_find_format, then its create check), or
+ * The driver that creates `fmt` images (bdrv_find_format, then its create check), or
  * qemu-img's message saying why there is none. dd words an unknown format without its name.
+ * Like bdrv_find_format, any driver's name counts, protocols and filters included: `-f file`
+ * creates a plain file through the file driver, a filter without a create hook (blkdebug) is
+ * refused as a format that "does not support image creation".
  */
 export function findCreateDriver(env: ImgEnv, fmt: string, unknownMessage = `Unknown file format '${fmt}'`): BlockDriver | string {
   const drv = env.registry.find(fmt);
-  if (!drv || drv.isProtocol || drv.isFilter) return unknownMessage;
+  if (!drv) return unknownMessage;
   if (!drv.create) return `Format driver '${fmt}' does not support image creation`;
   return drv;
 }
