@@ -228,4 +228,19 @@ export interface BlockDriver {
   makeEmpty?(bs: BlockDriverState): Promise<void>;
   /** A debug event announced on this node (blkdebug acts on it; may wait at a breakpoint). */
   debugEvent?(bs: BlockDriverState, event: BlkDebugEvent): Promise<void>;
+  /**
+   * The node is being drained (QEMU's bdrv_co_drain_begin), its own requests already done:
+   * finish background work now instead of later (QED runs its pending need-check job at
+   * once). Resolves when that work is done. Children the generic layer does not know of
+   * (blkverify's test image) are drained here.
+   */
+  drainBegin?(bs: BlockDriverState): Promise<void>;
+  /**
+   * Switch the open node to `options` (read-only, cache.no-flush) in place, keeping its state
+   * (QEMU's bdrv_reopen_prepare + commit). The node is drained and flushed; on failure nothing
+   * may have changed. Without the hook, the generic layer just changes the flags, except for a
+   * protocol whose read-only mode changes: its driver is closed and opened again on the same
+   * node (its state is only its handle on the storage).
+   */
+  reopen?(bs: BlockDriverState, options: OpenOptions): Promise<void>;
 }

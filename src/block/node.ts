@@ -21,6 +21,13 @@ import { BLOCK_PROBE_BUF_SIZE, BlockDriverRegistry, driverIO, getDefaultRegistry
 /** Longest backing chain we open below a top image (crosvm-style hard limit). */
 export const MAX_BACKING_DEPTH = 16;
 
+/** What `reopen` may change; an absent field keeps the node's current mode. */
+export interface ReopenOptions {
+  readOnly?: boolean;
+  /** cache.no-flush (cache=unsafe): flushes are ignored. */
+  noFlush?: boolean;
+}
+
 /** Largest zero buffer the writeZeroes fallback writes at once. */
 const WRITE_ZEROES_CHUNK = 1 << 20;
 
@@ -1341,6 +1348,78 @@ export class BlockDriverState {
   private async debugEventSlow(event: BlkDebugEvent): Promise<void> {
     this.events.emit('debug', event);
     await this.driver.debugEvent?.(this, event);
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Drain and reopen
+
+  /**
+   * Drain (QEMU's bdrv_drained_begin + end): wait for this node's requests in flight, let its
+   * driver finish background work now (drainBegin: QED's pending need-check job runs at once),
+   * then drain its children the same way. Nothing holds new requests back meanwhile: callers
+   * that need a quiet node issue none until it resolves. A closed node has nothing to drain.
+   */
+  async drain(): Promise<void> {
+    if (!this.isOpen) return;
+    while (this.inFlight > 0) await this.drained.wait();
+    await this.driver.drainBegin?.(this);
+    for (const child of [this.file, this.backing]) if (child) await child.drain();
+  }
+
+  /**
+   * Reopen in place with new flags (QEMU's bdrv_reopen): drain, flush under the old mode, then
+   * switch this node and its file chain (filters, protocol) to the new read-only /
+   * cache.no-flush mode. Every node stays open with its state (blkdebug rules, caches, QED's
+   * tables); the backing chain stays read-only. On failure nothing has changed; a failed
+   * flush is thrown with op 'reopen_flush' (qemu-io words it "Error flushing drive").
+   */
+  async reopen(options: ReopenOptions): Promise<void> {
+    this.checkOpen('reopen');
+    await this.drain();
+    try {
+      if (!this.readOnly) await this.flush();
+    } catch (e) {
+      const err = toBlockError(e, { op: 'flush', path: this.filename });
+      throw new BlockError(err.code, err.message, { op: 'reopen_flush', path: this.filename, cause: err });
+    }
+    const next = { readOnly: options.readOnly ?? this.readOnly, noFlush: options.noFlush ?? this.openOptions.noFlush ?? false };
+    const nodes: BlockDriverState[] = [this];
+    for (let n = this.file; n; n = n.file) nodes.push(n);
+    // Bottom-up: the protocol, the one that may refuse (storage that cannot be opened for
+    // writing), goes first, before any node above it changed.
+    nodes.reverse();
+    const done: { node: BlockDriverState; old: { readOnly: boolean; noFlush: boolean } }[] = [];
+    try {
+      for (const n of nodes) {
+        const old = { readOnly: n.readOnly, noFlush: n.openOptions.noFlush ?? false };
+        await n.reopenNode(next);
+        done.push({ node: n, old });
+      }
+    } catch (e) {
+      for (const { node, old } of done.reverse()) await node.reopenNode(old).catch(() => undefined);
+      throw toBlockError(e, { op: 'reopen', path: this.filename });
+    }
+  }
+
+  private async reopenNode(next: { readOnly: boolean; noFlush: boolean }): Promise<void> {
+    const options: OpenOptions = { ...this.openOptions, ...next };
+    if (this.driver.reopen) {
+      await this.driver.reopen(this, options);
+    } else if (next.readOnly !== this.readOnly && this.driver.isProtocol && this.driver.open) {
+      // A protocol's state is its handle on the storage: open that again in the new mode.
+      await this.driver.close?.(this);
+      try {
+        await this.driver.open(this, options);
+      } catch (e) {
+        // Get the old handle back; if even that fails, the node cannot serve requests anyway.
+        await this.driver.open(this, this.openOptions).catch(() => undefined);
+        throw e;
+      }
+    }
+    this.readOnly = next.readOnly;
+    // The same object the driver got at open (QED keeps it for invalidateCache).
+    this.openOptions.readOnly = next.readOnly;
+    this.openOptions.noFlush = next.noFlush;
   }
 
   // ---------------------------------------------------------------------------------------

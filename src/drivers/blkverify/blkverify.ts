@@ -105,6 +105,13 @@ export const blkverifyDriver: BlockDriver = {
 
   open: blkverifyOpen,
   close: blkverifyClose,
+  // The test image is a child the generic layer does not see: drain and reopen it with ours.
+  async drainBegin(bs) {
+    await state(bs).test.drain();
+  },
+  async reopen(bs, options) {
+    await state(bs).test.reopen({ readOnly: options.readOnly, noFlush: options.noFlush });
+  },
 
   async coPreadv(bs, offset, bytes, qiov) {
     const s = state(bs);

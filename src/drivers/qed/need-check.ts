@@ -62,10 +62,24 @@ export async function qedClearNeedCheck(s: BDRVQEDState): Promise<void> {
   }
   if (cleared) {
     try {
-      // Make the clean header itself durable.
-      await qedFile(s).flush();
+      // Make the clean header itself durable: a flush of the QED node (as QEMU's job does),
+      // which announces its flush events on the file and then flushes that file.
+      await s.bs.flush();
     } catch {
       // Nothing to undo: at worst the next open sees the bit and runs a check.
     }
   }
+}
+
+/**
+ * Drain (QEMU's bdrv_qed_drain_begin): the node's requests are done, so a pending timer fires
+ * now rather than 5 s later; the drain ends only when its job (or one already running) has
+ * finished, so a dirty image whose allocating writes completed is clean on disk by then.
+ */
+export async function qedDrainBegin(s: BDRVQEDState): Promise<void> {
+  if (s.timerTask) await s.timerTask;
+  if (s.closed || !s.needCheckTimer?.pending) return;
+  cancelNeedCheckTimer(s);
+  qedNeedCheckTimerCb(s);
+  if (s.timerTask) await s.timerTask;
 }

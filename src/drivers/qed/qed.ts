@@ -44,7 +44,7 @@ import {
   type QEDAIOCB,
 } from './io.js';
 import { L2Cache } from './l2-cache.js';
-import { cancelNeedCheckTimer, qedNeedCheckTimerCb } from './need-check.js';
+import { cancelNeedCheckTimer, qedDrainBegin, qedNeedCheckTimerCb } from './need-check.js';
 import { type BDRVQEDState, type QEDRequest, qedFile, qedState, qedWaitAllocPending, qedWriteHeaderSync } from './state.js';
 import { QEDTable, qedReadL1Table } from './table.js';
 
@@ -367,5 +367,8 @@ export const qedDriver: QEDBlockDriver = {
   changeBackingFile: qedChangeBackingFile,
   invalidateCache: qedInvalidateCache,
   check: qedCheckHook,
+  // Read-only and cache flags change in place with no QED work (QEMU's reopen_prepare does
+  // nothing either): no reopen hook.
+  drainBegin: (bs) => qedDrainBegin(qedState(bs)),
   createWarnings: qedCreateWarnings,
 };
