@@ -3,6 +3,7 @@
 import { resolve } from 'node:path';
 import { bdrvCreate } from '../block/create.js';
 import { BlockDriverState } from '../block/node.js';
+import { isBlockError } from '../block/errors.js';
 import { protocolPrefix } from '../block/path.js';
 import type { ToolOutput } from './common.js';
 import { attachTrace } from './io-trace.js';
@@ -345,6 +346,10 @@ export async function reopenF(s: IoSession, argv: string[]): Promise<number> {
     usage(s, reopenCmd);
     return EINVAL;
   }
+  const bs = image(s);
+  // qemu-io drains a node it is about to make read-only before looking at the options, so
+  // even a reopen refused below has let QED mark the image clean.
+  if (f.readOnly) await s.drain();
   const ro = opts.get('read-only');
   if (ro !== undefined) {
     if (hasRw) {
@@ -365,58 +370,38 @@ export async function reopenF(s: IoSession, argv: string[]): Promise<number> {
     else f.noFlush = v === 'on';
     opts.delete(key);
   }
-  for (const key of opts.keys()) {
-    s.o.error(`Cannot change the option '${key}'`);
-    return EINVAL;
-  }
-  const bs = image(s);
-  // bdrv_reopen_prepare flushes the image first (under the old cache mode): a failed flush
-  // leaves everything as it was.
+  // bdrv_reopen drains the node, then flushes it (under the old cache mode: a failed flush
+  // leaves everything as it was), and only then refuses options it cannot change.
   await s.drain();
-  try {
-    if (!bs.readOnly) await bs.flush();
-  } catch (e) {
-    s.o.error(`Error flushing drive: ${errnoText(e)}`);
-    return EINVAL;
-  }
-  if (s.flags.snapshot) {
-    // The temporary overlay lives in memory: closing it would lose it, and reopening the
-    // image itself would let writes reach it. Only the mode of the overlay changes.
-    await s.drain();
+  if (opts.size > 0 || s.flags.snapshot) {
+    try {
+      if (!bs.readOnly) await bs.flush();
+    } catch (e) {
+      s.o.error(`Error flushing drive: ${errnoText(e)}`);
+      return EINVAL;
+    }
+    for (const key of opts.keys()) {
+      s.o.error(`Cannot change the option '${key}'`);
+      return EINVAL;
+    }
+    // -s: the temporary overlay lives in memory, over the image opened read-only: only the
+    // overlay's mode changes, the image itself stays read-only.
     bs.readOnly = f.readOnly;
     s.flags = { ...f, snapshot: true };
     return 0;
   }
-  if (f.readOnly === s.flags.readOnly && !hasDrainWork(bs)) {
-    // Only the cache mode changes: QEMU keeps the same nodes, so their state (blkdebug rules
-    // already armed, flush generations) carries over. The write cache is ours (FUA or not),
-    // cache.no-flush is the nodes' open flag, O_DIRECT has no effect on our file driver.
-    for (let n: BlockDriverState | null = bs; n !== null; n = n.file) n.openOptions.noFlush = f.noFlush;
-    s.flags = { ...f };
-    return 0;
+  // The same nodes in the new mode: their state (blkdebug rules already armed, QED's caches,
+  // flush generations) carries over, as in QEMU. The write cache is the session's (FUA or
+  // not); O_DIRECT has no effect on our file driver.
+  try {
+    await bs.reopen({ readOnly: f.readOnly, noFlush: f.noFlush });
+  } catch (e) {
+    if (isBlockError(e) && e.op === 'reopen_flush') s.o.error(`Error flushing drive: ${errnoText(e)}`);
+    else s.o.error(errText(e));
+    return EINVAL;
   }
-  // Reopening is close + open with the new flags; the image keeps its format.
-  const old = s.flags;
-  const name = s.filename;
-  await closeImage(s);
-  const format = bs.driver.formatName;
-  if (await openfile(s, name, { ...f, format, snapshot: false }, new Map())) {
-    s.flags = { ...f, format: old.format };
-    return 0;
-  }
-  // Could not reopen that way: get the image back as it was.
-  await openfile(s, name, { ...old, format, snapshot: false }, new Map());
-  return EINVAL;
-}
-
-/**
- * Does a node in the chain do work when QEMU drains it for a reopen? QED's pending need-check
- * timer fires then and marks the image clean; our close + open does that too (at close), an
- * in-place change would not.
- */
-function hasDrainWork(bs: BlockDriverState): boolean {
-  for (let n: BlockDriverState | null = bs; n !== null; n = n.file) if (n.driver.formatName === 'qed') return true;
-  return false;
+  s.flags = { ...f };
+  return 0;
 }
 
 export const openCmd: CmdInfo = {

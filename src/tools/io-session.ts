@@ -83,12 +83,16 @@ export class IoSession {
     }
   }
 
-  /** bdrv_drain_all: wait for every AIO request, then report them. */
+  /**
+   * bdrv_drain_all: wait for every AIO request, report them, then drain the image's nodes
+   * (QED's pending need-check job runs now: a dirty image whose writes are done turns clean).
+   */
   async drain(): Promise<void> {
     while (this.inflight.size > 0) {
       await Promise.allSettled([...this.inflight]);
     }
     this.poll();
+    await this.bs?.drain();
   }
 }
 
