@@ -186,7 +186,27 @@ export async function openfile(
   s.bs = bs;
   s.filename = target;
   s.flags = f;
+  s.blkWritePerm = !f.readOnly;
+  nameNodes(s, bs);
   return true;
+}
+
+/**
+ * QEMU names every node it opens "#block" + a process-wide counter + two random digits
+ * (id_generate), children before their parent, a backing chain after its overlay. Only the
+ * image's own name is ever printed (a refused reopen), so only that one is kept.
+ */
+function nameNodes(s: IoSession, top: BlockDriverState): void {
+  const order: BlockDriverState[] = [];
+  const visit = (n: BlockDriverState): void => {
+    if (n.file) visit(n.file);
+    order.push(n);
+    if (n.backing) visit(n.backing);
+  };
+  visit(top);
+  const rand = Math.floor(Math.random() * 100);
+  s.nodeName = `#block${s.nodeCounter + order.indexOf(top)}${String(rand).padStart(2, '0')}`;
+  s.nodeCounter += order.length;
 }
 
 async function snapshotOverlay(base: BlockDriverState, target: string, f: OpenFlags): Promise<BlockDriverState> {
@@ -347,9 +367,13 @@ export async function reopenF(s: IoSession, argv: string[]): Promise<number> {
     return EINVAL;
   }
   const bs = image(s);
-  // qemu-io drains a node it is about to make read-only before looking at the options, so
-  // even a reopen refused below has let QED mark the image clean.
-  if (f.readOnly) await s.drain();
+  // qemu-io drains a node it is about to make read-only and gives up the write permission
+  // before looking at the options, so even a reopen refused below has let QED mark the image
+  // clean.
+  if (f.readOnly) {
+    await s.drain();
+    s.blkWritePerm = false;
+  }
   const ro = opts.get('read-only');
   if (ro !== undefined) {
     if (hasRw) {
@@ -373,7 +397,10 @@ export async function reopenF(s: IoSession, argv: string[]): Promise<number> {
   // bdrv_reopen drains the node, then flushes it (under the old cache mode: a failed flush
   // leaves everything as it was), and only then refuses options it cannot change.
   await s.drain();
-  if (opts.size > 0 || s.flags.snapshot) {
+  // read-only=on alone keeps the write permission taken at open or by a write: the
+  // permission check after the flush refuses the change.
+  const permRefused = f.readOnly && !bs.readOnly && s.blkWritePerm;
+  if (opts.size > 0 || s.flags.snapshot || permRefused) {
     try {
       if (!bs.readOnly) await bs.flush();
     } catch (e) {
@@ -382,6 +409,10 @@ export async function reopenF(s: IoSession, argv: string[]): Promise<number> {
     }
     for (const key of opts.keys()) {
       s.o.error(`Cannot change the option '${key}'`);
+      return EINVAL;
+    }
+    if (permRefused) {
+      s.o.error(`Read-only block node '${s.nodeName}' cannot support read-write users`);
       return EINVAL;
     }
     // -s: the temporary overlay lives in memory, over the image opened read-only: only the

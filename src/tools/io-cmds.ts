@@ -222,5 +222,6 @@ export async function qemuioCommand(s: IoSession, line: string): Promise<number>
     s.o.error('Block node is read-only');
     return -13;
   }
+  if (ct.write) s.blkWritePerm = true;
   return ct.cfunc(s, argv);
 }

@@ -52,6 +52,16 @@ export class IoSession {
   /** -T patterns: matching trace points of every opened image print on stderr. */
   readonly trace = new TraceOptions();
   /**
+   * The BlockBackend's write permission: taken at a read-write open and by the first write
+   * command on a writable node, given up when reopen makes the image read-only. While held,
+   * the node cannot be made read-only through `reopen -o read-only=on`.
+   */
+  blkWritePerm = false;
+  /** QEMU's node-name counter: every node opened in this run takes the next number. */
+  nodeCounter = 0;
+  /** The open image's automatic node name ("#block" + counter + two random digits). */
+  nodeName = '';
+  /**
    * AIO completions wait here until the main loop runs (a command that waits for I/O,
    * aio_flush, exit), as qemu-io's callbacks only run from its event loop. Reported newest
    * first: QEMU's bottom halves and its thread pool both complete in LIFO order.
