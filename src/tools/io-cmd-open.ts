@@ -193,14 +193,16 @@ export async function openfile(
 
 /**
  * QEMU names every node it opens "#block" + a process-wide counter + two random digits
- * (id_generate), children before their parent, a backing chain after its overlay. Only the
+ * (id_generate): a format's file before the format (the generic layer opens it first), a
+ * filter before the image it opens itself, a backing chain after its overlay. Only the
  * image's own name is ever printed (a refused reopen), so only that one is kept.
  */
 function nameNodes(s: IoSession, top: BlockDriverState): void {
   const order: BlockDriverState[] = [];
   const visit = (n: BlockDriverState): void => {
+    if (n.driver.isFilter === true) order.push(n);
     if (n.file) visit(n.file);
-    order.push(n);
+    if (n.driver.isFilter !== true) order.push(n);
     if (n.backing) visit(n.backing);
   };
   visit(top);

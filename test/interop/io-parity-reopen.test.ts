@@ -99,6 +99,18 @@ sessions.push(
     compareImages: true,
   },
   {
+    name: '-f file: the protocol node reopens its file in place',
+    args: ['-f', 'file', ...cmds('reopen -r', 'write 0 1', 'reopen -w', 'write -P 3 0 1', 'read -P 3 0 1', 'reopen -o read-only=on', 'reopen -r', 'read -P 3 0 1', 'reopen -c writeback', 'map'), 'img.raw'],
+    images: [RAW],
+    compareImages: true,
+  },
+  {
+    name: '-f raw -r made writable, -f blkdebug names its filter node first',
+    args: ['-f', 'raw', '-r', ...cmds('reopen -w', 'write -P 4 512 512', 'reopen -c none', 'read -P 4 512 512', 'close', 'open -r -o driver=blkdebug blkdebug::img.raw', 'reopen -w', 'write -P 5 0 1', 'reopen -o read-only=on', 'read -P 5 0 1'), 'img.raw'],
+    images: [RAW],
+    compareImages: true,
+  },
+  {
     name: 'a read-only image refuses writes without taking the permission',
     args: ['-r', ...QO('write 0 1', 'reopen -o read-only=on', 'reopen -o read-only=off', 'reopen -o read-only=on', 'write 0 1')],
     images: [QED],
