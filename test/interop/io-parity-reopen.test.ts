@@ -22,6 +22,8 @@ const TSX = pathToFileURL(join(ROOT, 'node_modules/tsx/dist/loader.mjs')).href;
 const RULES: Record<string, string> = {
   'disk.cfg': '[inject-error]\nevent = "flush_to_disk"\nerrno = "5"\nonce = "on"\n',
   'os.cfg': '[inject-error]\nevent = "flush_to_os"\nerrno = "5"\nonce = "on"\n',
+  // After the first flush to disk, every write to the header sector fails.
+  'hdr.cfg': '[set-state]\nevent = "flush_to_disk"\nstate = "1"\nnew_state = "2"\n[inject-error]\nstate = "2"\nevent = "pwritev"\nsector = "0"\nerrno = "5"\n',
 };
 
 const QED: ImageSpec = { name: 'img.qed', fmt: 'qed', size: '1M' };
@@ -56,11 +58,18 @@ const WORK: { name: string; opts: string[]; list: string[] }[] = [
 
 const sessions: Session[] = [];
 for (const w of WORK) {
-  for (const cfg of Object.keys(RULES)) {
+  for (const cfg of ['disk.cfg', 'os.cfg']) {
     sessions.push({ name: `qed, ${w.name}, rule on ${cfg}`, args: qed(cfg, w.opts, w.list), images: [QED], compareImages: true });
   }
 }
 sessions.push(
+  {
+    // The drain's need-check job cannot write the header: the bit stays, in memory and on disk.
+    name: 'qed: the header write of the drain\'s job fails',
+    args: qed('hdr.cfg', ['-t', 'writeback'], ['write -P 1 0 4k', 'flush', 'write -P 1 64k 4k', 'reopen -r', 'read -P 1 0 4k', 'reopen -w', 'write -P 2 4k 4k', 'aio_flush', 'read -P 2 4k 4k']),
+    images: [QED],
+    compareImages: true,
+  },
   {
     name: 'raw: rules armed before reopen fire after it',
     args: raw('os.cfg', [], ['write -P 1 0 4k', 'reopen -r', 'read -P 1 0 4k', 'reopen -w', 'write -P 2 4k 4k', 'read -P 2 4k 4k']),
@@ -179,6 +188,7 @@ describe.skipIf(!qemu)('blk-io reopen / aio_flush drain like qemu-io 7.2', () =>
         const theirs = runQemuImg(['check', '-f', 'qed', join(runner.lastCaseDir, `${img.name}.qemu`)]);
         expect(ours.stdout.replaceAll('.qed.qemu', '.qed')).toBe(theirs.stdout.replaceAll('.qed.qemu', '.qed'));
         expect(ours.status).toBe(theirs.status);
+        expect(features(join(runner.lastCaseDir, img.name))).toBe(features(join(runner.lastCaseDir, `${img.name}.qemu`)));
         expect([0, 3]).toContain(ours.status);
       }
     });
