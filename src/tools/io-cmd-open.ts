@@ -44,6 +44,13 @@ export function parseCacheMode(mode: string, f: OpenFlags): boolean {
   }
 }
 
+/** QEMU's boolean option words (qapi_bool_parse); null for anything else. */
+export function parseBool(v: string): boolean | null {
+  if (['on', 'yes', 'true', 'y'].includes(v)) return true;
+  if (['off', 'no', 'false', 'n'].includes(v)) return false;
+  return null;
+}
+
 export function validDiscardMode(mode: string): boolean {
   return ['off', 'ignore', 'on', 'unmap'].includes(mode);
 }
@@ -376,29 +383,65 @@ export async function reopenF(s: IoSession, argv: string[]): Promise<number> {
     await s.drain();
     s.blkWritePerm = false;
   }
-  const ro = opts.get('read-only');
-  if (ro !== undefined) {
+  // Values are checked by bdrv_reopen (after its drain); a bad one leaves the mode as it was.
+  const bad: { key: string | null } = { key: null };
+  const boolOpt = (key: string): boolean | undefined => {
+    const v = opts.get(key);
+    if (v === undefined) return undefined;
+    opts.delete(key);
+    const b = parseBool(v);
+    if (b === null) bad.key ??= key;
+    return b ?? undefined;
+  };
+  if (opts.has('read-only')) {
     if (hasRw) {
       s.o.error("Cannot set both -r/-w and 'read-only'");
       return EINVAL;
     }
-    f.readOnly = ro === 'on' || ro === 'true';
-    opts.delete('read-only');
+    f.readOnly = boolOpt('read-only') ?? f.readOnly;
   }
-  for (const key of ['cache.direct', 'cache.no-flush']) {
-    const v = opts.get(key);
-    if (v === undefined) continue;
+  if (opts.has('cache.direct') || opts.has('cache.no-flush')) {
     if (hasCache) {
       s.o.error('Cannot set both -c and the cache options');
       return EINVAL;
     }
-    if (key === 'cache.direct') f.nocache = v === 'on';
-    else f.noFlush = v === 'on';
-    opts.delete(key);
+    f.nocache = boolOpt('cache.direct') ?? f.nocache;
+    f.noFlush = boolOpt('cache.no-flush') ?? f.noFlush;
   }
-  // bdrv_reopen drains the node, then flushes it (under the old cache mode: a failed flush
-  // leaves everything as it was), and only then refuses options it cannot change.
+  // Accepted with no effect here: auto-read-only (only matters at open), discard (as open -d),
+  // cache.direct of the file (O_DIRECT means nothing to our file driver).
+  boolOpt('auto-read-only');
+  boolOpt('file.cache.direct');
+  const discard = opts.get('discard');
+  const detectZeroes = opts.get('detect-zeroes');
+  // bdrv_reopen drains the node, checks the values, flushes it (under the old cache mode: a
+  // failed flush leaves everything as it was), and only then refuses options it cannot change.
   await s.drain();
+  if (bad.key !== null) {
+    s.o.error(`Parameter '${bad.key}' expects 'on' or 'off'`);
+    return EINVAL;
+  }
+  if (discard !== undefined) {
+    if (!validDiscardMode(discard)) {
+      s.o.error('Invalid discard option');
+      return EINVAL;
+    }
+    opts.delete('discard');
+  }
+  if (detectZeroes !== undefined) {
+    if (!['off', 'on', 'unmap'].includes(detectZeroes)) {
+      s.o.error(`invalid parameter value: ${detectZeroes}`);
+      return EINVAL;
+    }
+    // Zero detection is not implemented: only "off", what every image here already does.
+    if (detectZeroes === 'off') opts.delete('detect-zeroes');
+  }
+  // Naming what the nodes already are changes nothing.
+  if (opts.get('driver') === bs.driver.formatName) opts.delete('driver');
+  if (bs.file !== null) {
+    if (opts.get('file.driver') === bs.file.driver.formatName) opts.delete('file.driver');
+    if (opts.get('file.filename') === bs.file.filename) opts.delete('file.filename');
+  }
   // read-only=on alone keeps the write permission taken at open or by a write: the
   // permission check after the flush refuses the change.
   const permRefused = f.readOnly && !bs.readOnly && s.blkWritePerm;
@@ -409,8 +452,10 @@ export async function reopenF(s: IoSession, argv: string[]): Promise<number> {
       s.o.error(`Error flushing drive: ${errnoText(e)}`);
       return EINVAL;
     }
-    for (const key of opts.keys()) {
-      s.o.error(`Cannot change the option '${key}'`);
+    // The image's own options first, then its file's (named without the prefix).
+    const keys = [...opts.keys()].sort((a, b) => Number(a.startsWith('file.')) - Number(b.startsWith('file.')));
+    for (const key of keys) {
+      s.o.error(`Cannot change the option '${key.startsWith('file.') ? key.slice(5) : key}'`);
       return EINVAL;
     }
     if (permRefused) {
