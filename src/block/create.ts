@@ -26,8 +26,8 @@ function optionSpecs(drv: BlockDriver): readonly CreateOptionSpec[] {
  * Check the options against the driver's list (unknown names are refused before anything is
  * created) and return them keyed by their camelCase keys.
  */
-export function validateCreateOptions(drv: BlockDriver, options: CreateOptions): CreateOptions {
-  const specs = optionSpecs(drv);
+export function validateCreateOptions(drv: BlockDriver, options: CreateOptions, proto: BlockDriver | null = null): CreateOptions {
+  const specs = proto === null || proto === drv ? optionSpecs(drv) : [...optionSpecs(drv), ...(proto.createOptions ?? [])];
   const out: CreateOptions = {};
   for (const [name, value] of Object.entries(options)) {
     if (value === undefined) continue;
@@ -56,11 +56,20 @@ export function validateCreateOptions(drv: BlockDriver, options: CreateOptions):
   return out;
 }
 
+/** The protocol a format's file would be created with; null when none (createFile then fails). */
+function protocolFor(registry: BlockDriverRegistry, filename: string): BlockDriver | null {
+  try {
+    return registry.findProtocol(filename);
+  } catch {
+    return null;
+  }
+}
+
 /** CreateContext for drivers: how a format gets its protocol-level file. */
 export function makeCreateContext(registry: BlockDriverRegistry): CreateContext {
   return {
     registry,
-    async createFile(filename: string): Promise<BlockDriverState> {
+    async createFile(filename: string, options?: CreateOptions): Promise<BlockDriverState> {
       const proto = registry.findProtocol(filename);
       if (!proto.create) {
         throw new BlockError('ENOTSUP', `Protocol driver '${proto.formatName}' does not support image creation`, {
@@ -68,7 +77,7 @@ export function makeCreateContext(registry: BlockDriverRegistry): CreateContext 
           path: filename,
         });
       }
-      await proto.create(filename, { size: 0 }, this);
+      await proto.create(filename, { ...options, size: options?.size ?? 0 }, this);
       // The format's create hook writes its image through this node past its (zero) end, as
       // QEMU's create functions do after blk_set_allow_write_beyond_eof.
       return BlockDriverState.open(filename, { format: proto.formatName, registry, child: true });
@@ -102,7 +111,10 @@ export async function bdrvCreate(filename: string, params: BdrvCreateParams): Pr
       path: filename,
     });
   }
-  const options = validateCreateOptions(drv, raw);
+  // As bdrv_img_create appends the protocol's create options to the format's, a format takes
+  // those too (preallocation=full for raw) and passes them on to its file.
+  const proto = drv.protocolName === undefined ? protocolFor(registry, filename) : null;
+  const options = validateCreateOptions(drv, raw, proto);
 
   const backingFile = typeof options.backingFile === 'string' ? options.backingFile : '';
   // An empty backing_fmt means none, as an absent one.

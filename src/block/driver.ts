@@ -149,9 +149,11 @@ export interface CreateContext {
   registry: BlockDriverRegistry;
   /**
    * Create (or truncate to 0) the protocol-level file `filename` and open it read-write.
-   * The caller closes it.
+   * The caller closes it. `options`, when given, are the protocol's create options (size,
+   * preallocation...) passed on as QEMU's formats pass theirs to bdrv_create_file; without
+   * them the file is created empty.
    */
-  createFile(filename: string): Promise<BlockDriverState>;
+  createFile(filename: string, options?: CreateOptions): Promise<BlockDriverState>;
 }
 
 /**

@@ -7,6 +7,7 @@ import {
   LONG_HELP,
   LONG_OBJECT,
   closeQuietly,
+  createOptionSpecs,
   hasHelpOption,
   isValidOptionList,
   parseCreateOptions,
@@ -37,6 +38,15 @@ export function findCreateDriver(env: ImgEnv, fmt: string, unknownMessage = `Unk
   if (!drv) return unknownMessage;
   if (!drv.create) return `Format driver '${fmt}' does not support image creation`;
   return drv;
+}
+
+/** The protocol driver `filename` would be created with, or null when there is none. */
+export function protocolOf(env: ImgEnv, filename: string): BlockDriver | null {
+  try {
+    return env.registry.findProtocol(filename);
+  } catch {
+    return null;
+  }
 }
 
 /** print_block_option_help. */
@@ -91,8 +101,10 @@ export interface ImgCreateParams {
 export async function imgCreateImage(env: ImgEnv, p: ImgCreateParams): Promise<void> {
   const drv = findCreateDriver(env, p.fmt);
   if (typeof drv === 'string') throw new Error(drv);
-  const opts = parseCreateOptions(drv, p.options);
-  const names = new Set((drv.createOptions ?? []).map((s) => s.name));
+  // The protocol's options (file: preallocation, nocow, extent_size_hint) are taken too.
+  const specs = createOptionSpecs(drv, protocolOf(env, p.filename));
+  const opts = parseCreateOptions(drv, p.options, protocolOf(env, p.filename));
+  const names = new Set(specs.map((s) => s.name));
   if (p.baseFilename !== null) {
     if (!names.has('backing_file')) throw new Error(`Backing file not supported for file format '${p.fmt}'`);
     opts.set('backing_file', p.baseFilename);
@@ -137,7 +149,7 @@ export async function imgCreateImage(env: ImgEnv, p: ImgCreateParams): Promise<v
 
   if (!p.quiet) {
     const parts: string[] = [];
-    for (const spec of drv.createOptions ?? []) {
+    for (const spec of specs) {
       const v = opts.get(spec.name) ?? spec.default;
       if (v === undefined) continue;
       parts.push(`${spec.name}=${typeof v === 'boolean' ? (v ? 'on' : 'off') : String(v)}`);
@@ -150,7 +162,7 @@ export async function imgCreateImage(env: ImgEnv, p: ImgCreateParams): Promise<v
   }
   const createOpts: CreateOptions = {};
   for (const [name, v] of opts) {
-    const key = drv.createOptions?.find((s) => s.name === name)?.key ?? name;
+    const key = specs.find((s) => s.name === name)?.key ?? name;
     createOpts[key] = v;
   }
   if (drv.formatName === 'qed') {

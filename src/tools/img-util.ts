@@ -1,6 +1,6 @@
 // Pieces shared by the blk-img subcommands: opening images with qemu-img's messages, QAPI-style
 // JSON output (QDict key order), the progress meter, and -o option lists.
-import { BlockDriverState, defaultRegistry, isBlockError, type BlockDriver, type BlockDriverRegistry, type OpenOptions } from '../index.js';
+import { BlockDriverState, defaultRegistry, isBlockError, type BlockDriver, type BlockDriverRegistry, type CreateOptionSpec, type OpenOptions } from '../index.js';
 import { resolve } from 'node:path';
 import { ERRNO_MESSAGES } from '../block/errors.js';
 import { ToolExit, ToolOutput, errorMessage, formatFixed, parseOptionSize, qemuStrtosz, type LongOption } from './common.js';
@@ -307,12 +307,23 @@ export function printOptionHelp(o: ToolOutput, drv: BlockDriver, extra: BlockDri
 }
 
 /**
+ * The create options qemu-img takes for a format: its own, then its protocol's (those not
+ * already listed), in that order (bdrv_img_create's qemu_opts_append), which is also the
+ * order of the Formatting line.
+ */
+export function createOptionSpecs(drv: BlockDriver, proto: BlockDriver | null): CreateOptionSpec[] {
+  const own = drv.createOptions ?? [];
+  const extra = proto === null || proto === drv ? [] : (proto.createOptions ?? []).filter((p) => !own.some((s) => s.name === p.name));
+  return [...own, ...extra];
+}
+
+/**
  * Parse an -o list against a driver's create options (QemuOpts semantics: last value wins,
  * unknown names refused). Values of size options are parsed like QEMU's parse_option_size.
  * Returns camelCase-keyed values plus the QEMU names in first-seen order.
  */
-export function parseCreateOptions(drv: BlockDriver, list: string): Map<string, string | number | boolean> {
-  const specs = drv.createOptions ?? [];
+export function parseCreateOptions(drv: BlockDriver, list: string, proto: BlockDriver | null = null): Map<string, string | number | boolean> {
+  const specs = createOptionSpecs(drv, proto);
   const out = new Map<string, string | number | boolean>();
   if (list === '') return out;
   for (const [name, value] of splitOptionList(list)) {

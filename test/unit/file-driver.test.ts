@@ -67,6 +67,58 @@ describe('file driver', () => {
     expect(e3.code).toBe('EINVAL');
   });
 
+  it('create preallocates: falloc reserves the space unwritten, full writes zeros, off stays sparse', async () => {
+    const ctx = { registry, createFile: () => expect.fail('not used') };
+    const size = 1 << 20;
+    const off = join(dir, 'off.img');
+    await fileDriver.create!(off, { size, preallocation: 'off' }, ctx);
+    expect((await stat(off)).blocks * 512).toBeLessThan(size);
+    const full = join(dir, 'full.img');
+    await fileDriver.create!(full, { size: 1000, preallocation: 'full' }, ctx);
+    expect((await stat(full)).size).toBe(1024);
+    await fileDriver.create!(full, { size, preallocation: 'full' }, ctx);
+    expect((await stat(full)).size).toBe(size);
+    expect((await stat(full)).blocks * 512).toBeGreaterThanOrEqual(size);
+    expect(await readFile(full)).toEqual(Buffer.alloc(size));
+    const falloc = join(dir, 'falloc.img');
+    await fileDriver.create!(falloc, { size, preallocation: 'falloc' }, ctx);
+    expect((await stat(falloc)).size).toBe(size);
+    expect((await stat(falloc)).blocks * 512).toBeGreaterThanOrEqual(size);
+    expect(await readFile(falloc)).toEqual(Buffer.alloc(size));
+    // nocow / extent_size_hint are taken (inode flags Node cannot set) and change nothing seen.
+    const flags = join(dir, 'flags.img');
+    await fileDriver.create!(flags, { size, nocow: true, extentSizeHint: 1 << 20 }, ctx);
+    expect((await stat(flags)).size).toBe(size);
+  });
+
+  it('create with falloc writes zeros where the host cannot fallocate (posix_fallocate fallback)', async () => {
+    const ctx = { registry, createFile: () => expect.fail('not used') };
+    const prev = setSeekAddonForTest(null);
+    try {
+      const p = join(dir, 'falloc-nofs.img');
+      await fileDriver.create!(p, { size: 200 * 1024, preallocation: 'falloc' }, ctx);
+      expect((await stat(p)).size).toBe(200 * 1024);
+      expect((await stat(p)).blocks * 512).toBeGreaterThanOrEqual(200 * 1024);
+    } finally {
+      setSeekAddonForTest(prev);
+    }
+  });
+
+  it('create refuses bad preallocation values and a too large extent size hint before touching the file', async () => {
+    const ctx = { registry, createFile: () => expect.fail('not used') };
+    const p = join(dir, 'bad.img');
+    await writeFile(p, pattern(4096, 3));
+    const e1 = await rejection(fileDriver.create!(p, { size: 512, preallocation: 'bogus' }, ctx));
+    expect([e1.code, e1.message]).toEqual(['EINVAL', 'invalid parameter value: bogus']);
+    const e2 = await rejection(fileDriver.create!(p, { size: 512, extentSizeHint: 2 ** 32 }, ctx));
+    expect([e2.code, e2.message]).toEqual(['EINVAL', 'Extent size hint is too large']);
+    expect((await stat(p)).size).toBe(4096);
+    // metadata is a known mode the file protocol refuses after creating (emptying) the file.
+    const e3 = await rejection(fileDriver.create!(p, { size: 512, preallocation: 'metadata' }, ctx));
+    expect([e3.code, e3.message]).toEqual(['ENOTSUP', 'Unsupported preallocation mode: metadata']);
+    expect((await stat(p)).size).toBe(0);
+  });
+
   it('reads and writes bytes at unaligned offsets, with scattered vectors', async () => {
     const p = join(dir, 'rw.img');
     await writeFile(p, new Uint8Array(64 * 1024));

@@ -221,11 +221,113 @@ async function allocateFirstBlock(fd: number, size: number): Promise<void> {
   }
 }
 
+/** QEMU's PreallocMode names; `metadata` is a known mode that the file protocol refuses. */
+const PREALLOC_MODES = ['off', 'metadata', 'falloc', 'full'] as const;
+export type PreallocMode = (typeof PREALLOC_MODES)[number];
+
+/** QEMU's extent size hint is a 32-bit field of the inode (FS_IOC_FSSETXATTR's fsx_extsize). */
+const MAX_EXTENT_SIZE_HINT = 0xffffffff;
+
+/** Bounded zero-write chunks for preallocation=full (QEMU writes 64 KiB at a time). */
+const PREALLOC_CHUNK = 65536;
+
+/** Write zeros over [from, to) in bounded chunks (preallocation=full, or falloc's fallback). */
+async function writeZeroRange(fd: number, from: number, to: number): Promise<void> {
+  const buf = new Uint8Array(Math.min(PREALLOC_CHUNK, Math.max(0, to - from)));
+  for (let pos = from; pos < to; ) {
+    const n = Math.min(buf.length, to - pos);
+    await pwritevFull(fd, [buf.subarray(0, n)], n, pos);
+    pos += n;
+  }
+}
+
+/**
+ * Grow (or set) a file's length from `current` to `size` with a preallocation mode, as
+ * file-posix's handle_aiocb_truncate does:
+ * - off: ftruncate, then the first block is written when the file was empty (allocateFirstBlock);
+ * - falloc: allocate the new range (it reads as zeros but takes space). Like posix_fallocate,
+ *   a host that cannot fallocate gets the range written with zeros instead. The first block is
+ *   written after it when the file was empty;
+ * - full: ftruncate to the final size first (lets the file system lay the file out at once),
+ *   then zeros written over the new range and the file synced, so the space is really there;
+ * - metadata: refused (the file protocol has no metadata to preallocate).
+ * Failures are worded as QEMU's, the errno kept as the cause.
+ */
+async function filePreallocate(fh: FileHandle, current: number, size: number, mode: PreallocMode, op: string, path: string): Promise<void> {
+  const fail = (msg: string, e: unknown): BlockError => {
+    const err = toBlockError(e, { op, offset: size, path });
+    return new BlockError(err.code, `${msg}: ${err.errnoMessage}`, { op, offset: size, path, cause: e });
+  };
+  switch (mode) {
+    case 'off':
+      await fh.truncate(size);
+      if (current === 0 && size > 0) await allocateFirstBlock(fh.fd, size);
+      return;
+    case 'falloc': {
+      if (size === current) return;
+      const fn = seekAddon()?.allocateRange;
+      let fallback = fn === undefined;
+      if (fn !== undefined) {
+        try {
+          await fn(fh.fd, current, size - current);
+        } catch (e) {
+          const code = (e as { code?: unknown } | null)?.code;
+          if (code !== 'ENOTSUP' && code !== 'EOPNOTSUPP' && code !== 'ENOSYS') throw fail('Could not preallocate new data', e);
+          fallback = true;
+        }
+      }
+      try {
+        // posix_fallocate's own fallback: the range written with zeros.
+        if (fallback) await writeZeroRange(fh.fd, current, size);
+      } catch (e) {
+        throw fail('Could not preallocate new data', e);
+      }
+      if (current === 0) await allocateFirstBlock(fh.fd, size);
+      return;
+    }
+    case 'full':
+      try {
+        await fh.truncate(size);
+      } catch (e) {
+        throw fail('Could not resize file', e);
+      }
+      try {
+        await writeZeroRange(fh.fd, current, size);
+      } catch (e) {
+        throw fail('Could not write zeros for preallocation', e);
+      }
+      try {
+        await fh.sync();
+      } catch (e) {
+        throw fail('Could not flush file to disk', e);
+      }
+      return;
+    default:
+      throw new BlockError('ENOTSUP', `Unsupported preallocation mode: ${mode}`, { op, path });
+  }
+}
+
+/** The preallocation option's value checked (QEMU's qapi_enum_parse), 'off' when absent. */
+export function parsePreallocMode(value: string | number | boolean | undefined, path?: string): PreallocMode {
+  if (value === undefined) return 'off';
+  const v = String(value);
+  if (!(PREALLOC_MODES as readonly string[]).includes(v)) {
+    throw new BlockError('EINVAL', `invalid parameter value: ${v}`, { op: 'create', path });
+  }
+  return v as PreallocMode;
+}
+
 async function fileCreate(filename: string, options: CreateOptions): Promise<void> {
   const path = fileStripPrefix(filename);
   const size = options.size ?? 0;
   if (!Number.isSafeInteger(size) || size < 0) {
     throw new BlockError('EINVAL', `Invalid size ${String(size)} for '${path}'`, { op: 'create', path });
+  }
+  // Both checked before the file is touched, as QEMU does.
+  const prealloc = parsePreallocMode(options.preallocation, path);
+  const hint = options.extentSizeHint;
+  if (typeof hint === 'number' && hint > MAX_EXTENT_SIZE_HINT) {
+    throw new BlockError('EINVAL', 'Extent size hint is too large', { op: 'create', path });
   }
   let fh: FileHandle;
   try {
@@ -235,12 +337,14 @@ async function fileCreate(filename: string, options: CreateOptions): Promise<voi
     throw openError('create', path, e);
   }
   try {
-    // Sparse: ftruncate up to the size allocates nothing; whole sectors, as QEMU's create does.
-    if (size > 0) {
-      const sectors = Math.ceil(size / 512) * 512;
-      await fh.truncate(sectors);
-      await allocateFirstBlock(fh.fd, sectors);
-    }
+    // nocow (btrfs' FS_NOCOW_FL) and extent_size_hint (XFS' FS_IOC_FSSETXATTR) are inode flags
+    // set through ioctls Node cannot issue; QEMU ignores their failure on other file systems
+    // (nocow silently, the default hint too), and neither changes the file's bytes, size or
+    // allocation as seen here, so both are accepted and left unapplied.
+    // Sparse with off: ftruncate up to the size allocates nothing; whole sectors, as QEMU's
+    // create does. A refused mode (metadata) leaves the new, empty file behind, as QEMU does.
+    const sectors = Math.ceil(size / 512) * 512;
+    if (sectors > 0 || prealloc === 'metadata') await filePreallocate(fh, 0, sectors, prealloc, 'create', path);
   } catch (e) {
     throw toBlockError(e, { op: 'create', path });
   } finally {
@@ -586,7 +690,13 @@ export const fileDriver: BlockDriver = {
   protocolName: 'file',
   isProtocol: true,
   requestAlignment: 1,
-  createOptions: [{ name: 'size', key: 'size', type: 'size', help: 'Virtual disk size' }],
+  // In QEMU's order (the Formatting line follows it; -o help sorts).
+  createOptions: [
+    { name: 'size', key: 'size', type: 'size', help: 'Virtual disk size' },
+    { name: 'nocow', key: 'nocow', type: 'bool', help: 'Turn off copy-on-write (valid only on btrfs)' },
+    { name: 'preallocation', key: 'preallocation', type: 'string', help: 'Preallocation mode (allowed values: off, falloc, full)' },
+    { name: 'extent_size_hint', key: 'extentSizeHint', type: 'size', help: 'Extent size hint for the image file, 0 to disable' },
+  ],
   open: fileOpen,
   close: fileClose,
   create: fileCreate,

@@ -131,7 +131,10 @@ export function qedNewHeader(p: QEDCreateParams): { header: QEDHeader; name: Uin
 export async function qedCreate(filename: string, options: CreateOptions, ctx: CreateContext): Promise<void> {
   const params = qedCreateParams(options);
   const { header, name } = qedNewHeader(params);
-  const file = await ctx.createFile(filename);
+  // The protocol's options (preallocation...) reach the file as in QEMU, whose QED create makes
+  // the file at the image size with them, then empties it: the result is an empty file either
+  // way, so it is created at 0 here; a refused mode (metadata) still fails as QEMU's does.
+  const file = await ctx.createFile(filename, { ...options, size: 0 });
   try {
     // Allocation is derived from the file length, so the file must start empty.
     if ((await file.getLength()) !== 0) await file.truncate(0);

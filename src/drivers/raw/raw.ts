@@ -67,11 +67,14 @@ async function rawCreate(filename: string, options: CreateOptions, ctx: CreateCo
   if (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 0) {
     throw new BlockError('EINVAL', 'Invalid image size specified', { op: 'create', path: filename });
   }
-  // Like QEMU's file creation: whole sectors, made sparse by a truncate (nothing is written).
+  // Like QEMU's file creation: whole sectors. raw has no options of its own besides the size:
+  // the rest (preallocation, nocow, extent_size_hint) are the protocol's, passed on with the
+  // size so that the file is created at its length in one go (sparse unless preallocated).
   const rounded = Math.ceil(size / BDRV_SECTOR_SIZE) * BDRV_SECTOR_SIZE;
-  const file = await ctx.createFile(filename);
+  const file = await ctx.createFile(filename, { ...options, size: rounded });
   try {
-    await file.truncate(rounded);
+    // A context that ignored the size (an older createFile) still gets a file of that length.
+    if ((await file.getLength()) !== rounded) await file.truncate(rounded);
   } finally {
     await file.close();
   }
