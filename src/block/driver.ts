@@ -183,6 +183,12 @@ export interface BlockDriver {
   readonly requestAlignment?: number;
   /** The format can have a backing file (create accepts backing_file). */
   readonly supportsBacking?: boolean;
+  /**
+   * truncate honours a preallocation mode other than 'off' (file, and raw/blkdebug passing it
+   * to their child). Without it the generic layer refuses one, as QEMU's drivers without
+   * preallocation do ("Unsupported preallocation mode 'full'").
+   */
+  readonly truncatePreallocates?: boolean;
   readonly createOptions?: readonly CreateOptionSpec[];
 
   /** Score 0..100 for the first bytes (up to 2 KiB): raw 1, magic match 100. Pure. */
@@ -219,7 +225,8 @@ export interface BlockDriver {
   coWriteZeroes?(bs: BlockDriverState, offset: number, bytes: number, flags: WriteZeroesFlags): Promise<void>;
   coDiscard?(bs: BlockDriverState, offset: number, bytes: number): Promise<void>;
 
-  truncate?(bs: BlockDriverState, size: number): Promise<void>;
+  /** `prealloc`: QEMU's PreallocMode name for a grown range; absent means 'off'. */
+  truncate?(bs: BlockDriverState, size: number, prealloc?: string): Promise<void>;
   getLength?(bs: BlockDriverState): number | Promise<number>;
   /** Bytes the image occupies on the host (qemu-img info's disk size). */
   getAllocatedFileSize?(bs: BlockDriverState): Promise<number>;

@@ -959,17 +959,26 @@ export class BlockDriverState {
     return len;
   }
 
-  async truncate(size: number): Promise<void> {
+  /**
+   * Resize the node. `prealloc` (QEMU's PreallocMode: off, metadata, falloc, full) says how a
+   * grown range is allocated; only drivers with truncatePreallocates take one other than off.
+   */
+  async truncate(size: number, prealloc?: string): Promise<void> {
     this.checkArgs('truncate', size, 0);
     this.checkWritable('truncate');
     const hook = this.driver.truncate?.bind(this.driver);
     if (!hook) throw this.notSupported('truncate');
+    const mode = prealloc === 'off' ? undefined : prealloc;
+    if (mode !== undefined && this.driver.truncatePreallocates !== true) {
+      throw new BlockError('ENOTSUP', `Unsupported preallocation mode '${mode}'`, { op: 'truncate', offset: size, path: this.filename });
+    }
     await this.inflight('truncate', async () => {
       const old = await this.lengthUnchecked();
       // Requests touching what is cut off or added must not run beside the size change.
       const from = roundDown(Math.min(old, size), this.requestAlignment);
       try {
-        await this.withTracked(from, Number.MAX_SAFE_INTEGER - from, true, () => hook(this, size));
+        // The mode is passed only when there is one, so hooks written before it see no change.
+        await this.withTracked(from, Number.MAX_SAFE_INTEGER - from, true, () => (mode === undefined ? hook(this, size) : hook(this, size, mode)));
       } finally {
         // A size change counts as a write for the next flush (QEMU's write_gen).
         this.writeGen++;

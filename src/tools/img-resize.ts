@@ -82,16 +82,14 @@ export async function imgResize(env: ImgEnv, argv: string[]): Promise<number> {
       );
       return 1;
     }
-    if (prealloc !== 'off' && bs.driver.formatName !== 'raw') {
-      env.o.error(`Unsupported preallocation mode '${prealloc}'`);
-      return 1;
-    }
     if (total > BigInt(Number.MAX_SAFE_INTEGER)) {
       env.o.error('Invalid image size specified');
       return 1;
     }
     try {
-      await bs.truncate(Number(total));
+      // The mode goes down the chain (raw passes it to its file); formats that cannot
+      // preallocate (qed) refuse it, as in QEMU, with "Unsupported preallocation mode 'full'".
+      await bs.truncate(Number(total), prealloc);
     } catch (e) {
       env.o.error(isBlockError(e) && e.message === '' ? ERRNO_MESSAGES[e.code] : errorMessage(e));
       return 1;

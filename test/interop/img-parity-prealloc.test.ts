@@ -1,5 +1,6 @@
 // Parity with qemu-img 7.2: the file protocol's create options (preallocation, nocow,
-// extent_size_hint), taken by -f file and by formats on a file (raw passes them to its file).
+// extent_size_hint), taken by -f file and by formats on a file (raw passes them to its file),
+// and resize --preallocation (raw passes the mode to its file; qed refuses it).
 import { statSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -57,6 +58,33 @@ const sessions: Session[] = [
       ['info', 'b.raw'],
     ],
   },
+  {
+    name: 'resize --preallocation through raw, file and qed',
+    setup: [
+      ['qemu-img', 'create', '-q', '-f', 'raw', 'off.raw', '1M'],
+      ['qemu-img', 'create', '-q', '-f', 'raw', 'falloc.raw', '1M'],
+      ['qemu-img', 'create', '-q', '-f', 'raw', 'full.raw', '1M'],
+      ['qemu-img', 'create', '-q', '-f', 'raw', 'file.raw', '1M'],
+      ['qemu-img', 'create', '-q', '-f', 'raw', 'empty.raw', '0'],
+      ['qemu-img', 'create', '-q', '-f', 'raw', 'bad.raw', '1M'],
+      ['qemu-img', 'create', '-q', '-f', 'qed', 'q.qed', '1M'],
+      ['qemu-io', '-f', 'raw', '-c', 'write -P 0x5a 0 64k', 'full.raw'],
+    ],
+    steps: [
+      ['resize', '-f', 'raw', '--preallocation=off', 'off.raw', '3M'],
+      ['resize', '-f', 'raw', '--preallocation=falloc', 'falloc.raw', '+2M'],
+      ['resize', '-f', 'raw', '--preallocation=full', 'full.raw', '3M'],
+      ['resize', '-f', 'file', '--preallocation=full', 'file.raw', '2M'],
+      ['resize', '-f', 'raw', '--preallocation=falloc', 'empty.raw', '1M'],
+      { args: ['resize', '-f', 'raw', '--preallocation=metadata', 'bad.raw', '2M'], merged: true },
+      { args: ['resize', '-f', 'raw', '--preallocation=bogus', 'bad.raw', '2M'], merged: true },
+      { args: ['resize', '-f', 'raw', '--preallocation=full', 'bad.raw', '1M'], merged: true },
+      { args: ['resize', '-f', 'qed', '--preallocation=full', 'q.qed', '3M'], merged: true },
+      { args: ['resize', '-f', 'qed', '--preallocation=metadata', 'q.qed', '3M'], merged: true },
+      ['resize', '-f', 'qed', '--preallocation=off', 'q.qed', '3M'],
+    ],
+    images: ['off.raw', 'falloc.raw', 'full.raw', 'file.raw', 'empty.raw', 'bad.raw', 'q.qed'],
+  },
 ];
 
 describe.skipIf(!qemu)('blk-img parity with qemu-img 7.2: file protocol create options', () => {
@@ -87,6 +115,25 @@ describe.skipIf(!qemu)('blk-img parity with qemu-img 7.2: file protocol create o
       expect((await runOurs(args, db, false)).status).toBe(0);
       const theirs = statSync(join(dq, `${fmt}-${mode}.img`));
       const ours = statSync(join(db, `${fmt}-${mode}.img`));
+      expect({ mode, size: ours.size, blocks: ours.blocks }).toEqual({ mode, size: theirs.size, blocks: theirs.blocks });
+    }
+  });
+
+  it('resize --preallocation takes the same host space as qemu-img resize', async () => {
+    const dq = join(root, 'resize-q');
+    const db = join(root, 'resize-b');
+    mkdirSync(dq);
+    mkdirSync(db);
+    for (const mode of ['off', 'falloc', 'full']) {
+      const img = `${mode}.raw`;
+      const create = ['create', '-q', '-f', 'raw', img, '1M'];
+      const resize = ['resize', '-q', '-f', 'raw', `--preallocation=${mode}`, img, '3M'];
+      expect(runTheirs(create, dq, false).status).toBe(0);
+      expect(runTheirs(resize, dq, false).status).toBe(0);
+      expect((await runOurs(create, db, false)).status).toBe(0);
+      expect((await runOurs(resize, db, false)).status).toBe(0);
+      const theirs = statSync(join(dq, img));
+      const ours = statSync(join(db, img));
       expect({ mode, size: ours.size, blocks: ours.blocks }).toEqual({ mode, size: theirs.size, blocks: theirs.blocks });
     }
   });

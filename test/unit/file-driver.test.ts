@@ -119,6 +119,33 @@ describe('file driver', () => {
     expect((await stat(p)).size).toBe(0);
   });
 
+  it('truncate takes a preallocation mode for the grown range; metadata and unknown modes are refused', async () => {
+    const ctx = { registry, createFile: () => expect.fail('not used') };
+    const p = join(dir, 'grow.img');
+    await fileDriver.create!(p, { size: 4096 }, ctx);
+    const bs = await opened(p);
+    await bs.truncate(1 << 20, 'full');
+    expect((await stat(p)).size).toBe(1 << 20);
+    expect((await stat(p)).blocks * 512).toBeGreaterThanOrEqual(1 << 20);
+    expect(await bs.getLength()).toBe(1 << 20);
+    await bs.truncate(2 << 20, 'falloc');
+    expect((await stat(p)).blocks * 512).toBeGreaterThanOrEqual(2 << 20);
+    expect(await bs.getLength()).toBe(2 << 20);
+    const e1 = await rejection(bs.truncate(3 << 20, 'metadata'));
+    expect([e1.code, e1.message]).toEqual(['ENOTSUP', 'Unsupported preallocation mode: metadata']);
+    const e2 = await rejection(bs.truncate(3 << 20, 'bogus'));
+    expect(e2.code).toBe('EINVAL');
+    expect(await bs.getLength()).toBe(2 << 20);
+    // A driver without truncatePreallocates gets no mode: the generic layer refuses it first.
+    const plain = new BlockDriverRegistry().register({ ...fileDriver, truncatePreallocates: undefined });
+    const other = await BlockDriverState.open(p, { format: 'file', registry: plain, child: true });
+    nodes.push(other);
+    const e3 = await rejection(other.truncate(3 << 20, 'full'));
+    expect([e3.code, e3.message]).toEqual(['ENOTSUP', "Unsupported preallocation mode 'full'"]);
+    await other.truncate(3 << 20, 'off');
+    expect(await other.getLength()).toBe(3 << 20);
+  });
+
   it('reads and writes bytes at unaligned offsets, with scattered vectors', async () => {
     const p = join(dir, 'rw.img');
     await writeFile(p, new Uint8Array(64 * 1024));

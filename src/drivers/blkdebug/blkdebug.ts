@@ -183,9 +183,10 @@ export const blkdebugDriver: BlockDriver = {
     return child(bs).blockStatus(offset, bytes);
   },
 
-  async truncate(bs, size) {
-    await child(bs).truncate(size);
+  async truncate(bs, size, prealloc) {
+    await child(bs).truncate(size, prealloc);
   },
+  truncatePreallocates: true,
 
   getLength(bs) {
     return child(bs).getLength();

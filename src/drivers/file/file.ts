@@ -632,10 +632,24 @@ async function fileCoBlockStatus(bs: BlockDriverState, offset: number, bytes: nu
   }
 }
 
-async function fileTruncate(bs: BlockDriverState, size: number): Promise<void> {
+async function fileTruncate(bs: BlockDriverState, size: number, prealloc?: string): Promise<void> {
   const s = state(bs);
   if (!Number.isSafeInteger(size) || size < 0) {
     throw new BlockError('EINVAL', `Invalid size ${size}`, { op: 'truncate', path: s.path });
+  }
+  if (prealloc !== undefined && prealloc !== 'off') {
+    const mode = parsePreallocMode(prealloc, s.path);
+    beginIO(s);
+    try {
+      await filePreallocate(s.fh, s.length, size, mode, 'truncate', s.path);
+    } catch (e) {
+      await fileRefreshLength(s);
+      throw toBlockError(e, { op: 'truncate', offset: size, path: s.path });
+    } finally {
+      endIO(s);
+    }
+    await fileRefreshLength(s);
+    return;
   }
   try {
     const wasEmpty = s.length === 0;
@@ -708,6 +722,7 @@ export const fileDriver: BlockDriver = {
   coFlush: fileCoFlush,
   coBlockStatus: fileCoBlockStatus,
   truncate: fileTruncate,
+  truncatePreallocates: true,
   getLength: fileGetLength,
   getAllocatedFileSize: fileGetAllocatedFileSize,
   invalidateCache: fileInvalidateCache,

@@ -192,8 +192,9 @@ async function rawCoBlockStatus(bs: BlockDriverState, offset: number, bytes: num
   return { pnum: st.pnum, allocated: true, data: st.data, zero: st.zero, offset, file };
 }
 
-async function rawTruncate(bs: BlockDriverState, size: number): Promise<void> {
-  await child(bs).truncate(size);
+async function rawTruncate(bs: BlockDriverState, size: number, prealloc?: string): Promise<void> {
+  // The preallocation mode is the file's business, as in QEMU.
+  await child(bs).truncate(size, prealloc);
 }
 
 /**
@@ -243,6 +244,7 @@ export const rawDriver: BlockDriver = {
   coFlush: rawCoFlush,
   coBlockStatus: rawCoBlockStatus,
   truncate: rawTruncate,
+  truncatePreallocates: true,
   getLength: rawGetLength,
   getInfo: rawGetInfo,
   getAllocatedFileSize: rawGetAllocatedFileSize,
