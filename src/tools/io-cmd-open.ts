@@ -153,9 +153,17 @@ export async function openfile(
   if (f.nativeAio && !f.nocache) {
     return fail('aio=native was specified, but it requires cache.direct=on, which was not specified.');
   }
+  // blkdebug's own option (its rules file), taken when blkdebug is the driver asked for.
+  let driverOptions: Record<string, string> | undefined;
+  const config = extra.get('config');
+  if (config !== undefined && f.format === 'blkdebug') {
+    driverOptions = { config };
+    extra.delete('config');
+  }
   let bs: BlockDriverState;
   try {
     bs = await BlockDriverState.open(target, {
+      driverOptions,
       format: f.format,
       readOnly: f.readOnly || f.snapshot,
       noFlush: f.noFlush,
@@ -168,6 +176,8 @@ export async function openfile(
   const fmt = bs.driver.formatName;
   for (const key of extra.keys()) {
     await bs.close().catch(() => undefined);
+    // QEMU words it by the kind of node that refused it.
+    if (bs.driver.protocolName !== undefined) return fail(`Block protocol '${fmt}' doesn't support the option '${key}'`);
     return fail(`Block format '${fmt}' does not support the option '${key}'`);
   }
   if (f.format === undefined && fmt === 'raw') {

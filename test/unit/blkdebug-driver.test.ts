@@ -37,6 +37,11 @@ describe('blkdebug filename', () => {
     expect(blkdebugParseFilename('blkdebug:rules.cfg:mem:disk')).toEqual({ config: 'rules.cfg', image: 'mem:disk' });
     expect(blkdebugParseFilename('blkdebug::/tmp/a.qed')).toEqual({ config: '', image: '/tmp/a.qed' });
   });
+  it('takes a name without the prefix as the image, with no config (qemu-io -f blkdebug x.raw)', () => {
+    expect(blkdebugParseFilename('/tmp/a.raw')).toEqual({ config: '', image: '/tmp/a.raw' });
+    expect(blkdebugParseFilename('file:a.raw')).toEqual({ config: '', image: 'file:a.raw' });
+    expect(blkdebugParseFilename('mem:disk')).toEqual({ config: '', image: 'mem:disk' });
+  });
   it('refuses a name without an image', () => {
     expect(() => blkdebugParseFilename('blkdebug:onlyconfig')).toThrow(/requires both config file and image path/);
     expect(() => blkdebugParseFilename('blkdebug:cfg:')).toThrow(BlockError);

@@ -6,8 +6,9 @@
  * errors, change state and hit breakpoints (see state.ts).
  *
  * Rules come from the config file (QEMU's ini syntax, read through the protocol layer so a
- * `mem:` config works too) or from driverOptions: `config` (a path, instead of the one in the
- * filename) and `configText` (the rules themselves).
+ * `mem:` config works too) or from driverOptions: `config` (a path, used when the filename
+ * names none) and `configText` (the rules themselves). A filename without the `blkdebug:`
+ * prefix is the image itself (`qemu-io -f blkdebug x.raw`).
  */
 import type { BlockDriver, BlockStatus, OpenOptions, WriteFlags, WriteZeroesFlags } from '../../block/driver.js';
 import { BlockError, toBlockError } from '../../block/errors.js';
@@ -22,14 +23,14 @@ export const BLKDEBUG_PREFIX = 'blkdebug:';
 /**
  * Split `blkdebug:CONFIG:IMAGE` (CONFIG may be empty) at the first colon, as QEMU does, except
  * that a CONFIG naming a protocol (`mem:rules`), as `isProtocol` tells, keeps its own colon.
+ * A name without the prefix (`-f blkdebug x.raw`) is the image itself, with no config: as in
+ * QEMU, the rules then come from the options only (config=, or none).
  */
 export function blkdebugParseFilename(
   filename: string,
   isProtocol: (name: string) => boolean = (n) => n === 'mem',
 ): { config: string; image: string } {
-  if (!filename.startsWith(BLKDEBUG_PREFIX)) {
-    throw new BlockError('EINVAL', `'${filename}' is not a blkdebug file name`, { op: 'open', path: filename });
-  }
+  if (!filename.startsWith(BLKDEBUG_PREFIX)) return { config: '', image: filename };
   const rest = filename.slice(BLKDEBUG_PREFIX.length);
   let c = rest.indexOf(':');
   if (c > 0 && isProtocol(rest.slice(0, c))) c = rest.indexOf(':', c + 1);
@@ -72,6 +73,8 @@ export async function openProtocolNode(
 async function readConfigFile(parent: BlockDriverState, path: string): Promise<string> {
   let node: BlockDriverState;
   try {
+    // QEMU fopen()s the name: an empty one is simply not there.
+    if (path === '') throw new BlockError('ENOENT', '', { op: 'open', path });
     node = await openProtocolNode(parent, path, { readOnly: true });
   } catch (e) {
     const err = toBlockError(e, { op: 'open', path });
@@ -126,9 +129,11 @@ async function blkdebugOpen(bs: BlockDriverState, options: OpenOptions): Promise
     const d = bs.registry.find(n);
     return d !== undefined && d.protocolName === n;
   });
-  const configPath = options.driverOptions?.config ?? config;
+  // A config named in the filename wins over the option, as in QEMU (its filename parsing
+  // overwrites the option); an option given empty is still a file to read, and fails.
+  const configPath = config !== '' ? config : options.driverOptions?.config;
   let rules: BlkdebugRule[] = [];
-  if (configPath !== '') rules = parseBlkdebugConfig(await readConfigFile(bs, configPath), configPath);
+  if (configPath !== undefined) rules = parseBlkdebugConfig(await readConfigFile(bs, configPath), configPath);
   const inline = options.driverOptions?.configText;
   if (inline !== undefined) rules = [...rules, ...parseBlkdebugConfig(inline, 'configText')];
   const s = new BlkdebugState(rules);
