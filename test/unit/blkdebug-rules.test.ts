@@ -38,6 +38,22 @@ event = "write_aio"
     expect(rules[2]).toMatchObject({ action: 'set-state', event: 'l2_update', state: 1, newState: 2 });
   });
 
+  it('reads numbers as qemu_strtou64 with base 0 does (hex, octal, leading blanks)', () => {
+    const rules = parseBlkdebugConfig('[inject-error "r1"]\nevent = "read_aio"\nerrno = "034"\nsector = "0x10"\nstate = " 1"\n');
+    expect(rules[0]).toMatchObject({ errno: 28, code: 'ENOSPC', offset: 16 * 512, state: 1 });
+  });
+
+  it('words errors as qemu-io prints them: no file name or line, the file kept as the path', () => {
+    let err: unknown;
+    try {
+      parseBlkdebugConfig('[inject-error]\nerrno = "5"\n', 'rules.cfg');
+    } catch (e) {
+      err = e;
+    }
+    expect((err as BlockError).message).toBe('Missing event name for rule');
+    expect((err as BlockError).path).toBe('rules.cfg');
+  });
+
   it('accepts the old dotted event names and the iotype option', () => {
     const rules = parseBlkdebugConfig('[inject-error]\nevent = "l2_alloc.write"\niotype = "flush"\nimmediately = "yes"\n');
     expect(rules[0]).toMatchObject({ event: 'l2_alloc_write', immediately: true });
@@ -46,14 +62,24 @@ event = "write_aio"
 
   it.each([
     ['[inject-error]\nerrno = "5"\n', /Missing event name/],
-    ['[inject-error]\nevent = "no_such_event"\n', /Invalid event name/],
+    ['[inject-error]\nevent = "no_such_event"\n', /^invalid parameter value: no_such_event$/],
     ['[bogus]\nevent = "l1_update"\n', /no option group 'bogus'/],
     ['[inject-error]\nevent = "l1_update"\ncolour = "red"\n', /Invalid parameter 'colour'/],
     ['[inject-error]\nevent = "l1_update"\nerrno = "five"\n', /expects a number/],
     ['[inject-error]\nevent = "l1_update"\nonce = "maybe"\n', /expects 'on' or 'off'/],
     ['event = "l1_update"\n', /no group defined/],
-    ['[inject-error]\nevent = l1_update\n', /parse error/],
+    // An unquoted value reads as empty (QEMU's sscanf patterns).
+    ['[inject-error]\nevent = l1_update\n', /^invalid parameter value: $/],
     ['[inject-error]\nevent = "l1_update"\nerrno = "4000"\n', /Unsupported errno/],
+    ['[inject-error]\nevent = "l1_update"\niotype = "sideways"\n', /^invalid parameter value: sideways$/],
+    ['[inject-error]\nevent="l1_update"\n', /^Invalid parameter 'event="l1_update"'$/],
+    ['[inject-error]\ngarbage\n', /^Invalid parameter 'garbage'$/],
+    ['  # not a comment\n', /^no group defined$/],
+    ['[inject-error "1x"]\nevent = "l1_update"\n', /^Parameter 'id' expects an identifier\nIdentifiers consist/],
+    ['[inject-error "a"]\nevent = "l1_update"\n[inject-error "a"]\nevent = "l1_update"\n', /^Duplicate ID 'a' for inject-error$/],
+    // Every line is read before any rule is built, and inject-error rules are built first.
+    ['[inject-error]\nevent = "nosuch"\n[inject-error]\nerrno = "x"\n', /^Parameter 'errno' expects a number$/],
+    ['[set-state]\nnew_state = "2"\n[inject-error]\nevent = "nosuch"\n', /^invalid parameter value: nosuch$/],
   ])('rejects malformed config %#', (text, msg) => {
     let err: unknown;
     try {

@@ -63,24 +63,28 @@ const GROUP_KEYS: Record<string, readonly string[]> = {
   'set-state': ['event', 'state', 'new_state'],
 };
 
+/**
+ * A config error, worded as qemu-io prints it: QEMU's config parser and blkdebug's rule check
+ * report through an Error object that carries no file/line location, so neither does ours
+ * (`where` names the file, kept only as the error's path).
+ */
 function parseError(where: string, message: string): BlockError {
-  return new BlockError('EINVAL', `Could not parse blkdebug config file: ${where}${message}`, { op: 'open' });
+  return new BlockError('EINVAL', message, { op: 'open', path: where });
 }
 
-/** QEMU_OPT_NUMBER: an unsigned decimal (or 0x hex) integer. */
+/** QEMU_OPT_NUMBER: qemu_strtou64 with base 0 (decimal, 0x hex, 0 octal), leading blanks allowed. */
 function parseNumber(where: string, key: string, value: string): number {
-  const v = value.trim();
-  if (!/^(0[xX][0-9a-fA-F]+|[0-9]+)$/.test(v)) {
-    throw parseError(where, `Parameter '${key}' expects a number`);
-  }
-  const n = Number(v);
+  const m = /^[ \t\n\r\f\v]*\+?(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)$/.exec(value);
+  if (!m) throw parseError(where, `Parameter '${key}' expects a number`);
+  const t = m[1];
+  const n = /^0[xX]/.test(t) ? Number(t) : t.length > 1 && t.startsWith('0') ? parseInt(t, 8) : Number(t);
   if (!Number.isSafeInteger(n)) throw parseError(where, `Parameter '${key}' is too large`);
   return n;
 }
 
 /** QEMU_OPT_BOOL: on/off and the usual synonyms. */
 function parseBool(where: string, key: string, value: string): boolean {
-  switch (value.trim()) {
+  switch (value) {
     case 'on':
     case 'yes':
     case 'true':
@@ -106,7 +110,8 @@ function ruleFromGroup(group: string, opts: Map<string, string>, where: string):
   const eventName = opts.get('event');
   if (eventName === undefined) throw parseError(where, 'Missing event name for rule');
   const event = parseEventName(eventName);
-  if (event === undefined) throw parseError(where, `Invalid event name '${eventName}'`);
+  // qapi_enum_parse's wording, the value quoted bare.
+  if (event === undefined) throw parseError(where, `invalid parameter value: ${eventName}`);
   const stateText = opts.get('state');
   const state = stateText === undefined ? 0 : parseNumber(where, 'state', stateText);
   if (group === 'set-state') {
@@ -117,6 +122,8 @@ function ruleFromGroup(group: string, opts: Map<string, string>, where: string):
   const errno = errnoText === undefined ? 5 : parseNumber(where, 'errno', errnoText);
   let code: BlockErrorCode = 'EIO';
   if (errno !== 0) {
+    // QEMU takes any number (a read then fails with "Unknown error N"); ours can only inject
+    // the errors BlockError knows, so others are refused rather than silently changed.
     const c = codeFromErrno(errno);
     if (c === undefined) throw parseError(where, `Unsupported errno ${errno}`);
     code = c;
@@ -125,67 +132,91 @@ function ruleFromGroup(group: string, opts: Map<string, string>, where: string):
   const sector = sectorText === undefined ? -1 : parseNumber(where, 'sector', sectorText);
   const offset = sector === -1 ? -1 : sector * 512;
   if (!Number.isSafeInteger(offset)) throw parseError(where, `Parameter 'sector' is too large`);
+  const once = opts.get('once');
+  const imm = opts.get('immediately');
   const iotypeText = opts.get('iotype');
   let iotypes: ReadonlySet<BlkdebugIOType> = new Set(DEFAULT_IOTYPES);
   if (iotypeText !== undefined) {
-    const t = iotypeText.trim();
-    if (!(BLKDEBUG_IO_TYPES as readonly string[]).includes(t)) {
-      throw parseError(where, `Invalid parameter value '${t}' for 'iotype'`);
+    if (!(BLKDEBUG_IO_TYPES as readonly string[]).includes(iotypeText)) {
+      throw parseError(where, `invalid parameter value: ${iotypeText}`);
     }
-    iotypes = new Set([t as BlkdebugIOType]);
+    iotypes = new Set([iotypeText as BlkdebugIOType]);
   }
-  const onceText = opts.get('once');
-  const immText = opts.get('immediately');
   return {
     action: 'inject-error',
     event,
     state,
     code,
     errno,
-    once: onceText === undefined ? false : parseBool(where, 'once', onceText),
-    immediately: immText === undefined ? false : parseBool(where, 'immediately', immText),
+    once: once === undefined ? false : parseBool(where, 'once', once),
+    immediately: imm === undefined ? false : parseBool(where, 'immediately', imm),
     offset,
     iotypes,
   };
 }
 
+/** QEMU's id_wellformed: a letter, then letters, digits, '-', '.', '_'. */
+function idWellformed(id: string): boolean {
+  return /^[A-Za-z][A-Za-z0-9._-]*$/.test(id);
+}
+
+/** The option types, checked when a line sets them (qemu_opt_set), before any rule is built. */
+const NUMBER_KEYS = new Set(['state', 'new_state', 'errno', 'sector']);
+const BOOL_KEYS = new Set(['once', 'immediately']);
+
 /**
- * Parse a config file's text. Rules come back in file order; QEMU adds all [inject-error]
- * rules before the [set-state] ones, which only matters for their order within one event.
+ * Parse a config file's text, in QEMU's two phases: qemu_config_parse reads every line first
+ * (groups, names and value types; the first bad line fails), then blkdebug builds the rules,
+ * all [inject-error] groups before the [set-state] ones (its add order, which also decides
+ * which bad rule is reported). Line handling follows QEMU's sscanf patterns: a line starting
+ * with '#' is a comment (only in the first column), `[group]` or `[group "id"]` opens a group
+ * (ids well-formed and unique per group), anything else is `name = "value"`, where
+ * a value not in quotes reads as empty and a name is the first blank-free word.
+ * `fileName` is only recorded as the errors' path.
  */
 export function parseBlkdebugConfig(text: string, fileName = 'config'): BlkdebugRule[] {
-  const inject: BlkdebugRule[] = [];
-  const setState: BlkdebugRule[] = [];
-  let group: string | null = null;
-  let groupLine = 0;
-  let opts = new Map<string, string>();
-
-  const finish = (): void => {
-    if (group === null) return;
-    const rule = ruleFromGroup(group, opts, `${fileName}:${groupLine}: `);
-    (rule.action === 'set-state' ? setState : inject).push(rule);
-  };
-
-  const lines = text.split(/\r?\n/);
-  for (let i = 0; i < lines.length; i++) {
-    const where = `${fileName}:${i + 1}: `;
-    const line = lines[i].trim();
-    if (line === '' || line.startsWith('#')) continue;
-    const g = /^\[([A-Za-z0-9_-]+)(?:\s+"[^"]*")?\]$/.exec(line);
-    if (g) {
-      finish();
-      if (!(g[1] in GROUP_KEYS)) throw parseError(where, `There is no option group '${g[1]}'`);
-      group = g[1];
-      groupLine = i + 1;
-      opts = new Map();
+  const where = fileName;
+  const groups: Array<{ group: string; opts: Map<string, string> }> = [];
+  const ids = new Map<string, Set<string>>();
+  let current: { group: string; opts: Map<string, string> } | null = null;
+  // fgets lines, newline kept: a "[group" without its bracket names the group with it.
+  for (const line of text.split(/(?<=\n)/)) {
+    if (/^[ \t\n\r]*$/.test(line)) continue;
+    if (line.startsWith('#')) continue;
+    // %63s takes the whole word (no backtracking into it), hence the lookahead.
+    const withId = /^\[(\S{1,63})(?!\S)\s*"([^"]{1,63})/.exec(line);
+    const plain = withId ? null : /^\[([^\]]{1,63})/.exec(line);
+    if (withId || plain) {
+      const name = (withId ?? plain)![1];
+      if (!Object.hasOwn(GROUP_KEYS, name)) throw parseError(where, `There is no option group '${name}'`);
+      if (withId) {
+        const seen = ids.get(name) ?? new Set<string>();
+        ids.set(name, seen);
+        const id = withId[2];
+        if (!idWellformed(id)) {
+          throw parseError(
+            where,
+            "Parameter 'id' expects an identifier\nIdentifiers consist of letters, digits, '-', '.', '_', starting with a letter.",
+          );
+        }
+        if (seen.has(id)) throw parseError(where, `Duplicate ID '${id}' for ${name}`);
+        seen.add(id);
+      }
+      current = { group: name, opts: new Map() };
+      groups.push(current);
       continue;
     }
-    const kv = /^([A-Za-z0-9_.-]+)\s*=\s*"([^"]*)"$/.exec(line);
-    if (!kv) throw parseError(where, 'parse error');
-    if (group === null) throw parseError(where, 'no group defined');
-    if (!GROUP_KEYS[group].includes(kv[1])) throw parseError(where, `Invalid parameter '${kv[1]}'`);
-    opts.set(kv[1], kv[2]);
+    const m = /^\s*(\S{1,63})\S*(.*)$/s.exec(line)!;
+    const arg = m[1];
+    const v = /^\s*=\s*"([^"]{1,1023})/.exec(m[2]);
+    const value = v ? v[1] : '';
+    if (current === null) throw parseError(where, 'no group defined');
+    if (!GROUP_KEYS[current.group].includes(arg)) throw parseError(where, `Invalid parameter '${arg}'`);
+    if (NUMBER_KEYS.has(arg)) parseNumber(where, arg, value);
+    if (BOOL_KEYS.has(arg)) parseBool(where, arg, value);
+    current.opts.set(arg, value);
   }
-  finish();
+  const inject = groups.filter((g) => g.group === 'inject-error').map((g) => ruleFromGroup(g.group, g.opts, where));
+  const setState = groups.filter((g) => g.group === 'set-state').map((g) => ruleFromGroup(g.group, g.opts, where));
   return [...inject, ...setState];
 }

@@ -1,0 +1,100 @@
+// Parity with qemu-io 7.2 for blkdebug's ways in: a plain image name under -f blkdebug (no
+// `blkdebug:` prefix), the config= option of open -o, and the wording of config errors
+// (qemu-io prints the bare message, with no file name or line).
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { makeTempDir, removeTempDir, requireQemu } from './qemu.js';
+import { ParityRunner, cmds, type ImageSpec, type Session } from './io-parity-harness.js';
+
+const qemu = requireQemu();
+
+const RAW: ImageSpec = { name: 'img.raw', fmt: 'raw', size: '1M', setup: ['write -P 0x5a 0 4k'] };
+
+/** Bad rule files: each is opened as blkdebug:NAME:img.raw and must fail as QEMU's does. */
+const BAD_CONFIGS: Record<string, string> = {
+  'missing-event.cfg': '[inject-error]\nerrno = "5"\n',
+  'unknown-event.cfg': '[inject-error]\nevent = "nosuch"\n',
+  'bad-errno.cfg': '[inject-error]\nevent = "read_aio"\nerrno = "abc"\n',
+  'unknown-group.cfg': '[foo]\nevent = "read_aio"\n',
+  'unknown-key.cfg': '[inject-error]\nevent = "read_aio"\nbogus = "1"\n',
+  'no-group.cfg': 'garbage\n',
+  'bad-sector.cfg': '[inject-error]\nevent = "read_aio"\nsector = "x"\n',
+  'bad-iotype.cfg': '[inject-error]\nevent = "read_aio"\niotype = "foo"\n',
+  'bad-bool.cfg': '[inject-error]\nevent = "read_aio"\nonce = "maybe"\n',
+  'unquoted.cfg': '[inject-error]\nevent = read_aio\n',
+  'no-blanks.cfg': '[inject-error]\nevent="read_aio"\n',
+  'indented-comment.cfg': '  # comment\n[inject-error]\nevent = "read_aio"\n',
+  'bad-id.cfg': '[inject-error "1x"]\nevent = "read_aio"\n',
+  'duplicate-id.cfg': '[inject-error "a"]\nevent = "read_aio"\n[inject-error "a"]\nevent = "read_aio"\n',
+  'set-state-first.cfg': '[set-state]\nnew_state = "2"\n[inject-error]\nevent = "nosuch"\n',
+  'parse-before-rules.cfg': '[inject-error]\nevent = "nosuch"\n[inject-error]\nerrno = "x"\n',
+  'open-bracket.cfg': '[foo\nevent = "x"\n',
+};
+
+const sessions: Session[] = [
+  {
+    name: '-f blkdebug with a plain image name',
+    args: ['-f', 'blkdebug', ...cmds('read -P 0x5a 0 4k', 'write -P 3 4k 512', 'read -P 3 4k 512', 'length', 'map'), 'img.raw'],
+    images: [RAW],
+    compareImages: true,
+  },
+  { name: '-f blkdebug with a file: name', args: ['-f', 'blkdebug', ...cmds('read -P 0x5a 0 4k', 'length'), 'file:img.raw'], images: [RAW] },
+  { name: '-f blkdebug with a missing image', args: ['-f', 'blkdebug', ...cmds('read 0 512'), 'nonexist.raw'] },
+  { name: '-f blkdebug read-only', args: ['-r', '-f', 'blkdebug', ...cmds('write 0 512', 'read -P 0x5a 0 512'), 'img.raw'], images: [RAW] },
+  {
+    name: 'open -o driver=blkdebug with config=',
+    args: cmds(
+      'open -o driver=blkdebug img.raw',
+      'read -P 0x5a 0 512',
+      'close',
+      'open -o driver=blkdebug,config=rules.cfg img.raw',
+      'read -P 0x5a 0 512',
+      'close',
+      'open -o driver=blkdebug,config=rules.cfg blkdebug::img.raw',
+      'close',
+      'open -o driver=blkdebug,config=nonexist.cfg img.raw',
+      'open -o driver=blkdebug,config= img.raw',
+      // A config in the filename wins over the option.
+      'open -o driver=blkdebug,config=rules.cfg blkdebug:bad-errno.cfg:img.raw',
+      'open -o driver=blkdebug,config=bad-errno.cfg blkdebug:rules.cfg:img.raw',
+      'close',
+      'open -o driver=blkdebug,config=missing-event.cfg img.raw',
+      'open -o driver=raw,config=rules.cfg img.raw',
+      'open -o driver=blkdebug,config=rules.cfg,foo=1 img.raw',
+      'open -o driver=file,foo=1 img.raw',
+    ),
+    images: [RAW],
+  },
+  ...Object.keys(BAD_CONFIGS).map(
+    (name): Session => ({ name: `config error: ${name}`, args: ['-f', 'raw', ...cmds('read 0 512'), `blkdebug:${name}:img.raw`], images: [RAW] }),
+  ),
+];
+
+describe.skipIf(!qemu)('blk-io parity with qemu-io 7.2: blkdebug names, config option and config errors', () => {
+  let dir = '';
+  let runner: ParityRunner;
+
+  beforeAll(() => {
+    dir = makeTempDir('blk-io-parity-blkdebug');
+    runner = new ParityRunner(dir, qemu?.qemuIo ?? 'qemu-io');
+    runner.beforeRun = (caseDir: string) => {
+      // Rules that no request here triggers (a filter opened as the image has no format above
+      // it to announce events): only whether the file parses matters.
+      writeFileSync(join(caseDir, 'rules.cfg'), '[inject-error]\nevent = "l2_update"\nerrno = "5"\n');
+      for (const [name, text] of Object.entries(BAD_CONFIGS)) writeFileSync(join(caseDir, name), text);
+    };
+  });
+  afterAll(() => removeTempDir(dir));
+
+  for (const s of sessions) {
+    it(s.name, async () => {
+      const res = await runner.run(s);
+      expect(res.blk.stderr, 'stderr').toBe(res.qemu.stderr);
+      expect(res.blk.stdout, 'stdout').toBe(res.qemu.stdout);
+      expect(res.blk.merged, 'stdout+stderr on one pipe').toBe(res.qemu.merged);
+      expect(res.blk.status, 'exit status').toBe(res.qemu.status);
+      if (res.imagesEqual !== null) expect(res.imagesEqual, 'image contents').toBe(true);
+    });
+  }
+});
