@@ -1,6 +1,6 @@
 // Parity with qemu-io 7.2 for blkdebug's ways in: a plain image name under -f blkdebug (no
-// `blkdebug:` prefix), the config= option of open -o, and the wording of config errors
-// (qemu-io prints the bare message, with no file name or line).
+// `blkdebug:` prefix), the config= option of open -o, the wording of config errors (qemu-io
+// prints the bare message, with no file name or line), and the events raw announces on it.
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -66,6 +66,19 @@ const sessions: Session[] = [
     ),
     images: [RAW],
   },
+  // raw announces read_aio / write_aio on its file, as QEMU's raw does.
+  {
+    name: 'raw over blkdebug: read_aio rule',
+    args: ['-f', 'raw', ...cmds('read 0 512', 'aio_read 0 512', 'aio_flush', 'readv 0 512', 'write -P 1 0 512', 'read -P 1 0 512'), 'blkdebug:read.cfg:img.raw'],
+    images: [RAW],
+    compareImages: true,
+  },
+  {
+    name: 'raw over blkdebug: write_aio rule, probed raw (guarded head) and past it',
+    args: [...cmds('write -P 1 0 512', 'write -P 1 64k 512', 'read -P 0x5a 0 512', 'aio_write 8k 512', 'aio_flush'), 'blkdebug:write.cfg:img.raw'],
+    images: [RAW],
+    compareImages: true,
+  },
   ...Object.keys(BAD_CONFIGS).map(
     (name): Session => ({ name: `config error: ${name}`, args: ['-f', 'raw', ...cmds('read 0 512'), `blkdebug:${name}:img.raw`], images: [RAW] }),
   ),
@@ -82,6 +95,8 @@ describe.skipIf(!qemu)('blk-io parity with qemu-io 7.2: blkdebug names, config o
       // Rules that no request here triggers (a filter opened as the image has no format above
       // it to announce events): only whether the file parses matters.
       writeFileSync(join(caseDir, 'rules.cfg'), '[inject-error]\nevent = "l2_update"\nerrno = "5"\n');
+      writeFileSync(join(caseDir, 'read.cfg'), '[inject-error]\nevent = "read_aio"\nerrno = "5"\nonce = "on"\n');
+      writeFileSync(join(caseDir, 'write.cfg'), '[inject-error]\nevent = "write_aio"\nerrno = "28"\n');
       for (const [name, text] of Object.entries(BAD_CONFIGS)) writeFileSync(join(caseDir, name), text);
     };
   });

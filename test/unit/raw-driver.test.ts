@@ -60,6 +60,32 @@ describe('raw driver', () => {
     expect(registry.probe(QED_MAGIC, 'x')).toBe(qedMagicProbe);
   });
 
+  it('create passes the protocol options on: preallocation=full through raw writes the file', async () => {
+    const p = join(dir, 'full.raw');
+    await bdrvCreate(p, { format: 'raw', options: { size: 1 << 20, preallocation: 'full' }, registry });
+    const st = await stat(p);
+    expect(st.size).toBe(1 << 20);
+    expect(st.blocks * 512).toBeGreaterThanOrEqual(1 << 20);
+    const e = await rejection(bdrvCreate(join(dir, 'bad.raw'), { format: 'raw', options: { size: 512, preallocation: 'bogus' }, registry }));
+    expect(e.message).toBe('invalid parameter value: bogus');
+    // Options neither raw nor its protocol know are still refused before anything is created.
+    const e2 = await rejection(bdrvCreate(join(dir, 'bad.raw'), { format: 'raw', options: { size: 512, clusterSize: 4096 }, registry }));
+    expect(e2.message).toBe("Invalid parameter 'clusterSize'");
+  });
+
+  it('announces read_aio / write_aio on its file when something watches them, as QEMU raw does', async () => {
+    const name = memName();
+    await bdrvCreate(name, { format: 'raw', options: { size: 64 << 10 }, registry });
+    const bs = await opened(name, { format: 'raw' });
+    const seen: string[] = [];
+    bs.file!.events.on('debug', (ev) => seen.push(ev));
+    await bs.pwrite(4096, pattern(512, 1));
+    await bs.pread(4096, new Uint8Array(512));
+    // (The generic layer's own pwritev / pwritev_done come between.)
+    expect(seen.filter((e) => e.endsWith('_aio'))).toEqual(['write_aio', 'read_aio']);
+    expect(seen.indexOf('write_aio')).toBeLessThan(seen.indexOf('pwritev'));
+  });
+
   it('create makes a sparse file of whole sectors over the file protocol', async () => {
     const p = join(dir, 'c.raw');
     await bdrvCreate(p, { format: 'raw', options: { size: 1000 }, registry });
