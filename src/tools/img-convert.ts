@@ -6,7 +6,15 @@ import PQueue from 'p-queue';
 import type { BlockDriverState } from '../index.js';
 import { ToolExit, cvtnum, parseOptions } from './common.js';
 import { checkCacheMode } from './img-check.js';
-import { accumulateOptions, createErrorMessage, createImageFile, findCreateDriver, printBlockOptionHelp, reportWithPrefix } from './img-create.js';
+import {
+  accumulateOptions,
+  createErrorMessage,
+  createImageFile,
+  findCreateDriver,
+  printBlockOptionHelp,
+  protocolOf,
+  reportWithPrefix,
+} from './img-create.js';
 import { BDRV_BLOCK_DATA, BDRV_BLOCK_ZERO, blockStatusAboveFlags } from './img-map.js';
 import {
   HelpRequest,
@@ -20,6 +28,7 @@ import {
   errnoMessage,
   hasHelpOption,
   imgOpen,
+  createOptionSpecs,
   parseCreateOptions,
   unsupportedOption,
   type ImgEnv,
@@ -533,7 +542,8 @@ export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
         return 1;
       }
       try {
-        drvOpts = parseCreateOptions(drv, options ?? '');
+        // The target's protocol options (preallocation...) are taken too, as by create.
+        drvOpts = parseCreateOptions(drv, options ?? '', protocolOf(env, outFilename as string));
       } catch (e) {
         reportWithPrefix(env, '', e);
         return 1;
@@ -578,8 +588,9 @@ export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
     }
     if (!skipCreate) {
       const drv = env.registry.require(targetFmt);
+      const specs = createOptionSpecs(drv, protocolOf(env, outFile));
       const createOpts: Record<string, string | number | boolean> = {};
-      for (const [name, v] of drvOpts) createOpts[drv.createOptions?.find((o) => o.name === name)?.key ?? name] = v;
+      for (const [name, v] of drvOpts) createOpts[specs.find((o) => o.name === name)?.key ?? name] = v;
       try {
         await createImageFile(env, outFile, targetFmt, createOpts);
       } catch (e) {

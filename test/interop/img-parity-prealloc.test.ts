@@ -1,6 +1,7 @@
 // Parity with qemu-img 7.2: the file protocol's create options (preallocation, nocow,
 // extent_size_hint), taken by -f file and by formats on a file (raw passes them to its file),
-// and resize --preallocation (raw passes the mode to its file; qed refuses it).
+// convert's -o (the same options for the target), and resize --preallocation (raw passes the
+// mode to its file; qed refuses it).
 import { statSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -84,6 +85,25 @@ const sessions: Session[] = [
       ['resize', '-f', 'qed', '--preallocation=off', 'q.qed', '3M'],
     ],
     images: ['off.raw', 'falloc.raw', 'full.raw', 'file.raw', 'empty.raw', 'bad.raw', 'q.qed'],
+  },
+  {
+    name: 'convert -o preallocation (the target protocol options)',
+    setup: [
+      ['qemu-img', 'create', '-q', '-f', 'raw', 's.raw', '1M'],
+      ['qemu-io', '-f', 'raw', '-c', 'write -P 1 0 64k', '-c', 'write -P 2 512k 4k', 's.raw'],
+    ],
+    steps: [
+      ['convert', '-f', 'raw', '-O', 'raw', '-o', 'preallocation=full', 's.raw', 'full.raw'],
+      ['convert', '-f', 'raw', '-O', 'raw', '-o', 'preallocation=falloc', 's.raw', 'falloc.raw'],
+      ['convert', '-f', 'raw', '-O', 'raw', '-o', 'preallocation=off,nocow=on', 's.raw', 'off.raw'],
+      ['convert', '-f', 'raw', '-O', 'qed', '-o', 'preallocation=full', 's.raw', 'q.qed'],
+      { args: ['convert', '-f', 'raw', '-O', 'raw', '-o', 'preallocation=metadata', 's.raw', 'm.raw'], merged: true },
+      { args: ['convert', '-f', 'raw', '-O', 'raw', '-o', 'preallocation=bogus', 's.raw', 'b.raw'], merged: true },
+      { args: ['convert', '-f', 'raw', '-O', 'raw', '-o', 'extent_size_hint=8G', 's.raw', 'b.raw'], merged: true },
+      { args: ['convert', '-O', 'raw', '-o', 'help', 's.raw', 'h.raw'], merged: true },
+      ['info', 'm.raw'],
+    ],
+    images: ['full.raw', 'falloc.raw', 'off.raw', 'q.qed'],
   },
 ];
 
