@@ -126,12 +126,16 @@ export async function lengthF(s: IoSession): Promise<number> {
 export async function infoF(s: IoSession): Promise<number> {
   const bs = image(s);
   s.o.out(`format name: ${bs.driver.formatName}\n`);
+  // qemu-io prints the driver's protocol name as well, under the same label (file, blkdebug).
+  const proto = bs.driver.protocolName;
+  if (proto !== undefined) s.o.out(`format name: ${proto}\n`);
   let clusterSize = 0;
   try {
     clusterSize = (await bs.getInfo()).clusterSize;
   } catch (e) {
-    // A raw image has no format information: QEMU reports a cluster size of 0.
-    if (!isBlockError(e, 'ENOTSUP') || bs.driver.formatName !== 'raw') return ENOTSUP;
+    // A raw image, a protocol node (file-posix answers with an empty info) and a filter (asks
+    // its child, down to the file) have no format information: QEMU reports a cluster size of 0.
+    if (!isBlockError(e, 'ENOTSUP') || (bs.driver.formatName !== 'raw' && proto === undefined)) return ENOTSUP;
   }
   s.o.out(`cluster size: ${cvtstr(clusterSize)}\n`);
   s.o.out(`vm state offset: ${cvtstr(0)}\n`);

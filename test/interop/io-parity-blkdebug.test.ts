@@ -39,6 +39,9 @@ const sessions: Session[] = [
     images: [RAW],
     compareImages: true,
   },
+  // info names a protocol driver twice (format and protocol name) and has no cluster size.
+  { name: 'info of a filter and of a protocol node', args: [...cmds('info', 'close', 'open -o driver=file img.raw', 'info'), '-f', 'blkdebug', 'img.raw'], images: [RAW] },
+  { name: '-f file info', args: ['-f', 'file', ...cmds('info'), 'img.raw'], images: [RAW] },
   { name: '-f blkdebug with a file: name', args: ['-f', 'blkdebug', ...cmds('read -P 0x5a 0 4k', 'length'), 'file:img.raw'], images: [RAW] },
   { name: '-f blkdebug with a missing image', args: ['-f', 'blkdebug', ...cmds('read 0 512'), 'nonexist.raw'] },
   { name: '-f blkdebug read-only', args: ['-r', '-f', 'blkdebug', ...cmds('write 0 512', 'read -P 0x5a 0 512'), 'img.raw'], images: [RAW] },
