@@ -1,11 +1,8 @@
 // Parity with qemu-io 7.2 for blkdebug's ways in: a plain image name under -f blkdebug (no
 // `blkdebug:` prefix), the config= option of open -o, the wording of config errors (qemu-io
 // prints the bare message, with no file name or line), and the events raw announces on it.
-import { writeFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { makeTempDir, removeTempDir, requireQemu } from './qemu.js';
-import { ParityRunner, cmds, type ImageSpec, type Session } from './io-parity-harness.js';
+import { requireQemu } from './qemu.js';
+import { cmds, describeParity, type ImageSpec, type Session } from './io-parity-harness.js';
 
 const qemu = requireQemu();
 
@@ -87,32 +84,13 @@ const sessions: Session[] = [
   ),
 ];
 
-describe.skipIf(!qemu)('blk-io parity with qemu-io 7.2: blkdebug names, config option and config errors', () => {
-  let dir = '';
-  let runner: ParityRunner;
-
-  beforeAll(() => {
-    dir = makeTempDir('blk-io-parity-blkdebug');
-    runner = new ParityRunner(dir, qemu?.qemuIo ?? 'qemu-io');
-    runner.beforeRun = (caseDir: string) => {
-      // Rules that no request here triggers (a filter opened as the image has no format above
-      // it to announce events): only whether the file parses matters.
-      writeFileSync(join(caseDir, 'rules.cfg'), '[inject-error]\nevent = "l2_update"\nerrno = "5"\n');
-      writeFileSync(join(caseDir, 'read.cfg'), '[inject-error]\nevent = "read_aio"\nerrno = "5"\nonce = "on"\n');
-      writeFileSync(join(caseDir, 'write.cfg'), '[inject-error]\nevent = "write_aio"\nerrno = "28"\n');
-      for (const [name, text] of Object.entries(BAD_CONFIGS)) writeFileSync(join(caseDir, name), text);
-    };
-  });
-  afterAll(() => removeTempDir(dir));
-
-  for (const s of sessions) {
-    it(s.name, async () => {
-      const res = await runner.run(s);
-      expect(res.blk.stderr, 'stderr').toBe(res.qemu.stderr);
-      expect(res.blk.stdout, 'stdout').toBe(res.qemu.stdout);
-      expect(res.blk.merged, 'stdout+stderr on one pipe').toBe(res.qemu.merged);
-      expect(res.blk.status, 'exit status').toBe(res.qemu.status);
-      if (res.imagesEqual !== null) expect(res.imagesEqual, 'image contents').toBe(true);
-    });
-  }
+describeParity('blk-io parity with qemu-io 7.2: blkdebug names, config option and config errors', qemu?.qemuIo ?? null, sessions, {
+  files: {
+    // Rules that no request here triggers (a filter opened as the image has no format above
+    // it to announce events): only whether the file parses matters.
+    'rules.cfg': '[inject-error]\nevent = "l2_update"\nerrno = "5"\n',
+    'read.cfg': '[inject-error]\nevent = "read_aio"\nerrno = "5"\nonce = "on"\n',
+    'write.cfg': '[inject-error]\nevent = "write_aio"\nerrno = "28"\n',
+    ...BAD_CONFIGS,
+  },
 });

@@ -6,11 +6,10 @@
 // announces flush_to_os but never flush_to_disk. A rule armed by those events fails the next
 // request, so where the error shows up tells which flushes ran. Also reopen -c, which changes
 // the mode of the same nodes (armed rules survive) after flushing them.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { makeTempDir, removeTempDir, requireQemu, runQemuImg } from './qemu.js';
-import { ParityRunner, cmds, type ImageSpec, type Session } from './io-parity-harness.js';
+import { expect } from 'vitest';
+import { requireQemu, runQemuImg } from './qemu.js';
+import { cmds, describeParity, type ImageSpec, type Session } from './io-parity-harness.js';
 
 const qemu = requireQemu();
 
@@ -100,33 +99,14 @@ sessions.push(
   },
 );
 
-describe.skipIf(!qemu)('blk-io cache modes: parity with qemu-io 7.2 through blkdebug flush rules', () => {
-  let dir = '';
-  let runner: ParityRunner;
-
-  beforeAll(() => {
-    dir = makeTempDir('blk-io-cache');
-    runner = new ParityRunner(dir, qemu?.qemuIo ?? 'qemu-io');
-    runner.beforeRun = (caseDir: string) => {
-      for (const [name, text] of Object.entries(RULES)) writeFileSync(join(caseDir, name), text);
-    };
-  });
-  afterAll(() => removeTempDir(dir));
-
-  for (const s of sessions) {
-    it(s.name, async () => {
-      const res = await runner.run(s);
-      expect(res.blk.stderr, 'stderr').toBe(res.qemu.stderr);
-      expect(res.blk.stdout, 'stdout').toBe(res.qemu.stdout);
-      expect(res.blk.merged, 'stdout+stderr on one pipe').toBe(res.qemu.merged);
-      expect(res.blk.status, 'exit status').toBe(res.qemu.status);
-      expect(res.imagesEqual, 'image contents').toBe(true);
-      if (s.check === true) {
-        // What blk-io left (after errors in the middle of allocations) is a clean image.
-        const c = runQemuImg(['check', '-f', 'qed', join(runner.lastCaseDir, 'img.qed')]);
-        expect(c.stdout + c.stderr).toContain('No errors were found on the image.');
-        expect(c.status).toBe(0);
-      }
-    });
-  }
+describeParity('blk-io cache modes: parity with qemu-io 7.2 through blkdebug flush rules', qemu?.qemuIo ?? null, sessions, {
+  files: RULES,
+  imagesAlways: true,
+  extra: (s, _res, runner) => {
+    if (s.check !== true) return;
+    // What blk-io left (after errors in the middle of allocations) is a clean image.
+    const c = runQemuImg(['check', '-f', 'qed', join(runner.lastCaseDir, 'img.qed')]);
+    expect(c.stdout + c.stderr).toContain('No errors were found on the image.');
+    expect(c.status).toBe(0);
+  },
 });

@@ -4,10 +4,11 @@
 // apart and once more sharing one pipe (the stdio buffering order). Only timing figures are
 // masked before comparing.
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { main, maskTimings } from '../../src/tools/io.js';
-import { runQemuImg } from './qemu.js';
+import { makeTempDir, removeTempDir, runQemuImg } from './qemu.js';
 
 export interface ImageSpec {
   /** File name inside the case directory. */
@@ -161,4 +162,61 @@ export class ParityRunner {
 /** `-c` arguments for a list of commands. */
 export function cmds(...list: string[]): string[] {
   return list.flatMap((c) => ['-c', c]);
+}
+
+export type ParityResult = Awaited<ReturnType<ParityRunner['run']>>;
+
+export interface ParitySuite<S extends Session> {
+  /** Files written into every case directory (rules, patterns...). */
+  files?: Record<string, string | Buffer>;
+  /** Applied to stderr and the merged output of both sides before comparing. */
+  mask?: (text: string) => string;
+  /** The images must have been compared (and be equal) in every session, not only when asked. */
+  imagesAlways?: boolean;
+  /** More checks on a session's result (its files are in runner.lastCaseDir). */
+  extra?: (s: S, res: ParityResult, runner: ParityRunner) => void;
+}
+
+/**
+ * A describe block of parity sessions: each runs through qemu-io and blk-io, and stdout, stderr,
+ * their interleaving on one pipe, the exit status and the images must be the same.
+ */
+export function describeParity<S extends Session>(
+  title: string,
+  qemuIo: string | null,
+  sessions: readonly S[],
+  suite: ParitySuite<S> = {},
+): void {
+  describe.skipIf(qemuIo === null)(title, () => {
+    let dir = '';
+    let runner: ParityRunner;
+
+    beforeAll(() => {
+      dir = makeTempDir('blk-io-parity');
+      runner = new ParityRunner(dir, qemuIo ?? 'qemu-io');
+      runner.beforeRun = (caseDir: string) => {
+        for (const [name, content] of Object.entries(suite.files ?? {})) writeFileSync(join(caseDir, name), content);
+      };
+    });
+    afterAll(() => removeTempDir(dir));
+
+    for (const s of sessions) {
+      it(s.name, async () => {
+        const res = await runner.run(s);
+        const mask = suite.mask;
+        if (mask !== undefined) {
+          for (const out of [res.blk, res.qemu]) {
+            out.stderr = mask(out.stderr);
+            out.merged = mask(out.merged);
+          }
+        }
+        expect(res.blk.stderr, 'stderr').toBe(res.qemu.stderr);
+        expect(res.blk.stdout, 'stdout').toBe(res.qemu.stdout);
+        expect(res.blk.merged, 'stdout+stderr on one pipe').toBe(res.qemu.merged);
+        expect(res.blk.status, 'exit status').toBe(res.qemu.status);
+        if (suite.imagesAlways === true || res.imagesEqual !== null) expect(res.imagesEqual, 'image contents').toBe(true);
+        suite.extra?.(s, res, runner);
+      });
+    }
+  });
 }

@@ -5,12 +5,12 @@
 // (a spawned process, as in io-parity-crash), and in where an error armed by the job's flushes
 // lands (in-process sessions through blkdebug rules).
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeTempDir, removeTempDir, requireQemu, runQemuImg } from './qemu.js';
-import { ParityRunner, cmds, type ImageSpec, type Session } from './io-parity-harness.js';
+import { cmds, describeParity, type ImageSpec, type Session } from './io-parity-harness.js';
 
 const qemu = requireQemu();
 
@@ -196,43 +196,29 @@ function features(path: string): bigint {
   return readFileSync(path).readBigUInt64LE(16);
 }
 
-describe.skipIf(!qemu)('blk-io reopen / aio_flush drain like qemu-io 7.2', () => {
-  let dir = '';
-  let runner: ParityRunner;
+describeParity('blk-io reopen / aio_flush drain like qemu-io 7.2', qemu?.qemuIo ?? null, sessions, {
+  files: RULES,
+  mask: maskNodeNames,
+  imagesAlways: true,
+  extra: (s, _res, runner) => {
+    const img = s.images?.[0];
+    if (img?.fmt !== 'qed') return;
+    // Whatever an error in the middle left (leaks, not corruption), both left the same.
+    const ours = runQemuImg(['check', '-f', 'qed', join(runner.lastCaseDir, img.name)]);
+    const theirs = runQemuImg(['check', '-f', 'qed', join(runner.lastCaseDir, `${img.name}.qemu`)]);
+    expect(ours.stdout.replaceAll('.qed.qemu', '.qed')).toBe(theirs.stdout.replaceAll('.qed.qemu', '.qed'));
+    expect(ours.status).toBe(theirs.status);
+    expect(features(join(runner.lastCaseDir, img.name))).toBe(features(join(runner.lastCaseDir, `${img.name}.qemu`)));
+    expect([0, 3]).toContain(ours.status);
+  },
+});
 
+describe.skipIf(!qemu)('blk-io reopen / aio_flush before abort like qemu-io 7.2', () => {
+  let dir = '';
   beforeAll(() => {
     dir = makeTempDir('blk-io-reopen');
-    runner = new ParityRunner(dir, qemu?.qemuIo ?? 'qemu-io');
-    runner.beforeRun = (caseDir: string) => {
-      for (const [name, text] of Object.entries(RULES)) writeFileSync(join(caseDir, name), text);
-    };
   });
   afterAll(() => removeTempDir(dir));
-
-  for (const s of sessions) {
-    it(s.name, async () => {
-      const res = await runner.run(s);
-      for (const out of [res.blk, res.qemu]) {
-        out.stderr = maskNodeNames(out.stderr);
-        out.merged = maskNodeNames(out.merged);
-      }
-      expect(res.blk.stderr, 'stderr').toBe(res.qemu.stderr);
-      expect(res.blk.stdout, 'stdout').toBe(res.qemu.stdout);
-      expect(res.blk.merged, 'stdout+stderr on one pipe').toBe(res.qemu.merged);
-      expect(res.blk.status, 'exit status').toBe(res.qemu.status);
-      expect(res.imagesEqual, 'image contents').toBe(true);
-      const img = s.images?.[0];
-      if (img?.fmt === 'qed') {
-        // Whatever an error in the middle left (leaks, not corruption), both left the same.
-        const ours = runQemuImg(['check', '-f', 'qed', join(runner.lastCaseDir, img.name)]);
-        const theirs = runQemuImg(['check', '-f', 'qed', join(runner.lastCaseDir, `${img.name}.qemu`)]);
-        expect(ours.stdout.replaceAll('.qed.qemu', '.qed')).toBe(theirs.stdout.replaceAll('.qed.qemu', '.qed'));
-        expect(ours.status).toBe(theirs.status);
-        expect(features(join(runner.lastCaseDir, img.name))).toBe(features(join(runner.lastCaseDir, `${img.name}.qemu`)));
-        expect([0, 3]).toContain(ours.status);
-      }
-    });
-  }
 
   it.each(ABORT_CASES.map((c) => [c.join(' ; '), c]))('write, %s, abort: same NEED_CHECK bit and messages', (_label, list) => {
     const fresh = join(dir, 'fresh.qed');

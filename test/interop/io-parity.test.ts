@@ -1,11 +1,8 @@
 // blk-io against qemu-io 7.2: the same scripted sessions on identical images (made by
 // qemu-img), compared on stdout, stderr, the merged pipe and the exit status; only timing and
 // throughput figures are masked. Sessions group many commands to keep the suite quick.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { writeFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { makeTempDir, removeTempDir, requireQemu } from './qemu.js';
-import { ParityRunner, cmds, type ImageSpec, type Session } from './io-parity-harness.js';
+import { requireQemu } from './qemu.js';
+import { cmds, describeParity, type ImageSpec, type Session } from './io-parity-harness.js';
 
 const qemu = requireQemu();
 
@@ -313,32 +310,13 @@ const sessions: Session[] = [
   { name: 'large dump', args: q('bogus', 'read -v 0 8k', 'length'), images: [QED] },
 ];
 
-describe.skipIf(!qemu)('blk-io parity with qemu-io 7.2', () => {
-  let dir = '';
-  let runner: ParityRunner;
-
-  beforeAll(() => {
-    dir = makeTempDir('blk-io-parity');
-    runner = new ParityRunner(dir, qemu?.qemuIo ?? 'qemu-io');
-    runner.beforeRun = (caseDir: string) => {
-      writeFileSync(join(caseDir, 'pat.txt'), 'abcdefghijABCDEFGHIJ0123456789 !"#$%&\'()*+,-./:;<=>?@[\\]^_`{|}~\x01\x7f\xff');
-      writeFileSync(join(caseDir, 'empty.txt'), '');
-      writeFileSync(join(caseDir, 'inject.cfg'), '[inject-error]\nevent = "read_aio"\nerrno = "5"\n');
-      writeFileSync(join(caseDir, 'qedhead.bin'), Buffer.concat([Buffer.from('QED\0', 'latin1'), Buffer.alloc(508)]));
-    };
-  });
-  afterAll(() => removeTempDir(dir));
-
-  for (const s of sessions) {
-    it(s.name, async () => {
-      const res = await runner.run(s);
-      expect(res.blk.stderr, 'stderr').toBe(res.qemu.stderr);
-      expect(res.blk.stdout, 'stdout').toBe(res.qemu.stdout);
-      expect(res.blk.merged, 'stdout+stderr on one pipe').toBe(res.qemu.merged);
-      expect(res.blk.status, 'exit status').toBe(res.qemu.status);
-      if (res.imagesEqual !== null) expect(res.imagesEqual, 'image contents').toBe(true);
-    });
-  }
+describeParity('blk-io parity with qemu-io 7.2', qemu?.qemuIo ?? null, sessions, {
+  files: {
+    'pat.txt': 'abcdefghijABCDEFGHIJ0123456789 !"#$%&\'()*+,-./:;<=>?@[\\]^_`{|}~\x01\x7f\xff',
+    'empty.txt': '',
+    'inject.cfg': '[inject-error]\nevent = "read_aio"\nerrno = "5"\n',
+    'qedhead.bin': Buffer.concat([Buffer.from('QED\0', 'latin1'), Buffer.alloc(508)]),
+  },
 });
 
 export const PARITY_SESSIONS = sessions;
