@@ -71,6 +71,13 @@ export interface BlockErrorDetails {
   offset?: number;
   path?: string;
   cause?: unknown;
+  /**
+   * A raw errno number and its strerror() text, for errors no BlockErrorCode names (blkdebug
+   * injects any number); `code` then stays a generic category. Optional: omitted, the code's
+   * own number and text apply.
+   */
+  errno?: number;
+  errnoText?: string;
 }
 
 export class BlockError extends Error {
@@ -79,18 +86,23 @@ export class BlockError extends Error {
   readonly op: string | undefined;
   readonly offset: number | undefined;
   readonly path: string | undefined;
+  /** The errno number this error stands for (the code's own unless one was given). */
+  readonly errno: number;
+  private readonly errnoText: string | undefined;
 
   constructor(code: BlockErrorCode, message?: string, details: BlockErrorDetails = {}) {
-    super(message ?? ERRNO_MESSAGES[code], details.cause === undefined ? undefined : { cause: details.cause });
+    super(message ?? details.errnoText ?? ERRNO_MESSAGES[code], details.cause === undefined ? undefined : { cause: details.cause });
     this.code = code;
     this.op = details.op;
     this.offset = details.offset;
     this.path = details.path;
+    this.errno = details.errno ?? ERRNO_NUMBERS[code];
+    this.errnoText = details.errnoText;
   }
 
-  /** The strerror-style text for this error's code ("Input/output error"). */
+  /** The strerror-style text for this error ("Input/output error"; a raw errno's own text). */
   get errnoMessage(): string {
-    return ERRNO_MESSAGES[this.code];
+    return this.errnoText ?? ERRNO_MESSAGES[this.code];
   }
 }
 

@@ -2,7 +2,6 @@
 // JSON output (QDict key order), the progress meter, and -o option lists.
 import { BlockDriverState, defaultRegistry, isBlockError, type BlockDriver, type BlockDriverRegistry, type CreateOptionSpec, type OpenOptions } from '../index.js';
 import { resolve } from 'node:path';
-import { ERRNO_MESSAGES } from '../block/errors.js';
 import { ToolExit, ToolOutput, errorMessage, formatFixed, parseOptionSize, qemuStrtosz, type LongOption } from './common.js';
 
 export interface ImgEnv {
@@ -102,7 +101,7 @@ export async function openImage(env: ImgEnv, filename: string, opts: ImgOpenOpti
 
 /** An I/O failure as qemu-img prints it after strerror(): the errno text of a BlockError. */
 export function errnoMessage(e: unknown): string {
-  return isBlockError(e) ? ERRNO_MESSAGES[e.code] : errorMessage(e);
+  return isBlockError(e) ? e.errnoMessage : errorMessage(e);
 }
 
 /** Close and ignore errors (cleanup paths after a failure was already reported). */

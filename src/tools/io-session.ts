@@ -118,7 +118,7 @@ export function writeFua(s: IoSession, requested = false): boolean {
 
 /** strerror(-ret) for whatever a block-layer call threw. */
 export function errnoText(e: unknown): string {
-  if (isBlockError(e)) return ERRNO_MESSAGES[e.code];
+  if (isBlockError(e)) return e.errnoMessage;
   const code = (e as { code?: unknown } | null)?.code;
   if (typeof code === 'string' && code in ERRNO_MESSAGES) return ERRNO_MESSAGES[code as BlockErrorCode];
   return ERRNO_MESSAGES.EIO;
