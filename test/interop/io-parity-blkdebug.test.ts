@@ -27,6 +27,34 @@ const BAD_CONFIGS: Record<string, string> = {
   'set-state-first.cfg': '[set-state]\nnew_state = "2"\n[inject-error]\nevent = "nosuch"\n',
   'parse-before-rules.cfg': '[inject-error]\nevent = "nosuch"\n[inject-error]\nerrno = "x"\n',
   'open-bracket.cfg': '[foo\nevent = "x"\n',
+  // Numbers are read as u64 (a sign allowed); only a magnitude past 64 bits is refused.
+  'huge-errno.cfg': '[inject-error]\nevent = "read_aio"\nerrno = "-18446744073709551616"\n',
+  'huge-sector.cfg': '[inject-error]\nevent = "read_aio"\nsector = "0x10000000000000000"\n',
+  'huge-state.cfg': '[set-state]\nevent = "read_aio"\nnew_state = "99999999999999999999999"\n',
+  'blank-after-sign.cfg': '[inject-error]\nevent = "read_aio"\nerrno = "- 5"\n',
+};
+
+/** Rule files with numbers QEMU wraps or has no errno name for: raw over blkdebug:NAME:img.raw. */
+const NUMBER_CONFIGS: Record<string, string> = {
+  // Any errno is injected; the failure reports its strerror().
+  'errno-8.cfg': '[inject-error]\nevent = "read_aio"\nerrno = "8"\n',
+  'errno-4000.cfg': '[inject-error]\nevent = "write_aio"\nerrno = "4000"\n',
+  'errno-133.cfg': '[inject-error]\nevent = "read_aio"\nerrno = "133"\n',
+  // A negative errno: the request "succeeds" without any I/O (no write lands, a read leaves
+  // the buffer as qemu-io filled it).
+  'errno-neg-write.cfg': '[inject-error]\nevent = "write_aio"\nerrno = "-5"\n',
+  'errno-neg-read.cfg': '[inject-error]\nevent = "read_aio"\nerrno = " -0x5"\nonce = "on"\n',
+  // errno is a C int: the low 32 bits of the u64 (4294967301 is 5, -18446744073709551615 is 1).
+  'errno-wrap.cfg': '[inject-error]\nevent = "read_aio"\nerrno = "4294967301"\n',
+  'errno-wrap-neg.cfg': '[inject-error]\nevent = "write_aio"\nerrno = "-18446744073709551615"\n',
+  // sector -1 (or 2^64-1) is any offset; other negative sectors never match; sector*512 wraps.
+  'sector-neg1.cfg': '[inject-error]\nevent = "read_aio"\nsector = "-1"\n',
+  'sector-u64max.cfg': '[inject-error]\nevent = "read_aio"\nsector = "18446744073709551615"\n',
+  'sector-neg2.cfg': '[inject-error]\nevent = "read_aio"\nsector = "-2"\n',
+  'sector-wrap.cfg': '[inject-error]\nevent = "read_aio"\nsector = "36028797018963969"\n',
+  // state and new_state are C ints too: -1 and 2^32+2 (= 2) are reachable states.
+  'state-neg.cfg': '[set-state]\nevent = "write_aio"\nnew_state = "-1"\n[inject-error]\nevent = "read_aio"\nstate = "-1"\n',
+  'state-wrap.cfg': '[set-state]\nevent = "write_aio"\nnew_state = "4294967298"\n[inject-error]\nevent = "read_aio"\nstate = "2"\n',
 };
 
 const sessions: Session[] = [
@@ -79,6 +107,19 @@ const sessions: Session[] = [
     images: [RAW],
     compareImages: true,
   },
+  ...Object.keys(NUMBER_CONFIGS).map(
+    (name): Session => ({
+      name: `config numbers: ${name}`,
+      args: [
+        '-f',
+        'raw',
+        ...cmds('read -P 0x5a 0 512', 'read -v 512 16', 'write -P 7 0 512', 'read -P 7 0 512', 'read -P 0x5a 512 512', 'aio_write -P 8 1k 512', 'aio_flush', 'read -v 1k 16'),
+        `blkdebug:${name}:img.raw`,
+      ],
+      images: [RAW],
+      compareImages: true,
+    }),
+  ),
   ...Object.keys(BAD_CONFIGS).map(
     (name): Session => ({ name: `config error: ${name}`, args: ['-f', 'raw', ...cmds('read 0 512'), `blkdebug:${name}:img.raw`], images: [RAW] }),
   ),
@@ -92,5 +133,6 @@ describeParity('blk-io parity with qemu-io 7.2: blkdebug names, config option an
     'read.cfg': '[inject-error]\nevent = "read_aio"\nerrno = "5"\nonce = "on"\n',
     'write.cfg': '[inject-error]\nevent = "write_aio"\nerrno = "28"\n',
     ...BAD_CONFIGS,
+    ...NUMBER_CONFIGS,
   },
 });

@@ -70,7 +70,9 @@ event = "write_aio"
     ['event = "l1_update"\n', /no group defined/],
     // An unquoted value reads as empty (QEMU's sscanf patterns).
     ['[inject-error]\nevent = l1_update\n', /^invalid parameter value: $/],
-    ['[inject-error]\nevent = "l1_update"\nerrno = "4000"\n', /Unsupported errno/],
+    ['[inject-error]\nevent = "l1_update"\nerrno = "-18446744073709551616"\n', /^Value '-18446744073709551616' is too large for parameter 'errno'$/],
+    ['[inject-error]\nevent = "l1_update"\nsector = "0x10000000000000000"\n', /^Value '0x10000000000000000' is too large for parameter 'sector'$/],
+    ['[inject-error]\nevent = "l1_update"\nerrno = "- 5"\n', /^Parameter 'errno' expects a number$/],
     ['[inject-error]\nevent = "l1_update"\niotype = "sideways"\n', /^invalid parameter value: sideways$/],
     ['[inject-error]\nevent="l1_update"\n', /^Invalid parameter 'event="l1_update"'$/],
     ['[inject-error]\ngarbage\n', /^Invalid parameter 'garbage'$/],
@@ -93,16 +95,47 @@ event = "write_aio"
   });
 });
 
+describe('blkdebug numbers, read as QEMU does (u64, then truncated to the field type)', () => {
+  const one = (body: string) => {
+    const r = parseBlkdebugConfig(`[inject-error]\nevent = "l1_update"\n${body}`)[0];
+    if (r.action !== 'inject-error') throw new Error('not an inject-error rule');
+    return r;
+  };
+  it('keeps any errno, with its strerror text', () => {
+    expect(one('errno = "8"\n')).toMatchObject({ errno: 8, code: 'EIO', errnoText: 'Exec format error' });
+    expect(one('errno = "4000"\n')).toMatchObject({ errno: 4000, errnoText: 'Unknown error 4000' });
+    expect(one('errno = "28"\n')).toMatchObject({ errno: 28, code: 'ENOSPC' });
+  });
+  it('wraps negative and over-wide numbers', () => {
+    expect(one('errno = "-5"\n').errno).toBe(-5);
+    expect(one('errno = " -0x5"\n').errno).toBe(-5);
+    expect(one('errno = "4294967301"\n')).toMatchObject({ errno: 5, code: 'EIO' });
+    expect(one('errno = "-18446744073709551615"\n')).toMatchObject({ errno: 1, code: 'EPERM' });
+    expect(one('state = "-1"\n').state).toBe(-1);
+    expect(one('sector = "-1"\n').offset).toBe(-1);
+    expect(one('sector = "18446744073709551615"\n').offset).toBe(-1);
+    expect(one('sector = "-2"\n').offset).toBe(Number.POSITIVE_INFINITY);
+    expect(one('sector = "36028797018963969"\n').offset).toBe(512);
+    const ss = parseBlkdebugConfig('[set-state]\nevent = "l1_update"\nnew_state = "4294967298"\n')[0];
+    expect(ss).toMatchObject({ newState: 2 });
+  });
+  it('a negative errno makes the request succeed untouched', async () => {
+    const s = new BlkdebugState(parseBlkdebugConfig('[inject-error]\nevent = "l1_update"\nerrno = "-5"\n'));
+    await s.debugEvent('l1_update');
+    expect(s.ruleCheck(0, 512, 'read', 'read')).toEqual({ error: null, immediately: false });
+  });
+});
+
 describe('blkdebug rule engine', () => {
   it('arms an error at the event and fails every later matching request until re-armed', async () => {
     const s = new BlkdebugState(parseBlkdebugConfig('[inject-error]\nevent = "l2_update"\nerrno = "5"\n'));
     expect(s.ruleCheck(0, 512, 'write', 'write')).toBeNull();
     await s.debugEvent('l2_update');
     const hit = s.ruleCheck(0, 512, 'write', 'write');
-    expect(hit?.error.code).toBe('EIO');
+    expect(hit?.error?.code).toBe('EIO');
     expect(hit?.immediately).toBe(false);
     // not once: stays armed
-    expect(s.ruleCheck(4096, 512, 'read', 'read')?.error.code).toBe('EIO');
+    expect(s.ruleCheck(4096, 512, 'read', 'read')?.error?.code).toBe('EIO');
     // block-status is not in the default iotype mask
     expect(s.ruleCheck(0, 512, 'block-status', 'block_status')).toBeNull();
   });
@@ -143,7 +176,7 @@ errno = "28"
     expect(s.state).toBe(2);
     expect(s.ruleCheck(0, 512, 'write', 'write')).toBeNull();
     await s.debugEvent('l2_update');
-    expect(s.ruleCheck(0, 512, 'write', 'write')?.error.code).toBe('ENOSPC');
+    expect(s.ruleCheck(0, 512, 'write', 'write')?.error?.code).toBe('ENOSPC');
   });
 
   it('a new injecting event replaces the armed set; events without inject rules keep it', async () => {
@@ -154,9 +187,9 @@ errno = "28"
     );
     await s.debugEvent('l1_update');
     await s.debugEvent('read_aio');
-    expect(s.ruleCheck(0, 512, 'write', 'write')?.error.code).toBe('EIO');
+    expect(s.ruleCheck(0, 512, 'write', 'write')?.error?.code).toBe('EIO');
     await s.debugEvent('l2_update');
-    expect(s.ruleCheck(0, 512, 'write', 'write')?.error.code).toBe('ENOSPC');
+    expect(s.ruleCheck(0, 512, 'write', 'write')?.error?.code).toBe('ENOSPC');
   });
 
   it('errno 0 arms nothing that fails', async () => {

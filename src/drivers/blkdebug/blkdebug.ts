@@ -114,14 +114,19 @@ function child(bs: BlockDriverState): BlockDriverState {
   return bs.file;
 }
 
-/** QEMU's rule_check: fail the request if an armed rule covers it, after a yield unless `immediately`. */
-async function ruleCheck(bs: BlockDriverState, offset: number, bytes: number, iotype: BlkdebugIOType, op: string) {
+/**
+ * QEMU's rule_check: fail the request if an armed rule covers it, after a yield unless
+ * `immediately`. Resolves true when the request must not reach the image: a rule with a
+ * negative errno makes QEMU return a positive value, which every caller takes for success.
+ */
+async function ruleCheck(bs: BlockDriverState, offset: number, bytes: number, iotype: BlkdebugIOType, op: string): Promise<boolean> {
   const hit = state(bs).ruleCheck(offset, bytes, iotype, op);
-  if (!hit) return;
+  if (!hit) return false;
   // Not immediately: the error comes back from a later turn of the event loop, as QEMU
   // reschedules the coroutine before returning it.
   if (!hit.immediately) await new Promise<void>((resolve) => queueMicrotask(resolve));
-  throw hit.error;
+  if (hit.error) throw hit.error;
+  return true;
 }
 
 async function blkdebugOpen(bs: BlockDriverState, options: OpenOptions): Promise<void> {
@@ -158,32 +163,34 @@ export const blkdebugDriver: BlockDriver = {
   close: blkdebugClose,
 
   async coPreadv(bs, offset, bytes, qiov: IOVector) {
-    await ruleCheck(bs, offset, bytes, 'read', 'read');
+    if (await ruleCheck(bs, offset, bytes, 'read', 'read')) return;
     await child(bs).preadv(offset, qiov);
   },
 
   async coPwritev(bs, offset, bytes, qiov: IOVector, flags: WriteFlags) {
-    await ruleCheck(bs, offset, bytes, 'write', 'write');
+    if (await ruleCheck(bs, offset, bytes, 'write', 'write')) return;
     await child(bs).pwritev(offset, qiov, flags);
   },
 
   async coFlush(bs) {
     // QEMU checks flush rules in blkdebug's flush_to_disk hook, skipped when nothing was written.
-    if (bs.flushToDiskDue) await ruleCheck(bs, 0, 0, 'flush', 'flush');
+    if (bs.flushToDiskDue && (await ruleCheck(bs, 0, 0, 'flush', 'flush'))) return;
     await child(bs).flush();
   },
 
   async coWriteZeroes(bs, offset, bytes, flags: WriteZeroesFlags) {
-    await ruleCheck(bs, offset, bytes, 'write-zeroes', 'write_zeroes');
+    if (await ruleCheck(bs, offset, bytes, 'write-zeroes', 'write_zeroes')) return;
     await child(bs).writeZeroes(offset, bytes, flags);
   },
 
   async coDiscard(bs, offset, bytes) {
-    await ruleCheck(bs, offset, bytes, 'discard', 'discard');
+    if (await ruleCheck(bs, offset, bytes, 'discard', 'discard')) return;
     await child(bs).discard(offset, bytes);
   },
 
   async coBlockStatus(bs, offset, bytes): Promise<BlockStatus> {
+    // A negative errno here would hand QEMU's caller -errno as status flags; not modelled:
+    // the query goes on to the image.
     await ruleCheck(bs, offset, bytes, 'block-status', 'block_status');
     return child(bs).blockStatus(offset, bytes);
   },

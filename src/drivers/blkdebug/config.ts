@@ -16,6 +16,7 @@
  */
 import { BlockError, codeFromErrno, type BlockErrorCode } from '../../block/errors.js';
 import { BLKDBG_EVENTS, type BlkDebugEvent } from '../../block/events.js';
+import { linuxStrerror } from './strerror.js';
 
 /** Which request types an injected error hits (QEMU's BlkdebugIOType). */
 export const BLKDEBUG_IO_TYPES = ['read', 'write', 'write-zeroes', 'discard', 'flush', 'block-status'] as const;
@@ -29,15 +30,24 @@ export interface InjectErrorRule {
   event: BlkDebugEvent;
   /** Only fires in this state; 0 = any state. */
   state: number;
-  /** Error to inject, as a BlockError code (the config gives an errno number). */
+  /** Error to inject, as a BlockError code (EIO for numbers no code names). */
   code: BlockErrorCode;
-  /** The errno number as written (0 disables the rule, as in QEMU). */
+  /**
+   * The errno number, as QEMU's int holds it (the config's 64-bit value truncated): 0 disables
+   * the rule; a negative one makes the request succeed without doing any I/O (QEMU returns
+   * -errno, a positive value that callers take for success).
+   */
   errno: number;
+  /** strerror(errno), what a failed request reports ("Unknown error N" for unknown numbers). */
+  errnoText: string;
   /** Remove the rule after it failed one request. */
   once: boolean;
   /** Fail without first yielding to the event loop. */
   immediately: boolean;
-  /** Byte offset that the failing request must cover; -1 = any request. */
+  /**
+   * Byte offset that the failing request must cover; -1 = any request. QEMU compares it as an
+   * unsigned 64-bit number, so other negative sectors never match: they become Infinity here.
+   */
   offset: number;
   iotypes: ReadonlySet<BlkdebugIOType>;
 }
@@ -72,14 +82,25 @@ function parseError(where: string, message: string): BlockError {
   return new BlockError('EINVAL', message, { op: 'open', path: where });
 }
 
-/** QEMU_OPT_NUMBER: qemu_strtou64 with base 0 (decimal, 0x hex, 0 octal), leading blanks allowed. */
-function parseNumber(where: string, key: string, value: string): number {
-  const m = /^[ \t\n\r\f\v]*\+?(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)$/.exec(value);
+const U64_MAX = (1n << 64n) - 1n;
+
+/**
+ * QEMU_OPT_NUMBER: qemu_strtou64 with base 0 (decimal, 0x hex, 0 octal), leading blanks and a
+ * sign allowed. Like strtoull, a minus sign negates modulo 2^64 ("-1" is 2^64-1); only a
+ * magnitude past 64 bits is refused. The caller truncates to its field's C type.
+ */
+function parseNumber(where: string, key: string, value: string): bigint {
+  const m = /^[ \t\n\r\f\v]*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)$/.exec(value);
   if (!m) throw parseError(where, `Parameter '${key}' expects a number`);
-  const t = m[1];
-  const n = /^0[xX]/.test(t) ? Number(t) : t.length > 1 && t.startsWith('0') ? parseInt(t, 8) : Number(t);
-  if (!Number.isSafeInteger(n)) throw parseError(where, `Parameter '${key}' is too large`);
-  return n;
+  const t = m[2];
+  const n = /^0[xX]/.test(t) ? BigInt(t) : t.length > 1 && t.startsWith('0') ? BigInt(`0o${t.slice(1)}`) : BigInt(t);
+  if (n > U64_MAX) throw parseError(where, `Value '${value}' is too large for parameter '${key}'`);
+  return BigInt.asUintN(64, m[1] === '-' ? -n : n);
+}
+
+/** A number option read into a C int (state, new_state, errno): QEMU keeps the low 32 bits. */
+function parseInt32(where: string, key: string, value: string): number {
+  return Number(BigInt.asIntN(32, parseNumber(where, key, value)));
 }
 
 /** QEMU_OPT_BOOL: on/off and the usual synonyms. */
@@ -113,25 +134,23 @@ function ruleFromGroup(group: string, opts: Map<string, string>, where: string):
   // qapi_enum_parse's wording, the value quoted bare.
   if (event === undefined) throw parseError(where, `invalid parameter value: ${eventName}`);
   const stateText = opts.get('state');
-  const state = stateText === undefined ? 0 : parseNumber(where, 'state', stateText);
+  const state = stateText === undefined ? 0 : parseInt32(where, 'state', stateText);
   if (group === 'set-state') {
     const ns = opts.get('new_state');
-    return { action: 'set-state', event, state, newState: ns === undefined ? 0 : parseNumber(where, 'new_state', ns) };
+    return { action: 'set-state', event, state, newState: ns === undefined ? 0 : parseInt32(where, 'new_state', ns) };
   }
-  const errnoText = opts.get('errno');
-  const errno = errnoText === undefined ? 5 : parseNumber(where, 'errno', errnoText);
-  let code: BlockErrorCode = 'EIO';
-  if (errno !== 0) {
-    // QEMU takes any number (a read then fails with "Unknown error N"); ours can only inject
-    // the errors BlockError knows, so others are refused rather than silently changed.
-    const c = codeFromErrno(errno);
-    if (c === undefined) throw parseError(where, `Unsupported errno ${errno}`);
-    code = c;
-  }
+  const errnoValue = opts.get('errno');
+  const errno = errnoValue === undefined ? 5 : parseInt32(where, 'errno', errnoValue);
+  // Any number is injected as is; numbers no BlockErrorCode names keep EIO as their category
+  // and carry their own strerror text.
+  const code: BlockErrorCode = codeFromErrno(errno) ?? 'EIO';
   const sectorText = opts.get('sector');
-  const sector = sectorText === undefined ? -1 : parseNumber(where, 'sector', sectorText);
-  const offset = sector === -1 ? -1 : sector * 512;
-  if (!Number.isSafeInteger(offset)) throw parseError(where, `Parameter 'sector' is too large`);
+  // -1 (the default, or any value that wraps to it) means any offset; other sectors are
+  // multiplied by 512 wrapping as QEMU's int64 arithmetic does, then compared unsigned.
+  const sector = sectorText === undefined ? U64_MAX : parseNumber(where, 'sector', sectorText);
+  const byteOffset = sector === U64_MAX ? U64_MAX : BigInt.asUintN(64, sector * 512n);
+  const offset =
+    byteOffset === U64_MAX ? -1 : byteOffset > BigInt(Number.MAX_SAFE_INTEGER) ? Number.POSITIVE_INFINITY : Number(byteOffset);
   const once = opts.get('once');
   const imm = opts.get('immediately');
   const iotypeText = opts.get('iotype');
@@ -148,6 +167,7 @@ function ruleFromGroup(group: string, opts: Map<string, string>, where: string):
     state,
     code,
     errno,
+    errnoText: linuxStrerror(errno),
     once: once === undefined ? false : parseBool(where, 'once', once),
     immediately: imm === undefined ? false : parseBool(where, 'immediately', imm),
     offset,

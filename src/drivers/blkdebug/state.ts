@@ -30,7 +30,8 @@ interface SuspendedRequest {
 }
 
 export interface InjectedError {
-  error: BlockError;
+  /** null: a negative errno, the request then succeeds without doing any I/O (QEMU returns -errno > 0). */
+  error: BlockError | null;
   immediately: boolean;
 }
 
@@ -132,10 +133,15 @@ export class BlkdebugState {
       this.removeRule(rule);
     }
     this.errorsInjected++;
-    const error = new BlockError(rule.code, `blkdebug: injected ${rule.code} at event ${rule.event}`, {
-      op,
-      offset,
-    });
+    const error =
+      rule.errno < 0
+        ? null
+        : new BlockError(rule.code, `blkdebug: injected errno ${rule.errno} (${rule.errnoText}) at event ${rule.event}`, {
+            op,
+            offset,
+            errno: rule.errno,
+            errnoText: rule.errnoText,
+          });
     return { error, immediately: rule.immediately };
   }
 
