@@ -27,6 +27,8 @@ const BAD_CONFIGS: Record<string, string> = {
   'set-state-first.cfg': '[set-state]\nnew_state = "2"\n[inject-error]\nevent = "nosuch"\n',
   'parse-before-rules.cfg': '[inject-error]\nevent = "nosuch"\n[inject-error]\nerrno = "x"\n',
   'open-bracket.cfg': '[foo\nevent = "x"\n',
+  // QEMU 7.2 has no dotted spellings of event names any more.
+  'dotted-event.cfg': '[inject-error]\nevent = "l2_alloc.write"\n',
   // Numbers are read as u64 (a sign allowed); only a magnitude past 64 bits is refused.
   'huge-errno.cfg': '[inject-error]\nevent = "read_aio"\nerrno = "-18446744073709551616"\n',
   'huge-sector.cfg': '[inject-error]\nevent = "read_aio"\nsector = "0x10000000000000000"\n',
@@ -107,6 +109,8 @@ const sessions: Session[] = [
     images: [RAW],
     compareImages: true,
   },
+  // break parses event names as the rule files do: the dotted spelling is unknown.
+  { name: 'break with a dotted event name', args: ['-f', 'raw', ...cmds('break l2_alloc.write a', 'break read_aio b', 'remove_break b', 'remove_break a'), 'blkdebug:rules.cfg:img.raw'], images: [RAW] },
   ...Object.keys(NUMBER_CONFIGS).map(
     (name): Session => ({
       name: `config numbers: ${name}`,

@@ -122,9 +122,8 @@ function parseBool(where: string, key: string, value: string): boolean {
 }
 
 export function parseEventName(name: string): BlkDebugEvent | undefined {
-  // QEMU before 2.x spelled some names with dots (l2_alloc.write); accept both.
-  const n = name.replace(/\./g, '_');
-  return (BLKDBG_EVENTS as readonly string[]).includes(n) ? (n as BlkDebugEvent) : undefined;
+  // Only the exact names: QEMU 7.2 refuses the old dotted spellings (l2_alloc.write).
+  return (BLKDBG_EVENTS as readonly string[]).includes(name) ? (name as BlkDebugEvent) : undefined;
 }
 
 function ruleFromGroup(group: string, opts: Map<string, string>, where: string): BlkdebugRule {
