@@ -563,16 +563,7 @@ export class BlockDriverState {
    */
   private fastReadOk(offset: number, bytes: number): boolean {
     if (bytes === 0 || !this.isOpen || (this.openOptions.copyOnRead === true && !this.readOnly)) return false;
-    const len = this.lengthSync();
-    const align = this.requestAlignment;
-    return (
-      len !== null &&
-      !invalidNumber(len) &&
-      offset + bytes <= len &&
-      offset % align === 0 &&
-      bytes % align === 0 &&
-      this.findConflict(offset, offset + bytes, false) === undefined
-    );
+    return this.fastRangeOk(offset, bytes, this.lengthSync());
   }
 
   /**
@@ -583,8 +574,15 @@ export class BlockDriverState {
     // The fast path announces no pwritev/pwritev_done: anyone watching this node's debug
     // events (blkdebug's hook, a listener) gets the slow path, which does.
     if (bytes === 0 || !this.isOpen || this.debugWatched()) return false;
+    return this.fastRangeOk(offset, bytes, this.growable ? Number.MAX_SAFE_INTEGER : this.lengthSync());
+  }
+
+  /**
+   * The range part of both fast-path tests: a length known now (`len`, null when it is not)
+   * that holds the request, aligned ends, and no overlapping serialising request.
+   */
+  private fastRangeOk(offset: number, bytes: number, len: number | null): boolean {
     const align = this.requestAlignment;
-    const len = this.growable ? Number.MAX_SAFE_INTEGER : this.lengthSync();
     return (
       len !== null &&
       !invalidNumber(len) &&
