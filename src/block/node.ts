@@ -518,11 +518,12 @@ export class BlockDriverState {
   }
 
   async preadv(offset: number, qiov: IOVector): Promise<void> {
-    if (this.preadvNow(offset, qiov)) return;
     const bytes = qiov.size;
     this.checkArgs('read', offset, bytes);
     const fn = this.io.coPreadv;
     if (fn !== undefined && this.fastReadOk(offset, bytes)) {
+      // Data already at hand (preadvNow's hook, behind the same test): nothing to track.
+      if (this.driver.preadvNow?.(this, offset, bytes, qiov) === true) return;
       this.inFlight++;
       const req = this.trackInsert(offset, offset + bytes, false);
       try {
@@ -1271,9 +1272,9 @@ export class BlockDriverState {
       }
       return this.doPwritev(offset, qiov, NO_FLAGS);
     }
-    if (this.preadvNow(offset, qiov)) return RESOLVED;
     const fn = this.io.coPreadv;
     if (fn !== undefined && this.fastReadOk(offset, bytes)) {
+      if (this.driver.preadvNow?.(this, offset, bytes, qiov) === true) return RESOLVED;
       return this.fastRun(offset, bytes, false, () => fn(this, offset, bytes, qiov));
     }
     return this.doPreadv(offset, qiov);
