@@ -18,6 +18,9 @@ import { IOVector } from './iovec.js';
 import { canonicalImageName, combineBackingPath } from './path.js';
 import { BLOCK_PROBE_BUF_SIZE, BlockDriverRegistry, driverIO, getDefaultRegistry } from './registry.js';
 
+/** Who uses a node: a parent node, a BlockBackend, or nobody yet (see BlockDriverState.parent). */
+export type NodeParent = 'none' | 'node' | 'backend';
+
 /** Longest backing chain we open below a top image (crosvm-style hard limit). */
 export const MAX_BACKING_DEPTH = 16;
 
@@ -122,10 +125,11 @@ export class BlockDriverState {
   /** Flushes of this node now at their flush_to_disk step (see flushToDiskDue). */
   private flushingToDisk = 0;
   /**
-   * Used by a parent node (opened with `child`, or put in a parent's `file` slot), not by a
-   * user directly: see `growable`.
+   * Who uses the node: a parent node (opened with `child`, or put in a parent's `file` slot),
+   * a BlockBackend (which bounds its user), or nobody yet (a user of the node itself, bounded
+   * here). See `growable` and `userLength`.
    */
-  private attached: boolean;
+  private parent: NodeParent;
 
   /**
    * A bare node; `open` is the normal way to get one. Drivers that build nodes by hand call
@@ -139,7 +143,7 @@ export class BlockDriverState {
     this.clock = options.clock ?? realClock;
     this.depth = options.depth ?? 0;
     this.registry = options.registry ?? getDefaultRegistry();
-    this.attached = options.child ?? false;
+    this.parent = options.child === true ? 'node' : 'none';
     const align = driver.requestAlignment ?? (driver.isProtocol || driver.isFilter ? 1 : BDRV_SECTOR_SIZE);
     if (!Number.isSafeInteger(align) || align < 1) {
       throw new BlockError('EINVAL', `Driver '${driver.formatName}' has an invalid request alignment ${align}`);
@@ -237,10 +241,10 @@ export class BlockDriverState {
    */
   async driverOpen(): Promise<void> {
     if (this.opened) throw new BlockError('EINVAL', `Node '${this.filename}' is already open`, { op: 'open' });
-    if (this.file) this.file.attached = true;
+    if (this.file) this.file.parent = 'node';
     try {
       await this.driver.open?.(this, this.openOptions);
-      if (this.file) this.file.attached = true;
+      if (this.file) this.file.parent = 'node';
     } catch (e) {
       // The driver's open failed: the children it got from us are ours to close.
       await this.closeChildren().catch(() => undefined);
@@ -340,7 +344,17 @@ export class BlockDriverState {
    * end with EIO, as QEMU's BlockBackend does; so do format nodes, whose virtual size is fixed.
    */
   get growable(): boolean {
-    return this.attached && this.isStorage();
+    return this.parent !== 'none' && this.isStorage();
+  }
+
+  /**
+   * Set who uses the node (a BlockBackend attaching it as its root sets 'backend': the
+   * backend bounds requests, the node may grow). Returns the previous value, for detach.
+   */
+  setParent(parent: NodeParent): NodeParent {
+    const prev = this.parent;
+    this.parent = parent;
+    return prev;
   }
 
   private isStorage(): boolean {
@@ -354,7 +368,7 @@ export class BlockDriverState {
    * there grows the file, as in qemu-io -f file. Children and format nodes keep their length.
    */
   private userLength(len: number): number {
-    return this.attached || !this.isStorage() ? len : roundUp(len, BDRV_SECTOR_SIZE);
+    return this.parent === 'node' || !this.isStorage() ? len : roundUp(len, BDRV_SECTOR_SIZE);
   }
 
   /** The length requests are bounded by and padded against (see userLength). */
