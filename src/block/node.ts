@@ -11,6 +11,7 @@
  *   io/aio.ts        the sector-based AIO routes
  *   status.ts        block status, isAllocated(Above)
  *   lifecycle.ts     drain, reopen, close
+ *   info.ts          info, check, backing file change, cache invalidation, make empty
  *
  * State here: the node's identity and children (set at open, changed only by
  * changeBackingFile and reopen), `requests` (io/requests.ts), the write generations
@@ -35,12 +36,12 @@ import { BlockEventEmitter, type BlkDebugEvent } from './events.js';
 import { aioFlush, aioRw } from './io/aio.js';
 import { bdrvFlush, bdrvTruncate, driverLength } from './io/flush.js';
 import { bdrvPreadv, preadvNow } from './io/read.js';
-import { RequestTracker, checkWritable, inflight, invalidNumber, notSupported, roundUp } from './io/requests.js';
+import { RequestTracker, inflight, invalidNumber, roundUp } from './io/requests.js';
 import { NO_FLAGS, bdrvDiscard, bdrvPwritev, bdrvWriteZeroes } from './io/write.js';
 import { IOVector } from './iovec.js';
 import { bdrvClose, bdrvDrain, bdrvReopen, closeChildren } from './lifecycle.js';
-import { bdrvOpenChain, driverOpen, storageFilename } from './open.js';
-import { combineBackingPath } from './path.js';
+import { bdrvOpenChain, driverOpen } from './open.js';
+import { bdrvChangeBackingFile, bdrvCheck, bdrvGetAllocatedFileSize, bdrvGetInfo, bdrvInvalidateCache, bdrvMakeEmpty, nodeSummary } from './info.js';
 import { BlockDriverRegistry, driverIO, getDefaultRegistry } from './registry.js';
 import { bdrvBlockStatus, bdrvBlockStatusAbove, bdrvIsAllocated, bdrvIsAllocatedAbove, type Allocation } from './status.js';
 
@@ -272,9 +273,8 @@ export class BlockDriverState {
 
   /**
    * Is a flush of this node at its flush_to_disk step (not cache=unsafe, and something was
-   * written through the node since its last successful flush)? QEMU runs a driver's disk
-   * flush only then. Our coFlush also flushes the children, so it always runs; a driver whose
-   * own disk-level work must follow QEMU's rule (blkdebug's flush rule check) asks this.
+   * written since its last successful flush)? QEMU runs a driver's disk flush only then; a
+   * driver whose disk-level work follows that rule (blkdebug's flush rule) asks this.
    */
   get flushToDiskDue(): boolean {
     return this.flushingToDisk > 0;
@@ -322,61 +322,31 @@ export class BlockDriverState {
   // ---------------------------------------------------------------------------------------
   // Metadata operations
 
-  async getInfo(): Promise<BlockDriverInfo> {
-    const hook = this.driver.getInfo?.bind(this.driver);
-    return inflight(this, 'get_info', async () => {
-      if (!hook) throw notSupported(this, 'get_info');
-      return hook(this);
-    });
+  getInfo(): Promise<BlockDriverInfo> {
+    return bdrvGetInfo(this);
   }
 
   /** Host bytes used; without a hook, what the children use (QEMU's default). */
-  async getAllocatedFileSize(): Promise<number> {
-    return inflight(this, 'get_allocated_file_size', async () => {
-      if (this.driver.getAllocatedFileSize) return this.driver.getAllocatedFileSize(this);
-      if (this.file) return this.file.getAllocatedFileSize();
-      throw notSupported(this, 'get_allocated_file_size');
-    });
+  getAllocatedFileSize(): Promise<number> {
+    return bdrvGetAllocatedFileSize(this);
   }
 
-  async check(fix: CheckFix = {}): Promise<CheckResult> {
-    if (fix.leaks || fix.errors) checkWritable(this, 'check');
-    const hook = this.driver.check?.bind(this.driver);
-    return inflight(this, 'check', async () => {
-      if (!hook) throw notSupported(this, 'check');
-      return hook(this, fix);
-    });
+  check(fix: CheckFix = {}): Promise<CheckResult> {
+    return bdrvCheck(this, fix);
   }
 
-  async changeBackingFile(name: string | null, fmt: string | null): Promise<void> {
-    checkWritable(this, 'change_backing_file');
-    const hook = this.driver.changeBackingFile?.bind(this.driver);
-    await inflight(this, 'change_backing_file', async () => {
-      if (!hook) throw notSupported(this, 'change_backing_file');
-      await hook(this, name, fmt);
-      // The node's view follows the image (bdrv_change_backing_file); the open backing node
-      // is left as it is, as QEMU does.
-      this.backingFile = name ?? '';
-      this.backingFormat = fmt ?? '';
-      this.fullBackingFilename = this.backingFile === '' ? '' : combineBackingPath(storageFilename(this), name ?? '');
-    });
+  /** Record a new backing file in the image; the open backing node stays as it is. */
+  changeBackingFile(name: string | null, fmt: string | null): Promise<void> {
+    return bdrvChangeBackingFile(this, name, fmt);
   }
 
   /** Drop cached metadata and reread it; without a hook, pass it to the file child. */
-  async invalidateCache(): Promise<void> {
-    await inflight(this, 'invalidate_cache', async () => {
-      if (this.driver.invalidateCache) await this.driver.invalidateCache(this);
-      else if (this.file) await this.file.invalidateCache();
-    });
+  invalidateCache(): Promise<void> {
+    return bdrvInvalidateCache(this);
   }
 
-  async makeEmpty(): Promise<void> {
-    checkWritable(this, 'make_empty');
-    const hook = this.driver.makeEmpty?.bind(this.driver);
-    await inflight(this, 'make_empty', async () => {
-      if (!hook) throw notSupported(this, 'make_empty');
-      await hook(this);
-    });
+  makeEmpty(): Promise<void> {
+    return bdrvMakeEmpty(this);
   }
 
   // ---------------------------------------------------------------------------------------
@@ -432,13 +402,6 @@ export class BlockDriverState {
 
   /** console.log shows a summary (driver, filename, size, children), not the internals. */
   [Symbol.for('nodejs.util.inspect.custom')](): string {
-    const len = this.knownLength();
-    const parts = [`${this.driver.formatName} '${this.filename}'`];
-    if (len !== null) parts.push(`${len} bytes`);
-    if (this.readOnly) parts.push('read-only');
-    if (!this.isOpen) parts.push('closed');
-    if (this.file) parts.push(`file: ${this.file.driver.formatName} '${this.file.filename}'`);
-    if (this.backing) parts.push(`backing: ${this.backing.driver.formatName} '${this.backing.filename}'`);
-    return `BlockDriverState { ${parts.join(', ')} }`;
+    return nodeSummary(this);
   }
 }
