@@ -200,10 +200,7 @@ function qedAioComplete(s: BDRVQEDState, acb: QEDRequestState): void {
     s.allocLock.unlock();
   } else if (acb.allocPending) {
     acb.allocPending = false;
-    if (--s.allocPending === 0) {
-      const waiters = s.allocPendingWaiters.splice(0);
-      for (const wake of waiters) wake();
-    }
+    if (--s.allocPending === 0) s.allocPendingDone.restartAll();
   } else {
     return;
   }
@@ -454,35 +451,7 @@ async function qedAioWriteCow(
  * issued when it settles. A lone request flushes at once, as before.
  */
 function qedFlushWrittenData(s: BDRVQEDState): Promise<void> {
-  const next = s.dataFlushNext;
-  if (next) return next.promise;
-  if (s.dataFlushing) {
-    let resolve!: () => void;
-    let reject!: (e: unknown) => void;
-    const promise = new Promise<void>((res, rej) => {
-      resolve = res;
-      reject = rej;
-    });
-    s.dataFlushNext = { promise, resolve, reject };
-    return promise;
-  }
-  return qedIssueDataFlush(s);
-}
-
-function qedIssueDataFlush(s: BDRVQEDState): Promise<void> {
-  const flush = qedFile(s).flush();
-  s.dataFlushing = flush;
-  const settled = (): void => {
-    s.dataFlushing = null;
-    const next = s.dataFlushNext;
-    if (!next) return;
-    s.dataFlushNext = null;
-    // Everyone who joined `next` had written its data before this point: one flush covers all.
-    qedIssueDataFlush(s).then(next.resolve, next.reject);
-  };
-  // Bookkeeping only: the caller awaits `flush` itself and sees its error.
-  flush.then(settled, settled);
-  return flush;
+  return s.dataFlush.run();
 }
 
 /**

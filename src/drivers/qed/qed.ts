@@ -3,7 +3,7 @@
  * The request path lives in io.ts, the check in check.ts, creation in create.ts.
  */
 import type { CompletionFunc } from '../../block/aio.js';
-import { CoMutex } from '../../block/coroutine.js';
+import { CoalescedRun, CoMutex, CoQueue } from '../../block/coroutine.js';
 import type {
   BlockDriver,
   BlockDriverInfo,
@@ -77,10 +77,13 @@ async function qedDoOpen(bs: BlockDriverState, options: OpenOptions): Promise<vo
     }),
     allocLock: new CoMutex(),
     allocPending: 0,
-    allocPendingWaiters: [],
+    allocPendingDone: new CoQueue(),
     allocReservations: [],
-    dataFlushing: null,
-    dataFlushNext: null,
+    // The COW data flush (io.ts, qedFlushWrittenData): concurrent callers share flushes.
+    dataFlush: new CoalescedRun<void>(
+      () => qedFile(s).flush(),
+      () => undefined,
+    ),
     needCheckTimer: null,
     timerTask: null,
     corruptionsRemain: false,
