@@ -6,6 +6,9 @@ import type { BlockDriverState } from './node.js';
 import type { BlockDriverRegistry } from './registry.js';
 
 export const BDRV_SECTOR_SIZE = 512;
+
+/** Largest zero buffer written at once where zeroing falls back to plain writes. */
+export const BDRV_ZERO_CHUNK = 1 << 20;
 export const BDRV_SECTOR_BITS = 9;
 
 export interface WriteFlags {

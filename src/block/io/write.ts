@@ -10,7 +10,7 @@
  * have written part of it).
  */
 import { BlockError, isBlockError } from '../errors.js';
-import { type WriteFlags, type WriteZeroesFlags } from '../driver.js';
+import { BDRV_ZERO_CHUNK, type WriteFlags, type WriteZeroesFlags } from '../driver.js';
 import { IOVector } from '../iovec.js';
 import type { BlockDriverState } from '../node.js';
 import { bdrvFlush } from './flush.js';
@@ -19,9 +19,6 @@ import { checkArgs, checkBounds, checkWritable, fastBegin, fastEnd, fastPathOk, 
 
 /** Default write flags, shared (never mutated). */
 export const NO_FLAGS: WriteFlags = Object.freeze({});
-
-/** Largest zero buffer the writeZeroes fallback writes at once. */
-const WRITE_ZEROES_CHUNK = 1 << 20;
 
 export async function bdrvPwritev(bs: BlockDriverState, offset: number, qiov: IOVector, flags: WriteFlags): Promise<void> {
   const bytes = qiov.size;
@@ -205,7 +202,7 @@ async function zeroRangeDriver(bs: BlockDriverState, offset: number, bytes: numb
     }
   }
   if (flags.noFallback) throw notSupported(bs, 'write_zeroes');
-  const chunkMax = Math.max(bs.requestAlignment, roundDown(WRITE_ZEROES_CHUNK, bs.requestAlignment));
+  const chunkMax = Math.max(bs.requestAlignment, roundDown(BDRV_ZERO_CHUNK, bs.requestAlignment));
   const zeros = new Uint8Array(Math.min(chunkMax, bytes));
   for (let pos = offset; pos < offset + bytes; ) {
     const n = Math.min(zeros.length, offset + bytes - pos);

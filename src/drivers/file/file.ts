@@ -13,13 +13,14 @@
  */
 import { read as fsRead, readv as fsReadv, write as fsWrite, writev as fsWritev, type Stats } from 'node:fs';
 import { open as fsOpen, type FileHandle } from 'node:fs/promises';
-import type {
-  BlockDriver,
-  BlockStatus,
-  CreateOptions,
-  OpenOptions,
-  WriteFlags,
-  WriteZeroesFlags,
+import {
+  BDRV_SECTOR_SIZE,
+  type BlockDriver,
+  type BlockStatus,
+  type CreateOptions,
+  type OpenOptions,
+  type WriteFlags,
+  type WriteZeroesFlags,
 } from '../../block/driver.js';
 import { CoQueue } from '../../block/coroutine.js';
 import { BlockError, ERRNO_MESSAGES, type BlockErrorCode, toBlockError } from '../../block/errors.js';
@@ -210,7 +211,7 @@ const ZERO_SEGMENT = new Uint8Array(4096);
  * data, so ours must too. The bytes were zeros already; failures change nothing and are ignored.
  */
 async function allocateFirstBlock(fd: number, size: number): Promise<void> {
-  const n = Math.min(size, size < 4096 ? 512 : 4096);
+  const n = Math.min(size, size < 4096 ? BDRV_SECTOR_SIZE : 4096);
   if (n <= 0) return;
   try {
     await pwritevFull(fd, [ZERO_SEGMENT.subarray(0, n)], n, 0);

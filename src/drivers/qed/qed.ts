@@ -4,16 +4,17 @@
  */
 import type { CompletionFunc } from '../../block/aio.js';
 import { CoalescedRun, CoMutex, CoQueue } from '../../block/coroutine.js';
-import type {
-  BlockDriver,
-  BlockDriverInfo,
-  BlockStatus,
-  CheckFix,
-  CheckResult,
-  CreateOptions,
-  OpenOptions,
-  WriteFlags,
-  WriteZeroesFlags,
+import {
+  BDRV_SECTOR_SIZE,
+  type BlockDriver,
+  type BlockDriverInfo,
+  type BlockStatus,
+  type CheckFix,
+  type CheckResult,
+  type CreateOptions,
+  type OpenOptions,
+  type WriteFlags,
+  type WriteZeroesFlags,
 } from '../../block/driver.js';
 import { BlockError } from '../../block/errors.js';
 import type { IOVector } from '../../block/iovec.js';
@@ -350,7 +351,7 @@ export interface QEDBlockDriver extends BlockDriver {
 
 export const qedDriver: QEDBlockDriver = {
   formatName: 'qed',
-  requestAlignment: 512,
+  requestAlignment: BDRV_SECTOR_SIZE,
   supportsBacking: true,
   createOptions: qedCreateOptions,
   probe: qedProbe,

@@ -3,6 +3,7 @@
  * written back bit for bit) and the table I/O of QEMU's qed-table.c.
  */
 import { CoalescedRun } from '../../block/coroutine.js';
+import { BDRV_SECTOR_SIZE } from '../../block/driver.js';
 import { IOVector } from '../../block/iovec.js';
 import type { BDRVQEDState, QEDRequest } from './state.js';
 import { qedTrace, qedTracing, qedFile } from './state.js';
@@ -46,7 +47,7 @@ export class QEDTable {
 }
 
 /** Entries per 512-byte sector. */
-const SECTOR_ENTRIES = 512 / 8;
+const SECTOR_ENTRIES = BDRV_SECTOR_SIZE / 8;
 
 /** Read a whole table (table_size clusters) at `offset`. */
 export async function qedReadTable(s: BDRVQEDState, offset: number, table: QEDTable): Promise<void> {
