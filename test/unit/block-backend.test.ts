@@ -1,5 +1,6 @@
 // BlockBackend: the user's bounds (EIO past the end, whole sectors for a protocol root),
 // permissions (write, resize, shared), attach/detach, drain and close.
+import { inspect } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import {
   BlockBackend,
@@ -202,5 +203,23 @@ describe('BlockBackend attach, drain, close', () => {
     expect(await blk.isAllocated(0, 4096)).toMatchObject({ allocated: true });
     expect(await blk.isAllocatedAbove(null, 0, 4096)).toMatchObject({ allocated: true });
     await blk.close();
+  });
+});
+
+describe('console summaries', () => {
+  it('a node, a backend and a block status print as short summaries, not internals', async () => {
+    const name = makeMem(4096);
+    const blk = await BlockBackend.open(name, { format: 'raw', registry: testRegistry() });
+    const bs = blk.root;
+    if (!bs) throw new Error('no root');
+    expect(inspect(bs)).toBe(`BlockDriverState { raw '${name}', 4096 bytes, file: mem '${name}' }`);
+    expect(inspect(blk)).toBe(`BlockBackend { root: raw '${name}', perm: write,resize }`);
+    // A status names its file node by the node's summary, not by the node's internals.
+    const st = inspect(await blk.blockStatus(0, 4096), { breakLength: Infinity });
+    expect(st).toContain(`file: BlockDriverState { mem '${name}', 4096 bytes }`);
+    expect(st).not.toMatch(/requests|opaque|openOptions/);
+    await blk.close();
+    expect(inspect(blk)).toBe('BlockBackend { root: none, perm: write,resize, closed }');
+    expect(inspect(bs)).toBe(`BlockDriverState { raw '${name}', closed, file: mem '${name}' }`);
   });
 });
