@@ -5,83 +5,26 @@ import { describe, expect, it } from 'vitest';
 import {
   BlockBackend,
   BlockDriverState,
-  BlockError,
-  IOVector,
   defaultRegistry,
-  memStoreGet,
   memStoreRead,
-  memStoreWrite,
-  type BlockErrorCode,
 } from '../../src/index.js';
 import { makeMem, testRegistry } from './block-helpers.js';
-
-async function expectCode(p: Promise<unknown>, code: BlockErrorCode, message?: RegExp): Promise<void> {
-  const e: unknown = await p.then(
-    () => null,
-    (err: unknown) => err,
-  );
-  expect(e).toBeInstanceOf(BlockError);
-  expect((e as BlockError).code).toBe(code);
-  if (message) expect((e as BlockError).message).toMatch(message);
-}
-
-function aioWrite(blk: BlockBackend, sector: number, n: number): Promise<BlockError | null> {
-  return new Promise((resolve) => {
-    blk.aioWritev(sector, IOVector.alloc(n * 512), n, (err) => resolve(err));
-  });
-}
-
-function storeLength(name: string): number {
-  const s = memStoreGet(name);
-  if (!s) throw new Error(`no store ${name}`);
-  return s.length;
-}
+import { aioWrite, expectCode, expectRefusedPastEnd, expectSectorTail, makeNines, makeSevens, storeLength } from './block-user-bounds.js';
 
 describe('BlockBackend bounds', () => {
   it('refuses every request past the end of a protocol root with EIO and changes nothing', async () => {
-    const name = makeMem(4096);
-    memStoreWrite(name, new Uint8Array(4096).fill(7));
+    const name = makeSevens();
     const blk = await BlockBackend.open(name, { format: 'mem', registry: testRegistry() });
-    await expectCode(blk.pwrite(4096, new Uint8Array(512)), 'EIO');
-    await expectCode(blk.pwrite(4000, new Uint8Array(200).fill(1)), 'EIO');
-    await expectCode(blk.pwritev(3584, new IOVector([new Uint8Array(512), new Uint8Array(512)])), 'EIO');
-    await expectCode(blk.pread(4000, new Uint8Array(200)), 'EIO');
-    await expectCode(blk.pread(4096, new Uint8Array(1)), 'EIO');
-    await expectCode(blk.writeZeroes(4096, 512), 'EIO');
-    await expectCode(blk.writeZeroes(4000, 200), 'EIO');
-    await expectCode(blk.discard(4095, 2), 'EIO');
-    await expectCode(blk.pread(4097, new Uint8Array(0)), 'EIO');
-    await expectCode(blk.pwrite(4097, new Uint8Array(0)), 'EIO');
-    expect((await aioWrite(blk, 8, 1))?.code).toBe('EIO');
-    expect((await aioWrite(blk, 7, 2))?.code).toBe('EIO');
-    expect(storeLength(name)).toBe(4096);
-    expect(memStoreRead(name).every((b) => b === 7)).toBe(true);
-    await blk.pwrite(4095, Uint8Array.of(1));
-    await blk.pread(4096, new Uint8Array(0));
-    await blk.writeZeroes(4096, 0);
-    expect(await aioWrite(blk, 7, 1)).toBeNull();
-    expect(await blk.getLength()).toBe(4096);
-    await blk.truncate(8192);
-    await blk.pwrite(8000, new Uint8Array(192).fill(2));
-    await expectCode(blk.pwrite(8000, new Uint8Array(193)), 'EIO');
+    await expectRefusedPastEnd(blk, name);
     await blk.close();
   });
 
   it('counts whole sectors: the tail of the last one reads zeros and a write there grows it', async () => {
-    const name = makeMem(1000);
-    memStoreWrite(name, new Uint8Array(1000).fill(9));
+    const name = makeNines();
     const blk = await BlockBackend.open(name, { format: 'mem', registry: testRegistry() });
     expect(await blk.getLength()).toBe(1024);
-    const back = new Uint8Array(34).fill(0xee);
-    await blk.pread(990, back);
-    expect([...back.subarray(0, 10)]).toEqual(new Array<number>(10).fill(9));
-    expect(back.subarray(10).every((b) => b === 0)).toBe(true);
-    expect(await blk.blockStatus(1000, 24)).toMatchObject({ pnum: 24 });
     await expectCode(blk.blockStatus(1025, 1), 'EIO');
-    await expectCode(blk.pwrite(1023, new Uint8Array(2)), 'EIO');
-    expect(storeLength(name)).toBe(1000);
-    await blk.pwrite(1020, Uint8Array.of(1, 2, 3, 4));
-    expect(storeLength(name)).toBe(1024);
+    await expectSectorTail(blk, name);
     await blk.close();
   });
 
