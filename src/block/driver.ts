@@ -117,10 +117,11 @@ export interface OpenOptions {
   depth?: number;
   /**
    * The node is opened for a parent node (QEMU's BdrvChild: a format's `file`, a filter's
-   * image, a backing file, a format's create hook) rather than for a user (QEMU's
-   * BlockBackend). Only then does a protocol or filter node grow on writes past its end and
-   * read zeros there; a user's node refuses such requests with EIO, as qemu-io does. The
-   * generic layer and the built-in drivers set it for the children they open. Default false.
+   * image, a backing file, a format's create hook) rather than for a user. Only then (or under
+   * a BlockBackend, which bounds its user itself) does a protocol or filter node grow on
+   * writes past its end and read zeros there; a node the user opened directly refuses such
+   * requests with EIO, as qemu-io does. The generic layer and the built-in drivers set it for
+   * the children they open. Default false.
    */
   child?: boolean;
 }
