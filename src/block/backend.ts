@@ -60,6 +60,19 @@ function validRange(offset: number, bytes: number): boolean {
   );
 }
 
+/** Permission conflicts with another user of `bs`, both ways, worded as QEMU's bdrv_check_perm. */
+function checkShared(perm: Required<BlockPerm>, shared: Required<BlockPerm>, other: BlockBackend, bs: BlockDriverState): void {
+  const theirs = other.permissions;
+  const theyShare = other.sharedPermissions;
+  for (const p of PERM_NAMES) {
+    const why = perm[p] && !theyShare[p] ? 'does not allow' : theirs[p] && !shared[p] ? 'uses' : null;
+    if (why !== null) {
+      const msg = `Conflicts with use by a block device as 'root', which ${why} '${p}' on ${bs.filename}`;
+      throw new BlockError('EPERM', msg, { op: 'attach', path: bs.filename });
+    }
+  }
+}
+
 export class BlockBackend {
   private rootNode: BlockDriverState | null = null;
   /** The root's parent before attach(), restored by detach(). */
@@ -113,6 +126,11 @@ export class BlockBackend {
     return { ...this.perm };
   }
 
+  /** What this backend lets other users of its root do (a copy). */
+  get sharedPermissions(): Required<BlockPerm> {
+    return { ...this.sharedPerm };
+  }
+
   /**
    * blk_insert_bs: make `bs` the root. Refused when a root is attached, when the node is
    * read-only and write is wanted, or when another backend on the node does not share a
@@ -128,30 +146,12 @@ export class BlockBackend {
       throw new BlockError('EPERM', 'Block node is read-only', { op: 'attach', path: bs.filename });
     }
     const users = usersOf.get(bs) ?? new Set<BlockBackend>();
-    for (const other of users) this.checkShared(other, bs);
+    for (const other of users) checkShared(this.perm, this.sharedPerm, other, bs);
     users.add(this);
     usersOf.set(bs, users);
     this.rootParent = bs.setParent('backend');
     this.rootNode = bs;
     this.ownsRoot = false;
-  }
-
-  /** Permission conflicts both ways, worded as QEMU's bdrv_check_perm. */
-  private checkShared(other: BlockBackend, bs: BlockDriverState): void {
-    for (const p of PERM_NAMES) {
-      if (this.perm[p] && !other.sharedPerm[p]) {
-        throw new BlockError('EPERM', `Conflicts with use by a block device as 'root', which does not allow '${p}' on ${bs.filename}`, {
-          op: 'attach',
-          path: bs.filename,
-        });
-      }
-      if (other.perm[p] && !this.sharedPerm[p]) {
-        throw new BlockError('EPERM', `Conflicts with use by a block device as 'root', which uses '${p}' on ${bs.filename}`, {
-          op: 'attach',
-          path: bs.filename,
-        });
-      }
-    }
   }
 
   /** blk_remove_bs: detach the root and hand it back (still open); null when none. */
@@ -362,20 +362,24 @@ export class BlockBackend {
   }
 
   /**
-   * Reopen the root with new flags; the write and resize permissions follow the new mode
-   * (qemu-io's reopen -r / -w). Gaining write is checked against the node's other users first.
+   * Reopen the root with new flags. A change of mode moves the write and resize permissions
+   * with it (qemu-io's reopen -r / -w); gaining them is checked against the node's other
+   * users first. A reopen that leaves the mode alone keeps the permissions.
    */
   async reopen(opts: ReopenOptions): Promise<void> {
     const bs = this.requireRoot('reopen');
-    const rw = !(opts.readOnly ?? bs.readOnly);
-    if (rw && !this.perm.write) {
-      const wanted = new BlockBackend({ perm: { write: true, resize: true }, sharedPerm: this.sharedPerm });
-      for (const other of usersOf.get(bs) ?? []) if (other !== this) wanted.checkShared(other, bs);
+    const rw = opts.readOnly === undefined ? null : !opts.readOnly;
+    if (rw === true && !this.perm.write) {
+      for (const other of usersOf.get(bs) ?? []) {
+        if (other !== this) checkShared({ write: true, resize: true }, this.sharedPerm, other, bs);
+      }
     }
     await this.drain();
     await bs.reopen(opts);
-    this.perm.write = !bs.readOnly;
-    this.perm.resize = !bs.readOnly;
+    if (rw !== null) {
+      this.perm.write = rw;
+      this.perm.resize = rw;
+    }
   }
 
   /**

@@ -110,6 +110,25 @@ describe('BlockBackend permissions', () => {
   });
 });
 
+describe('BlockBackend reopen and permissions', () => {
+  it('a reopen that keeps the mode keeps the permissions; gaining write is checked first', async () => {
+    const bs = await BlockDriverState.open(makeMem(4096), { format: 'mem', registry: testRegistry() });
+    const reader = new BlockBackend();
+    reader.attach(bs);
+    await reader.reopen({ noFlush: true });
+    await expectCode(reader.pwrite(0, Uint8Array.of(1)), 'EPERM');
+    const exclusive = new BlockBackend({ sharedPerm: { write: false } });
+    exclusive.attach(bs);
+    await expect(reader.reopen({ readOnly: false })).rejects.toThrow(/does not allow 'write'/);
+    await expectCode(reader.pwrite(0, Uint8Array.of(1)), 'EPERM');
+    exclusive.detach();
+    await reader.reopen({ readOnly: false });
+    await reader.pwrite(0, Uint8Array.of(1));
+    reader.detach();
+    await bs.close();
+  });
+});
+
 describe('BlockBackend attach, drain, close', () => {
   it('an empty backend answers ENOMEDIUM; attach gives it a root, detach gives it back', async () => {
     const blk = new BlockBackend({ perm: { write: true } });
