@@ -15,8 +15,8 @@ import {
   parseCInteger,
   requestOffsets,
   type BenchOptions,
-} from '../../src/tools/bench.js';
-import { ToolExit, ToolOutput } from '../../src/tools/common.js';
+} from '../../src/tools/img/bench.js';
+import { ToolExit, ToolOutput } from '../../src/tools/shared/output.js';
 
 interface Captured {
   status: number;

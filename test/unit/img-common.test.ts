@@ -1,17 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import {
-  Getopt,
-  ToolExit,
-  ToolOutput,
-  cvtnum,
-  cvtstr,
-  formatFixed,
-  formatG,
-  parseOptions,
-  progName,
-  qemuStrtosz,
-  sizeToStr,
-} from '../../src/tools/common.js';
+import { Getopt, parseOptions } from '../../src/tools/shared/getopt.js';
+import { ToolExit, ToolOutput, progName } from '../../src/tools/shared/output.js';
+import { cvtnum, qemuStrtosz } from '../../src/tools/shared/size.js';
+import { cvtstr, formatFixed, formatG, sizeToStr } from '../../src/tools/shared/printf.js';
 
 function collector(): { io: { stdout: { write(s: string): void }; stderr: { write(s: string): void } }; text: () => string } {
   let all = '';

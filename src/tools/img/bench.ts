@@ -2,22 +2,15 @@
 // validation order, the messages and the output lines follow qemu-img 7.2 as observed; the
 // engine keeps `depth` requests in flight through the AIO API and recycles a fixed set of
 // request slots (buffer, vector, callback), so the measured loop allocates nothing per request.
-import { ERRNO_MESSAGES, toBlockError } from '../block/errors.js';
-import { BDRV_SECTOR_SIZE } from '../block/driver.js';
-import { IOVector } from '../block/iovec.js';
-import type { BlockError } from '../block/errors.js';
-import { BlockDriverState } from '../index.js';
-import {
-  ToolExit,
-  ToolOutput,
-  cvtnum,
-  cvtnumFull,
-  errorExit,
-  errorMessage,
-  formatFixed,
-  parseOptions,
-  type LongOption,
-} from './common.js';
+import { ERRNO_MESSAGES, toBlockError } from '../../block/errors.js';
+import { BDRV_SECTOR_SIZE } from '../../block/driver.js';
+import { IOVector } from '../../block/iovec.js';
+import type { BlockError } from '../../block/errors.js';
+import { BlockDriverState } from '../../index.js';
+import { ToolExit, ToolOutput, errorExit, errorMessage } from '../shared/output.js';
+import { cvtnum, cvtnumFull } from '../shared/size.js';
+import { formatFixed } from '../shared/printf.js';
+import { parseOptions, type LongOption } from '../shared/getopt.js';
 
 /** What `blk-img bench` writes to; the blk-img dispatcher hands its own sinks. */
 export interface BenchSinks {

@@ -1,8 +1,10 @@
 // blk-img create: qemu-img create's options, checks in bdrv_img_create's order, and the
 // "Formatting ..." line printed (and flushed) just before the format driver runs.
-import { BlockDriverState, BlockError, bdrvCreate, combineBackingPath, isBlockError, type BlockDriver, type CreateOptions } from '../index.js';
-import { qedCreateWarnings } from '../drivers/qed/create.js';
-import { ToolExit, cvtnum, errorExit, errorMessage, parseOptions } from './common.js';
+import { BlockDriverState, BlockError, bdrvCreate, combineBackingPath, isBlockError, type BlockDriver, type CreateOptions } from '../../index.js';
+import { qedCreateWarnings } from '../../drivers/qed/create.js';
+import { ToolExit, errorExit, errorMessage } from '../shared/output.js';
+import { cvtnum } from '../shared/size.js';
+import { parseOptions } from '../shared/getopt.js';
 import {
   LONG_HELP,
   LONG_OBJECT,
@@ -15,7 +17,7 @@ import {
   HelpRequest,
   unsupportedOption,
   type ImgEnv,
-} from './img-util.js';
+} from './util.js';
 
 /** -o accumulation: each list is checked, then appended with a comma. */
 export function accumulateOptions(env: ImgEnv, acc: string | null, arg: string): string {

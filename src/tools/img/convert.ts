@@ -3,9 +3,11 @@
 // data runs are scanned for zero sectors (-S) so that zero regions stay unallocated in the
 // target, requests run in parallel (-m, through p-queue) and are written in order unless -W.
 import PQueue from 'p-queue';
-import type { BlockDriverState } from '../index.js';
-import { ToolExit, cvtnum, parseOptions } from './common.js';
-import { checkCacheMode } from './img-check.js';
+import type { BlockDriverState } from '../../index.js';
+import { ToolExit } from '../shared/output.js';
+import { cvtnum } from '../shared/size.js';
+import { parseOptions } from '../shared/getopt.js';
+import { checkCacheMode } from './check.js';
 import {
   accumulateOptions,
   createErrorMessage,
@@ -14,8 +16,8 @@ import {
   printBlockOptionHelp,
   protocolOf,
   reportWithPrefix,
-} from './img-create.js';
-import { BDRV_BLOCK_DATA, BDRV_BLOCK_ZERO, blockStatusAboveFlags } from './img-map.js';
+} from './create.js';
+import { BDRV_BLOCK_DATA, BDRV_BLOCK_ZERO, blockStatusAboveFlags } from './map.js';
 import {
   HelpRequest,
   LONG_FORCE_SHARE,
@@ -32,7 +34,7 @@ import {
   parseCreateOptions,
   unsupportedOption,
   type ImgEnv,
-} from './img-util.js';
+} from './util.js';
 
 const SECTOR = 512;
 /** Default copy buffer: 2 MiB (4096 sectors). */

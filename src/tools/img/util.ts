@@ -1,8 +1,11 @@
 // Pieces shared by the blk-img subcommands: opening images with qemu-img's messages, QAPI-style
 // JSON output (QDict key order), the progress meter, and -o option lists.
-import { BlockDriverState, defaultRegistry, isBlockError, type BlockDriver, type BlockDriverRegistry, type CreateOptionSpec, type OpenOptions } from '../index.js';
+import { BlockDriverState, defaultRegistry, isBlockError, type BlockDriver, type BlockDriverRegistry, type CreateOptionSpec, type OpenOptions } from '../../index.js';
 import { resolve } from 'node:path';
-import { ToolExit, ToolOutput, errorMessage, formatFixed, parseOptionSize, qemuStrtosz, type LongOption } from './common.js';
+import { ToolExit, ToolOutput, errorMessage } from '../shared/output.js';
+import { formatFixed } from '../shared/printf.js';
+import { parseOptionSize, qemuStrtosz } from '../shared/size.js';
+import { type LongOption } from '../shared/getopt.js';
 
 export interface ImgEnv {
   o: ToolOutput;

@@ -1,9 +1,11 @@
 // blk-img check: run the format's consistency check (optionally repairing) and report it like
 // qemu-img check, with its exit codes (0 clean, 1 check failed, 2 corruptions, 3 leaks,
 // 63 no check support).
-import { isBlockError, type BlockDriverState, type CheckFix } from '../index.js';
-import { ERRNO_MESSAGES } from '../block/errors.js';
-import { errorExit, formatFixed, parseOptions, ToolExit } from './common.js';
+import { isBlockError, type BlockDriverState, type CheckFix } from '../../index.js';
+import { ERRNO_MESSAGES } from '../../block/errors.js';
+import { errorExit, ToolExit } from '../shared/output.js';
+import { formatFixed } from '../shared/printf.js';
+import { parseOptions } from '../shared/getopt.js';
 import {
   HelpRequest,
   LONG_FORCE_SHARE,
@@ -20,7 +22,7 @@ import {
   toJsonPretty,
   unsupportedOption,
   type ImgEnv,
-} from './img-util.js';
+} from './util.js';
 
 /** QAPI ImageCheck. */
 export interface ImageCheck {

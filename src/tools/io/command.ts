@@ -1,11 +1,11 @@
 // Shared pieces of blk-io's commands: the command descriptor, getopt with qemu-io's messages,
 // number arguments, and the synchronous / asynchronous request helpers.
-import { BDRV_SECTOR_SIZE } from '../block/driver.js';
-import { IOVector } from '../block/iovec.js';
-import type { BlockDriverState } from '../block/node.js';
-import { Getopt } from './common.js';
-import { cvtnum, nowNs, printCvtnumErr, type Elapsed } from './io-format.js';
-import { toolError, type IoSession } from './io-session.js';
+import { BDRV_SECTOR_SIZE } from '../../block/driver.js';
+import { IOVector } from '../../block/iovec.js';
+import type { BlockDriverState } from '../../block/node.js';
+import { Getopt } from '../shared/getopt.js';
+import { cvtnum, nowNs, printCvtnumErr, type Elapsed } from './format.js';
+import { toolError, type IoSession } from './session.js';
 
 /** Negative errno-like return values of the commands (only the sign matters for the exit code). */
 export const EINVAL = -22;

@@ -1,12 +1,13 @@
 // blk-img rebase: change an image's backing file. Safe mode first copies into the image every
 // range it does not allocate itself where the old and the new backing file differ, so that the
 // guest-visible content is unchanged; -u only rewrites the header.
-import { BlockDriverState, combineBackingPath } from '../index.js';
-import { isBlockError } from '../block/errors.js';
-import { errorExit, errorMessage, parseOptions, ToolExit } from './common.js';
-import { checkCacheMode } from './img-check.js';
-import { compareBuffers } from './img-compare.js';
-import { HelpRequest, LONG_FORCE_SHARE, LONG_HELP, LONG_IMAGE_OPTS, LONG_OBJECT, Progress, closeQuietly, errnoMessage, findBackingImage, imgOpen, unsupportedOption, type ImgEnv } from './img-util.js';
+import { BlockDriverState, combineBackingPath } from '../../index.js';
+import { isBlockError } from '../../block/errors.js';
+import { errorExit, errorMessage, ToolExit } from '../shared/output.js';
+import { parseOptions } from '../shared/getopt.js';
+import { checkCacheMode } from './check.js';
+import { compareBuffers } from './compare.js';
+import { HelpRequest, LONG_FORCE_SHARE, LONG_HELP, LONG_IMAGE_OPTS, LONG_OBJECT, Progress, closeQuietly, errnoMessage, findBackingImage, imgOpen, unsupportedOption, type ImgEnv } from './util.js';
 
 const IO_BUF_SIZE = 2 * 1024 * 1024;
 

@@ -1,11 +1,12 @@
 // blk-img compare: compare guest-visible contents (and with -s the allocation status) of two
 // images, with qemu-img compare's exit codes: 0 identical, 1 different, 2 open error,
 // 3 block-status error, 4 read error.
-import type { BlockDriverState } from '../index.js';
-import { ToolExit, errorExit, parseOptions } from './common.js';
-import { checkCacheMode } from './img-check.js';
-import { BDRV_BLOCK_ALLOCATED, BDRV_BLOCK_ZERO, blockStatusAboveFlags } from './img-map.js';
-import { HelpRequest, LONG_FORCE_SHARE, LONG_HELP, LONG_IMAGE_OPTS, LONG_OBJECT, Progress, closeQuietly, errnoMessage, imgOpen, unsupportedOption, type ImgEnv } from './img-util.js';
+import type { BlockDriverState } from '../../index.js';
+import { ToolExit, errorExit } from '../shared/output.js';
+import { parseOptions } from '../shared/getopt.js';
+import { checkCacheMode } from './check.js';
+import { BDRV_BLOCK_ALLOCATED, BDRV_BLOCK_ZERO, blockStatusAboveFlags } from './map.js';
+import { HelpRequest, LONG_FORCE_SHARE, LONG_HELP, LONG_IMAGE_OPTS, LONG_OBJECT, Progress, closeQuietly, errnoMessage, imgOpen, unsupportedOption, type ImgEnv } from './util.js';
 
 /** Compare/check buffer size (IO_BUF_SIZE). */
 const IO_BUF_SIZE = 2 * 1024 * 1024;

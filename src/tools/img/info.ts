@@ -1,6 +1,8 @@
 // blk-img info: image facts as qemu-img info prints them (human or QAPI ImageInfo JSON).
-import { isBlockError, type BlockDriverState } from '../index.js';
-import { errorExit, errorMessage, parseOptions, sizeToStr, ToolExit } from './common.js';
+import { isBlockError, type BlockDriverState } from '../../index.js';
+import { errorExit, errorMessage, ToolExit } from '../shared/output.js';
+import { parseOptions } from '../shared/getopt.js';
+import { sizeToStr } from '../shared/printf.js';
 import {
   HelpRequest,
   LONG_FORCE_SHARE,
@@ -19,7 +21,7 @@ import {
   unsupportedOption,
   type ImgEnv,
   type JsonObject,
-} from './img-util.js';
+} from './util.js';
 
 /** QAPI ImageInfo, the fields QED and raw images can have. */
 export interface ImageInfo {

@@ -1,10 +1,10 @@
 // blk-io's read, write, readv, writev, aio_read, aio_write and aio_flush, as qemu-io 7.2 has
 // them: options, checks, messages and reports in its order.
-import { BDRV_SECTOR_SIZE } from '../block/driver.js';
-import { IOVector } from '../block/iovec.js';
-import type { BlockDriverState } from '../block/node.js';
-import { BDRV_REQUEST_MAX_BYTES, cvtnum, dumpBuffer, nowNs, parsePattern, printCvtnumErr, printReport, type Elapsed } from './io-format.js';
-import { allocFromFile, errnoText, toolError, writeFua, type IoSession } from './io-session.js';
+import { BDRV_SECTOR_SIZE } from '../../block/driver.js';
+import { IOVector } from '../../block/iovec.js';
+import type { BlockDriverState } from '../../block/node.js';
+import { BDRV_REQUEST_MAX_BYTES, cvtnum, dumpBuffer, nowNs, parsePattern, printCvtnumErr, printReport, type Elapsed } from './format.js';
+import { allocFromFile, errnoText, toolError, writeFua, type IoSession } from './session.js';
 import {
   EINVAL,
   EIO,
@@ -23,7 +23,7 @@ import {
   unsafeRequest,
   usage,
   type CmdInfo,
-} from './io-cmd-util.js';
+} from './command.js';
 
 export async function readF(s: IoSession, argv: string[]): Promise<number> {
   let cflag = false;

@@ -1,10 +1,12 @@
 // blk-img dd: copy bs-sized blocks from an image into a newly created one (dd(1) operands),
 // including qemu-img 7.2's quirks: count limits the copy to count*bs bytes measured from the
 // start of the input (not from skip), and a skip past the end only warns (exit status 0).
-import type { BlockDriverState } from '../index.js';
-import { ToolExit, cvtnum, cvtnumFull, errorMessage, parseOptions } from './common.js';
-import { createErrorMessage, createImageFile, findCreateDriver, reportWithPrefix } from './img-create.js';
-import { HelpRequest, LONG_FORCE_SHARE, LONG_HELP, LONG_IMAGE_OPTS, LONG_TARGET_IMAGE_OPTS, closeQuietly, errnoMessage, imgOpen, unsupportedOption, type ImgEnv } from './img-util.js';
+import type { BlockDriverState } from '../../index.js';
+import { ToolExit, errorMessage } from '../shared/output.js';
+import { cvtnum, cvtnumFull } from '../shared/size.js';
+import { parseOptions } from '../shared/getopt.js';
+import { createErrorMessage, createImageFile, findCreateDriver, reportWithPrefix } from './create.js';
+import { HelpRequest, LONG_FORCE_SHARE, LONG_HELP, LONG_IMAGE_OPTS, LONG_TARGET_IMAGE_OPTS, closeQuietly, errnoMessage, imgOpen, unsupportedOption, type ImgEnv } from './util.js';
 
 const INT_MAX = 2147483647n;
 

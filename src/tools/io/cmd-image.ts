@@ -1,10 +1,10 @@
 // blk-io's flush, discard, truncate, length, info, map and alloc (qemu-io 7.2 semantics).
-import { BDRV_SECTOR_SIZE } from '../block/driver.js';
-import { isBlockError } from '../block/errors.js';
-import type { BlockDriverState } from '../block/node.js';
-import { cvtstr } from './common.js';
-import { BDRV_REQUEST_MAX_BYTES, cvtnum, printCvtnumErr, printReport } from './io-format.js';
-import { errText, errnoText, toolError, type IoSession } from './io-session.js';
+import { BDRV_SECTOR_SIZE } from '../../block/driver.js';
+import { isBlockError } from '../../block/errors.js';
+import type { BlockDriverState } from '../../block/node.js';
+import { cvtstr } from '../shared/printf.js';
+import { BDRV_REQUEST_MAX_BYTES, cvtnum, printCvtnumErr, printReport } from './format.js';
+import { errText, errnoText, toolError, type IoSession } from './session.js';
 import {
   EINVAL,
   EIO,
@@ -18,7 +18,7 @@ import {
   unsafeRequest,
   usage,
   type CmdInfo,
-} from './io-cmd-util.js';
+} from './command.js';
 
 export async function flushF(s: IoSession): Promise<number> {
   const { err } = await runIo(s, () => image(s).flush());

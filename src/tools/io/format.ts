@@ -1,7 +1,9 @@
 // blk-io's number parsing and output formats, matching qemu-io 7.2 byte for byte: the size
 // parser (qemu_strtosz through cvtnum, with 7.2's deprecated hex-with-suffix form), pattern bytes,
 // the hex dump of `read -v` and the two report formats (human and `-C`).
-import { INT64_MAX, cvtstr, formatFixed, qemuStrtosz, type ToolOutput } from './common.js';
+import { INT64_MAX, qemuStrtosz } from '../shared/size.js';
+import { cvtstr, formatFixed } from '../shared/printf.js';
+import { type ToolOutput } from '../shared/output.js';
 
 /** Largest request qemu-io accepts (BDRV_REQUEST_MAX_BYTES: INT_MAX rounded down to 512). */
 export const BDRV_REQUEST_MAX_BYTES = 2147483136;

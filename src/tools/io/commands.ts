@@ -5,17 +5,17 @@ import {
   blkdebugIsSuspended,
   blkdebugRemoveBreak,
   blkdebugResume,
-} from '../drivers/blkdebug/index.js';
-import { COMMAND_HELP } from './io-help.js';
-import { strtolFull } from './io-format.js';
-import { errnoText, type IoSession } from './io-session.js';
-import { EINVAL, OptFail, image, parseNum, type CmdInfo } from './io-cmd-util.js';
-import { aioFlushF, aioReadCmd, aioWriteCmd, readCmd, readvCmd, writeCmd, writevCmd } from './io-cmd-rw.js';
-import { allocF, discardCmd, flushF, infoF, lengthF, mapF, truncateCmd } from './io-cmd-image.js';
-import { closeF, openCmd, reopenCmd } from './io-cmd-open.js';
+} from '../../drivers/blkdebug/index.js';
+import { COMMAND_HELP } from './help.js';
+import { strtolFull } from './format.js';
+import { errnoText, type IoSession } from './session.js';
+import { EINVAL, OptFail, image, parseNum, type CmdInfo } from './command.js';
+import { aioFlushF, aioReadCmd, aioWriteCmd, readCmd, readvCmd, writeCmd, writevCmd } from './cmd-rw.js';
+import { allocF, discardCmd, flushF, infoF, lengthF, mapF, truncateCmd } from './cmd-image.js';
+import { closeF, openCmd, reopenCmd } from './cmd-open.js';
 
-export { openfile, parseAioMode, parseCacheMode, parseKeyValues, validDiscardMode } from './io-cmd-open.js';
-export type { CmdInfo } from './io-cmd-util.js';
+export { openfile, parseAioMode, parseCacheMode, parseKeyValues, validDiscardMode } from './cmd-open.js';
+export type { CmdInfo } from './command.js';
 
 // ---------------------------------------------------------------------------------------------
 // help, quit, sleep, abort, sigraise, blkdebug breakpoints

@@ -1,18 +1,19 @@
 // blk-img: the qemu-img 7.2 look-alike. main() parses the global options, dispatches to a
 // subcommand and returns the exit status; output goes through ToolOutput so that stdout is
 // buffered and stderr is not, as in QEMU.
-import { Getopt, ToolExit, ToolOutput, errorExit, errorMessage, progName, type ToolIO } from './common.js';
-import { imgCheck } from './img-check.js';
-import { imgCommit } from './img-commit.js';
-import { imgCompare } from './img-compare.js';
-import { imgConvert } from './img-convert.js';
-import { imgCreate } from './img-create.js';
-import { imgDd } from './img-dd.js';
-import { imgInfo } from './img-info.js';
-import { imgMap } from './img-map.js';
-import { imgRebase } from './img-rebase.js';
-import { imgResize } from './img-resize.js';
-import { HelpRequest, LONG_HELP, makeEnv, type ImgCommand, type ImgEnv } from './img-util.js';
+import { Getopt } from '../shared/getopt.js';
+import { ToolExit, ToolOutput, errorExit, errorMessage, progName, type ToolIO } from '../shared/output.js';
+import { imgCheck } from './check.js';
+import { imgCommit } from './commit.js';
+import { imgCompare } from './compare.js';
+import { imgConvert } from './convert.js';
+import { imgCreate } from './create.js';
+import { imgDd } from './dd.js';
+import { imgInfo } from './info.js';
+import { imgMap } from './map.js';
+import { imgRebase } from './rebase.js';
+import { imgResize } from './resize.js';
+import { HelpRequest, LONG_HELP, makeEnv, type ImgCommand, type ImgEnv } from './util.js';
 import { imgBench } from './bench.js';
 
 export const BLK_IMG_VERSION = '0.1.0';

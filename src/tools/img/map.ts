@@ -1,7 +1,9 @@
 // blk-img map: the allocation map through the backing chain, merged into extents the way
 // qemu-img map merges them (human: data extents only; json: every extent with its depth).
-import type { BlockDriverState } from '../index.js';
-import { cvtnum, errorExit, parseOptions, ToolExit } from './common.js';
+import type { BlockDriverState } from '../../index.js';
+import { cvtnum } from '../shared/size.js';
+import { errorExit, ToolExit } from '../shared/output.js';
+import { parseOptions } from '../shared/getopt.js';
 import {
   HelpRequest,
   LONG_FORCE_SHARE,
@@ -16,8 +18,8 @@ import {
   parseOutputFormat,
   unsupportedOption,
   type ImgEnv,
-} from './img-util.js';
-import { ERRNO_MESSAGES, isBlockError } from '../block/errors.js';
+} from './util.js';
+import { ERRNO_MESSAGES, isBlockError } from '../../block/errors.js';
 
 export interface MapEntry {
   start: number;

@@ -1,14 +1,14 @@
 // blk-io's open, close and reopen, and openfile() shared with the program's own options:
 // cache/discard/aio modes, QemuOpts-style -o strings, QEMU's open messages, -s overlays.
 import { resolve } from 'node:path';
-import { bdrvCreate } from '../block/create.js';
-import { BlockDriverState } from '../block/node.js';
-import { isBlockError } from '../block/errors.js';
-import { protocolPrefix } from '../block/path.js';
-import type { ToolOutput } from './common.js';
-import { attachTrace } from './io-trace.js';
-import { errText, errnoText, type IoSession, type OpenFlags } from './io-session.js';
-import { EINVAL, OptFail, getopts, image, usage, type CmdInfo } from './io-cmd-util.js';
+import { bdrvCreate } from '../../block/create.js';
+import { BlockDriverState } from '../../block/node.js';
+import { isBlockError } from '../../block/errors.js';
+import { protocolPrefix } from '../../block/path.js';
+import type { ToolOutput } from '../shared/output.js';
+import { attachTrace } from './trace.js';
+import { errText, errnoText, type IoSession, type OpenFlags } from './session.js';
+import { EINVAL, OptFail, getopts, image, usage, type CmdInfo } from './command.js';
 
 /** bdrv_parse_cache_mode. */
 export function parseCacheMode(mode: string, f: OpenFlags): boolean {

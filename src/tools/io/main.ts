@@ -2,17 +2,18 @@
 // [-c cmd]... [file]`; without -c, commands are read from stdin after a `<prog>> ` prompt.
 // Output goes through a stdio model (stdout fully buffered on pipes, stderr unbuffered) so
 // that a shared pipe sees the same interleaving as with QEMU.
-import '../index.js';
-import { Getopt, ToolOutput, progName, type LongOption, type TextSink } from './common.js';
-import { setBlkdebugMessageSink } from '../drivers/blkdebug/index.js';
-import { COMMANDS, openfile, parseAioMode, parseCacheMode, parseKeyValues, qemuioCommand, validDiscardMode } from './io-cmds.js';
-import { IoSession, defaultOpenFlags, type IoHooks } from './io-session.js';
+import '../../index.js';
+import { Getopt, type LongOption } from '../shared/getopt.js';
+import { ToolOutput, progName, type TextSink } from '../shared/output.js';
+import { setBlkdebugMessageSink } from '../../drivers/blkdebug/index.js';
+import { COMMANDS, openfile, parseAioMode, parseCacheMode, parseKeyValues, qemuioCommand, validDiscardMode } from './commands.js';
+import { IoSession, defaultOpenFlags, type IoHooks } from './session.js';
 
-export { COMMANDS } from './io-cmds.js';
+export { COMMANDS } from './commands.js';
 
 /** Reported by -V (package.json's version). */
 const BLOCKLAYER_VERSION = '0.1.0';
-export { maskTimings } from './io-format.js';
+export { maskTimings } from './format.js';
 
 /** Where blk-io talks to; every field defaults to the process's own. */
 export interface BlkIoIO {

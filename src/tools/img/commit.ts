@@ -1,10 +1,12 @@
 // blk-img commit: write what the image (and the layers down to the base) allocate into the
 // base image. As in QEMU 7.2, a QED overlay is not emptied afterwards (QED has no make_empty).
-import { BlockDriverState } from '../index.js';
-import { errorExit, errorMessage, parseOptions, cvtnum } from './common.js';
-import { checkCacheMode } from './img-check.js';
-import { BDRV_BLOCK_ALLOCATED, BDRV_BLOCK_ZERO, blockStatusAboveFlags } from './img-map.js';
-import { HelpRequest, LONG_HELP, LONG_IMAGE_OPTS, LONG_OBJECT, Progress, closeQuietly, errnoMessage, findBackingImage, imgOpen, unsupportedOption, type ImgEnv } from './img-util.js';
+import { BlockDriverState } from '../../index.js';
+import { errorExit, errorMessage } from '../shared/output.js';
+import { parseOptions } from '../shared/getopt.js';
+import { cvtnum } from '../shared/size.js';
+import { checkCacheMode } from './check.js';
+import { BDRV_BLOCK_ALLOCATED, BDRV_BLOCK_ZERO, blockStatusAboveFlags } from './map.js';
+import { HelpRequest, LONG_HELP, LONG_IMAGE_OPTS, LONG_OBJECT, Progress, closeQuietly, errnoMessage, findBackingImage, imgOpen, unsupportedOption, type ImgEnv } from './util.js';
 
 /** Copy chunk of the commit job. */
 const COMMIT_BUF_SIZE = 2 * 1024 * 1024;

@@ -1,7 +1,9 @@
 // blk-img resize: [+|-]size, grow only for QED (the driver says so), with qemu-img's checks.
-import { ERRNO_MESSAGES, isBlockError } from '../block/errors.js';
-import { ToolExit, errorExit, errorMessage, parseOptionSize, parseOptions } from './common.js';
-import { HelpRequest, LONG_HELP, LONG_IMAGE_OPTS, LONG_OBJECT, closeQuietly, imgOpen, unsupportedOption, type ImgEnv } from './img-util.js';
+import { ERRNO_MESSAGES, isBlockError } from '../../block/errors.js';
+import { ToolExit, errorExit, errorMessage } from '../shared/output.js';
+import { parseOptionSize } from '../shared/size.js';
+import { parseOptions } from '../shared/getopt.js';
+import { HelpRequest, LONG_HELP, LONG_IMAGE_OPTS, LONG_OBJECT, closeQuietly, imgOpen, unsupportedOption, type ImgEnv } from './util.js';
 
 const PREALLOC_MODES = ['off', 'metadata', 'falloc', 'full'];
 
