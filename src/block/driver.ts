@@ -190,6 +190,18 @@ export interface BlockDriver {
    */
   readonly truncatePreallocates?: boolean;
   readonly createOptions?: readonly CreateOptionSpec[];
+  /**
+   * Warnings about create options that are valid but unwise (QED: a table_size QEMU cannot
+   * open). qemu-img's create prints them with warn_report before creating; the library never
+   * prints.
+   */
+  createWarnings?(options: CreateOptions): string[];
+  /**
+   * What the driver warns the user about the node it just opened, as stderr text (QEMU's raw
+   * driver prints, for a writable image whose format was guessed by probing, that writes to
+   * its first bytes are restricted). The tools print it; the library never prints.
+   */
+  openWarning?(bs: BlockDriverState): string | undefined;
 
   /** Score 0..100 for the first bytes (up to 2 KiB): raw 1, magic match 100. Pure. */
   probe?(buf: Uint8Array, filename: string): number;

@@ -10,7 +10,6 @@ import type {
   BlockStatus,
   CheckFix,
   CheckResult,
-  CreateOptions,
   OpenOptions,
   WriteFlags,
   WriteZeroesFlags,
@@ -340,12 +339,7 @@ async function qedCheckHook(bs: BlockDriverState, fix: CheckFix): Promise<CheckR
   return qedCheck(s, fix.errors === true || fix.leaks === true);
 }
 
-export interface QEDBlockDriver extends BlockDriver {
-  /** Warnings a tool prints for create options (table_size=1 cannot be opened by QEMU). */
-  createWarnings(options: CreateOptions): string[];
-}
-
-export const qedDriver: QEDBlockDriver = {
+export const qedDriver: BlockDriver = {
   formatName: 'qed',
   requestAlignment: 512,
   supportsBacking: true,

@@ -1,61 +1,25 @@
 // blk-img check: run the format's consistency check (optionally repairing) and report it like
 // qemu-img check, with its exit codes (0 clean, 1 check failed, 2 corruptions, 3 leaks,
 // 63 no check support).
-import { isBlockError, type BlockDriverState, type CheckFix } from '../../index.js';
-import { ERRNO_MESSAGES } from '../../block/errors.js';
-import { errorExit, ToolExit } from '../shared/output.js';
+import { ERRNO_MESSAGES, isBlockError, type BlockDriverState, type CheckFix, type CheckResult } from '../../index.js';
+import { closeQuietly } from '../shared/open.js';
+import { errorExit } from '../shared/output.js';
 import { formatFixed } from '../shared/printf.js';
-import { parseOptions } from '../shared/getopt.js';
-import {
-  HelpRequest,
-  LONG_FORCE_SHARE,
-  LONG_FORMAT,
-  LONG_HELP,
-  LONG_IMAGE_OPTS,
-  LONG_OBJECT,
-  LONG_OUTPUT,
-  OPT_OUTPUT,
-  closeQuietly,
-  imgOpen,
-  jsonObject,
-  parseOutputFormat,
-  toJsonPretty,
-  unsupportedOption,
-  type ImgEnv,
-} from './util.js';
+import { jsonObject, toJsonPretty } from './json.js';
+import type { ImgEnv } from './env.js';
+import { imgOpen } from './open.js';
+import { FORCE_SHARE, FORMAT, HELP, IMAGE_OPTS, OBJECT, OUTPUT, QUIET, checkCacheMode, imgArgs, oneFilename, parseImgOptions, parseOutputFormat, type ImgArgs, type ImgOption } from './options.js';
 
-/** QAPI ImageCheck. */
-export interface ImageCheck {
+/** QAPI ImageCheck: the format's check result, named after the image. */
+export interface ImageCheck extends CheckResult {
   filename: string;
   format: string;
-  checkErrors: number;
   imageEndOffset: number;
-  corruptions: number;
-  leaks: number;
-  corruptionsFixed: number;
-  leaksFixed: number;
-  totalClusters: number;
-  allocatedClusters: number;
-  fragmentedClusters: number;
-  compressedClusters: number;
 }
 
 async function collectImageCheck(bs: BlockDriverState, filename: string, fix: CheckFix): Promise<ImageCheck> {
   const r = await bs.check(fix);
-  return {
-    filename,
-    format: bs.driver.formatName,
-    checkErrors: r.checkErrors,
-    imageEndOffset: r.imageEndOffset ?? 0,
-    corruptions: r.corruptions,
-    leaks: r.leaks,
-    corruptionsFixed: r.corruptionsFixed,
-    leaksFixed: r.leaksFixed,
-    totalClusters: r.totalClusters,
-    allocatedClusters: r.allocatedClusters,
-    fragmentedClusters: r.fragmentedClusters,
-    compressedClusters: r.compressedClusters,
-  };
+  return { ...r, filename, format: bs.driver.formatName, imageEndOffset: r.imageEndOffset ?? 0 };
 }
 
 const nz = (n: number): number | undefined => (n !== 0 ? n : undefined);
@@ -102,53 +66,40 @@ export function imageCheckHuman(c: ImageCheck): string {
   return s;
 }
 
-export async function imgCheck(env: ImgEnv, argv: string[]): Promise<number> {
-  let fmt: string | undefined;
-  let outputArg: string | null = null;
-  let fix: CheckFix = {};
-  let repair = false;
-  let quiet = false;
-  let forceShare = false;
-  const rest = parseOptions(
-    env.o,
-    argv,
-    ':hf:r:T:qU',
-    [LONG_HELP, LONG_FORMAT, { name: 'repair', hasArg: 1, val: 'r' }, LONG_OUTPUT, LONG_OBJECT, LONG_IMAGE_OPTS, LONG_FORCE_SHARE],
-    (opt, arg = '') => {
-      switch (opt) {
-        case 'h':
-          throw new HelpRequest();
-        case 'f':
-          fmt = arg;
-          break;
-        case 'r':
-          repair = true;
-          if (arg === 'leaks') fix = { leaks: true };
-          else if (arg === 'all') fix = { leaks: true, errors: true };
-          else errorExit(env.o, `Unknown option value for -r (expecting 'leaks' or 'all'): ${arg}`);
-          break;
-        case OPT_OUTPUT:
-          outputArg = arg;
-          break;
-        case 'T':
-          checkCacheMode(env, arg, 'source cache');
-          break;
-        case 'q':
-          quiet = true;
-          break;
-        case 'U':
-          forceShare = true;
-          break;
-        default:
-          unsupportedOption(env, `--${opt}`);
-      }
-    },
-  );
-  if (rest.length !== 1) errorExit(env.o, 'Expecting one image file name');
-  const filename = rest[0];
-  const output = outputArg === null ? 'human' : parseOutputFormat(env, outputArg);
+interface CheckArgs extends ImgArgs {
+  fix: CheckFix;
+  repair: boolean;
+}
 
-  const bs = await imgOpen(env, filename, { format: fmt, readOnly: !repair, check: true, forceShare });
+const CHECK_OPTIONS: readonly ImgOption<CheckArgs>[] = [
+  HELP,
+  { ...FORMAT, long: 'format' },
+  {
+    short: 'r',
+    long: 'repair',
+    arg: 1,
+    set: (s, arg, env) => {
+      s.repair = true;
+      if (arg === 'leaks') s.fix = { leaks: true };
+      else if (arg === 'all') s.fix = { leaks: true, errors: true };
+      else errorExit(env.o, `Unknown option value for -r (expecting 'leaks' or 'all'): ${arg}`);
+    },
+  },
+  OUTPUT,
+  { short: 'T', arg: 1, set: (_s, arg, env) => checkCacheMode(env, arg, 'source cache') },
+  QUIET,
+  OBJECT,
+  IMAGE_OPTS,
+  FORCE_SHARE,
+];
+
+export async function imgCheck(env: ImgEnv, argv: string[]): Promise<number> {
+  const args: CheckArgs = { ...imgArgs(), fix: {}, repair: false };
+  const filename = oneFilename(env, parseImgOptions(env, argv, CHECK_OPTIONS, args));
+  const output = parseOutputFormat(env, args.output);
+  const { fix, quiet } = args;
+
+  const bs = await imgOpen(env, filename, { format: args.fmt, readOnly: !args.repair, check: true, forceShare: args.forceShare });
   try {
     let check: ImageCheck;
     try {
@@ -185,15 +136,5 @@ export async function imgCheck(env: ImgEnv, argv: string[]): Promise<number> {
     return 0;
   } finally {
     await closeQuietly(bs);
-  }
-}
-
-const CACHE_MODES = ['none', 'off', 'writeback', 'writethrough', 'directsync', 'unsafe'];
-
-/** bdrv_parse_cache_mode: the page cache is the host's business here; only validate. */
-export function checkCacheMode(env: ImgEnv, mode: string, what: string): void {
-  if (!CACHE_MODES.includes(mode)) {
-    env.o.error(`Invalid ${what} option: ${mode}`);
-    throw new ToolExit(1);
   }
 }

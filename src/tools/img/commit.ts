@@ -1,61 +1,53 @@
 // blk-img commit: write what the image (and the layers down to the base) allocate into the
 // base image. As in QEMU 7.2, a QED overlay is not emptied afterwards (QED has no make_empty).
 import { BlockDriverState } from '../../index.js';
-import { errorExit, errorMessage } from '../shared/output.js';
-import { parseOptions } from '../shared/getopt.js';
+import { closeQuietly } from '../shared/open.js';
+import { errnoMessage, errorMessage } from '../shared/output.js';
 import { cvtnum } from '../shared/size.js';
-import { checkCacheMode } from './check.js';
-import { BDRV_BLOCK_ALLOCATED, BDRV_BLOCK_ZERO, blockStatusAboveFlags } from './map.js';
-import { HelpRequest, LONG_HELP, LONG_IMAGE_OPTS, LONG_OBJECT, Progress, closeQuietly, errnoMessage, findBackingImage, imgOpen, unsupportedOption, type ImgEnv } from './util.js';
+import { BDRV_BLOCK_ALLOCATED, BDRV_BLOCK_ZERO, blockStatusAboveFlags } from './block-status.js';
+import { findBackingImage } from './chain.js';
+import type { ImgEnv } from './env.js';
+import { imgOpen } from './open.js';
+import { CACHE, FORMAT, HELP, IMAGE_OPTS, OBJECT, PROGRESS, QUIET, checkCacheMode, imgArgs, oneFilename, parseImgOptions, type ImgArgs, type ImgOption } from './options.js';
+import { Progress } from './progress.js';
 
 /** Copy chunk of the commit job. */
 const COMMIT_BUF_SIZE = 2 * 1024 * 1024;
 
+interface CommitArgs extends ImgArgs {
+  base: string | null;
+  drop: boolean;
+}
+
+const COMMIT_OPTIONS: readonly ImgOption<CommitArgs>[] = [
+  HELP,
+  FORMAT,
+  CACHE,
+  {
+    short: 'b',
+    arg: 1,
+    set: (s, arg) => {
+      s.base = arg;
+      // -b implies -d: the intermediate images are not emptied either.
+      s.drop = true;
+    },
+  },
+  { short: 'd', set: (s) => void (s.drop = true) },
+  PROGRESS,
+  QUIET,
+  // A rate limit only slows the job down.
+  { short: 'r', arg: 1, set: (_s, arg, env) => void cvtnum(env.o, 'rate limit', arg) },
+  OBJECT,
+  IMAGE_OPTS,
+];
+
 export async function imgCommit(env: ImgEnv, argv: string[]): Promise<number> {
-  let fmt: string | undefined;
-  let cache = 'unsafe';
-  let base = null as string | null;
-  let drop = false;
-  let progressOn = false;
-  let quiet = false;
-  const rest = parseOptions(env.o, argv, ':f:ht:b:dpqr:', [LONG_HELP, LONG_OBJECT, LONG_IMAGE_OPTS], (opt, arg = '') => {
-    switch (opt) {
-      case 'h':
-        throw new HelpRequest();
-      case 'f':
-        fmt = arg;
-        break;
-      case 't':
-        cache = arg;
-        break;
-      case 'b':
-        base = arg;
-        // -b implies -d: the intermediate images are not emptied either.
-        drop = true;
-        break;
-      case 'd':
-        drop = true;
-        break;
-      case 'p':
-        progressOn = true;
-        break;
-      case 'q':
-        quiet = true;
-        break;
-      case 'r':
-        // A rate limit only slows the job down.
-        cvtnum(env.o, 'rate limit', arg);
-        break;
-      default:
-        unsupportedOption(env, `--${opt}`);
-    }
-  });
-  if (quiet) progressOn = false;
-  if (rest.length !== 1) errorExit(env.o, 'Expecting one image file name');
-  const filename = rest[0];
-  checkCacheMode(env, cache, 'cache');
-  const bs = await imgOpen(env, filename, { format: fmt });
-  const progress = new Progress(env.o, progressOn, 1.0);
+  const args: CommitArgs = { ...imgArgs('unsafe'), base: null, drop: false };
+  const filename = oneFilename(env, parseImgOptions(env, argv, COMMIT_OPTIONS, args));
+  const { base, drop, quiet } = args;
+  checkCacheMode(env, args.cache, 'cache');
+  const bs = await imgOpen(env, filename, { format: args.fmt });
+  const progress = new Progress(env.o, args.progress && !quiet, 1.0);
   progress.print(0, 100);
   let baseRw: BlockDriverState | null = null;
   let err: string | null = null;

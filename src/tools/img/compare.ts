@@ -2,11 +2,13 @@
 // images, with qemu-img compare's exit codes: 0 identical, 1 different, 2 open error,
 // 3 block-status error, 4 read error.
 import type { BlockDriverState } from '../../index.js';
-import { ToolExit, errorExit } from '../shared/output.js';
-import { parseOptions } from '../shared/getopt.js';
-import { checkCacheMode } from './check.js';
-import { BDRV_BLOCK_ALLOCATED, BDRV_BLOCK_ZERO, blockStatusAboveFlags } from './map.js';
-import { HelpRequest, LONG_FORCE_SHARE, LONG_HELP, LONG_IMAGE_OPTS, LONG_OBJECT, Progress, closeQuietly, errnoMessage, imgOpen, unsupportedOption, type ImgEnv } from './util.js';
+import { closeQuietly } from '../shared/open.js';
+import { ToolExit, errnoMessage, errorExit } from '../shared/output.js';
+import { BDRV_BLOCK_ALLOCATED, BDRV_BLOCK_ZERO, blockStatusAboveFlags } from './block-status.js';
+import type { ImgEnv } from './env.js';
+import { imgOpen } from './open.js';
+import { FORCE_SHARE, FORMAT, HELP, IMAGE_OPTS, OBJECT, PROGRESS, QUIET, SRC_CACHE, checkCacheMode, imgArgs, parseImgOptions, type ImgArgs, type ImgOption } from './options.js';
+import { Progress } from './progress.js';
 
 /** Compare/check buffer size (IO_BUF_SIZE). */
 const IO_BUF_SIZE = 2 * 1024 * 1024;
@@ -38,47 +40,31 @@ function findNonzero(buf: Uint8Array, n: number): number {
   return -1;
 }
 
+interface CompareArgs extends ImgArgs {
+  fmt2: string | undefined;
+  strict: boolean;
+}
+
+const COMPARE_OPTIONS: readonly ImgOption<CompareArgs>[] = [
+  HELP,
+  FORMAT,
+  { short: 'F', arg: 1, set: (s, arg) => void (s.fmt2 = arg) },
+  SRC_CACHE,
+  PROGRESS,
+  QUIET,
+  { short: 's', set: (s) => void (s.strict = true) },
+  FORCE_SHARE,
+  OBJECT,
+  IMAGE_OPTS,
+];
+
 export async function imgCompare(env: ImgEnv, argv: string[]): Promise<number> {
-  let fmt1: string | undefined;
-  let fmt2: string | undefined;
-  let cache = 'writeback';
-  let progressOn = false;
-  let quiet = false;
-  let strict = false;
-  let forceShare = false;
-  const rest = parseOptions(env.o, argv, ':hf:F:T:pqsU', [LONG_HELP, LONG_OBJECT, LONG_IMAGE_OPTS, LONG_FORCE_SHARE], (opt, arg = '') => {
-    switch (opt) {
-      case 'h':
-        throw new HelpRequest();
-      case 'f':
-        fmt1 = arg;
-        break;
-      case 'F':
-        fmt2 = arg;
-        break;
-      case 'T':
-        cache = arg;
-        break;
-      case 'p':
-        progressOn = true;
-        break;
-      case 'q':
-        quiet = true;
-        break;
-      case 's':
-        strict = true;
-        break;
-      case 'U':
-        forceShare = true;
-        break;
-      default:
-        unsupportedOption(env, `--${opt}`);
-    }
-  });
-  if (quiet) progressOn = false;
+  const args: CompareArgs = { ...imgArgs(), fmt2: undefined, strict: false };
+  const rest = parseImgOptions(env, argv, COMPARE_OPTIONS, args);
+  const { fmt: fmt1, fmt2, quiet, strict, forceShare } = args;
   if (rest.length !== 2) errorExit(env.o, 'Expecting two image file names');
   const [filename1, filename2] = rest;
-  const progress = new Progress(env.o, progressOn, 2.0);
+  const progress = new Progress(env.o, args.progress && !quiet, 2.0);
   const qprint = (s: string): void => {
     if (!quiet) env.o.out(s);
   };
@@ -86,7 +72,7 @@ export async function imgCompare(env: ImgEnv, argv: string[]): Promise<number> {
   let bs2: BlockDriverState | null = null;
   try {
     try {
-      checkCacheMode(env, cache, 'source cache');
+      checkCacheMode(env, args.srcCache, 'source cache');
     } catch (e) {
       if (e instanceof ToolExit) return 2;
       throw e;

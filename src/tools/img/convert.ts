@@ -1,471 +1,139 @@
-// blk-img convert: copy one or more images (concatenated) into a new or existing target,
-// following qemu-img convert's iteration: block status decides data / zero / backing runs,
-// data runs are scanned for zero sectors (-S) so that zero regions stay unallocated in the
-// target, requests run in parallel (-m, through p-queue) and are written in order unless -W.
-import PQueue from 'p-queue';
+// blk-img convert: copy one or more images (concatenated) into a new or existing target, with
+// qemu-img convert's options and checks in its order; the copy itself is convert-copy.ts.
 import type { BlockDriverState } from '../../index.js';
+import { closeQuietly } from '../shared/open.js';
 import { ToolExit } from '../shared/output.js';
 import { cvtnum } from '../shared/size.js';
-import { parseOptions } from '../shared/getopt.js';
-import { checkCacheMode } from './check.js';
+import { BUF_SECTORS, SECTOR, convertDoCopy, pow2floor, type ConvertState } from './convert-copy.js';
+import { accumulateOptions, createOptionSpecs, hasHelpOption, parseCreateOptions } from './create-options.js';
+import { createErrorMessage, createImageFile, findCreateDriver, printBlockOptionHelp, protocolOf, reportWithPrefix } from './create.js';
+import type { ImgEnv } from './env.js';
+import { imgOpen } from './open.js';
 import {
-  accumulateOptions,
-  createErrorMessage,
-  createImageFile,
-  findCreateDriver,
-  printBlockOptionHelp,
-  protocolOf,
-  reportWithPrefix,
-} from './create.js';
-import { BDRV_BLOCK_DATA, BDRV_BLOCK_ZERO, blockStatusAboveFlags } from './map.js';
-import {
-  HelpRequest,
-  LONG_FORCE_SHARE,
-  LONG_HELP,
-  LONG_IMAGE_OPTS,
-  LONG_OBJECT,
-  LONG_TARGET_IMAGE_OPTS,
-  Progress,
-  closeQuietly,
-  errnoMessage,
-  hasHelpOption,
-  imgOpen,
-  createOptionSpecs,
-  parseCreateOptions,
+  CACHE,
+  FORCE_SHARE,
+  FORMAT,
+  HELP,
+  IMAGE_OPTS,
+  OBJECT,
+  PROGRESS,
+  QUIET,
+  SRC_CACHE,
+  TARGET_IMAGE_OPTS,
+  checkCacheMode,
+  imgArgs,
+  parseImgOptions,
   unsupportedOption,
-  type ImgEnv,
-} from './util.js';
+  type ImgArgs,
+  type ImgOption,
+} from './options.js';
+import { Progress } from './progress.js';
 
-const SECTOR = 512;
-/** Default copy buffer: 2 MiB (4096 sectors). */
-const BUF_SECTORS = 4096;
 const MAX_BUF_SECTORS = 32768;
 const MAX_COROUTINES = 16;
-/** BDRV_REQUEST_MAX_SECTORS. */
-const REQUEST_MAX_SECTORS = Math.floor(0x7fffffff / SECTOR);
 
-type Status = 'data' | 'zero' | 'backing';
-
-function isZeroSector(buf: Uint8Array, sector: number, words: Uint32Array): boolean {
-  const start = sector * SECTOR;
-  const end = Math.min(start + SECTOR, buf.length);
-  const abs = buf.byteOffset + start;
-  if (end - start === SECTOR && abs % 8 === 0) {
-    // A whole, 8-byte aligned sector (pooled buffers always are): 8 bytes per step, through
-    // a 32-bit view of the underlying buffer (looked up once per scan by the caller).
-    for (let i = abs / 4, e = i + SECTOR / 4; i < e; i += 2) if ((words[i] | words[i + 1]) !== 0) return false;
-    return true;
-  }
-  for (let i = start; i < end; i++) if (buf[i] !== 0) return false;
-  return true;
-}
-
-const wordViews = new WeakMap<ArrayBufferLike, Uint32Array>();
-
-function wordView(ab: ArrayBufferLike): Uint32Array {
-  let v = wordViews.get(ab);
-  if (v === undefined) {
-    v = new Uint32Array(ab, 0, Math.floor(ab.byteLength / 4));
-    wordViews.set(ab, v);
-  }
-  return v;
-}
-
-/**
- * is_allocated_sectors: length of the first run of same-kind (zero / non-zero) sectors, with the
- * end of the run aligned to `alignment` sectors (a short zero tail is treated as data).
- */
-function isAllocatedSectors(buf: Uint8Array, first: number, n: number, sectorNum: number, alignment: number): { ret: boolean; pnum: number } {
-  if (n <= 0) return { ret: false, pnum: 0 };
-  // One view lookup per scan, not per sector: the scan runs once per 512 bytes converted.
-  const words = wordView(buf.buffer);
-  let isZero = isZeroSector(buf, first, words);
-  let i = 1;
-  for (; i < n; i++) if (isZero !== isZeroSector(buf, first + i, words)) break;
-  if (i === n) return { ret: !isZero, pnum: i };
-  const tail = (sectorNum + i) & (alignment - 1);
-  if (tail) {
-    if (isZero && i <= tail) isZero = false;
-    if (!isZero) i = Math.min(i + alignment - tail, n);
-    else i -= tail;
-  }
-  return { ret: !isZero, pnum: i };
-}
-
-/**
- * is_allocated_sectors_min: like isAllocatedSectors, but a zero run shorter than `min` sectors
- * between data is copied as data (fewer, larger writes).
- */
-function isAllocatedSectorsMin(buf: Uint8Array, first: number, n: number, min: number, sectorNum: number, alignment: number): { ret: boolean; pnum: number } {
-  if (n < min) min = n;
-  let r = isAllocatedSectors(buf, first, n, sectorNum, alignment);
-  if (!r.ret) return r;
-  let numUsed = r.pnum;
-  let pos = first + r.pnum;
-  let sn = sectorNum + r.pnum;
-  let numChecked = numUsed;
-  let left = n;
-  while (left > 0) {
-    left -= r.pnum;
-    r = isAllocatedSectors(buf, pos, left, sn, alignment);
-    pos += r.pnum;
-    sn += r.pnum;
-    numChecked += r.pnum;
-    if (r.ret) numUsed = numChecked;
-    else if (r.pnum >= min) break;
-  }
-  return { ret: true, pnum: numUsed };
-}
-
-function pow2floor(n: number): number {
-  if (n <= 0) return 0;
-  return 2 ** Math.floor(Math.log2(n));
-}
-
-interface ConvertState {
-  src: BlockDriverState[];
-  srcSectors: number[];
-  srcAlignment: number[];
-  srcNames: string[];
-  totalSectors: number;
-  target: BlockDriverState;
-  targetHasBacking: boolean;
-  targetBackingSectors: number;
-  hasZeroInit: boolean;
+interface ConvertArgs extends ImgArgs {
+  outFmt: string;
+  outBaseimg: string | null;
+  backingFmt: string | null;
+  options: string | null;
+  skipCreate: boolean;
   minSparse: number;
-  alignment: number;
-  bufSectors: number;
-  status: Status;
-  sectorNextStatus: number;
+  explicitMinSparse: boolean;
+  numCoroutines: number;
+  wrInOrder: boolean;
+  targetIsZero: boolean;
+  copyRange: boolean;
+  compressed: boolean;
+  snapshot: boolean;
+  bitmaps: boolean;
 }
 
-function selectPart(s: ConvertState, sectorNum: number): { cur: number; curOffset: number } {
-  let off = 0;
-  for (let i = 0; i < s.src.length; i++) {
-    if (sectorNum < off + s.srcSectors[i]) return { cur: i, curOffset: off };
-    off += s.srcSectors[i];
-  }
-  return { cur: s.src.length - 1, curOffset: off - s.srcSectors[s.src.length - 1] };
-}
+const flag = (short: string | undefined, long: string | undefined, key: 'skipCreate' | 'targetIsZero' | 'copyRange' | 'compressed' | 'snapshot' | 'bitmaps'): ImgOption<ConvertArgs> => ({
+  short,
+  long,
+  set: (s) => void (s[key] = true),
+});
 
-/** convert_iteration_sectors: how many sectors from sectorNum share one status. */
-async function iterationSectors(env: ImgEnv, s: ConvertState, sectorNum: number): Promise<number> {
-  const { cur, curOffset } = selectPart(s, sectorNum);
-  let n = Math.min(s.totalSectors - sectorNum, REQUEST_MAX_SECTORS);
-  let postBackingZero = false;
-  if (s.targetBackingSectors >= 0) {
-    if (sectorNum >= s.targetBackingSectors) postBackingZero = true;
-    else if (sectorNum + n > s.targetBackingSectors) n = s.targetBackingSectors - sectorNum;
-  }
-  if (s.sectorNextStatus <= sectorNum) {
-    const offset = (sectorNum - curOffset) * SECTOR;
-    const srcBs = s.src[cur];
-    const base = s.targetHasBacking ? srcBs.backing : null;
-    const srcLen = await srcBs.getLength();
-    let flags: number;
-    let count: number;
-    if (offset >= srcLen) {
-      // The sector-rounded tail of a source whose length is not a sector multiple.
-      flags = BDRV_BLOCK_ZERO;
-      count = n * SECTOR;
-    } else {
-      try {
-        const r = await blockStatusAboveFlags(srcBs, base, offset, Math.min(n * SECTOR, srcLen - offset));
-        flags = r.flags;
-        count = r.pnum;
-      } catch (e) {
-        env.o.error(`error while reading block status at offset ${offset}: ${errnoMessage(e)}`);
+const CONVERT_OPTIONS: readonly ImgOption<ConvertArgs>[] = [
+  HELP,
+  FORMAT,
+  { short: 'O', arg: 1, set: (s, arg) => void (s.outFmt = arg) },
+  { short: 'B', arg: 1, set: (s, arg) => void (s.outBaseimg = arg) },
+  // Copy offloading is the host's business; the copy loop is the same.
+  flag('C', undefined, 'copyRange'),
+  flag('c', undefined, 'compressed'),
+  { short: 'F', arg: 1, set: (s, arg) => void (s.backingFmt = arg) },
+  { short: 'o', arg: 1, set: (s, arg, env) => void (s.options = accumulateOptions(env.o, s.options, arg)) },
+  { short: 'l', arg: 1, set: (s) => void (s.snapshot = true) },
+  {
+    short: 'S',
+    arg: 1,
+    set: (s, arg, env) => {
+      const sval = cvtnum(env.o, 'buffer size for sparse output', arg);
+      if (sval % SECTOR !== 0 || sval / SECTOR > MAX_BUF_SECTORS) {
+        env.o.error(
+          `Invalid buffer size for sparse output specified. Valid sizes are multiples of ${SECTOR} up to ${MAX_BUF_SECTORS * SECTOR}. Select 0 to disable sparse detection (fully allocates output).`,
+        );
         throw new ToolExit(1);
       }
-    }
-    n = Math.ceil(count / SECTOR);
-    // Keep the next status query aligned to the source's clusters.
-    const tail = (sectorNum - curOffset + n) % s.srcAlignment[cur];
-    if (n > tail) n -= tail;
-    if (flags & BDRV_BLOCK_ZERO) s.status = postBackingZero ? 'backing' : 'zero';
-    else if (flags & BDRV_BLOCK_DATA) s.status = 'data';
-    else s.status = s.targetHasBacking ? 'backing' : 'data';
-    s.sectorNextStatus = sectorNum + n;
-  }
-  n = Math.min(n, s.sectorNextStatus - sectorNum);
-  if (s.status === 'data') n = Math.min(n, s.bufSectors);
-  return n;
-}
-
-/** convert_co_read: the sectors may span several sources (concatenation). */
-async function convertRead(s: ConvertState, sectorNum: number, nbSectors: number, buf: Uint8Array): Promise<void> {
-  let pos = 0;
-  while (nbSectors > 0) {
-    const { cur, curOffset } = selectPart(s, sectorNum);
-    const n = Math.min(nbSectors, s.srcSectors[cur] - (sectorNum - curOffset));
-    const bs = s.src[cur];
-    const off = (sectorNum - curOffset) * SECTOR;
-    const len = await bs.getLength();
-    const want = n * SECTOR;
-    const avail = Math.max(0, Math.min(want, len - off));
-    if (avail > 0) await bs.pread(off, buf.subarray(pos, pos + avail));
-    buf.fill(0, pos + avail, pos + want);
-    sectorNum += n;
-    nbSectors -= n;
-    pos += want;
-  }
-}
-
-/**
- * convert_co_write. Every write of the chunk is issued before any is awaited, and `issued`
- * runs once all of them are: the next chunk may then issue its own (see convertDoCopy).
- */
-async function convertWrite(
-  s: ConvertState,
-  sectorNum: number,
-  nbSectors: number,
-  buf: Uint8Array,
-  status: Status,
-  issued: () => void,
-): Promise<void> {
-  const writes: Promise<void>[] = [];
-  let first = 0;
-  try {
-    while (nbSectors > 0) {
-      let n = nbSectors;
-      if (status !== 'backing') {
-        let writeData = status === 'data' && s.minSparse === 0;
-        if (status === 'data' && s.minSparse !== 0) {
-          const r = isAllocatedSectorsMin(buf, first, n, s.minSparse, sectorNum, s.alignment);
-          n = r.pnum;
-          writeData = r.ret;
-        }
-        if (writeData) {
-          writes.push(s.target.pwrite(sectorNum * SECTOR, buf.subarray(first * SECTOR, (first + n) * SECTOR)));
-        } else if (!s.hasZeroInit) {
-          writes.push(s.target.writeZeroes(sectorNum * SECTOR, n * SECTOR, { mayUnmap: true }));
-        }
-      }
-      sectorNum += n;
-      nbSectors -= n;
-      first += n;
-    }
-  } finally {
-    issued();
-  }
-  // Every write is waited for, failed or not (the buffer goes back to the pool after this),
-  // then the first failure is reported.
-  for (const r of await Promise.allSettled(writes)) if (r.status === 'rejected') throw r.reason;
-}
-
-async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines: number, wrInOrder: boolean, progress: Progress): Promise<void> {
-  // First pass: count what will be copied, for the progress meter.
-  let allocatedSectors = 0;
-  for (let sn = 0; sn < s.totalSectors; ) {
-    const n = await iterationSectors(env, s, sn);
-    if (s.status === 'data' || (!s.minSparse && s.status === 'zero')) allocatedSectors += n;
-    sn += n;
-  }
-  s.sectorNextStatus = 0;
-
-  let allocatedDone = 0;
-  let failed: unknown = null;
-  // In-order writes (qemu-img's default, without -W): each chunk issues its writes only after
-  // the previous chunk has issued its own, so the target sees them in image order and a
-  // format that allocates (QED) lays the clusters out in that order, as qemu-img does. Unlike
-  // qemu-img, a chunk does not wait for the previous write to complete: the target's own
-  // ordering (QED's allocation lock, taken in issue order) keeps the layout, and the next
-  // chunk's data goes down while the previous one's L2 update is still being written.
-  let lastIssued: Promise<void> = Promise.resolve();
-  const queue = new PQueue({ concurrency: numCoroutines });
-  // Chunk buffers are reused (at most one per queue slot is in use): no fresh, zero-filled
-  // buffer per chunk. A read fills every byte it is given (zeros past the source's end).
-  const freeBufs: Uint8Array[] = [];
-  const EMPTY = new Uint8Array(0);
-  let sectorNum = 0;
-  while (sectorNum < s.totalSectors && failed === null) {
-    let n = await iterationSectors(env, s, sectorNum);
-    let status = s.status;
-    if (!s.minSparse && status === 'zero') n = Math.min(n, s.bufSectors);
-    const start = sectorNum;
-    sectorNum += n;
-    if (status === 'data' || (!s.minSparse && status === 'zero')) {
-      allocatedDone += n;
-      progress.print((100 * allocatedDone) / allocatedSectors, 0);
-    }
-    const prevIssued = lastIssued;
-    let markIssued!: () => void;
-    lastIssued = new Promise<void>((resolve) => {
-      markIssued = resolve;
-    });
-    const myIssued = markIssued;
-    void queue.add(async () => {
-      // Only data chunks (read, or zeros written as data) need a buffer; they are at most
-      // bufSectors long. Zero runs written with writeZeroes and backing runs never touch it.
-      const needBuf = status === 'data' || (!s.minSparse && status === 'zero');
-      const pooled = needBuf ? (freeBufs.pop() ?? new Uint8Array(s.bufSectors * SECTOR)) : null;
-      try {
-        const buf = pooled === null ? EMPTY : pooled.subarray(0, n * SECTOR);
-        if (status === 'data') {
-          try {
-            await convertRead(s, start, n, buf);
-          } catch (e) {
-            if (failed === null) {
-              env.o.error(`error while reading at byte ${start * SECTOR}: ${errnoMessage(e)}`);
-              failed = e;
-            }
-          }
-        } else if (!s.minSparse && status === 'zero') {
-          // A reused buffer holds the previous chunk's bytes.
-          buf.fill(0);
-          status = 'data';
-        }
-        if (wrInOrder) await prevIssued;
-        if (failed === null) {
-          try {
-            await convertWrite(s, start, n, buf, status, myIssued);
-          } catch (e) {
-            if (failed === null) {
-              env.o.error(`error while writing at byte ${start * SECTOR}: ${errnoMessage(e)}`);
-              failed = e;
-            }
-          }
-        }
-      } finally {
-        if (pooled !== null) freeBufs.push(pooled);
-        // Also when this chunk wrote nothing (a read error, an earlier failure).
-        myIssued();
-      }
-    });
-    // Back-pressure: no more requests in flight than coroutines.
-    await queue.onSizeLessThan(1);
-  }
-  await queue.onIdle();
-  if (failed !== null) throw new ToolExit(1);
-}
-
-export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
-  let fmt: string | undefined;
-  let outFmt: string | null = null;
-  let outBaseimg: string | null = null;
-  let backingFmt: string | null = null;
-  let options: string | null = null;
-  let cache = 'unsafe';
-  let srcCache = 'writeback';
-  let quiet = false;
-  let progressOn = false;
-  let skipCreate = false;
-  let minSparse = 8;
-  let numCoroutines = 8;
-  let wrInOrder = true;
-  let forceShare = false;
-  let targetIsZero = false;
-  let copyRange = false;
-  let compressed = false;
-  let explicitMinSparse = false;
-  let snapshot = false;
-  let bitmaps = false;
-  const rest = parseOptions(
-    env.o,
-    argv,
-    ':hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:',
-    [
-      LONG_HELP,
-      LONG_OBJECT,
-      LONG_IMAGE_OPTS,
-      LONG_TARGET_IMAGE_OPTS,
-      { name: 'salvage', hasArg: 0, val: 'salvage' },
-      { name: 'target-is-zero', hasArg: 0, val: 'target-is-zero' },
-      { name: 'bitmaps', hasArg: 0, val: 'bitmaps' },
-      { name: 'skip-broken-bitmaps', hasArg: 0, val: 'skip-broken-bitmaps' },
-      LONG_FORCE_SHARE,
-    ],
-    (opt, arg = '') => {
-      switch (opt) {
-        case 'h':
-          throw new HelpRequest();
-        case 'f':
-          fmt = arg;
-          break;
-        case 'O':
-          outFmt = arg;
-          break;
-        case 'B':
-          outBaseimg = arg;
-          break;
-        case 'F':
-          backingFmt = arg;
-          break;
-        case 'C':
-          // Copy offloading is the host's business; the copy loop is the same.
-          copyRange = true;
-          break;
-        case 'c':
-          compressed = true;
-          break;
-        case 'o':
-          options = accumulateOptions(env, options, arg);
-          break;
-        case 'l':
-          snapshot = true;
-          break;
-        case 'S': {
-          const sval = cvtnum(env.o, 'buffer size for sparse output', arg);
-          if (sval % SECTOR !== 0 || sval / SECTOR > MAX_BUF_SECTORS) {
-            env.o.error(
-              `Invalid buffer size for sparse output specified. Valid sizes are multiples of ${SECTOR} up to ${MAX_BUF_SECTORS * SECTOR}. Select 0 to disable sparse detection (fully allocates output).`,
-            );
-            throw new ToolExit(1);
-          }
-          minSparse = sval / SECTOR;
-          explicitMinSparse = true;
-          break;
-        }
-        case 'p':
-          progressOn = true;
-          break;
-        case 't':
-          cache = arg;
-          break;
-        case 'T':
-          srcCache = arg;
-          break;
-        case 'q':
-          quiet = true;
-          break;
-        case 'n':
-          skipCreate = true;
-          break;
-        case 'm': {
-          const m = /^\s*[+-]?\d+/.exec(arg);
-          numCoroutines = m === null ? 0 : parseInt(m[0], 10);
-          if (numCoroutines < 1 || numCoroutines > MAX_COROUTINES) {
-            env.o.error(`Invalid number of coroutines. Allowed number of coroutines is between 1 and ${MAX_COROUTINES}`);
-            throw new ToolExit(1);
-          }
-          break;
-        }
-        case 'W':
-          wrInOrder = false;
-          break;
-        case 'U':
-          forceShare = true;
-          break;
-        case 'r':
-          // Rate limiting only slows the copy down; the result is the same.
-          cvtnum(env.o, 'rate limit', arg);
-          break;
-        case 'target-is-zero':
-          targetIsZero = true;
-          break;
-        case 'bitmaps':
-          bitmaps = true;
-          break;
-        case 'salvage':
-        case 'skip-broken-bitmaps':
-          unsupportedOption(env, `--${opt}`);
-          break;
-        default:
-          unsupportedOption(env, `--${opt}`);
+      s.minSparse = sval / SECTOR;
+      s.explicitMinSparse = true;
+    },
+  },
+  PROGRESS,
+  CACHE,
+  SRC_CACHE,
+  QUIET,
+  flag('n', undefined, 'skipCreate'),
+  {
+    short: 'm',
+    arg: 1,
+    set: (s, arg, env) => {
+      const m = /^\s*[+-]?\d+/.exec(arg);
+      s.numCoroutines = m === null ? 0 : parseInt(m[0], 10);
+      if (s.numCoroutines < 1 || s.numCoroutines > MAX_COROUTINES) {
+        env.o.error(`Invalid number of coroutines. Allowed number of coroutines is between 1 and ${MAX_COROUTINES}`);
+        throw new ToolExit(1);
       }
     },
-  );
-  const targetFmt: string = outFmt ?? 'raw';
+  },
+  { short: 'W', set: (s) => void (s.wrInOrder = false) },
+  FORCE_SHARE,
+  // Rate limiting only slows the copy down; the result is the same.
+  { short: 'r', arg: 1, set: (_s, arg, env) => void cvtnum(env.o, 'rate limit', arg) },
+  OBJECT,
+  IMAGE_OPTS,
+  TARGET_IMAGE_OPTS,
+  { long: 'salvage', set: (_s, _a, env) => unsupportedOption(env.o, '--salvage') },
+  flag(undefined, 'target-is-zero', 'targetIsZero'),
+  flag(undefined, 'bitmaps', 'bitmaps'),
+  { long: 'skip-broken-bitmaps', set: (_s, _a, env) => unsupportedOption(env.o, '--skip-broken-bitmaps') },
+];
+
+export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
+  const args: ConvertArgs = {
+    ...imgArgs('unsafe'),
+    outFmt: 'raw',
+    outBaseimg: null,
+    backingFmt: null,
+    options: null,
+    skipCreate: false,
+    minSparse: 8,
+    explicitMinSparse: false,
+    numCoroutines: 8,
+    wrInOrder: true,
+    targetIsZero: false,
+    copyRange: false,
+    compressed: false,
+    snapshot: false,
+    bitmaps: false,
+  };
+  const rest = parseImgOptions(env, argv, CONVERT_OPTIONS, args);
+  const { fmt, cache, srcCache, skipCreate, minSparse, numCoroutines, wrInOrder, forceShare, targetIsZero, options, backingFmt } = args;
+  const { copyRange, compressed, explicitMinSparse, snapshot, bitmaps } = args;
+  let outBaseimg = args.outBaseimg;
+  const targetFmt = args.outFmt;
   if (compressed && copyRange) {
     env.o.error('Cannot enable copy offloading when -c is used');
     return 1;
@@ -487,8 +155,7 @@ export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
   }
   checkCacheMode(env, srcCache, 'source cache');
 
-  if (quiet) progressOn = false;
-  const progress = new Progress(env.o, progressOn, 1.0);
+  const progress = new Progress(env.o, args.progress && !args.quiet, 1.0);
   progress.print(0, 100);
   const src: BlockDriverState[] = [];
   let target: BlockDriverState | null = null;

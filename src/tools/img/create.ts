@@ -1,32 +1,12 @@
 // blk-img create: qemu-img create's options, checks in bdrv_img_create's order, and the
 // "Formatting ..." line printed (and flushed) just before the format driver runs.
 import { BlockDriverState, BlockError, bdrvCreate, combineBackingPath, isBlockError, type BlockDriver, type CreateOptions } from '../../index.js';
-import { qedCreateWarnings } from '../../drivers/qed/create.js';
+import { closeQuietly } from '../shared/open.js';
 import { ToolExit, errorExit, errorMessage } from '../shared/output.js';
 import { cvtnum } from '../shared/size.js';
-import { parseOptions } from '../shared/getopt.js';
-import {
-  LONG_HELP,
-  LONG_OBJECT,
-  closeQuietly,
-  createOptionSpecs,
-  hasHelpOption,
-  isValidOptionList,
-  parseCreateOptions,
-  printOptionHelp,
-  HelpRequest,
-  unsupportedOption,
-  type ImgEnv,
-} from './util.js';
-
-/** -o accumulation: each list is checked, then appended with a comma. */
-export function accumulateOptions(env: ImgEnv, acc: string | null, arg: string): string {
-  if (!isValidOptionList(arg)) {
-    env.o.error(`Invalid option list: ${arg}`);
-    throw new ToolExit(1);
-  }
-  return acc === null ? arg : `${acc},${arg}`;
-}
+import { accumulateOptions, createOptionSpecs, hasHelpOption, parseCreateOptions, printOptionHelp } from './create-options.js';
+import type { ImgEnv } from './env.js';
+import { FORMAT, HELP, OBJECT, QUIET, parseImgOptions, type ImgOption } from './options.js';
 
 /**
  * The driver that creates `fmt` images (bdrv_find_format, then its create check), or
@@ -167,9 +147,7 @@ export async function imgCreateImage(env: ImgEnv, p: ImgCreateParams): Promise<v
     const key = specs.find((s) => s.name === name)?.key ?? name;
     createOpts[key] = v;
   }
-  if (drv.formatName === 'qed') {
-    for (const w of qedCreateWarnings(createOpts)) env.o.warn(w);
-  }
+  for (const w of drv.createWarnings?.(createOpts) ?? []) env.o.warn(w);
   try {
     await createImageFile(env, p.filename, p.fmt, createOpts);
   } catch (e) {
@@ -190,39 +168,30 @@ export function reportWithPrefix(env: ImgEnv, prefix: string, e: unknown): void 
   env.o.errRaw(msg.slice(nl + 1) + (noNewline ? '' : '\n'));
 }
 
+interface CreateArgs {
+  fmt: string;
+  baseFmt: string | null;
+  baseFilename: string | null;
+  options: string | null;
+  quiet: boolean;
+  unsafe: boolean;
+}
+
+const CREATE_OPTIONS: readonly ImgOption<CreateArgs>[] = [
+  { short: 'F', arg: 1, set: (s, arg) => void (s.baseFmt = arg) },
+  { short: 'b', arg: 1, set: (s, arg) => void (s.baseFilename = arg) },
+  FORMAT,
+  HELP,
+  { short: 'o', arg: 1, set: (s, arg, env) => void (s.options = accumulateOptions(env.o, s.options, arg)) },
+  QUIET,
+  { short: 'u', set: (s) => void (s.unsafe = true) },
+  OBJECT,
+];
+
 export async function imgCreate(env: ImgEnv, argv: string[]): Promise<number> {
-  let fmt = 'raw';
-  let baseFmt: string | null = null;
-  let baseFilename: string | null = null;
-  let options: string | null = null;
-  let quiet = false;
-  let unsafe = false;
-  const rest = parseOptions(env.o, argv, ':F:b:f:ho:qu', [LONG_HELP, LONG_OBJECT], (opt, arg = '') => {
-    switch (opt) {
-      case 'h':
-        throw new HelpRequest();
-      case 'F':
-        baseFmt = arg;
-        break;
-      case 'b':
-        baseFilename = arg;
-        break;
-      case 'f':
-        fmt = arg;
-        break;
-      case 'o':
-        options = accumulateOptions(env, options, arg);
-        break;
-      case 'q':
-        quiet = true;
-        break;
-      case 'u':
-        unsafe = true;
-        break;
-      default:
-        unsupportedOption(env, '--object');
-    }
-  });
+  const args: CreateArgs = { fmt: 'raw', baseFmt: null, baseFilename: null, options: null, quiet: false, unsafe: false };
+  const rest = parseImgOptions(env, argv, CREATE_OPTIONS, args);
+  const { fmt, baseFmt, baseFilename, options, quiet, unsafe } = args;
   const filename = rest.length > 0 ? rest[0] : null;
   if (options !== null && hasHelpOption(options)) return printBlockOptionHelp(env, filename, fmt);
   if (filename === null) errorExit(env.o, 'Expecting image file name');

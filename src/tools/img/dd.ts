@@ -2,41 +2,35 @@
 // including qemu-img 7.2's quirks: count limits the copy to count*bs bytes measured from the
 // start of the input (not from skip), and a skip past the end only warns (exit status 0).
 import type { BlockDriverState } from '../../index.js';
-import { ToolExit, errorMessage } from '../shared/output.js';
+import { closeQuietly } from '../shared/open.js';
+import { ToolExit, errnoMessage, errorMessage } from '../shared/output.js';
 import { cvtnum, cvtnumFull } from '../shared/size.js';
-import { parseOptions } from '../shared/getopt.js';
 import { createErrorMessage, createImageFile, findCreateDriver, reportWithPrefix } from './create.js';
-import { HelpRequest, LONG_FORCE_SHARE, LONG_HELP, LONG_IMAGE_OPTS, LONG_TARGET_IMAGE_OPTS, closeQuietly, errnoMessage, imgOpen, unsupportedOption, type ImgEnv } from './util.js';
+import type { ImgEnv } from './env.js';
+import { imgOpen } from './open.js';
+import { FORCE_SHARE, FORMAT, HELP, IMAGE_OPTS, TARGET_IMAGE_OPTS, parseImgOptions, type ImgOption } from './options.js';
 
 const INT_MAX = 2147483647n;
 
+interface DdArgs {
+  fmt: string | undefined;
+  outFmt: string;
+  forceShare: boolean;
+}
+
+const DD_OPTIONS: readonly ImgOption<DdArgs>[] = [
+  HELP,
+  FORMAT,
+  { short: 'O', arg: 1, set: (s, arg) => void (s.outFmt = arg) },
+  FORCE_SHARE,
+  IMAGE_OPTS,
+  TARGET_IMAGE_OPTS,
+];
+
 export async function imgDd(env: ImgEnv, argv: string[]): Promise<number> {
-  let fmt: string | undefined;
-  let outFmt = 'raw';
-  let forceShare = false;
-  const rest = parseOptions(
-    env.o,
-    argv,
-    ':hf:O:U',
-    [LONG_HELP, LONG_IMAGE_OPTS, LONG_TARGET_IMAGE_OPTS, LONG_FORCE_SHARE],
-    (opt, arg = '') => {
-      switch (opt) {
-        case 'h':
-          throw new HelpRequest();
-        case 'f':
-          fmt = arg;
-          break;
-        case 'O':
-          outFmt = arg;
-          break;
-        case 'U':
-          forceShare = true;
-          break;
-        default:
-          unsupportedOption(env, `--${opt}`);
-      }
-    },
-  );
+  const args: DdArgs = { fmt: undefined, outFmt: 'raw', forceShare: false };
+  const rest = parseImgOptions(env, argv, DD_OPTIONS, args);
+  const { fmt, outFmt, forceShare } = args;
   let bsz = 512;
   let count: number | null = null;
   let skip: number | null = null;

@@ -1,27 +1,13 @@
 // blk-img info: image facts as qemu-img info prints them (human or QAPI ImageInfo JSON).
 import { isBlockError, type BlockDriverState } from '../../index.js';
-import { errorExit, errorMessage, ToolExit } from '../shared/output.js';
-import { parseOptions } from '../shared/getopt.js';
+import { closeQuietly } from '../shared/open.js';
+import { ToolExit, errorMessage } from '../shared/output.js';
 import { sizeToStr } from '../shared/printf.js';
-import {
-  HelpRequest,
-  LONG_FORCE_SHARE,
-  LONG_FORMAT,
-  LONG_HELP,
-  LONG_IMAGE_OPTS,
-  LONG_OBJECT,
-  LONG_OUTPUT,
-  OPT_OUTPUT,
-  closeQuietly,
-  imgOpen,
-  jsonObject,
-  parseOutputFormat,
-  qemuPathCombine,
-  toJsonPretty,
-  unsupportedOption,
-  type ImgEnv,
-  type JsonObject,
-} from './util.js';
+import { qemuPathCombine } from './chain.js';
+import type { ImgEnv } from './env.js';
+import { jsonObject, toJsonPretty, type JsonObject } from './json.js';
+import { imgOpen } from './open.js';
+import { FORCE_SHARE, FORMAT, HELP, IMAGE_OPTS, OBJECT, OUTPUT, imgArgs, oneFilename, parseImgOptions, parseOutputFormat, type ImgArgs, type ImgOption } from './options.js';
 
 /** QAPI ImageInfo, the fields QED and raw images can have. */
 export interface ImageInfo {
@@ -95,46 +81,31 @@ export function imageInfoHuman(i: ImageInfo): string {
   return s;
 }
 
+interface InfoArgs extends ImgArgs {
+  chain: boolean;
+}
+
+const INFO_OPTIONS: readonly ImgOption<InfoArgs>[] = [
+  { ...FORMAT, long: 'format' },
+  HELP,
+  FORCE_SHARE,
+  OUTPUT,
+  { long: 'backing-chain', set: (s) => void (s.chain = true) },
+  OBJECT,
+  IMAGE_OPTS,
+];
+
 export async function imgInfo(env: ImgEnv, argv: string[]): Promise<number> {
-  let fmt: string | undefined;
-  let output: 'human' | 'json' = 'human';
-  let outputArg: string | null = null;
-  let chain = false;
-  let forceShare = false;
-  const rest = parseOptions(
-    env.o,
-    argv,
-    ':f:hU',
-    [LONG_HELP, LONG_FORMAT, LONG_OUTPUT, { name: 'backing-chain', hasArg: 0, val: 'chain' }, LONG_OBJECT, LONG_IMAGE_OPTS, LONG_FORCE_SHARE],
-    (opt, arg = '') => {
-      switch (opt) {
-        case 'h':
-          throw new HelpRequest();
-        case 'f':
-          fmt = arg;
-          break;
-        case 'U':
-          forceShare = true;
-          break;
-        case OPT_OUTPUT:
-          outputArg = arg;
-          break;
-        case 'chain':
-          chain = true;
-          break;
-        default:
-          unsupportedOption(env, `--${opt}`);
-      }
-    },
-  );
-  if (rest.length !== 1) errorExit(env.o, 'Expecting one image file name');
-  if (outputArg !== null) output = parseOutputFormat(env, outputArg);
+  const args: InfoArgs = { ...imgArgs(), chain: false };
+  const first = oneFilename(env, parseImgOptions(env, argv, INFO_OPTIONS, args));
+  const output = parseOutputFormat(env, args.output);
+  const { chain, forceShare } = args;
 
   // collect_image_info_list: open each image without its backing file and follow the chain.
   const infos: ImageInfo[] = [];
   const seen = new Set<string>();
-  let filename: string | undefined = rest[0];
-  let curFmt = fmt;
+  let filename: string | undefined = first;
+  let curFmt = args.fmt;
   while (filename !== undefined) {
     if (seen.has(filename)) {
       env.o.error(`Backing file '${filename}' creates an infinite loop.`);

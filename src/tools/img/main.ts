@@ -1,7 +1,6 @@
 // blk-img: the qemu-img 7.2 look-alike. main() parses the global options, dispatches to a
 // subcommand and returns the exit status; output goes through ToolOutput so that stdout is
 // buffered and stderr is not, as in QEMU.
-import { Getopt } from '../shared/getopt.js';
 import { ToolExit, ToolOutput, errorExit, errorMessage, progName, type ToolIO } from '../shared/output.js';
 import { imgCheck } from './check.js';
 import { imgCommit } from './commit.js';
@@ -13,7 +12,8 @@ import { imgInfo } from './info.js';
 import { imgMap } from './map.js';
 import { imgRebase } from './rebase.js';
 import { imgResize } from './resize.js';
-import { HelpRequest, LONG_HELP, makeEnv, type ImgCommand, type ImgEnv } from './util.js';
+import { HelpRequest, makeEnv, type ImgCommand, type ImgEnv } from './env.js';
+import { HELP, parseImgOptions, type ImgOption } from './options.js';
 import { imgBench } from './bench.js';
 
 export const BLK_IMG_VERSION = '0.1.0';
@@ -153,27 +153,25 @@ export async function main(argv: string[], io: ToolIO = processIO()): Promise<nu
   }
 }
 
+/** qemu-img's own options, before the subcommand ('+': the first non-option ends them). */
+const GLOBAL_OPTIONS: readonly ImgOption<unknown>[] = [
+  HELP,
+  {
+    short: 'V',
+    long: 'version',
+    set: (_s, _a, env) => {
+      env.o.out(versionText());
+      throw new ToolExit(0);
+    },
+  },
+  // -T: trace events are emitted on each node's `trace` emitter; the tool has no sink for them.
+  { short: 'T', long: 'trace', arg: 1, set: () => undefined },
+];
+
 async function run(env: ImgEnv, argv: string[]): Promise<number> {
   const o = env.o;
   if (argv.length < 2) errorExit(o, 'Not enough arguments');
-  const g = new Getopt(argv, '+:hVT:', [
-    LONG_HELP,
-    { name: 'version', hasArg: 0, val: 'V' },
-    { name: 'trace', hasArg: 1, val: 'T' },
-  ]);
-  for (;;) {
-    const r = g.next();
-    if (r.kind === 'end') break;
-    if (r.kind === 'missing') errorExit(o, `missing argument for option '${g.lastElement}'`);
-    if (r.kind === 'unknown') errorExit(o, `unrecognized option '${g.lastElement}'`);
-    if (r.opt === 'h') throw new HelpRequest();
-    if (r.opt === 'V') {
-      o.out(versionText());
-      return 0;
-    }
-    // -T: trace events are emitted on each node's `trace` emitter; the tool has no sink for them.
-  }
-  const rest = g.rest();
+  const rest = parseImgOptions(env, argv, GLOBAL_OPTIONS, null, '+:');
   if (rest.length === 0) errorExit(o, 'Not enough arguments');
   const cmdName = rest[0];
   const cmd = COMMANDS.find(([name]) => name === cmdName);

@@ -1,25 +1,13 @@
 // blk-img map: the allocation map through the backing chain, merged into extents the way
 // qemu-img map merges them (human: data extents only; json: every extent with its depth).
-import type { BlockDriverState } from '../../index.js';
+import { ERRNO_MESSAGES, isBlockError, type BlockDriverState } from '../../index.js';
+import { closeQuietly } from '../shared/open.js';
+import { ToolExit } from '../shared/output.js';
 import { cvtnum } from '../shared/size.js';
-import { errorExit, ToolExit } from '../shared/output.js';
-import { parseOptions } from '../shared/getopt.js';
-import {
-  HelpRequest,
-  LONG_FORCE_SHARE,
-  LONG_FORMAT,
-  LONG_HELP,
-  LONG_IMAGE_OPTS,
-  LONG_OBJECT,
-  LONG_OUTPUT,
-  OPT_OUTPUT,
-  closeQuietly,
-  imgOpen,
-  parseOutputFormat,
-  unsupportedOption,
-  type ImgEnv,
-} from './util.js';
-import { ERRNO_MESSAGES, isBlockError } from '../../block/errors.js';
+import { layerStatus, type LayerStatus } from './block-status.js';
+import type { ImgEnv } from './env.js';
+import { imgOpen } from './open.js';
+import { FORCE_SHARE, FORMAT, HELP, IMAGE_OPTS, OBJECT, OUTPUT, imgArgs, oneFilename, parseImgOptions, parseOutputFormat, type ImgArgs, type ImgOption } from './options.js';
 
 export interface MapEntry {
   start: number;
@@ -31,36 +19,6 @@ export interface MapEntry {
   depth: number;
   present: boolean;
   filename: string | null;
-}
-
-/** The status flags of one layer with the generic block layer's rules for unallocated ranges. */
-export interface LayerStatus {
-  pnum: number;
-  allocated: boolean;
-  data: boolean;
-  zero: boolean;
-  offset?: number;
-  file?: BlockDriverState;
-}
-
-/**
- * bdrv_block_status for one node: the driver's answer, plus "unallocated reads as zeros" when
- * there is no backing file or the range starts past the backing file's end.
- */
-export async function layerStatus(bs: BlockDriverState, offset: number, bytes: number): Promise<LayerStatus> {
-  const st = await bs.blockStatus(offset, bytes);
-    // ALLOCATED is what the driver itself claims (data or a zero marker); the generic layer's
-  // "reads as zero" for unallocated ranges does not make them present.
-  const r: LayerStatus = { pnum: st.pnum, allocated: st.allocated, data: st.data, zero: st.zero };
-  if (st.offset !== undefined) {
-    r.offset = st.offset;
-    r.file = st.file;
-  }
-  if (!r.allocated && bs.driver.supportsBacking) {
-    if (!bs.backing) r.zero = true;
-    else if (offset >= (await bs.backing.getLength())) r.zero = true;
-  }
-  return r;
 }
 
 /** The node holding the bytes at `offset` is named as it was opened (a filter keeps its prefix). */
@@ -141,54 +99,29 @@ function dumpMapEntry(env: ImgEnv, fmt: 'human' | 'json', e: MapEntry, next: Map
   env.o.out(s);
 }
 
-export async function imgMap(env: ImgEnv, argv: string[]): Promise<number> {
-  let fmt: string | undefined;
-  let outputArg: string | null = null;
-  let forceShare = false;
-  let startOffset = 0;
-  let maxLength = Number.MAX_SAFE_INTEGER;
-  const rest = parseOptions(
-    env.o,
-    argv,
-    ':f:hU',
-    [
-      LONG_HELP,
-      LONG_FORMAT,
-      LONG_OUTPUT,
-      LONG_OBJECT,
-      LONG_IMAGE_OPTS,
-      LONG_FORCE_SHARE,
-      { name: 'start-offset', hasArg: 1, val: 's' },
-      { name: 'max-length', hasArg: 1, val: 'l' },
-    ],
-    (opt, arg = '') => {
-      switch (opt) {
-        case 'h':
-          throw new HelpRequest();
-        case 'f':
-          fmt = arg;
-          break;
-        case 'U':
-          forceShare = true;
-          break;
-        case OPT_OUTPUT:
-          outputArg = arg;
-          break;
-        case 's':
-          startOffset = cvtnum(env.o, 'start offset', arg);
-          break;
-        case 'l':
-          maxLength = cvtnum(env.o, 'max length', arg);
-          break;
-        default:
-          unsupportedOption(env, `--${opt}`);
-      }
-    },
-  );
-  if (rest.length !== 1) errorExit(env.o, 'Expecting one image file name');
-  const output = outputArg === null ? 'human' : parseOutputFormat(env, outputArg);
+interface MapArgs extends ImgArgs {
+  startOffset: number;
+  maxLength: number;
+}
 
-  const bs = await imgOpen(env, rest[0], { format: fmt, readOnly: true, forceShare });
+const MAP_OPTIONS: readonly ImgOption<MapArgs>[] = [
+  HELP,
+  { ...FORMAT, long: 'format' },
+  OUTPUT,
+  OBJECT,
+  IMAGE_OPTS,
+  FORCE_SHARE,
+  { long: 'start-offset', arg: 1, set: (s, arg, env) => void (s.startOffset = cvtnum(env.o, 'start offset', arg)) },
+  { long: 'max-length', arg: 1, set: (s, arg, env) => void (s.maxLength = cvtnum(env.o, 'max length', arg)) },
+];
+
+export async function imgMap(env: ImgEnv, argv: string[]): Promise<number> {
+  const args: MapArgs = { ...imgArgs(), startOffset: 0, maxLength: Number.MAX_SAFE_INTEGER };
+  const filename = oneFilename(env, parseImgOptions(env, argv, MAP_OPTIONS, args));
+  const output = parseOutputFormat(env, args.output);
+  const { startOffset, maxLength } = args;
+
+  const bs = await imgOpen(env, filename, { format: args.fmt, readOnly: true, forceShare: args.forceShare });
   try {
     let length = await bs.getLength();
     if (output === 'human') env.o.out(`${'Offset'.padEnd(16)}${'Length'.padEnd(16)}${'Mapped to'.padEnd(16)}File\n`);
@@ -219,47 +152,4 @@ export async function imgMap(env: ImgEnv, argv: string[]): Promise<number> {
   } finally {
     await closeQuietly(bs);
   }
-}
-
-export const BDRV_BLOCK_DATA = 0x01;
-export const BDRV_BLOCK_ZERO = 0x02;
-export const BDRV_BLOCK_OFFSET_VALID = 0x04;
-export const BDRV_BLOCK_ALLOCATED = 0x10;
-export const BDRV_BLOCK_EOF = 0x20;
-
-/**
- * bdrv_block_status_above(bs, base): the status through the chain down to (not including)
- * `base`, as QEMU's flag word. A layer that is shorter than the one above it reads as
- * allocated zeros past its end; EOF is set when the answer reaches the end of `bs`.
- */
-export async function blockStatusAboveFlags(
-  bs: BlockDriverState,
-  base: BlockDriverState | null,
-  offset: number,
-  bytes: number,
-): Promise<{ flags: number; pnum: number }> {
-  const toFlags = (s: LayerStatus): number =>
-    (s.data ? BDRV_BLOCK_DATA : 0) |
-    (s.zero ? BDRV_BLOCK_ZERO : 0) |
-    (s.offset !== undefined ? BDRV_BLOCK_OFFSET_VALID : 0) |
-    (s.allocated ? BDRV_BLOCK_ALLOCATED : 0);
-  const topLen = await bs.getLength();
-  let st = await layerStatus(bs, offset, bytes);
-  let flags = toFlags(st);
-  let pnum = st.pnum;
-  if (!st.allocated && bs !== base) {
-    for (let p = bs.backing; p && p !== base; p = p.backing) {
-      if (offset >= (await p.getLength())) {
-        // The layer above deferred to a shorter one: synthesised zeros count as allocated here.
-        flags = BDRV_BLOCK_ZERO | BDRV_BLOCK_ALLOCATED;
-        break;
-      }
-      st = await layerStatus(p, offset, pnum);
-      flags = toFlags(st);
-      pnum = st.pnum;
-      if (st.allocated) break;
-    }
-  }
-  if (offset + pnum === topLen) flags |= BDRV_BLOCK_EOF;
-  return { flags, pnum };
 }

@@ -1,13 +1,15 @@
 // blk-img rebase: change an image's backing file. Safe mode first copies into the image every
 // range it does not allocate itself where the old and the new backing file differ, so that the
 // guest-visible content is unchanged; -u only rewrites the header.
-import { BlockDriverState, combineBackingPath } from '../../index.js';
-import { isBlockError } from '../../block/errors.js';
-import { errorExit, errorMessage, ToolExit } from '../shared/output.js';
-import { parseOptions } from '../shared/getopt.js';
-import { checkCacheMode } from './check.js';
+import { BlockDriverState, combineBackingPath, isBlockError } from '../../index.js';
+import { closeQuietly } from '../shared/open.js';
+import { ToolExit, errnoMessage, errorExit, errorMessage } from '../shared/output.js';
+import { findBackingImage } from './chain.js';
 import { compareBuffers } from './compare.js';
-import { HelpRequest, LONG_FORCE_SHARE, LONG_HELP, LONG_IMAGE_OPTS, LONG_OBJECT, Progress, closeQuietly, errnoMessage, findBackingImage, imgOpen, unsupportedOption, type ImgEnv } from './util.js';
+import type { ImgEnv } from './env.js';
+import { imgOpen } from './open.js';
+import { CACHE, FORCE_SHARE, FORMAT, HELP, IMAGE_OPTS, OBJECT, PROGRESS, QUIET, SRC_CACHE, checkCacheMode, imgArgs, parseImgOptions, type ImgArgs, type ImgOption } from './options.js';
+import { Progress } from './progress.js';
 
 const IO_BUF_SIZE = 2 * 1024 * 1024;
 
@@ -34,58 +36,37 @@ async function readBacking(
   return { buf, zero: false };
 }
 
+interface RebaseArgs extends ImgArgs {
+  outBasefmt: string | null;
+  outBaseimg: string | null;
+  unsafe: boolean;
+}
+
+const REBASE_OPTIONS: readonly ImgOption<RebaseArgs>[] = [
+  HELP,
+  FORMAT,
+  { short: 'F', arg: 1, set: (s, arg) => void (s.outBasefmt = arg) },
+  { short: 'b', arg: 1, set: (s, arg) => void (s.outBaseimg = arg) },
+  { short: 'u', set: (s) => void (s.unsafe = true) },
+  PROGRESS,
+  CACHE,
+  SRC_CACHE,
+  QUIET,
+  FORCE_SHARE,
+  OBJECT,
+  IMAGE_OPTS,
+];
+
 export async function imgRebase(env: ImgEnv, argv: string[]): Promise<number> {
-  let fmt: string | undefined;
-  let outBasefmt = null as string | null;
-  let outBaseimg = null as string | null;
-  let cache = 'writeback';
-  let srcCache = 'writeback';
-  let progressOn = false;
-  let quiet = false;
-  let unsafe = false;
-  let forceShare = false;
-  const rest = parseOptions(env.o, argv, ':hf:F:b:upt:T:qU', [LONG_HELP, LONG_OBJECT, LONG_IMAGE_OPTS, LONG_FORCE_SHARE], (opt, arg = '') => {
-    switch (opt) {
-      case 'h':
-        throw new HelpRequest();
-      case 'f':
-        fmt = arg;
-        break;
-      case 'F':
-        outBasefmt = arg;
-        break;
-      case 'b':
-        outBaseimg = arg;
-        break;
-      case 'u':
-        unsafe = true;
-        break;
-      case 'p':
-        progressOn = true;
-        break;
-      case 't':
-        cache = arg;
-        break;
-      case 'T':
-        srcCache = arg;
-        break;
-      case 'q':
-        quiet = true;
-        break;
-      case 'U':
-        forceShare = true;
-        break;
-      default:
-        unsupportedOption(env, `--${opt}`);
-    }
-  });
-  if (quiet) progressOn = false;
+  const args: RebaseArgs = { ...imgArgs(), outBasefmt: null, outBaseimg: null, unsafe: false };
+  const rest = parseImgOptions(env, argv, REBASE_OPTIONS, args);
+  const { fmt, outBasefmt, outBaseimg, cache, srcCache, unsafe, forceShare } = args;
   if (rest.length !== 1) errorExit(env.o, 'Expecting one image file name');
   if (!unsafe && outBaseimg === null) errorExit(env.o, 'Must specify backing file (-b) or use unsafe mode (-u)');
   const filename = rest[0];
   const base: string = outBaseimg ?? '';
   const basefmt: string | null = outBasefmt;
-  const progress = new Progress(env.o, progressOn, 2.0);
+  const progress = new Progress(env.o, args.progress && !args.quiet, 2.0);
   progress.print(0, 100);
 
   let bs: BlockDriverState | null = null;

@@ -1,50 +1,48 @@
 // blk-img resize: [+|-]size, grow only for QED (the driver says so), with qemu-img's checks.
-import { ERRNO_MESSAGES, isBlockError } from '../../block/errors.js';
+import { ERRNO_MESSAGES, isBlockError } from '../../index.js';
+import { closeQuietly } from '../shared/open.js';
 import { ToolExit, errorExit, errorMessage } from '../shared/output.js';
 import { parseOptionSize } from '../shared/size.js';
-import { parseOptions } from '../shared/getopt.js';
-import { HelpRequest, LONG_HELP, LONG_IMAGE_OPTS, LONG_OBJECT, closeQuietly, imgOpen, unsupportedOption, type ImgEnv } from './util.js';
+import type { ImgEnv } from './env.js';
+import { imgOpen } from './open.js';
+import { FORMAT, HELP, IMAGE_OPTS, OBJECT, QUIET, parseImgOptions, type ImgOption } from './options.js';
 
 const PREALLOC_MODES = ['off', 'metadata', 'falloc', 'full'];
+
+interface ResizeArgs {
+  fmt: string | undefined;
+  quiet: boolean;
+  shrink: boolean;
+  prealloc: string;
+}
+
+const RESIZE_OPTIONS: readonly ImgOption<ResizeArgs>[] = [
+  FORMAT,
+  HELP,
+  QUIET,
+  OBJECT,
+  IMAGE_OPTS,
+  {
+    long: 'preallocation',
+    arg: 1,
+    set: (s, arg, env) => {
+      if (!PREALLOC_MODES.includes(arg)) {
+        env.o.error(`Invalid preallocation mode '${arg}'`);
+        throw new ToolExit(1);
+      }
+      s.prealloc = arg;
+    },
+  },
+  { long: 'shrink', set: (s) => void (s.shrink = true) },
+];
 
 export async function imgResize(env: ImgEnv, argv: string[]): Promise<number> {
   // The size is taken off the end first so that a negative size is not read as an option.
   if (argv.length < 3) errorExit(env.o, 'Not enough arguments');
   let size = argv[argv.length - 1];
-  let fmt: string | undefined;
-  let quiet = false;
-  let shrink = false;
-  let prealloc = 'off';
-  const rest = parseOptions(
-    env.o,
-    argv.slice(0, -1),
-    ':f:hq',
-    [LONG_HELP, LONG_OBJECT, LONG_IMAGE_OPTS, { name: 'preallocation', hasArg: 1, val: 'prealloc' }, { name: 'shrink', hasArg: 0, val: 'shrink' }],
-    (opt, arg = '') => {
-      switch (opt) {
-        case 'h':
-          throw new HelpRequest();
-        case 'f':
-          fmt = arg;
-          break;
-        case 'q':
-          quiet = true;
-          break;
-        case 'prealloc':
-          if (!PREALLOC_MODES.includes(arg)) {
-            env.o.error(`Invalid preallocation mode '${arg}'`);
-            throw new ToolExit(1);
-          }
-          prealloc = arg;
-          break;
-        case 'shrink':
-          shrink = true;
-          break;
-        default:
-          unsupportedOption(env, `--${opt}`);
-      }
-    },
-  );
+  const args: ResizeArgs = { fmt: undefined, quiet: false, shrink: false, prealloc: 'off' };
+  const rest = parseImgOptions(env, argv.slice(0, -1), RESIZE_OPTIONS, args);
+  const { fmt, quiet, shrink, prealloc } = args;
   if (rest.length !== 1) errorExit(env.o, 'Expecting image file name and size');
   const filename = rest[0];
   let relative = 0;

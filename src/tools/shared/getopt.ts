@@ -1,7 +1,5 @@
 // glibc's getopt_long, ported as a state machine: qemu-img's and qemu-io's messages quote
 // argv[optind - 1] and so depend on exactly how getopt advances and permutes.
-import { errorExit, type ToolOutput } from './output.js';
-
 
 export interface LongOption {
   name: string;
@@ -180,25 +178,59 @@ export class Getopt {
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Option tables: a command's options as data, read by one loop
+// ---------------------------------------------------------------------------------------------
+
 /**
- * Drive a Getopt the way every qemu-img subcommand does: ':' -> "missing argument for option
- * 'X'", '?' -> "unrecognized option 'X'" (X = argv[optind-1]), both followed by the help hint
- * and exit 1. `handle` gets each recognised option.
+ * One option of a command: its short letter and/or long name, whether it takes an argument,
+ * and what it does to the command's parsed state `S` (`ctx` is what the command runs with:
+ * its output, its session). `set` returns a number to stop parsing with that value (qemu-io's
+ * "return ret" from inside the getopt loop), nothing to go on.
  */
-export function parseOptions(
-  o: ToolOutput,
-  argv: readonly string[],
-  optstring: string,
-  longopts: readonly LongOption[],
-  handle: (opt: string, arg: string | undefined) => void,
-): string[] {
-  const g = new Getopt(argv, optstring, longopts);
+export interface OptionDef<S, C> {
+  short?: string;
+  long?: string;
+  /** 0 no argument (default), 1 required, 2 optional. */
+  arg?: 0 | 1 | 2;
+  set(state: S, arg: string, ctx: C): number | void;
+}
+
+export type OptionTable<S, C> = readonly OptionDef<S, C>[];
+
+/** What getopt returns for the option: the letter, or the long name when there is none. */
+function keyOf(d: OptionDef<unknown, unknown>): string {
+  return d.short ?? d.long ?? '';
+}
+
+/** The optstring of a table (`prefix`: '+' stops at the first non-option, ':' reports ':'). */
+export function optstringOf(table: OptionTable<never, never>, prefix: string): string {
+  const suffix = ['', ':', '::'];
+  return prefix + table.map((d) => (d.short === undefined ? '' : d.short + suffix[d.arg ?? 0])).join('');
+}
+
+/** The long options of a table, in table order (glibc lists ambiguous candidates so). */
+export function longoptsOf(table: OptionTable<never, never>): LongOption[] {
+  return table.flatMap((d) => (d.long === undefined ? [] : [{ name: d.long, hasArg: d.arg ?? 0, val: keyOf(d) }]));
+}
+
+export type TableResult =
+  | { kind: 'end'; g: Getopt }
+  | { kind: 'error'; error: 'missing' | 'unknown'; opt: string; g: Getopt }
+  | { kind: 'stop'; value: number; g: Getopt };
+
+/**
+ * Run getopt_long over `argv` with the options of `table`, applying each to `state` in
+ * command-line order. Stops at the first error or at a value an option's `set` returned.
+ */
+export function getoptTable<S, C>(argv: readonly string[], table: OptionTable<S, C>, state: S, ctx: C, prefix = ':'): TableResult {
+  const g = new Getopt(argv, optstringOf(table, prefix), longoptsOf(table));
   for (;;) {
     const r = g.next();
-    if (r.kind === 'end') break;
-    if (r.kind === 'missing') errorExit(o, `missing argument for option '${g.lastElement}'`);
-    if (r.kind === 'unknown') errorExit(o, `unrecognized option '${g.lastElement}'`);
-    handle(r.opt, r.arg);
+    if (r.kind === 'end') return { kind: 'end', g };
+    if (r.kind !== 'opt') return { kind: 'error', error: r.kind, opt: r.opt, g };
+    const def = table.find((d) => keyOf(d) === r.opt);
+    const value = def?.set(state, r.arg ?? '', ctx);
+    if (typeof value === 'number') return { kind: 'stop', value, g };
   }
-  return g.rest();
 }

@@ -104,3 +104,8 @@ export function errorMessage(e: unknown): string {
   if (e instanceof Error) return e.message;
   return String(e);
 }
+
+/** An I/O failure as QEMU prints it after strerror(): the errno text of a BlockError. */
+export function errnoMessage(e: unknown): string {
+  return isBlockError(e) ? e.errnoMessage : errorMessage(e);
+}

@@ -1,0 +1,37 @@
+// img_open: the image of a subcommand, opened with qemu-img's messages.
+import { BlockDriverState, isBlockError, type OpenOptions } from '../../index.js';
+import { printOpenWarning } from '../shared/open.js';
+import { ToolExit, errorMessage } from '../shared/output.js';
+import type { ImgEnv } from './env.js';
+
+export interface ImgOpenOptions {
+  format?: string;
+  readOnly?: boolean;
+  noBacking?: boolean;
+  check?: boolean;
+  forceShare?: boolean;
+  /** cache=unsafe: flushes never reach the host file (the format still writes its metadata). */
+  noFlush?: boolean;
+}
+
+/** Open or print "Could not open 'NAME': reason" and exit 1 (or `failStatus`). */
+export async function imgOpen(env: ImgEnv, filename: string, opts: ImgOpenOptions, failStatus = 1): Promise<BlockDriverState> {
+  let bs: BlockDriverState;
+  try {
+    if (filename === '') throw new Error("The 'file' block driver requires a file name");
+    const options: OpenOptions = { ...opts, registry: env.registry, readOnly: opts.readOnly ?? false };
+    bs = await BlockDriverState.open(filename, options);
+  } catch (e) {
+    env.o.error(`Could not open '${filename}': ${openErrorMessage(e, filename)}`);
+    throw new ToolExit(failStatus);
+  }
+  printOpenWarning(env.o, bs);
+  return bs;
+}
+
+/** QEMU's wording for open failures our layers word differently. */
+function openErrorMessage(e: unknown, filename: string): string {
+  // file-posix refuses anything that is not a regular file (or block device) with this text.
+  if (isBlockError(e, 'EISDIR')) return `'file' driver requires '${e.path ?? filename}' to be a regular file`;
+  return errorMessage(e);
+}

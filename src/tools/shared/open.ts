@@ -1,0 +1,15 @@
+// Opening and closing the user's image, as both tools do it: the driver's warning about the
+// opened image (raw guessed by probing), and closing on a path that already failed.
+import type { BlockDriverState } from '../../index.js';
+import type { ToolOutput } from './output.js';
+
+/** Print what the image's driver warns about at open (QEMU's drivers print it themselves). */
+export function printOpenWarning(o: ToolOutput, bs: BlockDriverState): void {
+  const w = bs.driver.openWarning?.(bs);
+  if (w !== undefined) o.errRaw(w);
+}
+
+/** Close and ignore errors (cleanup paths after a failure was already reported). */
+export async function closeQuietly(bs: BlockDriverState | null | undefined): Promise<void> {
+  if (bs) await bs.close().catch(() => undefined);
+}
