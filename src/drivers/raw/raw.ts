@@ -258,6 +258,7 @@ async function rawInvalidateCache(bs: BlockDriverState): Promise<void> {
 export const rawDriver: BlockDriver = {
   formatName: 'raw',
   requestAlignment: 1,
+  zeroNoFallback: true,
   createOptions: [{ name: 'size', key: 'size', type: 'size', help: 'Virtual disk size' }],
   probe: rawProbe,
   open: rawOpen,

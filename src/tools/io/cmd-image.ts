@@ -1,53 +1,28 @@
 // blk-io's flush, discard, truncate, length, info, map and alloc (qemu-io 7.2 semantics).
-import { BDRV_SECTOR_SIZE } from '../../block/driver.js';
-import { isBlockError } from '../../block/errors.js';
-import type { BlockDriverState } from '../../block/node.js';
+import { BDRV_SECTOR_SIZE, isBlockError, type BlockDriverState } from '../../index.js';
 import { cvtstr } from '../shared/printf.js';
 import { BDRV_REQUEST_MAX_BYTES, cvtnum, printCvtnumErr, printReport } from './format.js';
 import { errText, errnoText, toolError, type IoSession } from './session.js';
-import {
-  EINVAL,
-  EIO,
-  ENOTSUP,
-  OptFail,
-  getopts,
-  image,
-  outOfBounds,
-  parseNum,
-  runIo,
-  unsafeRequest,
-  usage,
-  type CmdInfo,
-} from './command.js';
+import { EINVAL, EIO, ENOTSUP, OptFail, QUIET, STATS, cmdOptions, image, parseNum, type CmdInfo, type CmdOption } from './command.js';
+import { outOfBounds, runIo, unsafeRequest } from './request.js';
 
 export async function flushF(s: IoSession): Promise<number> {
   const { err } = await runIo(s, () => image(s).flush());
   return err === null ? 0 : EIO;
 }
 
+const DISCARD_OPTIONS: readonly CmdOption<{ cflag: boolean; qflag: boolean }>[] = [STATS, QUIET];
+
 export async function discardF(s: IoSession, argv: string[]): Promise<number> {
-  let cflag = false;
-  let qflag = false;
-  const g = getopts(s, argv, 'Cq', (c) => {
-    if (c === 'C') cflag = true;
-    else if (c === 'q') qflag = true;
-    return true;
-  });
-  if (g === null) {
-    usage(s, discardCmd);
-    return EINVAL;
-  }
-  const args = g.rest;
-  if (g.optind !== args.length - 2) {
-    usage(s, discardCmd);
-    return EINVAL;
-  }
-  const offset = parseNum(s, args[g.optind]);
+  const a = { cflag: false, qflag: false };
+  const p = cmdOptions(s, argv, discardCmd, DISCARD_OPTIONS, a, 2, 2);
+  if (typeof p === 'number') return p;
+  const offset = parseNum(s, p.args[0]);
   if (offset instanceof OptFail) return offset.ret;
-  const bytes = parseNum(s, args[g.optind + 1]);
+  const bytes = parseNum(s, p.args[1]);
   if (bytes instanceof OptFail) return bytes.ret;
   if (bytes > BDRV_REQUEST_MAX_BYTES) {
-    s.o.out(`length cannot exceed ${BDRV_REQUEST_MAX_BYTES}, given ${args[g.optind + 1]}\n`);
+    s.o.out(`length cannot exceed ${BDRV_REQUEST_MAX_BYTES}, given ${p.args[1]}\n`);
     return EINVAL;
   }
   const bs = image(s);
@@ -59,51 +34,43 @@ export async function discardF(s: IoSession, argv: string[]): Promise<number> {
     s.o.out(`discard failed: ${errnoText(err)}\n`);
     return EIO;
   }
-  if (!qflag) printReport(s.o, 'discard', t, offset, bytes, bytes, 1, cflag);
+  if (!a.qflag) printReport(s.o, 'discard', t, offset, bytes, bytes, 1, a.cflag);
   return 0;
 }
 
 const PREALLOC_MODES = ['off', 'metadata', 'falloc', 'full'];
 
+const TRUNCATE_OPTIONS: readonly CmdOption<{ prealloc: string }>[] = [
+  {
+    short: 'm',
+    arg: 1,
+    set: (a, arg, s) => {
+      if (!PREALLOC_MODES.includes(arg)) {
+        s.o.error(`Invalid preallocation mode '${arg}'`);
+        return EINVAL;
+      }
+      a.prealloc = arg;
+    },
+  },
+];
+
 export async function truncateF(s: IoSession, argv: string[]): Promise<number> {
-  let prealloc = 'off';
-  let fail: OptFail | null = null;
-  const g = getopts(s, argv, 'm:', (_c, arg) => {
-    if (!PREALLOC_MODES.includes(arg ?? '')) {
-      s.o.error(`Invalid preallocation mode '${arg ?? ''}'`);
-      fail = new OptFail(EINVAL);
-      return false;
-    }
-    prealloc = arg ?? 'off';
-    return true;
-  });
-  if (g === null) {
-    usage(s, truncateCmd);
-    return EINVAL;
-  }
-  if (fail !== null) return (fail as OptFail).ret;
-  const args = g.rest;
+  const a = { prealloc: 'off' };
   // qemu-io crashes on "truncate -m MODE" without a size; say how to use it instead.
-  if (g.optind >= args.length) {
-    usage(s, truncateCmd);
-    return EINVAL;
-  }
-  const r = cvtnum(s.o, args[g.optind]);
+  const p = cmdOptions(s, argv, truncateCmd, TRUNCATE_OPTIONS, a, 1);
+  if (typeof p === 'number') return p;
+  const r = cvtnum(s.o, p.args[0]);
   if (!r.ok) {
     // qemu-io quotes argv[1] here, whatever it is.
-    printCvtnumErr(s.o, r.error, args[1]);
+    printCvtnumErr(s.o, r.error, p.argv[1]);
     return EINVAL;
   }
   const bs = image(s);
-  const fmt = bs.driver.formatName;
-  if (prealloc !== 'off' && (fmt !== 'raw' || prealloc === 'metadata')) {
-    // Only a raw file can preallocate; QED refuses every mode but off.
-    s.o.error(fmt === 'raw' ? `Unsupported preallocation mode: ${prealloc}` : `Unsupported preallocation mode '${prealloc}'`);
-    return ENOTSUP;
-  }
   const { err } = await runIo(s, async () => {
     if (!Number.isSafeInteger(r.value)) throw toolError('EFBIG', 'truncate');
-    await bs.truncate(r.value);
+    // The mode goes down the stack: a driver that cannot preallocate (QED) refuses it with
+    // QEMU's message, as the file driver refuses the modes it lacks.
+    await bs.truncate(r.value, a.prealloc);
   });
   if (err !== null) {
     s.o.error(errText(err));
@@ -133,9 +100,9 @@ export async function infoF(s: IoSession): Promise<number> {
   try {
     clusterSize = (await bs.getInfo()).clusterSize;
   } catch (e) {
-    // A raw image, a protocol node (file-posix answers with an empty info) and a filter (asks
-    // its child, down to the file) have no format information: QEMU reports a cluster size of 0.
-    if (!isBlockError(e, 'ENOTSUP') || (bs.driver.formatName !== 'raw' && proto === undefined)) return ENOTSUP;
+    // A protocol node (file-posix answers with an empty info) and a filter (asks its child,
+    // down to the file) have no format information: QEMU reports a cluster size of 0.
+    if (!isBlockError(e, 'ENOTSUP') || proto === undefined) return ENOTSUP;
   }
   s.o.out(`cluster size: ${cvtstr(clusterSize)}\n`);
   s.o.out(`vm state offset: ${cvtstr(0)}\n`);

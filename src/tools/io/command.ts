@@ -1,10 +1,8 @@
-// Shared pieces of blk-io's commands: the command descriptor, getopt with qemu-io's messages,
-// number arguments, and the synchronous / asynchronous request helpers.
-import { BDRV_SECTOR_SIZE } from '../../block/driver.js';
-import { IOVector } from '../../block/iovec.js';
-import type { BlockDriverState } from '../../block/node.js';
-import { Getopt } from '../shared/getopt.js';
-import { cvtnum, nowNs, printCvtnumErr, type Elapsed } from './format.js';
+// What every blk-io command is built from: its descriptor, its option table read with qemu-io's
+// getopt messages, number arguments, and the options several commands share.
+import type { BlockDriverState } from '../../index.js';
+import { getoptTable, type OptionDef, type OptionTable } from '../shared/getopt.js';
+import { cvtnum, parsePattern, printCvtnumErr } from './format.js';
 import { toolError, type IoSession } from './session.js';
 
 /** Negative errno-like return values of the commands (only the sign matters for the exit code). */
@@ -38,34 +36,38 @@ export function image(s: IoSession): BlockDriverState {
   return s.bs;
 }
 
+export type CmdOption<S> = OptionDef<S, IoSession>;
+
 /**
- * getopt(3) for a command: glibc's permuting parser, printing its two messages on stderr with
- * the command word as program name. Returns the options or null after a message.
+ * Read a command's options with getopt(3) (glibc's permuting parser; its two messages on stderr
+ * with the command word as program name, then the command's usage), then check that `min` to
+ * `max` arguments follow. Returns the (permuted) argv and those arguments, or the value the
+ * command returns: EINVAL after a message, or what an option's `set` stopped with.
  */
-export function getopts(
+export function cmdOptions<S>(
   s: IoSession,
   argv: string[],
-  optstring: string,
-  handle: (opt: string, arg: string | undefined) => boolean,
-): { rest: string[]; optind: number } | null {
-  const g = new Getopt(argv, `:${optstring}`);
-  for (;;) {
-    const r = g.next();
-    if (r.kind === 'end') break;
-    if (r.kind === 'unknown') {
-      s.o.errRaw(`${argv[0]}: invalid option -- '${r.opt}'\n`);
-      return null;
-    }
-    if (r.kind === 'missing') {
-      s.o.errRaw(`${argv[0]}: option requires an argument -- '${r.opt}'\n`);
-      return null;
-    }
-    if (!handle(r.opt, r.arg)) return { rest: [], optind: -1 };
+  ct: CmdInfo,
+  table: OptionTable<S, IoSession>,
+  state: S,
+  min: number,
+  max = Infinity,
+): { argv: string[]; args: string[] } | number {
+  const r = getoptTable(argv, table, state, s);
+  if (r.kind === 'stop') return r.value;
+  if (r.kind === 'error') {
+    const what = r.error === 'unknown' ? 'invalid option' : 'option requires an argument';
+    s.o.errRaw(`${argv[0]}: ${what} -- '${r.opt}'\n`);
   }
-  return { rest: g.argv, optind: g.optind };
+  const args = r.g.rest();
+  if (r.kind === 'error' || args.length < min || args.length > max) {
+    usage(s, ct);
+    return EINVAL;
+  }
+  return { argv: r.g.argv, args };
 }
 
-/** A C-style "bail out with this value" from inside a getopt handler. */
+/** A C-style "bail out with this value" from a number parser. */
 export class OptFail {
   constructor(readonly ret: number) {}
 }
@@ -98,89 +100,49 @@ export function checkSectorAligned(s: IoSession, offset: bigint, count: bigint):
   return true;
 }
 
-/** Bounds as blk_check_byte_request does them, for numbers the block layer cannot take. */
-export function unsafeRequest(offset: number, bytes: number): boolean {
-  return !Number.isSafeInteger(offset) || !Number.isSafeInteger(bytes) || offset + bytes > Number.MAX_SAFE_INTEGER;
+// Options several commands share, each with qemu-io's meaning.
+
+/** -C: statistics in the machine-parsable form. */
+export const STATS: CmdOption<{ cflag: boolean }> = { short: 'C', set: (a) => void (a.cflag = true) };
+/** -q: no statistics. */
+export const QUIET: CmdOption<{ qflag: boolean }> = { short: 'q', set: (a) => void (a.qflag = true) };
+/** -v: dump what was read. */
+export const VERBOSE: CmdOption<{ vflag: boolean }> = { short: 'v', set: (a) => void (a.vflag = true) };
+/** -f: Force Unit Access. */
+export const FUA: CmdOption<{ fua: boolean }> = { short: 'f', set: (a) => void (a.fua = true) };
+/** -P pattern: the byte to write, or to verify a read against. */
+export const PATTERN: CmdOption<{ pflag: boolean; pattern: number }> = {
+  short: 'P',
+  arg: 1,
+  set: (a, arg, s) => {
+    a.pflag = true;
+    a.pattern = parsePattern(s.o, arg);
+    if (a.pattern < 0) return EINVAL;
+  },
+};
+
+/** What read, readv and aio_read share. */
+export interface ReadFlags {
+  cflag: boolean;
+  qflag: boolean;
+  vflag: boolean;
+  pflag: boolean;
+  pattern: number;
 }
 
-export function fillBuffer(len: number, pattern: number): Uint8Array {
-  const b = new Uint8Array(len);
-  b.fill(pattern);
-  return b;
+export function readFlags(): ReadFlags {
+  return { cflag: false, qflag: false, vflag: false, pflag: false, pattern: 0 };
 }
 
-export function firstMismatch(buf: Uint8Array, start: number, len: number, pattern: number): boolean {
-  for (let i = start; i < start + len; i++) if (buf[i] !== pattern) return true;
-  return false;
+/** What write, writev and aio_write share (the default pattern is 0xcd). */
+export interface WriteFlags {
+  cflag: boolean;
+  qflag: boolean;
+  fua: boolean;
+  pflag: boolean;
+  pattern: number;
 }
 
-/** Run one synchronous request and let completed AIO report meanwhile (the main loop runs). */
-export async function runIo(s: IoSession, fn: () => Promise<void>): Promise<{ t: Elapsed; err: unknown }> {
-  const t1 = nowNs();
-  let err: unknown = null;
-  try {
-    await fn();
-  } catch (e) {
-    err = e;
-  }
-  const t = nowNs() - t1;
-  s.poll();
-  return { t, err };
-}
-
-/**
- * Submit an AIO read or write: through the sector-based AIO path when sector aligned (QEMU's
- * byte-based blk_aio_preadv accepts any range, so the rest goes through the coroutine path in
- * the background). `done` runs when the callback fires; its report waits for the main loop.
- */
-export function submitAio(
-  s: IoSession,
-  bs: BlockDriverState,
-  write: boolean,
-  offset: number,
-  qiov: IOVector,
-  done: (err: unknown) => void,
-  fua = false,
-): void {
-  const bytes = qiov.size;
-  const p = new Promise<void>((resolve) => {
-    const cb = (err: unknown): void => {
-      s.queueReport(() => done(err));
-      resolve();
-    };
-    if (unsafeRequest(offset, bytes)) {
-      queueMicrotask(() => cb(toolError('EIO', write ? 'aio_write' : 'aio_read')));
-      return;
-    }
-    if (!fua && offset % BDRV_SECTOR_SIZE === 0 && bytes % BDRV_SECTOR_SIZE === 0 && bytes > 0) {
-      const sector = offset / BDRV_SECTOR_SIZE;
-      const n = bytes / BDRV_SECTOR_SIZE;
-      if (write) bs.aioWritev(sector, qiov, n, (e) => cb(e));
-      else bs.aioReadv(sector, qiov, n, (e) => cb(e));
-      return;
-    }
-    const io = write ? bs.pwritev(offset, qiov, { fua }) : bs.preadv(offset, qiov);
-    io.then(
-      () => cb(null),
-      (e: unknown) => cb(e),
-    );
-  });
-  s.track(p);
-}
-
-export function noFallbackCapable(bs: BlockDriverState): boolean {
-  for (let n: BlockDriverState | null = bs; n; n = n.file) {
-    const d = n.driver;
-    if (!(d.isProtocol ?? false) && !(d.isFilter ?? false) && d.formatName !== 'raw') return false;
-  }
-  return true;
-}
-
-export async function outOfBounds(bs: BlockDriverState, offset: number, bytes: number): Promise<boolean> {
-  try {
-    const len = await bs.getLength();
-    return offset > len || len - offset < bytes;
-  } catch {
-    return false;
-  }
+export function writeFlags(): WriteFlags {
+  return { cflag: false, qflag: false, fua: false, pflag: false, pattern: 0xcd };
 }

@@ -1,24 +1,17 @@
-// blk-io's commands (qemu-io 7.2's command table): argument checks, option letters, messages,
-// exit values and output formats follow qemu-io; the I/O goes through the BlockDriverState API.
-import {
-  blkdebugBreak,
-  blkdebugIsSuspended,
-  blkdebugRemoveBreak,
-  blkdebugResume,
-} from '../../drivers/blkdebug/index.js';
+// blk-io's command table (qemu-io 7.2's, sorted by name) and qemuio_command, which runs one
+// command line: argument counts, open image and write permission are checked here, the rest
+// by each command (argument checks, option letters, messages and exit values of qemu-io).
 import { COMMAND_HELP } from './help.js';
-import { strtolFull } from './format.js';
-import { errnoText, type IoSession } from './session.js';
-import { EINVAL, OptFail, image, parseNum, type CmdInfo } from './command.js';
-import { aioFlushF, aioReadCmd, aioWriteCmd, readCmd, readvCmd, writeCmd, writevCmd } from './cmd-rw.js';
+import type { IoSession } from './session.js';
+import { EINVAL, type CmdInfo } from './command.js';
+import { aioFlushF, aioReadCmd, aioWriteCmd } from './cmd-aio.js';
+import { breakF, removeBreakF, resumeF, waitBreakF } from './cmd-debug.js';
 import { allocF, discardCmd, flushF, infoF, lengthF, mapF, truncateCmd } from './cmd-image.js';
-import { closeF, openCmd, reopenCmd } from './cmd-open.js';
-
-export { openfile, parseAioMode, parseCacheMode, parseKeyValues, validDiscardMode } from './cmd-open.js';
-export type { CmdInfo } from './command.js';
-
-// ---------------------------------------------------------------------------------------------
-// help, quit, sleep, abort, sigraise, blkdebug breakpoints
+import { abortF, quitF, sigraiseF, sleepF } from './cmd-misc.js';
+import { closeF, openCmd } from './cmd-open.js';
+import { readCmd, readvCmd } from './cmd-read.js';
+import { reopenCmd } from './cmd-reopen.js';
+import { writeCmd, writevCmd } from './cmd-write.js';
 
 function helpOneline(name: string, ct: CmdInfo): string {
   // The name as asked for ("help r" prints "r ..."); altnames are not listed in "help".
@@ -43,94 +36,6 @@ async function helpF(s: IoSession, argv: string[]): Promise<number> {
   if (h !== undefined) s.o.out(h);
   return 0;
 }
-
-async function quitF(s: IoSession): Promise<number> {
-  s.quit = true;
-  return 0;
-}
-
-async function sleepF(s: IoSession, argv: string[]): Promise<number> {
-  const ms = strtolFull(argv[1]);
-  if (ms === null || ms < 0) {
-    s.o.out(`${argv[1]} is not a valid number\n`);
-    return EINVAL;
-  }
-  await new Promise<void>((resolve) => setTimeout(resolve, Math.min(ms, 2 ** 31 - 1)));
-  s.poll();
-  return 0;
-}
-
-async function abortF(s: IoSession): Promise<number> {
-  s.hooks.abort();
-  return 0;
-}
-
-/** NSIG on Linux. */
-const NSIG = 65;
-
-async function sigraiseF(s: IoSession, argv: string[]): Promise<number> {
-  const sig = parseNum(s, argv[1]);
-  if (sig instanceof OptFail) return sig.ret;
-  if (sig > NSIG) {
-    s.o.out(`signal argument '${argv[1]}' is too large to be a valid signal\n`);
-    return EINVAL;
-  }
-  // raise() does not flush stdio: qemu-io flushes both streams first.
-  s.o.flush();
-  s.hooks.raise(sig);
-  return 0;
-}
-
-async function breakF(s: IoSession, argv: string[]): Promise<number> {
-  try {
-    blkdebugBreak(image(s), argv[1], argv[2]);
-    return 0;
-  } catch (e) {
-    s.o.out(`Could not set breakpoint: ${errnoText(e)}\n`);
-    return EINVAL;
-  }
-}
-
-async function removeBreakF(s: IoSession, argv: string[]): Promise<number> {
-  try {
-    blkdebugRemoveBreak(image(s), argv[1]);
-    return 0;
-  } catch (e) {
-    s.o.out(`Could not remove breakpoint ${argv[1]}: ${errnoText(e)}\n`);
-    return EINVAL;
-  }
-}
-
-async function resumeF(s: IoSession, argv: string[]): Promise<number> {
-  try {
-    blkdebugResume(image(s), argv[1]);
-    // The resumed request runs on until it waits for I/O (QEMU enters its coroutine directly).
-    await new Promise<void>((resolve) => setImmediate(resolve));
-    return 0;
-  } catch (e) {
-    s.o.out(`Could not resume request: ${errnoText(e)}\n`);
-    return EINVAL;
-  }
-}
-
-async function waitBreakF(s: IoSession, argv: string[]): Promise<number> {
-  const bs = image(s);
-  try {
-    // qemu-io polls forever; without a blkdebug node nothing can ever stop, so say so.
-    while (!blkdebugIsSuspended(bs, argv[1])) {
-      await new Promise<void>((resolve) => setTimeout(resolve, 1));
-    }
-  } catch (e) {
-    s.o.out(`Could not wait for breakpoint: ${errnoText(e)}\n`);
-    return EINVAL;
-  }
-  s.poll();
-  return 0;
-}
-
-// ---------------------------------------------------------------------------------------------
-// The table (sorted by name, as qemu-io keeps it)
-
 
 export const COMMANDS: readonly CmdInfo[] = [
   { name: 'abort', cfunc: abortF, argmin: 0, argmax: 0, nofile: true, args: null, oneline: 'simulate a program crash using abort(3)' },

@@ -2,12 +2,14 @@
 // [-c cmd]... [file]`; without -c, commands are read from stdin after a `<prog>> ` prompt.
 // Output goes through a stdio model (stdout fully buffered on pipes, stderr unbuffered) so
 // that a shared pipe sees the same interleaving as with QEMU.
-import '../../index.js';
-import { Getopt, type LongOption } from '../shared/getopt.js';
+import { setDebugMessageSink } from '../../index.js';
+import { getoptTable, longoptsOf, type OptionDef } from '../shared/getopt.js';
 import { ToolOutput, progName, type TextSink } from '../shared/output.js';
-import { setBlkdebugMessageSink } from '../../drivers/blkdebug/index.js';
-import { COMMANDS, openfile, parseAioMode, parseCacheMode, parseKeyValues, qemuioCommand, validDiscardMode } from './commands.js';
-import { IoSession, defaultOpenFlags, type IoHooks } from './session.js';
+import { COMMANDS, qemuioCommand } from './commands.js';
+import { FLAG_OPTIONS, openfile } from './cmd-open.js';
+import { LineReader } from './line-reader.js';
+import { parseKeyValues } from './modes.js';
+import { IoSession, defaultOpenFlags, type IoHooks, type OpenFlags } from './session.js';
 
 export { COMMANDS } from './commands.js';
 
@@ -36,25 +38,49 @@ class AbortUnwind extends Error {
   }
 }
 
-const LONG_OPTIONS: readonly LongOption[] = [
-  { name: 'help', hasArg: 0, val: 'h' },
-  { name: 'version', hasArg: 0, val: 'V' },
-  { name: 'cmd', hasArg: 1, val: 'c' },
-  { name: 'format', hasArg: 1, val: 'f' },
-  { name: 'read-only', hasArg: 0, val: 'r' },
-  { name: 'snapshot', hasArg: 0, val: 's' },
-  { name: 'nocache', hasArg: 0, val: 'n' },
-  { name: 'copy-on-read', hasArg: 0, val: 'C' },
-  { name: 'misalign', hasArg: 0, val: 'm' },
-  { name: 'native-aio', hasArg: 0, val: 'k' },
-  { name: 'discard', hasArg: 1, val: 'd' },
-  { name: 'cache', hasArg: 1, val: 't' },
-  { name: 'aio', hasArg: 1, val: 'i' },
-  { name: 'trace', hasArg: 1, val: 'T' },
-  { name: 'object', hasArg: 1, val: 'object' },
-  { name: 'image-opts', hasArg: 0, val: 'image-opts' },
-  { name: 'force-share', hasArg: 0, val: 'U' },
+/** What blk-io's own options set: the open flags, then the commands to run. */
+type MainArgs = OpenFlags & { cmds: string[]; imageOpts: boolean };
+
+const long = <S>(name: string, def: OptionDef<S, IoSession>): OptionDef<S, IoSession> => ({ ...def, long: name });
+
+/** qemu-io's options, in its long option order (glibc lists ambiguous candidates so). */
+const MAIN_OPTIONS: readonly OptionDef<MainArgs, IoSession>[] = [
+  {
+    short: 'h',
+    long: 'help',
+    set: (_a, _arg, s) => {
+      usage(s.o);
+      throw new ExitNow(0);
+    },
+  },
+  {
+    short: 'V',
+    long: 'version',
+    set: (_a, _arg, s) => {
+      s.o.out(`${s.o.prog} version ${BLOCKLAYER_VERSION} (blocklayer; commands and output of qemu-io 7.2)\n`);
+      throw new ExitNow(0);
+    },
+  },
+  { short: 'c', long: 'cmd', arg: 1, set: (a, arg) => void a.cmds.push(arg) },
+  { short: 'f', long: 'format', arg: 1, set: (a, arg) => void (a.format = arg) },
+  long('read-only', FLAG_OPTIONS.readOnly),
+  long('snapshot', FLAG_OPTIONS.snapshot),
+  long('nocache', FLAG_OPTIONS.nocache),
+  long('copy-on-read', FLAG_OPTIONS.copyOnRead),
+  // Misaligned buffers only matter for O_DIRECT; our buffers are plain memory.
+  { short: 'm', long: 'misalign', set: () => undefined },
+  long('native-aio', FLAG_OPTIONS.nativeAio),
+  long('discard', FLAG_OPTIONS.discard),
+  long('cache', FLAG_OPTIONS.cache),
+  long('aio', FLAG_OPTIONS.aio),
+  { short: 'T', long: 'trace', arg: 1, set: (_a, arg, s) => (s.trace.add(s.o, arg) ? undefined : 1) },
+  // No user-creatable objects exist here (secrets, iothreads...).
+  { long: 'object', arg: 1, set: () => undefined },
+  { long: 'image-opts', set: (a) => void (a.imageOpts = true) },
+  long('force-share', FLAG_OPTIONS.forceShare),
 ];
+
+const LONG_OPTIONS = longoptsOf(MAIN_OPTIONS);
 
 function usage(o: ToolOutput): void {
   const n = o.prog;
@@ -108,57 +134,6 @@ function longOptionError(prog: string, opt: string): string {
   return `${prog}: unrecognized option '${opt}'`;
 }
 
-/** fgets() over the command input, at most 1023 bytes a line, the newline dropped. */
-class LineReader {
-  private buf = '';
-  private eof = false;
-  private readonly it: AsyncIterator<string | Uint8Array> | null;
-  private readonly decoder = new TextDecoder();
-
-  constructor(src: string | AsyncIterable<string | Uint8Array> | null | undefined) {
-    if (typeof src === 'string') {
-      this.buf = src;
-      this.eof = true;
-      this.it = null;
-    } else if (src) {
-      this.it = src[Symbol.asyncIterator]();
-    } else {
-      this.eof = true;
-      this.it = null;
-    }
-  }
-
-  /** Stop reading: an async-iterated stream is destroyed, so the process can exit. */
-  async close(): Promise<void> {
-    await this.it?.return?.();
-  }
-
-  async next(): Promise<string | null> {
-    for (;;) {
-      const nl = this.buf.indexOf('\n');
-      if (nl >= 0 && nl < 1023) {
-        const line = this.buf.slice(0, nl);
-        this.buf = this.buf.slice(nl + 1);
-        return line;
-      }
-      if (this.buf.length >= 1023) {
-        const line = this.buf.slice(0, 1023);
-        this.buf = this.buf.slice(1023);
-        return line;
-      }
-      if (this.eof || this.it === null) {
-        if (this.buf === '') return null;
-        const line = this.buf;
-        this.buf = '';
-        return line;
-      }
-      const r = await this.it.next();
-      if (r.done === true) this.eof = true;
-      else this.buf += typeof r.value === 'string' ? r.value : this.decoder.decode(r.value, { stream: true });
-    }
-  }
-}
-
 function defaultIO(): BlkIoIO {
   return {
     stdout: process.stdout,
@@ -193,7 +168,7 @@ export async function main(argv: string[], ioArg?: Partial<BlkIoIO>): Promise<nu
     },
   };
   const s = new IoSession(o, hooks);
-  setBlkdebugMessageSink((line) => o.out(`${line}\n`));
+  setDebugMessageSink((line) => o.out(`${line}\n`));
   try {
     return await run(s, argv.slice(1), io);
   } catch (e) {
@@ -204,7 +179,7 @@ export async function main(argv: string[], ioArg?: Partial<BlkIoIO>): Promise<nu
     }
     throw e;
   } finally {
-    setBlkdebugMessageSink(null);
+    setDebugMessageSink(null);
   }
 }
 
@@ -216,107 +191,32 @@ class ExitNow extends Error {
 
 async function run(s: IoSession, args: string[], io: BlkIoIO): Promise<number> {
   const o = s.o;
-  const flags = defaultOpenFlags();
-  let format: string | undefined;
-  const cmds: string[] = [];
-  let imageOpts = false;
-  const fail = (msg: string): never => {
-    o.error(msg);
-    throw new ExitNow(1);
-  };
-  const g = new Getopt([o.prog, ...args.slice(1)], ':hVc:d:f:rsnCmki:t:T:U', LONG_OPTIONS);
-  for (;;) {
-    const r = g.next();
-    if (r.kind === 'end') break;
-    if (r.kind === 'unknown' || r.kind === 'missing') {
-      if (r.opt.startsWith('--')) {
-        o.errRaw(
-          r.kind === 'missing'
-            ? `${o.prog}: option '${r.opt}' requires an argument\n`
-            : `${longOptionError(o.prog, r.opt)}\n`,
-        );
-      } else if (r.kind === 'missing') {
-        o.errRaw(`${o.prog}: option requires an argument -- '${r.opt}'\n`);
-      } else {
-        o.errRaw(`${o.prog}: invalid option -- '${r.opt}'\n`);
-      }
-      usage(o);
-      throw new ExitNow(1);
+  const a: MainArgs = { ...defaultOpenFlags(), cmds: [], imageOpts: false };
+  const r = getoptTable([o.prog, ...args.slice(1)], MAIN_OPTIONS, a, s);
+  if (r.kind === 'error') {
+    if (r.opt.startsWith('--')) {
+      o.errRaw(r.error === 'missing' ? `${o.prog}: option '${r.opt}' requires an argument\n` : `${longOptionError(o.prog, r.opt)}\n`);
+    } else {
+      o.errRaw(r.error === 'missing' ? `${o.prog}: option requires an argument -- '${r.opt}'\n` : `${o.prog}: invalid option -- '${r.opt}'\n`);
     }
-    const a = r.arg ?? '';
-    switch (r.opt) {
-      case 's':
-        flags.snapshot = true;
-        break;
-      case 'n':
-        flags.nocache = true;
-        flags.writethrough = false;
-        break;
-      case 'C':
-        flags.copyOnRead = true;
-        break;
-      case 'd':
-        if (!validDiscardMode(a)) fail(`Invalid discard option: ${a}`);
-        break;
-      case 'f':
-        format = a;
-        break;
-      case 'c':
-        cmds.push(a);
-        break;
-      case 'r':
-        flags.readOnly = true;
-        break;
-      case 'm':
-        // Misaligned buffers only matter for O_DIRECT; our buffers are plain memory.
-        break;
-      case 'k':
-        flags.nativeAio = true;
-        break;
-      case 'i': {
-        const native = parseAioMode(a);
-        if (native === null) fail(`Invalid aio option: ${a}`);
-        flags.nativeAio = native === true;
-        break;
-      }
-      case 't':
-        if (!parseCacheMode(a, flags)) fail(`Invalid cache option: ${a}`);
-        break;
-      case 'T':
-        if (!s.trace.add(o, a)) throw new ExitNow(1);
-        break;
-      case 'V':
-        o.out(`${o.prog} version ${BLOCKLAYER_VERSION} (blocklayer; commands and output of qemu-io 7.2)\n`);
-        throw new ExitNow(0);
-      case 'h':
-        usage(o);
-        throw new ExitNow(0);
-      case 'U':
-        flags.forceShare = true;
-        break;
-      case 'object':
-        // No user-creatable objects exist here (secrets, iothreads...).
-        break;
-      case 'image-opts':
-        imageOpts = true;
-        break;
-    }
+    usage(o);
   }
-  const rest = g.rest();
+  // An invalid value was reported by its option: leave with status 1, as after a usage.
+  if (r.kind !== 'end') throw new ExitNow(1);
+  const rest = r.g.rest();
   if (rest.length > 1) {
     usage(o);
     throw new ExitNow(1);
   }
-  if (format !== undefined && imageOpts) fail('--image-opts and -f are mutually exclusive');
+  const { cmds, imageOpts, ...flags } = a;
+  if (flags.format !== undefined && imageOpts) {
+    o.error('--image-opts and -f are mutually exclusive');
+    throw new ExitNow(1);
+  }
   s.imageOpts = imageOpts;
 
   if (rest.length === 1) {
-    let ok: boolean;
-    if (imageOpts) {
-      ok = await openfile(s, null, flags, parseKeyValues(o, rest[0]));
-    } else {
-      ok = await openfile(s, rest[0], { ...flags, format });
-    }
+    const ok = imageOpts ? await openfile(s, null, flags, parseKeyValues(o, rest[0])) : await openfile(s, rest[0], flags);
     if (!ok) throw new ExitNow(1);
   }
 

@@ -1,8 +1,7 @@
 // The state one blk-io run carries between commands (qemu-io's globals): the open image, the
 // output streams, and the AIO completions that wait for the "main loop" to report them.
 import { closeSync, openSync, readSync } from 'node:fs';
-import type { BlockDriverState } from '../../block/node.js';
-import { BlockError, ERRNO_MESSAGES, isBlockError, type BlockErrorCode } from '../../block/errors.js';
+import { BlockError, ERRNO_MESSAGES, isBlockError, type BlockDriverState, type BlockErrorCode } from '../../index.js';
 import type { ToolOutput } from '../shared/output.js';
 import { TraceOptions } from './trace.js';
 

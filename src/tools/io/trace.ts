@@ -3,8 +3,7 @@
 // (our camelCase trace names turned back into snake_case); objects print as stable ids
 // because there are no pointers to show.
 import { readFileSync } from 'node:fs';
-import type { BlockDriverState } from '../../block/node.js';
-import type { TraceEvent } from '../../block/events.js';
+import type { BlockDriverState, TraceEvent } from '../../index.js';
 import type { ToolOutput } from '../shared/output.js';
 
 export class TraceOptions {
