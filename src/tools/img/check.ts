@@ -8,7 +8,7 @@ import { formatFixed } from '../shared/printf.js';
 import { jsonObject, toJsonPretty } from './json.js';
 import type { ImgEnv } from './env.js';
 import { imgOpen } from './open.js';
-import { FORCE_SHARE, FORMAT, HELP, IMAGE_OPTS, OBJECT, OUTPUT, QUIET, checkCacheMode, imgArgs, oneFilename, parseImgOptions, parseOutputFormat, type ImgArgs, type ImgOption } from './options.js';
+import { FORCE_SHARE, FORMAT_LONG, HELP, IMAGE_OPTS, OBJECT, OUTPUT, QUIET, checkCacheMode, imgArgs, oneFilename, parseImgOptions, parseOutputFormat, type ImgArgs, type ImgOption } from './options.js';
 
 /** QAPI ImageCheck: the format's check result, named after the image. */
 export interface ImageCheck extends CheckResult {
@@ -73,7 +73,7 @@ interface CheckArgs extends ImgArgs {
 
 const CHECK_OPTIONS: readonly ImgOption<CheckArgs>[] = [
   HELP,
-  { ...FORMAT, long: 'format' },
+  FORMAT_LONG,
   {
     short: 'r',
     long: 'repair',

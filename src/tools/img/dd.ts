@@ -83,34 +83,35 @@ export async function imgDd(env: ImgEnv, argv: string[]): Promise<number> {
       reportWithPrefix(env, `${outFile}: error while creating output image: `, new Error(createErrorMessage(e)));
       return 1;
     }
-    blk2 = await imgOpen(env, outFile, { format: outFmt });
+    const out = await imgOpen(env, outFile, { format: outFmt });
+    blk2 = out;
     let inOffset: number;
     if (skipTooFar) {
       // Like dd(1): an empty output, and (as qemu-img 7.2 does) a message but exit status 0.
       env.o.error(`${inFile}: cannot skip to specified offset`);
       inOffset = 0;
-      const outLen = await blk2.getLength();
+      const outLen = await out.getLength();
       if (outLen < size) return 0;
     } else {
       inOffset = (skip ?? 0) * bsz;
     }
     const buf = new Uint8Array(bsz);
+    // A failed request ends the copy: "error while reading from input image file: ...".
+    const step = async (what: string, request: () => Promise<void>): Promise<boolean> => {
+      try {
+        await request();
+        return true;
+      } catch (e) {
+        env.o.error(`error while ${what} image file: ${errnoMessage(e)}`);
+        return false;
+      }
+    };
     for (let outPos = 0; inOffset < size; ) {
       const bytes = inOffset + bsz > size ? size - inOffset : bsz;
       const chunk = buf.subarray(0, bytes);
-      try {
-        await blk1.pread(inOffset, chunk);
-      } catch (e) {
-        env.o.error(`error while reading from input image file: ${errnoMessage(e)}`);
-        return 1;
-      }
+      if (!(await step('reading from input', () => blk1.pread(inOffset, chunk)))) return 1;
       inOffset += bytes;
-      try {
-        await blk2.pwrite(outPos, chunk);
-      } catch (e) {
-        env.o.error(`error while writing to output image file: ${errnoMessage(e)}`);
-        return 1;
-      }
+      if (!(await step('writing to output', () => out.pwrite(outPos, chunk)))) return 1;
       outPos += bytes;
     }
     return 0;

@@ -7,7 +7,7 @@ import { qemuPathCombine } from './chain.js';
 import type { ImgEnv } from './env.js';
 import { jsonObject, toJsonPretty, type JsonObject } from './json.js';
 import { imgOpen } from './open.js';
-import { FORCE_SHARE, FORMAT, HELP, IMAGE_OPTS, OBJECT, OUTPUT, imgArgs, oneFilename, parseImgOptions, parseOutputFormat, type ImgArgs, type ImgOption } from './options.js';
+import { FORCE_SHARE, FORMAT_LONG, HELP, IMAGE_OPTS, OBJECT, OUTPUT, imgArgs, oneFilename, parseImgOptions, parseOutputFormat, type ImgArgs, type ImgOption } from './options.js';
 
 /** QAPI ImageInfo, the fields QED and raw images can have. */
 export interface ImageInfo {
@@ -86,7 +86,7 @@ interface InfoArgs extends ImgArgs {
 }
 
 const INFO_OPTIONS: readonly ImgOption<InfoArgs>[] = [
-  { ...FORMAT, long: 'format' },
+  FORMAT_LONG,
   HELP,
   FORCE_SHARE,
   OUTPUT,

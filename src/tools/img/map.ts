@@ -7,7 +7,7 @@ import { cvtnum } from '../shared/size.js';
 import { layerStatus, type LayerStatus } from './block-status.js';
 import type { ImgEnv } from './env.js';
 import { imgOpen } from './open.js';
-import { FORCE_SHARE, FORMAT, HELP, IMAGE_OPTS, OBJECT, OUTPUT, imgArgs, oneFilename, parseImgOptions, parseOutputFormat, type ImgArgs, type ImgOption } from './options.js';
+import { FORCE_SHARE, FORMAT_LONG, HELP, IMAGE_OPTS, OBJECT, OUTPUT, imgArgs, oneFilename, parseImgOptions, parseOutputFormat, type ImgArgs, type ImgOption } from './options.js';
 
 export interface MapEntry {
   start: number;
@@ -106,7 +106,7 @@ interface MapArgs extends ImgArgs {
 
 const MAP_OPTIONS: readonly ImgOption<MapArgs>[] = [
   HELP,
-  { ...FORMAT, long: 'format' },
+  FORMAT_LONG,
   OUTPUT,
   OBJECT,
   IMAGE_OPTS,

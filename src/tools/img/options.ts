@@ -1,6 +1,7 @@
 // blk-img's option handling: every subcommand declares a table of its options (shared/getopt.ts)
 // built from the entries below, and parseImgOptions reads it with qemu-img's messages. Adding
 // an option to a subcommand is one line in its table.
+import { cacheModeFlags } from '../shared/cache.js';
 import { getoptTable, type OptionDef, type OptionTable } from '../shared/getopt.js';
 import { ToolExit, errorExit, type ToolOutput } from '../shared/output.js';
 import { HelpRequest, type ImgEnv } from './env.js';
@@ -44,8 +45,9 @@ export const HELP: ImgOption<unknown> = {
     throw new HelpRequest();
   },
 };
-/** -f; subcommands that also take --format spread it with `long: 'format'`. */
+/** -f, and for the subcommands that also take it so, --format. */
 export const FORMAT: ImgOption<{ fmt?: string }> = { short: 'f', arg: 1, set: (s, a) => void (s.fmt = a) };
+export const FORMAT_LONG: ImgOption<{ fmt?: string }> = { ...FORMAT, long: 'format' };
 export const QUIET: ImgOption<{ quiet: boolean }> = { short: 'q', set: (s) => void (s.quiet = true) };
 export const PROGRESS: ImgOption<{ progress: boolean }> = { short: 'p', set: (s) => void (s.progress = true) };
 export const FORCE_SHARE: ImgOption<{ forceShare: boolean }> = { short: 'U', long: 'force-share', set: (s) => void (s.forceShare = true) };
@@ -89,11 +91,9 @@ export function parseOutputFormat(env: ImgEnv, arg: string | null): 'human' | 'j
   throw new ToolExit(1);
 }
 
-const CACHE_MODES = ['none', 'off', 'writeback', 'writethrough', 'directsync', 'unsafe'];
-
 /** bdrv_parse_cache_mode: the page cache is the host's business here; only validate. */
 export function checkCacheMode(env: ImgEnv, mode: string, what: string): void {
-  if (!CACHE_MODES.includes(mode)) {
+  if (cacheModeFlags(mode) === null) {
     env.o.error(`Invalid ${what} option: ${mode}`);
     throw new ToolExit(1);
   }

@@ -6,14 +6,13 @@ import { errnoText, toolError, writeFua, type IoSession } from './session.js';
 import {
   EINVAL,
   FUA,
-  OptFail,
   PATTERN,
   QUIET,
   STATS,
   VERBOSE,
   cmdOptions,
   image,
-  parseNum,
+  offsetAndCount,
   readFlags,
   writeFlags,
   type CmdInfo,
@@ -21,7 +20,7 @@ import {
   type ReadFlags,
   type WriteFlags,
 } from './command.js';
-import { createIovec, reportRead, reportWrite, submitAio, unsafeRequest } from './request.js';
+import { offsetAndVector, reportRead, reportWrite, submitAio, unsafeRequest } from './request.js';
 
 /** -i: only counts an invalid request in the statistics, which we do not keep. */
 const invalidRequest = (what: string): CmdOption<unknown> => ({
@@ -38,10 +37,9 @@ export async function aioReadF(s: IoSession, argv: string[]): Promise<number> {
   const a = readFlags();
   const p = cmdOptions(s, argv, aioReadCmd, AIO_READ_OPTIONS, a, 2);
   if (typeof p === 'number') return p;
-  const offset = parseNum(s, p.args[0]);
-  if (offset instanceof OptFail) return offset.ret;
-  const v = createIovec(s, p.args.slice(1), 0xab);
-  if (v === null) return EINVAL;
+  const v = offsetAndVector(s, p.args, 0xab);
+  if (typeof v === 'number') return v;
+  const { offset } = v;
   const t1 = nowNs();
   submitAio(s, image(s), false, offset, v.qiov, (err) => {
     const t = nowNs() - t1;
@@ -80,19 +78,18 @@ export async function aioWriteF(s: IoSession, argv: string[]): Promise<number> {
     s.o.out('-u requires -z to be specified\n');
     return EINVAL;
   }
-  const offset = parseNum(s, p.args[0]);
-  if (offset instanceof OptFail) return offset.ret;
   const bs = image(s);
-  const report = (t1: bigint, size: number) => (err: unknown) => {
+  const report = (t1: bigint, offset: number, size: number) => (err: unknown) => {
     const t = nowNs() - t1;
     if (err !== null) s.o.out(`aio_write failed: ${errnoText(err)}\n`);
     else reportWrite(s, a, t, offset, size);
   };
   if (a.zflag) {
-    const count = parseNum(s, p.args[1]);
-    if (count instanceof OptFail) return count.ret;
+    const n = offsetAndCount(s, p.args);
+    if (typeof n === 'number') return n;
+    const { offset, count } = n;
     // qemu-io 7.2 never starts the clock for -z: the time shown is the monotonic clock itself.
-    const done = report(0n, count);
+    const done = report(0n, offset, count);
     const req = (async () => {
       let err: unknown = null;
       try {
@@ -106,9 +103,9 @@ export async function aioWriteF(s: IoSession, argv: string[]): Promise<number> {
     s.track(req);
     return 0;
   }
-  const v = createIovec(s, p.args.slice(1), a.pattern);
-  if (v === null) return EINVAL;
-  submitAio(s, bs, true, offset, v.qiov, report(nowNs(), v.buf.length), writeFua(s, a.fua));
+  const v = offsetAndVector(s, p.args, a.pattern);
+  if (typeof v === 'number') return v;
+  submitAio(s, bs, true, v.offset, v.qiov, report(nowNs(), v.offset, v.buf.length), writeFua(s, a.fua));
   return 0;
 }
 
@@ -117,20 +114,5 @@ export async function aioFlushF(s: IoSession): Promise<number> {
   return 0;
 }
 
-export const aioReadCmd: CmdInfo = {
-  name: 'aio_read',
-  cfunc: aioReadF,
-  argmin: 2,
-  argmax: -1,
-  args: '[-Ciqv] [-P pattern] off len [len..]',
-  oneline: 'asynchronously reads a number of bytes',
-};
-export const aioWriteCmd: CmdInfo = {
-  name: 'aio_write',
-  cfunc: aioWriteF,
-  argmin: 2,
-  argmax: -1,
-  write: true,
-  args: '[-Cfiquz] [-P pattern] off len [len..]',
-  oneline: 'asynchronously writes a number of bytes',
-};
+export const aioReadCmd: CmdInfo = { name: 'aio_read', cfunc: aioReadF, argmin: 2, argmax: -1, args: '[-Ciqv] [-P pattern] off len [len..]', oneline: 'asynchronously reads a number of bytes' };
+export const aioWriteCmd: CmdInfo = { name: 'aio_write', cfunc: aioWriteF, argmin: 2, argmax: -1, write: true, args: '[-Cfiquz] [-P pattern] off len [len..]', oneline: 'asynchronously writes a number of bytes' };

@@ -3,7 +3,20 @@ import { BDRV_SECTOR_SIZE, isBlockError, type BlockDriverState } from '../../ind
 import { cvtstr } from '../shared/printf.js';
 import { BDRV_REQUEST_MAX_BYTES, cvtnum, printCvtnumErr, printReport } from './format.js';
 import { errText, errnoText, toolError, type IoSession } from './session.js';
-import { EINVAL, EIO, ENOTSUP, OptFail, QUIET, STATS, cmdOptions, image, parseNum, type CmdInfo, type CmdOption } from './command.js';
+import {
+  EINVAL,
+  EIO,
+  ENOTSUP,
+  OptFail,
+  QUIET,
+  STATS,
+  cmdOptions,
+  image,
+  offsetAndCount,
+  parseNum,
+  type CmdInfo,
+  type CmdOption,
+} from './command.js';
 import { outOfBounds, runIo, unsafeRequest } from './request.js';
 
 export async function flushF(s: IoSession): Promise<number> {
@@ -17,10 +30,9 @@ export async function discardF(s: IoSession, argv: string[]): Promise<number> {
   const a = { cflag: false, qflag: false };
   const p = cmdOptions(s, argv, discardCmd, DISCARD_OPTIONS, a, 2, 2);
   if (typeof p === 'number') return p;
-  const offset = parseNum(s, p.args[0]);
-  if (offset instanceof OptFail) return offset.ret;
-  const bytes = parseNum(s, p.args[1]);
-  if (bytes instanceof OptFail) return bytes.ret;
+  const n = offsetAndCount(s, p.args);
+  if (typeof n === 'number') return n;
+  const { offset, count: bytes } = n;
   if (bytes > BDRV_REQUEST_MAX_BYTES) {
     s.o.out(`length cannot exceed ${BDRV_REQUEST_MAX_BYTES}, given ${p.args[1]}\n`);
     return EINVAL;
@@ -210,21 +222,5 @@ export async function allocF(s: IoSession, argv: string[]): Promise<number> {
   return 0;
 }
 
-export const discardCmd: CmdInfo = {
-  name: 'discard',
-  cfunc: discardF,
-  argmin: 2,
-  argmax: -1,
-  write: true,
-  args: '[-Cq] off len',
-  oneline: 'discards a number of bytes at a specified offset',
-};
-export const truncateCmd: CmdInfo = {
-  name: 'truncate',
-  cfunc: truncateF,
-  argmin: 1,
-  argmax: 3,
-  write: true,
-  args: '[-m prealloc_mode] off',
-  oneline: 'truncates the current file at the given offset',
-};
+export const discardCmd: CmdInfo = { name: 'discard', cfunc: discardF, argmin: 2, argmax: -1, write: true, args: '[-Cq] off len', oneline: 'discards a number of bytes at a specified offset' };
+export const truncateCmd: CmdInfo = { name: 'truncate', cfunc: truncateF, argmin: 1, argmax: 3, write: true, args: '[-m prealloc_mode] off', oneline: 'truncates the current file at the given offset' };

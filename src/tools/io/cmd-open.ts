@@ -246,12 +246,4 @@ export async function closeF(s: IoSession): Promise<number> {
   return 0;
 }
 
-export const openCmd: CmdInfo = {
-  name: 'open',
-  cfunc: openF,
-  argmin: 1,
-  argmax: -1,
-  nofile: true,
-  args: '[-rsCnkU] [-t cache] [-d discard] [-o options] [path]',
-  oneline: 'open the file specified by path',
-};
+export const openCmd: CmdInfo = { name: 'open', cfunc: openF, argmin: 1, argmax: -1, nofile: true, args: '[-rsCnkU] [-t cache] [-d discard] [-o options] [path]', oneline: 'open the file specified by path' };

@@ -5,7 +5,6 @@ import { errnoText, toolError, type IoSession } from './session.js';
 import {
   EINVAL,
   EIO,
-  OptFail,
   PATTERN,
   QUIET,
   STATS,
@@ -13,15 +12,16 @@ import {
   checkSectorAligned,
   cmdOptions,
   image,
+  OptFail,
+  offsetAndCount,
   parseNum,
-  parseNumBig,
   readFlags,
   usage,
   type CmdInfo,
   type CmdOption,
   type ReadFlags,
 } from './command.js';
-import { aioWait, createIovec, fillBuffer, outOfBounds, reportRead, runIo, unsafeRequest } from './request.js';
+import { aioWait, fillBuffer, offsetAndVector, outOfBounds, reportRead, runIo, unsafeRequest } from './request.js';
 
 interface ReadArgs extends ReadFlags {
   bflag: boolean;
@@ -57,11 +57,9 @@ export async function readF(s: IoSession, argv: string[]): Promise<number> {
   const a: ReadArgs = { ...readFlags(), bflag: false, patternOffset: null, patternCount: null };
   const p = cmdOptions(s, argv, readCmd, READ_OPTIONS, a, 2, 2);
   if (typeof p === 'number') return p;
-  const offsetR = parseNumBig(s, p.args[0]);
-  if (offsetR instanceof OptFail) return offsetR.ret;
-  const countR = parseNumBig(s, p.args[1]);
-  if (countR instanceof OptFail) return countR.ret;
-  const [offset, count] = [offsetR.value, countR.value];
+  const n = offsetAndCount(s, p.args);
+  if (typeof n === 'number') return n;
+  const { offset, count } = n;
   if (count > BDRV_REQUEST_MAX_BYTES) {
     s.o.out(`length cannot exceed ${BDRV_REQUEST_MAX_BYTES}, given ${p.args[1]}\n`);
     return EINVAL;
@@ -76,7 +74,7 @@ export async function readF(s: IoSession, argv: string[]): Promise<number> {
     s.o.out('pattern verification range exceeds end of read data\n');
     return EINVAL;
   }
-  if (a.bflag && !checkSectorAligned(s, offsetR.big, countR.big)) return EINVAL;
+  if (a.bflag && !checkSectorAligned(s, n.offsetBig, n.countBig)) return EINVAL;
   const bs = image(s);
   // Bounds are known before the buffer exists: a read past the end fails without allocating.
   const oob = unsafeRequest(offset, count) || (await outOfBounds(bs, offset, count));
@@ -100,10 +98,9 @@ export async function readvF(s: IoSession, argv: string[]): Promise<number> {
   const a = readFlags();
   const p = cmdOptions(s, argv, readvCmd, READV_OPTIONS, a, 2);
   if (typeof p === 'number') return p;
-  const offset = parseNum(s, p.args[0]);
-  if (offset instanceof OptFail) return offset.ret;
-  const v = createIovec(s, p.args.slice(1), 0xab);
-  if (v === null) return EINVAL;
+  const v = offsetAndVector(s, p.args, 0xab);
+  if (typeof v === 'number') return v;
+  const { offset } = v;
   const { t, err } = await aioWait(s, image(s), false, offset, v.qiov, false);
   if (err !== null) {
     s.o.out(`readv failed: ${errnoText(err)}\n`);
@@ -112,20 +109,5 @@ export async function readvF(s: IoSession, argv: string[]): Promise<number> {
   return reportRead(s, a, v.buf, t, offset);
 }
 
-export const readCmd: CmdInfo = {
-  name: 'read',
-  altname: 'r',
-  cfunc: readF,
-  argmin: 2,
-  argmax: -1,
-  args: '[-abCqv] [-P pattern [-s off] [-l len]] off len',
-  oneline: 'reads a number of bytes at a specified offset',
-};
-export const readvCmd: CmdInfo = {
-  name: 'readv',
-  cfunc: readvF,
-  argmin: 2,
-  argmax: -1,
-  args: '[-Cqv] [-P pattern] off len [len..]',
-  oneline: 'reads a number of bytes at a specified offset',
-};
+export const readCmd: CmdInfo = { name: 'read', altname: 'r', cfunc: readF, argmin: 2, argmax: -1, args: '[-abCqv] [-P pattern [-s off] [-l len]] off len', oneline: 'reads a number of bytes at a specified offset' };
+export const readvCmd: CmdInfo = { name: 'readv', cfunc: readvF, argmin: 2, argmax: -1, args: '[-Cqv] [-P pattern] off len [len..]', oneline: 'reads a number of bytes at a specified offset' };

@@ -148,11 +148,4 @@ export async function reopenF(s: IoSession, argv: string[]): Promise<number> {
   return 0;
 }
 
-export const reopenCmd: CmdInfo = {
-  name: 'reopen',
-  cfunc: reopenF,
-  argmin: 0,
-  argmax: -1,
-  args: '[(-r|-w)] [-c cache] [-o options]',
-  oneline: 'reopens an image with new options',
-};
+export const reopenCmd: CmdInfo = { name: 'reopen', cfunc: reopenF, argmin: 0, argmax: -1, args: '[(-r|-w)] [-c cache] [-o options]', oneline: 'reopens an image with new options' };

@@ -6,21 +6,28 @@ import {
   EINVAL,
   EIO,
   FUA,
-  OptFail,
   PATTERN,
   QUIET,
   STATS,
   checkSectorAligned,
   cmdOptions,
   image,
-  parseNum,
-  parseNumBig,
+  offsetAndCount,
   writeFlags,
   type CmdInfo,
   type CmdOption,
   type WriteFlags,
 } from './command.js';
-import { aioWait, createIovec, fillBuffer, noFallbackCapable, outOfBounds, reportWrite, runIo, unsafeRequest } from './request.js';
+import {
+  aioWait,
+  fillBuffer,
+  noFallbackCapable,
+  offsetAndVector,
+  outOfBounds,
+  reportWrite,
+  runIo,
+  unsafeRequest,
+} from './request.js';
 
 interface WriteArgs extends WriteFlags {
   /** -b: VM state; -c: compressed; -C here is the statistics (cflag). */
@@ -72,16 +79,14 @@ export async function writeF(s: IoSession, argv: string[]): Promise<number> {
     s.o.out(`${conflict}\n`);
     return EINVAL;
   }
-  const offsetR = parseNumBig(s, p.args[0]);
-  if (offsetR instanceof OptFail) return offsetR.ret;
-  const countR = parseNumBig(s, p.args[1]);
-  if (countR instanceof OptFail) return countR.ret;
-  const [offset, count] = [offsetR.value, countR.value];
+  const n = offsetAndCount(s, p.args);
+  if (typeof n === 'number') return n;
+  const { offset, count } = n;
   if (count > BDRV_REQUEST_MAX_BYTES && !a.noFallback) {
     s.o.out(`length cannot exceed ${BDRV_REQUEST_MAX_BYTES} without -n, given ${p.args[1]}\n`);
     return EINVAL;
   }
-  if ((a.bflag || a.compressed) && !checkSectorAligned(s, offsetR.big, countR.big)) return EINVAL;
+  if ((a.bflag || a.compressed) && !checkSectorAligned(s, n.offsetBig, n.countBig)) return EINVAL;
   const bs = image(s);
   const oob = unsafeRequest(offset, count) || (await outOfBounds(bs, offset, count));
   let buf: Uint8Array | null = null;
@@ -118,10 +123,9 @@ export async function writevF(s: IoSession, argv: string[]): Promise<number> {
   const a = writeFlags();
   const p = cmdOptions(s, argv, writevCmd, WRITEV_OPTIONS, a, 2);
   if (typeof p === 'number') return p;
-  const offset = parseNum(s, p.args[0]);
-  if (offset instanceof OptFail) return offset.ret;
-  const v = createIovec(s, p.args.slice(1), a.pattern);
-  if (v === null) return EINVAL;
+  const v = offsetAndVector(s, p.args, a.pattern);
+  if (typeof v === 'number') return v;
+  const { offset } = v;
   const { t, err } = await aioWait(s, image(s), true, offset, v.qiov, writeFua(s, a.fua));
   if (err !== null) {
     s.o.out(`writev failed: ${errnoText(err)}\n`);
@@ -131,22 +135,5 @@ export async function writevF(s: IoSession, argv: string[]): Promise<number> {
   return 0;
 }
 
-export const writeCmd: CmdInfo = {
-  name: 'write',
-  altname: 'w',
-  cfunc: writeF,
-  argmin: 2,
-  argmax: -1,
-  write: true,
-  args: '[-bcCfnquz] [-P pattern | -s source_file] off len',
-  oneline: 'writes a number of bytes at a specified offset',
-};
-export const writevCmd: CmdInfo = {
-  name: 'writev',
-  cfunc: writevF,
-  argmin: 2,
-  argmax: -1,
-  write: true,
-  args: '[-Cfq] [-P pattern] off len [len..]',
-  oneline: 'writes a number of bytes at a specified offset',
-};
+export const writeCmd: CmdInfo = { name: 'write', altname: 'w', cfunc: writeF, argmin: 2, argmax: -1, write: true, args: '[-bcCfnquz] [-P pattern | -s source_file] off len', oneline: 'writes a number of bytes at a specified offset' };
+export const writevCmd: CmdInfo = { name: 'writev', cfunc: writevF, argmin: 2, argmax: -1, write: true, args: '[-Cfq] [-P pattern] off len [len..]', oneline: 'writes a number of bytes at a specified offset' };

@@ -87,6 +87,15 @@ export function parseNumBig(s: IoSession, arg: string): { value: number; big: bi
   return r;
 }
 
+/** The `off len` of read, write and discard, exact values kept for the messages that print them. */
+export function offsetAndCount(s: IoSession, args: readonly string[]): { offset: number; count: number; offsetBig: bigint; countBig: bigint } | number {
+  const o = parseNumBig(s, args[0]);
+  if (o instanceof OptFail) return o.ret;
+  const c = parseNumBig(s, args[1]);
+  if (c instanceof OptFail) return c.ret;
+  return { offset: o.value, count: c.value, offsetBig: o.big, countBig: c.big };
+}
+
 /** The alignment messages of read -b / write -b / write -c. */
 export function checkSectorAligned(s: IoSession, offset: bigint, count: bigint): boolean {
   if (offset % 512n !== 0n) {

@@ -1,40 +1,15 @@
 // blk-io's option words: cache, discard and aio modes, booleans, and QemuOpts-style
 // "key=value,..." strings (open -o, --image-opts).
+import { cacheModeFlags } from '../shared/cache.js';
 import type { ToolOutput } from '../shared/output.js';
 import type { OpenFlags } from './session.js';
 
-/** bdrv_parse_cache_mode. */
+/** bdrv_parse_cache_mode into the open flags; false for a word that is no cache mode. */
 export function parseCacheMode(mode: string, f: OpenFlags): boolean {
-  switch (mode) {
-    case 'off':
-    case 'none':
-      f.nocache = true;
-      f.noFlush = false;
-      f.writethrough = false;
-      return true;
-    case 'directsync':
-      f.nocache = true;
-      f.noFlush = false;
-      f.writethrough = true;
-      return true;
-    case 'writeback':
-      f.nocache = false;
-      f.noFlush = false;
-      f.writethrough = false;
-      return true;
-    case 'unsafe':
-      f.nocache = false;
-      f.noFlush = true;
-      f.writethrough = false;
-      return true;
-    case 'writethrough':
-      f.nocache = false;
-      f.noFlush = false;
-      f.writethrough = true;
-      return true;
-    default:
-      return false;
-  }
+  const flags = cacheModeFlags(mode);
+  if (flags === null) return false;
+  Object.assign(f, flags);
+  return true;
 }
 
 /** QEMU's boolean option words (qapi_bool_parse); null for anything else. */

@@ -4,7 +4,7 @@
 import { BDRV_SECTOR_SIZE, IOVector, type BlockDriverState } from '../../index.js';
 import { BDRV_REQUEST_MAX_BYTES, cvtnum, dumpBuffer, nowNs, printCvtnumErr, printReport, type Elapsed } from './format.js';
 import { toolError, type IoSession } from './session.js';
-import type { ReadFlags } from './command.js';
+import { EINVAL, OptFail, parseNum, type ReadFlags } from './command.js';
 
 /** Bounds as blk_check_byte_request does them, for numbers the block layer cannot take. */
 export function unsafeRequest(offset: number, bytes: number): boolean {
@@ -31,8 +31,16 @@ export function firstMismatch(buf: Uint8Array, start: number, len: number, patte
   return false;
 }
 
+/** `off len [len..]` of readv, writev and aio_*: the offset and the vector, filled with `pattern`. */
+export function offsetAndVector(s: IoSession, args: readonly string[], pattern: number): { offset: number; qiov: IOVector; buf: Uint8Array } | number {
+  const offset = parseNum(s, args[0]);
+  if (offset instanceof OptFail) return offset.ret;
+  const v = createIovec(s, args.slice(1), pattern);
+  return v === null ? EINVAL : { offset, ...v };
+}
+
 /** create_iovec: the lengths of readv/writev/aio_*, checked against the request limit. */
-export function createIovec(s: IoSession, lens: string[], pattern: number): { qiov: IOVector; buf: Uint8Array } | null {
+function createIovec(s: IoSession, lens: string[], pattern: number): { qiov: IOVector; buf: Uint8Array } | null {
   const sizes: number[] = [];
   let count = 0;
   for (const arg of lens) {
