@@ -11,7 +11,7 @@ interface S {
   seen: string[];
 }
 
-const TABLE: OptionTable<S, null> = [
+const TABLE: OptionTable<S, unknown> = [
   { short: 'f', long: 'format', arg: 1, set: (s, a) => void (s.fmt = a) },
   { short: 'q', set: (s) => void (s.quiet = true) },
   { long: 'backing-chain', set: (s) => void s.seen.push('chain') },
