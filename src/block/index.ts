@@ -7,6 +7,7 @@ export * from './aio.js';
 export * from './driver.js';
 export * from './registry.js';
 export * from './node.js';
+export * from './backend.js';
 export * from './create.js';
 export * from './debug.js';
 export { combineBackingPath, protocolPrefix, canonicalImageName } from './path.js';
