@@ -2,7 +2,7 @@
 // qemu-img 7.2 as observed; the engine keeps `depth` requests in flight through the AIO API and
 // recycles a fixed set of request slots (buffer, vector, callback), so the measured loop
 // allocates nothing per request.
-import { BDRV_SECTOR_SIZE, BlockDriverState, ERRNO_MESSAGES, IOVector, toBlockError, type BlockError } from '../../index.js';
+import { BDRV_SECTOR_SIZE, BlockBackend, ERRNO_MESSAGES, IOVector, toBlockError, type BlockError } from '../../index.js';
 import { ToolExit, ToolOutput, errorMessage } from '../shared/output.js';
 import { formatFixed } from '../shared/printf.js';
 import { parseBenchArgs, type BenchOptions, type BenchSinks } from './bench-options.js';
@@ -44,6 +44,9 @@ interface Slot {
   fail: (e: unknown) => void;
 }
 
+/** What a run issues its requests to: the tool's BlockBackend, or a node (tests). */
+export type BenchTarget = Pick<BlockBackend, 'aioReadv' | 'aioWritev' | 'aioFlush' | 'preadv' | 'pwritev'>;
+
 /**
  * The request engine, shaped like qemu-img's bench_cb: a completion may trigger a flush
  * (draining first unless --no-drain) and then refills the queue up to `depth`.
@@ -63,7 +66,7 @@ export class BenchRun {
   };
 
   constructor(
-    private readonly bs: BlockDriverState,
+    private readonly bs: BenchTarget,
     private readonly opts: BenchOptions,
     private readonly imageSize: number,
     private readonly writethrough = false,
@@ -176,7 +179,7 @@ export class BenchRun {
 }
 
 /** Open the image as qemu-img's img_open would for bench. */
-async function openForBench(o: ToolOutput, opts: BenchOptions): Promise<BlockDriverState> {
+async function openForBench(o: ToolOutput, opts: BenchOptions): Promise<BlockBackend> {
   const direct = opts.cache === 'none' || opts.cache === 'directsync';
   if (opts.aio === 'native' && !direct) {
     o.error(
@@ -185,7 +188,7 @@ async function openForBench(o: ToolOutput, opts: BenchOptions): Promise<BlockDri
     throw new ToolExit(1);
   }
   try {
-    return await BlockDriverState.open(opts.filename, {
+    return await BlockBackend.open(opts.filename, {
       format: opts.format,
       readOnly: !opts.write,
       noFlush: opts.cache === 'unsafe',

@@ -2,7 +2,7 @@
 // qemu-img check, with its exit codes (0 clean, 1 check failed, 2 corruptions, 3 leaks,
 // 63 no check support).
 import { ERRNO_MESSAGES, isBlockError, type BlockDriverState, type CheckFix, type CheckResult } from '../../index.js';
-import { closeQuietly } from '../shared/open.js';
+import { closeQuietly, rootOf } from '../shared/open.js';
 import { errorExit } from '../shared/output.js';
 import { formatFixed } from '../shared/printf.js';
 import { jsonObject, toJsonPretty } from './json.js';
@@ -99,7 +99,8 @@ export async function imgCheck(env: ImgEnv, argv: string[]): Promise<number> {
   const output = parseOutputFormat(env, args.output);
   const { fix, quiet } = args;
 
-  const bs = await imgOpen(env, filename, { format: args.fmt, readOnly: !args.repair, check: true, forceShare: args.forceShare });
+  const blk = await imgOpen(env, filename, { format: args.fmt, readOnly: !args.repair, check: true, forceShare: args.forceShare });
+  const bs = rootOf(blk);
   try {
     let check: ImageCheck;
     try {
@@ -135,6 +136,6 @@ export async function imgCheck(env: ImgEnv, argv: string[]): Promise<number> {
     if (check.leaks) return 3;
     return 0;
   } finally {
-    await closeQuietly(bs);
+    await closeQuietly(blk);
   }
 }

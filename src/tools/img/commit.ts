@@ -1,7 +1,7 @@
 // blk-img commit: write what the image (and the layers down to the base) allocate into the
 // base image. As in QEMU 7.2, a QED overlay is not emptied afterwards (QED has no make_empty).
-import { BlockDriverState } from '../../index.js';
-import { closeQuietly } from '../shared/open.js';
+import { BlockBackend, type BlockDriverState } from '../../index.js';
+import { closeQuietly, rootOf } from '../shared/open.js';
 import { errnoMessage, errorMessage } from '../shared/output.js';
 import { cvtnum } from '../shared/size.js';
 import { BDRV_BLOCK_ALLOCATED, BDRV_BLOCK_ZERO, blockStatusAboveFlags } from './block-status.js';
@@ -46,10 +46,11 @@ export async function imgCommit(env: ImgEnv, argv: string[]): Promise<number> {
   const filename = oneFilename(env, parseImgOptions(env, argv, COMMIT_OPTIONS, args));
   const { base, drop, quiet } = args;
   checkCacheMode(env, args.cache, 'cache');
-  const bs = await imgOpen(env, filename, { format: args.fmt });
+  const blk = await imgOpen(env, filename, { format: args.fmt });
+  const bs = rootOf(blk);
   const progress = new Progress(env.o, args.progress && !quiet, 1.0);
   progress.print(0, 100);
-  let baseRw: BlockDriverState | null = null;
+  let baseRw: BlockBackend | null = null;
   let err: string | null = null;
   try {
     let baseBs: BlockDriverState | null = null;
@@ -64,14 +65,14 @@ export async function imgCommit(env: ImgEnv, argv: string[]): Promise<number> {
       // The chain is open read-only; the base gets a read-write node of its own. Only the
       // layers above the base are read, so the two nodes never see each other's caches.
       try {
-        baseRw = await BlockDriverState.open(baseBs.filename, { format: baseBs.driver.formatName, noBacking: true, registry: env.registry });
+        baseRw = await BlockBackend.open(baseBs.filename, { format: baseBs.driver.formatName, noBacking: true, registry: env.registry });
       } catch (e) {
         err = errorMessage(e);
       }
     }
     if (baseBs && baseRw && err === null) {
       try {
-        const len = await bs.getLength();
+        const len = await blk.getLength();
         if ((await baseRw.getLength()) < len) await baseRw.truncate(len);
         const total = Math.max(len, 1);
         for (let off = 0; off < len; ) {
@@ -85,7 +86,7 @@ export async function imgCommit(env: ImgEnv, argv: string[]): Promise<number> {
               await baseRw.writeZeroes(off, m);
             } else {
               const buf = new Uint8Array(m);
-              await bs.pread(off, buf);
+              await blk.pread(off, buf);
               await baseRw.pwrite(off, buf);
             }
             progress.print(Math.fround((m / total) * 100), 100);
@@ -104,7 +105,7 @@ export async function imgCommit(env: ImgEnv, argv: string[]): Promise<number> {
   } finally {
     progress.end();
     await closeQuietly(baseRw);
-    await closeQuietly(bs);
+    await closeQuietly(blk);
   }
   if (err !== null) {
     env.o.error(err);

@@ -1,8 +1,8 @@
 // blk-img compare: compare guest-visible contents (and with -s the allocation status) of two
 // images, with qemu-img compare's exit codes: 0 identical, 1 different, 2 open error,
 // 3 block-status error, 4 read error.
-import type { BlockDriverState } from '../../index.js';
-import { closeQuietly } from '../shared/open.js';
+import type { BlockBackend } from '../../index.js';
+import { closeQuietly, rootOf } from '../shared/open.js';
 import { ToolExit, errnoMessage, errorExit } from '../shared/output.js';
 import { BDRV_BLOCK_ALLOCATED, BDRV_BLOCK_ZERO, blockStatusAboveFlags } from './block-status.js';
 import type { ImgEnv } from './env.js';
@@ -68,8 +68,8 @@ export async function imgCompare(env: ImgEnv, argv: string[]): Promise<number> {
   const qprint = (s: string): void => {
     if (!quiet) env.o.out(s);
   };
-  let bs1: BlockDriverState | null = null;
-  let bs2: BlockDriverState | null = null;
+  let bs1: BlockBackend | null = null;
+  let bs2: BlockBackend | null = null;
   try {
     try {
       checkCacheMode(env, args.srcCache, 'source cache');
@@ -91,7 +91,7 @@ export async function imgCompare(env: ImgEnv, argv: string[]): Promise<number> {
       return 1;
     }
 
-    const read = async (bs: BlockDriverState, name: string, offset: number, len: number): Promise<Uint8Array> => {
+    const read = async (bs: BlockBackend, name: string, offset: number, len: number): Promise<Uint8Array> => {
       const buf = new Uint8Array(len);
       try {
         await bs.pread(offset, buf);
@@ -101,7 +101,7 @@ export async function imgCompare(env: ImgEnv, argv: string[]): Promise<number> {
       }
       return buf;
     };
-    const checkEmpty = async (bs: BlockDriverState, name: string, offset: number, len: number): Promise<number> => {
+    const checkEmpty = async (bs: BlockBackend, name: string, offset: number, len: number): Promise<number> => {
       const buf = await read(bs, name, offset, len);
       const idx = findNonzero(buf, len);
       if (idx >= 0) {
@@ -110,9 +110,9 @@ export async function imgCompare(env: ImgEnv, argv: string[]): Promise<number> {
       }
       return 0;
     };
-    const status = async (bs: BlockDriverState, name: string, offset: number, bytes: number): Promise<{ flags: number; pnum: number }> => {
+    const status = async (bs: BlockBackend, name: string, offset: number, bytes: number): Promise<{ flags: number; pnum: number }> => {
       try {
-        return await blockStatusAboveFlags(bs, null, offset, bytes);
+        return await blockStatusAboveFlags(rootOf(bs), null, offset, bytes);
       } catch {
         env.o.error(`Sector allocation test failed for ${name}`);
         throw new ToolExit(3);

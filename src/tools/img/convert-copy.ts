@@ -3,7 +3,8 @@
 // unallocated in the target, requests run in parallel (-m, through p-queue) and are written
 // in order unless -W.
 import PQueue from 'p-queue';
-import type { BlockDriverState } from '../../index.js';
+import type { BlockBackend } from '../../index.js';
+import { rootOf } from '../shared/open.js';
 import { ToolExit, errnoMessage } from '../shared/output.js';
 import { BDRV_BLOCK_DATA, BDRV_BLOCK_ZERO, blockStatusAboveFlags } from './block-status.js';
 import type { ImgEnv } from './env.js';
@@ -94,12 +95,12 @@ export function pow2floor(n: number): number {
 }
 
 export interface ConvertState {
-  src: BlockDriverState[];
+  src: BlockBackend[];
   srcSectors: number[];
   srcAlignment: number[];
   srcNames: string[];
   totalSectors: number;
-  target: BlockDriverState;
+  target: BlockBackend;
   targetHasBacking: boolean;
   targetBackingSectors: number;
   hasZeroInit: boolean;
@@ -130,9 +131,9 @@ async function iterationSectors(env: ImgEnv, s: ConvertState, sectorNum: number)
   }
   if (s.sectorNextStatus <= sectorNum) {
     const offset = (sectorNum - curOffset) * SECTOR;
-    const srcBs = s.src[cur];
+    const srcBs = rootOf(s.src[cur]);
     const base = s.targetHasBacking ? srcBs.backing : null;
-    const srcLen = await srcBs.getLength();
+    const srcLen = await s.src[cur].getLength();
     let flags: number;
     let count: number;
     if (offset >= srcLen) {

@@ -1,7 +1,7 @@
 // blk-img convert: copy one or more images (concatenated) into a new or existing target, with
 // qemu-img convert's options and checks in its order; the copy itself is convert-copy.ts.
-import type { BlockDriverState } from '../../index.js';
-import { closeQuietly } from '../shared/open.js';
+import type { BlockBackend } from '../../index.js';
+import { closeQuietly, rootOf } from '../shared/open.js';
 import { ToolExit } from '../shared/output.js';
 import { cvtnum } from '../shared/size.js';
 import { BUF_SECTORS, SECTOR, convertDoCopy, pow2floor, type ConvertState } from './convert-copy.js';
@@ -157,8 +157,8 @@ export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
 
   const progress = new Progress(env.o, args.progress && !args.quiet, 1.0);
   progress.print(0, 100);
-  const src: BlockDriverState[] = [];
-  let target: BlockDriverState | null = null;
+  const src: BlockBackend[] = [];
+  let target: BlockBackend | null = null;
   let ret = 1;
   try {
     const s: ConvertState = {
@@ -167,7 +167,7 @@ export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
       srcAlignment: [],
       srcNames: rest.slice(0, srcNum),
       totalSectors: 0,
-      target: null as unknown as BlockDriverState,
+      target: null as unknown as BlockBackend,
       targetHasBacking: false,
       targetBackingSectors: -1,
       hasZeroInit: targetIsZero,
@@ -178,9 +178,10 @@ export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
       sectorNextStatus: 0,
     };
     for (const name of s.srcNames) {
-      const bs = await imgOpen(env, name, { format: fmt, readOnly: true, forceShare });
-      src.push(bs);
-      const sectors = Math.ceil((await bs.getLength()) / SECTOR);
+      const blk = await imgOpen(env, name, { format: fmt, readOnly: true, forceShare });
+      src.push(blk);
+      const bs = rootOf(blk);
+      const sectors = Math.ceil((await blk.getLength()) / SECTOR);
       s.srcSectors.push(sectors);
       let align = Math.ceil(bs.requestAlignment / SECTOR);
       try {
@@ -193,7 +194,7 @@ export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
     }
     if (snapshot) {
       // No format here has internal snapshots.
-      env.o.error(`Failed to load snapshot: Block format '${src[0].driver.formatName}' used by device '' does not support temporarily loading internal snapshots`);
+      env.o.error(`Failed to load snapshot: Block format '${rootOf(src[0]).driver.formatName}' used by device '' does not support temporarily loading internal snapshots`);
       return 1;
     }
     if (bitmaps) {
@@ -271,7 +272,8 @@ export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
     // -t unsafe (convert's default, as in qemu-img): no host flush, not even at close.
     target = await imgOpen(env, outFile, { format: targetFmt, noFlush: cache === 'unsafe' });
     s.target = target;
-    s.alignment = Math.max(pow2floor(s.minSparse), Math.ceil(target.requestAlignment / SECTOR));
+    const targetBs = rootOf(target);
+    s.alignment = Math.max(pow2floor(s.minSparse), Math.ceil(targetBs.requestAlignment / SECTOR));
     if (skipCreate) {
       const outSectors = Math.ceil((await target.getLength()) / SECTOR);
       if (outSectors < s.totalSectors) {
@@ -279,8 +281,8 @@ export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
         return 1;
       }
     }
-    if (s.targetHasBacking && !skipCreate && target.backing) {
-      s.targetBackingSectors = Math.ceil((await target.backing.getLength()) / SECTOR);
+    if (s.targetHasBacking && !skipCreate && targetBs.backing) {
+      s.targetBackingSectors = Math.ceil((await targetBs.backing.getLength()) / SECTOR);
     }
     // bdrv_has_zero_init: a new image without a backing file reads as zeros.
     if (!s.hasZeroInit && !skipCreate && s.minSparse && !s.targetHasBacking) s.hasZeroInit = true;
@@ -289,7 +291,7 @@ export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
     return 0;
   } finally {
     await closeQuietly(target);
-    for (const bs of src) await closeQuietly(bs);
+    for (const blk of src) await closeQuietly(blk);
     if (ret === 0) progress.print(100, 0);
     progress.end();
   }

@@ -1,7 +1,7 @@
 // blk-img dd: copy bs-sized blocks from an image into a newly created one (dd(1) operands),
 // including qemu-img 7.2's quirks: count limits the copy to count*bs bytes measured from the
 // start of the input (not from skip), and a skip past the end only warns (exit status 0).
-import type { BlockDriverState } from '../../index.js';
+import type { BlockBackend } from '../../index.js';
 import { closeQuietly } from '../shared/open.js';
 import { ToolExit, errnoMessage, errorMessage } from '../shared/output.js';
 import { cvtnum, cvtnumFull } from '../shared/size.js';
@@ -66,7 +66,7 @@ export async function imgDd(env: ImgEnv, argv: string[]): Promise<number> {
     return 1;
   }
   const blk1 = await imgOpen(env, inFile, { format: fmt, readOnly: true, forceShare });
-  let blk2: BlockDriverState | null = null;
+  let blk2: BlockBackend | null = null;
   try {
     const drv = findCreateDriver(env, outFmt, 'Unknown file format');
     if (typeof drv === 'string') {

@@ -1,6 +1,6 @@
 // blk-img info: image facts as qemu-img info prints them (human or QAPI ImageInfo JSON).
 import { isBlockError, type BlockDriverState } from '../../index.js';
-import { closeQuietly } from '../shared/open.js';
+import { closeQuietly, rootOf } from '../shared/open.js';
 import { ToolExit, errorMessage } from '../shared/output.js';
 import { sizeToStr } from '../shared/printf.js';
 import { qemuPathCombine } from './chain.js';
@@ -112,15 +112,15 @@ export async function imgInfo(env: ImgEnv, argv: string[]): Promise<number> {
       throw new ToolExit(1);
     }
     seen.add(filename);
-    const bs = await imgOpen(env, filename, { format: curFmt, readOnly: true, noBacking: true, forceShare });
+    const blk = await imgOpen(env, filename, { format: curFmt, readOnly: true, noBacking: true, forceShare });
     let info: ImageInfo;
     try {
-      info = await queryImageInfo(bs, filename);
+      info = await queryImageInfo(rootOf(blk), filename);
     } catch (e) {
       env.o.error(errorMessage(e));
       throw new ToolExit(1);
     } finally {
-      await closeQuietly(bs);
+      await closeQuietly(blk);
     }
     infos.push(info);
     if (!chain) break;

@@ -1,7 +1,7 @@
 // blk-img map: the allocation map through the backing chain, merged into extents the way
 // qemu-img map merges them (human: data extents only; json: every extent with its depth).
 import { ERRNO_MESSAGES, isBlockError, type BlockDriverState } from '../../index.js';
-import { closeQuietly } from '../shared/open.js';
+import { closeQuietly, rootOf } from '../shared/open.js';
 import { ToolExit } from '../shared/output.js';
 import { cvtnum } from '../shared/size.js';
 import { layerStatus, type LayerStatus } from './block-status.js';
@@ -121,9 +121,10 @@ export async function imgMap(env: ImgEnv, argv: string[]): Promise<number> {
   const output = parseOutputFormat(env, args.output);
   const { startOffset, maxLength } = args;
 
-  const bs = await imgOpen(env, filename, { format: args.fmt, readOnly: true, forceShare: args.forceShare });
+  const blk = await imgOpen(env, filename, { format: args.fmt, readOnly: true, forceShare: args.forceShare });
+  const bs = rootOf(blk);
   try {
-    let length = await bs.getLength();
+    let length = await blk.getLength();
     if (output === 'human') env.o.out(`${'Offset'.padEnd(16)}${'Length'.padEnd(16)}${'Mapped to'.padEnd(16)}File\n`);
     else env.o.out('[');
     let curr: MapEntry = { start: startOffset, length: 0, data: false, zero: false, offset: 0, hasOffset: false, depth: 0, present: false, filename: null };
@@ -150,6 +151,6 @@ export async function imgMap(env: ImgEnv, argv: string[]): Promise<number> {
     if (output === 'json') env.o.out(']\n');
     return 0;
   } finally {
-    await closeQuietly(bs);
+    await closeQuietly(blk);
   }
 }

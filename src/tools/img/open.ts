@@ -1,6 +1,7 @@
-// img_open: the image of a subcommand, opened with qemu-img's messages.
-import { BlockDriverState, isBlockError, type OpenOptions } from '../../index.js';
-import { printOpenWarning } from '../shared/open.js';
+// img_open: the image of a subcommand, opened as qemu-img does (blk_new_open: a BlockBackend over
+// the image's graph) with its messages.
+import { BlockBackend, isBlockError, type OpenOptions } from '../../index.js';
+import { printOpenWarning, rootOf } from '../shared/open.js';
 import { ToolExit, errorMessage } from '../shared/output.js';
 import type { ImgEnv } from './env.js';
 
@@ -15,18 +16,18 @@ export interface ImgOpenOptions {
 }
 
 /** Open or print "Could not open 'NAME': reason" and exit 1 (or `failStatus`). */
-export async function imgOpen(env: ImgEnv, filename: string, opts: ImgOpenOptions, failStatus = 1): Promise<BlockDriverState> {
-  let bs: BlockDriverState;
+export async function imgOpen(env: ImgEnv, filename: string, opts: ImgOpenOptions, failStatus = 1): Promise<BlockBackend> {
+  let blk: BlockBackend;
   try {
     if (filename === '') throw new Error("The 'file' block driver requires a file name");
     const options: OpenOptions = { ...opts, registry: env.registry, readOnly: opts.readOnly ?? false };
-    bs = await BlockDriverState.open(filename, options);
+    blk = await BlockBackend.open(filename, options);
   } catch (e) {
     env.o.error(`Could not open '${filename}': ${openErrorMessage(e, filename)}`);
     throw new ToolExit(failStatus);
   }
-  printOpenWarning(env.o, bs);
-  return bs;
+  printOpenWarning(env.o, rootOf(blk));
+  return blk;
 }
 
 /** QEMU's wording for open failures our layers word differently. */

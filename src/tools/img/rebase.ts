@@ -1,8 +1,8 @@
 // blk-img rebase: change an image's backing file. Safe mode first copies into the image every
 // range it does not allocate itself where the old and the new backing file differ, so that the
 // guest-visible content is unchanged; -u only rewrites the header.
-import { BlockDriverState, combineBackingPath, isBlockError } from '../../index.js';
-import { closeQuietly } from '../shared/open.js';
+import { BlockDriverState, combineBackingPath, isBlockError, type BlockBackend } from '../../index.js';
+import { closeQuietly, rootOf } from '../shared/open.js';
 import { ToolExit, errnoMessage, errorExit, errorMessage } from '../shared/output.js';
 import { findBackingImage } from './chain.js';
 import { compareBuffers } from './compare.js';
@@ -69,14 +69,15 @@ export async function imgRebase(env: ImgEnv, argv: string[]): Promise<number> {
   const progress = new Progress(env.o, args.progress && !args.quiet, 2.0);
   progress.print(0, 100);
 
-  let bs: BlockDriverState | null = null;
+  let blk: BlockBackend | null = null;
   let newBacking: BlockDriverState | null = null;
   let ownsNewBacking = false;
   try {
     checkCacheMode(env, cache, 'cache');
     checkCacheMode(env, srcCache, 'source cache');
     // Unsafe mode ignores the old backing file (it may have been renamed or moved).
-    bs = await imgOpen(env, filename, { format: fmt, noBacking: unsafe });
+    blk = await imgOpen(env, filename, { format: fmt, noBacking: unsafe });
+    const bs = rootOf(blk);
     if (basefmt !== null && !env.registry.find(basefmt)) {
       env.o.error(`Invalid format name: '${basefmt}'`);
       return 1;
@@ -104,7 +105,7 @@ export async function imgRebase(env: ImgEnv, argv: string[]): Promise<number> {
           }
         }
       }
-      const size = await bs.getLength();
+      const size = await blk.getLength();
       const oldSize = oldBacking ? await oldBacking.getLength() : 0;
       const newSize = newBacking ? await newBacking.getLength() : 0;
       const localProgress = size !== 0 ? Math.fround(100 / Math.trunc(size / Math.min(size, IO_BUF_SIZE))) : 0;
@@ -112,7 +113,7 @@ export async function imgRebase(env: ImgEnv, argv: string[]): Promise<number> {
       for (let offset = 0; offset < size; offset += n) {
         n = Math.min(IO_BUF_SIZE, size - offset);
         try {
-          const a = await bs.isAllocated(offset, n);
+          const a = await blk.isAllocated(offset, n);
           n = a.pnum;
           if (a.allocated) continue;
           if (prefixChain && bs.backing) {
@@ -139,8 +140,8 @@ export async function imgRebase(env: ImgEnv, argv: string[]): Promise<number> {
           const r = compareBuffers(bufOld.subarray(written, n), bufNew.subarray(written, n), n - written);
           if (r.differ) {
             try {
-              if (oldIsZero) await bs.writeZeroes(offset + written, r.pnum);
-              else await bs.pwrite(offset + written, bufOld.subarray(written, written + r.pnum));
+              if (oldIsZero) await blk.writeZeroes(offset + written, r.pnum);
+              else await blk.pwrite(offset + written, bufOld.subarray(written, written + r.pnum));
             } catch (e) {
               env.o.error(`Error while writing to COW image: ${errnoMessage(e)}`);
               return 1;
@@ -175,7 +176,7 @@ export async function imgRebase(env: ImgEnv, argv: string[]): Promise<number> {
     return 1;
   } finally {
     if (ownsNewBacking) await closeQuietly(newBacking);
-    await closeQuietly(bs);
+    await closeQuietly(blk);
     progress.end();
   }
 }

@@ -63,9 +63,9 @@ export async function imgResize(env: ImgEnv, argv: string[]): Promise<number> {
     env.o.errRaw(`${msg.slice(nl + 1)}\n`);
     return 1;
   }
-  const bs = await imgOpen(env, filename, { format: fmt });
+  const blk = await imgOpen(env, filename, { format: fmt });
   try {
-    const current = BigInt(await bs.getLength());
+    const current = BigInt(await blk.getLength());
     const total = relative !== 0 ? current + n * BigInt(relative) : n;
     if (total <= 0n) {
       env.o.error('New image size must be positive');
@@ -89,7 +89,7 @@ export async function imgResize(env: ImgEnv, argv: string[]): Promise<number> {
     try {
       // The mode goes down the chain (raw passes it to its file); formats that cannot
       // preallocate (qed) refuse it, as in QEMU, with "Unsupported preallocation mode 'full'".
-      await bs.truncate(Number(total), prealloc);
+      await blk.truncate(Number(total), prealloc);
     } catch (e) {
       env.o.error(isBlockError(e) && e.message === '' ? ERRNO_MESSAGES[e.code] : errorMessage(e));
       return 1;
@@ -97,6 +97,6 @@ export async function imgResize(env: ImgEnv, argv: string[]): Promise<number> {
     if (!quiet) env.o.out('Image resized.\n');
     return 0;
   } finally {
-    await closeQuietly(bs);
+    await closeQuietly(blk);
   }
 }
