@@ -1,11 +1,11 @@
 // blk-io's breakpoint commands (qemu-io 7.2): break, remove_break, resume, wait_break, on the
 // image's stack through the block layer's breakpoint calls (a blkdebug node answers them).
 import { errnoText, type IoSession } from './session.js';
-import { EINVAL, image } from './command.js';
+import { EINVAL, imageNode } from './command.js';
 
 export async function breakF(s: IoSession, argv: string[]): Promise<number> {
   try {
-    image(s).debugBreakpoint(argv[1], argv[2]);
+    imageNode(s).debugBreakpoint(argv[1], argv[2]);
     return 0;
   } catch (e) {
     s.o.out(`Could not set breakpoint: ${errnoText(e)}\n`);
@@ -15,7 +15,7 @@ export async function breakF(s: IoSession, argv: string[]): Promise<number> {
 
 export async function removeBreakF(s: IoSession, argv: string[]): Promise<number> {
   try {
-    image(s).debugRemoveBreakpoint(argv[1]);
+    imageNode(s).debugRemoveBreakpoint(argv[1]);
     return 0;
   } catch (e) {
     s.o.out(`Could not remove breakpoint ${argv[1]}: ${errnoText(e)}\n`);
@@ -25,7 +25,7 @@ export async function removeBreakF(s: IoSession, argv: string[]): Promise<number
 
 export async function resumeF(s: IoSession, argv: string[]): Promise<number> {
   try {
-    image(s).debugResume(argv[1]);
+    imageNode(s).debugResume(argv[1]);
     // The resumed request runs on until it waits for I/O (QEMU enters its coroutine directly).
     await new Promise<void>((resolve) => setImmediate(resolve));
     return 0;
@@ -36,7 +36,7 @@ export async function resumeF(s: IoSession, argv: string[]): Promise<number> {
 }
 
 export async function waitBreakF(s: IoSession, argv: string[]): Promise<number> {
-  const bs = image(s);
+  const bs = imageNode(s);
   try {
     // qemu-io polls forever; without a blkdebug node nothing can ever stop, so say so.
     while (!bs.debugIsSuspended(argv[1])) {

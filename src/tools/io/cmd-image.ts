@@ -1,5 +1,5 @@
 // blk-io's flush, discard, truncate, length, info, map and alloc (qemu-io 7.2 semantics).
-import { BDRV_SECTOR_SIZE, isBlockError, type BlockDriverState } from '../../index.js';
+import { BDRV_SECTOR_SIZE, isBlockError, type BlockBackend } from '../../index.js';
 import { cvtstr } from '../shared/printf.js';
 import { BDRV_REQUEST_MAX_BYTES, cvtnum, printCvtnumErr, printReport } from './format.js';
 import { errText, errnoText, toolError, type IoSession } from './session.js';
@@ -12,6 +12,7 @@ import {
   STATS,
   cmdOptions,
   image,
+  imageNode,
   offsetAndCount,
   parseNum,
   type CmdInfo,
@@ -103,7 +104,7 @@ export async function lengthF(s: IoSession): Promise<number> {
 }
 
 export async function infoF(s: IoSession): Promise<number> {
-  const bs = image(s);
+  const bs = imageNode(s);
   s.o.out(`format name: ${bs.driver.formatName}\n`);
   // qemu-io prints the driver's protocol name as well, under the same label (file, blkdebug).
   const proto = bs.driver.protocolName;
@@ -123,7 +124,7 @@ export async function infoF(s: IoSession): Promise<number> {
 
 /** map_is_allocated: merge consecutive ranges with the same allocation state. */
 async function mapIsAllocated(
-  bs: BlockDriverState,
+  bs: BlockBackend,
   offset: number,
   bytes: number,
 ): Promise<{ allocated: boolean; pnum: number }> {

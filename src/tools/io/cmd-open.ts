@@ -1,8 +1,8 @@
 // blk-io's open and close, and openfile() shared with the program's own options: QEMU's open
 // messages, -o options, -s overlays, node names.
 import { resolve } from 'node:path';
-import { BlockDriverState, bdrvCreate, defaultRegistry, protocolPrefix, type BlockDriver } from '../../index.js';
-import { closeQuietly, printOpenWarning } from '../shared/open.js';
+import { BlockBackend, bdrvCreate, defaultRegistry, protocolPrefix, type BlockDriver, type BlockDriverState } from '../../index.js';
+import { closeQuietly, printOpenWarning, rootOf } from '../shared/open.js';
 import { attachTrace } from './trace.js';
 import { errText, defaultOpenFlags, type IoSession, type OpenFlags } from './session.js';
 import { EINVAL, cmdOptions, type CmdInfo, type CmdOption } from './command.js';
@@ -20,7 +20,7 @@ export async function openfile(
   flags: OpenFlags,
   opts: Map<string, string> = new Map(),
 ): Promise<boolean> {
-  if (s.bs !== null) {
+  if (s.blk !== null) {
     s.o.error("file open already, try 'help close'");
     return false;
   }
@@ -69,9 +69,9 @@ export async function openfile(
     driverOptions = { ...driverOptions, [key]: v };
     extra.delete(key);
   }
-  let bs: BlockDriverState;
+  let blk: BlockBackend;
   try {
-    bs = await BlockDriverState.open(target, {
+    blk = await BlockBackend.open(target, {
       driverOptions,
       format: f.format,
       readOnly: f.readOnly || f.snapshot,
@@ -82,32 +82,33 @@ export async function openfile(
   } catch (e) {
     return fail(errText(e));
   }
+  const bs = rootOf(blk);
   const fmt = bs.driver.formatName;
   for (const key of extra.keys()) {
-    await closeQuietly(bs);
+    await closeQuietly(blk);
     // QEMU words it by the kind of node that refused it.
     if (bs.driver.protocolName !== undefined) return fail(`Block protocol '${fmt}' doesn't support the option '${key}'`);
     return fail(`Block format '${fmt}' does not support the option '${key}'`);
   }
   printOpenWarning(s.o, bs);
   if (f.copyOnRead && f.readOnly) {
-    await closeQuietly(bs);
+    await closeQuietly(blk);
     return fail("Can't use copy-on-read on read-only device");
   }
   if (f.snapshot) {
     // -s: writes go to a temporary overlay (in memory here) over the read-only image.
     try {
-      bs = await snapshotOverlay(bs, target, f);
+      blk = await snapshotOverlay(blk, target, f);
     } catch (e) {
       return fail(errText(e));
     }
   }
-  attachTrace(s.o, s.trace, bs);
-  s.bs = bs;
+  attachTrace(s.o, s.trace, rootOf(blk));
+  s.blk = blk;
   s.filename = target;
   s.flags = f;
   s.blkWritePerm = !f.readOnly;
-  nameNodes(s, bs);
+  nameNodes(s, rootOf(blk));
   return true;
 }
 
@@ -138,9 +139,9 @@ function overlayDriver(): BlockDriver {
   return drv;
 }
 
-async function snapshotOverlay(base: BlockDriverState, target: string, f: OpenFlags): Promise<BlockDriverState> {
+async function snapshotOverlay(base: BlockBackend, target: string, f: OpenFlags): Promise<BlockBackend> {
   const size = await base.getLength();
-  const fmt = base.driver.formatName;
+  const fmt = rootOf(base).driver.formatName;
   const format = overlayDriver().formatName;
   await base.close();
   const overlay = `mem:blk-io-snapshot-${process.pid}-${++snapshotCounter}`;
@@ -149,7 +150,7 @@ async function snapshotOverlay(base: BlockDriverState, target: string, f: OpenFl
     // A host path is made absolute (the overlay lives elsewhere); mem: and filter names stay.
     options: { size, backingFile: protocolPrefix(target) === null ? resolve(target) : target, backingFmt: fmt },
   });
-  return BlockDriverState.open(overlay, {
+  return BlockBackend.open(overlay, {
     format,
     backingFormat: fmt,
     noFlush: f.noFlush,
@@ -159,8 +160,8 @@ async function snapshotOverlay(base: BlockDriverState, target: string, f: OpenFl
 
 export async function closeImage(s: IoSession): Promise<void> {
   await s.drain();
-  const bs = s.bs;
-  s.bs = null;
+  const bs = s.blk;
+  s.blk = null;
   if (bs !== null) {
     // bdrv_close reports nothing: a failing flush at close is as silent as in qemu-io.
     await closeQuietly(bs);

@@ -2,7 +2,7 @@
 // checks and messages in bdrv_reopen's order.
 import { isBlockError } from '../../index.js';
 import { errText, errnoText, type IoSession, type OpenFlags } from './session.js';
-import { EINVAL, cmdOptions, image, type CmdInfo, type CmdOption } from './command.js';
+import { EINVAL, cmdOptions, image, imageNode, type CmdInfo, type CmdOption } from './command.js';
 import { FLAG_OPTIONS } from './cmd-open.js';
 import { parseBool, parseKeyValues, validDiscardMode } from './modes.js';
 
@@ -41,7 +41,8 @@ export async function reopenF(s: IoSession, argv: string[]): Promise<number> {
   const p = cmdOptions(s, argv, reopenCmd, REOPEN_OPTIONS, a, 0, 0);
   if (typeof p === 'number') return p;
   const { hasRw, hasCache, opts, ...f } = a;
-  const bs = image(s);
+  const blk = image(s);
+  const bs = imageNode(s);
   // qemu-io drains a node it is about to make read-only and gives up the write permission
   // before looking at the options, so even a reopen refused below has let QED mark the image
   // clean.
@@ -113,7 +114,7 @@ export async function reopenF(s: IoSession, argv: string[]): Promise<number> {
   const permRefused = f.readOnly && !bs.readOnly && s.blkWritePerm;
   if (opts.size > 0 || s.flags.snapshot || permRefused) {
     try {
-      if (!bs.readOnly) await bs.flush();
+      if (!bs.readOnly) await blk.flush();
     } catch (e) {
       s.o.error(`Error flushing drive: ${errnoText(e)}`);
       return EINVAL;
@@ -138,7 +139,7 @@ export async function reopenF(s: IoSession, argv: string[]): Promise<number> {
   // flush generations) carries over, as in QEMU. The write cache is the session's (FUA or
   // not); O_DIRECT has no effect on our file driver.
   try {
-    await bs.reopen({ readOnly: f.readOnly, noFlush: f.noFlush });
+    await blk.reopen({ readOnly: f.readOnly, noFlush: f.noFlush });
   } catch (e) {
     if (isBlockError(e) && e.op === 'reopen_flush') s.o.error(`Error flushing drive: ${errnoText(e)}`);
     else s.o.error(errText(e));

@@ -1,5 +1,6 @@
 // blk-io's write and writev, as qemu-io 7.2 has them: options, checks, messages and reports in
 // its order.
+import { rootOf } from '../shared/open.js';
 import { BDRV_REQUEST_MAX_BYTES } from './format.js';
 import { allocFromFile, errnoText, toolError, writeFua, type IoSession } from './session.js';
 import {
@@ -103,7 +104,7 @@ export async function writeF(s: IoSession, argv: string[]): Promise<number> {
     if (oob) throw toolError('EIO', 'write');
     // Neither VM state (bdrv_save_vmstate) nor compressed writes exist in these formats.
     if (a.bflag || a.compressed) throw toolError('ENOTSUP', 'write');
-    if (a.zflag && a.noFallback && !noFallbackCapable(bs)) throw toolError('ENOTSUP', 'write');
+    if (a.zflag && a.noFallback && !noFallbackCapable(rootOf(bs))) throw toolError('ENOTSUP', 'write');
     // The cache mode's FUA applies to zero writes too (blk_co_pwrite_zeroes goes through the
     // same BlockBackend write path).
     if (a.zflag) await bs.writeZeroes(offset, count, { mayUnmap: a.mayUnmap, noFallback: a.noFallback, fua });

@@ -1,6 +1,7 @@
 // What every blk-io command is built from: its descriptor, its option table read with qemu-io's
 // getopt messages, number arguments, and the options several commands share.
-import type { BlockDriverState } from '../../index.js';
+import type { BlockBackend, BlockDriverState } from '../../index.js';
+import { rootOf } from '../shared/open.js';
 import { getoptTable, type OptionDef, type OptionTable } from '../shared/getopt.js';
 import { cvtnum, parsePattern, printCvtnumErr } from './format.js';
 import { toolError, type IoSession } from './session.js';
@@ -31,9 +32,14 @@ export function usage(s: IoSession, ct: CmdInfo): void {
 }
 
 /** The image; commands run only once `command()` checked it is open. */
-export function image(s: IoSession): BlockDriverState {
-  if (s.bs === null) throw toolError('ENOMEDIUM', 'command');
-  return s.bs;
+export function image(s: IoSession): BlockBackend {
+  if (s.blk === null) throw toolError('ENOMEDIUM', 'command');
+  return s.blk;
+}
+
+/** The image's root node, for what is asked of the node itself (format, info, breakpoints). */
+export function imageNode(s: IoSession): BlockDriverState {
+  return rootOf(image(s));
 }
 
 export type CmdOption<S> = OptionDef<S, IoSession>;

@@ -84,7 +84,7 @@ export async function qemuioCommand(s: IoSession, line: string): Promise<number>
     s.o.errRaw(`command "${argv[0]}" not found\n`);
     return EINVAL;
   }
-  if (!ct.nofile && s.bs === null) {
+  if (!ct.nofile && s.blk === null) {
     s.o.errRaw("no file open, try 'help open'\n");
     return EINVAL;
   }
@@ -99,7 +99,7 @@ export async function qemuioCommand(s: IoSession, line: string): Promise<number>
   }
   // Write permission is taken before the command runs (blk_set_perm), so a read-only image
   // refuses a write command before any of its own checks.
-  if (ct.write && s.bs?.readOnly === true) {
+  if (ct.write && s.blk?.readOnly === true) {
     s.o.error('Block node is read-only');
     return -13;
   }

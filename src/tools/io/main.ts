@@ -245,9 +245,9 @@ async function run(s: IoSession, args: string[], io: BlkIoIO): Promise<number> {
 
   // Outstanding requests complete (and report) before the image is closed.
   await s.drain();
-  if (s.bs !== null) {
-    const bs = s.bs;
-    s.bs = null;
+  if (s.blk !== null) {
+    const bs = s.blk;
+    s.blk = null;
     // Closing reports nothing, as in qemu-io (blk_unref has no error path).
     await bs.close().catch(() => undefined);
   }

@@ -1,7 +1,7 @@
 // How blk-io's commands issue requests: bounds the block layer cannot take, buffers and
 // vectors, one synchronous request with the main loop running, and AIO requests whose reports
 // wait for the main loop.
-import { BDRV_SECTOR_SIZE, IOVector, type BlockDriverState } from '../../index.js';
+import { BDRV_SECTOR_SIZE, IOVector, type BlockBackend, type BlockDriverState } from '../../index.js';
 import { BDRV_REQUEST_MAX_BYTES, cvtnum, dumpBuffer, nowNs, printCvtnumErr, printReport, type Elapsed } from './format.js';
 import { toolError, type IoSession } from './session.js';
 import { EINVAL, OptFail, parseNum, type ReadFlags } from './command.js';
@@ -11,7 +11,7 @@ export function unsafeRequest(offset: number, bytes: number): boolean {
   return !Number.isSafeInteger(offset) || !Number.isSafeInteger(bytes) || offset + bytes > Number.MAX_SAFE_INTEGER;
 }
 
-export async function outOfBounds(bs: BlockDriverState, offset: number, bytes: number): Promise<boolean> {
+export async function outOfBounds(bs: BlockBackend, offset: number, bytes: number): Promise<boolean> {
   try {
     const len = await bs.getLength();
     return offset > len || len - offset < bytes;
@@ -90,7 +90,7 @@ export async function runIo(s: IoSession, fn: () => Promise<void>): Promise<{ t:
  * without FUA (QEMU's byte-based blk_aio_preadv accepts any range, so the rest goes through the
  * coroutine path in the background). `cb` runs once, when the request is done.
  */
-function startRequest(bs: BlockDriverState, write: boolean, offset: number, qiov: IOVector, fua: boolean, op: string, cb: (err: unknown) => void): void {
+function startRequest(bs: BlockBackend, write: boolean, offset: number, qiov: IOVector, fua: boolean, op: string, cb: (err: unknown) => void): void {
   const bytes = qiov.size;
   if (unsafeRequest(offset, bytes)) {
     queueMicrotask(() => cb(toolError('EIO', op)));
@@ -112,7 +112,7 @@ function startRequest(bs: BlockDriverState, write: boolean, offset: number, qiov
 /** aio_read / aio_write: submit; `done` reports when the main loop next runs. */
 export function submitAio(
   s: IoSession,
-  bs: BlockDriverState,
+  bs: BlockBackend,
   write: boolean,
   offset: number,
   qiov: IOVector,
@@ -131,7 +131,7 @@ export function submitAio(
 /** readv / writev: submit, then run the loop until the request is done. */
 export async function aioWait(
   s: IoSession,
-  bs: BlockDriverState,
+  bs: BlockBackend,
   write: boolean,
   offset: number,
   qiov: IOVector,

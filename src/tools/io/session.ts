@@ -1,7 +1,7 @@
 // The state one blk-io run carries between commands (qemu-io's globals): the open image, the
 // output streams, and the AIO completions that wait for the "main loop" to report them.
 import { closeSync, openSync, readSync } from 'node:fs';
-import { BlockError, ERRNO_MESSAGES, isBlockError, type BlockDriverState, type BlockErrorCode } from '../../index.js';
+import { BlockError, ERRNO_MESSAGES, isBlockError, type BlockBackend, type BlockErrorCode } from '../../index.js';
 import type { ToolOutput } from '../shared/output.js';
 import { TraceOptions } from './trace.js';
 
@@ -42,7 +42,8 @@ export interface IoHooks {
 }
 
 export class IoSession {
-  bs: BlockDriverState | null = null;
+  /** The open image: qemu-io's BlockBackend (blk_new_open). */
+  blk: BlockBackend | null = null;
   /** Name the image was opened under and its flags (reopen needs them). */
   filename = '';
   flags: OpenFlags = defaultOpenFlags();
@@ -101,7 +102,7 @@ export class IoSession {
       await Promise.allSettled([...this.inflight]);
     }
     this.poll();
-    await this.bs?.drain();
+    await this.blk?.drain();
   }
 }
 
