@@ -1,27 +1,12 @@
 // What the tools ask of drivers through hooks and properties instead of format names:
 // breakpoints down the stack (block/debug.ts), the probed-raw open warning, create warnings,
 // the driver's own open options and no-fallback zeroing.
-import { afterEach, describe, expect, it } from 'vitest';
-import {
-  BlockDriverState,
-  bdrvCreate,
-  defaultRegistry,
-  isBlockError,
-  memStoreCreate,
-  memStoreDelete,
-  setDebugMessageSink,
-} from '../../src/index.js';
+import { describe, expect, it } from 'vitest';
+import { BlockDriverState, bdrvCreate, defaultRegistry, isBlockError, setDebugMessageSink } from '../../src/index.js';
 import { main } from '../../src/tools/io/main.js';
+import { makeMem, memName } from './block-helpers.js';
 
-const names: string[] = [];
-function mem(name: string, size: number): string {
-  memStoreCreate(name, size);
-  names.push(name);
-  return `mem:${name}`;
-}
-afterEach(() => {
-  for (const n of names.splice(0)) memStoreDelete(n);
-});
+const mem = (prefix: string, size: number): string => makeMem(size, prefix);
 
 describe('breakpoints through the node (bdrv_debug_*)', () => {
   it('find the blkdebug node below a format and park, report and resume a request', async () => {
@@ -67,7 +52,11 @@ describe('driver warnings', () => {
   it('raw warns about a probed image only when it is writable (as raw_open)', async () => {
     const img = mem('hooks-probe', 4096);
     const rw = await BlockDriverState.open(img);
-    expect(rw.driver.openWarning?.(rw)).toMatch(/^WARNING: Image format was not specified for 'mem:hooks-probe' and probing guessed raw\.\n/);
+    expect(rw.driver.openWarning?.(rw)).toBe(
+      `WARNING: Image format was not specified for '${img}' and probing guessed raw.\n` +
+        '         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n' +
+        "         Specify the 'raw' format explicitly to remove the restrictions.\n",
+    );
     await rw.close();
     const ro = await BlockDriverState.open(img, { readOnly: true });
     expect(ro.driver.openWarning?.(ro)).toBeUndefined();
@@ -101,8 +90,7 @@ describe('driver properties the tools read', () => {
   it('write -z -n: raw over mem zeroes, qed refuses before trying', async () => {
     const raw = mem('hooks-nofb-raw', 65536);
     expect(await io(['-f', 'raw', '-c', 'write -z -n 0 64k', raw])).toMatch(/^wrote 65536\/65536 bytes at offset 0\n/);
-    const q = 'mem:hooks-nofb-qed';
-    names.push('hooks-nofb-qed');
+    const q = memName('hooks-nofb-qed');
     await bdrvCreate(q, { format: 'qed', options: { size: 1 << 20 } });
     expect(await io(['-f', 'qed', '-c', 'write -z -n 0 64k', q])).toBe('write failed: Operation not supported\n');
   });
