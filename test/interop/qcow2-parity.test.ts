@@ -179,6 +179,43 @@ d('qcow2: images written by QEMU read the same here', () => {
     }
   });
 
+  it('reads and maps extended-L2 images (subclusters) as QEMU does', async () => {
+    const img = join(dir, 'ext.qcow2');
+    expect(runQemuImg(['create', '-q', '-f', 'qcow2', '-o', 'extended_l2=on', '-b', 'base.raw', '-F', 'raw', img, '4M'], { cwd: dir }).status).toBe(0);
+    runQemuIo(['-f', 'qcow2', '-c', 'write -P 1 4k 1k', '-c', 'write -z 64k 8k', '-c', 'write -P 2 200k 100k', '-c', 'discard 1M 64k', img], { cwd: dir });
+    const expected = join(dir, 'ext.raw');
+    expect(runQemuImg(['convert', '-O', 'raw', img, expected]).status).toBe(0);
+    const bs = await BlockDriverState.open(img, { format: 'qcow2', readOnly: true });
+    try {
+      const got = new Uint8Array(4 << 20);
+      await bs.pread(0, got);
+      expect(Buffer.from(got).equals(readFileSync(expected))).toBe(true);
+      expect(await ourMap(bs)).toEqual(qemuMap(img));
+    } finally {
+      await bs.close();
+    }
+  });
+
+  it('copies clusters shared with an internal snapshot as QEMU does', async () => {
+    const theirs = join(dir, 'snap-q.qcow2');
+    const ours = join(dir, 'snap-o.qcow2');
+    expect(runQemuImg(['create', '-q', '-f', 'qcow2', theirs, '1M']).status).toBe(0);
+    runQemuIo(['-f', 'qcow2', '-c', 'write -P 1 0 64k', '-c', 'write -c -P 5 64k 64k', theirs]);
+    expect(runQemuImg(['snapshot', '-c', 's1', theirs]).status).toBe(0);
+    copyFileSync(theirs, ours);
+    const cmds = ['write -P 2 0 4k', 'write -P 3 64k 4k', 'write -z -u 128k 64k'];
+    runQemuIo(['-f', 'qcow2', ...cmds.flatMap((c) => ['-c', c]), theirs]);
+    const bs = await BlockDriverState.open(ours, { format: 'qcow2' });
+    try {
+      for (const c of cmds) await ourCommand(bs, c);
+    } finally {
+      await bs.close();
+    }
+    expect(readFileSync(ours).equals(readFileSync(theirs))).toBe(true);
+    expect(runQemuImg(['snapshot', '-a', 's1', ours]).status).toBe(0);
+    expect(runQemuIo(['-r', '-f', 'qcow2', '-c', 'read -P 1 0 64k', '-c', 'read -P 5 64k 64k', ours]).stdout).not.toMatch(/Pattern verification failed/);
+  });
+
   it('opens QEMU images with a backing chain (qcow2 over qcow2 over raw) and COWs from it', async () => {
     const mid = join(dir, 'chain-mid.qcow2');
     const top = join(dir, 'chain-top.qcow2');
