@@ -226,6 +226,12 @@ export interface BlockDriver {
   aioReadv?(bs: BlockDriverState, sectorNum: number, qiov: IOVector, nbSectors: number, cb: CompletionFunc): BlockAIOCB;
   aioWritev?(bs: BlockDriverState, sectorNum: number, qiov: IOVector, nbSectors: number, cb: CompletionFunc): BlockAIOCB;
   coFlush?(bs: BlockDriverState): Promise<void>;
+  /**
+   * Write whole clusters compressed (QEMU's bdrv_co_pwritev_compressed_part; qemu-io write -c,
+   * qemu-img convert -c): `offset` cluster-aligned, `bytes` a whole cluster or the image's tail.
+   * Not yet routed through the generic layer: callers check bounds and permissions first.
+   */
+  coPwritevCompressed?(bs: BlockDriverState, offset: number, bytes: number, qiov: IOVector): Promise<void>;
 
   /** Block status of [offset, offset+bytes); `pnum` may be shorter than `bytes`. */
   coBlockStatus?(bs: BlockDriverState, offset: number, bytes: number): Promise<BlockStatus>;
