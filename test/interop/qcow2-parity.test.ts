@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { bdrvCreate } from '../../src/block/create.js';
 import { BlockDriverState } from '../../src/index.js';
+import { num, ourCommand } from './qcow2-support.js';
 import { qemuMap, ourMap } from './qed-support.js';
 import { makeTempDir, removeTempDir, requireQemu, runQemuImg, runQemuIo } from './qemu.js';
 
@@ -19,25 +20,6 @@ beforeAll(() => {
   writeFileSync(join(dir, 'base.raw'), Buffer.alloc(4 << 20, 0x77));
 });
 afterAll(() => removeTempDir(dir));
-
-function num(s: string): number {
-  const m = /^(\d+)([kKMG]?)$/.exec(s);
-  if (!m) throw new Error(`bad number ${s}`);
-  return Number(m[1]) * ({ '': 1, k: 1024, K: 1024, M: 1 << 20, G: 1 << 30 } as Record<string, number>)[m[2]];
-}
-
-/** Run a qemu-io command on our node the way qemu-io does (writethrough: flush after writes). */
-async function ourCommand(bs: BlockDriverState, cmd: string): Promise<void> {
-  const w = cmd.split(/\s+/);
-  const args = w.filter((x, i) => i > 0 && !x.startsWith('-') && w[i - 1] !== '-P');
-  const off = num(args[0]);
-  const len = num(args[1]);
-  if (w[0] === 'write' && w.includes('-z')) await bs.writeZeroes(off, len, { mayUnmap: w.includes('-u') });
-  else if (w[0] === 'write') await bs.pwrite(off, new Uint8Array(len).fill(Number(w[w.indexOf('-P') + 1])));
-  else if (w[0] === 'discard') await bs.discard(off, len);
-  else throw new Error(`unsupported ${cmd}`);
-  await bs.flush();
-}
 
 interface Scenario {
   name: string;

@@ -99,11 +99,14 @@ describe('qcow2 driver', () => {
       await bs.close();
     }
     const at = (e: BlkDebugEvent): number => seen.indexOf(e);
-    for (const e of ['cluster_alloc', 'l2_alloc_write', 'l1_update', 'write_aio', 'cow_write', 'l2_update', 'refblock_update_part'] as const) {
+    // The COW areas read as zeros: the new cluster is zeroed whole (cluster_alloc_space), not copied.
+    expect(seen).not.toContain('cow_write');
+    for (const e of ['cluster_alloc', 'l2_alloc_write', 'l1_update', 'cluster_alloc_space', 'write_aio', 'l2_update', 'refblock_update_part'] as const) {
       expect(seen, e).toContain(e);
     }
     expect(at('l2_alloc_write')).toBeLessThan(at('l1_update'));
-    expect(at('l1_update')).toBeLessThan(at('write_aio'));
+    expect(at('l1_update')).toBeLessThan(at('cluster_alloc_space'));
+    expect(at('cluster_alloc_space')).toBeLessThan(at('write_aio'));
     expect(seen.lastIndexOf('refblock_update_part')).toBeLessThan(seen.lastIndexOf('l2_update'));
   });
 

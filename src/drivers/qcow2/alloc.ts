@@ -42,6 +42,8 @@ export interface Qcow2L2Meta {
   /** Bytes [offset + cowStart.offset, + nbBytes) are copied from the old contents. */
   cowStart: { offset: number; nbBytes: number };
   cowEnd: { offset: number; nbBytes: number };
+  /** The COW areas were zeroed in the file already (handle_alloc_space): no copy. */
+  skipCow: boolean;
 }
 
 const INV_OFFSET = -1;
@@ -100,6 +102,7 @@ function calculateL2Meta(
     keepOld,
     cowStart: { offset: cowStartFrom, nbBytes: cowStartTo - cowStartFrom },
     cowEnd: { offset: cowEndFrom, nbBytes: cowEndTo - cowEndFrom },
+    skipCow: false,
   };
 }
 

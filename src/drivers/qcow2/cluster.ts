@@ -223,3 +223,26 @@ export async function qcow2GetClusterTable(s: BDRVQcow2State, offset: number): P
   const table = await l2Load(s, Number(s.l1Table[l1Index] & L1E_OFFSET_MASK));
   return { table, l2Index: offsetToL2Index(s, offset) };
 }
+
+/**
+ * Does guest [offset, offset+bytes) read as zeros, backing chain included (QEMU's is_zero:
+ * block status above says ZERO)? Clamped to the image. s.lock held.
+ */
+export async function qcow2IsZero(s: BDRVQcow2State, offset: number, bytes: number): Promise<boolean> {
+  const end = Math.min(offset + bytes, s.header.size);
+  for (let pos = offset; pos < end; ) {
+    const run = await qcow2GetHostOffset(s, pos, end - pos);
+    if (run.kind === 'normal' || run.kind === 'compressed') return false;
+    const backing = s.bs.backing;
+    if (run.kind === 'unallocated' && backing) {
+      const stop = Math.min(pos + run.bytes, await backing.getLength());
+      for (let p = pos; p < stop; ) {
+        const st = await backing.blockStatusAbove(p, stop - p);
+        if (!st.zero) return false;
+        p += st.pnum;
+      }
+    }
+    pos += run.bytes;
+  }
+  return true;
+}

@@ -10,10 +10,10 @@
 import { BlockError } from '../../block/errors.js';
 import { IOVector } from '../../block/iovec.js';
 import { type Qcow2L2Meta, qcow2AllocHostOffset, qcow2LinkL2 } from './alloc.js';
-import { qcow2GetClusterTable, qcow2GetHostOffset, type Qcow2Run, getL2Entry, setL2Entry } from './cluster.js';
+import { qcow2GetClusterTable, qcow2GetHostOffset, qcow2IsZero, type Qcow2Run, getL2Entry, setL2Entry } from './cluster.js';
 import { qcow2CheckNotCorrupt, qcow2PreWriteOverlapCheck } from './corrupt.js';
 import { clusterType, decodeCompressed, encodeCompressed } from './entries.js';
-import { qcow2AllocBytes } from './refcount.js';
+import { qcow2AllocBytes, qcow2FreeClusters } from './refcount.js';
 import { type BDRVQcow2State, offsetIntoCluster, qcow2File } from './state.js';
 
 /** Read guest bytes from the backing file; past its end (or without one) they are zeros. */
@@ -97,29 +97,83 @@ export async function qcow2CoPreadv(s: BDRVQcow2State, offset: number, bytes: nu
   }
 }
 
-/** The head and tail of a new allocation, read from what the guest sees now. */
-async function readCow(s: BDRVQcow2State, m: Qcow2L2Meta): Promise<{ head: Uint8Array; tail: Uint8Array }> {
-  const head = new Uint8Array(m.cowStart.nbBytes);
-  const tail = new Uint8Array(m.cowEnd.nbBytes);
-  if (head.length > 0 || tail.length > 0) await qcow2File(s).debugEvent('cow_read');
-  if (head.length > 0) await qcow2ReadRange(s, m.offset + m.cowStart.offset, head.length, IOVector.from(head), 0, true);
-  if (tail.length > 0) await qcow2ReadRange(s, m.offset + m.cowEnd.offset, tail.length, IOVector.from(tail), 0, true);
-  return { head, tail };
+/**
+ * Where the COW areas of an allocation read as zeros, zero its whole clusters in the file at
+ * once and skip the copy (handle_alloc_space). Only when the file can zero without writing a
+ * buffer; otherwise the ordinary copy runs.
+ */
+async function handleAllocSpace(s: BDRVQcow2State, metas: readonly Qcow2L2Meta[]): Promise<void> {
+  const file = qcow2File(s);
+  for (const m of metas) {
+    if (m.cowStart.nbBytes === 0 && m.cowEnd.nbBytes === 0) continue;
+    if (!(await qcow2IsZero(s, m.offset + m.cowStart.offset, m.cowStart.nbBytes))) continue;
+    if (!(await qcow2IsZero(s, m.offset + m.cowEnd.offset, m.cowEnd.nbBytes))) continue;
+    const start = m.allocOffset + m.cowStart.offset;
+    const bytes = m.cowEnd.offset + m.cowEnd.nbBytes - m.cowStart.offset;
+    qcow2PreWriteOverlapCheck(s, 0, start, bytes);
+    await file.debugEvent('cluster_alloc_space');
+    try {
+      await file.writeZeroes(start, bytes, { noFallback: true });
+    } catch (e) {
+      if (e instanceof BlockError && e.code === 'ENOTSUP') continue;
+      throw e;
+    }
+    m.skipCow = true;
+  }
 }
 
-/** Copy-on-write of one allocation's head and tail into its new clusters (perform_cow). */
-export async function qcow2PerformCow(s: BDRVQcow2State, m: Qcow2L2Meta): Promise<void> {
-  if (m.cowStart.nbBytes === 0 && m.cowEnd.nbBytes === 0) return;
-  const { head, tail } = await readCow(s, m);
+/** The allocation whose COW areas frame the data exactly, to write all three at once (merge_cow). */
+function mergeCow(s: BDRVQcow2State, offset: number, bytes: number, metas: readonly Qcow2L2Meta[]): Qcow2L2Meta | null {
+  for (const m of metas) {
+    if (m.cowStart.nbBytes === 0 && m.cowEnd.nbBytes === 0) continue;
+    if (m.skipCow) continue;
+    if (m.offset + m.cowStart.offset + m.cowStart.nbBytes !== offset) continue;
+    if (m.offset + m.cowEnd.offset !== offset + bytes) continue;
+    return m;
+  }
+  return null;
+}
+
+/**
+ * Copy-on-write of one allocation's head and tail into its new clusters (perform_cow): read
+ * from what the guest sees now (old cluster, backing file, zeros), then written; with `data`
+ * (merged), head, data and tail go out in one write.
+ */
+export async function qcow2PerformCow(s: BDRVQcow2State, m: Qcow2L2Meta, data: IOVector | null = null): Promise<void> {
+  if ((m.cowStart.nbBytes === 0 && m.cowEnd.nbBytes === 0) || m.skipCow) return;
   const file = qcow2File(s);
-  await file.debugEvent('cow_write');
+  const head = new Uint8Array(m.cowStart.nbBytes);
+  const tail = new Uint8Array(m.cowEnd.nbBytes);
+  // QEMU reads both areas in one request when the data between them is small (one cow_read
+  // event), otherwise each area on its own.
+  const between = m.cowEnd.offset - (m.cowStart.offset + m.cowStart.nbBytes);
+  const mergeReads = head.length > 0 && tail.length > 0 && between <= 16384;
+  if (mergeReads) await file.debugEvent('cow_read');
   if (head.length > 0) {
-    qcow2PreWriteOverlapCheck(s, 0, m.allocOffset + m.cowStart.offset, head.length);
-    await file.pwrite(m.allocOffset + m.cowStart.offset, head);
+    if (!mergeReads) await file.debugEvent('cow_read');
+    await qcow2ReadRange(s, m.offset + m.cowStart.offset, head.length, IOVector.from(head), 0, true);
   }
   if (tail.length > 0) {
-    qcow2PreWriteOverlapCheck(s, 0, m.allocOffset + m.cowEnd.offset, tail.length);
-    await file.pwrite(m.allocOffset + m.cowEnd.offset, tail);
+    if (!mergeReads) await file.debugEvent('cow_read');
+    await qcow2ReadRange(s, m.offset + m.cowEnd.offset, tail.length, IOVector.from(tail), 0, true);
+  }
+  if (data) {
+    const whole = new IOVector([head, ...data.iov, tail]);
+    qcow2PreWriteOverlapCheck(s, 0, m.allocOffset + m.cowStart.offset, whole.size);
+    // One write, two events, as in QEMU: write_aio for the data, cow_write for the whole.
+    await file.debugEvent('write_aio');
+    await file.debugEvent('cow_write');
+    await file.pwritev(m.allocOffset + m.cowStart.offset, whole);
+    return;
+  }
+  for (const [buf, at] of [
+    [head, m.cowStart.offset],
+    [tail, m.cowEnd.offset],
+  ] as const) {
+    if (buf.length === 0) continue;
+    qcow2PreWriteOverlapCheck(s, 0, m.allocOffset + at, buf.length);
+    await file.debugEvent('cow_write');
+    await file.pwrite(m.allocOffset + at, buf);
   }
 }
 
@@ -133,19 +187,29 @@ async function writeLocked(s: BDRVQcow2State, offset: number, bytes: number, qio
     if (a.bytes === 0) throw new BlockError('EIO', 'qcow2: no progress allocating clusters', { op: 'write', offset: pos });
     const data = qiov.slice(qiovOffset + done, a.bytes);
     qcow2PreWriteOverlapCheck(s, 0, a.hostOffset, a.bytes);
-    const m = a.metas.length === 1 ? a.metas[0] : null;
-    if (m && m.allocOffset + offsetIntoCluster(s, pos) === a.hostOffset && m.cowStart.offset + m.cowStart.nbBytes === offsetIntoCluster(s, pos) && m.cowEnd.offset === offsetIntoCluster(s, pos) + a.bytes) {
-      // One allocation, its COW areas adjacent to the data: one write of head, data, tail.
-      const { head, tail } = await readCow(s, m);
-      if (head.length > 0 || tail.length > 0) await file.debugEvent('cow_write');
-      await file.debugEvent('write_aio');
-      await file.pwritev(m.allocOffset + m.cowStart.offset, new IOVector([head, ...data.iov, tail]));
-    } else {
-      await file.debugEvent('write_aio');
-      await file.pwritev(a.hostOffset, data);
-      for (const meta of a.metas) await qcow2PerformCow(s, meta);
+    let linked = 0;
+    try {
+      // Zeroing whole new clusters beats copying zeros; then the data, alone or framed by its COW.
+      await handleAllocSpace(s, a.metas);
+      const merged = mergeCow(s, pos, a.bytes, a.metas);
+      if (!merged) {
+        await file.debugEvent('write_aio');
+        await file.pwritev(a.hostOffset, data);
+      }
+      // Per allocation: its COW, then its L2 entries (qcow2_alloc_cluster_link_l2).
+      for (const m of a.metas) {
+        await qcow2PerformCow(s, m, m === merged ? data : null);
+        await qcow2LinkL2(s, m);
+        linked++;
+      }
+    } catch (e) {
+      // Nothing points at the clusters of the allocations not linked: give them back
+      // (qcow2_alloc_cluster_abort).
+      for (const m of a.metas.slice(linked)) {
+        if (!m.keepOld) await qcow2FreeClusters(s, m.allocOffset, m.nbClusters * s.clusterSize, 'never');
+      }
+      throw e;
     }
-    for (const meta of a.metas) await qcow2LinkL2(s, meta);
     pos += a.bytes;
     done += a.bytes;
   }

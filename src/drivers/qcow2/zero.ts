@@ -13,7 +13,7 @@
 import type { WriteZeroesFlags } from '../../block/driver.js';
 import { BlockError } from '../../block/errors.js';
 import { IOVector } from '../../block/iovec.js';
-import { getL2Entry, qcow2GetClusterTable, qcow2GetHostOffset, setL2Entry } from './cluster.js';
+import { getL2Entry, qcow2GetClusterTable, qcow2GetHostOffset, qcow2IsZero, setL2Entry } from './cluster.js';
 import { qcow2CheckNotCorrupt } from './corrupt.js';
 import { clusterType, QCOW_OFLAG_ZERO } from './entries.js';
 import { qcow2CoPwritev } from './io.js';
@@ -22,29 +22,6 @@ import type { BDRVQcow2State } from './state.js';
 
 function isAllocatedType(t: string): boolean {
   return t === 'compressed' || t === 'normal' || t === 'zero-alloc';
-}
-
-/** Does guest [offset, offset+bytes) read as zeros, backing chain included (is_zero)? */
-async function isZero(s: BDRVQcow2State, offset: number, bytes: number): Promise<boolean> {
-  let pos = offset;
-  const end = offset + bytes;
-  while (pos < end) {
-    const run = await qcow2GetHostOffset(s, pos, end - pos);
-    if (run.kind === 'normal' || run.kind === 'compressed') return false;
-    if (run.kind === 'unallocated') {
-      const backing = s.bs.backing;
-      if (backing) {
-        const blen = await backing.getLength();
-        for (let p = pos; p < Math.min(pos + run.bytes, blen); ) {
-          const st = await backing.blockStatusAbove(p, Math.min(pos + run.bytes, blen) - p);
-          if (!st.zero) return false;
-          p += st.pnum;
-        }
-      }
-    }
-    pos += run.bytes;
-  }
-  return true;
 }
 
 /** Zero or release whole clusters of one L2 table; returns how many were handled. */
@@ -136,7 +113,7 @@ async function zeroPiece(s: BDRVQcow2State, offset: number, bytes: number, mayUn
     if (head !== 0 || tail !== 0) {
       // Only when the rest of the cluster already reads as zeros can it all become a zero
       // cluster; and only when nothing is allocated there (or it already is zero).
-      if (!((await isZero(s, offset - head, head)) && (await isZero(s, end, tail)))) {
+      if (!((await qcow2IsZero(s, offset - head, head)) && (await qcow2IsZero(s, end, tail)))) {
         throw new BlockError('ENOTSUP', undefined, { op: 'write_zeroes', offset });
       }
       start = offset - head;
