@@ -73,10 +73,11 @@ async function qcow2ShrinkL1Table(s: BDRVQcow2State, maxSize: number): Promise<v
   const start = maxSize * 8;
   const len = (s.l1Table.length - maxSize) * 8;
   qcow2PreWriteOverlapCheck(s, QCOW2_OL_ACTIVE_L1, s.l1TableOffset + start, len);
-  await file.debugEvent('l1_update');
+  await file.debugEvent('l1_shrink_write_table');
   await file.pwrite(s.l1TableOffset + start, new Uint8Array(len));
   await file.flush();
-  for (let i = maxSize; i < s.l1Table.length; i++) {
+  await file.debugEvent('l1_shrink_free_l2_clusters');
+  for (let i = s.l1Table.length - 1; i >= maxSize; i--) {
     const off = Number(s.l1Table[i] & L1E_OFFSET_MASK);
     s.l1Table[i] = 0n;
     if (off === 0) continue;
