@@ -69,6 +69,28 @@ d('qcow2: qemu-io sequences give byte-identical files', () => {
   }
 });
 
+d('qcow2: resize is byte-identical to qemu-img resize', () => {
+  for (const cs of ['512', '4k', '64k']) {
+    for (const size of ['100k', '2M', '13M', '20M', '1G']) {
+      it(`cluster_size=${cs} to ${size}`, async () => {
+        const theirs = join(dir, `rs-${cs}-${size}-q.qcow2`);
+        const ours = join(dir, `rs-${cs}-${size}-o.qcow2`);
+        expect(runQemuImg(['create', '-q', '-f', 'qcow2', '-o', `cluster_size=${cs}`, theirs, '16M']).status).toBe(0);
+        runQemuIo(['-f', 'qcow2', '-c', 'write -P 1 0 1M', '-c', 'write -P 2 12M 3M', theirs]);
+        copyFileSync(theirs, ours);
+        expect(runQemuImg(['resize', '-q', '--shrink', theirs, size]).status).toBe(0);
+        const bs = await BlockDriverState.open(ours, { format: 'qcow2' });
+        try {
+          await bs.truncate(num(size));
+        } finally {
+          await bs.close();
+        }
+        expect(readFileSync(ours).equals(readFileSync(theirs))).toBe(true);
+      });
+    }
+  }
+});
+
 const createSets: string[][] = [
   [],
   ['-o', 'compat=0.10'],

@@ -12,7 +12,7 @@ import { BlockError } from '../../block/errors.js';
 import { qcow2LinkL2 } from './alloc.js';
 import { qcow2AllocHostOffset } from './alloc.js';
 import { qcow2PreWriteOverlapCheck, QCOW2_OL_ACTIVE_L1 } from './corrupt.js';
-import { L1E_OFFSET_MASK } from './entries.js';
+import { L1E_OFFSET_MASK, REFT_OFFSET_MASK } from './entries.js';
 import { QCOW_MAX_L1_SIZE, sizeToL1 } from './header.js';
 import { qcow2PerformCow } from './io.js';
 import { qcow2AllocClusters, qcow2FreeClusters, qcow2GetRefcount } from './refcount.js';
@@ -86,6 +86,66 @@ async function qcow2ShrinkL1Table(s: BDRVQcow2State, maxSize: number): Promise<v
   }
 }
 
+/**
+ * Drop refcount blocks that count nothing but themselves (qcow2_shrink_reftable): the table
+ * is rewritten without them first, then each one's own refcount is cleared and its cluster
+ * punched, so the file can be cut after the last cluster in use.
+ */
+async function qcow2ShrinkReftable(s: BDRVQcow2State): Promise<void> {
+  const n = s.refcountTable.length;
+  const kept = new BigUint64Array(n);
+  for (let i = 0; i < n; i++) {
+    const off = Number(s.refcountTable[i] & REFT_OFFSET_MASK);
+    if (off === 0) continue;
+    const block = await s.refcountCache.get(off, 'refblock_load');
+    let unused: boolean;
+    const own = off / s.clusterSize;
+    if (Math.floor(own / s.refcountBlockEntries) === i) {
+      // The block counts itself: unused if that is all it counts.
+      const idx = own % s.refcountBlockEntries;
+      const rc = s.getRefcount(block.data, idx);
+      s.setRefcount(block.data, idx, 0);
+      unused = block.data.every((b) => b === 0);
+      s.setRefcount(block.data, idx, rc);
+    } else {
+      unused = block.data.every((b) => b === 0);
+    }
+    s.refcountCache.put(block);
+    kept[i] = unused ? 0n : s.refcountTable[i];
+  }
+  const buf = new Uint8Array(n * 8);
+  const v = new DataView(buf.buffer);
+  kept.forEach((e, i) => v.setBigUint64(i * 8, e));
+  const file = qcow2File(s);
+  // The table stops pointing at the blocks before their clusters are freed.
+  await file.pwrite(s.refcountTableOffset, buf);
+  await file.flush();
+  const punched: number[] = [];
+  for (let i = 0; i < n; i++) {
+    if (s.refcountTable[i] === 0n || kept[i] !== 0n) continue;
+    const off = Number(s.refcountTable[i] & REFT_OFFSET_MASK);
+    const idx = Math.floor(off / s.clusterSize);
+    const holder = Number(s.refcountTable[Math.floor(idx / s.refcountBlockEntries)] & REFT_OFFSET_MASK);
+    if (holder !== 0) {
+      const block = await s.refcountCache.get(holder, 'refblock_load');
+      s.setRefcount(block.data, idx % s.refcountBlockEntries, 0);
+      s.refcountCache.markDirty(block);
+      s.refcountCache.put(block);
+    }
+    if (idx < s.freeClusterIndex) s.freeClusterIndex = idx;
+    s.refcountCache.discard(off);
+    punched.push(off);
+    s.refcountTable[i] = 0n;
+  }
+  for (const off of punched) {
+    try {
+      await file.discard(off, s.clusterSize);
+    } catch {
+      // Discard is advisory.
+    }
+  }
+}
+
 /** Allocate (never write) the clusters of guest [from, to) (preallocate_co, metadata). */
 async function preallocateMetadata(s: BDRVQcow2State, from: number, to: number, mode: string): Promise<void> {
   let offset = from;
@@ -132,6 +192,7 @@ export async function qcow2Truncate(s: BDRVQcow2State, size: number, prealloc: s
       const from = Math.ceil(size / s.clusterSize) * s.clusterSize;
       if (old > from) await qcow2ClusterDiscard(s, from, old - from, 'always', true);
       await qcow2ShrinkL1Table(s, newL1);
+      await qcow2ShrinkReftable(s);
       await s.l2Cache.flush();
       await s.refcountCache.flush();
       const file = qcow2File(s);
