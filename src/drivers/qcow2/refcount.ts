@@ -13,9 +13,8 @@
  */
 import { BlockError } from '../../block/errors.js';
 import { REFT_OFFSET_MASK, clusterType, decodeCompressed, L2E_OFFSET_MASK } from './entries.js';
-import { QCOW_MAX_REFTABLE_SIZE } from './header.js';
-import { qcow2SignalCorruption, qcow2PreWriteOverlapCheck, QCOW2_OL_DEFAULT } from './corrupt.js';
-import { refcountMetadataSize } from './refcount-codec.js';
+import { qcow2SignalCorruption, qcow2PreWriteOverlapCheck, QCOW2_OL_REFCOUNT_TABLE } from './corrupt.js';
+import { qcow2RefcountArea } from './reftable.js';
 import { type BDRVQcow2State, qcow2File, qcow2Trace, startOfCluster, sizeToClusters, offsetIntoCluster } from './state.js';
 
 /** QEMU's qcow2_discard_type: which frees punch holes in the file. */
@@ -23,6 +22,8 @@ export type Qcow2DiscardType = 'never' | 'always' | 'request' | 'snapshot' | 'ot
 
 /** "The structures moved: search again" (QEMU's -EAGAIN inside the allocator). */
 class Qcow2Again extends Error {}
+
+export { qcow2RefcountArea };
 
 /** Read the refcount table (entries past the end of the file read as 0). */
 export async function qcow2LoadRefcountTable(s: BDRVQcow2State): Promise<void> {
@@ -106,7 +107,7 @@ async function allocRefcountBlock(s: BDRVQcow2State, clusterIndex: number) {
     const entry = new Uint8Array(8);
     new DataView(entry.buffer).setBigUint64(0, BigInt(newBlock));
     const at = s.refcountTableOffset + tableIndex * 8;
-    qcow2PreWriteOverlapCheck(s, QCOW2_OL_DEFAULT & ~4, at, 8);
+    qcow2PreWriteOverlapCheck(s, QCOW2_OL_REFCOUNT_TABLE, at, 8);
     await file.pwrite(at, entry);
     await file.flush();
     s.refcountTable[tableIndex] = BigInt(newBlock);
@@ -119,89 +120,6 @@ async function allocRefcountBlock(s: BDRVQcow2State, clusterIndex: number) {
   const metaOffset = blocksUsed * s.refcountBlockEntries * s.clusterSize;
   await qcow2RefcountArea(s, metaOffset, 0, false, tableIndex, newBlock);
   throw new Qcow2Again();
-}
-
-/**
- * Create a new reftable and the refcount blocks covering themselves plus `additional`
- * clusters, starting at `startOffset` (the end of everything in use), and switch to it
- * (qcow2_refcount_area). Returns the offset after the new structures.
- */
-export async function qcow2RefcountArea(
-  s: BDRVQcow2State,
-  startOffset: number,
-  additional: number,
-  exactSize: boolean,
-  newRefblockIndex: number,
-  newRefblockOffset: number,
-): Promise<number> {
-  const cs = s.clusterSize;
-  const { blocks: totalBlocks } = refcountMetadataSize(startOffset / cs + additional, cs, s.refcountOrder, !exactSize);
-  if (totalBlocks > QCOW_MAX_REFTABLE_SIZE) throw new BlockError('EFBIG', undefined, { op: 'refcount' });
-  const areaIndex = Math.floor(startOffset / cs / s.refcountBlockEntries);
-  let tableSize = exactSize ? totalBlocks : totalBlocks + Math.ceil(totalBlocks / 2);
-  const perCluster = cs / 8;
-  tableSize = Math.ceil(tableSize / perCluster) * perCluster;
-  const tableClusters = (tableSize * 8) / cs;
-  if (tableSize > QCOW_MAX_REFTABLE_SIZE) throw new BlockError('EFBIG', undefined, { op: 'refcount' });
-
-  const newTable = new BigUint64Array(tableSize);
-  newTable.set(s.refcountTable.subarray(0, Math.min(tableSize, s.refcountTable.length)));
-  if (newRefblockOffset !== 0) newTable[newRefblockIndex] = BigInt(newRefblockOffset);
-
-  let additionalBlocks = 0;
-  for (let i = areaIndex; i < totalBlocks; i++) if (newTable[i] === 0n) additionalBlocks++;
-  const tableOffset = startOffset + additionalBlocks * cs;
-  const endOffset = tableOffset + tableClusters * cs;
-
-  let blockOffset = startOffset;
-  for (let i = areaIndex; i < totalBlocks; i++) {
-    let e;
-    if (newTable[i] !== 0n) {
-      e = await s.refcountCache.get(Number(newTable[i] & REFT_OFFSET_MASK), 'refblock_load');
-    } else {
-      e = await s.refcountCache.getEmpty(blockOffset);
-      s.refcountCache.markDirty(e);
-      newTable[i] = BigInt(blockOffset);
-      blockOffset += cs;
-    }
-    const firstCovered = i * s.refcountBlockEntries * cs;
-    if (firstCovered < endOffset) {
-      // Every new structure gets refcount 1.
-      let j = firstCovered < startOffset ? (startOffset - firstCovered) / cs : 0;
-      const endIndex = Math.min((endOffset - firstCovered) / cs, s.refcountBlockEntries);
-      for (; j < endIndex; j++) s.setRefcount(e.data, j, 1);
-      s.refcountCache.markDirty(e);
-    }
-    s.refcountCache.put(e);
-  }
-
-  const file = qcow2File(s);
-  // Blocks first, then the table that points at them, then the header that points at it.
-  await file.debugEvent('refblock_alloc_write_blocks');
-  await s.refcountCache.flush();
-  const buf = new Uint8Array(tableSize * 8);
-  const v = new DataView(buf.buffer);
-  for (let i = 0; i < tableSize; i++) v.setBigUint64(i * 8, newTable[i]);
-  await file.debugEvent('refblock_alloc_write_table');
-  qcow2PreWriteOverlapCheck(s, QCOW2_OL_DEFAULT, tableOffset, buf.length);
-  await file.pwrite(tableOffset, buf);
-  await file.flush();
-  const hdr = new Uint8Array(12);
-  const hv = new DataView(hdr.buffer);
-  hv.setBigUint64(0, BigInt(tableOffset));
-  hv.setUint32(8, tableClusters);
-  await file.debugEvent('refblock_alloc_switch_table');
-  await file.pwrite(48, hdr);
-  await file.flush();
-
-  const oldOffset = s.refcountTableOffset;
-  const oldSize = s.refcountTable.length;
-  s.refcountTable = newTable;
-  s.refcountTableOffset = tableOffset;
-  s.header.refcountTableOffset = tableOffset;
-  s.header.refcountTableClusters = tableClusters;
-  await qcow2FreeClusters(s, oldOffset, oldSize * 8, 'other');
-  return endOffset;
 }
 
 /**
