@@ -1,5 +1,5 @@
 // blk-img info: image facts as qemu-img info prints them (human or QAPI ImageInfo JSON).
-import { isBlockError, type BlockDriverState } from '../index.js';
+import { isBlockError, type BlockDriverState, type ImageInfoSpecific } from '../index.js';
 import { errorExit, errorMessage, parseOptions, sizeToStr, ToolExit } from './common.js';
 import {
   HelpRequest,
@@ -13,6 +13,7 @@ import {
   closeQuietly,
   imgOpen,
   jsonObject,
+  qdictOrder,
   parseOutputFormat,
   qemuPathCombine,
   toJsonPretty,
@@ -32,6 +33,8 @@ export interface ImageInfo {
   backingFilename?: string;
   fullBackingFilename?: string;
   backingFilenameFormat?: string;
+  /** The driver's "Format specific information" (qcow2's compat, refcount bits...). */
+  formatSpecific?: ImageInfoSpecific;
 }
 
 /** bdrv_query_image_info. */
@@ -51,6 +54,8 @@ export async function queryImageInfo(bs: BlockDriverState, filename: string): Pr
     if (!isBlockError(e, 'ENOTSUP')) throw e;
     info.dirtyFlag = false;
   }
+  const specific = await bs.driver.getSpecificInfo?.(bs);
+  if (specific !== undefined) info.formatSpecific = specific;
   if (bs.backingFile !== '') {
     info.backingFilename = bs.backingFile;
     info.fullBackingFilename = qemuPathCombine(filename, bs.backingFile);
@@ -71,6 +76,13 @@ export function imageInfoJson(i: ImageInfo): JsonObject {
     ['backing-filename', i.backingFilename],
     ['full-backing-filename', i.fullBackingFilename],
     ['backing-filename-format', i.backingFilenameFormat],
+    [
+      'format-specific',
+      i.formatSpecific && jsonObject([
+        ['type', i.formatSpecific.kind],
+        ['data', jsonObject(Object.entries(i.formatSpecific.data))],
+      ]),
+    ],
   ]);
 }
 
@@ -90,6 +102,11 @@ export function imageInfoHuman(i: ImageInfo): string {
     s += '\n';
   }
   if (i.backingFilenameFormat !== undefined) s += `backing file format: ${i.backingFilenameFormat}\n`;
+  if (i.formatSpecific !== undefined) {
+    // bdrv_image_info_specific_dump: QDict order, '-' in names printed as ' '.
+    s += 'Format specific information:\n';
+    for (const [k, v] of qdictOrder(Object.entries(i.formatSpecific.data))) s += `    ${k.replace(/-/g, ' ')}: ${String(v)}\n`;
+  }
   return s;
 }
 

@@ -182,6 +182,7 @@ export async function qcow2DoOpen(bs: BlockDriverState, options: OpenOptions): P
     bitmapsExtension: ext.bitmaps,
     useLazyRefcounts: header.version >= 3 && (header.compatibleFeatures & QCOW2_COMPAT_LAZY_REFCOUNTS) !== 0n && lazyOption(options),
     discardPassthrough: discardOption(options),
+    metadataPreallocation: null,
     corrupt: false,
     corruptionReported: false,
     corruptWrite: null,

@@ -19,6 +19,7 @@ import {
 import { qcow2CoPreadv, qcow2CoPwritev, qcow2CoPwritevCompressed } from './io.js';
 import { qcow2DoOpen, qcow2UpdateHeader } from './open.js';
 import { qcow2RepairDirty } from './repair.js';
+import { qcow2GetRefcount } from './refcount.js';
 import { qcow2Truncate } from './resize.js';
 import { type BDRVQcow2State, qcow2File, qcow2IsDirty, qcow2NeedAccurateRefcounts, qcow2State } from './state.js';
 import { qcow2CoDiscard, qcow2CoWriteZeroes } from './zero.js';
@@ -87,8 +88,15 @@ async function qcow2BlockStatus(bs: BlockDriverState, offset: number, bytes: num
   const run = await s.lock.run(() => qcow2GetHostOffset(s, offset, bytes));
   const withOffset = run.allocated ? { offset: run.hostOffset, file: qcow2File(s) } : {};
   switch (run.kind) {
-    case 'normal':
+    case 'normal': {
+      if (await qcow2MetadataPreallocated(s)) {
+        // Preallocated clusters may never have been written: ask the file whether they read
+        // as zeros (QEMU's BDRV_BLOCK_RECURSE), and answer for no more than the file does.
+        const st = await qcow2File(s).blockStatus(run.hostOffset, run.bytes);
+        return { pnum: Math.min(st.pnum, run.bytes), allocated: true, data: true, zero: st.zero, ...withOffset };
+      }
       return { pnum: run.bytes, allocated: true, data: true, zero: false, ...withOffset };
+    }
     case 'compressed':
       return { pnum: run.bytes, allocated: true, data: true, zero: false };
     case 'zero':
@@ -99,6 +107,30 @@ async function qcow2BlockStatus(bs: BlockDriverState, offset: number, bytes: num
       return { pnum: run.bytes, allocated: false, data: false, zero, ...withOffset };
     }
   }
+}
+
+/**
+ * Does the image look metadata-preallocated (qcow2_detect_metadata_preallocation): clearly
+ * more clusters counted than the file really occupies? Decided once per open.
+ */
+async function qcow2MetadataPreallocated(s: BDRVQcow2State): Promise<boolean> {
+  if (s.metadataPreallocation !== null) return s.metadataPreallocation;
+  const file = qcow2File(s);
+  let answer = false;
+  try {
+    const realClusters = Math.floor((await file.getAllocatedFileSize()) / s.clusterSize);
+    const threshold = Math.max(Math.floor((realClusters * 10) / 9), realClusters + 2);
+    const end = Math.ceil((await file.getLength()) / s.clusterSize);
+    let count = 0;
+    await s.lock.run(async () => {
+      for (let i = 0; i < end && count < threshold; i++) if ((await qcow2GetRefcount(s, i)) !== 0) count++;
+    });
+    answer = count >= threshold;
+  } catch {
+    // Without the file's allocation there is nothing to compare with: no recursion.
+  }
+  s.metadataPreallocation = answer;
+  return answer;
 }
 
 async function qcow2GetInfo(bs: BlockDriverState): Promise<BlockDriverInfo> {

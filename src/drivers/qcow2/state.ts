@@ -57,6 +57,8 @@ export interface BDRVQcow2State {
   useLazyRefcounts: boolean;
   /** Discarded and unmapped clusters are hole-punched in the file (qemu-io's discard=unmap). */
   discardPassthrough: boolean;
+  /** Metadata preallocation detected (block status then asks the file about zeros); null: not yet. */
+  metadataPreallocation: boolean | null;
   /** Marked corrupt during this open: every later request fails with EIO. */
   corrupt: boolean;
   /** Messages already printed once (QEMU suppresses repeats). */
