@@ -121,7 +121,10 @@ export function qcow2SignalCorruption(s: BDRVQcow2State, fatal: boolean, message
   if (s.header.version >= 3) s.corruptWrite = s.updateHeader().catch(() => undefined);
 }
 
-/** Fail fast once the image was marked corrupt during this open. */
+/**
+ * Fail fast once the image was marked corrupt during this open. QEMU detaches the driver from
+ * the node then, so later requests fail with ENOMEDIUM ("No medium found").
+ */
 export function qcow2CheckNotCorrupt(s: BDRVQcow2State, op: string): void {
-  if (s.corrupt) throw new BlockError('EIO', undefined, { op });
+  if (s.corrupt) throw new BlockError('ENOMEDIUM', undefined, { op });
 }
