@@ -53,6 +53,16 @@ export interface BlockDriverInfo {
   isDirty: boolean;
 }
 
+/**
+ * Format-specific image information (QEMU's ImageInfoSpecific): `kind` names the format,
+ * `data` holds QEMU's fields under their QAPI names ('compat', 'refcount-bits', ...) in
+ * QEMU's order, ready for `info --output=json` and the human-readable block.
+ */
+export interface ImageInfoSpecific {
+  kind: string;
+  data: Record<string, string | number | boolean>;
+}
+
 /** BdrvCheckResult. */
 export interface CheckResult {
   corruptions: number;
@@ -244,6 +254,12 @@ export interface BlockDriver {
   aioReadv?(bs: BlockDriverState, sectorNum: number, qiov: IOVector, nbSectors: number, cb: CompletionFunc): BlockAIOCB;
   aioWritev?(bs: BlockDriverState, sectorNum: number, qiov: IOVector, nbSectors: number, cb: CompletionFunc): BlockAIOCB;
   coFlush?(bs: BlockDriverState): Promise<void>;
+  /**
+   * Write whole clusters compressed (QEMU's bdrv_co_pwritev_compressed_part; qemu-io write -c,
+   * qemu-img convert -c): `offset` cluster-aligned, `bytes` a whole cluster or the image's tail.
+   * Not yet routed through the generic layer: callers check bounds and permissions first.
+   */
+  coPwritevCompressed?(bs: BlockDriverState, offset: number, bytes: number, qiov: IOVector): Promise<void>;
 
   /** Block status of [offset, offset+bytes); `pnum` may be shorter than `bytes`. */
   coBlockStatus?(bs: BlockDriverState, offset: number, bytes: number): Promise<BlockStatus>;
@@ -259,6 +275,8 @@ export interface BlockDriver {
   /** Bytes the image occupies on the host (qemu-img info's disk size). */
   getAllocatedFileSize?(bs: BlockDriverState): Promise<number>;
   getInfo?(bs: BlockDriverState): Promise<BlockDriverInfo>;
+  /** bdrv_get_specific_info: the "Format specific information" of `qemu-img info`. */
+  getSpecificInfo?(bs: BlockDriverState): Promise<ImageInfoSpecific>;
   changeBackingFile?(bs: BlockDriverState, backingFile: string | null, backingFmt: string | null): Promise<void>;
   invalidateCache?(bs: BlockDriverState): Promise<void>;
   check?(bs: BlockDriverState, fix: CheckFix): Promise<CheckResult>;
