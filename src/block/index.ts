@@ -10,3 +10,6 @@ export * from './node.js';
 export * from './create.js';
 export { combineBackingPath, protocolPrefix, canonicalImageName } from './path.js';
 export * as blockPath from './path.js';
+export * from './options.js';
+export * from './qdict.js';
+export { parseQemuJson, formatQemuJson, type QValue } from './qjson.js';
