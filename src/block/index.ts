@@ -13,3 +13,4 @@ export * as blockPath from './path.js';
 export * from './options.js';
 export * from './qdict.js';
 export { parseQemuJson, formatQemuJson, type QValue } from './qjson.js';
+export * from './objects.js';
