@@ -5,6 +5,7 @@
  * applies them node by node in bdrv_open_inherit's order.
  */
 import type { BlockDriver } from './driver.js';
+import type { BlockDriverRegistry } from './registry.js';
 import { BlockError } from './errors.js';
 import { protocolPrefix } from './path.js';
 import { qdictFirstKey, qdictFlatten, qdictOrder, qvalueToOptString, type FlatQDict } from './qdict.js';
@@ -186,6 +187,18 @@ export function stripProtocolPrefix(filename: string, prefix: string): string {
   if (!filename.startsWith(prefix)) return filename;
   const rest = filename.slice(prefix.length);
   return protocolPrefix(rest) !== null ? `./${rest}` : rest;
+}
+
+/**
+ * A filename as its protocol driver reads it (bdrv_parse_filename): `file:a:b.qed` is
+ * `./a:b.qed`. Names of other drivers are kept as they are.
+ */
+export function canonicalProtocolFilename(registry: BlockDriverRegistry, filename: string, drv = registry.findProtocol(filename)): string {
+  if (!drv.parseFilename) return filename;
+  const opts: FlatQDict = new Map();
+  drv.parseFilename(filename, opts);
+  const f = opts.get('filename');
+  return typeof f === 'string' ? f : filename;
 }
 
 // ---------------------------------------------------------------------------------------------
