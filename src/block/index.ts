@@ -14,3 +14,4 @@ export * from './options.js';
 export * from './qdict.js';
 export { parseQemuJson, formatQemuJson, type QValue } from './qjson.js';
 export * from './objects.js';
+export { bdrvOpenOptions } from './open-options.js';

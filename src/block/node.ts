@@ -16,6 +16,9 @@ import { BlockError, isBlockError, toBlockError } from './errors.js';
 import { BlockEventEmitter, type BlkDebugEvent } from './events.js';
 import { IOVector } from './iovec.js';
 import { canonicalImageName, combineBackingPath } from './path.js';
+import { bdrvOpenOptions } from './open-options.js';
+import { JSON_PREFIX, canonicalProtocolFilename } from './options.js';
+import type { QDictInput } from './qdict.js';
 import { BLOCK_PROBE_BUF_SIZE, BlockDriverRegistry, driverIO, getDefaultRegistry } from './registry.js';
 
 /** Longest backing chain we open below a top image (crosvm-style hard limit). */
@@ -163,7 +166,10 @@ export class BlockDriverState {
    * Open an image: the protocol (or filter) node for `filename`, then the format node over it
    * (given or probed), then, unless noBacking, its backing chain read-only.
    */
-  static async open(filename: string, options: OpenOptions = {}): Promise<BlockDriverState> {
+  static async open(filename: string | QDictInput, options: OpenOptions = {}): Promise<BlockDriverState> {
+    // QEMU's option model: an options object or a json: filename opens node by node.
+    if (typeof filename !== 'string') return bdrvOpenOptions(filename, options);
+    if (filename.startsWith(JSON_PREFIX)) return bdrvOpenOptions({}, options, filename);
     return BlockDriverState.openChain(filename, options, []);
   }
 
@@ -177,10 +183,12 @@ export class BlockDriverState {
 
     // Asking for a protocol or filter as the format opens that node alone (-f file, -f mem).
     if (requested && (requested.isProtocol || requested.isFilter)) {
-      return BlockDriverState.openNode(requested, filename, opts);
+      return BlockDriverState.openNode(requested, canonicalProtocolFilename(registry, filename, requested), opts);
     }
 
     const protoDrv = registry.findProtocol(filename);
+    // The name as the protocol reads it (`file:a:b.qed` is ./a:b.qed), for every node.
+    filename = canonicalProtocolFilename(registry, filename, protoDrv);
     // The protocol (or filter) node gets only what concerns storage: format-level options
     // (copy-on-read, check, backing) belong to the format node above it.
     const protoOpts: OpenOptions = {
@@ -256,7 +264,12 @@ export class BlockDriverState {
     return name;
   }
 
-  private async openBacking(chain: string[]): Promise<void> {
+  /**
+   * Open the backing file the image records (fullBackingFilename) read-only and hang it on
+   * `backing`, refusing cycles and chains deeper than MAX_BACKING_DEPTH. `chain` holds the
+   * canonical names of the images above; the generic layer calls this after the node opened.
+   */
+  async openBacking(chain: string[] = [canonicalImageName(this.storageFilename())]): Promise<void> {
     const full = this.fullBackingFilename;
     const depth = this.depth + 1;
     const canon = canonicalImageName(full);
