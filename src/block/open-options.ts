@@ -183,6 +183,8 @@ async function openFormat(
   const file = await openInherit(filename, fileOpts, childBase(base), true);
   let bs: BlockDriverState | null = null;
   try {
+    // A writable format writes through its file: a child the options made read-only refuses.
+    if (base.readOnly !== true && file.bs.readOnly) throw new BlockError('EPERM', 'Block node is read-only', { op: 'open' });
     const drv = given ?? registry.probe(await readProbeBuffer(file.bs), file.bs.filename);
     options.delete('driver');
     const driverOptions = { ...base.driverOptions, ...takeDriverOptions(options, drv) };

@@ -126,6 +126,7 @@ describe('open from options', () => {
       [{ driver: 'qed', 'file.filename': name, 'read-only': 'x' }, "Parameter 'read-only' expects 'on' or 'off'"],
       [{ driver: 'qed', 'file.driver': 'qed', 'file.file.filename': name }, 'Image not in QED format'],
       [{ driver: 'mem' }, "The 'mem' block driver requires a file name"],
+      [{ driver: 'qed', 'file.filename': name, 'file.read-only': 'on' }, 'Block node is read-only'],
     ];
     for (const [opts, msg] of cases) {
       expect(await openMessage(BlockDriverState.open(opts as never))).toBe(msg);
