@@ -13,8 +13,11 @@ import { parseQemuJson, type QValue } from './qjson.js';
 
 /** What object constructors may use: reading a host file (the tools give Node's). */
 export interface ObjectContext {
-  /** The file's bytes; rejects with a BlockError whose errnoMessage says why. */
-  readFile?(path: string): Promise<Uint8Array>;
+  /**
+   * The file's bytes; throws a BlockError whose errnoMessage says why. Synchronous, as QEMU
+   * reads it while it parses the command line (an error stops the parse where it stands).
+   */
+  readFile?(path: string): Uint8Array;
   /** Objects defined so far (a secret's keyid names another secret). */
   table: ObjectTable;
 }
@@ -31,7 +34,7 @@ export interface UserObjectType {
   readonly typeName: string;
   readonly properties: readonly ObjectPropertySpec[];
   /** Build the object from checked property values (strings), or throw QEMU's message. */
-  create(id: string, props: Map<string, string>, ctx: ObjectContext): Promise<unknown>;
+  create(id: string, props: Map<string, string>, ctx: ObjectContext): unknown;
 }
 
 /** keyval_parse with the implied key `qom-type`: `secret,id=s,data=a,,b`. */
@@ -117,7 +120,7 @@ export class ObjectTable {
    * user_creatable_add_qapi: check the definition against its type and add the object.
    * Messages are QEMU's.
    */
-  async add(def: Map<string, string>, ctx: Omit<ObjectContext, 'table'> = {}): Promise<void> {
+  add(def: Map<string, string>, ctx: Omit<ObjectContext, 'table'> = {}): void {
     const typeName = def.get('qom-type');
     if (typeName === undefined) throw new BlockError('EINVAL', "Parameter 'qom-type' is missing", { op: 'object' });
     const type = this.types.get(typeName);
@@ -137,7 +140,7 @@ export class ObjectTable {
       }
       props.set(k, v);
     }
-    const value = await type.create(id, props, { ...ctx, table: this });
+    const value = type.create(id, props, { ...ctx, table: this });
     if (this.objects.has(id)) {
       throw new BlockError('EEXIST', `attempt to add duplicate property '${id}' to object (type 'container')`, { op: 'object' });
     }
@@ -187,7 +190,7 @@ export const secretObjectType: UserObjectType = {
     { name: 'iv', type: 'string' },
     { name: 'keyid', type: 'string' },
   ],
-  async create(id, props, ctx): Promise<SecretObject> {
+  create(id, props, ctx): SecretObject {
     const data = props.get('data');
     const file = props.get('file');
     if (data !== undefined && file !== undefined) {
@@ -198,7 +201,7 @@ export const secretObjectType: UserObjectType = {
     else if (file !== undefined) {
       if (!ctx.readFile) throw new BlockError('ENOTSUP', `Unable to read ${file}: no host files here`, { op: 'object', path: file });
       try {
-        bytes = await ctx.readFile(file);
+        bytes = ctx.readFile(file);
       } catch (e) {
         const why = e instanceof BlockError ? e.errnoMessage : String(e);
         throw new BlockError('ENOENT', `Unable to read ${file}: Failed to open file \u201c${file}\u201d: ${why}`, { op: 'object', path: file, cause: e });

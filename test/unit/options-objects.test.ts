@@ -2,9 +2,9 @@
 import { describe, expect, it } from 'vitest';
 import { BlockError, ObjectTable, parseObjectDefinition, type SecretObject, type UserObjectType } from '../../src/block/index.js';
 
-async function addMessage(table: ObjectTable, text: string, readFile?: (p: string) => Promise<Uint8Array>): Promise<string> {
+function addMessage(table: ObjectTable, text: string, readFile?: (p: string) => Uint8Array): string {
   try {
-    await table.add(parseObjectDefinition(text), { readFile });
+    table.add(parseObjectDefinition(text), { readFile });
   } catch (e) {
     expect(e).toBeInstanceOf(BlockError);
     return (e as BlockError).message;
@@ -29,9 +29,9 @@ describe('--object definitions', () => {
 
   it('makes secrets from data= and file=, decoding base64', async () => {
     const t = new ObjectTable();
-    await t.add(parseObjectDefinition('secret,id=a,data=abc'));
-    await t.add(parseObjectDefinition('secret,id=b,data=YWJj,format=base64'));
-    await t.add(parseObjectDefinition('secret,id=c,file=/k'), { readFile: async () => new TextEncoder().encode('key') });
+    t.add(parseObjectDefinition('secret,id=a,data=abc'));
+    t.add(parseObjectDefinition('secret,id=b,data=YWJj,format=base64'));
+    t.add(parseObjectDefinition('secret,id=c,file=/k'), { readFile: () => new TextEncoder().encode('key') });
     const text = (id: string): string => new TextDecoder().decode(t.get<SecretObject>(id, 'secret')?.data);
     expect([text('a'), text('b'), text('c')]).toEqual(['abc', 'abc', 'key']);
     expect(t.get('a', 'tls-creds-x509')).toBeUndefined();
@@ -48,18 +48,18 @@ describe('--object definitions', () => {
     ['', "Parameter 'qom-type' is missing"],
     ['secret,id=1x,data=a', "Parameter 'id' expects an identifier\nIdentifiers consist of letters, digits, '-', '.', '_', starting with a letter."],
     ['secret,id=s,data=a,keyid=k', "No secret with id 'k'"],
-  ])('refuses %j', async (text, msg) => {
-    expect(await addMessage(new ObjectTable(), text)).toBe(msg);
+  ])('refuses %j', (text, msg) => {
+    expect(addMessage(new ObjectTable(), text)).toBe(msg);
   });
 
   it('refuses a duplicate id and an unreadable file', async () => {
     const t = new ObjectTable();
-    await t.add(parseObjectDefinition('secret,id=sec0,data=abc'));
-    expect(await addMessage(t, 'secret,id=sec0,data=x')).toBe("attempt to add duplicate property 'sec0' to object (type 'container')");
-    const missing = async (): Promise<Uint8Array> => {
+    t.add(parseObjectDefinition('secret,id=sec0,data=abc'));
+    expect(addMessage(t, 'secret,id=sec0,data=x')).toBe("attempt to add duplicate property 'sec0' to object (type 'container')");
+    const missing = (): Uint8Array => {
       throw new BlockError('ENOENT');
     };
-    expect(await addMessage(t, 'secret,id=s2,file=nothere', missing)).toBe(
+    expect(addMessage(t, 'secret,id=s2,file=nothere', missing)).toBe(
       'Unable to read nothere: Failed to open file \u201cnothere\u201d: No such file or directory',
     );
   });
@@ -68,12 +68,12 @@ describe('--object definitions', () => {
     const tls: UserObjectType = {
       typeName: 'tls-creds-psk',
       properties: [{ name: 'dir', type: 'string' }],
-      async create(id, props) {
+      create(id, props) {
         return { id, dir: props.get('dir') };
       },
     };
     const t = new ObjectTable().registerType(tls);
-    await t.add(parseObjectDefinition('tls-creds-psk,id=t0,dir=/keys'));
+    t.add(parseObjectDefinition('tls-creds-psk,id=t0,dir=/keys'));
     expect(t.get('t0', 'tls-creds-psk')).toEqual({ id: 't0', dir: '/keys' });
     expect(t.typeNames()).toEqual(['secret', 'tls-creds-psk']);
   });
