@@ -169,7 +169,8 @@ export class BlockDriverState {
   static async open(filename: string | QDictInput, options: OpenOptions = {}): Promise<BlockDriverState> {
     // QEMU's option model: an options object or a json: filename opens node by node.
     if (typeof filename !== 'string') return bdrvOpenOptions(filename, options);
-    if (filename.startsWith(JSON_PREFIX)) return bdrvOpenOptions({}, options, filename);
+    // A format asked for beside a json: name wins over the one inside (existing options win).
+    if (filename.startsWith(JSON_PREFIX)) return bdrvOpenOptions(options.format === undefined ? {} : { driver: options.format }, options, filename);
     return BlockDriverState.openChain(filename, options, []);
   }
 

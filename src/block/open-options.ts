@@ -190,7 +190,8 @@ async function openFormat(
     const driverOptions = { ...base.driverOptions, ...takeDriverOptions(options, drv) };
     const own: FlatQDict = new Map(Object.entries(driverOptions).filter(([k]) => !(k in (base.driverOptions ?? {}))));
     const shown = refreshFilename(drv, file, own);
-    bs = new BlockDriverState(drv, shown.name, { ...base, noBacking, driverOptions });
+    // `format` tells the driver it was named, not probed (raw guards a probed image's head).
+    bs = new BlockDriverState(drv, shown.name, { ...base, format: given?.formatName, noBacking, driverOptions });
     bs.file = file.bs;
     await bs.driverOpen();
     if (bs.backingFile !== '') bs.fullBackingFilename = combineBackingPath(file.bs.filename, bs.backingFile);

@@ -283,7 +283,7 @@ export function formatQemuJson(v: QValue, order: (keys: string[]) => string[] = 
 }
 
 /** QEMU's to_json string quoting: the usual escapes, other control and non-ASCII as \uXXXX. */
-function quoteJsonString(s: string): string {
+export function quoteJsonString(s: string): string {
   let out = '"';
   for (const ch of s) {
     const c = ch.codePointAt(0) ?? 0;
@@ -296,7 +296,7 @@ function quoteJsonString(s: string): string {
     else if (ch === '\t') out += '\\t';
     else if (c < 0x20 || c >= 0x7f) {
       // Astral characters become a surrogate pair, as QEMU writes them.
-      for (let i = 0; i < ch.length; i++) out += `\\u${ch.charCodeAt(i).toString(16).padStart(4, '0')}`;
+      for (let i = 0; i < ch.length; i++) out += `\\u${ch.charCodeAt(i).toString(16).toUpperCase().padStart(4, '0')}`;
     } else out += ch;
   }
   return `${out}"`;
