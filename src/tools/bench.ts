@@ -7,6 +7,7 @@ import { BDRV_SECTOR_SIZE } from '../block/driver.js';
 import { IOVector } from '../block/iovec.js';
 import type { BlockError } from '../block/errors.js';
 import { BlockDriverState } from '../index.js';
+import { openImageOpts } from './image-opts.js';
 import {
   ToolExit,
   ToolOutput,
@@ -45,6 +46,8 @@ export interface BenchOptions {
   cache: CacheMode;
   aio: AioMode;
   forceShare: boolean;
+  /** --image-opts: the file name is an option string. */
+  imageOpts: boolean;
 }
 
 const INT_MAX = 2147483647;
@@ -57,6 +60,7 @@ const LONG_OPTIONS: readonly LongOption[] = [
   { name: 'pattern', hasArg: 1, val: 'pattern' },
   { name: 'no-drain', hasArg: 0, val: 'no-drain' },
   { name: 'force-share', hasArg: 0, val: 'U' },
+  { name: 'image-opts', hasArg: 0, val: 'image-opts' },
 ];
 
 export const BENCH_USAGE =
@@ -106,6 +110,7 @@ export function defaultBenchOptions(): BenchOptions {
     cache: 'writeback',
     aio: 'threads',
     forceShare: false,
+    imageOpts: false,
   };
 }
 
@@ -170,6 +175,9 @@ export function parseBenchArgs(o: ToolOutput, args: readonly string[]): BenchOpt
         break;
       case 'flush-interval':
         opts.flushInterval = intOption(o, arg, INT_MAX, 'flush interval');
+        break;
+      case 'image-opts':
+        opts.imageOpts = true;
         break;
       case 'no-drain':
         opts.drainOnFlush = false;
@@ -376,13 +384,12 @@ async function openForBench(o: ToolOutput, opts: BenchOptions): Promise<BlockDri
     );
     throw new ToolExit(1);
   }
+  const base = { readOnly: !opts.write, noFlush: opts.cache === 'unsafe' };
+  if (opts.imageOpts) {
+    return openImageOpts(o, opts.filename, { base, format: opts.format, forceShare: opts.forceShare, failStatus: 1 });
+  }
   try {
-    return await BlockDriverState.open(opts.filename, {
-      format: opts.format,
-      readOnly: !opts.write,
-      noFlush: opts.cache === 'unsafe',
-      forceShare: opts.forceShare,
-    });
+    return await BlockDriverState.open(opts.filename, { ...base, format: opts.format, forceShare: opts.forceShare });
   } catch (e) {
     o.error(`Could not open '${opts.filename}': ${errorMessage(e)}`);
     throw new ToolExit(1);

@@ -12,13 +12,15 @@ import {
   LONG_IMAGE_OPTS,
   LONG_OBJECT,
   LONG_OUTPUT,
+  OPT_IMAGE_OPTS,
+  OPT_OBJECT,
   OPT_OUTPUT,
   closeQuietly,
+  imgObject,
   imgOpen,
   jsonObject,
   parseOutputFormat,
   toJsonPretty,
-  unsupportedOption,
   type ImgEnv,
 } from './img-util.js';
 
@@ -107,6 +109,7 @@ export async function imgCheck(env: ImgEnv, argv: string[]): Promise<number> {
   let repair = false;
   let quiet = false;
   let forceShare = false;
+  let imageOpts = false;
   const rest = parseOptions(
     env.o,
     argv,
@@ -137,8 +140,12 @@ export async function imgCheck(env: ImgEnv, argv: string[]): Promise<number> {
         case 'U':
           forceShare = true;
           break;
-        default:
-          unsupportedOption(env, `--${opt}`);
+        case OPT_OBJECT:
+          imgObject(env, arg);
+          break;
+        case OPT_IMAGE_OPTS:
+          imageOpts = true;
+          break;
       }
     },
   );
@@ -146,7 +153,7 @@ export async function imgCheck(env: ImgEnv, argv: string[]): Promise<number> {
   const filename = rest[0];
   const output = outputArg === null ? 'human' : parseOutputFormat(env, outputArg);
 
-  const bs = await imgOpen(env, filename, { format: fmt, readOnly: !repair, check: true, forceShare });
+  const bs = await imgOpen(env, filename, { imageOpts, format: fmt, readOnly: !repair, check: true, forceShare });
   try {
     let check: ImageCheck;
     try {

@@ -23,10 +23,13 @@ import {
   LONG_IMAGE_OPTS,
   LONG_OBJECT,
   LONG_TARGET_IMAGE_OPTS,
+  OPT_IMAGE_OPTS,
+  OPT_OBJECT,
   Progress,
   closeQuietly,
   errnoMessage,
   hasHelpOption,
+  imgObject,
   imgOpen,
   createOptionSpecs,
   parseCreateOptions,
@@ -358,6 +361,8 @@ export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
   let explicitMinSparse = false;
   let snapshot = false;
   let bitmaps = false;
+  let imageOpts = false;
+  let tgtImageOpts = false;
   const rest = parseOptions(
     env.o,
     argv,
@@ -458,8 +463,15 @@ export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
         case 'skip-broken-bitmaps':
           unsupportedOption(env, `--${opt}`);
           break;
-        default:
-          unsupportedOption(env, `--${opt}`);
+        case OPT_OBJECT:
+          imgObject(env, arg);
+          break;
+        case OPT_IMAGE_OPTS:
+          imageOpts = true;
+          break;
+        case 'target-image-opts':
+          tgtImageOpts = true;
+          break;
       }
     },
   );
@@ -470,6 +482,10 @@ export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
   }
   if (explicitMinSparse && copyRange) {
     env.o.error('Cannot enable copy offloading when -S is used');
+    return 1;
+  }
+  if (tgtImageOpts && !skipCreate) {
+    env.o.error('--target-image-opts requires use of -n flag');
     return 1;
   }
   if (targetIsZero && !skipCreate) {
@@ -509,7 +525,7 @@ export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
       sectorNextStatus: 0,
     };
     for (const name of s.srcNames) {
-      const bs = await imgOpen(env, name, { format: fmt, readOnly: true, forceShare });
+      const bs = await imgOpen(env, name, { imageOpts, format: fmt, readOnly: true, forceShare });
       src.push(bs);
       const sectors = Math.ceil((await bs.getLength()) / SECTOR);
       s.srcSectors.push(sectors);
@@ -600,7 +616,9 @@ export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
     }
     checkCacheMode(env, cache, 'cache');
     // -t unsafe (convert's default, as in qemu-img): no host flush, not even at close.
-    target = await imgOpen(env, outFile, { format: targetFmt, noFlush: cache === 'unsafe' });
+    // With --target-image-opts the format is the options' own (-O and it exclude each other).
+    const tgtFormat = tgtImageOpts ? (outFmt ?? undefined) : targetFmt;
+    target = await imgOpen(env, outFile, { imageOpts: tgtImageOpts, format: tgtFormat, noFlush: cache === 'unsafe' });
     s.target = target;
     s.alignment = Math.max(pow2floor(s.minSparse), Math.ceil(target.requestAlignment / SECTOR));
     if (skipCreate) {

@@ -4,16 +4,17 @@ import { BlockDriverState, BlockError, bdrvCreate, combineBackingPath, isBlockEr
 import { qedCreateWarnings } from '../drivers/qed/create.js';
 import { ToolExit, cvtnum, errorExit, errorMessage, parseOptions } from './common.js';
 import {
+  HelpRequest,
   LONG_HELP,
   LONG_OBJECT,
+  OPT_OBJECT,
   closeQuietly,
   createOptionSpecs,
   hasHelpOption,
+  imgObject,
   isValidOptionList,
   parseCreateOptions,
   printOptionHelp,
-  HelpRequest,
-  unsupportedOption,
   type ImgEnv,
 } from './img-util.js';
 
@@ -101,6 +102,8 @@ export interface ImgCreateParams {
 export async function imgCreateImage(env: ImgEnv, p: ImgCreateParams): Promise<void> {
   const drv = findCreateDriver(env, p.fmt);
   if (typeof drv === 'string') throw new Error(drv);
+  // bdrv_find_protocol before anything else: `json:{...}` or `x:y` is "Unknown protocol".
+  env.registry.findProtocol(p.filename);
   // The protocol's options (file: preallocation, nocow, extent_size_hint) are taken too.
   const specs = createOptionSpecs(drv, protocolOf(env, p.filename));
   const opts = parseCreateOptions(drv, p.options, protocolOf(env, p.filename));
@@ -217,8 +220,9 @@ export async function imgCreate(env: ImgEnv, argv: string[]): Promise<number> {
       case 'u':
         unsafe = true;
         break;
-      default:
-        unsupportedOption(env, '--object');
+      case OPT_OBJECT:
+        imgObject(env, arg);
+        break;
     }
   });
   const filename = rest.length > 0 ? rest[0] : null;

@@ -9,14 +9,16 @@ import {
   LONG_IMAGE_OPTS,
   LONG_OBJECT,
   LONG_OUTPUT,
+  OPT_IMAGE_OPTS,
+  OPT_OBJECT,
   OPT_OUTPUT,
   closeQuietly,
+  imgObject,
   imgOpen,
   jsonObject,
   parseOutputFormat,
   qemuPathCombine,
   toJsonPretty,
-  unsupportedOption,
   type ImgEnv,
   type JsonObject,
 } from './img-util.js';
@@ -99,6 +101,7 @@ export async function imgInfo(env: ImgEnv, argv: string[]): Promise<number> {
   let outputArg: string | null = null;
   let chain = false;
   let forceShare = false;
+  let imageOpts = false;
   const rest = parseOptions(
     env.o,
     argv,
@@ -120,8 +123,12 @@ export async function imgInfo(env: ImgEnv, argv: string[]): Promise<number> {
         case 'chain':
           chain = true;
           break;
-        default:
-          unsupportedOption(env, `--${opt}`);
+        case OPT_OBJECT:
+          imgObject(env, arg);
+          break;
+        case OPT_IMAGE_OPTS:
+          imageOpts = true;
+          break;
       }
     },
   );
@@ -139,10 +146,11 @@ export async function imgInfo(env: ImgEnv, argv: string[]): Promise<number> {
       throw new ToolExit(1);
     }
     seen.add(filename);
-    const bs = await imgOpen(env, filename, { format: curFmt, readOnly: true, noBacking: true, forceShare });
+    const bs = await imgOpen(env, filename, { imageOpts, format: curFmt, readOnly: true, noBacking: true, forceShare });
     let info: ImageInfo;
     try {
-      info = await queryImageInfo(bs, filename);
+      // The node's own name (a json: filename resolved, file: stripped), as QEMU prints it.
+      info = await queryImageInfo(bs, bs.filename);
     } catch (e) {
       env.o.error(errorMessage(e));
       throw new ToolExit(1);
@@ -153,6 +161,8 @@ export async function imgInfo(env: ImgEnv, argv: string[]): Promise<number> {
     if (!chain) break;
     filename = info.fullBackingFilename;
     curFmt = info.backingFilenameFormat;
+    // Only the first image comes from options; its backing files are named.
+    imageOpts = false;
   }
 
   if (output === 'human') {

@@ -6,7 +6,7 @@ import { isBlockError } from '../block/errors.js';
 import { errorExit, errorMessage, parseOptions, ToolExit } from './common.js';
 import { checkCacheMode } from './img-check.js';
 import { compareBuffers } from './img-compare.js';
-import { HelpRequest, LONG_FORCE_SHARE, LONG_HELP, LONG_IMAGE_OPTS, LONG_OBJECT, Progress, closeQuietly, errnoMessage, findBackingImage, imgOpen, unsupportedOption, type ImgEnv } from './img-util.js';
+import { HelpRequest, LONG_FORCE_SHARE, LONG_HELP, LONG_IMAGE_OPTS, LONG_OBJECT, OPT_IMAGE_OPTS, OPT_OBJECT, Progress, closeQuietly, errnoMessage, findBackingImage, imgObject, imgOpen, type ImgEnv } from './img-util.js';
 
 const IO_BUF_SIZE = 2 * 1024 * 1024;
 
@@ -43,6 +43,7 @@ export async function imgRebase(env: ImgEnv, argv: string[]): Promise<number> {
   let quiet = false;
   let unsafe = false;
   let forceShare = false;
+  let imageOpts = false;
   const rest = parseOptions(env.o, argv, ':hf:F:b:upt:T:qU', [LONG_HELP, LONG_OBJECT, LONG_IMAGE_OPTS, LONG_FORCE_SHARE], (opt, arg = '') => {
     switch (opt) {
       case 'h':
@@ -74,8 +75,12 @@ export async function imgRebase(env: ImgEnv, argv: string[]): Promise<number> {
       case 'U':
         forceShare = true;
         break;
-      default:
-        unsupportedOption(env, `--${opt}`);
+      case OPT_OBJECT:
+        imgObject(env, arg);
+        break;
+      case OPT_IMAGE_OPTS:
+        imageOpts = true;
+        break;
     }
   });
   if (quiet) progressOn = false;
@@ -94,7 +99,7 @@ export async function imgRebase(env: ImgEnv, argv: string[]): Promise<number> {
     checkCacheMode(env, cache, 'cache');
     checkCacheMode(env, srcCache, 'source cache');
     // Unsafe mode ignores the old backing file (it may have been renamed or moved).
-    bs = await imgOpen(env, filename, { format: fmt, noBacking: unsafe });
+    bs = await imgOpen(env, filename, { imageOpts, format: fmt, noBacking: unsafe });
     if (basefmt !== null && !env.registry.find(basefmt)) {
       env.o.error(`Invalid format name: '${basefmt}'`);
       return 1;

@@ -1,16 +1,37 @@
 // Pieces shared by the blk-img subcommands: opening images with qemu-img's messages, QAPI-style
 // JSON output (QDict key order), the progress meter, and -o option lists.
-import { BlockDriverState, defaultRegistry, isBlockError, type BlockDriver, type BlockDriverRegistry, type CreateOptionSpec, type OpenOptions } from '../index.js';
+import {
+  BlockDriverState,
+  ObjectTable,
+  defaultRegistry,
+  isBlockError,
+  type BlockDriver,
+  type BlockDriverRegistry,
+  type CreateOptionSpec,
+  type OpenOptions,
+} from '../index.js';
 import { resolve } from 'node:path';
 import { ToolExit, ToolOutput, errorMessage, formatFixed, parseOptionSize, qemuStrtosz, type LongOption } from './common.js';
+import { openImageOpts, processObjectArg } from './image-opts.js';
 
 export interface ImgEnv {
   o: ToolOutput;
   registry: BlockDriverRegistry;
+  /** The --object definitions of this run. */
+  objects: ObjectTable;
 }
 
 export function makeEnv(o: ToolOutput, registry: BlockDriverRegistry = defaultRegistry): ImgEnv {
-  return { o, registry };
+  return { o, registry, objects: new ObjectTable() };
+}
+
+/**
+ * --object: define the object now, as qemu-img does while parsing: help exits 0, an error
+ * exits `failStatus` (compare's is 2).
+ */
+export function imgObject(env: ImgEnv, arg: string, failStatus = 1): void {
+  const status = processObjectArg(env.o, env.objects, arg);
+  if (status !== null) throw new ToolExit(status === 0 ? 0 : failStatus);
 }
 
 /** Thrown by a subcommand's -h: the dispatcher prints the help text and exits 0. */
@@ -41,7 +62,7 @@ export function parseOutputFormat(env: ImgEnv, arg: string): 'human' | 'json' {
   throw new ToolExit(1);
 }
 
-/** Options we accept for compatibility but cannot honour (QEMU objects, --image-opts). */
+/** Options we accept for compatibility but cannot honour (convert --salvage...). */
 export function unsupportedOption(env: ImgEnv, what: string): never {
   env.o.error(`${what} is not supported by this implementation`);
   throw new ToolExit(1);
@@ -56,13 +77,17 @@ export interface ImgOpenOptions {
   backingFormat?: string;
   /** cache=unsafe: flushes never reach the host file (the format still writes its metadata). */
   noFlush?: boolean;
+  /** --image-opts: the name is an option string (img_open_opts). */
+  imageOpts?: boolean;
 }
 
 /** img_open: open or print "Could not open 'NAME': reason" and exit 1 (or `failStatus`). */
 export async function imgOpen(env: ImgEnv, filename: string, opts: ImgOpenOptions, failStatus = 1): Promise<BlockDriverState> {
+  if (opts.imageOpts === true) return imgOpenOpts(env, filename, opts, failStatus);
   try {
     const bs = await openImage(env, filename, opts);
-    if (!bs.readOnly && opts.format === undefined && bs.driver.formatName === 'raw') {
+    // Probed: no format given, by -f or by the options (a json: name's driver).
+    if (!bs.readOnly && bs.openOptions.format === undefined && bs.driver.formatName === 'raw') {
       // Writes to block 0 of a probed raw image are restricted (the raw driver guards them).
       env.o.errRaw(
         `WARNING: Image format was not specified for '${filename}' and probing guessed raw.\n` +
@@ -77,6 +102,17 @@ export async function imgOpen(env: ImgEnv, filename: string, opts: ImgOpenOption
   }
 }
 
+/** img_open_opts for the subcommands: the flags they ask for, with qemu-img's messages. */
+async function imgOpenOpts(env: ImgEnv, optstr: string, opts: ImgOpenOptions, failStatus: number): Promise<BlockDriverState> {
+  return openImageOpts(env.o, optstr, {
+    base: baseOpenOptions(env, { ...opts, forceShare: undefined }),
+    format: opts.format,
+    forceShare: opts.forceShare === true,
+    failStatus,
+    message: openErrorMessage,
+  });
+}
+
 /** QEMU's wording for open failures our layers word differently. */
 export function openErrorMessage(e: unknown, filename: string): string {
   // file-posix refuses anything that is not a regular file (or block device) with this text.
@@ -86,6 +122,11 @@ export function openErrorMessage(e: unknown, filename: string): string {
 
 export async function openImage(env: ImgEnv, filename: string, opts: ImgOpenOptions): Promise<BlockDriverState> {
   if (filename === '') throw new Error("The 'file' block driver requires a file name");
+  return BlockDriverState.open(filename, baseOpenOptions(env, opts));
+}
+
+/** The open flags a subcommand asks for (qemu-img's BDRV_O_* flags). */
+function baseOpenOptions(env: ImgEnv, opts: ImgOpenOptions): OpenOptions {
   const o: OpenOptions = {
     registry: env.registry,
     readOnly: opts.readOnly ?? false,
@@ -96,7 +137,9 @@ export async function openImage(env: ImgEnv, filename: string, opts: ImgOpenOpti
   if (opts.noFlush === true) o.noFlush = true;
   if (opts.format !== undefined) o.format = opts.format;
   if (opts.backingFormat !== undefined) o.backingFormat = opts.backingFormat;
-  return BlockDriverState.open(filename, o);
+  // Deprecation warnings met while opening print as qemu-img's warn_report.
+  o.onWarning = (m) => env.o.warn(m);
+  return o;
 }
 
 /** An I/O failure as qemu-img prints it after strerror(): the errno text of a BlockError. */
