@@ -18,15 +18,20 @@ import {
 } from '../block/index.js';
 import { ToolExit, errorMessage, type ToolOutput } from './common.js';
 
-/** qemu_opts_parse_noisily: the options as a QDict, or null after printing QEMU's error. */
-export function parseOptsNoisily(o: ToolOutput, text: string, rules: OptsListRules): FlatQDict | null {
+/**
+ * qemu_opts_parse_noisily: the options as a QDict (every value a string), or null after
+ * printing QEMU's error.
+ */
+export function parseOptsNoisily(o: ToolOutput, text: string, rules: OptsListRules): Map<string, string> | null {
   try {
     const parsed = parseOptsString(text, rules);
     for (const w of parsed.warnings) {
       o.warn(w.warning);
       o.errRaw(`${w.hint}\n`);
     }
-    return optsToQDict(parsed);
+    const d = new Map<string, string>();
+    for (const [k, v] of optsToQDict(parsed)) if (typeof v === 'string') d.set(k, v);
+    return d;
   } catch (e) {
     o.error(errorMessage(e));
     return null;

@@ -5,7 +5,8 @@ import { bdrvCreate } from '../block/create.js';
 import { BlockDriverState } from '../block/node.js';
 import { isBlockError } from '../block/errors.js';
 import { protocolPrefix } from '../block/path.js';
-import type { ToolOutput } from './common.js';
+import { QEMU_IO_OPEN_OPTS, type FlatQDict } from '../block/index.js';
+import { applyForceShare, openWithOptions, parseOptsNoisily } from './image-opts.js';
 import { attachTrace } from './io-trace.js';
 import { errText, errnoText, type IoSession, type OpenFlags } from './io-session.js';
 import { EINVAL, OptFail, getopts, image, usage, type CmdInfo } from './io-cmd-util.js';
@@ -62,57 +63,13 @@ export function parseAioMode(mode: string): boolean | null {
   return null;
 }
 
-/**
- * QemuOpts "key=value,key2=value2" (",," is a literal comma). A bare word is the deprecated
- * short form of a boolean ("foo" = foo=on, "nofoo" = foo=off), with QEMU's warning.
- */
-export function parseKeyValues(o: ToolOutput, text: string): Map<string, string> {
-  const out = new Map<string, string>();
-  let i = 0;
-  while (i < text.length) {
-    let key = '';
-    while (i < text.length && text[i] !== '=' && text[i] !== ',') key += text[i++];
-    if (text[i] !== '=') {
-      i++;
-      const off = key.startsWith('no');
-      const name = off ? key.slice(2) : key;
-      const value = off ? 'off' : 'on';
-      o.warn(`short-form boolean option '${key}' deprecated`);
-      o.errRaw(`Please use ${name}=${value} instead\n`);
-      out.set(name, value);
-      continue;
-    }
-    i++;
-    let val = '';
-    while (i < text.length) {
-      if (text[i] === ',') {
-        if (text[i + 1] === ',') {
-          val += ',';
-          i += 2;
-          continue;
-        }
-        i++;
-        break;
-      }
-      val += text[i++];
-    }
-    out.set(key, val);
-  }
-  return out;
-}
-
 let snapshotCounter = 0;
 
 /**
- * openfile(): open `name` with `flags` and the -o options; messages as qemu-io prints them.
- * Returns false after reporting a failure.
+ * openfile(): open `name` with `flags` and the options (`-o`, `--image-opts`: QEMU's QDict);
+ * messages as qemu-io prints them. Returns false after reporting a failure.
  */
-export async function openfile(
-  s: IoSession,
-  name: string | null,
-  flags: OpenFlags,
-  opts: Map<string, string> = new Map(),
-): Promise<boolean> {
+export async function openfile(s: IoSession, name: string | null, flags: OpenFlags, opts: FlatQDict | null = null): Promise<boolean> {
   if (s.bs !== null) {
     s.o.error("file open already, try 'help close'");
     return false;
@@ -123,64 +80,39 @@ export async function openfile(
     return false;
   };
   const f: OpenFlags = { ...flags };
-  const extra = new Map(opts);
-  const driver = extra.get('driver');
-  if (driver !== undefined) f.format = driver;
-  extra.delete('driver');
-  const plainName = extra.get('filename');
-  const childName = extra.get('file.filename');
-  extra.delete('file.filename');
-  extra.delete('filename');
-  if (extra.get('file.driver') === 'file') extra.delete('file.driver');
-  const ro = extra.get('read-only');
-  if (ro !== undefined) {
-    f.readOnly = ro === 'on' || ro === 'true';
-    extra.delete('read-only');
-  }
-  // Without a path, "filename" names the image, or a driver plus its "file.filename" child.
-  if (name === null && plainName === undefined && driver === undefined) return fail('Must specify either driver or file');
-  const target = name ?? plainName ?? childName ?? null;
-  if (target === null) return fail('A block device must be specified for "file"');
-  if (target === '') return fail("The 'file' block driver requires a file name");
+  const qdict: FlatQDict = new Map(opts ?? []);
+  // -U: the image's options must not say otherwise; then force-share=on is one of them.
+  if (f.forceShare && !applyForceShare(s.o, qdict, '-U conflicts with image options')) return false;
+  if (qdict.size === 1 && f.forceShare) qdict.delete('force-share');
+  // The session's cache mode (its write cache, reopen) follows the cache options.
   for (const key of ['cache.direct', 'cache.no-flush']) {
-    const v = extra.get(key);
-    if (v === undefined) continue;
+    const v = qdict.get(key);
+    if (typeof v !== 'string') continue;
     if (key === 'cache.direct') f.nocache = v === 'on';
     else f.noFlush = v === 'on';
-    extra.delete(key);
   }
   if (f.forceShare && !f.readOnly) return fail('force-share=on can only be used with read-only images');
   if (f.nativeAio && !f.nocache) {
     return fail('aio=native was specified, but it requires cache.direct=on, which was not specified.');
   }
-  // blkdebug's own option (its rules file), taken when blkdebug is the driver asked for.
-  let driverOptions: Record<string, string> | undefined;
-  const config = extra.get('config');
-  if (config !== undefined && f.format === 'blkdebug') {
-    driverOptions = { config };
-    extra.delete('config');
-  }
+  if (name === '' && qdict.size === 0) return fail("The 'file' block driver requires a file name");
   let bs: BlockDriverState;
   try {
-    bs = await BlockDriverState.open(target, {
-      driverOptions,
+    bs = await openWithOptions(name, qdict, {
       format: f.format,
       readOnly: f.readOnly || f.snapshot,
       noFlush: f.noFlush,
       forceShare: f.forceShare,
       copyOnRead: f.copyOnRead && !f.readOnly,
+      onWarning: (m) => s.o.warn(m),
     });
   } catch (e) {
     return fail(errText(e));
   }
-  const fmt = bs.driver.formatName;
-  for (const key of extra.keys()) {
-    await bs.close().catch(() => undefined);
-    // QEMU words it by the kind of node that refused it.
-    if (bs.driver.protocolName !== undefined) return fail(`Block protocol '${fmt}' doesn't support the option '${key}'`);
-    return fail(`Block format '${fmt}' does not support the option '${key}'`);
-  }
-  if (f.format === undefined && fmt === 'raw') {
+  // The options may have made the image read-only, or writable under -r (read-only=off).
+  f.readOnly = bs.readOnly && !f.snapshot;
+  const target = name ?? bs.filename;
+  if (bs.openOptions.format === undefined && bs.driver.formatName === 'raw') {
     s.o.errRaw(
       `WARNING: Image format was not specified for '${target}' and probing guessed raw.\n` +
         '         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n' +
@@ -314,7 +246,13 @@ export async function openF(s: IoSession, argv: string[]): Promise<number> {
           fail = new OptFail(EINVAL);
           return false;
         }
-        opts = new Map([...opts, ...parseKeyValues(s.o, a)]);
+        const parsed = parseOptsNoisily(s.o, a, QEMU_IO_OPEN_OPTS);
+        if (parsed === null) {
+          fail = new OptFail(EINVAL);
+          return false;
+        }
+        // One merged list: a later -o adds to (and overrides) the earlier ones.
+        opts = new Map([...opts, ...parsed]);
         break;
       }
       case 'U':
@@ -332,7 +270,9 @@ export async function openF(s: IoSession, argv: string[]): Promise<number> {
   let ok: boolean;
   if (s.imageOpts && g.optind === args.length - 1) {
     // With --image-opts the argument is itself the option string.
-    ok = await openfile(s, null, f, parseKeyValues(s.o, args[g.optind]));
+    const parsed = parseOptsNoisily(s.o, args[g.optind], QEMU_IO_OPEN_OPTS);
+    if (parsed === null) return EINVAL;
+    ok = await openfile(s, null, f, new Map([...opts, ...parsed]));
   } else if (g.optind === args.length - 1) ok = await openfile(s, args[g.optind], f, opts);
   else if (g.optind === args.length) ok = await openfile(s, null, f, opts);
   else {
@@ -364,7 +304,12 @@ export async function reopenF(s: IoSession, argv: string[]): Promise<number> {
       }
       hasCache = true;
     } else if (c === 'o') {
-      opts = new Map([...opts, ...parseKeyValues(s.o, a)]);
+      const parsed = parseOptsNoisily(s.o, a, QEMU_IO_OPEN_OPTS);
+      if (parsed === null) {
+        fail = new OptFail(EINVAL);
+        return false;
+      }
+      opts = new Map([...opts, ...parsed]);
     } else if (c === 'r' || c === 'w') {
       if (hasRw) {
         s.o.error('Only one -r/-w option may be given');

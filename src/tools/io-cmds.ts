@@ -14,7 +14,7 @@ import { aioFlushF, aioReadCmd, aioWriteCmd, readCmd, readvCmd, writeCmd, writev
 import { allocF, discardCmd, flushF, infoF, lengthF, mapF, truncateCmd } from './io-cmd-image.js';
 import { closeF, openCmd, reopenCmd } from './io-cmd-open.js';
 
-export { openfile, parseAioMode, parseCacheMode, parseKeyValues, validDiscardMode } from './io-cmd-open.js';
+export { openfile, parseAioMode, parseCacheMode, validDiscardMode } from './io-cmd-open.js';
 export type { CmdInfo } from './io-cmd-util.js';
 
 // ---------------------------------------------------------------------------------------------

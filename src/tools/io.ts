@@ -5,8 +5,10 @@
 import '../index.js';
 import { Getopt, ToolOutput, progName, type LongOption, type TextSink } from './common.js';
 import { setBlkdebugMessageSink } from '../drivers/blkdebug/index.js';
-import { COMMANDS, openfile, parseAioMode, parseCacheMode, parseKeyValues, qemuioCommand, validDiscardMode } from './io-cmds.js';
+import { COMMANDS, openfile, parseAioMode, parseCacheMode, qemuioCommand, validDiscardMode } from './io-cmds.js';
 import { IoSession, defaultOpenFlags, type IoHooks } from './io-session.js';
+import { processObjectArg, parseOptsNoisily } from './image-opts.js';
+import { ObjectTable, QEMU_IO_IMAGE_OPTS } from '../block/index.js';
 
 export { COMMANDS } from './io-cmds.js';
 
@@ -219,6 +221,7 @@ async function run(s: IoSession, args: string[], io: BlkIoIO): Promise<number> {
   let format: string | undefined;
   const cmds: string[] = [];
   let imageOpts = false;
+  const objects = new ObjectTable();
   const fail = (msg: string): never => {
     o.error(msg);
     throw new ExitNow(1);
@@ -293,9 +296,12 @@ async function run(s: IoSession, args: string[], io: BlkIoIO): Promise<number> {
       case 'U':
         flags.forceShare = true;
         break;
-      case 'object':
-        // No user-creatable objects exist here (secrets, iothreads...).
+      case 'object': {
+        // Created now, as qemu-io does while parsing: help and errors exit.
+        const status = processObjectArg(o, objects, a);
+        if (status !== null) throw new ExitNow(status);
         break;
+      }
       case 'image-opts':
         imageOpts = true;
         break;
@@ -312,7 +318,9 @@ async function run(s: IoSession, args: string[], io: BlkIoIO): Promise<number> {
   if (rest.length === 1) {
     let ok: boolean;
     if (imageOpts) {
-      ok = await openfile(s, null, flags, parseKeyValues(o, rest[0]));
+      const qdict = parseOptsNoisily(o, rest[0], QEMU_IO_IMAGE_OPTS);
+      if (qdict === null) throw new ExitNow(1);
+      ok = await openfile(s, null, flags, qdict);
     } else {
       ok = await openfile(s, rest[0], { ...flags, format });
     }

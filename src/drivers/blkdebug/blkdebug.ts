@@ -158,6 +158,8 @@ export const blkdebugDriver: BlockDriver = {
   protocolName: 'blkdebug',
   isFilter: true,
   requestAlignment: 1,
+  // The rules file, when the filename names none (config= in -o / --image-opts / json:).
+  runtimeOptions: [{ name: 'config', type: 'string', help: 'Path to the configuration file' }],
 
   open: blkdebugOpen,
   close: blkdebugClose,
