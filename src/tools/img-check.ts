@@ -12,16 +12,15 @@ import {
   LONG_IMAGE_OPTS,
   LONG_OBJECT,
   LONG_OUTPUT,
-  OPT_IMAGE_OPTS,
-  OPT_OBJECT,
   OPT_OUTPUT,
   closeQuietly,
-  imgObject,
   imgOpen,
+  imgSharedOption,
   jsonObject,
   parseOutputFormat,
   toJsonPretty,
   type ImgEnv,
+  type SharedImgOptions,
 } from './img-util.js';
 
 /** QAPI ImageCheck. */
@@ -109,7 +108,7 @@ export async function imgCheck(env: ImgEnv, argv: string[]): Promise<number> {
   let repair = false;
   let quiet = false;
   let forceShare = false;
-  let imageOpts = false;
+  const shared: SharedImgOptions = { imageOpts: false };
   const rest = parseOptions(
     env.o,
     argv,
@@ -140,12 +139,8 @@ export async function imgCheck(env: ImgEnv, argv: string[]): Promise<number> {
         case 'U':
           forceShare = true;
           break;
-        case OPT_OBJECT:
-          imgObject(env, arg);
-          break;
-        case OPT_IMAGE_OPTS:
-          imageOpts = true;
-          break;
+        default:
+          imgSharedOption(env, opt, arg, shared);
       }
     },
   );
@@ -153,7 +148,7 @@ export async function imgCheck(env: ImgEnv, argv: string[]): Promise<number> {
   const filename = rest[0];
   const output = outputArg === null ? 'human' : parseOutputFormat(env, outputArg);
 
-  const bs = await imgOpen(env, filename, { imageOpts, format: fmt, readOnly: !repair, check: true, forceShare });
+  const bs = await imgOpen(env, filename, { imageOpts: shared.imageOpts, format: fmt, readOnly: !repair, check: true, forceShare });
   try {
     let check: ImageCheck;
     try {

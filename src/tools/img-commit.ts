@@ -4,7 +4,7 @@ import { BlockDriverState } from '../index.js';
 import { errorExit, errorMessage, parseOptions, cvtnum } from './common.js';
 import { checkCacheMode } from './img-check.js';
 import { BDRV_BLOCK_ALLOCATED, BDRV_BLOCK_ZERO, blockStatusAboveFlags } from './img-map.js';
-import { HelpRequest, LONG_HELP, LONG_IMAGE_OPTS, LONG_OBJECT, OPT_IMAGE_OPTS, OPT_OBJECT, Progress, closeQuietly, errnoMessage, findBackingImage, imgObject, imgOpen, type ImgEnv } from './img-util.js';
+import { HelpRequest, LONG_HELP, LONG_IMAGE_OPTS, LONG_OBJECT, Progress, closeQuietly, errnoMessage, findBackingImage, imgOpen, imgSharedOption, type ImgEnv, type SharedImgOptions } from './img-util.js';
 
 /** Copy chunk of the commit job. */
 const COMMIT_BUF_SIZE = 2 * 1024 * 1024;
@@ -16,7 +16,7 @@ export async function imgCommit(env: ImgEnv, argv: string[]): Promise<number> {
   let drop = false;
   let progressOn = false;
   let quiet = false;
-  let imageOpts = false;
+  const shared: SharedImgOptions = { imageOpts: false };
   const rest = parseOptions(env.o, argv, ':f:ht:b:dpqr:', [LONG_HELP, LONG_OBJECT, LONG_IMAGE_OPTS], (opt, arg = '') => {
     switch (opt) {
       case 'h':
@@ -45,19 +45,15 @@ export async function imgCommit(env: ImgEnv, argv: string[]): Promise<number> {
         // A rate limit only slows the job down.
         cvtnum(env.o, 'rate limit', arg);
         break;
-      case OPT_OBJECT:
-        imgObject(env, arg);
-        break;
-      case OPT_IMAGE_OPTS:
-        imageOpts = true;
-        break;
+      default:
+        imgSharedOption(env, opt, arg, shared);
     }
   });
   if (quiet) progressOn = false;
   if (rest.length !== 1) errorExit(env.o, 'Expecting one image file name');
   const filename = rest[0];
   checkCacheMode(env, cache, 'cache');
-  const bs = await imgOpen(env, filename, { imageOpts, format: fmt });
+  const bs = await imgOpen(env, filename, { imageOpts: shared.imageOpts, format: fmt });
   const progress = new Progress(env.o, progressOn, 1.0);
   progress.print(0, 100);
   let baseRw: BlockDriverState | null = null;

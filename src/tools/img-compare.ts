@@ -5,7 +5,7 @@ import type { BlockDriverState } from '../index.js';
 import { ToolExit, errorExit, parseOptions } from './common.js';
 import { checkCacheMode } from './img-check.js';
 import { BDRV_BLOCK_ALLOCATED, BDRV_BLOCK_ZERO, blockStatusAboveFlags } from './img-map.js';
-import { HelpRequest, LONG_FORCE_SHARE, LONG_HELP, LONG_IMAGE_OPTS, LONG_OBJECT, OPT_IMAGE_OPTS, OPT_OBJECT, Progress, closeQuietly, errnoMessage, imgObject, imgOpen, type ImgEnv } from './img-util.js';
+import { HelpRequest, LONG_FORCE_SHARE, LONG_HELP, LONG_IMAGE_OPTS, LONG_OBJECT, Progress, closeQuietly, errnoMessage, imgOpen, imgSharedOption, type ImgEnv, type SharedImgOptions } from './img-util.js';
 
 /** Compare/check buffer size (IO_BUF_SIZE). */
 const IO_BUF_SIZE = 2 * 1024 * 1024;
@@ -45,7 +45,7 @@ export async function imgCompare(env: ImgEnv, argv: string[]): Promise<number> {
   let quiet = false;
   let strict = false;
   let forceShare = false;
-  let imageOpts = false;
+  const shared: SharedImgOptions = { imageOpts: false };
   const rest = parseOptions(env.o, argv, ':hf:F:T:pqsU', [LONG_HELP, LONG_OBJECT, LONG_IMAGE_OPTS, LONG_FORCE_SHARE], (opt, arg = '') => {
     switch (opt) {
       case 'h':
@@ -71,13 +71,9 @@ export async function imgCompare(env: ImgEnv, argv: string[]): Promise<number> {
       case 'U':
         forceShare = true;
         break;
-      case OPT_OBJECT:
+      default:
         // compare's failures exit 2, an object's too.
-        imgObject(env, arg, 2);
-        break;
-      case OPT_IMAGE_OPTS:
-        imageOpts = true;
-        break;
+        imgSharedOption(env, opt, arg, shared, 2);
     }
   });
   if (quiet) progressOn = false;
@@ -96,8 +92,8 @@ export async function imgCompare(env: ImgEnv, argv: string[]): Promise<number> {
       if (e instanceof ToolExit) return 2;
       throw e;
     }
-    bs1 = await imgOpen(env, filename1, { imageOpts, format: fmt1, readOnly: true, forceShare }, 2);
-    bs2 = await imgOpen(env, filename2, { imageOpts, format: fmt2, readOnly: true, forceShare }, 2);
+    bs1 = await imgOpen(env, filename1, { imageOpts: shared.imageOpts, format: fmt1, readOnly: true, forceShare }, 2);
+    bs2 = await imgOpen(env, filename2, { imageOpts: shared.imageOpts, format: fmt2, readOnly: true, forceShare }, 2);
     const total1 = await bs1.getLength();
     const total2 = await bs2.getLength();
     const totalSize = Math.min(total1, total2);

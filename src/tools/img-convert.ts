@@ -23,18 +23,16 @@ import {
   LONG_IMAGE_OPTS,
   LONG_OBJECT,
   LONG_TARGET_IMAGE_OPTS,
-  OPT_IMAGE_OPTS,
-  OPT_OBJECT,
   Progress,
   closeQuietly,
+  createOptionSpecs,
   errnoMessage,
   hasHelpOption,
-  imgObject,
   imgOpen,
-  createOptionSpecs,
+  imgSharedOption,
   parseCreateOptions,
-  unsupportedOption,
   type ImgEnv,
+  type SharedImgOptions,
 } from './img-util.js';
 
 const SECTOR = 512;
@@ -361,7 +359,7 @@ export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
   let explicitMinSparse = false;
   let snapshot = false;
   let bitmaps = false;
-  let imageOpts = false;
+  const shared: SharedImgOptions = { imageOpts: false };
   let tgtImageOpts = false;
   const rest = parseOptions(
     env.o,
@@ -459,19 +457,12 @@ export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
         case 'bitmaps':
           bitmaps = true;
           break;
-        case 'salvage':
-        case 'skip-broken-bitmaps':
-          unsupportedOption(env, `--${opt}`);
-          break;
-        case OPT_OBJECT:
-          imgObject(env, arg);
-          break;
-        case OPT_IMAGE_OPTS:
-          imageOpts = true;
-          break;
         case 'target-image-opts':
           tgtImageOpts = true;
           break;
+        default:
+          // --salvage, --skip-broken-bitmaps: accepted by name, refused as not honoured.
+          imgSharedOption(env, opt, arg, shared);
       }
     },
   );
@@ -525,7 +516,7 @@ export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
       sectorNextStatus: 0,
     };
     for (const name of s.srcNames) {
-      const bs = await imgOpen(env, name, { imageOpts, format: fmt, readOnly: true, forceShare });
+      const bs = await imgOpen(env, name, { imageOpts: shared.imageOpts, format: fmt, readOnly: true, forceShare });
       src.push(bs);
       const sectors = Math.ceil((await bs.getLength()) / SECTOR);
       s.srcSectors.push(sectors);

@@ -4,7 +4,7 @@
 import type { BlockDriverState } from '../index.js';
 import { ToolExit, cvtnum, cvtnumFull, errorMessage, parseOptions } from './common.js';
 import { createErrorMessage, createImageFile, findCreateDriver, reportWithPrefix } from './img-create.js';
-import { HelpRequest, LONG_FORCE_SHARE, LONG_HELP, LONG_IMAGE_OPTS, LONG_OBJECT, OPT_IMAGE_OPTS, OPT_OBJECT, closeQuietly, errnoMessage, imgObject, imgOpen, type ImgEnv } from './img-util.js';
+import { HelpRequest, LONG_FORCE_SHARE, LONG_HELP, LONG_IMAGE_OPTS, LONG_OBJECT, closeQuietly, errnoMessage, imgOpen, imgSharedOption, type ImgEnv, type SharedImgOptions } from './img-util.js';
 
 const INT_MAX = 2147483647n;
 
@@ -12,7 +12,7 @@ export async function imgDd(env: ImgEnv, argv: string[]): Promise<number> {
   let fmt: string | undefined;
   let outFmt = 'raw';
   let forceShare = false;
-  let imageOpts = false;
+  const shared: SharedImgOptions = { imageOpts: false };
   const rest = parseOptions(
     env.o,
     argv,
@@ -31,12 +31,8 @@ export async function imgDd(env: ImgEnv, argv: string[]): Promise<number> {
         case 'U':
           forceShare = true;
           break;
-        case OPT_OBJECT:
-          imgObject(env, arg);
-          break;
-        case OPT_IMAGE_OPTS:
-          imageOpts = true;
-          break;
+        default:
+          imgSharedOption(env, opt, arg, shared);
       }
     },
   );
@@ -74,7 +70,7 @@ export async function imgDd(env: ImgEnv, argv: string[]): Promise<number> {
     env.o.error('Must specify both input and output files');
     return 1;
   }
-  const blk1 = await imgOpen(env, inFile, { imageOpts, format: fmt, readOnly: true, forceShare });
+  const blk1 = await imgOpen(env, inFile, { imageOpts: shared.imageOpts, format: fmt, readOnly: true, forceShare });
   let blk2: BlockDriverState | null = null;
   try {
     const drv = findCreateDriver(env, outFmt, 'Unknown file format');

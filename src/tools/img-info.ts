@@ -9,18 +9,17 @@ import {
   LONG_IMAGE_OPTS,
   LONG_OBJECT,
   LONG_OUTPUT,
-  OPT_IMAGE_OPTS,
-  OPT_OBJECT,
   OPT_OUTPUT,
   closeQuietly,
-  imgObject,
   imgOpen,
+  imgSharedOption,
   jsonObject,
   parseOutputFormat,
   qemuPathCombine,
   toJsonPretty,
   type ImgEnv,
   type JsonObject,
+  type SharedImgOptions,
 } from './img-util.js';
 
 /** QAPI ImageInfo, the fields QED and raw images can have. */
@@ -101,7 +100,7 @@ export async function imgInfo(env: ImgEnv, argv: string[]): Promise<number> {
   let outputArg: string | null = null;
   let chain = false;
   let forceShare = false;
-  let imageOpts = false;
+  const shared: SharedImgOptions = { imageOpts: false };
   const rest = parseOptions(
     env.o,
     argv,
@@ -123,12 +122,8 @@ export async function imgInfo(env: ImgEnv, argv: string[]): Promise<number> {
         case 'chain':
           chain = true;
           break;
-        case OPT_OBJECT:
-          imgObject(env, arg);
-          break;
-        case OPT_IMAGE_OPTS:
-          imageOpts = true;
-          break;
+        default:
+          imgSharedOption(env, opt, arg, shared);
       }
     },
   );
@@ -146,7 +141,7 @@ export async function imgInfo(env: ImgEnv, argv: string[]): Promise<number> {
       throw new ToolExit(1);
     }
     seen.add(filename);
-    const bs = await imgOpen(env, filename, { imageOpts, format: curFmt, readOnly: true, noBacking: true, forceShare });
+    const bs = await imgOpen(env, filename, { imageOpts: shared.imageOpts, format: curFmt, readOnly: true, noBacking: true, forceShare });
     let info: ImageInfo;
     try {
       // The node's own name (a json: filename resolved, file: stripped), as QEMU prints it.
@@ -162,7 +157,7 @@ export async function imgInfo(env: ImgEnv, argv: string[]): Promise<number> {
     filename = info.fullBackingFilename;
     curFmt = info.backingFilenameFormat;
     // Only the first image comes from options; its backing files are named.
-    imageOpts = false;
+    shared.imageOpts = false;
   }
 
   if (output === 'human') {

@@ -10,14 +10,13 @@ import {
   LONG_IMAGE_OPTS,
   LONG_OBJECT,
   LONG_OUTPUT,
-  OPT_IMAGE_OPTS,
-  OPT_OBJECT,
   OPT_OUTPUT,
   closeQuietly,
-  imgObject,
   imgOpen,
+  imgSharedOption,
   parseOutputFormat,
   type ImgEnv,
+  type SharedImgOptions,
 } from './img-util.js';
 import { ERRNO_MESSAGES, isBlockError } from '../block/errors.js';
 
@@ -147,7 +146,7 @@ export async function imgMap(env: ImgEnv, argv: string[]): Promise<number> {
   let forceShare = false;
   let startOffset = 0;
   let maxLength = Number.MAX_SAFE_INTEGER;
-  let imageOpts = false;
+  const shared: SharedImgOptions = { imageOpts: false };
   const rest = parseOptions(
     env.o,
     argv,
@@ -181,19 +180,15 @@ export async function imgMap(env: ImgEnv, argv: string[]): Promise<number> {
         case 'l':
           maxLength = cvtnum(env.o, 'max length', arg);
           break;
-        case OPT_OBJECT:
-          imgObject(env, arg);
-          break;
-        case OPT_IMAGE_OPTS:
-          imageOpts = true;
-          break;
+        default:
+          imgSharedOption(env, opt, arg, shared);
       }
     },
   );
   if (rest.length !== 1) errorExit(env.o, 'Expecting one image file name');
   const output = outputArg === null ? 'human' : parseOutputFormat(env, outputArg);
 
-  const bs = await imgOpen(env, rest[0], { imageOpts, format: fmt, readOnly: true, forceShare });
+  const bs = await imgOpen(env, rest[0], { imageOpts: shared.imageOpts, format: fmt, readOnly: true, forceShare });
   try {
     let length = await bs.getLength();
     if (output === 'human') env.o.out(`${'Offset'.padEnd(16)}${'Length'.padEnd(16)}${'Mapped to'.padEnd(16)}File\n`);

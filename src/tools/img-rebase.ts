@@ -6,7 +6,7 @@ import { isBlockError } from '../block/errors.js';
 import { errorExit, errorMessage, parseOptions, ToolExit } from './common.js';
 import { checkCacheMode } from './img-check.js';
 import { compareBuffers } from './img-compare.js';
-import { HelpRequest, LONG_FORCE_SHARE, LONG_HELP, LONG_IMAGE_OPTS, LONG_OBJECT, OPT_IMAGE_OPTS, OPT_OBJECT, Progress, closeQuietly, errnoMessage, findBackingImage, imgObject, imgOpen, type ImgEnv } from './img-util.js';
+import { HelpRequest, LONG_FORCE_SHARE, LONG_HELP, LONG_IMAGE_OPTS, LONG_OBJECT, Progress, closeQuietly, errnoMessage, findBackingImage, imgOpen, imgSharedOption, type ImgEnv, type SharedImgOptions } from './img-util.js';
 
 const IO_BUF_SIZE = 2 * 1024 * 1024;
 
@@ -43,7 +43,7 @@ export async function imgRebase(env: ImgEnv, argv: string[]): Promise<number> {
   let quiet = false;
   let unsafe = false;
   let forceShare = false;
-  let imageOpts = false;
+  const shared: SharedImgOptions = { imageOpts: false };
   const rest = parseOptions(env.o, argv, ':hf:F:b:upt:T:qU', [LONG_HELP, LONG_OBJECT, LONG_IMAGE_OPTS, LONG_FORCE_SHARE], (opt, arg = '') => {
     switch (opt) {
       case 'h':
@@ -75,12 +75,8 @@ export async function imgRebase(env: ImgEnv, argv: string[]): Promise<number> {
       case 'U':
         forceShare = true;
         break;
-      case OPT_OBJECT:
-        imgObject(env, arg);
-        break;
-      case OPT_IMAGE_OPTS:
-        imageOpts = true;
-        break;
+      default:
+        imgSharedOption(env, opt, arg, shared);
     }
   });
   if (quiet) progressOn = false;
@@ -99,7 +95,7 @@ export async function imgRebase(env: ImgEnv, argv: string[]): Promise<number> {
     checkCacheMode(env, cache, 'cache');
     checkCacheMode(env, srcCache, 'source cache');
     // Unsafe mode ignores the old backing file (it may have been renamed or moved).
-    bs = await imgOpen(env, filename, { imageOpts, format: fmt, noBacking: unsafe });
+    bs = await imgOpen(env, filename, { imageOpts: shared.imageOpts, format: fmt, noBacking: unsafe });
     if (basefmt !== null && !env.registry.find(basefmt)) {
       env.o.error(`Invalid format name: '${basefmt}'`);
       return 1;

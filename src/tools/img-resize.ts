@@ -1,7 +1,7 @@
 // blk-img resize: [+|-]size, grow only for QED (the driver says so), with qemu-img's checks.
 import { ERRNO_MESSAGES, isBlockError } from '../block/errors.js';
 import { ToolExit, errorExit, errorMessage, parseOptionSize, parseOptions } from './common.js';
-import { HelpRequest, LONG_HELP, LONG_IMAGE_OPTS, LONG_OBJECT, OPT_IMAGE_OPTS, OPT_OBJECT, closeQuietly, imgObject, imgOpen, type ImgEnv } from './img-util.js';
+import { HelpRequest, LONG_HELP, LONG_IMAGE_OPTS, LONG_OBJECT, closeQuietly, imgOpen, imgSharedOption, type ImgEnv, type SharedImgOptions } from './img-util.js';
 
 const PREALLOC_MODES = ['off', 'metadata', 'falloc', 'full'];
 
@@ -13,7 +13,7 @@ export async function imgResize(env: ImgEnv, argv: string[]): Promise<number> {
   let quiet = false;
   let shrink = false;
   let prealloc = 'off';
-  let imageOpts = false;
+  const shared: SharedImgOptions = { imageOpts: false };
   const rest = parseOptions(
     env.o,
     argv.slice(0, -1),
@@ -39,12 +39,8 @@ export async function imgResize(env: ImgEnv, argv: string[]): Promise<number> {
         case 'shrink':
           shrink = true;
           break;
-        case OPT_OBJECT:
-          imgObject(env, arg);
-          break;
-        case OPT_IMAGE_OPTS:
-          imageOpts = true;
-          break;
+        default:
+          imgSharedOption(env, opt, arg, shared);
       }
     },
   );
@@ -68,7 +64,7 @@ export async function imgResize(env: ImgEnv, argv: string[]): Promise<number> {
     env.o.errRaw(`${msg.slice(nl + 1)}\n`);
     return 1;
   }
-  const bs = await imgOpen(env, filename, { imageOpts, format: fmt });
+  const bs = await imgOpen(env, filename, { imageOpts: shared.imageOpts, format: fmt });
   try {
     const current = BigInt(await bs.getLength());
     const total = relative !== 0 ? current + n * BigInt(relative) : n;

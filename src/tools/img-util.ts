@@ -13,6 +13,8 @@ import {
 import { resolve } from 'node:path';
 import { ToolExit, ToolOutput, errorMessage, formatFixed, parseOptionSize, qemuStrtosz, type LongOption } from './common.js';
 import { openImageOpts, processObjectArg } from './image-opts.js';
+import { qdictOrder as qdictKeyOrder } from '../block/qdict.js';
+import { quoteJsonString } from '../block/qjson.js';
 
 export interface ImgEnv {
   o: ToolOutput;
@@ -32,6 +34,21 @@ export function makeEnv(o: ToolOutput, registry: BlockDriverRegistry = defaultRe
 export function imgObject(env: ImgEnv, arg: string, failStatus = 1): void {
   const status = processObjectArg(env.o, env.objects, arg);
   if (status !== null) throw new ToolExit(status === 0 ? 0 : failStatus);
+}
+
+/** What the options most subcommands share set: --image-opts. */
+export interface SharedImgOptions {
+  imageOpts: boolean;
+}
+
+/**
+ * The options most subcommands share, for their getopt loop's default case: --object
+ * (created at once) and --image-opts; anything else is an option we accept but cannot honour.
+ */
+export function imgSharedOption(env: ImgEnv, opt: string, arg: string, shared: SharedImgOptions, failStatus = 1): void {
+  if (opt === OPT_OBJECT) imgObject(env, arg, failStatus);
+  else if (opt === OPT_IMAGE_OPTS) shared.imageOpts = true;
+  else unsupportedOption(env, `--${opt}`);
 }
 
 /** Thrown by a subcommand's -h: the dispatcher prints the help text and exits 0. */
@@ -63,7 +80,7 @@ export function parseOutputFormat(env: ImgEnv, arg: string): 'human' | 'json' {
 }
 
 /** Options we accept for compatibility but cannot honour (convert --salvage...). */
-export function unsupportedOption(env: ImgEnv, what: string): never {
+function unsupportedOption(env: ImgEnv, what: string): never {
   env.o.error(`${what} is not supported by this implementation`);
   throw new ToolExit(1);
 }
@@ -174,20 +191,10 @@ export function formatName(bs: BlockDriverState): string {
 // JSON as QEMU prints it: QDict iteration order (hash buckets), 4-space pretty printing
 // ---------------------------------------------------------------------------------------------
 
-/** QEMU's qdict hash (tdb_hash); keys come out in bucket order, newest first inside a bucket. */
-function tdbHash(name: string): number {
-  let value = Math.imul(0x238f13af, name.length) >>> 0;
-  for (let i = 0; i < name.length; i++) value = (value + ((name.charCodeAt(i) << ((i * 5) % 24)) >>> 0)) >>> 0;
-  return (Math.imul(1103515243, value) + 12345) >>> 0;
-}
-
-const QDICT_BUCKET_MAX = 512;
-
 /** Entries in the order a QDict built by inserting `entries` in order would iterate them. */
 export function qdictOrder<T>(entries: Array<[string, T]>): Array<[string, T]> {
-  const indexed = entries.map((e, i) => ({ e, i, b: tdbHash(e[0]) % QDICT_BUCKET_MAX }));
-  indexed.sort((x, y) => x.b - y.b || y.i - x.i);
-  return indexed.map((x) => x.e);
+  const byKey = new Map(entries);
+  return qdictKeyOrder(entries.map(([k]) => k)).map((k) => [k, byKey.get(k) as T]);
 }
 
 export type JsonValue = string | number | boolean | JsonValue[] | JsonObject;
@@ -200,31 +207,10 @@ export function jsonObject(entries: Array<[string, JsonValue | undefined]>): Jso
   return { qdict: entries.filter((e): e is [string, JsonValue] => e[1] !== undefined) };
 }
 
-function jsonString(s: string): string {
-  let out = '"';
-  for (const ch of s) {
-    const c = ch.codePointAt(0) ?? 0;
-    if (ch === '"') out += '\\"';
-    else if (ch === '\\') out += '\\\\';
-    else if (ch === '\b') out += '\\b';
-    else if (ch === '\f') out += '\\f';
-    else if (ch === '\n') out += '\\n';
-    else if (ch === '\r') out += '\\r';
-    else if (ch === '\t') out += '\\t';
-    else if (c < 0x20 || c === 0x7f) out += `\\u${c.toString(16).toUpperCase().padStart(4, '0')}`;
-    else if (c > 0xffff) {
-      const v = c - 0x10000;
-      out += `\\u${(0xd800 + (v >> 10)).toString(16).toUpperCase()}\\u${(0xdc00 + (v & 0x3ff)).toString(16).toUpperCase()}`;
-    } else if (c >= 0x80) out += `\\u${c.toString(16).toUpperCase().padStart(4, '0')}`;
-    else out += ch;
-  }
-  return `${out}"`;
-}
-
 /** qobject_to_json_pretty. */
 export function toJsonPretty(v: JsonValue, level = 0): string {
   const ind = (n: number): string => '    '.repeat(n);
-  if (typeof v === 'string') return jsonString(v);
+  if (typeof v === 'string') return quoteJsonString(v);
   if (typeof v === 'number') return String(v);
   if (typeof v === 'boolean') return v ? 'true' : 'false';
   if (Array.isArray(v)) {
@@ -233,7 +219,7 @@ export function toJsonPretty(v: JsonValue, level = 0): string {
   }
   const entries = qdictOrder(v.qdict);
   if (entries.length === 0) return '{\n' + ind(level) + '}';
-  return `{\n${entries.map(([k, x]) => `${ind(level + 1)}${jsonString(k)}: ${toJsonPretty(x, level + 1)}`).join(',\n')}\n${ind(level)}}`;
+  return `{\n${entries.map(([k, x]) => `${ind(level + 1)}${quoteJsonString(k)}: ${toJsonPretty(x, level + 1)}`).join(',\n')}\n${ind(level)}}`;
 }
 
 // ---------------------------------------------------------------------------------------------
