@@ -17,6 +17,7 @@
 import type { BlockDriver, OpenOptions } from './driver.js';
 import { BlockError, toBlockError } from './errors.js';
 import { BlockDriverState } from './node.js';
+import { openBacking } from './open.js';
 import {
   JSON_PREFIX,
   checkNoLeftovers,
@@ -217,7 +218,7 @@ async function openBackingFromOptions(bs: BlockDriverState, options: FlatQDict, 
   try {
     if (typeof ref === 'string') throw referenceError(ref);
     if (opts.size === 0) {
-      if (bs.backingFile !== '') await bs.openBacking();
+      if (bs.backingFile !== '') await openBacking(bs);
       return;
     }
     options.delete('backing');

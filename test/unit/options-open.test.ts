@@ -4,7 +4,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { BlockDriverState, BlockError, bdrvCreate, memStoreRead, memStoreWrite } from '../../src/index.js';
+import { BlockBackend, BlockDriverState, BlockError, bdrvCreate, memStoreRead, memStoreWrite } from '../../src/index.js';
 import { createQed, memName, pattern, readAll } from './qed-helpers.js';
 
 async function openMessage(p: Promise<BlockDriverState>): Promise<string> {
@@ -161,5 +161,16 @@ describe('open from options', () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('BlockBackend from options', () => {
+  it('opens a backend on an options object, and refuses write on a read-only root', async () => {
+    const name = memName();
+    await createQed(name, { size: 65536 });
+    const blk = await BlockBackend.open({ driver: 'qed', file: { filename: name } });
+    await blk.pwrite(0, new Uint8Array(512).fill(9));
+    await blk.close();
+    await expect(BlockBackend.open({ driver: 'qed', 'read-only': 'on', file: { filename: name } })).rejects.toThrow('Block node is read-only');
   });
 });
