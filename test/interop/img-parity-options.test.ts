@@ -23,7 +23,7 @@ const CHAIN: string[][] = [
 const sessions: Session[] = [
   {
     name: '--image-opts: info, check, map, compare',
-    setup: [...DATA_IMAGES, ...CHAIN],
+    setup: [...DATA_IMAGES, ...CHAIN, ['qemu-img', 'convert', '-f', 'raw', '-O', 'qed', 'a.qed', 'nested.qed']],
     steps: [
       ['info', '--image-opts', A_OPTS],
       ['info', '--output=json', '--image-opts', A_OPTS],
@@ -37,6 +37,11 @@ const sessions: Session[] = [
       ['info', '--backing-chain', '--output=json', '--image-opts', 'driver=qed,file.filename=top.qed'],
       ['info', '--image-opts', 'driver=qed,file.filename=top.qed,backing=null'],
       ['info', '-U', '--image-opts', `${A_OPTS},force-share=on`],
+      // A QED image stored inside a QED image: a json: name, as QEMU's refreshed filename.
+      ['info', '--image-opts', 'driver=qed,file.driver=qed,file.file.filename=nested.qed'],
+      ['info', '--output=json', '--image-opts', 'driver=qed,file.driver=qed,file.file.filename=nested.qed'],
+      ['info', 'json:{"driver":"qed","file":{"driver":"qed","file":{"filename":"nested.qed"}}}'],
+      ['compare', '-F', 'qed', '--image-opts', 'driver=qed,file.driver=qed,file.file.filename=nested.qed', 'a.qed'],
       ['bench', '-c', '16', '--image-opts', A_OPTS],
       ['bench', '-c', '16', '--image-opts', `${A_OPTS},foo=1`],
       ['dd', '--image-opts', `if=${A_OPTS}`, 'of=dd.raw', '-O', 'raw'],
