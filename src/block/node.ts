@@ -42,7 +42,6 @@ import { IOVector } from './iovec.js';
 import { bdrvClose, bdrvDrain, bdrvReopen, closeChildren } from './lifecycle.js';
 import { bdrvOpenChain, driverOpen } from './open.js';
 import { bdrvOpenOptions } from './open-options.js';
-import { JSON_PREFIX } from './options.js';
 import type { QDictInput } from './qdict.js';
 import { bdrvChangeBackingFile, bdrvCheck, bdrvGetAllocatedFileSize, bdrvGetInfo, bdrvInvalidateCache, bdrvMakeEmpty, nodeSummary } from './info.js';
 import { BlockDriverRegistry, driverIO, getDefaultRegistry } from './registry.js';
@@ -142,10 +141,8 @@ export class BlockDriverState {
    * (given or probed), then, unless noBacking, its backing chain read-only (open.ts).
    */
   static async open(filename: string | QDictInput, options: OpenOptions = {}): Promise<BlockDriverState> {
-    // QEMU's option model: an options object or a json: filename opens node by node.
+    // QEMU's option model: an options object (or a json: name, see open.ts) opens node by node.
     if (typeof filename !== 'string') return bdrvOpenOptions(filename, options);
-    // A format asked for beside a json: name wins over the one inside (existing options win).
-    if (filename.startsWith(JSON_PREFIX)) return bdrvOpenOptions(options.format === undefined ? {} : { driver: options.format }, options, filename);
     return bdrvOpenChain(filename, options, []);
   }
 

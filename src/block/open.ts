@@ -11,7 +11,8 @@ import { type BlockDriver, type OpenOptions } from './driver.js';
 import { BlockError, toBlockError } from './errors.js';
 import { closeChildren } from './lifecycle.js';
 import { BlockDriverState } from './node.js';
-import { canonicalProtocolFilename } from './options.js';
+import { bdrvOpenOptions } from './open-options.js';
+import { JSON_PREFIX, canonicalProtocolFilename } from './options.js';
 import { canonicalImageName, combineBackingPath } from './path.js';
 
 /** Longest backing chain we open below a top image (crosvm-style hard limit). */
@@ -24,6 +25,11 @@ const backingErrors = new WeakSet<BlockError>();
 export async function bdrvOpenChain(filename: string, options: OpenOptions, chain: string[]): Promise<BlockDriverState> {
   if (typeof filename !== 'string' || filename === '') {
     throw new BlockError('EINVAL', 'An image file name is required', { op: 'open' });
+  }
+  // A json: name (the user's, or a backing file recorded so) opens through the options; a
+  // format asked for beside it wins over the one inside, as given options win in QEMU.
+  if (filename.startsWith(JSON_PREFIX)) {
+    return bdrvOpenOptions(options.format === undefined ? {} : { driver: options.format }, options, filename);
   }
   const registry = options.registry ?? getDefaultRegistry();
   const opts: OpenOptions = { ...options, registry, depth: options.depth ?? 0 };
