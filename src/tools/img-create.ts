@@ -155,7 +155,9 @@ export async function imgCreateImage(env: ImgEnv, p: ImgCreateParams): Promise<v
     for (const spec of specs) {
       const v = opts.get(spec.name) ?? spec.default;
       if (v === undefined) continue;
-      parts.push(`${spec.name}=${typeof v === 'boolean' ? (v ? 'on' : 'off') : String(v)}`);
+      // qemu_opts_print doubles the commas of string values (json: backing names have them).
+      const text = typeof v === 'boolean' ? (v ? 'on' : 'off') : spec.type === 'string' ? String(v).replaceAll(',', ',,') : String(v);
+      parts.push(`${spec.name}=${text}`);
     }
     env.o.out(`Formatting '${p.filename}', fmt=${p.fmt} ${parts.join(' ')}\n`);
     env.o.flush();

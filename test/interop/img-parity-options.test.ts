@@ -106,6 +106,11 @@ const sessions: Session[] = [
       ['rebase', '-u', '-b', 'base.qed', '-F', 'qed', 'json:{"driver":"qed","file":{"filename":"a.qed"}}'],
       ['info', 'a.qed'],
       ['create', '-f', 'qed', A_JSON, '1M'],
+      // A json: backing file name: recorded as given, printed with its commas doubled.
+      ['create', '-f', 'qed', '-b', 'json:{"driver":"qed","file":{"filename":"base.qed"}}', '-F', 'qed', 'j.qed'],
+      ['info', '--backing-chain', 'j.qed'],
+      ['map', 'j.qed'],
+      ['compare', 'j.qed', 'base.qed'],
     ],
     images: ['a.qed'],
   },
