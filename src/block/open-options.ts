@@ -17,7 +17,7 @@
 import type { BlockDriver, OpenOptions } from './driver.js';
 import { BlockError, toBlockError } from './errors.js';
 import { BlockDriverState } from './node.js';
-import { openBacking } from './open.js';
+import { openBacking, probeFormat } from './open.js';
 import {
   JSON_PREFIX,
   checkNoLeftovers,
@@ -29,7 +29,7 @@ import {
 import { combineBackingPath } from './path.js';
 import { qdictCrumple, qdictExtract, qdictFlatten, qdictGetStr, qdictOrder, type FlatQDict, type QDictInput } from './qdict.js';
 import { formatQemuJson } from './qjson.js';
-import { BLOCK_PROBE_BUF_SIZE, getDefaultRegistry } from './registry.js';
+import { getDefaultRegistry } from './registry.js';
 
 function isProtocolDriver(drv: BlockDriver): boolean {
   return drv.isProtocol === true || drv.isFilter === true;
@@ -70,14 +70,6 @@ function childBase(base: OpenOptions): OpenOptions {
     onWarning: base.onWarning,
     child: true,
   };
-}
-
-async function readProbeBuffer(file: BlockDriverState): Promise<Uint8Array> {
-  // As the plain open path: a short file reads as zeros past its end.
-  const buf = new Uint8Array(BLOCK_PROBE_BUF_SIZE);
-  const n = Math.min(BLOCK_PROBE_BUF_SIZE, await file.getLength());
-  if (n > 0) await file.pread(0, buf.subarray(0, n));
-  return buf;
 }
 
 async function closeQuietly(bs: BlockDriverState): Promise<void> {
@@ -170,7 +162,6 @@ async function openFormat(
   base: OpenOptions,
   noBacking: boolean,
 ): Promise<Opened> {
-  const registry = base.registry ?? getDefaultRegistry();
   // 4. The file child: from file.* options, or the filename; a reference names no node here.
   const fileOpts = qdictExtract(options, 'file.');
   const fileRef = options.get('file');
@@ -186,7 +177,7 @@ async function openFormat(
   try {
     // A writable format writes through its file: a child the options made read-only refuses.
     if (base.readOnly !== true && file.bs.readOnly) throw new BlockError('EPERM', 'Block node is read-only', { op: 'open' });
-    const drv = given ?? registry.probe(await readProbeBuffer(file.bs), file.bs.filename);
+    const drv = given ?? (await probeFormat(file.bs, file.bs.filename));
     options.delete('driver');
     const driverOptions = { ...base.driverOptions, ...takeDriverOptions(options, drv) };
     const own: FlatQDict = new Map(Object.entries(driverOptions).filter(([k]) => !(k in (base.driverOptions ?? {}))));

@@ -60,16 +60,7 @@ export async function bdrvOpenChain(filename: string, options: OpenOptions, chai
   const proto = await openNode(protoDrv, filename, protoOpts);
   let bs: BlockDriverState | null = null;
   try {
-    let fmtDrv = requested;
-    if (!fmtDrv) {
-      // QEMU probes a full 2 KiB buffer; a shorter file reads as zeros past its end, so a
-      // 40-byte file starting with a magic still probes as that format.
-      const len = await proto.getLength();
-      const buf = new Uint8Array(BLOCK_PROBE_BUF_SIZE);
-      const n = Math.min(BLOCK_PROBE_BUF_SIZE, len);
-      if (n > 0) await proto.pread(0, buf.subarray(0, n));
-      fmtDrv = registry.probe(buf, filename);
-    }
+    const fmtDrv = requested ?? (await probeFormat(proto, filename));
     bs = new BlockDriverState(fmtDrv, filename, opts);
     bs.file = proto;
     await bs.driverOpen();
@@ -85,6 +76,16 @@ export async function bdrvOpenChain(filename: string, options: OpenOptions, chai
     else await proto.close().catch(() => undefined);
     throw e;
   }
+}
+
+/** find_image_format: the format whose probe scores the file's first bytes highest. */
+export async function probeFormat(file: BlockDriverState, filename: string): Promise<BlockDriver> {
+  // QEMU probes a full 2 KiB buffer; a shorter file reads as zeros past its end, so a
+  // 40-byte file starting with a magic still probes as that format.
+  const buf = new Uint8Array(BLOCK_PROBE_BUF_SIZE);
+  const n = Math.min(BLOCK_PROBE_BUF_SIZE, await file.getLength());
+  if (n > 0) await file.pread(0, buf.subarray(0, n));
+  return file.registry.probe(buf, filename);
 }
 
 async function openNode(drv: BlockDriver, filename: string, opts: OpenOptions): Promise<BlockDriverState> {
