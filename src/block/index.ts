@@ -13,6 +13,6 @@ export { combineBackingPath, protocolPrefix, canonicalImageName } from './path.j
 export * as blockPath from './path.js';
 export * from './options.js';
 export * from './qdict.js';
-export { parseQemuJson, formatQemuJson, type QValue } from './qjson.js';
+export { parseQemuJson, formatQemuJson, quoteJsonString, type QValue } from './qjson.js';
 export * from './objects.js';
 export { bdrvOpenOptions } from './open-options.js';
