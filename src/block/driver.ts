@@ -3,6 +3,8 @@ import type { Clock } from './clock.js';
 import type { BlkDebugEvent } from './events.js';
 import type { IOVector } from './iovec.js';
 import type { BlockDriverState } from './node.js';
+import type { RuntimeOptionSpec } from './options.js';
+import type { FlatQDict } from './qdict.js';
 import type { BlockDriverRegistry } from './registry.js';
 
 export const BDRV_SECTOR_SIZE = 512;
@@ -123,6 +125,11 @@ export interface OpenOptions {
   registry?: BlockDriverRegistry;
   /** Driver-specific options (blkdebug's config, for example). */
   driverOptions?: Record<string, string>;
+  /**
+   * Where a deprecation warning met while opening goes (QEMU's warn_report: the tools print
+   * "prog: warning: ..."). Ignored when absent.
+   */
+  onWarning?: (message: string) => void;
   /** How deep in a backing chain this node is opened; the generic layer sets it. */
   depth?: number;
   /**
@@ -211,11 +218,18 @@ export interface BlockDriver {
   readonly truncatePreallocates?: boolean;
   readonly createOptions?: readonly CreateOptionSpec[];
   /**
-   * The names of the driver's own open options, taken in OpenOptions.driverOptions (QEMU's
-   * runtime options of a driver: blkdebug's `config`). A user's option that no node takes is
-   * refused.
+   * The options this driver takes at open besides the generic ones (QEMU's runtime_opts):
+   * from `-o`, `--image-opts` or `json:` they reach the open hook in
+   * `OpenOptions.driverOptions`; any other key is refused with QEMU's "Block format 'x' does
+   * not support the option 'y'". Absent means none.
    */
-  readonly openOptions?: readonly string[];
+  readonly runtimeOptions?: readonly RuntimeOptionSpec[];
+  /**
+   * Turn a filename into this driver's options (bdrv_parse_filename), for a filename that
+   * names the driver by its prefix or by default: sets `filename` and whatever else the name
+   * encodes. Pure.
+   */
+  parseFilename?(filename: string, options: FlatQDict): void;
   /**
    * Warnings about create options that are valid but unwise (QED: a table_size QEMU cannot
    * open). qemu-img's create prints them with warn_report before creating; the library never

@@ -116,6 +116,7 @@ export async function imgInfo(env: ImgEnv, argv: string[]): Promise<number> {
   const first = oneFilename(env, parseImgOptions(env, argv, INFO_OPTIONS, args));
   const output = parseOutputFormat(env, args.output);
   const { chain, forceShare } = args;
+  let imageOpts = args.imageOpts;
 
   // collect_image_info_list: open each image without its backing file and follow the chain.
   const infos: ImageInfo[] = [];
@@ -128,10 +129,12 @@ export async function imgInfo(env: ImgEnv, argv: string[]): Promise<number> {
       throw new ToolExit(1);
     }
     seen.add(filename);
-    const blk = await imgOpen(env, filename, { format: curFmt, readOnly: true, noBacking: true, forceShare });
+    const blk = await imgOpen(env, filename, { imageOpts, format: curFmt, readOnly: true, noBacking: true, forceShare });
     let info: ImageInfo;
     try {
-      info = await queryImageInfo(rootOf(blk), filename);
+      // The node's own name (a json: filename resolved, file: stripped), as QEMU prints it.
+      const bs = rootOf(blk);
+      info = await queryImageInfo(bs, bs.filename);
     } catch (e) {
       env.o.error(errorMessage(e));
       throw new ToolExit(1);
@@ -142,6 +145,8 @@ export async function imgInfo(env: ImgEnv, argv: string[]): Promise<number> {
     if (!chain) break;
     filename = info.fullBackingFilename;
     curFmt = info.backingFilenameFormat;
+    // Only the first image comes from options; its backing files are named.
+    imageOpts = false;
   }
 
   if (output === 'human') {
