@@ -167,7 +167,7 @@ export async function negotiate(conn: NbdConnection, ctx: HandshakeContext): Pro
           meta.export = null;
           meta.contexts = [];
         }
-        if (!structuredReply) {
+        if (option === p.NBD_OPT_SET_META_CONTEXT && !structuredReply) {
           await drop(
             p.NBD_REP_ERR_INVALID,
             `request option '${p.nbdOptName(option)}' when structured reply is not negotiated`,

@@ -134,7 +134,9 @@ export class NbdServer extends EventEmitter<NbdServerEvents> {
 
   private async doClose(): Promise<void> {
     this.stopping = true;
-    await Promise.all(this.servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+    // net.Server.close calls back only once every accepted connection is gone: start it now,
+    // wait for it after the clients were wound down.
+    const listenersClosed = Promise.all(this.servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
     for (const c of this.queued.splice(0)) c.destroy();
     for (const s of this.sessions) s.stop();
     // Negotiating clients idle between options get no reply at all: close them after a
@@ -145,6 +147,7 @@ export class NbdServer extends EventEmitter<NbdServerEvents> {
     grace.unref();
     await Promise.all([...this.finished]);
     clearTimeout(grace);
+    await listenersClosed;
     for (const exp of this.exportsByName.values()) {
       if (!exp.readOnly) await exp.backend.flush().catch(() => undefined);
     }
