@@ -2,7 +2,7 @@
 // nbdinfo, nbdcopy, nbdsh) run *asynchronously* against an NbdServer living in the test
 // process (a spawnSync would block the event loop the server needs), each bounded in time
 // and killed by pid; qemu-nbd serves the same images for parity checks.
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { BlockDriverState } from '../../src/index.js';
@@ -30,7 +30,9 @@ function toolPath(name: string): string | null {
  * the run, so the interop coverage cannot vanish silently.
  */
 export function haveNbdTools(): boolean {
-  const missing = TOOLS.filter((t) => toolPath(t) === null);
+  const missing: string[] = TOOLS.filter((t) => toolPath(t) === null);
+  // nbdsh runs the system Python's libnbd bindings.
+  if (spawnSync('/usr/bin/python3', ['-c', 'import nbd'], { timeout: 10_000 }).status !== 0) missing.push('python3-libnbd');
   if (missing.length === 0) return true;
   if (process.env.CI === 'true') {
     throw new Error(`NBD interop tests need ${missing.join(', ')} (apt-get install qemu-utils libnbd-bin python3-libnbd nbdkit)`);
