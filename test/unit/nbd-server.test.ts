@@ -1,7 +1,7 @@
 // NbdServer against raw sockets: negotiation answers, request validation and replies, limits.
 // The export is a mem: node, so these run without any external program.
 import { afterEach, describe, expect, it } from 'vitest';
-import { BlockDriverState } from '../../src/index.js';
+import { BlockDriverState, memStoreWrite } from '../../src/index.js';
 import * as p from '../../src/nbd/protocol.js';
 import { NbdServer, type NbdExportOptions, type NbdListenAddress, type NbdServerOptions } from '../../src/nbd/index.js';
 import { makeMem } from './block-helpers.js';
@@ -405,5 +405,38 @@ describe('NbdServer transmission', () => {
     const back = Buffer.alloc(1 << 20);
     await s.bs.pread(0, back);
     expect(back.every((b) => b === 3)).toBe(true);
+  });
+});
+
+describe('NbdServer I/O errors', () => {
+  it('maps backend errors to NBD errno values with qemu messages; the connection stays', async () => {
+    // Data everywhere, so a sparse read has to read (a hole would be sent without a read).
+    const img = `mem:nbd-err-${process.pid}`;
+    memStoreWrite(img.slice(4), Buffer.alloc(SIZE, 0x42));
+    const configText =
+      '[inject-error]\nevent = "read_aio"\nerrno = "5"\nonce = "on"\n\n[inject-error]\nevent = "write_aio"\nerrno = "28"\nonce = "on"\n';
+    const bs = await BlockDriverState.open(`blkdebug::${img}`, { format: 'raw', driverOptions: { configText } });
+    const server = new NbdServer({ exports: [{ name: '', backend: bs }] });
+    const addr = await server.listen({ host: '127.0.0.1', port: 0 });
+    const c = await WireClient.connect(addr);
+    cleanups.push(async () => {
+      c.close();
+      await server.close();
+      await bs.close();
+    });
+    await c.start();
+    await c.go('');
+    c.request(p.NBD_CMD_READ, 0, 4096);
+    const r = await c.reply();
+    if (r.kind !== 'structured') throw new Error('expected chunks');
+    const last = r.chunks[r.chunks.length - 1];
+    expect(last.flags & p.NBD_REPLY_FLAG_DONE).toBe(1);
+    expect(p.decodeErrorChunk(last.type, last.payload)).toEqual({ errno: p.NBD_EIO, message: 'reading from file failed' });
+    c.request(p.NBD_CMD_WRITE, 0, 512, { data: Buffer.alloc(512, 1) });
+    expect(await c.error()).toEqual({ errno: p.NBD_ENOSPC, message: 'writing to file failed' });
+    // Both rules fired once: the same connection now reads the untouched data.
+    c.request(p.NBD_CMD_READ, 0, 4096, { flags: p.NBD_CMD_FLAG_DF });
+    const ok = await c.reply();
+    expect(ok.kind === 'structured' && WireClient.assemble(ok.chunks, 0, 4096).every((b) => b === 0x42)).toBe(true);
   });
 });
