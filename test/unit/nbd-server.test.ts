@@ -397,6 +397,10 @@ describe('NbdServer transmission', () => {
     const reply = c.reply();
     await new Promise((r) => setTimeout(r, 20));
     const closed = s.server.close();
+    // A client mid-handshake gets ERR_SHUTDOWN for its next option, then the connection ends.
+    negotiating.option(p.NBD_OPT_LIST);
+    const shut = await negotiating.optionReply();
+    expect([shut.type, text(shut.data)]).toEqual([p.NBD_REP_ERR_SHUTDOWN, 'Server shutting down']);
     expect((await reply).kind).toBe('simple');
     expect(await c.closedByServer()).toBe(true);
     expect(await negotiating.closedByServer()).toBe(true);
