@@ -35,9 +35,8 @@ export interface NbdBackend {
   writeZeroes(offset: number, bytes: number, flags?: WriteZeroesFlags): Promise<void>;
   discard(offset: number, bytes: number): Promise<void>;
   flush(): Promise<void>;
-  blockStatus(offset: number, bytes: number): Promise<BlockStatus>;
+  /** Status through the backing chain; `depth` 0 is the top image. */
   blockStatusAbove(offset: number, bytes: number): Promise<BlockStatus & { depth: number }>;
-  drain(): Promise<void>;
   /** The node's request alignment, told as the minimum block size to clients that ask. */
   readonly requestAlignment?: number;
 }
