@@ -207,6 +207,19 @@ describe('NbdServer negotiation', () => {
   });
 });
 
+describe('NbdServer exports', () => {
+  it('refuses bitmaps no format here keeps, names over 4096 bytes and duplicate names', async () => {
+    const bs = await BlockDriverState.open(makeMem(SIZE, 'nbd-exp'), {});
+    cleanups.push(() => bs.close());
+    expect(() => new NbdServer({ exports: [{ name: '', backend: bs, bitmaps: ['b0'] }] })).toThrow("Bitmap 'b0' is not found");
+    expect(() => new NbdServer({ exports: [{ name: 'x'.repeat(4097), backend: bs }] })).toThrow('too long');
+    const server = new NbdServer({ exports: [{ name: 'a', backend: bs }] });
+    expect(() => server.addExport({ name: 'a', backend: bs })).toThrow("export 'a' already exists");
+    server.addExport({ name: 'b', backend: bs, readOnly: true });
+    await server.close();
+  });
+});
+
 describe('NbdServer transmission', () => {
   it('writes and reads with simple and structured replies', async () => {
     const s = await setup();
