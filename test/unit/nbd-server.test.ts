@@ -399,6 +399,27 @@ describe('NbdServer transmission', () => {
     expect(back.every((b) => b === 199)).toBe(true);
   });
 
+  it('a client that does not read its replies cannot make the server hold more than the budget', async () => {
+    const big = 16 * 1024 * 1024;
+    const bs = await BlockDriverState.open(makeMem(big, 'nbd-budget'), {});
+    const server = new NbdServer({ exports: [{ name: '', backend: bs }] });
+    const c = await WireClient.connect(await server.listen({ host: '127.0.0.1', port: 0 }));
+    cleanups.push(async () => {
+      c.close();
+      await server.close();
+      await bs.close();
+    });
+    await c.start();
+    await c.go('');
+    const before = process.memoryUsage().arrayBuffers;
+    const n = 32;
+    for (let i = 0; i < n; i++) c.request(p.NBD_CMD_READ, 0, big, { flags: p.NBD_CMD_FLAG_DF });
+    await new Promise((r) => setTimeout(r, 1000));
+    // 16 replies of 16 MiB in flight would hold 256 MiB; the budget is 64 MiB plus one request.
+    expect(process.memoryUsage().arrayBuffers - before).toBeLessThan(160 * 1024 * 1024);
+    for (let i = 0; i < n; i++) expect((await c.reply()).kind).toBe('structured');
+  });
+
   it('close() finishes in-flight requests, refuses new connections and closes clients', async () => {
     const s = await setup();
     const c = await s.client();
