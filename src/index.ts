@@ -37,7 +37,6 @@ setDefaultRegistry(defaultRegistry);
 export {
   NbdServer,
   NbdExport,
-  type NbdBackend,
   type NbdExportOptions,
   type NbdServerOptions,
   type NbdServerEvents,

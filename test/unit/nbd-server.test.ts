@@ -1,7 +1,7 @@
 // NbdServer against raw sockets: negotiation answers, request validation and replies, limits.
 // The export is a mem: node, so these run without any external program.
 import { afterEach, describe, expect, it } from 'vitest';
-import { BlockDriverState, memStoreWrite } from '../../src/index.js';
+import { BlockBackend, memStoreWrite } from '../../src/index.js';
 import * as p from '../../src/nbd/protocol.js';
 import { NbdServer, type NbdExportOptions, type NbdListenAddress, type NbdServerOptions } from '../../src/nbd/index.js';
 import { makeMem } from './block-helpers.js';
@@ -17,13 +17,13 @@ afterEach(async () => {
 interface Setup {
   server: NbdServer;
   addr: NbdListenAddress;
-  bs: BlockDriverState;
+  bs: BlockBackend;
   errors: string[];
   client(): Promise<WireClient>;
 }
 
 async function setup(exportOpts: Partial<NbdExportOptions> = {}, serverOpts: Partial<NbdServerOptions> = {}): Promise<Setup> {
-  const bs = await BlockDriverState.open(makeMem(SIZE, 'nbd'), {});
+  const bs = await BlockBackend.open(makeMem(SIZE, 'nbd'), {});
   const server = new NbdServer({ exports: [{ name: 'exp', backend: bs, description: 'a disk', ...exportOpts }], ...serverOpts });
   const errors: string[] = [];
   server.on('error', (e) => errors.push(e.message));
@@ -209,7 +209,7 @@ describe('NbdServer negotiation', () => {
 
 describe('NbdServer exports', () => {
   it('refuses bitmaps no format here keeps, names over 4096 bytes and duplicate names', async () => {
-    const bs = await BlockDriverState.open(makeMem(SIZE, 'nbd-exp'), {});
+    const bs = await BlockBackend.open(makeMem(SIZE, 'nbd-exp'), {});
     cleanups.push(() => bs.close());
     expect(() => new NbdServer({ exports: [{ name: '', backend: bs, bitmaps: ['b0'] }] })).toThrow("Bitmap 'b0' is not found");
     expect(() => new NbdServer({ exports: [{ name: 'x'.repeat(4097), backend: bs }] })).toThrow('too long');
@@ -401,7 +401,7 @@ describe('NbdServer transmission', () => {
 
   it('a client that does not read its replies cannot make the server hold more than the budget', async () => {
     const big = 16 * 1024 * 1024;
-    const bs = await BlockDriverState.open(makeMem(big, 'nbd-budget'), {});
+    const bs = await BlockBackend.open(makeMem(big, 'nbd-budget'), {});
     const server = new NbdServer({ exports: [{ name: '', backend: bs }] });
     const c = await WireClient.connect(await server.listen({ host: '127.0.0.1', port: 0 }));
     cleanups.push(async () => {
@@ -429,7 +429,9 @@ describe('NbdServer transmission', () => {
     await negotiating.start();
     c.request(p.NBD_CMD_WRITE, 0, 1 << 20, { data: Buffer.alloc(1 << 20, 3) });
     const reply = c.reply();
-    await new Promise((r) => setTimeout(r, 20));
+    // The whole request has left the client before the server is told to close.
+    await new Promise((r) => c.socket.write(Buffer.alloc(0), r));
+    await new Promise((r) => setTimeout(r, 50));
     const closed = s.server.close();
     // A client mid-handshake gets ERR_SHUTDOWN for its next option, then the connection ends.
     negotiating.option(p.NBD_OPT_LIST);
@@ -453,7 +455,7 @@ describe('NbdServer I/O errors', () => {
     memStoreWrite(img.slice(4), Buffer.alloc(SIZE, 0x42));
     const configText =
       '[inject-error]\nevent = "read_aio"\nerrno = "5"\nonce = "on"\n\n[inject-error]\nevent = "write_aio"\nerrno = "28"\nonce = "on"\n';
-    const bs = await BlockDriverState.open(`blkdebug::${img}`, { format: 'raw', driverOptions: { configText } });
+    const bs = await BlockBackend.open(`blkdebug::${img}`, { format: 'raw', driverOptions: { configText } });
     const server = new NbdServer({ exports: [{ name: '', backend: bs }] });
     const addr = await server.listen({ host: '127.0.0.1', port: 0 });
     const c = await WireClient.connect(addr);
