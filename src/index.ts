@@ -8,6 +8,7 @@ import { blkdebugDriver } from './drivers/blkdebug/index.js';
 import { blkverifyDriver } from './drivers/blkverify/index.js';
 import { fileDriver } from './drivers/file/index.js';
 import { memDriver } from './drivers/mem/index.js';
+import { nbdDriver } from './drivers/nbd/index.js';
 import { powerlossDriver } from './drivers/powerloss/index.js';
 import { qedDriver } from './drivers/qed/index.js';
 import { rawDriver } from './drivers/raw/index.js';
@@ -20,6 +21,8 @@ export { qedDriver } from './drivers/qed/index.js';
 export { blkdebugDriver } from './drivers/blkdebug/index.js';
 export { blkverifyDriver } from './drivers/blkverify/index.js';
 export { powerlossDriver } from './drivers/powerloss/index.js';
+// The NBD client needs node:net; a browser entry leaves this driver out.
+export { nbdDriver } from './drivers/nbd/index.js';
 
 /**
  * The registry `BlockDriverState.open` and `bdrvCreate` use when none is passed. Order matters
@@ -27,7 +30,7 @@ export { powerlossDriver } from './drivers/powerloss/index.js';
  * magic match.
  */
 export const defaultRegistry = new BlockDriverRegistry();
-for (const drv of [fileDriver, memDriver, powerlossDriver, blkdebugDriver, blkverifyDriver, rawDriver, qedDriver]) {
+for (const drv of [fileDriver, memDriver, nbdDriver, powerlossDriver, blkdebugDriver, blkverifyDriver, rawDriver, qedDriver]) {
   defaultRegistry.register(drv);
 }
 

@@ -134,6 +134,7 @@ export class BlockDriverRegistry {
   findProtocol(filename: string): BlockDriver {
     for (const d of this.drivers) {
       if (d.protocolName !== undefined && filename.startsWith(`${d.protocolName}:`)) return d;
+      if (d.protocolAliases?.some((p) => filename.startsWith(`${p}:`)) === true) return d;
     }
     const file = this.find('file');
     if (!file) {

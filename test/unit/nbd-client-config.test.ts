@@ -21,7 +21,7 @@ describe('nbd filenames and options', () => {
     expect(canon('nbd://localhost/exp')).toBe('nbd://localhost:10809/exp');
     expect(canon('nbd://127.0.0.1:10810')).toBe('nbd://127.0.0.1:10810');
     expect(canon('nbd+tcp://h:1/a/b')).toBe('nbd://h:1/a/b');
-    expect(canon('nbd://[::1]:5/x')).toBe('nbd://[::1]:5/x');
+    expect(canon('nbd://[::1]:5/x')).toBe('nbd://::1:5/x');
     expect(canon('nbd+unix:///exp?socket=/tmp/s')).toBe('nbd+unix:///exp?socket=/tmp/s');
     expect(canon('nbd+unix://?socket=/tmp/s')).toBe('nbd+unix://?socket=/tmp/s');
     expect(canon('nbd:h:7:exportname=e')).toBe('nbd://h:7/e');

@@ -216,6 +216,7 @@ export function nbdCanonicalName(cfg: NbdConfig): string {
   if (cfg.server.type === 'unix') {
     return exp === '' ? `nbd+unix://?socket=${cfg.server.path}` : `nbd+unix:///${exp}?socket=${cfg.server.path}`;
   }
-  const host = cfg.server.host.includes(':') ? `[${cfg.server.host}]` : cfg.server.host;
+  // The host goes in as it is, an IPv6 literal without brackets, as QEMU prints it.
+  const host = cfg.server.host;
   return exp === '' ? `nbd://${host}:${cfg.server.port}` : `nbd://${host}:${cfg.server.port}/${exp}`;
 }

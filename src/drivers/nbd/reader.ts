@@ -60,6 +60,7 @@ export class SocketReader {
   private take(n: number): Buffer {
     let out: Buffer;
     const first = this.chunks[0];
+    if (n === 0) return Buffer.alloc(0);
     if (first.length >= n) {
       out = first.subarray(0, n);
       if (first.length === n) this.chunks.shift();
