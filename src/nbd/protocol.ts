@@ -457,9 +457,8 @@ export function decodeMetaContextRequest(data: Uint8Array, option: number): Meta
   const count = takeU32();
   const queries: string[] = [];
   for (let i = 0; i < count; i++) {
-    const len = takeU32();
-    if (len > NBD_MAX_STRING_SIZE) throw invalid(`Invalid query length: ${len}`);
-    queries.push(decodeString(take(len)));
+    // Over-long queries are kept: they match no context, and QEMU ignores them likewise.
+    queries.push(decodeString(take(takeU32())));
   }
   if (pos !== data.length) throw bad();
   return { exportName, queries };
