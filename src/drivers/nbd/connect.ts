@@ -7,7 +7,7 @@ import { BlockError, type BlockErrorCode } from '../../block/errors.js';
 import type { NbdConfig, NbdServerAddress } from './config.js';
 import { nbdReceiveNegotiate, type HandshakeRequest, type NbdExportInfo } from './handshake.js';
 import { OptionChannel } from './options.js';
-import { SocketReader } from './reader.js';
+import { SocketReader } from '../../nbd/reader.js';
 
 /** Socket errno names Node reports, with Linux's numbers and texts. */
 const SOCKET_ERRNO: Record<string, { errno: number; text: string; code: BlockErrorCode }> = {

@@ -130,12 +130,16 @@ export async function optInfoOrGo(ch: OptionChannel, opt: number, info: NbdExpor
   }
 }
 
-/** An option without data whose only good answer is ACK; false on ERR_UNSUP. */
-export async function requestSimpleOption(ch: OptionChannel, opt: number): Promise<boolean> {
+/**
+ * An option without data whose only good answer is ACK; false on ERR_UNSUP, and when not
+ * `strict` on any error (QEMU 7.2 asks for structured replies so: a server that wants TLS
+ * first then fails the next option instead, with the message users know).
+ */
+export async function requestSimpleOption(ch: OptionChannel, opt: number, strict: boolean): Promise<boolean> {
   ch.send(opt);
   const r = await ch.reply(opt);
   if (isErrorReply(r)) {
-    if (r.type === NBD_REP_ERR_UNSUP) return false;
+    if (r.type === NBD_REP_ERR_UNSUP || !strict) return false;
     throw replyError(opt, r);
   }
   if (r.type !== NBD_REP_ACK || r.data.length !== 0) {
@@ -224,13 +228,28 @@ export async function startTls(ch: OptionChannel, fixed: boolean, upgrade: (ch: 
   await upgrade(ch);
 }
 
+/** How far nbd_start_negotiate got: 'newstyle' (EXPORT_NAME only), 'fixed', 'structured'. */
+export type NegotiateMode = 'newstyle' | 'fixed' | 'structured';
+
+/** Greeting, [STARTTLS], [STRUCTURED_REPLY] (nbd_start_negotiate). */
+export async function nbdStartNegotiate(
+  ch: OptionChannel,
+  structuredReply: boolean,
+  tls?: HandshakeRequest['startTls'],
+): Promise<{ mode: NegotiateMode; noZeroes: boolean }> {
+  const { fixed, noZeroes } = await receiveGreeting(ch);
+  if (tls) await startTls(ch, fixed, tls);
+  if (!fixed) return { mode: 'newstyle', noZeroes };
+  const sr = structuredReply && (await requestSimpleOption(ch, NBD_OPT_STRUCTURED_REPLY, false));
+  return { mode: sr ? 'structured' : 'fixed', noZeroes };
+}
+
 /** The whole handshake of a client that goes on to transmission. */
 export async function nbdReceiveNegotiate(ch: OptionChannel, req: HandshakeRequest): Promise<NbdExportInfo> {
-  const { fixed, noZeroes } = await receiveGreeting(ch);
-  if (req.startTls) await startTls(ch, fixed, req.startTls);
+  const { mode, noZeroes } = await nbdStartNegotiate(ch, req.structuredReply, req.startTls);
   const info = emptyExportInfo(req.exportName);
-  if (fixed) {
-    if (req.structuredReply) info.structuredReply = await requestSimpleOption(ch, NBD_OPT_STRUCTURED_REPLY);
+  if (mode !== 'newstyle') {
+    info.structuredReply = mode === 'structured';
     if (info.structuredReply && req.metaContext !== null) {
       info.contextId = await setMetaContext(ch, req.exportName, req.metaContext);
     }

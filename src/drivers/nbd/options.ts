@@ -23,7 +23,7 @@ import {
   isReplyError,
   nbdOptName,
 } from '../../nbd/protocol.js';
-import type { SocketReader } from './reader.js';
+import type { SocketReader } from '../../nbd/reader.js';
 
 /** A handshake failure; the text is QEMU's, with its hint lines after a newline. */
 export function negotiationError(message: string): BlockError {

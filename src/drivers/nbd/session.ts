@@ -37,7 +37,7 @@ import {
   replyKind,
 } from '../../nbd/protocol.js';
 import type { NbdExportInfo } from './handshake.js';
-import type { SocketReader } from './reader.js';
+import type { SocketReader } from '../../nbd/reader.js';
 
 /** Requests in flight per connection (QEMU's MAX_NBD_REQUESTS). */
 export const MAX_NBD_REQUESTS = 16;

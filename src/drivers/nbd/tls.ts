@@ -10,7 +10,6 @@ import { join } from 'node:path';
 import { connect as tlsConnect, type ConnectionOptions, type TLSSocket } from 'node:tls';
 import { BlockError } from '../../block/errors.js';
 import type { OptionChannel } from './options.js';
-import { SocketReader } from './reader.js';
 
 export interface TlsCredsObject {
   id: string;
@@ -100,6 +99,6 @@ export function nbdClientTls(id: string, hostname: string | undefined): (ch: Opt
       s.once('error', (e: Error) => reject(new BlockError('EIO', e.message, { op: 'nbd-tls', cause: e })));
     });
     ch.sock = tlsSock;
-    ch.reader = new SocketReader(tlsSock);
+    ch.reader.attach(tlsSock);
   };
 }
