@@ -7,7 +7,7 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { connect as tlsConnect, type ConnectionOptions, type TLSSocket } from 'node:tls';
+import { connect as tlsConnect, type ConnectionOptions, type TLSSocket, type TlsOptions } from 'node:tls';
 import { BlockError } from '../../block/errors.js';
 import type { OptionChannel } from './options.js';
 
@@ -82,6 +82,27 @@ export function clientTlsOptions(creds: TlsCredsObject, hostname: string | undef
   };
   if (hostname !== undefined) opts.servername = hostname;
   return opts;
+}
+
+/**
+ * Node's TLS options for a server using `creds`: x509 asks for (and with verify-peer checks)
+ * a client certificate; PSK looks the client's identity up in keys.psk on every handshake.
+ */
+export function serverTlsOptions(creds: TlsCredsObject): TlsOptions {
+  if (creds.type === 'tls-creds-psk') {
+    return {
+      ciphers: 'PSK',
+      pskCallback: (_socket, identity) => pskKey(creds.dir, identity),
+    };
+  }
+  return {
+    ca: readCredsFile(creds.dir, 'ca-cert.pem', true),
+    cert: readCredsFile(creds.dir, 'server-cert.pem', true),
+    key: readCredsFile(creds.dir, 'server-key.pem', true),
+    requestCert: creds.verifyPeer,
+    rejectUnauthorized: creds.verifyPeer,
+    minVersion: 'TLSv1.2',
+  };
 }
 
 /**

@@ -1,0 +1,253 @@
+// blk-nbd's server mode: open the image (with -s a temporary overlay, with -o a window from
+// an offset), export it through NbdServer, listen (TCP, Unix socket or an inherited socket),
+// and exit 0 after the last client that reached transmission, unless -t. Unlike qemu-nbd the
+// image is opened before the socket exists, so a failed open leaves no stale socket behind.
+import { randomBytes } from 'node:crypto';
+import { existsSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import type { BlockStatus, WriteFlags, WriteZeroesFlags } from '../../block/driver.js';
+import { bdrvCreate } from '../../block/create.js';
+import { BlockDriverState } from '../../block/node.js';
+import { findTlsCreds, serverTlsOptions } from '../../drivers/nbd/tls.js';
+import { NbdServer, type NbdBackend } from '../../nbd/index.js';
+import { errorMessage, ToolExit, type ToolOutput } from '../common.js';
+import { findAuthz } from './objects.js';
+import type { NbdToolOptions } from './options.js';
+
+/** The listen backlog qemu-nbd uses for unlimited clients. */
+const SOMAXCONN = 4096;
+
+/**
+ * The image as the export sees it: `-o` moves the start, `--discard=ignore` (the default)
+ * makes TRIM a no-op and zeroing never unmap, as QEMU without BDRV_O_UNMAP.
+ */
+export class ExportBackend implements NbdBackend {
+  constructor(
+    readonly bs: BlockDriverState,
+    private readonly offset: number,
+    private readonly unmap: boolean,
+  ) {}
+
+  get readOnly(): boolean {
+    return this.bs.readOnly;
+  }
+
+  get requestAlignment(): number {
+    return this.bs.requestAlignment;
+  }
+
+  async getLength(): Promise<number> {
+    return Math.max(0, (await this.bs.getLength()) - this.offset);
+  }
+
+  pread(offset: number, buf: Uint8Array): Promise<void> {
+    return this.bs.pread(this.offset + offset, buf);
+  }
+
+  pwrite(offset: number, buf: Uint8Array, flags?: WriteFlags): Promise<void> {
+    return this.bs.pwrite(this.offset + offset, buf, flags);
+  }
+
+  writeZeroes(offset: number, bytes: number, flags: WriteZeroesFlags = {}): Promise<void> {
+    return this.bs.writeZeroes(this.offset + offset, bytes, { ...flags, mayUnmap: this.unmap && flags.mayUnmap === true });
+  }
+
+  async discard(offset: number, bytes: number): Promise<void> {
+    if (this.unmap) await this.bs.discard(this.offset + offset, bytes);
+  }
+
+  flush(): Promise<void> {
+    return this.bs.flush();
+  }
+
+  async blockStatus(offset: number, bytes: number): Promise<BlockStatus> {
+    return this.bs.blockStatus(this.offset + offset, bytes);
+  }
+
+  async blockStatusAbove(offset: number, bytes: number): Promise<BlockStatus & { depth: number }> {
+    return this.bs.blockStatusAbove(this.offset + offset, bytes);
+  }
+
+  drain(): Promise<void> {
+    return this.bs.drain();
+  }
+}
+
+export interface OpenedImage {
+  bs: BlockDriverState;
+  /** Files to remove at exit (the -s overlay). */
+  temporary: string[];
+}
+
+/** blk_new_open for the export, -s overlay included; exits 1 with qemu-nbd's message. */
+export async function openExportImage(o: ToolOutput, opts: NbdToolOptions): Promise<OpenedImage> {
+  const file = opts.file ?? '';
+  const fail = (e: unknown): never => {
+    o.error(`Failed to blk_new_open '${file}': ${errorMessage(e)}`);
+    throw new ToolExit(1);
+  };
+  if (opts.imageOpts) {
+    if (opts.format !== undefined) {
+      o.error('--image-opts and -f are mutually exclusive');
+      throw new ToolExit(1);
+    }
+    fail(new Error('--image-opts is not supported by this build'));
+  }
+  const noFlush = opts.cache === 'unsafe';
+  if (!opts.snapshot) {
+    try {
+      const bs = await BlockDriverState.open(file, { format: opts.format, readOnly: opts.readOnly, noFlush });
+      warnProbedRaw(o, opts, bs, file);
+      return { bs, temporary: [] };
+    } catch (e) {
+      return fail(e);
+    }
+  }
+  // -s: writes go to a temporary QED overlay whose backing file is FILE, dropped at exit.
+  const overlay = join(tmpdir(), `blk-nbd-snapshot-${process.pid}-${randomBytes(4).toString('hex')}.qed`);
+  let base: BlockDriverState;
+  try {
+    base = await BlockDriverState.open(file, { format: opts.format, readOnly: true });
+  } catch (e) {
+    return fail(e);
+  }
+  const format = base.driver.formatName;
+  const size = await base.getLength();
+  await base.close();
+  try {
+    await bdrvCreate(overlay, {
+      format: 'qed',
+      options: { size, backingFile: resolve(file), backingFmt: format },
+    });
+    const bs = await BlockDriverState.open(overlay, { format: 'qed', readOnly: opts.readOnly, noFlush });
+    return { bs, temporary: [overlay] };
+  } catch (e) {
+    rmSync(overlay, { force: true });
+    return fail(e);
+  }
+}
+
+function warnProbedRaw(o: ToolOutput, opts: NbdToolOptions, bs: BlockDriverState, file: string): void {
+  if (opts.readOnly || opts.format !== undefined || bs.driver.formatName !== 'raw') return;
+  o.errRaw(
+    `WARNING: Image format was not specified for '${file}' and probing guessed raw.\n` +
+      '         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n' +
+      "         Specify the 'raw' format explicitly to remove the restrictions.\n",
+  );
+}
+
+/** The NbdServer for the opened image, TLS and authorization included. */
+export function makeServer(opts: NbdToolOptions, bs: BlockDriverState): NbdServer {
+  let tls;
+  if (opts.tlsCreds !== undefined) {
+    const creds = findTlsCreds(opts.tlsCreds, 'server');
+    const allowed = opts.tlsAuthz === undefined ? undefined : findAuthz(opts.tlsAuthz);
+    tls = {
+      options: serverTlsOptions(creds),
+      authorize: allowed === undefined ? undefined : (peer: { dn: string | null }) => peer.dn === allowed,
+    };
+  }
+  return new NbdServer({
+    exports: [
+      {
+        name: opts.exportName ?? '',
+        backend: new ExportBackend(bs, opts.offset, opts.discard === 'unmap'),
+        description: opts.description,
+        readOnly: opts.readOnly,
+        allocationDepth: opts.allocationDepth,
+        bitmaps: opts.bitmaps.length > 0 ? opts.bitmaps : undefined,
+        maxClients: opts.shared,
+      },
+    ],
+    maxClients: opts.shared,
+    tls,
+  });
+}
+
+/** Listen where the options say: an inherited socket (fd 3), a Unix socket or TCP. */
+export async function listen(o: ToolOutput, opts: NbdToolOptions, server: NbdServer): Promise<void> {
+  const backlog = opts.persistent || opts.shared === 0 ? SOMAXCONN : Math.min(opts.shared, SOMAXCONN);
+  try {
+    if (opts.socketActivation > 0) await server.listen({ fd: 3 });
+    else if (opts.socket !== undefined) await server.listen({ path: opts.socket, backlog });
+    else await server.listen({ host: opts.bind, port: Number(opts.port), backlog });
+  } catch (e) {
+    const code = (e as { code?: unknown }).code;
+    if (opts.socketActivation > 0) o.error(`Failed to use socket activation: ${errorMessage(e)}`);
+    else if (opts.socket !== undefined) {
+      o.error(`Failed to bind socket to ${opts.socket}: ${code === 'EADDRINUSE' ? 'Address already in use' : errorMessage(e)}`);
+    } else if (code === 'EADDRINUSE') o.error('Failed to find an available port: Address already in use');
+    else o.error(`Failed to bind socket: ${errorMessage(e)}`);
+    throw new ToolExit(1);
+  }
+}
+
+/** The pid file qemu-nbd writes ("PID\n", mode 0600). */
+export function writePidFile(o: ToolOutput, path: string): void {
+  try {
+    writeFileSync(path, `${process.pid}\n`, { mode: 0o600 });
+  } catch (e) {
+    o.error(`Failed to write PID file '${path}': ${errorMessage(e)}`);
+    throw new ToolExit(1);
+  }
+}
+
+/** Remove what we created: the Unix socket, the pid file, the -s overlay. */
+export function cleanUp(created: (string | undefined)[]): void {
+  for (const p of created) {
+    if (p !== undefined && existsSync(p)) {
+      try {
+        unlinkSync(p);
+      } catch {
+        // Already gone or not ours to remove: nothing to do at exit.
+      }
+    }
+  }
+}
+
+/**
+ * Serve until the last negotiated client leaves (or forever with -t) or a signal arrives.
+ * `ready` runs once the socket listens (the pid file, --fork's parent release).
+ */
+export async function serve(o: ToolOutput, opts: NbdToolOptions, ready: () => void): Promise<number> {
+  const { bs, temporary } = await openExportImage(o, opts);
+  let server: NbdServer;
+  try {
+    server = makeServer(opts, bs);
+  } catch (e) {
+    await bs.close().catch(() => undefined);
+    cleanUp(temporary);
+    o.error(errorMessage(e));
+    throw new ToolExit(1);
+  }
+  // Only what we made goes at exit: a socket we failed to bind may be another server's.
+  const created: (string | undefined)[] = [...temporary];
+  server.on('error', (c) => o.error(c.message));
+  let stop = (): void => undefined;
+  const finished = new Promise<void>((resolveDone) => {
+    stop = resolveDone;
+    server.on('disconnect', (c) => {
+      if (c.negotiated && c.clients === 0 && !opts.persistent) resolveDone();
+    });
+  });
+  const signals = ['SIGTERM', 'SIGINT', 'SIGHUP'] as const;
+  for (const sig of signals) process.on(sig, stop);
+  try {
+    await listen(o, opts, server);
+    created.push(opts.socket);
+    if (opts.pidFile !== undefined) {
+      writePidFile(o, opts.pidFile);
+      created.push(opts.pidFile);
+    }
+    ready();
+    await finished;
+    await server.close();
+    return 0;
+  } finally {
+    for (const sig of signals) process.off(sig, stop);
+    await server.close().catch(() => undefined);
+    await bs.close().catch(() => undefined);
+    cleanUp(created);
+  }
+}
