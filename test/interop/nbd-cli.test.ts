@@ -4,7 +4,7 @@
 // qemu-nbd's messages and exit status. Servers listen on Unix sockets in temp dirs, are bounded
 // in time and stopped by pid.
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { main } from '../../src/tools/nbd/nbd.js';
@@ -182,6 +182,30 @@ describe.skipIf(tools === null)('blk-nbd', () => {
       timeout: 30_000,
     });
     expect(map.stdout).toContain('2621440      131072    0  data');
+  });
+
+  it('speaks TLS-PSK both ways with qemu-nbd (and refuses a client without TLS as it does)', async () => {
+    const pskDir = join(dir, 'psk');
+    mkdirSync(pskDir);
+    writeFileSync(join(pskDir, 'keys.psk'), `qemu:${'3f'.repeat(32)}\n`);
+    const obj = (endpoint: string): string[] => ['--object', `tls-creds-psk,id=tls0,dir=${pskDir},endpoint=${endpoint}`, '--tls-creds=tls0'];
+    const ours = join(dir, 't-ours.sock');
+    const theirs = join(dir, 't-theirs.sock');
+    const a = await startOurs(['-f', 'raw', '-t', '-k', ours, ...obj('server'), img], ours);
+    const b = await startServer(tools!['qemu-nbd'], ['-f', 'raw', '-t', '-k', theirs, ...obj('server'), img], theirs);
+    try {
+      const reference = runTheirs(['-L', '-k', theirs, ...obj('client')]);
+      expect(reference.stdout).toContain('exports available: 1');
+      expect(runTheirs(['-L', '-k', ours, ...obj('client')]).stdout).toBe(reference.stdout);
+      expect(await runOurs(['-L', '-k', theirs, ...obj('client')])).toEqual({ stdout: reference.stdout, stderr: '', status: 0 });
+      // Without credentials: the server's refusal, worded as qemu-nbd words it.
+      const plain = runTheirs(['-L', '-k', theirs]);
+      expect(plain.status).toBe(1);
+      expect(await runOurs(['-L', '-k', ours])).toEqual({ stdout: '', stderr: plain.stderr, status: 1 });
+    } finally {
+      await a.stop();
+      await b.stop();
+    }
   });
 
   it('answers bad command lines with qemu-nbd messages and exit status', async () => {
