@@ -16,8 +16,11 @@ const OPTION_BUFFER_MAX = 1024 * 1024;
 
 /** TLS for a server: node:tls options for the server side, and an optional identity check. */
 export interface NbdTlsOptions {
-  /** Passed to `new tls.TLSSocket(socket, {isServer: true, ...options})`. */
-  options: tls.TLSSocketOptions;
+  /**
+   * Server-side node:tls options (key/cert/ca with requestCert for x509, or pskCallback with
+   * ciphers: 'PSK'), as for tls.createServer.
+   */
+  options: tls.TlsOptions;
   /**
    * Authorize a client after the TLS handshake (qemu's --tls-authz): `dn` is the client
    * certificate's subject in certificate order, RDNs joined by commas; false denies.
@@ -278,22 +281,23 @@ async function handleMetaContext(
   }
 }
 
-/** ACK, then the TLS handshake on the same socket; throws when it fails or authz denies. */
+/**
+ * ACK, then the TLS handshake on the same socket; throws when it fails or authz denies. The
+ * raw socket is handed to a (never listening) tls.Server, so Node's own server-side checks
+ * run: client certificate verification, rejectUnauthorized, PSK callbacks.
+ */
 async function startTls(conn: NbdConnection, config: NbdTlsOptions): Promise<void> {
   if (conn.reader.pending !== 0) throw new NegotiationError('Unexpected data after STARTTLS');
   await conn.send(p.encodeOptionReply(p.NBD_OPT_STARTTLS, p.NBD_REP_ACK));
   conn.reader.detach();
-  const socket = new tls.TLSSocket(conn.socket, { ...config.options, isServer: true });
-  await new Promise<void>((resolve, reject) => {
-    socket.once('secure', resolve);
-    socket.once('error', (e: Error) => reject(new NegotiationError(e.message)));
-    socket.once('close', () => reject(new NegotiationError('TLS handshake failed: connection closed')));
+  const server = tls.createServer({ ...config.options });
+  const socket = await new Promise<tls.TLSSocket>((resolve, reject) => {
+    server.once('secureConnection', resolve);
+    server.once('tlsClientError', (e: Error) => reject(new NegotiationError(e.message)));
+    // A rejected certificate destroys the socket without a tlsClientError.
+    conn.socket.once('close', () => reject(new NegotiationError('TLS handshake failed: Verify failed')));
+    server.emit('connection', conn.socket);
   });
-  const opts = config.options;
-  if (opts.requestCert === true && opts.rejectUnauthorized !== false && !socket.authorized) {
-    socket.destroy();
-    throw new NegotiationError(`Verify failed: ${String(socket.authorizationError)}`);
-  }
   if (config.authorize) {
     const cert = socket.getPeerX509Certificate();
     const dn = cert === undefined ? null : cert.subject.split('\n').join(',');
