@@ -134,6 +134,41 @@ describe.skipIf(tools === null)('nbd client against qemu-nbd', () => {
   });
 });
 
+describe.skipIf(tools === null)('nbd client with x-dirty-bitmap', () => {
+  it('reports a dirty bitmap in place of allocation, as qemu-img map shows it', async () => {
+    const dir = makeTempDir('nbd-client-bitmap');
+    const img = join(dir, 'b.qcow2');
+    const sock = join(dir, 'b.sock');
+    expect(runQemuImg(['create', '-q', '-f', 'qcow2', img, '4M']).status).toBe(0);
+    expect(runQemuIo(['-c', 'write -P 1 0 2M', img]).status).toBe(0);
+    expect(runQemuImg(['bitmap', '--add', img, 'b0']).status).toBe(0);
+    expect(runQemuIo(['-c', 'write -P 2 1M 64k', '-c', 'write -P 3 3M 64k', img]).status).toBe(0);
+    const srv = await startServer(tools!['qemu-nbd'], ['-f', 'qcow2', '-t', '-B', 'b0', '-k', sock, img], sock);
+    try {
+      const ctx = 'qemu:dirty-bitmap:b0';
+      const theirs = JSON.parse(
+        runQemuImg(['map', '--output=json', '--image-opts', `driver=nbd,server.type=unix,server.path=${sock},x-dirty-bitmap=${ctx}`]).stdout,
+      ) as { start: number; length: number; present: boolean; zero: boolean; data: boolean }[];
+      const bs = await BlockDriverState.open(unixUri(sock), { format: 'nbd', readOnly: true, driverOptions: { 'x-dirty-bitmap': ctx } });
+      const ours: typeof theirs = [];
+      const len = await bs.getLength();
+      for (let off = 0; off < len; ) {
+        const st = await bs.blockStatus(off, len - off);
+        const last = ours[ours.length - 1];
+        if (last !== undefined && last.present === st.allocated && last.zero === st.zero && last.data === st.data) last.length += st.pnum;
+        else ours.push({ start: off, length: st.pnum, present: st.allocated, zero: st.zero, data: st.data });
+        off += st.pnum;
+      }
+      await bs.close();
+      expect(ours).toEqual(theirs.map(({ start, length, present, zero, data }) => ({ start, length, present, zero, data })));
+      expect(ours.filter((e) => !e.data).map((e) => e.start)).toEqual([1048576, 3145728]);
+    } finally {
+      await srv.stop();
+      removeTempDir(dir);
+    }
+  });
+});
+
 describe.skipIf(tools === null)('nbd client against nbdkit', () => {
   let dir = '';
   beforeAll(() => {

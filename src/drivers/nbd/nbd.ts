@@ -170,14 +170,11 @@ async function nbdCoBlockStatus(bs: BlockDriverState, offset: number, bytes: num
   // to it, since the generic layer only asks aligned questions.
   let pnum = Math.min(extent.length, len);
   if (pnum < bs.requestAlignment) pnum = Math.min(len, bs.requestAlignment);
-  return {
-    pnum,
-    allocated: true,
-    data: (extent.flags & NBD_STATE_HOLE) === 0,
-    zero: (extent.flags & NBD_STATE_ZERO) !== 0,
-    offset,
-    file: bs,
-  };
+  const data = (extent.flags & NBD_STATE_HOLE) === 0;
+  const zero = (extent.flags & NBD_STATE_ZERO) !== 0;
+  // Neither data nor zero (a dirty range under x-dirty-bitmap) is not allocated, as in QEMU,
+  // where only DATA or ZERO makes a protocol's answer ALLOCATED.
+  return { pnum, allocated: data || zero, data, zero, offset, file: bs };
 }
 
 function nbdGetLength(bs: BlockDriverState): number {
