@@ -5,31 +5,11 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { addTlsCreds, removeTlsCreds, type TlsCredsObject } from '../../drivers/nbd/tls.js';
+import { splitOptionList } from '../img-util.js';
 
 /** authz-simple objects by id: the one client certificate DN they allow. */
 const authzObjects = new Map<string, string>();
 const ids = new Set<string>();
-
-/** Split `s` at single commas; `,,` stands for a comma in a value. */
-function splitKeyval(s: string): string[] {
-  const parts: string[] = [];
-  let cur = '';
-  for (let i = 0; i < s.length; i++) {
-    if (s[i] === ',') {
-      if (s[i + 1] === ',') {
-        cur += ',';
-        i++;
-        continue;
-      }
-      parts.push(cur);
-      cur = '';
-    } else {
-      cur += s[i];
-    }
-  }
-  parts.push(cur);
-  return parts;
-}
 
 function parseBool(key: string, v: string): boolean {
   if (['on', 'yes', 'true'].includes(v)) return true;
@@ -51,12 +31,9 @@ const PROPS: Record<string, readonly string[]> = {
 
 /** Create the object `spec` describes (user_creatable_process_cmdline); throws with QEMU's text. */
 export function addObject(spec: string): void {
-  const [type, ...rest] = splitKeyval(spec);
+  const [[type], ...rest] = splitOptionList(spec);
   const props: Record<string, string> = {};
-  for (const p of rest) {
-    const eq = p.indexOf('=');
-    props[eq < 0 ? p : p.slice(0, eq)] = eq < 0 ? 'on' : p.slice(eq + 1);
-  }
+  for (const [k, v] of rest) props[k] = v ?? 'on';
   const known = PROPS[type];
   if (known === undefined) throw new Error(`Parameter 'qom-type' does not accept value '${type}'`);
   const id = props.id;
