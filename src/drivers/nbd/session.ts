@@ -42,6 +42,12 @@ import type { SocketReader } from '../../nbd/reader.js';
 /** Requests in flight per connection (QEMU's MAX_NBD_REQUESTS). */
 export const MAX_NBD_REQUESTS = 16;
 
+/**
+ * Largest payload of a chunk other than OFFSET_DATA: a block-status chunk of 2^20 descriptors
+ * (the spec's bound) is 8 MiB + 4; an error chunk at most 64 KiB + 14.
+ */
+const MAX_METADATA_CHUNK = 4 + 8 * (1 << 20);
+
 interface Pending {
   cmd: number;
   offset: number;
@@ -213,6 +219,11 @@ export class NbdSession {
     const h = decodeChunkHeader(head);
     const p = this.take(h.cookie);
     const done = (h.flags & NBD_REPLY_FLAG_DONE) !== 0;
+    // Never buffer what the server merely claims: data chunks are bounded by the request (see
+    // place), everything else by the largest payload its type can have.
+    if (h.type !== NBD_REPLY_TYPE_OFFSET_DATA && h.length > MAX_METADATA_CHUNK) {
+      throw protocolError(`chunk of type ${h.type} with length ${h.length}`);
+    }
     switch (h.type) {
       case NBD_REPLY_TYPE_NONE:
         if (h.length !== 0 || !done) throw protocolError('invalid NBD_REPLY_TYPE_NONE chunk');
