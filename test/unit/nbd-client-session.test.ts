@@ -114,7 +114,7 @@ describe('nbd client against NbdServer', () => {
  * A peer that negotiates correctly (fixed newstyle, structured replies, base:allocation, GO)
  * and then answers the first request with `reply`: the client's defences are what is tested.
  */
-async function brokenPeer(reply: (cookie: bigint, sock: Socket) => void): Promise<string> {
+async function brokenPeer(reply: (cookie: bigint, sock: Socket) => void, noGo = false): Promise<string> {
   const dir = mkdtempSync(join(tmpdir(), 'nbdc-peer-'));
   const path = join(dir, 'p.sock');
   const srv: Server = createServer((sock) => {
@@ -135,6 +135,17 @@ async function brokenPeer(reply: (cookie: bigint, sock: Socket) => void): Promis
           buf = buf.subarray(16 + h.length);
           if (h.option === p.NBD_OPT_SET_META_CONTEXT) {
             sock.write(p.encodeOptionReply(h.option, p.NBD_REP_META_CONTEXT, p.encodeMetaContextReply(0, 'base:allocation')));
+          }
+          // An old server: no GO, so LIST and EXPORT_NAME (size, flags, no zero padding).
+          if (noGo && h.option === p.NBD_OPT_GO) {
+            sock.write(p.encodeOptionReply(h.option, p.NBD_REP_ERR_UNSUP));
+            continue;
+          }
+          if (h.option === p.NBD_OPT_LIST) sock.write(p.encodeOptionReply(h.option, p.NBD_REP_SERVER, p.encodeServerReply('')));
+          if (h.option === p.NBD_OPT_EXPORT_NAME) {
+            sock.write(p.encodeExportNameReply(MiB, p.NBD_FLAG_HAS_FLAGS | p.NBD_FLAG_SEND_FLUSH, true));
+            stage = 2;
+            continue;
           }
           if (h.option === p.NBD_OPT_GO) {
             sock.write(p.encodeOptionReply(h.option, p.NBD_REP_INFO, p.encodeInfoExport(MiB, p.NBD_FLAG_HAS_FLAGS | p.NBD_FLAG_SEND_FLUSH)));
@@ -180,6 +191,16 @@ describe('nbd client against a peer that breaks the protocol', () => {
     const e = await failure(bs.blockStatus(0, 4096));
     expect(e.message).toBe(`Protocol error: chunk of type ${p.NBD_REPLY_TYPE_BLOCK_STATUS} with length ${0xfffffff0}`);
     await bs.close();
+  });
+
+  it('falls back to LIST and EXPORT_NAME when GO is not known', async () => {
+    const uri = await brokenPeer((cookie, sock) => sock.write(p.encodeSimpleReply(cookie)), true);
+    const bs = await BlockDriverState.open(uri, { format: 'nbd' });
+    expect(await bs.getLength()).toBe(MiB);
+    await bs.flush();
+    await bs.close();
+    const missing = await failure(BlockDriverState.open(uri.replace(':///?', ':///other?'), { format: 'nbd' }));
+    expect(missing.message).toBe("No export with name 'other' available");
   });
 
   it('maps an error chunk to its errno and keeps the connection', async () => {
