@@ -8,7 +8,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { main } from '../../src/tools/nbd/nbd.js';
-import { requireTools, startServer, unixUri, type RunningServer } from './nbd-client-servers.js';
+import { freePort, requireTools, startServer, unixUri, waitForPort, type RunningServer } from './nbd-client-servers.js';
 import { makeTempDir, removeTempDir, runQemuImg, runQemuIo } from './qemu.js';
 
 const tools = requireTools('qemu-nbd', 'qemu-img', 'qemu-io', 'nbdinfo');
@@ -71,6 +71,23 @@ describe.skipIf(tools === null)('blk-nbd', () => {
     // SIGTERM: exit 0 and the socket is gone.
     expect(await a.exited).toBe(0);
     expect(existsSync(ours)).toBe(false);
+  });
+
+  it('listens on TCP (-b/-p) for qemu-img, and says so when the port is taken', async () => {
+    const port = await freePort();
+    const srv = await startServer(process.execPath, [...NODE_ARGS, '-f', 'raw', '-b', '127.0.0.1', '-p', String(port), img], join(dir, 'no-socket'), {
+      ready: () => waitForPort(port),
+    });
+    try {
+      // The port probe above was a client that never negotiated: the server is still there.
+      const busy = await runOurs(['-f', 'raw', '-b', '127.0.0.1', '-p', String(port), img]);
+      expect(busy).toEqual({ stdout: '', stderr: 'qemu-nbd: Failed to find an available port: Address already in use\n', status: 1 });
+      const info = runQemuImg(['info', '--output=json', `nbd://127.0.0.1:${port}`]);
+      expect(JSON.parse(info.stdout)).toMatchObject({ 'virtual-size': 4 * 1024 * 1024, format: 'raw' });
+      expect(await srv.exited).toBe(0);
+    } finally {
+      await srv.stop();
+    }
   });
 
   it('lists exports exactly as qemu-nbd -L, ours and theirs either way round', async () => {

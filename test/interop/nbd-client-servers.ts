@@ -3,7 +3,7 @@
 // limit. Missing programs skip locally and fail under CI=true, as qemu.ts does for qemu-img.
 import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { connect } from 'node:net';
+import { connect, createServer } from 'node:net';
 import { main as imgMain } from '../../src/tools/img.js';
 import { findOnPath } from './qemu.js';
 
@@ -55,7 +55,7 @@ export async function startServer(
   cmd: string,
   args: string[],
   socket: string,
-  opts: { limitMs?: number; probe?: boolean; env?: Record<string, string> } = {},
+  opts: { limitMs?: number; probe?: boolean; env?: Record<string, string>; ready?: () => Promise<void> } = {},
 ): Promise<RunningServer> {
   const child: ChildProcess = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...opts.env } });
   let err = '';
@@ -74,6 +74,19 @@ export async function startServer(
     if (!gone) process.kill(pid, 'SIGTERM');
     await exited;
   };
+  const kill = async (): Promise<void> => {
+    if (!gone) process.kill(pid, 'SIGKILL');
+    await exited;
+  };
+  if (opts.ready !== undefined) {
+    try {
+      await opts.ready();
+    } catch (e) {
+      await stop();
+      throw e;
+    }
+    return { pid, socket, stderr: () => err, stop, kill, exited };
+  }
   const deadline = Date.now() + 10_000;
   for (;;) {
     if (gone) throw new Error(`${cmd} exited early: ${err}`);
@@ -84,10 +97,6 @@ export async function startServer(
     }
     await new Promise((r) => setTimeout(r, 20));
   }
-  const kill = async (): Promise<void> => {
-    if (!gone) process.kill(pid, 'SIGKILL');
-    await exited;
-  };
   return { pid, socket, stderr: () => err, stop, kill, exited };
 }
 
@@ -111,4 +120,35 @@ export async function runBlkImg(args: string[]): Promise<ToolRun> {
 /** nbd+unix URI of the default export (or `name`) on `socket`. */
 export function unixUri(socket: string, name = ''): string {
   return `nbd+unix:///${name}?socket=${socket}`;
+}
+
+/** A TCP port on 127.0.0.1 that was free a moment ago (the kernel's pick). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const a = srv.address();
+      const port = typeof a === 'object' && a !== null ? a.port : 0;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** Wait until 127.0.0.1:`port` accepts connections (a TCP server just started). */
+export async function waitForPort(port: number, limitMs = 10_000): Promise<void> {
+  const deadline = Date.now() + limitMs;
+  for (;;) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = connect({ host: '127.0.0.1', port });
+      s.once('connect', () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.once('error', () => resolve(false));
+    });
+    if (ok) return;
+    if (Date.now() > deadline) throw new Error(`nothing listens on 127.0.0.1:${port}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
 }

@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlockDriverState, isBlockError } from '../../src/index.js';
-import { requireTools, runBlkImg, startServer, unixUri, type RunningServer } from './nbd-client-servers.js';
+import { freePort, requireTools, runBlkImg, startServer, unixUri, waitForPort, type RunningServer } from './nbd-client-servers.js';
 import { makeTempDir, removeTempDir, runQemuImg, runQemuIo } from './qemu.js';
 
 const tools = requireTools('qemu-nbd', 'qemu-img', 'qemu-io', 'nbdkit');
@@ -124,6 +124,29 @@ describe.skipIf(tools === null)('nbd client against qemu-nbd', () => {
       await bs.close();
     } finally {
       await ro.stop();
+    }
+  });
+
+  it('connects over TCP with nbd:// and the legacy nbd:HOST:PORT names', async () => {
+    const port = await freePort();
+    const tcpSock = join(dir, 'tcp-marker');
+    // qemu-nbd on TCP has no socket file: wait for the port instead of a path.
+    const tcp = await startServer(tools!['qemu-nbd'], ['-f', 'raw', '-t', '-e', '0', '-x', 'exp', '-b', '127.0.0.1', '-p', String(port), img], tcpSock, {
+      probe: false,
+      ready: () => waitForPort(port),
+    });
+    try {
+      for (const name of [`nbd://127.0.0.1:${port}/exp`, `nbd:127.0.0.1:${port}:exportname=exp`]) {
+        const bs = await openRaw(name, true);
+        expect(Buffer.from(await readAll(bs)).equals(readFileSync(img))).toBe(true);
+        await bs.close();
+      }
+      const uri = `nbd://127.0.0.1:${port}/exp`;
+      expect((await runBlkImg(['map', '--output=json', uri])).stdout).toBe(runQemuImg(['map', '--output=json', uri]).stdout);
+      const refused = await errorOf(openRaw(`nbd://127.0.0.1:${await freePort()}/exp`));
+      expect(refused.message).toMatch(/^Failed to connect to '127\.0\.0\.1:\d+': Connection refused$/);
+    } finally {
+      await tcp.stop();
     }
   });
 
