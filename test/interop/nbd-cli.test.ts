@@ -11,9 +11,25 @@ import { main } from '../../src/tools/nbd/nbd.js';
 import { freePort, requireTools, startServer, unixUri, waitForPort, type RunningServer } from './nbd-client-servers.js';
 import { makeTempDir, removeTempDir, runQemuImg, runQemuIo } from './qemu.js';
 
-const tools = requireTools('qemu-nbd', 'qemu-img', 'qemu-io', 'nbdinfo');
+const tools = requireTools('qemu-nbd', 'qemu-img', 'qemu-io', 'nbdinfo', 'openssl');
 const LAUNCHER = join(import.meta.dirname, 'nbd-cli-launcher.ts');
 const NODE_ARGS = ['--import', 'tsx', LAUNCHER];
+
+/** A CA, a server certificate and a client certificate O=Example,CN=client1, as openssl makes them. */
+function makeX509(certs: string): void {
+  const ssl = (args: string[]): void => {
+    const r = spawnSync(tools!.openssl, args, { cwd: certs, encoding: 'utf8', timeout: 30_000 });
+    if (r.status !== 0) throw new Error(`openssl ${args.join(' ')}: ${r.stderr}`);
+  };
+  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
+  ssl(['req', '-x509', ...ec, '-keyout', 'ca-key.pem', '-out', 'ca-cert.pem', '-days', '2', '-subj', '/CN=Test CA']);
+  writeFileSync(join(certs, 'server.ext'), 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n');
+  writeFileSync(join(certs, 'client.ext'), 'extendedKeyUsage=clientAuth\n');
+  for (const [who, subj] of [['server', '/O=Example/CN=localhost'], ['client', '/O=Example/CN=client1']]) {
+    ssl(['req', ...ec, '-keyout', `${who}-key.pem`, '-out', `${who}.csr`, '-subj', subj]);
+    ssl(['x509', '-req', '-in', `${who}.csr`, '-CA', 'ca-cert.pem', '-CAkey', 'ca-key.pem', '-CAcreateserial', '-out', `${who}-cert.pem`, '-days', '2', '-extfile', `${who}.ext`]);
+  }
+}
 
 /** blk-nbd in process under the name qemu-nbd (for command lines that end before serving). */
 async function runOurs(args: string[]): Promise<{ stdout: string; stderr: string; status: number }> {
@@ -222,6 +238,45 @@ describe.skipIf(tools === null)('blk-nbd', () => {
     } finally {
       await a.stop();
       await b.stop();
+    }
+  });
+
+  it('speaks TLS-x509 both ways with qemu-nbd, with authz on the client DN', async () => {
+    const certs = join(dir, 'x509');
+    mkdirSync(certs);
+    makeX509(certs);
+    const obj = (endpoint: string): string[] => [
+      '--object',
+      `tls-creds-x509,id=tls0,dir=${certs},endpoint=${endpoint}`,
+      '--tls-creds=tls0',
+      // A Unix socket names no host: the client checks the certificate against this one.
+      ...(endpoint === 'client' ? ['--tls-hostname=localhost'] : []),
+    ];
+    const authz = (dn: string): string[] => ['--object', `authz-simple,id=a0,identity=${dn.replace(/,/g, ',,')}`, '--tls-authz=a0'];
+    const ours = join(dir, 'x-ours.sock');
+    const denied = join(dir, 'x-denied.sock');
+    const theirs = join(dir, 'x-theirs.sock');
+    const a = await startOurs(['-f', 'raw', '-t', '-k', ours, ...obj('server'), ...authz('O=Example,CN=client1'), img], ours);
+    const b = await startServer(tools!['qemu-nbd'], ['-f', 'raw', '-t', '-k', theirs, ...obj('server'), img], theirs);
+    const c = await startOurs(['-f', 'raw', '-t', '-k', denied, ...obj('server'), ...authz('CN=client1,O=Example'), img], denied);
+    try {
+      const reference = runTheirs(['-L', '-k', theirs, ...obj('client')]);
+      expect(reference.stdout).toContain('exports available: 1');
+      expect(runTheirs(['-L', '-k', ours, ...obj('client')]).stdout).toBe(reference.stdout);
+      expect(await runOurs(['-L', '-k', theirs, ...obj('client')])).toEqual({ stdout: reference.stdout, stderr: '', status: 0 });
+      // The DN in the wrong order is another identity: refused.
+      const refused = runTheirs(['-L', '-k', denied, ...obj('client')]);
+      expect(refused.status).toBe(1);
+      expect(refused.stdout).toBe('');
+      // No host name to check the server against: refused by either client in the same words.
+      const noHost = obj('client').filter((a) => !a.startsWith('--tls-hostname'));
+      const theirsNoHost = runTheirs(['-L', '-k', theirs, ...noHost]);
+      expect(theirsNoHost.stderr).toBe('qemu-nbd: No hostname for certificate validation\n');
+      expect(await runOurs(['-L', '-k', theirs, ...noHost])).toEqual({ stdout: '', stderr: theirsNoHost.stderr, status: 1 });
+    } finally {
+      await a.stop();
+      await b.stop();
+      await c.stop();
     }
   });
 

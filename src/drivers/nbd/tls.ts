@@ -6,6 +6,7 @@
  * their command line and nodes refer to them by id (`tls-creds`).
  */
 import { existsSync, readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { join } from 'node:path';
 import { connect as tlsConnect, type ConnectionOptions, type TLSSocket, type TlsOptions } from 'node:tls';
 import { BlockError } from '../../block/errors.js';
@@ -80,7 +81,11 @@ export function clientTlsOptions(creds: TlsCredsObject, hostname: string | undef
     rejectUnauthorized: creds.verifyPeer,
     minVersion: 'TLSv1.2',
   };
-  if (hostname !== undefined) opts.servername = hostname;
+  // The certificate is checked against the host dialled or tls-hostname. SNI takes names, not
+  // addresses: an IP is checked without being sent. Without verify-peer nothing is checked.
+  if (!creds.verifyPeer) opts.checkServerIdentity = () => undefined;
+  else if (hostname !== undefined && isIP(hostname) !== 0) opts.host = hostname;
+  else if (hostname !== undefined) opts.servername = hostname;
   return opts;
 }
 
@@ -113,6 +118,10 @@ export function nbdClientTls(id: string, hostname: string | undefined): (ch: Opt
   const creds = findTlsCreds(id, 'client');
   const options = clientTlsOptions(creds, hostname);
   return async (ch) => {
+    // Over a Unix socket there is no host to check the certificate against: QEMU refuses.
+    if (creds.type === 'tls-creds-x509' && creds.verifyPeer && hostname === undefined) {
+      throw new BlockError('EINVAL', 'No hostname for certificate validation', { op: 'nbd-tls' });
+    }
     ch.reader.detach();
     const tlsSock = await new Promise<TLSSocket>((resolve, reject) => {
       const s = tlsConnect({ ...options, socket: ch.sock });
