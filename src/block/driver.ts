@@ -6,6 +6,9 @@ import type { BlockDriverState } from './node.js';
 import type { BlockDriverRegistry } from './registry.js';
 
 export const BDRV_SECTOR_SIZE = 512;
+
+/** Largest zero buffer written at once where zeroing falls back to plain writes. */
+export const BDRV_ZERO_CHUNK = 1 << 20;
 export const BDRV_SECTOR_BITS = 9;
 
 export interface WriteFlags {
@@ -114,10 +117,11 @@ export interface OpenOptions {
   depth?: number;
   /**
    * The node is opened for a parent node (QEMU's BdrvChild: a format's `file`, a filter's
-   * image, a backing file, a format's create hook) rather than for a user (QEMU's
-   * BlockBackend). Only then does a protocol or filter node grow on writes past its end and
-   * read zeros there; a user's node refuses such requests with EIO, as qemu-io does. The
-   * generic layer and the built-in drivers set it for the children they open. Default false.
+   * image, a backing file, a format's create hook) rather than for a user. Only then (or under
+   * a BlockBackend, which bounds its user itself) does a protocol or filter node grow on
+   * writes past its end and read zeros there; a node the user opened directly refuses such
+   * requests with EIO, as qemu-io does. The generic layer and the built-in drivers set it for
+   * the children they open. Default false.
    */
   child?: boolean;
 }
