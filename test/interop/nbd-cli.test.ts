@@ -315,6 +315,8 @@ describe.skipIf(tools === null)('blk-nbd', () => {
       ['--object', 'tls-creds-psk,dir=/nonexistent', 'x'],
       ['--object', 'tls-creds-psk,id=t,dir=/nonexistent', 'x'],
       ['--object', 'tls-creds-psk,id=t,dir=/tmp,endpoint=bad', 'x'],
+      ['-l', 'snapshot.bogus=1', 'x'],
+      ['-l', 'snap', '-f', 'raw', '-k', join(dir, 'l.sock'), img],
     ];
     for (const args of cases) {
       const theirs = runTheirs(args);

@@ -3,6 +3,7 @@
 // its messages and exit status. Parsing only: nothing here opens an image or a socket, except
 // that --object creates its object at once, as qemu-nbd does (TLS files are read then).
 import { Getopt, ToolExit, type LongOption, type ToolOutput } from '../common.js';
+import { splitOptionList } from '../img-util.js';
 import { helpText, versionText } from './help.js';
 import { addObject } from './objects.js';
 
@@ -233,6 +234,15 @@ export function parseNbdOptions(o: ToolOutput, argv: string[], env: NodeJS.Proce
         break;
       }
       case 'l':
+        // snapshot.id=ID,snapshot.name=NAME, or a bare ID_OR_NAME.
+        if (a.startsWith('snapshot.')) {
+          for (const [k] of splitOptionList(a)) {
+            if (k !== 'snapshot.id' && k !== 'snapshot.name') {
+              o.error(`Invalid parameter '${k}'`);
+              fail(`Failed in parsing snapshot param \`${a}'`);
+            }
+          }
+        }
         opts.loadSnapshot = a;
         opts.readOnly = true;
         break;

@@ -9,6 +9,7 @@ import { join, resolve } from 'node:path';
 import type { BlockStatus, WriteFlags, WriteZeroesFlags } from '../../block/driver.js';
 import { bdrvCreate } from '../../block/create.js';
 import { BlockDriverState } from '../../block/node.js';
+import { getDefaultRegistry } from '../../block/registry.js';
 import { findTlsCreds, serverTlsOptions } from '../../drivers/nbd/tls.js';
 import { NbdServer, type NbdBackend } from '../../nbd/index.js';
 import { errorMessage, ToolExit, type ToolOutput } from '../common.js';
@@ -99,13 +100,24 @@ export async function openExportImage(o: ToolOutput, opts: NbdToolOptions): Prom
     try {
       const bs = await BlockDriverState.open(file, { format: opts.format, readOnly: opts.readOnly, noFlush });
       warnProbedRaw(o, opts, bs, file);
+      if (opts.loadSnapshot !== undefined) {
+        // No format here can load an internal snapshot for a while (bdrv_snapshot_load_tmp).
+        await bs.close();
+        o.error(
+          `Failed to load snapshot: Block format '${bs.driver.formatName}' used by device '' does not support temporarily loading internal snapshots`,
+        );
+        throw new ToolExit(1);
+      }
       return { bs, temporary: [] };
     } catch (e) {
+      if (e instanceof ToolExit) throw e;
       return fail(e);
     }
   }
-  // -s: writes go to a temporary QED overlay whose backing file is FILE, dropped at exit.
-  const overlay = join(tmpdir(), `blk-nbd-snapshot-${process.pid}-${randomBytes(4).toString('hex')}.qed`);
+  // -s: writes go to a temporary overlay whose backing file is FILE, dropped at exit: qcow2 as
+  // in qemu-nbd when that driver is there, else QED.
+  const overlayFormat = getDefaultRegistry().find('qcow2') !== undefined ? 'qcow2' : 'qed';
+  const overlay = join(tmpdir(), `blk-nbd-snapshot-${process.pid}-${randomBytes(4).toString('hex')}.${overlayFormat}`);
   let base: BlockDriverState;
   try {
     base = await BlockDriverState.open(file, { format: opts.format, readOnly: true });
@@ -117,10 +129,10 @@ export async function openExportImage(o: ToolOutput, opts: NbdToolOptions): Prom
   await base.close();
   try {
     await bdrvCreate(overlay, {
-      format: 'qed',
+      format: overlayFormat,
       options: { size, backingFile: resolve(file), backingFmt: format },
     });
-    const bs = await BlockDriverState.open(overlay, { format: 'qed', readOnly: opts.readOnly, noFlush });
+    const bs = await BlockDriverState.open(overlay, { format: overlayFormat, readOnly: opts.readOnly, noFlush });
     return { bs, temporary: [overlay] };
   } catch (e) {
     rmSync(overlay, { force: true });
