@@ -137,6 +137,25 @@ describe.skipIf(tools === null)('blk-nbd', () => {
     expect(readFileSync(img).equals(before)).toBe(true);
   });
 
+  it('honours --discard and --detect-zeroes as qemu-nbd: the file ends up with the same holes', async () => {
+    const maps: string[] = [];
+    for (const who of ['ours', 'theirs']) {
+      const file = join(dir, `dz-${who}.raw`);
+      expect(runQemuImg(['create', '-q', '-f', 'raw', file, '4M']).status).toBe(0);
+      expect(runQemuIo(['-f', 'raw', '-c', 'write -P 0x33 0 4M', file]).status).toBe(0);
+      const sock = join(dir, `dz-${who}.sock`);
+      const args = ['-f', 'raw', '--discard=unmap', '--detect-zeroes=unmap', '-k', sock, file];
+      const srv = who === 'ours' ? await startOurs(args, sock) : await startServer(tools!['qemu-nbd'], args, sock);
+      // Zeros written as data, a trim, and data again: the server decides what becomes a hole.
+      const io = runQemuIo(['-f', 'raw', '-c', 'write -P 0 1M 1M', '-c', 'discard 3M 512k', '-c', 'write -P 0 0 4k', unixUri(sock)]);
+      expect(io.status).toBe(0);
+      expect(await srv.exited).toBe(0);
+      maps.push(runQemuImg(['map', '--output=json', '-f', 'raw', file]).stdout);
+    }
+    expect(maps[0]).toBe(maps[1]);
+    expect(maps[0]).toContain('"start": 1048576, "length": 1048576, "depth": 0, "present": true, "zero": true, "data": false');
+  });
+
   it('serves -r read-only as qemu-nbd does (qemu-io sees the same answers)', async () => {
     const ours = join(dir, 'r-ours.sock');
     const theirs = join(dir, 'r-theirs.sock');

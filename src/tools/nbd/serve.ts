@@ -19,16 +19,35 @@ import type { NbdToolOptions } from './options.js';
 /** The listen backlog qemu-nbd uses for unlimited clients. */
 const SOMAXCONN = 4096;
 
+/** How the export treats writes (qemu-nbd's --discard, --detect-zeroes, --cache). */
+export interface ExportWriteMode {
+  /** --discard=unmap: TRIM reaches the image and zeroing may unmap (BDRV_O_UNMAP). */
+  unmap: boolean;
+  /** --detect-zeroes: a write of zeros becomes a zeroing (which may unmap with 'unmap'). */
+  detectZeroes: 'off' | 'on' | 'unmap';
+  /** --cache=writethrough/directsync: every write is made durable before it is answered. */
+  writethrough: boolean;
+}
+
+function isZero(buf: Uint8Array): boolean {
+  for (const b of buf) if (b !== 0) return false;
+  return true;
+}
+
 /**
  * The image as the export sees it: `-o` moves the start, `--discard=ignore` (the default)
  * makes TRIM a no-op and zeroing never unmap, as QEMU without BDRV_O_UNMAP.
  */
 export class ExportBackend implements NbdBackend {
+  private readonly unmap: boolean;
+
   constructor(
     readonly bs: BlockDriverState,
     private readonly offset: number,
-    private readonly unmap: boolean,
-  ) {}
+    private readonly mode: ExportWriteMode,
+  ) {
+    this.unmap = mode.unmap;
+  }
 
   get readOnly(): boolean {
     return this.bs.readOnly;
@@ -46,12 +65,17 @@ export class ExportBackend implements NbdBackend {
     return this.bs.pread(this.offset + offset, buf);
   }
 
-  pwrite(offset: number, buf: Uint8Array, flags?: WriteFlags): Promise<void> {
-    return this.bs.pwrite(this.offset + offset, buf, flags);
+  pwrite(offset: number, buf: Uint8Array, flags: WriteFlags = {}): Promise<void> {
+    const fua = flags.fua === true || this.mode.writethrough;
+    if (this.mode.detectZeroes !== 'off' && isZero(buf)) {
+      return this.writeZeroes(offset, buf.length, { mayUnmap: this.mode.detectZeroes === 'unmap', fua });
+    }
+    return this.bs.pwrite(this.offset + offset, buf, { ...flags, fua });
   }
 
   writeZeroes(offset: number, bytes: number, flags: WriteZeroesFlags = {}): Promise<void> {
-    return this.bs.writeZeroes(this.offset + offset, bytes, { ...flags, mayUnmap: this.unmap && flags.mayUnmap === true });
+    const fua = flags.fua === true || this.mode.writethrough;
+    return this.bs.writeZeroes(this.offset + offset, bytes, { ...flags, fua, mayUnmap: this.unmap && flags.mayUnmap === true });
   }
 
   async discard(offset: number, bytes: number): Promise<void> {
@@ -164,7 +188,11 @@ export function makeServer(opts: NbdToolOptions, bs: BlockDriverState): NbdServe
     exports: [
       {
         name: opts.exportName ?? '',
-        backend: new ExportBackend(bs, opts.offset, opts.discard === 'unmap'),
+        backend: new ExportBackend(bs, opts.offset, {
+          unmap: opts.discard === 'unmap',
+          detectZeroes: opts.detectZeroes,
+          writethrough: opts.cache === 'writethrough' || opts.cache === 'directsync',
+        }),
         description: opts.description,
         readOnly: opts.readOnly,
         allocationDepth: opts.allocationDepth,
