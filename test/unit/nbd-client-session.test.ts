@@ -99,6 +99,25 @@ describe('nbd client against NbdServer', () => {
     await ro.close();
   });
 
+  it('retries the first connect for open-timeout seconds', async () => {
+    const backend = await BlockDriverState.open(makeMem(MiB, 'nbdc'), {});
+    const server = new NbdServer({ exports: [{ name: '', backend }] });
+    const dir = mkdtempSync(join(tmpdir(), 'nbdc-late-'));
+    const path = join(dir, 's.sock');
+    cleanups.push(async () => {
+      await server.close();
+      await backend.close();
+      rmSync(dir, { recursive: true, force: true });
+    });
+    const uri = `nbd+unix:///?socket=${path}`;
+    expect((await failure(BlockDriverState.open(uri, { format: 'nbd' }))).message).toBe(`Failed to connect to '${path}': No such file or directory`);
+    // The server comes up while the client is still trying.
+    setTimeout(() => void server.listen({ path }), 700).unref();
+    const bs = await BlockDriverState.open(uri, { format: 'nbd', driverOptions: { 'open-timeout': '5' } });
+    expect(await bs.getLength()).toBe(MiB);
+    await bs.close();
+  });
+
   it('fails requests once the server shuts down', async () => {
     const { uri, server } = await serve(MiB);
     const bs = await BlockDriverState.open(uri, { format: 'raw' });
