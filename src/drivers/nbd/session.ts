@@ -48,6 +48,9 @@ export const MAX_NBD_REQUESTS = 16;
  */
 const MAX_METADATA_CHUNK = 4 + 8 * (1 << 20);
 
+/** What to wait for when nothing is buffered yet: about one socket read. */
+const READ_PIECE = 64 * 1024;
+
 interface Pending {
   cmd: number;
   offset: number;
@@ -207,7 +210,7 @@ export class NbdSession {
     } else if (p.cmd === NBD_CMD_READ) {
       if (this.info.structuredReply) throw protocolError('simple reply to a read with structured replies negotiated');
       // The data follows the header; only the request says how long it is.
-      if (p.length > 0) p.into?.copyFrom(await this.reader.read(p.length), 0);
+      await this.readInto(p, 0, p.length);
       p.covered = p.length;
     } else if (p.cmd === NBD_CMD_BLOCK_STATUS) {
       throw protocolError('simple reply to block status');
@@ -267,8 +270,21 @@ export class NbdSession {
     if (length < 9) throw protocolError('invalid payload for NBD_REPLY_TYPE_OFFSET_DATA');
     const offset = (await this.reader.read(8)).readBigUInt64BE(0);
     const at = this.place(p, offset, length - 8, 'data');
-    // Straight from the socket buffers into the caller's vector: no intermediate payload copy.
-    p.into?.copyFrom(await this.reader.read(length - 8), at);
+    await this.readInto(p, at, length - 8);
+  }
+
+  /**
+   * `n` payload bytes into the request's vector at `at`, in the pieces the socket delivered:
+   * a piece within one received buffer is a view, so the bytes are copied once (socket buffer
+   * to caller) instead of being gathered into one payload buffer first.
+   */
+  private async readInto(p: Pending, at: number, n: number): Promise<void> {
+    for (let done = 0; done < n; ) {
+      const avail = this.reader.pending;
+      const piece = await this.reader.read(Math.min(n - done, avail > 0 ? avail : READ_PIECE));
+      p.into?.copyFrom(piece, at + done);
+      done += piece.length;
+    }
   }
 
   private offsetHole(p: Pending, payload: Buffer): void {
