@@ -35,3 +35,15 @@ for (const drv of [fileDriver, memDriver, nbdDriver, powerlossDriver, blkdebugDr
 }
 
 setDefaultRegistry(defaultRegistry);
+
+// The NBD server (Node only: it listens on sockets). Its wire codecs live in src/nbd/protocol.
+export {
+  NbdServer,
+  NbdExport,
+  type NbdExportOptions,
+  type NbdServerOptions,
+  type NbdServerEvents,
+  type NbdClientInfo,
+  type NbdListenAddress,
+  type NbdTlsOptions,
+} from './nbd/index.js';

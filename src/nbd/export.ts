@@ -3,7 +3,7 @@
  * added (name, description, read-only, contexts offered, client limit). Everything a client
  * is told about an export at INFO/GO time is computed here, in one place.
  */
-import type { BlockStatus, WriteFlags, WriteZeroesFlags } from '../block/driver.js';
+import type { BlockBackend } from '../block/backend.js';
 import { BlockError } from '../block/errors.js';
 import {
   NBD_FLAG_CAN_MULTI_CONN,
@@ -22,30 +22,14 @@ import {
   NBD_META_BASE_ALLOCATION,
 } from './protocol.js';
 
-/**
- * What an export needs from the image it serves: the user-level request API of a
- * BlockBackend (and of a BlockDriverState opened by `BlockDriverState.open`). Every request
- * the server makes is already bounds-checked against `getLength()` rounded up to 512.
- */
-export interface NbdBackend {
-  readonly readOnly: boolean;
-  getLength(): Promise<number>;
-  pread(offset: number, buf: Uint8Array): Promise<void>;
-  pwrite(offset: number, buf: Uint8Array, flags?: WriteFlags): Promise<void>;
-  writeZeroes(offset: number, bytes: number, flags?: WriteZeroesFlags): Promise<void>;
-  discard(offset: number, bytes: number): Promise<void>;
-  flush(): Promise<void>;
-  blockStatus(offset: number, bytes: number): Promise<BlockStatus>;
-  blockStatusAbove(offset: number, bytes: number): Promise<BlockStatus & { depth: number }>;
-  drain(): Promise<void>;
-  /** The node's request alignment, told as the minimum block size to clients that ask. */
-  readonly requestAlignment?: number;
-}
-
 export interface NbdExportOptions {
   /** Export name clients ask for; '' is the default export. At most 4096 bytes. */
   name: string;
-  backend: NbdBackend;
+  /**
+   * The image, as its user-level handle. Every connection to the export shares it; the server
+   * never closes it (the caller does, after NbdServer.close()).
+   */
+  backend: BlockBackend;
   /** Sent as INFO_DESCRIPTION and in LIST replies (qemu-nbd -D). */
   description?: string;
   /** Refuse writes even if the backend allows them (qemu-nbd -r). */
@@ -82,7 +66,7 @@ export interface BlockSizes {
 
 export class NbdExport {
   readonly name: string;
-  readonly backend: NbdBackend;
+  readonly backend: BlockBackend;
   readonly description: string;
   readonly readOnly: boolean;
   readonly contexts: readonly MetaContext[];
@@ -135,7 +119,7 @@ export class NbdExport {
 
   /** Minimum 1 unless the client asked (then the request alignment), as qemu-nbd. */
   blockSizes(clientAsked: boolean): BlockSizes {
-    const minimum = clientAsked ? (this.backend.requestAlignment ?? 1) : 1;
+    const minimum = clientAsked ? (this.backend.root?.requestAlignment ?? 1) : 1;
     return { minimum, preferred: Math.max(4096, minimum), maximum: NBD_MAX_BUFFER_SIZE };
   }
 

@@ -27,6 +27,8 @@
  * Limits: at most `maxClients` connections are served at once; up to `maxQueued` more wait
  * (accepted, no greeting) for a slot, as qemu-nbd's listen backlog; beyond that new
  * connections are closed at once. Each handshake must finish within `handshakeTimeoutMs`.
+ * close() gives negotiating clients one second to send one more option (answered
+ * ERR_SHUTDOWN) before closing them.
  */
 import { EventEmitter } from 'eventemitter3';
 import * as net from 'node:net';
@@ -36,6 +38,9 @@ import { NbdExport, type NbdExportOptions } from './export.js';
 import { negotiate, NegotiationError, type NbdTlsOptions } from './handshake.js';
 import { ConnectionClosed } from './reader.js';
 import { NbdSession } from './transmission.js';
+
+/** How long close() lets negotiating clients send one more option (answered ERR_SHUTDOWN). */
+const SHUTDOWN_GRACE_MS = 1000;
 
 export interface NbdServerOptions {
   exports: NbdExportOptions[];
@@ -142,10 +147,10 @@ export class NbdServer extends EventEmitter<NbdServerEvents> {
     for (const c of this.queued.splice(0)) c.destroy();
     for (const s of this.sessions) s.stop();
     // Negotiating clients idle between options get no reply at all: close them after a
-    // short grace so one that is mid-option still receives its ERR_SHUTDOWN.
+    // grace so one that is mid-option still receives its ERR_SHUTDOWN.
     const grace = setTimeout(() => {
       for (const c of this.active) if (!this.isInSession(c)) c.destroy();
-    }, 200);
+    }, SHUTDOWN_GRACE_MS);
     grace.unref();
     await Promise.all([...this.finished]);
     clearTimeout(grace);

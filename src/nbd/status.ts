@@ -6,7 +6,8 @@
  * size is rounded up to 512) reads as zeros and reports as a hole.
  */
 import type { NbdConnection } from './connection.js';
-import { CONTEXT_ID_ALLOCATION_DEPTH, type NbdBackend } from './export.js';
+import type { BlockBackend } from '../block/backend.js';
+import { CONTEXT_ID_ALLOCATION_DEPTH } from './export.js';
 import * as p from './protocol.js';
 
 interface Extent {
@@ -17,7 +18,7 @@ interface Extent {
 }
 
 /** The status of the range starting at `offset`, at most `bytes` long (> 0 bytes). */
-async function statusAt(backend: NbdBackend, contextId: number, offset: number, bytes: number, backendLength: number): Promise<Extent> {
+async function statusAt(backend: BlockBackend, contextId: number, offset: number, bytes: number, backendLength: number): Promise<Extent> {
   const hole = { length: bytes, value: contextId === CONTEXT_ID_ALLOCATION_DEPTH ? 0 : p.NBD_STATE_HOLE | p.NBD_STATE_ZERO, zero: true };
   if (offset >= backendLength) return hole;
   const ask = Math.min(bytes, backendLength - offset);
@@ -38,7 +39,7 @@ async function statusAt(backend: NbdBackend, contextId: number, offset: number, 
  * answer than asked is allowed by the protocol.
  */
 export async function collectExtents(
-  backend: NbdBackend,
+  backend: BlockBackend,
   contextId: number,
   offset: number,
   bytes: number,
@@ -71,7 +72,7 @@ export async function collectExtents(
  */
 export async function sparseRead(
   conn: NbdConnection,
-  backend: NbdBackend,
+  backend: BlockBackend,
   cookie: bigint,
   offset: number,
   bytes: number,

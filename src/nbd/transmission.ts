@@ -4,8 +4,10 @@
  * go out in completion order (each chunk written whole, see NbdConnection.send).
  *
  * Memory is bounded by the client's in-flight allowance: no request header is read while
- * MAX_REQUESTS are running, and no WRITE payload while WRITE_BUDGET bytes of payload are
- * held (the socket is paused meanwhile, so the kernel pushes back on the client).
+ * MAX_REQUESTS are running, and no WRITE payload is read nor READ started while
+ * BYTE_BUDGET bytes of payload and read buffers are held (the socket is paused meanwhile,
+ * so the kernel pushes back on the client). A READ's bytes stay held until its reply has
+ * left our socket buffer: a client that never reads its replies cannot make us hold more.
  *
  * Validation order (qemu's nbd_co_receive_request): DISC first (no reply); length > 32 MiB
  * for READ/WRITE/CACHE; the WRITE payload is read (keeps the stream in step); read-only;
@@ -23,8 +25,8 @@ import { collectExtents, sparseRead } from './status.js';
 
 /** Requests in flight per client (qemu's MAX_NBD_REQUESTS). */
 export const MAX_REQUESTS = 16;
-/** WRITE payload bytes held per client before the socket stops being read. */
-export const WRITE_BUDGET = 64 * 1024 * 1024;
+/** WRITE payload and READ buffer bytes held per client before the socket stops being read. */
+export const BYTE_BUDGET = 64 * 1024 * 1024;
 
 /** What a request does to the stream when it fails validation. */
 type Verdict = { ok: true } | { ok: false; message: string; fatal?: string };
@@ -100,11 +102,12 @@ export class NbdSession {
       if (req.type === p.NBD_CMD_DISC) return null;
 
       const verdict = this.checkLength(req);
+      const cost = verdict.ok && (req.type === p.NBD_CMD_WRITE || req.type === p.NBD_CMD_READ) ? req.length : 0;
+      // Reserved before the payload is read or the read buffer allocated; the first request
+      // always fits, so one of up to 32 MiB cannot wait forever.
+      while (this.heldBytes > 0 && this.heldBytes + cost > BYTE_BUDGET) await this.changed();
       let data: Buffer | null = null;
-      if (req.type === p.NBD_CMD_WRITE && verdict.ok) {
-        while (this.heldBytes > 0 && this.heldBytes + req.length > WRITE_BUDGET) await this.changed();
-        data = await this.conn.reader.read(req.length);
-      }
+      if (req.type === p.NBD_CMD_WRITE && verdict.ok) data = await this.conn.reader.read(req.length);
       const checked = verdict.ok ? this.checkRequest(req) : verdict;
       if (!checked.ok) {
         await this.replyError(req, p.NBD_EINVAL, checked.message);
@@ -115,7 +118,7 @@ export class NbdSession {
         await this.replyError(req, p.NBD_ESHUTDOWN, 'server shutting down');
         continue;
       }
-      this.start(req, data);
+      this.start(req, data, cost);
     }
   }
 
@@ -149,9 +152,8 @@ export class NbdSession {
   }
 
   /** Run a validated request in the background; it counts as in flight until it replied. */
-  private start(req: p.NbdRequest, data: Buffer | null): void {
+  private start(req: p.NbdRequest, data: Buffer | null, held: number): void {
     this.inFlight++;
-    const held = data?.length ?? 0;
     this.heldBytes += held;
     this.handle(req, Number(req.offset), data)
       .catch(() => undefined)

@@ -5,7 +5,7 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { BlockDriverState } from '../../src/index.js';
+import { BlockBackend } from '../../src/index.js';
 import { NbdServer, type NbdExportOptions, type NbdServerOptions } from '../../src/nbd/index.js';
 
 export interface ToolResult {
@@ -82,7 +82,7 @@ export function killTools(): void {
 
 export interface Served {
   server: NbdServer;
-  bs: BlockDriverState;
+  bs: BlockBackend;
   /** nbd://127.0.0.1:PORT/NAME */
   tcp: string;
   /** nbd+unix:///NAME?socket=PATH */
@@ -102,7 +102,7 @@ export async function serveImage(
   serverOpts: Partial<NbdServerOptions> = {},
 ): Promise<Served> {
   const { format, ...rest } = exportOpts;
-  const bs = await BlockDriverState.open(file, { format, readOnly: rest.readOnly ?? false });
+  const bs = await BlockBackend.open(file, { format, readOnly: rest.readOnly ?? false });
   const name = rest.name ?? '';
   const server = new NbdServer({ exports: [{ ...rest, name, backend: bs }], ...serverOpts });
   const errors: string[] = [];

@@ -1,7 +1,7 @@
 // NbdServer against raw sockets: negotiation answers, request validation and replies, limits.
 // The export is a mem: node, so these run without any external program.
 import { afterEach, describe, expect, it } from 'vitest';
-import { BlockDriverState } from '../../src/index.js';
+import { BlockBackend, memStoreWrite } from '../../src/index.js';
 import * as p from '../../src/nbd/protocol.js';
 import { NbdServer, type NbdExportOptions, type NbdListenAddress, type NbdServerOptions } from '../../src/nbd/index.js';
 import { makeMem } from './block-helpers.js';
@@ -17,13 +17,13 @@ afterEach(async () => {
 interface Setup {
   server: NbdServer;
   addr: NbdListenAddress;
-  bs: BlockDriverState;
+  bs: BlockBackend;
   errors: string[];
   client(): Promise<WireClient>;
 }
 
 async function setup(exportOpts: Partial<NbdExportOptions> = {}, serverOpts: Partial<NbdServerOptions> = {}): Promise<Setup> {
-  const bs = await BlockDriverState.open(makeMem(SIZE, 'nbd'), {});
+  const bs = await BlockBackend.open(makeMem(SIZE, 'nbd'), {});
   const server = new NbdServer({ exports: [{ name: 'exp', backend: bs, description: 'a disk', ...exportOpts }], ...serverOpts });
   const errors: string[] = [];
   server.on('error', (e) => errors.push(e.message));
@@ -207,6 +207,19 @@ describe('NbdServer negotiation', () => {
   });
 });
 
+describe('NbdServer exports', () => {
+  it('refuses bitmaps no format here keeps, names over 4096 bytes and duplicate names', async () => {
+    const bs = await BlockBackend.open(makeMem(SIZE, 'nbd-exp'), {});
+    cleanups.push(() => bs.close());
+    expect(() => new NbdServer({ exports: [{ name: '', backend: bs, bitmaps: ['b0'] }] })).toThrow("Bitmap 'b0' is not found");
+    expect(() => new NbdServer({ exports: [{ name: 'x'.repeat(4097), backend: bs }] })).toThrow('too long');
+    const server = new NbdServer({ exports: [{ name: 'a', backend: bs }] });
+    expect(() => server.addExport({ name: 'a', backend: bs })).toThrow("export 'a' already exists");
+    server.addExport({ name: 'b', backend: bs, readOnly: true });
+    await server.close();
+  });
+});
+
 describe('NbdServer transmission', () => {
   it('writes and reads with simple and structured replies', async () => {
     const s = await setup();
@@ -386,6 +399,27 @@ describe('NbdServer transmission', () => {
     expect(back.every((b) => b === 199)).toBe(true);
   });
 
+  it('a client that does not read its replies cannot make the server hold more than the budget', async () => {
+    const big = 16 * 1024 * 1024;
+    const bs = await BlockBackend.open(makeMem(big, 'nbd-budget'), {});
+    const server = new NbdServer({ exports: [{ name: '', backend: bs }] });
+    const c = await WireClient.connect(await server.listen({ host: '127.0.0.1', port: 0 }));
+    cleanups.push(async () => {
+      c.close();
+      await server.close();
+      await bs.close();
+    });
+    await c.start();
+    await c.go('');
+    const before = process.memoryUsage().arrayBuffers;
+    const n = 32;
+    for (let i = 0; i < n; i++) c.request(p.NBD_CMD_READ, 0, big, { flags: p.NBD_CMD_FLAG_DF });
+    await new Promise((r) => setTimeout(r, 1000));
+    // 16 replies of 16 MiB in flight would hold 256 MiB; the budget is 64 MiB plus one request.
+    expect(process.memoryUsage().arrayBuffers - before).toBeLessThan(160 * 1024 * 1024);
+    for (let i = 0; i < n; i++) expect((await c.reply()).kind).toBe('structured');
+  });
+
   it('close() finishes in-flight requests, refuses new connections and closes clients', async () => {
     const s = await setup();
     const c = await s.client();
@@ -395,8 +429,14 @@ describe('NbdServer transmission', () => {
     await negotiating.start();
     c.request(p.NBD_CMD_WRITE, 0, 1 << 20, { data: Buffer.alloc(1 << 20, 3) });
     const reply = c.reply();
-    await new Promise((r) => setTimeout(r, 20));
+    // The whole request has left the client before the server is told to close.
+    await new Promise((r) => c.socket.write(Buffer.alloc(0), r));
+    await new Promise((r) => setTimeout(r, 50));
     const closed = s.server.close();
+    // A client mid-handshake gets ERR_SHUTDOWN for its next option, then the connection ends.
+    negotiating.option(p.NBD_OPT_LIST);
+    const shut = await negotiating.optionReply();
+    expect([shut.type, text(shut.data)]).toEqual([p.NBD_REP_ERR_SHUTDOWN, 'Server shutting down']);
     expect((await reply).kind).toBe('simple');
     expect(await c.closedByServer()).toBe(true);
     expect(await negotiating.closedByServer()).toBe(true);
@@ -405,5 +445,38 @@ describe('NbdServer transmission', () => {
     const back = Buffer.alloc(1 << 20);
     await s.bs.pread(0, back);
     expect(back.every((b) => b === 3)).toBe(true);
+  });
+});
+
+describe('NbdServer I/O errors', () => {
+  it('maps backend errors to NBD errno values with qemu messages; the connection stays', async () => {
+    // Data everywhere, so a sparse read has to read (a hole would be sent without a read).
+    const img = `mem:nbd-err-${process.pid}`;
+    memStoreWrite(img.slice(4), Buffer.alloc(SIZE, 0x42));
+    const configText =
+      '[inject-error]\nevent = "read_aio"\nerrno = "5"\nonce = "on"\n\n[inject-error]\nevent = "write_aio"\nerrno = "28"\nonce = "on"\n';
+    const bs = await BlockBackend.open(`blkdebug::${img}`, { format: 'raw', driverOptions: { configText } });
+    const server = new NbdServer({ exports: [{ name: '', backend: bs }] });
+    const addr = await server.listen({ host: '127.0.0.1', port: 0 });
+    const c = await WireClient.connect(addr);
+    cleanups.push(async () => {
+      c.close();
+      await server.close();
+      await bs.close();
+    });
+    await c.start();
+    await c.go('');
+    c.request(p.NBD_CMD_READ, 0, 4096);
+    const r = await c.reply();
+    if (r.kind !== 'structured') throw new Error('expected chunks');
+    const last = r.chunks[r.chunks.length - 1];
+    expect(last.flags & p.NBD_REPLY_FLAG_DONE).toBe(1);
+    expect(p.decodeErrorChunk(last.type, last.payload)).toEqual({ errno: p.NBD_EIO, message: 'reading from file failed' });
+    c.request(p.NBD_CMD_WRITE, 0, 512, { data: Buffer.alloc(512, 1) });
+    expect(await c.error()).toEqual({ errno: p.NBD_ENOSPC, message: 'writing to file failed' });
+    // Both rules fired once: the same connection now reads the untouched data.
+    c.request(p.NBD_CMD_READ, 0, 4096, { flags: p.NBD_CMD_FLAG_DF });
+    const ok = await c.reply();
+    expect(ok.kind === 'structured' && WireClient.assemble(ok.chunks, 0, 4096).every((b) => b === 0x42)).toBe(true);
   });
 });
