@@ -6,7 +6,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { BlockDriverState, isBlockError } from '../../src/index.js';
+import { BlockBackend, BlockDriverState, isBlockError } from '../../src/index.js';
 import * as p from '../../src/nbd/protocol.js';
 import { NbdServer, type NbdExportOptions } from '../../src/nbd/index.js';
 import { makeMem } from './block-helpers.js';
@@ -18,8 +18,8 @@ afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
 
-async function serve(size: number, opts: Partial<NbdExportOptions> = {}): Promise<{ uri: string; backend: BlockDriverState; server: NbdServer }> {
-  const backend = await BlockDriverState.open(makeMem(size, 'nbdc'), {});
+async function serve(size: number, opts: Partial<NbdExportOptions> = {}): Promise<{ uri: string; backend: BlockBackend; server: NbdServer }> {
+  const backend = await BlockBackend.open(makeMem(size, 'nbdc'), {});
   const server = new NbdServer({ exports: [{ name: 'exp', backend, ...opts }] });
   const dir = mkdtempSync(join(tmpdir(), 'nbdc-'));
   const path = join(dir, 's.sock');
@@ -100,7 +100,7 @@ describe('nbd client against NbdServer', () => {
   });
 
   it('retries the first connect for open-timeout seconds', async () => {
-    const backend = await BlockDriverState.open(makeMem(MiB, 'nbdc'), {});
+    const backend = await BlockBackend.open(makeMem(MiB, 'nbdc'), {});
     const server = new NbdServer({ exports: [{ name: '', backend }] });
     const dir = mkdtempSync(join(tmpdir(), 'nbdc-late-'));
     const path = join(dir, 's.sock');

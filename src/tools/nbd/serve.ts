@@ -6,12 +6,13 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { BlockBackend } from '../../block/backend.js';
 import type { BlockStatus, WriteFlags, WriteZeroesFlags } from '../../block/driver.js';
 import { bdrvCreate } from '../../block/create.js';
 import { BlockDriverState } from '../../block/node.js';
 import { getDefaultRegistry } from '../../block/registry.js';
 import { findTlsCreds, serverTlsOptions } from '../../drivers/nbd/tls.js';
-import { NbdServer, type NbdBackend } from '../../nbd/index.js';
+import { NbdServer } from '../../nbd/index.js';
 import { errorMessage, ToolExit, type ToolOutput } from '../common.js';
 import { findAuthz } from './objects.js';
 import type { NbdToolOptions } from './options.js';
@@ -35,67 +36,51 @@ function isZero(buf: Uint8Array): boolean {
 }
 
 /**
- * The image as the export sees it: `-o` moves the start, `--discard=ignore` (the default)
- * makes TRIM a no-op and zeroing never unmap, as QEMU without BDRV_O_UNMAP.
+ * The image as the export sees it, a BlockBackend on the opened node: `-o` moves the start,
+ * `--discard=ignore` (the default) makes TRIM a no-op and zeroing never unmap, as QEMU without
+ * BDRV_O_UNMAP; `--detect-zeroes` and writethrough caching act on writes.
  */
-export class ExportBackend implements NbdBackend {
-  private readonly unmap: boolean;
-
+export class ExportBackend extends BlockBackend {
   constructor(
-    readonly bs: BlockDriverState,
+    bs: BlockDriverState,
     private readonly offset: number,
     private readonly mode: ExportWriteMode,
   ) {
-    this.unmap = mode.unmap;
+    super({ perm: { write: !bs.readOnly, resize: false } });
+    this.attach(bs);
   }
 
-  get readOnly(): boolean {
-    return this.bs.readOnly;
+  override async getLength(): Promise<number> {
+    return Math.max(0, (await super.getLength()) - this.offset);
   }
 
-  get requestAlignment(): number {
-    return this.bs.requestAlignment;
+  override pread(offset: number, buf: Uint8Array): Promise<void> {
+    return super.pread(this.offset + offset, buf);
   }
 
-  async getLength(): Promise<number> {
-    return Math.max(0, (await this.bs.getLength()) - this.offset);
-  }
-
-  pread(offset: number, buf: Uint8Array): Promise<void> {
-    return this.bs.pread(this.offset + offset, buf);
-  }
-
-  pwrite(offset: number, buf: Uint8Array, flags: WriteFlags = {}): Promise<void> {
+  override pwrite(offset: number, buf: Uint8Array, flags: WriteFlags = {}): Promise<void> {
     const fua = flags.fua === true || this.mode.writethrough;
     if (this.mode.detectZeroes !== 'off' && isZero(buf)) {
       return this.writeZeroes(offset, buf.length, { mayUnmap: this.mode.detectZeroes === 'unmap', fua });
     }
-    return this.bs.pwrite(this.offset + offset, buf, { ...flags, fua });
+    return super.pwrite(this.offset + offset, buf, { ...flags, fua });
   }
 
-  writeZeroes(offset: number, bytes: number, flags: WriteZeroesFlags = {}): Promise<void> {
+  override writeZeroes(offset: number, bytes: number, flags: WriteZeroesFlags = {}): Promise<void> {
     const fua = flags.fua === true || this.mode.writethrough;
-    return this.bs.writeZeroes(this.offset + offset, bytes, { ...flags, fua, mayUnmap: this.unmap && flags.mayUnmap === true });
+    return super.writeZeroes(this.offset + offset, bytes, { ...flags, fua, mayUnmap: this.mode.unmap && flags.mayUnmap === true });
   }
 
-  async discard(offset: number, bytes: number): Promise<void> {
-    if (this.unmap) await this.bs.discard(this.offset + offset, bytes);
+  override async discard(offset: number, bytes: number): Promise<void> {
+    if (this.mode.unmap) await super.discard(this.offset + offset, bytes);
   }
 
-  flush(): Promise<void> {
-    return this.bs.flush();
+  override blockStatus(offset: number, bytes: number): Promise<BlockStatus> {
+    return super.blockStatus(this.offset + offset, bytes);
   }
 
-  async blockStatus(offset: number, bytes: number): Promise<BlockStatus> {
-    return this.bs.blockStatus(this.offset + offset, bytes);
-  }
-
-  async blockStatusAbove(offset: number, bytes: number): Promise<BlockStatus & { depth: number }> {
-    return this.bs.blockStatusAbove(this.offset + offset, bytes);
-  }
-
-  drain(): Promise<void> {
-    return this.bs.drain();
+  override blockStatusAbove(offset: number, bytes: number): Promise<BlockStatus & { depth: number }> {
+    return super.blockStatusAbove(this.offset + offset, bytes);
   }
 }
 
@@ -173,8 +158,8 @@ function warnProbedRaw(o: ToolOutput, opts: NbdToolOptions, bs: BlockDriverState
   );
 }
 
-/** The NbdServer for the opened image, TLS and authorization included. */
-export function makeServer(opts: NbdToolOptions, bs: BlockDriverState): NbdServer {
+/** The NbdServer for the export, TLS and authorization included. */
+export function makeServer(opts: NbdToolOptions, backend: ExportBackend): NbdServer {
   let tls;
   if (opts.tlsCreds !== undefined) {
     const creds = findTlsCreds(opts.tlsCreds, 'server');
@@ -188,11 +173,7 @@ export function makeServer(opts: NbdToolOptions, bs: BlockDriverState): NbdServe
     exports: [
       {
         name: opts.exportName ?? '',
-        backend: new ExportBackend(bs, opts.offset, {
-          unmap: opts.discard === 'unmap',
-          detectZeroes: opts.detectZeroes,
-          writethrough: opts.cache === 'writethrough' || opts.cache === 'directsync',
-        }),
+        backend,
         description: opts.description,
         readOnly: opts.readOnly,
         allocationDepth: opts.allocationDepth,
@@ -252,10 +233,16 @@ export function cleanUp(created: (string | undefined)[]): void {
  */
 export async function serve(o: ToolOutput, opts: NbdToolOptions, ready: () => void): Promise<number> {
   const { bs, temporary } = await openExportImage(o, opts);
+  const backend = new ExportBackend(bs, opts.offset, {
+    unmap: opts.discard === 'unmap',
+    detectZeroes: opts.detectZeroes,
+    writethrough: opts.cache === 'writethrough' || opts.cache === 'directsync',
+  });
   let server: NbdServer;
   try {
-    server = makeServer(opts, bs);
+    server = makeServer(opts, backend);
   } catch (e) {
+    await backend.close().catch(() => undefined);
     await bs.close().catch(() => undefined);
     cleanUp(temporary);
     o.error(errorMessage(e));
@@ -287,6 +274,8 @@ export async function serve(o: ToolOutput, opts: NbdToolOptions, ready: () => vo
   } finally {
     for (const sig of signals) process.off(sig, stop);
     await server.close().catch(() => undefined);
+    // The backend lets go of the node; the node is ours to close.
+    await backend.close().catch(() => undefined);
     await bs.close().catch(() => undefined);
     cleanUp(created);
   }
