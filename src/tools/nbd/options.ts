@@ -42,44 +42,162 @@ export interface NbdToolOptions {
   socketActivation: number;
 }
 
-const SHORT = ':hVb:o:p:rsnc:dvk:e:f:tl:x:T:D:AB:L';
+/** Parsing state: the options so far and what may be given only once. */
+interface ParseState {
+  opts: NbdToolOptions;
+  seenCache: boolean;
+  seenAio: boolean;
+  seenDiscard: boolean;
+}
 
-export const LONG_OPTIONS: LongOption[] = [
-  { name: 'help', hasArg: 0, val: 'h' },
-  { name: 'version', hasArg: 0, val: 'V' },
-  { name: 'bind', hasArg: 1, val: 'b' },
-  { name: 'port', hasArg: 1, val: 'p' },
-  { name: 'socket', hasArg: 1, val: 'k' },
-  { name: 'offset', hasArg: 1, val: 'o' },
-  { name: 'read-only', hasArg: 0, val: 'r' },
-  { name: 'allocation-depth', hasArg: 0, val: 'A' },
-  { name: 'bitmap', hasArg: 1, val: 'B' },
-  { name: 'connect', hasArg: 1, val: 'c' },
-  { name: 'disconnect', hasArg: 0, val: 'd' },
-  { name: 'list', hasArg: 0, val: 'L' },
-  { name: 'snapshot', hasArg: 0, val: 's' },
-  { name: 'load-snapshot', hasArg: 1, val: 'l' },
-  { name: 'nocache', hasArg: 0, val: 'n' },
-  { name: 'cache', hasArg: 1, val: 'cache' },
-  { name: 'aio', hasArg: 1, val: 'aio' },
-  { name: 'discard', hasArg: 1, val: 'discard' },
-  { name: 'detect-zeroes', hasArg: 1, val: 'detect-zeroes' },
-  { name: 'shared', hasArg: 1, val: 'e' },
-  { name: 'format', hasArg: 1, val: 'f' },
-  { name: 'persistent', hasArg: 0, val: 't' },
-  { name: 'verbose', hasArg: 0, val: 'v' },
-  { name: 'object', hasArg: 1, val: 'object' },
-  { name: 'export-name', hasArg: 1, val: 'x' },
-  { name: 'description', hasArg: 1, val: 'D' },
-  { name: 'tls-creds', hasArg: 1, val: 'tls-creds' },
-  { name: 'tls-hostname', hasArg: 1, val: 'tls-hostname' },
-  { name: 'tls-authz', hasArg: 1, val: 'tls-authz' },
-  { name: 'image-opts', hasArg: 0, val: 'image-opts' },
-  { name: 'trace', hasArg: 1, val: 'T' },
-  { name: 'fork', hasArg: 0, val: 'fork' },
-  { name: 'pid-file', hasArg: 1, val: 'pid-file' },
-  { name: 'selinux-label', hasArg: 1, val: 'selinux-label' },
+/** One option: letter and/or long name, argument, effect (the shape of the tools' tables). */
+interface OptionDef {
+  short?: string;
+  long: string;
+  arg?: 0 | 1;
+  set(st: ParseState, arg: string, o: ToolOutput): void;
+}
+
+function fail(o: ToolOutput, msg: string): never {
+  o.error(msg);
+  throw new ToolExit(1);
+}
+
+function setCache(st: ParseState, mode: string, o: ToolOutput): void {
+  if (st.seenCache) fail(o, '-n and --cache can only be specified once');
+  st.seenCache = true;
+  if (!CACHE_MODES.includes(mode)) fail(o, `Invalid cache mode \`${mode}'`);
+  st.opts.cache = mode;
+}
+
+function setReadOnly(st: ParseState): void {
+  st.opts.readOnly = true;
+}
+
+/** qemu-nbd's options, in its long-option order (glibc lists ambiguous candidates so). */
+const OPTIONS: readonly OptionDef[] = [
+  { short: 'h', long: 'help', set: (_st, _a, o) => { o.out(helpText(o.prog)); throw new ToolExit(0); } },
+  { short: 'V', long: 'version', set: (_st, _a, o) => { o.out(versionText(o.prog)); throw new ToolExit(0); } },
+  { short: 'b', long: 'bind', arg: 1, set: (st, a) => { st.opts.bind = a; } },
+  { short: 'p', long: 'port', arg: 1, set: (st, a) => { st.opts.port = a; } },
+  {
+    short: 'k', long: 'socket', arg: 1,
+    set: (st, a, o) => {
+      if (!a.startsWith('/')) fail(o, 'socket path must be absolute');
+      st.opts.socket = a;
+    },
+  },
+  {
+    short: 'o', long: 'offset', arg: 1,
+    set: (st, a, o) => {
+      const v = parseCInteger(a);
+      if (v === null || v < 0n || v > BigInt(Number.MAX_SAFE_INTEGER)) fail(o, `Invalid offset '${a}'`);
+      st.opts.offset = Number(v);
+    },
+  },
+  { short: 'r', long: 'read-only', set: setReadOnly },
+  { short: 'A', long: 'allocation-depth', set: (st) => { st.opts.allocationDepth = true; } },
+  { short: 'B', long: 'bitmap', arg: 1, set: (st, a) => { st.opts.bitmaps.unshift(a); } },
+  { short: 'c', long: 'connect', arg: 1, set: (st, a) => { st.opts.device = a; } },
+  { short: 'd', long: 'disconnect', set: (st) => { st.opts.disconnect = true; } },
+  { short: 'L', long: 'list', set: (st) => { st.opts.list = true; } },
+  { short: 's', long: 'snapshot', set: (st) => { st.opts.snapshot = true; } },
+  {
+    short: 'l', long: 'load-snapshot', arg: 1,
+    set: (st, a, o) => {
+      // snapshot.id=ID,snapshot.name=NAME, or a bare ID_OR_NAME.
+      if (a.startsWith('snapshot.')) {
+        for (const [k] of splitOptionList(a)) {
+          if (k !== 'snapshot.id' && k !== 'snapshot.name') {
+            o.error(`Invalid parameter '${k}'`);
+            fail(o, `Failed in parsing snapshot param \`${a}'`);
+          }
+        }
+      }
+      st.opts.loadSnapshot = a;
+      setReadOnly(st);
+    },
+  },
+  { short: 'n', long: 'nocache', set: (st, _a, o) => setCache(st, 'none', o) },
+  { long: 'cache', arg: 1, set: (st, a, o) => setCache(st, a, o) },
+  {
+    long: 'aio', arg: 1,
+    set: (st, a, o) => {
+      if (st.seenAio) fail(o, '--aio can only be specified once');
+      st.seenAio = true;
+      if (!AIO_MODES.includes(a)) fail(o, `Invalid aio mode '${a}'`);
+      st.opts.aio = a;
+    },
+  },
+  {
+    long: 'discard', arg: 1,
+    set: (st, a, o) => {
+      if (st.seenDiscard) fail(o, '--discard can only be specified once');
+      st.seenDiscard = true;
+      if (a === 'off' || a === 'ignore') st.opts.discard = 'ignore';
+      else if (a === 'on' || a === 'unmap') st.opts.discard = 'unmap';
+      else fail(o, `Invalid discard mode \`${a}'`);
+    },
+  },
+  {
+    long: 'detect-zeroes', arg: 1,
+    set: (st, a, o) => {
+      if (a !== 'off' && a !== 'on' && a !== 'unmap') fail(o, `Failed to parse detect_zeroes mode: invalid parameter value: ${a}`);
+      st.opts.detectZeroes = a;
+      if (a === 'unmap' && st.opts.discard !== 'unmap') {
+        fail(o, 'setting detect-zeroes to unmap is not allowed without setting discard operation to unmap');
+      }
+    },
+  },
+  {
+    short: 'e', long: 'shared', arg: 1,
+    set: (st, a, o) => {
+      const v = parseCInteger(a);
+      if (v === null || v < 0n || v > 0x7fffffffn) fail(o, `Invalid shared device number '${a}'`);
+      st.opts.shared = Number(v);
+    },
+  },
+  { short: 'f', long: 'format', arg: 1, set: (st, a) => { st.opts.format = a; } },
+  { short: 't', long: 'persistent', set: (st) => { st.opts.persistent = true; } },
+  { short: 'v', long: 'verbose', set: (st) => { st.opts.verbose = true; } },
+  {
+    long: 'object', arg: 1,
+    set: (_st, a, o) => {
+      try {
+        addObject(a);
+      } catch (e) {
+        fail(o, e instanceof Error ? e.message : String(e));
+      }
+    },
+  },
+  {
+    short: 'x', long: 'export-name', arg: 1,
+    set: (st, a, o) => {
+      if (new TextEncoder().encode(a).length > MAX_STRING) fail(o, `export name '${a}' too long`);
+      st.opts.exportName = a;
+    },
+  },
+  {
+    short: 'D', long: 'description', arg: 1,
+    set: (st, a, o) => {
+      if (new TextEncoder().encode(a).length > MAX_STRING) fail(o, `export description '${a}' too long`);
+      st.opts.description = a;
+    },
+  },
+  { long: 'tls-creds', arg: 1, set: (st, a) => { st.opts.tlsCreds = a; } },
+  { long: 'tls-hostname', arg: 1, set: (st, a) => { st.opts.tlsHostname = a; } },
+  { long: 'tls-authz', arg: 1, set: (st, a) => { st.opts.tlsAuthz = a; } },
+  { long: 'image-opts', set: (st) => { st.opts.imageOpts = true; } },
+  // Trace events go to each node's emitter; the tool has no sink for them.
+  { short: 'T', long: 'trace', arg: 1, set: () => undefined },
+  { long: 'fork', set: (st) => { st.opts.fork = true; } },
+  { long: 'pid-file', arg: 1, set: (st, a) => { st.opts.pidFile = a; } },
+  { long: 'selinux-label', arg: 1, set: (st, a) => { st.opts.selinuxLabel = a; } },
 ];
+
+const SHORT = ':' + OPTIONS.map((d) => (d.short === undefined ? '' : d.short + (d.arg === 1 ? ':' : ''))).join('');
+
+export const LONG_OPTIONS: LongOption[] = OPTIONS.map((d) => ({ name: d.long, hasArg: d.arg ?? 0, val: d.short ?? d.long }));
 
 /**
  * glibc getopt_long's diagnostic for a long option it rejected: an argument where none is
@@ -93,7 +211,7 @@ function longOptionError(prog: string, opt: string, table: readonly LongOption[]
   const found = table.find((l) => l.name === name) ?? (candidates.length === 1 ? candidates[0] : undefined);
   if (found !== undefined) return `${prog}: option '--${found.name}' doesn't allow an argument`;
   if (candidates.length > 1) {
-    return `${prog}: option '--${name}' is ambiguous; possibilities:${candidates.map((c) => ` '--${c.name}'`).join('')}`;
+    return `${prog}: option '${opt}' is ambiguous; possibilities:${candidates.map((c) => ` '--${c.name}'`).join('')}`;
   }
   return `${prog}: unrecognized option '${opt}'`;
 }
@@ -131,10 +249,6 @@ export function checkSocketActivation(env: NodeJS.ProcessEnv, pid: number): numb
  * -h and -V print and exit 0 here.
  */
 export function parseNbdOptions(o: ToolOutput, argv: string[], env: NodeJS.ProcessEnv, pid: number): NbdToolOptions {
-  const fail = (msg: string): never => {
-    o.error(msg);
-    throw new ToolExit(1);
-  };
   const opts: NbdToolOptions = {
     list: false,
     file: undefined,
@@ -168,171 +282,26 @@ export function parseNbdOptions(o: ToolOutput, argv: string[], env: NodeJS.Proce
     disconnect: false,
     socketActivation: 0,
   };
-  let seenCache = false;
-  let seenAio = false;
-  let seenDiscard = false;
+  const st: ParseState = { opts, seenCache: false, seenAio: false, seenDiscard: false };
   const g = new Getopt(argv, SHORT, LONG_OPTIONS);
   for (;;) {
     const r = g.next();
     if (r.kind === 'end') break;
-    if (r.kind === 'unknown' || r.kind === 'missing') {
-      // glibc's own diagnostic, then qemu-nbd's hint (an error_report, so with the prefix).
-      if (r.opt.startsWith('--')) {
-        o.errRaw(r.kind === 'missing' ? `${o.prog}: option '${r.opt}' requires an argument\n` : `${longOptionError(o.prog, r.opt, LONG_OPTIONS)}\n`);
-      } else if (r.kind === 'missing') {
-        o.errRaw(`${o.prog}: option requires an argument -- '${r.opt}'\n`);
-      } else {
-        o.errRaw(`${o.prog}: invalid option -- '${r.opt}'\n`);
-      }
-      fail(`Try \`${o.prog} --help' for more information.`);
+    if (r.kind === 'opt') {
+      OPTIONS.find((d) => (d.short ?? d.long) === r.opt)?.set(st, r.arg ?? '', o);
+      continue;
     }
-    if (r.kind !== 'opt') continue;
-    const a = r.arg ?? '';
-    switch (r.opt) {
-      case 's':
-        opts.snapshot = true;
-        break;
-      case 'n':
-      case 'cache': {
-        const mode = r.opt === 'n' ? 'none' : a;
-        if (seenCache) fail('-n and --cache can only be specified once');
-        seenCache = true;
-        if (!CACHE_MODES.includes(mode)) fail(`Invalid cache mode \`${mode}'`);
-        opts.cache = mode;
-        break;
-      }
-      case 'aio':
-        if (seenAio) fail('--aio can only be specified once');
-        seenAio = true;
-        if (!AIO_MODES.includes(a)) fail(`Invalid aio mode '${a}'`);
-        opts.aio = a;
-        break;
-      case 'discard':
-        if (seenDiscard) fail('--discard can only be specified once');
-        seenDiscard = true;
-        if (a === 'off' || a === 'ignore') opts.discard = 'ignore';
-        else if (a === 'on' || a === 'unmap') opts.discard = 'unmap';
-        else fail(`Invalid discard mode \`${a}'`);
-        break;
-      case 'detect-zeroes':
-        if (a !== 'off' && a !== 'on' && a !== 'unmap') fail(`Failed to parse detect_zeroes mode: invalid parameter value: ${a}`);
-        opts.detectZeroes = a as NbdToolOptions['detectZeroes'];
-        if (a === 'unmap' && opts.discard !== 'unmap') {
-          fail('setting detect-zeroes to unmap is not allowed without setting discard operation to unmap');
-        }
-        break;
-      case 'b':
-        opts.bind = a;
-        break;
-      case 'p':
-        opts.port = a;
-        break;
-      case 'o': {
-        const v = parseCInteger(a);
-        if (v === null || v < 0n || v > BigInt(Number.MAX_SAFE_INTEGER)) fail(`Invalid offset '${a}'`);
-        opts.offset = Number(v);
-        break;
-      }
-      case 'l':
-        // snapshot.id=ID,snapshot.name=NAME, or a bare ID_OR_NAME.
-        if (a.startsWith('snapshot.')) {
-          for (const [k] of splitOptionList(a)) {
-            if (k !== 'snapshot.id' && k !== 'snapshot.name') {
-              o.error(`Invalid parameter '${k}'`);
-              fail(`Failed in parsing snapshot param \`${a}'`);
-            }
-          }
-        }
-        opts.loadSnapshot = a;
-        opts.readOnly = true;
-        break;
-      case 'r':
-        opts.readOnly = true;
-        break;
-      case 'A':
-        opts.allocationDepth = true;
-        break;
-      case 'B':
-        opts.bitmaps.unshift(a);
-        break;
-      case 'k':
-        if (!a.startsWith('/')) fail('socket path must be absolute');
-        opts.socket = a;
-        break;
-      case 'd':
-        opts.disconnect = true;
-        break;
-      case 'c':
-        opts.device = a;
-        break;
-      case 'e': {
-        const v = parseCInteger(a);
-        if (v === null || v < 0n || v > 0x7fffffffn) fail(`Invalid shared device number '${a}'`);
-        opts.shared = Number(v);
-        break;
-      }
-      case 'f':
-        opts.format = a;
-        break;
-      case 't':
-        opts.persistent = true;
-        break;
-      case 'x':
-        if (new TextEncoder().encode(a).length > MAX_STRING) fail(`export name '${a}' too long`);
-        opts.exportName = a;
-        break;
-      case 'D':
-        if (new TextEncoder().encode(a).length > MAX_STRING) fail(`export description '${a}' too long`);
-        opts.description = a;
-        break;
-      case 'v':
-        opts.verbose = true;
-        break;
-      case 'V':
-        o.out(versionText(o.prog));
-        throw new ToolExit(0);
-      case 'h':
-        o.out(helpText(o.prog));
-        throw new ToolExit(0);
-      case 'object':
-        try {
-          addObject(a);
-        } catch (e) {
-          fail(e instanceof Error ? e.message : String(e));
-        }
-        break;
-      case 'tls-creds':
-        opts.tlsCreds = a;
-        break;
-      case 'tls-hostname':
-        opts.tlsHostname = a;
-        break;
-      case 'tls-authz':
-        opts.tlsAuthz = a;
-        break;
-      case 'image-opts':
-        opts.imageOpts = true;
-        break;
-      case 'T':
-        // Trace events go to each node's emitter; the tool has no sink for them.
-        break;
-      case 'fork':
-        opts.fork = true;
-        break;
-      case 'L':
-        opts.list = true;
-        break;
-      case 'pid-file':
-        opts.pidFile = a;
-        break;
-      case 'selinux-label':
-        opts.selinuxLabel = a;
-        break;
+    // glibc's own diagnostic, then qemu-nbd's hint (an error_report, so with the prefix).
+    if (r.opt.startsWith('--')) {
+      o.errRaw(r.kind === 'missing' ? `${o.prog}: option '${r.opt}' requires an argument\n` : `${longOptionError(o.prog, r.opt, LONG_OPTIONS)}\n`);
+    } else {
+      o.errRaw(r.kind === 'missing' ? `${o.prog}: option requires an argument -- '${r.opt}'\n` : `${o.prog}: invalid option -- '${r.opt}'\n`);
     }
+    fail(o, `Try \`${o.prog} --help' for more information.`);
   }
   const rest = g.rest();
   if (opts.list) {
-    if (rest.length !== 0) fail('List mode is incompatible with a file name');
+    if (rest.length !== 0) fail(o, 'List mode is incompatible with a file name');
     if (
       opts.exportName !== undefined ||
       opts.description !== undefined ||
@@ -343,13 +312,13 @@ export function parseNbdOptions(o: ToolOutput, argv: string[], env: NodeJS.Proce
       opts.loadSnapshot !== undefined ||
       opts.bitmaps.length > 0 ||
       opts.allocationDepth ||
-      seenAio ||
-      seenDiscard ||
-      seenCache
+      st.seenAio ||
+      st.seenDiscard ||
+      st.seenCache
     ) {
-      fail('List mode is incompatible with per-device settings');
+      fail(o, 'List mode is incompatible with per-device settings');
     }
-    if (opts.fork) fail('List mode is incompatible with forking');
+    if (opts.fork) fail(o, 'List mode is incompatible with forking');
   } else if (rest.length !== 1) {
     o.error('Invalid number of arguments');
     o.errRaw(`Try \`${o.prog} --help' for more information.\n`);
@@ -366,23 +335,23 @@ export function parseNbdOptions(o: ToolOutput, argv: string[], env: NodeJS.Proce
       opts.port ??= '10809';
     }
   } else {
-    if (opts.device !== undefined) fail("NBD device can't be set when using socket activation");
-    if (opts.socket !== undefined) fail("Unix socket can't be set when using socket activation");
-    if (opts.bind !== undefined) fail("The interface can't be set when using socket activation");
-    if (opts.port !== undefined) fail("TCP port number can't be set when using socket activation");
-    if (opts.selinuxLabel !== undefined) fail("SELinux label can't be set when using socket activation");
-    if (opts.list) fail('List mode is incompatible with socket activation');
-    if (opts.socketActivation > 1) fail(`${o.prog} does not support socket activation with LISTEN_FDS > 1`);
+    if (opts.device !== undefined) fail(o, "NBD device can't be set when using socket activation");
+    if (opts.socket !== undefined) fail(o, "Unix socket can't be set when using socket activation");
+    if (opts.bind !== undefined) fail(o, "The interface can't be set when using socket activation");
+    if (opts.port !== undefined) fail(o, "TCP port number can't be set when using socket activation");
+    if (opts.selinuxLabel !== undefined) fail(o, "SELinux label can't be set when using socket activation");
+    if (opts.list) fail(o, 'List mode is incompatible with socket activation');
+    if (opts.socketActivation > 1) fail(o, `${o.prog} does not support socket activation with LISTEN_FDS > 1`);
   }
 
   if (opts.tlsCreds !== undefined) {
-    if (opts.device !== undefined) fail('TLS is not supported with a host device');
-    if (opts.tlsAuthz !== undefined && opts.list) fail('TLS authorization is incompatible with export list');
-    if (opts.tlsHostname !== undefined && !opts.list) fail('TLS hostname is only supported with export list');
+    if (opts.device !== undefined) fail(o, 'TLS is not supported with a host device');
+    if (opts.tlsAuthz !== undefined && opts.list) fail(o, 'TLS authorization is incompatible with export list');
+    if (opts.tlsHostname !== undefined && !opts.list) fail(o, 'TLS hostname is only supported with export list');
   } else {
-    if (opts.tlsAuthz !== undefined) fail('--tls-authz is not permitted without --tls-creds');
-    if (opts.tlsHostname !== undefined) fail('--tls-hostname is not permitted without --tls-creds');
+    if (opts.tlsAuthz !== undefined) fail(o, '--tls-authz is not permitted without --tls-creds');
+    if (opts.tlsHostname !== undefined) fail(o, '--tls-hostname is not permitted without --tls-creds');
   }
-  if (opts.selinuxLabel !== undefined) fail('SELinux support not enabled in this binary');
+  if (opts.selinuxLabel !== undefined) fail(o, 'SELinux support not enabled in this binary');
   return opts;
 }
