@@ -118,6 +118,29 @@ describe('nbd client against NbdServer', () => {
     await bs.close();
   });
 
+  it('with reconnect-delay, a request waits for the server to come back and is sent again', async () => {
+    const backend = await BlockBackend.open(makeMem(MiB, 'nbdc'), {});
+    const dir = mkdtempSync(join(tmpdir(), 'nbdc-re-'));
+    const path = join(dir, 's.sock');
+    const servers = [new NbdServer({ exports: [{ name: '', backend }] }), new NbdServer({ exports: [{ name: '', backend }] })];
+    cleanups.push(async () => {
+      for (const srv of servers) await srv.close();
+      await backend.close();
+      rmSync(dir, { recursive: true, force: true });
+    });
+    await servers[0].listen({ path });
+    const bs = await BlockDriverState.open(`nbd+unix:///?socket=${path}`, { format: 'nbd', driverOptions: { 'reconnect-delay': '5' } });
+    await bs.pwrite(0, pattern(4096, 9));
+    await servers[0].close();
+    // The write below finds the connection gone; the server is back 700 ms later.
+    setTimeout(() => void servers[1].listen({ path }), 700).unref();
+    await bs.pwrite(4096, pattern(4096, 10));
+    const back = new Uint8Array(8192);
+    await bs.pread(0, back);
+    expect(Buffer.from(back).equals(Buffer.concat([pattern(4096, 9), pattern(4096, 10)]))).toBe(true);
+    await bs.close();
+  });
+
   it('fails requests once the server shuts down', async () => {
     const { uri, server } = await serve(MiB);
     const bs = await BlockDriverState.open(uri, { format: 'raw' });

@@ -7,7 +7,8 @@
  *   is available or the size is not sector-aligned, else 512 (nbd_refresh_limits);
  * - READ/WRITE and WRITE_ZEROES split at min(32 MiB, server maximum), TRIM at INT_MAX;
  * - block status asks with REQ_ONE for one extent and maps HOLE -> no data, ZERO -> zero;
- * - FUA, TRIM, WRITE_ZEROES, FAST_ZERO, FLUSH used only when the server offers them.
+ * - FUA, TRIM, WRITE_ZEROES, FAST_ZERO, FLUSH used only when the server offers them;
+ * - with reconnect-delay, requests that find the connection lost wait for a new one (send).
  */
 import type { BlockDriver, BlockStatus, OpenOptions, WriteFlags, WriteZeroesFlags } from '../../block/driver.js';
 import { BlockError } from '../../block/errors.js';
@@ -36,14 +37,22 @@ import {
 } from '../../nbd/protocol.js';
 import { nbdConfig, type NbdConfig } from './config.js';
 import { nbdEstablishConnection } from './connect.js';
-import { NbdSession } from './session.js';
+import type { HandshakeRequest } from './handshake.js';
+import { NbdSession, type NbdReply, type RequestOptions } from './session.js';
 import { nbdClientTls } from './tls.js';
 
 const INT_MAX = 0x7fffffff;
 
 interface NbdState {
   cfg: NbdConfig;
+  /** The STARTTLS upgrade, kept for reconnecting. */
+  tls: HandshakeRequest['startTls'];
+  /** The current connection; replaced when reconnect-delay brings a lost one back. */
   session: NbdSession;
+  /** When the connection was found lost (ms), while it is not back. */
+  lostAt: number | null;
+  /** The reconnect in progress, shared by the requests that wait for it. */
+  reconnecting: Promise<void> | null;
   /** Largest READ/WRITE/WRITE_ZEROES we send. */
   maxTransfer: number;
   /** Largest TRIM and BLOCK_STATUS length. */
@@ -84,7 +93,62 @@ async function nbdOpen(bs: BlockDriverState, options: OpenOptions): Promise<void
   }
   const lim = limits(conn.info);
   bs.requestAlignment = lim.align;
-  bs.opaque = { cfg, session, maxTransfer: lim.maxTransfer, maxDiscard: lim.maxDiscard } satisfies NbdState;
+  bs.opaque = {
+    cfg,
+    tls,
+    session,
+    lostAt: null,
+    reconnecting: null,
+    maxTransfer: lim.maxTransfer,
+    maxDiscard: lim.maxDiscard,
+  } satisfies NbdState;
+}
+
+/**
+ * Bring a lost connection back (reconnect-delay): new connections are tried every second
+ * until `reconnect-delay` seconds after the loss; the export must still have its size. Shared
+ * by every request that finds the connection gone.
+ */
+function reconnect(s: NbdState): Promise<void> {
+  s.lostAt ??= Date.now();
+  const deadline = s.lostAt + s.cfg.reconnectDelay * 1000;
+  s.reconnecting ??= (async () => {
+    for (;;) {
+      try {
+        const conn = await nbdEstablishConnection({ ...s.cfg, openTimeout: 0 }, s.tls);
+        if (conn.info.size !== s.session.info.size) {
+          conn.sock.destroy();
+          throw new BlockError('EIO', 'Cannot reconnect: the export size changed', { op: 'nbd' });
+        }
+        s.session = new NbdSession(conn.sock, conn.reader, conn.info);
+        s.lostAt = null;
+        return;
+      } catch (e) {
+        if (Date.now() + 1000 > deadline) {
+          throw new BlockError('EIO', `NBD reconnect failed: ${e instanceof Error ? e.message : String(e)}`, { op: 'nbd', cause: e });
+        }
+        await new Promise<void>((resolve) => setTimeout(resolve, 1000).unref());
+      }
+    }
+  })().finally(() => {
+    s.reconnecting = null;
+  });
+  return s.reconnecting;
+}
+
+/**
+ * One request on the current connection. When the connection is gone and reconnect-delay is
+ * set, the request waits for a new one and is sent again (as QEMU resends what was in flight);
+ * otherwise it fails with the connection's EIO.
+ */
+async function send(s: NbdState, cmd: number, offset: number, len: number, opts: RequestOptions = {}): Promise<NbdReply> {
+  try {
+    return await s.session.request(cmd, offset, len, opts);
+  } catch (e) {
+    if (s.session.alive || s.cfg.reconnectDelay === 0) throw e;
+    await reconnect(s);
+    return s.session.request(cmd, offset, len, opts);
+  }
 }
 
 async function nbdClose(bs: BlockDriverState): Promise<void> {
@@ -114,7 +178,7 @@ async function split(
 async function nbdCoPreadv(bs: BlockDriverState, offset: number, bytes: number, qiov: IOVector): Promise<void> {
   const s = state(bs);
   await split(offset, bytes, s.maxTransfer, (off, len, rel) =>
-    s.session.request(NBD_CMD_READ, off, len, { into: qiov.slice(rel, len) }),
+    send(s, NBD_CMD_READ, off, len, { into: qiov.slice(rel, len) }),
   );
 }
 
@@ -122,7 +186,7 @@ async function nbdCoPwritev(bs: BlockDriverState, offset: number, bytes: number,
   const s = state(bs);
   const fua = flags.fua === true && has(s, NBD_FLAG_SEND_FUA);
   await split(offset, bytes, s.maxTransfer, (off, len, rel) =>
-    s.session.request(NBD_CMD_WRITE, off, len, { payload: qiov.slice(rel, len), flags: fua ? NBD_CMD_FLAG_FUA : 0 }),
+    send(s, NBD_CMD_WRITE, off, len, { payload: qiov.slice(rel, len), flags: fua ? NBD_CMD_FLAG_FUA : 0 }),
   );
   // A server without FUA: a flush gives the durability the caller asked for.
   if (flags.fua === true && !fua) await nbdCoFlush(bs);
@@ -132,7 +196,7 @@ async function nbdCoFlush(bs: BlockDriverState): Promise<void> {
   const s = state(bs);
   // Without SEND_FLUSH the server has nothing to flush (its writes are durable), as QEMU assumes.
   if (!has(s, NBD_FLAG_SEND_FLUSH)) return;
-  await s.session.request(NBD_CMD_FLUSH, 0, 0);
+  await send(s, NBD_CMD_FLUSH, 0, 0);
 }
 
 async function nbdCoWriteZeroes(bs: BlockDriverState, offset: number, bytes: number, flags: WriteZeroesFlags): Promise<void> {
@@ -147,14 +211,14 @@ async function nbdCoWriteZeroes(bs: BlockDriverState, offset: number, bytes: num
     }
     cmdFlags |= NBD_CMD_FLAG_FAST_ZERO;
   }
-  await split(offset, bytes, s.maxTransfer, (off, len) => s.session.request(NBD_CMD_WRITE_ZEROES, off, len, { flags: cmdFlags }));
+  await split(offset, bytes, s.maxTransfer, (off, len) => send(s, NBD_CMD_WRITE_ZEROES, off, len, { flags: cmdFlags }));
 }
 
 async function nbdCoDiscard(bs: BlockDriverState, offset: number, bytes: number): Promise<void> {
   const s = state(bs);
   // TRIM is a hint: a server that does not take it leaves the data, which is allowed.
   if (!has(s, NBD_FLAG_SEND_TRIM)) return;
-  await split(offset, bytes, s.maxDiscard, (off, len) => s.session.request(NBD_CMD_TRIM, off, len));
+  await split(offset, bytes, s.maxDiscard, (off, len) => send(s, NBD_CMD_TRIM, off, len));
 }
 
 async function nbdCoBlockStatus(bs: BlockDriverState, offset: number, bytes: number): Promise<BlockStatus> {
@@ -163,7 +227,7 @@ async function nbdCoBlockStatus(bs: BlockDriverState, offset: number, bytes: num
   // Without a context the server cannot tell: everything is data, as QEMU reports.
   if (info.contextId === null) return { pnum: bytes, allocated: true, data: true, zero: false, offset, file: bs };
   const len = Math.min(bytes, info.size - offset, s.maxDiscard);
-  const p = await s.session.request(NBD_CMD_BLOCK_STATUS, offset, len, { flags: NBD_CMD_FLAG_REQ_ONE });
+  const p = await send(s, NBD_CMD_BLOCK_STATUS, offset, len, { flags: NBD_CMD_FLAG_REQ_ONE });
   const extent = p.extent;
   if (extent === null) throw new BlockError('EIO', 'Protocol error: no block status received', { op: 'block_status', offset });
   // A descriptor past the request is clipped; one shorter than the alignment is rounded up

@@ -51,6 +51,11 @@ const MAX_METADATA_CHUNK = 4 + 8 * (1 << 20);
 /** What to wait for when nothing is buffered yet: about one socket read. */
 const READ_PIECE = 64 * 1024;
 
+/** A request's outcome: a READ's data is in its vector, a BLOCK_STATUS's extent here. */
+export interface NbdReply {
+  extent: BlockStatusExtent | null;
+}
+
 interface Pending {
   cmd: number;
   offset: number;
