@@ -5,7 +5,7 @@
 'use strict';
 if (process.env.UV_THREADPOOL_SIZE === undefined) process.env.UV_THREADPOOL_SIZE = '2';
 // The bundled tool (dist/bin, `npm run bundle`), else the compiled modules.
-import('../dist/bin/nbd/nbd.mjs')
+import('../dist/bin/nbd.mjs')
   .catch((e) => {
     if (e?.code !== 'ERR_MODULE_NOT_FOUND') throw e;
     return import('../dist/src/tools/nbd/nbd.js');

@@ -22,7 +22,7 @@ export { blkdebugDriver } from './drivers/blkdebug/index.js';
 export { blkverifyDriver } from './drivers/blkverify/index.js';
 export { powerlossDriver } from './drivers/powerloss/index.js';
 // The NBD client needs node:net; a browser entry leaves this driver out.
-export { nbdDriver } from './drivers/nbd/index.js';
+export * from './drivers/nbd/index.js';
 
 /**
  * The registry `BlockDriverState.open` and `bdrvCreate` use when none is passed. Order matters
@@ -47,3 +47,5 @@ export {
   type NbdListenAddress,
   type NbdTlsOptions,
 } from './nbd/index.js';
+// Transmission flags as qemu-nbd -L names them.
+export { NBD_FLAG_HAS_FLAGS, nbdFlagNames } from './nbd/index.js';

@@ -4,7 +4,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
-import { main as imgMain } from '../../src/tools/img.js';
+import { main as imgMain } from '../../src/tools/img/main.js';
 import { findOnPath } from './qemu.js';
 
 /** Absolute paths of `names`, or null (skip) when one is missing; under CI a missing one throws. */

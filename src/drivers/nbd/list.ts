@@ -16,8 +16,12 @@ import {
   decodeServerReply,
   encodeMetaContextRequest,
 } from '../../nbd/protocol.js';
+import { SocketReader } from '../../nbd/reader.js';
+import type { NbdServerAddress } from './config.js';
+import { connectSocket } from './connect.js';
 import { emptyExportInfo, nbdStartNegotiate, optInfoOrGo, type HandshakeRequest, type NbdExportInfo } from './handshake.js';
-import { isErrorReply, negotiationError, type OptionChannel, optionLabel, replyError } from './options.js';
+import { isErrorReply, negotiationError, OptionChannel, optionLabel, replyError } from './options.js';
+import { nbdClientTls } from './tls.js';
 
 export interface NbdListedExport extends NbdExportInfo {
   /** Metadata contexts the server lists for the export. */
@@ -89,4 +93,26 @@ export async function nbdReceiveExportList(
   }
   ch.abort();
   return list;
+}
+
+/**
+ * Connect to `server`, list its exports and hang up (qemu-nbd -L's client). `tlsCreds` names
+ * client credentials; the certificate is checked against `tlsHostname`.
+ */
+export async function nbdListExports(
+  server: NbdServerAddress,
+  tlsCreds?: string,
+  tlsHostname?: string,
+): Promise<NbdListedExport[]> {
+  const tls = tlsCreds === undefined ? undefined : nbdClientTls(tlsCreds, tlsHostname);
+  const sock = await connectSocket(server);
+  const ch = new OptionChannel(sock, new SocketReader(sock));
+  try {
+    return await nbdReceiveExportList(ch, tls);
+  } finally {
+    // The courtesy ABORT goes out before the socket closes.
+    await new Promise<void>((resolve) => ch.sock.end(resolve));
+    ch.sock.destroy();
+    sock.destroy();
+  }
 }

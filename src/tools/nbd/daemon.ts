@@ -6,7 +6,7 @@
 import { spawn } from 'node:child_process';
 import { closeSync, writeSync } from 'node:fs';
 import type { Readable } from 'node:stream';
-import type { ToolOutput } from '../common.js';
+import type { ToolOutput } from '../shared/output.js';
 
 /** Set in the child's environment: the fd of the pipe that says "listening". */
 export const READY_FD_ENV = 'BLK_NBD_READY_FD';

@@ -1,12 +1,6 @@
 // blk-nbd -L: list another server's exports, printed exactly as qemu-nbd -L prints them.
-import { connectSocket } from '../../drivers/nbd/connect.js';
-import type { NbdServerAddress } from '../../drivers/nbd/config.js';
-import { nbdReceiveExportList, type NbdListedExport } from '../../drivers/nbd/list.js';
-import { OptionChannel } from '../../drivers/nbd/options.js';
-import { nbdClientTls } from '../../drivers/nbd/tls.js';
-import { NBD_FLAG_HAS_FLAGS, nbdFlagNames } from '../../nbd/protocol.js';
-import { SocketReader } from '../../nbd/reader.js';
-import { errorMessage, type ToolOutput } from '../common.js';
+import { NBD_FLAG_HAS_FLAGS, nbdFlagNames, nbdListExports, type NbdListedExport, type NbdServerAddress } from '../../index.js';
+import { errorMessage, type ToolOutput } from '../shared/output.js';
 import type { NbdToolOptions } from './options.js';
 
 /** The listing as qemu_nbd_client_list prints it. */
@@ -36,17 +30,7 @@ export async function listExports(o: ToolOutput, opts: NbdToolOptions): Promise<
       : { type: 'inet', host: opts.bind ?? '0.0.0.0', port: opts.port ?? '10809' };
   let list: NbdListedExport[];
   try {
-    const tls = opts.tlsCreds === undefined ? undefined : nbdClientTls(opts.tlsCreds, opts.tlsHostname ?? opts.bind);
-    const sock = await connectSocket(addr);
-    const ch = new OptionChannel(sock, new SocketReader(sock));
-    try {
-      list = await nbdReceiveExportList(ch, tls);
-    } finally {
-      // The courtesy ABORT goes out before the socket closes.
-      await new Promise<void>((resolve) => ch.sock.end(resolve));
-      ch.sock.destroy();
-      sock.destroy();
-    }
+    list = await nbdListExports(addr, opts.tlsCreds, opts.tlsHostname ?? opts.bind);
   } catch (e) {
     o.error(errorMessage(e));
     return 1;

@@ -1,10 +1,9 @@
 // blk-nbd: the qemu-nbd 7.2 look-alike. main() parses the command line (options.ts), then
 // lists another server's exports (-L, list.ts) or serves an image (serve.ts), in the
 // foreground or as a daemon (--fork, daemon.ts). Returns the exit status.
-// The package entry registers every driver (the image may be any format, or nbd:// itself).
-import '../../index.js';
-import { findTlsCreds } from '../../drivers/nbd/tls.js';
-import { errorMessage, progName, ToolExit, ToolOutput, type ToolIO } from '../common.js';
+// The package entry also registers every driver (the image may be any format, or nbd://).
+import { findTlsCreds } from '../../index.js';
+import { errorMessage, progName, ToolExit, ToolOutput, type ToolIO } from '../shared/output.js';
 import { forkDaemon, READY_FD_ENV, signalReady } from './daemon.js';
 import { listExports } from './list.js';
 import { resetObjects } from './objects.js';

@@ -4,8 +4,8 @@
 // QEMU's do, so a missing file is reported before anything else happens.
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { addTlsCreds, removeTlsCreds, type TlsCredsObject } from '../../drivers/nbd/tls.js';
-import { splitOptionList } from '../img-util.js';
+import { addTlsCreds, removeTlsCreds, type TlsCredsObject } from '../../index.js';
+import { splitOptionList } from '../img/create-options.js';
 
 /** authz-simple objects by id: the one client certificate DN they allow. */
 const authzObjects = new Map<string, string>();

@@ -2,8 +2,9 @@
 // (each option as getopt meets it, then list mode, socket activation, TLS and SELinux), with
 // its messages and exit status. Parsing only: nothing here opens an image or a socket, except
 // that --object creates its object at once, as qemu-nbd does (TLS files are read then).
-import { Getopt, ToolExit, type LongOption, type ToolOutput } from '../common.js';
-import { splitOptionList } from '../img-util.js';
+import { getoptDiagnostic, getoptTable, longoptsOf, type OptionDef } from '../shared/getopt.js';
+import { ToolExit, type ToolOutput } from '../shared/output.js';
+import { splitOptionList } from '../img/create-options.js';
 import { helpText, versionText } from './help.js';
 import { addObject } from './objects.js';
 
@@ -50,14 +51,6 @@ interface ParseState {
   seenDiscard: boolean;
 }
 
-/** One option: letter and/or long name, argument, effect (the shape of the tools' tables). */
-interface OptionDef {
-  short?: string;
-  long: string;
-  arg?: 0 | 1;
-  set(st: ParseState, arg: string, o: ToolOutput): void;
-}
-
 function fail(o: ToolOutput, msg: string): never {
   o.error(msg);
   throw new ToolExit(1);
@@ -75,7 +68,7 @@ function setReadOnly(st: ParseState): void {
 }
 
 /** qemu-nbd's options, in its long-option order (glibc lists ambiguous candidates so). */
-const OPTIONS: readonly OptionDef[] = [
+const OPTIONS: readonly OptionDef<ParseState, ToolOutput>[] = [
   { short: 'h', long: 'help', set: (_st, _a, o) => { o.out(helpText(o.prog)); throw new ToolExit(0); } },
   { short: 'V', long: 'version', set: (_st, _a, o) => { o.out(versionText(o.prog)); throw new ToolExit(0); } },
   { short: 'b', long: 'bind', arg: 1, set: (st, a) => { st.opts.bind = a; } },
@@ -195,26 +188,7 @@ const OPTIONS: readonly OptionDef[] = [
   { long: 'selinux-label', arg: 1, set: (st, a) => { st.opts.selinuxLabel = a; } },
 ];
 
-const SHORT = ':' + OPTIONS.map((d) => (d.short === undefined ? '' : d.short + (d.arg === 1 ? ':' : ''))).join('');
-
-export const LONG_OPTIONS: LongOption[] = OPTIONS.map((d) => ({ name: d.long, hasArg: d.arg ?? 0, val: d.short ?? d.long }));
-
-/**
- * glibc getopt_long's diagnostic for a long option it rejected: an argument where none is
- * allowed, an ambiguous abbreviation, or an unknown name.
- */
-function longOptionError(prog: string, opt: string, table: readonly LongOption[]): string {
-  const text = opt.slice(2);
-  const eq = text.indexOf('=');
-  const name = eq >= 0 ? text.slice(0, eq) : text;
-  const candidates = table.filter((l) => l.name.startsWith(name));
-  const found = table.find((l) => l.name === name) ?? (candidates.length === 1 ? candidates[0] : undefined);
-  if (found !== undefined) return `${prog}: option '--${found.name}' doesn't allow an argument`;
-  if (candidates.length > 1) {
-    return `${prog}: option '${opt}' is ambiguous; possibilities:${candidates.map((c) => ` '--${c.name}'`).join('')}`;
-  }
-  return `${prog}: unrecognized option '${opt}'`;
-}
+export const LONG_OPTIONS = longoptsOf(OPTIONS);
 
 /** The longest export name or description qemu-nbd takes (NBD_MAX_STRING_SIZE). */
 const MAX_STRING = 4096;
@@ -283,22 +257,13 @@ export function parseNbdOptions(o: ToolOutput, argv: string[], env: NodeJS.Proce
     socketActivation: 0,
   };
   const st: ParseState = { opts, seenCache: false, seenAio: false, seenDiscard: false };
-  const g = new Getopt(argv, SHORT, LONG_OPTIONS);
-  for (;;) {
-    const r = g.next();
-    if (r.kind === 'end') break;
-    if (r.kind === 'opt') {
-      OPTIONS.find((d) => (d.short ?? d.long) === r.opt)?.set(st, r.arg ?? '', o);
-      continue;
-    }
+  const r = getoptTable(argv, OPTIONS, st, o);
+  if (r.kind === 'error') {
     // glibc's own diagnostic, then qemu-nbd's hint (an error_report, so with the prefix).
-    if (r.opt.startsWith('--')) {
-      o.errRaw(r.kind === 'missing' ? `${o.prog}: option '${r.opt}' requires an argument\n` : `${longOptionError(o.prog, r.opt, LONG_OPTIONS)}\n`);
-    } else {
-      o.errRaw(r.kind === 'missing' ? `${o.prog}: option requires an argument -- '${r.opt}'\n` : `${o.prog}: invalid option -- '${r.opt}'\n`);
-    }
+    o.errRaw(`${o.prog}: ${getoptDiagnostic(r.error, r.opt, LONG_OPTIONS)}\n`);
     fail(o, `Try \`${o.prog} --help' for more information.`);
   }
+  const g = r.g;
   const rest = g.rest();
   if (opts.list) {
     if (rest.length !== 0) fail(o, 'List mode is incompatible with a file name');

@@ -6,14 +6,20 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { BlockBackend } from '../../block/backend.js';
-import type { BlockStatus, WriteFlags, WriteZeroesFlags } from '../../block/driver.js';
-import { bdrvCreate } from '../../block/create.js';
-import { BlockDriverState } from '../../block/node.js';
-import { getDefaultRegistry } from '../../block/registry.js';
-import { findTlsCreds, serverTlsOptions } from '../../drivers/nbd/tls.js';
-import { NbdServer } from '../../nbd/index.js';
-import { errorMessage, ToolExit, type ToolOutput } from '../common.js';
+import {
+  BlockBackend,
+  BlockDriverState,
+  bdrvCreate,
+  findTlsCreds,
+  getDefaultRegistry,
+  NbdServer,
+  serverTlsOptions,
+  type BlockStatus,
+  type WriteFlags,
+  type WriteZeroesFlags,
+} from '../../index.js';
+import { printOpenWarning } from '../shared/open.js';
+import { errorMessage, ToolExit, type ToolOutput } from '../shared/output.js';
 import { findAuthz } from './objects.js';
 import type { NbdToolOptions } from './options.js';
 
@@ -108,7 +114,7 @@ export async function openExportImage(o: ToolOutput, opts: NbdToolOptions): Prom
   if (!opts.snapshot) {
     try {
       const bs = await BlockDriverState.open(file, { format: opts.format, readOnly: opts.readOnly, noFlush });
-      warnProbedRaw(o, opts, bs, file);
+      printOpenWarning(o, bs);
       if (opts.loadSnapshot !== undefined) {
         // No format here can load an internal snapshot for a while (bdrv_snapshot_load_tmp).
         await bs.close();
@@ -147,15 +153,6 @@ export async function openExportImage(o: ToolOutput, opts: NbdToolOptions): Prom
     rmSync(overlay, { force: true });
     return fail(e);
   }
-}
-
-function warnProbedRaw(o: ToolOutput, opts: NbdToolOptions, bs: BlockDriverState, file: string): void {
-  if (opts.readOnly || opts.format !== undefined || bs.driver.formatName !== 'raw') return;
-  o.errRaw(
-    `WARNING: Image format was not specified for '${file}' and probing guessed raw.\n` +
-      '         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n' +
-      "         Specify the 'raw' format explicitly to remove the restrictions.\n",
-  );
 }
 
 /** The NbdServer for the export, TLS and authorization included. */
