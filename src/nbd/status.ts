@@ -7,6 +7,7 @@
  */
 import type { NbdConnection } from './connection.js';
 import type { BlockBackend } from '../block/backend.js';
+import { isBlockError } from '../block/errors.js';
 import { CONTEXT_ID_ALLOCATION_DEPTH } from './export.js';
 import * as p from './protocol.js';
 
@@ -86,7 +87,8 @@ export async function sparseRead(
     try {
       e = await statusAt(backend, 0, at, bytes - progress, backendLength);
     } catch (err) {
-      const c = p.encodeErrorChunk(cookie, errno(err), 'unable to check for holes');
+      const why = isBlockError(err) ? `: ${err.errnoMessage}` : '';
+      const c = p.encodeErrorChunk(cookie, errno(err), `unable to check for holes${why}`);
       return conn.send(c.header, ...c.payload);
     }
     const final = progress + e.length === bytes;
