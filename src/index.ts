@@ -10,6 +10,7 @@ import { fileDriver } from './drivers/file/index.js';
 import { memDriver } from './drivers/mem/index.js';
 import { nbdDriver } from './drivers/nbd/index.js';
 import { powerlossDriver } from './drivers/powerloss/index.js';
+import { qcow2Driver } from './drivers/qcow2/index.js';
 import { qedDriver } from './drivers/qed/index.js';
 import { rawDriver } from './drivers/raw/index.js';
 
@@ -18,6 +19,7 @@ export { fileDriver } from './drivers/file/index.js';
 export * from './drivers/mem/index.js';
 export { rawDriver } from './drivers/raw/index.js';
 export { qedDriver } from './drivers/qed/index.js';
+export { qcow2Driver } from './drivers/qcow2/index.js';
 export { blkdebugDriver } from './drivers/blkdebug/index.js';
 export { blkverifyDriver } from './drivers/blkverify/index.js';
 export { powerlossDriver } from './drivers/powerloss/index.js';
@@ -30,7 +32,7 @@ export * from './drivers/nbd/index.js';
  * magic match.
  */
 export const defaultRegistry = new BlockDriverRegistry();
-for (const drv of [fileDriver, memDriver, nbdDriver, powerlossDriver, blkdebugDriver, blkverifyDriver, rawDriver, qedDriver]) {
+for (const drv of [fileDriver, memDriver, nbdDriver, powerlossDriver, blkdebugDriver, blkverifyDriver, rawDriver, qedDriver, qcow2Driver]) {
   defaultRegistry.register(drv);
 }
 
