@@ -9,6 +9,7 @@ import { blkverifyDriver } from './drivers/blkverify/index.js';
 import { fileDriver } from './drivers/file/index.js';
 import { memDriver } from './drivers/mem/index.js';
 import { powerlossDriver } from './drivers/powerloss/index.js';
+import { qcow2Driver } from './drivers/qcow2/index.js';
 import { qedDriver } from './drivers/qed/index.js';
 import { rawDriver } from './drivers/raw/index.js';
 
@@ -17,6 +18,7 @@ export { fileDriver } from './drivers/file/index.js';
 export * from './drivers/mem/index.js';
 export { rawDriver } from './drivers/raw/index.js';
 export { qedDriver } from './drivers/qed/index.js';
+export { qcow2Driver } from './drivers/qcow2/index.js';
 export { blkdebugDriver } from './drivers/blkdebug/index.js';
 export { blkverifyDriver } from './drivers/blkverify/index.js';
 export { powerlossDriver } from './drivers/powerloss/index.js';
@@ -27,7 +29,7 @@ export { powerlossDriver } from './drivers/powerloss/index.js';
  * magic match.
  */
 export const defaultRegistry = new BlockDriverRegistry();
-for (const drv of [fileDriver, memDriver, powerlossDriver, blkdebugDriver, blkverifyDriver, rawDriver, qedDriver]) {
+for (const drv of [fileDriver, memDriver, powerlossDriver, blkdebugDriver, blkverifyDriver, rawDriver, qedDriver, qcow2Driver]) {
   defaultRegistry.register(drv);
 }
 

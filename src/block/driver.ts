@@ -50,6 +50,16 @@ export interface BlockDriverInfo {
   isDirty: boolean;
 }
 
+/**
+ * Format-specific image information (QEMU's ImageInfoSpecific): `kind` names the format,
+ * `data` holds QEMU's fields under their QAPI names ('compat', 'refcount-bits', ...) in
+ * QEMU's order, ready for `info --output=json` and the human-readable block.
+ */
+export interface ImageInfoSpecific {
+  kind: string;
+  data: Record<string, string | number | boolean>;
+}
+
 /** BdrvCheckResult. */
 export interface CheckResult {
   corruptions: number;
@@ -236,6 +246,8 @@ export interface BlockDriver {
   /** Bytes the image occupies on the host (qemu-img info's disk size). */
   getAllocatedFileSize?(bs: BlockDriverState): Promise<number>;
   getInfo?(bs: BlockDriverState): Promise<BlockDriverInfo>;
+  /** bdrv_get_specific_info: the "Format specific information" of `qemu-img info`. */
+  getSpecificInfo?(bs: BlockDriverState): Promise<ImageInfoSpecific>;
   changeBackingFile?(bs: BlockDriverState, backingFile: string | null, backingFmt: string | null): Promise<void>;
   invalidateCache?(bs: BlockDriverState): Promise<void>;
   check?(bs: BlockDriverState, fix: CheckFix): Promise<CheckResult>;

@@ -343,11 +343,18 @@ async function retrying<T>(fn: () => Promise<T>): Promise<T> {
 /** Allocate `size` bytes of whole clusters, first fit from the cursor (qcow2_alloc_clusters). */
 export async function qcow2AllocClusters(s: BDRVQcow2State, size: number): Promise<number> {
   await qcow2File(s).debugEvent('cluster_alloc');
-  return retrying(async () => {
+  for (;;) {
     const offset = await allocClustersNoref(s, size);
-    await updateRefcount(s, offset, size, 1, false, 'never');
-    return offset;
-  });
+    try {
+      await updateRefcount(s, offset, size, 1, false, 'never');
+      return offset;
+    } catch (e) {
+      if (!(e instanceof Qcow2Again)) throw e;
+      // The search starts again from the run's start (measured: an L2 table that was the
+      // first cluster of a new refcount block's range stays there, its block right after).
+      s.freeClusterIndex = Math.min(s.freeClusterIndex, offset / s.clusterSize);
+    }
+  }
 }
 
 /**
