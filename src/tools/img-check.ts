@@ -38,8 +38,9 @@ export interface ImageCheck {
   compressedClusters: number;
 }
 
-async function collectImageCheck(bs: BlockDriverState, filename: string, fix: CheckFix): Promise<ImageCheck> {
-  const r = await bs.check(fix);
+async function collectImageCheck(env: ImgEnv, bs: BlockDriverState, filename: string, fix: CheckFix): Promise<ImageCheck> {
+  // The format's findings go to stderr line by line, as QEMU's fprintf(stderr) does.
+  const r = await bs.check({ ...fix, report: (line) => env.o.errRaw(`${line}\n`) });
   return {
     filename,
     format: bs.driver.formatName,
@@ -150,7 +151,7 @@ export async function imgCheck(env: ImgEnv, argv: string[]): Promise<number> {
   try {
     let check: ImageCheck;
     try {
-      check = await collectImageCheck(bs, filename, fix);
+      check = await collectImageCheck(env, bs, filename, fix);
       if (check.corruptionsFixed || check.leaksFixed) {
         if (output === 'human' && !quiet) {
           env.o.out(
@@ -161,7 +162,7 @@ export async function imgCheck(env: ImgEnv, argv: string[]): Promise<number> {
           );
         }
         const { leaksFixed, corruptionsFixed } = check;
-        check = await collectImageCheck(bs, filename, {});
+        check = await collectImageCheck(env, bs, filename, {});
         check.leaksFixed = leaksFixed;
         check.corruptionsFixed = corruptionsFixed;
       }
