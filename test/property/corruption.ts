@@ -147,7 +147,10 @@ export function mutate(image: Uint8Array, muts: readonly Mutation[], profile: Fo
   for (const m of muts) {
     switch (m.kind) {
       case 'header': {
-        const [off, size] = c.headerFields[m.field];
+        // A field of another format (a mutation drawn for the top image, applied to a backing
+        // file of another format) stands for one of this format's fields.
+        const names = Object.keys(c.headerFields);
+        const [off, size] = c.headerFields[m.field] ?? c.headerFields[names[m.field.length % names.length]];
         put(off, size, m.value);
         break;
       }
