@@ -85,3 +85,63 @@ export function scheduleBottomHalf(fn: () => void): void {
   // Fire and forget on purpose: nobody waits on a bottom half; errors surface as above.
   void SETTLED.then(fn);
 }
+
+/** A promise with its resolve and reject at hand: an event one side awaits, the other fires. */
+export class Deferred<T = void> {
+  readonly promise: Promise<T>;
+  resolve!: (value: T) => void;
+  reject!: (error: unknown) => void;
+
+  constructor() {
+    this.promise = new Promise<T>((resolve, reject) => {
+      this.resolve = resolve;
+      this.reject = reject;
+    });
+  }
+}
+
+/**
+ * Single-flight with coalescing: at most one run of `issue` in flight. Callers arriving while
+ * one runs never join it (it may have started before what they want covered was done): they
+ * gather into the next run, merging what they ask for, and that run starts when the current
+ * one settles. A lone caller runs at once and gets the run's own promise.
+ */
+export class CoalescedRun<G> {
+  private running = false;
+  private pending: { gathered: G; done: Deferred } | null = null;
+
+  constructor(
+    private readonly issue: (gathered: G) => Promise<void>,
+    private readonly merge: (into: G, add: G) => G,
+  ) {}
+
+  run(what: G): Promise<void> {
+    const pending = this.pending;
+    if (pending) {
+      pending.gathered = this.merge(pending.gathered, what);
+      return pending.done.promise;
+    }
+    if (this.running) {
+      this.pending = { gathered: what, done: new Deferred() };
+      return this.pending.done.promise;
+    }
+    return this.start(what);
+  }
+
+  private start(what: G): Promise<void> {
+    const p = this.issue(what);
+    this.running = true;
+    const settled = (): void => {
+      this.running = false;
+      const next = this.pending;
+      if (!next) return;
+      this.pending = null;
+      // Everyone who gathered into `next` shares its outcome; handled both ways, so the
+      // chain itself never rejects unobserved.
+      this.start(next.gathered).then(next.done.resolve, next.done.reject);
+    };
+    // Bookkeeping only: the caller awaits `p` itself and sees its error.
+    p.then(settled, settled);
+    return p;
+  }
+}

@@ -6,6 +6,9 @@ import type { BlockDriverState } from './node.js';
 import type { BlockDriverRegistry } from './registry.js';
 
 export const BDRV_SECTOR_SIZE = 512;
+
+/** Largest zero buffer written at once where zeroing falls back to plain writes. */
+export const BDRV_ZERO_CHUNK = 1 << 20;
 export const BDRV_SECTOR_BITS = 9;
 
 export interface WriteFlags {
@@ -129,10 +132,11 @@ export interface OpenOptions {
   depth?: number;
   /**
    * The node is opened for a parent node (QEMU's BdrvChild: a format's `file`, a filter's
-   * image, a backing file, a format's create hook) rather than for a user (QEMU's
-   * BlockBackend). Only then does a protocol or filter node grow on writes past its end and
-   * read zeros there; a user's node refuses such requests with EIO, as qemu-io does. The
-   * generic layer and the built-in drivers set it for the children they open. Default false.
+   * image, a backing file, a format's create hook) rather than for a user. Only then (or under
+   * a BlockBackend, which bounds its user itself) does a protocol or filter node grow on
+   * writes past its end and read zeros there; a node the user opened directly refuses such
+   * requests with EIO, as qemu-io does. The generic layer and the built-in drivers set it for
+   * the children they open. Default false.
    */
   child?: boolean;
 }
@@ -231,6 +235,12 @@ export interface BlockDriver {
   aioReadv?(bs: BlockDriverState, sectorNum: number, qiov: IOVector, nbSectors: number, cb: CompletionFunc): BlockAIOCB;
   aioWritev?(bs: BlockDriverState, sectorNum: number, qiov: IOVector, nbSectors: number, cb: CompletionFunc): BlockAIOCB;
   coFlush?(bs: BlockDriverState): Promise<void>;
+  /**
+   * Write whole clusters compressed (QEMU's bdrv_co_pwritev_compressed_part; qemu-io write -c,
+   * qemu-img convert -c): `offset` cluster-aligned, `bytes` a whole cluster or the image's tail.
+   * Not yet routed through the generic layer: callers check bounds and permissions first.
+   */
+  coPwritevCompressed?(bs: BlockDriverState, offset: number, bytes: number, qiov: IOVector): Promise<void>;
 
   /** Block status of [offset, offset+bytes); `pnum` may be shorter than `bytes`. */
   coBlockStatus?(bs: BlockDriverState, offset: number, bytes: number): Promise<BlockStatus>;

@@ -7,6 +7,7 @@ export * from './aio.js';
 export * from './driver.js';
 export * from './registry.js';
 export * from './node.js';
+export * from './backend.js';
 export * from './create.js';
 export { combineBackingPath, protocolPrefix, canonicalImageName } from './path.js';
 export * as blockPath from './path.js';

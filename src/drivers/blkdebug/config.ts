@@ -14,7 +14,7 @@
  *   state = "1"
  *   new_state = "2"
  */
-import { BlockError, codeFromErrno, type BlockErrorCode } from '../../block/errors.js';
+import { BlockError, ERRNO_NUMBERS, codeFromErrno, type BlockErrorCode } from '../../block/errors.js';
 import { BLKDBG_EVENTS, type BlkDebugEvent } from '../../block/events.js';
 import { linuxStrerror } from './strerror.js';
 
@@ -139,7 +139,7 @@ function ruleFromGroup(group: string, opts: Map<string, string>, where: string):
     return { action: 'set-state', event, state, newState: ns === undefined ? 0 : parseInt32(where, 'new_state', ns) };
   }
   const errnoValue = opts.get('errno');
-  const errno = errnoValue === undefined ? 5 : parseInt32(where, 'errno', errnoValue);
+  const errno = errnoValue === undefined ? ERRNO_NUMBERS.EIO : parseInt32(where, 'errno', errnoValue);
   // Any number is injected as is; numbers no BlockErrorCode names keep EIO as their category
   // and carry their own strerror text.
   const code: BlockErrorCode = codeFromErrno(errno) ?? 'EIO';

@@ -13,14 +13,16 @@
  */
 import { read as fsRead, readv as fsReadv, write as fsWrite, writev as fsWritev, type Stats } from 'node:fs';
 import { open as fsOpen, type FileHandle } from 'node:fs/promises';
-import type {
-  BlockDriver,
-  BlockStatus,
-  CreateOptions,
-  OpenOptions,
-  WriteFlags,
-  WriteZeroesFlags,
+import {
+  BDRV_SECTOR_SIZE,
+  type BlockDriver,
+  type BlockStatus,
+  type CreateOptions,
+  type OpenOptions,
+  type WriteFlags,
+  type WriteZeroesFlags,
 } from '../../block/driver.js';
+import { CoQueue } from '../../block/coroutine.js';
 import { BlockError, ERRNO_MESSAGES, type BlockErrorCode, toBlockError } from '../../block/errors.js';
 import type { IOVector } from '../../block/iovec.js';
 import type { BlockDriverState } from '../../block/node.js';
@@ -37,7 +39,8 @@ interface FileState {
   length: number;
   /** Reads and writes in flight on the raw fd: close waits for them before the fd goes away. */
   pending: number;
-  drained: (() => void)[];
+  /** Woken when `pending` drops to 0 (close waits for it). */
+  drained: CoQueue;
   /*
    * What the host file system answered ENOTSUP to, so it is not asked again (QEMU's
    * has_write_zeroes / has_discard / has_fallocate): FALLOC_FL_ZERO_RANGE, PUNCH_HOLE, mode 0.
@@ -151,11 +154,7 @@ function beginIO(s: FileState): void {
 }
 
 function endIO(s: FileState): void {
-  if (--s.pending === 0 && s.drained.length > 0) {
-    const waiters = s.drained;
-    s.drained = [];
-    for (const w of waiters) w();
-  }
+  if (--s.pending === 0) s.drained.restartAll();
 }
 
 async function fileOpen(bs: BlockDriverState, options: OpenOptions): Promise<void> {
@@ -184,7 +183,7 @@ async function fileOpen(bs: BlockDriverState, options: OpenOptions): Promise<voi
     path,
     length: st.size,
     pending: 0,
-    drained: [],
+    drained: new CoQueue(),
     hasWriteZeroes: true,
     hasDiscard: true,
     hasFallocate: true,
@@ -198,7 +197,7 @@ async function fileClose(bs: BlockDriverState): Promise<void> {
   bs.opaque = null;
   // The fd must outlive every read/write issued on it (a closed fd number can be reused by the
   // next open, and a late write would land in someone else's file).
-  while (s.pending > 0) await new Promise<void>((resolve) => s.drained.push(resolve));
+  while (s.pending > 0) await s.drained.wait();
   await s.fh.close();
 }
 
@@ -212,7 +211,7 @@ const ZERO_SEGMENT = new Uint8Array(4096);
  * data, so ours must too. The bytes were zeros already; failures change nothing and are ignored.
  */
 async function allocateFirstBlock(fd: number, size: number): Promise<void> {
-  const n = Math.min(size, size < 4096 ? 512 : 4096);
+  const n = Math.min(size, size < 4096 ? BDRV_SECTOR_SIZE : 4096);
   if (n <= 0) return;
   try {
     await pwritevFull(fd, [ZERO_SEGMENT.subarray(0, n)], n, 0);

@@ -10,7 +10,7 @@ import type { BlockDriver, CreateOptions, OpenOptions, WriteFlags, WriteZeroesFl
 import { BlockError, ERRNO_MESSAGES } from '../../block/errors.js';
 import type { IOVector } from '../../block/iovec.js';
 import type { BlockDriverState } from '../../block/node.js';
-import { PowerLossStore, powerlossStoreCreate, powerlossStoreGet, powerlossStripPrefix } from './store.js';
+import { POWERLOSS_SECTOR, PowerLossStore, powerlossStoreCreate, powerlossStoreGet, powerlossStripPrefix } from './store.js';
 
 /**
  * Requests land after a few turns of the microtask queue, writes after 1..3 depending on where
@@ -23,7 +23,7 @@ async function latency(hops: number): Promise<void> {
 }
 
 function writeHops(offset: number): number {
-  return 1 + (Math.floor(offset / 512) % 3);
+  return 1 + (Math.floor(offset / POWERLOSS_SECTOR) % 3);
 }
 
 function store(bs: BlockDriverState): PowerLossStore {

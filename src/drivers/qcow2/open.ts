@@ -16,6 +16,7 @@ import {
   decodeHeader,
   encodeHeaderCluster,
   QCOW2_AUTOCLEAR_BITMAPS,
+  QCOW2_AUTOCLEAR_DATA_FILE_RAW,
   QCOW2_AUTOCLEAR_MASK,
   QCOW2_COMPAT_LAZY_REFCOUNTS,
   QCOW2_INCOMPAT_DATA_FILE,
@@ -33,6 +34,8 @@ import type { BDRVQcow2State } from './state.js';
 
 const DEFAULT_L2_CACHE_MAX_SIZE = 32 * 1024 * 1024;
 const MIN_REFCOUNT_CACHE_SIZE = 4;
+/** Autoclear bits whose data this driver keeps consistent: none (no bitmaps, no data file). */
+const QCOW2_AUTOCLEAR_SUPPORTED = QCOW2_AUTOCLEAR_MASK & ~(QCOW2_AUTOCLEAR_BITMAPS | QCOW2_AUTOCLEAR_DATA_FILE_RAW);
 const MAX_SNAPSHOT_TABLE_BYTES = 64 * 1024 * 1024;
 
 /** Parse a size option ("1M", "65536") as QEMU's qemu_strtosz does for cache sizes. */
@@ -149,9 +152,9 @@ export async function qcow2DoOpen(bs: BlockDriverState, options: OpenOptions): P
     extendedL2,
     l2EntrySize,
     subclusterSize: extendedL2 ? cs / 32 : cs,
-    l1Table: [],
+    l1Table: new BigUint64Array(0),
     l1TableOffset: header.l1TableOffset,
-    refcountTable: [],
+    refcountTable: new BigUint64Array(0),
     refcountTableOffset: header.refcountTableOffset,
     refcountOrder: header.refcountOrder,
     refcountBlockEntries: refcountBlockEntries(header.clusterBits, header.refcountOrder),
@@ -192,10 +195,12 @@ export async function qcow2DoOpen(bs: BlockDriverState, options: OpenOptions): P
   await loadL1Table(s, fileLength);
   await qcow2LoadRefcountTable(s);
 
-  // Unknown autoclear bits tell a newer writer its extension data is stale: clear them on
-  // a writable open. A bitmaps extension without its autoclear bit is dropped likewise.
-  if (writable && (header.autoclearFeatures & ~QCOW2_AUTOCLEAR_MASK) !== 0n) {
-    header.autoclearFeatures &= QCOW2_AUTOCLEAR_MASK;
+  // Autoclear bits tell a later reader that extension data was kept up to date by every
+  // writer. We do not maintain bitmaps: like an unknown bit, the bitmaps bit is cleared on a
+  // writable open (QEMU clears only the bits it does not know), and the bitmaps extension,
+  // now stale, goes with it at this header rewrite.
+  if (writable && (header.autoclearFeatures & ~QCOW2_AUTOCLEAR_SUPPORTED) !== 0n) {
+    header.autoclearFeatures &= QCOW2_AUTOCLEAR_SUPPORTED;
     if ((header.autoclearFeatures & QCOW2_AUTOCLEAR_BITMAPS) === 0n) s.bitmapsExtension = null;
     await qcow2UpdateHeader(s);
   }
@@ -222,7 +227,7 @@ async function loadL1Table(s: BDRVQcow2State, fileLength: number): Promise<void>
   // An L1 table past the end of the file reads as zeros, as in QEMU.
   if (n > 0 && off < fileLength) await qcow2FileOf(s).pread(off, buf.subarray(0, Math.min(buf.length, fileLength - off)));
   const v = new DataView(buf.buffer);
-  s.l1Table = new Array<bigint>(n);
+  s.l1Table = new BigUint64Array(n);
   for (let i = 0; i < n; i++) s.l1Table[i] = v.getBigUint64(i * 8);
 }
 

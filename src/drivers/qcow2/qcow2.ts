@@ -17,7 +17,7 @@ import {
   QCOW2_INCOMPAT_DIRTY,
   QCOW_MAGIC,
 } from './header.js';
-import { qcow2CoPreadv, qcow2CoPwritev } from './io.js';
+import { qcow2CoPreadv, qcow2CoPwritev, qcow2CoPwritevCompressed } from './io.js';
 import { qcow2DoOpen, qcow2UpdateHeader } from './open.js';
 import { qcow2RepairDirty } from './repair.js';
 import { qcow2Truncate } from './resize.js';
@@ -107,23 +107,26 @@ async function qcow2GetInfo(bs: BlockDriverState): Promise<BlockDriverInfo> {
   return { clusterSize: s.clusterSize, isDirty: qcow2IsDirty(s) };
 }
 
-/** QEMU's ImageInfoSpecificQCow2, in its field order. */
+/**
+ * QEMU's ImageInfoSpecificQCow2, fields in QAPI order (compat, extended-l2, lazy-refcounts,
+ * corrupt, refcount-bits, compression-type): tools print them in QDict order from that.
+ */
 async function qcow2GetSpecificInfo(bs: BlockDriverState): Promise<ImageInfoSpecific> {
   const s = qcow2State(bs);
   const h = s.header;
   const compressionType = h.compressionType === 1 ? 'zstd' : 'zlib';
   if (h.version < 3) {
-    return { kind: 'qcow2', data: { compat: '0.10', 'compression-type': compressionType, 'refcount-bits': 2 ** s.refcountOrder } };
+    return { kind: 'qcow2', data: { compat: '0.10', 'refcount-bits': 2 ** s.refcountOrder, 'compression-type': compressionType } };
   }
   return {
     kind: 'qcow2',
     data: {
       compat: '1.1',
-      'compression-type': compressionType,
-      'lazy-refcounts': (h.compatibleFeatures & QCOW2_COMPAT_LAZY_REFCOUNTS) !== 0n,
-      'refcount-bits': 2 ** s.refcountOrder,
-      corrupt: (h.incompatibleFeatures & QCOW2_INCOMPAT_CORRUPT) !== 0n,
       'extended-l2': s.extendedL2,
+      'lazy-refcounts': (h.compatibleFeatures & QCOW2_COMPAT_LAZY_REFCOUNTS) !== 0n,
+      corrupt: (h.incompatibleFeatures & QCOW2_INCOMPAT_CORRUPT) !== 0n,
+      'refcount-bits': 2 ** s.refcountOrder,
+      'compression-type': compressionType,
     },
   };
 }
@@ -179,6 +182,7 @@ export const qcow2Driver: BlockDriver = {
     if (flags.fua) await qcow2Flush(bs);
   },
   coFlush: qcow2Flush,
+  coPwritevCompressed: (bs, offset, bytes, qiov: IOVector) => qcow2CoPwritevCompressed(qcow2State(bs), offset, bytes, qiov),
   coBlockStatus: qcow2BlockStatus,
   coWriteZeroes: (bs, offset, bytes, flags: WriteZeroesFlags) => qcow2CoWriteZeroes(qcow2State(bs), offset, bytes, flags),
   coDiscard: (bs, offset, bytes) => qcow2CoDiscard(qcow2State(bs), offset, bytes),

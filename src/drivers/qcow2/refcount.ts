@@ -34,7 +34,7 @@ export async function qcow2LoadRefcountTable(s: BDRVQcow2State): Promise<void> {
   const off = s.refcountTableOffset;
   if (off < len) await file.pread(off, buf.subarray(0, Math.min(buf.length, len - off)));
   const v = new DataView(buf.buffer);
-  s.refcountTable = new Array<bigint>(entries);
+  s.refcountTable = new BigUint64Array(entries);
   for (let i = 0; i < entries; i++) s.refcountTable[i] = v.getBigUint64(i * 8);
 }
 
@@ -144,8 +144,8 @@ export async function qcow2RefcountArea(
   const tableClusters = (tableSize * 8) / cs;
   if (tableSize > QCOW_MAX_REFTABLE_SIZE) throw new BlockError('EFBIG', undefined, { op: 'refcount' });
 
-  const newTable = new Array<bigint>(tableSize).fill(0n);
-  for (let i = 0; i < Math.min(tableSize, s.refcountTable.length); i++) newTable[i] = s.refcountTable[i];
+  const newTable = new BigUint64Array(tableSize);
+  newTable.set(s.refcountTable.subarray(0, Math.min(tableSize, s.refcountTable.length)));
   if (newRefblockOffset !== 0) newTable[newRefblockIndex] = BigInt(newRefblockOffset);
 
   let additionalBlocks = 0;

@@ -28,7 +28,7 @@ function incRange(counts: Map<number, number>, cs: number, offset: number, size:
   }
 }
 
-async function countTable(s: BDRVQcow2State, counts: Map<number, number>, l1: readonly bigint[]): Promise<void> {
+async function countTable(s: BDRVQcow2State, counts: Map<number, number>, l1: BigUint64Array): Promise<void> {
   const cs = s.clusterSize;
   const inc = (offset: number, size: number): void => incRange(counts, cs, offset, size);
   for (const e of l1) {
@@ -54,11 +54,11 @@ async function countTable(s: BDRVQcow2State, counts: Map<number, number>, l1: re
   }
 }
 
-async function readL1(s: BDRVQcow2State, offset: number, size: number): Promise<bigint[]> {
+async function readL1(s: BDRVQcow2State, offset: number, size: number): Promise<BigUint64Array> {
   const buf = new Uint8Array(size * 8);
   await qcow2File(s).pread(offset, buf);
   const v = new DataView(buf.buffer);
-  return Array.from({ length: size }, (_, i) => v.getBigUint64(i * 8));
+  return BigUint64Array.from({ length: size }, (_, i) => v.getBigUint64(i * 8));
 }
 
 /** Every reference of the image, counted per cluster index. */

@@ -19,7 +19,7 @@ import { qcow2AllocClusters, qcow2FreeClusters, qcow2GetRefcount } from './refco
 import { type BDRVQcow2State, qcow2File } from './state.js';
 import { qcow2ClusterDiscard } from './zero.js';
 
-function encodeL1(entries: readonly bigint[]): Uint8Array {
+function encodeL1(entries: BigUint64Array): Uint8Array {
   const buf = new Uint8Array(entries.length * 8);
   const v = new DataView(buf.buffer);
   entries.forEach((e, i) => v.setBigUint64(i * 8, e));
@@ -36,7 +36,8 @@ export async function qcow2GrowL1Table(s: BDRVQcow2State, minSize: number, exact
     while (minSize > newSize) newSize = Math.ceil((newSize * 3) / 2);
   }
   if (newSize > QCOW_MAX_L1_SIZE / 8) throw new BlockError('EFBIG', undefined, { op: 'grow_l1' });
-  const table = [...s.l1Table, ...new Array<bigint>(newSize - s.l1Table.length).fill(0n)];
+  const table = new BigUint64Array(newSize);
+  table.set(s.l1Table);
   const file = qcow2File(s);
   await file.debugEvent('l1_grow_alloc_table');
   const newOffset = await qcow2AllocClusters(s, newSize * 8);

@@ -28,9 +28,10 @@ export interface BDRVQcow2State {
   /** Bytes of one L2 entry (8 or 16). */
   l2EntrySize: number;
   subclusterSize: number;
-  l1Table: bigint[];
+  /** Active L1 entries (a typed array: 8 bytes each, however large the image says it is). */
+  l1Table: BigUint64Array;
   l1TableOffset: number;
-  refcountTable: bigint[];
+  refcountTable: BigUint64Array;
   refcountTableOffset: number;
   refcountOrder: number;
   refcountBlockEntries: number;

@@ -4,7 +4,7 @@
  * qedFindCluster (cluster.ts), then execute it.
  */
 import { AIOPool, BlockAIOCB, type CompletionFunc } from '../../block/aio.js';
-import { BDRV_SECTOR_SIZE } from '../../block/driver.js';
+import { BDRV_SECTOR_SIZE, BDRV_ZERO_CHUNK } from '../../block/driver.js';
 import { BlockError } from '../../block/errors.js';
 import { IOVector } from '../../block/iovec.js';
 import type { BlockDriverState } from '../../block/node.js';
@@ -32,8 +32,6 @@ import { QED_ZERO_CLUSTER, qedWriteL1Table, qedWriteL2Entries, qedWriteL2Table }
 export const QED_AIOCB_WRITE = 0x1;
 export const QED_AIOCB_ZERO = 0x2;
 
-/** Largest zero buffer written at once by in-place write-zeroes. */
-const ZERO_CHUNK = 1024 * 1024;
 
 /** Per-request state: what QEMU keeps in its QEDAIOCB. */
 export interface QEDRequestState {
@@ -200,10 +198,7 @@ function qedAioComplete(s: BDRVQEDState, acb: QEDRequestState): void {
     s.allocLock.unlock();
   } else if (acb.allocPending) {
     acb.allocPending = false;
-    if (--s.allocPending === 0) {
-      const waiters = s.allocPendingWaiters.splice(0);
-      for (const wake of waiters) wake();
-    }
+    if (--s.allocPending === 0) s.allocPendingDone.restartAll();
   } else {
     return;
   }
@@ -275,7 +270,7 @@ async function qedAioWriteInplace(s: BDRVQEDState, acb: QEDRequestState, offset:
   if (acb.flags & QED_AIOCB_ZERO) {
     // Zeroing allocated clusters writes zeros in place (the cluster stays allocated), in
     // bounded chunks so a huge request never allocates a huge buffer.
-    const zeros = new Uint8Array(Math.min(len, ZERO_CHUNK));
+    const zeros = new Uint8Array(Math.min(len, BDRV_ZERO_CHUNK));
     for (let done = 0; done < len; ) {
       const n = Math.min(zeros.length, len - done);
       await file.debugEvent('write_aio');
@@ -454,35 +449,7 @@ async function qedAioWriteCow(
  * issued when it settles. A lone request flushes at once, as before.
  */
 function qedFlushWrittenData(s: BDRVQEDState): Promise<void> {
-  const next = s.dataFlushNext;
-  if (next) return next.promise;
-  if (s.dataFlushing) {
-    let resolve!: () => void;
-    let reject!: (e: unknown) => void;
-    const promise = new Promise<void>((res, rej) => {
-      resolve = res;
-      reject = rej;
-    });
-    s.dataFlushNext = { promise, resolve, reject };
-    return promise;
-  }
-  return qedIssueDataFlush(s);
-}
-
-function qedIssueDataFlush(s: BDRVQEDState): Promise<void> {
-  const flush = qedFile(s).flush();
-  s.dataFlushing = flush;
-  const settled = (): void => {
-    s.dataFlushing = null;
-    const next = s.dataFlushNext;
-    if (!next) return;
-    s.dataFlushNext = null;
-    // Everyone who joined `next` had written its data before this point: one flush covers all.
-    qedIssueDataFlush(s).then(next.resolve, next.reject);
-  };
-  // Bookkeeping only: the caller awaits `flush` itself and sees its error.
-  flush.then(settled, settled);
-  return flush;
+  return s.dataFlush.run();
 }
 
 /**

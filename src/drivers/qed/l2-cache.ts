@@ -5,6 +5,7 @@
  * it, and a second copy read from disk would miss that update. Only unreferenced tables are
  * evicted, oldest first, so memory stays at `capacity` tables plus those in flight.
  */
+import type { CoalescedRun } from '../../block/coroutine.js';
 import { QED_L2_CACHE_SIZE } from './header.js';
 import { QEDTable } from './table.js';
 
@@ -14,19 +15,17 @@ export interface CachedL2Table {
   table: QEDTable;
   /** Requests holding this table. */
   ref: number;
-  /** The sector write of this table in flight (qedWriteL2Entries), if any. */
-  writing: Promise<void> | null;
-  /** Entry updates made while `writing` was in flight: written together once it settles. */
-  next: PendingL2Write | null;
+  /**
+   * Entry updates of this table going to disk (qedWriteL2Entries): one sector write in
+   * flight, updates made meanwhile gathered into the next one. Made on the first update.
+   */
+  writer: CoalescedRun<L2Range> | null;
 }
 
-/** L2 entries [start, end) waiting for the table write in flight to settle. */
-export interface PendingL2Write {
+/** L2 entries [start, end) to write. */
+export interface L2Range {
   start: number;
   end: number;
-  promise: Promise<void>;
-  resolve: () => void;
-  reject: (e: unknown) => void;
 }
 
 export class L2Cache {
@@ -50,7 +49,7 @@ export class L2Cache {
 
   /** A fresh, uncommitted table held by the caller (ref 1). */
   alloc(offset: number): CachedL2Table {
-    const entry: CachedL2Table = { offset, table: new QEDTable(this.nelems), ref: 1, writing: null, next: null };
+    const entry: CachedL2Table = { offset, table: new QEDTable(this.nelems), ref: 1, writer: null };
     this.trace?.('qedAllocL2CacheEntry', { l2Cache: this, entry });
     return entry;
   }

@@ -3,17 +3,18 @@
  * The request path lives in io.ts, the check in check.ts, creation in create.ts.
  */
 import type { CompletionFunc } from '../../block/aio.js';
-import { CoMutex } from '../../block/coroutine.js';
-import type {
-  BlockDriver,
-  BlockDriverInfo,
-  BlockStatus,
-  CheckFix,
-  CheckResult,
-  CreateOptions,
-  OpenOptions,
-  WriteFlags,
-  WriteZeroesFlags,
+import { CoalescedRun, CoMutex, CoQueue } from '../../block/coroutine.js';
+import {
+  BDRV_SECTOR_SIZE,
+  type BlockDriver,
+  type BlockDriverInfo,
+  type BlockStatus,
+  type CheckFix,
+  type CheckResult,
+  type CreateOptions,
+  type OpenOptions,
+  type WriteFlags,
+  type WriteZeroesFlags,
 } from '../../block/driver.js';
 import { BlockError } from '../../block/errors.js';
 import type { IOVector } from '../../block/iovec.js';
@@ -77,10 +78,13 @@ async function qedDoOpen(bs: BlockDriverState, options: OpenOptions): Promise<vo
     }),
     allocLock: new CoMutex(),
     allocPending: 0,
-    allocPendingWaiters: [],
+    allocPendingDone: new CoQueue(),
     allocReservations: [],
-    dataFlushing: null,
-    dataFlushNext: null,
+    // The COW data flush (io.ts, qedFlushWrittenData): concurrent callers share flushes.
+    dataFlush: new CoalescedRun<void>(
+      () => qedFile(s).flush(),
+      () => undefined,
+    ),
     needCheckTimer: null,
     timerTask: null,
     corruptionsRemain: false,
@@ -347,7 +351,7 @@ export interface QEDBlockDriver extends BlockDriver {
 
 export const qedDriver: QEDBlockDriver = {
   formatName: 'qed',
-  requestAlignment: 512,
+  requestAlignment: BDRV_SECTOR_SIZE,
   supportsBacking: true,
   createOptions: qedCreateOptions,
   probe: qedProbe,

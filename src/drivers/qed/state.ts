@@ -3,7 +3,7 @@
  * file shares (geometry arithmetic, header writes, cluster allocation).
  */
 import type { Timer } from '../../block/clock.js';
-import { CoMutex } from '../../block/coroutine.js';
+import { type CoalescedRun, CoMutex, type CoQueue } from '../../block/coroutine.js';
 import type { OpenOptions } from '../../block/driver.js';
 import { BlockError } from '../../block/errors.js';
 import { IOVector } from '../../block/iovec.js';
@@ -35,7 +35,8 @@ export interface BDRVQEDState {
    */
   allocPending: number;
   /** Woken when allocPending drops to 0 (qedWaitAllocPending). */
-  allocPendingWaiters: (() => void)[];
+  /** Woken when allocPending drops to 0 (qedWaitAllocPending). */
+  allocPendingDone: CoQueue;
   /**
    * Clusters allocated by requests that released allocLock early, whose L2 entries are not
    * set in memory yet (their data is still being written). An allocating request whose run
@@ -43,8 +44,7 @@ export interface BDRVQEDState {
    */
   allocReservations: QEDAllocReservation[];
   /** The COW data flush in flight (io.ts, qedFlushWrittenData), and the next one, gathering. */
-  dataFlushing: Promise<void> | null;
-  dataFlushNext: { promise: Promise<void>; resolve: () => void; reject: (e: unknown) => void } | null;
+  dataFlush: CoalescedRun<void>;
   needCheckTimer: Timer | null;
   /** The running timer job, so close can wait for it. */
   timerTask: Promise<void> | null;
@@ -130,7 +130,7 @@ export function qedAllocClusters(s: BDRVQEDState, n: number): number {
  * entries. Callers hold allocLock, so no new one can start meanwhile.
  */
 export async function qedWaitAllocPending(s: BDRVQEDState): Promise<void> {
-  while (s.allocPending > 0) await new Promise<void>((resolve) => s.allocPendingWaiters.push(resolve));
+  while (s.allocPending > 0) await s.allocPendingDone.wait();
 }
 
 /** Write the 64-byte header struct (create, close, truncate, autoclear reset, check). */

@@ -2,10 +2,12 @@
  * L1/L2 tables: the in-memory form (raw little-endian bytes, so entries we never touch are
  * written back bit for bit) and the table I/O of QEMU's qed-table.c.
  */
+import { CoalescedRun } from '../../block/coroutine.js';
+import { BDRV_SECTOR_SIZE } from '../../block/driver.js';
 import { IOVector } from '../../block/iovec.js';
 import type { BDRVQEDState, QEDRequest } from './state.js';
 import { qedTrace, qedTracing, qedFile } from './state.js';
-import type { CachedL2Table, PendingL2Write } from './l2-cache.js';
+import type { CachedL2Table, L2Range } from './l2-cache.js';
 
 /** Table entry meaning "not allocated": reads fall through to the backing file. */
 export const QED_UNALLOC_CLUSTER = 0;
@@ -45,7 +47,7 @@ export class QEDTable {
 }
 
 /** Entries per 512-byte sector. */
-const SECTOR_ENTRIES = 512 / 8;
+const SECTOR_ENTRIES = BDRV_SECTOR_SIZE / 8;
 
 /** Read a whole table (table_size clusters) at `offset`. */
 export async function qedReadTable(s: BDRVQEDState, offset: number, table: QEDTable): Promise<void> {
@@ -122,41 +124,15 @@ export async function qedWriteL2Table(
  * and no flush is needed between them: tables already linked need none (§13).
  */
 export function qedWriteL2Entries(s: BDRVQEDState, l2: CachedL2Table, index: number, n: number): Promise<void> {
-  const next = l2.next;
-  if (next) {
-    next.start = Math.min(next.start, index);
-    next.end = Math.max(next.end, index + n);
-    return next.promise;
-  }
-  if (l2.writing) {
-    let resolve!: () => void;
-    let reject!: (e: unknown) => void;
-    const promise = new Promise<void>((res, rej) => {
-      resolve = res;
-      reject = rej;
-    });
-    const pending: PendingL2Write = { start: index, end: index + n, promise, resolve, reject };
-    l2.next = pending;
-    return promise;
-  }
-  return qedIssueL2Write(s, l2, index, n);
-}
-
-function qedIssueL2Write(s: BDRVQEDState, l2: CachedL2Table, index: number, n: number): Promise<void> {
-  const write = qedWriteL2Sectors(s, l2, index, n);
-  l2.writing = write;
-  const settled = (): void => {
-    l2.writing = null;
-    const next = l2.next;
-    if (!next) return;
-    l2.next = null;
-    // The gathered updates go out now; each waiter gets this write's outcome. Handled in
-    // both directions, so the chain itself never rejects unobserved.
-    qedIssueL2Write(s, l2, next.start, next.end - next.start).then(next.resolve, next.reject);
-  };
-  // Bookkeeping only: the caller awaits `write` itself and sees its error.
-  write.then(settled, settled);
-  return write;
+  l2.writer ??= new CoalescedRun<L2Range>(
+    (r) => qedWriteL2Sectors(s, l2, r.start, r.end - r.start),
+    (into, add) => {
+      into.start = Math.min(into.start, add.start);
+      into.end = Math.max(into.end, add.end);
+      return into;
+    },
+  );
+  return l2.writer.run({ start: index, end: index + n });
 }
 
 async function qedWriteL2Sectors(s: BDRVQEDState, l2: CachedL2Table, index: number, n: number): Promise<void> {

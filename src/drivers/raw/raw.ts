@@ -129,28 +129,19 @@ async function rawGuardedWrite(
 }
 
 /** Pure pass-through: the child's promise itself, no extra async frame (errors still reject). */
-/**
- * Does anything act on the child's debug events (blkdebug as the file, or a listener)? QEMU's
- * raw announces read_aio / write_aio on its file for every request; checked first, so that
- * without a watcher a request costs no extra await (the hot path stays as it was).
- */
-function debugWatched(f: BlockDriverState): boolean {
-  return f.driver.debugEvent !== undefined || f.events.listenerCount('debug') > 0;
-}
-
 function rawCoPreadv(bs: BlockDriverState, offset: number, _bytes: number, qiov: IOVector): Promise<void> {
   const f = bs.file;
   if (f === null) {
     return Promise.reject(new BlockError('EBADF', `raw node '${bs.filename}' has no file child`, { op: 'raw', path: bs.filename }));
   }
-  if (debugWatched(f)) return f.debugEvent('read_aio').then(() => f.preadv(offset, qiov));
+  if (f.debugWatched) return f.debugEvent('read_aio').then(() => f.preadv(offset, qiov));
   return f.preadv(offset, qiov);
 }
 
 /** Pass-through: the file child reads now if it can (not when its events are watched). */
 function rawPreadvNow(bs: BlockDriverState, offset: number, _bytes: number, qiov: IOVector): boolean {
   const f = bs.file;
-  if (f === null || debugWatched(f)) return false;
+  if (f === null || f.debugWatched) return false;
   return f.preadvNow(offset, qiov);
 }
 
@@ -164,13 +155,13 @@ async function rawCoPwritev(
   const file = child(bs);
   // Past the probed head (nearly every write), nothing to guard: straight to the child.
   if (offset >= RAW_PROBE_GUARD_BYTES || !state(bs).probed) {
-    if (debugWatched(file)) await file.debugEvent('write_aio');
+    if (file.debugWatched) await file.debugEvent('write_aio');
     await file.pwritev(offset, qiov, flags);
     return;
   }
   // The event comes after the guard's check, as in QEMU.
   await rawGuardedWrite(bs, offset, bytes, qiov, async () => {
-    if (debugWatched(file)) await file.debugEvent('write_aio');
+    if (file.debugWatched) await file.debugEvent('write_aio');
     await file.pwritev(offset, qiov, flags);
   });
 }

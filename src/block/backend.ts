@@ -1,0 +1,407 @@
+/**
+ * BlockBackend: the user's handle on an image graph (QEMU's block-backend.c). Tools, library
+ * callers and NBD exports hold one; a driver's children are plain nodes.
+ *
+ * State and who touches it:
+ * - `root`: the node requests go to; set by attach(), cleared by detach() and close().
+ * - `perm` / `sharedPerm`: what this user does with the root and lets other users of the same
+ *   node do. Checked at attach (against every other backend on the node) and on each request.
+ * - `inFlight`: requests this backend has accepted but not yet handed to the node (only the
+ *   ones that wait for an asynchronous length); drain() and close() wait for them, the node
+ *   counts the rest itself.
+ *
+ * Order of a request: argument and permission checks, then the bounds check against the
+ * length (synchronously when the node knows it), then the node's request. Nothing reaches the
+ * node when a check fails, so a refused write changes nothing. The root node is marked as
+ * used by a backend (setParent('backend')): it may grow, as a format's file does, and the
+ * bounds are the backend's; a protocol or filter root still counts its length in whole sectors.
+ */
+import { BlockAIOCB, genericAioPool, type CompletionFunc } from './aio.js';
+import { CoQueue } from './coroutine.js';
+import {
+  BDRV_SECTOR_SIZE,
+  type BlockStatus,
+  type OpenOptions,
+  type WriteFlags,
+  type WriteZeroesFlags,
+} from './driver.js';
+import { BlockError, toBlockError } from './errors.js';
+import type { IOVector } from './iovec.js';
+import { BlockDriverState, type NodeParent, type ReopenOptions } from './node.js';
+
+/**
+ * What a user does with its root node (QEMU's BLK_PERM_WRITE and BLK_PERM_RESIZE; consistent
+ * reads are always taken). An absent field is false.
+ */
+export interface BlockPerm {
+  /** Write, write zeroes, discard. */
+  write?: boolean;
+  /** truncate. */
+  resize?: boolean;
+}
+
+export interface BlockBackendOptions {
+  /** Taken by this user; default none (read-only use). */
+  perm?: BlockPerm;
+  /** Allowed to other users of the same node; default all (QEMU's BLK_PERM_ALL). */
+  sharedPerm?: BlockPerm;
+}
+
+type PermName = keyof BlockPerm;
+const PERM_NAMES: readonly PermName[] = ['write', 'resize'];
+
+/** The backends attached to each node: the permission check at attach looks at them. */
+const usersOf = new WeakMap<BlockDriverState, Set<BlockBackend>>();
+
+function validRange(offset: number, bytes: number): boolean {
+  return (
+    Number.isSafeInteger(offset) && Number.isSafeInteger(bytes) && offset >= 0 && bytes >= 0 &&
+    offset + bytes <= Number.MAX_SAFE_INTEGER
+  );
+}
+
+/** Permission conflicts with another user of `bs`, both ways, worded as QEMU's bdrv_check_perm. */
+function checkShared(perm: Required<BlockPerm>, shared: Required<BlockPerm>, other: BlockBackend, bs: BlockDriverState): void {
+  const theirs = other.permissions;
+  const theyShare = other.sharedPermissions;
+  for (const p of PERM_NAMES) {
+    const why = perm[p] && !theyShare[p] ? 'does not allow' : theirs[p] && !shared[p] ? 'uses' : null;
+    if (why !== null) {
+      const msg = `Conflicts with use by a block device as 'root', which ${why} '${p}' on ${bs.filename}`;
+      throw new BlockError('EPERM', msg, { op: 'attach', path: bs.filename });
+    }
+  }
+}
+
+export class BlockBackend {
+  private rootNode: BlockDriverState | null = null;
+  /** The root's parent before attach(), restored by detach(). */
+  private rootParent: NodeParent = 'none';
+  /** Opened by BlockBackend.open: close() closes it. A node given to attach() is the caller's. */
+  private ownsRoot = false;
+  private readonly perm: Required<BlockPerm>;
+  private readonly sharedPerm: Required<BlockPerm>;
+  private inFlight = 0;
+  private readonly drained = new CoQueue();
+  private closing: Promise<void> | null = null;
+
+  /** blk_new: an empty backend; attach() gives it a root. */
+  constructor(options: BlockBackendOptions = {}) {
+    this.perm = { write: options.perm?.write ?? false, resize: options.perm?.resize ?? false };
+    this.sharedPerm = { write: options.sharedPerm?.write ?? true, resize: options.sharedPerm?.resize ?? true };
+  }
+
+  /**
+   * blk_new_open: open `filename` (protocol, format, backing chain) and attach it. Without
+   * `perm`, a read-write open takes write and resize (qemu-io's truncate), a read-only one none.
+   */
+  static async open(filename: string, options: OpenOptions & { perm?: BlockPerm; sharedPerm?: BlockPerm } = {}): Promise<BlockBackend> {
+    const { perm, sharedPerm, ...openOpts } = options;
+    const rw = !(openOpts.readOnly ?? false);
+    const blk = new BlockBackend({ perm: perm ?? { write: rw, resize: rw }, sharedPerm });
+    // Opened as a child: the node may grow, the backend's checks bound the user.
+    const bs = await BlockDriverState.open(filename, { ...openOpts, child: true });
+    try {
+      blk.attach(bs);
+    } catch (e) {
+      await bs.close().catch(() => undefined);
+      throw e;
+    }
+    blk.ownsRoot = true;
+    return blk;
+  }
+
+  /** blk_bs: the root node, null when none is attached. */
+  get root(): BlockDriverState | null {
+    return this.rootNode;
+  }
+
+  /** No write permission, or a read-only root (blk_is_read_only). */
+  get readOnly(): boolean {
+    return !this.perm.write || (this.rootNode?.readOnly ?? true);
+  }
+
+  /** This backend's permissions (a copy). */
+  get permissions(): Required<BlockPerm> {
+    return { ...this.perm };
+  }
+
+  /** What this backend lets other users of its root do (a copy). */
+  get sharedPermissions(): Required<BlockPerm> {
+    return { ...this.sharedPerm };
+  }
+
+  /**
+   * blk_insert_bs: make `bs` the root. Refused when a root is attached, when the node is
+   * read-only and write is wanted, or when another backend on the node does not share a
+   * permission this one takes (or takes one this one does not share).
+   */
+  attach(bs: BlockDriverState): void {
+    if (this.closing) throw this.closed('attach');
+    if (this.rootNode) {
+      throw new BlockError('EBUSY', `The block backend already has a root node ('${this.rootNode.filename}')`, { op: 'attach' });
+    }
+    if (!bs.isOpen) throw new BlockError('EBADF', `Node '${bs.filename}' is closed`, { op: 'attach', path: bs.filename });
+    if (this.perm.write && bs.readOnly) {
+      throw new BlockError('EPERM', 'Block node is read-only', { op: 'attach', path: bs.filename });
+    }
+    const users = usersOf.get(bs) ?? new Set<BlockBackend>();
+    for (const other of users) checkShared(this.perm, this.sharedPerm, other, bs);
+    users.add(this);
+    usersOf.set(bs, users);
+    this.rootParent = bs.setParent('backend');
+    this.rootNode = bs;
+    this.ownsRoot = false;
+  }
+
+  /** blk_remove_bs: detach the root and hand it back (still open); null when none. */
+  detach(): BlockDriverState | null {
+    const bs = this.rootNode;
+    if (!bs) return null;
+    usersOf.get(bs)?.delete(this);
+    bs.setParent(this.rootParent);
+    this.rootNode = null;
+    this.ownsRoot = false;
+    return bs;
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Checks (blk_check_byte_request and the permission asserts of blk_co_pwritev)
+
+  private closed(op: string): BlockError {
+    return new BlockError('EBADF', `${op}: the block backend is closed`, { op });
+  }
+
+  private requireRoot(op: string): BlockDriverState {
+    if (this.closing) throw this.closed(op);
+    const bs = this.rootNode;
+    if (!bs) throw new BlockError('ENOMEDIUM', 'No medium inserted', { op });
+    return bs;
+  }
+
+  private requirePerm(op: string, p: PermName, bs: BlockDriverState): void {
+    if (!this.perm[p]) {
+      throw new BlockError('EPERM', `${op}: the block backend was not given the '${p}' permission`, { op, path: bs.filename });
+    }
+  }
+
+  private outOfBounds(op: string, bs: BlockDriverState, offset: number, bytes: number, len: number): BlockError {
+    return new BlockError('EIO', `${op}: request ${offset}+${bytes} is past the end of the image (${len} bytes)`, {
+      op,
+      offset,
+      path: bs.filename,
+    });
+  }
+
+  /**
+   * Check a request and hand it to the node. When the node knows its length now, the node's
+   * request starts inside this call (it counts itself in flight from there); otherwise the
+   * request counts here while the length is awaited.
+   */
+  private request<T>(
+    op: string,
+    offset: number,
+    bytes: number,
+    perm: PermName | null,
+    run: (bs: BlockDriverState) => Promise<T>,
+  ): Promise<T> {
+    let bs: BlockDriverState;
+    let len: number | null;
+    try {
+      bs = this.requireRoot(op);
+      if (!validRange(offset, bytes)) {
+        throw new BlockError('EINVAL', `${op}: invalid request offset ${offset} length ${bytes}`, { op, path: bs.filename });
+      }
+      if (perm !== null) this.requirePerm(op, perm, bs);
+      len = bs.knownLength();
+      if (len !== null && (offset > len || len - offset < bytes)) throw this.outOfBounds(op, bs, offset, bytes, len);
+    } catch (e) {
+      return Promise.reject(toBlockError(e, { op }));
+    }
+    if (len !== null) return run(bs);
+    return this.slowRequest(op, bs, offset, bytes, run);
+  }
+
+  private async slowRequest<T>(
+    op: string,
+    bs: BlockDriverState,
+    offset: number,
+    bytes: number,
+    run: (bs: BlockDriverState) => Promise<T>,
+  ): Promise<T> {
+    this.inFlight++;
+    try {
+      const len = await bs.getLength();
+      if (offset > len || len - offset < bytes) throw this.outOfBounds(op, bs, offset, bytes, len);
+      return await run(bs);
+    } finally {
+      this.inFlight--;
+      if (this.inFlight === 0) this.drained.restartAll();
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Requests
+
+  /** The length users see: a protocol or filter root counts whole sectors (bdrv_getlength). */
+  async getLength(): Promise<number> {
+    return this.requireRoot('get_length').getLength();
+  }
+
+  pread(offset: number, buf: Uint8Array): Promise<void> {
+    return this.request('read', offset, buf.length, null, (bs) => bs.pread(offset, buf));
+  }
+
+  preadv(offset: number, qiov: IOVector): Promise<void> {
+    return this.request('read', offset, qiov.size, null, (bs) => bs.preadv(offset, qiov));
+  }
+
+  pwrite(offset: number, buf: Uint8Array, flags?: WriteFlags): Promise<void> {
+    return this.request('write', offset, buf.length, 'write', (bs) => bs.pwrite(offset, buf, flags));
+  }
+
+  pwritev(offset: number, qiov: IOVector, flags?: WriteFlags): Promise<void> {
+    return this.request('write', offset, qiov.size, 'write', (bs) => bs.pwritev(offset, qiov, flags));
+  }
+
+  writeZeroes(offset: number, bytes: number, flags?: WriteZeroesFlags): Promise<void> {
+    return this.request('write_zeroes', offset, bytes, 'write', (bs) => bs.writeZeroes(offset, bytes, flags));
+  }
+
+  /** Discard needs the write permission too, as in QEMU. */
+  discard(offset: number, bytes: number): Promise<void> {
+    return this.request('discard', offset, bytes, 'write', (bs) => bs.discard(offset, bytes));
+  }
+
+  async flush(): Promise<void> {
+    await this.requireRoot('flush').flush();
+  }
+
+  /** Resize: needs the resize permission; the new size bounds later requests. */
+  async truncate(size: number, prealloc?: string): Promise<void> {
+    const bs = this.requireRoot('truncate');
+    this.requirePerm('truncate', 'resize', bs);
+    await bs.truncate(size, prealloc);
+  }
+
+  /** Status of the root layer; queries past the end are refused with EIO (as the node does). */
+  blockStatus(offset: number, bytes: number): Promise<BlockStatus> {
+    return this.request('block_status', offset, 0, null, (bs) => bs.blockStatus(offset, bytes));
+  }
+
+  blockStatusAbove(offset: number, bytes: number): Promise<BlockStatus & { depth: number }> {
+    return this.request('block_status', offset, 0, null, (bs) => bs.blockStatusAbove(offset, bytes));
+  }
+
+  isAllocated(offset: number, bytes: number): Promise<{ allocated: boolean; pnum: number }> {
+    return this.request('is_allocated', offset, 0, null, (bs) => bs.isAllocated(offset, bytes));
+  }
+
+  isAllocatedAbove(base: BlockDriverState | null, offset: number, bytes: number): Promise<{ allocated: boolean; pnum: number }> {
+    return this.request('is_allocated_above', offset, 0, null, (bs) => bs.isAllocatedAbove(base, offset, bytes));
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // AIO (sector based, as the node's)
+
+  aioReadv(sectorNum: number, qiov: IOVector, nbSectors: number, cb: CompletionFunc): BlockAIOCB {
+    return this.aioRw(false, sectorNum, qiov, nbSectors, cb);
+  }
+
+  aioWritev(sectorNum: number, qiov: IOVector, nbSectors: number, cb: CompletionFunc): BlockAIOCB {
+    return this.aioRw(true, sectorNum, qiov, nbSectors, cb);
+  }
+
+  aioFlush(cb: CompletionFunc): BlockAIOCB {
+    let bs: BlockDriverState;
+    try {
+      bs = this.requireRoot('aio_flush');
+    } catch (e) {
+      return this.aioFail(e, 'aio_flush', cb);
+    }
+    return bs.aioFlush(cb);
+  }
+
+  private aioRw(write: boolean, sectorNum: number, qiov: IOVector, nbSectors: number, cb: CompletionFunc): BlockAIOCB {
+    const op = write ? 'aio_write' : 'aio_read';
+    const offset = sectorNum * BDRV_SECTOR_SIZE;
+    const bytes = nbSectors * BDRV_SECTOR_SIZE;
+    let bs: BlockDriverState;
+    let len: number | null;
+    try {
+      bs = this.requireRoot(op);
+      if (!validRange(offset, bytes)) {
+        throw new BlockError('EINVAL', `${op}: invalid sector ${sectorNum} count ${nbSectors}`, { op, path: bs.filename });
+      }
+      if (write) this.requirePerm(op, 'write', bs);
+      len = bs.knownLength();
+      if (len !== null && (offset > len || len - offset < bytes)) throw this.outOfBounds(op, bs, offset, bytes, len);
+    } catch (e) {
+      return this.aioFail(e, op, cb);
+    }
+    if (len !== null) return write ? bs.aioWritev(sectorNum, qiov, nbSectors, cb) : bs.aioReadv(sectorNum, qiov, nbSectors, cb);
+    // Length not known now: check it inside a generic AIOCB, then run the node's request.
+    return genericAioPool.get(bs, cb).start(() =>
+      this.slowRequest(op, bs, offset, bytes, (node) => (write ? node.pwritev(offset, qiov) : node.preadv(offset, qiov))),
+    );
+  }
+
+  /** Report a refused request through the callback, in a later microtask, never by throwing. */
+  private aioFail(e: unknown, op: string, cb: CompletionFunc): BlockAIOCB {
+    const err = toBlockError(e, { op });
+    return genericAioPool.get(this.rootNode, cb).start(() => Promise.reject(err));
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Drain, reopen, close
+
+  /** blk_drain: wait for this backend's requests, then drain the root node and its children. */
+  async drain(): Promise<void> {
+    while (this.inFlight > 0) await this.drained.wait();
+    await this.rootNode?.drain();
+  }
+
+  /**
+   * Reopen the root with new flags. A change of mode moves the write and resize permissions
+   * with it (qemu-io's reopen -r / -w); gaining them is checked against the node's other
+   * users first. A reopen that leaves the mode alone keeps the permissions.
+   */
+  async reopen(opts: ReopenOptions): Promise<void> {
+    const bs = this.requireRoot('reopen');
+    const rw = opts.readOnly === undefined ? null : !opts.readOnly;
+    if (rw === true && !this.perm.write) {
+      for (const other of usersOf.get(bs) ?? []) {
+        if (other !== this) checkShared({ write: true, resize: true }, this.sharedPerm, other, bs);
+      }
+    }
+    await this.drain();
+    await bs.reopen(opts);
+    if (rw !== null) {
+      this.perm.write = rw;
+      this.perm.resize = rw;
+    }
+  }
+
+  /**
+   * blk_unref: drain, detach, and close the root if this backend opened it (a node given to
+   * attach() stays open for whoever opened it). Idempotent.
+   */
+  close(): Promise<void> {
+    this.closing ??= this.doClose();
+    return this.closing;
+  }
+
+  private async doClose(): Promise<void> {
+    await this.drain();
+    const owned = this.ownsRoot;
+    const bs = this.detach();
+    if (bs && owned) await bs.close();
+  }
+
+  /** console.log shows a summary, not the internals. */
+  [Symbol.for('nodejs.util.inspect.custom')](): string {
+    const perms = PERM_NAMES.filter((p) => this.perm[p]).join(',') || 'read';
+    const root = this.rootNode;
+    return `BlockBackend { root: ${root ? `${root.driver.formatName} '${root.filename}'` : 'none'}, perm: ${perms}${this.closing ? ', closed' : ''} }`;
+  }
+}

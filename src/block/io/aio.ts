@@ -1,0 +1,108 @@
+/**
+ * A node's sector-based AIO requests (QEMU's bdrv_aio_readv/writev/flush). Two routes: the
+ * driver's own AIO (its pool, its cancel) when the request may take the fast path and nothing
+ * overlapping is in flight; otherwise a generic AIOCB running the coroutine path.
+ *
+ * A request counts in flight from submission until just before its callback runs, so close()
+ * issued right after submitting waits for it. Refused requests are reported through the
+ * callback in a later microtask, never by throwing.
+ */
+import { BlockAIOCB, genericAioPool, type CompletionFunc } from '../aio.js';
+import { BDRV_SECTOR_SIZE } from '../driver.js';
+import { BlockError, toBlockError } from '../errors.js';
+import type { IOVector } from '../iovec.js';
+import type { BlockDriverState } from '../node.js';
+import { bdrvFlush } from './flush.js';
+import { coPreadv } from './read.js';
+import { checkArgs, checkOpen, checkWritable, fastBegin, fastEnd, fastPathOk, fastRun, invalidNumber } from './requests.js';
+import { NO_FLAGS, coPwritev } from './write.js';
+
+/** Shared settled promise: a request served by preadvNow allocates nothing more. */
+const RESOLVED: Promise<void> = Promise.resolve();
+
+export function aioFlush(bs: BlockDriverState, cb: CompletionFunc): BlockAIOCB {
+  try {
+    checkOpen(bs, 'aio_flush');
+  } catch (e) {
+    return aioFail(bs, e, 'aio_flush', cb);
+  }
+  return aioGeneric(bs, cb, () => bdrvFlush(bs));
+}
+
+/** Report a refused request through the callback, in a later microtask, never by throwing. */
+function aioFail(bs: BlockDriverState, e: unknown, op: string, cb: CompletionFunc): BlockAIOCB {
+  const err = toBlockError(e, { op });
+  return genericAioPool.get(bs, cb).start(() => Promise.reject(err));
+}
+
+/**
+ * Run `work` under a generic AIOCB, counted in flight; the count drops in the callback, which
+ * runs exactly once even when the request is cancelled before it starts.
+ */
+function aioGeneric(bs: BlockDriverState, cb: CompletionFunc, work: () => Promise<void>): BlockAIOCB {
+  bs.requests.inFlight++;
+  return genericAioPool
+    .get(bs, (err) => {
+      bs.requests.leave();
+      cb(err);
+    })
+    .start(work);
+}
+
+export function aioRw(bs: BlockDriverState, write: boolean, sectorNum: number, qiov: IOVector, nbSectors: number, cb: CompletionFunc): BlockAIOCB {
+  const op = write ? 'aio_write' : 'aio_read';
+  try {
+    checkOpen(bs, op);
+    if (invalidNumber(sectorNum) || invalidNumber(nbSectors)) {
+      throw new BlockError('EINVAL', `${op}: invalid sector ${sectorNum} count ${nbSectors}`, { op });
+    }
+    checkArgs(bs, op, sectorNum * BDRV_SECTOR_SIZE, nbSectors * BDRV_SECTOR_SIZE);
+    if (qiov.size !== nbSectors * BDRV_SECTOR_SIZE) {
+      throw new BlockError('EINVAL', `${op}: vector of ${qiov.size} bytes for ${nbSectors} sectors`, { op });
+    }
+    if (write) checkWritable(bs, op);
+  } catch (e) {
+    return aioFail(bs, e, op, cb);
+  }
+
+  const offset = sectorNum * BDRV_SECTOR_SIZE;
+  const bytes = nbSectors * BDRV_SECTOR_SIZE;
+  const native = write ? bs.nativeAioWritev : bs.nativeAioReadv;
+  // The driver's AIO pool does not order requests: it also needs nothing overlapping in
+  // flight, serialising or not. A native write stays inside the length even on a growable
+  // node (the driver's AIO path does not extend its storage).
+  if (
+    native !== undefined &&
+    fastPathOk(bs, write, offset, bytes) &&
+    !bs.requests.overlaps(offset, offset + bytes) &&
+    !(write && bs.growable && offset + bytes > (bs.lengthNow() ?? 0))
+  ) {
+    const req = fastBegin(bs, offset, bytes);
+    let ended = false;
+    return native(bs, sectorNum, qiov, nbSectors, (err) => {
+      if (ended) return;
+      ended = true;
+      fastEnd(bs, req, write);
+      cb(err);
+    });
+  }
+  // The generic path still takes the request fast path when it applies (decided when the
+  // request runs, not at submission: other requests may have started or ended meanwhile).
+  return aioGeneric(bs, cb, () => aioGenericRw(bs, write, offset, bytes, qiov));
+}
+
+function aioGenericRw(bs: BlockDriverState, write: boolean, offset: number, bytes: number, qiov: IOVector): Promise<void> {
+  if (write) {
+    const fn = bs.io.coPwritev;
+    if (fn !== undefined && fastPathOk(bs, true, offset, bytes)) {
+      return fastRun(bs, offset, bytes, true, () => fn(bs, offset, bytes, qiov, NO_FLAGS));
+    }
+    return coPwritev(bs, offset, qiov, NO_FLAGS);
+  }
+  const fn = bs.io.coPreadv;
+  if (fn !== undefined && fastPathOk(bs, false, offset, bytes)) {
+    if (bs.driver.preadvNow?.(bs, offset, bytes, qiov) === true) return RESOLVED;
+    return fastRun(bs, offset, bytes, false, () => fn(bs, offset, bytes, qiov));
+  }
+  return coPreadv(bs, offset, qiov);
+}
