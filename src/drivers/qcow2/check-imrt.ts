@@ -94,11 +94,11 @@ async function checkRefcountsL1(
   fix: CheckFix,
   l1Offset: number,
   l1Size: number,
-  active: bigint[] | null,
+  active: BigUint64Array | null,
 ): Promise<void> {
   const { s, res } = c;
   incRefcounts(c, l1Offset, l1Size * 8);
-  let entries: bigint[];
+  let entries: BigUint64Array | bigint[];
   if (active) {
     entries = active;
   } else {

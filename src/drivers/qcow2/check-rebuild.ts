@@ -153,7 +153,7 @@ export async function rebuildRefcounts(s: BDRVQcow2State, run?: CheckRun): Promi
     c.res.checkErrors++;
     throw err;
   }
-  s.refcountTable = reftable.map((off) => BigInt(off));
+  s.refcountTable = BigUint64Array.from(reftable, (off) => BigInt(off));
   s.refcountTableOffset = tableOffset;
   s.header.refcountTableOffset = tableOffset;
   s.header.refcountTableClusters = tableClusters;
