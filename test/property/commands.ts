@@ -351,6 +351,8 @@ async function learnDiscard(st: RunState, offset: number, len: number): Promise<
   const cs = st.setup.geom.clusterSize;
   const got = new Uint8Array(len);
   await st.bs.pread(offset, got);
+  // Copy-on-read put what was read into the image: it stays after a backing removal.
+  if (st.cor) markTouched(st.setup, offset, len);
   for (let c0 = Math.floor(offset / cs) * cs; c0 < offset + len; c0 += cs) {
     const a = Math.max(offset, c0);
     const b = Math.min(offset + len, c0 + cs, model.size);

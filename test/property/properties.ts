@@ -22,6 +22,17 @@ import { buildImage, fcParams, freshPrefix, profileOf, type Geometry, type Prope
  * the format (their geometries mean the same to every profile).
  */
 export const sequentialExamples: [Geometry, Command[]][] = [
+  // fuzz seed 4242 (qcow2): reading a discarded range back through copy-on-read copies the
+  // backing bytes in; a later backing removal keeps them.
+  [
+    { clusterSize: 512, tableSize: 1, size: 512, backing: 'chain3qcow2', backingSize: 512, backingClusterSize: 4096, seed: 1, formatOptions: {} },
+    [
+      { op: 'reopenCor' },
+      { op: 'discard', span: { at: 0, len: 0, place: 'any' } },
+      { op: 'rebase', how: 'remove' },
+      { op: 'read', span: { at: 0, len: 0, place: 'any' } },
+    ],
+  ],
   // fuzz seed 1: a write must not leave backing bytes behind a backing removal in the open
   // node's view (the harness now reopens after a removal, as QEMU's node keeps its backing).
   [
