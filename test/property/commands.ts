@@ -187,7 +187,7 @@ export async function runCommand(st: RunState, c: Command): Promise<void> {
       const oldSize = model.size;
       await st.bs.truncate(newSize);
       model.grow(newSize, setup.backingView ?? setup.tailView ?? undefined);
-      await learnGrown(st.bs, setup, oldSize, st.log.join('; '));
+      await learnGrown(st.bs, setup, oldSize, st.log.join('; '), st.cor === true);
       return;
     }
     case 'reopen':
@@ -327,11 +327,13 @@ export async function runCommand(st: RunState, c: Command): Promise<void> {
  * profile lets the format zero the new range instead, each new sector reads as the model or
  * as zeros, and the model learns which.
  */
-export async function learnGrown(bs: BlockDriverState, setup: ImageSetup, oldSize: number, what: string): Promise<void> {
+export async function learnGrown(bs: BlockDriverState, setup: ImageSetup, oldSize: number, what: string, cor = false): Promise<void> {
   const { model } = setup;
   if (setup.profile.grow !== 'backing-or-zeros' || model.size <= oldSize) return;
   const got = new Uint8Array(model.size - oldSize);
   await bs.pread(oldSize, got);
+  // Read through copy-on-read, the new range is in the image now.
+  if (cor) markTouched(setup, oldSize, got.length);
   for (let a = oldSize; a < model.size; a += 512) {
     const b = Math.min(model.size, a + 512);
     const now = got.subarray(a - oldSize, b - oldSize);
