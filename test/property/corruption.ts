@@ -111,7 +111,19 @@ export const corruptCaseArb = (wide = false, profile: FormatProfile = QED_PROFIL
 /** How the corrupted images fared (refused at open vs. opened and used). */
 export const corruptStats = { cases: 0, roOpened: 0, rwOpened: 0, blockErrors: 0 };
 
-export const corruptExamples: [CorruptCase][] = [];
+export const corruptExamples: [CorruptCase][] = [
+  // fuzz seed 777 (qcow2): a reftable entry far past the end of the file made check -r all
+  // grow the file and its count table to match (RangeError); it rebuilds instead now.
+  [
+    {
+      geom: { clusterSize: 512, tableSize: 1, size: 512, backing: 'none', backingSize: 512, backingClusterSize: 4096, seed: 1, formatOptions: {} },
+      inBacking: false,
+      writes: [{ kind: 'write', span: { at: 0, len: 0, place: 'any' }, seed: 0 }],
+      mutations: [{ kind: 'byte', at: 158626417, value: 1 }],
+      ops: [],
+    },
+  ],
+];
 
 function resolveValue(v: MutValue, cs: number, fileLen: number, size: number): bigint {
   const mask = (1n << BigInt(8 * size)) - 1n;

@@ -178,7 +178,11 @@ async function checkRefblocks(c: CheckRun, fix: CheckFix): Promise<void> {
         continue;
       }
       try {
-        if (offset + cs > Number.MAX_SAFE_INTEGER) throw new BlockError('EINVAL', undefined, { op: 'check', offset });
+        // A block far past the end is garbage, not a tail lost in a crash: the rebuild is the
+        // repair then, not a file (and a count table) grown by what the entry says.
+        if (offset + cs > c.fileLen + Math.max(16 * cs, Math.floor(c.fileLen / 2))) {
+          throw new BlockError('EFBIG', undefined, { op: 'check', offset });
+        }
         // The file grows to hold the block (zeros: all its counts are 0), which the rebuild
         // or the refcount fix below then fills in.
         await qcow2File(s).truncate(offset + cs);
