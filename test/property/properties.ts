@@ -17,11 +17,8 @@ import { memStoreWrite } from '../../src/drivers/mem/index.js';
 import { commandArb, compareAll, runCommand, runSequence, type Command, type RunState } from './commands.js';
 import { buildImage, fcParams, freshPrefix, profileOf, type Geometry, type PropertyOptions } from './harness.js';
 
-/**
- * Literal counterexamples found so far: replayed first by every run of the property, whatever
- * the format (their geometries mean the same to every profile).
- */
-export const sequentialExamples: [Geometry, Command[]][] = [
+/** Counterexamples found on qcow2 (geometries QED cannot create): replayed for qcow2 only. */
+export const qcow2SequentialExamples: [Geometry, Command[]][] = [
   // fuzz seed 777 (qcow2): the same for the read-back of a grown range.
   [
     { clusterSize: 512, tableSize: 1, size: 512, backing: 'raw', backingSize: 2048, backingClusterSize: 4096, seed: 1, formatOptions: {} },
@@ -38,6 +35,13 @@ export const sequentialExamples: [Geometry, Command[]][] = [
       { op: 'read', span: { at: 0, len: 0, place: 'any' } },
     ],
   ],
+];
+
+/**
+ * Literal counterexamples found so far: replayed first by every run of the property, whatever
+ * the format (their geometries mean the same to every profile).
+ */
+export const sequentialExamples: [Geometry, Command[]][] = [
   // fuzz seed 1: a write must not leave backing bytes behind a backing removal in the open
   // node's view (the harness now reopens after a removal, as QEMU's node keeps its backing).
   [
@@ -84,7 +88,10 @@ export async function propSequential(opts: PropertyOptions): Promise<void> {
         setup.cleanup();
       }
     }),
-    { ...fcParams(opts), examples: [...sequentialExamples, ...((opts.examples ?? []) as [Geometry, Command[]][])] },
+    {
+      ...fcParams(opts),
+      examples: [...sequentialExamples, ...(profile.name === 'qcow2' ? qcow2SequentialExamples : []), ...((opts.examples ?? []) as [Geometry, Command[]][])],
+    },
   );
 }
 
