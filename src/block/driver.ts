@@ -83,6 +83,11 @@ export interface CheckResult {
 export interface CheckFix {
   leaks?: boolean;
   errors?: boolean;
+  /**
+   * Receives each line of the check's findings and repairs, as QEMU prints them on stderr
+   * ("Leaked cluster 6 refcount=1 reference=0"), without the newline. Default: none printed.
+   */
+  report?: (line: string) => void;
 }
 
 export function emptyCheckResult(): CheckResult {

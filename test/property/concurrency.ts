@@ -8,8 +8,10 @@
  */
 import fc from 'fast-check';
 import { BlockError, IOVector, type BlockDriverState } from '../../src/index.js';
-import { ModelMismatch, expectClean, place, spanArb, type Span } from './commands.js';
-import { buildImage, fcParams, freshPrefix, geometryArb, type Geometry, type ImageSetup, type PropertyOptions } from './harness.js';
+import { ModelMismatch, expectClean, learnGrown, place, spanArb, type Span } from './commands.js';
+import { buildImage, fcParams, freshPrefix, profileOf, type Geometry, type ImageSetup, type PropertyOptions } from './harness.js';
+import type { FormatProfile } from './profile.js';
+import { QED_PROFILE } from './qed-profile.js';
 import { pattern } from './model.js';
 import { schedRegistry, setIoScheduler } from './sched-protocol.js';
 
@@ -43,9 +45,9 @@ export interface ConcCase {
   batches: { ops: ConcOp[]; reopenAfter: boolean }[];
 }
 
-export const concCaseArb = (wide = false): fc.Arbitrary<ConcCase> =>
+export const concCaseArb = (wide = false, profile: FormatProfile = QED_PROFILE): fc.Arbitrary<ConcCase> =>
   fc.record({
-    geom: geometryArb(wide),
+    geom: profile.geometryArb(wide),
     batches: fc.array(
       fc.record({ ops: fc.array(concOpArb, { minLength: 1, maxLength: 4 }), reopenAfter: fc.boolean() }),
       { minLength: 1, maxLength: wide ? 8 : 4 },
@@ -217,7 +219,9 @@ async function runBatch(bs: BlockDriverState, setup: ImageSetup, ops: ConcOp[], 
   if (grownTo > model.size) {
     const len = await bs.getLength();
     if (len !== grownTo) throw new ModelMismatch(`${log.join('; ')}: length ${len} after growing to ${grownTo}`);
+    const oldSize = model.size;
     model.grow(grownTo, setup.backingView ?? undefined);
+    await learnGrown(bs, setup, oldSize, log.join('; '));
   }
   const oldGrown = model.bytes.slice();
   oldGrown.set(old);
@@ -241,10 +245,10 @@ async function runBatch(bs: BlockDriverState, setup: ImageSetup, ops: ConcOp[], 
   return ops.length;
 }
 
-export async function runConcCase(c: ConcCase, s: fc.Scheduler): Promise<number> {
+export async function runConcCase(c: ConcCase, s: fc.Scheduler, profile: FormatProfile = QED_PROFILE): Promise<number> {
   const registry = schedRegistry();
   setIoScheduler(null);
-  const setup = await buildImage(c.geom, freshPrefix('conc'), { proto: 'sched', registry });
+  const setup = await buildImage(c.geom, freshPrefix('conc'), { proto: 'sched', registry, profile });
   let commands = 0;
   const log: string[] = [];
   let bs = await setup.open();
@@ -256,7 +260,7 @@ export async function runConcCase(c: ConcCase, s: fc.Scheduler): Promise<number>
       } finally {
         setIoScheduler(null);
       }
-      if (setup.format === 'qed') expectClean(await bs.check(), log.join('; '));
+      expectClean(await bs.check(), log.join('; '), profile.leaksAfterCleanOps);
       if (batch.reopenAfter) {
         log.push('reopen');
         await bs.close();
@@ -277,9 +281,10 @@ export async function runConcCase(c: ConcCase, s: fc.Scheduler): Promise<number>
 }
 
 export async function propConcurrent(opts: PropertyOptions): Promise<void> {
+  const profile = profileOf(opts);
   await fc.assert(
-    fc.asyncProperty(concCaseArb(opts.wide), fc.scheduler(), async (c, s) => {
-      const n = await runConcCase(c, s);
+    fc.asyncProperty(concCaseArb(opts.wide, profile), fc.scheduler(), async (c, s) => {
+      const n = await runConcCase(c, s, profile);
       opts.onCommands?.(n);
     }),
     { ...fcParams(opts), examples: [...concExamples, ...((opts.examples ?? []) as [ConcCase, fc.Scheduler][])] },

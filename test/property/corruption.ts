@@ -1,6 +1,7 @@
 /**
- * Corrupted images: a valid QED image (our create + writes) with bytes mutated at header
- * fields, L1 and L2 entries or anywhere. Whatever the bytes say, open, read, write, check and
+ * Corrupted images: a valid image (our create + writes) with bytes mutated at header fields,
+ * L1 and L2 entries, refcount table and block entries, compressed descriptors (qcow2) or
+ * anywhere; where those lie comes from the format profile. Whatever the bytes say, open, read, write, check and
  * close end in a result or a BlockError: never a TypeError or RangeError, never a hang, never an
  * allocation sized from untrusted input (Uint8Array/ArrayBuffer allocations are capped while the
  * corrupted image is in use), and a read-only open never writes.
@@ -10,23 +11,10 @@ import { BlockDriverState, BlockError, VirtualClock } from '../../src/index.js';
 import { memStoreRead, memStoreWrite } from '../../src/drivers/mem/index.js';
 import { ModelMismatch } from './commands.js';
 import { applyWrite, guestWriteArb, placeWrite, type GuestWrite } from './fault-props.js';
-import { buildImage, fcParams, freshPrefix, geometryArb, type Geometry, type ImageSetup, type PropertyOptions } from './harness.js';
-
-/** Header fields: [offset, size in bytes]. */
-export const HEADER_FIELDS = {
-  magic: [0, 4],
-  clusterSize: [4, 4],
-  tableSize: [8, 4],
-  headerSize: [12, 4],
-  features: [16, 8],
-  compatFeatures: [24, 8],
-  autoclearFeatures: [32, 8],
-  l1TableOffset: [40, 8],
-  imageSize: [48, 8],
-  backingFilenameOffset: [56, 4],
-  backingFilenameSize: [60, 4],
-} as const;
-export type HeaderField = keyof typeof HEADER_FIELDS;
+import { profileByName } from './formats.js';
+import { buildImage, fcParams, freshPrefix, profileOf, type Geometry, type ImageSetup, type PropertyOptions } from './harness.js';
+import { putUint, type FormatProfile } from './profile.js';
+import { QED_PROFILE } from './qed-profile.js';
 
 /** A value to store, relative to the image where that makes sense. */
 export type MutValue =
@@ -36,9 +24,13 @@ export type MutValue =
   | { k: 'random'; v: bigint };
 
 export type Mutation =
-  | { kind: 'header'; field: HeaderField; value: MutValue }
+  | { kind: 'header'; field: string; value: MutValue }
   | { kind: 'l1'; index: number; value: MutValue }
   | { kind: 'l2'; table: number; index: number; value: MutValue }
+  | { kind: 'reftable'; index: number; value: MutValue }
+  | { kind: 'refblock'; block: number; index: number; value: MutValue }
+  /** An L2 entry made a compressed descriptor: byte offset and sector count. */
+  | { kind: 'compressed'; table: number; index: number; offset: MutValue; sectors: number }
   | { kind: 'byte'; at: number; value: number }
   | { kind: 'truncate'; keep: number };
 
@@ -54,23 +46,43 @@ export const mutValueArb: fc.Arbitrary<MutValue> = fc.oneof(
   fc.record({ k: fc.constant('random' as const), v: fc.bigInt({ min: 0n, max: U64_MAX }) }),
 );
 
-export const mutationArb: fc.Arbitrary<Mutation> = fc.oneof(
-  {
-    weight: 4,
-    arbitrary: fc.record({
-      kind: fc.constant('header' as const),
-      field: fc.constantFrom(...(Object.keys(HEADER_FIELDS) as HeaderField[])),
-      value: mutValueArb,
-    }),
-  },
-  { weight: 3, arbitrary: fc.record({ kind: fc.constant('l1' as const), index: fc.nat({ max: 4096 }), value: mutValueArb }) },
-  {
-    weight: 3,
-    arbitrary: fc.record({ kind: fc.constant('l2' as const), table: fc.nat({ max: 8 }), index: fc.nat({ max: 1 << 16 }), value: mutValueArb }),
-  },
-  { weight: 2, arbitrary: fc.record({ kind: fc.constant('byte' as const), at: fc.nat(), value: fc.nat({ max: 255 }) }) },
-  { weight: 1, arbitrary: fc.record({ kind: fc.constant('truncate' as const), keep: fc.integer({ min: 0, max: 1000 }) }) },
-);
+/** Mutations for a format: its header fields, tables, and refcount structures if it has them. */
+export function mutationArb(profile: FormatProfile): fc.Arbitrary<Mutation> {
+  const c = profile.corruption;
+  const arbs: fc.WeightedArbitrary<Mutation>[] = [
+    {
+      weight: 4,
+      arbitrary: fc.record({ kind: fc.constant('header' as const), field: fc.constantFrom(...Object.keys(c.headerFields)), value: mutValueArb }),
+    },
+    { weight: 3, arbitrary: fc.record({ kind: fc.constant('l1' as const), index: fc.nat({ max: 4096 }), value: mutValueArb }) },
+    {
+      weight: 3,
+      arbitrary: fc.record({ kind: fc.constant('l2' as const), table: fc.nat({ max: 8 }), index: fc.nat({ max: 1 << 16 }), value: mutValueArb }),
+    },
+    { weight: 2, arbitrary: fc.record({ kind: fc.constant('byte' as const), at: fc.nat(), value: fc.nat({ max: 255 }) }) },
+    { weight: 1, arbitrary: fc.record({ kind: fc.constant('truncate' as const), keep: fc.integer({ min: 0, max: 1000 }) }) },
+  ];
+  if (c.refcounts) {
+    arbs.push(
+      { weight: 2, arbitrary: fc.record({ kind: fc.constant('reftable' as const), index: fc.nat({ max: 4096 }), value: mutValueArb }) },
+      {
+        weight: 2,
+        arbitrary: fc.record({ kind: fc.constant('refblock' as const), block: fc.nat({ max: 8 }), index: fc.nat({ max: 1 << 16 }), value: mutValueArb }),
+      },
+      {
+        weight: 2,
+        arbitrary: fc.record({
+          kind: fc.constant('compressed' as const),
+          table: fc.nat({ max: 8 }),
+          index: fc.nat({ max: 1 << 16 }),
+          offset: mutValueArb,
+          sectors: fc.oneof(fc.nat({ max: 4 }), fc.nat({ max: 1 << 13 })),
+        }),
+      },
+    );
+  }
+  return fc.oneof(...arbs);
+}
 
 export interface CorruptCase {
   geom: Geometry;
@@ -81,18 +93,18 @@ export interface CorruptCase {
   inBacking?: boolean;
 }
 
-export const corruptCaseArb = (wide = false): fc.Arbitrary<CorruptCase> =>
+export const corruptCaseArb = (wide = false, profile: FormatProfile = QED_PROFILE): fc.Arbitrary<CorruptCase> =>
   fc.record({
     // Small clusters: every table lies within the few-MiB file, so the allocation cap is tight.
-    geom: geometryArb(false).map((g) => ({
+    geom: profile.geometryArb(false).map((g) => ({
       ...g,
       clusterSize: Math.min(g.clusterSize, 65536),
-      backing: g.backing === 'chain3' ? ('qed' as const) : g.backing,
+      backing: g.backing === 'chain3' ? ('qed' as const) : g.backing === 'chain3qcow2' ? ('qcow2' as const) : g.backing,
     })),
-    /** Corrupt the QED backing file instead of the image (when there is one). */
+    /** Corrupt the QED or qcow2 backing file instead of the image (when there is one). */
     inBacking: fc.boolean(),
     writes: fc.array(guestWriteArb, { minLength: 1, maxLength: 6 }),
-    mutations: fc.array(mutationArb, { minLength: 1, maxLength: wide ? 6 : 3 }),
+    mutations: fc.array(mutationArb(profile), { minLength: 1, maxLength: wide ? 6 : 3 }),
     ops: fc.array(guestWriteArb, { maxLength: 4 }),
   });
 
@@ -101,17 +113,20 @@ export const corruptStats = { cases: 0, roOpened: 0, rwOpened: 0, blockErrors: 0
 
 export const corruptExamples: [CorruptCase][] = [];
 
-function getLE(b: Uint8Array, off: number, size: number): bigint {
-  let v = 0n;
-  for (let i = size - 1; i >= 0; i--) v = (v << 8n) | BigInt(off + i < b.length ? b[off + i] : 0);
-  return v;
-}
-
-function putLE(b: Uint8Array, off: number, size: number, v: bigint): void {
-  for (let i = 0; i < size; i++) {
-    if (off + i < b.length) b[off + i] = Number((v >> BigInt(8 * i)) & 0xffn);
-  }
-}
+/** Counterexamples found on qcow2 (geometries QED cannot create): replayed for qcow2 only. */
+export const qcow2CorruptExamples: [CorruptCase][] = [
+  // fuzz seed 777 (qcow2): a reftable entry far past the end of the file made check -r all
+  // grow the file and its count table to match (RangeError); it rebuilds instead now.
+  [
+    {
+      geom: { clusterSize: 512, tableSize: 1, size: 512, backing: 'none', backingSize: 512, backingClusterSize: 4096, seed: 1, formatOptions: {} },
+      inBacking: false,
+      writes: [{ kind: 'write', span: { at: 0, len: 0, place: 'any' }, seed: 0 }],
+      mutations: [{ kind: 'byte', at: 158626417, value: 1 }],
+      ops: [],
+    },
+  ],
+];
 
 function resolveValue(v: MutValue, cs: number, fileLen: number, size: number): bigint {
   const mask = (1n << BigInt(8 * size)) - 1n;
@@ -131,33 +146,51 @@ function resolveValue(v: MutValue, cs: number, fileLen: number, size: number): b
   return out & mask;
 }
 
-/** Apply mutations to a valid image's bytes (the original stays untouched). */
-export function mutate(image: Uint8Array, muts: readonly Mutation[]): Uint8Array {
+/**
+ * Apply mutations to a valid image's bytes (the original stays untouched), at the places the
+ * profile finds in the valid image.
+ */
+export function mutate(image: Uint8Array, muts: readonly Mutation[], profile: FormatProfile = QED_PROFILE): Uint8Array {
   let b = image.slice();
-  // Geometry as the valid image has it: where the tables are.
-  const cs = Number(getLE(image, 4, 4));
-  const ts = Number(getLE(image, 8, 4));
-  const l1 = Number(getLE(image, 40, 8));
-  const entries = (ts * cs) / 8;
-  const l2Tables: number[] = [];
-  for (let i = 0; i < entries && l1 + 8 * i + 8 <= image.length; i++) {
-    const e = Number(getLE(image, l1 + 8 * i, 8));
-    if (e !== 0) l2Tables.push(e);
-  }
+  const c = profile.corruption;
+  const be = c.bigEndian;
+  const lay = c.layout(image);
+  const cs = lay.clusterSize;
+  const put = (off: number, size: number, v: MutValue): void => putUint(b, off, size, resolveValue(v, cs, b.length, size), be);
+  const l2Entry = (table: number, index: number): number | null =>
+    lay.l2Tables.length === 0 ? null : lay.l2Tables[table % lay.l2Tables.length] + lay.l2EntryBytes * (index % lay.l2Entries);
   for (const m of muts) {
     switch (m.kind) {
       case 'header': {
-        const [off, size] = HEADER_FIELDS[m.field];
-        putLE(b, off, size, resolveValue(m.value, cs, b.length, size));
+        // A field of another format (a mutation drawn for the top image, applied to a backing
+        // file of another format) stands for one of this format's fields.
+        const names = Object.keys(c.headerFields);
+        const [off, size] = c.headerFields[m.field] ?? c.headerFields[names[m.field.length % names.length]];
+        put(off, size, m.value);
         break;
       }
       case 'l1':
-        putLE(b, l1 + 8 * (m.index % entries), 8, resolveValue(m.value, cs, b.length, 8));
+        if (lay.l1Entries > 0) put(lay.l1Offset + 8 * (m.index % lay.l1Entries), 8, m.value);
         break;
       case 'l2': {
-        if (l2Tables.length === 0) break;
-        const t = l2Tables[m.table % l2Tables.length];
-        putLE(b, t + 8 * (m.index % entries), 8, resolveValue(m.value, cs, b.length, 8));
+        const at = l2Entry(m.table, m.index);
+        if (at !== null) put(at, 8, m.value);
+        break;
+      }
+      case 'reftable':
+        if (lay.reftable && lay.reftable.entries > 0) put(lay.reftable.offset + 8 * (m.index % lay.reftable.entries), 8, m.value);
+        break;
+      case 'refblock':
+        // Eight bytes of a block: one to 64 refcounts, whatever the width.
+        if (lay.refblocks && lay.refblocks.length > 0) put(lay.refblocks[m.block % lay.refblocks.length] + 8 * (m.index % (cs / 8)), 8, m.value);
+        break;
+      case 'compressed': {
+        const at = l2Entry(m.table, m.index);
+        const x = BigInt(lay.compressedOffsetBits ?? 54);
+        if (at === null) break;
+        const offset = resolveValue(m.offset, cs, b.length, 8) & ((1n << x) - 1n);
+        const sectors = BigInt(m.sectors) & ((1n << (62n - x)) - 1n);
+        putUint(b, at, 8, (1n << 62n) | (sectors << x) | offset, be);
         break;
       }
       case 'byte':
@@ -244,23 +277,23 @@ async function prefill(setup: ImageSetup, writes: readonly GuestWrite[]): Promis
   return writes.length;
 }
 
-export async function runCorruptCase(c: CorruptCase): Promise<number> {
-  const setup = await buildImage(c.geom, freshPrefix('cor'));
+export async function runCorruptCase(c: CorruptCase, profile: FormatProfile = QED_PROFILE): Promise<number> {
+  const setup = await buildImage(c.geom, freshPrefix('cor'), { profile });
   let commands = 0;
   try {
-    if (setup.format !== 'qed') return 0;
     commands += await prefill(setup, c.writes);
     // The backing file is opened read-only under the image: corrupt it, and it must come
     // through byte for byte.
-    const inBacking = c.inBacking === true && setup.backingFmt === 'qed';
+    const backingProfile = profileByName(setup.backingFmt);
+    const inBacking = c.inBacking === true && backingProfile !== undefined;
     const storeName = inBacking ? setup.backingName : setup.top.slice('mem:'.length);
     const valid = memStoreRead(storeName);
-    const bad = mutate(valid, c.mutations);
+    const bad = mutate(valid, c.mutations, backingProfile !== undefined && inBacking ? backingProfile : profile);
     memStoreWrite(storeName, bad);
     const limit = Math.max(8 << 20, 2 * bad.length);
     const clock = new VirtualClock();
     const open = (readOnly: boolean): Promise<BlockDriverState> =>
-      BlockDriverState.open(setup.top, { format: 'qed', readOnly, registry: setup.registry, clock });
+      BlockDriverState.open(setup.top, { format: setup.format, readOnly, registry: setup.registry, clock });
 
     await withAllocationLimit(limit, async () => {
       // 1. Read-only: whatever happens, not one byte of the file changes.
@@ -326,12 +359,16 @@ export async function runCorruptCase(c: CorruptCase): Promise<number> {
 }
 
 export async function propCorruption(opts: PropertyOptions): Promise<void> {
+  const profile = profileOf(opts);
   await fc.assert(
-    fc.asyncProperty(corruptCaseArb(opts.wide), async (c) => {
-      const n = await runCorruptCase(c);
+    fc.asyncProperty(corruptCaseArb(opts.wide, profile), async (c) => {
+      const n = await runCorruptCase(c, profile);
       opts.onCommands?.(n);
     }),
-    { ...fcParams(opts), examples: [...corruptExamples, ...((opts.examples ?? []) as [CorruptCase][])] },
+    {
+      ...fcParams(opts),
+      examples: [...corruptExamples, ...(profile.name === 'qcow2' ? qcow2CorruptExamples : []), ...((opts.examples ?? []) as [CorruptCase][])],
+    },
   );
 }
 
@@ -341,62 +378,42 @@ export async function propCorruption(opts: PropertyOptions): Promise<void> {
 export interface RepairFaultCase {
   geom: Geometry;
   writes: GuestWrite[];
-  /** L2 entries to point past the end of the file (what a crash leaves behind). */
+  /** Entries the crash left stale (QED: L2 entries past EOF; qcow2: data refcounts at 0). */
   dangling: number[];
-  event: 'l2_load' | 'l2_update' | 'l1_update' | 'read_aio' | 'write_aio';
+  /** One of the profile's repair events. */
+  event: string;
   once: boolean;
 }
 
-export const repairFaultCaseArb: fc.Arbitrary<RepairFaultCase> = fc.record({
-  geom: geometryArb(false).map((g) => ({ ...g, clusterSize: Math.min(g.clusterSize, 65536), backing: 'none' as const })),
-  writes: fc.array(guestWriteArb, { minLength: 1, maxLength: 6 }),
-  dangling: fc.array(fc.nat({ max: 1 << 16 }), { minLength: 0, maxLength: 3 }),
-  event: fc.constantFrom<RepairFaultCase['event']>('l2_load', 'l2_update', 'l1_update', 'read_aio', 'write_aio'),
-  once: fc.boolean(),
-});
+export const repairFaultCaseArb = (profile: FormatProfile = QED_PROFILE): fc.Arbitrary<RepairFaultCase> =>
+  fc.record({
+    geom: profile.geometryArb(false).map((g) => ({ ...g, clusterSize: Math.min(g.clusterSize, 65536), backing: 'none' as const })),
+    writes: fc.array(guestWriteArb, { minLength: 1, maxLength: 6 }),
+    dangling: fc.array(fc.nat({ max: 1 << 16 }), { minLength: 0, maxLength: 3 }),
+    event: fc.constantFrom(...profile.corruption.repairEvents),
+    once: fc.boolean(),
+  });
 
 /**
- * A dirty image (NEED_CHECK set, L2 entries pointing past EOF) opened read-write through
- * blkdebug with an error armed at a metadata event: the open (and its repair) either works or
- * fails with a BlockError, and the image is not made worse: a later plain open repairs it
- * completely and the data that was there reads back.
+ * A dirty image (what a crash leaves: for QED NEED_CHECK set and L2 entries pointing past EOF,
+ * for qcow2 the dirty bit and data refcounts still 0) opened read-write through blkdebug with
+ * an error armed at a metadata event: the open (and its repair) either works or fails with a
+ * BlockError, and the image is not made worse: a later plain open repairs it completely and
+ * the data that was there reads back.
  */
-export async function runRepairFaultCase(c: RepairFaultCase): Promise<number> {
-  const setup = await buildImage(c.geom, freshPrefix('rf'));
+export async function runRepairFaultCase(c: RepairFaultCase, profile: FormatProfile = QED_PROFILE): Promise<number> {
+  const setup = await buildImage(c.geom, freshPrefix('rf'), { profile });
   let commands = 0;
   try {
-    if (setup.format !== 'qed') return 0;
     commands += await prefill(setup, c.writes);
     const storeName = setup.top.slice('mem:'.length);
-    const img = memStoreRead(storeName);
-    const cs = Number(getLE(img, 4, 4));
-    const ts = Number(getLE(img, 8, 4));
-    const l1 = Number(getLE(img, 40, 8));
-    const entries = (ts * cs) / 8;
-    const tables: number[] = [];
-    for (let i = 0; i < entries; i++) {
-      const e = Number(getLE(img, l1 + 8 * i, 8));
-      if (e !== 0) tables.push(e);
-    }
-    const danglingAt: number[] = [];
-    if (tables.length > 0) {
-      for (const d of c.dangling) {
-        const t = tables[d % tables.length];
-        const idx = d % entries;
-        // Only unallocated entries: the guest data the model knows stays reachable.
-        if (getLE(img, t + 8 * idx, 8) !== 0n) continue;
-        putLE(img, t + 8 * idx, 8, BigInt(img.length - (img.length % cs) + cs * (1 + (d % 3))));
-        danglingAt.push(idx);
-      }
-    }
-    putLE(img, 16, 8, getLE(img, 16, 8) | 2n); // NEED_CHECK
-    memStoreWrite(storeName, img);
+    memStoreWrite(storeName, profile.corruption.makeDirty(memStoreRead(storeName), c.dangling));
 
     const config = `[inject-error]\nevent = "${c.event}"\nonce = "${c.once ? 'on' : 'off'}"\n`;
     const dbg = await settle(
       'open through blkdebug',
       BlockDriverState.open(`blkdebug::${setup.top}`, {
-        format: 'qed',
+        format: setup.format,
         registry: setup.registry,
         clock: new VirtualClock(),
         driverOptions: { configText: config },
@@ -427,9 +444,10 @@ export async function runRepairFaultCase(c: RepairFaultCase): Promise<number> {
 }
 
 export async function propRepairFault(opts: PropertyOptions): Promise<void> {
+  const profile = profileOf(opts);
   await fc.assert(
-    fc.asyncProperty(repairFaultCaseArb, async (c) => {
-      const n = await runRepairFaultCase(c);
+    fc.asyncProperty(repairFaultCaseArb(profile), async (c) => {
+      const n = await runRepairFaultCase(c, profile);
       opts.onCommands?.(n);
     }),
     fcParams(opts),

@@ -9,16 +9,10 @@ import { blkdebugState } from '../../src/drivers/blkdebug/index.js';
 import { memStoreGet, memStoreRead } from '../../src/drivers/mem/index.js';
 import { powerlossStoreCreate } from '../../src/drivers/powerloss/index.js';
 import { ModelMismatch, expectClean, place, spanArb, type Span } from './commands.js';
-import {
-  buildImage,
-  fcParams,
-  freshPrefix,
-  geometryArb,
-  type Geometry,
-  type ImageSetup,
-  type PropertyOptions,
-} from './harness.js';
+import { buildImage, fcParams, freshPrefix, profileOf, type Geometry, type ImageSetup, type PropertyOptions } from './harness.js';
 import { ByteModel, mulberry32, pattern } from './model.js';
+import type { FormatProfile } from './profile.js';
+import { QED_PROFILE } from './qed-profile.js';
 
 export interface GuestWrite {
   kind: 'write' | 'zero';
@@ -106,14 +100,12 @@ export function expectOnlyLeaks(r: CheckResult, what: string): void {
 /** How often the faults really hit (a property whose fault never fires proves nothing). */
 export const faultStats = { cases: 0, injections: 0, crashes: 0, crashedMidRequest: 0, pendingAtCrash: 0, concurrentGroups: 0 };
 
-/** The events the QED driver announces on its file child. */
-export const QED_EVENTS = ['read_aio', 'write_aio', 'cow_write', 'l1_update', 'l2_update', 'l2_load', 'read_backing_aio'] as const;
-
 export interface InjectCase {
   geom: Geometry;
   before: GuestWrite[];
   target: GuestWrite;
-  event: (typeof QED_EVENTS)[number];
+  /** A debug event of the profile's driver. */
+  event: string;
   errno: 5 | 28;
   immediately: boolean;
   /** Close and reopen between `before` and the target (cold L2 cache). */
@@ -122,12 +114,12 @@ export interface InjectCase {
   targetKind?: 'write' | 'read' | 'flush';
 }
 
-export const injectCaseArb = (wide = false): fc.Arbitrary<InjectCase> =>
+export const injectCaseArb = (wide = false, profile: FormatProfile = QED_PROFILE): fc.Arbitrary<InjectCase> =>
   fc.record({
-    geom: geometryArb(wide),
+    geom: profile.geometryArb(wide),
     before: fc.array(guestWriteArb, { maxLength: wide ? 12 : 5 }),
     target: guestWriteArb,
-    event: fc.constantFrom(...QED_EVENTS),
+    event: fc.constantFrom(...profile.debugEvents),
     errno: fc.constantFrom<5 | 28>(5, 28),
     immediately: fc.boolean(),
     cold: fc.boolean(),
@@ -137,12 +129,12 @@ export const injectCaseArb = (wide = false): fc.Arbitrary<InjectCase> =>
 export const injectExamples: [InjectCase][] = [];
 
 /**
- * An error injected at any event of a write fails that write with that error (when the event
+ * An error injected at any of the driver's debug events of a write fails that write with that error (when the event
  * is followed by I/O within it), and the image is left with nothing but leaks; everything else
  * reads back as before, the failed write's sectors old or new.
  */
-export async function runInjectCase(c: InjectCase): Promise<number> {
-  const setup = await buildImage(c.geom, freshPrefix('inj'));
+export async function runInjectCase(c: InjectCase, profile: FormatProfile = QED_PROFILE): Promise<number> {
+  const setup = await buildImage(c.geom, freshPrefix('inj'), { profile });
   let commands = 0;
   try {
     const config = `[inject-error]\nevent = "${c.event}"\nerrno = "${c.errno}"\nonce = "on"\nstate = "2"\nimmediately = "${c.immediately ? 'on' : 'off'}"\n`;
@@ -228,9 +220,10 @@ export async function runInjectCase(c: InjectCase): Promise<number> {
 }
 
 export async function propBlkdebug(opts: PropertyOptions): Promise<void> {
+  const profile = profileOf(opts);
   await fc.assert(
-    fc.asyncProperty(injectCaseArb(opts.wide), async (c) => {
-      const n = await runInjectCase(c);
+    fc.asyncProperty(injectCaseArb(opts.wide, profile), async (c) => {
+      const n = await runInjectCase(c, profile);
       opts.onCommands?.(n);
     }),
     { ...fcParams(opts), examples: [...injectExamples, ...((opts.examples ?? []) as [InjectCase][])] },
@@ -254,9 +247,9 @@ export interface PowerLossCase {
   repairCrash?: number | null;
 }
 
-export const powerLossCaseArb = (wide = false): fc.Arbitrary<PowerLossCase> =>
+export const powerLossCaseArb = (wide = false, profile: FormatProfile = QED_PROFILE): fc.Arbitrary<PowerLossCase> =>
   fc.record({
-    geom: geometryArb(wide),
+    geom: profile.geometryArb(wide),
     ops: fc.array(fc.record({ w: guestWriteArb, flushAfter: fc.boolean(), withNext: fc.boolean() }), {
       minLength: 1,
       maxLength: wide ? 16 : 8,
@@ -274,14 +267,13 @@ export const powerLossExamples: [PowerLossCase][] = [];
  * intact; unflushed writes may be there or not (per sector); after the open-time check no
  * corruption remains and nothing but leaks is left; the image takes new writes afterwards.
  */
-export async function runPowerLossCase(c: PowerLossCase): Promise<number> {
+export async function runPowerLossCase(c: PowerLossCase, profile: FormatProfile = QED_PROFILE): Promise<number> {
   // The image under test lives on the powerloss protocol; its backing chain on mem (a backing
   // file is read-only, so power loss cannot touch it).
-  const setup = await buildImage(c.geom, freshPrefix('pl'));
+  const setup = await buildImage(c.geom, freshPrefix('pl'), { profile });
   let commands = 0;
-  const plName = `${setup.prefix}-top.qed`;
+  const plName = `${setup.prefix}-top.${setup.format}`;
   try {
-    if (setup.format !== 'qed') return 0;
     // Move the freshly created image onto a powerloss store: created durable, as qemu-img
     // create syncs before it exits.
     const store = powerlossStoreCreate(plName, memStoreRead(memStripName(setup.top)));
@@ -289,11 +281,11 @@ export async function runPowerLossCase(c: PowerLossCase): Promise<number> {
     // powerloss image's recorded relative name at the mem store with an absolute mem: name.
     const file = `powerloss:${plName}`;
     const open = (): Promise<BlockDriverState> =>
-      BlockDriverState.open(file, { format: 'qed', registry: setup.registry, clock: new VirtualClock() });
+      BlockDriverState.open(file, { format: setup.format, registry: setup.registry, clock: new VirtualClock() });
     // Re-point the backing name at the mem namespace (header rewrite + flush: durable).
     if (setup.backingName !== '') {
       const tmp = await BlockDriverState.open(file, {
-        format: 'qed',
+        format: setup.format,
         registry: setup.registry,
         noBacking: true,
         clock: new VirtualClock(),
@@ -409,9 +401,10 @@ function memStripName(filename: string): string {
 }
 
 export async function propPowerLoss(opts: PropertyOptions): Promise<void> {
+  const profile = profileOf(opts);
   await fc.assert(
-    fc.asyncProperty(powerLossCaseArb(opts.wide), async (c) => {
-      const n = await runPowerLossCase(c);
+    fc.asyncProperty(powerLossCaseArb(opts.wide, profile), async (c) => {
+      const n = await runPowerLossCase(c, profile);
       opts.onCommands?.(n);
     }),
     { ...fcParams(opts), examples: [...powerLossExamples, ...((opts.examples ?? []) as [PowerLossCase][])] },

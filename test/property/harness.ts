@@ -1,25 +1,35 @@
 /**
- * Image set-up for the property tests: a geometry arbitrary, and a builder that creates the
- * image under test (QED when the driver is registered, else raw) with its backing chain in
- * in-memory stores, together with the byte-array model of what the guest must read.
+ * Image set-up for the property tests: a builder that creates the image under test in the
+ * format of a profile (profile.ts; QED unless told) with its backing chain in in-memory stores,
+ * together with the byte-array model of what the guest must read.
  */
-import fc from 'fast-check';
-import { BlockDriverRegistry, BlockDriverState, VirtualClock, bdrvCreate, defaultRegistry } from '../../src/index.js';
+import type fc from 'fast-check';
+import { BlockDriverRegistry, BlockDriverState, VirtualClock, bdrvCreate, defaultRegistry, type CreateOptions } from '../../src/index.js';
 import { memStoreDelete, memStoreNames } from '../../src/drivers/mem/index.js';
 import { powerlossStoreDelete } from '../../src/drivers/powerloss/index.js';
 import { ByteModel, pattern } from './model.js';
+import type { FormatProfile } from './profile.js';
+import { QCOW2_PROFILE } from './qcow2-profile.js';
+import { QED_PROFILE } from './qed-profile.js';
 
-export type BackingKind = 'none' | 'raw' | 'qed' | 'chain3';
+/**
+ * The backing chain under the image under test: nothing, a raw file, a QED or qcow2 image (over
+ * nothing), or a chain of three (raw <- QED or qcow2 <- the image under test).
+ */
+export type BackingKind = 'none' | 'raw' | 'qed' | 'qcow2' | 'chain3' | 'chain3qcow2';
 
 export interface Geometry {
   clusterSize: number;
+  /** QED's table size in clusters (1 for other formats). */
   tableSize: number;
+  /** Create options of the format beyond the cluster size (qcow2: refcountBits, compat...). */
+  formatOptions?: CreateOptions;
   /** Virtual size of the image under test (multiple of 512). */
   size: number;
   backing: BackingKind;
   /** Virtual size of the (top) backing image; may be shorter or longer than `size`. */
   backingSize: number;
-  /** Cluster size of QED backing images. */
+  /** Cluster size of QED and qcow2 backing images. */
   backingClusterSize: number;
   /** Seeds the backing contents. */
   seed: number;
@@ -36,70 +46,27 @@ export interface PropertyOptions {
   verbose?: boolean;
   /** Extra literal counterexamples replayed first. */
   examples?: unknown[];
+  /** The format under test (default QED). */
+  format?: FormatProfile;
 }
 
-/** The format under test: QED once its driver is registered, raw before that. */
-export function formatUnderTest(registry: BlockDriverRegistry = defaultRegistry): 'qed' | 'raw' {
-  return registry.find('qed') ? 'qed' : 'raw';
+/** The profile a property runs with. */
+export function profileOf(opts: { format?: FormatProfile }): FormatProfile {
+  return opts.format ?? QED_PROFILE;
 }
 
-const KiB = 1024;
-const MiB = 1024 * KiB;
-
-export function geometryArb(wide = false): fc.Arbitrary<Geometry> {
-  const maxClusterBits = wide ? 21 : 16;
-  return fc
-    .record({
-      clusterBits: fc.integer({ min: 12, max: maxClusterBits }),
-      tableBits: fc.integer({ min: 0, max: 4 }),
-      sizeFrac: fc.integer({ min: 1, max: 1000 }),
-      clustersCap: fc.constantFrom(1, 3, 12, 40),
-      backing: fc.constantFrom<BackingKind>('none', 'raw', 'qed', 'chain3'),
-      backingRel: fc.constantFrom('equal', 'shorter', 'longer', 'tiny', 'odd'),
-      backingClusterSize: fc.constantFrom(4096, 65536),
-      seed: fc.integer({ min: 1, max: 0x7fffffff }),
-    })
-    .map((r) => {
-      const clusterSize = 2 ** r.clusterBits;
-      const tableSize = 2 ** r.tableBits;
-      // Memory cap: the model keeps the whole disk. Small clusters may still span several L2
-      // tables (4 KiB x table 1 maps 2 MiB per L2), so they get a few MiB.
-      const cap = Math.min(clusterSize * r.clustersCap, wide ? 24 * MiB : 4 * MiB);
-      const size = Math.max(512, Math.round((cap * r.sizeFrac) / 1000 / 512) * 512);
-      let backingSize = size;
-      switch (r.backingRel) {
-        case 'shorter':
-          backingSize = Math.max(512, Math.floor(size / 3 / 512) * 512);
-          break;
-        case 'longer':
-          backingSize = size + clusterSize + 1024;
-          break;
-        case 'tiny':
-          backingSize = 512;
-          break;
-        case 'odd':
-          // Not a sector multiple: only a raw backing can be like this.
-          backingSize = Math.max(1, Math.floor(size / 2) + 123);
-          break;
-      }
-      return {
-        clusterSize,
-        tableSize,
-        size,
-        backing: r.backing,
-        backingSize,
-        backingClusterSize: r.backingClusterSize,
-        seed: r.seed,
-      };
-    })
-    .map((g) => (g.backing !== 'raw' && g.backingSize % 512 !== 0 ? { ...g, backingSize: g.backingSize + (512 - (g.backingSize % 512)) } : g));
+/** Whether the profile's driver is registered (the qcow2 properties wait for it). */
+export function formatAvailable(profile: FormatProfile, registry: BlockDriverRegistry = defaultRegistry): boolean {
+  return registry.find(profile.name) !== undefined;
 }
 
 export interface ImageSetup {
   /** Protocol prefix and store-name prefix of every file of this run. */
   proto: string;
   prefix: string;
-  format: 'qed' | 'raw';
+  profile: FormatProfile;
+  /** The profile's format name. */
+  format: string;
   /** Filename of the image under test. */
   top: string;
   geom: Geometry;
@@ -148,8 +115,9 @@ async function writeRaw(filename: string, data: Uint8Array, registry: BlockDrive
   }
 }
 
-/** A QED image over `backing` with a few pattern writes; returns its guest view. */
-async function writeQedLayer(
+/** A QED or qcow2 image over `backing` with a few pattern writes; returns its guest view. */
+async function writeFormatLayer(
+  format: FormatProfile,
   filename: string,
   size: number,
   clusterSize: number,
@@ -158,18 +126,17 @@ async function writeQedLayer(
   registry: BlockDriverRegistry,
 ): Promise<Uint8Array> {
   await bdrvCreate(filename, {
-    format: 'qed',
+    format: format.name,
     options: {
       size,
-      clusterSize,
-      tableSize: 2,
+      ...format.layerOptions(clusterSize),
       ...(backing ? { backingFile: backing.name, backingFmt: backing.fmt } : {}),
     },
     registry,
   });
   const view = new Uint8Array(size);
   if (backing) view.set(backing.view.subarray(0, Math.min(size, backing.view.length)));
-  const bs = await BlockDriverState.open(filename, { format: 'qed', registry });
+  const bs = await BlockDriverState.open(filename, { format: format.name, registry });
   try {
     const rnd = pattern(64, seed);
     for (let i = 0; i < 4; i++) {
@@ -193,47 +160,46 @@ async function writeQedLayer(
 export async function buildImage(
   geom: Geometry,
   prefix: string,
-  opts: { proto?: string; registry?: BlockDriverRegistry; dir?: string } = {},
+  opts: { proto?: string; registry?: BlockDriverRegistry; dir?: string; profile?: FormatProfile } = {},
 ): Promise<ImageSetup> {
   const registry = opts.registry ?? defaultRegistry;
   const proto = opts.proto ?? 'mem';
-  const format = formatUnderTest(registry);
-  const backingKind: BackingKind = format === 'qed' ? geom.backing : 'none';
+  const profile = opts.profile ?? QED_PROFILE;
+  const format = profile.name;
+  const backingKind = geom.backing;
   // Host files ('file'): plain paths in `dir`; otherwise names in the protocol's namespace.
   const name = (n: string): string => (proto === 'file' ? `${opts.dir ?? '.'}/${prefix}-${n}` : `${proto}:${prefix}-${n}`);
 
   let backing: { name: string; fmt: string; view: Uint8Array } | null = null;
-  if (backingKind === 'raw' || backingKind === 'chain3') {
-    const len = backingKind === 'chain3' ? geom.backingSize + 512 * 3 : geom.backingSize;
+  if (backingKind === 'raw' || backingKind === 'chain3' || backingKind === 'chain3qcow2') {
+    const len = backingKind === 'raw' ? geom.backingSize : geom.backingSize + 512 * 3;
     const data = rawContent(len, geom.seed);
     await writeRaw(name('base.raw'), data, registry);
     backing = { name: `${prefix}-base.raw`, fmt: 'raw', view: data };
   }
-  if (backingKind === 'qed' || backingKind === 'chain3') {
+  const mid = backingKind === 'qed' || backingKind === 'chain3' ? QED_PROFILE : backingKind === 'qcow2' || backingKind === 'chain3qcow2' ? QCOW2_PROFILE : null;
+  if (mid) {
     const size = geom.backingSize + (geom.backingSize % 512 === 0 ? 0 : 512 - (geom.backingSize % 512));
-    const view = await writeQedLayer(name('mid.qed'), size, geom.backingClusterSize, backing, geom.seed + 7, registry);
-    backing = { name: `${prefix}-mid.qed`, fmt: 'qed', view };
+    const file = `mid.${mid.name}`;
+    const view = await writeFormatLayer(mid, name(file), size, geom.backingClusterSize, backing, geom.seed + 7, registry);
+    backing = { name: `${prefix}-${file}`, fmt: mid.name, view };
   }
 
-  const top = name(format === 'qed' ? 'top.qed' : 'top.raw');
-  if (format === 'qed') {
-    await bdrvCreate(top, {
-      format: 'qed',
-      options: {
-        size: geom.size,
-        clusterSize: geom.clusterSize,
-        tableSize: geom.tableSize,
-        ...(backing ? { backingFile: backing.name, backingFmt: backing.fmt } : {}),
-      },
-      registry,
-    });
-  } else {
-    await bdrvCreate(top, { format: 'raw', options: { size: geom.size }, registry });
-  }
+  const top = name(`top.${format}`);
+  await bdrvCreate(top, {
+    format,
+    options: {
+      size: geom.size,
+      ...profile.createOptions(geom),
+      ...(backing ? { backingFile: backing.name, backingFmt: backing.fmt } : {}),
+    },
+    registry,
+  });
   const model = new ByteModel(geom.size, backing?.view);
   return {
     proto,
     prefix,
+    profile,
     format,
     top,
     geom,
@@ -251,7 +217,7 @@ export async function buildImage(
 
 export function cleanupPrefix(prefix: string): void {
   for (const n of memStoreNames()) if (n.startsWith(`${prefix}-`)) memStoreDelete(n);
-  powerlossStoreDelete(`${prefix}-top.qed`);
+  for (const fmt of ['qed', 'qcow2']) powerlossStoreDelete(`${prefix}-top.${fmt}`);
 }
 
 /** fast-check parameters shared by every property. */

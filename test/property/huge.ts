@@ -6,21 +6,24 @@
  * it.
  */
 import fc from 'fast-check';
-import { BlockDriverState, VirtualClock, bdrvCreate, defaultRegistry } from '../../src/index.js';
+import { BlockDriverState, VirtualClock, bdrvCreate } from '../../src/index.js';
 import { ModelMismatch, expectClean } from './commands.js';
-import { cleanupPrefix, fcParams, freshPrefix, type PropertyOptions } from './harness.js';
+import { cleanupPrefix, fcParams, freshPrefix, profileOf, type PropertyOptions } from './harness.js';
 import { pattern } from './model.js';
+import type { FormatProfile } from './profile.js';
+import { QED_PROFILE } from './qed-profile.js';
 
 export interface HugeCase {
   clusterBits: number;
+  /** QED: log2 of the table size; qcow2: picks the L1 size (profile.hugeLayout). */
   tableBits: number;
   /** Sectors below the maximum size (or 2^52). */
   shrink: number;
   ops: { op: 'write' | 'zero' | 'read' | 'reopen' | 'check'; at: number; delta: number; len: number; seed: number }[];
 }
 
-export const hugeCaseArb: fc.Arbitrary<HugeCase> = fc.record({
-  clusterBits: fc.constantFrom(12, 16, 20),
+export const hugeCaseArb = (profile: FormatProfile = QED_PROFILE): fc.Arbitrary<HugeCase> => fc.record({
+  clusterBits: fc.constantFrom(...profile.hugeClusterBits),
   tableBits: fc.constantFrom(0, 2, 4),
   shrink: fc.nat({ max: 1 << 20 }),
   ops: fc.array(
@@ -53,21 +56,17 @@ function expected(writes: Written[], offset: number, len: number): Uint8Array {
   return out;
 }
 
-export async function runHugeCase(c: HugeCase): Promise<number> {
-  if (!defaultRegistry.find('qed')) return 0;
+export async function runHugeCase(c: HugeCase, profile: FormatProfile = QED_PROFILE): Promise<number> {
   const cs = 2 ** c.clusterBits;
   const ts = 2 ** c.tableBits;
-  const n = (ts * cs) / 8;
-  const max = Math.min(n * n * cs, 2 ** 52);
-  const size = Math.max(512, max - c.shrink * 512);
-  const l2Span = n * cs;
+  const { options, size, l2Span } = profile.hugeLayout(c.clusterBits, c.tableBits, c.shrink);
   const anchors = [0, 2 ** 31, 2 ** 32, 2 ** 40, l2Span, 3 * l2Span, size / 2 - ((size / 2) % 512), size];
   const prefix = freshPrefix('huge');
-  const file = `mem:${prefix}-top.qed`;
+  const file = `mem:${prefix}-top.${profile.name}`;
   let commands = 0;
   try {
-    await bdrvCreate(file, { format: 'qed', options: { size, clusterSize: cs, tableSize: ts } });
-    const open = (): Promise<BlockDriverState> => BlockDriverState.open(file, { format: 'qed', clock: new VirtualClock() });
+    await bdrvCreate(file, { format: profile.name, options: { size, ...options } });
+    const open = (): Promise<BlockDriverState> => BlockDriverState.open(file, { format: profile.name, clock: new VirtualClock() });
     let bs = await open();
     try {
       if ((await bs.getLength()) !== size) throw new ModelMismatch(`length ${await bs.getLength()} != ${size}`);
@@ -107,7 +106,7 @@ export async function runHugeCase(c: HugeCase): Promise<number> {
             break;
           case 'check':
             log.push('check');
-            expectClean(await bs.check(), `${log.join('; ')} (size ${size}, cs ${cs}, ts ${ts})`);
+            expectClean(await bs.check(), `${log.join('; ')} (size ${size}, cs ${cs}, ts ${ts})`, profile.leaksAfterCleanOps);
             break;
         }
       }
@@ -119,7 +118,7 @@ export async function runHugeCase(c: HugeCase): Promise<number> {
         const d = got.findIndex((x, i) => x !== want[i]);
         if (d >= 0) throw new ModelMismatch(`${log.join('; ')}: final read differs at ${w.offset + d}`);
       }
-      expectClean(await bs.check(), `${log.join('; ')}: final check (size ${size}, cs ${cs}, ts ${ts})`);
+      expectClean(await bs.check(), `${log.join('; ')}: final check (size ${size}, cs ${cs}, ts ${ts})`, profile.leaksAfterCleanOps);
     } finally {
       await bs.close();
     }
@@ -130,9 +129,10 @@ export async function runHugeCase(c: HugeCase): Promise<number> {
 }
 
 export async function propHuge(opts: PropertyOptions): Promise<void> {
+  const profile = profileOf(opts);
   await fc.assert(
-    fc.asyncProperty(hugeCaseArb, async (c) => {
-      const k = await runHugeCase(c);
+    fc.asyncProperty(hugeCaseArb(profile), async (c) => {
+      const k = await runHugeCase(c, profile);
       opts.onCommands?.(k);
     }),
     fcParams(opts),

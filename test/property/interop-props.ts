@@ -2,8 +2,8 @@
  * Differential check against QEMU: after a random sequence (and after a power loss with its
  * open-time repair), the image and its backing chain are dumped into a temp dir and handed to
  * the real qemu-img 7.2: `compare` against the model's bytes must say identical, `check` must
- * find no corruption and no leak. QEMU cannot open table_size = 1 images (its overflow guard
- * bug, qed-format.md §6), so those geometries are left out here.
+ * find no corruption and no leak. QEMU cannot open QED images with table_size = 1 (an
+ * overflow guard of its own), so those geometries are left out here.
  */
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -12,7 +12,7 @@ import { BlockDriverState, VirtualClock } from '../../src/index.js';
 import { memStoreNames, memStoreRead } from '../../src/drivers/mem/index.js';
 import { makeTempDir, removeTempDir, requireQemu, runQemuImg, runQemuIo } from '../interop/qemu.js';
 import { commandArb, ModelMismatch, runSequence } from './commands.js';
-import { buildImage, fcParams, freshPrefix, geometryArb, type ImageSetup, type PropertyOptions } from './harness.js';
+import { buildImage, fcParams, freshPrefix, profileOf, type ImageSetup, type PropertyOptions } from './harness.js';
 
 /** Dump every store of the run into `dir` under its own name; returns the top image's path. */
 function dumpRun(setup: ImageSetup, dir: string): string {
@@ -28,11 +28,11 @@ export function qemuAgrees(setup: ImageSetup, what: string): void {
     const top = dumpRun(setup, dir);
     const model = join(dir, 'model.raw');
     writeFileSync(model, setup.model.bytes);
-    const cmp = runQemuImg(['compare', '-f', 'qed', '-F', 'raw', top, model]);
+    const cmp = runQemuImg(['compare', '-f', setup.format, '-F', 'raw', top, model]);
     if (cmp.status !== 0) {
       throw new ModelMismatch(`${what}: qemu-img compare (status ${cmp.status}): ${cmp.stdout.trim()} ${cmp.stderr.trim()}`);
     }
-    const chk = runQemuImg(['check', '-f', 'qed', '--output=json', top]);
+    const chk = runQemuImg(['check', '-f', setup.format, '--output=json', top]);
     if (chk.status !== 0) {
       throw new ModelMismatch(`${what}: qemu-img check (status ${chk.status}): ${chk.stdout.trim()} ${chk.stderr.trim()}`);
     }
@@ -43,14 +43,15 @@ export function qemuAgrees(setup: ImageSetup, what: string): void {
 
 export async function propQemuInterop(opts: PropertyOptions): Promise<void> {
   if (!requireQemu()) return;
+  const profile = profileOf(opts);
   // No grow past what QEMU's own limits allow is generated: sizes stay small.
-  const geom = geometryArb(false).filter((g) => g.tableSize > 1);
+  const geom = profile.geometryArb(false).filter((g) => profile.name !== 'qed' || g.tableSize > 1);
   await fc.assert(
     fc.asyncProperty(geom, fc.array(commandArb(), { minLength: 1, maxLength: opts.wide ? 40 : 20 }), async (g, cmds) => {
-      const setup = await buildImage(g, freshPrefix('qi'));
+      const setup = await buildImage(g, freshPrefix('qi'), { profile });
       try {
         const n = await runSequence(setup, cmds);
-        if (setup.format === 'qed') qemuAgrees(setup, 'after a random sequence');
+        qemuAgrees(setup, 'after a random sequence');
         opts.onCommands?.(n);
       } finally {
         setup.cleanup();
@@ -92,16 +93,17 @@ export const qemuWriteCaseArb: fc.Arbitrary<QemuWriteCase> = fc.record({
 
 /**
  * qemu-io writes a random sequence (write -P, write -z, unaligned too, truncate) into a QED
- * image; we open it, read the model's bytes and our check finds nothing.
+ * or qcow2 image; we open it, read the model's bytes and our check finds nothing.
  */
-export async function runQemuWriteCase(c: QemuWriteCase): Promise<number> {
+export async function runQemuWriteCase(c: QemuWriteCase, format: 'qed' | 'qcow2' = 'qed'): Promise<number> {
   const dir = makeTempDir('blocklayer-qw-');
   try {
     const cs = 2 ** c.clusterBits;
     let size = c.sizeSectors * 512;
-    const img = join(dir, 'img.qed');
+    const img = join(dir, `img.${format}`);
     const model = new Uint8Array(size + c.grow * 512);
-    const create = ['create', '-q', '-f', 'qed', '-o', `cluster_size=${cs},table_size=${2 ** c.tableBits}`];
+    const options = format === 'qed' ? `cluster_size=${cs},table_size=${2 ** c.tableBits}` : `cluster_size=${cs}`;
+    const create = ['create', '-q', '-f', format, '-o', options];
     if (c.backing === 'raw') {
       const base = new Uint8Array(Math.floor(size / 2)).map((_, i) => (i * 7 + 3) & 0xff);
       writeFileSync(join(dir, 'base.raw'), base);
@@ -111,9 +113,10 @@ export async function runQemuWriteCase(c: QemuWriteCase): Promise<number> {
     const r = runQemuImg([...create, img, String(size)], { cwd: dir });
     if (r.status !== 0) throw new Error(`qemu-img create failed: ${r.stderr}`);
     const cmds: string[] = [];
-    // QEMU 7.2 quirk (qed-format.md §17 decision 4, which we do not copy): a write that fills
-    // only part of a zero cluster copies the *backing* data into the rest of the cluster. The
-    // model follows QEMU here: these bytes are what QEMU's image really holds.
+    // QEMU 7.2 quirk of QED (which we do not copy): a write
+    // that fills only part of a zero cluster copies the *backing* data into the rest of the
+    // cluster. The model follows QEMU here: these bytes are what QEMU's image really holds.
+    // qcow2 has no such quirk (a zero cluster's COW reads zeros).
     const backingView = model.slice();
     const zeroClusters = new Set<number>();
     // Allocated clusters stay allocated: write -z on one zeroes it in place, no marker.
@@ -137,7 +140,7 @@ export async function runQemuWriteCase(c: QemuWriteCase): Promise<number> {
         allocated.add(k);
         if (zeroClusters.has(k)) {
           zeroClusters.delete(k);
-          if (c.backing === 'raw') {
+          if (c.backing === 'raw' && format === 'qed') {
             const end = Math.min(cEnd, size);
             if (cStart < a) model.set(backingView.subarray(cStart, Math.min(a, end)), cStart);
             if (b < end) model.set(backingView.subarray(b, end), b);
@@ -150,10 +153,10 @@ export async function runQemuWriteCase(c: QemuWriteCase): Promise<number> {
       size += c.grow * 512;
       cmds.push('-c', `truncate ${size}`);
     }
-    const io = runQemuIo(['-f', 'qed', ...cmds, img]);
+    const io = runQemuIo(['-f', format, ...cmds, img]);
     if (io.status !== 0 || /failed/.test(io.stdout + io.stderr)) throw new Error(`qemu-io failed: ${io.stdout}${io.stderr}`);
     // With a raw backing the grown part shows the backing file, which is only half the size.
-    const bs = await BlockDriverState.open(img, { format: 'qed', readOnly: true, clock: new VirtualClock() });
+    const bs = await BlockDriverState.open(img, { format, readOnly: true, clock: new VirtualClock() });
     try {
       const got = new Uint8Array(size);
       await bs.pread(0, got);
@@ -211,11 +214,12 @@ export const qemuWriteExamples: [QemuWriteCase][] = [
 
 export async function propQemuWrites(opts: PropertyOptions): Promise<void> {
   if (!requireQemu()) return;
+  const format = profileOf(opts).name;
   await fc.assert(
     fc.asyncProperty(qemuWriteCaseArb, async (c) => {
-      const n = await runQemuWriteCase(c);
+      const n = await runQemuWriteCase(c, format);
       opts.onCommands?.(n);
     }),
-    { ...fcParams(opts), examples: qemuWriteExamples },
+    { ...fcParams(opts), examples: format === 'qed' ? qemuWriteExamples : [] },
   );
 }

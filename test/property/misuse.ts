@@ -7,7 +7,9 @@
 import fc from 'fast-check';
 import { BlockError, IOVector, aioToPromise, type BlockDriverState } from '../../src/index.js';
 import { ModelMismatch, expectClean } from './commands.js';
-import { buildImage, fcParams, freshPrefix, geometryArb, type PropertyOptions } from './harness.js';
+import { buildImage, fcParams, freshPrefix, profileOf, type PropertyOptions } from './harness.js';
+import type { FormatProfile } from './profile.js';
+import { QED_PROFILE } from './qed-profile.js';
 
 const ODD_NUMBERS = [-1, -512, 0.5, 511.5, NaN, Infinity, -Infinity, 2 ** 53, 2 ** 53 + 2, 2 ** 60, Number.MAX_VALUE];
 
@@ -96,8 +98,12 @@ async function expectResultOrBlockError(what: string, p: () => Promise<unknown>)
   }
 }
 
-export async function runMisuseCase(c: MisuseCase, geomSeed: Parameters<typeof buildImage>[0]): Promise<number> {
-  const setup = await buildImage(geomSeed, freshPrefix('mis'));
+export async function runMisuseCase(
+  c: MisuseCase,
+  geomSeed: Parameters<typeof buildImage>[0],
+  profile: FormatProfile = QED_PROFILE,
+): Promise<number> {
+  const setup = await buildImage(geomSeed, freshPrefix('mis'), { profile });
   let bs: BlockDriverState = await setup.open();
   let n = 0;
   try {
@@ -153,7 +159,7 @@ export async function runMisuseCase(c: MisuseCase, geomSeed: Parameters<typeof b
         }
       }
     }
-    if (setup.format === 'qed') expectClean(await bs.check(), `after ${c.calls.map((x) => x.call).join(', ')}`);
+    expectClean(await bs.check(), `after ${c.calls.map((x) => x.call).join(', ')}`, profile.leaksAfterCleanOps);
   } finally {
     await bs.close().catch(() => undefined);
     setup.cleanup();
@@ -162,9 +168,10 @@ export async function runMisuseCase(c: MisuseCase, geomSeed: Parameters<typeof b
 }
 
 export async function propMisuse(opts: PropertyOptions): Promise<void> {
+  const profile = profileOf(opts);
   await fc.assert(
-    fc.asyncProperty(misuseCaseArb, geometryArb(false), async (c, g) => {
-      const k = await runMisuseCase(c, g);
+    fc.asyncProperty(misuseCaseArb, profile.geometryArb(false), async (c, g) => {
+      const k = await runMisuseCase(c, g, profile);
       opts.onCommands?.(k);
     }),
     fcParams(opts),

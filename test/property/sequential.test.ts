@@ -1,10 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import { propBlkverify, propSequential, propSequentialFile } from './properties.js';
-import { formatUnderTest } from './harness.js';
 import { propHuge } from './huge.js';
 import { propMisuse } from './misuse.js';
 
-describe(`model-based sequential (${formatUnderTest()} over mem)`, () => {
+describe('model-based sequential (QED over mem)', () => {
   it('random command sequences read back as the byte-array model', async () => {
     let commands = 0;
     await propSequential({ numRuns: 250, onCommands: (n) => (commands += n) });

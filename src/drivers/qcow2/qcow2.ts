@@ -7,6 +7,7 @@ import type { BlockDriver, BlockDriverInfo, BlockStatus, ImageInfoSpecific, Open
 import { BlockError } from '../../block/errors.js';
 import type { IOVector } from '../../block/iovec.js';
 import type { BlockDriverState } from '../../block/node.js';
+import { qcow2Check } from './check.js';
 import { qcow2GetHostOffset } from './cluster.js';
 import { qcow2CheckNotCorrupt } from './corrupt.js';
 import { qcow2Create, qcow2CreateOptions } from './create.js';
@@ -224,4 +225,5 @@ export const qcow2Driver: BlockDriver = {
   getSpecificInfo: qcow2GetSpecificInfo,
   changeBackingFile: qcow2ChangeBackingFile,
   invalidateCache: qcow2InvalidateCache,
+  check: (bs, fix) => qcow2Check(qcow2State(bs), fix),
 };

@@ -17,8 +17,9 @@ export interface ImageCheck extends CheckResult {
   imageEndOffset: number;
 }
 
-async function collectImageCheck(bs: BlockDriverState, filename: string, fix: CheckFix): Promise<ImageCheck> {
-  const r = await bs.check(fix);
+async function collectImageCheck(env: ImgEnv, bs: BlockDriverState, filename: string, fix: CheckFix): Promise<ImageCheck> {
+  // The format's findings go to stderr line by line, as QEMU's fprintf(stderr) does.
+  const r = await bs.check({ ...fix, report: (line) => env.o.errRaw(`${line}\n`) });
   return { ...r, filename, format: bs.driver.formatName, imageEndOffset: r.imageEndOffset ?? 0 };
 }
 
@@ -104,7 +105,7 @@ export async function imgCheck(env: ImgEnv, argv: string[]): Promise<number> {
   try {
     let check: ImageCheck;
     try {
-      check = await collectImageCheck(bs, filename, fix);
+      check = await collectImageCheck(env, bs, filename, fix);
       if (check.corruptionsFixed || check.leaksFixed) {
         if (output === 'human' && !quiet) {
           env.o.out(
@@ -115,7 +116,7 @@ export async function imgCheck(env: ImgEnv, argv: string[]): Promise<number> {
           );
         }
         const { leaksFixed, corruptionsFixed } = check;
-        check = await collectImageCheck(bs, filename, {});
+        check = await collectImageCheck(env, bs, filename, {});
         check.leaksFixed = leaksFixed;
         check.corruptionsFixed = corruptionsFixed;
       }

@@ -1,0 +1,236 @@
+/**
+ * One L2 table of a check (QEMU's check_refcounts_l2): count what its entries reference, report
+ * what is wrong with them and, with -r all, rewrite the entries that can be made right.
+ *
+ * Rewrites are single entries written synchronously (QEMU's bdrv_pwrite_sync of the entry),
+ * each after the overlap check, so that a repair interrupted half-way leaves every entry either
+ * old or new and never a torn table. Entries rewritten here reference nothing afterwards, so
+ * they are not counted.
+ *
+ * Besides QEMU's checks, three of ours: an entry with reserved bits set (QEMU only reports it)
+ * loses them when it is otherwise valid; a zero entry in a v2 image (which QEMU's own reads
+ * refuse) is a corruption, a plain one repaired into "unallocated" when there is no backing
+ * file; and a data or compressed reference into metadata (header, L1/L2 tables, refcount
+ * structures, snapshot table) is a corruption, repaired into a zero cluster (v3) or an
+ * unallocated one (v2 without backing file) so the guest can never write over metadata.
+ */
+import type { CheckFix } from '../../block/driver.js';
+import { ERRNO_MESSAGES, toBlockError } from '../../block/errors.js';
+import { getL2Bitmap, getL2Entry } from './cluster.js';
+import type { CheckRun } from './check-imrt.js';
+import { incRefcounts } from './check-imrt.js';
+import { QCOW2_OL_ACTIVE_L2, QCOW2_OL_INACTIVE_L2, qcow2PreWriteOverlapCheck } from './corrupt.js';
+import {
+  L2E_OFFSET_MASK,
+  L2E_STD_RESERVED_MASK,
+  QCOW_L2_BITMAP_ALL_ALLOC,
+  QCOW_L2_BITMAP_ALL_ZEROES,
+  QCOW_OFLAG_COPIED,
+  QCOW_OFLAG_ZERO,
+  clusterType,
+  decodeCompressed,
+} from './entries.js';
+import { qcow2File } from './state.js';
+
+const hex = (v: bigint | number): string => v.toString(16);
+
+interface L2Walk {
+  c: CheckRun;
+  fix: CheckFix;
+  l2Offset: number;
+  active: boolean;
+  table: Uint8Array;
+}
+
+/** Write entry `i` (and its bitmap) synchronously; false when the write failed (reported). */
+async function rewriteEntry(w: L2Walk, i: number, entry: bigint, bitmap: bigint | null): Promise<boolean> {
+  const { c } = w;
+  const s = c.s;
+  const at = w.l2Offset + i * s.l2EntrySize;
+  const buf = new Uint8Array(bitmap === null ? 8 : 16);
+  const v = new DataView(buf.buffer);
+  v.setBigUint64(0, entry);
+  if (bitmap !== null) v.setBigUint64(8, bitmap);
+  try {
+    qcow2PreWriteOverlapCheck(s, w.active ? QCOW2_OL_ACTIVE_L2 : QCOW2_OL_INACTIVE_L2, at, buf.length);
+  } catch (e) {
+    c.report('ERROR: Overlap check failed');
+    c.res.checkErrors++;
+    // Something is seriously wrong: stop checking this table.
+    throw e;
+  }
+  try {
+    const file = qcow2File(s);
+    await file.pwrite(at, buf);
+    await file.flush();
+  } catch (e) {
+    c.report(`ERROR: Failed to overwrite L2 table entry: ${ERRNO_MESSAGES[toBlockError(e).code]}`);
+    c.res.checkErrors++;
+    return false;
+  }
+  // A cached copy of the table is stale now.
+  s.l2Cache.discard(w.l2Offset);
+  new DataView(w.table.buffer).setBigUint64(i * s.l2EntrySize, entry);
+  return true;
+}
+
+/**
+ * The entry a cluster that must not be used becomes: a zero cluster (v3; with extended L2 an
+ * all-zero bitmap), or unallocated in a v2 image without backing file (reads stay zero);
+ * null when neither keeps the guest's view (v2 over a backing file).
+ */
+function harmlessEntry(w: L2Walk): { entry: bigint; bitmap: bigint | null } | null {
+  const s = w.c.s;
+  if (s.extendedL2) return { entry: 0n, bitmap: QCOW_L2_BITMAP_ALL_ZEROES };
+  if (s.header.version >= 3) return { entry: QCOW_OFLAG_ZERO, bitmap: null };
+  return s.backingFile === null ? { entry: 0n, bitmap: null } : null;
+}
+
+/** Report (and with -r all repair) an entry of ours; true when it was rewritten. */
+async function ourCorruption(w: L2Walk, i: number, what: string, repairable: boolean): Promise<boolean> {
+  const { c } = w;
+  const repl = repairable && w.fix.errors && w.active ? harmlessEntry(w) : null;
+  c.report(`${repl ? 'Repairing' : 'ERROR'} ${what}`);
+  if (repl && (await rewriteEntry(w, i, repl.entry, repl.bitmap))) {
+    c.res.corruptionsFixed++;
+    return true;
+  }
+  c.res.corruptions++;
+  return false;
+}
+
+/** The kind of metadata a data range overlaps, or undefined. */
+function metadataAt(c: CheckRun, offset: number, length: number): string | undefined {
+  const cs = c.s.clusterSize;
+  if (length <= 0) return undefined;
+  for (let k = Math.floor(offset / cs); k <= Math.floor((offset + length - 1) / cs); k++) {
+    const kind = c.metadata.get(k);
+    if (kind) return kind;
+  }
+  return undefined;
+}
+
+/** Check and count one L2 table (check_refcounts_l2); `active`: reached from the active L1. */
+export async function checkRefcountsL2(c: CheckRun, fix: CheckFix, l2Offset: number, active: boolean): Promise<void> {
+  const { s, res } = c;
+  const cs = s.clusterSize;
+  const bytes = s.l2Size * s.l2EntrySize;
+  const table = new Uint8Array(bytes);
+  try {
+    const len = await qcow2File(s).getLength();
+    // Past the end of the file a table reads as zeros (already reported as a corruption).
+    if (l2Offset < len) await qcow2File(s).pread(l2Offset, table.subarray(0, Math.min(bytes, len - l2Offset)));
+  } catch (e) {
+    c.report('ERROR: I/O error in check_refcounts_l2');
+    res.checkErrors++;
+    throw e;
+  }
+  const w: L2Walk = { c, fix, l2Offset, active, table };
+  let nextContiguous = 0;
+  for (let i = 0; i < s.l2Size; i++) {
+    let entry = getL2Entry(s, table, i);
+    const bitmap = getL2Bitmap(s, table, i);
+    const type = clusterType(entry, !s.extendedL2);
+
+    if (type !== 'compressed' && (entry & L2E_STD_RESERVED_MASK) !== 0n) {
+      const cleared = entry & ~L2E_STD_RESERVED_MASK;
+      if (fix.errors && active && Number(cleared & L2E_OFFSET_MASK) % cs === 0) {
+        c.report(`Repairing l2 entry with reserved bits set: ${hex(entry)}`);
+        if (await rewriteEntry(w, i, cleared, null)) {
+          entry = cleared;
+          res.corruptionsFixed++;
+        } else {
+          res.corruptions++;
+        }
+      } else {
+        c.report(`ERROR found l2 entry with reserved bits set: ${hex(entry)}`);
+        res.corruptions++;
+      }
+    }
+
+    switch (type) {
+      case 'compressed': {
+        if ((entry & QCOW_OFLAG_COPIED) !== 0n) {
+          c.report(`ERROR: coffset=0x${hex(entry & s.compressed.offsetMask)}: copied flag must never be set for compressed clusters`);
+          entry &= ~QCOW_OFLAG_COPIED;
+          res.corruptions++;
+        }
+        if (s.dataFile !== null) {
+          c.report(`ERROR compressed cluster ${i} with data file, entry=0x${hex(entry)}`);
+          res.corruptions++;
+          break;
+        }
+        if (bitmap !== 0n) {
+          c.report(`ERROR compressed cluster ${i} with non-zero subcluster allocation bitmap, entry=0x${hex(entry)}`);
+          res.corruptions++;
+          break;
+        }
+        const ext = decodeCompressed(entry, s.compressed);
+        const kind = metadataAt(c, ext.offset, ext.length);
+        if (kind && (await ourCorruption(w, i, `compressed cluster l2_entry=${hex(entry)} overlaps with ${kind}`, true))) break;
+        if (!kind) incRefcounts(c, ext.offset, ext.length);
+        if (active) {
+          res.allocatedClusters++;
+          res.compressedClusters++;
+          // Compressed clusters are fragmented by nature: neighbours share sectors.
+          res.fragmentedClusters++;
+        }
+        break;
+      }
+      case 'zero-alloc':
+      case 'normal': {
+        const offset = Number(entry & L2E_OFFSET_MASK);
+        if (((bitmap >> 32n) & bitmap) !== 0n) {
+          res.corruptions++;
+          c.report(`ERROR offset=${hex(offset)}: Allocated cluster has corrupted subcluster allocation bitmap`);
+        }
+        if (offset % cs !== 0) {
+          res.corruptions++;
+          const containsData = s.extendedL2 ? (bitmap & QCOW_L2_BITMAP_ALL_ALLOC) !== 0n : (entry & QCOW_OFLAG_ZERO) === 0n;
+          if (!containsData) {
+            c.report(`${fix.errors ? 'Repairing' : 'ERROR'} offset=${hex(offset)}: Preallocated cluster is not properly aligned; L2 entry corrupted.`);
+            if (fix.errors) {
+              const zero = s.extendedL2 ? 0n : QCOW_OFLAG_ZERO;
+              if (await rewriteEntry(w, i, zero, null)) {
+                res.corruptions--;
+                res.corruptionsFixed++;
+                // Unused now: not counted.
+                continue;
+              }
+            }
+          } else {
+            c.report(`ERROR offset=${hex(offset)}: Data cluster is not properly aligned; L2 entry corrupted.`);
+          }
+        } else {
+          if (s.header.version < 3 && type === 'zero-alloc' && !s.extendedL2) {
+            c.report(`ERROR zero cluster entry in a pre-v3 image: l2_entry=${hex(entry)}`);
+            res.corruptions++;
+          }
+          const kind = s.dataFile === null ? metadataAt(c, offset, cs) : undefined;
+          if (kind) {
+            await ourCorruption(w, i, `data cluster l2_entry=${hex(entry)} overlaps with ${kind}`, true);
+            // Not counted either way: the cluster belongs to the metadata.
+            continue;
+          }
+        }
+        if (active) {
+          res.allocatedClusters++;
+          if (nextContiguous !== 0 && offset !== nextContiguous) res.fragmentedClusters++;
+          nextContiguous = offset + cs;
+        }
+        // With an external data file the data clusters are not counted here.
+        if (s.dataFile === null) incRefcounts(c, offset, cs);
+        break;
+      }
+      case 'zero-plain':
+        if (s.header.version < 3) await ourCorruption(w, i, `zero cluster entry in a pre-v3 image: l2_entry=${hex(entry)}`, s.backingFile === null);
+        break;
+      case 'unallocated':
+        if ((bitmap & QCOW_L2_BITMAP_ALL_ALLOC) !== 0n) {
+          res.corruptions++;
+          c.report('ERROR: Unallocated cluster has non-zero subcluster allocation map');
+        }
+        break;
+    }
+  }
+}

@@ -1,0 +1,70 @@
+// The property suites on qcow2 (the qcow2 profile: clusters 512 B..64 KiB, refcount widths
+// 1..64, v2 and v3, lazy refcounts, chains mixing raw, QED and qcow2), with small budgets:
+// `npm run fuzz -- --format qcow2` runs them long.
+import { describe, expect, it } from 'vitest';
+import { requireQemu } from '../interop/qemu.js';
+import { concStats, propConcurrent } from './concurrency.js';
+import { corruptStats, propCorruption, propRepairFault } from './corruption.js';
+import { faultStats, propBlkdebug, propPowerLoss } from './fault-props.js';
+import { propHuge } from './huge.js';
+import { propQemuInterop, propQemuWrites } from './interop-props.js';
+import { propMisuse } from './misuse.js';
+import { propBlkverify, propSequential, propSequentialFile } from './properties.js';
+import { QCOW2_PROFILE } from './qcow2-profile.js';
+
+const format = QCOW2_PROFILE;
+const counted = async (prop: typeof propSequential, numRuns: number): Promise<number> => {
+  let commands = 0;
+  await prop({ numRuns, format, onCommands: (n) => (commands += n) });
+  return commands;
+};
+
+describe('qcow2: model-based sequences', () => {
+  it('random command sequences read back as the byte-array model, check stays clean', async () => {
+    expect(await counted(propSequential, 50)).toBeGreaterThan(60);
+  });
+  it('through blkverify, over host files, API misuse, huge sparse images', async () => {
+    expect(await counted(propBlkverify, 20)).toBeGreaterThan(20);
+    expect(await counted(propSequentialFile, 12)).toBeGreaterThan(12);
+    expect(await counted(propMisuse, 20)).toBeGreaterThan(20);
+    expect(await counted(propHuge, 8)).toBeGreaterThan(8);
+  });
+});
+
+describe('qcow2: concurrency and faults', () => {
+  it('concurrent batches are per-sector serialisations of their writes', async () => {
+    const before = { ...concStats };
+    await propConcurrent({ numRuns: 30, format });
+    expect(concStats.multiRequestBatches - before.multiRequestBatches).toBeGreaterThan(10);
+  });
+  it('an error injected at a qcow2 debug event fails that request and leaves only leaks', async () => {
+    const before = faultStats.injections;
+    expect(await counted(propBlkdebug, 60)).toBeGreaterThan(30);
+    expect(faultStats.injections - before).toBeGreaterThan(3);
+  });
+  it('power loss with torn sectors: flushed data intact, nothing worse than leaks after repair', async () => {
+    const before = { ...faultStats };
+    await propPowerLoss({ numRuns: 60, format });
+    expect(faultStats.crashedMidRequest - before.crashedMidRequest).toBeGreaterThan(2);
+    expect(faultStats.pendingAtCrash - before.pendingAtCrash).toBeGreaterThan(6);
+  });
+});
+
+describe('qcow2: corrupted images', () => {
+  it('header, table, refcount and compressed-descriptor damage ends in results or BlockErrors', async () => {
+    const before = { ...corruptStats };
+    await propCorruption({ numRuns: 60, format });
+    expect(corruptStats.roOpened - before.roOpened).toBeGreaterThan(3);
+    expect(corruptStats.cases - before.cases - (corruptStats.roOpened - before.roOpened)).toBeGreaterThan(3);
+  });
+  it('a dirty image whose repair fails under injected errors is repaired by the next open', async () => {
+    expect(await counted(propRepairFault, 25)).toBeGreaterThan(25);
+  });
+});
+
+describe.skipIf(!requireQemu())('qcow2: as qemu-img 7.2 sees it', () => {
+  it('qemu-img compare and check agree after random sequences; qemu-io writes read back here', async () => {
+    expect(await counted(propQemuInterop, 10)).toBeGreaterThan(6);
+    expect(await counted(propQemuWrites, 8)).toBeGreaterThan(8);
+  });
+});
