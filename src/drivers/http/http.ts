@@ -144,7 +144,10 @@ async function bufferFor(s: HttpState, start: number, end: number): Promise<Rang
     // A failed request keeps nothing; the next read of its range asks again.
     if (!ok) s.buffers.splice(s.buffers.indexOf(buf), 1);
     evictBuffers(s);
-    s.freeSlot.next();
+    // Wake every waiter, not one: a woken reader may find its range in a buffer and leave the
+    // slot unused, and a single wake-up would then be lost. Those still without a slot queue
+    // again in their order.
+    s.freeSlot.restartAll();
   };
   // Both outcomes handled here; the reader awaits buf.data itself and sees the error.
   buf.data.then(
