@@ -45,6 +45,8 @@ maybe('http driver against nginx', () => {
     q(['create', '-q', '-f', 'qed', 'base.qed', '1M']);
     const w = runQemuIo(['-f', 'qed', '-c', 'write -P 0xab 0 64k', '-c', 'write -P 0xcd 256k 100k', 'base.qed'], { cwd: srv.www });
     if (w.status !== 0) throw new Error(w.stderr);
+    // A remote overlay naming its remote base relatively.
+    q(['create', '-q', '-f', 'qed', '-b', 'base.qed', '-F', 'qed', 'mid.qed']);
     for (const f of readdirSync(srv.www)) before.set(f, sha(readFileSync(join(srv.www, f))));
   });
 
@@ -114,6 +116,8 @@ maybe('http driver against nginx', () => {
       ['map', '--output=json', `${srv.url}/base.qed`],
       ['info', `${srv.url}/data.raw`],
       ['map', '--output=json', `${srv.url}/data.raw`],
+      ['info', '--backing-chain', `${srv.url}/mid.qed`],
+      ['map', '--output=json', `${srv.url}/mid.qed`],
       // Not `convert -O raw` of the qed image: qemu-img 7.2 hangs on it over curl.
       ['convert', '-O', 'qed', `${srv.url}/base.qed`, 'out.qed'],
       ['convert', '-O', 'raw', `${srv.url}/data.raw`, 'out.raw'],
