@@ -3,8 +3,8 @@
  * fetch it can trust an extra CA (a test's throwaway one) and honour `sslverify=off`. Node-only:
  * the browser entry never imports this file.
  */
-import { request as httpRequest, type IncomingMessage } from 'node:http';
-import { request as httpsRequest } from 'node:https';
+import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from 'node:http';
+import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import { BlockError } from '../../block/errors.js';
 import { bodyTooLongError, type HttpRequest, type HttpResponse, type HttpTransport, timeoutError } from './transport.js';
 
@@ -34,17 +34,24 @@ function collect(res: IncomingMessage, req: HttpRequest, onData: (n: number) => 
   });
 }
 
-function once(req: HttpRequest, url: URL, opts: NodeHttpTransportOptions): Promise<{ res: IncomingMessage; body: Uint8Array }> {
+interface Agents {
+  http: HttpAgent;
+  https: HttpsAgent;
+}
+
+function once(req: HttpRequest, url: URL, opts: NodeHttpTransportOptions, agents: Agents): Promise<{ res: IncomingMessage; body: Uint8Array }> {
   return new Promise((resolve, reject) => {
     const started = Date.now();
     let received = 0;
-    const send = url.protocol === 'https:' ? httpsRequest : httpRequest;
-    const r = send(url, { method: req.method, headers: req.headers, rejectUnauthorized: req.sslverify, ca: opts.ca }, (res) => {
+    const https = url.protocol === 'https:';
+    const options = { method: req.method, headers: req.headers, rejectUnauthorized: req.sslverify, ca: opts.ca };
+    const onResponse = (res: IncomingMessage): void => {
       collect(res, req, (n) => (received = n)).then((body) => {
         clearTimeout(timer);
         resolve({ res, body });
       }, fail);
-    });
+    };
+    const r = https ? httpsRequest(url, { ...options, agent: agents.https }, onResponse) : httpRequest(url, { ...options, agent: agents.http }, onResponse);
     function fail(e: unknown): void {
       clearTimeout(timer);
       r.destroy();
@@ -68,10 +75,13 @@ function once(req: HttpRequest, url: URL, opts: NodeHttpTransportOptions): Promi
 /** A transport over node:http/node:https. */
 export function nodeHttpTransport(opts: NodeHttpTransportOptions = {}): HttpTransport {
   const maxRedirects = opts.maxRedirects ?? 10;
+  // Kept-alive connections save a handshake per read (Node unref()s idle ones, so they never
+  // keep the process alive).
+  const agents: Agents = { http: new HttpAgent({ keepAlive: true }), https: new HttpsAgent({ keepAlive: true }) };
   return async (req): Promise<HttpResponse> => {
     let url = new URL(req.url);
     for (let hops = 0; ; hops++) {
-      const { res, body } = await once(req, url, opts);
+      const { res, body } = await once(req, url, opts, agents);
       const status = res.statusCode ?? 0;
       const location = res.headers.location;
       if (status >= 300 && status < 400 && location !== undefined) {
