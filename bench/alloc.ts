@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { REPO, run } from './lib.js';
 
-type BenchModule = typeof import('../src/tools/bench.js');
+type BenchModule = typeof import('../src/tools/img/bench.js');
 type IndexModule = typeof import('../src/index.js');
 
 interface SamplingNode {
@@ -41,7 +41,7 @@ async function main(): Promise<void> {
     }
   }
   const url = (p: string): string => pathToFileURL(join(REPO, p)).href;
-  const { imgBench } = (await import(url('dist/src/tools/bench.js'))) as BenchModule;
+  const { imgBench } = (await import(url('dist/src/tools/img/bench.js'))) as BenchModule;
   const { bdrvCreate } = (await import(url('dist/src/index.js'))) as IndexModule;
   const quiet = { stdout: (): void => undefined, stderr: (s: string): void => void process.stderr.write(s) };
   const session = new Session();

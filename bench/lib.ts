@@ -133,9 +133,9 @@ export function fmtMiB(kib: number | null): string {
 // ---------------------------------------------------------------------------------------------
 // How to run our side
 
-/** The blk-img launcher (imports dist/src/tools/img.js and runs its main). */
+/** The blk-img launcher (imports dist/src/tools/img/main.js and runs its main). */
 const BLK_IMG = join(REPO, 'bin/blk-img.js');
-const BENCH_JS = join(REPO, 'dist/src/tools/bench.js');
+const BENCH_JS = join(REPO, 'dist/src/tools/img/bench.js');
 
 /**
  * Our command lines: the real CLI (bin/blk-img.js over dist/) when it dispatches `bench`,
@@ -187,6 +187,6 @@ export function findOurs(tmp: string, qemuImg: string): Ours {
     convert: null,
     note:
       'bin/blk-img.js did not dispatch `bench` yet: our side ran through a launcher of ' +
-      'dist/src/tools/bench.js; blk-img convert unavailable, workload 7 skipped.',
+      'dist/src/tools/img/bench.js; blk-img convert unavailable, workload 7 skipped.',
   };
 }

@@ -15,7 +15,7 @@ if (process.env.UV_THREADPOOL_SIZE === undefined) process.env.UV_THREADPOOL_SIZE
 import('../dist/bin/img.mjs')
   .catch((e) => {
     if (e?.code !== 'ERR_MODULE_NOT_FOUND') throw e;
-    return import('../dist/src/tools/img.js');
+    return import('../dist/src/tools/img/main.js');
   })
   .then(({ main }) => main(process.argv))
   .then((code) => {

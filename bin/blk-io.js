@@ -14,7 +14,7 @@ if (process.env.UV_THREADPOOL_SIZE === undefined) process.env.UV_THREADPOOL_SIZE
 import('../dist/bin/io.mjs')
   .catch((e) => {
     if (e?.code !== 'ERR_MODULE_NOT_FOUND') throw e;
-    return import('../dist/src/tools/io.js');
+    return import('../dist/src/tools/io/main.js');
   })
   .then(({ main }) => main(process.argv))
   .then((code) => {

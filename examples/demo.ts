@@ -6,7 +6,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BlockDriverState, bdrvCreate } from '../src/index.js';
-import { main as blkImg } from '../src/tools/img.js';
+import { main as blkImg } from '../src/tools/img/main.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;

@@ -185,6 +185,12 @@ export interface BlockDriver {
   readonly supportsFua?: boolean;
   /** Alignment of requests the driver accepts, bytes; default 512 for formats, 1 for protocols. */
   readonly requestAlignment?: number;
+  /**
+   * A format that honours `noFallback` zeroing by handing it to its file (QEMU's
+   * BDRV_REQ_NO_FALLBACK in supported_zero_flags: raw). Protocols and filters pass the flag on;
+   * another format refuses a no-fallback zero write with ENOTSUP before trying.
+   */
+  readonly zeroNoFallback?: boolean;
   /** The format can have a backing file (create accepts backing_file). */
   readonly supportsBacking?: boolean;
   /**
@@ -194,6 +200,24 @@ export interface BlockDriver {
    */
   readonly truncatePreallocates?: boolean;
   readonly createOptions?: readonly CreateOptionSpec[];
+  /**
+   * The names of the driver's own open options, taken in OpenOptions.driverOptions (QEMU's
+   * runtime options of a driver: blkdebug's `config`). A user's option that no node takes is
+   * refused.
+   */
+  readonly openOptions?: readonly string[];
+  /**
+   * Warnings about create options that are valid but unwise (QED: a table_size QEMU cannot
+   * open). qemu-img's create prints them with warn_report before creating; the library never
+   * prints.
+   */
+  createWarnings?(options: CreateOptions): string[];
+  /**
+   * What the driver warns the user about the node it just opened, as stderr text (QEMU's raw
+   * driver prints, for a writable image whose format was guessed by probing, that writes to
+   * its first bytes are restricted). The tools print it; the library never prints.
+   */
+  openWarning?(bs: BlockDriverState): string | undefined;
 
   /** Score 0..100 for the first bytes (up to 2 KiB): raw 1, magic match 100. Pure. */
   probe?(buf: Uint8Array, filename: string): number;
@@ -241,6 +265,15 @@ export interface BlockDriver {
   makeEmpty?(bs: BlockDriverState): Promise<void>;
   /** A debug event announced on this node (blkdebug acts on it; may wait at a breakpoint). */
   debugEvent?(bs: BlockDriverState, event: BlkDebugEvent): Promise<void>;
+  /**
+   * Breakpoints (QEMU's bdrv_debug_breakpoint family, src/block/debug.ts): the next request
+   * announcing `event` parks, tagged `tag`, until debugResume or debugRemoveBreakpoint.
+   * Throw a BlockError (ENOENT: unknown event, or no breakpoint / parked request with the tag).
+   */
+  debugBreakpoint?(bs: BlockDriverState, event: string, tag: string): void;
+  debugRemoveBreakpoint?(bs: BlockDriverState, tag: string): void;
+  debugResume?(bs: BlockDriverState, tag: string): void;
+  debugIsSuspended?(bs: BlockDriverState, tag: string): boolean;
   /**
    * The node is being drained (QEMU's bdrv_co_drain_begin), its own requests already done:
    * finish background work now instead of later (QED runs its pending need-check job at

@@ -9,5 +9,6 @@ export * from './registry.js';
 export * from './node.js';
 export * from './backend.js';
 export * from './create.js';
+export * from './debug.js';
 export { combineBackingPath, protocolPrefix, canonicalImageName } from './path.js';
 export * as blockPath from './path.js';

@@ -20,6 +20,7 @@
  */
 import { BlockAIOCB, type CompletionFunc } from './aio.js';
 import { realClock, type Clock } from './clock.js';
+import { bdrvDebugBreakpoint, bdrvDebugIsSuspended, bdrvDebugRemoveBreakpoint, bdrvDebugResume } from './debug.js';
 import {
   BDRV_SECTOR_SIZE,
   type BlockDriver,
@@ -375,6 +376,20 @@ export class BlockDriverState {
   private async debugEventSlow(event: BlkDebugEvent): Promise<void> {
     this.events.emit('debug', event);
     await this.driver.debugEvent?.(this, event);
+  }
+
+  // Breakpoints on this image's stack (QEMU's bdrv_debug_*; see debug.ts).
+  debugBreakpoint(event: string, tag: string): void {
+    bdrvDebugBreakpoint(this, event, tag);
+  }
+  debugRemoveBreakpoint(tag: string): void {
+    bdrvDebugRemoveBreakpoint(this, tag);
+  }
+  debugResume(tag: string): void {
+    bdrvDebugResume(this, tag);
+  }
+  debugIsSuspended(tag: string): boolean {
+    return bdrvDebugIsSuspended(this, tag);
   }
 
   // ---------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { main } from '../../src/tools/img.js';
+import { main } from '../../src/tools/img/main.js';
 import { makeTempDir, removeTempDir, requireQemu, runQemuImg } from './qemu.js';
 
 const qemu = requireQemu();

@@ -218,7 +218,7 @@ const sessions: Session[] = [
       ['check', '-r', 'all', '--output=json', 'leak.qed'],
       ['check', '-T', 'foo', 'a.qed'],
       ['check', '-T', 'none', 'a.qed'],
-      // bench is dispatched to src/tools/bench.ts (its own suite covers it in depth).
+      // bench is dispatched to src/tools/img/bench.ts (its own suite covers it in depth).
       ['bench'],
       ['bench', '-c', '100', '-d', '4', 'a.qed'],
       { args: ['bench', '--flush-interval=1', 'a.qed'], merged: true },

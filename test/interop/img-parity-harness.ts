@@ -11,7 +11,7 @@
 import { spawnSync } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { main } from '../../src/tools/img.js';
+import { main } from '../../src/tools/img/main.js';
 import { runQemuImg, runQemuIo } from './qemu.js';
 
 export interface Step {

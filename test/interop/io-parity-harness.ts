@@ -7,7 +7,7 @@ import { spawnSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { main, maskTimings } from '../../src/tools/io.js';
+import { main, maskTimings } from '../../src/tools/io/main.js';
 import { makeTempDir, removeTempDir, runQemuImg } from './qemu.js';
 
 export interface ImageSpec {

@@ -5,18 +5,9 @@ import { bdrvCreate } from '../../src/block/create.js';
 import { IOVector } from '../../src/block/iovec.js';
 import { memStoreDelete, memStoreRead } from '../../src/drivers/mem/index.js';
 import { BlockDriverState } from '../../src/index.js';
-import {
-  BenchRun,
-  benchHeader,
-  completionLine,
-  defaultBenchOptions,
-  imgBench,
-  parseBenchArgs,
-  parseCInteger,
-  requestOffsets,
-  type BenchOptions,
-} from '../../src/tools/bench.js';
-import { ToolExit, ToolOutput } from '../../src/tools/common.js';
+import { BenchRun, benchHeader, completionLine, imgBench, requestOffsets } from '../../src/tools/img/bench.js';
+import { defaultBenchOptions, parseBenchArgs, parseCInteger, type BenchOptions } from '../../src/tools/img/bench-options.js';
+import { ToolExit, ToolOutput } from '../../src/tools/shared/output.js';
 
 interface Captured {
   status: number;

@@ -3,7 +3,7 @@
 import { copyFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { imgBench } from '../../src/tools/bench.js';
+import { imgBench } from '../../src/tools/img/bench.js';
 import { makeTempDir, removeTempDir, requireQemu, runQemuImg } from '../interop/qemu.js';
 
 const qemu = requireQemu();

@@ -1,17 +1,9 @@
 import { describe, expect, it } from 'vitest';
-import {
-  Getopt,
-  ToolExit,
-  ToolOutput,
-  cvtnum,
-  cvtstr,
-  formatFixed,
-  formatG,
-  parseOptions,
-  progName,
-  qemuStrtosz,
-  sizeToStr,
-} from '../../src/tools/common.js';
+import { Getopt } from '../../src/tools/shared/getopt.js';
+import { parseImgOptions } from '../../src/tools/img/options.js';
+import { ToolExit, ToolOutput, progName } from '../../src/tools/shared/output.js';
+import { cvtnum, qemuStrtosz } from '../../src/tools/shared/size.js';
+import { cvtstr, formatFixed, formatG, sizeToStr } from '../../src/tools/shared/printf.js';
 
 function collector(): { io: { stdout: { write(s: string): void }; stderr: { write(s: string): void } }; text: () => string } {
   let all = '';
@@ -135,10 +127,11 @@ describe('getopt_long port', () => {
     expect(g2.next().kind).toBe('end');
     expect(g2.rest()).toEqual(['info', '-f']);
   });
-  it('parseOptions prints the error and the help hint', () => {
+  it('parseImgOptions prints the error and the help hint', () => {
     const c = collector();
     const o = new ToolOutput(c.io, 'qemu-img');
-    expect(() => parseOptions(o, ['info', '--output'], ':f:h', longs, () => undefined)).toThrow(ToolExit);
+    const table = [{ short: 'f', arg: 1 as const }, { short: 'h' }, ...longs.map((l) => ({ long: l.name, arg: l.hasArg }))].map((d) => ({ ...d, set: () => undefined }));
+    expect(() => parseImgOptions({ o }, ['info', '--output'], table, null)).toThrow(ToolExit);
     expect(c.text()).toBe("qemu-img: missing argument for option '--output'\nTry 'qemu-img --help' for more information\n");
   });
 });

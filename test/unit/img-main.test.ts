@@ -4,10 +4,12 @@ import { mkdtempSync, openSync, readSync, rmSync, writeSync, closeSync } from 'n
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { main } from '../../src/tools/img.js';
-import { Progress, qdictOrder, qemuPathCombine, toJsonPretty, jsonObject } from '../../src/tools/img-util.js';
-import { ToolOutput } from '../../src/tools/common.js';
-import { compareBuffers } from '../../src/tools/img-compare.js';
+import { main } from '../../src/tools/img/main.js';
+import { qemuPathCombine } from '../../src/tools/img/chain.js';
+import { jsonObject, qdictOrder, toJsonPretty } from '../../src/tools/img/json.js';
+import { Progress } from '../../src/tools/img/progress.js';
+import { ToolOutput } from '../../src/tools/shared/output.js';
+import { compareBuffers } from '../../src/tools/img/compare.js';
 
 interface Run {
   status: number;

@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { defaultRegistry } from '../../src/index.js';
 import type { BlockDriver } from '../../src/block/driver.js';
 import type { BlockDriverState } from '../../src/block/node.js';
-import { main } from '../../src/tools/io.js';
+import { main } from '../../src/tools/io/main.js';
 
 const SIZE = 1 << 20;
 const stores = new Map<string, Uint8Array>();

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { ToolOutput } from '../../src/tools/common.js';
+import { ToolOutput } from '../../src/tools/shared/output.js';
 import {
   cvtnum,
   dumpBuffer,
@@ -8,7 +8,7 @@ import {
   printReport,
   strtolFull,
   timestr,
-} from '../../src/tools/io-format.js';
+} from '../../src/tools/io/format.js';
 
 function collector(): { o: ToolOutput; text: () => string; err: () => string } {
   let out = '';

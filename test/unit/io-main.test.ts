@@ -2,7 +2,7 @@
 // abort/sigraise hooks and the order AIO completions are reported in.
 import { describe, expect, it } from 'vitest';
 import { BlockDriverState, bdrvCreate } from '../../src/index.js';
-import { main, maskTimings } from '../../src/tools/io.js';
+import { main, maskTimings } from '../../src/tools/io/main.js';
 
 let n = 0;
 async function memQed(size = 1 << 20): Promise<string> {

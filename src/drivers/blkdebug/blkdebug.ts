@@ -157,6 +157,11 @@ export const blkdebugDriver: BlockDriver = {
   formatName: 'blkdebug',
   protocolName: 'blkdebug',
   isFilter: true,
+  openOptions: ['config'],
+  debugBreakpoint: (bs, event, tag) => blkdebugBreak(bs, event, tag),
+  debugRemoveBreakpoint: (bs, tag) => blkdebugRemoveBreak(bs, tag),
+  debugResume: (bs, tag) => blkdebugResume(bs, tag),
+  debugIsSuspended: (bs, tag) => blkdebugIsSuspended(bs, tag),
   requestAlignment: 1,
 
   open: blkdebugOpen,

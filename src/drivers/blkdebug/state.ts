@@ -12,17 +12,14 @@
  * - a breakpoint is a one-shot suspend rule: the request that announces its event is parked
  *   until `resume(tag)` (or `removeBreakpoint(tag)`).
  */
+import { debugMessage } from '../../block/debug.js';
 import { BlockError } from '../../block/errors.js';
 import type { BlkDebugEvent } from '../../block/events.js';
 import type { BlkdebugIOType, BlkdebugRule, InjectErrorRule } from './config.js';
 
-/** Where blkdebug prints "Suspended request" / "Resuming request" (QEMU prints to stdout). */
-let messageSink: ((line: string) => void) | null = null;
-
-/** Route blkdebug's breakpoint messages (blk-io prints them as qemu-io does); null = silent. */
-export function setBlkdebugMessageSink(sink: ((line: string) => void) | null): void {
-  messageSink = sink;
-}
+// "Suspended request" / "Resuming request" go where the block layer's debug messages go
+// (QEMU prints them to stdout; blk-io sets the sink).
+export { setDebugMessageSink as setBlkdebugMessageSink } from '../../block/debug.js';
 
 interface SuspendedRequest {
   tag: string;
@@ -114,7 +111,7 @@ export class BlkdebugState {
       wake = resolve;
     });
     this.suspended.unshift({ tag, wake });
-    messageSink?.(`blkdebug: Suspended request '${tag}'`);
+    debugMessage(`blkdebug: Suspended request '${tag}'`);
     return p;
   }
 
@@ -160,7 +157,7 @@ export class BlkdebugState {
     const i = this.suspended.findIndex((r) => r.tag === tag);
     if (i < 0) return false;
     const [r] = this.suspended.splice(i, 1);
-    messageSink?.(`blkdebug: Resuming request '${r.tag}'`);
+    debugMessage(`blkdebug: Resuming request '${r.tag}'`);
     r.wake();
     return true;
   }

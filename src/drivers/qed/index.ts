@@ -1,4 +1,4 @@
-export { qedDriver, qedProbe, type QEDBlockDriver } from './qed.js';
+export { qedDriver, qedProbe } from './qed.js';
 export * from './header.js';
 export { qedCreateParams, qedCreateWarnings, qedNewHeader, qedCreateOptions } from './create.js';
 export { qedFindCluster, type QEDClusterRun, type QEDClusterKind } from './cluster.js';

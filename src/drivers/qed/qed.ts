@@ -11,7 +11,6 @@ import {
   type BlockStatus,
   type CheckFix,
   type CheckResult,
-  type CreateOptions,
   type OpenOptions,
   type WriteFlags,
   type WriteZeroesFlags,
@@ -344,12 +343,7 @@ async function qedCheckHook(bs: BlockDriverState, fix: CheckFix): Promise<CheckR
   return qedCheck(s, fix.errors === true || fix.leaks === true);
 }
 
-export interface QEDBlockDriver extends BlockDriver {
-  /** Warnings a tool prints for create options (table_size=1 cannot be opened by QEMU). */
-  createWarnings(options: CreateOptions): string[];
-}
-
-export const qedDriver: QEDBlockDriver = {
+export const qedDriver: BlockDriver = {
   formatName: 'qed',
   requestAlignment: BDRV_SECTOR_SIZE,
   supportsBacking: true,

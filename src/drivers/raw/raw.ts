@@ -58,6 +58,16 @@ async function rawOpen(bs: BlockDriverState, options: OpenOptions): Promise<void
   bs.opaque = { probed, headLock: new CoMutex() } satisfies RawState;
 }
 
+/** QEMU's raw_open warning: a probed, writable raw image has its first bytes guarded. */
+function rawOpenWarning(bs: BlockDriverState): string | undefined {
+  if (!state(bs).probed || bs.readOnly) return undefined;
+  return (
+    `WARNING: Image format was not specified for '${bs.filename}' and probing guessed raw.\n` +
+    '         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n' +
+    "         Specify the 'raw' format explicitly to remove the restrictions.\n"
+  );
+}
+
 async function rawClose(bs: BlockDriverState): Promise<void> {
   bs.opaque = null;
 }
@@ -239,9 +249,11 @@ async function rawInvalidateCache(bs: BlockDriverState): Promise<void> {
 export const rawDriver: BlockDriver = {
   formatName: 'raw',
   requestAlignment: 1,
+  zeroNoFallback: true,
   createOptions: [{ name: 'size', key: 'size', type: 'size', help: 'Virtual disk size' }],
   probe: rawProbe,
   open: rawOpen,
+  openWarning: rawOpenWarning,
   close: rawClose,
   create: rawCreate,
   coPreadv: rawCoPreadv,

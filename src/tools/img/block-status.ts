@@ -1,0 +1,65 @@
+// Block status as qemu-img's subcommands ask it: one layer with the generic layer's rules for
+// unallocated ranges, and the status through a chain down to a base as QEMU's flag word.
+import type { BlockDriverState, BlockStatus } from '../../index.js';
+
+/** The status of one layer, with the generic block layer's rules for unallocated ranges. */
+export type LayerStatus = BlockStatus;
+
+/**
+ * bdrv_block_status for one node: the driver's answer, plus "unallocated reads as zeros" when
+ * there is no backing file or the range starts past the backing file's end.
+ */
+export async function layerStatus(bs: BlockDriverState, offset: number, bytes: number): Promise<LayerStatus> {
+  const st = await bs.blockStatus(offset, bytes);
+  // ALLOCATED is what the driver itself claims (data or a zero marker); the generic layer's
+  // "reads as zero" for unallocated ranges does not make them present.
+  const r: LayerStatus = { ...st };
+  if (!r.allocated && bs.driver.supportsBacking) {
+    if (!bs.backing) r.zero = true;
+    else if (offset >= (await bs.backing.getLength())) r.zero = true;
+  }
+  return r;
+}
+
+export const BDRV_BLOCK_DATA = 0x01;
+export const BDRV_BLOCK_ZERO = 0x02;
+export const BDRV_BLOCK_OFFSET_VALID = 0x04;
+export const BDRV_BLOCK_ALLOCATED = 0x10;
+export const BDRV_BLOCK_EOF = 0x20;
+
+/**
+ * bdrv_block_status_above(bs, base): the status through the chain down to (not including)
+ * `base`, as QEMU's flag word. A layer that is shorter than the one above it reads as
+ * allocated zeros past its end; EOF is set when the answer reaches the end of `bs`.
+ */
+export async function blockStatusAboveFlags(
+  bs: BlockDriverState,
+  base: BlockDriverState | null,
+  offset: number,
+  bytes: number,
+): Promise<{ flags: number; pnum: number }> {
+  const toFlags = (s: LayerStatus): number =>
+    (s.data ? BDRV_BLOCK_DATA : 0) |
+    (s.zero ? BDRV_BLOCK_ZERO : 0) |
+    (s.offset !== undefined ? BDRV_BLOCK_OFFSET_VALID : 0) |
+    (s.allocated ? BDRV_BLOCK_ALLOCATED : 0);
+  const topLen = await bs.getLength();
+  let st = await layerStatus(bs, offset, bytes);
+  let flags = toFlags(st);
+  let pnum = st.pnum;
+  if (!st.allocated && bs !== base) {
+    for (let p = bs.backing; p && p !== base; p = p.backing) {
+      if (offset >= (await p.getLength())) {
+        // The layer above deferred to a shorter one: synthesised zeros count as allocated here.
+        flags = BDRV_BLOCK_ZERO | BDRV_BLOCK_ALLOCATED;
+        break;
+      }
+      st = await layerStatus(p, offset, pnum);
+      flags = toFlags(st);
+      pnum = st.pnum;
+      if (st.allocated) break;
+    }
+  }
+  if (offset + pnum === topLen) flags |= BDRV_BLOCK_EOF;
+  return { flags, pnum };
+}

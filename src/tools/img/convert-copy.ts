@@ -1,0 +1,312 @@
+// The copy engine of blk-img convert (convert_do_copy): block status decides data / zero /
+// backing runs, data runs are scanned for zero sectors (-S) so that zero regions stay
+// unallocated in the target, requests run in parallel (-m, through p-queue) and are written
+// in order unless -W.
+import PQueue from 'p-queue';
+import type { BlockBackend } from '../../index.js';
+import { rootOf } from '../shared/open.js';
+import { ToolExit, errnoMessage } from '../shared/output.js';
+import { BDRV_BLOCK_DATA, BDRV_BLOCK_ZERO, blockStatusAboveFlags } from './block-status.js';
+import type { ImgEnv } from './env.js';
+import type { Progress } from './progress.js';
+
+export const SECTOR = 512;
+/** Default copy buffer: 2 MiB (4096 sectors). */
+export const BUF_SECTORS = 4096;
+/** BDRV_REQUEST_MAX_SECTORS. */
+const REQUEST_MAX_SECTORS = Math.floor(0x7fffffff / SECTOR);
+
+export type Status = 'data' | 'zero' | 'backing';
+
+function isZeroSector(buf: Uint8Array, sector: number, words: Uint32Array): boolean {
+  const start = sector * SECTOR;
+  const end = Math.min(start + SECTOR, buf.length);
+  const abs = buf.byteOffset + start;
+  if (end - start === SECTOR && abs % 8 === 0) {
+    // A whole, 8-byte aligned sector (pooled buffers always are): 8 bytes per step, through
+    // a 32-bit view of the underlying buffer (looked up once per scan by the caller).
+    for (let i = abs / 4, e = i + SECTOR / 4; i < e; i += 2) if ((words[i] | words[i + 1]) !== 0) return false;
+    return true;
+  }
+  for (let i = start; i < end; i++) if (buf[i] !== 0) return false;
+  return true;
+}
+
+const wordViews = new WeakMap<ArrayBufferLike, Uint32Array>();
+
+function wordView(ab: ArrayBufferLike): Uint32Array {
+  let v = wordViews.get(ab);
+  if (v === undefined) {
+    v = new Uint32Array(ab, 0, Math.floor(ab.byteLength / 4));
+    wordViews.set(ab, v);
+  }
+  return v;
+}
+
+/**
+ * is_allocated_sectors: length of the first run of same-kind (zero / non-zero) sectors, with the
+ * end of the run aligned to `alignment` sectors (a short zero tail is treated as data).
+ */
+function isAllocatedSectors(buf: Uint8Array, first: number, n: number, sectorNum: number, alignment: number): { ret: boolean; pnum: number } {
+  if (n <= 0) return { ret: false, pnum: 0 };
+  // One view lookup per scan, not per sector: the scan runs once per 512 bytes converted.
+  const words = wordView(buf.buffer);
+  let isZero = isZeroSector(buf, first, words);
+  let i = 1;
+  for (; i < n; i++) if (isZero !== isZeroSector(buf, first + i, words)) break;
+  if (i === n) return { ret: !isZero, pnum: i };
+  const tail = (sectorNum + i) & (alignment - 1);
+  if (tail) {
+    if (isZero && i <= tail) isZero = false;
+    if (!isZero) i = Math.min(i + alignment - tail, n);
+    else i -= tail;
+  }
+  return { ret: !isZero, pnum: i };
+}
+
+/**
+ * is_allocated_sectors_min: like isAllocatedSectors, but a zero run shorter than `min` sectors
+ * between data is copied as data (fewer, larger writes).
+ */
+function isAllocatedSectorsMin(buf: Uint8Array, first: number, n: number, min: number, sectorNum: number, alignment: number): { ret: boolean; pnum: number } {
+  if (n < min) min = n;
+  let r = isAllocatedSectors(buf, first, n, sectorNum, alignment);
+  if (!r.ret) return r;
+  let numUsed = r.pnum;
+  let pos = first + r.pnum;
+  let sn = sectorNum + r.pnum;
+  let numChecked = numUsed;
+  let left = n;
+  while (left > 0) {
+    left -= r.pnum;
+    r = isAllocatedSectors(buf, pos, left, sn, alignment);
+    pos += r.pnum;
+    sn += r.pnum;
+    numChecked += r.pnum;
+    if (r.ret) numUsed = numChecked;
+    else if (r.pnum >= min) break;
+  }
+  return { ret: true, pnum: numUsed };
+}
+
+export function pow2floor(n: number): number {
+  if (n <= 0) return 0;
+  return 2 ** Math.floor(Math.log2(n));
+}
+
+export interface ConvertState {
+  src: BlockBackend[];
+  srcSectors: number[];
+  srcAlignment: number[];
+  srcNames: string[];
+  totalSectors: number;
+  target: BlockBackend;
+  targetHasBacking: boolean;
+  targetBackingSectors: number;
+  hasZeroInit: boolean;
+  minSparse: number;
+  alignment: number;
+  bufSectors: number;
+  status: Status;
+  sectorNextStatus: number;
+}
+
+function selectPart(s: ConvertState, sectorNum: number): { cur: number; curOffset: number } {
+  let off = 0;
+  for (let i = 0; i < s.src.length; i++) {
+    if (sectorNum < off + s.srcSectors[i]) return { cur: i, curOffset: off };
+    off += s.srcSectors[i];
+  }
+  return { cur: s.src.length - 1, curOffset: off - s.srcSectors[s.src.length - 1] };
+}
+
+/** convert_iteration_sectors: how many sectors from sectorNum share one status. */
+async function iterationSectors(env: ImgEnv, s: ConvertState, sectorNum: number): Promise<number> {
+  const { cur, curOffset } = selectPart(s, sectorNum);
+  let n = Math.min(s.totalSectors - sectorNum, REQUEST_MAX_SECTORS);
+  let postBackingZero = false;
+  if (s.targetBackingSectors >= 0) {
+    if (sectorNum >= s.targetBackingSectors) postBackingZero = true;
+    else if (sectorNum + n > s.targetBackingSectors) n = s.targetBackingSectors - sectorNum;
+  }
+  if (s.sectorNextStatus <= sectorNum) {
+    const offset = (sectorNum - curOffset) * SECTOR;
+    const srcBs = rootOf(s.src[cur]);
+    const base = s.targetHasBacking ? srcBs.backing : null;
+    const srcLen = await s.src[cur].getLength();
+    let flags: number;
+    let count: number;
+    if (offset >= srcLen) {
+      // The sector-rounded tail of a source whose length is not a sector multiple.
+      flags = BDRV_BLOCK_ZERO;
+      count = n * SECTOR;
+    } else {
+      try {
+        const r = await blockStatusAboveFlags(srcBs, base, offset, Math.min(n * SECTOR, srcLen - offset));
+        flags = r.flags;
+        count = r.pnum;
+      } catch (e) {
+        env.o.error(`error while reading block status at offset ${offset}: ${errnoMessage(e)}`);
+        throw new ToolExit(1);
+      }
+    }
+    n = Math.ceil(count / SECTOR);
+    // Keep the next status query aligned to the source's clusters.
+    const tail = (sectorNum - curOffset + n) % s.srcAlignment[cur];
+    if (n > tail) n -= tail;
+    if (flags & BDRV_BLOCK_ZERO) s.status = postBackingZero ? 'backing' : 'zero';
+    else if (flags & BDRV_BLOCK_DATA) s.status = 'data';
+    else s.status = s.targetHasBacking ? 'backing' : 'data';
+    s.sectorNextStatus = sectorNum + n;
+  }
+  n = Math.min(n, s.sectorNextStatus - sectorNum);
+  if (s.status === 'data') n = Math.min(n, s.bufSectors);
+  return n;
+}
+
+/** convert_co_read: the sectors may span several sources (concatenation). */
+async function convertRead(s: ConvertState, sectorNum: number, nbSectors: number, buf: Uint8Array): Promise<void> {
+  let pos = 0;
+  while (nbSectors > 0) {
+    const { cur, curOffset } = selectPart(s, sectorNum);
+    const n = Math.min(nbSectors, s.srcSectors[cur] - (sectorNum - curOffset));
+    const bs = s.src[cur];
+    const off = (sectorNum - curOffset) * SECTOR;
+    const len = await bs.getLength();
+    const want = n * SECTOR;
+    const avail = Math.max(0, Math.min(want, len - off));
+    if (avail > 0) await bs.pread(off, buf.subarray(pos, pos + avail));
+    buf.fill(0, pos + avail, pos + want);
+    sectorNum += n;
+    nbSectors -= n;
+    pos += want;
+  }
+}
+
+/**
+ * convert_co_write. Every write of the chunk is issued before any is awaited, and `issued`
+ * runs once all of them are: the next chunk may then issue its own (see convertDoCopy).
+ */
+async function convertWrite(
+  s: ConvertState,
+  sectorNum: number,
+  nbSectors: number,
+  buf: Uint8Array,
+  status: Status,
+  issued: () => void,
+): Promise<void> {
+  const writes: Promise<void>[] = [];
+  let first = 0;
+  try {
+    while (nbSectors > 0) {
+      let n = nbSectors;
+      if (status !== 'backing') {
+        let writeData = status === 'data' && s.minSparse === 0;
+        if (status === 'data' && s.minSparse !== 0) {
+          const r = isAllocatedSectorsMin(buf, first, n, s.minSparse, sectorNum, s.alignment);
+          n = r.pnum;
+          writeData = r.ret;
+        }
+        if (writeData) {
+          writes.push(s.target.pwrite(sectorNum * SECTOR, buf.subarray(first * SECTOR, (first + n) * SECTOR)));
+        } else if (!s.hasZeroInit) {
+          writes.push(s.target.writeZeroes(sectorNum * SECTOR, n * SECTOR, { mayUnmap: true }));
+        }
+      }
+      sectorNum += n;
+      nbSectors -= n;
+      first += n;
+    }
+  } finally {
+    issued();
+  }
+  // Every write is waited for, failed or not (the buffer goes back to the pool after this),
+  // then the first failure is reported.
+  for (const r of await Promise.allSettled(writes)) if (r.status === 'rejected') throw r.reason;
+}
+
+export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines: number, wrInOrder: boolean, progress: Progress): Promise<void> {
+  // First pass: count what will be copied, for the progress meter.
+  let allocatedSectors = 0;
+  for (let sn = 0; sn < s.totalSectors; ) {
+    const n = await iterationSectors(env, s, sn);
+    if (s.status === 'data' || (!s.minSparse && s.status === 'zero')) allocatedSectors += n;
+    sn += n;
+  }
+  s.sectorNextStatus = 0;
+
+  let allocatedDone = 0;
+  let failed: unknown = null;
+  // In-order writes (qemu-img's default, without -W): each chunk issues its writes only after
+  // the previous chunk has issued its own, so the target sees them in image order and a
+  // format that allocates (QED) lays the clusters out in that order, as qemu-img does. Unlike
+  // qemu-img, a chunk does not wait for the previous write to complete: the target's own
+  // ordering (QED's allocation lock, taken in issue order) keeps the layout, and the next
+  // chunk's data goes down while the previous one's L2 update is still being written.
+  let lastIssued: Promise<void> = Promise.resolve();
+  const queue = new PQueue({ concurrency: numCoroutines });
+  // Chunk buffers are reused (at most one per queue slot is in use): no fresh, zero-filled
+  // buffer per chunk. A read fills every byte it is given (zeros past the source's end).
+  const freeBufs: Uint8Array[] = [];
+  const EMPTY = new Uint8Array(0);
+  let sectorNum = 0;
+  while (sectorNum < s.totalSectors && failed === null) {
+    let n = await iterationSectors(env, s, sectorNum);
+    let status = s.status;
+    if (!s.minSparse && status === 'zero') n = Math.min(n, s.bufSectors);
+    const start = sectorNum;
+    sectorNum += n;
+    if (status === 'data' || (!s.minSparse && status === 'zero')) {
+      allocatedDone += n;
+      progress.print((100 * allocatedDone) / allocatedSectors, 0);
+    }
+    const prevIssued = lastIssued;
+    let markIssued!: () => void;
+    lastIssued = new Promise<void>((resolve) => {
+      markIssued = resolve;
+    });
+    const myIssued = markIssued;
+    void queue.add(async () => {
+      // Only data chunks (read, or zeros written as data) need a buffer; they are at most
+      // bufSectors long. Zero runs written with writeZeroes and backing runs never touch it.
+      const needBuf = status === 'data' || (!s.minSparse && status === 'zero');
+      const pooled = needBuf ? (freeBufs.pop() ?? new Uint8Array(s.bufSectors * SECTOR)) : null;
+      try {
+        const buf = pooled === null ? EMPTY : pooled.subarray(0, n * SECTOR);
+        if (status === 'data') {
+          try {
+            await convertRead(s, start, n, buf);
+          } catch (e) {
+            if (failed === null) {
+              env.o.error(`error while reading at byte ${start * SECTOR}: ${errnoMessage(e)}`);
+              failed = e;
+            }
+          }
+        } else if (!s.minSparse && status === 'zero') {
+          // A reused buffer holds the previous chunk's bytes.
+          buf.fill(0);
+          status = 'data';
+        }
+        if (wrInOrder) await prevIssued;
+        if (failed === null) {
+          try {
+            await convertWrite(s, start, n, buf, status, myIssued);
+          } catch (e) {
+            if (failed === null) {
+              env.o.error(`error while writing at byte ${start * SECTOR}: ${errnoMessage(e)}`);
+              failed = e;
+            }
+          }
+        }
+      } finally {
+        if (pooled !== null) freeBufs.push(pooled);
+        // Also when this chunk wrote nothing (a read error, an earlier failure).
+        myIssued();
+      }
+    });
+    // Back-pressure: no more requests in flight than coroutines.
+    await queue.onSizeLessThan(1);
+  }
+  await queue.onIdle();
+  if (failed !== null) throw new ToolExit(1);
+}

@@ -1,0 +1,139 @@
+// blk-img info: image facts as qemu-img info prints them (human or QAPI ImageInfo JSON).
+import { isBlockError, type BlockDriverState } from '../../index.js';
+import { closeQuietly, rootOf } from '../shared/open.js';
+import { ToolExit, errorMessage } from '../shared/output.js';
+import { sizeToStr } from '../shared/printf.js';
+import { qemuPathCombine } from './chain.js';
+import type { ImgEnv } from './env.js';
+import { jsonObject, toJsonPretty, type JsonObject } from './json.js';
+import { imgOpen } from './open.js';
+import { FORCE_SHARE, FORMAT_LONG, HELP, IMAGE_OPTS, OBJECT, OUTPUT, imgArgs, oneFilename, parseImgOptions, parseOutputFormat, type ImgArgs, type ImgOption } from './options.js';
+
+/** QAPI ImageInfo, the fields QED and raw images can have. */
+export interface ImageInfo {
+  filename: string;
+  format: string;
+  dirtyFlag?: boolean;
+  actualSize?: number;
+  virtualSize: number;
+  clusterSize?: number;
+  backingFilename?: string;
+  fullBackingFilename?: string;
+  backingFilenameFormat?: string;
+}
+
+/** bdrv_query_image_info. */
+export async function queryImageInfo(bs: BlockDriverState, filename: string): Promise<ImageInfo> {
+  const info: ImageInfo = { filename, format: bs.driver.formatName, virtualSize: await bs.getLength() };
+  try {
+    info.actualSize = await bs.getAllocatedFileSize();
+  } catch {
+    // "disk size: unavailable"
+  }
+  try {
+    const bdi = await bs.getInfo();
+    if (bdi.clusterSize !== 0) info.clusterSize = bdi.clusterSize;
+    info.dirtyFlag = bdi.isDirty;
+  } catch (e) {
+    // Formats without get_info (raw) have no dirty state: clean by definition.
+    if (!isBlockError(e, 'ENOTSUP')) throw e;
+    info.dirtyFlag = false;
+  }
+  if (bs.backingFile !== '') {
+    info.backingFilename = bs.backingFile;
+    info.fullBackingFilename = qemuPathCombine(filename, bs.backingFile);
+    if (bs.backingFormat !== '') info.backingFilenameFormat = bs.backingFormat;
+  }
+  return info;
+}
+
+export function imageInfoJson(i: ImageInfo): JsonObject {
+  // Insertion order = QAPI field order (it only matters within a hash bucket).
+  return jsonObject([
+    ['filename', i.filename],
+    ['format', i.format],
+    ['dirty-flag', i.dirtyFlag],
+    ['actual-size', i.actualSize],
+    ['virtual-size', i.virtualSize],
+    ['cluster-size', i.clusterSize],
+    ['backing-filename', i.backingFilename],
+    ['full-backing-filename', i.fullBackingFilename],
+    ['backing-filename-format', i.backingFilenameFormat],
+  ]);
+}
+
+/** bdrv_image_info_dump. */
+export function imageInfoHuman(i: ImageInfo): string {
+  let s =
+    `image: ${i.filename}\n` +
+    `file format: ${i.format}\n` +
+    `virtual size: ${sizeToStr(i.virtualSize)} (${i.virtualSize} bytes)\n` +
+    `disk size: ${i.actualSize === undefined ? 'unavailable' : sizeToStr(i.actualSize)}\n`;
+  if (i.clusterSize !== undefined) s += `cluster_size: ${i.clusterSize}\n`;
+  if (i.dirtyFlag === true) s += 'cleanly shut down: no\n';
+  if (i.backingFilename !== undefined) {
+    s += `backing file: ${i.backingFilename}`;
+    if (i.fullBackingFilename === undefined) s += ' (cannot determine actual path)';
+    else if (i.fullBackingFilename !== i.backingFilename) s += ` (actual path: ${i.fullBackingFilename})`;
+    s += '\n';
+  }
+  if (i.backingFilenameFormat !== undefined) s += `backing file format: ${i.backingFilenameFormat}\n`;
+  return s;
+}
+
+interface InfoArgs extends ImgArgs {
+  chain: boolean;
+}
+
+const INFO_OPTIONS: readonly ImgOption<InfoArgs>[] = [
+  FORMAT_LONG,
+  HELP,
+  FORCE_SHARE,
+  OUTPUT,
+  { long: 'backing-chain', set: (s) => void (s.chain = true) },
+  OBJECT,
+  IMAGE_OPTS,
+];
+
+export async function imgInfo(env: ImgEnv, argv: string[]): Promise<number> {
+  const args: InfoArgs = { ...imgArgs(), chain: false };
+  const first = oneFilename(env, parseImgOptions(env, argv, INFO_OPTIONS, args));
+  const output = parseOutputFormat(env, args.output);
+  const { chain, forceShare } = args;
+
+  // collect_image_info_list: open each image without its backing file and follow the chain.
+  const infos: ImageInfo[] = [];
+  const seen = new Set<string>();
+  let filename: string | undefined = first;
+  let curFmt = args.fmt;
+  while (filename !== undefined) {
+    if (seen.has(filename)) {
+      env.o.error(`Backing file '${filename}' creates an infinite loop.`);
+      throw new ToolExit(1);
+    }
+    seen.add(filename);
+    const blk = await imgOpen(env, filename, { format: curFmt, readOnly: true, noBacking: true, forceShare });
+    let info: ImageInfo;
+    try {
+      info = await queryImageInfo(rootOf(blk), filename);
+    } catch (e) {
+      env.o.error(errorMessage(e));
+      throw new ToolExit(1);
+    } finally {
+      await closeQuietly(blk);
+    }
+    infos.push(info);
+    if (!chain) break;
+    filename = info.fullBackingFilename;
+    curFmt = info.backingFilenameFormat;
+  }
+
+  if (output === 'human') {
+    env.o.out(infos.map(imageInfoHuman).join('\n'));
+  } else if (chain) {
+    env.o.out(`${toJsonPretty(infos.map(imageInfoJson))}\n`);
+  } else {
+    env.o.out(`${toJsonPretty(imageInfoJson(infos[0]))}\n`);
+  }
+  return 0;
+}
