@@ -35,7 +35,7 @@ describe('browser entry', () => {
     const r = await bundle(join(root, 'src/browser.ts'), 'browser');
     expectNoNode(r.metafile);
     const { inputs } = importsOf(r.metafile);
-    for (const drv of ['qed', 'raw', 'mem', 'blkdebug', 'blkverify', 'powerloss', 'http']) {
+    for (const drv of ['qed', 'qcow2', 'raw', 'mem', 'blkdebug', 'blkverify', 'powerloss', 'http']) {
       expect(inputs.some((p) => p.includes(`src/drivers/${drv}/`))).toBe(true);
     }
   });
@@ -91,6 +91,7 @@ describe('browser entry', () => {
       expect(result?.back).toEqual([1, 2, 3]);
       expect(result?.drivers).toContain('http');
       expect(result?.drivers).toContain('qed');
+      expect(result?.drivers).toContain('qcow2');
       expect(result?.drivers).not.toContain('file');
     });
   });
