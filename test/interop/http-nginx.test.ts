@@ -57,6 +57,9 @@ maybe('http driver against nginx', () => {
     if (w.status !== 0) throw new Error(w.stderr);
     // A remote overlay naming its remote base relatively.
     q(['create', '-q', '-f', 'qed', '-b', 'base.qed', '-F', 'qed', 'mid.qed']);
+    q(['create', '-q', '-f', 'qcow2', 'base.qcow2', '1M']);
+    const w2 = runQemuIo(['-f', 'qcow2', '-c', 'write -P 0xab 0 64k', '-c', 'write -P 0xcd 256k 100k', 'base.qcow2'], { cwd: srv.www });
+    if (w2.status !== 0) throw new Error(w2.stderr);
     for (const f of readdirSync(srv.www)) before.set(f, sha(readFileSync(join(srv.www, f))));
   });
 
@@ -126,6 +129,8 @@ maybe('http driver against nginx', () => {
       ['map', '--output=json', `${srv.url}/base.qed`],
       ['info', `${srv.url}/data.raw`],
       ['map', '--output=json', `${srv.url}/data.raw`],
+      ['info', `${srv.url}/base.qcow2`],
+      ['map', '--output=json', `${srv.url}/base.qcow2`],
       ['info', '--backing-chain', `${srv.url}/mid.qed`],
       ['map', '--output=json', `${srv.url}/mid.qed`],
     ]) {
@@ -155,6 +160,9 @@ maybe('http driver against nginx', () => {
       ['create', '-f', 'qed', '-b', base, '-F', 'qed', 'ov.qed'],
       ['info', '--backing-chain', 'ov.qed'],
       ['map', '--output=json', 'ov.qed'],
+      ['create', '-f', 'qcow2', '-b', `${srv.url}/base.qcow2`, '-F', 'qcow2', 'ov.qcow2'],
+      ['info', '--backing-chain', 'ov.qcow2'],
+      ['map', '--output=json', 'ov.qcow2'],
     ]) {
       expect(await runOurs(args, db, false), args.join(' ')).toEqual(runTheirs(args, dq, false));
     }
