@@ -1,34 +1,29 @@
 /**
- * Public entry of blocklayer: the generic block layer plus a default registry holding every
- * built-in driver. Registration lives here (not in src/block) so that the core never imports
- * the drivers and no import cycle can form.
+ * Public entry of blocklayer for Node: the generic block layer plus a default registry holding
+ * every built-in driver, the host-file driver included, and http(s) over node:http. Browsers
+ * get src/browser.ts instead (the `browser` export condition). Registration lives here (not in
+ * src/block) so that the core never imports the drivers and no import cycle can form.
  */
 import { BlockDriverRegistry, setDefaultRegistry } from './block/registry.js';
-import { blkdebugDriver } from './drivers/blkdebug/index.js';
-import { blkverifyDriver } from './drivers/blkverify/index.js';
 import { fileDriver } from './drivers/file/index.js';
-import { memDriver } from './drivers/mem/index.js';
-import { powerlossDriver } from './drivers/powerloss/index.js';
-import { qedDriver } from './drivers/qed/index.js';
-import { rawDriver } from './drivers/raw/index.js';
+import { setHttpTransport } from './drivers/http/index.js';
+import { nodeHttpTransport } from './drivers/http/node-transport.js';
+import { portableDrivers } from './portable.js';
 
-export * from './block/index.js';
+export * from './portable.js';
 export { fileDriver } from './drivers/file/index.js';
-export * from './drivers/mem/index.js';
-export { rawDriver } from './drivers/raw/index.js';
-export { qedDriver } from './drivers/qed/index.js';
-export { blkdebugDriver } from './drivers/blkdebug/index.js';
-export { blkverifyDriver } from './drivers/blkverify/index.js';
-export { powerlossDriver } from './drivers/powerloss/index.js';
+export { nodeHttpTransport, type NodeHttpTransportOptions } from './drivers/http/node-transport.js';
 
 /**
- * The registry `BlockDriverState.open` and `bdrvCreate` use when none is passed. Order matters
- * for probing only on ties (the later registration wins): raw's weak claim (1) loses to any
- * magic match.
+ * The registry `BlockDriverState.open` and `bdrvCreate` use when none is passed: the host-file
+ * driver first (the default protocol), then the portable ones.
  */
 export const defaultRegistry = new BlockDriverRegistry();
-for (const drv of [fileDriver, memDriver, powerlossDriver, blkdebugDriver, blkverifyDriver, rawDriver, qedDriver]) {
+for (const drv of [fileDriver, ...portableDrivers]) {
   defaultRegistry.register(drv);
 }
 
 setDefaultRegistry(defaultRegistry);
+// node:https can trust an extra CA and switch certificate checks off (sslverify=off); fetch
+// cannot.
+setHttpTransport(nodeHttpTransport());

@@ -80,6 +80,12 @@ export function combineBackingPath(imageFilename: string, backingFile: string): 
   }
   const proto = protocolPrefix(imageFilename);
   const rest = proto === null ? imageFilename : imageFilename.slice(proto.length + 1);
+  // A URL (http://host/dir/a.qed) keeps its authority: the name replaces the last path
+  // component as it is, as path_combine does; the server resolves any '..'.
+  if (proto !== null && rest.startsWith('//')) {
+    const slash = imageFilename.lastIndexOf('/');
+    return slash > proto.length + 2 ? imageFilename.slice(0, slash + 1) + backingFile : `${imageFilename}/${backingFile}`;
+  }
   const dir = dirname(rest);
   const joined = dir === '.' ? normalize(backingFile) : resolve(dir, backingFile);
   return proto === null ? joined : `${proto}:${joined}`;

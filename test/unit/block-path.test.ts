@@ -43,6 +43,10 @@ describe('block/path', () => {
     expect(combineBackingPath('/img/sub/a.qed', '../b.raw')).toBe('/img/b.raw');
     expect(combineBackingPath('a.qed', 'b.raw')).toBe('b.raw');
     expect(combineBackingPath('rel/a.qed', 'b.raw')).toBe('rel/b.raw');
+    // URLs keep their host; the name replaces the last component verbatim.
+    expect(combineBackingPath('http://h:8080/d/a.qed', 'b.qed')).toBe('http://h:8080/d/b.qed');
+    expect(combineBackingPath('https://h/d/a.qed', '../b.qed')).toBe('https://h/d/../b.qed');
+    expect(combineBackingPath('http://h/d/a.qed', '/srv/b.qed')).toBe('/srv/b.qed');
     expect(combineBackingPath('/img/a.qed', '/abs/b.raw')).toBe('/abs/b.raw');
     expect(combineBackingPath('/img/a.qed', 'mem:b')).toBe('mem:b');
     expect(combineBackingPath('mem:dir/a.qed', 'b.raw')).toBe('mem:dir/b.raw');

@@ -1,0 +1,30 @@
+/**
+ * Public entry of blocklayer for browsers (`import 'blocklayer'` under the `browser` export
+ * condition, or `blocklayer/browser`): the generic block layer and every driver that needs no
+ * Node API (mem, raw, qed, blkdebug, blkverify, powerloss, http/https over fetch), registered
+ * in a default registry. No host-file driver: a page stores images in `mem:` (or a storage
+ * driver it registers itself) and reads remote ones over `https://`.
+ *
+ * Use:
+ *   import { BlockBackend, defaultRegistry } from 'blocklayer';     // bundler, browser target
+ *   defaultRegistry.register(myStorageDriver);                       // optional: more drivers
+ *   const blk = await BlockBackend.open('https://example.org/disk.qcow2', { readOnly: true });
+ *
+ * Remote images need a server that answers HEAD with Content-Length and `Accept-Ranges: bytes`
+ * and, cross-origin, CORS headers exposing Content-Length, Accept-Ranges and Content-Range
+ * (the browser drops the Cookie header: use the page's own cookies).
+ * setHttpTransport replaces fetch with any other HttpTransport. Nothing this file imports may
+ * import a `node:` module: test/unit/browser-bundle.test.ts bundles it and checks.
+ */
+import { BlockDriverRegistry, setDefaultRegistry } from './block/registry.js';
+import { portableDrivers } from './portable.js';
+
+export * from './portable.js';
+
+/** The registry `BlockDriverState.open` and `bdrvCreate` use when none is passed. */
+export const defaultRegistry = new BlockDriverRegistry();
+for (const drv of portableDrivers) {
+  defaultRegistry.register(drv);
+}
+
+setDefaultRegistry(defaultRegistry);
