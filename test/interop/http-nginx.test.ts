@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlockBackend, BlockError, BlockDriverRegistry, rawDriver, qedDriver } from '../../src/index.js';
 import { fetchTransport, makeHttpDrivers, nodeHttpTransport, setHttpTransport } from '../../src/index.js';
-import { main as ioMain } from '../../src/tools/io.js';
+import { main as ioMain } from '../../src/tools/io/main.js';
 import { runOurs, runTheirs } from './img-parity-harness.js';
 import { type Nginx, requireNginx, startNginx, startSilentServer } from './http-server.js';
 import { makeTempDir, removeTempDir, requireQemu, runQemuImg, runQemuIo } from './qemu.js';

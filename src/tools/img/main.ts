@@ -1,6 +1,8 @@
 // blk-img: the qemu-img 7.2 look-alike. main() parses the global options, dispatches to a
 // subcommand and returns the exit status; output goes through ToolOutput so that stdout is
 // buffered and stderr is not, as in QEMU.
+// Real files, cwd and clock for the command-line tool (a page keeps the portable host).
+import '../shared/host-node.js';
 import { ToolExit, ToolOutput, errorExit, errorMessage, progName, type ToolIO } from '../shared/output.js';
 import { imgCheck } from './check.js';
 import { imgCommit } from './commit.js';
