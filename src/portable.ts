@@ -19,7 +19,7 @@ export { rawDriver } from './drivers/raw/index.js';
 export { qedDriver } from './drivers/qed/index.js';
 export { blkdebugDriver } from './drivers/blkdebug/index.js';
 export { blkverifyDriver } from './drivers/blkverify/index.js';
-export { powerlossDriver } from './drivers/powerloss/index.js';
+export * from './drivers/powerloss/index.js';
 export * from './drivers/http/index.js';
 
 /**
