@@ -2,8 +2,8 @@
  * Public entry of blocklayer for browsers (`import 'blocklayer'` under the `browser` export
  * condition, or `blocklayer/browser`): the generic block layer and every driver that needs no
  * Node API (mem, raw, qed, blkdebug, blkverify, powerloss, http/https over fetch), registered
- * in a default registry. No host-file driver: a page stores images in `mem:` (or a storage
- * driver it registers itself) and reads remote ones over `https://`.
+ * in a default registry, plus `opfs:` (the Origin Private File System). No host-file driver: a
+ * page stores images in `mem:` or `opfs:` and reads remote ones over `https://`.
  *
  * Use:
  *   import { BlockBackend, defaultRegistry } from 'blocklayer';     // bundler, browser target
@@ -17,14 +17,19 @@
  * import a `node:` module: test/unit/browser-bundle.test.ts bundles it and checks.
  */
 import { BlockDriverRegistry, setDefaultRegistry } from './block/registry.js';
+import { opfsDriver } from './drivers/opfs/index.js';
 import { portableDrivers } from './portable.js';
 
 export * from './portable.js';
+export * from './drivers/opfs/index.js';
 
 /** The registry `BlockDriverState.open` and `bdrvCreate` use when none is passed. */
 export const defaultRegistry = new BlockDriverRegistry();
 for (const drv of portableDrivers) {
   defaultRegistry.register(drv);
 }
+// Browsers only: the Origin Private File System, through a worker the page hands over
+// (opfsSetPort).
+defaultRegistry.register(opfsDriver);
 
 setDefaultRegistry(defaultRegistry);
