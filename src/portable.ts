@@ -10,6 +10,7 @@ import { blkverifyDriver } from './drivers/blkverify/index.js';
 import { httpDriver, httpsDriver } from './drivers/http/index.js';
 import { memDriver } from './drivers/mem/index.js';
 import { powerlossDriver } from './drivers/powerloss/index.js';
+import { qcow2Driver } from './drivers/qcow2/index.js';
 import { qedDriver } from './drivers/qed/index.js';
 import { rawDriver } from './drivers/raw/index.js';
 
@@ -17,6 +18,7 @@ export * from './block/index.js';
 export * from './drivers/mem/index.js';
 export { rawDriver } from './drivers/raw/index.js';
 export { qedDriver } from './drivers/qed/index.js';
+export { qcow2Driver } from './drivers/qcow2/index.js';
 export { blkdebugDriver } from './drivers/blkdebug/index.js';
 export { blkverifyDriver } from './drivers/blkverify/index.js';
 export * from './drivers/powerloss/index.js';
@@ -33,6 +35,7 @@ export const portableDrivers: readonly BlockDriver[] = [
   blkverifyDriver,
   rawDriver,
   qedDriver,
+  qcow2Driver,
   httpDriver,
   httpsDriver,
 ];

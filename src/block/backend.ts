@@ -28,6 +28,8 @@ import {
 import { BlockError, toBlockError } from './errors.js';
 import type { IOVector } from './iovec.js';
 import { BlockDriverState, type NodeParent, type ReopenOptions } from './node.js';
+import { bdrvOpenOptions } from './open-options.js';
+import type { FlatQDict, QDictInput } from './qdict.js';
 
 /**
  * What a user does with its root node (QEMU's BLK_PERM_WRITE and BLK_PERM_RESIZE; consistent
@@ -94,13 +96,21 @@ export class BlockBackend {
   /**
    * blk_new_open: open `filename` (protocol, format, backing chain) and attach it. Without
    * `perm`, a read-write open takes write and resize (qemu-io's truncate), a read-only one none.
+   * `image` may also be a `json:` name or an options object (QEMU's QDict), with or without a
+   * `filename` beside it (blk_new_open(filename, options): qemu-io's `open -o ... NAME`); a
+   * root the options made read-only then refuses a read-write backend.
    */
-  static async open(filename: string, options: OpenOptions & { perm?: BlockPerm; sharedPerm?: BlockPerm } = {}): Promise<BlockBackend> {
+  static async open(
+    image: string | QDictInput | FlatQDict,
+    options: OpenOptions & { perm?: BlockPerm; sharedPerm?: BlockPerm } = {},
+    filename: string | null = null,
+  ): Promise<BlockBackend> {
     const { perm, sharedPerm, ...openOpts } = options;
     const rw = !(openOpts.readOnly ?? false);
     const blk = new BlockBackend({ perm: perm ?? { write: rw, resize: rw }, sharedPerm });
     // Opened as a child: the node may grow, the backend's checks bound the user.
-    const bs = await BlockDriverState.open(filename, { ...openOpts, child: true });
+    const rootOpts: OpenOptions = { ...openOpts, child: true };
+    const bs = typeof image === 'string' ? await BlockDriverState.open(image, rootOpts) : await bdrvOpenOptions(image, rootOpts, filename);
     try {
       blk.attach(bs);
     } catch (e) {

@@ -3,6 +3,8 @@ import type { Clock } from './clock.js';
 import type { BlkDebugEvent } from './events.js';
 import type { IOVector } from './iovec.js';
 import type { BlockDriverState } from './node.js';
+import type { RuntimeOptionSpec } from './options.js';
+import type { FlatQDict } from './qdict.js';
 import type { BlockDriverRegistry } from './registry.js';
 
 export const BDRV_SECTOR_SIZE = 512;
@@ -51,6 +53,16 @@ export interface BlockStatus {
 export interface BlockDriverInfo {
   clusterSize: number;
   isDirty: boolean;
+}
+
+/**
+ * Format-specific image information (QEMU's ImageInfoSpecific): `kind` names the format,
+ * `data` holds QEMU's fields under their QAPI names ('compat', 'refcount-bits', ...) in
+ * QEMU's order, ready for `info --output=json` and the human-readable block.
+ */
+export interface ImageInfoSpecific {
+  kind: string;
+  data: Record<string, string | number | boolean>;
 }
 
 /** BdrvCheckResult. */
@@ -113,6 +125,11 @@ export interface OpenOptions {
   registry?: BlockDriverRegistry;
   /** Driver-specific options (blkdebug's config, for example). */
   driverOptions?: Record<string, string>;
+  /**
+   * Where a deprecation warning met while opening goes (QEMU's warn_report: the tools print
+   * "prog: warning: ..."). Ignored when absent.
+   */
+  onWarning?: (message: string) => void;
   /** How deep in a backing chain this node is opened; the generic layer sets it. */
   depth?: number;
   /**
@@ -201,11 +218,18 @@ export interface BlockDriver {
   readonly truncatePreallocates?: boolean;
   readonly createOptions?: readonly CreateOptionSpec[];
   /**
-   * The names of the driver's own open options, taken in OpenOptions.driverOptions (QEMU's
-   * runtime options of a driver: blkdebug's `config`). A user's option that no node takes is
-   * refused.
+   * The options this driver takes at open besides the generic ones (QEMU's runtime_opts):
+   * from `-o`, `--image-opts` or `json:` they reach the open hook in
+   * `OpenOptions.driverOptions`; any other key is refused with QEMU's "Block format 'x' does
+   * not support the option 'y'". Absent means none.
    */
-  readonly openOptions?: readonly string[];
+  readonly runtimeOptions?: readonly RuntimeOptionSpec[];
+  /**
+   * Turn a filename into this driver's options (bdrv_parse_filename), for a filename that
+   * names the driver by its prefix or by default: sets `filename` and whatever else the name
+   * encodes. Pure.
+   */
+  parseFilename?(filename: string, options: FlatQDict): void;
   /**
    * Warnings about create options that are valid but unwise (QED: a table_size QEMU cannot
    * open). qemu-img's create prints them with warn_report before creating; the library never
@@ -244,6 +268,12 @@ export interface BlockDriver {
   aioReadv?(bs: BlockDriverState, sectorNum: number, qiov: IOVector, nbSectors: number, cb: CompletionFunc): BlockAIOCB;
   aioWritev?(bs: BlockDriverState, sectorNum: number, qiov: IOVector, nbSectors: number, cb: CompletionFunc): BlockAIOCB;
   coFlush?(bs: BlockDriverState): Promise<void>;
+  /**
+   * Write whole clusters compressed (QEMU's bdrv_co_pwritev_compressed_part; qemu-io write -c,
+   * qemu-img convert -c): `offset` cluster-aligned, `bytes` a whole cluster or the image's tail.
+   * Not yet routed through the generic layer: callers check bounds and permissions first.
+   */
+  coPwritevCompressed?(bs: BlockDriverState, offset: number, bytes: number, qiov: IOVector): Promise<void>;
 
   /** Block status of [offset, offset+bytes); `pnum` may be shorter than `bytes`. */
   coBlockStatus?(bs: BlockDriverState, offset: number, bytes: number): Promise<BlockStatus>;
@@ -259,6 +289,8 @@ export interface BlockDriver {
   /** Bytes the image occupies on the host (qemu-img info's disk size). */
   getAllocatedFileSize?(bs: BlockDriverState): Promise<number>;
   getInfo?(bs: BlockDriverState): Promise<BlockDriverInfo>;
+  /** bdrv_get_specific_info: the "Format specific information" of `qemu-img info`. */
+  getSpecificInfo?(bs: BlockDriverState): Promise<ImageInfoSpecific>;
   changeBackingFile?(bs: BlockDriverState, backingFile: string | null, backingFmt: string | null): Promise<void>;
   invalidateCache?(bs: BlockDriverState): Promise<void>;
   check?(bs: BlockDriverState, fix: CheckFix): Promise<CheckResult>;

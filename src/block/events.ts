@@ -49,6 +49,10 @@ export const BLKDBG_EVENTS = [
   'pwritev_zero',
   'pwritev_done',
   'empty_image_prepare',
+  'l1_shrink_write_table',
+  'l1_shrink_free_l2_clusters',
+  'cor_write',
+  'cluster_alloc_space',
 ] as const;
 
 export type BlkDebugEvent = (typeof BLKDBG_EVENTS)[number];

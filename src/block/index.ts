@@ -12,3 +12,8 @@ export * from './create.js';
 export * from './debug.js';
 export { combineBackingPath, protocolPrefix, canonicalImageName } from './path.js';
 export * as blockPath from './path.js';
+export * from './options.js';
+export * from './qdict.js';
+export { parseQemuJson, formatQemuJson, quoteJsonString, type QValue } from './qjson.js';
+export * from './objects.js';
+export { bdrvOpenOptions } from './open-options.js';

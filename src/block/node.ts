@@ -42,6 +42,8 @@ import { NO_FLAGS, bdrvDiscard, bdrvPwritev, bdrvWriteZeroes } from './io/write.
 import { IOVector } from './iovec.js';
 import { bdrvClose, bdrvDrain, bdrvReopen, closeChildren } from './lifecycle.js';
 import { bdrvOpenChain, driverOpen } from './open.js';
+import { bdrvOpenOptions } from './open-options.js';
+import type { QDictInput } from './qdict.js';
 import { bdrvChangeBackingFile, bdrvCheck, bdrvGetAllocatedFileSize, bdrvGetInfo, bdrvInvalidateCache, bdrvMakeEmpty, nodeSummary } from './info.js';
 import { BlockDriverRegistry, driverIO, getDefaultRegistry } from './registry.js';
 import { bdrvBlockStatus, bdrvBlockStatusAbove, bdrvIsAllocated, bdrvIsAllocatedAbove, type Allocation } from './status.js';
@@ -139,7 +141,9 @@ export class BlockDriverState {
    * Open an image: the protocol (or filter) node for `filename`, then the format node over it
    * (given or probed), then, unless noBacking, its backing chain read-only (open.ts).
    */
-  static async open(filename: string, options: OpenOptions = {}): Promise<BlockDriverState> {
+  static async open(filename: string | QDictInput, options: OpenOptions = {}): Promise<BlockDriverState> {
+    // QEMU's option model: an options object (or a json: name, see open.ts) opens node by node.
+    if (typeof filename !== 'string') return bdrvOpenOptions(filename, options);
     return bdrvOpenChain(filename, options, []);
   }
 

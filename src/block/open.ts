@@ -11,6 +11,8 @@ import { type BlockDriver, type OpenOptions } from './driver.js';
 import { BlockError, toBlockError } from './errors.js';
 import { closeChildren } from './lifecycle.js';
 import { BlockDriverState } from './node.js';
+import { bdrvOpenOptions } from './open-options.js';
+import { JSON_PREFIX, canonicalProtocolFilename } from './options.js';
 import { canonicalImageName, combineBackingPath } from './path.js';
 
 /** Longest backing chain we open below a top image (crosvm-style hard limit). */
@@ -24,16 +26,23 @@ export async function bdrvOpenChain(filename: string, options: OpenOptions, chai
   if (typeof filename !== 'string' || filename === '') {
     throw new BlockError('EINVAL', 'An image file name is required', { op: 'open' });
   }
+  // A json: name (the user's, or a backing file recorded so) opens through the options; a
+  // format asked for beside it wins over the one inside, as given options win in QEMU.
+  if (filename.startsWith(JSON_PREFIX)) {
+    return bdrvOpenOptions(options.format === undefined ? {} : { driver: options.format }, options, filename);
+  }
   const registry = options.registry ?? getDefaultRegistry();
   const opts: OpenOptions = { ...options, registry, depth: options.depth ?? 0 };
   const requested = opts.format === undefined ? undefined : registry.require(opts.format);
 
   // Asking for a protocol or filter as the format opens that node alone (-f file, -f mem).
   if (requested && (requested.isProtocol || requested.isFilter)) {
-    return openNode(requested, filename, opts);
+    return openNode(requested, canonicalProtocolFilename(registry, filename, requested), opts);
   }
 
   const protoDrv = registry.findProtocol(filename);
+  // The name as the protocol reads it (`file:a:b.qed` is ./a:b.qed), for every node.
+  filename = canonicalProtocolFilename(registry, filename, protoDrv);
   // The protocol (or filter) node gets only what concerns storage: format-level options
   // (copy-on-read, check, backing) belong to the format node above it.
   const protoOpts: OpenOptions = {
@@ -51,16 +60,7 @@ export async function bdrvOpenChain(filename: string, options: OpenOptions, chai
   const proto = await openNode(protoDrv, filename, protoOpts);
   let bs: BlockDriverState | null = null;
   try {
-    let fmtDrv = requested;
-    if (!fmtDrv) {
-      // QEMU probes a full 2 KiB buffer; a shorter file reads as zeros past its end, so a
-      // 40-byte file starting with a magic still probes as that format.
-      const len = await proto.getLength();
-      const buf = new Uint8Array(BLOCK_PROBE_BUF_SIZE);
-      const n = Math.min(BLOCK_PROBE_BUF_SIZE, len);
-      if (n > 0) await proto.pread(0, buf.subarray(0, n));
-      fmtDrv = registry.probe(buf, filename);
-    }
+    const fmtDrv = requested ?? (await probeFormat(proto, filename));
     bs = new BlockDriverState(fmtDrv, filename, opts);
     bs.file = proto;
     await bs.driverOpen();
@@ -76,6 +76,16 @@ export async function bdrvOpenChain(filename: string, options: OpenOptions, chai
     else await proto.close().catch(() => undefined);
     throw e;
   }
+}
+
+/** find_image_format: the format whose probe scores the file's first bytes highest. */
+export async function probeFormat(file: BlockDriverState, filename: string): Promise<BlockDriver> {
+  // QEMU probes a full 2 KiB buffer; a shorter file reads as zeros past its end, so a
+  // 40-byte file starting with a magic still probes as that format.
+  const buf = new Uint8Array(BLOCK_PROBE_BUF_SIZE);
+  const n = Math.min(BLOCK_PROBE_BUF_SIZE, await file.getLength());
+  if (n > 0) await file.pread(0, buf.subarray(0, n));
+  return file.registry.probe(buf, filename);
 }
 
 async function openNode(drv: BlockDriver, filename: string, opts: OpenOptions): Promise<BlockDriverState> {
@@ -107,7 +117,12 @@ export function storageFilename(bs: BlockDriverState): string {
   return name;
 }
 
-async function openBacking(bs: BlockDriverState, chain: string[]): Promise<void> {
+/**
+ * Open the backing file `bs` records (fullBackingFilename) read-only and hang it on
+ * `backing`, refusing cycles and chains deeper than MAX_BACKING_DEPTH. `chain` holds the
+ * canonical names of the images above (by default just `bs`'s own).
+ */
+export async function openBacking(bs: BlockDriverState, chain: string[] = [canonicalImageName(storageFilename(bs))]): Promise<void> {
   const full = bs.fullBackingFilename;
   const depth = bs.depth + 1;
   const canon = canonicalImageName(full);

@@ -87,7 +87,13 @@ export function combineBackingPath(imageFilename: string, backingFile: string): 
     return slash > proto.length + 2 ? imageFilename.slice(0, slash + 1) + backingFile : `${imageFilename}/${backingFile}`;
   }
   const dir = dirname(rest);
-  const joined = dir === '.' ? normalize(backingFile) : resolve(dir, backingFile);
+  let joined = dir === '.' ? normalize(backingFile) : resolve(dir, backingFile);
+  // A host path keeps the image's leading './' (QEMU's path_combine keeps the directory as
+  // written), and gets one when the result would otherwise read as a protocol prefix
+  // ('./a:b/top.qed' + 'base.qed' is './a:b/base.qed', not protocol 'a').
+  if (proto === null && !isAbsolute(joined) && !joined.startsWith('../')) {
+    if (rest.startsWith('./') || protocolPrefix(joined) !== null) joined = `./${joined}`;
+  }
   return proto === null ? joined : `${proto}:${joined}`;
 }
 

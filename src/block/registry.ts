@@ -4,6 +4,7 @@ import { BDRV_SECTOR_SIZE } from './driver.js';
 import { BlockError } from './errors.js';
 import type { IOVector } from './iovec.js';
 import type { BlockDriverState } from './node.js';
+import { protocolPrefix } from './path.js';
 
 /** Bytes handed to probe(): QEMU's BLOCK_PROBE_BUF_SIZE. */
 export const BLOCK_PROBE_BUF_SIZE = 2048;
@@ -128,12 +129,17 @@ export class BlockDriverRegistry {
   }
 
   /**
-   * The driver that handles `filename`: one whose protocolName prefixes it (`mem:disk0`),
-   * else the host-file driver named 'file'.
+   * The driver that handles `filename` (bdrv_find_protocol): the one whose protocolName is
+   * the name's prefix (`mem:disk0`), else the host-file driver named 'file'. As in QEMU, a
+   * prefix is a colon before any slash, and one no driver claims is an error: `a:b.qed` is
+   * "Unknown protocol 'a'" (`file:a:b.qed` or `./a:b.qed` name that file).
    */
   findProtocol(filename: string): BlockDriver {
-    for (const d of this.drivers) {
-      if (d.protocolName !== undefined && filename.startsWith(`${d.protocolName}:`)) return d;
+    const proto = protocolPrefix(filename);
+    if (proto !== null) {
+      const d = this.drivers.find((x) => x.protocolName === proto);
+      if (d) return d;
+      throw new BlockError('EINVAL', `Unknown protocol '${proto}'`, { op: 'open', path: filename });
     }
     const file = this.find('file');
     if (!file) {

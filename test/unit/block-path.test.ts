@@ -52,6 +52,10 @@ describe('block/path', () => {
     expect(combineBackingPath('mem:dir/a.qed', 'b.raw')).toBe('mem:dir/b.raw');
     expect(combineBackingPath('mem:a.qed', 'b.raw')).toBe('mem:b.raw');
     expect(combineBackingPath('mem:dir/a.qed', '/abs')).toBe('/abs');
+    // A colon name stays a plain path, and './' is kept as QEMU's path_combine keeps it.
+    expect(combineBackingPath('./a:b.qed', 'base.qed')).toBe('./base.qed');
+    expect(combineBackingPath('./a:b/top.qed', 'base.qed')).toBe('./a:b/base.qed');
+    expect(combineBackingPath('d/x:top.qed', 'base.qed')).toBe('d/base.qed');
   });
 
   it('canonical names compare equal for equal images', () => {

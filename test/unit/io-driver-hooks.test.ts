@@ -76,8 +76,8 @@ describe('driver warnings', () => {
 
 describe('driver properties the tools read', () => {
   it('blkdebug names its own open option; other drivers none', () => {
-    expect(defaultRegistry.require('blkdebug').openOptions).toEqual(['config']);
-    expect(defaultRegistry.require('qed').openOptions).toBeUndefined();
+    expect(defaultRegistry.require('blkdebug').runtimeOptions?.map((o) => o.name)).toEqual(['config']);
+    expect(defaultRegistry.require('qed').runtimeOptions).toBeUndefined();
   });
 
   async function io(args: string[]): Promise<string> {

@@ -157,12 +157,13 @@ export const blkdebugDriver: BlockDriver = {
   formatName: 'blkdebug',
   protocolName: 'blkdebug',
   isFilter: true,
-  openOptions: ['config'],
   debugBreakpoint: (bs, event, tag) => blkdebugBreak(bs, event, tag),
   debugRemoveBreakpoint: (bs, tag) => blkdebugRemoveBreak(bs, tag),
   debugResume: (bs, tag) => blkdebugResume(bs, tag),
   debugIsSuspended: (bs, tag) => blkdebugIsSuspended(bs, tag),
   requestAlignment: 1,
+  // The rules file, when the filename names none (config= in -o / --image-opts / json:).
+  runtimeOptions: [{ name: 'config', type: 'string', help: 'Path to the configuration file' }],
 
   open: blkdebugOpen,
   close: blkdebugClose,

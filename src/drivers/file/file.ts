@@ -25,6 +25,7 @@ import {
 import { CoQueue } from '../../block/coroutine.js';
 import { BlockError, ERRNO_MESSAGES, type BlockErrorCode, toBlockError } from '../../block/errors.js';
 import type { IOVector } from '../../block/iovec.js';
+import { stripProtocolPrefix } from '../../block/options.js';
 import type { BlockDriverState } from '../../block/node.js';
 import { type SeekAddon, seekAddon } from './seek.js';
 
@@ -710,6 +711,10 @@ export const fileDriver: BlockDriver = {
     { name: 'preallocation', key: 'preallocation', type: 'string', help: 'Preallocation mode (allowed values: off, falloc, full)' },
     { name: 'extent_size_hint', key: 'extentSizeHint', type: 'size', help: 'Extent size hint for the image file, 0 to disable' },
   ],
+  // `file:a:b.qed` is the file ./a:b.qed (QEMU's bdrv_parse_filename_strip_prefix).
+  parseFilename(filename, options) {
+    options.set('filename', stripProtocolPrefix(filename, 'file:'));
+  },
   open: fileOpen,
   close: fileClose,
   create: fileCreate,

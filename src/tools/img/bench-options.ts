@@ -30,6 +30,8 @@ export interface BenchOptions {
   cache: CacheMode;
   aio: AioMode;
   forceShare: boolean;
+  /** --image-opts: the file name is an option string. */
+  imageOpts: boolean;
 }
 
 const INT_MAX = 2147483647;
@@ -83,6 +85,7 @@ export function defaultBenchOptions(): BenchOptions {
     cache: 'writeback',
     aio: 'threads',
     forceShare: false,
+    imageOpts: false,
   };
 }
 
@@ -123,6 +126,7 @@ const BENCH_OPTIONS: readonly BenchOption[] = [
   count(undefined, 'pattern', 0xff, 'pattern byte', (s, v) => void (s.pattern = v)),
   { long: 'no-drain', set: (s) => void (s.drainOnFlush = false) },
   { short: 'U', long: 'force-share', set: (s) => void (s.forceShare = true) },
+  { long: 'image-opts', set: (s) => void (s.imageOpts = true) },
 ];
 
 /**

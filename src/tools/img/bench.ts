@@ -3,6 +3,7 @@
 // recycles a fixed set of request slots (buffer, vector, callback), so the measured loop
 // allocates nothing per request.
 import { BDRV_SECTOR_SIZE, BlockBackend, ERRNO_MESSAGES, IOVector, toBlockError, type BlockError } from '../../index.js';
+import { openImageOpts } from '../shared/image-opts.js';
 import { ToolExit, ToolOutput, errorMessage } from '../shared/output.js';
 import { formatFixed } from '../shared/printf.js';
 import { parseBenchArgs, type BenchOptions, type BenchSinks } from './bench-options.js';
@@ -187,13 +188,12 @@ async function openForBench(o: ToolOutput, opts: BenchOptions): Promise<BlockBac
     );
     throw new ToolExit(1);
   }
+  const base = { readOnly: !opts.write, noFlush: opts.cache === 'unsafe' };
+  if (opts.imageOpts) {
+    return openImageOpts(o, opts.filename, { base, format: opts.format, forceShare: opts.forceShare, failStatus: 1 });
+  }
   try {
-    return await BlockBackend.open(opts.filename, {
-      format: opts.format,
-      readOnly: !opts.write,
-      noFlush: opts.cache === 'unsafe',
-      forceShare: opts.forceShare,
-    });
+    return await BlockBackend.open(opts.filename, { ...base, format: opts.format, forceShare: opts.forceShare });
   } catch (e) {
     o.error(`Could not open '${opts.filename}': ${errorMessage(e)}`);
     throw new ToolExit(1);

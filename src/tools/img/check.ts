@@ -99,7 +99,7 @@ export async function imgCheck(env: ImgEnv, argv: string[]): Promise<number> {
   const output = parseOutputFormat(env, args.output);
   const { fix, quiet } = args;
 
-  const blk = await imgOpen(env, filename, { format: args.fmt, readOnly: !args.repair, check: true, forceShare: args.forceShare });
+  const blk = await imgOpen(env, filename, { imageOpts: args.imageOpts, format: args.fmt, readOnly: !args.repair, check: true, forceShare: args.forceShare });
   const bs = rootOf(blk);
   try {
     let check: ImageCheck;

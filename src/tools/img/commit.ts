@@ -46,7 +46,7 @@ export async function imgCommit(env: ImgEnv, argv: string[]): Promise<number> {
   const filename = oneFilename(env, parseImgOptions(env, argv, COMMIT_OPTIONS, args));
   const { base, drop, quiet } = args;
   checkCacheMode(env, args.cache, 'cache');
-  const blk = await imgOpen(env, filename, { format: args.fmt });
+  const blk = await imgOpen(env, filename, { imageOpts: args.imageOpts, format: args.fmt });
   const bs = rootOf(blk);
   const progress = new Progress(env.o, args.progress && !quiet, 1.0);
   progress.print(0, 100);

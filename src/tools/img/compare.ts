@@ -7,7 +7,7 @@ import { ToolExit, errnoMessage, errorExit } from '../shared/output.js';
 import { BDRV_BLOCK_ALLOCATED, BDRV_BLOCK_ZERO, blockStatusAboveFlags } from './block-status.js';
 import type { ImgEnv } from './env.js';
 import { imgOpen } from './open.js';
-import { FORCE_SHARE, FORMAT, HELP, IMAGE_OPTS, OBJECT, PROGRESS, QUIET, SRC_CACHE, checkCacheMode, imgArgs, parseImgOptions, type ImgArgs, type ImgOption } from './options.js';
+import { FORCE_SHARE, FORMAT, HELP, IMAGE_OPTS, OBJECT_EXIT2, PROGRESS, QUIET, SRC_CACHE, checkCacheMode, imgArgs, parseImgOptions, type ImgArgs, type ImgOption } from './options.js';
 import { Progress } from './progress.js';
 
 /** Compare/check buffer size (IO_BUF_SIZE). */
@@ -54,7 +54,7 @@ const COMPARE_OPTIONS: readonly ImgOption<CompareArgs>[] = [
   QUIET,
   { short: 's', set: (s) => void (s.strict = true) },
   FORCE_SHARE,
-  OBJECT,
+  OBJECT_EXIT2,
   IMAGE_OPTS,
 ];
 
@@ -77,8 +77,8 @@ export async function imgCompare(env: ImgEnv, argv: string[]): Promise<number> {
       if (e instanceof ToolExit) return 2;
       throw e;
     }
-    bs1 = await imgOpen(env, filename1, { format: fmt1, readOnly: true, forceShare }, 2);
-    bs2 = await imgOpen(env, filename2, { format: fmt2, readOnly: true, forceShare }, 2);
+    bs1 = await imgOpen(env, filename1, { imageOpts: args.imageOpts, format: fmt1, readOnly: true, forceShare }, 2);
+    bs2 = await imgOpen(env, filename2, { imageOpts: args.imageOpts, format: fmt2, readOnly: true, forceShare }, 2);
     const total1 = await bs1.getLength();
     const total2 = await bs2.getLength();
     const totalSize = Math.min(total1, total2);

@@ -33,7 +33,9 @@ const MAX_BUF_SECTORS = 32768;
 const MAX_COROUTINES = 16;
 
 interface ConvertArgs extends ImgArgs {
-  outFmt: string;
+  /** -O; raw when not given (and the options' own with --target-image-opts). */
+  outFmt: string | null;
+  tgtImageOpts: boolean;
   outBaseimg: string | null;
   backingFmt: string | null;
   options: string | null;
@@ -114,7 +116,8 @@ const CONVERT_OPTIONS: readonly ImgOption<ConvertArgs>[] = [
 export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
   const args: ConvertArgs = {
     ...imgArgs('unsafe'),
-    outFmt: 'raw',
+    outFmt: null,
+    tgtImageOpts: false,
     outBaseimg: null,
     backingFmt: null,
     options: null,
@@ -133,13 +136,17 @@ export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
   const { fmt, cache, srcCache, skipCreate, minSparse, numCoroutines, wrInOrder, forceShare, targetIsZero, options, backingFmt } = args;
   const { copyRange, compressed, explicitMinSparse, snapshot, bitmaps } = args;
   let outBaseimg = args.outBaseimg;
-  const targetFmt = args.outFmt;
+  const targetFmt = args.outFmt ?? 'raw';
   if (compressed && copyRange) {
     env.o.error('Cannot enable copy offloading when -c is used');
     return 1;
   }
   if (explicitMinSparse && copyRange) {
     env.o.error('Cannot enable copy offloading when -S is used');
+    return 1;
+  }
+  if (args.tgtImageOpts && !skipCreate) {
+    env.o.error('--target-image-opts requires use of -n flag');
     return 1;
   }
   if (targetIsZero && !skipCreate) {
@@ -178,7 +185,7 @@ export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
       sectorNextStatus: 0,
     };
     for (const name of s.srcNames) {
-      const blk = await imgOpen(env, name, { format: fmt, readOnly: true, forceShare });
+      const blk = await imgOpen(env, name, { imageOpts: args.imageOpts, format: fmt, readOnly: true, forceShare });
       src.push(blk);
       const bs = rootOf(blk);
       const sectors = Math.ceil((await blk.getLength()) / SECTOR);
@@ -270,7 +277,9 @@ export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
     }
     checkCacheMode(env, cache, 'cache');
     // -t unsafe (convert's default, as in qemu-img): no host flush, not even at close.
-    target = await imgOpen(env, outFile, { format: targetFmt, noFlush: cache === 'unsafe' });
+    // With --target-image-opts the format is the options' own (-O and it exclude each other).
+    const tgtFormat = args.tgtImageOpts ? (args.outFmt ?? undefined) : targetFmt;
+    target = await imgOpen(env, outFile, { imageOpts: args.tgtImageOpts, format: tgtFormat, noFlush: cache === 'unsafe' });
     s.target = target;
     const targetBs = rootOf(target);
     s.alignment = Math.max(pow2floor(s.minSparse), Math.ceil(targetBs.requestAlignment / SECTOR));

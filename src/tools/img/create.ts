@@ -83,6 +83,8 @@ export interface ImgCreateParams {
 export async function imgCreateImage(env: ImgEnv, p: ImgCreateParams): Promise<void> {
   const drv = findCreateDriver(env, p.fmt);
   if (typeof drv === 'string') throw new Error(drv);
+  // bdrv_find_protocol before anything else: `json:{...}` or `x:y` is "Unknown protocol".
+  env.registry.findProtocol(p.filename);
   // The protocol's options (file: preallocation, nocow, extent_size_hint) are taken too.
   const specs = createOptionSpecs(drv, protocolOf(env, p.filename));
   const opts = parseCreateOptions(drv, p.options, protocolOf(env, p.filename));
@@ -134,7 +136,9 @@ export async function imgCreateImage(env: ImgEnv, p: ImgCreateParams): Promise<v
     for (const spec of specs) {
       const v = opts.get(spec.name) ?? spec.default;
       if (v === undefined) continue;
-      parts.push(`${spec.name}=${typeof v === 'boolean' ? (v ? 'on' : 'off') : String(v)}`);
+      // qemu_opts_print doubles the commas of string values (json: backing names have them).
+      const text = typeof v === 'boolean' ? (v ? 'on' : 'off') : spec.type === 'string' ? String(v).replaceAll(',', ',,') : String(v);
+      parts.push(`${spec.name}=${text}`);
     }
     env.o.out(`Formatting '${p.filename}', fmt=${p.fmt} ${parts.join(' ')}\n`);
     env.o.flush();

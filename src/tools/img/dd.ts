@@ -8,7 +8,7 @@ import { cvtnum, cvtnumFull } from '../shared/size.js';
 import { createErrorMessage, createImageFile, findCreateDriver, reportWithPrefix } from './create.js';
 import type { ImgEnv } from './env.js';
 import { imgOpen } from './open.js';
-import { FORCE_SHARE, FORMAT, HELP, IMAGE_OPTS, TARGET_IMAGE_OPTS, parseImgOptions, type ImgOption } from './options.js';
+import { FORCE_SHARE, FORMAT, HELP, IMAGE_OPTS, OBJECT, parseImgOptions, type ImgOption } from './options.js';
 
 const INT_MAX = 2147483647n;
 
@@ -16,6 +16,7 @@ interface DdArgs {
   fmt: string | undefined;
   outFmt: string;
   forceShare: boolean;
+  imageOpts: boolean;
 }
 
 const DD_OPTIONS: readonly ImgOption<DdArgs>[] = [
@@ -23,12 +24,12 @@ const DD_OPTIONS: readonly ImgOption<DdArgs>[] = [
   FORMAT,
   { short: 'O', arg: 1, set: (s, arg) => void (s.outFmt = arg) },
   FORCE_SHARE,
+  OBJECT,
   IMAGE_OPTS,
-  TARGET_IMAGE_OPTS,
 ];
 
 export async function imgDd(env: ImgEnv, argv: string[]): Promise<number> {
-  const args: DdArgs = { fmt: undefined, outFmt: 'raw', forceShare: false };
+  const args: DdArgs = { fmt: undefined, outFmt: 'raw', forceShare: false, imageOpts: false };
   const rest = parseImgOptions(env, argv, DD_OPTIONS, args);
   const { fmt, outFmt, forceShare } = args;
   let bsz = 512;
@@ -65,7 +66,7 @@ export async function imgDd(env: ImgEnv, argv: string[]): Promise<number> {
     env.o.error('Must specify both input and output files');
     return 1;
   }
-  const blk1 = await imgOpen(env, inFile, { format: fmt, readOnly: true, forceShare });
+  const blk1 = await imgOpen(env, inFile, { imageOpts: args.imageOpts, format: fmt, readOnly: true, forceShare });
   let blk2: BlockBackend | null = null;
   try {
     const drv = findCreateDriver(env, outFmt, 'Unknown file format');

@@ -1,14 +1,16 @@
-// What every blk-img subcommand runs with: the output and the driver registry.
-import { defaultRegistry, type BlockDriverRegistry } from '../../index.js';
+// What every blk-img subcommand runs with: the output, the driver registry, the objects.
+import { ObjectTable, defaultRegistry, type BlockDriverRegistry } from '../../index.js';
 import type { ToolOutput } from '../shared/output.js';
 
 export interface ImgEnv {
   o: ToolOutput;
   registry: BlockDriverRegistry;
+  /** The --object definitions of this run. */
+  objects: ObjectTable;
 }
 
 export function makeEnv(o: ToolOutput, registry: BlockDriverRegistry = defaultRegistry): ImgEnv {
-  return { o, registry };
+  return { o, registry, objects: new ObjectTable() };
 }
 
 /** Thrown by a subcommand's -h: the dispatcher prints the help text and exits 0. */

@@ -1,11 +1,11 @@
 // blk-img info: image facts as qemu-img info prints them (human or QAPI ImageInfo JSON).
-import { isBlockError, type BlockDriverState } from '../../index.js';
+import { isBlockError, type BlockDriverState, type ImageInfoSpecific } from '../../index.js';
 import { closeQuietly, rootOf } from '../shared/open.js';
 import { ToolExit, errorMessage } from '../shared/output.js';
 import { sizeToStr } from '../shared/printf.js';
 import { qemuPathCombine } from './chain.js';
 import type { ImgEnv } from './env.js';
-import { jsonObject, toJsonPretty, type JsonObject } from './json.js';
+import { jsonObject, qdictOrder, toJsonPretty, type JsonObject } from './json.js';
 import { imgOpen } from './open.js';
 import { FORCE_SHARE, FORMAT_LONG, HELP, IMAGE_OPTS, OBJECT, OUTPUT, imgArgs, oneFilename, parseImgOptions, parseOutputFormat, type ImgArgs, type ImgOption } from './options.js';
 
@@ -20,6 +20,8 @@ export interface ImageInfo {
   backingFilename?: string;
   fullBackingFilename?: string;
   backingFilenameFormat?: string;
+  /** The driver's "Format specific information" (qcow2's compat, refcount bits...). */
+  formatSpecific?: ImageInfoSpecific;
 }
 
 /** bdrv_query_image_info. */
@@ -39,6 +41,8 @@ export async function queryImageInfo(bs: BlockDriverState, filename: string): Pr
     if (!isBlockError(e, 'ENOTSUP')) throw e;
     info.dirtyFlag = false;
   }
+  const specific = await bs.driver.getSpecificInfo?.(bs);
+  if (specific !== undefined) info.formatSpecific = specific;
   if (bs.backingFile !== '') {
     info.backingFilename = bs.backingFile;
     info.fullBackingFilename = qemuPathCombine(filename, bs.backingFile);
@@ -59,6 +63,13 @@ export function imageInfoJson(i: ImageInfo): JsonObject {
     ['backing-filename', i.backingFilename],
     ['full-backing-filename', i.fullBackingFilename],
     ['backing-filename-format', i.backingFilenameFormat],
+    [
+      'format-specific',
+      i.formatSpecific && jsonObject([
+        ['type', i.formatSpecific.kind],
+        ['data', jsonObject(Object.entries(i.formatSpecific.data))],
+      ]),
+    ],
   ]);
 }
 
@@ -78,6 +89,11 @@ export function imageInfoHuman(i: ImageInfo): string {
     s += '\n';
   }
   if (i.backingFilenameFormat !== undefined) s += `backing file format: ${i.backingFilenameFormat}\n`;
+  if (i.formatSpecific !== undefined) {
+    // bdrv_image_info_specific_dump: QDict order, '-' in names printed as ' '.
+    s += 'Format specific information:\n';
+    for (const [k, v] of qdictOrder(Object.entries(i.formatSpecific.data))) s += `    ${k.replace(/-/g, ' ')}: ${String(v)}\n`;
+  }
   return s;
 }
 
@@ -100,6 +116,7 @@ export async function imgInfo(env: ImgEnv, argv: string[]): Promise<number> {
   const first = oneFilename(env, parseImgOptions(env, argv, INFO_OPTIONS, args));
   const output = parseOutputFormat(env, args.output);
   const { chain, forceShare } = args;
+  let imageOpts = args.imageOpts;
 
   // collect_image_info_list: open each image without its backing file and follow the chain.
   const infos: ImageInfo[] = [];
@@ -112,10 +129,12 @@ export async function imgInfo(env: ImgEnv, argv: string[]): Promise<number> {
       throw new ToolExit(1);
     }
     seen.add(filename);
-    const blk = await imgOpen(env, filename, { format: curFmt, readOnly: true, noBacking: true, forceShare });
+    const blk = await imgOpen(env, filename, { imageOpts, format: curFmt, readOnly: true, noBacking: true, forceShare });
     let info: ImageInfo;
     try {
-      info = await queryImageInfo(rootOf(blk), filename);
+      // The node's own name (a json: filename resolved, file: stripped), as QEMU prints it.
+      const bs = rootOf(blk);
+      info = await queryImageInfo(bs, bs.filename);
     } catch (e) {
       env.o.error(errorMessage(e));
       throw new ToolExit(1);
@@ -126,6 +145,8 @@ export async function imgInfo(env: ImgEnv, argv: string[]): Promise<number> {
     if (!chain) break;
     filename = info.fullBackingFilename;
     curFmt = info.backingFilenameFormat;
+    // Only the first image comes from options; its backing files are named.
+    imageOpts = false;
   }
 
   if (output === 'human') {

@@ -121,7 +121,7 @@ export async function imgMap(env: ImgEnv, argv: string[]): Promise<number> {
   const output = parseOutputFormat(env, args.output);
   const { startOffset, maxLength } = args;
 
-  const blk = await imgOpen(env, filename, { format: args.fmt, readOnly: true, forceShare: args.forceShare });
+  const blk = await imgOpen(env, filename, { imageOpts: args.imageOpts, format: args.fmt, readOnly: true, forceShare: args.forceShare });
   const bs = rootOf(blk);
   try {
     let length = await blk.getLength();

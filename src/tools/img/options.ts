@@ -4,6 +4,7 @@
 import { cacheModeFlags } from '../shared/cache.js';
 import { getoptTable, type OptionDef, type OptionTable } from '../shared/getopt.js';
 import { ToolExit, errorExit, type ToolOutput } from '../shared/output.js';
+import { processObjectArg } from '../shared/image-opts.js';
 import { HelpRequest, type ImgEnv } from './env.js';
 
 /** What most subcommands parse; each adds its own fields. Defaults from imgArgs(). */
@@ -18,25 +19,21 @@ export interface ImgArgs {
   cache: string;
   /** -T: the cache mode for the images read. */
   srcCache: string;
+  /** --image-opts: the image names are option strings. */
+  imageOpts: boolean;
 }
 
 export function imgArgs(cache = 'writeback'): ImgArgs {
-  return { fmt: undefined, quiet: false, progress: false, forceShare: false, output: null, cache, srcCache: 'writeback' };
+  return { fmt: undefined, quiet: false, progress: false, forceShare: false, output: null, cache, srcCache: 'writeback', imageOpts: false };
 }
 
 export type ImgOption<S = ImgArgs> = OptionDef<S, ImgEnv>;
 
-/** Options we accept for compatibility but cannot honour (QEMU objects, --image-opts). */
+/** Options we accept for compatibility but cannot honour (convert's --salvage...). */
 export function unsupportedOption(o: ToolOutput, what: string): never {
   o.error(`${what} is not supported by this implementation`);
   throw new ToolExit(1);
 }
-
-const unsupported = (name: string, arg: 0 | 1 = 0): ImgOption<unknown> => ({
-  long: name,
-  arg,
-  set: (_s, _a, env) => unsupportedOption(env.o, `--${name}`),
-});
 
 export const HELP: ImgOption<unknown> = {
   short: 'h',
@@ -54,9 +51,21 @@ export const FORCE_SHARE: ImgOption<{ forceShare: boolean }> = { short: 'U', lon
 export const OUTPUT: ImgOption<{ output: string | null }> = { long: 'output', arg: 1, set: (s, a) => void (s.output = a) };
 export const CACHE: ImgOption<{ cache: string }> = { short: 't', arg: 1, set: (s, a) => void (s.cache = a) };
 export const SRC_CACHE: ImgOption<{ srcCache: string }> = { short: 'T', arg: 1, set: (s, a) => void (s.srcCache = a) };
-export const OBJECT = unsupported('object', 1);
-export const IMAGE_OPTS = unsupported('image-opts');
-export const TARGET_IMAGE_OPTS = unsupported('target-image-opts');
+/**
+ * --object: the object is created at once, as qemu-img does while it parses (help exits 0,
+ * an error exits `failStatus`).
+ */
+export function imgObject(env: ImgEnv, arg: string, failStatus = 1): void {
+  const status = processObjectArg(env.o, env.objects, arg);
+  if (status !== null) throw new ToolExit(status === 0 ? 0 : failStatus);
+}
+export const OBJECT: ImgOption<unknown> = { long: 'object', arg: 1, set: (_s, arg, env) => imgObject(env, arg) };
+/** compare's --object: its failures exit 2, an object's too. */
+export const OBJECT_EXIT2: ImgOption<unknown> = { long: 'object', arg: 1, set: (_s, arg, env) => imgObject(env, arg, 2) };
+/** --image-opts: the image name is an option string (img_open_opts). */
+export const IMAGE_OPTS: ImgOption<{ imageOpts: boolean }> = { long: 'image-opts', set: (s) => void (s.imageOpts = true) };
+/** convert's --target-image-opts: so is the target's (with -n only). */
+export const TARGET_IMAGE_OPTS: ImgOption<{ tgtImageOpts: boolean }> = { long: 'target-image-opts', set: (s) => void (s.tgtImageOpts = true) };
 
 /**
  * Read a subcommand's options (argv[0] is its name) into `state`: "missing argument for

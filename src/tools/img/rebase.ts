@@ -76,7 +76,7 @@ export async function imgRebase(env: ImgEnv, argv: string[]): Promise<number> {
     checkCacheMode(env, cache, 'cache');
     checkCacheMode(env, srcCache, 'source cache');
     // Unsafe mode ignores the old backing file (it may have been renamed or moved).
-    blk = await imgOpen(env, filename, { format: fmt, noBacking: unsafe });
+    blk = await imgOpen(env, filename, { imageOpts: args.imageOpts, format: fmt, noBacking: unsafe });
     const bs = rootOf(blk);
     if (basefmt !== null && !env.registry.find(basefmt)) {
       env.o.error(`Invalid format name: '${basefmt}'`);

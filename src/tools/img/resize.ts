@@ -14,6 +14,7 @@ interface ResizeArgs {
   quiet: boolean;
   shrink: boolean;
   prealloc: string;
+  imageOpts: boolean;
 }
 
 const RESIZE_OPTIONS: readonly ImgOption<ResizeArgs>[] = [
@@ -40,7 +41,7 @@ export async function imgResize(env: ImgEnv, argv: string[]): Promise<number> {
   // The size is taken off the end first so that a negative size is not read as an option.
   if (argv.length < 3) errorExit(env.o, 'Not enough arguments');
   let size = argv[argv.length - 1];
-  const args: ResizeArgs = { fmt: undefined, quiet: false, shrink: false, prealloc: 'off' };
+  const args: ResizeArgs = { fmt: undefined, quiet: false, shrink: false, prealloc: 'off', imageOpts: false };
   const rest = parseImgOptions(env, argv.slice(0, -1), RESIZE_OPTIONS, args);
   const { fmt, quiet, shrink, prealloc } = args;
   if (rest.length !== 1) errorExit(env.o, 'Expecting image file name and size');
@@ -63,7 +64,7 @@ export async function imgResize(env: ImgEnv, argv: string[]): Promise<number> {
     env.o.errRaw(`${msg.slice(nl + 1)}\n`);
     return 1;
   }
-  const blk = await imgOpen(env, filename, { format: fmt });
+  const blk = await imgOpen(env, filename, { imageOpts: args.imageOpts, format: fmt });
   try {
     const current = BigInt(await blk.getLength());
     const total = relative !== 0 ? current + n * BigInt(relative) : n;

@@ -1,25 +1,22 @@
 // blk-io's open and close, and openfile() shared with the program's own options: QEMU's open
-// messages, -o options, -s overlays, node names.
-import { BlockBackend, bdrvCreate, defaultRegistry, protocolPrefix, type BlockDriver, type BlockDriverState } from '../../index.js';
+// messages, -o options (QEMU's option model, src/block/options.ts), -s overlays, node names.
+import { BlockBackend, QEMU_IO_OPEN_OPTS, bdrvCreate, defaultRegistry, protocolPrefix, type BlockDriver, type BlockDriverState, type FlatQDict } from '../../index.js';
 import { toolHost } from '../shared/host.js';
+import { applyForceShare, openWithOptions, parseOptsNoisily } from '../shared/image-opts.js';
 import { closeQuietly, printOpenWarning, rootOf } from '../shared/open.js';
 import { attachTrace } from './trace.js';
 import { errText, defaultOpenFlags, type IoSession, type OpenFlags } from './session.js';
 import { EINVAL, cmdOptions, type CmdInfo, type CmdOption } from './command.js';
-import { parseAioMode, parseCacheMode, parseKeyValues, validDiscardMode } from './modes.js';
+import { parseAioMode, parseCacheMode, validDiscardMode } from './modes.js';
 
 let snapshotCounter = 0;
 
 /**
- * openfile(): open `name` with `flags` and the -o options; messages as qemu-io prints them.
- * Returns false after reporting a failure.
+ * openfile(): open `name` with `flags` and the options (`-o`, `--image-opts`: QEMU's QDict,
+ * handed to the block layer as blk_new_open does); messages as qemu-io prints them. Returns
+ * false after reporting a failure.
  */
-export async function openfile(
-  s: IoSession,
-  name: string | null,
-  flags: OpenFlags,
-  opts: Map<string, string> = new Map(),
-): Promise<boolean> {
+export async function openfile(s: IoSession, name: string | null, flags: OpenFlags, opts: FlatQDict | null = null): Promise<boolean> {
   if (s.blk !== null) {
     s.o.error("file open already, try 'help close'");
     return false;
@@ -30,66 +27,39 @@ export async function openfile(
     return false;
   };
   const f: OpenFlags = { ...flags };
-  const extra = new Map(opts);
-  const driver = extra.get('driver');
-  if (driver !== undefined) f.format = driver;
-  extra.delete('driver');
-  const plainName = extra.get('filename');
-  const childName = extra.get('file.filename');
-  extra.delete('file.filename');
-  extra.delete('filename');
-  if (extra.get('file.driver') === 'file') extra.delete('file.driver');
-  const ro = extra.get('read-only');
-  if (ro !== undefined) {
-    f.readOnly = ro === 'on' || ro === 'true';
-    extra.delete('read-only');
-  }
-  // Without a path, "filename" names the image, or a driver plus its "file.filename" child.
-  if (name === null && plainName === undefined && driver === undefined) return fail('Must specify either driver or file');
-  const target = name ?? plainName ?? childName ?? null;
-  if (target === null) return fail('A block device must be specified for "file"');
-  if (target === '') return fail("The 'file' block driver requires a file name");
+  const qdict: FlatQDict = new Map(opts ?? []);
+  // -U: the image's options must not say otherwise; then force-share=on is one of them.
+  if (f.forceShare && !applyForceShare(s.o, qdict, '-U conflicts with image options')) return false;
+  if (qdict.size === 1 && f.forceShare) qdict.delete('force-share');
+  // The session's cache mode (its write cache, reopen) follows the cache options.
   for (const key of ['cache.direct', 'cache.no-flush']) {
-    const v = extra.get(key);
-    if (v === undefined) continue;
+    const v = qdict.get(key);
+    if (typeof v !== 'string') continue;
     if (key === 'cache.direct') f.nocache = v === 'on';
     else f.noFlush = v === 'on';
-    extra.delete(key);
   }
   if (f.forceShare && !f.readOnly) return fail('force-share=on can only be used with read-only images');
   if (f.nativeAio && !f.nocache) {
     return fail('aio=native was specified, but it requires cache.direct=on, which was not specified.');
   }
-  // The options of the driver asked for (blkdebug's rules file) are its own to take.
-  let driverOptions: Record<string, string> | undefined;
-  const asked = f.format === undefined ? undefined : defaultRegistry.find(f.format);
-  for (const key of asked?.openOptions ?? []) {
-    const v = extra.get(key);
-    if (v === undefined) continue;
-    driverOptions = { ...driverOptions, [key]: v };
-    extra.delete(key);
-  }
+  if (name === '' && qdict.size === 0) return fail("The 'file' block driver requires a file name");
   let blk: BlockBackend;
   try {
-    blk = await BlockBackend.open(target, {
-      driverOptions,
+    blk = await openWithOptions(name, qdict, {
       format: f.format,
       readOnly: f.readOnly || f.snapshot,
       noFlush: f.noFlush,
       forceShare: f.forceShare,
       copyOnRead: f.copyOnRead && !f.readOnly,
+      onWarning: (m) => s.o.warn(m),
     });
   } catch (e) {
     return fail(errText(e));
   }
   const bs = rootOf(blk);
-  const fmt = bs.driver.formatName;
-  for (const key of extra.keys()) {
-    await closeQuietly(blk);
-    // QEMU words it by the kind of node that refused it.
-    if (bs.driver.protocolName !== undefined) return fail(`Block protocol '${fmt}' doesn't support the option '${key}'`);
-    return fail(`Block format '${fmt}' does not support the option '${key}'`);
-  }
+  // The options may have made the image read-only, or writable under -r (read-only=off).
+  f.readOnly = bs.readOnly && !f.snapshot;
+  const target = name ?? bs.filename;
   printOpenWarning(s.o, bs);
   if (f.copyOnRead && f.readOnly) {
     await closeQuietly(blk);
@@ -218,7 +188,10 @@ const OPEN_OPTIONS: readonly CmdOption<OpenArgs>[] = [
         s.o.out("--image-opts and 'open -o' are mutually exclusive\n");
         return EINVAL;
       }
-      a.opts = new Map([...a.opts, ...parseKeyValues(s.o, arg)]);
+      const parsed = parseOptsNoisily(s.o, arg, QEMU_IO_OPEN_OPTS);
+      if (parsed === null) return EINVAL;
+      // One merged list: a later -o adds to (and overrides) the earlier ones.
+      a.opts = new Map([...a.opts, ...parsed]);
     },
   },
   FLAG_OPTIONS.nativeAio,
@@ -236,8 +209,11 @@ export async function openF(s: IoSession, argv: string[]): Promise<number> {
   let ok: boolean;
   // With --image-opts the argument is itself the option string.
   if (p.args.length === 0) ok = await openfile(s, null, f, opts);
-  else if (s.imageOpts) ok = await openfile(s, null, f, parseKeyValues(s.o, p.args[0]));
-  else ok = await openfile(s, p.args[0], f, opts);
+  else if (s.imageOpts) {
+    const parsed = parseOptsNoisily(s.o, p.args[0], QEMU_IO_OPEN_OPTS);
+    if (parsed === null) return EINVAL;
+    ok = await openfile(s, null, f, parsed);
+  } else ok = await openfile(s, p.args[0], f, opts);
   s.poll();
   return ok ? 0 : EINVAL;
 }

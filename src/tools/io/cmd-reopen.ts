@@ -4,7 +4,9 @@ import { isBlockError } from '../../index.js';
 import { errText, errnoText, type IoSession, type OpenFlags } from './session.js';
 import { EINVAL, cmdOptions, image, imageNode, type CmdInfo, type CmdOption } from './command.js';
 import { FLAG_OPTIONS } from './cmd-open.js';
-import { parseBool, parseKeyValues, validDiscardMode } from './modes.js';
+import { parseBool, validDiscardMode } from './modes.js';
+import { QEMU_IO_OPEN_OPTS } from '../../index.js';
+import { parseOptsNoisily } from '../shared/image-opts.js';
 
 type ReopenArgs = OpenFlags & { hasRw: boolean; hasCache: boolean; opts: Map<string, string> };
 
@@ -31,7 +33,15 @@ const REOPEN_OPTIONS: readonly CmdOption<ReopenArgs>[] = [
       a.hasCache = true;
     },
   },
-  { short: 'o', arg: 1, set: (a, arg, s) => void (a.opts = new Map([...a.opts, ...parseKeyValues(s.o, arg)])) },
+  {
+    short: 'o',
+    arg: 1,
+    set: (a, arg, s) => {
+      const parsed = parseOptsNoisily(s.o, arg, QEMU_IO_OPEN_OPTS);
+      if (parsed === null) return EINVAL;
+      a.opts = new Map([...a.opts, ...parsed]);
+    },
+  },
   mode('r', true),
   mode('w', false),
 ];

@@ -10,7 +10,8 @@ import { ToolOutput, progName, type TextSink } from '../shared/output.js';
 import { COMMANDS, qemuioCommand } from './commands.js';
 import { FLAG_OPTIONS, openfile } from './cmd-open.js';
 import { LineReader } from './line-reader.js';
-import { parseKeyValues } from './modes.js';
+import { QEMU_IO_IMAGE_OPTS } from '../../index.js';
+import { parseOptsNoisily, processObjectArg } from '../shared/image-opts.js';
 import { IoSession, defaultOpenFlags, type IoHooks, type OpenFlags } from './session.js';
 
 export { COMMANDS } from './commands.js';
@@ -76,8 +77,15 @@ const MAIN_OPTIONS: readonly OptionDef<MainArgs, IoSession>[] = [
   long('cache', FLAG_OPTIONS.cache),
   long('aio', FLAG_OPTIONS.aio),
   { short: 'T', long: 'trace', arg: 1, set: (_a, arg, s) => (s.trace.add(s.o, arg) ? undefined : 1) },
-  // No user-creatable objects exist here (secrets, iothreads...).
-  { long: 'object', arg: 1, set: () => undefined },
+  // Created now, as qemu-io does while parsing: help and errors exit.
+  {
+    long: 'object',
+    arg: 1,
+    set: (_a, arg, s) => {
+      const status = processObjectArg(s.o, s.objects, arg);
+      if (status !== null) throw new ExitNow(status);
+    },
+  },
   { long: 'image-opts', set: (a) => void (a.imageOpts = true) },
   long('force-share', FLAG_OPTIONS.forceShare),
 ];
@@ -218,7 +226,12 @@ async function run(s: IoSession, args: string[], io: BlkIoIO): Promise<number> {
   s.imageOpts = imageOpts;
 
   if (rest.length === 1) {
-    const ok = imageOpts ? await openfile(s, null, flags, parseKeyValues(o, rest[0])) : await openfile(s, rest[0], flags);
+    let ok: boolean;
+    if (imageOpts) {
+      const qdict = parseOptsNoisily(o, rest[0], QEMU_IO_IMAGE_OPTS);
+      if (qdict === null) throw new ExitNow(1);
+      ok = await openfile(s, null, flags, qdict);
+    } else ok = await openfile(s, rest[0], flags);
     if (!ok) throw new ExitNow(1);
   }
 

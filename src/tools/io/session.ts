@@ -1,6 +1,6 @@
 // The state one blk-io run carries between commands (qemu-io's globals): the open image, the
 // output streams, and the AIO completions that wait for the "main loop" to report them.
-import { BlockError, ERRNO_MESSAGES, isBlockError, type BlockBackend, type BlockErrorCode } from '../../index.js';
+import { BlockError, ERRNO_MESSAGES, ObjectTable, isBlockError, type BlockBackend, type BlockErrorCode } from '../../index.js';
 import { toolHost } from '../shared/host.js';
 import type { ToolOutput } from '../shared/output.js';
 import { TraceOptions } from './trace.js';
@@ -49,6 +49,8 @@ export class IoSession {
   flags: OpenFlags = defaultOpenFlags();
   quit = false;
   imageOpts = false;
+  /** The --object definitions of this run. */
+  readonly objects = new ObjectTable();
   /** -T patterns: matching trace points of every opened image print on stderr. */
   readonly trace = new TraceOptions();
   /**

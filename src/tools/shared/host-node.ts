@@ -1,6 +1,6 @@
 // The tools' host on Node: real files, the process's current directory, process.hrtime.
 // Importing this module installs it (both tools' main modules do).
-import { closeSync, openSync, readSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, readSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { setToolHost, type ToolHost } from './host.js';
 
@@ -23,6 +23,7 @@ function readFileHead(path: string, max: number): Uint8Array {
 
 export const nodeToolHost: ToolHost = {
   readFileHead,
+  readFile: (path) => readFileSync(path),
   resolvePath: (path) => resolve(path),
   nowNs: () => process.hrtime.bigint(),
   pid: process.pid,

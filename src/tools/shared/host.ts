@@ -10,6 +10,8 @@ export interface ToolHost {
    * name ('ENOENT', 'EACCES', ...), as Node's fs does, so the tools print QEMU's perror text.
    */
   readFileHead(path: string, max: number): Uint8Array;
+  /** A whole host file (an object's file=, such as a secret); throws as readFileHead. */
+  readFile(path: string): Uint8Array;
   /** The absolute name of a host path (relative to the current directory). */
   resolvePath(path: string): string;
   /** CLOCK_MONOTONIC in nanoseconds. */
@@ -25,6 +27,9 @@ function noSuchFile(path: string): Error {
 /** A machine without host files: the root is the current directory; time from performance.now(). */
 export const portableToolHost: ToolHost = {
   readFileHead: (path) => {
+    throw noSuchFile(path);
+  },
+  readFile: (path) => {
     throw noSuchFile(path);
   },
   resolvePath: (path) => blockPath.resolve('/', path),

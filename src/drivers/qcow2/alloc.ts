@@ -1,0 +1,246 @@
+/**
+ * Allocation for guest writes (QEMU's qcow2_alloc_host_offset, handle_copied, handle_alloc,
+ * calculate_l2_meta and qcow2_alloc_cluster_link_l2).
+ *
+ * A write is mapped one piece at a time: clusters already owned (COPIED) are written in
+ * place; the others get new clusters, first tried right after the previous piece's host
+ * clusters, otherwise first fit. Each new allocation is described by a Qcow2L2Meta (where the
+ * clusters went, which head and tail must be copied from what the guest saw before). After
+ * the data (and COW) is written, qcow2LinkL2 points the L2 entries at the new clusters.
+ *
+ * Order, per allocation: L2 table (allocated or copied and linked from L1 first, by
+ * qcow2GetClusterTable) -> refcounts of the data clusters (refcount cache) -> data and COW
+ * written -> L2 entries set (the L2 cache depends on the refcount cache and on a file flush,
+ * so neither can reach the disk before what they point at) -> old clusters' refcounts
+ * decreased (the refcount cache depends on the L2 cache).
+ */
+import { BlockError } from '../../block/errors.js';
+import { qcow2GetClusterTable, getL2Entry, setL2Entry } from './cluster.js';
+import { qcow2SignalCorruption } from './corrupt.js';
+import { L2E_OFFSET_MASK, QCOW_OFLAG_COPIED, clusterType } from './entries.js';
+import { QCOW2_INCOMPAT_DIRTY } from './header.js';
+import { qcow2AllocClusters, qcow2AllocClustersAt, qcow2FreeAnyCluster } from './refcount.js';
+import {
+  type BDRVQcow2State,
+  offsetIntoCluster,
+  qcow2File,
+  qcow2IsDirty,
+  qcow2NeedAccurateRefcounts,
+  sizeToClusters,
+  startOfCluster,
+} from './state.js';
+
+/** A new allocation waiting for its L2 update (QEMU's QCowL2Meta). */
+export interface Qcow2L2Meta {
+  /** Host offset of the first allocated cluster. */
+  allocOffset: number;
+  /** Guest offset of the first cluster. */
+  offset: number;
+  nbClusters: number;
+  /** The clusters were already ours (zero-alloc with COPIED): nothing to free. */
+  keepOld: boolean;
+  /** Bytes [offset + cowStart.offset, + nbBytes) are copied from the old contents. */
+  cowStart: { offset: number; nbBytes: number };
+  cowEnd: { offset: number; nbBytes: number };
+  /** The COW areas were zeroed in the file already (handle_alloc_space): no copy. */
+  skipCow: boolean;
+}
+
+const INV_OFFSET = -1;
+
+/** Does writing this entry need a new cluster (cluster_needs_new_alloc)? */
+function needsNewAlloc(s: BDRVQcow2State, entry: bigint): boolean {
+  const t = clusterType(entry, s.header.version >= 3);
+  if ((t === 'normal' || t === 'zero-alloc') && (entry & QCOW_OFLAG_COPIED) !== 0n) return false;
+  return true;
+}
+
+/** Clusters from l2Index with the same need, and (in place) contiguous on the host. */
+function countSingleWriteClusters(s: BDRVQcow2State, nb: number, data: Uint8Array, l2Index: number, newAlloc: boolean): number {
+  let expected = Number(getL2Entry(s, data, l2Index) & L2E_OFFSET_MASK);
+  let i = 0;
+  for (; i < nb; i++) {
+    const e = getL2Entry(s, data, l2Index + i);
+    if (needsNewAlloc(s, e) !== newAlloc) break;
+    if (!newAlloc) {
+      if (expected !== Number(e & L2E_OFFSET_MASK)) break;
+      expected += s.clusterSize;
+    }
+  }
+  return i;
+}
+
+/** Describe the COW a new allocation needs (calculate_l2_meta, without subclusters). */
+function calculateL2Meta(
+  s: BDRVQcow2State,
+  hostClusterOffset: number,
+  guestOffset: number,
+  bytes: number,
+  data: Uint8Array,
+  l2Index: number,
+  keepOld: boolean,
+): Qcow2L2Meta | null {
+  const cowStartTo = offsetIntoCluster(s, guestOffset);
+  const cowEndFrom = cowStartTo + bytes;
+  const nbClusters = sizeToClusters(s, cowEndFrom);
+  const v3 = s.header.version >= 3;
+  const firstType = clusterType(getL2Entry(s, data, l2Index), v3);
+  const lastType = clusterType(getL2Entry(s, data, l2Index + nbClusters - 1), v3);
+  if (keepOld) {
+    let allNormal = true;
+    for (let i = 0; i < nbClusters; i++) if (clusterType(getL2Entry(s, data, l2Index + i), v3) !== 'normal') allNormal = false;
+    // Clusters written in place need nothing, unless they read as zeros (zero-alloc): then
+    // the untouched parts must be zeroed on disk before the zero flag goes.
+    if (allNormal) return null;
+  }
+  const cowStartFrom = keepOld && firstType === 'normal' ? cowStartTo : 0;
+  const cowEndTo = keepOld && lastType === 'normal' ? cowEndFrom : Math.ceil(cowEndFrom / s.clusterSize) * s.clusterSize;
+  return {
+    allocOffset: hostClusterOffset,
+    offset: startOfCluster(s, guestOffset),
+    nbClusters,
+    keepOld,
+    cowStart: { offset: cowStartFrom, nbBytes: cowStartTo - cowStartFrom },
+    cowEnd: { offset: cowEndFrom, nbBytes: cowEndTo - cowEndFrom },
+    skipCow: false,
+  };
+}
+
+interface Piece {
+  /** 1: progress made; 0: nothing (bytes 0: stop). */
+  ret: number;
+  hostOffset: number;
+  bytes: number;
+}
+
+/** Clusters we own already, written in place (handle_copied). */
+async function handleCopied(s: BDRVQcow2State, guest: number, hostOffset: number, bytes: number, metas: Qcow2L2Meta[]): Promise<Piece> {
+  const { table, l2Index } = await qcow2GetClusterTable(s, guest);
+  try {
+    const nb = Math.min(sizeToClusters(s, offsetIntoCluster(s, guest) + bytes), s.l2Size - l2Index);
+    const entry = getL2Entry(s, table.data, l2Index);
+    const clusterOffset = Number(entry & L2E_OFFSET_MASK);
+    if (needsNewAlloc(s, entry)) return { ret: 0, hostOffset, bytes };
+    if (offsetIntoCluster(s, clusterOffset) !== 0) {
+      const kind = clusterType(entry) === 'zero-alloc' ? 'Preallocated zero' : 'Data';
+      qcow2SignalCorruption(s, true, `${kind} cluster offset 0x${clusterOffset.toString(16)} unaligned (guest offset: 0x${guest.toString(16)})`);
+      throw new BlockError('EIO', undefined, { op: 'write', offset: guest });
+    }
+    // A later piece must continue exactly where the previous one ended on the host.
+    if (hostOffset !== INV_OFFSET && clusterOffset !== hostOffset) return { ret: 0, hostOffset, bytes: 0 };
+    const keep = countSingleWriteClusters(s, nb, table.data, l2Index, false);
+    const n = Math.min(bytes, keep * s.clusterSize - offsetIntoCluster(s, guest));
+    const meta = calculateL2Meta(s, clusterOffset, guest, n, table.data, l2Index, true);
+    if (meta) metas.push(meta);
+    return { ret: 1, hostOffset: clusterOffset + offsetIntoCluster(s, guest), bytes: n };
+  } finally {
+    s.l2Cache.put(table);
+  }
+}
+
+/** New clusters for what is not ours (handle_alloc). */
+async function handleAlloc(s: BDRVQcow2State, guest: number, hostOffset: number, bytes: number, metas: Qcow2L2Meta[]): Promise<Piece> {
+  const { table, l2Index } = await qcow2GetClusterTable(s, guest);
+  try {
+    let nb = Math.min(sizeToClusters(s, offsetIntoCluster(s, guest) + bytes), s.l2Size - l2Index);
+    nb = Math.min(nb, Math.floor(0x7fffffff / s.clusterSize));
+    nb = countSingleWriteClusters(s, nb, table.data, l2Index, true);
+    let allocOffset: number;
+    if (hostOffset === INV_OFFSET) {
+      allocOffset = await qcow2AllocClusters(s, nb * s.clusterSize);
+    } else {
+      allocOffset = startOfCluster(s, hostOffset);
+      nb = await qcow2AllocClustersAt(s, allocOffset, nb);
+      // The clusters right after are taken: this piece ends here.
+      if (nb === 0) return { ret: 0, hostOffset, bytes: 0 };
+    }
+    const n = Math.min(bytes, nb * s.clusterSize - offsetIntoCluster(s, guest));
+    const meta = calculateL2Meta(s, allocOffset, guest, n, table.data, l2Index, false);
+    if (meta) metas.push(meta);
+    return { ret: 1, hostOffset: allocOffset + offsetIntoCluster(s, guest), bytes: n };
+  } finally {
+    s.l2Cache.put(table);
+  }
+}
+
+/**
+ * Map guest [offset, offset+bytes) to one contiguous host range, allocating what is needed;
+ * returns the host offset and how many bytes it covers (qcow2_alloc_host_offset).
+ */
+export async function qcow2AllocHostOffset(
+  s: BDRVQcow2State,
+  offset: number,
+  bytes: number,
+): Promise<{ hostOffset: number; bytes: number; metas: Qcow2L2Meta[] }> {
+  const metas: Qcow2L2Meta[] = [];
+  let start = offset;
+  let remaining = bytes;
+  let clusterOffset = INV_OFFSET;
+  let hostOffset = INV_OFFSET;
+  let cur = 0;
+  for (;;) {
+    if (hostOffset === INV_OFFSET && clusterOffset !== INV_OFFSET) hostOffset = clusterOffset;
+    start += cur;
+    remaining -= cur;
+    if (clusterOffset !== INV_OFFSET) clusterOffset += cur;
+    if (remaining === 0) break;
+    const copied = await handleCopied(s, start, clusterOffset, remaining, metas);
+    if (copied.ret === 1) {
+      clusterOffset = copied.hostOffset;
+      cur = copied.bytes;
+      continue;
+    }
+    if (copied.bytes === 0) break;
+    const alloc = await handleAlloc(s, start, clusterOffset, remaining, metas);
+    if (alloc.ret === 1) {
+      clusterOffset = alloc.hostOffset;
+      cur = alloc.bytes;
+      continue;
+    }
+    break;
+  }
+  return { hostOffset, bytes: bytes - remaining, metas };
+}
+
+/** Set the dirty bit before the first L2 update of a lazy-refcounts image (qcow2_mark_dirty). */
+export async function qcow2MarkDirty(s: BDRVQcow2State): Promise<void> {
+  if (qcow2IsDirty(s)) return;
+  const file = qcow2File(s);
+  // Everything written so far must be durable before the image says refcounts may be stale
+  // from here on.
+  await s.l2Cache.write();
+  await s.refcountCache.write();
+  await file.flush();
+  const v = new Uint8Array(8);
+  new DataView(v.buffer).setBigUint64(0, s.header.incompatibleFeatures | QCOW2_INCOMPAT_DIRTY);
+  await file.pwrite(72, v);
+  await file.flush();
+  s.header.incompatibleFeatures |= QCOW2_INCOMPAT_DIRTY;
+}
+
+/**
+ * Point the L2 entries of an allocation at its clusters, once its data and COW are written
+ * (qcow2_alloc_cluster_link_l2), then drop the references the old entries held.
+ */
+export async function qcow2LinkL2(s: BDRVQcow2State, m: Qcow2L2Meta): Promise<void> {
+  if (s.useLazyRefcounts) await qcow2MarkDirty(s);
+  // Refcounts of the new clusters reach the disk before the entries that point at them.
+  if (qcow2NeedAccurateRefcounts(s)) await s.l2Cache.setDependency(s.refcountCache);
+  // The data was written but not flushed: the entries must wait for a file flush.
+  s.l2Cache.dependOnFlush();
+  const { table, l2Index } = await qcow2GetClusterTable(s, m.offset);
+  const old: bigint[] = [];
+  try {
+    s.l2Cache.markDirty(table);
+    for (let i = 0; i < m.nbClusters; i++) {
+      const prev = getL2Entry(s, table.data, l2Index + i);
+      if (prev !== 0n) old.push(prev);
+      setL2Entry(s, table.data, l2Index + i, BigInt(m.allocOffset + i * s.clusterSize) | QCOW_OFLAG_COPIED);
+    }
+  } finally {
+    s.l2Cache.put(table);
+  }
+  // A COW'd cluster (a shared or compressed one) loses the reference this entry held. Freed
+  // clusters are not punched: the next write will likely reuse them.
+  if (!m.keepOld) for (const e of old) await qcow2FreeAnyCluster(s, e, 'never');
+}

@@ -1,0 +1,248 @@
+/**
+ * L1/L2 access and lookup planning (QEMU's qcow2-cluster.c, lookup half).
+ *
+ * qcow2GetHostOffset plans one run: from a guest offset, how many bytes share one kind
+ * (normal data at a contiguous host range, zero, unallocated, one compressed cluster),
+ * never crossing an L2 table. Reads, block status and map all execute such plans.
+ * Callers hold s.lock while planning; the plan is executed afterwards.
+ */
+import { BlockError } from '../../block/errors.js';
+import type { CacheEntry } from './cache.js';
+import { QCOW2_OL_ACTIVE_L1, qcow2PreWriteOverlapCheck, qcow2SignalCorruption } from './corrupt.js';
+import {
+  L1E_OFFSET_MASK,
+  L2E_OFFSET_MASK,
+  QCOW_OFLAG_COPIED,
+  type Qcow2SubclusterType,
+  subclusterType,
+} from './entries.js';
+import { qcow2AllocClusters, qcow2FreeClusters } from './refcount.js';
+import { type BDRVQcow2State, offsetIntoCluster, offsetToL1Index, offsetToL2Index, qcow2File, qcow2Trace } from './state.js';
+
+export type Qcow2RunKind = 'normal' | 'zero' | 'unallocated' | 'compressed';
+
+export interface Qcow2Run {
+  kind: Qcow2RunKind;
+  /** Guest bytes this answer holds for (> 0). */
+  bytes: number;
+  /** normal (and zero-alloc): host offset of the first byte; compressed: 0. */
+  hostOffset: number;
+  /** QEMU's subcluster type of the whole run (map and block status tell them apart). */
+  type: Qcow2SubclusterType;
+  /** A host cluster backs the run (normal, zero-alloc, unallocated-alloc) at hostOffset. */
+  allocated: boolean;
+  /** compressed: the L2 entry (descriptor). */
+  l2Entry: bigint;
+}
+
+export function getL2Entry(s: BDRVQcow2State, data: Uint8Array, index: number): bigint {
+  return new DataView(data.buffer, data.byteOffset).getBigUint64(index * s.l2EntrySize);
+}
+
+export function getL2Bitmap(s: BDRVQcow2State, data: Uint8Array, index: number): bigint {
+  return s.extendedL2 ? new DataView(data.buffer, data.byteOffset).getBigUint64(index * 16 + 8) : 0n;
+}
+
+export function setL2Entry(s: BDRVQcow2State, data: Uint8Array, index: number, entry: bigint): void {
+  new DataView(data.buffer, data.byteOffset).setBigUint64(index * s.l2EntrySize, entry);
+}
+
+export function setL2Bitmap(s: BDRVQcow2State, data: Uint8Array, index: number, bitmap: bigint): void {
+  new DataView(data.buffer, data.byteOffset).setBigUint64(index * 16 + 8, bitmap);
+}
+
+/** The L2 table offset of an L1 entry, checked for alignment. */
+export function l2OffsetOf(s: BDRVQcow2State, l1Index: number): number {
+  const l2Offset = Number(s.l1Table[l1Index] & L1E_OFFSET_MASK);
+  if (offsetIntoCluster(s, l2Offset) !== 0) {
+    qcow2SignalCorruption(s, true, `L2 table offset 0x${l2Offset.toString(16)} unaligned (L1 index: 0x${l1Index.toString(16)})`);
+    throw new BlockError('EIO', undefined, { op: 'l2_load' });
+  }
+  return l2Offset;
+}
+
+/** Take a reference to an L2 table through the cache (l2_load). */
+export function l2Load(s: BDRVQcow2State, l2Offset: number): Promise<CacheEntry> {
+  return s.l2Cache.get(l2Offset, 'l2_load');
+}
+
+function typeAt(s: BDRVQcow2State, data: Uint8Array, index: number, sc: number): Qcow2SubclusterType {
+  return subclusterType(getL2Entry(s, data, index), getL2Bitmap(s, data, index), sc, s.extendedL2, true);
+}
+
+function kindOf(t: Qcow2SubclusterType): Qcow2RunKind | 'invalid' {
+  switch (t) {
+    case 'normal':
+      return 'normal';
+    case 'zero-plain':
+    case 'zero-alloc':
+      return 'zero';
+    case 'unallocated-plain':
+    case 'unallocated-alloc':
+      return 'unallocated';
+    case 'compressed':
+      return 'compressed';
+    default:
+      return 'invalid';
+  }
+}
+
+/**
+ * Plan the run at guest `offset` (at most `bytes`), QEMU's qcow2_get_host_offset: the same
+ * kind, and for data a contiguous host range, inside one L2 table.
+ */
+export async function qcow2GetHostOffset(s: BDRVQcow2State, offset: number, bytes: number): Promise<Qcow2Run> {
+  const cs = s.clusterSize;
+  const l2Span = cs * s.l2Size;
+  const inTable = l2Span - (offset % l2Span);
+  const maxBytes = Math.min(bytes, inTable);
+  const l1Index = offsetToL1Index(s, offset);
+  const unallocated: Qcow2Run = { kind: 'unallocated', type: 'unallocated-plain', bytes: maxBytes, hostOffset: 0, allocated: false, l2Entry: 0n };
+  if (l1Index >= s.l1Table.length) return unallocated;
+  const l2Offset = l2OffsetOf(s, l1Index);
+  if (l2Offset === 0) return unallocated;
+
+  const table = await l2Load(s, l2Offset);
+  try {
+    const data = table.data;
+    const l2Index = offsetToL2Index(s, offset);
+    const scSize = s.subclusterSize;
+    const sc = Math.floor(offsetIntoCluster(s, offset) / scSize);
+    const first = typeAt(s, data, l2Index, sc);
+    const kind = kindOf(first);
+    const entry = getL2Entry(s, data, l2Index);
+    if (kind === 'invalid') {
+      qcow2SignalCorruption(s, true, `Invalid cluster entry found  (L2 offset: 0x${l2Offset.toString(16)}, L2 index: 0x${l2Index.toString(16)})`);
+      throw new BlockError('EIO', undefined, { op: 'read', offset });
+    }
+    if (s.header.version < 3 && (first === 'zero-plain' || first === 'zero-alloc')) {
+      qcow2SignalCorruption(s, true, `Zero cluster entry found in pre-v3 image (L2 offset: 0x${l2Offset.toString(16)}, L2 index: 0x${l2Index.toString(16)})`);
+      throw new BlockError('EIO', undefined, { op: 'read', offset });
+    }
+    if (kind === 'compressed') {
+      // One compressed cluster per run: each has its own descriptor.
+      const len = Math.min(maxBytes, cs - offsetIntoCluster(s, offset));
+      return { kind, type: first, bytes: len, hostOffset: 0, allocated: false, l2Entry: entry };
+    }
+    const hostBase = Number(entry & L2E_OFFSET_MASK);
+    if ((first === 'normal' || first === 'zero-alloc' || first === 'unallocated-alloc') && hostBase % cs !== 0) {
+      qcow2SignalCorruption(
+        s,
+        true,
+        `Cluster allocation offset 0x${hostBase.toString(16)} unaligned (L2 offset: 0x${l2Offset.toString(16)}, L2 index: 0x${l2Index.toString(16)})`,
+      );
+      throw new BlockError('EIO', undefined, { op: 'read', offset });
+    }
+    // Count subclusters of the same type (and, where a host cluster exists, contiguous on
+    // the host), as QEMU's count_contiguous_subclusters does.
+    const withHost = first === 'normal' || first === 'zero-alloc' || first === 'unallocated-alloc';
+    const totalSc = s.extendedL2 ? 32 : 1;
+    const base = l2Index * totalSc;
+    const endPos = base + Math.ceil((offsetIntoCluster(s, offset) + maxBytes) / scSize);
+    let pos = base + sc + 1;
+    for (; pos < endPos; pos++) {
+      const idx = Math.floor(pos / totalSc);
+      if (typeAt(s, data, idx, pos % totalSc) !== first) break;
+      if (withHost && idx !== l2Index && Number(getL2Entry(s, data, idx) & L2E_OFFSET_MASK) !== hostBase + (idx - l2Index) * cs) break;
+    }
+    const len = Math.min((pos - base) * scSize - offsetIntoCluster(s, offset), maxBytes);
+    const hostOffset = withHost ? hostBase + offsetIntoCluster(s, offset) : 0;
+    return { kind, type: first, bytes: len, hostOffset, allocated: withHost, l2Entry: entry };
+  } finally {
+    s.l2Cache.put(table);
+  }
+}
+
+/** Write one L1 entry synchronously (qcow2_write_l1_entry: 8 bytes with buffered I/O). */
+export async function qcow2WriteL1Entry(s: BDRVQcow2State, l1Index: number): Promise<void> {
+  const file = qcow2File(s);
+  const at = s.l1TableOffset + 8 * l1Index;
+  qcow2PreWriteOverlapCheck(s, QCOW2_OL_ACTIVE_L1, at, 8);
+  const buf = new Uint8Array(8);
+  new DataView(buf.buffer).setBigUint64(0, s.l1Table[l1Index]);
+  await file.debugEvent('l1_update');
+  await file.pwrite(at, buf);
+  await file.flush();
+}
+
+/**
+ * Allocate a new L2 table for `l1Index`, copying the old (shared) one if there is one, and
+ * link it from L1 (l2_allocate).
+ */
+async function l2Allocate(s: BDRVQcow2State, l1Index: number): Promise<void> {
+  const file = qcow2File(s);
+  const old = s.l1Table[l1Index];
+  qcow2Trace(s, 'qcow2L2Allocate', { l1Index });
+  const l2Offset = await qcow2AllocClusters(s, s.clusterSize);
+  try {
+    if (l2Offset === 0) {
+      qcow2SignalCorruption(s, true, 'Preventing invalid allocation of L2 table at offset 0');
+      throw new BlockError('EIO', undefined, { op: 'l2_allocate' });
+    }
+    // Refcount of the new table first: a crash after the L1 update must not leave it free.
+    await s.refcountCache.flush();
+    const oldOffset = Number(old & L1E_OFFSET_MASK);
+    const fresh = await s.l2Cache.getEmpty(l2Offset);
+    try {
+      if (oldOffset !== 0) {
+        await file.debugEvent('l2_alloc_cow_read');
+        const src = await l2Load(s, oldOffset);
+        fresh.data.set(src.data);
+        s.l2Cache.put(src);
+      }
+      await file.debugEvent('l2_alloc_write');
+      s.l2Cache.markDirty(fresh);
+    } finally {
+      s.l2Cache.put(fresh);
+    }
+    // The table must be on disk before L1 points at it.
+    await s.l2Cache.flush();
+    s.l1Table[l1Index] = BigInt(l2Offset) | QCOW_OFLAG_COPIED;
+    await qcow2WriteL1Entry(s, l1Index);
+  } catch (e) {
+    s.l1Table[l1Index] = old;
+    s.l2Cache.discard(l2Offset);
+    if (l2Offset > 0) await qcow2FreeClusters(s, l2Offset, s.clusterSize, 'always');
+    throw e;
+  }
+}
+
+/**
+ * The L2 table for guest `offset`, writable in place: allocated or copied first when the L1
+ * entry lacks COPIED (get_cluster_table). The caller puts the returned entry.
+ */
+export async function qcow2GetClusterTable(s: BDRVQcow2State, offset: number): Promise<{ table: CacheEntry; l2Index: number }> {
+  const l1Index = offsetToL1Index(s, offset);
+  if (l1Index >= s.l1Table.length) throw new BlockError('EIO', 'L1 index out of range', { op: 'write', offset });
+  const oldL2 = l2OffsetOf(s, l1Index);
+  if ((s.l1Table[l1Index] & QCOW_OFLAG_COPIED) === 0n) {
+    await l2Allocate(s, l1Index);
+    // The old table (shared with a snapshot) loses this reference.
+    if (oldL2 !== 0) await qcow2FreeClusters(s, oldL2, s.clusterSize, 'other');
+  }
+  const table = await l2Load(s, Number(s.l1Table[l1Index] & L1E_OFFSET_MASK));
+  return { table, l2Index: offsetToL2Index(s, offset) };
+}
+
+/**
+ * Does guest [offset, offset+bytes) read as zeros, backing chain included (QEMU's is_zero:
+ * block status above says ZERO)? Clamped to the image. s.lock held.
+ */
+export async function qcow2IsZero(s: BDRVQcow2State, offset: number, bytes: number): Promise<boolean> {
+  const end = Math.min(offset + bytes, s.header.size);
+  for (let pos = offset; pos < end; ) {
+    const run = await qcow2GetHostOffset(s, pos, end - pos);
+    if (run.kind === 'normal' || run.kind === 'compressed') return false;
+    const backing = s.bs.backing;
+    if (run.kind === 'unallocated' && backing) {
+      const stop = Math.min(pos + run.bytes, await backing.getLength());
+      for (let p = pos; p < stop; ) {
+        const st = await backing.blockStatusAbove(p, stop - p);
+        if (!st.zero) return false;
+        p += st.pnum;
+      }
+    }
+    pos += run.bytes;
+  }
+  return true;
+}

@@ -1,0 +1,105 @@
+/**
+ * L1/L2/reftable entry codecs and cluster classification (QEMU's qcow2_get_cluster_type and
+ * the extended-L2 subcluster types). Pure: entries are BigInt, decoded offsets are numbers.
+ */
+
+export const QCOW_OFLAG_COPIED = 1n << 63n;
+export const QCOW_OFLAG_COMPRESSED = 1n << 62n;
+export const QCOW_OFLAG_ZERO = 1n;
+
+export const L1E_OFFSET_MASK = 0x00fffffffffffe00n;
+export const L2E_OFFSET_MASK = 0x00fffffffffffe00n;
+export const REFT_OFFSET_MASK = 0xfffffffffffffe00n;
+export const L1E_RESERVED_MASK = 0x7f000000000001ffn;
+export const L2E_STD_RESERVED_MASK = 0x3f000000000001fen;
+export const REFT_RESERVED_MASK = 0x1ffn;
+
+/** Extended L2 bitmaps: bit i allocated, bit 32+i reads as zeros. */
+export const QCOW_L2_BITMAP_ALL_ALLOC = 0xffffffffn;
+export const QCOW_L2_BITMAP_ALL_ZEROES = 0xffffffff00000000n;
+
+export type Qcow2ClusterType = 'unallocated' | 'zero-plain' | 'zero-alloc' | 'normal' | 'compressed';
+
+/** Classify a standard L2 entry (bit 0 counts only when `zeroBit`: v3 without extended L2). */
+export function clusterType(entry: bigint, zeroBit = true): Qcow2ClusterType {
+  if ((entry & QCOW_OFLAG_COMPRESSED) !== 0n) return 'compressed';
+  const offset = entry & L2E_OFFSET_MASK;
+  if (zeroBit && (entry & QCOW_OFLAG_ZERO) !== 0n) return offset !== 0n ? 'zero-alloc' : 'zero-plain';
+  return offset !== 0n ? 'normal' : 'unallocated';
+}
+
+export function l2EntryOffset(entry: bigint): number {
+  return Number(entry & L2E_OFFSET_MASK);
+}
+
+export function l1EntryOffset(entry: bigint): number {
+  return Number(entry & L1E_OFFSET_MASK);
+}
+
+/** Geometry of compressed descriptors for a cluster size (csize_shift, csize_mask, offset mask). */
+export interface CompressedGeometry {
+  csizeShift: bigint;
+  csizeMask: bigint;
+  offsetMask: bigint;
+}
+
+export function compressedGeometry(clusterBits: number): CompressedGeometry {
+  const csizeShift = BigInt(62 - (clusterBits - 8));
+  return {
+    csizeShift,
+    csizeMask: (1n << BigInt(clusterBits - 8)) - 1n,
+    offsetMask: (1n << csizeShift) - 1n,
+  };
+}
+
+/** A compressed descriptor: where the data starts and how many bytes to read. */
+export interface CompressedExtent {
+  offset: number;
+  /** Bytes from `offset` to the end of the last 512-byte sector the data may span. */
+  length: number;
+  /** Sectors the descriptor covers (for refcounts: the range is offset & ~511 .. + sectors*512). */
+  sectors: number;
+}
+
+export function decodeCompressed(entry: bigint, g: CompressedGeometry): CompressedExtent {
+  const offset = Number(entry & g.offsetMask);
+  const sectors = Number((entry >> g.csizeShift) & g.csizeMask) + 1;
+  return { offset, length: sectors * 512 - (offset & 511), sectors };
+}
+
+export function encodeCompressed(offset: number, bytes: number, g: CompressedGeometry): bigint {
+  const sectors = Math.floor((offset + bytes - 1) / 512) - Math.floor(offset / 512);
+  return QCOW_OFLAG_COMPRESSED | (BigInt(sectors) << g.csizeShift) | BigInt(offset);
+}
+
+/** Subcluster types of extended L2 entries (QEMU's QCow2SubclusterType). */
+export type Qcow2SubclusterType =
+  | 'normal'
+  | 'compressed'
+  | 'zero-plain'
+  | 'zero-alloc'
+  | 'unallocated-plain'
+  | 'unallocated-alloc'
+  | 'invalid';
+
+export function subclusterType(entry: bigint, bitmap: bigint, sc: number, extendedL2: boolean, zeroBit: boolean): Qcow2SubclusterType {
+  const t = clusterType(entry, zeroBit && !extendedL2);
+  if (!extendedL2) {
+    switch (t) {
+      case 'unallocated':
+        return 'unallocated-plain';
+      default:
+        return t;
+    }
+  }
+  if (t === 'compressed') return bitmap === 0n ? 'compressed' : 'invalid';
+  const allocBit = (bitmap >> BigInt(sc)) & 1n;
+  const zeroBitSet = (bitmap >> BigInt(32 + sc)) & 1n;
+  if (allocBit !== 0n && zeroBitSet !== 0n) return 'invalid';
+  if (t === 'normal') {
+    if (zeroBitSet !== 0n) return 'zero-alloc';
+    return allocBit !== 0n ? 'normal' : 'unallocated-alloc';
+  }
+  if (allocBit !== 0n) return 'invalid';
+  return zeroBitSet !== 0n ? 'zero-plain' : 'unallocated-plain';
+}

@@ -1,0 +1,275 @@
+/**
+ * The request path: reads (plan a run with qcow2GetHostOffset, then execute it), writes
+ * (allocate with qcow2AllocHostOffset, write data and COW, link the L2 entries) and
+ * compressed writes.
+ *
+ * Locking: planning and every metadata change happen under s.lock. Reads release it for the
+ * data I/O; writes keep it until their L2 entries are set, which serialises allocating writes
+ * the way QEMU's dependency tracking does for overlapping ones.
+ */
+import { BlockError } from '../../block/errors.js';
+import { IOVector } from '../../block/iovec.js';
+import { type Qcow2L2Meta, qcow2AllocHostOffset, qcow2LinkL2 } from './alloc.js';
+import { qcow2GetClusterTable, qcow2GetHostOffset, qcow2IsZero, type Qcow2Run, getL2Entry, setL2Entry } from './cluster.js';
+import { qcow2CheckNotCorrupt, qcow2PreWriteOverlapCheck } from './corrupt.js';
+import { clusterType, decodeCompressed, encodeCompressed } from './entries.js';
+import { qcow2AllocBytes, qcow2FreeClusters } from './refcount.js';
+import { type BDRVQcow2State, offsetIntoCluster, qcow2File } from './state.js';
+
+/** Read guest bytes from the backing file; past its end (or without one) they are zeros. */
+async function readBacking(s: BDRVQcow2State, offset: number, qiov: IOVector): Promise<void> {
+  const backing = s.bs.backing;
+  const len = backing ? await backing.getLength() : 0;
+  if (!backing || offset >= len) {
+    qiov.memset(0, 0);
+    return;
+  }
+  const n = Math.min(len - offset, qiov.size);
+  if (n < qiov.size) qiov.memset(n, 0);
+  await qcow2File(s).debugEvent('read_backing_aio');
+  await backing.preadv(offset, n === qiov.size ? qiov : qiov.slice(0, n));
+}
+
+/** Decompress the cluster an entry describes (qcow2_co_preadv_compressed). */
+export async function qcow2ReadCompressedCluster(s: BDRVQcow2State, entry: bigint): Promise<Uint8Array> {
+  const c = decodeCompressed(entry, s.compressed);
+  const file = qcow2File(s);
+  await file.debugEvent('read_compressed');
+  const buf = new Uint8Array(c.length);
+  await file.pread(c.offset, buf);
+  return s.codec.decompress(s.header.compressionType, buf, s.clusterSize);
+}
+
+/** Execute one planned run of a read. */
+async function readRun(s: BDRVQcow2State, offset: number, run: Qcow2Run, cur: IOVector): Promise<void> {
+  switch (run.kind) {
+    case 'zero':
+      cur.memset(0, 0);
+      return;
+    case 'unallocated':
+      await readBacking(s, offset, cur);
+      return;
+    case 'compressed': {
+      const data = await qcow2ReadCompressedCluster(s, run.l2Entry);
+      const at = offsetIntoCluster(s, offset);
+      cur.copyFrom(data.subarray(at, at + run.bytes));
+      return;
+    }
+    case 'normal': {
+      const file = qcow2File(s);
+      await file.debugEvent('read_aio');
+      await file.preadv(run.hostOffset, cur);
+      return;
+    }
+  }
+}
+
+/**
+ * Read guest [offset, offset+bytes) into qiov at qiovOffset. `locked`: the caller holds
+ * s.lock (a COW read inside a write); otherwise each planning step takes it.
+ */
+export async function qcow2ReadRange(
+  s: BDRVQcow2State,
+  offset: number,
+  bytes: number,
+  qiov: IOVector,
+  qiovOffset: number,
+  locked: boolean,
+): Promise<void> {
+  let pos = offset;
+  let done = 0;
+  while (done < bytes) {
+    const run = locked
+      ? await qcow2GetHostOffset(s, pos, bytes - done)
+      : await s.lock.run(() => qcow2GetHostOffset(s, pos, bytes - done));
+    await readRun(s, pos, run, qiov.slice(qiovOffset + done, run.bytes));
+    pos += run.bytes;
+    done += run.bytes;
+  }
+}
+
+export async function qcow2CoPreadv(s: BDRVQcow2State, offset: number, bytes: number, qiov: IOVector): Promise<void> {
+  qcow2CheckNotCorrupt(s, 'read');
+  try {
+    await qcow2ReadRange(s, offset, bytes, qiov, 0, false);
+  } finally {
+    if (s.corruptWrite) await s.corruptWrite;
+  }
+}
+
+/**
+ * Where the COW areas of an allocation read as zeros, zero its whole clusters in the file at
+ * once and skip the copy (handle_alloc_space). Only when the file can zero without writing a
+ * buffer; otherwise the ordinary copy runs.
+ */
+async function handleAllocSpace(s: BDRVQcow2State, metas: readonly Qcow2L2Meta[]): Promise<void> {
+  const file = qcow2File(s);
+  for (const m of metas) {
+    if (m.cowStart.nbBytes === 0 && m.cowEnd.nbBytes === 0) continue;
+    if (!(await qcow2IsZero(s, m.offset + m.cowStart.offset, m.cowStart.nbBytes))) continue;
+    if (!(await qcow2IsZero(s, m.offset + m.cowEnd.offset, m.cowEnd.nbBytes))) continue;
+    const start = m.allocOffset + m.cowStart.offset;
+    const bytes = m.cowEnd.offset + m.cowEnd.nbBytes - m.cowStart.offset;
+    qcow2PreWriteOverlapCheck(s, 0, start, bytes);
+    await file.debugEvent('cluster_alloc_space');
+    try {
+      await file.writeZeroes(start, bytes, { noFallback: true });
+    } catch (e) {
+      if (e instanceof BlockError && e.code === 'ENOTSUP') continue;
+      throw e;
+    }
+    m.skipCow = true;
+  }
+}
+
+/** The allocation whose COW areas frame the data exactly, to write all three at once (merge_cow). */
+function mergeCow(s: BDRVQcow2State, offset: number, bytes: number, metas: readonly Qcow2L2Meta[]): Qcow2L2Meta | null {
+  for (const m of metas) {
+    if (m.cowStart.nbBytes === 0 && m.cowEnd.nbBytes === 0) continue;
+    if (m.skipCow) continue;
+    if (m.offset + m.cowStart.offset + m.cowStart.nbBytes !== offset) continue;
+    if (m.offset + m.cowEnd.offset !== offset + bytes) continue;
+    return m;
+  }
+  return null;
+}
+
+/**
+ * Copy-on-write of one allocation's head and tail into its new clusters (perform_cow): read
+ * from what the guest sees now (old cluster, backing file, zeros), then written; with `data`
+ * (merged), head, data and tail go out in one write.
+ */
+export async function qcow2PerformCow(s: BDRVQcow2State, m: Qcow2L2Meta, data: IOVector | null = null): Promise<void> {
+  if ((m.cowStart.nbBytes === 0 && m.cowEnd.nbBytes === 0) || m.skipCow) return;
+  const file = qcow2File(s);
+  const head = new Uint8Array(m.cowStart.nbBytes);
+  const tail = new Uint8Array(m.cowEnd.nbBytes);
+  // QEMU reads both areas in one request when the data between them is small (one cow_read
+  // event), otherwise each area on its own.
+  const between = m.cowEnd.offset - (m.cowStart.offset + m.cowStart.nbBytes);
+  const mergeReads = head.length > 0 && tail.length > 0 && between <= 16384;
+  if (mergeReads) await file.debugEvent('cow_read');
+  if (head.length > 0) {
+    if (!mergeReads) await file.debugEvent('cow_read');
+    await qcow2ReadRange(s, m.offset + m.cowStart.offset, head.length, IOVector.from(head), 0, true);
+  }
+  if (tail.length > 0) {
+    if (!mergeReads) await file.debugEvent('cow_read');
+    await qcow2ReadRange(s, m.offset + m.cowEnd.offset, tail.length, IOVector.from(tail), 0, true);
+  }
+  if (data) {
+    const whole = new IOVector([head, ...data.iov, tail]);
+    qcow2PreWriteOverlapCheck(s, 0, m.allocOffset + m.cowStart.offset, whole.size);
+    // One write, two events, as in QEMU: write_aio for the data, cow_write for the whole.
+    await file.debugEvent('write_aio');
+    await file.debugEvent('cow_write');
+    await file.pwritev(m.allocOffset + m.cowStart.offset, whole);
+    return;
+  }
+  for (const [buf, at] of [
+    [head, m.cowStart.offset],
+    [tail, m.cowEnd.offset],
+  ] as const) {
+    if (buf.length === 0) continue;
+    qcow2PreWriteOverlapCheck(s, 0, m.allocOffset + at, buf.length);
+    await file.debugEvent('cow_write');
+    await file.pwrite(m.allocOffset + at, buf);
+  }
+}
+
+/** Write guest data (from qiov at qiovOffset) at guest offset; s.lock held. */
+async function writeLocked(s: BDRVQcow2State, offset: number, bytes: number, qiov: IOVector, qiovOffset: number): Promise<void> {
+  const file = qcow2File(s);
+  let pos = offset;
+  let done = 0;
+  while (done < bytes) {
+    const a = await qcow2AllocHostOffset(s, pos, bytes - done);
+    if (a.bytes === 0) throw new BlockError('EIO', 'qcow2: no progress allocating clusters', { op: 'write', offset: pos });
+    const data = qiov.slice(qiovOffset + done, a.bytes);
+    qcow2PreWriteOverlapCheck(s, 0, a.hostOffset, a.bytes);
+    let linked = 0;
+    try {
+      // Zeroing whole new clusters beats copying zeros; then the data, alone or framed by its COW.
+      await handleAllocSpace(s, a.metas);
+      const merged = mergeCow(s, pos, a.bytes, a.metas);
+      if (!merged) {
+        await file.debugEvent('write_aio');
+        await file.pwritev(a.hostOffset, data);
+      }
+      // Per allocation: its COW, then its L2 entries (qcow2_alloc_cluster_link_l2).
+      for (const m of a.metas) {
+        await qcow2PerformCow(s, m, m === merged ? data : null);
+        await qcow2LinkL2(s, m);
+        linked++;
+      }
+    } catch (e) {
+      // Nothing points at the clusters of the allocations not linked: give them back
+      // (qcow2_alloc_cluster_abort).
+      for (const m of a.metas.slice(linked)) {
+        if (!m.keepOld) await qcow2FreeClusters(s, m.allocOffset, m.nbClusters * s.clusterSize, 'never');
+      }
+      throw e;
+    }
+    pos += a.bytes;
+    done += a.bytes;
+  }
+}
+
+export async function qcow2CoPwritev(s: BDRVQcow2State, offset: number, bytes: number, qiov: IOVector): Promise<void> {
+  if (s.extendedL2) {
+    throw new BlockError('ENOTSUP', 'qcow2: writing to images with extended L2 entries is not supported', { op: 'write', offset });
+  }
+  await s.lock.lock();
+  try {
+    qcow2CheckNotCorrupt(s, 'write');
+    await writeLocked(s, offset, bytes, qiov, 0);
+  } finally {
+    s.lock.unlock();
+    if (s.corruptWrite) await s.corruptWrite;
+  }
+}
+
+/**
+ * Write one compressed cluster (qcow2_co_pwritev_compressed_task): whole clusters only (the
+ * last may be short at the image end), into an unallocated or zero-plain entry.
+ */
+export async function qcow2CoPwritevCompressed(s: BDRVQcow2State, offset: number, bytes: number, qiov: IOVector): Promise<void> {
+  const cs = s.clusterSize;
+  const size = s.header.size;
+  if (offset % cs !== 0 || (bytes !== cs && offset + bytes !== size) || bytes > cs) {
+    throw new BlockError('EINVAL', undefined, { op: 'write_compressed', offset });
+  }
+  const src = new Uint8Array(cs);
+  qiov.copyTo(src, 0, bytes);
+  const out = s.codec.compress(s.header.compressionType, src, cs - 1);
+  if (!out) {
+    // Incompressible: an ordinary allocating write of the cluster.
+    await qcow2CoPwritev(s, offset, bytes, qiov);
+    return;
+  }
+  await s.lock.lock();
+  try {
+    qcow2CheckNotCorrupt(s, 'write');
+    const { table, l2Index } = await qcow2GetClusterTable(s, offset);
+    try {
+      const t = clusterType(getL2Entry(s, table.data, l2Index), s.header.version >= 3);
+      if (t !== 'unallocated' && t !== 'zero-plain') throw new BlockError('EIO', undefined, { op: 'write_compressed', offset });
+      const host = await qcow2AllocBytes(s, out.length);
+      qcow2PreWriteOverlapCheck(s, 0, host, out.length);
+      const file = qcow2File(s);
+      await file.debugEvent('write_compressed');
+      await file.pwrite(host, out);
+      await file.debugEvent('l2_update_compressed');
+      // The refcount increase is ordered before this entry by qcow2AllocBytes' dependency;
+      // the compressed bytes must be durable first as well.
+      s.l2Cache.dependOnFlush();
+      s.l2Cache.markDirty(table);
+      setL2Entry(s, table.data, l2Index, encodeCompressed(host, out.length, s.compressed));
+    } finally {
+      s.l2Cache.put(table);
+    }
+  } finally {
+    s.lock.unlock();
+    if (s.corruptWrite) await s.corruptWrite;
+  }
+}

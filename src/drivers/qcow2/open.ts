@@ -1,0 +1,260 @@
+/**
+ * Opening a qcow2 image (QEMU's qcow2_do_open): header checks in QEMU 7.2's order, then the
+ * tables, the caches and the writable-open duties (clearing unknown autoclear bits, repairing
+ * a dirty image). Also the full header rewrite (qcow2_update_header) every other file uses.
+ */
+import type { OpenOptions } from '../../block/driver.js';
+import { BlockError } from '../../block/errors.js';
+import { CoMutex } from '../../block/coroutine.js';
+import type { BlockDriverState } from '../../block/node.js';
+import { Qcow2Cache } from './cache.js';
+import { defaultQcow2Codec } from './compress.js';
+import { qcow2PreWriteOverlapCheck, QCOW2_OL_ACTIVE_L2, QCOW2_OL_REFCOUNT_BLOCK, type Qcow2MetadataExtents } from './corrupt.js';
+import { compressedGeometry } from './entries.js';
+import {
+  decodeExtensions,
+  decodeHeader,
+  encodeHeaderCluster,
+  QCOW2_AUTOCLEAR_BITMAPS,
+  QCOW2_AUTOCLEAR_DATA_FILE_RAW,
+  QCOW2_AUTOCLEAR_MASK,
+  QCOW2_COMPAT_LAZY_REFCOUNTS,
+  QCOW2_INCOMPAT_DATA_FILE,
+  QCOW2_INCOMPAT_EXTL2,
+  QCOW2_MAX_BACKING_FILE_NAME,
+  QCOW2_V3_HEADER_SIZE,
+  type Qcow2Extensions,
+  validateFeatures,
+  validateHeaderBasics,
+  validateTables,
+} from './header.js';
+import { qcow2LoadRefcountTable } from './refcount.js';
+import { refcountBlockEntries, refcountGetter, refcountMax, refcountSetter } from './refcount-codec.js';
+import type { BDRVQcow2State } from './state.js';
+
+const DEFAULT_L2_CACHE_MAX_SIZE = 32 * 1024 * 1024;
+const MIN_REFCOUNT_CACHE_SIZE = 4;
+/** Autoclear bits whose data this driver keeps consistent: none (no bitmaps, no data file). */
+const QCOW2_AUTOCLEAR_SUPPORTED = QCOW2_AUTOCLEAR_MASK & ~(QCOW2_AUTOCLEAR_BITMAPS | QCOW2_AUTOCLEAR_DATA_FILE_RAW);
+const MAX_SNAPSHOT_TABLE_BYTES = 64 * 1024 * 1024;
+
+/** Parse a size option ("1M", "65536") as QEMU's qemu_strtosz does for cache sizes. */
+function parseSizeOption(name: string, value: string): number {
+  const m = /^(\d+)([kKmMgGtT]?)$/.exec(value.trim());
+  if (!m) throw new BlockError('EINVAL', `Parameter '${name}' expects a non-negative number below 2^64`, { op: 'open' });
+  const mult: Record<string, number> = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 };
+  return Number(m[1]) * mult[m[2].toLowerCase()];
+}
+
+/** Cache capacities in tables from the open options (read_cache_sizes, simplified bounds). */
+function cacheSizes(options: OpenOptions, clusterSize: number, size: number, l2Size: number): { l2: number; refcount: number } {
+  const o = options.driverOptions ?? {};
+  const maxL2 = Math.ceil(size / (l2Size * clusterSize)) * clusterSize;
+  let l2Bytes = Math.min(maxL2, DEFAULT_L2_CACHE_MAX_SIZE);
+  let refBytes = MIN_REFCOUNT_CACHE_SIZE * clusterSize;
+  const l2Opt = o['l2-cache-size'];
+  const refOpt = o['refcount-cache-size'];
+  const combined = o['cache-size'];
+  if (combined !== undefined) {
+    const total = parseSizeOption('cache-size', combined);
+    if (l2Opt !== undefined && refOpt !== undefined) {
+      throw new BlockError('EINVAL', "cache-size, l2-cache-size and refcount-cache-size may not be set at the same time", { op: 'open' });
+    }
+    l2Bytes = Math.min(maxL2, Math.max(0, total - refBytes));
+    refBytes = total - l2Bytes;
+  }
+  if (l2Opt !== undefined) l2Bytes = parseSizeOption('l2-cache-size', l2Opt);
+  if (refOpt !== undefined) refBytes = parseSizeOption('refcount-cache-size', refOpt);
+  return { l2: Math.max(2, Math.floor(l2Bytes / clusterSize)), refcount: Math.max(MIN_REFCOUNT_CACHE_SIZE, Math.floor(refBytes / clusterSize)) };
+}
+
+/** Snapshot table extents for the overlap check (read with hard limits). */
+async function readSnapshotExtents(file: BlockDriverState, nb: number, offset: number, fileLength: number): Promise<Qcow2MetadataExtents['inactiveL1'] & { tableSize?: number }> {
+  const out: { offset: number; size: number }[] = [];
+  let pos = offset;
+  for (let i = 0; i < nb; i++) {
+    const fixed = new Uint8Array(40);
+    if (pos + 40 > fileLength) break;
+    await file.pread(pos, fixed);
+    const v = new DataView(fixed.buffer);
+    const l1Offset = Number(v.getBigUint64(0));
+    const l1Size = v.getUint32(8);
+    const idLen = v.getUint16(12);
+    const nameLen = v.getUint16(14);
+    const extra = v.getUint32(36);
+    if (extra > 1024) throw new BlockError('EFBIG', `Too much extra metadata in snapshot table entry ${i}`, { op: 'open' });
+    out.push({ offset: l1Offset, size: l1Size * 8 });
+    pos += 40 + extra + idLen + nameLen;
+    pos = Math.ceil(pos / 8) * 8;
+    if (pos - offset > MAX_SNAPSHOT_TABLE_BYTES) throw new BlockError('EFBIG', 'Snapshot table is too big', { op: 'open' });
+  }
+  return Object.assign(out, { tableSize: pos - offset });
+}
+
+/** Build the in-memory state of the image under `bs` (qcow2_do_open). */
+export async function qcow2DoOpen(bs: BlockDriverState, options: OpenOptions): Promise<BDRVQcow2State> {
+  const file = bs.file;
+  if (!file) throw new BlockError('EINVAL', 'qcow2 needs a file to open', { op: 'open', path: bs.filename });
+  const fileLength = await file.getLength();
+  const first = new Uint8Array(QCOW2_V3_HEADER_SIZE);
+  if (fileLength > 0) await file.pread(0, first.subarray(0, Math.min(fileLength, first.length)));
+  const header = fileLength >= 72 ? decodeHeader(first) : decodeHeader(new Uint8Array(72));
+  validateHeaderBasics(header);
+  const cs = 2 ** header.clusterBits;
+  const cluster0 = new Uint8Array(cs);
+  await file.pread(0, cluster0.subarray(0, Math.min(cs, fileLength)));
+
+  let ext: Qcow2Extensions | null = null;
+  let extError: unknown = null;
+  try {
+    ext = decodeExtensions(header, cluster0);
+  } catch (e) {
+    extError = e;
+  }
+  const writable = !bs.readOnly && !options.inactive;
+  const check = options.check === true;
+  validateFeatures(header, ext?.featureTable ?? [], writable, check);
+  validateTables(header, check);
+  if (extError !== null || !ext) throw extError instanceof Error ? extError : new BlockError('EINVAL', 'Header extension too large', { op: 'open' });
+  if ((header.autoclearFeatures & 2n) !== 0n && (header.incompatibleFeatures & QCOW2_INCOMPAT_DATA_FILE) === 0n) {
+    throw new BlockError('EINVAL', 'data-file-raw requires a data file', { op: 'open' });
+  }
+  if ((header.incompatibleFeatures & QCOW2_INCOMPAT_DATA_FILE) !== 0n) {
+    throw new BlockError('ENOTSUP', "qcow2: images with an external data file are not supported", { op: 'open' });
+  }
+
+  let backingFile: string | null = null;
+  if (header.backingFileOffset !== 0) {
+    const max = Math.min(QCOW2_MAX_BACKING_FILE_NAME, cs - header.backingFileOffset);
+    if (header.backingFileSize > max) throw new BlockError('EINVAL', 'Backing file name too long', { op: 'open' });
+    backingFile = new TextDecoder().decode(cluster0.subarray(header.backingFileOffset, header.backingFileOffset + header.backingFileSize));
+  }
+
+  const extendedL2 = (header.incompatibleFeatures & QCOW2_INCOMPAT_EXTL2) !== 0n;
+  const l2EntrySize = extendedL2 ? 16 : 8;
+  const l2Size = cs / l2EntrySize;
+  const inactiveL1 = header.nbSnapshots > 0 ? await readSnapshotExtents(file, header.nbSnapshots, header.snapshotsOffset, fileLength) : [];
+  let bitmapDirectory: Qcow2MetadataExtents['bitmapDirectory'] = null;
+  if (ext.bitmaps) {
+    const v = new DataView(ext.bitmaps.buffer, ext.bitmaps.byteOffset);
+    bitmapDirectory = { offset: Number(v.getBigUint64(16)), size: Number(v.getBigUint64(8)) };
+  }
+
+  const sizes = cacheSizes(options, cs, header.size, l2Size);
+  const s = {} as BDRVQcow2State;
+  const hooks = { file: () => file };
+  Object.assign(s, {
+    bs,
+    header,
+    clusterBits: header.clusterBits,
+    clusterSize: cs,
+    l2Size,
+    extendedL2,
+    l2EntrySize,
+    subclusterSize: extendedL2 ? cs / 32 : cs,
+    l1Table: new BigUint64Array(0),
+    l1TableOffset: header.l1TableOffset,
+    refcountTable: new BigUint64Array(0),
+    refcountTableOffset: header.refcountTableOffset,
+    refcountOrder: header.refcountOrder,
+    refcountBlockEntries: refcountBlockEntries(header.clusterBits, header.refcountOrder),
+    refcountMax: refcountMax(header.refcountOrder),
+    getRefcount: refcountGetter(header.refcountOrder),
+    setRefcount: refcountSetter(header.refcountOrder),
+    l2Cache: new Qcow2Cache('l2', cs, sizes.l2, { ...hooks, checkWrite: (o, n) => qcow2PreWriteOverlapCheck(s, QCOW2_OL_ACTIVE_L2, o, n) }, 'l2_update'),
+    refcountCache: new Qcow2Cache(
+      'refcount',
+      cs,
+      sizes.refcount,
+      { ...hooks, checkWrite: (o, n) => qcow2PreWriteOverlapCheck(s, QCOW2_OL_REFCOUNT_BLOCK, o, n) },
+      'refblock_update_part',
+    ),
+    freeClusterIndex: 0,
+    freeByteOffset: 0,
+    compressed: compressedGeometry(header.clusterBits),
+    codec: defaultQcow2Codec,
+    unknownHeaderFields:
+      header.version >= 3 && header.headerLength > QCOW2_V3_HEADER_SIZE ? cluster0.slice(QCOW2_V3_HEADER_SIZE, header.headerLength) : new Uint8Array(0),
+    unknownExtensions: ext.unknown,
+    backingFile,
+    backingFormat: ext.backingFormat,
+    dataFile: ext.dataFile,
+    bitmapsExtension: ext.bitmaps,
+    useLazyRefcounts: header.version >= 3 && (header.compatibleFeatures & QCOW2_COMPAT_LAZY_REFCOUNTS) !== 0n && lazyOption(options),
+    discardPassthrough: discardOption(options),
+    metadataPreallocation: null,
+    corrupt: false,
+    corruptionReported: false,
+    corruptWrite: null,
+    extents: { snapshotsOffset: header.snapshotsOffset, snapshotsSize: header.nbSnapshots > 0 ? ((inactiveL1 as { tableSize?: number }).tableSize ?? 0) : 0, inactiveL1, bitmapDirectory },
+    updateHeader: () => qcow2UpdateHeader(s),
+    lock: new CoMutex(),
+    openOptions: options,
+    closed: false,
+  } satisfies BDRVQcow2State);
+
+  await loadL1Table(s, fileLength);
+  await qcow2LoadRefcountTable(s);
+
+  // Autoclear bits tell a later reader that extension data was kept up to date by every
+  // writer. We do not maintain bitmaps: like an unknown bit, the bitmaps bit is cleared on a
+  // writable open (QEMU clears only the bits it does not know), and the bitmaps extension,
+  // now stale, goes with it at this header rewrite.
+  if (writable && (header.autoclearFeatures & ~QCOW2_AUTOCLEAR_SUPPORTED) !== 0n) {
+    header.autoclearFeatures &= QCOW2_AUTOCLEAR_SUPPORTED;
+    if ((header.autoclearFeatures & QCOW2_AUTOCLEAR_BITMAPS) === 0n) s.bitmapsExtension = null;
+    await qcow2UpdateHeader(s);
+  }
+  return s;
+}
+
+function lazyOption(options: OpenOptions): boolean {
+  const v = options.driverOptions?.['lazy-refcounts'];
+  return v === undefined || v === 'on' || v === 'true';
+}
+
+function discardOption(options: OpenOptions): boolean {
+  const o = options.driverOptions ?? {};
+  const pass = o['pass-discard-request'];
+  if (pass !== undefined) return pass === 'on' || pass === 'true';
+  const d = o.discard;
+  return d === undefined || d === 'unmap' || d === 'on';
+}
+
+async function loadL1Table(s: BDRVQcow2State, fileLength: number): Promise<void> {
+  const n = s.header.l1Size;
+  const buf = new Uint8Array(n * 8);
+  const off = s.l1TableOffset;
+  // An L1 table past the end of the file reads as zeros, as in QEMU.
+  if (n > 0 && off < fileLength) await qcow2FileOf(s).pread(off, buf.subarray(0, Math.min(buf.length, fileLength - off)));
+  const v = new DataView(buf.buffer);
+  s.l1Table = new BigUint64Array(n);
+  for (let i = 0; i < n; i++) s.l1Table[i] = v.getBigUint64(i * 8);
+}
+
+function qcow2FileOf(s: BDRVQcow2State): BlockDriverState {
+  const f = s.bs.file;
+  if (!f) throw new BlockError('EBADF', 'qcow2 node has no file child', { op: 'qcow2' });
+  return f;
+}
+
+/**
+ * Rewrite the whole first cluster from memory (qcow2_update_header): header, extensions in
+ * QEMU's order, backing name, zeros. Nothing is written when the contents do not fit.
+ */
+export async function qcow2UpdateHeader(s: BDRVQcow2State): Promise<void> {
+  const { buf, header } = encodeHeaderCluster({
+    header: { ...s.header, l1Size: s.l1Table.length, l1TableOffset: s.l1TableOffset, refcountTableOffset: s.refcountTableOffset, refcountTableClusters: (s.refcountTable.length * 8) / s.clusterSize },
+    unknownHeaderFields: s.unknownHeaderFields,
+    backingFile: s.backingFile,
+    backingFormat: s.backingFormat,
+    dataFile: s.dataFile,
+    crypto: null,
+    bitmaps: (s.header.autoclearFeatures & QCOW2_AUTOCLEAR_BITMAPS) !== 0n ? s.bitmapsExtension : null,
+    unknownExtensions: s.unknownExtensions,
+  });
+  const file = qcow2FileOf(s);
+  await file.pwrite(0, buf);
+  await file.flush();
+  s.header = header;
+}

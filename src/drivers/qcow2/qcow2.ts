@@ -1,0 +1,227 @@
+/**
+ * The qcow2 block driver: open/close and the metadata hooks, assembled into `qcow2Driver`.
+ * Requests live in io.ts, zeroing and discard in zero.ts, creation in create.ts, resizing in
+ * resize.ts.
+ */
+import type { BlockDriver, BlockDriverInfo, BlockStatus, ImageInfoSpecific, OpenOptions, WriteZeroesFlags } from '../../block/driver.js';
+import { BlockError } from '../../block/errors.js';
+import type { IOVector } from '../../block/iovec.js';
+import type { BlockDriverState } from '../../block/node.js';
+import { qcow2GetHostOffset } from './cluster.js';
+import { qcow2CheckNotCorrupt } from './corrupt.js';
+import { qcow2Create, qcow2CreateOptions } from './create.js';
+import {
+  QCOW2_COMPAT_LAZY_REFCOUNTS,
+  QCOW2_INCOMPAT_CORRUPT,
+  QCOW2_INCOMPAT_DIRTY,
+  QCOW_MAGIC,
+} from './header.js';
+import { qcow2CoPreadv, qcow2CoPwritev, qcow2CoPwritevCompressed } from './io.js';
+import { qcow2DoOpen, qcow2UpdateHeader } from './open.js';
+import { qcow2RepairDirty } from './repair.js';
+import { qcow2GetRefcount } from './refcount.js';
+import { qcow2Truncate } from './resize.js';
+import { type BDRVQcow2State, qcow2File, qcow2IsDirty, qcow2NeedAccurateRefcounts, qcow2State } from './state.js';
+import { qcow2CoDiscard, qcow2CoWriteZeroes } from './zero.js';
+
+/** Probe: the magic and a version QEMU knows (qcow2_probe). */
+export function qcow2Probe(buf: Uint8Array): number {
+  if (buf.length < 8) return 0;
+  const v = new DataView(buf.buffer, buf.byteOffset);
+  return v.getUint32(0) === QCOW_MAGIC && v.getUint32(4) >= 2 ? 100 : 0;
+}
+
+async function qcow2Open(bs: BlockDriverState, options: OpenOptions): Promise<void> {
+  const s = await qcow2DoOpen(bs, options);
+  const writable = !bs.readOnly && !options.inactive;
+  // A dirty image's refcounts may be stale: rebuild them before anything allocates. Check
+  // opens look at the image as it is; read-only opens never allocate.
+  if (qcow2IsDirty(s) && writable && !options.check) {
+    await qcow2RepairDirty(s);
+  }
+  bs.backingFile = s.backingFile ?? '';
+  bs.backingFormat = s.backingFormat ?? '';
+  bs.opaque = s;
+}
+
+/** Write what the caches hold (qcow2_write_caches); refcounts only while they are accurate. */
+export async function qcow2WriteCaches(s: BDRVQcow2State): Promise<void> {
+  await s.l2Cache.write();
+  if (qcow2NeedAccurateRefcounts(s)) await s.refcountCache.write();
+}
+
+async function qcow2Flush(bs: BlockDriverState): Promise<void> {
+  const s = qcow2State(bs);
+  await s.lock.run(async () => {
+    if (!bs.readOnly && !s.corrupt) await qcow2WriteCaches(s);
+  });
+  await qcow2File(s).flush();
+}
+
+/** Close: write the caches, then mark a lazy-refcounts image clean (qcow2_inactivate). */
+async function qcow2Close(bs: BlockDriverState): Promise<void> {
+  const s = bs.opaque as BDRVQcow2State | null;
+  if (!s || s.closed) return;
+  s.closed = true;
+  if (s.corruptWrite) await s.corruptWrite;
+  await s.lock.lock();
+  try {
+    if (!bs.readOnly && !s.openOptions.inactive && !s.corrupt) {
+      await s.l2Cache.flush();
+      await s.refcountCache.flush();
+      if (qcow2IsDirty(s) && s.useLazyRefcounts) {
+        // Refcounts are all on disk now: the image may say so.
+        s.header.incompatibleFeatures &= ~QCOW2_INCOMPAT_DIRTY;
+        await qcow2UpdateHeader(s);
+      }
+    }
+  } finally {
+    s.lock.unlock();
+    s.l2Cache.reset();
+    s.refcountCache.reset();
+  }
+}
+
+async function qcow2BlockStatus(bs: BlockDriverState, offset: number, bytes: number): Promise<BlockStatus> {
+  const s = qcow2State(bs);
+  qcow2CheckNotCorrupt(s, 'block_status');
+  const run = await s.lock.run(() => qcow2GetHostOffset(s, offset, bytes));
+  const withOffset = run.allocated ? { offset: run.hostOffset, file: qcow2File(s) } : {};
+  switch (run.kind) {
+    case 'normal': {
+      if (await qcow2MetadataPreallocated(s)) {
+        // Preallocated clusters may never have been written: ask the file whether they read
+        // as zeros (QEMU's BDRV_BLOCK_RECURSE), and answer for no more than the file does.
+        const st = await qcow2File(s).blockStatus(run.hostOffset, run.bytes);
+        return { pnum: Math.min(st.pnum, run.bytes), allocated: true, data: true, zero: st.zero, ...withOffset };
+      }
+      return { pnum: run.bytes, allocated: true, data: true, zero: false, ...withOffset };
+    }
+    case 'compressed':
+      return { pnum: run.bytes, allocated: true, data: true, zero: false };
+    case 'zero':
+      return { pnum: run.bytes, allocated: true, data: false, zero: true, ...withOffset };
+    default: {
+      const backing = bs.backing;
+      const zero = !backing || offset >= (await backing.getLength());
+      return { pnum: run.bytes, allocated: false, data: false, zero, ...withOffset };
+    }
+  }
+}
+
+/**
+ * Does the image look metadata-preallocated (qcow2_detect_metadata_preallocation): clearly
+ * more clusters counted than the file really occupies? Decided once per open.
+ */
+async function qcow2MetadataPreallocated(s: BDRVQcow2State): Promise<boolean> {
+  if (s.metadataPreallocation !== null) return s.metadataPreallocation;
+  const file = qcow2File(s);
+  let answer = false;
+  try {
+    const realClusters = Math.floor((await file.getAllocatedFileSize()) / s.clusterSize);
+    const threshold = Math.max(Math.floor((realClusters * 10) / 9), realClusters + 2);
+    const end = Math.ceil((await file.getLength()) / s.clusterSize);
+    let count = 0;
+    await s.lock.run(async () => {
+      for (let i = 0; i < end && count < threshold; i++) if ((await qcow2GetRefcount(s, i)) !== 0) count++;
+    });
+    answer = count >= threshold;
+  } catch {
+    // Without the file's allocation there is nothing to compare with: no recursion.
+  }
+  s.metadataPreallocation = answer;
+  return answer;
+}
+
+async function qcow2GetInfo(bs: BlockDriverState): Promise<BlockDriverInfo> {
+  const s = qcow2State(bs);
+  return { clusterSize: s.clusterSize, isDirty: qcow2IsDirty(s) };
+}
+
+/**
+ * QEMU's ImageInfoSpecificQCow2, fields in QAPI order (compat, extended-l2, lazy-refcounts,
+ * corrupt, refcount-bits, compression-type): tools print them in QDict order from that.
+ */
+async function qcow2GetSpecificInfo(bs: BlockDriverState): Promise<ImageInfoSpecific> {
+  const s = qcow2State(bs);
+  const h = s.header;
+  const compressionType = h.compressionType === 1 ? 'zstd' : 'zlib';
+  if (h.version < 3) {
+    return { kind: 'qcow2', data: { compat: '0.10', 'refcount-bits': 2 ** s.refcountOrder, 'compression-type': compressionType } };
+  }
+  return {
+    kind: 'qcow2',
+    data: {
+      compat: '1.1',
+      'extended-l2': s.extendedL2,
+      'lazy-refcounts': (h.compatibleFeatures & QCOW2_COMPAT_LAZY_REFCOUNTS) !== 0n,
+      corrupt: (h.incompatibleFeatures & QCOW2_INCOMPAT_CORRUPT) !== 0n,
+      'refcount-bits': 2 ** s.refcountOrder,
+      'compression-type': compressionType,
+    },
+  };
+}
+
+/** Change (or drop) the backing file: a full header rewrite (qcow2_change_backing_file). */
+export async function qcow2ChangeBackingFile(bs: BlockDriverState, name: string | null, fmt: string | null): Promise<void> {
+  const s = qcow2State(bs);
+  const backing = name === null || name === '' ? null : name;
+  if (backing !== null && new TextEncoder().encode(backing).length > 1023) {
+    throw new BlockError('EINVAL', undefined, { op: 'change_backing_file' });
+  }
+  await s.lock.run(async () => {
+    const old = { file: s.backingFile, fmt: s.backingFormat };
+    s.backingFile = backing;
+    s.backingFormat = backing === null ? null : fmt;
+    try {
+      await qcow2UpdateHeader(s);
+    } catch (e) {
+      s.backingFile = old.file;
+      s.backingFormat = old.fmt;
+      throw e;
+    }
+  });
+  bs.backingFile = backing ?? '';
+  bs.backingFormat = backing === null ? '' : (fmt ?? '');
+}
+
+async function qcow2InvalidateCache(bs: BlockDriverState): Promise<void> {
+  const s = qcow2State(bs);
+  await qcow2Close(bs);
+  bs.opaque = null;
+  try {
+    await qcow2Open(bs, s.openOptions);
+  } catch (e) {
+    bs.opaque = s;
+    throw e;
+  }
+}
+
+export const qcow2Driver: BlockDriver = {
+  formatName: 'qcow2',
+  requestAlignment: 1,
+  supportsBacking: true,
+  createOptions: qcow2CreateOptions,
+  probe: qcow2Probe,
+  open: qcow2Open,
+  close: qcow2Close,
+  create: qcow2Create,
+  coPreadv: (bs, offset, bytes, qiov: IOVector) => qcow2CoPreadv(qcow2State(bs), offset, bytes, qiov),
+  coPwritev: async (bs, offset, bytes, qiov: IOVector, flags) => {
+    const s = qcow2State(bs);
+    await qcow2CoPwritev(s, offset, bytes, qiov);
+    if (flags.fua) await qcow2Flush(bs);
+  },
+  coFlush: qcow2Flush,
+  coPwritevCompressed: (bs, offset, bytes, qiov: IOVector) => qcow2CoPwritevCompressed(qcow2State(bs), offset, bytes, qiov),
+  coBlockStatus: qcow2BlockStatus,
+  coWriteZeroes: (bs, offset, bytes, flags: WriteZeroesFlags) => qcow2CoWriteZeroes(qcow2State(bs), offset, bytes, flags),
+  coDiscard: (bs, offset, bytes) => qcow2CoDiscard(qcow2State(bs), offset, bytes),
+  truncate: (bs, size, prealloc) => qcow2Truncate(qcow2State(bs), size, prealloc ?? 'off'),
+  truncatePreallocates: true,
+  getLength: (bs) => qcow2State(bs).header.size,
+  getInfo: qcow2GetInfo,
+  getSpecificInfo: qcow2GetSpecificInfo,
+  changeBackingFile: qcow2ChangeBackingFile,
+  invalidateCache: qcow2InvalidateCache,
+};

@@ -1,0 +1,98 @@
+/**
+ * Reftable growth (QEMU's qcow2_refcount_area): when a refcount block is needed beyond the end
+ * of the refcount table, new self-describing structures are laid after everything in use —
+ * the missing refcount blocks, then a table with room to spare — written in that order, and
+ * the header switched to the new table with one synchronous write before the old one is freed.
+ */
+import { BlockError } from '../../block/errors.js';
+import { qcow2PreWriteOverlapCheck } from './corrupt.js';
+import { REFT_OFFSET_MASK } from './entries.js';
+import { QCOW_MAX_REFTABLE_SIZE } from './header.js';
+import { refcountMetadataSize } from './refcount-codec.js';
+import { qcow2FreeClusters } from './refcount.js';
+import { type BDRVQcow2State, qcow2File } from './state.js';
+
+/**
+ * Create a new reftable and the refcount blocks covering themselves plus `additional`
+ * clusters, starting at `startOffset` (the end of everything in use), and switch to it
+ * (qcow2_refcount_area). Returns the offset after the new structures.
+ */
+export async function qcow2RefcountArea(
+  s: BDRVQcow2State,
+  startOffset: number,
+  additional: number,
+  exactSize: boolean,
+  newRefblockIndex: number,
+  newRefblockOffset: number,
+): Promise<number> {
+  const cs = s.clusterSize;
+  const { blocks: totalBlocks } = refcountMetadataSize(startOffset / cs + additional, cs, s.refcountOrder, !exactSize);
+  if (totalBlocks > QCOW_MAX_REFTABLE_SIZE) throw new BlockError('EFBIG', undefined, { op: 'refcount' });
+  const areaIndex = Math.floor(startOffset / cs / s.refcountBlockEntries);
+  let tableSize = exactSize ? totalBlocks : totalBlocks + Math.ceil(totalBlocks / 2);
+  const perCluster = cs / 8;
+  tableSize = Math.ceil(tableSize / perCluster) * perCluster;
+  const tableClusters = (tableSize * 8) / cs;
+  if (tableSize > QCOW_MAX_REFTABLE_SIZE) throw new BlockError('EFBIG', undefined, { op: 'refcount' });
+
+  const newTable = new BigUint64Array(tableSize);
+  newTable.set(s.refcountTable.subarray(0, Math.min(tableSize, s.refcountTable.length)));
+  if (newRefblockOffset !== 0) newTable[newRefblockIndex] = BigInt(newRefblockOffset);
+
+  let additionalBlocks = 0;
+  for (let i = areaIndex; i < totalBlocks; i++) if (newTable[i] === 0n) additionalBlocks++;
+  const tableOffset = startOffset + additionalBlocks * cs;
+  const endOffset = tableOffset + tableClusters * cs;
+
+  let blockOffset = startOffset;
+  for (let i = areaIndex; i < totalBlocks; i++) {
+    let e;
+    if (newTable[i] !== 0n) {
+      e = await s.refcountCache.get(Number(newTable[i] & REFT_OFFSET_MASK), 'refblock_load');
+    } else {
+      e = await s.refcountCache.getEmpty(blockOffset);
+      s.refcountCache.markDirty(e);
+      newTable[i] = BigInt(blockOffset);
+      blockOffset += cs;
+    }
+    const firstCovered = i * s.refcountBlockEntries * cs;
+    if (firstCovered < endOffset) {
+      // Every new structure gets refcount 1.
+      let j = firstCovered < startOffset ? (startOffset - firstCovered) / cs : 0;
+      const endIndex = Math.min((endOffset - firstCovered) / cs, s.refcountBlockEntries);
+      for (; j < endIndex; j++) s.setRefcount(e.data, j, 1);
+      s.refcountCache.markDirty(e);
+    }
+    s.refcountCache.put(e);
+  }
+
+  const file = qcow2File(s);
+  // Blocks first, then the table that points at them, then the header that points at it.
+  await file.debugEvent('refblock_alloc_write_blocks');
+  await s.refcountCache.flush();
+  const buf = new Uint8Array(tableSize * 8);
+  const v = new DataView(buf.buffer);
+  for (let i = 0; i < tableSize; i++) v.setBigUint64(i * 8, newTable[i]);
+  await file.debugEvent('refblock_alloc_write_table');
+  // The new table lies past every structure in use: nothing may overlap it.
+  qcow2PreWriteOverlapCheck(s, 0, tableOffset, buf.length);
+  await file.pwrite(tableOffset, buf);
+  await file.flush();
+  const hdr = new Uint8Array(12);
+  const hv = new DataView(hdr.buffer);
+  hv.setBigUint64(0, BigInt(tableOffset));
+  hv.setUint32(8, tableClusters);
+  await file.debugEvent('refblock_alloc_switch_table');
+  await file.pwrite(48, hdr);
+  await file.flush();
+
+  const oldOffset = s.refcountTableOffset;
+  const oldSize = s.refcountTable.length;
+  s.refcountTable = newTable;
+  s.refcountTableOffset = tableOffset;
+  s.header.refcountTableOffset = tableOffset;
+  s.header.refcountTableClusters = tableClusters;
+  await qcow2FreeClusters(s, oldOffset, oldSize * 8, 'other');
+  return endOffset;
+}
+

@@ -1,0 +1,122 @@
+/**
+ * BDRVQcow2State: what an open qcow2 image keeps in memory, and the small helpers every other
+ * file shares (geometry, tracing, the file child).
+ *
+ * Who touches what: `lock` (QEMU's s->lock) is held by every metadata operation (lookups that
+ * may load tables, allocation, L2/L1/refcount updates, flush of the caches), so the caches,
+ * the tables and the allocation cursors change under one owner at a time.
+ */
+import { CoMutex } from '../../block/coroutine.js';
+import type { OpenOptions } from '../../block/driver.js';
+import { BlockError } from '../../block/errors.js';
+import type { BlockDriverState } from '../../block/node.js';
+import type { Qcow2Cache } from './cache.js';
+import type { Qcow2Codec } from './compress.js';
+import type { Qcow2MetadataExtents } from './corrupt.js';
+import type { CompressedGeometry } from './entries.js';
+import type { QCowHeader, Qcow2UnknownExtension } from './header.js';
+import type { RefcountGetter, RefcountSetter } from './refcount-codec.js';
+
+export interface BDRVQcow2State {
+  bs: BlockDriverState;
+  header: QCowHeader;
+  clusterBits: number;
+  clusterSize: number;
+  /** Entries per L2 table, and whether they are 16-byte extended entries. */
+  l2Size: number;
+  extendedL2: boolean;
+  /** Bytes of one L2 entry (8 or 16). */
+  l2EntrySize: number;
+  subclusterSize: number;
+  /** Active L1 entries (a typed array: 8 bytes each, however large the image says it is). */
+  l1Table: BigUint64Array;
+  l1TableOffset: number;
+  refcountTable: BigUint64Array;
+  refcountTableOffset: number;
+  refcountOrder: number;
+  refcountBlockEntries: number;
+  refcountMax: number;
+  getRefcount: RefcountGetter;
+  setRefcount: RefcountSetter;
+  l2Cache: Qcow2Cache;
+  refcountCache: Qcow2Cache;
+  /** First cluster index worth probing for a free cluster (QEMU's free_cluster_index). */
+  freeClusterIndex: number;
+  /** Where the next compressed cluster is packed; 0 = start a new host cluster. */
+  freeByteOffset: number;
+  compressed: CompressedGeometry;
+  codec: Qcow2Codec;
+  /** Header bytes 112..header_length, extensions and names kept for full header rewrites. */
+  unknownHeaderFields: Uint8Array;
+  unknownExtensions: Qcow2UnknownExtension[];
+  backingFile: string | null;
+  backingFormat: string | null;
+  dataFile: string | null;
+  bitmapsExtension: Uint8Array | null;
+  /** Lazy refcounts in use (compat bit on a v3 image). */
+  useLazyRefcounts: boolean;
+  /** Discarded and unmapped clusters are hole-punched in the file (qemu-io's discard=unmap). */
+  discardPassthrough: boolean;
+  /** Metadata preallocation detected (block status then asks the file about zeros); null: not yet. */
+  metadataPreallocation: boolean | null;
+  /** Marked corrupt during this open: every later request fails with EIO. */
+  corrupt: boolean;
+  /** Messages already printed once (QEMU suppresses repeats). */
+  corruptionReported: boolean;
+  /** The header write that records the corrupt bit, when one is in flight. */
+  corruptWrite: Promise<void> | null;
+  /** Metadata the overlap check needs besides the tables (snapshot table, bitmaps). */
+  extents: Qcow2MetadataExtents;
+  /** Full header rewrite (qcow2_update_header), bound at open. */
+  updateHeader: () => Promise<void>;
+  lock: CoMutex;
+  openOptions: OpenOptions;
+  closed: boolean;
+}
+
+export function qcow2State(bs: BlockDriverState): BDRVQcow2State {
+  const s = bs.opaque as BDRVQcow2State | null | undefined;
+  if (!s) throw new BlockError('EBADF', 'qcow2 image is not open', { op: 'qcow2' });
+  return s;
+}
+
+export function qcow2File(s: BDRVQcow2State): BlockDriverState {
+  const file = s.bs.file;
+  if (!file) throw new BlockError('EBADF', 'qcow2 node has no file child', { op: 'qcow2' });
+  return file;
+}
+
+/** Emit a trace point, building nothing when nobody listens. */
+export function qcow2Trace(s: BDRVQcow2State, name: string, args: Record<string, unknown>): void {
+  if (s.bs.events.listenerCount('trace') > 0) s.bs.trace(name, args);
+}
+
+export function offsetIntoCluster(s: BDRVQcow2State, offset: number): number {
+  return offset % s.clusterSize;
+}
+
+export function startOfCluster(s: BDRVQcow2State, offset: number): number {
+  return offset - (offset % s.clusterSize);
+}
+
+export function sizeToClusters(s: BDRVQcow2State, size: number): number {
+  return Math.ceil(size / s.clusterSize);
+}
+
+export function offsetToL1Index(s: BDRVQcow2State, offset: number): number {
+  return Math.floor(offset / (s.clusterSize * s.l2Size));
+}
+
+export function offsetToL2Index(s: BDRVQcow2State, offset: number): number {
+  return Math.floor(offset / s.clusterSize) % s.l2Size;
+}
+
+/** The dirty bit is set: refcounts on disk may be stale (lazy refcounts). */
+export function qcow2IsDirty(s: BDRVQcow2State): boolean {
+  return (s.header.incompatibleFeatures & 1n) !== 0n;
+}
+
+/** Refcount blocks must be kept accurate on disk (QEMU's qcow2_need_accurate_refcounts). */
+export function qcow2NeedAccurateRefcounts(s: BDRVQcow2State): boolean {
+  return !qcow2IsDirty(s);
+}
