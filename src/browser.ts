@@ -1,9 +1,10 @@
 /**
  * Public entry of blocklayer for browsers (`import 'blocklayer'` under the `browser` export
  * condition, or `blocklayer/browser`): the generic block layer and every driver that needs no
- * Node API (mem, raw, qed, blkdebug, blkverify, powerloss, http/https over fetch), registered
- * in a default registry, plus `opfs:` (the Origin Private File System). No host-file driver: a
- * page stores images in `mem:` or `opfs:` and reads remote ones over `https://`.
+ * Node API (mem, raw, qed, qcow2, blkdebug, blkverify, powerloss, http/https over fetch),
+ * registered in a default registry, plus `opfs:` (the Origin Private File System). qcow2's
+ * compressed clusters use its default codec, pure JavaScript (pako, fzstd). No host-file
+ * driver: a page stores images in `mem:` or `opfs:` and reads remote ones over `https://`.
  *
  * Use:
  *   import { BlockBackend, defaultRegistry } from 'blocklayer';     // bundler, browser target

@@ -18,6 +18,10 @@ function importsOf(meta: esbuild.Metafile): { inputs: string[]; imports: string[
   return { inputs, imports };
 }
 
+function bundle(entry: string, platform: esbuild.Platform): Promise<esbuild.BuildResult<{ write: false; metafile: true }>> {
+  return esbuild.build({ entryPoints: [entry], bundle: true, platform, format: 'esm', write: false, metafile: true, logLevel: 'silent' });
+}
+
 function expectNoNode(meta: esbuild.Metafile): void {
   const { inputs, imports } = importsOf(meta);
   expect(imports.filter((p) => p.startsWith('node:') || builtins.has(p))).toEqual([]);
@@ -28,32 +32,16 @@ function expectNoNode(meta: esbuild.Metafile): void {
 
 describe('browser entry', () => {
   it('bundles for the browser without any Node builtin', async () => {
-    const r = await esbuild.build({
-      entryPoints: [join(root, 'src/browser.ts')],
-      bundle: true,
-      platform: 'browser',
-      format: 'esm',
-      write: false,
-      metafile: true,
-      logLevel: 'silent',
-    });
+    const r = await bundle(join(root, 'src/browser.ts'), 'browser');
     expectNoNode(r.metafile);
     const { inputs } = importsOf(r.metafile);
-    for (const drv of ['qed', 'raw', 'mem', 'blkdebug', 'blkverify', 'powerloss', 'http']) {
+    for (const drv of ['qed', 'qcow2', 'raw', 'mem', 'blkdebug', 'blkverify', 'powerloss', 'http']) {
       expect(inputs.some((p) => p.includes(`src/drivers/${drv}/`))).toBe(true);
     }
   });
 
   it('the Node entry does pull Node in (the check can fail)', async () => {
-    const r = await esbuild.build({
-      entryPoints: [join(root, 'src/index.ts')],
-      bundle: true,
-      platform: 'node',
-      format: 'esm',
-      write: false,
-      metafile: true,
-      logLevel: 'silent',
-    });
+    const r = await bundle(join(root, 'src/index.ts'), 'node');
     expect(() => expectNoNode(r.metafile)).toThrow();
   });
 
@@ -90,15 +78,7 @@ describe('browser entry', () => {
           'globalThis.result = { drivers: defaultRegistry.list().map((d) => d.formatName), back: [...back] };',
         ].join('\n'),
       );
-      const r = await esbuild.build({
-        entryPoints: [entry],
-        bundle: true,
-        platform: 'browser',
-        format: 'esm',
-        write: false,
-        metafile: true,
-        logLevel: 'silent',
-      });
+      const r = await bundle(entry, 'browser');
       expectNoNode(r.metafile);
       const inputs = Object.keys(r.metafile.inputs);
       expect(inputs.filter((p) => p.endsWith('pkg/dist/src/browser.js'))).toHaveLength(1);
@@ -111,6 +91,7 @@ describe('browser entry', () => {
       expect(result?.back).toEqual([1, 2, 3]);
       expect(result?.drivers).toContain('http');
       expect(result?.drivers).toContain('qed');
+      expect(result?.drivers).toContain('qcow2');
       expect(result?.drivers).not.toContain('file');
     });
   });
