@@ -2,9 +2,9 @@
  * Public entry of blocklayer for browsers (`import 'blocklayer'` under the `browser` export
  * condition, or `blocklayer/browser`): the generic block layer and every driver that needs no
  * Node API (mem, raw, qed, qcow2, blkdebug, blkverify, powerloss, http/https over fetch),
- * registered in a default registry. qcow2's compressed clusters use its default codec, pure
- * JavaScript (pako, fzstd). No host-file driver: a page stores images in `mem:` (or a storage
- * driver it registers itself) and reads remote ones over `https://`.
+ * registered in a default registry, plus `opfs:` (the Origin Private File System). qcow2's
+ * compressed clusters use its default codec, pure JavaScript (pako, fzstd). No host-file
+ * driver: a page stores images in `mem:` or `opfs:` and reads remote ones over `https://`.
  *
  * Use:
  *   import { BlockBackend, defaultRegistry } from 'blocklayer';     // bundler, browser target
@@ -18,14 +18,19 @@
  * import a `node:` module: test/unit/browser-bundle.test.ts bundles it and checks.
  */
 import { BlockDriverRegistry, setDefaultRegistry } from './block/registry.js';
+import { opfsDriver } from './drivers/opfs/index.js';
 import { portableDrivers } from './portable.js';
 
 export * from './portable.js';
+export * from './drivers/opfs/index.js';
 
 /** The registry `BlockDriverState.open` and `bdrvCreate` use when none is passed. */
 export const defaultRegistry = new BlockDriverRegistry();
 for (const drv of portableDrivers) {
   defaultRegistry.register(drv);
 }
+// Browsers only: the Origin Private File System, through a worker the page hands over
+// (opfsSetPort).
+defaultRegistry.register(opfsDriver);
 
 setDefaultRegistry(defaultRegistry);

@@ -21,7 +21,7 @@ export { qedDriver } from './drivers/qed/index.js';
 export { qcow2Driver } from './drivers/qcow2/index.js';
 export { blkdebugDriver } from './drivers/blkdebug/index.js';
 export { blkverifyDriver } from './drivers/blkverify/index.js';
-export { powerlossDriver } from './drivers/powerloss/index.js';
+export * from './drivers/powerloss/index.js';
 export * from './drivers/http/index.js';
 
 /**

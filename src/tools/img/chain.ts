@@ -1,6 +1,6 @@
 // Backing chains as qemu-img names them: finding a file in an open chain, and QEMU's
 // path_combine for the backing file names info prints.
-import { resolve } from 'node:path';
+import { toolHost } from '../shared/host.js';
 import type { BlockDriverState } from '../../index.js';
 
 /**
@@ -9,9 +9,10 @@ import type { BlockDriverState } from '../../index.js';
  * only one.
  */
 export function findBackingImage(bs: BlockDriverState, name: string): BlockDriverState | null {
-  const want = resolve(name);
+  const host = toolHost();
+  const want = host.resolvePath(name);
   for (let b = bs.backing; b; b = b.backing) {
-    if (resolve(b.filename) === want) return b;
+    if (host.resolvePath(b.filename) === want) return b;
   }
   return null;
 }

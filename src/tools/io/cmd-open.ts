@@ -1,7 +1,7 @@
 // blk-io's open and close, and openfile() shared with the program's own options: QEMU's open
 // messages, -o options (QEMU's option model, src/block/options.ts), -s overlays, node names.
-import { resolve } from 'node:path';
 import { BlockBackend, QEMU_IO_OPEN_OPTS, bdrvCreate, defaultRegistry, protocolPrefix, type BlockDriver, type BlockDriverState, type FlatQDict } from '../../index.js';
+import { toolHost } from '../shared/host.js';
 import { applyForceShare, openWithOptions, parseOptsNoisily } from '../shared/image-opts.js';
 import { closeQuietly, printOpenWarning, rootOf } from '../shared/open.js';
 import { attachTrace } from './trace.js';
@@ -114,11 +114,11 @@ async function snapshotOverlay(base: BlockBackend, target: string, f: OpenFlags)
   const fmt = rootOf(base).driver.formatName;
   const format = overlayDriver().formatName;
   await base.close();
-  const overlay = `mem:blk-io-snapshot-${process.pid}-${++snapshotCounter}`;
+  const overlay = `mem:blk-io-snapshot-${toolHost().pid}-${++snapshotCounter}`;
   await bdrvCreate(overlay, {
     format,
     // A host path is made absolute (the overlay lives elsewhere); mem: and filter names stay.
-    options: { size, backingFile: protocolPrefix(target) === null ? resolve(target) : target, backingFmt: fmt },
+    options: { size, backingFile: protocolPrefix(target) === null ? toolHost().resolvePath(target) : target, backingFmt: fmt },
   });
   return BlockBackend.open(overlay, {
     format,

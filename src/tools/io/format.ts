@@ -3,6 +3,7 @@
 // the hex dump of `read -v` and the two report formats (human and `-C`).
 import { INT64_MAX, qemuStrtosz } from '../shared/size.js';
 import { cvtstr, formatFixed } from '../shared/printf.js';
+import { toolHost } from '../shared/host.js';
 import { type ToolOutput } from '../shared/output.js';
 
 /** Largest request qemu-io accepts (BDRV_REQUEST_MAX_BYTES: INT_MAX rounded down to 512). */
@@ -127,7 +128,7 @@ export function dumpBuffer(o: ToolOutput, buf: Uint8Array, offset: number): void
 export type Elapsed = bigint;
 
 export function nowNs(): bigint {
-  return process.hrtime.bigint();
+  return toolHost().nowNs();
 }
 
 /** Seconds as a double, never 0 (a zero interval would print "inf" in QEMU; ours never is). */

@@ -2,6 +2,8 @@
 // [-c cmd]... [file]`; without -c, commands are read from stdin after a `<prog>> ` prompt.
 // Output goes through a stdio model (stdout fully buffered on pipes, stderr unbuffered) so
 // that a shared pipe sees the same interleaving as with QEMU.
+// Real files, cwd and clock for the command-line tool (a page keeps the portable host).
+import '../shared/host-node.js';
 import { setDebugMessageSink } from '../../index.js';
 import { getoptDiagnostic, getoptTable, longoptsOf, type OptionDef } from '../shared/getopt.js';
 import { ToolOutput, progName, type TextSink } from '../shared/output.js';

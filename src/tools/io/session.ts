@@ -1,7 +1,7 @@
 // The state one blk-io run carries between commands (qemu-io's globals): the open image, the
 // output streams, and the AIO completions that wait for the "main loop" to report them.
-import { closeSync, openSync, readSync } from 'node:fs';
 import { BlockError, ERRNO_MESSAGES, ObjectTable, isBlockError, type BlockBackend, type BlockErrorCode } from '../../index.js';
+import { toolHost } from '../shared/host.js';
 import type { ToolOutput } from '../shared/output.js';
 import { TraceOptions } from './trace.js';
 
@@ -142,27 +142,16 @@ function perror(o: ToolOutput, name: string, e: unknown): void {
  * yields nothing is refused ("file is empty", also when len is 0, as in QEMU).
  */
 export function allocFromFile(o: ToolOutput, name: string, len: number): Uint8Array | null {
-  let fd: number;
+  let head: Uint8Array;
   try {
-    fd = openSync(name, 'r');
+    head = toolHost().readFileHead(name, len);
   } catch (e) {
     perror(o, name, e);
     return null;
   }
+  const got = head.length;
   const buf = new Uint8Array(len);
-  let got = 0;
-  try {
-    while (got < len) {
-      const n = readSync(fd, buf, got, len - got, null);
-      if (n === 0) break;
-      got += n;
-    }
-  } catch (e) {
-    perror(o, name, e);
-    closeSync(fd);
-    return null;
-  }
-  closeSync(fd);
+  buf.set(head);
   if (got === 0) {
     o.errRaw(`${name}: file is empty\n`);
     return null;

@@ -2,9 +2,12 @@
 // trace backend does ("qed_aio_setup s 0x.. acb 0x.. sector_num 0 ..."). Names are QEMU's
 // (our camelCase trace names turned back into snake_case); objects print as stable ids
 // because there are no pointers to show.
-import { readFileSync } from 'node:fs';
 import type { BlockDriverState, TraceEvent } from '../../index.js';
+import { toolHost } from '../shared/host.js';
 import type { ToolOutput } from '../shared/output.js';
+
+/** An events file is a list of patterns: a bigger one is not one (bounded memory). */
+const TRACE_EVENTS_MAX = 1 << 20;
 
 export class TraceOptions {
   readonly patterns: RegExp[] = [];
@@ -20,7 +23,7 @@ export class TraceOptions {
       else if (key === 'events') {
         let text: string;
         try {
-          text = readFileSync(value, 'utf8');
+          text = new TextDecoder().decode(toolHost().readFileHead(value, TRACE_EVENTS_MAX));
         } catch (e) {
           const msg = (e as { code?: string }).code === 'ENOENT' ? 'No such file or directory' : String(e);
           o.errRaw(`${o.prog}:${value}: ${msg}\n`);

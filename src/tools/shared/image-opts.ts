@@ -2,7 +2,6 @@
 // errors printed as qemu-img / qemu-io print them), --object processed as
 // user_creatable_process_cmdline does, and images opened from option strings (img_open_opts,
 // qemu-io's openfile with a QDict).
-import { readFileSync } from 'node:fs';
 import {
   BlockBackend,
   BlockError,
@@ -15,6 +14,7 @@ import {
   type OptsListRules,
   QEMU_IMG_IMAGE_OPTS,
 } from '../../index.js';
+import { toolHost } from './host.js';
 import { ToolExit, errorMessage, type ToolOutput } from './output.js';
 
 /**
@@ -40,7 +40,7 @@ export function parseOptsNoisily(o: ToolOutput, text: string, rules: OptsListRul
 /** Read a host file for an object (a secret's file=), with the errno text on failure. */
 function readHostFile(path: string): Uint8Array {
   try {
-    return readFileSync(path);
+    return toolHost().readFile(path);
   } catch (e) {
     const code = (e as { code?: string }).code;
     throw new BlockError(code === 'EACCES' ? 'EACCES' : code === 'EISDIR' ? 'EISDIR' : 'ENOENT', undefined, { path, cause: e });

@@ -1,0 +1,240 @@
+// The teaching page: one QED image (on a powerloss disk in memory, or in the Origin Private File
+// System), drawn as it is on disk and as the guest sees it through its backing chain; a console
+// running blk-io and blk-img; step mode for one allocating write; pulling the plug at a step.
+import { opfsSetPort, powerlossStoreCreate, powerlossStoreGet, type PowerLossStore } from '../../src/browser.js';
+import { drawChain } from './chain.js';
+import { drawLayout, qedLayout } from './layout.js';
+import { recordSteps, type Step } from './steps.js';
+import { PageTools } from './tools.js';
+
+const $ = <T extends HTMLElement = HTMLElement>(id: string): T => document.getElementById(id) as T;
+
+const out = $('out');
+function print(text: string, cls: 'out' | 'err' | 'cmd' | 'note' = 'out'): void {
+  const span = document.createElement('span');
+  span.className = cls;
+  span.textContent = text;
+  out.append(span);
+  out.scrollTop = out.scrollHeight;
+}
+
+const tools = new PageTools((t, stream) => print(t, stream));
+let imageName = '';
+const PATTERN = 0xaa;
+
+opfsSetPort(new Worker(new URL('./opfs-worker.js', import.meta.url), { type: 'module' }));
+
+function storeName(): string {
+  return imageName.startsWith('powerloss:') ? imageName.slice('powerloss:'.length) : '';
+}
+
+function store(): PowerLossStore | null {
+  const n = storeName();
+  return n === '' ? null : (powerlossStoreGet(n) ?? null);
+}
+
+/** The image file's bytes, through the protocol node (any storage). */
+async function fileBytes(): Promise<Uint8Array> {
+  const f = tools.root?.file;
+  if (!f) return new Uint8Array(0);
+  const buf = new Uint8Array(await f.getLength());
+  await f.pread(0, buf);
+  return buf;
+}
+
+async function redraw(bytes?: Uint8Array, hot: ReadonlySet<number> = new Set()): Promise<void> {
+  const layout = qedLayout(bytes ?? (await fileBytes()));
+  drawLayout($('layout'), layout, hot);
+  $('facts').textContent =
+    layout === null
+      ? ''
+      : `${imageName}: cluster ${layout.clusterSize} B, table ${layout.tableSize} cluster(s), ` +
+        `virtual ${layout.imageSize} B, file ${layout.clusters.length} clusters, ` +
+        `${layout.dirty ? 'DIRTY (needs check)' : 'clean'}${layout.backing === null ? '' : `, backing ${layout.backing}`}`;
+  $('facts').dataset.dirty = String(layout?.dirty ?? false);
+  if (tools.blk && layout) await drawChain($('chain'), tools.blk, layout.clusterSize);
+}
+
+/** Run a console line, echoing it, then redraw. */
+async function command(line: string): Promise<number> {
+  print(`> ${line}\n`, 'cmd');
+  const r = await tools.run(line);
+  await redraw();
+  return r;
+}
+
+async function createImage(): Promise<void> {
+  const storage = $<HTMLSelectElement>('storage').value;
+  const withBase = $<HTMLInputElement>('with-base').checked;
+  await tools.close();
+  imageName = selectedName();
+  if (storage !== 'opfs') powerlossStoreCreate(imageName, new Uint8Array(0));
+  const base = new URL('dist/base.raw', location.href).href;
+  const backing = withBase ? `-b ${base} -F raw ` : '';
+  await command(`blk-img create -f qed ${backing}-o cluster_size=4096,table_size=1 ${imageName} 1M`);
+  await openImage();
+}
+
+function selectedName(): string {
+  return $<HTMLSelectElement>('storage').value === 'opfs' ? 'opfs:teach.qed' : 'powerloss:teach.qed';
+}
+
+async function openImage(name = selectedName()): Promise<void> {
+  await tools.close();
+  imageName = name;
+  print(`> open ${imageName}\n`, 'cmd');
+  await tools.open(imageName);
+  await redraw();
+}
+
+// ---- step mode and the power cut --------------------------------------------------------------
+
+interface Recording {
+  steps: Step[];
+  before: Uint8Array;
+  offset: number;
+  current: number;
+}
+let rec: Recording | null = null;
+
+/** The first guest cluster nothing in this image maps yet (a write there allocates). */
+async function unallocatedOffset(): Promise<number> {
+  const blk = tools.blk!;
+  const len = await blk.getLength();
+  for (let off = 0; off < len; off += 4096) {
+    if (!(await blk.isAllocated(off, 4096)).allocated) return off;
+  }
+  return 0;
+}
+
+async function stepWrite(): Promise<void> {
+  const st = store();
+  if (!st || !tools.root) {
+    print('step mode needs an image on the powerloss disk\n', 'err');
+    return;
+  }
+  const offset = Number($<HTMLInputElement>('step-offset').value || (await unallocatedOffset()));
+  // Everything so far durable, and a fresh open: the write replays identically after the plug.
+  await tools.blk!.flush();
+  await tools.close();
+  const before = st.toBytes();
+  const root = (await tools.open(imageName)) ? tools.root : null;
+  if (root === null) return;
+  const r = recordSteps(root, st, qedLayout(before)!.clusterSize);
+  const start = st.opCount;
+  // Stop recording before drawing: the drawing reads the file, and those reads are requests too.
+  print(`> write -P ${PATTERN} ${offset} 4k\n`, 'cmd');
+  await tools.run(`write -P ${PATTERN} ${offset} 4k`);
+  r.stop();
+  await redraw();
+  for (const s of r.steps) s.op -= start;
+  rec = { steps: r.steps, before, offset, current: -1 };
+  showSteps();
+}
+
+function showSteps(): void {
+  const ol = $('steps');
+  ol.replaceChildren();
+  if (!rec) return;
+  rec.steps.forEach((s, i) => {
+    const li = document.createElement('li');
+    li.dataset.kind = s.kind;
+    li.className = i === rec!.current ? 'current' : i < rec!.current ? 'done' : '';
+    const b = document.createElement('b');
+    b.textContent = s.title;
+    const why = document.createElement('div');
+    why.className = 'why';
+    why.textContent = s.why;
+    li.append(b, why);
+    ol.append(li);
+  });
+  $<HTMLButtonElement>('next').disabled = rec.current >= rec.steps.length - 1;
+  $<HTMLButtonElement>('plug').disabled = false;
+}
+
+async function nextStep(): Promise<void> {
+  if (!rec || rec.current >= rec.steps.length - 1) return;
+  rec.current++;
+  showSteps();
+  const s = rec.steps[rec.current];
+  await redraw(s.after, new Set(s.clusters));
+}
+
+/** A small deterministic generator, so a power cut can be replayed. */
+function seeded(seed: number): (n: number) => number {
+  let x = seed >>> 0 || 1;
+  return (n) => {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    return (x >>> 0) % n;
+  };
+}
+
+let plugs = 0;
+
+/**
+ * Pull the plug just before the current step (before the first, when none is shown): the same
+ * write runs again on the image as it was, the powerloss disk refuses every request from that
+ * step on, then keeps a random part of what was not flushed. Reopening runs the open-time check.
+ */
+async function pullPlug(): Promise<void> {
+  if (!rec) return;
+  const at = Math.max(rec.current, 0);
+  const name = storeName();
+  await tools.close();
+  const st = powerlossStoreCreate(name, rec.before);
+  await tools.open(imageName);
+  st.failAfter(rec.steps[at].op);
+  print(`-- the power goes before step ${at + 1}: ${rec.steps[at].title}\n`, 'note');
+  // Not command(): nothing can be read back for drawing while the power is out.
+  print(`> write -P ${PATTERN} ${rec.offset} 4k\n`, 'cmd');
+  await tools.run(`write -P ${PATTERN} ${rec.offset} 4k`);
+  await tools.close();
+  const seed = ++plugs;
+  const crash = st.crash(seeded(seed));
+  const lost = `crash (seed ${seed}): ${crash.pending} unflushed writes: ${crash.kept} kept, ${crash.torn} torn, ${crash.dropped} lost`;
+  print(`-- ${lost}\n`, 'note');
+  await redraw(st.toBytes());
+  await command(`blk-img check ${imageName}`);
+  print('-- reopen read-write: the dirty bit makes the open run the check and repair\n', 'note');
+  await openImage(imageName);
+  await command(`blk-img check ${imageName}`);
+  const r = await command(`read -P ${PATTERN} ${rec.offset} 4k`);
+  const report = $('report');
+  report.dataset.survived = String(r >= 0);
+  report.textContent = `${lost}. ${r >= 0 ? 'The new data survived.' : 'The new data was lost: the range reads as before the write.'}`;
+  rec = null;
+  showSteps();
+  $<HTMLButtonElement>('plug').disabled = true;
+}
+
+// ---- wiring ------------------------------------------------------------------------------------
+
+let busy: Promise<void> = Promise.resolve();
+/** Run page actions one after another; an error ends up in the console. */
+function act(f: () => Promise<void>): () => void {
+  return () => {
+    busy = busy
+      .then(f)
+      .catch((e: unknown) => print(`${e instanceof Error ? e.message : String(e)}\n`, 'err'))
+      .finally(() => {
+        document.body.dataset.busy = 'false';
+      });
+    document.body.dataset.busy = 'true';
+  };
+}
+
+$('create').addEventListener('click', act(createImage));
+$('open').addEventListener('click', act(() => openImage()));
+$('step').addEventListener('click', act(stepWrite));
+$('next').addEventListener('click', act(nextStep));
+$('plug').addEventListener('click', act(pullPlug));
+$<HTMLFormElement>('console').addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  const input = $<HTMLInputElement>('cmd');
+  const line = input.value;
+  input.value = '';
+  act(async () => void (await command(line)))();
+});
+act(createImage)();
