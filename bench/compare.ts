@@ -3,7 +3,7 @@
 // Runs every workload with `qemu-img bench` and `blk-img bench` (both as child processes, on
 // identical fresh images, alternating which goes first), 5 runs each by default, and prints the
 // median time ratio ours / QEMU per workload (below 1 = we are faster), throughput, and peak
-// RSS. Then the memory check: a 16 TiB QED image, its last cluster written and read back,
+// RSS. Then the memory check: 16 TiB QED and qcow2 images, each last cluster written and read back,
 // with our peak RSS under 100 MiB. A full run rewrites bench/RESULTS.md (keeping its
 // "Profile notes" section); a partial run (--only) prints only, unless --write.
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -37,7 +37,7 @@ interface Args {
 }
 
 function usage(): never {
-  process.stderr.write('usage: npm run bench -- [--runs N] [--only 1,2,...,8,mem] [--uv-threads N] [--no-build] [--write] [--keep]\n');
+  process.stderr.write('usage: npm run bench -- [--runs N] [--only 1,2,...,10,mem] [--uv-threads N] [--no-build] [--write] [--keep]\n');
   process.exit(2);
 }
 
@@ -166,24 +166,28 @@ function peak(ms: Measured[]): number | null {
 }
 
 interface MemoryResult {
+  format: 'qed' | 'qcow2';
   write: Measured;
   read: Measured;
   qemuWrite: Measured;
   pass: boolean | null;
 }
 
-function memoryCheck(ctx: Ctx, ours: Ours): MemoryResult {
-  const f = MEMORY_CHECK.image(ctx);
-  const qemuWrite = measure([ctx.qemuImg, 'bench', ...MEMORY_CHECK.writeArgs(f)], ctx.dir);
-  const q = MEMORY_CHECK.image(ctx);
-  const write = measure([...ours.bench(), ...MEMORY_CHECK.writeArgs(q)], ctx.dir, oursEnv);
-  const read = measure([...ours.bench(), ...MEMORY_CHECK.readArgs(q)], ctx.dir, oursEnv);
-  // The cluster must really be there: QEMU reads back what we wrote.
-  run([ctx.qemuImg, 'check', '-q', q]);
+function memoryCheck(ctx: Ctx, ours: Ours, format: 'qed' | 'qcow2'): MemoryResult {
+  const f = MEMORY_CHECK.image(ctx, format);
+  const qemuWrite = measure([ctx.qemuImg, 'bench', ...MEMORY_CHECK.writeArgs(format, f)], ctx.dir);
+  const q = MEMORY_CHECK.image(ctx, format);
+  const write = measure([...ours.bench(), ...MEMORY_CHECK.writeArgs(format, q)], ctx.dir, oursEnv);
+  const read = measure([...ours.bench(), ...MEMORY_CHECK.readArgs(format, q)], ctx.dir, oursEnv);
+  // The cluster must really be there: QEMU checks our image and reads back the same bytes as
+  // from its own (compare exits non-zero on any difference).
+  run([ctx.qemuImg, 'check', '-q', '-f', format, q]);
+  run([ctx.qemuImg, 'compare', '-q', '-f', format, '-F', format, q, f]);
+  rmSync(f, { force: true });
   const peakKiB = Math.max(write.maxRssKiB ?? -1, read.maxRssKiB ?? -1);
   const pass = peakKiB < 0 ? null : peakKiB < MEMORY_CHECK.limitMiB * 1024;
   rmSync(q, { force: true });
-  return { write, read, qemuWrite, pass };
+  return { format, write, read, qemuWrite, pass };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -213,35 +217,40 @@ function table(rows: Row[]): string {
   return out.join('\n');
 }
 
+/** QED against its raw (8.x) and qcow2 (9.x) mirrors, same tool, same workload. */
 function overheadTable(rows: Row[]): string {
   const byId = new Map(rows.map((r) => [r.w.id, r]));
   const out: string[] = [];
-  for (const raw of rows) {
-    if (raw.w.twinOf === undefined || raw.skipped !== undefined) continue;
-    const qed = byId.get(raw.w.twinOf);
+  for (const twin of rows) {
+    if (twin.w.twinOf === undefined || twin.skipped !== undefined) continue;
+    const qed = byId.get(twin.w.twinOf);
     if (!qed || qed.skipped !== undefined) continue;
     if (out.length === 0) {
-      out.push('| # | workload | QEMU: QED s / raw s | ours: QED s / raw s |');
+      out.push('| # | workload | QEMU: QED s / other s | ours: QED s / other s |');
       out.push('|---|---|---:|---:|');
     }
-    const qq = median(qed.qemu.map(timeOf)) / median(raw.qemu.map(timeOf));
-    const oo = median(qed.ours.map(timeOf)) / median(raw.ours.map(timeOf));
-    out.push(`| ${qed.w.id} | ${qed.w.title} | ${qq.toFixed(2)} | ${oo.toFixed(2)} |`);
+    const qq = median(qed.qemu.map(timeOf)) / median(twin.qemu.map(timeOf));
+    const oo = median(qed.ours.map(timeOf)) / median(twin.ours.map(timeOf));
+    out.push(`| ${twin.w.id} | QED vs ${twin.w.title} | ${qq.toFixed(2)} | ${oo.toFixed(2)} |`);
   }
   return out.join('\n');
 }
 
-function memoryText(m: MemoryResult | null): string {
-  if (m === null) return '';
-  const verdict = m.pass === null ? 'not measured (no /usr/bin/time)' : m.pass ? 'PASS' : 'FAIL';
-  return [
-    `16 TiB QED image, last 64 KiB cluster written then read back (\`bench -w -o ${MEMORY_CHECK.size - MEMORY_CHECK.clusterSize} -s 64k -c 1\`):`,
+function memoryText(ms: MemoryResult[]): string {
+  if (ms.length === 0) return '';
+  const lines = [
+    `16 TiB images, last 64 KiB cluster written then read back (\`bench -w -o ${MEMORY_CHECK.size - MEMORY_CHECK.clusterSize} -s 64k -c 1\`):`,
     '',
-    `- ours: write peak RSS ${fmtMiB(m.write.maxRssKiB)} (process ${fmtSeconds(m.write.wall)} s), ` +
-      `read peak RSS ${fmtMiB(m.read.maxRssKiB)} (process ${fmtSeconds(m.read.wall)} s): ` +
-      `**${verdict}** (limit ${MEMORY_CHECK.limitMiB} MiB)`,
-    `- QEMU write for reference: peak RSS ${fmtMiB(m.qemuWrite.maxRssKiB)}`,
-  ].join('\n');
+  ];
+  for (const m of ms) {
+    const verdict = m.pass === null ? 'not measured (no /usr/bin/time)' : m.pass ? 'PASS' : 'FAIL';
+    lines.push(
+      `- ${m.format}, ours: write peak RSS ${fmtMiB(m.write.maxRssKiB)} (process ${fmtSeconds(m.write.wall)} s), ` +
+        `read peak RSS ${fmtMiB(m.read.maxRssKiB)} (process ${fmtSeconds(m.read.wall)} s): ` +
+        `**${verdict}** (limit ${MEMORY_CHECK.limitMiB} MiB); QEMU write for reference: peak RSS ${fmtMiB(m.qemuWrite.maxRssKiB)}`,
+    );
+  }
+  return lines.join('\n');
 }
 
 function machineText(mc: Machine, args: Args, started: Date, seconds: number, notes: string[]): string {
@@ -324,10 +333,12 @@ function main(): number {
     log(`${selected.length} workloads, ${args.runs} runs each per tool (Q = qemu-img, B = blk-img; seconds)\n`);
     const rows: Row[] = [];
     for (const w of selected) rows.push(runWorkload(w, args.runs, ctx, ours));
-    let mem: MemoryResult | null = null;
+    const mem: MemoryResult[] = [];
     if (args.only === null || args.only.has('mem')) {
-      log('  mem   16 TiB image, last cluster written and read back\n');
-      mem = memoryCheck(ctx, ours);
+      for (const format of MEMORY_CHECK.formats) {
+        log(`  mem   16 TiB ${format} image, last cluster written and read back\n`);
+        mem.push(memoryCheck(ctx, ours, format));
+      }
     }
     const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
     const text = [
@@ -341,17 +352,18 @@ function main(): number {
       '',
       table(rows),
       '',
-      overheadTable(rows) === '' ? '' : `QED overhead over raw (same tool, same workload):\n\n${overheadTable(rows)}\n`,
-      mem === null ? '' : `## Memory check\n\n${memoryText(mem)}\n`,
+      overheadTable(rows) === '' ? '' : `QED against raw and qcow2 (same tool, same workload):\n\n${overheadTable(rows)}\n`,
+      mem.length === 0 ? '' : `## Memory check\n\n${memoryText(mem)}\n`,
     ]
       .filter((s, i, all) => !(s === '' && all[i - 1] === ''))
       .join('\n');
     log(`\n${text}\n`);
     if (args.only === null || args.write) writeResults(text);
-    if (mem?.pass === false) process.stderr.write('memory check FAILED\n');
+    const memFailed = mem.some((m) => m.pass === false);
+    if (memFailed) process.stderr.write('memory check FAILED\n');
     const failed = rows.filter((r) => r.failed === true).map((r) => r.w.id);
     if (failed.length > 0) process.stderr.write(`workloads that failed: ${failed.join(' ')}\n`);
-    return mem?.pass === false || failed.length > 0 ? 1 : 0;
+    return memFailed || failed.length > 0 ? 1 : 0;
   } finally {
     cleanup();
   }
