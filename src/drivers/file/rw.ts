@@ -15,6 +15,7 @@ import type { WriteFlags } from '../../block/driver.js';
 import { BlockError, toBlockError } from '../../block/errors.js';
 import type { IOVector } from '../../block/iovec.js';
 import type { BlockDriverState } from '../../block/node.js';
+import { ioEngine } from './engine.js';
 import { type FileState, beginIO, endIO, fileRefreshLength, state } from './state.js';
 
 /** The buffers of `iov` after its first `skip` bytes (only built on the rare short-I/O path). */
@@ -31,7 +32,14 @@ function iovTail(iov: readonly Uint8Array[], skip: number): Uint8Array[] {
   return out;
 }
 
+/** A lone buffer cut to the request's size (as fs.read's length argument does). */
+function onlyBuffer(b: Uint8Array, size: number): Uint8Array {
+  return b.length === size ? b : b.subarray(0, size);
+}
+
 function preadOnce(fd: number, iov: readonly Uint8Array[], size: number, pos: number): Promise<number> {
+  const engine = ioEngine();
+  if (engine !== null) return engine.preadv(fd, iov.length === 1 ? onlyBuffer(iov[0], size) : iov, pos);
   return new Promise<number>((resolve, reject) => {
     const cb = (err: NodeJS.ErrnoException | null, n: number): void => (err === null ? resolve(n) : reject(err));
     // One buffer: plain pread, no array handed down.
@@ -41,6 +49,8 @@ function preadOnce(fd: number, iov: readonly Uint8Array[], size: number, pos: nu
 }
 
 function pwriteOnce(fd: number, iov: readonly Uint8Array[], size: number, pos: number): Promise<number> {
+  const engine = ioEngine();
+  if (engine !== null) return engine.pwritev(fd, iov.length === 1 ? onlyBuffer(iov[0], size) : iov, pos);
   return new Promise<number>((resolve, reject) => {
     const cb = (err: NodeJS.ErrnoException | null, n: number): void => (err === null ? resolve(n) : reject(err));
     if (iov.length === 1) fsWrite(fd, iov[0], 0, size, pos, cb);
@@ -158,7 +168,7 @@ export async function fileCoPwritev(
     if (done < bytes) await pwritevRest(s.fh.fd, iov, bytes, offset, done);
     if (offset + bytes > s.length) s.length = offset + bytes;
     // FUA: the write must be durable when it completes.
-    if (flags.fua === true) await s.fh.datasync();
+    if (flags.fua === true) await fileDatasync(s);
   } catch (e) {
     // A failed write (ENOSPC...) may still have grown the file partly: learn the real length.
     await fileRefreshLength(s);
@@ -168,10 +178,16 @@ export async function fileCoPwritev(
   }
 }
 
+/** fdatasync, through the engine when there is one. */
+function fileDatasync(s: FileState): Promise<void> {
+  const engine = ioEngine();
+  return engine !== null ? engine.fdatasync(s.fh.fd) : s.fh.datasync();
+}
+
 export async function fileCoFlush(bs: BlockDriverState): Promise<void> {
   const s = state(bs);
   try {
-    await s.fh.datasync();
+    await fileDatasync(s);
   } catch (e) {
     throw toBlockError(e, { op: 'flush', path: s.path });
   }

@@ -5,10 +5,18 @@
 import type { WriteZeroesFlags } from '../../block/driver.js';
 import { BlockError, toBlockError } from '../../block/errors.js';
 import type { BlockDriverState } from '../../block/node.js';
+import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, ioEngine } from './engine.js';
 import { seekAddon } from './seek.js';
 import { type FileState, beginIO, endIO, fileRefreshLength, state } from './state.js';
 
 type FallocOp = 'zeroRange' | 'punchHole' | 'allocateRange';
+
+/** The fallocate(2) mode of each operation, as native/seek.c issues them. */
+const FALLOC_MODES: Record<FallocOp, number> = {
+  zeroRange: FALLOC_FL_ZERO_RANGE,
+  punchHole: FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+  allocateRange: 0,
+};
 
 /**
  * One fallocate through the addon: null on success, else the error's code, with "this host
@@ -22,7 +30,8 @@ async function doFallocate(
   offset: number,
   bytes: number,
 ): Promise<{ code: string; error: unknown } | null> {
-  const fn = seekAddon()?.[op];
+  const engine = ioEngine();
+  const fn = engine === null ? seekAddon()?.[op] : (fd: number, o: number, n: number) => engine.fallocate(fd, FALLOC_MODES[op], o, n);
   if (fn === undefined) return { code: 'ENOTSUP', error: null };
   beginIO(s);
   try {
