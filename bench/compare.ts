@@ -3,8 +3,8 @@
 // Runs every workload with `qemu-img bench` and `blk-img bench` (both as child processes, on
 // identical fresh images, alternating which goes first), 5 runs each by default, and prints the
 // median time ratio ours / QEMU per workload (below 1 = we are faster), throughput, and peak
-// RSS. Then the memory check: a 16 TiB QED image, its last cluster written and read back,
-// with our peak RSS under 100 MiB. A full run rewrites bench/RESULTS.md (bench/report.ts: the
+// RSS. Then the memory check: 16 TiB QED and qcow2 images, each last cluster written and read
+// back, with our peak RSS under 100 MiB. A full run rewrites bench/RESULTS.md (bench/report.ts: the
 // method and the tables; its hand-written "Analysis" section is kept); a partial run (--only)
 // prints only, unless --write.
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -25,7 +25,7 @@ interface Args {
 }
 
 function usage(): never {
-  process.stderr.write('usage: npm run bench -- [--runs N] [--only 1,2,...,8,mem] [--uv-threads N] [--no-build] [--write] [--keep]\n');
+  process.stderr.write('usage: npm run bench -- [--runs N] [--only 1,2,...,10,mem] [--uv-threads N] [--no-build] [--write] [--keep]\n');
   process.exit(2);
 }
 
@@ -131,18 +131,21 @@ function runWorkload(w: Workload, runs: number, ctx: Ctx, ours: Ours): Row {
   return row;
 }
 
-function memoryCheck(ctx: Ctx, ours: Ours): MemoryResult {
-  const f = MEMORY_CHECK.image(ctx);
-  const qemuWrite = measure([ctx.qemuImg, 'bench', ...MEMORY_CHECK.writeArgs(f)], ctx.dir);
-  const q = MEMORY_CHECK.image(ctx);
-  const write = measure([...ours.bench(), ...MEMORY_CHECK.writeArgs(q)], ctx.dir, oursEnv);
-  const read = measure([...ours.bench(), ...MEMORY_CHECK.readArgs(q)], ctx.dir, oursEnv);
-  // The cluster must really be there: QEMU reads back what we wrote.
-  run([ctx.qemuImg, 'check', '-q', q]);
+function memoryCheck(ctx: Ctx, ours: Ours, format: 'qed' | 'qcow2'): MemoryResult {
+  const f = MEMORY_CHECK.image(ctx, format);
+  const qemuWrite = measure([ctx.qemuImg, 'bench', ...MEMORY_CHECK.writeArgs(format, f)], ctx.dir);
+  const q = MEMORY_CHECK.image(ctx, format);
+  const write = measure([...ours.bench(), ...MEMORY_CHECK.writeArgs(format, q)], ctx.dir, oursEnv);
+  const read = measure([...ours.bench(), ...MEMORY_CHECK.readArgs(format, q)], ctx.dir, oursEnv);
+  // The cluster must really be there: QEMU checks our image and reads back the same bytes as
+  // from its own (compare exits non-zero on any difference).
+  run([ctx.qemuImg, 'check', '-q', '-f', format, q]);
+  run([ctx.qemuImg, 'compare', '-q', '-f', format, '-F', format, q, f]);
+  rmSync(f, { force: true });
   const peakKiB = Math.max(write.maxRssKiB ?? -1, read.maxRssKiB ?? -1);
   const pass = peakKiB < 0 ? null : peakKiB < MEMORY_CHECK.limitMiB * 1024;
   rmSync(q, { force: true });
-  return { write, read, qemuWrite, pass };
+  return { format, write, read, qemuWrite, pass };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -221,20 +224,23 @@ function main(): number {
     log(`${selected.length} workloads, ${args.runs} runs each per tool (Q = qemu-img, B = blk-img; seconds)\n`);
     const rows: Row[] = [];
     for (const w of selected) rows.push(runWorkload(w, args.runs, ctx, ours));
-    let mem: MemoryResult | null = null;
+    const mem: MemoryResult[] = [];
     if (args.only === null || args.only.has('mem')) {
-      log('  mem   16 TiB image, last cluster written and read back\n');
-      mem = memoryCheck(ctx, ours);
+      for (const format of MEMORY_CHECK.formats) {
+        log(`  mem   16 TiB ${format} image, last cluster written and read back\n`);
+        mem.push(memoryCheck(ctx, ours, format));
+      }
     }
     const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
     const info: RunInfo = { machine: mc, command: commandLine(args), runs: args.runs, seconds, code, tmpdir: os.tmpdir(), notes };
     const text = renderResults(info, rows, mem);
     log(`\n${text}\n`);
     if (args.only === null || args.write) writeResults(text);
-    if (mem?.pass === false) process.stderr.write('memory check FAILED\n');
+    const memFailed = mem.some((m) => m.pass === false);
+    if (memFailed) process.stderr.write('memory check FAILED\n');
     const failed = rows.filter((r) => r.failed === true).map((r) => r.w.id);
     if (failed.length > 0) process.stderr.write(`workloads that failed: ${failed.join(' ')}\n`);
-    return mem?.pass === false || failed.length > 0 ? 1 : 0;
+    return memFailed || failed.length > 0 ? 1 : 0;
   } finally {
     cleanup();
   }

@@ -13,6 +13,8 @@ export interface Row {
 }
 
 export interface MemoryResult {
+  /** The image format checked; absent in reports that predate the qcow2 check (QED). */
+  format?: 'qed' | 'qcow2';
   write: Measured;
   read: Measured;
   qemuWrite: Measured;
@@ -77,7 +79,8 @@ function overheadTable(rows: Row[]): string {
   const byId = new Map(rows.map((r) => [r.w.id, r]));
   const out: string[] = [];
   for (const raw of rows) {
-    if (raw.w.twinOf === undefined || raw.skipped !== undefined) continue;
+    // Only the raw twins (8.x); the qcow2 twins (9.x) stand in the main table against QEMU.
+    if (raw.w.twinOf === undefined || !raw.w.id.startsWith('8.') || raw.skipped !== undefined) continue;
     const qed = byId.get(raw.w.twinOf);
     if (!qed || qed.skipped !== undefined) continue;
     if (out.length === 0) {
@@ -94,10 +97,10 @@ function overheadTable(rows: Row[]): string {
 function memoryText(m: MemoryResult): string {
   const verdict = m.pass === null ? 'not measured (no /usr/bin/time)' : m.pass ? 'PASS' : 'FAIL';
   return [
-    `- ours: write peak RSS ${fmtMiB(m.write.maxRssKiB)} (process ${fmtSeconds(m.write.wall)} s), ` +
+    `- ${m.format ?? 'qed'}, ours: write peak RSS ${fmtMiB(m.write.maxRssKiB)} (process ${fmtSeconds(m.write.wall)} s), ` +
       `read peak RSS ${fmtMiB(m.read.maxRssKiB)} (process ${fmtSeconds(m.read.wall)} s): ` +
       `**${verdict}** (limit ${MEMORY_CHECK.limitMiB} MiB)`,
-    `- QEMU write for reference: peak RSS ${fmtMiB(m.qemuWrite.maxRssKiB)}`,
+    `- ${m.format ?? 'qed'}, QEMU write for reference: peak RSS ${fmtMiB(m.qemuWrite.maxRssKiB)}`,
   ].join('\n');
 }
 
@@ -129,12 +132,13 @@ const METHOD = [
   '  included (Node starts in about 50 ms).',
   "- Peak RSS: GNU time's maximum resident set size of the child.",
   '- QED overhead over raw: each tool against itself, the QED workload over its raw twin (8.x).',
-  `- Memory check: the last ${MEMORY_CHECK.clusterSize / 1024} KiB cluster of a ${MEMORY_CHECK.size / 2 ** 40} TiB QED image is written and read back`,
+  `- Memory check: the last ${MEMORY_CHECK.clusterSize / 1024} KiB cluster of a ${MEMORY_CHECK.size / 2 ** 40} TiB QED and a qcow2 image is written and read back`,
   `  (\`bench -w -o ${MEMORY_CHECK.size - MEMORY_CHECK.clusterSize} -s 64k -c 1\`); our peak RSS must stay under ${MEMORY_CHECK.limitMiB} MiB.`,
 ].join('\n');
 
 /** The generated part of RESULTS.md: title, method and the latest run's tables. */
-export function renderResults(run: RunInfo, rows: Row[], mem: MemoryResult | null): string {
+export function renderResults(run: RunInfo, rows: Row[], mem: MemoryResult | readonly MemoryResult[] | null): string {
+  const mems = mem === null ? [] : Array.isArray(mem) ? (mem as readonly MemoryResult[]) : [mem as MemoryResult];
   const overhead = overheadTable(rows);
   return [
     '# Benchmark results: blk-img vs qemu-img',
@@ -150,7 +154,7 @@ export function renderResults(run: RunInfo, rows: Row[], mem: MemoryResult | nul
     table(rows),
     '',
     ...(overhead === '' ? [] : ['### QED overhead over raw', '', overhead, '']),
-    ...(mem === null ? [] : ['### Memory check', '', memoryText(mem), '']),
+    ...(mems.length === 0 ? [] : ['### Memory check', '', ...mems.map(memoryText), '']),
   ].join('\n');
 }
 

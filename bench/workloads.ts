@@ -12,6 +12,9 @@ const TiB = 1024 * GiB;
 
 export type Tool = 'qemu' | 'ours';
 
+/** The image formats the workloads run on (QED first; raw and qcow2 mirror it). */
+export type Format = 'qed' | 'raw' | 'qcow2';
+
 export interface Ctx {
   dir: string;
   qemuImg: string;
@@ -22,14 +25,14 @@ export interface Ctx {
 export interface Workload {
   /** '1', '4w', '8.2'... */
   id: string;
-  /** What `--only` selects: '1'..'8', 'mem'. */
+  /** What `--only` selects: '1'..'10', 'mem'. */
   group: string;
   title: string;
   kind: 'bench' | 'convert';
-  format: 'qed' | 'raw';
+  format: Format;
   /** Bytes moved by one run, for the throughput column. */
   bytes: number;
-  /** For a raw row: the id of the QED workload it mirrors (QED overhead column). */
+  /** For a raw or qcow2 row: the id of the QED workload it mirrors (format comparison tables). */
   twinOf?: string;
   /** Arguments after the subcommand, made ready for a run of `tool` (fresh images made here). */
   prepare(ctx: Ctx, tool: Tool): string[];
@@ -42,7 +45,7 @@ function qemuImg(ctx: Ctx, ...args: string[]): void {
 }
 
 /** A 4 GiB image whose first 1 GiB is written with 0xa5 (made once, reused: reads, rewrites). */
-function dataImage(ctx: Ctx, format: 'qed' | 'raw'): string {
+function dataImage(ctx: Ctx, format: Format): string {
   const f = join(ctx.dir, `data.${format}`);
   if (!ctx.made.has(f)) {
     qemuImg(ctx, 'create', '-q', '-f', format, f, '4G');
@@ -53,7 +56,7 @@ function dataImage(ctx: Ctx, format: 'qed' | 'raw'): string {
 }
 
 /** A brand-new empty image for one run (allocating writes). */
-function freshImage(ctx: Ctx, format: 'qed' | 'raw', size: string, name = `fresh.${format}`): string {
+function freshImage(ctx: Ctx, format: Format, size: string, name = `fresh.${format}`): string {
   const f = join(ctx.dir, name);
   rmSync(f, { force: true });
   qemuImg(ctx, 'create', '-q', '-f', format, f, size);
@@ -82,52 +85,78 @@ function convertSource(ctx: Ctx): string {
   return f;
 }
 
-function benchArgs(format: 'qed' | 'raw', f: string, opts: string): string[] {
+function benchArgs(format: Format, f: string, opts: string): string[] {
   return ['-f', format, ...opts.split(' '), f];
 }
 
-/** 1-5 exist for both formats: QED first, then the raw mirror (workload 8). */
-function pair(
+/**
+ * 1-5 and 10 exist for every format: QED first, then the raw mirror (workload 8.x) and the
+ * qcow2 one (9.x).
+ */
+function trio(
   id: string,
   group: string,
   title: string,
   bytes: number,
-  make: (ctx: Ctx, format: 'qed' | 'raw') => string[],
+  make: (ctx: Ctx, format: Format) => string[],
 ): Workload[] {
   const qed: Workload = { id, group, title, kind: 'bench', format: 'qed', bytes, prepare: (ctx) => make(ctx, 'qed') };
-  const raw: Workload = {
-    id: `8.${id}`,
-    group: '8',
-    title: `raw: ${title}`,
+  const mirror = (format: 'raw' | 'qcow2', group: string): Workload => ({
+    id: `${group}.${id}`,
+    group,
+    title: `${format}: ${title}`,
     kind: 'bench',
-    format: 'raw',
+    format,
     bytes,
     twinOf: id,
-    prepare: (ctx) => make(ctx, 'raw'),
+    prepare: (ctx) => make(ctx, format),
+  });
+  return [qed, mirror('raw', '8'), mirror('qcow2', '9')];
+}
+
+/** Workload 6 on an image format: an overlay over the raw backing file, fresh per run. */
+function cowOverlay(ctx: Ctx, format: 'qed' | 'qcow2'): string[] {
+  const back = backingRaw(ctx);
+  const f = join(ctx.dir, `overlay.${format}`);
+  rmSync(f, { force: true });
+  qemuImg(ctx, 'create', '-q', '-f', format, '-b', back, '-F', 'raw', f);
+  return benchArgs(format, f, '-w -s 4k -S 64k -d 16 -c 4096');
+}
+
+/** Workload 7 on an image format: convert the half-data raw source to it. */
+function convertTo(format: 'qed' | 'qcow2'): Pick<Workload, 'prepare' | 'cleanup'> {
+  const name = `converted.${format}`;
+  return {
+    prepare: (ctx) => {
+      const src = convertSource(ctx);
+      const dst = join(ctx.dir, name);
+      rmSync(dst, { force: true });
+      return ['-f', 'raw', '-O', format, src, dst];
+    },
+    cleanup: (ctx) => rmSync(join(ctx.dir, name), { force: true }),
   };
-  return [qed, raw];
 }
 
 export function allWorkloads(): Workload[] {
   const seq = '-s 64k -d 16 -c 4096';
   const small = '-s 4k -d 16 -c 65536';
   const list: Workload[] = [
-    ...pair('1', '1', '64 KiB sequential allocating writes, fresh 4 GiB image, depth 16, 4096 req', 4096 * 64 * KiB, (ctx, fmt) =>
+    ...trio('1', '1', '64 KiB sequential allocating writes, fresh 4 GiB image, depth 16, 4096 req', 4096 * 64 * KiB, (ctx, fmt) =>
       benchArgs(fmt, freshImage(ctx, fmt, '4G'), `-w ${seq}`),
     ),
-    ...pair('2', '2', '64 KiB sequential reads, depth 16, 4096 req', 4096 * 64 * KiB, (ctx, fmt) =>
+    ...trio('2', '2', '64 KiB sequential reads, depth 16, 4096 req', 4096 * 64 * KiB, (ctx, fmt) =>
       benchArgs(fmt, dataImage(ctx, fmt), seq),
     ),
-    ...pair('3', '3', '64 KiB rewrites in place, depth 16, 4096 req', 4096 * 64 * KiB, (ctx, fmt) =>
+    ...trio('3', '3', '64 KiB rewrites in place, depth 16, 4096 req', 4096 * 64 * KiB, (ctx, fmt) =>
       benchArgs(fmt, dataImage(ctx, fmt), `-w ${seq}`),
     ),
-    ...pair('4w', '4', '4 KiB writes over an allocated region, depth 16, 65536 req', 65536 * 4 * KiB, (ctx, fmt) =>
+    ...trio('4w', '4', '4 KiB writes over an allocated region, depth 16, 65536 req', 65536 * 4 * KiB, (ctx, fmt) =>
       benchArgs(fmt, dataImage(ctx, fmt), `-w ${small}`),
     ),
-    ...pair('4r', '4', '4 KiB reads over an allocated region, depth 16, 65536 req', 65536 * 4 * KiB, (ctx, fmt) =>
+    ...trio('4r', '4', '4 KiB reads over an allocated region, depth 16, 65536 req', 65536 * 4 * KiB, (ctx, fmt) =>
       benchArgs(fmt, dataImage(ctx, fmt), small),
     ),
-    ...pair('5', '5', '4 KiB reads, 64 KiB step across 1 GiB, depth 16, 16384 req', 16384 * 4 * KiB, (ctx, fmt) =>
+    ...trio('5', '5', '4 KiB reads, 64 KiB step across 1 GiB, depth 16, 16384 req', 16384 * 4 * KiB, (ctx, fmt) =>
       benchArgs(fmt, dataImage(ctx, fmt), '-s 4k -S 64k -d 16 -c 16384'),
     ),
     {
@@ -137,13 +166,17 @@ export function allWorkloads(): Workload[] {
       kind: 'bench',
       format: 'qed',
       bytes: 4096 * 4 * KiB,
-      prepare: (ctx) => {
-        const back = backingRaw(ctx);
-        const f = join(ctx.dir, 'overlay.qed');
-        rmSync(f, { force: true });
-        qemuImg(ctx, 'create', '-q', '-f', 'qed', '-b', back, '-F', 'raw', f);
-        return benchArgs('qed', f, '-w -s 4k -S 64k -d 16 -c 4096');
-      },
+      prepare: (ctx) => cowOverlay(ctx, 'qed'),
+    },
+    {
+      id: '9.6',
+      group: '9',
+      title: 'qcow2: 4 KiB allocating writes, 64 KiB step, over a raw backing file (COW), depth 16, 4096 req',
+      kind: 'bench',
+      format: 'qcow2',
+      bytes: 4096 * 4 * KiB,
+      twinOf: '6',
+      prepare: (ctx) => cowOverlay(ctx, 'qcow2'),
     },
     {
       id: '7',
@@ -152,32 +185,55 @@ export function allWorkloads(): Workload[] {
       kind: 'convert',
       format: 'qed',
       bytes: 512 * MiB,
-      prepare: (ctx) => {
-        const src = convertSource(ctx);
-        const dst = join(ctx.dir, 'converted.qed');
-        rmSync(dst, { force: true });
-        return ['-f', 'raw', '-O', 'qed', src, dst];
-      },
-      cleanup: (ctx) => rmSync(join(ctx.dir, 'converted.qed'), { force: true }),
+      ...convertTo('qed'),
     },
+    {
+      id: '9.7',
+      group: '9',
+      title: 'qcow2: convert -O qcow2 of a 1 GiB raw image, half data',
+      kind: 'convert',
+      format: 'qcow2',
+      bytes: 512 * MiB,
+      twinOf: '7',
+      ...convertTo('qcow2'),
+    },
+    // Queue depth 1: every request waits for the one before, so per-request latency (the
+    // thread-pool round trip) is all that is measured.
+    ...trio('10a', '10', '64 KiB rewrites in place, depth 1, 4096 req', 4096 * 64 * KiB, (ctx, fmt) =>
+      benchArgs(fmt, dataImage(ctx, fmt), '-w -s 64k -d 1 -c 4096'),
+    ),
+    ...trio('10b', '10', '4 KiB allocating writes, 64 KiB step, fresh 4 GiB image, depth 1, 4096 req', 4096 * 4 * KiB, (ctx, fmt) =>
+      benchArgs(fmt, freshImage(ctx, fmt, '4G'), '-w -s 4k -S 64k -d 1 -c 4096'),
+    ),
+    ...trio('10c', '10', '4 KiB reads over an allocated region, depth 1, 16384 req', 16384 * 4 * KiB, (ctx, fmt) =>
+      benchArgs(fmt, dataImage(ctx, fmt), '-s 4k -d 1 -c 16384'),
+    ),
+    ...trio('10d', '10', '64 KiB reads, depth 1, 4096 req', 4096 * 64 * KiB, (ctx, fmt) =>
+      benchArgs(fmt, dataImage(ctx, fmt), '-s 64k -d 1 -c 4096'),
+    ),
   ];
-  // Present in the table in id order: 1..7, then the raw mirrors.
-  const rank = (w: Workload): number => (w.group === '8' ? 100 : 0) + Number.parseInt(w.id.replace(/^8\./, ''), 10);
+  // Present in the table in id order: 1..7 and 10, then the raw mirrors (8.x), then qcow2 (9.x).
+  const rank = (w: Workload): number =>
+    (w.format === 'raw' ? 100 : w.format === 'qcow2' ? 200 : 0) + Number.parseInt(w.id.replace(/^[89]\./, ''), 10);
   return list.sort((a, b) => rank(a) - rank(b) || a.id.localeCompare(b.id));
 }
 
-/** The memory check: a 16 TiB QED image, its last cluster written then read back. */
+/**
+ * The memory check: a 16 TiB image, its last cluster written then read back (QED, and qcow2:
+ * both must keep only the tables they touch in memory).
+ */
 export const MEMORY_CHECK = {
+  formats: ['qed', 'qcow2'] as const,
   size: 16 * TiB,
   clusterSize: 64 * KiB,
   limitMiB: 100,
-  image(ctx: Ctx): string {
-    return freshImage(ctx, 'qed', '16T', 'huge.qed');
+  image(ctx: Ctx, format: 'qed' | 'qcow2'): string {
+    return freshImage(ctx, format, '16T', `huge.${format}`);
   },
-  writeArgs(f: string): string[] {
-    return ['-f', 'qed', '-w', '-o', String(16 * TiB - 64 * KiB), '-s', '64k', '-d', '1', '-c', '1', '--pattern=0x77', f];
+  writeArgs(format: 'qed' | 'qcow2', f: string): string[] {
+    return ['-f', format, '-w', '-o', String(16 * TiB - 64 * KiB), '-s', '64k', '-d', '1', '-c', '1', '--pattern=0x77', f];
   },
-  readArgs(f: string): string[] {
-    return ['-f', 'qed', '-o', String(16 * TiB - 64 * KiB), '-s', '64k', '-d', '1', '-c', '1', f];
+  readArgs(format: 'qed' | 'qcow2', f: string): string[] {
+    return ['-f', format, '-o', String(16 * TiB - 64 * KiB), '-s', '64k', '-d', '1', '-c', '1', f];
   },
 };

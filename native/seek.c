@@ -53,6 +53,8 @@
 
 #include <node_api.h>
 
+#include "engine.h"
+
 /* The largest integer a JS number holds exactly (Number.MAX_SAFE_INTEGER). */
 #define MAX_SAFE_INTEGER 9007199254740991.0
 
@@ -84,7 +86,7 @@ static const char *errno_name(int err) {
 }
 
 /* A system error as Node shapes them: message "CODE: syscall: text", code, errno (negative), syscall. */
-static napi_value make_errno_error(napi_env env, int err, const char *syscall_name) {
+napi_value blk_errno_error(napi_env env, int err, const char *syscall_name) {
   napi_value code, msg, error, errnum, syscall;
   const char *name = errno_name(err);
   char text[256];
@@ -103,7 +105,7 @@ static napi_value make_errno_error(napi_env env, int err, const char *syscall_na
 
 /* Throws a system error; callers return NULL right after. */
 static void throw_errno(napi_env env, int err) {
-  napi_value error = make_errno_error(env, err, "lseek");
+  napi_value error = blk_errno_error(env, err, "lseek");
   if (error == NULL) {
     napi_throw_error(env, errno_name(err), strerror(err));
     return;
@@ -209,10 +211,10 @@ static void falloc_complete(napi_env env, napi_status status, void *data) {
   napi_value value = NULL;
   if (status != napi_ok) {
     /* Cancelled or failed to run: reject rather than leave the promise pending forever. */
-    value = make_errno_error(env, status == napi_cancelled ? EINTR : EIO, "fallocate");
+    value = blk_errno_error(env, status == napi_cancelled ? EINTR : EIO, "fallocate");
     if (value != NULL) napi_reject_deferred(env, job->deferred, value);
   } else if (job->err != 0) {
-    value = make_errno_error(env, job->err, "fallocate");
+    value = blk_errno_error(env, job->err, "fallocate");
     if (value != NULL) napi_reject_deferred(env, job->deferred, value);
   } else if (napi_get_undefined(env, &value) == napi_ok) {
     napi_resolve_deferred(env, job->deferred, value);
@@ -398,5 +400,5 @@ NAPI_MODULE_INIT() {
     {"preadNowait", NULL, pread_nowait, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
-  return exports;
+  return blk_engine_init(env, exports);
 }

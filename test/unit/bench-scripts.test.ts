@@ -28,25 +28,40 @@ describe('bench statistics', () => {
 describe('bench workloads', () => {
   const all = allWorkloads();
 
-  it('covers the issue list: 1-7, the raw mirrors of 1-5 as 8, ids unique', () => {
+  it('covers the issue list: 1-7 and depth 1 as 10, raw mirrors as 8, qcow2 as 9, ids unique', () => {
     expect(new Set(all.map((w) => w.id)).size).toBe(all.length);
-    expect([...new Set(all.map((w) => w.group))]).toEqual(['1', '2', '3', '4', '5', '6', '7', '8']);
+    expect([...new Set(all.map((w) => w.group))]).toEqual(['1', '2', '3', '4', '5', '6', '7', '10', '8', '9']);
     const raw = all.filter((w) => w.group === '8');
-    expect(raw.map((w) => w.twinOf)).toEqual(['1', '2', '3', '4r', '4w', '5']);
+    expect(raw.map((w) => w.twinOf)).toEqual(['1', '2', '3', '4r', '4w', '5', '10a', '10b', '10c', '10d']);
     for (const r of raw) {
       expect(r.format).toBe('raw');
       expect(all.find((w) => w.id === r.twinOf)?.format).toBe('qed');
     }
+    const qcow2 = all.filter((w) => w.group === '9');
+    expect(qcow2.map((w) => w.twinOf)).toEqual(['1', '2', '3', '4r', '4w', '5', '6', '7', '10a', '10b', '10c', '10d']);
+    for (const q of qcow2) {
+      expect(q.format).toBe('qcow2');
+      const twin = all.find((w) => w.id === q.twinOf);
+      expect(twin?.format).toBe('qed');
+      expect(q.kind).toBe(twin?.kind);
+    }
     expect(all.find((w) => w.id === '7')?.kind).toBe('convert');
+    expect(all.find((w) => w.id === '9.7')?.kind).toBe('convert');
   });
 
   it('the memory check writes and reads exactly the last cluster of a 16 TiB image', () => {
-    const w = MEMORY_CHECK.writeArgs('x.qed');
-    const offset = Number(w[w.indexOf('-o') + 1]);
-    expect(offset + MEMORY_CHECK.clusterSize).toBe(16 * 1024 ** 4);
-    expect(w).toContain('-w');
-    expect(MEMORY_CHECK.readArgs('x.qed')).not.toContain('-w');
-    expect(w[w.indexOf('-c') + 1]).toBe('1');
+    expect(MEMORY_CHECK.formats).toEqual(['qed', 'qcow2']);
+    for (const format of MEMORY_CHECK.formats) {
+      const w = MEMORY_CHECK.writeArgs(format, `x.${format}`);
+      const offset = Number(w[w.indexOf('-o') + 1]);
+      expect(offset + MEMORY_CHECK.clusterSize).toBe(16 * 1024 ** 4);
+      expect(w).toContain('-w');
+      expect(w[w.indexOf('-f') + 1]).toBe(format);
+      const r = MEMORY_CHECK.readArgs(format, `x.${format}`);
+      expect(r).not.toContain('-w');
+      expect(r[r.indexOf('-f') + 1]).toBe(format);
+      expect(w[w.indexOf('-c') + 1]).toBe('1');
+    }
   });
 });
 

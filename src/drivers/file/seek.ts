@@ -34,6 +34,24 @@ export interface SeekAddon {
    * RWF_NOWAIT reads. Optional, like the fallocate calls.
    */
   preadNowait?: (fd: number, buffers: readonly Uint8Array[], offset: number, size: number) => number;
+  /*
+   * The I/O engine (native/engine.c; engine.ts drives it). Optional, like the rest.
+   */
+  /** Start (or restart) the engine: 'auto', 'io_uring' or 'threads'; the back end started. */
+  engineStart?: (kind: string, onComplete: (count: number) => void, results: Float64Array) => string;
+  /** Queue one request; its slot, or -1 when every slot is busy. */
+  engineSubmit?: (
+    op: number,
+    fd: number,
+    buffers: Uint8Array | readonly Uint8Array[] | null,
+    offset: number,
+    length: number,
+    mode: number,
+  ) => number;
+  /** A Node-shaped system error (code, errno, syscall) for a failed request. */
+  engineError?: (errno: number, syscall: string) => Error;
+  /** Wait for what is in flight (delivered as usual), then stop. */
+  engineStop?: () => void;
 }
 
 /** node-gyp's output, relative to the package root. */

@@ -1,0 +1,63 @@
+/*
+ * The I/O engine shared between its back ends: io_uring (uring.c) and our own worker threads
+ * (threads.c), both completing through one eventfd that libuv watches (engine.c).
+ */
+#ifndef BLOCKLAYER_ENGINE_H
+#define BLOCKLAYER_ENGINE_H
+
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include <node_api.h>
+
+/* Operations, numbered as the JS side (src/drivers/file/engine.ts) sends them. */
+enum eng_op { ENG_READ = 0, ENG_WRITE = 1, ENG_DATASYNC = 2, ENG_FALLOCATE = 3 };
+
+/* Inline iovecs per request; longer vectors are allocated. */
+#define ENG_INLINE_IOV 8
+
+struct eng_req {
+  int op;
+  int fd;
+  int mode;          /* fallocate mode */
+  int iovcnt;
+  int64_t offset;
+  int64_t length;    /* fallocate length */
+  int64_t result;    /* bytes, or -errno */
+  struct iovec *iov; /* inline_iov or malloc'ed; must live until completion (the kernel reads it) */
+  struct iovec inline_iov[ENG_INLINE_IOV];
+  uint32_t slot;
+  int32_t next;      /* free list / worker queue link, -1 at the end */
+};
+
+struct eng_backend;
+
+/* What a back end offers: queue a request (not yet started), start what is queued, reap. */
+struct eng_ops {
+  const char *name;
+  /* 0, or -EAGAIN when the queue is full (flush and retry). */
+  int (*queue)(struct eng_backend *b, struct eng_req *r);
+  /* Start everything queued since the last flush (one syscall for the batch). */
+  void (*flush)(struct eng_backend *b);
+  /* Call done(ctx, slot, result) for each finished request; returns how many. */
+  int (*reap)(struct eng_backend *b, void (*done)(void *ctx, struct eng_req *r), void *ctx);
+  /* Stop: waits for what is in flight, frees everything. */
+  void (*destroy)(struct eng_backend *b);
+};
+
+struct eng_backend {
+  const struct eng_ops *ops;
+  struct eng_req *reqs; /* the engine's slot array, for mapping completions back */
+};
+
+/* Set up a back end completing on `eventfd`; NULL and *err = errno when it cannot. */
+struct eng_backend *eng_uring_create(unsigned entries, int eventfd, struct eng_req *reqs, int *err);
+struct eng_backend *eng_threads_create(unsigned nthreads, unsigned capacity, int eventfd, struct eng_req *reqs, int *err);
+
+/* Adds engineStart, engineSubmit, engineError, engineStop to the addon's exports. */
+napi_value blk_engine_init(napi_env env, napi_value exports);
+
+/* From seek.c: a Node-shaped system error (code, errno, syscall). */
+napi_value blk_errno_error(napi_env env, int err, const char *syscall_name);
+
+#endif

@@ -1,0 +1,186 @@
+/*
+ * The io_uring back end of the I/O engine, through the raw system calls (no liburing: nothing
+ * to link or ship). Requests are written to the submission ring as the JS side issues them
+ * and started in one io_uring_enter per event-loop turn (flush); the kernel signals
+ * completions on the eventfd registered here, which libuv watches (engine.c).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <linux/io_uring.h>
+
+#include "engine.h"
+
+struct uring {
+  struct eng_backend base;
+  int fd;
+  unsigned *sq_head, *sq_tail, *sq_mask, *sq_array;
+  unsigned *cq_head, *cq_tail, *cq_mask;
+  struct io_uring_sqe *sqes;
+  struct io_uring_cqe *cqes;
+  void *sq_map, *cq_map;
+  size_t sq_map_len, cq_map_len, sqes_len;
+  unsigned sq_entries;
+  unsigned unsubmitted; /* written to the ring, not yet handed to the kernel */
+};
+
+static int sys_setup(unsigned entries, struct io_uring_params *p) {
+  return (int)syscall(__NR_io_uring_setup, entries, p);
+}
+
+static int sys_enter(int fd, unsigned to_submit, unsigned min_complete, unsigned flags) {
+  return (int)syscall(__NR_io_uring_enter, fd, to_submit, min_complete, flags, NULL, 0);
+}
+
+static int sys_register(int fd, unsigned opcode, const void *arg, unsigned nr) {
+  return (int)syscall(__NR_io_uring_register, fd, opcode, arg, nr);
+}
+
+static void uring_unmap(struct uring *u) {
+  if (u->sqes != NULL && u->sqes != MAP_FAILED) munmap(u->sqes, u->sqes_len);
+  if (u->cq_map != NULL && u->cq_map != MAP_FAILED && u->cq_map != u->sq_map) munmap(u->cq_map, u->cq_map_len);
+  if (u->sq_map != NULL && u->sq_map != MAP_FAILED) munmap(u->sq_map, u->sq_map_len);
+  if (u->fd >= 0) close(u->fd);
+}
+
+static void uring_flush(struct eng_backend *b) {
+  struct uring *u = (struct uring *)b;
+  while (u->unsubmitted > 0) {
+    int n = sys_enter(u->fd, u->unsubmitted, 0, 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      /*
+       * EAGAIN/EBUSY: the kernel is short of resources or the completion queue is full; the
+       * entries stay in the ring and the next turn (after completions were reaped) retries.
+       */
+      return;
+    }
+    u->unsubmitted -= (unsigned)n;
+    if (n == 0) return;
+  }
+}
+
+static int uring_queue(struct eng_backend *b, struct eng_req *r) {
+  struct uring *u = (struct uring *)b;
+  unsigned tail = *u->sq_tail;
+  unsigned head = __atomic_load_n(u->sq_head, __ATOMIC_ACQUIRE);
+  if (tail - head >= u->sq_entries) return -EAGAIN;
+  unsigned idx = tail & *u->sq_mask;
+  struct io_uring_sqe *sqe = &u->sqes[idx];
+  memset(sqe, 0, sizeof *sqe);
+  sqe->fd = r->fd;
+  sqe->user_data = r->slot;
+  switch (r->op) {
+    case ENG_READ:
+    case ENG_WRITE:
+      sqe->opcode = r->op == ENG_READ ? IORING_OP_READV : IORING_OP_WRITEV;
+      sqe->addr = (uint64_t)(uintptr_t)r->iov;
+      sqe->len = (unsigned)r->iovcnt;
+      sqe->off = (uint64_t)r->offset;
+      break;
+    case ENG_DATASYNC:
+      sqe->opcode = IORING_OP_FSYNC;
+      sqe->fsync_flags = IORING_FSYNC_DATASYNC;
+      break;
+    case ENG_FALLOCATE:
+      /* fallocate's arguments in io_uring's encoding: mode in len, length in addr. */
+      sqe->opcode = IORING_OP_FALLOCATE;
+      sqe->off = (uint64_t)r->offset;
+      sqe->addr = (uint64_t)r->length;
+      sqe->len = (unsigned)r->mode;
+      break;
+    default:
+      return -EINVAL;
+  }
+  u->sq_array[idx] = idx;
+  /* The entry must be complete before the kernel can see the new tail. */
+  __atomic_store_n(u->sq_tail, tail + 1, __ATOMIC_RELEASE);
+  u->unsubmitted++;
+  return 0;
+}
+
+static int uring_reap(struct eng_backend *b, void (*done)(void *, struct eng_req *), void *ctx) {
+  struct uring *u = (struct uring *)b;
+  int count = 0;
+  for (;;) {
+    unsigned head = *u->cq_head;
+    unsigned tail = __atomic_load_n(u->cq_tail, __ATOMIC_ACQUIRE);
+    if (head == tail) break;
+    while (head != tail) {
+      struct io_uring_cqe *cqe = &u->cqes[head & *u->cq_mask];
+      struct eng_req *r = &b->reqs[cqe->user_data];
+      r->result = cqe->res;
+      head++;
+      /* Release the entry before calling out: the callback may submit more. */
+      __atomic_store_n(u->cq_head, head, __ATOMIC_RELEASE);
+      done(ctx, r);
+      count++;
+    }
+  }
+  return count;
+}
+
+static void uring_destroy(struct eng_backend *b) {
+  /* Closing the ring cancels what is in flight and waits for it in the kernel. */
+  uring_unmap((struct uring *)b);
+  free(b);
+}
+
+static const struct eng_ops uring_ops = {"io_uring", uring_queue, uring_flush, uring_reap, uring_destroy};
+
+struct eng_backend *eng_uring_create(unsigned entries, int eventfd, struct eng_req *reqs, int *err) {
+  struct uring *u = calloc(1, sizeof *u);
+  if (u == NULL) {
+    *err = ENOMEM;
+    return NULL;
+  }
+  struct io_uring_params p;
+  memset(&p, 0, sizeof p);
+  /* A completion queue twice the submission queue: every slot in flight fits in it. */
+  p.flags = IORING_SETUP_CQSIZE;
+  p.cq_entries = entries * 2;
+  u->fd = sys_setup(entries, &p);
+  if (u->fd < 0) goto fail;
+  /*
+   * One mmap for both rings (5.4) and no lost completions (NODROP, 5.5); older kernels get
+   * the worker threads instead.
+   */
+  if (!(p.features & IORING_FEAT_SINGLE_MMAP) || !(p.features & IORING_FEAT_NODROP)) {
+    errno = ENOSYS;
+    goto fail;
+  }
+  u->sq_entries = p.sq_entries;
+  u->sq_map_len = p.sq_off.array + p.sq_entries * sizeof(unsigned);
+  u->cq_map_len = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
+  if (u->cq_map_len > u->sq_map_len) u->sq_map_len = u->cq_map_len;
+  u->cq_map_len = u->sq_map_len;
+  u->sq_map = mmap(NULL, u->sq_map_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, u->fd, IORING_OFF_SQ_RING);
+  if (u->sq_map == MAP_FAILED) goto fail;
+  u->cq_map = u->sq_map;
+  u->sqes_len = p.sq_entries * sizeof(struct io_uring_sqe);
+  u->sqes = mmap(NULL, u->sqes_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, u->fd, IORING_OFF_SQES);
+  if (u->sqes == MAP_FAILED) goto fail;
+  char *sq = u->sq_map, *cq = u->cq_map;
+  u->sq_head = (unsigned *)(sq + p.sq_off.head);
+  u->sq_tail = (unsigned *)(sq + p.sq_off.tail);
+  u->sq_mask = (unsigned *)(sq + p.sq_off.ring_mask);
+  u->sq_array = (unsigned *)(sq + p.sq_off.array);
+  u->cq_head = (unsigned *)(cq + p.cq_off.head);
+  u->cq_tail = (unsigned *)(cq + p.cq_off.tail);
+  u->cq_mask = (unsigned *)(cq + p.cq_off.ring_mask);
+  u->cqes = (struct io_uring_cqe *)(cq + p.cq_off.cqes);
+  if (sys_register(u->fd, IORING_REGISTER_EVENTFD, &eventfd, 1) < 0) goto fail;
+  u->base.ops = &uring_ops;
+  u->base.reqs = reqs;
+  return &u->base;
+fail:
+  *err = errno != 0 ? errno : EIO;
+  uring_unmap(u);
+  free(u);
+  return NULL;
+}

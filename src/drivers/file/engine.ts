@@ -1,0 +1,178 @@
+/**
+ * The native I/O engine (native/engine.c): the file driver's reads, writes, datasyncs and
+ * fallocates go to io_uring (or, where the kernel has none or refuses it, the addon's own
+ * worker threads) straight from this thread, instead of a round trip through libuv's thread
+ * pool per request. Everything issued in one event-loop turn starts with one system call;
+ * completions come back in batches.
+ *
+ * BLOCKLAYER_IO_ENGINE picks it: unset or 'auto' (io_uring, else worker threads), 'io_uring',
+ * 'threads', or 'fs' (node:fs and libuv's pool, as without the addon).
+ *
+ * The buffers of a request stay referenced here, in its slot, until it completes: the kernel
+ * writes into them meanwhile.
+ */
+import type { SeekAddon } from './seek.js';
+import { seekAddon } from './seek.js';
+
+export type EngineKind = 'io_uring' | 'threads';
+export type EngineChoice = 'auto' | EngineKind | 'fs';
+
+/** Operation numbers shared with native/engine.h. */
+const OP_READ = 0;
+const OP_WRITE = 1;
+const OP_DATASYNC = 2;
+const OP_FALLOCATE = 3;
+
+/** The addon's slot count (ENG_SLOTS): requests beyond it wait in a backlog here. */
+const SLOTS = 256;
+
+/** fallocate(2) modes (linux/falloc.h). */
+export const FALLOC_FL_KEEP_SIZE = 0x01;
+export const FALLOC_FL_PUNCH_HOLE = 0x02;
+export const FALLOC_FL_ZERO_RANGE = 0x10;
+
+type Buffers = Uint8Array | readonly Uint8Array[] | null;
+
+interface Request {
+  resolve(n: number): void;
+  reject(e: unknown): void;
+  /** Kept alive until completion (the kernel reads or writes them). */
+  buffers: Buffers;
+  syscall: string;
+}
+
+interface Waiting extends Request {
+  op: number;
+  fd: number;
+  offset: number;
+  length: number;
+  mode: number;
+}
+
+type EngineAddon = Required<Pick<SeekAddon, 'engineStart' | 'engineSubmit' | 'engineError' | 'engineStop'>>;
+
+export class IoEngine {
+  readonly kind: EngineKind;
+  private readonly slots: (Request | undefined)[] = new Array<Request | undefined>(SLOTS);
+  /** Requests that found every slot busy, in order. */
+  private readonly backlog: Waiting[] = [];
+  private readonly results = new Float64Array(2 * SLOTS);
+
+  constructor(
+    private readonly addon: EngineAddon,
+    kind: 'auto' | EngineKind,
+  ) {
+    this.kind = addon.engineStart(kind, (n) => this.complete(n), this.results) as EngineKind;
+  }
+
+  /** preadv at `offset` into `buffers`: the count read (short at end of file). */
+  preadv(fd: number, buffers: Uint8Array | readonly Uint8Array[], offset: number): Promise<number> {
+    return this.submit(OP_READ, fd, buffers, offset, 0, 0, 'read');
+  }
+
+  /** pwritev at `offset` from `buffers`: the count written (possibly short). */
+  pwritev(fd: number, buffers: Uint8Array | readonly Uint8Array[], offset: number): Promise<number> {
+    return this.submit(OP_WRITE, fd, buffers, offset, 0, 0, 'write');
+  }
+
+  async fdatasync(fd: number): Promise<void> {
+    await this.submit(OP_DATASYNC, fd, null, 0, 0, 0, 'fdatasync');
+  }
+
+  async fallocate(fd: number, mode: number, offset: number, length: number): Promise<void> {
+    await this.submit(OP_FALLOCATE, fd, null, offset, length, mode, 'fallocate');
+  }
+
+  /** Wait for everything in flight (delivered as usual), then stop the back end. */
+  stop(): void {
+    this.addon.engineStop();
+    // The backlog never reached the engine: it fails rather than waiting forever.
+    for (const w of this.backlog.splice(0)) w.reject(this.addon.engineError(125 /* ECANCELED */, w.syscall));
+  }
+
+  private submit(op: number, fd: number, buffers: Buffers, offset: number, length: number, mode: number, syscall: string): Promise<number> {
+    return new Promise<number>((resolve, reject) => {
+      const req: Waiting = { resolve, reject, buffers, syscall, op, fd, offset, length, mode };
+      // Keep the order: nothing overtakes what already waits for a slot.
+      if (this.backlog.length > 0 || !this.start(req)) this.backlog.push(req);
+    });
+  }
+
+  private start(w: Waiting): boolean {
+    const slot = this.addon.engineSubmit(w.op, w.fd, w.buffers, w.offset, w.length, w.mode);
+    if (slot < 0) return false;
+    this.slots[slot] = w;
+    return true;
+  }
+
+  /** The addon's batch of (slot, result) pairs: settle each, then feed freed slots. */
+  private complete(count: number): void {
+    for (let i = 0; i < count; i++) {
+      const slot = this.results[2 * i];
+      const res = this.results[2 * i + 1];
+      const req = this.slots[slot];
+      this.slots[slot] = undefined;
+      if (req === undefined) continue;
+      if (res < 0) req.reject(this.addon.engineError(-res, req.syscall));
+      else req.resolve(res);
+    }
+    while (this.backlog.length > 0 && this.start(this.backlog[0])) this.backlog.shift();
+  }
+}
+
+function hasEngine(a: SeekAddon | null): a is SeekAddon & EngineAddon {
+  return (
+    typeof a?.engineStart === 'function' &&
+    typeof a.engineSubmit === 'function' &&
+    typeof a.engineError === 'function' &&
+    typeof a.engineStop === 'function'
+  );
+}
+
+/** BLOCKLAYER_IO_ENGINE, checked; anything else is 'auto'. */
+export function engineChoice(env: string | undefined = process.env.BLOCKLAYER_IO_ENGINE): EngineChoice {
+  return env === 'io_uring' || env === 'threads' || env === 'fs' ? env : 'auto';
+}
+
+/** Started on first use; `undefined` = not tried yet, null = node:fs. */
+let engine: IoEngine | null | undefined;
+/** The addon `engine` was started from: another addon in use (a test's) means another engine. */
+let engineAddon: SeekAddon | null = null;
+/** What BLOCKLAYER_IO_ENGINE asked for, or a test's choice. */
+let choice: EngineChoice | undefined;
+
+/**
+ * The engine the file driver submits to, or null (node:fs and libuv's pool): no addon, an
+ * addon without the engine, BLOCKLAYER_IO_ENGINE=fs, or an engine that could not start
+ * (a forced io_uring that the kernel refuses).
+ */
+export function ioEngine(): IoEngine | null {
+  const addon = seekAddon();
+  if (engine === undefined || addon !== engineAddon) {
+    engine?.stop();
+    engineAddon = addon;
+    choice ??= engineChoice();
+    engine = startEngine(choice, addon);
+  }
+  return engine;
+}
+
+function startEngine(c: EngineChoice, addon: SeekAddon | null): IoEngine | null {
+  if (c === 'fs' || !hasEngine(addon)) return null;
+  try {
+    return new IoEngine(addon, c);
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Test seam: stop the current engine (after what is in flight) and use `c` from now on
+ * (undefined: BLOCKLAYER_IO_ENGINE again). Returns the engine now in use, null for node:fs.
+ */
+export function setIoEngineForTest(c: EngineChoice | undefined): IoEngine | null {
+  engine?.stop();
+  engine = undefined;
+  choice = c;
+  return ioEngine();
+}

@@ -1,0 +1,139 @@
+// The native I/O engine (native/engine.c, src/drivers/file/engine.ts) on each back end: every
+// operation, errors shaped as node:fs shapes them, a full slot table, stopping and closing
+// with requests in flight.
+import { closeSync, openSync, read as fsRead, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { toBlockError } from '../../src/block/errors.js';
+import { IOVector } from '../../src/block/iovec.js';
+import { BlockDriverState } from '../../src/block/node.js';
+import { BlockDriverRegistry } from '../../src/block/registry.js';
+import {
+  FALLOC_FL_KEEP_SIZE,
+  FALLOC_FL_PUNCH_HOLE,
+  FALLOC_FL_ZERO_RANGE,
+  type EngineKind,
+  engineChoice,
+  ioEngine,
+  setIoEngineForTest,
+} from '../../src/drivers/file/engine.js';
+import { fileDriver } from '../../src/drivers/file/index.js';
+import { loadSeekAddon } from '../../src/drivers/file/seek.js';
+import { makeTempDir, removeTempDir } from '../interop/qemu.js';
+
+const hasEngine = typeof loadSeekAddon()?.engineStart === 'function';
+// Locally a missing addon skips these tests; CI must have built it.
+if (!hasEngine && process.env.CI === 'true') {
+  throw new Error('the native addon (build/Release/blocklayer_seek.node) was not built with its I/O engine: run `npm ci`');
+}
+const registry = new BlockDriverRegistry().register(fileDriver);
+
+afterAll(() => {
+  setIoEngineForTest(undefined);
+});
+
+it('BLOCKLAYER_IO_ENGINE picks the engine; anything else is auto', () => {
+  expect(engineChoice('io_uring')).toBe('io_uring');
+  expect(engineChoice('threads')).toBe('threads');
+  expect(engineChoice('fs')).toBe('fs');
+  expect(engineChoice(undefined)).toBe('auto');
+  expect(engineChoice('bogus')).toBe('auto');
+});
+
+it.skipIf(!hasEngine)('fs means no engine: node:fs and the thread pool', () => {
+  expect(setIoEngineForTest('fs')).toBeNull();
+  expect(ioEngine()).toBeNull();
+});
+
+describe.each(['io_uring', 'threads'] as EngineKind[])('I/O engine: %s', (kind) => {
+  let dir = '';
+  let fd = -1;
+  beforeEach((ctx) => {
+    if (!hasEngine) ctx.skip();
+    const engine = setIoEngineForTest(kind);
+    // io_uring refused (seccomp, old kernel): forcing it gives no engine; threads must start.
+    if (engine === null && kind === 'io_uring') ctx.skip();
+    expect(engine?.kind).toBe(kind);
+    dir = makeTempDir('file-engine');
+    writeFileSync(join(dir, 'f'), new Uint8Array(64 * 1024).fill(0x11));
+    fd = openSync(join(dir, 'f'), 'r+');
+  });
+  afterEach(() => {
+    if (fd >= 0) closeSync(fd);
+    fd = -1;
+    if (dir !== '') removeTempDir(dir);
+    dir = '';
+  });
+  const engine = () => {
+    const e = ioEngine();
+    if (e === null) throw new Error('no engine');
+    return e;
+  };
+
+  it('writes, reads back through a vector, datasyncs', async () => {
+    const data = new Uint8Array(8192).map((_, i) => i & 0xff);
+    expect(await engine().pwritev(fd, [data.subarray(0, 100), data.subarray(100)], 4096)).toBe(8192);
+    await engine().fdatasync(fd);
+    const a = new Uint8Array(3000);
+    const b = new Uint8Array(5192);
+    expect(await engine().preadv(fd, [a, b], 4096)).toBe(8192);
+    expect([...a, ...b]).toEqual([...data]);
+    expect(readFileSync(join(dir, 'f')).subarray(4096, 4096 + 8192)).toEqual(Buffer.from(data));
+  });
+
+  it('reads short at end of file, 0 past it', async () => {
+    const buf = new Uint8Array(4096);
+    expect(await engine().preadv(fd, buf, 64 * 1024 - 1000)).toBe(1000);
+    expect(await engine().preadv(fd, buf, 1 << 20)).toBe(0);
+  });
+
+  it('fallocate: punch a hole (size kept), zero a range past the end (file grows)', async () => {
+    await engine().fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, 4096);
+    await engine().fallocate(fd, FALLOC_FL_ZERO_RANGE, 64 * 1024, 4096).catch((e: unknown) => {
+      // Some file systems have no ZERO_RANGE: the same error code the fallback path expects.
+      expect((e as { code?: string }).code).toBe('ENOTSUP');
+    });
+    const f = readFileSync(join(dir, 'f'));
+    expect(f.subarray(0, 4096).every((x) => x === 0)).toBe(true);
+    expect(f[4096]).toBe(0x11);
+  });
+
+  it('errors carry the errno code node:fs gives, so both paths map to the same BlockError', async () => {
+    const bad = 0x3fffffff;
+    const ours = await engine().preadv(bad, new Uint8Array(16), 0).then(
+      () => null,
+      (e: unknown) => e,
+    );
+    const theirs = await new Promise<unknown>((resolve) => fsRead(bad, new Uint8Array(16), 0, 16, 0, (e) => resolve(e)));
+    expect((ours as { code?: string }).code).toBe('EBADF');
+    expect(toBlockError(ours).code).toBe(toBlockError(theirs).code);
+    expect((ours as { syscall?: string }).syscall).toBe('read');
+  });
+
+  it('more requests than slots wait their turn; all complete, in place', async () => {
+    const n = 700;
+    const writes = Array.from({ length: n }, (_, i) => engine().pwritev(fd, new Uint8Array(64).fill(i & 0xff), i * 64));
+    expect(await Promise.all(writes)).toEqual(new Array<number>(n).fill(64));
+    const f = readFileSync(join(dir, 'f'));
+    for (let i = 0; i < n; i++) expect(f[i * 64 + 63]).toBe(i & 0xff);
+  });
+
+  it('stop waits for what is in flight and settles every request', async () => {
+    const e = engine();
+    const reads = Array.from({ length: 300 }, () => e.preadv(fd, new Uint8Array(4096), 0));
+    e.stop();
+    // Synchronously drained: each completion freed a slot for the backlog, which ran too.
+    const settled = await Promise.allSettled(reads);
+    expect(settled.map((s) => (s.status === 'fulfilled' ? s.value : String(s.reason)))).toEqual(new Array<number>(300).fill(4096));
+  });
+
+  it('a file node closed with writes in flight lets them all land first', async () => {
+    const bs = await BlockDriverState.open(join(dir, 'f'), { format: 'file', registry, child: true });
+    const writes = Array.from({ length: 64 }, (_, i) => bs.pwritev(i * 1024, IOVector.from(new Uint8Array(1024).fill(i + 1))));
+    const closed = bs.close();
+    await Promise.all(writes);
+    await closed;
+    const f = readFileSync(join(dir, 'f'));
+    for (let i = 0; i < 64; i++) expect(f[i * 1024 + 512]).toBe(i + 1);
+  });
+});
