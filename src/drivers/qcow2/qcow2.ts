@@ -18,6 +18,7 @@ import {
 } from './header.js';
 import { qcow2CoPreadv, qcow2CoPwritev, qcow2CoPwritevCompressed } from './io.js';
 import { qcow2DoOpen, qcow2UpdateHeader } from './open.js';
+import { QCOW2_RUNTIME_OPTS } from './options.js';
 import { qcow2RepairDirty } from './repair.js';
 import { qcow2GetRefcount } from './refcount.js';
 import { qcow2Truncate } from './resize.js';
@@ -202,6 +203,7 @@ export const qcow2Driver: BlockDriver = {
   requestAlignment: 1,
   supportsBacking: true,
   createOptions: qcow2CreateOptions,
+  runtimeOptions: QCOW2_RUNTIME_OPTS,
   probe: qcow2Probe,
   open: qcow2Open,
   close: qcow2Close,
