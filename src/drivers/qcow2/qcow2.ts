@@ -19,6 +19,7 @@ import {
 import { qcow2CoPreadv, qcow2CoPwritev, qcow2CoPwritevCompressed } from './io.js';
 import { qcow2DoOpen, qcow2UpdateHeader } from './open.js';
 import { QCOW2_RUNTIME_OPTS } from './options.js';
+import { qcow2ReadSnapshots, snapshotInfo } from './snapshot-table.js';
 import { qcow2RepairDirty } from './repair.js';
 import { qcow2GetRefcount } from './refcount.js';
 import { qcow2Truncate } from './resize.js';
@@ -224,6 +225,7 @@ export const qcow2Driver: BlockDriver = {
   getLength: (bs) => qcow2State(bs).header.size,
   getInfo: qcow2GetInfo,
   getSpecificInfo: qcow2GetSpecificInfo,
+  snapshotList: async (bs) => (await qcow2ReadSnapshots(qcow2State(bs))).map(snapshotInfo),
   changeBackingFile: qcow2ChangeBackingFile,
   invalidateCache: qcow2InvalidateCache,
 };
