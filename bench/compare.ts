@@ -4,26 +4,14 @@
 // identical fresh images, alternating which goes first), 5 runs each by default, and prints the
 // median time ratio ours / QEMU per workload (below 1 = we are faster), throughput, and peak
 // RSS. Then the memory check: a 16 TiB QED image, its last cluster written and read back,
-// with our peak RSS under 100 MiB. A full run rewrites bench/RESULTS.md (keeping its
-// "Profile notes" section); a partial run (--only) prints only, unless --write.
+// with our peak RSS under 100 MiB. A full run rewrites bench/RESULTS.md (bench/report.ts: the
+// method and the tables; its hand-written "Analysis" section is kept); a partial run (--only)
+// prints only, unless --write.
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { join } from 'node:path';
-import {
-  CommandFailed,
-  REPO,
-  findOurs,
-  TIME_BIN,
-  describeMachine,
-  fmtMiB,
-  fmtSeconds,
-  measure,
-  median,
-  run,
-  type Machine,
-  type Measured,
-  type Ours,
-} from './lib.js';
+import { CommandFailed, REPO, findOurs, TIME_BIN, describeMachine, fmtSeconds, measure, run, type Measured, type Ours } from './lib.js';
+import { mergeResults, ratioOf, renderResults, timeOf, type MemoryResult, type Row, type RunInfo } from './report.js';
 import { MEMORY_CHECK, allWorkloads, type Ctx, type Tool, type Workload } from './workloads.js';
 
 interface Args {
@@ -90,14 +78,6 @@ function parseArgs(argv: string[]): Args {
 // ---------------------------------------------------------------------------------------------
 // Running
 
-interface Row {
-  w: Workload;
-  qemu: Measured[];
-  ours: Measured[];
-  skipped?: string;
-  failed?: boolean;
-}
-
 /** Environment of our child processes. */
 let oursEnv: NodeJS.ProcessEnv = process.env;
 
@@ -115,11 +95,6 @@ function runOnce(w: Workload, tool: Tool, ctx: Ctx, ours: Ours): Measured {
   } finally {
     w.cleanup?.(ctx);
   }
-}
-
-/** Time of one run: the tool's own figure for bench, the process wall time for convert. */
-function timeOf(m: Measured): number {
-  return m.reported ?? m.wall;
 }
 
 function log(s: string): void {
@@ -156,22 +131,6 @@ function runWorkload(w: Workload, runs: number, ctx: Ctx, ours: Ours): Row {
   return row;
 }
 
-function ratioOf(row: Row): number {
-  return median(row.ours.map(timeOf)) / median(row.qemu.map(timeOf));
-}
-
-function peak(ms: Measured[]): number | null {
-  const xs = ms.map((m) => m.maxRssKiB).filter((x): x is number => x !== null);
-  return xs.length === 0 ? null : Math.max(...xs);
-}
-
-interface MemoryResult {
-  write: Measured;
-  read: Measured;
-  qemuWrite: Measured;
-  pass: boolean | null;
-}
-
 function memoryCheck(ctx: Ctx, ours: Ours): MemoryResult {
   const f = MEMORY_CHECK.image(ctx);
   const qemuWrite = measure([ctx.qemuImg, 'bench', ...MEMORY_CHECK.writeArgs(f)], ctx.dir);
@@ -189,94 +148,29 @@ function memoryCheck(ctx: Ctx, ours: Ours): MemoryResult {
 // ---------------------------------------------------------------------------------------------
 // Reporting
 
-function mibps(bytes: number, seconds: number): string {
-  return Number.isFinite(seconds) && seconds > 0 ? (bytes / 2 ** 20 / seconds).toFixed(0) : 'n/a';
-}
-
-function table(rows: Row[]): string {
-  const out: string[] = [];
-  out.push('| # | workload | QEMU s | ours s | ours/QEMU | QEMU MiB/s | ours MiB/s | ours/QEMU (process wall) | ours peak RSS | QEMU peak RSS |');
-  out.push('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|');
-  for (const r of rows) {
-    if (r.skipped !== undefined) {
-      out.push(`| ${r.w.id} | ${r.w.title} | – | – | ${r.failed === true ? '' : 'skipped: '}${r.skipped} | | | | | |`);
-      continue;
-    }
-    const q = median(r.qemu.map(timeOf));
-    const o = median(r.ours.map(timeOf));
-    const wall = median(r.ours.map((m) => m.wall)) / median(r.qemu.map((m) => m.wall));
-    out.push(
-      `| ${r.w.id} | ${r.w.title} | ${fmtSeconds(q)} | ${fmtSeconds(o)} | **${(o / q).toFixed(2)}** | ` +
-        `${mibps(r.w.bytes, q)} | ${mibps(r.w.bytes, o)} | ${wall.toFixed(2)} | ${fmtMiB(peak(r.ours))} | ${fmtMiB(peak(r.qemu))} |`,
-    );
+/** The code measured: the commit, and whether the worktree had changes on top of it. */
+function codeVersion(): string {
+  try {
+    const commit = run(['git', 'rev-parse', '--short', 'HEAD'], { cwd: REPO }).stdout.trim();
+    const dirty = run(['git', 'status', '--porcelain', '--untracked-files=no'], { cwd: REPO }).stdout.trim() !== '';
+    return dirty ? `${commit} + local changes` : commit;
+  } catch {
+    return 'unknown (not a git checkout)';
   }
-  return out.join('\n');
 }
 
-function overheadTable(rows: Row[]): string {
-  const byId = new Map(rows.map((r) => [r.w.id, r]));
-  const out: string[] = [];
-  for (const raw of rows) {
-    if (raw.w.twinOf === undefined || raw.skipped !== undefined) continue;
-    const qed = byId.get(raw.w.twinOf);
-    if (!qed || qed.skipped !== undefined) continue;
-    if (out.length === 0) {
-      out.push('| # | workload | QEMU: QED s / raw s | ours: QED s / raw s |');
-      out.push('|---|---|---:|---:|');
-    }
-    const qq = median(qed.qemu.map(timeOf)) / median(raw.qemu.map(timeOf));
-    const oo = median(qed.ours.map(timeOf)) / median(raw.ours.map(timeOf));
-    out.push(`| ${qed.w.id} | ${qed.w.title} | ${qq.toFixed(2)} | ${oo.toFixed(2)} |`);
-  }
-  return out.join('\n');
-}
-
-function memoryText(m: MemoryResult | null): string {
-  if (m === null) return '';
-  const verdict = m.pass === null ? 'not measured (no /usr/bin/time)' : m.pass ? 'PASS' : 'FAIL';
-  return [
-    `16 TiB QED image, last 64 KiB cluster written then read back (\`bench -w -o ${MEMORY_CHECK.size - MEMORY_CHECK.clusterSize} -s 64k -c 1\`):`,
-    '',
-    `- ours: write peak RSS ${fmtMiB(m.write.maxRssKiB)} (process ${fmtSeconds(m.write.wall)} s), ` +
-      `read peak RSS ${fmtMiB(m.read.maxRssKiB)} (process ${fmtSeconds(m.read.wall)} s): ` +
-      `**${verdict}** (limit ${MEMORY_CHECK.limitMiB} MiB)`,
-    `- QEMU write for reference: peak RSS ${fmtMiB(m.qemuWrite.maxRssKiB)}`,
-  ].join('\n');
-}
-
-function machineText(mc: Machine, args: Args, started: Date, seconds: number, notes: string[]): string {
+function commandLine(args: Args): string {
   const extra = [
     args.runs !== 5 ? `--runs ${args.runs}` : '',
     args.only ? `--only ${[...args.only].join(',')}` : '',
     args.uvThreads !== null ? `--uv-threads ${args.uvThreads}` : '',
   ].filter((x) => x !== '');
-  const cmd = `npm run bench${extra.length > 0 ? ` -- ${extra.join(' ')}` : ''}`;
-  return [
-    `- date: ${started.toISOString()} (took ${seconds.toFixed(0)} s)`,
-    `- command: \`${cmd}\` (${args.runs} runs per tool and workload, alternating order; medians)`,
-    `- machine: ${mc.nproc} CPUs, ${mc.model}, ${mc.memGiB} GiB RAM, load average at start ${mc.loadavg}`,
-    `- node ${mc.node}, UV_THREADPOOL_SIZE of blk-img: ${mc.uvThreadpool}; ${mc.qemuImg}`,
-    `- images in a temporary directory under ${os.tmpdir()} (page cache warm: this measures the block layer, not the disk)`,
-    ...notes.map((n) => `- note: ${n}`),
-  ].join('\n');
+  return `npm run bench${extra.length > 0 ? ` -- ${extra.join(' ')}` : ''}`;
 }
-
-const EXPLAIN = [
-  '"QEMU s" / "ours s": median of the time each tool reports itself ("Run completed in X seconds",',
-  'from the first request to the last completion; for convert, the wall time of the process).',
-  '"ours/QEMU" below 1 means we are faster. "process wall" includes process start, image open and',
-  'close (Node start-up is ~50 ms). Peak RSS is GNU time\'s maximum resident set size of the child.',
-].join('\n');
 
 function writeResults(text: string): void {
   const path = join(REPO, 'bench/RESULTS.md');
-  let profile = '';
-  if (existsSync(path)) {
-    const old = readFileSync(path, 'utf8');
-    const i = old.indexOf('## Profile notes');
-    if (i >= 0) profile = old.slice(i);
-  }
-  writeFileSync(path, `${text}\n${profile === '' ? '' : `\n${profile}`}`);
+  writeFileSync(path, mergeResults(text, existsSync(path) ? readFileSync(path, 'utf8') : null));
   log(`\nwrote ${path}\n`);
 }
 
@@ -284,7 +178,7 @@ function writeResults(text: string): void {
 
 function main(): number {
   const args = parseArgs(process.argv.slice(2));
-  const started = new Date();
+  const code = codeVersion();
   const t0 = process.hrtime.bigint();
   const qemuImg = 'qemu-img';
   if (args.uvThreads !== null) oursEnv = { ...process.env, UV_THREADPOOL_SIZE: args.uvThreads };
@@ -297,14 +191,17 @@ function main(): number {
   if (!existsSync(TIME_BIN)) notes.push(`${TIME_BIN} missing: peak RSS not measured (Debian package "time")`);
 
   if (args.build) {
-    log('building (tsc -p tsconfig.build.json)...\n');
+    // The tools run from the bundle (dist/bin), so the build must include it, not only tsc.
+    log('building (npm run build)...\n');
     try {
-      run(['npx', 'tsc', '-p', 'tsconfig.build.json'], { cwd: REPO });
+      run(['npm', 'run', 'build', '--silent'], { cwd: REPO });
     } catch (e) {
       // tsc still emits when other files have type errors; go on if our entry points exist.
       const msg = e instanceof CommandFailed ? e.stdout.split('\n').slice(0, 5).join('\n') : String(e);
       process.stderr.write(`warning: the build reported errors:\n${msg}\n`);
       notes.push('the build reported type errors elsewhere; the emitted JavaScript was used');
+      // `npm run build` stops before bundling when tsc fails: bundle what tsc emitted.
+      run(['npm', 'run', 'bundle', '--silent'], { cwd: REPO });
     }
   }
 
@@ -330,22 +227,8 @@ function main(): number {
       mem = memoryCheck(ctx, ours);
     }
     const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-    const text = [
-      '# Benchmark results: blk-img vs qemu-img',
-      '',
-      'Written by `npm run bench` (bench/compare.ts); rerun on an idle machine for the real table.',
-      '',
-      machineText(mc, args, started, seconds, notes),
-      '',
-      EXPLAIN,
-      '',
-      table(rows),
-      '',
-      overheadTable(rows) === '' ? '' : `QED overhead over raw (same tool, same workload):\n\n${overheadTable(rows)}\n`,
-      mem === null ? '' : `## Memory check\n\n${memoryText(mem)}\n`,
-    ]
-      .filter((s, i, all) => !(s === '' && all[i - 1] === ''))
-      .join('\n');
+    const info: RunInfo = { machine: mc, command: commandLine(args), runs: args.runs, seconds, code, tmpdir: os.tmpdir(), notes };
+    const text = renderResults(info, rows, mem);
     log(`\n${text}\n`);
     if (args.only === null || args.write) writeResults(text);
     if (mem?.pass === false) process.stderr.write('memory check FAILED\n');

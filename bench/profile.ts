@@ -2,7 +2,7 @@
 //
 // Runs one benchmark workload on our side under `node --cpu-prof` and summarises the profile:
 // self time per function and per source file, garbage collection and idle shares. Used to
-// write the "Profile notes" of bench/RESULTS.md.
+// write the "Analysis" of bench/RESULTS.md.
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import { join, relative } from 'node:path';

@@ -3,7 +3,7 @@
 // (process.argv[1]), so a link named otherwise speaks under that name.
 //
 // libuv's file I/O thread pool, unless the user chose a size: 2 threads, measured (bench/RESULTS.md,
-// Profile notes). Page-cached small requests are fastest with few threads (each hand-off to a
+// "The thread pool size"). Page-cached small requests are fastest with few threads (each hand-off to a
 // sleeping worker costs a wake-up), but with 1 an fdatasync stalls every other request (COW
 // writes over a backing file took twice as long). libuv reads the variable once, when the pool
 // starts on first use, and loading an ES module entry already starts it: so this launcher is

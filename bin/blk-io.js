@@ -2,7 +2,7 @@
 // blk-io launcher: the compiled tool does the work; its exit status becomes ours.
 //
 // libuv's file I/O thread pool, unless the user chose a size: 2 threads, measured (bench/RESULTS.md,
-// Profile notes). Page-cached small requests are fastest with few threads (each hand-off to a
+// "The thread pool size"). Page-cached small requests are fastest with few threads (each hand-off to a
 // sleeping worker costs a wake-up), but with 1 an fdatasync stalls every other request (COW
 // writes over a backing file took twice as long). libuv reads the variable once, when the pool
 // starts on first use, and loading an ES module entry already starts it: so this launcher is

@@ -5,7 +5,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { BlockDriverState, bdrvCreate } from '../src/index.js';
+import { BlockBackend, bdrvCreate } from '../src/index.js';
 import { main as blkImg } from '../src/tools/img/main.js';
 
 const KiB = 1024;
@@ -19,7 +19,7 @@ async function main(): Promise<void> {
 
     // 1. A raw base image with a recognisable pattern in its first megabyte.
     await bdrvCreate(basePath, { format: 'raw', options: { size: 4 * MiB } });
-    const base = await BlockDriverState.open(basePath, { format: 'raw' });
+    const base = await BlockBackend.open(basePath, { format: 'raw' });
     await base.pwrite(0, new Uint8Array(1 * MiB).fill(0xba));
     await base.close();
     console.log(`created ${basePath}: 4 MiB raw, first 1 MiB filled with 0xba`);
@@ -29,33 +29,34 @@ async function main(): Promise<void> {
       format: 'qed',
       options: { size: 8 * MiB, clusterSize: 64 * KiB, backingFile: 'base.raw', backingFmt: 'raw' },
     });
-    const bs = await BlockDriverState.open(overlayPath);
-    console.log(`created ${overlayPath}: 8 MiB qed, backing file ${bs.backingFile} (${bs.backingFormat})`);
+    const blk = await BlockBackend.open(overlayPath);
+    const top = blk.root!; // the qed node: what the image records about itself
+    console.log(`created ${overlayPath}: 8 MiB qed, backing file ${top.backingFile} (${top.backingFormat})`);
 
     // 3. A write that lands in the middle of a cluster: the rest of the cluster is copied
     //    from the base (copy-on-write), so the base's pattern survives around our bytes.
-    await bs.pwrite(100 * KiB, new Uint8Array(8 * KiB).fill(0x42));
+    await blk.pwrite(100 * KiB, new Uint8Array(8 * KiB).fill(0x42));
     console.log('wrote 8 KiB of 0x42 at offset 100 KiB');
 
     const back = new Uint8Array(16 * KiB);
-    await bs.pread(96 * KiB, back);
+    await blk.pread(96 * KiB, back);
     console.log(
       `read 16 KiB at 96 KiB: ${describe(back.subarray(0, 4 * KiB))} | ${describe(back.subarray(4 * KiB, 12 * KiB))} | ${describe(back.subarray(12 * KiB))}`,
     );
     const beyond = new Uint8Array(4);
-    await bs.pread(2 * MiB, beyond);
+    await blk.pread(2 * MiB, beyond);
     console.log(`read at 2 MiB (past the base's data): ${describe(beyond)}`);
 
     // 4. Where the data lives now: blockStatusAbove walks the chain (depth 0 = the overlay).
     console.log('\nblock status through the chain:');
-    const length = await bs.getLength();
+    const length = await blk.getLength();
     for (let offset = 0; offset < length; ) {
-      const st = await bs.blockStatusAbove(offset, length - offset);
+      const st = await blk.blockStatusAbove(offset, length - offset);
       const where = st.data ? (st.depth === 0 ? 'overlay.qed' : 'base.raw') : 'zeros';
       console.log(`  ${offset.toString().padStart(8)} +${st.pnum.toString().padStart(8)}  depth ${st.depth}  ${where}`);
       offset += st.pnum;
     }
-    await bs.close();
+    await blk.close();
 
     // 5. The same image through blk-img, which prints what qemu-img prints.
     for (const args of [['info', overlayPath], ['map', overlayPath], ['check', overlayPath]]) {

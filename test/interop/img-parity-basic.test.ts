@@ -94,7 +94,7 @@ const sessions: Session[] = [
       { args: ['create', '-f', 'qed', '-o', 'cluster_size=1000', 'q12.qed', '1M'], merged: true },
       // Not compared: cluster_size=64M,table_size=16 with a non-zero size. QEMU's uint64 max-size
       // product wraps to 0 and it refuses; we compute it exactly and accept (qed-format.md §17.3).
-      // Likewise table_size=1 (QEMU creates, then cannot open; §17.1: we warn and open it).
+      // Likewise table_size=1 (QEMU creates, then cannot open; qed-format.md §17.1: we warn and open it).
       ['create', '-f', 'qed', '-o', 'cluster_size=4k,table_size=16', 'q14.qed', '256G'],
       ['create', '-f', 'qed', '-o', 'cluster_size=4k,table_size=16', 'q15.qed', '257G'],
       ['create', '-f', 'qed', '-o', 'help'],

@@ -3,7 +3,7 @@
 // (see img-parity-harness.ts). Dirty (NEED_CHECK) images are not compared: QEMU 7.2 reports
 // "dirty-flag": false for them, we report the header's truth (qed-format.md §11, §17.5).
 // Nor are files larger than (cluster_size - 1) * cluster_size bytes checked: there QEMU's
-// check reports phantom leaks that ours (exact, §17.2) does not.
+// check reports phantom leaks that ours (exact, qed-format.md §17.2) does not.
 import { spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';

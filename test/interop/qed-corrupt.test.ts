@@ -261,7 +261,7 @@ describe.skipIf(!qemu)('QED interop: corrupted images vs QEMU 7.2', () => {
       expect(firstDiff(readFileSync(join(dir, `${name}.o.qed`)), readFileSync(join(dir, `${name}.q.qed`)))).toBe(-1);
 
       // The same corruption in a dirty image: our read-write open repairs it as check -r all
-      // does (QEMU 7.2 then clears NEED_CHECK even when corruption remains; we keep it, §17.5).
+      // does (QEMU 7.2 then clears NEED_CHECK even when corruption remains; we keep it, qed-format.md §17.5).
       for (const copy of ['dirty-q', 'dirty-o']) {
         const p = join(dir, `${name}.${copy}.qed`);
         const b = readFileSync(p);

@@ -103,7 +103,7 @@ describe.skipIf(!qemu)('qed interop with QEMU 7.2', () => {
   it('the same operations give byte-identical files (raw backing shorter than the image)', async () => {
     writeFileSync(join(dir, 'base.raw'), Buffer.from(pattern((3 << 20) + 512, 5)));
     await sameOpsSameBytes(
-      handOps.filter((op) => !(op.kind === 'write' && op.off === 18 * CS + 512)), // §17.4 differs on purpose
+      handOps.filter((op) => !(op.kind === 'write' && op.off === 18 * CS + 512)), // qed-format.md §17.4 differs on purpose
       'base.raw',
     );
   });
@@ -136,7 +136,7 @@ describe.skipIf(!qemu)('qed interop with QEMU 7.2', () => {
 
   it('random operations over a backing file give byte-identical files (flush ordering, no dirty bit)', async () => {
     // An all-zero backing file: a partial write into a zero cluster reads the same under
-    // §17.4 and QEMU's rule, so the files must match byte for byte; shorter than the image.
+    // qed-format.md §17.4 and QEMU's rule, so the files must match byte for byte; shorter than the image.
     writeFileSync(join(dir, 'zero.raw'), Buffer.alloc((5 << 20) + 512));
     await sameOpsSameBytes(randomOps(12, 80, 40), 'zero.raw');
   });

@@ -24,7 +24,7 @@ export async function applyOurs(bs: BlockDriverState, op: Op): Promise<void> {
 }
 
 /**
- * Apply `op` to a byte model. `zeroMarks` follows §17.4 for us and QEMU alike only where they
+ * Apply `op` to a byte model. `zeroMarks` follows qed-format.md §17.4 for us and QEMU alike only where they
  * agree: a zero write always reads back as zeros.
  */
 export function applyModel(model: Uint8Array, op: Op): void {
@@ -383,8 +383,8 @@ export interface MatrixGeometry {
 
 /**
  * Sizes chosen so that every geometry has a write across an L2-table boundary while files stay
- * small (allocation is sparse) and far below (cs-1)*cs (QEMU's phantom leaks, §12).
- * table_size=1 is left out: QEMU cannot open such images, so it cannot write them (§6).
+ * small (allocation is sparse) and far below (cs-1)*cs (QEMU's phantom leaks, qed-format.md §12).
+ * table_size=1 is left out: QEMU cannot open such images, so it cannot write them (qed-format.md §6).
  */
 export const matrixGeometries: MatrixGeometry[] = [
   { name: '4K/ts=2', cs: 4 * K, ts: 2, size: 16 * M },

@@ -183,8 +183,8 @@ describe.skipIf(!qemu)('QED interop: images QEMU 7.2 creates and writes, read by
     const theirs = readFileSync(viaCheck);
     expect((features(viaOurs) & 2) !== 0).toBe(opts.stillDirty);
     if (opts.stillDirty) {
-      // QEMU 7.2's close clears NEED_CHECK even though corruption remains (§11 quirk b); we
-      // keep it (§17.5). Everything else is the same bytes.
+      // QEMU 7.2's close clears NEED_CHECK even though corruption remains (qed-format.md §11 quirk b); we
+      // keep it (qed-format.md §17.5). Everything else is the same bytes.
       expect(features(viaCheck) & 2).toBe(0);
       theirs[16] |= 2;
     }
@@ -296,12 +296,12 @@ describe.skipIf(!qemu)('QED interop: images QEMU 7.2 creates and writes, read by
     for (const op of ops) await applyOurs(bs, op);
     expect(await ourMap(bs)).toEqual(qemuMap('hs2-q.qed', dir));
     await bs.close();
-    // §17.4 (a partial write into a zero cluster) differs only with backing data under it.
+    // qed-format.md §17.4 (a partial write into a zero cluster) differs only with backing data under it.
     const mine = readFileSync(ours);
     expect(mine.length).toBe(readFileSync(theirs).length);
     expect(qemuCheck(ours).fields).toEqual(await ourCheck(theirs));
     expect(qemuCheck(ours).fields).toMatchObject({ corruptions: 0, leaks: 0 });
-    // Full-disk contents: QEMU reads ours as we read theirs, except the §17.4 cluster.
+    // Full-disk contents: QEMU reads ours as we read theirs, except the qed-format.md §17.4 cluster.
     const rawQ = join(dir, 'hs2-q.raw');
     const rawO = join(dir, 'hs2-o.raw');
     expect(runQemuImg(['convert', '-O', 'raw', theirs, rawQ]).status).toBe(0);
@@ -325,11 +325,11 @@ describe.skipIf(!qemu)('QED interop: images QEMU 7.2 creates and writes, read by
     expect(firstDiff(readFileSync(ours).subarray(0, 2 * CS), readFileSync(theirs).subarray(0, 2 * CS))).toBe(-1);
   });
 
-  it('a file larger than (cs-1)*cs: QEMU 7.2 reports a phantom leak (§12), we do not; all else agrees', async () => {
+  it('a file larger than (cs-1)*cs: QEMU 7.2 reports a phantom leak (qed-format.md §12), we do not; all else agrees', async () => {
     const img = 'phantom.qed';
     const path = join(dir, img);
     qemuImg(['create', '-q', '-f', 'qed', '-o', 'cluster_size=4096,table_size=16', img, '40M']);
-    // 4 MiB per write: QEMU mis-sizes single allocations of >= cs-1 clusters (§12).
+    // 4 MiB per write: QEMU mis-sizes single allocations of >= cs-1 clusters (qed-format.md §12).
     const cmds: string[] = [];
     for (let off = 0; off < 17 * M; off += 4 * M) cmds.push(`write -q -P ${1 + off / M} ${off} 4M`);
     qemuIoBatch(img, cmds, ['-f', 'qed'], dir);

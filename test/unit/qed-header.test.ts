@@ -118,7 +118,7 @@ describe('QED validity rules', () => {
     expect(qedIsImageSizeValid(1n << 60n, 16 << 20, 4)).toBe(true);
   });
 
-  it('data and table offsets (§6), with table_size 1 accepted (§17.1)', () => {
+  it('data and table offsets (qed-format.md §6), with table_size 1 accepted (§17.1)', () => {
     const g = { clusterSize: 4096, tableSize: 1, headerSize: 1, fileSize: 8 * 4096 };
     expect(qedCheckClusterOffset(g, 4096)).toBe(true);
     expect(qedCheckClusterOffset(g, 0)).toBe(false); // header
@@ -222,7 +222,7 @@ describe('QED create options', () => {
     expect(() => qedCreateParams(opts)).toThrow(message);
   });
 
-  it('refuses backing names that do not fit in the header cluster (§17.6)', () => {
+  it('refuses backing names that do not fit in the header cluster (qed-format.md §17.6)', () => {
     expect(() => qedCreateParams({ size: 4096, clusterSize: 4096, backingFile: 'a'.repeat(4033) })).toThrow(
       /Backing file name is too long/,
     );

@@ -155,7 +155,7 @@ describe('qed: zero clusters', () => {
     expect([u64(f, 2 * CS), u64(f, 2 * CS + 8), u64(f, 2 * CS + 16)]).toEqual([1, 1, 0]);
   });
 
-  it('§17.4: a partial write into a zero cluster leaves the rest zero, not backing data', async () => {
+  it('qed-format.md §17.4: a partial write into a zero cluster leaves the rest zero, not backing data', async () => {
     const backing = memRaw(new Uint8Array(4 * CS).fill(0x55));
     const { bs } = await newMemQed({ size: 16 * CS, clusterSize: CS, tableSize: 1, backingFile: backing, backingFmt: 'raw' });
     await bs.writeZeroes(0, CS);
@@ -300,7 +300,7 @@ describe('qed: allocation order of concurrent requests', () => {
   });
 });
 
-describe('qed: write and flush ordering (§13)', () => {
+describe('qed: write and flush ordering (qed-format.md §13)', () => {
   async function scenario(backing: boolean, existingL2: boolean): Promise<string[]> {
     const registry = recRegistry();
     const name = `rec:order-${backing}-${existingL2}-${Math.random()}`;
@@ -426,7 +426,7 @@ describe('qed: native AIO under load', () => {
   });
 });
 
-describe('qed: exact sizes (§17.2, §17.3)', () => {
+describe('qed: exact sizes (qed-format.md §17.2, §17.3)', () => {
   it('one 32 MiB allocating write with 4 KiB clusters (QEMU mis-sizes this) is exact', async () => {
     const { name, bs } = await newMemQed({ size: 64 << 20, clusterSize: CS, tableSize: 16 });
     const data = pattern(32 << 20, 3);

@@ -123,7 +123,7 @@ describe('qed: NEED_CHECK and its timer', () => {
     expect(u64(fixed, l2 + 16)).toBe(0);
   });
 
-  it('never marks an image clean while unfixable corruption remains (§17.5)', async () => {
+  it('never marks an image clean while unfixable corruption remains (qed-format.md §17.5)', async () => {
     const clock = new VirtualClock();
     const { name, bs } = await newMemQed({ size: 1 << 20, clusterSize: CS, tableSize: 1 }, { clock });
     await bs.pwrite(0, pattern(2 * CS, 1));

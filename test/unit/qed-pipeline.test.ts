@@ -1,7 +1,7 @@
 /**
  * Pipelined allocating writes (io.ts: early release of the allocation lock, reservations;
  * table.ts: qedWriteL2Entries). Concurrent allocating writes must keep QEMU's ordering rules
- * (§13) at every point of the write log, and give the same file as the same writes issued one
+ * (qed-format.md §13) at every point of the write log, and give the same file as the same writes issued one
  * at a time.
  */
 import { describe, expect, it } from 'vitest';
@@ -42,7 +42,7 @@ function loggingRegistry(logs: Map<string, Op[]>): BlockDriverRegistry {
 }
 
 /**
- * Check §13 at every L2 write of the log: each data entry it carries points at a cluster fully
+ * Check qed-format.md §13 at every L2 write of the log: each data entry it carries points at a cluster fully
  * written before it (with a flush in between when there is a backing file); without a backing
  * file, the dirty header and a flush come before the first table update.
  */
@@ -146,7 +146,7 @@ async function scenario(seed: number, backing: boolean): Promise<void> {
 
 describe('qed: pipelined allocating writes', () => {
   for (const seed of [1, 2, 3]) {
-    it(`seed ${seed}, no backing file: §13 order at every L2 write, coalesced updates, the serial layout`, async () => {
+    it(`seed ${seed}, no backing file: qed-format.md §13 order at every L2 write, coalesced updates, the serial layout`, async () => {
       await scenario(seed, false);
     });
     it(`seed ${seed}, backing file: data, flush, then the entry; the serial layout`, async () => {

@@ -209,8 +209,10 @@ export function validTableOffset(offset: number, entries: number, entrySize: num
 }
 
 /**
- * The fixed-header checks QEMU 7.2 makes before it reads the extensions (§14 steps 1–5, 7–8),
- * in its order. The feature checks (step 6) need the feature table: validateFeatures.
+ * The fixed-header checks QEMU 7.2's qcow2_do_open makes before it reads the extensions (magic,
+ * version, cluster size, header length, backing offset, compression type, subcluster size,
+ * refcount width), in its order. The feature checks come between them and need the feature
+ * table: validateFeatures.
  */
 export function validateHeaderBasics(h: QCowHeader): void {
   if (h.magic !== QCOW_MAGIC) fail('EINVAL', 'Image is not in qcow2 format');
@@ -236,7 +238,7 @@ export function validateHeaderBasics(h: QCowHeader): void {
   }
 }
 
-/** Unknown incompatible bits (named from the image's table) and the corrupt bit (§14 step 6). */
+/** Unknown incompatible bits (named from the image's table) and the corrupt bit (qcow2_do_open). */
 export function validateFeatures(h: QCowHeader, table: readonly Qcow2Feature[], writable: boolean, check: boolean): void {
   const unknown = h.incompatibleFeatures & ~QCOW2_INCOMPAT_MASK;
   if (unknown !== 0n) {
@@ -262,7 +264,7 @@ export function validateFeatures(h: QCowHeader, table: readonly Qcow2Feature[], 
   if (h.refcountOrder > 6) fail('EINVAL', 'Reference count entry width too large; may not exceed 64 bits');
 }
 
-/** Table placement checks (§14 steps 9–12), after the features. */
+/** Encryption and table placement checks (refcount table, snapshots, L1), after the features. */
 export function validateTables(h: QCowHeader, check: boolean): void {
   const cs = 2 ** h.clusterBits;
   if (h.cryptMethod === 1) fail('EINVAL', "Parameter 'encrypt.key-secret' is required for cipher");

@@ -1,5 +1,5 @@
 /**
- * Consistency check and repair (QEMU's qed-check.c, with the decisions of §17: clusters are
+ * Consistency check and repair (QEMU's qed-check.c, with the decisions of qed-format.md §17: clusters are
  * counted exactly, so no phantom leaks).
  *
  * Walk L1 and every L2 table, marking the clusters they reference in a bitmap. Invalid offsets
@@ -124,7 +124,7 @@ async function qedCheckL1Table(check: QEDCheck): Promise<void> {
   }
 }
 
-/** Clear NEED_CHECK after a repair, only when nothing is left to repair (§17.5). */
+/** Clear NEED_CHECK after a repair, only when nothing is left to repair (qed-format.md §17.5). */
 async function qedCheckMarkClean(s: BDRVQEDState, result: CheckResult): Promise<void> {
   if (result.corruptions > 0 || result.checkErrors > 0) return;
   if ((s.header.features & QED_F_NEED_CHECK) === 0n) return;

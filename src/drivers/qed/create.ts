@@ -83,7 +83,7 @@ export function qedCreateParams(options: CreateOptions): QEDCreateParams {
     fail(qedImageSizeMessage(clusterSize, tableSize));
   }
   const nameLength = new TextEncoder().encode(backingFile).length;
-  // §17.6: a name that does not fit in the header cluster would be overwritten by the L1 table
+  // qed-format.md §17.6: a name that does not fit in the header cluster would be overwritten by the L1 table
   // (QEMU creates such an image anyway, and can never open it).
   const room = Math.min(clusterSize - QED_HEADER_STRUCT_SIZE, QED_MAX_BACKING_NAME - 1);
   if (nameLength > room) {

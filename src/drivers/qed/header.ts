@@ -122,7 +122,7 @@ export function qedIsTableSizeValid(tableSize: number): boolean {
 
 /**
  * Largest image a geometry can address: entries² × cluster size, computed exactly (QEMU's
- * uint64 product wraps to 0 for the biggest geometries; §17.3 says compute it exactly).
+ * uint64 product wraps to 0 for the biggest geometries; qed-format.md §17.3 says compute it exactly).
  */
 export function qedMaxImageSize(clusterSize: number, tableSize: number): bigint {
   const entries = (BigInt(tableSize) * BigInt(clusterSize)) / 8n;
@@ -144,7 +144,7 @@ export function qedIsRepresentable(size: bigint | number): boolean {
 
 /**
  * QEMU 7.2 cannot open any image with table_size = 1 (its table-offset overflow guard is
- * never satisfied). We create and open them (§17.1); tools warn when creating one.
+ * never satisfied). We create and open them (qed-format.md §17.1); tools warn when creating one.
  */
 export function qedQemuCannotOpenTableSize(tableSize: number): boolean {
   return tableSize === 1;
@@ -175,7 +175,7 @@ export function qedCheckClusterOffset(g: QEDGeometryLimits, offset: number): boo
 /**
  * A table offset is valid when both its first and its last cluster are valid cluster offsets.
  * QEMU also demands `last > first`, which rejects every table when table_size = 1; we follow
- * the spec and accept those (§17.1).
+ * the spec and accept those (qed-format.md §17.1).
  */
 export function qedCheckTableOffset(g: QEDGeometryLimits, offset: number): boolean {
   const last = offset + (g.tableSize - 1) * g.clusterSize;
@@ -199,7 +199,7 @@ export function formatFeatures(bits: bigint): string {
 }
 
 /**
- * Validate a raw header in QEMU's open order (§4) and convert it. `fileLength` is the
+ * Validate a raw header in QEMU's open order (qed-format.md §4) and convert it. `fileLength` is the
  * protocol file's length in bytes. Each failure has its own message, QEMU's wording.
  */
 export function validateHeader(raw: RawQEDHeader, fileLength: number): { header: QEDHeader; fileSize: number } {

@@ -333,7 +333,7 @@ async function qedAioWriteAlloc(s: BDRVQEDState, acb: QEDRequestState, run: QEDC
       s.header.features |= QED_F_NEED_CHECK;
       try {
         await qedWriteHeader(s);
-        // §17.5: the dirty bit must be durable before any metadata it protects is written,
+        // qed-format.md §17.5: the dirty bit must be durable before any metadata it protects is written,
         // or a crash could leave tables pointing past EOF in an image marked clean.
         await qedFile(s).flush();
       } catch (e) {
@@ -402,7 +402,7 @@ function qedEndReservation(s: BDRVQEDState, r: QEDAllocReservation): void {
 
 /**
  * Fill the new clusters: untouched head and tail from the backing file (zeros without one, and
- * zeros when the clusters were zero clusters: §17.4), the guest data in between, all in one
+ * zeros when the clusters were zero clusters: qed-format.md §17.4), the guest data in between, all in one
  * vectored write.
  */
 async function qedAioWriteCow(

@@ -45,7 +45,7 @@ export async function qedClearNeedCheck(s: BDRVQEDState): Promise<void> {
     const file = qedFile(s);
     // Data and tables the dirty bit protects must be on disk before the bit goes.
     await file.flush();
-    // §17.5: never mark an image clean while a check left corruption in it.
+    // qed-format.md §17.5: never mark an image clean while a check left corruption in it.
     if (s.corruptionsRemain || (s.header.features & QED_F_NEED_CHECK) === 0n) return;
     s.header.features &= ~QED_F_NEED_CHECK;
     try {

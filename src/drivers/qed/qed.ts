@@ -140,7 +140,7 @@ async function qedOpen(bs: BlockDriverState, options: OpenOptions): Promise<void
 
 /**
  * Close: stop the timer, wait for its job, make everything durable, and mark the image clean
- * unless a check found corruption it could not repair (§17.5). The generic layer has already
+ * unless a check found corruption it could not repair (qed-format.md §17.5). The generic layer has already
  * waited for every request.
  */
 async function qedClose(bs: BlockDriverState): Promise<void> {

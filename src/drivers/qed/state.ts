@@ -48,7 +48,7 @@ export interface BDRVQEDState {
   needCheckTimer: Timer | null;
   /** The running timer job, so close can wait for it. */
   timerTask: Promise<void> | null;
-  /** A check left unfixable corruption: never mark the image clean (§17.5). */
+  /** A check left unfixable corruption: never mark the image clean (qed-format.md §17.5). */
   corruptionsRemain: boolean;
   openOptions: OpenOptions;
   closed: boolean;
@@ -102,7 +102,7 @@ export function qedOffsetIntoCluster(s: BDRVQEDState, offset: number): number {
   return offset % s.header.clusterSize;
 }
 
-/** Clusters needed to hold `bytes` bytes, computed exactly (QEMU divides by cs-1: §17.2). */
+/** Clusters needed to hold `bytes` bytes, computed exactly (QEMU divides by cs-1: qed-format.md §17.2). */
 export function qedBytesToClusters(s: BDRVQEDState, bytes: number): number {
   return Math.ceil(bytes / s.header.clusterSize);
 }

@@ -121,7 +121,7 @@ export async function qedWriteL2Table(
  * Ordering: callers set their entries only after their data is written (and flushed, with a
  * backing file), and a write copies the table's sectors when it is issued, so no write ever
  * carries an entry whose data was not yet written. Only sectors of this table are touched,
- * and no flush is needed between them: tables already linked need none (§13).
+ * and no flush is needed between them: tables already linked need none (qed-format.md §13).
  */
 export function qedWriteL2Entries(s: BDRVQEDState, l2: CachedL2Table, index: number, n: number): Promise<void> {
   l2.writer ??= new CoalescedRun<L2Range>(
