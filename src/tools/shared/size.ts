@@ -1,10 +1,9 @@
 // Sizes on the command line: qemu_strtosz (suffixes, fractions, 0x hex) and qemu-img's cvtnum
 // with its two-line messages.
-import { BlockError } from '../../index.js';
-import { qemuStrtosz } from '../../block/strtosz.js';
+import { BlockError, qemuStrtosz } from '../../index.js';
 import { ToolExit, type ToolOutput } from './output.js';
 
-export { parseOptionSize, qemuStrtosz, type StrtoszResult } from '../../block/strtosz.js';
+export { parseOptionSize, qemuStrtosz, type StrtoszResult } from '../../index.js';
 
 export const INT64_MAX = (1n << 63n) - 1n;
 
