@@ -104,6 +104,20 @@ export function emptyCheckResult(): CheckResult {
   };
 }
 
+/** One internal snapshot as the tools see it (QEMUSnapshotInfo). */
+export interface QEMUSnapshotInfo {
+  id: string;
+  name: string;
+  /** Bytes of saved VM state. */
+  vmStateSize: number;
+  dateSec: number;
+  dateNsec: number;
+  /** Guest clock at the snapshot, nanoseconds. */
+  vmClockNsec: bigint;
+  /** Instructions executed (record/replay); null when the image records none (-1). */
+  icount: bigint | null;
+}
+
 /** Options of `open` (QEMU's BDRV_O_* flags and friends). */
 export interface OpenOptions {
   /** Format driver name; probed from the first bytes when absent. */
@@ -298,6 +312,14 @@ export interface BlockDriver {
   getInfo?(bs: BlockDriverState): Promise<BlockDriverInfo>;
   /** bdrv_get_specific_info: the "Format specific information" of `qemu-img info`. */
   getSpecificInfo?(bs: BlockDriverState): Promise<ImageInfoSpecific>;
+  /** The image's internal snapshots (bdrv_snapshot_list); absent: the format has none. */
+  snapshotList?(bs: BlockDriverState): Promise<QEMUSnapshotInfo[]>;
+  /** Take an internal snapshot; `sn.id` empty means the driver picks one (bdrv_snapshot_create). */
+  snapshotCreate?(bs: BlockDriverState, sn: QEMUSnapshotInfo): Promise<void>;
+  /** Make the snapshot with this id, else this name, the active state (bdrv_snapshot_goto). */
+  snapshotGoto?(bs: BlockDriverState, idOrName: string): Promise<void>;
+  /** Remove the snapshot matching id and name (bdrv_snapshot_delete). */
+  snapshotDelete?(bs: BlockDriverState, id: string, name: string): Promise<void>;
   changeBackingFile?(bs: BlockDriverState, backingFile: string | null, backingFmt: string | null): Promise<void>;
   invalidateCache?(bs: BlockDriverState): Promise<void>;
   check?(bs: BlockDriverState, fix: CheckFix): Promise<CheckResult>;

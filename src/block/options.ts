@@ -8,6 +8,7 @@ import type { BlockDriver } from './driver.js';
 import type { BlockDriverRegistry } from './registry.js';
 import { BlockError } from './errors.js';
 import { protocolPrefix } from './path.js';
+import { parseOptionSize } from './strtosz.js';
 import { qdictFirstKey, qdictFlatten, qdictOrder, qvalueToOptString, type FlatQDict } from './qdict.js';
 import { formatDouble17g, parseQemuJson } from './qjson.js';
 
@@ -208,7 +209,8 @@ export function canonicalProtocolFilename(registry: BlockDriverRegistry, filenam
 /** One runtime option a driver takes at open (QemuOptDesc). */
 export interface RuntimeOptionSpec {
   name: string;
-  type: 'string' | 'bool' | 'number';
+  /** QEMU_OPT_STRING, _BOOL, _NUMBER (qemu_strtou64) or _SIZE (qemu_strtosz). */
+  type: 'string' | 'bool' | 'number' | 'size';
   help?: string;
 }
 
@@ -235,7 +237,9 @@ export function parseOptBool(name: string, value: string): boolean {
 /** A value as its option's type wants it; QEMU's message when it is not one. */
 function checkOptValue(spec: RuntimeOptionSpec, value: string): string {
   if (spec.type === 'bool') parseOptBool(spec.name, value);
-  else if (spec.type === 'number' && !/^(0x[0-9a-fA-F]+|[0-9]+)$/.test(value.trim())) {
+  else if (spec.type === 'size') parseOptionSize(spec.name, value);
+  // qemu_strtou64 takes a sign: "-1" is 2^64-1, left for the driver's range check.
+  else if (spec.type === 'number' && !/^\s*[+-]?(0x[0-9a-fA-F]+|[0-9]+)$/.test(value)) {
     throw new BlockError('EINVAL', `Parameter '${spec.name}' expects a number`, { op: 'open' });
   }
   return value;

@@ -28,45 +28,14 @@ import {
   validateHeaderBasics,
   validateTables,
 } from './header.js';
+import { qcow2RuntimeSettings } from './options.js';
 import { qcow2LoadRefcountTable } from './refcount.js';
 import { refcountBlockEntries, refcountGetter, refcountMax, refcountSetter } from './refcount-codec.js';
 import type { BDRVQcow2State } from './state.js';
 
-const DEFAULT_L2_CACHE_MAX_SIZE = 32 * 1024 * 1024;
-const MIN_REFCOUNT_CACHE_SIZE = 4;
 /** Autoclear bits whose data this driver keeps consistent: none (no bitmaps, no data file). */
 const QCOW2_AUTOCLEAR_SUPPORTED = QCOW2_AUTOCLEAR_MASK & ~(QCOW2_AUTOCLEAR_BITMAPS | QCOW2_AUTOCLEAR_DATA_FILE_RAW);
 const MAX_SNAPSHOT_TABLE_BYTES = 64 * 1024 * 1024;
-
-/** Parse a size option ("1M", "65536") as QEMU's qemu_strtosz does for cache sizes. */
-function parseSizeOption(name: string, value: string): number {
-  const m = /^(\d+)([kKmMgGtT]?)$/.exec(value.trim());
-  if (!m) throw new BlockError('EINVAL', `Parameter '${name}' expects a non-negative number below 2^64`, { op: 'open' });
-  const mult: Record<string, number> = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 };
-  return Number(m[1]) * mult[m[2].toLowerCase()];
-}
-
-/** Cache capacities in tables from the open options (read_cache_sizes, simplified bounds). */
-function cacheSizes(options: OpenOptions, clusterSize: number, size: number, l2Size: number): { l2: number; refcount: number } {
-  const o = options.driverOptions ?? {};
-  const maxL2 = Math.ceil(size / (l2Size * clusterSize)) * clusterSize;
-  let l2Bytes = Math.min(maxL2, DEFAULT_L2_CACHE_MAX_SIZE);
-  let refBytes = MIN_REFCOUNT_CACHE_SIZE * clusterSize;
-  const l2Opt = o['l2-cache-size'];
-  const refOpt = o['refcount-cache-size'];
-  const combined = o['cache-size'];
-  if (combined !== undefined) {
-    const total = parseSizeOption('cache-size', combined);
-    if (l2Opt !== undefined && refOpt !== undefined) {
-      throw new BlockError('EINVAL', "cache-size, l2-cache-size and refcount-cache-size may not be set at the same time", { op: 'open' });
-    }
-    l2Bytes = Math.min(maxL2, Math.max(0, total - refBytes));
-    refBytes = total - l2Bytes;
-  }
-  if (l2Opt !== undefined) l2Bytes = parseSizeOption('l2-cache-size', l2Opt);
-  if (refOpt !== undefined) refBytes = parseSizeOption('refcount-cache-size', refOpt);
-  return { l2: Math.max(2, Math.floor(l2Bytes / clusterSize)), refcount: Math.max(MIN_REFCOUNT_CACHE_SIZE, Math.floor(refBytes / clusterSize)) };
-}
 
 /** Snapshot table extents for the overlap check (read with hard limits). */
 async function readSnapshotExtents(file: BlockDriverState, nb: number, offset: number, fileLength: number): Promise<Qcow2MetadataExtents['inactiveL1'] & { tableSize?: number }> {
@@ -140,7 +109,13 @@ export async function qcow2DoOpen(bs: BlockDriverState, options: OpenOptions): P
     bitmapDirectory = { offset: Number(v.getBigUint64(16)), size: Number(v.getBigUint64(8)) };
   }
 
-  const sizes = cacheSizes(options, cs, header.size, l2Size);
+  const settings = qcow2RuntimeSettings(options, {
+    clusterSize: cs,
+    l2EntrySize,
+    size: header.size,
+    version: header.version,
+    lazyRefcountsBit: (header.compatibleFeatures & QCOW2_COMPAT_LAZY_REFCOUNTS) !== 0n,
+  });
   const s = {} as BDRVQcow2State;
   const hooks = { file: () => file };
   Object.assign(s, {
@@ -161,11 +136,11 @@ export async function qcow2DoOpen(bs: BlockDriverState, options: OpenOptions): P
     refcountMax: refcountMax(header.refcountOrder),
     getRefcount: refcountGetter(header.refcountOrder),
     setRefcount: refcountSetter(header.refcountOrder),
-    l2Cache: new Qcow2Cache('l2', cs, sizes.l2, { ...hooks, checkWrite: (o, n) => qcow2PreWriteOverlapCheck(s, QCOW2_OL_ACTIVE_L2, o, n) }, 'l2_update'),
+    l2Cache: new Qcow2Cache('l2', cs, settings.l2CacheTables, { ...hooks, checkWrite: (o, n) => qcow2PreWriteOverlapCheck(s, QCOW2_OL_ACTIVE_L2, o, n) }, 'l2_update'),
     refcountCache: new Qcow2Cache(
       'refcount',
       cs,
-      sizes.refcount,
+      settings.refcountCacheTables,
       { ...hooks, checkWrite: (o, n) => qcow2PreWriteOverlapCheck(s, QCOW2_OL_REFCOUNT_BLOCK, o, n) },
       'refblock_update_part',
     ),
@@ -180,8 +155,8 @@ export async function qcow2DoOpen(bs: BlockDriverState, options: OpenOptions): P
     backingFormat: ext.backingFormat,
     dataFile: ext.dataFile,
     bitmapsExtension: ext.bitmaps,
-    useLazyRefcounts: header.version >= 3 && (header.compatibleFeatures & QCOW2_COMPAT_LAZY_REFCOUNTS) !== 0n && lazyOption(options),
-    discardPassthrough: discardOption(options),
+    useLazyRefcounts: settings.useLazyRefcounts,
+    discardPassthrough: settings.discardRequest,
     metadataPreallocation: null,
     corrupt: false,
     corruptionReported: false,
@@ -206,19 +181,6 @@ export async function qcow2DoOpen(bs: BlockDriverState, options: OpenOptions): P
     await qcow2UpdateHeader(s);
   }
   return s;
-}
-
-function lazyOption(options: OpenOptions): boolean {
-  const v = options.driverOptions?.['lazy-refcounts'];
-  return v === undefined || v === 'on' || v === 'true';
-}
-
-function discardOption(options: OpenOptions): boolean {
-  const o = options.driverOptions ?? {};
-  const pass = o['pass-discard-request'];
-  if (pass !== undefined) return pass === 'on' || pass === 'true';
-  const d = o.discard;
-  return d === undefined || d === 'unmap' || d === 'on';
 }
 
 async function loadL1Table(s: BDRVQcow2State, fileLength: number): Promise<void> {

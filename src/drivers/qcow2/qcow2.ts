@@ -19,6 +19,8 @@ import {
 } from './header.js';
 import { qcow2CoPreadv, qcow2CoPwritev, qcow2CoPwritevCompressed } from './io.js';
 import { qcow2DoOpen, qcow2UpdateHeader } from './open.js';
+import { QCOW2_RUNTIME_OPTS } from './options.js';
+import { qcow2ReadSnapshots, snapshotInfo } from './snapshot-table.js';
 import { qcow2RepairDirty } from './repair.js';
 import { qcow2GetRefcount } from './refcount.js';
 import { qcow2Truncate } from './resize.js';
@@ -203,6 +205,7 @@ export const qcow2Driver: BlockDriver = {
   requestAlignment: 1,
   supportsBacking: true,
   createOptions: qcow2CreateOptions,
+  runtimeOptions: QCOW2_RUNTIME_OPTS,
   probe: qcow2Probe,
   open: qcow2Open,
   close: qcow2Close,
@@ -223,6 +226,7 @@ export const qcow2Driver: BlockDriver = {
   getLength: (bs) => qcow2State(bs).header.size,
   getInfo: qcow2GetInfo,
   getSpecificInfo: qcow2GetSpecificInfo,
+  snapshotList: async (bs) => (await qcow2ReadSnapshots(qcow2State(bs))).map(snapshotInfo),
   changeBackingFile: qcow2ChangeBackingFile,
   invalidateCache: qcow2InvalidateCache,
   check: (bs, fix) => qcow2Check(qcow2State(bs), fix),

@@ -13,6 +13,7 @@ import { imgInfo } from './info.js';
 import { imgMap } from './map.js';
 import { imgRebase } from './rebase.js';
 import { imgResize } from './resize.js';
+import { imgSnapshot } from './snapshot.js';
 import { HelpRequest, makeEnv, type ImgCommand, type ImgEnv } from './env.js';
 import { HELP, parseImgOptions, type ImgOption } from './options.js';
 import { imgBench } from './bench.js';
@@ -34,6 +35,7 @@ const COMMANDS: Array<[string, ImgCommand, string]> = [
   ['dd', imgDd, 'dd [-U] [-f fmt] [-O output_fmt] [bs=block_size] [count=blocks] [skip=blocks] if=input of=output'],
   ['info', imgInfo, 'info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename'],
   ['map', imgMap, 'map [-f fmt] [--start-offset=offset] [--max-length=len] [--output=ofmt] [-U] filename'],
+  ['snapshot', imgSnapshot, 'snapshot [--object objectdef] [--image-opts] [-U] [-q] [-l | -a snapshot | -c snapshot | -d snapshot] filename'],
   ['rebase', imgRebase, 'rebase [-U] [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] -b backing_file [-F backing_fmt] filename'],
   ['resize', imgResize, 'resize [-f fmt] [--preallocation=prealloc] [-q] [--shrink] filename [+ | -]size'],
 ];

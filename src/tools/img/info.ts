@@ -1,5 +1,5 @@
 // blk-img info: image facts as qemu-img info prints them (human or QAPI ImageInfo JSON).
-import { isBlockError, type BlockDriverState, type ImageInfoSpecific } from '../../index.js';
+import { bdrvSnapshotList, isBlockError, type BlockDriverState, type ImageInfoSpecific, type QEMUSnapshotInfo } from '../../index.js';
 import { closeQuietly, rootOf } from '../shared/open.js';
 import { ToolExit, errorMessage } from '../shared/output.js';
 import { sizeToStr } from '../shared/printf.js';
@@ -7,6 +7,7 @@ import { qemuPathCombine } from './chain.js';
 import type { ImgEnv } from './env.js';
 import { jsonObject, qdictOrder, toJsonPretty, type JsonObject } from './json.js';
 import { imgOpen } from './open.js';
+import { snapshotListText } from './snapshot.js';
 import { FORCE_SHARE, FORMAT_LONG, HELP, IMAGE_OPTS, OBJECT, OUTPUT, imgArgs, oneFilename, parseImgOptions, parseOutputFormat, type ImgArgs, type ImgOption } from './options.js';
 
 /** QAPI ImageInfo, the fields QED and raw images can have. */
@@ -20,6 +21,8 @@ export interface ImageInfo {
   backingFilename?: string;
   fullBackingFilename?: string;
   backingFilenameFormat?: string;
+  /** Internal snapshots; absent when there are none. */
+  snapshots?: QEMUSnapshotInfo[];
   /** The driver's "Format specific information" (qcow2's compat, refcount bits...). */
   formatSpecific?: ImageInfoSpecific;
 }
@@ -41,6 +44,8 @@ export async function queryImageInfo(bs: BlockDriverState, filename: string): Pr
     if (!isBlockError(e, 'ENOTSUP')) throw e;
     info.dirtyFlag = false;
   }
+  const snapshots = await bdrvSnapshotList(bs);
+  if (snapshots.length > 0) info.snapshots = snapshots;
   const specific = await bs.driver.getSpecificInfo?.(bs);
   if (specific !== undefined) info.formatSpecific = specific;
   if (bs.backingFile !== '') {
@@ -63,6 +68,7 @@ export function imageInfoJson(i: ImageInfo): JsonObject {
     ['backing-filename', i.backingFilename],
     ['full-backing-filename', i.fullBackingFilename],
     ['backing-filename-format', i.backingFilenameFormat],
+    ['snapshots', i.snapshots?.map(snapshotInfoJson)],
     [
       'format-specific',
       i.formatSpecific && jsonObject([
@@ -89,12 +95,27 @@ export function imageInfoHuman(i: ImageInfo): string {
     s += '\n';
   }
   if (i.backingFilenameFormat !== undefined) s += `backing file format: ${i.backingFilenameFormat}\n`;
+  if (i.snapshots !== undefined) s += snapshotListText(i.snapshots);
   if (i.formatSpecific !== undefined) {
     // bdrv_image_info_specific_dump: QDict order, '-' in names printed as ' '.
     s += 'Format specific information:\n';
     for (const [k, v] of qdictOrder(Object.entries(i.formatSpecific.data))) s += `    ${k.replace(/-/g, ' ')}: ${String(v)}\n`;
   }
   return s;
+}
+
+/** QAPI SnapshotInfo. */
+function snapshotInfoJson(sn: QEMUSnapshotInfo): JsonObject {
+  return jsonObject([
+    ['id', sn.id],
+    ['name', sn.name],
+    ['vm-state-size', sn.vmStateSize],
+    ['date-sec', sn.dateSec],
+    ['date-nsec', sn.dateNsec],
+    ['vm-clock-sec', Number(sn.vmClockNsec / 1_000_000_000n)],
+    ['vm-clock-nsec', Number(sn.vmClockNsec % 1_000_000_000n)],
+    ['icount', sn.icount === null ? undefined : Number(sn.icount)],
+  ]);
 }
 
 interface InfoArgs extends ImgArgs {

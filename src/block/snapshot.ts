@@ -1,0 +1,63 @@
+/**
+ * Internal snapshots of a node (QEMU's block/snapshot.c): the generic side of the driver
+ * hooks, with QEMU's behaviour for formats that have none.
+ */
+import type { QEMUSnapshotInfo } from './driver.js';
+import { BlockError, ERRNO_MESSAGES } from './errors.js';
+import { checkWritable, inflight } from './io/requests.js';
+import type { BlockDriverState } from './node.js';
+
+/**
+ * bdrv_snapshot_list: the format's snapshots. A node without the hook passes the question to
+ * its file child when it is a filter; a format without snapshots has an empty list (qemu-img
+ * prints nothing for it, as for an image without snapshots).
+ */
+export async function bdrvSnapshotList(bs: BlockDriverState): Promise<QEMUSnapshotInfo[]> {
+  return inflight(bs, 'snapshot_list', async () => {
+    if (bs.driver.snapshotList) return bs.driver.snapshotList(bs);
+    if (bs.driver.isFilter === true && bs.file) return bdrvSnapshotList(bs.file);
+    return [];
+  });
+}
+
+/** bdrv_snapshot_find as qemu-img 7.2 uses it: by name only. */
+export async function bdrvSnapshotFind(bs: BlockDriverState, name: string): Promise<QEMUSnapshotInfo | undefined> {
+  return (await bdrvSnapshotList(bs)).find((sn) => sn.name === name);
+}
+
+/** The node that takes snapshots: the format itself, or below a filter (bdrv_snapshot_fallback). */
+function snapshotNode(bs: BlockDriverState): BlockDriverState {
+  let n = bs;
+  while (n.driver.isFilter === true && n.file && !n.driver.snapshotCreate) n = n.file;
+  return n;
+}
+
+/** bdrv_snapshot_create: ENOTSUP (errno -95 in qemu-img's message) without the hook. */
+export async function bdrvSnapshotCreate(bs: BlockDriverState, sn: QEMUSnapshotInfo): Promise<void> {
+  const n = snapshotNode(bs);
+  checkWritable(n, 'snapshot_create');
+  await inflight(n, 'snapshot_create', async () => {
+    if (!n.driver.snapshotCreate) throw new BlockError('ENOTSUP', ERRNO_MESSAGES.ENOTSUP, { op: 'snapshot_create' });
+    await n.driver.snapshotCreate(n, sn);
+  });
+}
+
+export async function bdrvSnapshotGoto(bs: BlockDriverState, idOrName: string): Promise<void> {
+  const n = snapshotNode(bs);
+  checkWritable(n, 'snapshot_goto');
+  await inflight(n, 'snapshot_goto', async () => {
+    if (!n.driver.snapshotGoto) throw new BlockError('ENOTSUP', 'Block driver does not support snapshots', { op: 'snapshot_goto' });
+    await n.driver.snapshotGoto(n, idOrName);
+  });
+}
+
+export async function bdrvSnapshotDelete(bs: BlockDriverState, id: string, name: string): Promise<void> {
+  const n = snapshotNode(bs);
+  checkWritable(n, 'snapshot_delete');
+  await inflight(n, 'snapshot_delete', async () => {
+    if (!n.driver.snapshotDelete) {
+      throw new BlockError('ENOTSUP', `Block format '${n.driver.formatName}' used by device '' does not support internal snapshot deletion`, { op: 'snapshot_delete' });
+    }
+    await n.driver.snapshotDelete(n, id, name);
+  });
+}
