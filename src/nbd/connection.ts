@@ -1,0 +1,100 @@
+/**
+ * One client connection: its socket (plain, or TLS after STARTTLS), the exact-length reader
+ * on it, and writes with back-pressure. Every reply is handed to `send` as one or more
+ * buffers written back to back in the same tick, so chunks of concurrent replies never
+ * interleave inside a chunk.
+ */
+import type { Socket } from 'node:net';
+import type { TLSSocket } from 'node:tls';
+import { SocketReader } from './reader.js';
+
+export class NbdConnection {
+  /** The socket replies go to: the raw socket, or the TLS socket over it. */
+  private out: Socket | TLSSocket;
+  readonly reader: SocketReader;
+  private closed = false;
+  private readonly closedWaiters: (() => void)[] = [];
+
+  constructor(
+    readonly id: number,
+    readonly socket: Socket,
+  ) {
+    this.out = socket;
+    this.reader = new SocketReader(socket);
+    socket.setNoDelay(true);
+    // Errors surface as 'close' on the reader; an unhandled 'error' must not crash us.
+    socket.on('error', () => undefined);
+    socket.on('close', () => this.markClosed());
+  }
+
+  /** "127.0.0.1:40000" or "unix" for events. */
+  get peer(): string {
+    const s = this.socket;
+    return s.remoteAddress === undefined ? 'unix' : `${s.remoteAddress}:${s.remotePort ?? 0}`;
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  get isTls(): boolean {
+    return this.out !== this.socket;
+  }
+
+  /** Switch to the TLS socket once its handshake is done (STARTTLS). */
+  useTls(tls: TLSSocket): void {
+    this.out = tls;
+    tls.on('error', () => undefined);
+    tls.on('close', () => this.markClosed());
+    this.reader.attach(tls);
+  }
+
+  /**
+   * Write the buffers in order; resolves once the socket accepted them without exceeding its
+   * buffer (back-pressure for large READ replies). Writes after close are dropped.
+   */
+  send(...bufs: Uint8Array[]): Promise<void> {
+    if (this.closed || this.out.destroyed) return Promise.resolve();
+    let ok = true;
+    for (const b of bufs) if (b.length > 0) ok = this.out.write(b);
+    if (ok) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      const done = (): void => {
+        this.out.off('drain', done);
+        this.out.off('close', done);
+        resolve();
+      };
+      this.out.on('drain', done);
+      this.out.on('close', done);
+    });
+  }
+
+  /** Flush what was written, then close (graceful end of a session). */
+  end(): void {
+    if (this.closed) return;
+    this.out.end();
+    // A client that never reads its replies must not keep the socket forever.
+    setTimeout(() => this.destroy(), 2000).unref();
+  }
+
+  /** Drop the connection now. */
+  destroy(): void {
+    this.reader.close();
+    this.out.destroy();
+    this.socket.destroy();
+    this.markClosed();
+  }
+
+  /** Resolves when the socket is closed, however it happened. */
+  whenClosed(): Promise<void> {
+    if (this.closed) return Promise.resolve();
+    return new Promise<void>((resolve) => this.closedWaiters.push(resolve));
+  }
+
+  private markClosed(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.reader.close();
+    for (const w of this.closedWaiters.splice(0)) w();
+  }
+}

@@ -1,0 +1,111 @@
+/**
+ * Block status for NBD: the export's allocation as `base:allocation` and
+ * `qemu:allocation-depth` descriptors, and structured READ replies that send zero extents as
+ * OFFSET_HOLE chunks. Both walk the block layer's status planner through the backing chain
+ * (blockStatusAbove), as qemu-nbd does. The sector tail past the backend's length (the export
+ * size is rounded up to 512) reads as zeros and reports as a hole.
+ */
+import type { NbdConnection } from './connection.js';
+import type { BlockBackend } from '../block/backend.js';
+import { isBlockError } from '../block/errors.js';
+import { CONTEXT_ID_ALLOCATION_DEPTH } from './export.js';
+import * as p from './protocol.js';
+
+interface Extent {
+  length: number;
+  /** base:allocation flags, or the allocation depth. */
+  value: number;
+  zero: boolean;
+}
+
+/** The status of the range starting at `offset`, at most `bytes` long (> 0 bytes). */
+async function statusAt(backend: BlockBackend, contextId: number, offset: number, bytes: number, backendLength: number): Promise<Extent> {
+  const hole = { length: bytes, value: contextId === CONTEXT_ID_ALLOCATION_DEPTH ? 0 : p.NBD_STATE_HOLE | p.NBD_STATE_ZERO, zero: true };
+  if (offset >= backendLength) return hole;
+  const ask = Math.min(bytes, backendLength - offset);
+  const st = await backend.blockStatusAbove(offset, ask);
+  // A zero pnum would stall the walk: what the node cannot describe reads as zeros.
+  if (st.pnum <= 0) return { ...hole, length: ask };
+  const length = Math.min(st.pnum, ask);
+  if (contextId === CONTEXT_ID_ALLOCATION_DEPTH) {
+    // 0 = unallocated in the whole chain, 1 = the top image, 2 = its backing file, ...
+    return { length, value: st.allocated ? st.depth + 1 : 0, zero: st.zero };
+  }
+  return { length, value: (st.data ? 0 : p.NBD_STATE_HOLE) | (st.zero ? p.NBD_STATE_ZERO : 0), zero: st.zero };
+}
+
+/**
+ * Descriptors for one context over [offset, offset + bytes): equal neighbours merged, never
+ * past the request, at most NBD_MAX_BLOCK_STATUS_EXTENTS (or one with REQ_ONE); a shorter
+ * answer than asked is allowed by the protocol.
+ */
+export async function collectExtents(
+  backend: BlockBackend,
+  contextId: number,
+  offset: number,
+  bytes: number,
+  backendLength: number,
+  reqOne: boolean,
+): Promise<p.BlockStatusExtent[]> {
+  const max = reqOne ? 1 : p.NBD_MAX_BLOCK_STATUS_EXTENTS;
+  const out: p.BlockStatusExtent[] = [];
+  let pos = offset;
+  const end = offset + bytes;
+  while (pos < end) {
+    const e = await statusAt(backend, contextId, pos, end - pos, backendLength);
+    const prev = out[out.length - 1];
+    if (prev !== undefined && prev.flags === e.value && prev.length + e.length <= 0xffffffff) {
+      prev.length += e.length;
+    } else if (out.length < max) {
+      out.push({ length: e.length, flags: e.value });
+    } else {
+      break;
+    }
+    pos += e.length;
+  }
+  return out;
+}
+
+/**
+ * A structured READ without DF: one chunk per status extent, OFFSET_HOLE where the range
+ * reads as zeros, OFFSET_DATA elsewhere; DONE on the last. A failure after chunks went out
+ * is an ERROR chunk (with DONE), so the connection stays usable.
+ */
+export async function sparseRead(
+  conn: NbdConnection,
+  backend: BlockBackend,
+  cookie: bigint,
+  offset: number,
+  bytes: number,
+  backendLength: number,
+  errno: (e: unknown) => number,
+): Promise<void> {
+  let progress = 0;
+  while (progress < bytes) {
+    const at = offset + progress;
+    let e: Extent;
+    try {
+      e = await statusAt(backend, 0, at, bytes - progress, backendLength);
+    } catch (err) {
+      const why = isBlockError(err) ? `: ${err.errnoMessage}` : '';
+      const c = p.encodeErrorChunk(cookie, errno(err), `unable to check for holes${why}`);
+      return conn.send(c.header, ...c.payload);
+    }
+    const final = progress + e.length === bytes;
+    let c: p.EncodedChunk;
+    if (e.zero) {
+      c = p.encodeOffsetHoleChunk(cookie, at, e.length, final);
+    } else {
+      const buf = Buffer.allocUnsafe(e.length);
+      try {
+        await backend.pread(at, buf);
+      } catch (err) {
+        const ec = p.encodeErrorChunk(cookie, errno(err), 'reading from file failed');
+        return conn.send(ec.header, ...ec.payload);
+      }
+      c = p.encodeOffsetDataChunk(cookie, at, buf, final);
+    }
+    await conn.send(c.header, ...c.payload);
+    progress += e.length;
+  }
+}
