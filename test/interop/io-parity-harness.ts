@@ -13,7 +13,7 @@ import { makeTempDir, removeTempDir, runQemuImg } from './qemu.js';
 export interface ImageSpec {
   /** File name inside the case directory. */
   name: string;
-  fmt: 'qed' | 'raw';
+  fmt: 'qed' | 'raw' | 'qcow2';
   size: string;
   /** Extra qemu-img create options (-o ...). */
   opts?: string[];
