@@ -26,7 +26,7 @@ import {
   type WriteZeroesFlags,
 } from './driver.js';
 import { BlockError, toBlockError } from './errors.js';
-import type { IOVector } from './iovec.js';
+import { IOVector } from './iovec.js';
 import { BlockDriverState, type NodeParent, type ReopenOptions } from './node.js';
 import { bdrvOpenOptions } from './open-options.js';
 import type { FlatQDict, QDictInput } from './qdict.js';
@@ -272,6 +272,11 @@ export class BlockBackend {
 
   pwritev(offset: number, qiov: IOVector, flags?: WriteFlags): Promise<void> {
     return this.request('write', offset, qiov.size, 'write', (bs) => bs.pwritev(offset, qiov, flags));
+  }
+
+  /** blk_pwrite_compressed: an empty buffer asks the driver to align its file. */
+  pwriteCompressed(offset: number, buf: Uint8Array): Promise<void> {
+    return this.request('write_compressed', offset, buf.length, 'write', (bs) => bs.pwritevCompressed(offset, IOVector.from(buf)));
   }
 
   writeZeroes(offset: number, bytes: number, flags?: WriteZeroesFlags): Promise<void> {

@@ -292,7 +292,8 @@ export interface BlockDriver {
   /**
    * Write whole clusters compressed (QEMU's bdrv_co_pwritev_compressed_part; qemu-io write -c,
    * qemu-img convert -c): `offset` cluster-aligned, `bytes` a whole cluster or the image's tail.
-   * Not yet routed through the generic layer: callers check bounds and permissions first.
+   * `bytes` 0 asks the driver to align its file. Called by the generic layer (io/compressed.ts)
+   * after its checks.
    */
   coPwritevCompressed?(bs: BlockDriverState, offset: number, bytes: number, qiov: IOVector): Promise<void>;
 

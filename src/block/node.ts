@@ -7,6 +7,7 @@
  *   io/requests.ts   checks, in-flight count, tracked requests, the fast-path gate
  *   io/read.ts       reads, padding, copy-on-read
  *   io/write.ts      writes, RMW padding, FUA, zero writes, discard
+ *   io/compressed.ts compressed writes
  *   io/flush.ts      write generations, flush, length, truncate
  *   io/aio.ts        the sector-based AIO routes
  *   status.ts        block status, isAllocated(Above)
@@ -39,6 +40,7 @@ import { bdrvFlush, bdrvTruncate, driverLength } from './io/flush.js';
 import { bdrvPreadv, preadvNow } from './io/read.js';
 import { RequestTracker, inflight, invalidNumber, roundUp } from './io/requests.js';
 import { NO_FLAGS, bdrvDiscard, bdrvPwritev, bdrvWriteZeroes } from './io/write.js';
+import { bdrvPwritevCompressed, bdrvSupportsCompressedWrites } from './io/compressed.js';
 import { IOVector } from './iovec.js';
 import { bdrvClose, bdrvDrain, bdrvReopen, closeChildren } from './lifecycle.js';
 import { bdrvOpenChain, driverOpen } from './open.js';
@@ -270,6 +272,15 @@ export class BlockDriverState {
 
   writeZeroes(offset: number, bytes: number, flags: WriteZeroesFlags = {}): Promise<void> {
     return bdrvWriteZeroes(this, offset, bytes, flags);
+  }
+
+  /** Whole clusters, compressed; ENOTSUP where the driver cannot (see io/compressed.ts). */
+  pwritevCompressed(offset: number, qiov: IOVector): Promise<void> {
+    return bdrvPwritevCompressed(this, offset, qiov);
+  }
+
+  get supportsCompressedWrites(): boolean {
+    return bdrvSupportsCompressedWrites(this);
   }
 
   /** Advisory: a driver without the hook ignores it; only the aligned part is passed down. */

@@ -17,7 +17,8 @@ import {
   QCOW2_INCOMPAT_DIRTY,
   QCOW_MAGIC,
 } from './header.js';
-import { qcow2CoPreadv, qcow2CoPwritev, qcow2CoPwritevCompressed } from './io.js';
+import { qcow2CoPwritevCompressedPart } from './compress-write.js';
+import { qcow2CoPreadv, qcow2CoPwritev } from './io.js';
 import { qcow2DoOpen, qcow2UpdateHeader } from './open.js';
 import { QCOW2_RUNTIME_OPTS } from './options.js';
 import { qcow2ReadSnapshots, snapshotInfo } from './snapshot-table.js';
@@ -217,7 +218,7 @@ export const qcow2Driver: BlockDriver = {
     if (flags.fua) await qcow2Flush(bs);
   },
   coFlush: qcow2Flush,
-  coPwritevCompressed: (bs, offset, bytes, qiov: IOVector) => qcow2CoPwritevCompressed(qcow2State(bs), offset, bytes, qiov),
+  coPwritevCompressed: (bs, offset, bytes, qiov: IOVector) => qcow2CoPwritevCompressedPart(qcow2State(bs), offset, bytes, qiov),
   coBlockStatus: qcow2BlockStatus,
   coWriteZeroes: (bs, offset, bytes, flags: WriteZeroesFlags) => qcow2CoWriteZeroes(qcow2State(bs), offset, bytes, flags),
   coDiscard: (bs, offset, bytes) => qcow2CoDiscard(qcow2State(bs), offset, bytes),

@@ -43,6 +43,13 @@ function wordView(ab: ArrayBufferLike): Uint32Array {
   return v;
 }
 
+/** buffer_is_zero over `n` sectors from `first`. */
+function sectorsAreZero(buf: Uint8Array, first: number, n: number): boolean {
+  const words = wordView(buf.buffer);
+  for (let i = 0; i < n; i++) if (!isZeroSector(buf, first + i, words)) return false;
+  return true;
+}
+
 /**
  * is_allocated_sectors: length of the first run of same-kind (zero / non-zero) sectors, with the
  * end of the run aligned to `alignment` sectors (a short zero tail is treated as data).
@@ -107,6 +114,9 @@ export interface ConvertState {
   minSparse: number;
   alignment: number;
   bufSectors: number;
+  /** -c: data goes down as compressed clusters, one cluster per chunk. */
+  compressed: boolean;
+  clusterSectors: number;
   status: Status;
   sectorNextStatus: number;
 }
@@ -161,6 +171,16 @@ async function iterationSectors(env: ImgEnv, s: ConvertState, sectorNum: number)
   }
   n = Math.min(n, s.sectorNextStatus - sectorNum);
   if (s.status === 'data') n = Math.min(n, s.bufSectors);
+  if (s.compressed) {
+    // Compressed clusters are written whole: a short run of any status is copied as data
+    // with the rest of its cluster.
+    if (n < s.clusterSectors) {
+      n = Math.min(s.clusterSectors, s.totalSectors - sectorNum);
+      s.status = 'data';
+    } else {
+      n -= n % s.clusterSectors;
+    }
+  }
   return n;
 }
 
@@ -202,12 +222,19 @@ async function convertWrite(
       let n = nbSectors;
       if (status !== 'backing') {
         let writeData = status === 'data' && s.minSparse === 0;
-        if (status === 'data' && s.minSparse !== 0) {
+        if (status === 'data' && s.compressed) {
+          // Only a wholly zero cluster may be skipped.
+          writeData ||= !sectorsAreZero(buf, first, n);
+          if (writeData) writes.push(s.target.pwriteCompressed(sectorNum * SECTOR, buf.subarray(first * SECTOR, (first + n) * SECTOR)));
+          else if (!s.hasZeroInit) writes.push(s.target.writeZeroes(sectorNum * SECTOR, n * SECTOR, { mayUnmap: true }));
+        } else if (status === 'data' && s.minSparse !== 0) {
           const r = isAllocatedSectorsMin(buf, first, n, s.minSparse, sectorNum, s.alignment);
           n = r.pnum;
           writeData = r.ret;
         }
-        if (writeData) {
+        if (s.compressed && status === 'data') {
+          // written above
+        } else if (writeData) {
           writes.push(s.target.pwrite(sectorNum * SECTOR, buf.subarray(first * SECTOR, (first + n) * SECTOR)));
         } else if (!s.hasZeroInit) {
           writes.push(s.target.writeZeroes(sectorNum * SECTOR, n * SECTOR, { mayUnmap: true }));
@@ -309,4 +336,13 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
   }
   await queue.onIdle();
   if (failed !== null) throw new ToolExit(1);
+  if (s.compressed) {
+    // End of stream: the driver aligns the file (qcow2 pads it to a whole sector).
+    try {
+      await s.target.pwriteCompressed(0, EMPTY);
+    } catch (e) {
+      env.o.error(errnoMessage(e));
+      throw new ToolExit(1);
+    }
+  }
 }

@@ -181,6 +181,8 @@ export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
       minSparse,
       alignment: 1,
       bufSectors: BUF_SECTORS,
+      compressed,
+      clusterSectors: 0,
       status: 'data',
       sectorNextStatus: 0,
     };
@@ -258,8 +260,7 @@ export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
       env.o.error('Use of backing file requires explicit backing format');
       return 1;
     }
-    if (compressed) {
-      // Neither qed nor raw can write compressed clusters.
+    if (compressed && env.registry.require(targetFmt).coPwritevCompressed === undefined) {
       env.o.error('Compression not supported for this file format');
       return 1;
     }
@@ -295,6 +296,15 @@ export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
     }
     // bdrv_has_zero_init: a new image without a backing file reads as zeros.
     if (!s.hasZeroInit && !skipCreate && s.minSparse && !s.targetHasBacking) s.hasZeroInit = true;
+    if (compressed) {
+      // Only one cluster per chunk: each becomes one compressed cluster.
+      s.clusterSectors = (await targetBs.getInfo()).clusterSize / SECTOR;
+      if (!(s.clusterSectors > 0 && s.clusterSectors <= s.bufSectors && Number.isInteger(s.clusterSectors))) {
+        env.o.error('invalid cluster size');
+        return 1;
+      }
+      s.bufSectors = s.clusterSectors;
+    }
     await convertDoCopy(env, s, numCoroutines, wrInOrder, progress);
     ret = 0;
     return 0;

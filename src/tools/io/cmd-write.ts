@@ -102,8 +102,12 @@ export async function writeF(s: IoSession, argv: string[]): Promise<number> {
   const fua = writeFua(s, a.fua);
   const { t, err } = await runIo(s, async () => {
     if (oob) throw toolError('EIO', 'write');
-    // Neither VM state (bdrv_save_vmstate) nor compressed writes exist in these formats.
-    if (a.bflag || a.compressed) throw toolError('ENOTSUP', 'write');
+    // No format here keeps VM state (bdrv_save_vmstate).
+    if (a.bflag) throw toolError('ENOTSUP', 'write');
+    if (a.compressed) {
+      await bs.pwriteCompressed(offset, buf ?? new Uint8Array(0));
+      return;
+    }
     if (a.zflag && a.noFallback && !noFallbackCapable(rootOf(bs))) throw toolError('ENOTSUP', 'write');
     // The cache mode's FUA applies to zero writes too (blk_co_pwrite_zeroes goes through the
     // same BlockBackend write path).
