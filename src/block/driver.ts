@@ -62,8 +62,11 @@ export interface BlockDriverInfo {
  */
 export interface ImageInfoSpecific {
   kind: string;
-  data: Record<string, string | number | boolean>;
+  data: Record<string, ImageInfoValue>;
 }
+
+/** A value in ImageInfoSpecific: scalars, or lists and dicts of them (qcow2's bitmaps list). */
+export type ImageInfoValue = string | number | boolean | ImageInfoValue[] | { [key: string]: ImageInfoValue };
 
 /** BdrvCheckResult. */
 export interface CheckResult {

@@ -7,6 +7,7 @@ import type { BlockDriver, BlockDriverInfo, BlockStatus, ImageInfoSpecific, Open
 import { BlockError } from '../../block/errors.js';
 import type { IOVector } from '../../block/iovec.js';
 import type { BlockDriverState } from '../../block/node.js';
+import { bitmapInfoList, qcow2ReadBitmapList } from './bitmap.js';
 import { qcow2GetHostOffset } from './cluster.js';
 import { qcow2CheckNotCorrupt } from './corrupt.js';
 import { qcow2Create, qcow2CreateOptions } from './create.js';
@@ -140,7 +141,8 @@ async function qcow2GetInfo(bs: BlockDriverState): Promise<BlockDriverInfo> {
 
 /**
  * QEMU's ImageInfoSpecificQCow2, fields in QAPI order (compat, extended-l2, lazy-refcounts,
- * corrupt, refcount-bits, compression-type): tools print them in QDict order from that.
+ * corrupt, refcount-bits, bitmaps, compression-type): tools print them in QDict order from that.
+ * bitmaps is present only when the image has some.
  */
 async function qcow2GetSpecificInfo(bs: BlockDriverState): Promise<ImageInfoSpecific> {
   const s = qcow2State(bs);
@@ -149,6 +151,7 @@ async function qcow2GetSpecificInfo(bs: BlockDriverState): Promise<ImageInfoSpec
   if (h.version < 3) {
     return { kind: 'qcow2', data: { compat: '0.10', 'refcount-bits': 2 ** s.refcountOrder, 'compression-type': compressionType } };
   }
+  const bitmaps = bitmapInfoList(await qcow2ReadBitmapList(s));
   return {
     kind: 'qcow2',
     data: {
@@ -157,6 +160,7 @@ async function qcow2GetSpecificInfo(bs: BlockDriverState): Promise<ImageInfoSpec
       'lazy-refcounts': (h.compatibleFeatures & QCOW2_COMPAT_LAZY_REFCOUNTS) !== 0n,
       corrupt: (h.incompatibleFeatures & QCOW2_INCOMPAT_CORRUPT) !== 0n,
       'refcount-bits': 2 ** s.refcountOrder,
+      ...(bitmaps.length > 0 ? { bitmaps } : {}),
       'compression-type': compressionType,
     },
   };
