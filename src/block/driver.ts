@@ -133,6 +133,8 @@ export interface OpenOptions {
    * "prog: warning: ..."). Ignored when absent.
    */
   onWarning?: (message: string) => void;
+  /** Where text a driver prints as is goes (QEMU's error_printf: no prefix, no newline added). */
+  onErrorPrintf?: (text: string) => void;
   /** How deep in a backing chain this node is opened; the generic layer sets it. */
   depth?: number;
   /**

@@ -5,8 +5,8 @@
  * cleared it, and the stale directory must then be ignored, as QEMU does.
  */
 import { BlockError } from '../../block/errors.js';
-import type { ImageInfoValue } from '../../block/driver.js';
-import { QCOW2_AUTOCLEAR_BITMAPS } from './header.js';
+import type { ImageInfoValue, OpenOptions } from '../../block/driver.js';
+import { QCOW2_AUTOCLEAR_BITMAPS, type QCowHeader } from './header.js';
 import type { BDRVQcow2State } from './state.js';
 
 /** Bitmap directory entry flags. */
@@ -90,4 +90,14 @@ export function bitmapInfoList(list: readonly Qcow2BitmapEntry[]): ImageInfoValu
     if (e.flags & BME_FLAG_AUTO) flags.push('auto');
     return { name: e.name, granularity: 2 ** e.granularityBits, flags };
   });
+}
+
+/**
+ * A bitmaps extension without the autoclear bit: some writer did not keep the bitmaps, so
+ * they are all stale and their clusters may be leaked. Said at every open, as QEMU does.
+ */
+export function warnStaleBitmaps(header: QCowHeader, ext: Uint8Array | null, options: OpenOptions): void {
+  if (ext === null || (header.autoclearFeatures & QCOW2_AUTOCLEAR_BITMAPS) !== 0n) return;
+  options.onWarning?.('a program lacking bitmap support modified this file, so all bitmaps are now considered inconsistent');
+  options.onErrorPrintf?.("Some clusters may be leaked, run 'qemu-img check -r' on the image file to fix.");
 }
