@@ -8,6 +8,7 @@ import { blkdebugDriver } from './drivers/blkdebug/index.js';
 import { blkverifyDriver } from './drivers/blkverify/index.js';
 import { fileDriver } from './drivers/file/index.js';
 import { memDriver } from './drivers/mem/index.js';
+import { nbdDriver } from './drivers/nbd/index.js';
 import { powerlossDriver } from './drivers/powerloss/index.js';
 import { qcow2Driver } from './drivers/qcow2/index.js';
 import { qedDriver } from './drivers/qed/index.js';
@@ -22,6 +23,8 @@ export { qcow2Driver } from './drivers/qcow2/index.js';
 export { blkdebugDriver } from './drivers/blkdebug/index.js';
 export { blkverifyDriver } from './drivers/blkverify/index.js';
 export { powerlossDriver } from './drivers/powerloss/index.js';
+// The NBD client needs node:net; a browser entry leaves this driver out.
+export * from './drivers/nbd/index.js';
 
 /**
  * The registry `BlockDriverState.open` and `bdrvCreate` use when none is passed. Order matters
@@ -29,7 +32,7 @@ export { powerlossDriver } from './drivers/powerloss/index.js';
  * magic match.
  */
 export const defaultRegistry = new BlockDriverRegistry();
-for (const drv of [fileDriver, memDriver, powerlossDriver, blkdebugDriver, blkverifyDriver, rawDriver, qedDriver, qcow2Driver]) {
+for (const drv of [fileDriver, memDriver, nbdDriver, powerlossDriver, blkdebugDriver, blkverifyDriver, rawDriver, qedDriver, qcow2Driver]) {
   defaultRegistry.register(drv);
 }
 
@@ -46,3 +49,5 @@ export {
   type NbdListenAddress,
   type NbdTlsOptions,
 } from './nbd/index.js';
+// Transmission flags as qemu-nbd -L names them.
+export { NBD_FLAG_HAS_FLAGS, nbdFlagNames } from './nbd/index.js';

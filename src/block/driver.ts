@@ -195,6 +195,8 @@ export interface BlockDriver {
   readonly formatName: string;
   /** A protocol driver claims filenames with this prefix (`mem:disk0`); `file` is the default. */
   readonly protocolName?: string;
+  /** Further prefixes the protocol claims (`nbd+tcp`, `nbd+unix` for `nbd`), QEMU's sibling drivers. */
+  readonly protocolAliases?: readonly string[];
   /** Protocol drivers open host storage; format drivers open over a protocol child (`bs.file`). */
   readonly isProtocol?: boolean;
   /** Filters (blkdebug, blkverify) sit in place of a protocol and wrap another node. */

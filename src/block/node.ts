@@ -83,7 +83,12 @@ export class BlockDriverState {
   readonly openOptions: OpenOptions;
   readonly clock: Clock;
   readonly events = new BlockEventEmitter();
-  readonly requestAlignment: number;
+  /**
+   * Alignment the generic layer pads requests to. Set from the driver at construction; a
+   * protocol driver whose limit comes from the other end may raise it in its open hook (an NBD
+   * server's minimum block size), as QEMU's refresh_limits sets bl.request_alignment.
+   */
+  requestAlignment: number;
   readonly depth: number;
   readonly registry: BlockDriverRegistry;
 

@@ -137,7 +137,7 @@ export class BlockDriverRegistry {
   findProtocol(filename: string): BlockDriver {
     const proto = protocolPrefix(filename);
     if (proto !== null) {
-      const d = this.drivers.find((x) => x.protocolName === proto);
+      const d = this.drivers.find((x) => x.protocolName === proto || x.protocolAliases?.includes(proto) === true);
       if (d) return d;
       throw new BlockError('EINVAL', `Unknown protocol '${proto}'`, { op: 'open', path: filename });
     }

@@ -109,14 +109,16 @@ export class NbdServer extends EventEmitter<NbdServerEvents> {
     return this.transmitting;
   }
 
-  /** Listen on TCP (`port` 0 = any free port) or a Unix socket; resolves with the address. */
-  async listen(address: { host?: string; port?: number; path?: string; backlog?: number }): Promise<NbdListenAddress> {
+  /** Listen on TCP (`port` 0 = any free port), a Unix socket or an inherited listening `fd`; resolves with the address. */
+  async listen(address: { host?: string; port?: number; path?: string; fd?: number; backlog?: number }): Promise<NbdListenAddress> {
     if (this.closing) throw new BlockError('ECANCELED', 'NBD server is closed', { op: 'nbd_listen' });
     const server = net.createServer({ pauseOnConnect: true }, (s) => this.accept(s));
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       const backlog = address.backlog ?? 511;
-      if (address.path !== undefined) server.listen({ path: address.path, backlog }, resolve);
+      // fd: a listening socket handed over by socket activation (LISTEN_FDS).
+      if (address.fd !== undefined) server.listen({ fd: address.fd }, resolve);
+      else if (address.path !== undefined) server.listen({ path: address.path, backlog }, resolve);
       else server.listen({ host: address.host ?? '0.0.0.0', port: address.port ?? 10809, backlog }, resolve);
     });
     // A failure of the listening socket later must not crash the process.

@@ -24,7 +24,7 @@ export interface RunOptions {
   timeoutMs?: number;
 }
 
-function findOnPath(name: string): string | null {
+export function findOnPath(name: string): string | null {
   const override = process.env[`${name.toUpperCase().replace('-', '_')}_PATH`];
   if (override !== undefined && override !== '' && existsSync(override)) return override;
   const dirs = (process.env.PATH ?? '').split(delimiter).filter((d) => d !== '');

@@ -3,7 +3,7 @@
 // Output goes through a stdio model (stdout fully buffered on pipes, stderr unbuffered) so
 // that a shared pipe sees the same interleaving as with QEMU.
 import { setDebugMessageSink } from '../../index.js';
-import { getoptTable, longoptsOf, type OptionDef } from '../shared/getopt.js';
+import { getoptDiagnostic, getoptTable, longoptsOf, type OptionDef } from '../shared/getopt.js';
 import { ToolOutput, progName, type TextSink } from '../shared/output.js';
 import { COMMANDS, qemuioCommand } from './commands.js';
 import { FLAG_OPTIONS, openfile } from './cmd-open.js';
@@ -127,21 +127,6 @@ More information on the QEMU project at <https://qemu.org>.
   );
 }
 
-/** glibc getopt_long's diagnostics for a long option it rejected. */
-function longOptionError(prog: string, opt: string): string {
-  const text = opt.slice(2);
-  const eq = text.indexOf('=');
-  const name = eq >= 0 ? text.slice(0, eq) : text;
-  const exact = LONG_OPTIONS.find((l) => l.name === name);
-  const candidates = LONG_OPTIONS.filter((l) => l.name.startsWith(name));
-  const found = exact ?? (candidates.length === 1 ? candidates[0] : undefined);
-  if (found !== undefined) return `${prog}: option '--${found.name}' doesn't allow an argument`;
-  if (candidates.length > 1) {
-    return `${prog}: option '--${name}' is ambiguous; possibilities:${candidates.map((c) => ` '--${c.name}'`).join('')}`;
-  }
-  return `${prog}: unrecognized option '${opt}'`;
-}
-
 function defaultIO(): BlkIoIO {
   return {
     stdout: process.stdout,
@@ -202,11 +187,7 @@ async function run(s: IoSession, args: string[], io: BlkIoIO): Promise<number> {
   const a: MainArgs = { ...defaultOpenFlags(), cmds: [], imageOpts: false };
   const r = getoptTable([o.prog, ...args.slice(1)], MAIN_OPTIONS, a, s);
   if (r.kind === 'error') {
-    if (r.opt.startsWith('--')) {
-      o.errRaw(r.error === 'missing' ? `${o.prog}: option '${r.opt}' requires an argument\n` : `${longOptionError(o.prog, r.opt)}\n`);
-    } else {
-      o.errRaw(r.error === 'missing' ? `${o.prog}: option requires an argument -- '${r.opt}'\n` : `${o.prog}: invalid option -- '${r.opt}'\n`);
-    }
+    o.errRaw(`${o.prog}: ${getoptDiagnostic(r.error, r.opt, LONG_OPTIONS)}\n`);
     usage(o);
   }
   // An invalid value was reported by its option: leave with status 1, as after a usage.

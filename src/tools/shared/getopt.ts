@@ -234,3 +234,21 @@ export function getoptTable<S, C>(argv: readonly string[], table: OptionTable<S,
     if (typeof value === 'number') return { kind: 'stop', value, g };
   }
 }
+
+/**
+ * What glibc's getopt_long prints (after "prog: ") for an option it rejected: `opt` is the
+ * result's option ('x' or '--name[=value]'), `longopts` the table glibc searched.
+ */
+export function getoptDiagnostic(error: 'missing' | 'unknown', opt: string, longopts: readonly LongOption[]): string {
+  if (!opt.startsWith('--')) return error === 'missing' ? `option requires an argument -- '${opt}'` : `invalid option -- '${opt}'`;
+  if (error === 'missing') return `option '${opt}' requires an argument`;
+  const text = opt.slice(2);
+  const eq = text.indexOf('=');
+  const name = eq >= 0 ? text.slice(0, eq) : text;
+  const candidates = longopts.filter((l) => l.name.startsWith(name));
+  const found = longopts.find((l) => l.name === name) ?? (candidates.length === 1 ? candidates[0] : undefined);
+  if (found !== undefined) return `option '--${found.name}' doesn't allow an argument`;
+  // glibc quotes an ambiguous abbreviation with its =value, as typed.
+  if (candidates.length > 1) return `option '${opt}' is ambiguous; possibilities:${candidates.map((c) => ` '--${c.name}'`).join('')}`;
+  return `unrecognized option '${opt}'`;
+}
