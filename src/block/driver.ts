@@ -62,8 +62,11 @@ export interface BlockDriverInfo {
  */
 export interface ImageInfoSpecific {
   kind: string;
-  data: Record<string, string | number | boolean>;
+  data: Record<string, ImageInfoValue>;
 }
+
+/** A value in ImageInfoSpecific: scalars, or lists and dicts of them (qcow2's bitmaps list). */
+export type ImageInfoValue = string | number | boolean | ImageInfoValue[] | { [key: string]: ImageInfoValue };
 
 /** BdrvCheckResult. */
 export interface CheckResult {
@@ -149,6 +152,8 @@ export interface OpenOptions {
    * "prog: warning: ..."). Ignored when absent.
    */
   onWarning?: (message: string) => void;
+  /** Where text a driver prints as is goes (QEMU's error_printf: no prefix, no newline added). */
+  onErrorPrintf?: (text: string) => void;
   /** How deep in a backing chain this node is opened; the generic layer sets it. */
   depth?: number;
   /**

@@ -7,6 +7,7 @@ import type { OpenOptions } from '../../block/driver.js';
 import { BlockError } from '../../block/errors.js';
 import { CoMutex } from '../../block/coroutine.js';
 import type { BlockDriverState } from '../../block/node.js';
+import { warnStaleBitmaps } from './bitmap.js';
 import { Qcow2Cache } from './cache.js';
 import { defaultQcow2Codec } from './compress.js';
 import { qcow2PreWriteOverlapCheck, QCOW2_OL_ACTIVE_L2, QCOW2_OL_REFCOUNT_BLOCK, type Qcow2MetadataExtents } from './corrupt.js';
@@ -91,6 +92,7 @@ export async function qcow2DoOpen(bs: BlockDriverState, options: OpenOptions): P
   if ((header.incompatibleFeatures & QCOW2_INCOMPAT_DATA_FILE) !== 0n) {
     throw new BlockError('ENOTSUP', "qcow2: images with an external data file are not supported", { op: 'open' });
   }
+  warnStaleBitmaps(header, ext.bitmaps, options);
 
   let backingFile: string | null = null;
   if (header.backingFileOffset !== 0) {

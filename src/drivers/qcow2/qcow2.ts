@@ -7,6 +7,7 @@ import type { BlockDriver, BlockDriverInfo, BlockStatus, ImageInfoSpecific, Open
 import { BlockError } from '../../block/errors.js';
 import type { IOVector } from '../../block/iovec.js';
 import type { BlockDriverState } from '../../block/node.js';
+import { bitmapInfoList, qcow2ReadBitmapList } from './bitmap.js';
 import { qcow2Check } from './check.js';
 import { qcow2GetHostOffset } from './cluster.js';
 import { qcow2CheckNotCorrupt } from './corrupt.js';
@@ -144,7 +145,8 @@ async function qcow2GetInfo(bs: BlockDriverState): Promise<BlockDriverInfo> {
 
 /**
  * QEMU's ImageInfoSpecificQCow2, fields in QAPI order (compat, extended-l2, lazy-refcounts,
- * corrupt, refcount-bits, compression-type): tools print them in QDict order from that.
+ * corrupt, refcount-bits, bitmaps, compression-type): tools print them in QDict order from that.
+ * bitmaps is present only when the image has some.
  */
 async function qcow2GetSpecificInfo(bs: BlockDriverState): Promise<ImageInfoSpecific> {
   const s = qcow2State(bs);
@@ -153,6 +155,7 @@ async function qcow2GetSpecificInfo(bs: BlockDriverState): Promise<ImageInfoSpec
   if (h.version < 3) {
     return { kind: 'qcow2', data: { compat: '0.10', 'refcount-bits': 2 ** s.refcountOrder, 'compression-type': compressionType } };
   }
+  const bitmaps = bitmapInfoList(await qcow2ReadBitmapList(s));
   return {
     kind: 'qcow2',
     data: {
@@ -161,6 +164,7 @@ async function qcow2GetSpecificInfo(bs: BlockDriverState): Promise<ImageInfoSpec
       'lazy-refcounts': (h.compatibleFeatures & QCOW2_COMPAT_LAZY_REFCOUNTS) !== 0n,
       corrupt: (h.incompatibleFeatures & QCOW2_INCOMPAT_CORRUPT) !== 0n,
       'refcount-bits': 2 ** s.refcountOrder,
+      ...(bitmaps.length > 0 ? { bitmaps } : {}),
       'compression-type': compressionType,
     },
   };

@@ -1,11 +1,11 @@
 // blk-img info: image facts as qemu-img info prints them (human or QAPI ImageInfo JSON).
-import { bdrvSnapshotList, isBlockError, type BlockDriverState, type ImageInfoSpecific, type QEMUSnapshotInfo } from '../../index.js';
+import { bdrvSnapshotList, isBlockError, type BlockDriverState, type ImageInfoSpecific, type ImageInfoValue, type QEMUSnapshotInfo } from '../../index.js';
 import { closeQuietly, rootOf } from '../shared/open.js';
 import { ToolExit, errorMessage } from '../shared/output.js';
 import { sizeToStr } from '../shared/printf.js';
 import { qemuPathCombine } from './chain.js';
 import type { ImgEnv } from './env.js';
-import { jsonObject, qdictOrder, toJsonPretty, type JsonObject } from './json.js';
+import { jsonObject, qdictOrder, toJsonPretty, type JsonObject, type JsonValue } from './json.js';
 import { imgOpen } from './open.js';
 import { snapshotListText } from './snapshot.js';
 import { FORCE_SHARE, FORMAT_LONG, HELP, IMAGE_OPTS, OBJECT, OUTPUT, imgArgs, oneFilename, parseImgOptions, parseOutputFormat, type ImgArgs, type ImgOption } from './options.js';
@@ -56,6 +56,30 @@ export async function queryImageInfo(bs: BlockDriverState, filename: string): Pr
   return info;
 }
 
+/** Format-specific values as JSON: dicts keep their insertion (QAPI) order. */
+function infoValueJson(v: ImageInfoValue): JsonValue {
+  if (Array.isArray(v)) return v.map(infoValueJson);
+  if (typeof v === 'object') return jsonObject(Object.entries(v).map(([k, x]) => [k, infoValueJson(x)]));
+  return v;
+}
+
+/** dump_qobject (dump_qdict, dump_qlist): nested values one level deeper, '-' in names as ' '. */
+function dumpInfoValue(indent: number, entries: Array<[string, ImageInfoValue]>): string {
+  let s = '';
+  for (const [label, v] of entries) {
+    const composite = typeof v === 'object';
+    s += `${'    '.repeat(indent)}${label}:${composite ? '\n' : ' '}`;
+    if (Array.isArray(v)) s += dumpInfoValue(indent + 1, v.map((x, n) => [`[${n}]`, x]));
+    else if (typeof v === 'object') s += dumpInfoDict(indent + 1, v);
+    else s += `${String(v)}\n`;
+  }
+  return s;
+}
+
+function dumpInfoDict(indent: number, d: { [key: string]: ImageInfoValue }): string {
+  return dumpInfoValue(indent, qdictOrder(Object.entries(d)).map(([k, x]) => [k.replace(/-/g, ' '), x]));
+}
+
 export function imageInfoJson(i: ImageInfo): JsonObject {
   // Insertion order = QAPI field order (it only matters within a hash bucket).
   return jsonObject([
@@ -73,7 +97,7 @@ export function imageInfoJson(i: ImageInfo): JsonObject {
       'format-specific',
       i.formatSpecific && jsonObject([
         ['type', i.formatSpecific.kind],
-        ['data', jsonObject(Object.entries(i.formatSpecific.data))],
+        ['data', infoValueJson(i.formatSpecific.data)],
       ]),
     ],
   ]);
@@ -99,7 +123,7 @@ export function imageInfoHuman(i: ImageInfo): string {
   if (i.formatSpecific !== undefined) {
     // bdrv_image_info_specific_dump: QDict order, '-' in names printed as ' '.
     s += 'Format specific information:\n';
-    for (const [k, v] of qdictOrder(Object.entries(i.formatSpecific.data))) s += `    ${k.replace(/-/g, ' ')}: ${String(v)}\n`;
+    s += dumpInfoDict(1, i.formatSpecific.data);
   }
   return s;
 }

@@ -52,6 +52,7 @@ export async function openfile(s: IoSession, name: string | null, flags: OpenFla
       forceShare: f.forceShare,
       copyOnRead: f.copyOnRead && !f.readOnly,
       onWarning: (m) => s.o.warn(m),
+      onErrorPrintf: (m) => s.o.errRaw(m),
     });
   } catch (e) {
     return fail(errText(e));
