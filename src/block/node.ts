@@ -69,6 +69,11 @@ export class BlockDriverState {
   readonly driver: BlockDriver;
   /** The name the node was opened with (full filename, filter prefixes included). */
   filename: string;
+  /**
+   * The canonical name a driver gives its node once open (bdrv_refresh_filename's
+   * exact_filename), e.g. nbd's `nbd+unix://?socket=P`; null keeps `filename`.
+   */
+  exactFilename: string | null = null;
   /** Driver state. */
   opaque: unknown = null;
   /** Protocol child of a format node (or the image child of a filter). */
@@ -140,6 +145,16 @@ export class BlockDriverState {
   }
 
   /** True from a successful open until close() begins. */
+  /**
+   * The name QEMU shows for the node (bs->filename after bdrv_refresh_filename): the driver's
+   * canonical name, else, for a node named after its file, the file's shown name.
+   */
+  get displayName(): string {
+    if (this.exactFilename !== null) return this.exactFilename;
+    if (this.file !== null && this.file.filename === this.filename) return this.file.displayName;
+    return this.filename;
+  }
+
   get isOpen(): boolean {
     return this.opened && this.closing === null;
   }

@@ -10,26 +10,11 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { main } from '../../src/tools/nbd/nbd.js';
 import { freePort, requireTools, startServer, unixUri, waitForPort, type RunningServer } from './nbd-client-servers.js';
 import { makeTempDir, removeTempDir, runQemuImg, runQemuIo } from './qemu.js';
+import { makeX509Certs } from './tls-certs.js';
 
 const tools = requireTools('qemu-nbd', 'qemu-img', 'qemu-io', 'nbdinfo', 'openssl');
 const LAUNCHER = join(import.meta.dirname, 'nbd-cli-launcher.ts');
 const NODE_ARGS = ['--import', 'tsx', LAUNCHER];
-
-/** A CA, a server certificate and a client certificate O=Example,CN=client1, as openssl makes them. */
-function makeX509(certs: string): void {
-  const ssl = (args: string[]): void => {
-    const r = spawnSync(tools!.openssl, args, { cwd: certs, encoding: 'utf8', timeout: 30_000 });
-    if (r.status !== 0) throw new Error(`openssl ${args.join(' ')}: ${r.stderr}`);
-  };
-  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
-  ssl(['req', '-x509', ...ec, '-keyout', 'ca-key.pem', '-out', 'ca-cert.pem', '-days', '2', '-subj', '/CN=Test CA']);
-  writeFileSync(join(certs, 'server.ext'), 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n');
-  writeFileSync(join(certs, 'client.ext'), 'extendedKeyUsage=clientAuth\n');
-  for (const [who, subj] of [['server', '/O=Example/CN=localhost'], ['client', '/O=Example/CN=client1']]) {
-    ssl(['req', ...ec, '-keyout', `${who}-key.pem`, '-out', `${who}.csr`, '-subj', subj]);
-    ssl(['x509', '-req', '-in', `${who}.csr`, '-CA', 'ca-cert.pem', '-CAkey', 'ca-key.pem', '-CAcreateserial', '-out', `${who}-cert.pem`, '-days', '2', '-extfile', `${who}.ext`]);
-  }
-}
 
 /** blk-nbd in process under the name qemu-nbd (for command lines that end before serving). */
 async function runOurs(args: string[]): Promise<{ stdout: string; stderr: string; status: number }> {
@@ -263,7 +248,7 @@ describe.skipIf(tools === null)('blk-nbd', () => {
   it('speaks TLS-x509 both ways with qemu-nbd, with authz on the client DN', async () => {
     const certs = join(dir, 'x509');
     mkdirSync(certs);
-    makeX509(certs);
+    makeX509Certs(certs, tools!.openssl);
     const obj = (endpoint: string): string[] => [
       '--object',
       `tls-creds-x509,id=tls0,dir=${certs},endpoint=${endpoint}`,

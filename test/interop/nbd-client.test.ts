@@ -114,6 +114,23 @@ describe.skipIf(tools === null)('nbd client against qemu-nbd', () => {
     expect(ours.stderr).toContain("server reported: export 'nope' not present");
   });
 
+  it('shows the canonical name whatever spelling opened it, as qemu-img info does', async () => {
+    const plain = join(dir, 'plain.sock');
+    const srv = await startServer(tools!['qemu-nbd'], ['-f', 'raw', '-t', '-k', plain, img], plain);
+    try {
+      for (const name of [unixUri(sock, 'exp'), `nbd:unix:${sock}:exportname=exp`, unixUri(plain), `nbd:unix:${plain}`]) {
+        const theirs = runQemuImg(['info', name]);
+        const ours = await runBlkImg(['info', name]);
+        expect(theirs.status).toBe(0);
+        expect({ name, ...ours }).toEqual({ name, stdout: theirs.stdout, stderr: theirs.stderr, status: theirs.status });
+      }
+      // The default export drops the path's slash: nbd+unix://?socket=P, not nbd+unix:///?socket=P.
+      expect((await runBlkImg(['info', unixUri(plain)])).stdout).toContain(`image: nbd+unix://?socket=${plain}\n`);
+    } finally {
+      await srv.stop();
+    }
+  });
+
   it('refuses to open a read-only export for writing', async () => {
     const rosock = join(dir, 'ro.sock');
     const ro = await startServer(tools!['qemu-nbd'], ['-f', 'raw', '-r', '-t', '-k', rosock, img], rosock);

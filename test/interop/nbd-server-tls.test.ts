@@ -9,6 +9,7 @@ import * as p from '../../src/nbd/protocol.js';
 import { WireClient } from '../unit/nbd-wire.js';
 import { makeTempDir, removeTempDir } from './qemu.js';
 import { haveNbdTools, killTools, runTool, serveImage, type Served } from './nbd-server-tools.js';
+import { makeX509Certs } from './tls-certs.js';
 
 function haveOpenssl(): boolean {
   const found = spawnSync('openssl', ['version'], { timeout: 10_000 }).status === 0;
@@ -17,29 +18,6 @@ function haveOpenssl(): boolean {
 }
 
 const enabled = haveNbdTools() && haveOpenssl();
-
-function openssl(dir: string, args: string[]): void {
-  const r = spawnSync('openssl', args, { cwd: dir, timeout: 30_000, encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`openssl ${args.join(' ')}: ${r.stderr}`);
-}
-
-/** A CA, a server certificate for localhost/127.0.0.1 and a client certificate O=Example,CN=client1. */
-function makeCerts(dir: string): void {
-  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
-  openssl(dir, ['req', '-x509', ...ec, '-keyout', 'ca-key.pem', '-out', 'ca-cert.pem', '-days', '2', '-subj', '/CN=Test CA']);
-  writeFileSync(join(dir, 'server.ext'), 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n');
-  writeFileSync(join(dir, 'client.ext'), 'extendedKeyUsage=clientAuth\n');
-  for (const [who, subj] of [
-    ['server', '/O=Example/CN=localhost'],
-    ['client', '/O=Example/CN=client1'],
-  ]) {
-    openssl(dir, ['req', ...ec, '-keyout', `${who}-key.pem`, '-out', `${who}.csr`, '-subj', subj]);
-    openssl(dir, [
-      'x509', '-req', '-in', `${who}.csr`, '-CA', 'ca-cert.pem', '-CAkey', 'ca-key.pem', '-CAcreateserial',
-      '-out', `${who}-cert.pem`, '-days', '2', '-extfile', `${who}.ext`,
-    ]);
-  }
-}
 
 describe.skipIf(!enabled)('NbdServer with TLS', () => {
   let dir = '';
@@ -50,7 +28,7 @@ describe.skipIf(!enabled)('NbdServer with TLS', () => {
 
   beforeAll(async () => {
     dir = makeTempDir('nbd-server-tls');
-    makeCerts(dir);
+    makeX509Certs(dir);
     writeFileSync(join(dir, 'keys.psk'), `alice:${PSK}\n`);
     const read = (f: string): Buffer => readFileSync(join(dir, f));
     x509 = { key: read('server-key.pem'), cert: read('server-cert.pem'), ca: read('ca-cert.pem'), requestCert: true, rejectUnauthorized: true };

@@ -35,7 +35,7 @@ import {
   NBD_STATE_HOLE,
   NBD_STATE_ZERO,
 } from '../../nbd/protocol.js';
-import { nbdConfig, type NbdConfig } from './config.js';
+import { nbdCanonicalName, nbdConfig, type NbdConfig } from './config.js';
 import { nbdEstablishConnection } from './connect.js';
 import type { HandshakeRequest } from './handshake.js';
 import { NbdSession, type NbdReply, type RequestOptions } from './session.js';
@@ -93,6 +93,8 @@ async function nbdOpen(bs: BlockDriverState, options: OpenOptions): Promise<void
   }
   const lim = limits(conn.info);
   bs.requestAlignment = lim.align;
+  // Shown by info as QEMU shows it (nbd_refresh_filename), whatever spelling opened it.
+  bs.exactFilename = nbdCanonicalName(cfg);
   bs.opaque = {
     cfg,
     tls,

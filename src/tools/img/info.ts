@@ -179,7 +179,7 @@ export async function imgInfo(env: ImgEnv, argv: string[]): Promise<number> {
     try {
       // The node's own name (a json: filename resolved, file: stripped), as QEMU prints it.
       const bs = rootOf(blk);
-      info = await queryImageInfo(bs, bs.filename);
+      info = await queryImageInfo(bs, bs.displayName);
     } catch (e) {
       env.o.error(errorMessage(e));
       throw new ToolExit(1);
