@@ -13,9 +13,13 @@ import { propBlkverify, propSequential, propSequentialFile } from './properties.
 import { QCOW2_PROFILE } from './qcow2-profile.js';
 
 const format = QCOW2_PROFILE;
+// A fixed seed: npm test repeats the same cases on every run, so a red CI names a change, not
+// luck; `npm run fuzz -- --format qcow2` explores other seeds. A failure found there stays as a
+// literal case (test/regressions/qcow2-*.test.ts while the bug is open).
+const seed = 20261202;
 const counted = async (prop: typeof propSequential, numRuns: number): Promise<number> => {
   let commands = 0;
-  await prop({ numRuns, format, onCommands: (n) => (commands += n) });
+  await prop({ numRuns, seed, format, onCommands: (n) => (commands += n) });
   return commands;
 };
 
@@ -34,7 +38,7 @@ describe('qcow2: model-based sequences', () => {
 describe('qcow2: concurrency and faults', () => {
   it('concurrent batches are per-sector serialisations of their writes', async () => {
     const before = { ...concStats };
-    await propConcurrent({ numRuns: 30, format });
+    await propConcurrent({ numRuns: 30, seed, format });
     expect(concStats.multiRequestBatches - before.multiRequestBatches).toBeGreaterThan(10);
   });
   it('an error injected at a qcow2 debug event fails that request and leaves only leaks', async () => {
@@ -44,7 +48,7 @@ describe('qcow2: concurrency and faults', () => {
   });
   it('power loss with torn sectors: flushed data intact, nothing worse than leaks after repair', async () => {
     const before = { ...faultStats };
-    await propPowerLoss({ numRuns: 60, format });
+    await propPowerLoss({ numRuns: 60, seed, format });
     expect(faultStats.crashedMidRequest - before.crashedMidRequest).toBeGreaterThan(2);
     expect(faultStats.pendingAtCrash - before.pendingAtCrash).toBeGreaterThan(6);
   });
@@ -53,7 +57,7 @@ describe('qcow2: concurrency and faults', () => {
 describe('qcow2: corrupted images', () => {
   it('header, table, refcount and compressed-descriptor damage ends in results or BlockErrors', async () => {
     const before = { ...corruptStats };
-    await propCorruption({ numRuns: 60, format });
+    await propCorruption({ numRuns: 60, seed, format });
     expect(corruptStats.roOpened - before.roOpened).toBeGreaterThan(3);
     expect(corruptStats.cases - before.cases - (corruptStats.roOpened - before.roOpened)).toBeGreaterThan(3);
   });
