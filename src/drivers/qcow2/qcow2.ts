@@ -19,8 +19,8 @@ import {
 } from './header.js';
 import { qcow2CoPreadv, qcow2CoPwritev, qcow2CoPwritevCompressed } from './io.js';
 import { qcow2DoOpen, qcow2UpdateHeader } from './open.js';
-import { qcow2RepairDirty } from './repair.js';
 import { qcow2GetRefcount } from './refcount.js';
+import { qcow2RepairDirty } from './repair.js';
 import { qcow2Truncate } from './resize.js';
 import { type BDRVQcow2State, qcow2File, qcow2IsDirty, qcow2NeedAccurateRefcounts, qcow2State } from './state.js';
 import { qcow2CoDiscard, qcow2CoWriteZeroes } from './zero.js';
@@ -35,10 +35,11 @@ export function qcow2Probe(buf: Uint8Array): number {
 async function qcow2Open(bs: BlockDriverState, options: OpenOptions): Promise<void> {
   const s = await qcow2DoOpen(bs, options);
   const writable = !bs.readOnly && !options.inactive;
-  // A dirty image's refcounts may be stale: rebuild them before anything allocates. Check
-  // opens look at the image as it is; read-only opens never allocate.
+  // A dirty image's refcounts may be stale: repair them (check -r all, as QEMU's
+  // qcow2_do_open) before anything allocates. Check opens look at the image as it is;
+  // read-only opens never allocate.
   if (qcow2IsDirty(s) && writable && !options.check) {
-    await qcow2RepairDirty(s);
+    await qcow2RepairDirty(s, options.onReport);
   }
   bs.backingFile = s.backingFile ?? '';
   bs.backingFormat = s.backingFormat ?? '';

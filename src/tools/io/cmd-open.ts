@@ -52,6 +52,7 @@ export async function openfile(s: IoSession, name: string | null, flags: OpenFla
       forceShare: f.forceShare,
       copyOnRead: f.copyOnRead && !f.readOnly,
       onWarning: (m) => s.o.warn(m),
+      onReport: (line) => s.o.errRaw(`${line}\n`),
     });
   } catch (e) {
     return fail(errText(e));
