@@ -154,6 +154,11 @@ export interface OpenOptions {
   onWarning?: (message: string) => void;
   /** Where text a driver prints as is goes (QEMU's error_printf: no prefix, no newline added). */
   onErrorPrintf?: (text: string) => void;
+  /**
+   * Where the lines of a check run while opening go, as they are (QEMU prints them on stderr
+   * without a prefix): qcow2 repairs a dirty image on a writable open. Ignored when absent.
+   */
+  onReport?: (line: string) => void;
   /** How deep in a backing chain this node is opened; the generic layer sets it. */
   depth?: number;
   /**

@@ -68,6 +68,7 @@ function childBase(base: OpenOptions): OpenOptions {
     registry: base.registry,
     depth: base.depth,
     onWarning: base.onWarning,
+    onReport: base.onReport,
     child: true,
   };
 }

@@ -39,10 +39,11 @@ export function qcow2Probe(buf: Uint8Array): number {
 async function qcow2Open(bs: BlockDriverState, options: OpenOptions): Promise<void> {
   const s = await qcow2DoOpen(bs, options);
   const writable = !bs.readOnly && !options.inactive;
-  // A dirty image's refcounts may be stale: rebuild them before anything allocates. Check
-  // opens look at the image as it is; read-only opens never allocate.
+  // A dirty image's refcounts may be stale: repair them (check -r all, as QEMU's
+  // qcow2_do_open) before anything allocates. Check opens look at the image as it is;
+  // read-only opens never allocate.
   if (qcow2IsDirty(s) && writable && !options.check) {
-    await qcow2RepairDirty(s);
+    await qcow2RepairDirty(s, options.onReport);
   }
   bs.backingFile = s.backingFile ?? '';
   bs.backingFormat = s.backingFormat ?? '';

@@ -22,7 +22,14 @@ export interface ImgOpenOptions {
 export async function imgOpen(env: ImgEnv, filename: string, opts: ImgOpenOptions, failStatus = 1): Promise<BlockBackend> {
   const { imageOpts, ...flags } = opts;
   // Deprecation warnings met while opening print as qemu-img's warn_report.
-  const options: OpenOptions = { ...flags, registry: env.registry, readOnly: opts.readOnly ?? false, onWarning: (m) => env.o.warn(m), onErrorPrintf: (m) => env.o.errRaw(m) };
+  const options: OpenOptions = {
+    ...flags,
+    registry: env.registry,
+    readOnly: opts.readOnly ?? false,
+    onWarning: (m) => env.o.warn(m),
+    onErrorPrintf: (m) => env.o.errRaw(m),
+    onReport: (line) => env.o.errRaw(`${line}\n`),
+  };
   let blk: BlockBackend;
   if (imageOpts === true) {
     blk = await openImageOpts(env.o, filename, {

@@ -53,6 +53,7 @@ export async function openfile(s: IoSession, name: string | null, flags: OpenFla
       copyOnRead: f.copyOnRead && !f.readOnly,
       onWarning: (m) => s.o.warn(m),
       onErrorPrintf: (m) => s.o.errRaw(m),
+      onReport: (line) => s.o.errRaw(`${line}\n`),
     });
   } catch (e) {
     return fail(errText(e));
