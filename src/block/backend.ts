@@ -10,12 +10,27 @@
  *   ones that wait for an asynchronous length); drain() and close() wait for them, the node
  *   counts the rest itself.
  *
+ * Permissions and the register of each node's users live in backend-perm.ts.
+ *
  * Order of a request: argument and permission checks, then the bounds check against the
  * length (synchronously when the node knows it), then the node's request. Nothing reaches the
  * node when a check fails, so a refused write changes nothing. The root node is marked as
  * used by a backend (setParent('backend')): it may grow, as a format's file does, and the
  * bounds are the backend's; a protocol or filter root still counts its length in whole sectors.
  */
+import {
+  type BlockBackendOptions,
+  type BlockPerm,
+  type PermName,
+  type PermUser,
+  PERM_NAMES,
+  checkShared,
+  usersOf,
+  validRange,
+} from './backend-perm.js';
+
+export type { BlockBackendOptions, BlockPerm } from './backend-perm.js';
+
 import { BlockAIOCB, genericAioPool, type CompletionFunc } from './aio.js';
 import { CoQueue } from './coroutine.js';
 import {
@@ -30,50 +45,6 @@ import { IOVector } from './iovec.js';
 import { BlockDriverState, type NodeParent, type ReopenOptions } from './node.js';
 import { bdrvOpenOptions } from './open-options.js';
 import type { FlatQDict, QDictInput } from './qdict.js';
-
-/**
- * What a user does with its root node (QEMU's BLK_PERM_WRITE and BLK_PERM_RESIZE; consistent
- * reads are always taken). An absent field is false.
- */
-export interface BlockPerm {
-  /** Write, write zeroes, discard. */
-  write?: boolean;
-  /** truncate. */
-  resize?: boolean;
-}
-
-export interface BlockBackendOptions {
-  /** Taken by this user; default none (read-only use). */
-  perm?: BlockPerm;
-  /** Allowed to other users of the same node; default all (QEMU's BLK_PERM_ALL). */
-  sharedPerm?: BlockPerm;
-}
-
-type PermName = keyof BlockPerm;
-const PERM_NAMES: readonly PermName[] = ['write', 'resize'];
-
-/** The backends attached to each node: the permission check at attach looks at them. */
-const usersOf = new WeakMap<BlockDriverState, Set<BlockBackend>>();
-
-function validRange(offset: number, bytes: number): boolean {
-  return (
-    Number.isSafeInteger(offset) && Number.isSafeInteger(bytes) && offset >= 0 && bytes >= 0 &&
-    offset + bytes <= Number.MAX_SAFE_INTEGER
-  );
-}
-
-/** Permission conflicts with another user of `bs`, both ways, worded as QEMU's bdrv_check_perm. */
-function checkShared(perm: Required<BlockPerm>, shared: Required<BlockPerm>, other: BlockBackend, bs: BlockDriverState): void {
-  const theirs = other.permissions;
-  const theyShare = other.sharedPermissions;
-  for (const p of PERM_NAMES) {
-    const why = perm[p] && !theyShare[p] ? 'does not allow' : theirs[p] && !shared[p] ? 'uses' : null;
-    if (why !== null) {
-      const msg = `Conflicts with use by a block device as 'root', which ${why} '${p}' on ${bs.filename}`;
-      throw new BlockError('EPERM', msg, { op: 'attach', path: bs.filename });
-    }
-  }
-}
 
 export class BlockBackend {
   private rootNode: BlockDriverState | null = null;
@@ -155,7 +126,7 @@ export class BlockBackend {
     if (this.perm.write && bs.readOnly) {
       throw new BlockError('EPERM', 'Block node is read-only', { op: 'attach', path: bs.filename });
     }
-    const users = usersOf.get(bs) ?? new Set<BlockBackend>();
+    const users = usersOf.get(bs) ?? new Set<PermUser>();
     for (const other of users) checkShared(this.perm, this.sharedPerm, other, bs);
     users.add(this);
     usersOf.set(bs, users);

@@ -9,9 +9,11 @@
  *   io/write.ts      writes, RMW padding, FUA, zero writes, discard
  *   io/compressed.ts compressed writes
  *   io/flush.ts      write generations, flush, length, truncate
+ *   io/length.ts     the user's view of the length, who grows
  *   io/aio.ts        the sector-based AIO routes
  *   status.ts        block status, isAllocated(Above)
  *   lifecycle.ts     drain, reopen, close
+ *   debug-event.ts   announcing blkdebug events
  *   info.ts          info, check, backing file change, cache invalidation, make empty
  *
  * State here: the node's identity and children (set at open, changed only by
@@ -21,6 +23,7 @@
  */
 import { BlockAIOCB, type CompletionFunc } from './aio.js';
 import { realClock, type Clock } from './clock.js';
+import { bdrvDebugEvent, bdrvDebugWatched } from './debug-event.js';
 import { bdrvDebugBreakpoint, bdrvDebugIsSuspended, bdrvDebugRemoveBreakpoint, bdrvDebugResume } from './debug.js';
 import {
   BDRV_SECTOR_SIZE,
@@ -38,7 +41,8 @@ import { BlockEventEmitter, type BlkDebugEvent } from './events.js';
 import { aioFlush, aioRw } from './io/aio.js';
 import { bdrvFlush, bdrvTruncate, driverLength } from './io/flush.js';
 import { bdrvPreadv, preadvNow } from './io/read.js';
-import { RequestTracker, inflight, invalidNumber, roundUp } from './io/requests.js';
+import { driverLengthNow, nodeGrowable, userLengthOf } from './io/length.js';
+import { RequestTracker, inflight } from './io/requests.js';
 import { NO_FLAGS, bdrvDiscard, bdrvPwritev, bdrvWriteZeroes } from './io/write.js';
 import { bdrvPwritevCompressed, bdrvSupportsCompressedWrites } from './io/compressed.js';
 import { IOVector } from './iovec.js';
@@ -61,9 +65,6 @@ export interface ReopenOptions {
 
 /** Who uses a node: a parent node, a BlockBackend, or nobody yet (see BlockDriverState.growable). */
 export type NodeParent = 'none' | 'node' | 'backend';
-
-/** Shared settled promise: `debugEvent` with nothing to run allocates nothing. */
-const RESOLVED: Promise<void> = Promise.resolve();
 
 export class BlockDriverState {
   readonly driver: BlockDriver;
@@ -144,7 +145,6 @@ export class BlockDriverState {
     this.nativeAioWritev = driver.aioWritev?.bind(driver);
   }
 
-  /** True from a successful open until close() begins. */
   /**
    * The name QEMU shows for the node (bs->filename after bdrv_refresh_filename): the driver's
    * canonical name, else, for a node named after its file, the file's shown name.
@@ -155,6 +155,7 @@ export class BlockDriverState {
     return this.filename;
   }
 
+  /** True from a successful open until close() begins. */
   get isOpen(): boolean {
     return this.opened && this.closing === null;
   }
@@ -179,15 +180,9 @@ export class BlockDriverState {
   // ---------------------------------------------------------------------------------------
   // Who uses the node, and its length
 
-  /**
-   * Protocol and filter nodes with a user above them grow: a format driver allocates by
-   * writing past the end of its file, and reads there see zeros (QEMU's requests through a
-   * BdrvChild); a BlockBackend bounds its own user. A node the user opened directly (-f file,
-   * a filter name as the top image) refuses requests past its end with EIO, as QEMU's
-   * BlockBackend does; so do format nodes, whose virtual size is fixed.
-   */
+  /** Does a write past the end grow the node (a protocol or filter with a user; io/length.ts)? */
   get growable(): boolean {
-    return this.parent !== 'none' && this.isStorage();
+    return nodeGrowable(this.driver, this.parent);
   }
 
   /**
@@ -200,23 +195,9 @@ export class BlockDriverState {
     return prev;
   }
 
-  private isStorage(): boolean {
-    return (this.driver.isProtocol ?? false) || (this.driver.isFilter ?? false);
-  }
-
-  /**
-   * The user's view of a driver length: a protocol or filter node not under a parent node
-   * counts whole sectors, as QEMU's bdrv_getlength does (the tail of the last sector reads as
-   * zeros, and a write there grows the file, as in qemu-io -f file). A parent node sees the
-   * driver's own length (a format checks its file size against it).
-   */
-  private toUserLength(len: number): number {
-    return this.parent === 'node' || !this.isStorage() ? len : roundUp(len, BDRV_SECTOR_SIZE);
-  }
-
   /** The length requests are bounded by and padded against (no open check, not in flight). */
   async userLength(): Promise<number> {
-    return this.toUserLength(await driverLength(this));
+    return userLengthOf(this.driver, this.parent, await driverLength(this));
   }
 
   /** The user's length, counted as a request (a closed node refuses). */
@@ -232,24 +213,12 @@ export class BlockDriverState {
   knownLength(): number | null {
     if (!this.isOpen) return null;
     const len = this.lengthNow();
-    return len === null ? null : this.toUserLength(len);
+    return len === null ? null : userLengthOf(this.driver, this.parent, len);
   }
 
   /** The driver's length if it knows it without waiting (the fast-path gate), else null. */
   lengthNow(): number | null {
-    const hook = this.getLengthHook;
-    if (!hook) return null;
-    let r: number | Promise<number>;
-    try {
-      r = hook(this);
-    } catch {
-      // The slow path asks again and reports the error where it belongs (callback, rejection).
-      return null;
-    }
-    if (typeof r === 'number') return invalidNumber(r) ? null : r;
-    // An async length cannot be checked here; the slow path awaits it instead.
-    r.catch(() => undefined);
-    return null;
+    return driverLengthNow(this, this.getLengthHook);
   }
 
   /** Copy-on-read applies to this node's reads (qemu-io -C on a writable node). */
@@ -259,7 +228,6 @@ export class BlockDriverState {
 
   // ---------------------------------------------------------------------------------------
   // Requests (io/)
-
 
   pread(offset: number, buf: Uint8Array): Promise<void> {
     return bdrvPreadv(this, offset, IOVector.from(buf));
@@ -392,25 +360,14 @@ export class BlockDriverState {
     if (this.events.listenerCount('trace') > 0) this.events.emit('trace', { name, args });
   }
 
-  /**
-   * Does anything act on this node's debug events (a driver hook such as blkdebug's, or a
-   * listener)? Paths that would announce none (the fast paths, raw's pass-through) ask it.
-   */
+  /** Does anything act on this node's debug events? Paths that would announce none ask. */
   get debugWatched(): boolean {
-    return this.driver.debugEvent !== undefined || this.events.listenerCount('debug') > 0;
+    return bdrvDebugWatched(this);
   }
 
-  /** Announce a blkdebug event on this node and let the driver act on it. */
+  /** Announce a blkdebug event on this node and let the driver act on it (debug-event.ts). */
   debugEvent(event: BlkDebugEvent): Promise<void> {
-    // Every data request announces one; with no listener and no driver hook (anything but
-    // blkdebug) there is nothing to run: hand back a settled promise, allocate nothing.
-    if (!this.debugWatched) return RESOLVED;
-    return this.debugEventSlow(event);
-  }
-
-  private async debugEventSlow(event: BlkDebugEvent): Promise<void> {
-    this.events.emit('debug', event);
-    await this.driver.debugEvent?.(this, event);
+    return bdrvDebugEvent(this, event);
   }
 
   // Breakpoints on this image's stack (QEMU's bdrv_debug_*; see debug.ts).

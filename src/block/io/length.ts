@@ -1,0 +1,49 @@
+/**
+ * A node's length as its user sees it. Who uses the node decides: protocol and filter nodes
+ * under a parent node or a BlockBackend grow (a format driver allocates by writing past the
+ * end of its file, and reads there see zeros, as QEMU's requests through a BdrvChild); a node
+ * the user opened directly (-f file, a filter name as the top image) refuses requests past
+ * its end with EIO, as QEMU's BlockBackend does; so do format nodes, whose virtual size is
+ * fixed. The node (node.ts) keeps who its parent is; these are the rules.
+ */
+import { BDRV_SECTOR_SIZE, type BlockDriver } from '../driver.js';
+import type { BlockDriverState, NodeParent } from '../node.js';
+import { invalidNumber, roundUp } from './requests.js';
+
+function isStorage(driver: BlockDriver): boolean {
+  return (driver.isProtocol ?? false) || (driver.isFilter ?? false);
+}
+
+/** Does a node of `driver` used by `parent` grow when written past its end? */
+export function nodeGrowable(driver: BlockDriver, parent: NodeParent): boolean {
+  return parent !== 'none' && isStorage(driver);
+}
+
+/**
+ * The user's view of a driver length: a protocol or filter node not under a parent node
+ * counts whole sectors, as QEMU's bdrv_getlength does (the tail of the last sector reads as
+ * zeros, and a write there grows the file, as in qemu-io -f file). A parent node sees the
+ * driver's own length (a format checks its file size against it).
+ */
+export function userLengthOf(driver: BlockDriver, parent: NodeParent, len: number): number {
+  return parent === 'node' || !isStorage(driver) ? len : roundUp(len, BDRV_SECTOR_SIZE);
+}
+
+/** The driver's length if its hook knows it without waiting (the fast-path gate), else null. */
+export function driverLengthNow(
+  bs: BlockDriverState,
+  hook: ((bs: BlockDriverState) => number | Promise<number>) | null,
+): number | null {
+  if (!hook) return null;
+  let r: number | Promise<number>;
+  try {
+    r = hook(bs);
+  } catch {
+    // The slow path asks again and reports the error where it belongs (callback, rejection).
+    return null;
+  }
+  if (typeof r === 'number') return invalidNumber(r) ? null : r;
+  // An async length cannot be checked here; the slow path awaits it instead.
+  r.catch(() => undefined);
+  return null;
+}
