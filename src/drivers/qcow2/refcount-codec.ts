@@ -18,14 +18,18 @@ export function refcountBlockEntries(clusterBits: number, order: number): number
   return ((1 << clusterBits) * 8) >> order;
 }
 
+/** Entries narrower than a byte (orders 0-2) are packed from the low bits up. */
+function subByteLayout(order: number): { bits: number; perByte: number; mask: number } {
+  const bits = 1 << order;
+  return { bits, perByte: 8 / bits, mask: (1 << bits) - 1 };
+}
+
 export function refcountGetter(order: number): RefcountGetter {
   switch (order) {
     case 0:
     case 1:
     case 2: {
-      const bits = 1 << order;
-      const perByte = 8 / bits;
-      const mask = (1 << bits) - 1;
+      const { bits, perByte, mask } = subByteLayout(order);
       return (b, i) => (b[Math.floor(i / perByte)] >> (bits * (i % perByte))) & mask;
     }
     case 3:
@@ -47,9 +51,7 @@ export function refcountSetter(order: number): RefcountSetter {
     case 0:
     case 1:
     case 2: {
-      const bits = 1 << order;
-      const perByte = 8 / bits;
-      const mask = (1 << bits) - 1;
+      const { bits, perByte, mask } = subByteLayout(order);
       return (b, i, value) => {
         const byte = Math.floor(i / perByte);
         const shift = bits * (i % perByte);

@@ -24,51 +24,56 @@ function isAllocatedType(t: string): boolean {
   return t === 'compressed' || t === 'normal' || t === 'zero-alloc';
 }
 
-/** Zero or release whole clusters of one L2 table; returns how many were handled. */
-async function zeroInL2Slice(s: BDRVQcow2State, offset: number, nbClusters: number, mayUnmap: boolean): Promise<number> {
+/**
+ * Rewrite the L2 entries of up to nbClusters clusters from offset, within one L2 table;
+ * returns how many were handled. update gives each old entry's replacement and whether its
+ * cluster is released; released clusters lose their reference only after the table is back
+ * in the cache, so the L2 change is ordered before the refcount drop.
+ */
+async function updateL2Slice(
+  s: BDRVQcow2State,
+  offset: number,
+  nbClusters: number,
+  type: Qcow2DiscardType,
+  update: (old: bigint) => { next: bigint; release: boolean },
+): Promise<number> {
   const { table, l2Index } = await qcow2GetClusterTable(s, offset);
   const n = Math.min(nbClusters, s.l2Size - l2Index);
   const released: bigint[] = [];
   try {
     for (let i = 0; i < n; i++) {
       const old = getL2Entry(s, table.data, l2Index + i);
-      const t = clusterType(old);
-      const unmap = t === 'compressed' || (mayUnmap && isAllocatedType(t));
-      const next = (unmap ? 0n : old) | QCOW_OFLAG_ZERO;
+      const { next, release } = update(old);
       if (next === old) continue;
       s.l2Cache.markDirty(table);
       setL2Entry(s, table.data, l2Index + i, next);
-      if (unmap) released.push(old);
-    }
-  } finally {
-    s.l2Cache.put(table);
-  }
-  for (const e of released) await qcow2FreeAnyCluster(s, e, 'request');
-  return n;
-}
-
-/** Discard whole clusters of one L2 table (discard_in_l2_slice). */
-async function discardInL2Slice(s: BDRVQcow2State, offset: number, nbClusters: number, type: Qcow2DiscardType, full: boolean): Promise<number> {
-  const { table, l2Index } = await qcow2GetClusterTable(s, offset);
-  const n = Math.min(nbClusters, s.l2Size - l2Index);
-  const released: bigint[] = [];
-  try {
-    for (let i = 0; i < n; i++) {
-      const old = getL2Entry(s, table.data, l2Index + i);
-      const t = clusterType(old, s.header.version >= 3);
-      let next = old;
-      if (full) next = 0n;
-      else if (s.bs.backing || isAllocatedType(t)) next = s.header.version >= 3 ? QCOW_OFLAG_ZERO : 0n;
-      if (next === old) continue;
-      s.l2Cache.markDirty(table);
-      setL2Entry(s, table.data, l2Index + i, next);
-      released.push(old);
+      if (release) released.push(old);
     }
   } finally {
     s.l2Cache.put(table);
   }
   for (const e of released) await qcow2FreeAnyCluster(s, e, type);
   return n;
+}
+
+/** Zero or release whole clusters of one L2 table (zero_in_l2_slice). */
+function zeroInL2Slice(s: BDRVQcow2State, offset: number, nbClusters: number, mayUnmap: boolean): Promise<number> {
+  return updateL2Slice(s, offset, nbClusters, 'request', (old) => {
+    const t = clusterType(old);
+    const unmap = t === 'compressed' || (mayUnmap && isAllocatedType(t));
+    return { next: (unmap ? 0n : old) | QCOW_OFLAG_ZERO, release: unmap };
+  });
+}
+
+/** Discard whole clusters of one L2 table (discard_in_l2_slice). */
+function discardInL2Slice(s: BDRVQcow2State, offset: number, nbClusters: number, type: Qcow2DiscardType, full: boolean): Promise<number> {
+  return updateL2Slice(s, offset, nbClusters, type, (old) => {
+    const t = clusterType(old, s.header.version >= 3);
+    let next = old;
+    if (full) next = 0n;
+    else if (s.bs.backing || isAllocatedType(t)) next = s.header.version >= 3 ? QCOW_OFLAG_ZERO : 0n;
+    return { next, release: true };
+  });
 }
 
 /** Discard cluster-aligned [offset, offset+bytes) (qcow2_cluster_discard); s.lock held. */

@@ -54,18 +54,9 @@ export interface RawQEDHeader {
  * A validated header: offsets and sizes are safe JS integers; the feature words stay BigInt so
  * unknown bits survive a rewrite unchanged.
  */
-export interface QEDHeader {
-  magic: number;
-  clusterSize: number;
-  tableSize: number;
-  headerSize: number;
-  features: bigint;
-  compatFeatures: bigint;
-  autoclearFeatures: bigint;
+export interface QEDHeader extends Omit<RawQEDHeader, 'l1TableOffset' | 'imageSize'> {
   l1TableOffset: number;
   imageSize: number;
-  backingFilenameOffset: number;
-  backingFilenameSize: number;
 }
 
 /** Decode the first 64 bytes of an image (little-endian). */

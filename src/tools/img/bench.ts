@@ -4,7 +4,7 @@
 // allocates nothing per request.
 import { BDRV_SECTOR_SIZE, BlockBackend, ERRNO_MESSAGES, IOVector, toBlockError, type BlockError } from '../../index.js';
 import { openImageOpts } from '../shared/image-opts.js';
-import { ToolExit, ToolOutput, errorMessage } from '../shared/output.js';
+import { runTool, ToolExit, ToolOutput, errorMessage } from '../shared/output.js';
 import { formatFixed } from '../shared/printf.js';
 import { parseBenchArgs, type BenchOptions, type BenchSinks } from './bench-options.js';
 
@@ -250,13 +250,5 @@ export async function imgBench(argv: string[], out: BenchSinks, prog: string): P
     },
     prog,
   );
-  try {
-    return await benchMain(o, argv);
-  } catch (e) {
-    if (e instanceof ToolExit) return e.status;
-    o.error(errorMessage(e));
-    return 1;
-  } finally {
-    o.flush();
-  }
+  return runTool(o, () => benchMain(o, argv));
 }

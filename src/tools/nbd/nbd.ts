@@ -3,7 +3,7 @@
 // foreground or as a daemon (--fork, daemon.ts). Returns the exit status.
 // The package entry also registers every driver (the image may be any format, or nbd://).
 import { findTlsCreds } from '../../index.js';
-import { errorMessage, progName, ToolExit, ToolOutput, type ToolIO } from '../shared/output.js';
+import { errorMessage, progName, runTool, ToolExit, ToolOutput, type ToolIO } from '../shared/output.js';
 import { forkDaemon, READY_FD_ENV, signalReady } from './daemon.js';
 import { listExports } from './list.js';
 import { resetObjects } from './objects.js';
@@ -35,7 +35,7 @@ export async function main(argv: string[], io: ToolIO = processIO(), env: NodeJS
     throw new ToolExit(1);
   };
   resetObjects();
-  try {
+  return runTool(o, async () => {
     const opts = parseNbdOptions(o, [o.prog, ...argv.slice(2)], env, process.pid);
     if (opts.tlsCreds !== undefined) {
       try {
@@ -52,11 +52,5 @@ export async function main(argv: string[], io: ToolIO = processIO(), env: NodeJS
       signalReady(env);
       quiet = true;
     });
-  } catch (e) {
-    if (e instanceof ToolExit) return e.status;
-    o.error(errorMessage(e));
-    return 1;
-  } finally {
-    o.flush();
-  }
+  });
 }

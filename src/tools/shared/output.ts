@@ -91,6 +91,22 @@ export class ToolExit extends Error {
   }
 }
 
+/**
+ * Run a tool's body to its exit status: a ToolExit carries its own status, any other error is
+ * printed as one line with status 1; buffered stdout is flushed last, after any error line.
+ */
+export async function runTool(o: ToolOutput, body: () => Promise<number>): Promise<number> {
+  try {
+    return await body();
+  } catch (e) {
+    if (e instanceof ToolExit) return e.status;
+    o.error(errorMessage(e));
+    return 1;
+  } finally {
+    o.flush();
+  }
+}
+
 /** error_exit(): message, the "Try ... --help" hint, exit 1. */
 export function errorExit(o: ToolOutput, msg: string): never {
   o.error(msg);
