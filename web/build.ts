@@ -1,7 +1,7 @@
 // Build the teaching page: web/src/main.ts bundled for browsers into web/dist/teach.js, and a
 // base image (web/dist/base.raw) that the page reads over http under its overlays. Everything
 // in web/ and web/dist/ is static: any server that answers Range requests can host it.
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import * as esbuild from 'esbuild';
 
@@ -33,6 +33,16 @@ const browserEntry: esbuild.Plugin = {
   },
 };
 
+/**
+ * Write through a temporary name and rename: the test files build the page concurrently, and a
+ * page served meanwhile must never load a half-written bundle.
+ */
+function writeAtomically(path: string, data: Uint8Array): void {
+  const tmp = `${path}.${process.pid}.${Math.random().toString(36).slice(2)}.tmp`;
+  writeFileSync(tmp, data);
+  renameSync(tmp, path);
+}
+
 export async function buildPage(): Promise<esbuild.Metafile> {
   const outdir = join(WEB_ROOT, 'dist');
   mkdirSync(outdir, { recursive: true });
@@ -47,7 +57,9 @@ export async function buildPage(): Promise<esbuild.Metafile> {
     logLevel: 'warning',
     outdir,
     plugins: [browserEntry],
+    write: false,
   });
-  writeFileSync(join(outdir, 'base.raw'), baseImage());
+  for (const f of r.outputFiles) writeAtomically(f.path, f.contents);
+  writeAtomically(join(outdir, 'base.raw'), baseImage());
   return r.metafile;
 }

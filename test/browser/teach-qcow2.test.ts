@@ -31,6 +31,8 @@ describe.skipIf(!have)('teaching page, qcow2', () => {
   const refcounts = (): Promise<number[]> =>
     t.page.$$eval('#layout .cluster', (els) => els.map((e) => Number((e as HTMLElement).dataset.refcount)));
   const hot = (): Promise<string[]> => t.page.$$eval('#layout .cluster.hot', (els) => els.map((e) => (e as HTMLElement).dataset.kind!));
+  const crashedKinds = (): Promise<string[]> =>
+    t.page.$$eval('#crashed .cluster', (els) => els.map((e) => (e as HTMLElement).dataset.kind!));
   const text = (sel: string): Promise<string> => t.page.$eval(sel, (e) => e.textContent ?? '');
   const create = async (format: string, withBase = false): Promise<void> => {
     await t.page.selectOption('#storage', 'powerloss');
@@ -107,6 +109,14 @@ describe.skipIf(!have)('teaching page, qcow2', () => {
     expect(after).toContain('Pattern verification failed at offset 0');
     // Repaired: the leaked cluster is free again, nothing is left counted and unused.
     expect(await t.kinds()).toEqual(['header', 'reftable', 'refblock', 'l1', 'l2', 'free']);
+    // The page keeps the file as the crash left it: the data cluster counted, unreferenced.
+    expect(await crashedKinds()).toEqual(['header', 'reftable', 'refblock', 'l1', 'l2', 'leak']);
+    const report = await t.page.$$eval('#report li', (els) => els.map((e) => e.textContent));
+    expect(report[0]).toBe('The power went before step 15: l2_update: write the L2 table with the new entry.');
+    expect(report[1]).toBe('Steps 1-14 were flushed before the cut: they survive whatever happens.');
+    expect(report).toContain('The read-write open checked nothing: no dirty bit asks it to.');
+    expect(report.join('\n')).toMatch(/check -r leaks gave the leaked clusters back: .*Repairing cluster 5 refcount=1 reference=0/);
+    expect(report.at(-1)).toBe('The new data was lost: the range reads as before the write.');
     expect(await t.page.$eval('#report', (e) => (e as HTMLElement).dataset.survived)).toBe('false');
     await t.screenshot('teach-powerloss.png');
   });
@@ -130,6 +140,9 @@ describe.skipIf(!have)('teaching page, qcow2', () => {
     expect(reopened.slice(check)).not.toMatch(/Leaked cluster|ERROR/);
     expect(await t.page.$eval('#facts', (e) => (e as HTMLElement).dataset.dirty)).toBe('false');
     expect(await t.kinds()).not.toContain('leak');
+    expect(await crashedKinds()).toContain('leak');
+    const report = await t.page.$$eval('#report li', (els) => els.map((e) => e.textContent));
+    expect(report.join('\n')).toMatch(/open saw the dirty bit and repaired: .*Repairing cluster 5 refcount=1 reference=0/);
     await t.screenshot('teach-powerloss-lazy.png');
   });
 
@@ -141,7 +154,7 @@ describe.skipIf(!have)('teaching page, qcow2', () => {
     expect(layers[1]).toBe('top');
     expect(layers.filter((l) => l === 'base1')).toHaveLength(255);
     expect(await t.page.$$eval('#chain .guest[data-remote="true"]', (els) => els.length)).toBe(255);
-    expect(await text('#chain-summary')).toMatch(/1 cluster\(s\) answered by this image, 255 by the base image fetched over http/);
+    expect(await text('#chain-summary')).toMatch(/1 cluster\(s\) answered by this image, 255 by the base image fetched over http \(http:\/\/127\.0\.0\.1:\d+\/dist\/base\.raw\): guest bytes 0x0-0xfff, 0x2000-0xfffff\./);
     // Cluster 2 of base.raw holds 0x42 in every byte; cluster 1 is ours now.
     await t.run('read -P 0x42 8k 4k');
     await t.run('read -P 0x22 4k 4k');

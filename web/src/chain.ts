@@ -14,6 +14,8 @@ export async function drawChain(
   const remote = backing !== null && /^https?:\/\//.test(backing);
   const cells: HTMLElement[] = [];
   const count = { top: 0, zero: 0, base: 0, none: 0 };
+  /** Guest byte ranges the base answers, adjacent ones merged. */
+  const baseRanges: [number, number][] = [];
   for (let off = 0; off < len; ) {
     const st = await blk.blockStatusAbove(off, len - off);
     const layer = !st.allocated ? 'none' : st.depth === 0 ? (st.data ? 'top' : 'zero') : `base${st.depth}`;
@@ -28,12 +30,19 @@ export async function drawChain(
       cells.push(cell);
       count[cls]++;
     }
+    const prev = baseRanges.at(-1);
+    if (cls === 'base' && prev?.[1] === off) prev[1] = off + st.pnum;
+    else if (cls === 'base') baseRanges.push([off, off + st.pnum]);
     off += st.pnum;
   }
   el.replaceChildren(...cells);
   const parts = [`${count.top} cluster(s) answered by this image`];
   if (count.zero > 0) parts.push(`${count.zero} zero cluster(s)`);
-  if (count.base > 0) parts.push(`${count.base} by the ${remote ? `base image fetched over http (${backing})` : 'backing file'}`);
+  if (count.base > 0) {
+    const hex = (n: number): string => `0x${n.toString(16)}`;
+    const ranges = baseRanges.map(([a, b]) => `${hex(a)}-${hex(b - 1)}`).join(', ');
+    parts.push(`${count.base} by the ${remote ? `base image fetched over http (${backing})` : 'backing file'}: guest bytes ${ranges}`);
+  }
   if (count.none > 0) parts.push(`${count.none} unallocated (read as zeros)`);
   summary.textContent = `${parts.join(', ')}.`;
   summary.dataset.remote = String(remote && count.base > 0);

@@ -3,6 +3,7 @@
 // (possibly a base image over http); a console running blk-io and blk-img; step mode for one
 // allocating write; pulling the plug at a step.
 import { opfsSetPort, powerlossStoreCreate, powerlossStoreGet, type PowerLossStore } from '../../src/browser.js';
+import { drawAftermath } from './aftermath.js';
 import { drawChain } from './chain.js';
 import { drawLayout, drawRefmap, imageLayout } from './layout.js';
 import { QCOW2_STEPS } from './steps-qcow2.js';
@@ -13,7 +14,10 @@ import { PageTools } from './tools.js';
 const $ = <T extends HTMLElement = HTMLElement>(id: string): T => document.getElementById(id) as T;
 
 const out = $('out');
+/** While set, what the tools print is kept here too (to tell the story of a power cut). */
+let capture: string[] | null = null;
 function print(text: string, cls: 'out' | 'err' | 'cmd' | 'note' = 'out'): void {
+  if (cls !== 'cmd') capture?.push(text);
   const span = document.createElement('span');
   span.className = cls;
   span.textContent = text;
@@ -46,7 +50,8 @@ async function fileBytes(): Promise<Uint8Array> {
   return buf;
 }
 
-async function redraw(bytes?: Uint8Array, hot: ReadonlySet<number> = new Set()): Promise<void> {
+async function redraw(bytes?: Uint8Array, hot: ReadonlySet<number> = new Set(), when = ''): Promise<void> {
+  $('disk-when').textContent = when;
   const layout = imageLayout(bytes ?? (await fileBytes()));
   drawLayout($('layout'), layout, hot);
   drawRefmap($('refmap'), layout);
@@ -68,11 +73,28 @@ async function command(line: string): Promise<number> {
   return r;
 }
 
+/** Run `f`, returning what it printed too. */
+async function captured<T>(f: () => Promise<T>): Promise<{ r: T; text: string }> {
+  capture = [];
+  try {
+    const r = await f();
+    return { r, text: capture.join('') };
+  } finally {
+    capture = null;
+  }
+}
+
+function hideAftermath(): void {
+  $('report').hidden = true;
+  $('crashed').parentElement!.hidden = true;
+}
+
 async function createImage(): Promise<void> {
   const storage = $<HTMLSelectElement>('storage').value;
   const withBase = $<HTMLInputElement>('with-base').checked;
   const format = $<HTMLSelectElement>('format').value;
   await tools.close();
+  hideAftermath();
   imageName = selectedName();
   if (storage !== 'opfs') powerlossStoreCreate(storeName(), new Uint8Array(0));
   // Served next to the page: any static host that answers Range requests will do.
@@ -123,6 +145,7 @@ async function stepWrite(): Promise<void> {
     print('step mode needs an image on the powerloss disk\n', 'err');
     return;
   }
+  hideAftermath();
   const offset = Number($<HTMLInputElement>('step-offset').value || (await unallocatedOffset()));
   // Everything so far durable, and a fresh open: the write replays identically after the plug.
   await tools.blk!.flush();
@@ -168,7 +191,7 @@ async function nextStep(): Promise<void> {
   rec.current++;
   showSteps();
   const s = rec.steps[rec.current];
-  await redraw(s.after, new Set(s.clusters));
+  await redraw(s.after, new Set(s.clusters), `as it is after step ${rec.current + 1} of ${rec.steps.length}: ${s.title}`);
 }
 
 /** A small deterministic generator, so a power cut can be replayed. */
@@ -208,26 +231,32 @@ async function pullPlug(): Promise<void> {
   print(`-- ${lost}\n`, 'note');
   const crashed = imageLayout(st.toBytes());
   await redraw(st.toBytes());
-  await command(`blk-img check ${imageName}`);
+  const checkAfterCrash = (await captured(() => command(`blk-img check ${imageName}`))).text;
   print(
     crashed?.dirty === true
       ? '-- reopen read-write: the dirty bit makes the open run the check and repair\n'
       : '-- reopen read-write: the image is not marked dirty, so the open checks nothing\n',
     'note',
   );
-  await openImage(imageName);
-  if ((await command(`blk-img check ${imageName}`)) !== 0) {
+  const reopen = (await captured(() => openImage(imageName))).text;
+  let check = await captured(() => command(`blk-img check ${imageName}`));
+  let repair: string | null = null;
+  if (check.r !== 0) {
     // Only leaks are expected here: qcow2 counts before it references, so a crash can leave a
     // cluster counted but unused, never one used but uncounted.
     print('-- what is left are leaks (counted, unused clusters): blk-img check -r leaks gives them back\n', 'note');
     await tools.close();
-    await command(`blk-img check -r leaks ${imageName}`);
+    repair = (await captured(() => command(`blk-img check -r leaks ${imageName}`))).text;
     await openImage(imageName);
+    check = { r: 0, text: repair.slice(repair.lastIndexOf('Double checking')) };
   }
   const r = await command(`read -P ${PATTERN} ${rec.offset} 4k`);
-  const report = $('report');
-  report.dataset.survived = String(r >= 0);
-  report.textContent = `${lost}. ${r >= 0 ? 'The new data survived.' : 'The new data was lost: the range reads as before the write.'}`;
+  const step = `before step ${at + 1}: ${rec.steps[at].title}`;
+  const flushed = rec.steps.slice(0, at).findLastIndex((s) => s.kind === 'flush') + 1;
+  const durable =
+    (flushed === 0 ? 'No step of this write was flushed before the cut' : `Steps 1-${flushed} were flushed before the cut: they survive whatever happens`) +
+    (at > flushed ? `; steps ${flushed + 1}-${at} were not, so the crash decides what of them reached the disk` : '');
+  drawAftermath($('report'), $('crashed'), { step, crash: lost, durable, crashed, checkAfterCrash, reopen, repair, finalCheck: check.text, survived: r >= 0 });
   rec = null;
   showSteps();
   $<HTMLButtonElement>('plug').disabled = true;

@@ -60,7 +60,7 @@ export const QCOW2_STEPS: StepBook = {
     ],
     data: [
       'write_aio: write the guest data into the new cluster',
-      'Nothing points at the cluster yet: lost now, it is a leak (counted, unreferenced), never garbage a reader could see.',
+      'On disk nothing counts or references the cluster yet: lost now, it is free space again, never garbage a reader could see.',
     ],
     dirty: [
       'Set the dirty bit in the header (lazy_refcounts)',
