@@ -2,7 +2,7 @@
 // base image (web/dist/base.raw) that the page reads over http under its overlays. Everything
 // in web/ and web/dist/ is static: any server that answers Range requests can host it.
 import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { join, normalize, resolve } from 'node:path';
 import * as esbuild from 'esbuild';
 
 export const WEB_ROOT = resolve(import.meta.dirname);
@@ -62,4 +62,10 @@ export async function buildPage(): Promise<esbuild.Metafile> {
   for (const f of r.outputFiles) writeAtomically(f.path, f.contents);
   writeAtomically(join(outdir, 'base.raw'), baseImage());
   return r.metafile;
+}
+
+// `npm run teach:build`: the static files alone, to host elsewhere.
+if (process.argv[1] !== undefined && import.meta.filename === normalize(process.argv[1])) {
+  await buildPage();
+  console.log(`built ${join(WEB_ROOT, 'dist')}: copy ${WEB_ROOT}/index.html, style.css and dist/ to any static host that answers Range requests`);
 }

@@ -27,11 +27,24 @@ export interface TeachPage {
   close: () => Promise<void>;
 }
 
-export async function openTeachPage(): Promise<TeachPage> {
+/** A server for the built web/ folder: its URL (ending in /) and how to stop it. */
+export type Host = () => Promise<{ url: string; stop: () => Promise<void> }>;
+
+/** web/serve.ts, what `npm run teach` runs. */
+const serveTeach: Host = async () => {
+  const { server, url } = await servePage();
+  return { url, stop: () => new Promise<void>((ok) => server.close(() => ok())) };
+};
+
+/** Build the page, serve it with `host` (web/serve.ts by default), open it in chromium. */
+export async function openTeachPage(host: Host = serveTeach): Promise<TeachPage> {
   mkdirSync(ARTIFACTS, { recursive: true });
   await buildPage();
-  const { server, url } = await servePage();
-  const b = await launchChromium();
+  const { url, stop } = await host();
+  const b = await launchChromium().catch(async (e: unknown) => {
+    await stop();
+    throw e;
+  });
   const page = b.context.pages()[0] ?? (await b.context.newPage());
   page.on('pageerror', (e) => {
     throw e;
@@ -62,7 +75,7 @@ export async function openTeachPage(): Promise<TeachPage> {
     },
     close: async () => {
       await b.close();
-      await new Promise((ok) => server.close(ok));
+      await stop();
     },
   };
 }
