@@ -118,6 +118,8 @@ describe.skipIf(!have)('teaching page, qcow2', () => {
     expect(report.join('\n')).toMatch(/check -r leaks gave the leaked clusters back: .*Repairing cluster 5 refcount=1 reference=0/);
     expect(report.at(-1)).toBe('The new data was lost: the range reads as before the write.');
     expect(await t.page.$eval('#report', (e) => (e as HTMLElement).dataset.survived)).toBe('false');
+    // The recorded write is spent: nothing to step through until the next one.
+    expect(await t.page.$eval('#next', (e) => (e as HTMLButtonElement).disabled)).toBe(true);
     await t.screenshot('teach-powerloss.png');
   });
 

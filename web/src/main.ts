@@ -169,7 +169,10 @@ async function stepWrite(): Promise<void> {
 function showSteps(): void {
   const ol = $('steps');
   ol.replaceChildren();
-  if (!rec) return;
+  if (!rec) {
+    $<HTMLButtonElement>('next').disabled = true;
+    return;
+  }
   rec.steps.forEach((s, i) => {
     const li = document.createElement('li');
     li.dataset.kind = s.kind;
