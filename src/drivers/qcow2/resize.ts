@@ -17,14 +17,8 @@ import { QCOW_MAX_L1_SIZE, sizeToL1 } from './header.js';
 import { qcow2PerformCow } from './io.js';
 import { qcow2AllocClusters, qcow2FreeClusters, qcow2GetRefcount } from './refcount.js';
 import { type BDRVQcow2State, qcow2File } from './state.js';
+import { encodeTable, L1_TABLE, qcow2SwitchTable } from './table-switch.js';
 import { qcow2ClusterDiscard } from './zero.js';
-
-function encodeL1(entries: BigUint64Array): Uint8Array {
-  const buf = new Uint8Array(entries.length * 8);
-  const v = new DataView(buf.buffer);
-  entries.forEach((e, i) => v.setBigUint64(i * 8, e));
-  return buf;
-}
 
 /** Move the active L1 to a bigger table (qcow2_grow_l1_table). */
 export async function qcow2GrowL1Table(s: BDRVQcow2State, minSize: number, exactSize: boolean): Promise<void> {
@@ -43,25 +37,12 @@ export async function qcow2GrowL1Table(s: BDRVQcow2State, minSize: number, exact
   const newOffset = await qcow2AllocClusters(s, newSize * 8);
   // The table's refcount is on disk before the header can point at it.
   await s.refcountCache.flush();
-  qcow2PreWriteOverlapCheck(s, 0, newOffset, newSize * 8);
-  await file.debugEvent('l1_grow_write_table');
-  await file.pwrite(newOffset, encodeL1(table));
-  await file.flush();
-  // Written and durable: now switch the header to it (l1_size and l1_table_offset at once).
-  const hdr = new Uint8Array(12);
-  const v = new DataView(hdr.buffer);
-  v.setUint32(0, newSize);
-  v.setBigUint64(4, BigInt(newOffset));
-  await file.debugEvent('l1_grow_activate_table');
-  await file.pwrite(36, hdr);
-  await file.flush();
-  const oldOffset = s.l1TableOffset;
-  const oldSize = s.l1Table.length;
-  s.l1Table = table;
-  s.l1TableOffset = newOffset;
-  s.header.l1Size = newSize;
-  s.header.l1TableOffset = newOffset;
-  await qcow2FreeClusters(s, oldOffset, oldSize * 8, 'other');
+  // Written and durable, then the header switched to it (l1_size and l1_table_offset at once).
+  const old = { offset: s.l1TableOffset, bytes: s.l1Table.length * 8 };
+  await qcow2SwitchTable(s, L1_TABLE, table, newOffset, [newSize, newOffset], old, () => {
+    s.l1Table = table;
+    s.l1TableOffset = newOffset;
+  });
 }
 
 /** Clear the L1 entries from `maxSize` on and free their L2 tables (qcow2_shrink_l1_table). */
@@ -113,12 +94,9 @@ async function qcow2ShrinkReftable(s: BDRVQcow2State): Promise<void> {
     s.refcountCache.put(block);
     kept[i] = unused ? 0n : s.refcountTable[i];
   }
-  const buf = new Uint8Array(n * 8);
-  const v = new DataView(buf.buffer);
-  kept.forEach((e, i) => v.setBigUint64(i * 8, e));
   const file = qcow2File(s);
   // The table stops pointing at the blocks before their clusters are freed.
-  await file.pwrite(s.refcountTableOffset, buf);
+  await file.pwrite(s.refcountTableOffset, encodeTable(kept));
   await file.flush();
   const punched: number[] = [];
   for (let i = 0; i < n; i++) {
