@@ -8,6 +8,7 @@ import { BlockError } from '../../block/errors.js';
 import { REFT_OFFSET_MASK } from './entries.js';
 import { QCOW_MAX_REFTABLE_SIZE } from './header.js';
 import { refcountMetadataSize } from './refcount-codec.js';
+import { qcow2GetRefcount } from './refcount.js';
 import { type BDRVQcow2State, qcow2File } from './state.js';
 import { qcow2SwitchTable, REFCOUNT_TABLE } from './table-switch.js';
 
@@ -77,3 +78,11 @@ export async function qcow2RefcountArea(
   return endOffset;
 }
 
+
+/** The last cluster with a non-zero refcount, -1 if none (qcow2_get_last_cluster). */
+export async function qcow2GetLastCluster(s: BDRVQcow2State, fileSize: number): Promise<number> {
+  for (let i = Math.ceil(fileSize / s.clusterSize) - 1; i >= 0; i--) {
+    if ((await qcow2GetRefcount(s, i)) > 0) return i;
+  }
+  return -1;
+}
