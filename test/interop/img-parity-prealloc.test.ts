@@ -133,6 +133,19 @@ const sessions: Session[] = [
     images: ['full.raw', 'falloc.raw', 'off.raw', 'q.qed'],
   },
   {
+    name: 'convert -O qcow2 -o preallocation=falloc|full',
+    setup: [
+      ['qemu-img', 'create', '-q', '-f', 'raw', 's.raw', '1M'],
+      ['qemu-io', '-f', 'raw', '-c', 'write -P 1 0 64k', '-c', 'write -P 2 700k 3k', 's.raw'],
+    ],
+    steps: [
+      ['convert', '-f', 'raw', '-O', 'qcow2', '-o', 'preallocation=falloc,cluster_size=4096', 's.raw', 'falloc.qcow2'],
+      ['convert', '-f', 'raw', '-O', 'qcow2', '-o', 'preallocation=full', 's.raw', 'full.qcow2'],
+    ],
+    images: ['falloc.qcow2', 'full.qcow2'],
+    identical: ['falloc.qcow2', 'full.qcow2'],
+  },
+  {
     name: 'create -o preallocation=falloc|full over cluster sizes, odd sizes, v2 and v3',
     steps: createCases.map(([n, o, size]) => ['create', '-f', 'qcow2', '-o', o, `${n}.qcow2`, size]),
     images: createCases.map(([n]) => `${n}.qcow2`),
