@@ -124,25 +124,15 @@ const sessions: Session[] = [
       ['convert', '-f', 'raw', '-O', 'raw', '-o', 'preallocation=falloc', 's.raw', 'falloc.raw'],
       ['convert', '-f', 'raw', '-O', 'raw', '-o', 'preallocation=off,nocow=on', 's.raw', 'off.raw'],
       ['convert', '-f', 'raw', '-O', 'qed', '-o', 'preallocation=full', 's.raw', 'q.qed'],
+      ['convert', '-f', 'raw', '-O', 'qcow2', '-o', 'preallocation=falloc,cluster_size=4096', 's.raw', 'falloc.qcow2'],
+      ['convert', '-f', 'raw', '-O', 'qcow2', '-o', 'preallocation=full', 's.raw', 'full.qcow2'],
       { args: ['convert', '-f', 'raw', '-O', 'raw', '-o', 'preallocation=metadata', 's.raw', 'm.raw'], merged: true },
       { args: ['convert', '-f', 'raw', '-O', 'raw', '-o', 'preallocation=bogus', 's.raw', 'b.raw'], merged: true },
       { args: ['convert', '-f', 'raw', '-O', 'raw', '-o', 'extent_size_hint=8G', 's.raw', 'b.raw'], merged: true },
       { args: ['convert', '-O', 'raw', '-o', 'help', 's.raw', 'h.raw'], merged: true },
       ['info', 'm.raw'],
     ],
-    images: ['full.raw', 'falloc.raw', 'off.raw', 'q.qed'],
-  },
-  {
-    name: 'convert -O qcow2 -o preallocation=falloc|full',
-    setup: [
-      ['qemu-img', 'create', '-q', '-f', 'raw', 's.raw', '1M'],
-      ['qemu-io', '-f', 'raw', '-c', 'write -P 1 0 64k', '-c', 'write -P 2 700k 3k', 's.raw'],
-    ],
-    steps: [
-      ['convert', '-f', 'raw', '-O', 'qcow2', '-o', 'preallocation=falloc,cluster_size=4096', 's.raw', 'falloc.qcow2'],
-      ['convert', '-f', 'raw', '-O', 'qcow2', '-o', 'preallocation=full', 's.raw', 'full.qcow2'],
-    ],
-    images: ['falloc.qcow2', 'full.qcow2'],
+    images: ['full.raw', 'falloc.raw', 'off.raw', 'q.qed', 'falloc.qcow2', 'full.qcow2'],
     identical: ['falloc.qcow2', 'full.qcow2'],
   },
   {
