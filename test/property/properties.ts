@@ -106,7 +106,7 @@ export async function propBlkverify(opts: PropertyOptions): Promise<void> {
   await fc.assert(
     fc.asyncProperty(
       profile.geometryArb(opts.wide === true),
-      fc.array(verifyCmd, { minLength: 1, maxLength: opts.wide ? 40 : 20 }),
+      fc.array(verifyCmd, { minLength: 1, maxLength: opts.wide ? 40 : 20, size: opts.wide ? 'large' : 'small' }),
       async (geom, cmds) => {
         const setup = await buildImage(geom, freshPrefix('bv'), { profile });
         try {

@@ -50,6 +50,28 @@ function overlaps(aStart: number, aLen: number, bStart: number, bLen: number): b
   return aLen > 0 && bLen > 0 && aStart < bStart + bLen && bStart < aStart + aLen;
 }
 
+/** The high 32 bits of the offset masks (L1E_OFFSET_MASK, REFT_OFFSET_MASK); both clear bits 0-8. */
+const L1E_HIGH_MASK = Number(L1E_OFFSET_MASK >> 32n);
+const REFT_HIGH_MASK = Number(REFT_OFFSET_MASK >> 32n);
+const LOW_MASK = Number(L1E_OFFSET_MASK & 0xffffffffn);
+/** Word order of a BigUint64Array seen as 32-bit words on this host. */
+const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+
+/**
+ * Does a table entry (an L2 table or refcount block offset, masked) point at a cluster that
+ * overlaps [start, start+len)? This runs before every write over tables of up to a few
+ * hundred thousand entries, so the entries are read as pairs of 32-bit words, without BigInt.
+ */
+function tableHitsRange(table: BigUint64Array, highMask: number, start: number, len: number, cs: number): boolean {
+  const words = new Uint32Array(table.buffer, table.byteOffset, table.length * 2);
+  const hi = LITTLE_ENDIAN ? 1 : 0;
+  for (let i = 0; i < words.length; i += 2) {
+    const off = ((words[i + hi] & highMask) >>> 0) * 0x100000000 + ((words[i + 1 - hi] & LOW_MASK) >>> 0);
+    if (off !== 0 && overlaps(start, len, off, cs)) return true;
+  }
+  return false;
+}
+
 /** The first metadata kind [offset, offset+size) overlaps (0 = none), skipping `ign`. */
 export function qcow2CheckMetadataOverlap(s: BDRVQcow2State, ign: number, offset: number, size: number): number {
   const chk = QCOW2_OL_DEFAULT & ~ign;
@@ -72,17 +94,9 @@ export function qcow2CheckMetadataOverlap(s: BDRVQcow2State, ign: number, offset
   if (chk & QCOW2_OL_INACTIVE_L1) {
     for (const l1 of ext.inactiveL1) if (overlaps(start, len, l1.offset, l1.size)) return QCOW2_OL_INACTIVE_L1;
   }
-  if (chk & QCOW2_OL_ACTIVE_L2) {
-    for (const e of s.l1Table) {
-      const l2 = Number(e & L1E_OFFSET_MASK);
-      if (l2 !== 0 && overlaps(start, len, l2, cs)) return QCOW2_OL_ACTIVE_L2;
-    }
-  }
-  if (chk & QCOW2_OL_REFCOUNT_BLOCK) {
-    for (const e of s.refcountTable) {
-      const rb = Number(e & REFT_OFFSET_MASK);
-      if (rb !== 0 && overlaps(start, len, rb, cs)) return QCOW2_OL_REFCOUNT_BLOCK;
-    }
+  if (chk & QCOW2_OL_ACTIVE_L2 && tableHitsRange(s.l1Table, L1E_HIGH_MASK, start, len, cs)) return QCOW2_OL_ACTIVE_L2;
+  if (chk & QCOW2_OL_REFCOUNT_BLOCK && tableHitsRange(s.refcountTable, REFT_HIGH_MASK, start, len, cs)) {
+    return QCOW2_OL_REFCOUNT_BLOCK;
   }
   if (chk & QCOW2_OL_BITMAP_DIRECTORY && ext.bitmapDirectory) {
     if (overlaps(start, len, ext.bitmapDirectory.offset, ext.bitmapDirectory.size)) return QCOW2_OL_BITMAP_DIRECTORY;
