@@ -8,7 +8,7 @@
  */
 import { BlockError } from '../../block/errors.js';
 import type { CacheEntry } from './cache.js';
-import { QCOW2_OL_ACTIVE_L1, qcow2PreWriteOverlapCheck, qcow2SignalCorruption } from './corrupt.js';
+import { QCOW2_OL_ACTIVE_L1, qcow2OverlapIndexChanged, qcow2PreWriteOverlapCheck, qcow2SignalCorruption } from './corrupt.js';
 import {
   L1E_OFFSET_MASK,
   L2E_OFFSET_MASK,
@@ -198,9 +198,11 @@ async function l2Allocate(s: BDRVQcow2State, l1Index: number): Promise<void> {
     // The table must be on disk before L1 points at it.
     await s.l2Cache.flush();
     s.l1Table[l1Index] = BigInt(l2Offset) | QCOW_OFLAG_COPIED;
+    qcow2OverlapIndexChanged(s);
     await qcow2WriteL1Entry(s, l1Index);
   } catch (e) {
     s.l1Table[l1Index] = old;
+    qcow2OverlapIndexChanged(s);
     s.l2Cache.discard(l2Offset);
     if (l2Offset > 0) await qcow2FreeClusters(s, l2Offset, s.clusterSize, 'always');
     throw e;

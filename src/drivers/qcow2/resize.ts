@@ -11,7 +11,7 @@
 import { BlockError } from '../../block/errors.js';
 import { qcow2LinkL2 } from './alloc.js';
 import { qcow2AllocHostOffset } from './alloc.js';
-import { qcow2PreWriteOverlapCheck, QCOW2_OL_ACTIVE_L1 } from './corrupt.js';
+import { qcow2OverlapIndexChanged, qcow2PreWriteOverlapCheck, QCOW2_OL_ACTIVE_L1 } from './corrupt.js';
 import { L1E_OFFSET_MASK, REFT_OFFSET_MASK } from './entries.js';
 import { QCOW_MAX_L1_SIZE, sizeToL1 } from './header.js';
 import { qcow2PerformCow } from './io.js';
@@ -80,6 +80,7 @@ async function qcow2ShrinkL1Table(s: BDRVQcow2State, maxSize: number): Promise<v
   for (let i = s.l1Table.length - 1; i >= maxSize; i--) {
     const off = Number(s.l1Table[i] & L1E_OFFSET_MASK);
     s.l1Table[i] = 0n;
+    qcow2OverlapIndexChanged(s);
     if (off === 0) continue;
     s.l2Cache.discard(off);
     await qcow2FreeClusters(s, off, s.clusterSize, 'always');
@@ -136,6 +137,7 @@ async function qcow2ShrinkReftable(s: BDRVQcow2State): Promise<void> {
     s.refcountCache.discard(off);
     punched.push(off);
     s.refcountTable[i] = 0n;
+    qcow2OverlapIndexChanged(s);
   }
   for (const off of punched) {
     try {
