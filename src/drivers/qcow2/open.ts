@@ -167,6 +167,7 @@ export async function qcow2DoOpen(bs: BlockDriverState, options: OpenOptions): P
     overlapIndex: null,
     updateHeader: () => qcow2UpdateHeader(s),
     lock: new CoMutex(),
+    inFlight: new Set(),
     openOptions: options,
     closed: false,
   } satisfies BDRVQcow2State);

@@ -18,6 +18,7 @@ import { qcow2PerformCow } from './io.js';
 import { qcow2AllocClusters, qcow2FreeClusters, qcow2GetRefcount } from './refcount.js';
 import { type BDRVQcow2State, qcow2File } from './state.js';
 import { qcow2ClusterDiscard } from './zero.js';
+import { qcow2WaitInFlight } from './inflight.js';
 
 function encodeL1(entries: BigUint64Array): Uint8Array {
   const buf = new Uint8Array(entries.length * 8);
@@ -185,6 +186,8 @@ export async function qcow2Truncate(s: BDRVQcow2State, size: number, prealloc: s
     throw new BlockError('ENOTSUP', `Unsupported preallocation mode '${prealloc}'`, { op: 'truncate', offset: size });
   }
   await s.lock.run(async () => {
+    // A shrink frees clusters: no write may be in flight to them (inflight.ts).
+    await qcow2WaitInFlight(s, 0, Number.POSITIVE_INFINITY);
     if (s.header.nbSnapshots > 0) throw new BlockError('ENOTSUP', "Can't resize an image which has snapshots", { op: 'truncate' });
     if (s.extendedL2 && prealloc !== 'off') throw new BlockError('ENOTSUP', 'Preallocation with extended L2 entries is not supported', { op: 'truncate' });
     const old = s.header.size;

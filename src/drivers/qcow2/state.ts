@@ -12,6 +12,7 @@ import { BlockError } from '../../block/errors.js';
 import type { BlockDriverState } from '../../block/node.js';
 import type { Qcow2Cache } from './cache.js';
 import type { Qcow2Codec } from './compress.js';
+import type { Qcow2InFlight } from './inflight.js';
 import type { Qcow2MetadataExtents, Qcow2OverlapIndex } from './corrupt.js';
 import type { CompressedGeometry } from './entries.js';
 import type { QCowHeader, Qcow2UnknownExtension } from './header.js';
@@ -75,6 +76,8 @@ export interface BDRVQcow2State {
   /** Full header rewrite (qcow2_update_header), bound at open. */
   updateHeader: () => Promise<void>;
   lock: CoMutex;
+  /** Guest writes with data I/O running outside `lock` (inflight.ts). */
+  inFlight: Set<Qcow2InFlight>;
   openOptions: OpenOptions;
   closed: boolean;
 }
