@@ -82,24 +82,24 @@ export function qcow2OverlapIndexChanged(s: BDRVQcow2State): void {
   s.overlapIndex = null;
 }
 
-/** Which of ACTIVE_L2 / REFCOUNT_BLOCK the cluster-aligned range [start, start+len) touches. */
-function tableClustersIn(s: BDRVQcow2State, start: number, len: number): number {
+/** Which of the `kinds` (ACTIVE_L2, REFCOUNT_BLOCK) the cluster-aligned range [start, start+len) touches. */
+function tableClustersIn(s: BDRVQcow2State, start: number, len: number, kinds: number): number {
   let idx = s.overlapIndex;
   if (!idx || idx.l1 !== s.l1Table || idx.reftable !== s.refcountTable) idx = s.overlapIndex = buildOverlapIndex(s);
   const first = start / s.clusterSize;
   const n = len / s.clusterSize;
   let hit = 0;
   if (n <= idx.clusters.size) {
-    for (let c = first; c < first + n; c++) hit |= idx.clusters.get(c) ?? 0;
+    for (let c = first; c < first + n; c++) hit |= (idx.clusters.get(c) ?? 0) & kinds;
   } else {
-    for (const [c, kind] of idx.clusters) if (c >= first && c < first + n) hit |= kind;
+    for (const [c, kind] of idx.clusters) if (c >= first && c < first + n) hit |= kind & kinds;
   }
   if (hit === 0) return 0;
   // A hit marks the image corrupt: confirm it against the tables themselves, in case an
   // in-place change was not announced.
   s.overlapIndex = buildOverlapIndex(s);
   hit = 0;
-  for (const [c, kind] of s.overlapIndex.clusters) if (c >= first && c < first + n) hit |= kind;
+  for (const [c, kind] of s.overlapIndex.clusters) if (c >= first && c < first + n) hit |= kind & kinds;
   return hit;
 }
 
@@ -126,7 +126,7 @@ export function qcow2CheckMetadataOverlap(s: BDRVQcow2State, ign: number, offset
     for (const l1 of ext.inactiveL1) if (overlaps(start, len, l1.offset, l1.size)) return QCOW2_OL_INACTIVE_L1;
   }
   if (chk & (QCOW2_OL_ACTIVE_L2 | QCOW2_OL_REFCOUNT_BLOCK)) {
-    const hit = tableClustersIn(s, start, len) & chk;
+    const hit = tableClustersIn(s, start, len, chk & (QCOW2_OL_ACTIVE_L2 | QCOW2_OL_REFCOUNT_BLOCK));
     if (hit & QCOW2_OL_ACTIVE_L2) return QCOW2_OL_ACTIVE_L2;
     if (hit & QCOW2_OL_REFCOUNT_BLOCK) return QCOW2_OL_REFCOUNT_BLOCK;
   }
