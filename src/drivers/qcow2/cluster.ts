@@ -228,12 +228,13 @@ export async function qcow2GetClusterTable(s: BDRVQcow2State, offset: number): P
 
 /**
  * Does guest [offset, offset+bytes) read as zeros, backing chain included (QEMU's is_zero:
- * block status above says ZERO)? Clamped to the image. s.lock held.
+ * block status above says ZERO)? Clamped to the image. `locked`: the caller holds s.lock;
+ * otherwise each planning step takes it and the backing file is asked without it.
  */
-export async function qcow2IsZero(s: BDRVQcow2State, offset: number, bytes: number): Promise<boolean> {
+export async function qcow2IsZero(s: BDRVQcow2State, offset: number, bytes: number, locked = true): Promise<boolean> {
   const end = Math.min(offset + bytes, s.header.size);
   for (let pos = offset; pos < end; ) {
-    const run = await qcow2GetHostOffset(s, pos, end - pos);
+    const run = locked ? await qcow2GetHostOffset(s, pos, end - pos) : await s.lock.run(() => qcow2GetHostOffset(s, pos, end - pos));
     if (run.kind === 'normal' || run.kind === 'compressed') return false;
     const backing = s.bs.backing;
     if (run.kind === 'unallocated' && backing) {

@@ -101,33 +101,24 @@ export async function qcow2CoPreadv(s: BDRVQcow2State, offset: number, bytes: nu
 }
 
 /**
- * The allocations whose COW areas read as zeros, so that their whole clusters can be zeroed
- * in the file at once instead of copying (handle_alloc_space, first half); s.lock held.
- * Not where a kept cluster holds guest data between the areas: if the data write then failed,
- * that data would be lost rather than left old.
+ * Where the COW areas of an allocation read as zeros, zero its whole clusters in the file at
+ * once and skip the copy (handle_alloc_space). Only when the file can zero without writing a
+ * buffer; otherwise the ordinary copy runs. Not where a kept cluster holds guest data between
+ * the areas: if the data write then failed, that data would be lost rather than left old.
+ * Runs without s.lock: the clusters are this write's, in flight.
  */
-async function zeroCowCandidates(s: BDRVQcow2State, metas: readonly Qcow2L2Meta[]): Promise<Qcow2L2Meta[]> {
-  const out: Qcow2L2Meta[] = [];
+async function handleAllocSpace(s: BDRVQcow2State, metas: readonly Qcow2L2Meta[]): Promise<void> {
+  const file = qcow2File(s);
   for (const m of metas) {
     if ((m.cowStart.nbBytes === 0 && m.cowEnd.nbBytes === 0) || m.overwritesData) continue;
-    if (!(await qcow2IsZero(s, m.offset + m.cowStart.offset, m.cowStart.nbBytes))) continue;
-    if (!(await qcow2IsZero(s, m.offset + m.cowEnd.offset, m.cowEnd.nbBytes))) continue;
-    qcow2PreWriteOverlapCheck(s, 0, m.allocOffset + m.cowStart.offset, m.cowEnd.offset + m.cowEnd.nbBytes - m.cowStart.offset);
-    out.push(m);
-  }
-  return out;
-}
-
-/**
- * Zero the candidates' clusters, only where the file can do it without writing a buffer
- * (handle_alloc_space, second half); the others keep the ordinary copy.
- */
-async function handleAllocSpace(s: BDRVQcow2State, candidates: readonly Qcow2L2Meta[]): Promise<void> {
-  const file = qcow2File(s);
-  for (const m of candidates) {
+    if (!(await qcow2IsZero(s, m.offset + m.cowStart.offset, m.cowStart.nbBytes, false))) continue;
+    if (!(await qcow2IsZero(s, m.offset + m.cowEnd.offset, m.cowEnd.nbBytes, false))) continue;
+    const start = m.allocOffset + m.cowStart.offset;
+    const bytes = m.cowEnd.offset + m.cowEnd.nbBytes - m.cowStart.offset;
+    qcow2PreWriteOverlapCheck(s, 0, start, bytes);
     await file.debugEvent('cluster_alloc_space');
     try {
-      await file.writeZeroes(m.allocOffset + m.cowStart.offset, m.cowEnd.offset + m.cowEnd.nbBytes - m.cowStart.offset, { noFallback: true });
+      await file.writeZeroes(start, bytes, { noFallback: true });
     } catch (e) {
       if (e instanceof BlockError && e.code === 'ENOTSUP') continue;
       throw e;
@@ -198,7 +189,6 @@ export async function qcow2PerformCow(s: BDRVQcow2State, m: Qcow2L2Meta, data: I
 async function writePiece(s: BDRVQcow2State, offset: number, bytes: number, qiov: IOVector, qiovOffset: number): Promise<number> {
   const file = qcow2File(s);
   let a: Awaited<ReturnType<typeof qcow2AllocHostOffset>>;
-  let zeroing: Qcow2L2Meta[];
   let flight: Qcow2InFlight;
   await s.lock.lock();
   try {
@@ -206,7 +196,6 @@ async function writePiece(s: BDRVQcow2State, offset: number, bytes: number, qiov
     a = await qcow2AllocHostOffset(s, offset, bytes);
     if (a.bytes === 0) throw new BlockError('EIO', 'qcow2: no progress allocating clusters', { op: 'write', offset });
     qcow2PreWriteOverlapCheck(s, 0, a.hostOffset, a.bytes);
-    zeroing = await zeroCowCandidates(s, a.metas);
     // From here until its end the piece is in flight: writes that would allocate the same
     // clusters wait for it, zero and discard there wait for it.
     flight = qcow2InFlightBegin(s, offset, a.bytes, a.metas.length > 0);
@@ -223,7 +212,7 @@ async function writePiece(s: BDRVQcow2State, offset: number, bytes: number, qiov
   try {
     // Zeroing whole new clusters beats copying zeros; then the data, alone or framed by its
     // COW; then the other COW areas. All of it before any L2 entry points at the clusters.
-    await handleAllocSpace(s, zeroing);
+    await handleAllocSpace(s, a.metas);
     const merged = mergeCow(s, offset, a.bytes, a.metas);
     if (!merged) {
       await file.debugEvent('write_aio');
