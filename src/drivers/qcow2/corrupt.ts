@@ -50,26 +50,57 @@ function overlaps(aStart: number, aLen: number, bStart: number, bLen: number): b
   return aLen > 0 && bLen > 0 && aStart < bStart + bLen && bStart < aStart + aLen;
 }
 
-/** The high 32 bits of the offset masks (L1E_OFFSET_MASK, REFT_OFFSET_MASK); both clear bits 0-8. */
-const L1E_HIGH_MASK = Number(L1E_OFFSET_MASK >> 32n);
-const REFT_HIGH_MASK = Number(REFT_OFFSET_MASK >> 32n);
-const LOW_MASK = Number(L1E_OFFSET_MASK & 0xffffffffn);
-/** Word order of a BigUint64Array seen as 32-bit words on this host. */
-const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+/**
+ * Host clusters holding active L2 tables and refcount blocks, by cluster index, with the
+ * table arrays they were read from. Every guest write is checked against them, and scanning
+ * the L1 and refcount tables per write (BigInt entries, thousands of them) cost more than the
+ * write itself; the index turns the check into a lookup per cluster written.
+ */
+export interface Qcow2OverlapIndex {
+  l1: BigUint64Array;
+  reftable: BigUint64Array;
+  clusters: Map<number, number>;
+}
+
+function buildOverlapIndex(s: BDRVQcow2State): Qcow2OverlapIndex {
+  const clusters = new Map<number, number>();
+  const add = (offset: number, kind: number): void => {
+    if (offset === 0) return;
+    const c = Math.floor(offset / s.clusterSize);
+    clusters.set(c, (clusters.get(c) ?? 0) | kind);
+  };
+  for (const e of s.l1Table) add(Number(e & L1E_OFFSET_MASK), QCOW2_OL_ACTIVE_L2);
+  for (const e of s.refcountTable) add(Number(e & REFT_OFFSET_MASK), QCOW2_OL_REFCOUNT_BLOCK);
+  return { l1: s.l1Table, reftable: s.refcountTable, clusters };
+}
 
 /**
- * Does a table entry (an L2 table or refcount block offset, masked) point at a cluster that
- * overlaps [start, start+len)? This runs before every write over tables of up to a few
- * hundred thousand entries, so the entries are read as pairs of 32-bit words, without BigInt.
+ * An L1 or refcount table entry was changed in place: the index is rebuilt on the next check.
+ * (A table replaced by a new array is noticed without this.)
  */
-function tableHitsRange(table: BigUint64Array, highMask: number, start: number, len: number, cs: number): boolean {
-  const words = new Uint32Array(table.buffer, table.byteOffset, table.length * 2);
-  const hi = LITTLE_ENDIAN ? 1 : 0;
-  for (let i = 0; i < words.length; i += 2) {
-    const off = ((words[i + hi] & highMask) >>> 0) * 0x100000000 + ((words[i + 1 - hi] & LOW_MASK) >>> 0);
-    if (off !== 0 && overlaps(start, len, off, cs)) return true;
+export function qcow2OverlapIndexChanged(s: BDRVQcow2State): void {
+  s.overlapIndex = null;
+}
+
+/** Which of the `kinds` (ACTIVE_L2, REFCOUNT_BLOCK) the cluster-aligned range [start, start+len) touches. */
+function tableClustersIn(s: BDRVQcow2State, start: number, len: number, kinds: number): number {
+  let idx = s.overlapIndex;
+  if (!idx || idx.l1 !== s.l1Table || idx.reftable !== s.refcountTable) idx = s.overlapIndex = buildOverlapIndex(s);
+  const first = start / s.clusterSize;
+  const n = len / s.clusterSize;
+  let hit = 0;
+  if (n <= idx.clusters.size) {
+    for (let c = first; c < first + n; c++) hit |= (idx.clusters.get(c) ?? 0) & kinds;
+  } else {
+    for (const [c, kind] of idx.clusters) if (c >= first && c < first + n) hit |= kind & kinds;
   }
-  return false;
+  if (hit === 0) return 0;
+  // A hit marks the image corrupt: confirm it against the tables themselves, in case an
+  // in-place change was not announced.
+  s.overlapIndex = buildOverlapIndex(s);
+  hit = 0;
+  for (const [c, kind] of s.overlapIndex.clusters) if (c >= first && c < first + n) hit |= kind & kinds;
+  return hit;
 }
 
 /** The first metadata kind [offset, offset+size) overlaps (0 = none), skipping `ign`. */
@@ -94,9 +125,10 @@ export function qcow2CheckMetadataOverlap(s: BDRVQcow2State, ign: number, offset
   if (chk & QCOW2_OL_INACTIVE_L1) {
     for (const l1 of ext.inactiveL1) if (overlaps(start, len, l1.offset, l1.size)) return QCOW2_OL_INACTIVE_L1;
   }
-  if (chk & QCOW2_OL_ACTIVE_L2 && tableHitsRange(s.l1Table, L1E_HIGH_MASK, start, len, cs)) return QCOW2_OL_ACTIVE_L2;
-  if (chk & QCOW2_OL_REFCOUNT_BLOCK && tableHitsRange(s.refcountTable, REFT_HIGH_MASK, start, len, cs)) {
-    return QCOW2_OL_REFCOUNT_BLOCK;
+  if (chk & (QCOW2_OL_ACTIVE_L2 | QCOW2_OL_REFCOUNT_BLOCK)) {
+    const hit = tableClustersIn(s, start, len, chk & (QCOW2_OL_ACTIVE_L2 | QCOW2_OL_REFCOUNT_BLOCK));
+    if (hit & QCOW2_OL_ACTIVE_L2) return QCOW2_OL_ACTIVE_L2;
+    if (hit & QCOW2_OL_REFCOUNT_BLOCK) return QCOW2_OL_REFCOUNT_BLOCK;
   }
   if (chk & QCOW2_OL_BITMAP_DIRECTORY && ext.bitmapDirectory) {
     if (overlaps(start, len, ext.bitmapDirectory.offset, ext.bitmapDirectory.size)) return QCOW2_OL_BITMAP_DIRECTORY;

@@ -86,6 +86,7 @@ export async function preallocateData(s: BDRVQcow2State, from: number, to: numbe
       offset: guest,
       nbClusters: n,
       keepOld: false,
+      overwritesData: false,
       cowStart: { offset: 0, nbBytes: head },
       cowEnd: { offset: n * cs, nbBytes: 0 },
       skipCow: false,

@@ -9,7 +9,7 @@
  * offset 24), so a crash in between leaves an image of the old size with valid tables.
  */
 import { BlockError } from '../../block/errors.js';
-import { qcow2PreWriteOverlapCheck, QCOW2_OL_ACTIVE_L1 } from './corrupt.js';
+import { qcow2OverlapIndexChanged, qcow2PreWriteOverlapCheck, QCOW2_OL_ACTIVE_L1 } from './corrupt.js';
 import { L1E_OFFSET_MASK, REFT_OFFSET_MASK } from './entries.js';
 import { QCOW_MAX_L1_SIZE, sizeToL1 } from './header.js';
 import { preallocateData, preallocateMetadata } from './prealloc.js';
@@ -18,6 +18,7 @@ import { qcow2GetLastCluster } from './reftable.js';
 import { type BDRVQcow2State, qcow2File } from './state.js';
 import { encodeTable, L1_TABLE, qcow2SwitchTable } from './table-switch.js';
 import { qcow2ClusterDiscard } from './zero.js';
+import { qcow2WaitInFlight } from './inflight.js';
 
 /** Move the active L1 to a bigger table (qcow2_grow_l1_table). */
 export async function qcow2GrowL1Table(s: BDRVQcow2State, minSize: number, exactSize: boolean): Promise<void> {
@@ -60,6 +61,7 @@ async function qcow2ShrinkL1Table(s: BDRVQcow2State, maxSize: number): Promise<v
   for (let i = s.l1Table.length - 1; i >= maxSize; i--) {
     const off = Number(s.l1Table[i] & L1E_OFFSET_MASK);
     s.l1Table[i] = 0n;
+    qcow2OverlapIndexChanged(s);
     if (off === 0) continue;
     s.l2Cache.discard(off);
     await qcow2FreeClusters(s, off, s.clusterSize, 'always');
@@ -113,6 +115,7 @@ async function qcow2ShrinkReftable(s: BDRVQcow2State): Promise<void> {
     s.refcountCache.discard(off);
     punched.push(off);
     s.refcountTable[i] = 0n;
+    qcow2OverlapIndexChanged(s);
   }
   for (const off of punched) {
     try {
@@ -129,6 +132,8 @@ export async function qcow2Truncate(s: BDRVQcow2State, size: number, prealloc: s
     throw new BlockError('ENOTSUP', `Unsupported preallocation mode '${prealloc}'`, { op: 'truncate', offset: size });
   }
   await s.lock.run(async () => {
+    // A shrink frees clusters: no write may be in flight to them (inflight.ts).
+    await qcow2WaitInFlight(s, 0, Number.POSITIVE_INFINITY);
     if (s.header.nbSnapshots > 0) throw new BlockError('ENOTSUP', "Can't resize an image which has snapshots", { op: 'truncate' });
     if (s.extendedL2 && prealloc !== 'off') throw new BlockError('ENOTSUP', 'Preallocation with extended L2 entries is not supported', { op: 'truncate' });
     const old = s.header.size;

@@ -12,7 +12,8 @@ import { BlockError } from '../../block/errors.js';
 import type { BlockDriverState } from '../../block/node.js';
 import type { Qcow2Cache } from './cache.js';
 import type { Qcow2Codec } from './compress.js';
-import type { Qcow2MetadataExtents } from './corrupt.js';
+import type { Qcow2InFlight } from './inflight.js';
+import type { Qcow2MetadataExtents, Qcow2OverlapIndex } from './corrupt.js';
 import type { CompressedGeometry } from './entries.js';
 import type { QCowHeader, Qcow2UnknownExtension } from './header.js';
 import type { RefcountGetter, RefcountSetter } from './refcount-codec.js';
@@ -28,7 +29,10 @@ export interface BDRVQcow2State {
   /** Bytes of one L2 entry (8 or 16). */
   l2EntrySize: number;
   subclusterSize: number;
-  /** Active L1 entries (a typed array: 8 bytes each, however large the image says it is). */
+  /**
+   * Active L1 entries (a typed array: 8 bytes each, however large the image says it is).
+   * Changing an entry in place (here or in refcountTable) calls qcow2OverlapIndexChanged.
+   */
   l1Table: BigUint64Array;
   l1TableOffset: number;
   refcountTable: BigUint64Array;
@@ -67,9 +71,13 @@ export interface BDRVQcow2State {
   corruptWrite: Promise<void> | null;
   /** Metadata the overlap check needs besides the tables (snapshot table, bitmaps). */
   extents: Qcow2MetadataExtents;
+  /** Clusters of L2 tables and refcount blocks for the overlap check; null: rebuild. */
+  overlapIndex: Qcow2OverlapIndex | null;
   /** Full header rewrite (qcow2_update_header), bound at open. */
   updateHeader: () => Promise<void>;
   lock: CoMutex;
+  /** Guest writes with data I/O running outside `lock` (inflight.ts). */
+  inFlight: Set<Qcow2InFlight>;
   openOptions: OpenOptions;
   closed: boolean;
 }
