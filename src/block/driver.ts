@@ -362,3 +362,9 @@ export interface BlockDriver {
    */
   reopen?(bs: BlockDriverState, options: OpenOptions): Promise<void>;
 }
+
+/**
+ * One hook's function type, for a driver that defines its hooks apart from its table: the
+ * signature then lives only in BlockDriver.
+ */
+export type BlockDriverHook<K extends keyof BlockDriver> = NonNullable<BlockDriver[K]>;

@@ -11,7 +11,7 @@
  * request, more than copying 64 KiB.
  */
 import { read as fsRead, readv as fsReadv, write as fsWrite, writev as fsWritev } from 'node:fs';
-import type { WriteFlags } from '../../block/driver.js';
+import type { BlockDriverHook } from '../../block/driver.js';
 import { BlockError, toBlockError } from '../../block/errors.js';
 import type { IOVector } from '../../block/iovec.js';
 import type { BlockDriverState } from '../../block/node.js';
@@ -150,13 +150,7 @@ function fileReadNowait(s: FileState, iov: readonly Uint8Array[], bytes: number,
   return n;
 }
 
-export async function fileCoPwritev(
-  bs: BlockDriverState,
-  offset: number,
-  bytes: number,
-  qiov: IOVector,
-  flags: WriteFlags,
-): Promise<void> {
+export const fileCoPwritev: BlockDriverHook<'coPwritev'> = async (bs, offset, bytes, qiov, flags) => {
   if (bytes === 0) return;
   const s = state(bs);
   const iov = qiov.size === bytes ? qiov.iov : qiov.slice(0, bytes).iov;
@@ -176,7 +170,7 @@ export async function fileCoPwritev(
   } finally {
     endIO(s);
   }
-}
+};
 
 /** fdatasync, through the engine when there is one. */
 function fileDatasync(s: FileState): Promise<void> {

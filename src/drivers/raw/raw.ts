@@ -6,12 +6,12 @@ import { CoMutex } from '../../block/coroutine.js';
 import {
   BDRV_SECTOR_SIZE,
   type BlockDriver,
+  type BlockDriverHook,
   type BlockDriverInfo,
   type BlockStatus,
   type CreateContext,
   type CreateOptions,
   type OpenOptions,
-  type WriteFlags,
   type WriteZeroesFlags,
 } from '../../block/driver.js';
 import { BlockError } from '../../block/errors.js';
@@ -155,13 +155,7 @@ function rawPreadvNow(bs: BlockDriverState, offset: number, _bytes: number, qiov
   return f.preadvNow(offset, qiov);
 }
 
-async function rawCoPwritev(
-  bs: BlockDriverState,
-  offset: number,
-  bytes: number,
-  qiov: IOVector,
-  flags: WriteFlags,
-): Promise<void> {
+const rawCoPwritev: BlockDriverHook<'coPwritev'> = async (bs, offset, bytes, qiov, flags) => {
   const file = child(bs);
   // Past the probed head (nearly every write), nothing to guard: straight to the child.
   if (offset >= RAW_PROBE_GUARD_BYTES || !state(bs).probed) {
@@ -174,7 +168,7 @@ async function rawCoPwritev(
     if (file.debugWatched) await file.debugEvent('write_aio');
     await file.pwritev(offset, qiov, flags);
   });
-}
+};
 
 /**
  * Zeroing goes to the protocol with its flags (mayUnmap, noFallback), as QEMU's raw format
