@@ -13,6 +13,7 @@ import {
   type CreateOptions,
   type OpenOptions,
   type WriteZeroesFlags,
+  driverState,
 } from '../../block/driver.js';
 import { BlockError } from '../../block/errors.js';
 import type { IOVector } from '../../block/iovec.js';
@@ -34,11 +35,7 @@ interface RawState {
 export const RAW_PROBE_GUARD_BYTES = BLOCK_PROBE_BUF_SIZE;
 
 function state(bs: BlockDriverState): RawState {
-  const s = bs.opaque as RawState | null | undefined;
-  if (s === null || s === undefined) {
-    throw new BlockError('EBADF', `'${bs.filename}' is not open`, { op: 'raw', path: bs.filename });
-  }
-  return s;
+  return driverState<RawState>(bs, 'raw');
 }
 
 function child(bs: BlockDriverState): BlockDriverState {
