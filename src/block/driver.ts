@@ -1,5 +1,6 @@
 import type { BlockAIOCB, CompletionFunc } from './aio.js';
 import type { Clock } from './clock.js';
+import { BlockError } from './errors.js';
 import type { BlkDebugEvent } from './events.js';
 import type { IOVector } from './iovec.js';
 import type { BlockDriverState } from './node.js';
@@ -361,4 +362,20 @@ export interface BlockDriver {
    * node (its state is only its handle on the storage).
    */
   reopen?(bs: BlockDriverState, options: OpenOptions): Promise<void>;
+}
+
+/**
+ * One hook's function type, for a driver that defines its hooks apart from its table: the
+ * signature then lives only in BlockDriver.
+ */
+export type BlockDriverHook<K extends keyof BlockDriver> = NonNullable<BlockDriver[K]>;
+
+/**
+ * A driver's state on an open node (`bs.opaque`), typed for the driver; EBADF when the node
+ * has none (never opened, or closed), rather than a TypeError deep inside the driver.
+ */
+export function driverState<T>(bs: BlockDriverState, op: string, message = `'${bs.filename}' is not open`): T {
+  const s = bs.opaque as T | null | undefined;
+  if (s === null || s === undefined) throw new BlockError('EBADF', message, { op, path: bs.filename });
+  return s;
 }

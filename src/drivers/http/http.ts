@@ -16,7 +16,7 @@
  * the range and the size seen at open (a file replaced by one of another size is an error, not
  * a silent mix of two files), and a body of exactly that length.
  */
-import { BDRV_SECTOR_SIZE, type BlockDriver, type OpenOptions } from '../../block/driver.js';
+import { BDRV_SECTOR_SIZE, type BlockDriver, driverState, type OpenOptions } from '../../block/driver.js';
 import { CoQueue } from '../../block/coroutine.js';
 import { BlockError, type BlockErrorCode } from '../../block/errors.js';
 import { roundUp } from '../../block/io/requests.js';
@@ -45,11 +45,7 @@ interface HttpState {
 }
 
 function state(bs: BlockDriverState): HttpState {
-  const s = bs.opaque as HttpState | null | undefined;
-  if (s === null || s === undefined) {
-    throw new BlockError('EBADF', `'${bs.filename}' is not open`, { op: 'http', path: bs.filename });
-  }
-  return s;
+  return driverState<HttpState>(bs, 'http');
 }
 
 function request(s: HttpState, method: HttpRequest['method'], headers: Record<string, string>, maxBodyBytes: number): Promise<HttpResponse> {

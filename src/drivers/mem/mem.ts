@@ -3,13 +3,14 @@
  * Used by tests (power-loss copies, fuzzing) and where no file system exists (browsers).
  * No node: imports.
  */
-import type {
-  BlockDriver,
-  BlockStatus,
-  CreateOptions,
-  OpenOptions,
-  WriteFlags,
-  WriteZeroesFlags,
+import {
+  type BlockDriver,
+  type BlockStatus,
+  type CreateOptions,
+  type OpenOptions,
+  type WriteFlags,
+  type WriteZeroesFlags,
+  driverState,
 } from '../../block/driver.js';
 import { BlockError, ERRNO_MESSAGES } from '../../block/errors.js';
 import type { IOVector } from '../../block/iovec.js';
@@ -22,11 +23,7 @@ interface MemState {
 }
 
 function state(bs: BlockDriverState): MemState {
-  const s = bs.opaque as MemState | null | undefined;
-  if (s === null || s === undefined) {
-    throw new BlockError('EBADF', `'${bs.filename}' is not open`, { op: 'mem', path: bs.filename });
-  }
-  return s;
+  return driverState<MemState>(bs, 'mem');
 }
 
 function checkSize(size: unknown, path: string, op: string): number {

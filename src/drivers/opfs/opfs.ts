@@ -10,7 +10,7 @@
  * handle's flush() returned, so "write, await, flush" is durable as the block layer expects.
  * No node: imports.
  */
-import type { BlockDriver, CreateOptions, OpenOptions, WriteFlags } from '../../block/driver.js';
+import { driverState, type BlockDriver, type CreateOptions, type OpenOptions, type WriteFlags } from '../../block/driver.js';
 import { BlockError, ERRNO_MESSAGES, type BlockErrorCode } from '../../block/errors.js';
 import type { IOVector } from '../../block/iovec.js';
 import type { BlockDriverState } from '../../block/node.js';
@@ -76,9 +76,7 @@ interface OpfsState {
 }
 
 function state(bs: BlockDriverState): OpfsState {
-  const s = bs.opaque as OpfsState | null;
-  if (s === null) throw new BlockError('EBADF', `'${bs.filename}' is not open`, { op: 'opfs', path: bs.filename });
-  return s;
+  return driverState<OpfsState>(bs, 'opfs');
 }
 
 async function opfsOpen(bs: BlockDriverState, _options: OpenOptions): Promise<void> {

@@ -6,13 +6,14 @@ import { CoMutex } from '../../block/coroutine.js';
 import {
   BDRV_SECTOR_SIZE,
   type BlockDriver,
+  type BlockDriverHook,
   type BlockDriverInfo,
   type BlockStatus,
   type CreateContext,
   type CreateOptions,
   type OpenOptions,
-  type WriteFlags,
   type WriteZeroesFlags,
+  driverState,
 } from '../../block/driver.js';
 import { BlockError } from '../../block/errors.js';
 import type { IOVector } from '../../block/iovec.js';
@@ -34,11 +35,7 @@ interface RawState {
 export const RAW_PROBE_GUARD_BYTES = BLOCK_PROBE_BUF_SIZE;
 
 function state(bs: BlockDriverState): RawState {
-  const s = bs.opaque as RawState | null | undefined;
-  if (s === null || s === undefined) {
-    throw new BlockError('EBADF', `'${bs.filename}' is not open`, { op: 'raw', path: bs.filename });
-  }
-  return s;
+  return driverState<RawState>(bs, 'raw');
 }
 
 function child(bs: BlockDriverState): BlockDriverState {
@@ -155,13 +152,7 @@ function rawPreadvNow(bs: BlockDriverState, offset: number, _bytes: number, qiov
   return f.preadvNow(offset, qiov);
 }
 
-async function rawCoPwritev(
-  bs: BlockDriverState,
-  offset: number,
-  bytes: number,
-  qiov: IOVector,
-  flags: WriteFlags,
-): Promise<void> {
+const rawCoPwritev: BlockDriverHook<'coPwritev'> = async (bs, offset, bytes, qiov, flags) => {
   const file = child(bs);
   // Past the probed head (nearly every write), nothing to guard: straight to the child.
   if (offset >= RAW_PROBE_GUARD_BYTES || !state(bs).probed) {
@@ -174,7 +165,7 @@ async function rawCoPwritev(
     if (file.debugWatched) await file.debugEvent('write_aio');
     await file.pwritev(offset, qiov, flags);
   });
-}
+};
 
 /**
  * Zeroing goes to the protocol with its flags (mayUnmap, noFallback), as QEMU's raw format

@@ -21,7 +21,7 @@ import {
   type CmdOption,
   type ReadFlags,
 } from './command.js';
-import { aioWait, fillBuffer, offsetAndVector, outOfBounds, reportRead, runIo, unsafeRequest } from './request.js';
+import { aioWait, fillBuffer, outOfBounds, readvArgs, reportRead, runIo, unsafeRequest } from './request.js';
 
 interface ReadArgs extends ReadFlags {
   bflag: boolean;
@@ -95,12 +95,9 @@ export async function readF(s: IoSession, argv: string[]): Promise<number> {
 const READV_OPTIONS: readonly CmdOption<ReadFlags>[] = [STATS, PATTERN, QUIET, VERBOSE];
 
 export async function readvF(s: IoSession, argv: string[]): Promise<number> {
-  const a = readFlags();
-  const p = cmdOptions(s, argv, readvCmd, READV_OPTIONS, a, 2);
-  if (typeof p === 'number') return p;
-  const v = offsetAndVector(s, p.args, 0xab);
+  const v = readvArgs(s, argv, readvCmd, READV_OPTIONS);
   if (typeof v === 'number') return v;
-  const { offset } = v;
+  const { a, offset } = v;
   const { t, err } = await aioWait(s, image(s), false, offset, v.qiov, false);
   if (err !== null) {
     s.o.out(`readv failed: ${errnoText(err)}\n`);
