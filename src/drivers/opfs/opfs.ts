@@ -13,6 +13,7 @@
 import type { BlockDriver, CreateOptions, OpenOptions, WriteFlags } from '../../block/driver.js';
 import { BlockError, ERRNO_MESSAGES, type BlockErrorCode } from '../../block/errors.js';
 import type { IOVector } from '../../block/iovec.js';
+import { storageGetInfo } from '../../block/info.js';
 import type { BlockDriverState } from '../../block/node.js';
 import { opfsValidName, type OpfsPort, type OpfsReply, type OpfsRequest } from './protocol.js';
 
@@ -160,4 +161,5 @@ export const opfsDriver: BlockDriver = {
   coFlush: opfsCoFlush,
   truncate: opfsTruncate,
   getLength: opfsGetLength,
+  getInfo: storageGetInfo,
 };
