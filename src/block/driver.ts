@@ -226,6 +226,13 @@ export interface BlockDriver {
   /** Filters (blkdebug, blkverify) sit in place of a protocol and wrap another node. */
   readonly isFilter?: boolean;
   /**
+   * QEMU's bdrv_needs_filename, which protocol and filter nodes have unless this is false: a
+   * node opened from options without a filename is refused ("requires a file name"). A driver
+   * whose options say everything (nbd's server.*, http's url) sets false; its parseFilename
+   * turns a name into those options, and the name itself is not kept.
+   */
+  readonly needsFilename?: boolean;
+  /**
    * The driver makes a write with `flags.fua` durable by itself (QEMU's BDRV_REQ_FUA in
    * supported_write_flags). Otherwise the generic layer passes no FUA down and flushes the
    * node after the write instead (QEMU's FUA emulation: qed, raw and file in 7.2).

@@ -35,7 +35,7 @@ import {
   NBD_STATE_HOLE,
   NBD_STATE_ZERO,
 } from '../../nbd/protocol.js';
-import { nbdCanonicalName, nbdConfig, type NbdConfig } from './config.js';
+import { NBD_RUNTIME_OPTS, nbdCanonicalName, nbdConfig, nbdParseFilenameInto, type NbdConfig } from './config.js';
 import { nbdEstablishConnection } from './connect.js';
 import type { HandshakeRequest } from './handshake.js';
 import { NbdSession, type NbdReply, type RequestOptions } from './session.js';
@@ -93,7 +93,8 @@ async function nbdOpen(bs: BlockDriverState, options: OpenOptions): Promise<void
   }
   const lim = limits(conn.info);
   bs.requestAlignment = lim.align;
-  // Shown by info as QEMU shows it (nbd_refresh_filename), whatever spelling opened it.
+  // Shown by info as QEMU shows it (nbd_refresh_filename), whatever spelling opened it;
+  // an address without a URI spelling leaves the node shown by its options.
   bs.exactFilename = nbdCanonicalName(cfg);
   bs.opaque = {
     cfg,
@@ -259,6 +260,10 @@ export const nbdDriver: BlockDriver = {
   protocolName: 'nbd',
   protocolAliases: ['nbd+tcp', 'nbd+unix'],
   isProtocol: true,
+  // server.* and export say where to connect: a node opened from options has no filename.
+  needsFilename: false,
+  runtimeOptions: NBD_RUNTIME_OPTS,
+  parseFilename: nbdParseFilenameInto,
   supportsFua: true,
   requestAlignment: 1,
   open: nbdOpen,
