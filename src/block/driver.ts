@@ -2,6 +2,7 @@ import type { BlockAIOCB, CompletionFunc } from './aio.js';
 import type { Clock } from './clock.js';
 import type { BlkDebugEvent } from './events.js';
 import type { IOVector } from './iovec.js';
+import type { ObjectTable } from './objects.js';
 import type { BlockDriverState } from './node.js';
 import type { RuntimeOptionSpec } from './options.js';
 import type { FlatQDict } from './qdict.js';
@@ -147,6 +148,12 @@ export interface OpenOptions {
   registry?: BlockDriverRegistry;
   /** Driver-specific options (blkdebug's config, for example). */
   driverOptions?: Record<string, string>;
+  /**
+   * The user-created objects (`--object`: secrets, TLS credentials) that options name by id
+   * (nbd's tls-creds, http's password-secret). Children and backing files see the same table.
+   * Absent: no object can be named.
+   */
+  objects?: ObjectTable;
   /**
    * Where a deprecation warning met while opening goes (QEMU's warn_report: the tools print
    * "prog: warning: ..."). Ignored when absent.

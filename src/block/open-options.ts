@@ -66,6 +66,7 @@ function childBase(base: OpenOptions): OpenOptions {
     inactive: base.inactive,
     clock: base.clock,
     registry: base.registry,
+    objects: base.objects,
     depth: base.depth,
     onWarning: base.onWarning,
     onReport: base.onReport,

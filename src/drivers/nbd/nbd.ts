@@ -40,6 +40,7 @@ import { nbdEstablishConnection } from './connect.js';
 import type { HandshakeRequest } from './handshake.js';
 import { NbdSession, type NbdReply, type RequestOptions } from './session.js';
 import { nbdClientTls } from './tls.js';
+import { findTlsCreds } from './tls-objects.js';
 
 const INT_MAX = 0x7fffffff;
 
@@ -83,7 +84,7 @@ function limits(info: NbdSession['info']): { align: number; maxTransfer: number;
 
 async function nbdOpen(bs: BlockDriverState, options: OpenOptions): Promise<void> {
   const cfg = nbdConfig(bs.filename, options.driverOptions ?? {});
-  const tls = cfg.tlsCreds === undefined ? undefined : nbdClientTls(cfg.tlsCreds, cfg.tlsHostname);
+  const tls = cfg.tlsCreds === undefined ? undefined : nbdClientTls(findTlsCreds(options.objects, cfg.tlsCreds, 'client'), cfg.tlsHostname);
   const conn = await nbdEstablishConnection(cfg, tls);
   const session = new NbdSession(conn.sock, conn.reader, conn.info);
   // A read-only export opened for writing fails the open, as bdrv_apply_auto_read_only does.
