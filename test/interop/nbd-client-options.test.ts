@@ -3,10 +3,12 @@
 // blk-img's stdout, stderr and exit status are compared with qemu-img 7.2's, against qemu-nbd
 // and against our blk-nbd, including bad keys and values. Servers listen on Unix sockets in a
 // temp dir (and one on 127.0.0.1), bounded in time and stopped by pid.
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, requireTools, runBlkImg, startServer, unixUri, waitForPort, type RunningServer } from './nbd-client-servers.js';
 import { makeTempDir, removeTempDir, runQemuImg, runQemuIo } from './qemu.js';
+import { main as ioMain } from '../../src/tools/io/main.js';
 
 const tools = requireTools('qemu-nbd', 'qemu-img', 'qemu-io');
 const LAUNCHER = join(import.meta.dirname, 'nbd-cli-launcher.ts');
@@ -102,6 +104,42 @@ describe.skipIf(tools === null)('nbd nodes opened from options, against qemu-img
       expect(made).toEqual({ stdout: '', stderr: '', status: 0 });
       expect(runQemuImg(['compare', '-f', 'qcow2', '-F', 'raw', ourTop, img]).status).toBe(0);
     }
+  });
+
+  it('names TLS credentials by id from --object (tls-creds-psk), as qemu-img does', async () => {
+    const psk = join(dir, 'psk');
+    mkdirSync(psk);
+    writeFileSync(join(psk, 'keys.psk'), `qemu:${'5e'.repeat(32)}\n`);
+    const sock = join(dir, 'tls.sock');
+    const obj = (endpoint: string): string[] => ['--object', `tls-creds-psk,id=tls0,dir=${psk},endpoint=${endpoint}`];
+    servers.push(await startServer(tools!['qemu-nbd'], ['-f', 'raw', '-r', '-t', '-x', 'exp', '-k', sock, ...obj('server'), '--tls-creds=tls0', img], sock));
+    const opts = `driver=nbd,server.type=unix,server.path=${sock},export=exp,tls-creds=tls0`;
+    await expectSame(['info', ...obj('client'), '--image-opts', opts]);
+    await expectSame(['map', '--output=json', ...obj('client'), '--image-opts', opts]);
+    // Credentials for the wrong end, none, or no such id: qemu-img's messages.
+    await expectSame(['info', ...obj('server'), '--image-opts', opts]);
+    await expectSame(['info', '--image-opts', opts]);
+    await expectSame(['info', '--image-opts', `driver=nbd,server.type=unix,server.path=${sock},export=exp`]);
+    // blk-io reads through the same options.
+    let out = '';
+    let err = '';
+    const status = await ioMain(['node', 'qemu-io', ...obj('client'), '--image-opts', '-r', '-c', 'read -P 0x11 2560k 128k', opts], {
+      stdout: { write: (t: string) => (out += t) },
+      stderr: { write: (t: string) => (err += t) },
+    });
+    expect({ status, err }).toEqual({ status: 0, err: '' });
+    expect(out).toContain('read 131072/131072 bytes at offset 2621440');
+  });
+
+  it('blk-nbd --image-opts serves what qemu-nbd --image-opts serves', async () => {
+    const opts = `driver=raw,file.driver=file,file.filename=${img}`;
+    const a = join(dir, 'io-ours.sock');
+    const b = join(dir, 'io-theirs.sock');
+    servers.push(await startServer(process.execPath, ['--import', 'tsx', LAUNCHER, '--image-opts', '-r', '-t', '-x', 'e', '-k', a, opts], a));
+    servers.push(await startServer(tools!['qemu-nbd'], ['--image-opts', '-r', '-t', '-x', 'e', '-k', b, opts], b));
+    const map = (sock: string): string => runQemuImg(['map', '--output=json', unixUri(sock, 'e')]).stdout;
+    expect(map(a)).toBe(map(b));
+    expect(map(a)).toContain('"start": 2621440, "length": 131072');
   });
 
   it('refuses bad keys and values with qemu-img messages and status', async () => {

@@ -84,7 +84,8 @@ function limits(info: NbdSession['info']): { align: number; maxTransfer: number;
 
 async function nbdOpen(bs: BlockDriverState, options: OpenOptions): Promise<void> {
   const cfg = nbdConfig(bs.filename, options.driverOptions ?? {});
-  const tls = cfg.tlsCreds === undefined ? undefined : nbdClientTls(findTlsCreds(options.objects, cfg.tlsCreds, 'client'), cfg.tlsHostname);
+  const creds = cfg.tlsCreds === undefined ? undefined : findTlsCreds(options.objects, cfg.tlsCreds, 'client', 'driver');
+  const tls = creds === undefined ? undefined : nbdClientTls(creds, cfg.tlsHostname);
   const conn = await nbdEstablishConnection(cfg, tls);
   const session = new NbdSession(conn.sock, conn.reader, conn.info);
   // A read-only export opened for writing fails the open, as bdrv_apply_auto_read_only does.

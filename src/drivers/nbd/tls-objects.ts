@@ -89,12 +89,22 @@ export const authzSimpleType: UserObjectType = {
   },
 };
 
-/** The TLS credentials `id` in `objects` for `endpoint`, with QEMU's messages when they do not fit. */
-export function findTlsCreds(objects: ObjectTable | undefined, id: string, endpoint: 'client' | 'server'): TlsCredsObject {
+/**
+ * The TLS credentials `id` in `objects` for `endpoint`, with QEMU's messages when they do not
+ * fit. qemu-nbd and the nbd block driver word a wrong endpoint differently: `by` says whose
+ * words to use.
+ */
+export function findTlsCreds(
+  objects: ObjectTable | undefined,
+  id: string,
+  endpoint: 'client' | 'server',
+  by: 'qemu-nbd' | 'driver' = 'qemu-nbd',
+): TlsCredsObject {
   const obj = objects?.get<TlsCredsObject>(id, 'tls-creds-x509') ?? objects?.get<TlsCredsObject>(id, 'tls-creds-psk');
   if (obj === undefined) throw new BlockError('EINVAL', `No TLS credentials with id '${id}'`, { op: 'open' });
   if (obj.endpoint !== endpoint) {
-    throw new BlockError('EINVAL', `Expecting TLS credentials with a ${endpoint} endpoint`, { op: 'open' });
+    const msg = by === 'driver' ? `Expected TLS credentials for a ${endpoint} endpoint` : `Expecting TLS credentials with a ${endpoint} endpoint`;
+    throw new BlockError('EINVAL', msg, { op: 'open' });
   }
   return obj;
 }
