@@ -3,6 +3,7 @@ import type { Clock } from './clock.js';
 import { BlockError } from './errors.js';
 import type { BlkDebugEvent } from './events.js';
 import type { IOVector } from './iovec.js';
+import type { ObjectTable } from './objects.js';
 import type { BlockDriverState } from './node.js';
 import type { RuntimeOptionSpec } from './options.js';
 import type { FlatQDict } from './qdict.js';
@@ -149,6 +150,12 @@ export interface OpenOptions {
   /** Driver-specific options (blkdebug's config, for example). */
   driverOptions?: Record<string, string>;
   /**
+   * The user-created objects (`--object`: secrets, TLS credentials) that options name by id
+   * (nbd's tls-creds, http's password-secret). Children and backing files see the same table.
+   * Absent: no object can be named.
+   */
+  objects?: ObjectTable;
+  /**
    * Where a deprecation warning met while opening goes (QEMU's warn_report: the tools print
    * "prog: warning: ..."). Ignored when absent.
    */
@@ -226,6 +233,13 @@ export interface BlockDriver {
   readonly isProtocol?: boolean;
   /** Filters (blkdebug, blkverify) sit in place of a protocol and wrap another node. */
   readonly isFilter?: boolean;
+  /**
+   * QEMU's bdrv_needs_filename, which protocol and filter nodes have unless this is false: a
+   * node opened from options without a filename is refused ("requires a file name"). A driver
+   * whose options say everything (nbd's server.*, http's url) sets false; its parseFilename
+   * turns a name into those options, and the name itself is not kept.
+   */
+  readonly needsFilename?: boolean;
   /**
    * The driver makes a write with `flags.fua` durable by itself (QEMU's BDRV_REQ_FUA in
    * supported_write_flags). Otherwise the generic layer passes no FUA down and flushes the

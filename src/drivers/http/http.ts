@@ -22,7 +22,7 @@ import { BlockError, type BlockErrorCode } from '../../block/errors.js';
 import { roundUp } from '../../block/io/requests.js';
 import type { IOVector } from '../../block/iovec.js';
 import type { BlockDriverState } from '../../block/node.js';
-import { type HttpOptions, parseHttpOptions } from './options.js';
+import { HTTP_RUNTIME_OPTS, type HttpOptions, parseHttpOptions } from './options.js';
 import { getHttpTransport, type HttpRequest, type HttpResponse, type HttpTransport } from './transport.js';
 
 /** Requests in flight and buffers kept per node (QEMU's CURL_NUM_STATES). */
@@ -52,6 +52,7 @@ function request(s: HttpState, method: HttpRequest['method'], headers: Record<st
   // identity: a compressed body would not match the byte ranges asked for.
   const all: Record<string, string> = { 'Accept-Encoding': 'identity', ...headers };
   if (s.opts.cookie !== undefined) all.Cookie = s.opts.cookie;
+  if (s.opts.authorization !== undefined) all.Authorization = s.opts.authorization;
   return s.transport({ method, url: s.opts.url, headers: all, timeoutMs: s.opts.timeout * 1000, sslverify: s.opts.sslverify, maxBodyBytes });
 }
 
@@ -71,7 +72,9 @@ async function httpOpen(bs: BlockDriverState, options: OpenOptions, transport?: 
   if (options.readOnly !== true) {
     throw new BlockError('EACCES', 'curl driver does not support writes', { op: 'open', path: bs.filename });
   }
-  const opts = parseHttpOptions(protocol, bs.filename, options.driverOptions);
+  const opts = parseHttpOptions(protocol, bs.filename, options.driverOptions, options.objects);
+  // Opened from options, the node is named by its URL when nothing else was said (as QEMU).
+  if (opts.plainUrl) bs.exactFilename = opts.url;
   const s: HttpState = { opts, transport: transport ?? getHttpTransport(), len: 0, buffers: [], inFlight: 0, freeSlot: new CoQueue() };
   let res: HttpResponse;
   try {
@@ -192,6 +195,10 @@ export function makeHttpDrivers(transport?: HttpTransport): { http: BlockDriver;
     formatName: name,
     protocolName: name,
     isProtocol: true,
+    // `url` says where the image is: a node opened from options has no filename.
+    needsFilename: false,
+    runtimeOptions: HTTP_RUNTIME_OPTS,
+    parseFilename: (filename, options) => void options.set('url', filename),
     requestAlignment: 1,
     open: (bs, options) => httpOpen(bs, options, transport),
     close: httpClose,

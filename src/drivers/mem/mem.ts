@@ -14,6 +14,7 @@ import {
 } from '../../block/driver.js';
 import { BlockError, ERRNO_MESSAGES } from '../../block/errors.js';
 import type { IOVector } from '../../block/iovec.js';
+import { storageGetInfo } from '../../block/info.js';
 import type { BlockDriverState } from '../../block/node.js';
 import { MemStore, memStoreCreate, memStoreGet, memStripPrefix } from './store.js';
 
@@ -123,4 +124,5 @@ export const memDriver: BlockDriver = {
   truncate: memTruncate,
   getLength: memGetLength,
   getAllocatedFileSize: memGetAllocatedFileSize,
+  getInfo: storageGetInfo,
 };

@@ -13,6 +13,7 @@
 import { driverState, type BlockDriver, type CreateOptions, type OpenOptions, type WriteFlags } from '../../block/driver.js';
 import { BlockError, ERRNO_MESSAGES, type BlockErrorCode } from '../../block/errors.js';
 import type { IOVector } from '../../block/iovec.js';
+import { storageGetInfo } from '../../block/info.js';
 import type { BlockDriverState } from '../../block/node.js';
 import { opfsValidName, type OpfsPort, type OpfsReply, type OpfsRequest } from './protocol.js';
 
@@ -158,4 +159,5 @@ export const opfsDriver: BlockDriver = {
   coFlush: opfsCoFlush,
   truncate: opfsTruncate,
   getLength: opfsGetLength,
+  getInfo: storageGetInfo,
 };

@@ -225,8 +225,9 @@ async function rawGetLengthAsync(file: BlockDriverState): Promise<number> {
   return Math.ceil(len / BDRV_SECTOR_SIZE) * BDRV_SECTOR_SIZE;
 }
 
-async function rawGetInfo(_bs: BlockDriverState): Promise<BlockDriverInfo> {
-  return { clusterSize: 0, isDirty: false };
+/** What the file knows (raw_get_info): nothing for nbd or http, no dirty state for a host file. */
+async function rawGetInfo(bs: BlockDriverState): Promise<BlockDriverInfo> {
+  return child(bs).getInfo();
 }
 
 async function rawGetAllocatedFileSize(bs: BlockDriverState): Promise<number> {
