@@ -11,6 +11,7 @@ import { imgCreate } from './create.js';
 import { imgDd } from './dd.js';
 import { imgInfo } from './info.js';
 import { imgMap } from './map.js';
+import { imgMeasure } from './measure.js';
 import { imgRebase } from './rebase.js';
 import { imgResize } from './resize.js';
 import { imgSnapshot } from './snapshot.js';
@@ -35,6 +36,7 @@ const COMMANDS: Array<[string, ImgCommand, string]> = [
   ['dd', imgDd, 'dd [-U] [-f fmt] [-O output_fmt] [bs=block_size] [count=blocks] [skip=blocks] if=input of=output'],
   ['info', imgInfo, 'info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename'],
   ['map', imgMap, 'map [-f fmt] [--start-offset=offset] [--max-length=len] [--output=ofmt] [-U] filename'],
+  ['measure', imgMeasure, 'measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [--object objectdef] [--image-opts] [-f fmt] [-l snapshot_param] filename]'],
   ['snapshot', imgSnapshot, 'snapshot [--object objectdef] [--image-opts] [-U] [-q] [-l | -a snapshot | -c snapshot | -d snapshot] filename'],
   ['rebase', imgRebase, 'rebase [-U] [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] -b backing_file [-F backing_fmt] filename'],
   ['resize', imgResize, 'resize [-f fmt] [--preallocation=prealloc] [-q] [--shrink] filename [+ | -]size'],
