@@ -138,6 +138,9 @@ export interface PersistentBitmapInfo {
   granularity: number;
 }
 
+/** Progress of an amend (BlockDriverAmendStatusCB): `offset` of `total` units done. */
+export type AmendStatus = (offset: number, total: number) => void;
+
 /** Options of `open` (QEMU's BDRV_O_* flags and friends). */
 export interface OpenOptions {
   /** Format driver name; probed from the first bytes when absent. */
@@ -265,6 +268,8 @@ export interface BlockDriver {
    */
   readonly truncatePreallocates?: boolean;
   readonly createOptions?: readonly CreateOptionSpec[];
+  /** The options `amend` can change (QEMU's amend_opts); absent: the format cannot amend. */
+  readonly amendOptions?: readonly CreateOptionSpec[];
   /**
    * The options this driver takes at open besides the generic ones (QEMU's runtime_opts):
    * from `-o`, `--image-opts` or `json:` they reach the open hook in
@@ -346,6 +351,12 @@ export interface BlockDriver {
    * backing chain). Pure apart from reading `inBs`; refuses bad options with their message.
    */
   measure?(options: CreateOptions, inBs: BlockDriverState | null): Promise<BlockMeasureInfo>;
+  /**
+   * Change the open image's options in place (bdrv_amend_options): only those present in
+   * `options` (keyed as `amendOptions` says), each refused with QEMU's message when it cannot
+   * be done. `status` hears the progress. Every step leaves an image that opens with its data.
+   */
+  amend?(bs: BlockDriverState, options: CreateOptions, status: AmendStatus, force: boolean): Promise<void>;
   /**
    * The persistent dirty bitmaps of the image (its top node only), or null when the image
    * cannot keep any (bdrv_supports_persistent_dirty_bitmap false: a qcow2 v2 image).

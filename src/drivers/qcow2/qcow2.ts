@@ -21,6 +21,7 @@ import {
 import { qcow2CoPwritevCompressedPart } from './compress-write.js';
 import { qcow2CoPreadv, qcow2CoPwritev } from './io.js';
 import { qcow2Measure } from './measure.js';
+import { qcow2AmendOptions, qcow2AmendOptionsHook } from './amend.js';
 import { qcow2DoOpen, qcow2UpdateHeader } from './open.js';
 import { QCOW2_RUNTIME_OPTS } from './options.js';
 import { qcow2ReadSnapshots, snapshotInfo } from './snapshot-table.js';
@@ -234,6 +235,8 @@ export const qcow2Driver: BlockDriver = {
   getInfo: qcow2GetInfo,
   getSpecificInfo: qcow2GetSpecificInfo,
   measure: qcow2Measure,
+  amendOptions: qcow2AmendOptions,
+  amend: (bs, options, status) => qcow2AmendOptionsHook(qcow2State(bs), options, status),
   // v2 images have no autoclear bits, so they cannot keep bitmaps (qcow2_supports_persistent_dirty_bitmap).
   persistentDirtyBitmaps: async (bs) => {
     const s = qcow2State(bs);

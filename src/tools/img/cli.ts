@@ -3,6 +3,7 @@
 // buffered and stderr is not, as in QEMU. Nothing here needs Node: main.ts adds the process's
 // streams and host files; the teaching page runs it in a browser with its own sink.
 import { ToolExit, ToolOutput, errorExit, errorMessage, progName, type ToolIO } from '../shared/output.js';
+import { imgAmend } from './amend.js';
 import { imgCheck } from './check.js';
 import { imgCommit } from './commit.js';
 import { imgCompare } from './compare.js';
@@ -27,6 +28,7 @@ async function benchCommand(env: ImgEnv, argv: string[]): Promise<number> {
 
 /** Subcommands in qemu-img's order (the help text lists them so). */
 const COMMANDS: Array<[string, ImgCommand, string]> = [
+  ['amend', imgAmend, 'amend [--object objectdef] [--image-opts] [-p] [-q] [-f fmt] [-t cache] [--force] -o options filename'],
   ['bench', benchCommand, 'bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] [-i aio] [-n] [--no-drain] [-o offset] [--pattern=pattern] [-q] [-s buffer_size] [-S step_size] [-t cache] [-w] [-U] filename'],
   ['check', imgCheck, 'check [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-T src_cache] [-U] filename'],
   ['commit', imgCommit, 'commit [-q] [-f fmt] [-t cache] [-b base] [-d] [-p] filename'],

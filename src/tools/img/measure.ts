@@ -5,7 +5,7 @@ import type { BlockBackend, BlockMeasureInfo, CreateOptions } from '../../index.
 import { closeQuietly, rootOf } from '../shared/open.js';
 import { ToolExit, errorMessage } from '../shared/output.js';
 import { cvtnum } from '../shared/size.js';
-import { accumulateOptions, createOptionSpecs, parseCreateOptions } from './create-options.js';
+import { accumulateOptions, createOptionSpecs, optionsByKey, parseCreateOptions } from './create-options.js';
 import type { ImgEnv } from './env.js';
 import { jsonObject, toJsonPretty } from './json.js';
 import { imgOpen } from './open.js';
@@ -73,9 +73,9 @@ export async function imgMeasure(env: ImgEnv, argv: string[]): Promise<number> {
     // The target's options and the file protocol's, as qemu-img appends them.
     const file = env.registry.find('file') ?? null;
     const specs = createOptionSpecs(drv, file);
-    const options: CreateOptions = {};
+    let options: CreateOptions;
     try {
-      for (const [name, v] of parseCreateOptions(drv, args.options ?? '', file)) options[specs.find((s) => s.name === name)?.key ?? name] = v;
+      options = optionsByKey(specs, parseCreateOptions(drv, args.options ?? '', file));
     } catch (e) {
       env.o.error(errorMessage(e));
       fail(env, `Invalid options for file format '${args.outFmt}'`);
