@@ -1,7 +1,7 @@
 // blk-img amend: change a format's options in place (qemu-img amend). The format driver does
 // the work (its amend hook, QEMU's bdrv_amend_options) and says what it can change
 // (amendOptions); this file reads the command line, opens the image and reports progress.
-import type { BlockBackend, BlockDriverState } from '../../index.js';
+import { bdrvAmendOptions, type BlockBackend, type BlockDriverState } from '../../index.js';
 import { closeQuietly, rootOf } from '../shared/open.js';
 import { ToolExit, errorExit, errorMessage } from '../shared/output.js';
 import { accumulateOptions, hasHelpOption, optionsByKey, parseOptionList, printOptionSpecs } from './create-options.js';
@@ -81,7 +81,7 @@ async function amendImage(env: ImgEnv, filename: string, args: AmendArgs, option
     progress.print(0, 0);
     let failure: unknown = null;
     try {
-      await drv.amend(bs, optionsByKey(drv.amendOptions, values), (offset, total) => progress.print((100 * offset) / total, 0), args.force);
+      await bdrvAmendOptions(bs, optionsByKey(drv.amendOptions, values), (offset, total) => progress.print((100 * offset) / total, 0), args.force);
     } catch (e) {
       failure = e;
     }
