@@ -181,7 +181,7 @@ export async function runSession(root: string, s: Session): Promise<StepResult[]
     results.push({
       label: `final state: bytes of ${img}`,
       theirs: { stdout: 'identical', stderr: '', status: 0 },
-      ours: { stdout: same ? 'identical' : 'different', stderr: '', status: 0 },
+      ours: { stdout: same ? 'identical' : `different ${spawnSync('cmp', [join(dq, img), join(db, img)]).stdout.toString()}`, stderr: '', status: 0 },
     });
   }
   return results;

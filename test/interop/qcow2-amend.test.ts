@@ -43,6 +43,38 @@ const sessions: Session[] = [
     identical: ['a.qcow2', 'top.qcow2', 'v2.qcow2', 'lazy.qcow2'],
   },
   {
+    name: 'amend refcount_bits',
+    setup: [
+      ['qemu-img', 'create', '-q', '-f', 'qcow2', 'a.qcow2', '64M'],
+      // One compressed cluster per write: QEMU compresses a longer request in threads, in no fixed order.
+      ['qemu-io', '-c', 'write -P 1 0 3M', '-c', 'write -P 2 40M 1M', '-c', 'write -c -P 3 50M 64k', '-c', 'write -c -P 3 50176k 64k', 'a.qcow2'],
+      // A snapshot shares clusters (refcount 2); its date differs between the two copies.
+      ['qemu-img', 'create', '-q', '-f', 'qcow2', 'snap.qcow2', '4M'],
+      ['qemu-io', '-c', 'write -P 4 0 1M', 'snap.qcow2'],
+      ['qemu-img', 'snapshot', '-c', 's1', 'snap.qcow2'],
+      ['qemu-io', '-c', 'write -P 8 0 64k', 'snap.qcow2'],
+      ['qemu-img', 'create', '-q', '-f', 'qcow2', '-o', 'cluster_size=512', 'small.qcow2', '8M'],
+      ['qemu-io', '-c', 'write -P 5 0 2M', '-c', 'write -P 6 7M 100k', 'small.qcow2'],
+      ['qemu-img', 'create', '-q', '-f', 'qcow2', '-o', 'cluster_size=4k,refcount_bits=1', 'one.qcow2', '4M'],
+      ['qemu-io', '-c', 'write -P 7 0 1M', 'one.qcow2'],
+    ],
+    steps: [
+      ['amend', '-o', 'refcount_bits=64', 'a.qcow2'],
+      ['amend', '-o', 'refcount_bits=1', 'a.qcow2'],
+      ['amend', '-o', 'refcount_bits=2', 'a.qcow2'],
+      ['amend', '-o', 'refcount_bits=1', 'snap.qcow2'],
+      ['amend', '-o', 'refcount_bits=2', 'snap.qcow2'],
+      ['amend', '-o', 'refcount_bits=1', 'small.qcow2'],
+      ['amend', '-o', 'refcount_bits=8', 'small.qcow2'],
+      ['amend', '-p', '-o', 'refcount_bits=64', 'one.qcow2'],
+      ['amend', '-o', 'refcount_bits=16,compat=0.10', 'one.qcow2'],
+      ['info', 'one.qcow2'],
+    ],
+    images: ['a.qcow2', 'small.qcow2', 'one.qcow2'],
+    contentOnly: ['snap.qcow2'],
+    identical: ['a.qcow2', 'small.qcow2', 'one.qcow2'],
+  },
+  {
     name: 'amend refusals',
     setup: [
       ['qemu-img', 'create', '-q', '-f', 'raw', 'base.raw', '1M'],

@@ -1,9 +1,9 @@
 /**
- * qemu-img amend for qcow2 (QEMU's qcow2_amend_options): compat 0.10 <-> 1.1, lazy_refcounts,
- * size, and the options QEMU accepts only when they change nothing (backing file, data file).
+ * qemu-img amend for qcow2 (QEMU's qcow2_amend_options): compat 0.10 <-> 1.1, refcount_bits,
+ * lazy_refcounts, size, and the options QEMU accepts only when they change nothing (backing file, data file).
  *
  * The steps run in QEMU's order, each leaving an image that opens with its data intact:
- * upgrade first (v3 can describe everything v2 can), then the header rewrite and lazy
+ * upgrade first (v3 can describe everything v2 can), the refcount width, then the header rewrite and lazy
  * refcounts, the resize, and the downgrade last, after the features v2 cannot describe are
  * gone. The version switch itself is always the last write of its step: a crash before it
  * leaves the old version with valid contents, and at worst leaked clusters.
@@ -15,6 +15,7 @@ import { qcow2PreWriteOverlapCheck } from './corrupt.js';
 import { clusterType, L2E_OFFSET_MASK, QCOW_OFLAG_COPIED } from './entries.js';
 import { QCOW2_COMPAT_LAZY_REFCOUNTS, QCOW2_COMPRESSION_TYPE_ZLIB, QCOW2_INCOMPAT_COMPRESSION, QCOW2_INCOMPAT_DIRTY } from './header.js';
 import { qcow2AllocClusters, qcow2FreeClusters, qcow2GetRefcount } from './refcount.js';
+import { qcow2ChangeRefcountOrder } from './refcount-order.js';
 import { qcow2ReadSnapshots } from './snapshot-table.js';
 import { type BDRVQcow2State, qcow2File, qcow2IsDirty } from './state.js';
 
@@ -285,7 +286,8 @@ export async function qcow2AmendOptionsHook(s: BDRVQcow2State, options: CreateOp
     if (p.version < 3 && p.refcountBits !== 16) {
       fail('Refcount widths other than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)');
     }
-    fail('Changing the refcount width is not supported by this implementation', 'ENOTSUP');
+    progress.current = 'refcount order';
+    await qcow2ChangeRefcountOrder(s, Math.log2(p.refcountBits), progress.report);
   }
   await rewriteHeader(s, () => undefined);
   if (p.backingFile !== undefined || p.backingFmt !== undefined) {
