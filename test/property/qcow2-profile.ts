@@ -202,5 +202,10 @@ export const QCOW2_PROFILE: FormatProfile = {
     { lazyRefcounts: false },
     { compat: '1.1', lazyRefcounts: true },
     { compat: '0.10', lazyRefcounts: false },
+    { refcountBits: 1 },
+    { refcountBits: 4 },
+    { refcountBits: 16 },
+    { refcountBits: 64 },
+    { compat: '1.1', refcountBits: 8 },
   ],
 };
