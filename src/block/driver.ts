@@ -123,6 +123,26 @@ export interface QEMUSnapshotInfo {
   icount: bigint | null;
 }
 
+/** bdrv_measure's answer (BlockMeasureInfo): file sizes, in bytes, a new image needs. */
+export interface BlockMeasureInfo {
+  /** For the measured source (or an empty image of the size): metadata plus the data it needs. */
+  required: bigint;
+  /** With every cluster allocated. */
+  fullyAllocated: bigint;
+  /** What the source's persistent bitmaps take; absent when either side cannot keep them. */
+  bitmaps?: bigint;
+}
+
+/** A persistent dirty bitmap of an image, as measure counts it. */
+export interface PersistentBitmapInfo {
+  name: string;
+  /** Bytes of guest data per bit. */
+  granularity: number;
+}
+
+/** Progress of an amend (BlockDriverAmendStatusCB): `offset` of `total` units done. */
+export type AmendStatus = (offset: number, total: number) => void;
+
 /** Options of `open` (QEMU's BDRV_O_* flags and friends). */
 export interface OpenOptions {
   /** Format driver name; probed from the first bytes when absent. */
@@ -263,6 +283,8 @@ export interface BlockDriver {
    */
   readonly truncatePreallocates?: boolean;
   readonly createOptions?: readonly CreateOptionSpec[];
+  /** The options `amend` can change (QEMU's amend_opts); absent: the format cannot amend. */
+  readonly amendOptions?: readonly CreateOptionSpec[];
   /**
    * The options this driver takes at open besides the generic ones (QEMU's runtime_opts):
    * from `-o`, `--image-opts` or `json:` they reach the open hook in
@@ -338,6 +360,23 @@ export interface BlockDriver {
   getInfo?(bs: BlockDriverState): Promise<BlockDriverInfo>;
   /** bdrv_get_specific_info: the "Format specific information" of `qemu-img info`. */
   getSpecificInfo?(bs: BlockDriverState): Promise<ImageInfoSpecific>;
+  /**
+   * The file size an image of this format would need (bdrv_measure): from `options` (the
+   * create options, `size` among them) alone, or to hold `inBs`'s guest data (its whole
+   * backing chain). Pure apart from reading `inBs`; refuses bad options with their message.
+   */
+  measure?(options: CreateOptions, inBs: BlockDriverState | null): Promise<BlockMeasureInfo>;
+  /**
+   * Change the open image's options in place (bdrv_amend_options): only those present in
+   * `options` (keyed as `amendOptions` says), each refused with QEMU's message when it cannot
+   * be done. `status` hears the progress. Every step leaves an image that opens with its data.
+   */
+  amend?(bs: BlockDriverState, options: CreateOptions, status: AmendStatus, force: boolean): Promise<void>;
+  /**
+   * The persistent dirty bitmaps of the image (its top node only), or null when the image
+   * cannot keep any (bdrv_supports_persistent_dirty_bitmap false: a qcow2 v2 image).
+   */
+  persistentDirtyBitmaps?(bs: BlockDriverState): Promise<PersistentBitmapInfo[] | null>;
   /** The image's internal snapshots (bdrv_snapshot_list); absent: the format has none. */
   snapshotList?(bs: BlockDriverState): Promise<QEMUSnapshotInfo[]>;
   /** Take an internal snapshot; `sn.id` empty means the driver picks one (bdrv_snapshot_create). */

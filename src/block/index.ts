@@ -18,5 +18,6 @@ export { parseQemuJson, formatQemuJson, quoteJsonString, type QValue } from './q
 export * from './objects.js';
 export { bdrvOpenOptions } from './open-options.js';
 export { storageGetInfo } from './info.js';
+export { bdrvAmendOptions } from './amend.js';
 export { bdrvSnapshotCreate, bdrvSnapshotDelete, bdrvSnapshotFind, bdrvSnapshotGoto, bdrvSnapshotList } from './snapshot.js';
 export { parseOptionSize, qemuStrtosz, type StrtoszResult } from './strtosz.js';

@@ -5,7 +5,7 @@
  * sector and cluster boundaries, where the bugs live.
  */
 import fc from 'fast-check';
-import { BlockDriverState, BlockError, IOVector, VirtualClock, aioToPromise, type CheckResult } from '../../src/index.js';
+import { BlockDriverState, BlockError, IOVector, VirtualClock, aioToPromise, bdrvAmendOptions, type CheckResult, type CreateOptions } from '../../src/index.js';
 import { memStoreRestore, memStoreSnapshot, memStripPrefix } from '../../src/drivers/mem/index.js';
 import type { ImageSetup } from './harness.js';
 import { firstDiff, pattern } from './model.js';
@@ -31,7 +31,8 @@ export type Command =
   | { op: 'map' }
   | { op: 'reopenCor' }
   | { op: 'aio'; write: boolean; span: Span; seed: number }
-  | { op: 'rebaseTooLong'; extra: number };
+  | { op: 'rebaseTooLong'; extra: number }
+  | { op: 'amend'; pick: number };
 
 export const spanArb: fc.Arbitrary<Span> = fc.record({
   at: fc.nat({ max: 0x7fffffff }),
@@ -53,6 +54,7 @@ export function commandArb(): fc.Arbitrary<Command> {
     { weight: 1, arbitrary: fc.constant({ op: 'map' as const }) },
     { weight: 1, arbitrary: fc.constant({ op: 'reopenCor' as const }) },
     { weight: 1, arbitrary: fc.record({ op: fc.constant('rebaseTooLong' as const), extra: fc.nat({ max: 5000 }) }) },
+    { weight: 1, arbitrary: fc.record({ op: fc.constant('amend' as const), pick: fc.nat({ max: 1000 }) }) },
     {
       weight: 2,
       arbitrary: fc.record({ op: fc.constant('aio' as const), write: fc.boolean(), span: spanArb, seed: fc.nat({ max: 1 << 20 }) }),
@@ -202,6 +204,16 @@ export async function runCommand(st: RunState, c: Command): Promise<void> {
       await st.bs.discard(p.offset, p.len);
       // QED has no discard: the request succeeds and changes nothing (as qemu-io shows).
       if (setup.profile.discard === 'zeroes-clusters') await learnDiscard(st, p.offset, p.len);
+      return;
+    }
+    case 'amend': {
+      const choices = setup.profile.amendChoices ?? [];
+      if (choices.length === 0) return;
+      const opts = choices[c.pick % choices.length];
+      st.log.push(`amend ${JSON.stringify(opts)}`);
+      await amendKeepingData(st.bs, opts, setup, st.log.join('; '));
+      // Its whole-disk read copied everything the backing file showed into the image.
+      if (st.cor) markTouched(setup, 0, model.size);
       return;
     }
     case 'map': {
@@ -410,6 +422,25 @@ export async function checkMap(bs: BlockDriverState, setup: ImageSetup, what: st
     off += st.pnum;
     if (++extents > 1_000_000) throw new ModelMismatch(`${what}: block status walk does not end`);
   }
+}
+
+/** Amends done and refused, so that tests can tell the amend commands really ran. */
+export const amendStats = { amended: 0, refused: 0 };
+
+/**
+ * Amend `options`: a refusal (EINVAL, ENOTSUP) is allowed; either way the guest's bytes are
+ * unchanged and check finds nothing.
+ */
+export async function amendKeepingData(bs: BlockDriverState, options: CreateOptions, setup: ImageSetup, what: string): Promise<void> {
+  try {
+    await bdrvAmendOptions(bs, options);
+    amendStats.amended++;
+  } catch (e) {
+    if (!(e instanceof BlockError) || (e.code !== 'EINVAL' && e.code !== 'ENOTSUP')) throw e;
+    amendStats.refused++;
+  }
+  await compareAll(bs, setup, `after ${what}`);
+  expectClean(await bs.check(), `check after ${what}`, setup.profile.leaksAfterCleanOps);
 }
 
 /** Run a whole sequence, then compare everything and check; the image is closed at the end. */

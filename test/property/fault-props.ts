@@ -4,7 +4,7 @@
  * sector, and the image must come back with nothing worse than leaked clusters.
  */
 import fc from 'fast-check';
-import { BlockDriverState, BlockError, VirtualClock, type CheckResult } from '../../src/index.js';
+import { BlockDriverState, BlockError, VirtualClock, bdrvAmendOptions, type CheckResult } from '../../src/index.js';
 import { blkdebugState } from '../../src/drivers/blkdebug/index.js';
 import { memStoreGet, memStoreRead } from '../../src/drivers/mem/index.js';
 import { powerlossStoreCreate } from '../../src/drivers/powerloss/index.js';
@@ -98,7 +98,7 @@ export function expectOnlyLeaks(r: CheckResult, what: string): void {
 // blkdebug
 
 /** How often the faults really hit (a property whose fault never fires proves nothing). */
-export const faultStats = { cases: 0, injections: 0, crashes: 0, crashedMidRequest: 0, pendingAtCrash: 0, concurrentGroups: 0 };
+export const faultStats = { cases: 0, injections: 0, crashes: 0, crashedMidRequest: 0, pendingAtCrash: 0, concurrentGroups: 0, amends: 0, crashedInAmend: 0 };
 
 export interface InjectCase {
   geom: Geometry;
@@ -245,6 +245,8 @@ export interface PowerLossCase {
   after: GuestWrite[];
   /** Lose power again after this many requests of the recovering open (its repair). */
   repairCrash?: number | null;
+  /** Amend the image (profile.amendChoices[pick]) after op group `after`: power may go during it. */
+  amend?: { after: number; pick: number } | null;
 }
 
 export const powerLossCaseArb = (wide = false, profile: FormatProfile = QED_PROFILE): fc.Arbitrary<PowerLossCase> =>
@@ -258,6 +260,7 @@ export const powerLossCaseArb = (wide = false, profile: FormatProfile = QED_PROF
     crashSeed: fc.nat(),
     after: fc.array(guestWriteArb, { maxLength: 3 }),
     repairCrash: fc.option(fc.nat({ max: 12 }), { freq: 3 }),
+    amend: profile.amendChoices ? fc.option(fc.record({ after: fc.nat({ max: 8 }), pick: fc.nat({ max: 1000 }) }), { freq: 2 }) : fc.constant(null),
   });
 
 export const powerLossExamples: [PowerLossCase][] = [];
@@ -303,6 +306,7 @@ export async function runPowerLossCase(c: PowerLossCase, profile: FormatProfile 
     // Consecutive ops with `withNext` run concurrently (non-overlapping ones only, so that
     // the order in which they reach the disk does not matter to the model).
     let i = 0;
+    let amended = false;
     outer: while (i < c.ops.length) {
       const group: { offset: number; data: Uint8Array; w: GuestWrite }[] = [];
       let flushAfter = false;
@@ -331,6 +335,23 @@ export async function runPowerLossCase(c: PowerLossCase, profile: FormatProfile 
       if (failed) {
         faultStats.crashedMidRequest++;
         break;
+      }
+      if (c.amend && profile.amendChoices && !amended && i >= Math.min(c.amend.after, c.ops.length)) {
+        amended = true;
+        // Amend rewrites metadata, never guest data: the model does not change, and what was
+        // pending stays uncertain (its flushes are the driver's, not the guest's).
+        const opts = profile.amendChoices[c.amend.pick % profile.amendChoices.length];
+        commands++;
+        try {
+          await bdrvAmendOptions(bs, opts);
+          faultStats.amends++;
+        } catch (e) {
+          if (store.dead) {
+            faultStats.crashedInAmend++;
+            break;
+          }
+          if (!(e instanceof BlockError) || (e.code !== 'EINVAL' && e.code !== 'ENOTSUP')) throw e;
+        }
       }
       if (flushAfter) {
         commands++;

@@ -85,6 +85,12 @@ export interface FormatProfile {
   hugeLayout(clusterBits: number, tableBits: number, shrinkSectors: number): HugeLayout;
   /** Cluster sizes (log2) the huge property draws. */
   readonly hugeClusterBits: readonly number[];
+  /**
+   * Option changes the amend commands draw from (keyed as the driver's amendOptions); absent:
+   * the format cannot amend. An amend must keep the guest's bytes and leave check clean, or be
+   * refused (EINVAL, ENOTSUP) with nothing changed.
+   */
+  readonly amendChoices?: readonly CreateOptions[];
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -20,6 +20,8 @@ import {
 } from './header.js';
 import { qcow2CoPwritevCompressedPart } from './compress-write.js';
 import { qcow2CoPreadv, qcow2CoPwritev } from './io.js';
+import { qcow2Measure } from './measure.js';
+import { qcow2AmendOptions, qcow2AmendOptionsHook } from './amend.js';
 import { qcow2DoOpen, qcow2UpdateHeader } from './open.js';
 import { QCOW2_RUNTIME_OPTS } from './options.js';
 import { qcow2ReadSnapshots, snapshotInfo } from './snapshot-table.js';
@@ -232,6 +234,15 @@ export const qcow2Driver: BlockDriver = {
   getLength: (bs) => qcow2State(bs).header.size,
   getInfo: qcow2GetInfo,
   getSpecificInfo: qcow2GetSpecificInfo,
+  measure: qcow2Measure,
+  amendOptions: qcow2AmendOptions,
+  amend: (bs, options, status) => qcow2AmendOptionsHook(qcow2State(bs), options, status),
+  // v2 images have no autoclear bits, so they cannot keep bitmaps (qcow2_supports_persistent_dirty_bitmap).
+  persistentDirtyBitmaps: async (bs) => {
+    const s = qcow2State(bs);
+    if (s.header.version < 3) return null;
+    return (await qcow2ReadBitmapList(s)).map((e) => ({ name: e.name, granularity: 2 ** e.granularityBits }));
+  },
   snapshotList: async (bs) => (await qcow2ReadSnapshots(qcow2State(bs))).map(snapshotInfo),
   changeBackingFile: qcow2ChangeBackingFile,
   invalidateCache: qcow2InvalidateCache,

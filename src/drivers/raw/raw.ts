@@ -8,6 +8,7 @@ import {
   type BlockDriver,
   type BlockDriverHook,
   type BlockDriverInfo,
+  type BlockMeasureInfo,
   type BlockStatus,
   type CreateContext,
   type CreateOptions,
@@ -70,7 +71,7 @@ async function rawClose(bs: BlockDriverState): Promise<void> {
 }
 
 async function rawCreate(filename: string, options: CreateOptions, ctx: CreateContext): Promise<void> {
-  const size = options.size ?? 0;
+  const size = typeof options.size === 'number' ? options.size : 0;
   if (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 0) {
     throw new BlockError('EINVAL', 'Invalid image size specified', { op: 'create', path: filename });
   }
@@ -238,6 +239,13 @@ async function rawInvalidateCache(bs: BlockDriverState): Promise<void> {
   await child(bs).invalidateCache();
 }
 
+/** raw_measure: a raw file holds every byte, allocated or not. */
+async function rawMeasure(options: CreateOptions, inBs: BlockDriverState | null): Promise<BlockMeasureInfo> {
+  const size = typeof options.size === 'number' ? options.size : 0;
+  const required = inBs !== null ? BigInt(await inBs.getLength()) : BigInt(Math.ceil(size / BDRV_SECTOR_SIZE) * BDRV_SECTOR_SIZE);
+  return { required, fullyAllocated: required };
+}
+
 export const rawDriver: BlockDriver = {
   formatName: 'raw',
   requestAlignment: 1,
@@ -248,6 +256,7 @@ export const rawDriver: BlockDriver = {
   openWarning: rawOpenWarning,
   close: rawClose,
   create: rawCreate,
+  measure: rawMeasure,
   coPreadv: rawCoPreadv,
   preadvNow: rawPreadvNow,
   coPwritev: rawCoPwritev,
