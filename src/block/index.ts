@@ -17,5 +17,13 @@ export * from './qdict.js';
 export { parseQemuJson, formatQemuJson, quoteJsonString, type QValue } from './qjson.js';
 export * from './objects.js';
 export { bdrvOpenOptions } from './open-options.js';
-export { bdrvSnapshotCreate, bdrvSnapshotDelete, bdrvSnapshotFind, bdrvSnapshotGoto, bdrvSnapshotList } from './snapshot.js';
+export {
+  bdrvSnapshotCreate,
+  bdrvSnapshotDelete,
+  bdrvSnapshotFind,
+  bdrvSnapshotGoto,
+  bdrvSnapshotList,
+  bdrvSnapshotLoadTmp,
+  bdrvSnapshotLoadTmpByIdOrName,
+} from './snapshot.js';
 export { parseOptionSize, qemuStrtosz, type StrtoszResult } from './strtosz.js';

@@ -3,7 +3,7 @@
  * hooks, with QEMU's behaviour for formats that have none.
  */
 import type { QEMUSnapshotInfo } from './driver.js';
-import { BlockError, ERRNO_MESSAGES } from './errors.js';
+import { BlockError, ERRNO_MESSAGES, toBlockError } from './errors.js';
 import { checkWritable, inflight } from './io/requests.js';
 import type { BlockDriverState } from './node.js';
 
@@ -47,7 +47,13 @@ export async function bdrvSnapshotGoto(bs: BlockDriverState, idOrName: string): 
   checkWritable(n, 'snapshot_goto');
   await inflight(n, 'snapshot_goto', async () => {
     if (!n.driver.snapshotGoto) throw new BlockError('ENOTSUP', 'Block driver does not support snapshots', { op: 'snapshot_goto' });
-    await n.driver.snapshotGoto(n, idOrName);
+    try {
+      await n.driver.snapshotGoto(n, idOrName);
+    } catch (e) {
+      // Whatever went wrong, the tools say it as QEMU's error_setg_errno does.
+      const be = toBlockError(e);
+      throw new BlockError(be.code, `Failed to load snapshot: ${be.errnoMessage}`, { op: 'snapshot_goto', cause: e });
+    }
   });
 }
 
@@ -60,4 +66,32 @@ export async function bdrvSnapshotDelete(bs: BlockDriverState, id: string, name:
     }
     await n.driver.snapshotDelete(n, id, name);
   });
+}
+
+/**
+ * bdrv_snapshot_load_tmp: a read-only node shows a snapshot (matched by id and/or name) until
+ * it is closed; what `convert -l` and `convert -s` read.
+ */
+export async function bdrvSnapshotLoadTmp(bs: BlockDriverState, id: string | undefined, name: string | undefined): Promise<void> {
+  if (id === undefined && name === undefined) throw new BlockError('EINVAL', 'snapshot_id and name are both NULL', { op: 'snapshot_load_tmp' });
+  const n = snapshotNode(bs);
+  await inflight(n, 'snapshot_load_tmp', async () => {
+    if (!n.driver.snapshotLoadTmp) {
+      throw new BlockError('ENOTSUP', `Block format '${n.driver.formatName}' used by device '' does not support temporarily loading internal snapshots`, {
+        op: 'snapshot_load_tmp',
+      });
+    }
+    await n.driver.snapshotLoadTmp(n, id, name);
+  });
+}
+
+/** bdrv_snapshot_load_tmp_by_id_or_name: as an id first, then (not found) as a name. */
+export async function bdrvSnapshotLoadTmpByIdOrName(bs: BlockDriverState, idOrName: string): Promise<void> {
+  try {
+    await bdrvSnapshotLoadTmp(bs, idOrName, undefined);
+  } catch (e) {
+    const code = toBlockError(e).code;
+    if (code !== 'ENOENT' && code !== 'EINVAL') throw e;
+    await bdrvSnapshotLoadTmp(bs, undefined, idOrName);
+  }
 }

@@ -23,10 +23,11 @@ import { qcow2CoPreadv, qcow2CoPwritev } from './io.js';
 import { qcow2DoOpen, qcow2UpdateHeader } from './open.js';
 import { QCOW2_RUNTIME_OPTS } from './options.js';
 import { qcow2ReadSnapshots, snapshotInfo } from './snapshot-table.js';
+import { qcow2SnapshotCreate, qcow2SnapshotDelete, qcow2SnapshotGoto, qcow2SnapshotLoadTmp } from './snapshot.js';
 import { qcow2RepairDirty } from './repair.js';
 import { qcow2GetRefcount } from './refcount.js';
 import { qcow2Truncate } from './resize.js';
-import { type BDRVQcow2State, qcow2File, qcow2IsDirty, qcow2NeedAccurateRefcounts, qcow2State } from './state.js';
+import { type BDRVQcow2State, qcow2File, qcow2IsDirty, qcow2State, qcow2WriteCaches } from './state.js';
 import { qcow2CoDiscard, qcow2CoWriteZeroes } from './zero.js';
 
 /** Probe: the magic and a version QEMU knows (qcow2_probe). */
@@ -50,11 +51,7 @@ async function qcow2Open(bs: BlockDriverState, options: OpenOptions): Promise<vo
   bs.opaque = s;
 }
 
-/** Write what the caches hold (qcow2_write_caches); refcounts only while they are accurate. */
-export async function qcow2WriteCaches(s: BDRVQcow2State): Promise<void> {
-  await s.l2Cache.write();
-  if (qcow2NeedAccurateRefcounts(s)) await s.refcountCache.write();
-}
+export { qcow2WriteCaches };
 
 async function qcow2Flush(bs: BlockDriverState): Promise<void> {
   const s = qcow2State(bs);
@@ -233,6 +230,10 @@ export const qcow2Driver: BlockDriver = {
   getInfo: qcow2GetInfo,
   getSpecificInfo: qcow2GetSpecificInfo,
   snapshotList: async (bs) => (await qcow2ReadSnapshots(qcow2State(bs))).map(snapshotInfo),
+  snapshotCreate: qcow2SnapshotCreate,
+  snapshotGoto: qcow2SnapshotGoto,
+  snapshotDelete: qcow2SnapshotDelete,
+  snapshotLoadTmp: qcow2SnapshotLoadTmp,
   changeBackingFile: qcow2ChangeBackingFile,
   invalidateCache: qcow2InvalidateCache,
   check: (bs, fix) => qcow2Check(qcow2State(bs), fix),

@@ -19,7 +19,7 @@ import { qcow2AllocClusters, qcow2FreeClusters, qcow2GetRefcount } from './refco
 import { type BDRVQcow2State, qcow2File } from './state.js';
 import { qcow2ClusterDiscard } from './zero.js';
 
-function encodeL1(entries: BigUint64Array): Uint8Array {
+export function encodeL1(entries: BigUint64Array): Uint8Array {
   const buf = new Uint8Array(entries.length * 8);
   const v = new DataView(buf.buffer);
   entries.forEach((e, i) => v.setBigUint64(i * 8, e));
