@@ -36,6 +36,9 @@ function snapshotNode(bs: BlockDriverState): BlockDriverState {
 export async function bdrvSnapshotCreate(bs: BlockDriverState, sn: QEMUSnapshotInfo): Promise<void> {
   const n = snapshotNode(bs);
   checkWritable(n, 'snapshot_create');
+  // Requests in flight finish first (bdrv_drained_begin): none may write into clusters
+  // whose sharing is about to change.
+  await n.drain();
   await inflight(n, 'snapshot_create', async () => {
     if (!n.driver.snapshotCreate) throw new BlockError('ENOTSUP', ERRNO_MESSAGES.ENOTSUP, { op: 'snapshot_create' });
     await n.driver.snapshotCreate(n, sn);
@@ -45,6 +48,7 @@ export async function bdrvSnapshotCreate(bs: BlockDriverState, sn: QEMUSnapshotI
 export async function bdrvSnapshotGoto(bs: BlockDriverState, idOrName: string): Promise<void> {
   const n = snapshotNode(bs);
   checkWritable(n, 'snapshot_goto');
+  await n.drain();
   await inflight(n, 'snapshot_goto', async () => {
     if (!n.driver.snapshotGoto) throw new BlockError('ENOTSUP', 'Block driver does not support snapshots', { op: 'snapshot_goto' });
     try {
@@ -60,6 +64,7 @@ export async function bdrvSnapshotGoto(bs: BlockDriverState, idOrName: string): 
 export async function bdrvSnapshotDelete(bs: BlockDriverState, id: string, name: string): Promise<void> {
   const n = snapshotNode(bs);
   checkWritable(n, 'snapshot_delete');
+  await n.drain();
   await inflight(n, 'snapshot_delete', async () => {
     if (!n.driver.snapshotDelete) {
       throw new BlockError('ENOTSUP', `Block format '${n.driver.formatName}' used by device '' does not support internal snapshot deletion`, { op: 'snapshot_delete' });
