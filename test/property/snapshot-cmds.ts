@@ -89,7 +89,7 @@ export async function runSnapshotCommand(st: RunState, c: SnapshotCommand): Prom
         if (!(err instanceof BlockError) || err.code !== 'ENOENT') throw new SnapshotMismatch(`${st.log.join('; ')}: applying a missing snapshot gave ${String(err)}`);
         return;
       }
-      if (err !== null) throw err;
+      if (err instanceof Error) throw err;
       setup.model.bytes.set(sn.bytes);
       setup.touched = new Set(sn.touched);
       // What the snapshot left to a backing file that has been removed since reads as zeros.
