@@ -51,6 +51,9 @@ describe('qcow2: concurrency and faults', () => {
     await propPowerLoss({ numRuns: 60, seed, format });
     expect(faultStats.crashedMidRequest - before.crashedMidRequest).toBeGreaterThan(2);
     expect(faultStats.pendingAtCrash - before.pendingAtCrash).toBeGreaterThan(6);
+    // Snapshots created and deleted among the writes, some cut short by the power.
+    expect(faultStats.snapshotOps - before.snapshotOps).toBeGreaterThan(5);
+    expect(faultStats.snapshotOpsCut - before.snapshotOpsCut).toBeGreaterThan(0);
   });
 });
 
