@@ -6,7 +6,7 @@
 import { copyFileSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { runOurs, runTheirs } from './img-parity-harness.js';
+import { runOurs, runTheirs, sessionDiffs } from './img-parity-harness.js';
 import { makeTempDir, removeTempDir, requireQemu, runQemuImg, runQemuIo } from './qemu.js';
 
 const qemu = requireQemu();
@@ -177,6 +177,35 @@ describe.skipIf(!qemu)('qcow2 internal snapshots: create, apply, delete against 
     ok(runQemuImg(['snapshot', '-d', 'base', 'b.qcow2'], { cwd: d }));
     expect(runQemuImg(['compare', 'a.qcow2', 'b.qcow2'], { cwd: d }).status).toBe(0);
     expect(firstDiff(join(d, 'a.qcow2'), join(d, 'b.qcow2'))).toBeNull();
+  });
+
+  it('convert -l copies the view of a snapshot, as qemu-img does', async () => {
+    const diffs = await sessionDiffs(root, {
+      name: 'convert -l',
+      setup: [
+        ['qemu-img', 'create', '-q', '-f', 'qcow2', 'a.qcow2', '1M'],
+        ['qemu-io', '-c', 'write -P 1 0 64k', '-c', 'write -c -P 3 128k 64k', 'a.qcow2'],
+        ['qemu-img', 'snapshot', '-c', 's1', 'a.qcow2'],
+        ['qemu-io', '-c', 'write -P 2 0 64k', '-c', 'write -P 4 512k 4k', 'a.qcow2'],
+        ['qemu-img', 'snapshot', '-c', '7', 'a.qcow2'],
+        ['qemu-img', 'create', '-q', '-f', 'raw', 'r.raw', '1M'],
+      ],
+      steps: [
+        ['convert', '-l', 's1', '-O', 'raw', 'a.qcow2', 'byname.raw'],
+        ['convert', '-l', '1', '-O', 'qcow2', 'a.qcow2', 'byid.qcow2'],
+        ['convert', '-l', 'snapshot.id=1', '-O', 'raw', 'a.qcow2', 'opts-id.raw'],
+        ['convert', '-l', 'snapshot.name=7', '-O', 'raw', 'a.qcow2', 'opts-name.raw'],
+        ['convert', '-l', 'snapshot.name=x', '-O', 'raw', 'a.qcow2', 'x.raw'],
+        ['convert', '-l', 'snapshot.id=1,snapshot.name=7', '-O', 'raw', 'a.qcow2', 'x.raw'],
+        ['convert', '-l', 'snapshot.foo=1', '-O', 'raw', 'a.qcow2', 'x.raw'],
+        ['convert', '-l', 'nope', '-O', 'raw', 'a.qcow2', 'x.raw'],
+        ['convert', '-l', 's1', '-O', 'raw', 'a.qcow2', 'a.qcow2', 'x.raw'],
+        ['convert', '-l', 's1', '-O', 'raw', 'r.raw', 'x.raw'],
+        ['convert', '-s', 's1', '-O', 'raw', 'a.qcow2', 'x.raw'],
+      ],
+      images: ['byname.raw', 'byid.qcow2', 'opts-id.raw', 'opts-name.raw'],
+    });
+    expect(diffs).toEqual([]);
   });
 
   it('formats without snapshots say so, as qemu-img does', async () => {
