@@ -25,5 +25,6 @@ export {
   bdrvSnapshotList,
   bdrvSnapshotLoadTmp,
   bdrvSnapshotLoadTmpByIdOrName,
+  bdrvVmstate,
 } from './snapshot.js';
 export { parseOptionSize, qemuStrtosz, type StrtoszResult } from './strtosz.js';

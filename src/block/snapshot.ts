@@ -3,6 +3,7 @@
  * hooks, with QEMU's behaviour for formats that have none.
  */
 import type { QEMUSnapshotInfo } from './driver.js';
+import { IOVector } from './iovec.js';
 import { BlockError, ERRNO_MESSAGES, toBlockError } from './errors.js';
 import { checkWritable, inflight } from './io/requests.js';
 import type { BlockDriverState } from './node.js';
@@ -99,4 +100,20 @@ export async function bdrvSnapshotLoadTmpByIdOrName(bs: BlockDriverState, idOrNa
     if (code !== 'ENOENT' && code !== 'EINVAL') throw e;
     await bdrvSnapshotLoadTmp(bs, undefined, idOrName);
   }
+}
+
+/**
+ * bdrv_save_vmstate / bdrv_load_vmstate: VM state bytes at `pos` of the format's VM state
+ * area, through a filter to the format below it; ENOTSUP where no format keeps one.
+ */
+export async function bdrvVmstate(bs: BlockDriverState, write: boolean, pos: number, buf: Uint8Array): Promise<void> {
+  const op = write ? 'save_vmstate' : 'load_vmstate';
+  if (write) checkWritable(bs, op);
+  await inflight(bs, op, async () => {
+    const drv = bs.driver;
+    if (write && drv.saveVmstate) return drv.saveVmstate(bs, IOVector.from(buf), pos);
+    if (!write && drv.loadVmstate) return drv.loadVmstate(bs, IOVector.from(buf), pos);
+    if (bs.driver.isFilter === true && bs.file) return bdrvVmstate(bs.file, write, pos, buf);
+    throw new BlockError('ENOTSUP', undefined, { op });
+  });
 }

@@ -23,6 +23,7 @@ import { qcow2CoPreadv, qcow2CoPwritev } from './io.js';
 import { qcow2DoOpen, qcow2UpdateHeader } from './open.js';
 import { QCOW2_RUNTIME_OPTS } from './options.js';
 import { qcow2ReadSnapshots, snapshotInfo } from './snapshot-table.js';
+import { qcow2LoadVmstate, qcow2SaveVmstate } from './vmstate.js';
 import { qcow2SnapshotCreate, qcow2SnapshotDelete, qcow2SnapshotGoto, qcow2SnapshotLoadTmp } from './snapshot.js';
 import { qcow2RepairDirty } from './repair.js';
 import { qcow2GetRefcount } from './refcount.js';
@@ -234,6 +235,8 @@ export const qcow2Driver: BlockDriver = {
   snapshotGoto: qcow2SnapshotGoto,
   snapshotDelete: qcow2SnapshotDelete,
   snapshotLoadTmp: qcow2SnapshotLoadTmp,
+  saveVmstate: qcow2SaveVmstate,
+  loadVmstate: qcow2LoadVmstate,
   changeBackingFile: qcow2ChangeBackingFile,
   invalidateCache: qcow2InvalidateCache,
   check: (bs, fix) => qcow2Check(qcow2State(bs), fix),
