@@ -180,7 +180,10 @@ describe.skipIf(!qemu)('qcow2 internal snapshots: create, apply, delete against 
   });
 
   it('convert -l copies the view of a snapshot, as qemu-img does', async () => {
-    const diffs = await sessionDiffs(root, {
+    // The session harness numbers its directories from 0 too: a root of its own.
+    const sroot = join(root, 'sessions');
+    mkdirSync(sroot);
+    const diffs = await sessionDiffs(sroot, {
       name: 'convert -l',
       setup: [
         ['qemu-img', 'create', '-q', '-f', 'qcow2', 'a.qcow2', '1M'],
