@@ -385,6 +385,12 @@ export interface BlockDriver {
   snapshotGoto?(bs: BlockDriverState, idOrName: string): Promise<void>;
   /** Remove the snapshot matching id and name (bdrv_snapshot_delete). */
   snapshotDelete?(bs: BlockDriverState, id: string, name: string): Promise<void>;
+  /** Show the snapshot matching id and/or name on a read-only node until close (bdrv_snapshot_load_tmp). */
+  snapshotLoadTmp?(bs: BlockDriverState, id: string | undefined, name: string | undefined): Promise<void>;
+  /** Write VM state at `pos` of the image's VM state area (bdrv_save_vmstate). */
+  saveVmstate?(bs: BlockDriverState, qiov: IOVector, pos: number): Promise<void>;
+  /** Read VM state at `pos` of the image's VM state area (bdrv_load_vmstate). */
+  loadVmstate?(bs: BlockDriverState, qiov: IOVector, pos: number): Promise<void>;
   changeBackingFile?(bs: BlockDriverState, backingFile: string | null, backingFmt: string | null): Promise<void>;
   invalidateCache?(bs: BlockDriverState): Promise<void>;
   check?(bs: BlockDriverState, fix: CheckFix): Promise<CheckResult>;

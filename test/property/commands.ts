@@ -9,6 +9,8 @@ import { BlockDriverState, BlockError, IOVector, VirtualClock, aioToPromise, bdr
 import { memStoreRestore, memStoreSnapshot, memStripPrefix } from '../../src/drivers/mem/index.js';
 import type { ImageSetup } from './harness.js';
 import { firstDiff, pattern } from './model.js';
+import type { FormatProfile } from './profile.js';
+import { runSnapshotCommand, snapshotCommandArb, type ModelSnapshot, type SnapshotCommand } from './snapshot-cmds.js';
 
 export type Placement = 'any' | 'sector' | 'cluster' | 'edge';
 
@@ -32,7 +34,8 @@ export type Command =
   | { op: 'reopenCor' }
   | { op: 'aio'; write: boolean; span: Span; seed: number }
   | { op: 'rebaseTooLong'; extra: number }
-  | { op: 'amend'; pick: number };
+  | { op: 'amend'; pick: number }
+  | SnapshotCommand;
 
 export const spanArb: fc.Arbitrary<Span> = fc.record({
   at: fc.nat({ max: 0x7fffffff }),
@@ -40,8 +43,10 @@ export const spanArb: fc.Arbitrary<Span> = fc.record({
   place: fc.constantFrom<Placement>('any', 'sector', 'cluster', 'edge'),
 });
 
-export function commandArb(): fc.Arbitrary<Command> {
+/** Commands for any format, plus internal snapshots when the profile says the format has them. */
+export function commandArb(profile?: FormatProfile): fc.Arbitrary<Command> {
   return fc.oneof(
+    ...(profile?.snapshots === true ? [{ weight: 2, arbitrary: snapshotCommandArb as fc.Arbitrary<Command> }] : []),
     { weight: 6, arbitrary: fc.record({ op: fc.constant('write' as const), span: spanArb, seed: fc.nat({ max: 1 << 20 }) }) },
     { weight: 2, arbitrary: fc.record({ op: fc.constant('zero' as const), span: spanArb }) },
     { weight: 5, arbitrary: fc.record({ op: fc.constant('read' as const), span: spanArb }) },
@@ -137,6 +142,8 @@ export interface RunState {
   executed: number;
   /** The node is open with copy-on-read. */
   cor?: boolean;
+  /** Internal snapshots taken so far, oldest first. */
+  snapshots?: ModelSnapshot[];
   log: string[];
 }
 
@@ -187,6 +194,17 @@ export async function runCommand(st: RunState, c: Command): Promise<void> {
       const newSize = model.size + (c.by <= 48 ? c.by * 512 : (c.by - 48) * cs);
       st.log.push(`grow ${model.size}->${newSize}`);
       const oldSize = model.size;
+      if ((st.snapshots?.length ?? 0) > 0) {
+        // Images with internal snapshots keep their size.
+        const err = await st.bs.truncate(newSize).then(
+          () => null,
+          (e: unknown) => e,
+        );
+        if (newSize !== oldSize && (!(err instanceof BlockError) || err.code !== 'ENOTSUP')) {
+          throw new ModelMismatch(`${st.log.join('; ')}: grow with snapshots gave ${String(err)}`);
+        }
+        return;
+      }
       await st.bs.truncate(newSize);
       model.grow(newSize, setup.backingView ?? setup.tailView ?? undefined);
       await learnGrown(st.bs, setup, oldSize, st.log.join('; '), st.cor === true);
@@ -278,6 +296,9 @@ export async function runCommand(st: RunState, c: Command): Promise<void> {
       }
       return;
     }
+    case 'snapshot':
+      await runSnapshotCommand(st, c);
+      return;
     case 'check': {
       st.log.push('check');
       expectClean(await st.bs.check(), st.log.join('; '), setup.profile.leaksAfterCleanOps);

@@ -64,6 +64,8 @@ export interface FormatProfile {
   layerOptions(clusterSize: number): CreateOptions;
   /** Backing chains drawn for this format (the top image is always this format). */
   readonly backingKinds: readonly BackingKind[];
+  /** The format keeps internal snapshots (the sequential and power-loss properties take some). */
+  readonly snapshots: boolean;
   /** Whether check may report leaks after clean operation (neither format may today). */
   readonly leaksAfterCleanOps: boolean;
   /** Debug events the driver announces on its file during guest requests. */

@@ -165,6 +165,7 @@ export const QCOW2_PROFILE: FormatProfile = {
   createOptions: (g) => ({ clusterSize: g.clusterSize, ...g.formatOptions }),
   layerOptions: (clusterSize) => ({ clusterSize }),
   backingKinds: ['none', 'raw', 'qed', 'qcow2', 'chain3', 'chain3qcow2'],
+  snapshots: true,
   leaksAfterCleanOps: false,
   debugEvents: QCOW2_EVENTS,
   grow: 'backing-or-zeros',

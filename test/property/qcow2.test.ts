@@ -58,6 +58,9 @@ describe('qcow2: concurrency and faults', () => {
     // Amends ran, and the power went in the middle of some.
     expect(faultStats.amends - before.amends).toBeGreaterThan(3);
     expect(faultStats.crashedInAmend - before.crashedInAmend).toBeGreaterThan(0);
+    // Snapshots created and deleted among the writes, some cut short by the power.
+    expect(faultStats.snapshotOps - before.snapshotOps).toBeGreaterThan(5);
+    expect(faultStats.snapshotOpsCut - before.snapshotOpsCut).toBeGreaterThan(0);
   });
 });
 

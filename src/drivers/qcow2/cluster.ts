@@ -17,6 +17,7 @@ import {
   subclusterType,
 } from './entries.js';
 import { qcow2AllocClusters, qcow2FreeClusters } from './refcount.js';
+import { qcow2GrowL1Table } from './resize.js';
 import { type BDRVQcow2State, offsetIntoCluster, offsetToL1Index, offsetToL2Index, qcow2File, qcow2Trace } from './state.js';
 
 export type Qcow2RunKind = 'normal' | 'zero' | 'unallocated' | 'compressed';
@@ -215,7 +216,8 @@ async function l2Allocate(s: BDRVQcow2State, l1Index: number): Promise<void> {
  */
 export async function qcow2GetClusterTable(s: BDRVQcow2State, offset: number): Promise<{ table: CacheEntry; l2Index: number }> {
   const l1Index = offsetToL1Index(s, offset);
-  if (l1Index >= s.l1Table.length) throw new BlockError('EIO', 'L1 index out of range', { op: 'write', offset });
+  // Past the table: only the VM state area after the guest disk gets here; the L1 grows.
+  if (l1Index >= s.l1Table.length) await qcow2GrowL1Table(s, l1Index + 1, false);
   const oldL2 = l2OffsetOf(s, l1Index);
   if ((s.l1Table[l1Index] & QCOW_OFLAG_COPIED) === 0n) {
     await l2Allocate(s, l1Index);

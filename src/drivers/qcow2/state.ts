@@ -128,3 +128,9 @@ export function qcow2IsDirty(s: BDRVQcow2State): boolean {
 export function qcow2NeedAccurateRefcounts(s: BDRVQcow2State): boolean {
   return !qcow2IsDirty(s);
 }
+
+/** Write what the caches hold (qcow2_write_caches); refcounts only while they are accurate. */
+export async function qcow2WriteCaches(s: BDRVQcow2State): Promise<void> {
+  await s.l2Cache.write();
+  if (qcow2NeedAccurateRefcounts(s)) await s.refcountCache.write();
+}

@@ -1,5 +1,7 @@
 // blk-io's read and readv, as qemu-io 7.2 has them: options, checks, messages and reports in
 // its order.
+import { bdrvVmstate } from '../../index.js';
+import { rootOf } from '../shared/open.js';
 import { BDRV_REQUEST_MAX_BYTES } from './format.js';
 import { errnoText, toolError, type IoSession } from './session.js';
 import {
@@ -77,13 +79,13 @@ export async function readF(s: IoSession, argv: string[]): Promise<number> {
   if (a.bflag && !checkSectorAligned(s, n.offsetBig, n.countBig)) return EINVAL;
   const bs = image(s);
   // Bounds are known before the buffer exists: a read past the end fails without allocating.
-  const oob = unsafeRequest(offset, count) || (await outOfBounds(bs, offset, count));
-  const buf = oob || a.bflag ? new Uint8Array(0) : fillBuffer(count, 0xab);
+  // The VM state area lies past the guest disk: no guest bounds for -b.
+  const oob = unsafeRequest(offset, count) || (!a.bflag && (await outOfBounds(bs, offset, count)));
+  const buf = oob ? new Uint8Array(0) : fillBuffer(count, 0xab);
   const { t, err } = await runIo(s, async () => {
     if (oob) throw toolError('EIO', 'read');
-    // No format here stores VM state (bdrv_load_vmstate).
-    if (a.bflag) throw toolError('ENOTSUP', 'read');
-    await bs.pread(offset, buf);
+    if (a.bflag) await bdrvVmstate(rootOf(bs), false, offset, buf);
+    else await bs.pread(offset, buf);
   });
   if (err !== null) {
     s.o.out(`read failed: ${errnoText(err)}\n`);
