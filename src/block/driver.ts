@@ -333,6 +333,13 @@ export interface BlockDriver {
   snapshotDelete?(bs: BlockDriverState, id: string, name: string): Promise<void>;
   changeBackingFile?(bs: BlockDriverState, backingFile: string | null, backingFmt: string | null): Promise<void>;
   invalidateCache?(bs: BlockDriverState): Promise<void>;
+  /**
+   * Persistent dirty bitmaps (qcow2): may a new bitmap `name` be stored in the image
+   * (bdrv_co_can_store_new_dirty_bitmap)? Throws a BlockError saying why not.
+   */
+  canStoreNewDirtyBitmap?(bs: BlockDriverState, name: string, granularity: number): Promise<void>;
+  /** Drop a persistent bitmap from the image now (bdrv_co_remove_persistent_dirty_bitmap). */
+  removePersistentDirtyBitmap?(bs: BlockDriverState, name: string): Promise<void>;
   check?(bs: BlockDriverState, fix: CheckFix): Promise<CheckResult>;
   makeEmpty?(bs: BlockDriverState): Promise<void>;
   /** A debug event announced on this node (blkdebug acts on it; may wait at a breakpoint). */

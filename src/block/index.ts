@@ -19,3 +19,4 @@ export * from './objects.js';
 export { bdrvOpenOptions } from './open-options.js';
 export { bdrvSnapshotCreate, bdrvSnapshotDelete, bdrvSnapshotFind, bdrvSnapshotGoto, bdrvSnapshotList } from './snapshot.js';
 export { parseOptionSize, qemuStrtosz, type StrtoszResult } from './strtosz.js';
+export * from './dirty-bitmap.js';
