@@ -85,6 +85,8 @@ export interface FormatProfile {
   hugeLayout(clusterBits: number, tableBits: number, shrinkSectors: number): HugeLayout;
   /** Cluster sizes (log2) the huge property draws. */
   readonly hugeClusterBits: readonly number[];
+  /** Whether an image of this geometry keeps persistent dirty bitmaps (the bitmap properties). */
+  persistentBitmaps(geom: Geometry): boolean;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -195,4 +195,6 @@ export const QCOW2_PROFILE: FormatProfile = {
     return { options: { clusterSize: cs }, size: Math.max(512, max - shrink * 512), l2Span };
   },
   hugeClusterBits: [9, 12, 16, 20],
+  // v3 only: a v2 image has no autoclear bits to say its bitmaps are current.
+  persistentBitmaps: (g) => g.formatOptions?.compat !== '0.10',
 };
