@@ -152,7 +152,9 @@ export async function bdrvCreateDirtyBitmap(bs: BlockDriverState, granularity: n
     throw new BlockError('EINVAL', `Bitmap name too long: ${name}`, { op: 'bitmap' });
   }
   const bm = new BdrvDirtyBitmap(name, granularity, await bs.getLength());
-  bs.dirtyBitmaps.push(bm);
+  // The newest first, as QEMU's list (QLIST_INSERT_HEAD): the order bitmaps are stored and
+  // copied in follows it.
+  bs.dirtyBitmaps.unshift(bm);
   return bm;
 }
 
@@ -169,6 +171,11 @@ export function bdrvReleaseDirtyBitmap(bs: BlockDriverState, bm: BdrvDirtyBitmap
 export function bdrvSetDirty(bs: BlockDriverState, offset: number, bytes: number): void {
   const list = bs.dirtyBitmaps;
   for (let i = 0; i < list.length; i++) if (list[i].enabled) list[i].setRange(offset, bytes);
+}
+
+/** Can the node's format keep bitmaps in the image (bdrv_supports_persistent_dirty_bitmap)? */
+export function bdrvSupportsPersistentDirtyBitmap(bs: BlockDriverState): boolean {
+  return bs.driver.supportsPersistentDirtyBitmap?.(bs) === true;
 }
 
 /** Resize every bitmap with its node (bdrv_dirty_bitmap_truncate). */

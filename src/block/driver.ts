@@ -338,6 +338,8 @@ export interface BlockDriver {
    * (bdrv_co_can_store_new_dirty_bitmap)? Throws a BlockError saying why not.
    */
   canStoreNewDirtyBitmap?(bs: BlockDriverState, name: string, granularity: number): Promise<void>;
+  /** Does this image keep persistent dirty bitmaps at all (qcow2 v3)? */
+  supportsPersistentDirtyBitmap?(bs: BlockDriverState): boolean;
   /** Drop a persistent bitmap from the image now (bdrv_co_remove_persistent_dirty_bitmap). */
   removePersistentDirtyBitmap?(bs: BlockDriverState, name: string): Promise<void>;
   check?(bs: BlockDriverState, fix: CheckFix): Promise<CheckResult>;

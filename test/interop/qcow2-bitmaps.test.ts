@@ -87,6 +87,38 @@ const sessions: Session[] = [
     ],
     images: ['a.qcow2', 'crashed.qcow2', 'other.qcow2'],
   },
+  {
+    name: 'qcow2 convert --bitmaps: copies, refusals, broken bitmaps',
+    setup: [
+      ['qemu-img', 'create', '-q', '-f', 'qcow2', 's.qcow2', '4M'],
+      ['qemu-img', 'bitmap', '--add', 's.qcow2', 'b0'],
+      ['qemu-img', 'bitmap', '--add', '-g', '4k', '--disable', 's.qcow2', 'b1'],
+      ['qemu-io', '-c', 'write -P 3 1M 8k', '-c', 'write -z 3M 64k', 's.qcow2'],
+      ['qemu-img', 'bitmap', '--add', '-g', '512', 's.qcow2', 'b2'],
+      ['qemu-io', '-c', 'write -P 4 2M 1k', 's.qcow2'],
+      ['qemu-img', 'create', '-q', '-f', 'raw', 'r.raw', '4M'],
+      ['qemu-img', 'create', '-q', '-f', 'qcow2', 'c.qcow2', '4M'],
+      ['qemu-img', 'bitmap', '--add', 'c.qcow2', 'bad'],
+      ['qemu-img', 'bitmap', '--add', 'c.qcow2', 'good'],
+      ['sh', "qemu-io -c 'write 0 4k' -c abort c.qcow2 >/dev/null 2>&1; true"],
+    ],
+    steps: [
+      ['convert', '--bitmaps', '-O', 'qcow2', 's.qcow2', 't2.qcow2'],
+      ['convert', '--bitmaps', 's.qcow2', 't1.raw'],
+      ['convert', '--bitmaps', '-O', 'qcow2', 'r.raw', 't3.qcow2'],
+      { args: ['convert', '--skip-broken-bitmaps', '-O', 'qcow2', 's.qcow2', 't5.qcow2'], merged: true },
+      ['convert', '--bitmaps', '-O', 'qcow2', 'c.qcow2', 't6.qcow2'],
+      ['convert', '--bitmaps', '--skip-broken-bitmaps', '-O', 'qcow2', 'c.qcow2', 't7.qcow2'],
+      ['convert', '--bitmaps', '-O', 'qcow2', 's.qcow2', 'c.qcow2', 't8.qcow2'],
+      ['convert', '--bitmaps', '-n', '-O', 'qcow2', 's.qcow2', 't2.qcow2'],
+      ['convert', '--bitmaps', '-B', 's.qcow2', '-F', 'qcow2', '-O', 'qcow2', 's.qcow2', 't9.qcow2'],
+      ['convert', '--bitmaps', '-O', 'qcow2', '-o', 'compat=0.10', 's.qcow2', 't10.qcow2'],
+      ['info', 't2.qcow2'],
+      ['info', 't7.qcow2'],
+      ['check', 't2.qcow2'],
+    ],
+    images: ['t2.qcow2', 't7.qcow2', 't9.qcow2'],
+  },
 ];
 
 describe.skipIf(!qemu)('blk-img parity with qemu-img 7.2 on qcow2 bitmaps', () => {

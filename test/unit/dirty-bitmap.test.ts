@@ -76,10 +76,11 @@ describe('qcow2 persistent dirty bitmaps', () => {
 
     bs = await BlockDriverState.open(name);
     const list = await qcow2ReadBitmapList(qcow2State(bs));
-    // Open for writing: on disk, both are in use until close stores them.
+    // Open for writing: on disk, both are in use until close stores them. Bitmaps new in a
+    // session are stored newest first, as QEMU's list keeps them.
     expect(list.map((e) => [e.name, e.flags])).toEqual([
-      ['b', BME_FLAG_AUTO | BME_FLAG_IN_USE],
       ['off', BME_FLAG_IN_USE],
+      ['b', BME_FLAG_AUTO | BME_FLAG_IN_USE],
     ]);
     const again = bdrvFindDirtyBitmap(bs, 'b');
     expect(again && extents(again)).toEqual(extents(bm));

@@ -141,7 +141,8 @@ export async function qcow2LoadDirtyBitmaps(s: BDRVQcow2State, writable: boolean
     created.push(bm);
   }
   if (needsUpdate && writable) await updateDirInPlace(s, list);
-  bs.dirtyBitmaps.push(...created);
+  // Each goes to the head of the node's list, as bdrv_create_dirty_bitmap puts it.
+  for (const bm of created) bs.dirtyBitmaps.unshift(bm);
 }
 
 /** Write one bitmap's dirty clusters and its table; returns the table (store_bitmap). */
@@ -237,7 +238,10 @@ export async function qcow2StoreDirtyBitmaps(s: BDRVQcow2State): Promise<void> {
     toStore.push([e, bm]);
   }
   if (toStore.length === 0) return;
-  for (const [e, bm] of toStore) {
+  // Stored in directory order (the clusters are allocated in that order, as QEMU does).
+  for (const e of list) {
+    const bm = toStore.find(([x]) => x === e)?.[1];
+    if (!bm) continue;
     const t = await storeBitmap(s, bm);
     e.tableOffset = t.offset;
     e.tableSize = t.size;

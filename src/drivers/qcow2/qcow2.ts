@@ -249,5 +249,6 @@ export const qcow2Driver: BlockDriver = {
   invalidateCache: qcow2InvalidateCache,
   check: (bs, fix) => qcow2Check(qcow2State(bs), fix),
   canStoreNewDirtyBitmap: (bs, name, granularity) => Promise.resolve(qcow2CanStoreNewDirtyBitmap(qcow2State(bs), name, granularity, bdrvNodeName(bs))),
+  supportsPersistentDirtyBitmap: (bs) => qcow2State(bs).header.version >= 3,
   removePersistentDirtyBitmap: (bs, name) => qcow2RemovePersistentDirtyBitmap(qcow2State(bs), name),
 };

@@ -53,8 +53,8 @@ const BITMAP_OPTIONS: readonly ImgOption<BitmapArgs>[] = [
   { short: 'F', long: 'source-format', arg: 1, set: (s, arg) => void (s.srcFmt = arg) },
 ];
 
-/** block_dirty_bitmap_add, as qemu-img calls it: persistent, enabled. */
-async function bitmapAdd(bs: BlockDriverState, name: string, granularity: number): Promise<void> {
+/** block_dirty_bitmap_add, as qemu-img calls it: persistent; granularity 0 = the default. */
+export async function bitmapAdd(bs: BlockDriverState, name: string, granularity: number, disabled = false): Promise<void> {
   if (name === '') throw new BlockError('EINVAL', 'Bitmap name cannot be empty');
   // The QMP argument is a uint32.
   const g = granularity === 0 ? 0 : Number(BigInt(granularity) & 0xffffffffn);
@@ -62,11 +62,12 @@ async function bitmapAdd(bs: BlockDriverState, name: string, granularity: number
   const gran = granularity !== 0 ? g : await bdrvDefaultBitmapGranularity(bs);
   await bdrvCanStoreNewDirtyBitmap(bs, name, gran);
   const bm = await bdrvCreateDirtyBitmap(bs, gran, name);
+  bm.enabled = !disabled;
   bm.persistent = true;
 }
 
 /** block_dirty_bitmap_merge with one source: dst is unchanged when anything fails. */
-function bitmapMerge(bs: BlockDriverState, target: string, srcBs: BlockDriverState, srcName: string): void {
+export function bitmapMerge(bs: BlockDriverState, target: string, srcBs: BlockDriverState, srcName: string): void {
   const dst = bdrvLookupDirtyBitmap(bs, target);
   const src = bdrvLookupDirtyBitmap(srcBs, srcName);
   bdrvDirtyBitmapCheck(src, { write: false });
