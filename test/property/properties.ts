@@ -41,6 +41,19 @@ export const qcow2SequentialExamples: [Geometry, Command[]][] = [
       { op: 'read', span: { at: 0, len: 0, place: 'any' } },
     ],
   ],
+  // fuzz seed 20261204 (qcow2): an amend to 1-bit refcounts, then applying a snapshot whose
+  // clusters would need a count of 2: refused before anything is written, not half-way.
+  [
+    { clusterSize: 512, tableSize: 1, size: 512, backing: 'none', backingSize: 512, backingClusterSize: 4096, seed: 1, formatOptions: {} },
+    [
+      { op: 'write', span: { at: 0, len: 0, place: 'any' }, seed: 0 },
+      { op: 'snapshot', action: 'create', pick: 0 },
+      { op: 'write', span: { at: 0, len: 0, place: 'any' }, seed: 0 },
+      { op: 'amend', pick: 479 },
+      { op: 'snapshot', action: 'apply', pick: 0 },
+      { op: 'aio', write: false, span: { at: 0, len: 0, place: 'any' }, seed: 0 },
+    ],
+  ],
 ];
 
 /**

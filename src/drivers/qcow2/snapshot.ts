@@ -165,6 +165,10 @@ export async function qcow2SnapshotGoto(bs: BlockDriverState, idOrName: string):
   if (sn.diskSize !== s.header.size) {
     throw new BlockError('ENOTSUP', 'qcow2: Loading snapshots with different disk size is not implemented', { op: 'snapshot_goto' });
   }
+  // As for create: a count that would overflow (narrow refcount_bits, e.g. after an amend)
+  // is refused before anything is written, instead of failing half-way through the +1 walk.
+  const fits = await s.lock.run(async () => qcow2SnapshotRefcountsFit(s, await qcow2ReadL1(s, sn.l1TableOffset, sn.l1Size)));
+  if (!fits) throw new BlockError('EINVAL', undefined, { op: 'snapshot_goto' });
   await underDirtyBit(s, 'snapshot_goto', async () => {
     const file = qcow2File(s);
     // The active L1 must be able to take the snapshot's entries; a shorter snapshot table
