@@ -312,6 +312,24 @@ export const qcow2PowerLossExamples: [PowerLossCase][] = [
       repairCrash: null,
     },
   ],
+  // Fuzz seed 20261204: an amend to compat=0.10 of a lazy-refcounts image left the driver
+  // using lazy refcounts on the v2 image, which cannot say it is dirty; the power went with
+  // refcounts still held back, and check found two corruptions after reopening.
+  [
+    {
+      geom: { clusterSize: 512, tableSize: 1, size: 1024, backing: 'none', backingSize: 1024, backingClusterSize: 4096, seed: 1, formatOptions: { lazyRefcounts: true } },
+      ops: [
+        { w: { kind: 'unsnapshot', span: { at: 0, len: 0, place: 'any' }, seed: 0 }, flushAfter: false, withNext: false },
+        { w: { kind: 'write', span: { at: 0, len: 0, place: 'any' }, seed: 0 }, flushAfter: false, withNext: false },
+        { w: { kind: 'write', span: { at: 0, len: 18478592, place: 'any' }, seed: 0 }, flushAfter: true, withNext: false },
+      ],
+      crashAfter: 21,
+      crashSeed: 51920132,
+      after: [],
+      repairCrash: null,
+      amend: { after: 0, pick: 0 },
+    },
+  ],
 ];
 
 /**

@@ -260,8 +260,11 @@ async function downgrade(s: BDRVQcow2State, progress: AmendProgress): Promise<vo
   const incompat = s.header.incompatibleFeatures & ~QCOW2_INCOMPAT_COMPRESSION;
   if (incompat !== 0n) fail(`Cannot downgrade an image with incompatible features 0x${incompat.toString(16)} set`, 'ENOTSUP');
   // Compatible and autoclear features cannot be stored in v2: dropped with the next header write.
+  // Lazy refcounts go with them, in memory too: a v2 header cannot say the image is dirty, so
+  // refcounts held back after this point could not be repaired after a crash.
   s.header.compatibleFeatures = 0n;
   s.header.autoclearFeatures = 0n;
+  s.useLazyRefcounts = false;
   await expandZeroClusters(s, progress);
   if ((s.header.incompatibleFeatures & QCOW2_INCOMPAT_COMPRESSION) !== 0n) {
     if (await hasCompressedClusters(s)) fail('Cannot downgrade an image with zstd compression type and existing compressed clusters', 'ENOTSUP');
