@@ -8,7 +8,8 @@ import { BlockDriverRegistry, setDefaultRegistry } from './block/registry.js';
 import { fileDriver } from './drivers/file/index.js';
 import { setHttpTransport } from './drivers/http/index.js';
 import { nodeHttpTransport } from './drivers/http/node-transport.js';
-import { nbdDriver } from './drivers/nbd/index.js';
+import { registerObjectType } from './block/objects.js';
+import { authzSimpleType, nbdDriver, tlsCredsPskType, tlsCredsX509Type } from './drivers/nbd/index.js';
 import { portableDrivers } from './portable.js';
 
 export * from './portable.js';
@@ -28,6 +29,9 @@ for (const drv of [fileDriver, nbdDriver, ...portableDrivers]) {
 }
 
 setDefaultRegistry(defaultRegistry);
+
+// --object types that need Node (they read credential files), known to every ObjectTable.
+for (const t of [tlsCredsX509Type, tlsCredsPskType, authzSimpleType]) registerObjectType(t);
 
 // node:https can trust an extra CA and switch certificate checks off (sslverify=off); fetch
 // cannot.

@@ -1,8 +1,8 @@
 // Build the teaching page: web/src/main.ts bundled for browsers into web/dist/teach.js, and a
 // base image (web/dist/base.raw) that the page reads over http under its overlays. Everything
 // in web/ and web/dist/ is static: any server that answers Range requests can host it.
-import { mkdirSync, writeFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
+import { join, normalize, resolve } from 'node:path';
 import * as esbuild from 'esbuild';
 
 export const WEB_ROOT = resolve(import.meta.dirname);
@@ -33,6 +33,16 @@ const browserEntry: esbuild.Plugin = {
   },
 };
 
+/**
+ * Write through a temporary name and rename: the test files build the page concurrently, and a
+ * page served meanwhile must never load a half-written bundle.
+ */
+function writeAtomically(path: string, data: Uint8Array): void {
+  const tmp = `${path}.${process.pid}.${Math.random().toString(36).slice(2)}.tmp`;
+  writeFileSync(tmp, data);
+  renameSync(tmp, path);
+}
+
 export async function buildPage(): Promise<esbuild.Metafile> {
   const outdir = join(WEB_ROOT, 'dist');
   mkdirSync(outdir, { recursive: true });
@@ -47,7 +57,15 @@ export async function buildPage(): Promise<esbuild.Metafile> {
     logLevel: 'warning',
     outdir,
     plugins: [browserEntry],
+    write: false,
   });
-  writeFileSync(join(outdir, 'base.raw'), baseImage());
+  for (const f of r.outputFiles) writeAtomically(f.path, f.contents);
+  writeAtomically(join(outdir, 'base.raw'), baseImage());
   return r.metafile;
+}
+
+// `npm run teach:build`: the static files alone, to host elsewhere.
+if (process.argv[1] !== undefined && import.meta.filename === normalize(process.argv[1])) {
+  await buildPage();
+  console.log(`built ${join(WEB_ROOT, 'dist')}: copy ${WEB_ROOT}/index.html, style.css and dist/ to any static host that answers Range requests`);
 }

@@ -1,7 +1,9 @@
 import type { BlockAIOCB, CompletionFunc } from './aio.js';
 import type { Clock } from './clock.js';
+import { BlockError } from './errors.js';
 import type { BlkDebugEvent } from './events.js';
 import type { IOVector } from './iovec.js';
+import type { ObjectTable } from './objects.js';
 import type { BlockDriverState } from './node.js';
 import type { RuntimeOptionSpec } from './options.js';
 import type { FlatQDict } from './qdict.js';
@@ -121,6 +123,26 @@ export interface QEMUSnapshotInfo {
   icount: bigint | null;
 }
 
+/** bdrv_measure's answer (BlockMeasureInfo): file sizes, in bytes, a new image needs. */
+export interface BlockMeasureInfo {
+  /** For the measured source (or an empty image of the size): metadata plus the data it needs. */
+  required: bigint;
+  /** With every cluster allocated. */
+  fullyAllocated: bigint;
+  /** What the source's persistent bitmaps take; absent when either side cannot keep them. */
+  bitmaps?: bigint;
+}
+
+/** A persistent dirty bitmap of an image, as measure counts it. */
+export interface PersistentBitmapInfo {
+  name: string;
+  /** Bytes of guest data per bit. */
+  granularity: number;
+}
+
+/** Progress of an amend (BlockDriverAmendStatusCB): `offset` of `total` units done. */
+export type AmendStatus = (offset: number, total: number) => void;
+
 /** Options of `open` (QEMU's BDRV_O_* flags and friends). */
 export interface OpenOptions {
   /** Format driver name; probed from the first bytes when absent. */
@@ -147,6 +169,12 @@ export interface OpenOptions {
   registry?: BlockDriverRegistry;
   /** Driver-specific options (blkdebug's config, for example). */
   driverOptions?: Record<string, string>;
+  /**
+   * The user-created objects (`--object`: secrets, TLS credentials) that options name by id
+   * (nbd's tls-creds, http's password-secret). Children and backing files see the same table.
+   * Absent: no object can be named.
+   */
+  objects?: ObjectTable;
   /**
    * Where a deprecation warning met while opening goes (QEMU's warn_report: the tools print
    * "prog: warning: ..."). Ignored when absent.
@@ -226,6 +254,13 @@ export interface BlockDriver {
   /** Filters (blkdebug, blkverify) sit in place of a protocol and wrap another node. */
   readonly isFilter?: boolean;
   /**
+   * QEMU's bdrv_needs_filename, which protocol and filter nodes have unless this is false: a
+   * node opened from options without a filename is refused ("requires a file name"). A driver
+   * whose options say everything (nbd's server.*, http's url) sets false; its parseFilename
+   * turns a name into those options, and the name itself is not kept.
+   */
+  readonly needsFilename?: boolean;
+  /**
    * The driver makes a write with `flags.fua` durable by itself (QEMU's BDRV_REQ_FUA in
    * supported_write_flags). Otherwise the generic layer passes no FUA down and flushes the
    * node after the write instead (QEMU's FUA emulation: qed, raw and file in 7.2).
@@ -248,6 +283,8 @@ export interface BlockDriver {
    */
   readonly truncatePreallocates?: boolean;
   readonly createOptions?: readonly CreateOptionSpec[];
+  /** The options `amend` can change (QEMU's amend_opts); absent: the format cannot amend. */
+  readonly amendOptions?: readonly CreateOptionSpec[];
   /**
    * The options this driver takes at open besides the generic ones (QEMU's runtime_opts):
    * from `-o`, `--image-opts` or `json:` they reach the open hook in
@@ -323,6 +360,23 @@ export interface BlockDriver {
   getInfo?(bs: BlockDriverState): Promise<BlockDriverInfo>;
   /** bdrv_get_specific_info: the "Format specific information" of `qemu-img info`. */
   getSpecificInfo?(bs: BlockDriverState): Promise<ImageInfoSpecific>;
+  /**
+   * The file size an image of this format would need (bdrv_measure): from `options` (the
+   * create options, `size` among them) alone, or to hold `inBs`'s guest data (its whole
+   * backing chain). Pure apart from reading `inBs`; refuses bad options with their message.
+   */
+  measure?(options: CreateOptions, inBs: BlockDriverState | null): Promise<BlockMeasureInfo>;
+  /**
+   * Change the open image's options in place (bdrv_amend_options): only those present in
+   * `options` (keyed as `amendOptions` says), each refused with QEMU's message when it cannot
+   * be done. `status` hears the progress. Every step leaves an image that opens with its data.
+   */
+  amend?(bs: BlockDriverState, options: CreateOptions, status: AmendStatus, force: boolean): Promise<void>;
+  /**
+   * The persistent dirty bitmaps of the image (its top node only), or null when the image
+   * cannot keep any (bdrv_supports_persistent_dirty_bitmap false: a qcow2 v2 image).
+   */
+  persistentDirtyBitmaps?(bs: BlockDriverState): Promise<PersistentBitmapInfo[] | null>;
   /** The image's internal snapshots (bdrv_snapshot_list); absent: the format has none. */
   snapshotList?(bs: BlockDriverState): Promise<QEMUSnapshotInfo[]>;
   /** Take an internal snapshot; `sn.id` empty means the driver picks one (bdrv_snapshot_create). */
@@ -331,6 +385,12 @@ export interface BlockDriver {
   snapshotGoto?(bs: BlockDriverState, idOrName: string): Promise<void>;
   /** Remove the snapshot matching id and name (bdrv_snapshot_delete). */
   snapshotDelete?(bs: BlockDriverState, id: string, name: string): Promise<void>;
+  /** Show the snapshot matching id and/or name on a read-only node until close (bdrv_snapshot_load_tmp). */
+  snapshotLoadTmp?(bs: BlockDriverState, id: string | undefined, name: string | undefined): Promise<void>;
+  /** Write VM state at `pos` of the image's VM state area (bdrv_save_vmstate). */
+  saveVmstate?(bs: BlockDriverState, qiov: IOVector, pos: number): Promise<void>;
+  /** Read VM state at `pos` of the image's VM state area (bdrv_load_vmstate). */
+  loadVmstate?(bs: BlockDriverState, qiov: IOVector, pos: number): Promise<void>;
   changeBackingFile?(bs: BlockDriverState, backingFile: string | null, backingFmt: string | null): Promise<void>;
   invalidateCache?(bs: BlockDriverState): Promise<void>;
   check?(bs: BlockDriverState, fix: CheckFix): Promise<CheckResult>;
@@ -361,4 +421,20 @@ export interface BlockDriver {
    * node (its state is only its handle on the storage).
    */
   reopen?(bs: BlockDriverState, options: OpenOptions): Promise<void>;
+}
+
+/**
+ * One hook's function type, for a driver that defines its hooks apart from its table: the
+ * signature then lives only in BlockDriver.
+ */
+export type BlockDriverHook<K extends keyof BlockDriver> = NonNullable<BlockDriver[K]>;
+
+/**
+ * A driver's state on an open node (`bs.opaque`), typed for the driver; EBADF when the node
+ * has none (never opened, or closed), rather than a TypeError deep inside the driver.
+ */
+export function driverState<T>(bs: BlockDriverState, op: string, message = `'${bs.filename}' is not open`): T {
+  const s = bs.opaque as T | null | undefined;
+  if (s === null || s === undefined) throw new BlockError('EBADF', message, { op, path: bs.filename });
+  return s;
 }

@@ -17,5 +17,16 @@ export * from './qdict.js';
 export { parseQemuJson, formatQemuJson, quoteJsonString, type QValue } from './qjson.js';
 export * from './objects.js';
 export { bdrvOpenOptions } from './open-options.js';
-export { bdrvSnapshotCreate, bdrvSnapshotDelete, bdrvSnapshotFind, bdrvSnapshotGoto, bdrvSnapshotList } from './snapshot.js';
+export { storageGetInfo } from './info.js';
+export { bdrvAmendOptions } from './amend.js';
+export {
+  bdrvSnapshotCreate,
+  bdrvSnapshotDelete,
+  bdrvSnapshotFind,
+  bdrvSnapshotGoto,
+  bdrvSnapshotList,
+  bdrvSnapshotLoadTmp,
+  bdrvSnapshotLoadTmpByIdOrName,
+  bdrvVmstate,
+} from './snapshot.js';
 export { parseOptionSize, qemuStrtosz, type StrtoszResult } from './strtosz.js';

@@ -9,12 +9,25 @@ import type { BlockDriverState } from './node.js';
 import { storageFilename } from './open.js';
 import { combineBackingPath } from './path.js';
 
+/**
+ * bdrv_get_info. Without a hook a filter answers for the node it filters; anything else has
+ * no such information (ENOTSUP), and `info` then shows no dirty flag, as QEMU's nbd and curl.
+ */
 export async function bdrvGetInfo(bs: BlockDriverState): Promise<BlockDriverInfo> {
   const hook = bs.driver.getInfo?.bind(bs.driver);
   return inflight(bs, 'get_info', async () => {
-    if (!hook) throw notSupported(bs, 'get_info');
-    return hook(bs);
+    if (hook) return hook(bs);
+    if (bs.driver.isFilter === true && bs.file) return bs.file.getInfo();
+    throw notSupported(bs, 'get_info');
   });
+}
+
+/**
+ * The getInfo hook of host storage (file, mem, opfs; QEMU's file-posix): no clusters and no
+ * dirty state, but an answer, so that a raw image over it shows `dirty-flag: false`.
+ */
+export async function storageGetInfo(_bs: BlockDriverState): Promise<BlockDriverInfo> {
+  return { clusterSize: 0, isDirty: false };
 }
 
 /** Host bytes used; without a hook, what the children use (QEMU's default). */

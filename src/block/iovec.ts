@@ -64,19 +64,7 @@ export class IOVector {
       return new IOVector(len > 0 ? [first.subarray(offset, offset + len)] : [], ADOPT);
     }
     const out: Uint8Array[] = [];
-    let skip = offset;
-    let left = len;
-    for (const buf of this.iov) {
-      if (left === 0) break;
-      if (skip >= buf.length) {
-        skip -= buf.length;
-        continue;
-      }
-      const take = Math.min(buf.length - skip, left);
-      out.push(buf.subarray(skip, skip + take));
-      skip = 0;
-      left -= take;
-    }
+    this.forEachSegment(offset, len, (seg) => out.push(seg));
     return new IOVector(out, ADOPT);
   }
 
@@ -134,6 +122,7 @@ export class IOVector {
     return true;
   }
 
+  /** Call `fn` with a view of each buffer's part of [offset, offset+len), in order. */
   private forEachSegment(offset: number, len: number, fn: (seg: Uint8Array) => void): void {
     let skip = offset;
     let left = len;

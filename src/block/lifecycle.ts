@@ -11,7 +11,14 @@ import type { OpenOptions } from './driver.js';
 import { BlockError, toBlockError } from './errors.js';
 import { bdrvFlush } from './io/flush.js';
 import { checkOpen } from './io/requests.js';
-import type { BlockDriverState, ReopenOptions } from './node.js';
+import type { BlockDriverState } from './node.js';
+
+/** What `reopen` may change; an absent field keeps the node's current mode. */
+export interface ReopenOptions {
+  readOnly?: boolean;
+  /** cache.no-flush (cache=unsafe): flushes are ignored. */
+  noFlush?: boolean;
+}
 
 /**
  * Drain (QEMU's bdrv_drained_begin + end): wait for the node's requests in flight, let its

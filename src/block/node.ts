@@ -18,15 +18,15 @@
  *
  * State here: the node's identity and children (set at open, changed only by
  * changeBackingFile and reopen), `requests` (io/requests.ts), the write generations
- * (io/flush.ts), and who uses the node (`parent`: a parent node, a BlockBackend, or a user of
- * the node itself, which decides whether it grows and how it counts its length).
+ * (io/flush.ts), and who uses the node (`parent`: a parent node, a BlockBackend, or the caller
+ * of `open` itself, which decides whether it grows and how it counts its length; io/length.ts
+ * says why a bare node needs the last).
  */
 import { BlockAIOCB, type CompletionFunc } from './aio.js';
 import { realClock, type Clock } from './clock.js';
 import { bdrvDebugEvent, bdrvDebugWatched } from './debug-event.js';
 import { bdrvDebugBreakpoint, bdrvDebugIsSuspended, bdrvDebugRemoveBreakpoint, bdrvDebugResume } from './debug.js';
 import {
-  BDRV_SECTOR_SIZE,
   type BlockDriver,
   type BlockDriverInfo,
   type BlockStatus,
@@ -41,12 +41,12 @@ import { BlockEventEmitter, type BlkDebugEvent } from './events.js';
 import { aioFlush, aioRw } from './io/aio.js';
 import { bdrvFlush, bdrvTruncate, driverLength } from './io/flush.js';
 import { bdrvPreadv, preadvNow } from './io/read.js';
-import { driverLengthNow, nodeGrowable, userLengthOf } from './io/length.js';
-import { RequestTracker, inflight } from './io/requests.js';
+import { driverLengthNow, nodeGrowable, userLengthOf, type NodeParent } from './io/length.js';
+import { RequestTracker, driverRequestAlignment, inflight } from './io/requests.js';
 import { NO_FLAGS, bdrvDiscard, bdrvPwritev, bdrvWriteZeroes } from './io/write.js';
 import { bdrvPwritevCompressed, bdrvSupportsCompressedWrites } from './io/compressed.js';
 import { IOVector } from './iovec.js';
-import { bdrvClose, bdrvDrain, bdrvReopen, closeChildren } from './lifecycle.js';
+import { bdrvClose, bdrvDrain, bdrvReopen, closeChildren, type ReopenOptions } from './lifecycle.js';
 import { bdrvOpenChain, driverOpen } from './open.js';
 import { bdrvOpenOptions } from './open-options.js';
 import type { QDictInput } from './qdict.js';
@@ -55,16 +55,8 @@ import { BlockDriverRegistry, driverIO, getDefaultRegistry } from './registry.js
 import { bdrvBlockStatus, bdrvBlockStatusAbove, bdrvIsAllocated, bdrvIsAllocatedAbove, type Allocation } from './status.js';
 
 export { MAX_BACKING_DEPTH } from './open.js';
-
-/** What `reopen` may change; an absent field keeps the node's current mode. */
-export interface ReopenOptions {
-  readOnly?: boolean;
-  /** cache.no-flush (cache=unsafe): flushes are ignored. */
-  noFlush?: boolean;
-}
-
-/** Who uses a node: a parent node, a BlockBackend, or nobody yet (see BlockDriverState.growable). */
-export type NodeParent = 'none' | 'node' | 'backend';
+export type { ReopenOptions } from './lifecycle.js';
+export type { NodeParent } from './io/length.js';
 
 export class BlockDriverState {
   readonly driver: BlockDriver;
@@ -105,8 +97,6 @@ export class BlockDriverState {
   readonly requests = new RequestTracker();
   /** The driver's hooks, bound once per node (a `.bind` per request is garbage). */
   readonly io: ReturnType<typeof driverIO>;
-  readonly nativeAioReadv: BlockDriver['aioReadv'] | undefined;
-  readonly nativeAioWritev: BlockDriver['aioWritev'] | undefined;
   /**
    * Writes that ended on this node (QEMU's write_gen) and the count the last successful flush
    * saw (flushed_gen): a flush announces flush_to_disk only if they differ (io/flush.ts).
@@ -134,15 +124,9 @@ export class BlockDriverState {
     this.depth = options.depth ?? 0;
     this.registry = options.registry ?? getDefaultRegistry();
     this.parent = options.child === true ? 'node' : 'none';
-    const align = driver.requestAlignment ?? (driver.isProtocol || driver.isFilter ? 1 : BDRV_SECTOR_SIZE);
-    if (!Number.isSafeInteger(align) || align < 1) {
-      throw new BlockError('EINVAL', `Driver '${driver.formatName}' has an invalid request alignment ${align}`);
-    }
-    this.requestAlignment = align;
+    this.requestAlignment = driverRequestAlignment(driver);
     this.io = driverIO(driver);
     this.getLengthHook = driver.getLength?.bind(driver) ?? null;
-    this.nativeAioReadv = driver.aioReadv?.bind(driver);
-    this.nativeAioWritev = driver.aioWritev?.bind(driver);
   }
 
   /**

@@ -1,14 +1,15 @@
 /**
  * User-creatable objects (`--object TYPE,id=ID,...`, QEMU's qom/object_interfaces.c): a table
  * the tools fill from their command line and drivers look objects up in by id. Object types are
- * registered (`secret` now; TLS credentials join with NBD), each with its properties and a
- * constructor that validates them, so a bad definition is refused before anything opens.
+ * registered (`secret` here; the Node entry adds TLS credentials and authz-simple), each with
+ * its properties and a constructor that validates them, so a bad definition is refused before
+ * anything opens.
  *
  * Pure: a type that reads a file (secret's `file=`) gets the bytes through the context the tool
  * supplies; no `node:` import here.
  */
 import { BlockError } from './errors.js';
-import { badIdError, idWellformed } from './options.js';
+import { badIdError, idWellformed, parseOptBool } from './options.js';
 import { parseQemuJson, type QValue } from './qjson.js';
 
 /** What object constructors may use: reading a host file (the tools give Node's). */
@@ -46,8 +47,15 @@ export function parseObjectKeyval(text: string): Map<string, string> {
     const m = /[=,]/.exec(text.slice(i));
     const len = m === null ? text.length - i : m.index;
     let key: string;
+    const word = text.slice(i, i + len);
+    if (text[i + len] !== '=' && !first && (word === 'help' || word === '?')) {
+      // `TYPE,help` asks for the type's properties (keyval_parse's help request).
+      out.set('help', 'on');
+      i += len + 1;
+      continue;
+    }
     if (text[i + len] !== '=') {
-      if (!first) throw new BlockError('EINVAL', `Expected '=' after parameter '${text.slice(i, i + len)}'`, { op: 'object' });
+      if (!first) throw new BlockError('EINVAL', `Expected '=' after parameter '${word}'`, { op: 'object' });
       key = 'qom-type';
     } else {
       key = text.slice(i, i + len);
@@ -92,12 +100,25 @@ function scalarString(v: QValue): string | null {
   return null;
 }
 
+/** The types every new ObjectTable knows (QEMU's type_init): secret, and what entries add. */
+const defaultObjectTypes: UserObjectType[] = [];
+
+/**
+ * Make `t` known to every ObjectTable created from now on. The Node entry adds the TLS
+ * credentials and authz-simple this way, as QEMU registers its QOM types at start-up.
+ */
+export function registerObjectType(t: UserObjectType): void {
+  const i = defaultObjectTypes.findIndex((x) => x.typeName === t.typeName);
+  if (i >= 0) defaultObjectTypes[i] = t;
+  else defaultObjectTypes.push(t);
+}
+
 /** The objects of one program run, by id (QEMU's /objects container). */
 export class ObjectTable {
   private readonly types = new Map<string, UserObjectType>();
   private readonly objects = new Map<string, { type: string; value: unknown }>();
 
-  constructor(types: readonly UserObjectType[] = [secretObjectType]) {
+  constructor(types: readonly UserObjectType[] = defaultObjectTypes) {
     for (const t of types) this.registerType(t);
   }
 
@@ -138,6 +159,7 @@ export class ObjectTable {
       if (spec.values !== undefined && !spec.values.includes(v)) {
         throw new BlockError('EINVAL', `Parameter '${k}' does not accept value '${v}'`, { op: 'object' });
       }
+      if (spec.type === 'bool') parseOptBool(k, v);
       props.set(k, v);
     }
     const value = type.create(id, props, { ...ctx, table: this });
@@ -219,3 +241,5 @@ export const secretObjectType: UserObjectType = {
     return { id, data: bytes };
   },
 };
+
+registerObjectType(secretObjectType);

@@ -66,6 +66,7 @@ function childBase(base: OpenOptions): OpenOptions {
     inactive: base.inactive,
     clock: base.clock,
     registry: base.registry,
+    objects: base.objects,
     depth: base.depth,
     onWarning: base.onWarning,
     onReport: base.onReport,
@@ -111,7 +112,11 @@ async function openInherit(filename: string | null, options: FlatQDict, base: Op
     if (optFilename === undefined) throw new BlockError('EINVAL', 'Must specify either driver or file', { op: 'open' });
     drv = registry.findProtocol(optFilename);
   }
-  if (drv !== undefined && parseName && optFilename !== undefined) drv.parseFilename?.(optFilename, options);
+  if (drv !== undefined && parseName && optFilename !== undefined && drv.parseFilename) {
+    drv.parseFilename(optFilename, options);
+    // The name said all it had to say in the driver's own options.
+    if (drv.needsFilename === false) options.delete('filename');
+  }
 
   // 2. backing=null: no backing file.
   let noBacking = base.noBacking === true;
@@ -142,18 +147,41 @@ async function openProtocol(drv: BlockDriver, options: FlatQDict, base: OpenOpti
   const filename = qdictGetStr(options, 'filename');
   options.delete('filename');
   options.delete('driver');
-  if (filename === undefined || filename === '') {
+  // A driver that needs no filename ignores one given as an option (QEMU's nbd and curl do).
+  const nameless = drv.needsFilename === false || filename === undefined || filename === '';
+  if (nameless && drv.needsFilename !== false) {
     throw new BlockError('EINVAL', `The '${drv.formatName}' block driver requires a file name`, { op: 'open' });
   }
-  const driverOptions = { ...base.driverOptions, ...takeDriverOptions(options, drv) };
-  const bs = await BlockDriverState.open(filename, { ...base, noBacking: undefined, format: drv.formatName, driverOptions });
+  const own = takeDriverOptions(options, drv);
+  const driverOptions = { ...base.driverOptions, ...own };
+  const nodeOptions: OpenOptions = { ...base, noBacking: undefined, format: drv.formatName, driverOptions };
+  if (!nameless) {
+    const bs = await BlockDriverState.open(filename, nodeOptions);
+    await checkOwnLeftovers(bs, options, drv);
+    return { bs, display: new Map([['driver', drv.formatName], ['filename', filename]]), plain: true };
+  }
+  // Everything is in the options (nbd's server.*). The node is shown as the driver names it
+  // (bdrv_refresh_filename's exact_filename), else by its strong options, flat, driver last.
+  const display: FlatQDict = new Map();
+  const weak = new Set((drv.runtimeOptions ?? []).filter((o) => o.weak === true).map((o) => o.name));
+  // `own` holds the keys in QEMU's hash order already, the order they are copied in.
+  for (const [k, v] of Object.entries(own)) if (!weak.has(k)) display.set(k, v);
+  display.set('driver', drv.formatName);
+  const bs = new BlockDriverState(drv, '', nodeOptions);
+  await bs.driverOpen();
+  bs.filename = bs.exactFilename ?? JSON_PREFIX + formatQemuJson(Object.fromEntries(display), qdictOrder);
+  await checkOwnLeftovers(bs, options, drv);
+  return { bs, display, plain: bs.exactFilename !== null };
+}
+
+/** The leftover check of an open protocol node: it is closed again if a key was not taken. */
+async function checkOwnLeftovers(bs: BlockDriverState, options: FlatQDict, drv: BlockDriver): Promise<void> {
   try {
     checkNoLeftovers(options, drv);
   } catch (e) {
     await closeQuietly(bs);
     throw e;
   }
-  return { bs, display: new Map<string, string>([['driver', drv.formatName], ['filename', filename]]), plain: true };
 }
 
 async function openFormat(

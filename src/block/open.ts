@@ -56,6 +56,7 @@ export async function bdrvOpenChain(filename: string, options: OpenOptions, chai
     registry,
     depth: opts.depth,
     driverOptions: opts.driverOptions,
+    objects: opts.objects,
   };
   const proto = await openNode(protoDrv, filename, protoOpts);
   let bs: BlockDriverState | null = null;
@@ -145,6 +146,7 @@ export async function openBacking(bs: BlockDriverState, chain: string[] = [canon
         readOnly: true,
         child: true,
         registry: bs.registry,
+        objects: bs.openOptions.objects,
         clock: bs.clock,
         depth,
         noFlush: bs.openOptions.noFlush,

@@ -212,6 +212,11 @@ export interface RuntimeOptionSpec {
   /** QEMU_OPT_STRING, _BOOL, _NUMBER (qemu_strtou64) or _SIZE (qemu_strtosz). */
   type: 'string' | 'bool' | 'number' | 'size';
   help?: string;
+  /**
+   * Not part of what the node is (QEMU lists the others in strong_runtime_opts): left out of
+   * the `json:` name of a node shown by its options.
+   */
+  weak?: boolean;
 }
 
 /** What the generic layer takes from every node's options (bdrv_runtime_opts). */

@@ -31,6 +31,9 @@ export interface DriverIO {
   coPwritev?: CoWritevFn;
   aioReadv?: AioRwFn;
   aioWritev?: AioRwFn;
+  /** The driver's own AIO hooks only (no generic fallback): the AIO fast path's. */
+  nativeAioReadv?: AioRwFn;
+  nativeAioWritev?: AioRwFn;
 }
 
 const ioCache = new WeakMap<BlockDriver, DriverIO>();
@@ -81,6 +84,8 @@ export function driverIO(drv: BlockDriver): DriverIO {
     };
   }
 
+  io.nativeAioReadv = nativeAioR;
+  io.nativeAioWritev = nativeAioW;
   if (nativeAioR) io.aioReadv = nativeAioR;
   else if (nativeCoR) {
     io.aioReadv = (bs, sectorNum, qiov, nbSectors, cb) =>

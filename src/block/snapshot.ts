@@ -3,7 +3,8 @@
  * hooks, with QEMU's behaviour for formats that have none.
  */
 import type { QEMUSnapshotInfo } from './driver.js';
-import { BlockError, ERRNO_MESSAGES } from './errors.js';
+import { IOVector } from './iovec.js';
+import { BlockError, ERRNO_MESSAGES, toBlockError } from './errors.js';
 import { checkWritable, inflight } from './io/requests.js';
 import type { BlockDriverState } from './node.js';
 
@@ -36,6 +37,9 @@ function snapshotNode(bs: BlockDriverState): BlockDriverState {
 export async function bdrvSnapshotCreate(bs: BlockDriverState, sn: QEMUSnapshotInfo): Promise<void> {
   const n = snapshotNode(bs);
   checkWritable(n, 'snapshot_create');
+  // Requests in flight finish first (bdrv_drained_begin): none may write into clusters
+  // whose sharing is about to change.
+  await n.drain();
   await inflight(n, 'snapshot_create', async () => {
     if (!n.driver.snapshotCreate) throw new BlockError('ENOTSUP', ERRNO_MESSAGES.ENOTSUP, { op: 'snapshot_create' });
     await n.driver.snapshotCreate(n, sn);
@@ -45,19 +49,71 @@ export async function bdrvSnapshotCreate(bs: BlockDriverState, sn: QEMUSnapshotI
 export async function bdrvSnapshotGoto(bs: BlockDriverState, idOrName: string): Promise<void> {
   const n = snapshotNode(bs);
   checkWritable(n, 'snapshot_goto');
+  await n.drain();
   await inflight(n, 'snapshot_goto', async () => {
     if (!n.driver.snapshotGoto) throw new BlockError('ENOTSUP', 'Block driver does not support snapshots', { op: 'snapshot_goto' });
-    await n.driver.snapshotGoto(n, idOrName);
+    try {
+      await n.driver.snapshotGoto(n, idOrName);
+    } catch (e) {
+      // Whatever went wrong, the tools say it as QEMU's error_setg_errno does.
+      const be = toBlockError(e);
+      throw new BlockError(be.code, `Failed to load snapshot: ${be.errnoMessage}`, { op: 'snapshot_goto', cause: e });
+    }
   });
 }
 
 export async function bdrvSnapshotDelete(bs: BlockDriverState, id: string, name: string): Promise<void> {
   const n = snapshotNode(bs);
   checkWritable(n, 'snapshot_delete');
+  await n.drain();
   await inflight(n, 'snapshot_delete', async () => {
     if (!n.driver.snapshotDelete) {
       throw new BlockError('ENOTSUP', `Block format '${n.driver.formatName}' used by device '' does not support internal snapshot deletion`, { op: 'snapshot_delete' });
     }
     await n.driver.snapshotDelete(n, id, name);
+  });
+}
+
+/**
+ * bdrv_snapshot_load_tmp: a read-only node shows a snapshot (matched by id and/or name) until
+ * it is closed; what `convert -l` and `convert -s` read.
+ */
+export async function bdrvSnapshotLoadTmp(bs: BlockDriverState, id: string | undefined, name: string | undefined): Promise<void> {
+  if (id === undefined && name === undefined) throw new BlockError('EINVAL', 'snapshot_id and name are both NULL', { op: 'snapshot_load_tmp' });
+  const n = snapshotNode(bs);
+  await inflight(n, 'snapshot_load_tmp', async () => {
+    if (!n.driver.snapshotLoadTmp) {
+      throw new BlockError('ENOTSUP', `Block format '${n.driver.formatName}' used by device '' does not support temporarily loading internal snapshots`, {
+        op: 'snapshot_load_tmp',
+      });
+    }
+    await n.driver.snapshotLoadTmp(n, id, name);
+  });
+}
+
+/** bdrv_snapshot_load_tmp_by_id_or_name: as an id first, then (not found) as a name. */
+export async function bdrvSnapshotLoadTmpByIdOrName(bs: BlockDriverState, idOrName: string): Promise<void> {
+  try {
+    await bdrvSnapshotLoadTmp(bs, idOrName, undefined);
+  } catch (e) {
+    const code = toBlockError(e).code;
+    if (code !== 'ENOENT' && code !== 'EINVAL') throw e;
+    await bdrvSnapshotLoadTmp(bs, undefined, idOrName);
+  }
+}
+
+/**
+ * bdrv_save_vmstate / bdrv_load_vmstate: VM state bytes at `pos` of the format's VM state
+ * area, through a filter to the format below it; ENOTSUP where no format keeps one.
+ */
+export async function bdrvVmstate(bs: BlockDriverState, write: boolean, pos: number, buf: Uint8Array): Promise<void> {
+  const op = write ? 'save_vmstate' : 'load_vmstate';
+  if (write) checkWritable(bs, op);
+  await inflight(bs, op, async () => {
+    const drv = bs.driver;
+    if (write && drv.saveVmstate) return drv.saveVmstate(bs, IOVector.from(buf), pos);
+    if (!write && drv.loadVmstate) return drv.loadVmstate(bs, IOVector.from(buf), pos);
+    if (bs.driver.isFilter === true && bs.file) return bdrvVmstate(bs.file, write, pos, buf);
+    throw new BlockError('ENOTSUP', undefined, { op });
   });
 }

@@ -41,7 +41,9 @@ export async function bdrvBlockStatus(bs: BlockDriverState, offset: number, byte
 export async function blockStatusUnchecked(bs: BlockDriverState, offset: number, bytes: number): Promise<BlockStatus> {
   const hook = bs.driver.coBlockStatus?.bind(bs.driver);
   if (!hook) {
-    // QEMU's default for drivers without the hook: everything is allocated data.
+    // QEMU's default for drivers without the hook: everything is allocated data, and a
+    // protocol's data sits at the same offset in itself (so map shows "offset").
+    if (bs.driver.isProtocol === true) return { pnum: bytes, allocated: true, data: true, zero: false, offset, file: bs };
     return { pnum: bytes, allocated: true, data: true, zero: false };
   }
   const st = await hook(bs, offset, bytes);

@@ -1,57 +1,30 @@
 /// <reference lib="dom" />
-// The teaching page in a real browser: served by web/serve.ts on 127.0.0.1, driven by
-// chromium. Assertions are on the DOM (what is drawn), never on pixels; screenshots go to
-// test/browser/artifacts/ (ignored by git) for people to look at.
-import { mkdirSync } from 'node:fs';
-import type { Server } from 'node:http';
-import { join } from 'node:path';
-import type { Page } from 'playwright-core';
+// The teaching page with a QED image in a real browser: served by web/serve.ts on 127.0.0.1,
+// driven by chromium. Assertions are on the DOM (what is drawn), never on pixels; screenshots
+// go to test-artifacts/ (ignored by git) for people to look at.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { buildPage } from '../../web/build.js';
-import { servePage } from '../../web/serve.js';
-import { launchChromium, requireChromium } from './chromium.js';
+import { requireChromium } from './chromium.js';
+import { openTeachPage, type TeachPage } from './page.js';
 
-const ARTIFACTS = join(import.meta.dirname, 'artifacts');
 const have = requireChromium();
 
 describe.skipIf(!have)('teaching page', () => {
-  let server: Server;
-  let url: string;
-  let closeBrowser: () => Promise<void>;
-  let page: Page;
+  let t: TeachPage;
+  let page: TeachPage['page'];
 
   beforeAll(async () => {
-    mkdirSync(ARTIFACTS, { recursive: true });
-    await buildPage();
-    ({ server, url } = await servePage());
-    const b = await launchChromium();
-    closeBrowser = b.close;
-    page = b.context.pages()[0] ?? (await b.context.newPage());
-    page.on('pageerror', (e) => {
-      throw e;
-    });
-    await page.goto(url);
-    await idle();
+    t = await openTeachPage();
+    page = t.page;
   });
 
   afterAll(async () => {
-    await closeBrowser?.();
-    await new Promise((ok) => server?.close(ok));
+    await t?.close();
   });
 
-  /** Wait until the page finished what the last click or command started. */
-  async function idle(): Promise<void> {
-    await page.waitForFunction(() => document.body.dataset.busy === 'false', undefined, { timeout: 20_000 });
-  }
-
-  async function run(line: string): Promise<void> {
-    await page.fill('#cmd', line);
-    await page.press('#cmd', 'Enter');
-    await idle();
-  }
-
-  const kinds = (): Promise<string[]> => page.$$eval('#layout .cluster', (els) => els.map((e) => (e as HTMLElement).dataset.kind!));
-  const consoleText = (): Promise<string> => page.$eval('#out', (e) => e.textContent ?? '');
+  const idle = (): Promise<void> => t.idle();
+  const run = (line: string): Promise<void> => t.run(line);
+  const kinds = (): Promise<string[]> => t.kinds();
+  const consoleText = (): Promise<string> => t.consoleText();
 
   it('creates an image and draws its clusters as writes allocate them', async () => {
     // Fresh: header cluster, then the one-cluster L1 table.
@@ -71,7 +44,7 @@ describe.skipIf(!have)('teaching page', () => {
     expect(await consoleText()).toMatch(/0x80000\s+0x1000\s+0x\w+\s+powerloss:teach\.qed/);
     await run('blk-img check powerloss:teach.qed');
     expect(await consoleText()).toContain('No errors were found on the image.');
-    await page.screenshot({ path: join(ARTIFACTS, 'writes.png'), fullPage: true });
+    await t.screenshot('teach-writes.png');
   });
 
   it('steps through an allocating write in the driver order', async () => {
@@ -89,7 +62,7 @@ describe.skipIf(!have)('teaching page', () => {
     expect(await page.$eval('#steps li.current', (e) => (e as HTMLElement).dataset.kind)).toBe('data');
     expect(await page.$$eval('#layout .cluster.hot', (els) => els.map((e) => (e as HTMLElement).dataset.kind))).toEqual(['leak']);
     expect(await page.$eval('#steps li.current .why', (e) => e.textContent)).toMatch(/nothing points at them yet/);
-    await page.screenshot({ path: join(ARTIFACTS, 'step.png'), fullPage: true });
+    await t.screenshot('teach-step-qed.png');
   });
 
   it('pulls the plug before the last flush; reopening repairs what the crash left', async () => {
@@ -112,7 +85,7 @@ describe.skipIf(!have)('teaching page', () => {
     expect(await page.$eval('#facts', (e) => (e as HTMLElement).dataset.dirty)).toBe('false');
     const survived = await page.$eval('#report', (e) => (e as HTMLElement).dataset.survived);
     expect(after.includes('Pattern verification failed')).toBe(survived === 'false');
-    await page.screenshot({ path: join(ARTIFACTS, 'powerloss.png'), fullPage: true });
+    await t.screenshot('teach-powerloss-qed.png');
   });
 
   it('keeps an OPFS image across a reload', async () => {

@@ -98,6 +98,7 @@ http {
   access_log off;
   ${temp}
   default_type application/octet-stream;
+  types { text/html html; text/css css; text/javascript js; application/json map; }
   server { listen 127.0.0.1:${port}; root ${www}; }
   server { listen 127.0.0.1:${noRangePort}; root ${www}; max_ranges 0; }
   ${tls === null ? '' : `server { listen 127.0.0.1:${httpsPort} ssl; ssl_certificate ${tls.cert}; ssl_certificate_key ${tls.key}; root ${www}; }`}

@@ -9,7 +9,7 @@
 // At the end, the images a session names are inspected with the real qemu-img in both
 // directories: same map, same info, same content.
 import { spawnSync } from 'node:child_process';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { main } from '../../src/tools/img/main.js';
 import { runQemuImg, runQemuIo } from './qemu.js';
@@ -36,6 +36,8 @@ export interface Session {
   teardown?: string[][];
   /** Images compared by content and check only (their host layout may legitimately differ). */
   contentOnly?: string[];
+  /** Images that must also be byte-identical files (QEMU's result is deterministic). */
+  identical?: string[];
 }
 
 export interface Outcome {
@@ -172,6 +174,14 @@ export async function runSession(root: string, s: Session): Promise<StepResult[]
       label: `final state: content of ${img}`,
       theirs: { stdout: 'Images are identical.\n', stderr: '', status: 0 },
       ours: { stdout: c.stdout, stderr: c.stderr, status: c.status },
+    });
+  }
+  for (const img of s.identical ?? []) {
+    const same = readFileSync(join(dq, img)).equals(readFileSync(join(db, img)));
+    results.push({
+      label: `final state: bytes of ${img}`,
+      theirs: { stdout: 'identical', stderr: '', status: 0 },
+      ours: { stdout: same ? 'identical' : `different ${spawnSync('cmp', [join(dq, img), join(db, img)]).stdout.toString()}`, stderr: '', status: 0 },
     });
   }
   return results;

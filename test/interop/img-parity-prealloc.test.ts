@@ -1,7 +1,9 @@
 // Parity with qemu-img 7.2: the file protocol's create options (preallocation, nocow,
 // extent_size_hint), taken by -f file and by formats on a file (raw passes them to its file),
 // convert's -o (the same options for the target), and resize --preallocation (raw passes the
-// mode to its file; qed refuses it).
+// mode to its file; qed refuses it). qcow2's preallocation=falloc|full on create and resize:
+// data clusters in one run after a new refcount table, the file grown over them with the
+// protocol's preallocation; the images byte-identical to qemu-img's.
 import { statSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -9,6 +11,31 @@ import { makeTempDir, removeTempDir, requireQemu } from './qemu.js';
 import { runOurs, runTheirs, sessionDiffs, type Session } from './img-parity-harness.js';
 
 const qemu = requireQemu();
+
+const createCases: [name: string, opts: string, size: string][] = [
+  ['falloc-4k', 'cluster_size=4096,preallocation=falloc', '1M'],
+  ['full-4k', 'cluster_size=4096,preallocation=full', '1M'],
+  ['falloc-512', 'cluster_size=512,preallocation=falloc', '300k'],
+  ['full-512-odd', 'cluster_size=512,preallocation=full', '1000'],
+  ['falloc-64k-odd', 'preallocation=falloc', '1000k'],
+  ['full-64k', 'preallocation=full', '3M'],
+  ['falloc-2m', 'cluster_size=2M,preallocation=falloc', '5M'],
+  ['falloc-v2', 'compat=0.10,cluster_size=4096,preallocation=falloc', '777k'],
+  ['full-v2', 'compat=0.10,preallocation=full', '200k'],
+  ['falloc-rc1', 'refcount_bits=1,cluster_size=512,preallocation=falloc', '2M'],
+  ['full-rc64', 'refcount_bits=64,cluster_size=1024,preallocation=full', '1M'],
+  ['falloc-lazy', 'lazy_refcounts=on,cluster_size=4096,preallocation=falloc', '64k'],
+  ['falloc-zero', 'preallocation=falloc', '0'],
+];
+
+/** qcow2 resizes: over an aligned end with data, an odd end, v2, 512-byte clusters, a backing file. */
+const qcow2Resizes: [img: string, mode: string, size: string][] = [
+  ['a.qcow2', 'falloc', '3M'],
+  ['odd.qcow2', 'full', '+1003k'],
+  ['v2.qcow2', 'falloc', '1M'],
+  ['small.qcow2', 'full', '5M'],
+  ['top.qcow2', 'falloc', '200k'],
+];
 
 const sessions: Session[] = [
   {
@@ -97,13 +124,54 @@ const sessions: Session[] = [
       ['convert', '-f', 'raw', '-O', 'raw', '-o', 'preallocation=falloc', 's.raw', 'falloc.raw'],
       ['convert', '-f', 'raw', '-O', 'raw', '-o', 'preallocation=off,nocow=on', 's.raw', 'off.raw'],
       ['convert', '-f', 'raw', '-O', 'qed', '-o', 'preallocation=full', 's.raw', 'q.qed'],
+      ['convert', '-f', 'raw', '-O', 'qcow2', '-o', 'preallocation=falloc,cluster_size=4096', 's.raw', 'falloc.qcow2'],
+      ['convert', '-f', 'raw', '-O', 'qcow2', '-o', 'preallocation=full', 's.raw', 'full.qcow2'],
       { args: ['convert', '-f', 'raw', '-O', 'raw', '-o', 'preallocation=metadata', 's.raw', 'm.raw'], merged: true },
       { args: ['convert', '-f', 'raw', '-O', 'raw', '-o', 'preallocation=bogus', 's.raw', 'b.raw'], merged: true },
       { args: ['convert', '-f', 'raw', '-O', 'raw', '-o', 'extent_size_hint=8G', 's.raw', 'b.raw'], merged: true },
       { args: ['convert', '-O', 'raw', '-o', 'help', 's.raw', 'h.raw'], merged: true },
       ['info', 'm.raw'],
     ],
-    images: ['full.raw', 'falloc.raw', 'off.raw', 'q.qed'],
+    images: ['full.raw', 'falloc.raw', 'off.raw', 'q.qed', 'falloc.qcow2', 'full.qcow2'],
+    identical: ['falloc.qcow2', 'full.qcow2'],
+  },
+  {
+    name: 'create -o preallocation=falloc|full over cluster sizes, odd sizes, v2 and v3',
+    steps: createCases.map(([n, o, size]) => ['create', '-f', 'qcow2', '-o', o, `${n}.qcow2`, size]),
+    images: createCases.map(([n]) => `${n}.qcow2`),
+    identical: createCases.map(([n]) => `${n}.qcow2`),
+  },
+  {
+    name: 'create: preallocation with a backing file is refused without extended_l2',
+    setup: [['qemu-img', 'create', '-q', '-f', 'raw', 'base.raw', '1M']],
+    steps: [
+      { args: ['create', '-f', 'qcow2', '-o', 'preallocation=falloc', '-b', 'base.raw', '-F', 'raw', 'b1.qcow2'], merged: true },
+      { args: ['create', '-f', 'qcow2', '-o', 'preallocation=full', '-b', 'base.raw', '-F', 'raw', 'b2.qcow2', '1M'], merged: true },
+      { args: ['create', '-f', 'qcow2', '-o', 'preallocation=bogus', 'b3.qcow2', '1M'], merged: true },
+      ['info', 'b1.qcow2'],
+    ],
+  },
+  {
+    name: 'resize --preallocation=falloc|full: aligned and odd old ends, data kept',
+    setup: [
+      ['qemu-img', 'create', '-q', '-f', 'qcow2', '-o', 'cluster_size=4096', 'a.qcow2', '1M'],
+      ['qemu-io', '-f', 'qcow2', '-c', 'write -P 0x11 0 8k', '-c', 'write -P 0x22 1020k 4k', 'a.qcow2'],
+      ['qemu-img', 'create', '-q', '-f', 'qcow2', '-o', 'cluster_size=4096', 'odd.qcow2', '1001k'],
+      ['qemu-io', '-f', 'qcow2', '-c', 'write -P 0x33 996k 5k', 'odd.qcow2'],
+      ['qemu-img', 'create', '-q', '-f', 'qcow2', '-o', 'compat=0.10', 'v2.qcow2', '100k'],
+      ['qemu-io', '-f', 'qcow2', '-c', 'write -P 0x44 64k 36k', 'v2.qcow2'],
+      ['qemu-img', 'create', '-q', '-f', 'qcow2', '-o', 'cluster_size=512', 'small.qcow2', '3k'],
+      ['qemu-img', 'create', '-q', '-f', 'qcow2', '-o', 'cluster_size=4096', 'shrink.qcow2', '1M'],
+      ['qemu-img', 'create', '-q', '-f', 'raw', 'base.raw', '64k'],
+      ['qemu-io', '-f', 'raw', '-c', 'write -P 0x55 0 64k', 'base.raw'],
+      ['qemu-img', 'create', '-q', '-f', 'qcow2', '-o', 'cluster_size=4096', '-b', 'base.raw', '-F', 'raw', 'top.qcow2', '61k'],
+    ],
+    steps: [
+      ...qcow2Resizes.map(([img, mode, size]) => ['resize', '-f', 'qcow2', `--preallocation=${mode}`, img, size]),
+      { args: ['resize', '-f', 'qcow2', '--shrink', '--preallocation=full', 'shrink.qcow2', '512k'], merged: true },
+    ],
+    images: ['a.qcow2', 'odd.qcow2', 'v2.qcow2', 'small.qcow2', 'top.qcow2', 'shrink.qcow2'],
+    identical: ['a.qcow2', 'odd.qcow2', 'v2.qcow2', 'small.qcow2', 'top.qcow2', 'shrink.qcow2'],
   },
 ];
 

@@ -66,6 +66,22 @@ const sessions: Session[] = [
   { name: 'probed raw warning', args: [...cmds('write -P 0x51 0 512', 'read -P 0x51 0 512'), 'img.raw'], images: [RAW], compareImages: true },
   { name: 'copy-on-read option', args: ['-C', ...q('read 0 1', 'map')], images: [QED] },
   { name: 'snapshot writes go away', args: ['-s', ...q('write -P 7 0 4k', 'read -P 7 0 4k', 'map')], images: [QED], compareImages: true },
+  {
+    name: 'VM state area of qcow2: -b writes past the guest disk, reads them back',
+    args: [
+      ...cmds('write -b -P 5 0 64k', 'write -b -P 6 2M 4k', 'read -b -P 5 0 64k', 'read -b -P 6 2M 4k', 'read -b -P 0 64k 4k', 'read -P 0x41 0 4k', 'write -b 1 512', 'read -b 0 511', 'write -b -z 0 512', 'map'),
+      'vm.qcow2',
+    ],
+    images: [{ name: 'vm.qcow2', fmt: 'qcow2', size: '1M', setup: ['write -P 0x41 0 4k'] }],
+    compareImages: true,
+  },
+  { name: 'VM state of formats without one', args: ['-f', 'raw', ...cmds('write -b 0 512', 'read -b 0 512'), 'img.raw'], images: [RAW] },
+  {
+    name: 'snapshot writes go away over qcow2',
+    args: ['-s', ...cmds('write -P 7 0 4k', 'read -P 7 0 4k', 'read -P 0x41 4k 60k', 'map'), 'data.qcow2'],
+    images: [{ name: 'data.qcow2', fmt: 'qcow2', size: '1M', setup: ['write -P 0x41 0 64k', 'write -z 128k 64k'] }],
+    compareImages: true,
+  },
 
   // --- command line basics --------------------------------------------------------------------
   {

@@ -5,10 +5,12 @@
  * sector and cluster boundaries, where the bugs live.
  */
 import fc from 'fast-check';
-import { BlockDriverState, BlockError, IOVector, VirtualClock, aioToPromise, type CheckResult } from '../../src/index.js';
+import { BlockDriverState, BlockError, IOVector, VirtualClock, aioToPromise, bdrvAmendOptions, type CheckResult, type CreateOptions } from '../../src/index.js';
 import { memStoreRestore, memStoreSnapshot, memStripPrefix } from '../../src/drivers/mem/index.js';
 import type { ImageSetup } from './harness.js';
 import { firstDiff, pattern } from './model.js';
+import type { FormatProfile } from './profile.js';
+import { runSnapshotCommand, snapshotCommandArb, type ModelSnapshot, type SnapshotCommand } from './snapshot-cmds.js';
 
 export type Placement = 'any' | 'sector' | 'cluster' | 'edge';
 
@@ -31,7 +33,9 @@ export type Command =
   | { op: 'map' }
   | { op: 'reopenCor' }
   | { op: 'aio'; write: boolean; span: Span; seed: number }
-  | { op: 'rebaseTooLong'; extra: number };
+  | { op: 'rebaseTooLong'; extra: number }
+  | { op: 'amend'; pick: number }
+  | SnapshotCommand;
 
 export const spanArb: fc.Arbitrary<Span> = fc.record({
   at: fc.nat({ max: 0x7fffffff }),
@@ -39,8 +43,10 @@ export const spanArb: fc.Arbitrary<Span> = fc.record({
   place: fc.constantFrom<Placement>('any', 'sector', 'cluster', 'edge'),
 });
 
-export function commandArb(): fc.Arbitrary<Command> {
+/** Commands for any format, plus internal snapshots when the profile says the format has them. */
+export function commandArb(profile?: FormatProfile): fc.Arbitrary<Command> {
   return fc.oneof(
+    ...(profile?.snapshots === true ? [{ weight: 2, arbitrary: snapshotCommandArb as fc.Arbitrary<Command> }] : []),
     { weight: 6, arbitrary: fc.record({ op: fc.constant('write' as const), span: spanArb, seed: fc.nat({ max: 1 << 20 }) }) },
     { weight: 2, arbitrary: fc.record({ op: fc.constant('zero' as const), span: spanArb }) },
     { weight: 5, arbitrary: fc.record({ op: fc.constant('read' as const), span: spanArb }) },
@@ -53,6 +59,7 @@ export function commandArb(): fc.Arbitrary<Command> {
     { weight: 1, arbitrary: fc.constant({ op: 'map' as const }) },
     { weight: 1, arbitrary: fc.constant({ op: 'reopenCor' as const }) },
     { weight: 1, arbitrary: fc.record({ op: fc.constant('rebaseTooLong' as const), extra: fc.nat({ max: 5000 }) }) },
+    { weight: 1, arbitrary: fc.record({ op: fc.constant('amend' as const), pick: fc.nat({ max: 1000 }) }) },
     {
       weight: 2,
       arbitrary: fc.record({ op: fc.constant('aio' as const), write: fc.boolean(), span: spanArb, seed: fc.nat({ max: 1 << 20 }) }),
@@ -135,6 +142,8 @@ export interface RunState {
   executed: number;
   /** The node is open with copy-on-read. */
   cor?: boolean;
+  /** Internal snapshots taken so far, oldest first. */
+  snapshots?: ModelSnapshot[];
   log: string[];
 }
 
@@ -185,6 +194,17 @@ export async function runCommand(st: RunState, c: Command): Promise<void> {
       const newSize = model.size + (c.by <= 48 ? c.by * 512 : (c.by - 48) * cs);
       st.log.push(`grow ${model.size}->${newSize}`);
       const oldSize = model.size;
+      if ((st.snapshots?.length ?? 0) > 0) {
+        // Images with internal snapshots keep their size.
+        const err = await st.bs.truncate(newSize).then(
+          () => null,
+          (e: unknown) => e,
+        );
+        if (newSize !== oldSize && (!(err instanceof BlockError) || err.code !== 'ENOTSUP')) {
+          throw new ModelMismatch(`${st.log.join('; ')}: grow with snapshots gave ${String(err)}`);
+        }
+        return;
+      }
       await st.bs.truncate(newSize);
       model.grow(newSize, setup.backingView ?? setup.tailView ?? undefined);
       await learnGrown(st.bs, setup, oldSize, st.log.join('; '), st.cor === true);
@@ -202,6 +222,16 @@ export async function runCommand(st: RunState, c: Command): Promise<void> {
       await st.bs.discard(p.offset, p.len);
       // QED has no discard: the request succeeds and changes nothing (as qemu-io shows).
       if (setup.profile.discard === 'zeroes-clusters') await learnDiscard(st, p.offset, p.len);
+      return;
+    }
+    case 'amend': {
+      const choices = setup.profile.amendChoices ?? [];
+      if (choices.length === 0) return;
+      const opts = choices[c.pick % choices.length];
+      st.log.push(`amend ${JSON.stringify(opts)}`);
+      await amendKeepingData(st.bs, opts, setup, st.log.join('; '));
+      // Its whole-disk read copied everything the backing file showed into the image.
+      if (st.cor) markTouched(setup, 0, model.size);
       return;
     }
     case 'map': {
@@ -266,6 +296,9 @@ export async function runCommand(st: RunState, c: Command): Promise<void> {
       }
       return;
     }
+    case 'snapshot':
+      await runSnapshotCommand(st, c);
+      return;
     case 'check': {
       st.log.push('check');
       expectClean(await st.bs.check(), st.log.join('; '), setup.profile.leaksAfterCleanOps);
@@ -410,6 +443,25 @@ export async function checkMap(bs: BlockDriverState, setup: ImageSetup, what: st
     off += st.pnum;
     if (++extents > 1_000_000) throw new ModelMismatch(`${what}: block status walk does not end`);
   }
+}
+
+/** Amends done and refused, so that tests can tell the amend commands really ran. */
+export const amendStats = { amended: 0, refused: 0 };
+
+/**
+ * Amend `options`: a refusal (EINVAL, ENOTSUP) is allowed; either way the guest's bytes are
+ * unchanged and check finds nothing.
+ */
+export async function amendKeepingData(bs: BlockDriverState, options: CreateOptions, setup: ImageSetup, what: string): Promise<void> {
+  try {
+    await bdrvAmendOptions(bs, options);
+    amendStats.amended++;
+  } catch (e) {
+    if (!(e instanceof BlockError) || (e.code !== 'EINVAL' && e.code !== 'ENOTSUP')) throw e;
+    amendStats.refused++;
+  }
+  await compareAll(bs, setup, `after ${what}`);
+  expectClean(await bs.check(), `check after ${what}`, setup.profile.leaksAfterCleanOps);
 }
 
 /** Run a whole sequence, then compare everything and check; the image is closed at the end. */

@@ -47,7 +47,7 @@ export async function propQemuInterop(opts: PropertyOptions): Promise<void> {
   // No grow past what QEMU's own limits allow is generated: sizes stay small.
   const geom = profile.geometryArb(false).filter((g) => profile.name !== 'qed' || g.tableSize > 1);
   await fc.assert(
-    fc.asyncProperty(geom, fc.array(commandArb(), { minLength: 1, maxLength: opts.wide ? 40 : 20 }), async (g, cmds) => {
+    fc.asyncProperty(geom, fc.array(commandArb(), { minLength: 1, maxLength: opts.wide ? 40 : 20, size: opts.wide ? 'large' : 'small' }), async (g, cmds) => {
       const setup = await buildImage(g, freshPrefix('qi'), { profile });
       try {
         const n = await runSequence(setup, cmds);

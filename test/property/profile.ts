@@ -64,6 +64,8 @@ export interface FormatProfile {
   layerOptions(clusterSize: number): CreateOptions;
   /** Backing chains drawn for this format (the top image is always this format). */
   readonly backingKinds: readonly BackingKind[];
+  /** The format keeps internal snapshots (the sequential and power-loss properties take some). */
+  readonly snapshots: boolean;
   /** Whether check may report leaks after clean operation (neither format may today). */
   readonly leaksAfterCleanOps: boolean;
   /** Debug events the driver announces on its file during guest requests. */
@@ -85,6 +87,12 @@ export interface FormatProfile {
   hugeLayout(clusterBits: number, tableBits: number, shrinkSectors: number): HugeLayout;
   /** Cluster sizes (log2) the huge property draws. */
   readonly hugeClusterBits: readonly number[];
+  /**
+   * Option changes the amend commands draw from (keyed as the driver's amendOptions); absent:
+   * the format cannot amend. An amend must keep the guest's bytes and leave check clean, or be
+   * refused (EINVAL, ENOTSUP) with nothing changed.
+   */
+  readonly amendChoices?: readonly CreateOptions[];
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -19,6 +19,11 @@ import { buildImage, fcParams, freshPrefix, profileOf, type Geometry, type Prope
 
 /** Counterexamples found on qcow2 (geometries QED cannot create): replayed for qcow2 only. */
 export const qcow2SequentialExamples: [Geometry, Command[]][] = [
+  // fuzz seed 7 (qcow2): check read a snapshot's L1 table of two entries past its end.
+  [
+    { clusterSize: 512, tableSize: 1, size: 33280, backing: 'none', backingSize: 33280, backingClusterSize: 4096, seed: 1, formatOptions: {} },
+    [{ op: 'snapshot', action: 'create', pick: 0 }, { op: 'map' }],
+  ],
   // fuzz seed 777 (qcow2): the same for the read-back of a grown range.
   [
     { clusterSize: 512, tableSize: 1, size: 512, backing: 'raw', backingSize: 2048, backingClusterSize: 4096, seed: 1, formatOptions: {} },
@@ -79,7 +84,7 @@ export async function propSequential(opts: PropertyOptions): Promise<void> {
   const maxCommands = opts.wide ? 60 : 25;
   const profile = profileOf(opts);
   await fc.assert(
-    fc.asyncProperty(profile.geometryArb(opts.wide === true), fc.array(commandArb(), { minLength: 1, maxLength: maxCommands, size: opts.wide ? 'large' : 'medium' }), async (geom, cmds) => {
+    fc.asyncProperty(profile.geometryArb(opts.wide === true), fc.array(commandArb(profile), { minLength: 1, maxLength: maxCommands, size: opts.wide ? 'large' : 'medium' }), async (geom, cmds) => {
       const setup = await buildImage(geom, freshPrefix('seq'), { profile });
       try {
         const n = await runSequence(setup, cmds);
@@ -106,7 +111,7 @@ export async function propBlkverify(opts: PropertyOptions): Promise<void> {
   await fc.assert(
     fc.asyncProperty(
       profile.geometryArb(opts.wide === true),
-      fc.array(verifyCmd, { minLength: 1, maxLength: opts.wide ? 40 : 20 }),
+      fc.array(verifyCmd, { minLength: 1, maxLength: opts.wide ? 40 : 20, size: opts.wide ? 'large' : 'small' }),
       async (geom, cmds) => {
         const setup = await buildImage(geom, freshPrefix('bv'), { profile });
         try {
@@ -168,7 +173,7 @@ export async function propSequentialFile(opts: PropertyOptions): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'blocklayer-seqfile-'));
   try {
     await fc.assert(
-      fc.asyncProperty(profile.geometryArb(false), fc.array(commandArb(), { minLength: 1, maxLength: maxCommands, size: opts.wide ? 'large' : 'medium' }), async (geom, cmds) => {
+      fc.asyncProperty(profile.geometryArb(false), fc.array(commandArb(profile), { minLength: 1, maxLength: maxCommands, size: opts.wide ? 'large' : 'medium' }), async (geom, cmds) => {
         const prefix = freshPrefix('sf');
         const setup = await buildImage(geom, prefix, { proto: 'file', dir, profile });
         setup.copyFile = (from, to) => copyFileSync(join(dir, from), join(dir, to));

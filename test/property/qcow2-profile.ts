@@ -165,6 +165,7 @@ export const QCOW2_PROFILE: FormatProfile = {
   createOptions: (g) => ({ clusterSize: g.clusterSize, ...g.formatOptions }),
   layerOptions: (clusterSize) => ({ clusterSize }),
   backingKinds: ['none', 'raw', 'qed', 'qcow2', 'chain3', 'chain3qcow2'],
+  snapshots: true,
   leaksAfterCleanOps: false,
   debugEvents: QCOW2_EVENTS,
   grow: 'backing-or-zeros',
@@ -195,4 +196,17 @@ export const QCOW2_PROFILE: FormatProfile = {
     return { options: { clusterSize: cs }, size: Math.max(512, max - shrink * 512), l2Span };
   },
   hugeClusterBits: [9, 12, 16, 20],
+  amendChoices: [
+    { compat: '0.10' },
+    { compat: '1.1' },
+    { lazyRefcounts: true },
+    { lazyRefcounts: false },
+    { compat: '1.1', lazyRefcounts: true },
+    { compat: '0.10', lazyRefcounts: false },
+    { refcountBits: 1 },
+    { refcountBits: 4 },
+    { refcountBits: 16 },
+    { refcountBits: 64 },
+    { compat: '1.1', refcountBits: 8 },
+  ],
 };

@@ -3,6 +3,7 @@
 // `npm run fuzz -- --format qcow2` runs them long.
 import { describe, expect, it } from 'vitest';
 import { requireQemu } from '../interop/qemu.js';
+import { amendStats } from './commands.js';
 import { concStats, propConcurrent } from './concurrency.js';
 import { corruptStats, propCorruption, propRepairFault } from './corruption.js';
 import { faultStats, propBlkdebug, propPowerLoss } from './fault-props.js';
@@ -25,7 +26,10 @@ const counted = async (prop: typeof propSequential, numRuns: number): Promise<nu
 
 describe('qcow2: model-based sequences', () => {
   it('random command sequences read back as the byte-array model, check stays clean', async () => {
+    const before = { ...amendStats };
     expect(await counted(propSequential, 50)).toBeGreaterThan(60);
+    // Amends (compat up and down, lazy refcounts on and off) ran among the commands.
+    expect(amendStats.amended - before.amended).toBeGreaterThan(3);
   });
   it('through blkverify, over host files, API misuse, huge sparse images', async () => {
     expect(await counted(propBlkverify, 20)).toBeGreaterThan(20);
@@ -51,6 +55,12 @@ describe('qcow2: concurrency and faults', () => {
     await propPowerLoss({ numRuns: 60, seed, format });
     expect(faultStats.crashedMidRequest - before.crashedMidRequest).toBeGreaterThan(2);
     expect(faultStats.pendingAtCrash - before.pendingAtCrash).toBeGreaterThan(6);
+    // Amends ran, and the power went in the middle of some.
+    expect(faultStats.amends - before.amends).toBeGreaterThan(3);
+    expect(faultStats.crashedInAmend - before.crashedInAmend).toBeGreaterThan(0);
+    // Snapshots created and deleted among the writes, some cut short by the power.
+    expect(faultStats.snapshotOps - before.snapshotOps).toBeGreaterThan(5);
+    expect(faultStats.snapshotOpsCut - before.snapshotOpsCut).toBeGreaterThan(0);
   });
 });
 

@@ -117,6 +117,7 @@ export const QED_PROFILE: FormatProfile = {
   createOptions: (g) => ({ clusterSize: g.clusterSize, tableSize: g.tableSize }),
   layerOptions: (clusterSize) => ({ clusterSize, tableSize: 2 }),
   backingKinds: ['none', 'raw', 'qed', 'chain3'],
+  snapshots: false,
   leaksAfterCleanOps: false,
   debugEvents: QED_EVENTS,
   grow: 'backing',

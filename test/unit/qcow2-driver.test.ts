@@ -110,6 +110,37 @@ describe('qcow2 driver', () => {
     expect(seen.lastIndexOf('refblock_update_part')).toBeLessThan(seen.lastIndexOf('l2_update'));
   });
 
+  for (const target of ['active L2 table', 'refcount block'] as const) {
+    it(`refuses a data write over an ${target} allocated after earlier writes`, async () => {
+      // 512-byte clusters: each L2 table maps 32 KiB, so the second write allocates a new
+      // table after the overlap check has seen the metadata once.
+      const name = await newImage({ cluster_size: 512 });
+      const bs = await BlockDriverState.open(name, { format: 'qcow2' });
+      const errors: string[] = [];
+      const orig = console.error;
+      console.error = (m: string) => errors.push(m);
+      try {
+        await bs.pwrite(0, new Uint8Array(512).fill(1));
+        await bs.pwrite(65536, new Uint8Array(512).fill(2));
+        const s = qcow2State(bs);
+        const victim =
+          target === 'active L2 table' ? Number(s.l1Table[2] & L1E_OFFSET_MASK) : Number(s.refcountTable[0] & 0xfffffffffffffe00n);
+        expect(victim).toBeGreaterThan(0);
+        // Point guest cluster 1 (allocated, COPIED) at the victim, as a damaged image would.
+        const { table } = await import('../../src/drivers/qcow2/cluster.js').then((m) => m.qcow2GetClusterTable(s, 0));
+        new DataView(table.data.buffer).setBigUint64(8, BigInt(victim) | 0x8000000000000000n);
+        s.l2Cache.put(table);
+        await expect(bs.pwrite(512, new Uint8Array(512))).rejects.toMatchObject({ code: 'EIO' });
+      } finally {
+        console.error = orig;
+        await bs.close();
+      }
+      expect(errors[0]).toBe(
+        `qcow2: Marking image as corrupt: Preventing invalid write on metadata (overlaps with ${target}); further corruption events will be suppressed`,
+      );
+    });
+  }
+
   it('refuses a write over metadata, marks the image corrupt, and later read-write opens fail', async () => {
     const name = await newImage();
     let bs = await BlockDriverState.open(name, { format: 'qcow2' });

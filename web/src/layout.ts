@@ -1,15 +1,18 @@
-// The QED file as it is on disk: which host cluster is the header, the L1 table, an L2 table, a
-// data cluster, or nothing anyone points at (a leak). Read from the image's bytes with the
-// driver's own header codec; entries are checked as the driver checks them, and an entry it
-// would refuse is drawn as such instead of followed.
-import { QED_F_NEED_CHECK, QED_MAGIC, decodeHeader } from '../../src/drivers/qed/index.js';
+// An image file as it is on disk, one cell per host cluster: what each cluster holds, read from
+// the file's bytes by the format's own codecs (layout-qed.ts, layout-qcow2.ts), and drawn here.
+import { qcow2Layout, type Qcow2Layout } from './layout-qcow2.js';
+import { qedLayout, type QedLayout } from './layout-qed.js';
 
-export type ClusterKind = 'header' | 'l1' | 'l2' | 'data' | 'leak';
+/**
+ * What a host cluster holds. `leak`: referenced by nothing, yet counted (qcow2) or inside the
+ * file (QED); `free`: a qcow2 cluster with refcount 0 that nothing references, reusable.
+ */
+export type ClusterKind = 'header' | 'l1' | 'l2' | 'data' | 'compressed' | 'reftable' | 'refblock' | 'leak' | 'free';
 
-export interface QedLayout {
+export interface LayoutBase {
   clusterSize: number;
-  tableSize: number;
   imageSize: number;
+  /** QED's NEED_CHECK, qcow2's dirty bit: the next read-write open checks and repairs. */
   dirty: boolean;
   backing: string | null;
   /** Kind of every host cluster of the file, in file order. */
@@ -18,73 +21,35 @@ export interface QedLayout {
   guestOf: Map<number, number>;
   /** Entries pointing past the end of the file or unaligned (what a check repairs). */
   badEntries: number;
+  /** The format's geometry in a few words, for the facts line. */
+  facts: string;
 }
 
-function u64(b: Uint8Array, off: number): number {
-  return Number(new DataView(b.buffer, b.byteOffset, b.byteLength).getBigUint64(off, true));
+export type ImageLayout = QedLayout | Qcow2Layout;
+
+/** Null when the bytes are no image this page can draw. */
+export function imageLayout(file: Uint8Array): ImageLayout | null {
+  return qedLayout(file) ?? qcow2Layout(file);
 }
 
-/** Null when the bytes are no QED image (then there is nothing to draw). */
-export function qedLayout(file: Uint8Array): QedLayout | null {
-  if (file.length < 64) return null;
-  const h = decodeHeader(file);
-  if (h.magic !== QED_MAGIC) return null;
-  const cs = h.clusterSize;
-  const ts = h.tableSize;
-  // A header the driver would refuse: nothing sensible to draw.
-  if (cs < 4096 || (cs & (cs - 1)) !== 0 || ts < 1 || ts > 16 || h.headerSize < 1) return null;
-  const nclusters = Math.ceil(file.length / cs);
-  const clusters: ClusterKind[] = new Array<ClusterKind>(nclusters).fill('leak');
-  const guestOf = new Map<number, number>();
-  for (let i = 0; i < h.headerSize && i < nclusters; i++) clusters[i] = 'header';
-  const l1 = Number(h.l1TableOffset);
-  const valid = (off: number): boolean => off % cs === 0 && off >= h.headerSize * cs && off + cs <= file.length;
-  let badEntries = 0;
-  const entries = (ts * cs) / 8;
-  if (!valid(l1)) return null;
-  for (let i = 0; i < ts; i++) clusters[l1 / cs + i] = 'l1';
-  for (let i = 0; i < entries; i++) {
-    const l2 = u64(file, l1 + i * 8);
-    if (l2 === 0) continue;
-    if (!valid(l2) || l2 + ts * cs > file.length) {
-      badEntries++;
-      continue;
-    }
-    for (let k = 0; k < ts; k++) clusters[l2 / cs + k] = 'l2';
-    for (let j = 0; j < entries; j++) {
-      const d = u64(file, l2 + j * 8);
-      if (d <= 1) continue; // unallocated, or the zero marker
-      if (!valid(d)) {
-        badEntries++;
-        continue;
-      }
-      clusters[d / cs] = 'data';
-      guestOf.set(d / cs, i * entries + j);
-    }
-  }
-  const backing =
-    h.backingFilenameSize > 0
-      ? new TextDecoder().decode(file.subarray(h.backingFilenameOffset, h.backingFilenameOffset + h.backingFilenameSize))
-      : null;
-  return {
-    clusterSize: cs,
-    tableSize: ts,
-    imageSize: Number(h.imageSize),
-    dirty: (h.features & QED_F_NEED_CHECK) !== 0n,
-    backing,
-    clusters,
-    guestOf,
-    badEntries,
-  };
-}
+const LABEL: Record<ClusterKind, string> = {
+  header: 'H',
+  l1: 'L1',
+  l2: 'L2',
+  data: 'D',
+  compressed: 'C',
+  reftable: 'RT',
+  refblock: 'RB',
+  leak: '·',
+  free: '',
+};
 
-const LABEL: Record<ClusterKind, string> = { header: 'H', l1: 'L1', l2: 'L2', data: 'D', leak: '·' };
-
-/** Draw the file's clusters into `el` (one cell each, its kind in data-kind). */
-export function drawLayout(el: HTMLElement, layout: QedLayout | null, highlight: ReadonlySet<number> = new Set()): void {
+/** Draw the file's clusters into `el` (one cell each, its kind in data-kind, qcow2's refcount below). */
+export function drawLayout(el: HTMLElement, layout: ImageLayout | null, highlight: ReadonlySet<number> = new Set()): void {
   el.replaceChildren();
+  el.classList.toggle('counted', layout?.format === 'qcow2');
   if (layout === null) {
-    el.textContent = 'no QED image';
+    el.textContent = 'no image';
     return;
   }
   const cs = layout.clusterSize;
@@ -93,8 +58,35 @@ export function drawLayout(el: HTMLElement, layout: QedLayout | null, highlight:
     cell.className = `cluster ${kind}${highlight.has(i) ? ' hot' : ''}`;
     cell.dataset.kind = kind;
     const g = layout.guestOf.get(i);
-    cell.title = `host ${i * cs}..${(i + 1) * cs - 1}: ${kind}${g === undefined ? '' : ` (guest ${g * cs})`}`;
+    let title = `host cluster ${i} (${i * cs}..${(i + 1) * cs - 1}): ${kind}${g === undefined ? '' : ` (guest ${g * cs})`}`;
     cell.textContent = LABEL[kind];
+    if (layout.format === 'qcow2') {
+      const rc = layout.refcounts[i] ?? 0;
+      cell.dataset.refcount = String(rc);
+      const rb = layout.refblocks.find((b) => i >= b.first && i <= b.last);
+      title += rb === undefined ? ', no refcount block covers it' : `, refcount ${rc} (refcount block at host cluster ${rb.host}, entry ${i - rb.first})`;
+      const count = document.createElement('i');
+      count.textContent = String(rc);
+      cell.append(count);
+    }
+    cell.title = title;
     el.append(cell);
   });
+}
+
+/** qcow2: which host clusters each refcount block counts, one line per reftable entry. */
+export function drawRefmap(el: HTMLElement, layout: ImageLayout | null): void {
+  el.replaceChildren();
+  if (layout?.format !== 'qcow2') return;
+  for (const b of layout.refblocks) {
+    const li = document.createElement('li');
+    li.dataset.host = String(b.host);
+    li.dataset.first = String(b.first);
+    li.dataset.last = String(b.last);
+    const inUse = layout.refcounts.slice(b.first, b.last + 1).filter((r) => r > 0).length;
+    li.textContent =
+      `reftable[${b.index}] → refcount block at host cluster ${b.host}: counts host clusters ` +
+      `${b.first}..${b.last} (${layout.refcountBits}-bit entries), ${inUse} of them in use`;
+    el.append(li);
+  }
 }

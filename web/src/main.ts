@@ -1,16 +1,23 @@
-// The teaching page: one QED image (on a powerloss disk in memory, or in the Origin Private File
-// System), drawn as it is on disk and as the guest sees it through its backing chain; a console
-// running blk-io and blk-img; step mode for one allocating write; pulling the plug at a step.
+// The teaching page: one QED or qcow2 image (on a powerloss disk in memory, or in the Origin
+// Private File System), drawn as it is on disk and as the guest sees it through its backing chain
+// (possibly a base image over http); a console running blk-io and blk-img; step mode for one
+// allocating write; pulling the plug at a step.
 import { opfsSetPort, powerlossStoreCreate, powerlossStoreGet, type PowerLossStore } from '../../src/browser.js';
+import { drawAftermath } from './aftermath.js';
 import { drawChain } from './chain.js';
-import { drawLayout, qedLayout } from './layout.js';
+import { drawLayout, drawRefmap, imageLayout } from './layout.js';
+import { QCOW2_STEPS } from './steps-qcow2.js';
+import { QED_STEPS } from './steps-qed.js';
 import { recordSteps, type Step } from './steps.js';
 import { PageTools } from './tools.js';
 
 const $ = <T extends HTMLElement = HTMLElement>(id: string): T => document.getElementById(id) as T;
 
 const out = $('out');
+/** While set, what the tools print is kept here too (to tell the story of a power cut). */
+let capture: string[] | null = null;
 function print(text: string, cls: 'out' | 'err' | 'cmd' | 'note' = 'out'): void {
+  if (cls !== 'cmd') capture?.push(text);
   const span = document.createElement('span');
   span.className = cls;
   span.textContent = text;
@@ -36,23 +43,26 @@ function store(): PowerLossStore | null {
 /** The image file's bytes, through the protocol node (any storage). */
 async function fileBytes(): Promise<Uint8Array> {
   const f = tools.root?.file;
-  if (!f) return new Uint8Array(0);
+  // Closed (between a crash and the reopen): the powerloss disk as it is.
+  if (!f) return store()?.toBytes() ?? new Uint8Array(0);
   const buf = new Uint8Array(await f.getLength());
   await f.pread(0, buf);
   return buf;
 }
 
-async function redraw(bytes?: Uint8Array, hot: ReadonlySet<number> = new Set()): Promise<void> {
-  const layout = qedLayout(bytes ?? (await fileBytes()));
+async function redraw(bytes?: Uint8Array, hot: ReadonlySet<number> = new Set(), when = ''): Promise<void> {
+  $('disk-when').textContent = when;
+  const layout = imageLayout(bytes ?? (await fileBytes()));
   drawLayout($('layout'), layout, hot);
+  drawRefmap($('refmap'), layout);
   $('facts').textContent =
     layout === null
       ? ''
-      : `${imageName}: cluster ${layout.clusterSize} B, table ${layout.tableSize} cluster(s), ` +
-        `virtual ${layout.imageSize} B, file ${layout.clusters.length} clusters, ` +
+      : `${imageName}: ${layout.facts}, virtual ${layout.imageSize} B, file ${layout.clusters.length} clusters, ` +
         `${layout.dirty ? 'DIRTY (needs check)' : 'clean'}${layout.backing === null ? '' : `, backing ${layout.backing}`}`;
   $('facts').dataset.dirty = String(layout?.dirty ?? false);
-  if (tools.blk && layout) await drawChain($('chain'), tools.blk, layout.clusterSize);
+  $('facts').dataset.format = layout?.format ?? '';
+  if (tools.blk && layout) await drawChain($('chain'), $('chain-summary'), tools.blk, layout.clusterSize, layout.backing);
 }
 
 /** Run a console line, echoing it, then redraw. */
@@ -63,20 +73,42 @@ async function command(line: string): Promise<number> {
   return r;
 }
 
+/** Run `f`, returning what it printed too. */
+async function captured<T>(f: () => Promise<T>): Promise<{ r: T; text: string }> {
+  capture = [];
+  try {
+    const r = await f();
+    return { r, text: capture.join('') };
+  } finally {
+    capture = null;
+  }
+}
+
+function hideAftermath(): void {
+  $('report').hidden = true;
+  $('crashed').parentElement!.hidden = true;
+}
+
 async function createImage(): Promise<void> {
   const storage = $<HTMLSelectElement>('storage').value;
   const withBase = $<HTMLInputElement>('with-base').checked;
+  const format = $<HTMLSelectElement>('format').value;
   await tools.close();
+  hideAftermath();
   imageName = selectedName();
-  if (storage !== 'opfs') powerlossStoreCreate(imageName, new Uint8Array(0));
+  if (storage !== 'opfs') powerlossStoreCreate(storeName(), new Uint8Array(0));
+  // Served next to the page: any static host that answers Range requests will do.
   const base = new URL('dist/base.raw', location.href).href;
   const backing = withBase ? `-b ${base} -F raw ` : '';
-  await command(`blk-img create -f qed ${backing}-o cluster_size=4096,table_size=1 ${imageName} 1M`);
+  // 4 KiB clusters keep the whole file on screen: one L2 table maps the 1 MiB disk.
+  const opts = format === 'qed' ? 'cluster_size=4096,table_size=1' : `cluster_size=4096${format === 'qcow2-lazy' ? ',lazy_refcounts=on' : ''}`;
+  await command(`blk-img create -f ${format === 'qed' ? 'qed' : 'qcow2'} ${backing}-o ${opts} ${imageName} 1M`);
   await openImage();
 }
 
 function selectedName(): string {
-  return $<HTMLSelectElement>('storage').value === 'opfs' ? 'opfs:teach.qed' : 'powerloss:teach.qed';
+  const file = $<HTMLSelectElement>('format').value === 'qed' ? 'teach.qed' : 'teach.qcow2';
+  return `${$<HTMLSelectElement>('storage').value === 'opfs' ? 'opfs' : 'powerloss'}:${file}`;
 }
 
 async function openImage(name = selectedName()): Promise<void> {
@@ -113,6 +145,7 @@ async function stepWrite(): Promise<void> {
     print('step mode needs an image on the powerloss disk\n', 'err');
     return;
   }
+  hideAftermath();
   const offset = Number($<HTMLInputElement>('step-offset').value || (await unallocatedOffset()));
   // Everything so far durable, and a fresh open: the write replays identically after the plug.
   await tools.blk!.flush();
@@ -120,7 +153,8 @@ async function stepWrite(): Promise<void> {
   const before = st.toBytes();
   const root = (await tools.open(imageName)) ? tools.root : null;
   if (root === null) return;
-  const r = recordSteps(root, st, qedLayout(before)!.clusterSize);
+  const layout = imageLayout(before)!;
+  const r = recordSteps(root, st, layout.clusterSize, layout.format === 'qed' ? QED_STEPS : QCOW2_STEPS);
   const start = st.opCount;
   // Stop recording before drawing: the drawing reads the file, and those reads are requests too.
   print(`> write -P ${PATTERN} ${offset} 4k\n`, 'cmd');
@@ -135,7 +169,10 @@ async function stepWrite(): Promise<void> {
 function showSteps(): void {
   const ol = $('steps');
   ol.replaceChildren();
-  if (!rec) return;
+  if (!rec) {
+    $<HTMLButtonElement>('next').disabled = true;
+    return;
+  }
   rec.steps.forEach((s, i) => {
     const li = document.createElement('li');
     li.dataset.kind = s.kind;
@@ -157,7 +194,7 @@ async function nextStep(): Promise<void> {
   rec.current++;
   showSteps();
   const s = rec.steps[rec.current];
-  await redraw(s.after, new Set(s.clusters));
+  await redraw(s.after, new Set(s.clusters), `as it is after step ${rec.current + 1} of ${rec.steps.length}: ${s.title}`);
 }
 
 /** A small deterministic generator, so a power cut can be replayed. */
@@ -195,15 +232,34 @@ async function pullPlug(): Promise<void> {
   const crash = st.crash(seeded(seed));
   const lost = `crash (seed ${seed}): ${crash.pending} unflushed writes: ${crash.kept} kept, ${crash.torn} torn, ${crash.dropped} lost`;
   print(`-- ${lost}\n`, 'note');
+  const crashed = imageLayout(st.toBytes());
   await redraw(st.toBytes());
-  await command(`blk-img check ${imageName}`);
-  print('-- reopen read-write: the dirty bit makes the open run the check and repair\n', 'note');
-  await openImage(imageName);
-  await command(`blk-img check ${imageName}`);
+  const checkAfterCrash = (await captured(() => command(`blk-img check ${imageName}`))).text;
+  print(
+    crashed?.dirty === true
+      ? '-- reopen read-write: the dirty bit makes the open run the check and repair\n'
+      : '-- reopen read-write: the image is not marked dirty, so the open checks nothing\n',
+    'note',
+  );
+  const reopen = (await captured(() => openImage(imageName))).text;
+  let check = await captured(() => command(`blk-img check ${imageName}`));
+  let repair: string | null = null;
+  if (check.r !== 0) {
+    // Only leaks are expected here: qcow2 counts before it references, so a crash can leave a
+    // cluster counted but unused, never one used but uncounted.
+    print('-- what is left are leaks (counted, unused clusters): blk-img check -r leaks gives them back\n', 'note');
+    await tools.close();
+    repair = (await captured(() => command(`blk-img check -r leaks ${imageName}`))).text;
+    await openImage(imageName);
+    check = { r: 0, text: repair.slice(repair.lastIndexOf('Double checking')) };
+  }
   const r = await command(`read -P ${PATTERN} ${rec.offset} 4k`);
-  const report = $('report');
-  report.dataset.survived = String(r >= 0);
-  report.textContent = `${lost}. ${r >= 0 ? 'The new data survived.' : 'The new data was lost: the range reads as before the write.'}`;
+  const step = `before step ${at + 1}: ${rec.steps[at].title}`;
+  const flushed = rec.steps.slice(0, at).findLastIndex((s) => s.kind === 'flush') + 1;
+  const durable =
+    (flushed === 0 ? 'No step of this write was flushed before the cut' : `Steps 1-${flushed} were flushed before the cut: they survive whatever happens`) +
+    (at > flushed ? `; steps ${flushed + 1}-${at} were not, so the crash decides what of them reached the disk` : '');
+  drawAftermath($('report'), $('crashed'), { step, crash: lost, durable, crashed, checkAfterCrash, reopen, repair, finalCheck: check.text, survived: r >= 0 });
   rec = null;
   showSteps();
   $<HTMLButtonElement>('plug').disabled = true;

@@ -67,7 +67,7 @@ export function aioRw(bs: BlockDriverState, write: boolean, sectorNum: number, q
 
   const offset = sectorNum * BDRV_SECTOR_SIZE;
   const bytes = nbSectors * BDRV_SECTOR_SIZE;
-  const native = write ? bs.nativeAioWritev : bs.nativeAioReadv;
+  const native = write ? bs.io.nativeAioWritev : bs.io.nativeAioReadv;
   // The driver's AIO pool does not order requests: it also needs nothing overlapping in
   // flight, serialising or not. A native write stays inside the length even on a growable
   // node (the driver's AIO path does not extend its storage).

@@ -7,8 +7,24 @@
  * fixed. The node (node.ts) keeps who its parent is; these are the rules.
  */
 import { BDRV_SECTOR_SIZE, type BlockDriver } from '../driver.js';
-import type { BlockDriverState, NodeParent } from '../node.js';
+import type { BlockDriverState } from '../node.js';
 import { invalidNumber, roundUp } from './requests.js';
+
+/**
+ * Who uses a node: a parent node (driverOpen sets 'node' on a format's or filter's `file`), a
+ * BlockBackend (attach sets 'backend', detach puts the old value back), or 'none'.
+ *
+ * Why 'none' exists at all: in QEMU a bare node has no user, since whoever issues requests
+ * holds a BlockBackend (blk_new_open), and the backend alone bounds them. Here
+ * `BlockDriverState.open` still hands the node itself to a caller who reads and writes it
+ * directly: the library's first entry point, kept for existing callers, which expect what
+ * `qemu-io -f file` shows (EIO past the end, nothing written; a length in whole sectors). A
+ * node with no parent therefore stands for "the caller of open is the user" and gets the
+ * backend's bounds; the moment a node or a backend takes it, the bounds are that parent's.
+ * Opening through a backend instead would not remove the rule: the node's own methods would
+ * have to find that backend, the same special case in another place.
+ */
+export type NodeParent = 'none' | 'node' | 'backend';
 
 function isStorage(driver: BlockDriver): boolean {
   return (driver.isProtocol ?? false) || (driver.isFilter ?? false);

@@ -14,6 +14,7 @@
  */
 import { CoQueue } from '../coroutine.js';
 import { BlockError } from '../errors.js';
+import { BDRV_SECTOR_SIZE, type BlockDriver } from '../driver.js';
 import type { BlockDriverState } from '../node.js';
 
 /** An in-flight request on the overlap list (QEMU's BdrvTrackedRequest). */
@@ -129,6 +130,18 @@ export class RequestTracker {
 
 // -----------------------------------------------------------------------------------------
 // Checks (bdrv_check_request and friends)
+
+/**
+ * The alignment a node of `driver` pads requests to: the driver's own, else a byte for
+ * protocols and filters and a sector for formats (QEMU's refresh_limits defaults).
+ */
+export function driverRequestAlignment(driver: BlockDriver): number {
+  const align = driver.requestAlignment ?? (driver.isProtocol || driver.isFilter ? 1 : BDRV_SECTOR_SIZE);
+  if (!Number.isSafeInteger(align) || align < 1) {
+    throw new BlockError('EINVAL', `Driver '${driver.formatName}' has an invalid request alignment ${align}`);
+  }
+  return align;
+}
 
 export function checkOpen(bs: BlockDriverState, op: string): void {
   if (!bs.isOpen) {

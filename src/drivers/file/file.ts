@@ -9,6 +9,7 @@ import type { BlockDriver, CreateOptions, OpenOptions } from '../../block/driver
 import { CoQueue } from '../../block/coroutine.js';
 import { BlockError, ERRNO_MESSAGES, type BlockErrorCode, toBlockError } from '../../block/errors.js';
 import { stripProtocolPrefix } from '../../block/options.js';
+import { storageGetInfo } from '../../block/info.js';
 import type { BlockDriverState } from '../../block/node.js';
 import { allocateFirstBlock, filePreallocate, parsePreallocMode } from './prealloc.js';
 import { fileCoFlush, fileCoPreadv, fileCoPwritev, filePreadvNow } from './rw.js';
@@ -201,5 +202,6 @@ export const fileDriver: BlockDriver = {
   truncatePreallocates: true,
   getLength: fileGetLength,
   getAllocatedFileSize: fileGetAllocatedFileSize,
+  getInfo: storageGetInfo,
   invalidateCache: fileInvalidateCache,
 };

@@ -11,7 +11,7 @@
  * request, more than copying 64 KiB.
  */
 import { read as fsRead, readv as fsReadv, write as fsWrite, writev as fsWritev } from 'node:fs';
-import type { WriteFlags } from '../../block/driver.js';
+import type { BlockDriverHook } from '../../block/driver.js';
 import { BlockError, toBlockError } from '../../block/errors.js';
 import type { IOVector } from '../../block/iovec.js';
 import type { BlockDriverState } from '../../block/node.js';
@@ -37,24 +37,27 @@ function onlyBuffer(b: Uint8Array, size: number): Uint8Array {
   return b.length === size ? b : b.subarray(0, size);
 }
 
-function preadOnce(fd: number, iov: readonly Uint8Array[], size: number, pos: number): Promise<number> {
+/**
+ * One preadv or pwritev of `size` bytes at `pos` (one function for both, as QEMU's raw_co_prw):
+ * through the io engine when there is one, else libuv's pool.
+ */
+function prwOnce(write: boolean, fd: number, iov: readonly Uint8Array[], size: number, pos: number): Promise<number> {
   const engine = ioEngine();
-  if (engine !== null) return engine.preadv(fd, iov.length === 1 ? onlyBuffer(iov[0], size) : iov, pos);
+  if (engine !== null) {
+    const bufs = iov.length === 1 ? onlyBuffer(iov[0], size) : iov;
+    return write ? engine.pwritev(fd, bufs, pos) : engine.preadv(fd, bufs, pos);
+  }
   return new Promise<number>((resolve, reject) => {
     const cb = (err: NodeJS.ErrnoException | null, n: number): void => (err === null ? resolve(n) : reject(err));
-    // One buffer: plain pread, no array handed down.
-    if (iov.length === 1) fsRead(fd, iov[0], 0, size, pos, cb);
-    else fsReadv(fd, iov as Uint8Array[], pos, cb);
-  });
-}
-
-function pwriteOnce(fd: number, iov: readonly Uint8Array[], size: number, pos: number): Promise<number> {
-  const engine = ioEngine();
-  if (engine !== null) return engine.pwritev(fd, iov.length === 1 ? onlyBuffer(iov[0], size) : iov, pos);
-  return new Promise<number>((resolve, reject) => {
-    const cb = (err: NodeJS.ErrnoException | null, n: number): void => (err === null ? resolve(n) : reject(err));
-    if (iov.length === 1) fsWrite(fd, iov[0], 0, size, pos, cb);
-    else fsWritev(fd, iov as Uint8Array[], pos, cb);
+    // One buffer: plain pread/pwrite, no array handed down.
+    if (iov.length === 1) {
+      if (write) fsWrite(fd, iov[0], 0, size, pos, cb);
+      else fsRead(fd, iov[0], 0, size, pos, cb);
+    } else if (write) {
+      fsWritev(fd, iov as Uint8Array[], pos, cb);
+    } else {
+      fsReadv(fd, iov as Uint8Array[], pos, cb);
+    }
   });
 }
 
@@ -72,7 +75,7 @@ async function preadvRest(
 ): Promise<number> {
   while (done < size && done > 0) {
     const rest = iovTail(iov, done);
-    const n = await preadOnce(fd, rest, size - done, pos + done);
+    const n = await prwOnce(false, fd, rest, size - done, pos + done);
     if (n === 0) break;
     done += n;
   }
@@ -81,7 +84,7 @@ async function preadvRest(
 
 /** pwritev until every byte is written; a write that makes no progress is an I/O error. */
 export async function pwritevFull(fd: number, iov: readonly Uint8Array[], size: number, pos: number): Promise<void> {
-  await pwritevRest(fd, iov, size, pos, await pwriteOnce(fd, iov, size, pos));
+  await pwritevRest(fd, iov, size, pos, await prwOnce(true, fd, iov, size, pos));
 }
 
 /** The rest of pwritevFull after a first write of `done` bytes (rarely anything to do). */
@@ -94,7 +97,7 @@ async function pwritevRest(
 ): Promise<void> {
   while (done < size) {
     const rest = iovTail(iov, done);
-    const n = await pwriteOnce(fd, rest, size - done, pos + done);
+    const n = await prwOnce(true, fd, rest, size - done, pos + done);
     if (n === 0) throw new BlockError('EIO', 'short write made no progress', { op: 'write', offset: pos + done });
     done += n;
   }
@@ -111,7 +114,7 @@ export async function fileCoPreadv(bs: BlockDriverState, offset: number, bytes: 
   beginIO(s);
   try {
     // One pread inline (no helper frame); a short count goes on in preadvRest.
-    done = await preadOnce(s.fh.fd, iov, bytes, offset);
+    done = await prwOnce(false, s.fh.fd, iov, bytes, offset);
     if (done < bytes && done > 0) done = await preadvRest(s.fh.fd, iov, bytes, offset, done);
   } catch (e) {
     throw toBlockError(e, { op: 'read', offset, path: s.path });
@@ -150,13 +153,7 @@ function fileReadNowait(s: FileState, iov: readonly Uint8Array[], bytes: number,
   return n;
 }
 
-export async function fileCoPwritev(
-  bs: BlockDriverState,
-  offset: number,
-  bytes: number,
-  qiov: IOVector,
-  flags: WriteFlags,
-): Promise<void> {
+export const fileCoPwritev: BlockDriverHook<'coPwritev'> = async (bs, offset, bytes, qiov, flags) => {
   if (bytes === 0) return;
   const s = state(bs);
   const iov = qiov.size === bytes ? qiov.iov : qiov.slice(0, bytes).iov;
@@ -164,7 +161,7 @@ export async function fileCoPwritev(
   try {
     // A write past EOF grows the file; the gap is a hole that reads as zeros. One pwrite
     // inline (no helper frame); a short count goes on in pwritevRest.
-    const done = await pwriteOnce(s.fh.fd, iov, bytes, offset);
+    const done = await prwOnce(true, s.fh.fd, iov, bytes, offset);
     if (done < bytes) await pwritevRest(s.fh.fd, iov, bytes, offset, done);
     if (offset + bytes > s.length) s.length = offset + bytes;
     // FUA: the write must be durable when it completes.
@@ -176,7 +173,7 @@ export async function fileCoPwritev(
   } finally {
     endIO(s);
   }
-}
+};
 
 /** fdatasync, through the engine when there is one. */
 function fileDatasync(s: FileState): Promise<void> {

@@ -4,7 +4,7 @@
  */
 import type { FileHandle } from 'node:fs/promises';
 import type { CoQueue } from '../../block/coroutine.js';
-import { BlockError } from '../../block/errors.js';
+import { driverState } from '../../block/driver.js';
 import type { BlockDriverState } from '../../block/node.js';
 import type { SeekAddon } from './seek.js';
 
@@ -38,11 +38,7 @@ export function fileStripPrefix(filename: string): string {
 }
 
 export function state(bs: BlockDriverState): FileState {
-  const s = bs.opaque as FileState | null | undefined;
-  if (s === null || s === undefined) {
-    throw new BlockError('EBADF', `'${bs.filename}' is not open`, { op: 'file', path: bs.filename });
-  }
-  return s;
+  return driverState<FileState>(bs, 'file');
 }
 
 

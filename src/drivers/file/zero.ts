@@ -2,7 +2,7 @@
  * Zeroing and discard on a host file through fallocate (ZERO_RANGE, PUNCH_HOLE, mode 0), in
  * QEMU's order and with its fallbacks, remembering what the host file system refused.
  */
-import type { WriteZeroesFlags } from '../../block/driver.js';
+import type { BlockDriverHook } from '../../block/driver.js';
 import { BlockError, toBlockError } from '../../block/errors.js';
 import type { BlockDriverState } from '../../block/node.js';
 import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, ioEngine } from './engine.js';
@@ -109,12 +109,7 @@ async function fileWriteZeroesNoUnmap(s: FileState, offset: number, bytes: numbe
  * allocate-keeping zeroing instead. ENOTSUP here makes the generic layer write a zero buffer,
  * or, with noFallback, report ENOTSUP to the caller.
  */
-export async function fileCoWriteZeroes(
-  bs: BlockDriverState,
-  offset: number,
-  bytes: number,
-  flags: WriteZeroesFlags,
-): Promise<void> {
+export const fileCoWriteZeroes: BlockDriverHook<'coWriteZeroes'> = async (bs, offset, bytes, flags) => {
   const s = state(bs);
   if (bytes === 0) return;
   try {
@@ -130,7 +125,7 @@ export async function fileCoWriteZeroes(
     await fileRefreshLength(s);
     throw toBlockError(e, { op: 'write_zeroes', offset, path: s.path });
   }
-}
+};
 
 /**
  * Discard punches a hole (QEMU's handle_aiocb_discard): the range reads as zeros afterwards,

@@ -16,13 +16,13 @@
  * the range and the size seen at open (a file replaced by one of another size is an error, not
  * a silent mix of two files), and a body of exactly that length.
  */
-import { BDRV_SECTOR_SIZE, type BlockDriver, type OpenOptions } from '../../block/driver.js';
+import { BDRV_SECTOR_SIZE, type BlockDriver, driverState, type OpenOptions } from '../../block/driver.js';
 import { CoQueue } from '../../block/coroutine.js';
 import { BlockError, type BlockErrorCode } from '../../block/errors.js';
 import { roundUp } from '../../block/io/requests.js';
 import type { IOVector } from '../../block/iovec.js';
 import type { BlockDriverState } from '../../block/node.js';
-import { type HttpOptions, parseHttpOptions } from './options.js';
+import { HTTP_RUNTIME_OPTS, type HttpOptions, parseHttpOptions } from './options.js';
 import { getHttpTransport, type HttpRequest, type HttpResponse, type HttpTransport } from './transport.js';
 
 /** Requests in flight and buffers kept per node (QEMU's CURL_NUM_STATES). */
@@ -45,17 +45,14 @@ interface HttpState {
 }
 
 function state(bs: BlockDriverState): HttpState {
-  const s = bs.opaque as HttpState | null | undefined;
-  if (s === null || s === undefined) {
-    throw new BlockError('EBADF', `'${bs.filename}' is not open`, { op: 'http', path: bs.filename });
-  }
-  return s;
+  return driverState<HttpState>(bs, 'http');
 }
 
 function request(s: HttpState, method: HttpRequest['method'], headers: Record<string, string>, maxBodyBytes: number): Promise<HttpResponse> {
   // identity: a compressed body would not match the byte ranges asked for.
   const all: Record<string, string> = { 'Accept-Encoding': 'identity', ...headers };
   if (s.opts.cookie !== undefined) all.Cookie = s.opts.cookie;
+  if (s.opts.authorization !== undefined) all.Authorization = s.opts.authorization;
   return s.transport({ method, url: s.opts.url, headers: all, timeoutMs: s.opts.timeout * 1000, sslverify: s.opts.sslverify, maxBodyBytes });
 }
 
@@ -75,7 +72,9 @@ async function httpOpen(bs: BlockDriverState, options: OpenOptions, transport?: 
   if (options.readOnly !== true) {
     throw new BlockError('EACCES', 'curl driver does not support writes', { op: 'open', path: bs.filename });
   }
-  const opts = parseHttpOptions(protocol, bs.filename, options.driverOptions);
+  const opts = parseHttpOptions(protocol, bs.filename, options.driverOptions, options.objects);
+  // Opened from options, the node is named by its URL when nothing else was said (as QEMU).
+  if (opts.plainUrl) bs.exactFilename = opts.url;
   const s: HttpState = { opts, transport: transport ?? getHttpTransport(), len: 0, buffers: [], inFlight: 0, freeSlot: new CoQueue() };
   let res: HttpResponse;
   try {
@@ -196,6 +195,10 @@ export function makeHttpDrivers(transport?: HttpTransport): { http: BlockDriver;
     formatName: name,
     protocolName: name,
     isProtocol: true,
+    // `url` says where the image is: a node opened from options has no filename.
+    needsFilename: false,
+    runtimeOptions: HTTP_RUNTIME_OPTS,
+    parseFilename: (filename, options) => void options.set('url', filename),
     requestAlignment: 1,
     open: (bs, options) => httpOpen(bs, options, transport),
     close: httpClose,

@@ -13,6 +13,7 @@
  * tools print it after QEMU's "CURL: Error opening file: ".
  */
 import { BlockError } from '../../block/errors.js';
+import { IOVector } from '../../block/iovec.js';
 
 export interface HttpRequest {
   method: 'HEAD' | 'GET';
@@ -66,13 +67,7 @@ async function readBounded(res: Response, url: string, max: number): Promise<Uin
     parts.push(value);
   }
   if (parts.length === 1) return parts[0];
-  const out = new Uint8Array(total);
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
+  return new IOVector(parts).toBuffer();
 }
 
 /** The transport over the global `fetch` (browsers, Node 20). */

@@ -3,16 +3,18 @@
  * Used by tests (power-loss copies, fuzzing) and where no file system exists (browsers).
  * No node: imports.
  */
-import type {
-  BlockDriver,
-  BlockStatus,
-  CreateOptions,
-  OpenOptions,
-  WriteFlags,
-  WriteZeroesFlags,
+import {
+  type BlockDriver,
+  type BlockStatus,
+  type CreateOptions,
+  type OpenOptions,
+  type WriteFlags,
+  type WriteZeroesFlags,
+  driverState,
 } from '../../block/driver.js';
 import { BlockError, ERRNO_MESSAGES } from '../../block/errors.js';
 import type { IOVector } from '../../block/iovec.js';
+import { storageGetInfo } from '../../block/info.js';
 import type { BlockDriverState } from '../../block/node.js';
 import { MemStore, memStoreCreate, memStoreGet, memStripPrefix } from './store.js';
 
@@ -22,11 +24,7 @@ interface MemState {
 }
 
 function state(bs: BlockDriverState): MemState {
-  const s = bs.opaque as MemState | null | undefined;
-  if (s === null || s === undefined) {
-    throw new BlockError('EBADF', `'${bs.filename}' is not open`, { op: 'mem', path: bs.filename });
-  }
-  return s;
+  return driverState<MemState>(bs, 'mem');
 }
 
 function checkSize(size: unknown, path: string, op: string): number {
@@ -126,4 +124,5 @@ export const memDriver: BlockDriver = {
   truncate: memTruncate,
   getLength: memGetLength,
   getAllocatedFileSize: memGetAllocatedFileSize,
+  getInfo: storageGetInfo,
 };

@@ -159,19 +159,23 @@ export class MemStore {
   }
 }
 
-// Process-wide: keyed on a global symbol so that two copies of this module (src and dist, or
-// test runners that reload modules) still share one namespace.
-const NAMESPACE_KEY = Symbol.for('blocklayer.memStores');
-type Namespace = Map<string, MemStore>;
-
-function namespace(): Namespace {
-  const g = globalThis as unknown as Record<symbol, Namespace | undefined>;
-  let ns = g[NAMESPACE_KEY];
+/**
+ * A process-wide map of named stores (mem's, powerloss's), kept on a global symbol so that two
+ * copies of a module (src and dist, or test runners that reload modules) still share it.
+ */
+export function processNamespace<T>(key: string): Map<string, T> {
+  const sym = Symbol.for(key);
+  const g = globalThis as unknown as Record<symbol, Map<string, T> | undefined>;
+  let ns = g[sym];
   if (ns === undefined) {
     ns = new Map();
-    g[NAMESPACE_KEY] = ns;
+    g[sym] = ns;
   }
   return ns;
+}
+
+function namespace(): Map<string, MemStore> {
+  return processNamespace<MemStore>('blocklayer.memStores');
 }
 
 /** 'mem:disk0' and 'disk0' name the same store. */

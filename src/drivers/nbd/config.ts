@@ -5,11 +5,16 @@
  * tls-creds, tls-hostname, x-dirty-bitmap, reconnect-delay, open-timeout). Pure: no I/O.
  */
 import { BlockError } from '../../block/errors.js';
+import { parseOptBool, type RuntimeOptionSpec } from '../../block/options.js';
+import type { FlatQDict } from '../../block/qdict.js';
 
 /** IANA port of NBD. */
 export const NBD_DEFAULT_PORT = 10809;
 
-export type NbdServerAddress = { type: 'inet'; host: string; port: string } | { type: 'unix'; path: string };
+/** Where to connect; the optional fields are SocketAddress's (`ipv4=on` picks the family...). */
+export type NbdServerAddress =
+  | { type: 'inet'; host: string; port: string; family?: 4 | 6; keepAlive?: boolean; noUri?: boolean }
+  | { type: 'unix'; path: string; abstract?: boolean };
 
 export interface NbdConfig {
   server: NbdServerAddress;
@@ -23,22 +28,37 @@ export interface NbdConfig {
   openTimeout: number;
 }
 
+/** Fields of QEMU's SocketAddress per server.type (what `server.*` may hold besides `type`). */
+const SERVER_FIELDS: Record<string, readonly string[]> = {
+  inet: ['host', 'port', 'numeric', 'to', 'ipv4', 'ipv6', 'keep-alive', 'mptcp'],
+  unix: ['path', 'abstract', 'tight'],
+  vsock: ['cid', 'port'],
+  fd: ['str'],
+};
+
+/** The boolean fields of an inet or unix address. */
+const SERVER_BOOLS = ['numeric', 'ipv4', 'ipv6', 'keep-alive', 'mptcp', 'abstract', 'tight'];
+
+/**
+ * The driver's runtime options (QEMU's nbd_runtime_opts plus the `server.*` fields of
+ * SocketAddress), with their types: a value of the wrong type is refused before any connect.
+ */
+export const NBD_RUNTIME_OPTS: readonly RuntimeOptionSpec[] = [
+  { name: 'host', type: 'string', help: 'TCP host to connect to' },
+  { name: 'port', type: 'string', help: 'TCP port to connect to' },
+  { name: 'path', type: 'string', help: 'Unix socket path to connect to' },
+  { name: 'export', type: 'string', help: 'Name of the NBD export to open' },
+  { name: 'tls-creds', type: 'string', help: 'ID of the TLS credentials to use' },
+  { name: 'tls-hostname', type: 'string', help: 'Override hostname for validating TLS x509 certificate' },
+  { name: 'x-dirty-bitmap', weak: true, type: 'string', help: 'experimental: expose named dirty bitmap in place of block status' },
+  { name: 'reconnect-delay', weak: true, type: 'number', help: 'seconds to keep requests waiting for a lost connection (default 0)' },
+  { name: 'open-timeout', weak: true, type: 'number', help: 'seconds to retry the first connection (default 0)' },
+  // Strings here: serverAddress checks them with the field names QEMU's messages use.
+  ...['type', ...new Set(Object.values(SERVER_FIELDS).flat())].map((f): RuntimeOptionSpec => ({ name: `server.${f}`, type: 'string' })),
+];
+
 /** Option keys the driver takes (anything else is refused as QEMU does). */
-export const NBD_OPTION_KEYS = [
-  'server.type',
-  'server.host',
-  'server.port',
-  'server.path',
-  'host',
-  'port',
-  'path',
-  'export',
-  'tls-creds',
-  'tls-hostname',
-  'x-dirty-bitmap',
-  'reconnect-delay',
-  'open-timeout',
-] as const;
+export const NBD_OPTION_KEYS: readonly string[] = NBD_RUNTIME_OPTS.map((o) => o.name);
 
 function invalidUrl(filename: string): BlockError {
   return new BlockError('EINVAL', 'No valid URL specified', { op: 'open', path: filename });
@@ -86,7 +106,7 @@ function parseUri(filename: string): Record<string, string> {
   if (hp === null || hp[1] === '' || hp[1] === '[]') throw invalidUrl(filename);
   out['server.type'] = 'inet';
   out['server.host'] = unescape(hp[1].startsWith('[') ? hp[1].slice(1, -1) : hp[1], filename);
-  if (hp[2] !== undefined && hp[2] !== '') out['server.port'] = hp[2];
+  out['server.port'] = hp[2] !== undefined && hp[2] !== '' ? hp[2] : String(NBD_DEFAULT_PORT);
   return out;
 }
 
@@ -123,71 +143,124 @@ function parseLegacy(filename: string): Record<string, string> {
 }
 
 /** The option keys a filename stands for (nbd_parse_filename); {} for a bare 'nbd:'. */
-export function nbdParseFilename(filename: string, options: Record<string, string> = {}): Record<string, string> {
+export function nbdParseFilename(filename: string): Record<string, string> {
   if (filename.includes('://')) return parseUri(filename);
-  for (const k of ['export', 'path', 'host', 'port', 'server.type', 'server.host', 'server.port', 'server.path']) {
-    if (k in options) {
+  return parseLegacy(filename);
+}
+
+/** A filename beside address or export options is refused, as QEMU refuses it. */
+function checkNoAddressKeys(filename: string, keys: Iterable<string>): void {
+  for (const k of keys) {
+    if (['export', 'path', 'host', 'port'].includes(k) || k.startsWith('server.')) {
       throw new BlockError('EINVAL', 'host/port/path and a file name may not be specified at the same time', {
         op: 'open',
         path: filename,
       });
     }
   }
-  return parseLegacy(filename);
 }
 
-function seconds(options: Record<string, string>, key: string): number {
-  const v = options[key];
-  if (v === undefined) return 0;
-  if (!/^\d+$/.test(v)) {
-    throw new BlockError('EINVAL', `Parameter '${key}' expects uint32_t`, { op: 'open' });
-  }
-  return Number(v);
-}
-
-/** The server address from server.* or the legacy flat keys (nbd_config). */
-function serverAddress(o: Record<string, string>): NbdServerAddress {
-  const legacy = o.host !== undefined || o.port !== undefined || o.path !== undefined;
-  const modern = Object.keys(o).some((k) => k.startsWith('server.'));
-  if (legacy && modern) {
-    throw new BlockError('EINVAL', 'Cannot use \'server\' and path/host/port at the same time', { op: 'open' });
-  }
-  if (legacy) {
-    if (o.path !== undefined && o.host !== undefined) {
-      throw new BlockError('EINVAL', 'path and host may not be used at the same time', { op: 'open' });
-    }
-    if (o.path !== undefined) {
-      if (o.port !== undefined) throw new BlockError('EINVAL', 'port may not be used without host', { op: 'open' });
-      return { type: 'unix', path: o.path };
-    }
-    if (o.host === undefined) throw new BlockError('EINVAL', 'Parameter \'host\' is missing', { op: 'open' });
-    return { type: 'inet', host: o.host, port: o.port ?? String(NBD_DEFAULT_PORT) };
-  }
-  const type = o['server.type'];
-  if (type === undefined) throw new BlockError('EINVAL', 'NBD server address missing', { op: 'open' });
-  if (type === 'unix') {
-    if (o['server.path'] === undefined) throw new BlockError('EINVAL', "Parameter 'server.path' is missing", { op: 'open' });
-    return { type: 'unix', path: o['server.path'] };
-  }
-  if (type === 'inet') {
-    if (o['server.host'] === undefined) throw new BlockError('EINVAL', "Parameter 'server.host' is missing", { op: 'open' });
-    return { type: 'inet', host: o['server.host'], port: o['server.port'] ?? String(NBD_DEFAULT_PORT) };
-  }
-  throw new BlockError('EINVAL', `Parameter 'server.type' does not accept value '${type}'`, { op: 'open' });
+/** The driver's parseFilename hook: the keys a filename stands for, added to `options`. */
+export function nbdParseFilenameInto(filename: string, options: FlatQDict): void {
+  checkNoAddressKeys(filename, options.keys());
+  for (const [k, v] of Object.entries(nbdParseFilename(filename))) options.set(k, v);
 }
 
 /**
- * The whole configuration of a node: `filename` (may be '' or 'nbd:' when everything comes as
- * options) merged with `options`. Unknown keys are refused.
+ * reconnect-delay / open-timeout: a QEMU number option (qemu_strtou64, so "-1" is 2^64-1, the
+ * type check already done) stored in a uint32_t, which keeps the low 32 bits.
+ */
+function seconds(options: Record<string, string>, key: string): number {
+  const v = options[key]?.trim();
+  if (v === undefined) return 0;
+  if (!/^[+-]?(0x[0-9a-fA-F]+|[0-9]+)$/.test(v)) throw new BlockError('EINVAL', `Parameter '${key}' expects a number`, { op: 'open' });
+  const neg = v.startsWith('-');
+  const n = BigInt(v.replace(/^[+-]/, ''));
+  return Number(BigInt.asUintN(64, neg ? -n : n) & 0xffffffffn);
+}
+
+function missing(name: string): BlockError {
+  return new BlockError('EINVAL', `Parameter '${name}' is missing`, { op: 'open' });
+}
+
+/**
+ * The legacy flat keys as server.* ones (nbd_process_legacy_socket_options): `path`, or
+ * `host` with `port` defaulting to 10809.
+ */
+function legacyAddress(o: Record<string, string>): Record<string, string> {
+  const { host, port, path } = o;
+  if (host === undefined && port === undefined && path === undefined) return o;
+  if (Object.keys(o).some((k) => k.startsWith('server.'))) {
+    throw new BlockError('EINVAL', "Cannot use 'server' and path/host/port at the same time", { op: 'open' });
+  }
+  const out = { ...o };
+  delete out.host;
+  delete out.port;
+  delete out.path;
+  if (path !== undefined && host !== undefined) {
+    throw new BlockError('EINVAL', 'path and host may not be used at the same time', { op: 'open' });
+  }
+  if (path !== undefined) {
+    if (port !== undefined) throw new BlockError('EINVAL', 'port may not be used without host', { op: 'open' });
+    return { ...out, 'server.type': 'unix', 'server.path': path };
+  }
+  // A port alone names no server: "NBD server address missing" follows.
+  if (host === undefined) return out;
+  return { ...out, 'server.type': 'inet', 'server.host': host, 'server.port': port ?? String(NBD_DEFAULT_PORT) };
+}
+
+/** The server.* keys as a SocketAddress, checked as QEMU's visitor checks them (its messages). */
+function serverAddress(o: Record<string, string>): NbdServerAddress {
+  const fields = new Map<string, string>();
+  for (const [k, v] of Object.entries(o)) if (k.startsWith('server.')) fields.set(k.slice('server.'.length), v);
+  if (fields.size === 0) throw new BlockError('EINVAL', 'NBD server address missing', { op: 'open' });
+  const type = fields.get('type');
+  if (type === undefined) throw missing('type');
+  const allowed = SERVER_FIELDS[type] as readonly string[] | undefined;
+  if (allowed === undefined) throw new BlockError('EINVAL', `Parameter 'type' does not accept value '${type}'`, { op: 'open' });
+  // Members in QAPI order: the first one missing is reported, then any extra key.
+  const required = type === 'inet' ? ['host', 'port'] : type === 'unix' ? ['path'] : type === 'vsock' ? ['cid', 'port'] : ['str'];
+  for (const r of required) if (!fields.has(r)) throw missing(r);
+  const bools: Record<string, boolean> = {};
+  for (const [k, v] of fields) {
+    if (k === 'type') continue;
+    if (!allowed.includes(k)) throw new BlockError('EINVAL', `Parameter '${k}' is unexpected`, { op: 'open' });
+    if (SERVER_BOOLS.includes(k)) bools[k] = parseOptBool(k, v);
+  }
+  if (type === 'vsock' || type === 'fd') {
+    throw new BlockError('ENOTSUP', `NBD server addresses of type '${type}' are not supported`, { op: 'open' });
+  }
+  if (type === 'unix') {
+    if (bools.abstract === true && bools.tight === false) {
+      throw new BlockError('ENOTSUP', 'Abstract Unix sockets with tight=off are not supported', { op: 'open' });
+    }
+    const addr: NbdServerAddress = { type: 'unix', path: fields.get('path') as string };
+    if (bools.abstract === true) addr.abstract = true;
+    return addr;
+  }
+  if (bools.mptcp === true) throw new BlockError('ENOTSUP', 'MPTCP is not supported', { op: 'open' });
+  const addr: NbdServerAddress = { type: 'inet', host: fields.get('host') as string, port: fields.get('port') as string };
+  // ipv4=on alone, or ipv6=off, leaves IPv4 only (and the other way round), as inet_ai_family_from_address.
+  if ((bools.ipv4 === true && bools.ipv6 !== true) || (bools.ipv6 === false && bools.ipv4 !== false)) addr.family = 4;
+  else if ((bools.ipv6 === true && bools.ipv4 !== true) || (bools.ipv4 === false && bools.ipv6 !== false)) addr.family = 6;
+  if (bools['keep-alive'] === true) addr.keepAlive = true;
+  // An address with ipv4, ipv6 or to has no nbd:// spelling (nbd_refresh_filename).
+  if (fields.has('ipv4') || fields.has('ipv6') || fields.has('to')) addr.noUri = true;
+  return addr;
+}
+
+/**
+ * The whole configuration of a node: `filename` (may be '' when everything comes as options)
+ * merged with `options`. Unknown keys are refused.
  */
 export function nbdConfig(filename: string, options: Record<string, string> = {}): NbdConfig {
   for (const k of Object.keys(options)) {
-    if (!(NBD_OPTION_KEYS as readonly string[]).includes(k)) {
+    if (!NBD_OPTION_KEYS.includes(k)) {
       throw new BlockError('EINVAL', `Block protocol 'nbd' doesn't support the option '${k}'`, { op: 'open' });
     }
   }
-  const fromName = filename === '' ? {} : nbdParseFilename(filename, options);
-  const o = { ...options, ...fromName };
+  if (filename !== '') checkNoAddressKeys(filename, Object.keys(options));
+  const o = legacyAddress(filename === '' ? options : { ...options, ...nbdParseFilename(filename) });
   const server = serverAddress(o);
   if (server.type === 'inet' && !/^\d+$/.test(server.port)) {
     // QEMU resolves service names too; numeric ports are all we take.
@@ -210,9 +283,13 @@ export function nbdConfig(filename: string, options: Record<string, string> = {}
   return cfg;
 }
 
-/** How QEMU shows the node (nbd_refresh_filename): nbd://h:p/exp or nbd+unix:///exp?socket=P. */
-export function nbdCanonicalName(cfg: NbdConfig): string {
+/**
+ * How QEMU shows the node (nbd_refresh_filename): nbd://h:p/exp or nbd+unix:///exp?socket=P;
+ * null when the address has no such spelling (then the node is shown by its options).
+ */
+export function nbdCanonicalName(cfg: NbdConfig): string | null {
   const exp = cfg.export;
+  if (cfg.server.type === 'inet' && cfg.server.noUri === true) return null;
   if (cfg.server.type === 'unix') {
     return exp === '' ? `nbd+unix://?socket=${cfg.server.path}` : `nbd+unix:///${exp}?socket=${cfg.server.path}`;
   }

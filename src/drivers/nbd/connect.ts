@@ -48,8 +48,12 @@ export function connectError(addr: NbdServerAddress, e: unknown): BlockError {
 /** One connection attempt: a connected socket or a BlockError. */
 export function connectSocket(addr: NbdServerAddress): Promise<Socket> {
   return new Promise<Socket>((resolve, reject) => {
+    // An abstract socket's name starts with a NUL byte (Linux). A port above 65535 keeps its
+    // low 16 bits, as getaddrinfo's numeric service does for QEMU.
     const sock =
-      addr.type === 'unix' ? netConnect({ path: addr.path }) : netConnect({ host: addr.host, port: Number(addr.port) });
+      addr.type === 'unix'
+        ? netConnect({ path: addr.abstract === true ? `\0${addr.path}` : addr.path })
+        : netConnect({ host: addr.host, port: Number(addr.port) % 65536, family: addr.family });
     const onError = (e: Error): void => {
       sock.destroy();
       reject(connectError(addr, e));
@@ -58,6 +62,7 @@ export function connectSocket(addr: NbdServerAddress): Promise<Socket> {
     sock.once('connect', () => {
       sock.off('error', onError);
       sock.setNoDelay(true);
+      if (addr.type === 'inet' && addr.keepAlive === true) sock.setKeepAlive(true);
       resolve(sock);
     });
   });

@@ -22,6 +22,7 @@ import { connectSocket } from './connect.js';
 import { emptyExportInfo, nbdStartNegotiate, optInfoOrGo, type HandshakeRequest, type NbdExportInfo } from './handshake.js';
 import { isErrorReply, negotiationError, OptionChannel, optionLabel, replyError } from './options.js';
 import { nbdClientTls } from './tls.js';
+import type { TlsCredsObject } from './tls-objects.js';
 
 export interface NbdListedExport extends NbdExportInfo {
   /** Metadata contexts the server lists for the export. */
@@ -96,12 +97,12 @@ export async function nbdReceiveExportList(
 }
 
 /**
- * Connect to `server`, list its exports and hang up (qemu-nbd -L's client). `tlsCreds` names
- * client credentials; the certificate is checked against `tlsHostname`.
+ * Connect to `server`, list its exports and hang up (qemu-nbd -L's client). `tlsCreds` are
+ * client credentials (findTlsCreds); the certificate is checked against `tlsHostname`.
  */
 export async function nbdListExports(
   server: NbdServerAddress,
-  tlsCreds?: string,
+  tlsCreds?: TlsCredsObject,
   tlsHostname?: string,
 ): Promise<NbdListedExport[]> {
   const tls = tlsCreds === undefined ? undefined : nbdClientTls(tlsCreds, tlsHostname);

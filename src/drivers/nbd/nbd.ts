@@ -35,11 +35,12 @@ import {
   NBD_STATE_HOLE,
   NBD_STATE_ZERO,
 } from '../../nbd/protocol.js';
-import { nbdCanonicalName, nbdConfig, type NbdConfig } from './config.js';
+import { NBD_RUNTIME_OPTS, nbdCanonicalName, nbdConfig, nbdParseFilenameInto, type NbdConfig } from './config.js';
 import { nbdEstablishConnection } from './connect.js';
 import type { HandshakeRequest } from './handshake.js';
 import { NbdSession, type NbdReply, type RequestOptions } from './session.js';
 import { nbdClientTls } from './tls.js';
+import { findTlsCreds } from './tls-objects.js';
 
 const INT_MAX = 0x7fffffff;
 
@@ -83,7 +84,8 @@ function limits(info: NbdSession['info']): { align: number; maxTransfer: number;
 
 async function nbdOpen(bs: BlockDriverState, options: OpenOptions): Promise<void> {
   const cfg = nbdConfig(bs.filename, options.driverOptions ?? {});
-  const tls = cfg.tlsCreds === undefined ? undefined : nbdClientTls(cfg.tlsCreds, cfg.tlsHostname);
+  const creds = cfg.tlsCreds === undefined ? undefined : findTlsCreds(options.objects, cfg.tlsCreds, 'client', 'driver');
+  const tls = creds === undefined ? undefined : nbdClientTls(creds, cfg.tlsHostname);
   const conn = await nbdEstablishConnection(cfg, tls);
   const session = new NbdSession(conn.sock, conn.reader, conn.info);
   // A read-only export opened for writing fails the open, as bdrv_apply_auto_read_only does.
@@ -93,7 +95,8 @@ async function nbdOpen(bs: BlockDriverState, options: OpenOptions): Promise<void
   }
   const lim = limits(conn.info);
   bs.requestAlignment = lim.align;
-  // Shown by info as QEMU shows it (nbd_refresh_filename), whatever spelling opened it.
+  // Shown by info as QEMU shows it (nbd_refresh_filename), whatever spelling opened it;
+  // an address without a URI spelling leaves the node shown by its options.
   bs.exactFilename = nbdCanonicalName(cfg);
   bs.opaque = {
     cfg,
@@ -259,6 +262,10 @@ export const nbdDriver: BlockDriver = {
   protocolName: 'nbd',
   protocolAliases: ['nbd+tcp', 'nbd+unix'],
   isProtocol: true,
+  // server.* and export say where to connect: a node opened from options has no filename.
+  needsFilename: false,
+  runtimeOptions: NBD_RUNTIME_OPTS,
+  parseFilename: nbdParseFilenameInto,
   supportsFua: true,
   requestAlignment: 1,
   open: nbdOpen,

@@ -1,9 +1,7 @@
 /**
- * TLS credentials objects (QEMU's tls-creds-x509 and tls-creds-psk, made by `--object`) and
- * the client side of STARTTLS. An object names a directory: x509 reads ca-cert.pem and
+ * TLS from credentials objects (tls-objects.ts): Node's TLS options for either end, and the
+ * client side of STARTTLS. An object names a directory: x509 reads ca-cert.pem and
  * client-cert.pem/client-key.pem (or server-*.pem); PSK reads keys.psk (`user:hexkey` lines).
- * The objects live in one table per process, as QEMU's object root; tools add them from
- * their command line and nodes refer to them by id (`tls-creds`).
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
@@ -11,38 +9,7 @@ import { join } from 'node:path';
 import { connect as tlsConnect, type ConnectionOptions, type TLSSocket, type TlsOptions } from 'node:tls';
 import { BlockError } from '../../block/errors.js';
 import type { OptionChannel } from './options.js';
-
-export interface TlsCredsObject {
-  id: string;
-  type: 'tls-creds-x509' | 'tls-creds-psk';
-  dir: string;
-  endpoint: 'client' | 'server';
-  /** x509: check the peer's certificate (default on). */
-  verifyPeer: boolean;
-  /** PSK: the client's identity (default "qemu"). */
-  username: string;
-}
-
-const objects = new Map<string, TlsCredsObject>();
-
-export function addTlsCreds(obj: TlsCredsObject): void {
-  if (objects.has(obj.id)) throw new BlockError('EINVAL', `attempt to add duplicate property '${obj.id}' to object (type 'container')`);
-  objects.set(obj.id, obj);
-}
-
-export function removeTlsCreds(id: string): void {
-  objects.delete(id);
-}
-
-/** The credentials with `id` for `endpoint`, with QEMU's messages when they do not fit. */
-export function findTlsCreds(id: string, endpoint: 'client' | 'server'): TlsCredsObject {
-  const obj = objects.get(id);
-  if (obj === undefined) throw new BlockError('EINVAL', `No TLS credentials with id '${id}'`);
-  if (obj.endpoint !== endpoint) {
-    throw new BlockError('EINVAL', `Expecting TLS credentials with a ${endpoint} endpoint`);
-  }
-  return obj;
-}
+import type { TlsCredsObject } from './tls-objects.js';
 
 function readCredsFile(dir: string, name: string, required: boolean): Buffer | undefined {
   const path = join(dir, name);
@@ -111,11 +78,10 @@ export function serverTlsOptions(creds: TlsCredsObject): TlsOptions {
 }
 
 /**
- * The STARTTLS upgrade for a client with the credentials `id`: the channel's socket becomes
- * a TLS socket once the handshake has succeeded.
+ * The STARTTLS upgrade for a client with `creds`: the channel's socket becomes a TLS socket
+ * once the handshake has succeeded.
  */
-export function nbdClientTls(id: string, hostname: string | undefined): (ch: OptionChannel) => Promise<void> {
-  const creds = findTlsCreds(id, 'client');
+export function nbdClientTls(creds: TlsCredsObject, hostname: string | undefined): (ch: OptionChannel) => Promise<void> {
   const options = clientTlsOptions(creds, hostname);
   return async (ch) => {
     // Over a Unix socket there is no host to check the certificate against: QEMU refuses.

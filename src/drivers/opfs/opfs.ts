@@ -10,9 +10,10 @@
  * handle's flush() returned, so "write, await, flush" is durable as the block layer expects.
  * No node: imports.
  */
-import type { BlockDriver, CreateOptions, OpenOptions, WriteFlags } from '../../block/driver.js';
+import { driverState, type BlockDriver, type CreateOptions, type OpenOptions, type WriteFlags } from '../../block/driver.js';
 import { BlockError, ERRNO_MESSAGES, type BlockErrorCode } from '../../block/errors.js';
 import type { IOVector } from '../../block/iovec.js';
+import { storageGetInfo } from '../../block/info.js';
 import type { BlockDriverState } from '../../block/node.js';
 import { opfsValidName, type OpfsPort, type OpfsReply, type OpfsRequest } from './protocol.js';
 
@@ -76,9 +77,7 @@ interface OpfsState {
 }
 
 function state(bs: BlockDriverState): OpfsState {
-  const s = bs.opaque as OpfsState | null;
-  if (s === null) throw new BlockError('EBADF', `'${bs.filename}' is not open`, { op: 'opfs', path: bs.filename });
-  return s;
+  return driverState<OpfsState>(bs, 'opfs');
 }
 
 async function opfsOpen(bs: BlockDriverState, _options: OpenOptions): Promise<void> {
@@ -160,4 +159,5 @@ export const opfsDriver: BlockDriver = {
   coFlush: opfsCoFlush,
   truncate: opfsTruncate,
   getLength: opfsGetLength,
+  getInfo: storageGetInfo,
 };

@@ -11,7 +11,7 @@
  * No node: imports (the property tests run it next to the core).
  */
 import { BlockError } from '../../block/errors.js';
-import { MemStore } from '../mem/store.js';
+import { MemStore, processNamespace } from '../mem/store.js';
 
 /** Torn writes tear at this granularity (a disk sector). */
 export const POWERLOSS_SECTOR = 512;
@@ -183,16 +183,8 @@ function applyOp(store: MemStore, op: VolatileOp): void {
 }
 
 // Process-wide namespace of power-loss stores ('powerloss:NAME'), like the mem driver's.
-const NAMESPACE_KEY = Symbol.for('blocklayer.powerlossStores');
-
 function namespace(): Map<string, PowerLossStore> {
-  const g = globalThis as unknown as Record<symbol, Map<string, PowerLossStore> | undefined>;
-  let ns = g[NAMESPACE_KEY];
-  if (ns === undefined) {
-    ns = new Map();
-    g[NAMESPACE_KEY] = ns;
-  }
-  return ns;
+  return processNamespace<PowerLossStore>('blocklayer.powerlossStores');
 }
 
 export function powerlossStripPrefix(filename: string): string {

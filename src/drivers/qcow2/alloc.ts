@@ -19,6 +19,7 @@ import { qcow2GetClusterTable, getL2Entry, setL2Entry } from './cluster.js';
 import { qcow2SignalCorruption } from './corrupt.js';
 import { L2E_OFFSET_MASK, QCOW_OFLAG_COPIED, clusterType } from './entries.js';
 import { QCOW2_INCOMPAT_DIRTY } from './header.js';
+import { qcow2FirstAllocation, qcow2WaitFor } from './inflight.js';
 import { qcow2AllocClusters, qcow2AllocClustersAt, qcow2FreeAnyCluster } from './refcount.js';
 import {
   type BDRVQcow2State,
@@ -44,6 +45,11 @@ export interface Qcow2L2Meta {
   cowEnd: { offset: number; nbBytes: number };
   /** The COW areas were zeroed in the file already (handle_alloc_space): no copy. */
   skipCow: boolean;
+  /**
+   * keepOld with some normal clusters: their bytes between the COW areas are guest data, so
+   * the range may not be zeroed as a whole before the data write.
+   */
+  overwritesData: boolean;
 }
 
 const INV_OFFSET = -1;
@@ -86,12 +92,12 @@ function calculateL2Meta(
   const v3 = s.header.version >= 3;
   const firstType = clusterType(getL2Entry(s, data, l2Index), v3);
   const lastType = clusterType(getL2Entry(s, data, l2Index + nbClusters - 1), v3);
+  let normal = 0;
   if (keepOld) {
-    let allNormal = true;
-    for (let i = 0; i < nbClusters; i++) if (clusterType(getL2Entry(s, data, l2Index + i), v3) !== 'normal') allNormal = false;
+    for (let i = 0; i < nbClusters; i++) if (clusterType(getL2Entry(s, data, l2Index + i), v3) === 'normal') normal++;
     // Clusters written in place need nothing, unless they read as zeros (zero-alloc): then
     // the untouched parts must be zeroed on disk before the zero flag goes.
-    if (allNormal) return null;
+    if (normal === nbClusters) return null;
   }
   const cowStartFrom = keepOld && firstType === 'normal' ? cowStartTo : 0;
   const cowEndTo = keepOld && lastType === 'normal' ? cowEndFrom : Math.ceil(cowEndFrom / s.clusterSize) * s.clusterSize;
@@ -103,6 +109,7 @@ function calculateL2Meta(
     cowStart: { offset: cowStartFrom, nbBytes: cowStartTo - cowStartFrom },
     cowEnd: { offset: cowEndFrom, nbBytes: cowEndTo - cowEndFrom },
     skipCow: false,
+    overwritesData: normal > 0,
   };
 }
 
@@ -113,38 +120,63 @@ interface Piece {
   bytes: number;
 }
 
-/** Clusters we own already, written in place (handle_copied). */
-async function handleCopied(s: BDRVQcow2State, guest: number, hostOffset: number, bytes: number, metas: Qcow2L2Meta[]): Promise<Piece> {
+/**
+ * Run `fn` on the writable L2 table of guest `guest` with the number of clusters of the piece
+ * inside it; the table is put back after.
+ */
+async function withClusterTable(
+  s: BDRVQcow2State,
+  guest: number,
+  bytes: number,
+  fn: (data: Uint8Array, l2Index: number, nb: number) => Promise<Piece>,
+): Promise<Piece> {
   const { table, l2Index } = await qcow2GetClusterTable(s, guest);
   try {
-    const nb = Math.min(sizeToClusters(s, offsetIntoCluster(s, guest) + bytes), s.l2Size - l2Index);
-    const entry = getL2Entry(s, table.data, l2Index);
+    return await fn(table.data, l2Index, Math.min(sizeToClusters(s, offsetIntoCluster(s, guest) + bytes), s.l2Size - l2Index));
+  } finally {
+    s.l2Cache.put(table);
+  }
+}
+
+/** A piece mapped to `nb` clusters from host `cluster`, with its COW described when it needs one. */
+function mappedPiece(
+  s: BDRVQcow2State,
+  cluster: number,
+  guest: number,
+  bytes: number,
+  nb: number,
+  at: { data: Uint8Array; l2Index: number; keepOld: boolean },
+  metas: Qcow2L2Meta[],
+): Piece {
+  const n = Math.min(bytes, nb * s.clusterSize - offsetIntoCluster(s, guest));
+  const meta = calculateL2Meta(s, cluster, guest, n, at.data, at.l2Index, at.keepOld);
+  if (meta) metas.push(meta);
+  return { ret: 1, hostOffset: cluster + offsetIntoCluster(s, guest), bytes: n };
+}
+
+/** Clusters we own already, written in place (handle_copied). */
+function handleCopied(s: BDRVQcow2State, guest: number, hostOffset: number, bytes: number, metas: Qcow2L2Meta[]): Promise<Piece> {
+  return withClusterTable(s, guest, bytes, (data, l2Index, nb) => {
+    const entry = getL2Entry(s, data, l2Index);
     const clusterOffset = Number(entry & L2E_OFFSET_MASK);
-    if (needsNewAlloc(s, entry)) return { ret: 0, hostOffset, bytes };
+    if (needsNewAlloc(s, entry)) return Promise.resolve({ ret: 0, hostOffset, bytes });
     if (offsetIntoCluster(s, clusterOffset) !== 0) {
       const kind = clusterType(entry) === 'zero-alloc' ? 'Preallocated zero' : 'Data';
       qcow2SignalCorruption(s, true, `${kind} cluster offset 0x${clusterOffset.toString(16)} unaligned (guest offset: 0x${guest.toString(16)})`);
       throw new BlockError('EIO', undefined, { op: 'write', offset: guest });
     }
     // A later piece must continue exactly where the previous one ended on the host.
-    if (hostOffset !== INV_OFFSET && clusterOffset !== hostOffset) return { ret: 0, hostOffset, bytes: 0 };
-    const keep = countSingleWriteClusters(s, nb, table.data, l2Index, false);
-    const n = Math.min(bytes, keep * s.clusterSize - offsetIntoCluster(s, guest));
-    const meta = calculateL2Meta(s, clusterOffset, guest, n, table.data, l2Index, true);
-    if (meta) metas.push(meta);
-    return { ret: 1, hostOffset: clusterOffset + offsetIntoCluster(s, guest), bytes: n };
-  } finally {
-    s.l2Cache.put(table);
-  }
+    if (hostOffset !== INV_OFFSET && clusterOffset !== hostOffset) return Promise.resolve({ ret: 0, hostOffset, bytes: 0 });
+    const keep = countSingleWriteClusters(s, nb, data, l2Index, false);
+    return Promise.resolve(mappedPiece(s, clusterOffset, guest, bytes, keep, { data, l2Index, keepOld: true }, metas));
+  });
 }
 
 /** New clusters for what is not ours (handle_alloc). */
-async function handleAlloc(s: BDRVQcow2State, guest: number, hostOffset: number, bytes: number, metas: Qcow2L2Meta[]): Promise<Piece> {
-  const { table, l2Index } = await qcow2GetClusterTable(s, guest);
-  try {
-    let nb = Math.min(sizeToClusters(s, offsetIntoCluster(s, guest) + bytes), s.l2Size - l2Index);
+function handleAlloc(s: BDRVQcow2State, guest: number, hostOffset: number, bytes: number, metas: Qcow2L2Meta[]): Promise<Piece> {
+  return withClusterTable(s, guest, bytes, async (data, l2Index, nb) => {
     nb = Math.min(nb, Math.floor(0x7fffffff / s.clusterSize));
-    nb = countSingleWriteClusters(s, nb, table.data, l2Index, true);
+    nb = countSingleWriteClusters(s, nb, data, l2Index, true);
     let allocOffset: number;
     if (hostOffset === INV_OFFSET) {
       allocOffset = await qcow2AllocClusters(s, nb * s.clusterSize);
@@ -154,13 +186,8 @@ async function handleAlloc(s: BDRVQcow2State, guest: number, hostOffset: number,
       // The clusters right after are taken: this piece ends here.
       if (nb === 0) return { ret: 0, hostOffset, bytes: 0 };
     }
-    const n = Math.min(bytes, nb * s.clusterSize - offsetIntoCluster(s, guest));
-    const meta = calculateL2Meta(s, allocOffset, guest, n, table.data, l2Index, false);
-    if (meta) metas.push(meta);
-    return { ret: 1, hostOffset: allocOffset + offsetIntoCluster(s, guest), bytes: n };
-  } finally {
-    s.l2Cache.put(table);
-  }
+    return mappedPiece(s, allocOffset, guest, bytes, nb, { data, l2Index, keepOld: false }, metas);
+  });
 }
 
 /**
@@ -184,14 +211,29 @@ export async function qcow2AllocHostOffset(
     remaining -= cur;
     if (clusterOffset !== INV_OFFSET) clusterOffset += cur;
     if (remaining === 0) break;
-    const copied = await handleCopied(s, start, clusterOffset, remaining, metas);
+    // Another write is allocating clusters here (handle_dependencies): this piece stops
+    // before them, or waits for them when they start where it does. Waiting drops s.lock,
+    // so only a request that has mapped nothing yet waits; one that has writes what it
+    // mapped and comes back for the rest.
+    let room = remaining;
+    const dep = qcow2FirstAllocation(s, start, remaining);
+    if (dep) {
+      if (dep.start <= startOfCluster(s, start)) {
+        if (start !== offset) break;
+        await qcow2WaitFor(s, dep);
+        cur = 0;
+        continue;
+      }
+      room = dep.start - start;
+    }
+    const copied = await handleCopied(s, start, clusterOffset, room, metas);
     if (copied.ret === 1) {
       clusterOffset = copied.hostOffset;
       cur = copied.bytes;
       continue;
     }
     if (copied.bytes === 0) break;
-    const alloc = await handleAlloc(s, start, clusterOffset, remaining, metas);
+    const alloc = await handleAlloc(s, start, clusterOffset, room, metas);
     if (alloc.ret === 1) {
       clusterOffset = alloc.hostOffset;
       cur = alloc.bytes;

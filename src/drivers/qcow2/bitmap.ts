@@ -6,6 +6,7 @@
  */
 import { BlockError } from '../../block/errors.js';
 import type { ImageInfoValue, OpenOptions } from '../../block/driver.js';
+import { decodeText, readFields, walkAlignedEntries } from './entry-walk.js';
 import { QCOW2_AUTOCLEAR_BITMAPS, type QCowHeader } from './header.js';
 import type { BDRVQcow2State } from './state.js';
 
@@ -14,6 +15,15 @@ export const BME_FLAG_IN_USE = 1 << 0;
 export const BME_FLAG_AUTO = 1 << 1;
 /** Fixed part of a directory entry; then extra data, the name, padding to 8 bytes. */
 const BME_HEADER_SIZE = 24;
+const BME_FIELDS = {
+  tableOffset: ['u64', 0],
+  tableSize: ['u32', 8],
+  flags: ['u32', 12],
+  type: ['u8', 16],
+  granularityBits: ['u8', 17],
+  nameSize: ['u16', 18],
+  extraSize: ['u32', 20],
+} as const;
 /** QEMU's limits (QCOW2_MAX_BITMAPS, QCOW2_MAX_BITMAP_DIRECTORY_SIZE). */
 const QCOW2_MAX_BITMAPS = 65535;
 const QCOW2_MAX_BITMAP_DIRECTORY_SIZE = 1024 * QCOW2_MAX_BITMAPS;
@@ -42,27 +52,19 @@ function invalid(why: string): BlockError {
 export function parseBitmapDirectory(dir: Uint8Array, nbBitmaps: number): Qcow2BitmapEntry[] {
   const v = new DataView(dir.buffer, dir.byteOffset, dir.byteLength);
   const out: Qcow2BitmapEntry[] = [];
-  let pos = 0;
-  for (let i = 0; i < nbBitmaps; i++) {
+  const end = walkAlignedEntries(nbBitmaps, (pos) => {
     if (pos + BME_HEADER_SIZE > dir.length) throw invalid('entry past the end of the directory');
-    const extraSize = v.getUint32(pos + 20);
-    const nameSize = v.getUint16(pos + 18);
-    const end = pos + BME_HEADER_SIZE + extraSize + nameSize;
+    const h = readFields(v, pos, BME_FIELDS);
+    const body = pos + BME_HEADER_SIZE;
+    const end = body + h.extraSize + h.nameSize;
     if (end > dir.length) throw invalid('entry past the end of the directory');
-    if (nameSize === 0) throw invalid('empty bitmap name');
-    const e: Qcow2BitmapEntry = {
-      tableOffset: Number(v.getBigUint64(pos)),
-      tableSize: v.getUint32(pos + 8),
-      flags: v.getUint32(pos + 12),
-      type: v.getUint8(pos + 16),
-      granularityBits: v.getUint8(pos + 17),
-      extraData: dir.slice(pos + BME_HEADER_SIZE, pos + BME_HEADER_SIZE + extraSize),
-      name: new TextDecoder().decode(dir.subarray(pos + BME_HEADER_SIZE + extraSize, end)),
-    };
-    out.push(e);
-    pos = (end + 7) & ~7;
-  }
-  if (pos !== dir.length) throw invalid('size does not match its entries');
+    if (h.nameSize === 0) throw invalid('empty bitmap name');
+    const { tableOffset, tableSize, flags, type, granularityBits } = h;
+    out.push({ tableOffset, tableSize, flags, type, granularityBits, extraData: dir.slice(body, body + h.extraSize), name: decodeText(dir, body + h.extraSize, h.nameSize) });
+    return end;
+  });
+  // The directory's size counts the last entry's padding too.
+  if (Math.ceil(end / 8) * 8 !== dir.length) throw invalid('size does not match its entries');
   return out;
 }
 

@@ -112,7 +112,7 @@ async function checkRefcountsL1(
     }
     const v = new DataView(raw.buffer);
     entries = [];
-    for (let i = 0; i + 8 <= raw.length; i++) entries.push(v.getBigUint64(i * 8));
+    for (let i = 0; (i + 1) * 8 <= raw.length; i++) entries.push(v.getBigUint64(i * 8));
   }
   for (let i = 0; i < entries.length; i++) {
     let entry = entries[i];

@@ -27,6 +27,7 @@ import { QCOW2_OL_ACTIVE_L2, qcow2PreWriteOverlapCheck } from './corrupt.js';
 import { L1E_OFFSET_MASK, L2E_OFFSET_MASK, QCOW_OFLAG_COPIED, clusterType } from './entries.js';
 import { QCOW2_INCOMPAT_CORRUPT, QCOW2_INCOMPAT_DIRTY } from './header.js';
 import { calculateRefcounts, type CheckRun, type Imrt } from './check-imrt.js';
+import { l2SlotIsZero } from './check-l2.js';
 import { rebuildRefcounts } from './check-rebuild.js';
 import { updateRefcount } from './refcount.js';
 import { type BDRVQcow2State, qcow2File } from './state.js';
@@ -152,7 +153,9 @@ async function checkOflagCopied(c: CheckRun, fix: CheckFix): Promise<void> {
       throw e;
     }
     let dirty = false;
+    const view = new DataView(table.buffer, table.byteOffset, table.byteLength);
     for (let j = 0; j < s.l2Size; j++) {
+      if (l2SlotIsZero(view, j, s.l2EntrySize)) continue;
       const l2Entry = getL2Entry(s, table, j);
       const type = clusterType(l2Entry, !s.extendedL2);
       const dataOffset = Number(l2Entry & L2E_OFFSET_MASK);

@@ -8,7 +8,7 @@
  */
 import { BlockError } from '../../block/errors.js';
 import type { CacheEntry } from './cache.js';
-import { QCOW2_OL_ACTIVE_L1, qcow2PreWriteOverlapCheck, qcow2SignalCorruption } from './corrupt.js';
+import { QCOW2_OL_ACTIVE_L1, qcow2OverlapIndexChanged, qcow2PreWriteOverlapCheck, qcow2SignalCorruption } from './corrupt.js';
 import {
   L1E_OFFSET_MASK,
   L2E_OFFSET_MASK,
@@ -17,6 +17,7 @@ import {
   subclusterType,
 } from './entries.js';
 import { qcow2AllocClusters, qcow2FreeClusters } from './refcount.js';
+import { qcow2GrowL1Table } from './resize.js';
 import { type BDRVQcow2State, offsetIntoCluster, offsetToL1Index, offsetToL2Index, qcow2File, qcow2Trace } from './state.js';
 
 export type Qcow2RunKind = 'normal' | 'zero' | 'unallocated' | 'compressed';
@@ -198,9 +199,11 @@ async function l2Allocate(s: BDRVQcow2State, l1Index: number): Promise<void> {
     // The table must be on disk before L1 points at it.
     await s.l2Cache.flush();
     s.l1Table[l1Index] = BigInt(l2Offset) | QCOW_OFLAG_COPIED;
+    qcow2OverlapIndexChanged(s);
     await qcow2WriteL1Entry(s, l1Index);
   } catch (e) {
     s.l1Table[l1Index] = old;
+    qcow2OverlapIndexChanged(s);
     s.l2Cache.discard(l2Offset);
     if (l2Offset > 0) await qcow2FreeClusters(s, l2Offset, s.clusterSize, 'always');
     throw e;
@@ -213,7 +216,8 @@ async function l2Allocate(s: BDRVQcow2State, l1Index: number): Promise<void> {
  */
 export async function qcow2GetClusterTable(s: BDRVQcow2State, offset: number): Promise<{ table: CacheEntry; l2Index: number }> {
   const l1Index = offsetToL1Index(s, offset);
-  if (l1Index >= s.l1Table.length) throw new BlockError('EIO', 'L1 index out of range', { op: 'write', offset });
+  // Past the table: only the VM state area after the guest disk gets here; the L1 grows.
+  if (l1Index >= s.l1Table.length) await qcow2GrowL1Table(s, l1Index + 1, false);
   const oldL2 = l2OffsetOf(s, l1Index);
   if ((s.l1Table[l1Index] & QCOW_OFLAG_COPIED) === 0n) {
     await l2Allocate(s, l1Index);
@@ -226,12 +230,13 @@ export async function qcow2GetClusterTable(s: BDRVQcow2State, offset: number): P
 
 /**
  * Does guest [offset, offset+bytes) read as zeros, backing chain included (QEMU's is_zero:
- * block status above says ZERO)? Clamped to the image. s.lock held.
+ * block status above says ZERO)? Clamped to the image. `locked`: the caller holds s.lock;
+ * otherwise each planning step takes it and the backing file is asked without it.
  */
-export async function qcow2IsZero(s: BDRVQcow2State, offset: number, bytes: number): Promise<boolean> {
+export async function qcow2IsZero(s: BDRVQcow2State, offset: number, bytes: number, locked = true): Promise<boolean> {
   const end = Math.min(offset + bytes, s.header.size);
   for (let pos = offset; pos < end; ) {
-    const run = await qcow2GetHostOffset(s, pos, end - pos);
+    const run = locked ? await qcow2GetHostOffset(s, pos, end - pos) : await s.lock.run(() => qcow2GetHostOffset(s, pos, end - pos));
     if (run.kind === 'normal' || run.kind === 'compressed') return false;
     const backing = s.bs.backing;
     if (run.kind === 'unallocated' && backing) {

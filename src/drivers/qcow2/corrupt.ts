@@ -50,6 +50,59 @@ function overlaps(aStart: number, aLen: number, bStart: number, bLen: number): b
   return aLen > 0 && bLen > 0 && aStart < bStart + bLen && bStart < aStart + aLen;
 }
 
+/**
+ * Host clusters holding active L2 tables and refcount blocks, by cluster index, with the
+ * table arrays they were read from. Every guest write is checked against them, and scanning
+ * the L1 and refcount tables per write (BigInt entries, thousands of them) cost more than the
+ * write itself; the index turns the check into a lookup per cluster written.
+ */
+export interface Qcow2OverlapIndex {
+  l1: BigUint64Array;
+  reftable: BigUint64Array;
+  clusters: Map<number, number>;
+}
+
+function buildOverlapIndex(s: BDRVQcow2State): Qcow2OverlapIndex {
+  const clusters = new Map<number, number>();
+  const add = (offset: number, kind: number): void => {
+    if (offset === 0) return;
+    const c = Math.floor(offset / s.clusterSize);
+    clusters.set(c, (clusters.get(c) ?? 0) | kind);
+  };
+  for (const e of s.l1Table) add(Number(e & L1E_OFFSET_MASK), QCOW2_OL_ACTIVE_L2);
+  for (const e of s.refcountTable) add(Number(e & REFT_OFFSET_MASK), QCOW2_OL_REFCOUNT_BLOCK);
+  return { l1: s.l1Table, reftable: s.refcountTable, clusters };
+}
+
+/**
+ * An L1 or refcount table entry was changed in place: the index is rebuilt on the next check.
+ * (A table replaced by a new array is noticed without this.)
+ */
+export function qcow2OverlapIndexChanged(s: BDRVQcow2State): void {
+  s.overlapIndex = null;
+}
+
+/** Which of the `kinds` (ACTIVE_L2, REFCOUNT_BLOCK) the cluster-aligned range [start, start+len) touches. */
+function tableClustersIn(s: BDRVQcow2State, start: number, len: number, kinds: number): number {
+  let idx = s.overlapIndex;
+  if (!idx || idx.l1 !== s.l1Table || idx.reftable !== s.refcountTable) idx = s.overlapIndex = buildOverlapIndex(s);
+  const first = start / s.clusterSize;
+  const n = len / s.clusterSize;
+  let hit = 0;
+  if (n <= idx.clusters.size) {
+    for (let c = first; c < first + n; c++) hit |= (idx.clusters.get(c) ?? 0) & kinds;
+  } else {
+    for (const [c, kind] of idx.clusters) if (c >= first && c < first + n) hit |= kind & kinds;
+  }
+  if (hit === 0) return 0;
+  // A hit marks the image corrupt: confirm it against the tables themselves, in case an
+  // in-place change was not announced.
+  s.overlapIndex = buildOverlapIndex(s);
+  hit = 0;
+  for (const [c, kind] of s.overlapIndex.clusters) if (c >= first && c < first + n) hit |= kind & kinds;
+  return hit;
+}
+
 /** The first metadata kind [offset, offset+size) overlaps (0 = none), skipping `ign`. */
 export function qcow2CheckMetadataOverlap(s: BDRVQcow2State, ign: number, offset: number, size: number): number {
   const chk = QCOW2_OL_DEFAULT & ~ign;
@@ -72,17 +125,10 @@ export function qcow2CheckMetadataOverlap(s: BDRVQcow2State, ign: number, offset
   if (chk & QCOW2_OL_INACTIVE_L1) {
     for (const l1 of ext.inactiveL1) if (overlaps(start, len, l1.offset, l1.size)) return QCOW2_OL_INACTIVE_L1;
   }
-  if (chk & QCOW2_OL_ACTIVE_L2) {
-    for (const e of s.l1Table) {
-      const l2 = Number(e & L1E_OFFSET_MASK);
-      if (l2 !== 0 && overlaps(start, len, l2, cs)) return QCOW2_OL_ACTIVE_L2;
-    }
-  }
-  if (chk & QCOW2_OL_REFCOUNT_BLOCK) {
-    for (const e of s.refcountTable) {
-      const rb = Number(e & REFT_OFFSET_MASK);
-      if (rb !== 0 && overlaps(start, len, rb, cs)) return QCOW2_OL_REFCOUNT_BLOCK;
-    }
+  if (chk & (QCOW2_OL_ACTIVE_L2 | QCOW2_OL_REFCOUNT_BLOCK)) {
+    const hit = tableClustersIn(s, start, len, chk & (QCOW2_OL_ACTIVE_L2 | QCOW2_OL_REFCOUNT_BLOCK));
+    if (hit & QCOW2_OL_ACTIVE_L2) return QCOW2_OL_ACTIVE_L2;
+    if (hit & QCOW2_OL_REFCOUNT_BLOCK) return QCOW2_OL_REFCOUNT_BLOCK;
   }
   if (chk & QCOW2_OL_BITMAP_DIRECTORY && ext.bitmapDirectory) {
     if (overlaps(start, len, ext.bitmapDirectory.offset, ext.bitmapDirectory.size)) return QCOW2_OL_BITMAP_DIRECTORY;

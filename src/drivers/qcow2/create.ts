@@ -49,7 +49,7 @@ export interface Qcow2CreateParams {
   lazyRefcounts: boolean;
   extendedL2: boolean;
   compressionType: number;
-  preallocation: 'off' | 'metadata';
+  preallocation: 'off' | 'metadata' | 'falloc' | 'full';
   backingFile: string | null;
   backingFmt: string | null;
 }
@@ -126,9 +126,6 @@ export function qcow2CreateParams(options: CreateOptions): Qcow2CreateParams {
   if (backingFile !== null && new TextEncoder().encode(backingFile).length > QCOW2_MAX_BACKING_FILE_NAME) {
     fail(`Could not assign backing file '${backingFile}' with format '${backingFmt ?? ''}': Invalid argument`);
   }
-  if (preallocation === 'falloc' || preallocation === 'full') {
-    fail(`Preallocation mode '${preallocation}' is not supported for qcow2 images by this implementation`, 'ENOTSUP');
-  }
   return {
     size,
     version,
@@ -138,7 +135,7 @@ export function qcow2CreateParams(options: CreateOptions): Qcow2CreateParams {
     lazyRefcounts,
     extendedL2,
     compressionType: ctype === 'zstd' ? QCOW2_COMPRESSION_TYPE_ZSTD : 0,
-    preallocation: preallocation as 'off' | 'metadata',
+    preallocation: preallocation as Qcow2CreateParams['preallocation'],
     backingFile,
     backingFmt,
   };

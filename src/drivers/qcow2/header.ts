@@ -1,15 +1,31 @@
 /**
- * qcow2 header codec: the fixed header (v2: 72 bytes, v3: 104 or more), header extensions and
- * the feature name table, as pure functions over bytes.
+ * qcow2 header codec: the fixed header (v2: 72 bytes, v3: 104 or more) and the whole first
+ * cluster, as pure functions over bytes; the extensions and the feature name table are in
+ * header-ext.ts (re-exported here).
  *
  * Design: decodeHeader turns bytes into numbers without judging them (u64 fields above 2^53
  * decode as Infinity, so every later range check fails on them); validateHeader applies
- * QEMU 7.2's open-time checks in QEMU's order with QEMU's messages; decodeExtensions walks the
- * extension area; encodeHeaderCluster builds the whole first cluster as QEMU's full header
+ * QEMU 7.2's open-time checks in QEMU's order with QEMU's messages; decodeExtensions
+ * (header-ext.ts) walks the extension area; encodeHeaderCluster builds the whole first cluster as QEMU's full header
  * rewrite does (header, unknown header bytes, backing format, data file, feature table,
  * bitmaps, unknown extensions, end marker, backing name, zeros).
  */
 import { BlockError } from '../../block/errors.js';
+import {
+  QCOW2_EXT_MAGIC_BACKING_FORMAT,
+  QCOW2_EXT_MAGIC_BITMAPS,
+  QCOW2_EXT_MAGIC_CRYPTO_HEADER,
+  QCOW2_EXT_MAGIC_DATA_FILE,
+  QCOW2_EXT_MAGIC_END,
+  QCOW2_EXT_MAGIC_FEATURE_TABLE,
+  encodeFeatureTable,
+  putExtension,
+  type Qcow2Feature,
+  type Qcow2UnknownExtension,
+} from './header-ext.js';
+
+// The extension codec lives in header-ext.ts; importers of the header see one module.
+export * from './header-ext.js';
 
 export const QCOW_MAGIC = 0x514649fb;
 export const QCOW2_V2_HEADER_SIZE = 72;
@@ -29,13 +45,6 @@ export const QCOW2_COMPAT_FEAT_MASK = 1n;
 export const QCOW2_AUTOCLEAR_BITMAPS = 1n << 0n;
 export const QCOW2_AUTOCLEAR_DATA_FILE_RAW = 1n << 1n;
 export const QCOW2_AUTOCLEAR_MASK = 3n;
-
-export const QCOW2_EXT_MAGIC_END = 0;
-export const QCOW2_EXT_MAGIC_BACKING_FORMAT = 0xe2792aca;
-export const QCOW2_EXT_MAGIC_FEATURE_TABLE = 0x6803f857;
-export const QCOW2_EXT_MAGIC_CRYPTO_HEADER = 0x0537be77;
-export const QCOW2_EXT_MAGIC_BITMAPS = 0x23852875;
-export const QCOW2_EXT_MAGIC_DATA_FILE = 0x44415441;
 
 export const QCOW2_COMPRESSION_TYPE_ZLIB = 0;
 export const QCOW2_COMPRESSION_TYPE_ZSTD = 1;
@@ -71,43 +80,6 @@ export interface QCowHeader {
   headerLength: number;
   compressionType: number;
 }
-
-/** A header extension QEMU does not know, kept verbatim for rewrites. */
-export interface Qcow2UnknownExtension {
-  magic: number;
-  data: Uint8Array;
-}
-
-/** One feature name table entry. */
-export interface Qcow2Feature {
-  type: number;
-  bit: number;
-  name: string;
-}
-
-/** What the extension area holds. */
-export interface Qcow2Extensions {
-  backingFormat: string | null;
-  dataFile: string | null;
-  featureTable: Qcow2Feature[];
-  /** The 24 bytes of the bitmaps extension, kept as is (bitmaps are not interpreted). */
-  bitmaps: Uint8Array | null;
-  crypto: Uint8Array | null;
-  /** In on-disk order. */
-  unknown: Qcow2UnknownExtension[];
-}
-
-/** QEMU 7.2's feature name table, in its order. */
-export const QCOW2_FEATURE_TABLE: readonly Qcow2Feature[] = [
-  { type: 0, bit: 0, name: 'dirty bit' },
-  { type: 0, bit: 1, name: 'corrupt bit' },
-  { type: 0, bit: 2, name: 'external data file' },
-  { type: 0, bit: 3, name: 'compression type' },
-  { type: 0, bit: 4, name: 'extended L2 entries' },
-  { type: 1, bit: 0, name: 'lazy refcounts' },
-  { type: 2, bit: 0, name: 'bitmaps' },
-  { type: 2, bit: 1, name: 'raw external data' },
-];
 
 function u64(view: DataView, off: number): number {
   const v = view.getBigUint64(off);
@@ -285,64 +257,6 @@ export function validateTables(h: QCowHeader, check: boolean): void {
   if (h.l1Size < needed) fail('EINVAL', 'L1 table is too small');
 }
 
-/** Where the extension area ends (QEMU: the backing name offset, or the cluster end). */
-export function extensionAreaEnd(h: QCowHeader): number {
-  return h.backingFileOffset !== 0 ? h.backingFileOffset : 2 ** h.clusterBits;
-}
-
-function text(bytes: Uint8Array): string {
-  return new TextDecoder().decode(bytes);
-}
-
-/**
- * Walk the extensions in `cluster0` (the first cluster, or as much of the file as exists).
- * Bytes past `cluster0` read as zeros (an end marker), as a short read does in QEMU.
- */
-export function decodeExtensions(h: QCowHeader, cluster0: Uint8Array): Qcow2Extensions {
-  const ext: Qcow2Extensions = { backingFormat: null, dataFile: null, featureTable: [], bitmaps: null, crypto: null, unknown: [] };
-  const end = extensionAreaEnd(h);
-  const area = new Uint8Array(Math.max(end, h.headerLength) + 8);
-  area.set(cluster0.subarray(0, Math.min(cluster0.length, area.length)));
-  const v = new DataView(area.buffer);
-  let offset = h.headerLength;
-  while (offset < end) {
-    const magic = v.getUint32(offset);
-    const len = v.getUint32(offset + 4);
-    offset += 8;
-    if (offset + len > end) fail('EINVAL', 'Header extension too large');
-    const data = area.subarray(offset, offset + len);
-    switch (magic) {
-      case QCOW2_EXT_MAGIC_END:
-        return ext;
-      case QCOW2_EXT_MAGIC_BACKING_FORMAT:
-        if (len >= 16) fail('EINVAL', `ERROR: ext_backing_format: len=${len} too large (>=16)`);
-        ext.backingFormat = text(data);
-        break;
-      case QCOW2_EXT_MAGIC_FEATURE_TABLE:
-        for (let i = 0; i + 48 <= len; i += 48) {
-          const nameBytes = data.subarray(i + 2, i + 48);
-          const nul = nameBytes.indexOf(0);
-          ext.featureTable.push({ type: data[i], bit: data[i + 1], name: text(nul < 0 ? nameBytes : nameBytes.subarray(0, nul)) });
-        }
-        break;
-      case QCOW2_EXT_MAGIC_BITMAPS:
-        if (len !== 24) fail('EINVAL', 'bitmaps_ext: Invalid extension length');
-        ext.bitmaps = data.slice();
-        break;
-      case QCOW2_EXT_MAGIC_DATA_FILE:
-        ext.dataFile = text(data);
-        break;
-      case QCOW2_EXT_MAGIC_CRYPTO_HEADER:
-        ext.crypto = data.slice();
-        break;
-      default:
-        ext.unknown.push({ magic, data: data.slice() });
-    }
-    offset += (len + 7) & ~7;
-  }
-  return ext;
-}
-
 /** Everything a full header rewrite puts into the first cluster. */
 export interface HeaderClusterContents {
   header: QCowHeader;
@@ -355,29 +269,6 @@ export interface HeaderClusterContents {
   bitmaps: Uint8Array | null;
   /** In on-disk order as read; written back reversed, as QEMU's list does. */
   unknownExtensions: readonly Qcow2UnknownExtension[];
-}
-
-function putExtension(out: Uint8Array, pos: number, magic: number, data: Uint8Array): number {
-  const padded = (data.length + 7) & ~7;
-  if (pos + 8 + padded > out.length) {
-    throw new BlockError('ENOSPC', 'No space left on device', { op: 'update_header' });
-  }
-  const v = new DataView(out.buffer, out.byteOffset);
-  v.setUint32(pos, magic);
-  v.setUint32(pos + 4, data.length);
-  out.set(data, pos + 8);
-  return pos + 8 + padded;
-}
-
-/** The feature name table extension's 384 bytes. */
-export function encodeFeatureTable(): Uint8Array {
-  const buf = new Uint8Array(QCOW2_FEATURE_TABLE.length * 48);
-  QCOW2_FEATURE_TABLE.forEach((f, i) => {
-    buf[i * 48] = f.type;
-    buf[i * 48 + 1] = f.bit;
-    buf.set(new TextEncoder().encode(f.name), i * 48 + 2);
-  });
-  return buf;
 }
 
 /**

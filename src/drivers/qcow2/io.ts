@@ -3,13 +3,16 @@
  * (allocate with qcow2AllocHostOffset, write data and COW, link the L2 entries) and
  * compressed writes.
  *
- * Locking: planning and every metadata change happen under s.lock. Reads release it for the
- * data I/O; writes keep it until their L2 entries are set, which serialises allocating writes
- * the way QEMU's dependency tracking does for overlapping ones.
+ * Locking: planning and every metadata change happen under s.lock; data I/O runs without it
+ * (qcow2_co_pwritev_task). A write maps one host-contiguous piece under the lock (allocating
+ * what it needs), registers it in flight (inflight.ts), writes data and COW unlocked, and
+ * takes the lock again only to link new clusters into L2. Rewrites of clusters we own
+ * (COPIED) change no metadata at all.
  */
 import { BlockError } from '../../block/errors.js';
 import { IOVector } from '../../block/iovec.js';
 import { type Qcow2L2Meta, qcow2AllocHostOffset, qcow2LinkL2 } from './alloc.js';
+import { type Qcow2InFlight, qcow2InFlightBegin, qcow2InFlightEnd, qcow2WaitInFlight } from './inflight.js';
 import { qcow2GetClusterTable, qcow2GetHostOffset, qcow2IsZero, type Qcow2Run, getL2Entry, setL2Entry } from './cluster.js';
 import { qcow2CheckNotCorrupt, qcow2PreWriteOverlapCheck } from './corrupt.js';
 import { clusterType, decodeCompressed, encodeCompressed } from './entries.js';
@@ -100,14 +103,16 @@ export async function qcow2CoPreadv(s: BDRVQcow2State, offset: number, bytes: nu
 /**
  * Where the COW areas of an allocation read as zeros, zero its whole clusters in the file at
  * once and skip the copy (handle_alloc_space). Only when the file can zero without writing a
- * buffer; otherwise the ordinary copy runs.
+ * buffer; otherwise the ordinary copy runs. Not where a kept cluster holds guest data between
+ * the areas: if the data write then failed, that data would be lost rather than left old.
+ * Runs without s.lock: the clusters are this write's, in flight.
  */
 async function handleAllocSpace(s: BDRVQcow2State, metas: readonly Qcow2L2Meta[]): Promise<void> {
   const file = qcow2File(s);
   for (const m of metas) {
-    if (m.cowStart.nbBytes === 0 && m.cowEnd.nbBytes === 0) continue;
-    if (!(await qcow2IsZero(s, m.offset + m.cowStart.offset, m.cowStart.nbBytes))) continue;
-    if (!(await qcow2IsZero(s, m.offset + m.cowEnd.offset, m.cowEnd.nbBytes))) continue;
+    if ((m.cowStart.nbBytes === 0 && m.cowEnd.nbBytes === 0) || m.overwritesData) continue;
+    if (!(await qcow2IsZero(s, m.offset + m.cowStart.offset, m.cowStart.nbBytes, false))) continue;
+    if (!(await qcow2IsZero(s, m.offset + m.cowEnd.offset, m.cowEnd.nbBytes, false))) continue;
     const start = m.allocOffset + m.cowStart.offset;
     const bytes = m.cowEnd.offset + m.cowEnd.nbBytes - m.cowStart.offset;
     qcow2PreWriteOverlapCheck(s, 0, start, bytes);
@@ -137,9 +142,9 @@ function mergeCow(s: BDRVQcow2State, offset: number, bytes: number, metas: reado
 /**
  * Copy-on-write of one allocation's head and tail into its new clusters (perform_cow): read
  * from what the guest sees now (old cluster, backing file, zeros), then written; with `data`
- * (merged), head, data and tail go out in one write.
+ * (merged), head, data and tail go out in one write. `locked`: the caller holds s.lock.
  */
-export async function qcow2PerformCow(s: BDRVQcow2State, m: Qcow2L2Meta, data: IOVector | null = null): Promise<void> {
+export async function qcow2PerformCow(s: BDRVQcow2State, m: Qcow2L2Meta, data: IOVector | null = null, locked = true): Promise<void> {
   if ((m.cowStart.nbBytes === 0 && m.cowEnd.nbBytes === 0) || m.skipCow) return;
   const file = qcow2File(s);
   const head = new Uint8Array(m.cowStart.nbBytes);
@@ -151,11 +156,11 @@ export async function qcow2PerformCow(s: BDRVQcow2State, m: Qcow2L2Meta, data: I
   if (mergeReads) await file.debugEvent('cow_read');
   if (head.length > 0) {
     if (!mergeReads) await file.debugEvent('cow_read');
-    await qcow2ReadRange(s, m.offset + m.cowStart.offset, head.length, IOVector.from(head), 0, true);
+    await qcow2ReadRange(s, m.offset + m.cowStart.offset, head.length, IOVector.from(head), 0, locked);
   }
   if (tail.length > 0) {
     if (!mergeReads) await file.debugEvent('cow_read');
-    await qcow2ReadRange(s, m.offset + m.cowEnd.offset, tail.length, IOVector.from(tail), 0, true);
+    await qcow2ReadRange(s, m.offset + m.cowEnd.offset, tail.length, IOVector.from(tail), 0, locked);
   }
   if (data) {
     const whole = new IOVector([head, ...data.iov, tail]);
@@ -177,54 +182,87 @@ export async function qcow2PerformCow(s: BDRVQcow2State, m: Qcow2L2Meta, data: I
   }
 }
 
-/** Write guest data (from qiov at qiovOffset) at guest offset; s.lock held. */
-async function writeLocked(s: BDRVQcow2State, offset: number, bytes: number, qiov: IOVector, qiovOffset: number): Promise<void> {
+/**
+ * Write one host-contiguous piece of a guest write at `offset` (at most `bytes`, data from
+ * qiov at qiovOffset); returns how many bytes it covered (qcow2_co_pwritev_task).
+ */
+async function writePiece(s: BDRVQcow2State, offset: number, bytes: number, qiov: IOVector, qiovOffset: number): Promise<number> {
   const file = qcow2File(s);
-  let pos = offset;
-  let done = 0;
-  while (done < bytes) {
-    const a = await qcow2AllocHostOffset(s, pos, bytes - done);
-    if (a.bytes === 0) throw new BlockError('EIO', 'qcow2: no progress allocating clusters', { op: 'write', offset: pos });
-    const data = qiov.slice(qiovOffset + done, a.bytes);
+  let a: Awaited<ReturnType<typeof qcow2AllocHostOffset>>;
+  let flight: Qcow2InFlight;
+  await s.lock.lock();
+  try {
+    qcow2CheckNotCorrupt(s, 'write');
+    a = await qcow2AllocHostOffset(s, offset, bytes);
+    if (a.bytes === 0) throw new BlockError('EIO', 'qcow2: no progress allocating clusters', { op: 'write', offset });
     qcow2PreWriteOverlapCheck(s, 0, a.hostOffset, a.bytes);
-    let linked = 0;
-    try {
-      // Zeroing whole new clusters beats copying zeros; then the data, alone or framed by its COW.
-      await handleAllocSpace(s, a.metas);
-      const merged = mergeCow(s, pos, a.bytes, a.metas);
-      if (!merged) {
-        await file.debugEvent('write_aio');
-        await file.pwritev(a.hostOffset, data);
-      }
-      // Per allocation: its COW, then its L2 entries (qcow2_alloc_cluster_link_l2).
-      for (const m of a.metas) {
-        await qcow2PerformCow(s, m, m === merged ? data : null);
-        await qcow2LinkL2(s, m);
-        linked++;
-      }
-    } catch (e) {
-      // Nothing points at the clusters of the allocations not linked: give them back
-      // (qcow2_alloc_cluster_abort).
-      for (const m of a.metas.slice(linked)) {
-        if (!m.keepOld) await qcow2FreeClusters(s, m.allocOffset, m.nbClusters * s.clusterSize, 'never');
-      }
-      throw e;
-    }
-    pos += a.bytes;
-    done += a.bytes;
+    // From here until its end the piece is in flight: writes that would allocate the same
+    // clusters wait for it, zero and discard there wait for it.
+    flight = qcow2InFlightBegin(s, offset, a.bytes, a.metas.length > 0);
+  } catch (e) {
+    // Clusters allocated for a piece that never got in flight are linked nowhere: a leak at
+    // worst, as QEMU's; the request fails.
+    s.lock.unlock();
+    throw e;
   }
+  s.lock.unlock();
+
+  const data = qiov.slice(qiovOffset, a.bytes);
+  let failure: { error: unknown } | null = null;
+  try {
+    // Zeroing whole new clusters beats copying zeros; then the data, alone or framed by its
+    // COW; then the other COW areas. All of it before any L2 entry points at the clusters.
+    await handleAllocSpace(s, a.metas);
+    const merged = mergeCow(s, offset, a.bytes, a.metas);
+    if (!merged) {
+      await file.debugEvent('write_aio');
+      await file.pwritev(a.hostOffset, data);
+    }
+    for (const m of a.metas) await qcow2PerformCow(s, m, m === merged ? data : null, false);
+  } catch (e) {
+    failure = { error: e };
+  }
+  if (a.metas.length === 0) {
+    qcow2InFlightEnd(s, flight);
+    if (failure) throw failure.error;
+    return a.bytes;
+  }
+
+  await s.lock.lock();
+  let linked = 0;
+  try {
+    if (failure) throw failure.error;
+    // Per allocation, its L2 entries now that data and COW are written
+    // (qcow2_alloc_cluster_link_l2; the cache orders them after a file flush).
+    for (const m of a.metas) {
+      await qcow2LinkL2(s, m);
+      linked++;
+    }
+  } catch (e) {
+    // Nothing points at the clusters of the allocations not linked: give them back
+    // (qcow2_alloc_cluster_abort).
+    for (const m of a.metas.slice(linked)) {
+      if (!m.keepOld) await qcow2FreeClusters(s, m.allocOffset, m.nbClusters * s.clusterSize, 'never');
+    }
+    throw e;
+  } finally {
+    qcow2InFlightEnd(s, flight);
+    s.lock.unlock();
+  }
+  return a.bytes;
 }
 
+/**
+ * A guest write: the one place every guest write to a qcow2 image passes (data and the zero
+ * buffers of the write-zeroes fallback alike).
+ */
 export async function qcow2CoPwritev(s: BDRVQcow2State, offset: number, bytes: number, qiov: IOVector): Promise<void> {
   if (s.extendedL2) {
     throw new BlockError('ENOTSUP', 'qcow2: writing to images with extended L2 entries is not supported', { op: 'write', offset });
   }
-  await s.lock.lock();
   try {
-    qcow2CheckNotCorrupt(s, 'write');
-    await writeLocked(s, offset, bytes, qiov, 0);
+    for (let done = 0; done < bytes; ) done += await writePiece(s, offset + done, bytes - done, qiov, done);
   } finally {
-    s.lock.unlock();
     if (s.corruptWrite) await s.corruptWrite;
   }
 }
@@ -249,6 +287,8 @@ export async function qcow2CoPwritevCompressed(s: BDRVQcow2State, offset: number
   }
   await s.lock.lock();
   try {
+    // The entry must not be changing under a write in flight (inflight.ts).
+    await qcow2WaitInFlight(s, offset, bytes);
     qcow2CheckNotCorrupt(s, 'write');
     const { table, l2Index } = await qcow2GetClusterTable(s, offset);
     try {

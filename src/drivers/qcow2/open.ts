@@ -164,8 +164,10 @@ export async function qcow2DoOpen(bs: BlockDriverState, options: OpenOptions): P
     corruptionReported: false,
     corruptWrite: null,
     extents: { snapshotsOffset: header.snapshotsOffset, snapshotsSize: header.nbSnapshots > 0 ? ((inactiveL1 as { tableSize?: number }).tableSize ?? 0) : 0, inactiveL1, bitmapDirectory },
+    overlapIndex: null,
     updateHeader: () => qcow2UpdateHeader(s),
     lock: new CoMutex(),
+    inFlight: new Set(),
     openOptions: options,
     closed: false,
   } satisfies BDRVQcow2State);

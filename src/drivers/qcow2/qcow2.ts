@@ -20,13 +20,17 @@ import {
 } from './header.js';
 import { qcow2CoPwritevCompressedPart } from './compress-write.js';
 import { qcow2CoPreadv, qcow2CoPwritev } from './io.js';
+import { qcow2Measure } from './measure.js';
+import { qcow2AmendOptions, qcow2AmendOptionsHook } from './amend.js';
 import { qcow2DoOpen, qcow2UpdateHeader } from './open.js';
 import { QCOW2_RUNTIME_OPTS } from './options.js';
 import { qcow2ReadSnapshots, snapshotInfo } from './snapshot-table.js';
+import { qcow2LoadVmstate, qcow2SaveVmstate } from './vmstate.js';
+import { qcow2SnapshotCreate, qcow2SnapshotDelete, qcow2SnapshotGoto, qcow2SnapshotLoadTmp } from './snapshot.js';
 import { qcow2RepairDirty } from './repair.js';
 import { qcow2GetRefcount } from './refcount.js';
 import { qcow2Truncate } from './resize.js';
-import { type BDRVQcow2State, qcow2File, qcow2IsDirty, qcow2NeedAccurateRefcounts, qcow2State } from './state.js';
+import { type BDRVQcow2State, qcow2File, qcow2IsDirty, qcow2State, qcow2WriteCaches } from './state.js';
 import { qcow2CoDiscard, qcow2CoWriteZeroes } from './zero.js';
 
 /** Probe: the magic and a version QEMU knows (qcow2_probe). */
@@ -50,11 +54,7 @@ async function qcow2Open(bs: BlockDriverState, options: OpenOptions): Promise<vo
   bs.opaque = s;
 }
 
-/** Write what the caches hold (qcow2_write_caches); refcounts only while they are accurate. */
-export async function qcow2WriteCaches(s: BDRVQcow2State): Promise<void> {
-  await s.l2Cache.write();
-  if (qcow2NeedAccurateRefcounts(s)) await s.refcountCache.write();
-}
+export { qcow2WriteCaches };
 
 async function qcow2Flush(bs: BlockDriverState): Promise<void> {
   const s = qcow2State(bs);
@@ -232,7 +232,22 @@ export const qcow2Driver: BlockDriver = {
   getLength: (bs) => qcow2State(bs).header.size,
   getInfo: qcow2GetInfo,
   getSpecificInfo: qcow2GetSpecificInfo,
+  measure: qcow2Measure,
+  amendOptions: qcow2AmendOptions,
+  amend: (bs, options, status) => qcow2AmendOptionsHook(qcow2State(bs), options, status),
+  // v2 images have no autoclear bits, so they cannot keep bitmaps (qcow2_supports_persistent_dirty_bitmap).
+  persistentDirtyBitmaps: async (bs) => {
+    const s = qcow2State(bs);
+    if (s.header.version < 3) return null;
+    return (await qcow2ReadBitmapList(s)).map((e) => ({ name: e.name, granularity: 2 ** e.granularityBits }));
+  },
   snapshotList: async (bs) => (await qcow2ReadSnapshots(qcow2State(bs))).map(snapshotInfo),
+  snapshotCreate: qcow2SnapshotCreate,
+  snapshotGoto: qcow2SnapshotGoto,
+  snapshotDelete: qcow2SnapshotDelete,
+  snapshotLoadTmp: qcow2SnapshotLoadTmp,
+  saveVmstate: qcow2SaveVmstate,
+  loadVmstate: qcow2LoadVmstate,
   changeBackingFile: qcow2ChangeBackingFile,
   invalidateCache: qcow2InvalidateCache,
   check: (bs, fix) => qcow2Check(qcow2State(bs), fix),

@@ -13,7 +13,7 @@
  */
 import { BlockError } from '../../block/errors.js';
 import { REFT_OFFSET_MASK, clusterType, decodeCompressed, L2E_OFFSET_MASK } from './entries.js';
-import { qcow2SignalCorruption, qcow2PreWriteOverlapCheck, QCOW2_OL_REFCOUNT_TABLE } from './corrupt.js';
+import { qcow2OverlapIndexChanged, qcow2SignalCorruption, qcow2PreWriteOverlapCheck, QCOW2_OL_REFCOUNT_TABLE } from './corrupt.js';
 import { qcow2RefcountArea } from './reftable.js';
 import { type BDRVQcow2State, qcow2File, qcow2Trace, startOfCluster, sizeToClusters, offsetIntoCluster } from './state.js';
 
@@ -111,6 +111,7 @@ async function allocRefcountBlock(s: BDRVQcow2State, clusterIndex: number) {
     await file.pwrite(at, entry);
     await file.flush();
     s.refcountTable[tableIndex] = BigInt(newBlock);
+    qcow2OverlapIndexChanged(s);
     throw new Qcow2Again();
   }
 

@@ -5,12 +5,12 @@
  * the header switched to the new table with one synchronous write before the old one is freed.
  */
 import { BlockError } from '../../block/errors.js';
-import { qcow2PreWriteOverlapCheck } from './corrupt.js';
 import { REFT_OFFSET_MASK } from './entries.js';
 import { QCOW_MAX_REFTABLE_SIZE } from './header.js';
 import { refcountMetadataSize } from './refcount-codec.js';
-import { qcow2FreeClusters } from './refcount.js';
+import { qcow2GetRefcount } from './refcount.js';
 import { type BDRVQcow2State, qcow2File } from './state.js';
+import { qcow2SwitchTable, REFCOUNT_TABLE } from './table-switch.js';
 
 /**
  * Create a new reftable and the refcount blocks covering themselves plus `additional`
@@ -70,29 +70,19 @@ export async function qcow2RefcountArea(
   // Blocks first, then the table that points at them, then the header that points at it.
   await file.debugEvent('refblock_alloc_write_blocks');
   await s.refcountCache.flush();
-  const buf = new Uint8Array(tableSize * 8);
-  const v = new DataView(buf.buffer);
-  for (let i = 0; i < tableSize; i++) v.setBigUint64(i * 8, newTable[i]);
-  await file.debugEvent('refblock_alloc_write_table');
-  // The new table lies past every structure in use: nothing may overlap it.
-  qcow2PreWriteOverlapCheck(s, 0, tableOffset, buf.length);
-  await file.pwrite(tableOffset, buf);
-  await file.flush();
-  const hdr = new Uint8Array(12);
-  const hv = new DataView(hdr.buffer);
-  hv.setBigUint64(0, BigInt(tableOffset));
-  hv.setUint32(8, tableClusters);
-  await file.debugEvent('refblock_alloc_switch_table');
-  await file.pwrite(48, hdr);
-  await file.flush();
-
-  const oldOffset = s.refcountTableOffset;
-  const oldSize = s.refcountTable.length;
-  s.refcountTable = newTable;
-  s.refcountTableOffset = tableOffset;
-  s.header.refcountTableOffset = tableOffset;
-  s.header.refcountTableClusters = tableClusters;
-  await qcow2FreeClusters(s, oldOffset, oldSize * 8, 'other');
+  const old = { offset: s.refcountTableOffset, bytes: s.refcountTable.length * 8 };
+  await qcow2SwitchTable(s, REFCOUNT_TABLE, newTable, tableOffset, [tableOffset, tableClusters], old, () => {
+    s.refcountTable = newTable;
+    s.refcountTableOffset = tableOffset;
+  });
   return endOffset;
 }
 
+
+/** The last cluster with a non-zero refcount, -1 if none (qcow2_get_last_cluster). */
+export async function qcow2GetLastCluster(s: BDRVQcow2State, fileSize: number): Promise<number> {
+  for (let i = Math.ceil(fileSize / s.clusterSize) - 1; i >= 0; i--) {
+    if ((await qcow2GetRefcount(s, i)) > 0) return i;
+  }
+  return -1;
+}

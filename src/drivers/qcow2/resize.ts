@@ -9,22 +9,16 @@
  * offset 24), so a crash in between leaves an image of the old size with valid tables.
  */
 import { BlockError } from '../../block/errors.js';
-import { qcow2LinkL2 } from './alloc.js';
-import { qcow2AllocHostOffset } from './alloc.js';
-import { qcow2PreWriteOverlapCheck, QCOW2_OL_ACTIVE_L1 } from './corrupt.js';
+import { qcow2OverlapIndexChanged, qcow2PreWriteOverlapCheck, QCOW2_OL_ACTIVE_L1 } from './corrupt.js';
 import { L1E_OFFSET_MASK, REFT_OFFSET_MASK } from './entries.js';
 import { QCOW_MAX_L1_SIZE, sizeToL1 } from './header.js';
-import { qcow2PerformCow } from './io.js';
-import { qcow2AllocClusters, qcow2FreeClusters, qcow2GetRefcount } from './refcount.js';
+import { preallocateData, preallocateMetadata } from './prealloc.js';
+import { qcow2AllocClusters, qcow2FreeClusters } from './refcount.js';
+import { qcow2GetLastCluster } from './reftable.js';
 import { type BDRVQcow2State, qcow2File } from './state.js';
+import { encodeTable, L1_TABLE, qcow2SwitchTable } from './table-switch.js';
 import { qcow2ClusterDiscard } from './zero.js';
-
-function encodeL1(entries: BigUint64Array): Uint8Array {
-  const buf = new Uint8Array(entries.length * 8);
-  const v = new DataView(buf.buffer);
-  entries.forEach((e, i) => v.setBigUint64(i * 8, e));
-  return buf;
-}
+import { qcow2WaitInFlight } from './inflight.js';
 
 /** Move the active L1 to a bigger table (qcow2_grow_l1_table). */
 export async function qcow2GrowL1Table(s: BDRVQcow2State, minSize: number, exactSize: boolean): Promise<void> {
@@ -43,25 +37,12 @@ export async function qcow2GrowL1Table(s: BDRVQcow2State, minSize: number, exact
   const newOffset = await qcow2AllocClusters(s, newSize * 8);
   // The table's refcount is on disk before the header can point at it.
   await s.refcountCache.flush();
-  qcow2PreWriteOverlapCheck(s, 0, newOffset, newSize * 8);
-  await file.debugEvent('l1_grow_write_table');
-  await file.pwrite(newOffset, encodeL1(table));
-  await file.flush();
-  // Written and durable: now switch the header to it (l1_size and l1_table_offset at once).
-  const hdr = new Uint8Array(12);
-  const v = new DataView(hdr.buffer);
-  v.setUint32(0, newSize);
-  v.setBigUint64(4, BigInt(newOffset));
-  await file.debugEvent('l1_grow_activate_table');
-  await file.pwrite(36, hdr);
-  await file.flush();
-  const oldOffset = s.l1TableOffset;
-  const oldSize = s.l1Table.length;
-  s.l1Table = table;
-  s.l1TableOffset = newOffset;
-  s.header.l1Size = newSize;
-  s.header.l1TableOffset = newOffset;
-  await qcow2FreeClusters(s, oldOffset, oldSize * 8, 'other');
+  // Written and durable, then the header switched to it (l1_size and l1_table_offset at once).
+  const old = { offset: s.l1TableOffset, bytes: s.l1Table.length * 8 };
+  await qcow2SwitchTable(s, L1_TABLE, table, newOffset, [newSize, newOffset], old, () => {
+    s.l1Table = table;
+    s.l1TableOffset = newOffset;
+  });
 }
 
 /** Clear the L1 entries from `maxSize` on and free their L2 tables (qcow2_shrink_l1_table). */
@@ -80,6 +61,7 @@ async function qcow2ShrinkL1Table(s: BDRVQcow2State, maxSize: number): Promise<v
   for (let i = s.l1Table.length - 1; i >= maxSize; i--) {
     const off = Number(s.l1Table[i] & L1E_OFFSET_MASK);
     s.l1Table[i] = 0n;
+    qcow2OverlapIndexChanged(s);
     if (off === 0) continue;
     s.l2Cache.discard(off);
     await qcow2FreeClusters(s, off, s.clusterSize, 'always');
@@ -113,12 +95,9 @@ async function qcow2ShrinkReftable(s: BDRVQcow2State): Promise<void> {
     s.refcountCache.put(block);
     kept[i] = unused ? 0n : s.refcountTable[i];
   }
-  const buf = new Uint8Array(n * 8);
-  const v = new DataView(buf.buffer);
-  kept.forEach((e, i) => v.setBigUint64(i * 8, e));
   const file = qcow2File(s);
   // The table stops pointing at the blocks before their clusters are freed.
-  await file.pwrite(s.refcountTableOffset, buf);
+  await file.pwrite(s.refcountTableOffset, encodeTable(kept));
   await file.flush();
   const punched: number[] = [];
   for (let i = 0; i < n; i++) {
@@ -136,6 +115,7 @@ async function qcow2ShrinkReftable(s: BDRVQcow2State): Promise<void> {
     s.refcountCache.discard(off);
     punched.push(off);
     s.refcountTable[i] = 0n;
+    qcow2OverlapIndexChanged(s);
   }
   for (const off of punched) {
     try {
@@ -146,43 +126,14 @@ async function qcow2ShrinkReftable(s: BDRVQcow2State): Promise<void> {
   }
 }
 
-/** Allocate (never write) the clusters of guest [from, to) (preallocate_co, metadata). */
-async function preallocateMetadata(s: BDRVQcow2State, from: number, to: number, mode: string): Promise<void> {
-  let offset = from;
-  let bytes = to - from;
-  let host = 0;
-  let cur = 0;
-  while (bytes > 0) {
-    cur = Math.min(bytes, Math.floor(0x7fffffff / s.clusterSize) * s.clusterSize);
-    const a = await qcow2AllocHostOffset(s, offset, cur);
-    cur = a.bytes;
-    host = a.hostOffset;
-    for (const m of a.metas) {
-      await qcow2PerformCow(s, m);
-      await qcow2LinkL2(s, m);
-    }
-    bytes -= cur;
-    offset += cur;
-  }
-  // Reads of the allocated clusters must not fail past EOF: extend the file to cover them.
-  const file = qcow2File(s);
-  if (host + cur > (await file.getLength())) await file.truncate(host + cur, mode === 'metadata' ? undefined : mode);
-}
-
-/** The last cluster with a non-zero refcount (qcow2_get_last_cluster). */
-async function lastUsedCluster(s: BDRVQcow2State, fileSize: number): Promise<number> {
-  for (let i = Math.ceil(fileSize / s.clusterSize) - 1; i >= 0; i--) {
-    if ((await qcow2GetRefcount(s, i)) > 0) return i;
-  }
-  return -1;
-}
-
 export async function qcow2Truncate(s: BDRVQcow2State, size: number, prealloc: string): Promise<void> {
   if (size % 512 !== 0) throw new BlockError('EINVAL', 'The new size must be a multiple of 512', { op: 'truncate', offset: size });
-  if (prealloc !== 'off' && prealloc !== 'metadata') {
+  if (prealloc !== 'off' && prealloc !== 'metadata' && prealloc !== 'falloc' && prealloc !== 'full') {
     throw new BlockError('ENOTSUP', `Unsupported preallocation mode '${prealloc}'`, { op: 'truncate', offset: size });
   }
   await s.lock.run(async () => {
+    // A shrink frees clusters: no write may be in flight to them (inflight.ts).
+    await qcow2WaitInFlight(s, 0, Number.POSITIVE_INFINITY);
     if (s.header.nbSnapshots > 0) throw new BlockError('ENOTSUP', "Can't resize an image which has snapshots", { op: 'truncate' });
     if (s.extendedL2 && prealloc !== 'off') throw new BlockError('ENOTSUP', 'Preallocation with extended L2 entries is not supported', { op: 'truncate' });
     const old = s.header.size;
@@ -197,12 +148,13 @@ export async function qcow2Truncate(s: BDRVQcow2State, size: number, prealloc: s
       await s.refcountCache.flush();
       const file = qcow2File(s);
       const fileSize = await file.getLength();
-      const last = await lastUsedCluster(s, fileSize);
+      const last = await qcow2GetLastCluster(s, fileSize);
       if ((last + 1) * s.clusterSize < fileSize) await file.truncate((last + 1) * s.clusterSize);
     } else {
       await qcow2GrowL1Table(s, newL1, true);
     }
-    if (prealloc === 'metadata' && size > old) await preallocateMetadata(s, old, size, prealloc);
+    if (prealloc === 'metadata') await preallocateMetadata(s, old, size);
+    else if (prealloc === 'falloc' || prealloc === 'full') await preallocateData(s, old, size, prealloc);
     // The new size goes last: everything it exposes is in place.
     const buf = new Uint8Array(8);
     new DataView(buf.buffer).setBigUint64(0, BigInt(size));

@@ -6,6 +6,7 @@
  */
 import type { QEMUSnapshotInfo } from '../../block/driver.js';
 import { BlockError } from '../../block/errors.js';
+import { decodeText, readFields, walkAlignedEntries } from './entry-walk.js';
 import type { BlockDriverState } from '../../block/node.js';
 import type { BDRVQcow2State } from './state.js';
 
@@ -13,6 +14,17 @@ import type { BDRVQcow2State } from './state.js';
 export const QCOW_MAX_SNAPSHOT_EXTRA_DATA = 1024;
 export const QCOW_MAX_SNAPSHOTS_SIZE = 64 * 1024 * 1024;
 const SNAPSHOT_HEADER_SIZE = 40;
+const SNAPSHOT_FIELDS = {
+  l1TableOffset: ['u64', 0],
+  l1Size: ['u32', 8],
+  idLen: ['u16', 12],
+  nameLen: ['u16', 14],
+  dateSec: ['u32', 16],
+  dateNsec: ['u32', 20],
+  vmClockNsec: ['b64', 24],
+  vmStateSize32: ['u32', 32],
+  extraSize: ['u32', 36],
+} as const;
 /** The extra data QEMU 7.2 writes and understands. */
 export const SNAPSHOT_EXTRA_DATA_SIZE = 24;
 
@@ -41,41 +53,38 @@ export interface QCowSnapshot {
  */
 export function decodeSnapshotTable(buf: Uint8Array, nb: number, imageSize: number): { snapshots: QCowSnapshot[]; size: number } {
   const v = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
-  const text = new TextDecoder();
   const need = (pos: number, n: number): void => {
     if (pos + n > buf.length) throw new BlockError('EINVAL', 'Snapshot table is too big', { op: 'open' });
   };
   const snapshots: QCowSnapshot[] = [];
-  let pos = 0;
-  for (let i = 0; i < nb; i++) {
-    pos = Math.ceil(pos / 8) * 8;
+  const size = walkAlignedEntries(nb, (pos, i) => {
     need(pos, SNAPSHOT_HEADER_SIZE);
-    const idLen = v.getUint16(pos + 12);
-    const nameLen = v.getUint16(pos + 14);
-    const extraSize = v.getUint32(pos + 36);
-    if (extraSize > QCOW_MAX_SNAPSHOT_EXTRA_DATA) {
+    const h = readFields(v, pos, SNAPSHOT_FIELDS);
+    if (h.extraSize > QCOW_MAX_SNAPSHOT_EXTRA_DATA) {
       throw new BlockError('EFBIG', `Too much extra metadata in snapshot table entry ${i}`, { op: 'open' });
     }
     const e = pos + SNAPSHOT_HEADER_SIZE;
-    need(e, extraSize + idLen + nameLen);
-    const sn: QCowSnapshot = {
-      l1TableOffset: Number(v.getBigUint64(pos)),
-      l1Size: v.getUint32(pos + 8),
-      dateSec: v.getUint32(pos + 16),
-      dateNsec: v.getUint32(pos + 20),
-      vmClockNsec: v.getBigUint64(pos + 24),
-      vmStateSize: extraSize >= 8 ? Number(v.getBigUint64(e)) : v.getUint32(pos + 32),
-      diskSize: extraSize >= 16 ? Number(v.getBigUint64(e + 8)) : imageSize,
-      icount: extraSize >= 24 ? v.getBigInt64(e + 16) : -1n,
-      unknownExtraData: Uint8Array.from(buf.subarray(e + Math.min(extraSize, SNAPSHOT_EXTRA_DATA_SIZE), e + extraSize)),
-      id: text.decode(buf.subarray(e + extraSize, e + extraSize + idLen)),
-      name: text.decode(buf.subarray(e + extraSize + idLen, e + extraSize + idLen + nameLen)),
-    };
-    snapshots.push(sn);
-    pos = e + extraSize + idLen + nameLen;
-    if (pos > QCOW_MAX_SNAPSHOTS_SIZE) throw new BlockError('EFBIG', 'Snapshot table is too big', { op: 'open' });
-  }
-  return { snapshots, size: pos };
+    need(e, h.extraSize + h.idLen + h.nameLen);
+    const x = h.extraSize;
+    const { l1TableOffset, l1Size, dateSec, dateNsec, vmClockNsec } = h;
+    snapshots.push({
+      l1TableOffset,
+      l1Size,
+      dateSec,
+      dateNsec,
+      vmClockNsec,
+      vmStateSize: x >= 8 ? Number(v.getBigUint64(e)) : h.vmStateSize32,
+      diskSize: x >= 16 ? Number(v.getBigUint64(e + 8)) : imageSize,
+      icount: x >= 24 ? v.getBigInt64(e + 16) : -1n,
+      unknownExtraData: Uint8Array.from(buf.subarray(e + Math.min(x, SNAPSHOT_EXTRA_DATA_SIZE), e + x)),
+      id: decodeText(buf, e + x, h.idLen),
+      name: decodeText(buf, e + x + h.idLen, h.nameLen),
+    });
+    const end = e + x + h.idLen + h.nameLen;
+    if (end > QCOW_MAX_SNAPSHOTS_SIZE) throw new BlockError('EFBIG', 'Snapshot table is too big', { op: 'open' });
+    return end;
+  });
+  return { snapshots, size };
 }
 
 /** The table's bytes as QEMU writes it: 24 bytes of known extra data, then the kept rest. */

@@ -12,7 +12,8 @@ import { BlockError } from '../../block/errors.js';
 import type { BlockDriverState } from '../../block/node.js';
 import type { Qcow2Cache } from './cache.js';
 import type { Qcow2Codec } from './compress.js';
-import type { Qcow2MetadataExtents } from './corrupt.js';
+import type { Qcow2InFlight } from './inflight.js';
+import type { Qcow2MetadataExtents, Qcow2OverlapIndex } from './corrupt.js';
 import type { CompressedGeometry } from './entries.js';
 import type { QCowHeader, Qcow2UnknownExtension } from './header.js';
 import type { RefcountGetter, RefcountSetter } from './refcount-codec.js';
@@ -28,7 +29,10 @@ export interface BDRVQcow2State {
   /** Bytes of one L2 entry (8 or 16). */
   l2EntrySize: number;
   subclusterSize: number;
-  /** Active L1 entries (a typed array: 8 bytes each, however large the image says it is). */
+  /**
+   * Active L1 entries (a typed array: 8 bytes each, however large the image says it is).
+   * Changing an entry in place (here or in refcountTable) calls qcow2OverlapIndexChanged.
+   */
   l1Table: BigUint64Array;
   l1TableOffset: number;
   refcountTable: BigUint64Array;
@@ -67,9 +71,13 @@ export interface BDRVQcow2State {
   corruptWrite: Promise<void> | null;
   /** Metadata the overlap check needs besides the tables (snapshot table, bitmaps). */
   extents: Qcow2MetadataExtents;
+  /** Clusters of L2 tables and refcount blocks for the overlap check; null: rebuild. */
+  overlapIndex: Qcow2OverlapIndex | null;
   /** Full header rewrite (qcow2_update_header), bound at open. */
   updateHeader: () => Promise<void>;
   lock: CoMutex;
+  /** Guest writes with data I/O running outside `lock` (inflight.ts). */
+  inFlight: Set<Qcow2InFlight>;
   openOptions: OpenOptions;
   closed: boolean;
 }
@@ -119,4 +127,10 @@ export function qcow2IsDirty(s: BDRVQcow2State): boolean {
 /** Refcount blocks must be kept accurate on disk (QEMU's qcow2_need_accurate_refcounts). */
 export function qcow2NeedAccurateRefcounts(s: BDRVQcow2State): boolean {
   return !qcow2IsDirty(s);
+}
+
+/** Write what the caches hold (qcow2_write_caches); refcounts only while they are accurate. */
+export async function qcow2WriteCaches(s: BDRVQcow2State): Promise<void> {
+  await s.l2Cache.write();
+  if (qcow2NeedAccurateRefcounts(s)) await s.refcountCache.write();
 }

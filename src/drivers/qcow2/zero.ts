@@ -16,6 +16,7 @@ import { IOVector } from '../../block/iovec.js';
 import { getL2Entry, qcow2GetClusterTable, qcow2GetHostOffset, qcow2IsZero, setL2Entry } from './cluster.js';
 import { qcow2CheckNotCorrupt } from './corrupt.js';
 import { clusterType, QCOW_OFLAG_ZERO } from './entries.js';
+import { qcow2WaitInFlight } from './inflight.js';
 import { qcow2CoPwritev } from './io.js';
 import { type Qcow2DiscardType, qcow2FreeAnyCluster } from './refcount.js';
 import type { BDRVQcow2State } from './state.js';
@@ -111,6 +112,8 @@ async function zeroPiece(s: BDRVQcow2State, offset: number, bytes: number, mayUn
   let tail = Math.ceil(end / cs) * cs - end;
   if (end === s.header.size) tail = 0;
   await s.lock.run(async () => {
+    // Entries change here: first let the writes in flight through them finish (inflight.ts).
+    await qcow2WaitInFlight(s, offset, bytes);
     qcow2CheckNotCorrupt(s, 'write_zeroes');
     if (s.extendedL2) throw new BlockError('ENOTSUP', undefined, { op: 'write_zeroes', offset });
     let start = offset;
@@ -158,6 +161,8 @@ export async function qcow2CoDiscard(s: BDRVQcow2State, offset: number, bytes: n
   if (end <= start) return;
   if (s.header.version < 3 && s.bs.backing) return;
   await s.lock.run(async () => {
+    // Clusters are freed here: first let the writes in flight to them finish (inflight.ts).
+    await qcow2WaitInFlight(s, start, end - start);
     qcow2CheckNotCorrupt(s, 'discard');
     if (s.extendedL2) throw new BlockError('ENOTSUP', undefined, { op: 'discard', offset });
     await qcow2ClusterDiscard(s, start, end - start, 'request', false);

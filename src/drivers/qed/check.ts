@@ -45,6 +45,16 @@ function qedSetUsedClusters(check: QEDCheck, offset: number, n: number): boolean
   return corruptions === 0;
 }
 
+/** An entry pointing outside the image: cleared when repairing, else reported as corrupt. */
+function qedCheckBadEntry(check: QEDCheck, table: QEDTable, index: number): void {
+  if (check.fix) {
+    table.set(index, 0);
+    check.result.corruptionsFixed++;
+  } else {
+    check.result.corruptions++;
+  }
+}
+
 /** Check one L2 table's entries; returns how many were invalid (zeroed when fixing). */
 function qedCheckL2Table(check: QEDCheck, table: QEDTable): number {
   const s = check.s;
@@ -58,12 +68,7 @@ function qedCheckL2Table(check: QEDCheck, table: QEDTable): number {
     if (lastOffset !== 0 && lastOffset + s.header.clusterSize !== offset) check.result.fragmentedClusters++;
     lastOffset = offset;
     if (!qedCheckClusterOffset(limits, offset)) {
-      if (check.fix) {
-        table.set(i, 0);
-        check.result.corruptionsFixed++;
-      } else {
-        check.result.corruptions++;
-      }
+      qedCheckBadEntry(check, table, i);
       invalid++;
       continue;
     }
@@ -82,12 +87,7 @@ async function qedCheckL1Table(check: QEDCheck): Promise<void> {
     const offset = l1.get(i);
     if (offset === QED_UNALLOC_CLUSTER) continue;
     if (!qedCheckTableOffset(limits, offset)) {
-      if (check.fix) {
-        l1.set(i, 0);
-        check.result.corruptionsFixed++;
-      } else {
-        check.result.corruptions++;
-      }
+      qedCheckBadEntry(check, l1, i);
       l1Invalid++;
       continue;
     }

@@ -2,17 +2,16 @@
  * The QED block driver: open/close and the metadata hooks, assembled into `qedDriver`.
  * The request path lives in io.ts, the check in check.ts, creation in create.ts.
  */
-import type { CompletionFunc } from '../../block/aio.js';
 import { CoalescedRun, CoMutex, CoQueue } from '../../block/coroutine.js';
 import {
   BDRV_SECTOR_SIZE,
   type BlockDriver,
+  type BlockDriverHook,
   type BlockDriverInfo,
   type BlockStatus,
   type CheckFix,
   type CheckResult,
   type OpenOptions,
-  type WriteFlags,
   type WriteZeroesFlags,
 } from '../../block/driver.js';
 import { BlockError } from '../../block/errors.js';
@@ -41,7 +40,6 @@ import {
   qedAioSetup,
   qedCoRequest,
   qedCoWriteZeroes,
-  type QEDAIOCB,
 } from './io.js';
 import { L2Cache } from './l2-cache.js';
 import { cancelNeedCheckTimer, qedDrainBegin, qedNeedCheckTimerCb } from './need-check.js';
@@ -171,41 +169,21 @@ async function qedClose(bs: BlockDriverState): Promise<void> {
   }
 }
 
-function qedAioReadv(
-  bs: BlockDriverState,
-  sectorNum: number,
-  qiov: IOVector,
-  nbSectors: number,
-  cb: CompletionFunc,
-): QEDAIOCB {
-  return qedAioSetup(bs, sectorNum, qiov, nbSectors, cb, 0);
-}
-
-function qedAioWritev(
-  bs: BlockDriverState,
-  sectorNum: number,
-  qiov: IOVector,
-  nbSectors: number,
-  cb: CompletionFunc,
-): QEDAIOCB {
-  return qedAioSetup(bs, sectorNum, qiov, nbSectors, cb, QED_AIOCB_WRITE);
-}
+// bdrv_qed_aio_readv/writev: one setup, told the direction by its flags.
+const qedAioReadv: BlockDriverHook<'aioReadv'> = (bs, sectorNum, qiov, nbSectors, cb) =>
+  qedAioSetup(bs, sectorNum, qiov, nbSectors, cb, 0);
+const qedAioWritev: BlockDriverHook<'aioWritev'> = (bs, sectorNum, qiov, nbSectors, cb) =>
+  qedAioSetup(bs, sectorNum, qiov, nbSectors, cb, QED_AIOCB_WRITE);
 
 async function qedCoPreadv(bs: BlockDriverState, offset: number, bytes: number, qiov: IOVector): Promise<void> {
   await qedCoRequest(bs, offset, bytes, qiov, 0);
 }
 
-async function qedCoPwritev(
-  bs: BlockDriverState,
-  offset: number,
-  bytes: number,
-  qiov: IOVector,
-  flags: WriteFlags,
-): Promise<void> {
+const qedCoPwritev: BlockDriverHook<'coPwritev'> = async (bs, offset, bytes, qiov, flags) => {
   await qedCoRequest(bs, offset, bytes, qiov, QED_AIOCB_WRITE);
   // QED has no FUA of its own: a flush after the write gives the same durability.
   if (flags.fua) await qedFile(qedState(bs)).flush();
-}
+};
 
 /** Block status of one run, from the same planner the request path uses. */
 async function qedCoBlockStatus(bs: BlockDriverState, offset: number, bytes: number): Promise<BlockStatus> {

@@ -4,7 +4,7 @@
  */
 import type { Timer } from '../../block/clock.js';
 import { type CoalescedRun, CoMutex, type CoQueue } from '../../block/coroutine.js';
-import type { OpenOptions } from '../../block/driver.js';
+import { driverState, type OpenOptions } from '../../block/driver.js';
 import { BlockError } from '../../block/errors.js';
 import { IOVector } from '../../block/iovec.js';
 import type { BlockDriverState } from '../../block/node.js';
@@ -70,9 +70,7 @@ export interface QEDRequest {
 }
 
 export function qedState(bs: BlockDriverState): BDRVQEDState {
-  const s = bs.opaque as BDRVQEDState | null | undefined;
-  if (!s) throw new BlockError('EBADF', 'QED image is not open', { op: 'qed' });
-  return s;
+  return driverState<BDRVQEDState>(bs, 'qed', 'QED image is not open');
 }
 
 export function qedFile(s: BDRVQEDState): BlockDriverState {

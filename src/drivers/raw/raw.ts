@@ -6,13 +6,15 @@ import { CoMutex } from '../../block/coroutine.js';
 import {
   BDRV_SECTOR_SIZE,
   type BlockDriver,
+  type BlockDriverHook,
   type BlockDriverInfo,
+  type BlockMeasureInfo,
   type BlockStatus,
   type CreateContext,
   type CreateOptions,
   type OpenOptions,
-  type WriteFlags,
   type WriteZeroesFlags,
+  driverState,
 } from '../../block/driver.js';
 import { BlockError } from '../../block/errors.js';
 import type { IOVector } from '../../block/iovec.js';
@@ -34,11 +36,7 @@ interface RawState {
 export const RAW_PROBE_GUARD_BYTES = BLOCK_PROBE_BUF_SIZE;
 
 function state(bs: BlockDriverState): RawState {
-  const s = bs.opaque as RawState | null | undefined;
-  if (s === null || s === undefined) {
-    throw new BlockError('EBADF', `'${bs.filename}' is not open`, { op: 'raw', path: bs.filename });
-  }
-  return s;
+  return driverState<RawState>(bs, 'raw');
 }
 
 function child(bs: BlockDriverState): BlockDriverState {
@@ -73,7 +71,7 @@ async function rawClose(bs: BlockDriverState): Promise<void> {
 }
 
 async function rawCreate(filename: string, options: CreateOptions, ctx: CreateContext): Promise<void> {
-  const size = options.size ?? 0;
+  const size = typeof options.size === 'number' ? options.size : 0;
   if (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 0) {
     throw new BlockError('EINVAL', 'Invalid image size specified', { op: 'create', path: filename });
   }
@@ -155,13 +153,7 @@ function rawPreadvNow(bs: BlockDriverState, offset: number, _bytes: number, qiov
   return f.preadvNow(offset, qiov);
 }
 
-async function rawCoPwritev(
-  bs: BlockDriverState,
-  offset: number,
-  bytes: number,
-  qiov: IOVector,
-  flags: WriteFlags,
-): Promise<void> {
+const rawCoPwritev: BlockDriverHook<'coPwritev'> = async (bs, offset, bytes, qiov, flags) => {
   const file = child(bs);
   // Past the probed head (nearly every write), nothing to guard: straight to the child.
   if (offset >= RAW_PROBE_GUARD_BYTES || !state(bs).probed) {
@@ -174,7 +166,7 @@ async function rawCoPwritev(
     if (file.debugWatched) await file.debugEvent('write_aio');
     await file.pwritev(offset, qiov, flags);
   });
-}
+};
 
 /**
  * Zeroing goes to the protocol with its flags (mayUnmap, noFallback), as QEMU's raw format
@@ -234,8 +226,9 @@ async function rawGetLengthAsync(file: BlockDriverState): Promise<number> {
   return Math.ceil(len / BDRV_SECTOR_SIZE) * BDRV_SECTOR_SIZE;
 }
 
-async function rawGetInfo(_bs: BlockDriverState): Promise<BlockDriverInfo> {
-  return { clusterSize: 0, isDirty: false };
+/** What the file knows (raw_get_info): nothing for nbd or http, no dirty state for a host file. */
+async function rawGetInfo(bs: BlockDriverState): Promise<BlockDriverInfo> {
+  return child(bs).getInfo();
 }
 
 async function rawGetAllocatedFileSize(bs: BlockDriverState): Promise<number> {
@@ -244,6 +237,13 @@ async function rawGetAllocatedFileSize(bs: BlockDriverState): Promise<number> {
 
 async function rawInvalidateCache(bs: BlockDriverState): Promise<void> {
   await child(bs).invalidateCache();
+}
+
+/** raw_measure: a raw file holds every byte, allocated or not. */
+async function rawMeasure(options: CreateOptions, inBs: BlockDriverState | null): Promise<BlockMeasureInfo> {
+  const size = typeof options.size === 'number' ? options.size : 0;
+  const required = inBs !== null ? BigInt(await inBs.getLength()) : BigInt(Math.ceil(size / BDRV_SECTOR_SIZE) * BDRV_SECTOR_SIZE);
+  return { required, fullyAllocated: required };
 }
 
 export const rawDriver: BlockDriver = {
@@ -256,6 +256,7 @@ export const rawDriver: BlockDriver = {
   openWarning: rawOpenWarning,
   close: rawClose,
   create: rawCreate,
+  measure: rawMeasure,
   coPreadv: rawCoPreadv,
   preadvNow: rawPreadvNow,
   coPwritev: rawCoPwritev,

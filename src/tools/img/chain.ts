@@ -1,7 +1,7 @@
 // Backing chains as qemu-img names them: finding a file in an open chain, and QEMU's
 // path_combine for the backing file names info prints.
 import { toolHost } from '../shared/host.js';
-import type { BlockDriverState } from '../../index.js';
+import { protocolPrefix, type BlockDriverState } from '../../index.js';
 
 /**
  * bdrv_find_backing_image: the node of bs's chain (below bs) whose file is `name`. An open chain
@@ -23,7 +23,8 @@ export function findBackingImage(bs: BlockDriverState, name: string): BlockDrive
  * image name's directory prefix (up to and including its last '/'), without normalising.
  */
 export function qemuPathCombine(base: string, filename: string): string {
-  if (filename.startsWith('/')) return filename;
+  // bdrv_get_full_backing_filename_from_filename: a name with a protocol is taken as it is.
+  if (filename.startsWith('/') || protocolPrefix(filename) !== null) return filename;
   const colon = base.indexOf(':');
   const slash = base.indexOf('/');
   let p = colon > 0 && (slash < 0 || colon < slash) ? colon + 1 : 0;

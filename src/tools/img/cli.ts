@@ -3,6 +3,7 @@
 // buffered and stderr is not, as in QEMU. Nothing here needs Node: main.ts adds the process's
 // streams and host files; the teaching page runs it in a browser with its own sink.
 import { ToolExit, ToolOutput, errorExit, errorMessage, progName, type ToolIO } from '../shared/output.js';
+import { imgAmend } from './amend.js';
 import { imgCheck } from './check.js';
 import { imgCommit } from './commit.js';
 import { imgCompare } from './compare.js';
@@ -11,6 +12,7 @@ import { imgCreate } from './create.js';
 import { imgDd } from './dd.js';
 import { imgInfo } from './info.js';
 import { imgMap } from './map.js';
+import { imgMeasure } from './measure.js';
 import { imgRebase } from './rebase.js';
 import { imgResize } from './resize.js';
 import { imgSnapshot } from './snapshot.js';
@@ -26,6 +28,7 @@ async function benchCommand(env: ImgEnv, argv: string[]): Promise<number> {
 
 /** Subcommands in qemu-img's order (the help text lists them so). */
 const COMMANDS: Array<[string, ImgCommand, string]> = [
+  ['amend', imgAmend, 'amend [--object objectdef] [--image-opts] [-p] [-q] [-f fmt] [-t cache] [--force] -o options filename'],
   ['bench', benchCommand, 'bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] [-i aio] [-n] [--no-drain] [-o offset] [--pattern=pattern] [-q] [-s buffer_size] [-S step_size] [-t cache] [-w] [-U] filename'],
   ['check', imgCheck, 'check [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-T src_cache] [-U] filename'],
   ['commit', imgCommit, 'commit [-q] [-f fmt] [-t cache] [-b base] [-d] [-p] filename'],
@@ -35,6 +38,7 @@ const COMMANDS: Array<[string, ImgCommand, string]> = [
   ['dd', imgDd, 'dd [-U] [-f fmt] [-O output_fmt] [bs=block_size] [count=blocks] [skip=blocks] if=input of=output'],
   ['info', imgInfo, 'info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename'],
   ['map', imgMap, 'map [-f fmt] [--start-offset=offset] [--max-length=len] [--output=ofmt] [-U] filename'],
+  ['measure', imgMeasure, 'measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [--object objectdef] [--image-opts] [-f fmt] [-l snapshot_param] filename]'],
   ['snapshot', imgSnapshot, 'snapshot [--object objectdef] [--image-opts] [-U] [-q] [-l | -a snapshot | -c snapshot | -d snapshot] filename'],
   ['rebase', imgRebase, 'rebase [-U] [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] -b backing_file [-F backing_fmt] filename'],
   ['resize', imgResize, 'resize [-f fmt] [--preallocation=prealloc] [-q] [--shrink] filename [+ | -]size'],

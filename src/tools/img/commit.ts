@@ -65,7 +65,7 @@ export async function imgCommit(env: ImgEnv, argv: string[]): Promise<number> {
       // The chain is open read-only; the base gets a read-write node of its own. Only the
       // layers above the base are read, so the two nodes never see each other's caches.
       try {
-        baseRw = await BlockBackend.open(baseBs.filename, { format: baseBs.driver.formatName, noBacking: true, registry: env.registry });
+        baseRw = await BlockBackend.open(baseBs.filename, { format: baseBs.driver.formatName, noBacking: true, registry: env.registry, objects: env.objects });
       } catch (e) {
         err = errorMessage(e);
       }

@@ -1,8 +1,9 @@
 // blk-img convert: copy one or more images (concatenated) into a new or existing target, with
 // qemu-img convert's options and checks in its order; the copy itself is convert-copy.ts.
-import type { BlockBackend } from '../../index.js';
+import { bdrvSnapshotLoadTmp, bdrvSnapshotLoadTmpByIdOrName, type BlockBackend } from '../../index.js';
+import { parseOptsNoisily } from '../shared/image-opts.js';
 import { closeQuietly, rootOf } from '../shared/open.js';
-import { ToolExit } from '../shared/output.js';
+import { ToolExit, errorMessage } from '../shared/output.js';
 import { cvtnum } from '../shared/size.js';
 import { BUF_SECTORS, SECTOR, convertDoCopy, pow2floor, type ConvertState } from './convert-copy.js';
 import { accumulateOptions, createOptionSpecs, hasHelpOption, parseCreateOptions } from './create-options.js';
@@ -47,11 +48,14 @@ interface ConvertArgs extends ImgArgs {
   targetIsZero: boolean;
   copyRange: boolean;
   compressed: boolean;
-  snapshot: boolean;
+  /** -l snapshot.id=..,snapshot.name=.. */
+  snapshotOpts: Map<string, string> | null;
+  /** -l NAME: an id, else a name. */
+  snapshotName: string | null;
   bitmaps: boolean;
 }
 
-const flag = (short: string | undefined, long: string | undefined, key: 'skipCreate' | 'targetIsZero' | 'copyRange' | 'compressed' | 'snapshot' | 'bitmaps'): ImgOption<ConvertArgs> => ({
+const flag = (short: string | undefined, long: string | undefined, key: 'skipCreate' | 'targetIsZero' | 'copyRange' | 'compressed' | 'bitmaps'): ImgOption<ConvertArgs> => ({
   short,
   long,
   set: (s) => void (s[key] = true),
@@ -67,7 +71,25 @@ const CONVERT_OPTIONS: readonly ImgOption<ConvertArgs>[] = [
   flag('c', undefined, 'compressed'),
   { short: 'F', arg: 1, set: (s, arg) => void (s.backingFmt = arg) },
   { short: 'o', arg: 1, set: (s, arg, env) => void (s.options = accumulateOptions(env.o, s.options, arg)) },
-  { short: 'l', arg: 1, set: (s) => void (s.snapshot = true) },
+  {
+    short: 'l',
+    arg: 1,
+    set: (s, arg, env) => {
+      if (!arg.startsWith('snapshot.')) {
+        s.snapshotName = arg;
+        return;
+      }
+      // internal_snapshot_opts: snapshot.id and snapshot.name only.
+      const opts = parseOptsNoisily(env.o, arg, {});
+      const bad = opts === null ? undefined : [...opts.keys()].find((k) => k !== 'snapshot.id' && k !== 'snapshot.name');
+      if (bad !== undefined) env.o.error(`Invalid parameter '${bad}'`);
+      if (opts === null || bad !== undefined) {
+        env.o.error(`Failed in parsing snapshot param '${arg}'`);
+        throw new ToolExit(1);
+      }
+      s.snapshotOpts = opts;
+    },
+  },
   {
     short: 'S',
     arg: 1,
@@ -129,12 +151,13 @@ export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
     targetIsZero: false,
     copyRange: false,
     compressed: false,
-    snapshot: false,
+    snapshotOpts: null,
+    snapshotName: null,
     bitmaps: false,
   };
   const rest = parseImgOptions(env, argv, CONVERT_OPTIONS, args);
   const { fmt, cache, srcCache, skipCreate, minSparse, numCoroutines, wrInOrder, forceShare, targetIsZero, options, backingFmt } = args;
-  const { copyRange, compressed, explicitMinSparse, snapshot, bitmaps } = args;
+  const { copyRange, compressed, explicitMinSparse, snapshotOpts, snapshotName, bitmaps } = args;
   let outBaseimg = args.outBaseimg;
   const targetFmt = args.outFmt ?? 'raw';
   if (compressed && copyRange) {
@@ -201,9 +224,16 @@ export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
       s.srcAlignment.push(Math.max(1, align));
       s.totalSectors += sectors;
     }
-    if (snapshot) {
-      // No format here has internal snapshots.
-      env.o.error(`Failed to load snapshot: Block format '${rootOf(src[0]).driver.formatName}' used by device '' does not support temporarily loading internal snapshots`);
+    if (snapshotOpts === null && snapshotName !== null && srcNum > 1) {
+      env.o.error('No support for concatenating multiple snapshot');
+      return 1;
+    }
+    try {
+      // The first source shows the snapshot instead of its active state (read-only).
+      if (snapshotOpts !== null) await bdrvSnapshotLoadTmp(rootOf(src[0]), snapshotOpts.get('snapshot.id'), snapshotOpts.get('snapshot.name'));
+      else if (snapshotName !== null) await bdrvSnapshotLoadTmpByIdOrName(rootOf(src[0]), snapshotName);
+    } catch (e) {
+      env.o.error(`Failed to load snapshot: ${errorMessage(e)}`);
       return 1;
     }
     if (bitmaps) {

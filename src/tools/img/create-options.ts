@@ -1,7 +1,7 @@
 // -o option lists (QemuOpts): "a=b,c=d", ",," escapes a comma, "help" / "?" ask for help;
 // parsed against a driver's create options (and its protocol's), as qemu-img create and
 // convert take them.
-import type { BlockDriver, CreateOptionSpec } from '../../index.js';
+import type { BlockDriver, CreateOptionSpec, CreateOptions } from '../../index.js';
 import { ToolExit, type ToolOutput } from '../shared/output.js';
 import { parseOptionSize } from '../shared/size.js';
 
@@ -70,7 +70,11 @@ function optionTypeName(type: string): string {
 }
 
 export function printOptionHelp(o: ToolOutput, drv: BlockDriver, extra: BlockDriver | null): void {
-  const specs = [...(drv.createOptions ?? []), ...(extra?.createOptions ?? [])];
+  printOptionSpecs(o, [...(drv.createOptions ?? []), ...(extra?.createOptions ?? [])]);
+}
+
+/** qemu_opts_print_help: one line per option, sorted by name. */
+export function printOptionSpecs(o: ToolOutput, specs: readonly CreateOptionSpec[]): void {
   const seen = new Set<string>();
   const lines: string[] = [];
   for (const s of specs) {
@@ -101,7 +105,11 @@ export function createOptionSpecs(drv: BlockDriver, proto: BlockDriver | null): 
  * Returns camelCase-keyed values plus the QEMU names in first-seen order.
  */
 export function parseCreateOptions(drv: BlockDriver, list: string, proto: BlockDriver | null = null): Map<string, string | number | boolean> {
-  const specs = createOptionSpecs(drv, proto);
+  return parseOptionList(createOptionSpecs(drv, proto), list);
+}
+
+/** Parse an -o list against `specs` (see parseCreateOptions). */
+export function parseOptionList(specs: readonly CreateOptionSpec[], list: string): Map<string, string | number | boolean> {
   const out = new Map<string, string | number | boolean>();
   if (list === '') return out;
   for (const [name, value] of splitOptionList(list)) {
@@ -124,5 +132,12 @@ export function parseCreateOptions(drv: BlockDriver, list: string, proto: BlockD
         out.set(name, value ?? '');
     }
   }
+  return out;
+}
+
+/** Parsed option values keyed for a driver hook (CreateOptions: each spec's camelCase key). */
+export function optionsByKey(specs: readonly CreateOptionSpec[], values: Map<string, string | number | boolean>): CreateOptions {
+  const out: CreateOptions = {};
+  for (const [name, v] of values) out[specs.find((s) => s.name === name)?.key ?? name] = v;
   return out;
 }

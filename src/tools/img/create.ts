@@ -111,7 +111,7 @@ export async function imgCreateImage(env: ImgEnv, p: ImgCreateParams): Promise<v
     const full = combineBackingPath(p.filename, backingFile);
     let bs: BlockDriverState;
     try {
-      bs = await BlockDriverState.open(full, { format: backingFmt, readOnly: true, forceShare: true, registry: env.registry });
+      bs = await BlockDriverState.open(full, { format: backingFmt, readOnly: true, forceShare: true, registry: env.registry, objects: env.objects });
     } catch (e) {
       throw new Error(`${errorMessage(e)}\nCould not open backing image.`, { cause: e });
     }

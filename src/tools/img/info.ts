@@ -40,9 +40,8 @@ export async function queryImageInfo(bs: BlockDriverState, filename: string): Pr
     if (bdi.clusterSize !== 0) info.clusterSize = bdi.clusterSize;
     info.dirtyFlag = bdi.isDirty;
   } catch (e) {
-    // Formats without get_info (raw) have no dirty state: clean by definition.
+    // No get_info down to the storage (nbd, http): no dirty flag shown, as qemu-img.
     if (!isBlockError(e, 'ENOTSUP')) throw e;
-    info.dirtyFlag = false;
   }
   const snapshots = await bdrvSnapshotList(bs);
   if (snapshots.length > 0) info.snapshots = snapshots;

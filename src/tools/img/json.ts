@@ -9,7 +9,7 @@ export function qdictOrder<T>(entries: Array<[string, T]>): Array<[string, T]> {
   return qdictKeyOrder(entries.map(([k]) => k)).map((k) => [k, byKey.get(k) as T]);
 }
 
-export type JsonValue = string | number | boolean | JsonValue[] | JsonObject;
+export type JsonValue = string | number | bigint | boolean | JsonValue[] | JsonObject;
 /** An object whose keys are printed in QDict order (insertion order = QAPI field order). */
 export interface JsonObject {
   readonly qdict: Array<[string, JsonValue]>;
@@ -23,7 +23,7 @@ export function jsonObject(entries: Array<[string, JsonValue | undefined]>): Jso
 export function toJsonPretty(v: JsonValue, level = 0): string {
   const ind = (n: number): string => '    '.repeat(n);
   if (typeof v === 'string') return quoteJsonString(v);
-  if (typeof v === 'number') return String(v);
+  if (typeof v === 'number' || typeof v === 'bigint') return String(v);
   if (typeof v === 'boolean') return v ? 'true' : 'false';
   if (Array.isArray(v)) {
     if (v.length === 0) return '[\n' + ind(level) + ']';

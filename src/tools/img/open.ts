@@ -25,6 +25,7 @@ export async function imgOpen(env: ImgEnv, filename: string, opts: ImgOpenOption
   const options: OpenOptions = {
     ...flags,
     registry: env.registry,
+    objects: env.objects,
     readOnly: opts.readOnly ?? false,
     onWarning: (m) => env.o.warn(m),
     onErrorPrintf: (m) => env.o.errRaw(m),

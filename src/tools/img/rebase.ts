@@ -97,6 +97,7 @@ export async function imgRebase(env: ImgEnv, argv: string[]): Promise<number> {
               readOnly: true,
               forceShare,
               registry: env.registry,
+              objects: env.objects,
             });
             ownsNewBacking = true;
           } catch (e) {

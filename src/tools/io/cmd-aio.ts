@@ -13,14 +13,13 @@ import {
   cmdOptions,
   image,
   offsetAndCount,
-  readFlags,
   writeFlags,
   type CmdInfo,
   type CmdOption,
   type ReadFlags,
   type WriteFlags,
 } from './command.js';
-import { offsetAndVector, reportRead, reportWrite, submitAio, unsafeRequest } from './request.js';
+import { offsetAndVector, readvArgs, reportRead, reportWrite, submitAio, unsafeRequest } from './request.js';
 
 /** -i: only counts an invalid request in the statistics, which we do not keep. */
 const invalidRequest = (what: string): CmdOption<unknown> => ({
@@ -34,12 +33,9 @@ const invalidRequest = (what: string): CmdOption<unknown> => ({
 const AIO_READ_OPTIONS: readonly CmdOption<ReadFlags>[] = [STATS, PATTERN, invalidRequest('read'), QUIET, VERBOSE];
 
 export async function aioReadF(s: IoSession, argv: string[]): Promise<number> {
-  const a = readFlags();
-  const p = cmdOptions(s, argv, aioReadCmd, AIO_READ_OPTIONS, a, 2);
-  if (typeof p === 'number') return p;
-  const v = offsetAndVector(s, p.args, 0xab);
+  const v = readvArgs(s, argv, aioReadCmd, AIO_READ_OPTIONS);
   if (typeof v === 'number') return v;
-  const { offset } = v;
+  const { a, offset } = v;
   const t1 = nowNs();
   submitAio(s, image(s), false, offset, v.qiov, (err) => {
     const t = nowNs() - t1;

@@ -51,6 +51,7 @@ export async function openfile(s: IoSession, name: string | null, flags: OpenFla
       noFlush: f.noFlush,
       forceShare: f.forceShare,
       copyOnRead: f.copyOnRead && !f.readOnly,
+      objects: s.objects,
       onWarning: (m) => s.o.warn(m),
       onErrorPrintf: (m) => s.o.errRaw(m),
       onReport: (line) => s.o.errRaw(`${line}\n`),

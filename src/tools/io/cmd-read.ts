@@ -1,5 +1,7 @@
 // blk-io's read and readv, as qemu-io 7.2 has them: options, checks, messages and reports in
 // its order.
+import { bdrvVmstate } from '../../index.js';
+import { rootOf } from '../shared/open.js';
 import { BDRV_REQUEST_MAX_BYTES } from './format.js';
 import { errnoText, toolError, type IoSession } from './session.js';
 import {
@@ -21,7 +23,7 @@ import {
   type CmdOption,
   type ReadFlags,
 } from './command.js';
-import { aioWait, fillBuffer, offsetAndVector, outOfBounds, reportRead, runIo, unsafeRequest } from './request.js';
+import { aioWait, fillBuffer, outOfBounds, readvArgs, reportRead, runIo, unsafeRequest } from './request.js';
 
 interface ReadArgs extends ReadFlags {
   bflag: boolean;
@@ -77,13 +79,13 @@ export async function readF(s: IoSession, argv: string[]): Promise<number> {
   if (a.bflag && !checkSectorAligned(s, n.offsetBig, n.countBig)) return EINVAL;
   const bs = image(s);
   // Bounds are known before the buffer exists: a read past the end fails without allocating.
-  const oob = unsafeRequest(offset, count) || (await outOfBounds(bs, offset, count));
-  const buf = oob || a.bflag ? new Uint8Array(0) : fillBuffer(count, 0xab);
+  // The VM state area lies past the guest disk: no guest bounds for -b.
+  const oob = unsafeRequest(offset, count) || (!a.bflag && (await outOfBounds(bs, offset, count)));
+  const buf = oob ? new Uint8Array(0) : fillBuffer(count, 0xab);
   const { t, err } = await runIo(s, async () => {
     if (oob) throw toolError('EIO', 'read');
-    // No format here stores VM state (bdrv_load_vmstate).
-    if (a.bflag) throw toolError('ENOTSUP', 'read');
-    await bs.pread(offset, buf);
+    if (a.bflag) await bdrvVmstate(rootOf(bs), false, offset, buf);
+    else await bs.pread(offset, buf);
   });
   if (err !== null) {
     s.o.out(`read failed: ${errnoText(err)}\n`);
@@ -95,12 +97,9 @@ export async function readF(s: IoSession, argv: string[]): Promise<number> {
 const READV_OPTIONS: readonly CmdOption<ReadFlags>[] = [STATS, PATTERN, QUIET, VERBOSE];
 
 export async function readvF(s: IoSession, argv: string[]): Promise<number> {
-  const a = readFlags();
-  const p = cmdOptions(s, argv, readvCmd, READV_OPTIONS, a, 2);
-  if (typeof p === 'number') return p;
-  const v = offsetAndVector(s, p.args, 0xab);
+  const v = readvArgs(s, argv, readvCmd, READV_OPTIONS);
   if (typeof v === 'number') return v;
-  const { offset } = v;
+  const { a, offset } = v;
   const { t, err } = await aioWait(s, image(s), false, offset, v.qiov, false);
   if (err !== null) {
     s.o.out(`readv failed: ${errnoText(err)}\n`);

@@ -1,5 +1,6 @@
 // blk-io's write and writev, as qemu-io 7.2 has them: options, checks, messages and reports in
 // its order.
+import { bdrvVmstate } from '../../index.js';
 import { rootOf } from '../shared/open.js';
 import { BDRV_REQUEST_MAX_BYTES } from './format.js';
 import { allocFromFile, errnoText, toolError, writeFua, type IoSession } from './session.js';
@@ -89,7 +90,8 @@ export async function writeF(s: IoSession, argv: string[]): Promise<number> {
   }
   if ((a.bflag || a.compressed) && !checkSectorAligned(s, n.offsetBig, n.countBig)) return EINVAL;
   const bs = image(s);
-  const oob = unsafeRequest(offset, count) || (await outOfBounds(bs, offset, count));
+  // The VM state area lies past the guest disk: no guest bounds for -b.
+  const oob = unsafeRequest(offset, count) || (!a.bflag && (await outOfBounds(bs, offset, count)));
   let buf: Uint8Array | null = null;
   if (!a.zflag) {
     if (a.source !== null) {
@@ -102,8 +104,10 @@ export async function writeF(s: IoSession, argv: string[]): Promise<number> {
   const fua = writeFua(s, a.fua);
   const { t, err } = await runIo(s, async () => {
     if (oob) throw toolError('EIO', 'write');
-    // No format here keeps VM state (bdrv_save_vmstate).
-    if (a.bflag) throw toolError('ENOTSUP', 'write');
+    if (a.bflag) {
+      await bdrvVmstate(rootOf(bs), true, offset, buf ?? new Uint8Array(0));
+      return;
+    }
     if (a.compressed) {
       await bs.pwriteCompressed(offset, buf ?? new Uint8Array(0));
       return;

@@ -4,7 +4,7 @@
 import { BDRV_SECTOR_SIZE, IOVector, type BlockBackend, type BlockDriverState } from '../../index.js';
 import { BDRV_REQUEST_MAX_BYTES, cvtnum, dumpBuffer, nowNs, printCvtnumErr, printReport, type Elapsed } from './format.js';
 import { toolError, type IoSession } from './session.js';
-import { EINVAL, OptFail, parseNum, type ReadFlags } from './command.js';
+import { EINVAL, OptFail, cmdOptions, parseNum, readFlags, type CmdInfo, type CmdOption, type ReadFlags } from './command.js';
 
 /** Bounds as blk_check_byte_request does them, for numbers the block layer cannot take. */
 export function unsafeRequest(offset: number, bytes: number): boolean {
@@ -37,6 +37,20 @@ export function offsetAndVector(s: IoSession, args: readonly string[], pattern: 
   if (offset instanceof OptFail) return offset.ret;
   const v = createIovec(s, args.slice(1), pattern);
   return v === null ? EINVAL : { offset, ...v };
+}
+
+/** readv and aio_read: the read flags, then `off len [len..]` as a vector filled with 0xab. */
+export function readvArgs(
+  s: IoSession,
+  argv: string[],
+  cmd: CmdInfo,
+  table: readonly CmdOption<ReadFlags>[],
+): { a: ReadFlags; offset: number; qiov: IOVector; buf: Uint8Array } | number {
+  const a = readFlags();
+  const p = cmdOptions(s, argv, cmd, table, a, 2);
+  if (typeof p === 'number') return p;
+  const v = offsetAndVector(s, p.args, 0xab);
+  return typeof v === 'number' ? v : { a, ...v };
 }
 
 /** create_iovec: the lengths of readv/writev/aio_*, checked against the request limit. */

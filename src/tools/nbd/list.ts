@@ -1,5 +1,5 @@
 // blk-nbd -L: list another server's exports, printed exactly as qemu-nbd -L prints them.
-import { NBD_FLAG_HAS_FLAGS, nbdFlagNames, nbdListExports, type NbdListedExport, type NbdServerAddress } from '../../index.js';
+import { NBD_FLAG_HAS_FLAGS, findTlsCreds, nbdFlagNames, nbdListExports, type NbdListedExport, type NbdServerAddress } from '../../index.js';
 import { errorMessage, type ToolOutput } from '../shared/output.js';
 import type { NbdToolOptions } from './options.js';
 
@@ -30,7 +30,8 @@ export async function listExports(o: ToolOutput, opts: NbdToolOptions): Promise<
       : { type: 'inet', host: opts.bind ?? '0.0.0.0', port: opts.port ?? '10809' };
   let list: NbdListedExport[];
   try {
-    list = await nbdListExports(addr, opts.tlsCreds, opts.tlsHostname ?? opts.bind);
+    const creds = opts.tlsCreds === undefined ? undefined : findTlsCreds(opts.objects, opts.tlsCreds, 'client');
+    list = await nbdListExports(addr, creds, opts.tlsHostname ?? opts.bind);
   } catch (e) {
     o.error(errorMessage(e));
     return 1;

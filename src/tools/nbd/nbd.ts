@@ -6,7 +6,6 @@ import { findTlsCreds } from '../../index.js';
 import { errorMessage, progName, runTool, ToolExit, ToolOutput, type ToolIO } from '../shared/output.js';
 import { forkDaemon, READY_FD_ENV, signalReady } from './daemon.js';
 import { listExports } from './list.js';
-import { resetObjects } from './objects.js';
 import { parseNbdOptions } from './options.js';
 import { serve } from './serve.js';
 
@@ -34,12 +33,11 @@ export async function main(argv: string[], io: ToolIO = processIO(), env: NodeJS
     o.error(msg);
     throw new ToolExit(1);
   };
-  resetObjects();
   return runTool(o, async () => {
     const opts = parseNbdOptions(o, [o.prog, ...argv.slice(2)], env, process.pid);
     if (opts.tlsCreds !== undefined) {
       try {
-        findTlsCreds(opts.tlsCreds, opts.list ? 'client' : 'server');
+        findTlsCreds(opts.objects, opts.tlsCreds, opts.list ? 'client' : 'server');
       } catch (e) {
         fail(`Failed to get TLS creds: ${errorMessage(e)}`);
       }

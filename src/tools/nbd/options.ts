@@ -6,7 +6,8 @@ import { getoptDiagnostic, getoptTable, longoptsOf, type OptionDef } from '../sh
 import { ToolExit, type ToolOutput } from '../shared/output.js';
 import { splitOptionList } from '../img/create-options.js';
 import { helpText, versionText } from './help.js';
-import { addObject } from './objects.js';
+import { ObjectTable } from '../../index.js';
+import { processObjectArg } from '../shared/image-opts.js';
 
 export interface NbdToolOptions {
   list: boolean;
@@ -41,6 +42,8 @@ export interface NbdToolOptions {
   disconnect: boolean;
   /** Listening sockets handed over by systemd-style socket activation (LISTEN_FDS). */
   socketActivation: number;
+  /** The --object definitions (TLS credentials, authz-simple, secrets). */
+  objects: ObjectTable;
 }
 
 /** Parsing state: the options so far and what may be given only once. */
@@ -155,12 +158,10 @@ const OPTIONS: readonly OptionDef<ParseState, ToolOutput>[] = [
   { short: 'v', long: 'verbose', set: (st) => { st.opts.verbose = true; } },
   {
     long: 'object', arg: 1,
-    set: (_st, a, o) => {
-      try {
-        addObject(a);
-      } catch (e) {
-        fail(o, e instanceof Error ? e.message : String(e));
-      }
+    set: (st, a, o) => {
+      // Made at once, as qemu-nbd does: TLS credential files are checked here.
+      const status = processObjectArg(o, st.opts.objects, a);
+      if (status !== null) throw new ToolExit(status);
     },
   },
   {
@@ -255,6 +256,7 @@ export function parseNbdOptions(o: ToolOutput, argv: string[], env: NodeJS.Proce
     device: undefined,
     disconnect: false,
     socketActivation: 0,
+    objects: new ObjectTable(),
   };
   const st: ParseState = { opts, seenCache: false, seenAio: false, seenDiscard: false };
   const r = getoptTable(argv, OPTIONS, st, o);

@@ -10,7 +10,10 @@ import {
   BlockBackend,
   BlockDriverState,
   bdrvCreate,
+  bdrvOpenOptions,
+  findAuthz,
   findTlsCreds,
+  QEMU_IMG_IMAGE_OPTS,
   getDefaultRegistry,
   NbdServer,
   serverTlsOptions,
@@ -20,7 +23,7 @@ import {
 } from '../../index.js';
 import { printOpenWarning } from '../shared/open.js';
 import { errorMessage, ToolExit, type ToolOutput } from '../shared/output.js';
-import { findAuthz } from './objects.js';
+import { parseOptsNoisily } from '../shared/image-opts.js';
 import type { NbdToolOptions } from './options.js';
 
 /** The listen backlog qemu-nbd uses for unlimited clients. */
@@ -103,17 +106,25 @@ export async function openExportImage(o: ToolOutput, opts: NbdToolOptions): Prom
     o.error(`Failed to blk_new_open '${file}': ${errorMessage(e)}`);
     throw new ToolExit(1);
   };
+  let qdict: Map<string, string> | null = null;
   if (opts.imageOpts) {
     if (opts.format !== undefined) {
       o.error('--image-opts and -f are mutually exclusive');
       throw new ToolExit(1);
     }
-    fail(new Error('--image-opts is not supported by this build'));
+    // qemu-nbd parses FILE as qemu-img does: a leading bare value is `file`.
+    qdict = parseOptsNoisily(o, file, QEMU_IMG_IMAGE_OPTS);
+    if (qdict === null) throw new ToolExit(1);
   }
   const noFlush = opts.cache === 'unsafe';
+  // blk_new_open: from the options when --image-opts gave them, else from the name.
+  const open = (readOnly: boolean): Promise<BlockDriverState> => {
+    const base = { readOnly, noFlush, objects: opts.objects };
+    return qdict === null ? BlockDriverState.open(file, { ...base, format: opts.format }) : bdrvOpenOptions(new Map(qdict), base);
+  };
   if (!opts.snapshot) {
     try {
-      const bs = await BlockDriverState.open(file, { format: opts.format, readOnly: opts.readOnly, noFlush });
+      const bs = await open(opts.readOnly);
       printOpenWarning(o, bs);
       if (opts.loadSnapshot !== undefined) {
         // No format here can load an internal snapshot for a while (bdrv_snapshot_load_tmp).
@@ -135,19 +146,21 @@ export async function openExportImage(o: ToolOutput, opts: NbdToolOptions): Prom
   const overlay = join(tmpdir(), `blk-nbd-snapshot-${process.pid}-${randomBytes(4).toString('hex')}.${overlayFormat}`);
   let base: BlockDriverState;
   try {
-    base = await BlockDriverState.open(file, { format: opts.format, readOnly: true });
+    base = await open(true);
   } catch (e) {
     return fail(e);
   }
   const format = base.driver.formatName;
+  // A host file is named by its absolute path; options are named by what they opened.
+  const backingFile = qdict === null ? resolve(file) : base.filename;
   const size = await base.getLength();
   await base.close();
   try {
     await bdrvCreate(overlay, {
       format: overlayFormat,
-      options: { size, backingFile: resolve(file), backingFmt: format },
+      options: { size, backingFile, backingFmt: format },
     });
-    const bs = await BlockDriverState.open(overlay, { format: overlayFormat, readOnly: opts.readOnly, noFlush });
+    const bs = await BlockDriverState.open(overlay, { format: overlayFormat, readOnly: opts.readOnly, noFlush, objects: opts.objects });
     return { bs, temporary: [overlay] };
   } catch (e) {
     rmSync(overlay, { force: true });
@@ -159,8 +172,8 @@ export async function openExportImage(o: ToolOutput, opts: NbdToolOptions): Prom
 export function makeServer(opts: NbdToolOptions, backend: ExportBackend): NbdServer {
   let tls;
   if (opts.tlsCreds !== undefined) {
-    const creds = findTlsCreds(opts.tlsCreds, 'server');
-    const allowed = opts.tlsAuthz === undefined ? undefined : findAuthz(opts.tlsAuthz);
+    const creds = findTlsCreds(opts.objects, opts.tlsCreds, 'server');
+    const allowed = opts.tlsAuthz === undefined ? undefined : findAuthz(opts.objects, opts.tlsAuthz).identity;
     tls = {
       options: serverTlsOptions(creds),
       authorize: allowed === undefined ? undefined : (peer: { dn: string | null }) => peer.dn === allowed,

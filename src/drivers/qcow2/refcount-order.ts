@@ -1,0 +1,185 @@
+/**
+ * A new refcount width for an open image (QEMU's qcow2_change_refcount_order, amend's
+ * refcount_bits): every refcount copied into new refcount blocks of the new width, a new
+ * refcount table, one header switch, the old structures freed.
+ *
+ * Ordering: the new blocks and table are allocated in the old structure (so that a crash
+ * leaves them as mere leaks), written, and flushed together with the refcount cache before
+ * the header points at them; only then are the old blocks and table freed, through the new
+ * structure. The allocation walk repeats until it allocates nothing more, so that the new
+ * blocks count themselves and the new table.
+ */
+import { BlockError } from '../../block/errors.js';
+import { qcow2PreWriteOverlapCheck } from './corrupt.js';
+import { REFT_OFFSET_MASK } from './entries.js';
+import { QCOW_MAX_REFTABLE_SIZE } from './header.js';
+import { refcountBlockEntries, refcountGetter, refcountMax, refcountSetter } from './refcount-codec.js';
+import { qcow2AllocClusters, qcow2FreeClusters } from './refcount.js';
+import { type BDRVQcow2State, qcow2File } from './state.js';
+
+/** Progress of one walk: (walk index · table entries + entry, walks · table entries). */
+type WalkStatus = (offset: number, total: number) => void;
+
+interface NewTable {
+  entries: bigint[];
+  /** Next new block to finish. */
+  index: number;
+}
+
+/**
+ * Walk every refcount of the image in order, filling blocks of the new width; `finish` gets
+ * each completed block (and whether it holds only zeros). Refuses a refcount the new width
+ * cannot hold, with QEMU's message.
+ */
+async function walkOverReftable(
+  s: BDRVQcow2State,
+  t: NewTable,
+  newOrder: number,
+  block: Uint8Array | null,
+  finish: (empty: boolean) => Promise<void>,
+  status: WalkStatus,
+  index: number,
+  total: number,
+): Promise<void> {
+  const newBits = 1 << newOrder;
+  const newSize = refcountBlockEntries(s.clusterBits, newOrder);
+  const set = refcountSetter(newOrder);
+  let n = 0;
+  let empty = true;
+  const finishIfFull = async (): Promise<void> => {
+    if (n < newSize) return;
+    await finish(empty);
+    t.index++;
+    n = 0;
+    empty = true;
+  };
+  // The old table may grow while the first walks allocate: its length is read every time.
+  for (let ri = 0; ri < s.refcountTable.length; ri++) {
+    status(index * s.refcountTable.length + ri, total * s.refcountTable.length);
+    const offset = Number(s.refcountTable[ri] & REFT_OFFSET_MASK);
+    if (offset === 0) {
+      // No block: all zeros. Both block sizes are powers of two of at least 64 entries, so
+      // the run fills whole bytes of the new block.
+      for (let left = s.refcountBlockEntries; left > 0; ) {
+        const take = Math.min(left, newSize - n);
+        if (block) block.fill(0, (n * newBits) / 8, ((n + take) * newBits) / 8);
+        n += take;
+        left -= take;
+        await finishIfFull();
+      }
+      continue;
+    }
+    if (offset % s.clusterSize !== 0) throw new BlockError('EIO', 'Image is corrupt (unaligned refblock offset)', { op: 'amend' });
+    const entry = await s.refcountCache.get(offset, 'refblock_load');
+    try {
+      for (let i = 0; i < s.refcountBlockEntries; i++) {
+        const refcount = s.getRefcount(entry.data, i);
+        if (newBits < 64 && refcount >= 2 ** newBits) {
+          const at = (ri * s.refcountBlockEntries + i) * s.clusterSize;
+          throw new BlockError('EINVAL', `Cannot decrease refcount entry width to ${newBits} bits: Cluster at offset 0x${at.toString(16)} has a refcount of ${refcount}`, { op: 'amend' });
+        }
+        if (block) set(block, n, refcount);
+        n++;
+        empty = empty && refcount === 0;
+        if (n >= newSize) await finishIfFull();
+      }
+    } finally {
+      s.refcountCache.put(entry);
+    }
+  }
+  if (n > 0) {
+    // The last block, partly filled: the rest of it counts nothing.
+    if (block) for (; n < newSize; n++) set(block, n, 0);
+    await finish(empty);
+    t.index++;
+  }
+  status((index + 1) * s.refcountTable.length, total * s.refcountTable.length);
+}
+
+export async function qcow2ChangeRefcountOrder(s: BDRVQcow2State, newOrder: number, status: WalkStatus): Promise<void> {
+  const cs = s.clusterSize;
+  const t: NewTable = { entries: [], index: 0 };
+  let tableOffset = 0;
+  let allocatedTableEntries = 0;
+  let walk = 0;
+  let allocated: boolean;
+  let switched = false;
+  try {
+    // Allocate blocks for the non-empty ranges (and a table for them) until nothing new is needed.
+    do {
+      allocated = false;
+      const total = Math.max(walk + 2, 3);
+      await walkOverReftable(s, t, newOrder, null, async (empty) => {
+        if (empty) return;
+        if (t.index >= t.entries.length) {
+          const size = Math.ceil((t.index + 1) / (cs / 8)) * (cs / 8);
+          if (size > QCOW_MAX_REFTABLE_SIZE / 8) {
+            throw new BlockError('ENOTSUP', 'This operation would make the refcount table grow beyond the maximum size supported by QEMU, aborting', { op: 'amend' });
+          }
+          while (t.entries.length < size) t.entries.push(0n);
+        }
+        if (t.entries[t.index] === 0n) {
+          t.entries[t.index] = BigInt(await qcow2AllocClusters(s, cs));
+          allocated = true;
+        }
+      }, status, walk++, total);
+      t.index = 0;
+      if (allocated) {
+        if (tableOffset !== 0) await qcow2FreeClusters(s, tableOffset, allocatedTableEntries * 8, 'never');
+        tableOffset = await qcow2AllocClusters(s, t.entries.length * 8);
+        allocatedTableEntries = t.entries.length;
+      }
+    } while (allocated);
+
+    // Write the new blocks where the table says.
+    const file = qcow2File(s);
+    const block = new Uint8Array(cs);
+    await walkOverReftable(s, t, newOrder, block, async () => {
+      const at = t.index < t.entries.length ? Number(t.entries[t.index]) : 0;
+      if (at === 0) return;
+      qcow2PreWriteOverlapCheck(s, 0, at, cs);
+      await file.pwrite(at, block.slice());
+    }, status, walk, walk + 1);
+
+    const table = new Uint8Array(t.entries.length * 8);
+    const v = new DataView(table.buffer);
+    t.entries.forEach((e, i) => v.setBigUint64(i * 8, e));
+    qcow2PreWriteOverlapCheck(s, 0, tableOffset, table.length);
+    await file.pwrite(tableOffset, table);
+    // The new structures and every pending refcount are on disk before the header names them.
+    await s.refcountCache.flush();
+
+    const old = { order: s.refcountOrder, table: s.refcountTable, offset: s.refcountTableOffset, header: { ...s.header } };
+    s.refcountOrder = newOrder;
+    s.header.refcountOrder = newOrder;
+    s.refcountTable = BigUint64Array.from(t.entries);
+    s.refcountTableOffset = tableOffset;
+    try {
+      await s.updateHeader();
+    } catch (e) {
+      s.refcountOrder = old.order;
+      s.header = old.header;
+      s.refcountTable = old.table;
+      s.refcountTableOffset = old.offset;
+      throw new BlockError(e instanceof BlockError ? e.code : 'EIO', `Failed to update the qcow2 header: ${e instanceof Error ? e.message : String(e)}`, { op: 'amend' });
+    }
+    switched = true;
+    s.refcountBlockEntries = refcountBlockEntries(s.clusterBits, newOrder);
+    s.refcountMax = refcountMax(newOrder);
+    s.getRefcount = refcountGetter(newOrder);
+    s.setRefcount = refcountSetter(newOrder);
+    // The cached blocks are the old width: they go, and the old structures are freed as leaks would be.
+    s.refcountCache.clear();
+    for (const e of old.table) {
+      const offset = Number(e & REFT_OFFSET_MASK);
+      if (offset !== 0) await qcow2FreeClusters(s, offset, cs, 'other');
+    }
+    await qcow2FreeClusters(s, old.offset, old.table.length * 8, 'other');
+  } finally {
+    if (!switched) {
+      // Undo the allocations: the new blocks and table were never named by the header.
+      for (const e of t.entries) if (e !== 0n) await qcow2FreeClusters(s, Number(e), cs, 'other');
+      if (tableOffset !== 0) await qcow2FreeClusters(s, tableOffset, allocatedTableEntries * 8, 'other');
+    }
+  }
+}
