@@ -393,6 +393,15 @@ export interface BlockDriver {
   loadVmstate?(bs: BlockDriverState, qiov: IOVector, pos: number): Promise<void>;
   changeBackingFile?(bs: BlockDriverState, backingFile: string | null, backingFmt: string | null): Promise<void>;
   invalidateCache?(bs: BlockDriverState): Promise<void>;
+  /**
+   * Persistent dirty bitmaps (qcow2): may a new bitmap `name` be stored in the image
+   * (bdrv_co_can_store_new_dirty_bitmap)? Throws a BlockError saying why not.
+   */
+  canStoreNewDirtyBitmap?(bs: BlockDriverState, name: string, granularity: number): Promise<void>;
+  /** Does this image keep persistent dirty bitmaps at all (qcow2 v3)? */
+  supportsPersistentDirtyBitmap?(bs: BlockDriverState): boolean;
+  /** Drop a persistent bitmap from the image now (bdrv_co_remove_persistent_dirty_bitmap). */
+  removePersistentDirtyBitmap?(bs: BlockDriverState, name: string): Promise<void>;
   check?(bs: BlockDriverState, fix: CheckFix): Promise<CheckResult>;
   makeEmpty?(bs: BlockDriverState): Promise<void>;
   /** A debug event announced on this node (blkdebug acts on it; may wait at a breakpoint). */

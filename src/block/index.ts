@@ -30,3 +30,4 @@ export {
   bdrvVmstate,
 } from './snapshot.js';
 export { parseOptionSize, qemuStrtosz, type StrtoszResult } from './strtosz.js';
+export * from './dirty-bitmap.js';

@@ -24,6 +24,7 @@
  */
 import { BlockAIOCB, type CompletionFunc } from './aio.js';
 import { realClock, type Clock } from './clock.js';
+import type { BdrvDirtyBitmap } from './dirty-bitmap.js';
 import { bdrvDebugEvent, bdrvDebugWatched } from './debug-event.js';
 import { bdrvDebugBreakpoint, bdrvDebugIsSuspended, bdrvDebugRemoveBreakpoint, bdrvDebugResume } from './debug.js';
 import {
@@ -105,6 +106,8 @@ export class BlockDriverState {
   flushedGen = 0;
   /** Flushes of this node now at their flush_to_disk step (see flushToDiskDue). */
   flushingToDisk = 0;
+  /** Dirty bitmaps over this node (dirty-bitmap.ts); a format may load and store them. */
+  dirtyBitmaps: BdrvDirtyBitmap[] = [];
 
   private readonly getLengthHook: ((bs: BlockDriverState) => number | Promise<number>) | null;
   private closing: Promise<void> | null = null;

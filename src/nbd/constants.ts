@@ -140,6 +140,8 @@ export function isChunkError(type: number): boolean {
 export const NBD_STATE_HOLE = 1 << 0;
 export const NBD_STATE_ZERO = 1 << 1;
 
+/** `qemu:dirty-bitmap:` descriptor flag: the range is dirty. */
+export const NBD_STATE_DIRTY = 1 << 0;
 export const NBD_META_BASE_ALLOCATION = 'base:allocation';
 export const NBD_META_ALLOCATION_DEPTH = 'qemu:allocation-depth';
 export const NBD_META_DIRTY_BITMAP_PREFIX = 'qemu:dirty-bitmap:';

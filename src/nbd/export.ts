@@ -4,7 +4,9 @@
  * is told about an export at INFO/GO time is computed here, in one place.
  */
 import type { BlockBackend } from '../block/backend.js';
+import { type BdrvDirtyBitmap, bdrvDirtyBitmapCheck, bdrvFindDirtyBitmap } from '../block/dirty-bitmap.js';
 import { BlockError } from '../block/errors.js';
+import type { BlockDriverState } from '../block/node.js';
 import {
   NBD_FLAG_CAN_MULTI_CONN,
   NBD_FLAG_HAS_FLAGS,
@@ -20,6 +22,7 @@ import {
   NBD_MAX_STRING_SIZE,
   NBD_META_ALLOCATION_DEPTH,
   NBD_META_BASE_ALLOCATION,
+  NBD_META_DIRTY_BITMAP_PREFIX,
 } from './protocol.js';
 
 export interface NbdExportOptions {
@@ -37,8 +40,8 @@ export interface NbdExportOptions {
   /** Offer the `qemu:allocation-depth` context (qemu-nbd -A). */
   allocationDepth?: boolean;
   /**
-   * Dirty bitmaps to offer as `qemu:dirty-bitmap:NAME` (qemu-nbd -B). No format here keeps
-   * persistent bitmaps yet, so any name is refused when the export is added.
+   * Dirty bitmaps to offer as `qemu:dirty-bitmap:NAME` (qemu-nbd -B), found on the exported
+   * node or down its backing chain.
    */
   bitmaps?: string[];
   /**
@@ -52,10 +55,33 @@ export interface NbdExportOptions {
 export interface MetaContext {
   id: number;
   name: string;
+  /** The bitmap a `qemu:dirty-bitmap:` context reports. */
+  bitmap?: BdrvDirtyBitmap;
 }
 
 export const CONTEXT_ID_BASE_ALLOCATION = 0;
 export const CONTEXT_ID_ALLOCATION_DEPTH = 1;
+/** Bitmap i of the export is context 2 + i (QEMU's NBD_META_ID_DIRTY_BITMAP). */
+export const CONTEXT_ID_DIRTY_BITMAP = 2;
+
+/**
+ * The bitmaps an export offers (nbd_export_create): each found on the node or below it, usable
+ * (not inconsistent), and not enabled on a writable node behind a read-only export, whose
+ * clients would then read bits that go on changing.
+ */
+function exportBitmaps(backend: BlockBackend, names: readonly string[], readOnly: boolean): MetaContext[] {
+  return names.map((name, i) => {
+    let bs: BlockDriverState | null = backend.root;
+    let bm: BdrvDirtyBitmap | null = null;
+    for (; bs && !bm; bs = bs.backing) bm = bdrvFindDirtyBitmap(bs, name);
+    if (!bm) throw new BlockError('ENOENT', `Bitmap '${name}' is not found`, { op: 'nbd_export' });
+    if (readOnly && !backend.readOnly && !bm.readonly && bm.enabled) {
+      throw new BlockError('EINVAL', `Enabled bitmap '${name}' incompatible with readonly export`, { op: 'nbd_export' });
+    }
+    bdrvDirtyBitmapCheck(bm, { write: false });
+    return { id: CONTEXT_ID_DIRTY_BITMAP + i, name: NBD_META_DIRTY_BITMAP_PREFIX + name, bitmap: bm };
+  });
+}
 
 /** Block sizes as qemu-nbd sends them in INFO_BLOCK_SIZE. */
 export interface BlockSizes {
@@ -83,9 +109,6 @@ export class NbdExport {
     if (new TextEncoder().encode(description).length > NBD_MAX_STRING_SIZE) {
       throw new BlockError('EINVAL', `export description '${description}' too long`, { op: 'nbd_export' });
     }
-    for (const b of options.bitmaps ?? []) {
-      throw new BlockError('ENOENT', `Bitmap '${b}' is not found`, { op: 'nbd_export' });
-    }
     const maxClients = options.maxClients ?? 0;
     if (!Number.isSafeInteger(maxClients) || maxClients < 0) {
       throw new BlockError('EINVAL', `Invalid shared device number '${maxClients}'`, { op: 'nbd_export' });
@@ -97,6 +120,7 @@ export class NbdExport {
     this.maxClients = maxClients;
     const contexts: MetaContext[] = [{ id: CONTEXT_ID_BASE_ALLOCATION, name: NBD_META_BASE_ALLOCATION }];
     if (options.allocationDepth === true) contexts.push({ id: CONTEXT_ID_ALLOCATION_DEPTH, name: NBD_META_ALLOCATION_DEPTH });
+    contexts.push(...exportBitmaps(options.backend, options.bitmaps ?? [], this.readOnly));
     this.contexts = contexts;
   }
 

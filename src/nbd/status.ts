@@ -1,6 +1,6 @@
 /**
  * Block status for NBD: the export's allocation as `base:allocation` and
- * `qemu:allocation-depth` descriptors, and structured READ replies that send zero extents as
+ * `qemu:allocation-depth` descriptors, a dirty bitmap's bits as `qemu:dirty-bitmap:NAME`, and structured READ replies that send zero extents as
  * OFFSET_HOLE chunks. Both walk the block layer's status planner through the backing chain
  * (blockStatusAbove), as qemu-nbd does. The sector tail past the backend's length (the export
  * size is rounded up to 512) reads as zeros and reports as a hole.
@@ -8,7 +8,8 @@
 import type { NbdConnection } from './connection.js';
 import type { BlockBackend } from '../block/backend.js';
 import { isBlockError } from '../block/errors.js';
-import { CONTEXT_ID_ALLOCATION_DEPTH } from './export.js';
+import type { BdrvDirtyBitmap } from '../block/dirty-bitmap.js';
+import { CONTEXT_ID_ALLOCATION_DEPTH, type MetaContext } from './export.js';
 import * as p from './protocol.js';
 
 interface Extent {
@@ -34,6 +35,15 @@ async function statusAt(backend: BlockBackend, contextId: number, offset: number
   return { length, value: (st.data ? 0 : p.NBD_STATE_HOLE) | (st.zero ? p.NBD_STATE_ZERO : 0), zero: st.zero };
 }
 
+/** A run of equal bits of a `qemu:dirty-bitmap:` context from `offset` (bitmap_to_extents). */
+function bitmapAt(bm: BdrvDirtyBitmap, offset: number, bytes: number): Extent {
+  const g = bm.granularity;
+  const dirty = bm.isDirty(offset);
+  let end = (Math.floor(offset / g) + 1) * g;
+  while (end < offset + bytes && bm.isDirty(end) === dirty) end += g;
+  return { length: Math.min(end, offset + bytes) - offset, value: dirty ? p.NBD_STATE_DIRTY : 0, zero: false };
+}
+
 /**
  * Descriptors for one context over [offset, offset + bytes): equal neighbours merged, never
  * past the request, at most NBD_MAX_BLOCK_STATUS_EXTENTS (or one with REQ_ONE); a shorter
@@ -41,7 +51,7 @@ async function statusAt(backend: BlockBackend, contextId: number, offset: number
  */
 export async function collectExtents(
   backend: BlockBackend,
-  contextId: number,
+  context: MetaContext,
   offset: number,
   bytes: number,
   backendLength: number,
@@ -52,7 +62,7 @@ export async function collectExtents(
   let pos = offset;
   const end = offset + bytes;
   while (pos < end) {
-    const e = await statusAt(backend, contextId, pos, end - pos, backendLength);
+    const e = context.bitmap ? bitmapAt(context.bitmap, pos, end - pos) : await statusAt(backend, context.id, pos, end - pos, backendLength);
     const prev = out[out.length - 1];
     if (prev !== undefined && prev.flags === e.value && prev.length + e.length <= 0xffffffff) {
       prev.length += e.length;

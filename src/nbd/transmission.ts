@@ -255,7 +255,7 @@ export class NbdSession {
       const last = i === contexts.length - 1;
       let extents: p.BlockStatusExtent[];
       try {
-        extents = await collectExtents(this.exp.backend, contexts[i].id, offset, req.length, this.backendLength, one);
+        extents = await collectExtents(this.exp.backend, contexts[i], offset, req.length, this.backendLength, one);
       } catch (e) {
         return this.replyError(req, this.errno(e), "can't get block status");
       }

@@ -3,7 +3,7 @@
 // qemu-img command lines, each run once through the real qemu-img (spawned, in the first
 // directory) and once through blk-img's main() in process (in the second directory, under
 // the program name "qemu-img"). stdout, stderr and the exit status are compared after masking
-// host-allocation figures (disk size / actual-size) and timings (bench), and, for commit only,
+// host-allocation figures (disk size / actual-size), timings (bench) and generated node names, and, for commit only,
 // collapsing progress meters. Commands
 // marked `merged` are also compared with stdout and stderr sharing one pipe (stdio ordering).
 // At the end, the images a session names are inspected with the real qemu-img in both
@@ -52,7 +52,9 @@ export function mask(s: string, maskProgress = false): string {
   const m = s
     .replace(/disk size: .*/g, 'disk size: <masked>')
     .replace(/"actual-size": \d+/g, '"actual-size": <masked>')
-    .replace(/Run completed in \d+\.\d+ seconds\./g, 'Run completed in <masked> seconds.');
+    .replace(/Run completed in \d+\.\d+ seconds\./g, 'Run completed in <masked> seconds.')
+    // Generated node names end in two random digits (QEMU's id_generate).
+    .replace(/#block\d+/g, '#block<masked>');
   return maskProgress ? m.replace(/(?: {4}\(\d+\.\d\d\/100%\)\r)+/g, '<progress>') : m;
 }
 

@@ -93,6 +93,8 @@ export interface FormatProfile {
    * refused (EINVAL, ENOTSUP) with nothing changed.
    */
   readonly amendChoices?: readonly CreateOptions[];
+  /** Whether an image of this geometry keeps persistent dirty bitmaps (the bitmap properties). */
+  persistentBitmaps(geom: Geometry): boolean;
 }
 
 // ---------------------------------------------------------------------------------------------

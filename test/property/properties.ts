@@ -6,6 +6,7 @@ import { copyFileSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
+import { propBitmapPowerLoss, propBitmaps } from './bitmaps.js';
 import { propConcurrent } from './concurrency.js';
 import { propCorruption, propRepairFault } from './corruption.js';
 import { propBlkdebug, propPowerLoss } from './fault-props.js';
@@ -161,6 +162,8 @@ export const ALL_PROPERTIES: Record<string, PropertyFn> = {
   blkverify: propBlkverify,
   qemu: propQemuInterop,
   qemuwrites: propQemuWrites,
+  bitmaps: propBitmaps,
+  bitmappowerloss: propBitmapPowerLoss,
 };
 
 /**

@@ -209,4 +209,6 @@ export const QCOW2_PROFILE: FormatProfile = {
     { refcountBits: 64 },
     { compat: '1.1', refcountBits: 8 },
   ],
+  // v3 only: a v2 image has no autoclear bits to say its bitmaps are current.
+  persistentBitmaps: (g) => g.formatOptions?.compat !== '0.10',
 };

@@ -4,6 +4,7 @@
 import { describe, expect, it } from 'vitest';
 import { requireQemu } from '../interop/qemu.js';
 import { amendStats } from './commands.js';
+import { bitmapStats, propBitmapPowerLoss, propBitmaps } from './bitmaps.js';
 import { concStats, propConcurrent } from './concurrency.js';
 import { corruptStats, propCorruption, propRepairFault } from './corruption.js';
 import { faultStats, propBlkdebug, propPowerLoss } from './fault-props.js';
@@ -61,6 +62,19 @@ describe('qcow2: concurrency and faults', () => {
     // Snapshots created and deleted among the writes, some cut short by the power.
     expect(faultStats.snapshotOps - before.snapshotOps).toBeGreaterThan(5);
     expect(faultStats.snapshotOpsCut - before.snapshotOpsCut).toBeGreaterThan(0);
+  });
+});
+
+describe('qcow2: persistent dirty bitmaps', () => {
+  it('bitmaps hold exactly the chunks enabled writes touched, across reopens and grows', async () => {
+    expect(await counted(propBitmaps, 25)).toBeGreaterThan(100);
+  });
+  it('power loss around bitmap updates: in use, gone, or consistent and right; never wrong', async () => {
+    const before = { ...bitmapStats };
+    await propBitmapPowerLoss({ numRuns: 40, seed, format });
+    expect(bitmapStats.crashes - before.crashes).toBeGreaterThan(5);
+    expect(bitmapStats.inUse - before.inUse).toBeGreaterThan(3);
+    expect(bitmapStats.consistent - before.consistent).toBeGreaterThan(3);
   });
 });
 

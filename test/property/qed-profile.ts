@@ -140,4 +140,5 @@ export const QED_PROFILE: FormatProfile = {
     return { options: { clusterSize: cs, tableSize: ts }, size: Math.max(512, max - shrink * 512), l2Span: n * cs };
   },
   hugeClusterBits: [12, 16, 20],
+  persistentBitmaps: () => false,
 };

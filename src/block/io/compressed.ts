@@ -3,6 +3,7 @@
  * no fallback, the driver writes whole clusters or refuses. qemu-io `write -c` and
  * qemu-img `convert -c` come through here.
  */
+import { bdrvSetDirty } from '../dirty-bitmap.js';
 import type { IOVector } from '../iovec.js';
 import type { BlockDriverState } from '../node.js';
 import { checkArgs, checkBounds, checkWritable, inflight, notSupported, withTracked } from './requests.js';
@@ -31,6 +32,7 @@ export async function bdrvPwritevCompressed(bs: BlockDriverState, offset: number
         await drv.coPwritevCompressed?.(bs, offset, bytes, qiov);
       } finally {
         bs.writeGen++;
+        bdrvSetDirty(bs, offset, bytes);
         await bs.debugEvent('pwritev_done');
       }
     });

@@ -6,6 +6,7 @@
  * their flush_to_disk step). Writers only ever increase writeGen; only a flush sets flushedGen,
  * and only to the value it read before flushing.
  */
+import { bdrvDirtyBitmapTruncate } from '../dirty-bitmap.js';
 import { BlockError } from '../errors.js';
 import type { BlockDriverState } from '../node.js';
 import { checkArgs, checkWritable, inflight, invalidNumber, notSupported, roundDown, withTracked } from './requests.js';
@@ -81,6 +82,8 @@ export async function bdrvTruncate(bs: BlockDriverState, size: number, prealloc?
     try {
       // The mode is passed only when there is one, so hooks written before it see no change.
       await withTracked(bs, from, Number.MAX_SAFE_INTEGER - from, true, () => (mode === undefined ? hook(bs, size) : hook(bs, size, mode)));
+      // Bitmaps follow the new size; a grown range is not dirty (it reads as zeros).
+      bdrvDirtyBitmapTruncate(bs, size);
     } finally {
       // A size change counts as a write for the next flush (QEMU's write_gen).
       bs.writeGen++;

@@ -13,6 +13,7 @@
  * runs, leaves the list (waking who waited on it), and is counted out last.
  */
 import { CoQueue } from '../coroutine.js';
+import { bdrvSetDirty } from '../dirty-bitmap.js';
 import { BlockError } from '../errors.js';
 import { BDRV_SECTOR_SIZE, type BlockDriver } from '../driver.js';
 import type { BlockDriverState } from '../node.js';
@@ -251,7 +252,10 @@ export function fastBegin(bs: BlockDriverState, offset: number, bytes: number): 
 
 /** End a fast-path request; a write counts for the next flush whether or not it failed. */
 export function fastEnd(bs: BlockDriverState, req: TrackedRequest, write: boolean): void {
-  if (write) bs.writeGen++;
+  if (write) {
+    bs.writeGen++;
+    bdrvSetDirty(bs, req.start, req.end - req.start);
+  }
   bs.requests.end(req);
   bs.requests.leave();
 }

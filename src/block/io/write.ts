@@ -9,6 +9,7 @@
  * `pwritev`, the driver write, `pwritev_done`, and writeGen++ (even on failure: the driver may
  * have written part of it).
  */
+import { bdrvSetDirty } from '../dirty-bitmap.js';
 import { BlockError, isBlockError } from '../errors.js';
 import { BDRV_ZERO_CHUNK, type WriteFlags, type WriteZeroesFlags } from '../driver.js';
 import { IOVector } from '../iovec.js';
@@ -116,6 +117,7 @@ async function alignedPwritev(bs: BlockDriverState, offset: number, bytes: numbe
     await driverPwritev(bs, offset, bytes, qiov, flags);
   } finally {
     bs.writeGen++;
+    bdrvSetDirty(bs, offset, bytes);
     await bs.debugEvent('pwritev_done');
   }
 }
@@ -186,6 +188,7 @@ async function zeroRange(bs: BlockDriverState, offset: number, bytes: number, fl
     if (flags.fua === true) await bdrvFlush(bs);
   } finally {
     bs.writeGen++;
+    bdrvSetDirty(bs, offset, bytes);
     await bs.debugEvent('pwritev_done');
   }
 }
@@ -229,8 +232,10 @@ export async function bdrvDiscard(bs: BlockDriverState, offset: number, bytes: n
     try {
       await withTracked(bs, start, end - start, false, () => hook(bs, start, end - start));
     } finally {
-      // Discarded data counts as written for the next flush (QEMU's write_gen).
+      // Discarded data counts as written for the next flush (QEMU's write_gen), and for
+      // dirty bitmaps: it may read differently now.
       bs.writeGen++;
+      bdrvSetDirty(bs, start, end - start);
     }
   });
 }

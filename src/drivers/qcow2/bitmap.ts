@@ -1,87 +1,172 @@
 /**
- * qcow2 persistent dirty bitmaps, the read side (QEMU's qcow2-bitmap.c): the bitmap directory
- * named by the bitmaps header extension, decoded into the list `info` shows. The directory
- * counts only while the bitmaps autoclear bit is set: a writer that did not keep bitmaps
- * cleared it, and the stale directory must then be ignored, as QEMU does.
+ * qcow2 persistent dirty bitmaps, the directory (QEMU's qcow2-bitmap.c): the bitmap directory
+ * named by the bitmaps header extension, decoded and encoded with QEMU's checks, and the list
+ * `info` shows. The directory counts only while the bitmaps autoclear bit is set: a writer that
+ * did not keep bitmaps cleared it, and the stale directory is then ignored (the open drops the
+ * extension from memory), as QEMU does. Loading and storing the bits: bitmap-store.ts.
  */
 import { BlockError } from '../../block/errors.js';
 import type { ImageInfoValue, OpenOptions } from '../../block/driver.js';
-import { decodeText, readFields, walkAlignedEntries } from './entry-walk.js';
 import { QCOW2_AUTOCLEAR_BITMAPS, type QCowHeader } from './header.js';
-import type { BDRVQcow2State } from './state.js';
+import { type BDRVQcow2State, qcow2File } from './state.js';
 
 /** Bitmap directory entry flags. */
 export const BME_FLAG_IN_USE = 1 << 0;
 export const BME_FLAG_AUTO = 1 << 1;
+const BME_RESERVED_FLAGS = 0xfffffffc;
 /** Fixed part of a directory entry; then extra data, the name, padding to 8 bytes. */
 const BME_HEADER_SIZE = 24;
-const BME_FIELDS = {
-  tableOffset: ['u64', 0],
-  tableSize: ['u32', 8],
-  flags: ['u32', 12],
-  type: ['u8', 16],
-  granularityBits: ['u8', 17],
-  nameSize: ['u16', 18],
-  extraSize: ['u32', 20],
-} as const;
-/** QEMU's limits (QCOW2_MAX_BITMAPS, QCOW2_MAX_BITMAP_DIRECTORY_SIZE). */
-const QCOW2_MAX_BITMAPS = 65535;
-const QCOW2_MAX_BITMAP_DIRECTORY_SIZE = 1024 * QCOW2_MAX_BITMAPS;
+/** The only bitmap type: dirty tracking. */
+export const BT_DIRTY_TRACKING_BITMAP = 1;
+/** QEMU's limits (qcow2-bitmap.c, qcow2.h). */
+export const QCOW2_MAX_BITMAPS = 65535;
+export const QCOW2_MAX_BITMAP_DIRECTORY_SIZE = 1024 * QCOW2_MAX_BITMAPS;
+export const BME_MAX_TABLE_SIZE = 0x8000000;
+export const BME_MAX_PHYS_SIZE = 0x20000000;
+export const BME_MAX_GRANULARITY_BITS = 31;
+export const BME_MIN_GRANULARITY_BITS = 9;
+export const BME_MAX_NAME_SIZE = 1023;
 
 export interface Qcow2BitmapEntry {
   name: string;
   tableOffset: number;
+  /** Entries (u64) of the bitmap table. */
   tableSize: number;
   flags: number;
-  type: number;
   granularityBits: number;
-  extraData: Uint8Array;
 }
 
-/** The extension's fields: nb_bitmaps, directory size and offset. */
-function bitmapsExtensionFields(ext: Uint8Array): { nbBitmaps: number; size: number; offset: number } {
+/** nb_bitmaps, directory size and offset: all 0 when the image has no (valid) bitmaps. */
+export interface Qcow2BitmapDir {
+  nbBitmaps: number;
+  size: number;
+  offset: number;
+}
+
+/** The directory the bitmaps extension names (s->nb_bitmaps and friends). */
+export function bitmapDir(s: BDRVQcow2State): Qcow2BitmapDir {
+  const ext = s.bitmapsExtension;
+  if (ext === null) return { nbBitmaps: 0, size: 0, offset: 0 };
   const v = new DataView(ext.buffer, ext.byteOffset, ext.byteLength);
   return { nbBitmaps: v.getUint32(0), size: Number(v.getBigUint64(8)), offset: Number(v.getBigUint64(16)) };
 }
 
-function invalid(why: string): BlockError {
-  return new BlockError('EINVAL', `qcow2: invalid bitmap directory: ${why}`, { op: 'bitmaps' });
+/** Record a new directory in memory: the extension for the next header write, the overlap check's extent. */
+export function setBitmapDir(s: BDRVQcow2State, d: Qcow2BitmapDir): void {
+  if (d.nbBitmaps === 0) {
+    s.bitmapsExtension = null;
+    s.extents.bitmapDirectory = null;
+    return;
+  }
+  const ext = new Uint8Array(24);
+  const v = new DataView(ext.buffer);
+  v.setUint32(0, d.nbBitmaps);
+  v.setBigUint64(8, BigInt(d.size));
+  v.setBigUint64(16, BigInt(d.offset));
+  s.bitmapsExtension = ext;
+  s.extents.bitmapDirectory = { offset: d.offset, size: d.size };
 }
 
-/** Decode a bitmap directory (bitmap_list_load's parsing and entry checks). */
-export function parseBitmapDirectory(dir: Uint8Array, nbBitmaps: number): Qcow2BitmapEntry[] {
+function invalid(why: string): BlockError {
+  return new BlockError('EINVAL', why, { op: 'bitmaps' });
+}
+
+/** Bytes of a directory entry (calc_dir_entry_size). */
+export function dirEntrySize(nameSize: number, extraDataSize = 0): number {
+  return (BME_HEADER_SIZE + nameSize + extraDataSize + 7) & ~7;
+}
+
+/** What the entry checks depend on: the image's cluster size and the disk's length. */
+export interface BitmapGeometry {
+  clusterSize: number;
+  diskSize: number;
+}
+
+export function bitmapGeometry(s: BDRVQcow2State): BitmapGeometry {
+  return { clusterSize: s.clusterSize, diskSize: s.header.size };
+}
+
+/** check_dir_entry: the constraints every entry read or written must meet. */
+export function dirEntryValid(s: BitmapGeometry, e: Qcow2BitmapEntry & { type: number; nameSize: number }): boolean {
+  const bad =
+    e.tableSize === 0 ||
+    e.tableOffset === 0 ||
+    e.tableOffset % s.clusterSize !== 0 ||
+    e.tableSize > BME_MAX_TABLE_SIZE ||
+    e.granularityBits > BME_MAX_GRANULARITY_BITS ||
+    e.granularityBits < BME_MIN_GRANULARITY_BITS ||
+    (e.flags & BME_RESERVED_FLAGS) !== 0 ||
+    e.nameSize > BME_MAX_NAME_SIZE ||
+    e.type !== BT_DIRTY_TRACKING_BITMAP;
+  if (bad) return false;
+  const physBytes = e.tableSize * s.clusterSize;
+  if (physBytes > BME_MAX_PHYS_SIZE) return false;
+  // A consistent bitmap must cover the whole disk; an in-use one may be stale after a resize.
+  return (e.flags & BME_FLAG_IN_USE) !== 0 || s.diskSize <= physBytes * 8 * 2 ** e.granularityBits;
+}
+
+/** Decode a bitmap directory with QEMU's checks and messages (bitmap_list_load). */
+export function parseBitmapDirectory(s: BitmapGeometry, dir: Uint8Array, nbBitmaps: number): Qcow2BitmapEntry[] {
   const v = new DataView(dir.buffer, dir.byteOffset, dir.byteLength);
   const out: Qcow2BitmapEntry[] = [];
-  const end = walkAlignedEntries(nbBitmaps, (pos) => {
-    if (pos + BME_HEADER_SIZE > dir.length) throw invalid('entry past the end of the directory');
-    const h = readFields(v, pos, BME_FIELDS);
-    const body = pos + BME_HEADER_SIZE;
-    const end = body + h.extraSize + h.nameSize;
-    if (end > dir.length) throw invalid('entry past the end of the directory');
-    if (h.nameSize === 0) throw invalid('empty bitmap name');
-    const { tableOffset, tableSize, flags, type, granularityBits } = h;
-    out.push({ tableOffset, tableSize, flags, type, granularityBits, extraData: dir.slice(body, body + h.extraSize), name: decodeText(dir, body + h.extraSize, h.nameSize) });
-    return end;
-  });
-  // The directory's size counts the last entry's padding too.
-  if (Math.ceil(end / 8) * 8 !== dir.length) throw invalid('size does not match its entries');
+  let pos = 0;
+  while (pos < dir.length) {
+    if (pos + BME_HEADER_SIZE > dir.length) throw invalid('Broken bitmap directory');
+    if (out.length + 1 > nbBitmaps) throw invalid('More bitmaps found than specified in header extension');
+    const nameSize = v.getUint16(pos + 18);
+    const extraSize = v.getUint32(pos + 20);
+    const end = pos + dirEntrySize(nameSize, extraSize);
+    if (end > dir.length) throw invalid('Broken bitmap directory');
+    if (extraSize !== 0) throw invalid('Bitmap extra data is not supported');
+    const nameStart = pos + BME_HEADER_SIZE;
+    const e = {
+      tableOffset: Number(v.getBigUint64(pos)),
+      tableSize: v.getUint32(pos + 8),
+      flags: v.getUint32(pos + 12),
+      type: v.getUint8(pos + 16),
+      granularityBits: v.getUint8(pos + 17),
+      nameSize,
+      name: new TextDecoder().decode(dir.subarray(nameStart, nameStart + nameSize)),
+    };
+    if (!dirEntryValid(s, e)) throw invalid(`Bitmap '${e.name}' doesn't satisfy the constraints`);
+    out.push({ name: e.name, tableOffset: e.tableOffset, tableSize: e.tableSize, flags: e.flags, granularityBits: e.granularityBits });
+    pos = end;
+  }
+  if (out.length !== nbBitmaps) throw invalid('Less bitmaps found than specified in header extension');
   return out;
 }
 
-/** The bitmaps this image carries, or [] when there are none (or the autoclear bit is clear). */
-export async function qcow2ReadBitmapList(s: BDRVQcow2State): Promise<Qcow2BitmapEntry[]> {
-  const ext = s.bitmapsExtension;
-  if (ext === null || (s.header.autoclearFeatures & QCOW2_AUTOCLEAR_BITMAPS) === 0n) return [];
-  const { nbBitmaps, size, offset } = bitmapsExtensionFields(ext);
-  if (nbBitmaps === 0) return [];
-  if (nbBitmaps > QCOW2_MAX_BITMAPS || size > QCOW2_MAX_BITMAP_DIRECTORY_SIZE || offset % s.clusterSize !== 0) {
-    throw invalid('bad bitmaps extension');
-  }
-  const file = s.bs.file;
-  if (!file) throw new BlockError('EBADF', 'qcow2 node has no file child', { op: 'bitmaps' });
+/** Encode a directory (bitmap_list_store's layout); every entry is checked first. */
+export function encodeBitmapDirectory(s: BitmapGeometry, list: readonly Qcow2BitmapEntry[]): Uint8Array {
+  const names = list.map((e) => new TextEncoder().encode(e.name));
+  const size = names.reduce((n, b) => n + dirEntrySize(b.length), 0);
+  if (size === 0 || size > QCOW2_MAX_BITMAP_DIRECTORY_SIZE) throw invalid('Invalid bitmap directory size');
   const dir = new Uint8Array(size);
-  await file.pread(offset, dir);
-  return parseBitmapDirectory(dir, nbBitmaps);
+  const v = new DataView(dir.buffer);
+  let pos = 0;
+  list.forEach((e, i) => {
+    if (!dirEntryValid(s, { ...e, type: BT_DIRTY_TRACKING_BITMAP, nameSize: names[i].length })) throw invalid(`Bitmap '${e.name}' doesn't satisfy the constraints`);
+    v.setBigUint64(pos, BigInt(e.tableOffset));
+    v.setUint32(pos + 8, e.tableSize);
+    v.setUint32(pos + 12, e.flags);
+    v.setUint8(pos + 16, BT_DIRTY_TRACKING_BITMAP);
+    v.setUint8(pos + 17, e.granularityBits);
+    v.setUint16(pos + 18, names[i].length);
+    dir.set(names[i], pos + BME_HEADER_SIZE);
+    pos += dirEntrySize(names[i].length);
+  });
+  return dir;
+}
+
+/** The bitmaps this image carries, or [] when there are none (or the autoclear bit was clear). */
+export async function qcow2ReadBitmapList(s: BDRVQcow2State): Promise<Qcow2BitmapEntry[]> {
+  const { nbBitmaps, size, offset } = bitmapDir(s);
+  if (nbBitmaps === 0) return [];
+  if (size === 0) throw invalid('Requested bitmap directory size is zero');
+  if (size > QCOW2_MAX_BITMAP_DIRECTORY_SIZE) throw invalid('Requested bitmap directory size is too big');
+  const dir = new Uint8Array(size);
+  await qcow2File(s).pread(offset, dir);
+  return parseBitmapDirectory(bitmapGeometry(s), dir, nbBitmaps);
 }
 
 /** qcow2_get_bitmap_info_list: Qcow2BitmapInfo in QAPI order (name, granularity, flags). */

@@ -5,6 +5,7 @@
  * bitmap directory. Its size follows the file, never a number read from the image: a
  * reference a cluster or more past the end of the file is a corruption, not a reason to grow.
  */
+import { qcow2CheckBitmapsRefcounts } from './bitmap-store.js';
 import type { CheckFix, CheckResult } from '../../block/driver.js';
 import { BlockError, ERRNO_MESSAGES, toBlockError } from '../../block/errors.js';
 import { qcow2WriteL1Entry } from './cluster.js';
@@ -242,6 +243,10 @@ export async function calculateRefcounts(c: CheckRun, fix: CheckFix): Promise<vo
   for (const l1 of s.extents.inactiveL1) await checkRefcountsL1(c, fix, l1.offset, l1.size / 8, null);
   incRefcounts(c, s.extents.snapshotsOffset, s.extents.snapshotsSize);
   incRefcounts(c, s.refcountTableOffset, s.refcountTable.length * 8);
-  if (s.extents.bitmapDirectory) incRefcounts(c, s.extents.bitmapDirectory.offset, s.extents.bitmapDirectory.size);
+  await qcow2CheckBitmapsRefcounts(
+    s,
+    (offset, size) => incRefcounts(c, offset, size),
+    () => void c.res.corruptions++,
+  );
   await checkRefblocks(c, fix);
 }

@@ -34,8 +34,8 @@ import { qcow2LoadRefcountTable } from './refcount.js';
 import { refcountBlockEntries, refcountGetter, refcountMax, refcountSetter } from './refcount-codec.js';
 import type { BDRVQcow2State } from './state.js';
 
-/** Autoclear bits whose data this driver keeps consistent: none (no bitmaps, no data file). */
-const QCOW2_AUTOCLEAR_SUPPORTED = QCOW2_AUTOCLEAR_MASK & ~(QCOW2_AUTOCLEAR_BITMAPS | QCOW2_AUTOCLEAR_DATA_FILE_RAW);
+/** Autoclear bits whose data this driver keeps consistent: the bitmaps (no data file). */
+const QCOW2_AUTOCLEAR_SUPPORTED = QCOW2_AUTOCLEAR_MASK & ~QCOW2_AUTOCLEAR_DATA_FILE_RAW;
 const MAX_SNAPSHOT_TABLE_BYTES = 64 * 1024 * 1024;
 
 /** Snapshot table extents for the overlap check (read with hard limits). */
@@ -105,6 +105,9 @@ export async function qcow2DoOpen(bs: BlockDriverState, options: OpenOptions): P
   const l2EntrySize = extendedL2 ? 16 : 8;
   const l2Size = cs / l2EntrySize;
   const inactiveL1 = header.nbSnapshots > 0 ? await readSnapshotExtents(file, header.nbSnapshots, header.snapshotsOffset, fileLength) : [];
+  // A bitmaps extension without its autoclear bit is stale (warned about above): it names
+  // nothing, and the next header rewrite drops it.
+  if ((header.autoclearFeatures & QCOW2_AUTOCLEAR_BITMAPS) === 0n) ext.bitmaps = null;
   let bitmapDirectory: Qcow2MetadataExtents['bitmapDirectory'] = null;
   if (ext.bitmaps) {
     const v = new DataView(ext.bitmaps.buffer, ext.bitmaps.byteOffset);
@@ -176,12 +179,10 @@ export async function qcow2DoOpen(bs: BlockDriverState, options: OpenOptions): P
   await qcow2LoadRefcountTable(s);
 
   // Autoclear bits tell a later reader that extension data was kept up to date by every
-  // writer. We do not maintain bitmaps: like an unknown bit, the bitmaps bit is cleared on a
-  // writable open (QEMU clears only the bits it does not know), and the bitmaps extension,
-  // now stale, goes with it at this header rewrite.
+  // writer. Those we do not know are cleared on a writable open, as QEMU does; bitmaps we
+  // keep (bitmap-store.ts).
   if (writable && (header.autoclearFeatures & ~QCOW2_AUTOCLEAR_SUPPORTED) !== 0n) {
     header.autoclearFeatures &= QCOW2_AUTOCLEAR_SUPPORTED;
-    if ((header.autoclearFeatures & QCOW2_AUTOCLEAR_BITMAPS) === 0n) s.bitmapsExtension = null;
     await qcow2UpdateHeader(s);
   }
   return s;
@@ -216,7 +217,9 @@ export async function qcow2UpdateHeader(s: BDRVQcow2State): Promise<void> {
     backingFormat: s.backingFormat,
     dataFile: s.dataFile,
     crypto: null,
-    bitmaps: (s.header.autoclearFeatures & QCOW2_AUTOCLEAR_BITMAPS) !== 0n ? s.bitmapsExtension : null,
+    // Written while the image has bitmaps, even with the autoclear bit dropped around a
+    // directory update: a crash then leaves bitmaps every reader ignores (QEMU's nb_bitmaps).
+    bitmaps: s.bitmapsExtension,
     unknownExtensions: s.unknownExtensions,
   });
   const file = qcow2FileOf(s);

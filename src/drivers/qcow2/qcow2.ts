@@ -4,10 +4,12 @@
  * resize.ts.
  */
 import type { BlockDriver, BlockDriverInfo, BlockStatus, ImageInfoSpecific, OpenOptions, WriteZeroesFlags } from '../../block/driver.js';
+import { bdrvNodeName } from '../../block/dirty-bitmap.js';
 import { BlockError } from '../../block/errors.js';
 import type { IOVector } from '../../block/iovec.js';
 import type { BlockDriverState } from '../../block/node.js';
 import { bitmapInfoList, qcow2ReadBitmapList } from './bitmap.js';
+import { qcow2CanStoreNewDirtyBitmap, qcow2LoadDirtyBitmaps, qcow2RemovePersistentDirtyBitmap, qcow2StoreDirtyBitmaps, qcow2TruncateBitmapsCheck } from './bitmap-store.js';
 import { qcow2Check } from './check.js';
 import { qcow2GetHostOffset } from './cluster.js';
 import { qcow2CheckNotCorrupt } from './corrupt.js';
@@ -46,6 +48,8 @@ async function qcow2Open(bs: BlockDriverState, options: OpenOptions): Promise<vo
   // A dirty image's refcounts may be stale: repair them (check -r all, as QEMU's
   // qcow2_do_open) before anything allocates. Check opens look at the image as it is;
   // read-only opens never allocate.
+  // Bitmaps before the repair (QEMU's order): a writable open marks them in use first.
+  if (!options.check) await qcow2LoadDirtyBitmaps(s, writable);
   if (qcow2IsDirty(s) && writable && !options.check) {
     await qcow2RepairDirty(s, options.onReport);
   }
@@ -73,6 +77,8 @@ async function qcow2Close(bs: BlockDriverState): Promise<void> {
   await s.lock.lock();
   try {
     if (!bs.readOnly && !s.openOptions.inactive && !s.corrupt) {
+      // Bitmaps first: storing them allocates, and the caches flushed next carry that too.
+      await qcow2StoreDirtyBitmaps(s);
       await s.l2Cache.flush();
       await s.refcountCache.flush();
       if (qcow2IsDirty(s) && s.useLazyRefcounts) {
@@ -82,6 +88,8 @@ async function qcow2Close(bs: BlockDriverState): Promise<void> {
       }
     }
   } finally {
+    // Persistent bitmaps belong to the image: they go with it (and come back at a reopen).
+    bs.dirtyBitmaps = bs.dirtyBitmaps.filter((b) => !b.persistent);
     s.lock.unlock();
     s.l2Cache.reset();
     s.refcountCache.reset();
@@ -227,7 +235,11 @@ export const qcow2Driver: BlockDriver = {
   coBlockStatus: qcow2BlockStatus,
   coWriteZeroes: (bs, offset, bytes, flags: WriteZeroesFlags) => qcow2CoWriteZeroes(qcow2State(bs), offset, bytes, flags),
   coDiscard: (bs, offset, bytes) => qcow2CoDiscard(qcow2State(bs), offset, bytes),
-  truncate: (bs, size, prealloc) => qcow2Truncate(qcow2State(bs), size, prealloc ?? 'off'),
+  truncate: async (bs, size, prealloc) => {
+    const s = qcow2State(bs);
+    await qcow2TruncateBitmapsCheck(s);
+    await qcow2Truncate(s, size, prealloc ?? 'off');
+  },
   truncatePreallocates: true,
   getLength: (bs) => qcow2State(bs).header.size,
   getInfo: qcow2GetInfo,
@@ -251,4 +263,7 @@ export const qcow2Driver: BlockDriver = {
   changeBackingFile: qcow2ChangeBackingFile,
   invalidateCache: qcow2InvalidateCache,
   check: (bs, fix) => qcow2Check(qcow2State(bs), fix),
+  canStoreNewDirtyBitmap: (bs, name, granularity) => Promise.resolve(qcow2CanStoreNewDirtyBitmap(qcow2State(bs), name, granularity, bdrvNodeName(bs))),
+  supportsPersistentDirtyBitmap: (bs) => qcow2State(bs).header.version >= 3,
+  removePersistentDirtyBitmap: (bs, name) => qcow2RemovePersistentDirtyBitmap(qcow2State(bs), name),
 };

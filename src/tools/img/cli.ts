@@ -4,6 +4,7 @@
 // streams and host files; the teaching page runs it in a browser with its own sink.
 import { ToolExit, ToolOutput, errorExit, errorMessage, progName, type ToolIO } from '../shared/output.js';
 import { imgAmend } from './amend.js';
+import { imgBitmap } from './bitmap.js';
 import { imgCheck } from './check.js';
 import { imgCommit } from './commit.js';
 import { imgCompare } from './compare.js';
@@ -30,6 +31,7 @@ async function benchCommand(env: ImgEnv, argv: string[]): Promise<number> {
 const COMMANDS: Array<[string, ImgCommand, string]> = [
   ['amend', imgAmend, 'amend [--object objectdef] [--image-opts] [-p] [-q] [-f fmt] [-t cache] [--force] -o options filename'],
   ['bench', benchCommand, 'bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] [-i aio] [-n] [--no-drain] [-o offset] [--pattern=pattern] [-q] [-s buffer_size] [-S step_size] [-t cache] [-w] [-U] filename'],
+  ['bitmap', imgBitmap, 'bitmap (--merge SOURCE | --add | --remove | --clear | --enable | --disable)... [-b source_file [-F source_fmt]] [-g granularity] [--object objectdef] [--image-opts | -f fmt] filename bitmap'],
   ['check', imgCheck, 'check [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-T src_cache] [-U] filename'],
   ['commit', imgCommit, 'commit [-q] [-f fmt] [-t cache] [-b base] [-d] [-p] filename'],
   ['compare', imgCompare, 'compare [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2'],
@@ -96,6 +98,13 @@ export function helpText(env: ImgEnv): string {
     "  '--output' takes the format in which the output must be done (human or json)\n" +
     "  '-n' skips the target volume creation (useful if the volume is created\n" +
     '       prior to running the command)\n\n' +
+    'Parameters to bitmap subcommand:\n' +
+    "  'bitmap' is the name of the bitmap to manipulate, through one or more\n" +
+    "       actions from '--add', '--remove', '--clear', '--enable', '--disable',\n" +
+    "       or '--merge source'\n" +
+    "  '-g granularity' sets the granularity for '--add' actions\n" +
+    "  '-b source' and '-F src_fmt' tell '--merge' actions to find the source\n" +
+    '       bitmaps from an alternative file\n\n' +
     'Parameters to check subcommand:\n' +
     "  '-r' tries to repair any inconsistencies that are found during the check.\n" +
     "       '-r leaks' repairs only cluster leaks, whereas '-r all' fixes all\n" +

@@ -9,6 +9,7 @@ import { BUF_SECTORS, SECTOR, convertDoCopy, pow2floor, type ConvertState } from
 import { accumulateOptions, createOptionSpecs, hasHelpOption, parseCreateOptions } from './create-options.js';
 import { createErrorMessage, createImageFile, findCreateDriver, printBlockOptionHelp, protocolOf, reportWithPrefix } from './create.js';
 import type { ImgEnv } from './env.js';
+import { convertCheckBitmaps, convertCheckTargetBitmaps, convertCopyBitmaps } from './convert-bitmaps.js';
 import { imgOpen } from './open.js';
 import {
   CACHE,
@@ -53,9 +54,10 @@ interface ConvertArgs extends ImgArgs {
   /** -l NAME: an id, else a name. */
   snapshotName: string | null;
   bitmaps: boolean;
+  skipBroken: boolean;
 }
 
-const flag = (short: string | undefined, long: string | undefined, key: 'skipCreate' | 'targetIsZero' | 'copyRange' | 'compressed' | 'bitmaps'): ImgOption<ConvertArgs> => ({
+const flag = (short: string | undefined, long: string | undefined, key: 'skipCreate' | 'targetIsZero' | 'copyRange' | 'compressed' | 'bitmaps' | 'skipBroken'): ImgOption<ConvertArgs> => ({
   short,
   long,
   set: (s) => void (s[key] = true),
@@ -132,7 +134,7 @@ const CONVERT_OPTIONS: readonly ImgOption<ConvertArgs>[] = [
   { long: 'salvage', set: (_s, _a, env) => unsupportedOption(env.o, '--salvage') },
   flag(undefined, 'target-is-zero', 'targetIsZero'),
   flag(undefined, 'bitmaps', 'bitmaps'),
-  { long: 'skip-broken-bitmaps', set: (_s, _a, env) => unsupportedOption(env.o, '--skip-broken-bitmaps') },
+  flag(undefined, 'skip-broken-bitmaps', 'skipBroken'),
 ];
 
 export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
@@ -154,10 +156,11 @@ export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
     snapshotOpts: null,
     snapshotName: null,
     bitmaps: false,
+    skipBroken: false,
   };
   const rest = parseImgOptions(env, argv, CONVERT_OPTIONS, args);
   const { fmt, cache, srcCache, skipCreate, minSparse, numCoroutines, wrInOrder, forceShare, targetIsZero, options, backingFmt } = args;
-  const { copyRange, compressed, explicitMinSparse, snapshotOpts, snapshotName, bitmaps } = args;
+  const { copyRange, compressed, explicitMinSparse, snapshotOpts, snapshotName, bitmaps, skipBroken } = args;
   let outBaseimg = args.outBaseimg;
   const targetFmt = args.outFmt ?? 'raw';
   if (compressed && copyRange) {
@@ -174,6 +177,10 @@ export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
   }
   if (targetIsZero && !skipCreate) {
     env.o.error('--target-is-zero requires use of -n flag');
+    return 1;
+  }
+  if (skipBroken && !bitmaps) {
+    env.o.error('Use of --skip-broken-bitmaps requires --bitmaps');
     return 1;
   }
   const srcNum = rest.length - 1;
@@ -237,9 +244,11 @@ export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
       return 1;
     }
     if (bitmaps) {
-      // Persistent dirty bitmaps are a qcow2 feature; neither qed nor raw has them.
-      env.o.error('Source lacks bitmap support');
-      return 1;
+      if (srcNum > 1) {
+        env.o.error('Copying bitmaps only possible with single source');
+        return 1;
+      }
+      if (!convertCheckBitmaps(env, rootOf(src[0]), skipBroken)) return 1;
     }
     const outFile = outFilename as string;
 
@@ -313,6 +322,7 @@ export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
     target = await imgOpen(env, outFile, { imageOpts: args.tgtImageOpts, format: tgtFormat, noFlush: cache === 'unsafe' });
     s.target = target;
     const targetBs = rootOf(target);
+    if (bitmaps && !convertCheckTargetBitmaps(env, targetBs)) return 1;
     s.alignment = Math.max(pow2floor(s.minSparse), Math.ceil(targetBs.requestAlignment / SECTOR));
     if (skipCreate) {
       const outSectors = Math.ceil((await target.getLength()) / SECTOR);
@@ -336,6 +346,7 @@ export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
       s.bufSectors = s.clusterSectors;
     }
     await convertDoCopy(env, s, numCoroutines, wrInOrder, progress);
+    if (bitmaps && !(await convertCopyBitmaps(env, rootOf(src[0]), targetBs, skipBroken))) return 1;
     ret = 0;
     return 0;
   } finally {
