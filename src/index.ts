@@ -13,7 +13,8 @@ import { authzSimpleType, nbdDriver, tlsCredsPskType, tlsCredsX509Type } from '.
 import { portableDrivers } from './portable.js';
 
 export * from './portable.js';
-export { fileDriver } from './drivers/file/index.js';
+export { addonPath, fileDriver, ioEngineName } from './drivers/file/index.js';
+export type { EngineKind } from './drivers/file/index.js';
 export { nodeHttpTransport, type NodeHttpTransportOptions } from './drivers/http/node-transport.js';
 // The NBD client needs node:net; the browser entry leaves this driver out.
 export * from './drivers/nbd/index.js';

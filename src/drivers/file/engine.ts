@@ -157,6 +157,14 @@ export function ioEngine(): IoEngine | null {
   return engine;
 }
 
+/**
+ * Which path the file driver's requests take: 'io_uring' or 'threads' (the addon's engine), or
+ * 'fs' (node:fs and libuv's thread pool: no addon, or BLOCKLAYER_IO_ENGINE=fs).
+ */
+export function ioEngineName(): EngineKind | 'fs' {
+  return ioEngine()?.kind ?? 'fs';
+}
+
 function startEngine(c: EngineChoice, addon: SeekAddon | null): IoEngine | null {
   if (c === 'fs' || !hasEngine(addon)) return null;
   try {

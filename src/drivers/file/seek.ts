@@ -1,10 +1,13 @@
 /**
  * Holes in host files: lseek(SEEK_DATA / SEEK_HOLE) and fallocate (zero ranges, punched holes)
- * through the small native addon built from native/seek.c at install time (binding.gyp, `npm ci`
- * runs node-gyp). Node's fs has neither lseek nor fallocate.
- * The addon is optional: when it was not built (no compiler, another platform) the file driver
- * reports every byte as data and zeroes by writing zeros, which is always correct, only slower
- * and without holes.
+ * through the small native addon in native/ (binding.gyp). Node's fs has neither lseek nor
+ * fallocate.
+ * The addon is found the node-gyp-build way: a developer's build/Release first (node-gyp, run
+ * by `npm ci`), then the binary shipped in the package under prebuilds/<platform>-<arch>/, so
+ * an installed package needs neither a compiler nor its install script.
+ * The addon is optional: when none loads (another platform, no compiler, another libc) the file
+ * driver reports every byte as data and zeroes by writing zeros, which is always correct, only
+ * slower and without holes.
  */
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -54,13 +57,11 @@ export interface SeekAddon {
   engineStop?: () => void;
 }
 
-/** node-gyp's output, relative to the package root. */
-const ADDON_RELATIVE_PATH = join('build', 'Release', 'blocklayer_seek.node');
-
 /**
  * The package root: the nearest directory holding package.json above this module. This module
- * runs from src/drivers/file (tsx, vitest) or dist/src/drivers/file (compiled, or installed under
- * node_modules/blocklayer); both lead to the same root, where node-gyp put build/.
+ * runs from src/drivers/file (tsx, vitest), dist/src/drivers/file (compiled, or installed under
+ * node_modules/blocklayer) or dist/bin (the tools' bundle); all lead to the same root, which
+ * holds build/ and prebuilds/.
  */
 function packageRoot(): string | null {
   let dir = dirname(fileURLToPath(import.meta.url));
@@ -70,6 +71,12 @@ function packageRoot(): string | null {
     if (up === dir) return null;
     dir = up;
   }
+}
+
+/** node-gyp-build's loader (CommonJS, untyped): `path` finds the binary without loading it. */
+interface NodeGypBuild {
+  (dir: string): unknown;
+  path(dir: string): string;
 }
 
 function isSeekAddon(m: unknown): m is SeekAddon {
@@ -82,14 +89,29 @@ export function loadSeekAddon(): SeekAddon | null {
   try {
     const root = packageRoot();
     if (root === null) return null;
-    const path = join(root, ADDON_RELATIVE_PATH);
-    if (!existsSync(path)) return null;
-    const m: unknown = createRequire(import.meta.url)(path);
-    return isSeekAddon(m) ? m : null;
+    // Required at run time, not imported: the tools' bundle must not inline it, since its
+    // lookup relies on CommonJS require.
+    const require = createRequire(import.meta.url);
+    const load = require('node-gyp-build') as NodeGypBuild;
+    const path = load.path(root);
+    const m: unknown = load(root);
+    if (!isSeekAddon(m)) return null;
+    loadedFrom = { addon: m, path };
+    return m;
   } catch {
-    // Built for another Node ABI or platform, or a broken build: fall back to "all data".
+    // Nothing built or shipped for this platform, or built for another ABI or libc, or a
+    // broken build: fall back to "all data".
     return null;
   }
+}
+
+/** The last addon loaded and its file, for addonPath(). */
+let loadedFrom: { addon: SeekAddon; path: string } | null = null;
+
+/** The file the native addon in use was loaded from, or null on the pure-JS path. */
+export function addonPath(): string | null {
+  const a = seekAddon();
+  return a !== null && a === loadedFrom?.addon ? loadedFrom.path : null;
 }
 
 /** Loaded on first use; `undefined` = not tried yet. */
