@@ -192,10 +192,20 @@ async function checkOflagCopied(c: CheckRun, fix: CheckFix): Promise<void> {
   }
 }
 
+/** The most host clusters a check counts (8 bytes each: 2 GiB of counts). */
+const MAX_IMRT_CLUSTERS = 2 ** 28;
+
 /** A new run over `s` with an empty IMRT the size of the file. */
 async function newRun(s: BDRVQcow2State, fix: CheckFix, report: (line: string) => void, res: CheckResult): Promise<CheckRun> {
   const fileLen = await qcow2File(s).getLength();
   const n = Math.ceil(fileLen / s.clusterSize);
+  // One count per host cluster of the file, as QEMU's g_try_new0: a file too large to count
+  // in memory (a damaged image grown by a sparse write far out) fails the check (EFBIG).
+  if (n > MAX_IMRT_CLUSTERS) {
+    report('ERROR: Could not allocate the refcount table for the check');
+    res.checkErrors++;
+    throw new BlockError('EFBIG', undefined, { op: 'check' });
+  }
   const imrt: Imrt = { counts: new Float64Array(n), n, overflowed: new Set() };
   return { s, res, report, imrt, fileLen, rebuild: false, metadata: new Map() };
 }
