@@ -77,6 +77,18 @@ export function runTheirs(args: string[], cwd: string, merged: boolean, mp = fal
   return out;
 }
 
+/**
+ * Send what drivers print with console.error (qcow2's corruption messages) to `write` until
+ * the returned function is called: run as a program, they share the tool's stderr.
+ */
+export function routeDriverMessages(write: (s: string) => void): () => void {
+  const orig = console.error;
+  console.error = (...a: unknown[]) => write(`${a.map(String).join(' ')}\n`);
+  return () => {
+    console.error = orig;
+  };
+}
+
 export async function runOurs(args: string[], cwd: string, merged: boolean, mp = false): Promise<Outcome> {
   let stdout = '';
   let stderr = '';
@@ -84,6 +96,10 @@ export async function runOurs(args: string[], cwd: string, merged: boolean, mp =
   const old = process.cwd();
   process.chdir(cwd);
   let status: number;
+  const restore = routeDriverMessages((s) => {
+    stderr += s;
+    all += s;
+  });
   try {
     status = await main(['node', '/usr/bin/qemu-img', ...args], {
       stdout: {
@@ -100,6 +116,7 @@ export async function runOurs(args: string[], cwd: string, merged: boolean, mp =
       },
     });
   } finally {
+    restore();
     process.chdir(old);
   }
   const out: Outcome = { stdout: mask(stdout, mp), stderr: mask(stderr, mp), status };

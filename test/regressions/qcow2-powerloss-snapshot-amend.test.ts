@@ -5,12 +5,13 @@
  * an amend to compat=0.10 (refused: the zero clusters of an image with snapshots are not
  * expanded), the power cut at request 24. Replayed alone, that case passes: it depends on state
  * left by the earlier cases of the same run, so this test replays the run up to the failure
- * (its 14th case). Flip `it.fails` to `it` once fixed.
+ * (its 14th case), on the profile's geometries of that time (no subclusters). Flip `it.fails`
+ * to `it` once fixed.
  */
 import { it } from 'vitest';
 import { propPowerLoss } from '../property/fault-props.js';
-import { QCOW2_PROFILE } from '../property/qcow2-profile.js';
+import { QCOW2_PROFILE_NO_EXTL2 } from '../property/qcow2-profile.js';
 
 it.fails('a power loss around a snapshot and a refused downgrade leaves only leaks after repair', async () => {
-  await propPowerLoss({ seed: 20261208, numRuns: 14, wide: false, format: QCOW2_PROFILE });
+  await propPowerLoss({ seed: 20261208, numRuns: 14, wide: false, format: QCOW2_PROFILE_NO_EXTL2 });
 }, 120_000);

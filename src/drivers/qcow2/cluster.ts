@@ -8,12 +8,13 @@
  */
 import { BlockError } from '../../block/errors.js';
 import type { CacheEntry } from './cache.js';
-import { QCOW2_OL_ACTIVE_L1, qcow2OverlapIndexChanged, qcow2PreWriteOverlapCheck, qcow2SignalCorruption } from './corrupt.js';
+import { QCOW2_OL_ACTIVE_L1, printfHex, qcow2OverlapIndexChanged, qcow2PreWriteOverlapCheck, qcow2SignalCorruption } from './corrupt.js';
 import {
   L1E_OFFSET_MASK,
   L2E_OFFSET_MASK,
   QCOW_OFLAG_COPIED,
   type Qcow2SubclusterType,
+  subclusterRangeType,
   subclusterType,
 } from './entries.js';
 import { qcow2AllocClusters, qcow2FreeClusters } from './refcount.js';
@@ -56,7 +57,7 @@ export function setL2Bitmap(s: BDRVQcow2State, data: Uint8Array, index: number, 
 export function l2OffsetOf(s: BDRVQcow2State, l1Index: number): number {
   const l2Offset = Number(s.l1Table[l1Index] & L1E_OFFSET_MASK);
   if (offsetIntoCluster(s, l2Offset) !== 0) {
-    qcow2SignalCorruption(s, true, `L2 table offset 0x${l2Offset.toString(16)} unaligned (L1 index: 0x${l1Index.toString(16)})`);
+    qcow2SignalCorruption(s, true, `L2 table offset ${printfHex(l2Offset)} unaligned (L1 index: ${printfHex(l1Index)})`);
     throw new BlockError('EIO', undefined, { op: 'l2_load' });
   }
   return l2Offset;
@@ -112,43 +113,41 @@ export async function qcow2GetHostOffset(s: BDRVQcow2State, offset: number, byte
     const first = typeAt(s, data, l2Index, sc);
     const kind = kindOf(first);
     const entry = getL2Entry(s, data, l2Index);
-    if (kind === 'invalid') {
-      qcow2SignalCorruption(s, true, `Invalid cluster entry found  (L2 offset: 0x${l2Offset.toString(16)}, L2 index: 0x${l2Index.toString(16)})`);
-      throw new BlockError('EIO', undefined, { op: 'read', offset });
-    }
+    const where = (i: number): string => `L2 offset: ${printfHex(l2Offset)}, L2 index: ${printfHex(i)}`;
     if (s.header.version < 3 && (first === 'zero-plain' || first === 'zero-alloc')) {
-      qcow2SignalCorruption(s, true, `Zero cluster entry found in pre-v3 image (L2 offset: 0x${l2Offset.toString(16)}, L2 index: 0x${l2Index.toString(16)})`);
+      qcow2SignalCorruption(s, true, `Zero cluster entry found in pre-v3 image (${where(l2Index)})`);
       throw new BlockError('EIO', undefined, { op: 'read', offset });
-    }
-    if (kind === 'compressed') {
-      // One compressed cluster per run: each has its own descriptor.
-      const len = Math.min(maxBytes, cs - offsetIntoCluster(s, offset));
-      return { kind, type: first, bytes: len, hostOffset: 0, allocated: false, l2Entry: entry };
     }
     const hostBase = Number(entry & L2E_OFFSET_MASK);
-    if ((first === 'normal' || first === 'zero-alloc' || first === 'unallocated-alloc') && hostBase % cs !== 0) {
-      qcow2SignalCorruption(
-        s,
-        true,
-        `Cluster allocation offset 0x${hostBase.toString(16)} unaligned (L2 offset: 0x${l2Offset.toString(16)}, L2 index: 0x${l2Index.toString(16)})`,
-      );
+    const withHost = first === 'normal' || first === 'zero-alloc' || first === 'unallocated-alloc';
+    if (withHost && hostBase % cs !== 0) {
+      qcow2SignalCorruption(s, true, `Cluster allocation offset ${printfHex(hostBase)} unaligned (${where(l2Index)})`);
       throw new BlockError('EIO', undefined, { op: 'read', offset });
     }
     // Count subclusters of the same type (and, where a host cluster exists, contiguous on
-    // the host), as QEMU's count_contiguous_subclusters does.
-    const withHost = first === 'normal' || first === 'zero-alloc' || first === 'unallocated-alloc';
-    const totalSc = s.extendedL2 ? 32 : 1;
-    const base = l2Index * totalSc;
-    const endPos = base + Math.ceil((offsetIntoCluster(s, offset) + maxBytes) / scSize);
-    let pos = base + sc + 1;
-    for (; pos < endPos; pos++) {
-      const idx = Math.floor(pos / totalSc);
-      if (typeAt(s, data, idx, pos % totalSc) !== first) break;
-      if (withHost && idx !== l2Index && Number(getL2Entry(s, data, idx) & L2E_OFFSET_MASK) !== hostBase + (idx - l2Index) * cs) break;
+    // the host), as QEMU's count_contiguous_subclusters does: an invalid entry met on the way
+    // is corruption, even one after the range asked for starts.
+    const spc = s.extendedL2 ? 32 : 1;
+    const nbClusters = Math.ceil((offsetIntoCluster(s, offset) + maxBytes) / cs);
+    let count = 0;
+    for (let i = 0; i < nbClusters; i++) {
+      const from = i === 0 ? sc : 0;
+      const e = i === 0 ? entry : getL2Entry(s, data, l2Index + i);
+      const r = subclusterRangeType(e, getL2Bitmap(s, data, l2Index + i), from, s.extendedL2);
+      if (r.type === 'invalid') {
+        qcow2SignalCorruption(s, true, `Invalid cluster entry found  (${where(l2Index + i)})`);
+        throw new BlockError('EIO', undefined, { op: 'read', offset });
+      }
+      if (i > 0 && r.type !== first) break;
+      if (i > 0 && withHost && Number(e & L2E_OFFSET_MASK) !== hostBase + i * cs) break;
+      count += r.count;
+      // One compressed cluster per run: each has its own descriptor.
+      if (kind === 'compressed' || from + r.count < spc) break;
     }
-    const len = Math.min((pos - base) * scSize - offsetIntoCluster(s, offset), maxBytes);
+    const len = Math.min((count + sc) * scSize, offsetIntoCluster(s, offset) + maxBytes) - offsetIntoCluster(s, offset);
+    if (kind === 'compressed') return { kind, type: first, bytes: len, hostOffset: 0, allocated: false, l2Entry: entry };
     const hostOffset = withHost ? hostBase + offsetIntoCluster(s, offset) : 0;
-    return { kind, type: first, bytes: len, hostOffset, allocated: withHost, l2Entry: entry };
+    return { kind: kind as Qcow2RunKind, type: first, bytes: len, hostOffset, allocated: withHost, l2Entry: entry };
   } finally {
     s.l2Cache.put(table);
   }
