@@ -67,19 +67,26 @@ export function commandArb(profile?: FormatProfile): fc.Arbitrary<Command> {
   );
 }
 
-/** Place an abstract span inside an image of `size` bytes with clusters of `cs` bytes. */
-export function place(span: Span, size: number, cs: number, maxLen: number): { offset: number; len: number } {
+/**
+ * Place an abstract span inside an image of `size` bytes with clusters of `cs` bytes, allocated
+ * in units of `sub` bytes (subclusters; the cluster when there are none).
+ */
+export function place(span: Span, size: number, cs: number, maxLen: number, sub = cs): { offset: number; len: number } {
   let offset = span.at % size;
+  // Half of the spans placed on (or next to) cluster boundaries go to subcluster boundaries
+  // instead, chosen by a bit the placement drops anyway: the draws stay those of runs made
+  // before subclusters, so their seeds replay.
+  const unit = sub < cs && span.at % 2 === 1 ? sub : cs;
   switch (span.place) {
     case 'sector':
       offset -= offset % 512;
       break;
     case 'cluster':
-      offset -= offset % cs;
+      offset -= offset % unit;
       break;
     case 'edge': {
-      // A few bytes either side of a cluster boundary.
-      const b = offset - (offset % cs);
+      // A few bytes either side of a cluster (or subcluster) boundary.
+      const b = offset - (offset % unit);
       offset = Math.min(size - 1, Math.max(0, b + ((span.len % 17) - 8)));
       break;
     }
@@ -89,12 +96,18 @@ export function place(span: Span, size: number, cs: number, maxLen: number): { o
   const room = size - offset;
   let len: number;
   if (span.place === 'cluster' || span.place === 'sector') {
-    const unit = span.place === 'cluster' ? cs : 512;
-    len = Math.min(room, unit * (1 + (span.len % Math.max(1, Math.floor(maxLen / unit)))));
+    const u = span.place === 'cluster' ? unit : 512;
+    len = Math.min(room, u * (1 + (span.len % Math.max(1, Math.floor(maxLen / u)))));
   } else {
     len = Math.min(room, 1 + (span.len % maxLen));
   }
   return { offset, len };
+}
+
+/** Place a span in the image under test, at its cluster and subcluster boundaries. */
+export function placeFor(setup: ImageSetup, span: Span): { offset: number; len: number } {
+  const cs = setup.geom.clusterSize;
+  return place(span, setup.model.size, cs, Math.min(3 * cs + 1024, 1 << 20), setup.profile.subclusterSize?.(setup.geom) ?? cs);
 }
 
 export class ModelMismatch extends Error {
@@ -161,7 +174,7 @@ export async function runCommand(st: RunState, c: Command): Promise<void> {
   st.executed++;
   switch (c.op) {
     case 'write': {
-      const p = place(c.span, model.size, cs, maxLen);
+      const p = placeFor(setup, c.span);
       st.log.push(describeCmd(c, p));
       const data = pattern(p.len, c.seed);
       await st.bs.pwrite(p.offset, data);
@@ -170,7 +183,7 @@ export async function runCommand(st: RunState, c: Command): Promise<void> {
       return;
     }
     case 'zero': {
-      const p = place(c.span, model.size, cs, maxLen);
+      const p = placeFor(setup, c.span);
       st.log.push(describeCmd(c, p));
       await st.bs.writeZeroes(p.offset, p.len);
       model.zero(p.offset, p.len);
@@ -178,7 +191,7 @@ export async function runCommand(st: RunState, c: Command): Promise<void> {
       return;
     }
     case 'read': {
-      const p = place(c.span, model.size, cs, maxLen);
+      const p = placeFor(setup, c.span);
       st.log.push(describeCmd(c, p));
       await readAndCompare(st.bs, setup, p.offset, p.len, st.log.join('; '));
       // Copy-on-read put what was read into the image: it stays after a backing removal.
@@ -217,7 +230,7 @@ export async function runCommand(st: RunState, c: Command): Promise<void> {
       st.cor = false;
       return;
     case 'discard': {
-      const p = place(c.span, model.size, cs, maxLen);
+      const p = placeFor(setup, c.span);
       st.log.push(describeCmd(c, p));
       await st.bs.discard(p.offset, p.len);
       // QED has no discard: the request succeeds and changes nothing (as qemu-io shows).

@@ -8,7 +8,7 @@ import { BlockDriverState, BlockError, VirtualClock, bdrvAmendOptions, type Chec
 import { blkdebugState } from '../../src/drivers/blkdebug/index.js';
 import { memStoreGet, memStoreRead } from '../../src/drivers/mem/index.js';
 import { powerlossStoreCreate } from '../../src/drivers/powerloss/index.js';
-import { ModelMismatch, expectClean, place, spanArb, type Span } from './commands.js';
+import { ModelMismatch, expectClean, placeFor, spanArb, type Span } from './commands.js';
 import { buildImage, fcParams, freshPrefix, profileOf, type Geometry, type ImageSetup, type PropertyOptions } from './harness.js';
 import { ByteModel, mulberry32, pattern } from './model.js';
 import type { FormatProfile } from './profile.js';
@@ -42,8 +42,7 @@ const isSnapshotOp = (w: GuestWrite): boolean => w.kind === 'snapshot' || w.kind
 /** Place a guest write and return its data (zeros for writeZeroes, nothing for snapshot operations). */
 export function placeWrite(w: GuestWrite, setup: ImageSetup): { offset: number; data: Uint8Array } {
   if (isSnapshotOp(w)) return { offset: 0, data: new Uint8Array(0) };
-  const cs = setup.geom.clusterSize;
-  const p = place(w.span, setup.model.size, cs, Math.min(3 * cs + 1024, 1 << 20));
+  const p = placeFor(setup, w.span);
   return { offset: p.offset, data: w.kind === 'zero' ? new Uint8Array(p.len) : pattern(p.len, w.seed) };
 }
 

@@ -93,6 +93,12 @@ export interface FormatProfile {
    * refused (EINVAL, ENOTSUP) with nothing changed.
    */
   readonly amendChoices?: readonly CreateOptions[];
+  /**
+   * The unit a cluster of this geometry is allocated and zeroed in (qcow2 with extended L2
+   * entries: a 32nd of it); absent: the cluster. Spans placed at cluster boundaries fall on
+   * these boundaries half of the time.
+   */
+  subclusterSize?(geom: Geometry): number;
   /** Whether an image of this geometry keeps persistent dirty bitmaps (the bitmap properties). */
   persistentBitmaps(geom: Geometry): boolean;
 }

@@ -222,6 +222,7 @@ export const QCOW2_PROFILE: FormatProfile = {
     { refcountBits: 64 },
     { compat: '1.1', refcountBits: 8 },
   ],
+  subclusterSize: (g) => (g.formatOptions?.extendedL2 === true ? g.clusterSize / 32 : g.clusterSize),
   // v3 only: a v2 image has no autoclear bits to say its bitmaps are current.
   persistentBitmaps: (g) => g.formatOptions?.compat !== '0.10',
 };
