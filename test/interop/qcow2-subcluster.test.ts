@@ -8,7 +8,7 @@ import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { main as blkIo, maskTimings } from '../../src/tools/io/main.js';
-import { routeDriverMessages, runOurs, runTheirs } from './img-parity-harness.js';
+import { routeDriverMessages, runOurs, runTheirs, sessionDiffs } from './img-parity-harness.js';
 import { caseDirs, firstDiff } from './qcow2-support.js';
 import { makeTempDir, qemuIoPath, removeTempDir, requireQemu, runQemuImg } from './qemu.js';
 
@@ -269,4 +269,43 @@ describe.skipIf(!qemu)('qcow2 extended L2: check and check -r all on damaged sub
       expect(firstDiff(join(db, 'img.qcow2'), join(dq, 'img.qcow2'))).toBeNull();
     });
   }
+});
+
+describe.skipIf(!qemu)('qcow2 extended L2: create, convert and measure as qemu-img 7.2', () => {
+  let root = '';
+  beforeAll(() => {
+    root = makeTempDir('qcow2-subcluster-create');
+  });
+  afterAll(() => removeTempDir(root));
+
+  it('byte-identical images for clusters of 16 KiB to 2 MiB, every preallocation, over a backing file', async () => {
+    const steps: string[][] = [];
+    const identical: string[] = [];
+    for (const cs of ['16k', '32k', '64k', '512k', '2M']) {
+      for (const prealloc of ['off', 'metadata', 'falloc', 'full']) {
+        const f = `c-${cs}-${prealloc}.qcow2`;
+        steps.push(['create', '-f', 'qcow2', '-o', `extended_l2=on,cluster_size=${cs},preallocation=${prealloc}`, f, '5M']);
+        identical.push(f);
+      }
+      const b = `b-${cs}.qcow2`;
+      steps.push(['create', '-f', 'qcow2', '-o', `extended_l2=on,cluster_size=${cs},preallocation=metadata`, '-b', 'base.raw', '-F', 'raw', b]);
+      steps.push(['measure', '-O', 'qcow2', '-o', `extended_l2=on,cluster_size=${cs}`, 'src.raw']);
+      const conv = `conv-${cs}.qcow2`;
+      steps.push(['convert', '-O', 'qcow2', '-o', `extended_l2=on,cluster_size=${cs}`, 'src.raw', conv]);
+      identical.push(b, conv);
+    }
+    steps.push(['create', '-f', 'qcow2', '-o', 'extended_l2=on,cluster_size=8k', 'small.qcow2', '1M']);
+    steps.push(['create', '-f', 'qcow2', '-o', 'extended_l2=on,compat=0.10', 'v2.qcow2', '1M']);
+    const diffs = await sessionDiffs(root, {
+      name: 'extended L2 create',
+      setup: [
+        ['qemu-img', 'create', '-q', '-f', 'raw', 'base.raw', '3M'],
+        ['qemu-img', 'create', '-q', '-f', 'raw', 'src.raw', '5M'],
+        ['qemu-io', '-f', 'raw', '-c', 'write -P 1 0 100k', '-c', 'write -P 2 1M 3k', '-c', 'write -P 3 4M 1M', 'src.raw'],
+      ],
+      steps,
+      identical,
+    });
+    expect(diffs).toEqual([]);
+  });
 });
