@@ -14,6 +14,7 @@ import { corruptStats } from './corruption.js';
 import { faultStats } from './fault-props.js';
 import { gatedRequests } from './sched-protocol.js';
 import { ALL_PROPERTIES } from './properties.js';
+import { qcow2ProfileStats } from './qcow2-profile.js';
 
 function usage(): never {
   console.error('usage: npm run fuzz -- [--seed N] [--runs M] [--only NAME,...] [--format qed|qcow2] [--narrow]');
@@ -84,7 +85,7 @@ async function main(): Promise<void> {
       total += commands;
     }
   }
-  console.log(`fault stats: ${JSON.stringify(faultStats)}, concurrency: ${JSON.stringify(concStats)}, corruption: ${JSON.stringify(corruptStats)}, gated I/O: ${gatedRequests}, map: ${JSON.stringify(mapStats)}`);
+  console.log(`fault stats: ${JSON.stringify(faultStats)}, concurrency: ${JSON.stringify(concStats)}, corruption: ${JSON.stringify(corruptStats)}, gated I/O: ${gatedRequests}, map: ${JSON.stringify(mapStats)}, qcow2 images with extended L2: ${qcow2ProfileStats.extendedL2Images}`);
   console.log(`fuzz: seed ${seed}, ${total} commands in total, ${failed} propert${failed === 1 ? 'y' : 'ies'} failed`);
   process.exitCode = failed > 0 ? 1 : 0;
 }
