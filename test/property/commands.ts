@@ -160,9 +160,19 @@ export interface RunState {
   log: string[];
 }
 
-function markTouched(setup: ImageSetup, offset: number, len: number): void {
-  const cs = setup.geom.clusterSize;
-  for (let c = Math.floor(offset / cs); c * cs < offset + len; c++) setup.touched.add(c);
+/**
+ * The unit copy-on-write fills in the image under test, and that `touched` counts in: its
+ * subcluster (with extended L2 entries a write copies only the subclusters it touches), else
+ * its cluster.
+ */
+export function touchUnit(setup: ImageSetup): number {
+  return setup.profile.subclusterSize?.(setup.geom) ?? setup.geom.clusterSize;
+}
+
+/** Mark the units a write or copy-on-read over [offset, offset+len) made the image hold. */
+export function markTouched(setup: ImageSetup, offset: number, len: number): void {
+  const u = touchUnit(setup);
+  for (let c = Math.floor(offset / u); c * u < offset + len; c++) setup.touched.add(c);
 }
 
 /** Apply one command to the image and the model; throws ModelMismatch on any divergence. */
@@ -321,17 +331,18 @@ export async function runCommand(st: RunState, c: Command): Promise<void> {
       if (c.how === 'remove') {
         st.log.push('rebase remove');
         await st.bs.changeBackingFile(null, null);
-        // What the image never touched now reads as zeros; touched clusters hold their data
-        // (copy-on-write copied the backing bytes in).
-        for (let c0 = 0; c0 * cs < model.size; c0++) {
-          if (!setup.touched.has(c0)) model.zero(c0 * cs, Math.min(cs, model.size - c0 * cs));
+        // What the image never touched now reads as zeros; touched units (clusters, or
+        // subclusters) hold their data (copy-on-write copied the backing bytes in).
+        const u = touchUnit(setup);
+        for (let c0 = 0; c0 * u < model.size; c0++) {
+          if (!setup.touched.has(c0)) model.zero(c0 * u, Math.min(u, model.size - c0 * u));
         }
-        // A touched cluster that straddles the end holds, past the end, what copy-on-write
+        // A touched unit that straddles the end holds, past the end, what copy-on-write
         // copied from the backing file (QEMU does not clip the COW at the image end either):
         // a later grow shows it.
-        const last = Math.floor((model.size - 1) / cs);
-        if (setup.touched.has(last) && (last + 1) * cs > model.size && setup.backingView) {
-          const tail = new Uint8Array((last + 1) * cs);
+        const last = Math.floor((model.size - 1) / u);
+        if (setup.touched.has(last) && (last + 1) * u > model.size && setup.backingView) {
+          const tail = new Uint8Array((last + 1) * u);
           tail.set(setup.backingView.subarray(0, Math.min(tail.length, setup.backingView.length)));
           setup.tailView = tail;
         }

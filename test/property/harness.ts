@@ -80,7 +80,10 @@ export interface ImageSetup {
   copyFile?: (from: string, to: string) => void;
   /** After a backing removal: the bytes past the end that a straddling cluster holds. */
   tailView?: Uint8Array;
-  /** Top-image clusters touched by a write (what a backing removal leaves in place). */
+  /**
+   * Top-image units a write touched (clusters, or subclusters: see touchUnit): what a backing
+   * removal leaves in place.
+   */
   touched: Set<number>;
   registry: BlockDriverRegistry;
   open(opts?: { readOnly?: boolean }): Promise<BlockDriverState>;

@@ -54,6 +54,12 @@ export const qcow2SequentialExamples: [Geometry, Command[]][] = [
       { op: 'aio', write: false, span: { at: 0, len: 0, place: 'any' }, seed: 0 },
     ],
   ],
+  // fuzz seed 13013 (qcow2, extended L2): copy-on-read of one 512-byte subcluster fills only
+  // that subcluster; after a backing removal the rest of its cluster reads as zeros.
+  [
+    { clusterSize: 16384, tableSize: 1, size: 3072, backing: 'chain3', backingSize: 3072, backingClusterSize: 4096, seed: 1, formatOptions: { extendedL2: true } },
+    [{ op: 'reopenCor' }, { op: 'aio', write: false, span: { at: 0, len: 0, place: 'any' }, seed: 0 }, { op: 'rebase', how: 'remove' }, { op: 'map' }],
+  ],
 ];
 
 /**

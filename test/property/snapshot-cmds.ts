@@ -13,7 +13,7 @@ import {
   bdrvSnapshotGoto,
   type BlockDriverState,
 } from '../../src/index.js';
-import type { RunState } from './commands.js';
+import { type RunState, touchUnit } from './commands.js';
 
 export type SnapshotAction = 'create' | 'apply' | 'delete';
 
@@ -97,8 +97,8 @@ export async function runSnapshotCommand(st: RunState, c: SnapshotCommand): Prom
       setup.touched = new Set(sn.touched);
       // What the snapshot left to a backing file that has been removed since reads as zeros.
       if (setup.backingView === null) {
-        const cs = setup.geom.clusterSize;
-        for (let k = 0; k * cs < setup.model.size; k++) if (!setup.touched.has(k)) setup.model.zero(k * cs, Math.min(cs, setup.model.size - k * cs));
+        const u = touchUnit(setup);
+        for (let k = 0; k * u < setup.model.size; k++) if (!setup.touched.has(k)) setup.model.zero(k * u, Math.min(u, setup.model.size - k * u));
       }
       return;
     }
