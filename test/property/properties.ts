@@ -13,6 +13,7 @@ import { propBlkdebug, propPowerLoss } from './fault-props.js';
 import { propHuge } from './huge.js';
 import { propMisuse } from './misuse.js';
 import { propQemuInterop, propQemuWrites } from './interop-props.js';
+import { propSnapshotPowerLoss } from './snapshot-powerloss.js';
 import { BlockDriverState, VirtualClock } from '../../src/index.js';
 import { memStoreWrite } from '../../src/drivers/mem/index.js';
 import { commandArb, compareAll, runCommand, runSequence, type Command, type RunState } from './commands.js';
@@ -177,6 +178,7 @@ export const ALL_PROPERTIES: Record<string, PropertyFn> = {
   qemuwrites: propQemuWrites,
   bitmaps: propBitmaps,
   bitmappowerloss: propBitmapPowerLoss,
+  snapshotpowerloss: propSnapshotPowerLoss,
 };
 
 /**

@@ -13,6 +13,7 @@ import { propQemuInterop, propQemuWrites } from './interop-props.js';
 import { propMisuse } from './misuse.js';
 import { propBlkverify, propSequential, propSequentialFile } from './properties.js';
 import { QCOW2_PROFILE } from './qcow2-profile.js';
+import { propSnapshotPowerLoss, snapshotPowerLossStats } from './snapshot-powerloss.js';
 
 const format = QCOW2_PROFILE;
 // A fixed seed: npm test repeats the same cases on every run, so a red CI names a change, not
@@ -62,6 +63,15 @@ describe('qcow2: concurrency and faults', () => {
     // Snapshots created and deleted among the writes, some cut short by the power.
     expect(faultStats.snapshotOps - before.snapshotOps).toBeGreaterThan(5);
     expect(faultStats.snapshotOpsCut - before.snapshotOpsCut).toBeGreaterThan(0);
+  });
+});
+
+describe('qcow2: power loss around snapshots of other sizes and versions', () => {
+  it('grow, shrink, apply across sizes, downgrade and upgrade cut short: old or new state, snapshots intact', async () => {
+    const before = { ...snapshotPowerLossStats };
+    expect(await counted(propSnapshotPowerLoss, 30)).toBeGreaterThan(150);
+    expect(snapshotPowerLossStats.cut - before.cut).toBeGreaterThan(5);
+    expect(snapshotPowerLossStats.completed - before.completed).toBeGreaterThan(5);
   });
 });
 
