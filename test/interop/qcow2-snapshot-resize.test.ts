@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { runOurs } from './img-parity-harness.js';
 import { makeTempDir, removeTempDir, requireQemu, runQemuImg, runQemuIo } from './qemu.js';
-import { firstDiff, ok, runSnapshotSteps, type SnapshotStep } from './qcow2-snapshot-steps.js';
+import { firstDiff, ok, pairDirs, runSnapshotSteps, type SnapshotStep } from './qcow2-snapshot-steps.js';
 
 const qemu = requireQemu();
 
@@ -168,10 +168,7 @@ describe.skipIf(!qemu)('qcow2 resize, apply across sizes and amend with internal
 
   for (const c of CASES) {
     it(c.name, async () => {
-      const dq = join(root, `q${n}`);
-      const db = join(root, `b${n++}`);
-      mkdirSync(dq);
-      mkdirSync(db);
+      const [dq, db] = pairDirs(root, String(n++));
       setUp(c.setup, dq);
       for (const f of ['img.qcow2', 'base.raw']) if (c.setup.some((s) => s.includes(f))) copyFileSync(join(dq, f), join(db, f));
       await runSnapshotSteps(dq, db, c.steps, { identical: true });

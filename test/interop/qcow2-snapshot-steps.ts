@@ -1,7 +1,7 @@
 // Steps on two copies of one qcow2 image with internal snapshots: one copy changed by the real
 // qemu-img, the other by blk-img. The snapshot dates come from the wall clock, so files are
 // compared with the date fields of their snapshot tables zeroed, and printed dates masked.
-import { readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { expect } from 'vitest';
 import { stripSnapshotExtraData } from '../property/snapshot-powerloss.js';
@@ -50,10 +50,23 @@ export type SnapshotStep = string[];
 export interface StepsOptions {
   /** Compare the files after every compared step (QEMU's result is deterministic there). */
   identical: boolean;
+  /**
+   * Stop comparing files after the first step that fails: QEMU 7.2 leaves the increments of
+   * a snapshot that overflowed behind, where we refuse before writing.
+   */
+  untilFailure?: boolean;
+}
+
+/** Two fresh directories under `root` for one case: qemu-img's copy, then blk-img's. */
+export function pairDirs(root: string, tag: string): [string, string] {
+  const dirs: [string, string] = [join(root, `q${tag}`), join(root, `b${tag}`)];
+  for (const d of dirs) mkdirSync(d);
+  return dirs;
 }
 
 /** Run the steps in dq (qemu-img) and db (blk-img), both holding img.qcow2. */
 export async function runSnapshotSteps(dq: string, db: string, steps: readonly SnapshotStep[], opts: StepsOptions): Promise<void> {
+  let compareFiles = opts.identical;
   for (const step of steps) {
     const [kind, ...rest] = step;
     if (kind === 'io' || kind === 'both' || kind === 'strip') {
@@ -72,6 +85,7 @@ export async function runSnapshotSteps(dq: string, db: string, steps: readonly S
     const theirs = maskDateText(runTheirs(args, dq, false));
     const ours = maskDateText(await runOurs(args, db, false));
     expect({ step: args.join(' '), ...ours }).toEqual({ step: args.join(' '), ...theirs });
-    if (opts.identical) expect({ step: args.join(' '), diff: firstDiff(join(db, 'img.qcow2'), join(dq, 'img.qcow2')) }).toEqual({ step: args.join(' '), diff: null });
+    if (opts.untilFailure === true && ours.status !== 0) compareFiles = false;
+    if (compareFiles) expect({ step: args.join(' '), diff: firstDiff(join(db, 'img.qcow2'), join(dq, 'img.qcow2')) }).toEqual({ step: args.join(' '), diff: null });
   }
 }
