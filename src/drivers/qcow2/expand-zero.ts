@@ -26,6 +26,13 @@ import { type BDRVQcow2State, offsetIntoCluster, qcow2File } from './state.js';
 
 const hex = (n: number): string => `0x${n.toString(16)}`;
 
+/** An L2 table offset must be cluster aligned; otherwise the image is corrupt. */
+function checkL2Offset(s: BDRVQcow2State, l2Offset: number, l1Index: number): void {
+  if (offsetIntoCluster(s, l2Offset) === 0) return;
+  qcow2SignalCorruption(s, true, `L2 table offset ${hex(l2Offset)} unaligned (L1 index: ${hex(l1Index)})`);
+  throw new BlockError('EIO', undefined, { op: 'amend' });
+}
+
 /** One L2 table being expanded: where it is, how many L1 tables share it, its entries. */
 interface L2Visit {
   l2Offset: number;
@@ -85,10 +92,7 @@ async function expandActive(s: BDRVQcow2State, step: () => void): Promise<void> 
   for (let i = 0; i < s.l1Table.length; i++) {
     const l2Offset = Number(s.l1Table[i] & L1E_OFFSET_MASK);
     if (l2Offset !== 0) {
-      if (offsetIntoCluster(s, l2Offset) !== 0) {
-        qcow2SignalCorruption(s, true, `L2 table offset ${hex(l2Offset)} unaligned (L1 index: ${hex(i)})`);
-        throw new BlockError('EIO', undefined, { op: 'amend' });
-      }
+      checkL2Offset(s, l2Offset, i);
       const l2Refcount = await qcow2GetRefcount(s, l2Offset / s.clusterSize);
       const table = await l2Load(s, l2Offset);
       const t: L2Visit = { l2Offset, l2Refcount, data: table.data, released: [] };
@@ -115,10 +119,7 @@ async function expandInactive(s: BDRVQcow2State, l1: BigUint64Array, step: () =>
   for (let i = 0; i < l1.length; i++) {
     const l2Offset = Number(l1[i] & L1E_OFFSET_MASK);
     if (l2Offset !== 0) {
-      if (offsetIntoCluster(s, l2Offset) !== 0) {
-        qcow2SignalCorruption(s, true, `L2 table offset ${hex(l2Offset)} unaligned (L1 index: ${hex(i)})`);
-        throw new BlockError('EIO', undefined, { op: 'amend' });
-      }
+      checkL2Offset(s, l2Offset, i);
       const t: L2Visit = { l2Offset, l2Refcount: await qcow2GetRefcount(s, l2Offset / s.clusterSize), data: new Uint8Array(s.clusterSize), released: [] };
       await file.pread(l2Offset, t.data);
       let dirty = false;
