@@ -10,7 +10,7 @@ import { memStoreRestore, memStoreSnapshot, memStripPrefix } from '../../src/dri
 import type { ImageSetup } from './harness.js';
 import { firstDiff, pattern } from './model.js';
 import type { FormatProfile } from './profile.js';
-import { runSnapshotCommand, snapshotCommandArb, type ModelSnapshot, type SnapshotCommand } from './snapshot-cmds.js';
+import { runSnapshotCommand, snapshotCommandArb, snapshotStats, type ModelSnapshot, type SnapshotCommand } from './snapshot-cmds.js';
 
 export type Placement = 'any' | 'sector' | 'cluster' | 'edge';
 
@@ -213,6 +213,7 @@ export async function runCommand(st: RunState, c: Command): Promise<void> {
       }
       // v3 snapshots keep their own size: applying one later resizes back (snapshot-cmds.ts).
       await st.bs.truncate(newSize);
+      if ((st.snapshots?.length ?? 0) > 0 && newSize !== oldSize) snapshotStats.grownWithSnapshots++;
       model.grow(newSize, setup.backingView ?? setup.tailView ?? undefined);
       await learnGrown(st.bs, setup, oldSize, st.log.join('; '), st.cor === true);
       return;

@@ -37,6 +37,9 @@ export interface ModelSnapshot {
   touched: Set<number>;
 }
 
+/** Applies that changed the disk size, and grows of images holding snapshots: the tests see they ran. */
+export const snapshotStats = { appliedAcrossSizes: 0, grownWithSnapshots: 0 };
+
 class SnapshotMismatch extends Error {
   override readonly name = 'ModelMismatch';
 }
@@ -94,6 +97,7 @@ export async function runSnapshotCommand(st: RunState, c: SnapshotCommand): Prom
       if (err instanceof BlockError && err.code === 'EINVAL') return;
       if (err instanceof Error) throw err;
       // The image takes the snapshot's bytes and its size (the snapshot may predate a grow).
+      if (sn.bytes.length !== setup.model.size) snapshotStats.appliedAcrossSizes++;
       setup.model.bytes = sn.bytes.slice();
       setup.touched = new Set(sn.touched);
       const cs = setup.geom.clusterSize;
