@@ -73,6 +73,7 @@ const CASES: Case[] = [
       ['snapshot', '-c', 's1'],
       ['resize', '@', '2M'],
       ['resize', '--shrink', '@', '512k'],
+      ['amend', '-o', 'size=4M', '@'],
       ['snapshot', '-d', 's1'],
       ['resize', '@', '2M'],
     ],
@@ -147,7 +148,7 @@ const CASES: Case[] = [
   {
     name: 'downgrade refused: a snapshot of another size',
     setup: [['create', '-q', '-f', 'qcow2', 'img.qcow2', '1M']],
-    steps: [['snapshot', '-c', 's1'], ['resize', '@', '2M'], ['amend', '-o', 'compat=0.10', '@'], ['info', '@']],
+    steps: [['snapshot', '-c', 's1'], ['resize', '@', '2M'], ['amend', '-o', 'compat=0.10', '@'], ['amend', '-o', 'size=3M', '@'], ['info', '@']],
     reads: [],
   },
 ];
