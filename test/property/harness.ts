@@ -80,6 +80,8 @@ export interface ImageSetup {
   copyFile?: (from: string, to: string) => void;
   /** After a backing removal: the bytes past the end that a straddling cluster holds. */
   tailView?: Uint8Array;
+  /** After a backing removal: the removed file's guest view (what an older snapshot's clusters hold past its end). */
+  removedBacking?: Uint8Array;
   /** Top-image clusters touched by a write (what a backing removal leaves in place). */
   touched: Set<number>;
   registry: BlockDriverRegistry;

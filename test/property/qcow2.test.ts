@@ -13,6 +13,8 @@ import { propQemuInterop, propQemuWrites } from './interop-props.js';
 import { propMisuse } from './misuse.js';
 import { propBlkverify, propSequential, propSequentialFile } from './properties.js';
 import { QCOW2_PROFILE } from './qcow2-profile.js';
+import { snapshotStats } from './snapshot-cmds.js';
+import { propSnapshotPowerLoss, snapshotPowerLossStats } from './snapshot-powerloss.js';
 
 const format = QCOW2_PROFILE;
 // A fixed seed: npm test repeats the same cases on every run, so a red CI names a change, not
@@ -28,9 +30,13 @@ const counted = async (prop: typeof propSequential, numRuns: number): Promise<nu
 describe('qcow2: model-based sequences', () => {
   it('random command sequences read back as the byte-array model, check stays clean', async () => {
     const before = { ...amendStats };
+    const sn = { ...snapshotStats };
     expect(await counted(propSequential, 50)).toBeGreaterThan(60);
     // Amends (compat up and down, lazy refcounts on and off) ran among the commands.
     expect(amendStats.amended - before.amended).toBeGreaterThan(3);
+    // Images with snapshots grew, and snapshots of another size were applied.
+    expect(snapshotStats.grownWithSnapshots - sn.grownWithSnapshots).toBeGreaterThan(0);
+    expect(snapshotStats.appliedAcrossSizes - sn.appliedAcrossSizes).toBeGreaterThan(0);
   });
   it('through blkverify, over host files, API misuse, huge sparse images', async () => {
     expect(await counted(propBlkverify, 20)).toBeGreaterThan(20);
@@ -62,6 +68,15 @@ describe('qcow2: concurrency and faults', () => {
     // Snapshots created and deleted among the writes, some cut short by the power.
     expect(faultStats.snapshotOps - before.snapshotOps).toBeGreaterThan(5);
     expect(faultStats.snapshotOpsCut - before.snapshotOpsCut).toBeGreaterThan(0);
+  });
+});
+
+describe('qcow2: power loss around snapshots of other sizes and versions', () => {
+  it('grow, shrink, apply across sizes, downgrade and upgrade cut short: old or new state, snapshots intact', async () => {
+    const before = { ...snapshotPowerLossStats };
+    expect(await counted(propSnapshotPowerLoss, 30)).toBeGreaterThan(150);
+    expect(snapshotPowerLossStats.cut - before.cut).toBeGreaterThan(5);
+    expect(snapshotPowerLossStats.completed - before.completed).toBeGreaterThan(5);
   });
 });
 

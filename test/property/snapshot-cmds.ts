@@ -37,6 +37,9 @@ export interface ModelSnapshot {
   touched: Set<number>;
 }
 
+/** Applies that changed the disk size, and grows of images holding snapshots: the tests see they ran. */
+export const snapshotStats = { appliedAcrossSizes: 0, grownWithSnapshots: 0 };
+
 class SnapshotMismatch extends Error {
   override readonly name = 'ModelMismatch';
 }
@@ -93,12 +96,18 @@ export async function runSnapshotCommand(st: RunState, c: SnapshotCommand): Prom
       // clusters twice: refused before anything is written, the guest sees what it saw.
       if (err instanceof BlockError && err.code === 'EINVAL') return;
       if (err instanceof Error) throw err;
-      setup.model.bytes.set(sn.bytes);
+      // The image takes the snapshot's bytes and its size (the snapshot may predate a grow).
+      if (sn.bytes.length !== setup.model.size) snapshotStats.appliedAcrossSizes++;
+      setup.model.bytes = sn.bytes.slice();
       setup.touched = new Set(sn.touched);
+      const cs = setup.geom.clusterSize;
       // What the snapshot left to a backing file that has been removed since reads as zeros.
       if (setup.backingView === null) {
-        const cs = setup.geom.clusterSize;
         for (let k = 0; k * cs < setup.model.size; k++) if (!setup.touched.has(k)) setup.model.zero(k * cs, Math.min(cs, setup.model.size - k * cs));
+        // Past the end of its last cluster, the snapshot keeps what copy-on-write put there
+        // then: the removed backing file's bytes (a later grow shows them) or zeros.
+        const last = Math.floor((setup.model.size - 1) / cs);
+        setup.tailView = setup.touched.has(last) && setup.model.size % cs !== 0 ? setup.removedBacking : undefined;
       }
       return;
     }

@@ -9,13 +9,13 @@
  * leaves the old version with valid contents, and at worst leaked clusters.
  */
 import type { AmendStatus, CreateOptions, CreateOptionSpec } from '../../block/driver.js';
-import { BlockError, type BlockErrorCode } from '../../block/errors.js';
-import { getL2Entry, l2Load, l2OffsetOf, setL2Entry } from './cluster.js';
-import { qcow2PreWriteOverlapCheck } from './corrupt.js';
-import { clusterType, L2E_OFFSET_MASK, QCOW_OFLAG_COPIED } from './entries.js';
+import { BlockError, type BlockErrorCode, toBlockError } from '../../block/errors.js';
+import { getL2Entry, l2Load, l2OffsetOf } from './cluster.js';
+import { clusterType, L2E_OFFSET_MASK } from './entries.js';
+import { qcow2ExpandZeroClusters } from './expand-zero.js';
 import { QCOW2_COMPAT_LAZY_REFCOUNTS, QCOW2_COMPRESSION_TYPE_ZLIB, QCOW2_INCOMPAT_COMPRESSION, QCOW2_INCOMPAT_DIRTY } from './header.js';
-import { qcow2AllocClusters, qcow2FreeClusters, qcow2GetRefcount } from './refcount.js';
 import { qcow2ChangeRefcountOrder } from './refcount-order.js';
+import { qcow2WriteSnapshots } from './snapshot.js';
 import { qcow2ReadSnapshots } from './snapshot-table.js';
 import { type BDRVQcow2State, qcow2File, qcow2IsDirty } from './state.js';
 
@@ -160,9 +160,19 @@ async function markClean(s: BDRVQcow2State): Promise<void> {
 
 async function upgrade(s: BDRVQcow2State, progress: AmendProgress): Promise<void> {
   progress.report(0, 2);
-  // v3 wants 16 bytes of extra data in each snapshot entry; rewriting the table is not done here.
-  const raw = await rawSnapshotExtraSizes(s);
-  if (raw.some((n) => n < 16)) fail('Failed to update the snapshot table: snapshot entries without extra data are not supported by this implementation', 'ENOTSUP');
+  // v3 wants the 64-bit VM state size and the disk size (16 bytes of extra data) in every
+  // snapshot entry. The table is rewritten whole in the form QEMU 7.2 writes (24 bytes, icount
+  // unrecorded where the entry had none), at a new place: flushed, then the header's pointer
+  // switched, then the old table freed. A crash before the version switch below leaves a v2
+  // image whose table is merely longer.
+  if ((await rawSnapshotExtraSizes(s)).some((n) => n < 16)) {
+    try {
+      await qcow2WriteSnapshots(s, await qcow2ReadSnapshots(s));
+    } catch (e) {
+      const be = toBlockError(e);
+      fail(`Failed to update the snapshot table: ${be.errnoMessage}`, be.code);
+    }
+  }
   progress.report(1, 2);
   await rewriteHeader(s, () => void (s.header.version = 3));
   progress.report(2, 2);
@@ -182,59 +192,6 @@ async function rawSnapshotExtraSizes(s: BDRVQcow2State): Promise<number[]> {
     pos += (40 + extra + v.getUint16(12) + v.getUint16(14) + 7) & ~7;
   }
   return out;
-}
-
-/**
- * qcow2_expand_zero_clusters: v2 has no zero flag. Without a backing file a plain zero
- * cluster may simply become unallocated; otherwise (and for preallocated ones) the cluster
- * is written with zeros and the entry points at it. Order per cluster: allocate (refcount),
- * write the zeros, then the L2 entry, which may reach the disk only after both (the L2
- * cache depends on the refcount cache and on a flush of the data).
- */
-async function expandZeroClusters(s: BDRVQcow2State, progress: AmendProgress): Promise<void> {
-  const snapshots = await qcow2ReadSnapshots(s);
-  const total = s.l1Table.length + snapshots.reduce((n, sn) => n + sn.l1Size, 0);
-  let visited = 0;
-  if (snapshots.length > 0) fail('Failed to turn zero into data clusters: images with internal snapshots are not supported by this implementation', 'ENOTSUP');
-  for (let i = 0; i < s.l1Table.length; i++) {
-    if ((s.l1Table[i] & L2E_OFFSET_MASK) === 0n) {
-      progress.report(++visited, total);
-      continue;
-    }
-    const l2Offset = l2OffsetOf(s, i);
-    const l2Refcount = await qcow2GetRefcount(s, l2Offset / s.clusterSize);
-    const table = await l2Load(s, l2Offset);
-    try {
-      for (let j = 0; j < s.l2Size; j++) {
-        const entry = getL2Entry(s, table.data, j);
-        const type = clusterType(entry, true);
-        if (type !== 'zero-plain' && type !== 'zero-alloc') continue;
-        let offset = Number(entry & L2E_OFFSET_MASK);
-        if (type === 'zero-plain') {
-          if (s.bs.backing === null) {
-            s.l2Cache.markDirty(table);
-            setL2Entry(s, table.data, j, 0n);
-            continue;
-          }
-          offset = await qcow2AllocClusters(s, s.clusterSize);
-        }
-        qcow2PreWriteOverlapCheck(s, 0, offset, s.clusterSize);
-        try {
-          await qcow2File(s).writeZeroes(offset, s.clusterSize);
-        } catch (e) {
-          if (type === 'zero-plain') await qcow2FreeClusters(s, offset, s.clusterSize, 'always');
-          throw e;
-        }
-        s.l2Cache.markDirty(table);
-        setL2Entry(s, table.data, j, BigInt(offset) | (l2Refcount === 1 ? QCOW_OFLAG_COPIED : 0n));
-        await s.l2Cache.setDependency(s.refcountCache);
-        s.l2Cache.dependOnFlush();
-      }
-    } finally {
-      s.l2Cache.put(table);
-    }
-    progress.report(++visited, total);
-  }
 }
 
 async function hasCompressedClusters(s: BDRVQcow2State): Promise<boolean> {
@@ -265,7 +222,7 @@ async function downgrade(s: BDRVQcow2State, progress: AmendProgress): Promise<vo
   s.header.compatibleFeatures = 0n;
   s.header.autoclearFeatures = 0n;
   s.useLazyRefcounts = false;
-  await expandZeroClusters(s, progress);
+  await qcow2ExpandZeroClusters(s, progress.report);
   if ((s.header.incompatibleFeatures & QCOW2_INCOMPAT_COMPRESSION) !== 0n) {
     if (await hasCompressedClusters(s)) fail('Cannot downgrade an image with zstd compression type and existing compressed clusters', 'ENOTSUP');
     s.header.incompatibleFeatures &= ~QCOW2_INCOMPAT_COMPRESSION;

@@ -134,7 +134,9 @@ export async function qcow2Truncate(s: BDRVQcow2State, size: number, prealloc: s
   await s.lock.run(async () => {
     // A shrink frees clusters: no write may be in flight to them (inflight.ts).
     await qcow2WaitInFlight(s, 0, Number.POSITIVE_INFINITY);
-    if (s.header.nbSnapshots > 0) throw new BlockError('ENOTSUP', "Can't resize an image which has snapshots", { op: 'truncate' });
+    // v3 snapshots record their own disk size (applying one resizes back); v2 entries need
+    // not, so a v2 image with snapshots keeps its size, as in QEMU.
+    if (s.header.nbSnapshots > 0 && s.header.version < 3) throw new BlockError('ENOTSUP', "Can't resize a v2 image which has snapshots", { op: 'truncate' });
     if (s.extendedL2 && prealloc !== 'off') throw new BlockError('ENOTSUP', 'Preallocation with extended L2 entries is not supported', { op: 'truncate' });
     const old = s.header.size;
     const newL1 = sizeToL1(size, s.clusterBits, s.extendedL2);

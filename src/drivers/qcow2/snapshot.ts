@@ -50,7 +50,7 @@ function newSnapshotId(list: readonly QCowSnapshot[]): string {
 }
 
 /** qcow2_validate_table for a snapshot's L1 table. */
-function validateSnapshotL1(s: BDRVQcow2State, sn: QCowSnapshot): void {
+export function validateSnapshotL1(s: BDRVQcow2State, sn: QCowSnapshot): void {
   if (sn.l1Size * 8 > QCOW_MAX_L1_SIZE) throw new BlockError('EFBIG', 'Snapshot L1 table too large', { op: 'snapshot' });
   if (sn.l1TableOffset % s.clusterSize !== 0) throw new BlockError('EINVAL', 'Snapshot L1 table offset invalid', { op: 'snapshot' });
 }
@@ -60,7 +60,7 @@ function validateSnapshotL1(s: BDRVQcow2State, sn: QCowSnapshot): void {
  * offset switched with one synchronous 12-byte write, then the old table freed. An empty
  * table is recorded as offset 0, as QEMU does.
  */
-async function qcow2WriteSnapshots(s: BDRVQcow2State, list: readonly QCowSnapshot[]): Promise<void> {
+export async function qcow2WriteSnapshots(s: BDRVQcow2State, list: readonly QCowSnapshot[]): Promise<void> {
   const file = qcow2File(s);
   const table = encodeSnapshotTable(list);
   if (table.length > QCOW_MAX_SNAPSHOTS_SIZE) throw new BlockError('EFBIG', 'Snapshot table is too big', { op: 'snapshot' });
@@ -162,13 +162,14 @@ export async function qcow2SnapshotGoto(bs: BlockDriverState, idOrName: string):
   if (i < 0) throw new BlockError('ENOENT', undefined, { op: 'snapshot_goto' });
   const sn = list[i];
   validateSnapshotL1(s, sn);
-  if (sn.diskSize !== s.header.size) {
-    throw new BlockError('ENOTSUP', 'qcow2: Loading snapshots with different disk size is not implemented', { op: 'snapshot_goto' });
-  }
   // As for create: a count that would overflow (narrow refcount_bits, e.g. after an amend)
   // is refused before anything is written, instead of failing half-way through the +1 walk.
   const fits = await s.lock.run(async () => qcow2SnapshotRefcountsFit(s, await qcow2ReadL1(s, sn.l1TableOffset, sn.l1Size)));
   if (!fits) throw new BlockError('EINVAL', undefined, { op: 'snapshot_goto' });
+  // The image takes the snapshot's size first, through the node so that its length follows
+  // (QEMU's blk_truncate, exact, no preallocation). The resize is complete on disk before the
+  // apply starts: a crash in between leaves a valid image of the snapshot's size.
+  if (sn.diskSize !== s.header.size) await bs.truncate(sn.diskSize, 'off');
   await underDirtyBit(s, 'snapshot_goto', async () => {
     const file = qcow2File(s);
     // The active L1 must be able to take the snapshot's entries; a shorter snapshot table
