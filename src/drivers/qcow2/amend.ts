@@ -18,6 +18,7 @@ import { qcow2AllocClusters, qcow2FreeClusters, qcow2GetRefcount } from './refco
 import { qcow2ChangeRefcountOrder } from './refcount-order.js';
 import { qcow2ReadSnapshots } from './snapshot-table.js';
 import { type BDRVQcow2State, qcow2File, qcow2IsDirty } from './state.js';
+import { qcow2HasDataFile } from './data-file.js';
 
 /** QEMU 7.2's amend options for qcow2 (qcow2_amend_opts), in its order. */
 export const qcow2AmendOptions: readonly CreateOptionSpec[] = [
@@ -252,7 +253,7 @@ async function hasCompressedClusters(s: BDRVQcow2State): Promise<boolean> {
 
 async function downgrade(s: BDRVQcow2State, progress: AmendProgress): Promise<void> {
   if (s.refcountOrder !== 4) fail('compat=0.10 requires refcount_bits=16', 'ENOTSUP');
-  if (s.dataFile !== null) fail('Cannot downgrade an image with a data file', 'ENOTSUP');
+  if (qcow2HasDataFile(s)) fail('Cannot downgrade an image with a data file', 'ENOTSUP');
   for (const sn of await qcow2ReadSnapshots(s)) {
     if (sn.vmStateSize > 0xffffffff || sn.diskSize !== s.header.size) fail('Internal snapshots prevent downgrade of image', 'ENOTSUP');
   }
