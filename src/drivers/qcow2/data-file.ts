@@ -54,7 +54,8 @@ export async function qcow2OpenDataFile(bs: BlockDriverState, header: QCowHeader
     if ((header.autoclearFeatures & QCOW2_AUTOCLEAR_DATA_FILE_RAW) !== 0n) fail('data-file-raw requires a data file');
     return;
   }
-  if (options.noIO === true) return;
+  // Given by the creator of a new image (QEMU passes its node by name), or not needed.
+  if (bs.dataFile !== null || options.noIO === true) return;
   // The options first (they win over the recorded name), then the name the image records.
   const child = await bdrvOpenChild(bs, 'data-file', imageDataFile);
   if (!child) fail("'data-file' is required for this image");
