@@ -23,6 +23,7 @@ import {
 } from './header.js';
 import { qcow2CoPwritevCompressedPart } from './compress-write.js';
 import { qcow2CoPreadv, qcow2CoPwritev } from './io.js';
+import { qcow2MakeEmpty } from './make-empty.js';
 import { qcow2Measure } from './measure.js';
 import { qcow2AmendOptions, qcow2AmendOptionsHook } from './amend.js';
 import { qcow2DoOpen, qcow2UpdateHeader } from './open.js';
@@ -269,6 +270,7 @@ export const qcow2Driver: BlockDriver = {
   changeBackingFile: qcow2ChangeBackingFile,
   invalidateCache: qcow2InvalidateCache,
   check: (bs, fix) => qcow2Check(qcow2State(bs), fix),
+  makeEmpty: (bs) => qcow2MakeEmpty(qcow2State(bs)),
   canStoreNewDirtyBitmap: (bs, name, granularity) => Promise.resolve(qcow2CanStoreNewDirtyBitmap(qcow2State(bs), name, granularity, bdrvNodeName(bs))),
   supportsPersistentDirtyBitmap: (bs) => qcow2State(bs).header.version >= 3,
   removePersistentDirtyBitmap: (bs, name) => qcow2RemovePersistentDirtyBitmap(qcow2State(bs), name),
