@@ -20,7 +20,7 @@ import { qcow2WaitInFlight } from './inflight.js';
 import { qcow2CoPwritev } from './io.js';
 import { type Qcow2DiscardType, qcow2FreeAnyCluster } from './refcount.js';
 import type { BDRVQcow2State } from './state.js';
-import { qcow2HasDataFile } from './data-file.js';
+import { qcow2DataFileIsRaw, qcow2DataNode, qcow2HasDataFile } from './data-file.js';
 
 function isAllocatedType(t: string): boolean {
   return t === 'compressed' || t === 'normal' || t === 'zero-alloc';
@@ -91,6 +91,8 @@ export async function qcow2ClusterDiscard(s: BDRVQcow2State, offset: number, byt
 
 /** Zero cluster-aligned [offset, offset+bytes) (qcow2_subcluster_zeroize); s.lock held. */
 async function qcow2ClusterZeroize(s: BDRVQcow2State, offset: number, bytes: number, mayUnmap: boolean): Promise<void> {
+  // A raw data file must read as the disk without the metadata: zeroed there first.
+  if (qcow2DataFileIsRaw(s)) await qcow2DataNode(s).writeZeroes(offset, bytes, { mayUnmap });
   if (s.header.version < 3) {
     // v2 has no zero flag; without a backing file an unallocated cluster reads as zeros.
     if (!s.bs.backing) return qcow2ClusterDiscard(s, offset, bytes, 'request', false);
