@@ -50,7 +50,10 @@ export async function qcow2OpenDataFile(bs: BlockDriverState, header: QCowHeader
     throw new BlockError('EINVAL', message, { op: 'open', path: bs.filename });
   };
   if ((header.incompatibleFeatures & QCOW2_INCOMPAT_DATA_FILE) === 0n) {
-    if (options.childOptions?.['data-file'] !== undefined) fail("'data-file' can only be set for images with an external data file");
+    // Without guest I/O the option is not looked at (qemu-img info takes it silently).
+    if (options.childOptions?.['data-file'] !== undefined && options.noIO !== true) {
+      fail("'data-file' can only be set for images with an external data file");
+    }
     if ((header.autoclearFeatures & QCOW2_AUTOCLEAR_DATA_FILE_RAW) !== 0n) fail('data-file-raw requires a data file');
     return;
   }
