@@ -117,7 +117,8 @@ export async function qcow2DoOpen(bs: BlockDriverState, options: OpenOptions): P
   });
   const s = {} as BDRVQcow2State;
   // Data written to a data file must be durable before an L2 entry points at it.
-  const hooks = { file: () => file, flushData: () => bs.dataFile?.flush() ?? Promise.resolve() };
+  const dataFile = bs.dataFile;
+  const hooks = { file: () => file, ...(dataFile ? { flushData: () => dataFile.flush() } : {}) };
   Object.assign(s, {
     bs,
     header,
