@@ -188,11 +188,14 @@ export async function buildImage(
   }
 
   const top = name(`top.${format}`);
+  const created = profile.createOptions(geom);
+  // An external data file (qcow2) lives beside the image, in the same namespace.
+  if (typeof created.dataFile === 'string') created.dataFile = name(created.dataFile);
   await bdrvCreate(top, {
     format,
     options: {
       size: geom.size,
-      ...profile.createOptions(geom),
+      ...created,
       ...(backing ? { backingFile: backing.name, backingFmt: backing.fmt } : {}),
     },
     registry,
@@ -220,6 +223,7 @@ export async function buildImage(
 export function cleanupPrefix(prefix: string): void {
   for (const n of memStoreNames()) if (n.startsWith(`${prefix}-`)) memStoreDelete(n);
   for (const fmt of ['qed', 'qcow2']) powerlossStoreDelete(`${prefix}-top.${fmt}`);
+  powerlossStoreDelete(`${prefix}-data.raw`);
 }
 
 /** fast-check parameters shared by every property. */

@@ -68,6 +68,8 @@ describe('qcow2: concurrency and faults', () => {
     // Snapshots created and deleted among the writes, some cut short by the power.
     expect(faultStats.snapshotOps - before.snapshotOps).toBeGreaterThan(5);
     expect(faultStats.snapshotOpsCut - before.snapshotOpsCut).toBeGreaterThan(0);
+    // Images with an external data file lost power with it.
+    expect(faultStats.dataFileCrashes - before.dataFileCrashes).toBeGreaterThan(2);
   });
 });
 

@@ -52,6 +52,8 @@ export async function snapshotCreate(bs: BlockDriverState, name: string): Promis
   } catch (e) {
     // Narrow refcounts (1 or 2 bits) cannot count a second reference.
     if (e instanceof BlockError && e.code === 'EINVAL') return false;
+    // Data in an external data file cannot be shared with a snapshot: QEMU refuses them too.
+    if (e instanceof BlockError && e.code === 'ENOTSUP' && bs.dataFile !== null) return false;
     throw e;
   }
 }

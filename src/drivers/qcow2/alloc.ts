@@ -30,6 +30,7 @@ import {
   sizeToClusters,
   startOfCluster,
 } from './state.js';
+import { qcow2HasDataFile } from './data-file.js';
 
 /** A new allocation waiting for its L2 update (QEMU's QCowL2Meta). */
 export interface Qcow2L2Meta {
@@ -56,7 +57,7 @@ const INV_OFFSET = -1;
 
 /** Does writing this entry need a new cluster (cluster_needs_new_alloc)? */
 function needsNewAlloc(s: BDRVQcow2State, entry: bigint): boolean {
-  const t = clusterType(entry, s.header.version >= 3);
+  const t = clusterType(entry, s.header.version >= 3, qcow2HasDataFile(s));
   if ((t === 'normal' || t === 'zero-alloc') && (entry & QCOW_OFLAG_COPIED) !== 0n) return false;
   return true;
 }
@@ -90,11 +91,12 @@ function calculateL2Meta(
   const cowEndFrom = cowStartTo + bytes;
   const nbClusters = sizeToClusters(s, cowEndFrom);
   const v3 = s.header.version >= 3;
-  const firstType = clusterType(getL2Entry(s, data, l2Index), v3);
-  const lastType = clusterType(getL2Entry(s, data, l2Index + nbClusters - 1), v3);
+  const dataFile = qcow2HasDataFile(s);
+  const firstType = clusterType(getL2Entry(s, data, l2Index), v3, dataFile);
+  const lastType = clusterType(getL2Entry(s, data, l2Index + nbClusters - 1), v3, dataFile);
   let normal = 0;
   if (keepOld) {
-    for (let i = 0; i < nbClusters; i++) if (clusterType(getL2Entry(s, data, l2Index + i), v3) === 'normal') normal++;
+    for (let i = 0; i < nbClusters; i++) if (clusterType(getL2Entry(s, data, l2Index + i), v3, dataFile) === 'normal') normal++;
     // Clusters written in place need nothing, unless they read as zeros (zero-alloc): then
     // the untouched parts must be zeroed on disk before the zero flag goes.
     if (normal === nbClusters) return null;
@@ -178,7 +180,11 @@ function handleAlloc(s: BDRVQcow2State, guest: number, hostOffset: number, bytes
     nb = Math.min(nb, Math.floor(0x7fffffff / s.clusterSize));
     nb = countSingleWriteClusters(s, nb, data, l2Index, true);
     let allocOffset: number;
-    if (hostOffset === INV_OFFSET) {
+    if (qcow2HasDataFile(s)) {
+      // A data file maps each guest cluster to the same host offset, counted by nobody
+      // (do_alloc_cluster_offset); a later piece continues right there as well.
+      allocOffset = startOfCluster(s, guest);
+    } else if (hostOffset === INV_OFFSET) {
       allocOffset = await qcow2AllocClusters(s, nb * s.clusterSize);
     } else {
       allocOffset = startOfCluster(s, hostOffset);

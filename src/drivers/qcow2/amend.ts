@@ -1,6 +1,7 @@
 /**
  * qemu-img amend for qcow2 (QEMU's qcow2_amend_options): compat 0.10 <-> 1.1, refcount_bits,
- * lazy_refcounts, size, and the options QEMU accepts only when they change nothing (backing file, data file).
+ * lazy_refcounts, size, the data file's name and its raw flag (cleared only), and the backing file
+ * options QEMU accepts only when they change nothing.
  *
  * The steps run in QEMU's order, each leaving an image that opens with its data intact:
  * upgrade first (v3 can describe everything v2 can), the refcount width, then the header rewrite and lazy
@@ -13,11 +14,12 @@ import { BlockError, type BlockErrorCode, toBlockError } from '../../block/error
 import { getL2Entry, l2Load, l2OffsetOf } from './cluster.js';
 import { clusterType, L2E_OFFSET_MASK } from './entries.js';
 import { qcow2ExpandZeroClusters } from './expand-zero.js';
-import { QCOW2_COMPAT_LAZY_REFCOUNTS, QCOW2_COMPRESSION_TYPE_ZLIB, QCOW2_INCOMPAT_COMPRESSION, QCOW2_INCOMPAT_DIRTY } from './header.js';
+import { QCOW2_AUTOCLEAR_DATA_FILE_RAW, QCOW2_COMPAT_LAZY_REFCOUNTS, QCOW2_COMPRESSION_TYPE_ZLIB, QCOW2_INCOMPAT_COMPRESSION, QCOW2_INCOMPAT_DIRTY } from './header.js';
 import { qcow2ChangeRefcountOrder } from './refcount-order.js';
 import { qcow2WriteSnapshots } from './snapshot.js';
 import { qcow2ReadSnapshots } from './snapshot-table.js';
 import { type BDRVQcow2State, qcow2File, qcow2IsDirty } from './state.js';
+import { qcow2DataFileIsRaw, qcow2HasDataFile } from './data-file.js';
 
 /** QEMU 7.2's amend options for qcow2 (qcow2_amend_opts), in its order. */
 export const qcow2AmendOptions: readonly CreateOptionSpec[] = [
@@ -48,11 +50,14 @@ interface AmendPlan {
   backingFmt: string | null | undefined;
   lazyRefcounts: boolean;
   refcountBits: number;
+  /** The data file name to record ('' drops it: the image then needs the data-file option). */
+  dataFile: string | undefined;
+  dataFileRaw: boolean;
 }
 
 /** The options in qcow2_amend_opts order, with QEMU's checks and messages. */
 function amendPlan(s: BDRVQcow2State, options: CreateOptions): AmendPlan {
-  const p: AmendPlan = { version: s.header.version, size: 0, backingFile: undefined, backingFmt: undefined, lazyRefcounts: s.useLazyRefcounts, refcountBits: 2 ** s.refcountOrder };
+  const p: AmendPlan = { version: s.header.version, size: 0, backingFile: undefined, backingFmt: undefined, lazyRefcounts: s.useLazyRefcounts, refcountBits: 2 ** s.refcountOrder, dataFile: undefined, dataFileRaw: qcow2DataFileIsRaw(s) };
   for (const spec of qcow2AmendOptions) {
     const v = options[spec.key];
     if (v === undefined) continue;
@@ -82,11 +87,14 @@ function amendPlan(s: BDRVQcow2State, options: CreateOptions): AmendPlan {
         break;
       }
       case 'data_file':
-        // Images with an external data file are not opened here, so there is none to rename.
-        if (v !== '') fail('data-file can only be set for images that use an external data file');
+        // Only renamed (or its name dropped): moving the data into or out of the image is not amend's.
+        if (!qcow2HasDataFile(s)) fail('data-file can only be set for images that use an external data file');
+        p.dataFile = String(v);
         break;
       case 'data_file_raw':
-        if (v === true) fail('data-file-raw cannot be set on existing images');
+        // Clearing is always safe; setting would claim what nobody checked.
+        if (v === true && !qcow2DataFileIsRaw(s)) fail('data-file-raw cannot be set on existing images');
+        p.dataFileRaw = v === true;
         break;
     }
   }
@@ -209,7 +217,7 @@ async function hasCompressedClusters(s: BDRVQcow2State): Promise<boolean> {
 
 async function downgrade(s: BDRVQcow2State, progress: AmendProgress): Promise<void> {
   if (s.refcountOrder !== 4) fail('compat=0.10 requires refcount_bits=16', 'ENOTSUP');
-  if (s.dataFile !== null) fail('Cannot downgrade an image with a data file', 'ENOTSUP');
+  if (qcow2HasDataFile(s)) fail('Cannot downgrade an image with a data file', 'ENOTSUP');
   for (const sn of await qcow2ReadSnapshots(s)) {
     if (sn.vmStateSize > 0xffffffff || sn.diskSize !== s.header.size) fail('Internal snapshots prevent downgrade of image', 'ENOTSUP');
   }
@@ -249,7 +257,17 @@ export async function qcow2AmendOptionsHook(s: BDRVQcow2State, options: CreateOp
     progress.current = 'refcount order';
     await qcow2ChangeRefcountOrder(s, Math.log2(p.refcountBits), progress.report);
   }
-  await rewriteHeader(s, () => undefined);
+  // The data file's name and raw flag go with the header rewrite every amend does.
+  const oldDataFile = s.imageDataFile;
+  try {
+    await rewriteHeader(s, () => {
+      if (p.dataFile !== undefined) s.imageDataFile = p.dataFile === '' ? null : p.dataFile;
+      if (!p.dataFileRaw) s.header.autoclearFeatures &= ~QCOW2_AUTOCLEAR_DATA_FILE_RAW;
+    });
+  } catch (e) {
+    s.imageDataFile = oldDataFile;
+    throw e;
+  }
   if (p.backingFile !== undefined || p.backingFmt !== undefined) {
     if ((p.backingFile ?? null) !== s.backingFile || (p.backingFmt ?? null) !== s.backingFormat) {
       fail("Cannot amend the backing file\nYou can use 'qemu-img rebase' instead.");

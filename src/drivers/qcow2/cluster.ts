@@ -8,6 +8,7 @@
  */
 import { BlockError } from '../../block/errors.js';
 import type { CacheEntry } from './cache.js';
+import { qcow2HasDataFile } from './data-file.js';
 import { QCOW2_OL_ACTIVE_L1, qcow2OverlapIndexChanged, qcow2PreWriteOverlapCheck, qcow2SignalCorruption } from './corrupt.js';
 import {
   L1E_OFFSET_MASK,
@@ -68,7 +69,7 @@ export function l2Load(s: BDRVQcow2State, l2Offset: number): Promise<CacheEntry>
 }
 
 function typeAt(s: BDRVQcow2State, data: Uint8Array, index: number, sc: number): Qcow2SubclusterType {
-  return subclusterType(getL2Entry(s, data, index), getL2Bitmap(s, data, index), sc, s.extendedL2, true);
+  return subclusterType(getL2Entry(s, data, index), getL2Bitmap(s, data, index), sc, s.extendedL2, true, qcow2HasDataFile(s));
 }
 
 function kindOf(t: Qcow2SubclusterType): Qcow2RunKind | 'invalid' {
@@ -121,6 +122,15 @@ export async function qcow2GetHostOffset(s: BDRVQcow2State, offset: number, byte
       throw new BlockError('EIO', undefined, { op: 'read', offset });
     }
     if (kind === 'compressed') {
+      // Compressed data would have to live in the qcow2 file, which holds no data here.
+      if (qcow2HasDataFile(s)) {
+        qcow2SignalCorruption(
+          s,
+          true,
+          `Compressed cluster entry found in image with external data file (L2 offset: 0x${l2Offset.toString(16)}, L2 index: 0x${l2Index.toString(16)})`,
+        );
+        throw new BlockError('EIO', undefined, { op: 'read', offset });
+      }
       // One compressed cluster per run: each has its own descriptor.
       const len = Math.min(maxBytes, cs - offsetIntoCluster(s, offset));
       return { kind, type: first, bytes: len, hostOffset: 0, allocated: false, l2Entry: entry };

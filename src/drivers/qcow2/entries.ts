@@ -20,12 +20,18 @@ export const QCOW_L2_BITMAP_ALL_ZEROES = 0xffffffff00000000n;
 
 export type Qcow2ClusterType = 'unallocated' | 'zero-plain' | 'zero-alloc' | 'normal' | 'compressed';
 
-/** Classify a standard L2 entry (bit 0 counts only when `zeroBit`: v3 without extended L2). */
-export function clusterType(entry: bigint, zeroBit = true): Qcow2ClusterType {
+/**
+ * Classify a standard L2 entry (bit 0 counts only when `zeroBit`: v3 without extended L2).
+ * `dataFile`: the image has an external data file, where offset 0 is a valid data offset;
+ * there every data cluster has COPIED set (its refcount is 1 by definition), which tells
+ * cluster 0 from an unallocated entry.
+ */
+export function clusterType(entry: bigint, zeroBit = true, dataFile = false): Qcow2ClusterType {
   if ((entry & QCOW_OFLAG_COMPRESSED) !== 0n) return 'compressed';
   const offset = entry & L2E_OFFSET_MASK;
   if (zeroBit && (entry & QCOW_OFLAG_ZERO) !== 0n) return offset !== 0n ? 'zero-alloc' : 'zero-plain';
-  return offset !== 0n ? 'normal' : 'unallocated';
+  if (offset !== 0n) return 'normal';
+  return dataFile && (entry & QCOW_OFLAG_COPIED) !== 0n ? 'normal' : 'unallocated';
 }
 
 export function l2EntryOffset(entry: bigint): number {
@@ -82,8 +88,8 @@ export type Qcow2SubclusterType =
   | 'unallocated-alloc'
   | 'invalid';
 
-export function subclusterType(entry: bigint, bitmap: bigint, sc: number, extendedL2: boolean, zeroBit: boolean): Qcow2SubclusterType {
-  const t = clusterType(entry, zeroBit && !extendedL2);
+export function subclusterType(entry: bigint, bitmap: bigint, sc: number, extendedL2: boolean, zeroBit: boolean, dataFile = false): Qcow2SubclusterType {
+  const t = clusterType(entry, zeroBit && !extendedL2, dataFile);
   if (!extendedL2) {
     switch (t) {
       case 'unallocated':

@@ -19,6 +19,7 @@ import { type BDRVQcow2State, qcow2File } from './state.js';
 import { encodeTable, L1_TABLE, qcow2SwitchTable } from './table-switch.js';
 import { qcow2ClusterDiscard } from './zero.js';
 import { qcow2WaitInFlight } from './inflight.js';
+import { qcow2DataNode, qcow2HasDataFile } from './data-file.js';
 
 /** Move the active L1 to a bigger table (qcow2_grow_l1_table). */
 export async function qcow2GrowL1Table(s: BDRVQcow2State, minSize: number, exactSize: boolean): Promise<void> {
@@ -155,7 +156,12 @@ export async function qcow2Truncate(s: BDRVQcow2State, size: number, prealloc: s
     } else {
       await qcow2GrowL1Table(s, newL1, true);
     }
-    if (prealloc === 'metadata') await preallocateMetadata(s, old, size);
+    if (qcow2HasDataFile(s)) {
+      // The data file follows the size; preallocation is the metadata here, the data file's
+      // own allocation is its protocol's.
+      if (prealloc === 'off') await qcow2DataNode(s).truncate(size);
+      else await preallocateMetadata(s, old, size, prealloc);
+    } else if (prealloc === 'metadata') await preallocateMetadata(s, old, size);
     else if (prealloc === 'falloc' || prealloc === 'full') await preallocateData(s, old, size, prealloc);
     // The new size goes last: everything it exposes is in place.
     const buf = new Uint8Array(8);

@@ -26,6 +26,7 @@ import { encodeTable } from './table-switch.js';
 import { qcow2FlushLocked, qcow2ReadL1, qcow2SnapshotRefcountsFit, qcow2UpdateSnapshotRefcount } from './snapshot-refcount.js';
 import { QCOW_MAX_SNAPSHOTS_SIZE, encodeSnapshotTable, qcow2ReadSnapshots, type QCowSnapshot } from './snapshot-table.js';
 import { type BDRVQcow2State, qcow2File, qcow2IsDirty, qcow2State } from './state.js';
+import { qcow2HasDataFile } from './data-file.js';
 
 /** find_snapshot_by_id_and_name: by both, by id only or by name only (absent = not compared). */
 function findSnapshot(list: readonly QCowSnapshot[], id: string | undefined, name: string | undefined): number {
@@ -122,7 +123,7 @@ export async function qcow2SnapshotCreate(bs: BlockDriverState, info: QEMUSnapsh
   const s = qcow2State(bs);
   const list = await s.lock.run(() => qcow2ReadSnapshots(s));
   if (list.length >= QCOW_MAX_SNAPSHOTS) throw new BlockError('EFBIG', undefined, { op: 'snapshot_create' });
-  if (s.dataFile !== null) throw new BlockError('ENOTSUP', undefined, { op: 'snapshot_create' });
+  if (qcow2HasDataFile(s)) throw new BlockError('ENOTSUP', undefined, { op: 'snapshot_create' });
   const id = info.id !== '' ? info.id : newSnapshotId(list);
   if (findSnapshot(list, id, undefined) >= 0) throw new BlockError('EEXIST', undefined, { op: 'snapshot_create' });
   // A count that would overflow is refused before anything is written.

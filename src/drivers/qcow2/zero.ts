@@ -20,6 +20,7 @@ import { qcow2WaitInFlight } from './inflight.js';
 import { qcow2CoPwritev } from './io.js';
 import { type Qcow2DiscardType, qcow2FreeAnyCluster } from './refcount.js';
 import type { BDRVQcow2State } from './state.js';
+import { qcow2DataFileIsRaw, qcow2DataNode, qcow2HasDataFile } from './data-file.js';
 
 function isAllocatedType(t: string): boolean {
   return t === 'compressed' || t === 'normal' || t === 'zero-alloc';
@@ -60,7 +61,7 @@ async function updateL2Slice(
 /** Zero or release whole clusters of one L2 table (zero_in_l2_slice). */
 function zeroInL2Slice(s: BDRVQcow2State, offset: number, nbClusters: number, mayUnmap: boolean): Promise<number> {
   return updateL2Slice(s, offset, nbClusters, 'request', (old) => {
-    const t = clusterType(old);
+    const t = clusterType(old, true, qcow2HasDataFile(s));
     const unmap = t === 'compressed' || (mayUnmap && isAllocatedType(t));
     return { next: (unmap ? 0n : old) | QCOW_OFLAG_ZERO, release: unmap };
   });
@@ -69,7 +70,7 @@ function zeroInL2Slice(s: BDRVQcow2State, offset: number, nbClusters: number, ma
 /** Discard whole clusters of one L2 table (discard_in_l2_slice). */
 function discardInL2Slice(s: BDRVQcow2State, offset: number, nbClusters: number, type: Qcow2DiscardType, full: boolean): Promise<number> {
   return updateL2Slice(s, offset, nbClusters, type, (old) => {
-    const t = clusterType(old, s.header.version >= 3);
+    const t = clusterType(old, s.header.version >= 3, qcow2HasDataFile(s));
     let next = old;
     if (full) next = 0n;
     else if (s.bs.backing || isAllocatedType(t)) next = s.header.version >= 3 ? QCOW_OFLAG_ZERO : 0n;
@@ -90,6 +91,8 @@ export async function qcow2ClusterDiscard(s: BDRVQcow2State, offset: number, byt
 
 /** Zero cluster-aligned [offset, offset+bytes) (qcow2_subcluster_zeroize); s.lock held. */
 async function qcow2ClusterZeroize(s: BDRVQcow2State, offset: number, bytes: number, mayUnmap: boolean): Promise<void> {
+  // A raw data file must read as the disk without the metadata: zeroed there first.
+  if (qcow2DataFileIsRaw(s)) await qcow2DataNode(s).writeZeroes(offset, bytes, { mayUnmap });
   if (s.header.version < 3) {
     // v2 has no zero flag; without a backing file an unallocated cluster reads as zeros.
     if (!s.bs.backing) return qcow2ClusterDiscard(s, offset, bytes, 'request', false);
