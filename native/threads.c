@@ -70,11 +70,17 @@ static void *worker(void *arg) {
     pthread_mutex_lock(&t->lock);
     int was_empty = t->done_head < 0;
     push(t->base.reqs, &t->done_head, &t->done_tail, r);
-    /* One wake-up for the loop per batch of completions it has not seen yet. */
+    /*
+     * One wake-up for the loop per batch of completions it has not seen yet, signalled without
+     * the lock, so that the loop's reap does not find it held. Should the loop reap this batch
+     * before the write, the wake-up finds nothing: harmless.
+     */
     if (was_empty) {
+      pthread_mutex_unlock(&t->lock);
       uint64_t one = 1;
       ssize_t w = write(t->eventfd, &one, sizeof one);
       (void)w; /* EAGAIN only when the counter is already non-zero: the loop will wake */
+      pthread_mutex_lock(&t->lock);
     }
   }
   pthread_mutex_unlock(&t->lock);
@@ -96,12 +102,15 @@ static void threads_flush(struct eng_backend *b) {
   if (t->todo_tail < 0) t->todo_head = t->local_head;
   else b->reqs[t->todo_tail].next = t->local_head;
   t->todo_tail = t->local_tail;
-  /* Wake as many workers as there are requests, not all of them for one request. */
+  pthread_mutex_unlock(&t->lock);
+  t->local_head = t->local_tail = -1;
+  /*
+   * Wake as many workers as there are requests, not all of them for one request; after the
+   * unlock, so that a woken worker does not at once sleep again on the mutex we hold.
+   */
   if (n >= t->nthreads) pthread_cond_broadcast(&t->work);
   else
     while (n-- > 0) pthread_cond_signal(&t->work);
-  pthread_mutex_unlock(&t->lock);
-  t->local_head = t->local_tail = -1;
 }
 
 static int threads_reap(struct eng_backend *b, void (*done)(void *, struct eng_req *), void *ctx) {

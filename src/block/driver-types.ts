@@ -6,6 +6,7 @@
 import type { Clock } from './clock.js';
 import type { ObjectTable } from './objects.js';
 import type { BlockDriverState } from './node.js';
+import type { FlatQDict } from './qdict.js';
 import type { BlockDriverRegistry } from './registry.js';
 
 export const BDRV_SECTOR_SIZE = 512;
@@ -152,6 +153,17 @@ export interface OpenOptions {
   noBacking?: boolean;
   /** Opened for `check`: the format skips its open-time repair (BDRV_O_CHECK). */
   check?: boolean;
+  /**
+   * No guest I/O will be done (BDRV_O_NO_IO: qemu-img info): a format need not open what only
+   * guest I/O reads (qcow2's external data file). Not inherited by children.
+   */
+  noIO?: boolean;
+  /**
+   * Options for a format's extra children by child name (`data-file` for qcow2), from
+   * `NAME.*` keys of the options the node was opened with; the driver opens the child with
+   * bdrvOpenChild. The generic layer sets it for drivers that declare `childNames`.
+   */
+  childOptions?: Record<string, FlatQDict>;
   /** Inactive / incoming migration: no metadata writes at open (BDRV_O_INACTIVE). */
   inactive?: boolean;
   /** Force the backing file's format instead of what the image records or probing. */

@@ -68,6 +68,12 @@ export interface BlockDriver {
   /** The format can have a backing file (create accepts backing_file). */
   readonly supportsBacking?: boolean;
   /**
+   * Children the format opens itself besides `file` and `backing` (qcow2's `data-file`): their
+   * `NAME.*` options reach the open hook in `OpenOptions.childOptions`, and a reference
+   * (`NAME=node`) is refused as for `file`.
+   */
+  readonly childNames?: readonly string[];
+  /**
    * truncate honours a preallocation mode other than 'off' (file, and raw/blkdebug passing it
    * to their child). Without it the generic layer refuses one, as QEMU's drivers without
    * preallocation do ("Unsupported preallocation mode 'full'").

@@ -30,7 +30,7 @@ export async function bdrvDrain(bs: BlockDriverState): Promise<void> {
   if (!bs.isOpen) return;
   await bs.requests.idle();
   await bs.driver.drainBegin?.(bs);
-  for (const child of [bs.file, bs.backing]) if (child) await child.drain();
+  for (const child of [bs.file, bs.dataFile, bs.backing]) if (child) await child.drain();
 }
 
 type Mode = { readOnly: boolean; noFlush: boolean };
@@ -54,6 +54,8 @@ export async function bdrvReopen(bs: BlockDriverState, options: ReopenOptions): 
   const next: Mode = { readOnly: options.readOnly ?? bs.readOnly, noFlush: options.noFlush ?? bs.openOptions.noFlush ?? false };
   const nodes: BlockDriverState[] = [bs];
   for (let n = bs.file; n; n = n.file) nodes.push(n);
+  // An external data file is written like the file: it follows the node's mode.
+  for (let n = bs.dataFile; n; n = n.file) nodes.push(n);
   // Bottom-up: the protocol, the one that may refuse (storage that cannot be opened for
   // writing), goes first, before any node above it changed.
   nodes.reverse();
@@ -115,10 +117,10 @@ export async function bdrvClose(bs: BlockDriverState): Promise<void> {
   if (firstError !== null) throw toBlockError(firstError, { op: 'close', path: bs.filename });
 }
 
-/** Close the backing chain and the file child (after the parent let go of them). */
+/** Close the backing chain, the data file and the file child (after the parent let go of them). */
 export async function closeChildren(bs: BlockDriverState): Promise<void> {
   let firstError: unknown = null;
-  for (const child of [bs.backing, bs.file]) {
+  for (const child of [bs.backing, bs.dataFile, bs.file]) {
     if (!child) continue;
     try {
       await child.close();

@@ -74,6 +74,12 @@ export class BlockDriverState {
   file: BlockDriverState | null = null;
   /** The opened backing node (read-only). */
   backing: BlockDriverState | null = null;
+  /**
+   * A format's external data child (QEMU's `data-file` child, role DATA): guest data lives
+   * there, metadata in `file`. The driver opens it (bdrvOpenChild); drain, reopen and close
+   * treat it like `file`.
+   */
+  dataFile: BlockDriverState | null = null;
   /** Backing file name as recorded in the image, '' if none. */
   backingFile = '';
   /** Backing format recorded in the image, '' if none. */

@@ -208,11 +208,12 @@ async function openFormat(
     if (base.readOnly !== true && file.bs.readOnly) throw new BlockError('EPERM', 'Block node is read-only', { op: 'open' });
     const drv = given ?? (await probeFormat(file.bs, file.bs.filename));
     options.delete('driver');
+    const childOptions = takeChildOptions(options, drv);
     const driverOptions = { ...base.driverOptions, ...takeDriverOptions(options, drv) };
     const own: FlatQDict = new Map(Object.entries(driverOptions).filter(([k]) => !(k in (base.driverOptions ?? {}))));
     const shown = refreshFilename(drv, file, own);
     // `format` tells the driver it was named, not probed (raw guards a probed image's head).
-    bs = new BlockDriverState(drv, shown.name, { ...base, format: given?.formatName, noBacking, driverOptions });
+    bs = new BlockDriverState(drv, shown.name, { ...base, format: given?.formatName, noBacking, driverOptions, childOptions });
     bs.file = file.bs;
     await bs.driverOpen();
     if (bs.backingFile !== '') bs.fullBackingFilename = combineBackingPath(file.bs.filename, bs.backingFile);
@@ -225,6 +226,36 @@ async function openFormat(
     else await closeQuietly(file.bs);
     throw e;
   }
+}
+
+/** The `NAME.*` options of the children a format opens itself (drv.childNames). */
+function takeChildOptions(options: FlatQDict, drv: BlockDriver): Record<string, FlatQDict> | undefined {
+  if (!drv.childNames) return undefined;
+  const out: Record<string, FlatQDict> = {};
+  for (const name of drv.childNames) {
+    const ref = options.get(name);
+    if (typeof ref === 'string') throw referenceError(ref);
+    options.delete(name);
+    const opts = qdictExtract(options, `${name}.`);
+    if (opts.size > 0) out[name] = opts;
+  }
+  return out;
+}
+
+/**
+ * Open a child a format driver asks for (QEMU's bdrv_open_child, for qcow2's data file): from
+ * the `NAME.*` options the parent was opened with when there are any, else from `filename`
+ * (the name the image records; null: none). The child is a protocol node unless its options
+ * name a format, and takes the parent's read-only and cache flags. Returns null when neither
+ * options nor a filename say what to open.
+ */
+export async function bdrvOpenChild(parent: BlockDriverState, name: string, filename: string | null): Promise<BlockDriverState | null> {
+  const given = parent.openOptions.childOptions?.[name];
+  if (given === undefined && filename === null) return null;
+  const opts: FlatQDict = new Map(given ?? []);
+  const bs = (await openInherit(given === undefined ? filename : null, opts, childBase({ ...parent.openOptions, readOnly: parent.readOnly }), true)).bs;
+  bs.setParent('node');
+  return bs;
 }
 
 /**

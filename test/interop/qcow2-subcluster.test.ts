@@ -7,9 +7,9 @@ import { spawnSync } from 'node:child_process';
 import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { main as blkIo, maskTimings } from '../../src/tools/io/main.js';
-import { routeDriverMessages, runOurs, runTheirs, sessionDiffs } from './img-parity-harness.js';
-import { caseDirs, firstDiff } from './qcow2-support.js';
+import { maskTimings } from '../../src/tools/io/main.js';
+import { type Outcome, runOurs, runOursIo, runTheirs, sessionDiffs } from './img-parity-harness.js';
+import { firstDiff, pairDirs } from './qcow2-snapshot-steps.js';
 import { makeTempDir, qemuIoPath, removeTempDir, requireQemu, runQemuImg } from './qemu.js';
 
 const qemu = requireQemu();
@@ -22,36 +22,13 @@ interface Case {
   steps: Step[];
 }
 
-interface Out {
-  stdout: string;
-  stderr: string;
-  status: number | null;
-}
-
-function qemuIo(cmds: string[], cwd: string): Out {
+function qemuIo(cmds: string[], cwd: string): Outcome {
   const r = spawnSync(qemuIoPath() ?? 'qemu-io', ['-f', 'qcow2', ...cmds.flatMap((c) => ['-c', c]), 'img.qcow2'], { argv0: 'qemu-io', cwd, encoding: 'utf8', timeout: 60_000 });
   return { stdout: maskTimings(String(r.stdout)), stderr: String(r.stderr), status: r.status };
 }
 
-async function ourIo(cmds: string[], cwd: string): Promise<Out> {
-  let stdout = '';
-  let stderr = '';
-  const old = process.cwd();
-  process.chdir(cwd);
-  const restore = routeDriverMessages((t) => (stderr += t));
-  try {
-    const status = await blkIo(['node', 'qemu-io', '-f', 'qcow2', ...cmds.flatMap((c) => ['-c', c]), 'img.qcow2'], {
-      stdout: { write: (t: string) => (stdout += t) },
-      stderr: { write: (t: string) => (stderr += t) },
-      stdin: '',
-      abort: () => undefined,
-      raise: () => undefined,
-    });
-    return { stdout: maskTimings(stdout), stderr, status };
-  } finally {
-    restore();
-    process.chdir(old);
-  }
+function ourIo(cmds: string[], cwd: string): Promise<Outcome> {
+  return runOursIo(['-f', 'qcow2', ...cmds.flatMap((c) => ['-c', c]), 'img.qcow2'], cwd);
 }
 
 function sh(script: string, cwd: string): void {
@@ -200,7 +177,7 @@ describe.skipIf(!qemu)('qcow2 extended L2 entries: the same steps through QEMU 7
 
   for (const c of CASES) {
     it(c.name, async () => {
-      const [dq, db] = caseDirs(root, n++);
+      const [dq, db] = pairDirs(root, String(n++));
       for (const step of c.steps) {
         if ('sh' in step) {
           sh(step.sh, dq);
@@ -248,7 +225,7 @@ describe.skipIf(!qemu)('qcow2 extended L2: check and check -r all on damaged sub
 
   for (const [i, d] of DAMAGES.entries()) {
     it(d.name, async () => {
-      const [dq, db] = caseDirs(root, i);
+      const [dq, db] = pairDirs(root, String(i));
       sh('qemu-img create -q -f qcow2 -o extended_l2=on img.qcow2 1M', dq);
       expect(qemuIo(['write -P 1 4k 4k', 'write -c -P 2 192k 64k'], dq).status).toBe(0);
       const img = readFileSync(join(dq, 'img.qcow2'));

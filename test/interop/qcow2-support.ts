@@ -2,8 +2,6 @@
  * Shared pieces of the qcow2 interop tests: qemu-io command lines replayed on our nodes the way
  * qemu-io runs them (writethrough: a flush after each write).
  */
-import { mkdirSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import type { BlockDriverState } from '../../src/index.js';
 
 export function num(s: string): number {
@@ -25,34 +23,3 @@ export async function ourCommand(bs: BlockDriverState, cmd: string): Promise<voi
   await bs.flush();
 }
 
-/** The file with the date fields of its snapshot table zeroed (they come from the clock). */
-export function maskDates(img: Buffer): Buffer {
-  const out = Buffer.from(img);
-  const nb = out.readUInt32BE(60);
-  let pos = Number(out.readBigUInt64BE(64));
-  for (let i = 0; i < nb; i++) {
-    pos = Math.ceil(pos / 8) * 8;
-    out.fill(0, pos + 16, pos + 24);
-    pos += 40 + out.readUInt32BE(pos + 36) + out.readUInt16BE(pos + 12) + out.readUInt16BE(pos + 14);
-  }
-  return out;
-}
-
-/** Where two files differ once dates are masked (null: nowhere), and their sizes. */
-export function firstDiff(a: string, b: string): { at: number; sizes: number[] } | null {
-  const x = maskDates(readFileSync(a));
-  const y = maskDates(readFileSync(b));
-  if (x.equals(y)) return null;
-  let at = 0;
-  while (at < Math.min(x.length, y.length) && x[at] === y[at]) at++;
-  return { at, sizes: [x.length, y.length] };
-}
-
-/** Two fresh directories under root for case n: QEMU's copy (q) and ours (b). */
-export function caseDirs(root: string, n: number | string): [string, string] {
-  const dq = join(root, `q${n}`);
-  const db = join(root, `b${n}`);
-  mkdirSync(dq);
-  mkdirSync(db);
-  return [dq, db];
-}

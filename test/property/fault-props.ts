@@ -122,6 +122,8 @@ export const faultStats = {
   concurrentGroups: 0,
   amends: 0,
   crashedInAmend: 0,
+  /** Power losses that cut an image and its external data file together. */
+  dataFileCrashes: 0,
   snapshotOps: 0,
   snapshotOpsCut: 0,
 };
@@ -351,18 +353,27 @@ export async function runPowerLossCase(c: PowerLossCase, profile: FormatProfile 
     const file = `powerloss:${plName}`;
     const open = (): Promise<BlockDriverState> =>
       BlockDriverState.open(file, { format: setup.format, registry: setup.registry, clock: new VirtualClock() });
-    // Re-point the backing name at the mem namespace (header rewrite + flush: durable).
-    if (setup.backingName !== '') {
+    // An external data file goes onto a powerloss store too, on the same power supply: the
+    // power cut reaches both files at once.
+    const dataName = typeof c.geom.formatOptions?.dataFile === 'string' ? `${setup.prefix}-${c.geom.formatOptions.dataFile}` : null;
+    const dataStore = dataName === null ? null : powerlossStoreCreate(dataName, memStoreRead(dataName));
+    dataStore?.flush();
+    if (dataStore) store.sharePowerWith(dataStore);
+    // Re-point the backing name at the mem namespace, the data file's at its powerloss store
+    // (header rewrites + flush: durable).
+    if (setup.backingName !== '' || dataName !== null) {
       const tmp = await BlockDriverState.open(file, {
         format: setup.format,
         registry: setup.registry,
         noBacking: true,
         clock: new VirtualClock(),
       });
-      await tmp.changeBackingFile(`mem:${setup.backingName}`, setup.backingFmt);
+      if (setup.backingName !== '') await tmp.changeBackingFile(`mem:${setup.backingName}`, setup.backingFmt);
+      if (dataName !== null) await bdrvAmendOptions(tmp, { dataFile: `powerloss:${dataName}` });
       await tmp.close();
     }
     store.flush();
+    dataStore?.flush();
 
     let bs = await open();
     // Durable model: what a completed flush covered. Pending: acknowledged since then.
@@ -447,6 +458,10 @@ export async function runPowerLossCase(c: PowerLossCase, profile: FormatProfile 
     faultStats.pendingAtCrash += store.pendingOps.length;
     const rand = mulberry32(c.crashSeed);
     store.crash(rand);
+    if (dataStore) {
+      dataStore.crash(rand);
+      faultStats.dataFileCrashes++;
+    }
 
     if (c.repairCrash !== undefined && c.repairCrash !== null) {
       // The power goes again while the recovering open reads and repairs the image.
@@ -460,6 +475,7 @@ export async function runPowerLossCase(c: PowerLossCase, profile: FormatProfile 
       }
       faultStats.crashes++;
       store.crash(rand);
+      dataStore?.crash(rand);
     }
 
     bs = await open();

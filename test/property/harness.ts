@@ -80,6 +80,8 @@ export interface ImageSetup {
   copyFile?: (from: string, to: string) => void;
   /** After a backing removal: the bytes past the end that a straddling cluster holds. */
   tailView?: Uint8Array;
+  /** After a backing removal: the removed file's guest view (what an older snapshot's clusters hold past its end). */
+  removedBacking?: Uint8Array;
   /**
    * Top-image units a write touched (clusters, or subclusters: see touchUnit): what a backing
    * removal leaves in place.
@@ -189,11 +191,14 @@ export async function buildImage(
   }
 
   const top = name(`top.${format}`);
+  const created = profile.createOptions(geom);
+  // An external data file (qcow2) lives beside the image, in the same namespace.
+  if (typeof created.dataFile === 'string') created.dataFile = name(created.dataFile);
   await bdrvCreate(top, {
     format,
     options: {
       size: geom.size,
-      ...profile.createOptions(geom),
+      ...created,
       ...(backing ? { backingFile: backing.name, backingFmt: backing.fmt } : {}),
     },
     registry,
@@ -221,6 +226,7 @@ export async function buildImage(
 export function cleanupPrefix(prefix: string): void {
   for (const n of memStoreNames()) if (n.startsWith(`${prefix}-`)) memStoreDelete(n);
   for (const fmt of ['qed', 'qcow2']) powerlossStoreDelete(`${prefix}-top.${fmt}`);
+  powerlossStoreDelete(`${prefix}-data.raw`);
 }
 
 /** fast-check parameters shared by every property. */

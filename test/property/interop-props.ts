@@ -28,11 +28,17 @@ export function qemuAgrees(setup: ImageSetup, what: string): void {
     const top = dumpRun(setup, dir);
     const model = join(dir, 'model.raw');
     writeFileSync(model, setup.model.bytes);
-    const cmp = runQemuImg(['compare', '-f', setup.format, '-F', 'raw', top, model]);
+    // An external data file is recorded under its mem: name: name its dumped copy instead.
+    const dataFile = setup.geom.formatOptions?.dataFile;
+    const image =
+      typeof dataFile === 'string'
+        ? `json:${JSON.stringify({ driver: setup.format, file: { filename: top }, 'data-file': { filename: join(dir, `${setup.prefix}-${dataFile}`) } })}`
+        : top;
+    const cmp = runQemuImg(['compare', '-f', setup.format, '-F', 'raw', image, model]);
     if (cmp.status !== 0) {
       throw new ModelMismatch(`${what}: qemu-img compare (status ${cmp.status}): ${cmp.stdout.trim()} ${cmp.stderr.trim()}`);
     }
-    const chk = runQemuImg(['check', '-f', setup.format, '--output=json', top]);
+    const chk = runQemuImg(['check', '-f', setup.format, '--output=json', image]);
     if (chk.status !== 0) {
       throw new ModelMismatch(`${what}: qemu-img check (status ${chk.status}): ${chk.stdout.trim()} ${chk.stderr.trim()}`);
     }

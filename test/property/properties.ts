@@ -13,6 +13,7 @@ import { propBlkdebug, propPowerLoss } from './fault-props.js';
 import { propHuge } from './huge.js';
 import { propMisuse } from './misuse.js';
 import { propQemuInterop, propQemuWrites } from './interop-props.js';
+import { propSnapshotPowerLoss } from './snapshot-powerloss.js';
 import { BlockDriverState, VirtualClock } from '../../src/index.js';
 import { memStoreWrite } from '../../src/drivers/mem/index.js';
 import { commandArb, compareAll, runCommand, runSequence, type Command, type RunState } from './commands.js';
@@ -59,6 +60,27 @@ export const qcow2SequentialExamples: [Geometry, Command[]][] = [
   [
     { clusterSize: 16384, tableSize: 1, size: 3072, backing: 'chain3', backingSize: 3072, backingClusterSize: 4096, seed: 1, formatOptions: { extendedL2: true } },
     [{ op: 'reopenCor' }, { op: 'aio', write: false, span: { at: 0, len: 0, place: 'any' }, seed: 0 }, { op: 'rebase', how: 'remove' }, { op: 'map' }],
+  ],
+  // Snapshots at two sizes, the backing file removed, applies that shrink and grow the disk,
+  // a grow that shows what an older snapshot's last cluster holds past its end, then a
+  // downgrade refused (a snapshot of another size) and, once that one is gone, done.
+  [
+    { clusterSize: 1024, tableSize: 1, size: 1536, backing: 'raw', backingSize: 4096, backingClusterSize: 4096, seed: 3, formatOptions: {} },
+    [
+      { op: 'write', span: { at: 1100, len: 99, place: 'any' }, seed: 1 },
+      { op: 'snapshot', action: 'create', pick: 0 },
+      { op: 'grow', by: 2 },
+      { op: 'write', span: { at: 2000, len: 99, place: 'any' }, seed: 2 },
+      { op: 'snapshot', action: 'create', pick: 1 },
+      { op: 'rebase', how: 'remove' },
+      { op: 'snapshot', action: 'apply', pick: 0 },
+      { op: 'grow', by: 1 },
+      { op: 'snapshot', action: 'apply', pick: 1 },
+      { op: 'amend', pick: 0 },
+      { op: 'snapshot', action: 'delete', pick: 0 },
+      { op: 'amend', pick: 0 },
+      { op: 'check' },
+    ],
   ],
 ];
 
@@ -183,6 +205,7 @@ export const ALL_PROPERTIES: Record<string, PropertyFn> = {
   qemuwrites: propQemuWrites,
   bitmaps: propBitmaps,
   bitmappowerloss: propBitmapPowerLoss,
+  snapshotpowerloss: propSnapshotPowerLoss,
 };
 
 /**

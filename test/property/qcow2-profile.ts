@@ -1,7 +1,8 @@
 /**
  * The qcow2 profile of the property suites: clusters of 512 B..64 KiB (2 MiB when wide),
  * refcount widths of 1..64 bits, v2 and v3 images, lazy refcounts, extended L2 entries
- * (subclusters, clusters of 16 KiB and more); backing chains mixing
+ * (subclusters, clusters of 16 KiB and more), external data files (raw or not; with extended
+ * L2 entries too, as QEMU 7.2 allows); backing chains mixing
  * raw, QED and qcow2; the driver's debug events; where the header fields (big-endian), L1/L2
  * tables, the refcount table and refcount blocks lie.
  */
@@ -12,6 +13,9 @@ import { getUint, putUint, type FormatProfile, type MetadataLayout } from './pro
 import { sizedGeometry } from './qed-profile.js';
 
 const MiB = 1024 * 1024;
+
+/** The data file name in a geometry's options: buildImage names the real file after it. */
+export const QCOW2_DATA_FILE = 'data.raw';
 
 /** The events the qcow2 driver announces on its file child during guest requests. */
 export const QCOW2_EVENTS = [
@@ -94,6 +98,16 @@ export function qcow2GeometryArb(wide = false, extendedL2 = true): fc.Arbitrary<
       // Subclusters need v3 and clusters of at least 32 x 512 bytes. Derived from the content
       // seed, not drawn: the draws stay those of runs made before, so their seeds replay.
       if (extendedL2 && r.seed % 2 === 1 && !v2 && clusterSize >= 16384) formatOptions.extendedL2 = true;
+      // An external data file (v3 only; raw external data cannot have a backing file). The
+      // name is a placeholder: the harness puts the file beside the image (QCOW2_DATA_FILE).
+      // Derived from the content seed, so that the other draws (and the runs they make) stay
+      // as they were: about one image in six has a data file, one in twelve a raw one.
+      const pick = r.seed % 12;
+      const dataFile = pick === 10 ? 'plain' : pick === 11 ? 'raw' : 'none';
+      if (dataFile !== 'none' && !v2 && (dataFile === 'plain' || g.backing === 'none')) {
+        formatOptions.dataFile = QCOW2_DATA_FILE;
+        if (dataFile === 'raw') formatOptions.dataFileRaw = true;
+      }
       return { ...g, formatOptions };
     });
 }

@@ -14,6 +14,8 @@ import { propQemuInterop, propQemuWrites } from './interop-props.js';
 import { propMisuse } from './misuse.js';
 import { propBlkverify, propSequential, propSequentialFile } from './properties.js';
 import { QCOW2_PROFILE, qcow2ProfileStats } from './qcow2-profile.js';
+import { snapshotStats } from './snapshot-cmds.js';
+import { propSnapshotPowerLoss, snapshotPowerLossStats } from './snapshot-powerloss.js';
 
 const format = QCOW2_PROFILE;
 // A fixed seed: npm test repeats the same cases on every run, so a red CI names a change, not
@@ -32,10 +34,14 @@ describe('qcow2: model-based sequences', () => {
   it('random command sequences read back as the byte-array model, check stays clean', async () => {
     const before = { ...amendStats };
     const ext = qcow2ProfileStats.extendedL2Images;
+    const sn = { ...snapshotStats };
     expect(await counted(propSequential, 50)).toBeGreaterThan(60);
     expect(extL2Since(ext)).toBeGreaterThan(3);
     // Amends (compat up and down, lazy refcounts on and off) ran among the commands.
     expect(amendStats.amended - before.amended).toBeGreaterThan(3);
+    // Images with snapshots grew, and snapshots of another size were applied.
+    expect(snapshotStats.grownWithSnapshots - sn.grownWithSnapshots).toBeGreaterThan(0);
+    expect(snapshotStats.appliedAcrossSizes - sn.appliedAcrossSizes).toBeGreaterThan(0);
   });
   it('through blkverify, over host files, API misuse, huge sparse images', async () => {
     expect(await counted(propBlkverify, 20)).toBeGreaterThan(20);
@@ -73,6 +79,17 @@ describe('qcow2: concurrency and faults', () => {
     // Snapshots created and deleted among the writes, some cut short by the power.
     expect(faultStats.snapshotOps - before.snapshotOps).toBeGreaterThan(5);
     expect(faultStats.snapshotOpsCut - before.snapshotOpsCut).toBeGreaterThan(0);
+    // Images with an external data file lost power with it.
+    expect(faultStats.dataFileCrashes - before.dataFileCrashes).toBeGreaterThan(2);
+  });
+});
+
+describe('qcow2: power loss around snapshots of other sizes and versions', () => {
+  it('grow, shrink, apply across sizes, downgrade and upgrade cut short: old or new state, snapshots intact', async () => {
+    const before = { ...snapshotPowerLossStats };
+    expect(await counted(propSnapshotPowerLoss, 30)).toBeGreaterThan(150);
+    expect(snapshotPowerLossStats.cut - before.cut).toBeGreaterThan(5);
+    expect(snapshotPowerLossStats.completed - before.completed).toBeGreaterThan(5);
   });
 });
 

@@ -37,6 +37,9 @@ export interface ModelSnapshot {
   touched: Set<number>;
 }
 
+/** Applies that changed the disk size, and grows of images holding snapshots: the tests see they ran. */
+export const snapshotStats = { appliedAcrossSizes: 0, grownWithSnapshots: 0 };
+
 class SnapshotMismatch extends Error {
   override readonly name = 'ModelMismatch';
 }
@@ -49,6 +52,8 @@ export async function snapshotCreate(bs: BlockDriverState, name: string): Promis
   } catch (e) {
     // Narrow refcounts (1 or 2 bits) cannot count a second reference.
     if (e instanceof BlockError && e.code === 'EINVAL') return false;
+    // Data in an external data file cannot be shared with a snapshot: QEMU refuses them too.
+    if (e instanceof BlockError && e.code === 'ENOTSUP' && bs.dataFile !== null) return false;
     throw e;
   }
 }
@@ -93,12 +98,26 @@ export async function runSnapshotCommand(st: RunState, c: SnapshotCommand): Prom
       // clusters twice: refused before anything is written, the guest sees what it saw.
       if (err instanceof BlockError && err.code === 'EINVAL') return;
       if (err instanceof Error) throw err;
-      setup.model.bytes.set(sn.bytes);
+      // The image takes the snapshot's bytes and its size (the snapshot may predate a grow).
+      if (sn.bytes.length !== setup.model.size) snapshotStats.appliedAcrossSizes++;
+      setup.model.bytes = sn.bytes.slice();
       setup.touched = new Set(sn.touched);
       // What the snapshot left to a backing file that has been removed since reads as zeros.
       if (setup.backingView === null) {
         const u = touchUnit(setup);
         for (let k = 0; k * u < setup.model.size; k++) if (!setup.touched.has(k)) setup.model.zero(k * u, Math.min(u, setup.model.size - k * u));
+        // Past the end of its last unit (cluster, or subcluster), the snapshot keeps what
+        // copy-on-write put there then: the removed backing file's bytes (a later grow shows
+        // them) or zeros.
+        const last = Math.floor((setup.model.size - 1) / u);
+        const removed = setup.removedBacking;
+        if (setup.touched.has(last) && setup.model.size % u !== 0 && removed) {
+          const tail = new Uint8Array((last + 1) * u);
+          tail.set(removed.subarray(0, Math.min(tail.length, removed.length)));
+          setup.tailView = tail;
+        } else {
+          setup.tailView = undefined;
+        }
       }
       return;
     }

@@ -13,6 +13,7 @@ import { storageGetInfo } from '../../block/info.js';
 import type { BlockDriverState } from '../../block/node.js';
 import { allocateFirstBlock, filePreallocate, parsePreallocMode } from './prealloc.js';
 import { fileCoFlush, fileCoPreadv, fileCoPwritev, filePreadvNow } from './rw.js';
+import { ioEngine } from './engine.js';
 import { seekAddon } from './seek.js';
 import { type FileState, beginIO, endIO, fileRefreshLength, fileStripPrefix, state } from './state.js';
 import { fileCoBlockStatus } from './status.js';
@@ -52,6 +53,9 @@ async function fileOpen(bs: BlockDriverState, options: OpenOptions): Promise<voi
     await fh.close();
     throw e instanceof BlockError ? e : openError('open', path, e);
   }
+  // The I/O engine starts with the first open, not under the first request: its setup
+  // (io_uring_setup and the ring mappings, or the worker threads) is not a request's latency.
+  ioEngine();
   bs.opaque = {
     fh,
     path,

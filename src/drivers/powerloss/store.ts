@@ -39,10 +39,12 @@ export class PowerLossStore {
   readonly durable = new MemStore();
   readonly current = new MemStore();
   private log: VolatileOp[] = [];
-  /** Requests still allowed before the power goes (null = no crash planned). */
-  private opsLeft: number | null = null;
-  /** Set once the power is gone: every request fails with EIO until crash() is called. */
-  dead = false;
+  /**
+   * The power supply: requests still allowed before the power goes (null = no crash planned),
+   * and whether it is gone. Stores that share one (an image and its data file) lose power at
+   * the same request.
+   */
+  private power: { opsLeft: number | null; dead: boolean } = { opsLeft: null, dead: false };
   /** Count of requests served (reads, writes, flushes, ...), for picking crash points. */
   opCount = 0;
   flushCount = 0;
@@ -62,16 +64,30 @@ export class PowerLossStore {
     return this.log;
   }
 
-  /** Let `n` more requests through, then lose power (the n+1-th request fails with EIO). */
+  /** Set once the power is gone: every request fails with EIO until crash() is called. */
+  get dead(): boolean {
+    return this.power.dead;
+  }
+
+  /** Put `other` on this store's power supply: from now on both lose power together. */
+  sharePowerWith(other: PowerLossStore): void {
+    other.power = this.power;
+  }
+
+  /**
+   * Let `n` more requests through, then lose power (the n+1-th request fails with EIO); the
+   * requests of every store on the same supply count.
+   */
   failAfter(n: number | null): void {
-    this.opsLeft = n;
+    this.power.opsLeft = n;
   }
 
   /** Called at the start of every request: counts it and enforces the planned power cut. */
   private enter(op: string, offset?: number): void {
-    if (!this.dead && this.opsLeft !== null) {
-      if (this.opsLeft <= 0) this.dead = true;
-      else this.opsLeft--;
+    const power = this.power;
+    if (!power.dead && power.opsLeft !== null) {
+      if (power.opsLeft <= 0) power.dead = true;
+      else power.opsLeft--;
     }
     if (this.dead) {
       throw new BlockError('EIO', 'powerloss: the device lost power', { op, offset });
@@ -155,8 +171,8 @@ export class PowerLossStore {
     }
     this.log = [];
     this.current.restore(this.durable.snapshot());
-    this.dead = false;
-    this.opsLeft = null;
+    this.power.dead = false;
+    this.power.opsLeft = null;
     return report;
   }
 

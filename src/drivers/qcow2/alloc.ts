@@ -31,6 +31,7 @@ import {
   sizeToClusters,
   startOfCluster,
 } from './state.js';
+import { qcow2HasDataFile } from './data-file.js';
 
 export type { Qcow2L2Meta } from './subcluster.js';
 
@@ -123,7 +124,11 @@ function handleAlloc(s: BDRVQcow2State, guest: number, hostOffset: number, bytes
     nb = Math.min(nb, Math.floor(0x7fffffff / s.clusterSize));
     nb = countSingleWriteClusters(s, nb, data, l2Index, true);
     let allocOffset: number;
-    if (hostOffset === INV_OFFSET) {
+    if (qcow2HasDataFile(s)) {
+      // A data file maps each guest cluster to the same host offset, counted by nobody
+      // (do_alloc_cluster_offset); a later piece continues right there as well.
+      allocOffset = startOfCluster(s, guest);
+    } else if (hostOffset === INV_OFFSET) {
       allocOffset = await qcow2AllocClusters(s, nb * s.clusterSize);
     } else {
       allocOffset = startOfCluster(s, hostOffset);

@@ -1,6 +1,7 @@
 /**
  * qemu-img amend for qcow2 (QEMU's qcow2_amend_options): compat 0.10 <-> 1.1, refcount_bits,
- * lazy_refcounts, size, and the options QEMU accepts only when they change nothing (backing file, data file).
+ * lazy_refcounts, size, the data file's name and its raw flag (cleared only), and the backing file
+ * options QEMU accepts only when they change nothing.
  *
  * The steps run in QEMU's order, each leaving an image that opens with its data intact:
  * upgrade first (v3 can describe everything v2 can), the refcount width, then the header rewrite and lazy
@@ -9,15 +10,16 @@
  * leaves the old version with valid contents, and at worst leaked clusters.
  */
 import type { AmendStatus, CreateOptions, CreateOptionSpec } from '../../block/driver.js';
-import { BlockError, type BlockErrorCode } from '../../block/errors.js';
-import { getL2Entry, l2Load, l2OffsetOf, setL2Entry } from './cluster.js';
-import { qcow2PreWriteOverlapCheck } from './corrupt.js';
-import { clusterType, L2E_OFFSET_MASK, QCOW_OFLAG_COPIED } from './entries.js';
-import { QCOW2_COMPAT_LAZY_REFCOUNTS, QCOW2_COMPRESSION_TYPE_ZLIB, QCOW2_INCOMPAT_COMPRESSION, QCOW2_INCOMPAT_DIRTY } from './header.js';
-import { qcow2AllocClusters, qcow2FreeClusters, qcow2GetRefcount } from './refcount.js';
+import { BlockError, type BlockErrorCode, toBlockError } from '../../block/errors.js';
+import { getL2Entry, l2Load, l2OffsetOf } from './cluster.js';
+import { clusterType, L2E_OFFSET_MASK } from './entries.js';
+import { qcow2ExpandZeroClusters } from './expand-zero.js';
+import { QCOW2_AUTOCLEAR_DATA_FILE_RAW, QCOW2_COMPAT_LAZY_REFCOUNTS, QCOW2_COMPRESSION_TYPE_ZLIB, QCOW2_INCOMPAT_COMPRESSION, QCOW2_INCOMPAT_DIRTY } from './header.js';
 import { qcow2ChangeRefcountOrder } from './refcount-order.js';
+import { qcow2WriteSnapshots } from './snapshot.js';
 import { qcow2ReadSnapshots } from './snapshot-table.js';
 import { type BDRVQcow2State, qcow2File, qcow2IsDirty } from './state.js';
+import { qcow2DataFileIsRaw, qcow2HasDataFile } from './data-file.js';
 
 /** QEMU 7.2's amend options for qcow2 (qcow2_amend_opts), in its order. */
 export const qcow2AmendOptions: readonly CreateOptionSpec[] = [
@@ -48,11 +50,14 @@ interface AmendPlan {
   backingFmt: string | null | undefined;
   lazyRefcounts: boolean;
   refcountBits: number;
+  /** The data file name to record ('' drops it: the image then needs the data-file option). */
+  dataFile: string | undefined;
+  dataFileRaw: boolean;
 }
 
 /** The options in qcow2_amend_opts order, with QEMU's checks and messages. */
 function amendPlan(s: BDRVQcow2State, options: CreateOptions): AmendPlan {
-  const p: AmendPlan = { version: s.header.version, size: 0, backingFile: undefined, backingFmt: undefined, lazyRefcounts: s.useLazyRefcounts, refcountBits: 2 ** s.refcountOrder };
+  const p: AmendPlan = { version: s.header.version, size: 0, backingFile: undefined, backingFmt: undefined, lazyRefcounts: s.useLazyRefcounts, refcountBits: 2 ** s.refcountOrder, dataFile: undefined, dataFileRaw: qcow2DataFileIsRaw(s) };
   for (const spec of qcow2AmendOptions) {
     const v = options[spec.key];
     if (v === undefined) continue;
@@ -82,11 +87,14 @@ function amendPlan(s: BDRVQcow2State, options: CreateOptions): AmendPlan {
         break;
       }
       case 'data_file':
-        // Images with an external data file are not opened here, so there is none to rename.
-        if (v !== '') fail('data-file can only be set for images that use an external data file');
+        // Only renamed (or its name dropped): moving the data into or out of the image is not amend's.
+        if (!qcow2HasDataFile(s)) fail('data-file can only be set for images that use an external data file');
+        p.dataFile = String(v);
         break;
       case 'data_file_raw':
-        if (v === true) fail('data-file-raw cannot be set on existing images');
+        // Clearing is always safe; setting would claim what nobody checked.
+        if (v === true && !qcow2DataFileIsRaw(s)) fail('data-file-raw cannot be set on existing images');
+        p.dataFileRaw = v === true;
         break;
     }
   }
@@ -160,9 +168,19 @@ async function markClean(s: BDRVQcow2State): Promise<void> {
 
 async function upgrade(s: BDRVQcow2State, progress: AmendProgress): Promise<void> {
   progress.report(0, 2);
-  // v3 wants 16 bytes of extra data in each snapshot entry; rewriting the table is not done here.
-  const raw = await rawSnapshotExtraSizes(s);
-  if (raw.some((n) => n < 16)) fail('Failed to update the snapshot table: snapshot entries without extra data are not supported by this implementation', 'ENOTSUP');
+  // v3 wants the 64-bit VM state size and the disk size (16 bytes of extra data) in every
+  // snapshot entry. The table is rewritten whole in the form QEMU 7.2 writes (24 bytes, icount
+  // unrecorded where the entry had none), at a new place: flushed, then the header's pointer
+  // switched, then the old table freed. A crash before the version switch below leaves a v2
+  // image whose table is merely longer.
+  if ((await rawSnapshotExtraSizes(s)).some((n) => n < 16)) {
+    try {
+      await qcow2WriteSnapshots(s, await qcow2ReadSnapshots(s));
+    } catch (e) {
+      const be = toBlockError(e);
+      fail(`Failed to update the snapshot table: ${be.errnoMessage}`, be.code);
+    }
+  }
   progress.report(1, 2);
   await rewriteHeader(s, () => void (s.header.version = 3));
   progress.report(2, 2);
@@ -184,59 +202,6 @@ async function rawSnapshotExtraSizes(s: BDRVQcow2State): Promise<number[]> {
   return out;
 }
 
-/**
- * qcow2_expand_zero_clusters: v2 has no zero flag. Without a backing file a plain zero
- * cluster may simply become unallocated; otherwise (and for preallocated ones) the cluster
- * is written with zeros and the entry points at it. Order per cluster: allocate (refcount),
- * write the zeros, then the L2 entry, which may reach the disk only after both (the L2
- * cache depends on the refcount cache and on a flush of the data).
- */
-async function expandZeroClusters(s: BDRVQcow2State, progress: AmendProgress): Promise<void> {
-  const snapshots = await qcow2ReadSnapshots(s);
-  const total = s.l1Table.length + snapshots.reduce((n, sn) => n + sn.l1Size, 0);
-  let visited = 0;
-  if (snapshots.length > 0) fail('Failed to turn zero into data clusters: images with internal snapshots are not supported by this implementation', 'ENOTSUP');
-  for (let i = 0; i < s.l1Table.length; i++) {
-    if ((s.l1Table[i] & L2E_OFFSET_MASK) === 0n) {
-      progress.report(++visited, total);
-      continue;
-    }
-    const l2Offset = l2OffsetOf(s, i);
-    const l2Refcount = await qcow2GetRefcount(s, l2Offset / s.clusterSize);
-    const table = await l2Load(s, l2Offset);
-    try {
-      for (let j = 0; j < s.l2Size; j++) {
-        const entry = getL2Entry(s, table.data, j);
-        const type = clusterType(entry, true);
-        if (type !== 'zero-plain' && type !== 'zero-alloc') continue;
-        let offset = Number(entry & L2E_OFFSET_MASK);
-        if (type === 'zero-plain') {
-          if (s.bs.backing === null) {
-            s.l2Cache.markDirty(table);
-            setL2Entry(s, table.data, j, 0n);
-            continue;
-          }
-          offset = await qcow2AllocClusters(s, s.clusterSize);
-        }
-        qcow2PreWriteOverlapCheck(s, 0, offset, s.clusterSize);
-        try {
-          await qcow2File(s).writeZeroes(offset, s.clusterSize);
-        } catch (e) {
-          if (type === 'zero-plain') await qcow2FreeClusters(s, offset, s.clusterSize, 'always');
-          throw e;
-        }
-        s.l2Cache.markDirty(table);
-        setL2Entry(s, table.data, j, BigInt(offset) | (l2Refcount === 1 ? QCOW_OFLAG_COPIED : 0n));
-        await s.l2Cache.setDependency(s.refcountCache);
-        s.l2Cache.dependOnFlush();
-      }
-    } finally {
-      s.l2Cache.put(table);
-    }
-    progress.report(++visited, total);
-  }
-}
-
 async function hasCompressedClusters(s: BDRVQcow2State): Promise<boolean> {
   for (let i = 0; i < s.l1Table.length; i++) {
     if ((s.l1Table[i] & L2E_OFFSET_MASK) === 0n) continue;
@@ -252,7 +217,7 @@ async function hasCompressedClusters(s: BDRVQcow2State): Promise<boolean> {
 
 async function downgrade(s: BDRVQcow2State, progress: AmendProgress): Promise<void> {
   if (s.refcountOrder !== 4) fail('compat=0.10 requires refcount_bits=16', 'ENOTSUP');
-  if (s.dataFile !== null) fail('Cannot downgrade an image with a data file', 'ENOTSUP');
+  if (qcow2HasDataFile(s)) fail('Cannot downgrade an image with a data file', 'ENOTSUP');
   for (const sn of await qcow2ReadSnapshots(s)) {
     if (sn.vmStateSize > 0xffffffff || sn.diskSize !== s.header.size) fail('Internal snapshots prevent downgrade of image', 'ENOTSUP');
   }
@@ -265,7 +230,7 @@ async function downgrade(s: BDRVQcow2State, progress: AmendProgress): Promise<vo
   s.header.compatibleFeatures = 0n;
   s.header.autoclearFeatures = 0n;
   s.useLazyRefcounts = false;
-  await expandZeroClusters(s, progress);
+  await qcow2ExpandZeroClusters(s, progress.report);
   if ((s.header.incompatibleFeatures & QCOW2_INCOMPAT_COMPRESSION) !== 0n) {
     if (await hasCompressedClusters(s)) fail('Cannot downgrade an image with zstd compression type and existing compressed clusters', 'ENOTSUP');
     s.header.incompatibleFeatures &= ~QCOW2_INCOMPAT_COMPRESSION;
@@ -292,7 +257,17 @@ export async function qcow2AmendOptionsHook(s: BDRVQcow2State, options: CreateOp
     progress.current = 'refcount order';
     await qcow2ChangeRefcountOrder(s, Math.log2(p.refcountBits), progress.report);
   }
-  await rewriteHeader(s, () => undefined);
+  // The data file's name and raw flag go with the header rewrite every amend does.
+  const oldDataFile = s.imageDataFile;
+  try {
+    await rewriteHeader(s, () => {
+      if (p.dataFile !== undefined) s.imageDataFile = p.dataFile === '' ? null : p.dataFile;
+      if (!p.dataFileRaw) s.header.autoclearFeatures &= ~QCOW2_AUTOCLEAR_DATA_FILE_RAW;
+    });
+  } catch (e) {
+    s.imageDataFile = oldDataFile;
+    throw e;
+  }
   if (p.backingFile !== undefined || p.backingFmt !== undefined) {
     if ((p.backingFile ?? null) !== s.backingFile || (p.backingFmt ?? null) !== s.backingFormat) {
       fail("Cannot amend the backing file\nYou can use 'qemu-img rebase' instead.");

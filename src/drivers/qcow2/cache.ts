@@ -24,6 +24,11 @@ export interface CacheEntry {
 
 export interface CacheHooks {
   file(): BlockDriverState;
+  /**
+   * Make guest data durable where it is not in file() (an external data file): a dependency
+   * on a flush covers the data as well.
+   */
+  flushData?(): Promise<void>;
   /** Refuses a write that would overwrite other metadata (the overlap check). */
   checkWrite(offset: number, size: number): void;
 }
@@ -140,6 +145,9 @@ export class Qcow2Cache {
   }
 
   private async honourDependencies(): Promise<void> {
+    // Data in an external data file is flushed there first: the flush of file() below (or
+    // of the dependency) does not reach it (QEMU flushes only bs->file here).
+    if (this.dependsOnFlush && this.hooks.flushData) await this.hooks.flushData();
     if (this.dependsOn) {
       const dep = this.dependsOn;
       // The dependency's flush includes a file flush: it also honours dependsOnFlush.

@@ -31,6 +31,7 @@ import {
   decodeCompressed,
 } from './entries.js';
 import { qcow2File } from './state.js';
+import { qcow2HasDataFile } from './data-file.js';
 
 const hex = (v: bigint | number): string => v.toString(16);
 
@@ -143,7 +144,7 @@ export async function checkRefcountsL2(c: CheckRun, fix: CheckFix, l2Offset: num
     if (l2SlotIsZero(view, i, s.l2EntrySize)) continue;
     let entry = getL2Entry(s, table, i);
     const bitmap = getL2Bitmap(s, table, i);
-    const type = clusterType(entry, !s.extendedL2);
+    const type = clusterType(entry, !s.extendedL2, qcow2HasDataFile(s));
 
     if (type !== 'compressed' && (entry & L2E_STD_RESERVED_MASK) !== 0n) {
       const cleared = entry & ~L2E_STD_RESERVED_MASK;
@@ -168,7 +169,7 @@ export async function checkRefcountsL2(c: CheckRun, fix: CheckFix, l2Offset: num
           entry &= ~QCOW_OFLAG_COPIED;
           res.corruptions++;
         }
-        if (s.dataFile !== null) {
+        if (qcow2HasDataFile(s)) {
           c.report(`ERROR compressed cluster ${i} with data file, entry=0x${hex(entry)}`);
           res.corruptions++;
           break;
@@ -219,7 +220,7 @@ export async function checkRefcountsL2(c: CheckRun, fix: CheckFix, l2Offset: num
             c.report(`ERROR zero cluster entry in a pre-v3 image: l2_entry=${hex(entry)}`);
             res.corruptions++;
           }
-          const kind = s.dataFile === null ? metadataAt(c, offset, cs) : undefined;
+          const kind = !qcow2HasDataFile(s) ? metadataAt(c, offset, cs) : undefined;
           if (kind) {
             await ourCorruption(w, i, `data cluster l2_entry=${hex(entry)} overlaps with ${kind}`, true);
             // Not counted either way: the cluster belongs to the metadata.
@@ -232,7 +233,7 @@ export async function checkRefcountsL2(c: CheckRun, fix: CheckFix, l2Offset: num
           nextContiguous = offset + cs;
         }
         // With an external data file the data clusters are not counted here.
-        if (s.dataFile === null) incRefcounts(c, offset, cs);
+        if (!qcow2HasDataFile(s)) incRefcounts(c, offset, cs);
         break;
       }
       case 'zero-plain':

@@ -31,6 +31,7 @@ import { l2SlotIsZero } from './check-l2.js';
 import { rebuildRefcounts } from './check-rebuild.js';
 import { updateRefcount } from './refcount.js';
 import { type BDRVQcow2State, qcow2File } from './state.js';
+import { qcow2HasDataFile } from './data-file.js';
 
 export { rebuildRefcounts } from './check-rebuild.js';
 export type { CheckRun } from './check-imrt.js';
@@ -157,11 +158,11 @@ async function checkOflagCopied(c: CheckRun, fix: CheckFix): Promise<void> {
     for (let j = 0; j < s.l2Size; j++) {
       if (l2SlotIsZero(view, j, s.l2EntrySize)) continue;
       const l2Entry = getL2Entry(s, table, j);
-      const type = clusterType(l2Entry, !s.extendedL2);
+      const type = clusterType(l2Entry, !s.extendedL2, qcow2HasDataFile(s));
       const dataOffset = Number(l2Entry & L2E_OFFSET_MASK);
       if (!(type === 'normal' || (type === 'zero-alloc' && dataOffset !== 0))) continue;
       // With an external data file the data clusters have no refcount of their own.
-      const dw = s.dataFile !== null ? { refcount: 1, copied: true } : await wanted(Math.floor(dataOffset / s.clusterSize));
+      const dw = qcow2HasDataFile(s) ? { refcount: 1, copied: true } : await wanted(Math.floor(dataOffset / s.clusterSize));
       if (!dw || dw.copied === ((l2Entry & QCOW_OFLAG_COPIED) !== 0n)) continue;
       c.report(`${fix.errors ? 'Repairing' : 'ERROR'} OFLAG_COPIED data cluster: l2_entry=${hex(l2Entry)} refcount=${dw.refcount}`);
       if (fix.errors) {

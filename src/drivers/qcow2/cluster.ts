@@ -9,6 +9,7 @@
 import { BlockError } from '../../block/errors.js';
 import type { CacheEntry } from './cache.js';
 import { QCOW2_OL_ACTIVE_L1, printfHex, qcow2OverlapIndexChanged, qcow2PreWriteOverlapCheck, qcow2SignalCorruption } from './corrupt.js';
+import { qcow2HasDataFile } from './data-file.js';
 import {
   L1E_OFFSET_MASK,
   L2E_OFFSET_MASK,
@@ -69,7 +70,7 @@ export function l2Load(s: BDRVQcow2State, l2Offset: number): Promise<CacheEntry>
 }
 
 function typeAt(s: BDRVQcow2State, data: Uint8Array, index: number, sc: number): Qcow2SubclusterType {
-  return subclusterType(getL2Entry(s, data, index), getL2Bitmap(s, data, index), sc, s.extendedL2, true);
+  return subclusterType(getL2Entry(s, data, index), getL2Bitmap(s, data, index), sc, s.extendedL2, true, qcow2HasDataFile(s));
 }
 
 function kindOf(t: Qcow2SubclusterType): Qcow2RunKind | 'invalid' {
@@ -118,6 +119,11 @@ export async function qcow2GetHostOffset(s: BDRVQcow2State, offset: number, byte
       qcow2SignalCorruption(s, true, `Zero cluster entry found in pre-v3 image (${where(l2Index)})`);
       throw new BlockError('EIO', undefined, { op: 'read', offset });
     }
+    // Compressed data would have to live in the qcow2 file, which holds no data here.
+    if (kind === 'compressed' && qcow2HasDataFile(s)) {
+      qcow2SignalCorruption(s, true, `Compressed cluster entry found in image with external data file (${where(l2Index)})`);
+      throw new BlockError('EIO', undefined, { op: 'read', offset });
+    }
     const hostBase = Number(entry & L2E_OFFSET_MASK);
     const withHost = first === 'normal' || first === 'zero-alloc' || first === 'unallocated-alloc';
     if (withHost && hostBase % cs !== 0) {
@@ -133,7 +139,7 @@ export async function qcow2GetHostOffset(s: BDRVQcow2State, offset: number, byte
     for (let i = 0; i < nbClusters; i++) {
       const from = i === 0 ? sc : 0;
       const e = i === 0 ? entry : getL2Entry(s, data, l2Index + i);
-      const r = subclusterRangeType(e, getL2Bitmap(s, data, l2Index + i), from, s.extendedL2);
+      const r = subclusterRangeType(e, getL2Bitmap(s, data, l2Index + i), from, s.extendedL2, qcow2HasDataFile(s));
       if (r.type === 'invalid') {
         qcow2SignalCorruption(s, true, `Invalid cluster entry found  (${where(l2Index + i)})`);
         throw new BlockError('EIO', undefined, { op: 'read', offset });

@@ -5,12 +5,15 @@
  */
 import { BlockError } from '../../block/errors.js';
 import type { IOVector } from '../../block/iovec.js';
+import { qcow2HasDataFile } from './data-file.js';
 import { qcow2CoPwritevCompressed } from './io.js';
 import { type BDRVQcow2State, qcow2File } from './state.js';
 
 const SECTOR = 512;
 
 export async function qcow2CoPwritevCompressedPart(s: BDRVQcow2State, offset: number, bytes: number, qiov: IOVector): Promise<void> {
+  // Compressed clusters live in the qcow2 file, where an image with a data file keeps no data.
+  if (qcow2HasDataFile(s)) throw new BlockError('ENOTSUP', undefined, { op: 'write_compressed', offset });
   if (bytes === 0) {
     // Compressed data is packed at byte granularity, so the file may end mid-sector; tools
     // that read the file in sectors want it whole (QEMU pads the same way on this signal).

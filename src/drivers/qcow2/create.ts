@@ -10,9 +10,11 @@ import { BlockError } from '../../block/errors.js';
 import { BlockDriverState } from '../../block/node.js';
 import {
   encodeHeader,
+  QCOW2_AUTOCLEAR_DATA_FILE_RAW,
   QCOW2_COMPAT_LAZY_REFCOUNTS,
   QCOW2_COMPRESSION_TYPE_ZSTD,
   QCOW2_INCOMPAT_COMPRESSION,
+  QCOW2_INCOMPAT_DATA_FILE,
   QCOW2_INCOMPAT_EXTL2,
   QCOW2_MAX_BACKING_FILE_NAME,
   QCOW2_V3_HEADER_SIZE,
@@ -36,6 +38,8 @@ export const qcow2CreateOptions: readonly CreateOptionSpec[] = [
   { name: 'compat', key: 'compat', type: 'string', help: 'Compatibility level (v2 [0.10] or v3 [1.1])' },
   { name: 'backing_file', key: 'backingFile', type: 'string', help: 'File name of a base image' },
   { name: 'backing_fmt', key: 'backingFmt', type: 'string', help: 'Image format of the base image' },
+  { name: 'data_file', key: 'dataFile', type: 'string', help: 'File name of an external data file' },
+  { name: 'data_file_raw', key: 'dataFileRaw', type: 'bool', help: 'The external data file must stay valid as a raw image' },
   { name: 'lazy_refcounts', key: 'lazyRefcounts', type: 'bool', help: 'Postpone refcount updates', default: false },
   { name: 'refcount_bits', key: 'refcountBits', type: 'number', help: 'Width of a reference count entry in bits', default: 16 },
 ];
@@ -52,6 +56,9 @@ export interface Qcow2CreateParams {
   preallocation: 'off' | 'metadata' | 'falloc' | 'full';
   backingFile: string | null;
   backingFmt: string | null;
+  /** An external data file to create (data_file), and whether it stays a raw image. */
+  dataFile: string | null;
+  dataFileRaw: boolean;
 }
 
 function opt(options: CreateOptions, key: string, name: string): string | number | boolean | undefined {
@@ -110,6 +117,16 @@ export function qcow2CreateParams(options: CreateOptions): Qcow2CreateParams {
   }
   const backingFile = str('backingFile', 'backing_file');
   const backingFmt = str('backingFmt', 'backing_fmt');
+  const dataFile = str('dataFile', 'data_file');
+  const dataFileRaw = bool('dataFileRaw', 'data_file_raw');
+  if (dataFile !== null && version < 3) {
+    fail('External data files are only supported with compatibility level 1.1 and above (use version=v3 or greater)');
+  }
+  if (dataFileRaw && dataFile === null) fail('data-file-raw requires data-file');
+  if (dataFileRaw && backingFile !== null) fail('Backing file and data-file-raw cannot be used at the same time');
+  // A raw data file must read as the disk with or without the metadata: every L2 entry maps
+  // the guest offset to the same host offset from the start (metadata preallocation).
+  const prealloc = dataFileRaw && preallocation === 'off' ? 'metadata' : preallocation;
   if (backingFile !== null && preallocation !== 'off' && !extendedL2) {
     fail('Backing file and preallocation can only be used at the same time if extended_l2 is on');
   }
@@ -135,9 +152,11 @@ export function qcow2CreateParams(options: CreateOptions): Qcow2CreateParams {
     lazyRefcounts,
     extendedL2,
     compressionType: ctype === 'zstd' ? QCOW2_COMPRESSION_TYPE_ZSTD : 0,
-    preallocation: preallocation as Qcow2CreateParams['preallocation'],
+    preallocation: prealloc as Qcow2CreateParams['preallocation'],
     backingFile,
     backingFmt,
+    dataFile,
+    dataFileRaw,
   };
 }
 
@@ -159,9 +178,10 @@ export function qcow2InitialClusters(p: Qcow2CreateParams): Uint8Array {
     refcountTableClusters: 1,
     nbSnapshots: 0,
     snapshotsOffset: 0,
-    incompatibleFeatures: (p.extendedL2 ? QCOW2_INCOMPAT_EXTL2 : 0n) | (p.compressionType !== 0 ? QCOW2_INCOMPAT_COMPRESSION : 0n),
+    incompatibleFeatures:
+      (p.extendedL2 ? QCOW2_INCOMPAT_EXTL2 : 0n) | (p.compressionType !== 0 ? QCOW2_INCOMPAT_COMPRESSION : 0n) | (p.dataFile !== null ? QCOW2_INCOMPAT_DATA_FILE : 0n),
     compatibleFeatures: p.lazyRefcounts ? QCOW2_COMPAT_LAZY_REFCOUNTS : 0n,
-    autoclearFeatures: 0n,
+    autoclearFeatures: p.dataFileRaw ? QCOW2_AUTOCLEAR_DATA_FILE_RAW : 0n,
     refcountOrder: p.refcountOrder,
     headerLength: QCOW2_V3_HEADER_SIZE,
     compressionType: p.compressionType,
@@ -175,17 +195,30 @@ export function qcow2InitialClusters(p: Qcow2CreateParams): Uint8Array {
 /** The create hook. */
 export async function qcow2Create(filename: string, options: CreateOptions, ctx: CreateContext): Promise<void> {
   const p = qcow2CreateParams(options);
-  const file = await ctx.createFile(filename, { ...options, size: 0, preallocation: undefined });
+  // The data file first, at the disk's size (QEMU creates it with the same options; there is
+  // no metadata preallocation for a raw file).
+  const data = p.dataFile === null ? null : await createDataFile(p.dataFile, options, p, ctx);
+  let file: BlockDriverState;
+  try {
+    file = await ctx.createFile(filename, { ...options, size: 0, preallocation: undefined });
+  } catch (e) {
+    await data?.close().catch(() => undefined);
+    throw e;
+  }
   let bs: BlockDriverState | null = null;
   try {
     if ((await file.getLength()) !== 0) await file.truncate(0);
     await file.pwrite(0, qcow2InitialClusters(p));
     bs = new BlockDriverState(qcow2Driver, filename, { registry: ctx.registry });
     bs.file = file;
+    // The image opens over the data file just created (QEMU names its node).
+    bs.dataFile = data;
     await bs.driverOpen();
     const s = qcow2State(bs);
     await s.lock.run(async () => {
       await qcow2AllocClusters(s, 3 * p.clusterSize);
+      // The name as given: QEMU records the data file node's filename.
+      s.imageDataFile = p.dataFile;
       await qcow2UpdateHeader(s);
     });
     await qcow2Truncate(s, p.size, p.preallocation);
@@ -205,7 +238,18 @@ export async function qcow2Create(filename: string, options: CreateOptions, ctx:
     await done.close();
   } catch (e) {
     if (bs) await bs.close().catch(() => undefined);
-    else await file.close().catch(() => undefined);
+    else {
+      await file.close().catch(() => undefined);
+      await data?.close().catch(() => undefined);
+    }
     throw e;
   }
+}
+
+/** Create the external data file of a new image: a protocol-level file of the disk's size. */
+async function createDataFile(name: string, options: CreateOptions, p: Qcow2CreateParams, ctx: CreateContext): Promise<BlockDriverState> {
+  const preallocation = p.preallocation === 'falloc' || p.preallocation === 'full' ? p.preallocation : undefined;
+  const node = await ctx.createFile(name, { ...options, size: p.size, preallocation });
+  node.setParent('node');
+  return node;
 }

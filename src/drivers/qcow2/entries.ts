@@ -20,12 +20,18 @@ export const QCOW_L2_BITMAP_ALL_ZEROES = 0xffffffff00000000n;
 
 export type Qcow2ClusterType = 'unallocated' | 'zero-plain' | 'zero-alloc' | 'normal' | 'compressed';
 
-/** Classify a standard L2 entry (bit 0 counts only when `zeroBit`: v3 without extended L2). */
-export function clusterType(entry: bigint, zeroBit = true): Qcow2ClusterType {
+/**
+ * Classify a standard L2 entry (bit 0 counts only when `zeroBit`: v3 without extended L2).
+ * `dataFile`: the image has an external data file, where offset 0 is a valid data offset;
+ * there every data cluster has COPIED set (its refcount is 1 by definition), which tells
+ * cluster 0 from an unallocated entry.
+ */
+export function clusterType(entry: bigint, zeroBit = true, dataFile = false): Qcow2ClusterType {
   if ((entry & QCOW_OFLAG_COMPRESSED) !== 0n) return 'compressed';
   const offset = entry & L2E_OFFSET_MASK;
   if (zeroBit && (entry & QCOW_OFLAG_ZERO) !== 0n) return offset !== 0n ? 'zero-alloc' : 'zero-plain';
-  return offset !== 0n ? 'normal' : 'unallocated';
+  if (offset !== 0n) return 'normal';
+  return dataFile && (entry & QCOW_OFLAG_COPIED) !== 0n ? 'normal' : 'unallocated';
 }
 
 export function l2EntryOffset(entry: bigint): number {
@@ -87,9 +93,10 @@ export type Qcow2SubclusterType =
  * the entry means nothing; an allocated cluster whose bitmap marks any subcluster both
  * allocated and zero, or an unallocated one with any allocation bit, is invalid as a whole; a
  * compressed cluster is compressed whatever its bitmap says (check reports a non-zero one).
+ * `dataFile` as for clusterType.
  */
-export function subclusterType(entry: bigint, bitmap: bigint, sc: number, extendedL2: boolean, zeroBit: boolean): Qcow2SubclusterType {
-  const t = clusterType(entry, zeroBit && !extendedL2);
+export function subclusterType(entry: bigint, bitmap: bigint, sc: number, extendedL2: boolean, zeroBit: boolean, dataFile = false): Qcow2SubclusterType {
+  const t = clusterType(entry, zeroBit && !extendedL2, dataFile);
   if (!extendedL2) return t === 'unallocated' ? 'unallocated-plain' : t;
   switch (t) {
     case 'compressed':
@@ -124,8 +131,14 @@ export function ctz32(v: number): number {
  * (qcow2_get_subcluster_range_type): without extended L2 entries, or compressed, the rest of
  * the cluster. count is -1 for an invalid entry.
  */
-export function subclusterRangeType(entry: bigint, bitmap: bigint, from: number, extendedL2: boolean): { type: Qcow2SubclusterType; count: number } {
-  const type = subclusterType(entry, bitmap, from, extendedL2, true);
+export function subclusterRangeType(
+  entry: bigint,
+  bitmap: bigint,
+  from: number,
+  extendedL2: boolean,
+  dataFile = false,
+): { type: Qcow2SubclusterType; count: number } {
+  const type = subclusterType(entry, bitmap, from, extendedL2, true, dataFile);
   if (type === 'invalid') return { type, count: -1 };
   if (!extendedL2) return { type, count: 1 - from };
   if (type === 'compressed') return { type, count: 32 - from };

@@ -15,6 +15,7 @@ import { type Qcow2L2Meta, qcow2AllocHostOffset, qcow2LinkL2 } from './alloc.js'
 import { type Qcow2InFlight, qcow2InFlightBegin, qcow2InFlightEnd, qcow2WaitInFlight } from './inflight.js';
 import { qcow2GetClusterTable, qcow2GetHostOffset, qcow2IsZero, type Qcow2Run, getL2Entry, setL2Bitmap, setL2Entry } from './cluster.js';
 import { qcow2CheckNotCorrupt, qcow2PreWriteOverlapCheck } from './corrupt.js';
+import { qcow2DataNode, qcow2PreWriteDataCheck } from './data-file.js';
 import { L2E_OFFSET_MASK, decodeCompressed, encodeCompressed } from './entries.js';
 import { qcow2AllocBytes, qcow2FreeClusters } from './refcount.js';
 import { type BDRVQcow2State, offsetIntoCluster, qcow2File } from './state.js';
@@ -59,7 +60,7 @@ async function readRun(s: BDRVQcow2State, offset: number, run: Qcow2Run, cur: IO
       return;
     }
     case 'normal': {
-      const file = qcow2File(s);
+      const file = qcow2DataNode(s);
       await file.debugEvent('read_aio');
       await file.preadv(run.hostOffset, cur);
       return;
@@ -108,14 +109,14 @@ export async function qcow2CoPreadv(s: BDRVQcow2State, offset: number, bytes: nu
  * Runs without s.lock: the clusters are this write's, in flight.
  */
 async function handleAllocSpace(s: BDRVQcow2State, metas: readonly Qcow2L2Meta[]): Promise<void> {
-  const file = qcow2File(s);
+  const file = qcow2DataNode(s);
   for (const m of metas) {
     if ((m.cowStart.nbBytes === 0 && m.cowEnd.nbBytes === 0) || m.overwritesData) continue;
     if (!(await qcow2IsZero(s, m.offset + m.cowStart.offset, m.cowStart.nbBytes, false))) continue;
     if (!(await qcow2IsZero(s, m.offset + m.cowEnd.offset, m.cowEnd.nbBytes, false))) continue;
     const start = m.allocOffset + m.cowStart.offset;
     const bytes = m.cowEnd.offset + m.cowEnd.nbBytes - m.cowStart.offset;
-    qcow2PreWriteOverlapCheck(s, 0, start, bytes);
+    qcow2PreWriteDataCheck(s, start, bytes);
     await file.debugEvent('cluster_alloc_space');
     try {
       await file.writeZeroes(start, bytes, { noFallback: true });
@@ -146,7 +147,7 @@ function mergeCow(s: BDRVQcow2State, offset: number, bytes: number, metas: reado
  */
 export async function qcow2PerformCow(s: BDRVQcow2State, m: Qcow2L2Meta, data: IOVector | null = null, locked = true): Promise<void> {
   if ((m.cowStart.nbBytes === 0 && m.cowEnd.nbBytes === 0) || m.skipCow) return;
-  const file = qcow2File(s);
+  const file = qcow2DataNode(s);
   const head = new Uint8Array(m.cowStart.nbBytes);
   const tail = new Uint8Array(m.cowEnd.nbBytes);
   // QEMU reads both areas in one request when the data between them is small (one cow_read
@@ -164,7 +165,7 @@ export async function qcow2PerformCow(s: BDRVQcow2State, m: Qcow2L2Meta, data: I
   }
   if (data) {
     const whole = new IOVector([head, ...data.iov, tail]);
-    qcow2PreWriteOverlapCheck(s, 0, m.allocOffset + m.cowStart.offset, whole.size);
+    qcow2PreWriteDataCheck(s, m.allocOffset + m.cowStart.offset, whole.size);
     // One write, two events, as in QEMU: write_aio for the data, cow_write for the whole.
     await file.debugEvent('write_aio');
     await file.debugEvent('cow_write');
@@ -176,7 +177,7 @@ export async function qcow2PerformCow(s: BDRVQcow2State, m: Qcow2L2Meta, data: I
     [tail, m.cowEnd.offset],
   ] as const) {
     if (buf.length === 0) continue;
-    qcow2PreWriteOverlapCheck(s, 0, m.allocOffset + at, buf.length);
+    qcow2PreWriteDataCheck(s, m.allocOffset + at, buf.length);
     await file.debugEvent('cow_write');
     await file.pwrite(m.allocOffset + at, buf);
   }
@@ -187,7 +188,7 @@ export async function qcow2PerformCow(s: BDRVQcow2State, m: Qcow2L2Meta, data: I
  * qiov at qiovOffset); returns how many bytes it covered (qcow2_co_pwritev_task).
  */
 async function writePiece(s: BDRVQcow2State, offset: number, bytes: number, qiov: IOVector, qiovOffset: number): Promise<number> {
-  const file = qcow2File(s);
+  const file = qcow2DataNode(s);
   let a: Awaited<ReturnType<typeof qcow2AllocHostOffset>>;
   let flight: Qcow2InFlight;
   await s.lock.lock();
@@ -195,7 +196,7 @@ async function writePiece(s: BDRVQcow2State, offset: number, bytes: number, qiov
     qcow2CheckNotCorrupt(s, 'write');
     a = await qcow2AllocHostOffset(s, offset, bytes);
     if (a.bytes === 0) throw new BlockError('EIO', 'qcow2: no progress allocating clusters', { op: 'write', offset });
-    qcow2PreWriteOverlapCheck(s, 0, a.hostOffset, a.bytes);
+    qcow2PreWriteDataCheck(s, a.hostOffset, a.bytes);
     // From here until its end the piece is in flight: writes that would allocate the same
     // clusters wait for it, zero and discard there wait for it.
     flight = qcow2InFlightBegin(s, offset, a.bytes, a.metas.length > 0);

@@ -11,16 +11,15 @@ import { warnStaleBitmaps } from './bitmap.js';
 import { Qcow2Cache } from './cache.js';
 import { defaultQcow2Codec } from './compress.js';
 import { qcow2PreWriteOverlapCheck, QCOW2_OL_ACTIVE_L2, QCOW2_OL_REFCOUNT_BLOCK, type Qcow2MetadataExtents } from './corrupt.js';
+import { qcow2OpenDataFile } from './data-file.js';
 import { compressedGeometry } from './entries.js';
 import {
   decodeExtensions,
   decodeHeader,
   encodeHeaderCluster,
   QCOW2_AUTOCLEAR_BITMAPS,
-  QCOW2_AUTOCLEAR_DATA_FILE_RAW,
   QCOW2_AUTOCLEAR_MASK,
   QCOW2_COMPAT_LAZY_REFCOUNTS,
-  QCOW2_INCOMPAT_DATA_FILE,
   QCOW2_INCOMPAT_EXTL2,
   QCOW2_MAX_BACKING_FILE_NAME,
   QCOW2_V3_HEADER_SIZE,
@@ -34,8 +33,8 @@ import { qcow2LoadRefcountTable } from './refcount.js';
 import { refcountBlockEntries, refcountGetter, refcountMax, refcountSetter } from './refcount-codec.js';
 import type { BDRVQcow2State } from './state.js';
 
-/** Autoclear bits whose data this driver keeps consistent: the bitmaps (no data file). */
-const QCOW2_AUTOCLEAR_SUPPORTED = QCOW2_AUTOCLEAR_MASK & ~QCOW2_AUTOCLEAR_DATA_FILE_RAW;
+/** Autoclear bits whose data this driver keeps consistent: the bitmaps, raw external data. */
+const QCOW2_AUTOCLEAR_SUPPORTED = QCOW2_AUTOCLEAR_MASK;
 const MAX_SNAPSHOT_TABLE_BYTES = 64 * 1024 * 1024;
 
 /** Snapshot table extents for the overlap check (read with hard limits). */
@@ -86,12 +85,6 @@ export async function qcow2DoOpen(bs: BlockDriverState, options: OpenOptions): P
   validateFeatures(header, ext?.featureTable ?? [], writable, check);
   validateTables(header, check);
   if (extError !== null || !ext) throw extError instanceof Error ? extError : new BlockError('EINVAL', 'Header extension too large', { op: 'open' });
-  if ((header.autoclearFeatures & 2n) !== 0n && (header.incompatibleFeatures & QCOW2_INCOMPAT_DATA_FILE) === 0n) {
-    throw new BlockError('EINVAL', 'data-file-raw requires a data file', { op: 'open' });
-  }
-  if ((header.incompatibleFeatures & QCOW2_INCOMPAT_DATA_FILE) !== 0n) {
-    throw new BlockError('ENOTSUP', "qcow2: images with an external data file are not supported", { op: 'open' });
-  }
   warnStaleBitmaps(header, ext.bitmaps, options);
 
   let backingFile: string | null = null;
@@ -100,6 +93,7 @@ export async function qcow2DoOpen(bs: BlockDriverState, options: OpenOptions): P
     if (header.backingFileSize > max) throw new BlockError('EINVAL', 'Backing file name too long', { op: 'open' });
     backingFile = new TextDecoder().decode(cluster0.subarray(header.backingFileOffset, header.backingFileOffset + header.backingFileSize));
   }
+  await qcow2OpenDataFile(bs, header, ext.dataFile, options);
 
   const extendedL2 = (header.incompatibleFeatures & QCOW2_INCOMPAT_EXTL2) !== 0n;
   const l2EntrySize = extendedL2 ? 16 : 8;
@@ -122,7 +116,9 @@ export async function qcow2DoOpen(bs: BlockDriverState, options: OpenOptions): P
     lazyRefcountsBit: (header.compatibleFeatures & QCOW2_COMPAT_LAZY_REFCOUNTS) !== 0n,
   });
   const s = {} as BDRVQcow2State;
-  const hooks = { file: () => file };
+  // Data written to a data file must be durable before an L2 entry points at it.
+  const dataFile = bs.dataFile;
+  const hooks = { file: () => file, ...(dataFile ? { flushData: () => dataFile.flush() } : {}) };
   Object.assign(s, {
     bs,
     header,
@@ -158,7 +154,7 @@ export async function qcow2DoOpen(bs: BlockDriverState, options: OpenOptions): P
     unknownExtensions: ext.unknown,
     backingFile,
     backingFormat: ext.backingFormat,
-    dataFile: ext.dataFile,
+    imageDataFile: ext.dataFile,
     bitmapsExtension: ext.bitmaps,
     useLazyRefcounts: settings.useLazyRefcounts,
     discardPassthrough: settings.discardRequest,
@@ -215,7 +211,7 @@ export async function qcow2UpdateHeader(s: BDRVQcow2State): Promise<void> {
     unknownHeaderFields: s.unknownHeaderFields,
     backingFile: s.backingFile,
     backingFormat: s.backingFormat,
-    dataFile: s.dataFile,
+    dataFile: s.imageDataFile,
     crypto: null,
     // Written while the image has bitmaps, even with the autoclear bit dropped around a
     // directory update: a crash then leaves bitmaps every reader ignores (QEMU's nb_bitmaps).

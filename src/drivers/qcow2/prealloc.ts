@@ -16,9 +16,13 @@ import { qcow2PerformCow } from './io.js';
 import { qcow2AllocClustersAt, qcow2FreeClusters, qcow2RefcountArea } from './refcount.js';
 import { qcow2GetLastCluster } from './reftable.js';
 import { type BDRVQcow2State, offsetIntoCluster, offsetToL2Index, qcow2File, startOfCluster } from './state.js';
+import { qcow2DataNode } from './data-file.js';
 
-/** Allocate (never write) the clusters of guest [from, to) (preallocate_co, metadata). */
-export async function preallocateMetadata(s: BDRVQcow2State, from: number, to: number): Promise<void> {
+/**
+ * Allocate (never write) the clusters of guest [from, to) (preallocate_co). With a data file
+ * the clusters are its own (host == guest), and the data file is grown with `mode`.
+ */
+export async function preallocateMetadata(s: BDRVQcow2State, from: number, to: number, mode = 'metadata'): Promise<void> {
   let offset = from;
   let bytes = to - from;
   let host = 0;
@@ -38,8 +42,8 @@ export async function preallocateMetadata(s: BDRVQcow2State, from: number, to: n
     offset += cur;
   }
   // Reads of the allocated clusters must not fail past EOF: extend the file to cover them.
-  const file = qcow2File(s);
-  if (host + cur > (await file.getLength())) await file.truncate(host + cur);
+  const file = qcow2DataNode(s);
+  if (host + cur > (await file.getLength())) await file.truncate(host + cur, mode === 'metadata' ? 'off' : mode);
 }
 
 function truncateError(message: string, e: unknown, size: number): BlockError {

@@ -11,6 +11,7 @@ import type { BlockDriverState } from '../../block/node.js';
 import { bitmapInfoList, qcow2ReadBitmapList } from './bitmap.js';
 import { qcow2CanStoreNewDirtyBitmap, qcow2LoadDirtyBitmaps, qcow2RemovePersistentDirtyBitmap, qcow2StoreDirtyBitmaps, qcow2TruncateBitmapsCheck } from './bitmap-store.js';
 import { qcow2Check } from './check.js';
+import { qcow2DataFileIsRaw, qcow2DataNode, qcow2HasDataFile } from './data-file.js';
 import { qcow2GetHostOffset } from './cluster.js';
 import { qcow2CheckNotCorrupt } from './corrupt.js';
 import { qcow2Create, qcow2CreateOptions } from './create.js';
@@ -22,6 +23,7 @@ import {
 } from './header.js';
 import { qcow2CoPwritevCompressedPart } from './compress-write.js';
 import { qcow2CoPreadv, qcow2CoPwritev } from './io.js';
+import { qcow2MakeEmpty } from './make-empty.js';
 import { qcow2Measure } from './measure.js';
 import { qcow2AmendOptions, qcow2AmendOptionsHook } from './amend.js';
 import { qcow2DoOpen, qcow2UpdateHeader } from './open.js';
@@ -65,6 +67,8 @@ async function qcow2Flush(bs: BlockDriverState): Promise<void> {
   await s.lock.run(async () => {
     if (!bs.readOnly && !s.corrupt) await qcow2WriteCaches(s);
   });
+  // Both children, as QEMU's bdrv_co_flush flushes every child: a data file holds guest data.
+  if (bs.dataFile) await bs.dataFile.flush();
   await qcow2File(s).flush();
 }
 
@@ -100,13 +104,13 @@ async function qcow2BlockStatus(bs: BlockDriverState, offset: number, bytes: num
   const s = qcow2State(bs);
   qcow2CheckNotCorrupt(s, 'block_status');
   const run = await s.lock.run(() => qcow2GetHostOffset(s, offset, bytes));
-  const withOffset = run.allocated ? { offset: run.hostOffset, file: qcow2File(s) } : {};
+  const withOffset = run.allocated ? { offset: run.hostOffset, file: qcow2DataNode(s) } : {};
   switch (run.kind) {
     case 'normal': {
       if (await qcow2MetadataPreallocated(s)) {
         // Preallocated clusters may never have been written: ask the file whether they read
         // as zeros (QEMU's BDRV_BLOCK_RECURSE), and answer for no more than the file does.
-        const st = await qcow2File(s).blockStatus(run.hostOffset, run.bytes);
+        const st = await qcow2DataNode(s).blockStatus(run.hostOffset, run.bytes);
         return { pnum: Math.min(st.pnum, run.bytes), allocated: true, data: true, zero: st.zero, ...withOffset };
       }
       return { pnum: run.bytes, allocated: true, data: true, zero: false, ...withOffset };
@@ -153,7 +157,7 @@ async function qcow2GetInfo(bs: BlockDriverState): Promise<BlockDriverInfo> {
 }
 
 /**
- * QEMU's ImageInfoSpecificQCow2, fields in QAPI order (compat, extended-l2, lazy-refcounts,
+ * QEMU's ImageInfoSpecificQCow2, fields in QAPI order (compat, data-file, data-file-raw, extended-l2, lazy-refcounts,
  * corrupt, refcount-bits, bitmaps, compression-type): tools print them in QDict order from that.
  * bitmaps is present only when the image has some.
  */
@@ -169,6 +173,8 @@ async function qcow2GetSpecificInfo(bs: BlockDriverState): Promise<ImageInfoSpec
     kind: 'qcow2',
     data: {
       compat: '1.1',
+      ...(s.imageDataFile !== null ? { 'data-file': s.imageDataFile } : {}),
+      ...(qcow2HasDataFile(s) ? { 'data-file-raw': qcow2DataFileIsRaw(s) } : {}),
       'extended-l2': s.extendedL2,
       'lazy-refcounts': (h.compatibleFeatures & QCOW2_COMPAT_LAZY_REFCOUNTS) !== 0n,
       corrupt: (h.incompatibleFeatures & QCOW2_INCOMPAT_CORRUPT) !== 0n,
@@ -218,6 +224,7 @@ export const qcow2Driver: BlockDriver = {
   formatName: 'qcow2',
   requestAlignment: 1,
   supportsBacking: true,
+  childNames: ['data-file'],
   createOptions: qcow2CreateOptions,
   runtimeOptions: QCOW2_RUNTIME_OPTS,
   probe: qcow2Probe,
@@ -263,6 +270,7 @@ export const qcow2Driver: BlockDriver = {
   changeBackingFile: qcow2ChangeBackingFile,
   invalidateCache: qcow2InvalidateCache,
   check: (bs, fix) => qcow2Check(qcow2State(bs), fix),
+  makeEmpty: (bs) => qcow2MakeEmpty(qcow2State(bs)),
   canStoreNewDirtyBitmap: (bs, name, granularity) => Promise.resolve(qcow2CanStoreNewDirtyBitmap(qcow2State(bs), name, granularity, bdrvNodeName(bs))),
   supportsPersistentDirtyBitmap: (bs) => qcow2State(bs).header.version >= 3,
   removePersistentDirtyBitmap: (bs, name) => qcow2RemovePersistentDirtyBitmap(qcow2State(bs), name),

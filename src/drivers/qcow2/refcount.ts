@@ -15,6 +15,7 @@ import { BlockError } from '../../block/errors.js';
 import { REFT_OFFSET_MASK, clusterType, decodeCompressed, L2E_OFFSET_MASK } from './entries.js';
 import { printfHex, qcow2OverlapIndexChanged, qcow2SignalCorruption, qcow2PreWriteOverlapCheck, QCOW2_OL_REFCOUNT_TABLE } from './corrupt.js';
 import { qcow2RefcountArea } from './reftable.js';
+import { qcow2FreeDataCluster, qcow2HasDataFile } from './data-file.js';
 import { type BDRVQcow2State, qcow2File, qcow2Trace, startOfCluster, sizeToClusters, offsetIntoCluster } from './state.js';
 
 /** QEMU's qcow2_discard_type: which frees punch holes in the file. */
@@ -336,6 +337,7 @@ export async function qcow2FreeClusters(s: BDRVQcow2State, offset: number, size:
 
 /** Drop the reference an L2 entry holds, whatever its type (qcow2_free_any_cluster). */
 export async function qcow2FreeAnyCluster(s: BDRVQcow2State, entry: bigint, type: Qcow2DiscardType): Promise<void> {
+  if (qcow2HasDataFile(s)) return qcow2FreeDataCluster(s, entry, type);
   switch (clusterType(entry, s.header.version >= 3)) {
     case 'compressed': {
       const c = decodeCompressed(entry, s.compressed);

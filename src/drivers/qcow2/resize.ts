@@ -19,6 +19,7 @@ import { type BDRVQcow2State, qcow2File } from './state.js';
 import { encodeTable, L1_TABLE, qcow2SwitchTable } from './table-switch.js';
 import { qcow2ClusterDiscard } from './zero.js';
 import { qcow2WaitInFlight } from './inflight.js';
+import { qcow2DataNode, qcow2HasDataFile } from './data-file.js';
 
 /** Move the active L1 to a bigger table (qcow2_grow_l1_table). */
 export async function qcow2GrowL1Table(s: BDRVQcow2State, minSize: number, exactSize: boolean): Promise<void> {
@@ -134,7 +135,9 @@ export async function qcow2Truncate(s: BDRVQcow2State, size: number, prealloc: s
   await s.lock.run(async () => {
     // A shrink frees clusters: no write may be in flight to them (inflight.ts).
     await qcow2WaitInFlight(s, 0, Number.POSITIVE_INFINITY);
-    if (s.header.nbSnapshots > 0) throw new BlockError('ENOTSUP', "Can't resize an image which has snapshots", { op: 'truncate' });
+    // v3 snapshots record their own disk size (applying one resizes back); v2 entries need
+    // not, so a v2 image with snapshots keeps its size, as in QEMU.
+    if (s.header.nbSnapshots > 0 && s.header.version < 3) throw new BlockError('ENOTSUP', "Can't resize a v2 image which has snapshots", { op: 'truncate' });
     const old = s.header.size;
     const newL1 = sizeToL1(size, s.clusterBits, s.extendedL2);
     if (size < old) {
@@ -152,7 +155,12 @@ export async function qcow2Truncate(s: BDRVQcow2State, size: number, prealloc: s
     } else {
       await qcow2GrowL1Table(s, newL1, true);
     }
-    if (prealloc === 'metadata') await preallocateMetadata(s, old, size);
+    if (qcow2HasDataFile(s)) {
+      // The data file follows the size; preallocation is the metadata here, the data file's
+      // own allocation is its protocol's.
+      if (prealloc === 'off') await qcow2DataNode(s).truncate(size);
+      else await preallocateMetadata(s, old, size, prealloc);
+    } else if (prealloc === 'metadata') await preallocateMetadata(s, old, size);
     else if (prealloc === 'falloc' || prealloc === 'full') await preallocateData(s, old, size, prealloc);
     // The new size goes last: everything it exposes is in place.
     const buf = new Uint8Array(8);

@@ -26,6 +26,7 @@ import { encodeTable } from './table-switch.js';
 import { qcow2FlushLocked, qcow2ReadL1, qcow2SnapshotRefcountsFit, qcow2UpdateSnapshotRefcount } from './snapshot-refcount.js';
 import { QCOW_MAX_SNAPSHOTS_SIZE, encodeSnapshotTable, qcow2ReadSnapshots, type QCowSnapshot } from './snapshot-table.js';
 import { type BDRVQcow2State, qcow2File, qcow2IsDirty, qcow2State } from './state.js';
+import { qcow2HasDataFile } from './data-file.js';
 
 /** find_snapshot_by_id_and_name: by both, by id only or by name only (absent = not compared). */
 function findSnapshot(list: readonly QCowSnapshot[], id: string | undefined, name: string | undefined): number {
@@ -50,7 +51,7 @@ function newSnapshotId(list: readonly QCowSnapshot[]): string {
 }
 
 /** qcow2_validate_table for a snapshot's L1 table. */
-function validateSnapshotL1(s: BDRVQcow2State, sn: QCowSnapshot): void {
+export function validateSnapshotL1(s: BDRVQcow2State, sn: QCowSnapshot): void {
   if (sn.l1Size * 8 > QCOW_MAX_L1_SIZE) throw new BlockError('EFBIG', 'Snapshot L1 table too large', { op: 'snapshot' });
   if (sn.l1TableOffset % s.clusterSize !== 0) throw new BlockError('EINVAL', 'Snapshot L1 table offset invalid', { op: 'snapshot' });
 }
@@ -60,7 +61,7 @@ function validateSnapshotL1(s: BDRVQcow2State, sn: QCowSnapshot): void {
  * offset switched with one synchronous 12-byte write, then the old table freed. An empty
  * table is recorded as offset 0, as QEMU does.
  */
-async function qcow2WriteSnapshots(s: BDRVQcow2State, list: readonly QCowSnapshot[]): Promise<void> {
+export async function qcow2WriteSnapshots(s: BDRVQcow2State, list: readonly QCowSnapshot[]): Promise<void> {
   const file = qcow2File(s);
   const table = encodeSnapshotTable(list);
   if (table.length > QCOW_MAX_SNAPSHOTS_SIZE) throw new BlockError('EFBIG', 'Snapshot table is too big', { op: 'snapshot' });
@@ -122,7 +123,7 @@ export async function qcow2SnapshotCreate(bs: BlockDriverState, info: QEMUSnapsh
   const s = qcow2State(bs);
   const list = await s.lock.run(() => qcow2ReadSnapshots(s));
   if (list.length >= QCOW_MAX_SNAPSHOTS) throw new BlockError('EFBIG', undefined, { op: 'snapshot_create' });
-  if (s.dataFile !== null) throw new BlockError('ENOTSUP', undefined, { op: 'snapshot_create' });
+  if (qcow2HasDataFile(s)) throw new BlockError('ENOTSUP', undefined, { op: 'snapshot_create' });
   const id = info.id !== '' ? info.id : newSnapshotId(list);
   if (findSnapshot(list, id, undefined) >= 0) throw new BlockError('EEXIST', undefined, { op: 'snapshot_create' });
   // A count that would overflow is refused before anything is written.
@@ -162,13 +163,14 @@ export async function qcow2SnapshotGoto(bs: BlockDriverState, idOrName: string):
   if (i < 0) throw new BlockError('ENOENT', undefined, { op: 'snapshot_goto' });
   const sn = list[i];
   validateSnapshotL1(s, sn);
-  if (sn.diskSize !== s.header.size) {
-    throw new BlockError('ENOTSUP', 'qcow2: Loading snapshots with different disk size is not implemented', { op: 'snapshot_goto' });
-  }
   // As for create: a count that would overflow (narrow refcount_bits, e.g. after an amend)
   // is refused before anything is written, instead of failing half-way through the +1 walk.
   const fits = await s.lock.run(async () => qcow2SnapshotRefcountsFit(s, await qcow2ReadL1(s, sn.l1TableOffset, sn.l1Size)));
   if (!fits) throw new BlockError('EINVAL', undefined, { op: 'snapshot_goto' });
+  // The image takes the snapshot's size first, through the node so that its length follows
+  // (QEMU's blk_truncate, exact, no preallocation). The resize is complete on disk before the
+  // apply starts: a crash in between leaves a valid image of the snapshot's size.
+  if (sn.diskSize !== s.header.size) await bs.truncate(sn.diskSize, 'off');
   await underDirtyBit(s, 'snapshot_goto', async () => {
     const file = qcow2File(s);
     // The active L1 must be able to take the snapshot's entries; a shorter snapshot table

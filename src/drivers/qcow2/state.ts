@@ -55,7 +55,8 @@ export interface BDRVQcow2State {
   unknownExtensions: Qcow2UnknownExtension[];
   backingFile: string | null;
   backingFormat: string | null;
-  dataFile: string | null;
+  /** The data file name the image records (its extension), or null; the node is bs.dataFile. */
+  imageDataFile: string | null;
   bitmapsExtension: Uint8Array | null;
   /** Lazy refcounts in use (compat bit on a v3 image). */
   useLazyRefcounts: boolean;

@@ -13,6 +13,7 @@
 import { BlockError } from '../../block/errors.js';
 import { getL2Bitmap, getL2Entry } from './cluster.js';
 import { printfHex, qcow2SignalCorruption } from './corrupt.js';
+import { qcow2HasDataFile } from './data-file.js';
 import {
   L1E_OFFSET_MASK,
   QCOW_L2_BITMAP_ALL_ALLOC,
@@ -65,13 +66,14 @@ export function scIndex(s: BDRVQcow2State, offset: number): number {
  * image without extended L2 entries (there, the bitmap says what reads as zeros).
  */
 export function l2ClusterType(s: BDRVQcow2State, entry: bigint): Qcow2ClusterType {
-  return clusterType(entry, s.header.version >= 3 && !s.extendedL2);
+  return clusterType(entry, s.header.version >= 3 && !s.extendedL2, qcow2HasDataFile(s));
 }
 
 /** Does one of subclusters first..last of this entry hold guest data? */
 function holdsData(s: BDRVQcow2State, entry: bigint, bitmap: bigint, first: number, last: number): boolean {
-  if (!s.extendedL2) return subclusterType(entry, bitmap, 0, false, true) === 'normal';
-  if (clusterType(entry, false) !== 'normal') return false;
+  const dataFile = qcow2HasDataFile(s);
+  if (!s.extendedL2) return subclusterType(entry, bitmap, 0, false, true, dataFile) === 'normal';
+  if (clusterType(entry, false, dataFile) !== 'normal') return false;
   const alloc = Number(bitmap & QCOW_L2_BITMAP_ALL_ALLOC) & ~Number(bitmap >> 32n);
   return (alloc & Number(subAllocRange(first, last + 1))) !== 0;
 }
@@ -105,6 +107,7 @@ export function calculateL2Meta(
   const cowStartTo = offsetIntoCluster(s, guestOffset);
   const cowEndFrom = cowStartTo + bytes;
   const nbClusters = sizeToClusters(s, cowEndFrom);
+  const dataFile = qcow2HasDataFile(s);
   let skipCow = keepOld;
   let overwritesData = false;
   for (let i = 0; i < nbClusters; i++) {
@@ -115,11 +118,11 @@ export function calculateL2Meta(
     let type: Qcow2SubclusterType;
     if (skipCow) {
       // Kept clusters whose written subclusters all hold data need nothing.
-      const r = subclusterRangeType(entry, bitmap, firstSc, s.extendedL2);
+      const r = subclusterRangeType(entry, bitmap, firstSc, s.extendedL2, dataFile);
       if (r.type !== 'normal' || firstSc + r.count <= lastSc) skipCow = false;
       type = r.type;
     } else {
-      type = subclusterType(entry, bitmap, 0, s.extendedL2, true);
+      type = subclusterType(entry, bitmap, 0, s.extendedL2, true, dataFile);
     }
     if (type === 'invalid') throw invalidEntry(s, guestOffset, l2Index + i);
     if (keepOld && !overwritesData) overwritesData = holdsData(s, entry, bitmap, firstSc, lastSc);
@@ -130,8 +133,8 @@ export function calculateL2Meta(
   const lastIndex = l2Index + nbClusters - 1;
   const startSc = scIndex(s, guestOffset);
   const endSc = scIndex(s, guestOffset + bytes - 1);
-  const startType = subclusterType(getL2Entry(s, data, firstIndex), getL2Bitmap(s, data, firstIndex), startSc, s.extendedL2, true);
-  const endType = subclusterType(getL2Entry(s, data, lastIndex), getL2Bitmap(s, data, lastIndex), endSc, s.extendedL2, true);
+  const startType = subclusterType(getL2Entry(s, data, firstIndex), getL2Bitmap(s, data, firstIndex), startSc, s.extendedL2, true, dataFile);
+  const endType = subclusterType(getL2Entry(s, data, lastIndex), getL2Bitmap(s, data, lastIndex), endSc, s.extendedL2, true, dataFile);
   const startAlloc = Number(getL2Bitmap(s, data, firstIndex) & QCOW_L2_BITMAP_ALL_ALLOC);
   const endAlloc = Number(getL2Bitmap(s, data, lastIndex) & QCOW_L2_BITMAP_ALL_ALLOC);
 

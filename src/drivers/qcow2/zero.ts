@@ -22,6 +22,7 @@ import { qcow2WaitInFlight } from './inflight.js';
 import { qcow2CoPwritev } from './io.js';
 import { type Qcow2DiscardType, qcow2FreeAnyCluster } from './refcount.js';
 import type { BDRVQcow2State } from './state.js';
+import { qcow2DataFileIsRaw, qcow2DataNode } from './data-file.js';
 import { l2ClusterType, scIndex } from './subcluster.js';
 
 function isAllocatedType(t: string): boolean {
@@ -136,6 +137,9 @@ async function zeroL2Subclusters(s: BDRVQcow2State, offset: number, nb: number):
  * whole cluster get their zero bits; whole clusters become zero clusters.
  */
 async function qcow2SubclusterZeroize(s: BDRVQcow2State, offset: number, bytes: number, mayUnmap: boolean): Promise<void> {
+  // A raw data file must read as the disk without the metadata: zeroed there first, in
+  // whole (subclusters included), as QEMU does before it looks at the version.
+  if (qcow2DataFileIsRaw(s)) await qcow2DataNode(s).writeZeroes(offset, bytes, { mayUnmap });
   if (s.header.version < 3) {
     // v2 has no zero flag; without a backing file an unallocated cluster reads as zeros.
     if (!s.bs.backing) return qcow2ClusterDiscard(s, offset, bytes, 'request', false);

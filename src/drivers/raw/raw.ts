@@ -153,9 +153,21 @@ function rawPreadvNow(bs: BlockDriverState, offset: number, _bytes: number, qiov
   return f.preadvNow(offset, qiov);
 }
 
-const rawCoPwritev: BlockDriverHook<'coPwritev'> = async (bs, offset, bytes, qiov, flags) => {
+/**
+ * Past the probed head (nearly every write), nothing to guard: the child's promise itself, no
+ * extra async frame, as rawCoPreadv. The guard, the debug event and errors take the slow path.
+ */
+const rawCoPwritev: BlockDriverHook<'coPwritev'> = (bs, offset, bytes, qiov, flags) => {
+  const f = bs.file;
+  const s = bs.opaque as RawState | null;
+  if (f !== null && s !== null && !f.debugWatched && (offset >= RAW_PROBE_GUARD_BYTES || !s.probed)) {
+    return f.pwritev(offset, qiov, flags);
+  }
+  return rawCoPwritevSlow(bs, offset, bytes, qiov, flags);
+};
+
+const rawCoPwritevSlow: BlockDriverHook<'coPwritev'> = async (bs, offset, bytes, qiov, flags) => {
   const file = child(bs);
-  // Past the probed head (nearly every write), nothing to guard: straight to the child.
   if (offset >= RAW_PROBE_GUARD_BYTES || !state(bs).probed) {
     if (file.debugWatched) await file.debugEvent('write_aio');
     await file.pwritev(offset, qiov, flags);

@@ -173,7 +173,7 @@ export async function imgInfo(env: ImgEnv, argv: string[]): Promise<number> {
       throw new ToolExit(1);
     }
     seen.add(filename);
-    const blk = await imgOpen(env, filename, { imageOpts, format: curFmt, readOnly: true, noBacking: true, forceShare });
+    const blk = await imgOpen(env, filename, { imageOpts, format: curFmt, readOnly: true, noBacking: true, noIO: true, forceShare });
     let info: ImageInfo;
     try {
       // The node's own name (a json: filename resolved, file: stripped), as QEMU prints it.

@@ -14,6 +14,8 @@ export interface ImgOpenOptions {
   forceShare?: boolean;
   /** cache=unsafe: flushes never reach the host file (the format still writes its metadata). */
   noFlush?: boolean;
+  /** No guest I/O will be done (BDRV_O_NO_IO: info): what only guest I/O needs is not opened. */
+  noIO?: boolean;
   /** --image-opts: `filename` is an option string (img_open_opts). */
   imageOpts?: boolean;
 }
