@@ -89,6 +89,35 @@ function kindOf(t: Qcow2SubclusterType): Qcow2RunKind | 'invalid' {
   }
 }
 
+const TWO32 = 2 ** 32;
+
+/**
+ * The common case of the count above without a BigInt per entry (map and check walk tables of
+ * thousands of entries): from `pos`, skip the plain (non-extended) entries that are the entry
+ * at `first` itself, or with a host cluster (`hostBase` >= 0) its very flag bits over the next
+ * host offset. Such an entry has the first one's type and continues its host range; the first
+ * entry that is not so is left to the full check, which decides it.
+ */
+function countSamePlainEntries(data: Uint8Array, first: number, pos: number, end: number, hostBase: number, cs: number): number {
+  const dv = new DataView(data.buffer, data.byteOffset, data.byteLength);
+  const hi0 = dv.getUint32(first * 8);
+  const lo0 = dv.getUint32(first * 8 + 4);
+  if (hostBase < 0) {
+    while (pos < end && dv.getUint32(pos * 8) === hi0 && dv.getUint32(pos * 8 + 4) === lo0) pos++;
+    return pos;
+  }
+  // Offset bits are 9-55: the high word's low 24 bits and the low word's bits 9-31.
+  const hiFlags = hi0 & 0xff000000;
+  const loFlags = lo0 & 0x1ff;
+  for (; pos < end; pos++) {
+    const host = hostBase + (pos - first) * cs;
+    const hi = (hiFlags | Math.floor(host / TWO32)) >>> 0;
+    const lo = (loFlags | host % TWO32) >>> 0;
+    if (dv.getUint32(pos * 8) !== hi || dv.getUint32(pos * 8 + 4) !== lo) break;
+  }
+  return pos;
+}
+
 /**
  * Plan the run at guest `offset` (at most `bytes`), QEMU's qcow2_get_host_offset: the same
  * kind, and for data a contiguous host range, inside one L2 table.
@@ -151,6 +180,7 @@ export async function qcow2GetHostOffset(s: BDRVQcow2State, offset: number, byte
     const base = l2Index * totalSc;
     const endPos = base + Math.ceil((offsetIntoCluster(s, offset) + maxBytes) / scSize);
     let pos = base + sc + 1;
+    if (!s.extendedL2) pos = countSamePlainEntries(data, l2Index, pos, endPos, withHost ? hostBase : -1, cs);
     for (; pos < endPos; pos++) {
       const idx = Math.floor(pos / totalSc);
       if (typeAt(s, data, idx, pos % totalSc) !== first) break;
