@@ -15,6 +15,7 @@ import { type Qcow2L2Meta, qcow2AllocHostOffset, qcow2LinkL2 } from './alloc.js'
 import { type Qcow2InFlight, qcow2InFlightBegin, qcow2InFlightEnd, qcow2WaitInFlight } from './inflight.js';
 import { qcow2GetClusterTable, qcow2GetHostOffset, qcow2IsZero, type Qcow2Run, getL2Entry, setL2Entry } from './cluster.js';
 import { qcow2CheckNotCorrupt, qcow2PreWriteOverlapCheck } from './corrupt.js';
+import { qcow2RewriteNow } from './fast.js';
 import { clusterType, decodeCompressed, encodeCompressed } from './entries.js';
 import { qcow2AllocBytes, qcow2FreeClusters } from './refcount.js';
 import { type BDRVQcow2State, offsetIntoCluster, qcow2File } from './state.js';
@@ -261,6 +262,16 @@ export async function qcow2CoPwritev(s: BDRVQcow2State, offset: number, bytes: n
     throw new BlockError('ENOTSUP', 'qcow2: writing to images with extended L2 entries is not supported', { op: 'write', offset });
   }
   try {
+    const now = qcow2RewriteNow(s, offset, bytes);
+    if (now !== null) {
+      // Mapped and in flight already: only the data write is left (debug events unwatched).
+      try {
+        await qcow2File(s).pwritev(now.hostOffset, qiov.size === bytes ? qiov : qiov.slice(0, bytes));
+      } finally {
+        qcow2InFlightEnd(s, now.flight);
+      }
+      return;
+    }
     for (let done = 0; done < bytes; ) done += await writePiece(s, offset + done, bytes - done, qiov, done);
   } finally {
     if (s.corruptWrite) await s.corruptWrite;
