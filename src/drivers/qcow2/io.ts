@@ -103,42 +103,30 @@ export async function qcow2CoPreadv(s: BDRVQcow2State, offset: number, bytes: nu
 }
 
 /**
- * The allocations whose COW areas may be zeroed in the file instead of copied
- * (handle_alloc_space): both areas read as zeros. Not where a kept cluster holds guest data
- * between the areas: if the data write then failed, that data would be lost rather than left
- * old. Runs without s.lock: the clusters are this write's, in flight.
+ * Where the COW areas of an allocation read as zeros, zero its whole clusters in the file at
+ * once and skip the copy (handle_alloc_space). Only when the file can zero without writing a
+ * buffer; otherwise the ordinary copy runs. Not where a kept cluster holds guest data between
+ * the areas: if the data write then failed, that data would be lost rather than left old.
+ * Runs without s.lock: the clusters are this write's, in flight.
  */
-async function zeroableCow(s: BDRVQcow2State, metas: readonly Qcow2L2Meta[]): Promise<Qcow2L2Meta[]> {
-  const out: Qcow2L2Meta[] = [];
+async function handleAllocSpace(s: BDRVQcow2State, metas: readonly Qcow2L2Meta[]): Promise<void> {
+  const file = qcow2File(s);
   for (const m of metas) {
     if ((m.cowStart.nbBytes === 0 && m.cowEnd.nbBytes === 0) || m.overwritesData) continue;
     if (!(await qcow2IsZero(s, m.offset + m.cowStart.offset, m.cowStart.nbBytes, false))) continue;
     if (!(await qcow2IsZero(s, m.offset + m.cowEnd.offset, m.cowEnd.nbBytes, false))) continue;
-    out.push(m);
+    const start = m.allocOffset + m.cowStart.offset;
+    const bytes = m.cowEnd.offset + m.cowEnd.nbBytes - m.cowStart.offset;
+    qcow2PreWriteOverlapCheck(s, 0, start, bytes);
+    await file.debugEvent('cluster_alloc_space');
+    try {
+      await file.writeZeroes(start, bytes, { noFallback: true });
+    } catch (e) {
+      if (e instanceof BlockError && e.code === 'ENOTSUP') continue;
+      throw e;
+    }
+    m.skipCow = true;
   }
-  return out;
-}
-
-/**
- * Zero the COW areas of `m` in the file, only where the file can without writing a buffer;
- * false when it cannot (the ordinary copy then runs). `whole`: one zeroing from the head to
- * the end of the tail, data area included, as QEMU does (the data write must then come
- * after it); otherwise head and tail on their own, so the data may go at the same time.
- */
-async function zeroCowAreas(s: BDRVQcow2State, m: Qcow2L2Meta, whole: boolean): Promise<boolean> {
-  const file = qcow2File(s);
-  const areas = whole
-    ? [{ offset: m.cowStart.offset, nbBytes: m.cowEnd.offset + m.cowEnd.nbBytes - m.cowStart.offset }]
-    : [m.cowStart, m.cowEnd].filter((area) => area.nbBytes > 0);
-  for (const area of areas) qcow2PreWriteOverlapCheck(s, 0, m.allocOffset + area.offset, area.nbBytes);
-  await file.debugEvent('cluster_alloc_space');
-  try {
-    await Promise.all(areas.map((area) => file.writeZeroes(m.allocOffset + area.offset, area.nbBytes, { noFallback: true })));
-  } catch (e) {
-    if (e instanceof BlockError && e.code === 'ENOTSUP') return false;
-    throw e;
-  }
-  return true;
 }
 
 /** The allocation whose COW areas frame the data exactly, to write all three at once (merge_cow). */
@@ -224,30 +212,13 @@ async function writePiece(s: BDRVQcow2State, offset: number, bytes: number, qiov
   const data = qiov.slice(qiovOffset, a.bytes);
   let failure: { error: unknown } | null = null;
   try {
-    // Zeroing COW areas beats copying zeros; then the data, alone or framed by its COW; then
-    // the other COW areas. All of it before any L2 entry points at the clusters.
-    const zeroable = await zeroableCow(s, a.metas);
-    // Zeroed areas are not copied (unless the zeroing turns out impossible: copied below).
-    for (const m of zeroable) m.skipCow = true;
+    // Zeroing whole new clusters beats copying zeros; then the data, alone or framed by its
+    // COW; then the other COW areas. All of it before any L2 entry points at the clusters.
+    await handleAllocSpace(s, a.metas);
     const merged = mergeCow(s, offset, a.bytes, a.metas);
-    const writeData = async (): Promise<void> => {
-      if (merged) return;
+    if (!merged) {
       if (file.debugWatched) await file.debugEvent('write_aio');
       await file.pwritev(a.hostOffset, data);
-    };
-    if (file.debugWatched) {
-      // Someone acts on the events: QEMU's sequence, the whole range zeroed, then the data.
-      for (const m of zeroable) m.skipCow = await zeroCowAreas(s, m, true);
-      await writeData();
-    } else {
-      // Head, tail and data do not overlap: all of them in one round trip to the file.
-      const settled = await Promise.allSettled([
-        ...zeroable.map(async (m) => {
-          m.skipCow = await zeroCowAreas(s, m, false);
-        }),
-        writeData(),
-      ]);
-      for (const r of settled) if (r.status === 'rejected') throw r.reason;
     }
     for (const m of a.metas) await qcow2PerformCow(s, m, m === merged ? data : null, false);
   } catch (e) {
