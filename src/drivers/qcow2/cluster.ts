@@ -123,75 +123,90 @@ function countSamePlainEntries(data: Uint8Array, first: number, pos: number, end
  * kind, and for data a contiguous host range, inside one L2 table.
  */
 export async function qcow2GetHostOffset(s: BDRVQcow2State, offset: number, bytes: number): Promise<Qcow2Run> {
-  const cs = s.clusterSize;
-  const l2Span = cs * s.l2Size;
-  const inTable = l2Span - (offset % l2Span);
-  const maxBytes = Math.min(bytes, inTable);
+  const maxBytes = runLimit(s, offset, bytes);
   const l1Index = offsetToL1Index(s, offset);
-  const unallocated: Qcow2Run = { kind: 'unallocated', type: 'unallocated-plain', bytes: maxBytes, hostOffset: 0, allocated: false, l2Entry: 0n };
-  if (l1Index >= s.l1Table.length) return unallocated;
+  if (l1Index >= s.l1Table.length) return unallocatedRun(maxBytes);
   const l2Offset = l2OffsetOf(s, l1Index);
-  if (l2Offset === 0) return unallocated;
-
+  if (l2Offset === 0) return unallocatedRun(maxBytes);
   const table = await l2Load(s, l2Offset);
   try {
-    const data = table.data;
-    const l2Index = offsetToL2Index(s, offset);
-    const scSize = s.subclusterSize;
-    const sc = Math.floor(offsetIntoCluster(s, offset) / scSize);
-    const first = typeAt(s, data, l2Index, sc);
-    const kind = kindOf(first);
-    const entry = getL2Entry(s, data, l2Index);
-    if (kind === 'invalid') {
-      qcow2SignalCorruption(s, true, `Invalid cluster entry found  (L2 offset: 0x${l2Offset.toString(16)}, L2 index: 0x${l2Index.toString(16)})`);
-      throw new BlockError('EIO', undefined, { op: 'read', offset });
-    }
-    if (s.header.version < 3 && (first === 'zero-plain' || first === 'zero-alloc')) {
-      qcow2SignalCorruption(s, true, `Zero cluster entry found in pre-v3 image (L2 offset: 0x${l2Offset.toString(16)}, L2 index: 0x${l2Index.toString(16)})`);
-      throw new BlockError('EIO', undefined, { op: 'read', offset });
-    }
-    if (kind === 'compressed') {
-      // Compressed data would have to live in the qcow2 file, which holds no data here.
-      if (qcow2HasDataFile(s)) {
-        qcow2SignalCorruption(
-          s,
-          true,
-          `Compressed cluster entry found in image with external data file (L2 offset: 0x${l2Offset.toString(16)}, L2 index: 0x${l2Index.toString(16)})`,
-        );
-        throw new BlockError('EIO', undefined, { op: 'read', offset });
-      }
-      // One compressed cluster per run: each has its own descriptor.
-      const len = Math.min(maxBytes, cs - offsetIntoCluster(s, offset));
-      return { kind, type: first, bytes: len, hostOffset: 0, allocated: false, l2Entry: entry };
-    }
-    const hostBase = Number(entry & L2E_OFFSET_MASK);
-    if ((first === 'normal' || first === 'zero-alloc' || first === 'unallocated-alloc') && hostBase % cs !== 0) {
-      qcow2SignalCorruption(
-        s,
-        true,
-        `Cluster allocation offset 0x${hostBase.toString(16)} unaligned (L2 offset: 0x${l2Offset.toString(16)}, L2 index: 0x${l2Index.toString(16)})`,
-      );
-      throw new BlockError('EIO', undefined, { op: 'read', offset });
-    }
-    // Count subclusters of the same type (and, where a host cluster exists, contiguous on
-    // the host), as QEMU's count_contiguous_subclusters does.
-    const withHost = first === 'normal' || first === 'zero-alloc' || first === 'unallocated-alloc';
-    const totalSc = s.extendedL2 ? 32 : 1;
-    const base = l2Index * totalSc;
-    const endPos = base + Math.ceil((offsetIntoCluster(s, offset) + maxBytes) / scSize);
-    let pos = base + sc + 1;
-    if (!s.extendedL2) pos = countSamePlainEntries(data, l2Index, pos, endPos, withHost ? hostBase : -1, cs);
-    for (; pos < endPos; pos++) {
-      const idx = Math.floor(pos / totalSc);
-      if (typeAt(s, data, idx, pos % totalSc) !== first) break;
-      if (withHost && idx !== l2Index && Number(getL2Entry(s, data, idx) & L2E_OFFSET_MASK) !== hostBase + (idx - l2Index) * cs) break;
-    }
-    const len = Math.min((pos - base) * scSize - offsetIntoCluster(s, offset), maxBytes);
-    const hostOffset = withHost ? hostBase + offsetIntoCluster(s, offset) : 0;
-    return { kind, type: first, bytes: len, hostOffset, allocated: withHost, l2Entry: entry };
+    return planInTable(s, offset, maxBytes, l2Offset, table.data, false)!;
   } finally {
     s.l2Cache.put(table);
   }
+}
+
+/**
+ * The same plan, now, for the request fast paths: null when it would need the disk (the L2
+ * table is not cached) or anything unusual (an entry that is corrupt: the caller then takes
+ * the ordinary path, which reports it). The caller must make sure s.lock is free: this is
+ * what a lock/plan/unlock with no wait in between would see.
+ */
+export function qcow2GetHostOffsetNow(s: BDRVQcow2State, offset: number, bytes: number): Qcow2Run | null {
+  const maxBytes = runLimit(s, offset, bytes);
+  const l1Index = offsetToL1Index(s, offset);
+  if (l1Index >= s.l1Table.length) return unallocatedRun(maxBytes);
+  const l2Offset = Number(s.l1Table[l1Index] & L1E_OFFSET_MASK);
+  if (l2Offset === 0) return unallocatedRun(maxBytes);
+  if (offsetIntoCluster(s, l2Offset) !== 0) return null;
+  const data = s.l2Cache.lookup(l2Offset);
+  return data === undefined ? null : planInTable(s, offset, maxBytes, l2Offset, data, true);
+}
+
+/** A run never crosses an L2 table. */
+function runLimit(s: BDRVQcow2State, offset: number, bytes: number): number {
+  const l2Span = s.clusterSize * s.l2Size;
+  return Math.min(bytes, l2Span - (offset % l2Span));
+}
+
+function unallocatedRun(bytes: number): Qcow2Run {
+  return { kind: 'unallocated', type: 'unallocated-plain', bytes, hostOffset: 0, allocated: false, l2Entry: 0n };
+}
+
+/**
+ * Plan from the L2 table `data` (at l2Offset in the file). A corrupt entry is signalled and
+ * refused (EIO), or with `quiet` only answered with null, leaving both to the caller's retry.
+ */
+function planInTable(s: BDRVQcow2State, offset: number, maxBytes: number, l2Offset: number, data: Uint8Array, quiet: boolean): Qcow2Run | null {
+  const cs = s.clusterSize;
+  const l2Index = offsetToL2Index(s, offset);
+  const scSize = s.subclusterSize;
+  const sc = Math.floor(offsetIntoCluster(s, offset) / scSize);
+  const first = typeAt(s, data, l2Index, sc);
+  const kind = kindOf(first);
+  const entry = getL2Entry(s, data, l2Index);
+  const corrupt = (message: string): null => {
+    if (quiet) return null;
+    qcow2SignalCorruption(s, true, `${message} (L2 offset: 0x${l2Offset.toString(16)}, L2 index: 0x${l2Index.toString(16)})`);
+    throw new BlockError('EIO', undefined, { op: 'read', offset });
+  };
+  if (kind === 'invalid') return corrupt('Invalid cluster entry found ');
+  if (s.header.version < 3 && (first === 'zero-plain' || first === 'zero-alloc')) return corrupt('Zero cluster entry found in pre-v3 image');
+  if (kind === 'compressed') {
+    // Compressed data would have to live in the qcow2 file, which holds no data here.
+    if (qcow2HasDataFile(s)) return corrupt('Compressed cluster entry found in image with external data file');
+    // One compressed cluster per run: each has its own descriptor.
+    const len = Math.min(maxBytes, cs - offsetIntoCluster(s, offset));
+    return { kind, type: first, bytes: len, hostOffset: 0, allocated: false, l2Entry: entry };
+  }
+  const hostBase = Number(entry & L2E_OFFSET_MASK);
+  const withHost = first === 'normal' || first === 'zero-alloc' || first === 'unallocated-alloc';
+  if (withHost && hostBase % cs !== 0) return corrupt(`Cluster allocation offset 0x${hostBase.toString(16)} unaligned`);
+  // Count subclusters of the same type (and, where a host cluster exists, contiguous on
+  // the host), as QEMU's count_contiguous_subclusters does.
+  const totalSc = s.extendedL2 ? 32 : 1;
+  const base = l2Index * totalSc;
+  const endPos = base + Math.ceil((offsetIntoCluster(s, offset) + maxBytes) / scSize);
+  let pos = base + sc + 1;
+  if (!s.extendedL2) pos = countSamePlainEntries(data, l2Index, pos, endPos, withHost ? hostBase : -1, cs);
+  for (; pos < endPos; pos++) {
+    const idx = Math.floor(pos / totalSc);
+    if (typeAt(s, data, idx, pos % totalSc) !== first) break;
+    if (withHost && idx !== l2Index && Number(getL2Entry(s, data, idx) & L2E_OFFSET_MASK) !== hostBase + (idx - l2Index) * cs) break;
+  }
+  const len = Math.min((pos - base) * scSize - offsetIntoCluster(s, offset), maxBytes);
+  const hostOffset = withHost ? hostBase + offsetIntoCluster(s, offset) : 0;
+  return { kind, type: first, bytes: len, hostOffset, allocated: withHost, l2Entry: entry };
 }
 
 /** Write one L1 entry synchronously (qcow2_write_l1_entry: 8 bytes with buffered I/O). */
