@@ -1,8 +1,8 @@
 /**
  * The qcow2 profile of the property suites: clusters of 512 B..64 KiB (2 MiB when wide),
- * refcount widths of 1..64 bits, v2 and v3 images, lazy refcounts; backing chains mixing
- * raw, QED and qcow2; the driver's debug events; where the header fields (big-endian), L1/L2
- * tables, the refcount table and refcount blocks lie.
+ * refcount widths of 1..64 bits, v2 and v3 images, lazy refcounts, zlib or zstd compressed
+ * clusters; backing chains mixing raw, QED and qcow2; the driver's debug events; where the
+ * header fields (big-endian), L1/L2 tables, the refcount table and refcount blocks lie.
  */
 import fc from 'fast-check';
 import type { CreateOptions } from '../../src/index.js';
@@ -76,6 +76,7 @@ export function qcow2GeometryArb(wide = false): fc.Arbitrary<Geometry> {
       backingRel: fc.constantFrom('equal', 'shorter', 'longer', 'tiny', 'odd'),
       backingClusterSize: fc.constantFrom(4096, 65536),
       seed: fc.integer({ min: 1, max: 0x7fffffff }),
+      zstd: fc.boolean(),
     })
     .map((r) => {
       const clusterSize = 2 ** r.clusterBits;
@@ -87,6 +88,8 @@ export function qcow2GeometryArb(wide = false): fc.Arbitrary<Geometry> {
       if (r.refcountOrder !== 4) formatOptions.refcountBits = 2 ** r.refcountOrder;
       if (v2) formatOptions.compat = '0.10';
       if (r.lazyRefcounts) formatOptions.lazyRefcounts = true;
+      // zstd needs the compression type field of a v3 header.
+      if (r.zstd && !v2) formatOptions.compressionType = 'zstd';
       return { ...g, formatOptions };
     });
 }
@@ -166,6 +169,7 @@ export const QCOW2_PROFILE: FormatProfile = {
   layerOptions: (clusterSize) => ({ clusterSize }),
   backingKinds: ['none', 'raw', 'qed', 'qcow2', 'chain3', 'chain3qcow2'],
   snapshots: true,
+  compressedWrites: true,
   leaksAfterCleanOps: false,
   debugEvents: QCOW2_EVENTS,
   grow: 'backing-or-zeros',
