@@ -44,6 +44,9 @@ describe.skipIf(!qemu)('qcow2 compressed writes against qemu-img 7.2', () => {
   const cases: string[][] = [];
   for (const src of ['mixed.raw', 'odd.raw', 'sparse.qcow2']) {
     for (const o of [[], ['-o', 'cluster_size=4096'], ['-o', 'cluster_size=2M'], ['-o', 'compat=0.10'], ['-S', '0']]) cases.push([...o, src]);
+    for (const o of [[], ['-o', 'cluster_size=512'], ['-o', 'cluster_size=4096'], ['-o', 'cluster_size=2M'], ['-S', '0']]) {
+      cases.push(['-o', 'compression_type=zstd', ...o, src]);
+    }
   }
   for (const [i, c] of cases.entries()) {
     it(`convert -c -O qcow2 ${c.join(' ')}`, async () => {
@@ -54,27 +57,14 @@ describe.skipIf(!qemu)('qcow2 compressed writes against qemu-img 7.2', () => {
       const q = readFileSync(join(root, `q${i}.qcow2`));
       const b = readFileSync(join(root, `b${i}.qcow2`));
       expect(b.length % 512).toBe(0);
+      if (c.includes('compression_type=zstd')) {
+        expectSameCompressedImage(join(root, `b${i}.qcow2`), join(root, `q${i}.qcow2`));
+        return;
+      }
       expect(b.equals(q)).toBe(true);
       const check = runQemuImg(['check', `b${i}.qcow2`], { cwd: root });
       expect(check.status).toBe(0);
       expect(check.stdout).toContain('No errors were found on the image.');
-    });
-  }
-
-  const zstdCases: string[][] = [];
-  for (const src of ['mixed.raw', 'odd.raw', 'sparse.qcow2']) {
-    for (const o of [[], ['-o', 'cluster_size=512'], ['-o', 'cluster_size=4096'], ['-o', 'cluster_size=2M'], ['-S', '0']]) {
-      zstdCases.push(['-o', 'compression_type=zstd', ...o, src]);
-    }
-  }
-  for (const [i, c] of zstdCases.entries()) {
-    it(`convert -c -O qcow2 ${c.join(' ')}`, async () => {
-      const theirs = runTheirs(['convert', '-c', '-O', 'qcow2', ...c, `qz${i}.qcow2`], root, false);
-      const ours = await runOurs(['convert', '-c', '-O', 'qcow2', ...c, `bz${i}.qcow2`], root, false);
-      expect(ours).toEqual(theirs);
-      expect(theirs.status).toBe(0);
-      expect(readFileSync(join(root, `bz${i}.qcow2`)).length % 512).toBe(0);
-      expectSameCompressedImage(join(root, `bz${i}.qcow2`), join(root, `qz${i}.qcow2`));
     });
   }
 
