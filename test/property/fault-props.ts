@@ -13,11 +13,15 @@ import { buildImage, fcParams, freshPrefix, profileOf, type Geometry, type Image
 import { ByteModel, mulberry32, pattern } from './model.js';
 import type { FormatProfile } from './profile.js';
 import { QED_PROFILE } from './qed-profile.js';
+import { compressStats, compressedClusterAt, compressibleData, writeCompressedOrPlain } from './compress-cmds.js';
 import { snapshotCreate, snapshotDelete } from './snapshot-cmds.js';
 
 export interface GuestWrite {
-  /** snapshot / unsnapshot: create or delete an internal snapshot (guest bytes unchanged). */
-  kind: 'write' | 'zero' | 'snapshot' | 'unsnapshot';
+  /**
+   * snapshot / unsnapshot: create or delete an internal snapshot (guest bytes unchanged);
+   * compress: one whole cluster written compressed where QEMU's rule allows (see compress-cmds).
+   */
+  kind: 'write' | 'zero' | 'snapshot' | 'unsnapshot' | 'compress';
   span: Span;
   seed: number;
 }
@@ -28,12 +32,18 @@ export const guestWriteArb: fc.Arbitrary<GuestWrite> = fc.record({
   seed: fc.nat({ max: 1 << 20 }),
 });
 
-/** Guest writes, and for formats with internal snapshots now and then a snapshot created or deleted. */
+/**
+ * Guest writes, and for formats with internal snapshots now and then a snapshot created or
+ * deleted; for formats with compressed clusters, compressed writes.
+ */
 export function guestOpArb(profile: FormatProfile): fc.Arbitrary<GuestWrite> {
-  if (!profile.snapshots) return guestWriteArb;
+  if (!profile.snapshots && profile.compressedWrites !== true) return guestWriteArb;
   return fc.oneof(
     { weight: 8, arbitrary: guestWriteArb },
-    { weight: 2, arbitrary: fc.record({ kind: fc.constantFrom<'snapshot' | 'unsnapshot'>('snapshot', 'unsnapshot'), span: spanArb, seed: fc.nat({ max: 1 }) }) },
+    ...(profile.snapshots
+      ? [{ weight: 2, arbitrary: fc.record({ kind: fc.constantFrom<'snapshot' | 'unsnapshot'>('snapshot', 'unsnapshot'), span: spanArb, seed: fc.nat({ max: 1 }) }) }]
+      : []),
+    ...(profile.compressedWrites === true ? [{ weight: 2, arbitrary: fc.record({ kind: fc.constant('compress' as const), span: spanArb, seed: fc.nat({ max: 1 << 20 }) }) }] : []),
   );
 }
 
@@ -43,6 +53,11 @@ const isSnapshotOp = (w: GuestWrite): boolean => w.kind === 'snapshot' || w.kind
 export function placeWrite(w: GuestWrite, setup: ImageSetup): { offset: number; data: Uint8Array } {
   if (isSnapshotOp(w)) return { offset: 0, data: new Uint8Array(0) };
   const cs = setup.geom.clusterSize;
+  if (w.kind === 'compress') {
+    // Odd seeds write noise, which is stored uncompressed.
+    const at = compressedClusterAt(w.span.at, setup.model.size, cs);
+    return at === null ? { offset: 0, data: new Uint8Array(0) } : { offset: at, data: compressibleData(cs, w.seed, w.seed % 2 === 0) };
+  }
   const p = place(w.span, setup.model.size, cs, Math.min(3 * cs + 1024, 1 << 20));
   return { offset: p.offset, data: w.kind === 'zero' ? new Uint8Array(p.len) : pattern(p.len, w.seed) };
 }
@@ -51,6 +66,9 @@ export async function applyWrite(bs: BlockDriverState, w: GuestWrite, offset: nu
   if (w.kind === 'snapshot') await snapshotCreate(bs, `s${w.seed}`);
   else if (w.kind === 'unsnapshot') await snapshotDelete(bs, `s${w.seed}`);
   else if (w.kind === 'zero') await bs.writeZeroes(offset, data.length);
+  else if (w.kind === 'compress') {
+    if (data.length > 0) await writeCompressedOrPlain(bs, offset, data);
+  }
   else await bs.pwrite(offset, data);
 }
 
@@ -397,6 +415,7 @@ export async function runPowerLossCase(c: PowerLossCase, profile: FormatProfile 
           continue;
         }
         if (isSnapshotOp(w)) faultStats.snapshotOps++;
+        if (w.kind === 'compress') compressStats.powerLossOps++;
         const { offset, data } = placeWrite(w, setup);
         const overlaps = group.some((g) => g.offset < offset + data.length && offset < g.offset + g.data.length);
         if (!overlaps) group.push({ offset, data, w });
@@ -416,6 +435,7 @@ export async function runPowerLossCase(c: PowerLossCase, profile: FormatProfile 
         else {
           if (!store.dead) throw r.reason instanceof Error ? r.reason : new Error('write failed');
           if (isSnapshotOp(group[k].w)) faultStats.snapshotOpsCut++;
+          if (group[k].w.kind === 'compress') compressStats.powerLossCut++;
           failed = true;
         }
       }

@@ -93,6 +93,11 @@ export interface FormatProfile {
    * refused (EINVAL, ENOTSUP) with nothing changed.
    */
   readonly amendChoices?: readonly CreateOptions[];
+  /**
+   * The format writes compressed clusters (qemu-io write -c): the sequential and power-loss
+   * properties draw compressed writes; the geometry's create options choose the compression.
+   */
+  readonly compressedWrites?: boolean;
   /** Whether an image of this geometry keeps persistent dirty bitmaps (the bitmap properties). */
   persistentBitmaps(geom: Geometry): boolean;
 }

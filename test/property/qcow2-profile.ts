@@ -1,9 +1,9 @@
 /**
  * The qcow2 profile of the property suites: clusters of 512 B..64 KiB (2 MiB when wide),
  * refcount widths of 1..64 bits, v2 and v3 images, lazy refcounts, external data files (raw
- * or not); backing chains mixing
- * raw, QED and qcow2; the driver's debug events; where the header fields (big-endian), L1/L2
- * tables, the refcount table and refcount blocks lie.
+ * or not), zlib or zstd compressed clusters; backing chains mixing raw, QED and qcow2; the
+ * driver's debug events; where the header fields (big-endian), L1/L2 tables, the refcount
+ * table and refcount blocks lie.
  */
 import fc from 'fast-check';
 import type { CreateOptions } from '../../src/index.js';
@@ -80,6 +80,7 @@ export function qcow2GeometryArb(wide = false): fc.Arbitrary<Geometry> {
       backingRel: fc.constantFrom('equal', 'shorter', 'longer', 'tiny', 'odd'),
       backingClusterSize: fc.constantFrom(4096, 65536),
       seed: fc.integer({ min: 1, max: 0x7fffffff }),
+      zstd: fc.boolean(),
     })
     .map((r) => {
       const clusterSize = 2 ** r.clusterBits;
@@ -101,6 +102,8 @@ export function qcow2GeometryArb(wide = false): fc.Arbitrary<Geometry> {
         formatOptions.dataFile = QCOW2_DATA_FILE;
         if (dataFile === 'raw') formatOptions.dataFileRaw = true;
       }
+      // zstd needs the compression type field of a v3 header.
+      if (r.zstd && !v2) formatOptions.compressionType = 'zstd';
       return { ...g, formatOptions };
     });
 }
@@ -180,6 +183,7 @@ export const QCOW2_PROFILE: FormatProfile = {
   layerOptions: (clusterSize) => ({ clusterSize }),
   backingKinds: ['none', 'raw', 'qed', 'qcow2', 'chain3', 'chain3qcow2'],
   snapshots: true,
+  compressedWrites: true,
   leaksAfterCleanOps: false,
   debugEvents: QCOW2_EVENTS,
   grow: 'backing-or-zeros',

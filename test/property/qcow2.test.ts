@@ -1,9 +1,11 @@
 // The property suites on qcow2 (the qcow2 profile: clusters 512 B..64 KiB, refcount widths
-// 1..64, v2 and v3, lazy refcounts, chains mixing raw, QED and qcow2), with small budgets:
+// 1..64, v2 and v3, lazy refcounts, zlib or zstd compression, chains mixing raw, QED and
+// qcow2), with small budgets:
 // `npm run fuzz -- --format qcow2` runs them long.
 import { describe, expect, it } from 'vitest';
 import { requireQemu } from '../interop/qemu.js';
 import { amendStats } from './commands.js';
+import { compressStats } from './compress-cmds.js';
 import { bitmapStats, propBitmapPowerLoss, propBitmaps } from './bitmaps.js';
 import { concStats, propConcurrent } from './concurrency.js';
 import { corruptStats, propCorruption, propRepairFault } from './corruption.js';
@@ -31,12 +33,18 @@ describe('qcow2: model-based sequences', () => {
   it('random command sequences read back as the byte-array model, check stays clean', async () => {
     const before = { ...amendStats };
     const sn = { ...snapshotStats };
+    const compressed = { ...compressStats };
     expect(await counted(propSequential, 50)).toBeGreaterThan(60);
     // Amends (compat up and down, lazy refcounts on and off) ran among the commands.
     expect(amendStats.amended - before.amended).toBeGreaterThan(3);
     // Images with snapshots grew, and snapshots of another size were applied.
     expect(snapshotStats.grownWithSnapshots - sn.grownWithSnapshots).toBeGreaterThan(0);
     expect(snapshotStats.appliedAcrossSizes - sn.appliedAcrossSizes).toBeGreaterThan(0);
+    // Compressed writes went into free clusters of zlib and zstd images, and were refused on
+    // allocated ones.
+    expect(compressStats.written - compressed.written).toBeGreaterThan(3);
+    expect(compressStats.zstdWritten - compressed.zstdWritten).toBeGreaterThan(1);
+    expect(compressStats.refused - compressed.refused).toBeGreaterThan(0);
   });
   it('through blkverify, over host files, API misuse, huge sparse images', async () => {
     expect(await counted(propBlkverify, 20)).toBeGreaterThan(20);
@@ -59,6 +67,7 @@ describe('qcow2: concurrency and faults', () => {
   });
   it('power loss with torn sectors: flushed data intact, nothing worse than leaks after repair', async () => {
     const before = { ...faultStats };
+    const compressed = { ...compressStats };
     await propPowerLoss({ numRuns: 60, seed, format });
     expect(faultStats.crashedMidRequest - before.crashedMidRequest).toBeGreaterThan(2);
     expect(faultStats.pendingAtCrash - before.pendingAtCrash).toBeGreaterThan(6);
@@ -68,6 +77,9 @@ describe('qcow2: concurrency and faults', () => {
     // Snapshots created and deleted among the writes, some cut short by the power.
     expect(faultStats.snapshotOps - before.snapshotOps).toBeGreaterThan(5);
     expect(faultStats.snapshotOpsCut - before.snapshotOpsCut).toBeGreaterThan(0);
+    // Compressed writes among them, some cut short by the power.
+    expect(compressStats.powerLossOps - compressed.powerLossOps).toBeGreaterThan(5);
+    expect(compressStats.powerLossCut - compressed.powerLossCut).toBeGreaterThan(0);
     // Images with an external data file lost power with it.
     expect(faultStats.dataFileCrashes - before.dataFileCrashes).toBeGreaterThan(2);
   });

@@ -292,7 +292,7 @@ export async function qcow2CoPwritevCompressed(s: BDRVQcow2State, offset: number
   }
   const src = new Uint8Array(cs);
   qiov.copyTo(src, 0, bytes);
-  const out = s.codec.compress(s.header.compressionType, src, cs - 1);
+  const out = await s.codec.compress(s.header.compressionType, src, cs - 1);
   if (!out) {
     // Incompressible: an ordinary allocating write of the cluster.
     await qcow2CoPwritev(s, offset, bytes, qiov);
