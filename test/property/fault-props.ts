@@ -395,6 +395,8 @@ export async function runPowerLossCase(c: PowerLossCase, profile: FormatProfile 
     dataStore?.flush();
 
     let bs = await open();
+    // Before the power can go: asking reads nothing from an image without bitmaps.
+    let v2 = await isV2(bs);
     // Durable model: what a completed flush covered. Pending: acknowledged since then.
     let durable = setup.model.bytes.slice();
     let pending: { offset: number; data: Uint8Array }[] = [];
@@ -409,8 +411,9 @@ export async function runPowerLossCase(c: PowerLossCase, profile: FormatProfile 
       do {
         const { w } = c.ops[i];
         // A v2 image has no dirty bit to cover a snapshot operation cut short (see the qcow2
-        // driver's snapshot.ts): those run on v3 images only.
-        if (isSnapshotOp(w) && c.geom.formatOptions?.compat === '0.10') {
+        // driver's snapshot.ts): those run on v3 images only. What counts is the image's
+        // version now, not at create: an amend may have downgraded it.
+        if (isSnapshotOp(w) && v2) {
           i++;
           continue;
         }
@@ -459,6 +462,7 @@ export async function runPowerLossCase(c: PowerLossCase, profile: FormatProfile 
           }
           if (!(e instanceof BlockError) || (e.code !== 'EINVAL' && e.code !== 'ENOTSUP')) throw e;
         }
+        v2 = await isV2(bs);
       }
       if (flushAfter) {
         commands++;
@@ -525,6 +529,12 @@ export async function runPowerLossCase(c: PowerLossCase, profile: FormatProfile 
     setup.cleanup();
   }
   return commands;
+}
+
+/** Whether the image is a qcow2 v2 (compat=0.10) one, as the driver reports it. */
+async function isV2(bs: BlockDriverState): Promise<boolean> {
+  const info = await bs.driver.getSpecificInfo?.(bs);
+  return info?.data.compat === '0.10';
 }
 
 function memStripName(filename: string): string {
