@@ -3,7 +3,10 @@
 // Runs every workload with `qemu-img bench` and `blk-img bench` (both as child processes, on
 // identical fresh images, alternating which goes first), 5 runs each by default, and prints the
 // median time ratio ours / QEMU per workload (below 1 = we are faster), throughput, and peak
-// RSS. Then the memory check: 16 TiB QED and qcow2 images, each last cluster written and read
+// RSS. Rows 7, 9.7 and 11-13 time whole processes instead: convert, check and map against
+// qemu-img's, and NBD copies with blk-nbd against qemu-nbd (servers on unix sockets in the
+// session's temporary directory, one per run, stopped by pid); each checks once that our
+// output is QEMU's. Then the memory check: 16 TiB QED and qcow2 images, each last cluster written and read
 // back, with our peak RSS under 100 MiB. A full run rewrites bench/RESULTS.md (bench/report.ts: the
 // method and the tables; its hand-written "Analysis" section is kept); a partial run (--only)
 // prints only, unless --write.
@@ -12,6 +15,7 @@ import os from 'node:os';
 import { join } from 'node:path';
 import { CommandFailed, REPO, findOurs, TIME_BIN, describeMachine, fmtSeconds, measure, run, type Measured, type Ours } from './lib.js';
 import { mergeResults, ratioOf, renderResults, timeOf, type MemoryResult, type Row, type RunInfo } from './report.js';
+import { withNbdServer } from './nbd-server.js';
 import { MEMORY_CHECK, allWorkloads, type Ctx, type Tool, type Workload } from './workloads.js';
 
 interface Args {
@@ -25,7 +29,7 @@ interface Args {
 }
 
 function usage(): never {
-  process.stderr.write('usage: npm run bench -- [--runs N] [--only 1,2,...,10,mem] [--uv-threads N] [--no-build] [--write] [--keep]\n');
+  process.stderr.write('usage: npm run bench -- [--runs N] [--only 1,2,...,13,mem] [--uv-threads N] [--no-build] [--write] [--keep]\n');
   process.exit(2);
 }
 
@@ -81,12 +85,33 @@ function parseArgs(argv: string[]): Args {
 /** Environment of our child processes. */
 let oursEnv: NodeJS.ProcessEnv = process.env;
 
-function runOnce(w: Workload, tool: Tool, ctx: Ctx, ours: Ours): Measured {
+/** Our side's command line for a row, or null when this build cannot run it. */
+function oursCommand(w: Workload, ours: Ours): string[] | null {
+  switch (w.kind) {
+    case 'bench':
+      return ours.bench();
+    case 'convert':
+      return ours.convert?.() ?? null;
+    case 'img':
+      return ours.img?.() ?? null;
+    case 'nbd':
+      // The client command comes whole from the workload; the bundle must be there.
+      return ours.img?.() ?? null;
+  }
+}
+
+async function runOnce(w: Workload, tool: Tool, ctx: Ctx, ours: Ours): Promise<Measured> {
   const args = w.prepare(ctx, tool);
   try {
-    if (w.kind === 'convert') {
-      if (tool === 'qemu') return measure([ctx.qemuImg, 'convert', ...args], ctx.dir);
-      return measure([...(ours.convert?.() ?? []), ...args], ctx.dir, oursEnv);
+    if (w.kind === 'nbd') {
+      const server = w.server?.(ctx, tool);
+      if (server === undefined) throw new Error(`workload ${w.id} has no server`);
+      return await withNbdServer(server.cmd, server.sock, () => measure(args, ctx.dir, tool === 'ours' ? oursEnv : process.env));
+    }
+    if (w.kind !== 'bench') {
+      const sub = w.kind === 'convert' ? ['convert'] : [];
+      if (tool === 'qemu') return measure([ctx.qemuImg, ...sub, ...args], ctx.dir);
+      return measure([...(oursCommand(w, ours) ?? []), ...args], ctx.dir, oursEnv);
     }
     const m =
       tool === 'qemu' ? measure([ctx.qemuImg, 'bench', ...args], ctx.dir) : measure([...ours.bench(), ...args], ctx.dir, oursEnv);
@@ -101,10 +126,10 @@ function log(s: string): void {
   process.stdout.write(s);
 }
 
-function runWorkload(w: Workload, runs: number, ctx: Ctx, ours: Ours): Row {
+async function runWorkload(w: Workload, runs: number, ctx: Ctx, ours: Ours): Promise<Row> {
   const row: Row = { w, qemu: [], ours: [] };
-  if (w.kind === 'convert' && ours.convert === null) {
-    row.skipped = 'blk-img convert not available';
+  if (oursCommand(w, ours) === null) {
+    row.skipped = `blk-img ${w.kind} not available`;
     log(`  ${w.id.padEnd(5)} skipped: ${row.skipped}\n`);
     return row;
   }
@@ -114,10 +139,13 @@ function runWorkload(w: Workload, runs: number, ctx: Ctx, ours: Ours): Row {
       // Alternate who goes first, so that neither always runs on a warmer cache.
       const order: Tool[] = i % 2 === 0 ? ['qemu', 'ours'] : ['ours', 'qemu'];
       for (const tool of order) {
-        const m = runOnce(w, tool, ctx, ours);
+        const m = await runOnce(w, tool, ctx, ours);
         (tool === 'qemu' ? row.qemu : row.ours).push(m);
         log(`${tool === 'qemu' ? 'Q' : 'B'} ${fmtSeconds(timeOf(m))}  `);
       }
+      // Fast is worth nothing if the result differs: compare once, with both outputs there.
+      const differs = i === 0 ? (w.verify?.(ctx, row.qemu[0], row.ours[0]) ?? null) : null;
+      if (differs !== null) throw new Error(differs);
     }
   } catch (e) {
     // One broken workload (a tool failing mid-session) must not lose the others' results.
@@ -126,6 +154,8 @@ function runWorkload(w: Workload, runs: number, ctx: Ctx, ours: Ours): Row {
     row.failed = true;
     log(`\n        ${row.skipped}\n`);
     return row;
+  } finally {
+    w.finish?.(ctx);
   }
   log(`\n        ratio ${ratioOf(row).toFixed(2)}\n`);
   return row;
@@ -179,7 +209,7 @@ function writeResults(text: string): void {
 
 // ---------------------------------------------------------------------------------------------
 
-function main(): number {
+async function main(): Promise<number> {
   const args = parseArgs(process.argv.slice(2));
   const code = codeVersion();
   const t0 = process.hrtime.bigint();
@@ -223,7 +253,7 @@ function main(): number {
     const selected = allWorkloads().filter((w) => args.only === null || args.only.has(w.group) || args.only.has(w.id));
     log(`${selected.length} workloads, ${args.runs} runs each per tool (Q = qemu-img, B = blk-img; seconds)\n`);
     const rows: Row[] = [];
-    for (const w of selected) rows.push(runWorkload(w, args.runs, ctx, ours));
+    for (const w of selected) rows.push(await runWorkload(w, args.runs, ctx, ours));
     const mem: MemoryResult[] = [];
     if (args.only === null || args.only.has('mem')) {
       for (const format of MEMORY_CHECK.formats) {
@@ -246,4 +276,4 @@ function main(): number {
   }
 }
 
-process.exitCode = main();
+process.exitCode = await main();

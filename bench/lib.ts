@@ -2,7 +2,7 @@
 // statistics, machine description. Both tools always run as child processes so that the
 // comparison is fair (process start, image open and close are the same kind of work).
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync, readSync, rmSync, statSync } from 'node:fs';
 import os from 'node:os';
 import { join } from 'node:path';
 
@@ -32,17 +32,25 @@ export class CommandFailed extends Error {
 }
 
 /** Run a command to completion; throws CommandFailed on a non-zero exit. */
-export function run(cmd: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): { stdout: string; stderr: string } {
+export function run(
+  cmd: string[],
+  opts: { cwd?: string; env?: NodeJS.ProcessEnv; timeoutMs?: number } = {},
+): { stdout: string; stderr: string } {
   const r = spawnSync(cmd[0], cmd.slice(1), {
     cwd: opts.cwd,
     env: opts.env ?? process.env,
     encoding: 'utf8',
     maxBuffer: 64 * 1024 * 1024,
+    timeout: opts.timeoutMs,
+    killSignal: 'SIGKILL',
   });
   if (r.error) throw r.error;
   if (r.status !== 0) throw new CommandFailed(cmd, r.status, r.stdout, r.stderr);
   return { stdout: r.stdout, stderr: r.stderr };
 }
+
+/** No measured command may run longer than this (a hung tool fails its row, not the session). */
+const MEASURE_TIMEOUT_MS = 600_000;
 
 const RUN_LINE = /Run completed in (\d+\.\d+) seconds\./;
 
@@ -55,7 +63,7 @@ export function measure(cmd: string[], tmp: string, env?: NodeJS.ProcessEnv): Me
   const timeFile = join(tmp, `.time-${process.pid}`);
   const full = haveTime ? [TIME_BIN, '-f', '%M', '-o', timeFile, ...cmd] : cmd;
   const t0 = process.hrtime.bigint();
-  const { stdout, stderr } = run(full, { env });
+  const { stdout, stderr } = run(full, { env, timeoutMs: MEASURE_TIMEOUT_MS });
   const wall = Number(process.hrtime.bigint() - t0) / 1e9;
   let maxRssKiB: number | null = null;
   if (haveTime) {
@@ -66,6 +74,26 @@ export function measure(cmd: string[], tmp: string, env?: NodeJS.ProcessEnv): Me
   }
   const m = RUN_LINE.exec(stdout);
   return { reported: m ? Number(m[1]) : null, wall, maxRssKiB, stdout, stderr };
+}
+
+/** Whether two files hold the same bytes (read in chunks: outputs of a GiB and more). */
+export function sameBytes(a: string, b: string): boolean {
+  if (statSync(a).size !== statSync(b).size) return false;
+  const fa = openSync(a, 'r');
+  const fb = openSync(b, 'r');
+  try {
+    const ba = Buffer.alloc(4 << 20);
+    const bb = Buffer.alloc(4 << 20);
+    for (;;) {
+      const na = readSync(fa, ba);
+      const nb = readSync(fb, bb);
+      if (na !== nb || !ba.subarray(0, na).equals(bb.subarray(0, nb))) return false;
+      if (na === 0) return true;
+    }
+  } finally {
+    closeSync(fa);
+    closeSync(fb);
+  }
 }
 
 export function median(xs: readonly number[]): number {
@@ -134,7 +162,7 @@ export function fmtMiB(kib: number | null): string {
 // How to run our side
 
 /** The blk-img launcher (imports dist/src/tools/img/main.js and runs its main). */
-const BLK_IMG = join(REPO, 'bin/blk-img.js');
+export const BLK_IMG = join(REPO, 'bin/blk-img.js');
 const BENCH_JS = join(REPO, 'dist/src/tools/img/bench.js');
 
 /**
@@ -145,6 +173,8 @@ const BENCH_JS = join(REPO, 'dist/src/tools/img/bench.js');
 export interface Ours {
   bench(nodeFlags?: string[]): string[];
   convert: ((nodeFlags?: string[]) => string[]) | null;
+  /** blk-img itself, the subcommand to follow (null where the launcher is not there yet). */
+  img: ((nodeFlags?: string[]) => string[]) | null;
   note: string;
 }
 
@@ -171,7 +201,12 @@ export function findOurs(tmp: string, qemuImg: string): Ours {
           note = `blk-img convert did not work (${e instanceof Error ? e.message.split('\n')[0] : String(e)}): workload 7 skipped.`;
         }
         rmSync(dst, { force: true });
-        return { bench: (flags = []) => [process.execPath, ...flags, BLK_IMG, 'bench'], convert, note };
+        return {
+          bench: (flags = []) => [process.execPath, ...flags, BLK_IMG, 'bench'],
+          convert,
+          img: (flags = []) => [process.execPath, ...flags, BLK_IMG],
+          note,
+        };
       }
     }
   } finally {
@@ -185,6 +220,7 @@ export function findOurs(tmp: string, qemuImg: string): Ours {
   return {
     bench: (flags = []) => [process.execPath, ...flags, '--input-type=module', '-e', launcher, '--'],
     convert: null,
+    img: null,
     note:
       'bin/blk-img.js did not dispatch `bench` yet: our side ran through a launcher of ' +
       'dist/src/tools/img/bench.js; blk-img convert unavailable, workload 7 skipped.',

@@ -95,8 +95,9 @@ function main(): void {
     const profDir = join(dir, 'prof');
     const args = w.prepare(ctx, 'ours');
     const flags = ['--cpu-prof', '--cpu-prof-dir', profDir, '--cpu-prof-interval', '200'];
-    const cmd = w.kind === 'bench' ? ours.bench(flags) : ours.convert?.(flags);
-    if (cmd === undefined) throw new Error('blk-img convert is not available');
+    if (w.kind === 'nbd') throw new Error(`workload ${w.id} times an NBD client: profile blk-nbd itself (node --cpu-prof bin/blk-nbd.js)`);
+    const cmd = w.kind === 'bench' ? ours.bench(flags) : w.kind === 'convert' ? ours.convert?.(flags) : ours.img?.(flags);
+    if (cmd === undefined) throw new Error(`blk-img ${w.kind} is not available`);
     const m = measure([...cmd, ...args], dir, process.env);
     process.stdout.write(`workload ${w.id}: ${w.title}\n${m.stdout}(process ${m.wall.toFixed(3)} s)\n`);
     const file = readdirSync(profDir).find((f) => f.endsWith('.cpuprofile'));

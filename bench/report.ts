@@ -52,6 +52,7 @@ function peak(ms: Measured[]): number | null {
 }
 
 function mibps(bytes: number, seconds: number): string {
+  if (bytes === 0) return '–';
   return Number.isFinite(seconds) && seconds > 0 ? (bytes / 2 ** 20 / seconds).toFixed(0) : 'n/a';
 }
 
@@ -117,16 +118,21 @@ function runText(r: RunInfo): string {
 }
 
 const METHOD = [
-  '`npm run bench` (bench/compare.ts) runs each workload with `qemu-img bench` (workload 7:',
-  '`qemu-img convert`) and with `blk-img bench` (`blk-img convert`), both as child processes, on',
-  'identical fresh images made by qemu-img, alternating which tool goes first so that neither',
-  'always meets a warmer cache. The images are in a temporary directory and the page cache is',
+  '`npm run bench` (bench/compare.ts) runs each workload with `qemu-img bench` and with',
+  '`blk-img bench`, both as child processes, on identical fresh images made by qemu-img,',
+  'alternating which tool goes first so that neither always meets a warmer cache. Rows 7, 9.7 and',
+  '11.x run `convert` of both tools with the same options, 12.x `check` and `map`, and 13.x copy',
+  'an image out of `blk-nbd` and `qemu-nbd` (13.3: `blk-img convert` and `qemu-img convert` as',
+  'NBD clients of qemu-nbd), each server on a unix socket, fresh for every run. These rows check',
+  "once that our output is QEMU's: the converted image or copy byte for byte, the printed",
+  'report of check and map. The images are in a temporary directory and the page cache is',
   'warm: this measures the block layer, not the disk. A full run rewrites this file up to the',
   `"${ANALYSIS_HEADING.slice(3)}" section, which is written by hand and kept.`,
   '',
   '- "QEMU s" / "ours s": median of the time each tool reports itself ("Run completed in X',
-  '  seconds", from the first request to the last completion; for convert, the wall time of the',
-  '  process).',
+  '  seconds", from the first request to the last completion; for convert, check, map and the',
+  "  NBD clients, the wall time of the process: for 13.1 and 13.2 the client's, the server being",
+  '  what differs).',
   '- "ours/QEMU": below 1 means we are faster.',
   '- "process wall": the same ratio over the whole child process, start, image open and close',
   '  included (Node starts in about 50 ms).',

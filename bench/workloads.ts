@@ -3,7 +3,11 @@
 // per session with qemu-img, so both tools read the very same bytes and layout.
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { run } from './lib.js';
+import type { Measured } from './lib.js';
+import { backingRaw, convertSource, dataImage, freshImage, qemuImg, type Ctx, type Format } from './images.js';
+import { convertRow, toolWorkloads } from './workloads-tools.js';
+
+export type { Ctx, Format } from './images.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -12,77 +16,40 @@ const TiB = 1024 * GiB;
 
 export type Tool = 'qemu' | 'ours';
 
-/** The image formats the workloads run on (QED first; raw and qcow2 mirror it). */
-export type Format = 'qed' | 'raw' | 'qcow2';
-
-export interface Ctx {
-  dir: string;
-  qemuImg: string;
-  /** Images already made in this session (lazy, shared between workloads). */
-  made: Set<string>;
-}
+/**
+ * How a row runs: `bench` is `qemu-img bench` vs `blk-img bench` (timed by their own report);
+ * `convert` and `img` are other subcommands of both (`prepare` gives the arguments after the
+ * program; `convert` is `img` with the subcommand implied), timed as whole processes; `nbd`
+ * runs the same client against a server per tool, or a client per tool against one server
+ * (`prepare` gives the whole client command line), timed as the client's process.
+ */
+export type WorkloadKind = 'bench' | 'convert' | 'img' | 'nbd';
 
 export interface Workload {
-  /** '1', '4w', '8.2'... */
+  /** '1', '4w', '8.2', '11.3'... */
   id: string;
-  /** What `--only` selects: '1'..'10', 'mem'. */
+  /** What `--only` selects: '1'..'13', 'mem'. */
   group: string;
   title: string;
-  kind: 'bench' | 'convert';
+  kind: WorkloadKind;
   format: Format;
-  /** Bytes moved by one run, for the throughput column. */
+  /** Bytes moved by one run, for the throughput column (0: no throughput shown). */
   bytes: number;
   /** For a raw or qcow2 row: the id of the QED workload it mirrors (format comparison tables). */
   twinOf?: string;
-  /** Arguments after the subcommand, made ready for a run of `tool` (fresh images made here). */
+  /** Arguments made ready for a run of `tool` (fresh images made here). */
   prepare(ctx: Ctx, tool: Tool): string[];
   /** Remove what one run produced, if anything. */
   cleanup?(ctx: Ctx): void;
-}
-
-function qemuImg(ctx: Ctx, ...args: string[]): void {
-  run([ctx.qemuImg, ...args]);
-}
-
-/** A 4 GiB image whose first 1 GiB is written with 0xa5 (made once, reused: reads, rewrites). */
-function dataImage(ctx: Ctx, format: Format): string {
-  const f = join(ctx.dir, `data.${format}`);
-  if (!ctx.made.has(f)) {
-    qemuImg(ctx, 'create', '-q', '-f', format, f, '4G');
-    qemuImg(ctx, 'bench', '-q', '-f', format, '-w', '-t', 'unsafe', '-s', '1M', '-d', '16', '-c', '1024', '--pattern=0xa5', f);
-    ctx.made.add(f);
-  }
-  return f;
-}
-
-/** A brand-new empty image for one run (allocating writes). */
-function freshImage(ctx: Ctx, format: Format, size: string, name = `fresh.${format}`): string {
-  const f = join(ctx.dir, name);
-  rmSync(f, { force: true });
-  qemuImg(ctx, 'create', '-q', '-f', format, f, size);
-  return f;
-}
-
-/** 1 GiB raw backing file, first 256 MiB written (made once). */
-function backingRaw(ctx: Ctx): string {
-  const f = join(ctx.dir, 'backing.raw');
-  if (!ctx.made.has(f)) {
-    qemuImg(ctx, 'create', '-q', '-f', 'raw', f, '1G');
-    qemuImg(ctx, 'bench', '-q', '-f', 'raw', '-w', '-t', 'unsafe', '-s', '1M', '-d', '16', '-c', '256', '--pattern=0x3c', f);
-    ctx.made.add(f);
-  }
-  return f;
-}
-
-/** 1 GiB raw convert source, every other MiB written: half data, half holes (made once). */
-function convertSource(ctx: Ctx): string {
-  const f = join(ctx.dir, 'convert-src.raw');
-  if (!ctx.made.has(f)) {
-    qemuImg(ctx, 'create', '-q', '-f', 'raw', f, '1G');
-    qemuImg(ctx, 'bench', '-q', '-f', 'raw', '-w', '-t', 'unsafe', '-s', '1M', '-S', '2M', '-d', '16', '-c', '512', '--pattern=0x5a', f);
-    ctx.made.add(f);
-  }
-  return f;
+  /** `nbd`: the server that runs while the client does, listening on `sock`. */
+  server?(ctx: Ctx, tool: Tool): { cmd: string[]; sock: string };
+  /**
+   * After the first pair of runs, with both tools' outputs still in place: what differs
+   * between them (the row fails), or null when ours is what QEMU produced.
+   */
+  verify?(ctx: Ctx, qemu: Measured, ours: Measured): string | null;
+  /** Remove what the row's runs left behind (outputs kept for `verify`). */
+  finish?(ctx: Ctx): void;
 }
 
 function benchArgs(format: Format, f: string, opts: string): string[] {
@@ -124,17 +91,8 @@ function cowOverlay(ctx: Ctx, format: 'qed' | 'qcow2'): string[] {
 }
 
 /** Workload 7 on an image format: convert the half-data raw source to it. */
-function convertTo(format: 'qed' | 'qcow2'): Pick<Workload, 'prepare' | 'cleanup'> {
-  const name = `converted.${format}`;
-  return {
-    prepare: (ctx) => {
-      const src = convertSource(ctx);
-      const dst = join(ctx.dir, name);
-      rmSync(dst, { force: true });
-      return ['-f', 'raw', '-O', format, src, dst];
-    },
-    cleanup: (ctx) => rmSync(join(ctx.dir, name), { force: true }),
-  };
+function convertTo(format: 'qed' | 'qcow2'): Pick<Workload, 'prepare' | 'verify' | 'finish'> {
+  return convertRow(format, (ctx) => ({ path: convertSource(ctx), format: 'raw' }));
 }
 
 export function allWorkloads(): Workload[] {
@@ -212,10 +170,11 @@ export function allWorkloads(): Workload[] {
       benchArgs(fmt, dataImage(ctx, fmt), '-s 64k -d 1 -c 4096'),
     ),
   ];
-  // Present in the table in id order: 1..7 and 10, then the raw mirrors (8.x), then qcow2 (9.x).
+  // Present in the table in id order: 1..7 and 10, then the raw mirrors (8.x), then qcow2 (9.x),
+  // then the tools' rows (11.x convert, 12.x check and map, 13.x NBD) in their own order.
   const rank = (w: Workload): number =>
     (w.format === 'raw' ? 100 : w.format === 'qcow2' ? 200 : 0) + Number.parseInt(w.id.replace(/^[89]\./, ''), 10);
-  return list.sort((a, b) => rank(a) - rank(b) || a.id.localeCompare(b.id));
+  return [...list.sort((a, b) => rank(a) - rank(b) || a.id.localeCompare(b.id)), ...toolWorkloads()];
 }
 
 /**

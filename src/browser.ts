@@ -3,8 +3,9 @@
  * condition, or `blocklayer/browser`): the generic block layer and every driver that needs no
  * Node API (mem, raw, qed, qcow2, blkdebug, blkverify, powerloss, http/https over fetch),
  * registered in a default registry, plus `opfs:` (the Origin Private File System). qcow2's
- * compressed clusters use its default codec, pure JavaScript (pako, fzstd). No host-file
- * driver: a page stores images in `mem:` or `opfs:` and reads remote ones over `https://`.
+ * compressed clusters use its default codec: pako and fzstd, and for zstd writes libzstd in
+ * WebAssembly, bundled and loaded on the first one. No host-file driver: a page stores images
+ * in `mem:` or `opfs:` and reads remote ones over `https://`.
  *
  * Use:
  *   import { BlockBackend, defaultRegistry } from 'blocklayer';     // bundler, browser target

@@ -16,7 +16,10 @@ export type Allocation = { allocated: boolean; pnum: number };
 async function statusRange(bs: BlockDriverState, op: string, offset: number, bytes: number): Promise<number> {
   checkArgs(bs, op, offset, bytes);
   // A user's protocol node answers for its sector tail too: the driver says zeros past EOF.
-  const len = await bs.userLength();
+  return clampToLength(bs, op, offset, bytes, await bs.userLength());
+}
+
+function clampToLength(bs: BlockDriverState, op: string, offset: number, bytes: number, len: number): number {
   if (offset > len) {
     throw new BlockError('EIO', `${op}: offset ${offset} is past the end of the image (${len} bytes)`, {
       op,
@@ -31,7 +34,9 @@ async function statusRange(bs: BlockDriverState, op: string, offset: number, byt
 export async function bdrvBlockStatus(bs: BlockDriverState, offset: number, bytes: number): Promise<BlockStatus> {
   checkArgs(bs, 'block_status', offset, bytes);
   return inflight(bs, 'block_status', async () => {
-    const n = await statusRange(bs, 'block_status', offset, bytes);
+    // A length known without waiting saves a promise per query: map asks once per extent.
+    const known = bs.knownLength();
+    const n = known !== null ? clampToLength(bs, 'block_status', offset, bytes, known) : await statusRange(bs, 'block_status', offset, bytes);
     if (n === 0) return { pnum: 0, allocated: false, data: false, zero: false };
     return blockStatusUnchecked(bs, offset, n);
   });
@@ -39,14 +44,14 @@ export async function bdrvBlockStatus(bs: BlockDriverState, offset: number, byte
 
 /** The driver's answer for a checked range, its pnum validated and clamped. */
 export async function blockStatusUnchecked(bs: BlockDriverState, offset: number, bytes: number): Promise<BlockStatus> {
-  const hook = bs.driver.coBlockStatus?.bind(bs.driver);
-  if (!hook) {
+  const drv = bs.driver;
+  if (!drv.coBlockStatus) {
     // QEMU's default for drivers without the hook: everything is allocated data, and a
     // protocol's data sits at the same offset in itself (so map shows "offset").
-    if (bs.driver.isProtocol === true) return { pnum: bytes, allocated: true, data: true, zero: false, offset, file: bs };
+    if (drv.isProtocol === true) return { pnum: bytes, allocated: true, data: true, zero: false, offset, file: bs };
     return { pnum: bytes, allocated: true, data: true, zero: false };
   }
-  const st = await hook(bs, offset, bytes);
+  const st = await drv.coBlockStatus(bs, offset, bytes);
   if (!Number.isSafeInteger(st.pnum) || st.pnum <= 0) {
     throw new BlockError('EIO', `Driver '${bs.driver.formatName}' returned block status with pnum ${st.pnum}`, {
       op: 'block_status',

@@ -14,6 +14,8 @@ export class NbdConnection {
   readonly reader: SocketReader;
   private closed = false;
   private readonly closedWaiters: (() => void)[] = [];
+  /** The pending wait for the socket to drain, shared by the replies that filled it. */
+  private drained: Promise<void> | null = null;
 
   constructor(
     readonly id: number,
@@ -44,6 +46,7 @@ export class NbdConnection {
   /** Switch to the TLS socket once its handshake is done (STARTTLS). */
   useTls(tls: TLSSocket): void {
     this.out = tls;
+    this.drained = null;
     tls.on('error', () => undefined);
     tls.on('close', () => this.markClosed());
     this.reader.attach(tls);
@@ -58,15 +61,28 @@ export class NbdConnection {
     let ok = true;
     for (const b of bufs) if (b.length > 0) ok = this.out.write(b);
     if (ok) return Promise.resolve();
-    return new Promise<void>((resolve) => {
+    return this.whenDrained();
+  }
+
+  /**
+   * One wait for 'drain' (or 'close') shared by every reply that found the socket full: a
+   * client with dozens of reads in flight must not add two listeners per reply.
+   */
+  private whenDrained(): Promise<void> {
+    if (this.drained !== null) return this.drained;
+    const out = this.out;
+    const p = new Promise<void>((resolve) => {
       const done = (): void => {
-        this.out.off('drain', done);
-        this.out.off('close', done);
+        out.off('drain', done);
+        out.off('close', done);
+        if (this.drained === p) this.drained = null;
         resolve();
       };
-      this.out.on('drain', done);
-      this.out.on('close', done);
+      out.on('drain', done);
+      out.on('close', done);
     });
+    this.drained = p;
+    return p;
   }
 
   /** Flush what was written, then close (graceful end of a session). */

@@ -1,7 +1,7 @@
 // blk-img measure against qemu-img 7.2 (img-parity-harness.ts): the numbers for qcow2 and raw
 // targets from a size and from images (sparse, full, compressed, zero clusters, chains, with
 // bitmaps), every cluster size, refcount width, extended L2 and preallocation; text and
-// JSON; and qemu-img's errors, word for word.
+// JSON; an internal snapshot as the source (-l); and qemu-img's errors, word for word.
 import { afterAll, describe, expect, it } from 'vitest';
 import { makeTempDir, removeTempDir, requireQemu } from './qemu.js';
 import { sessionDiffs, type Session } from './img-parity-harness.js';
@@ -87,6 +87,63 @@ const sessions: Session[] = [
       ['measure', '--image-opts', '-O', 'qcow2', 'driver=qcow2,file.filename=sparse.qcow2'],
       ['measure', '-O', 'qcow2', '-o', 'size=1G', 'sparse.qcow2'],
       ['measure', '-O', 'qed', 'sparse.qcow2'],
+    ],
+  },
+  {
+    name: 'measure an internal snapshot (-l)',
+    setup: [
+      // Three states of one image: each snapshot holds other data; the active state discarded
+      // part of it and grew (the snapshots keep the smaller L1 of 512-byte clusters).
+      ['qemu-img', 'create', '-q', '-f', 'qcow2', 'snap.qcow2', '4M'],
+      ['qemu-io', '-c', 'write -P 1 0 1M', '-c', 'write -c -P 4 3M 64k', 'snap.qcow2'],
+      ['qemu-img', 'snapshot', '-c', 's1', 'snap.qcow2'],
+      ['qemu-io', '-c', 'write -P 2 1M 2M', '-c', 'write -z 3M 64k', 'snap.qcow2'],
+      ['qemu-img', 'snapshot', '-c', 's2', 'snap.qcow2'],
+      ['qemu-img', 'snapshot', '-c', 's2', 'snap.qcow2'],
+      ['qemu-io', '-c', 'discard 0 1M', 'snap.qcow2'],
+      ['qemu-img', 'resize', '-q', 'snap.qcow2', '8M'],
+      ['qemu-img', 'bitmap', '--add', 'snap.qcow2', 'b0'],
+      ['qemu-img', 'create', '-q', '-f', 'qcow2', '-o', 'cluster_size=512', 'small.qcow2', '1M'],
+      ['qemu-io', '-c', 'write -P 1 100k 300k', 'small.qcow2'],
+      ['qemu-img', 'snapshot', '-c', 'a', 'small.qcow2'],
+      ['qemu-img', 'resize', '-q', 'small.qcow2', '3M'],
+      ['qemu-io', '-c', 'write -P 2 2M 512k', 'small.qcow2'],
+      ['qemu-img', 'create', '-q', '-f', 'qcow2', '-o', 'compat=0.10', 'v2.qcow2', '2M'],
+      ['qemu-io', '-c', 'write -P 1 0 1M', 'v2.qcow2'],
+      ['qemu-img', 'snapshot', '-c', 'old', 'v2.qcow2'],
+      ['qemu-io', '-c', 'write -P 2 1M 1M', '-c', 'discard 0 512k', 'v2.qcow2'],
+      ['qemu-img', 'create', '-q', '-f', 'raw', 'r.raw', '1M'],
+      ['qemu-img', 'create', '-q', '-f', 'qed', 'e.qed', '1M'],
+    ],
+    steps: [
+      ['measure', '-O', 'qcow2', 'snap.qcow2'],
+      ['measure', '-O', 'qcow2', '-l', 's1', 'snap.qcow2'],
+      ['measure', '-O', 'qcow2', '-l', '1', 'snap.qcow2'],
+      ['measure', '--output=json', '-O', 'qcow2', '-l', 's2', 'snap.qcow2'],
+      ['measure', '-O', 'qcow2', '-l', '3', 'snap.qcow2'],
+      ['measure', '-O', 'qcow2', '-o', 'cluster_size=4k', '-l', 'snapshot.id=1', 'snap.qcow2'],
+      ['measure', '-O', 'qcow2', '-o', 'compat=0.10', '-l', 'snapshot.name=s2', 'snap.qcow2'],
+      ['measure', '-O', 'qcow2', '-l', 'snapshot.id=2,snapshot.name=s2', 'snap.qcow2'],
+      ['measure', '-O', 'raw', '-l', 's1', 'snap.qcow2'],
+      ['measure', '--image-opts', '-O', 'qcow2', '-l', 's1', 'driver=qcow2,file.filename=snap.qcow2'],
+      ['measure', '-O', 'qcow2', 'small.qcow2'],
+      ['measure', '-O', 'qcow2', '-l', 'a', 'small.qcow2'],
+      ['measure', '--output=json', '-O', 'qcow2', '-o', 'cluster_size=512', '-l', 'a', 'small.qcow2'],
+      ['measure', '-O', 'qcow2', 'v2.qcow2'],
+      ['measure', '-O', 'qcow2', '-l', 'old', 'v2.qcow2'],
+      // Errors, in qemu-img's order and words.
+      ['measure', '-O', 'qcow2', '-l', 'nope', 'snap.qcow2'],
+      ['measure', '-O', 'qcow2', '-l', 'snapshot.id=1,snapshot.name=s2', 'snap.qcow2'],
+      ['measure', '-O', 'qcow2', '-l', 'snapshot.id=', 'snap.qcow2'],
+      ['measure', '-O', 'qcow2', '-l', 'snapshot.foo=1', 'snap.qcow2'],
+      ['measure', '-O', 'qcow2', '-l', 'snapshot.', 'snap.qcow2'],
+      ['measure', '-O', 'qcow2', '-l', 's1', '--size', '1M'],
+      ['measure', '-O', 'qcow2', '-l', 's1', 'r.raw'],
+      ['measure', '-O', 'qcow2', '-l', 'snapshot.name=s1', 'e.qed'],
+      ['measure', '-O', 'qcow2', '-f', 'raw', '-l', 's1', 'snap.qcow2'],
+      ['measure', '-O', 'qed', '-l', 's1', 'snap.qcow2'],
+      ['measure', '-O', 'nosuch', '-l', 'nope', 'snap.qcow2'],
+      ['measure', '-O', 'qcow2', '-l', 's1', 'missing.qcow2'],
     ],
   },
 ];

@@ -10,6 +10,7 @@ import { memStoreRestore, memStoreSnapshot, memStripPrefix } from '../../src/dri
 import type { ImageSetup } from './harness.js';
 import { firstDiff, pattern } from './model.js';
 import type { FormatProfile } from './profile.js';
+import { compressCommandArb, runCompressCommand, type CompressCommand } from './compress-cmds.js';
 import { runSnapshotCommand, snapshotCommandArb, snapshotStats, type ModelSnapshot, type SnapshotCommand } from './snapshot-cmds.js';
 
 export type Placement = 'any' | 'sector' | 'cluster' | 'edge';
@@ -35,7 +36,8 @@ export type Command =
   | { op: 'aio'; write: boolean; span: Span; seed: number }
   | { op: 'rebaseTooLong'; extra: number }
   | { op: 'amend'; pick: number }
-  | SnapshotCommand;
+  | SnapshotCommand
+  | CompressCommand;
 
 export const spanArb: fc.Arbitrary<Span> = fc.record({
   at: fc.nat({ max: 0x7fffffff }),
@@ -43,10 +45,14 @@ export const spanArb: fc.Arbitrary<Span> = fc.record({
   place: fc.constantFrom<Placement>('any', 'sector', 'cluster', 'edge'),
 });
 
-/** Commands for any format, plus internal snapshots when the profile says the format has them. */
+/**
+ * Commands for any format, plus internal snapshots and compressed writes when the profile says
+ * the format has them.
+ */
 export function commandArb(profile?: FormatProfile): fc.Arbitrary<Command> {
   return fc.oneof(
     ...(profile?.snapshots === true ? [{ weight: 2, arbitrary: snapshotCommandArb as fc.Arbitrary<Command> }] : []),
+    ...(profile?.compressedWrites === true ? [{ weight: 2, arbitrary: compressCommandArb as fc.Arbitrary<Command> }] : []),
     { weight: 6, arbitrary: fc.record({ op: fc.constant('write' as const), span: spanArb, seed: fc.nat({ max: 1 << 20 }) }) },
     { weight: 2, arbitrary: fc.record({ op: fc.constant('zero' as const), span: spanArb }) },
     { weight: 5, arbitrary: fc.record({ op: fc.constant('read' as const), span: spanArb }) },
@@ -329,6 +335,9 @@ export async function runCommand(st: RunState, c: Command): Promise<void> {
     }
     case 'snapshot':
       await runSnapshotCommand(st, c);
+      return;
+    case 'compress':
+      await runCompressCommand(st, c);
       return;
     case 'check': {
       st.log.push('check');

@@ -13,11 +13,15 @@ import { buildImage, fcParams, freshPrefix, profileOf, type Geometry, type Image
 import { ByteModel, mulberry32, pattern } from './model.js';
 import type { FormatProfile } from './profile.js';
 import { QED_PROFILE } from './qed-profile.js';
+import { compressStats, compressedClusterAt, compressibleData, writeCompressedOrPlain } from './compress-cmds.js';
 import { snapshotCreate, snapshotDelete } from './snapshot-cmds.js';
 
 export interface GuestWrite {
-  /** snapshot / unsnapshot: create or delete an internal snapshot (guest bytes unchanged). */
-  kind: 'write' | 'zero' | 'snapshot' | 'unsnapshot';
+  /**
+   * snapshot / unsnapshot: create or delete an internal snapshot (guest bytes unchanged);
+   * compress: one whole cluster written compressed where QEMU's rule allows (see compress-cmds).
+   */
+  kind: 'write' | 'zero' | 'snapshot' | 'unsnapshot' | 'compress';
   span: Span;
   seed: number;
 }
@@ -28,12 +32,18 @@ export const guestWriteArb: fc.Arbitrary<GuestWrite> = fc.record({
   seed: fc.nat({ max: 1 << 20 }),
 });
 
-/** Guest writes, and for formats with internal snapshots now and then a snapshot created or deleted. */
+/**
+ * Guest writes, and for formats with internal snapshots now and then a snapshot created or
+ * deleted; for formats with compressed clusters, compressed writes.
+ */
 export function guestOpArb(profile: FormatProfile): fc.Arbitrary<GuestWrite> {
-  if (!profile.snapshots) return guestWriteArb;
+  if (!profile.snapshots && profile.compressedWrites !== true) return guestWriteArb;
   return fc.oneof(
     { weight: 8, arbitrary: guestWriteArb },
-    { weight: 2, arbitrary: fc.record({ kind: fc.constantFrom<'snapshot' | 'unsnapshot'>('snapshot', 'unsnapshot'), span: spanArb, seed: fc.nat({ max: 1 }) }) },
+    ...(profile.snapshots
+      ? [{ weight: 2, arbitrary: fc.record({ kind: fc.constantFrom<'snapshot' | 'unsnapshot'>('snapshot', 'unsnapshot'), span: spanArb, seed: fc.nat({ max: 1 }) }) }]
+      : []),
+    ...(profile.compressedWrites === true ? [{ weight: 2, arbitrary: fc.record({ kind: fc.constant('compress' as const), span: spanArb, seed: fc.nat({ max: 1 << 20 }) }) }] : []),
   );
 }
 
@@ -42,6 +52,12 @@ const isSnapshotOp = (w: GuestWrite): boolean => w.kind === 'snapshot' || w.kind
 /** Place a guest write and return its data (zeros for writeZeroes, nothing for snapshot operations). */
 export function placeWrite(w: GuestWrite, setup: ImageSetup): { offset: number; data: Uint8Array } {
   if (isSnapshotOp(w)) return { offset: 0, data: new Uint8Array(0) };
+  const cs = setup.geom.clusterSize;
+  if (w.kind === 'compress') {
+    // Odd seeds write noise, which is stored uncompressed.
+    const at = compressedClusterAt(w.span.at, setup.model.size, cs);
+    return at === null ? { offset: 0, data: new Uint8Array(0) } : { offset: at, data: compressibleData(cs, w.seed, w.seed % 2 === 0) };
+  }
   const p = placeFor(setup, w.span);
   return { offset: p.offset, data: w.kind === 'zero' ? new Uint8Array(p.len) : pattern(p.len, w.seed) };
 }
@@ -50,6 +66,9 @@ export async function applyWrite(bs: BlockDriverState, w: GuestWrite, offset: nu
   if (w.kind === 'snapshot') await snapshotCreate(bs, `s${w.seed}`);
   else if (w.kind === 'unsnapshot') await snapshotDelete(bs, `s${w.seed}`);
   else if (w.kind === 'zero') await bs.writeZeroes(offset, data.length);
+  else if (w.kind === 'compress') {
+    if (data.length > 0) await writeCompressedOrPlain(bs, offset, data);
+  }
   else await bs.pwrite(offset, data);
 }
 
@@ -376,6 +395,8 @@ export async function runPowerLossCase(c: PowerLossCase, profile: FormatProfile 
     dataStore?.flush();
 
     let bs = await open();
+    // Before the power can go: asking reads nothing from an image without bitmaps.
+    let v2 = await isV2(bs);
     // Durable model: what a completed flush covered. Pending: acknowledged since then.
     let durable = setup.model.bytes.slice();
     let pending: { offset: number; data: Uint8Array }[] = [];
@@ -390,12 +411,14 @@ export async function runPowerLossCase(c: PowerLossCase, profile: FormatProfile 
       do {
         const { w } = c.ops[i];
         // A v2 image has no dirty bit to cover a snapshot operation cut short (see the qcow2
-        // driver's snapshot.ts): those run on v3 images only.
-        if (isSnapshotOp(w) && c.geom.formatOptions?.compat === '0.10') {
+        // driver's snapshot.ts): those run on v3 images only. What counts is the image's
+        // version now, not at create: an amend may have downgraded it.
+        if (isSnapshotOp(w) && v2) {
           i++;
           continue;
         }
         if (isSnapshotOp(w)) faultStats.snapshotOps++;
+        if (w.kind === 'compress') compressStats.powerLossOps++;
         const { offset, data } = placeWrite(w, setup);
         const overlaps = group.some((g) => g.offset < offset + data.length && offset < g.offset + g.data.length);
         if (!overlaps) group.push({ offset, data, w });
@@ -415,6 +438,7 @@ export async function runPowerLossCase(c: PowerLossCase, profile: FormatProfile 
         else {
           if (!store.dead) throw r.reason instanceof Error ? r.reason : new Error('write failed');
           if (isSnapshotOp(group[k].w)) faultStats.snapshotOpsCut++;
+          if (group[k].w.kind === 'compress') compressStats.powerLossCut++;
           failed = true;
         }
       }
@@ -438,6 +462,7 @@ export async function runPowerLossCase(c: PowerLossCase, profile: FormatProfile 
           }
           if (!(e instanceof BlockError) || (e.code !== 'EINVAL' && e.code !== 'ENOTSUP')) throw e;
         }
+        v2 = await isV2(bs);
       }
       if (flushAfter) {
         commands++;
@@ -504,6 +529,12 @@ export async function runPowerLossCase(c: PowerLossCase, profile: FormatProfile 
     setup.cleanup();
   }
   return commands;
+}
+
+/** Whether the image is a qcow2 v2 (compat=0.10) one, as the driver reports it. */
+async function isV2(bs: BlockDriverState): Promise<boolean> {
+  const info = await bs.driver.getSpecificInfo?.(bs);
+  return info?.data.compat === '0.10';
 }
 
 function memStripName(filename: string): string {

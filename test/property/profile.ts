@@ -99,6 +99,11 @@ export interface FormatProfile {
    * these boundaries half of the time.
    */
   subclusterSize?(geom: Geometry): number;
+  /**
+   * The format writes compressed clusters (qemu-io write -c): the sequential and power-loss
+   * properties draw compressed writes; the geometry's create options choose the compression.
+   */
+  readonly compressedWrites?: boolean;
   /** Whether an image of this geometry keeps persistent dirty bitmaps (the bitmap properties). */
   persistentBitmaps(geom: Geometry): boolean;
 }

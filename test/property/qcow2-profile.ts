@@ -2,7 +2,7 @@
  * The qcow2 profile of the property suites: clusters of 512 B..64 KiB (2 MiB when wide),
  * refcount widths of 1..64 bits, v2 and v3 images, lazy refcounts, extended L2 entries
  * (subclusters, clusters of 16 KiB and more), external data files (raw or not; with extended
- * L2 entries too, as QEMU 7.2 allows); backing chains mixing
+ * L2 entries too, as QEMU 7.2 allows), zlib or zstd compressed clusters; backing chains mixing
  * raw, QED and qcow2; the driver's debug events; where the header fields (big-endian), L1/L2
  * tables, the refcount table and refcount blocks lie.
  */
@@ -84,6 +84,7 @@ export function qcow2GeometryArb(wide = false, extendedL2 = true): fc.Arbitrary<
       backingRel: fc.constantFrom('equal', 'shorter', 'longer', 'tiny', 'odd'),
       backingClusterSize: fc.constantFrom(4096, 65536),
       seed: fc.integer({ min: 1, max: 0x7fffffff }),
+      zstd: fc.boolean(),
     })
     .map((r) => {
       const clusterSize = 2 ** r.clusterBits;
@@ -108,6 +109,8 @@ export function qcow2GeometryArb(wide = false, extendedL2 = true): fc.Arbitrary<
         formatOptions.dataFile = QCOW2_DATA_FILE;
         if (dataFile === 'raw') formatOptions.dataFileRaw = true;
       }
+      // zstd needs the compression type field of a v3 header.
+      if (r.zstd && !v2) formatOptions.compressionType = 'zstd';
       return { ...g, formatOptions };
     });
 }
@@ -193,6 +196,7 @@ export const QCOW2_PROFILE: FormatProfile = {
   layerOptions: (clusterSize) => ({ clusterSize }),
   backingKinds: ['none', 'raw', 'qed', 'qcow2', 'chain3', 'chain3qcow2'],
   snapshots: true,
+  compressedWrites: true,
   leaksAfterCleanOps: false,
   debugEvents: QCOW2_EVENTS,
   grow: 'backing-or-zeros',

@@ -1,10 +1,11 @@
 // The property suites on qcow2 (the qcow2 profile: clusters 512 B..64 KiB, refcount widths
-// 1..64, v2 and v3, lazy refcounts, extended L2 entries, chains mixing raw, QED and qcow2), with
-// small budgets:
+// 1..64, v2 and v3, lazy refcounts, extended L2 entries, zlib or zstd compression, chains
+// mixing raw, QED and qcow2), with small budgets:
 // `npm run fuzz -- --format qcow2` runs them long.
 import { describe, expect, it } from 'vitest';
 import { requireQemu } from '../interop/qemu.js';
 import { amendStats } from './commands.js';
+import { compressStats } from './compress-cmds.js';
 import { bitmapStats, propBitmapPowerLoss, propBitmaps } from './bitmaps.js';
 import { concStats, propConcurrent } from './concurrency.js';
 import { corruptStats, propCorruption, propRepairFault } from './corruption.js';
@@ -35,6 +36,7 @@ describe('qcow2: model-based sequences', () => {
     const before = { ...amendStats };
     const ext = qcow2ProfileStats.extendedL2Images;
     const sn = { ...snapshotStats };
+    const compressed = { ...compressStats };
     expect(await counted(propSequential, 50)).toBeGreaterThan(60);
     expect(extL2Since(ext)).toBeGreaterThan(3);
     // Amends (compat up and down, lazy refcounts on and off) ran among the commands.
@@ -42,6 +44,11 @@ describe('qcow2: model-based sequences', () => {
     // Images with snapshots grew, and snapshots of another size were applied.
     expect(snapshotStats.grownWithSnapshots - sn.grownWithSnapshots).toBeGreaterThan(0);
     expect(snapshotStats.appliedAcrossSizes - sn.appliedAcrossSizes).toBeGreaterThan(0);
+    // Compressed writes went into free clusters of zlib and zstd images, and were refused on
+    // allocated ones.
+    expect(compressStats.written - compressed.written).toBeGreaterThan(3);
+    expect(compressStats.zstdWritten - compressed.zstdWritten).toBeGreaterThan(1);
+    expect(compressStats.refused - compressed.refused).toBeGreaterThan(0);
   });
   it('through blkverify, over host files, API misuse, huge sparse images', async () => {
     expect(await counted(propBlkverify, 20)).toBeGreaterThan(20);
@@ -69,6 +76,7 @@ describe('qcow2: concurrency and faults', () => {
   it('power loss with torn sectors: flushed data intact, nothing worse than leaks after repair', async () => {
     const before = { ...faultStats };
     const ext = qcow2ProfileStats.extendedL2Images;
+    const compressed = { ...compressStats };
     await propPowerLoss({ numRuns: 60, seed, format });
     expect(extL2Since(ext)).toBeGreaterThan(3);
     expect(faultStats.crashedMidRequest - before.crashedMidRequest).toBeGreaterThan(2);
@@ -79,6 +87,9 @@ describe('qcow2: concurrency and faults', () => {
     // Snapshots created and deleted among the writes, some cut short by the power.
     expect(faultStats.snapshotOps - before.snapshotOps).toBeGreaterThan(5);
     expect(faultStats.snapshotOpsCut - before.snapshotOpsCut).toBeGreaterThan(0);
+    // Compressed writes among them, some cut short by the power.
+    expect(compressStats.powerLossOps - compressed.powerLossOps).toBeGreaterThan(5);
+    expect(compressStats.powerLossCut - compressed.powerLossCut).toBeGreaterThan(0);
     // Images with an external data file lost power with it.
     expect(faultStats.dataFileCrashes - before.dataFileCrashes).toBeGreaterThan(2);
   });

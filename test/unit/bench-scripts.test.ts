@@ -30,7 +30,7 @@ describe('bench workloads', () => {
 
   it('covers the issue list: 1-7 and depth 1 as 10, raw mirrors as 8, qcow2 as 9, ids unique', () => {
     expect(new Set(all.map((w) => w.id)).size).toBe(all.length);
-    expect([...new Set(all.map((w) => w.group))]).toEqual(['1', '2', '3', '4', '5', '6', '7', '10', '8', '9']);
+    expect([...new Set(all.map((w) => w.group))]).toEqual(['1', '2', '3', '4', '5', '6', '7', '10', '8', '9', '11', '12', '13']);
     const raw = all.filter((w) => w.group === '8');
     expect(raw.map((w) => w.twinOf)).toEqual(['1', '2', '3', '4r', '4w', '5', '10a', '10b', '10c', '10d']);
     for (const r of raw) {
@@ -47,6 +47,31 @@ describe('bench workloads', () => {
     }
     expect(all.find((w) => w.id === '7')?.kind).toBe('convert');
     expect(all.find((w) => w.id === '9.7')?.kind).toBe('convert');
+  });
+
+  it('has convert to and from each format (11), check and map (12), NBD copies (13), all verified', () => {
+    const ids = (group: string) => all.filter((w) => w.group === group).map((w) => w.id);
+    expect(ids('11')).toEqual(['11.1', '11.2', '11.3', '11.4', '11.5', '11.6', '11.7']);
+    expect(ids('12')).toEqual(['12.1', '12.2', '12.3', '12.4']);
+    expect(ids('13')).toEqual(['13.1', '13.2', '13.3']);
+    for (const w of all.filter((x) => ['11', '12', '13'].includes(x.group))) {
+      expect(w.kind).toBe(w.group === '11' ? 'convert' : w.group === '12' ? 'img' : 'nbd');
+      if (w.id !== '13.1') expect(typeof w.verify, w.id).toBe('function');
+      if (w.kind === 'nbd') expect(typeof w.server, w.id).toBe('function');
+    }
+    const ctx = { dir: '/nonexistent', qemuImg: 'qemu-img', made: new Set<string>() };
+    // The convert rows' options as the issue lists them (sources come from ctx.made: no I/O).
+    const pairs = all
+      .filter((w) => w.group === '11')
+      .map((w) => {
+        for (const name of ['convert-src.raw', 'convert-src.qed', 'convert-src.qcow2', 'convert-src-128m.raw', 'convert-src-128m-c.qcow2']) {
+          ctx.made.add(`/nonexistent/${name}`);
+        }
+        const a = w.prepare(ctx, 'ours');
+        return `${a[a.indexOf('-f') + 1]}->${a[a.indexOf('-O') + 1]}${a.includes('-c') ? ' -c' : ''}`;
+      });
+    expect(pairs).toEqual(['qed->raw', 'qcow2->raw', 'qcow2->qcow2', 'raw->qcow2 -c', 'qcow2->raw', 'qed->qcow2', 'raw->raw']);
+    expect(all.find((w) => w.id === '11.5')?.prepare(ctx, 'qemu')).toContain('/nonexistent/convert-src-128m-c.qcow2');
   });
 
   it('the memory check writes and reads exactly the last cluster of a 16 TiB image', () => {

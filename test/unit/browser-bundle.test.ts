@@ -68,14 +68,22 @@ describe('browser entry', () => {
       writeFileSync(
         entry,
         [
-          "import { defaultRegistry, BlockBackend, memStoreCreate } from 'blocklayer';",
+          "import { defaultRegistry, BlockBackend, bdrvCreate, memStoreCreate } from 'blocklayer';",
           'memStoreCreate("page", 4096);',
           'const blk = await BlockBackend.open("mem:page", { format: "raw" });',
           'await blk.pwrite(0, new Uint8Array([1, 2, 3]));',
           'const back = new Uint8Array(3);',
           'await blk.pread(0, back);',
           'await blk.close();',
-          'globalThis.result = { drivers: defaultRegistry.list().map((d) => d.formatName), back: [...back] };',
+          // zstd compressed clusters: the encoder (wasm) comes with the bundle, loaded on use.
+          'await bdrvCreate("mem:z", { format: "qcow2", options: { size: 1 << 20, compressionType: "zstd" } });',
+          'const z = await BlockBackend.open("mem:z", { format: "qcow2" });',
+          'await z.pwriteCompressed(0, new Uint8Array(65536).fill(7));',
+          'const zback = new Uint8Array(65536);',
+          'await z.pread(0, zback);',
+          'const zstd = { compressed: (await z.root.check({})).compressedClusters, sum: zback.reduce((a, b) => a + b, 0) };',
+          'await z.close();',
+          'globalThis.result = { drivers: defaultRegistry.list().map((d) => d.formatName), back: [...back], zstd };',
         ].join('\n'),
       );
       const r = await bundle(entry, 'browser');
@@ -87,8 +95,9 @@ describe('browser entry', () => {
       // Run the bundle as a page would: a data: URL module, nothing of Node in reach.
       const code = r.outputFiles[0].text;
       await import(`data:text/javascript;base64,${Buffer.from(code).toString('base64')}`);
-      const result = (globalThis as { result?: { drivers: string[]; back: number[] } }).result;
+      const result = (globalThis as { result?: { drivers: string[]; back: number[]; zstd: { compressed: number; sum: number } } }).result;
       expect(result?.back).toEqual([1, 2, 3]);
+      expect(result?.zstd).toEqual({ compressed: 1, sum: 7 * 65536 });
       expect(result?.drivers).toContain('http');
       expect(result?.drivers).toContain('qed');
       expect(result?.drivers).toContain('qcow2');

@@ -45,7 +45,7 @@ function needsNewAlloc(s: BDRVQcow2State, entry: bigint): boolean {
 }
 
 /** Clusters from l2Index with the same need, and (in place) contiguous on the host. */
-function countSingleWriteClusters(s: BDRVQcow2State, nb: number, data: Uint8Array, l2Index: number, newAlloc: boolean): number {
+export function countSingleWriteClusters(s: BDRVQcow2State, nb: number, data: Uint8Array, l2Index: number, newAlloc: boolean): number {
   let expected = Number(getL2Entry(s, data, l2Index) & L2E_OFFSET_MASK);
   let i = 0;
   for (; i < nb; i++) {

@@ -215,30 +215,48 @@ async function hasCompressedClusters(s: BDRVQcow2State): Promise<boolean> {
   return false;
 }
 
+/**
+ * qcow2_downgrade. Everything that can refuse is decided before the first change (QEMU
+ * refuses zstd clusters and unknown incompatible features half-way, with compatible and autoclear features
+ * already dropped in memory: the next header write would lose lazy refcounts and bitmaps on an
+ * image that stays v3). A failure after that restores the in-memory features, so that memory
+ * never describes an image the disk does not hold.
+ */
 async function downgrade(s: BDRVQcow2State, progress: AmendProgress): Promise<void> {
   if (s.refcountOrder !== 4) fail('compat=0.10 requires refcount_bits=16', 'ENOTSUP');
   if (qcow2HasDataFile(s)) fail('Cannot downgrade an image with a data file', 'ENOTSUP');
-  for (const sn of await qcow2ReadSnapshots(s)) {
+  const snapshots = await qcow2ReadSnapshots(s);
+  for (const sn of snapshots) {
     if (sn.vmStateSize > 0xffffffff || sn.diskSize !== s.header.size) fail('Internal snapshots prevent downgrade of image', 'ENOTSUP');
   }
-  await markClean(s);
-  const incompat = s.header.incompatibleFeatures & ~QCOW2_INCOMPAT_COMPRESSION;
+  const incompat = s.header.incompatibleFeatures & ~(QCOW2_INCOMPAT_COMPRESSION | QCOW2_INCOMPAT_DIRTY);
   if (incompat !== 0n) fail(`Cannot downgrade an image with incompatible features 0x${incompat.toString(16)} set`, 'ENOTSUP');
-  // Compatible and autoclear features cannot be stored in v2: dropped with the next header write.
-  // Lazy refcounts go with them, in memory too: a v2 header cannot say the image is dirty, so
-  // refcounts held back after this point could not be repaired after a crash.
-  s.header.compatibleFeatures = 0n;
-  s.header.autoclearFeatures = 0n;
-  s.useLazyRefcounts = false;
-  await qcow2ExpandZeroClusters(s, progress.report);
-  if ((s.header.incompatibleFeatures & QCOW2_INCOMPAT_COMPRESSION) !== 0n) {
-    if (await hasCompressedClusters(s)) fail('Cannot downgrade an image with zstd compression type and existing compressed clusters', 'ENOTSUP');
-    s.header.incompatibleFeatures &= ~QCOW2_INCOMPAT_COMPRESSION;
-    s.header.compressionType = QCOW2_COMPRESSION_TYPE_ZLIB;
+  const zstd = (s.header.incompatibleFeatures & QCOW2_INCOMPAT_COMPRESSION) !== 0n;
+  if (zstd && (await hasCompressedClusters(s))) fail('Cannot downgrade an image with zstd compression type and existing compressed clusters', 'ENOTSUP');
+  await markClean(s);
+  const saved = { compatible: s.header.compatibleFeatures, autoclear: s.header.autoclearFeatures, lazy: s.useLazyRefcounts };
+  try {
+    // Compatible and autoclear features cannot be stored in v2: dropped with the header write.
+    // Lazy refcounts go with them, in memory too: a v2 header cannot say the image is dirty, so
+    // refcounts held back after this point could not be repaired after a crash.
+    s.header.compatibleFeatures = 0n;
+    s.header.autoclearFeatures = 0n;
+    s.useLazyRefcounts = false;
+    // The zero clusters of the active L1 and of every snapshot's (expand-zero.ts).
+    await qcow2ExpandZeroClusters(s, progress.report);
+    // The expanded tables and their refcounts reach the disk before the header says v2.
+    await flushCaches(s);
+    await rewriteHeader(s, () => {
+      s.header.version = 2;
+      s.header.incompatibleFeatures &= ~QCOW2_INCOMPAT_COMPRESSION;
+      s.header.compressionType = QCOW2_COMPRESSION_TYPE_ZLIB;
+    });
+  } catch (e) {
+    s.header.compatibleFeatures = saved.compatible;
+    s.header.autoclearFeatures = saved.autoclear;
+    s.useLazyRefcounts = saved.lazy;
+    throw e;
   }
-  // The expanded tables and their refcounts reach the disk before the header says v2.
-  await flushCaches(s);
-  await rewriteHeader(s, () => void (s.header.version = 2));
 }
 
 export async function qcow2AmendOptionsHook(s: BDRVQcow2State, options: CreateOptions, status: AmendStatus): Promise<void> {

@@ -57,6 +57,18 @@ export class Qcow2Cache {
     return this.entries.get(offset)?.data;
   }
 
+  /**
+   * The bytes of a cached table, counted as a use (LRU) but without a reference: for
+   * lookups that finish before anything else runs (the request fast paths).
+   */
+  lookup(offset: number): Uint8Array | undefined {
+    const e = this.entries.get(offset);
+    if (e === undefined) return undefined;
+    this.entries.delete(offset);
+    this.entries.set(offset, e);
+    return e.data;
+  }
+
   has(offset: number): boolean {
     return this.entries.has(offset);
   }

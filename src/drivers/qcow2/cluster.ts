@@ -90,73 +90,132 @@ function kindOf(t: Qcow2SubclusterType): Qcow2RunKind | 'invalid' {
   }
 }
 
+const TWO32 = 2 ** 32;
+
+/**
+ * The common case of the count above without a BigInt per entry (map and check walk tables of
+ * thousands of entries): from `pos`, skip the plain (non-extended) entries that are the entry
+ * at `first` itself, or with a host cluster (`hostBase` >= 0) its very flag bits over the next
+ * host offset. Such an entry has the first one's type and continues its host range; the first
+ * entry that is not so is left to the full check, which decides it.
+ */
+function countSamePlainEntries(data: Uint8Array, first: number, pos: number, end: number, hostBase: number, cs: number): number {
+  const dv = new DataView(data.buffer, data.byteOffset, data.byteLength);
+  const hi0 = dv.getUint32(first * 8);
+  const lo0 = dv.getUint32(first * 8 + 4);
+  if (hostBase < 0) {
+    while (pos < end && dv.getUint32(pos * 8) === hi0 && dv.getUint32(pos * 8 + 4) === lo0) pos++;
+    return pos;
+  }
+  // Offset bits are 9-55: the high word's low 24 bits and the low word's bits 9-31.
+  const hiFlags = hi0 & 0xff000000;
+  const loFlags = lo0 & 0x1ff;
+  for (; pos < end; pos++) {
+    const host = hostBase + (pos - first) * cs;
+    const hi = (hiFlags | Math.floor(host / TWO32)) >>> 0;
+    const lo = (loFlags | host % TWO32) >>> 0;
+    if (dv.getUint32(pos * 8) !== hi || dv.getUint32(pos * 8 + 4) !== lo) break;
+  }
+  return pos;
+}
+
 /**
  * Plan the run at guest `offset` (at most `bytes`), QEMU's qcow2_get_host_offset: the same
  * kind, and for data a contiguous host range, inside one L2 table.
  */
 export async function qcow2GetHostOffset(s: BDRVQcow2State, offset: number, bytes: number): Promise<Qcow2Run> {
-  const cs = s.clusterSize;
-  const l2Span = cs * s.l2Size;
-  const inTable = l2Span - (offset % l2Span);
-  const maxBytes = Math.min(bytes, inTable);
+  const maxBytes = runLimit(s, offset, bytes);
   const l1Index = offsetToL1Index(s, offset);
-  const unallocated: Qcow2Run = { kind: 'unallocated', type: 'unallocated-plain', bytes: maxBytes, hostOffset: 0, allocated: false, l2Entry: 0n };
-  if (l1Index >= s.l1Table.length) return unallocated;
+  if (l1Index >= s.l1Table.length) return unallocatedRun(maxBytes);
   const l2Offset = l2OffsetOf(s, l1Index);
-  if (l2Offset === 0) return unallocated;
-
+  if (l2Offset === 0) return unallocatedRun(maxBytes);
   const table = await l2Load(s, l2Offset);
   try {
-    const data = table.data;
-    const l2Index = offsetToL2Index(s, offset);
-    const scSize = s.subclusterSize;
-    const sc = Math.floor(offsetIntoCluster(s, offset) / scSize);
-    const first = typeAt(s, data, l2Index, sc);
-    const kind = kindOf(first);
-    const entry = getL2Entry(s, data, l2Index);
-    const where = (i: number): string => `L2 offset: ${printfHex(l2Offset)}, L2 index: ${printfHex(i)}`;
-    if (s.header.version < 3 && (first === 'zero-plain' || first === 'zero-alloc')) {
-      qcow2SignalCorruption(s, true, `Zero cluster entry found in pre-v3 image (${where(l2Index)})`);
-      throw new BlockError('EIO', undefined, { op: 'read', offset });
-    }
-    // Compressed data would have to live in the qcow2 file, which holds no data here.
-    if (kind === 'compressed' && qcow2HasDataFile(s)) {
-      qcow2SignalCorruption(s, true, `Compressed cluster entry found in image with external data file (${where(l2Index)})`);
-      throw new BlockError('EIO', undefined, { op: 'read', offset });
-    }
-    const hostBase = Number(entry & L2E_OFFSET_MASK);
-    const withHost = first === 'normal' || first === 'zero-alloc' || first === 'unallocated-alloc';
-    if (withHost && hostBase % cs !== 0) {
-      qcow2SignalCorruption(s, true, `Cluster allocation offset ${printfHex(hostBase)} unaligned (${where(l2Index)})`);
-      throw new BlockError('EIO', undefined, { op: 'read', offset });
-    }
-    // Count subclusters of the same type (and, where a host cluster exists, contiguous on
-    // the host), as QEMU's count_contiguous_subclusters does: an invalid entry met on the way
-    // is corruption, even one after the range asked for starts.
-    const spc = s.extendedL2 ? 32 : 1;
-    const nbClusters = Math.ceil((offsetIntoCluster(s, offset) + maxBytes) / cs);
-    let count = 0;
-    for (let i = 0; i < nbClusters; i++) {
-      const from = i === 0 ? sc : 0;
-      const e = i === 0 ? entry : getL2Entry(s, data, l2Index + i);
-      const r = subclusterRangeType(e, getL2Bitmap(s, data, l2Index + i), from, s.extendedL2, qcow2HasDataFile(s));
-      if (r.type === 'invalid') {
-        qcow2SignalCorruption(s, true, `Invalid cluster entry found  (${where(l2Index + i)})`);
-        throw new BlockError('EIO', undefined, { op: 'read', offset });
-      }
-      if (i > 0 && r.type !== first) break;
-      if (i > 0 && withHost && Number(e & L2E_OFFSET_MASK) !== hostBase + i * cs) break;
-      count += r.count;
-      // One compressed cluster per run: each has its own descriptor.
-      if (kind === 'compressed' || from + r.count < spc) break;
-    }
-    const len = Math.min((count + sc) * scSize, offsetIntoCluster(s, offset) + maxBytes) - offsetIntoCluster(s, offset);
-    if (kind === 'compressed') return { kind, type: first, bytes: len, hostOffset: 0, allocated: false, l2Entry: entry };
-    const hostOffset = withHost ? hostBase + offsetIntoCluster(s, offset) : 0;
-    return { kind: kind as Qcow2RunKind, type: first, bytes: len, hostOffset, allocated: withHost, l2Entry: entry };
+    return planInTable(s, offset, maxBytes, l2Offset, table.data, false)!;
   } finally {
     s.l2Cache.put(table);
   }
+}
+
+/**
+ * The same plan, now, for the request fast paths: null when it would need the disk (the L2
+ * table is not cached) or anything unusual (an entry that is corrupt: the caller then takes
+ * the ordinary path, which reports it). The caller must make sure s.lock is free: this is
+ * what a lock/plan/unlock with no wait in between would see.
+ */
+export function qcow2GetHostOffsetNow(s: BDRVQcow2State, offset: number, bytes: number): Qcow2Run | null {
+  const maxBytes = runLimit(s, offset, bytes);
+  const l1Index = offsetToL1Index(s, offset);
+  if (l1Index >= s.l1Table.length) return unallocatedRun(maxBytes);
+  const l2Offset = Number(s.l1Table[l1Index] & L1E_OFFSET_MASK);
+  if (l2Offset === 0) return unallocatedRun(maxBytes);
+  if (offsetIntoCluster(s, l2Offset) !== 0) return null;
+  const data = s.l2Cache.lookup(l2Offset);
+  return data === undefined ? null : planInTable(s, offset, maxBytes, l2Offset, data, true);
+}
+
+/** A run never crosses an L2 table. */
+function runLimit(s: BDRVQcow2State, offset: number, bytes: number): number {
+  const l2Span = s.clusterSize * s.l2Size;
+  return Math.min(bytes, l2Span - (offset % l2Span));
+}
+
+function unallocatedRun(bytes: number): Qcow2Run {
+  return { kind: 'unallocated', type: 'unallocated-plain', bytes, hostOffset: 0, allocated: false, l2Entry: 0n };
+}
+
+/**
+ * Plan from the L2 table `data` (at l2Offset in the file). A corrupt entry is signalled and
+ * refused (EIO), or with `quiet` only answered with null, leaving both to the caller's retry.
+ */
+function planInTable(s: BDRVQcow2State, offset: number, maxBytes: number, l2Offset: number, data: Uint8Array, quiet: boolean): Qcow2Run | null {
+  const cs = s.clusterSize;
+  const l2Index = offsetToL2Index(s, offset);
+  const scSize = s.subclusterSize;
+  const sc = Math.floor(offsetIntoCluster(s, offset) / scSize);
+  const dataFile = qcow2HasDataFile(s);
+  const first = typeAt(s, data, l2Index, sc);
+  const kind = kindOf(first);
+  const entry = getL2Entry(s, data, l2Index);
+  const corrupt = (message: string, index = l2Index): null => {
+    if (quiet) return null;
+    qcow2SignalCorruption(s, true, `${message} (L2 offset: ${printfHex(l2Offset)}, L2 index: ${printfHex(index)})`);
+    throw new BlockError('EIO', undefined, { op: 'read', offset });
+  };
+  if (s.header.version < 3 && (first === 'zero-plain' || first === 'zero-alloc')) return corrupt('Zero cluster entry found in pre-v3 image');
+  // Compressed data would have to live in the qcow2 file, which holds no data here.
+  if (kind === 'compressed' && dataFile) return corrupt('Compressed cluster entry found in image with external data file');
+  const hostBase = Number(entry & L2E_OFFSET_MASK);
+  const withHost = first === 'normal' || first === 'zero-alloc' || first === 'unallocated-alloc';
+  if (withHost && hostBase % cs !== 0) return corrupt(`Cluster allocation offset ${printfHex(hostBase)} unaligned`);
+  // Count subclusters of the same type (and, where a host cluster exists, contiguous on
+  // the host), as QEMU's count_contiguous_subclusters does: an invalid entry met on the way
+  // is corruption, even one after the range asked for starts.
+  const spc = s.extendedL2 ? 32 : 1;
+  const nbClusters = Math.ceil((offsetIntoCluster(s, offset) + maxBytes) / cs);
+  let count = 0;
+  for (let i = 0; i < nbClusters; i++) {
+    const from = i === 0 ? sc : 0;
+    const e = i === 0 ? entry : getL2Entry(s, data, l2Index + i);
+    const r = subclusterRangeType(e, getL2Bitmap(s, data, l2Index + i), from, s.extendedL2, dataFile);
+    if (r.type === 'invalid') return corrupt('Invalid cluster entry found ', l2Index + i);
+    if (i > 0 && r.type !== first) break;
+    if (i > 0 && withHost && Number(e & L2E_OFFSET_MASK) !== hostBase + i * cs) break;
+    count += r.count;
+    // One compressed cluster per run: each has its own descriptor.
+    if (kind === 'compressed' || from + r.count < spc) break;
+    if (i === 0 && !s.extendedL2) {
+      // Plain entries that repeat the first one (over the next host offsets) without a BigInt
+      // each; the first one that does not is left to the full check above.
+      const next = countSamePlainEntries(data, l2Index, l2Index + 1, l2Index + nbClusters, withHost ? hostBase : -1, cs);
+      count += next - l2Index - 1;
+      i = next - l2Index - 1;
+    }
+  }
+  const len = Math.min((count + sc) * scSize, offsetIntoCluster(s, offset) + maxBytes) - offsetIntoCluster(s, offset);
+  if (kind === 'compressed') return { kind, type: first, bytes: len, hostOffset: 0, allocated: false, l2Entry: entry };
+  const hostOffset = withHost ? hostBase + offsetIntoCluster(s, offset) : 0;
+  return { kind: kind as Qcow2RunKind, type: first, bytes: len, hostOffset, allocated: withHost, l2Entry: entry };
 }
 
 /** Write one L1 entry synchronously (qcow2_write_l1_entry: 8 bytes with buffered I/O). */

@@ -4,12 +4,13 @@
  *
  * The default codec is pure JavaScript and runs anywhere: zlib-type clusters use pako (a
  * faithful port of zlib 1.2, so compressed clusters come out byte-identical to QEMU's with
- * raw deflate, level 6, a 4 KiB window and memLevel 9); zstd clusters are decoded with fzstd.
- * There is no pure-JS zstd encoder here: writing zstd-compressed clusters is refused.
+ * raw deflate, level 6, a 4 KiB window and memLevel 9); zstd clusters are decoded with fzstd
+ * and encoded by libzstd in WebAssembly (compress-zstd.ts), loaded on the first zstd write.
  */
 import { Decompress as ZstdDecompress } from 'fzstd';
 import pako from 'pako';
 import { BlockError } from '../../block/errors.js';
+import { zstdCompressCluster } from './compress-zstd.js';
 import { QCOW2_COMPRESSION_TYPE_ZLIB, QCOW2_COMPRESSION_TYPE_ZSTD } from './header.js';
 
 export interface Qcow2Codec {
@@ -21,9 +22,10 @@ export interface Qcow2Codec {
   decompress(type: number, src: Uint8Array, clusterSize: number): Uint8Array;
   /**
    * Compress one cluster into at most `maxBytes` bytes; null when it does not fit (the
-   * caller then writes the cluster uncompressed, as QEMU does).
+   * caller then writes the cluster uncompressed, as QEMU does). Asynchronous so that an
+   * encoder can be loaded when first needed.
    */
-  compress(type: number, src: Uint8Array, maxBytes: number): Uint8Array | null;
+  compress(type: number, src: Uint8Array, maxBytes: number): Promise<Uint8Array | null>;
 }
 
 function inflateCluster(src: Uint8Array, clusterSize: number): Uint8Array {
@@ -74,9 +76,10 @@ export const defaultQcow2Codec: Qcow2Codec = {
     if (type === QCOW2_COMPRESSION_TYPE_ZSTD) return zstdCluster(src, clusterSize);
     throw new BlockError('ENOTSUP', `qcow2: unknown compression type: ${type}`, { op: 'read_compressed' });
   },
-  compress(type, src, maxBytes) {
+  async compress(type, src, maxBytes) {
+    if (type === QCOW2_COMPRESSION_TYPE_ZSTD) return zstdCompressCluster(src, maxBytes);
     if (type !== QCOW2_COMPRESSION_TYPE_ZLIB) {
-      throw new BlockError('ENOTSUP', 'Writing zstd-compressed clusters is not supported', { op: 'write_compressed' });
+      throw new BlockError('ENOTSUP', `qcow2: unknown compression type: ${type}`, { op: 'write_compressed' });
     }
     const out = pako.deflateRaw(src, { level: 6, windowBits: 12, memLevel: 9 });
     return out.length <= maxBytes ? out : null;

@@ -16,6 +16,7 @@ import { type Qcow2InFlight, qcow2InFlightBegin, qcow2InFlightEnd, qcow2WaitInFl
 import { qcow2GetClusterTable, qcow2GetHostOffset, qcow2IsZero, type Qcow2Run, getL2Entry, setL2Bitmap, setL2Entry } from './cluster.js';
 import { qcow2CheckNotCorrupt, qcow2PreWriteOverlapCheck } from './corrupt.js';
 import { qcow2DataNode, qcow2PreWriteDataCheck } from './data-file.js';
+import { qcow2RewriteNow } from './fast.js';
 import { L2E_OFFSET_MASK, decodeCompressed, encodeCompressed } from './entries.js';
 import { qcow2AllocBytes, qcow2FreeClusters } from './refcount.js';
 import { type BDRVQcow2State, offsetIntoCluster, qcow2File } from './state.js';
@@ -61,7 +62,8 @@ async function readRun(s: BDRVQcow2State, offset: number, run: Qcow2Run, cur: IO
     }
     case 'normal': {
       const file = qcow2DataNode(s);
-      await file.debugEvent('read_aio');
+      // An unwatched event would only cost an await (a microtask) per request.
+      if (file.debugWatched) await file.debugEvent('read_aio');
       await file.preadv(run.hostOffset, cur);
       return;
     }
@@ -216,7 +218,7 @@ async function writePiece(s: BDRVQcow2State, offset: number, bytes: number, qiov
     await handleAllocSpace(s, a.metas);
     const merged = mergeCow(s, offset, a.bytes, a.metas);
     if (!merged) {
-      await file.debugEvent('write_aio');
+      if (file.debugWatched) await file.debugEvent('write_aio');
       await file.pwritev(a.hostOffset, data);
     }
     for (const m of a.metas) await qcow2PerformCow(s, m, m === merged ? data : null, false);
@@ -259,6 +261,16 @@ async function writePiece(s: BDRVQcow2State, offset: number, bytes: number, qiov
  */
 export async function qcow2CoPwritev(s: BDRVQcow2State, offset: number, bytes: number, qiov: IOVector): Promise<void> {
   try {
+    const now = qcow2RewriteNow(s, offset, bytes);
+    if (now !== null) {
+      // Mapped and in flight already: only the data write is left (debug events unwatched).
+      try {
+        await qcow2File(s).pwritev(now.hostOffset, qiov.size === bytes ? qiov : qiov.slice(0, bytes));
+      } finally {
+        qcow2InFlightEnd(s, now.flight);
+      }
+      return;
+    }
     for (let done = 0; done < bytes; ) done += await writePiece(s, offset + done, bytes - done, qiov, done);
   } finally {
     if (s.corruptWrite) await s.corruptWrite;
@@ -277,7 +289,7 @@ export async function qcow2CoPwritevCompressed(s: BDRVQcow2State, offset: number
   }
   const src = new Uint8Array(cs);
   qiov.copyTo(src, 0, bytes);
-  const out = s.codec.compress(s.header.compressionType, src, cs - 1);
+  const out = await s.codec.compress(s.header.compressionType, src, cs - 1);
   if (!out) {
     // Incompressible: an ordinary allocating write of the cluster.
     await qcow2CoPwritev(s, offset, bytes, qiov);

@@ -22,6 +22,7 @@ import {
   QCOW_MAGIC,
 } from './header.js';
 import { qcow2CoPwritevCompressedPart } from './compress-write.js';
+import { qcow2PreadvNow } from './fast.js';
 import { qcow2CoPreadv, qcow2CoPwritev } from './io.js';
 import { qcow2MakeEmpty } from './make-empty.js';
 import { qcow2Measure } from './measure.js';
@@ -232,6 +233,7 @@ export const qcow2Driver: BlockDriver = {
   close: qcow2Close,
   create: qcow2Create,
   coPreadv: (bs, offset, bytes, qiov: IOVector) => qcow2CoPreadv(qcow2State(bs), offset, bytes, qiov),
+  preadvNow: qcow2PreadvNow,
   coPwritev: async (bs, offset, bytes, qiov: IOVector, flags) => {
     const s = qcow2State(bs);
     await qcow2CoPwritev(s, offset, bytes, qiov);

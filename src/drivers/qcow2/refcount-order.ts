@@ -26,10 +26,29 @@ interface NewTable {
   index: number;
 }
 
+/** Index of the last non-zero byte of `b`, or -1 (a refcount block is mostly zeros past its start). */
+function lastNonZeroByte(b: Uint8Array): number {
+  let i = b.length - 1;
+  if (b.byteOffset % 4 === 0) {
+    const words = new Uint32Array(b.buffer, b.byteOffset, b.length >> 2);
+    let w = words.length - 1;
+    while (w >= 0 && words[w] === 0) w--;
+    i = Math.min(i, 4 * w + 3);
+  }
+  while (i >= 0 && b[i] === 0) i--;
+  return i;
+}
+
 /**
  * Walk every refcount of the image in order, filling blocks of the new width; `finish` gets
  * each completed block (and whether it holds only zeros). Refuses a refcount the new width
  * cannot hold, with QEMU's message.
+ *
+ * Runs of zero refcounts (missing blocks, the unused end of a block) are taken whole: with
+ * large clusters a block counts millions of clusters and the table names hundreds of
+ * thousands of blocks, nearly all empty. A whole new block of zeros goes to `finish` only
+ * below `emptyLimit` (the write walk: the new table may name such a block); past it, and in
+ * the allocation walks, finishing an empty block does nothing.
  */
 async function walkOverReftable(
   s: BDRVQcow2State,
@@ -37,6 +56,7 @@ async function walkOverReftable(
   newOrder: number,
   block: Uint8Array | null,
   finish: (empty: boolean) => Promise<void>,
+  emptyLimit: number,
   status: WalkStatus,
   index: number,
   total: number,
@@ -44,35 +64,55 @@ async function walkOverReftable(
   const newBits = 1 << newOrder;
   const newSize = refcountBlockEntries(s.clusterBits, newOrder);
   const set = refcountSetter(newOrder);
+  // Every run below is a multiple of 64 entries (blocks hold a power of two of at least 64),
+  // so `n` stays byte-aligned in the new block for any width.
   let n = 0;
   let empty = true;
-  const finishIfFull = async (): Promise<void> => {
-    if (n < newSize) return;
+  const complete = async (): Promise<void> => {
     await finish(empty);
     t.index++;
     n = 0;
     empty = true;
   };
+  const zeros = async (count: number): Promise<void> => {
+    if (n > 0) {
+      const take = Math.min(count, newSize - n);
+      if (block) block.fill(0, (n * newBits) / 8, ((n + take) * newBits) / 8);
+      n += take;
+      count -= take;
+      if (n === newSize) await complete();
+    }
+    let whole = Math.floor(count / newSize);
+    count -= whole * newSize;
+    for (; whole > 0 && t.index < emptyLimit; whole--) {
+      if (block) block.fill(0);
+      await finish(true);
+      t.index++;
+    }
+    t.index += whole;
+    if (count > 0) {
+      if (block) block.fill(0, 0, (count * newBits) / 8);
+      n = count;
+    }
+  };
+  const oldBits = 1 << s.refcountOrder;
   // The old table may grow while the first walks allocate: its length is read every time.
   for (let ri = 0; ri < s.refcountTable.length; ri++) {
     status(index * s.refcountTable.length + ri, total * s.refcountTable.length);
     const offset = Number(s.refcountTable[ri] & REFT_OFFSET_MASK);
     if (offset === 0) {
-      // No block: all zeros. Both block sizes are powers of two of at least 64 entries, so
-      // the run fills whole bytes of the new block.
-      for (let left = s.refcountBlockEntries; left > 0; ) {
-        const take = Math.min(left, newSize - n);
-        if (block) block.fill(0, (n * newBits) / 8, ((n + take) * newBits) / 8);
-        n += take;
-        left -= take;
-        await finishIfFull();
-      }
+      // No block: all zeros.
+      await zeros(s.refcountBlockEntries);
       continue;
     }
     if (offset % s.clusterSize !== 0) throw new BlockError('EIO', 'Image is corrupt (unaligned refblock offset)', { op: 'amend' });
     const entry = await s.refcountCache.get(offset, 'refblock_load');
+    let used: number;
     try {
-      for (let i = 0; i < s.refcountBlockEntries; i++) {
+      // Entries one by one up to the last non-zero one (rounded up to 64), zeros after it.
+      const last = lastNonZeroByte(entry.data);
+      used = Math.min(s.refcountBlockEntries, Math.ceil(Math.ceil(((last + 1) * 8) / oldBits) / 64) * 64);
+      for (let i = 0; i < used; i++) {
         const refcount = s.getRefcount(entry.data, i);
         if (newBits < 64 && refcount >= 2 ** newBits) {
           const at = (ri * s.refcountBlockEntries + i) * s.clusterSize;
@@ -81,15 +121,16 @@ async function walkOverReftable(
         if (block) set(block, n, refcount);
         n++;
         empty = empty && refcount === 0;
-        if (n >= newSize) await finishIfFull();
+        if (n >= newSize) await complete();
       }
     } finally {
       s.refcountCache.put(entry);
     }
+    await zeros(s.refcountBlockEntries - used);
   }
   if (n > 0) {
     // The last block, partly filled: the rest of it counts nothing.
-    if (block) for (; n < newSize; n++) set(block, n, 0);
+    if (block) block.fill(0, (n * newBits) / 8);
     await finish(empty);
     t.index++;
   }
@@ -122,7 +163,7 @@ export async function qcow2ChangeRefcountOrder(s: BDRVQcow2State, newOrder: numb
           t.entries[t.index] = BigInt(await qcow2AllocClusters(s, cs));
           allocated = true;
         }
-      }, status, walk++, total);
+      }, 0, status, walk++, total);
       t.index = 0;
       if (allocated) {
         if (tableOffset !== 0) await qcow2FreeClusters(s, tableOffset, allocatedTableEntries * 8, 'never');
@@ -131,15 +172,17 @@ export async function qcow2ChangeRefcountOrder(s: BDRVQcow2State, newOrder: numb
       }
     } while (allocated);
 
-    // Write the new blocks where the table says.
+    // Write the new blocks where the table says (none past the last it names).
     const file = qcow2File(s);
     const block = new Uint8Array(cs);
+    let lastNamed = t.entries.length;
+    while (lastNamed > 0 && t.entries[lastNamed - 1] === 0n) lastNamed--;
     await walkOverReftable(s, t, newOrder, block, async () => {
       const at = t.index < t.entries.length ? Number(t.entries[t.index]) : 0;
       if (at === 0) return;
       qcow2PreWriteOverlapCheck(s, 0, at, cs);
       await file.pwrite(at, block.slice());
-    }, status, walk, walk + 1);
+    }, lastNamed, status, walk, walk + 1);
 
     const table = new Uint8Array(t.entries.length * 8);
     const v = new DataView(table.buffer);

@@ -262,7 +262,9 @@ async function retrying<T>(fn: () => Promise<T>): Promise<T> {
 
 /** Allocate `size` bytes of whole clusters, first fit from the cursor (qcow2_alloc_clusters). */
 export async function qcow2AllocClusters(s: BDRVQcow2State, size: number): Promise<number> {
-  await qcow2File(s).debugEvent('cluster_alloc');
+  const file = qcow2File(s);
+  // Once per allocating write: an unwatched event would only cost an await.
+  if (file.debugWatched) await file.debugEvent('cluster_alloc');
   for (;;) {
     const offset = await allocClustersNoref(s, size);
     try {

@@ -1,9 +1,8 @@
 // blk-img convert: copy one or more images (concatenated) into a new or existing target, with
 // qemu-img convert's options and checks in its order; the copy itself is convert-copy.ts.
-import { bdrvSnapshotLoadTmp, bdrvSnapshotLoadTmpByIdOrName, type BlockBackend } from '../../index.js';
-import { parseOptsNoisily } from '../shared/image-opts.js';
+import type { BlockBackend } from '../../index.js';
 import { closeQuietly, rootOf } from '../shared/open.js';
-import { ToolExit, errorMessage } from '../shared/output.js';
+import { ToolExit } from '../shared/output.js';
 import { cvtnum } from '../shared/size.js';
 import { BUF_SECTORS, SECTOR, convertDoCopy, pow2floor, type ConvertState } from './convert-copy.js';
 import { accumulateOptions, createOptionSpecs, hasHelpOption, parseCreateOptions } from './create-options.js';
@@ -30,11 +29,12 @@ import {
   type ImgOption,
 } from './options.js';
 import { Progress } from './progress.js';
+import { SNAPSHOT_LOAD, loadSnapshotArg, type SnapshotArgs } from './snapshot-arg.js';
 
 const MAX_BUF_SECTORS = 32768;
 const MAX_COROUTINES = 16;
 
-interface ConvertArgs extends ImgArgs {
+interface ConvertArgs extends ImgArgs, SnapshotArgs {
   /** -O; raw when not given (and the options' own with --target-image-opts). */
   outFmt: string | null;
   tgtImageOpts: boolean;
@@ -49,10 +49,6 @@ interface ConvertArgs extends ImgArgs {
   targetIsZero: boolean;
   copyRange: boolean;
   compressed: boolean;
-  /** -l snapshot.id=..,snapshot.name=.. */
-  snapshotOpts: Map<string, string> | null;
-  /** -l NAME: an id, else a name. */
-  snapshotName: string | null;
   bitmaps: boolean;
   skipBroken: boolean;
 }
@@ -73,25 +69,7 @@ const CONVERT_OPTIONS: readonly ImgOption<ConvertArgs>[] = [
   flag('c', undefined, 'compressed'),
   { short: 'F', arg: 1, set: (s, arg) => void (s.backingFmt = arg) },
   { short: 'o', arg: 1, set: (s, arg, env) => void (s.options = accumulateOptions(env.o, s.options, arg)) },
-  {
-    short: 'l',
-    arg: 1,
-    set: (s, arg, env) => {
-      if (!arg.startsWith('snapshot.')) {
-        s.snapshotName = arg;
-        return;
-      }
-      // internal_snapshot_opts: snapshot.id and snapshot.name only.
-      const opts = parseOptsNoisily(env.o, arg, {});
-      const bad = opts === null ? undefined : [...opts.keys()].find((k) => k !== 'snapshot.id' && k !== 'snapshot.name');
-      if (bad !== undefined) env.o.error(`Invalid parameter '${bad}'`);
-      if (opts === null || bad !== undefined) {
-        env.o.error(`Failed in parsing snapshot param '${arg}'`);
-        throw new ToolExit(1);
-      }
-      s.snapshotOpts = opts;
-    },
-  },
+  SNAPSHOT_LOAD,
   {
     short: 'S',
     arg: 1,
@@ -235,14 +213,8 @@ export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
       env.o.error('No support for concatenating multiple snapshot');
       return 1;
     }
-    try {
-      // The first source shows the snapshot instead of its active state (read-only).
-      if (snapshotOpts !== null) await bdrvSnapshotLoadTmp(rootOf(src[0]), snapshotOpts.get('snapshot.id'), snapshotOpts.get('snapshot.name'));
-      else if (snapshotName !== null) await bdrvSnapshotLoadTmpByIdOrName(rootOf(src[0]), snapshotName);
-    } catch (e) {
-      env.o.error(`Failed to load snapshot: ${errorMessage(e)}`);
-      return 1;
-    }
+    // The first source shows the snapshot instead of its active state (read-only).
+    if (!(await loadSnapshotArg(env, rootOf(src[0]), args))) return 1;
     if (bitmaps) {
       if (srcNum > 1) {
         env.o.error('Copying bitmaps only possible with single source');

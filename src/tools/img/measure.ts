@@ -9,13 +9,13 @@ import { accumulateOptions, createOptionSpecs, optionsByKey, parseCreateOptions 
 import type { ImgEnv } from './env.js';
 import { jsonObject, toJsonPretty } from './json.js';
 import { imgOpen } from './open.js';
+import { SNAPSHOT_LOAD, loadSnapshotArg, type SnapshotArgs } from './snapshot-arg.js';
 import { FORCE_SHARE, FORMAT, HELP, IMAGE_OPTS, OBJECT, OUTPUT, parseImgOptions, parseOutputFormat, type ImgOption } from './options.js';
 
-interface MeasureArgs {
+interface MeasureArgs extends SnapshotArgs {
   fmt: string | undefined;
   outFmt: string;
   options: string | null;
-  snapshot: string | null;
   forceShare: boolean;
   imageOpts: boolean;
   output: string | null;
@@ -27,7 +27,7 @@ const MEASURE_OPTIONS: readonly ImgOption<MeasureArgs>[] = [
   FORMAT,
   { short: 'O', arg: 1, set: (s, a) => void (s.outFmt = a) },
   { short: 'o', arg: 1, set: (s, a, env) => void (s.options = accumulateOptions(env.o, s.options, a)) },
-  { short: 'l', arg: 1, set: (s, a) => void (s.snapshot = a) },
+  SNAPSHOT_LOAD,
   FORCE_SHARE,
   OBJECT,
   IMAGE_OPTS,
@@ -51,11 +51,21 @@ function printInfo(env: ImgEnv, info: BlockMeasureInfo, json: boolean): void {
 }
 
 export async function imgMeasure(env: ImgEnv, argv: string[]): Promise<number> {
-  const args: MeasureArgs = { fmt: undefined, outFmt: 'raw', options: null, snapshot: null, forceShare: false, imageOpts: false, output: null, size: null };
+  const args: MeasureArgs = {
+    fmt: undefined,
+    outFmt: 'raw',
+    options: null,
+    snapshotOpts: null,
+    snapshotName: null,
+    forceShare: false,
+    imageOpts: false,
+    output: null,
+    size: null,
+  };
   const rest = parseImgOptions(env, argv, MEASURE_OPTIONS, args);
   if (rest.length > 1) fail(env, 'At most one filename argument is allowed.');
   const filename = rest.length === 1 ? rest[0] : null;
-  if (filename === null && (args.imageOpts || args.fmt !== undefined || args.snapshot !== null)) {
+  if (filename === null && (args.imageOpts || args.fmt !== undefined || args.snapshotOpts !== null || args.snapshotName !== null)) {
     fail(env, '--image-opts, -f, and -l require a filename argument.');
   }
   if (filename !== null && args.size !== null) fail(env, '--size N cannot be used together with a filename.');
@@ -65,7 +75,8 @@ export async function imgMeasure(env: ImgEnv, argv: string[]): Promise<number> {
   try {
     if (filename !== null) {
       blk = await imgOpen(env, filename, { imageOpts: args.imageOpts, format: args.fmt, readOnly: true, forceShare: args.forceShare });
-      if (args.snapshot !== null) fail(env, 'Failed to load snapshot: measuring an internal snapshot is not supported by this implementation');
+      // The source as it is in that snapshot; its size stays the image's (as in QEMU).
+      if (!(await loadSnapshotArg(env, rootOf(blk), args))) return 1;
     }
     const drv = env.registry.find(args.outFmt);
     if (!drv) fail(env, `Unknown file format '${args.outFmt}'`);

@@ -1,0 +1,92 @@
+// The qcow2 request fast paths (src/drivers/qcow2/fast.ts): reads served inside the call and
+// rewrites of owned clusters mapped without a wait, only while nobody holds s.lock.
+import { describe, expect, it } from 'vitest';
+import { bdrvCreate } from '../../src/block/create.js';
+import { getL2Entry, L1E_OFFSET_MASK, qcow2State } from '../../src/drivers/qcow2/index.js';
+import { BlockDriverState, IOVector } from '../../src/index.js';
+import { memName } from './block-helpers.js';
+
+const CLUSTER = 65536;
+
+async function openNew(size = 16 << 20): Promise<BlockDriverState> {
+  const name = memName('qcow2fast');
+  await bdrvCreate(name, { format: 'qcow2', options: { size } });
+  return BlockDriverState.open(name, { format: 'qcow2' });
+}
+
+function filled(n: number, byte: number): Uint8Array {
+  return new Uint8Array(n).fill(byte);
+}
+
+describe('qcow2 fast paths', () => {
+  it('reads zeros of unallocated and zero clusters inside the call, data only through the file', async () => {
+    const bs = await openNew();
+    try {
+      await bs.pwrite(0, filled(CLUSTER, 0x11));
+      await bs.writeZeroes(CLUSTER, CLUSTER);
+      // The table is cached now (the writes loaded it).
+      for (const offset of [CLUSTER, 2 * CLUSTER]) {
+        const buf = filled(4096, 0xff);
+        expect(bs.preadvNow(offset, IOVector.from(buf))).toBe(true);
+        expect(buf.every((b) => b === 0)).toBe(true);
+      }
+      // A mem: file has no page cache to ask: data clusters take the ordinary path.
+      const data = new Uint8Array(4096);
+      expect(bs.preadvNow(0, IOVector.from(data))).toBe(false);
+      await bs.pread(0, data);
+      expect(data.every((b) => b === 0x11)).toBe(true);
+    } finally {
+      await bs.close();
+    }
+  });
+
+  it('steps aside while s.lock is held, and the write waits for it', async () => {
+    const bs = await openNew();
+    try {
+      await bs.pwrite(0, filled(CLUSTER, 0x22));
+      const s = qcow2State(bs);
+      await s.lock.lock();
+      expect(bs.preadvNow(2 * CLUSTER, IOVector.from(new Uint8Array(512)))).toBe(false);
+      let done = false;
+      const w = bs.pwrite(0, filled(4096, 0x33)).then(() => {
+        done = true;
+      });
+      for (let i = 0; i < 20; i++) await Promise.resolve();
+      await new Promise((r) => setTimeout(r, 10));
+      expect(done).toBe(false);
+      s.lock.unlock();
+      await w;
+      const buf = new Uint8Array(8192);
+      await bs.pread(0, buf);
+      expect(buf.subarray(0, 4096).every((b) => b === 0x33)).toBe(true);
+      expect(buf.subarray(4096).every((b) => b === 0x22)).toBe(true);
+    } finally {
+      await bs.close();
+    }
+  });
+
+  it('rewrites an owned cluster in place, registered in flight while its data goes out', async () => {
+    const bs = await openNew();
+    try {
+      await bs.pwrite(0, filled(2 * CLUSTER, 0x44));
+      const s = qcow2State(bs);
+      const l2 = Number(s.l1Table[0] & L1E_OFFSET_MASK);
+      const before = getL2Entry(s, s.l2Cache.peek(l2)!, 0);
+      const p = bs.pwrite(4096, filled(CLUSTER, 0x55));
+      // Mapped synchronously: in flight before the caller yields once.
+      expect(s.inFlight.size).toBe(1);
+      const [r] = [...s.inFlight];
+      expect([r.start, r.end, r.allocating]).toEqual([0, 2 * CLUSTER, false]);
+      await p;
+      expect(s.inFlight.size).toBe(0);
+      expect(getL2Entry(s, s.l2Cache.peek(l2)!, 0)).toBe(before);
+      const buf = new Uint8Array(2 * CLUSTER);
+      await bs.pread(0, buf);
+      expect(buf.subarray(0, 4096).every((b) => b === 0x44)).toBe(true);
+      expect(buf.subarray(4096, 4096 + CLUSTER).every((b) => b === 0x55)).toBe(true);
+      expect(buf.subarray(4096 + CLUSTER).every((b) => b === 0x44)).toBe(true);
+    } finally {
+      await bs.close();
+    }
+  });
+});
