@@ -12,6 +12,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { main } from '../../src/tools/img/main.js';
+import { main as blkIoMain, maskTimings } from '../../src/tools/io/main.js';
 import { runQemuImg, runQemuIo } from './qemu.js';
 
 export interface Step {
@@ -77,6 +78,44 @@ export function runTheirs(args: string[], cwd: string, merged: boolean, mp = fal
   return out;
 }
 
+/**
+ * Send what drivers print with console.error (qcow2's corruption messages) to `write` until
+ * the returned function is called: run as a program, they share the tool's stderr.
+ */
+export function routeDriverMessages(write: (s: string) => void): () => void {
+  const orig = console.error;
+  console.error = (...a: unknown[]) => write(`${a.map(String).join(' ')}\n`);
+  return () => {
+    console.error = orig;
+  };
+}
+
+/**
+ * blk-io's main() in process, in `cwd` (file names, data file names included, are relative to
+ * it), under the program name "qemu-io"; the driver's messages go to its stderr, as QEMU's
+ * do. Timings in stdout are masked.
+ */
+export async function runOursIo(args: string[], cwd: string): Promise<Outcome> {
+  let stdout = '';
+  let stderr = '';
+  const old = process.cwd();
+  process.chdir(cwd);
+  const restore = routeDriverMessages((t) => (stderr += t));
+  try {
+    const status = await blkIoMain(['node', 'qemu-io', ...args], {
+      stdout: { write: (t: string) => (stdout += t) },
+      stderr: { write: (t: string) => (stderr += t) },
+      stdin: '',
+      abort: () => undefined,
+      raise: () => undefined,
+    });
+    return { stdout: maskTimings(stdout), stderr, status };
+  } finally {
+    restore();
+    process.chdir(old);
+  }
+}
+
 export async function runOurs(args: string[], cwd: string, merged: boolean, mp = false): Promise<Outcome> {
   let stdout = '';
   let stderr = '';
@@ -84,6 +123,10 @@ export async function runOurs(args: string[], cwd: string, merged: boolean, mp =
   const old = process.cwd();
   process.chdir(cwd);
   let status: number;
+  const restore = routeDriverMessages((s) => {
+    stderr += s;
+    all += s;
+  });
   try {
     status = await main(['node', '/usr/bin/qemu-img', ...args], {
       stdout: {
@@ -100,6 +143,7 @@ export async function runOurs(args: string[], cwd: string, merged: boolean, mp =
       },
     });
   } finally {
+    restore();
     process.chdir(old);
   }
   const out: Outcome = { stdout: mask(stdout, mp), stderr: mask(stderr, mp), status };

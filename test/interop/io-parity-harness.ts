@@ -8,6 +8,7 @@ import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSyn
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { main, maskTimings } from '../../src/tools/io/main.js';
+import { routeDriverMessages } from './img-parity-harness.js';
 import { makeTempDir, removeTempDir, runQemuImg } from './qemu.js';
 
 export interface ImageSpec {
@@ -102,6 +103,7 @@ export class ParityRunner {
     // the worker is a process and may change its directory).
     const cwd = process.cwd();
     process.chdir(caseDir);
+    const restore = routeDriverMessages((t) => stderr.write(t));
     try {
       const status = await main(['node', 'qemu-io', ...s.args], {
         stdout,
@@ -112,6 +114,7 @@ export class ParityRunner {
       });
       return { stdout: out, stderr: err, status };
     } finally {
+      restore();
       process.chdir(cwd);
     }
   }

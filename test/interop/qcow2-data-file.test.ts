@@ -7,9 +7,9 @@
 import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { main, maskTimings } from '../../src/tools/io/main.js';
+import { maskTimings } from '../../src/tools/io/main.js';
 import { makeTempDir, removeTempDir, requireQemu, runQemuImg, runQemuIo } from './qemu.js';
-import { sessionDiffs, type Session } from './img-parity-harness.js';
+import { runOursIo, sessionDiffs, type Session } from './img-parity-harness.js';
 
 const qemu = requireQemu();
 
@@ -138,26 +138,6 @@ describe.skipIf(!qemu)('blk-img with qcow2 data files: parity with qemu-img 7.2'
   }
 });
 
-/** blk-io in process, in `dir` (data file names are relative to it). */
-async function blkIo(dir: string, args: string[]): Promise<{ stdout: string; stderr: string; status: number }> {
-  let stdout = '';
-  let stderr = '';
-  const old = process.cwd();
-  process.chdir(dir);
-  try {
-    const status = await main(['node', 'qemu-io', ...args], {
-      stdout: { write: (t: string) => (stdout += t) },
-      stderr: { write: (t: string) => (stderr += t) },
-      stdin: '',
-      abort: () => undefined,
-      raise: () => undefined,
-    });
-    return { stdout: maskTimings(stdout), stderr, status };
-  } finally {
-    process.chdir(old);
-  }
-}
-
 const ioSessions: { name: string; create: string[]; args: string[]; files: string[] }[] = [
   {
     name: 'guest I/O over a data file',
@@ -169,6 +149,22 @@ const ioSessions: { name: string; create: string[]; args: string[]; files: strin
     name: 'raw external data: zero writes reach the data file',
     create: ['-o', 'data_file=d.raw,data_file_raw=on', 'a.qcow2', '1M'],
     args: ['-c', 'write -P 1 0 64k', '-c', 'write -z 0 64k', '-c', 'write -P 2 64k 4k', '-c', 'write -z -u 128k 64k', '-c', 'discard 64k 64k', '-c', 'write -z 300k 1k', '-c', 'map', 'a.qcow2'],
+    files: ['a.qcow2', 'd.raw'],
+  },
+  {
+    // Extended L2 entries with a data file (QEMU 7.2 allows both): guest cluster 0 maps to
+    // data file offset 0, COW stops at subcluster boundaries, subclusters are zeroed in place.
+    name: 'extended L2 over a data file: subcluster writes, zeroes, discard',
+    create: ['-o', 'data_file=d.raw,extended_l2=on,cluster_size=64k', 'a.qcow2', '1M'],
+    args: ['-c', 'write -P 0x11 2k 1k', '-c', 'write -P 0x22 70k 6k', '-c', 'write -z 4k 4k', '-c', 'write -z 64k 8k', '-c', 'write -z -u 128k 64k', '-c', 'write -P 0x33 130k 1k', '-c', 'discard 192k 64k', '-c', 'read -P 0x11 2k 1k', '-c', 'map', 'a.qcow2'],
+    files: ['a.qcow2', 'd.raw'],
+  },
+  {
+    // Raw external data with extended L2: metadata preallocated at create (every subcluster
+    // unallocated in an allocated cluster), subcluster zero writes reach the data file too.
+    name: 'extended L2 over raw external data: preallocation, subcluster zeroes',
+    create: ['-o', 'data_file=d.raw,data_file_raw=on,extended_l2=on,cluster_size=32k', 'a.qcow2', '1M'],
+    args: ['-c', 'write -P 1 0 64k', '-c', 'write -z 1k 1k', '-c', 'write -z 32k 2k', '-c', 'write -P 2 100k 3k', '-c', 'write -z -u 128k 64k', '-c', 'discard 64k 32k', '-c', 'write -z 300k 1k', '-c', 'read -P 0 1k 1k', '-c', 'map', 'a.qcow2'],
     files: ['a.qcow2', 'd.raw'],
   },
   {
@@ -191,7 +187,7 @@ describe.skipIf(!qemu)('blk-io with qcow2 data files: parity with qemu-io 7.2', 
         expect(runQemuImg(['create', '-q', '-f', 'qcow2', ...s.create], { cwd: d }).status).toBe(0);
       }
       const theirs = runQemuIo(s.args, { cwd: dirs[0] });
-      const ours = await blkIo(dirs[1], s.args);
+      const ours = await runOursIo(s.args, dirs[1]);
       expect(ours.stderr).toBe(theirs.stderr);
       expect(ours.stdout).toBe(maskTimings(theirs.stdout));
       expect(ours.status).toBe(theirs.status);

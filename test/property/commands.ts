@@ -73,19 +73,26 @@ export function commandArb(profile?: FormatProfile): fc.Arbitrary<Command> {
   );
 }
 
-/** Place an abstract span inside an image of `size` bytes with clusters of `cs` bytes. */
-export function place(span: Span, size: number, cs: number, maxLen: number): { offset: number; len: number } {
+/**
+ * Place an abstract span inside an image of `size` bytes with clusters of `cs` bytes, allocated
+ * in units of `sub` bytes (subclusters; the cluster when there are none).
+ */
+export function place(span: Span, size: number, cs: number, maxLen: number, sub = cs): { offset: number; len: number } {
   let offset = span.at % size;
+  // Half of the spans placed on (or next to) cluster boundaries go to subcluster boundaries
+  // instead, chosen by a bit the placement drops anyway: the draws stay those of runs made
+  // before subclusters, so their seeds replay.
+  const unit = sub < cs && span.at % 2 === 1 ? sub : cs;
   switch (span.place) {
     case 'sector':
       offset -= offset % 512;
       break;
     case 'cluster':
-      offset -= offset % cs;
+      offset -= offset % unit;
       break;
     case 'edge': {
-      // A few bytes either side of a cluster boundary.
-      const b = offset - (offset % cs);
+      // A few bytes either side of a cluster (or subcluster) boundary.
+      const b = offset - (offset % unit);
       offset = Math.min(size - 1, Math.max(0, b + ((span.len % 17) - 8)));
       break;
     }
@@ -95,12 +102,18 @@ export function place(span: Span, size: number, cs: number, maxLen: number): { o
   const room = size - offset;
   let len: number;
   if (span.place === 'cluster' || span.place === 'sector') {
-    const unit = span.place === 'cluster' ? cs : 512;
-    len = Math.min(room, unit * (1 + (span.len % Math.max(1, Math.floor(maxLen / unit)))));
+    const u = span.place === 'cluster' ? unit : 512;
+    len = Math.min(room, u * (1 + (span.len % Math.max(1, Math.floor(maxLen / u)))));
   } else {
     len = Math.min(room, 1 + (span.len % maxLen));
   }
   return { offset, len };
+}
+
+/** Place a span in the image under test, at its cluster and subcluster boundaries. */
+export function placeFor(setup: ImageSetup, span: Span): { offset: number; len: number } {
+  const cs = setup.geom.clusterSize;
+  return place(span, setup.model.size, cs, Math.min(3 * cs + 1024, 1 << 20), setup.profile.subclusterSize?.(setup.geom) ?? cs);
 }
 
 export class ModelMismatch extends Error {
@@ -159,9 +172,19 @@ export interface RunState {
   log: string[];
 }
 
-function markTouched(setup: ImageSetup, offset: number, len: number): void {
-  const cs = setup.geom.clusterSize;
-  for (let c = Math.floor(offset / cs); c * cs < offset + len; c++) setup.touched.add(c);
+/**
+ * The unit copy-on-write fills in the image under test, and that `touched` counts in: its
+ * subcluster (with extended L2 entries a write copies only the subclusters it touches), else
+ * its cluster.
+ */
+export function touchUnit(setup: ImageSetup): number {
+  return setup.profile.subclusterSize?.(setup.geom) ?? setup.geom.clusterSize;
+}
+
+/** Mark the units a write or copy-on-read over [offset, offset+len) made the image hold. */
+export function markTouched(setup: ImageSetup, offset: number, len: number): void {
+  const u = touchUnit(setup);
+  for (let c = Math.floor(offset / u); c * u < offset + len; c++) setup.touched.add(c);
 }
 
 /** Apply one command to the image and the model; throws ModelMismatch on any divergence. */
@@ -173,7 +196,7 @@ export async function runCommand(st: RunState, c: Command): Promise<void> {
   st.executed++;
   switch (c.op) {
     case 'write': {
-      const p = place(c.span, model.size, cs, maxLen);
+      const p = placeFor(setup, c.span);
       st.log.push(describeCmd(c, p));
       const data = pattern(p.len, c.seed);
       await st.bs.pwrite(p.offset, data);
@@ -182,7 +205,7 @@ export async function runCommand(st: RunState, c: Command): Promise<void> {
       return;
     }
     case 'zero': {
-      const p = place(c.span, model.size, cs, maxLen);
+      const p = placeFor(setup, c.span);
       st.log.push(describeCmd(c, p));
       await st.bs.writeZeroes(p.offset, p.len);
       model.zero(p.offset, p.len);
@@ -190,7 +213,7 @@ export async function runCommand(st: RunState, c: Command): Promise<void> {
       return;
     }
     case 'read': {
-      const p = place(c.span, model.size, cs, maxLen);
+      const p = placeFor(setup, c.span);
       st.log.push(describeCmd(c, p));
       await readAndCompare(st.bs, setup, p.offset, p.len, st.log.join('; '));
       // Copy-on-read put what was read into the image: it stays after a backing removal.
@@ -231,7 +254,7 @@ export async function runCommand(st: RunState, c: Command): Promise<void> {
       st.cor = false;
       return;
     case 'discard': {
-      const p = place(c.span, model.size, cs, maxLen);
+      const p = placeFor(setup, c.span);
       st.log.push(describeCmd(c, p));
       await st.bs.discard(p.offset, p.len);
       // QED has no discard: the request succeeds and changes nothing (as qemu-io shows).
@@ -325,17 +348,18 @@ export async function runCommand(st: RunState, c: Command): Promise<void> {
       if (c.how === 'remove') {
         st.log.push('rebase remove');
         await st.bs.changeBackingFile(null, null);
-        // What the image never touched now reads as zeros; touched clusters hold their data
-        // (copy-on-write copied the backing bytes in).
-        for (let c0 = 0; c0 * cs < model.size; c0++) {
-          if (!setup.touched.has(c0)) model.zero(c0 * cs, Math.min(cs, model.size - c0 * cs));
+        // What the image never touched now reads as zeros; touched units (clusters, or
+        // subclusters) hold their data (copy-on-write copied the backing bytes in).
+        const u = touchUnit(setup);
+        for (let c0 = 0; c0 * u < model.size; c0++) {
+          if (!setup.touched.has(c0)) model.zero(c0 * u, Math.min(u, model.size - c0 * u));
         }
-        // A touched cluster that straddles the end holds, past the end, what copy-on-write
+        // A touched unit that straddles the end holds, past the end, what copy-on-write
         // copied from the backing file (QEMU does not clip the COW at the image end either):
         // a later grow shows it.
-        const last = Math.floor((model.size - 1) / cs);
-        if (setup.touched.has(last) && (last + 1) * cs > model.size && setup.backingView) {
-          const tail = new Uint8Array((last + 1) * cs);
+        const last = Math.floor((model.size - 1) / u);
+        if (setup.touched.has(last) && (last + 1) * u > model.size && setup.backingView) {
+          const tail = new Uint8Array((last + 1) * u);
           tail.set(setup.backingView.subarray(0, Math.min(tail.length, setup.backingView.length)));
           setup.tailView = tail;
         }

@@ -1,14 +1,14 @@
 /**
  * The compressed-write command for formats whose profile takes compressed clusters (qcow2,
  * zlib or zstd by geometry): one whole cluster, as qemu-io `write -c`. QEMU's rule decides the
- * outcome, read from the image's own block status before the write: a cluster that is not
- * allocated here, or reads as zeros without a host cluster, takes the write (compressed, or
+ * outcome, read from the image's own block status before the write: a cluster without a host
+ * cluster that is not allocated here, or reads as zeros, takes the write (compressed, or
  * stored as it is when it does not shrink); any other is refused with EIO and keeps its bytes,
  * unless the data does not shrink (QEMU then writes it as an ordinary write, anywhere).
  */
 import fc from 'fast-check';
 import { BlockError, IOVector, type BlockDriverState } from '../../src/index.js';
-import type { RunState } from './commands.js';
+import { type RunState, markTouched } from './commands.js';
 import { firstDiff, pattern } from './model.js';
 
 export interface CompressCommand {
@@ -92,7 +92,10 @@ export async function runCompressCommand(st: RunState, c: CompressCommand): Prom
     return;
   }
   const status = await st.bs.blockStatus(offset, cs);
-  const free = !status.allocated || (status.zero && !status.data && status.offset === undefined);
+  // No host cluster (nor compressed data) behind it. With extended L2 entries a cluster whose
+  // first subcluster is unallocated may still have one (unallocated-alloc: an offset, not
+  // allocated): QEMU refuses that one too.
+  const free = status.offset === undefined && (!status.allocated || (status.zero && !status.data));
   // Noise never shrinks: QEMU then writes it as an ordinary cluster, allocated or not.
   const takes = free || !c.compressible;
   const data = compressibleData(cs, c.seed, c.compressible);
@@ -105,7 +108,8 @@ export async function runCompressCommand(st: RunState, c: CompressCommand): Prom
   if (takes) {
     if (err !== null) throw new CompressMismatch(`${st.log.join('; ')}: refused on a ${free ? 'free' : 'noise'} cluster: ${err.message}`);
     setup.model.write(offset, data);
-    setup.touched.add(offset / cs);
+    // The whole cluster: with extended L2 entries, every one of its subclusters.
+    markTouched(setup, offset, cs);
     if (free) compressStats.written++;
     if (free && setup.geom.formatOptions?.compressionType === 'zstd') compressStats.zstdWritten++;
   } else if (!(err instanceof BlockError) || err.code !== 'EIO') {

@@ -8,7 +8,7 @@
  */
 import fc from 'fast-check';
 import { BlockError, IOVector, type BlockDriverState } from '../../src/index.js';
-import { ModelMismatch, expectClean, learnGrown, place, spanArb, type Span } from './commands.js';
+import { ModelMismatch, expectClean, learnGrown, markTouched, placeFor, spanArb, type Span } from './commands.js';
 import { buildImage, fcParams, freshPrefix, profileOf, type Geometry, type ImageSetup, type PropertyOptions } from './harness.js';
 import type { FormatProfile } from './profile.js';
 import { QED_PROFILE } from './qed-profile.js';
@@ -104,7 +104,7 @@ async function runBatch(bs: BlockDriverState, setup: ImageSetup, ops: ConcOp[], 
   for (const o of ops) {
     switch (o.op) {
       case 'write': {
-        const p = place(o.span, model.size, cs, maxLen);
+        const p = placeFor(setup, o.span);
         const w: PendingWrite = { offset: p.offset, data: pattern(p.len, o.seed), outcome: 'unknown' };
         writes.push(w);
         log.push(`write ${p.offset}+${p.len}`);
@@ -112,7 +112,7 @@ async function runBatch(bs: BlockDriverState, setup: ImageSetup, ops: ConcOp[], 
         break;
       }
       case 'zero': {
-        const p = place(o.span, model.size, cs, maxLen);
+        const p = placeFor(setup, o.span);
         const w: PendingWrite = { offset: p.offset, data: new Uint8Array(p.len), outcome: 'unknown' };
         writes.push(w);
         log.push(`zero ${p.offset}+${p.len}`);
@@ -120,7 +120,7 @@ async function runBatch(bs: BlockDriverState, setup: ImageSetup, ops: ConcOp[], 
         break;
       }
       case 'read': {
-        const p = place(o.span, model.size, cs, maxLen);
+        const p = placeFor(setup, o.span);
         const r = { offset: p.offset, buf: new Uint8Array(p.len) };
         reads.push(r);
         log.push(`read ${p.offset}+${p.len}`);
@@ -238,10 +238,7 @@ async function runBatch(bs: BlockDriverState, setup: ImageSetup, ops: ConcOp[], 
   model.bytes = got;
   // Zero markers or copy-on-write may leave a cluster's tail with backing bytes the model
   // never sees; only whole-disk contents matter here.
-  for (const w of writes) {
-    const cs2 = setup.geom.clusterSize;
-    for (let c = Math.floor(w.offset / cs2); c * cs2 < w.offset + w.data.length; c++) setup.touched.add(c);
-  }
+  for (const w of writes) markTouched(setup, w.offset, w.data.length);
   return ops.length;
 }
 

@@ -8,7 +8,7 @@ import { BlockDriverState, BlockError, VirtualClock, bdrvAmendOptions, type Chec
 import { blkdebugState } from '../../src/drivers/blkdebug/index.js';
 import { memStoreGet, memStoreRead } from '../../src/drivers/mem/index.js';
 import { powerlossStoreCreate } from '../../src/drivers/powerloss/index.js';
-import { ModelMismatch, expectClean, place, spanArb, type Span } from './commands.js';
+import { ModelMismatch, expectClean, placeFor, spanArb, type Span } from './commands.js';
 import { buildImage, fcParams, freshPrefix, profileOf, type Geometry, type ImageSetup, type PropertyOptions } from './harness.js';
 import { ByteModel, mulberry32, pattern } from './model.js';
 import type { FormatProfile } from './profile.js';
@@ -58,7 +58,7 @@ export function placeWrite(w: GuestWrite, setup: ImageSetup): { offset: number; 
     const at = compressedClusterAt(w.span.at, setup.model.size, cs);
     return at === null ? { offset: 0, data: new Uint8Array(0) } : { offset: at, data: compressibleData(cs, w.seed, w.seed % 2 === 0) };
   }
-  const p = place(w.span, setup.model.size, cs, Math.min(3 * cs + 1024, 1 << 20));
+  const p = placeFor(setup, w.span);
   return { offset: p.offset, data: w.kind === 'zero' ? new Uint8Array(p.len) : pattern(p.len, w.seed) };
 }
 

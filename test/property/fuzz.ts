@@ -16,6 +16,7 @@ import { snapshotStats } from './snapshot-cmds.js';
 import { snapshotPowerLossStats } from './snapshot-powerloss.js';
 import { gatedRequests } from './sched-protocol.js';
 import { ALL_PROPERTIES } from './properties.js';
+import { qcow2ProfileStats } from './qcow2-profile.js';
 
 function usage(): never {
   console.error('usage: npm run fuzz -- [--seed N] [--runs M] [--only NAME,...] [--format qed|qcow2] [--narrow]');
@@ -86,7 +87,9 @@ async function main(): Promise<void> {
       total += commands;
     }
   }
-  console.log(`fault stats: ${JSON.stringify(faultStats)}, concurrency: ${JSON.stringify(concStats)}, corruption: ${JSON.stringify(corruptStats)}, gated I/O: ${gatedRequests}, map: ${JSON.stringify(mapStats)}, snapshots: ${JSON.stringify({ ...snapshotStats, powerloss: snapshotPowerLossStats })}`);
+  console.log(
+    `fault stats: ${JSON.stringify(faultStats)}, concurrency: ${JSON.stringify(concStats)}, corruption: ${JSON.stringify(corruptStats)}, gated I/O: ${gatedRequests}, map: ${JSON.stringify(mapStats)}, snapshots: ${JSON.stringify({ ...snapshotStats, powerloss: snapshotPowerLossStats })}, qcow2 images with extended L2: ${qcow2ProfileStats.extendedL2Images}`,
+  );
   console.log(`fuzz: seed ${seed}, ${total} commands in total, ${failed} propert${failed === 1 ? 'y' : 'ies'} failed`);
   process.exitCode = failed > 0 ? 1 : 0;
 }

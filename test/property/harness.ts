@@ -82,7 +82,10 @@ export interface ImageSetup {
   tailView?: Uint8Array;
   /** After a backing removal: the removed file's guest view (what an older snapshot's clusters hold past its end). */
   removedBacking?: Uint8Array;
-  /** Top-image clusters touched by a write (what a backing removal leaves in place). */
+  /**
+   * Top-image units a write touched (clusters, or subclusters: see touchUnit): what a backing
+   * removal leaves in place.
+   */
   touched: Set<number>;
   registry: BlockDriverRegistry;
   open(opts?: { readOnly?: boolean }): Promise<BlockDriverState>;

@@ -94,6 +94,12 @@ export interface FormatProfile {
    */
   readonly amendChoices?: readonly CreateOptions[];
   /**
+   * The unit a cluster of this geometry is allocated and zeroed in (qcow2 with extended L2
+   * entries: a 32nd of it); absent: the cluster. Spans placed at cluster boundaries fall on
+   * these boundaries half of the time.
+   */
+  subclusterSize?(geom: Geometry): number;
+  /**
    * The format writes compressed clusters (qemu-io write -c): the sequential and power-loss
    * properties draw compressed writes; the geometry's create options choose the compression.
    */

@@ -55,6 +55,19 @@ export const qcow2SequentialExamples: [Geometry, Command[]][] = [
       { op: 'aio', write: false, span: { at: 0, len: 0, place: 'any' }, seed: 0 },
     ],
   ],
+  // fuzz seed 13013 (qcow2, extended L2): copy-on-read of one 512-byte subcluster fills only
+  // that subcluster; after a backing removal the rest of its cluster reads as zeros.
+  [
+    { clusterSize: 16384, tableSize: 1, size: 3072, backing: 'chain3', backingSize: 3072, backingClusterSize: 4096, seed: 1, formatOptions: { extendedL2: true } },
+    [{ op: 'reopenCor' }, { op: 'aio', write: false, span: { at: 0, len: 0, place: 'any' }, seed: 0 }, { op: 'rebase', how: 'remove' }, { op: 'map' }],
+  ],
+  // fuzz seed 7171 (qcow2, extended L2): a write to subcluster 1 gives the cluster a host
+  // offset while subcluster 0 stays unallocated; a compressed write there is refused (EIO),
+  // as in QEMU, though block status calls the cluster's start unallocated.
+  [
+    { clusterSize: 16384, tableSize: 1, size: 16384, backing: 'none', backingSize: 16384, backingClusterSize: 4096, seed: 1, formatOptions: { extendedL2: true } },
+    [{ op: 'write', span: { at: 512, len: 0, place: 'any' }, seed: 0 }, { op: 'compress', at: 0, seed: 0, compressible: true }, { op: 'grow', by: 0 }],
+  ],
   // Snapshots at two sizes, the backing file removed, applies that shrink and grow the disk,
   // a grow that shows what an older snapshot's last cluster holds past its end, then a
   // downgrade refused (a snapshot of another size) and, once that one is gone, done.

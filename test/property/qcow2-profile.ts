@@ -1,9 +1,10 @@
 /**
  * The qcow2 profile of the property suites: clusters of 512 B..64 KiB (2 MiB when wide),
- * refcount widths of 1..64 bits, v2 and v3 images, lazy refcounts, external data files (raw
- * or not), zlib or zstd compressed clusters; backing chains mixing raw, QED and qcow2; the
- * driver's debug events; where the header fields (big-endian), L1/L2 tables, the refcount
- * table and refcount blocks lie.
+ * refcount widths of 1..64 bits, v2 and v3 images, lazy refcounts, extended L2 entries
+ * (subclusters, clusters of 16 KiB and more), external data files (raw or not; with extended
+ * L2 entries too, as QEMU 7.2 allows), zlib or zstd compressed clusters; backing chains mixing
+ * raw, QED and qcow2; the driver's debug events; where the header fields (big-endian), L1/L2
+ * tables, the refcount table and refcount blocks lie.
  */
 import fc from 'fast-check';
 import type { CreateOptions } from '../../src/index.js';
@@ -66,8 +67,11 @@ const OFFSET_MASK = 0x00fffffffffffe00n;
 const INCOMPAT_DIRTY = 1n;
 const INCOMPAT_EXTL2 = 16n;
 
-/** qcow2 geometries; `formatOptions` holds the create options beyond the cluster size. */
-export function qcow2GeometryArb(wide = false): fc.Arbitrary<Geometry> {
+/**
+ * qcow2 geometries; `formatOptions` holds the create options beyond the cluster size.
+ * `extendedL2`: half of the v3 geometries with clusters of 16 KiB or more get subclusters.
+ */
+export function qcow2GeometryArb(wide = false, extendedL2 = true): fc.Arbitrary<Geometry> {
   return fc
     .record({
       clusterBits: fc.integer({ min: 9, max: wide ? 21 : 16 }),
@@ -92,6 +96,9 @@ export function qcow2GeometryArb(wide = false): fc.Arbitrary<Geometry> {
       if (r.refcountOrder !== 4) formatOptions.refcountBits = 2 ** r.refcountOrder;
       if (v2) formatOptions.compat = '0.10';
       if (r.lazyRefcounts) formatOptions.lazyRefcounts = true;
+      // Subclusters need v3 and clusters of at least 32 x 512 bytes. Derived from the content
+      // seed, not drawn: the draws stay those of runs made before, so their seeds replay.
+      if (extendedL2 && r.seed % 2 === 1 && !v2 && clusterSize >= 16384) formatOptions.extendedL2 = true;
       // An external data file (v3 only; raw external data cannot have a backing file). The
       // name is a placeholder: the harness puts the file beside the image (QCOW2_DATA_FILE).
       // Derived from the content seed, so that the other draws (and the runs they make) stay
@@ -176,10 +183,16 @@ function qcow2MakeDirty(valid: Uint8Array, picks: readonly number[]): Uint8Array
   return img;
 }
 
+/** Images created through this profile with extended L2 entries (tests check they ran). */
+export const qcow2ProfileStats = { extendedL2Images: 0 };
+
 export const QCOW2_PROFILE: FormatProfile = {
   name: 'qcow2',
   geometryArb: qcow2GeometryArb,
-  createOptions: (g) => ({ clusterSize: g.clusterSize, ...g.formatOptions }),
+  createOptions: (g) => {
+    if (g.formatOptions?.extendedL2 === true) qcow2ProfileStats.extendedL2Images++;
+    return { clusterSize: g.clusterSize, ...g.formatOptions };
+  },
   layerOptions: (clusterSize) => ({ clusterSize }),
   backingKinds: ['none', 'raw', 'qed', 'qcow2', 'chain3', 'chain3qcow2'],
   snapshots: true,
@@ -227,6 +240,10 @@ export const QCOW2_PROFILE: FormatProfile = {
     { refcountBits: 64 },
     { compat: '1.1', refcountBits: 8 },
   ],
+  subclusterSize: (g) => (g.formatOptions?.extendedL2 === true ? g.clusterSize / 32 : g.clusterSize),
   // v3 only: a v2 image has no autoclear bits to say its bitmaps are current.
   persistentBitmaps: (g) => g.formatOptions?.compat !== '0.10',
 };
+
+/** The profile as it was before subclusters: replays of fuzz runs found then (regressions). */
+export const QCOW2_PROFILE_NO_EXTL2: FormatProfile = { ...QCOW2_PROFILE, geometryArb: (wide) => qcow2GeometryArb(wide, false) };

@@ -1,6 +1,6 @@
 // The property suites on qcow2 (the qcow2 profile: clusters 512 B..64 KiB, refcount widths
-// 1..64, v2 and v3, lazy refcounts, zlib or zstd compression, chains mixing raw, QED and
-// qcow2), with small budgets:
+// 1..64, v2 and v3, lazy refcounts, extended L2 entries, zlib or zstd compression, chains
+// mixing raw, QED and qcow2), with small budgets:
 // `npm run fuzz -- --format qcow2` runs them long.
 import { describe, expect, it } from 'vitest';
 import { requireQemu } from '../interop/qemu.js';
@@ -14,7 +14,7 @@ import { propHuge } from './huge.js';
 import { propQemuInterop, propQemuWrites } from './interop-props.js';
 import { propMisuse } from './misuse.js';
 import { propBlkverify, propSequential, propSequentialFile } from './properties.js';
-import { QCOW2_PROFILE } from './qcow2-profile.js';
+import { QCOW2_PROFILE, qcow2ProfileStats } from './qcow2-profile.js';
 import { snapshotStats } from './snapshot-cmds.js';
 import { propSnapshotPowerLoss, snapshotPowerLossStats } from './snapshot-powerloss.js';
 
@@ -28,13 +28,17 @@ const counted = async (prop: typeof propSequential, numRuns: number): Promise<nu
   await prop({ numRuns, seed, format, onCommands: (n) => (commands += n) });
   return commands;
 };
+/** Images with extended L2 entries (subclusters) the property run since `before` created. */
+const extL2Since = (before: number): number => qcow2ProfileStats.extendedL2Images - before;
 
 describe('qcow2: model-based sequences', () => {
   it('random command sequences read back as the byte-array model, check stays clean', async () => {
     const before = { ...amendStats };
+    const ext = qcow2ProfileStats.extendedL2Images;
     const sn = { ...snapshotStats };
     const compressed = { ...compressStats };
     expect(await counted(propSequential, 50)).toBeGreaterThan(60);
+    expect(extL2Since(ext)).toBeGreaterThan(3);
     // Amends (compat up and down, lazy refcounts on and off) ran among the commands.
     expect(amendStats.amended - before.amended).toBeGreaterThan(3);
     // Images with snapshots grew, and snapshots of another size were applied.
@@ -57,18 +61,24 @@ describe('qcow2: model-based sequences', () => {
 describe('qcow2: concurrency and faults', () => {
   it('concurrent batches are per-sector serialisations of their writes', async () => {
     const before = { ...concStats };
+    const ext = qcow2ProfileStats.extendedL2Images;
     await propConcurrent({ numRuns: 30, seed, format });
+    expect(extL2Since(ext)).toBeGreaterThan(2);
     expect(concStats.multiRequestBatches - before.multiRequestBatches).toBeGreaterThan(10);
   });
   it('an error injected at a qcow2 debug event fails that request and leaves only leaks', async () => {
     const before = faultStats.injections;
+    const ext = qcow2ProfileStats.extendedL2Images;
     expect(await counted(propBlkdebug, 60)).toBeGreaterThan(30);
+    expect(extL2Since(ext)).toBeGreaterThan(3);
     expect(faultStats.injections - before).toBeGreaterThan(3);
   });
   it('power loss with torn sectors: flushed data intact, nothing worse than leaks after repair', async () => {
     const before = { ...faultStats };
+    const ext = qcow2ProfileStats.extendedL2Images;
     const compressed = { ...compressStats };
     await propPowerLoss({ numRuns: 60, seed, format });
+    expect(extL2Since(ext)).toBeGreaterThan(3);
     expect(faultStats.crashedMidRequest - before.crashedMidRequest).toBeGreaterThan(2);
     expect(faultStats.pendingAtCrash - before.pendingAtCrash).toBeGreaterThan(6);
     // Amends ran, and the power went in the middle of some.

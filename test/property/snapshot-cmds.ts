@@ -13,7 +13,7 @@ import {
   bdrvSnapshotGoto,
   type BlockDriverState,
 } from '../../src/index.js';
-import type { RunState } from './commands.js';
+import { type RunState, touchUnit } from './commands.js';
 
 export type SnapshotAction = 'create' | 'apply' | 'delete';
 
@@ -102,14 +102,22 @@ export async function runSnapshotCommand(st: RunState, c: SnapshotCommand): Prom
       if (sn.bytes.length !== setup.model.size) snapshotStats.appliedAcrossSizes++;
       setup.model.bytes = sn.bytes.slice();
       setup.touched = new Set(sn.touched);
-      const cs = setup.geom.clusterSize;
       // What the snapshot left to a backing file that has been removed since reads as zeros.
       if (setup.backingView === null) {
-        for (let k = 0; k * cs < setup.model.size; k++) if (!setup.touched.has(k)) setup.model.zero(k * cs, Math.min(cs, setup.model.size - k * cs));
-        // Past the end of its last cluster, the snapshot keeps what copy-on-write put there
-        // then: the removed backing file's bytes (a later grow shows them) or zeros.
-        const last = Math.floor((setup.model.size - 1) / cs);
-        setup.tailView = setup.touched.has(last) && setup.model.size % cs !== 0 ? setup.removedBacking : undefined;
+        const u = touchUnit(setup);
+        for (let k = 0; k * u < setup.model.size; k++) if (!setup.touched.has(k)) setup.model.zero(k * u, Math.min(u, setup.model.size - k * u));
+        // Past the end of its last unit (cluster, or subcluster), the snapshot keeps what
+        // copy-on-write put there then: the removed backing file's bytes (a later grow shows
+        // them) or zeros.
+        const last = Math.floor((setup.model.size - 1) / u);
+        const removed = setup.removedBacking;
+        if (setup.touched.has(last) && setup.model.size % u !== 0 && removed) {
+          const tail = new Uint8Array((last + 1) * u);
+          tail.set(removed.subarray(0, Math.min(tail.length, removed.length)));
+          setup.tailView = tail;
+        } else {
+          setup.tailView = undefined;
+        }
       }
       return;
     }

@@ -10,7 +10,7 @@
  */
 import { it } from 'vitest';
 import { propPowerLoss, runPowerLossCase, type PowerLossCase } from '../property/fault-props.js';
-import { QCOW2_PROFILE } from '../property/qcow2-profile.js';
+import { QCOW2_PROFILE, QCOW2_PROFILE_NO_EXTL2 } from '../property/qcow2-profile.js';
 
 const downgradedThenSnapshot: PowerLossCase = {
   geom: { clusterSize: 512, tableSize: 1, size: 512, backing: 'none', backingSize: 512, backingClusterSize: 4096, seed: 1, formatOptions: { lazyRefcounts: true } },
@@ -31,6 +31,7 @@ it('no snapshot operation is cut by the power on an image an amend made v2', asy
   await runPowerLossCase(downgradedThenSnapshot, QCOW2_PROFILE);
 });
 
+// The run that found it, replayed on the geometries of that time (no subclusters).
 it('a power loss around a snapshot and a downgrade leaves only leaks after repair', async () => {
-  await propPowerLoss({ seed: 20261208, numRuns: 14, wide: false, format: QCOW2_PROFILE });
+  await propPowerLoss({ seed: 20261208, numRuns: 14, wide: false, format: QCOW2_PROFILE_NO_EXTL2 });
 }, 120_000);

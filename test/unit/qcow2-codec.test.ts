@@ -5,6 +5,7 @@ import {
   compressedGeometry,
   decodeCompressed,
   encodeCompressed,
+  subclusterRangeType,
   subclusterType,
 } from '../../src/drivers/qcow2/entries.js';
 import {
@@ -181,6 +182,28 @@ describe('qcow2 entries', () => {
     expect(subclusterType(0x8000000000050000n, 0x4n, 3, true, true)).toBe('unallocated-alloc');
     expect(subclusterType(0n, 0x100000000n, 0, true, true)).toBe('zero-plain');
     expect(subclusterType(0n, 0x100000001n, 0, true, true)).toBe('invalid');
+  });
+
+  it('classifies and counts subclusters as QEMU (whole-bitmap validity, runs of one type)', () => {
+    const normal = 0x8000000000050000n;
+    // Subcluster 5 both allocated and zero: the whole cluster is invalid, not just subcluster 5.
+    expect(subclusterType(normal, 0x0000002000000020n, 0, true, true)).toBe('invalid');
+    // An unallocated cluster with any allocation bit is invalid.
+    expect(subclusterType(0n, 0x80000000n, 0, true, true)).toBe('invalid');
+    // A compressed cluster is compressed whatever its bitmap says.
+    expect(subclusterType(0x4000000000050000n, 0x1n, 0, true, true)).toBe('compressed');
+    // Bit 0 of the entry is no zero flag with extended L2 entries.
+    expect(subclusterType(0x8000000000050001n, 0n, 0, true, true)).toBe('unallocated-alloc');
+    // Subclusters 2..4 allocated, 5..6 zero, the rest unallocated.
+    const bm = 0x000000600000001cn;
+    expect(subclusterRangeType(normal, bm, 0, true)).toEqual({ type: 'unallocated-alloc', count: 2 });
+    expect(subclusterRangeType(normal, bm, 3, true)).toEqual({ type: 'normal', count: 2 });
+    expect(subclusterRangeType(normal, bm, 5, true)).toEqual({ type: 'zero-alloc', count: 2 });
+    expect(subclusterRangeType(normal, bm, 7, true)).toEqual({ type: 'unallocated-alloc', count: 25 });
+    expect(subclusterRangeType(0n, 0xffffffff00000000n, 31, true)).toEqual({ type: 'zero-plain', count: 1 });
+    expect(subclusterRangeType(0x4000000000050000n, 0n, 4, true)).toEqual({ type: 'compressed', count: 28 });
+    expect(subclusterRangeType(normal, 0n, 0, false)).toEqual({ type: 'normal', count: 1 });
+    expect(subclusterRangeType(0n, 0x3n, 0, true).count).toBe(-1);
   });
 
   it('codes compressed descriptors as QEMU (two 79-byte streams at 0x50000)', () => {

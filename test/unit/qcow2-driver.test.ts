@@ -3,6 +3,7 @@ import { bdrvCreate } from '../../src/block/create.js';
 import { memStoreGet, memStoreRestore, memStoreSnapshot } from '../../src/drivers/mem/index.js';
 import {
   decodeHeader,
+  getL2Bitmap,
   getL2Entry,
   L1E_OFFSET_MASK,
   L2E_OFFSET_MASK,
@@ -293,14 +294,37 @@ describe('qcow2 driver', () => {
     expect(av.getUint32(0x218)).toBe(0);
   });
 
-  it('refuses writes to extended L2 images with a clear error', async () => {
+  it('writes extended L2 images per subcluster: bitmaps, COW to subcluster boundaries, zeroes', async () => {
+    // 64 KiB clusters: 2 KiB subclusters.
     const name = await newImage({ extended_l2: true });
     const bs = await BlockDriverState.open(name, { format: 'qcow2' });
+    const s = qcow2State(bs);
+    const slot = async (i: number): Promise<[bigint, bigint]> => {
+      const t = await s.l2Cache.get(Number(s.l1Table[0] & L1E_OFFSET_MASK), 'l2_load');
+      try {
+        return [getL2Entry(s, t.data, i), getL2Bitmap(s, t.data, i)];
+      } finally {
+        s.l2Cache.put(t);
+      }
+    };
     try {
-      await expect(bs.pwrite(0, new Uint8Array(512))).rejects.toThrow(/extended L2/);
-      const buf = new Uint8Array(512);
+      await bs.pwrite(4096 + 100, new Uint8Array(1000).fill(1));
+      // Subcluster 2 allocated; the file holds the cluster up to the end of that subcluster.
+      expect(await slot(0)).toEqual([0x8000000000050000n, 0x4n]);
+      await bs.pwrite(65536 - 512, new Uint8Array(1024).fill(2));
+      expect((await slot(0))[1]).toBe(0x80000004n);
+      expect(await slot(1)).toEqual([0x8000000000060000n, 0x1n]);
+      await bs.writeZeroes(0, 8192, {});
+      expect((await slot(0))[1]).toBe(0xf80000000n);
+      await bs.writeZeroes(65536, 65536, { mayUnmap: true });
+      expect(await slot(1)).toEqual([0n, 0xffffffff00000000n]);
+      const buf = new Uint8Array(131072);
       await bs.pread(0, buf);
-      expect(buf.every((b) => b === 0)).toBe(true);
+      const want = new Uint8Array(131072);
+      want.fill(2, 65536 - 512, 65536);
+      expect(buf).toEqual(want);
+      const chk = await bs.check();
+      expect([chk.corruptions, chk.leaks]).toEqual([0, 0]);
     } finally {
       await bs.close();
     }

@@ -1,6 +1,6 @@
 /**
- * Allocation for guest writes (QEMU's qcow2_alloc_host_offset, handle_copied, handle_alloc,
- * calculate_l2_meta and qcow2_alloc_cluster_link_l2).
+ * Allocation for guest writes (QEMU's qcow2_alloc_host_offset, handle_copied, handle_alloc
+ * and qcow2_alloc_cluster_link_l2; calculate_l2_meta, per subcluster, is in subcluster.ts).
  *
  * A write is mapped one piece at a time: clusters already owned (COPIED) are written in
  * place; the others get new clusters, first tried right after the previous piece's host
@@ -15,12 +15,13 @@
  * decreased (the refcount cache depends on the L2 cache).
  */
 import { BlockError } from '../../block/errors.js';
-import { qcow2GetClusterTable, getL2Entry, setL2Entry } from './cluster.js';
-import { qcow2SignalCorruption } from './corrupt.js';
+import { qcow2GetClusterTable, getL2Bitmap, getL2Entry, setL2Bitmap, setL2Entry } from './cluster.js';
+import { printfHex, qcow2SignalCorruption } from './corrupt.js';
 import { L2E_OFFSET_MASK, QCOW_OFLAG_COPIED, clusterType } from './entries.js';
 import { QCOW2_INCOMPAT_DIRTY } from './header.js';
 import { qcow2FirstAllocation, qcow2WaitFor } from './inflight.js';
 import { qcow2AllocClusters, qcow2AllocClustersAt, qcow2FreeAnyCluster } from './refcount.js';
+import { type Qcow2L2Meta, calculateL2Meta, l2ClusterType, linkedBitmap } from './subcluster.js';
 import {
   type BDRVQcow2State,
   offsetIntoCluster,
@@ -32,32 +33,13 @@ import {
 } from './state.js';
 import { qcow2HasDataFile } from './data-file.js';
 
-/** A new allocation waiting for its L2 update (QEMU's QCowL2Meta). */
-export interface Qcow2L2Meta {
-  /** Host offset of the first allocated cluster. */
-  allocOffset: number;
-  /** Guest offset of the first cluster. */
-  offset: number;
-  nbClusters: number;
-  /** The clusters were already ours (zero-alloc with COPIED): nothing to free. */
-  keepOld: boolean;
-  /** Bytes [offset + cowStart.offset, + nbBytes) are copied from the old contents. */
-  cowStart: { offset: number; nbBytes: number };
-  cowEnd: { offset: number; nbBytes: number };
-  /** The COW areas were zeroed in the file already (handle_alloc_space): no copy. */
-  skipCow: boolean;
-  /**
-   * keepOld with some normal clusters: their bytes between the COW areas are guest data, so
-   * the range may not be zeroed as a whole before the data write.
-   */
-  overwritesData: boolean;
-}
+export type { Qcow2L2Meta } from './subcluster.js';
 
 const INV_OFFSET = -1;
 
 /** Does writing this entry need a new cluster (cluster_needs_new_alloc)? */
 function needsNewAlloc(s: BDRVQcow2State, entry: bigint): boolean {
-  const t = clusterType(entry, s.header.version >= 3, qcow2HasDataFile(s));
+  const t = l2ClusterType(s, entry);
   if ((t === 'normal' || t === 'zero-alloc') && (entry & QCOW_OFLAG_COPIED) !== 0n) return false;
   return true;
 }
@@ -75,44 +57,6 @@ export function countSingleWriteClusters(s: BDRVQcow2State, nb: number, data: Ui
     }
   }
   return i;
-}
-
-/** Describe the COW a new allocation needs (calculate_l2_meta, without subclusters). */
-function calculateL2Meta(
-  s: BDRVQcow2State,
-  hostClusterOffset: number,
-  guestOffset: number,
-  bytes: number,
-  data: Uint8Array,
-  l2Index: number,
-  keepOld: boolean,
-): Qcow2L2Meta | null {
-  const cowStartTo = offsetIntoCluster(s, guestOffset);
-  const cowEndFrom = cowStartTo + bytes;
-  const nbClusters = sizeToClusters(s, cowEndFrom);
-  const v3 = s.header.version >= 3;
-  const dataFile = qcow2HasDataFile(s);
-  const firstType = clusterType(getL2Entry(s, data, l2Index), v3, dataFile);
-  const lastType = clusterType(getL2Entry(s, data, l2Index + nbClusters - 1), v3, dataFile);
-  let normal = 0;
-  if (keepOld) {
-    for (let i = 0; i < nbClusters; i++) if (clusterType(getL2Entry(s, data, l2Index + i), v3, dataFile) === 'normal') normal++;
-    // Clusters written in place need nothing, unless they read as zeros (zero-alloc): then
-    // the untouched parts must be zeroed on disk before the zero flag goes.
-    if (normal === nbClusters) return null;
-  }
-  const cowStartFrom = keepOld && firstType === 'normal' ? cowStartTo : 0;
-  const cowEndTo = keepOld && lastType === 'normal' ? cowEndFrom : Math.ceil(cowEndFrom / s.clusterSize) * s.clusterSize;
-  return {
-    allocOffset: hostClusterOffset,
-    offset: startOfCluster(s, guestOffset),
-    nbClusters,
-    keepOld,
-    cowStart: { offset: cowStartFrom, nbBytes: cowStartTo - cowStartFrom },
-    cowEnd: { offset: cowEndFrom, nbBytes: cowEndTo - cowEndFrom },
-    skipCow: false,
-    overwritesData: normal > 0,
-  };
 }
 
 interface Piece {
@@ -164,7 +108,7 @@ function handleCopied(s: BDRVQcow2State, guest: number, hostOffset: number, byte
     if (needsNewAlloc(s, entry)) return Promise.resolve({ ret: 0, hostOffset, bytes });
     if (offsetIntoCluster(s, clusterOffset) !== 0) {
       const kind = clusterType(entry) === 'zero-alloc' ? 'Preallocated zero' : 'Data';
-      qcow2SignalCorruption(s, true, `${kind} cluster offset 0x${clusterOffset.toString(16)} unaligned (guest offset: 0x${guest.toString(16)})`);
+      qcow2SignalCorruption(s, true, `${kind} cluster offset ${printfHex(clusterOffset)} unaligned (guest offset: ${printfHex(guest)})`);
       throw new BlockError('EIO', undefined, { op: 'write', offset: guest });
     }
     // A later piece must continue exactly where the previous one ended on the host.
@@ -284,6 +228,8 @@ export async function qcow2LinkL2(s: BDRVQcow2State, m: Qcow2L2Meta): Promise<vo
       const prev = getL2Entry(s, table.data, l2Index + i);
       if (prev !== 0n) old.push(prev);
       setL2Entry(s, table.data, l2Index + i, BigInt(m.allocOffset + i * s.clusterSize) | QCOW_OFLAG_COPIED);
+      // With extended L2 entries, the subclusters just written become allocated.
+      if (s.extendedL2) setL2Bitmap(s, table.data, l2Index + i, linkedBitmap(s, m, i, getL2Bitmap(s, table.data, l2Index + i)));
     }
   } finally {
     s.l2Cache.put(table);

@@ -8,13 +8,14 @@
  */
 import { BlockError } from '../../block/errors.js';
 import type { CacheEntry } from './cache.js';
+import { QCOW2_OL_ACTIVE_L1, printfHex, qcow2OverlapIndexChanged, qcow2PreWriteOverlapCheck, qcow2SignalCorruption } from './corrupt.js';
 import { qcow2HasDataFile } from './data-file.js';
-import { QCOW2_OL_ACTIVE_L1, qcow2OverlapIndexChanged, qcow2PreWriteOverlapCheck, qcow2SignalCorruption } from './corrupt.js';
 import {
   L1E_OFFSET_MASK,
   L2E_OFFSET_MASK,
   QCOW_OFLAG_COPIED,
   type Qcow2SubclusterType,
+  subclusterRangeType,
   subclusterType,
 } from './entries.js';
 import { qcow2AllocClusters, qcow2FreeClusters } from './refcount.js';
@@ -57,7 +58,7 @@ export function setL2Bitmap(s: BDRVQcow2State, data: Uint8Array, index: number, 
 export function l2OffsetOf(s: BDRVQcow2State, l1Index: number): number {
   const l2Offset = Number(s.l1Table[l1Index] & L1E_OFFSET_MASK);
   if (offsetIntoCluster(s, l2Offset) !== 0) {
-    qcow2SignalCorruption(s, true, `L2 table offset 0x${l2Offset.toString(16)} unaligned (L1 index: 0x${l1Index.toString(16)})`);
+    qcow2SignalCorruption(s, true, `L2 table offset ${printfHex(l2Offset)} unaligned (L1 index: ${printfHex(l1Index)})`);
     throw new BlockError('EIO', undefined, { op: 'l2_load' });
   }
   return l2Offset;
@@ -172,41 +173,49 @@ function planInTable(s: BDRVQcow2State, offset: number, maxBytes: number, l2Offs
   const l2Index = offsetToL2Index(s, offset);
   const scSize = s.subclusterSize;
   const sc = Math.floor(offsetIntoCluster(s, offset) / scSize);
+  const dataFile = qcow2HasDataFile(s);
   const first = typeAt(s, data, l2Index, sc);
   const kind = kindOf(first);
   const entry = getL2Entry(s, data, l2Index);
-  const corrupt = (message: string): null => {
+  const corrupt = (message: string, index = l2Index): null => {
     if (quiet) return null;
-    qcow2SignalCorruption(s, true, `${message} (L2 offset: 0x${l2Offset.toString(16)}, L2 index: 0x${l2Index.toString(16)})`);
+    qcow2SignalCorruption(s, true, `${message} (L2 offset: ${printfHex(l2Offset)}, L2 index: ${printfHex(index)})`);
     throw new BlockError('EIO', undefined, { op: 'read', offset });
   };
-  if (kind === 'invalid') return corrupt('Invalid cluster entry found ');
   if (s.header.version < 3 && (first === 'zero-plain' || first === 'zero-alloc')) return corrupt('Zero cluster entry found in pre-v3 image');
-  if (kind === 'compressed') {
-    // Compressed data would have to live in the qcow2 file, which holds no data here.
-    if (qcow2HasDataFile(s)) return corrupt('Compressed cluster entry found in image with external data file');
-    // One compressed cluster per run: each has its own descriptor.
-    const len = Math.min(maxBytes, cs - offsetIntoCluster(s, offset));
-    return { kind, type: first, bytes: len, hostOffset: 0, allocated: false, l2Entry: entry };
-  }
+  // Compressed data would have to live in the qcow2 file, which holds no data here.
+  if (kind === 'compressed' && dataFile) return corrupt('Compressed cluster entry found in image with external data file');
   const hostBase = Number(entry & L2E_OFFSET_MASK);
   const withHost = first === 'normal' || first === 'zero-alloc' || first === 'unallocated-alloc';
-  if (withHost && hostBase % cs !== 0) return corrupt(`Cluster allocation offset 0x${hostBase.toString(16)} unaligned`);
+  if (withHost && hostBase % cs !== 0) return corrupt(`Cluster allocation offset ${printfHex(hostBase)} unaligned`);
   // Count subclusters of the same type (and, where a host cluster exists, contiguous on
-  // the host), as QEMU's count_contiguous_subclusters does.
-  const totalSc = s.extendedL2 ? 32 : 1;
-  const base = l2Index * totalSc;
-  const endPos = base + Math.ceil((offsetIntoCluster(s, offset) + maxBytes) / scSize);
-  let pos = base + sc + 1;
-  if (!s.extendedL2) pos = countSamePlainEntries(data, l2Index, pos, endPos, withHost ? hostBase : -1, cs);
-  for (; pos < endPos; pos++) {
-    const idx = Math.floor(pos / totalSc);
-    if (typeAt(s, data, idx, pos % totalSc) !== first) break;
-    if (withHost && idx !== l2Index && Number(getL2Entry(s, data, idx) & L2E_OFFSET_MASK) !== hostBase + (idx - l2Index) * cs) break;
+  // the host), as QEMU's count_contiguous_subclusters does: an invalid entry met on the way
+  // is corruption, even one after the range asked for starts.
+  const spc = s.extendedL2 ? 32 : 1;
+  const nbClusters = Math.ceil((offsetIntoCluster(s, offset) + maxBytes) / cs);
+  let count = 0;
+  for (let i = 0; i < nbClusters; i++) {
+    const from = i === 0 ? sc : 0;
+    const e = i === 0 ? entry : getL2Entry(s, data, l2Index + i);
+    const r = subclusterRangeType(e, getL2Bitmap(s, data, l2Index + i), from, s.extendedL2, dataFile);
+    if (r.type === 'invalid') return corrupt('Invalid cluster entry found ', l2Index + i);
+    if (i > 0 && r.type !== first) break;
+    if (i > 0 && withHost && Number(e & L2E_OFFSET_MASK) !== hostBase + i * cs) break;
+    count += r.count;
+    // One compressed cluster per run: each has its own descriptor.
+    if (kind === 'compressed' || from + r.count < spc) break;
+    if (i === 0 && !s.extendedL2) {
+      // Plain entries that repeat the first one (over the next host offsets) without a BigInt
+      // each; the first one that does not is left to the full check above.
+      const next = countSamePlainEntries(data, l2Index, l2Index + 1, l2Index + nbClusters, withHost ? hostBase : -1, cs);
+      count += next - l2Index - 1;
+      i = next - l2Index - 1;
+    }
   }
-  const len = Math.min((pos - base) * scSize - offsetIntoCluster(s, offset), maxBytes);
+  const len = Math.min((count + sc) * scSize, offsetIntoCluster(s, offset) + maxBytes) - offsetIntoCluster(s, offset);
+  if (kind === 'compressed') return { kind, type: first, bytes: len, hostOffset: 0, allocated: false, l2Entry: entry };
   const hostOffset = withHost ? hostBase + offsetIntoCluster(s, offset) : 0;
-  return { kind, type: first, bytes: len, hostOffset, allocated: withHost, l2Entry: entry };
+  return { kind: kind as Qcow2RunKind, type: first, bytes: len, hostOffset, allocated: withHost, l2Entry: entry };
 }
 
 /** Write one L1 entry synchronously (qcow2_write_l1_entry: 8 bytes with buffered I/O). */

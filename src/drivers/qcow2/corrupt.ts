@@ -144,6 +144,11 @@ export function qcow2PreWriteOverlapCheck(s: BDRVQcow2State, ign: number, offset
   throw new BlockError('EIO', undefined, { op: 'write', offset });
 }
 
+/** A number as printf's %#x prints it in QEMU's messages: 0x-prefixed, but plain 0. */
+export function printfHex(v: number | bigint): string {
+  return v === 0 || v === 0n ? '0' : `0x${v.toString(16)}`;
+}
+
 /**
  * A corruption event. Fatal events on a writable image mark it corrupt (bit written in the
  * background by the caller's awaiting of s.corruptWrite) and stop all further I/O; the others

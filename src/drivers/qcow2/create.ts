@@ -136,8 +136,6 @@ export function qcow2CreateParams(options: CreateOptions): Qcow2CreateParams {
   if (extendedL2 && version < 3) {
     fail('Extended L2 entries are only supported with compatibility level 1.1 and above (use version=v3 or greater)');
   }
-  // Refused before anything is written (resize.ts refuses it too: no writes with extended L2).
-  if (extendedL2 && prealloc !== 'off') fail('Preallocation with extended L2 entries is not supported', 'ENOTSUP');
   const clusterBits = Math.log2(clusterSize);
   if (sizeToL1(size, clusterBits, extendedL2) * 8 > QCOW_MAX_L1_SIZE) {
     fail("The image size is too large for file format 'qcow2' (try using a larger cluster size)");

@@ -79,7 +79,7 @@ export function qcow2PreWriteDataCheck(s: BDRVQcow2State, offset: number, size: 
  * passes discards down. The entry was changed in the L2 cache first.
  */
 export async function qcow2FreeDataCluster(s: BDRVQcow2State, entry: bigint, type: Qcow2DiscardType): Promise<void> {
-  const t = clusterType(entry, s.header.version >= 3, true);
+  const t = clusterType(entry, s.header.version >= 3 && !s.extendedL2, true);
   if ((t !== 'normal' && t !== 'zero-alloc') || !qcow2DiscardPassthrough(s, type)) return;
   try {
     await qcow2DataNode(s).discard(Number(entry & L2E_OFFSET_MASK), s.clusterSize);

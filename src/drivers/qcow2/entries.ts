@@ -88,24 +88,70 @@ export type Qcow2SubclusterType =
   | 'unallocated-alloc'
   | 'invalid';
 
+/**
+ * The type of subcluster `sc` (qcow2_get_subcluster_type). With extended L2 entries bit 0 of
+ * the entry means nothing; an allocated cluster whose bitmap marks any subcluster both
+ * allocated and zero, or an unallocated one with any allocation bit, is invalid as a whole; a
+ * compressed cluster is compressed whatever its bitmap says (check reports a non-zero one).
+ * `dataFile` as for clusterType.
+ */
 export function subclusterType(entry: bigint, bitmap: bigint, sc: number, extendedL2: boolean, zeroBit: boolean, dataFile = false): Qcow2SubclusterType {
   const t = clusterType(entry, zeroBit && !extendedL2, dataFile);
-  if (!extendedL2) {
-    switch (t) {
-      case 'unallocated':
-        return 'unallocated-plain';
-      default:
-        return t;
-    }
+  if (!extendedL2) return t === 'unallocated' ? 'unallocated-plain' : t;
+  switch (t) {
+    case 'compressed':
+      return t;
+    case 'normal':
+      if (((bitmap >> 32n) & bitmap) !== 0n) return 'invalid';
+      if (((bitmap >> BigInt(32 + sc)) & 1n) !== 0n) return 'zero-alloc';
+      return ((bitmap >> BigInt(sc)) & 1n) !== 0n ? 'normal' : 'unallocated-alloc';
+    default:
+      if ((bitmap & QCOW_L2_BITMAP_ALL_ALLOC) !== 0n) return 'invalid';
+      return ((bitmap >> BigInt(32 + sc)) & 1n) !== 0n ? 'zero-plain' : 'unallocated-plain';
   }
-  if (t === 'compressed') return bitmap === 0n ? 'compressed' : 'invalid';
-  const allocBit = (bitmap >> BigInt(sc)) & 1n;
-  const zeroBitSet = (bitmap >> BigInt(32 + sc)) & 1n;
-  if (allocBit !== 0n && zeroBitSet !== 0n) return 'invalid';
-  if (t === 'normal') {
-    if (zeroBitSet !== 0n) return 'zero-alloc';
-    return allocBit !== 0n ? 'normal' : 'unallocated-alloc';
+}
+
+/** Allocation bits of subclusters [from, to) (QCOW_OFLAG_SUB_ALLOC_RANGE). */
+export function subAllocRange(from: number, to: number): bigint {
+  return (1n << BigInt(to)) - (1n << BigInt(from));
+}
+
+/** Zero bits of subclusters [from, to) (QCOW_OFLAG_SUB_ZERO_RANGE). */
+export function subZeroRange(from: number, to: number): bigint {
+  return subAllocRange(from, to) << 32n;
+}
+
+/** Trailing zero bits of a 32-bit value; 32 for 0. */
+export function ctz32(v: number): number {
+  return v === 0 ? 32 : 31 - Math.clz32(v & -v);
+}
+
+/**
+ * The type of subcluster `from` and how many subclusters from there share it in this cluster
+ * (qcow2_get_subcluster_range_type): without extended L2 entries, or compressed, the rest of
+ * the cluster. count is -1 for an invalid entry.
+ */
+export function subclusterRangeType(
+  entry: bigint,
+  bitmap: bigint,
+  from: number,
+  extendedL2: boolean,
+  dataFile = false,
+): { type: Qcow2SubclusterType; count: number } {
+  const type = subclusterType(entry, bitmap, from, extendedL2, true, dataFile);
+  if (type === 'invalid') return { type, count: -1 };
+  if (!extendedL2) return { type, count: 1 - from };
+  if (type === 'compressed') return { type, count: 32 - from };
+  const alloc = Number(bitmap & QCOW_L2_BITMAP_ALL_ALLOC);
+  const zero = Number(bitmap >> 32n);
+  const below = from === 0 ? 0 : Number(subAllocRange(0, from));
+  switch (type) {
+    case 'normal':
+      return { type, count: ctz32(~(alloc | below) >>> 0) - from };
+    case 'zero-plain':
+    case 'zero-alloc':
+      return { type, count: ctz32(~(zero | below) >>> 0) - from };
+    default:
+      return { type, count: ctz32((zero | alloc) & ~below) - from };
   }
-  if (allocBit !== 0n) return 'invalid';
-  return zeroBitSet !== 0n ? 'zero-plain' : 'unallocated-plain';
 }

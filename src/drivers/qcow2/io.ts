@@ -13,11 +13,11 @@ import { BlockError } from '../../block/errors.js';
 import { IOVector } from '../../block/iovec.js';
 import { type Qcow2L2Meta, qcow2AllocHostOffset, qcow2LinkL2 } from './alloc.js';
 import { type Qcow2InFlight, qcow2InFlightBegin, qcow2InFlightEnd, qcow2WaitInFlight } from './inflight.js';
-import { qcow2GetClusterTable, qcow2GetHostOffset, qcow2IsZero, type Qcow2Run, getL2Entry, setL2Entry } from './cluster.js';
+import { qcow2GetClusterTable, qcow2GetHostOffset, qcow2IsZero, type Qcow2Run, getL2Entry, setL2Bitmap, setL2Entry } from './cluster.js';
 import { qcow2CheckNotCorrupt, qcow2PreWriteOverlapCheck } from './corrupt.js';
 import { qcow2DataNode, qcow2PreWriteDataCheck } from './data-file.js';
 import { qcow2RewriteNow } from './fast.js';
-import { clusterType, decodeCompressed, encodeCompressed } from './entries.js';
+import { L2E_OFFSET_MASK, decodeCompressed, encodeCompressed } from './entries.js';
 import { qcow2AllocBytes, qcow2FreeClusters } from './refcount.js';
 import { type BDRVQcow2State, offsetIntoCluster, qcow2File } from './state.js';
 
@@ -260,9 +260,6 @@ async function writePiece(s: BDRVQcow2State, offset: number, bytes: number, qiov
  * buffers of the write-zeroes fallback alike).
  */
 export async function qcow2CoPwritev(s: BDRVQcow2State, offset: number, bytes: number, qiov: IOVector): Promise<void> {
-  if (s.extendedL2) {
-    throw new BlockError('ENOTSUP', 'qcow2: writing to images with extended L2 entries is not supported', { op: 'write', offset });
-  }
   try {
     const now = qcow2RewriteNow(s, offset, bytes);
     if (now !== null) {
@@ -305,8 +302,9 @@ export async function qcow2CoPwritevCompressed(s: BDRVQcow2State, offset: number
     qcow2CheckNotCorrupt(s, 'write');
     const { table, l2Index } = await qcow2GetClusterTable(s, offset);
     try {
-      const t = clusterType(getL2Entry(s, table.data, l2Index), s.header.version >= 3);
-      if (t !== 'unallocated' && t !== 'zero-plain') throw new BlockError('EIO', undefined, { op: 'write_compressed', offset });
+      // Compression never overwrites: only a cluster without a host offset (unallocated or
+      // plain zero; with extended L2, whatever its subclusters read as) takes one.
+      if ((getL2Entry(s, table.data, l2Index) & L2E_OFFSET_MASK) !== 0n) throw new BlockError('EIO', undefined, { op: 'write_compressed', offset });
       const host = await qcow2AllocBytes(s, out.length);
       qcow2PreWriteOverlapCheck(s, 0, host, out.length);
       const file = qcow2File(s);
@@ -318,6 +316,8 @@ export async function qcow2CoPwritevCompressed(s: BDRVQcow2State, offset: number
       s.l2Cache.dependOnFlush();
       s.l2Cache.markDirty(table);
       setL2Entry(s, table.data, l2Index, encodeCompressed(host, out.length, s.compressed));
+      // A compressed cluster has no subclusters: its bitmap is 0.
+      if (s.extendedL2) setL2Bitmap(s, table.data, l2Index, 0n);
     } finally {
       s.l2Cache.put(table);
     }

@@ -33,6 +33,8 @@ export async function preallocateMetadata(s: BDRVQcow2State, from: number, to: n
     cur = a.bytes;
     host = a.hostOffset;
     for (const m of a.metas) {
+      // Allocated, not written: with extended L2 no subcluster is marked as holding data.
+      m.prealloc = true;
       await qcow2PerformCow(s, m);
       await qcow2LinkL2(s, m);
     }
@@ -94,6 +96,7 @@ export async function preallocateData(s: BDRVQcow2State, from: number, to: numbe
       cowStart: { offset: 0, nbBytes: head },
       cowEnd: { offset: n * cs, nbBytes: 0 },
       skipCow: false,
+      prealloc: true,
     };
     try {
       await qcow2PerformCow(s, m);

@@ -13,7 +13,7 @@
  */
 import { BlockError } from '../../block/errors.js';
 import { REFT_OFFSET_MASK, clusterType, decodeCompressed, L2E_OFFSET_MASK } from './entries.js';
-import { qcow2OverlapIndexChanged, qcow2SignalCorruption, qcow2PreWriteOverlapCheck, QCOW2_OL_REFCOUNT_TABLE } from './corrupt.js';
+import { printfHex, qcow2OverlapIndexChanged, qcow2SignalCorruption, qcow2PreWriteOverlapCheck, QCOW2_OL_REFCOUNT_TABLE } from './corrupt.js';
 import { qcow2RefcountArea } from './reftable.js';
 import { qcow2FreeDataCluster, qcow2HasDataFile } from './data-file.js';
 import { type BDRVQcow2State, qcow2File, qcow2Trace, startOfCluster, sizeToClusters, offsetIntoCluster } from './state.js';
@@ -44,7 +44,7 @@ function refblockOffset(s: BDRVQcow2State, tableIndex: number): number {
   if (tableIndex >= s.refcountTable.length) return 0;
   const off = Number(s.refcountTable[tableIndex] & REFT_OFFSET_MASK);
   if (off % s.clusterSize !== 0) {
-    qcow2SignalCorruption(s, true, `Refblock offset 0x${off.toString(16)} unaligned (reftable index: 0x${tableIndex.toString(16)})`);
+    qcow2SignalCorruption(s, true, `Refblock offset ${printfHex(off)} unaligned (reftable index: ${printfHex(tableIndex)})`);
     throw new BlockError('EIO', undefined, { op: 'refcount' });
   }
   return off;
@@ -350,7 +350,7 @@ export async function qcow2FreeAnyCluster(s: BDRVQcow2State, entry: bigint, type
     case 'zero-alloc': {
       const off = Number(entry & L2E_OFFSET_MASK);
       if (off % s.clusterSize !== 0) {
-        qcow2SignalCorruption(s, false, `Cannot free unaligned cluster 0x${off.toString(16)}`);
+        qcow2SignalCorruption(s, false, `Cannot free unaligned cluster ${printfHex(off)}`);
         return;
       }
       await qcow2FreeClusters(s, off, s.clusterSize, type);

@@ -138,7 +138,6 @@ export async function qcow2Truncate(s: BDRVQcow2State, size: number, prealloc: s
     // v3 snapshots record their own disk size (applying one resizes back); v2 entries need
     // not, so a v2 image with snapshots keeps its size, as in QEMU.
     if (s.header.nbSnapshots > 0 && s.header.version < 3) throw new BlockError('ENOTSUP', "Can't resize a v2 image which has snapshots", { op: 'truncate' });
-    if (s.extendedL2 && prealloc !== 'off') throw new BlockError('ENOTSUP', 'Preallocation with extended L2 entries is not supported', { op: 'truncate' });
     const old = s.header.size;
     const newL1 = sizeToL1(size, s.clusterBits, s.extendedL2);
     if (size < old) {
