@@ -116,6 +116,8 @@ export async function qcow2ClusterDiscard(s: BDRVQcow2State, offset: number, byt
  * ENOTSUP, and the caller writes zeros instead.
  */
 async function zeroL2Subclusters(s: BDRVQcow2State, offset: number, nb: number): Promise<void> {
+  // Without extended L2 entries there is no bitmap: a piece of a cluster never gets here.
+  if (!s.extendedL2) throw new BlockError('EINVAL', 'qcow2: subcluster zeroing without extended L2 entries', { op: 'write_zeroes', offset });
   const sc = scIndex(s, offset);
   const { table, l2Index } = await qcow2GetClusterTable(s, offset);
   try {
@@ -169,12 +171,13 @@ async function zeroPiece(s: BDRVQcow2State, offset: number, bytes: number, mayUn
   const sc = s.subclusterSize;
   const head = offset % sc;
   const end = offset + bytes;
-  let tail = Math.ceil(end / sc) * sc - end;
-  if (end === s.header.size) tail = 0;
   await s.lock.run(async () => {
     // Entries change here: first let the writes in flight through them finish (inflight.ts).
     await qcow2WaitInFlight(s, offset, bytes);
     qcow2CheckNotCorrupt(s, 'write_zeroes');
+    // The image end is read under s.lock: a truncate running meanwhile may have moved it,
+    // and a piece that ended the image before may now end inside a (sub)cluster.
+    const tail = end === s.header.size ? 0 : Math.ceil(end / sc) * sc - end;
     let start = offset;
     let len = bytes;
     if (head !== 0 || tail !== 0) {
