@@ -65,6 +65,7 @@ static struct engine *current(napi_env env) {
 static void flush(struct engine *e) {
   if (e->queued == 0) return;
   e->queued = 0;
+  e->backend->overlap = e->inflight > 1;
   e->backend->ops->flush(e->backend);
   uv_prepare_stop(&e->prepare);
 }
@@ -319,6 +320,7 @@ static napi_value engine_submit(napi_env env, napi_callback_info info) {
   if (q == -EAGAIN) {
     /* The submission ring is full: start what it holds, then there is room. */
     e->queued = 0;
+    e->backend->overlap = e->inflight > 1;
     e->backend->ops->flush(e->backend);
     q = e->backend->ops->queue(e->backend, r);
   }

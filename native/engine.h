@@ -48,6 +48,8 @@ struct eng_ops {
 struct eng_backend {
   const struct eng_ops *ops;
   struct eng_req *reqs; /* the engine's slot array, for mapping completions back */
+  /* Set before each flush: more than one request in flight, so writes had better not run inline. */
+  int overlap;
 };
 
 /* Set up a back end completing on `eventfd`; NULL and *err = errno when it cannot. */

@@ -48,8 +48,25 @@ static void uring_unmap(struct uring *u) {
   if (u->fd >= 0) close(u->fd);
 }
 
+/*
+ * Buffered writes to a page-cached file complete inside io_uring_enter, on the loop's thread.
+ * That is best for a lone request (no hand-off at all), but with several in flight the loop
+ * would copy them one after the other while nothing else runs: then they go to io-wq
+ * (IOSQE_ASYNC), whose worker copies while the loop serves completions and submissions.
+ * Setting the flag after the tail was published is safe: without SQPOLL the kernel reads the
+ * entries only inside io_uring_enter.
+ */
+static void uring_mark_async(struct uring *u) {
+  unsigned tail = *u->sq_tail;
+  for (unsigned i = tail - u->unsubmitted; i != tail; i++) {
+    struct io_uring_sqe *sqe = &u->sqes[i & *u->sq_mask];
+    if (sqe->opcode == IORING_OP_WRITEV) sqe->flags |= IOSQE_ASYNC;
+  }
+}
+
 static void uring_flush(struct eng_backend *b) {
   struct uring *u = (struct uring *)b;
+  if (b->overlap && u->unsubmitted > 0) uring_mark_async(u);
   while (u->unsubmitted > 0) {
     int n = sys_enter(u->fd, u->unsubmitted, 0, 0);
     if (n < 0) {
