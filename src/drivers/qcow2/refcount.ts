@@ -225,6 +225,18 @@ function cachedRefcount(s: BDRVQcow2State, clusterIndex: number): number | undef
 }
 
 /**
+ * Clusters [offset, offset+bytes) are handed out whole: if compressed clusters were being
+ * packed into one of them (it was freed since: the last compressed cluster in it was
+ * rewritten or discarded), the next compressed cluster must not be packed after them, or
+ * its bytes would land on the new owner's data. QEMU keeps packing into a freed cluster as
+ * long as nobody took it; so do we.
+ */
+function forgetPackingIn(s: BDRVQcow2State, offset: number, bytes: number): void {
+  const packing = startOfCluster(s, s.freeByteOffset);
+  if (s.freeByteOffset !== 0 && packing >= offset && packing < offset + bytes) s.freeByteOffset = 0;
+}
+
+/**
  * First fit from the cursor for `size` bytes of clusters; counts nothing (QEMU's
  * alloc_clusters_noref). Every probed cluster moves the cursor; a used one restarts the run.
  */
@@ -245,7 +257,9 @@ async function allocClustersNoref(s: BDRVQcow2State, size: number): Promise<numb
   if ((s.freeClusterIndex - 1) * s.clusterSize > Number.MAX_SAFE_INTEGER) {
     throw new BlockError('EFBIG', undefined, { op: 'alloc_clusters' });
   }
-  return (s.freeClusterIndex - n) * s.clusterSize;
+  const found = (s.freeClusterIndex - n) * s.clusterSize;
+  forgetPackingIn(s, found, n * s.clusterSize);
+  return found;
 }
 
 /** Run an allocator step again while the refcount structures move under it (-EAGAIN). */
@@ -288,6 +302,7 @@ export async function qcow2AllocClustersAt(s: BDRVQcow2State, offset: number, n:
   return retrying(async () => {
     let i = 0;
     for (; i < n; i++) if ((await qcow2GetRefcount(s, offset / s.clusterSize + i)) !== 0) break;
+    forgetPackingIn(s, offset, i * s.clusterSize);
     await updateRefcount(s, offset, i * s.clusterSize, 1, false, 'never');
     return i;
   });
