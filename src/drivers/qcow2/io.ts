@@ -15,7 +15,7 @@ import { type Qcow2L2Meta, qcow2AllocHostOffset, qcow2LinkL2 } from './alloc.js'
 import { type Qcow2InFlight, qcow2InFlightBegin, qcow2InFlightEnd, qcow2WaitInFlight } from './inflight.js';
 import { qcow2GetClusterTable, qcow2GetHostOffset, qcow2IsZero, type Qcow2Run, getL2Entry, setL2Bitmap, setL2Entry } from './cluster.js';
 import { qcow2CheckNotCorrupt, qcow2PreWriteOverlapCheck } from './corrupt.js';
-import { qcow2DataNode, qcow2PreWriteDataCheck } from './data-file.js';
+import { qcow2DataNode, qcow2HasDataFile, qcow2PreWriteDataCheck } from './data-file.js';
 import { qcow2RewriteNow } from './fast.js';
 import { L2E_OFFSET_MASK, decodeCompressed, encodeCompressed } from './entries.js';
 import { qcow2AllocBytes, qcow2FreeClusters } from './refcount.js';
@@ -243,9 +243,10 @@ async function writePiece(s: BDRVQcow2State, offset: number, bytes: number, qiov
     }
   } catch (e) {
     // Nothing points at the clusters of the allocations not linked: give them back
-    // (qcow2_alloc_cluster_abort).
+    // (qcow2_alloc_cluster_abort). Clusters of a data file were never counted: nothing to give.
+    const counted = !qcow2HasDataFile(s);
     for (const m of a.metas.slice(linked)) {
-      if (!m.keepOld) await qcow2FreeClusters(s, m.allocOffset, m.nbClusters * s.clusterSize, 'never');
+      if (counted && !m.keepOld) await qcow2FreeClusters(s, m.allocOffset, m.nbClusters * s.clusterSize, 'never');
     }
     throw e;
   } finally {
