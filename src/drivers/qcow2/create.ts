@@ -22,7 +22,7 @@ import {
   QCOW_MAX_L1_SIZE,
   sizeToL1,
 } from './header.js';
-import { qcow2UpdateHeader } from './open.js';
+import { qcow2UpdateHeader } from './header-update.js';
 import { qcow2ChangeBackingFile, qcow2Driver } from './qcow2.js';
 import { qcow2AllocClusters } from './refcount.js';
 import { qcow2Truncate } from './resize.js';

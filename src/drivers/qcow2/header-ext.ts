@@ -36,6 +36,8 @@ export interface Qcow2Extensions {
   crypto: Uint8Array | null;
   /** In on-disk order. */
   unknown: Qcow2UnknownExtension[];
+  /** Where a reader stops: just past the end marker, or the end of the extension area. */
+  end: number;
 }
 
 /** QEMU 7.2's feature name table, in its order. */
@@ -68,7 +70,7 @@ function text(bytes: Uint8Array): string {
  * Bytes past `cluster0` read as zeros (an end marker), as a short read does in QEMU.
  */
 export function decodeExtensions(h: QCowHeader, cluster0: Uint8Array): Qcow2Extensions {
-  const ext: Qcow2Extensions = { backingFormat: null, dataFile: null, featureTable: [], bitmaps: null, crypto: null, unknown: [] };
+  const ext: Qcow2Extensions = { backingFormat: null, dataFile: null, featureTable: [], bitmaps: null, crypto: null, unknown: [], end: 0 };
   const end = extensionAreaEnd(h);
   const area = new Uint8Array(Math.max(end, h.headerLength) + 8);
   area.set(cluster0.subarray(0, Math.min(cluster0.length, area.length)));
@@ -82,6 +84,7 @@ export function decodeExtensions(h: QCowHeader, cluster0: Uint8Array): Qcow2Exte
     const data = area.subarray(offset, offset + len);
     switch (magic) {
       case QCOW2_EXT_MAGIC_END:
+        ext.end = offset;
         return ext;
       case QCOW2_EXT_MAGIC_BACKING_FORMAT:
         if (len >= 16) extError(`ERROR: ext_backing_format: len=${len} too large (>=16)`);
@@ -109,6 +112,7 @@ export function decodeExtensions(h: QCowHeader, cluster0: Uint8Array): Qcow2Exte
     }
     offset += (len + 7) & ~7;
   }
+  ext.end = Math.max(offset, h.headerLength);
   return ext;
 }
 

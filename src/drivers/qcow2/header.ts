@@ -269,6 +269,8 @@ export interface HeaderClusterContents {
   bitmaps: Uint8Array | null;
   /** In on-disk order as read; written back reversed, as QEMU's list does. */
   unknownExtensions: readonly Qcow2UnknownExtension[];
+  /** Leave the feature name table out (the short stepping-stone header of header-update.ts). */
+  omitFeatureTable?: boolean;
 }
 
 /**
@@ -293,7 +295,7 @@ export function encodeHeaderCluster(c: HeaderClusterContents): { buf: Uint8Array
   if (c.dataFile !== null) pos = putExtension(out, pos, QCOW2_EXT_MAGIC_DATA_FILE, enc.encode(c.dataFile));
   if (c.crypto !== null) pos = putExtension(out, pos, QCOW2_EXT_MAGIC_CRYPTO_HEADER, c.crypto);
   // QEMU leaves the table out of small clusters so that 512-byte images keep room for a name.
-  if (h.version >= 3 && cs > 4096) pos = putExtension(out, pos, QCOW2_EXT_MAGIC_FEATURE_TABLE, encodeFeatureTable());
+  if (h.version >= 3 && cs > 4096 && c.omitFeatureTable !== true) pos = putExtension(out, pos, QCOW2_EXT_MAGIC_FEATURE_TABLE, encodeFeatureTable());
   if (c.bitmaps !== null) pos = putExtension(out, pos, QCOW2_EXT_MAGIC_BITMAPS, c.bitmaps);
   for (let i = c.unknownExtensions.length - 1; i >= 0; i--) {
     pos = putExtension(out, pos, c.unknownExtensions[i].magic, c.unknownExtensions[i].data);

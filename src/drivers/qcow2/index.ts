@@ -7,7 +7,8 @@ export { qcow2CreateParams, qcow2CreateOptions, qcow2InitialClusters, type Qcow2
 export { qcow2GetHostOffset, getL2Entry, getL2Bitmap, setL2Entry, l2Load, type Qcow2Run, type Qcow2RunKind } from './cluster.js';
 export { qcow2GetRefcount, qcow2AllocClusters, qcow2FreeClusters, updateRefcount, type Qcow2DiscardType } from './refcount.js';
 export { qcow2CheckMetadataOverlap, qcow2PreWriteOverlapCheck, qcow2SignalCorruption, QCOW2_OL_DEFAULT } from './corrupt.js';
-export { qcow2UpdateHeader, qcow2DoOpen } from './open.js';
+export { qcow2DoOpen } from './open.js';
+export { qcow2UpdateHeader } from './header-update.js';
 export { qcow2CoPwritevCompressed, qcow2ReadCompressedCluster } from './io.js';
 export { defaultQcow2Codec, type Qcow2Codec } from './compress.js';
 export { qcow2State, qcow2File, type BDRVQcow2State } from './state.js';

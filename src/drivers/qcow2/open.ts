@@ -1,7 +1,7 @@
 /**
  * Opening a qcow2 image (QEMU's qcow2_do_open): header checks in QEMU 7.2's order, then the
  * tables, the caches and the writable-open duties (clearing unknown autoclear bits, repairing
- * a dirty image). Also the full header rewrite (qcow2_update_header) every other file uses.
+ * a dirty image).
  */
 import type { OpenOptions } from '../../block/driver.js';
 import { BlockError } from '../../block/errors.js';
@@ -12,11 +12,11 @@ import { Qcow2Cache } from './cache.js';
 import { defaultQcow2Codec } from './compress.js';
 import { qcow2PreWriteOverlapCheck, QCOW2_OL_ACTIVE_L2, QCOW2_OL_REFCOUNT_BLOCK, type Qcow2MetadataExtents } from './corrupt.js';
 import { qcow2OpenDataFile } from './data-file.js';
+import { qcow2UpdateHeader } from './header-update.js';
 import { compressedGeometry } from './entries.js';
 import {
   decodeExtensions,
   decodeHeader,
-  encodeHeaderCluster,
   QCOW2_AUTOCLEAR_BITMAPS,
   QCOW2_AUTOCLEAR_MASK,
   QCOW2_COMPAT_LAZY_REFCOUNTS,
@@ -31,7 +31,7 @@ import {
 import { qcow2RuntimeSettings } from './options.js';
 import { qcow2LoadRefcountTable } from './refcount.js';
 import { refcountBlockEntries, refcountGetter, refcountMax, refcountSetter } from './refcount-codec.js';
-import type { BDRVQcow2State } from './state.js';
+import { qcow2File, type BDRVQcow2State } from './state.js';
 
 /** Autoclear bits whose data this driver keeps consistent: the bitmaps, raw external data. */
 const QCOW2_AUTOCLEAR_SUPPORTED = QCOW2_AUTOCLEAR_MASK;
@@ -156,6 +156,7 @@ export async function qcow2DoOpen(bs: BlockDriverState, options: OpenOptions): P
     backingFormat: ext.backingFormat,
     imageDataFile: ext.dataFile,
     bitmapsExtension: ext.bitmaps,
+    headerCluster: cluster0,
     useLazyRefcounts: settings.useLazyRefcounts,
     discardPassthrough: settings.discardRequest,
     metadataPreallocation: null,
@@ -189,37 +190,8 @@ async function loadL1Table(s: BDRVQcow2State, fileLength: number): Promise<void>
   const buf = new Uint8Array(n * 8);
   const off = s.l1TableOffset;
   // An L1 table past the end of the file reads as zeros, as in QEMU.
-  if (n > 0 && off < fileLength) await qcow2FileOf(s).pread(off, buf.subarray(0, Math.min(buf.length, fileLength - off)));
+  if (n > 0 && off < fileLength) await qcow2File(s).pread(off, buf.subarray(0, Math.min(buf.length, fileLength - off)));
   const v = new DataView(buf.buffer);
   s.l1Table = new BigUint64Array(n);
   for (let i = 0; i < n; i++) s.l1Table[i] = v.getBigUint64(i * 8);
-}
-
-function qcow2FileOf(s: BDRVQcow2State): BlockDriverState {
-  const f = s.bs.file;
-  if (!f) throw new BlockError('EBADF', 'qcow2 node has no file child', { op: 'qcow2' });
-  return f;
-}
-
-/**
- * Rewrite the whole first cluster from memory (qcow2_update_header): header, extensions in
- * QEMU's order, backing name, zeros. Nothing is written when the contents do not fit.
- */
-export async function qcow2UpdateHeader(s: BDRVQcow2State): Promise<void> {
-  const { buf, header } = encodeHeaderCluster({
-    header: { ...s.header, l1Size: s.l1Table.length, l1TableOffset: s.l1TableOffset, refcountTableOffset: s.refcountTableOffset, refcountTableClusters: (s.refcountTable.length * 8) / s.clusterSize },
-    unknownHeaderFields: s.unknownHeaderFields,
-    backingFile: s.backingFile,
-    backingFormat: s.backingFormat,
-    dataFile: s.imageDataFile,
-    crypto: null,
-    // Written while the image has bitmaps, even with the autoclear bit dropped around a
-    // directory update: a crash then leaves bitmaps every reader ignores (QEMU's nb_bitmaps).
-    bitmaps: s.bitmapsExtension,
-    unknownExtensions: s.unknownExtensions,
-  });
-  const file = qcow2FileOf(s);
-  await file.pwrite(0, buf);
-  await file.flush();
-  s.header = header;
 }

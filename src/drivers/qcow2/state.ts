@@ -58,6 +58,12 @@ export interface BDRVQcow2State {
   /** The data file name the image records (its extension), or null; the node is bs.dataFile. */
   imageDataFile: string | null;
   bitmapsExtension: Uint8Array | null;
+  /**
+   * The first cluster as the last full header write left it (or as opened); null when a
+   * failed write left it unknown. Header fields in sector 0 are also rewritten in place, so
+   * only the extent a reader reads and the bytes past sector 0 are taken from it.
+   */
+  headerCluster: Uint8Array | null;
   /** Lazy refcounts in use (compat bit on a v3 image). */
   useLazyRefcounts: boolean;
   /** Discarded and unmapped clusters are hole-punched in the file (qemu-io's discard=unmap). */
