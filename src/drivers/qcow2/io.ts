@@ -288,15 +288,35 @@ export async function qcow2CoPwritevCompressed(s: BDRVQcow2State, offset: number
   if (offset % cs !== 0 || (bytes !== cs && offset + bytes !== size) || bytes > cs) {
     throw new BlockError('EINVAL', undefined, { op: 'write_compressed', offset });
   }
-  const src = new Uint8Array(cs);
-  qiov.copyTo(src, 0, bytes);
-  const out = await s.codec.compress(s.header.compressionType, src, cs - 1);
-  if (!out) {
-    // Incompressible: an ordinary allocating write of the cluster.
-    await qcow2CoPwritev(s, offset, bytes, qiov);
-    return;
+  // Clusters may compress at once (a codec off the main thread), but they take their host
+  // bytes in the order they came: a convert -c writes in guest order and qemu-img's image
+  // packs the clusters in that order. The turn passes on once this one holds s.lock (the
+  // next then queues behind it), or, written uncompressed, once it is done.
+  const prevTurn = s.compressedTurn;
+  let passTurn!: () => void;
+  s.compressedTurn = new Promise<void>((resolve) => {
+    passTurn = resolve;
+  });
+  try {
+    const src = new Uint8Array(cs);
+    qiov.copyTo(src, 0, bytes);
+    const out = await s.codec.compress(s.header.compressionType, src, cs - 1);
+    await prevTurn;
+    if (!out) {
+      // Incompressible: an ordinary allocating write of the cluster.
+      await qcow2CoPwritev(s, offset, bytes, qiov);
+      return;
+    }
+    await s.lock.lock();
+    passTurn();
+    await writeCompressedLocked(s, offset, bytes, out);
+  } finally {
+    passTurn();
   }
-  await s.lock.lock();
+}
+
+/** The locked half of a compressed write: place `out` in the file, then link it into L2. */
+async function writeCompressedLocked(s: BDRVQcow2State, offset: number, bytes: number, out: Uint8Array): Promise<void> {
   try {
     // The entry must not be changing under a write in flight (inflight.ts).
     await qcow2WaitInFlight(s, offset, bytes);
