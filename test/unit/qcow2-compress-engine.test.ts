@@ -135,3 +135,44 @@ describe('compressed writes in flight together', () => {
     expect(Buffer.from(reversed).equals(Buffer.from(inOrder))).toBe(true);
   });
 });
+
+describe('compressed reads', () => {
+  it('inflate several clusters of one request at once, and fail it only when all are done', async () => {
+    const data = clusters(4096).slice(0, 12);
+    const name = memName('qcow2');
+    await bdrvCreate(name, { format: 'qcow2', options: { size: data.length * 4096, cluster_size: 4096 } });
+    let busy = 0;
+    let most = 0;
+    let failAt = -1;
+    const codec: Qcow2Codec = {
+      compress: (type, src, maxBytes) => defaultQcow2Codec.compress(type, src, maxBytes),
+      async decompress(type, src, size) {
+        busy++;
+        most = Math.max(most, busy);
+        try {
+          await new Promise((resolve) => setTimeout(resolve, 1));
+          if (--failAt === 0) throw new Error('injected');
+          return await defaultQcow2Codec.decompress(type, src, size);
+        } finally {
+          busy--;
+        }
+      },
+    };
+    const prev = setQcow2Codec(codec);
+    const bs = await BlockDriverState.open(name, { format: 'qcow2' });
+    setQcow2Codec(prev);
+    try {
+      for (const [i, c] of data.entries()) await bs.pwritevCompressed(i * 4096, IOVector.from(c));
+      const back = new Uint8Array(data.length * 4096);
+      await bs.pread(0, back);
+      for (const [i, c] of data.entries()) expect(Buffer.from(back.subarray(i * 4096, (i + 1) * 4096)).equals(c)).toBe(true);
+      expect(most).toBeGreaterThan(1);
+      // The fourth cluster fails: the read fails, and no inflate is left running after it.
+      failAt = 4;
+      await expect(bs.pread(0, back)).rejects.toThrow('injected');
+      expect(busy).toBe(0);
+    } finally {
+      await bs.close();
+    }
+  });
+});

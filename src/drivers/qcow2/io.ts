@@ -10,6 +10,7 @@
  * (COPIED) change no metadata at all.
  */
 import { BlockError } from '../../block/errors.js';
+import { AioTaskPool } from '../../block/aio-task.js';
 import { IOVector } from '../../block/iovec.js';
 import { type Qcow2L2Meta, qcow2AllocHostOffset, qcow2LinkL2 } from './alloc.js';
 import { type Qcow2InFlight, qcow2InFlightBegin, qcow2InFlightEnd, qcow2WaitInFlight } from './inflight.js';
@@ -20,6 +21,9 @@ import { qcow2RewriteNow } from './fast.js';
 import { L2E_OFFSET_MASK, decodeCompressed, encodeCompressed } from './entries.js';
 import { qcow2AllocBytes, qcow2FreeClusters } from './refcount.js';
 import { type BDRVQcow2State, offsetIntoCluster, qcow2File } from './state.js';
+
+/** Tasks of one request in flight at once (QCOW2_MAX_WORKERS). */
+const QCOW2_MAX_WORKERS = 8;
 
 /** Read guest bytes from the backing file; past its end (or without one) they are zeros. */
 async function readBacking(s: BDRVQcow2State, offset: number, qiov: IOVector): Promise<void> {
@@ -84,14 +88,31 @@ export async function qcow2ReadRange(
 ): Promise<void> {
   let pos = offset;
   let done = 0;
-  while (done < bytes) {
-    const run = locked
-      ? await qcow2GetHostOffset(s, pos, bytes - done)
-      : await s.lock.run(() => qcow2GetHostOffset(s, pos, bytes - done));
-    await readRun(s, pos, run, qiov.slice(qiovOffset + done, run.bytes));
-    pos += run.bytes;
-    done += run.bytes;
+  // Compressed clusters are read and inflated several at once, as qcow2_co_preadv_part's
+  // tasks are: one at a time, a convert of a compressed image waits on each in turn.
+  let pool: AioTaskPool | null = null;
+  try {
+    while (done < bytes && (pool === null || pool.ok)) {
+      const run = locked
+        ? await qcow2GetHostOffset(s, pos, bytes - done)
+        : await s.lock.run(() => qcow2GetHostOffset(s, pos, bytes - done));
+      const at = pos;
+      const cur = qiov.slice(qiovOffset + done, run.bytes);
+      if (run.kind === 'compressed' && run.bytes < bytes - done) {
+        pool ??= new AioTaskPool(QCOW2_MAX_WORKERS);
+        await pool.start(() => readRun(s, at, run, cur));
+      } else {
+        await readRun(s, at, run, cur);
+      }
+      pos += run.bytes;
+      done += run.bytes;
+    }
+  } catch (e) {
+    // The tasks fill the caller's buffer: none may outlive the request.
+    await pool?.waitAll().catch(() => undefined);
+    throw e;
   }
+  await pool?.waitAll();
 }
 
 export async function qcow2CoPreadv(s: BDRVQcow2State, offset: number, bytes: number, qiov: IOVector): Promise<void> {
