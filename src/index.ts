@@ -11,6 +11,9 @@ import { nodeHttpTransport } from './drivers/http/node-transport.js';
 import { registerObjectType } from './block/objects.js';
 import { authzSimpleType, nbdDriver, tlsCredsPskType, tlsCredsX509Type } from './drivers/nbd/index.js';
 import { portableDrivers } from './portable.js';
+import { defaultQcow2Codec, setQcow2Codec } from './drivers/qcow2/compress.js';
+import { zlibEngineCodec } from './drivers/qcow2/compress-engine.js';
+import { addonZlibEngine } from './drivers/file/seek.js';
 
 export * from './portable.js';
 export { addonPath, fileDriver, ioEngineName } from './drivers/file/index.js';
@@ -29,6 +32,11 @@ for (const drv of [fileDriver, nbdDriver, ...portableDrivers]) {
 }
 
 setDefaultRegistry(defaultRegistry);
+
+// qcow2's zlib clusters go through the addon's system zlib, off the main thread and several
+// at once (qemu-img's bytes, as pako's are); pako where the addon is missing. The addon is
+// only looked for at the first compressed cluster.
+setQcow2Codec(zlibEngineCodec(addonZlibEngine, defaultQcow2Codec));
 
 // --object types that need Node (they read credential files), known to every ObjectTable.
 for (const t of [tlsCredsX509Type, tlsCredsPskType, authzSimpleType]) registerObjectType(t);

@@ -13,6 +13,7 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { ZlibClusterEngine } from '../qcow2/compress-engine.js';
 
 export interface SeekAddon {
   /** First data byte at or after `offset`; -1 when none (trailing hole, or at/after EOF). */
@@ -37,6 +38,12 @@ export interface SeekAddon {
    * RWF_NOWAIT reads. Optional, like the fallocate calls.
    */
   preadNowait?: (fd: number, buffers: readonly Uint8Array[], offset: number, size: number) => number;
+  /*
+   * qcow2's zlib clusters with the system zlib on the thread pool (native/zlib.c, see
+   * ZlibClusterEngine). Optional, like the rest.
+   */
+  deflateCluster?: (src: Uint8Array, dst: Uint8Array) => Promise<number>;
+  inflateCluster?: (src: Uint8Array, dst: Uint8Array) => Promise<number>;
   /*
    * The I/O engine (native/engine.c; engine.ts drives it). Optional, like the rest.
    */
@@ -121,6 +128,12 @@ let addon: SeekAddon | null | undefined;
 export function seekAddon(): SeekAddon | null {
   if (addon === undefined) addon = loadSeekAddon();
   return addon;
+}
+
+/** The addon's zlib for qcow2's compressed clusters, or null (then pako does the work). */
+export function addonZlibEngine(): ZlibClusterEngine | null {
+  const a = seekAddon();
+  return a?.deflateCluster !== undefined && a.inflateCluster !== undefined ? (a as ZlibClusterEngine) : null;
 }
 
 /**

@@ -6,6 +6,7 @@
  * faithful port of zlib 1.2, so compressed clusters come out byte-identical to QEMU's with
  * raw deflate, level 6, a 4 KiB window and memLevel 9); zstd clusters are decoded with fzstd
  * and encoded by libzstd in WebAssembly (compress-zstd.ts), loaded on the first zstd write.
+ * Node's entry point swaps in the system zlib of the native addon (compress-engine.ts).
  */
 import { Decompress as ZstdDecompress } from 'fzstd';
 import pako from 'pako';
@@ -17,9 +18,9 @@ export interface Qcow2Codec {
   /**
    * Decompress `src` (the compressed bytes, possibly followed by unrelated bytes up to the
    * end of the last sector) into exactly `clusterSize` bytes. Throws EIO when the data does
-   * not produce a whole cluster.
+   * not produce a whole cluster. May answer later (an engine off the main thread).
    */
-  decompress(type: number, src: Uint8Array, clusterSize: number): Uint8Array;
+  decompress(type: number, src: Uint8Array, clusterSize: number): Uint8Array | Promise<Uint8Array>;
   /**
    * Compress one cluster into at most `maxBytes` bytes; null when it does not fit (the
    * caller then writes the cluster uncompressed, as QEMU does). Asynchronous so that an
@@ -85,3 +86,17 @@ export const defaultQcow2Codec: Qcow2Codec = {
     return out.length <= maxBytes ? out : null;
   },
 };
+
+/** What images opened from now on use; the Node entry point may install a native one. */
+let currentCodec: Qcow2Codec = defaultQcow2Codec;
+
+export function qcow2Codec(): Qcow2Codec {
+  return currentCodec;
+}
+
+/** Install `codec` for images opened later; returns the previous one (for tests to restore). */
+export function setQcow2Codec(codec: Qcow2Codec): Qcow2Codec {
+  const prev = currentCodec;
+  currentCodec = codec;
+  return prev;
+}

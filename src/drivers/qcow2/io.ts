@@ -10,6 +10,7 @@
  * (COPIED) change no metadata at all.
  */
 import { BlockError } from '../../block/errors.js';
+import { AioTaskPool } from '../../block/aio-task.js';
 import { IOVector } from '../../block/iovec.js';
 import { type Qcow2L2Meta, qcow2AllocHostOffset, qcow2LinkL2 } from './alloc.js';
 import { type Qcow2InFlight, qcow2InFlightBegin, qcow2InFlightEnd, qcow2WaitInFlight } from './inflight.js';
@@ -20,6 +21,9 @@ import { qcow2RewriteNow } from './fast.js';
 import { L2E_OFFSET_MASK, decodeCompressed, encodeCompressed } from './entries.js';
 import { qcow2AllocBytes, qcow2FreeClusters } from './refcount.js';
 import { type BDRVQcow2State, offsetIntoCluster, qcow2File } from './state.js';
+
+/** Tasks of one request in flight at once (QCOW2_MAX_WORKERS). */
+const QCOW2_MAX_WORKERS = 8;
 
 /** Read guest bytes from the backing file; past its end (or without one) they are zeros. */
 async function readBacking(s: BDRVQcow2State, offset: number, qiov: IOVector): Promise<void> {
@@ -84,14 +88,31 @@ export async function qcow2ReadRange(
 ): Promise<void> {
   let pos = offset;
   let done = 0;
-  while (done < bytes) {
-    const run = locked
-      ? await qcow2GetHostOffset(s, pos, bytes - done)
-      : await s.lock.run(() => qcow2GetHostOffset(s, pos, bytes - done));
-    await readRun(s, pos, run, qiov.slice(qiovOffset + done, run.bytes));
-    pos += run.bytes;
-    done += run.bytes;
+  // Compressed clusters are read and inflated several at once, as qcow2_co_preadv_part's
+  // tasks are: one at a time, a convert of a compressed image waits on each in turn.
+  let pool: AioTaskPool | null = null;
+  try {
+    while (done < bytes && (pool === null || pool.ok)) {
+      const run = locked
+        ? await qcow2GetHostOffset(s, pos, bytes - done)
+        : await s.lock.run(() => qcow2GetHostOffset(s, pos, bytes - done));
+      const at = pos;
+      const cur = qiov.slice(qiovOffset + done, run.bytes);
+      if (run.kind === 'compressed' && run.bytes < bytes - done) {
+        pool ??= new AioTaskPool(QCOW2_MAX_WORKERS);
+        await pool.start(() => readRun(s, at, run, cur));
+      } else {
+        await readRun(s, at, run, cur);
+      }
+      pos += run.bytes;
+      done += run.bytes;
+    }
+  } catch (e) {
+    // The tasks fill the caller's buffer: none may outlive the request.
+    await pool?.waitAll().catch(() => undefined);
+    throw e;
   }
+  await pool?.waitAll();
 }
 
 export async function qcow2CoPreadv(s: BDRVQcow2State, offset: number, bytes: number, qiov: IOVector): Promise<void> {
@@ -288,15 +309,35 @@ export async function qcow2CoPwritevCompressed(s: BDRVQcow2State, offset: number
   if (offset % cs !== 0 || (bytes !== cs && offset + bytes !== size) || bytes > cs) {
     throw new BlockError('EINVAL', undefined, { op: 'write_compressed', offset });
   }
-  const src = new Uint8Array(cs);
-  qiov.copyTo(src, 0, bytes);
-  const out = await s.codec.compress(s.header.compressionType, src, cs - 1);
-  if (!out) {
-    // Incompressible: an ordinary allocating write of the cluster.
-    await qcow2CoPwritev(s, offset, bytes, qiov);
-    return;
+  // Clusters may compress at once (a codec off the main thread), but they take their host
+  // bytes in the order they came: a convert -c writes in guest order and qemu-img's image
+  // packs the clusters in that order. The turn passes on once this one holds s.lock (the
+  // next then queues behind it), or, written uncompressed, once it is done.
+  const prevTurn = s.compressedTurn;
+  let passTurn!: () => void;
+  s.compressedTurn = new Promise<void>((resolve) => {
+    passTurn = resolve;
+  });
+  try {
+    const src = new Uint8Array(cs);
+    qiov.copyTo(src, 0, bytes);
+    const out = await s.codec.compress(s.header.compressionType, src, cs - 1);
+    await prevTurn;
+    if (!out) {
+      // Incompressible: an ordinary allocating write of the cluster.
+      await qcow2CoPwritev(s, offset, bytes, qiov);
+      return;
+    }
+    await s.lock.lock();
+    passTurn();
+    await writeCompressedLocked(s, offset, bytes, out);
+  } finally {
+    passTurn();
   }
-  await s.lock.lock();
+}
+
+/** The locked half of a compressed write: place `out` in the file, then link it into L2. */
+async function writeCompressedLocked(s: BDRVQcow2State, offset: number, bytes: number, out: Uint8Array): Promise<void> {
   try {
     // The entry must not be changing under a write in flight (inflight.ts).
     await qcow2WaitInFlight(s, offset, bytes);

@@ -9,7 +9,7 @@ import { CoMutex } from '../../block/coroutine.js';
 import type { BlockDriverState } from '../../block/node.js';
 import { warnStaleBitmaps } from './bitmap.js';
 import { Qcow2Cache } from './cache.js';
-import { defaultQcow2Codec } from './compress.js';
+import { qcow2Codec } from './compress.js';
 import { qcow2PreWriteOverlapCheck, QCOW2_OL_ACTIVE_L2, QCOW2_OL_REFCOUNT_BLOCK, type Qcow2MetadataExtents } from './corrupt.js';
 import { qcow2OpenDataFile } from './data-file.js';
 import { qcow2UpdateHeader } from './header-update.js';
@@ -147,8 +147,9 @@ export async function qcow2DoOpen(bs: BlockDriverState, options: OpenOptions): P
     ),
     freeClusterIndex: 0,
     freeByteOffset: 0,
+    compressedTurn: Promise.resolve(),
     compressed: compressedGeometry(header.clusterBits),
-    codec: defaultQcow2Codec,
+    codec: qcow2Codec(),
     unknownHeaderFields:
       header.version >= 3 && header.headerLength > QCOW2_V3_HEADER_SIZE ? cluster0.slice(QCOW2_V3_HEADER_SIZE, header.headerLength) : new Uint8Array(0),
     unknownExtensions: ext.unknown,

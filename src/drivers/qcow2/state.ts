@@ -48,6 +48,8 @@ export interface BDRVQcow2State {
   freeClusterIndex: number;
   /** Where the next compressed cluster is packed; 0 = start a new host cluster. */
   freeByteOffset: number;
+  /** Settles when the last compressed write queued has taken its place in the file (io.ts). */
+  compressedTurn: Promise<void>;
   compressed: CompressedGeometry;
   codec: Qcow2Codec;
   /** Header bytes 112..header_length, extensions and names kept for full header rewrites. */

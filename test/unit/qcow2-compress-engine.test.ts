@@ -1,0 +1,178 @@
+// The zlib codec over an engine off the main thread (compress-engine.ts): the addon's system
+// zlib gives pako's (and so qemu-img's) bytes, falls back to pako without the addon, and
+// clusters compressing at once still take their host bytes in the order they came.
+import pako from 'pako';
+import { describe, expect, it } from 'vitest';
+import { bdrvCreate } from '../../src/block/create.js';
+import { memStoreRead } from '../../src/drivers/mem/index.js';
+import { addonZlibEngine, setSeekAddonForTest } from '../../src/drivers/file/seek.js';
+import { defaultQcow2Codec, type Qcow2Codec, setQcow2Codec } from '../../src/drivers/qcow2/compress.js';
+import { zlibEngineCodec } from '../../src/drivers/qcow2/compress-engine.js';
+import { QCOW2_COMPRESSION_TYPE_ZLIB } from '../../src/drivers/qcow2/header.js';
+import { BlockDriverState, IOVector } from '../../src/index.js';
+import { memName } from './block-helpers.js';
+
+const ZLIB = QCOW2_COMPRESSION_TYPE_ZLIB;
+
+/** Clusters of every kind: runs, text, noise (incompressible), zeros, mixed. */
+function clusters(size: number): Uint8Array[] {
+  let x = 12345;
+  const rnd = (): number => {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    return (x >>> 0) / 0x100000000;
+  };
+  const text = new TextEncoder().encode('compressed clusters pack at byte granularity; ');
+  const out: Uint8Array[] = [];
+  for (let k = 0; k < 24; k++) {
+    const c = new Uint8Array(size);
+    for (let off = 0; off < size; off += 512) {
+      // Every fourth cluster has more noise, and every sixth is noise only.
+      const r = k % 6 === 5 ? 0.7 : (k % 4 === 1 ? 0.4 : 0) + rnd();
+      for (let i = off; i < off + 512; i++) {
+        if (r < 0.3) c[i] = off & 0xff;
+        else if (r < 0.6) c[i] = text[(i * (k + 1)) % text.length];
+        else if (r < 0.9) c[i] = (rnd() * 256) | 0;
+      }
+    }
+    out.push(c);
+  }
+  return out;
+}
+
+const engine = addonZlibEngine();
+
+describe.skipIf(engine === null)('the addon zlib codec', () => {
+  const codec = zlibEngineCodec(addonZlibEngine, defaultQcow2Codec);
+
+  it('compresses to pako bytes, or gives up where pako does not fit', async () => {
+    for (const size of [512, 4096, 65536, 2 << 20]) {
+      let fitted = 0;
+      let refused = 0;
+      for (const c of clusters(size).slice(0, size > 65536 ? 4 : 24)) {
+        const want = pako.deflateRaw(c, { level: 6, windowBits: 12, memLevel: 9 });
+        const got = await codec.compress(ZLIB, c, size - 1);
+        if (want.length <= size - 1) {
+          fitted++;
+          expect(got).not.toBeNull();
+          expect(Buffer.from(got ?? []).equals(Buffer.from(want))).toBe(true);
+        } else {
+          refused++;
+          expect(got).toBeNull();
+        }
+      }
+      expect(fitted).toBeGreaterThan(0);
+      if (size <= 65536) expect(refused).toBeGreaterThan(0);
+    }
+  });
+
+  it('decompresses whole clusters, ignores what follows, refuses short data', async () => {
+    for (const c of clusters(65536)) {
+      const z = pako.deflateRaw(c, { level: 6, windowBits: 12, memLevel: 9 });
+      // A compressed cluster is read in whole sectors: garbage after the stream.
+      const sectors = new Uint8Array(Math.ceil((z.length + 1) / 512) * 512).fill(0xa5);
+      sectors.set(z);
+      expect(Buffer.from(await codec.decompress(ZLIB, sectors, 65536)).equals(c)).toBe(true);
+      await expect(Promise.resolve(codec.decompress(ZLIB, z.subarray(0, z.length >> 1), 65536))).rejects.toMatchObject({ code: 'EIO' });
+    }
+  });
+
+  it('uses pako when the addon is missing', async () => {
+    const prev = setSeekAddonForTest(null);
+    try {
+      const c = clusters(4096)[0];
+      const got = codec.decompress(ZLIB, pako.deflateRaw(c, { level: 6, windowBits: 12, memLevel: 9 }), 4096);
+      // pako answers at once, not through a promise.
+      expect(got).toEqual(c);
+    } finally {
+      setSeekAddonForTest(prev);
+    }
+  });
+});
+
+/** A codec whose compressions finish in the reverse order of their start. */
+function reversingCodec(held: number): Qcow2Codec {
+  const waiting: (() => void)[] = [];
+  return {
+    decompress: (type, src, size) => defaultQcow2Codec.decompress(type, src, size),
+    async compress(type, src, maxBytes) {
+      const out = await defaultQcow2Codec.compress(type, src, maxBytes);
+      await new Promise<void>((resolve) => {
+        waiting.push(resolve);
+        if (waiting.length === held) for (const r of waiting.reverse()) r();
+      });
+      return out;
+    },
+  };
+}
+
+async function writeAll(codec: Qcow2Codec, data: Uint8Array[], cs: number): Promise<Uint8Array> {
+  const name = memName('qcow2');
+  await bdrvCreate(name, { format: 'qcow2', options: { size: data.length * cs, cluster_size: cs } });
+  const prev = setQcow2Codec(codec);
+  const bs = await BlockDriverState.open(name, { format: 'qcow2' });
+  setQcow2Codec(prev);
+  try {
+    await Promise.all(data.map((c, i) => bs.pwritevCompressed(i * cs, IOVector.from(c))));
+    await bs.pwritevCompressed(0, new IOVector());
+    for (const [i, c] of data.entries()) {
+      const back = new Uint8Array(cs);
+      await bs.pread(i * cs, back);
+      expect(Buffer.from(back).equals(c)).toBe(true);
+    }
+  } finally {
+    await bs.close();
+  }
+  return memStoreRead(name.slice(4));
+}
+
+describe('compressed writes in flight together', () => {
+  it('pack the clusters in the order the writes came, whatever order they compress in', async () => {
+    const data = clusters(4096);
+    const inOrder = await writeAll(defaultQcow2Codec, data, 4096);
+    const reversed = await writeAll(reversingCodec(data.length), data, 4096);
+    expect(Buffer.from(reversed).equals(Buffer.from(inOrder))).toBe(true);
+  });
+});
+
+describe('compressed reads', () => {
+  it('inflate several clusters of one request at once, and fail it only when all are done', async () => {
+    const data = clusters(4096).slice(0, 12);
+    const name = memName('qcow2');
+    await bdrvCreate(name, { format: 'qcow2', options: { size: data.length * 4096, cluster_size: 4096 } });
+    let busy = 0;
+    let most = 0;
+    let failAt = -1;
+    const codec: Qcow2Codec = {
+      compress: (type, src, maxBytes) => defaultQcow2Codec.compress(type, src, maxBytes),
+      async decompress(type, src, size) {
+        busy++;
+        most = Math.max(most, busy);
+        try {
+          await new Promise((resolve) => setTimeout(resolve, 1));
+          if (--failAt === 0) throw new Error('injected');
+          return await defaultQcow2Codec.decompress(type, src, size);
+        } finally {
+          busy--;
+        }
+      },
+    };
+    const prev = setQcow2Codec(codec);
+    const bs = await BlockDriverState.open(name, { format: 'qcow2' });
+    setQcow2Codec(prev);
+    try {
+      for (const [i, c] of data.entries()) await bs.pwritevCompressed(i * 4096, IOVector.from(c));
+      const back = new Uint8Array(data.length * 4096);
+      await bs.pread(0, back);
+      for (const [i, c] of data.entries()) expect(Buffer.from(back.subarray(i * 4096, (i + 1) * 4096)).equals(c)).toBe(true);
+      expect(most).toBeGreaterThan(1);
+      // The fourth cluster fails: the read fails, and no inflate is left running after it.
+      failAt = 4;
+      await expect(bs.pread(0, back)).rejects.toThrow('injected');
+      expect(busy).toBe(0);
+    } finally {
+      await bs.close();
+    }
+  });
+});
