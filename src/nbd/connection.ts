@@ -6,12 +6,15 @@
  */
 import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
+import { FramePool } from './frames.js';
 import { SocketReader } from './reader.js';
 
 export class NbdConnection {
   /** The socket replies go to: the raw socket, or the TLS socket over it. */
   private out: Socket | TLSSocket;
   readonly reader: SocketReader;
+  /** READ reply frames of this client, reused from one reply to the next. */
+  readonly frames = new FramePool();
   private closed = false;
   private readonly closedWaiters: (() => void)[] = [];
   /** The pending wait for the socket to drain, shared by the replies that filled it. */
@@ -62,6 +65,22 @@ export class NbdConnection {
     for (const b of bufs) if (b.length > 0) ok = this.out.write(b);
     if (ok) return Promise.resolve();
     return this.whenDrained();
+  }
+
+  /**
+   * Send `frame[0, length)` (a READ reply, header and data: see frames.ts) as `send` does; the
+   * frame goes back to the pool once the socket has written it, not before: until then the
+   * bytes are still the socket's. A failed write drops the frame to the garbage collector.
+   */
+  sendFrame(frame: Buffer, length: number): Promise<void> {
+    if (this.closed || this.out.destroyed) {
+      this.frames.put(frame);
+      return Promise.resolve();
+    }
+    const ok = this.out.write(frame.subarray(0, length), (err) => {
+      if (err == null) this.frames.put(frame);
+    });
+    return ok ? Promise.resolve() : this.whenDrained();
   }
 
   /**
