@@ -7,7 +7,17 @@
 import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import { FramePool } from './frames.js';
+import { concat } from './bytes.js';
 import { SocketReader } from './reader.js';
+
+/** Replies up to this size are gathered into one buffer before they are written. */
+const SMALL_REPLY = 4096;
+
+function totalLength(bufs: Uint8Array[]): number {
+  let n = 0;
+  for (const b of bufs) n += b.length;
+  return n;
+}
 
 export class NbdConnection {
   /** The socket replies go to: the raw socket, or the TLS socket over it. */
@@ -62,7 +72,13 @@ export class NbdConnection {
   send(...bufs: Uint8Array[]): Promise<void> {
     if (this.closed || this.out.destroyed) return Promise.resolve();
     let ok = true;
-    for (const b of bufs) if (b.length > 0) ok = this.out.write(b);
+    if (bufs.length > 1 && totalLength(bufs) <= SMALL_REPLY) {
+      // One write for a small chunk (block status, hole, error): the client, woken by the
+      // header alone, would read it and sleep again until the payload came.
+      ok = this.out.write(concat(bufs));
+    } else {
+      for (const b of bufs) if (b.length > 0) ok = this.out.write(b);
+    }
     if (ok) return Promise.resolve();
     return this.whenDrained();
   }

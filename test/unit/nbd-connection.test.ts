@@ -57,6 +57,39 @@ describe('NbdConnection.send', () => {
     client.destroy();
   });
 
+  it('writes a small chunk, header and payload, in one write', async () => {
+    const path = join(dir, 'small.sock');
+    const accepted = new Promise<Socket>((resolve) => {
+      const server = createServer((s) => {
+        server.close();
+        resolve(s);
+      });
+      server.listen(path);
+    });
+    const client = createConnection(path);
+    const conn = new NbdConnection(3, await accepted);
+    const writes: number[] = [];
+    const write = conn.socket.write.bind(conn.socket) as (b: Uint8Array, cb?: (e?: Error | null) => void) => boolean;
+    conn.socket.write = ((b: Uint8Array, cb?: (e?: Error | null) => void) => {
+      writes.push(b.length);
+      return write(b, cb);
+    }) as typeof conn.socket.write;
+    await conn.send(new Uint8Array(20).fill(1), new Uint8Array(12).fill(2));
+    await conn.send(new Uint8Array(20), new Uint8Array(64 * 1024));
+    // A large payload is not copied to be gathered with its header.
+    expect(writes).toEqual([32, 20, 64 * 1024]);
+    let got = 0;
+    let first: Buffer | undefined;
+    client.on('data', (d: Buffer) => {
+      first ??= d;
+      got += d.length;
+    });
+    while (got < 32 + 20 + 64 * 1024) await new Promise((r) => setTimeout(r, 5));
+    expect([...(first ?? Buffer.alloc(0)).subarray(0, 32)]).toEqual([...Array<number>(20).fill(1), ...Array<number>(12).fill(2)]);
+    conn.destroy();
+    client.destroy();
+  });
+
   it('sends a frame in one write and reuses it only after the socket wrote it', async () => {
     const path = join(dir, 'f.sock');
     const accepted = new Promise<Socket>((resolve) => {
