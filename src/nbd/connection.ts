@@ -6,12 +6,25 @@
  */
 import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
+import { FramePool } from './frames.js';
+import { concat } from './bytes.js';
 import { SocketReader } from './reader.js';
+
+/** Replies up to this size are gathered into one buffer before they are written. */
+const SMALL_REPLY = 4096;
+
+function totalLength(bufs: Uint8Array[]): number {
+  let n = 0;
+  for (const b of bufs) n += b.length;
+  return n;
+}
 
 export class NbdConnection {
   /** The socket replies go to: the raw socket, or the TLS socket over it. */
   private out: Socket | TLSSocket;
   readonly reader: SocketReader;
+  /** READ reply frames of this client, reused from one reply to the next. */
+  readonly frames = new FramePool();
   private closed = false;
   private readonly closedWaiters: (() => void)[] = [];
   /** The pending wait for the socket to drain, shared by the replies that filled it. */
@@ -59,9 +72,31 @@ export class NbdConnection {
   send(...bufs: Uint8Array[]): Promise<void> {
     if (this.closed || this.out.destroyed) return Promise.resolve();
     let ok = true;
-    for (const b of bufs) if (b.length > 0) ok = this.out.write(b);
+    if (bufs.length > 1 && totalLength(bufs) <= SMALL_REPLY) {
+      // One write for a small chunk (block status, hole, error): the client, woken by the
+      // header alone, would read it and sleep again until the payload came.
+      ok = this.out.write(concat(bufs));
+    } else {
+      for (const b of bufs) if (b.length > 0) ok = this.out.write(b);
+    }
     if (ok) return Promise.resolve();
     return this.whenDrained();
+  }
+
+  /**
+   * Send `frame[0, length)` (a READ reply, header and data: see frames.ts) as `send` does; the
+   * frame goes back to the pool once the socket has written it, not before: until then the
+   * bytes are still the socket's. A failed write drops the frame to the garbage collector.
+   */
+  sendFrame(frame: Buffer, length: number): Promise<void> {
+    if (this.closed || this.out.destroyed) {
+      this.frames.put(frame);
+      return Promise.resolve();
+    }
+    const ok = this.out.write(frame.subarray(0, length), (err) => {
+      if (err == null) this.frames.put(frame);
+    });
+    return ok ? Promise.resolve() : this.whenDrained();
   }
 
   /**

@@ -114,6 +114,39 @@ export function decodeChunkHeader(buf: Uint8Array): ChunkHeader {
   return { flags: v.getUint16(4), type: v.getUint16(6), cookie: v.getBigUint64(8), length: v.getUint32(16) };
 }
 
+/**
+ * The header of a successful READ reply, written at the start of `frame` where the data
+ * follows it: a simple reply, or under structured replies an OFFSET_DATA chunk header with
+ * its offset (NONE for a zero-length read). Returns the header's length.
+ */
+export function encodeReadReplyHeaderInto(
+  frame: Uint8Array,
+  cookie: bigint,
+  structured: boolean,
+  offset: number | bigint,
+  length: number,
+  done: boolean,
+): number {
+  const v = view(frame);
+  if (!structured) {
+    v.setUint32(0, NBD_SIMPLE_REPLY_MAGIC);
+    v.setUint32(4, 0);
+    v.setBigUint64(8, cookie);
+    return NBD_SIMPLE_REPLY_SIZE;
+  }
+  v.setUint32(0, NBD_STRUCTURED_REPLY_MAGIC);
+  v.setUint16(4, done ? NBD_REPLY_FLAG_DONE : 0);
+  v.setUint16(6, length === 0 ? NBD_REPLY_TYPE_NONE : NBD_REPLY_TYPE_OFFSET_DATA);
+  v.setBigUint64(8, cookie);
+  if (length === 0) {
+    v.setUint32(16, 0);
+    return NBD_CHUNK_HEADER_SIZE;
+  }
+  v.setUint32(16, (length + 8) >>> 0);
+  v.setBigUint64(NBD_CHUNK_HEADER_SIZE, BigInt(offset));
+  return NBD_CHUNK_HEADER_SIZE + 8;
+}
+
 /** A chunk as header + payload, kept apart so READ data is sent without a copy. */
 export interface EncodedChunk {
   header: Uint8Array;

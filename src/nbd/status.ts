@@ -102,20 +102,22 @@ export async function sparseRead(
       return conn.send(c.header, ...c.payload);
     }
     const final = progress + e.length === bytes;
-    let c: p.EncodedChunk;
     if (e.zero) {
-      c = p.encodeOffsetHoleChunk(cookie, at, e.length, final);
+      const c = p.encodeOffsetHoleChunk(cookie, at, e.length, final);
+      await conn.send(c.header, ...c.payload);
     } else {
-      const buf = Buffer.allocUnsafe(e.length);
+      // Header and data in one frame: the data is read in place behind the header.
+      const frame = conn.frames.get(e.length);
+      const head = p.encodeReadReplyHeaderInto(frame, cookie, true, at, e.length, final);
       try {
-        await backend.pread(at, buf);
+        await backend.pread(at, frame.subarray(head, head + e.length));
       } catch (err) {
+        conn.frames.put(frame);
         const ec = p.encodeErrorChunk(cookie, errno(err), 'reading from file failed');
         return conn.send(ec.header, ...ec.payload);
       }
-      c = p.encodeOffsetDataChunk(cookie, at, buf, final);
+      await conn.sendFrame(frame, head + e.length);
     }
-    await conn.send(c.header, ...c.payload);
     progress += e.length;
   }
 }

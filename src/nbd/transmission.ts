@@ -221,21 +221,24 @@ export class NbdSession {
     if (this.sr && (req.flags & p.NBD_CMD_FLAG_DF) === 0 && req.length > 0) {
       return sparseRead(this.conn, this.exp.backend, req.cookie, offset, req.length, this.backendLength, (e) => this.errno(e));
     }
-    const buf = Buffer.alloc(req.length);
+    // Header and data in one frame: the data is read in place behind the header.
+    const frame = this.conn.frames.get(req.length);
+    const head = p.encodeReadReplyHeaderInto(frame, req.cookie, this.sr, offset, req.length, true);
     try {
-      await this.readClipped(offset, buf);
+      await this.readClipped(offset, frame.subarray(head, head + req.length));
     } catch (e) {
+      this.conn.frames.put(frame);
       return this.replyError(req, this.errno(e), 'reading from file failed');
     }
-    if (!this.sr) return this.conn.send(p.encodeSimpleReply(req.cookie, 0), buf);
-    const c = req.length > 0 ? p.encodeOffsetDataChunk(req.cookie, offset, buf, true) : p.encodeNoneChunk(req.cookie);
-    return this.conn.send(c.header, ...c.payload);
+    return this.conn.sendFrame(frame, head + req.length);
   }
 
   /** Read what the backend holds; the sector tail past its length reads as zeros. */
   private async readClipped(offset: number, buf: Uint8Array): Promise<void> {
     const n = Math.max(0, Math.min(buf.length, this.backendLength - offset));
     if (n > 0) await this.exp.backend.pread(offset, buf.subarray(0, n));
+    // Pooled buffers hold old bytes.
+    buf.fill(0, n);
   }
 
   /** CACHE: read the range through, 1 MiB at a time (nothing is kept). */

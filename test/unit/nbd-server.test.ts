@@ -1,7 +1,7 @@
 // NbdServer against raw sockets: negotiation answers, request validation and replies, limits.
 // The export is a mem: node, so these run without any external program.
 import { afterEach, describe, expect, it } from 'vitest';
-import { BlockBackend, memStoreWrite } from '../../src/index.js';
+import { BlockBackend, BlockDriverState, memStoreWrite } from '../../src/index.js';
 import * as p from '../../src/nbd/protocol.js';
 import { NbdServer, type NbdExportOptions, type NbdListenAddress, type NbdServerOptions } from '../../src/nbd/index.js';
 import { makeMem } from './block-helpers.js';
@@ -249,6 +249,41 @@ describe('NbdServer transmission', () => {
     sr.request(p.NBD_CMD_READ, 0, 0);
     const none = await sr.reply();
     expect(none.kind === 'structured' && none.chunks[0].type).toBe(p.NBD_REPLY_TYPE_NONE);
+  });
+
+  it('reads into reused reply frames: the sector tail past the image is zeros every time', async () => {
+    // 100 bytes short of a sector: the export is rounded up to 512, the tail reads as zeros.
+    const node = await BlockDriverState.open(makeMem(SIZE, 'nbd'), {});
+    class ShortBackend extends BlockBackend {
+      override async getLength(): Promise<number> {
+        return (await super.getLength()) - 100;
+      }
+    }
+    const bs = new ShortBackend({ perm: { write: true, resize: false } });
+    bs.attach(node);
+    const server = new NbdServer({ exports: [{ name: 'exp', backend: bs }] });
+    const addr = await server.listen({ host: '127.0.0.1', port: 0 });
+    const c = await WireClient.connect(addr);
+    cleanups.push(async () => {
+      c.close();
+      await server.close();
+      await bs.close();
+      await node.close();
+    });
+    await bs.pwrite(0, Buffer.alloc(SIZE, 0x5a));
+    await c.start();
+    await c.go('exp', { sr: false });
+    const last = SIZE - 512;
+    for (let i = 0; i < 3; i++) {
+      // A full sector first, so the next READ gets a frame that held 0x5a bytes.
+      c.request(p.NBD_CMD_READ, 0, 512);
+      const full = await c.reply(512);
+      expect(full.kind === 'simple' && full.data.equals(Buffer.alloc(512, 0x5a))).toBe(true);
+      c.request(p.NBD_CMD_READ, last, 512);
+      const tail = await c.reply(512);
+      const want = Buffer.concat([Buffer.alloc(412, 0x5a), Buffer.alloc(100)]);
+      expect(tail.kind === 'simple' && tail.data.equals(want)).toBe(true);
+    }
   });
 
   it('validates requests in qemu order with qemu messages; the connection stays', async () => {

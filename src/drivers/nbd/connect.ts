@@ -7,7 +7,7 @@ import { BlockError, type BlockErrorCode } from '../../block/errors.js';
 import type { NbdConfig, NbdServerAddress } from './config.js';
 import { nbdReceiveNegotiate, type HandshakeRequest, type NbdExportInfo } from './handshake.js';
 import { OptionChannel } from './options.js';
-import { SocketReader } from '../../nbd/reader.js';
+import { onreadOptions, SocketReader } from '../../nbd/reader.js';
 
 /** Socket errno names Node reports, with Linux's numbers and texts. */
 const SOCKET_ERRNO: Record<string, { errno: number; text: string; code: BlockErrorCode }> = {
@@ -45,15 +45,17 @@ export function connectError(addr: NbdServerAddress, e: unknown): BlockError {
   });
 }
 
+type Onread = ReturnType<typeof onreadOptions>['onread'];
+
 /** One connection attempt: a connected socket or a BlockError. */
-export function connectSocket(addr: NbdServerAddress): Promise<Socket> {
+export function connectSocket(addr: NbdServerAddress, onread?: Onread): Promise<Socket> {
   return new Promise<Socket>((resolve, reject) => {
     // An abstract socket's name starts with a NUL byte (Linux). A port above 65535 keeps its
     // low 16 bits, as getaddrinfo's numeric service does for QEMU.
     const sock =
       addr.type === 'unix'
-        ? netConnect({ path: addr.abstract === true ? `\0${addr.path}` : addr.path })
-        : netConnect({ host: addr.host, port: Number(addr.port) % 65536, family: addr.family });
+        ? netConnect({ path: addr.abstract === true ? `\0${addr.path}` : addr.path, onread })
+        : netConnect({ host: addr.host, port: Number(addr.port) % 65536, family: addr.family, onread });
     const onError = (e: Error): void => {
       sock.destroy();
       reject(connectError(addr, e));
@@ -69,11 +71,11 @@ export function connectSocket(addr: NbdServerAddress): Promise<Socket> {
 }
 
 /** Connect, retrying every second while `openTimeout` seconds have not passed. */
-async function connectWithRetry(addr: NbdServerAddress, openTimeout: number): Promise<Socket> {
+async function connectWithRetry(addr: NbdServerAddress, openTimeout: number, onread?: Onread): Promise<Socket> {
   const deadline = Date.now() + openTimeout * 1000;
   for (;;) {
     try {
-      return await connectSocket(addr);
+      return await connectSocket(addr, onread);
     } catch (e) {
       if (Date.now() + 1000 > deadline) throw e;
       await new Promise<void>((resolve) => setTimeout(resolve, 1000).unref());
@@ -95,8 +97,13 @@ export async function nbdEstablishConnection(
   cfg: NbdConfig,
   startTls?: HandshakeRequest['startTls'],
 ): Promise<NbdConnection> {
-  const sock = await connectWithRetry(cfg.server, cfg.openTimeout);
-  const ch = new OptionChannel(sock, new SocketReader(sock));
+  // Without TLS the socket reads into one reused buffer (see SocketReader); a TLS layer
+  // reads the raw socket itself, so there the socket keeps Node's own buffers.
+  const reuse = startTls === undefined ? onreadOptions() : undefined;
+  const sock = await connectWithRetry(cfg.server, cfg.openTimeout, reuse?.onread);
+  const reader = new SocketReader(sock);
+  reuse?.feed(reader);
+  const ch = new OptionChannel(sock, reader);
   try {
     const info = await nbdReceiveNegotiate(ch, {
       exportName: cfg.export,

@@ -48,9 +48,6 @@ export const MAX_NBD_REQUESTS = 16;
  */
 const MAX_METADATA_CHUNK = 4 + 8 * (1 << 20);
 
-/** What to wait for when nothing is buffered yet: about one socket read. */
-const READ_PIECE = 64 * 1024;
-
 /** A request's outcome: a READ's data is in its vector, a BLOCK_STATUS's extent here. */
 export interface NbdReply {
   extent: BlockStatusExtent | null;
@@ -279,17 +276,12 @@ export class NbdSession {
   }
 
   /**
-   * `n` payload bytes into the request's vector at `at`, in the pieces the socket delivered:
-   * a piece within one received buffer is a view, so the bytes are copied once (socket buffer
-   * to caller) instead of being gathered into one payload buffer first.
+   * `n` payload bytes into the request's vector at `at`, segment by segment, copied from the
+   * socket's buffer straight into the caller's (never gathered into a payload buffer first).
    */
   private async readInto(p: Pending, at: number, n: number): Promise<void> {
-    for (let done = 0; done < n; ) {
-      const avail = this.reader.pending;
-      const piece = await this.reader.read(Math.min(n - done, avail > 0 ? avail : READ_PIECE));
-      p.into?.copyFrom(piece, at + done);
-      done += piece.length;
-    }
+    if (p.into === undefined) return this.reader.skip(n);
+    for (const seg of p.into.slice(at, n).iov) await this.reader.readInto(seg);
   }
 
   private offsetHole(p: Pending, payload: Buffer): void {
