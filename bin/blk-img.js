@@ -10,6 +10,15 @@
 // CommonJS (bin/package.json), sets the size, and only then imports the (ESM) tool.
 'use strict';
 if (process.env.UV_THREADPOOL_SIZE === undefined) process.env.UV_THREADPOOL_SIZE = '2';
+// convert runs its per-chunk code (block status, the read, the target format's write path) a
+// few thousand times per GiB, and each call moves up to 2 MiB in the kernel: optimising those
+// async functions costs TurboFan more CPU than it saves (a 1 GiB convert spent about 0.2 s of
+// user time compiling). Four times V8's default interrupt budget (67584) leaves them in the
+// baseline tiers unless they run far more often (bench/RESULTS.md, "Convert"). The
+// subcommand is the first argument that is not an option.
+if (process.argv.slice(2).find((a) => !a.startsWith('-')) === 'convert') {
+  require('node:v8').setFlagsFromString('--interrupt-budget=270336');
+}
 // The tool comes as one bundled file (dist/bin, `npm run bundle`): loading the ~60 compiled
 // modules one by one took about 40 ms of every run. Without the bundle, the modules themselves.
 import('../dist/bin/img.mjs')

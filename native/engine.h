@@ -48,7 +48,8 @@ struct eng_ops {
 struct eng_backend {
   const struct eng_ops *ops;
   struct eng_req *reqs; /* the engine's slot array, for mapping completions back */
-  /* Set before each flush: more than one request in flight, so writes had better not run inline. */
+  /* Set before each flush: more than one request in flight, so writes and large reads had better
+   * not run inline. */
   int overlap;
 };
 

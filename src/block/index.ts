@@ -1,5 +1,6 @@
 export * from './errors.js';
 export * from './iovec.js';
+export { bufferIsZero, sectorRun } from './buffer-is-zero.js';
 export * from './clock.js';
 export * from './coroutine.js';
 export * from './events.js';

@@ -3,6 +3,8 @@
  * parent vector, so a driver can hand the part of a request that falls in one cluster to the
  * layer below without copying.
  */
+import { bufferIsZero } from './buffer-is-zero.js';
+
 export class IOVector {
   readonly iov: Uint8Array[];
   private _size: number;
@@ -116,9 +118,7 @@ export class IOVector {
 
   /** True when every byte is zero (used for copy-on-read and convert's zero detection). */
   isZero(): boolean {
-    for (const buf of this.iov) {
-      for (let i = 0; i < buf.length; i++) if (buf[i] !== 0) return false;
-    }
+    for (const buf of this.iov) if (!bufferIsZero(buf)) return false;
     return true;
   }
 

@@ -110,6 +110,23 @@ describe.each(['io_uring', 'threads'] as EngineKind[])('I/O engine: %s', (kind) 
     expect((ours as { syscall?: string }).syscall).toBe('read');
   });
 
+  it('large reads issued together (copied by io-wq, not inline) fill every buffer of their vector', async () => {
+    const size = 1024 * 1024;
+    const data = new Uint8Array(4 * size).map((_, i) => (i * 7 + (i >> 12)) & 0xff);
+    writeFileSync(join(dir, 'f'), data);
+    // Four 1 MiB reads in flight at once, one split over three buffers, beside a small write.
+    const bufs = Array.from({ length: 4 }, () => new Uint8Array(size));
+    const split = [new Uint8Array(1000), new Uint8Array(size - 5000), new Uint8Array(4000)];
+    const done = await Promise.all([
+      ...bufs.map((b, i) => engine().preadv(fd, b, i * size)),
+      engine().preadv(fd, split, size),
+      engine().pwritev(fd, new Uint8Array(512).fill(0x22), 4 * size),
+    ]);
+    expect(done).toEqual([size, size, size, size, size, 512]);
+    bufs.forEach((b, i) => expect(Buffer.from(b).equals(Buffer.from(data.subarray(i * size, (i + 1) * size)))).toBe(true));
+    expect(Buffer.concat(split).equals(Buffer.from(data.subarray(size, 2 * size)))).toBe(true);
+  });
+
   it('more requests than slots wait their turn; all complete, in place', async () => {
     const n = 700;
     const writes = Array.from({ length: n }, (_, i) => engine().pwritev(fd, new Uint8Array(64).fill(i & 0xff), i * 64));

@@ -126,9 +126,10 @@ export async function fileCoPreadv(bs: BlockDriverState, offset: number, bytes: 
 }
 
 /**
- * Larger reads go to the thread pool even when cached: a copy on this thread holds up every
+ * Larger reads go to the I/O engine even when cached: a copy on this thread holds up every
  * other request's submission and completion while it runs (1 MiB is a few hundred
- * microseconds), and in the pool it overlaps with them (convert: read ahead while writing).
+ * microseconds); the engine's workers copy them while other requests are in flight
+ * (native/uring.c), so that they overlap (convert: read ahead while writing).
  */
 const NOWAIT_MAX_BYTES = 256 * 1024;
 

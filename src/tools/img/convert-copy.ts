@@ -3,7 +3,7 @@
 // unallocated in the target, requests run in parallel (-m, through p-queue) and are written
 // in order unless -W.
 import PQueue from 'p-queue';
-import type { BlockBackend } from '../../index.js';
+import { bufferIsZero, sectorRun, type BlockBackend } from '../../index.js';
 import { rootOf } from '../shared/open.js';
 import { ToolExit, errnoMessage } from '../shared/output.js';
 import { BDRV_BLOCK_DATA, BDRV_BLOCK_ZERO, blockStatusAboveFlags } from './block-status.js';
@@ -18,49 +18,14 @@ const REQUEST_MAX_SECTORS = Math.floor(0x7fffffff / SECTOR);
 
 export type Status = 'data' | 'zero' | 'backing';
 
-function isZeroSector(buf: Uint8Array, sector: number, words: Uint32Array): boolean {
-  const start = sector * SECTOR;
-  const end = Math.min(start + SECTOR, buf.length);
-  const abs = buf.byteOffset + start;
-  if (end - start === SECTOR && abs % 8 === 0) {
-    // A whole, 8-byte aligned sector (pooled buffers always are): 8 bytes per step, through
-    // a 32-bit view of the underlying buffer (looked up once per scan by the caller).
-    for (let i = abs / 4, e = i + SECTOR / 4; i < e; i += 2) if ((words[i] | words[i + 1]) !== 0) return false;
-    return true;
-  }
-  for (let i = start; i < end; i++) if (buf[i] !== 0) return false;
-  return true;
-}
-
-const wordViews = new WeakMap<ArrayBufferLike, Uint32Array>();
-
-function wordView(ab: ArrayBufferLike): Uint32Array {
-  let v = wordViews.get(ab);
-  if (v === undefined) {
-    v = new Uint32Array(ab, 0, Math.floor(ab.byteLength / 4));
-    wordViews.set(ab, v);
-  }
-  return v;
-}
-
-/** buffer_is_zero over `n` sectors from `first`. */
-function sectorsAreZero(buf: Uint8Array, first: number, n: number): boolean {
-  const words = wordView(buf.buffer);
-  for (let i = 0; i < n; i++) if (!isZeroSector(buf, first + i, words)) return false;
-  return true;
-}
-
 /**
  * is_allocated_sectors: length of the first run of same-kind (zero / non-zero) sectors, with the
  * end of the run aligned to `alignment` sectors (a short zero tail is treated as data).
  */
 function isAllocatedSectors(buf: Uint8Array, first: number, n: number, sectorNum: number, alignment: number): { ret: boolean; pnum: number } {
   if (n <= 0) return { ret: false, pnum: 0 };
-  // One view lookup per scan, not per sector: the scan runs once per 512 bytes converted.
-  const words = wordView(buf.buffer);
-  let isZero = isZeroSector(buf, first, words);
-  let i = 1;
-  for (; i < n; i++) if (isZero !== isZeroSector(buf, first + i, words)) break;
+  let isZero = bufferIsZero(buf, first * SECTOR, (first + 1) * SECTOR);
+  let i = 1 + sectorRun(buf, first + 1, n - 1, SECTOR, isZero);
   if (i === n) return { ret: !isZero, pnum: i };
   const tail = (sectorNum + i) & (alignment - 1);
   if (tail) {
@@ -224,7 +189,7 @@ async function convertWrite(
         let writeData = status === 'data' && s.minSparse === 0;
         if (status === 'data' && s.compressed) {
           // Only a wholly zero cluster may be skipped.
-          writeData ||= !sectorsAreZero(buf, first, n);
+          writeData ||= !bufferIsZero(buf, first * SECTOR, (first + n) * SECTOR);
           if (writeData) writes.push(s.target.pwriteCompressed(sectorNum * SECTOR, buf.subarray(first * SECTOR, (first + n) * SECTOR)));
           else if (!s.hasZeroInit) writes.push(s.target.writeZeroes(sectorNum * SECTOR, n * SECTOR, { mayUnmap: true }));
         } else if (status === 'data' && s.minSparse !== 0) {

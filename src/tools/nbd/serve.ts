@@ -10,6 +10,7 @@ import {
   BlockBackend,
   BlockDriverState,
   bdrvCreate,
+  bufferIsZero,
   bdrvOpenOptions,
   findAuthz,
   findTlsCreds,
@@ -39,11 +40,6 @@ export interface ExportWriteMode {
   writethrough: boolean;
 }
 
-function isZero(buf: Uint8Array): boolean {
-  for (const b of buf) if (b !== 0) return false;
-  return true;
-}
-
 /**
  * The image as the export sees it, a BlockBackend on the opened node: `-o` moves the start,
  * `--discard=ignore` (the default) makes TRIM a no-op and zeroing never unmap, as QEMU without
@@ -69,7 +65,7 @@ export class ExportBackend extends BlockBackend {
 
   override pwrite(offset: number, buf: Uint8Array, flags: WriteFlags = {}): Promise<void> {
     const fua = flags.fua === true || this.mode.writethrough;
-    if (this.mode.detectZeroes !== 'off' && isZero(buf)) {
+    if (this.mode.detectZeroes !== 'off' && bufferIsZero(buf)) {
       return this.writeZeroes(offset, buf.length, { mayUnmap: this.mode.detectZeroes === 'unmap', fua });
     }
     return super.pwrite(this.offset + offset, buf, { ...flags, fua });
