@@ -1,5 +1,5 @@
 // The qcow2 request fast paths (src/drivers/qcow2/fast.ts): reads served inside the call and
-// rewrites of owned clusters mapped without a wait, only while nobody holds s.lock.
+// rewrites of owned clusters mapped without a wait, only while no metadata change is under way.
 import { describe, expect, it } from 'vitest';
 import { bdrvCreate } from '../../src/block/create.js';
 import { getL2Entry, L1E_OFFSET_MASK, qcow2State } from '../../src/drivers/qcow2/index.js';
@@ -60,6 +60,33 @@ describe('qcow2 fast paths', () => {
       await bs.pread(0, buf);
       expect(buf.subarray(0, 4096).every((b) => b === 0x33)).toBe(true);
       expect(buf.subarray(4096).every((b) => b === 0x22)).toBe(true);
+    } finally {
+      await bs.close();
+    }
+  });
+
+  it('reads inside the call once s.lock is handed to a waiting planner, not before', async () => {
+    const bs = await openNew();
+    try {
+      await bs.pwrite(0, filled(CLUSTER, 0x66));
+      const s = qcow2State(bs);
+      await s.lock.lock();
+      // A mem: file serves no data inside the call: this read plans under the lock, queued.
+      const data = new Uint8Array(4096);
+      const r = bs.pread(0, data);
+      for (let i = 0; i < 20; i++) await Promise.resolve();
+      expect([s.lock.waiting, s.plannersQueued]).toEqual([1, 1]);
+      // Held by someone who may be changing metadata: a zero cluster is not read now.
+      expect(bs.preadvNow(2 * CLUSTER, IOVector.from(new Uint8Array(512)))).toBe(false);
+      s.lock.unlock();
+      // Handed to the planner, which has not run yet: nothing is being changed.
+      expect(s.lock.isLocked).toBe(true);
+      const zeros = filled(512, 0xff);
+      expect(bs.preadvNow(2 * CLUSTER, IOVector.from(zeros))).toBe(true);
+      expect(zeros.every((b) => b === 0)).toBe(true);
+      await r;
+      expect(data.every((b) => b === 0x66)).toBe(true);
+      expect(s.plannersQueued).toBe(0);
     } finally {
       await bs.close();
     }

@@ -20,7 +20,15 @@ import {
 } from './entries.js';
 import { qcow2AllocClusters, qcow2FreeClusters } from './refcount.js';
 import { qcow2GrowL1Table } from './resize.js';
-import { type BDRVQcow2State, offsetIntoCluster, offsetToL1Index, offsetToL2Index, qcow2File, qcow2Trace } from './state.js';
+import {
+  type BDRVQcow2State,
+  offsetIntoCluster,
+  offsetToL1Index,
+  offsetToL2Index,
+  qcow2File,
+  qcow2MetadataSettled,
+  qcow2Trace,
+} from './state.js';
 
 export type Qcow2RunKind = 'normal' | 'zero' | 'unallocated' | 'compressed';
 
@@ -152,6 +160,34 @@ export function qcow2GetHostOffsetNow(s: BDRVQcow2State, offset: number, bytes: 
   if (offsetIntoCluster(s, l2Offset) !== 0) return null;
   const data = s.l2Cache.lookup(l2Offset);
   return data === undefined ? null : planInTable(s, offset, maxBytes, l2Offset, data, true);
+}
+
+/**
+ * Plan a run for a caller that does not hold s.lock: at once when no metadata change is under
+ * way and the table is cached (what lock/plan/unlock would see, without a wait in between),
+ * otherwise under the lock, counted as a planner while it waits for it.
+ */
+export function qcow2PlanUnlocked(s: BDRVQcow2State, offset: number, bytes: number): Qcow2Run | Promise<Qcow2Run> {
+  if (qcow2MetadataSettled(s)) {
+    const run = qcow2GetHostOffsetNow(s, offset, bytes);
+    if (run !== null) return run;
+  }
+  return planQueued(s, offset, bytes);
+}
+
+async function planQueued(s: BDRVQcow2State, offset: number, bytes: number): Promise<Qcow2Run> {
+  s.plannersQueued++;
+  try {
+    await s.lock.lock();
+  } finally {
+    // Running now: from here it may load a table (and write back another), not settled.
+    s.plannersQueued--;
+  }
+  try {
+    return qcow2GetHostOffsetNow(s, offset, bytes) ?? (await qcow2GetHostOffset(s, offset, bytes));
+  } finally {
+    s.lock.unlock();
+  }
 }
 
 /** A run never crosses an L2 table. */
@@ -300,7 +336,8 @@ export async function qcow2GetClusterTable(s: BDRVQcow2State, offset: number): P
 export async function qcow2IsZero(s: BDRVQcow2State, offset: number, bytes: number, locked = true): Promise<boolean> {
   const end = Math.min(offset + bytes, s.header.size);
   for (let pos = offset; pos < end; ) {
-    const run = locked ? await qcow2GetHostOffset(s, pos, end - pos) : await s.lock.run(() => qcow2GetHostOffset(s, pos, end - pos));
+    const planned = locked ? qcow2GetHostOffset(s, pos, end - pos) : qcow2PlanUnlocked(s, pos, end - pos);
+    const run = planned instanceof Promise ? await planned : planned;
     if (run.kind === 'normal' || run.kind === 'compressed') return false;
     const backing = s.bs.backing;
     if (run.kind === 'unallocated' && backing) {

@@ -13,7 +13,7 @@ import { BlockError } from '../../block/errors.js';
 import { IOVector } from '../../block/iovec.js';
 import { type Qcow2L2Meta, qcow2AllocHostOffset, qcow2LinkL2 } from './alloc.js';
 import { type Qcow2InFlight, qcow2InFlightBegin, qcow2InFlightEnd, qcow2WaitInFlight } from './inflight.js';
-import { qcow2GetClusterTable, qcow2GetHostOffset, qcow2IsZero, type Qcow2Run, getL2Entry, setL2Bitmap, setL2Entry } from './cluster.js';
+import { qcow2GetClusterTable, qcow2GetHostOffset, qcow2IsZero, qcow2PlanUnlocked, type Qcow2Run, getL2Entry, setL2Bitmap, setL2Entry } from './cluster.js';
 import { qcow2CheckNotCorrupt, qcow2PreWriteOverlapCheck } from './corrupt.js';
 import { qcow2DataNode, qcow2HasDataFile, qcow2PreWriteDataCheck } from './data-file.js';
 import { qcow2RewriteNow } from './fast.js';
@@ -85,9 +85,8 @@ export async function qcow2ReadRange(
   let pos = offset;
   let done = 0;
   while (done < bytes) {
-    const run = locked
-      ? await qcow2GetHostOffset(s, pos, bytes - done)
-      : await s.lock.run(() => qcow2GetHostOffset(s, pos, bytes - done));
+    const planned = locked ? qcow2GetHostOffset(s, pos, bytes - done) : qcow2PlanUnlocked(s, pos, bytes - done);
+    const run = planned instanceof Promise ? await planned : planned;
     await readRun(s, pos, run, qiov.slice(qiovOffset + done, run.bytes));
     pos += run.bytes;
     done += run.bytes;
