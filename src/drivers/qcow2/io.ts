@@ -12,6 +12,7 @@
 import { BlockError } from '../../block/errors.js';
 import { IOVector } from '../../block/iovec.js';
 import { type Qcow2L2Meta, qcow2AllocHostOffset, qcow2LinkL2 } from './alloc.js';
+import { qcow2AllocNow, qcow2LinkL2Now } from './alloc-now.js';
 import { type Qcow2InFlight, qcow2InFlightBegin, qcow2InFlightEnd, qcow2WaitInFlight } from './inflight.js';
 import { qcow2GetClusterTable, qcow2GetHostOffset, qcow2IsZero, qcow2PlanUnlocked, type Qcow2Run, getL2Entry, setL2Bitmap, setL2Entry } from './cluster.js';
 import { qcow2CheckNotCorrupt, qcow2PreWriteOverlapCheck } from './corrupt.js';
@@ -184,49 +185,73 @@ export async function qcow2PerformCow(s: BDRVQcow2State, m: Qcow2L2Meta, data: I
   }
 }
 
+type Mapped = Awaited<ReturnType<typeof qcow2AllocHostOffset>>;
+
+/** Does this allocation copy a head or tail (perform_cow would have work)? */
+function needsCow(m: Qcow2L2Meta): boolean {
+  return (m.cowStart.nbBytes !== 0 || m.cowEnd.nbBytes !== 0) && !m.skipCow;
+}
+
+/**
+ * A mapped piece goes in flight: from here until its end, writes that would allocate the same
+ * clusters wait for it, zero and discard there wait for it. Called with s.lock held, or in
+ * the same synchronous step as the mapping. A refused overlap check throws: clusters
+ * allocated for a piece that never got in flight are linked nowhere, a leak at worst, as
+ * QEMU's; the request fails.
+ */
+function inFlight(s: BDRVQcow2State, offset: number, a: Mapped): { a: Mapped; flight: Qcow2InFlight } {
+  if (a.bytes === 0) throw new BlockError('EIO', 'qcow2: no progress allocating clusters', { op: 'write', offset });
+  qcow2PreWriteDataCheck(s, a.hostOffset, a.bytes);
+  return { a, flight: qcow2InFlightBegin(s, offset, a.bytes, a.metas.length > 0) };
+}
+
+/** Map one piece under s.lock, allocating what it needs (the ordinary path). */
+async function mapLocked(s: BDRVQcow2State, offset: number, bytes: number): Promise<{ a: Mapped; flight: Qcow2InFlight }> {
+  await s.lock.lock();
+  try {
+    qcow2CheckNotCorrupt(s, 'write');
+    return inFlight(s, offset, await qcow2AllocHostOffset(s, offset, bytes));
+  } finally {
+    s.lock.unlock();
+  }
+}
+
 /**
  * Write one host-contiguous piece of a guest write at `offset` (at most `bytes`, data from
  * qiov at qiovOffset); returns how many bytes it covered (qcow2_co_pwritev_task).
  */
 async function writePiece(s: BDRVQcow2State, offset: number, bytes: number, qiov: IOVector, qiovOffset: number): Promise<number> {
   const file = qcow2DataNode(s);
-  let a: Awaited<ReturnType<typeof qcow2AllocHostOffset>>;
-  let flight: Qcow2InFlight;
-  await s.lock.lock();
-  try {
-    qcow2CheckNotCorrupt(s, 'write');
-    a = await qcow2AllocHostOffset(s, offset, bytes);
-    if (a.bytes === 0) throw new BlockError('EIO', 'qcow2: no progress allocating clusters', { op: 'write', offset });
-    qcow2PreWriteDataCheck(s, a.hostOffset, a.bytes);
-    // From here until its end the piece is in flight: writes that would allocate the same
-    // clusters wait for it, zero and discard there wait for it.
-    flight = qcow2InFlightBegin(s, offset, a.bytes, a.metas.length > 0);
-  } catch (e) {
-    // Clusters allocated for a piece that never got in flight are linked nowhere: a leak at
-    // worst, as QEMU's; the request fails.
-    s.lock.unlock();
-    throw e;
-  }
-  s.lock.unlock();
+  // Unallocated clusters of a cached table are mapped at once (alloc-now.ts), as under the
+  // lock below when nothing needs loading.
+  const now = qcow2AllocNow(s, offset, bytes);
+  const { a, flight } = now !== null ? inFlight(s, offset, now) : await mapLocked(s, offset, bytes);
 
   const data = qiov.slice(qiovOffset, a.bytes);
   let failure: { error: unknown } | null = null;
   try {
     // Zeroing whole new clusters beats copying zeros; then the data, alone or framed by its
     // COW; then the other COW areas. All of it before any L2 entry points at the clusters.
-    await handleAllocSpace(s, a.metas);
-    const merged = mergeCow(s, offset, a.bytes, a.metas);
+    const cow = a.metas.some(needsCow);
+    if (cow) await handleAllocSpace(s, a.metas);
+    const merged = cow ? mergeCow(s, offset, a.bytes, a.metas) : null;
     if (!merged) {
       if (file.debugWatched) await file.debugEvent('write_aio');
       await file.pwritev(a.hostOffset, data);
     }
-    for (const m of a.metas) await qcow2PerformCow(s, m, m === merged ? data : null, false);
+    for (const m of a.metas) if (needsCow(m)) await qcow2PerformCow(s, m, m === merged ? data : null, false);
   } catch (e) {
     failure = { error: e };
   }
   if (a.metas.length === 0) {
     qcow2InFlightEnd(s, flight);
     if (failure) throw failure.error;
+    return a.bytes;
+  }
+  // Data and COW are written: the entries now, when that needs no wait (the same entries and
+  // cache dependencies as qcow2LinkL2 below).
+  if (failure === null && qcow2LinkL2Now(s, a.metas)) {
+    qcow2InFlightEnd(s, flight);
     return a.bytes;
   }
 
