@@ -7,6 +7,7 @@
  * Callers hold s.lock while planning; the plan is executed afterwards.
  */
 import { BlockError } from '../../block/errors.js';
+import type { BlockDriverState } from '../../block/node.js';
 import type { CacheEntry } from './cache.js';
 import { QCOW2_OL_ACTIVE_L1, printfHex, qcow2OverlapIndexChanged, qcow2PreWriteOverlapCheck, qcow2SignalCorruption } from './corrupt.js';
 import { qcow2HasDataFile } from './data-file.js';
@@ -329,11 +330,24 @@ export async function qcow2GetClusterTable(s: BDRVQcow2State, offset: number): P
 }
 
 /**
+ * Is guest [pos, stop) of a raw backing file over a host file data without asking? Block status
+ * that is not asked for zeros (QEMU's want_zero false, as bdrv_co_is_zero_fast asks) answers
+ * DATA for all of such a file without looking; only past its end does it read as zeros.
+ */
+function rawBackingData(backing: BlockDriverState, stop: number): boolean {
+  if (backing.driver.formatName !== 'raw' || backing.file?.driver.protocolName !== 'file') return false;
+  const len = backing.lengthNow();
+  return len !== null && stop <= len;
+}
+
+/**
  * Does guest [offset, offset+bytes) read as zeros, backing chain included (QEMU's is_zero:
  * block status above says ZERO)? Clamped to the image. `locked`: the caller holds s.lock;
- * otherwise each planning step takes it and the backing file is asked without it.
+ * otherwise each planning step takes it and the backing file is asked without it. `fast`:
+ * QEMU's bdrv_co_is_zero_fast (the COW check of an allocating write), which does not look
+ * for holes in a raw backing file, so its data there is never zero (and costs no lseek).
  */
-export async function qcow2IsZero(s: BDRVQcow2State, offset: number, bytes: number, locked = true): Promise<boolean> {
+export async function qcow2IsZero(s: BDRVQcow2State, offset: number, bytes: number, locked = true, fast = false): Promise<boolean> {
   const end = Math.min(offset + bytes, s.header.size);
   for (let pos = offset; pos < end; ) {
     const planned = locked ? qcow2GetHostOffset(s, pos, end - pos) : qcow2PlanUnlocked(s, pos, end - pos);
@@ -341,6 +355,7 @@ export async function qcow2IsZero(s: BDRVQcow2State, offset: number, bytes: numb
     if (run.kind === 'normal' || run.kind === 'compressed') return false;
     const backing = s.bs.backing;
     if (run.kind === 'unallocated' && backing) {
+      if (fast && rawBackingData(backing, pos + run.bytes)) return false;
       const stop = Math.min(pos + run.bytes, await backing.getLength());
       for (let p = pos; p < stop; ) {
         const st = await backing.blockStatusAbove(p, stop - p);

@@ -32,7 +32,8 @@ async function readBacking(s: BDRVQcow2State, offset: number, qiov: IOVector): P
   }
   const n = Math.min(len - offset, qiov.size);
   if (n < qiov.size) qiov.memset(n, 0);
-  await qcow2File(s).debugEvent('read_backing_aio');
+  const file = qcow2File(s);
+  if (file.debugWatched) await file.debugEvent('read_backing_aio');
   await backing.preadv(offset, n === qiov.size ? qiov : qiov.slice(0, n));
 }
 
@@ -114,12 +115,13 @@ async function handleAllocSpace(s: BDRVQcow2State, metas: readonly Qcow2L2Meta[]
   const file = qcow2DataNode(s);
   for (const m of metas) {
     if ((m.cowStart.nbBytes === 0 && m.cowEnd.nbBytes === 0) || m.overwritesData) continue;
-    if (!(await qcow2IsZero(s, m.offset + m.cowStart.offset, m.cowStart.nbBytes, false))) continue;
-    if (!(await qcow2IsZero(s, m.offset + m.cowEnd.offset, m.cowEnd.nbBytes, false))) continue;
+    // QEMU's is_zero_cow: block status not asked for zeros (bdrv_co_is_zero_fast).
+    if (!(await qcow2IsZero(s, m.offset + m.cowStart.offset, m.cowStart.nbBytes, false, true))) continue;
+    if (!(await qcow2IsZero(s, m.offset + m.cowEnd.offset, m.cowEnd.nbBytes, false, true))) continue;
     const start = m.allocOffset + m.cowStart.offset;
     const bytes = m.cowEnd.offset + m.cowEnd.nbBytes - m.cowStart.offset;
     qcow2PreWriteDataCheck(s, start, bytes);
-    await file.debugEvent('cluster_alloc_space');
+    if (file.debugWatched) await file.debugEvent('cluster_alloc_space');
     try {
       await file.writeZeroes(start, bytes, { noFallback: true });
     } catch (e) {
@@ -156,21 +158,25 @@ export async function qcow2PerformCow(s: BDRVQcow2State, m: Qcow2L2Meta, data: I
   // event), otherwise each area on its own.
   const between = m.cowEnd.offset - (m.cowStart.offset + m.cowStart.nbBytes);
   const mergeReads = head.length > 0 && tail.length > 0 && between <= 16384;
-  if (mergeReads) await file.debugEvent('cow_read');
+  // Unwatched events are not awaited: each would only cost a microtask.
+  const watched = file.debugWatched;
+  if (watched && mergeReads) await file.debugEvent('cow_read');
   if (head.length > 0) {
-    if (!mergeReads) await file.debugEvent('cow_read');
+    if (watched && !mergeReads) await file.debugEvent('cow_read');
     await qcow2ReadRange(s, m.offset + m.cowStart.offset, head.length, IOVector.from(head), 0, locked);
   }
   if (tail.length > 0) {
-    if (!mergeReads) await file.debugEvent('cow_read');
+    if (watched && !mergeReads) await file.debugEvent('cow_read');
     await qcow2ReadRange(s, m.offset + m.cowEnd.offset, tail.length, IOVector.from(tail), 0, locked);
   }
   if (data) {
     const whole = new IOVector([head, ...data.iov, tail]);
     qcow2PreWriteDataCheck(s, m.allocOffset + m.cowStart.offset, whole.size);
     // One write, two events, as in QEMU: write_aio for the data, cow_write for the whole.
-    await file.debugEvent('write_aio');
-    await file.debugEvent('cow_write');
+    if (watched) {
+      await file.debugEvent('write_aio');
+      await file.debugEvent('cow_write');
+    }
     await file.pwritev(m.allocOffset + m.cowStart.offset, whole);
     return;
   }
