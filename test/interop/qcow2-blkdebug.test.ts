@@ -1,7 +1,7 @@
 // qcow2 debug events against qemu-io 7.2: the same blkdebug rule (an EIO injected once on one
 // qcow2 event) fails the same command and leaves the same file, so the events fire in QEMU's
 // places and order, and a failed allocation is rolled back as QEMU does.
-import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlockDriverState } from '../../src/index.js';
@@ -15,6 +15,10 @@ let dir = '';
 beforeAll(() => {
   dir = makeTempDir('qcow2-blkdebug');
   writeFileSync(join(dir, 'base.raw'), Buffer.alloc(1 << 20, 0x77));
+  // All hole: reads as zeros, yet a raw file counts as allocated, so QEMU copies COW areas
+  // from it rather than zeroing the new clusters.
+  writeFileSync(join(dir, 'hole.raw'), '');
+  truncateSync(join(dir, 'hole.raw'), 1 << 20);
 });
 afterAll(() => removeTempDir(dir));
 
@@ -23,6 +27,7 @@ const EVENTS = ['write_aio', 'cow_read', 'cow_write', 'cluster_alloc_space', 'cl
 const IMAGES: { name: string; opts: string[] }[] = [
   { name: '512-byte clusters', opts: ['-o', 'cluster_size=512'] },
   { name: '4k clusters over raw', opts: ['-o', 'cluster_size=4k', '-b', 'base.raw', '-F', 'raw'] },
+  { name: '4k clusters over a sparse raw', opts: ['-o', 'cluster_size=4k', '-b', 'hole.raw', '-F', 'raw'] },
 ];
 
 /** Which commands qemu-io reported as failed, in order. */

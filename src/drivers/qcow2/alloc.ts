@@ -211,6 +211,20 @@ export async function qcow2MarkDirty(s: BDRVQcow2State): Promise<void> {
 }
 
 /**
+ * Set the L2 entries of an allocation in its (dirty-marked) table, collecting in `old` the
+ * non-zero entries they replace.
+ */
+export function setLinkedEntries(s: BDRVQcow2State, data: Uint8Array, l2Index: number, m: Qcow2L2Meta, old: bigint[]): void {
+  for (let i = 0; i < m.nbClusters; i++) {
+    const prev = getL2Entry(s, data, l2Index + i);
+    if (prev !== 0n) old.push(prev);
+    setL2Entry(s, data, l2Index + i, BigInt(m.allocOffset + i * s.clusterSize) | QCOW_OFLAG_COPIED);
+    // With extended L2 entries, the subclusters just written become allocated.
+    if (s.extendedL2) setL2Bitmap(s, data, l2Index + i, linkedBitmap(s, m, i, getL2Bitmap(s, data, l2Index + i)));
+  }
+}
+
+/**
  * Point the L2 entries of an allocation at its clusters, once its data and COW are written
  * (qcow2_alloc_cluster_link_l2), then drop the references the old entries held.
  */
@@ -224,13 +238,7 @@ export async function qcow2LinkL2(s: BDRVQcow2State, m: Qcow2L2Meta): Promise<vo
   const old: bigint[] = [];
   try {
     s.l2Cache.markDirty(table);
-    for (let i = 0; i < m.nbClusters; i++) {
-      const prev = getL2Entry(s, table.data, l2Index + i);
-      if (prev !== 0n) old.push(prev);
-      setL2Entry(s, table.data, l2Index + i, BigInt(m.allocOffset + i * s.clusterSize) | QCOW_OFLAG_COPIED);
-      // With extended L2 entries, the subclusters just written become allocated.
-      if (s.extendedL2) setL2Bitmap(s, table.data, l2Index + i, linkedBitmap(s, m, i, getL2Bitmap(s, table.data, l2Index + i)));
-    }
+    setLinkedEntries(s, table.data, l2Index, m, old);
   } finally {
     s.l2Cache.put(table);
   }

@@ -62,11 +62,16 @@ export class Qcow2Cache {
    * lookups that finish before anything else runs (the request fast paths).
    */
   lookup(offset: number): Uint8Array | undefined {
+    return this.lookupEntry(offset)?.data;
+  }
+
+  /** The same, the entry itself (to mark it dirty within the same synchronous step). */
+  lookupEntry(offset: number): CacheEntry | undefined {
     const e = this.entries.get(offset);
     if (e === undefined) return undefined;
     this.entries.delete(offset);
     this.entries.set(offset, e);
-    return e.data;
+    return e;
   }
 
   has(offset: number): boolean {
@@ -192,6 +197,16 @@ export class Qcow2Cache {
     if (dep.dependsOn) await dep.flushDependency();
     if (this.dependsOn && this.dependsOn !== dep) await this.flushDependency();
     this.dependsOn = dep;
+  }
+
+  /**
+   * setDependency when it needs no flush (neither `dep` nor this cache depends on a third
+   * cache): done, true; otherwise false and nothing changed.
+   */
+  setDependencyNow(dep: Qcow2Cache): boolean {
+    if (dep.dependsOn !== null || (this.dependsOn !== null && this.dependsOn !== dep)) return false;
+    this.dependsOn = dep;
+    return true;
   }
 
   private async flushDependency(): Promise<void> {

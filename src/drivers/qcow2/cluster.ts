@@ -7,6 +7,7 @@
  * Callers hold s.lock while planning; the plan is executed afterwards.
  */
 import { BlockError } from '../../block/errors.js';
+import type { BlockDriverState } from '../../block/node.js';
 import type { CacheEntry } from './cache.js';
 import { QCOW2_OL_ACTIVE_L1, printfHex, qcow2OverlapIndexChanged, qcow2PreWriteOverlapCheck, qcow2SignalCorruption } from './corrupt.js';
 import { qcow2HasDataFile } from './data-file.js';
@@ -20,7 +21,15 @@ import {
 } from './entries.js';
 import { qcow2AllocClusters, qcow2FreeClusters } from './refcount.js';
 import { qcow2GrowL1Table } from './resize.js';
-import { type BDRVQcow2State, offsetIntoCluster, offsetToL1Index, offsetToL2Index, qcow2File, qcow2Trace } from './state.js';
+import {
+  type BDRVQcow2State,
+  offsetIntoCluster,
+  offsetToL1Index,
+  offsetToL2Index,
+  qcow2File,
+  qcow2MetadataSettled,
+  qcow2Trace,
+} from './state.js';
 
 export type Qcow2RunKind = 'normal' | 'zero' | 'unallocated' | 'compressed';
 
@@ -152,6 +161,34 @@ export function qcow2GetHostOffsetNow(s: BDRVQcow2State, offset: number, bytes: 
   if (offsetIntoCluster(s, l2Offset) !== 0) return null;
   const data = s.l2Cache.lookup(l2Offset);
   return data === undefined ? null : planInTable(s, offset, maxBytes, l2Offset, data, true);
+}
+
+/**
+ * Plan a run for a caller that does not hold s.lock: at once when no metadata change is under
+ * way and the table is cached (what lock/plan/unlock would see, without a wait in between),
+ * otherwise under the lock, counted as a planner while it waits for it.
+ */
+export function qcow2PlanUnlocked(s: BDRVQcow2State, offset: number, bytes: number): Qcow2Run | Promise<Qcow2Run> {
+  if (qcow2MetadataSettled(s)) {
+    const run = qcow2GetHostOffsetNow(s, offset, bytes);
+    if (run !== null) return run;
+  }
+  return planQueued(s, offset, bytes);
+}
+
+async function planQueued(s: BDRVQcow2State, offset: number, bytes: number): Promise<Qcow2Run> {
+  s.plannersQueued++;
+  try {
+    await s.lock.lock();
+  } finally {
+    // Running now: from here it may load a table (and write back another), not settled.
+    s.plannersQueued--;
+  }
+  try {
+    return qcow2GetHostOffsetNow(s, offset, bytes) ?? (await qcow2GetHostOffset(s, offset, bytes));
+  } finally {
+    s.lock.unlock();
+  }
 }
 
 /** A run never crosses an L2 table. */
@@ -293,17 +330,32 @@ export async function qcow2GetClusterTable(s: BDRVQcow2State, offset: number): P
 }
 
 /**
+ * Is guest [pos, stop) of a raw backing file over a host file data without asking? Block status
+ * that is not asked for zeros (QEMU's want_zero false, as bdrv_co_is_zero_fast asks) answers
+ * DATA for all of such a file without looking; only past its end does it read as zeros.
+ */
+function rawBackingData(backing: BlockDriverState, stop: number): boolean {
+  if (backing.driver.formatName !== 'raw' || backing.file?.driver.protocolName !== 'file') return false;
+  const len = backing.lengthNow();
+  return len !== null && stop <= len;
+}
+
+/**
  * Does guest [offset, offset+bytes) read as zeros, backing chain included (QEMU's is_zero:
  * block status above says ZERO)? Clamped to the image. `locked`: the caller holds s.lock;
- * otherwise each planning step takes it and the backing file is asked without it.
+ * otherwise each planning step takes it and the backing file is asked without it. `fast`:
+ * QEMU's bdrv_co_is_zero_fast (the COW check of an allocating write), which does not look
+ * for holes in a raw backing file, so its data there is never zero (and costs no lseek).
  */
-export async function qcow2IsZero(s: BDRVQcow2State, offset: number, bytes: number, locked = true): Promise<boolean> {
+export async function qcow2IsZero(s: BDRVQcow2State, offset: number, bytes: number, locked = true, fast = false): Promise<boolean> {
   const end = Math.min(offset + bytes, s.header.size);
   for (let pos = offset; pos < end; ) {
-    const run = locked ? await qcow2GetHostOffset(s, pos, end - pos) : await s.lock.run(() => qcow2GetHostOffset(s, pos, end - pos));
+    const planned = locked ? qcow2GetHostOffset(s, pos, end - pos) : qcow2PlanUnlocked(s, pos, end - pos);
+    const run = planned instanceof Promise ? await planned : planned;
     if (run.kind === 'normal' || run.kind === 'compressed') return false;
     const backing = s.bs.backing;
     if (run.kind === 'unallocated' && backing) {
+      if (fast && rawBackingData(backing, pos + run.bytes)) return false;
       const stop = Math.min(pos + run.bytes, await backing.getLength());
       for (let p = pos; p < stop; ) {
         const st = await backing.blockStatusAbove(p, stop - p);

@@ -2,8 +2,9 @@
  * The request fast paths. A read mapped by a cached L2 table whose data the host's page cache
  * holds completes inside the call (the preadvNow hook); a rewrite of clusters the image owns
  * (COPIED) is mapped without a wait. Each is exactly what the ordinary path does between
- * taking s.lock and dropping it with no wait in between, so each runs only while nobody holds
- * s.lock. Anything else (a table to load, an allocation or a write in flight over the range,
+ * taking s.lock and dropping it with no wait in between, so each runs only while no metadata
+ * change is under way: a rewrite while nobody holds s.lock, a read also while the lock is
+ * handed to a planner (qcow2MetadataSettled). Anything else (a table to load, an allocation or a write in flight over the range,
  * a corrupt entry, a watched debug event) answers "not now" and the ordinary path runs and
  * reports any error; only a rewrite's overlap check refuses here, as it would there.
  */
@@ -15,15 +16,15 @@ import { L1E_OFFSET_MASK, L2E_OFFSET_MASK, QCOW_OFLAG_COPIED, clusterType } from
 import { type Qcow2InFlight, qcow2FirstAllocation, qcow2InFlightBegin } from './inflight.js';
 import { qcow2PreWriteOverlapCheck } from './corrupt.js';
 import { qcow2HasDataFile } from './data-file.js';
-import { type BDRVQcow2State, offsetIntoCluster, offsetToL1Index, offsetToL2Index, sizeToClusters } from './state.js';
+import { type BDRVQcow2State, offsetIntoCluster, qcow2MetadataSettled, offsetToL1Index, offsetToL2Index, sizeToClusters } from './state.js';
 
 /**
  * Nobody is changing metadata, and the file's debug events need no announcing. Images with an
  * external data file take the ordinary path, which sends their data to the data file.
  */
-function quiet(s: BDRVQcow2State): BlockDriverState | null {
+function quiet(s: BDRVQcow2State, settled: boolean): BlockDriverState | null {
   const file = s.bs.file;
-  if (file === null || qcow2HasDataFile(s) || s.lock.isLocked || s.corrupt || s.corruptWrite !== null || file.debugWatched) return null;
+  if (file === null || qcow2HasDataFile(s) || !settled || s.corrupt || s.corruptWrite !== null || file.debugWatched) return null;
   return file;
 }
 
@@ -31,7 +32,8 @@ function quiet(s: BDRVQcow2State): BlockDriverState | null {
 export function qcow2PreadvNow(bs: BlockDriverState, offset: number, bytes: number, qiov: IOVector): boolean {
   const s = bs.opaque as BDRVQcow2State | null;
   if (s === null) return false;
-  const file = quiet(s);
+  // A read changes nothing: the lock handed to a planner is as good as free.
+  const file = quiet(s, qcow2MetadataSettled(s));
   if (file === null) return false;
   const run = qcow2GetHostOffsetNow(s, offset, bytes);
   if (run === null || run.bytes !== bytes) return false;
@@ -59,7 +61,7 @@ export function qcow2PreadvNow(bs: BlockDriverState, offset: number, bytes: numb
  * overlap check runs here as on the ordinary path (and refuses the same way).
  */
 export function qcow2RewriteNow(s: BDRVQcow2State, offset: number, bytes: number): { hostOffset: number; flight: Qcow2InFlight } | null {
-  if (quiet(s) === null || s.extendedL2) return null;
+  if (quiet(s, !s.lock.isLocked) === null || s.extendedL2) return null;
   const l1Index = offsetToL1Index(s, offset);
   if (l1Index >= s.l1Table.length) return null;
   const l1e = s.l1Table[l1Index];

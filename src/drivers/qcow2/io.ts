@@ -13,8 +13,9 @@ import { BlockError } from '../../block/errors.js';
 import { AioTaskPool } from '../../block/aio-task.js';
 import { IOVector } from '../../block/iovec.js';
 import { type Qcow2L2Meta, qcow2AllocHostOffset, qcow2LinkL2 } from './alloc.js';
+import { qcow2AllocNow, qcow2LinkL2Now } from './alloc-now.js';
 import { type Qcow2InFlight, qcow2InFlightBegin, qcow2InFlightEnd, qcow2WaitInFlight } from './inflight.js';
-import { qcow2GetClusterTable, qcow2GetHostOffset, qcow2IsZero, type Qcow2Run, getL2Entry, setL2Bitmap, setL2Entry } from './cluster.js';
+import { qcow2GetClusterTable, qcow2GetHostOffset, qcow2IsZero, qcow2PlanUnlocked, type Qcow2Run, getL2Entry, setL2Bitmap, setL2Entry } from './cluster.js';
 import { qcow2CheckNotCorrupt, qcow2PreWriteOverlapCheck } from './corrupt.js';
 import { qcow2DataNode, qcow2HasDataFile, qcow2PreWriteDataCheck } from './data-file.js';
 import { qcow2RewriteNow } from './fast.js';
@@ -35,7 +36,8 @@ async function readBacking(s: BDRVQcow2State, offset: number, qiov: IOVector): P
   }
   const n = Math.min(len - offset, qiov.size);
   if (n < qiov.size) qiov.memset(n, 0);
-  await qcow2File(s).debugEvent('read_backing_aio');
+  const file = qcow2File(s);
+  if (file.debugWatched) await file.debugEvent('read_backing_aio');
   await backing.preadv(offset, n === qiov.size ? qiov : qiov.slice(0, n));
 }
 
@@ -76,7 +78,8 @@ async function readRun(s: BDRVQcow2State, offset: number, run: Qcow2Run, cur: IO
 
 /**
  * Read guest [offset, offset+bytes) into qiov at qiovOffset. `locked`: the caller holds
- * s.lock (a COW read inside a write); otherwise each planning step takes it.
+ * s.lock (a COW read inside a write); otherwise each step plans from a settled cached table
+ * or under s.lock (qcow2PlanUnlocked).
  */
 export async function qcow2ReadRange(
   s: BDRVQcow2State,
@@ -93,9 +96,8 @@ export async function qcow2ReadRange(
   let pool: AioTaskPool | null = null;
   try {
     while (done < bytes && (pool === null || pool.ok)) {
-      const run = locked
-        ? await qcow2GetHostOffset(s, pos, bytes - done)
-        : await s.lock.run(() => qcow2GetHostOffset(s, pos, bytes - done));
+      const planned = locked ? qcow2GetHostOffset(s, pos, bytes - done) : qcow2PlanUnlocked(s, pos, bytes - done);
+      const run = planned instanceof Promise ? await planned : planned;
       const at = pos;
       const cur = qiov.slice(qiovOffset + done, run.bytes);
       if (run.kind === 'compressed' && run.bytes < bytes - done) {
@@ -135,12 +137,13 @@ async function handleAllocSpace(s: BDRVQcow2State, metas: readonly Qcow2L2Meta[]
   const file = qcow2DataNode(s);
   for (const m of metas) {
     if ((m.cowStart.nbBytes === 0 && m.cowEnd.nbBytes === 0) || m.overwritesData) continue;
-    if (!(await qcow2IsZero(s, m.offset + m.cowStart.offset, m.cowStart.nbBytes, false))) continue;
-    if (!(await qcow2IsZero(s, m.offset + m.cowEnd.offset, m.cowEnd.nbBytes, false))) continue;
+    // QEMU's is_zero_cow: block status not asked for zeros (bdrv_co_is_zero_fast).
+    if (!(await qcow2IsZero(s, m.offset + m.cowStart.offset, m.cowStart.nbBytes, false, true))) continue;
+    if (!(await qcow2IsZero(s, m.offset + m.cowEnd.offset, m.cowEnd.nbBytes, false, true))) continue;
     const start = m.allocOffset + m.cowStart.offset;
     const bytes = m.cowEnd.offset + m.cowEnd.nbBytes - m.cowStart.offset;
     qcow2PreWriteDataCheck(s, start, bytes);
-    await file.debugEvent('cluster_alloc_space');
+    if (file.debugWatched) await file.debugEvent('cluster_alloc_space');
     try {
       await file.writeZeroes(start, bytes, { noFallback: true });
     } catch (e) {
@@ -177,21 +180,25 @@ export async function qcow2PerformCow(s: BDRVQcow2State, m: Qcow2L2Meta, data: I
   // event), otherwise each area on its own.
   const between = m.cowEnd.offset - (m.cowStart.offset + m.cowStart.nbBytes);
   const mergeReads = head.length > 0 && tail.length > 0 && between <= 16384;
-  if (mergeReads) await file.debugEvent('cow_read');
+  // Unwatched events are not awaited: each would only cost a microtask.
+  const watched = file.debugWatched;
+  if (watched && mergeReads) await file.debugEvent('cow_read');
   if (head.length > 0) {
-    if (!mergeReads) await file.debugEvent('cow_read');
+    if (watched && !mergeReads) await file.debugEvent('cow_read');
     await qcow2ReadRange(s, m.offset + m.cowStart.offset, head.length, IOVector.from(head), 0, locked);
   }
   if (tail.length > 0) {
-    if (!mergeReads) await file.debugEvent('cow_read');
+    if (watched && !mergeReads) await file.debugEvent('cow_read');
     await qcow2ReadRange(s, m.offset + m.cowEnd.offset, tail.length, IOVector.from(tail), 0, locked);
   }
   if (data) {
     const whole = new IOVector([head, ...data.iov, tail]);
     qcow2PreWriteDataCheck(s, m.allocOffset + m.cowStart.offset, whole.size);
     // One write, two events, as in QEMU: write_aio for the data, cow_write for the whole.
-    await file.debugEvent('write_aio');
-    await file.debugEvent('cow_write');
+    if (watched) {
+      await file.debugEvent('write_aio');
+      await file.debugEvent('cow_write');
+    }
     await file.pwritev(m.allocOffset + m.cowStart.offset, whole);
     return;
   }
@@ -206,49 +213,73 @@ export async function qcow2PerformCow(s: BDRVQcow2State, m: Qcow2L2Meta, data: I
   }
 }
 
+type Mapped = Awaited<ReturnType<typeof qcow2AllocHostOffset>>;
+
+/** Does this allocation copy a head or tail (perform_cow would have work)? */
+function needsCow(m: Qcow2L2Meta): boolean {
+  return (m.cowStart.nbBytes !== 0 || m.cowEnd.nbBytes !== 0) && !m.skipCow;
+}
+
+/**
+ * A mapped piece goes in flight: from here until its end, writes that would allocate the same
+ * clusters wait for it, zero and discard there wait for it. Called with s.lock held, or in
+ * the same synchronous step as the mapping. A refused overlap check throws: clusters
+ * allocated for a piece that never got in flight are linked nowhere, a leak at worst, as
+ * QEMU's; the request fails.
+ */
+function inFlight(s: BDRVQcow2State, offset: number, a: Mapped): { a: Mapped; flight: Qcow2InFlight } {
+  if (a.bytes === 0) throw new BlockError('EIO', 'qcow2: no progress allocating clusters', { op: 'write', offset });
+  qcow2PreWriteDataCheck(s, a.hostOffset, a.bytes);
+  return { a, flight: qcow2InFlightBegin(s, offset, a.bytes, a.metas.length > 0) };
+}
+
+/** Map one piece under s.lock, allocating what it needs (the ordinary path). */
+async function mapLocked(s: BDRVQcow2State, offset: number, bytes: number): Promise<{ a: Mapped; flight: Qcow2InFlight }> {
+  await s.lock.lock();
+  try {
+    qcow2CheckNotCorrupt(s, 'write');
+    return inFlight(s, offset, await qcow2AllocHostOffset(s, offset, bytes));
+  } finally {
+    s.lock.unlock();
+  }
+}
+
 /**
  * Write one host-contiguous piece of a guest write at `offset` (at most `bytes`, data from
  * qiov at qiovOffset); returns how many bytes it covered (qcow2_co_pwritev_task).
  */
 async function writePiece(s: BDRVQcow2State, offset: number, bytes: number, qiov: IOVector, qiovOffset: number): Promise<number> {
   const file = qcow2DataNode(s);
-  let a: Awaited<ReturnType<typeof qcow2AllocHostOffset>>;
-  let flight: Qcow2InFlight;
-  await s.lock.lock();
-  try {
-    qcow2CheckNotCorrupt(s, 'write');
-    a = await qcow2AllocHostOffset(s, offset, bytes);
-    if (a.bytes === 0) throw new BlockError('EIO', 'qcow2: no progress allocating clusters', { op: 'write', offset });
-    qcow2PreWriteDataCheck(s, a.hostOffset, a.bytes);
-    // From here until its end the piece is in flight: writes that would allocate the same
-    // clusters wait for it, zero and discard there wait for it.
-    flight = qcow2InFlightBegin(s, offset, a.bytes, a.metas.length > 0);
-  } catch (e) {
-    // Clusters allocated for a piece that never got in flight are linked nowhere: a leak at
-    // worst, as QEMU's; the request fails.
-    s.lock.unlock();
-    throw e;
-  }
-  s.lock.unlock();
+  // Unallocated clusters of a cached table are mapped at once (alloc-now.ts), as under the
+  // lock below when nothing needs loading.
+  const now = qcow2AllocNow(s, offset, bytes);
+  const { a, flight } = now !== null ? inFlight(s, offset, now) : await mapLocked(s, offset, bytes);
 
   const data = qiov.slice(qiovOffset, a.bytes);
   let failure: { error: unknown } | null = null;
   try {
     // Zeroing whole new clusters beats copying zeros; then the data, alone or framed by its
     // COW; then the other COW areas. All of it before any L2 entry points at the clusters.
-    await handleAllocSpace(s, a.metas);
-    const merged = mergeCow(s, offset, a.bytes, a.metas);
+    const cow = a.metas.some(needsCow);
+    if (cow) await handleAllocSpace(s, a.metas);
+    const merged = cow ? mergeCow(s, offset, a.bytes, a.metas) : null;
     if (!merged) {
       if (file.debugWatched) await file.debugEvent('write_aio');
       await file.pwritev(a.hostOffset, data);
     }
-    for (const m of a.metas) await qcow2PerformCow(s, m, m === merged ? data : null, false);
+    for (const m of a.metas) if (needsCow(m)) await qcow2PerformCow(s, m, m === merged ? data : null, false);
   } catch (e) {
     failure = { error: e };
   }
   if (a.metas.length === 0) {
     qcow2InFlightEnd(s, flight);
     if (failure) throw failure.error;
+    return a.bytes;
+  }
+  // Data and COW are written: the entries now, when that needs no wait (the same entries and
+  // cache dependencies as qcow2LinkL2 below).
+  if (failure === null && qcow2LinkL2Now(s, a.metas)) {
+    qcow2InFlightEnd(s, flight);
     return a.bytes;
   }
 

@@ -169,6 +169,7 @@ export async function qcow2DoOpen(bs: BlockDriverState, options: OpenOptions): P
     updateHeader: () => qcow2UpdateHeader(s),
     lock: new CoMutex(),
     inFlight: new Set(),
+    plannersQueued: 0,
     openOptions: options,
     closed: false,
   } satisfies BDRVQcow2State);

@@ -12,7 +12,7 @@ import { bitmapInfoList, qcow2ReadBitmapList } from './bitmap.js';
 import { qcow2CanStoreNewDirtyBitmap, qcow2LoadDirtyBitmaps, qcow2RemovePersistentDirtyBitmap, qcow2StoreDirtyBitmaps, qcow2TruncateBitmapsCheck } from './bitmap-store.js';
 import { qcow2Check } from './check.js';
 import { qcow2DataFileIsRaw, qcow2DataNode, qcow2HasDataFile } from './data-file.js';
-import { qcow2GetHostOffset } from './cluster.js';
+import { qcow2PlanUnlocked } from './cluster.js';
 import { qcow2CheckNotCorrupt } from './corrupt.js';
 import { qcow2Create, qcow2CreateOptions } from './create.js';
 import {
@@ -105,7 +105,8 @@ async function qcow2Close(bs: BlockDriverState): Promise<void> {
 async function qcow2BlockStatus(bs: BlockDriverState, offset: number, bytes: number): Promise<BlockStatus> {
   const s = qcow2State(bs);
   qcow2CheckNotCorrupt(s, 'block_status');
-  const run = await s.lock.run(() => qcow2GetHostOffset(s, offset, bytes));
+  const planned = qcow2PlanUnlocked(s, offset, bytes);
+  const run = planned instanceof Promise ? await planned : planned;
   const withOffset = run.allocated ? { offset: run.hostOffset, file: qcow2DataNode(s) } : {};
   switch (run.kind) {
     case 'normal': {

@@ -231,7 +231,7 @@ function cachedRefcount(s: BDRVQcow2State, clusterIndex: number): number | undef
  * its bytes would land on the new owner's data. QEMU keeps packing into a freed cluster as
  * long as nobody took it; so do we.
  */
-function forgetPackingIn(s: BDRVQcow2State, offset: number, bytes: number): void {
+export function forgetPackingIn(s: BDRVQcow2State, offset: number, bytes: number): void {
   const packing = startOfCluster(s, s.freeByteOffset);
   if (s.freeByteOffset !== 0 && packing >= offset && packing < offset + bytes) s.freeByteOffset = 0;
 }

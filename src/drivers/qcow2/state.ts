@@ -85,6 +85,12 @@ export interface BDRVQcow2State {
   /** Full header rewrite (qcow2_update_header), bound at open. */
   updateHeader: () => Promise<void>;
   lock: CoMutex;
+  /**
+   * Planners (qcow2PlanUnlocked) waiting for `lock` or handed it and not yet running: a
+   * planner only reads the tables, so while one is the lock's next owner nobody is in the
+   * middle of changing them (qcow2MetadataSettled).
+   */
+  plannersQueued: number;
   /** Guest writes with data I/O running outside `lock` (inflight.ts). */
   inFlight: Set<Qcow2InFlight>;
   openOptions: OpenOptions;
@@ -126,6 +132,18 @@ export function offsetToL1Index(s: BDRVQcow2State, offset: number): number {
 
 export function offsetToL2Index(s: BDRVQcow2State, offset: number): number {
   return Math.floor(offset / s.clusterSize) % s.l2Size;
+}
+
+/**
+ * Nobody is in the middle of a metadata change, so a synchronous lookup sees what one under
+ * s.lock would: the lock is free, or it has been handed to a planner that has not run yet
+ * (its last holder released it at a consistent point, and a planner changes nothing). That
+ * is the case exactly when every waiter still queued is a planner and one more planner is
+ * counted: the one the lock was handed to. Without the second case, readers that met the
+ * lock held once queue behind each other for good, every hand-off keeping it held.
+ */
+export function qcow2MetadataSettled(s: BDRVQcow2State): boolean {
+  return !s.lock.isLocked || s.lock.waiting === s.plannersQueued - 1;
 }
 
 /** The dirty bit is set: refcounts on disk may be stale (lazy refcounts). */
