@@ -16,6 +16,11 @@ export interface Measured {
   wall: number;
   /** Peak resident set size in KiB (GNU time %M), or null when /usr/bin/time is missing. */
   maxRssKiB: number | null;
+  /**
+   * CPU seconds of the child, user + system (GNU time %U %S), or null without /usr/bin/time:
+   * a loaded machine disturbs it far less than the wall time.
+   */
+  cpu?: number | null;
   stdout: string;
   stderr: string;
 }
@@ -61,19 +66,20 @@ const RUN_LINE = /Run completed in (\d+\.\d+) seconds\./;
 export function measure(cmd: string[], tmp: string, env?: NodeJS.ProcessEnv): Measured {
   const haveTime = existsSync(TIME_BIN);
   const timeFile = join(tmp, `.time-${process.pid}`);
-  const full = haveTime ? [TIME_BIN, '-f', '%M', '-o', timeFile, ...cmd] : cmd;
+  const full = haveTime ? [TIME_BIN, '-f', '%M %U %S', '-o', timeFile, ...cmd] : cmd;
   const t0 = process.hrtime.bigint();
   const { stdout, stderr } = run(full, { env, timeoutMs: MEASURE_TIMEOUT_MS });
   const wall = Number(process.hrtime.bigint() - t0) / 1e9;
   let maxRssKiB: number | null = null;
+  let cpu: number | null = null;
   if (haveTime) {
-    const txt = readFileSync(timeFile, 'utf8').trim().split('\n').pop() ?? '';
-    const v = Number.parseInt(txt, 10);
-    maxRssKiB = Number.isFinite(v) ? v : null;
+    const [rss, user, sys] = (readFileSync(timeFile, 'utf8').trim().split('\n').pop() ?? '').split(' ').map(Number);
+    maxRssKiB = Number.isFinite(rss) ? rss : null;
+    cpu = Number.isFinite(user) && Number.isFinite(sys) ? user + sys : null;
     rmSync(timeFile, { force: true });
   }
   const m = RUN_LINE.exec(stdout);
-  return { reported: m ? Number(m[1]) : null, wall, maxRssKiB, stdout, stderr };
+  return { reported: m ? Number(m[1]) : null, wall, maxRssKiB, cpu, stdout, stderr };
 }
 
 /** Whether two files hold the same bytes (read in chunks: outputs of a GiB and more). */
