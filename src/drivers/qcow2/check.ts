@@ -22,12 +22,12 @@
  */
 import { emptyCheckResult, type CheckFix, type CheckResult } from '../../block/driver.js';
 import { BlockError, ERRNO_MESSAGES, toBlockError } from '../../block/errors.js';
-import { getL2Entry, qcow2WriteL1Entry } from './cluster.js';
+import { qcow2WriteL1Entry } from './cluster.js';
 import { QCOW2_OL_ACTIVE_L2, qcow2PreWriteOverlapCheck } from './corrupt.js';
 import { L1E_OFFSET_MASK, L2E_OFFSET_MASK, QCOW_OFLAG_COPIED, clusterType } from './entries.js';
 import { QCOW2_INCOMPAT_CORRUPT, QCOW2_INCOMPAT_DIRTY } from './header.js';
 import { calculateRefcounts, type CheckRun, type Imrt } from './check-imrt.js';
-import { l2SlotIsZero } from './check-l2.js';
+import { l2Words, nextUsedL2Slot } from './check-l2.js';
 import { rebuildRefcounts } from './check-rebuild.js';
 import { qcow2GetRefcountNow, updateRefcount } from './refcount.js';
 import { type BDRVQcow2State, qcow2File } from './state.js';
@@ -164,9 +164,10 @@ async function checkOflagCopied(c: CheckRun, fix: CheckFix): Promise<void> {
     }
     let dirty = false;
     const view = new DataView(table.buffer, table.byteOffset, table.byteLength);
-    for (let j = 0; j < s.l2Size; j++) {
-      if (l2SlotIsZero(view, j, s.l2EntrySize)) continue;
-      const l2Entry = getL2Entry(s, table, j);
+    const words = l2Words(table);
+    const es = s.l2EntrySize;
+    for (let j = nextUsedL2Slot(words, 0, s.l2Size, es); j < s.l2Size; j = nextUsedL2Slot(words, j + 1, s.l2Size, es)) {
+      const l2Entry = view.getBigUint64(j * es);
       const type = clusterType(l2Entry, !s.extendedL2, qcow2HasDataFile(s));
       const dataOffset = Number(l2Entry & L2E_OFFSET_MASK);
       if (!(type === 'normal' || (type === 'zero-alloc' && dataOffset !== 0))) continue;
