@@ -141,7 +141,8 @@ async function runWorkload(w: Workload, runs: number, ctx: Ctx, ours: Ours): Pro
       for (const tool of order) {
         const m = await runOnce(w, tool, ctx, ours);
         (tool === 'qemu' ? row.qemu : row.ours).push(m);
-        log(`${tool === 'qemu' ? 'Q' : 'B'} ${fmtSeconds(timeOf(m))}  `);
+        const cpu = w.kind !== 'bench' && m.cpu != null ? ` (cpu ${fmtSeconds(m.cpu)})` : '';
+        log(`${tool === 'qemu' ? 'Q' : 'B'} ${fmtSeconds(timeOf(m))}${cpu}  `);
       }
       // Fast is worth nothing if the result differs: compare once, with both outputs there.
       const differs = i === 0 ? (w.verify?.(ctx, row.qemu[0], row.ours[0]) ?? null) : null;

@@ -76,6 +76,32 @@ function table(rows: Row[]): string {
   return out.join('\n');
 }
 
+/** Median CPU seconds of the runs, or null when any run lacks the figure. */
+export function cpuOf(ms: Measured[]): number | null {
+  const xs = ms.map((m) => m.cpu ?? null);
+  return xs.length === 0 || xs.some((x) => x === null) ? null : median(xs as number[]);
+}
+
+/**
+ * The rows timed as whole processes (convert, check, map, NBD clients), by CPU time: their
+ * start-up is part of the figure, and on a loaded machine CPU time is the steadier one.
+ */
+function cpuTable(rows: Row[]): string {
+  const out: string[] = [];
+  for (const r of rows) {
+    if (r.w.kind === 'bench' || r.skipped !== undefined) continue;
+    const q = cpuOf(r.qemu);
+    const o = cpuOf(r.ours);
+    if (q === null || o === null) continue;
+    if (out.length === 0) {
+      out.push('| # | workload | QEMU CPU s | ours CPU s | ours/QEMU (CPU) |');
+      out.push('|---|---|---:|---:|---:|');
+    }
+    out.push(`| ${r.w.id} | ${r.w.title} | ${fmtSeconds(q)} | ${fmtSeconds(o)} | ${q > 0 ? (o / q).toFixed(2) : 'n/a'} |`);
+  }
+  return out.join('\n');
+}
+
 function overheadTable(rows: Row[]): string {
   const byId = new Map(rows.map((r) => [r.w.id, r]));
   const out: string[] = [];
@@ -146,6 +172,7 @@ const METHOD = [
 export function renderResults(run: RunInfo, rows: Row[], mem: MemoryResult | readonly MemoryResult[] | null): string {
   const mems = mem === null ? [] : Array.isArray(mem) ? (mem as readonly MemoryResult[]) : [mem as MemoryResult];
   const overhead = overheadTable(rows);
+  const cpu = cpuTable(rows);
   return [
     '# Benchmark results: blk-img vs qemu-img',
     '',
@@ -159,6 +186,7 @@ export function renderResults(run: RunInfo, rows: Row[], mem: MemoryResult | rea
     '',
     table(rows),
     '',
+    ...(cpu === '' ? [] : ["CPU time of the rows timed as whole processes: median user + system seconds of each tool's process (GNU time).", '', cpu, '']),
     ...(overhead === '' ? [] : ['### QED overhead over raw', '', overhead, '']),
     ...(mems.length === 0 ? [] : ['### Memory check', '', ...mems.map(memoryText), '']),
   ].join('\n');

@@ -143,6 +143,13 @@ export interface BlockDriver {
 
   /** Block status of [offset, offset+bytes); `pnum` may be shorter than `bytes`. */
   coBlockStatus?(bs: BlockDriverState, offset: number, bytes: number): Promise<BlockStatus>;
+  /**
+   * The same answer now, synchronously, when the driver has the metadata at hand (a cached
+   * table); null when it would have to wait or sees anything unusual, and coBlockStatus then
+   * answers and reports any error. Called only for checked ranges inside the image. Optional:
+   * it saves the promises of a query (map asks once per extent).
+   */
+  blockStatusNow?(bs: BlockDriverState, offset: number, bytes: number): BlockStatus | null;
   /** bdrv_co_is_allocated in bytes; derived from coBlockStatus when absent. */
   coIsAllocated?(bs: BlockDriverState, offset: number, bytes: number): Promise<{ allocated: boolean; pnum: number }>;
   /** Native zeroing; reject with ENOTSUP to make the generic layer write a zero buffer instead. */

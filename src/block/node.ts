@@ -53,7 +53,7 @@ import { bdrvOpenOptions } from './open-options.js';
 import type { QDictInput } from './qdict.js';
 import { bdrvChangeBackingFile, bdrvCheck, bdrvGetAllocatedFileSize, bdrvGetInfo, bdrvInvalidateCache, bdrvMakeEmpty, nodeSummary } from './info.js';
 import { BlockDriverRegistry, driverIO, getDefaultRegistry } from './registry.js';
-import { bdrvBlockStatus, bdrvBlockStatusAbove, bdrvIsAllocated, bdrvIsAllocatedAbove, type Allocation } from './status.js';
+import { bdrvBlockStatus, bdrvBlockStatusAbove, bdrvBlockStatusNow, bdrvIsAllocated, bdrvIsAllocatedAbove, type Allocation } from './status.js';
 
 export { MAX_BACKING_DEPTH } from './open.js';
 export type { ReopenOptions } from './lifecycle.js';
@@ -285,6 +285,14 @@ export class BlockDriverState {
   /** Block status of this layer only. */
   blockStatus(offset: number, bytes: number): Promise<BlockStatus> {
     return bdrvBlockStatus(this, offset, bytes);
+  }
+
+  /**
+   * Block status of this layer now, when the driver answers without waiting (a cached table),
+   * else null: then use blockStatus(), which also reports errors.
+   */
+  blockStatusNow(offset: number, bytes: number): BlockStatus | null {
+    return bdrvBlockStatusNow(this, offset, bytes);
   }
 
   isAllocated(offset: number, bytes: number): Promise<Allocation> {

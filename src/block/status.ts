@@ -4,7 +4,7 @@
  */
 import type { BlockStatus } from './driver.js';
 import { BlockError } from './errors.js';
-import { checkArgs, inflight } from './io/requests.js';
+import { checkArgs, inflight, invalidNumber } from './io/requests.js';
 import type { BlockDriverState } from './node.js';
 
 export type Allocation = { allocated: boolean; pnum: number };
@@ -40,6 +40,23 @@ export async function bdrvBlockStatus(bs: BlockDriverState, offset: number, byte
     if (n === 0) return { pnum: 0, allocated: false, data: false, zero: false };
     return blockStatusUnchecked(bs, offset, n);
   });
+}
+
+/**
+ * Block status of this layer now, synchronously, when the driver can answer without waiting
+ * (its blockStatusNow hook): null when it cannot, or for anything blockStatus would refuse or
+ * report, which then does the query properly. The query starts and ends within this call, so
+ * it needs no place among the requests in flight.
+ */
+export function bdrvBlockStatusNow(bs: BlockDriverState, offset: number, bytes: number): BlockStatus | null {
+  const drv = bs.driver;
+  if (drv.blockStatusNow === undefined || invalidNumber(offset) || invalidNumber(bytes) || bytes === 0 || offset + bytes > Number.MAX_SAFE_INTEGER) return null;
+  const len = bs.knownLength();
+  if (len === null || offset >= len) return null;
+  const n = Math.min(bytes, len - offset);
+  const st = drv.blockStatusNow(bs, offset, n);
+  if (st === null || !Number.isSafeInteger(st.pnum) || st.pnum <= 0) return null;
+  return st.pnum > n ? { ...st, pnum: n } : st;
 }
 
 /** The driver's answer for a checked range, its pnum validated and clamped. */

@@ -62,6 +62,16 @@ describe('bench report', () => {
     expect(text).toContain('read peak RSS 30.0 MiB (process 0.100 s): **PASS** (limit 100 MiB)');
   });
 
+  it('gives the CPU time of the rows timed as whole processes, after the main table', () => {
+    const cpu = (c: number): Measured => ({ ...m(0.5), reported: null, cpu: c });
+    const withCpu = renderResults(info, [...rows, { w: w('12.1'), qemu: [cpu(0.02), cpu(0.03), cpu(0.04)], ours: [cpu(0.2), cpu(0.3), cpu(0.4)] }], mem);
+    expect(withCpu).toContain(`| 12.1 | ${w('12.1').title} | 0.030 | 0.300 | 10.00 |`);
+    // Bench rows report their own time: no CPU line for them, and no heading of its own.
+    expect(withCpu).not.toMatch(/^\| 1 \| .*\| 10\.00 \|$/m);
+    expect(headings(withCpu)).toEqual(headings(text));
+    expect(text).not.toContain('QEMU CPU s');
+  });
+
   it('carries no date or time of day', () => {
     expect(text).not.toMatch(/\d{4}-\d{2}-\d{2}|\d{1,2}:\d{2}|UTC/);
   });

@@ -156,6 +156,17 @@ describe('ToolOutput buffering', () => {
     o.flush();
     expect(c.text()).toBe(`${'x'.repeat(4096)}p: e\n${'x'.repeat(904)}`);
   });
+  it('holds full blocks back and writes them together, still before stderr', () => {
+    const c = collector();
+    let writes = 0;
+    const o = new ToolOutput({ ...c.io, stdout: { write: (s: string) => (writes++, c.io.stdout.write(s)) } }, 'p');
+    for (let i = 0; i < 25000; i++) o.out('xyz\n');
+    o.error('e');
+    o.flush();
+    // stdio's order: the 24 whole 4 KiB blocks of the 100000 bytes, the error, the rest.
+    expect(c.text()).toBe(`${'xyz\n'.repeat(24576)}p: e\n${'xyz\n'.repeat(424)}`);
+    expect(writes).toBe(2);
+  });
   it('program name is the basename of argv[1]', () => {
     expect(progName(['node', '/usr/lib/x/bin/blk-img.js'])).toBe('blk-img');
     expect(progName(['node', '/tmp/qemu-img'])).toBe('qemu-img');

@@ -36,6 +36,8 @@ export interface CacheHooks {
 export class Qcow2Cache {
   /** LRU order: the first entry is the least recently used. */
   private readonly entries = new Map<number, CacheEntry>();
+  /** The most recently used entry (the last of `entries`): a use of it moves nothing. */
+  private mru: CacheEntry | null = null;
   dependsOn: Qcow2Cache | null = null;
   dependsOnFlush = false;
 
@@ -69,8 +71,7 @@ export class Qcow2Cache {
   lookupEntry(offset: number): CacheEntry | undefined {
     const e = this.entries.get(offset);
     if (e === undefined) return undefined;
-    this.entries.delete(offset);
-    this.entries.set(offset, e);
+    this.use(e);
     return e;
   }
 
@@ -95,6 +96,7 @@ export class Qcow2Cache {
     if (raced) return raced;
     const entry: CacheEntry = { offset, data, dirty: false, ref: 1 };
     this.entries.set(offset, entry);
+    this.mru = entry;
     return entry;
   }
 
@@ -108,6 +110,7 @@ export class Qcow2Cache {
     await this.makeRoom();
     const entry: CacheEntry = { offset, data: new Uint8Array(this.tableSize), dirty: false, ref: 1 };
     this.entries.set(offset, entry);
+    this.mru = entry;
     return entry;
   }
 
@@ -122,10 +125,17 @@ export class Qcow2Cache {
   private touch(offset: number): CacheEntry | undefined {
     const e = this.entries.get(offset);
     if (!e) return undefined;
-    this.entries.delete(offset);
-    this.entries.set(offset, e);
+    this.use(e);
     e.ref++;
     return e;
+  }
+
+  /** Make `e` the most recently used (the last in LRU order). */
+  private use(e: CacheEntry): void {
+    if (e === this.mru) return;
+    this.entries.delete(e.offset);
+    this.entries.set(e.offset, e);
+    this.mru = e;
   }
 
   private async makeRoom(): Promise<void> {
@@ -139,7 +149,7 @@ export class Qcow2Cache {
       }
       if (!victim) return; // everything is in use: grow past the bound rather than deadlock
       await this.writeEntry(victim);
-      if (victim.ref === 0 && !victim.dirty) this.entries.delete(victim.offset);
+      if (victim.ref === 0 && !victim.dirty) this.remove(victim);
     }
   }
 
@@ -230,7 +240,7 @@ export class Qcow2Cache {
   /** Forget an entry (the cluster was freed); its dirty bytes are dropped. */
   discard(offset: number): void {
     const e = this.entries.get(offset);
-    if (e && e.ref === 0) this.entries.delete(offset);
+    if (e && e.ref === 0) this.remove(e);
     else if (e) e.dirty = false;
   }
 
@@ -240,11 +250,18 @@ export class Qcow2Cache {
       if (e.dirty) throw new BlockError('EIO', `qcow2 ${this.name} cache dropped with dirty entries`, { op: 'cache' });
     }
     this.entries.clear();
+    this.mru = null;
   }
 
   /** Drop everything, dirty or not (a failed open). */
   reset(): void {
     this.entries.clear();
+    this.mru = null;
+  }
+
+  private remove(e: CacheEntry): void {
+    this.entries.delete(e.offset);
+    if (e === this.mru) this.mru = null;
   }
 
   offsets(): number[] {

@@ -22,14 +22,14 @@
  */
 import { emptyCheckResult, type CheckFix, type CheckResult } from '../../block/driver.js';
 import { BlockError, ERRNO_MESSAGES, toBlockError } from '../../block/errors.js';
-import { getL2Entry, qcow2WriteL1Entry } from './cluster.js';
+import { qcow2WriteL1Entry } from './cluster.js';
 import { QCOW2_OL_ACTIVE_L2, qcow2PreWriteOverlapCheck } from './corrupt.js';
 import { L1E_OFFSET_MASK, L2E_OFFSET_MASK, QCOW_OFLAG_COPIED, clusterType } from './entries.js';
 import { QCOW2_INCOMPAT_CORRUPT, QCOW2_INCOMPAT_DIRTY } from './header.js';
 import { calculateRefcounts, type CheckRun, type Imrt } from './check-imrt.js';
-import { l2SlotIsZero } from './check-l2.js';
+import { l2Words, nextUsedL2Slot } from './check-l2.js';
 import { rebuildRefcounts } from './check-rebuild.js';
-import { updateRefcount } from './refcount.js';
+import { qcow2GetRefcountNow, updateRefcount } from './refcount.js';
 import { type BDRVQcow2State, qcow2File } from './state.js';
 import { qcow2HasDataFile } from './data-file.js';
 
@@ -68,7 +68,8 @@ async function compareRefcounts(c: CheckRun, fix: CheckFix): Promise<number> {
   for (let i = 0; i < imrt.n; i++) {
     let r1: number;
     try {
-      r1 = await onDiskRefcount(s, i);
+      // From the cached block without a wait per cluster (a repair above changes it there).
+      r1 = qcow2GetRefcountNow(s, i) ?? (await onDiskRefcount(s, i));
     } catch (e) {
       c.report(`Can't get refcount for cluster ${i}: ${ERRNO_MESSAGES[toBlockError(e).code]}`);
       res.checkErrors++;
@@ -113,10 +114,18 @@ export async function readClamped(c: CheckRun, offset: number, bytes: number): P
 async function checkOflagCopied(c: CheckRun, fix: CheckFix): Promise<void> {
   const { s, res } = c;
   const file = qcow2File(s);
+  const copiedOf = (cluster: number, refcount: number): { refcount: number; copied: boolean } => ({
+    refcount,
+    copied: refcount === 1 && !c.imrt.overflowed.has(cluster),
+  });
+  // From the cached block now (no wait per data cluster), else read.
+  const wantedNow = (cluster: number): { refcount: number; copied: boolean } | null => {
+    const refcount = qcow2GetRefcountNow(s, cluster);
+    return refcount === null ? null : copiedOf(cluster, refcount);
+  };
   const wanted = async (cluster: number): Promise<{ refcount: number; copied: boolean } | null> => {
     try {
-      const refcount = await onDiskRefcount(s, cluster);
-      return { refcount, copied: refcount === 1 && !c.imrt.overflowed.has(cluster) };
+      return copiedOf(cluster, await onDiskRefcount(s, cluster));
     } catch {
       // Already reported by compareRefcounts.
       return null;
@@ -126,7 +135,7 @@ async function checkOflagCopied(c: CheckRun, fix: CheckFix): Promise<void> {
     const l1Entry = s.l1Table[i];
     const l2Offset = Number(l1Entry & L1E_OFFSET_MASK);
     if (l2Offset === 0) continue;
-    const w = await wanted(Math.floor(l2Offset / s.clusterSize));
+    const w = wantedNow(Math.floor(l2Offset / s.clusterSize)) ?? (await wanted(Math.floor(l2Offset / s.clusterSize)));
     if (w && w.copied !== ((l1Entry & QCOW_OFLAG_COPIED) !== 0n)) {
       c.report(`${fix.errors ? 'Repairing' : 'ERROR'} OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${hex(l1Entry)} refcount=${w.refcount}`);
       if (fix.errors) {
@@ -155,14 +164,16 @@ async function checkOflagCopied(c: CheckRun, fix: CheckFix): Promise<void> {
     }
     let dirty = false;
     const view = new DataView(table.buffer, table.byteOffset, table.byteLength);
-    for (let j = 0; j < s.l2Size; j++) {
-      if (l2SlotIsZero(view, j, s.l2EntrySize)) continue;
-      const l2Entry = getL2Entry(s, table, j);
+    const words = l2Words(table);
+    const es = s.l2EntrySize;
+    for (let j = nextUsedL2Slot(words, 0, s.l2Size, es); j < s.l2Size; j = nextUsedL2Slot(words, j + 1, s.l2Size, es)) {
+      const l2Entry = view.getBigUint64(j * es);
       const type = clusterType(l2Entry, !s.extendedL2, qcow2HasDataFile(s));
       const dataOffset = Number(l2Entry & L2E_OFFSET_MASK);
       if (!(type === 'normal' || (type === 'zero-alloc' && dataOffset !== 0))) continue;
       // With an external data file the data clusters have no refcount of their own.
-      const dw = qcow2HasDataFile(s) ? { refcount: 1, copied: true } : await wanted(Math.floor(dataOffset / s.clusterSize));
+      const cluster = Math.floor(dataOffset / s.clusterSize);
+      const dw = qcow2HasDataFile(s) ? { refcount: 1, copied: true } : (wantedNow(cluster) ?? (await wanted(cluster)));
       if (!dw || dw.copied === ((l2Entry & QCOW_OFLAG_COPIED) !== 0n)) continue;
       c.report(`${fix.errors ? 'Repairing' : 'ERROR'} OFLAG_COPIED data cluster: l2_entry=${hex(l2Entry)} refcount=${dw.refcount}`);
       if (fix.errors) {

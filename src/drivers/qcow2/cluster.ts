@@ -47,20 +47,34 @@ export interface Qcow2Run {
   l2Entry: bigint;
 }
 
+/**
+ * A view of the table last looked at, kept for the next lookup: a lookup reads a few entries
+ * of one table, and map and check read thousands, each a DataView less.
+ */
+let viewData: Uint8Array | null = null;
+let viewOfData: DataView<ArrayBufferLike> = new DataView(new ArrayBuffer(0));
+function tableView(data: Uint8Array): DataView<ArrayBufferLike> {
+  if (data !== viewData) {
+    viewOfData = new DataView(data.buffer, data.byteOffset);
+    viewData = data;
+  }
+  return viewOfData;
+}
+
 export function getL2Entry(s: BDRVQcow2State, data: Uint8Array, index: number): bigint {
-  return new DataView(data.buffer, data.byteOffset).getBigUint64(index * s.l2EntrySize);
+  return tableView(data).getBigUint64(index * s.l2EntrySize);
 }
 
 export function getL2Bitmap(s: BDRVQcow2State, data: Uint8Array, index: number): bigint {
-  return s.extendedL2 ? new DataView(data.buffer, data.byteOffset).getBigUint64(index * 16 + 8) : 0n;
+  return s.extendedL2 ? tableView(data).getBigUint64(index * 16 + 8) : 0n;
 }
 
 export function setL2Entry(s: BDRVQcow2State, data: Uint8Array, index: number, entry: bigint): void {
-  new DataView(data.buffer, data.byteOffset).setBigUint64(index * s.l2EntrySize, entry);
+  tableView(data).setBigUint64(index * s.l2EntrySize, entry);
 }
 
 export function setL2Bitmap(s: BDRVQcow2State, data: Uint8Array, index: number, bitmap: bigint): void {
-  new DataView(data.buffer, data.byteOffset).setBigUint64(index * 16 + 8, bitmap);
+  tableView(data).setBigUint64(index * 16 + 8, bitmap);
 }
 
 /** The L2 table offset of an L1 entry, checked for alignment. */

@@ -3,7 +3,7 @@
  * Requests live in io.ts, zeroing and discard in zero.ts, creation in create.ts, resizing in
  * resize.ts.
  */
-import type { BlockDriver, BlockDriverInfo, BlockStatus, ImageInfoSpecific, OpenOptions, WriteZeroesFlags } from '../../block/driver.js';
+import type { BlockDriver, BlockDriverInfo, ImageInfoSpecific, OpenOptions, WriteZeroesFlags } from '../../block/driver.js';
 import { bdrvNodeName } from '../../block/dirty-bitmap.js';
 import { BlockError } from '../../block/errors.js';
 import type { IOVector } from '../../block/iovec.js';
@@ -11,9 +11,7 @@ import type { BlockDriverState } from '../../block/node.js';
 import { bitmapInfoList, qcow2ReadBitmapList } from './bitmap.js';
 import { qcow2CanStoreNewDirtyBitmap, qcow2LoadDirtyBitmaps, qcow2RemovePersistentDirtyBitmap, qcow2StoreDirtyBitmaps, qcow2TruncateBitmapsCheck } from './bitmap-store.js';
 import { qcow2Check } from './check.js';
-import { qcow2DataFileIsRaw, qcow2DataNode, qcow2HasDataFile } from './data-file.js';
-import { qcow2PlanUnlocked } from './cluster.js';
-import { qcow2CheckNotCorrupt } from './corrupt.js';
+import { qcow2DataFileIsRaw, qcow2HasDataFile } from './data-file.js';
 import { qcow2Create, qcow2CreateOptions } from './create.js';
 import {
   QCOW2_COMPAT_LAZY_REFCOUNTS,
@@ -23,6 +21,7 @@ import {
 } from './header.js';
 import { qcow2CoPwritevCompressedPart } from './compress-write.js';
 import { qcow2PreadvNow } from './fast.js';
+import { qcow2BlockStatus, qcow2BlockStatusNow } from './status.js';
 import { qcow2CoPreadv, qcow2CoPwritev } from './io.js';
 import { qcow2MakeEmpty } from './make-empty.js';
 import { qcow2Measure } from './measure.js';
@@ -34,7 +33,6 @@ import { qcow2ReadSnapshots, snapshotInfo } from './snapshot-table.js';
 import { qcow2LoadVmstate, qcow2SaveVmstate } from './vmstate.js';
 import { qcow2SnapshotCreate, qcow2SnapshotDelete, qcow2SnapshotGoto, qcow2SnapshotLoadTmp } from './snapshot.js';
 import { qcow2RepairDirty } from './repair.js';
-import { qcow2GetRefcount } from './refcount.js';
 import { qcow2Truncate } from './resize.js';
 import { type BDRVQcow2State, qcow2File, qcow2IsDirty, qcow2State, qcow2WriteCaches } from './state.js';
 import { qcow2CoDiscard, qcow2CoWriteZeroes } from './zero.js';
@@ -100,58 +98,6 @@ async function qcow2Close(bs: BlockDriverState): Promise<void> {
     s.l2Cache.reset();
     s.refcountCache.reset();
   }
-}
-
-async function qcow2BlockStatus(bs: BlockDriverState, offset: number, bytes: number): Promise<BlockStatus> {
-  const s = qcow2State(bs);
-  qcow2CheckNotCorrupt(s, 'block_status');
-  const planned = qcow2PlanUnlocked(s, offset, bytes);
-  const run = planned instanceof Promise ? await planned : planned;
-  const withOffset = run.allocated ? { offset: run.hostOffset, file: qcow2DataNode(s) } : {};
-  switch (run.kind) {
-    case 'normal': {
-      if (await qcow2MetadataPreallocated(s)) {
-        // Preallocated clusters may never have been written: ask the file whether they read
-        // as zeros (QEMU's BDRV_BLOCK_RECURSE), and answer for no more than the file does.
-        const st = await qcow2DataNode(s).blockStatus(run.hostOffset, run.bytes);
-        return { pnum: Math.min(st.pnum, run.bytes), allocated: true, data: true, zero: st.zero, ...withOffset };
-      }
-      return { pnum: run.bytes, allocated: true, data: true, zero: false, ...withOffset };
-    }
-    case 'compressed':
-      return { pnum: run.bytes, allocated: true, data: true, zero: false };
-    case 'zero':
-      return { pnum: run.bytes, allocated: true, data: false, zero: true, ...withOffset };
-    default: {
-      const backing = bs.backing;
-      const zero = !backing || offset >= (await backing.getLength());
-      return { pnum: run.bytes, allocated: false, data: false, zero, ...withOffset };
-    }
-  }
-}
-
-/**
- * Does the image look metadata-preallocated (qcow2_detect_metadata_preallocation): clearly
- * more clusters counted than the file really occupies? Decided once per open.
- */
-async function qcow2MetadataPreallocated(s: BDRVQcow2State): Promise<boolean> {
-  if (s.metadataPreallocation !== null) return s.metadataPreallocation;
-  const file = qcow2File(s);
-  let answer = false;
-  try {
-    const realClusters = Math.floor((await file.getAllocatedFileSize()) / s.clusterSize);
-    const threshold = Math.max(Math.floor((realClusters * 10) / 9), realClusters + 2);
-    const end = Math.ceil((await file.getLength()) / s.clusterSize);
-    let count = 0;
-    await s.lock.run(async () => {
-      for (let i = 0; i < end && count < threshold; i++) if ((await qcow2GetRefcount(s, i)) !== 0) count++;
-    });
-    answer = count >= threshold;
-  } catch {
-    // Without the file's allocation there is nothing to compare with: no recursion.
-  }
-  s.metadataPreallocation = answer;
-  return answer;
 }
 
 async function qcow2GetInfo(bs: BlockDriverState): Promise<BlockDriverInfo> {
@@ -244,6 +190,7 @@ export const qcow2Driver: BlockDriver = {
   coFlush: qcow2Flush,
   coPwritevCompressed: (bs, offset, bytes, qiov: IOVector) => qcow2CoPwritevCompressedPart(qcow2State(bs), offset, bytes, qiov),
   coBlockStatus: qcow2BlockStatus,
+  blockStatusNow: qcow2BlockStatusNow,
   coWriteZeroes: (bs, offset, bytes, flags: WriteZeroesFlags) => qcow2CoWriteZeroes(qcow2State(bs), offset, bytes, flags),
   coDiscard: (bs, offset, bytes) => qcow2CoDiscard(qcow2State(bs), offset, bytes),
   truncate: async (bs, size, prealloc) => {

@@ -110,6 +110,28 @@ export function qedFindCluster(
   }
 }
 
+/**
+ * The same plan now, for block status: null when the L2 table is not cached or an entry is
+ * invalid (qedFindCluster then reads the table, or reports the entry). Holds no reference
+ * afterwards: nothing can change the table while this runs.
+ */
+export function qedFindClusterNow(s: BDRVQEDState, pos: number, len: number): QEDClusterRun | null {
+  const l2End = (Math.floor(pos / s.l2Span) + 1) * s.l2Span;
+  len = Math.min(len, l2End - pos);
+  const l2Offset = s.l1Table.get(qedL1Index(s, pos));
+  if (l2Offset === QED_UNALLOC_CLUSTER) return { kind: 'l1-unallocated', hostOffset: 0, length: len };
+  if (!qedCheckTableOffset(qedHotLimits(s), l2Offset)) return null;
+  const request: QEDRequest = { l2Table: null };
+  if (!qedTakeCachedL2Table(s, request, l2Offset)) return null;
+  try {
+    return qedFindClusterInTable(s, request, pos, len);
+  } catch {
+    return null;
+  } finally {
+    s.l2Cache.unref(request.l2Table);
+  }
+}
+
 /** Cache miss: read the table, then plan the run in it. */
 async function qedFindClusterRead(
   s: BDRVQEDState,

@@ -8,7 +8,6 @@ import {
   type BlockDriver,
   type BlockDriverHook,
   type BlockDriverInfo,
-  type BlockStatus,
   type CheckFix,
   type CheckResult,
   type OpenOptions,
@@ -18,8 +17,8 @@ import { BlockError } from '../../block/errors.js';
 import type { IOVector } from '../../block/iovec.js';
 import type { BlockDriverState } from '../../block/node.js';
 import { qedCheck } from './check.js';
-import { qedFindCluster } from './cluster.js';
 import { qedCreate, qedCreateOptions, qedCreateWarnings } from './create.js';
+import { qedBlockStatusNow, qedCoBlockStatus, qedCoIsAllocated } from './status.js';
 import {
   decodeHeader,
   encodeHeader,
@@ -43,7 +42,7 @@ import {
 } from './io.js';
 import { L2Cache } from './l2-cache.js';
 import { cancelNeedCheckTimer, qedDrainBegin, qedNeedCheckTimerCb } from './need-check.js';
-import { type BDRVQEDState, type QEDRequest, qedFile, qedState, qedWaitAllocPending, qedWriteHeaderSync } from './state.js';
+import { type BDRVQEDState, qedFile, qedState, qedWaitAllocPending, qedWriteHeaderSync } from './state.js';
 import { QEDTable, qedReadL1Table } from './table.js';
 
 /** Probe: the magic is all QED has; a match is certain. */
@@ -185,40 +184,6 @@ const qedCoPwritev: BlockDriverHook<'coPwritev'> = async (bs, offset, bytes, qio
   if (flags.fua) await qedFile(qedState(bs)).flush();
 };
 
-/** Block status of one run, from the same planner the request path uses. */
-async function qedCoBlockStatus(bs: BlockDriverState, offset: number, bytes: number): Promise<BlockStatus> {
-  const s = qedState(bs);
-  const request: QEDRequest = { l2Table: null };
-  try {
-    const run = await qedFindCluster(s, request, offset, bytes);
-    switch (run.kind) {
-      case 'found':
-        return { pnum: run.length, allocated: true, data: true, zero: false, offset: run.hostOffset, file: qedFile(s) };
-      case 'zero':
-        return { pnum: run.length, allocated: true, data: false, zero: true };
-      default: {
-        // Not allocated here: the data comes from the backing file, and reads as zeros when
-        // there is none or the range starts past its end (QEMU's generic block status adds
-        // this for every format with backing support).
-        const backing = bs.backing;
-        const zero = !backing || offset >= (await backing.getLength());
-        return { pnum: run.length, allocated: false, data: false, zero };
-      }
-    }
-  } finally {
-    s.l2Cache.unref(request.l2Table);
-  }
-}
-
-async function qedCoIsAllocated(
-  bs: BlockDriverState,
-  offset: number,
-  bytes: number,
-): Promise<{ allocated: boolean; pnum: number }> {
-  const st = await qedCoBlockStatus(bs, offset, bytes);
-  return { allocated: st.allocated, pnum: st.pnum };
-}
-
 async function qedWriteZeroesHook(
   bs: BlockDriverState,
   offset: number,
@@ -336,6 +301,7 @@ export const qedDriver: BlockDriver = {
   aioWritev: qedAioWritev,
   coBlockStatus: qedCoBlockStatus,
   coIsAllocated: qedCoIsAllocated,
+  blockStatusNow: qedBlockStatusNow,
   coWriteZeroes: qedWriteZeroesHook,
   truncate: qedTruncate,
   getLength: qedGetLength,

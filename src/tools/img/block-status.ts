@@ -21,6 +21,18 @@ export async function layerStatus(bs: BlockDriverState, offset: number, bytes: n
   return r;
 }
 
+/**
+ * The same status now, when the layer answers without waiting (a cached table, a backing
+ * length known): null when it cannot, and layerStatus then asks and reports any error.
+ */
+export function layerStatusNow(bs: BlockDriverState, offset: number, bytes: number): LayerStatus | null {
+  const st = bs.blockStatusNow(offset, bytes);
+  if (st === null || st.allocated || !bs.driver.supportsBacking || st.zero) return st;
+  const backingLen = bs.backing === null ? 0 : bs.backing.knownLength();
+  if (backingLen === null) return null;
+  return offset >= backingLen ? { ...st, zero: true } : st;
+}
+
 export const BDRV_BLOCK_DATA = 0x01;
 export const BDRV_BLOCK_ZERO = 0x02;
 export const BDRV_BLOCK_OFFSET_VALID = 0x04;

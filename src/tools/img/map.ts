@@ -4,7 +4,7 @@ import { ERRNO_MESSAGES, isBlockError, type BlockDriverState } from '../../index
 import { closeQuietly, rootOf } from '../shared/open.js';
 import { ToolExit } from '../shared/output.js';
 import { cvtnum } from '../shared/size.js';
-import { layerStatus, type LayerStatus } from './block-status.js';
+import { layerStatus, layerStatusNow, type LayerStatus } from './block-status.js';
 import type { ImgEnv } from './env.js';
 import { imgOpen } from './open.js';
 import { FORCE_SHARE, FORMAT_LONG, HELP, IMAGE_OPTS, OBJECT, OUTPUT, imgArgs, oneFilename, parseImgOptions, parseOutputFormat, type ImgArgs, type ImgOption } from './options.js';
@@ -26,23 +26,7 @@ function nodeFilename(file: BlockDriverState | undefined): string | null {
   return file ? file.filename : null;
 }
 
-/** get_block_status of qemu-img map: walk down the chain until a layer decides. */
-export async function getBlockStatus(top: BlockDriverState, offset: number, bytes: number): Promise<MapEntry> {
-  let bs: BlockDriverState | null = top;
-  let depth = 0;
-  let n = bytes;
-  let st: LayerStatus = { pnum: n, allocated: false, data: false, zero: false };
-  while (bs) {
-    st = await layerStatus(bs, offset, n);
-    n = st.pnum;
-    if (st.zero || st.data) break;
-    if (!bs.backing) {
-      st = { pnum: n, allocated: false, data: false, zero: false };
-      break;
-    }
-    bs = bs.backing;
-    depth++;
-  }
+function mapEntry(offset: number, n: number, st: LayerStatus, depth: number): MapEntry {
   const hasOffset = st.offset !== undefined;
   return {
     start: offset,
@@ -55,6 +39,53 @@ export async function getBlockStatus(top: BlockDriverState, offset: number, byte
     present: st.allocated,
     filename: hasOffset ? nodeFilename(st.file) : null,
   };
+}
+
+const UNALLOCATED: LayerStatus = { pnum: 0, allocated: false, data: false, zero: false };
+
+/** get_block_status of qemu-img map: walk down the chain until a layer decides. */
+export async function getBlockStatus(top: BlockDriverState, offset: number, bytes: number): Promise<MapEntry> {
+  let bs: BlockDriverState | null = top;
+  let depth = 0;
+  let n = bytes;
+  let st: LayerStatus = UNALLOCATED;
+  while (bs) {
+    st = await layerStatus(bs, offset, n);
+    n = st.pnum;
+    if (st.zero || st.data) break;
+    if (!bs.backing) {
+      st = UNALLOCATED;
+      break;
+    }
+    bs = bs.backing;
+    depth++;
+  }
+  return mapEntry(offset, n, st, depth);
+}
+
+/**
+ * The same walk now, when every layer it meets answers without waiting (layerStatusNow);
+ * null otherwise, and getBlockStatus then asks. Map meets an extent per answer, tens of
+ * thousands in a fragmented image: most of them come from a table already read.
+ */
+export function getBlockStatusNow(top: BlockDriverState, offset: number, bytes: number): MapEntry | null {
+  let bs: BlockDriverState | null = top;
+  let depth = 0;
+  let n = bytes;
+  let st: LayerStatus | null = UNALLOCATED;
+  while (bs) {
+    st = layerStatusNow(bs, offset, n);
+    if (st === null) return null;
+    n = st.pnum;
+    if (st.zero || st.data) break;
+    if (!bs.backing) {
+      st = UNALLOCATED;
+      break;
+    }
+    bs = bs.backing;
+    depth++;
+  }
+  return mapEntry(offset, n, st, depth);
 }
 
 function entryMergeable(curr: MapEntry, next: MapEntry): boolean {
@@ -135,7 +166,7 @@ export async function imgMap(env: ImgEnv, argv: string[]): Promise<number> {
       const n = Math.min(2 ** 30, length - offset);
       let next: MapEntry;
       try {
-        next = await getBlockStatus(bs, offset, n);
+        next = getBlockStatusNow(bs, offset, n) ?? (await getBlockStatus(bs, offset, n));
       } catch (e) {
         env.o.error(`Could not read file metadata: ${isBlockError(e) ? ERRNO_MESSAGES[e.code] : String(e)}`);
         return 1;

@@ -29,9 +29,19 @@ export interface ToolIO {
 export const STDIO_BUFSIZ = 4096;
 
 /**
+ * Full blocks of stdout that may wait in memory before they are written: the byte stream is
+ * the same either way, and map of a fragmented image prints megabytes, a write per 4 KiB.
+ */
+const STDOUT_HOLD = 1 << 20;
+
+/**
  * stdout/stderr with C stdio semantics: stderr is unbuffered; stdout is fully buffered (4 KiB
  * chunks) unless it is a terminal (line buffered), and flushed explicitly or at exit. When both
  * streams share one pipe, this reproduces QEMU's ordering (errors first unless flushed).
+ *
+ * The full 4 KiB blocks stdio would have written are held back up to STDOUT_HOLD and written
+ * together, always before anything goes to stderr: whoever reads both streams from one pipe
+ * sees the bytes in stdio's order, with fewer writes.
  */
 export class ToolOutput {
   private pending = '';
@@ -51,12 +61,15 @@ export class ToolOutput {
       }
       return;
     }
-    // A full buffer is written out in whole blocks; the rest waits.
-    if (this.pending.length >= STDIO_BUFSIZ) {
-      const n = this.pending.length - (this.pending.length % STDIO_BUFSIZ);
-      this.io.stdout.write(this.pending.slice(0, n));
-      this.pending = this.pending.slice(n);
-    }
+    if (this.pending.length >= STDOUT_HOLD) this.writeFullBlocks();
+  }
+
+  /** Write what stdio would have written by now: the buffered text's whole 4 KiB blocks. */
+  private writeFullBlocks(): void {
+    if (this.io.stdoutIsTTY === true || this.pending.length < STDIO_BUFSIZ) return;
+    const n = this.pending.length - (this.pending.length % STDIO_BUFSIZ);
+    this.io.stdout.write(this.pending.slice(0, n));
+    this.pending = this.pending.slice(n);
   }
 
   /** fflush(stdout). */
@@ -69,17 +82,18 @@ export class ToolOutput {
 
   /** fprintf(stderr, ...) without the program-name prefix (error_printf). */
   errRaw(s: string): void {
+    this.writeFullBlocks();
     this.io.stderr.write(s);
   }
 
   /** error_report: "prog: message\n" on stderr. */
   error(msg: string): void {
-    this.io.stderr.write(`${this.prog}: ${msg}\n`);
+    this.errRaw(`${this.prog}: ${msg}\n`);
   }
 
   /** warn_report: "prog: warning: message\n". */
   warn(msg: string): void {
-    this.io.stderr.write(`${this.prog}: warning: ${msg}\n`);
+    this.errRaw(`${this.prog}: warning: ${msg}\n`);
   }
 }
 

@@ -1,0 +1,91 @@
+/**
+ * Block status (QEMU's qcow2_co_block_status): one planned run, with metadata preallocation
+ * detected once per open; and the same answer now when the L2 table is cached (the
+ * blockStatusNow hook: map and convert ask once per extent, and a cached answer needs no
+ * promise).
+ */
+import type { BlockStatus } from '../../block/driver.js';
+import type { BlockDriverState } from '../../block/node.js';
+import { type Qcow2Run, qcow2GetHostOffsetNow, qcow2PlanUnlocked } from './cluster.js';
+import { qcow2CheckNotCorrupt } from './corrupt.js';
+import { qcow2DataNode } from './data-file.js';
+import { qcow2GetRefcount, qcow2GetRefcountNow } from './refcount.js';
+import { type BDRVQcow2State, qcow2File, qcow2State } from './state.js';
+
+/**
+ * The status of a planned run that needs nothing more (not data in a metadata-preallocated
+ * image). Unallocated runs read as zeros when there is no backing file or the range starts
+ * past its end (`pastBacking`).
+ */
+function runStatus(s: BDRVQcow2State, run: Qcow2Run, pastBacking: boolean): BlockStatus {
+  const withOffset = run.allocated ? { offset: run.hostOffset, file: qcow2DataNode(s) } : {};
+  switch (run.kind) {
+    case 'normal':
+      return { pnum: run.bytes, allocated: true, data: true, zero: false, ...withOffset };
+    case 'compressed':
+      return { pnum: run.bytes, allocated: true, data: true, zero: false };
+    case 'zero':
+      return { pnum: run.bytes, allocated: true, data: false, zero: true, ...withOffset };
+    default:
+      return { pnum: run.bytes, allocated: false, data: false, zero: pastBacking, ...withOffset };
+  }
+}
+
+export async function qcow2BlockStatus(bs: BlockDriverState, offset: number, bytes: number): Promise<BlockStatus> {
+  const s = qcow2State(bs);
+  qcow2CheckNotCorrupt(s, 'block_status');
+  const planned = qcow2PlanUnlocked(s, offset, bytes);
+  const run = planned instanceof Promise ? await planned : planned;
+  if (run.kind === 'normal' && (await qcow2MetadataPreallocated(s))) {
+    // Preallocated clusters may never have been written: ask the file whether they read
+    // as zeros (QEMU's BDRV_BLOCK_RECURSE), and answer for no more than the file does.
+    const st = await qcow2DataNode(s).blockStatus(run.hostOffset, run.bytes);
+    return { pnum: Math.min(st.pnum, run.bytes), allocated: true, data: true, zero: st.zero, offset: run.hostOffset, file: qcow2DataNode(s) };
+  }
+  const backing = bs.backing;
+  return runStatus(s, run, run.kind === 'unallocated' && (!backing || offset >= (await backing.getLength())));
+}
+
+/**
+ * The blockStatusNow hook: what qcow2BlockStatus would answer with s.lock free and nothing to
+ * wait for; null when s.lock is held, the image is corrupt, the table is not cached, the
+ * backing length is unknown, or data needs the preallocation decision or the file's status.
+ */
+export function qcow2BlockStatusNow(bs: BlockDriverState, offset: number, bytes: number): BlockStatus | null {
+  const s = bs.opaque as BDRVQcow2State | null;
+  if (s === null || s.lock.isLocked || s.corrupt) return null;
+  const run = qcow2GetHostOffsetNow(s, offset, bytes);
+  if (run === null || (run.kind === 'normal' && s.metadataPreallocation !== false)) return null;
+  let pastBacking = false;
+  if (run.kind === 'unallocated') {
+    const len = bs.backing === null ? 0 : bs.backing.knownLength();
+    if (len === null) return null;
+    pastBacking = offset >= len;
+  }
+  return runStatus(s, run, pastBacking);
+}
+
+/**
+ * Does the image look metadata-preallocated (qcow2_detect_metadata_preallocation): clearly
+ * more clusters counted than the file really occupies? Decided once per open.
+ */
+async function qcow2MetadataPreallocated(s: BDRVQcow2State): Promise<boolean> {
+  if (s.metadataPreallocation !== null) return s.metadataPreallocation;
+  const file = qcow2File(s);
+  let answer = false;
+  try {
+    const realClusters = Math.floor((await file.getAllocatedFileSize()) / s.clusterSize);
+    const threshold = Math.max(Math.floor((realClusters * 10) / 9), realClusters + 2);
+    const end = Math.ceil((await file.getLength()) / s.clusterSize);
+    let count = 0;
+    await s.lock.run(async () => {
+      // Counted from cached refcount blocks without a wait each: one per cluster of the file.
+      for (let i = 0; i < end && count < threshold; i++) if ((qcow2GetRefcountNow(s, i) ?? (await qcow2GetRefcount(s, i))) !== 0) count++;
+    });
+    answer = count >= threshold;
+  } catch {
+    // Without the file's allocation there is nothing to compare with: no recursion.
+  }
+  s.metadataPreallocation = answer;
+  return answer;
+}

@@ -1,0 +1,58 @@
+/**
+ * Block status (QEMU's bdrv_qed_co_block_status): one run from the same planner the request
+ * path uses, and the same answer now when the L2 table is cached (the blockStatusNow hook:
+ * map and convert ask once per extent, and a cached answer needs no promise).
+ */
+import type { BlockStatus } from '../../block/driver.js';
+import type { BlockDriverState } from '../../block/node.js';
+import { type QEDClusterRun, qedFindCluster, qedFindClusterNow } from './cluster.js';
+import { type BDRVQEDState, type QEDRequest, qedFile, qedState } from './state.js';
+
+/**
+ * The status of a planned run. Not allocated here: the data comes from the backing file, and
+ * reads as zeros when there is none or the range starts past its end (`pastBacking`; QEMU's
+ * generic block status adds this for every format with backing support).
+ */
+function runStatus(s: BDRVQEDState, run: QEDClusterRun, pastBacking: boolean): BlockStatus {
+  switch (run.kind) {
+    case 'found':
+      return { pnum: run.length, allocated: true, data: true, zero: false, offset: run.hostOffset, file: qedFile(s) };
+    case 'zero':
+      return { pnum: run.length, allocated: true, data: false, zero: true };
+    default:
+      return { pnum: run.length, allocated: false, data: false, zero: pastBacking };
+  }
+}
+
+export async function qedCoBlockStatus(bs: BlockDriverState, offset: number, bytes: number): Promise<BlockStatus> {
+  const s = qedState(bs);
+  const request: QEDRequest = { l2Table: null };
+  try {
+    const run = await qedFindCluster(s, request, offset, bytes);
+    const backing = bs.backing;
+    const unallocated = run.kind === 'l1-unallocated' || run.kind === 'l2-unallocated';
+    return runStatus(s, run, unallocated && (!backing || offset >= (await backing.getLength())));
+  } finally {
+    s.l2Cache.unref(request.l2Table);
+  }
+}
+
+export async function qedCoIsAllocated(bs: BlockDriverState, offset: number, bytes: number): Promise<{ allocated: boolean; pnum: number }> {
+  const st = await qedCoBlockStatus(bs, offset, bytes);
+  return { allocated: st.allocated, pnum: st.pnum };
+}
+
+/** The blockStatusNow hook: null when the table is not cached or the backing length unknown. */
+export function qedBlockStatusNow(bs: BlockDriverState, offset: number, bytes: number): BlockStatus | null {
+  const s = bs.opaque as BDRVQEDState | null;
+  if (s === null) return null;
+  const run = qedFindClusterNow(s, offset, bytes);
+  if (run === null) return null;
+  let pastBacking = false;
+  if (run.kind === 'l1-unallocated' || run.kind === 'l2-unallocated') {
+    const len = bs.backing === null ? 0 : bs.backing.knownLength();
+    if (len === null) return null;
+    pastBacking = offset >= len;
+  }
+  return runStatus(s, run, pastBacking);
+}
