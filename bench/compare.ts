@@ -13,8 +13,8 @@
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { join } from 'node:path';
-import { CommandFailed, REPO, findOurs, TIME_BIN, describeMachine, fmtSeconds, measure, median, run, type Measured, type Ours } from './lib.js';
-import { mergeResults, ratioOf, renderResults, timeOf, type MemoryResult, type Row, type RunInfo } from './report.js';
+import { CommandFailed, REPO, findOurs, TIME_BIN, describeMachine, fmtSeconds, measure, run, type Measured, type Ours } from './lib.js';
+import { cpuOf, mergeResults, ratioOf, renderResults, timeOf, type MemoryResult, type Row, type RunInfo } from './report.js';
 import { withNbdServer } from './nbd-server.js';
 import { MEMORY_CHECK, allWorkloads, type Ctx, type Tool, type Workload } from './workloads.js';
 
@@ -164,10 +164,9 @@ async function runWorkload(w: Workload, runs: number, ctx: Ctx, ours: Ours): Pro
 
 /** Median CPU seconds (user + system) of each tool's runs, when GNU time measured them. */
 function cpuText(row: Row): string {
-  const cpu = (ms: Measured[]): number => median(ms.flatMap((m) => (m.cpu == null ? [] : [m.cpu])));
-  const q = cpu(row.qemu);
-  const o = cpu(row.ours);
-  return Number.isNaN(q) || Number.isNaN(o) ? '' : `, CPU s (user + system) QEMU ${fmtSeconds(q)} ours ${fmtSeconds(o)}`;
+  const q = cpuOf(row.qemu);
+  const o = cpuOf(row.ours);
+  return q === null || o === null ? '' : `, CPU s (user + system) QEMU ${fmtSeconds(q)} ours ${fmtSeconds(o)}`;
 }
 
 function memoryCheck(ctx: Ctx, ours: Ours, format: 'qed' | 'qcow2'): MemoryResult {
