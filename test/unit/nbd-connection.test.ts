@@ -3,11 +3,12 @@
 // up listeners and Node's leak warning), and all of them go on once the peer reads. READ
 // reply frames leave in one write and go back to the pool only once the socket wrote them.
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createConnection, createServer, type Socket } from 'node:net';
+import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { NbdConnection } from '../../src/nbd/connection.js';
+import { acceptOnce } from './nbd-wire.js';
 
 describe('NbdConnection.send', () => {
   const dir = mkdtempSync(join(tmpdir(), 'nbd-conn-'));
@@ -15,13 +16,7 @@ describe('NbdConnection.send', () => {
 
   it('shares one drain wait among replies and delivers them all in order', async () => {
     const path = join(dir, 's.sock');
-    const accepted = new Promise<Socket>((resolve) => {
-      const server = createServer((s) => {
-        server.close();
-        resolve(s);
-      });
-      server.listen(path);
-    });
+    const accepted = acceptOnce(path);
     const client = createConnection(path);
     client.pause();
     const conn = new NbdConnection(1, await accepted);
@@ -59,13 +54,7 @@ describe('NbdConnection.send', () => {
 
   it('writes a small chunk, header and payload, in one write', async () => {
     const path = join(dir, 'small.sock');
-    const accepted = new Promise<Socket>((resolve) => {
-      const server = createServer((s) => {
-        server.close();
-        resolve(s);
-      });
-      server.listen(path);
-    });
+    const accepted = acceptOnce(path);
     const client = createConnection(path);
     const conn = new NbdConnection(3, await accepted);
     const writes: number[] = [];
@@ -92,13 +81,7 @@ describe('NbdConnection.send', () => {
 
   it('sends a frame in one write and reuses it only after the socket wrote it', async () => {
     const path = join(dir, 'f.sock');
-    const accepted = new Promise<Socket>((resolve) => {
-      const server = createServer((s) => {
-        server.close();
-        resolve(s);
-      });
-      server.listen(path);
-    });
+    const accepted = acceptOnce(path);
     const client = createConnection(path);
     client.pause();
     const conn = new NbdConnection(2, await accepted);

@@ -1,10 +1,11 @@
 import { mkdtempSync, rmSync } from 'node:fs';
-import { connect, createServer, type Socket } from 'node:net';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { ConnectionClosed, onreadOptions, SocketReader } from '../../src/nbd/reader.js';
+import { acceptOnce } from './nbd-wire.js';
 
 const tick = (): Promise<void> => new Promise((r) => setTimeout(r, 10));
 
@@ -62,13 +63,7 @@ describe('SocketReader', () => {
   it('keeps its own copy of what an onread socket delivered into its reused buffer', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'nbd-reader-'));
     const path = join(dir, 's.sock');
-    const accepted = new Promise<Socket>((resolve) => {
-      const server = createServer((s) => {
-        server.close();
-        resolve(s);
-      });
-      server.listen(path);
-    });
+    const accepted = acceptOnce(path);
     const reuse = onreadOptions();
     const client = connect({ path, onread: reuse.onread });
     const reader = new SocketReader(client);

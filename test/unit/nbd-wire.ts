@@ -4,6 +4,17 @@ import * as net from 'node:net';
 import * as p from '../../src/nbd/protocol.js';
 import { ConnectionClosed, SocketReader } from '../../src/nbd/reader.js';
 
+/** Listen on the unix socket `path` for one connection: its server side (the listener closes). */
+export function acceptOnce(path: string): Promise<net.Socket> {
+  return new Promise<net.Socket>((resolve) => {
+    const server = net.createServer((s) => {
+      server.close();
+      resolve(s);
+    });
+    server.listen(path);
+  });
+}
+
 export interface OptionAnswer {
   type: number;
   data: Buffer;
