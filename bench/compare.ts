@@ -222,6 +222,11 @@ async function main(): Promise<number> {
   const code = codeVersion();
   const t0 = process.hrtime.bigint();
   const qemuImg = 'qemu-img';
+  // Node reads the file NODE_EXTRA_CA_CERTS names at start-up, before any of our code runs
+  // (about 0.1 s of CPU for a system CA bundle, in every process). Some environments set it
+  // for all programs; it only concerns TLS, which no row uses, so no child inherits it.
+  const caCerts = process.env.NODE_EXTRA_CA_CERTS !== undefined;
+  delete process.env.NODE_EXTRA_CA_CERTS;
   if (args.uvThreads !== null) oursEnv = { ...process.env, UV_THREADPOOL_SIZE: args.uvThreads };
   const mc = describeMachine(qemuImg, oursEnv.UV_THREADPOOL_SIZE);
   if (mc.qemuImg === 'not installed') {
@@ -229,6 +234,7 @@ async function main(): Promise<number> {
     return 1;
   }
   const notes: string[] = [];
+  if (caCerts) notes.push('NODE_EXTRA_CA_CERTS was set here and removed from the environment of every child');
   if (!existsSync(TIME_BIN)) notes.push(`${TIME_BIN} missing: peak RSS not measured (Debian package "time")`);
 
   if (args.build) {
