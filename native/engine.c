@@ -286,6 +286,8 @@ static napi_value engine_submit(napi_env env, napi_callback_info info) {
     return ret;
   }
   struct eng_req *r = &e->reqs[e->free_head];
+  /* Read now: a back end's queue may reuse the link (the threads' list does). */
+  int32_t next_free = r->next;
   r->op = op;
   r->fd = fd;
   r->mode = mode;
@@ -329,7 +331,7 @@ static napi_value engine_submit(napi_env env, napi_callback_info info) {
     napi_create_int32(env, -1, &ret);
     return ret;
   }
-  e->free_head = r->next;
+  e->free_head = next_free;
   if (e->inflight++ == 0) uv_ref((uv_handle_t *)&e->poll);
   if (e->queued++ == 0) uv_prepare_start(&e->prepare, on_prepare);
   napi_create_int32(env, (int32_t)r->slot, &ret);

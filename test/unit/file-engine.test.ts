@@ -135,6 +135,23 @@ describe.each(['io_uring', 'threads'] as EngineKind[])('I/O engine: %s', (kind) 
     for (let i = 0; i < n; i++) expect(f[i * 64 + 63]).toBe(i & 0xff);
   });
 
+  it('requests issued together each take a slot of their own, all in flight at once', () => {
+    // Through the addon itself: the IoEngine would queue refused requests in its backlog.
+    setIoEngineForTest('fs');
+    const addon = loadSeekAddon();
+    if (addon?.engineStart === undefined || addon.engineSubmit === undefined || addon.engineStop === undefined) {
+      throw new Error('no engine');
+    }
+    let delivered = 0;
+    addon.engineStart(kind, (n) => (delivered += n), new Float64Array(512));
+    const bufs = [0, 1, 2, 3].map((i) => new Uint8Array(4096).fill(i));
+    const slots = bufs.map((b, i) => addon.engineSubmit!(1, fd, b, i * 4096, 0, 0));
+    expect(slots.every((s) => s >= 0)).toBe(true);
+    expect(new Set(slots).size).toBe(4);
+    addon.engineStop();
+    expect(delivered).toBe(4);
+  });
+
   it('stop waits for what is in flight and settles every request', async () => {
     const e = engine();
     const reads = Array.from({ length: 300 }, () => e.preadv(fd, new Uint8Array(4096), 0));
