@@ -3,7 +3,7 @@
 // unallocated in the target, requests run in parallel (-m, through p-queue) and are written
 // in order unless -W.
 import PQueue from 'p-queue';
-import { bufferIsZero, sectorRun, type BlockBackend } from '../../index.js';
+import { bufferIsZero, qemuMemalign, sectorRun, type BlockBackend } from '../../index.js';
 import { rootOf } from '../shared/open.js';
 import { ToolExit, errnoMessage } from '../shared/output.js';
 import { BDRV_BLOCK_DATA, BDRV_BLOCK_ZERO, blockStatusAboveFlags } from './block-status.js';
@@ -239,6 +239,7 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
   const queue = new PQueue({ concurrency: numCoroutines });
   // Chunk buffers are reused (at most one per queue slot is in use): no fresh, zero-filled
   // buffer per chunk. A read fills every byte it is given (zeros past the source's end).
+  // They are page-aligned (qemu_blockalign): the kernel copies into and out of them faster.
   const freeBufs: Uint8Array[] = [];
   const EMPTY = new Uint8Array(0);
   let sectorNum = 0;
@@ -262,7 +263,7 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
       // Only data chunks (read, or zeros written as data) need a buffer; they are at most
       // bufSectors long. Zero runs written with writeZeroes and backing runs never touch it.
       const needBuf = status === 'data' || (!s.minSparse && status === 'zero');
-      const pooled = needBuf ? (freeBufs.pop() ?? new Uint8Array(s.bufSectors * SECTOR)) : null;
+      const pooled = needBuf ? (freeBufs.pop() ?? qemuMemalign(s.bufSectors * SECTOR)) : null;
       try {
         const buf = pooled === null ? EMPTY : pooled.subarray(0, n * SECTOR);
         if (status === 'data') {
