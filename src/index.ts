@@ -16,7 +16,7 @@ import { zlibEngineCodec } from './drivers/qcow2/compress-engine.js';
 import { addonZlibEngine } from './drivers/file/seek.js';
 
 export * from './portable.js';
-export { addonPath, fileDriver, ioEngineName } from './drivers/file/index.js';
+export { addonPath, fileDriver, ioEngineName, qemuMemalign } from './drivers/file/index.js';
 export type { EngineKind } from './drivers/file/index.js';
 export { nodeHttpTransport, type NodeHttpTransportOptions } from './drivers/http/node-transport.js';
 // The NBD client needs node:net; the browser entry leaves this driver out.

@@ -1,5 +1,8 @@
 // The benchmark scripts' pure parts: statistics, the workload table, the profile summary.
 // Nothing here runs a benchmark or looks at a time.
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { fmtMiB, fmtSeconds, median } from '../../bench/lib.js';
 import { summarise } from '../../bench/profile.js';
@@ -72,6 +75,30 @@ describe('bench workloads', () => {
       });
     expect(pairs).toEqual(['qed->raw', 'qcow2->raw', 'qcow2->qcow2', 'raw->qcow2 -c', 'qcow2->raw', 'qed->qcow2', 'raw->raw']);
     expect(all.find((w) => w.id === '11.5')?.prepare(ctx, 'qemu')).toContain('/nonexistent/convert-src-128m-c.qcow2');
+  });
+
+  it('a convert row keeps both outputs for the first pair only, then each run starts without either', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'bench-convert-'));
+    try {
+      const ctx = { dir, qemuImg: 'qemu-img', made: new Set([join(dir, 'convert-src.raw')]) };
+      const w = allWorkloads().find((x) => x.id === '11.7')!;
+      const run = (tool: 'qemu' | 'ours'): string => {
+        const out = w.prepare(ctx, tool).at(-1)!;
+        writeFileSync(out, 'converted');
+        return out;
+      };
+      const q = run('qemu');
+      const o = run('ours');
+      expect(existsSync(q)).toBe(true);
+      const m = { reported: null, wall: 0, maxRssKiB: null, stdout: '', stderr: '' };
+      expect(w.verify?.(ctx, m, m)).toBeNull();
+      run('ours');
+      expect(existsSync(q)).toBe(false);
+      run('qemu');
+      expect(existsSync(o)).toBe(false);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('the memory check writes and reads exactly the last cluster of a 16 TiB image', () => {

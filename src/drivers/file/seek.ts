@@ -44,6 +44,11 @@ export interface SeekAddon {
    */
   deflateCluster?: (src: Uint8Array, dst: Uint8Array) => Promise<number>;
   inflateCluster?: (src: Uint8Array, dst: Uint8Array) => Promise<number>;
+  /**
+   * Where `buf` starts past the last `align`-byte boundary in memory (memalign.ts). Optional,
+   * like the rest.
+   */
+  memOffset?: (buf: Uint8Array, align: number) => number;
   /*
    * The I/O engine (native/engine.c; engine.ts drives it). Optional, like the rest.
    */

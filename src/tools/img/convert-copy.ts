@@ -3,7 +3,7 @@
 // unallocated in the target, requests run in parallel (-m, through p-queue) and are written
 // in order unless -W.
 import PQueue from 'p-queue';
-import { bufferIsZero, sectorRun, type BlockBackend } from '../../index.js';
+import { bufferIsZero, qemuMemalign, sectorRun, type BlockBackend } from '../../index.js';
 import { rootOf } from '../shared/open.js';
 import { ToolExit, errnoMessage } from '../shared/output.js';
 import { BDRV_BLOCK_DATA, BDRV_BLOCK_ZERO, blockStatusAboveFlags } from './block-status.js';
@@ -84,6 +84,20 @@ export interface ConvertState {
   clusterSectors: number;
   status: Status;
   sectorNextStatus: number;
+  /**
+   * The status runs the counting pass asked for, in order, replayed by the copy pass (the
+   * sources do not change in between): each run's block status is asked once, not twice.
+   */
+  statusRuns: StatusRun[];
+  /** The next run to replay; -1 while the counting pass records them. */
+  statusReplay: number;
+}
+
+/** One block status answer of iterationSectors: asked at `at`, valid up to `next`. */
+interface StatusRun {
+  at: number;
+  status: Status;
+  next: number;
 }
 
 function selectPart(s: ConvertState, sectorNum: number): { cur: number; curOffset: number } {
@@ -93,6 +107,42 @@ function selectPart(s: ConvertState, sectorNum: number): { cur: number; curOffse
     off += s.srcSectors[i];
   }
   return { cur: s.src.length - 1, curOffset: off - s.srcSectors[s.src.length - 1] };
+}
+
+/**
+ * The block status at sectorNum (at most n sectors, of source `cur` at curOffset): sets the
+ * status and where it ends, and records it while the counting pass runs.
+ */
+async function askStatus(env: ImgEnv, s: ConvertState, sectorNum: number, n: number, cur: number, curOffset: number, postBackingZero: boolean): Promise<void> {
+  const offset = (sectorNum - curOffset) * SECTOR;
+  const srcBs = rootOf(s.src[cur]);
+  const base = s.targetHasBacking ? srcBs.backing : null;
+  const srcLen = await s.src[cur].getLength();
+  let flags: number;
+  let count: number;
+  if (offset >= srcLen) {
+    // The sector-rounded tail of a source whose length is not a sector multiple.
+    flags = BDRV_BLOCK_ZERO;
+    count = n * SECTOR;
+  } else {
+    try {
+      const r = await blockStatusAboveFlags(srcBs, base, offset, Math.min(n * SECTOR, srcLen - offset));
+      flags = r.flags;
+      count = r.pnum;
+    } catch (e) {
+      env.o.error(`error while reading block status at offset ${offset}: ${errnoMessage(e)}`);
+      throw new ToolExit(1);
+    }
+  }
+  n = Math.ceil(count / SECTOR);
+  // Keep the next status query aligned to the source's clusters.
+  const tail = (sectorNum - curOffset + n) % s.srcAlignment[cur];
+  if (n > tail) n -= tail;
+  if (flags & BDRV_BLOCK_ZERO) s.status = postBackingZero ? 'backing' : 'zero';
+  else if (flags & BDRV_BLOCK_DATA) s.status = 'data';
+  else s.status = s.targetHasBacking ? 'backing' : 'data';
+  s.sectorNextStatus = sectorNum + n;
+  if (s.statusReplay < 0) s.statusRuns.push({ at: sectorNum, status: s.status, next: s.sectorNextStatus });
 }
 
 /** convert_iteration_sectors: how many sectors from sectorNum share one status. */
@@ -105,34 +155,16 @@ async function iterationSectors(env: ImgEnv, s: ConvertState, sectorNum: number)
     else if (sectorNum + n > s.targetBackingSectors) n = s.targetBackingSectors - sectorNum;
   }
   if (s.sectorNextStatus <= sectorNum) {
-    const offset = (sectorNum - curOffset) * SECTOR;
-    const srcBs = rootOf(s.src[cur]);
-    const base = s.targetHasBacking ? srcBs.backing : null;
-    const srcLen = await s.src[cur].getLength();
-    let flags: number;
-    let count: number;
-    if (offset >= srcLen) {
-      // The sector-rounded tail of a source whose length is not a sector multiple.
-      flags = BDRV_BLOCK_ZERO;
-      count = n * SECTOR;
+    // The copy pass asks where the counting pass did, in the same order: the answer is known.
+    // (A run recorded up to `next` is no longer than the n asked for here.)
+    const known = s.statusReplay >= 0 ? s.statusRuns[s.statusReplay] : undefined;
+    if (known?.at === sectorNum) {
+      s.statusReplay++;
+      s.status = known.status;
+      s.sectorNextStatus = known.next;
     } else {
-      try {
-        const r = await blockStatusAboveFlags(srcBs, base, offset, Math.min(n * SECTOR, srcLen - offset));
-        flags = r.flags;
-        count = r.pnum;
-      } catch (e) {
-        env.o.error(`error while reading block status at offset ${offset}: ${errnoMessage(e)}`);
-        throw new ToolExit(1);
-      }
+      await askStatus(env, s, sectorNum, n, cur, curOffset, postBackingZero);
     }
-    n = Math.ceil(count / SECTOR);
-    // Keep the next status query aligned to the source's clusters.
-    const tail = (sectorNum - curOffset + n) % s.srcAlignment[cur];
-    if (n > tail) n -= tail;
-    if (flags & BDRV_BLOCK_ZERO) s.status = postBackingZero ? 'backing' : 'zero';
-    else if (flags & BDRV_BLOCK_DATA) s.status = 'data';
-    else s.status = s.targetHasBacking ? 'backing' : 'data';
-    s.sectorNextStatus = sectorNum + n;
   }
   n = Math.min(n, s.sectorNextStatus - sectorNum);
   if (s.status === 'data') n = Math.min(n, s.bufSectors);
@@ -226,6 +258,7 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
     sn += n;
   }
   s.sectorNextStatus = 0;
+  s.statusReplay = 0;
 
   let allocatedDone = 0;
   let failed: unknown = null;
@@ -239,6 +272,7 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
   const queue = new PQueue({ concurrency: numCoroutines });
   // Chunk buffers are reused (at most one per queue slot is in use): no fresh, zero-filled
   // buffer per chunk. A read fills every byte it is given (zeros past the source's end).
+  // They are page-aligned (qemu_blockalign): the kernel copies into and out of them faster.
   const freeBufs: Uint8Array[] = [];
   const EMPTY = new Uint8Array(0);
   let sectorNum = 0;
@@ -262,7 +296,7 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
       // Only data chunks (read, or zeros written as data) need a buffer; they are at most
       // bufSectors long. Zero runs written with writeZeroes and backing runs never touch it.
       const needBuf = status === 'data' || (!s.minSparse && status === 'zero');
-      const pooled = needBuf ? (freeBufs.pop() ?? new Uint8Array(s.bufSectors * SECTOR)) : null;
+      const pooled = needBuf ? (freeBufs.pop() ?? qemuMemalign(s.bufSectors * SECTOR)) : null;
       try {
         const buf = pooled === null ? EMPTY : pooled.subarray(0, n * SECTOR);
         if (status === 'data') {

@@ -193,6 +193,8 @@ export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
       clusterSectors: 0,
       status: 'data',
       sectorNextStatus: 0,
+      statusRuns: [],
+      statusReplay: -1,
     };
     for (const name of s.srcNames) {
       const blk = await imgOpen(env, name, { imageOpts: args.imageOpts, format: fmt, readOnly: true, forceShare });
