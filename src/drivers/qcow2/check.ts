@@ -24,12 +24,13 @@ import { emptyCheckResult, type CheckFix, type CheckResult } from '../../block/d
 import { BlockError, ERRNO_MESSAGES, toBlockError } from '../../block/errors.js';
 import { qcow2WriteL1Entry } from './cluster.js';
 import { QCOW2_OL_ACTIVE_L2, qcow2PreWriteOverlapCheck } from './corrupt.js';
-import { L1E_OFFSET_MASK, L2E_OFFSET_MASK, QCOW_OFLAG_COPIED, clusterType } from './entries.js';
+import { L1E_OFFSET_MASK, L2E_OFFSET_MASK, QCOW_OFLAG_COPIED, clusterType, plainDataOffset } from './entries.js';
 import { QCOW2_INCOMPAT_CORRUPT, QCOW2_INCOMPAT_DIRTY } from './header.js';
 import { calculateRefcounts, type CheckRun, type Imrt } from './check-imrt.js';
 import { l2Words, nextUsedL2Slot } from './check-l2.js';
 import { rebuildRefcounts } from './check-rebuild.js';
-import { qcow2GetRefcountNow, updateRefcount } from './refcount.js';
+import { updateRefcount } from './refcount.js';
+import { RefcountReader } from './refcount-now.js';
 import { type BDRVQcow2State, qcow2File } from './state.js';
 import { qcow2HasDataFile } from './data-file.js';
 
@@ -64,12 +65,16 @@ export async function onDiskRefcount(s: BDRVQcow2State, clusterIndex: number): P
  */
 async function compareRefcounts(c: CheckRun, fix: CheckFix): Promise<number> {
   const { s, res, imrt } = c;
+  const counts = new RefcountReader(s);
   let highest = 0;
   for (let i = 0; i < imrt.n; i++) {
-    let r1: number;
+    let r1: number | null = counts.now(i);
     try {
-      // From the cached block without a wait per cluster (a repair above changes it there).
-      r1 = qcow2GetRefcountNow(s, i) ?? (await onDiskRefcount(s, i));
+      // From the cached block without a wait per cluster (a repair below changes it there).
+      if (r1 === null) {
+        counts.forget();
+        r1 = await onDiskRefcount(s, i);
+      }
     } catch (e) {
       c.report(`Can't get refcount for cluster ${i}: ${ERRNO_MESSAGES[toBlockError(e).code]}`);
       res.checkErrors++;
@@ -84,6 +89,8 @@ async function compareRefcounts(c: CheckRun, fix: CheckFix): Promise<number> {
     else if (r1 < r2 && fix.errors) fixed = 'corruptionsFixed';
     c.report(`${fixed ? 'Repairing' : r1 < r2 ? 'ERROR' : 'Leaked'} cluster ${i} refcount=${r1} reference=${r2}`);
     if (fixed) {
+      // The repair waits and may change the reftable: nothing kept holds after it.
+      counts.forget();
       try {
         // Freed clusters are punched (QEMU's QCOW2_DISCARD_ALWAYS).
         await updateRefcount(s, i * s.clusterSize, 1, Math.abs(r1 - r2), r1 > r2, 'always');
@@ -114,28 +121,29 @@ export async function readClamped(c: CheckRun, offset: number, bytes: number): P
 async function checkOflagCopied(c: CheckRun, fix: CheckFix): Promise<void> {
   const { s, res } = c;
   const file = qcow2File(s);
-  const copiedOf = (cluster: number, refcount: number): { refcount: number; copied: boolean } => ({
-    refcount,
-    copied: refcount === 1 && !c.imrt.overflowed.has(cluster),
-  });
+  const counts = new RefcountReader(s);
   // From the cached block now (no wait per data cluster), else read.
-  const wantedNow = (cluster: number): { refcount: number; copied: boolean } | null => {
-    const refcount = qcow2GetRefcountNow(s, cluster);
-    return refcount === null ? null : copiedOf(cluster, refcount);
-  };
   const wanted = async (cluster: number): Promise<{ refcount: number; copied: boolean } | null> => {
-    try {
-      return copiedOf(cluster, await onDiskRefcount(s, cluster));
-    } catch {
-      // Already reported by compareRefcounts.
-      return null;
+    let refcount = counts.now(cluster);
+    if (refcount === null) {
+      counts.forget();
+      try {
+        refcount = await onDiskRefcount(s, cluster);
+      } catch {
+        // Already reported by compareRefcounts.
+        return null;
+      }
     }
+    return { refcount, copied: refcount === 1 && !c.imrt.overflowed.has(cluster) };
   };
+  const dataFile = qcow2HasDataFile(s);
+  // Plain data entries are decoded without a BigInt (standard entries in the image file).
+  const plainEntries = !s.extendedL2 && !dataFile;
   for (let i = 0; i < s.l1Table.length; i++) {
     const l1Entry = s.l1Table[i];
     const l2Offset = Number(l1Entry & L1E_OFFSET_MASK);
     if (l2Offset === 0) continue;
-    const w = wantedNow(Math.floor(l2Offset / s.clusterSize)) ?? (await wanted(Math.floor(l2Offset / s.clusterSize)));
+    const w = await wanted(Math.floor(l2Offset / s.clusterSize));
     if (w && w.copied !== ((l1Entry & QCOW_OFLAG_COPIED) !== 0n)) {
       c.report(`${fix.errors ? 'Repairing' : 'ERROR'} OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${hex(l1Entry)} refcount=${w.refcount}`);
       if (fix.errors) {
@@ -162,18 +170,26 @@ async function checkOflagCopied(c: CheckRun, fix: CheckFix): Promise<void> {
       res.checkErrors++;
       throw e;
     }
+    counts.forget();
     let dirty = false;
     const view = new DataView(table.buffer, table.byteOffset, table.byteLength);
     const words = l2Words(table);
     const es = s.l2EntrySize;
     for (let j = nextUsedL2Slot(words, 0, s.l2Size, es); j < s.l2Size; j = nextUsedL2Slot(words, j + 1, s.l2Size, es)) {
+      const plain = plainEntries ? plainDataOffset(view, j * es) : 0;
+      if (plain !== 0) {
+        // The common case, decided now: a data cluster whose COPIED is right.
+        const cluster = Math.floor(plain / s.clusterSize);
+        const refcount = counts.now(cluster);
+        const copied = (view.getUint8(j * es) & 0x80) !== 0;
+        if (refcount !== null && copied === (refcount === 1 && !c.imrt.overflowed.has(cluster))) continue;
+      }
       const l2Entry = view.getBigUint64(j * es);
-      const type = clusterType(l2Entry, !s.extendedL2, qcow2HasDataFile(s));
+      const type = clusterType(l2Entry, !s.extendedL2, dataFile);
       const dataOffset = Number(l2Entry & L2E_OFFSET_MASK);
       if (!(type === 'normal' || (type === 'zero-alloc' && dataOffset !== 0))) continue;
       // With an external data file the data clusters have no refcount of their own.
-      const cluster = Math.floor(dataOffset / s.clusterSize);
-      const dw = qcow2HasDataFile(s) ? { refcount: 1, copied: true } : (wantedNow(cluster) ?? (await wanted(cluster)));
+      const dw = dataFile ? { refcount: 1, copied: true } : await wanted(Math.floor(dataOffset / s.clusterSize));
       if (!dw || dw.copied === ((l2Entry & QCOW_OFLAG_COPIED) !== 0n)) continue;
       c.report(`${fix.errors ? 'Repairing' : 'ERROR'} OFLAG_COPIED data cluster: l2_entry=${hex(l2Entry)} refcount=${dw.refcount}`);
       if (fix.errors) {

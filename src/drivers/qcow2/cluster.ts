@@ -11,6 +11,7 @@ import type { BlockDriverState } from '../../block/node.js';
 import type { CacheEntry } from './cache.js';
 import { QCOW2_OL_ACTIVE_L1, printfHex, qcow2OverlapIndexChanged, qcow2PreWriteOverlapCheck, qcow2SignalCorruption } from './corrupt.js';
 import { qcow2HasDataFile } from './data-file.js';
+import { planPlainRun } from './cluster-plain.js';
 import {
   L1E_OFFSET_MASK,
   L2E_OFFSET_MASK,
@@ -225,6 +226,10 @@ function planInTable(s: BDRVQcow2State, offset: number, maxBytes: number, l2Offs
   const scSize = s.subclusterSize;
   const sc = Math.floor(offsetIntoCluster(s, offset) / scSize);
   const dataFile = qcow2HasDataFile(s);
+  if (!s.extendedL2 && !dataFile) {
+    const plain = planPlainRun(s, offset, maxBytes, tableView(data));
+    if (plain !== null) return plain;
+  }
   const first = typeAt(s, data, l2Index, sc);
   const kind = kindOf(first);
   const entry = getL2Entry(s, data, l2Index);

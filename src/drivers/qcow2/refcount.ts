@@ -63,20 +63,6 @@ export async function qcow2GetRefcount(s: BDRVQcow2State, clusterIndex: number):
   }
 }
 
-/**
- * The same refcount now, when its block is cached (or there is none); null when the block
- * must be read, or its offset is unaligned (qcow2GetRefcount then reads or reports it).
- */
-export function qcow2GetRefcountNow(s: BDRVQcow2State, clusterIndex: number): number | null {
-  const tableIndex = Math.floor(clusterIndex / s.refcountBlockEntries);
-  if (tableIndex >= s.refcountTable.length) return 0;
-  const off = Number(s.refcountTable[tableIndex] & REFT_OFFSET_MASK);
-  if (off === 0) return 0;
-  if (off % s.clusterSize !== 0) return null;
-  const data = s.refcountCache.lookup(off);
-  return data === undefined ? null : s.getRefcount(data, clusterIndex % s.refcountBlockEntries);
-}
-
 function inSameRefcountBlock(s: BDRVQcow2State, a: number, b: number): boolean {
   const span = s.refcountBlockEntries * s.clusterSize;
   return Math.floor(a / span) === Math.floor(b / span);

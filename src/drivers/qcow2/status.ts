@@ -9,7 +9,8 @@ import type { BlockDriverState } from '../../block/node.js';
 import { type Qcow2Run, qcow2GetHostOffsetNow, qcow2PlanUnlocked } from './cluster.js';
 import { qcow2CheckNotCorrupt } from './corrupt.js';
 import { qcow2DataNode } from './data-file.js';
-import { qcow2GetRefcount, qcow2GetRefcountNow } from './refcount.js';
+import { qcow2GetRefcount } from './refcount.js';
+import { RefcountReader } from './refcount-now.js';
 import { type BDRVQcow2State, qcow2File, qcow2State } from './state.js';
 
 /**
@@ -80,7 +81,15 @@ async function qcow2MetadataPreallocated(s: BDRVQcow2State): Promise<boolean> {
     let count = 0;
     await s.lock.run(async () => {
       // Counted from cached refcount blocks without a wait each: one per cluster of the file.
-      for (let i = 0; i < end && count < threshold; i++) if ((qcow2GetRefcountNow(s, i) ?? (await qcow2GetRefcount(s, i))) !== 0) count++;
+      const counts = new RefcountReader(s);
+      for (let i = 0; i < end && count < threshold; i++) {
+        let refcount = counts.now(i);
+        if (refcount === null) {
+          counts.forget();
+          refcount = await qcow2GetRefcount(s, i);
+        }
+        if (refcount !== 0) count++;
+      }
     });
     answer = count >= threshold;
   } catch {

@@ -22,6 +22,11 @@ function processIO(): ToolIO {
     stdout: { write: (s: string) => process.stdout.write(s) },
     stderr: { write: (s: string) => process.stderr.write(s) },
     stdoutIsTTY: process.stdout.isTTY,
+    stdoutBytes: {
+      alloc: (size) => Buffer.allocUnsafe(size),
+      encode: (s, buf, at) => (buf as Buffer).write(s, at, 'utf8'),
+      write: (bytes) => process.stdout.write(bytes),
+    },
   };
 }
 

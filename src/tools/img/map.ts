@@ -3,6 +3,7 @@
 import { ERRNO_MESSAGES, isBlockError, type BlockDriverState } from '../../index.js';
 import { closeQuietly, rootOf } from '../shared/open.js';
 import { ToolExit } from '../shared/output.js';
+import { formatU64 } from '../shared/printf.js';
 import { cvtnum } from '../shared/size.js';
 import { layerStatus, layerStatusNow, type LayerStatus } from './block-status.js';
 import type { ImgEnv } from './env.js';
@@ -123,8 +124,8 @@ function dumpMapEntry(env: ImgEnv, fmt: 'human' | 'json', e: MapEntry, next: Map
     }
     return;
   }
-  let s = `{ "start": ${e.start}, "length": ${e.length}, "depth": ${e.depth}, "present": ${e.present}, "zero": ${e.zero}, "data": ${e.data}`;
-  if (e.hasOffset) s += `, "offset": ${e.offset}`;
+  let s = `{ "start": ${formatU64(e.start)}, "length": ${formatU64(e.length)}, "depth": ${e.depth}, "present": ${e.present}, "zero": ${e.zero}, "data": ${e.data}`;
+  if (e.hasOffset) s += `, "offset": ${formatU64(e.offset)}`;
   s += '}';
   if (next) s += ',\n';
   env.o.out(s);

@@ -18,11 +18,30 @@ export interface TextSink {
   write(s: string): unknown;
 }
 
+/**
+ * A stdout that also takes bytes, with the host's own UTF-8 encoder (Node's Buffer encodes a
+ * short string faster than TextEncoder.encodeInto).
+ */
+export interface ByteSink {
+  /** A buffer of `size` bytes for `encode`. */
+  alloc(size: number): Uint8Array;
+  /** Encode `s` into `buf` (made by alloc, with room for 3 bytes a character) at `at`; bytes written. */
+  encode(s: string, buf: Uint8Array, at: number): number;
+  /** Write the bytes; `bytes` is the sink's from then on. */
+  write(bytes: Uint8Array): unknown;
+}
+
 export interface ToolIO {
   stdout: TextSink;
   stderr: TextSink;
   /** stdout is a terminal: line buffered instead of fully buffered (stdio's rule). */
   stdoutIsTTY?: boolean;
+  /**
+   * The same stdout taking bytes: a fully buffered stdout then holds its text encoded, one
+   * short copy per printf, instead of a string joined from tens of thousands of pieces (map
+   * of a fragmented image) and encoded again when written.
+   */
+  stdoutBytes?: ByteSink;
 }
 
 /** glibc's buffer size for a pipe or regular file (st_blksize). */
@@ -45,6 +64,9 @@ const STDOUT_HOLD = 1 << 20;
  */
 export class ToolOutput {
   private pending = '';
+  /** With a byte sink: the held bytes are bytes[0, held). */
+  private bytes: Uint8Array | null = null;
+  private held = 0;
   constructor(
     readonly io: ToolIO,
     readonly prog: string,
@@ -52,6 +74,11 @@ export class ToolOutput {
 
   /** printf to stdout. */
   out(s: string): void {
+    const sink = this.io.stdoutBytes;
+    if (sink !== undefined && this.io.stdoutIsTTY !== true) {
+      this.outBytes(sink, s);
+      return;
+    }
     this.pending += s;
     if (this.io.stdoutIsTTY === true) {
       const nl = this.pending.lastIndexOf('\n');
@@ -64,8 +91,35 @@ export class ToolOutput {
     if (this.pending.length >= STDOUT_HOLD) this.writeFullBlocks();
   }
 
+  private outBytes(sink: ByteSink, s: string): void {
+    const need = this.held + 3 * s.length;
+    if (this.bytes === null || need > this.bytes.length) {
+      const bigger = sink.alloc(Math.max(STDOUT_HOLD + STDIO_BUFSIZ, need));
+      if (this.bytes !== null) bigger.set(this.bytes.subarray(0, this.held));
+      this.bytes = bigger;
+    }
+    this.held += sink.encode(s, this.bytes, this.held);
+    if (this.held >= STDOUT_HOLD) this.writeFullBlocks();
+  }
+
   /** Write what stdio would have written by now: the buffered text's whole 4 KiB blocks. */
   private writeFullBlocks(): void {
+    const sink = this.io.stdoutBytes;
+    if (sink !== undefined && this.bytes !== null && this.held >= STDIO_BUFSIZ) {
+      const n = this.held - (this.held % STDIO_BUFSIZ);
+      // The sink keeps what it is given (a pipe writes later). A full hold goes as it is and
+      // its tail starts a new buffer; a few blocks before a message on stderr go as a copy.
+      if (n >= STDOUT_HOLD) {
+        const rest = sink.alloc(this.bytes.length);
+        rest.set(this.bytes.subarray(n, this.held));
+        sink.write(this.bytes.subarray(0, n));
+        this.bytes = rest;
+      } else {
+        sink.write(new Uint8Array(this.bytes.subarray(0, n)));
+        this.bytes.copyWithin(0, n, this.held);
+      }
+      this.held -= n;
+    }
     if (this.io.stdoutIsTTY === true || this.pending.length < STDIO_BUFSIZ) return;
     const n = this.pending.length - (this.pending.length % STDIO_BUFSIZ);
     this.io.stdout.write(this.pending.slice(0, n));
@@ -74,6 +128,12 @@ export class ToolOutput {
 
   /** fflush(stdout). */
   flush(): void {
+    const sink = this.io.stdoutBytes;
+    if (sink !== undefined && this.bytes !== null && this.held > 0) {
+      sink.write(this.bytes.subarray(0, this.held));
+      this.bytes = null;
+      this.held = 0;
+    }
     if (this.pending !== '') {
       this.io.stdout.write(this.pending);
       this.pending = '';
