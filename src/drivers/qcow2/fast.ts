@@ -97,7 +97,8 @@ export function qcow2RewriteNow(s: BDRVQcow2State, offset: number, bytes: number
   if (l2Index + nb > s.l2Size) return null;
   const entry = getL2Entry(s, data, l2Index);
   const host = Number(entry & L2E_OFFSET_MASK);
-  if (offsetIntoCluster(s, host) !== 0) return null;
+  // Unallocated (an allocating write, alloc-now.ts) or unaligned: not a rewrite.
+  if (host === 0 || offsetIntoCluster(s, host) !== 0) return null;
   // Clusters that read as zeros (zero-alloc) need their flag cleared: not a plain rewrite.
   if (countSingleWriteClusters(s, nb, data, l2Index, false) < nb) return null;
   const v3 = s.header.version >= 3;
