@@ -360,6 +360,21 @@ function rawBackingData(backing: BlockDriverState, stop: number): boolean {
 }
 
 /**
+ * Is guest [offset, offset+bytes) known, without a wait, not to read as zeros to
+ * qcow2IsZero's fast check (a run planned from a cached table holds data, or reads a raw
+ * backing file's data)? False means "ask qcow2IsZero": it may still hold data.
+ */
+export function qcow2HoldsDataNow(s: BDRVQcow2State, offset: number, bytes: number): boolean {
+  const end = Math.min(offset + bytes, s.header.size);
+  if (end <= offset || !qcow2MetadataSettled(s)) return false;
+  const run = qcow2GetHostOffsetNow(s, offset, end - offset);
+  if (run === null) return false;
+  if (run.kind === 'normal' || run.kind === 'compressed') return true;
+  const backing = s.bs.backing;
+  return run.kind === 'unallocated' && backing !== null && rawBackingData(backing, offset + run.bytes);
+}
+
+/**
  * Does guest [offset, offset+bytes) read as zeros, backing chain included (QEMU's is_zero:
  * block status above says ZERO)? Clamped to the image. `locked`: the caller holds s.lock;
  * otherwise each planning step takes it and the backing file is asked without it. `fast`:

@@ -31,7 +31,19 @@ function quiet(s: BDRVQcow2State, settled: boolean): BlockDriverState | null {
 /** The preadvNow hook: the whole read now, or false (nothing done that matters). */
 export function qcow2PreadvNow(bs: BlockDriverState, offset: number, bytes: number, qiov: IOVector): boolean {
   const s = bs.opaque as BDRVQcow2State | null;
-  if (s === null) return false;
+  // A guest read of backing data takes the ordinary path (copy-on-read, the backing's events).
+  return s !== null && readNow(s, offset, bytes, qiov, false);
+}
+
+/**
+ * A COW area now (qcow2PerformCow's read, outside s.lock), or false: as the hook, and data of
+ * the backing file too when its length is known and its page cache holds the bytes.
+ */
+export function qcow2CowReadNow(s: BDRVQcow2State, offset: number, qiov: IOVector): boolean {
+  return readNow(s, offset, qiov.size, qiov, true);
+}
+
+function readNow(s: BDRVQcow2State, offset: number, bytes: number, qiov: IOVector, backingToo: boolean): boolean {
   // A read changes nothing: the lock handed to a planner is as good as free.
   const file = quiet(s, qcow2MetadataSettled(s));
   if (file === null) return false;
@@ -44,11 +56,22 @@ export function qcow2PreadvNow(bs: BlockDriverState, offset: number, bytes: numb
     case 'zero':
       cur.memset(0, 0);
       return true;
-    case 'unallocated':
-      // Without a backing file the guest sees zeros; a backing file is read the slow way.
-      if (bs.backing !== null) return false;
-      cur.memset(0, 0);
+    case 'unallocated': {
+      const backing = s.bs.backing;
+      if (backing === null) {
+        // Without a backing file the guest sees zeros.
+        cur.memset(0, 0);
+        return true;
+      }
+      if (!backingToo) return false;
+      // readBacking's steps, when none waits: zeros past the backing file's end.
+      const len = backing.knownLength();
+      if (len === null) return false;
+      const n = Math.max(0, Math.min(len - offset, bytes));
+      if (n > 0 && !backing.preadvNow(offset, n === bytes ? cur : cur.slice(0, n))) return false;
+      if (n < bytes) cur.memset(n, 0);
       return true;
+    }
     default:
       return false;
   }
@@ -74,7 +97,8 @@ export function qcow2RewriteNow(s: BDRVQcow2State, offset: number, bytes: number
   if (l2Index + nb > s.l2Size) return null;
   const entry = getL2Entry(s, data, l2Index);
   const host = Number(entry & L2E_OFFSET_MASK);
-  if (offsetIntoCluster(s, host) !== 0) return null;
+  // Unallocated (an allocating write, alloc-now.ts) or unaligned: not a rewrite.
+  if (host === 0 || offsetIntoCluster(s, host) !== 0) return null;
   // Clusters that read as zeros (zero-alloc) need their flag cleared: not a plain rewrite.
   if (countSingleWriteClusters(s, nb, data, l2Index, false) < nb) return null;
   const v3 = s.header.version >= 3;

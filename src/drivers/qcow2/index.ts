@@ -9,7 +9,8 @@ export { qcow2GetRefcount, qcow2AllocClusters, qcow2FreeClusters, updateRefcount
 export { qcow2CheckMetadataOverlap, qcow2PreWriteOverlapCheck, qcow2SignalCorruption, QCOW2_OL_DEFAULT } from './corrupt.js';
 export { qcow2DoOpen } from './open.js';
 export { qcow2UpdateHeader } from './header-update.js';
-export { qcow2CoPwritevCompressed, qcow2ReadCompressedCluster } from './io.js';
+export { qcow2CoPwritevCompressed } from './io.js';
+export { qcow2ReadCompressedCluster } from './read.js';
 export { defaultQcow2Codec, qcow2Codec, setQcow2Codec, type Qcow2Codec } from './compress.js';
 export { zlibEngineCodec, type ZlibClusterEngine } from './compress-engine.js';
 export { qcow2State, qcow2File, type BDRVQcow2State } from './state.js';

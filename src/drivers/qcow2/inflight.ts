@@ -21,7 +21,11 @@ export interface Qcow2InFlight {
   end: number;
   /** New clusters (or zero-flagged ones) wait for their L2 entries: others must not map them. */
   allocating: boolean;
-  done: Deferred;
+  /**
+   * Settled when the write is over; made by the first waiter (most writes have none, and a
+   * promise per write was a third of what registering one allocated).
+   */
+  done: Deferred | null;
 }
 
 function clusterRange(s: BDRVQcow2State, offset: number, bytes: number): [number, number] {
@@ -32,7 +36,7 @@ function clusterRange(s: BDRVQcow2State, offset: number, bytes: number): [number
 /** Register a write over guest [offset, offset+bytes); s.lock held. */
 export function qcow2InFlightBegin(s: BDRVQcow2State, offset: number, bytes: number, allocating: boolean): Qcow2InFlight {
   const [start, end] = clusterRange(s, offset, bytes);
-  const r: Qcow2InFlight = { start, end, allocating, done: new Deferred() };
+  const r: Qcow2InFlight = { start, end, allocating, done: null };
   s.inFlight.add(r);
   return r;
 }
@@ -40,7 +44,7 @@ export function qcow2InFlightBegin(s: BDRVQcow2State, offset: number, bytes: num
 /** The write is over (linked or given up): wake who waits for it. */
 export function qcow2InFlightEnd(s: BDRVQcow2State, r: Qcow2InFlight): void {
   s.inFlight.delete(r);
-  r.done.resolve();
+  r.done?.resolve();
 }
 
 /**
@@ -59,9 +63,11 @@ export function qcow2FirstAllocation(s: BDRVQcow2State, offset: number, bytes: n
 
 /** Drop s.lock until `r` is over, then take it again. */
 export async function qcow2WaitFor(s: BDRVQcow2State, r: Qcow2InFlight): Promise<void> {
+  // Made before anything runs: `r` is still in flight (its end settles it).
+  const done = (r.done ??= new Deferred());
   s.lock.unlock();
   try {
-    await r.done.promise;
+    await done.promise;
   } finally {
     await s.lock.lock();
   }

@@ -3,6 +3,7 @@
  * tables, the caches and the writable-open duties (clearing unknown autoclear bits, repairing
  * a dirty image).
  */
+import { BufferPool } from '../../block/buffer-pool.js';
 import type { OpenOptions } from '../../block/driver.js';
 import { BlockError } from '../../block/errors.js';
 import { CoMutex } from '../../block/coroutine.js';
@@ -36,6 +37,8 @@ import { qcow2File, type BDRVQcow2State } from './state.js';
 /** Autoclear bits whose data this driver keeps consistent: the bitmaps, raw external data. */
 const QCOW2_AUTOCLEAR_SUPPORTED = QCOW2_AUTOCLEAR_MASK;
 const MAX_SNAPSHOT_TABLE_BYTES = 64 * 1024 * 1024;
+/** Idle COW buffers kept per image, in bytes (at least two buffers). */
+const COW_POOL_BYTES = 2 * 1024 * 1024;
 
 /** Snapshot table extents for the overlap check (read with hard limits). */
 async function readSnapshotExtents(file: BlockDriverState, nb: number, offset: number, fileLength: number): Promise<Qcow2MetadataExtents['inactiveL1'] & { tableSize?: number }> {
@@ -169,6 +172,8 @@ export async function qcow2DoOpen(bs: BlockDriverState, options: OpenOptions): P
     updateHeader: () => qcow2UpdateHeader(s),
     lock: new CoMutex(),
     inFlight: new Set(),
+    // Enough for a full queue of COW requests (two areas each) at 64 KiB clusters.
+    cowBuffers: new BufferPool(cs, Math.max(2, Math.floor(COW_POOL_BYTES / cs))),
     plannersQueued: 0,
     openOptions: options,
     closed: false,

@@ -12,7 +12,7 @@
  */
 import { BlockError } from '../../block/errors.js';
 import { qcow2AllocHostOffset, qcow2LinkL2, type Qcow2L2Meta } from './alloc.js';
-import { qcow2PerformCow } from './io.js';
+import { qcow2PerformCow } from './cow.js';
 import { qcow2AllocClustersAt, qcow2FreeClusters, qcow2RefcountArea } from './refcount.js';
 import { qcow2GetLastCluster } from './reftable.js';
 import { type BDRVQcow2State, offsetIntoCluster, offsetToL2Index, qcow2File, startOfCluster } from './state.js';

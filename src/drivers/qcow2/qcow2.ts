@@ -1,7 +1,7 @@
 /**
  * The qcow2 block driver: open/close and the metadata hooks, assembled into `qcow2Driver`.
- * Requests live in io.ts, zeroing and discard in zero.ts, creation in create.ts, resizing in
- * resize.ts.
+ * Reads live in read.ts, writes in io.ts (copy-on-write in cow.ts), zeroing and discard in
+ * zero.ts, creation in create.ts, resizing in resize.ts.
  */
 import type { BlockDriver, BlockDriverInfo, ImageInfoSpecific, OpenOptions, WriteZeroesFlags } from '../../block/driver.js';
 import { bdrvNodeName } from '../../block/dirty-bitmap.js';
@@ -22,7 +22,8 @@ import {
 import { qcow2CoPwritevCompressedPart } from './compress-write.js';
 import { qcow2PreadvNow } from './fast.js';
 import { qcow2BlockStatus, qcow2BlockStatusNow } from './status.js';
-import { qcow2CoPreadv, qcow2CoPwritev } from './io.js';
+import { qcow2CoPwritev } from './io.js';
+import { qcow2CoPreadv } from './read.js';
 import { qcow2MakeEmpty } from './make-empty.js';
 import { qcow2Measure } from './measure.js';
 import { qcow2AmendOptions, qcow2AmendOptionsHook } from './amend.js';

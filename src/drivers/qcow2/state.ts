@@ -6,6 +6,7 @@
  * may load tables, allocation, L2/L1/refcount updates, flush of the caches), so the caches,
  * the tables and the allocation cursors change under one owner at a time.
  */
+import type { BufferPool } from '../../block/buffer-pool.js';
 import { CoMutex } from '../../block/coroutine.js';
 import type { OpenOptions } from '../../block/driver.js';
 import { BlockError } from '../../block/errors.js';
@@ -93,6 +94,8 @@ export interface BDRVQcow2State {
   plannersQueued: number;
   /** Guest writes with data I/O running outside `lock` (inflight.ts). */
   inFlight: Set<Qcow2InFlight>;
+  /** Cluster-sized buffers for the head and tail of copy-on-write (qcow2PerformCow). */
+  cowBuffers: BufferPool;
   openOptions: OpenOptions;
   closed: boolean;
 }

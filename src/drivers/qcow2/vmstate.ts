@@ -6,7 +6,8 @@
  */
 import type { IOVector } from '../../block/iovec.js';
 import type { BlockDriverState } from '../../block/node.js';
-import { qcow2CoPreadv, qcow2CoPwritev } from './io.js';
+import { qcow2CoPwritev } from './io.js';
+import { qcow2CoPreadv } from './read.js';
 import { sizeToL1 } from './header.js';
 import { type BDRVQcow2State, qcow2File, qcow2State } from './state.js';
 

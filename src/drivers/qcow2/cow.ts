@@ -1,0 +1,142 @@
+/**
+ * Copy-on-write of an allocating write (QEMU's handle_alloc_space, merge_cow, perform_cow):
+ * the parts of its new clusters around the data are zeroed at once or copied from what the
+ * guest sees there, all before any L2 entry points at the clusters. Runs without s.lock (the
+ * clusters are the write's, in flight) unless the caller says it holds it.
+ */
+import { BlockError } from '../../block/errors.js';
+import type { BufferPool } from '../../block/buffer-pool.js';
+import { IOVector } from '../../block/iovec.js';
+import type { Qcow2L2Meta } from './alloc.js';
+import { qcow2HoldsDataNow, qcow2IsZero } from './cluster.js';
+import { qcow2DataNode, qcow2PreWriteDataCheck } from './data-file.js';
+import { qcow2CowReadNow } from './fast.js';
+import { qcow2ReadRange } from './read.js';
+import type { BDRVQcow2State } from './state.js';
+
+/**
+ * Where the COW areas of an allocation read as zeros, zero its whole clusters in the file at
+ * once and skip the copy (handle_alloc_space). Only when the file can zero without writing a
+ * buffer; otherwise the ordinary copy runs. Not where a kept cluster holds guest data between
+ * the areas: if the data write then failed, that data would be lost rather than left old.
+ * Runs without s.lock: the clusters are this write's, in flight.
+ */
+export async function handleAllocSpace(s: BDRVQcow2State, metas: readonly Qcow2L2Meta[]): Promise<void> {
+  const file = qcow2DataNode(s);
+  for (const m of metas) {
+    if ((m.cowStart.nbBytes === 0 && m.cowEnd.nbBytes === 0) || m.overwritesData) continue;
+    // QEMU's is_zero_cow: block status not asked for zeros (bdrv_co_is_zero_fast).
+    if (!(await qcow2IsZero(s, m.offset + m.cowStart.offset, m.cowStart.nbBytes, false, true))) continue;
+    if (!(await qcow2IsZero(s, m.offset + m.cowEnd.offset, m.cowEnd.nbBytes, false, true))) continue;
+    const start = m.allocOffset + m.cowStart.offset;
+    const bytes = m.cowEnd.offset + m.cowEnd.nbBytes - m.cowStart.offset;
+    qcow2PreWriteDataCheck(s, start, bytes);
+    if (file.debugWatched) await file.debugEvent('cluster_alloc_space');
+    try {
+      await file.writeZeroes(start, bytes, { noFallback: true });
+    } catch (e) {
+      if (e instanceof BlockError && e.code === 'ENOTSUP') continue;
+      throw e;
+    }
+    m.skipCow = true;
+  }
+}
+
+/**
+ * Could handleAllocSpace zero this allocation's clusters? Not when one of its COW areas is
+ * seen at once to hold data (a COW over a raw backing file, mostly): the check would answer
+ * the same after a wait per area.
+ */
+export function mayZeroCow(s: BDRVQcow2State, m: Qcow2L2Meta): boolean {
+  if (!needsCow(m) || m.overwritesData) return false;
+  return !qcow2HoldsDataNow(s, m.offset + m.cowStart.offset, m.cowStart.nbBytes) && !qcow2HoldsDataNow(s, m.offset + m.cowEnd.offset, m.cowEnd.nbBytes);
+}
+
+/** The allocation whose COW areas frame the data exactly, to write all three at once (merge_cow). */
+export function mergeCow(s: BDRVQcow2State, offset: number, bytes: number, metas: readonly Qcow2L2Meta[]): Qcow2L2Meta | null {
+  for (const m of metas) {
+    if (m.cowStart.nbBytes === 0 && m.cowEnd.nbBytes === 0) continue;
+    if (m.skipCow) continue;
+    if (m.offset + m.cowStart.offset + m.cowStart.nbBytes !== offset) continue;
+    if (m.offset + m.cowEnd.offset !== offset + bytes) continue;
+    return m;
+  }
+  return null;
+}
+
+/**
+ * Copy-on-write of one allocation's head and tail into its new clusters (perform_cow): read
+ * from what the guest sees now (old cluster, backing file, zeros), then written; with `data`
+ * (merged), head, data and tail go out in one write. `locked`: the caller holds s.lock.
+ */
+export async function qcow2PerformCow(s: BDRVQcow2State, m: Qcow2L2Meta, data: IOVector | null = null, locked = true): Promise<void> {
+  if ((m.cowStart.nbBytes === 0 && m.cowEnd.nbBytes === 0) || m.skipCow) return;
+  // Pooled buffers (each area is shorter than a cluster), given back once the writes settled.
+  const pool = s.cowBuffers;
+  const headBuf = cowBuffer(pool, m.cowStart.nbBytes);
+  const tailBuf = cowBuffer(pool, m.cowEnd.nbBytes);
+  try {
+    await performCow(s, m, headBuf?.subarray(0, m.cowStart.nbBytes) ?? EMPTY, tailBuf?.subarray(0, m.cowEnd.nbBytes) ?? EMPTY, data, locked);
+  } finally {
+    if (headBuf) pool.give(headBuf);
+    if (tailBuf) pool.give(tailBuf);
+  }
+}
+
+const EMPTY = new Uint8Array(0);
+
+/** What the guest sees at [offset, +buf.length): at once when nothing waits, else planned. */
+async function readCowArea(s: BDRVQcow2State, offset: number, buf: Uint8Array, locked: boolean): Promise<void> {
+  const qiov = IOVector.from(buf);
+  if (!locked && qcow2CowReadNow(s, offset, qiov)) return;
+  await qcow2ReadRange(s, offset, buf.length, qiov, 0, locked);
+}
+
+function cowBuffer(pool: BufferPool, bytes: number): Uint8Array | null {
+  if (bytes === 0) return null;
+  return bytes <= pool.size ? pool.take() : new Uint8Array(bytes);
+}
+
+async function performCow(s: BDRVQcow2State, m: Qcow2L2Meta, head: Uint8Array, tail: Uint8Array, data: IOVector | null, locked: boolean): Promise<void> {
+  const file = qcow2DataNode(s);
+  // QEMU reads both areas in one request when the data between them is small (one cow_read
+  // event), otherwise each area on its own.
+  const between = m.cowEnd.offset - (m.cowStart.offset + m.cowStart.nbBytes);
+  const mergeReads = head.length > 0 && tail.length > 0 && between <= 16384;
+  // Unwatched events are not awaited: each would only cost a microtask.
+  const watched = file.debugWatched;
+  if (watched && mergeReads) await file.debugEvent('cow_read');
+  if (head.length > 0) {
+    if (watched && !mergeReads) await file.debugEvent('cow_read');
+    await readCowArea(s, m.offset + m.cowStart.offset, head, locked);
+  }
+  if (tail.length > 0) {
+    if (watched && !mergeReads) await file.debugEvent('cow_read');
+    await readCowArea(s, m.offset + m.cowEnd.offset, tail, locked);
+  }
+  if (data) {
+    const whole = new IOVector([head, ...data.iov, tail]);
+    qcow2PreWriteDataCheck(s, m.allocOffset + m.cowStart.offset, whole.size);
+    // One write, two events, as in QEMU: write_aio for the data, cow_write for the whole.
+    if (watched) {
+      await file.debugEvent('write_aio');
+      await file.debugEvent('cow_write');
+    }
+    await file.pwritev(m.allocOffset + m.cowStart.offset, whole);
+    return;
+  }
+  for (const [buf, at] of [
+    [head, m.cowStart.offset],
+    [tail, m.cowEnd.offset],
+  ] as const) {
+    if (buf.length === 0) continue;
+    qcow2PreWriteDataCheck(s, m.allocOffset + at, buf.length);
+    await file.debugEvent('cow_write');
+    await file.pwrite(m.allocOffset + at, buf);
+  }
+}
+
+/** Does this allocation copy a head or tail (perform_cow would have work)? */
+export function needsCow(m: Qcow2L2Meta): boolean {
+  return (m.cowStart.nbBytes !== 0 || m.cowEnd.nbBytes !== 0) && !m.skipCow;
+}
