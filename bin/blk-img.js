@@ -16,16 +16,15 @@ if (process.env.UV_THREADPOOL_SIZE === undefined) process.env.UV_THREADPOOL_SIZE
 // user time compiling). Four times V8's default interrupt budget (67584) leaves them in the
 // baseline tiers unless they run far more often (bench/RESULTS.md, "Convert"). The
 // subcommand is the first argument that is not an option.
-if (process.argv.slice(2).find((a) => !a.startsWith('-')) === 'convert') {
-  require('node:v8').setFlagsFromString('--interrupt-budget=270336');
-}
+const convert = process.argv.slice(2).find((a) => !a.startsWith('-')) === 'convert';
 // The tool comes as one bundled file (dist/bin, `npm run bundle`): loading the ~60 compiled
 // modules one by one took about 40 ms of every run. Without the bundle, the modules themselves.
-import('../dist/bin/img.mjs')
-  .catch((e) => {
-    if (e?.code !== 'ERR_MODULE_NOT_FOUND') throw e;
-    return import('../dist/src/tools/img/main.js');
-  })
+const { compileTool, runTool } = require('./bundle.js');
+const tool = compileTool('img');
+// The flag is set once the bundle is compiled: V8 takes a code cache only under the flags it
+// was made with, and the budget matters to the functions created when the bundle runs.
+if (convert) require('node:v8').setFlagsFromString('--interrupt-budget=270336');
+(tool === null ? import('../dist/src/tools/img/main.js') : Promise.resolve(runTool(tool)))
   .then(({ main }) => main(process.argv))
   .then((code) => {
     process.exitCode = code;

@@ -1,0 +1,100 @@
+// The tools' bundles and their V8 code caches (scripts/bundle.ts, bin/bundle.js): a build makes
+// caches that V8 takes, also for convert (which raises V8's interrupt budget), and a tool whose
+// cache is missing, corrupt or another build's still runs, from source. A bundle is built into
+// a scratch copy of the package, from what tsc emitted in dist/src.
+import { spawnSync } from 'node:child_process';
+import { cpSync, existsSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { makeTempDir, removeTempDir } from '../interop/qemu.js';
+
+const REPO = resolve(import.meta.dirname, '../..');
+
+/** A launcher's run with NODE_DEBUG=blk-bundle: its status, stdout and the cache verdict. */
+function launch(root: string, tool: string, args: string[], env: NodeJS.ProcessEnv = {}) {
+  const e: NodeJS.ProcessEnv = { ...process.env, ...env, NODE_DEBUG: 'blk-bundle' };
+  delete e.NODE_OPTIONS; // vitest's own options would change V8's flags
+  const r = spawnSync(process.execPath, [join(root, 'bin', `blk-${tool}.js`), ...args], { cwd: root, encoding: 'utf8', env: e, timeout: 60_000 });
+  const verdict = /code cache (used|missing|rejected)/.exec(r.stderr)?.[1] ?? 'none';
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr, verdict };
+}
+
+describe('tool bundles and their code cache', () => {
+  let root = '';
+  let cache = '';
+  let pristine: Buffer;
+
+  beforeAll(() => {
+    if (!existsSync(join(REPO, 'dist/src/tools/img/main.js'))) throw new Error('dist/src is missing: run `npm run build` first');
+    root = makeTempDir('blk-bundle-test');
+    cpSync(join(REPO, 'bin'), join(root, 'bin'), { recursive: true });
+    cpSync(join(REPO, 'package.json'), join(root, 'package.json'));
+    symlinkSync(join(REPO, 'node_modules'), join(root, 'node_modules'));
+    cpSync(join(REPO, 'dist/src'), join(root, 'dist/src'), { recursive: true });
+    const tsx = join(REPO, 'node_modules/tsx/dist/cli.mjs');
+    const r = spawnSync(process.execPath, [tsx, join(REPO, 'scripts/bundle.ts'), root], { encoding: 'utf8', timeout: 240_000 });
+    if (r.status !== 0) throw new Error(`bundle failed: ${r.stderr}`);
+    cache = join(root, 'dist/bin/img.cjs.cache');
+    pristine = readFileSync(cache);
+  }, 300_000);
+
+  afterAll(() => {
+    if (root !== '') removeTempDir(root);
+  });
+
+  it('a build makes caches that V8 takes, for every tool', () => {
+    writeFileSync(cache, pristine);
+    const img = launch(root, 'img', ['--version']);
+    expect(img.status).toBe(0);
+    expect(img.stdout).toMatch(/^blk-img version /);
+    expect(img.verdict).toBe('used');
+    const io = launch(root, 'io', ['-c', 'help quit']);
+    expect(io.verdict).toBe('used');
+    expect(launch(root, 'nbd', ['--version']).verdict).toBe('used');
+  });
+
+  it('convert takes the cache too, though it raises the interrupt budget', () => {
+    writeFileSync(cache, pristine);
+    const r = launch(root, 'img', ['convert', '-O', 'raw', 'no-such-file.raw', 'out.raw']);
+    expect(r.status).toBe(1);
+    expect(r.verdict).toBe('used');
+  });
+
+  it('runs from source without a cache', () => {
+    rmSync(cache, { force: true });
+    const r = launch(root, 'img', ['--version']);
+    expect([r.status, r.verdict]).toEqual([0, 'missing']);
+    expect(r.stdout).toMatch(/^blk-img version /);
+  });
+
+  it('runs from source when the cache is corrupt', () => {
+    // Flipped bits past the header: V8 would deserialize them without its checksum.
+    const bad = Buffer.from(pristine);
+    for (let i = bad.length >> 1; i < bad.length; i += 4093) bad[i] ^= 0xff;
+    writeFileSync(cache, bad);
+    const r = launch(root, 'img', ['--version']);
+    expect([r.status, r.verdict]).toEqual([0, 'rejected']);
+    // Cut short, or not a cache at all.
+    writeFileSync(cache, pristine.subarray(0, pristine.length >> 1));
+    expect(launch(root, 'img', ['--version']).verdict).toBe('rejected');
+    writeFileSync(cache, 'garbage');
+    expect(launch(root, 'img', ['--version']).status).toBe(0);
+  });
+
+  it("ignores another build's cache", () => {
+    // Same length, other build id: V8 alone would take it, the source's length being equal.
+    const other = Buffer.from(pristine);
+    other.write('X', other.indexOf(0x0a) - 1, 'latin1');
+    writeFileSync(cache, other);
+    const r = launch(root, 'img', ['--version']);
+    expect([r.status, r.verdict]).toEqual([0, 'missing']);
+  });
+
+  it('falls back to the compiled modules without a bundle', () => {
+    rmSync(join(root, 'dist/bin/img.cjs'));
+    const r = launch(root, 'img', ['--version']);
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/^blk-img version /);
+    expect(r.verdict).toBe('none');
+  });
+});
