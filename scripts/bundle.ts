@@ -52,6 +52,20 @@ const TOOLS: Tool[] = [
   { name: 'nbd', entry: 'dist/src/tools/nbd/nbd.js', warmUp: () => [['--version']] },
 ];
 
+/**
+ * The sources import some of Node's modules on first use (`await import('node:net')`), and
+ * esbuild keeps such an import() as it is. In a script run by vm.Script it would need a
+ * dynamic import callback, which V8 loses when the script comes from a code cache: here it
+ * becomes a require() made on first use, as esbuild does for the modules it bundles.
+ */
+const lazyNodeModules: esbuild.Plugin = {
+  name: 'lazy-node-modules',
+  setup(build) {
+    build.onResolve({ filter: /^node:/ }, (args) => (args.kind === 'dynamic-import' ? { path: args.path, namespace: 'lazy-node' } : undefined));
+    build.onLoad({ filter: /.*/, namespace: 'lazy-node' }, (args) => ({ contents: `module.exports = require(${JSON.stringify(args.path)});`, loader: 'js' }));
+  },
+};
+
 /** What bin/bundle.js exports (CommonJS, untyped). */
 interface BundleLoader {
   compileTool(name: string): { script: Script; file: string; cached: boolean } | null;
@@ -84,6 +98,7 @@ async function bundle(tool: Tool): Promise<string> {
     // The file driver finds the package root (the addon) from import.meta.url.
     banner: { js: `${id}\nvar __bundle_import_meta_url = require('node:url').pathToFileURL(__filename).href;` },
     define: { 'import.meta.url': '__bundle_import_meta_url' },
+    plugins: [lazyNodeModules],
   });
   for (const f of result.outputFiles) writeAtomically(f.path, f.contents);
   return id;

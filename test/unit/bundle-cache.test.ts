@@ -2,7 +2,7 @@
 // caches that V8 takes, also for convert (which raises V8's interrupt budget), and a tool whose
 // cache is missing, corrupt or another build's still runs, from source. A bundle is built into
 // a scratch copy of the package, from what tsc emitted in dist/src.
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { cpSync, existsSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -51,6 +51,29 @@ describe('tool bundles and their code cache', () => {
     const io = launch(root, 'io', ['-c', 'help quit']);
     expect(io.verdict).toBe('used');
     expect(launch(root, 'nbd', ['--version']).verdict).toBe('used');
+  });
+
+  it('loads the network modules on first use from a cached bundle: an NBD server and client', () => {
+    // A cached script has no dynamic import callback: the bundles must hold no import().
+    for (const t of ['img', 'io', 'nbd']) expect(readFileSync(join(root, `dist/bin/${t}.cjs`), 'utf8')).not.toMatch(/[^\w.$]import\(/);
+    writeFileSync(cache, pristine);
+    launch(root, 'img', ['create', '-q', '-f', 'raw', 'served.raw', '1M']);
+    const sock = join(root, 'nbd.sock');
+    const e: NodeJS.ProcessEnv = { ...process.env };
+    delete e.NODE_OPTIONS;
+    const server = spawn(process.execPath, [join(root, 'bin/blk-nbd.js'), '-k', sock, '-f', 'raw', 'served.raw'], { cwd: root, env: e, stdio: 'ignore' });
+    try {
+      let r = launch(root, 'img', ['info', `nbd+unix:///?socket=${sock}`]);
+      for (let i = 0; i < 100 && r.status !== 0; i++) {
+        spawnSync('sleep', ['0.1']);
+        r = launch(root, 'img', ['info', `nbd+unix:///?socket=${sock}`]);
+      }
+      expect(r.stderr.replace(/^BLK-BUNDLE.*\n/gm, '')).toBe('');
+      expect(r.stdout).toMatch(/^virtual size: 1 MiB \(1048576 bytes\)$/m);
+      expect(r.verdict).toBe('used');
+    } finally {
+      server.kill();
+    }
   });
 
   it('convert takes the cache too, though it raises the interrupt budget', () => {
