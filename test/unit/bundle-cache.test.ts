@@ -11,10 +11,10 @@ import { makeTempDir, removeTempDir } from '../interop/qemu.js';
 const REPO = resolve(import.meta.dirname, '../..');
 
 /** A launcher's run with NODE_DEBUG=blk-bundle: its status, stdout and the cache verdict. */
-function launch(root: string, tool: string, args: string[], env: NodeJS.ProcessEnv = {}) {
-  const e: NodeJS.ProcessEnv = { ...process.env, ...env, NODE_DEBUG: 'blk-bundle' };
+function launch(root: string, tool: string, args: string[], nodeArgs: string[] = []) {
+  const e: NodeJS.ProcessEnv = { ...process.env, NODE_DEBUG: 'blk-bundle' };
   delete e.NODE_OPTIONS; // vitest's own options would change V8's flags
-  const r = spawnSync(process.execPath, [join(root, 'bin', `blk-${tool}.js`), ...args], { cwd: root, encoding: 'utf8', env: e, timeout: 60_000 });
+  const r = spawnSync(process.execPath, [...nodeArgs, join(root, 'bin', `blk-${tool}.js`), ...args], { cwd: root, encoding: 'utf8', env: e, timeout: 60_000 });
   const verdict = /code cache (used|missing|rejected)/.exec(r.stderr)?.[1] ?? 'none';
   return { status: r.status, stdout: r.stdout, stderr: r.stderr, verdict };
 }
@@ -51,6 +51,19 @@ describe('tool bundles and their code cache', () => {
     const io = launch(root, 'io', ['-c', 'help quit']);
     expect(io.verdict).toBe('used');
     expect(launch(root, 'nbd', ['--version']).verdict).toBe('used');
+  });
+
+  it('loads no network module for a local image', () => {
+    // node:http, https, tls and crypto cost ~10 ms of every start: loaded by the first request,
+    // connection or listen that needs them. (node:net is not checked: a piped stdout loads it.)
+    writeFileSync(join(root, 'modules.cjs'), "process.on('exit', () => console.error('MODULES', process.moduleLoadList.join('|')));");
+    launch(root, 'img', ['create', '-q', '-f', 'qcow2', 'local.qcow2', '1M']);
+    const r = launch(root, 'img', ['check', 'local.qcow2'], ['--require', join(root, 'modules.cjs')]);
+    expect(r.status).toBe(0);
+    expect(r.verdict).toBe('used');
+    const loaded = /MODULES (.*)/.exec(r.stderr)?.[1].split('|') ?? [];
+    expect(loaded).toContain('NativeModule fs');
+    for (const m of ['http', 'https', 'tls', 'crypto']) expect(loaded).not.toContain(`NativeModule ${m}`);
   });
 
   it('loads the network modules on first use from a cached bundle: an NBD server and client', () => {
