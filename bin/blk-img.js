@@ -21,11 +21,14 @@ const convert = process.argv.slice(2).find((a) => !a.startsWith('-')) === 'conve
 // modules one by one took about 40 ms of every run. Without the bundle, the modules themselves.
 const { compileTool, runTool } = require('./bundle.js');
 const tool = compileTool('img');
-// The flag is set once the bundle is compiled: V8 takes a code cache only under the flags it
-// was made with, and the budget matters to the functions created when the bundle runs.
-if (convert) require('node:v8').setFlagsFromString('--interrupt-budget=270336');
 (tool === null ? import('../dist/src/tools/img/main.js') : Promise.resolve(runTool(tool)))
-  .then(({ main }) => main(process.argv))
+  .then(({ main }) => {
+    // The flag is set once the tool is loaded: V8 takes a code cache (ours, and Node's for its
+    // own modules) only under the flags it was made with. A function gets its budget when first
+    // called, so the flag still covers convert's.
+    if (convert) require('node:v8').setFlagsFromString('--interrupt-budget=270336');
+    return main(process.argv);
+  })
   .then((code) => {
     process.exitCode = code;
   });

@@ -8,17 +8,15 @@ const { readFileSync } = require('node:fs');
 const { createRequire, wrap } = require('node:module');
 const { dirname, join } = require('node:path');
 const { debuglog } = require('node:util');
-const { setFlagsFromString } = require('node:v8');
 const { Script } = require('node:vm');
 
 /** NODE_DEBUG=blk-bundle tells whether V8 took the cache. */
 const debug = debuglog('blk-bundle');
 
-// V8 trusts a code cache that passes its header checks: flipped bits in the rest would crash the
-// deserializer. With this flag it writes a checksum into the cache it makes and checks it on
-// load (about 0.1 ms). The flag is part of what a cache must match: the build sets it too, by
-// making the cache through this module.
-setFlagsFromString('--verify-snapshot-checksum');
+// V8 checks a cache's header (its version, flags, the source's length, the payload's length),
+// not the payload: flipped bits there would crash it, as they would break the bundle itself.
+// Its --verify-snapshot-checksum would, but setting a V8 flag at run time costs ~10 ms: Node's
+// own modules loaded afterwards no longer match their built-in code cache.
 
 /** A cache file starts with its bundle's first line (a build id) and a newline. */
 const NL = 0x0a;
