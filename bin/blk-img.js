@@ -16,17 +16,19 @@ if (process.env.UV_THREADPOOL_SIZE === undefined) process.env.UV_THREADPOOL_SIZE
 // user time compiling). Four times V8's default interrupt budget (67584) leaves them in the
 // baseline tiers unless they run far more often (bench/RESULTS.md, "Convert"). The
 // subcommand is the first argument that is not an option.
-if (process.argv.slice(2).find((a) => !a.startsWith('-')) === 'convert') {
-  require('node:v8').setFlagsFromString('--interrupt-budget=270336');
-}
+const convert = process.argv.slice(2).find((a) => !a.startsWith('-')) === 'convert';
 // The tool comes as one bundled file (dist/bin, `npm run bundle`): loading the ~60 compiled
 // modules one by one took about 40 ms of every run. Without the bundle, the modules themselves.
-import('../dist/bin/img.mjs')
-  .catch((e) => {
-    if (e?.code !== 'ERR_MODULE_NOT_FOUND') throw e;
-    return import('../dist/src/tools/img/main.js');
+const { compileTool, runTool } = require('./bundle.js');
+const tool = compileTool('img');
+(tool === null ? import('../dist/src/tools/img/main.js') : Promise.resolve(runTool(tool)))
+  .then(({ main }) => {
+    // The flag is set once the tool is loaded: V8 takes a code cache (ours, and Node's for its
+    // own modules) only under the flags it was made with. A function gets its budget when first
+    // called, so the flag still covers convert's.
+    if (convert) require('node:v8').setFlagsFromString('--interrupt-budget=270336');
+    return main(process.argv);
   })
-  .then(({ main }) => main(process.argv))
   .then((code) => {
     process.exitCode = code;
   });

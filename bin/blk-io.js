@@ -11,11 +11,9 @@
 if (process.env.UV_THREADPOOL_SIZE === undefined) process.env.UV_THREADPOOL_SIZE = '2';
 // The tool comes as one bundled file (dist/bin, `npm run bundle`): loading the ~60 compiled
 // modules one by one took about 40 ms of every run. Without the bundle, the modules themselves.
-import('../dist/bin/io.mjs')
-  .catch((e) => {
-    if (e?.code !== 'ERR_MODULE_NOT_FOUND') throw e;
-    return import('../dist/src/tools/io/main.js');
-  })
+const { compileTool, runTool } = require('./bundle.js');
+const tool = compileTool('io');
+(tool === null ? import('../dist/src/tools/io/main.js') : Promise.resolve(runTool(tool)))
   .then(({ main }) => main(process.argv))
   .then((code) => {
     process.exitCode = code;

@@ -9,14 +9,17 @@ if (process.env.UV_THREADPOOL_SIZE === undefined) process.env.UV_THREADPOOL_SIZE
 // async functions cost more CPU than it saved (nbdcopy of 512 MiB: 0.40 s of the server's
 // user time, 0.27 s with this). Four times V8's default interrupt budget, as blk-img convert
 // has (bench/RESULTS.md, "NBD"): a long-lived server still optimises what runs far more.
-require('node:v8').setFlagsFromString('--interrupt-budget=270336');
 // The bundled tool (dist/bin, `npm run bundle`), else the compiled modules.
-import('../dist/bin/nbd.mjs')
-  .catch((e) => {
-    if (e?.code !== 'ERR_MODULE_NOT_FOUND') throw e;
-    return import('../dist/src/tools/nbd/nbd.js');
+const { compileTool, runTool } = require('./bundle.js');
+const tool = compileTool('nbd');
+(tool === null ? import('../dist/src/tools/nbd/nbd.js') : Promise.resolve(runTool(tool)))
+  .then(({ main }) => {
+    // Set once the tool is loaded, as in blk-img's launcher: V8 takes a code cache (ours, and
+    // Node's for its own modules) only under the flags it was made with, and a function gets
+    // its budget when first called.
+    require('node:v8').setFlagsFromString('--interrupt-budget=270336');
+    return main(process.argv);
   })
-  .then(({ main }) => main(process.argv))
   .then((code) => {
     process.exitCode = code;
   });

@@ -5,7 +5,7 @@
  * end the session, payloads we have no use for are skipped as they stream in, and those we
  * parse are read whole only up to OPTION_BUFFER_MAX.
  */
-import * as tls from 'node:tls';
+import type * as tls from 'node:tls';
 import { isBlockError } from '../block/errors.js';
 import type { NbdConnection } from './connection.js';
 import type { MetaContext, NbdExport } from './export.js';
@@ -287,10 +287,14 @@ async function handleMetaContext(
  * run: client certificate verification, rejectUnauthorized, PSK callbacks.
  */
 async function startTls(conn: NbdConnection, config: NbdTlsOptions): Promise<void> {
+  // Loaded for a client that asks for TLS only: node:tls (with node:crypto) took ~10 ms of
+  // every tool's start. Before the ACK: once the client has it, its ClientHello may arrive,
+  // and the reader must be detached by then.
+  const { createServer } = await import('node:tls');
   if (conn.reader.pending !== 0) throw new NegotiationError('Unexpected data after STARTTLS');
   await conn.send(p.encodeOptionReply(p.NBD_OPT_STARTTLS, p.NBD_REP_ACK));
   conn.reader.detach();
-  const server = tls.createServer({ ...config.options });
+  const server = createServer({ ...config.options });
   const socket = await new Promise<tls.TLSSocket>((resolve, reject) => {
     server.once('secureConnection', resolve);
     server.once('tlsClientError', (e: Error) => reject(new NegotiationError(e.message)));

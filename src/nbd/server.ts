@@ -31,7 +31,7 @@
  * ERR_SHUTDOWN) before closing them.
  */
 import { EventEmitter } from 'eventemitter3';
-import * as net from 'node:net';
+import type * as net from 'node:net';
 import { BlockError } from '../block/errors.js';
 import { NbdConnection } from './connection.js';
 import { NbdExport, type NbdExportOptions } from './export.js';
@@ -111,8 +111,11 @@ export class NbdServer extends EventEmitter<NbdServerEvents> {
 
   /** Listen on TCP (`port` 0 = any free port), a Unix socket or an inherited listening `fd`; resolves with the address. */
   async listen(address: { host?: string; port?: number; path?: string; fd?: number; backlog?: number }): Promise<NbdListenAddress> {
+    // Loaded by the first listen: the tools bundle the server, and most of their runs serve
+    // nothing. Before the check below, which must see the state the listen starts in.
+    const { createServer } = await import('node:net');
     if (this.closing) throw new BlockError('ECANCELED', 'NBD server is closed', { op: 'nbd_listen' });
-    const server = net.createServer({ pauseOnConnect: true }, (s) => this.accept(s));
+    const server = createServer({ pauseOnConnect: true }, (s) => this.accept(s));
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       const backlog = address.backlog ?? 511;

@@ -19,7 +19,7 @@ if (process.env.CI === 'true' && !(PLATFORM_OK && TOOLS_OK)) {
 }
 
 /** What `npm pack` builds from: the sources, not this checkout's dist/, build/ or prebuilds/. */
-const PACKED_INPUTS = ['package.json', 'package-lock.json', 'README.md', 'tsconfig.json', 'tsconfig.build.json', 'binding.gyp', 'src', 'bin', 'native'];
+const PACKED_INPUTS = ['package.json', 'package-lock.json', 'README.md', 'tsconfig.json', 'tsconfig.build.json', 'binding.gyp', 'src', 'scripts', 'bin', 'native'];
 
 /** Shared libraries any glibc program may need; nothing else (liburing above all) may appear. */
 const SYSTEM_LIBS = /^(linux-vdso\.so\.1|libc\.so\.6|libpthread\.so\.0|libdl\.so\.2|libm\.so\.6|\/lib64\/ld-linux-x86-64\.so\.2)$/;
@@ -141,7 +141,8 @@ describe.skipIf(!(PLATFORM_OK && TOOLS_OK))('npm pack: the package as installed'
     const prebuilds = files.filter((f) => /^package\/prebuilds\/linux-x64\/[^/]+\.node$/.test(f));
     expect(prebuilds).toHaveLength(1);
     expect(files.filter((f) => f.startsWith('package/build/'))).toEqual([]);
-    expect(files).toContain('package/dist/bin/img.mjs');
+    expect(files).toContain('package/dist/bin/img.cjs');
+    expect(files).toContain('package/dist/bin/img.cjs.cache');
     const installed = join(app, 'node_modules', prebuilds[0].replace(/^package/, 'blocklayer'));
     const libs = sh('ldd', [installed], dir)
       .split('\n')

@@ -3,8 +3,8 @@
  * fetch it can trust an extra CA (a test's throwaway one) and honour `sslverify=off`. Node-only:
  * the browser entry never imports this file.
  */
-import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from 'node:http';
-import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
+import type * as http from 'node:http';
+import type * as https from 'node:https';
 import { BlockError } from '../../block/errors.js';
 import { bodyTooLongError, type HttpRequest, type HttpResponse, type HttpTransport, timeoutError } from './transport.js';
 
@@ -15,7 +15,7 @@ export interface NodeHttpTransportOptions {
   maxRedirects?: number;
 }
 
-function collect(res: IncomingMessage, req: HttpRequest, onData: (n: number) => void): Promise<Uint8Array> {
+function collect(res: http.IncomingMessage, req: HttpRequest, onData: (n: number) => void): Promise<Uint8Array> {
   return new Promise((resolve, reject) => {
     const parts: Uint8Array[] = [];
     let total = 0;
@@ -34,24 +34,39 @@ function collect(res: IncomingMessage, req: HttpRequest, onData: (n: number) => 
   });
 }
 
-interface Agents {
-  http: HttpAgent;
-  https: HttpsAgent;
+/** node:http and node:https with their kept-alive agents. */
+interface Stack {
+  http: typeof http;
+  https: typeof https;
+  agents: { http: http.Agent; https: https.Agent };
 }
 
-function once(req: HttpRequest, url: URL, opts: NodeHttpTransportOptions, agents: Agents): Promise<{ res: IncomingMessage; body: Uint8Array }> {
+/**
+ * Loaded by the first request: the Node entry installs this transport, and loading node:http
+ * and node:https (with node:tls and node:crypto) took ~10 ms of every tool's start.
+ */
+async function loadStack(): Promise<Stack> {
+  const [h, hs] = await Promise.all([import('node:http'), import('node:https')]);
+  // Kept-alive connections save a handshake per read (Node unref()s idle ones, so they never
+  // keep the process alive).
+  return { http: h, https: hs, agents: { http: new h.Agent({ keepAlive: true }), https: new hs.Agent({ keepAlive: true }) } };
+}
+
+function once(req: HttpRequest, url: URL, opts: NodeHttpTransportOptions, stack: Stack): Promise<{ res: http.IncomingMessage; body: Uint8Array }> {
   return new Promise((resolve, reject) => {
     const started = Date.now();
     let received = 0;
-    const https = url.protocol === 'https:';
+    const secure = url.protocol === 'https:';
     const options = { method: req.method, headers: req.headers, rejectUnauthorized: req.sslverify, ca: opts.ca };
-    const onResponse = (res: IncomingMessage): void => {
+    const onResponse = (res: http.IncomingMessage): void => {
       collect(res, req, (n) => (received = n)).then((body) => {
         clearTimeout(timer);
         resolve({ res, body });
       }, fail);
     };
-    const r = https ? httpsRequest(url, { ...options, agent: agents.https }, onResponse) : httpRequest(url, { ...options, agent: agents.http }, onResponse);
+    const r = secure
+      ? stack.https.request(url, { ...options, agent: stack.agents.https }, onResponse)
+      : stack.http.request(url, { ...options, agent: stack.agents.http }, onResponse);
     function fail(e: unknown): void {
       clearTimeout(timer);
       r.destroy();
@@ -75,13 +90,13 @@ function once(req: HttpRequest, url: URL, opts: NodeHttpTransportOptions, agents
 /** A transport over node:http/node:https. */
 export function nodeHttpTransport(opts: NodeHttpTransportOptions = {}): HttpTransport {
   const maxRedirects = opts.maxRedirects ?? 10;
-  // Kept-alive connections save a handshake per read (Node unref()s idle ones, so they never
-  // keep the process alive).
-  const agents: Agents = { http: new HttpAgent({ keepAlive: true }), https: new HttpsAgent({ keepAlive: true }) };
+  let stack: Promise<Stack> | undefined;
   return async (req): Promise<HttpResponse> => {
+    stack ??= loadStack();
+    const s = await stack;
     let url = new URL(req.url);
     for (let hops = 0; ; hops++) {
-      const { res, body } = await once(req, url, opts, agents);
+      const { res, body } = await once(req, url, opts, s);
       const status = res.statusCode ?? 0;
       const location = res.headers.location;
       if (status >= 300 && status < 400 && location !== undefined) {

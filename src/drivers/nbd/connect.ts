@@ -2,7 +2,7 @@
  * Opening a connection to an NBD server: the socket (TCP or Unix), retried until
  * `open-timeout` runs out, then the handshake. QEMU's texts for connect failures.
  */
-import { connect as netConnect, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { BlockError, type BlockErrorCode } from '../../block/errors.js';
 import type { NbdConfig, NbdServerAddress } from './config.js';
 import { nbdReceiveNegotiate, type HandshakeRequest, type NbdExportInfo } from './handshake.js';
@@ -48,7 +48,9 @@ export function connectError(addr: NbdServerAddress, e: unknown): BlockError {
 type Onread = ReturnType<typeof onreadOptions>['onread'];
 
 /** One connection attempt: a connected socket or a BlockError. */
-export function connectSocket(addr: NbdServerAddress, onread?: Onread): Promise<Socket> {
+export async function connectSocket(addr: NbdServerAddress, onread?: Onread): Promise<Socket> {
+  // Loaded on the first connection: a tool that opens no NBD image never pays for node:net.
+  const { connect: netConnect } = await import('node:net');
   return new Promise<Socket>((resolve, reject) => {
     // An abstract socket's name starts with a NUL byte (Linux). A port above 65535 keeps its
     // low 16 bits, as getaddrinfo's numeric service does for QEMU.

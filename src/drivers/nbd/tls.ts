@@ -4,9 +4,8 @@
  * client-cert.pem/client-key.pem (or server-*.pem); PSK reads keys.psk (`user:hexkey` lines).
  */
 import { existsSync, readFileSync } from 'node:fs';
-import { isIP } from 'node:net';
 import { join } from 'node:path';
-import { connect as tlsConnect, type ConnectionOptions, type TLSSocket, type TlsOptions } from 'node:tls';
+import type { ConnectionOptions, TLSSocket, TlsOptions } from 'node:tls';
 import { BlockError } from '../../block/errors.js';
 import type { OptionChannel } from './options.js';
 import type { TlsCredsObject } from './tls-objects.js';
@@ -30,8 +29,8 @@ export function pskKey(dir: string, user: string): Buffer | null {
   return null;
 }
 
-/** Node's TLS options for a client using `creds` towards `hostname`. */
-export function clientTlsOptions(creds: TlsCredsObject, hostname: string | undefined): ConnectionOptions {
+/** Node's TLS options for a client using `creds`, but for the peer's name (peerOptions). */
+export function clientTlsOptions(creds: TlsCredsObject): ConnectionOptions {
   if (creds.type === 'tls-creds-psk') {
     const key = pskKey(creds.dir, creds.username);
     if (key === null) throw new BlockError('EINVAL', `Unable to find PSK for username ${creds.username}`);
@@ -41,19 +40,25 @@ export function clientTlsOptions(creds: TlsCredsObject, hostname: string | undef
       checkServerIdentity: () => undefined,
     };
   }
-  const opts: ConnectionOptions = {
+  return {
     ca: readCredsFile(creds.dir, 'ca-cert.pem', true),
     cert: readCredsFile(creds.dir, 'client-cert.pem', false),
     key: readCredsFile(creds.dir, 'client-key.pem', false),
     rejectUnauthorized: creds.verifyPeer,
     minVersion: 'TLSv1.2',
   };
-  // The certificate is checked against the host dialled or tls-hostname. SNI takes names, not
-  // addresses: an IP is checked without being sent. Without verify-peer nothing is checked.
-  if (!creds.verifyPeer) opts.checkServerIdentity = () => undefined;
-  else if (hostname !== undefined && isIP(hostname) !== 0) opts.host = hostname;
-  else if (hostname !== undefined) opts.servername = hostname;
-  return opts;
+}
+
+/**
+ * The x509 certificate is checked against the host dialled or tls-hostname. SNI takes names,
+ * not addresses: an IP is checked without being sent. Without verify-peer nothing is checked.
+ * `isIP` is node:net's.
+ */
+function peerOptions(creds: TlsCredsObject, hostname: string | undefined, isIP: (host: string) => number): ConnectionOptions {
+  if (creds.type === 'tls-creds-psk') return {};
+  if (!creds.verifyPeer) return { checkServerIdentity: () => undefined };
+  if (hostname === undefined) return {};
+  return isIP(hostname) !== 0 ? { host: hostname } : { servername: hostname };
 }
 
 /**
@@ -82,15 +87,19 @@ export function serverTlsOptions(creds: TlsCredsObject): TlsOptions {
  * once the handshake has succeeded.
  */
 export function nbdClientTls(creds: TlsCredsObject, hostname: string | undefined): (ch: OptionChannel) => Promise<void> {
-  const options = clientTlsOptions(creds, hostname);
+  // The credentials are read now: a missing file fails the open before anything is dialled.
+  const options = clientTlsOptions(creds);
   return async (ch) => {
     // Over a Unix socket there is no host to check the certificate against: QEMU refuses.
     if (creds.type === 'tls-creds-x509' && creds.verifyPeer && hostname === undefined) {
       throw new BlockError('EINVAL', 'No hostname for certificate validation', { op: 'nbd-tls' });
     }
+    // node:tls and node:net (with node:crypto) are loaded for a connection that asks for TLS
+    // only: loading them took ~10 ms of every tool's start.
+    const [tls, net] = await Promise.all([import('node:tls'), import('node:net')]);
     ch.reader.detach();
     const tlsSock = await new Promise<TLSSocket>((resolve, reject) => {
-      const s = tlsConnect({ ...options, socket: ch.sock });
+      const s = tls.connect({ ...options, ...peerOptions(creds, hostname, net.isIP), socket: ch.sock });
       s.once('secureConnect', () => resolve(s));
       s.once('error', (e: Error) => reject(new BlockError('EIO', e.message, { op: 'nbd-tls', cause: e })));
     });

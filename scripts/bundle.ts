@@ -1,0 +1,128 @@
+// `npm run bundle`: the tools as one CommonJS file each (dist/bin/<tool>.cjs, from what tsc
+// emitted in dist/src), and next to each the V8 code cache that bin/bundle.js loads it with
+// (<tool>.cjs.cache). CommonJS because Node 20 caches no compiled ES module: a script run
+// through vm.Script takes V8's cachedData. The cache is made after a warm-up, a few runs of the
+// tool on a scratch image, so that it also holds the functions those runs compiled (V8
+// compiles a function on its first call; a cache made right after the compile would hold the
+// top level only).
+import { randomUUID } from 'node:crypto';
+import { mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import type { Script } from 'node:vm';
+import * as esbuild from 'esbuild';
+
+/**
+ * The package to bundle: this repository, or the directory given (tests: a copy holding bin/
+ * and, as compiled by tsc, dist/src).
+ */
+const ROOT = resolve(process.argv[2] ?? join(import.meta.dirname, '..'));
+const OUT = join(ROOT, 'dist/bin');
+
+/** The tools: bundle name, compiled entry, and the warm-up runs (argv after the program). */
+interface Tool {
+  name: string;
+  entry: string;
+  warmUp: (dir: string) => string[][];
+}
+
+const TOOLS: Tool[] = [
+  {
+    name: 'img',
+    entry: 'dist/src/tools/img/main.js',
+    // What the bench times as whole processes: check, info, map, convert.
+    warmUp: (d) => [
+      ['--version'],
+      ['create', '-q', '-f', 'qcow2', `${d}/a.qcow2`, '1M'],
+      ['create', '-q', '-f', 'qed', `${d}/a.qed`, '1M'],
+      ['info', `${d}/a.qcow2`],
+      ['check', `${d}/a.qcow2`],
+      ['check', `${d}/a.qed`],
+      ['map', '--output=json', `${d}/a.qcow2`],
+      ['convert', '-O', 'raw', `${d}/a.qcow2`, `${d}/a.raw`],
+      ['convert', '-O', 'qcow2', `${d}/a.raw`, `${d}/b.qcow2`],
+    ],
+  },
+  {
+    name: 'io',
+    entry: 'dist/src/tools/io/main.js',
+    warmUp: (d) => [['-c', 'write -P 1 0 4k', '-c', 'read -P 1 0 4k', `${d}/a.qcow2`]],
+  },
+  { name: 'nbd', entry: 'dist/src/tools/nbd/nbd.js', warmUp: () => [['--version']] },
+];
+
+/**
+ * The sources import some of Node's modules on first use (`await import('node:net')`), and
+ * esbuild keeps such an import() as it is. In a script run by vm.Script it would need a
+ * dynamic import callback, which V8 loses when the script comes from a code cache: here it
+ * becomes a require() made on first use, as esbuild does for the modules it bundles.
+ */
+const lazyNodeModules: esbuild.Plugin = {
+  name: 'lazy-node-modules',
+  setup(build) {
+    build.onResolve({ filter: /^node:/ }, (args) => (args.kind === 'dynamic-import' ? { path: args.path, namespace: 'lazy-node' } : undefined));
+    build.onLoad({ filter: /.*/, namespace: 'lazy-node' }, (args) => ({ contents: `module.exports = require(${JSON.stringify(args.path)});`, loader: 'js' }));
+  },
+};
+
+/** What bin/bundle.js exports (CommonJS, untyped). */
+interface BundleLoader {
+  compileTool(name: string): { script: Script; file: string; cached: boolean } | null;
+  runTool(tool: { script: Script; file: string }): { main: (argv: string[], io?: object) => Promise<number> };
+}
+
+/** Write through a temporary name and rename: a tool started meanwhile never reads half a file. */
+function writeAtomically(path: string, data: string | Uint8Array): void {
+  const tmp = `${path}.${process.pid}.tmp`;
+  writeFileSync(tmp, data);
+  renameSync(tmp, path);
+}
+
+/** Bundle one tool; returns the build id, the bundle's first line. */
+async function bundle(tool: Tool): Promise<string> {
+  // The first line identifies this build: the cache is used only with the bundle it was made
+  // from (bin/bundle.js compares it).
+  const id = `// blocklayer ${tool.name} bundle ${randomUUID()}`;
+  const result = await esbuild.build({
+    entryPoints: { [tool.name]: join(ROOT, tool.entry) },
+    bundle: true,
+    platform: 'node',
+    format: 'cjs',
+    target: 'node20',
+    sourcemap: true,
+    logLevel: 'warning',
+    outdir: OUT,
+    outExtension: { '.js': '.cjs' },
+    write: false,
+    // The file driver finds the package root (the addon) from import.meta.url.
+    banner: { js: `${id}\nvar __bundle_import_meta_url = require('node:url').pathToFileURL(__filename).href;` },
+    define: { 'import.meta.url': '__bundle_import_meta_url' },
+    plugins: [lazyNodeModules],
+  });
+  for (const f of result.outputFiles) writeAtomically(f.path, f.contents);
+  return id;
+}
+
+/** Run the warm-up through the bundle, then save what V8 compiled. */
+async function makeCache(loader: BundleLoader, tool: Tool, id: string, dir: string): Promise<void> {
+  const compiled = loader.compileTool(tool.name);
+  if (compiled === null) throw new Error(`dist/bin/${tool.name}.cjs was not written`);
+  const { main } = loader.runTool(compiled);
+  const sink = { write: () => true };
+  for (const args of tool.warmUp(dir)) {
+    const status = await main(['node', `blk-${tool.name}`, ...args], { stdout: sink, stderr: sink });
+    if (status !== 0) throw new Error(`warm-up of blk-${tool.name} ${args.join(' ')} exited with ${status}`);
+  }
+  writeAtomically(`${compiled.file}.cache`, Buffer.concat([Buffer.from(`${id}\n`, 'latin1'), compiled.script.createCachedData()]));
+}
+
+const loader = createRequire(import.meta.url)(join(ROOT, 'bin/bundle.js')) as BundleLoader;
+const dir = mkdtempSync(join(tmpdir(), 'blk-bundle-'));
+try {
+  mkdirSync(OUT, { recursive: true });
+  const ids = await Promise.all(TOOLS.map(bundle));
+  for (const [i, tool] of TOOLS.entries()) await makeCache(loader, tool, ids[i], dir);
+} finally {
+  rmSync(dir, { recursive: true, force: true });
+}

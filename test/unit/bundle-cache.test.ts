@@ -1,0 +1,141 @@
+// The tools' bundles and their V8 code caches (scripts/bundle.ts, bin/bundle.js): a build makes
+// caches that V8 takes, also for convert (which raises V8's interrupt budget), and a tool whose
+// cache is missing, corrupt or another build's still runs, from source. A bundle is built into
+// a scratch copy of the package, from what tsc emitted in dist/src.
+import { spawn, spawnSync } from 'node:child_process';
+import { cpSync, existsSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { makeTempDir, removeTempDir } from '../interop/qemu.js';
+
+const REPO = resolve(import.meta.dirname, '../..');
+
+/** A launcher's run with NODE_DEBUG=blk-bundle: its status, stdout and the cache verdict. */
+function launch(root: string, tool: string, args: string[], nodeArgs: string[] = []) {
+  const e: NodeJS.ProcessEnv = { ...process.env, NODE_DEBUG: 'blk-bundle' };
+  delete e.NODE_OPTIONS; // vitest's own options would change V8's flags
+  const r = spawnSync(process.execPath, [...nodeArgs, join(root, 'bin', `blk-${tool}.js`), ...args], { cwd: root, encoding: 'utf8', env: e, timeout: 60_000 });
+  const verdict = /code cache (used|missing|rejected)/.exec(r.stderr)?.[1] ?? 'none';
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr, verdict };
+}
+
+describe('tool bundles and their code cache', () => {
+  let root = '';
+  let cache = '';
+  let pristine: Buffer;
+
+  beforeAll(() => {
+    if (!existsSync(join(REPO, 'dist/src/tools/img/main.js'))) throw new Error('dist/src is missing: run `npm run build` first');
+    root = makeTempDir('blk-bundle-test');
+    cpSync(join(REPO, 'bin'), join(root, 'bin'), { recursive: true });
+    cpSync(join(REPO, 'package.json'), join(root, 'package.json'));
+    symlinkSync(join(REPO, 'node_modules'), join(root, 'node_modules'));
+    cpSync(join(REPO, 'dist/src'), join(root, 'dist/src'), { recursive: true });
+    const tsx = join(REPO, 'node_modules/tsx/dist/cli.mjs');
+    const r = spawnSync(process.execPath, [tsx, join(REPO, 'scripts/bundle.ts'), root], { encoding: 'utf8', timeout: 240_000 });
+    if (r.status !== 0) throw new Error(`bundle failed: ${r.stderr}`);
+    cache = join(root, 'dist/bin/img.cjs.cache');
+    pristine = readFileSync(cache);
+  }, 300_000);
+
+  afterAll(() => {
+    if (root !== '') removeTempDir(root);
+  });
+
+  it('a build makes caches that V8 takes, for every tool', () => {
+    writeFileSync(cache, pristine);
+    const img = launch(root, 'img', ['--version']);
+    expect(img.status).toBe(0);
+    expect(img.stdout).toMatch(/^blk-img version /);
+    expect(img.verdict).toBe('used');
+    const io = launch(root, 'io', ['-c', 'help quit']);
+    expect(io.verdict).toBe('used');
+    expect(launch(root, 'nbd', ['--version']).verdict).toBe('used');
+  });
+
+  it('loads no network module for a local image', () => {
+    // node:http, https, tls and crypto cost ~10 ms of every start: loaded by the first request,
+    // connection or listen that needs them. (node:net is not checked: a piped stdout loads it.)
+    writeFileSync(join(root, 'modules.cjs'), "process.on('exit', () => console.error('MODULES', process.moduleLoadList.join('|')));");
+    launch(root, 'img', ['create', '-q', '-f', 'qcow2', 'local.qcow2', '1M']);
+    const r = launch(root, 'img', ['check', 'local.qcow2'], ['--require', join(root, 'modules.cjs')]);
+    expect(r.status).toBe(0);
+    expect(r.verdict).toBe('used');
+    const loaded = /MODULES (.*)/.exec(r.stderr)?.[1].split('|') ?? [];
+    expect(loaded).toContain('NativeModule fs');
+    for (const m of ['http', 'https', 'tls', 'crypto']) expect(loaded).not.toContain(`NativeModule ${m}`);
+  });
+
+  it('loads the network modules on first use from a cached bundle: an NBD server and client', () => {
+    // A cached script has no dynamic import callback: the bundles must hold no import().
+    for (const t of ['img', 'io', 'nbd']) expect(readFileSync(join(root, `dist/bin/${t}.cjs`), 'utf8')).not.toMatch(/[^\w.$]import\(/);
+    writeFileSync(cache, pristine);
+    launch(root, 'img', ['create', '-q', '-f', 'raw', 'served.raw', '1M']);
+    const sock = join(root, 'nbd.sock');
+    const e: NodeJS.ProcessEnv = { ...process.env };
+    delete e.NODE_OPTIONS;
+    const server = spawn(process.execPath, [join(root, 'bin/blk-nbd.js'), '-k', sock, '-f', 'raw', 'served.raw'], { cwd: root, env: e, stdio: 'ignore' });
+    try {
+      let r = launch(root, 'img', ['info', `nbd+unix:///?socket=${sock}`]);
+      for (let i = 0; i < 100 && r.status !== 0; i++) {
+        spawnSync('sleep', ['0.1']);
+        r = launch(root, 'img', ['info', `nbd+unix:///?socket=${sock}`]);
+      }
+      expect(r.stderr.replace(/^BLK-BUNDLE.*\n/gm, '')).toBe('');
+      expect(r.stdout).toMatch(/^virtual size: 1 MiB \(1048576 bytes\)$/m);
+      expect(r.verdict).toBe('used');
+    } finally {
+      server.kill();
+    }
+  });
+
+  it('convert takes the cache too, though it raises the interrupt budget', () => {
+    writeFileSync(cache, pristine);
+    const r = launch(root, 'img', ['convert', '-O', 'raw', 'no-such-file.raw', 'out.raw']);
+    expect(r.status).toBe(1);
+    expect(r.verdict).toBe('used');
+  });
+
+  it('runs from source without a cache', () => {
+    rmSync(cache, { force: true });
+    const r = launch(root, 'img', ['--version']);
+    expect([r.status, r.verdict]).toEqual([0, 'missing']);
+    expect(r.stdout).toMatch(/^blk-img version /);
+  });
+
+  it('runs from source when the cache is corrupt', () => {
+    // V8's header: magic, version hash, flag hash (as made by another Node or under other V8
+    // flags), then a payload length longer than what follows (V8 takes a shorter one).
+    const v8 = pristine.indexOf(0x0a) + 1;
+    for (const field of [0, 4, 12, 16]) {
+      const bad = Buffer.from(pristine);
+      if (field === 16) bad.writeUInt32LE(bad.length, v8 + field);
+      else bad[v8 + field] ^= 0x55;
+      writeFileSync(cache, bad);
+      const r = launch(root, 'img', ['--version']);
+      expect([r.status, r.verdict]).toEqual([0, 'rejected']);
+    }
+    // Cut short, or not a cache at all.
+    writeFileSync(cache, pristine.subarray(0, pristine.length >> 1));
+    expect(launch(root, 'img', ['--version']).verdict).toBe('rejected');
+    writeFileSync(cache, 'garbage');
+    expect(launch(root, 'img', ['--version']).status).toBe(0);
+  });
+
+  it("ignores another build's cache", () => {
+    // Same length, other build id: V8 alone would take it, the source's length being equal.
+    const other = Buffer.from(pristine);
+    other.write('X', other.indexOf(0x0a) - 1, 'latin1');
+    writeFileSync(cache, other);
+    const r = launch(root, 'img', ['--version']);
+    expect([r.status, r.verdict]).toEqual([0, 'missing']);
+  });
+
+  it('falls back to the compiled modules without a bundle', () => {
+    rmSync(join(root, 'dist/bin/img.cjs'));
+    const r = launch(root, 'img', ['--version']);
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/^blk-img version /);
+    expect(r.verdict).toBe('none');
+  });
+});
