@@ -7,7 +7,7 @@
 // sleeping worker costs a wake-up), but with 1 an fdatasync stalls every other request (COW
 // writes over a backing file took twice as long). libuv reads the variable once, when the pool
 // starts on first use, and loading an ES module entry already starts it: so this launcher is
-// CommonJS (bin/package.json), sets the size, and only then imports the (ESM) tool.
+// CommonJS (bin/package.json), sets the size, and only then loads the tool.
 'use strict';
 if (process.env.UV_THREADPOOL_SIZE === undefined) process.env.UV_THREADPOOL_SIZE = '2';
 // convert runs its per-chunk code (block status, the read, the target format's write path) a
