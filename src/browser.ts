@@ -35,3 +35,12 @@ for (const drv of portableDrivers) {
 defaultRegistry.register(opfsDriver);
 
 setDefaultRegistry(defaultRegistry);
+
+/**
+ * qemu_memalign's browser twin: `size` zeroed bytes. Alignment in memory only speeds up a host
+ * kernel's page-cache copies (drivers/file/memalign.ts), which a page never asks for; convert's
+ * chunk buffers come from here when the tools run in the teaching page.
+ */
+export function qemuMemalign(size: number): Uint8Array {
+  return new Uint8Array(size);
+}
