@@ -1,13 +1,11 @@
 // Page-aligned buffers (src/drivers/file/memalign.ts, native/memalign.c): qemuMemalign's
 // buffers start on a page boundary in memory, and convert moves its data through them.
-import { closeSync, openSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { setIoEngineForTest } from '../../src/drivers/file/engine.js';
 import { MEM_ALIGN, qemuMemalign } from '../../src/drivers/file/memalign.js';
 import { loadSeekAddon, setSeekAddonForTest, type SeekAddon } from '../../src/drivers/file/seek.js';
-import { main } from '../../src/tools/img/main.js';
 import { makeTempDir, removeTempDir } from '../interop/qemu.js';
+import { convertThroughAddon, writeAlternatingRaw } from './convert-helpers.js';
 
 const addon = loadSeekAddon();
 const memOffset = addon?.memOffset;
@@ -61,13 +59,10 @@ describe('qemuMemalign', () => {
 
 describe.skipIf(typeof addon?.engineSubmit !== 'function' || memOffset === undefined)('convert', () => {
   let dir = '';
-  let prev: SeekAddon | null | undefined;
   beforeEach(() => {
     dir = makeTempDir('blk-memalign');
   });
   afterEach(() => {
-    setSeekAddonForTest(prev);
-    setIoEngineForTest(undefined);
     removeTempDir(dir);
   });
 
@@ -84,16 +79,9 @@ describe.skipIf(typeof addon?.engineSubmit !== 'function' || memOffset === undef
       },
     };
     const src = join(dir, 'src.raw');
-    const fd = openSync(src, 'w');
     // Data in every other MiB: each data run is a chunk of its own, read and written whole.
-    for (let i = 0; i < 8; i += 2) writeSync(fd, new Uint8Array(MiB).fill(0x5a + i), 0, MiB, i * MiB);
-    closeSync(fd);
-    prev = setSeekAddonForTest(spy);
-    setIoEngineForTest(undefined);
-    const status = await main(['node', 'blk-img', 'convert', '-f', 'raw', '-O', 'raw', src, join(dir, 'out.raw')], {
-      stdout: { write: () => undefined },
-      stderr: { write: () => undefined },
-    });
+    writeAlternatingRaw(src);
+    const status = await convertThroughAddon(spy, src, join(dir, 'out.raw'));
     expect(status).toBe(0);
     // Four reads and four writes of a MiB each.
     expect(offsets.length).toBe(8);

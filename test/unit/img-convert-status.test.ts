@@ -1,25 +1,20 @@
 // blk-img convert's two passes over the source (convertDoCopy): the copy pass replays the
 // block status the counting pass asked for, instead of asking the source again.
-import { closeSync, openSync, readFileSync, writeSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { setIoEngineForTest } from '../../src/drivers/file/engine.js';
-import { loadSeekAddon, setSeekAddonForTest, type SeekAddon } from '../../src/drivers/file/seek.js';
-import { main } from '../../src/tools/img/main.js';
+import { loadSeekAddon, type SeekAddon } from '../../src/drivers/file/seek.js';
 import { makeTempDir, removeTempDir } from '../interop/qemu.js';
+import { convertThroughAddon, writeAlternatingRaw } from './convert-helpers.js';
 
 const addon = loadSeekAddon();
-const MiB = 1024 * 1024;
 
 describe.skipIf(addon === null)('convert block status', () => {
   let dir = '';
-  let prev: SeekAddon | null | undefined;
   beforeEach(() => {
     dir = makeTempDir('blk-convert-status');
   });
   afterEach(() => {
-    setSeekAddonForTest(prev);
-    setIoEngineForTest(undefined);
     removeTempDir(dir);
   });
 
@@ -35,17 +30,10 @@ describe.skipIf(addon === null)('convert block status', () => {
       },
     };
     const src = join(dir, 'src.raw');
-    const fd = openSync(src, 'w');
     // Data in every other MiB of 8 MiB: eight runs of data and holes.
-    for (let i = 0; i < 8; i += 2) writeSync(fd, new Uint8Array(MiB).fill(0x5a + i), 0, MiB, i * MiB);
-    closeSync(fd);
-    prev = setSeekAddonForTest(spy);
-    setIoEngineForTest(undefined);
+    writeAlternatingRaw(src);
     const out = join(dir, 'out.raw');
-    const status = await main(['node', 'blk-img', 'convert', '-f', 'raw', '-O', 'raw', src, out], {
-      stdout: { write: () => undefined },
-      stderr: { write: () => undefined },
-    });
+    const status = await convertThroughAddon(spy, src, out);
     expect(status).toBe(0);
     expect(asked.length).toBeGreaterThanOrEqual(7);
     expect(new Set(asked).size).toBe(asked.length);
