@@ -18,6 +18,8 @@
  *   engineError(errno, syscall) -> a Node-shaped system error for a negative result
  *   engineStop() waits for everything in flight, delivers it, and stops (a later
  *       engineStart starts afresh)
+ *   engineStats() -> { asyncReads, asyncWrites }: requests the running back end handed
+ *       straight to io-wq since it started (how tests see where a request went)
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -362,12 +364,27 @@ static napi_value engine_stop(napi_env env, napi_callback_info info) {
   return u;
 }
 
+static napi_value engine_stats(napi_env env, napi_callback_info info) {
+  (void)info;
+  struct engine *e = current(env);
+  const double *n = e != NULL && e->backend != NULL ? e->backend->forced_async : NULL;
+  napi_value o, reads, writes;
+  if (napi_create_object(env, &o) != napi_ok || napi_create_double(env, n != NULL ? n[ENG_READ] : 0, &reads) != napi_ok ||
+      napi_create_double(env, n != NULL ? n[ENG_WRITE] : 0, &writes) != napi_ok ||
+      napi_set_named_property(env, o, "asyncReads", reads) != napi_ok ||
+      napi_set_named_property(env, o, "asyncWrites", writes) != napi_ok) {
+    return NULL;
+  }
+  return o;
+}
+
 napi_value blk_engine_init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"engineStart", NULL, engine_start, NULL, NULL, NULL, napi_enumerable, NULL},
     {"engineSubmit", NULL, engine_submit, NULL, NULL, NULL, napi_enumerable, NULL},
     {"engineError", NULL, engine_error, NULL, NULL, NULL, napi_enumerable, NULL},
     {"engineStop", NULL, engine_stop, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"engineStats", NULL, engine_stats, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
   return exports;

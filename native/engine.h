@@ -48,16 +48,18 @@ struct eng_ops {
 struct eng_backend {
   const struct eng_ops *ops;
   struct eng_req *reqs; /* the engine's slot array, for mapping completions back */
-  /* Set before each flush: more than one request in flight, so writes and large reads had better
-   * not run inline. */
+  /* Set before each flush: more than one request in flight, so large reads had better not run
+   * inline. */
   int overlap;
+  /* Requests handed straight to io-wq (IOSQE_ASYNC), by operation: engineStats reports them. */
+  double forced_async[ENG_FALLOCATE + 1];
 };
 
 /* Set up a back end completing on `eventfd`; NULL and *err = errno when it cannot. */
 struct eng_backend *eng_uring_create(unsigned entries, int eventfd, struct eng_req *reqs, int *err);
 struct eng_backend *eng_threads_create(unsigned nthreads, unsigned capacity, int eventfd, struct eng_req *reqs, int *err);
 
-/* Adds engineStart, engineSubmit, engineError, engineStop to the addon's exports. */
+/* Adds engineStart, engineSubmit, engineError, engineStop, engineStats to the addon's exports. */
 napi_value blk_engine_init(napi_env env, napi_value exports);
 
 /* Adds deflateCluster, inflateCluster (zlib.c) to the addon's exports. */

@@ -58,12 +58,17 @@ static size_t req_bytes(const struct eng_req *r) {
 }
 
 /*
- * Buffered writes to a page-cached file complete inside io_uring_enter, on the loop's thread.
- * That is best for a lone request (no hand-off at all), but with several in flight the loop
- * would copy them one after the other while nothing else runs: then they go to io-wq
- * (IOSQE_ASYNC), whose worker copies while the loop serves completions and submissions.
- * Large cached reads are the same copy the other way (convert's 1-2 MiB chunks: about a
- * third of its loop's time); small ones stay inline, a hand-off would cost more than the copy.
+ * Large cached reads complete inside io_uring_enter, on the loop's thread: with other requests
+ * in flight they go to io-wq (IOSQE_ASYNC), whose workers copy while the loop serves
+ * completions and submissions (convert's 1-2 MiB chunks: about a third of its loop's time);
+ * small ones stay inline, a hand-off would cost more than the copy. Marked, they are unbound
+ * io-wq work (below), which suits reads: they take no inode lock, so workers copy side by side.
+ *
+ * Writes are never marked. ext4 takes no non-blocking buffered write, so io_uring's own attempt
+ * fails at once and hands the write to io-wq as work hashed on the inode: one worker writes a
+ * file's queue in order. IOSQE_ASYNC queues a request before its file is looked up, so
+ * io_uring cannot hash it: it became unbound work, and up to one worker per write in flight
+ * took turns on the inode's lock, spinning on it beside the loop's thread on a 2-CPU machine.
  * Setting the flag after the tail was published is safe: without SQPOLL the kernel reads the
  * entries only inside io_uring_enter.
  */
@@ -71,9 +76,10 @@ static void uring_mark_async(struct uring *u) {
   unsigned tail = *u->sq_tail;
   for (unsigned i = tail - u->unsubmitted; i != tail; i++) {
     struct io_uring_sqe *sqe = &u->sqes[i & *u->sq_mask];
-    if (sqe->opcode == IORING_OP_WRITEV ||
-        (sqe->opcode == IORING_OP_READV && req_bytes(&u->base.reqs[sqe->user_data]) >= ASYNC_READ_MIN)) {
+    struct eng_req *r = &u->base.reqs[sqe->user_data];
+    if (sqe->opcode == IORING_OP_READV && req_bytes(r) >= ASYNC_READ_MIN) {
       sqe->flags |= IOSQE_ASYNC;
+      u->base.forced_async[r->op]++;
     }
   }
 }

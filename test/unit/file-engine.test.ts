@@ -127,6 +127,24 @@ describe.each(['io_uring', 'threads'] as EngineKind[])('I/O engine: %s', (kind) 
     expect(Buffer.concat(split).equals(Buffer.from(data.subarray(size, 2 * size)))).toBe(true);
   });
 
+  it('requests in flight together: large reads go straight to io-wq, writes never do', async () => {
+    const stats = loadSeekAddon()?.engineStats;
+    if (stats === undefined) throw new Error('no engineStats');
+    const size = 1024 * 1024;
+    writeFileSync(join(dir, 'f'), new Uint8Array(4 * size).fill(0x33));
+    // Writes to one file marked IOSQE_ASYNC would reach io-wq unhashed, each worker taking
+    // its turn on the inode's lock; unmarked, io_uring queues them on that file's hashed list.
+    const writes = [0, 1, 2, 3].map((i) => engine().pwritev(fd, new Uint8Array(64 * 1024).fill(i), i * 64 * 1024));
+    expect(await Promise.all(writes)).toEqual(new Array<number>(4).fill(64 * 1024));
+    expect(stats().asyncWrites).toBe(0);
+    const reads = [0, 1, 2, 3].map((i) => engine().preadv(fd, new Uint8Array(size), i * size));
+    expect(await Promise.all(reads)).toEqual(new Array<number>(4).fill(size));
+    // The worker threads hand nothing to io-wq; io_uring marks the reads that overlapped.
+    if (kind === 'io_uring') expect(stats().asyncReads).toBeGreaterThanOrEqual(3);
+    else expect(stats()).toEqual({ asyncReads: 0, asyncWrites: 0 });
+    expect(readFileSync(join(dir, 'f')).subarray(3 * 64 * 1024, 4 * 64 * 1024).every((x) => x === 3)).toBe(true);
+  });
+
   it('more requests than slots wait their turn; all complete, in place', async () => {
     const n = 700;
     const writes = Array.from({ length: n }, (_, i) => engine().pwritev(fd, new Uint8Array(64).fill(i & 0xff), i * 64));

@@ -67,6 +67,8 @@ export interface SeekAddon {
   engineError?: (errno: number, syscall: string) => Error;
   /** Wait for what is in flight (delivered as usual), then stop. */
   engineStop?: () => void;
+  /** Requests the running back end handed straight to io-wq (IOSQE_ASYNC) since it started. */
+  engineStats?: () => { asyncReads: number; asyncWrites: number };
 }
 
 /**
