@@ -69,8 +69,9 @@ async function rewriteEntry(w: L2Walk, i: number, entry: bigint, bitmap: bigint 
     c.res.checkErrors++;
     return false;
   }
-  // A cached copy of the table is stale now.
+  // A cached copy of the table is stale now, and so is what the check kept of any table.
   s.l2Cache.discard(w.l2Offset);
+  c.seen?.forgetAll();
   new DataView(w.table.buffer).setBigUint64(i * s.l2EntrySize, entry);
   return true;
 }
@@ -128,9 +129,13 @@ export function l2Words(table: Uint8Array): Uint32Array {
   return new Uint32Array(table.buffer, table.byteOffset, table.byteLength >> 2);
 }
 
-/** Check and count one L2 table (check_refcounts_l2); `active`: reached from the active L1. */
-export async function checkRefcountsL2(c: CheckRun, fix: CheckFix, l2Offset: number, active: boolean): Promise<void> {
+/**
+ * Check and count one L2 table (check_refcounts_l2). `l1Index`: the active L1 entry that
+ * points at it, or -1 when reached from a snapshot's L1 table.
+ */
+export async function checkRefcountsL2(c: CheckRun, fix: CheckFix, l2Offset: number, l1Index: number): Promise<void> {
   const { s, res } = c;
+  const active = l1Index >= 0;
   const cs = s.clusterSize;
   const bytes = s.l2Size * s.l2EntrySize;
   const table = new Uint8Array(bytes);
@@ -150,6 +155,10 @@ export async function checkRefcountsL2(c: CheckRun, fix: CheckFix, l2Offset: num
   const es = s.l2EntrySize;
   // Plain data entries are decoded without a BigInt (standard entries in the image file).
   const plainEntries = !s.extendedL2 && !qcow2HasDataFile(s);
+  // An active table of plain data entries only is kept for the COPIED pass (check-seen.ts).
+  const seen = active && plainEntries ? c.seen : undefined;
+  const seenStart = seen?.length ?? 0;
+  let keep = seen !== undefined;
   for (let i = nextUsedL2Slot(words, 0, s.l2Size, es); i < s.l2Size; i = nextUsedL2Slot(words, i + 1, s.l2Size, es)) {
     const plain = plainEntries ? plainDataOffset(view, i * es) : 0;
     if (plain !== 0 && plain % cs === 0 && !c.metadata.has(plain / cs)) {
@@ -158,10 +167,12 @@ export async function checkRefcountsL2(c: CheckRun, fix: CheckFix, l2Offset: num
         res.allocatedClusters++;
         if (nextContiguous !== 0 && plain !== nextContiguous) res.fragmentedClusters++;
         nextContiguous = plain + cs;
+        if (seen && keep) keep = seen.push(plain / cs, (table[i * es] & 0x80) !== 0);
       }
       incRefcounts(c, plain, cs);
       continue;
     }
+    keep = false;
     let entry = view.getBigUint64(i * es);
     const bitmap = s.extendedL2 ? view.getBigUint64(i * es + 8) : 0n;
     const type = clusterType(entry, !s.extendedL2, qcow2HasDataFile(s));
@@ -267,4 +278,6 @@ export async function checkRefcountsL2(c: CheckRun, fix: CheckFix, l2Offset: num
         break;
     }
   }
+  if (seen && keep) seen.keep(l1Index, l2Offset, seenStart);
+  else seen?.drop(seenStart);
 }

@@ -31,6 +31,7 @@ import { l2Words, nextUsedL2Slot } from './check-l2.js';
 import { rebuildRefcounts } from './check-rebuild.js';
 import { updateRefcount } from './refcount.js';
 import { RefcountReader } from './refcount-now.js';
+import { CheckSeen } from './check-seen.js';
 import { type BDRVQcow2State, qcow2File } from './state.js';
 import { qcow2HasDataFile } from './data-file.js';
 
@@ -161,6 +162,11 @@ async function checkOflagCopied(c: CheckRun, fix: CheckFix): Promise<void> {
       }
     }
 
+    // A table the counting pass kept (plain data entries only) is decided from its list.
+    counts.forget();
+    const kept = c.seen?.table(i, l2Offset);
+    if (kept && c.seen?.copiedRight(kept, (k) => counts.now(k), c.imrt.overflowed)) continue;
+
     const tableBytes = s.l2Size * s.l2EntrySize;
     let table: Uint8Array;
     try {
@@ -235,7 +241,7 @@ async function newRun(s: BDRVQcow2State, fix: CheckFix, report: (line: string) =
     throw new BlockError('EFBIG', undefined, { op: 'check' });
   }
   const imrt: Imrt = { counts: new Float64Array(n), n, overflowed: new Set() };
-  return { s, res, report, imrt, fileLen, rebuild: false, metadata: new Map() };
+  return { s, res, report, imrt, fileLen, rebuild: false, metadata: new Map(), seen: new CheckSeen() };
 }
 
 /** qcow2_check_refcounts: build, compare, repair or rebuild, then COPIED. */
@@ -274,6 +280,8 @@ async function qcow2CheckRefcounts(s: BDRVQcow2State, fix: CheckFix, report: (li
     if (res.leaks < old.leaks) res.leaksFixed += old.leaks - res.leaks;
     res.leaks += freshLeaks;
     c.imrt = again.imrt;
+    // The COPIED pass reads every table after a rebuild, as QEMU's does.
+    c.seen = undefined;
   } else if (fix.errors || fix.leaks) {
     if (c.rebuild) {
       report('ERROR need to rebuild refcount structures');
