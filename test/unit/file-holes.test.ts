@@ -1,11 +1,12 @@
 // Holes in host files: the file driver's block status through lseek(SEEK_DATA / SEEK_HOLE) (the
 // native addon), and its fallback to "everything is data" without it.
 import { open as fsOpen, readFile, stat, truncate, writeFile } from 'node:fs/promises';
+import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { bdrvCreate } from '../../src/block/create.js';
 import { BlockDriverState } from '../../src/block/node.js';
-import { loadSeekAddon, type SeekAddon, seekAddon, setSeekAddonForTest } from '../../src/drivers/file/seek.js';
+import { addonPath, loadSeekAddon, type SeekAddon, seekAddon, setSeekAddonForTest } from '../../src/drivers/file/seek.js';
 import { fileRawRegistry as registry, useFileNodes } from './file-nodes.js';
 
 const KiB = 1024;
@@ -95,6 +96,15 @@ describe('file driver block status and holes', () => {
       } finally {
         await fh.close();
       }
+    });
+
+    it('a build in build/Release loads by its path, without loading node-gyp-build', () => {
+      const require = createRequire(import.meta.url);
+      const ngb = require.resolve('node-gyp-build');
+      delete require.cache[ngb];
+      expect(loadSeekAddon()).not.toBeNull();
+      expect(addonPath()).toBe(join(import.meta.dirname, '../../build/Release/blocklayer_seek.node'));
+      expect(require.cache[ngb]).toBeUndefined();
     });
 
     it('a sparse file reports its data and hole runs, each at the same offset of the file', async () => {

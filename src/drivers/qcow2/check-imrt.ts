@@ -10,6 +10,7 @@ import type { CheckFix, CheckResult } from '../../block/driver.js';
 import { BlockError, ERRNO_MESSAGES, toBlockError } from '../../block/errors.js';
 import { qcow2WriteL1Entry } from './cluster.js';
 import { checkRefcountsL2 } from './check-l2.js';
+import type { CheckSeen } from './check-seen.js';
 import { L1E_OFFSET_MASK, L1E_RESERVED_MASK, REFT_OFFSET_MASK, REFT_RESERVED_MASK } from './entries.js';
 import { type BDRVQcow2State, qcow2File } from './state.js';
 
@@ -33,6 +34,8 @@ export interface CheckRun {
   rebuild: boolean;
   /** Clusters holding metadata, by kind (filled before any data reference is counted). */
   metadata: Map<number, string>;
+  /** The active tables' data entries, for the COPIED pass (none kept when absent). */
+  seen?: CheckSeen;
 }
 
 const hex = (v: bigint | number): string => v.toString(16);
@@ -144,7 +147,7 @@ async function checkRefcountsL1(
       c.report(`ERROR l2_offset=${hex(l2Offset)}: Table is not cluster aligned; L1 entry corrupted`);
       res.corruptions++;
     }
-    await checkRefcountsL2(c, fix, l2Offset, active !== null);
+    await checkRefcountsL2(c, fix, l2Offset, active !== null ? i : -1);
   }
 }
 

@@ -17,6 +17,7 @@
 import type { CheckFix } from '../../block/driver.js';
 import { ERRNO_MESSAGES, toBlockError } from '../../block/errors.js';
 import type { CheckRun } from './check-imrt.js';
+import type { CheckSeen } from './check-seen.js';
 import { incRefcounts } from './check-imrt.js';
 import { QCOW2_OL_ACTIVE_L2, QCOW2_OL_INACTIVE_L2, qcow2PreWriteOverlapCheck } from './corrupt.js';
 import {
@@ -28,7 +29,6 @@ import {
   QCOW_OFLAG_ZERO,
   clusterType,
   decodeCompressed,
-  plainDataOffset,
 } from './entries.js';
 import { qcow2File } from './state.js';
 import { qcow2HasDataFile } from './data-file.js';
@@ -41,6 +41,10 @@ interface L2Walk {
   l2Offset: number;
   active: boolean;
   table: Uint8Array;
+  /** Where the next data cluster would follow the last one (bytes; 0: none yet). */
+  nextContiguous: number;
+  /** Where this table's entries are kept for the COPIED pass; dropped at the first other entry. */
+  seen: CheckSeen | undefined;
 }
 
 /** Write entry `i` (and its bitmap) synchronously; false when the write failed (reported). */
@@ -69,8 +73,9 @@ async function rewriteEntry(w: L2Walk, i: number, entry: bigint, bitmap: bigint 
     c.res.checkErrors++;
     return false;
   }
-  // A cached copy of the table is stale now.
+  // A cached copy of the table is stale now, and so is what the check kept of any table.
   s.l2Cache.discard(w.l2Offset);
+  c.seen?.forgetAll();
   new DataView(w.table.buffer).setBigUint64(i * s.l2EntrySize, entry);
   return true;
 }
@@ -128,9 +133,62 @@ export function l2Words(table: Uint8Array): Uint32Array {
   return new Uint32Array(table.buffer, table.byteOffset, table.byteLength >> 2);
 }
 
-/** Check and count one L2 table (check_refcounts_l2); `active`: reached from the active L1. */
-export async function checkRefcountsL2(c: CheckRun, fix: CheckFix, l2Offset: number, active: boolean): Promise<void> {
+/**
+ * Count the plain data entries of `w.table` from slot `i` on, as the 'normal' branch of
+ * checkRefcountsL2 does when there is nothing to report (an aligned data cluster that is not
+ * metadata); returns the first used slot that is anything else, or the table's size. Most
+ * entries are these: one synchronous loop in cluster numbers (small integers, where byte
+ * offsets past 2 GiB are not) that V8 optimises once, instead of the async walk's per-entry
+ * step (which V8 deoptimised at the first offset past 2 GiB).
+ */
+function countPlainEntries(w: L2Walk, i: number, plainEntries: boolean): number {
+  const { c, table } = w;
+  const s = c.s;
+  const end = s.l2Size;
+  const words = l2Words(table);
+  const es = s.l2EntrySize;
+  if (!plainEntries) return nextUsedL2Slot(words, i, end, es);
+  const cs = s.clusterSize;
+  const view = new DataView(table.buffer, table.byteOffset, table.byteLength);
+  // Offset bits 32-55 (the high word's low 24 bits) in clusters: cs divides 2^32.
+  const hiClusters = 2 ** 32 / cs;
+  const bits = s.clusterBits;
+  const max = s.refcountMax;
+  const { res, metadata } = c;
+  // In clusters: the next cluster's number (fractional after a misaligned one; 0: none yet).
+  let next = w.nextContiguous / cs;
+  let counts = c.imrt.counts;
+  for (i = nextUsedL2Slot(words, i, end, es); i < end; i = nextUsedL2Slot(words, i + 1, end, es)) {
+    const hi = view.getUint32(i * es);
+    const lo = view.getUint32(i * es + 4);
+    // Not plain (compressed, zero, reserved bits: plainDataOffset) or not cluster aligned.
+    if ((hi & 0x7f000000) !== 0 || (lo & 0x1ff) !== 0 || (lo & (cs - 1)) !== 0) break;
+    const k = (hi & 0x00ffffff) * hiClusters + (lo >>> bits);
+    if (k === 0 || metadata.has(k)) break;
+    if (w.active) {
+      res.allocatedClusters++;
+      if (next !== 0 && k !== next) res.fragmentedClusters++;
+      next = k + 1;
+      if (w.seen && !w.seen.push(k, hi >>> 31 === 1)) w.seen = undefined;
+    }
+    // incRefcounts's common case inline: k below the count table's end lies within the file.
+    if (k < c.imrt.n && counts[k] < max) counts[k]++;
+    else {
+      incRefcounts(c, k * cs, cs);
+      counts = c.imrt.counts;
+    }
+  }
+  w.nextContiguous = next * cs;
+  return i;
+}
+
+/**
+ * Check and count one L2 table (check_refcounts_l2). `l1Index`: the active L1 entry that
+ * points at it, or -1 when reached from a snapshot's L1 table.
+ */
+export async function checkRefcountsL2(c: CheckRun, fix: CheckFix, l2Offset: number, l1Index: number): Promise<void> {
   const { s, res } = c;
+  const active = l1Index >= 0;
   const cs = s.clusterSize;
   const bytes = s.l2Size * s.l2EntrySize;
   const table = new Uint8Array(bytes);
@@ -143,25 +201,16 @@ export async function checkRefcountsL2(c: CheckRun, fix: CheckFix, l2Offset: num
     res.checkErrors++;
     throw e;
   }
-  const w: L2Walk = { c, fix, l2Offset, active, table };
-  let nextContiguous = 0;
   const view = new DataView(table.buffer, table.byteOffset, table.byteLength);
-  const words = l2Words(table);
   const es = s.l2EntrySize;
   // Plain data entries are decoded without a BigInt (standard entries in the image file).
   const plainEntries = !s.extendedL2 && !qcow2HasDataFile(s);
-  for (let i = nextUsedL2Slot(words, 0, s.l2Size, es); i < s.l2Size; i = nextUsedL2Slot(words, i + 1, s.l2Size, es)) {
-    const plain = plainEntries ? plainDataOffset(view, i * es) : 0;
-    if (plain !== 0 && plain % cs === 0 && !c.metadata.has(plain / cs)) {
-      // The common case, what the 'normal' branch below does with nothing to report.
-      if (active) {
-        res.allocatedClusters++;
-        if (nextContiguous !== 0 && plain !== nextContiguous) res.fragmentedClusters++;
-        nextContiguous = plain + cs;
-      }
-      incRefcounts(c, plain, cs);
-      continue;
-    }
+  // An active table of plain data entries only is kept for the COPIED pass (check-seen.ts).
+  const seen = active && plainEntries ? c.seen : undefined;
+  const seenStart = seen?.length ?? 0;
+  const w: L2Walk = { c, fix, l2Offset, active, table, nextContiguous: 0, seen };
+  for (let i = countPlainEntries(w, 0, plainEntries); i < s.l2Size; i = countPlainEntries(w, i + 1, plainEntries)) {
+    w.seen = undefined;
     let entry = view.getBigUint64(i * es);
     const bitmap = s.extendedL2 ? view.getBigUint64(i * es + 8) : 0n;
     const type = clusterType(entry, !s.extendedL2, qcow2HasDataFile(s));
@@ -249,8 +298,8 @@ export async function checkRefcountsL2(c: CheckRun, fix: CheckFix, l2Offset: num
         }
         if (active) {
           res.allocatedClusters++;
-          if (nextContiguous !== 0 && offset !== nextContiguous) res.fragmentedClusters++;
-          nextContiguous = offset + cs;
+          if (w.nextContiguous !== 0 && offset !== w.nextContiguous) res.fragmentedClusters++;
+          w.nextContiguous = offset + cs;
         }
         // With an external data file the data clusters are not counted here.
         if (!qcow2HasDataFile(s)) incRefcounts(c, offset, cs);
@@ -267,4 +316,6 @@ export async function checkRefcountsL2(c: CheckRun, fix: CheckFix, l2Offset: num
         break;
     }
   }
+  if (w.seen) w.seen.keep(l1Index, l2Offset, seenStart);
+  else seen?.drop(seenStart);
 }

@@ -31,6 +31,7 @@ import { l2Words, nextUsedL2Slot } from './check-l2.js';
 import { rebuildRefcounts } from './check-rebuild.js';
 import { updateRefcount } from './refcount.js';
 import { RefcountReader } from './refcount-now.js';
+import { CheckSeen } from './check-seen.js';
 import { type BDRVQcow2State, qcow2File } from './state.js';
 import { qcow2HasDataFile } from './data-file.js';
 
@@ -66,8 +67,8 @@ export async function onDiskRefcount(s: BDRVQcow2State, clusterIndex: number): P
 async function compareRefcounts(c: CheckRun, fix: CheckFix): Promise<number> {
   const { s, res, imrt } = c;
   const counts = new RefcountReader(s);
-  let highest = 0;
-  for (let i = 0; i < imrt.n; i++) {
+  const h = { highest: 0 };
+  for (let i = sameRefcountsNow(c, counts, 0, h); i < imrt.n; i = sameRefcountsNow(c, counts, i + 1, h)) {
     let r1: number | null = counts.now(i);
     try {
       // From the cached block without a wait per cluster (a repair below changes it there).
@@ -81,7 +82,7 @@ async function compareRefcounts(c: CheckRun, fix: CheckFix): Promise<number> {
       continue;
     }
     const r2 = imrt.counts[i];
-    if (r1 > 0 || r2 > 0) highest = i;
+    if (r1 > 0 || r2 > 0) h.highest = i;
     if (r1 === r2) continue;
     let fixed: 'leaksFixed' | 'corruptionsFixed' | null = null;
     if (r1 === 0) c.rebuild = true;
@@ -103,7 +104,23 @@ async function compareRefcounts(c: CheckRun, fix: CheckFix): Promise<number> {
     if (r1 < r2) res.corruptions++;
     else res.leaks++;
   }
-  return highest;
+  return h.highest;
+}
+
+/**
+ * From cluster `i` on, pass over the clusters whose refcount in the cached blocks equals the
+ * IMRT's count, noting the highest in use in `h`; returns the first other one (a mismatch, or
+ * a block that must be read), or the IMRT's end. The common case of compareRefcounts as one
+ * synchronous loop, which V8 optimises while it runs.
+ */
+function sameRefcountsNow(c: CheckRun, counts: RefcountReader, i: number, h: { highest: number }): number {
+  const { n, counts: expected } = c.imrt;
+  for (; i < n; i++) {
+    const r = counts.now(i);
+    if (r === null || r !== expected[i]) return i;
+    if (r > 0) h.highest = i;
+  }
+  return i;
 }
 
 /** Read `bytes` at `offset` of the file; what lies past its end reads as zeros. */
@@ -160,6 +177,11 @@ async function checkOflagCopied(c: CheckRun, fix: CheckFix): Promise<void> {
         res.corruptions++;
       }
     }
+
+    // A table the counting pass kept (plain data entries only) is decided from its list.
+    counts.forget();
+    const kept = c.seen?.table(i, l2Offset);
+    if (kept && c.seen?.copiedRight(kept, (k) => counts.now(k), c.imrt.overflowed)) continue;
 
     const tableBytes = s.l2Size * s.l2EntrySize;
     let table: Uint8Array;
@@ -235,7 +257,7 @@ async function newRun(s: BDRVQcow2State, fix: CheckFix, report: (line: string) =
     throw new BlockError('EFBIG', undefined, { op: 'check' });
   }
   const imrt: Imrt = { counts: new Float64Array(n), n, overflowed: new Set() };
-  return { s, res, report, imrt, fileLen, rebuild: false, metadata: new Map() };
+  return { s, res, report, imrt, fileLen, rebuild: false, metadata: new Map(), seen: new CheckSeen() };
 }
 
 /** qcow2_check_refcounts: build, compare, repair or rebuild, then COPIED. */
@@ -274,6 +296,8 @@ async function qcow2CheckRefcounts(s: BDRVQcow2State, fix: CheckFix, report: (li
     if (res.leaks < old.leaks) res.leaksFixed += old.leaks - res.leaks;
     res.leaks += freshLeaks;
     c.imrt = again.imrt;
+    // The COPIED pass reads every table after a rebuild, as QEMU's does.
+    c.seen = undefined;
   } else if (fix.errors || fix.leaks) {
     if (c.rebuild) {
       report('ERROR need to rebuild refcount structures');
