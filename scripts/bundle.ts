@@ -20,6 +20,34 @@ import * as esbuild from 'esbuild';
 const ROOT = resolve(process.argv[2] ?? join(import.meta.dirname, '..'));
 const OUT = join(ROOT, 'dist/bin');
 
+/**
+ * `bench` on a scratch image of format `f`: the bench rows time from the first request to the
+ * last, so a function those requests compile lazily (parse, then bytecode) would be timed. A few
+ * requests of each kind the rows send: allocating writes (on a fresh image, and over a backing
+ * file for the formats that have one), rewrites in place and reads, at depth 1 and 16.
+ */
+function benchWarmUp(d: string, f: 'raw' | 'qed' | 'qcow2'): string[][] {
+  const img = `${d}/bench.${f}`;
+  const bench = (opts: string, file = img): string[] => ['bench', '-q', '-f', f, ...opts.split(' '), file];
+  const runs = [
+    ['create', '-q', '-f', f, img, '16M'],
+    bench('-w -s 4k -S 64k -d 1 -c 32'),
+    bench('-w -s 64k -d 16 -c 32 -o 4M'),
+    bench('-w -s 64k -d 1 -c 32'),
+    bench('-w -s 64k -d 16 -c 32'),
+    bench('-s 64k -d 1 -c 32'),
+    bench('-s 64k -d 16 -c 32'),
+    bench('-s 4k -d 16 -c 32'),
+  ];
+  if (f === 'raw') return runs;
+  const overlay = `${d}/overlay.${f}`;
+  return [
+    ...runs,
+    ['create', '-q', '-f', f, '-b', img, '-F', f, overlay],
+    bench('-w -s 4k -S 64k -d 16 -c 32', overlay),
+  ];
+}
+
 /** The tools: bundle name, compiled entry, and the warm-up runs (argv after the program). */
 interface Tool {
   name: string;
@@ -31,7 +59,8 @@ const TOOLS: Tool[] = [
   {
     name: 'img',
     entry: 'dist/src/tools/img/main.js',
-    // What the bench times as whole processes: check, info, map, convert.
+    // What the bench times as whole processes: check, info, map, convert; then bench's own
+    // request paths.
     warmUp: (d) => [
       ['--version'],
       ['create', '-q', '-f', 'qcow2', `${d}/a.qcow2`, '1M'],
@@ -42,6 +71,7 @@ const TOOLS: Tool[] = [
       ['map', '--output=json', `${d}/a.qcow2`],
       ['convert', '-O', 'raw', `${d}/a.qcow2`, `${d}/a.raw`],
       ['convert', '-O', 'qcow2', `${d}/a.raw`, `${d}/b.qcow2`],
+      ...(['raw', 'qed', 'qcow2'] as const).flatMap((f) => benchWarmUp(d, f)),
     ],
   },
   {

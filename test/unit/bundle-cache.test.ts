@@ -89,6 +89,42 @@ describe('tool bundles and their code cache', () => {
     }
   });
 
+  it("holds bench's request paths: a bench run compiles nothing the cache lacks", () => {
+    // The bench rows time from the first request: a function compiled there from source
+    // (parsed, then turned into bytecode) would be timed. V8's cache of the script grows by
+    // whatever the run compiled that it did not hold.
+    writeFileSync(cache, pristine);
+    writeFileSync(
+      join(root, 'cache-growth.cjs'),
+      `const { compileTool, runTool } = require('./bin/bundle.js');
+      const tool = compileTool('img');
+      const before = tool.script.createCachedData().length;
+      const { main } = runTool(tool);
+      const sink = { write: () => true };
+      (async () => {
+        for (const args of JSON.parse(process.argv[2])) {
+          const status = await main(['node', 'blk-img', ...args], { stdout: sink, stderr: sink });
+          console.log(JSON.stringify({ args: args.join(' '), status, cached: tool.cached, grown: tool.script.createCachedData().length - before }));
+        }
+      })();`,
+    );
+    const runs: string[][] = [];
+    for (const f of ['raw', 'qed', 'qcow2']) {
+      const img = `growth.${f}`;
+      launch(root, 'img', ['create', '-q', '-f', f, img, '64M']);
+      // Allocating writes at depth 1 and 16, rewrites, reads: the bench rows' kinds.
+      for (const opts of ['-w -s 4k -S 64k -d 1 -c 64', '-w -s 64k -d 16 -c 64 -o 8M', '-w -s 64k -d 1 -c 64', '-s 64k -d 16 -c 64', '-s 4k -d 1 -c 64']) {
+        runs.push(['bench', '-q', '-f', f, ...opts.split(' '), img]);
+      }
+    }
+    const e: NodeJS.ProcessEnv = { ...process.env };
+    delete e.NODE_OPTIONS;
+    const r = spawnSync(process.execPath, [join(root, 'cache-growth.cjs'), JSON.stringify(runs)], { cwd: root, encoding: 'utf8', env: e, timeout: 120_000 });
+    expect(r.stderr).toBe('');
+    const results = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as { args: string; status: number; cached: boolean; grown: number });
+    expect(results.map((x) => [x.args, x.status, x.cached, x.grown])).toEqual(runs.map((a) => [a.join(' '), 0, true, 0]));
+  });
+
   it('convert takes the cache too, though it raises the interrupt budget', () => {
     writeFileSync(cache, pristine);
     const r = launch(root, 'img', ['convert', '-O', 'raw', 'no-such-file.raw', 'out.raw']);
