@@ -35,7 +35,7 @@ describe.skipIf(seekAddon() === null)('AIO reads served inside the call', () => 
     removeTempDir(dir);
   });
 
-  for (const format of ['qcow2'] as const) {
+  for (const format of ['qed', 'qcow2'] as const) {
     it(`${format}: a read from the page cache completes at once`, async () => {
       const path = join(dir, `img.${format}`);
       await bdrvCreate(path, { format, options: { size: 16 << 20 } });
