@@ -8,6 +8,12 @@ export type CompletionFunc = (error: BlockError | null) => void;
 type AcbState = 'idle' | 'queued' | 'running' | 'completing';
 
 /**
+ * What a work function returns when its request is already done (a read served inside the
+ * call): the AIOCB completes at once instead of through the promise's reaction.
+ */
+export const AIO_DONE_NOW: Promise<void> = Promise.resolve();
+
+/**
  * An in-flight asynchronous request (QEMU's BlockDriverAIOCB). AIOCBs come from a pool and go
  * back to it after their callback has run, so a busy device allocates none per request.
  *
@@ -64,6 +70,12 @@ export class BlockAIOCB {
     } catch (e) {
       // A work function that throws instead of rejecting still completes through the callback.
       p = Promise.reject(e instanceof Error ? e : toBlockError(e, { op: 'aio' }));
+    }
+    if (p === AIO_DONE_NOW) {
+      // Done inside the call (a read from the page cache): complete without waiting a
+      // microtask for a settled promise; the callback still runs in a later one.
+      this.complete(null);
+      return;
     }
     p.then(this.doneBound, this.failBound);
   }

@@ -2,7 +2,7 @@
 // rewrites of owned clusters mapped without a wait, only while no metadata change is under way.
 import { describe, expect, it } from 'vitest';
 import { bdrvCreate } from '../../src/block/create.js';
-import { getL2Entry, L1E_OFFSET_MASK, qcow2State } from '../../src/drivers/qcow2/index.js';
+import { getL2Entry, L1E_OFFSET_MASK, QCOW_OFLAG_COPIED, qcow2State, setL2Entry } from '../../src/drivers/qcow2/index.js';
 import { memStoreGet } from '../../src/drivers/mem/index.js';
 import { BlockDriverState, IOVector } from '../../src/index.js';
 import { memName } from './block-helpers.js';
@@ -154,6 +154,42 @@ describe('qcow2 fast paths', () => {
       expect(buf.subarray(0, 4096).every((b) => b === 0x44)).toBe(true);
       expect(buf.subarray(4096, 4096 + CLUSTER).every((b) => b === 0x55)).toBe(true);
       expect(buf.subarray(4096 + CLUSTER).every((b) => b === 0x44)).toBe(true);
+    } finally {
+      await bs.close();
+    }
+  });
+
+  it('leaves rewrites of shared, zero-flagged or partly unallocated clusters to the ordinary path', async () => {
+    const bs = await openNew();
+    try {
+      await bs.pwrite(0, filled(4 * CLUSTER, 0x44));
+      const s = qcow2State(bs);
+      const l2 = Number(s.l1Table[0] & L1E_OFFSET_MASK);
+      const table = s.l2Cache.peek(l2)!;
+      /** Is a rewrite of [offset, +bytes) mapped inside the call (the fast path)? */
+      const mappedAtOnce = async (offset: number, bytes: number): Promise<boolean> => {
+        const p = bs.pwrite(offset, filled(bytes, 0x66));
+        const now = s.inFlight.size > 0;
+        await p;
+        return now;
+      };
+      expect(await mappedAtOnce(0, 4096)).toBe(true);
+      // Cluster 1 without COPIED (as if shared with a snapshot): the ordinary path copies it.
+      setL2Entry(s, table, 1, getL2Entry(s, table, 1) & ~QCOW_OFLAG_COPIED);
+      expect(await mappedAtOnce(CLUSTER, 4096)).toBe(false);
+      // Cluster 2 flagged zero over its allocation (zero-alloc): the flag must go.
+      setL2Entry(s, table, 2, getL2Entry(s, table, 2) | 1n);
+      expect(await mappedAtOnce(2 * CLUSTER, 4096)).toBe(false);
+      // Cluster 3 owned, cluster 4 unallocated: one write over both is no rewrite.
+      expect(await mappedAtOnce(3 * CLUSTER + 4096, CLUSTER)).toBe(false);
+      const buf = new Uint8Array(5 * CLUSTER);
+      await bs.pread(0, buf);
+      const at = (from: number, n: number, byte: number): boolean => buf.subarray(from, from + n).every((b) => b === byte);
+      expect(at(0, 4096, 0x66) && at(4096, CLUSTER - 4096, 0x44)).toBe(true);
+      expect(at(CLUSTER, 4096, 0x66) && at(CLUSTER + 4096, CLUSTER - 4096, 0x44)).toBe(true);
+      // The zero flag read the rest of cluster 2 as zeros, and the write kept them.
+      expect(at(2 * CLUSTER, 4096, 0x66) && at(2 * CLUSTER + 4096, CLUSTER - 4096, 0)).toBe(true);
+      expect(at(3 * CLUSTER, 4096, 0x44) && at(3 * CLUSTER + 4096, CLUSTER, 0x66) && at(4 * CLUSTER + 4096, CLUSTER - 4096, 0)).toBe(true);
     } finally {
       await bs.close();
     }

@@ -7,7 +7,7 @@
  * issued right after submitting waits for it. Refused requests are reported through the
  * callback in a later microtask, never by throwing.
  */
-import { BlockAIOCB, genericAioPool, type CompletionFunc } from '../aio.js';
+import { AIO_DONE_NOW, BlockAIOCB, genericAioPool, type CompletionFunc } from '../aio.js';
 import { BDRV_SECTOR_SIZE } from '../driver.js';
 import { BlockError, toBlockError } from '../errors.js';
 import type { IOVector } from '../iovec.js';
@@ -16,9 +16,6 @@ import { bdrvFlush } from './flush.js';
 import { coPreadv } from './read.js';
 import { checkArgs, checkOpen, checkWritable, fastBegin, fastEnd, fastPathOk, fastRun, invalidNumber } from './requests.js';
 import { NO_FLAGS, coPwritev } from './write.js';
-
-/** Shared settled promise: a request served by preadvNow allocates nothing more. */
-const RESOLVED: Promise<void> = Promise.resolve();
 
 export function aioFlush(bs: BlockDriverState, cb: CompletionFunc): BlockAIOCB {
   try {
@@ -101,7 +98,7 @@ function aioGenericRw(bs: BlockDriverState, write: boolean, offset: number, byte
   }
   const fn = bs.io.coPreadv;
   if (fn !== undefined && fastPathOk(bs, false, offset, bytes)) {
-    if (bs.driver.preadvNow?.(bs, offset, bytes, qiov) === true) return RESOLVED;
+    if (bs.driver.preadvNow?.(bs, offset, bytes, qiov) === true) return AIO_DONE_NOW;
     return fastRun(bs, offset, bytes, false, () => fn(bs, offset, bytes, qiov));
   }
   return coPreadv(bs, offset, qiov);

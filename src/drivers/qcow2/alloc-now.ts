@@ -31,8 +31,11 @@ import {
   sizeToClusters,
 } from './state.js';
 
-/** The cached, writable L2 table of guest `offset` (L1 entry COPIED), or null. */
-function cachedTable(s: BDRVQcow2State, offset: number): CacheEntry | null {
+/**
+ * The cached, writable L2 table of guest `offset` (L1 entry COPIED), or null: where both
+ * write fast paths (this one and the rewrite's, fast.ts) map a request.
+ */
+export function qcow2WritableTableNow(s: BDRVQcow2State, offset: number): CacheEntry | null {
   const l1Index = offsetToL1Index(s, offset);
   if (l1Index >= s.l1Table.length) return null;
   const l1e = s.l1Table[l1Index];
@@ -88,7 +91,7 @@ export function qcow2AllocNow(s: BDRVQcow2State, offset: number, bytes: number):
   const nb = sizeToClusters(s, offsetIntoCluster(s, offset) + bytes);
   if (l2Index + nb > s.l2Size || nb > Math.floor(0x7fffffff / s.clusterSize)) return null;
   if (qcow2FirstAllocation(s, offset, bytes) !== null) return null;
-  const table = cachedTable(s, offset);
+  const table = qcow2WritableTableNow(s, offset);
   if (table === null) return null;
   for (let i = 0; i < nb; i++) if (getL2Entry(s, table.data, l2Index + i) !== 0n) return null;
   const cluster = allocClustersNow(s, nb);
@@ -106,7 +109,7 @@ export function qcow2LinkL2Now(s: BDRVQcow2State, metas: readonly Qcow2L2Meta[])
   if (s.lock.isLocked || (s.useLazyRefcounts && !qcow2IsDirty(s))) return false;
   const tables: CacheEntry[] = [];
   for (const m of metas) {
-    const table = cachedTable(s, m.offset);
+    const table = qcow2WritableTableNow(s, m.offset);
     if (table === null) return false;
     // Entries replaced would lose their clusters' references: the ordinary path frees them.
     const l2Index = offsetToL2Index(s, m.offset);

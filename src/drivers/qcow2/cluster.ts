@@ -54,7 +54,7 @@ export interface Qcow2Run {
  */
 let viewData: Uint8Array | null = null;
 let viewOfData: DataView<ArrayBufferLike> = new DataView(new ArrayBuffer(0));
-function tableView(data: Uint8Array): DataView<ArrayBufferLike> {
+export function tableView(data: Uint8Array): DataView<ArrayBufferLike> {
   if (data !== viewData) {
     viewOfData = new DataView(data.buffer, data.byteOffset);
     viewData = data;

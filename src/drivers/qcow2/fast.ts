@@ -10,13 +10,13 @@
  */
 import type { IOVector } from '../../block/iovec.js';
 import type { BlockDriverState } from '../../block/node.js';
-import { countSingleWriteClusters } from './alloc.js';
-import { getL2Entry, qcow2GetHostOffsetNow } from './cluster.js';
-import { L1E_OFFSET_MASK, L2E_OFFSET_MASK, QCOW_OFLAG_COPIED, clusterType } from './entries.js';
+import { qcow2WritableTableNow } from './alloc-now.js';
+import { qcow2GetHostOffsetNow, tableView } from './cluster.js';
+import { plainDataOffset } from './entries.js';
 import { type Qcow2InFlight, qcow2FirstAllocation, qcow2InFlightBegin } from './inflight.js';
 import { qcow2PreWriteOverlapCheck } from './corrupt.js';
 import { qcow2HasDataFile } from './data-file.js';
-import { type BDRVQcow2State, offsetIntoCluster, qcow2MetadataSettled, offsetToL1Index, offsetToL2Index, sizeToClusters } from './state.js';
+import { type BDRVQcow2State, offsetIntoCluster, qcow2MetadataSettled, offsetToL2Index, sizeToClusters } from './state.js';
 
 /**
  * Nobody is changing metadata, and the file's debug events need no announcing. Images with an
@@ -85,26 +85,33 @@ function readNow(s: BDRVQcow2State, offset: number, bytes: number, qiov: IOVecto
  */
 export function qcow2RewriteNow(s: BDRVQcow2State, offset: number, bytes: number): { hostOffset: number; flight: Qcow2InFlight } | null {
   if (quiet(s, !s.lock.isLocked) === null || s.extendedL2) return null;
-  const l1Index = offsetToL1Index(s, offset);
-  if (l1Index >= s.l1Table.length) return null;
-  const l1e = s.l1Table[l1Index];
-  const l2Offset = Number(l1e & L1E_OFFSET_MASK);
-  if ((l1e & QCOW_OFLAG_COPIED) === 0n || l2Offset === 0 || offsetIntoCluster(s, l2Offset) !== 0) return null;
-  const data = s.l2Cache.lookup(l2Offset);
-  if (data === undefined) return null;
+  const table = qcow2WritableTableNow(s, offset);
+  if (table === null) return null;
   const l2Index = offsetToL2Index(s, offset);
   const nb = sizeToClusters(s, offsetIntoCluster(s, offset) + bytes);
   if (l2Index + nb > s.l2Size) return null;
-  const entry = getL2Entry(s, data, l2Index);
-  const host = Number(entry & L2E_OFFSET_MASK);
-  // Unallocated (an allocating write, alloc-now.ts) or unaligned: not a rewrite.
-  if (host === 0 || offsetIntoCluster(s, host) !== 0) return null;
-  // Clusters that read as zeros (zero-alloc) need their flag cleared: not a plain rewrite.
-  if (countSingleWriteClusters(s, nb, data, l2Index, false) < nb) return null;
-  const v3 = s.header.version >= 3;
-  for (let i = 0; i < nb; i++) if (clusterType(getL2Entry(s, data, l2Index + i), v3) !== 'normal') return null;
+  const host = ownedRun(s, tableView(table.data), l2Index, nb);
+  // Unallocated (an allocating write, alloc-now.ts), not ours or not plain: not a rewrite.
+  if (host === 0) return null;
   if (qcow2FirstAllocation(s, offset, bytes) !== null) return null;
   const hostOffset = host + offsetIntoCluster(s, offset);
   qcow2PreWriteOverlapCheck(s, 0, hostOffset, bytes);
   return { hostOffset, flight: qcow2InFlightBegin(s, offset, bytes, false) };
+}
+
+/**
+ * The host offset of entries [l2Index, l2Index+nb) of a standard table when all are plain
+ * data with COPIED (bit 63), aligned and contiguous on the host, else 0. Entries are read as
+ * two 32-bit halves: a BigInt per entry was most of what a rewrite allocated. Zero flags,
+ * compressed and reserved bits answer 0 (plainDataOffset), and the ordinary path judges them.
+ */
+function ownedRun(s: BDRVQcow2State, view: DataView, l2Index: number, nb: number): number {
+  const cs = s.clusterSize;
+  const host = plainDataOffset(view, l2Index * 8);
+  if (host === 0 || host % cs !== 0) return 0;
+  for (let i = 0; i < nb; i++) {
+    const at = (l2Index + i) * 8;
+    if ((view.getUint32(at) & 0x80000000) === 0 || plainDataOffset(view, at) !== host + i * cs) return 0;
+  }
+  return host;
 }

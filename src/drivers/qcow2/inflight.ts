@@ -28,15 +28,18 @@ export interface Qcow2InFlight {
   done: Deferred | null;
 }
 
-function clusterRange(s: BDRVQcow2State, offset: number, bytes: number): [number, number] {
-  const cs = s.clusterSize;
-  return [offset - (offset % cs), Math.ceil((offset + bytes) / cs) * cs];
+/** The cluster-aligned range around guest [offset, offset+bytes): its start, then its end. */
+function rangeStart(s: BDRVQcow2State, offset: number): number {
+  return offset - (offset % s.clusterSize);
+}
+
+function rangeEnd(s: BDRVQcow2State, offset: number, bytes: number): number {
+  return Math.ceil((offset + bytes) / s.clusterSize) * s.clusterSize;
 }
 
 /** Register a write over guest [offset, offset+bytes); s.lock held. */
 export function qcow2InFlightBegin(s: BDRVQcow2State, offset: number, bytes: number, allocating: boolean): Qcow2InFlight {
-  const [start, end] = clusterRange(s, offset, bytes);
-  const r: Qcow2InFlight = { start, end, allocating, done: null };
+  const r: Qcow2InFlight = { start: rangeStart(s, offset), end: rangeEnd(s, offset, bytes), allocating, done: null };
   s.inFlight.add(r);
   return r;
 }
@@ -52,7 +55,9 @@ export function qcow2InFlightEnd(s: BDRVQcow2State, r: Qcow2InFlight): void {
  * (handle_dependencies looks at the same list).
  */
 export function qcow2FirstAllocation(s: BDRVQcow2State, offset: number, bytes: number): Qcow2InFlight | null {
-  const [start, end] = clusterRange(s, offset, bytes);
+  // Asked by every write of the fast paths: two numbers, no array per call.
+  const start = rangeStart(s, offset);
+  const end = rangeEnd(s, offset, bytes);
   let first: Qcow2InFlight | null = null;
   for (const r of s.inFlight) {
     if (!r.allocating || r.end <= start || r.start >= end) continue;
@@ -78,7 +83,8 @@ export async function qcow2WaitFor(s: BDRVQcow2State, r: Qcow2InFlight): Promise
  * flight; the lock is dropped while waiting, so callers check their preconditions after.
  */
 export async function qcow2WaitInFlight(s: BDRVQcow2State, offset: number, bytes: number): Promise<void> {
-  const [start, end] = clusterRange(s, offset, bytes);
+  const start = rangeStart(s, offset);
+  const end = rangeEnd(s, offset, bytes);
   for (;;) {
     let busy: Qcow2InFlight | null = null;
     for (const r of s.inFlight) {

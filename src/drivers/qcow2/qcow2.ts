@@ -73,6 +73,12 @@ async function qcow2Flush(bs: BlockDriverState): Promise<void> {
   await qcow2File(s).flush();
 }
 
+/** A write with FUA: the write, then a flush of everything under it. */
+async function qcow2CoPwritevFua(bs: BlockDriverState, offset: number, bytes: number, qiov: IOVector): Promise<void> {
+  await qcow2CoPwritev(qcow2State(bs), offset, bytes, qiov);
+  await qcow2Flush(bs);
+}
+
 /** Close: write the caches, then mark a lazy-refcounts image clean (qcow2_inactivate). */
 async function qcow2Close(bs: BlockDriverState): Promise<void> {
   const s = bs.opaque as BDRVQcow2State | null;
@@ -183,11 +189,9 @@ export const qcow2Driver: BlockDriver = {
   create: qcow2Create,
   coPreadv: (bs, offset, bytes, qiov: IOVector) => qcow2CoPreadv(qcow2State(bs), offset, bytes, qiov),
   preadvNow: qcow2PreadvNow,
-  coPwritev: async (bs, offset, bytes, qiov: IOVector, flags) => {
-    const s = qcow2State(bs);
-    await qcow2CoPwritev(s, offset, bytes, qiov);
-    if (flags.fua) await qcow2Flush(bs);
-  },
+  // Without FUA the write's own promise is the request's: no frame around it per request.
+  coPwritev: (bs, offset, bytes, qiov: IOVector, flags) =>
+    flags.fua === true ? qcow2CoPwritevFua(bs, offset, bytes, qiov) : qcow2CoPwritev(qcow2State(bs), offset, bytes, qiov),
   coFlush: qcow2Flush,
   coPwritevCompressed: (bs, offset, bytes, qiov: IOVector) => qcow2CoPwritevCompressedPart(qcow2State(bs), offset, bytes, qiov),
   coBlockStatus: qcow2BlockStatus,

@@ -3,12 +3,12 @@
  * range one run at a time: plan the run with qedFindCluster (cluster.ts), then execute it:
  * reads here, writes (in place and allocating, with copy-on-write) in write.ts.
  */
-import { AIOPool, BlockAIOCB, type CompletionFunc } from '../../block/aio.js';
+import { AIOPool, AIO_DONE_NOW, BlockAIOCB, type CompletionFunc } from '../../block/aio.js';
 import { BDRV_SECTOR_SIZE } from '../../block/driver.js';
 import { BlockError } from '../../block/errors.js';
 import { IOVector } from '../../block/iovec.js';
 import type { BlockDriverState } from '../../block/node.js';
-import { qedFindCluster, type QEDClusterRun } from './cluster.js';
+import { qedFindCluster, qedFindClusterNow, type QEDClusterRun } from './cluster.js';
 import { QED_F_NEED_CHECK } from './header.js';
 import { startNeedCheckTimer } from './need-check.js';
 import { type BDRVQEDState, type QEDRequest, qedFile, qedState, qedTrace, qedTracing } from './state.js';
@@ -91,7 +91,25 @@ function qedAioWork(acb: QEDAIOCB): Promise<void> {
   const s = acb.s!;
   // A pooled AIOCB must not keep a closed image's state alive until it is reused.
   acb.s = null;
+  // A read served inside the call completes its AIOCB at once: no coroutine promise.
+  if (qedAioReadNow(s, acb)) return AIO_DONE_NOW;
   return qedAioNextIo(s, acb);
+}
+
+/**
+ * The whole of a read now, when one run of a cached table covers it and the page cache holds
+ * its data: what qedAioNextIo's first step does without a wait, done here and completed;
+ * false with nothing done that matters otherwise (qedAioNextIo plans again and reports).
+ */
+function qedAioReadNow(s: BDRVQEDState, acb: QEDAIOCB): boolean {
+  if ((acb.flags & (QED_AIOCB_WRITE | QED_AIOCB_ZERO)) !== 0 || qedTracing(s)) return false;
+  const file = qedFile(s);
+  if (!qedDebugQuiet(file)) return false;
+  const bytes = acb.endPos - acb.curPos;
+  const run = qedFindClusterNow(s, acb.curPos, bytes);
+  if (run === null || run.kind !== 'found' || run.length !== bytes || !file.preadvNow(run.hostOffset, acb.qiov!)) return false;
+  qedAioComplete(s, acb);
+  return true;
 }
 
 /** Run a request without an AIOCB (the coroutine entry points). */
