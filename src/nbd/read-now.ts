@@ -19,6 +19,19 @@ import { statusNow } from './status.js';
 
 /** Extents one READ may gather here; a more fragmented range takes the generic path. */
 const MAX_PIECES = 16;
+/**
+ * The page cache is asked this much at a time: the file driver copies at most 256 KiB on the
+ * loop's thread per request (larger ones go to its I/O engine), and qemu-img reads 2 MiB.
+ */
+const READ_PIECE = 256 * 1024;
+
+/** Fill `buf` from offset now, a piece at a time; false when any piece is not at hand. */
+function preadNow(exp: NbdExport, offset: number, buf: Buffer): boolean {
+  for (let pos = 0; pos < buf.length; pos += READ_PIECE) {
+    if (!exp.backend.preadNow(offset + pos, buf.subarray(pos, Math.min(buf.length, pos + READ_PIECE)))) return false;
+  }
+  return true;
+}
 
 /** A data piece (its frame filled) or a hole piece (frame null) of a structured READ. */
 interface Piece {
@@ -47,7 +60,7 @@ export function readNow(
   if (structured && (req.flags & p.NBD_CMD_FLAG_DF) === 0) return sparseReadNow(conn, exp, req.cookie, offset, bytes, backendLength);
   const frame = conn.frames.get(bytes);
   const head = p.encodeReadReplyHeaderInto(frame, req.cookie, structured, offset, bytes, true);
-  if (!exp.backend.preadNow(offset, frame.subarray(head, head + bytes))) {
+  if (!preadNow(exp, offset, frame.subarray(head, head + bytes))) {
     conn.frames.put(frame);
     return null;
   }
@@ -69,7 +82,7 @@ function sparseReadNow(conn: NbdConnection, exp: NbdExport, cookie: bigint, offs
     const frame = conn.frames.get(e.length);
     const head = p.encodeReadReplyHeaderInto(frame, cookie, true, at, e.length, progress === bytes);
     pieces.push({ offset: at, length: e.length, frame, head });
-    if (!exp.backend.preadNow(at, frame.subarray(head, head + e.length))) return decline(conn, pieces);
+    if (!preadNow(exp, at, frame.subarray(head, head + e.length))) return decline(conn, pieces);
   }
   let ok = true;
   for (let i = 0; i < pieces.length; i++) {
