@@ -279,6 +279,26 @@ export class BlockBackend {
     return this.request('block_status', offset, 0, null, (bs) => bs.blockStatusAbove(offset, bytes));
   }
 
+  /**
+   * pread now, synchronously, when the root reads without waiting (its preadvNow hook: a host
+   * file's page cache): true when `buf` holds the bytes. False when nothing was done: pread
+   * then reads, and reports whatever this declined (bounds, a closed backend, errors).
+   */
+  preadNow(offset: number, buf: Uint8Array): boolean {
+    const bs = this.rootNode;
+    if (this.closing || bs === null || !validRange(offset, buf.length)) return false;
+    const len = bs.knownLength();
+    return len !== null && offset <= len && len - offset >= buf.length && bs.preadvNow(offset, IOVector.from(buf));
+  }
+
+  /** blockStatusAbove now, when the root has no backing file and answers now; else null. */
+  blockStatusAboveNow(offset: number, bytes: number): (BlockStatus & { depth: number }) | null {
+    const bs = this.rootNode;
+    if (this.closing || bs === null || bs.backing !== null) return null;
+    const st = bs.blockStatusNow(offset, bytes);
+    return st === null ? null : { ...st, depth: 0 };
+  }
+
   isAllocated(offset: number, bytes: number): Promise<{ allocated: boolean; pnum: number }> {
     return this.request('is_allocated', offset, 0, null, (bs) => bs.isAllocated(offset, bytes));
   }

@@ -70,7 +70,12 @@ export class NbdConnection {
    * buffer (back-pressure for large READ replies). Writes after close are dropped.
    */
   send(...bufs: Uint8Array[]): Promise<void> {
-    if (this.closed || this.out.destroyed) return Promise.resolve();
+    return this.sendNow(...bufs) ? Promise.resolve() : this.whenDrained();
+  }
+
+  /** `send` without the promise: false when the socket's buffer is full (see whenDrained). */
+  sendNow(...bufs: Uint8Array[]): boolean {
+    if (this.closed || this.out.destroyed) return true;
     let ok = true;
     if (bufs.length > 1 && totalLength(bufs) <= SMALL_REPLY) {
       // One write for a small chunk (block status, hole, error): the client, woken by the
@@ -79,8 +84,7 @@ export class NbdConnection {
     } else {
       for (const b of bufs) if (b.length > 0) ok = this.out.write(b);
     }
-    if (ok) return Promise.resolve();
-    return this.whenDrained();
+    return ok;
   }
 
   /**
@@ -89,21 +93,25 @@ export class NbdConnection {
    * bytes are still the socket's. A failed write drops the frame to the garbage collector.
    */
   sendFrame(frame: Buffer, length: number): Promise<void> {
+    return this.sendFrameNow(frame, length) ? Promise.resolve() : this.whenDrained();
+  }
+
+  /** `sendFrame` without the promise: false when the socket's buffer is full. */
+  sendFrameNow(frame: Buffer, length: number): boolean {
     if (this.closed || this.out.destroyed) {
       this.frames.put(frame);
-      return Promise.resolve();
+      return true;
     }
-    const ok = this.out.write(frame.subarray(0, length), (err) => {
+    return this.out.write(frame.subarray(0, length), (err) => {
       if (err == null) this.frames.put(frame);
     });
-    return ok ? Promise.resolve() : this.whenDrained();
   }
 
   /**
    * One wait for 'drain' (or 'close') shared by every reply that found the socket full: a
    * client with dozens of reads in flight must not add two listeners per reply.
    */
-  private whenDrained(): Promise<void> {
+  whenDrained(): Promise<void> {
     if (this.drained !== null) return this.drained;
     const out = this.out;
     const p = new Promise<void>((resolve) => {

@@ -9,30 +9,50 @@ import type { NbdConnection } from './connection.js';
 import type { BlockBackend } from '../block/backend.js';
 import { isBlockError } from '../block/errors.js';
 import type { BdrvDirtyBitmap } from '../block/dirty-bitmap.js';
+import type { BlockStatus } from '../block/driver.js';
 import { CONTEXT_ID_ALLOCATION_DEPTH, type MetaContext } from './export.js';
 import * as p from './protocol.js';
 
-interface Extent {
+export interface Extent {
   length: number;
   /** base:allocation flags, or the allocation depth. */
   value: number;
   zero: boolean;
 }
 
-/** The status of the range starting at `offset`, at most `bytes` long (> 0 bytes). */
-async function statusAt(backend: BlockBackend, contextId: number, offset: number, bytes: number, backendLength: number): Promise<Extent> {
-  const hole = { length: bytes, value: contextId === CONTEXT_ID_ALLOCATION_DEPTH ? 0 : p.NBD_STATE_HOLE | p.NBD_STATE_ZERO, zero: true };
-  if (offset >= backendLength) return hole;
-  const ask = Math.min(bytes, backendLength - offset);
-  const st = await backend.blockStatusAbove(offset, ask);
+/** What the backend does not hold (past its length, or a zero pnum) reads as zeros. */
+function holeExtent(contextId: number, length: number): Extent {
+  return { length, value: contextId === CONTEXT_ID_ALLOCATION_DEPTH ? 0 : p.NBD_STATE_HOLE | p.NBD_STATE_ZERO, zero: true };
+}
+
+/** The extent a status answer for `ask` bytes describes. */
+function extentOf(st: BlockStatus & { depth: number }, contextId: number, ask: number): Extent {
   // A zero pnum would stall the walk: what the node cannot describe reads as zeros.
-  if (st.pnum <= 0) return { ...hole, length: ask };
+  if (st.pnum <= 0) return holeExtent(contextId, ask);
   const length = Math.min(st.pnum, ask);
   if (contextId === CONTEXT_ID_ALLOCATION_DEPTH) {
     // 0 = unallocated in the whole chain, 1 = the top image, 2 = its backing file, ...
     return { length, value: st.allocated ? st.depth + 1 : 0, zero: st.zero };
   }
   return { length, value: (st.data ? 0 : p.NBD_STATE_HOLE) | (st.zero ? p.NBD_STATE_ZERO : 0), zero: st.zero };
+}
+
+/** The status of the range starting at `offset`, at most `bytes` long (> 0 bytes). */
+async function statusAt(backend: BlockBackend, contextId: number, offset: number, bytes: number, backendLength: number): Promise<Extent> {
+  if (offset >= backendLength) return holeExtent(contextId, bytes);
+  const ask = Math.min(bytes, backendLength - offset);
+  return extentOf(await backend.blockStatusAbove(offset, ask), contextId, ask);
+}
+
+/**
+ * statusAt's answer now, when the backend has it without waiting (a raw file's lseek); null
+ * when it has not, and statusAt must ask (and report any error).
+ */
+export function statusNow(backend: BlockBackend, contextId: number, offset: number, bytes: number, backendLength: number): Extent | null {
+  if (offset >= backendLength) return holeExtent(contextId, bytes);
+  const ask = Math.min(bytes, backendLength - offset);
+  const st = backend.blockStatusAboveNow(offset, ask);
+  return st === null ? null : extentOf(st, contextId, ask);
 }
 
 /** A run of equal bits of a `qemu:dirty-bitmap:` context from `offset` (bitmap_to_extents). */
@@ -62,7 +82,9 @@ export async function collectExtents(
   let pos = offset;
   const end = offset + bytes;
   while (pos < end) {
-    const e = context.bitmap ? bitmapAt(context.bitmap, pos, end - pos) : await statusAt(backend, context.id, pos, end - pos, backendLength);
+    const e = context.bitmap
+      ? bitmapAt(context.bitmap, pos, end - pos)
+      : (statusNow(backend, context.id, pos, end - pos, backendLength) ?? (await statusAt(backend, context.id, pos, end - pos, backendLength)));
     const prev = out[out.length - 1];
     if (prev !== undefined && prev.flags === e.value && prev.length + e.length <= 0xffffffff) {
       prev.length += e.length;
@@ -95,7 +117,7 @@ export async function sparseRead(
     const at = offset + progress;
     let e: Extent;
     try {
-      e = await statusAt(backend, 0, at, bytes - progress, backendLength);
+      e = statusNow(backend, 0, at, bytes - progress, backendLength) ?? (await statusAt(backend, 0, at, bytes - progress, backendLength));
     } catch (err) {
       const why = isBlockError(err) ? `: ${err.errnoMessage}` : '';
       const c = p.encodeErrorChunk(cookie, errno(err), `unable to check for holes${why}`);

@@ -9,6 +9,11 @@
  * so the kernel pushes back on the client). A READ's bytes stay held until its reply has
  * left our socket buffer: a client that never reads its replies cannot make us hold more.
  *
+ * A READ the export can answer without waiting (a raw image on a host file, its bytes in the
+ * page cache) is answered right here, in the turn that decoded it (read-now.ts); it counts
+ * in flight only while the socket's buffer is full. Everything else, and every error, takes
+ * the generic path through the backend (handle).
+ *
  * Validation order (qemu's nbd_co_receive_request): DISC first (no reply); length > 32 MiB
  * for READ/WRITE/CACHE; the WRITE payload is read (keeps the stream in step); read-only;
  * bounds, in 64-bit; allowed flags; then per command. Every validation failure is EINVAL
@@ -20,6 +25,7 @@ import type { NbdConnection } from './connection.js';
 import type { Negotiated } from './handshake.js';
 import type { NbdExport } from './export.js';
 import * as p from './protocol.js';
+import { readNow } from './read-now.js';
 import { ConnectionClosed } from './reader.js';
 import { collectExtents, sparseRead } from './status.js';
 
@@ -118,6 +124,12 @@ export class NbdSession {
         await this.replyError(req, p.NBD_ESHUTDOWN, 'server shutting down');
         continue;
       }
+      if (req.type === p.NBD_CMD_READ) {
+        // Served now when the export can (read-now.ts); a full socket holds it in flight.
+        const sent = readNow(this.conn, this.exp, req, this.sr, this.backendLength);
+        if (sent === false) this.hold(this.conn.whenDrained(), cost);
+        if (sent !== null) continue;
+      }
       this.start(req, data, cost);
     }
   }
@@ -153,16 +165,22 @@ export class NbdSession {
 
   /** Run a validated request in the background; it counts as in flight until it replied. */
   private start(req: p.NbdRequest, data: Buffer | null, held: number): void {
+    this.hold(
+      this.handle(req, Number(req.offset), data).catch(() => undefined),
+      held,
+    );
+  }
+
+  /** Count `work` (which never rejects) in flight, holding `held` bytes, until it settles. */
+  private hold(work: Promise<void>, held: number): void {
     this.inFlight++;
     this.heldBytes += held;
-    this.handle(req, Number(req.offset), data)
-      .catch(() => undefined)
-      .finally(() => {
-        this.inFlight--;
-        this.heldBytes -= held;
-        this.wake();
-        if (this.ending && this.inFlight === 0) this.conn.end();
-      });
+    void work.finally(() => {
+      this.inFlight--;
+      this.heldBytes -= held;
+      this.wake();
+      if (this.ending && this.inFlight === 0) this.conn.end();
+    });
   }
 
   private async handle(req: p.NbdRequest, offset: number, data: Buffer | null): Promise<void> {

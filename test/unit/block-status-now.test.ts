@@ -1,5 +1,8 @@
 // Block status now (BlockDriverState.blockStatusNow and the drivers' blockStatusNow hooks): the
 // answer blockStatus gives, without a promise, once the table is in memory; null otherwise.
+import { mkdtemp, rm, truncate } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { bdrvCreate } from '../../src/block/create.js';
 import { qcow2State } from '../../src/drivers/qcow2/index.js';
@@ -87,6 +90,32 @@ describe('qcow2: block status now steps aside', () => {
       s.lock.unlock();
     } finally {
       await bs.close();
+    }
+  });
+});
+
+describe('raw on a host file: block status now', () => {
+  it('answers as blockStatus does (lseek), null in the sector tail past the file', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'bsnow-raw-'));
+    try {
+      const path = join(dir, 'disk.raw');
+      await bdrvCreate(path, { format: 'raw', options: { size: 4 * CLUSTER } });
+      const w = await BlockDriverState.open(path, { format: 'raw' });
+      await w.pwrite(CLUSTER, new Uint8Array(CLUSTER).fill(3));
+      await w.close();
+      // 100 bytes short of a sector: raw counts whole sectors, the tail reads as zeros.
+      await truncate(path, 4 * CLUSTER - 100);
+      const bs = await BlockDriverState.open(path, { format: 'raw' });
+      try {
+        for (const [offset, bytes] of [[0, 4 * CLUSTER], [CLUSTER + 512, CLUSTER], [2 * CLUSTER, 2 * CLUSTER - 512], [4 * CLUSTER - 512, 512]]) {
+          expect(bs.blockStatusNow(offset, bytes)).toEqual(await bs.blockStatus(offset, bytes));
+        }
+        expect(bs.blockStatusNow(4 * CLUSTER - 50, 50)).toBeNull();
+      } finally {
+        await bs.close();
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
     }
   });
 });

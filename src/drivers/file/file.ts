@@ -16,7 +16,7 @@ import { fileCoFlush, fileCoPreadv, fileCoPwritev, filePreadvNow } from './rw.js
 import { ioEngine } from './engine.js';
 import { seekAddon } from './seek.js';
 import { type FileState, beginIO, endIO, fileRefreshLength, fileStripPrefix, state } from './state.js';
-import { fileCoBlockStatus } from './status.js';
+import { fileBlockStatusNow, fileCoBlockStatus } from './status.js';
 import { fileCoDiscard, fileCoWriteZeroes } from './zero.js';
 
 export { fileStripPrefix } from './state.js';
@@ -202,6 +202,7 @@ export const fileDriver: BlockDriver = {
   coDiscard: fileCoDiscard,
   coFlush: fileCoFlush,
   coBlockStatus: fileCoBlockStatus,
+  blockStatusNow: fileBlockStatusNow,
   truncate: fileTruncate,
   truncatePreallocates: true,
   getLength: fileGetLength,

@@ -50,6 +50,11 @@ function findAllocation(seek: SeekAddon, fd: number, start: number): Allocation 
  * inline-data file systems report 0 blocks for data.)
  */
 export async function fileCoBlockStatus(bs: BlockDriverState, offset: number, bytes: number): Promise<BlockStatus> {
+  return fileBlockStatusNow(bs, offset, bytes);
+}
+
+/** The blockStatusNow hook: lseek answers synchronously, so the answer is always at hand. */
+export function fileBlockStatusNow(bs: BlockDriverState, offset: number, bytes: number): BlockStatus {
   const s = state(bs);
   const seek = seekAddon();
   const where = seek === null ? ({ kind: 'unknown' } as const) : findAllocation(seek, s.fh.fd, offset);

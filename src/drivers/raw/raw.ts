@@ -214,6 +214,15 @@ async function rawCoBlockStatus(bs: BlockDriverState, offset: number, bytes: num
   return { pnum: st.pnum, allocated: true, data: st.data, zero: st.zero, offset, file };
 }
 
+/** The blockStatusNow hook: the protocol's answer now, when it has one (a host file's lseek). */
+function rawBlockStatusNow(bs: BlockDriverState, offset: number, bytes: number): BlockStatus | null {
+  const file = bs.file;
+  if (file === null) return null;
+  // The sector tail past the file's end (null there) takes coBlockStatus.
+  const st = file.blockStatusNow(offset, bytes);
+  return st === null ? null : { pnum: st.pnum, allocated: true, data: st.data, zero: st.zero, offset, file };
+}
+
 async function rawTruncate(bs: BlockDriverState, size: number, prealloc?: string): Promise<void> {
   // The preallocation mode is the file's business, as in QEMU.
   await child(bs).truncate(size, prealloc);
@@ -276,6 +285,7 @@ export const rawDriver: BlockDriver = {
   coDiscard: rawCoDiscard,
   coFlush: rawCoFlush,
   coBlockStatus: rawCoBlockStatus,
+  blockStatusNow: rawBlockStatusNow,
   truncate: rawTruncate,
   truncatePreallocates: true,
   getLength: rawGetLength,
