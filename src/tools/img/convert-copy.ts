@@ -1,9 +1,8 @@
 // The copy engine of blk-img convert (convert_do_copy): block status decides data / zero /
 // backing runs, data runs are scanned for zero sectors (-S) so that zero regions stay
-// unallocated in the target, requests run in parallel (-m, through p-queue) and are written
-// in order unless -W.
-import PQueue from 'p-queue';
-import { bufferIsZero, qemuMemalign, sectorRun, type BlockBackend } from '../../index.js';
+// unallocated in the target, requests run in parallel (-m, an AioTaskPool) and are written in
+// order unless -W.
+import { AioTaskPool, bufferIsZero, qemuMemalign, sectorRun, type BlockBackend } from '../../index.js';
 import { rootOf } from '../shared/open.js';
 import { ToolExit, errnoMessage } from '../shared/output.js';
 import { BDRV_BLOCK_DATA, BDRV_BLOCK_ZERO, blockStatusAboveFlags } from './block-status.js';
@@ -269,7 +268,9 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
   // ordering (QED's allocation lock, taken in issue order) keeps the layout, and the next
   // chunk's data goes down while the previous one's L2 update is still being written.
   let lastIssued: Promise<void> = Promise.resolve();
-  const queue = new PQueue({ concurrency: numCoroutines });
+  // At most numCoroutines chunks in flight; the next chunk's status is asked before it waits
+  // for a slot, as convert_co_do_copy asks before it yields.
+  const pool = new AioTaskPool(numCoroutines);
   // Chunk buffers are reused (at most one per queue slot is in use): no fresh, zero-filled
   // buffer per chunk. A read fills every byte it is given (zeros past the source's end).
   // They are page-aligned (qemu_blockalign): the kernel copies into and out of them faster.
@@ -292,7 +293,7 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
       markIssued = resolve;
     });
     const myIssued = markIssued;
-    void queue.add(async () => {
+    await pool.start(async () => {
       // Only data chunks (read, or zeros written as data) need a buffer; they are at most
       // bufSectors long. Zero runs written with writeZeroes and backing runs never touch it.
       const needBuf = status === 'data' || (!s.minSparse && status === 'zero');
@@ -330,10 +331,9 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
         myIssued();
       }
     });
-    // Back-pressure: no more requests in flight than coroutines.
-    await queue.onSizeLessThan(1);
   }
-  await queue.onIdle();
+  // A chunk reports its own failures (`failed`); the pool's would be a bug, thrown as it is.
+  await pool.waitAll();
   if (failed !== null) throw new ToolExit(1);
   if (s.compressed) {
     // End of stream: the driver aligns the file (qcow2 pads it to a whole sector).
