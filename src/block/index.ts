@@ -2,6 +2,7 @@ export * from './errors.js';
 export * from './iovec.js';
 export { bufferIsZero, sectorRun } from './buffer-is-zero.js';
 export * from './clock.js';
+export { AioTaskPool } from './aio-task.js';
 export * from './coroutine.js';
 export * from './events.js';
 export * from './aio.js';

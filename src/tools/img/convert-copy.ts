@@ -1,9 +1,8 @@
 // The copy engine of blk-img convert (convert_do_copy): block status decides data / zero /
 // backing runs, data runs are scanned for zero sectors (-S) so that zero regions stay
-// unallocated in the target, requests run in parallel (-m, through p-queue) and are written
-// in order unless -W.
-import PQueue from 'p-queue';
-import { bufferIsZero, qemuMemalign, sectorRun, type BlockBackend } from '../../index.js';
+// unallocated in the target, requests run in parallel (-m, an AioTaskPool) and are written in
+// order unless -W.
+import { AioTaskPool, bufferIsZero, qemuMemalign, sectorRun, type BlockBackend } from '../../index.js';
 import { rootOf } from '../shared/open.js';
 import { ToolExit, errnoMessage } from '../shared/output.js';
 import { BDRV_BLOCK_DATA, BDRV_BLOCK_ZERO, blockStatusAboveFlags } from './block-status.js';
@@ -40,7 +39,7 @@ function isAllocatedSectors(buf: Uint8Array, first: number, n: number, sectorNum
  * is_allocated_sectors_min: like isAllocatedSectors, but a zero run shorter than `min` sectors
  * between data is copied as data (fewer, larger writes).
  */
-function isAllocatedSectorsMin(buf: Uint8Array, first: number, n: number, min: number, sectorNum: number, alignment: number): { ret: boolean; pnum: number } {
+export function isAllocatedSectorsMin(buf: Uint8Array, first: number, n: number, min: number, sectorNum: number, alignment: number): { ret: boolean; pnum: number } {
   if (n < min) min = n;
   let r = isAllocatedSectors(buf, first, n, sectorNum, alignment);
   if (!r.ret) return r;
@@ -59,6 +58,25 @@ function isAllocatedSectorsMin(buf: Uint8Array, first: number, n: number, min: n
     else if (r.pnum >= min) break;
   }
   return { ret: true, pnum: numUsed };
+}
+
+/** A sector holds data: told by its first byte in nearly every case. */
+function sectorHasData(buf: Uint8Array, sector: number): boolean {
+  const at = sector * SECTOR;
+  return buf[at] !== 0 || !bufferIsZero(buf, at, at + SECTOR);
+}
+
+/**
+ * The n sectors from `first` (n >= min) begin and end with data and hold no run of `min` zero
+ * sectors: isAllocatedSectorsMin would then call them all data (its shorter zero runs between
+ * data are copied as data, whatever the alignment). Such a run would cover one of the sectors
+ * looked at here, one in every `min`: the scan of a data chunk reads an eighth of its sectors
+ * (-S 4k) instead of each.
+ */
+export function allDataAtStride(buf: Uint8Array, first: number, n: number, min: number): boolean {
+  if (!sectorHasData(buf, first) || !sectorHasData(buf, first + n - 1)) return false;
+  for (let i = first + min - 1; i < first + n; i += min) if (!sectorHasData(buf, i)) return false;
+  return true;
 }
 
 export function pow2floor(n: number): number {
@@ -225,7 +243,10 @@ async function convertWrite(
           if (writeData) writes.push(s.target.pwriteCompressed(sectorNum * SECTOR, buf.subarray(first * SECTOR, (first + n) * SECTOR)));
           else if (!s.hasZeroInit) writes.push(s.target.writeZeroes(sectorNum * SECTOR, n * SECTOR, { mayUnmap: true }));
         } else if (status === 'data' && s.minSparse !== 0) {
-          const r = isAllocatedSectorsMin(buf, first, n, s.minSparse, sectorNum, s.alignment);
+          const r =
+            n >= s.minSparse && allDataAtStride(buf, first, n, s.minSparse)
+              ? { ret: true, pnum: n }
+              : isAllocatedSectorsMin(buf, first, n, s.minSparse, sectorNum, s.alignment);
           n = r.pnum;
           writeData = r.ret;
         }
@@ -269,7 +290,9 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
   // ordering (QED's allocation lock, taken in issue order) keeps the layout, and the next
   // chunk's data goes down while the previous one's L2 update is still being written.
   let lastIssued: Promise<void> = Promise.resolve();
-  const queue = new PQueue({ concurrency: numCoroutines });
+  // At most numCoroutines chunks in flight; the next chunk's status is asked before it waits
+  // for a slot, as convert_co_do_copy asks before it yields.
+  const pool = new AioTaskPool(numCoroutines);
   // Chunk buffers are reused (at most one per queue slot is in use): no fresh, zero-filled
   // buffer per chunk. A read fills every byte it is given (zeros past the source's end).
   // They are page-aligned (qemu_blockalign): the kernel copies into and out of them faster.
@@ -292,7 +315,7 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
       markIssued = resolve;
     });
     const myIssued = markIssued;
-    void queue.add(async () => {
+    await pool.start(async () => {
       // Only data chunks (read, or zeros written as data) need a buffer; they are at most
       // bufSectors long. Zero runs written with writeZeroes and backing runs never touch it.
       const needBuf = status === 'data' || (!s.minSparse && status === 'zero');
@@ -330,10 +353,9 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
         myIssued();
       }
     });
-    // Back-pressure: no more requests in flight than coroutines.
-    await queue.onSizeLessThan(1);
   }
-  await queue.onIdle();
+  // A chunk reports its own failures (`failed`); the pool's would be a bug, thrown as it is.
+  await pool.waitAll();
   if (failed !== null) throw new ToolExit(1);
   if (s.compressed) {
     // End of stream: the driver aligns the file (qcow2 pads it to a whole sector).
