@@ -19,16 +19,22 @@ import { type BDRVQcow2State, qcow2File, qcow2State } from './state.js';
  * past its end (`pastBacking`).
  */
 function runStatus(s: BDRVQcow2State, run: Qcow2Run, pastBacking: boolean): BlockStatus {
-  const withOffset = run.allocated ? { offset: run.hostOffset, file: qcow2DataNode(s) } : {};
+  // Built whole rather than spread from a partial: map and convert ask once per extent.
   switch (run.kind) {
     case 'normal':
-      return { pnum: run.bytes, allocated: true, data: true, zero: false, ...withOffset };
+      return run.allocated
+        ? { pnum: run.bytes, allocated: true, data: true, zero: false, offset: run.hostOffset, file: qcow2DataNode(s) }
+        : { pnum: run.bytes, allocated: true, data: true, zero: false };
     case 'compressed':
       return { pnum: run.bytes, allocated: true, data: true, zero: false };
     case 'zero':
-      return { pnum: run.bytes, allocated: true, data: false, zero: true, ...withOffset };
+      return run.allocated
+        ? { pnum: run.bytes, allocated: true, data: false, zero: true, offset: run.hostOffset, file: qcow2DataNode(s) }
+        : { pnum: run.bytes, allocated: true, data: false, zero: true };
     default:
-      return { pnum: run.bytes, allocated: false, data: false, zero: pastBacking, ...withOffset };
+      return run.allocated
+        ? { pnum: run.bytes, allocated: false, data: false, zero: pastBacking, offset: run.hostOffset, file: qcow2DataNode(s) }
+        : { pnum: run.bytes, allocated: false, data: false, zero: pastBacking };
   }
 }
 
