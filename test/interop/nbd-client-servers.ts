@@ -87,7 +87,9 @@ export async function startServer(
     }
     return { pid, socket, stderr: () => err, stop, kill, exited };
   }
-  const deadline = Date.now() + 10_000;
+  // Generous: under tsx a server transpiles its sources first, which on a loaded CI machine
+  // has taken over ten seconds; the process is still bounded by limitMs.
+  const deadline = Date.now() + 30_000;
   for (;;) {
     if (gone) throw new Error(`${cmd} exited early: ${err}`);
     if (existsSync(socket) && (opts.probe === false || (await canConnect(socket)))) break;
