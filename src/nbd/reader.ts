@@ -3,12 +3,9 @@
  * no read is waiting and more than `highWater` bytes are buffered, so a client that sends
  * faster than we serve holds at most one pending read plus one socket chunk in our memory.
  * `skip` discards bytes as they stream in (option payloads we will not use are never
- * buffered whole). The source can be swapped (STARTTLS hands the reader the TLS socket).
- *
- * `readInto` fills the caller's memory as bytes arrive (a READ reply's data goes from the
- * socket's buffer to the request's, once). A socket made with `onread` (onreadOptions) reads
- * into one reused buffer instead of a fresh 64 KiB Buffer per read(2); what the reader keeps
- * of it past the callback is copied out.
+ * buffered whole). The source can be swapped (STARTTLS hands the reader the TLS socket), or
+ * handed over with what is buffered (the NBD client's reply parser takes the socket once the
+ * handshake is done).
  */
 import type { Duplex } from 'node:stream';
 
@@ -25,42 +22,10 @@ interface Waiter {
   reject: (e: Error) => void;
 }
 
-interface Sink {
-  dest: Uint8Array;
-  pos: number;
-  resolve: () => void;
-  reject: (e: Error) => void;
-}
-
-/** Bytes per read(2) of an `onread` socket. */
-const ONREAD_BUFFER = 256 * 1024;
-
-/**
- * `onread` options for net.connect and the function that hands their bytes to a reader
- * (set once the reader exists). The buffer is reused for every read.
- */
-export function onreadOptions(): { onread: { buffer: Buffer; callback: (n: number, buf: Buffer) => boolean }; feed: (r: SocketReader) => void } {
-  let reader: SocketReader | null = null;
-  return {
-    onread: {
-      buffer: Buffer.allocUnsafeSlow(ONREAD_BUFFER),
-      // Pausing is flow()'s business (socket.pause() stops an onread socket too).
-      callback: (n, buf) => {
-        reader?.pushTransient(buf.subarray(0, n));
-        return true;
-      },
-    },
-    feed: (r) => {
-      reader = r;
-    },
-  };
-}
-
 export class SocketReader {
   private chunks: Buffer[] = [];
   private buffered = 0;
   private waiter: Waiter | null = null;
-  private sink: Sink | null = null;
   private ended: Error | null = null;
   private source: Duplex | null = null;
   private readonly onData = (b: Buffer): void => this.push(b);
@@ -97,6 +62,15 @@ export class SocketReader {
     this.source = null;
   }
 
+  /** Stop reading and give up what was received and not read (the caller takes the socket over). */
+  handOver(): Buffer[] {
+    this.detach();
+    const rest = this.chunks;
+    this.chunks = [];
+    this.buffered = 0;
+    return rest;
+  }
+
   /** Bytes received and not yet read. */
   get pending(): number {
     return this.buffered;
@@ -108,34 +82,7 @@ export class SocketReader {
     return this.take(n);
   }
 
-  /**
-   * Fill `dest` with the next dest.length bytes: what is buffered, then the bytes as they
-   * arrive, copied from the socket's buffer without being buffered here first.
-   */
-  readInto(dest: Uint8Array): Promise<void> {
-    let pos = 0;
-    while (pos < dest.length && this.chunks.length > 0) {
-      const c = this.chunks[0];
-      const k = Math.min(c.length, dest.length - pos);
-      dest.set(k === c.length ? c : c.subarray(0, k), pos);
-      pos += k;
-      if (k === c.length) this.chunks.shift();
-      else this.chunks[0] = c.subarray(k);
-    }
-    this.buffered -= pos;
-    if (pos === dest.length) {
-      this.flow();
-      return Promise.resolve();
-    }
-    if (this.ended) return Promise.reject(this.ended);
-    if (this.waiter || this.sink) return Promise.reject(new Error('SocketReader: concurrent reads'));
-    return new Promise<void>((resolve, reject) => {
-      this.sink = { dest, pos, resolve, reject };
-      this.flow();
-    });
-  }
-
-  /** Bytes of an `onread` buffer, valid only during this call: what is kept is copied. */
+  /** Bytes of a buffer the socket reads into again (`onread`), valid only during this call: they are copied. */
   pushTransient(b: Buffer): void {
     this.push(b, true);
   }
@@ -162,7 +109,7 @@ export class SocketReader {
   private want(n: number): Promise<void> {
     if (this.buffered >= n) return Promise.resolve();
     if (this.ended) return Promise.reject(this.ended);
-    if (this.waiter || this.sink) return Promise.reject(new Error('SocketReader: concurrent reads'));
+    if (this.waiter) return Promise.reject(new Error('SocketReader: concurrent reads'));
     return new Promise<void>((resolve, reject) => {
       this.waiter = { need: n, resolve, reject };
       this.flow();
@@ -194,21 +141,6 @@ export class SocketReader {
   }
 
   private push(b: Buffer, transient = false): void {
-    const sk = this.sink;
-    if (sk !== null) {
-      const k = Math.min(b.length, sk.dest.length - sk.pos);
-      sk.dest.set(k === b.length ? b : b.subarray(0, k), sk.pos);
-      sk.pos += k;
-      if (sk.pos === sk.dest.length) {
-        this.sink = null;
-        sk.resolve();
-      }
-      if (k === b.length) {
-        this.flow();
-        return;
-      }
-      b = b.subarray(k);
-    }
     this.chunks.push(transient ? Buffer.from(b) : b);
     this.buffered += b.length;
     const w = this.waiter;
@@ -223,7 +155,7 @@ export class SocketReader {
   private flow(): void {
     const s = this.source;
     if (s === null) return;
-    const needMore = this.sink !== null || (this.waiter !== null && this.buffered < this.waiter.need);
+    const needMore = this.waiter !== null && this.buffered < this.waiter.need;
     if (needMore || this.buffered < this.highWater) s.resume();
     else s.pause();
   }
@@ -234,11 +166,6 @@ export class SocketReader {
     if (w) {
       this.waiter = null;
       w.reject(this.ended);
-    }
-    const sk = this.sink;
-    if (sk) {
-      this.sink = null;
-      sk.reject(this.ended);
     }
   }
 }

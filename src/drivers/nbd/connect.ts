@@ -7,7 +7,8 @@ import { BlockError, type BlockErrorCode } from '../../block/errors.js';
 import type { NbdConfig, NbdServerAddress } from './config.js';
 import { nbdReceiveNegotiate, type HandshakeRequest, type NbdExportInfo } from './handshake.js';
 import { OptionChannel } from './options.js';
-import { onreadOptions, SocketReader } from '../../nbd/reader.js';
+import { SocketReader } from '../../nbd/reader.js';
+import { OnreadRoute } from './onread.js';
 
 /** Socket errno names Node reports, with Linux's numbers and texts. */
 const SOCKET_ERRNO: Record<string, { errno: number; text: string; code: BlockErrorCode }> = {
@@ -45,7 +46,7 @@ export function connectError(addr: NbdServerAddress, e: unknown): BlockError {
   });
 }
 
-type Onread = ReturnType<typeof onreadOptions>['onread'];
+type Onread = OnreadRoute['onread'];
 
 /** One connection attempt: a connected socket or a BlockError. */
 export async function connectSocket(addr: NbdServerAddress, onread?: Onread): Promise<Socket> {
@@ -89,6 +90,8 @@ export interface NbdConnection {
   sock: Socket;
   reader: SocketReader;
   info: NbdExportInfo;
+  /** Where the socket reads into (no TLS): the session takes it over. */
+  route: OnreadRoute | undefined;
 }
 
 /**
@@ -99,12 +102,12 @@ export async function nbdEstablishConnection(
   cfg: NbdConfig,
   startTls?: HandshakeRequest['startTls'],
 ): Promise<NbdConnection> {
-  // Without TLS the socket reads into one reused buffer (see SocketReader); a TLS layer
-  // reads the raw socket itself, so there the socket keeps Node's own buffers.
-  const reuse = startTls === undefined ? onreadOptions() : undefined;
-  const sock = await connectWithRetry(cfg.server, cfg.openTimeout, reuse?.onread);
+  // Without TLS the socket reads into buffers we choose (onread.ts); a TLS layer reads the
+  // raw socket itself, so there the socket keeps Node's own buffers.
+  const route = startTls === undefined ? new OnreadRoute() : undefined;
+  const sock = await connectWithRetry(cfg.server, cfg.openTimeout, route?.onread);
   const reader = new SocketReader(sock);
-  reuse?.feed(reader);
+  route?.toReader(reader);
   const ch = new OptionChannel(sock, reader);
   try {
     const info = await nbdReceiveNegotiate(ch, {
@@ -113,7 +116,7 @@ export async function nbdEstablishConnection(
       metaContext: cfg.dirtyBitmap ?? 'base:allocation',
       startTls,
     });
-    return { sock: ch.sock as Socket, reader: ch.reader, info };
+    return { sock: ch.sock as Socket, reader: ch.reader, info, route };
   } catch (e) {
     ch.sock.destroy();
     sock.destroy();

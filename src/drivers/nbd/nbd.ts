@@ -87,7 +87,7 @@ async function nbdOpen(bs: BlockDriverState, options: OpenOptions): Promise<void
   const creds = cfg.tlsCreds === undefined ? undefined : findTlsCreds(options.objects, cfg.tlsCreds, 'client', 'driver');
   const tls = creds === undefined ? undefined : nbdClientTls(creds, cfg.tlsHostname);
   const conn = await nbdEstablishConnection(cfg, tls);
-  const session = new NbdSession(conn.sock, conn.reader, conn.info);
+  const session = new NbdSession(conn.sock, conn.reader, conn.info, conn.route);
   // A read-only export opened for writing fails the open, as bdrv_apply_auto_read_only does.
   if ((conn.info.flags & NBD_FLAG_READ_ONLY) !== 0 && !bs.readOnly) {
     await session.disconnect();
@@ -125,7 +125,7 @@ function reconnect(s: NbdState): Promise<void> {
           conn.sock.destroy();
           throw new BlockError('EIO', 'Cannot reconnect: the export size changed', { op: 'nbd' });
         }
-        s.session = new NbdSession(conn.sock, conn.reader, conn.info);
+        s.session = new NbdSession(conn.sock, conn.reader, conn.info, conn.route);
         s.lostAt = null;
         return;
       } catch (e) {

@@ -1,72 +1,29 @@
 /**
  * Transmission phase of one NBD connection (QEMU's block/nbd.c request/reply machinery).
  *
- * State: the socket, the requests in flight keyed by cookie, and one reply loop. Sending is
- * synchronous (a request's header and payload go into the socket in one turn, so requests never
- * interleave on the wire); at most 16 requests are in flight, as in QEMU, and the 17th waits
- * for a slot. The reply loop reads one reply or chunk at a time and completes the request it
- * names; replies may come in any order. Anything the loop cannot make sense of (a bad magic, an
- * unknown cookie, a malformed chunk) poisons the connection: every request in flight and every
- * later one fails with EIO, as QEMU's client without reconnect does.
+ * State: the socket, the requests in flight keyed by cookie, and the reply parser (replies.ts)
+ * that the socket's bytes go to as they are read. Sending is synchronous (a request's header
+ * and payload go into the socket in one turn, so requests never interleave on the wire); at
+ * most 16 requests are in flight, as in QEMU, and the 17th waits for a slot. Replies may come
+ * in any order. Anything the parser cannot make sense of (a bad magic, an unknown cookie, a
+ * malformed chunk) poisons the connection: every request in flight and every later one fails
+ * with EIO, as QEMU's client without reconnect does.
  */
 import type { Duplex } from 'node:stream';
 import { BlockError } from '../../block/errors.js';
 import type { IOVector } from '../../block/iovec.js';
-import {
-  NBD_CHUNK_HEADER_SIZE,
-  NBD_CMD_BLOCK_STATUS,
-  NBD_CMD_DISC,
-  NBD_CMD_READ,
-  NBD_ESHUTDOWN,
-  NBD_REPLY_FLAG_DONE,
-  NBD_REPLY_TYPE_BLOCK_STATUS,
-  NBD_REPLY_TYPE_NONE,
-  NBD_REPLY_TYPE_OFFSET_DATA,
-  NBD_REPLY_TYPE_OFFSET_HOLE,
-  NBD_SIMPLE_REPLY_SIZE,
-  type BlockStatusExtent,
-  blockErrorFromNbdErrno,
-  decodeBlockStatus,
-  decodeChunkHeader,
-  decodeErrorChunk,
-  decodeOffsetHole,
-  decodeSimpleReply,
-  encodeRequest,
-  isChunkError,
-  nbdCmdName,
-  replyKind,
-} from '../../nbd/protocol.js';
+import { NBD_CMD_BLOCK_STATUS, NBD_CMD_DISC, NBD_CMD_READ, NBD_ESHUTDOWN, type BlockStatusExtent, encodeRequest } from '../../nbd/protocol.js';
 import type { NbdExportInfo } from './handshake.js';
-import type { SocketReader } from '../../nbd/reader.js';
+import { ConnectionClosed, type SocketReader } from '../../nbd/reader.js';
+import type { OnreadRoute, ReadSink } from './onread.js';
+import { protocolError, ReplyParser, type Pending, type ReplyHandler } from './replies.js';
 
 /** Requests in flight per connection (QEMU's MAX_NBD_REQUESTS). */
 export const MAX_NBD_REQUESTS = 16;
 
-/**
- * Largest payload of a chunk other than OFFSET_DATA: a block-status chunk of 2^20 descriptors
- * (the spec's bound) is 8 MiB + 4; an error chunk at most 64 KiB + 14.
- */
-const MAX_METADATA_CHUNK = 4 + 8 * (1 << 20);
-
 /** A request's outcome: a READ's data is in its vector, a BLOCK_STATUS's extent here. */
 export interface NbdReply {
   extent: BlockStatusExtent | null;
-}
-
-interface Pending {
-  cmd: number;
-  offset: number;
-  length: number;
-  /** READ: where the data goes. */
-  into: IOVector | undefined;
-  /** READ: bytes the chunks have covered so far. */
-  covered: number;
-  /** BLOCK_STATUS: the first extent of our context. */
-  extent: BlockStatusExtent | null;
-  /** The first error chunk; later ones are dropped, as QEMU keeps the first. */
-  error: BlockError | null;
-  resolve: (p: Pending) => void;
-  reject: (e: BlockError) => void;
 }
 
 export interface RequestOptions {
@@ -77,25 +34,52 @@ export interface RequestOptions {
   into?: IOVector;
 }
 
-function protocolError(message: string): BlockError {
-  return new BlockError('EIO', `Protocol error: ${message}`, { op: 'nbd' });
+/** What ended the connection, in the words the requests it fails carry. */
+function lostError(e: unknown): BlockError {
+  const msg = e instanceof Error ? e.message : String(e);
+  const text = msg.startsWith('Protocol error') ? msg : `NBD connection lost: ${msg}`;
+  return new BlockError('EIO', text, { op: 'nbd', cause: e });
 }
 
-export class NbdSession {
+export class NbdSession implements ReplyHandler, ReadSink {
   private readonly pending = new Map<bigint, Pending>();
   private nextCookie = 1n;
   private inFlight = 0;
   private readonly slotWaiters: (() => void)[] = [];
   /** Set once the connection is unusable; every later request fails with it. */
   private dead: BlockError | null = null;
-  private readonly loop: Promise<void>;
+  private readonly parser: ReplyParser;
+  /** Resolves once the socket has ended or closed. */
+  private readonly closed: Promise<void>;
 
+  /**
+   * Take the socket over from the handshake's `reader`; with `route` (an `onread` socket) the
+   * parser chooses where each read(2) goes, else it parses the socket's 'data' events.
+   */
   constructor(
     private readonly sock: Duplex,
-    private readonly reader: SocketReader,
+    reader: SocketReader,
     readonly info: NbdExportInfo,
+    route?: OnreadRoute,
   ) {
-    this.loop = this.receiveLoop();
+    this.parser = new ReplyParser(this, info.structuredReply, info.contextId);
+    this.closed = new Promise<void>((resolve) => {
+      const gone = (e: unknown): void => {
+        this.lost(e);
+        resolve();
+      };
+      sock.once('end', () => gone(new ConnectionClosed()));
+      sock.once('close', () => gone(new ConnectionClosed()));
+      // Ended before we took over (the server closed right after the handshake).
+      if (sock.readableEnded || sock.destroyed) gone(new ConnectionClosed());
+    });
+    // An 'error' is followed by 'close'; the error's text is the one requests get.
+    sock.on('error', (e: Error) => this.lost(new ConnectionClosed(e.message)));
+    // Bytes the reader received past the handshake's last reply are the first replies'.
+    for (const b of reader.handOver()) this.received(b, b.length);
+    if (route === undefined) sock.on('data', (b: Buffer) => this.received(b, b.length));
+    else route.to(this);
+    sock.resume();
   }
 
   get alive(): boolean {
@@ -146,7 +130,7 @@ export class NbdSession {
     this.sock.end();
     const timer = setTimeout(() => this.sock.destroy(), 1000);
     timer.unref();
-    await this.loop;
+    await this.closed;
     this.sock.destroy();
     clearTimeout(timer);
   }
@@ -166,32 +150,38 @@ export class NbdSession {
   /** Fail everything in flight and everything after (the connection is gone or out of step). */
   private kill(reason: BlockError): void {
     if (this.dead === null) this.dead = reason;
+    // A request's memory handed out for the next read(2) must be out of the socket's hands
+    // before the request fails and its owner reuses it.
+    if (this.parser.abandon()) this.sock.destroy();
     for (const p of this.pending.values()) p.reject(this.dead);
     this.pending.clear();
   }
 
-  private async receiveLoop(): Promise<void> {
+  /** The connection ended, failed or went out of step: nothing more is read from it. */
+  private lost(e: unknown): void {
+    this.kill(lostError(e));
+    this.sock.destroy();
+  }
+
+  received(buf: Buffer, n: number): void {
     try {
-      for (;;) {
-        const head = await this.reader.read(NBD_SIMPLE_REPLY_SIZE);
-        if (replyKind(head) === 'simple') await this.simpleReply(head);
-        else await this.chunk(Buffer.concat([head, await this.reader.read(NBD_CHUNK_HEADER_SIZE - NBD_SIMPLE_REPLY_SIZE)]));
-      }
+      this.parser.received(buf, n);
     } catch (e) {
-      const msg = e instanceof Error ? e.message : String(e);
-      const text = msg.startsWith('Protocol error') ? msg : `NBD connection lost: ${msg}`;
-      this.kill(new BlockError('EIO', text, { op: 'nbd', cause: e }));
-      this.sock.destroy();
+      this.lost(e);
     }
   }
 
-  private take(cookie: bigint): Pending {
+  nextBuffer(staging: Uint8Array): Uint8Array {
+    return this.parser.nextBuffer(staging);
+  }
+
+  take(cookie: bigint): Pending {
     const p = this.pending.get(cookie);
     if (p === undefined) throw protocolError(`unexpected cookie 0x${cookie.toString(16)}`);
     return p;
   }
 
-  private finish(cookie: bigint, p: Pending): void {
+  finish(cookie: bigint, p: Pending): void {
     this.pending.delete(cookie);
     if (p.error === null && p.cmd === NBD_CMD_READ && p.covered !== p.length) {
       p.error = new BlockError('EIO', `Protocol error: server sent ${p.covered} of ${p.length} bytes`, { op: 'read' });
@@ -202,101 +192,5 @@ export class NbdSession {
     p.resolve(p);
     // ESHUTDOWN: the server is going away; the spec wants the client to disconnect.
     if (p.error?.errno === NBD_ESHUTDOWN) this.kill(p.error);
-  }
-
-  private async simpleReply(head: Buffer): Promise<void> {
-    const { error, cookie } = decodeSimpleReply(head);
-    const p = this.take(cookie);
-    if (error !== 0) {
-      p.error = blockErrorFromNbdErrno(error, undefined, nbdCmdName(p.cmd));
-    } else if (p.cmd === NBD_CMD_READ) {
-      if (this.info.structuredReply) throw protocolError('simple reply to a read with structured replies negotiated');
-      // The data follows the header; only the request says how long it is.
-      await this.readInto(p, 0, p.length);
-      p.covered = p.length;
-    } else if (p.cmd === NBD_CMD_BLOCK_STATUS) {
-      throw protocolError('simple reply to block status');
-    }
-    this.finish(cookie, p);
-  }
-
-  private async chunk(head: Buffer): Promise<void> {
-    const h = decodeChunkHeader(head);
-    const p = this.take(h.cookie);
-    const done = (h.flags & NBD_REPLY_FLAG_DONE) !== 0;
-    // Never buffer what the server merely claims: data chunks are bounded by the request (see
-    // place), everything else by the largest payload its type can have.
-    if (h.type !== NBD_REPLY_TYPE_OFFSET_DATA && h.length > MAX_METADATA_CHUNK) {
-      throw protocolError(`chunk of type ${h.type} with length ${h.length}`);
-    }
-    switch (h.type) {
-      case NBD_REPLY_TYPE_NONE:
-        if (h.length !== 0 || !done) throw protocolError('invalid NBD_REPLY_TYPE_NONE chunk');
-        break;
-      case NBD_REPLY_TYPE_OFFSET_DATA:
-        await this.offsetData(p, h.length);
-        break;
-      case NBD_REPLY_TYPE_OFFSET_HOLE:
-        this.offsetHole(p, await this.reader.read(h.length));
-        break;
-      case NBD_REPLY_TYPE_BLOCK_STATUS:
-        this.blockStatus(p, await this.reader.read(h.length));
-        break;
-      default: {
-        if (!isChunkError(h.type)) throw protocolError(`unknown chunk type ${h.type}`);
-        const payload = await this.reader.read(h.length);
-        let err: BlockError;
-        try {
-          const e = decodeErrorChunk(h.type, payload);
-          err = blockErrorFromNbdErrno(e.errno, e.message, nbdCmdName(p.cmd));
-        } catch {
-          // An error type we do not know (bit 15 set): still an error for this request.
-          err = blockErrorFromNbdErrno(22, undefined, nbdCmdName(p.cmd));
-        }
-        p.error ??= err;
-      }
-    }
-    if (done) this.finish(h.cookie, p);
-  }
-
-  /** The chunk's range, checked against the request: [offset - request offset, + size). */
-  private place(p: Pending, offset: bigint, size: number, what: string): number {
-    if (p.cmd !== NBD_CMD_READ) throw protocolError(`${what} chunk for a ${nbdCmdName(p.cmd)} request`);
-    const rel = offset - BigInt(p.offset);
-    if (rel < 0n || rel + BigInt(size) > BigInt(p.length)) throw protocolError(`${what} chunk outside the request`);
-    p.covered += size;
-    return Number(rel);
-  }
-
-  private async offsetData(p: Pending, length: number): Promise<void> {
-    if (length < 9) throw protocolError('invalid payload for NBD_REPLY_TYPE_OFFSET_DATA');
-    const offset = (await this.reader.read(8)).readBigUInt64BE(0);
-    const at = this.place(p, offset, length - 8, 'data');
-    await this.readInto(p, at, length - 8);
-  }
-
-  /**
-   * `n` payload bytes into the request's vector at `at`, segment by segment, copied from the
-   * socket's buffer straight into the caller's (never gathered into a payload buffer first).
-   */
-  private async readInto(p: Pending, at: number, n: number): Promise<void> {
-    if (p.into === undefined) return this.reader.skip(n);
-    for (const seg of p.into.slice(at, n).iov) await this.reader.readInto(seg);
-  }
-
-  private offsetHole(p: Pending, payload: Buffer): void {
-    const { offset, size } = decodeOffsetHole(payload);
-    const at = this.place(p, offset, size, 'hole');
-    p.into?.memset(at, 0, size);
-  }
-
-  private blockStatus(p: Pending, payload: Buffer): void {
-    if (p.cmd !== NBD_CMD_BLOCK_STATUS) throw protocolError(`block status chunk for a ${nbdCmdName(p.cmd)} request`);
-    const { contextId, extents } = decodeBlockStatus(payload);
-    if (contextId !== this.info.contextId) throw protocolError(`block status for unexpected context ${contextId}`);
-    if (p.extent !== null) throw protocolError('more than one block status chunk for the context');
-    const first = extents[0];
-    if (first.length === 0) throw protocolError('block status extent of length 0');
-    p.extent = first;
   }
 }
