@@ -44,7 +44,9 @@ function compileTool(name) {
   const file = join(__dirname, '..', 'dist', 'bin', `${name}.cjs`);
   let source;
   try {
-    source = readFileSync(file, 'utf8');
+    // The bundle is ASCII (esbuild escapes anything else, scripts/bundle.ts): read as latin1, a
+    // copy of its bytes, not a UTF-8 decode of a megabyte on every start.
+    source = readFileSync(file, 'latin1');
   } catch (e) {
     if (e?.code === 'ENOENT') return null;
     throw e;

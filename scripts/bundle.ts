@@ -120,6 +120,9 @@ async function bundle(tool: Tool): Promise<string> {
     platform: 'node',
     format: 'cjs',
     target: 'node20',
+    // Non-ASCII characters escaped (esbuild's default, relied on): bin/bundle.js reads the
+    // bundle as latin1.
+    charset: 'ascii',
     sourcemap: true,
     logLevel: 'warning',
     outdir: OUT,
