@@ -16,11 +16,14 @@ if (process.env.UV_THREADPOOL_SIZE === undefined) process.env.UV_THREADPOOL_SIZE
 // user time compiling). Four times V8's default interrupt budget (67584) leaves them in the
 // baseline tiers unless they run far more often (bench/RESULTS.md, "Convert"). The
 // subcommand is the first argument that is not an option.
-const convert = process.argv.slice(2).find((a) => !a.startsWith('-')) === 'convert';
+const command = process.argv.slice(2).find((a) => !a.startsWith('-'));
+const convert = command === 'convert';
 // The tool comes as one bundled file (dist/bin, `npm run bundle`): loading the ~60 compiled
 // modules one by one took about 40 ms of every run. Without the bundle, the modules themselves.
 const { compileTool, runTool } = require('./bundle.js');
-const tool = compileTool('img');
+// The whole code cache holds convert's and bench's request paths; the others take the lean one
+// (scripts/bundle.ts), which V8 deserializes in less time.
+const tool = compileTool('img', convert || command === 'bench' ? '' : '.lean');
 (tool === null ? import('../dist/src/tools/img/main.js') : Promise.resolve(runTool(tool)))
   .then(({ main }) => {
     // The flag is set once the tool is loaded: V8 takes a code cache (ours, and Node's for its

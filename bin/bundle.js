@@ -21,11 +21,11 @@ const debug = debuglog('blk-bundle');
 /** A cache file starts with its bundle's first line (a build id) and a newline. */
 const NL = 0x0a;
 
-/** The cached data for `source`, or undefined when there is none or it is another bundle's. */
-function cachedDataFor(file, source) {
+/** The cached data for `source` in `cacheFile`, or undefined when there is none or it is another bundle's. */
+function cachedDataFor(cacheFile, source) {
   let buf;
   try {
-    buf = readFileSync(`${file}.cache`);
+    buf = readFileSync(cacheFile);
   } catch {
     return undefined;
   }
@@ -39,21 +39,34 @@ function cachedDataFor(file, source) {
 /**
  * The compiled (not yet run) bundle of a tool, or null when it was not built. `script` is the
  * vm.Script, for the build to take its cache from after a warm-up.
+ *
+ * `variant` names another cache of the same bundle (<name>.cjs<variant>.cache, the whole cache
+ * when it is missing): V8 deserializes all of a cache on every start, so a run that needs
+ * little takes a cache made by a warm-up of little. `scriptName` (the build's) names the script
+ * otherwise than its file, so that V8 compiles it anew rather than reuse what the same process
+ * compiled under the file's name (a cache holds every function compiled in its script).
  */
-function compileTool(name) {
+function compileTool(name, variant = '', scriptName = undefined) {
   const file = join(__dirname, '..', 'dist', 'bin', `${name}.cjs`);
   let source;
   try {
-    source = readFileSync(file, 'utf8');
+    // The bundle is ASCII (esbuild escapes anything else, scripts/bundle.ts): read as latin1, a
+    // copy of its bytes, not a UTF-8 decode of a megabyte on every start.
+    source = readFileSync(file, 'latin1');
   } catch (e) {
     if (e?.code === 'ENOENT') return null;
     throw e;
   }
-  const cachedData = cachedDataFor(file, source);
-  const script = new Script(wrap(source), { filename: file, cachedData });
+  let cacheFile = `${file}${variant}.cache`;
+  let cachedData = cachedDataFor(cacheFile, source);
+  if (cachedData === undefined && variant !== '') {
+    cacheFile = `${file}.cache`;
+    cachedData = cachedDataFor(cacheFile, source);
+  }
+  const script = new Script(wrap(source), { filename: scriptName ?? file, cachedData });
   const cached = cachedData !== undefined && !script.cachedDataRejected;
-  debug('%s: code cache %s', file, cached ? 'used' : cachedData === undefined ? 'missing' : 'rejected');
-  return { script, file, cached };
+  debug('%s: code cache %s', cacheFile, cached ? 'used' : cachedData === undefined ? 'missing' : 'rejected');
+  return { script, file, cacheFile, cached };
 }
 
 /** Run a compiled bundle as the CommonJS module it is; returns its exports. */

@@ -1,7 +1,7 @@
 // `npm run bundle`: the tools as one CommonJS file each (dist/bin/<tool>.cjs, from what tsc
 // emitted in dist/src), and next to each the V8 code cache that bin/bundle.js loads it with
-// (<tool>.cjs.cache). CommonJS because Node 20 caches no compiled ES module: a script run
-// through vm.Script takes V8's cachedData. The cache is made after a warm-up, a few runs of the
+// (<tool>.cjs.cache; blk-img has a lean one too, <tool>.cjs.lean.cache). CommonJS because
+// Node 20 caches no compiled ES module: a script run through vm.Script takes V8's cachedData. The cache is made after a warm-up, a few runs of the
 // tool on a scratch image, so that it also holds the functions those runs compiled (V8
 // compiles a function on its first call; a cache made right after the compile would hold the
 // top level only).
@@ -53,7 +53,25 @@ interface Tool {
   name: string;
   entry: string;
   warmUp: (dir: string) => string[][];
+  /** The warm-up of the lean cache (<tool>.cjs.lean.cache), for the runs that need little. */
+  lean?: (dir: string) => string[][];
 }
+
+/**
+ * blk-img's runs on a small image, as the bench times them whole (check, info, map): the lean
+ * cache's warm-up. bin/blk-img.js takes the lean cache for every subcommand but convert and
+ * bench, whose request paths make the whole cache half as large again: V8 deserializes all of a
+ * cache on every start (some 3 ms of check's 75 here).
+ */
+const imgLocalRuns = (d: string): string[][] => [
+  ['--version'],
+  ['create', '-q', '-f', 'qcow2', `${d}/a.qcow2`, '1M'],
+  ['create', '-q', '-f', 'qed', `${d}/a.qed`, '1M'],
+  ['info', `${d}/a.qcow2`],
+  ['check', `${d}/a.qcow2`],
+  ['check', `${d}/a.qed`],
+  ['map', '--output=json', `${d}/a.qcow2`],
+];
 
 const TOOLS: Tool[] = [
   {
@@ -62,17 +80,12 @@ const TOOLS: Tool[] = [
     // What the bench times as whole processes: check, info, map, convert; then bench's own
     // request paths.
     warmUp: (d) => [
-      ['--version'],
-      ['create', '-q', '-f', 'qcow2', `${d}/a.qcow2`, '1M'],
-      ['create', '-q', '-f', 'qed', `${d}/a.qed`, '1M'],
-      ['info', `${d}/a.qcow2`],
-      ['check', `${d}/a.qcow2`],
-      ['check', `${d}/a.qed`],
-      ['map', '--output=json', `${d}/a.qcow2`],
+      ...imgLocalRuns(d),
       ['convert', '-O', 'raw', `${d}/a.qcow2`, `${d}/a.raw`],
       ['convert', '-O', 'qcow2', `${d}/a.raw`, `${d}/b.qcow2`],
       ...(['raw', 'qed', 'qcow2'] as const).flatMap((f) => benchWarmUp(d, f)),
     ],
+    lean: imgLocalRuns,
   },
   {
     name: 'io',
@@ -98,7 +111,7 @@ const lazyNodeModules: esbuild.Plugin = {
 
 /** What bin/bundle.js exports (CommonJS, untyped). */
 interface BundleLoader {
-  compileTool(name: string): { script: Script; file: string; cached: boolean } | null;
+  compileTool(name: string, variant?: string, scriptName?: string): { script: Script; file: string; cached: boolean } | null;
   runTool(tool: { script: Script; file: string }): { main: (argv: string[], io?: object) => Promise<number> };
 }
 
@@ -120,6 +133,9 @@ async function bundle(tool: Tool): Promise<string> {
     platform: 'node',
     format: 'cjs',
     target: 'node20',
+    // Non-ASCII characters escaped (esbuild's default, relied on): bin/bundle.js reads the
+    // bundle as latin1.
+    charset: 'ascii',
     sourcemap: true,
     logLevel: 'warning',
     outdir: OUT,
@@ -134,17 +150,23 @@ async function bundle(tool: Tool): Promise<string> {
   return id;
 }
 
-/** Run the warm-up through the bundle, then save what V8 compiled. */
-async function makeCache(loader: BundleLoader, tool: Tool, id: string, dir: string): Promise<void> {
-  const compiled = loader.compileTool(tool.name);
+/**
+ * Run a warm-up through the bundle, then save what V8 compiled as <tool>.cjs<variant>.cache.
+ * The lean variant's script is named otherwise than the file: V8 would reuse the whole one's
+ * compiled script (and put all of it in the cache) if both had the same name.
+ */
+async function makeCache(loader: BundleLoader, tool: Tool, id: string, dir: string, variant: '' | '.lean', runs: string[][]): Promise<void> {
+  const file = join(OUT, `${tool.name}.cjs`);
+  const compiled = loader.compileTool(tool.name, variant, `${file}${variant}`);
   if (compiled === null) throw new Error(`dist/bin/${tool.name}.cjs was not written`);
   const { main } = loader.runTool(compiled);
   const sink = { write: () => true };
-  for (const args of tool.warmUp(dir)) {
+  mkdirSync(dir, { recursive: true });
+  for (const args of runs) {
     const status = await main(['node', `blk-${tool.name}`, ...args], { stdout: sink, stderr: sink });
     if (status !== 0) throw new Error(`warm-up of blk-${tool.name} ${args.join(' ')} exited with ${status}`);
   }
-  writeAtomically(`${compiled.file}.cache`, Buffer.concat([Buffer.from(`${id}\n`, 'latin1'), compiled.script.createCachedData()]));
+  writeAtomically(`${file}${variant}.cache`, Buffer.concat([Buffer.from(`${id}\n`, 'latin1'), compiled.script.createCachedData()]));
 }
 
 const loader = createRequire(import.meta.url)(join(ROOT, 'bin/bundle.js')) as BundleLoader;
@@ -152,7 +174,12 @@ const dir = mkdtempSync(join(tmpdir(), 'blk-bundle-'));
 try {
   mkdirSync(OUT, { recursive: true });
   const ids = await Promise.all(TOOLS.map(bundle));
-  for (const [i, tool] of TOOLS.entries()) await makeCache(loader, tool, ids[i], dir);
+  for (const [i, tool] of TOOLS.entries()) {
+    // The lean warm-up in a directory of its own: the others share theirs (blk-io's uses an image of blk-img's).
+    const leanDir = join(dir, `${tool.name}-lean`);
+    if (tool.lean) await makeCache(loader, tool, ids[i], leanDir, '.lean', tool.lean(leanDir));
+    await makeCache(loader, tool, ids[i], dir, '', tool.warmUp(dir));
+  }
 } finally {
   rmSync(dir, { recursive: true, force: true });
 }

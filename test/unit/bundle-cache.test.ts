@@ -23,6 +23,9 @@ describe('tool bundles and their code cache', () => {
   let root = '';
   let cache = '';
   let pristine: Buffer;
+  /** blk-img's lean cache, which --version takes (bin/blk-img.js). */
+  let lean = '';
+  let pristineLean: Buffer;
 
   beforeAll(() => {
     if (!existsSync(join(REPO, 'dist/src/tools/img/main.js'))) throw new Error('dist/src is missing: run `npm run build` first');
@@ -36,6 +39,8 @@ describe('tool bundles and their code cache', () => {
     if (r.status !== 0) throw new Error(`bundle failed: ${r.stderr}`);
     cache = join(root, 'dist/bin/img.cjs.cache');
     pristine = readFileSync(cache);
+    lean = join(root, 'dist/bin/img.cjs.lean.cache');
+    pristineLean = readFileSync(lean);
   }, 300_000);
 
   afterAll(() => {
@@ -43,6 +48,8 @@ describe('tool bundles and their code cache', () => {
   });
 
   it('a build makes caches that V8 takes, for every tool', () => {
+    // ASCII only: bin/bundle.js reads a bundle as latin1.
+    for (const t of ['img', 'io', 'nbd']) expect(readFileSync(join(root, `dist/bin/${t}.cjs`)).every((b) => b < 0x80)).toBe(true);
     writeFileSync(cache, pristine);
     const img = launch(root, 'img', ['--version']);
     expect(img.status).toBe(0);
@@ -132,8 +139,23 @@ describe('tool bundles and their code cache', () => {
     expect(r.verdict).toBe('used');
   });
 
+  it('takes the lean cache but for convert and bench, the whole one without it', () => {
+    writeFileSync(cache, pristine);
+    writeFileSync(lean, pristineLean);
+    expect(pristineLean.length).toBeLessThan(pristine.length);
+    const which = (args: string[]): string | undefined => /img\.cjs(\.lean)?\.cache: code cache used/.exec(launch(root, 'img', args).stderr)?.[0];
+    expect(which(['--version'])).toBe('img.cjs.lean.cache: code cache used');
+    expect(which(['check', 'local.qcow2'])).toBe('img.cjs.lean.cache: code cache used');
+    expect(which(['convert', '-O', 'raw', 'no-such-file.raw', 'out.raw'])).toBe('img.cjs.cache: code cache used');
+    expect(which(['bench', '-c', '1', 'local.qcow2'])).toBe('img.cjs.cache: code cache used');
+    rmSync(lean);
+    expect(which(['--version'])).toBe('img.cjs.cache: code cache used');
+    writeFileSync(lean, pristineLean);
+  });
+
   it('runs from source without a cache', () => {
     rmSync(cache, { force: true });
+    rmSync(lean, { force: true });
     const r = launch(root, 'img', ['--version']);
     expect([r.status, r.verdict]).toEqual([0, 'missing']);
     expect(r.stdout).toMatch(/^blk-img version /);
@@ -151,9 +173,12 @@ describe('tool bundles and their code cache', () => {
       const r = launch(root, 'img', ['--version']);
       expect([r.status, r.verdict]).toEqual([0, 'rejected']);
     }
-    // Cut short, or not a cache at all.
+    // Cut short, or not a cache at all; the lean one too.
     writeFileSync(cache, pristine.subarray(0, pristine.length >> 1));
     expect(launch(root, 'img', ['--version']).verdict).toBe('rejected');
+    writeFileSync(lean, pristineLean.subarray(0, pristineLean.length >> 1));
+    expect(launch(root, 'img', ['--version']).verdict).toBe('rejected');
+    rmSync(lean);
     writeFileSync(cache, 'garbage');
     expect(launch(root, 'img', ['--version']).status).toBe(0);
   });
@@ -163,6 +188,9 @@ describe('tool bundles and their code cache', () => {
     const other = Buffer.from(pristine);
     other.write('X', other.indexOf(0x0a) - 1, 'latin1');
     writeFileSync(cache, other);
+    const otherLean = Buffer.from(pristineLean);
+    otherLean.write('X', otherLean.indexOf(0x0a) - 1, 'latin1');
+    writeFileSync(lean, otherLean);
     const r = launch(root, 'img', ['--version']);
     expect([r.status, r.verdict]).toEqual([0, 'missing']);
   });

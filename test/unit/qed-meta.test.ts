@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { BlockDriverState, memStoreRead, memStoreWrite, VirtualClock } from '../../src/index.js';
+import { QEDTable } from '../../src/drivers/qed/table.js';
 import {
   createQed,
   memName,
@@ -340,5 +341,20 @@ describe('qed: failure handling and events', () => {
       expect(traces).toContain(t);
     }
     await bs.close();
+  });
+});
+
+describe('qed: QEDTable.nextNonZero', () => {
+  it('finds every entry that is not 0, whichever of its words is set', () => {
+    const t = new QEDTable(64);
+    expect(t.nextNonZero(0)).toBe(64);
+    t.set(3, 1); // a zero cluster is not 0
+    t.set(17, 2 ** 32); // the high word only
+    t.set(18, 0x10000);
+    t.set(63, 2 ** 40 + 7);
+    const found: number[] = [];
+    for (let i = t.nextNonZero(0); i < t.nelems; i = t.nextNonZero(i + 1)) found.push(i);
+    expect(found).toEqual([3, 17, 18, 63]);
+    expect(t.nextNonZero(64)).toBe(64);
   });
 });

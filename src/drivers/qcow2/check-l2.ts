@@ -35,14 +35,20 @@ import { qcow2HasDataFile } from './data-file.js';
 
 const hex = (v: bigint | number): string => v.toString(16);
 
+/**
+ * The walk of one table. Positions are in clusters (fractional when misaligned), not bytes: a
+ * byte offset past 2 GiB is no small integer, and the first one stored in a field made V8
+ * change the object's shape and throw away countPlainEntries's optimised code.
+ */
 interface L2Walk {
   c: CheckRun;
   fix: CheckFix;
-  l2Offset: number;
+  /** Where the table lies. */
+  l2Cluster: number;
   active: boolean;
   table: Uint8Array;
-  /** Where the next data cluster would follow the last one (bytes; 0: none yet). */
-  nextContiguous: number;
+  /** Where the next data cluster would follow the last one (0: none yet). */
+  nextCluster: number;
   /** Where this table's entries are kept for the COPIED pass; dropped at the first other entry. */
   seen: CheckSeen | undefined;
 }
@@ -51,7 +57,8 @@ interface L2Walk {
 async function rewriteEntry(w: L2Walk, i: number, entry: bigint, bitmap: bigint | null): Promise<boolean> {
   const { c } = w;
   const s = c.s;
-  const at = w.l2Offset + i * s.l2EntrySize;
+  const l2Offset = w.l2Cluster * s.clusterSize;
+  const at = l2Offset + i * s.l2EntrySize;
   const buf = new Uint8Array(bitmap === null ? 8 : 16);
   const v = new DataView(buf.buffer);
   v.setBigUint64(0, entry);
@@ -74,7 +81,7 @@ async function rewriteEntry(w: L2Walk, i: number, entry: bigint, bitmap: bigint 
     return false;
   }
   // A cached copy of the table is stale now, and so is what the check kept of any table.
-  s.l2Cache.discard(w.l2Offset);
+  s.l2Cache.discard(l2Offset);
   c.seen?.forgetAll();
   new DataView(w.table.buffer).setBigUint64(i * s.l2EntrySize, entry);
   return true;
@@ -155,12 +162,13 @@ function countPlainEntries(w: L2Walk, i: number, plainEntries: boolean): number 
   const bits = s.clusterBits;
   const max = s.refcountMax;
   const { res, metadata } = c;
-  // In clusters: the next cluster's number (fractional after a misaligned one; 0: none yet).
-  let next = w.nextContiguous / cs;
+  let next = w.nextCluster;
   let counts = c.imrt.counts;
   for (i = nextUsedL2Slot(words, i, end, es); i < end; i = nextUsedL2Slot(words, i + 1, end, es)) {
-    const hi = view.getUint32(i * es);
-    const lo = view.getUint32(i * es + 4);
+    // Read signed: a word of 2^31 or more as an unsigned number is no small integer, and V8
+    // threw away the loop's optimised code at the first offset past 2 GiB to compile it again.
+    const hi = view.getInt32(i * es);
+    const lo = view.getInt32(i * es + 4);
     // Not plain (compressed, zero, reserved bits: plainDataOffset) or not cluster aligned.
     if ((hi & 0x7f000000) !== 0 || (lo & 0x1ff) !== 0 || (lo & (cs - 1)) !== 0) break;
     const k = (hi & 0x00ffffff) * hiClusters + (lo >>> bits);
@@ -178,7 +186,7 @@ function countPlainEntries(w: L2Walk, i: number, plainEntries: boolean): number 
       counts = c.imrt.counts;
     }
   }
-  w.nextContiguous = next * cs;
+  w.nextCluster = next;
   return i;
 }
 
@@ -208,7 +216,7 @@ export async function checkRefcountsL2(c: CheckRun, fix: CheckFix, l2Offset: num
   // An active table of plain data entries only is kept for the COPIED pass (check-seen.ts).
   const seen = active && plainEntries ? c.seen : undefined;
   const seenStart = seen?.length ?? 0;
-  const w: L2Walk = { c, fix, l2Offset, active, table, nextContiguous: 0, seen };
+  const w: L2Walk = { c, fix, l2Cluster: l2Offset / cs, active, table, nextCluster: 0, seen };
   for (let i = countPlainEntries(w, 0, plainEntries); i < s.l2Size; i = countPlainEntries(w, i + 1, plainEntries)) {
     w.seen = undefined;
     let entry = view.getBigUint64(i * es);
@@ -298,8 +306,8 @@ export async function checkRefcountsL2(c: CheckRun, fix: CheckFix, l2Offset: num
         }
         if (active) {
           res.allocatedClusters++;
-          if (w.nextContiguous !== 0 && offset !== w.nextContiguous) res.fragmentedClusters++;
-          w.nextContiguous = offset + cs;
+          if (w.nextCluster !== 0 && offset / cs !== w.nextCluster) res.fragmentedClusters++;
+          w.nextCluster = offset / cs + 1;
         }
         // With an external data file the data clusters are not counted here.
         if (!qcow2HasDataFile(s)) incRefcounts(c, offset, cs);

@@ -13,7 +13,6 @@ import { qedLimits } from './cluster.js';
 import { QED_F_NEED_CHECK, qedCheckClusterOffset, qedCheckTableOffset } from './header.js';
 import { type BDRVQEDState, type QEDRequest, qedFile, qedWaitAllocPending, qedWriteHeaderSync } from './state.js';
 import {
-  QED_UNALLOC_CLUSTER,
   QED_ZERO_CLUSTER,
   type QEDTable,
   qedReadL2Table,
@@ -61,9 +60,9 @@ function qedCheckL2Table(check: QEDCheck, table: QEDTable): number {
   const limits = qedLimits(s);
   let lastOffset = 0;
   let invalid = 0;
-  for (let i = 0; i < s.tableNelems; i++) {
+  for (let i = table.nextNonZero(0); i < s.tableNelems; i = table.nextNonZero(i + 1)) {
     const offset = table.get(i);
-    if (offset === QED_UNALLOC_CLUSTER || offset === QED_ZERO_CLUSTER) continue;
+    if (offset === QED_ZERO_CLUSTER) continue;
     check.result.allocatedClusters++;
     if (lastOffset !== 0 && lastOffset + s.header.clusterSize !== offset) check.result.fragmentedClusters++;
     lastOffset = offset;
@@ -83,9 +82,8 @@ async function qedCheckL1Table(check: QEDCheck): Promise<void> {
   const limits = qedLimits(s);
   const l1 = s.l1Table;
   let l1Invalid = 0;
-  for (let i = 0; i < s.tableNelems; i++) {
+  for (let i = l1.nextNonZero(0); i < s.tableNelems; i = l1.nextNonZero(i + 1)) {
     const offset = l1.get(i);
-    if (offset === QED_UNALLOC_CLUSTER) continue;
     if (!qedCheckTableOffset(limits, offset)) {
       qedCheckBadEntry(check, l1, i);
       l1Invalid++;

@@ -20,10 +20,24 @@ const TWO_32 = 0x1_0000_0000;
 export class QEDTable {
   readonly bytes: Uint8Array;
   private readonly view: DataView;
+  /** The same bytes as 32-bit words (an entry is 0 when both of its words are). */
+  private readonly words: Uint32Array;
 
   constructor(readonly nelems: number) {
     this.bytes = new Uint8Array(nelems * 8);
     this.view = new DataView(this.bytes.buffer);
+    this.words = new Uint32Array(this.bytes.buffer);
+  }
+
+  /**
+   * The first entry from `i` on that is not 0 (unallocated), or nelems. A check walks tables
+   * of up to 2^17 entries, most of them 0: one small loop over words skips those, where a
+   * get() per entry kept the walk's own large loop hot enough for V8 to optimise it.
+   */
+  nextNonZero(i: number): number {
+    const words = this.words;
+    for (let k = i * 2, end = this.nelems * 2; k < end; k++) if (words[k] !== 0) return k >> 1;
+    return this.nelems;
   }
 
   /**

@@ -54,6 +54,13 @@ export const STDIO_BUFSIZ = 4096;
 const STDOUT_HOLD = 1 << 20;
 
 /**
+ * printf text gathered before it is encoded into the held bytes: an encode call per printf
+ * (map of a fragmented image: tens of thousands of short lines) cost more than the encoding.
+ * Short enough that the joined string dies young.
+ */
+const TEXT_BATCH = 16 * 1024;
+
+/**
  * stdout/stderr with C stdio semantics: stderr is unbuffered; stdout is fully buffered (4 KiB
  * chunks) unless it is a terminal (line buffered), and flushed explicitly or at exit. When both
  * streams share one pipe, this reproduces QEMU's ordering (errors first unless flushed).
@@ -64,9 +71,10 @@ const STDOUT_HOLD = 1 << 20;
  */
 export class ToolOutput {
   private pending = '';
-  /** With a byte sink: the held bytes are bytes[0, held). */
+  /** With a byte sink: the held bytes are bytes[0, held), then the text not yet encoded. */
   private bytes: Uint8Array | null = null;
   private held = 0;
+  private text = '';
   constructor(
     readonly io: ToolIO,
     readonly prog: string,
@@ -92,9 +100,18 @@ export class ToolOutput {
   }
 
   private outBytes(sink: ByteSink, s: string): void {
+    this.text += s;
+    if (this.text.length >= TEXT_BATCH) this.encodeText(sink);
+  }
+
+  /** Encode the gathered text into the held bytes; write what stdio would have by then. */
+  private encodeText(sink: ByteSink): void {
+    const s = this.text;
+    this.text = '';
     const need = this.held + 3 * s.length;
     if (this.bytes === null || need > this.bytes.length) {
-      const bigger = sink.alloc(Math.max(STDOUT_HOLD + STDIO_BUFSIZ, need));
+      // Room for a hold that is not yet full and a batch (3 bytes a character at most).
+      const bigger = sink.alloc(Math.max(STDOUT_HOLD + 4 * TEXT_BATCH, need));
       if (this.bytes !== null) bigger.set(this.bytes.subarray(0, this.held));
       this.bytes = bigger;
     }
@@ -105,6 +122,7 @@ export class ToolOutput {
   /** Write what stdio would have written by now: the buffered text's whole 4 KiB blocks. */
   private writeFullBlocks(): void {
     const sink = this.io.stdoutBytes;
+    if (sink !== undefined && this.text !== '') this.encodeText(sink);
     if (sink !== undefined && this.bytes !== null && this.held >= STDIO_BUFSIZ) {
       const n = this.held - (this.held % STDIO_BUFSIZ);
       // The sink keeps what it is given (a pipe writes later). A full hold goes as it is and
@@ -129,6 +147,7 @@ export class ToolOutput {
   /** fflush(stdout). */
   flush(): void {
     const sink = this.io.stdoutBytes;
+    if (sink !== undefined && this.text !== '') this.encodeText(sink);
     if (sink !== undefined && this.bytes !== null && this.held > 0) {
       sink.write(this.bytes.subarray(0, this.held));
       this.bytes = null;
