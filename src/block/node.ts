@@ -252,7 +252,7 @@ export class BlockDriverState {
    * (its pwritevSubmit hook) and the request takes the fast path: true when started (`done`
    * runs later, exactly once), false when nothing was done and pwritev must be used.
    */
-  pwritevSubmit(offset: number, qiov: IOVector, flags: WriteFlags, done: CompletionFunc): boolean {
+  pwritevSubmit(offset: number, qiov: IOVector, done: CompletionFunc, flags: WriteFlags = NO_FLAGS): boolean {
     return bdrvPwritevSubmit(this, offset, qiov, flags, done);
   }
 

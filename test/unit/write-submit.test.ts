@@ -5,6 +5,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { bdrvCreate } from '../../src/block/create.js';
 import { IOVector } from '../../src/block/iovec.js';
 import { BlockDriverState, type BlockError } from '../../src/index.js';
 import { IoEngine, ioEngine, type EngineDone } from '../../src/drivers/file/engine.js';
@@ -103,7 +104,7 @@ describe.skipIf(!hasEngine)('writes started with a completion callback', () => {
       // At the file node itself (a raw node above it would emulate FUA with a flush).
       await bs.file!.pwritev(4096, IOVector.from(new Uint8Array(512).fill(1)), { fua: true });
       expect(then).not.toHaveBeenCalled();
-      expect(bs.file!.pwritevSubmit(4096, IOVector.from(new Uint8Array(512)), { fua: true }, () => undefined)).toBe(false);
+      expect(bs.file!.pwritevSubmit(4096, IOVector.from(new Uint8Array(512)), () => undefined, { fua: true })).toBe(false);
       expect(bs.file!.requests.inFlight).toBe(0);
     } finally {
       await bs.close();
@@ -114,11 +115,62 @@ describe.skipIf(!hasEngine)('writes started with a completion callback', () => {
   it('a read-only node or a request past the end is not taken (the ordinary path reports it)', async () => {
     const bs = await BlockDriverState.open(path, { format: 'raw', readOnly: true });
     try {
-      expect(bs.file!.pwritevSubmit(0, IOVector.from(new Uint8Array(512)), {}, () => undefined)).toBe(false);
+      expect(bs.file!.pwritevSubmit(0, IOVector.from(new Uint8Array(512)), () => undefined)).toBe(false);
       expect(bs.file!.requests.inFlight).toBe(0);
       expect(ioEngine()).not.toBeNull();
     } finally {
       await bs.close();
     }
   });
+
+  for (const format of ['qed', 'qcow2'] as const) {
+    it(`${format}: a rewrite of allocated clusters is one pwritevThen, ended by its callback`, async () => {
+      const img = join(dir, `img.${format}`);
+      await bdrvCreate(img, { format, options: { size: 16 << 20 } });
+      const bs = await BlockDriverState.open(img, { format });
+      try {
+        // Allocating first (the ordinary path), then rewriting the same cluster.
+        expect(await aioWrite(bs, 65536, new Uint8Array(65536).fill(1))).toEqual({ err: null, sync: false });
+        const then = vi.spyOn(IoEngine.prototype, 'pwritevThen');
+        // The driver hands the data write to its file with a callback, not through pwritev.
+        const submitted = vi.spyOn(bs.file!, 'pwritevSubmit');
+        const promised = vi.spyOn(bs.file!, 'pwritev');
+        expect(await aioWrite(bs, 65536, new Uint8Array(65536).fill(2))).toEqual({ err: null, sync: false });
+        expect(then).toHaveBeenCalledTimes(1);
+        expect(submitted).toHaveBeenCalledTimes(1);
+        expect(promised).not.toHaveBeenCalled();
+        expect(bs.requests.inFlight).toBe(0);
+        expect(bs.file!.requests.inFlight).toBe(0);
+        // Two rewrites at once, and a read back through the image.
+        const both = await Promise.all([aioWrite(bs, 65536, new Uint8Array(4096).fill(3)), aioWrite(bs, 69632, new Uint8Array(4096).fill(4))]);
+        expect(both.map((r) => r.err)).toEqual([null, null]);
+        const back = new Uint8Array(65536);
+        await bs.pread(65536, back);
+        expect(back.subarray(0, 4096).every((b) => b === 3)).toBe(true);
+        expect(back.subarray(4096, 8192).every((b) => b === 4)).toBe(true);
+        expect(back.subarray(8192).every((b) => b === 2)).toBe(true);
+      } finally {
+        await bs.close();
+      }
+    });
+
+    it(`${format}: a failed rewrite reports the error and leaves nothing in flight`, async () => {
+      const img = join(dir, `img.${format}`);
+      await bdrvCreate(img, { format, options: { size: 16 << 20 } });
+      const bs = await BlockDriverState.open(img, { format });
+      try {
+        expect((await aioWrite(bs, 0, new Uint8Array(65536).fill(1))).err).toBeNull();
+        vi.spyOn(IoEngine.prototype, 'pwritevThen').mockImplementationOnce((_fd, _b, _o, done: EngineDone) => {
+          setImmediate(() => done(-28 /* ENOSPC */));
+        });
+        expect((await aioWrite(bs, 0, new Uint8Array(4096).fill(2))).err?.code).toBe('ENOSPC');
+        expect(bs.requests.inFlight).toBe(0);
+        expect(bs.file!.requests.inFlight).toBe(0);
+        // The image still takes writes afterwards.
+        expect((await aioWrite(bs, 0, new Uint8Array(4096).fill(3))).err).toBeNull();
+      } finally {
+        await bs.close();
+      }
+    });
+  }
 });

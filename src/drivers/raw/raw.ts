@@ -171,7 +171,7 @@ const rawPwritevSubmit: BlockDriverHook<'pwritevSubmit'> = (bs, offset, _bytes, 
   const f = bs.file;
   const s = bs.opaque as RawState | null;
   if (f === null || s === null || f.debugWatched || (offset < RAW_PROBE_GUARD_BYTES && s.probed)) return false;
-  return f.pwritevSubmit(offset, qiov, flags, done);
+  return f.pwritevSubmit(offset, qiov, done, flags);
 };
 
 const rawCoPwritevSlow: BlockDriverHook<'coPwritev'> = async (bs, offset, bytes, qiov, flags) => {
