@@ -110,7 +110,8 @@ export function qcow2RewriteNow(s: BDRVQcow2State, offset: number, bytes: number
 export function qcow2PwritevSubmit(bs: BlockDriverState, offset: number, bytes: number, qiov: IOVector, _flags: WriteFlags, done: CompletionFunc): boolean {
   const s = bs.opaque as BDRVQcow2State | null;
   // A corruption being marked: the ordinary path waits for it before it answers.
-  if (s === null || s.corruptWrite !== null) return false;
+  // A file that cannot start writes so (not a host file) would only make us map twice.
+  if (s === null || s.corruptWrite !== null || s.bs.file?.driver.pwritevSubmit === undefined) return false;
   let now: ReturnType<typeof qcow2RewriteNow>;
   try {
     now = qcow2RewriteNow(s, offset, bytes);
@@ -123,7 +124,7 @@ export function qcow2PwritevSubmit(bs: BlockDriverState, offset: number, bytes: 
   if (now === null) return false;
   const flight = now.flight;
   const cur = qiov.size === bytes ? qiov : qiov.slice(0, bytes);
-  const started = s.bs.file!.pwritevSubmit(now.hostOffset, cur, (err) => {
+  const started = s.bs.file.pwritevSubmit(now.hostOffset, cur, (err) => {
     qcow2InFlightEnd(s, flight);
     answerAfterMarking(s, err, done, null);
   });

@@ -123,7 +123,8 @@ function qedAioWork(acb: QEDAIOCB): Promise<void> {
 function qedAioWriteNow(s: BDRVQEDState, acb: QEDAIOCB): boolean {
   if ((acb.flags & (QED_AIOCB_WRITE | QED_AIOCB_ZERO)) !== QED_AIOCB_WRITE || qedTracing(s)) return false;
   const file = qedFile(s);
-  if (!qedDebugQuiet(file)) return false;
+  // A file that cannot start writes so (not a host file) would only make us plan twice.
+  if (file.driver.pwritevSubmit === undefined || !qedDebugQuiet(file)) return false;
   const bytes = acb.endPos - acb.curPos;
   const run = qedFindClusterNow(s, acb.curPos, bytes);
   if (run === null || run.kind !== 'found' || run.length !== bytes) return false;
