@@ -14,6 +14,13 @@ type AcbState = 'idle' | 'queued' | 'running' | 'completing';
 export const AIO_DONE_NOW: Promise<void> = Promise.resolve();
 
 /**
+ * What a work function returns when it started its request with `acb.submittedDone` as the
+ * completion callback (a write through a driver's pwritevSubmit hook): the AIOCB stays
+ * running until that callback ends it; no promise is waited on.
+ */
+export const AIO_SUBMITTED: Promise<void> = Promise.resolve();
+
+/**
  * An in-flight asynchronous request (QEMU's BlockDriverAIOCB). AIOCBs come from a pool and go
  * back to it after their callback has run, so a busy device allocates none per request.
  *
@@ -36,6 +43,8 @@ export class BlockAIOCB {
   private readonly doneBound = (): void => this.complete(null);
   private readonly failBound = (e: unknown): void => this.complete(toBlockError(e, { op: 'aio' }));
   private readonly finishBound = (): void => this.finish();
+  /** The completion callback of a request whose work returned AIO_SUBMITTED. */
+  readonly submittedDone = (err: BlockError | null): void => this.complete(err);
 
   constructor(readonly pool: AIOPool<BlockAIOCB>) {}
 
@@ -71,6 +80,7 @@ export class BlockAIOCB {
       // A work function that throws instead of rejecting still completes through the callback.
       p = Promise.reject(e instanceof Error ? e : toBlockError(e, { op: 'aio' }));
     }
+    if (p === AIO_SUBMITTED) return;
     if (p === AIO_DONE_NOW) {
       // Done inside the call (a read from the page cache): complete without waiting a
       // microtask for a settled promise; the callback still runs in a later one.

@@ -130,6 +130,14 @@ export interface BlockDriver {
    */
   preadvNow?(bs: BlockDriverState, offset: number, bytes: number, qiov: IOVector): boolean;
   coPwritev?(bs: BlockDriverState, offset: number, bytes: number, qiov: IOVector, flags: WriteFlags): Promise<void>;
+  /**
+   * Start the write now and report its end through `done` (null on success), with no promise:
+   * true when started, false when the driver cannot take it this way (nothing was done, and
+   * the caller uses coPwritev, which writes and reports any error). `done` runs exactly once,
+   * never inside this call. Called only for requests the generic layer has checked (open,
+   * writable, in bounds, aligned, no FUA). Optional: it saves a plain write's promises.
+   */
+  pwritevSubmit?(bs: BlockDriverState, offset: number, bytes: number, qiov: IOVector, flags: WriteFlags, done: CompletionFunc): boolean;
   aioReadv?(bs: BlockDriverState, sectorNum: number, qiov: IOVector, nbSectors: number, cb: CompletionFunc): BlockAIOCB;
   aioWritev?(bs: BlockDriverState, sectorNum: number, qiov: IOVector, nbSectors: number, cb: CompletionFunc): BlockAIOCB;
   coFlush?(bs: BlockDriverState): Promise<void>;

@@ -45,6 +45,7 @@ import { bdrvPreadv, preadvNow } from './io/read.js';
 import { driverLengthNow, nodeGrowable, userLengthOf, type NodeParent } from './io/length.js';
 import { RequestTracker, driverRequestAlignment, inflight } from './io/requests.js';
 import { NO_FLAGS, bdrvDiscard, bdrvPwritev, bdrvWriteZeroes } from './io/write.js';
+import { bdrvPwritevSubmit } from './io/write-submit.js';
 import { bdrvPwritevCompressed, bdrvSupportsCompressedWrites } from './io/compressed.js';
 import { IOVector } from './iovec.js';
 import { bdrvClose, bdrvDrain, bdrvReopen, closeChildren, type ReopenOptions } from './lifecycle.js';
@@ -244,6 +245,15 @@ export class BlockDriverState {
 
   pwritev(offset: number, qiov: IOVector, flags: WriteFlags = NO_FLAGS): Promise<void> {
     return bdrvPwritev(this, offset, qiov, flags);
+  }
+
+  /**
+   * Start a write now with a completion callback instead of a promise, when the driver can
+   * (its pwritevSubmit hook) and the request takes the fast path: true when started (`done`
+   * runs later, exactly once), false when nothing was done and pwritev must be used.
+   */
+  pwritevSubmit(offset: number, qiov: IOVector, done: CompletionFunc, flags: WriteFlags = NO_FLAGS): boolean {
+    return bdrvPwritevSubmit(this, offset, qiov, flags, done);
   }
 
   writeZeroes(offset: number, bytes: number, flags: WriteZeroesFlags = {}): Promise<void> {

@@ -7,7 +7,7 @@
  * issued right after submitting waits for it. Refused requests are reported through the
  * callback in a later microtask, never by throwing.
  */
-import { AIO_DONE_NOW, BlockAIOCB, genericAioPool, type CompletionFunc } from '../aio.js';
+import { AIO_DONE_NOW, AIO_SUBMITTED, BlockAIOCB, genericAioPool, type CompletionFunc } from '../aio.js';
 import { BDRV_SECTOR_SIZE } from '../driver.js';
 import { BlockError, toBlockError } from '../errors.js';
 import type { IOVector } from '../iovec.js';
@@ -16,6 +16,7 @@ import { bdrvFlush } from './flush.js';
 import { coPreadv } from './read.js';
 import { checkArgs, checkOpen, checkWritable, fastBegin, fastEnd, fastPathOk, fastRun, invalidNumber } from './requests.js';
 import { NO_FLAGS, coPwritev } from './write.js';
+import { bdrvPwritevSubmit } from './write-submit.js';
 
 export function aioFlush(bs: BlockDriverState, cb: CompletionFunc): BlockAIOCB {
   try {
@@ -36,7 +37,7 @@ function aioFail(bs: BlockDriverState, e: unknown, op: string, cb: CompletionFun
  * Run `work` under a generic AIOCB, counted in flight; the count drops in the callback, which
  * runs exactly once even when the request is cancelled before it starts.
  */
-function aioGeneric(bs: BlockDriverState, cb: CompletionFunc, work: () => Promise<void>): BlockAIOCB {
+function aioGeneric(bs: BlockDriverState, cb: CompletionFunc, work: (acb: BlockAIOCB) => Promise<void>): BlockAIOCB {
   bs.requests.inFlight++;
   return genericAioPool
     .get(bs, (err) => {
@@ -85,11 +86,15 @@ export function aioRw(bs: BlockDriverState, write: boolean, sectorNum: number, q
   }
   // The generic path still takes the request fast path when it applies (decided when the
   // request runs, not at submission: other requests may have started or ended meanwhile).
-  return aioGeneric(bs, cb, () => aioGenericRw(bs, write, offset, bytes, qiov));
+  return aioGeneric(bs, cb, (acb) => aioGenericRw(acb, bs, write, offset, bytes, qiov));
 }
 
-function aioGenericRw(bs: BlockDriverState, write: boolean, offset: number, bytes: number, qiov: IOVector): Promise<void> {
+function aioGenericRw(acb: BlockAIOCB, bs: BlockDriverState, write: boolean, offset: number, bytes: number, qiov: IOVector): Promise<void> {
   if (write) {
+    // Started through the driver's callback hook: no promise until the AIOCB's callback.
+    if (bs.driver.pwritevSubmit !== undefined && bdrvPwritevSubmit(bs, offset, qiov, NO_FLAGS, acb.submittedDone)) {
+      return AIO_SUBMITTED;
+    }
     const fn = bs.io.coPwritev;
     if (fn !== undefined && fastPathOk(bs, true, offset, bytes)) {
       return fastRun(bs, offset, bytes, true, () => fn(bs, offset, bytes, qiov, NO_FLAGS));

@@ -16,12 +16,22 @@ import { IOVector } from '../iovec.js';
 import type { BlockDriverState } from '../node.js';
 import { bdrvFlush } from './flush.js';
 import { alignedPreadv } from './read.js';
+import { pwritevSubmitted } from './write-submit.js';
 import { checkArgs, checkBounds, checkWritable, fastBegin, fastEnd, fastPathOk, inflight, notSupported, roundDown, roundUp, withTracked } from './requests.js';
 
 /** Default write flags, shared (never mutated). */
 export const NO_FLAGS: WriteFlags = Object.freeze({});
 
-export async function bdrvPwritev(bs: BlockDriverState, offset: number, qiov: IOVector, flags: WriteFlags): Promise<void> {
+export function bdrvPwritev(bs: BlockDriverState, offset: number, qiov: IOVector, flags: WriteFlags): Promise<void> {
+  // A driver that starts writes with a callback (a host file): one promise for the request.
+  if (bs.driver.pwritevSubmit !== undefined && qiov instanceof IOVector) {
+    const p = pwritevSubmitted(bs, offset, qiov, flags);
+    if (p !== null) return p;
+  }
+  return bdrvPwritevAsync(bs, offset, qiov, flags);
+}
+
+async function bdrvPwritevAsync(bs: BlockDriverState, offset: number, qiov: IOVector, flags: WriteFlags): Promise<void> {
   const bytes = qiov.size;
   checkArgs(bs, 'write', offset, bytes);
   checkWritable(bs, 'write');

@@ -33,27 +33,29 @@ export const FALLOC_FL_ZERO_RANGE = 0x10;
 
 type Buffers = Uint8Array | readonly Uint8Array[] | null;
 
-interface Request {
-  resolve(n: number): void;
-  reject(e: unknown): void;
-  /** Kept alive until completion (the kernel reads or writes them). */
-  buffers: Buffers;
-  syscall: string;
-}
+/**
+ * A request's end: the count transferred, or -errno (`error()` makes the system error). Called
+ * once, from the addon's completion batch, never inside the call that submitted it.
+ */
+export type EngineDone = (res: number) => void;
 
-interface Waiting extends Request {
+interface Waiting {
   op: number;
   fd: number;
+  buffers: Buffers;
   offset: number;
   length: number;
   mode: number;
+  done: EngineDone;
 }
 
 type EngineAddon = Required<Pick<SeekAddon, 'engineStart' | 'engineSubmit' | 'engineError' | 'engineStop'>>;
 
 export class IoEngine {
   readonly kind: EngineKind;
-  private readonly slots: (Request | undefined)[] = new Array<Request | undefined>(SLOTS);
+  /** Each slot's completion, and its buffers, kept alive until then (the kernel uses them). */
+  private readonly slotDone: (EngineDone | undefined)[] = new Array<EngineDone | undefined>(SLOTS).fill(undefined);
+  private readonly slotBuffers: Buffers[] = new Array<Buffers>(SLOTS).fill(null);
   /** Requests that found every slot busy, in order. */
   private readonly backlog: Waiting[] = [];
   private readonly results = new Float64Array(2 * SLOTS);
@@ -75,6 +77,19 @@ export class IoEngine {
     return this.submit(OP_WRITE, fd, buffers, offset, 0, 0, 'write');
   }
 
+  /**
+   * pwritev with a completion callback instead of a promise: the write path of a request that
+   * needs no continuation of its own (a raw AIO write) saves the promise and its reactions.
+   */
+  pwritevThen(fd: number, buffers: Uint8Array | readonly Uint8Array[], offset: number, done: EngineDone): void {
+    this.submitThen(OP_WRITE, fd, buffers, offset, 0, 0, done);
+  }
+
+  /** The system error of a negative result, as node:fs reports it. */
+  error(res: number, syscall: string): Error {
+    return this.addon.engineError(-res, syscall);
+  }
+
   async fdatasync(fd: number): Promise<void> {
     await this.submit(OP_DATASYNC, fd, null, 0, 0, 0, 'fdatasync');
   }
@@ -87,36 +102,51 @@ export class IoEngine {
   stop(): void {
     this.addon.engineStop();
     // The backlog never reached the engine: it fails rather than waiting forever.
-    for (const w of this.backlog.splice(0)) w.reject(this.addon.engineError(125 /* ECANCELED */, w.syscall));
+    for (const w of this.backlog.splice(0)) w.done(-125 /* ECANCELED */);
   }
 
   private submit(op: number, fd: number, buffers: Buffers, offset: number, length: number, mode: number, syscall: string): Promise<number> {
     return new Promise<number>((resolve, reject) => {
-      const req: Waiting = { resolve, reject, buffers, syscall, op, fd, offset, length, mode };
-      // Keep the order: nothing overtakes what already waits for a slot.
-      if (this.backlog.length > 0 || !this.start(req)) this.backlog.push(req);
+      this.submitThen(op, fd, buffers, offset, length, mode, (res) => (res < 0 ? reject(this.error(res, syscall)) : resolve(res)));
     });
   }
 
-  private start(w: Waiting): boolean {
-    const slot = this.addon.engineSubmit(w.op, w.fd, w.buffers, w.offset, w.length, w.mode);
+  private submitThen(op: number, fd: number, buffers: Buffers, offset: number, length: number, mode: number, done: EngineDone): void {
+    // Keep the order: nothing overtakes what already waits for a slot.
+    if (this.backlog.length === 0 && this.start(op, fd, buffers, offset, length, mode, done)) return;
+    this.backlog.push({ op, fd, buffers, offset, length, mode, done });
+  }
+
+  private start(op: number, fd: number, buffers: Buffers, offset: number, length: number, mode: number, done: EngineDone): boolean {
+    const slot = this.addon.engineSubmit(op, fd, buffers, offset, length, mode);
     if (slot < 0) return false;
-    this.slots[slot] = w;
+    this.slotDone[slot] = done;
+    this.slotBuffers[slot] = buffers;
     return true;
   }
 
   /** The addon's batch of (slot, result) pairs: settle each, then feed freed slots. */
   private complete(count: number): void {
+    // A callback that throws (a bug) must not cost the rest of the batch their completion:
+    // the addon has freed their slots already. The first exception is rethrown at the end.
+    let thrown: { e: unknown } | null = null;
     for (let i = 0; i < count; i++) {
       const slot = this.results[2 * i];
-      const res = this.results[2 * i + 1];
-      const req = this.slots[slot];
-      this.slots[slot] = undefined;
-      if (req === undefined) continue;
-      if (res < 0) req.reject(this.addon.engineError(-res, req.syscall));
-      else req.resolve(res);
+      const done = this.slotDone[slot];
+      this.slotDone[slot] = undefined;
+      this.slotBuffers[slot] = null;
+      try {
+        done?.(this.results[2 * i + 1]);
+      } catch (e) {
+        thrown ??= { e };
+      }
     }
-    while (this.backlog.length > 0 && this.start(this.backlog[0])) this.backlog.shift();
+    while (this.backlog.length > 0 && this.startWaiting(this.backlog[0])) this.backlog.shift();
+    if (thrown !== null) throw thrown.e;
+  }
+
+  private startWaiting(w: Waiting): boolean {
+    return this.start(w.op, w.fd, w.buffers, w.offset, w.length, w.mode, w.done);
   }
 }
 

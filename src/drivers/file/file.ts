@@ -12,7 +12,7 @@ import { stripProtocolPrefix } from '../../block/options.js';
 import { storageGetInfo } from '../../block/info.js';
 import type { BlockDriverState } from '../../block/node.js';
 import { allocateFirstBlock, filePreallocate, parsePreallocMode } from './prealloc.js';
-import { fileCoFlush, fileCoPreadv, fileCoPwritev, filePreadvNow } from './rw.js';
+import { fileCoFlush, fileCoPreadv, fileCoPwritev, filePreadvNow, filePwritevSubmit } from './rw.js';
 import { ioEngine } from './engine.js';
 import { seekAddon } from './seek.js';
 import { type FileState, beginIO, endIO, fileRefreshLength, fileStripPrefix, state } from './state.js';
@@ -198,6 +198,7 @@ export const fileDriver: BlockDriver = {
   coPreadv: fileCoPreadv,
   preadvNow: filePreadvNow,
   coPwritev: fileCoPwritev,
+  pwritevSubmit: filePwritevSubmit,
   coWriteZeroes: fileCoWriteZeroes,
   coDiscard: fileCoDiscard,
   coFlush: fileCoFlush,

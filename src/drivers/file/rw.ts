@@ -176,6 +176,53 @@ export const fileCoPwritev: BlockDriverHook<'coPwritev'> = async (bs, offset, by
   }
 };
 
+/**
+ * The pwritevSubmit hook: the write goes to the I/O engine now and `done` runs from its
+ * completion, with no promise. Without the engine (libuv's pool) or for FUA, false: coPwritev.
+ */
+export const filePwritevSubmit: BlockDriverHook<'pwritevSubmit'> = (bs, offset, bytes, qiov, flags, done) => {
+  const s = bs.opaque as FileState | null;
+  const engine = ioEngine();
+  if (s === null || engine === null || flags.fua === true || bytes === 0 || qiov.size !== bytes) return false;
+  const iov = qiov.iov;
+  beginIO(s);
+  try {
+    engine.pwritevThen(s.fh.fd, iov.length === 1 ? iov[0] : iov, offset, (n) => {
+      if (n !== bytes) {
+        // Short or failed (rare): the rest, or the error, the way coPwritev does it.
+        pwritevFinish(s, iov, bytes, offset, n < 0 ? engine.error(n, 'write') : n).then(
+          () => done(null),
+          (e: unknown) => done(toBlockError(e, { op: 'write', offset, path: s.path })),
+        );
+        return;
+      }
+      if (offset + bytes > s.length) s.length = offset + bytes;
+      endIO(s);
+      done(null);
+    });
+  } catch {
+    // The engine refused the arguments: coPwritev tries again and reports it.
+    endIO(s);
+    return false;
+  }
+  return true;
+};
+
+/** The end of a write whose first pwritev was short (`first` bytes) or failed (`first` the error). */
+async function pwritevFinish(s: FileState, iov: readonly Uint8Array[], bytes: number, offset: number, first: number | Error): Promise<void> {
+  try {
+    if (typeof first !== 'number') throw first;
+    await pwritevRest(s.fh.fd, iov, bytes, offset, first);
+    if (offset + bytes > s.length) s.length = offset + bytes;
+  } catch (e) {
+    // A failed write (ENOSPC...) may still have grown the file partly: learn the real length.
+    await fileRefreshLength(s);
+    throw e;
+  } finally {
+    endIO(s);
+  }
+}
+
 /** fdatasync, through the engine when there is one. */
 function fileDatasync(s: FileState): Promise<void> {
   const engine = ioEngine();

@@ -8,12 +8,15 @@
  * a corrupt entry, a watched debug event) answers "not now" and the ordinary path runs and
  * reports any error; only a rewrite's overlap check refuses here, as it would there.
  */
+import type { CompletionFunc } from '../../block/aio.js';
+import type { WriteFlags } from '../../block/driver.js';
+import { type BlockError, toBlockError } from '../../block/errors.js';
 import type { IOVector } from '../../block/iovec.js';
 import type { BlockDriverState } from '../../block/node.js';
 import { qcow2WritableTableNow } from './alloc-now.js';
 import { qcow2GetHostOffsetNow, tableView } from './cluster.js';
 import { plainDataOffset } from './entries.js';
-import { type Qcow2InFlight, qcow2FirstAllocation, qcow2InFlightBegin } from './inflight.js';
+import { type Qcow2InFlight, qcow2FirstAllocation, qcow2InFlightBegin, qcow2InFlightEnd } from './inflight.js';
 import { qcow2PreWriteOverlapCheck } from './corrupt.js';
 import { qcow2HasDataFile } from './data-file.js';
 import { type BDRVQcow2State, offsetIntoCluster, qcow2MetadataSettled, offsetToL2Index, sizeToClusters } from './state.js';
@@ -97,6 +100,46 @@ export function qcow2RewriteNow(s: BDRVQcow2State, offset: number, bytes: number
   const hostOffset = host + offsetIntoCluster(s, offset);
   qcow2PreWriteOverlapCheck(s, 0, hostOffset, bytes);
   return { hostOffset, flight: qcow2InFlightBegin(s, offset, bytes, false) };
+}
+
+/**
+ * The pwritevSubmit hook: a rewrite qcow2RewriteNow maps has only its data write left, started
+ * here with `done` as its completion (the ordinary path's last step, without its promises);
+ * false, with nothing left in flight, otherwise.
+ */
+export function qcow2PwritevSubmit(bs: BlockDriverState, offset: number, bytes: number, qiov: IOVector, _flags: WriteFlags, done: CompletionFunc): boolean {
+  const s = bs.opaque as BDRVQcow2State | null;
+  // A corruption being marked: the ordinary path waits for it before it answers.
+  // A file that cannot start writes so (not a host file) would only make us map twice.
+  if (s === null || s.corruptWrite !== null || s.bs.file?.driver.pwritevSubmit === undefined) return false;
+  let now: ReturnType<typeof qcow2RewriteNow>;
+  try {
+    now = qcow2RewriteNow(s, offset, bytes);
+  } catch (e) {
+    // The overlap check refused and marked the image corrupt: this request's answer (a retry
+    // would find the driver gone), after the marking, from a later turn.
+    answerAfterMarking(s, toBlockError(e, { op: 'write', offset }), done, Promise.resolve());
+    return true;
+  }
+  if (now === null) return false;
+  const flight = now.flight;
+  const cur = qiov.size === bytes ? qiov : qiov.slice(0, bytes);
+  const started = s.bs.file.pwritevSubmit(now.hostOffset, cur, (err) => {
+    qcow2InFlightEnd(s, flight);
+    answerAfterMarking(s, err, done, null);
+  });
+  if (!started) qcow2InFlightEnd(s, flight);
+  return started;
+}
+
+/**
+ * Answer a write as qcow2CoPwritev does: a corruption being marked is written first. `later`
+ * (a settled promise) defers even an answer with nothing to wait for.
+ */
+function answerAfterMarking(s: BDRVQcow2State, err: BlockError | null, done: CompletionFunc, later: Promise<void> | null): void {
+  const marking = s.corruptWrite ?? later;
+  if (marking === null) done(err);
+  else marking.then(() => done(err), (e: unknown) => done(toBlockError(e, { op: 'write' })));
 }
 
 /**

@@ -3,7 +3,7 @@
  * range one run at a time: plan the run with qedFindCluster (cluster.ts), then execute it:
  * reads here, writes (in place and allocating, with copy-on-write) in write.ts.
  */
-import { AIOPool, AIO_DONE_NOW, BlockAIOCB, type CompletionFunc } from '../../block/aio.js';
+import { AIOPool, AIO_DONE_NOW, AIO_SUBMITTED, BlockAIOCB, type CompletionFunc } from '../../block/aio.js';
 import { BDRV_SECTOR_SIZE } from '../../block/driver.js';
 import { BlockError } from '../../block/errors.js';
 import { IOVector } from '../../block/iovec.js';
@@ -46,6 +46,23 @@ export class QEDAIOCB extends BlockAIOCB implements QEDRequestState {
   request: QEDRequest = { l2Table: null };
   allocating = false;
   allocPending = false;
+  /** The image of a write started by qedAioWriteNow, until its completion. */
+  private nowState: BDRVQEDState | null = null;
+  /** qedAioWriteNow's completion, bound once per pooled AIOCB. */
+  private readonly writeNowDone = (err: BlockError | null): void => {
+    const s = this.nowState!;
+    this.nowState = null;
+    qedAioComplete(s, this);
+    this.submittedDone(err);
+  };
+
+  /** Start the data write of a rewrite now; false when the file cannot take it so. */
+  submitWriteNow(s: BDRVQEDState, file: BlockDriverState, hostOffset: number): boolean {
+    this.nowState = s;
+    if (file.pwritevSubmit(hostOffset, this.qiov!, this.writeNowDone)) return true;
+    this.nowState = null;
+    return false;
+  }
 }
 
 export const qedAioPool = new AIOPool<QEDAIOCB>(
@@ -93,7 +110,25 @@ function qedAioWork(acb: QEDAIOCB): Promise<void> {
   acb.s = null;
   // A read served inside the call completes its AIOCB at once: no coroutine promise.
   if (qedAioReadNow(s, acb)) return AIO_DONE_NOW;
+  // A rewrite of one allocated run: its data write ends the AIOCB, no coroutine promise.
+  if (qedAioWriteNow(s, acb)) return AIO_SUBMITTED;
   return qedAioNextIo(s, acb);
+}
+
+/**
+ * The whole of a write now, when one run of a cached table covers it with allocated clusters:
+ * what qedAioNextIo's hot path does (the data written in place, nothing else), started here
+ * with the AIOCB's completion as the file's callback; false with nothing done otherwise.
+ */
+function qedAioWriteNow(s: BDRVQEDState, acb: QEDAIOCB): boolean {
+  if ((acb.flags & (QED_AIOCB_WRITE | QED_AIOCB_ZERO)) !== QED_AIOCB_WRITE || qedTracing(s)) return false;
+  const file = qedFile(s);
+  // A file that cannot start writes so (not a host file) would only make us plan twice.
+  if (file.driver.pwritevSubmit === undefined || !qedDebugQuiet(file)) return false;
+  const bytes = acb.endPos - acb.curPos;
+  const run = qedFindClusterNow(s, acb.curPos, bytes);
+  if (run === null || run.kind !== 'found' || run.length !== bytes) return false;
+  return acb.submitWriteNow(s, file, run.hostOffset);
 }
 
 /**

@@ -166,6 +166,14 @@ const rawCoPwritev: BlockDriverHook<'coPwritev'> = (bs, offset, bytes, qiov, fla
   return rawCoPwritevSlow(bs, offset, bytes, qiov, flags);
 };
 
+/** The same pass-through with a completion callback: the file starts the write now, if it can. */
+const rawPwritevSubmit: BlockDriverHook<'pwritevSubmit'> = (bs, offset, _bytes, qiov, flags, done) => {
+  const f = bs.file;
+  const s = bs.opaque as RawState | null;
+  if (f === null || s === null || f.debugWatched || (offset < RAW_PROBE_GUARD_BYTES && s.probed)) return false;
+  return f.pwritevSubmit(offset, qiov, done, flags);
+};
+
 const rawCoPwritevSlow: BlockDriverHook<'coPwritev'> = async (bs, offset, bytes, qiov, flags) => {
   const file = child(bs);
   if (offset >= RAW_PROBE_GUARD_BYTES || !state(bs).probed) {
@@ -281,6 +289,7 @@ export const rawDriver: BlockDriver = {
   coPreadv: rawCoPreadv,
   preadvNow: rawPreadvNow,
   coPwritev: rawCoPwritev,
+  pwritevSubmit: rawPwritevSubmit,
   coWriteZeroes: rawCoWriteZeroes,
   coDiscard: rawCoDiscard,
   coFlush: rawCoFlush,

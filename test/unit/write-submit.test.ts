@@ -1,0 +1,176 @@
+// Writes started with a completion callback (the pwritevSubmit hook, block/io/write-submit.ts):
+// a raw AIO write and a file node's pwritev reach the I/O engine through pwritevThen, land,
+// and end exactly once; a failed or short write ends the way coPwritev ends it; what the hook
+// does not take (FUA, a node whose events are watched) goes the ordinary way.
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { bdrvCreate } from '../../src/block/create.js';
+import { IOVector } from '../../src/block/iovec.js';
+import { BlockDriverState, type BlockError } from '../../src/index.js';
+import { IoEngine, ioEngine, type EngineDone } from '../../src/drivers/file/engine.js';
+import { loadSeekAddon } from '../../src/drivers/file/seek.js';
+import { makeTempDir, removeTempDir } from '../interop/qemu.js';
+
+const hasEngine = typeof loadSeekAddon()?.engineStart === 'function';
+
+/** Submit an AIO write and wait for its callback; also reports whether it ran inside the call. */
+function aioWrite(bs: BlockDriverState, offset: number, buf: Uint8Array): Promise<{ err: BlockError | null; sync: boolean }> {
+  return new Promise((resolve) => {
+    let returned = false;
+    bs.aioWritev(offset / 512, IOVector.from(buf), buf.length / 512, (err) => resolve({ err, sync: !returned }));
+    returned = true;
+  });
+}
+
+describe.skipIf(!hasEngine)('writes started with a completion callback', () => {
+  let dir = '';
+  let path = '';
+  beforeEach(() => {
+    dir = makeTempDir('write-submit');
+    path = join(dir, 'img.raw');
+    writeFileSync(path, new Uint8Array(1 << 20));
+  });
+  afterEach(() => {
+    vi.restoreAllMocks();
+    removeTempDir(dir);
+  });
+
+  it('a raw AIO write and a file pwritev each go out as one pwritevThen, no promise write', async () => {
+    const then = vi.spyOn(IoEngine.prototype, 'pwritevThen');
+    const promised = vi.spyOn(IoEngine.prototype, 'pwritev');
+    const bs = await BlockDriverState.open(path, { format: 'raw' });
+    try {
+      const gen = bs.writeGen;
+      const r = await aioWrite(bs, 65536, new Uint8Array(65536).fill(0x5a));
+      expect(r).toEqual({ err: null, sync: false });
+      await bs.file!.pwritev(4096, IOVector.from(new Uint8Array(4096).fill(0x6b)));
+      expect(then).toHaveBeenCalledTimes(2);
+      expect(promised).not.toHaveBeenCalled();
+      // Counted as written (flush generation) and no longer in flight on either node.
+      expect(bs.writeGen).toBe(gen + 1);
+      expect(bs.requests.inFlight).toBe(0);
+      expect(bs.file!.requests.inFlight).toBe(0);
+    } finally {
+      await bs.close();
+    }
+    const f = readFileSync(path);
+    expect(f.subarray(65536, 131072).every((b) => b === 0x5a)).toBe(true);
+    expect(f.subarray(4096, 8192).every((b) => b === 0x6b)).toBe(true);
+  });
+
+  it('a failed write reports its error through the callback once, and nothing stays in flight', async () => {
+    const bs = await BlockDriverState.open(path, { format: 'raw' });
+    try {
+      // The engine answers EIO (-5) from a later turn, as a completion would.
+      vi.spyOn(IoEngine.prototype, 'pwritevThen').mockImplementation((_fd, _b, _o, done: EngineDone) => {
+        setImmediate(() => done(-5));
+      });
+      const cb = vi.fn();
+      bs.aioWritev(0 + 128, IOVector.from(new Uint8Array(4096)), 8, cb);
+      await vi.waitFor(() => expect(cb).toHaveBeenCalled());
+      await new Promise((r) => setImmediate(r));
+      expect(cb).toHaveBeenCalledTimes(1);
+      expect((cb.mock.calls[0][0] as BlockError).code).toBe('EIO');
+      expect(bs.requests.inFlight).toBe(0);
+      expect(bs.file!.requests.inFlight).toBe(0);
+    } finally {
+      vi.restoreAllMocks();
+      await bs.close();
+    }
+  });
+
+  it('a short write is finished by the ordinary path: every byte lands', async () => {
+    const bs = await BlockDriverState.open(path, { format: 'raw' });
+    try {
+      const engine = ioEngine()!;
+      const real = engine.pwritevThen.bind(engine);
+      // The first write of the request writes only its first 1000 bytes.
+      vi.spyOn(engine, 'pwritevThen').mockImplementationOnce((fd, bufs, offset, done) => {
+        real(fd, (bufs instanceof Uint8Array ? bufs : bufs[0]).subarray(0, 1000), offset, done);
+      });
+      const data = new Uint8Array(8192).map((_, i) => (i * 13) & 0xff);
+      expect(await aioWrite(bs, 8192, data)).toEqual({ err: null, sync: false });
+    } finally {
+      await bs.close();
+    }
+    expect(Buffer.from(readFileSync(path).subarray(8192, 16384)).equals(Buffer.from(new Uint8Array(8192).map((_, i) => (i * 13) & 0xff)))).toBe(true);
+  });
+
+  it('FUA writes and writes whose events are watched take the ordinary path', async () => {
+    const then = vi.spyOn(IoEngine.prototype, 'pwritevThen');
+    const bs = await BlockDriverState.open(path, { format: 'raw' });
+    try {
+      // At the file node itself (a raw node above it would emulate FUA with a flush).
+      await bs.file!.pwritev(4096, IOVector.from(new Uint8Array(512).fill(1)), { fua: true });
+      expect(then).not.toHaveBeenCalled();
+      expect(bs.file!.pwritevSubmit(4096, IOVector.from(new Uint8Array(512)), () => undefined, { fua: true })).toBe(false);
+      expect(bs.file!.requests.inFlight).toBe(0);
+    } finally {
+      await bs.close();
+    }
+    expect(readFileSync(path)[4096]).toBe(1);
+  });
+
+  it('a read-only node or a request past the end is not taken (the ordinary path reports it)', async () => {
+    const bs = await BlockDriverState.open(path, { format: 'raw', readOnly: true });
+    try {
+      expect(bs.file!.pwritevSubmit(0, IOVector.from(new Uint8Array(512)), () => undefined)).toBe(false);
+      expect(bs.file!.requests.inFlight).toBe(0);
+      expect(ioEngine()).not.toBeNull();
+    } finally {
+      await bs.close();
+    }
+  });
+
+  for (const format of ['qed', 'qcow2'] as const) {
+    it(`${format}: a rewrite of allocated clusters is one pwritevThen, ended by its callback`, async () => {
+      const img = join(dir, `img.${format}`);
+      await bdrvCreate(img, { format, options: { size: 16 << 20 } });
+      const bs = await BlockDriverState.open(img, { format });
+      try {
+        // Allocating first (the ordinary path), then rewriting the same cluster.
+        expect(await aioWrite(bs, 65536, new Uint8Array(65536).fill(1))).toEqual({ err: null, sync: false });
+        const then = vi.spyOn(IoEngine.prototype, 'pwritevThen');
+        // The driver hands the data write to its file with a callback, not through pwritev.
+        const submitted = vi.spyOn(bs.file!, 'pwritevSubmit');
+        const promised = vi.spyOn(bs.file!, 'pwritev');
+        expect(await aioWrite(bs, 65536, new Uint8Array(65536).fill(2))).toEqual({ err: null, sync: false });
+        expect(then).toHaveBeenCalledTimes(1);
+        expect(submitted).toHaveBeenCalledTimes(1);
+        expect(promised).not.toHaveBeenCalled();
+        expect(bs.requests.inFlight).toBe(0);
+        expect(bs.file!.requests.inFlight).toBe(0);
+        // Two rewrites at once, and a read back through the image.
+        const both = await Promise.all([aioWrite(bs, 65536, new Uint8Array(4096).fill(3)), aioWrite(bs, 69632, new Uint8Array(4096).fill(4))]);
+        expect(both.map((r) => r.err)).toEqual([null, null]);
+        const back = new Uint8Array(65536);
+        await bs.pread(65536, back);
+        expect(back.subarray(0, 4096).every((b) => b === 3)).toBe(true);
+        expect(back.subarray(4096, 8192).every((b) => b === 4)).toBe(true);
+        expect(back.subarray(8192).every((b) => b === 2)).toBe(true);
+      } finally {
+        await bs.close();
+      }
+    });
+
+    it(`${format}: a failed rewrite reports the error and leaves nothing in flight`, async () => {
+      const img = join(dir, `img.${format}`);
+      await bdrvCreate(img, { format, options: { size: 16 << 20 } });
+      const bs = await BlockDriverState.open(img, { format });
+      try {
+        expect((await aioWrite(bs, 0, new Uint8Array(65536).fill(1))).err).toBeNull();
+        vi.spyOn(IoEngine.prototype, 'pwritevThen').mockImplementationOnce((_fd, _b, _o, done: EngineDone) => {
+          setImmediate(() => done(-28 /* ENOSPC */));
+        });
+        expect((await aioWrite(bs, 0, new Uint8Array(4096).fill(2))).err?.code).toBe('ENOSPC');
+        expect(bs.requests.inFlight).toBe(0);
+        expect(bs.file!.requests.inFlight).toBe(0);
+        // The image still takes writes afterwards.
+        expect((await aioWrite(bs, 0, new Uint8Array(4096).fill(3))).err).toBeNull();
+      } finally {
+        await bs.close();
+      }
+    });
+  }
+});
