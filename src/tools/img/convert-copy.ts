@@ -219,13 +219,17 @@ async function convertRead(s: ConvertState, sectorNum: number, nbSectors: number
 }
 
 /**
- * convert_co_write. Every write of the chunk is issued before any is awaited, and `issued`
- * runs once all of them are: the next chunk may then issue its own (see convertDoCopy).
+ * convert_co_write. `parts` are the lengths of the status runs the chunk joins (see
+ * convertDoCopy): each is scanned and written as qemu-img writes each of its chunks, so the
+ * target gets the same writes in the same order (an allocating format lays its clusters out
+ * in that order: one write joining them would place them otherwise). Every write of the
+ * chunk is issued before any is awaited, and `issued` runs once all of them are: the next
+ * chunk may then issue its own (see convertDoCopy).
  */
 async function convertWrite(
   s: ConvertState,
   sectorNum: number,
-  nbSectors: number,
+  parts: readonly number[],
   buf: Uint8Array,
   status: Status,
   issued: () => void,
@@ -233,8 +237,10 @@ async function convertWrite(
   const writes: Promise<void>[] = [];
   let first = 0;
   try {
-    while (nbSectors > 0) {
-      let n = nbSectors;
+    // Up to the end of the current part: the zero scan and the writes keep its bounds.
+    for (let part = 0, partEnd = 0; part < parts.length || first < partEnd; ) {
+      if (first === partEnd) partEnd += parts[part++];
+      let n = partEnd - first;
       if (status !== 'backing') {
         let writeData = status === 'data' && s.minSparse === 0;
         if (status === 'data' && s.compressed) {
@@ -259,7 +265,6 @@ async function convertWrite(
         }
       }
       sectorNum += n;
-      nbSectors -= n;
       first += n;
     }
   } finally {
@@ -298,17 +303,43 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
   // They are page-aligned (qemu_blockalign): the kernel copies into and out of them faster.
   const freeBufs: Uint8Array[] = [];
   const EMPTY = new Uint8Array(0);
-  let sectorNum = 0;
-  while (sectorNum < s.totalSectors && failed === null) {
-    let n = await iterationSectors(env, s, sectorNum);
-    let status = s.status;
-    if (!s.minSparse && status === 'zero') n = Math.min(n, s.bufSectors);
-    const start = sectorNum;
-    sectorNum += n;
+  const nextRun = async (at: number): Promise<{ n: number; status: Status }> => {
+    const n = await iterationSectors(env, s, at);
+    return { n: !s.minSparse && s.status === 'zero' ? Math.min(n, s.bufSectors) : n, status: s.status };
+  };
+  const counted = (n: number, status: Status): void => {
     if (status === 'data' || (!s.minSparse && status === 'zero')) {
       allocatedDone += n;
       progress.print((100 * allocatedDone) / allocatedSectors, 0);
     }
+  };
+  // The run asked for past the end of a chunk of joined data runs, not part of it.
+  let ahead: { n: number; status: Status } | null = null;
+  let sectorNum = 0;
+  while (sectorNum < s.totalSectors && failed === null) {
+    const run = ahead ?? (await nextRun(sectorNum));
+    ahead = null;
+    let n = run.n;
+    let status = run.status;
+    counted(n, status);
+    // Consecutive data runs, up to a buffer's worth, are read as one request (a compressed
+    // image answers block status one cluster at a time): fewer, larger reads, and the source
+    // driver may work on their clusters at once. They are written as qemu-img writes them.
+    const parts = [n];
+    if (status === 'data' && !s.compressed) {
+      while (n < s.bufSectors && sectorNum + n < s.totalSectors) {
+        const next = await nextRun(sectorNum + n);
+        if (next.status !== 'data' || n + next.n > s.bufSectors) {
+          ahead = next;
+          break;
+        }
+        counted(next.n, next.status);
+        n += next.n;
+        parts.push(next.n);
+      }
+    }
+    const start = sectorNum;
+    sectorNum += n;
     const prevIssued = lastIssued;
     let markIssued!: () => void;
     lastIssued = new Promise<void>((resolve) => {
@@ -339,7 +370,7 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
         if (wrInOrder) await prevIssued;
         if (failed === null) {
           try {
-            await convertWrite(s, start, n, buf, status, myIssued);
+            await convertWrite(s, start, parts, buf, status, myIssued);
           } catch (e) {
             if (failed === null) {
               env.o.error(`error while writing at byte ${start * SECTOR}: ${errnoMessage(e)}`);
