@@ -1,9 +1,12 @@
 // blk-img convert of a compressed qcow2 image: block status answers one cluster at a time, and
 // convert reads consecutive data clusters as one request, each inflated straight into the
-// chunk's buffer; the output is the source's bytes.
+// chunk's buffer; the output is the source's bytes. A raw target gets them as one write, a
+// qcow2 target one write per cluster, as qemu-img writes them.
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { setIoEngineForTest } from '../../src/drivers/file/engine.js';
+import { loadSeekAddon, setSeekAddonForTest, type SeekAddon } from '../../src/drivers/file/seek.js';
 import { qcow2Codec, setQcow2Codec, type Qcow2Codec } from '../../src/drivers/qcow2/compress.js';
 import { main } from '../../src/tools/img/main.js';
 import { makeTempDir, removeTempDir } from '../interop/qemu.js';
@@ -13,6 +16,40 @@ const CLUSTER = 65536;
 
 async function blkImg(...args: string[]): Promise<number> {
   return main(['node', 'blk-img', ...args], { stdout: { write: () => undefined }, stderr: { write: () => undefined } });
+}
+
+/** 6 MiB: 3 MiB of data (every cluster different, no zero sector), a 1 MiB hole, 2 MiB of data. */
+function sourceBytes(): Uint8Array {
+  const raw = new Uint8Array(6 * MiB);
+  for (let c = 0; c < raw.length / CLUSTER; c++) {
+    if (c >= 48 && c < 64) continue;
+    raw.fill((c % 251) + 1, c * CLUSTER, (c + 1) * CLUSTER);
+    raw[c * CLUSTER + 100] = c;
+  }
+  return raw;
+}
+
+/** The lengths of the writes the file driver's engine is handed while `run` runs. */
+async function engineWrites(run: () => Promise<void>): Promise<number[]> {
+  const real = loadSeekAddon()!;
+  const writes: number[] = [];
+  const spy: SeekAddon = {
+    ...real,
+    engineSubmit: (op, fd, buffers, offset, length, mode) => {
+      // OP_WRITE (engine.ts)
+      if (op === 1 && buffers !== null) writes.push(buffers instanceof Uint8Array ? buffers.length : buffers.reduce((n, b) => n + b.length, 0));
+      return real.engineSubmit!(op, fd, buffers, offset, length, mode);
+    },
+  };
+  const prev = setSeekAddonForTest(spy);
+  setIoEngineForTest(undefined);
+  try {
+    await run();
+  } finally {
+    setSeekAddonForTest(prev);
+    setIoEngineForTest(undefined);
+  }
+  return writes;
 }
 
 describe('convert from a compressed qcow2 image', () => {
@@ -25,13 +62,7 @@ describe('convert from a compressed qcow2 image', () => {
   });
 
   it('reads runs of compressed clusters as one request, inflated in place', async () => {
-    // 6 MiB: 3 MiB of data (every cluster different), a 1 MiB hole, 2 MiB of data.
-    const raw = new Uint8Array(6 * MiB);
-    for (let c = 0; c < raw.length / CLUSTER; c++) {
-      if (c >= 48 && c < 64) continue;
-      raw.fill((c * 7 + 1) & 0xff, c * CLUSTER, (c + 1) * CLUSTER);
-      raw[c * CLUSTER + 100] = c;
-    }
+    const raw = sourceBytes();
     const src = join(dir, 'src.raw');
     writeFileSync(src, raw);
     const qcow2 = join(dir, 'c.qcow2');
@@ -65,5 +96,27 @@ describe('convert from a compressed qcow2 image', () => {
       spread.set(buffer, { lo: Math.min(r.lo, at), hi: Math.max(r.hi, at) });
     }
     expect(Math.max(...[...spread.values()].map((r) => r.hi - r.lo))).toBe(31 * CLUSTER);
+  });
+
+  it.skipIf(loadSeekAddon()?.engineSubmit === undefined)('joins the data writes for a raw target only', async () => {
+    const raw = sourceBytes();
+    const src = join(dir, 'src.raw');
+    writeFileSync(src, raw);
+    const qcow2 = join(dir, 'c.qcow2');
+    expect(await blkImg('convert', '-c', '-f', 'raw', '-O', 'qcow2', src, qcow2)).toBe(0);
+    const out = join(dir, 'out.raw');
+    const toRaw = await engineWrites(async () => {
+      expect(await blkImg('convert', '-f', 'qcow2', '-O', 'raw', qcow2, out)).toBe(0);
+    });
+    expect(Buffer.from(readFileSync(out)).equals(Buffer.from(raw))).toBe(true);
+    // 2 MiB + 1 MiB of the first run, 2 MiB of the second.
+    // (Besides the 4 KiB a new raw image gets at its start.)
+    expect(toRaw.filter((n) => n >= CLUSTER).sort((a, b) => a - b)).toEqual([MiB, 2 * MiB, 2 * MiB]);
+    const toQcow2 = await engineWrites(async () => {
+      expect(await blkImg('convert', '-f', 'qcow2', '-O', 'qcow2', qcow2, join(dir, 'out.qcow2'))).toBe(0);
+    });
+    // Each data cluster on its own; nothing joined (the image's creation writes 3 clusters).
+    expect(toQcow2.filter((n) => n === CLUSTER).length).toBeGreaterThanOrEqual(80);
+    expect(toQcow2.filter((n) => n > 4 * CLUSTER)).toEqual([]);
   });
 });

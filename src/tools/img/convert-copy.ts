@@ -222,9 +222,10 @@ async function convertRead(s: ConvertState, sectorNum: number, nbSectors: number
  * convert_co_write. `parts` are the lengths of the status runs the chunk joins (see
  * convertDoCopy): each is scanned and written as qemu-img writes each of its chunks, so the
  * target gets the same writes in the same order (an allocating format lays its clusters out
- * in that order: one write joining them would place them otherwise). Every write of the
- * chunk is issued before any is awaited, and `issued` runs once all of them are: the next
- * chunk may then issue its own (see convertDoCopy).
+ * in that order: one write joining them would place them otherwise); `joinData` joins the
+ * consecutive data writes for a target where that cannot matter. Every write of the chunk is
+ * issued before any is awaited, and `issued` runs once all of them are: the next chunk may
+ * then issue its own (see convertDoCopy).
  */
 async function convertWrite(
   s: ConvertState,
@@ -232,9 +233,19 @@ async function convertWrite(
   parts: readonly number[],
   buf: Uint8Array,
   status: Status,
+  joinData: boolean,
   issued: () => void,
 ): Promise<void> {
   const writes: Promise<void>[] = [];
+  const chunkSector = sectorNum;
+  // Data not issued yet: sectors [dataFirst, dataFirst + dataLen) of buf. Only a target that
+  // lays nothing out (joinData: a raw image) gets consecutive data pieces as one write.
+  let dataFirst = 0;
+  let dataLen = 0;
+  const issueData = (): void => {
+    if (dataLen > 0) writes.push(s.target.pwrite((chunkSector + dataFirst) * SECTOR, buf.subarray(dataFirst * SECTOR, (dataFirst + dataLen) * SECTOR)));
+    dataLen = 0;
+  };
   let first = 0;
   try {
     // Up to the end of the current part: the zero scan and the writes keep its bounds.
@@ -259,14 +270,18 @@ async function convertWrite(
         if (s.compressed && status === 'data') {
           // written above
         } else if (writeData) {
-          writes.push(s.target.pwrite(sectorNum * SECTOR, buf.subarray(first * SECTOR, (first + n) * SECTOR)));
-        } else if (!s.hasZeroInit) {
-          writes.push(s.target.writeZeroes(sectorNum * SECTOR, n * SECTOR, { mayUnmap: true }));
+          if (dataLen === 0) dataFirst = first;
+          dataLen += n;
+          if (!joinData) issueData();
+        } else {
+          issueData();
+          if (!s.hasZeroInit) writes.push(s.target.writeZeroes(sectorNum * SECTOR, n * SECTOR, { mayUnmap: true }));
         }
       }
       sectorNum += n;
       first += n;
     }
+    issueData();
   } finally {
     issued();
   }
@@ -286,6 +301,9 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
   s.sectorNextStatus = 0;
   s.statusReplay = 0;
 
+  // Writes split or joined leave the same bytes in a raw image; a format that allocates lays
+  // its clusters out by the writes it gets, which must be qemu-img's.
+  const joinData = rootOf(s.target).driver.formatName === 'raw';
   let allocatedDone = 0;
   let failed: unknown = null;
   // In-order writes (qemu-img's default, without -W): each chunk issues its writes only after
@@ -370,7 +388,7 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
         if (wrInOrder) await prevIssued;
         if (failed === null) {
           try {
-            await convertWrite(s, start, parts, buf, status, myIssued);
+            await convertWrite(s, start, parts, buf, status, joinData, myIssued);
           } catch (e) {
             if (failed === null) {
               env.o.error(`error while writing at byte ${start * SECTOR}: ${errnoMessage(e)}`);
