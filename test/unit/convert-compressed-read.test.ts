@@ -2,7 +2,7 @@
 // convert reads consecutive data clusters as one request, each inflated straight into the
 // chunk's buffer; the output is the source's bytes. A raw target gets them as one write, a
 // qcow2 target one write per cluster, as qemu-img writes them.
-import { readFileSync, writeFileSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, readSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { setIoEngineForTest } from '../../src/drivers/file/engine.js';
@@ -16,6 +16,25 @@ const CLUSTER = 65536;
 
 async function blkImg(...args: string[]): Promise<number> {
   return main(['node', 'blk-img', ...args], { stdout: { write: () => undefined }, stderr: { write: () => undefined } });
+}
+
+/** Overwrite the compressed bytes of guest cluster `k` (in the first L2 table) with garbage. */
+function corruptCompressedCluster(path: string, k: number): void {
+  const fd = openSync(path, 'r+');
+  try {
+    const u64 = (at: number): bigint => {
+      const b = Buffer.alloc(8);
+      readSync(fd, b, 0, 8, at);
+      return b.readBigUInt64BE(0);
+    };
+    const l2 = Number(u64(Number(u64(40))) & 0x00fffffffffffe00n);
+    const entry = u64(l2 + 8 * k);
+    expect(entry & (1n << 62n)).not.toBe(0n);
+    // 64 KiB clusters: the host offset is the low 62 - (16 - 8) bits.
+    writeSync(fd, new Uint8Array(64).fill(0xff), 0, 64, Number(entry & ((1n << 54n) - 1n)));
+  } finally {
+    closeSync(fd);
+  }
 }
 
 /** 6 MiB: 3 MiB of data (every cluster different, no zero sector), a 1 MiB hole, 2 MiB of data. */
@@ -118,5 +137,21 @@ describe('convert from a compressed qcow2 image', () => {
     // Each data cluster on its own; nothing joined (the image's creation writes 3 clusters).
     expect(toQcow2.filter((n) => n === CLUSTER).length).toBeGreaterThanOrEqual(80);
     expect(toQcow2.filter((n) => n > 4 * CLUSTER)).toEqual([]);
+  });
+
+  it('reports a damaged cluster at its own offset, as qemu-img does', async () => {
+    const src = join(dir, 'src.raw');
+    writeFileSync(src, sourceBytes());
+    const qcow2 = join(dir, 'c.qcow2');
+    expect(await blkImg('convert', '-c', '-f', 'raw', '-O', 'qcow2', src, qcow2)).toBe(0);
+    // Cluster 37: inside the first run, in the second 2 MiB chunk.
+    corruptCompressedCluster(qcow2, 37);
+    let err = '';
+    const status = await main(['node', 'blk-img', 'convert', '-f', 'qcow2', '-O', 'raw', qcow2, join(dir, 'out.raw')], {
+      stdout: { write: () => undefined },
+      stderr: { write: (m: string) => void (err += m) },
+    });
+    expect(status).toBe(1);
+    expect(err).toContain(`error while reading at byte ${37 * CLUSTER}: `);
   });
 });

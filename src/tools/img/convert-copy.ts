@@ -219,6 +219,24 @@ async function convertRead(s: ConvertState, sectorNum: number, nbSectors: number
 }
 
 /**
+ * The read of a chunk of joined runs failed: the runs are read again one by one, as qemu-img
+ * reads its chunks, for the error it reports (the first run that fails, at its own offset);
+ * the chunk's own failure when each run reads alone.
+ */
+async function firstFailingRun(s: ConvertState, start: number, parts: readonly number[], buf: Uint8Array, error: unknown): Promise<{ at: number; error: unknown }> {
+  let at = start;
+  for (const n of parts) {
+    try {
+      await convertRead(s, at, n, buf.subarray((at - start) * SECTOR, (at - start + n) * SECTOR));
+    } catch (e) {
+      return { at, error: e };
+    }
+    at += n;
+  }
+  return { at: start, error };
+}
+
+/**
  * convert_co_write. `parts` are the lengths of the status runs the chunk joins (see
  * convertDoCopy): each is scanned and written as qemu-img writes each of its chunks, so the
  * target gets the same writes in the same order (an allocating format lays its clusters out
@@ -375,9 +393,10 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
           try {
             await convertRead(s, start, n, buf);
           } catch (e) {
+            const f = parts.length > 1 ? await firstFailingRun(s, start, parts, buf, e) : { at: start, error: e };
             if (failed === null) {
-              env.o.error(`error while reading at byte ${start * SECTOR}: ${errnoMessage(e)}`);
-              failed = e;
+              env.o.error(`error while reading at byte ${f.at * SECTOR}: ${errnoMessage(f.error)}`);
+              failed = f.error;
             }
           }
         } else if (!s.minSparse && status === 'zero') {
