@@ -2,7 +2,7 @@
 // chunk all data must agree with the sector-by-sector scan whenever it answers.
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { allDataAtStride, isAllocatedSectorsMin, SECTOR } from '../../src/tools/img/convert-copy.js';
+import { allDataAtStride, isAllocatedSectorsMin, SECTOR } from '../../src/tools/img/convert-zero-scan.js';
 
 /** Sectors of kinds: 0 zero, 1 data in its first byte, 2 data only in its last byte. */
 function chunk(kinds: number[]): Uint8Array {

@@ -78,6 +78,10 @@ describe.skipIf(engine === null)('the addon zlib codec', () => {
       const sectors = new Uint8Array(Math.ceil((z.length + 1) / 512) * 512).fill(0xa5);
       sectors.set(z);
       expect(Buffer.from(await codec.decompress(ZLIB, sectors, 65536)).equals(c)).toBe(true);
+      // Into the caller's buffer, whatever it held.
+      const dst = new Uint8Array(65536).fill(0xee);
+      expect(await codec.decompress(ZLIB, sectors, 65536, dst)).toBe(dst);
+      expect(Buffer.from(dst).equals(c)).toBe(true);
       await expect(Promise.resolve(codec.decompress(ZLIB, z.subarray(0, z.length >> 1), 65536))).rejects.toMatchObject({ code: 'EIO' });
     }
   });
@@ -89,6 +93,9 @@ describe.skipIf(engine === null)('the addon zlib codec', () => {
       const got = codec.decompress(ZLIB, pako.deflateRaw(c, { level: 6, windowBits: 12, memLevel: 9 }), 4096);
       // pako answers at once, not through a promise.
       expect(got).toEqual(c);
+      const dst = new Uint8Array(4096);
+      expect(codec.decompress(ZLIB, pako.deflateRaw(c, { level: 6, windowBits: 12, memLevel: 9 }), 4096, dst)).toBe(dst);
+      expect(dst).toEqual(c);
     } finally {
       setSeekAddonForTest(prev);
     }

@@ -23,10 +23,11 @@ export interface ZlibClusterEngine {
  */
 export function zlibEngineCodec(engine: () => ZlibClusterEngine | null, fallback: Qcow2Codec): Qcow2Codec {
   return {
-    decompress(type, src, clusterSize) {
+    decompress(type, src, clusterSize, dst) {
       const e = type === QCOW2_COMPRESSION_TYPE_ZLIB ? engine() : null;
-      if (e === null) return fallback.decompress(type, src, clusterSize);
-      const out = new Uint8Array(clusterSize);
+      if (e === null) return fallback.decompress(type, src, clusterSize, dst);
+      // The caller's buffer is its own until this settles (qcow2ReadRange waits for it).
+      const out = dst ?? new Uint8Array(clusterSize);
       return e.inflateCluster(src, out).then((n) => {
         if (n !== clusterSize) throw new BlockError('EIO', 'Could not decompress a compressed cluster', { op: 'read_compressed' });
         return out;

@@ -18,9 +18,11 @@ export interface Qcow2Codec {
   /**
    * Decompress `src` (the compressed bytes, possibly followed by unrelated bytes up to the
    * end of the last sector) into exactly `clusterSize` bytes. Throws EIO when the data does
-   * not produce a whole cluster. May answer later (an engine off the main thread).
+   * not produce a whole cluster. May answer later (an engine off the main thread). `dst`
+   * (clusterSize bytes) is filled and returned instead of a fresh buffer; on failure its
+   * bytes are undefined.
    */
-  decompress(type: number, src: Uint8Array, clusterSize: number): Uint8Array | Promise<Uint8Array>;
+  decompress(type: number, src: Uint8Array, clusterSize: number, dst?: Uint8Array): Uint8Array | Promise<Uint8Array>;
   /**
    * Compress one cluster into at most `maxBytes` bytes; null when it does not fit (the
    * caller then writes the cluster uncompressed, as QEMU does). Asynchronous so that an
@@ -29,8 +31,7 @@ export interface Qcow2Codec {
   compress(type: number, src: Uint8Array, maxBytes: number): Promise<Uint8Array | null>;
 }
 
-function inflateCluster(src: Uint8Array, clusterSize: number): Uint8Array {
-  const out = new Uint8Array(clusterSize);
+function inflateCluster(src: Uint8Array, clusterSize: number, out: Uint8Array = new Uint8Array(clusterSize)): Uint8Array {
   let filled = 0;
   const inflater = new pako.Inflate({ raw: true, chunkSize: clusterSize });
   // Collect output ourselves: stop once the cluster is full (QEMU accepts Z_BUF_ERROR then).
@@ -46,8 +47,7 @@ function inflateCluster(src: Uint8Array, clusterSize: number): Uint8Array {
   return out;
 }
 
-function zstdCluster(src: Uint8Array, clusterSize: number): Uint8Array {
-  const out = new Uint8Array(clusterSize);
+function zstdCluster(src: Uint8Array, clusterSize: number, out: Uint8Array = new Uint8Array(clusterSize)): Uint8Array {
   let filled = 0;
   const dec = new ZstdDecompress((chunk: Uint8Array) => {
     const n = Math.min(chunk.length, clusterSize - filled);
@@ -72,9 +72,9 @@ function zstdCluster(src: Uint8Array, clusterSize: number): Uint8Array {
 }
 
 export const defaultQcow2Codec: Qcow2Codec = {
-  decompress(type, src, clusterSize) {
-    if (type === QCOW2_COMPRESSION_TYPE_ZLIB) return inflateCluster(src, clusterSize);
-    if (type === QCOW2_COMPRESSION_TYPE_ZSTD) return zstdCluster(src, clusterSize);
+  decompress(type, src, clusterSize, dst) {
+    if (type === QCOW2_COMPRESSION_TYPE_ZLIB) return inflateCluster(src, clusterSize, dst);
+    if (type === QCOW2_COMPRESSION_TYPE_ZSTD) return zstdCluster(src, clusterSize, dst);
     throw new BlockError('ENOTSUP', `qcow2: unknown compression type: ${type}`, { op: 'read_compressed' });
   },
   async compress(type, src, maxBytes) {

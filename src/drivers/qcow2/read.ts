@@ -34,14 +34,20 @@ async function readBacking(s: BDRVQcow2State, offset: number, qiov: IOVector): P
   await backing.preadv(offset, cur);
 }
 
-/** Decompress the cluster an entry describes (qcow2_co_preadv_compressed). */
-export async function qcow2ReadCompressedCluster(s: BDRVQcow2State, entry: bigint): Promise<Uint8Array> {
+/**
+ * Decompress the cluster an entry describes (qcow2_co_preadv_compressed): into `dst` when
+ * given (a whole cluster of the caller's), else into a fresh buffer.
+ */
+export async function qcow2ReadCompressedCluster(s: BDRVQcow2State, entry: bigint, dst?: Uint8Array): Promise<Uint8Array> {
   const c = decodeCompressed(entry, s.compressed);
   const file = qcow2File(s);
   await file.debugEvent('read_compressed');
   const buf = new Uint8Array(c.length);
   await file.pread(c.offset, buf);
-  return s.codec.decompress(s.header.compressionType, buf, s.clusterSize);
+  const out = await s.codec.decompress(s.header.compressionType, buf, s.clusterSize, dst);
+  // A codec that knows no `dst` answers with a buffer of its own.
+  if (dst !== undefined && out !== dst) dst.set(out);
+  return out;
 }
 
 /** Execute one planned run of a read. */
@@ -54,6 +60,13 @@ async function readRun(s: BDRVQcow2State, offset: number, run: Qcow2Run, cur: IO
       await readBacking(s, offset, cur);
       return;
     case 'compressed': {
+      // A whole cluster into one buffer of the request is inflated in place: no cluster-sized
+      // bounce buffer to allocate, zero and copy out of (a convert of a compressed image
+      // reads every cluster this way).
+      if (run.bytes === s.clusterSize && cur.niov === 1) {
+        await qcow2ReadCompressedCluster(s, run.l2Entry, cur.iov[0]);
+        return;
+      }
       const data = await qcow2ReadCompressedCluster(s, run.l2Entry);
       const at = offsetIntoCluster(s, offset);
       cur.copyFrom(data.subarray(at, at + run.bytes));

@@ -2,82 +2,21 @@
 // backing runs, data runs are scanned for zero sectors (-S) so that zero regions stay
 // unallocated in the target, requests run in parallel (-m, an AioTaskPool) and are written in
 // order unless -W.
-import { AioTaskPool, bufferIsZero, qemuMemalign, sectorRun, type BlockBackend } from '../../index.js';
+import { AioTaskPool, bufferIsZero, qemuMemalign, type BlockBackend } from '../../index.js';
 import { rootOf } from '../shared/open.js';
 import { ToolExit, errnoMessage } from '../shared/output.js';
 import { BDRV_BLOCK_DATA, BDRV_BLOCK_ZERO, blockStatusAboveFlags } from './block-status.js';
+import { allDataAtStride, isAllocatedSectorsMin, SECTOR } from './convert-zero-scan.js';
 import type { ImgEnv } from './env.js';
 import type { Progress } from './progress.js';
 
-export const SECTOR = 512;
+export { SECTOR };
 /** Default copy buffer: 2 MiB (4096 sectors). */
 export const BUF_SECTORS = 4096;
 /** BDRV_REQUEST_MAX_SECTORS. */
 const REQUEST_MAX_SECTORS = Math.floor(0x7fffffff / SECTOR);
 
 export type Status = 'data' | 'zero' | 'backing';
-
-/**
- * is_allocated_sectors: length of the first run of same-kind (zero / non-zero) sectors, with the
- * end of the run aligned to `alignment` sectors (a short zero tail is treated as data).
- */
-function isAllocatedSectors(buf: Uint8Array, first: number, n: number, sectorNum: number, alignment: number): { ret: boolean; pnum: number } {
-  if (n <= 0) return { ret: false, pnum: 0 };
-  let isZero = bufferIsZero(buf, first * SECTOR, (first + 1) * SECTOR);
-  let i = 1 + sectorRun(buf, first + 1, n - 1, SECTOR, isZero);
-  if (i === n) return { ret: !isZero, pnum: i };
-  const tail = (sectorNum + i) & (alignment - 1);
-  if (tail) {
-    if (isZero && i <= tail) isZero = false;
-    if (!isZero) i = Math.min(i + alignment - tail, n);
-    else i -= tail;
-  }
-  return { ret: !isZero, pnum: i };
-}
-
-/**
- * is_allocated_sectors_min: like isAllocatedSectors, but a zero run shorter than `min` sectors
- * between data is copied as data (fewer, larger writes).
- */
-export function isAllocatedSectorsMin(buf: Uint8Array, first: number, n: number, min: number, sectorNum: number, alignment: number): { ret: boolean; pnum: number } {
-  if (n < min) min = n;
-  let r = isAllocatedSectors(buf, first, n, sectorNum, alignment);
-  if (!r.ret) return r;
-  let numUsed = r.pnum;
-  let pos = first + r.pnum;
-  let sn = sectorNum + r.pnum;
-  let numChecked = numUsed;
-  let left = n;
-  while (left > 0) {
-    left -= r.pnum;
-    r = isAllocatedSectors(buf, pos, left, sn, alignment);
-    pos += r.pnum;
-    sn += r.pnum;
-    numChecked += r.pnum;
-    if (r.ret) numUsed = numChecked;
-    else if (r.pnum >= min) break;
-  }
-  return { ret: true, pnum: numUsed };
-}
-
-/** A sector holds data: told by its first byte in nearly every case. */
-function sectorHasData(buf: Uint8Array, sector: number): boolean {
-  const at = sector * SECTOR;
-  return buf[at] !== 0 || !bufferIsZero(buf, at, at + SECTOR);
-}
-
-/**
- * The n sectors from `first` (n >= min) begin and end with data and hold no run of `min` zero
- * sectors: isAllocatedSectorsMin would then call them all data (its shorter zero runs between
- * data are copied as data, whatever the alignment). Such a run would cover one of the sectors
- * looked at here, one in every `min`: the scan of a data chunk reads an eighth of its sectors
- * (-S 4k) instead of each.
- */
-export function allDataAtStride(buf: Uint8Array, first: number, n: number, min: number): boolean {
-  if (!sectorHasData(buf, first) || !sectorHasData(buf, first + n - 1)) return false;
-  for (let i = first + min - 1; i < first + n; i += min) if (!sectorHasData(buf, i)) return false;
-  return true;
-}
 
 export function pow2floor(n: number): number {
   if (n <= 0) return 0;
@@ -219,22 +158,57 @@ async function convertRead(s: ConvertState, sectorNum: number, nbSectors: number
 }
 
 /**
- * convert_co_write. Every write of the chunk is issued before any is awaited, and `issued`
- * runs once all of them are: the next chunk may then issue its own (see convertDoCopy).
+ * The read of a chunk of joined runs failed: the runs are read again one by one, as qemu-img
+ * reads its chunks, for the error it reports (the first run that fails, at its own offset);
+ * the chunk's own failure when each run reads alone.
+ */
+async function firstFailingRun(s: ConvertState, start: number, parts: readonly number[], buf: Uint8Array, error: unknown): Promise<{ at: number; error: unknown }> {
+  let at = start;
+  for (const n of parts) {
+    try {
+      await convertRead(s, at, n, buf.subarray((at - start) * SECTOR, (at - start + n) * SECTOR));
+    } catch (e) {
+      return { at, error: e };
+    }
+    at += n;
+  }
+  return { at: start, error };
+}
+
+/**
+ * convert_co_write. `parts` are the lengths of the status runs the chunk joins (see
+ * convertDoCopy): each is scanned and written as qemu-img writes each of its chunks, so the
+ * target gets the same writes in the same order (an allocating format lays its clusters out
+ * in that order: one write joining them would place them otherwise); `joinData` joins the
+ * consecutive data writes for a target where that cannot matter. Every write of the chunk is
+ * issued before any is awaited, and `issued` runs once all of them are: the next chunk may
+ * then issue its own (see convertDoCopy).
  */
 async function convertWrite(
   s: ConvertState,
   sectorNum: number,
-  nbSectors: number,
+  parts: readonly number[],
   buf: Uint8Array,
   status: Status,
+  joinData: boolean,
   issued: () => void,
 ): Promise<void> {
   const writes: Promise<void>[] = [];
+  const chunkSector = sectorNum;
+  // Data not issued yet: sectors [dataFirst, dataFirst + dataLen) of buf. Only a target that
+  // lays nothing out (joinData: a raw image) gets consecutive data pieces as one write.
+  let dataFirst = 0;
+  let dataLen = 0;
+  const issueData = (): void => {
+    if (dataLen > 0) writes.push(s.target.pwrite((chunkSector + dataFirst) * SECTOR, buf.subarray(dataFirst * SECTOR, (dataFirst + dataLen) * SECTOR)));
+    dataLen = 0;
+  };
   let first = 0;
   try {
-    while (nbSectors > 0) {
-      let n = nbSectors;
+    // Up to the end of the current part: the zero scan and the writes keep its bounds.
+    for (let part = 0, partEnd = 0; part < parts.length || first < partEnd; ) {
+      if (first === partEnd) partEnd += parts[part++];
+      let n = partEnd - first;
       if (status !== 'backing') {
         let writeData = status === 'data' && s.minSparse === 0;
         if (status === 'data' && s.compressed) {
@@ -253,15 +227,18 @@ async function convertWrite(
         if (s.compressed && status === 'data') {
           // written above
         } else if (writeData) {
-          writes.push(s.target.pwrite(sectorNum * SECTOR, buf.subarray(first * SECTOR, (first + n) * SECTOR)));
-        } else if (!s.hasZeroInit) {
-          writes.push(s.target.writeZeroes(sectorNum * SECTOR, n * SECTOR, { mayUnmap: true }));
+          if (dataLen === 0) dataFirst = first;
+          dataLen += n;
+          if (!joinData) issueData();
+        } else {
+          issueData();
+          if (!s.hasZeroInit) writes.push(s.target.writeZeroes(sectorNum * SECTOR, n * SECTOR, { mayUnmap: true }));
         }
       }
       sectorNum += n;
-      nbSectors -= n;
       first += n;
     }
+    issueData();
   } finally {
     issued();
   }
@@ -281,6 +258,9 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
   s.sectorNextStatus = 0;
   s.statusReplay = 0;
 
+  // Writes split or joined leave the same bytes in a raw image; a format that allocates lays
+  // its clusters out by the writes it gets, which must be qemu-img's.
+  const joinData = rootOf(s.target).driver.formatName === 'raw';
   let allocatedDone = 0;
   let failed: unknown = null;
   // In-order writes (qemu-img's default, without -W): each chunk issues its writes only after
@@ -298,17 +278,43 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
   // They are page-aligned (qemu_blockalign): the kernel copies into and out of them faster.
   const freeBufs: Uint8Array[] = [];
   const EMPTY = new Uint8Array(0);
-  let sectorNum = 0;
-  while (sectorNum < s.totalSectors && failed === null) {
-    let n = await iterationSectors(env, s, sectorNum);
-    let status = s.status;
-    if (!s.minSparse && status === 'zero') n = Math.min(n, s.bufSectors);
-    const start = sectorNum;
-    sectorNum += n;
+  const nextRun = async (at: number): Promise<{ n: number; status: Status }> => {
+    const n = await iterationSectors(env, s, at);
+    return { n: !s.minSparse && s.status === 'zero' ? Math.min(n, s.bufSectors) : n, status: s.status };
+  };
+  const counted = (n: number, status: Status): void => {
     if (status === 'data' || (!s.minSparse && status === 'zero')) {
       allocatedDone += n;
       progress.print((100 * allocatedDone) / allocatedSectors, 0);
     }
+  };
+  // The run asked for past the end of a chunk of joined data runs, not part of it.
+  let ahead: { n: number; status: Status } | null = null;
+  let sectorNum = 0;
+  while (sectorNum < s.totalSectors && failed === null) {
+    const run = ahead ?? (await nextRun(sectorNum));
+    ahead = null;
+    let n = run.n;
+    let status = run.status;
+    counted(n, status);
+    // Consecutive data runs, up to a buffer's worth, are read as one request (a compressed
+    // image answers block status one cluster at a time): fewer, larger reads, and the source
+    // driver may work on their clusters at once. They are written as qemu-img writes them.
+    const parts = [n];
+    if (status === 'data' && !s.compressed) {
+      while (n < s.bufSectors && sectorNum + n < s.totalSectors) {
+        const next = await nextRun(sectorNum + n);
+        if (next.status !== 'data' || n + next.n > s.bufSectors) {
+          ahead = next;
+          break;
+        }
+        counted(next.n, next.status);
+        n += next.n;
+        parts.push(next.n);
+      }
+    }
+    const start = sectorNum;
+    sectorNum += n;
     const prevIssued = lastIssued;
     let markIssued!: () => void;
     lastIssued = new Promise<void>((resolve) => {
@@ -326,9 +332,10 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
           try {
             await convertRead(s, start, n, buf);
           } catch (e) {
+            const f = parts.length > 1 ? await firstFailingRun(s, start, parts, buf, e) : { at: start, error: e };
             if (failed === null) {
-              env.o.error(`error while reading at byte ${start * SECTOR}: ${errnoMessage(e)}`);
-              failed = e;
+              env.o.error(`error while reading at byte ${f.at * SECTOR}: ${errnoMessage(f.error)}`);
+              failed = f.error;
             }
           }
         } else if (!s.minSparse && status === 'zero') {
@@ -339,7 +346,7 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
         if (wrInOrder) await prevIssued;
         if (failed === null) {
           try {
-            await convertWrite(s, start, n, buf, status, myIssued);
+            await convertWrite(s, start, parts, buf, status, joinData, myIssued);
           } catch (e) {
             if (failed === null) {
               env.o.error(`error while writing at byte ${start * SECTOR}: ${errnoMessage(e)}`);
