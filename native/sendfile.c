@@ -6,12 +6,10 @@
  *
  *   sendFileNow(sock, head, fd, offset, length, spill, sndbuf) -> number
  *
- * A non-zero `sndbuf` first asks for a send buffer that large (SO_SNDBUF, which the kernel
- * caps at net.core.wmem_max); errors there are ignored.
  * Only when every page of [offset, offset + length) is in the page cache (cachestat(2)), so
  * that it never waits for the disk. Sends `head`, then the file's bytes, until done or the
  * socket is full (it is non-blocking). Returns:
- *   -2  the host cannot (no cachestat or no sendfile): the caller stops asking;
+ *   -2  no cachestat for this file here: the caller stops asking;
  *   -1  nothing was sent (not all cached, the socket failing): the caller sends the reply
  *       its usual way, which reports any error;
  *   n   the reply went out but for its last n bytes (0: all of it). A reply must go whole, so
@@ -19,6 +17,10 @@
  *       queued on the socket; `spill` holds head.length + length bytes. They are read with a
  *       plain pread: the pages were cached a moment ago, a disk read is a rare race;
  *   -3  as n, but that read failed: the reply cannot be completed, the connection must close.
+ *
+ * A non-zero `sndbuf` first asks for a send buffer that large (SO_SNDBUF, which the kernel
+ * caps at net.core.wmem_max); errors there are ignored. sendfile has no MSG_NOSIGNAL: a peer
+ * gone raises SIGPIPE, which Node ignores, and the error then reaches the caller's own write.
  */
 #define _GNU_SOURCE
 #define _FILE_OFFSET_BITS 64
@@ -83,13 +85,16 @@ static int safe_int(double d, double max) {
 }
 
 #ifdef __linux__
-/* 1: every page of the range is cached; 0: not; -1: no cachestat here. */
+/*
+ * 1: every page of the range is cached; 0: not; -1: no cachestat for this file (an older
+ * kernel, a seccomp filter that refuses unknown calls with EPERM, hugetlbfs).
+ */
 static int all_cached(int fd, uint64_t off, uint64_t len) {
   static long page;
   if (page == 0) page = sysconf(_SC_PAGESIZE);
   struct blk_cachestat_range r = {off, len};
   struct blk_cachestat cs;
-  if (syscall(__NR_cachestat, fd, &r, &cs, 0) != 0) return errno == ENOSYS ? -1 : 0;
+  if (syscall(__NR_cachestat, fd, &r, &cs, 0) != 0) return errno == ENOSYS || errno == EPERM || errno == EOPNOTSUPP ? -1 : 0;
   uint64_t first = off / (uint64_t)page, end = (off + len + (uint64_t)page - 1) / (uint64_t)page;
   return cs.nr_cache >= end - first;
 }
