@@ -68,6 +68,9 @@ napi_value blk_zlib_init(napi_env env, napi_value exports);
 /* Adds memOffset (memalign.c) to the addon's exports. */
 napi_value blk_memalign_init(napi_env env, napi_value exports);
 
+/* Adds sendFileNow (sendfile.c) to the addon's exports. */
+napi_value blk_sendfile_init(napi_env env, napi_value exports);
+
 /* From seek.c: a Node-shaped system error (code, errno, syscall). */
 napi_value blk_errno_error(napi_env env, int err, const char *syscall_name);
 

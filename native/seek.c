@@ -402,5 +402,6 @@ NAPI_MODULE_INIT() {
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
   if (blk_zlib_init(env, exports) == NULL) return NULL;
   if (blk_memalign_init(env, exports) == NULL) return NULL;
+  if (blk_sendfile_init(env, exports) == NULL) return NULL;
   return blk_engine_init(env, exports);
 }

@@ -37,6 +37,8 @@ import {
   BDRV_SECTOR_SIZE,
   type BlockStatus,
   type OpenOptions,
+  SENDFILE_DECLINED,
+  type SendfileReply,
   type WriteFlags,
   type WriteZeroesFlags,
 } from './driver.js';
@@ -289,6 +291,18 @@ export class BlockBackend {
     if (this.closing || bs === null || !validRange(offset, buf.length)) return false;
     const len = bs.knownLength();
     return len !== null && offset <= len && len - offset >= buf.length && bs.preadvNow(offset, IOVector.from(buf));
+  }
+
+  /**
+   * preadNow's bytes, sent as the data of a reply straight from the host file into a socket
+   * (the root's sendfileNow hook: see SendfileReply); SENDFILE_DECLINED when nothing was sent.
+   */
+  sendfileNow(offset: number, bytes: number, reply: SendfileReply): number {
+    const bs = this.rootNode;
+    if (this.closing || bs === null || !validRange(offset, bytes)) return SENDFILE_DECLINED;
+    const len = bs.knownLength();
+    if (len === null || offset > len || len - offset < bytes) return SENDFILE_DECLINED;
+    return bs.sendfileNow(offset, bytes, reply);
   }
 
   /** blockStatusAbove now, when the root has no backing file and answers now; else null. */

@@ -20,6 +20,26 @@ export interface WriteFlags {
   fua?: boolean;
 }
 
+/**
+ * A reply sent straight from a host file into a socket (BlockDriver.sendfileNow): `head`,
+ * then the data. `spill` receives what the socket did not take, head.length + bytes or more.
+ * A non-zero `sendBuffer` first asks for a socket send buffer that large (SO_SNDBUF).
+ */
+export interface SendfileReply {
+  sock: number;
+  head: Uint8Array;
+  spill: Uint8Array;
+  sendBuffer: number;
+}
+
+/**
+ * sendfileNow's answer: SENDFILE_DECLINED (nothing sent: use the usual path, which reports
+ * errors), SENDFILE_BROKEN (part sent, the rest unreadable: the connection must close), or
+ * n >= 0: all sent but the last n bytes of the reply, which are in spill[0, n).
+ */
+export const SENDFILE_DECLINED = -1;
+export const SENDFILE_BROKEN = -3;
+
 export interface WriteZeroesFlags {
   /** The range may be deallocated instead of written (BDRV_REQ_MAY_UNMAP). */
   mayUnmap?: boolean;

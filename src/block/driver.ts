@@ -19,6 +19,7 @@ import type {
   OpenOptions,
   PersistentBitmapInfo,
   QEMUSnapshotInfo,
+  SendfileReply,
   WriteFlags,
   WriteZeroesFlags,
 } from './driver-types.js';
@@ -129,6 +130,12 @@ export interface BlockDriver {
    * event loop of a request whose data is already in memory.
    */
   preadvNow?(bs: BlockDriverState, offset: number, bytes: number, qiov: IOVector): boolean;
+  /**
+   * A reply to a network read, its `bytes` bytes at `offset` sent from the host's page cache
+   * into the socket without a copy (sendfile), now, synchronously: see SendfileReply. Called
+   * for requests checked as for preadvNow; declines (nothing sent) whenever preadvNow would.
+   */
+  sendfileNow?(bs: BlockDriverState, offset: number, bytes: number, reply: SendfileReply): number;
   coPwritev?(bs: BlockDriverState, offset: number, bytes: number, qiov: IOVector, flags: WriteFlags): Promise<void>;
   /**
    * Start the write now and report its end through `done` (null on success), with no promise:

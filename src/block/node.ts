@@ -34,6 +34,7 @@ import {
   type CheckFix,
   type CheckResult,
   type OpenOptions,
+  type SendfileReply,
   type WriteFlags,
   type WriteZeroesFlags,
 } from './driver.js';
@@ -41,7 +42,7 @@ import { BlockError } from './errors.js';
 import { BlockEventEmitter, type BlkDebugEvent } from './events.js';
 import { aioFlush, aioRw } from './io/aio.js';
 import { bdrvFlush, bdrvTruncate, driverLength } from './io/flush.js';
-import { bdrvPreadv, preadvNow } from './io/read.js';
+import { bdrvPreadv, preadvNow, sendfileNow } from './io/read.js';
 import { driverLengthNow, nodeGrowable, userLengthOf, type NodeParent } from './io/length.js';
 import { RequestTracker, driverRequestAlignment, inflight } from './io/requests.js';
 import { NO_FLAGS, bdrvDiscard, bdrvPwritev, bdrvWriteZeroes } from './io/write.js';
@@ -237,6 +238,11 @@ export class BlockDriverState {
    */
   preadvNow(offset: number, qiov: IOVector): boolean {
     return preadvNow(this, offset, qiov);
+  }
+
+  /** A read's reply sent into a socket from the host file now (its sendfileNow hook). */
+  sendfileNow(offset: number, bytes: number, reply: SendfileReply): number {
+    return sendfileNow(this, offset, bytes, reply);
   }
 
   pwrite(offset: number, buf: Uint8Array, flags: WriteFlags = NO_FLAGS): Promise<void> {

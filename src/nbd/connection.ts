@@ -26,9 +26,16 @@ export class NbdConnection {
   /** READ reply frames of this client, reused from one reply to the next. */
   readonly frames = new FramePool();
   private closed = false;
+  /** Waits for queued replies to be written: all released when the socket closes. */
+  private readonly unwritten = new Set<() => void>();
+  /** The wait for the last reply queued on the socket, until it is written. */
+  private lastQueued: Promise<void> | null = null;
+  /**
+   * A READ reply of this connection went out through directFd (sendfile): the next ones are
+   * worth waiting for an empty queue rather than copied behind it.
+   */
+  direct = false;
   private readonly closedWaiters: (() => void)[] = [];
-  /** The pending wait for the socket to drain, shared by the replies that filled it. */
-  private drained: Promise<void> | null = null;
 
   constructor(
     readonly id: number,
@@ -59,32 +66,37 @@ export class NbdConnection {
   /** Switch to the TLS socket once its handshake is done (STARTTLS). */
   useTls(tls: TLSSocket): void {
     this.out = tls;
-    this.drained = null;
     tls.on('error', () => undefined);
     tls.on('close', () => this.markClosed());
     this.reader.attach(tls);
   }
 
   /**
-   * Write the buffers in order; resolves once the socket accepted them without exceeding its
-   * buffer (back-pressure for large READ replies). Writes after close are dropped.
+   * Write the buffers in order; resolves once the socket has handed them all to the kernel
+   * (back-pressure for large READ replies). Writes after close are dropped.
    */
   send(...bufs: Uint8Array[]): Promise<void> {
-    return this.sendNow(...bufs) ? Promise.resolve() : this.whenDrained();
+    return this.sendNow(...bufs) ?? Promise.resolve();
   }
 
-  /** `send` without the promise: false when the socket's buffer is full (see whenDrained). */
-  sendNow(...bufs: Uint8Array[]): boolean {
-    if (this.closed || this.out.destroyed) return true;
-    let ok = true;
+  /**
+   * `send` without a promise when it is not needed: null when the kernel took every byte at
+   * once, else a promise that resolves once it has (or the connection failed).
+   */
+  sendNow(...bufs: Uint8Array[]): Promise<void> | null {
+    if (this.closed || this.out.destroyed) return null;
     if (bufs.length > 1 && totalLength(bufs) <= SMALL_REPLY) {
       // One write for a small chunk (block status, hole, error): the client, woken by the
       // header alone, would read it and sleep again until the payload came.
-      ok = this.out.write(concat(bufs));
-    } else {
-      for (const b of bufs) if (b.length > 0) ok = this.out.write(b);
+      return this.write(concat(bufs), null);
     }
-    return ok;
+    let last: Uint8Array | null = null;
+    for (const b of bufs) {
+      if (b.length === 0) continue;
+      if (last !== null) this.out.write(last);
+      last = b;
+    }
+    return last === null ? null : this.write(last, null);
   }
 
   /**
@@ -93,39 +105,62 @@ export class NbdConnection {
    * bytes are still the socket's. A failed write drops the frame to the garbage collector.
    */
   sendFrame(frame: Buffer, length: number): Promise<void> {
-    return this.sendFrameNow(frame, length) ? Promise.resolve() : this.whenDrained();
+    return this.sendFrameNow(frame, length) ?? Promise.resolve();
   }
 
-  /** `sendFrame` without the promise: false when the socket's buffer is full. */
-  sendFrameNow(frame: Buffer, length: number): boolean {
+  /** `sendFrame` without a promise when the kernel took the frame at once (see sendNow). */
+  sendFrameNow(frame: Buffer, length: number): Promise<void> | null {
     if (this.closed || this.out.destroyed) {
       this.frames.put(frame);
-      return true;
+      return null;
     }
-    return this.out.write(frame.subarray(0, length), (err) => {
-      if (err == null) this.frames.put(frame);
-    });
+    return this.write(frame.subarray(0, length), frame);
   }
 
   /**
-   * One wait for 'drain' (or 'close') shared by every reply that found the socket full: a
-   * client with dozens of reads in flight must not add two listeners per reply.
+   * The socket's descriptor while a reply may be written into it directly (sendfile): a plain
+   * socket, not TLS, with nothing queued, so that the reply's bytes follow the earlier ones;
+   * else -1.
    */
-  whenDrained(): Promise<void> {
-    if (this.drained !== null) return this.drained;
-    const out = this.out;
-    const p = new Promise<void>((resolve) => {
-      const done = (): void => {
-        out.off('drain', done);
-        out.off('close', done);
-        if (this.drained === p) this.drained = null;
-        resolve();
-      };
-      out.on('drain', done);
-      out.on('close', done);
+  directFd(): number {
+    if (this.closed || this.out !== this.socket || this.socket.writableLength !== 0) return -1;
+    // Node keeps the descriptor on its internal handle (a pipe or TCP wrap).
+    const fd = (this.socket as unknown as { _handle?: { fd?: unknown } | null })._handle?.fd;
+    return typeof fd === 'number' && fd >= 0 ? fd : -1;
+  }
+
+  /**
+   * Write `buf`, the last piece of a reply. A reply is waited for until its own last byte is
+   * written, not until the socket's whole queue drains: with replies queued behind it, a
+   * 'drain' wait would hold every slot until the client had read them all, and the next
+   * requests would be read and served only then, while the client waits idle.
+   */
+  private write(buf: Uint8Array, frame: Buffer | null): Promise<void> | null {
+    let written: (() => void) | null = null;
+    this.out.write(buf, (err) => {
+      if (err == null && frame !== null) this.frames.put(frame);
+      if (written !== null) {
+        this.unwritten.delete(written);
+        written();
+      }
     });
-    this.drained = p;
-    return p;
+    // Node counts bytes the kernel took at once out of writableLength before write returns;
+    // the callback itself comes a tick later.
+    if (this.out.writableLength === 0) return null;
+    const queued = new Promise<void>((resolve) => {
+      written = resolve;
+      this.unwritten.add(resolve);
+    });
+    this.lastQueued = queued;
+    void queued.then(() => {
+      if (this.lastQueued === queued) this.lastQueued = null;
+    });
+    return queued;
+  }
+
+  /** Null when nothing is queued on the socket, else a wait until all of it is written. */
+  whenWritten(): Promise<void> | null {
+    return this.out.writableLength === 0 ? null : this.lastQueued;
   }
 
   /** Flush what was written, then close (graceful end of a session). */
@@ -154,6 +189,8 @@ export class NbdConnection {
     if (this.closed) return;
     this.closed = true;
     this.reader.close();
+    for (const w of this.unwritten) w();
+    this.unwritten.clear();
     for (const w of this.closedWaiters.splice(0)) w();
   }
 }

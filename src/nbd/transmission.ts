@@ -11,8 +11,8 @@
  *
  * A READ the export can answer without waiting (a raw image on a host file, its bytes in the
  * page cache) is answered right here, in the turn that decoded it (read-now.ts); it counts
- * in flight only while the socket's buffer is full. Everything else, and every error, takes
- * the generic path through the backend (handle).
+ * in flight only while its reply is queued on the socket. Everything else, and every error,
+ * takes the generic path through the backend (handle).
  *
  * Validation order (qemu's nbd_co_receive_request): DISC first (no reply); length > 32 MiB
  * for READ/WRITE/CACHE; the WRITE payload is read (keeps the stream in step); read-only;
@@ -125,10 +125,16 @@ export class NbdSession {
         continue;
       }
       if (req.type === p.NBD_CMD_READ) {
-        // Served now when the export can (read-now.ts); a full socket holds it in flight.
+        // A reply sent from the file needs an empty queue (read-now.ts): worth the wait.
+        const queue = this.conn.direct ? this.conn.whenWritten() : null;
+        if (queue !== null) await queue;
+        // Served now when the export can (read-now.ts); a reply still queued on the socket
+        // holds its place in flight until written.
         const sent = readNow(this.conn, this.exp, req, this.sr, this.backendLength);
-        if (sent === false) this.hold(this.conn.whenDrained(), cost);
-        if (sent !== null) continue;
+        if (sent !== false) {
+          if (sent !== true) this.hold(sent, cost);
+          continue;
+        }
       }
       this.start(req, data, cost);
     }

@@ -14,7 +14,7 @@ describe('NbdConnection.send', () => {
   const dir = mkdtempSync(join(tmpdir(), 'nbd-conn-'));
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-  it('shares one drain wait among replies and delivers them all in order', async () => {
+  it('waits for each reply until it is written, not for the whole queue, in order', async () => {
     const path = join(dir, 's.sock');
     const accepted = acceptOnce(path);
     const client = createConnection(path);
@@ -23,12 +23,12 @@ describe('NbdConnection.send', () => {
     const chunk = 256 * 1024;
     const sends: Promise<void>[] = [];
     for (let i = 0; i < 40; i++) sends.push(conn.send(new Uint8Array(16).fill(i), new Uint8Array(chunk).fill(i)));
-    // The socket is far past its high-water mark: every later reply waits, on one listener.
-    expect(conn.socket.listenerCount('drain')).toBe(1);
-    let settled = 0;
-    for (const p of sends) void p.then(() => settled++);
+    // Each reply waits for its own write callback: no 'drain' listener at all.
+    expect(conn.socket.listenerCount('drain')).toBe(0);
+    const order: number[] = [];
+    sends.forEach((p, i) => void p.then(() => order.push(i)));
     await new Promise((r) => setTimeout(r, 20));
-    expect(settled).toBeLessThan(sends.length);
+    expect(order.length).toBeLessThan(sends.length);
 
     const got: Buffer[] = [];
     let total = 0;
@@ -36,10 +36,17 @@ describe('NbdConnection.send', () => {
       got.push(d);
       total += d.length;
     });
+    // The first reply is released once the kernel took it, long before the client has read
+    // the other 39.
+    let receivedAtFirst = -1;
+    void sends[0].then(() => (receivedAtFirst = total));
     client.resume();
     await Promise.all(sends);
-    expect(conn.socket.listenerCount('drain')).toBe(0);
+    expect(order).toEqual([...Array(40).keys()]);
     const want = 40 * (16 + chunk);
+    expect(receivedAtFirst).toBeGreaterThanOrEqual(0);
+    expect(receivedAtFirst).toBeLessThan(want / 2);
+    expect(conn.whenWritten()).toBeNull();
     while (total < want) await new Promise((r) => setTimeout(r, 5));
     const all = Buffer.concat(got);
     expect(all.length).toBe(want);
@@ -49,6 +56,21 @@ describe('NbdConnection.send', () => {
       expect(all[at + 16 + chunk - 1]).toBe(i);
     }
     conn.destroy();
+    client.destroy();
+  });
+
+  it('releases the replies still queued when the connection closes', async () => {
+    const path = join(dir, 'closed.sock');
+    const accepted = acceptOnce(path);
+    const client = createConnection(path);
+    client.pause();
+    const conn = new NbdConnection(1, await accepted);
+    const sends: Promise<void>[] = [];
+    for (let i = 0; i < 20; i++) sends.push(conn.send(new Uint8Array(256 * 1024)));
+    const last = conn.whenWritten();
+    expect(last).not.toBeNull();
+    conn.destroy();
+    await Promise.all([...sends, last]);
     client.destroy();
   });
 

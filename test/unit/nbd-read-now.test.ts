@@ -1,11 +1,13 @@
 // READs answered now (src/nbd/read-now.ts): taken for a raw export on a host file, where
 // block status and the page cache answer without waiting, and never for a qcow2 export; the
-// replies, bounds and errors are the generic path's.
+// replies, bounds and errors are the generic path's. A read-only export sends its data
+// straight from the file (sendfile) when it can.
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it, type MockInstance, vi } from 'vitest';
 import { bdrvCreate } from '../../src/block/create.js';
+import { SENDFILE_BROKEN, SENDFILE_DECLINED } from '../../src/block/driver.js';
 import { BlockBackend } from '../../src/index.js';
 import * as p from '../../src/nbd/protocol.js';
 import { NbdServer } from '../../src/nbd/index.js';
@@ -34,9 +36,12 @@ interface Served {
   client(sr: boolean): Promise<WireClient>;
 }
 
-/** Export `image` (opened as `format`) read-only, with the generic path's entries spied on. */
-async function serve(image: string, format: string): Promise<Served> {
-  const bs = await BlockBackend.open(image, { format, readOnly: true });
+/**
+ * Export `image` (opened as `format`), with the generic path's entries spied on. Writable
+ * unless `readOnly`: a read-only export sends from the file, past preadNow.
+ */
+async function serve(image: string, format: string, readOnly = false): Promise<Served> {
+  const bs = await BlockBackend.open(image, { format, readOnly });
   const server = new NbdServer({ exports: [{ name: '', backend: bs }] });
   const addr = await server.listen({ host: '127.0.0.1', port: 0 });
   const clients: WireClient[] = [];
@@ -104,6 +109,7 @@ describe('NBD READ answered now', () => {
     const { path, data } = await rawFile();
     const s = await serve(path, 'raw');
     const now = vi.spyOn(s.bs, 'preadNow');
+    const direct = vi.spyOn(s.bs, 'sendfileNow');
 
     const simple = await s.client(false);
     simple.request(p.NBD_CMD_READ, 4096, 64 * KiB);
@@ -122,6 +128,8 @@ describe('NBD READ answered now', () => {
 
     expect(now).toHaveBeenCalled();
     expect(now.mock.results.every((x) => x.value === true)).toBe(true);
+    // A writable export never sends from the file (pages held by the socket must not change).
+    expect(direct).not.toHaveBeenCalled();
     expect(s.pread).not.toHaveBeenCalled();
     expect(s.status).not.toHaveBeenCalled();
   });
@@ -184,5 +192,72 @@ describe('NBD READ answered now', () => {
     c.request(p.NBD_CMD_READ, 0, 4096, { flags: p.NBD_CMD_FLAG_DF });
     expect(await c.error()).toEqual({ errno: p.NBD_EIO, message: 'reading from file failed' });
     expect((await read(c, 512 * KiB, 4096)).equals(want.subarray(512 * KiB, 516 * KiB))).toBe(true);
+  });
+});
+
+describe('NBD READ sent from the file (read-only export)', () => {
+  it('sends one data range straight from the file, simple and structured', async () => {
+    const { path, data } = await rawFile();
+    const s = await serve(path, 'raw', true);
+    const now = vi.spyOn(s.bs, 'preadNow');
+    const direct = vi.spyOn(s.bs, 'sendfileNow');
+
+    const simple = await s.client(false);
+    simple.request(p.NBD_CMD_READ, 4096, 64 * KiB);
+    const r = await simple.reply(64 * KiB);
+    expect(r.kind === 'simple' && r.data.equals(data.subarray(4096, 4096 + 64 * KiB))).toBe(true);
+    simple.request(p.NBD_CMD_READ, 0, SIZE);
+    const whole = await simple.reply(SIZE);
+    expect(whole.kind === 'simple' && whole.data.equals(data)).toBe(true);
+
+    const sr = await s.client(true);
+    sr.request(p.NBD_CMD_READ, 0, 64 * KiB);
+    const one = await sr.reply();
+    if (one.kind !== 'structured') throw new Error('expected chunks');
+    // One OFFSET_DATA chunk, with DONE: what the generic path sends for one data extent.
+    expect(one.chunks.map((c) => [c.type, c.flags])).toEqual([[p.NBD_REPLY_TYPE_OFFSET_DATA, p.NBD_REPLY_FLAG_DONE]]);
+    expect(WireClient.assemble(one.chunks, 0, 64 * KiB).equals(data.subarray(0, 64 * KiB))).toBe(true);
+    expect((await read(sr, 0, 64 * KiB, p.NBD_CMD_FLAG_DF)).equals(data.subarray(0, 64 * KiB))).toBe(true);
+
+    expect(direct).toHaveBeenCalledTimes(4);
+    expect(direct.mock.results.every((x) => typeof x.value === 'number' && x.value >= 0)).toBe(true);
+    expect(now).not.toHaveBeenCalled();
+    expect(s.pread).not.toHaveBeenCalled();
+  });
+
+  it('queues what the socket could not take and keeps the replies in order', async () => {
+    const path = join(await tempDir(), 'big.raw');
+    const big = Buffer.alloc(4 * SIZE);
+    for (let i = 0; i < big.length; i += 4096) big.fill((i / 4096) % 253, i, i + 4096);
+    await writeFile(path, big);
+    const s = await serve(path, 'raw', true);
+    const direct = vi.spyOn(s.bs, 'sendfileNow');
+    const c = await s.client(false);
+    // 48 MiB asked before any reply is read: more than the socket buffers hold.
+    const n = 12;
+    for (let i = 0; i < n; i++) c.request(p.NBD_CMD_READ, (i % 2) * SIZE, 3 * SIZE);
+    await new Promise((r) => setTimeout(r, 50));
+    for (let i = 0; i < n; i++) {
+      const r = await c.reply(3 * SIZE);
+      const at = (i % 2) * SIZE;
+      expect(r.kind === 'simple' && r.error === 0 && r.data.equals(big.subarray(at, at + 3 * SIZE))).toBe(true);
+    }
+    // Some reply went out in part and the rest was queued from a frame.
+    expect(direct.mock.results.some((x) => typeof x.value === 'number' && x.value > 0)).toBe(true);
+  });
+
+  it('falls back to a copy when declined, and closes a reply it cannot complete', async () => {
+    const { path, data } = await rawFile();
+    const s = await serve(path, 'raw', true);
+    const now = vi.spyOn(s.bs, 'preadNow');
+    const direct = vi.spyOn(s.bs, 'sendfileNow').mockReturnValueOnce(SENDFILE_DECLINED);
+    const c = await s.client(true);
+    expect((await read(c, 0, 64 * KiB)).equals(data.subarray(0, 64 * KiB))).toBe(true);
+    expect(now).toHaveBeenCalled();
+
+    // Part of a reply sent and the rest unreadable: the stream is out of step, so it closes.
+    direct.mockReturnValueOnce(SENDFILE_BROKEN);
+    c.request(p.NBD_CMD_READ, 0, 64 * KiB);
+    expect(await c.closedByServer()).toBe(true);
   });
 });

@@ -6,6 +6,7 @@
  * hook right away) or, counted in flight, the bounds check, the tracked request (serialising
  * for copy-on-read), the padded driver read.
  */
+import { SENDFILE_DECLINED, type SendfileReply } from '../driver-types.js';
 import { isBlockError } from '../errors.js';
 import { IOVector } from '../iovec.js';
 import type { BlockDriverState } from '../node.js';
@@ -44,6 +45,17 @@ export function preadvNow(bs: BlockDriverState, offset: number, qiov: IOVector):
   const bytes = qiov.size;
   if (invalidNumber(offset) || offset + bytes > Number.MAX_SAFE_INTEGER || !fastPathOk(bs, false, offset, bytes)) return false;
   return drv.preadvNow(bs, offset, bytes, qiov);
+}
+
+/**
+ * A read's reply sent from the host file into a socket now (the sendfileNow hook), behind
+ * preadvNow's checks: SENDFILE_DECLINED when nothing was sent.
+ */
+export function sendfileNow(bs: BlockDriverState, offset: number, bytes: number, reply: SendfileReply): number {
+  const drv = bs.driver;
+  if (drv.sendfileNow === undefined) return SENDFILE_DECLINED;
+  if (invalidNumber(offset) || offset + bytes > Number.MAX_SAFE_INTEGER || !fastPathOk(bs, false, offset, bytes)) return SENDFILE_DECLINED;
+  return drv.sendfileNow(bs, offset, bytes, reply);
 }
 
 /** The slow path of a read that passed the synchronous checks and is counted in flight. */

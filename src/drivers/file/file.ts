@@ -12,7 +12,7 @@ import { stripProtocolPrefix } from '../../block/options.js';
 import { storageGetInfo } from '../../block/info.js';
 import type { BlockDriverState } from '../../block/node.js';
 import { allocateFirstBlock, filePreallocate, parsePreallocMode } from './prealloc.js';
-import { fileCoFlush, fileCoPreadv, fileCoPwritev, filePreadvNow, filePwritevSubmit } from './rw.js';
+import { fileCoFlush, fileCoPreadv, fileCoPwritev, filePreadvNow, filePwritevSubmit, fileSendfileNow } from './rw.js';
 import { ioEngine } from './engine.js';
 import { seekAddon } from './seek.js';
 import { type FileState, beginIO, endIO, fileRefreshLength, fileStripPrefix, state } from './state.js';
@@ -66,6 +66,7 @@ async function fileOpen(bs: BlockDriverState, options: OpenOptions): Promise<voi
     hasDiscard: true,
     hasFallocate: true,
     readNowait: seekAddon()?.preadNowait ?? null,
+    sendFile: seekAddon()?.sendFileNow ?? null,
   } satisfies FileState;
 }
 
@@ -197,6 +198,7 @@ export const fileDriver: BlockDriver = {
   create: fileCreate,
   coPreadv: fileCoPreadv,
   preadvNow: filePreadvNow,
+  sendfileNow: fileSendfileNow,
   coPwritev: fileCoPwritev,
   pwritevSubmit: filePwritevSubmit,
   coWriteZeroes: fileCoWriteZeroes,

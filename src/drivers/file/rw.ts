@@ -11,7 +11,7 @@
  * request, more than copying 64 KiB.
  */
 import { read as fsRead, readv as fsReadv, write as fsWrite, writev as fsWritev } from 'node:fs';
-import type { BlockDriverHook } from '../../block/driver.js';
+import { type BlockDriverHook, SENDFILE_DECLINED, type SendfileReply } from '../../block/driver.js';
 import { BlockError, toBlockError } from '../../block/errors.js';
 import type { IOVector } from '../../block/iovec.js';
 import type { BlockDriverState } from '../../block/node.js';
@@ -152,6 +152,19 @@ function fileReadNowait(s: FileState, iov: readonly Uint8Array[], bytes: number,
   const n = s.readNowait!(s.fh.fd, iov, offset, bytes);
   if (n === -2) s.readNowait = null;
   return n;
+}
+
+/**
+ * The sendfileNow hook: the reply's data from the page cache straight into the socket, or
+ * nothing (a miss, a range past the file's end, a host without cachestat or sendfile).
+ */
+export function fileSendfileNow(bs: BlockDriverState, offset: number, bytes: number, reply: SendfileReply): number {
+  const s = bs.opaque as FileState | null;
+  if (s === null || s.sendFile === null || offset + bytes > s.length) return SENDFILE_DECLINED;
+  const n = s.sendFile(reply.sock, reply.head, s.fh.fd, offset, bytes, reply.spill, reply.sendBuffer);
+  if (n !== -2) return n;
+  s.sendFile = null;
+  return SENDFILE_DECLINED;
 }
 
 export const fileCoPwritev: BlockDriverHook<'coPwritev'> = async (bs, offset, bytes, qiov, flags) => {

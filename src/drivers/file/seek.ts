@@ -38,6 +38,12 @@ export interface SeekAddon {
    * RWF_NOWAIT reads. Optional, like the fallocate calls.
    */
   preadNowait?: (fd: number, buffers: readonly Uint8Array[], offset: number, size: number) => number;
+  /**
+   * A reply (`head`, then `size` bytes of `fd` at `offset`) sent into the socket `sock` with
+   * sendfile(2) when every page is cached (native/sendfile.c): -2 when the host cannot, else
+   * as BlockDriver.sendfileNow. Optional, like the rest.
+   */
+  sendFileNow?: (sock: number, head: Uint8Array, fd: number, offset: number, size: number, spill: Uint8Array, sndbuf: number) => number;
   /*
    * qcow2's zlib clusters with the system zlib on the thread pool (native/zlib.c, see
    * ZlibClusterEngine). Optional, like the rest.

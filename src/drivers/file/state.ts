@@ -30,6 +30,8 @@ export interface FileState {
   hasFallocate: boolean;
   /** The addon's page-cache read, while this host supports RWF_NOWAIT reads; else null. */
   readNowait: SeekAddon['preadNowait'] | null;
+  /** The addon's sendfile of a reply, while this host supports it; else null. */
+  sendFile: NonNullable<SeekAddon['sendFileNow']> | null;
 }
 
 /** 'file:/x/y' and '/x/y' name the same host file. */

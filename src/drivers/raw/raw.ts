@@ -13,6 +13,8 @@ import {
   type CreateContext,
   type CreateOptions,
   type OpenOptions,
+  SENDFILE_DECLINED,
+  type SendfileReply,
   type WriteZeroesFlags,
   driverState,
 } from '../../block/driver.js';
@@ -153,6 +155,13 @@ function rawPreadvNow(bs: BlockDriverState, offset: number, _bytes: number, qiov
   return f.preadvNow(offset, qiov);
 }
 
+/** Pass-through, as rawPreadvNow. */
+function rawSendfileNow(bs: BlockDriverState, offset: number, bytes: number, reply: SendfileReply): number {
+  const f = bs.file;
+  if (f === null || f.debugWatched) return SENDFILE_DECLINED;
+  return f.sendfileNow(offset, bytes, reply);
+}
+
 /**
  * Past the probed head (nearly every write), nothing to guard: the child's promise itself, no
  * extra async frame, as rawCoPreadv. The guard, the debug event and errors take the slow path.
@@ -288,6 +297,7 @@ export const rawDriver: BlockDriver = {
   measure: rawMeasure,
   coPreadv: rawCoPreadv,
   preadvNow: rawPreadvNow,
+  sendfileNow: rawSendfileNow,
   coPwritev: rawCoPwritev,
   pwritevSubmit: rawPwritevSubmit,
   coWriteZeroes: rawCoWriteZeroes,
