@@ -1,13 +1,14 @@
-// blk-img convert issues each chunk's writes once the previous chunk has issued its own, without
-// waiting for them to complete (qemu-img waits). The target must still come out byte for byte
-// as qemu-img writes it: clusters allocated in image order, tables where qemu-img puts them.
+// blk-img convert must write the target byte for byte as qemu-img does: clusters allocated in
+// image order, tables where qemu-img puts them. With in-order writes (no -W) a chunk writes only
+// once the previous chunk's writes completed, and a chunk's writes go one after the other.
 // Sources: data runs of odd lengths and alignments, holes, zero-filled data (skipped with the
 // default -S 4k, written as data with -S 0), spanning many L2 tables of the smaller geometries.
-import { readFileSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { main } from '../../src/tools/img/main.js';
-import { makeTempDir, removeTempDir, requireQemu, runQemuImg } from './qemu.js';
+import { makeTempDir, removeTempDir, requireQemu, runQemuImg, runQemuIo } from './qemu.js';
 
 const qemu = requireQemu();
 const MiB = 1024 * 1024;
@@ -38,6 +39,13 @@ function makeSource(path: string, seed: number): void {
     pos += len + (kind === 2 ? next(32) * 4096 : 0);
   }
   writeFileSync(path, img);
+}
+
+/** The two files are equal byte for byte (cmp: its first difference is the failure message). */
+function expectSameBytes(theirs: string, ours: string): void {
+  const r = spawnSync('cmp', [theirs, ours], { encoding: 'utf8' });
+  expect(r.stdout + r.stderr, `${theirs} vs ${ours}`).toBe('');
+  expect(r.status).toBe(0);
 }
 
 async function ourConvert(args: string[], cwd: string): Promise<number> {
@@ -75,11 +83,57 @@ describe.runIf(qemu !== null)('convert -O qed lays the image out as qemu-img doe
       const q = runQemuImg(['convert', '-O', 'qed', ...c.opts, src, theirs]);
       expect(q.status, q.stderr).toBe(0);
       expect(await ourConvert(['-O', 'qed', ...c.opts, src, ours], dir)).toBe(0);
-      const a = readFileSync(theirs);
-      const b = readFileSync(ours);
-      expect(b.length).toBe(a.length);
-      expect(Buffer.compare(a, b)).toBe(0);
+      expectSameBytes(theirs, ours);
       expect(runQemuImg(['check', ours]).status).toBe(0);
+    });
+  }
+});
+
+describe.runIf(qemu !== null)('convert -O qcow2 lays the image out as qemu-img does', () => {
+  const dir = makeTempDir('convert-layout-qcow2');
+  afterAll(() => removeTempDir(dir));
+
+  // 1500 clusters written from the last to the first: each is its own block status run (its
+  // host cluster is not contiguous with the next one's), then a zero run written as data (-S 0)
+  // in 2 MiB chunks, each mapped one 32 KiB L2 table at a time in a 512-byte-cluster target.
+  // The next chunk's write must not take clusters before the previous chunk's last piece.
+  it('-S 0 of a qcow2 written in reverse order, into 512-byte clusters', async () => {
+    const src = join(dir, 'reverse.qcow2');
+    expect(runQemuImg(['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=4k', src, '16M']).status).toBe(0);
+    const cmds: string[] = [];
+    for (let i = 1499; i >= 0; i--) cmds.push('-c', `write -P ${(i % 250) + 1} ${i * 4096} 4k`);
+    expect(runQemuIo(['-f', 'qcow2', ...cmds, src]).status).toBe(0);
+    for (const cs of ['512', '4k']) {
+      const args = ['-S', '0', '-f', 'qcow2', '-O', 'qcow2', '-o', `cluster_size=${cs}`, src];
+      const theirs = join(dir, `q-reverse-${cs}.qcow2`);
+      const ours = join(dir, `b-reverse-${cs}.qcow2`);
+      expect(runQemuImg(['convert', ...args, theirs]).status).toBe(0);
+      expect(await ourConvert([...args, ours], dir)).toBe(0);
+      expectSameBytes(theirs, ours);
+    }
+  });
+});
+
+describe.runIf(qemu !== null)('convert -B writes zero runs before the next chunk, as qemu-img', () => {
+  const dir = makeTempDir('convert-layout-backing');
+  afterAll(() => removeTempDir(dir));
+
+  // A target over a backing file has no zero init: the zero runs of a data chunk go down as
+  // zero writes between its data writes, each of which may allocate an L2 table.
+  for (const fmt of ['qed', 'qcow2']) {
+    it(`-O ${fmt} -B base.raw of data and zero runs interleaved`, async () => {
+      const base = join(dir, 'base.raw');
+      const img = new Uint8Array(16 * MiB);
+      for (let i = 0; i < img.length; i += 4096) img[i] = 7;
+      writeFileSync(base, img);
+      const src = join(dir, 'mix.raw');
+      makeSource(src, 5);
+      for (const cs of ['4k', '64k']) {
+        const args = ['-O', fmt, '-B', 'base.raw', '-o', `backing_fmt=raw,cluster_size=${cs}`, 'mix.raw'];
+        expect(runQemuImg(['convert', ...args, `q-${cs}.${fmt}`], { cwd: dir }).status).toBe(0);
+        expect(await ourConvert([...args, `b-${cs}.${fmt}`], dir)).toBe(0);
+        expectSameBytes(join(dir, `q-${cs}.${fmt}`), join(dir, `b-${cs}.${fmt}`));
+      }
     });
   }
 });

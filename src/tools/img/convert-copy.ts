@@ -219,30 +219,24 @@ async function convertRead(s: ConvertState, sectorNum: number, nbSectors: number
 }
 
 /**
- * convert_co_write. Every write of the chunk is issued before any is awaited, and `issued`
- * runs once all of them are: the next chunk may then issue its own (see convertDoCopy).
+ * convert_co_write: the chunk's writes one after the other, each awaited before the next is
+ * issued, as qemu-img does. Issued together, a zero write and a data write (or one write
+ * mapped piece by piece, one L2 table at a time) would race for the target's clusters and
+ * tables, and the layout would depend on which got there first.
  */
-async function convertWrite(
-  s: ConvertState,
-  sectorNum: number,
-  nbSectors: number,
-  buf: Uint8Array,
-  status: Status,
-  issued: () => void,
-): Promise<void> {
-  const writes: Promise<void>[] = [];
+async function convertWrite(s: ConvertState, sectorNum: number, nbSectors: number, buf: Uint8Array, status: Status): Promise<void> {
   let first = 0;
-  try {
-    while (nbSectors > 0) {
-      let n = nbSectors;
-      if (status !== 'backing') {
-        let writeData = status === 'data' && s.minSparse === 0;
-        if (status === 'data' && s.compressed) {
-          // Only a wholly zero cluster may be skipped.
-          writeData ||= !bufferIsZero(buf, first * SECTOR, (first + n) * SECTOR);
-          if (writeData) writes.push(s.target.pwriteCompressed(sectorNum * SECTOR, buf.subarray(first * SECTOR, (first + n) * SECTOR)));
-          else if (!s.hasZeroInit) writes.push(s.target.writeZeroes(sectorNum * SECTOR, n * SECTOR, { mayUnmap: true }));
-        } else if (status === 'data' && s.minSparse !== 0) {
+  while (nbSectors > 0) {
+    let n = nbSectors;
+    if (status !== 'backing') {
+      let writeData = status === 'data' && s.minSparse === 0;
+      if (status === 'data' && s.compressed) {
+        // Only a wholly zero cluster may be skipped.
+        writeData ||= !bufferIsZero(buf, first * SECTOR, (first + n) * SECTOR);
+        if (writeData) await s.target.pwriteCompressed(sectorNum * SECTOR, buf.subarray(first * SECTOR, (first + n) * SECTOR));
+        else if (!s.hasZeroInit) await s.target.writeZeroes(sectorNum * SECTOR, n * SECTOR, { mayUnmap: true });
+      } else {
+        if (status === 'data' && s.minSparse !== 0) {
           const r =
             n >= s.minSparse && allDataAtStride(buf, first, n, s.minSparse)
               ? { ret: true, pnum: n }
@@ -250,24 +244,14 @@ async function convertWrite(
           n = r.pnum;
           writeData = r.ret;
         }
-        if (s.compressed && status === 'data') {
-          // written above
-        } else if (writeData) {
-          writes.push(s.target.pwrite(sectorNum * SECTOR, buf.subarray(first * SECTOR, (first + n) * SECTOR)));
-        } else if (!s.hasZeroInit) {
-          writes.push(s.target.writeZeroes(sectorNum * SECTOR, n * SECTOR, { mayUnmap: true }));
-        }
+        if (writeData) await s.target.pwrite(sectorNum * SECTOR, buf.subarray(first * SECTOR, (first + n) * SECTOR));
+        else if (!s.hasZeroInit) await s.target.writeZeroes(sectorNum * SECTOR, n * SECTOR, { mayUnmap: true });
       }
-      sectorNum += n;
-      nbSectors -= n;
-      first += n;
     }
-  } finally {
-    issued();
+    sectorNum += n;
+    nbSectors -= n;
+    first += n;
   }
-  // Every write is waited for, failed or not (the buffer goes back to the pool after this),
-  // then the first failure is reported.
-  for (const r of await Promise.allSettled(writes)) if (r.status === 'rejected') throw r.reason;
 }
 
 export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines: number, wrInOrder: boolean, progress: Progress): Promise<void> {
@@ -283,13 +267,13 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
 
   let allocatedDone = 0;
   let failed: unknown = null;
-  // In-order writes (qemu-img's default, without -W): each chunk issues its writes only after
-  // the previous chunk has issued its own, so the target sees them in image order and a
-  // format that allocates (QED) lays the clusters out in that order, as qemu-img does. Unlike
-  // qemu-img, a chunk does not wait for the previous write to complete: the target's own
-  // ordering (QED's allocation lock, taken in issue order) keeps the layout, and the next
-  // chunk's data goes down while the previous one's L2 update is still being written.
-  let lastIssued: Promise<void> = Promise.resolve();
+  // In-order writes (qemu-img's default, without -W): a chunk starts writing only once the
+  // previous chunk's writes have all completed (wr_offs in convert_co_do_copy), so a target
+  // that allocates hands out its clusters and tables in image order, as qemu-img's does.
+  // Waiting only until the previous writes were issued is not enough: a write mapped in
+  // several pieces (one per L2 table) or a zero write that allocates a table lets the next
+  // chunk's write take clusters in between. The reads still run ahead in parallel.
+  let lastWritten: Promise<void> = Promise.resolve();
   // At most numCoroutines chunks in flight; the next chunk's status is asked before it waits
   // for a slot, as convert_co_do_copy asks before it yields.
   const pool = new AioTaskPool(numCoroutines);
@@ -309,12 +293,12 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
       allocatedDone += n;
       progress.print((100 * allocatedDone) / allocatedSectors, 0);
     }
-    const prevIssued = lastIssued;
-    let markIssued!: () => void;
-    lastIssued = new Promise<void>((resolve) => {
-      markIssued = resolve;
+    const prevWritten = lastWritten;
+    let markWritten!: () => void;
+    lastWritten = new Promise<void>((resolve) => {
+      markWritten = resolve;
     });
-    const myIssued = markIssued;
+    const myWritten = markWritten;
     await pool.start(async () => {
       // Only data chunks (read, or zeros written as data) need a buffer; they are at most
       // bufSectors long. Zero runs written with writeZeroes and backing runs never touch it.
@@ -336,10 +320,10 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
           buf.fill(0);
           status = 'data';
         }
-        if (wrInOrder) await prevIssued;
+        if (wrInOrder) await prevWritten;
         if (failed === null) {
           try {
-            await convertWrite(s, start, n, buf, status, myIssued);
+            await convertWrite(s, start, n, buf, status);
           } catch (e) {
             if (failed === null) {
               env.o.error(`error while writing at byte ${start * SECTOR}: ${errnoMessage(e)}`);
@@ -349,8 +333,9 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
         }
       } finally {
         if (pooled !== null) freeBufs.push(pooled);
-        // Also when this chunk wrote nothing (a read error, an earlier failure).
-        myIssued();
+        // Also when this chunk wrote nothing (a read error, an earlier failure): qemu-img
+        // moves wr_offs on whatever happened.
+        myWritten();
       }
     });
   }
