@@ -222,18 +222,17 @@ async function convertRead(s: ConvertState, sectorNum: number, nbSectors: number
  * convert_co_write: the chunk's writes one after the other, each awaited before the next is
  * issued, as qemu-img does. Issued together, a zero write and a data write (or one write
  * mapped piece by piece, one L2 table at a time) would race for the target's clusters and
- * tables, and the layout would depend on which got there first.
+ * tables, and the layout would depend on which got there first. A compressed chunk (one
+ * cluster) is one write: compressed when `compressed` says so (its caller told).
  */
-async function convertWrite(s: ConvertState, sectorNum: number, nbSectors: number, buf: Uint8Array, status: Status): Promise<void> {
+async function convertWrite(s: ConvertState, sectorNum: number, nbSectors: number, buf: Uint8Array, status: Status, compressed: boolean): Promise<void> {
   let first = 0;
   while (nbSectors > 0) {
     let n = nbSectors;
     if (status !== 'backing') {
       let writeData = status === 'data' && s.minSparse === 0;
       if (status === 'data' && s.compressed) {
-        // Only a wholly zero cluster may be skipped.
-        writeData ||= !bufferIsZero(buf, first * SECTOR, (first + n) * SECTOR);
-        if (writeData) await s.target.pwriteCompressed(sectorNum * SECTOR, buf.subarray(first * SECTOR, (first + n) * SECTOR));
+        if (compressed) await s.target.pwriteCompressed(sectorNum * SECTOR, buf.subarray(first * SECTOR, (first + n) * SECTOR));
         else if (!s.hasZeroInit) await s.target.writeZeroes(sectorNum * SECTOR, n * SECTOR, { mayUnmap: true });
       } else {
         if (status === 'data' && s.minSparse !== 0) {
@@ -273,7 +272,14 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
   // Waiting only until the previous writes were issued is not enough: a write mapped in
   // several pieces (one per L2 table) or a zero write that allocates a table lets the next
   // chunk's write take clusters in between. The reads still run ahead in parallel.
+  // `lastWritten` resolves once the previous chunk and all before it have completed.
   let lastWritten: Promise<void> = Promise.resolve();
+  // One exception, with the same layout: a compressed write after a compressed write waits
+  // only until that one was issued. The driver packs compressed clusters in the order their
+  // writes came (qcow2's compressed turn: each takes s.lock only after the one before it),
+  // so the next cluster compresses while this one is written, where qemu-img compresses one
+  // at a time. Anything else after a compressed write waits for it to complete.
+  let lastTurn: Promise<void> = Promise.resolve();
   // At most numCoroutines chunks in flight; the next chunk's status is asked before it waits
   // for a slot, as convert_co_do_copy asks before it yields.
   const pool = new AioTaskPool(numCoroutines);
@@ -299,6 +305,12 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
       markWritten = resolve;
     });
     const myWritten = markWritten;
+    const prevTurn = lastTurn;
+    let markTurn!: () => void;
+    lastTurn = new Promise<void>((resolve) => {
+      markTurn = resolve;
+    });
+    const myTurn = markTurn;
     await pool.start(async () => {
       // Only data chunks (read, or zeros written as data) need a buffer; they are at most
       // bufSectors long. Zero runs written with writeZeroes and backing runs never touch it.
@@ -320,10 +332,15 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
           buf.fill(0);
           status = 'data';
         }
-        if (wrInOrder) await prevWritten;
+        // Only a wholly zero cluster may be skipped (-S 0: not even that).
+        const compressed = s.compressed && status === 'data' && (s.minSparse === 0 || !bufferIsZero(buf, 0, buf.length));
+        if (wrInOrder) await (compressed ? prevTurn : prevWritten);
         if (failed === null) {
           try {
-            await convertWrite(s, start, n, buf, status);
+            const written = convertWrite(s, start, n, buf, status, compressed);
+            // The compressed write is issued (the call reached the driver's queue in order).
+            if (compressed) myTurn();
+            await written;
           } catch (e) {
             if (failed === null) {
               env.o.error(`error while writing at byte ${start * SECTOR}: ${errnoMessage(e)}`);
@@ -334,7 +351,10 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
       } finally {
         if (pooled !== null) freeBufs.push(pooled);
         // Also when this chunk wrote nothing (a read error, an earlier failure): qemu-img
-        // moves wr_offs on whatever happened.
+        // moves wr_offs on whatever happened. A compressed write may have overtaken the
+        // completion of the one before it: done counts once both are.
+        if (wrInOrder) await prevWritten;
+        myTurn();
         myWritten();
       }
     });
