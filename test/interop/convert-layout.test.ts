@@ -112,6 +112,20 @@ describe.runIf(qemu !== null)('convert -O qcow2 lays the image out as qemu-img d
       expectSameBytes(theirs, ours);
     }
   });
+
+  // 512-byte clusters of one byte repeated compress to a few bytes each, packed many to a
+  // cluster: now and then a new packing cluster is the first of a new refcount block's range.
+  // The block goes right after it, and the packed bytes stay where they were to go (the search
+  // for a free cluster starts again from there), not after the block.
+  it('-c of compressible data into 512-byte clusters', async () => {
+    const img = new Uint8Array(8 * MiB);
+    for (let i = 0; i < img.length / 512; i++) img.fill(1 + (i % 200), i * 512, (i + 1) * 512);
+    writeFileSync(join(dir, 'uniform.raw'), img);
+    const args = ['-c', '-O', 'qcow2', '-o', 'cluster_size=512', 'uniform.raw'];
+    expect(runQemuImg(['convert', ...args, 'q-packed.qcow2'], { cwd: dir }).status).toBe(0);
+    expect(await ourConvert([...args, 'b-packed.qcow2'], dir)).toBe(0);
+    expectSameBytes(join(dir, 'q-packed.qcow2'), join(dir, 'b-packed.qcow2'));
+  });
 });
 
 describe.runIf(qemu !== null)('convert -B writes zero runs before the next chunk, as qemu-img', () => {
