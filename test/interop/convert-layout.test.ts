@@ -192,7 +192,8 @@ describe.runIf(qemu !== null)('convert of random images lays them out as qemu-im
     const srcCluster = pick(['4k', '64k']);
     // Not -W into QED: qemu-img 7.2 itself fails an assertion there (two allocating writes).
     const dstFmt = mode.startsWith('-c') ? 'qcow2' : mode === '-B' ? pick(['qcow2', 'qed']) : mode === '-W' ? pick(['qcow2', 'raw']) : pick(['qcow2', 'qed', 'raw']);
-    const dstCluster = pick(['4k', '64k']);
+    // qcow2's smallest clusters: an L2 table per 32 KiB, a refcount block per 128 KiB.
+    const dstCluster = pick(dstFmt === 'qcow2' ? ['512', '4k', '64k'] : ['4k', '64k']);
     // Now and then a geometry of the target's own: v2 qcow2 (no zero clusters), subclusters,
     // small QED tables.
     const extra = dstFmt === 'qcow2' ? pick(['', '', 'compat=0.10', 'extended_l2=on']) : dstFmt === 'qed' ? pick(['', 'table_size=2']) : '';
