@@ -152,7 +152,16 @@ export async function updateRefcount(
       if (tableIndex !== oldTableIndex) {
         if (block) s.refcountCache.put(block);
         block = null;
-        block = await allocRefcountBlock(s, clusterIndex);
+        try {
+          block = await allocRefcountBlock(s, clusterIndex);
+        } catch (e) {
+          // The caller searches for free clusters again, from this range's start: those may
+          // still be free (as QEMU's update_refcount, for every caller: a compressed cluster
+          // or an L2 table that was the first cluster of a new block's range stays there,
+          // the block right after it).
+          if (e instanceof Qcow2Again) s.freeClusterIndex = Math.min(s.freeClusterIndex, start / s.clusterSize);
+          throw e;
+        }
       }
       oldTableIndex = tableIndex;
       if (!block) throw new BlockError('EIO', undefined, { op: 'refcount' });
@@ -285,10 +294,8 @@ export async function qcow2AllocClusters(s: BDRVQcow2State, size: number): Promi
       await updateRefcount(s, offset, size, 1, false, 'never');
       return offset;
     } catch (e) {
+      // Again: updateRefcount moved the cursor back to the run's start.
       if (!(e instanceof Qcow2Again)) throw e;
-      // The search starts again from the run's start (measured: an L2 table that was the
-      // first cluster of a new refcount block's range stays there, its block right after).
-      s.freeClusterIndex = Math.min(s.freeClusterIndex, offset / s.clusterSize);
     }
   }
 }

@@ -295,7 +295,10 @@ async function qedAioReadData(s: BDRVQEDState, acb: QEDRequestState, run: QEDClu
  * Native zeroing works on whole clusters only (zero markers; zeros written in place over
  * allocated clusters). The generic layer hands us 512-aligned ranges; the parts that are not
  * cluster aligned are written as zero buffers through the ordinary write path, which is what
- * QEMU's generic fallback does for them, so the images come out identical.
+ * QEMU's generic fallback does for them, so the images come out identical. As QEMU's generic
+ * layer (its write-zeroes alignment is our cluster), the head stops at the first cluster
+ * boundary even when no whole cluster follows: a range across one boundary is two writes,
+ * allocating two clusters one after the other, never one write allocating both at once.
  */
 export async function qedCoWriteZeroes(
   bs: BlockDriverState,
@@ -306,19 +309,15 @@ export async function qedCoWriteZeroes(
   const s = qedState(bs);
   const cs = s.header.clusterSize;
   const end = offset + bytes;
-  let midStart = Math.ceil(offset / cs) * cs;
-  let midEnd = Math.floor(end / cs) * cs;
-  if (midStart >= midEnd) {
-    midStart = end;
-    midEnd = end;
-  }
-  if (noFallback && (offset < midStart || midEnd < end)) {
+  const headEnd = Math.min(end, Math.ceil(offset / cs) * cs);
+  const midEnd = Math.max(headEnd, Math.floor(end / cs) * cs);
+  if (noFallback && (offset < headEnd || midEnd < end)) {
     throw new BlockError('ENOTSUP', 'QED can only zero whole clusters without a fallback write', {
       op: 'write_zeroes',
       offset,
     });
   }
-  if (offset < midStart) await qedCoRequest(bs, offset, midStart - offset, IOVector.alloc(midStart - offset), QED_AIOCB_WRITE);
-  if (midStart < midEnd) await qedCoRequest(bs, midStart, midEnd - midStart, null, QED_AIOCB_WRITE | QED_AIOCB_ZERO);
+  if (offset < headEnd) await qedCoRequest(bs, offset, headEnd - offset, IOVector.alloc(headEnd - offset), QED_AIOCB_WRITE);
+  if (headEnd < midEnd) await qedCoRequest(bs, headEnd, midEnd - headEnd, null, QED_AIOCB_WRITE | QED_AIOCB_ZERO);
   if (midEnd < end) await qedCoRequest(bs, midEnd, end - midEnd, IOVector.alloc(end - midEnd), QED_AIOCB_WRITE);
 }

@@ -176,13 +176,14 @@ async function firstFailingRun(s: ConvertState, start: number, parts: readonly n
 }
 
 /**
- * convert_co_write. `parts` are the lengths of the status runs the chunk joins (see
- * convertDoCopy): each is scanned and written as qemu-img writes each of its chunks, so the
- * target gets the same writes in the same order (an allocating format lays its clusters out
- * in that order: one write joining them would place them otherwise); `joinData` joins the
- * consecutive data writes for a target where that cannot matter. Every write of the chunk is
- * issued before any is awaited, and `issued` runs once all of them are: the next chunk may
- * then issue its own (see convertDoCopy).
+ * convert_co_write: the chunk's writes one after the other, each awaited before the next is
+ * issued, as qemu-img does. Issued together, a zero write and a data write (or one write
+ * mapped piece by piece, one L2 table at a time) would race for the target's clusters and
+ * tables, and the layout would depend on which got there first. `parts` are the lengths of
+ * the status runs the chunk joins (see convertDoCopy): each is scanned and written as
+ * qemu-img writes each of its chunks; `joinData` joins consecutive data writes for a target
+ * that lays nothing out (raw), where one write leaves the same bytes as several. A compressed
+ * chunk (one cluster) is one write: compressed when `compressed` says so (its caller told).
  */
 async function convertWrite(
   s: ConvertState,
@@ -190,33 +191,31 @@ async function convertWrite(
   parts: readonly number[],
   buf: Uint8Array,
   status: Status,
+  compressed: boolean,
   joinData: boolean,
-  issued: () => void,
 ): Promise<void> {
-  const writes: Promise<void>[] = [];
   const chunkSector = sectorNum;
-  // Data not issued yet: sectors [dataFirst, dataFirst + dataLen) of buf. Only a target that
-  // lays nothing out (joinData: a raw image) gets consecutive data pieces as one write.
+  // Data not written yet: sectors [dataFirst, dataFirst + dataLen) of buf.
   let dataFirst = 0;
   let dataLen = 0;
-  const issueData = (): void => {
-    if (dataLen > 0) writes.push(s.target.pwrite((chunkSector + dataFirst) * SECTOR, buf.subarray(dataFirst * SECTOR, (dataFirst + dataLen) * SECTOR)));
+  const writePendingData = async (): Promise<void> => {
+    if (dataLen === 0) return;
+    const len = dataLen;
     dataLen = 0;
+    await s.target.pwrite((chunkSector + dataFirst) * SECTOR, buf.subarray(dataFirst * SECTOR, (dataFirst + len) * SECTOR));
   };
   let first = 0;
-  try {
-    // Up to the end of the current part: the zero scan and the writes keep its bounds.
-    for (let part = 0, partEnd = 0; part < parts.length || first < partEnd; ) {
-      if (first === partEnd) partEnd += parts[part++];
-      let n = partEnd - first;
-      if (status !== 'backing') {
-        let writeData = status === 'data' && s.minSparse === 0;
-        if (status === 'data' && s.compressed) {
-          // Only a wholly zero cluster may be skipped.
-          writeData ||= !bufferIsZero(buf, first * SECTOR, (first + n) * SECTOR);
-          if (writeData) writes.push(s.target.pwriteCompressed(sectorNum * SECTOR, buf.subarray(first * SECTOR, (first + n) * SECTOR)));
-          else if (!s.hasZeroInit) writes.push(s.target.writeZeroes(sectorNum * SECTOR, n * SECTOR, { mayUnmap: true }));
-        } else if (status === 'data' && s.minSparse !== 0) {
+  // Up to the end of the current part: the zero scan and the writes keep its bounds.
+  for (let part = 0, partEnd = 0; part < parts.length || first < partEnd; ) {
+    if (first === partEnd) partEnd += parts[part++];
+    let n = partEnd - first;
+    if (status !== 'backing') {
+      let writeData = status === 'data' && s.minSparse === 0;
+      if (status === 'data' && s.compressed) {
+        if (compressed) await s.target.pwriteCompressed(sectorNum * SECTOR, buf.subarray(first * SECTOR, (first + n) * SECTOR));
+        else if (!s.hasZeroInit) await s.target.writeZeroes(sectorNum * SECTOR, n * SECTOR, { mayUnmap: true });
+      } else {
+        if (status === 'data' && s.minSparse !== 0) {
           const r =
             n >= s.minSparse && allDataAtStride(buf, first, n, s.minSparse)
               ? { ret: true, pnum: n }
@@ -224,27 +223,20 @@ async function convertWrite(
           n = r.pnum;
           writeData = r.ret;
         }
-        if (s.compressed && status === 'data') {
-          // written above
-        } else if (writeData) {
+        if (writeData) {
           if (dataLen === 0) dataFirst = first;
           dataLen += n;
-          if (!joinData) issueData();
+          if (!joinData) await writePendingData();
         } else {
-          issueData();
-          if (!s.hasZeroInit) writes.push(s.target.writeZeroes(sectorNum * SECTOR, n * SECTOR, { mayUnmap: true }));
+          await writePendingData();
+          if (!s.hasZeroInit) await s.target.writeZeroes(sectorNum * SECTOR, n * SECTOR, { mayUnmap: true });
         }
       }
-      sectorNum += n;
-      first += n;
     }
-    issueData();
-  } finally {
-    issued();
+    sectorNum += n;
+    first += n;
   }
-  // Every write is waited for, failed or not (the buffer goes back to the pool after this),
-  // then the first failure is reported.
-  for (const r of await Promise.allSettled(writes)) if (r.status === 'rejected') throw r.reason;
+  await writePendingData();
 }
 
 export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines: number, wrInOrder: boolean, progress: Progress): Promise<void> {
@@ -263,13 +255,20 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
   const joinData = rootOf(s.target).driver.formatName === 'raw';
   let allocatedDone = 0;
   let failed: unknown = null;
-  // In-order writes (qemu-img's default, without -W): each chunk issues its writes only after
-  // the previous chunk has issued its own, so the target sees them in image order and a
-  // format that allocates (QED) lays the clusters out in that order, as qemu-img does. Unlike
-  // qemu-img, a chunk does not wait for the previous write to complete: the target's own
-  // ordering (QED's allocation lock, taken in issue order) keeps the layout, and the next
-  // chunk's data goes down while the previous one's L2 update is still being written.
-  let lastIssued: Promise<void> = Promise.resolve();
+  // In-order writes (qemu-img's default, without -W): a chunk starts writing only once the
+  // previous chunk's writes have all completed (wr_offs in convert_co_do_copy), so a target
+  // that allocates hands out its clusters and tables in image order, as qemu-img's does.
+  // Waiting only until the previous writes were issued is not enough: a write mapped in
+  // several pieces (one per L2 table) or a zero write that allocates a table lets the next
+  // chunk's write take clusters in between. The reads still run ahead in parallel.
+  // `lastWritten` resolves once the previous chunk and all before it have completed.
+  let lastWritten: Promise<void> = Promise.resolve();
+  // One exception, with the same layout: a compressed write after a compressed write waits
+  // only until that one was issued. The driver packs compressed clusters in the order their
+  // writes came (qcow2's compressed turn: each takes s.lock only after the one before it),
+  // so the next cluster compresses while this one is written, where qemu-img compresses one
+  // at a time. Anything else after a compressed write waits for it to complete.
+  let lastTurn: Promise<void> = Promise.resolve();
   // At most numCoroutines chunks in flight; the next chunk's status is asked before it waits
   // for a slot, as convert_co_do_copy asks before it yields.
   const pool = new AioTaskPool(numCoroutines);
@@ -315,12 +314,18 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
     }
     const start = sectorNum;
     sectorNum += n;
-    const prevIssued = lastIssued;
-    let markIssued!: () => void;
-    lastIssued = new Promise<void>((resolve) => {
-      markIssued = resolve;
+    const prevWritten = lastWritten;
+    let markWritten!: () => void;
+    lastWritten = new Promise<void>((resolve) => {
+      markWritten = resolve;
     });
-    const myIssued = markIssued;
+    const myWritten = markWritten;
+    const prevTurn = lastTurn;
+    let markTurn!: () => void;
+    lastTurn = new Promise<void>((resolve) => {
+      markTurn = resolve;
+    });
+    const myTurn = markTurn;
     await pool.start(async () => {
       // Only data chunks (read, or zeros written as data) need a buffer; they are at most
       // bufSectors long. Zero runs written with writeZeroes and backing runs never touch it.
@@ -343,10 +348,15 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
           buf.fill(0);
           status = 'data';
         }
-        if (wrInOrder) await prevIssued;
+        // Only a wholly zero cluster may be skipped (-S 0: not even that).
+        const compressed = s.compressed && status === 'data' && (s.minSparse === 0 || !bufferIsZero(buf, 0, buf.length));
+        if (wrInOrder) await (compressed ? prevTurn : prevWritten);
         if (failed === null) {
           try {
-            await convertWrite(s, start, parts, buf, status, joinData, myIssued);
+            const written = convertWrite(s, start, parts, buf, status, compressed, joinData);
+            // The compressed write is issued (the call reached the driver's queue in order).
+            if (compressed) myTurn();
+            await written;
           } catch (e) {
             if (failed === null) {
               env.o.error(`error while writing at byte ${start * SECTOR}: ${errnoMessage(e)}`);
@@ -356,8 +366,12 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
         }
       } finally {
         if (pooled !== null) freeBufs.push(pooled);
-        // Also when this chunk wrote nothing (a read error, an earlier failure).
-        myIssued();
+        // Also when this chunk wrote nothing (a read error, an earlier failure): qemu-img
+        // moves wr_offs on whatever happened. A compressed write may have overtaken the
+        // completion of the one before it: done counts once both are.
+        if (wrInOrder) await prevWritten;
+        myTurn();
+        myWritten();
       }
     });
   }
