@@ -22,6 +22,9 @@ const OP_READ = 0;
 const OP_WRITE = 1;
 const OP_DATASYNC = 2;
 const OP_FALLOCATE = 3;
+const OP_ZERO_WRITE = 4;
+/** Added to the slot of a zero-write whose fallocate failed (ENG_HEAD_FAILED): the range was not zeroed. */
+const HEAD_FAILED = 65536;
 
 /** The addon's slot count (ENG_SLOTS): requests beyond it wait in a backlog here. */
 const SLOTS = 256;
@@ -47,12 +50,15 @@ interface Waiting extends Request {
   offset: number;
   length: number;
   mode: number;
+  writeOffset: number;
 }
 
-type EngineAddon = Required<Pick<SeekAddon, 'engineStart' | 'engineSubmit' | 'engineError' | 'engineStop'>>;
+type EngineAddon = Required<Pick<SeekAddon, 'engineStart' | 'engineSubmit' | 'engineError' | 'engineStop'>> & Pick<SeekAddon, 'engineStats'>;
 
 export class IoEngine {
   readonly kind: EngineKind;
+  /** zeroThenPwritev is one request (linked in io_uring); else the caller does the two itself. */
+  readonly canLink: boolean;
   private readonly slots: (Request | undefined)[] = new Array<Request | undefined>(SLOTS);
   /** Requests that found every slot busy, in order. */
   private readonly backlog: Waiting[] = [];
@@ -63,6 +69,7 @@ export class IoEngine {
     kind: 'auto' | EngineKind,
   ) {
     this.kind = addon.engineStart(kind, (n) => this.complete(n), this.results) as EngineKind;
+    this.canLink = addon.engineStats?.().canLink === true;
   }
 
   /** preadv at `offset` into `buffers`: the count read (short at end of file). */
@@ -83,6 +90,16 @@ export class IoEngine {
     await this.submit(OP_FALLOCATE, fd, null, offset, length, mode, 'fallocate');
   }
 
+  /**
+   * fallocate(mode) of [zeroOffset, +zeroLength), then pwritev at `offset` (inside that range):
+   * one submission and one completion (canLink only). The count written; a failed fallocate
+   * rejects with syscall 'fallocate': the range was not zeroed, and the data may have been
+   * written or not (io_uring's link does not stop the writev on every kernel).
+   */
+  zeroThenPwritev(fd: number, mode: number, zeroOffset: number, zeroLength: number, buffers: Uint8Array | readonly Uint8Array[], offset: number): Promise<number> {
+    return this.submit(OP_ZERO_WRITE, fd, buffers, zeroOffset, zeroLength, mode, 'write', offset);
+  }
+
   /** Wait for everything in flight (delivered as usual), then stop the back end. */
   stop(): void {
     this.addon.engineStop();
@@ -90,16 +107,16 @@ export class IoEngine {
     for (const w of this.backlog.splice(0)) w.reject(this.addon.engineError(125 /* ECANCELED */, w.syscall));
   }
 
-  private submit(op: number, fd: number, buffers: Buffers, offset: number, length: number, mode: number, syscall: string): Promise<number> {
+  private submit(op: number, fd: number, buffers: Buffers, offset: number, length: number, mode: number, syscall: string, writeOffset = 0): Promise<number> {
     return new Promise<number>((resolve, reject) => {
-      const req: Waiting = { resolve, reject, buffers, syscall, op, fd, offset, length, mode };
+      const req: Waiting = { resolve, reject, buffers, syscall, op, fd, offset, length, mode, writeOffset };
       // Keep the order: nothing overtakes what already waits for a slot.
       if (this.backlog.length > 0 || !this.start(req)) this.backlog.push(req);
     });
   }
 
   private start(w: Waiting): boolean {
-    const slot = this.addon.engineSubmit(w.op, w.fd, w.buffers, w.offset, w.length, w.mode);
+    const slot = this.addon.engineSubmit(w.op, w.fd, w.buffers, w.offset, w.length, w.mode, w.writeOffset);
     if (slot < 0) return false;
     this.slots[slot] = w;
     return true;
@@ -108,12 +125,14 @@ export class IoEngine {
   /** The addon's batch of (slot, result) pairs: settle each, then feed freed slots. */
   private complete(count: number): void {
     for (let i = 0; i < count; i++) {
-      const slot = this.results[2 * i];
+      const tagged = this.results[2 * i];
+      const headFailed = tagged >= HEAD_FAILED;
+      const slot = headFailed ? tagged - HEAD_FAILED : tagged;
       const res = this.results[2 * i + 1];
       const req = this.slots[slot];
       this.slots[slot] = undefined;
       if (req === undefined) continue;
-      if (res < 0) req.reject(this.addon.engineError(-res, req.syscall));
+      if (res < 0) req.reject(this.addon.engineError(-res, headFailed ? 'fallocate' : req.syscall));
       else req.resolve(res);
     }
     while (this.backlog.length > 0 && this.start(this.backlog[0])) this.backlog.shift();
