@@ -14,12 +14,15 @@
  *   engineStart(kind, onComplete, results) -> 'io_uring' | 'threads'
  *       kind 'auto' tries io_uring then threads; 'io_uring' or 'threads' forces one (throws
  *       the system error when it cannot start). onComplete(count) reads `count` pairs.
- *   engineSubmit(op, fd, buffers, offset, length, mode) -> slot, or -1 when all slots are busy
+ *   engineSubmit(op, fd, buffers, offset, length, mode[, writeOffset]) -> slot, or -1 when all
+ *       slots are busy; op 4 (zero-write) is fallocate(mode, offset, length) then, after it,
+ *       pwritev(buffers, writeOffset), as one request (engine.h)
  *   engineError(errno, syscall) -> a Node-shaped system error for a negative result
  *   engineStop() waits for everything in flight, delivers it, and stops (a later
  *       engineStart starts afresh)
- *   engineStats() -> { asyncReads, asyncWrites }: requests the running back end handed
- *       straight to io-wq since it started (how tests see where a request went)
+ *   engineStats() -> { asyncReads, asyncWrites, canLink }: requests the running back end handed
+ *       straight to io-wq since it started (how tests see where a request went); canLink:
+ *       zero-writes are one request (linked in io_uring, in order on a worker thread)
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -82,7 +85,7 @@ static void record(void *ctx, struct eng_req *r) {
   if (r->iov != r->inline_iov) free(r->iov);
   r->iov = NULL;
   if (2 * e->pending + 1 < e->results_len) {
-    e->results[2 * e->pending] = (double)r->slot;
+    e->results[2 * e->pending] = (double)r->slot + (r->head_failed ? ENG_HEAD_FAILED : 0);
     e->results[2 * e->pending + 1] = (double)r->result;
     e->pending++;
   }
@@ -266,16 +269,21 @@ static int get_bytes(napi_env env, napi_value v, struct iovec *iov) {
 }
 
 static napi_value engine_submit(napi_env env, napi_callback_info info) {
-  size_t argc = 6;
-  napi_value argv[6], ret;
+  size_t argc = 7;
+  napi_value argv[7], ret;
   int32_t op, fd, mode;
-  double offset, length;
+  double offset, length, write_offset = 0;
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL;
   if (argc < 6 || napi_get_value_int32(env, argv[0], &op) != napi_ok || napi_get_value_int32(env, argv[1], &fd) != napi_ok ||
       napi_get_value_double(env, argv[3], &offset) != napi_ok || napi_get_value_double(env, argv[4], &length) != napi_ok ||
-      napi_get_value_int32(env, argv[5], &mode) != napi_ok || op < ENG_READ || op > ENG_FALLOCATE || fd < 0 ||
+      napi_get_value_int32(env, argv[5], &mode) != napi_ok || op < ENG_READ || op > ENG_ZERO_WRITE || fd < 0 ||
       !(offset >= 0 && offset <= 9007199254740991.0) || !(length >= 0 && length <= 9007199254740991.0)) {
     napi_throw_type_error(env, "EINVAL", "expected (op, fd, buffers, offset, length, mode)");
+    return NULL;
+  }
+  if (op == ENG_ZERO_WRITE && (argc < 7 || napi_get_value_double(env, argv[6], &write_offset) != napi_ok ||
+                               !(write_offset >= 0 && write_offset <= 9007199254740991.0))) {
+    napi_throw_type_error(env, "EINVAL", "expected a write offset");
     return NULL;
   }
   struct engine *e = current(env);
@@ -295,9 +303,11 @@ static napi_value engine_submit(napi_env env, napi_callback_info info) {
   r->mode = mode;
   r->offset = (int64_t)offset;
   r->length = (int64_t)length;
+  r->write_offset = (int64_t)write_offset;
+  r->head_failed = 0;
   r->iovcnt = 0;
   r->iov = r->inline_iov;
-  if (op == ENG_READ || op == ENG_WRITE) {
+  if (op == ENG_READ || op == ENG_WRITE || op == ENG_ZERO_WRITE) {
     bool is_array = false;
     napi_is_array(env, argv[2], &is_array);
     uint32_t n = 1;
@@ -368,11 +378,13 @@ static napi_value engine_stats(napi_env env, napi_callback_info info) {
   (void)info;
   struct engine *e = current(env);
   const double *n = e != NULL && e->backend != NULL ? e->backend->forced_async : NULL;
-  napi_value o, reads, writes;
+  napi_value o, reads, writes, link;
   if (napi_create_object(env, &o) != napi_ok || napi_create_double(env, n != NULL ? n[ENG_READ] : 0, &reads) != napi_ok ||
       napi_create_double(env, n != NULL ? n[ENG_WRITE] : 0, &writes) != napi_ok ||
+      napi_get_boolean(env, n != NULL, &link) != napi_ok ||
       napi_set_named_property(env, o, "asyncReads", reads) != napi_ok ||
-      napi_set_named_property(env, o, "asyncWrites", writes) != napi_ok) {
+      napi_set_named_property(env, o, "asyncWrites", writes) != napi_ok ||
+      napi_set_named_property(env, o, "canLink", link) != napi_ok) {
     return NULL;
   }
   return o;

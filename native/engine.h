@@ -11,7 +11,15 @@
 #include <node_api.h>
 
 /* Operations, numbered as the JS side (src/drivers/file/engine.ts) sends them. */
-enum eng_op { ENG_READ = 0, ENG_WRITE = 1, ENG_DATASYNC = 2, ENG_FALLOCATE = 3 };
+enum eng_op { ENG_READ = 0, ENG_WRITE = 1, ENG_DATASYNC = 2, ENG_FALLOCATE = 3, ENG_ZERO_WRITE = 4 };
+
+/*
+ * ENG_ZERO_WRITE: fallocate(mode, offset, length), then pwritev of iov at write_offset, as
+ * one request with one completion (the writev's count, or the first error). A failed
+ * fallocate is reported with this flag added to the slot number: the range was not zeroed,
+ * and the data may or may not have been written (io_uring may run the writev regardless).
+ */
+#define ENG_HEAD_FAILED 65536
 
 /* Inline iovecs per request; longer vectors are allocated. */
 #define ENG_INLINE_IOV 8
@@ -23,7 +31,11 @@ struct eng_req {
   int iovcnt;
   int64_t offset;
   int64_t length;    /* fallocate length */
+  int64_t write_offset; /* ENG_ZERO_WRITE: where the writev goes */
   int64_t result;    /* bytes, or -errno */
+  int head_failed;   /* ENG_ZERO_WRITE: result is the fallocate's error */
+  int head_result;   /* io_uring: the fallocate's error until both CQEs are in */
+  int cqes_left;     /* io_uring: CQEs of a zero-write still to come */
   struct iovec *iov; /* inline_iov or malloc'ed; must live until completion (the kernel reads it) */
   struct iovec inline_iov[ENG_INLINE_IOV];
   uint32_t slot;
@@ -52,7 +64,7 @@ struct eng_backend {
    * inline. */
   int overlap;
   /* Requests handed straight to io-wq (IOSQE_ASYNC), by operation: engineStats reports them. */
-  double forced_async[ENG_FALLOCATE + 1];
+  double forced_async[ENG_ZERO_WRITE + 1];
 };
 
 /* Set up a back end completing on `eventfd`; NULL and *err = errno when it cannot. */

@@ -51,6 +51,15 @@ static int64_t run_one(struct eng_req *r) {
       return fdatasync(r->fd) < 0 ? -errno : 0;
     case ENG_FALLOCATE:
       return fallocate(r->fd, r->mode, r->offset, r->length) < 0 ? -errno : 0;
+    case ENG_ZERO_WRITE:
+      /* The zeroing first and on its own: it would clear data written before it. Failed, the
+       * writev is not tried (io_uring may try it: the caller expects either). */
+      if (fallocate(r->fd, r->mode, r->offset, r->length) < 0) {
+        r->head_failed = 1;
+        return -errno;
+      }
+      do n = pwritev(r->fd, r->iov, r->iovcnt, r->write_offset); while (n < 0 && errno == EINTR);
+      return n < 0 ? -errno : n;
     default:
       return -EINVAL;
   }

@@ -29,6 +29,9 @@ struct uring {
   unsigned unsubmitted; /* written to the ring, not yet handed to the kernel */
 };
 
+/* user_data of a zero-write's fallocate SQE: the slot with this bit. */
+#define HEAD_BIT (1ULL << 32)
+
 static int sys_setup(unsigned entries, struct io_uring_params *p) {
   return (int)syscall(__NR_io_uring_setup, entries, p);
 }
@@ -76,12 +79,24 @@ static void uring_mark_async(struct uring *u) {
   unsigned tail = *u->sq_tail;
   for (unsigned i = tail - u->unsubmitted; i != tail; i++) {
     struct io_uring_sqe *sqe = &u->sqes[i & *u->sq_mask];
-    struct eng_req *r = &u->base.reqs[sqe->user_data];
+    struct eng_req *r = &u->base.reqs[sqe->user_data & ~HEAD_BIT];
     if (sqe->opcode == IORING_OP_READV && req_bytes(r) >= ASYNC_READ_MIN) {
       sqe->flags |= IOSQE_ASYNC;
       u->base.forced_async[r->op]++;
     }
   }
+}
+
+/*
+ * A zero-write's two entries are published together, but a submission the kernel cuts short
+ * (out of memory) may have started the fallocate alone, ending its link: its writev, next in
+ * the ring, must then wait for everything before it (IOSQE_IO_DRAIN), or it could run first
+ * and be zeroed. The kernel has not read the entry yet (see above).
+ */
+static void uring_keep_pair_order(struct uring *u) {
+  if (u->unsubmitted == 0) return;
+  struct io_uring_sqe *sqe = &u->sqes[(*u->sq_tail - u->unsubmitted) & *u->sq_mask];
+  if (sqe->opcode == IORING_OP_WRITEV && u->base.reqs[sqe->user_data].op == ENG_ZERO_WRITE) sqe->flags |= IOSQE_IO_DRAIN;
 }
 
 static void uring_flush(struct eng_backend *b) {
@@ -99,45 +114,77 @@ static void uring_flush(struct eng_backend *b) {
     }
     u->unsubmitted -= (unsigned)n;
     if (n == 0) return;
+    uring_keep_pair_order(u);
   }
+}
+
+static struct io_uring_sqe *next_sqe(struct uring *u, unsigned tail, struct eng_req *r) {
+  unsigned idx = tail & *u->sq_mask;
+  struct io_uring_sqe *sqe = &u->sqes[idx];
+  memset(sqe, 0, sizeof *sqe);
+  sqe->fd = r->fd;
+  sqe->user_data = r->slot;
+  u->sq_array[idx] = idx;
+  return sqe;
+}
+
+static void prep_rw(struct io_uring_sqe *sqe, int opcode, const struct eng_req *r, int64_t offset) {
+  sqe->opcode = (uint8_t)opcode;
+  sqe->addr = (uint64_t)(uintptr_t)r->iov;
+  sqe->len = (unsigned)r->iovcnt;
+  sqe->off = (uint64_t)offset;
+}
+
+static void prep_fallocate(struct io_uring_sqe *sqe, const struct eng_req *r) {
+  /* fallocate's arguments in io_uring's encoding: mode in len, length in addr. */
+  sqe->opcode = IORING_OP_FALLOCATE;
+  sqe->off = (uint64_t)r->offset;
+  sqe->addr = (uint64_t)r->length;
+  sqe->len = (unsigned)r->mode;
 }
 
 static int uring_queue(struct eng_backend *b, struct eng_req *r) {
   struct uring *u = (struct uring *)b;
   unsigned tail = *u->sq_tail;
   unsigned head = __atomic_load_n(u->sq_head, __ATOMIC_ACQUIRE);
-  if (tail - head >= u->sq_entries) return -EAGAIN;
-  unsigned idx = tail & *u->sq_mask;
-  struct io_uring_sqe *sqe = &u->sqes[idx];
-  memset(sqe, 0, sizeof *sqe);
-  sqe->fd = r->fd;
-  sqe->user_data = r->slot;
+  unsigned need = r->op == ENG_ZERO_WRITE ? 2 : 1;
+  /* Both entries of a zero-write go into the same submission, or neither. */
+  if (tail - head + need > u->sq_entries) return -EAGAIN;
+  struct io_uring_sqe *sqe = next_sqe(u, tail, r);
   switch (r->op) {
     case ENG_READ:
     case ENG_WRITE:
-      sqe->opcode = r->op == ENG_READ ? IORING_OP_READV : IORING_OP_WRITEV;
-      sqe->addr = (uint64_t)(uintptr_t)r->iov;
-      sqe->len = (unsigned)r->iovcnt;
-      sqe->off = (uint64_t)r->offset;
+      prep_rw(sqe, r->op == ENG_READ ? IORING_OP_READV : IORING_OP_WRITEV, r, r->offset);
       break;
     case ENG_DATASYNC:
       sqe->opcode = IORING_OP_FSYNC;
       sqe->fsync_flags = IORING_FSYNC_DATASYNC;
       break;
     case ENG_FALLOCATE:
-      /* fallocate's arguments in io_uring's encoding: mode in len, length in addr. */
-      sqe->opcode = IORING_OP_FALLOCATE;
-      sqe->off = (uint64_t)r->offset;
-      sqe->addr = (uint64_t)r->length;
-      sqe->len = (unsigned)r->mode;
+      prep_fallocate(sqe, r);
+      break;
+    case ENG_ZERO_WRITE:
+      /*
+       * The writev is linked to the fallocate: it starts once the zeroing is done (io-wq runs
+       * it right after, in the same worker): one submission for both. Kernels differ on
+       * whether a failed fallocate cancels the writev (6.18 runs it anyway): the caller treats
+       * a failed zeroing as "the data may be written, the range not zeroed". No
+       * IOSQE_CQE_SKIP_SUCCESS on the fallocate: a kernel that does not fail the link also
+       * counts the failure as a success and skips its CQE. Both CQEs complete the request.
+       */
+      r->head_failed = 0;
+      r->cqes_left = 2;
+      prep_fallocate(sqe, r);
+      sqe->user_data = r->slot | HEAD_BIT;
+      sqe->flags = IOSQE_IO_LINK;
+      prep_rw(next_sqe(u, tail + 1, r), IORING_OP_WRITEV, r, r->write_offset);
       break;
     default:
       return -EINVAL;
   }
-  u->sq_array[idx] = idx;
-  /* The entry must be complete before the kernel can see the new tail. */
-  __atomic_store_n(u->sq_tail, tail + 1, __ATOMIC_RELEASE);
-  u->unsubmitted++;
+  /* The entries must be complete before the kernel can see the new tail. */
+  __atomic_store_n(u->sq_tail, tail + need, __ATOMIC_RELEASE);
+  u->unsubmitted += need;
   return 0;
 }
 
@@ -150,11 +197,26 @@ static int uring_reap(struct eng_backend *b, void (*done)(void *, struct eng_req
     if (head == tail) break;
     while (head != tail) {
       struct io_uring_cqe *cqe = &u->cqes[head & *u->cq_mask];
-      struct eng_req *r = &b->reqs[cqe->user_data];
-      r->result = cqe->res;
+      struct eng_req *r = &b->reqs[cqe->user_data & ~HEAD_BIT];
+      int res = cqe->res;
       head++;
       /* Release the entry before calling out: the callback may submit more. */
       __atomic_store_n(u->cq_head, head, __ATOMIC_RELEASE);
+      if (r->op == ENG_ZERO_WRITE) {
+        /* A zero-write completes with its second CQE, in whichever order they come. */
+        if (cqe->user_data & HEAD_BIT) {
+          if (res < 0) {
+            r->head_failed = 1;
+            r->head_result = res;
+          }
+        } else {
+          r->result = res;
+        }
+        if (--r->cqes_left > 0) continue;
+        if (r->head_failed) r->result = r->head_result;
+      } else {
+        r->result = res;
+      }
       done(ctx, r);
       count++;
     }

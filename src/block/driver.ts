@@ -170,6 +170,14 @@ export interface BlockDriver {
   /** Native zeroing; reject with ENOTSUP to make the generic layer write a zero buffer instead. */
   coWriteZeroes?(bs: BlockDriverState, offset: number, bytes: number, flags: WriteZeroesFlags): Promise<void>;
   coDiscard?(bs: BlockDriverState, offset: number, bytes: number): Promise<void>;
+  /**
+   * Zero [zeroOffset, +zeroBytes) natively, as coWriteZeroes with noFallback, then write `qiov`
+   * at `offset` (inside that range; `bytes` of it): the data must land after the zeroing. One
+   * hook, so that a host file can hand both to the kernel at once (io/zero-write.ts). Rejects
+   * with ENOTSUP when the range cannot be zeroed natively: then the bytes outside the data are
+   * unchanged, and the data's range holds its old bytes or the data (write it again).
+   */
+  coZeroThenPwritev?(bs: BlockDriverState, zeroOffset: number, zeroBytes: number, offset: number, bytes: number, qiov: IOVector): Promise<void>;
 
   /** `prealloc`: QEMU's PreallocMode name for a grown range; absent means 'off'. */
   truncate?(bs: BlockDriverState, size: number, prealloc?: string): Promise<void>;

@@ -48,6 +48,7 @@ import { RequestTracker, driverRequestAlignment, inflight } from './io/requests.
 import { NO_FLAGS, bdrvDiscard, bdrvPwritev, bdrvWriteZeroes } from './io/write.js';
 import { bdrvPwritevSubmit } from './io/write-submit.js';
 import { bdrvPwritevCompressed, bdrvSupportsCompressedWrites } from './io/compressed.js';
+import { bdrvZeroThenPwritev } from './io/zero-write.js';
 import { IOVector } from './iovec.js';
 import { bdrvClose, bdrvDrain, bdrvReopen, closeChildren, type ReopenOptions } from './lifecycle.js';
 import { bdrvOpenChain, driverOpen } from './open.js';
@@ -264,6 +265,14 @@ export class BlockDriverState {
 
   writeZeroes(offset: number, bytes: number, flags: WriteZeroesFlags = {}): Promise<void> {
     return bdrvWriteZeroes(this, offset, bytes, flags);
+  }
+
+  /**
+   * Zero [zeroOffset, +zeroBytes) natively (ENOTSUP, nothing written, where the node cannot),
+   * then write `qiov` at `offset` inside it (io/zero-write.ts).
+   */
+  zeroThenPwritev(zeroOffset: number, zeroBytes: number, offset: number, qiov: IOVector): Promise<void> {
+    return bdrvZeroThenPwritev(this, zeroOffset, zeroBytes, offset, qiov);
   }
 
   /** Whole clusters, compressed; ENOTSUP where the driver cannot (see io/compressed.ts). */

@@ -98,6 +98,44 @@ describe.each(['io_uring', 'threads'] as EngineKind[])('I/O engine: %s', (kind) 
     expect(f[4096]).toBe(0x11);
   });
 
+  it('a zero-write zeroes its range, then writes inside it: one request, past EOF too', async () => {
+    expect(engine().canLink).toBe(true);
+    const data = new Uint8Array(4096).fill(0x77);
+    const zeroRange = (zo: number, zl: number, at: number) => engine().zeroThenPwritev(fd, FALLOC_FL_ZERO_RANGE, zo, zl, [data.subarray(0, 1000), data.subarray(1000)], at);
+    try {
+      expect(await zeroRange(4096, 16384, 8192)).toBe(4096);
+    } catch (e) {
+      // Some file systems have no ZERO_RANGE: then nothing was written.
+      expect(e).toMatchObject({ code: 'ENOTSUP', syscall: 'fallocate' });
+      expect(readFileSync(join(dir, 'f')).every((x) => x === 0x11)).toBe(true);
+      return;
+    }
+    expect(await zeroRange(64 * 1024, 65536, 68 * 1024)).toBe(4096);
+    const f = readFileSync(join(dir, 'f'));
+    expect(f.length).toBe(128 * 1024);
+    const expected = new Uint8Array(128 * 1024);
+    expected.fill(0x11, 0, 4096).fill(0x77, 8192, 12288).fill(0x11, 20480, 64 * 1024).fill(0x77, 68 * 1024, 72 * 1024);
+    expect(Buffer.from(f).equals(Buffer.from(expected))).toBe(true);
+  });
+
+  it('a zero-write whose fallocate fails names fallocate and zeroes nothing', async () => {
+    // An unknown mode bit: the kernel refuses the fallocate (EOPNOTSUPP or EINVAL).
+    const r = await engine()
+      .zeroThenPwritev(fd, 0x4000, 0, 8192, new Uint8Array(4096).fill(0x77), 0)
+      .then(
+        () => null,
+        (e: unknown) => e as { code?: string; syscall?: string },
+      );
+    expect(r?.syscall).toBe('fallocate');
+    expect(['EOPNOTSUPP', 'ENOTSUP', 'EINVAL']).toContain(r?.code);
+    // The data may have been written (io_uring may run the linked writev anyway), all or nothing.
+    const f = readFileSync(join(dir, 'f'));
+    expect(f.subarray(0, 4096).every((x) => x === f[0]) && (f[0] === 0x11 || f[0] === 0x77)).toBe(true);
+    expect(f.subarray(4096).every((x) => x === 0x11)).toBe(true);
+    // The slot was given back once both halves were in: the engine goes on as usual.
+    expect(await engine().pwritev(fd, new Uint8Array(16).fill(0x22), 0)).toBe(16);
+  });
+
   it('errors carry the errno code node:fs gives, so both paths map to the same BlockError', async () => {
     const bad = 0x3fffffff;
     const ours = await engine().preadv(bad, new Uint8Array(16), 0).then(
@@ -141,7 +179,7 @@ describe.each(['io_uring', 'threads'] as EngineKind[])('I/O engine: %s', (kind) 
     expect(await Promise.all(reads)).toEqual(new Array<number>(4).fill(size));
     // The worker threads hand nothing to io-wq; io_uring marks the reads that overlapped.
     if (kind === 'io_uring') expect(stats().asyncReads).toBeGreaterThanOrEqual(3);
-    else expect(stats()).toEqual({ asyncReads: 0, asyncWrites: 0 });
+    else expect(stats()).toEqual({ asyncReads: 0, asyncWrites: 0, canLink: true });
     expect(readFileSync(join(dir, 'f')).subarray(3 * 64 * 1024, 4 * 64 * 1024).every((x) => x === 3)).toBe(true);
   });
 

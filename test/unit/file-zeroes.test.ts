@@ -3,6 +3,7 @@
 import { readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { IOVector } from '../../src/block/iovec.js';
 import { BlockDriverState } from '../../src/block/node.js';
 import { loadSeekAddon, type SeekAddon, setSeekAddonForTest } from '../../src/drivers/file/seek.js';
 import { useFileNodes } from './file-nodes.js';
@@ -243,6 +244,34 @@ describe.skipIf(addon === null)('file driver zeroing and discard (fallocate)', (
     expectRange(disk, 64 * KiB, 128 * KiB, 0);
     expectRange(disk, 128 * KiB, 192 * KiB, 0x5a);
     expectRange(disk, 192 * KiB, 256 * KiB, 0);
+  });
+
+  it('zeroThenPwritev zeroes the range, then writes the data inside it (past EOF: the file grows)', async () => {
+    const p = await dataFile('zw.img');
+    const bs = await fx.opened(p);
+    await bs.zeroThenPwritev(64 * KiB, 64 * KiB, 72 * KiB, IOVector.from(new Uint8Array(4 * KiB).fill(0x77)));
+    await bs.zeroThenPwritev(256 * KiB, 64 * KiB, 256 * KiB, IOVector.from(new Uint8Array(8 * KiB).fill(0x66)));
+    expect(await bs.getLength()).toBe(320 * KiB);
+    const disk = await readFile(p);
+    expect(disk.length).toBe(320 * KiB);
+    expectRange(disk, 0, 64 * KiB, 0x5a);
+    expectRange(disk, 64 * KiB, 72 * KiB, 0);
+    expectRange(disk, 72 * KiB, 76 * KiB, 0x77);
+    expectRange(disk, 76 * KiB, 128 * KiB, 0);
+    expectRange(disk, 128 * KiB, 256 * KiB, 0x5a);
+    expectRange(disk, 256 * KiB, 264 * KiB, 0x66);
+    expectRange(disk, 264 * KiB, 320 * KiB, 0);
+    await expect(bs.zeroThenPwritev(0, 4 * KiB, 2 * KiB, IOVector.from(new Uint8Array(4 * KiB)))).rejects.toMatchObject({ code: 'EINVAL' });
+  });
+
+  it('zeroThenPwritev where nothing zeroes natively: ENOTSUP, the range untouched (no engine)', async () => {
+    const { addon: a, calls } = scripted(real, { zeroRange: 'ENOTSUP', punchHole: 'ENOTSUP', allocateRange: 'ENOTSUP' });
+    setSeekAddonForTest(a);
+    const p = await dataFile('zn.img');
+    const bs = await fx.opened(p);
+    await expect(bs.zeroThenPwritev(0, 64 * KiB, 0, IOVector.from(new Uint8Array(4 * KiB).fill(0x77)))).rejects.toMatchObject({ code: 'ENOTSUP' });
+    expect(calls.map((c) => c.op)).toEqual(['zeroRange', 'punchHole']);
+    expectRange(await readFile(p), 0, 256 * KiB, 0x5a);
   });
 
   it('the addon validates its arguments and rejects with the errno name', async () => {

@@ -1,10 +1,14 @@
 // qcow2's copy-on-write of an allocating write's head and tail (qcow2PerformCow): the areas
 // are read into reused buffers, so each must be filled in full by what the guest sees there
 // (backing data, zeros past the backing file's end) whatever an earlier COW left in them.
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { BufferPool } from '../../src/block/buffer-pool.js';
 import { bdrvCreate } from '../../src/block/create.js';
 import { BlockDriverState } from '../../src/index.js';
+import type { IOVector } from '../../src/block/iovec.js';
+import { makeTempDir, removeTempDir } from '../interop/qemu.js';
 import { memName } from './block-helpers.js';
 
 const CLUSTER = 65536;
@@ -39,6 +43,53 @@ describe('qcow2 copy-on-write', () => {
       expect((await bs.check()).corruptions).toBe(0);
     } finally {
       await bs.close();
+    }
+  });
+
+  it('zero COW areas: the new cluster is zeroed and the data written in one request to the file', async () => {
+    for (const where of ['file', 'mem'] as const) {
+      const dir = makeTempDir('qcow2cow-zero');
+      const name = where === 'file' ? join(dir, 'z.qcow2') : memName('qcow2cow-zero');
+      try {
+        await bdrvCreate(name, { format: 'qcow2', options: { size: 1 << 20 } });
+        const bs = await BlockDriverState.open(name, { format: 'qcow2' });
+        const file = bs.file!;
+        const calls: number[][] = [];
+        const real = file.zeroThenPwritev.bind(file);
+        file.zeroThenPwritev = (zo: number, zb: number, o: number, q: IOVector) => {
+          calls.push([zo, zb, o, q.size]);
+          return real(zo, zb, o, q);
+        };
+        try {
+          // Head and tail, tail only, head only; a whole cluster has no COW at all.
+          await bs.pwrite(4096, filled(4096, 0x21));
+          await bs.pwrite(2 * CLUSTER, filled(512, 0x22));
+          await bs.pwrite(4 * CLUSTER - 1024, filled(1024, 0x23));
+          await bs.pwrite(5 * CLUSTER, filled(CLUSTER, 0x24));
+          expect(calls.length).toBe(3);
+          for (const [zo, zb, o, n] of calls) {
+            expect(zb).toBe(CLUSTER);
+            expect(o >= zo && o + n <= zo + zb).toBe(true);
+          }
+          const buf = new Uint8Array(6 * CLUSTER);
+          await bs.pread(0, buf);
+          const expected = new Uint8Array(6 * CLUSTER);
+          expected.fill(0x21, 4096, 8192).fill(0x22, 2 * CLUSTER, 2 * CLUSTER + 512);
+          expected.fill(0x23, 4 * CLUSTER - 1024, 4 * CLUSTER).fill(0x24, 5 * CLUSTER, 6 * CLUSTER);
+          expect(Buffer.compare(buf, expected)).toBe(0);
+          expect((await bs.check()).corruptions).toBe(0);
+        } finally {
+          await bs.close();
+        }
+        if (where === 'file') {
+          // The zeroed clusters hold zeros around the data in the file itself.
+          const host = readFileSync(name);
+          const first = calls[0][0];
+          expect(host.subarray(first, first + CLUSTER).every((b, i) => b === (i >= 4096 && i < 8192 ? 0x21 : 0))).toBe(true);
+        }
+      } finally {
+        removeTempDir(dir);
+      }
     }
   });
 

@@ -22,6 +22,9 @@ const OP_READ = 0;
 const OP_WRITE = 1;
 const OP_DATASYNC = 2;
 const OP_FALLOCATE = 3;
+const OP_ZERO_WRITE = 4;
+/** Added to the slot of a zero-write whose fallocate failed (ENG_HEAD_FAILED): the range was not zeroed. */
+const HEAD_FAILED = 65536;
 
 /** The addon's slot count (ENG_SLOTS): requests beyond it wait in a backlog here. */
 const SLOTS = 256;
@@ -34,10 +37,11 @@ export const FALLOC_FL_ZERO_RANGE = 0x10;
 type Buffers = Uint8Array | readonly Uint8Array[] | null;
 
 /**
- * A request's end: the count transferred, or -errno (`error()` makes the system error). Called
- * once, from the addon's completion batch, never inside the call that submitted it.
+ * A request's end: the count transferred, or -errno (`error()` makes the system error);
+ * `headFailed` when it is the fallocate of a zero-write that failed. Called once, from the
+ * addon's completion batch, never inside the call that submitted it.
  */
-export type EngineDone = (res: number) => void;
+export type EngineDone = (res: number, headFailed?: boolean) => void;
 
 interface Waiting {
   op: number;
@@ -46,13 +50,16 @@ interface Waiting {
   offset: number;
   length: number;
   mode: number;
+  writeOffset: number;
   done: EngineDone;
 }
 
-type EngineAddon = Required<Pick<SeekAddon, 'engineStart' | 'engineSubmit' | 'engineError' | 'engineStop'>>;
+type EngineAddon = Required<Pick<SeekAddon, 'engineStart' | 'engineSubmit' | 'engineError' | 'engineStop'>> & Pick<SeekAddon, 'engineStats'>;
 
 export class IoEngine {
   readonly kind: EngineKind;
+  /** zeroThenPwritev is one request (linked in io_uring); else the caller does the two itself. */
+  readonly canLink: boolean;
   /** Each slot's completion, and its buffers, kept alive until then (the kernel uses them). */
   private readonly slotDone: (EngineDone | undefined)[] = new Array<EngineDone | undefined>(SLOTS).fill(undefined);
   private readonly slotBuffers: Buffers[] = new Array<Buffers>(SLOTS).fill(null);
@@ -65,6 +72,7 @@ export class IoEngine {
     kind: 'auto' | EngineKind,
   ) {
     this.kind = addon.engineStart(kind, (n) => this.complete(n), this.results) as EngineKind;
+    this.canLink = addon.engineStats?.().canLink === true;
   }
 
   /** preadv at `offset` into `buffers`: the count read (short at end of file). */
@@ -98,27 +106,38 @@ export class IoEngine {
     await this.submit(OP_FALLOCATE, fd, null, offset, length, mode, 'fallocate');
   }
 
+  /**
+   * fallocate(mode) of [zeroOffset, +zeroLength), then pwritev at `offset` (inside that range):
+   * one submission and one completion (canLink only). The count written; a failed fallocate
+   * rejects with syscall 'fallocate': the range was not zeroed, and the data may have been
+   * written or not (io_uring's link does not stop the writev on every kernel).
+   */
+  zeroThenPwritev(fd: number, mode: number, zeroOffset: number, zeroLength: number, buffers: Uint8Array | readonly Uint8Array[], offset: number): Promise<number> {
+    return this.submit(OP_ZERO_WRITE, fd, buffers, zeroOffset, zeroLength, mode, 'write', offset);
+  }
+
   /** Wait for everything in flight (delivered as usual), then stop the back end. */
   stop(): void {
     this.addon.engineStop();
     // The backlog never reached the engine: it fails rather than waiting forever.
-    for (const w of this.backlog.splice(0)) w.done(-125 /* ECANCELED */);
+    for (const w of this.backlog.splice(0)) w.done(-125 /* ECANCELED */, false);
   }
 
-  private submit(op: number, fd: number, buffers: Buffers, offset: number, length: number, mode: number, syscall: string): Promise<number> {
+  private submit(op: number, fd: number, buffers: Buffers, offset: number, length: number, mode: number, syscall: string, writeOffset = 0): Promise<number> {
     return new Promise<number>((resolve, reject) => {
-      this.submitThen(op, fd, buffers, offset, length, mode, (res) => (res < 0 ? reject(this.error(res, syscall)) : resolve(res)));
+      const done: EngineDone = (res, headFailed) => (res < 0 ? reject(this.error(res, headFailed === true ? 'fallocate' : syscall)) : resolve(res));
+      this.submitThen(op, fd, buffers, offset, length, mode, done, writeOffset);
     });
   }
 
-  private submitThen(op: number, fd: number, buffers: Buffers, offset: number, length: number, mode: number, done: EngineDone): void {
+  private submitThen(op: number, fd: number, buffers: Buffers, offset: number, length: number, mode: number, done: EngineDone, writeOffset = 0): void {
     // Keep the order: nothing overtakes what already waits for a slot.
-    if (this.backlog.length === 0 && this.start(op, fd, buffers, offset, length, mode, done)) return;
-    this.backlog.push({ op, fd, buffers, offset, length, mode, done });
+    if (this.backlog.length === 0 && this.start(op, fd, buffers, offset, length, mode, done, writeOffset)) return;
+    this.backlog.push({ op, fd, buffers, offset, length, mode, writeOffset, done });
   }
 
-  private start(op: number, fd: number, buffers: Buffers, offset: number, length: number, mode: number, done: EngineDone): boolean {
-    const slot = this.addon.engineSubmit(op, fd, buffers, offset, length, mode);
+  private start(op: number, fd: number, buffers: Buffers, offset: number, length: number, mode: number, done: EngineDone, writeOffset: number): boolean {
+    const slot = this.addon.engineSubmit(op, fd, buffers, offset, length, mode, writeOffset);
     if (slot < 0) return false;
     this.slotDone[slot] = done;
     this.slotBuffers[slot] = buffers;
@@ -131,12 +150,14 @@ export class IoEngine {
     // the addon has freed their slots already. The first exception is rethrown at the end.
     let thrown: { e: unknown } | null = null;
     for (let i = 0; i < count; i++) {
-      const slot = this.results[2 * i];
+      const tagged = this.results[2 * i];
+      const headFailed = tagged >= HEAD_FAILED;
+      const slot = headFailed ? tagged - HEAD_FAILED : tagged;
       const done = this.slotDone[slot];
       this.slotDone[slot] = undefined;
       this.slotBuffers[slot] = null;
       try {
-        done?.(this.results[2 * i + 1]);
+        done?.(this.results[2 * i + 1], headFailed);
       } catch (e) {
         thrown ??= { e };
       }
@@ -146,7 +167,7 @@ export class IoEngine {
   }
 
   private startWaiting(w: Waiting): boolean {
-    return this.start(w.op, w.fd, w.buffers, w.offset, w.length, w.mode, w.done);
+    return this.start(w.op, w.fd, w.buffers, w.offset, w.length, w.mode, w.done, w.writeOffset);
   }
 }
 

@@ -18,6 +18,7 @@ import { seekAddon } from './seek.js';
 import { type FileState, beginIO, endIO, fileRefreshLength, fileStripPrefix, state } from './state.js';
 import { fileBlockStatusNow, fileCoBlockStatus } from './status.js';
 import { fileCoDiscard, fileCoWriteZeroes } from './zero.js';
+import { fileCoZeroThenPwritev } from './zero-write.js';
 
 export { fileStripPrefix } from './state.js';
 
@@ -202,6 +203,7 @@ export const fileDriver: BlockDriver = {
   coPwritev: fileCoPwritev,
   pwritevSubmit: filePwritevSubmit,
   coWriteZeroes: fileCoWriteZeroes,
+  coZeroThenPwritev: fileCoZeroThenPwritev,
   coDiscard: fileCoDiscard,
   coFlush: fileCoFlush,
   coBlockStatus: fileCoBlockStatus,

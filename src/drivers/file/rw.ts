@@ -88,7 +88,7 @@ export async function pwritevFull(fd: number, iov: readonly Uint8Array[], size: 
 }
 
 /** The rest of pwritevFull after a first write of `done` bytes (rarely anything to do). */
-async function pwritevRest(
+export async function pwritevRest(
   fd: number,
   iov: readonly Uint8Array[],
   size: number,

@@ -68,13 +68,17 @@ export interface SeekAddon {
     offset: number,
     length: number,
     mode: number,
+    writeOffset?: number,
   ) => number;
   /** A Node-shaped system error (code, errno, syscall) for a failed request. */
   engineError?: (errno: number, syscall: string) => Error;
   /** Wait for what is in flight (delivered as usual), then stop. */
   engineStop?: () => void;
-  /** Requests the running back end handed straight to io-wq (IOSQE_ASYNC) since it started. */
-  engineStats?: () => { asyncReads: number; asyncWrites: number };
+  /**
+   * Requests the running back end handed straight to io-wq (IOSQE_ASYNC) since it started;
+   * canLink: it takes zero-writes (op 4) as one request (an older addon has no such key).
+   */
+  engineStats?: () => { asyncReads: number; asyncWrites: number; canLink?: boolean };
 }
 
 /**

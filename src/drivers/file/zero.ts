@@ -38,14 +38,22 @@ async function doFallocate(
     await fn(s.fh.fd, offset, bytes);
     return null;
   } catch (e) {
-    const code = (e as { code?: unknown } | null)?.code;
-    if (code === 'ENOTSUP' || code === 'EOPNOTSUPP' || code === 'ENOSYS' || code === 'ENODEV' || code === 'ENOTTY') {
-      return { code: 'ENOTSUP', error: e };
-    }
-    return { code: typeof code === 'string' ? code : 'EIO', error: e };
+    return fallocateFailure(e);
   } finally {
     endIO(s);
   }
+}
+
+/**
+ * A failed fallocate's code, with "this host cannot do that" (ENOSYS, ENODEV, ENOTTY,
+ * EOPNOTSUPP) folded into ENOTSUP as QEMU's translate_err does.
+ */
+export function fallocateFailure(e: unknown): { code: string; error: unknown } {
+  const code = (e as { code?: unknown } | null)?.code;
+  if (code === 'ENOTSUP' || code === 'EOPNOTSUPP' || code === 'ENOSYS' || code === 'ENODEV' || code === 'ENOTTY') {
+    return { code: 'ENOTSUP', error: e };
+  }
+  return { code: typeof code === 'string' ? code : 'EIO', error: e };
 }
 
 function notSupported(s: FileState, offset: number): BlockError {
@@ -57,7 +65,7 @@ function notSupported(s: FileState, offset: number): BlockError {
 }
 
 /** ZERO_RANGE and mode 0 grow the file when the range ends past it (PUNCH_HOLE keeps the size). */
-function grewTo(s: FileState, end: number): void {
+export function grewTo(s: FileState, end: number): void {
   if (end > s.length) s.length = end;
 }
 

@@ -19,10 +19,14 @@ import type { BDRVQcow2State } from './state.js';
  * once and skip the copy (handle_alloc_space). Only when the file can zero without writing a
  * buffer; otherwise the ordinary copy runs. Not where a kept cluster holds guest data between
  * the areas: if the data write then failed, that data would be lost rather than left old.
- * Runs without s.lock: the clusters are this write's, in flight.
+ * With `data` (the piece's guest data, at hostOffset): where one allocation's zeroed range
+ * holds all of it, the zeroing and the data go to the file as one request (the file orders
+ * them), and true says the data is written. Runs without s.lock: the clusters are this
+ * write's, in flight.
  */
-export async function handleAllocSpace(s: BDRVQcow2State, metas: readonly Qcow2L2Meta[]): Promise<void> {
+export async function handleAllocSpace(s: BDRVQcow2State, metas: readonly Qcow2L2Meta[], hostOffset: number, data: IOVector): Promise<boolean> {
   const file = qcow2DataNode(s);
+  let dataWritten = false;
   for (const m of metas) {
     if ((m.cowStart.nbBytes === 0 && m.cowEnd.nbBytes === 0) || m.overwritesData) continue;
     // QEMU's is_zero_cow: block status not asked for zeros (bdrv_co_is_zero_fast).
@@ -31,15 +35,25 @@ export async function handleAllocSpace(s: BDRVQcow2State, metas: readonly Qcow2L
     const start = m.allocOffset + m.cowStart.offset;
     const bytes = m.cowEnd.offset + m.cowEnd.nbBytes - m.cowStart.offset;
     qcow2PreWriteDataCheck(s, start, bytes);
+    // Watched, the events come one by one, as QEMU's: cluster_alloc_space here, write_aio
+    // before the data write (by the caller).
+    const withData: boolean = !dataWritten && !file.debugWatched && hostOffset >= start && hostOffset + data.size <= start + bytes;
     if (file.debugWatched) await file.debugEvent('cluster_alloc_space');
     try {
-      await file.writeZeroes(start, bytes, { noFallback: true });
+      // The zeroing before the data (the file keeps that order), both before any L2 entry
+      // points at the clusters (the caller links them only after this returns).
+      if (withData) await file.zeroThenPwritev(start, bytes, hostOffset, data);
+      else await file.writeZeroes(start, bytes, { noFallback: true });
     } catch (e) {
+      // ENOTSUP: not zeroed (the data may be in place, nothing else changed); the ordinary
+      // copy and data write run, the data written again.
       if (e instanceof BlockError && e.code === 'ENOTSUP') continue;
       throw e;
     }
+    dataWritten ||= withData;
     m.skipCow = true;
   }
+  return dataWritten;
 }
 
 /**

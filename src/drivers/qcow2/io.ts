@@ -66,9 +66,10 @@ async function writePiece(s: BDRVQcow2State, offset: number, bytes: number, qiov
     // Zeroing whole new clusters beats copying zeros; then the data, alone or framed by its
     // COW; then the other COW areas. All of it before any L2 entry points at the clusters.
     const cow = a.metas.some(needsCow);
-    if (cow && a.metas.some((m) => mayZeroCow(s, m))) await handleAllocSpace(s, a.metas);
-    const merged = cow ? mergeCow(s, offset, a.bytes, a.metas) : null;
-    if (!merged) {
+    // The data may go with the zeroing of its cluster (one request to the file).
+    const written = cow && a.metas.some((m) => mayZeroCow(s, m)) && (await handleAllocSpace(s, a.metas, a.hostOffset, data));
+    const merged = cow && !written ? mergeCow(s, offset, a.bytes, a.metas) : null;
+    if (!merged && !written) {
       if (file.debugWatched) await file.debugEvent('write_aio');
       await file.pwritev(a.hostOffset, data);
     }
