@@ -253,6 +253,9 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
   // Writes split or joined leave the same bytes in a raw image; a format that allocates lays
   // its clusters out by the writes it gets, which must be qemu-img's.
   const joinData = rootOf(s.target).driver.formatName === 'raw';
+  // For the same reason, chunks written to a raw target need not wait for one another: they
+  // cover disjoint bytes, and whichever completes first the image holds the same bytes.
+  const ordered = wrInOrder && !joinData;
   let allocatedDone = 0;
   let failed: unknown = null;
   // In-order writes (qemu-img's default, without -W): a chunk starts writing only once the
@@ -350,7 +353,7 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
         }
         // Only a wholly zero cluster may be skipped (-S 0: not even that).
         const compressed = s.compressed && status === 'data' && (s.minSparse === 0 || !bufferIsZero(buf, 0, buf.length));
-        if (wrInOrder) await (compressed ? prevTurn : prevWritten);
+        if (ordered) await (compressed ? prevTurn : prevWritten);
         if (failed === null) {
           try {
             const written = convertWrite(s, start, parts, buf, status, compressed, joinData);
@@ -369,7 +372,7 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
         // Also when this chunk wrote nothing (a read error, an earlier failure): qemu-img
         // moves wr_offs on whatever happened. A compressed write may have overtaken the
         // completion of the one before it: done counts once both are.
-        if (wrInOrder) await prevWritten;
+        if (ordered) await prevWritten;
         myTurn();
         myWritten();
       }
