@@ -18,6 +18,14 @@ export const BDRV_SECTOR_BITS = 9;
 export interface WriteFlags {
   /** Force Unit Access: the write is durable when it completes. */
   fua?: boolean;
+  /**
+   * Called (at most once, maybe before the write completes) when the driver has decided where
+   * every byte of the write goes and will allocate nothing more for it: clusters and tables
+   * handed out in the order the writes came. A driver that never calls it leaves the caller
+   * to wait for the write's completion. Lets an in-order writer (convert) start its next
+   * write early with the same layout.
+   */
+  onAllocated?: () => void;
 }
 
 /**

@@ -53,12 +53,15 @@ async function mapLocked(s: BDRVQcow2State, offset: number, bytes: number): Prom
  * Write one host-contiguous piece of a guest write at `offset` (at most `bytes`, data from
  * qiov at qiovOffset); returns how many bytes it covered (qcow2_co_pwritev_task).
  */
-async function writePiece(s: BDRVQcow2State, offset: number, bytes: number, qiov: IOVector, qiovOffset: number): Promise<number> {
+async function writePiece(s: BDRVQcow2State, offset: number, bytes: number, qiov: IOVector, qiovOffset: number, onAllocated?: () => void): Promise<number> {
   const file = qcow2DataNode(s);
   // Unallocated clusters of a cached table are mapped at once (alloc-now.ts), as under the
   // lock below when nothing needs loading.
   const now = qcow2AllocNow(s, offset, bytes);
   const { a, flight } = now !== null ? inFlight(s, offset, now) : await mapLocked(s, offset, bytes);
+  // The last piece is mapped: its clusters, tables and refcounts are handed out, and linking
+  // its entries below allocates nothing. A later write may map now and still come after us.
+  if (a.bytes === bytes) onAllocated?.();
 
   const data = qiov.slice(qiovOffset, a.bytes);
   let failure: { error: unknown } | null = null;
@@ -118,10 +121,12 @@ async function writePiece(s: BDRVQcow2State, offset: number, bytes: number, qiov
  * A guest write: the one place every guest write to a qcow2 image passes (data and the zero
  * buffers of the write-zeroes fallback alike).
  */
-export async function qcow2CoPwritev(s: BDRVQcow2State, offset: number, bytes: number, qiov: IOVector): Promise<void> {
+export async function qcow2CoPwritev(s: BDRVQcow2State, offset: number, bytes: number, qiov: IOVector, onAllocated?: () => void): Promise<void> {
   try {
     const now = qcow2RewriteNow(s, offset, bytes);
     if (now !== null) {
+      // A rewrite of clusters we own allocates nothing.
+      onAllocated?.();
       // Mapped and in flight already: only the data write is left (debug events unwatched).
       try {
         await qcow2File(s).pwritev(now.hostOffset, qiov.size === bytes ? qiov : qiov.slice(0, bytes));
@@ -130,7 +135,7 @@ export async function qcow2CoPwritev(s: BDRVQcow2State, offset: number, bytes: n
       }
       return;
     }
-    for (let done = 0; done < bytes; ) done += await writePiece(s, offset + done, bytes - done, qiov, done);
+    for (let done = 0; done < bytes; ) done += await writePiece(s, offset + done, bytes - done, qiov, done, onAllocated);
   } finally {
     if (s.corruptWrite) await s.corruptWrite;
   }

@@ -191,7 +191,7 @@ export const qcow2Driver: BlockDriver = {
   preadvNow: qcow2PreadvNow,
   // Without FUA the write's own promise is the request's: no frame around it per request.
   coPwritev: (bs, offset, bytes, qiov: IOVector, flags) =>
-    flags.fua === true ? qcow2CoPwritevFua(bs, offset, bytes, qiov) : qcow2CoPwritev(qcow2State(bs), offset, bytes, qiov),
+    flags.fua === true ? qcow2CoPwritevFua(bs, offset, bytes, qiov) : qcow2CoPwritev(qcow2State(bs), offset, bytes, qiov, flags.onAllocated),
   pwritevSubmit: qcow2PwritevSubmit,
   coFlush: qcow2Flush,
   coPwritevCompressed: (bs, offset, bytes, qiov: IOVector) => qcow2CoPwritevCompressedPart(qcow2State(bs), offset, bytes, qiov),

@@ -32,6 +32,8 @@ export interface QEDRequestState {
   allocating: boolean;
   /** Released s.allocLock early and still writes its L2 entries (counted in s.allocPending). */
   allocPending: boolean;
+  /** WriteFlags.onAllocated of the request, if its caller asked. */
+  onAllocated?: () => void;
 }
 
 /** A pooled AIOCB carrying the request state. */
@@ -154,9 +156,11 @@ export async function qedCoRequest(
   bytes: number,
   qiov: IOVector | null,
   flags: number,
+  onAllocated?: () => void,
 ): Promise<void> {
   const s = qedState(bs);
   const req = newRequestState(flags, qiov, offset, bytes);
+  req.onAllocated = onAllocated;
   qedTrace(s, 'qedAioSetup', { acb: req, sectorNum: offset / BDRV_SECTOR_SIZE, nbSectors: bytes / BDRV_SECTOR_SIZE, flags });
   await qedAioNextIo(s, req);
 }

@@ -179,7 +179,7 @@ async function qedCoPreadv(bs: BlockDriverState, offset: number, bytes: number, 
 }
 
 const qedCoPwritev: BlockDriverHook<'coPwritev'> = async (bs, offset, bytes, qiov, flags) => {
-  await qedCoRequest(bs, offset, bytes, qiov, QED_AIOCB_WRITE);
+  await qedCoRequest(bs, offset, bytes, qiov, QED_AIOCB_WRITE, flags.onAllocated);
   // QED has no FUA of its own: a flush after the write gives the same durability.
   if (flags.fua) await qedFile(qedState(bs)).flush();
 };

@@ -135,6 +135,8 @@ async function qedAioWriteAlloc(s: BDRVQEDState, acb: QEDRequestState, run: QEDC
       acb.allocPending = true;
       s.allocPending++;
       s.allocLock.unlock();
+      // For the same reasons, a caller that orders its writes may issue its next one now.
+      acb.onAllocated?.();
     }
     if (!zero) await qedAioWriteCow(s, acb, run, cluster, cs);
     linking = true;

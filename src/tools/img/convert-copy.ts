@@ -2,7 +2,7 @@
 // backing runs, data runs are scanned for zero sectors (-S) so that zero regions stay
 // unallocated in the target, requests run in parallel (-m, an AioTaskPool) and are written in
 // order unless -W.
-import { AioTaskPool, bufferIsZero, qemuMemalign, type BlockBackend } from '../../index.js';
+import { AioTaskPool, bufferIsZero, qemuMemalign, type BlockBackend, type WriteFlags } from '../../index.js';
 import { rootOf } from '../shared/open.js';
 import { ToolExit, errnoMessage } from '../shared/output.js';
 import { BDRV_BLOCK_DATA, BDRV_BLOCK_ZERO, blockStatusAboveFlags } from './block-status.js';
@@ -184,6 +184,7 @@ async function firstFailingRun(s: ConvertState, start: number, parts: readonly n
  * qemu-img writes each of its chunks; `joinData` joins consecutive data writes for a target
  * that lays nothing out (raw), where one write leaves the same bytes as several. A compressed
  * chunk (one cluster) is one write: compressed when `compressed` says so (its caller told).
+ * The chunk's last write, when it writes data, carries `last` (its allocation signal).
  */
 async function convertWrite(
   s: ConvertState,
@@ -193,16 +194,17 @@ async function convertWrite(
   status: Status,
   compressed: boolean,
   joinData: boolean,
+  last: WriteFlags,
 ): Promise<void> {
   const chunkSector = sectorNum;
   // Data not written yet: sectors [dataFirst, dataFirst + dataLen) of buf.
   let dataFirst = 0;
   let dataLen = 0;
-  const writePendingData = async (): Promise<void> => {
+  const writePendingData = async (flags?: WriteFlags): Promise<void> => {
     if (dataLen === 0) return;
     const len = dataLen;
     dataLen = 0;
-    await s.target.pwrite((chunkSector + dataFirst) * SECTOR, buf.subarray(dataFirst * SECTOR, (dataFirst + len) * SECTOR));
+    await s.target.pwrite((chunkSector + dataFirst) * SECTOR, buf.subarray(dataFirst * SECTOR, (dataFirst + len) * SECTOR), flags);
   };
   let first = 0;
   // Up to the end of the current part: the zero scan and the writes keep its bounds.
@@ -224,9 +226,11 @@ async function convertWrite(
           writeData = r.ret;
         }
         if (writeData) {
+          // Unjoined, each data write is issued when the next write (or the end) comes, so
+          // that the chunk's last write is known to be its last.
+          if (!joinData) await writePendingData();
           if (dataLen === 0) dataFirst = first;
           dataLen += n;
-          if (!joinData) await writePendingData();
         } else {
           await writePendingData();
           if (!s.hasZeroInit) await s.target.writeZeroes(sectorNum * SECTOR, n * SECTOR, { mayUnmap: true });
@@ -236,7 +240,7 @@ async function convertWrite(
     sectorNum += n;
     first += n;
   }
-  await writePendingData();
+  await writePendingData(last);
 }
 
 export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines: number, wrInOrder: boolean, progress: Progress): Promise<void> {
@@ -253,16 +257,22 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
   // Writes split or joined leave the same bytes in a raw image; a format that allocates lays
   // its clusters out by the writes it gets, which must be qemu-img's.
   const joinData = rootOf(s.target).driver.formatName === 'raw';
+  // For the same reason, chunks written to a raw target need not wait for one another: they
+  // cover disjoint bytes, and whichever completes first the image holds the same bytes.
+  const ordered = wrInOrder && !joinData;
   let allocatedDone = 0;
   let failed: unknown = null;
-  // In-order writes (qemu-img's default, without -W): a chunk starts writing only once the
-  // previous chunk's writes have all completed (wr_offs in convert_co_do_copy), so a target
-  // that allocates hands out its clusters and tables in image order, as qemu-img's does.
-  // Waiting only until the previous writes were issued is not enough: a write mapped in
-  // several pieces (one per L2 table) or a zero write that allocates a table lets the next
-  // chunk's write take clusters in between. The reads still run ahead in parallel.
-  // `lastWritten` resolves once the previous chunk and all before it have completed.
-  let lastWritten: Promise<void> = Promise.resolve();
+  // In-order writes (qemu-img's default, without -W): qemu-img starts a chunk's writes only
+  // once the previous chunk's writes have all completed (wr_offs in convert_co_do_copy), so a
+  // target that allocates hands out its clusters and tables in image order. What orders the
+  // layout is only the allocation: a chunk starts writing once the previous chunk's writes
+  // have all allocated what they will (the driver's onAllocated, else their completion),
+  // while that chunk's data may still be on its way. Waiting only until the previous writes
+  // were issued is not enough: a write mapped in several pieces (one per L2 table) or a zero
+  // write that allocates a table lets the next chunk's write take clusters in between. The
+  // reads run ahead in parallel. `lastAllocated` resolves once the previous chunk and all
+  // before it have allocated.
+  let lastAllocated: Promise<void> = Promise.resolve();
   // One exception, with the same layout: a compressed write after a compressed write waits
   // only until that one was issued. The driver packs compressed clusters in the order their
   // writes came (qcow2's compressed turn: each takes s.lock only after the one before it),
@@ -277,6 +287,7 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
   // They are page-aligned (qemu_blockalign): the kernel copies into and out of them faster.
   const freeBufs: Uint8Array[] = [];
   const EMPTY = new Uint8Array(0);
+  const NO_FLAGS: WriteFlags = {};
   const nextRun = async (at: number): Promise<{ n: number; status: Status }> => {
     const n = await iterationSectors(env, s, at);
     return { n: !s.minSparse && s.status === 'zero' ? Math.min(n, s.bufSectors) : n, status: s.status };
@@ -314,12 +325,12 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
     }
     const start = sectorNum;
     sectorNum += n;
-    const prevWritten = lastWritten;
-    let markWritten!: () => void;
-    lastWritten = new Promise<void>((resolve) => {
-      markWritten = resolve;
+    const prevAllocated = lastAllocated;
+    let markAllocated!: () => void;
+    lastAllocated = new Promise<void>((resolve) => {
+      markAllocated = resolve;
     });
-    const myWritten = markWritten;
+    const myAllocated = markAllocated;
     const prevTurn = lastTurn;
     let markTurn!: () => void;
     lastTurn = new Promise<void>((resolve) => {
@@ -350,10 +361,12 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
         }
         // Only a wholly zero cluster may be skipped (-S 0: not even that).
         const compressed = s.compressed && status === 'data' && (s.minSparse === 0 || !bufferIsZero(buf, 0, buf.length));
-        if (wrInOrder) await (compressed ? prevTurn : prevWritten);
+        if (ordered) await (compressed ? prevTurn : prevAllocated);
         if (failed === null) {
           try {
-            const written = convertWrite(s, start, parts, buf, status, compressed, joinData);
+            // The chunk's last write started only after all its others completed, and after
+            // the chunks before had allocated (awaited just above): its signal is the chunk's.
+            const written = convertWrite(s, start, parts, buf, status, compressed, joinData, ordered ? { onAllocated: myAllocated } : NO_FLAGS);
             // The compressed write is issued (the call reached the driver's queue in order).
             if (compressed) myTurn();
             await written;
@@ -369,9 +382,9 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
         // Also when this chunk wrote nothing (a read error, an earlier failure): qemu-img
         // moves wr_offs on whatever happened. A compressed write may have overtaken the
         // completion of the one before it: done counts once both are.
-        if (wrInOrder) await prevWritten;
+        if (ordered) await prevAllocated;
         myTurn();
-        myWritten();
+        myAllocated();
       }
     });
   }
