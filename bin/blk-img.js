@@ -10,26 +10,28 @@
 // CommonJS (bin/package.json), sets the size, and only then loads the tool.
 'use strict';
 if (process.env.UV_THREADPOOL_SIZE === undefined) process.env.UV_THREADPOOL_SIZE = '2';
-// convert runs its per-chunk code (block status, the read, the target format's write path) a
-// few thousand times per GiB, and each call moves up to 2 MiB in the kernel: optimising those
-// async functions costs TurboFan more CPU than it saves (a 1 GiB convert spent about 0.2 s of
-// user time compiling). Four times V8's default interrupt budget (67584) leaves them in the
-// baseline tiers unless they run far more often (bench/RESULTS.md, "Convert"). The
-// subcommand is the first argument that is not an option.
+// convert and bench run their request paths a few thousand times in a fresh process (a 1 GiB
+// convert, a 4096-request bench row): four times V8's default interrupt budget leaves those in
+// the baseline tiers until they have run four times as often, which costs less CPU than
+// TurboFan optimising them early. Convert: each call moves up to 2 MiB in the kernel, and
+// optimising its async functions spent about 0.2 s of user time per GiB (bench/RESULTS.md,
+// "Convert"). Bench: in a 4096-request row TurboFan's compiles took the other CPU from the
+// io_uring worker; the whole process's CPU fell 30-50 ms (of 130-360), a 65536-request row's
+// rose 10-25 ms (bench/RESULTS.md, "A fresh process's request path"). The subcommand is the
+// first argument that is not an option.
 const command = process.argv.slice(2).find((a) => !a.startsWith('-'));
 const convert = command === 'convert';
+const hot = convert || command === 'bench';
 // The tool comes as one bundled file (dist/bin, `npm run bundle`): loading the ~60 compiled
 // modules one by one took about 40 ms of every run. Without the bundle, the modules themselves.
-const { compileTool, runTool } = require('./bundle.js');
+const { compileTool, raiseInterruptBudget, runTool } = require('./bundle.js');
 // The whole code cache holds convert's and bench's request paths; the others take the lean one
 // (scripts/bundle.ts), which V8 deserializes in less time.
-const tool = compileTool('img', convert || command === 'bench' ? '' : '.lean');
+const tool = compileTool('img', hot ? '' : '.lean');
 (tool === null ? import('../dist/src/tools/img/main.js') : Promise.resolve(runTool(tool)))
   .then(({ main }) => {
-    // The flag is set once the tool is loaded: V8 takes a code cache (ours, and Node's for its
-    // own modules) only under the flags it was made with. A function gets its budget when first
-    // called, so the flag still covers convert's.
-    if (convert) require('node:v8').setFlagsFromString('--interrupt-budget=270336');
+    // Once the tool is loaded (raiseInterruptBudget says why).
+    if (hot) raiseInterruptBudget();
     return main(process.argv);
   })
   .then((code) => {

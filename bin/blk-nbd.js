@@ -10,14 +10,12 @@ if (process.env.UV_THREADPOOL_SIZE === undefined) process.env.UV_THREADPOOL_SIZE
 // user time, 0.27 s with this). Four times V8's default interrupt budget, as blk-img convert
 // has (bench/RESULTS.md, "NBD"): a long-lived server still optimises what runs far more.
 // The bundled tool (dist/bin, `npm run bundle`), else the compiled modules.
-const { compileTool, runTool } = require('./bundle.js');
+const { compileTool, raiseInterruptBudget, runTool } = require('./bundle.js');
 const tool = compileTool('nbd');
 (tool === null ? import('../dist/src/tools/nbd/nbd.js') : Promise.resolve(runTool(tool)))
   .then(({ main }) => {
-    // Set once the tool is loaded, as in blk-img's launcher: V8 takes a code cache (ours, and
-    // Node's for its own modules) only under the flags it was made with, and a function gets
-    // its budget when first called.
-    require('node:v8').setFlagsFromString('--interrupt-budget=270336');
+    // Once the tool is loaded (raiseInterruptBudget says why).
+    raiseInterruptBudget();
     return main(process.argv);
   })
   .then((code) => {

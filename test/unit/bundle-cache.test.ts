@@ -139,6 +139,23 @@ describe('tool bundles and their code cache', () => {
     expect(r.verdict).toBe('used');
   });
 
+  it('raises the interrupt budget for convert and bench only, after taking the cache', () => {
+    writeFileSync(cache, pristine);
+    writeFileSync(lean, pristineLean);
+    const run = (tool: string, args: string[]) => {
+      const r = launch(root, tool, args);
+      // The flag once the cache was taken: set before, it would make V8 reject the cache.
+      return { verdict: r.verdict, raised: /code cache used[^]*V8 flags: --interrupt-budget=270336/.test(r.stderr) };
+    };
+    expect(run('img', ['bench', '-c', '1', 'no-such-file.qcow2'])).toEqual({ verdict: 'used', raised: true });
+    expect(run('img', ['-q', 'convert', '-O', 'raw', 'no-such-file.raw', 'out.raw'])).toEqual({ verdict: 'used', raised: true });
+    expect(run('img', ['check', 'no-such-file.qcow2'])).toEqual({ verdict: 'used', raised: false });
+    expect(run('img', ['info', 'no-such-file.qcow2'])).toEqual({ verdict: 'used', raised: false });
+    expect(run('img', ['--version'])).toEqual({ verdict: 'used', raised: false });
+    expect(run('io', ['-c', 'help quit'])).toEqual({ verdict: 'used', raised: false });
+    expect(run('nbd', ['--version'])).toEqual({ verdict: 'used', raised: true });
+  });
+
   it('takes the lean cache but for convert and bench, the whole one without it', () => {
     writeFileSync(cache, pristine);
     writeFileSync(lean, pristineLean);
