@@ -50,6 +50,7 @@ export interface SeekAddon {
    */
   deflateCluster?: (src: Uint8Array, dst: Uint8Array) => Promise<number>;
   inflateCluster?: (src: Uint8Array, dst: Uint8Array) => Promise<number>;
+  inflateClusters?: (src: Uint8Array, dst: Uint8Array, bounds: Uint32Array) => Promise<number>;
   /**
    * Where `buf` starts past the last `align`-byte boundary in memory (memalign.ts). Optional,
    * like the rest.

@@ -15,6 +15,12 @@ export interface ZlibClusterEngine {
   deflateCluster(src: Uint8Array, dst: Uint8Array): Promise<number>;
   /** Inflate from `src` until `dst` is full: dst.length, or -1 when the data falls short. */
   inflateCluster(src: Uint8Array, dst: Uint8Array): Promise<number>;
+  /**
+   * inflateCluster for n clusters as one job: cluster i from src[bounds[2i], +bounds[2i+1])
+   * into the i-th n-th of `dst`. How many were inflated whole before the first that was not.
+   * Optional (an older addon).
+   */
+  inflateClusters?(src: Uint8Array, dst: Uint8Array, bounds: Uint32Array): Promise<number>;
 }
 
 /**
@@ -31,6 +37,13 @@ export function zlibEngineCodec(engine: () => ZlibClusterEngine | null, fallback
       return e.inflateCluster(src, out).then((n) => {
         if (n !== clusterSize) throw new BlockError('EIO', 'Could not decompress a compressed cluster', { op: 'read_compressed' });
         return out;
+      });
+    },
+    decompressMany(type, src, bounds, dst) {
+      const e = type === QCOW2_COMPRESSION_TYPE_ZLIB ? engine() : null;
+      if (e?.inflateClusters === undefined) return null;
+      return e.inflateClusters(src, dst, bounds).then((n) => {
+        if (n !== bounds.length / 2) throw new BlockError('EIO', 'Could not decompress a compressed cluster', { op: 'read_compressed' });
       });
     },
     async compress(type, src, maxBytes) {

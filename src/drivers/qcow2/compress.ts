@@ -24,6 +24,12 @@ export interface Qcow2Codec {
    */
   decompress(type: number, src: Uint8Array, clusterSize: number, dst?: Uint8Array): Uint8Array | Promise<Uint8Array>;
   /**
+   * Optionally, decompress n clusters with one call (an engine's one hand-off for all):
+   * cluster i from src[bounds[2i], +bounds[2i+1]) into the i-th n-th of `dst`. null when
+   * this codec cannot (then each goes to decompress); throws EIO as decompress does.
+   */
+  decompressMany?(type: number, src: Uint8Array, bounds: Uint32Array, dst: Uint8Array): Promise<void> | null;
+  /**
    * Compress one cluster into at most `maxBytes` bytes; null when it does not fit (the
    * caller then writes the cluster uncompressed, as QEMU does). Asynchronous so that an
    * encoder can be loaded when first needed.

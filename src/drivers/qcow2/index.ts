@@ -10,7 +10,7 @@ export { qcow2CheckMetadataOverlap, qcow2PreWriteOverlapCheck, qcow2SignalCorrup
 export { qcow2DoOpen } from './open.js';
 export { qcow2UpdateHeader } from './header-update.js';
 export { qcow2CoPwritevCompressed } from './io.js';
-export { qcow2ReadCompressedCluster } from './read.js';
+export { qcow2ReadCompressedCluster } from './read-compressed.js';
 export { defaultQcow2Codec, qcow2Codec, setQcow2Codec, type Qcow2Codec } from './compress.js';
 export { zlibEngineCodec, type ZlibClusterEngine } from './compress-engine.js';
 export { qcow2State, qcow2File, type BDRVQcow2State } from './state.js';

@@ -8,7 +8,7 @@ import type { IOVector } from '../../block/iovec.js';
 import { qcow2GetHostOffset, qcow2PlanUnlocked, type Qcow2Run } from './cluster.js';
 import { qcow2CheckNotCorrupt } from './corrupt.js';
 import { qcow2DataNode } from './data-file.js';
-import { decodeCompressed } from './entries.js';
+import { type CompressedBatch, compressedBatchAdd, qcow2ReadCompressedBatch, qcow2ReadCompressedCluster } from './read-compressed.js';
 import { type BDRVQcow2State, offsetIntoCluster, qcow2File } from './state.js';
 
 /** Tasks of one request in flight at once (QCOW2_MAX_WORKERS). */
@@ -34,22 +34,6 @@ async function readBacking(s: BDRVQcow2State, offset: number, qiov: IOVector): P
   await backing.preadv(offset, cur);
 }
 
-/**
- * Decompress the cluster an entry describes (qcow2_co_preadv_compressed): into `dst` when
- * given (a whole cluster of the caller's), else into a fresh buffer.
- */
-export async function qcow2ReadCompressedCluster(s: BDRVQcow2State, entry: bigint, dst?: Uint8Array): Promise<Uint8Array> {
-  const c = decodeCompressed(entry, s.compressed);
-  const file = qcow2File(s);
-  await file.debugEvent('read_compressed');
-  const buf = new Uint8Array(c.length);
-  await file.pread(c.offset, buf);
-  const out = await s.codec.decompress(s.header.compressionType, buf, s.clusterSize, dst);
-  // A codec that knows no `dst` answers with a buffer of its own.
-  if (dst !== undefined && out !== dst) dst.set(out);
-  return out;
-}
-
 /** Execute one planned run of a read. */
 async function readRun(s: BDRVQcow2State, offset: number, run: Qcow2Run, cur: IOVector): Promise<void> {
   switch (run.kind) {
@@ -60,13 +44,7 @@ async function readRun(s: BDRVQcow2State, offset: number, run: Qcow2Run, cur: IO
       await readBacking(s, offset, cur);
       return;
     case 'compressed': {
-      // A whole cluster into one buffer of the request is inflated in place: no cluster-sized
-      // bounce buffer to allocate, zero and copy out of (a convert of a compressed image
-      // reads every cluster this way).
-      if (run.bytes === s.clusterSize && cur.niov === 1) {
-        await qcow2ReadCompressedCluster(s, run.l2Entry, cur.iov[0]);
-        return;
-      }
+      // Part of a cluster (or one split across buffers): inflated apart, then copied.
       const data = await qcow2ReadCompressedCluster(s, run.l2Entry);
       const at = offsetIntoCluster(s, offset);
       cur.copyFrom(data.subarray(at, at + run.bytes));
@@ -100,21 +78,44 @@ export async function qcow2ReadRange(
   // Compressed clusters are read and inflated several at once, as qcow2_co_preadv_part's
   // tasks are: one at a time, a convert of a compressed image waits on each in turn.
   let pool: AioTaskPool | null = null;
+  // Whole compressed clusters next to each other in the file, not read yet.
+  let batch: CompressedBatch = { start: 0, end: 0, extents: [], dsts: [] };
+  const flush = async (last: boolean): Promise<void> => {
+    if (batch.extents.length === 0) return;
+    const b = batch;
+    batch = { start: 0, end: 0, extents: [], dsts: [] };
+    // The whole request in one batch needs no task of its own.
+    if (last && pool === null) return qcow2ReadCompressedBatch(s, b);
+    pool ??= new AioTaskPool(QCOW2_MAX_WORKERS);
+    await pool.start(() => qcow2ReadCompressedBatch(s, b));
+  };
   try {
     while (done < bytes && (pool === null || pool.ok)) {
       const planned = locked ? qcow2GetHostOffset(s, pos, bytes - done) : qcow2PlanUnlocked(s, pos, bytes - done);
       const run = planned instanceof Promise ? await planned : planned;
       const at = pos;
       const cur = qiov.slice(qiovOffset + done, run.bytes);
-      if (run.kind === 'compressed' && run.bytes < bytes - done) {
-        pool ??= new AioTaskPool(QCOW2_MAX_WORKERS);
-        await pool.start(() => readRun(s, at, run, cur));
+      if (run.kind === 'compressed' && run.bytes === s.clusterSize && cur.niov === 1) {
+        // A whole cluster into one buffer of the request is inflated in place: no bounce
+        // buffer to allocate, zero and copy out of (a convert reads every cluster this way).
+        const dst = cur.iov[0];
+        if (!compressedBatchAdd(s, batch, run.l2Entry, dst)) {
+          await flush(false);
+          compressedBatchAdd(s, batch, run.l2Entry, dst);
+        }
       } else {
-        await readRun(s, at, run, cur);
+        await flush(false);
+        if (run.kind === 'compressed' && run.bytes < bytes - done) {
+          pool ??= new AioTaskPool(QCOW2_MAX_WORKERS);
+          await pool.start(() => readRun(s, at, run, cur));
+        } else {
+          await readRun(s, at, run, cur);
+        }
       }
       pos += run.bytes;
       done += run.bytes;
     }
+    if (pool === null || pool.ok) await flush(true);
   } catch (e) {
     // The tasks fill the caller's buffer: none may outlive the request.
     await pool?.waitAll().catch(() => undefined);
