@@ -23,6 +23,13 @@ function aioWrite(bs: BlockDriverState, offset: number, buf: Uint8Array): Promis
   });
 }
 
+/** The engine's next write fails with ENOSPC, from a later turn. */
+function failNextEngineWrite(): void {
+  vi.spyOn(IoEngine.prototype, 'pwritevThen').mockImplementationOnce((_fd, _b, _o, done: EngineDone) => {
+    setImmediate(() => done(-28 /* ENOSPC */));
+  });
+}
+
 describe.skipIf(!hasEngine)('writes started with a completion callback', () => {
   let dir = '';
   let path = '';
@@ -123,6 +130,67 @@ describe.skipIf(!hasEngine)('writes started with a completion callback', () => {
     }
   });
 
+  it('qcow2: allocating writes of whole clusters go out by callback and land as the ordinary path lays them out', async () => {
+    const images: Buffer[] = [];
+    for (const submit of [true, false]) {
+      const img = join(dir, `alloc-${submit}.qcow2`);
+      await bdrvCreate(img, { format: 'qcow2', options: { size: 16 << 20 } });
+      const bs = await BlockDriverState.open(img, { format: 'qcow2' });
+      try {
+        // Without a listener on the file's debug events only the ordinary path runs.
+        if (!submit) bs.file!.events.on('debug', () => undefined);
+        // The first allocation makes the L2 table and refcount block (the ordinary path).
+        expect((await aioWrite(bs, 0, new Uint8Array(65536).fill(1))).err).toBeNull();
+        const then = vi.spyOn(IoEngine.prototype, 'pwritevThen');
+        const promised = vi.spyOn(bs.file!, 'pwritev');
+        const sizes = [65536, 131072, 65536, 65536];
+        const at = [3, 1, 6, 5].map((c) => c * 65536);
+        const r = await Promise.all(at.map((o, i) => aioWrite(bs, o, new Uint8Array(sizes[i]).fill(0x10 + i))));
+        expect(r.map((x) => x.err)).toEqual([null, null, null, null]);
+        if (submit) {
+          // One file request per guest write, the data only: the entries stay in the cache.
+          expect(then).toHaveBeenCalledTimes(4);
+          expect(promised).not.toHaveBeenCalled();
+        }
+        expect(bs.requests.inFlight).toBe(0);
+        expect(bs.file!.requests.inFlight).toBe(0);
+        const back = new Uint8Array(8 * 65536);
+        await bs.pread(0, back);
+        expect([0, 1, 2, 3, 5, 6, 7].map((c) => back[c * 65536 + 100])).toEqual([1, 0x11, 0x11, 0x10, 0x13, 0x12, 0]);
+        const check = await bs.check();
+        expect([check.corruptions, check.leaks]).toEqual([0, 0]);
+      } finally {
+        await bs.close();
+      }
+      images.push(readFileSync(img));
+    }
+    expect(Buffer.compare(images[0], images[1])).toBe(0);
+  });
+
+  it('qcow2: a failed allocating write reports its error, links nothing and gives its clusters back', async () => {
+    const img = join(dir, 'img.qcow2');
+    await bdrvCreate(img, { format: 'qcow2', options: { size: 16 << 20 } });
+    const bs = await BlockDriverState.open(img, { format: 'qcow2' });
+    try {
+      expect((await aioWrite(bs, 0, new Uint8Array(65536).fill(1))).err).toBeNull();
+      failNextEngineWrite();
+      expect((await aioWrite(bs, 65536, new Uint8Array(65536).fill(2))).err?.code).toBe('ENOSPC');
+      expect(bs.requests.inFlight).toBe(0);
+      expect(bs.file!.requests.inFlight).toBe(0);
+      const back = new Uint8Array(65536);
+      await bs.pread(65536, back);
+      expect(back.every((b) => b === 0)).toBe(true);
+      const check = await bs.check();
+      expect([check.corruptions, check.leaks]).toEqual([0, 0]);
+      // The image still takes allocating writes afterwards.
+      expect((await aioWrite(bs, 65536, new Uint8Array(65536).fill(3))).err).toBeNull();
+      await bs.pread(65536, back);
+      expect(back.every((b) => b === 3)).toBe(true);
+    } finally {
+      await bs.close();
+    }
+  });
+
   for (const format of ['qed', 'qcow2'] as const) {
     it(`${format}: a rewrite of allocated clusters is one pwritevThen, ended by its callback`, async () => {
       const img = join(dir, `img.${format}`);
@@ -160,9 +228,7 @@ describe.skipIf(!hasEngine)('writes started with a completion callback', () => {
       const bs = await BlockDriverState.open(img, { format });
       try {
         expect((await aioWrite(bs, 0, new Uint8Array(65536).fill(1))).err).toBeNull();
-        vi.spyOn(IoEngine.prototype, 'pwritevThen').mockImplementationOnce((_fd, _b, _o, done: EngineDone) => {
-          setImmediate(() => done(-28 /* ENOSPC */));
-        });
+        failNextEngineWrite();
         expect((await aioWrite(bs, 0, new Uint8Array(4096).fill(2))).err?.code).toBe('ENOSPC');
         expect(bs.requests.inFlight).toBe(0);
         expect(bs.file!.requests.inFlight).toBe(0);

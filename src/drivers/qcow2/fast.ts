@@ -136,7 +136,7 @@ export function qcow2PwritevSubmit(bs: BlockDriverState, offset: number, bytes: 
  * Answer a write as qcow2CoPwritev does: a corruption being marked is written first. `later`
  * (a settled promise) defers even an answer with nothing to wait for.
  */
-function answerAfterMarking(s: BDRVQcow2State, err: BlockError | null, done: CompletionFunc, later: Promise<void> | null): void {
+export function answerAfterMarking(s: BDRVQcow2State, err: BlockError | null, done: CompletionFunc, later: Promise<void> | null): void {
   const marking = s.corruptWrite ?? later;
   if (marking === null) done(err);
   else marking.then(() => done(err), (e: unknown) => done(toBlockError(e, { op: 'write' })));

@@ -22,7 +22,7 @@ import { L2E_OFFSET_MASK, encodeCompressed } from './entries.js';
 import { qcow2AllocBytes, qcow2FreeClusters } from './refcount.js';
 import { type BDRVQcow2State, qcow2File } from './state.js';
 
-type Mapped = Awaited<ReturnType<typeof qcow2AllocHostOffset>>;
+export type Qcow2Mapped = Awaited<ReturnType<typeof qcow2AllocHostOffset>>;
 
 
 /**
@@ -32,18 +32,18 @@ type Mapped = Awaited<ReturnType<typeof qcow2AllocHostOffset>>;
  * allocated for a piece that never got in flight are linked nowhere, a leak at worst, as
  * QEMU's; the request fails.
  */
-function inFlight(s: BDRVQcow2State, offset: number, a: Mapped): { a: Mapped; flight: Qcow2InFlight } {
+export function qcow2MappedInFlight(s: BDRVQcow2State, offset: number, a: Qcow2Mapped): { a: Qcow2Mapped; flight: Qcow2InFlight } {
   if (a.bytes === 0) throw new BlockError('EIO', 'qcow2: no progress allocating clusters', { op: 'write', offset });
   qcow2PreWriteDataCheck(s, a.hostOffset, a.bytes);
   return { a, flight: qcow2InFlightBegin(s, offset, a.bytes, a.metas.length > 0) };
 }
 
 /** Map one piece under s.lock, allocating what it needs (the ordinary path). */
-async function mapLocked(s: BDRVQcow2State, offset: number, bytes: number): Promise<{ a: Mapped; flight: Qcow2InFlight }> {
+async function mapLocked(s: BDRVQcow2State, offset: number, bytes: number): Promise<{ a: Qcow2Mapped; flight: Qcow2InFlight }> {
   await s.lock.lock();
   try {
     qcow2CheckNotCorrupt(s, 'write');
-    return inFlight(s, offset, await qcow2AllocHostOffset(s, offset, bytes));
+    return qcow2MappedInFlight(s, offset, await qcow2AllocHostOffset(s, offset, bytes));
   } finally {
     s.lock.unlock();
   }
@@ -54,16 +54,19 @@ async function mapLocked(s: BDRVQcow2State, offset: number, bytes: number): Prom
  * qiov at qiovOffset); returns how many bytes it covered (qcow2_co_pwritev_task).
  */
 async function writePiece(s: BDRVQcow2State, offset: number, bytes: number, qiov: IOVector, qiovOffset: number, onAllocated?: () => void): Promise<number> {
-  const file = qcow2DataNode(s);
   // Unallocated clusters of a cached table are mapped at once (alloc-now.ts), as under the
   // lock below when nothing needs loading.
   const now = qcow2AllocNow(s, offset, bytes);
-  const { a, flight } = now !== null ? inFlight(s, offset, now) : await mapLocked(s, offset, bytes);
+  const { a, flight } = now !== null ? qcow2MappedInFlight(s, offset, now) : await mapLocked(s, offset, bytes);
   // The last piece is mapped: its clusters, tables and refcounts are handed out, and linking
-  // its entries below allocates nothing. A later write may map now and still come after us.
+  // its entries allocates nothing. A later write may map now and still come after us.
   if (a.bytes === bytes) onAllocated?.();
+  return qcow2WriteMapped(s, offset, a, flight, qiov.slice(qiovOffset, a.bytes));
+}
 
-  const data = qiov.slice(qiovOffset, a.bytes);
+/** The rest of writePiece once the piece is mapped and in flight: data, COW, then L2. */
+export async function qcow2WriteMapped(s: BDRVQcow2State, offset: number, a: Qcow2Mapped, flight: Qcow2InFlight, data: IOVector): Promise<number> {
+  const file = qcow2DataNode(s);
   let failure: { error: unknown } | null = null;
   try {
     // Zeroing whole new clusters beats copying zeros; then the data, alone or framed by its
@@ -80,6 +83,14 @@ async function writePiece(s: BDRVQcow2State, offset: number, bytes: number, qiov
   } catch (e) {
     failure = { error: e };
   }
+  return qcow2FinishPiece(s, a, flight, failure);
+}
+
+/**
+ * A piece's data and COW are written (or `failure` says why not): link its allocations into
+ * L2, or give their clusters back, and end it in flight; returns the bytes it covered.
+ */
+export async function qcow2FinishPiece(s: BDRVQcow2State, a: Qcow2Mapped, flight: Qcow2InFlight, failure: { error: unknown } | null): Promise<number> {
   if (a.metas.length === 0) {
     qcow2InFlightEnd(s, flight);
     if (failure) throw failure.error;

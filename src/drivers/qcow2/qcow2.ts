@@ -20,7 +20,8 @@ import {
   QCOW_MAGIC,
 } from './header.js';
 import { qcow2CoPwritevCompressedPart } from './compress-write.js';
-import { qcow2PreadvNow, qcow2PwritevSubmit } from './fast.js';
+import { qcow2PreadvNow } from './fast.js';
+import { qcow2WritevSubmit } from './alloc-submit.js';
 import { qcow2BlockStatus, qcow2BlockStatusNow } from './status.js';
 import { qcow2CoPwritev } from './io.js';
 import { qcow2CoPreadv } from './read.js';
@@ -192,7 +193,7 @@ export const qcow2Driver: BlockDriver = {
   // Without FUA the write's own promise is the request's: no frame around it per request.
   coPwritev: (bs, offset, bytes, qiov: IOVector, flags) =>
     flags.fua === true ? qcow2CoPwritevFua(bs, offset, bytes, qiov) : qcow2CoPwritev(qcow2State(bs), offset, bytes, qiov, flags.onAllocated),
-  pwritevSubmit: qcow2PwritevSubmit,
+  pwritevSubmit: qcow2WritevSubmit,
   coFlush: qcow2Flush,
   coPwritevCompressed: (bs, offset, bytes, qiov: IOVector) => qcow2CoPwritevCompressedPart(qcow2State(bs), offset, bytes, qiov),
   coBlockStatus: qcow2BlockStatus,

@@ -1,0 +1,75 @@
+/**
+ * The allocating write's callback path: a guest write of whole clusters into unallocated
+ * clusters of a cached table (alloc-now.ts maps and counts them without a wait) has no COW, so
+ * all that is left is its data write and then its L2 entries. The data write goes to the file
+ * with a completion callback, and the entries are set from it: no promise per request, as a
+ * rewrite (fast.ts). Whatever needs a wait (a flush before the L2 cache may be written, the
+ * lock held, a failed write to undo) takes the ordinary path's last steps (io.ts).
+ */
+import type { CompletionFunc } from '../../block/aio.js';
+import type { WriteFlags } from '../../block/driver.js';
+import { toBlockError } from '../../block/errors.js';
+import type { IOVector } from '../../block/iovec.js';
+import type { BlockDriverState } from '../../block/node.js';
+import { qcow2AllocNow, qcow2LinkL2Now } from './alloc-now.js';
+import { needsCow } from './cow.js';
+import { answerAfterMarking, qcow2PwritevSubmit } from './fast.js';
+import { type Qcow2InFlight, qcow2InFlightEnd } from './inflight.js';
+import { type Qcow2Mapped, qcow2FinishPiece, qcow2MappedInFlight, qcow2WriteMapped } from './io.js';
+import type { BDRVQcow2State } from './state.js';
+
+/** The driver's pwritevSubmit hook: a rewrite (fast.ts), else an allocating write, else false. */
+export function qcow2WritevSubmit(bs: BlockDriverState, offset: number, bytes: number, qiov: IOVector, flags: WriteFlags, done: CompletionFunc): boolean {
+  if (qcow2PwritevSubmit(bs, offset, bytes, qiov, flags, done)) return true;
+  const s = bs.opaque as BDRVQcow2State | null;
+  // As for a rewrite: a corruption being marked, or a file that cannot start writes so.
+  if (s === null || s.corruptWrite !== null || s.bs.file?.driver.pwritevSubmit === undefined) return false;
+  return allocSubmit(s, s.bs.file, offset, bytes, qiov, flags, done);
+}
+
+function allocSubmit(s: BDRVQcow2State, file: BlockDriverState, offset: number, bytes: number, qiov: IOVector, flags: WriteFlags, done: CompletionFunc): boolean {
+  const cs = s.clusterSize;
+  // Whole clusters: no COW head or tail (subclusters have their own rules: not here).
+  if (offset % cs !== 0 || bytes % cs !== 0 || s.extendedL2) return false;
+  const now = qcow2AllocNow(s, offset, bytes);
+  if (now === null) return false;
+  // The clusters are counted from here on: this write must run to its end through `done`.
+  let mapped: { a: Qcow2Mapped; flight: Qcow2InFlight };
+  try {
+    mapped = qcow2MappedInFlight(s, offset, now);
+  } catch (e) {
+    // The overlap check refused and marked the image corrupt (the clusters leak, as on the
+    // ordinary path): the answer after the marking, from a later turn.
+    answerAfterMarking(s, toBlockError(e, { op: 'write', offset }), done, Promise.resolve());
+    return true;
+  }
+  const { a, flight } = mapped;
+  // Mapped whole: clusters, table and refcounts are handed out, and linking the entries below
+  // allocates nothing (writePiece's onAllocated, for convert's in-order writes).
+  flags.onAllocated?.();
+  const data = qiov.size === bytes ? qiov : qiov.slice(0, bytes);
+  if (a.metas.some(needsCow)) {
+    settle(s, offset, qcow2WriteMapped(s, offset, a, flight, data), done);
+    return true;
+  }
+  // Data first; the L2 entries only from its completion, so none points at clusters whose
+  // data is not written (and the L2 cache still waits for a flush before it reaches the disk).
+  const started = file.pwritevSubmit(a.hostOffset, data, (err) => {
+    if (err === null && qcow2LinkL2Now(s, a.metas)) {
+      qcow2InFlightEnd(s, flight);
+      answerAfterMarking(s, null, done, null);
+      return;
+    }
+    settle(s, offset, qcow2FinishPiece(s, a, flight, err === null ? null : { error: err }), done);
+  });
+  if (!started) settle(s, offset, qcow2WriteMapped(s, offset, a, flight, data), done);
+  return true;
+}
+
+/** Answer `done` once the ordinary path's last steps `p` settle, as qcow2CoPwritev would. */
+function settle(s: BDRVQcow2State, offset: number, p: Promise<number>, done: CompletionFunc): void {
+  p.then(
+    () => answerAfterMarking(s, null, done, null),
+    (e: unknown) => answerAfterMarking(s, toBlockError(e, { op: 'write', offset }), done, null),
+  );
+}
