@@ -20,9 +20,10 @@
  *   engineError(errno, syscall) -> a Node-shaped system error for a negative result
  *   engineStop() waits for everything in flight, delivers it, and stops (a later
  *       engineStart starts afresh)
- *   engineStats() -> { asyncReads, asyncWrites, canLink }: requests the running back end handed
- *       straight to io-wq since it started (how tests see where a request went); canLink:
- *       zero-writes are one request (linked in io_uring, in order on a worker thread)
+ *   engineStats() -> { asyncReads, asyncWrites, canLink, writerWrites }: requests the running
+ *       back end handed straight to io-wq since it started (how tests see where a request
+ *       went); canLink: zero-writes are one request (linked in io_uring, in order on a worker
+ *       thread); writerWrites: small writes taken by the worker threads beside io_uring
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -42,6 +43,8 @@
 #define ENG_THREADS 4
 /* Linux's IOV_MAX: a longer vector is cut, and the request returns a short count. */
 #define ENG_IOV_MAX 1024
+/* Writes up to this size go to the worker threads beside io_uring (struct engine's writer). */
+#define ENG_SMALL_WRITE (256 * 1024)
 
 struct engine {
   napi_env env;
@@ -50,6 +53,15 @@ struct engine {
   uv_prepare_t prepare;
   int eventfd;
   struct eng_backend *backend;
+  /*
+   * With io_uring under 'auto': our own worker threads beside it, for small writes. io_uring
+   * hands a buffered write it cannot finish inline to io-wq, which runs one file's writes on
+   * one worker and wakes it per request; two of our workers take small writes two at a time
+   * for less (bench/RESULTS.md, the Analysis lead). Large writes keep io-wq's, which pays
+   * there (convert's 1-2 MiB requests). Both complete through the one eventfd and slot array.
+   */
+  struct eng_backend *writer;
+  double writer_writes; /* requests the writer took since the engine started (engineStats) */
   struct eng_req reqs[ENG_SLOTS];
   int32_t free_head;
   unsigned inflight; /* queued or running: keeps the loop alive */
@@ -72,6 +84,7 @@ static void flush(struct engine *e) {
   e->queued = 0;
   e->backend->overlap = e->inflight > 1;
   e->backend->ops->flush(e->backend);
+  if (e->writer != NULL) e->writer->ops->flush(e->writer);
   uv_prepare_stop(&e->prepare);
 }
 
@@ -99,6 +112,7 @@ static void deliver(struct engine *e) {
   napi_env env = e->env;
   e->pending = 0;
   e->backend->ops->reap(e->backend, record, e);
+  if (e->writer != NULL) e->writer->ops->reap(e->writer, record, e);
   if (e->inflight == 0) uv_unref((uv_handle_t *)&e->poll);
   if (e->pending == 0) return;
   napi_handle_scope scope;
@@ -145,6 +159,8 @@ static void stop_backend(struct engine *e) {
   }
   e->backend->ops->destroy(e->backend);
   e->backend = NULL;
+  if (e->writer != NULL) e->writer->ops->destroy(e->writer);
+  e->writer = NULL;
 }
 
 static void free_engine(uv_handle_t *h) {
@@ -253,6 +269,10 @@ static napi_value engine_start(napi_env env, napi_callback_info info) {
   int err = 0;
   e->backend = start_backend(e, kind, &err);
   if (e->backend == NULL) return throw_errno(env, err, strcmp(kind, "threads") == 0 ? "pthread_create" : "io_uring_setup");
+  /* Without its own workers, small writes go to io_uring too: nothing fails for want of them. */
+  e->writer_writes = 0;
+  if (strcmp(kind, "auto") == 0 && strcmp(e->backend->ops->name, "io_uring") == 0)
+    e->writer = eng_threads_create(ENG_THREADS, ENG_SLOTS, e->eventfd, e->reqs, &err);
   napi_value name;
   napi_create_string_utf8(env, e->backend->ops->name, NAPI_AUTO_LENGTH, &name);
   return name;
@@ -330,13 +350,20 @@ static napi_value engine_submit(napi_env env, napi_callback_info info) {
     }
     r->iovcnt = (int)n;
   }
-  int q = e->backend->ops->queue(e->backend, r);
+  struct eng_backend *b = e->backend;
+  if (e->writer != NULL && op == ENG_WRITE) {
+    size_t bytes = 0;
+    for (int i = 0; i < r->iovcnt; i++) bytes += r->iov[i].iov_len;
+    if (bytes <= ENG_SMALL_WRITE) b = e->writer;
+  }
+  if (b == e->writer) e->writer_writes++;
+  int q = b->ops->queue(b, r);
   if (q == -EAGAIN) {
     /* The submission ring is full: start what it holds, then there is room. */
     e->queued = 0;
-    e->backend->overlap = e->inflight > 1;
-    e->backend->ops->flush(e->backend);
-    q = e->backend->ops->queue(e->backend, r);
+    b->overlap = e->inflight > 1;
+    b->ops->flush(b);
+    q = b->ops->queue(b, r);
   }
   if (q != 0) {
     if (r->iov != r->inline_iov) free(r->iov);
@@ -378,13 +405,15 @@ static napi_value engine_stats(napi_env env, napi_callback_info info) {
   (void)info;
   struct engine *e = current(env);
   const double *n = e != NULL && e->backend != NULL ? e->backend->forced_async : NULL;
-  napi_value o, reads, writes, link;
+  napi_value o, reads, writes, link, small;
   if (napi_create_object(env, &o) != napi_ok || napi_create_double(env, n != NULL ? n[ENG_READ] : 0, &reads) != napi_ok ||
       napi_create_double(env, n != NULL ? n[ENG_WRITE] : 0, &writes) != napi_ok ||
       napi_get_boolean(env, n != NULL, &link) != napi_ok ||
+      napi_create_double(env, e != NULL ? e->writer_writes : 0, &small) != napi_ok ||
       napi_set_named_property(env, o, "asyncReads", reads) != napi_ok ||
       napi_set_named_property(env, o, "asyncWrites", writes) != napi_ok ||
-      napi_set_named_property(env, o, "canLink", link) != napi_ok) {
+      napi_set_named_property(env, o, "canLink", link) != napi_ok ||
+      napi_set_named_property(env, o, "writerWrites", small) != napi_ok) {
     return NULL;
   }
   return o;

@@ -179,7 +179,7 @@ describe.each(['io_uring', 'threads'] as EngineKind[])('I/O engine: %s', (kind) 
     expect(await Promise.all(reads)).toEqual(new Array<number>(4).fill(size));
     // The worker threads hand nothing to io-wq; io_uring marks the reads that overlapped.
     if (kind === 'io_uring') expect(stats().asyncReads).toBeGreaterThanOrEqual(3);
-    else expect(stats()).toEqual({ asyncReads: 0, asyncWrites: 0, canLink: true });
+    else expect(stats()).toEqual({ asyncReads: 0, asyncWrites: 0, canLink: true, writerWrites: 0 });
     expect(readFileSync(join(dir, 'f')).subarray(3 * 64 * 1024, 4 * 64 * 1024).every((x) => x === 3)).toBe(true);
   });
 
@@ -225,5 +225,51 @@ describe.each(['io_uring', 'threads'] as EngineKind[])('I/O engine: %s', (kind) 
     await closed;
     const f = readFileSync(join(dir, 'f'));
     for (let i = 0; i < 64; i++) expect(f[i * 1024 + 512]).toBe(i + 1);
+  });
+});
+
+describe('I/O engine: auto over io_uring', () => {
+  let dir = '';
+  afterEach(() => {
+    if (dir !== '') removeTempDir(dir);
+    dir = '';
+  });
+
+  it('small writes go to the worker threads beside io_uring, large ones and reads to io_uring', async (ctx) => {
+    if (!hasEngine) ctx.skip();
+    const engine = setIoEngineForTest('auto');
+    // io_uring refused here: auto runs the worker threads alone, with nothing beside them.
+    if (engine?.kind !== 'io_uring') ctx.skip();
+    const stats = loadSeekAddon()?.engineStats;
+    if (stats === undefined || engine === null) throw new Error('no engineStats');
+    dir = makeTempDir('file-engine');
+    const path = join(dir, 'f');
+    writeFileSync(path, new Uint8Array(0));
+    const fd = openSync(path, 'r+');
+    try {
+      const small = 256 * 1024;
+      const done = await Promise.all([
+        engine.pwritev(fd, new Uint8Array(4096).fill(1), 0),
+        engine.pwritev(fd, [new Uint8Array(small - 4096).fill(2), new Uint8Array(4096).fill(3)], 4096),
+        // One byte over: io_uring's.
+        engine.pwritev(fd, new Uint8Array(small + 1).fill(4), 4096 + small),
+        engine.zeroThenPwritev(fd, FALLOC_FL_ZERO_RANGE, 2 * small + 8192, 8192, new Uint8Array(512).fill(5), 2 * small + 8192),
+      ]);
+      expect(done).toEqual([4096, small, small + 1, 512]);
+      expect(stats().writerWrites).toBe(2);
+      await engine.fdatasync(fd);
+      const back = new Uint8Array(2 * small + 16384);
+      expect(await engine.preadv(fd, back, 0)).toBe(2 * small + 16384);
+      expect(stats().writerWrites).toBe(2);
+      const want = new Uint8Array(back.length);
+      want.fill(1, 0, 4096);
+      want.fill(2, 4096, small);
+      want.fill(3, small, small + 4096);
+      want.fill(4, small + 4096, 2 * small + 4097);
+      want.fill(5, 2 * small + 8192, 2 * small + 8704);
+      expect(Buffer.from(back).equals(Buffer.from(want))).toBe(true);
+    } finally {
+      closeSync(fd);
+    }
   });
 });

@@ -79,7 +79,7 @@ export interface SeekAddon {
    * Requests the running back end handed straight to io-wq (IOSQE_ASYNC) since it started;
    * canLink: it takes zero-writes (op 4) as one request (an older addon has no such key).
    */
-  engineStats?: () => { asyncReads: number; asyncWrites: number; canLink?: boolean };
+  engineStats?: () => { asyncReads: number; asyncWrites: number; canLink?: boolean; writerWrites?: number };
 }
 
 /**
