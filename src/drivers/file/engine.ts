@@ -5,8 +5,9 @@
  * pool per request. Everything issued in one event-loop turn starts with one system call;
  * completions come back in batches.
  *
- * BLOCKLAYER_IO_ENGINE picks it: unset or 'auto' (io_uring, else worker threads), 'io_uring',
- * 'threads', or 'fs' (node:fs and libuv's pool, as without the addon).
+ * BLOCKLAYER_IO_ENGINE picks it: unset or 'auto' (io_uring, with worker threads beside it for
+ * writes up to 256 KiB; else worker threads alone), 'io_uring' (alone), 'threads', or 'fs'
+ * (node:fs and libuv's pool, as without the addon). `kind` names the main back end.
  *
  * The buffers of a request stay referenced here, in its slot, until it completes: the kernel
  * writes into them meanwhile.
