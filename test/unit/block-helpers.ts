@@ -17,6 +17,20 @@ import {
   type CreateOptions,
 } from '../../src/index.js';
 
+/**
+ * Record every zeroThenPwritev of `file` as [zeroOffset, zeroBytes, offset, bytes], calling
+ * through: how a format's allocating-write tests see the zero-and-write requests it makes.
+ */
+export function spyZeroThenPwritev(file: BlockDriverState): number[][] {
+  const calls: number[][] = [];
+  const real = file.zeroThenPwritev.bind(file);
+  file.zeroThenPwritev = (zo: number, zb: number, o: number, q: IOVector) => {
+    calls.push([zo, zb, o, q.size]);
+    return real(zo, zb, o, q);
+  };
+  return calls;
+}
+
 let seq = 0;
 /** A fresh mem: name for each test. */
 export function memName(prefix = 't'): string {

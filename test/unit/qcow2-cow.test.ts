@@ -7,9 +7,8 @@ import { describe, expect, it } from 'vitest';
 import { BufferPool } from '../../src/block/buffer-pool.js';
 import { bdrvCreate } from '../../src/block/create.js';
 import { BlockDriverState } from '../../src/index.js';
-import type { IOVector } from '../../src/block/iovec.js';
 import { makeTempDir, removeTempDir } from '../interop/qemu.js';
-import { memName } from './block-helpers.js';
+import { memName, spyZeroThenPwritev } from './block-helpers.js';
 
 const CLUSTER = 65536;
 
@@ -54,12 +53,7 @@ describe('qcow2 copy-on-write', () => {
         await bdrvCreate(name, { format: 'qcow2', options: { size: 1 << 20 } });
         const bs = await BlockDriverState.open(name, { format: 'qcow2' });
         const file = bs.file!;
-        const calls: number[][] = [];
-        const real = file.zeroThenPwritev.bind(file);
-        file.zeroThenPwritev = (zo: number, zb: number, o: number, q: IOVector) => {
-          calls.push([zo, zb, o, q.size]);
-          return real(zo, zb, o, q);
-        };
+        const calls = spyZeroThenPwritev(file);
         try {
           // Head and tail, tail only, head only; a whole cluster has no COW at all.
           await bs.pwrite(4096, filled(4096, 0x21));

@@ -5,9 +5,9 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { expect, it } from 'vitest';
 import { bdrvCreate } from '../../src/block/create.js';
-import type { IOVector } from '../../src/block/iovec.js';
 import { BlockDriverState } from '../../src/index.js';
 import { makeTempDir, removeTempDir } from '../interop/qemu.js';
+import { spyZeroThenPwritev } from './block-helpers.js';
 
 const CS = 65536;
 
@@ -17,13 +17,7 @@ it('qed: a partial allocating write zeroes its cluster and writes the data in on
   try {
     await bdrvCreate(name, { format: 'qed', options: { size: 16 << 20 } });
     const bs = await BlockDriverState.open(name, { format: 'qed' });
-    const file = bs.file!;
-    const calls: number[][] = [];
-    const real = file.zeroThenPwritev.bind(file);
-    file.zeroThenPwritev = (zo: number, zb: number, o: number, q: IOVector) => {
-      calls.push([zo, zb, o, q.size]);
-      return real(zo, zb, o, q);
-    };
+    const calls = spyZeroThenPwritev(bs.file!);
     try {
       await bs.pwrite(4096, new Uint8Array(4096).fill(0x31));
       await bs.pwrite(3 * CS, new Uint8Array(CS).fill(0x32));
