@@ -5,7 +5,6 @@
  * then point the L2 (and, for a new table, L1) entries at it.
  */
 import { BDRV_ZERO_CHUNK } from '../../block/driver.js';
-import { isBlockError } from '../../block/errors.js';
 import { IOVector } from '../../block/iovec.js';
 import type { QEDClusterRun } from './cluster.js';
 import { QED_F_NEED_CHECK } from './header.js';
@@ -205,9 +204,8 @@ async function qedAioWriteCow(
   }
 
   const data = acb.qiov!.slice(acb.qiovOffset, len);
-  qedTrace(s, 'qedAioWriteMain', { acb, ret: 0, offset: cluster + head.length, len });
-  if (await qedZeroThenWrite(s, run, cluster, head.length + len + tail.length, cluster + head.length, data)) return;
   const whole = new IOVector([head, ...data.iov, tail]);
+  qedTrace(s, 'qedAioWriteMain', { acb, ret: 0, offset: cluster + head.length, len });
   if (head.length > 0 || tail.length > 0) await file.debugEvent('cow_write');
   await file.debugEvent('write_aio');
   await file.pwritev(cluster, whole);
@@ -216,26 +214,6 @@ async function qedAioWriteCow(
     // With a backing file the untouched parts of the clusters hold backing data: it must be
     // durable before the L2 table points here, or a crash would expose zeros in its place.
     await qedFlushWrittenData(s);
-  }
-}
-
-/**
- * Where head and tail are zeros (no backing file, or zero clusters), zero the new clusters
- * natively and write only the data, as one request to the file (it zeroes first, then writes)
- * instead of writing a zero-padded buffer: the same bytes in the file as QEMU's zeros written
- * out. False when the file cannot zero natively (then the padded write follows, over whatever
- * of the data may have landed), or blkdebug watches the file: its events are those of the
- * padded write.
- */
-async function qedZeroThenWrite(s: BDRVQEDState, run: QEDClusterRun, cluster: number, bytes: number, offset: number, data: IOVector): Promise<boolean> {
-  const file = qedFile(s);
-  if ((s.bs.backing !== null && run.kind !== 'zero') || bytes === data.size || file.debugWatched) return false;
-  try {
-    await file.zeroThenPwritev(cluster, bytes, offset, data);
-    return true;
-  } catch (e) {
-    if (isBlockError(e, 'ENOTSUP')) return false;
-    throw e;
   }
 }
 
