@@ -318,7 +318,26 @@ export const powerLossCaseArb = (wide = false, profile: FormatProfile = QED_PROF
     amend: profile.amendChoices ? fc.option(fc.record({ after: fc.nat({ max: 8 }), pick: fc.nat({ max: 1000 }) }), { freq: 2 }) : fc.constant(null),
   });
 
-export const powerLossExamples: [PowerLossCase][] = [];
+export const powerLossExamples: [PowerLossCase][] = [
+  // CI seed 1362462480 (QED over a QED backing file, one-cluster tables): a write, a zero
+  // write of the cluster, a write over it, the power gone nine events in; the open-time check
+  // left a corruption.
+  [
+    {
+      geom: { clusterSize: 4096, tableSize: 1, size: 4608, backing: 'qed', backingSize: 4608, backingClusterSize: 4096, seed: 1 },
+      ops: [
+        { w: { kind: 'write', span: { at: 481355776, len: 0, place: 'any' }, seed: 0 }, flushAfter: false, withNext: false },
+        { w: { kind: 'zero', span: { at: 0, len: 0, place: 'cluster' }, seed: 0 }, flushAfter: false, withNext: false },
+        { w: { kind: 'write', span: { at: 0, len: 0, place: 'any' }, seed: 0 }, flushAfter: false, withNext: false },
+      ],
+      crashAfter: 9,
+      crashSeed: 1707789704,
+      after: [],
+      repairCrash: null,
+      amend: null,
+    },
+  ],
+];
 
 /**
  * qcow2 only. Fuzz seed 11 with snapshot operations outside the dirty bit: the power went
