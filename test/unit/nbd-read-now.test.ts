@@ -104,6 +104,20 @@ async function read(c: WireClient, offset: number, length: number, flags = 0): P
   return WireClient.assemble(r.chunks, offset, length);
 }
 
+/**
+ * Simple-reply READs of 64 KiB and of the whole export (larger than the file driver copies at
+ * once; qemu-img reads 2 MiB: asked in pieces), checked against `data`.
+ */
+async function simpleReads(s: Served, data: Buffer): Promise<void> {
+  const simple = await s.client(false);
+  simple.request(p.NBD_CMD_READ, 4096, 64 * KiB);
+  const r = await simple.reply(64 * KiB);
+  expect(r.kind === 'simple' && r.data.equals(data.subarray(4096, 4096 + 64 * KiB))).toBe(true);
+  simple.request(p.NBD_CMD_READ, 0, SIZE);
+  const whole = await simple.reply(SIZE);
+  expect(whole.kind === 'simple' && whole.data.equals(data)).toBe(true);
+}
+
 describe('NBD READ answered now', () => {
   it('serves a raw file export without the backend read and status promises', async () => {
     const { path, data } = await rawFile();
@@ -111,14 +125,7 @@ describe('NBD READ answered now', () => {
     const now = vi.spyOn(s.bs, 'preadNow');
     const direct = vi.spyOn(s.bs, 'sendfileNow');
 
-    const simple = await s.client(false);
-    simple.request(p.NBD_CMD_READ, 4096, 64 * KiB);
-    const r = await simple.reply(64 * KiB);
-    expect(r.kind === 'simple' && r.data.equals(data.subarray(4096, 4096 + 64 * KiB))).toBe(true);
-    // Larger than the file driver copies at once (qemu-img reads 2 MiB): asked in pieces.
-    simple.request(p.NBD_CMD_READ, 0, SIZE);
-    const whole = await simple.reply(SIZE);
-    expect(whole.kind === 'simple' && whole.data.equals(data)).toBe(true);
+    await simpleReads(s, data);
 
     const sr = await s.client(true);
     expect((await read(sr, 0, 256 * KiB)).equals(data.subarray(0, 256 * KiB))).toBe(true);
@@ -202,13 +209,7 @@ describe('NBD READ sent from the file (read-only export)', () => {
     const now = vi.spyOn(s.bs, 'preadNow');
     const direct = vi.spyOn(s.bs, 'sendfileNow');
 
-    const simple = await s.client(false);
-    simple.request(p.NBD_CMD_READ, 4096, 64 * KiB);
-    const r = await simple.reply(64 * KiB);
-    expect(r.kind === 'simple' && r.data.equals(data.subarray(4096, 4096 + 64 * KiB))).toBe(true);
-    simple.request(p.NBD_CMD_READ, 0, SIZE);
-    const whole = await simple.reply(SIZE);
-    expect(whole.kind === 'simple' && whole.data.equals(data)).toBe(true);
+    await simpleReads(s, data);
 
     const sr = await s.client(true);
     sr.request(p.NBD_CMD_READ, 0, 64 * KiB);
