@@ -295,7 +295,8 @@ describe('I/O engine: a batch of completions', () => {
         return slot;
       },
       engineError: (errno: number, syscall: string) => new Error(`${syscall} ${errno}`),
-      engineStop: () => undefined,
+      // As the addon's stop: what is in flight is delivered before it returns.
+      engineStop: () => completeAll(),
     };
     /** Complete every request in flight, in slot order, as one batch: each returns its offset. */
     const completeAll = () => {
@@ -333,6 +334,25 @@ describe('I/O engine: a batch of completions', () => {
       [10, 10],
       [11, 11],
       [12, 12],
+    ]);
+  });
+
+  it('a callback that stops the engine leaves the rest of its batch their own results', () => {
+    const { engine, completeAll } = scripted();
+    const got: [number, number][] = [];
+    const buf = new Uint8Array(1);
+    engine.pwritevThen(0, buf, 0, (n) => {
+      got.push([0, n]);
+      // Delivered inside stop(), as a nested batch that reuses the addon's results array.
+      engine.pwritevThen(0, buf, 10, (m) => got.push([10, m]));
+      engine.stop();
+    });
+    engine.pwritevThen(0, buf, 1, (n) => got.push([1, n]));
+    completeAll();
+    expect(got).toEqual([
+      [0, 0],
+      [10, 10],
+      [1, 1],
     ]);
   });
 });
