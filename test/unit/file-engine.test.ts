@@ -13,6 +13,7 @@ import {
   FALLOC_FL_PUNCH_HOLE,
   FALLOC_FL_ZERO_RANGE,
   type EngineKind,
+  IoEngine,
   engineChoice,
   ioEngine,
   setIoEngineForTest,
@@ -271,5 +272,87 @@ describe('I/O engine: auto over io_uring', () => {
     } finally {
       closeSync(fd);
     }
+  });
+});
+
+describe('I/O engine: a batch of completions', () => {
+  // A scripted addon: slots handed out last-freed first and freed before the batch reaches JS,
+  // as native/engine.c does; the test delivers the batches itself.
+  function scripted() {
+    const free = [3, 2, 1, 0];
+    const inFlight = new Map<number, number>();
+    let deliver: (n: number) => void = () => undefined;
+    let results: Float64Array = new Float64Array(0);
+    const addon = {
+      engineStart: (_kind: string, onComplete: (n: number) => void, r: Float64Array) => {
+        deliver = onComplete;
+        results = r;
+        return 'threads';
+      },
+      engineSubmit: (_op: number, _fd: number, _b: unknown, offset: number) => {
+        const slot = free.pop() ?? -1;
+        if (slot >= 0) inFlight.set(slot, offset);
+        return slot;
+      },
+      engineError: (errno: number, syscall: string) => new Error(`${syscall} ${errno}`),
+      // As the addon's stop: what is in flight is delivered before it returns.
+      engineStop: () => completeAll(),
+    };
+    /** Complete every request in flight, in slot order, as one batch: each returns its offset. */
+    const completeAll = () => {
+      const slots = [...inFlight.keys()].sort((a, b) => a - b);
+      slots.forEach((slot, i) => {
+        results[2 * i] = slot;
+        results[2 * i + 1] = inFlight.get(slot)!;
+        inFlight.delete(slot);
+        free.push(slot);
+      });
+      deliver(slots.length);
+    };
+    return { engine: new IoEngine(addon, 'threads'), completeAll };
+  }
+
+  it('runs each callback once with its own result when callbacks submit at once', () => {
+    const { engine, completeAll } = scripted();
+    const got: [number, number][] = [];
+    const buf = new Uint8Array(1);
+    for (let i = 0; i < 3; i++) {
+      // Each completion starts the next write from inside the batch, taking a slot just freed.
+      engine.pwritevThen(0, buf, i, (n) => {
+        got.push([i, n]);
+        engine.pwritevThen(0, buf, 10 + i, (m) => got.push([10 + i, m]));
+      });
+    }
+    completeAll();
+    expect(got).toEqual([
+      [0, 0],
+      [1, 1],
+      [2, 2],
+    ]);
+    completeAll();
+    expect(got.slice(3).sort((a, b) => a[0] - b[0])).toEqual([
+      [10, 10],
+      [11, 11],
+      [12, 12],
+    ]);
+  });
+
+  it('a callback that stops the engine leaves the rest of its batch their own results', () => {
+    const { engine, completeAll } = scripted();
+    const got: [number, number][] = [];
+    const buf = new Uint8Array(1);
+    engine.pwritevThen(0, buf, 0, (n) => {
+      got.push([0, n]);
+      // Delivered inside stop(), as a nested batch that reuses the addon's results array.
+      engine.pwritevThen(0, buf, 10, (m) => got.push([10, m]));
+      engine.stop();
+    });
+    engine.pwritevThen(0, buf, 1, (n) => got.push([1, n]));
+    completeAll();
+    expect(got).toEqual([
+      [0, 0],
+      [10, 10],
+      [1, 1],
+    ]);
   });
 });

@@ -67,6 +67,11 @@ export class IoEngine {
   /** Requests that found every slot busy, in order. */
   private readonly backlog: Waiting[] = [];
   private readonly results = new Float64Array(2 * SLOTS);
+  /** complete()'s copy of the batch and its callbacks, taken before any runs. */
+  private readonly batchResults = new Float64Array(2 * SLOTS);
+  private readonly batchDone: (EngineDone | undefined)[] = new Array<EngineDone | undefined>(SLOTS).fill(undefined);
+  /** Inside complete(): a nested batch takes fresh copies. */
+  private completing = false;
 
   constructor(
     private readonly addon: EngineAddon,
@@ -145,24 +150,40 @@ export class IoEngine {
     return true;
   }
 
-  /** The addon's batch of (slot, result) pairs: settle each, then feed freed slots. */
+  /**
+   * The addon's batch of (slot, result) pairs: take every callback of the batch, then settle
+   * each, then feed freed slots. All are taken before any runs: the addon has freed the batch's
+   * slots already, and a callback may submit at once (a short write's rest, a format driver's
+   * next write), taking a slot whose completion is further down this batch; its callback would
+   * then run with that result and the earlier request's never. A nested batch (a callback
+   * that stops the engine) overwrites `results`: the batch is read into a copy first.
+   */
   private complete(count: number): void {
+    const nested = this.completing;
+    const results = nested ? this.results.slice(0, 2 * count) : this.batchResults;
+    const dones = nested ? new Array<EngineDone | undefined>(count) : this.batchDone;
+    if (!nested) results.set(this.results.subarray(0, 2 * count));
+    for (let i = 0; i < count; i++) {
+      const tagged = results[2 * i];
+      const slot = tagged >= HEAD_FAILED ? tagged - HEAD_FAILED : tagged;
+      dones[i] = this.slotDone[slot];
+      this.slotDone[slot] = undefined;
+      this.slotBuffers[slot] = null;
+    }
     // A callback that throws (a bug) must not cost the rest of the batch their completion:
     // the addon has freed their slots already. The first exception is rethrown at the end.
     let thrown: { e: unknown } | null = null;
+    this.completing = true;
     for (let i = 0; i < count; i++) {
-      const tagged = this.results[2 * i];
-      const headFailed = tagged >= HEAD_FAILED;
-      const slot = headFailed ? tagged - HEAD_FAILED : tagged;
-      const done = this.slotDone[slot];
-      this.slotDone[slot] = undefined;
-      this.slotBuffers[slot] = null;
+      const done = dones[i];
+      dones[i] = undefined;
       try {
-        done?.(this.results[2 * i + 1], headFailed);
+        done?.(results[2 * i + 1], results[2 * i] >= HEAD_FAILED);
       } catch (e) {
         thrown ??= { e };
       }
     }
+    this.completing = nested;
     while (this.backlog.length > 0 && this.startWaiting(this.backlog[0])) this.backlog.shift();
     if (thrown !== null) throw thrown.e;
   }
