@@ -7,9 +7,12 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <linux/futex.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -18,7 +21,14 @@
 struct threads {
   struct eng_backend base;
   pthread_mutex_t lock;
-  pthread_cond_t work;
+  /*
+   * Idle workers sleep on this futex word, bumped under the lock whenever work is queued, not
+   * on a condition variable: glibc's pthread_cond_wait retakes the mutex marked contended, so
+   * a woken worker's unlock made a futex call (waking nobody) before each request it took,
+   * between the loop's submission and the write.
+   */
+  uint32_t work_seq;
+  unsigned idle; /* workers between reading work_seq and waking up (under lock) */
   int eventfd;
   int stopping;
   /* Queued this turn, not yet visible to the workers (only the loop thread touches it). */
@@ -65,11 +75,35 @@ static int64_t run_one(struct eng_req *r) {
   }
 }
 
+static void futex_wake(uint32_t *word, int n) {
+  syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, n, NULL, NULL, 0);
+}
+
+/*
+ * Called with the lock held and nothing queued: sleep until work_seq moves past what it is
+ * now. A bump between the unlock and the sleep makes the futex return at once: no wake-up is
+ * lost.
+ */
+static void wait_for_work(struct threads *t) {
+  uint32_t seq = t->work_seq;
+  t->idle++;
+  pthread_mutex_unlock(&t->lock);
+  syscall(SYS_futex, &t->work_seq, FUTEX_WAIT_PRIVATE, seq, NULL, NULL, 0);
+  pthread_mutex_lock(&t->lock);
+  t->idle--;
+}
+
+/* With the lock held: work was queued (or stopping), n workers should look. How many to wake. */
+static int bump_work(struct threads *t, unsigned n) {
+  __atomic_store_n(&t->work_seq, t->work_seq + 1, __ATOMIC_RELAXED);
+  return (int)(n < t->idle ? n : t->idle);
+}
+
 static void *worker(void *arg) {
   struct threads *t = arg;
   pthread_mutex_lock(&t->lock);
   for (;;) {
-    while (t->todo_head < 0 && !t->stopping) pthread_cond_wait(&t->work, &t->lock);
+    while (t->todo_head < 0 && !t->stopping) wait_for_work(t);
     if (t->todo_head < 0) break; /* stopping, and nothing left to do */
     struct eng_req *r = &t->base.reqs[t->todo_head];
     t->todo_head = r->next;
@@ -111,15 +145,14 @@ static void threads_flush(struct eng_backend *b) {
   if (t->todo_tail < 0) t->todo_head = t->local_head;
   else b->reqs[t->todo_tail].next = t->local_head;
   t->todo_tail = t->local_tail;
+  int wake = bump_work(t, n);
   pthread_mutex_unlock(&t->lock);
   t->local_head = t->local_tail = -1;
   /*
-   * Wake as many workers as there are requests, not all of them for one request; after the
-   * unlock, so that a woken worker does not at once sleep again on the mutex we hold.
+   * Wake as many idle workers as there are requests, not all of them for one request; after
+   * the unlock, so that a woken worker does not at once sleep again on the mutex we hold.
    */
-  if (n >= t->nthreads) pthread_cond_broadcast(&t->work);
-  else
-    while (n-- > 0) pthread_cond_signal(&t->work);
+  if (wake > 0) futex_wake(&t->work_seq, wake);
 }
 
 static int threads_reap(struct eng_backend *b, void (*done)(void *, struct eng_req *), void *ctx) {
@@ -143,11 +176,11 @@ static void threads_destroy(struct eng_backend *b) {
   threads_flush(b);
   pthread_mutex_lock(&t->lock);
   t->stopping = 1;
-  pthread_cond_broadcast(&t->work);
+  bump_work(t, t->nthreads);
   pthread_mutex_unlock(&t->lock);
+  futex_wake(&t->work_seq, INT_MAX);
   /* The workers finish what was handed to them: the buffers stay valid until then. */
   for (unsigned i = 0; i < t->nthreads; i++) pthread_join(t->tids[i], NULL);
-  pthread_cond_destroy(&t->work);
   pthread_mutex_destroy(&t->lock);
   free(t->tids);
   free(t);
@@ -168,12 +201,10 @@ struct eng_backend *eng_threads_create(unsigned nthreads, unsigned capacity, int
   t->eventfd = eventfd;
   t->local_head = t->local_tail = t->todo_head = t->todo_tail = t->done_head = t->done_tail = -1;
   pthread_mutex_init(&t->lock, NULL);
-  pthread_cond_init(&t->work, NULL);
   for (; t->nthreads < nthreads; t->nthreads++) {
     int e = pthread_create(&t->tids[t->nthreads], NULL, worker, t);
     if (e != 0) {
       if (t->nthreads > 0) break; /* fewer workers still work */
-      pthread_cond_destroy(&t->work);
       pthread_mutex_destroy(&t->lock);
       free(t->tids);
       free(t);

@@ -192,6 +192,21 @@ describe.each(['io_uring', 'threads'] as EngineKind[])('I/O engine: %s', (kind) 
     for (let i = 0; i < n; i++) expect(f[i * 64 + 63]).toBe(i & 0xff);
   });
 
+  it('sleeping workers wake for every request: one at a time, in bursts, after idle pauses', async () => {
+    // A wake-up lost between a worker's last look at the queue and its sleep hangs here.
+    const e = engine();
+    for (let round = 0; round < 60; round++) {
+      expect(await e.pwritev(fd, new Uint8Array(512).fill(round), 0)).toBe(512);
+      const n = 1 + (round % 9);
+      const burst = Array.from({ length: n }, (_, i) => e.pwritev(fd, new Uint8Array(512).fill(round + i), 512 * (i + 1)));
+      expect(await Promise.all(burst)).toEqual(new Array<number>(n).fill(512));
+      if (round % 10 === 0) await new Promise((resolve) => setTimeout(resolve, 2));
+    }
+    const f = readFileSync(join(dir, 'f'));
+    expect(f[0]).toBe(59);
+    expect(f[512 * 6]).toBe(59 + 5);
+  });
+
   it('requests issued together each take a slot of their own, all in flight at once', () => {
     // Through the addon itself: the IoEngine would queue refused requests in its backlog.
     setIoEngineForTest('fs');
