@@ -130,6 +130,16 @@ function nbdRows(): Workload[] {
   const out = (ctx: Ctx, tool: Tool): string => join(ctx.dir, `nbd-out-${tool}.raw`);
   const outputsEqual: NonNullable<Workload['verify']> = (ctx) =>
     sameBytes(out(ctx, 'qemu'), out(ctx, 'ours')) && sameBytes(out(ctx, 'ours'), nbdSource(ctx)) ? null : 'the copies differ from the image';
+  // The client rewrites its own copy of the previous run in place (-n): copying into page-cache
+  // pages newly allocated for a fresh output cost either client several times as much, at
+  // random, which made 13.2 and 13.3 bimodal whoever ran (bench/RESULTS.md, "NBD"). The first
+  // run writes into an empty file, so the pair compared after it holds what each run copied;
+  // the holes stay holes, hence --target-is-zero.
+  const convertInPlace = (ctx: Ctx, tool: Tool): string[] => {
+    const dst = out(ctx, tool);
+    if (!existsSync(dst)) run(['qemu-img', 'create', '-q', '-f', 'raw', dst, `${NBD_SOURCE_MIB}M`]);
+    return ['convert', '-n', '--target-is-zero', '-O', 'raw', nbdUri(nbdSock(ctx, tool)), dst];
+  };
   const removeOutputs = (ctx: Ctx): void => {
     for (const tool of ['qemu', 'ours'] as const) rmSync(out(ctx, tool), { force: true });
   };
@@ -152,16 +162,7 @@ function nbdRows(): Workload[] {
       format: 'raw',
       bytes,
       server: serverIs,
-      prepare: (ctx, tool) => {
-        // The client rewrites its own copy of the previous run in place (-n): copying into
-        // page-cache pages newly allocated for a fresh output cost it several times as much,
-        // at random, which made the row bimodal whichever server ran (bench/RESULTS.md,
-        // "NBD"). The first run writes into an empty file, so the pair compared after it
-        // holds what each server sent; the holes stay holes, hence --target-is-zero.
-        const dst = out(ctx, tool);
-        if (!existsSync(dst)) run(['qemu-img', 'create', '-q', '-f', 'raw', dst, `${NBD_SOURCE_MIB}M`]);
-        return ['qemu-img', 'convert', '-n', '--target-is-zero', '-O', 'raw', nbdUri(nbdSock(ctx, tool)), dst];
-      },
+      prepare: (ctx, tool) => ['qemu-img', ...convertInPlace(ctx, tool)],
       verify: outputsEqual,
       finish: removeOutputs,
     },
@@ -169,7 +170,7 @@ function nbdRows(): Workload[] {
       // Our NBD client driver: blk-img convert vs qemu-img convert, both from qemu-nbd.
       id: '13.3',
       group: '13',
-      title: `convert -O raw from qemu-nbd, blk-img vs qemu-img (client), ${size}`,
+      title: `convert -n -O raw from qemu-nbd, blk-img vs qemu-img (client), ${size}`,
       kind: 'nbd',
       format: 'raw',
       bytes,
@@ -177,11 +178,7 @@ function nbdRows(): Workload[] {
         const sock = nbdSock(ctx, tool);
         return { cmd: nbdServerCommand('qemu-nbd', nbdSource(ctx), sock), sock };
       },
-      prepare: (ctx, tool) => {
-        rmSync(out(ctx, tool), { force: true });
-        const prog = tool === 'qemu' ? ['qemu-img'] : [process.execPath, BLK_IMG];
-        return [...prog, 'convert', '-O', 'raw', nbdUri(nbdSock(ctx, tool)), out(ctx, tool)];
-      },
+      prepare: (ctx, tool) => [...(tool === 'qemu' ? ['qemu-img'] : [process.execPath, BLK_IMG]), ...convertInPlace(ctx, tool)],
       verify: outputsEqual,
       finish: removeOutputs,
     },
