@@ -15,7 +15,6 @@ import type { IOVector } from '../../block/iovec.js';
 import type { BlockDriverState } from '../../block/node.js';
 import { qcow2AllocNow, qcow2LinkL2Now } from './alloc-now.js';
 import { mayZeroCow, mergeCow, needsCow, qcow2GiveCowBuffers, qcow2MergedCowNow } from './cow.js';
-import { qcow2PreWriteDataCheck } from './data-file.js';
 import { answerAfterMarking, qcow2PwritevSubmit } from './fast.js';
 import { type Qcow2InFlight, qcow2InFlightEnd } from './inflight.js';
 import { type Qcow2Mapped, qcow2FinishPiece, qcow2MappedInFlight, qcow2WriteMapped } from './io.js';
@@ -73,15 +72,9 @@ function cowSubmit(s: BDRVQcow2State, file: BlockDriverState, offset: number, a:
   if (m === null || mayZeroCow(s, m) || mergeCow(s, offset, a.bytes, a.metas) !== m) return false;
   const cow = qcow2MergedCowNow(s, m, data);
   if (cow === null) return false;
+  // No second overlap check (perform_cow's): the data, checked when mapped, starts in the
+  // allocation's first cluster and ends in its last, and the check compares whole clusters.
   const start = m.allocOffset + m.cowStart.offset;
-  try {
-    qcow2PreWriteDataCheck(s, start, cow.whole.size);
-  } catch (e) {
-    // Refused (and marked corrupt): the clusters are given back, as on the ordinary path.
-    qcow2GiveCowBuffers(s, cow.bufs);
-    settle(s, offset, qcow2FinishPiece(s, a, flight, { error: e }), done);
-    return true;
-  }
   // Head, data and tail in one write, all before the L2 entry points at the cluster: the
   // entry is set only from this write's completion.
   const started = file.pwritevSubmit(start, cow.whole, (err) => {
