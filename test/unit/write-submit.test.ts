@@ -30,6 +30,20 @@ function failNextEngineWrite(): void {
   });
 }
 
+/**
+ * A qcow2 image over two clusters of 0x3c in a raw backing file, its L2 table and refcount
+ * block made by a first COW write (the ordinary path) into cluster 0.
+ */
+async function openCowImage(dir: string): Promise<BlockDriverState> {
+  const backing = join(dir, 'back.raw');
+  writeFileSync(backing, new Uint8Array(2 * 65536).fill(0x3c));
+  const img = join(dir, 'img.qcow2');
+  await bdrvCreate(img, { format: 'qcow2', options: { size: 16 << 20, backingFile: backing, backingFmt: 'raw' } });
+  const bs = await BlockDriverState.open(img, { format: 'qcow2' });
+  expect((await aioWrite(bs, 0, new Uint8Array(4096).fill(1))).err).toBeNull();
+  return bs;
+}
+
 describe.skipIf(!hasEngine)('writes started with a completion callback', () => {
   let dir = '';
   let path = '';
@@ -166,6 +180,92 @@ describe.skipIf(!hasEngine)('writes started with a completion callback', () => {
     }
     expect(Buffer.compare(images[0], images[1])).toBe(0);
   });
+
+  it('qcow2: COW writes over a cached raw backing file go out as one callback write each, laid out as the ordinary path', async () => {
+    const backing = join(dir, 'back.raw');
+    // Five clusters and 4 KiB of backing data, the last two clusters zeros (data all the same).
+    const backData = new Uint8Array(5 * 65536 + 4096);
+    for (let i = 0; i < 3 * 65536; i++) backData[i] = (i >> 9) & 0xff;
+    writeFileSync(backing, backData);
+    const images: Buffer[] = [];
+    for (const submit of [true, false]) {
+      const img = join(dir, `cow-${submit}.qcow2`);
+      await bdrvCreate(img, { format: 'qcow2', options: { size: 16 << 20, backingFile: backing, backingFmt: 'raw' } });
+      const bs = await BlockDriverState.open(img, { format: 'qcow2' });
+      try {
+        if (!submit) bs.file!.events.on('debug', () => undefined);
+        // The first allocation makes the L2 table and refcount block (the ordinary path).
+        expect((await aioWrite(bs, 7 * 65536, new Uint8Array(4096).fill(1))).err).toBeNull();
+        const then = vi.spyOn(IoEngine.prototype, 'pwritevThen');
+        const promised = vi.spyOn(bs.file!, 'pwritev');
+        // Tail only, head and tail, head only, over zeros, a tail past the backing file's end
+        // (read as zeros). The overlap of the first waits for it, then rewrites in place.
+        const at = [0, 65536 + 8192, 3 * 65536 - 4096, 4 * 65536 + 512, 5 * 65536 + 4096];
+        const r = await Promise.all([...at, 4096].map((o, i) => aioWrite(bs, o, new Uint8Array(4096).fill(0x20 + i))));
+        expect(r.map((x) => x.err)).toEqual([...at, 4096].map(() => null));
+        if (submit) {
+          // One file request per COW write (head, data and tail together), without a promise;
+          // the rewrite that waited for an allocation takes the ordinary path.
+          expect(then.mock.calls.slice(0, at.length).map((c) => c[1].length)).toEqual([2, 3, 2, 3, 3]);
+          expect(promised.mock.calls.map((c) => c[1].size)).toEqual([4096]);
+        }
+        expect(bs.requests.inFlight).toBe(0);
+        const back = new Uint8Array(8 * 65536);
+        await bs.pread(0, back);
+        const expected = new Uint8Array(8 * 65536);
+        expected.set(backData);
+        [...at, 4096].forEach((o, i) => expected.fill(0x20 + i, o, o + 4096));
+        expected.fill(1, 7 * 65536, 7 * 65536 + 4096);
+        expect(Buffer.compare(back, expected)).toBe(0);
+        const check = await bs.check();
+        expect([check.corruptions, check.leaks]).toEqual([0, 0]);
+      } finally {
+        await bs.close();
+        vi.restoreAllMocks();
+      }
+      images.push(readFileSync(img));
+    }
+    expect(Buffer.compare(images[0], images[1])).toBe(0);
+  });
+
+  it('qcow2: a failed COW write links nothing and gives its cluster back', async () => {
+    const bs = await openCowImage(dir);
+    try {
+      failNextEngineWrite();
+      expect((await aioWrite(bs, 65536 + 4096, new Uint8Array(4096).fill(2))).err?.code).toBe('ENOSPC');
+      expect(bs.requests.inFlight).toBe(0);
+      const back = new Uint8Array(65536);
+      await bs.pread(65536, back);
+      expect(back.every((b) => b === 0x3c)).toBe(true);
+      const check = await bs.check();
+      expect([check.corruptions, check.leaks]).toEqual([0, 0]);
+      // The image still takes COW writes afterwards.
+      expect((await aioWrite(bs, 65536 + 4096, new Uint8Array(4096).fill(3))).err).toBeNull();
+      await bs.pread(65536, back);
+      expect(back.every((b, i) => b === (i >= 4096 && i < 8192 ? 3 : 0x3c))).toBe(true);
+    } finally {
+      await bs.close();
+    }
+  });
+
+  it('qcow2: a COW read that throws once it is mapped hands the write to the ordinary path', async () => {
+    const bs = await openCowImage(dir);
+    try {
+      // Thrown past the hook, the write would be started again and wait for itself.
+      vi.spyOn(bs.backing!, 'preadvNow').mockImplementationOnce(() => {
+        throw new Error('read now');
+      });
+      expect((await aioWrite(bs, 65536 + 4096, new Uint8Array(4096).fill(2))).err).toBeNull();
+      expect(bs.requests.inFlight).toBe(0);
+      const back = new Uint8Array(65536);
+      await bs.pread(65536, back);
+      expect(back.every((b, i) => b === (i >= 4096 && i < 8192 ? 2 : 0x3c))).toBe(true);
+      const check = await bs.check();
+      expect([check.corruptions, check.leaks]).toEqual([0, 0]);
+    } finally {
+      await bs.close();
+    }
+  }, 10_000);
 
   it('qcow2: a failed allocating write reports its error, links nothing and gives its clusters back', async () => {
     const img = join(dir, 'img.qcow2');

@@ -1,18 +1,20 @@
 /**
- * The allocating write's callback path: a guest write of whole clusters into unallocated
- * clusters of a cached table (alloc-now.ts maps and counts them without a wait) has no COW, so
- * all that is left is its data write and then its L2 entries. The data write goes to the file
- * with a completion callback, and the entries are set from it: no promise per request, as a
- * rewrite (fast.ts). Whatever needs a wait (a flush before the L2 cache may be written, the
- * lock held, a failed write to undo) takes the ordinary path's last steps (io.ts).
+ * The allocating write's callback path: a guest write into unallocated clusters of a cached
+ * table (alloc-now.ts maps and counts them without a wait) has only its data write left, and
+ * then its L2 entries; with a COW head or tail whose contents can be read at once (a backing
+ * file in the page cache), head, data and tail form that one write. It goes to the file with
+ * a completion callback, and the entries are set from it: no promise per request, as a
+ * rewrite (fast.ts). Whatever needs a wait (a COW area to read, zeroing instead of a copy, a
+ * flush before the L2 cache may be written, the lock held, a failed write to undo) takes the
+ * ordinary path's last steps (io.ts).
  */
 import type { CompletionFunc } from '../../block/aio.js';
 import type { WriteFlags } from '../../block/driver.js';
-import { toBlockError } from '../../block/errors.js';
+import { type BlockError, toBlockError } from '../../block/errors.js';
 import type { IOVector } from '../../block/iovec.js';
 import type { BlockDriverState } from '../../block/node.js';
 import { qcow2AllocNow, qcow2LinkL2Now } from './alloc-now.js';
-import { needsCow } from './cow.js';
+import { mayZeroCow, mergeCow, needsCow, qcow2GiveCowBuffers, qcow2MergedCowNow } from './cow.js';
 import { answerAfterMarking, qcow2PwritevSubmit } from './fast.js';
 import { type Qcow2InFlight, qcow2InFlightEnd } from './inflight.js';
 import { type Qcow2Mapped, qcow2FinishPiece, qcow2MappedInFlight, qcow2WriteMapped } from './io.js';
@@ -28,9 +30,8 @@ export function qcow2WritevSubmit(bs: BlockDriverState, offset: number, bytes: n
 }
 
 function allocSubmit(s: BDRVQcow2State, file: BlockDriverState, offset: number, bytes: number, qiov: IOVector, flags: WriteFlags, done: CompletionFunc): boolean {
-  const cs = s.clusterSize;
-  // Whole clusters: no COW head or tail (subclusters have their own rules: not here).
-  if (offset % cs !== 0 || bytes % cs !== 0 || s.extendedL2) return false;
+  // Subclusters have their own COW rules: not here.
+  if (s.extendedL2) return false;
   const now = qcow2AllocNow(s, offset, bytes);
   if (now === null) return false;
   // The clusters are counted from here on: this write must run to its end through `done`.
@@ -49,21 +50,52 @@ function allocSubmit(s: BDRVQcow2State, file: BlockDriverState, offset: number, 
   flags.onAllocated?.();
   const data = qiov.size === bytes ? qiov : qiov.slice(0, bytes);
   if (a.metas.some(needsCow)) {
-    settle(s, offset, qcow2WriteMapped(s, offset, a, flight, data), done);
+    if (!cowSubmit(s, file, offset, a, flight, data, done)) settle(s, offset, qcow2WriteMapped(s, offset, a, flight, data), done);
     return true;
   }
   // Data first; the L2 entries only from its completion, so none points at clusters whose
   // data is not written (and the L2 cache still waits for a flush before it reaches the disk).
-  const started = file.pwritevSubmit(a.hostOffset, data, (err) => {
-    if (err === null && qcow2LinkL2Now(s, a.metas)) {
-      qcow2InFlightEnd(s, flight);
-      answerAfterMarking(s, null, done, null);
-      return;
-    }
-    settle(s, offset, qcow2FinishPiece(s, a, flight, err === null ? null : { error: err }), done);
-  });
+  const started = file.pwritevSubmit(a.hostOffset, data, (err) => link(s, offset, a, flight, err, done));
   if (!started) settle(s, offset, qcow2WriteMapped(s, offset, a, flight, data), done);
   return true;
+}
+
+/**
+ * An allocation with a COW head or tail, as qcow2WriteMapped would write it when that needs no
+ * wait: its one allocation frames the data exactly (merge_cow), its areas are not zeroed
+ * instead (mayZeroCow: the ordinary path then asks is_zero first) and both read at once; then
+ * head, data and tail go out as one write and the entries are set from its completion. False,
+ * with nothing done, otherwise: qcow2WriteMapped takes the write from here.
+ */
+function cowSubmit(s: BDRVQcow2State, file: BlockDriverState, offset: number, a: Qcow2Mapped, flight: Qcow2InFlight, data: IOVector, done: CompletionFunc): boolean {
+  const m = a.metas.length === 1 ? a.metas[0] : null;
+  if (m === null || mayZeroCow(s, m) || mergeCow(s, offset, a.bytes, a.metas) !== m) return false;
+  const cow = qcow2MergedCowNow(s, m, data);
+  if (cow === null) return false;
+  // No second overlap check (perform_cow's): the data, checked when mapped, starts in the
+  // allocation's first cluster and ends in its last, and the check compares whole clusters.
+  const start = m.allocOffset + m.cowStart.offset;
+  // Head, data and tail in one write, all before the L2 entry points at the cluster: the
+  // entry is set only from this write's completion.
+  const started = file.pwritevSubmit(start, cow.whole, (err) => {
+    qcow2GiveCowBuffers(s, cow.bufs);
+    link(s, offset, a, flight, err, done);
+  });
+  if (!started) qcow2GiveCowBuffers(s, cow.bufs);
+  return started;
+}
+
+/**
+ * Data and COW of `a` are written (or `err` says why not): set its L2 entries now when that
+ * needs no wait, else through the ordinary path's last steps; then answer `done`.
+ */
+function link(s: BDRVQcow2State, offset: number, a: Qcow2Mapped, flight: Qcow2InFlight, err: BlockError | null, done: CompletionFunc): void {
+  if (err === null && qcow2LinkL2Now(s, a.metas)) {
+    qcow2InFlightEnd(s, flight);
+    answerAfterMarking(s, null, done, null);
+    return;
+  }
+  settle(s, offset, qcow2FinishPiece(s, a, flight, err === null ? null : { error: err }), done);
 }
 
 /** Answer `done` once the ordinary path's last steps `p` settle, as qcow2CoPwritev would. */

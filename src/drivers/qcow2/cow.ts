@@ -86,15 +86,56 @@ export function mergeCow(s: BDRVQcow2State, offset: number, bytes: number, metas
 export async function qcow2PerformCow(s: BDRVQcow2State, m: Qcow2L2Meta, data: IOVector | null = null, locked = true): Promise<void> {
   if ((m.cowStart.nbBytes === 0 && m.cowEnd.nbBytes === 0) || m.skipCow) return;
   // Pooled buffers (each area is shorter than a cluster), given back once the writes settled.
-  const pool = s.cowBuffers;
-  const headBuf = cowBuffer(pool, m.cowStart.nbBytes);
-  const tailBuf = cowBuffer(pool, m.cowEnd.nbBytes);
+  const bufs = takeCowBuffers(s, m);
   try {
-    await performCow(s, m, headBuf?.subarray(0, m.cowStart.nbBytes) ?? EMPTY, tailBuf?.subarray(0, m.cowEnd.nbBytes) ?? EMPTY, data, locked);
+    await performCow(s, m, bufs.head?.subarray(0, m.cowStart.nbBytes) ?? EMPTY, bufs.tail?.subarray(0, m.cowEnd.nbBytes) ?? EMPTY, data, locked);
   } finally {
-    if (headBuf) pool.give(headBuf);
-    if (tailBuf) pool.give(tailBuf);
+    qcow2GiveCowBuffers(s, bufs);
   }
+}
+
+/** The pooled buffers of one allocation's COW head and tail (null: that area is empty). */
+export interface Qcow2CowBuffers {
+  head: Uint8Array | null;
+  tail: Uint8Array | null;
+}
+
+function takeCowBuffers(s: BDRVQcow2State, m: Qcow2L2Meta): Qcow2CowBuffers {
+  return { head: cowBuffer(s.cowBuffers, m.cowStart.nbBytes), tail: cowBuffer(s.cowBuffers, m.cowEnd.nbBytes) };
+}
+
+/** Give COW buffers back, once no write refers to them any more. */
+export function qcow2GiveCowBuffers(s: BDRVQcow2State, bufs: Qcow2CowBuffers): void {
+  if (bufs.head) s.cowBuffers.give(bufs.head);
+  if (bufs.tail) s.cowBuffers.give(bufs.tail);
+}
+
+/**
+ * perform_cow of a merged allocation (mergeCow) without a wait: head and tail read now from
+ * what the guest sees there (qcow2CowReadNow: cached tables, the page cache), framed around
+ * `data` as the one vector to write at m.allocOffset + m.cowStart.offset; null, with nothing
+ * taken, when an area cannot be read at once (qcow2PerformCow then reads it the ordinary way).
+ * Never throws. The caller writes the vector and then gives `bufs` back.
+ */
+export function qcow2MergedCowNow(s: BDRVQcow2State, m: Qcow2L2Meta, data: IOVector): { whole: IOVector; bufs: Qcow2CowBuffers } | null {
+  const bufs = takeCowBuffers(s, m);
+  const head = bufs.head?.subarray(0, m.cowStart.nbBytes) ?? EMPTY;
+  const tail = bufs.tail?.subarray(0, m.cowEnd.nbBytes) ?? EMPTY;
+  let read = false;
+  try {
+    read = (head.length === 0 || qcow2CowReadNow(s, m.offset + m.cowStart.offset, IOVector.from(head))) && (tail.length === 0 || qcow2CowReadNow(s, m.offset + m.cowEnd.offset, IOVector.from(tail)));
+  } catch {
+    // The caller's write is mapped and in flight: it must not throw. The ordinary read
+    // (qcow2PerformCow) tries again and reports the error.
+  }
+  if (read) return { whole: mergedVector(head, data, tail), bufs };
+  qcow2GiveCowBuffers(s, bufs);
+  return null;
+}
+
+/** Head, data and tail as one vector (the data's buffers shared, not copied). */
+function mergedVector(head: Uint8Array, data: IOVector, tail: Uint8Array): IOVector {
+  return new IOVector([head, ...data.iov, tail]);
 }
 
 const EMPTY = new Uint8Array(0);
@@ -129,7 +170,7 @@ async function performCow(s: BDRVQcow2State, m: Qcow2L2Meta, head: Uint8Array, t
     await readCowArea(s, m.offset + m.cowEnd.offset, tail, locked);
   }
   if (data) {
-    const whole = new IOVector([head, ...data.iov, tail]);
+    const whole = mergedVector(head, data, tail);
     qcow2PreWriteDataCheck(s, m.allocOffset + m.cowStart.offset, whole.size);
     // One write, two events, as in QEMU: write_aio for the data, cow_write for the whole.
     if (watched) {
