@@ -4,6 +4,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { AioTaskPool } from '../../src/block/aio-task.js';
 import { BlockBackend } from '../../src/block/backend.js';
 import { BlockDriverState } from '../../src/block/node.js';
 import { loadSeekAddon, type SeekAddon } from '../../src/drivers/file/seek.js';
@@ -56,5 +57,16 @@ describe.skipIf(addon === null)('convert block status', () => {
     expect(queued).not.toHaveBeenCalled();
     // The source's at open and after the snapshot check, the target's once: not one per run.
     expect(lengths.mock.calls.length).toBeLessThanOrEqual(3);
+  });
+
+  it('starts a task for each data run only when the target reads as zeros', async () => {
+    const tasks = vi.spyOn(AioTaskPool.prototype, 'start');
+    const src = join(dir, 'src.raw');
+    // Four data runs, each followed by a hole: the holes write nothing to a new raw file.
+    writeAlternatingRaw(src);
+    const out = join(dir, 'out.raw');
+    expect(await convertThroughAddon(addon!, src, out)).toBe(0);
+    expect(readFileSync(out).equals(readFileSync(src))).toBe(true);
+    expect(tasks).toHaveBeenCalledTimes(4);
   });
 });

@@ -327,6 +327,9 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
     }
     const start = sectorNum;
     sectorNum += n;
+    // A run that writes nothing (backing, or zeros on a target that reads as zeros) needs no
+    // task: it allocates nothing, so the chunks before and after keep their order without it.
+    if (status === 'backing' || (status === 'zero' && s.hasZeroInit && s.minSparse !== 0)) continue;
     const prevAllocated = lastAllocated;
     let markAllocated!: () => void;
     lastAllocated = new Promise<void>((resolve) => {
