@@ -11,14 +11,17 @@
 'use strict';
 if (process.env.UV_THREADPOOL_SIZE === undefined) process.env.UV_THREADPOOL_SIZE = '2';
 // convert and bench run their request paths a few thousand times in a fresh process (a 1 GiB
-// convert, a 4096-request bench row): four times V8's default interrupt budget leaves those in
-// the baseline tiers until they have run four times as often, which costs less CPU than
-// TurboFan optimising them early. Convert: each call moves up to 2 MiB in the kernel, and
-// optimising its async functions spent about 0.2 s of user time per GiB (bench/RESULTS.md,
-// "Convert"). Bench: in a 4096-request row TurboFan's compiles took the other CPU from the
-// io_uring worker; the whole process's CPU fell 30-50 ms (of 130-360), a 65536-request row's
-// rose 10-25 ms (bench/RESULTS.md, "A fresh process's request path"). The subcommand is the
-// first argument that is not an option.
+// convert, a 4096-request bench row): a larger V8 interrupt budget leaves those in the
+// baseline tiers until they have run that many times as often, which costs less CPU than
+// TurboFan optimising them early. Convert, eight times: each call moves up to 2 MiB in the
+// kernel, and optimising its async functions spent about 0.2 s of user time per GiB
+// (bench/RESULTS.md, "Convert"); with four times, TurboFan still compiled 128 M instructions'
+// worth in a GiB's qcow2 -> qcow2 (14 M with eight), and the bench's seven 1 GiB converts
+// ran 3258 M instructions under callgrind against 2969 M with eight (six: 3079 M, twelve:
+// 3051 M). Bench, four times: in a 4096-request row TurboFan's compiles took the other CPU
+// from the io_uring worker; the whole process's CPU fell 30-50 ms (of 130-360), a
+// 65536-request row's rose 10-25 ms (bench/RESULTS.md, "A fresh process's request path").
+// The subcommand is the first argument that is not an option.
 const command = process.argv.slice(2).find((a) => !a.startsWith('-'));
 const convert = command === 'convert';
 const hot = convert || command === 'bench';
@@ -31,7 +34,7 @@ const tool = compileTool('img', hot ? '' : '.lean');
 (tool === null ? import('../dist/src/tools/img/main.js') : Promise.resolve(runTool(tool)))
   .then(({ main }) => {
     // Once the tool is loaded (raiseInterruptBudget says why).
-    if (hot) raiseInterruptBudget();
+    if (hot) raiseInterruptBudget(convert ? 8 : 4);
     return main(process.argv);
   })
   .then((code) => {

@@ -7,8 +7,8 @@ if (process.env.UV_THREADPOOL_SIZE === undefined) process.env.UV_THREADPOOL_SIZE
 // A copy out of the server runs its request path (decode, block status, read, reply) a few
 // thousand times per GiB, each moving up to 32 MiB in the kernel: TurboFan optimising those
 // async functions cost more CPU than it saved (nbdcopy of 512 MiB: 0.40 s of the server's
-// user time, 0.27 s with this). Four times V8's default interrupt budget, as blk-img convert
-// has (bench/RESULTS.md, "NBD"): a long-lived server still optimises what runs far more.
+// user time, 0.27 s with this). Four times V8's default interrupt budget, as blk-img bench
+// has (convert has eight; bench/RESULTS.md, "NBD"): a long-lived server still optimises what runs far more.
 // The bundled tool (dist/bin, `npm run bundle`), else the compiled modules.
 const { compileTool, raiseInterruptBudget, runTool } = require('./bundle.js');
 const tool = compileTool('nbd');

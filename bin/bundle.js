@@ -69,16 +69,21 @@ function compileTool(name, variant = '', scriptName = undefined) {
   return { script, file, cacheFile, cached };
 }
 
+/** V8's default interrupt budget. */
+const INTERRUPT_BUDGET = 67584;
+
 /**
- * Four times V8's default interrupt budget (67584) for the rest of the run: a function is
- * optimised by TurboFan only after four times as much of it has run in the baseline tiers
- * (the launchers say which tools and why). Called once the tool is loaded: V8 takes a code
- * cache (ours, and Node's for its own modules) only under the flags it was made with, and a
- * function gets its budget when first called, so the request paths still get this one.
+ * `times` (4 unless told) times V8's default interrupt budget for the rest of the run: a
+ * function is optimised by TurboFan only after that many times as much of it has run in the
+ * baseline tiers (the launchers say which tools, how many times and why). Called once the tool
+ * is loaded: V8 takes a code cache (ours, and Node's for its own modules) only under the flags
+ * it was made with, and a function gets its budget when first called, so the request paths
+ * still get this one.
  */
-function raiseInterruptBudget() {
-  debug('V8 flags: --interrupt-budget=270336');
-  require('node:v8').setFlagsFromString('--interrupt-budget=270336');
+function raiseInterruptBudget(times = 4) {
+  const flag = `--interrupt-budget=${INTERRUPT_BUDGET * times}`;
+  debug('V8 flags: %s', flag);
+  require('node:v8').setFlagsFromString(flag);
 }
 
 /** Run a compiled bundle as the CommonJS module it is; returns its exports. */

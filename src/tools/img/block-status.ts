@@ -55,8 +55,10 @@ export async function blockStatusAboveFlags(
     (s.zero ? BDRV_BLOCK_ZERO : 0) |
     (s.offset !== undefined ? BDRV_BLOCK_OFFSET_VALID : 0) |
     (s.allocated ? BDRV_BLOCK_ALLOCATED : 0);
-  const topLen = await bs.getLength();
-  let st = await layerStatus(bs, offset, bytes);
+  // Answered now when the top layer can (a host file's lseek, a cached table): convert and
+  // compare ask once per extent, and the queued request path costs more than the answer.
+  const topLen = bs.knownLength() ?? (await bs.getLength());
+  let st = layerStatusNow(bs, offset, bytes) ?? (await layerStatus(bs, offset, bytes));
   let flags = toFlags(st);
   let pnum = st.pnum;
   if (!st.allocated && bs !== base) {

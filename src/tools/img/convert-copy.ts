@@ -26,6 +26,8 @@ export function pow2floor(n: number): number {
 export interface ConvertState {
   src: BlockBackend[];
   srcSectors: number[];
+  /** Each source's length in bytes, taken once at open (the sources are read-only). */
+  srcBytes: number[];
   srcAlignment: number[];
   srcNames: string[];
   totalSectors: number;
@@ -74,7 +76,7 @@ async function askStatus(env: ImgEnv, s: ConvertState, sectorNum: number, n: num
   const offset = (sectorNum - curOffset) * SECTOR;
   const srcBs = rootOf(s.src[cur]);
   const base = s.targetHasBacking ? srcBs.backing : null;
-  const srcLen = await s.src[cur].getLength();
+  const srcLen = s.srcBytes[cur];
   let flags: number;
   let count: number;
   if (offset >= srcLen) {
@@ -146,7 +148,7 @@ async function convertRead(s: ConvertState, sectorNum: number, nbSectors: number
     const n = Math.min(nbSectors, s.srcSectors[cur] - (sectorNum - curOffset));
     const bs = s.src[cur];
     const off = (sectorNum - curOffset) * SECTOR;
-    const len = await bs.getLength();
+    const len = s.srcBytes[cur];
     const want = n * SECTOR;
     const avail = Math.max(0, Math.min(want, len - off));
     if (avail > 0) await bs.pread(off, buf.subarray(pos, pos + avail));
@@ -325,6 +327,9 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
     }
     const start = sectorNum;
     sectorNum += n;
+    // A run that writes nothing (backing, or zeros on a target that reads as zeros) needs no
+    // task: it allocates nothing, so the chunks before and after keep their order without it.
+    if (status === 'backing' || (status === 'zero' && s.hasZeroInit && s.minSparse !== 0)) continue;
     const prevAllocated = lastAllocated;
     let markAllocated!: () => void;
     lastAllocated = new Promise<void>((resolve) => {

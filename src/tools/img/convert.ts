@@ -179,6 +179,7 @@ export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
     const s: ConvertState = {
       src,
       srcSectors: [],
+      srcBytes: [],
       srcAlignment: [],
       srcNames: rest.slice(0, srcNum),
       totalSectors: 0,
@@ -200,7 +201,9 @@ export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
       const blk = await imgOpen(env, name, { imageOpts: args.imageOpts, format: fmt, readOnly: true, forceShare });
       src.push(blk);
       const bs = rootOf(blk);
-      const sectors = Math.ceil((await blk.getLength()) / SECTOR);
+      const bytes = await blk.getLength();
+      const sectors = Math.ceil(bytes / SECTOR);
+      s.srcBytes.push(bytes);
       s.srcSectors.push(sectors);
       let align = Math.ceil(bs.requestAlignment / SECTOR);
       try {
@@ -217,6 +220,8 @@ export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
     }
     // The first source shows the snapshot instead of its active state (read-only).
     if (!(await loadSnapshotArg(env, rootOf(src[0]), args))) return 1;
+    // The copy reads the snapshot's bytes, up to its own length.
+    s.srcBytes[0] = await src[0].getLength();
     if (bitmaps) {
       if (srcNum > 1) {
         env.o.error('Copying bitmaps only possible with single source');
