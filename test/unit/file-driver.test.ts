@@ -378,11 +378,14 @@ describe('file driver', () => {
     const bs = await open(p);
     const s = bs.opaque as FileState;
     expect(s.fd).toBe(s.fh.fd);
+    expect(fileDriver.lengthNow!(bs)).toBe(512);
     await bs.close();
     await bs.close();
     expect((await rejection(bs.pread(0, new Uint8Array(1)))).code).toBe('EBADF');
     expect(() => fileDriver.getLength!(bs)).toThrowError(expect.objectContaining({ code: 'EBADF' }) as Error);
-    // The cached descriptor is gone with the handle.
+    // The synchronous length and the cached descriptor are gone with the handle.
+    expect(fileDriver.lengthNow!(bs)).toBeNull();
+    expect(bs.lengthNow()).toBeNull();
     expect(s.fd).toBe(-1);
   });
 

@@ -170,6 +170,12 @@ function fileGetLength(bs: BlockDriverState): number {
   return state(bs).length;
 }
 
+/** The cached length, or null once closed (the gate then sends the request the slow way). */
+function fileLengthNow(bs: BlockDriverState): number | null {
+  const s = bs.opaque as FileState | null;
+  return s === null ? null : s.length;
+}
+
 async function fileGetAllocatedFileSize(bs: BlockDriverState): Promise<number> {
   const s = state(bs);
   try {
@@ -213,6 +219,7 @@ export const fileDriver: BlockDriver = {
   truncate: fileTruncate,
   truncatePreallocates: true,
   getLength: fileGetLength,
+  lengthNow: fileLengthNow,
   getAllocatedFileSize: fileGetAllocatedFileSize,
   getInfo: storageGetInfo,
   invalidateCache: fileInvalidateCache,
