@@ -30,6 +30,11 @@ export const AIO_SUBMITTED: Promise<void> = Promise.resolve();
 export class BlockAIOCB {
   bs: BlockDriverState | null = null;
   cb: CompletionFunc | null = null;
+  /**
+   * The node whose in-flight count this request holds (a node's generic AIO), dropped just
+   * before the callback runs: a field rather than a wrapping closure per request.
+   */
+  countedOn: BlockDriverState | null = null;
   /** Bumped at each reuse: lets tests see that a pool recycles objects. */
   generation = 0;
   private state: AcbState = 'idle';
@@ -102,7 +107,10 @@ export class BlockAIOCB {
     const cb = this.cb;
     const error = this.error;
     this.error = null;
+    const counted = this.countedOn;
     try {
+      // Counted out first, so that close() issued from the callback does not wait for it.
+      counted?.requests.leave();
       cb?.(error);
     } finally {
       const waiters = this.finishWaiters;
@@ -127,6 +135,7 @@ export class BlockAIOCB {
   reset(bs: BlockDriverState | null, cb: CompletionFunc | null): void {
     this.bs = bs;
     this.cb = cb;
+    this.countedOn = null;
     this.state = 'idle';
     this.cancelled = false;
     this.work = null;

@@ -182,6 +182,12 @@ export interface BlockDriver {
   /** `prealloc`: QEMU's PreallocMode name for a grown range; absent means 'off'. */
   truncate?(bs: BlockDriverState, size: number, prealloc?: string): Promise<void>;
   getLength?(bs: BlockDriverState): number | Promise<number>;
+  /**
+   * The length getLength would give, when the driver knows it now (a valid byte count), else
+   * null; never throws. Optional: asked by every request's fast-path gate, where getLength's
+   * answer must be checked and guarded (io/length.ts driverLengthNow) and this one need not.
+   */
+  lengthNow?(bs: BlockDriverState): number | null;
   /** Bytes the image occupies on the host (qemu-img info's disk size). */
   getAllocatedFileSize?(bs: BlockDriverState): Promise<number>;
   getInfo?(bs: BlockDriverState): Promise<BlockDriverInfo>;

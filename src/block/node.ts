@@ -214,7 +214,8 @@ export class BlockDriverState {
 
   /** The driver's length if it knows it without waiting (the fast-path gate), else null. */
   lengthNow(): number | null {
-    return driverLengthNow(this, this.getLengthHook);
+    const drv = this.driver;
+    return drv.lengthNow !== undefined ? drv.lengthNow(this) : driverLengthNow(this, this.getLengthHook);
   }
 
   /** Copy-on-read applies to this node's reads (qemu-io -C on a writable node). */

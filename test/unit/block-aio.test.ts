@@ -6,12 +6,12 @@ import {
   BlockDriverState,
   BlockError,
   IOVector,
-  genericAioPool,
   memDriver,
   memStoreRead,
   type BlockDriver,
   type BlockErrorCode,
 } from '../../src/index.js';
+import { rwAioPool } from '../../src/block/io/aio.js';
 import { makeMem } from './block-helpers.js';
 
 /** A pass-through format whose writes wait for the test to open a gate. */
@@ -136,7 +136,7 @@ describe('AIO on BlockDriverState', () => {
     const { bs, open } = await openGated();
     open();
     expect(await run((cb) => bs.aioReadv(0, sectors(1), 1, cb))).toBeNull();
-    const created = genericAioPool.created;
+    const created = rwAioPool.created;
     const seen = new Set<BlockAIOCB>();
     let lastGen = -1;
     for (let i = 0; i < 20; i++) {
@@ -147,8 +147,28 @@ describe('AIO on BlockDriverState', () => {
       expect(acb.generation).toBeGreaterThan(lastGen);
       lastGen = acb.generation;
     }
-    expect(genericAioPool.created).toBe(created);
+    expect(rwAioPool.created).toBe(created);
     expect(seen.size).toBeLessThanOrEqual(2);
+    await bs.close();
+  });
+
+  it('a request is counted out before its callback runs, and its AIOCB keeps no buffers after', async () => {
+    const { bs, open } = await openGated();
+    open();
+    const counts: number[] = [];
+    let acb!: BlockAIOCB;
+    const qiov = sectors(1, 7);
+    const err = await run((cb) => {
+      acb = bs.aioWritev(3, qiov, 1, (e) => {
+        counts.push(bs.requests.inFlight);
+        cb(e);
+      });
+      counts.push(bs.requests.inFlight);
+      return acb;
+    });
+    expect(err).toBeNull();
+    expect(counts).toEqual([1, 0]);
+    expect((acb as BlockAIOCB & { qiov: IOVector | null }).qiov).toBeNull();
     await bs.close();
   });
 

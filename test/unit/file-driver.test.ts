@@ -6,6 +6,7 @@ import { BlockDriverState } from '../../src/block/node.js';
 import { BlockDriverRegistry } from '../../src/block/registry.js';
 import { fileDriver, fileStripPrefix } from '../../src/drivers/file/index.js';
 import { seekAddon, setSeekAddonForTest } from '../../src/drivers/file/seek.js';
+import type { FileState } from '../../src/drivers/file/state.js';
 import { makeTempDir, removeTempDir } from '../interop/qemu.js';
 import { bytePattern, expectBytes, rejection } from './test-bytes.js';
 
@@ -375,10 +376,17 @@ describe('file driver', () => {
     const p = join(dir, 'cl.img');
     await writeFile(p, new Uint8Array(512));
     const bs = await open(p);
+    const s = bs.opaque as FileState;
+    expect(s.fd).toBe(s.fh.fd);
+    expect(fileDriver.lengthNow!(bs)).toBe(512);
     await bs.close();
     await bs.close();
     expect((await rejection(bs.pread(0, new Uint8Array(1)))).code).toBe('EBADF');
     expect(() => fileDriver.getLength!(bs)).toThrowError(expect.objectContaining({ code: 'EBADF' }) as Error);
+    // The synchronous length and the cached descriptor are gone with the handle.
+    expect(fileDriver.lengthNow!(bs)).toBeNull();
+    expect(bs.lengthNow()).toBeNull();
+    expect(s.fd).toBe(-1);
   });
 
   it('driver close waits for reads and writes still running on the descriptor', async () => {

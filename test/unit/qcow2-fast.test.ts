@@ -27,6 +27,14 @@ function filled(n: number, byte: number): Uint8Array {
 }
 
 describe('qcow2 fast paths', () => {
+  it('knows its virtual size without waiting (the fast-path gate), and a closed node does not', async () => {
+    const bs = await openNew(3 << 20);
+    expect(bs.lengthNow()).toBe(3 << 20);
+    expect(bs.knownLength()).toBe(await bs.getLength());
+    await bs.close();
+    expect(bs.knownLength()).toBeNull();
+  });
+
   it('reads zeros of unallocated and zero clusters inside the call, data only through the file', async () => {
     const bs = await openNew();
     try {

@@ -445,6 +445,7 @@ describe('qed: exact sizes (qed-format.md §17.2, §17.3)', () => {
     const cs = 16 << 20;
     const { bs } = await newMemQed({ size: 1 << 30, clusterSize: cs, tableSize: 1 });
     expect(await bs.getLength()).toBe(1 << 30);
+    expect(bs.lengthNow()).toBe(1 << 30);
     await bs.pwrite((1 << 30) - 512, new Uint8Array(512).fill(5));
     const got = new Uint8Array(512);
     await bs.pread((1 << 30) - 512, got);

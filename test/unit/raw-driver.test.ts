@@ -156,6 +156,9 @@ describe('raw driver', () => {
     await writeFile(p, new Uint8Array(1001).fill(0x42));
     const bs = await opened(p, { format: 'raw' });
     expect(await bs.getLength()).toBe(1024);
+    // The fast-path gate's synchronous length says the same; the file's own is exact.
+    expect(bs.lengthNow()).toBe(1024);
+    expect(bs.file!.lengthNow()).toBe(1001);
     const tail = new Uint8Array(30).fill(0xee);
     await bs.pread(994, tail);
     expect(tail.subarray(0, 7).every((b) => b === 0x42)).toBe(true);

@@ -7,7 +7,7 @@
  * issued right after submitting waits for it. Refused requests are reported through the
  * callback in a later microtask, never by throwing.
  */
-import { AIO_DONE_NOW, AIO_SUBMITTED, BlockAIOCB, genericAioPool, type CompletionFunc } from '../aio.js';
+import { AIO_DONE_NOW, AIO_SUBMITTED, AIOPool, BlockAIOCB, genericAioPool, type CompletionFunc } from '../aio.js';
 import { BDRV_SECTOR_SIZE } from '../driver.js';
 import { BlockError, toBlockError } from '../errors.js';
 import type { IOVector } from '../iovec.js';
@@ -39,12 +39,33 @@ function aioFail(bs: BlockDriverState, e: unknown, op: string, cb: CompletionFun
  */
 function aioGeneric(bs: BlockDriverState, cb: CompletionFunc, work: (acb: BlockAIOCB) => Promise<void>): BlockAIOCB {
   bs.requests.inFlight++;
-  return genericAioPool
-    .get(bs, (err) => {
-      bs.requests.leave();
-      cb(err);
-    })
-    .start(work);
+  const acb = genericAioPool.get(bs, cb);
+  acb.countedOn = bs;
+  return acb.start(work);
+}
+
+/**
+ * A generic AIOCB for a read or write: the request's arguments live in the pooled object, so
+ * submitting one makes no closure (the work function is the same for every request).
+ */
+class RwAIOCB extends BlockAIOCB {
+  write = false;
+  offset = 0;
+  bytes = 0;
+  qiov: IOVector | null = null;
+
+  override reset(bs: BlockDriverState | null, cb: CompletionFunc | null): void {
+    super.reset(bs, cb);
+    // Back in the pool: no caller's buffers kept alive.
+    this.qiov = null;
+  }
+}
+
+/** The pool of the generic path's reads and writes (exported for tests). */
+export const rwAioPool = new AIOPool<RwAIOCB>((pool) => new RwAIOCB(pool as unknown as AIOPool<BlockAIOCB>));
+
+function rwWork(acb: RwAIOCB): Promise<void> {
+  return aioGenericRw(acb, acb.bs!, acb.write, acb.offset, acb.bytes, acb.qiov!);
 }
 
 export function aioRw(bs: BlockDriverState, write: boolean, sectorNum: number, qiov: IOVector, nbSectors: number, cb: CompletionFunc): BlockAIOCB {
@@ -86,7 +107,14 @@ export function aioRw(bs: BlockDriverState, write: boolean, sectorNum: number, q
   }
   // The generic path still takes the request fast path when it applies (decided when the
   // request runs, not at submission: other requests may have started or ended meanwhile).
-  return aioGeneric(bs, cb, (acb) => aioGenericRw(acb, bs, write, offset, bytes, qiov));
+  bs.requests.inFlight++;
+  const acb = rwAioPool.get(bs, cb);
+  acb.countedOn = bs;
+  acb.write = write;
+  acb.offset = offset;
+  acb.bytes = bytes;
+  acb.qiov = qiov;
+  return acb.start(rwWork);
 }
 
 function aioGenericRw(acb: BlockAIOCB, bs: BlockDriverState, write: boolean, offset: number, bytes: number, qiov: IOVector): Promise<void> {

@@ -59,6 +59,7 @@ async function fileOpen(bs: BlockDriverState, options: OpenOptions): Promise<voi
   ioEngine();
   bs.opaque = {
     fh,
+    fd: fh.fd,
     path,
     length: st.size,
     pending: 0,
@@ -78,6 +79,7 @@ async function fileClose(bs: BlockDriverState): Promise<void> {
   // The fd must outlive every read/write issued on it (a closed fd number can be reused by the
   // next open, and a late write would land in someone else's file).
   while (s.pending > 0) await s.drained.wait();
+  s.fd = -1;
   await s.fh.close();
 }
 
@@ -147,7 +149,7 @@ async function fileTruncate(bs: BlockDriverState, size: number, prealloc?: strin
     if (wasEmpty && size > 0) {
       beginIO(s);
       try {
-        await allocateFirstBlock(s.fh.fd, size);
+        await allocateFirstBlock(s.fd, size);
       } finally {
         endIO(s);
       }
@@ -166,6 +168,12 @@ async function fileInvalidateCache(bs: BlockDriverState): Promise<void> {
 /** Synchronous (cached): lets the generic layer bound-check without waiting. */
 function fileGetLength(bs: BlockDriverState): number {
   return state(bs).length;
+}
+
+/** The cached length, or null once closed (the gate then sends the request the slow way). */
+function fileLengthNow(bs: BlockDriverState): number | null {
+  const s = bs.opaque as FileState | null;
+  return s === null ? null : s.length;
 }
 
 async function fileGetAllocatedFileSize(bs: BlockDriverState): Promise<number> {
@@ -211,6 +219,7 @@ export const fileDriver: BlockDriver = {
   truncate: fileTruncate,
   truncatePreallocates: true,
   getLength: fileGetLength,
+  lengthNow: fileLengthNow,
   getAllocatedFileSize: fileGetAllocatedFileSize,
   getInfo: storageGetInfo,
   invalidateCache: fileInvalidateCache,

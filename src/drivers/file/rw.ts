@@ -114,8 +114,8 @@ export async function fileCoPreadv(bs: BlockDriverState, offset: number, bytes: 
   beginIO(s);
   try {
     // One pread inline (no helper frame); a short count goes on in preadvRest.
-    done = await prwOnce(false, s.fh.fd, iov, bytes, offset);
-    if (done < bytes && done > 0) done = await preadvRest(s.fh.fd, iov, bytes, offset, done);
+    done = await prwOnce(false, s.fd, iov, bytes, offset);
+    if (done < bytes && done > 0) done = await preadvRest(s.fd, iov, bytes, offset, done);
   } catch (e) {
     throw toBlockError(e, { op: 'read', offset, path: s.path });
   } finally {
@@ -149,7 +149,7 @@ export function filePreadvNow(bs: BlockDriverState, offset: number, bytes: numbe
 
 /** preadv2(RWF_NOWAIT); a host that cannot do it (-2) is not asked again. */
 function fileReadNowait(s: FileState, iov: readonly Uint8Array[], bytes: number, offset: number): number {
-  const n = s.readNowait!(s.fh.fd, iov, offset, bytes);
+  const n = s.readNowait!(s.fd, iov, offset, bytes);
   if (n === -2) s.readNowait = null;
   return n;
 }
@@ -161,7 +161,7 @@ function fileReadNowait(s: FileState, iov: readonly Uint8Array[], bytes: number,
 export function fileSendfileNow(bs: BlockDriverState, offset: number, bytes: number, reply: SendfileReply): number {
   const s = bs.opaque as FileState | null;
   if (s === null || s.sendFile === null || offset + bytes > s.length) return SENDFILE_DECLINED;
-  const n = s.sendFile(reply.sock, reply.head, s.fh.fd, offset, bytes, reply.spill, reply.sendBuffer);
+  const n = s.sendFile(reply.sock, reply.head, s.fd, offset, bytes, reply.spill, reply.sendBuffer);
   if (n !== -2) return n;
   s.sendFile = null;
   return SENDFILE_DECLINED;
@@ -175,8 +175,8 @@ export const fileCoPwritev: BlockDriverHook<'coPwritev'> = async (bs, offset, by
   try {
     // A write past EOF grows the file; the gap is a hole that reads as zeros. One pwrite
     // inline (no helper frame); a short count goes on in pwritevRest.
-    const done = await prwOnce(true, s.fh.fd, iov, bytes, offset);
-    if (done < bytes) await pwritevRest(s.fh.fd, iov, bytes, offset, done);
+    const done = await prwOnce(true, s.fd, iov, bytes, offset);
+    if (done < bytes) await pwritevRest(s.fd, iov, bytes, offset, done);
     if (offset + bytes > s.length) s.length = offset + bytes;
     // FUA: the write must be durable when it completes.
     if (flags.fua === true) await fileDatasync(s);
@@ -200,7 +200,7 @@ export const filePwritevSubmit: BlockDriverHook<'pwritevSubmit'> = (bs, offset, 
   const iov = qiov.iov;
   beginIO(s);
   try {
-    engine.pwritevThen(s.fh.fd, iov.length === 1 ? iov[0] : iov, offset, (n) => {
+    engine.pwritevThen(s.fd, iov.length === 1 ? iov[0] : iov, offset, (n) => {
       if (n !== bytes) {
         // Short or failed (rare): the rest, or the error, the way coPwritev does it.
         pwritevFinish(s, iov, bytes, offset, n < 0 ? engine.error(n, 'write') : n).then(
@@ -225,7 +225,7 @@ export const filePwritevSubmit: BlockDriverHook<'pwritevSubmit'> = (bs, offset, 
 async function pwritevFinish(s: FileState, iov: readonly Uint8Array[], bytes: number, offset: number, first: number | Error): Promise<void> {
   try {
     if (typeof first !== 'number') throw first;
-    await pwritevRest(s.fh.fd, iov, bytes, offset, first);
+    await pwritevRest(s.fd, iov, bytes, offset, first);
     if (offset + bytes > s.length) s.length = offset + bytes;
   } catch (e) {
     // A failed write (ENOSPC...) may still have grown the file partly: learn the real length.
@@ -239,7 +239,7 @@ async function pwritevFinish(s: FileState, iov: readonly Uint8Array[], bytes: nu
 /** fdatasync, through the engine when there is one. */
 function fileDatasync(s: FileState): Promise<void> {
   const engine = ioEngine();
-  return engine !== null ? engine.fdatasync(s.fh.fd) : s.fh.datasync();
+  return engine !== null ? engine.fdatasync(s.fd) : s.fh.datasync();
 }
 
 export async function fileCoFlush(bs: BlockDriverState): Promise<void> {

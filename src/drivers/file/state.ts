@@ -10,6 +10,11 @@ import type { SeekAddon } from './seek.js';
 
 export interface FileState {
   fh: FileHandle;
+  /**
+   * `fh.fd`, read once: FileHandle's getter is a call into the handle on every request of the
+   * hot path. Valid while the handle is open (close waits for `pending` first); -1 after.
+   */
+  fd: number;
   path: string;
   /**
    * File length, cached: the generic layer asks for it on every request and an fstat per

@@ -57,7 +57,7 @@ export async function fileCoBlockStatus(bs: BlockDriverState, offset: number, by
 export function fileBlockStatusNow(bs: BlockDriverState, offset: number, bytes: number): BlockStatus {
   const s = state(bs);
   const seek = seekAddon();
-  const where = seek === null ? ({ kind: 'unknown' } as const) : findAllocation(seek, s.fh.fd, offset);
+  const where = seek === null ? ({ kind: 'unknown' } as const) : findAllocation(seek, s.fd, offset);
   switch (where.kind) {
     case 'data':
       return { pnum: Math.min(bytes, where.hole - offset), allocated: true, data: true, zero: false, offset, file: bs };

@@ -35,7 +35,7 @@ async function linkedZeroWrite(s: FileState, engine: IoEngine, zeroOffset: numbe
     let done: number;
     try {
       // The writev starts only once the zeroing is done: zeroing after it would clear it.
-      done = await engine.zeroThenPwritev(s.fh.fd, FALLOC_FL_ZERO_RANGE, zeroOffset, zeroBytes, iov.length === 1 ? iov[0] : iov, offset);
+      done = await engine.zeroThenPwritev(s.fd, FALLOC_FL_ZERO_RANGE, zeroOffset, zeroBytes, iov.length === 1 ? iov[0] : iov, offset);
     } catch (e) {
       if ((e as { syscall?: unknown } | null)?.syscall !== 'fallocate') throw e;
       const r = fallocateFailure(e);
@@ -44,7 +44,7 @@ async function linkedZeroWrite(s: FileState, engine: IoEngine, zeroOffset: numbe
       return false;
     }
     grewTo(s, zeroOffset + zeroBytes);
-    if (done < bytes) await pwritevRest(s.fh.fd, iov, bytes, offset, done);
+    if (done < bytes) await pwritevRest(s.fd, iov, bytes, offset, done);
     return true;
   } catch (e) {
     // A failed request (ENOSPC...) may still have grown the file partly: learn the real length.

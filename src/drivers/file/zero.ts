@@ -35,7 +35,7 @@ async function doFallocate(
   if (fn === undefined) return { code: 'ENOTSUP', error: null };
   beginIO(s);
   try {
-    await fn(s.fh.fd, offset, bytes);
+    await fn(s.fd, offset, bytes);
     return null;
   } catch (e) {
     return fallocateFailure(e);

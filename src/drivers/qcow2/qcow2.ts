@@ -207,6 +207,7 @@ export const qcow2Driver: BlockDriver = {
   },
   truncatePreallocates: true,
   getLength: (bs) => qcow2State(bs).header.size,
+  lengthNow: (bs) => (bs.opaque as BDRVQcow2State | null)?.header.size ?? null,
   getInfo: qcow2GetInfo,
   getSpecificInfo: qcow2GetSpecificInfo,
   measure: qcow2Measure,

@@ -216,6 +216,10 @@ function qedGetLength(bs: BlockDriverState): number {
   return qedState(bs).header.imageSize;
 }
 
+function qedLengthNow(bs: BlockDriverState): number | null {
+  return (bs.opaque as BDRVQEDState | null)?.header.imageSize ?? null;
+}
+
 async function qedGetInfo(bs: BlockDriverState): Promise<BlockDriverInfo> {
   const s = qedState(bs);
   return { clusterSize: s.header.clusterSize, isDirty: (s.header.features & QED_F_NEED_CHECK) !== 0n };
@@ -305,6 +309,7 @@ export const qedDriver: BlockDriver = {
   coWriteZeroes: qedWriteZeroesHook,
   truncate: qedTruncate,
   getLength: qedGetLength,
+  lengthNow: qedLengthNow,
   getInfo: qedGetInfo,
   changeBackingFile: qedChangeBackingFile,
   invalidateCache: qedInvalidateCache,

@@ -254,9 +254,13 @@ function rawGetLength(bs: BlockDriverState): number | Promise<number> {
   const file = child(bs);
   // Synchronous when the protocol knows its length (file, mem): the generic layer's request
   // fast paths need a synchronous length; otherwise (a filter) ask and wait.
-  const known = file.knownLength();
-  if (known !== null) return Math.ceil(known / BDRV_SECTOR_SIZE) * BDRV_SECTOR_SIZE;
-  return rawGetLengthAsync(file);
+  return rawLengthNow(bs) ?? rawGetLengthAsync(file);
+}
+
+/** rawGetLength when the protocol knows its length now, else null. */
+function rawLengthNow(bs: BlockDriverState): number | null {
+  const known = bs.file?.knownLength() ?? null;
+  return known === null ? null : Math.ceil(known / BDRV_SECTOR_SIZE) * BDRV_SECTOR_SIZE;
 }
 
 async function rawGetLengthAsync(file: BlockDriverState): Promise<number> {
@@ -308,6 +312,7 @@ export const rawDriver: BlockDriver = {
   truncate: rawTruncate,
   truncatePreallocates: true,
   getLength: rawGetLength,
+  lengthNow: rawLengthNow,
   getInfo: rawGetInfo,
   getAllocatedFileSize: rawGetAllocatedFileSize,
   invalidateCache: rawInvalidateCache,
