@@ -60,9 +60,11 @@ describe('tool bundles and their code cache', () => {
     expect(launch(root, 'nbd', ['--version']).verdict).toBe('used');
   });
 
-  it('loads no network module for a local image', () => {
+  it('loads no network module for a local image, nor node:fs/promises', () => {
     // node:http, https, tls and crypto cost ~10 ms of every start: loaded by the first request,
     // connection or listen that needs them. (node:net is not checked: a piped stdout loads it.)
+    // node:fs/promises (with readline and the fs watchers) cost ~5 M instructions: the file
+    // driver uses node:fs's callback API (src/drivers/file/handle.ts).
     writeFileSync(join(root, 'modules.cjs'), "process.on('exit', () => console.error('MODULES', process.moduleLoadList.join('|')));");
     launch(root, 'img', ['create', '-q', '-f', 'qcow2', 'local.qcow2', '1M']);
     const r = launch(root, 'img', ['check', 'local.qcow2'], ['--require', join(root, 'modules.cjs')]);
@@ -70,7 +72,7 @@ describe('tool bundles and their code cache', () => {
     expect(r.verdict).toBe('used');
     const loaded = /MODULES (.*)/.exec(r.stderr)?.[1].split('|') ?? [];
     expect(loaded).toContain('NativeModule fs');
-    for (const m of ['http', 'https', 'tls', 'crypto']) expect(loaded).not.toContain(`NativeModule ${m}`);
+    for (const m of ['http', 'https', 'tls', 'crypto', 'fs/promises']) expect(loaded).not.toContain(`NativeModule ${m}`);
   });
 
   it('loads the network modules on first use from a cached bundle: an NBD server and client', () => {

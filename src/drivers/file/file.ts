@@ -4,13 +4,13 @@
  * preallocation in prealloc.ts, block status in status.ts, the shared state in state.ts.
  */
 import type { Stats } from 'node:fs';
-import { open as fsOpen, type FileHandle } from 'node:fs/promises';
 import type { BlockDriver, CreateOptions, OpenOptions } from '../../block/driver.js';
 import { CoQueue } from '../../block/coroutine.js';
 import { BlockError, ERRNO_MESSAGES, type BlockErrorCode, toBlockError } from '../../block/errors.js';
 import { stripProtocolPrefix } from '../../block/options.js';
 import { storageGetInfo } from '../../block/info.js';
 import type { BlockDriverState } from '../../block/node.js';
+import { type HostFile, openHostFile } from './handle.js';
 import { allocateFirstBlock, filePreallocate, parsePreallocMode } from './prealloc.js';
 import { fileCoFlush, fileCoPreadv, fileCoPwritev, filePreadvNow, filePwritevSubmit, fileSendfileNow } from './rw.js';
 import { ioEngine } from './engine.js';
@@ -35,9 +35,9 @@ function openError(verb: 'open' | 'create', path: string, e: unknown): BlockErro
 
 async function fileOpen(bs: BlockDriverState, options: OpenOptions): Promise<void> {
   const path = fileStripPrefix(bs.filename);
-  let fh: FileHandle;
+  let fh: HostFile;
   try {
-    fh = await fsOpen(path, options.readOnly === true ? 'r' : 'r+');
+    fh = await openHostFile(path, options.readOnly === true ? 'r' : 'r+');
   } catch (e) {
     throw openError('open', path, e);
   }
@@ -98,10 +98,10 @@ async function fileCreate(filename: string, options: CreateOptions): Promise<voi
   if (typeof hint === 'number' && hint > MAX_EXTENT_SIZE_HINT) {
     throw new BlockError('EINVAL', 'Extent size hint is too large', { op: 'create', path });
   }
-  let fh: FileHandle;
+  let fh: HostFile;
   try {
     // 'w' = O_WRONLY|O_CREAT|O_TRUNC: a new file, or an existing one emptied.
-    fh = await fsOpen(path, 'w', 0o644);
+    fh = await openHostFile(path, 'w', 0o644);
   } catch (e) {
     throw openError('create', path, e);
   }

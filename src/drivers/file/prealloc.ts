@@ -2,7 +2,7 @@
  * Preallocation of a grown file (QEMU's PreallocMode on the file protocol) and the first-block
  * write QEMU's file driver does after growing an empty file.
  */
-import type { FileHandle } from 'node:fs/promises';
+import type { HostFile } from './handle.js';
 import { BDRV_SECTOR_SIZE } from '../../block/driver.js';
 import { BlockError, toBlockError } from '../../block/errors.js';
 import { pwritevFull } from './rw.js';
@@ -56,7 +56,7 @@ async function writeZeroRange(fd: number, from: number, to: number): Promise<voi
  * - metadata: refused (the file protocol has no metadata to preallocate).
  * Failures are worded as QEMU's, the errno kept as the cause.
  */
-export async function filePreallocate(fh: FileHandle, current: number, size: number, mode: PreallocMode, op: string, path: string): Promise<void> {
+export async function filePreallocate(fh: HostFile, current: number, size: number, mode: PreallocMode, op: string, path: string): Promise<void> {
   const fail = (msg: string, e: unknown): BlockError => {
     const err = toBlockError(e, { op, offset: size, path });
     return new BlockError(err.code, `${msg}: ${err.errnoMessage}`, { op, offset: size, path, cause: e });

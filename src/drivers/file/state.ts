@@ -2,17 +2,17 @@
  * The per-open state of the `file` protocol driver and the bookkeeping every concern shares:
  * the cached length and the count of requests in flight on the descriptor.
  */
-import type { FileHandle } from 'node:fs/promises';
+import type { HostFile } from './handle.js';
 import type { CoQueue } from '../../block/coroutine.js';
 import { driverState } from '../../block/driver.js';
 import type { BlockDriverState } from '../../block/node.js';
 import type { SeekAddon } from './seek.js';
 
 export interface FileState {
-  fh: FileHandle;
+  fh: HostFile;
   /**
-   * `fh.fd`, read once: FileHandle's getter is a call into the handle on every request of the
-   * hot path. Valid while the handle is open (close waits for `pending` first); -1 after.
+   * `fh.fd`, kept here for the hot path and set to -1 once closed (close waits for `pending`
+   * first), so that a request after close fails on a closed descriptor rather than reusing one.
    */
   fd: number;
   path: string;
