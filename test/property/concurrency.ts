@@ -7,13 +7,14 @@
  * the image clean.
  */
 import fc from 'fast-check';
-import { BlockError, IOVector, type BlockDriverState } from '../../src/index.js';
+import { BlockDriverState, BlockError, IOVector } from '../../src/index.js';
 import { ModelMismatch, expectClean, learnGrown, markTouched, placeFor, spanArb, type Span } from './commands.js';
-import { buildImage, fcParams, freshPrefix, profileOf, type Geometry, type ImageSetup, type PropertyOptions } from './harness.js';
+import { buildImage, fcParams, freshPrefix, hostRawBacking, profileOf, type Geometry, type ImageSetup, type PropertyOptions } from './harness.js';
 import type { FormatProfile } from './profile.js';
 import { QED_PROFILE } from './qed-profile.js';
 import { pattern } from './model.js';
 import { schedRegistry, setIoScheduler } from './sched-protocol.js';
+import { callbackGeometryArb } from './submit-stats.js';
 
 export type ConcOp =
   | { op: 'write'; span: Span; seed: number }
@@ -43,15 +44,18 @@ const concOpArb: fc.Arbitrary<ConcOp> = fc.oneof(
 export interface ConcCase {
   geom: Geometry;
   batches: { ops: ConcOp[]; reopenAfter: boolean }[];
+  /** A raw backing file on the host instead of a sched: store (see hostRawBacking). */
+  hostBacking?: boolean;
 }
 
 export const concCaseArb = (wide = false, profile: FormatProfile = QED_PROFILE): fc.Arbitrary<ConcCase> =>
   fc.record({
-    geom: profile.geometryArb(wide),
+    geom: callbackGeometryArb(profile, wide),
     batches: fc.array(
       fc.record({ ops: fc.array(concOpArb, { minLength: 1, maxLength: 4 }), reopenAfter: fc.boolean() }),
       { minLength: 1, maxLength: wide ? 8 : 4 },
     ),
+    hostBacking: fc.boolean(),
   });
 
 /** Whether the interleavings really happened (a property that never overlaps proves nothing). */
@@ -246,6 +250,15 @@ export async function runConcCase(c: ConcCase, s: fc.Scheduler, profile: FormatP
   const registry = schedRegistry();
   setIoScheduler(null);
   const setup = await buildImage(c.geom, freshPrefix('conc'), { proto: 'sched', registry, profile });
+  let removeHostBacking: (() => void) | null = null;
+  if (c.hostBacking === true) {
+    const tmp = await BlockDriverState.open(setup.top, { format: setup.format, registry, noBacking: true });
+    try {
+      removeHostBacking = await hostRawBacking(setup, tmp);
+    } finally {
+      await tmp.close();
+    }
+  }
   let commands = 0;
   const log: string[] = [];
   let bs = await setup.open();
@@ -272,6 +285,7 @@ export async function runConcCase(c: ConcCase, s: fc.Scheduler, profile: FormatP
   } finally {
     setIoScheduler(null);
     await bs.close().catch(() => undefined);
+    removeHostBacking?.();
     setup.cleanup();
   }
   return commands;

@@ -4,24 +4,27 @@
  * sector, and the image must come back with nothing worse than leaked clusters.
  */
 import fc from 'fast-check';
-import { BlockDriverState, BlockError, VirtualClock, bdrvAmendOptions, type CheckResult } from '../../src/index.js';
+import { BlockDriverState, BlockError, IOVector, VirtualClock, aioToPromise, bdrvAmendOptions, type CheckResult } from '../../src/index.js';
 import { blkdebugState } from '../../src/drivers/blkdebug/index.js';
 import { memStoreGet, memStoreRead } from '../../src/drivers/mem/index.js';
 import { powerlossStoreCreate } from '../../src/drivers/powerloss/index.js';
 import { ModelMismatch, expectClean, placeFor, spanArb, type Span } from './commands.js';
-import { buildImage, fcParams, freshPrefix, profileOf, type Geometry, type ImageSetup, type PropertyOptions } from './harness.js';
+import { buildImage, fcParams, freshPrefix, hostRawBacking, profileOf, type Geometry, type ImageSetup, type PropertyOptions } from './harness.js';
 import { ByteModel, mulberry32, pattern } from './model.js';
 import type { FormatProfile } from './profile.js';
 import { QED_PROFILE } from './qed-profile.js';
 import { compressStats, compressedClusterAt, compressibleData, writeCompressedOrPlain } from './compress-cmds.js';
 import { snapshotCreate, snapshotDelete } from './snapshot-cmds.js';
+import { callbackGeometryArb, powerlossCountingRegistry } from './submit-stats.js';
 
 export interface GuestWrite {
   /**
    * snapshot / unsnapshot: create or delete an internal snapshot (guest bytes unchanged);
-   * compress: one whole cluster written compressed where QEMU's rule allows (see compress-cmds).
+   * compress: one whole cluster written compressed where QEMU's rule allows (see compress-cmds);
+   * aio: a write through the AIO interface, widened to whole sectors (QED starts a rewrite
+   * with a completion callback only from there).
    */
-  kind: 'write' | 'zero' | 'snapshot' | 'unsnapshot' | 'compress';
+  kind: 'write' | 'zero' | 'snapshot' | 'unsnapshot' | 'compress' | 'aio';
   span: Span;
   seed: number;
 }
@@ -33,13 +36,13 @@ export const guestWriteArb: fc.Arbitrary<GuestWrite> = fc.record({
 });
 
 /**
- * Guest writes, and for formats with internal snapshots now and then a snapshot created or
- * deleted; for formats with compressed clusters, compressed writes.
+ * Guest writes, AIO ones among them, and for formats with internal snapshots now and then a
+ * snapshot created or deleted; for formats with compressed clusters, compressed writes.
  */
 export function guestOpArb(profile: FormatProfile): fc.Arbitrary<GuestWrite> {
-  if (!profile.snapshots && profile.compressedWrites !== true) return guestWriteArb;
   return fc.oneof(
     { weight: 8, arbitrary: guestWriteArb },
+    { weight: 3, arbitrary: fc.record({ kind: fc.constant('aio' as const), span: spanArb, seed: fc.nat({ max: 1 << 20 }) }) },
     ...(profile.snapshots
       ? [{ weight: 2, arbitrary: fc.record({ kind: fc.constantFrom<'snapshot' | 'unsnapshot'>('snapshot', 'unsnapshot'), span: spanArb, seed: fc.nat({ max: 1 }) }) }]
       : []),
@@ -59,6 +62,12 @@ export function placeWrite(w: GuestWrite, setup: ImageSetup): { offset: number; 
     return at === null ? { offset: 0, data: new Uint8Array(0) } : { offset: at, data: compressibleData(cs, w.seed, w.seed % 2 === 0) };
   }
   const p = placeFor(setup, w.span);
+  if (w.kind === 'aio') {
+    // Whole sectors, as the AIO interface takes them (the image's size is a multiple of 512).
+    const start = Math.floor(p.offset / 512) * 512;
+    const end = Math.min(setup.model.size, Math.ceil((p.offset + Math.max(p.len, 1)) / 512) * 512);
+    return { offset: start, data: pattern(end - start, w.seed) };
+  }
   return { offset: p.offset, data: w.kind === 'zero' ? new Uint8Array(p.len) : pattern(p.len, w.seed) };
 }
 
@@ -68,6 +77,9 @@ export async function applyWrite(bs: BlockDriverState, w: GuestWrite, offset: nu
   else if (w.kind === 'zero') await bs.writeZeroes(offset, data.length);
   else if (w.kind === 'compress') {
     if (data.length > 0) await writeCompressedOrPlain(bs, offset, data);
+  }
+  else if (w.kind === 'aio') {
+    if (data.length > 0) await aioToPromise((cb) => bs.aioWritev(offset / 512, IOVector.from(data), data.length / 512, cb));
   }
   else await bs.pwrite(offset, data);
 }
@@ -141,6 +153,8 @@ export const faultStats = {
   concurrentGroups: 0,
   amends: 0,
   crashedInAmend: 0,
+  /** Guest flushes issued while a group of power-loss writes was in flight. */
+  flushesDuringWrites: 0,
   /** Power losses that cut an image and its external data file together. */
   dataFileCrashes: 0,
   snapshotOps: 0,
@@ -291,7 +305,7 @@ export async function propBlkdebug(opts: PropertyOptions): Promise<void> {
 export interface PowerLossCase {
   geom: Geometry;
   /** Writes, with a flush after those marked. */
-  ops: { w: GuestWrite; flushAfter: boolean; withNext?: boolean }[];
+  ops: { w: GuestWrite; flushAfter: boolean; withNext?: boolean; flushDuring?: boolean }[];
   /** Protocol requests allowed before the power goes (large = after the last op). */
   crashAfter: number;
   /** Seeds which volatile writes survive. */
@@ -302,12 +316,16 @@ export interface PowerLossCase {
   repairCrash?: number | null;
   /** Amend the image (profile.amendChoices[pick]) after op group `after`: power may go during it. */
   amend?: { after: number; pick: number } | null;
+  /** A raw backing file on the host instead of mem (see hostRawBacking). */
+  hostBacking?: boolean;
+  /** Writes land after a random number of turns instead of the driver's 1..3. */
+  slowWrites?: boolean;
 }
 
 export const powerLossCaseArb = (wide = false, profile: FormatProfile = QED_PROFILE): fc.Arbitrary<PowerLossCase> =>
   fc.record({
-    geom: profile.geometryArb(wide),
-    ops: fc.array(fc.record({ w: guestOpArb(profile), flushAfter: fc.boolean(), withNext: fc.boolean() }), {
+    geom: callbackGeometryArb(profile, wide),
+    ops: fc.array(fc.record({ w: guestOpArb(profile), flushAfter: fc.boolean(), withNext: fc.boolean(), flushDuring: fc.constantFrom(false, false, true) }), {
       minLength: 1,
       maxLength: wide ? 16 : 8,
     }),
@@ -316,6 +334,8 @@ export const powerLossCaseArb = (wide = false, profile: FormatProfile = QED_PROF
     after: fc.array(guestWriteArb, { maxLength: 3 }),
     repairCrash: fc.option(fc.nat({ max: 12 }), { freq: 3 }),
     amend: profile.amendChoices ? fc.option(fc.record({ after: fc.nat({ max: 8 }), pick: fc.nat({ max: 1000 }) }), { freq: 2 }) : fc.constant(null),
+    hostBacking: fc.boolean(),
+    slowWrites: fc.boolean(),
   });
 
 export const powerLossExamples: [PowerLossCase][] = [
@@ -384,12 +404,16 @@ export const qcow2PowerLossExamples: [PowerLossCase][] = [
  * intact; unflushed writes may be there or not (per sector); after the open-time check no
  * corruption remains and nothing but leaks is left; the image takes new writes afterwards.
  */
+/** The drivers of the power-loss runs: callback writes on the powerloss protocol counted. */
+const powerlossRegistry = powerlossCountingRegistry();
+
 export async function runPowerLossCase(c: PowerLossCase, profile: FormatProfile = QED_PROFILE): Promise<number> {
   // The image under test lives on the powerloss protocol; its backing chain on mem (a backing
   // file is read-only, so power loss cannot touch it).
-  const setup = await buildImage(c.geom, freshPrefix('pl'), { profile });
+  const setup = await buildImage(c.geom, freshPrefix('pl'), { profile, registry: powerlossRegistry });
   let commands = 0;
   const plName = `${setup.prefix}-top.${setup.format}`;
+  let removeHostBacking: (() => void) | null = null;
   try {
     // Move the freshly created image onto a powerloss store: created durable, as qemu-img
     // create syncs before it exits.
@@ -414,7 +438,8 @@ export async function runPowerLossCase(c: PowerLossCase, profile: FormatProfile 
         noBacking: true,
         clock: new VirtualClock(),
       });
-      if (setup.backingName !== '') await tmp.changeBackingFile(`mem:${setup.backingName}`, setup.backingFmt);
+      if (c.hostBacking === true) removeHostBacking = await hostRawBacking(setup, tmp);
+      if (setup.backingName !== '' && removeHostBacking === null) await tmp.changeBackingFile(`mem:${setup.backingName}`, setup.backingFmt);
       if (dataName !== null) await bdrvAmendOptions(tmp, { dataFile: `powerloss:${dataName}` });
       await tmp.close();
     }
@@ -428,13 +453,22 @@ export async function runPowerLossCase(c: PowerLossCase, profile: FormatProfile 
     let durable = setup.model.bytes.slice();
     let pending: { offset: number; data: Uint8Array }[] = [];
     store.failAfter(c.crashAfter);
+    // Writes take 1..12 turns to land, drawn from the case: a write may still be in flight
+    // long after a flush issued beside it completed, and writes complete out of order.
+    if (c.slowWrites === true) {
+      const hops = mulberry32(c.crashSeed ^ 0x5bd1e995);
+      store.writeHops = () => 1 + hops(12);
+      if (dataStore) dataStore.writeHops = store.writeHops;
+    }
     // Consecutive ops with `withNext` run concurrently (non-overlapping ones only, so that
-    // the order in which they reach the disk does not matter to the model).
+    // the order in which they reach the disk does not matter to the model); with `flushDuring`
+    // a guest flush is issued while they are in flight.
     let i = 0;
     let amended = false;
     outer: while (i < c.ops.length) {
       const group: { offset: number; data: Uint8Array; w: GuestWrite }[] = [];
       let flushAfter = false;
+      let flushDuring = false;
       do {
         const { w } = c.ops[i];
         // A v2 image has no dirty bit to cover a snapshot operation cut short (see the qcow2
@@ -450,12 +484,24 @@ export async function runPowerLossCase(c: PowerLossCase, profile: FormatProfile 
         const overlaps = group.some((g) => g.offset < offset + data.length && offset < g.offset + g.data.length);
         if (!overlaps) group.push({ offset, data, w });
         flushAfter = c.ops[i].flushAfter;
+        flushDuring ||= c.ops[i].flushDuring === true && !isSnapshotOp(w);
         i++;
         // A snapshot operation drains the node: it runs alone.
       } while (i < c.ops.length && c.ops[i - 1].withNext === true && !isSnapshotOp(c.ops[i - 1].w) && !isSnapshotOp(c.ops[i].w));
       commands += group.length;
-      const results = await Promise.allSettled(group.map((g) => applyWrite(bs, g.w, g.offset, g.data)));
+      // What was acknowledged before the group: all a flush issued beside it must make durable.
+      const beforeGroup = setup.model.bytes.slice();
+      const writes = group.map((g) => applyWrite(bs, g.w, g.offset, g.data));
+      // Issued once the group's writes are in flight: it covers none of them (a write that
+      // has not completed may reach the disk after it), but an L2 entry a write links on
+      // completion must still not reach the disk before that write's data.
+      const flushing = flushDuring ? bs.flush() : null;
+      const results = await Promise.allSettled(flushing === null ? writes : [...writes, flushing]);
       if (group.length > 1) faultStats.concurrentGroups++;
+      if (flushing !== null) {
+        commands++;
+        faultStats.flushesDuringWrites++;
+      }
       let failed = false;
       for (let k = 0; k < group.length; k++) {
         const r = results[k];
@@ -469,9 +515,15 @@ export async function runPowerLossCase(c: PowerLossCase, profile: FormatProfile 
           failed = true;
         }
       }
-      if (failed) {
+      const flushed = results[group.length];
+      if (flushed?.status === 'rejected' && !store.dead) throw flushed.reason instanceof Error ? flushed.reason : new Error('flush failed');
+      if (failed || flushed?.status === 'rejected') {
         faultStats.crashedMidRequest++;
         break;
+      }
+      if (flushed !== undefined) {
+        durable = beforeGroup;
+        pending = group.map((g) => ({ offset: g.offset, data: g.data }));
       }
       if (c.amend && profile.amendChoices && !amended && i >= Math.min(c.amend.after, c.ops.length)) {
         amended = true;
@@ -553,6 +605,7 @@ export async function runPowerLossCase(c: PowerLossCase, profile: FormatProfile 
       await bs.close();
     }
   } finally {
+    removeHostBacking?.();
     setup.cleanup();
   }
   return commands;

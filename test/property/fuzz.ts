@@ -15,6 +15,7 @@ import { faultStats } from './fault-props.js';
 import { snapshotStats } from './snapshot-cmds.js';
 import { snapshotPowerLossStats } from './snapshot-powerloss.js';
 import { gatedRequests } from './sched-protocol.js';
+import { submitStats } from './submit-stats.js';
 import { ALL_PROPERTIES } from './properties.js';
 import { qcow2ProfileStats } from './qcow2-profile.js';
 
@@ -88,7 +89,7 @@ async function main(): Promise<void> {
     }
   }
   console.log(
-    `fault stats: ${JSON.stringify(faultStats)}, concurrency: ${JSON.stringify(concStats)}, corruption: ${JSON.stringify(corruptStats)}, gated I/O: ${gatedRequests}, map: ${JSON.stringify(mapStats)}, snapshots: ${JSON.stringify({ ...snapshotStats, powerloss: snapshotPowerLossStats })}, qcow2 images with extended L2: ${qcow2ProfileStats.extendedL2Images}`,
+    `fault stats: ${JSON.stringify(faultStats)}, concurrency: ${JSON.stringify(concStats)}, corruption: ${JSON.stringify(corruptStats)}, gated I/O: ${gatedRequests}, map: ${JSON.stringify(mapStats)}, snapshots: ${JSON.stringify({ ...snapshotStats, powerloss: snapshotPowerLossStats })}, qcow2 images with extended L2: ${qcow2ProfileStats.extendedL2Images}, callback writes: ${JSON.stringify(submitStats)}`,
   );
   console.log(`fuzz: seed ${seed}, ${total} commands in total, ${failed} propert${failed === 1 ? 'y' : 'ies'} failed`);
   process.exitCode = failed > 0 ? 1 : 0;

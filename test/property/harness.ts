@@ -3,9 +3,12 @@
  * format of a profile (profile.ts; QED unless told) with its backing chain in in-memory stores,
  * together with the byte-array model of what the guest must read.
  */
+import { rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type fc from 'fast-check';
 import { BlockDriverRegistry, BlockDriverState, VirtualClock, bdrvCreate, defaultRegistry, type CreateOptions } from '../../src/index.js';
-import { memStoreDelete, memStoreNames } from '../../src/drivers/mem/index.js';
+import { memStoreDelete, memStoreNames, memStoreRead } from '../../src/drivers/mem/index.js';
 import { powerlossStoreDelete } from '../../src/drivers/powerloss/index.js';
 import { ByteModel, pattern } from './model.js';
 import type { FormatProfile } from './profile.js';
@@ -221,6 +224,22 @@ export async function buildImage(
     open: (o = {}) => BlockDriverState.open(top, { format, registry, readOnly: o.readOnly, clock: new VirtualClock() }),
     cleanup: () => cleanupPrefix(prefix),
   };
+}
+
+/**
+ * Put the run's raw backing file (a mem store) on the host, and make `image` (opened without
+ * its backing file) name it: qcow2 knows a raw file over a host file to hold data without
+ * asking and reads its COW areas from the page cache, so only over one does it start a COW
+ * write with a completion callback (alloc-submit.ts). Returns a function that removes it;
+ * null, with nothing done, when the backing file is not raw.
+ */
+export async function hostRawBacking(setup: ImageSetup, image: BlockDriverState): Promise<(() => void) | null> {
+  if (setup.geom.backing !== 'raw') return null;
+  // Unique across the test runner's worker processes.
+  const path = join(tmpdir(), `blocklayer-${process.pid}-${setup.prefix}-base.raw`);
+  writeFileSync(path, memStoreRead(setup.backingName));
+  await image.changeBackingFile(path, 'raw');
+  return () => rmSync(path, { force: true });
 }
 
 export function cleanupPrefix(prefix: string): void {

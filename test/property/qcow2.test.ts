@@ -16,6 +16,7 @@ import { propMisuse } from './misuse.js';
 import { propBlkverify, propSequential, propSequentialFile } from './properties.js';
 import { QCOW2_PROFILE, qcow2ProfileStats } from './qcow2-profile.js';
 import { snapshotStats } from './snapshot-cmds.js';
+import { submitSnapshot, submitStats } from './submit-stats.js';
 import { propSnapshotPowerLoss, snapshotPowerLossStats } from './snapshot-powerloss.js';
 
 const format = QCOW2_PROFILE;
@@ -62,7 +63,11 @@ describe('qcow2: concurrency and faults', () => {
   it('concurrent batches are per-sector serialisations of their writes', async () => {
     const before = { ...concStats };
     const ext = qcow2ProfileStats.extendedL2Images;
+    const cb = submitSnapshot().sched;
     await propConcurrent({ numRuns: 30, seed, format });
+    // Rewrites and allocating writes started with a callback, completed in the scheduler's order.
+    expect(submitStats.sched.qcow2Rewrite - cb.qcow2Rewrite).toBeGreaterThan(5);
+    expect(submitStats.sched.qcow2Alloc - cb.qcow2Alloc).toBeGreaterThan(0);
     expect(extL2Since(ext)).toBeGreaterThan(2);
     expect(concStats.multiRequestBatches - before.multiRequestBatches).toBeGreaterThan(10);
   });
@@ -77,7 +82,13 @@ describe('qcow2: concurrency and faults', () => {
     const before = { ...faultStats };
     const ext = qcow2ProfileStats.extendedL2Images;
     const compressed = { ...compressStats };
-    await propPowerLoss({ numRuns: 60, seed, format });
+    const cb = submitSnapshot().powerloss;
+    await propPowerLoss({ numRuns: 80, seed, format });
+    // Every callback path ran under power loss: rewrites, allocations of whole clusters, COW
+    // writes over a raw backing file on the host.
+    expect(submitStats.powerloss.qcow2Rewrite - cb.qcow2Rewrite).toBeGreaterThan(5);
+    expect(submitStats.powerloss.qcow2Alloc - cb.qcow2Alloc).toBeGreaterThan(2);
+    expect(submitStats.powerloss.qcow2Cow - cb.qcow2Cow).toBeGreaterThan(0);
     expect(extL2Since(ext)).toBeGreaterThan(3);
     expect(faultStats.crashedMidRequest - before.crashedMidRequest).toBeGreaterThan(2);
     expect(faultStats.pendingAtCrash - before.pendingAtCrash).toBeGreaterThan(6);

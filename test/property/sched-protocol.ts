@@ -6,8 +6,10 @@
  */
 import type fc from 'fast-check';
 import { BlockDriverRegistry, BlockError, defaultRegistry, type BlockDriver } from '../../src/index.js';
+import { toBlockError } from '../../src/block/errors.js';
 import { MemStore, memStoreCreate, memStoreGet, memStripPrefix } from '../../src/drivers/mem/index.js';
 import type { BlockDriverState } from '../../src/index.js';
+import { countSubmit } from './submit-stats.js';
 
 let scheduler: fc.Scheduler | null = null;
 /** Requests gated so far (for reports). */
@@ -59,6 +61,21 @@ export const schedDriver: BlockDriver = {
   async coPwritev(bs, offset, bytes, qiov) {
     await gate(`write ${offset}+${bytes}`);
     store(bs).write(offset, qiov.iov, bytes);
+  },
+  // Started with a callback (the format drivers' fast paths): the write lands, and `done`
+  // runs, only when the scheduler lets it through, so callback writes complete in whatever
+  // order it picks, among themselves and among the promise-based requests.
+  pwritevSubmit(bs, offset, bytes, qiov, flags, done) {
+    if (!(bs.opaque instanceof MemStore) || flags.fua === true || bytes === 0) return false;
+    const s = bs.opaque;
+    countSubmit(bs);
+    gate(`write ${offset}+${bytes} (callback)`)
+      .then(() => s.write(offset, qiov.iov, bytes))
+      .then(
+        () => done(null),
+        (e: unknown) => done(toBlockError(e, { op: 'write', offset })),
+      );
+    return true;
   },
   async coWriteZeroes(bs, offset, bytes) {
     await gate(`zero ${offset}+${bytes}`);

@@ -3,8 +3,10 @@
  * Used by tests (power-loss copies, fuzzing) and where no file system exists (browsers).
  * No node: imports.
  */
+import { scheduleBottomHalf } from '../../block/coroutine.js';
 import {
   type BlockDriver,
+  type BlockDriverHook,
   type BlockStatus,
   type CreateOptions,
   type OpenOptions,
@@ -69,6 +71,19 @@ async function memCoPwritev(
   state(bs).store.write(offset, qiov.iov, bytes);
 }
 
+/**
+ * The pwritevSubmit hook, as the file driver's: the bytes are stored now (as coPwritev stores
+ * them before its promise settles) and `done` runs from a later microtask, never inside this
+ * call, so the callback paths of the format drivers run over mem stores too.
+ */
+const memPwritevSubmit: BlockDriverHook<'pwritevSubmit'> = (bs, offset, bytes, qiov, flags, done) => {
+  const s = bs.opaque as MemState | null;
+  if (s === null || flags.fua === true || bytes === 0) return false;
+  s.store.write(offset, qiov.iov, bytes);
+  scheduleBottomHalf(() => done(null));
+  return true;
+};
+
 async function memCoWriteZeroes(
   bs: BlockDriverState,
   offset: number,
@@ -117,6 +132,7 @@ export const memDriver: BlockDriver = {
   create: memCreate,
   coPreadv: memCoPreadv,
   coPwritev: memCoPwritev,
+  pwritevSubmit: memPwritevSubmit,
   coWriteZeroes: memCoWriteZeroes,
   coDiscard: memCoDiscard,
   coFlush: memCoFlush,

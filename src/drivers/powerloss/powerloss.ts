@@ -6,8 +6,8 @@
  * middle of a workload: from then on every request fails with EIO, as a vanished disk would.
  * No node: imports.
  */
-import type { BlockDriver, CreateOptions, OpenOptions, WriteFlags, WriteZeroesFlags } from '../../block/driver.js';
-import { BlockError, ERRNO_MESSAGES } from '../../block/errors.js';
+import type { BlockDriver, BlockDriverHook, CreateOptions, OpenOptions, WriteFlags, WriteZeroesFlags } from '../../block/driver.js';
+import { BlockError, ERRNO_MESSAGES, toBlockError } from '../../block/errors.js';
 import type { IOVector } from '../../block/iovec.js';
 import type { BlockDriverState } from '../../block/node.js';
 import { POWERLOSS_SECTOR, PowerLossStore, powerlossStoreCreate, powerlossStoreGet, powerlossStripPrefix } from './store.js';
@@ -22,8 +22,18 @@ async function latency(hops: number): Promise<void> {
   for (let i = 0; i < hops; i++) await Promise.resolve();
 }
 
-function writeHops(offset: number): number {
-  return 1 + (Math.floor(offset / POWERLOSS_SECTOR) % 3);
+/** The store's own choice (a test drawing latencies), else 1..3 turns by sector. */
+function writeHops(s: PowerLossStore, offset: number): number {
+  return s.writeHops?.(offset) ?? 1 + (Math.floor(offset / POWERLOSS_SECTOR) % 3);
+}
+
+/**
+ * A write reaches the volatile cache after its turns: a write's data is copied only then (the
+ * caller owns its buffer until the write completes), and a power cut counts it only then.
+ */
+async function landWrite(s: PowerLossStore, offset: number, iov: readonly Uint8Array[], bytes: number, fua: boolean): Promise<void> {
+  await latency(writeHops(s, offset));
+  s.write(offset, iov, bytes, fua);
 }
 
 function store(bs: BlockDriverState): PowerLossStore {
@@ -53,6 +63,24 @@ async function powerlossCreate(filename: string, options: CreateOptions): Promis
   powerlossStoreCreate(filename, new Uint8Array(size));
 }
 
+/**
+ * The pwritevSubmit hook, as the file driver's: the write is started here and `done` runs from
+ * its completion, never inside this call. It lands in the volatile cache after the same turns
+ * as coPwritev's, so a flush issued before it completes may overtake it, and a crash keeps,
+ * tears or drops it like any other unflushed write: the callback paths of the format drivers
+ * (rewrites, allocating and COW writes whose L2 entry is set from the completion) run under
+ * the same power-loss model as their ordinary paths. FUA goes the ordinary way, as there.
+ */
+const powerlossPwritevSubmit: BlockDriverHook<'pwritevSubmit'> = (bs, offset, bytes, qiov, flags, done) => {
+  const s = bs.opaque;
+  if (!(s instanceof PowerLossStore) || flags.fua === true || bytes === 0) return false;
+  landWrite(s, offset, qiov.iov, bytes, false).then(
+    () => done(null),
+    (e: unknown) => done(toBlockError(e, { op: 'write', offset, path: bs.filename })),
+  );
+  return true;
+};
+
 export const powerlossDriver: BlockDriver = {
   formatName: 'powerloss',
   protocolName: 'powerloss',
@@ -74,13 +102,13 @@ export const powerlossDriver: BlockDriver = {
     store(bs).read(offset, qiov.iov, bytes);
   },
   async coPwritev(bs, offset, bytes, qiov: IOVector, flags: WriteFlags) {
-    // The caller may reuse its buffer once we return, not before: copy at landing time.
-    await latency(writeHops(offset));
-    store(bs).write(offset, qiov.iov, bytes, flags.fua === true);
+    await landWrite(store(bs), offset, qiov.iov, bytes, flags.fua === true);
   },
+  pwritevSubmit: powerlossPwritevSubmit,
   async coWriteZeroes(bs, offset, bytes, _flags: WriteZeroesFlags) {
-    await latency(writeHops(offset));
-    store(bs).writeZeroes(offset, bytes);
+    const s = store(bs);
+    await latency(writeHops(s, offset));
+    s.writeZeroes(offset, bytes);
   },
   async coFlush(bs) {
     await latency(1);

@@ -45,6 +45,12 @@ export class PowerLossStore {
    * the same request.
    */
   private power: { opsLeft: number | null; dead: boolean } = { opsLeft: null, dead: false };
+  /**
+   * Turns of the microtask queue before a write or zeroing at `offset` lands (null: the
+   * driver's default). A test that draws them makes writes complete long after a flush that
+   * overtook them, or in another order than issued.
+   */
+  writeHops: ((offset: number) => number) | null = null;
   /** Count of requests served (reads, writes, flushes, ...), for picking crash points. */
   opCount = 0;
   flushCount = 0;
