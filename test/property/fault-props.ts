@@ -397,6 +397,42 @@ export const qcow2PowerLossExamples: [PowerLossCase][] = [
       amend: { after: 0, pick: 0 },
     },
   ],
+  // Fuzz seed 1, case 273: a compressed write, a write over it (a COW to a new cluster that
+  // frees the compressed one) and a write that reuses that freed cluster at once. The L2
+  // entry of the compressed cluster was on disk (the dirty bit set for the second write
+  // flushed the L2 cache first), the update replacing it only cached; the power kept the
+  // reuse's data and not that update, and cluster 0 no longer decompressed.
+  [
+    {
+      geom: { clusterSize: 512, tableSize: 1, size: 1024, backing: 'none', backingSize: 1024, backingClusterSize: 4096, seed: 368171364, formatOptions: { lazyRefcounts: true } },
+      ops: [
+        { w: { kind: 'compress', span: { at: 0, len: 0, place: 'any' }, seed: 0 }, flushAfter: false, withNext: false },
+        { w: { kind: 'write', span: { at: 0, len: 0, place: 'any' }, seed: 0 }, flushAfter: false, withNext: false },
+        { w: { kind: 'write', span: { at: 134217216, len: 0, place: 'any' }, seed: 0 }, flushAfter: false, withNext: false },
+      ],
+      crashAfter: 17,
+      crashSeed: 158696146,
+      after: [],
+      repairCrash: null,
+      amend: null,
+    },
+  ],
+  // The same without lazy refcounts: a guest flush puts the compressed cluster's entry on disk.
+  [
+    {
+      geom: { clusterSize: 512, tableSize: 1, size: 1024, backing: 'none', backingSize: 1024, backingClusterSize: 4096, seed: 368171364, formatOptions: {} },
+      ops: [
+        { w: { kind: 'compress', span: { at: 0, len: 0, place: 'any' }, seed: 0 }, flushAfter: true, withNext: false },
+        { w: { kind: 'write', span: { at: 0, len: 0, place: 'any' }, seed: 0 }, flushAfter: false, withNext: false },
+        { w: { kind: 'write', span: { at: 134217216, len: 0, place: 'any' }, seed: 0 }, flushAfter: false, withNext: false },
+      ],
+      crashAfter: 17,
+      crashSeed: 1,
+      after: [],
+      repairCrash: null,
+      amend: null,
+    },
+  ],
 ];
 
 /**

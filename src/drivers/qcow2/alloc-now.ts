@@ -18,7 +18,7 @@ import { getL2Entry } from './cluster.js';
 import { qcow2HasDataFile } from './data-file.js';
 import { L1E_OFFSET_MASK, QCOW_OFLAG_COPIED, REFT_OFFSET_MASK } from './entries.js';
 import { qcow2FirstAllocation } from './inflight.js';
-import { forgetPackingIn } from './refcount.js';
+import { forgetPackingIn, qcow2FreedSinceL2Flush } from './reuse.js';
 import { type Qcow2L2Meta, calculateL2Meta } from './subcluster.js';
 import { setLinkedEntries } from './alloc.js';
 import {
@@ -68,6 +68,8 @@ function allocClustersNow(s: BDRVQcow2State, n: number): number | null {
   }
   if ((idx - 1) * s.clusterSize > Number.MAX_SAFE_INTEGER) return null;
   const first = idx - n;
+  // Reusing a cluster freed since the L2 cache was flushed needs that flush first (reuse.ts).
+  if (qcow2FreedSinceL2Flush(s, first, n)) return null;
   for (let i = first; i < idx; i++) {
     // Found cached just above, and nothing ran since.
     const entry = s.refcountCache.lookupEntry(Number(s.refcountTable[Math.floor(i / per)] & REFT_OFFSET_MASK))!;

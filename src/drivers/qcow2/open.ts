@@ -150,6 +150,7 @@ export async function qcow2DoOpen(bs: BlockDriverState, options: OpenOptions): P
     ),
     freeClusterIndex: 0,
     freeByteOffset: 0,
+    freedSinceL2Flush: null,
     compressedTurn: Promise.resolve(),
     compressed: compressedGeometry(header.clusterBits),
     codec: qcow2Codec(),

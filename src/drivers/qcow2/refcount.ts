@@ -16,6 +16,7 @@ import { REFT_OFFSET_MASK, clusterType, decodeCompressed, L2E_OFFSET_MASK } from
 import { printfHex, qcow2OverlapIndexChanged, qcow2SignalCorruption, qcow2PreWriteOverlapCheck, QCOW2_OL_REFCOUNT_TABLE } from './corrupt.js';
 import { qcow2RefcountArea } from './reftable.js';
 import { qcow2FreeDataCluster, qcow2HasDataFile } from './data-file.js';
+import { forgetPackingIn, qcow2NoteFreed, qcow2FlushL2ForReuse, qcow2SyncBeforeReuse } from './reuse.js';
 import { type BDRVQcow2State, qcow2File, qcow2Trace, startOfCluster, sizeToClusters, offsetIntoCluster } from './state.js';
 
 /** QEMU's qcow2_discard_type: which frees punch holes in the file. */
@@ -81,7 +82,7 @@ async function allocRefcountBlock(s: BDRVQcow2State, clusterIndex: number) {
 
   // The reftable is about to change, and L2 tables written later may point at clusters whose
   // counts live in the new block: write the L2 tables now.
-  await s.l2Cache.flush();
+  await qcow2FlushL2ForReuse(s);
   const newBlock = await allocClustersNoref(s, s.clusterSize);
   let block;
   if (inSameRefcountBlock(s, newBlock, clusterIndex * s.clusterSize)) {
@@ -174,7 +175,10 @@ export async function updateRefcount(
       refcount = decrease ? refcount - addend : refcount + addend;
       if (refcount === 0 && clusterIndex < s.freeClusterIndex) s.freeClusterIndex = clusterIndex;
       s.setRefcount(block.data, idx, refcount);
-      if (refcount === 0) freed.push(clusterOffset);
+      if (refcount === 0) {
+        freed.push(clusterOffset);
+        qcow2NoteFreed(s, clusterIndex);
+      }
     }
   } catch (e) {
     if (block) s.refcountCache.put(block);
@@ -234,18 +238,6 @@ function cachedRefcount(s: BDRVQcow2State, clusterIndex: number): number | undef
 }
 
 /**
- * Clusters [offset, offset+bytes) are handed out whole: if compressed clusters were being
- * packed into one of them (it was freed since: the last compressed cluster in it was
- * rewritten or discarded), the next compressed cluster must not be packed after them, or
- * its bytes would land on the new owner's data. QEMU keeps packing into a freed cluster as
- * long as nobody took it; so do we.
- */
-export function forgetPackingIn(s: BDRVQcow2State, offset: number, bytes: number): void {
-  const packing = startOfCluster(s, s.freeByteOffset);
-  if (s.freeByteOffset !== 0 && packing >= offset && packing < offset + bytes) s.freeByteOffset = 0;
-}
-
-/**
  * First fit from the cursor for `size` bytes of clusters; counts nothing (QEMU's
  * alloc_clusters_noref). Every probed cluster moves the cursor; a used one restarts the run.
  */
@@ -268,6 +260,7 @@ async function allocClustersNoref(s: BDRVQcow2State, size: number): Promise<numb
   }
   const found = (s.freeClusterIndex - n) * s.clusterSize;
   forgetPackingIn(s, found, n * s.clusterSize);
+  await qcow2SyncBeforeReuse(s, s.freeClusterIndex - n, n);
   return found;
 }
 
@@ -310,6 +303,7 @@ export async function qcow2AllocClustersAt(s: BDRVQcow2State, offset: number, n:
     let i = 0;
     for (; i < n; i++) if ((await qcow2GetRefcount(s, offset / s.clusterSize + i)) !== 0) break;
     forgetPackingIn(s, offset, i * s.clusterSize);
+    await qcow2SyncBeforeReuse(s, offset / s.clusterSize, i);
     await updateRefcount(s, offset, i * s.clusterSize, 1, false, 'never');
     return i;
   });

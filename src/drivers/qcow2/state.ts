@@ -49,6 +49,12 @@ export interface BDRVQcow2State {
   freeClusterIndex: number;
   /** Where the next compressed cluster is packed; 0 = start a new host cluster. */
   freeByteOffset: number;
+  /**
+   * Cluster indices [first, last] spanning every cluster whose count dropped to 0 since the
+   * allocator last flushed the L2 cache (null: none): an L2 entry on disk may still point at
+   * them (reuse.ts).
+   */
+  freedSinceL2Flush: { first: number; last: number } | null;
   /** Settles when the last compressed write queued has taken its place in the file (io.ts). */
   compressedTurn: Promise<void>;
   compressed: CompressedGeometry;
