@@ -10,7 +10,9 @@
  *   ones that wait for an asynchronous length); drain() and close() wait for them, the node
  *   counts the rest itself.
  *
- * Permissions and the register of each node's users live in backend-perm.ts.
+ * Permissions and the register of each node's users live in backend-perm.ts; the root, attach,
+ * detach and the checks every request passes in backend-root.ts (BlockBackendRoot, which
+ * BlockBackend extends).
  *
  * Order of a request: argument and permission checks, then the bounds check against the
  * length (synchronously when the node knows it), then the node's request. Nothing reaches the
@@ -18,21 +20,12 @@
  * used by a backend (setParent('backend')): it may grow, as a format's file does, and the
  * bounds are the backend's; a protocol or filter root still counts its length in whole sectors.
  */
-import {
-  type BlockBackendOptions,
-  type BlockPerm,
-  type PermName,
-  type PermUser,
-  PERM_NAMES,
-  checkShared,
-  usersOf,
-  validRange,
-} from './backend-perm.js';
+import { type BlockPerm, PERM_NAMES, checkShared, usersOf, validRange } from './backend-perm.js';
+import { BlockBackendRoot } from './backend-root.js';
 
 export type { BlockBackendOptions, BlockPerm } from './backend-perm.js';
 
 import { BlockAIOCB, genericAioPool, type CompletionFunc } from './aio.js';
-import { CoQueue } from './coroutine.js';
 import {
   BDRV_SECTOR_SIZE,
   type BlockStatus,
@@ -44,28 +37,11 @@ import {
 } from './driver.js';
 import { BlockError, toBlockError } from './errors.js';
 import { IOVector } from './iovec.js';
-import { BlockDriverState, type NodeParent, type ReopenOptions } from './node.js';
+import { BlockDriverState, type ReopenOptions } from './node.js';
 import { bdrvOpenOptions } from './open-options.js';
 import type { FlatQDict, QDictInput } from './qdict.js';
 
-export class BlockBackend {
-  private rootNode: BlockDriverState | null = null;
-  /** The root's parent before attach(), restored by detach(). */
-  private rootParent: NodeParent = 'none';
-  /** Opened by BlockBackend.open: close() closes it. A node given to attach() is the caller's. */
-  private ownsRoot = false;
-  private readonly perm: Required<BlockPerm>;
-  private readonly sharedPerm: Required<BlockPerm>;
-  private inFlight = 0;
-  private readonly drained = new CoQueue();
-  private closing: Promise<void> | null = null;
-
-  /** blk_new: an empty backend; attach() gives it a root. */
-  constructor(options: BlockBackendOptions = {}) {
-    this.perm = { write: options.perm?.write ?? false, resize: options.perm?.resize ?? false };
-    this.sharedPerm = { write: options.sharedPerm?.write ?? true, resize: options.sharedPerm?.resize ?? true };
-  }
-
+export class BlockBackend extends BlockBackendRoot {
   /**
    * blk_new_open: open `filename` (protocol, format, backing chain) and attach it. Without
    * `perm`, a read-write open takes write and resize (qemu-io's truncate), a read-only one none.
@@ -92,135 +68,6 @@ export class BlockBackend {
     }
     blk.ownsRoot = true;
     return blk;
-  }
-
-  /** blk_bs: the root node, null when none is attached. */
-  get root(): BlockDriverState | null {
-    return this.rootNode;
-  }
-
-  /** No write permission, or a read-only root (blk_is_read_only). */
-  get readOnly(): boolean {
-    return !this.perm.write || (this.rootNode?.readOnly ?? true);
-  }
-
-  /** This backend's permissions (a copy). */
-  get permissions(): Required<BlockPerm> {
-    return { ...this.perm };
-  }
-
-  /** What this backend lets other users of its root do (a copy). */
-  get sharedPermissions(): Required<BlockPerm> {
-    return { ...this.sharedPerm };
-  }
-
-  /**
-   * blk_insert_bs: make `bs` the root. Refused when a root is attached, when the node is
-   * read-only and write is wanted, or when another backend on the node does not share a
-   * permission this one takes (or takes one this one does not share).
-   */
-  attach(bs: BlockDriverState): void {
-    if (this.closing) throw this.closed('attach');
-    if (this.rootNode) {
-      throw new BlockError('EBUSY', `The block backend already has a root node ('${this.rootNode.filename}')`, { op: 'attach' });
-    }
-    if (!bs.isOpen) throw new BlockError('EBADF', `Node '${bs.filename}' is closed`, { op: 'attach', path: bs.filename });
-    if (this.perm.write && bs.readOnly) {
-      throw new BlockError('EPERM', 'Block node is read-only', { op: 'attach', path: bs.filename });
-    }
-    const users = usersOf.get(bs) ?? new Set<PermUser>();
-    for (const other of users) checkShared(this.perm, this.sharedPerm, other, bs);
-    users.add(this);
-    usersOf.set(bs, users);
-    this.rootParent = bs.setParent('backend');
-    this.rootNode = bs;
-    this.ownsRoot = false;
-  }
-
-  /** blk_remove_bs: detach the root and hand it back (still open); null when none. */
-  detach(): BlockDriverState | null {
-    const bs = this.rootNode;
-    if (!bs) return null;
-    usersOf.get(bs)?.delete(this);
-    bs.setParent(this.rootParent);
-    this.rootNode = null;
-    this.ownsRoot = false;
-    return bs;
-  }
-
-  // ---------------------------------------------------------------------------------------
-  // Checks (blk_check_byte_request and the permission asserts of blk_co_pwritev)
-
-  private closed(op: string): BlockError {
-    return new BlockError('EBADF', `${op}: the block backend is closed`, { op });
-  }
-
-  private requireRoot(op: string): BlockDriverState {
-    if (this.closing) throw this.closed(op);
-    const bs = this.rootNode;
-    if (!bs) throw new BlockError('ENOMEDIUM', 'No medium inserted', { op });
-    return bs;
-  }
-
-  private requirePerm(op: string, p: PermName, bs: BlockDriverState): void {
-    if (!this.perm[p]) {
-      throw new BlockError('EPERM', `${op}: the block backend was not given the '${p}' permission`, { op, path: bs.filename });
-    }
-  }
-
-  private outOfBounds(op: string, bs: BlockDriverState, offset: number, bytes: number, len: number): BlockError {
-    return new BlockError('EIO', `${op}: request ${offset}+${bytes} is past the end of the image (${len} bytes)`, {
-      op,
-      offset,
-      path: bs.filename,
-    });
-  }
-
-  /**
-   * Check a request and hand it to the node. When the node knows its length now, the node's
-   * request starts inside this call (it counts itself in flight from there); otherwise the
-   * request counts here while the length is awaited.
-   */
-  private request<T>(
-    op: string,
-    offset: number,
-    bytes: number,
-    perm: PermName | null,
-    run: (bs: BlockDriverState) => Promise<T>,
-  ): Promise<T> {
-    let bs: BlockDriverState;
-    let len: number | null;
-    try {
-      bs = this.requireRoot(op);
-      if (!validRange(offset, bytes)) {
-        throw new BlockError('EINVAL', `${op}: invalid request offset ${offset} length ${bytes}`, { op, path: bs.filename });
-      }
-      if (perm !== null) this.requirePerm(op, perm, bs);
-      len = bs.knownLength();
-      if (len !== null && (offset > len || len - offset < bytes)) throw this.outOfBounds(op, bs, offset, bytes, len);
-    } catch (e) {
-      return Promise.reject(toBlockError(e, { op }));
-    }
-    if (len !== null) return run(bs);
-    return this.slowRequest(op, bs, offset, bytes, run);
-  }
-
-  private async slowRequest<T>(
-    op: string,
-    bs: BlockDriverState,
-    offset: number,
-    bytes: number,
-    run: (bs: BlockDriverState) => Promise<T>,
-  ): Promise<T> {
-    this.inFlight++;
-    try {
-      const len = await bs.getLength();
-      if (offset > len || len - offset < bytes) throw this.outOfBounds(op, bs, offset, bytes, len);
-      return await run(bs);
-    } finally {
-      this.inFlight--;
-      if (this.inFlight === 0) this.drained.restartAll();
-    }
   }
 
   // ---------------------------------------------------------------------------------------

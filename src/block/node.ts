@@ -16,19 +16,13 @@
  *   debug-event.ts   announcing blkdebug events
  *   info.ts          info, check, backing file change, cache invalidation, make empty
  *
- * State here: the node's identity and children (set at open, changed only by
- * changeBackingFile and reopen), `requests` (io/requests.ts), the write generations
- * (io/flush.ts), and who uses the node (`parent`: a parent node, a BlockBackend, or the caller
- * of `open` itself, which decides whether it grows and how it counts its length; io/length.ts
- * says why a bare node needs the last).
+ * The node's fields, who uses it and its length are NodeState's (node-state.ts), which this
+ * class extends: what a node is there, what it does here.
  */
 import { BlockAIOCB, type CompletionFunc } from './aio.js';
-import { realClock, type Clock } from './clock.js';
-import type { BdrvDirtyBitmap } from './dirty-bitmap.js';
 import { bdrvDebugEvent, bdrvDebugWatched } from './debug-event.js';
 import { bdrvDebugBreakpoint, bdrvDebugIsSuspended, bdrvDebugRemoveBreakpoint, bdrvDebugResume } from './debug.js';
 import {
-  type BlockDriver,
   type BlockDriverInfo,
   type BlockStatus,
   type CheckFix,
@@ -39,12 +33,12 @@ import {
   type WriteZeroesFlags,
 } from './driver.js';
 import { BlockError } from './errors.js';
-import { BlockEventEmitter, type BlkDebugEvent } from './events.js';
+import type { BlkDebugEvent } from './events.js';
 import { aioFlush, aioRw } from './io/aio.js';
 import { bdrvFlush, bdrvTruncate, driverLength } from './io/flush.js';
 import { bdrvPreadv, preadvNow, sendfileNow } from './io/read.js';
-import { driverLengthNow, nodeGrowable, userLengthOf, type NodeParent } from './io/length.js';
-import { RequestTracker, driverRequestAlignment, inflight } from './io/requests.js';
+import { driverLengthNow, userLengthOf } from './io/length.js';
+import { inflight } from './io/requests.js';
 import { NO_FLAGS, bdrvDiscard, bdrvPwritev, bdrvWriteZeroes } from './io/write.js';
 import { bdrvPwritevSubmit } from './io/write-submit.js';
 import { bdrvPwritevCompressed, bdrvSupportsCompressedWrites } from './io/compressed.js';
@@ -55,107 +49,14 @@ import { bdrvOpenChain, driverOpen } from './open.js';
 import { bdrvOpenOptions } from './open-options.js';
 import type { QDictInput } from './qdict.js';
 import { bdrvChangeBackingFile, bdrvCheck, bdrvGetAllocatedFileSize, bdrvGetInfo, bdrvInvalidateCache, bdrvMakeEmpty, nodeSummary } from './info.js';
-import { BlockDriverRegistry, driverIO, getDefaultRegistry } from './registry.js';
+import { NodeState } from './node-state.js';
 import { bdrvBlockStatus, bdrvBlockStatusAbove, bdrvBlockStatusNow, bdrvIsAllocated, bdrvIsAllocatedAbove, type Allocation } from './status.js';
 
 export { MAX_BACKING_DEPTH } from './open.js';
 export type { ReopenOptions } from './lifecycle.js';
 export type { NodeParent } from './io/length.js';
 
-export class BlockDriverState {
-  readonly driver: BlockDriver;
-  /** The name the node was opened with (full filename, filter prefixes included). */
-  filename: string;
-  /**
-   * The canonical name a driver gives its node once open (bdrv_refresh_filename's
-   * exact_filename), e.g. nbd's `nbd+unix://?socket=P`; null keeps `filename`.
-   */
-  exactFilename: string | null = null;
-  /** Driver state. */
-  opaque: unknown = null;
-  /** Protocol child of a format node (or the image child of a filter). */
-  file: BlockDriverState | null = null;
-  /** The opened backing node (read-only). */
-  backing: BlockDriverState | null = null;
-  /**
-   * A format's external data child (QEMU's `data-file` child, role DATA): guest data lives
-   * there, metadata in `file`. The driver opens it (bdrvOpenChild); drain, reopen and close
-   * treat it like `file`.
-   */
-  dataFile: BlockDriverState | null = null;
-  /** Backing file name as recorded in the image, '' if none. */
-  backingFile = '';
-  /** Backing format recorded in the image, '' if none. */
-  backingFormat = '';
-  /** backingFile resolved against the image's directory. */
-  fullBackingFilename = '';
-  readOnly: boolean;
-  readonly openOptions: OpenOptions;
-  readonly clock: Clock;
-  readonly events = new BlockEventEmitter();
-  /**
-   * Alignment the generic layer pads requests to. Set from the driver at construction; a
-   * protocol driver whose limit comes from the other end may raise it in its open hook (an NBD
-   * server's minimum block size), as QEMU's refresh_limits sets bl.request_alignment.
-   */
-  requestAlignment: number;
-  readonly depth: number;
-  readonly registry: BlockDriverRegistry;
-
-  // State of the generic layer (src/block only; drivers do not touch it).
-  /** In-flight count and tracked requests (io/requests.ts). */
-  readonly requests = new RequestTracker();
-  /** The driver's hooks, bound once per node (a `.bind` per request is garbage). */
-  readonly io: ReturnType<typeof driverIO>;
-  /**
-   * Writes that ended on this node (QEMU's write_gen) and the count the last successful flush
-   * saw (flushed_gen): a flush announces flush_to_disk only if they differ (io/flush.ts).
-   */
-  writeGen = 0;
-  flushedGen = 0;
-  /** Flushes of this node now at their flush_to_disk step (see flushToDiskDue). */
-  flushingToDisk = 0;
-  /** Dirty bitmaps over this node (dirty-bitmap.ts); a format may load and store them. */
-  dirtyBitmaps: BdrvDirtyBitmap[] = [];
-
-  private readonly getLengthHook: ((bs: BlockDriverState) => number | Promise<number>) | null;
-  private closing: Promise<void> | null = null;
-  private opened = false;
-  private parent: NodeParent;
-
-  /**
-   * A bare node; `open` is the normal way to get one. Drivers that build nodes by hand call
-   * `driverOpen` afterwards.
-   */
-  constructor(driver: BlockDriver, filename: string, options: OpenOptions = {}) {
-    this.driver = driver;
-    this.filename = filename;
-    this.openOptions = options;
-    this.readOnly = options.readOnly ?? false;
-    this.clock = options.clock ?? realClock;
-    this.depth = options.depth ?? 0;
-    this.registry = options.registry ?? getDefaultRegistry();
-    this.parent = options.child === true ? 'node' : 'none';
-    this.requestAlignment = driverRequestAlignment(driver);
-    this.io = driverIO(driver);
-    this.getLengthHook = driver.getLength?.bind(driver) ?? null;
-  }
-
-  /**
-   * The name QEMU shows for the node (bs->filename after bdrv_refresh_filename): the driver's
-   * canonical name, else, for a node named after its file, the file's shown name.
-   */
-  get displayName(): string {
-    if (this.exactFilename !== null) return this.exactFilename;
-    if (this.file !== null && this.file.filename === this.filename) return this.file.displayName;
-    return this.filename;
-  }
-
-  /** True from a successful open until close() begins. */
-  get isOpen(): boolean {
-    return this.opened && this.closing === null;
-  }
-
+export class BlockDriverState extends NodeState {
   /**
    * Open an image: the protocol (or filter) node for `filename`, then the format node over it
    * (given or probed), then, unless noBacking, its backing chain read-only (open.ts).
@@ -173,23 +74,9 @@ export class BlockDriverState {
     this.opened = true;
   }
 
+
   // ---------------------------------------------------------------------------------------
-  // Who uses the node, and its length
-
-  /** Does a write past the end grow the node (a protocol or filter with a user; io/length.ts)? */
-  get growable(): boolean {
-    return nodeGrowable(this.driver, this.parent);
-  }
-
-  /**
-   * Set who uses the node (a BlockBackend attaching it as its root sets 'backend': the
-   * backend bounds requests, the node may grow). Returns the previous value, for detach.
-   */
-  setParent(parent: NodeParent): NodeParent {
-    const prev = this.parent;
-    this.parent = parent;
-    return prev;
-  }
+  // Its length (io/length.ts: who uses the node decides)
 
   /** The length requests are bounded by and padded against (no open check, not in flight). */
   async userLength(): Promise<number> {
@@ -216,11 +103,6 @@ export class BlockDriverState {
   lengthNow(): number | null {
     const drv = this.driver;
     return drv.lengthNow !== undefined ? drv.lengthNow(this) : driverLengthNow(this, this.getLengthHook);
-  }
-
-  /** Copy-on-read applies to this node's reads (qemu-io -C on a writable node). */
-  get copyOnReadActive(): boolean {
-    return this.openOptions.copyOnRead === true && !this.readOnly;
   }
 
   // ---------------------------------------------------------------------------------------

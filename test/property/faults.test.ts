@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { faultStats, propBlkdebug, propPowerLoss } from './fault-props.js';
+import { faultStats, propBlkdebug } from './fault-props.js';
+import { propPowerLoss } from './powerloss-props.js';
 import { submitStats } from './submit-stats.js';
 
 describe('fault injection (QED over mem)', () => {

@@ -8,7 +8,7 @@
  * header-update.ts now orders a rewrite so that every cut leaves a header that opens.
  */
 import { it } from 'vitest';
-import { propPowerLoss } from '../property/fault-props.js';
+import { propPowerLoss } from '../property/powerloss-props.js';
 import { QCOW2_PROFILE } from '../property/qcow2-profile.js';
 
 it('a power cut inside an amend upgrade leaves a header that opens', async () => {

@@ -9,7 +9,7 @@
  * the image's version after the amend. The case fails alone, without the run before it.
  */
 import { it } from 'vitest';
-import { propPowerLoss, runPowerLossCase, type PowerLossCase } from '../property/fault-props.js';
+import { propPowerLoss, runPowerLossCase, type PowerLossCase } from '../property/powerloss-props.js';
 import { QCOW2_PROFILE, QCOW2_PROFILE_NO_EXTL2 } from '../property/qcow2-profile.js';
 
 const downgradedThenSnapshot: PowerLossCase = {

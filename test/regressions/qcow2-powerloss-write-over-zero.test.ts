@@ -9,7 +9,7 @@
  * handleAllocSpace skips them (the same cause as qcow2-failed-write-over-zero).
  */
 import { it } from 'vitest';
-import { propPowerLoss } from '../property/fault-props.js';
+import { propPowerLoss } from '../property/powerloss-props.js';
 import { QCOW2_PROFILE } from '../property/qcow2-profile.js';
 
 const counterexample = {
