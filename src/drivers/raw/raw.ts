@@ -179,7 +179,9 @@ const rawCoPwritev: BlockDriverHook<'coPwritev'> = (bs, offset, bytes, qiov, fla
 const rawPwritevSubmit: BlockDriverHook<'pwritevSubmit'> = (bs, offset, _bytes, qiov, flags, done) => {
   const f = bs.file;
   const s = bs.opaque as RawState | null;
-  if (f === null || s === null || f.debugWatched || (offset < RAW_PROBE_GUARD_BYTES && s.probed)) return false;
+  // A watched file is not asked here: its own gate (fastPathOk) refuses, and the slow path
+  // announces the event.
+  if (f === null || s === null || (offset < RAW_PROBE_GUARD_BYTES && s.probed)) return false;
   return f.pwritevSubmit(offset, qiov, done, flags);
 };
 
