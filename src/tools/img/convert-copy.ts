@@ -196,7 +196,7 @@ async function convertWrite(
   status: Status,
   compressed: boolean,
   joinData: boolean,
-  last: WriteFlags,
+  last?: WriteFlags,
 ): Promise<void> {
   const chunkSector = sectorNum;
   // Data not written yet: sectors [dataFirst, dataFirst + dataLen) of buf.
@@ -289,7 +289,6 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
   // They are page-aligned (qemu_blockalign): the kernel copies into and out of them faster.
   const freeBufs: Uint8Array[] = [];
   const EMPTY = new Uint8Array(0);
-  const NO_FLAGS: WriteFlags = {};
   const nextRun = async (at: number): Promise<{ n: number; status: Status }> => {
     const n = await iterationSectors(env, s, at);
     return { n: !s.minSparse && s.status === 'zero' ? Math.min(n, s.bufSectors) : n, status: s.status };
@@ -371,7 +370,7 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
           try {
             // The chunk's last write started only after all its others completed, and after
             // the chunks before had allocated (awaited just above): its signal is the chunk's.
-            const written = convertWrite(s, start, parts, buf, status, compressed, joinData, ordered ? { onAllocated: myAllocated } : NO_FLAGS);
+            const written = convertWrite(s, start, parts, buf, status, compressed, joinData, ordered ? { onAllocated: myAllocated } : undefined);
             // The compressed write is issued (the call reached the driver's queue in order).
             if (compressed) myTurn();
             await written;
