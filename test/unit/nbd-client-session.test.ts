@@ -9,6 +9,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { BlockBackend, BlockDriverState, isBlockError } from '../../src/index.js';
 import * as p from '../../src/nbd/protocol.js';
 import { NbdServer, type NbdExportOptions } from '../../src/nbd/index.js';
+import { READ_BYTES_IN_FLIGHT } from '../../src/drivers/nbd/session.js';
 import { makeMem } from './block-helpers.js';
 
 const MiB = 1024 * 1024;
@@ -156,7 +157,7 @@ describe('nbd client against NbdServer', () => {
  * A peer that negotiates correctly (fixed newstyle, structured replies, base:allocation, GO)
  * and then answers the first request with `reply`: the client's defences are what is tested.
  */
-async function brokenPeer(reply: (cookie: bigint, sock: Socket) => void, noGo = false): Promise<string> {
+async function brokenPeer(reply: (cookie: bigint, sock: Socket, r: p.NbdRequest) => void, noGo = false, size = MiB): Promise<string> {
   const dir = mkdtempSync(join(tmpdir(), 'nbdc-peer-'));
   const path = join(dir, 'p.sock');
   const srv: Server = createServer((sock) => {
@@ -190,7 +191,7 @@ async function brokenPeer(reply: (cookie: bigint, sock: Socket) => void, noGo = 
             continue;
           }
           if (h.option === p.NBD_OPT_GO) {
-            sock.write(p.encodeOptionReply(h.option, p.NBD_REP_INFO, p.encodeInfoExport(MiB, p.NBD_FLAG_HAS_FLAGS | p.NBD_FLAG_SEND_FLUSH)));
+            sock.write(p.encodeOptionReply(h.option, p.NBD_REP_INFO, p.encodeInfoExport(size, p.NBD_FLAG_HAS_FLAGS | p.NBD_FLAG_SEND_FLUSH)));
             stage = 2;
           }
           sock.write(p.encodeOptionReply(h.option, p.NBD_REP_ACK));
@@ -198,7 +199,7 @@ async function brokenPeer(reply: (cookie: bigint, sock: Socket) => void, noGo = 
           if (buf.length < 28) return;
           const r = p.decodeRequest(buf.subarray(0, 28));
           buf = buf.subarray(28 + (r.type === p.NBD_CMD_WRITE ? r.length : 0));
-          reply(r.cookie, sock);
+          reply(r.cookie, sock, r);
         }
       }
     });
@@ -243,6 +244,46 @@ describe('nbd client against a peer that breaks the protocol', () => {
     await bs.close();
     const missing = await failure(BlockDriverState.open(uri.replace(':///?', ':///other?'), { format: 'nbd' }));
     expect(missing.message).toBe("No export with name 'other' available");
+  });
+
+  it('keeps at most READ_BYTES_IN_FLIGHT of READ data asked for, block status aside', async () => {
+    // The peer holds every READ until the test answers it, and answers block status at once.
+    const held: { cookie: bigint; offset: bigint; length: number }[] = [];
+    let most = 0;
+    let peer: Socket | null = null;
+    const uri = await brokenPeer(
+      (cookie, sock, r) => {
+        peer = sock;
+        if (r.type === p.NBD_CMD_BLOCK_STATUS) {
+          sock.write(p.chunkBytes(p.encodeBlockStatusChunk(cookie, 0, [{ length: r.length, flags: 0 }], true)));
+          return;
+        }
+        held.push({ cookie, offset: r.offset, length: r.length });
+        most = Math.max(most, held.reduce((n, h) => n + h.length, 0));
+      },
+      false,
+      16 * MiB,
+    );
+    const bs = await BlockDriverState.open(uri, { format: 'nbd' });
+    // Six READs of 1.5 MiB at once: two fit in 4 MiB, the third would not.
+    const len = 3 * (MiB / 2);
+    let done = 0;
+    const reads = Array.from({ length: 6 }, (_, i) =>
+      bs.pread(i * len, new Uint8Array(len)).then(() => {
+        done++;
+      }),
+    );
+    // Block status is not held back by the READs waiting.
+    expect((await bs.blockStatus(0, MiB)).data).toBe(true);
+    expect(held.length).toBe(2);
+    while (done < 6) {
+      for (const h of held.splice(0)) peer!.write(p.chunkBytes(p.encodeOffsetDataChunk(h.cookie, h.offset, new Uint8Array(h.length), true)));
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+    await Promise.all(reads);
+    expect(most).toBe(2 * len);
+    expect(most).toBeLessThanOrEqual(READ_BYTES_IN_FLIGHT);
+    await bs.close();
   });
 
   it('maps an error chunk to its errno and keeps the connection', async () => {
