@@ -1,4 +1,7 @@
 import { describe, expect, it } from 'vitest';
+import { refcountGetter } from '../../src/drivers/qcow2/refcount-codec.js';
+import { RefcountReader } from '../../src/drivers/qcow2/refcount-now.js';
+import type { BDRVQcow2State } from '../../src/drivers/qcow2/state.js';
 import { decodeTable, encodeTable } from '../../src/drivers/qcow2/table-switch.js';
 
 /** A sparse table: entries whose high, low or both words are set, the rest 0. */
@@ -27,5 +30,49 @@ describe('qcow2 tables in their on-disk form', () => {
     expect(padded.length).toBe(16);
     expect([...padded.subarray(0, 10)]).toEqual([...t.subarray(0, 10)]);
     expect([...padded.subarray(10)]).toEqual(new Array<bigint>(6).fill(0n));
+  });
+});
+
+describe('RefcountReader.countNonZero', () => {
+  /** A state of two refcount blocks of `entries` refcounts of 2^order bits, the second absent. */
+  function state(order: number, counts: number[]): BDRVQcow2State {
+    const cs = 512;
+    const entries = (cs * 8) / 2 ** order;
+    const block = new Uint8Array(cs);
+    const set = (i: number, v: number): void => {
+      const bits = 2 ** order;
+      if (bits >= 8) for (let b = 0; b < bits / 8; b++) block[(i * bits) / 8 + b] = (v / 2 ** (bits - 8 - 8 * b)) & 0xff;
+      else block[Math.floor((i * bits) / 8)] |= v << ((i * bits) % 8);
+    };
+    counts.forEach((v, i) => set(i, v));
+    const cache = new Map([[cs * 3, block]]);
+    return {
+      clusterSize: cs,
+      refcountOrder: order,
+      refcountBlockEntries: entries,
+      refcountTable: new BigUint64Array([BigInt(cs * 3), 0n]),
+      getRefcount: refcountGetter(order),
+      refcountCache: { lookup: (off: number) => cache.get(off) },
+    } as unknown as BDRVQcow2State;
+  }
+
+  for (const order of [0, 3, 4, 6]) {
+    it(`counts refcounts of ${2 ** order} bits a block at a time`, () => {
+      const counts = [1, 0, 1, 1, 0, 0, 1, 0, 1];
+      const s = state(order, counts);
+      const reader = new RefcountReader(s);
+      const entries = s.refcountBlockEntries;
+      expect(reader.countNonZero(0, 2 * entries)).toEqual({ count: 5, next: entries });
+      expect(reader.countNonZero(2, 7)).toEqual({ count: 3, next: 7 });
+      expect(reader.countNonZero(entries, 2 * entries + 5)).toEqual({ count: 0, next: 2 * entries });
+      // Past the reftable: no block, every count 0.
+      expect(reader.countNonZero(2 * entries, 2 * entries + 5)).toEqual({ count: 0, next: 2 * entries + 5 });
+    });
+  }
+
+  it('answers null when the block is not cached', () => {
+    const s = state(4, [1]);
+    s.refcountTable[1] = BigInt(s.clusterSize * 5);
+    expect(new RefcountReader(s).countNonZero(s.refcountBlockEntries, s.refcountBlockEntries + 1)).toBeNull();
   });
 });
