@@ -12,6 +12,7 @@ import { BlockError } from '../../block/errors.js';
 import { L1E_OFFSET_MASK, REFT_OFFSET_MASK } from './entries.js';
 import { QCOW2_INCOMPAT_CORRUPT } from './header.js';
 import type { BDRVQcow2State } from './state.js';
+import { entryIsZero, entryWords } from './table-switch.js';
 
 export const QCOW2_OL_MAIN_HEADER = 1 << 0;
 export const QCOW2_OL_ACTIVE_L1 = 1 << 1;
@@ -69,8 +70,11 @@ function buildOverlapIndex(s: BDRVQcow2State): Qcow2OverlapIndex {
     const c = Math.floor(offset / s.clusterSize);
     clusters.set(c, (clusters.get(c) ?? 0) | kind);
   };
-  for (const e of s.l1Table) add(Number(e & L1E_OFFSET_MASK), QCOW2_OL_ACTIVE_L2);
-  for (const e of s.refcountTable) add(Number(e & REFT_OFFSET_MASK), QCOW2_OL_REFCOUNT_BLOCK);
+  // Only the entries in use are read as BigInts: the tables are mostly empty.
+  const l1 = entryWords(s.l1Table);
+  for (let i = 0; i < s.l1Table.length; i++) if (!entryIsZero(l1, i)) add(Number(s.l1Table[i] & L1E_OFFSET_MASK), QCOW2_OL_ACTIVE_L2);
+  const reftable = entryWords(s.refcountTable);
+  for (let i = 0; i < s.refcountTable.length; i++) if (!entryIsZero(reftable, i)) add(Number(s.refcountTable[i] & REFT_OFFSET_MASK), QCOW2_OL_REFCOUNT_BLOCK);
   return { l1: s.l1Table, reftable: s.refcountTable, clusters };
 }
 
@@ -92,7 +96,10 @@ function tableClustersIn(s: BDRVQcow2State, start: number, len: number, kinds: n
   if (n <= idx.clusters.size) {
     for (let c = first; c < first + n; c++) hit |= (idx.clusters.get(c) ?? 0) & kinds;
   } else {
-    for (const [c, kind] of idx.clusters) if (c >= first && c < first + n) hit |= kind & kinds;
+    // forEach: an iterator would make an entry array per table cluster, on every write.
+    idx.clusters.forEach((kind, c) => {
+      if (c >= first && c < first + n) hit |= kind & kinds;
+    });
   }
   if (hit === 0) return 0;
   // A hit marks the image corrupt: confirm it against the tables themselves, in case an

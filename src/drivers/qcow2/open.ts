@@ -33,6 +33,7 @@ import { qcow2RuntimeSettings } from './options.js';
 import { qcow2LoadRefcountTable } from './refcount.js';
 import { refcountBlockEntries, refcountGetter, refcountMax, refcountSetter } from './refcount-codec.js';
 import { qcow2File, type BDRVQcow2State } from './state.js';
+import { decodeTable } from './table-switch.js';
 
 /** Autoclear bits whose data this driver keeps consistent: the bitmaps, raw external data. */
 const QCOW2_AUTOCLEAR_SUPPORTED = QCOW2_AUTOCLEAR_MASK;
@@ -199,7 +200,5 @@ async function loadL1Table(s: BDRVQcow2State, fileLength: number): Promise<void>
   const off = s.l1TableOffset;
   // An L1 table past the end of the file reads as zeros, as in QEMU.
   if (n > 0 && off < fileLength) await qcow2File(s).pread(off, buf.subarray(0, Math.min(buf.length, fileLength - off)));
-  const v = new DataView(buf.buffer);
-  s.l1Table = new BigUint64Array(n);
-  for (let i = 0; i < n; i++) s.l1Table[i] = v.getBigUint64(i * 8);
+  s.l1Table = decodeTable(buf);
 }

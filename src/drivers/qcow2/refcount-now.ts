@@ -28,6 +28,33 @@ export class RefcountReader {
     return this.block === null ? 0 : s.getRefcount(this.block, cluster - t * entries);
   }
 
+  /**
+   * How many clusters from `first` have a nonzero refcount, up to `end` or the end of first's
+   * refcount block, where counting stopped (`next`); null when that block must be read. One
+   * call per block instead of one per cluster (the metadata preallocation probe counts every
+   * cluster of the file).
+   */
+  countNonZero(first: number, end: number): { count: number; next: number } | null {
+    const s = this.s;
+    const entries = s.refcountBlockEntries;
+    const t = Math.floor(first / entries);
+    if (t !== this.index && !this.take(t)) return null;
+    const next = Math.min(end, (t + 1) * entries);
+    const block = this.block;
+    let count = 0;
+    if (block !== null) {
+      const to = next - t * entries;
+      if (s.refcountOrder === 4 && block.byteOffset % 2 === 0) {
+        // 16-bit refcounts (the default) are zero or not in either byte order.
+        const counts = new Uint16Array(block.buffer, block.byteOffset, entries);
+        for (let i = first - t * entries; i < to; i++) if (counts[i] !== 0) count++;
+      } else {
+        for (let i = first - t * entries; i < to; i++) if (s.getRefcount(block, i) !== 0) count++;
+      }
+    }
+    return { count, next };
+  }
+
   /** Drop what is kept: call after any wait. */
   forget(): void {
     this.index = -1;

@@ -15,6 +15,7 @@ import { BlockError } from '../../block/errors.js';
 import { REFT_OFFSET_MASK, clusterType, decodeCompressed, L2E_OFFSET_MASK } from './entries.js';
 import { printfHex, qcow2OverlapIndexChanged, qcow2SignalCorruption, qcow2PreWriteOverlapCheck, QCOW2_OL_REFCOUNT_TABLE } from './corrupt.js';
 import { qcow2RefcountArea } from './reftable.js';
+import { decodeTable } from './table-switch.js';
 import { qcow2FreeDataCluster, qcow2HasDataFile } from './data-file.js';
 import { forgetPackingIn, qcow2NoteFreed, qcow2FlushL2ForReuse, qcow2SyncBeforeReuse } from './reuse.js';
 import { type BDRVQcow2State, qcow2File, qcow2Trace, startOfCluster, sizeToClusters, offsetIntoCluster } from './state.js';
@@ -36,9 +37,7 @@ export async function qcow2LoadRefcountTable(s: BDRVQcow2State): Promise<void> {
   await file.debugEvent('reftable_load');
   const off = s.refcountTableOffset;
   if (off < len) await file.pread(off, buf.subarray(0, Math.min(buf.length, len - off)));
-  const v = new DataView(buf.buffer);
-  s.refcountTable = new BigUint64Array(entries);
-  for (let i = 0; i < entries; i++) s.refcountTable[i] = v.getBigUint64(i * 8);
+  s.refcountTable = decodeTable(buf);
 }
 
 function refblockOffset(s: BDRVQcow2State, tableIndex: number): number {

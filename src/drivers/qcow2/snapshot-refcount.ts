@@ -9,7 +9,7 @@ import { getL2Entry, l2Load, setL2Entry } from './cluster.js';
 import { qcow2SignalCorruption } from './corrupt.js';
 import { L1E_OFFSET_MASK, L2E_OFFSET_MASK, QCOW_OFLAG_COPIED, clusterType, decodeCompressed } from './entries.js';
 import { qcow2GetRefcount, updateRefcount } from './refcount.js';
-import { encodeTable } from './table-switch.js';
+import { decodeTable, encodeTable } from './table-switch.js';
 import { type BDRVQcow2State, qcow2File, qcow2WriteCaches } from './state.js';
 
 const hex = (n: number): string => `0x${n.toString(16)}`;
@@ -18,10 +18,7 @@ const hex = (n: number): string => `0x${n.toString(16)}`;
 export async function qcow2ReadL1(s: BDRVQcow2State, l1Offset: number, l1Size: number, padTo = l1Size): Promise<BigUint64Array> {
   const raw = new Uint8Array(Math.max(l1Size, padTo) * 8);
   if (l1Size > 0) await qcow2File(s).pread(l1Offset, raw.subarray(0, l1Size * 8));
-  const v = new DataView(raw.buffer);
-  const out = new BigUint64Array(raw.length / 8);
-  for (let i = 0; i < out.length; i++) out[i] = v.getBigUint64(i * 8);
-  return out;
+  return decodeTable(raw);
 }
 
 

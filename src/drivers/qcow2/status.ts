@@ -86,15 +86,19 @@ async function qcow2MetadataPreallocated(s: BDRVQcow2State): Promise<boolean> {
     const end = Math.ceil((await file.getLength()) / s.clusterSize);
     let count = 0;
     await s.lock.run(async () => {
-      // Counted from cached refcount blocks without a wait each: one per cluster of the file.
+      // Counted from cached refcount blocks a block at a time, a cluster read (and its block
+      // cached) where one is not; stopped at a block's end once the threshold is reached.
       const counts = new RefcountReader(s);
-      for (let i = 0; i < end && count < threshold; i++) {
-        let refcount = counts.now(i);
-        if (refcount === null) {
+      for (let i = 0; i < end && count < threshold; ) {
+        const run = counts.countNonZero(i, end);
+        if (run !== null) {
+          count += run.count;
+          i = run.next;
+        } else {
           counts.forget();
-          refcount = await qcow2GetRefcount(s, i);
+          if ((await qcow2GetRefcount(s, i)) !== 0) count++;
+          i++;
         }
-        if (refcount !== 0) count++;
       }
     });
     answer = count >= threshold;

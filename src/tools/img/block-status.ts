@@ -39,6 +39,33 @@ export const BDRV_BLOCK_OFFSET_VALID = 0x04;
 export const BDRV_BLOCK_ALLOCATED = 0x10;
 export const BDRV_BLOCK_EOF = 0x20;
 
+function toFlags(s: LayerStatus): number {
+  return (
+    (s.data ? BDRV_BLOCK_DATA : 0) |
+    (s.zero ? BDRV_BLOCK_ZERO : 0) |
+    (s.offset !== undefined ? BDRV_BLOCK_OFFSET_VALID : 0) |
+    (s.allocated ? BDRV_BLOCK_ALLOCATED : 0)
+  );
+}
+
+/**
+ * blockStatusAboveFlags without a wait: when the top layer answers now (a host file's lseek, a
+ * cached table; its length known) and no layer below it is to be asked. Null otherwise.
+ */
+export function blockStatusAboveFlagsNow(
+  bs: BlockDriverState,
+  base: BlockDriverState | null,
+  offset: number,
+  bytes: number,
+): { flags: number; pnum: number } | null {
+  const topLen = bs.knownLength();
+  if (topLen === null) return null;
+  const st = layerStatusNow(bs, offset, bytes);
+  if (st === null || (!st.allocated && bs !== base && bs.backing !== null && bs.backing !== base)) return null;
+  const flags = toFlags(st);
+  return { flags: offset + st.pnum === topLen ? flags | BDRV_BLOCK_EOF : flags, pnum: st.pnum };
+}
+
 /**
  * bdrv_block_status_above(bs, base): the status through the chain down to (not including)
  * `base`, as QEMU's flag word. A layer that is shorter than the one above it reads as
@@ -50,13 +77,10 @@ export async function blockStatusAboveFlags(
   offset: number,
   bytes: number,
 ): Promise<{ flags: number; pnum: number }> {
-  const toFlags = (s: LayerStatus): number =>
-    (s.data ? BDRV_BLOCK_DATA : 0) |
-    (s.zero ? BDRV_BLOCK_ZERO : 0) |
-    (s.offset !== undefined ? BDRV_BLOCK_OFFSET_VALID : 0) |
-    (s.allocated ? BDRV_BLOCK_ALLOCATED : 0);
-  // Answered now when the top layer can (a host file's lseek, a cached table): convert and
-  // compare ask once per extent, and the queued request path costs more than the answer.
+  // Answered now when the top layer can: convert and compare ask once per extent, and the
+  // queued request path costs more than the answer.
+  const now = blockStatusAboveFlagsNow(bs, base, offset, bytes);
+  if (now !== null) return now;
   const topLen = bs.knownLength() ?? (await bs.getLength());
   let st = layerStatusNow(bs, offset, bytes) ?? (await layerStatus(bs, offset, bytes));
   let flags = toFlags(st);

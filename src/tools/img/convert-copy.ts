@@ -5,7 +5,7 @@
 import { AioTaskPool, bufferIsZero, qemuMemalign, type BlockBackend, type WriteFlags } from '../../index.js';
 import { rootOf } from '../shared/open.js';
 import { ToolExit, errnoMessage } from '../shared/output.js';
-import { BDRV_BLOCK_DATA, BDRV_BLOCK_ZERO, blockStatusAboveFlags } from './block-status.js';
+import { iterationSectors, selectPart, type Run, type Status, type StatusRun } from './convert-status.js';
 import { allDataAtStride, isAllocatedSectorsMin, SECTOR } from './convert-zero-scan.js';
 import type { ImgEnv } from './env.js';
 import type { Progress } from './progress.js';
@@ -13,11 +13,6 @@ import type { Progress } from './progress.js';
 export { SECTOR };
 /** Default copy buffer: 2 MiB (4096 sectors). */
 export const BUF_SECTORS = 4096;
-/** BDRV_REQUEST_MAX_SECTORS. */
-const REQUEST_MAX_SECTORS = Math.floor(0x7fffffff / SECTOR);
-
-export type Status = 'data' | 'zero' | 'backing';
-
 export function pow2floor(n: number): number {
   if (n <= 0) return 0;
   return 2 ** Math.floor(Math.log2(n));
@@ -50,94 +45,6 @@ export interface ConvertState {
   statusRuns: StatusRun[];
   /** The next run to replay; -1 while the counting pass records them. */
   statusReplay: number;
-}
-
-/** One block status answer of iterationSectors: asked at `at`, valid up to `next`. */
-interface StatusRun {
-  at: number;
-  status: Status;
-  next: number;
-}
-
-function selectPart(s: ConvertState, sectorNum: number): { cur: number; curOffset: number } {
-  let off = 0;
-  for (let i = 0; i < s.src.length; i++) {
-    if (sectorNum < off + s.srcSectors[i]) return { cur: i, curOffset: off };
-    off += s.srcSectors[i];
-  }
-  return { cur: s.src.length - 1, curOffset: off - s.srcSectors[s.src.length - 1] };
-}
-
-/**
- * The block status at sectorNum (at most n sectors, of source `cur` at curOffset): sets the
- * status and where it ends, and records it while the counting pass runs.
- */
-async function askStatus(env: ImgEnv, s: ConvertState, sectorNum: number, n: number, cur: number, curOffset: number, postBackingZero: boolean): Promise<void> {
-  const offset = (sectorNum - curOffset) * SECTOR;
-  const srcBs = rootOf(s.src[cur]);
-  const base = s.targetHasBacking ? srcBs.backing : null;
-  const srcLen = s.srcBytes[cur];
-  let flags: number;
-  let count: number;
-  if (offset >= srcLen) {
-    // The sector-rounded tail of a source whose length is not a sector multiple.
-    flags = BDRV_BLOCK_ZERO;
-    count = n * SECTOR;
-  } else {
-    try {
-      const r = await blockStatusAboveFlags(srcBs, base, offset, Math.min(n * SECTOR, srcLen - offset));
-      flags = r.flags;
-      count = r.pnum;
-    } catch (e) {
-      env.o.error(`error while reading block status at offset ${offset}: ${errnoMessage(e)}`);
-      throw new ToolExit(1);
-    }
-  }
-  n = Math.ceil(count / SECTOR);
-  // Keep the next status query aligned to the source's clusters.
-  const tail = (sectorNum - curOffset + n) % s.srcAlignment[cur];
-  if (n > tail) n -= tail;
-  if (flags & BDRV_BLOCK_ZERO) s.status = postBackingZero ? 'backing' : 'zero';
-  else if (flags & BDRV_BLOCK_DATA) s.status = 'data';
-  else s.status = s.targetHasBacking ? 'backing' : 'data';
-  s.sectorNextStatus = sectorNum + n;
-  if (s.statusReplay < 0) s.statusRuns.push({ at: sectorNum, status: s.status, next: s.sectorNextStatus });
-}
-
-/** convert_iteration_sectors: how many sectors from sectorNum share one status. */
-async function iterationSectors(env: ImgEnv, s: ConvertState, sectorNum: number): Promise<number> {
-  const { cur, curOffset } = selectPart(s, sectorNum);
-  let n = Math.min(s.totalSectors - sectorNum, REQUEST_MAX_SECTORS);
-  let postBackingZero = false;
-  if (s.targetBackingSectors >= 0) {
-    if (sectorNum >= s.targetBackingSectors) postBackingZero = true;
-    else if (sectorNum + n > s.targetBackingSectors) n = s.targetBackingSectors - sectorNum;
-  }
-  if (s.sectorNextStatus <= sectorNum) {
-    // The copy pass asks where the counting pass did, in the same order: the answer is known.
-    // (A run recorded up to `next` is no longer than the n asked for here.)
-    const known = s.statusReplay >= 0 ? s.statusRuns[s.statusReplay] : undefined;
-    if (known?.at === sectorNum) {
-      s.statusReplay++;
-      s.status = known.status;
-      s.sectorNextStatus = known.next;
-    } else {
-      await askStatus(env, s, sectorNum, n, cur, curOffset, postBackingZero);
-    }
-  }
-  n = Math.min(n, s.sectorNextStatus - sectorNum);
-  if (s.status === 'data') n = Math.min(n, s.bufSectors);
-  if (s.compressed) {
-    // Compressed clusters are written whole: a short run of any status is copied as data
-    // with the rest of its cluster.
-    if (n < s.clusterSectors) {
-      n = Math.min(s.clusterSectors, s.totalSectors - sectorNum);
-      s.status = 'data';
-    } else {
-      n -= n % s.clusterSectors;
-    }
-  }
-  return n;
 }
 
 /** convert_co_read: the sectors may span several sources (concatenation). */
@@ -249,7 +156,8 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
   // First pass: count what will be copied, for the progress meter.
   let allocatedSectors = 0;
   for (let sn = 0; sn < s.totalSectors; ) {
-    const n = await iterationSectors(env, s, sn);
+    const asked = iterationSectors(env, s, sn);
+    const n = typeof asked === 'number' ? asked : await asked;
     if (s.status === 'data' || (!s.minSparse && s.status === 'zero')) allocatedSectors += n;
     sn += n;
   }
@@ -289,9 +197,11 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
   // They are page-aligned (qemu_blockalign): the kernel copies into and out of them faster.
   const freeBufs: Uint8Array[] = [];
   const EMPTY = new Uint8Array(0);
-  const nextRun = async (at: number): Promise<{ n: number; status: Status }> => {
-    const n = await iterationSectors(env, s, at);
-    return { n: !s.minSparse && s.status === 'zero' ? Math.min(n, s.bufSectors) : n, status: s.status };
+  // The run at `at`; a promise only when its status had to be waited for.
+  const runOf = (n: number): Run => ({ n: !s.minSparse && s.status === 'zero' ? Math.min(n, s.bufSectors) : n, status: s.status });
+  const nextRun = (at: number): Run | Promise<Run> => {
+    const n = iterationSectors(env, s, at);
+    return typeof n === 'number' ? runOf(n) : n.then(runOf);
   };
   const counted = (n: number, status: Status): void => {
     if (status === 'data' || (!s.minSparse && status === 'zero')) {
@@ -300,10 +210,11 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
     }
   };
   // The run asked for past the end of a chunk of joined data runs, not part of it.
-  let ahead: { n: number; status: Status } | null = null;
+  let ahead: Run | null = null;
   let sectorNum = 0;
   while (sectorNum < s.totalSectors && failed === null) {
-    const run = ahead ?? (await nextRun(sectorNum));
+    let run = ahead ?? nextRun(sectorNum);
+    if (run instanceof Promise) run = await run;
     ahead = null;
     let n = run.n;
     let status = run.status;
@@ -314,7 +225,8 @@ export async function convertDoCopy(env: ImgEnv, s: ConvertState, numCoroutines:
     const parts = [n];
     if (status === 'data' && !s.compressed) {
       while (n < s.bufSectors && sectorNum + n < s.totalSectors) {
-        const next = await nextRun(sectorNum + n);
+        let next = nextRun(sectorNum + n);
+        if (next instanceof Promise) next = await next;
         if (next.status !== 'data' || n + next.n > s.bufSectors) {
           ahead = next;
           break;

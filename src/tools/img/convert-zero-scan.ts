@@ -62,6 +62,10 @@ function sectorHasData(buf: Uint8Array, sector: number): boolean {
  */
 export function allDataAtStride(buf: Uint8Array, first: number, n: number, min: number): boolean {
   if (!sectorHasData(buf, first) || !sectorHasData(buf, first + n - 1)) return false;
-  for (let i = first + min - 1; i < first + n; i += min) if (!sectorHasData(buf, i)) return false;
+  // sectorHasData inline: a call per sector looked at (256 per MiB) cost more than its test.
+  const end = (first + n) * SECTOR;
+  for (let at = (first + min - 1) * SECTOR; at < end; at += min * SECTOR) {
+    if (buf[at] === 0 && bufferIsZero(buf, at, at + SECTOR)) return false;
+  }
   return true;
 }
