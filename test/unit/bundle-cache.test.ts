@@ -50,6 +50,12 @@ describe('tool bundles and their code cache', () => {
   it('a build makes caches that V8 takes, for every tool', () => {
     // ASCII only: bin/bundle.js reads a bundle as latin1.
     for (const t of ['img', 'io', 'nbd']) expect(readFileSync(join(root, `dist/bin/${t}.cjs`)).every((b) => b < 0x80)).toBe(true);
+    // Each is the function CommonJS would wrap it in, its body strict, as the ES modules it was
+    // made of are.
+    for (const t of ['img', 'io', 'nbd']) {
+      const lines = readFileSync(join(root, `dist/bin/${t}.cjs`), 'latin1').split('\n', 3);
+      expect(lines.slice(1)).toEqual(['(function (exports, require, module, __filename, __dirname, __bundle_meta) {', "'use strict';"]);
+    }
     writeFileSync(cache, pristine);
     const img = launch(root, 'img', ['--version']);
     expect(img.status).toBe(0);
