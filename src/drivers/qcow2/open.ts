@@ -14,7 +14,7 @@ import { qcow2Codec } from './compress.js';
 import { qcow2PreWriteOverlapCheck, QCOW2_OL_ACTIVE_L2, QCOW2_OL_REFCOUNT_BLOCK, type Qcow2MetadataExtents } from './corrupt.js';
 import { qcow2OpenDataFile } from './data-file.js';
 import { qcow2UpdateHeader } from './header-update.js';
-import { compressedGeometry } from './entries.js';
+import { compressedGeometry, nextUsedSlot, tableWords } from './entries.js';
 import {
   decodeExtensions,
   decodeHeader,
@@ -201,5 +201,7 @@ async function loadL1Table(s: BDRVQcow2State, fileLength: number): Promise<void>
   if (n > 0 && off < fileLength) await qcow2File(s).pread(off, buf.subarray(0, Math.min(buf.length, fileLength - off)));
   const v = new DataView(buf.buffer);
   s.l1Table = new BigUint64Array(n);
-  for (let i = 0; i < n; i++) s.l1Table[i] = v.getBigUint64(i * 8);
+  // Only the used entries, as for the refcount table (qcow2LoadRefcountTable).
+  const words = tableWords(buf);
+  for (let i = nextUsedSlot(words, 0, n, 8); i < n; i = nextUsedSlot(words, i + 1, n, 8)) s.l1Table[i] = v.getBigUint64(i * 8);
 }

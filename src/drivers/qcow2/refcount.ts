@@ -12,7 +12,7 @@
  * reftable that is too small is replaced by new self-describing structures at the end.
  */
 import { BlockError } from '../../block/errors.js';
-import { REFT_OFFSET_MASK, clusterType, decodeCompressed, L2E_OFFSET_MASK } from './entries.js';
+import { REFT_OFFSET_MASK, clusterType, decodeCompressed, L2E_OFFSET_MASK, nextUsedSlot, tableWords } from './entries.js';
 import { printfHex, qcow2OverlapIndexChanged, qcow2SignalCorruption, qcow2PreWriteOverlapCheck, QCOW2_OL_REFCOUNT_TABLE } from './corrupt.js';
 import { qcow2RefcountArea } from './reftable.js';
 import { qcow2FreeDataCluster, qcow2HasDataFile } from './data-file.js';
@@ -38,7 +38,11 @@ export async function qcow2LoadRefcountTable(s: BDRVQcow2State): Promise<void> {
   if (off < len) await file.pread(off, buf.subarray(0, Math.min(buf.length, len - off)));
   const v = new DataView(buf.buffer);
   s.refcountTable = new BigUint64Array(entries);
-  for (let i = 0; i < entries; i++) s.refcountTable[i] = v.getBigUint64(i * 8);
+  // Only the used entries: a table has thousands, mostly 0, and each read makes a BigInt.
+  const words = tableWords(buf);
+  for (let i = nextUsedSlot(words, 0, entries, 8); i < entries; i = nextUsedSlot(words, i + 1, entries, 8)) {
+    s.refcountTable[i] = v.getBigUint64(i * 8);
+  }
 }
 
 function refblockOffset(s: BDRVQcow2State, tableIndex: number): number {
