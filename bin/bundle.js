@@ -5,7 +5,6 @@
 // is compiled from its source as usual.
 'use strict';
 const { readFileSync } = require('node:fs');
-const { createRequire } = require('node:module');
 const { dirname, join } = require('node:path');
 const { debuglog } = require('node:util');
 const { Script } = require('node:vm');
@@ -101,7 +100,10 @@ function runTool({ script, file }) {
       return url;
     },
   };
-  fn.call(module.exports, module.exports, createRequire(file), module, file, dirname(file), meta);
+  // This file's require: the bundle requires Node's own modules only (scripts/bundle.ts bundles
+  // the rest), and node:module's createRequire would load that module and its ES module
+  // loader in every run.
+  fn.call(module.exports, module.exports, require, module, file, dirname(file), meta);
   return module.exports;
 }
 
