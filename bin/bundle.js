@@ -5,7 +5,6 @@
 // is compiled from its source as usual.
 'use strict';
 const { readFileSync } = require('node:fs');
-const { createRequire, wrap } = require('node:module');
 const { dirname, join } = require('node:path');
 const { debuglog } = require('node:util');
 const { Script } = require('node:vm');
@@ -63,7 +62,9 @@ function compileTool(name, variant = '', scriptName = undefined) {
     cacheFile = `${file}.cache`;
     cachedData = cachedDataFor(cacheFile, source);
   }
-  const script = new Script(wrap(source), { filename: scriptName ?? file, cachedData });
+  // The bundle is already the function CommonJS would wrap it in (scripts/bundle.ts): wrapping
+  // it here would cost a flat copy of the whole source.
+  const script = new Script(source, { filename: scriptName ?? file, cachedData });
   const cached = cachedData !== undefined && !script.cachedDataRejected;
   debug('%s: code cache %s', cacheFile, cached ? 'used' : cachedData === undefined ? 'missing' : 'rejected');
   return { script, file, cacheFile, cached };
@@ -90,7 +91,19 @@ function raiseInterruptBudget(times = 4) {
 function runTool({ script, file }) {
   const module = { exports: {} };
   const fn = script.runInThisContext();
-  fn.call(module.exports, module.exports, createRequire(file), module, file, dirname(file));
+  // The bundle's import.meta (scripts/bundle.ts): the URL is made on first use, as node:url's
+  // pathToFileURL costs a run that never looks for the addon about a millisecond.
+  let url;
+  const meta = {
+    get url() {
+      url ??= require('node:url').pathToFileURL(file).href;
+      return url;
+    },
+  };
+  // This file's require: the bundle requires Node's own modules only (scripts/bundle.ts bundles
+  // the rest), and node:module's createRequire would load that module and its ES module
+  // loader in every run.
+  fn.call(module.exports, module.exports, require, module, file, dirname(file), meta);
   return module.exports;
 }
 

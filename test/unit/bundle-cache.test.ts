@@ -33,6 +33,8 @@ describe('tool bundles and their code cache', () => {
     cpSync(join(REPO, 'bin'), join(root, 'bin'), { recursive: true });
     cpSync(join(REPO, 'package.json'), join(root, 'package.json'));
     symlinkSync(join(REPO, 'node_modules'), join(root, 'node_modules'));
+    // The native addon, where `npm ci` builds it: the file driver loads it from there.
+    symlinkSync(join(REPO, 'build'), join(root, 'build'));
     cpSync(join(REPO, 'dist/src'), join(root, 'dist/src'), { recursive: true });
     const tsx = join(REPO, 'node_modules/tsx/dist/cli.mjs');
     const r = spawnSync(process.execPath, [tsx, join(REPO, 'scripts/bundle.ts'), root], { encoding: 'utf8', timeout: 240_000 });
@@ -50,6 +52,12 @@ describe('tool bundles and their code cache', () => {
   it('a build makes caches that V8 takes, for every tool', () => {
     // ASCII only: bin/bundle.js reads a bundle as latin1.
     for (const t of ['img', 'io', 'nbd']) expect(readFileSync(join(root, `dist/bin/${t}.cjs`)).every((b) => b < 0x80)).toBe(true);
+    // Each is the function CommonJS would wrap it in, its body strict, as the ES modules it was
+    // made of are.
+    for (const t of ['img', 'io', 'nbd']) {
+      const lines = readFileSync(join(root, `dist/bin/${t}.cjs`), 'latin1').split('\n', 3);
+      expect(lines.slice(1)).toEqual(['(function (exports, require, module, __filename, __dirname, __bundle_meta) {', "'use strict';"]);
+    }
     writeFileSync(cache, pristine);
     const img = launch(root, 'img', ['--version']);
     expect(img.status).toBe(0);
@@ -64,7 +72,9 @@ describe('tool bundles and their code cache', () => {
     // node:http, https, tls and crypto cost ~10 ms of every start: loaded by the first request,
     // connection or listen that needs them. (node:net is not checked: a piped stdout loads it.)
     // node:fs/promises (with readline and the fs watchers) cost ~5 M instructions: the file
-    // driver uses node:fs's callback API (src/drivers/file/handle.ts).
+    // driver uses node:fs's callback API (src/drivers/file/handle.ts). node:module (with the ES
+    // module loader it loads, ~0.4 ms): the bundle gets the launcher's require, and the addon
+    // is loaded with process.dlopen (src/drivers/file/seek.ts).
     writeFileSync(join(root, 'modules.cjs'), "process.on('exit', () => console.error('MODULES', process.moduleLoadList.join('|')));");
     launch(root, 'img', ['create', '-q', '-f', 'qcow2', 'local.qcow2', '1M']);
     const r = launch(root, 'img', ['check', 'local.qcow2'], ['--require', join(root, 'modules.cjs')]);
@@ -72,7 +82,7 @@ describe('tool bundles and their code cache', () => {
     expect(r.verdict).toBe('used');
     const loaded = /MODULES (.*)/.exec(r.stderr)?.[1].split('|') ?? [];
     expect(loaded).toContain('NativeModule fs');
-    for (const m of ['http', 'https', 'tls', 'crypto', 'fs/promises']) expect(loaded).not.toContain(`NativeModule ${m}`);
+    for (const m of ['http', 'https', 'tls', 'crypto', 'fs/promises', 'module']) expect(loaded).not.toContain(`NativeModule ${m}`);
   });
 
   it('loads the network modules on first use from a cached bundle: an NBD server and client', () => {

@@ -4,7 +4,7 @@
 // with EAGAIN and the process's stream takes over), and a reader that went away ends the tool
 // with SIGPIPE's status.
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, openSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeTempDir, removeTempDir } from '../interop/qemu.js';
@@ -81,6 +81,22 @@ describe('blk-img output on the descriptors', () => {
     const loaded = /MODULES (.*)/.exec(r.stderr)?.[1].split('|') ?? [];
     expect(loaded).toContain('NativeModule fs');
     for (const m of ['net', 'stream', 'tty']) expect(loaded).not.toContain(`NativeModule ${m}`);
+  });
+
+  it('takes /dev/null for no terminal without node:tty', () => {
+    // A character device, but /dev/null: asking node:tty would load net and the streams.
+    const hook = join(dir, 'modules.cjs');
+    writeFileSync(hook, "process.on('exit', () => require('node:fs').writeSync(2, `MODULES ${process.moduleLoadList.join('|')}\\n`));");
+    const devNull = openSync('/dev/null', 'w');
+    try {
+      const r = spawnSync(process.execPath, ['--require', hook, BIN, 'check', img], { encoding: 'utf8', env: env(), stdio: ['ignore', devNull, 'pipe'] });
+      expect(r.status).toBe(0);
+      const loaded = /MODULES (.*)/.exec(r.stderr)?.[1].split('|') ?? [];
+      expect(loaded).toContain('NativeModule fs');
+      for (const m of ['net', 'stream', 'tty']) expect(loaded).not.toContain(`NativeModule ${m}`);
+    } finally {
+      closeSync(devNull);
+    }
   });
 
   it('leaves with status 141 when the reader went away', () => {

@@ -5,8 +5,10 @@ import {
   compressedGeometry,
   decodeCompressed,
   encodeCompressed,
+  nextUsedSlot,
   subclusterRangeType,
   subclusterType,
+  tableWords,
 } from '../../src/drivers/qcow2/entries.js';
 import {
   decodeExtensions,
@@ -172,6 +174,24 @@ describe('qcow2 refcount codec', () => {
 });
 
 describe('qcow2 entries', () => {
+  it('finds the used slots of a table whatever half of an entry is set', () => {
+    const t = new BigUint64Array(9);
+    t[2] = 1n; // reserved bits only: low word
+    t[5] = 1n << 40n; // high word only
+    t[8] = 0x8000000000050000n;
+    const words = tableWords(t);
+    const used: number[] = [];
+    for (let i = nextUsedSlot(words, 0, t.length, 8); i < t.length; i = nextUsedSlot(words, i + 1, t.length, 8)) used.push(i);
+    expect(used).toEqual([2, 5, 8]);
+    // A table viewed from an offset (a subarray) keeps its own slots; `end` stops the search.
+    expect(nextUsedSlot(tableWords(t.subarray(3)), 0, 6, 8)).toBe(2);
+    expect(nextUsedSlot(words, 6, 8, 8)).toBe(8);
+    // Extended L2 slots are 16 bytes: the bitmap alone makes a slot used.
+    const l2 = new BigUint64Array(6);
+    l2[3] = 1n;
+    expect(nextUsedSlot(tableWords(l2), 0, 3, 16)).toBe(1);
+  });
+
   it('classifies L2 entries', () => {
     expect(clusterType(0n)).toBe('unallocated');
     expect(clusterType(1n)).toBe('zero-plain');

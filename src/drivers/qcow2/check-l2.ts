@@ -29,6 +29,8 @@ import {
   QCOW_OFLAG_ZERO,
   clusterType,
   decodeCompressed,
+  nextUsedSlot,
+  tableWords,
 } from './entries.js';
 import { qcow2File } from './state.js';
 import { qcow2HasDataFile } from './data-file.js';
@@ -124,23 +126,6 @@ function metadataAt(c: CheckRun, offset: number, length: number): string | undef
 }
 
 /**
- * The first slot from `i` on (before `end`) that is not all zeros (entry and, with extended
- * L2, bitmap), or `end`: most slots are unallocated, with nothing to check, and tables have
- * up to 262144 of them. One tight loop over 32-bit words finds the next one without a call
- * or a BigInt per slot.
- */
-export function nextUsedL2Slot(words: Uint32Array, i: number, end: number, entrySize: number): number {
-  const per = entrySize / 4;
-  for (let k = i * per, stop = end * per; k < stop; k++) if (words[k] !== 0) return Math.floor(k / per);
-  return end;
-}
-
-/** The 32-bit words of a table read into a fresh (so aligned) buffer. */
-export function l2Words(table: Uint8Array): Uint32Array {
-  return new Uint32Array(table.buffer, table.byteOffset, table.byteLength >> 2);
-}
-
-/**
  * Count the plain data entries of `w.table` from slot `i` on, as the 'normal' branch of
  * checkRefcountsL2 does when there is nothing to report (an aligned data cluster that is not
  * metadata); returns the first used slot that is anything else, or the table's size. Most
@@ -152,9 +137,9 @@ function countPlainEntries(w: L2Walk, i: number, plainEntries: boolean): number 
   const { c, table } = w;
   const s = c.s;
   const end = s.l2Size;
-  const words = l2Words(table);
+  const words = tableWords(table);
   const es = s.l2EntrySize;
-  if (!plainEntries) return nextUsedL2Slot(words, i, end, es);
+  if (!plainEntries) return nextUsedSlot(words, i, end, es);
   const cs = s.clusterSize;
   const view = new DataView(table.buffer, table.byteOffset, table.byteLength);
   // Offset bits 32-55 (the high word's low 24 bits) in clusters: cs divides 2^32.
@@ -164,7 +149,7 @@ function countPlainEntries(w: L2Walk, i: number, plainEntries: boolean): number 
   const { res, metadata } = c;
   let next = w.nextCluster;
   let counts = c.imrt.counts;
-  for (i = nextUsedL2Slot(words, i, end, es); i < end; i = nextUsedL2Slot(words, i + 1, end, es)) {
+  for (i = nextUsedSlot(words, i, end, es); i < end; i = nextUsedSlot(words, i + 1, end, es)) {
     // Read signed: a word of 2^31 or more as an unsigned number is no small integer, and V8
     // threw away the loop's optimised code at the first offset past 2 GiB to compile it again.
     const hi = view.getInt32(i * es);

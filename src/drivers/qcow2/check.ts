@@ -24,10 +24,9 @@ import { emptyCheckResult, type CheckFix, type CheckResult } from '../../block/d
 import { BlockError, ERRNO_MESSAGES, toBlockError } from '../../block/errors.js';
 import { qcow2WriteL1Entry } from './cluster.js';
 import { QCOW2_OL_ACTIVE_L2, qcow2PreWriteOverlapCheck } from './corrupt.js';
-import { L1E_OFFSET_MASK, L2E_OFFSET_MASK, QCOW_OFLAG_COPIED, clusterType, plainDataOffset } from './entries.js';
+import { L1E_OFFSET_MASK, L2E_OFFSET_MASK, QCOW_OFLAG_COPIED, clusterType, nextUsedSlot, plainDataOffset, tableWords } from './entries.js';
 import { QCOW2_INCOMPAT_CORRUPT, QCOW2_INCOMPAT_DIRTY } from './header.js';
 import { calculateRefcounts, type CheckRun, type Imrt } from './check-imrt.js';
-import { l2Words, nextUsedL2Slot } from './check-l2.js';
 import { rebuildRefcounts } from './check-rebuild.js';
 import { updateRefcount } from './refcount.js';
 import { RefcountReader } from './refcount-now.js';
@@ -195,9 +194,9 @@ async function checkOflagCopied(c: CheckRun, fix: CheckFix): Promise<void> {
     counts.forget();
     let dirty = false;
     const view = new DataView(table.buffer, table.byteOffset, table.byteLength);
-    const words = l2Words(table);
+    const words = tableWords(table);
     const es = s.l2EntrySize;
-    for (let j = nextUsedL2Slot(words, 0, s.l2Size, es); j < s.l2Size; j = nextUsedL2Slot(words, j + 1, s.l2Size, es)) {
+    for (let j = nextUsedSlot(words, 0, s.l2Size, es); j < s.l2Size; j = nextUsedSlot(words, j + 1, s.l2Size, es)) {
       const plain = plainEntries ? plainDataOffset(view, j * es) : 0;
       if (plain !== 0) {
         // The common case, decided now: a data cluster whose COPIED is right.

@@ -9,10 +9,9 @@
  * when the image is writable), the request fails with EIO and so does every later request.
  */
 import { BlockError } from '../../block/errors.js';
-import { L1E_OFFSET_MASK, REFT_OFFSET_MASK } from './entries.js';
+import { L1E_OFFSET_MASK, REFT_OFFSET_MASK, nextUsedSlot, tableWords } from './entries.js';
 import { QCOW2_INCOMPAT_CORRUPT } from './header.js';
 import type { BDRVQcow2State } from './state.js';
-import { entryIsZero, entryWords } from './table-switch.js';
 
 export const QCOW2_OL_MAIN_HEADER = 1 << 0;
 export const QCOW2_OL_ACTIVE_L1 = 1 << 1;
@@ -70,11 +69,15 @@ function buildOverlapIndex(s: BDRVQcow2State): Qcow2OverlapIndex {
     const c = Math.floor(offset / s.clusterSize);
     clusters.set(c, (clusters.get(c) ?? 0) | kind);
   };
-  // Only the entries in use are read as BigInts: the tables are mostly empty.
-  const l1 = entryWords(s.l1Table);
-  for (let i = 0; i < s.l1Table.length; i++) if (!entryIsZero(l1, i)) add(Number(s.l1Table[i] & L1E_OFFSET_MASK), QCOW2_OL_ACTIVE_L2);
-  const reftable = entryWords(s.refcountTable);
-  for (let i = 0; i < s.refcountTable.length; i++) if (!entryIsZero(reftable, i)) add(Number(s.refcountTable[i] & REFT_OFFSET_MASK), QCOW2_OL_REFCOUNT_BLOCK);
+  // Only the used entries are read: each read makes a BigInt, and a refcount table has thousands.
+  const addAll = (table: BigUint64Array, mask: bigint, kind: number): void => {
+    const words = tableWords(table);
+    for (let i = nextUsedSlot(words, 0, table.length, 8); i < table.length; i = nextUsedSlot(words, i + 1, table.length, 8)) {
+      add(Number(table[i] & mask), kind);
+    }
+  };
+  addAll(s.l1Table, L1E_OFFSET_MASK, QCOW2_OL_ACTIVE_L2);
+  addAll(s.refcountTable, REFT_OFFSET_MASK, QCOW2_OL_REFCOUNT_BLOCK);
   return { l1: s.l1Table, reftable: s.refcountTable, clusters };
 }
 

@@ -48,6 +48,23 @@ export function plainDataOffset(view: DataView, at: number): number {
   return (hi & 0x00ffffff) * 2 ** 32 + lo;
 }
 
+/**
+ * The first slot from `i` on (before `end`) that is not all zeros (an L2 entry and, with
+ * extended L2, its bitmap; an L1 or refcount table entry), or `end`: most slots of a table are
+ * unused, and tables have up to 262144 of them. One tight loop over 32-bit words finds the
+ * next one without a call, or a BigInt, per slot.
+ */
+export function nextUsedSlot(words: Uint32Array, i: number, end: number, entrySize: number): number {
+  const per = entrySize / 4;
+  for (let k = i * per, stop = end * per; k < stop; k++) if (words[k] !== 0) return Math.floor(k / per);
+  return end;
+}
+
+/** The 32-bit words of a table in memory (read into a fresh, so aligned, buffer). */
+export function tableWords(table: ArrayBufferView): Uint32Array {
+  return new Uint32Array(table.buffer, table.byteOffset, table.byteLength >> 2);
+}
+
 export function l2EntryOffset(entry: bigint): number {
   return Number(entry & L2E_OFFSET_MASK);
 }

@@ -7,29 +7,18 @@
  */
 import type { BlkDebugEvent } from '../../block/events.js';
 import { qcow2PreWriteOverlapCheck } from './corrupt.js';
+import { nextUsedSlot, tableWords } from './entries.js';
 import { qcow2FreeClusters } from './refcount.js';
 import { type BDRVQcow2State, qcow2File } from './state.js';
-
-/**
- * `words` (two 32-bit words per 64-bit entry, over the same bytes) says which entries are 0 in
- * any byte order: tables are mostly empty (a reftable of 8192 entries for one refcount block),
- * and an entry read through a BigUint64Array or a DataView is a new BigInt each.
- */
-export function entryIsZero(words: Uint32Array, i: number): boolean {
-  return words[2 * i] === 0 && words[2 * i + 1] === 0;
-}
-
-/** The 32-bit words of a table's entries, for entryIsZero. */
-export function entryWords(entries: BigUint64Array): Uint32Array {
-  return new Uint32Array(entries.buffer, entries.byteOffset, entries.length * 2);
-}
 
 /** A table of 64-bit entries in its on-disk form (big-endian). */
 export function encodeTable(entries: BigUint64Array): Uint8Array {
   const buf = new Uint8Array(entries.length * 8);
   const v = new DataView(buf.buffer);
-  const words = entryWords(entries);
-  for (let i = 0; i < entries.length; i++) if (!entryIsZero(words, i)) v.setBigUint64(i * 8, entries[i]);
+  // Only the used entries: tables are mostly empty, and each entry read is a new BigInt.
+  const words = tableWords(entries);
+  const n = entries.length;
+  for (let i = nextUsedSlot(words, 0, n, 8); i < n; i = nextUsedSlot(words, i + 1, n, 8)) v.setBigUint64(i * 8, entries[i]);
   return buf;
 }
 
@@ -39,7 +28,7 @@ export function decodeTable(raw: Uint8Array, length = raw.length / 8): BigUint64
   const n = Math.min(length, Math.floor(raw.length / 8));
   const v = new DataView(raw.buffer, raw.byteOffset, n * 8);
   const words = new Uint32Array(raw.buffer, raw.byteOffset, n * 2);
-  for (let i = 0; i < n; i++) if (!entryIsZero(words, i)) table[i] = v.getBigUint64(i * 8);
+  for (let i = nextUsedSlot(words, 0, n, 8); i < n; i = nextUsedSlot(words, i + 1, n, 8)) table[i] = v.getBigUint64(i * 8);
   return table;
 }
 

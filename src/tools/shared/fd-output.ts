@@ -3,7 +3,7 @@
 // a few milliseconds (a pipe's loads Node's net and stream modules), and a write that returns
 // only once the bytes are in the pipe keeps stdout's blocks ahead of a later message on
 // stderr, in qemu-img's order.
-import { fstatSync, writeSync } from 'node:fs';
+import { fstatSync, statSync, writeSync } from 'node:fs';
 import type { ByteSink, TextSink, ToolIO } from './output.js';
 
 /** A reader that went away (`blk-img map | head -1`): qemu-img dies of SIGPIPE; Node ignores it. */
@@ -46,11 +46,14 @@ class FdSink implements TextSink {
 
 /**
  * Whether fd 1 is a terminal (stdout is then line buffered). Only a character device can be
- * one: a pipe or a file is known from fstat, without loading node:tty (and net with it).
+ * one: a pipe or a file is known from fstat, and so is /dev/null (`> /dev/null`), without
+ * loading node:tty (and net with it, some 10 ms).
  */
 async function stdoutIsTTY(): Promise<boolean> {
   try {
-    if (!fstatSync(1).isCharacterDevice()) return false;
+    const st = fstatSync(1);
+    if (!st.isCharacterDevice()) return false;
+    if (st.rdev === statSync('/dev/null').rdev) return false;
   } catch {
     return false;
   }
