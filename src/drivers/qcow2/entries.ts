@@ -48,6 +48,20 @@ export function plainDataOffset(view: DataView, at: number): number {
   return (hi & 0x00ffffff) * 2 ** 32 + lo;
 }
 
+/** The L2 entry at byte `at` of `view` is all zeros (unallocated, no flags): no BigInt read. */
+export function l2EntryEmpty(view: DataView, at: number): boolean {
+  return view.getUint32(at) === 0 && view.getUint32(at + 4) === 0;
+}
+
+/**
+ * Write the L2 entry at byte `at` of `view` as `hostOffset` (cluster aligned, below 2^56) with
+ * COPIED, as two 32-bit halves: a BigInt per entry was most of what linking one allocated.
+ */
+export function setCopiedEntry(view: DataView, at: number, hostOffset: number): void {
+  view.setUint32(at, 0x80000000 + Math.floor(hostOffset / 2 ** 32));
+  view.setUint32(at + 4, hostOffset >>> 0);
+}
+
 export function l2EntryOffset(entry: bigint): number {
   return Number(entry & L2E_OFFSET_MASK);
 }
