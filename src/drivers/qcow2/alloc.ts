@@ -15,9 +15,9 @@
  * decreased (the refcount cache depends on the L2 cache).
  */
 import { BlockError } from '../../block/errors.js';
-import { qcow2GetClusterTable, getL2Bitmap, getL2Entry, setL2Bitmap, setL2Entry } from './cluster.js';
+import { qcow2GetClusterTable, getL2Bitmap, getL2Entry, setL2Bitmap, tableView } from './cluster.js';
 import { printfHex, qcow2SignalCorruption } from './corrupt.js';
-import { L2E_OFFSET_MASK, QCOW_OFLAG_COPIED, clusterType } from './entries.js';
+import { L2E_OFFSET_MASK, QCOW_OFLAG_COPIED, clusterType, l2EntryEmpty, setCopiedEntry } from './entries.js';
 import { QCOW2_INCOMPAT_DIRTY } from './header.js';
 import { qcow2FirstAllocation, qcow2WaitFor } from './inflight.js';
 import { qcow2AllocClusters, qcow2AllocClustersAt, qcow2FreeAnyCluster } from './refcount.js';
@@ -215,10 +215,11 @@ export async function qcow2MarkDirty(s: BDRVQcow2State): Promise<void> {
  * non-zero entries they replace.
  */
 export function setLinkedEntries(s: BDRVQcow2State, data: Uint8Array, l2Index: number, m: Qcow2L2Meta, old: bigint[]): void {
+  const view = tableView(data);
   for (let i = 0; i < m.nbClusters; i++) {
-    const prev = getL2Entry(s, data, l2Index + i);
-    if (prev !== 0n) old.push(prev);
-    setL2Entry(s, data, l2Index + i, BigInt(m.allocOffset + i * s.clusterSize) | QCOW_OFLAG_COPIED);
+    const at = (l2Index + i) * s.l2EntrySize;
+    if (!l2EntryEmpty(view, at)) old.push(getL2Entry(s, data, l2Index + i));
+    setCopiedEntry(view, at, m.allocOffset + i * s.clusterSize);
     // With extended L2 entries, the subclusters just written become allocated.
     if (s.extendedL2) setL2Bitmap(s, data, l2Index + i, linkedBitmap(s, m, i, getL2Bitmap(s, data, l2Index + i)));
   }

@@ -9,13 +9,8 @@
  * external data file) answers null, and the full plan decides.
  */
 import type { Qcow2Run } from './cluster.js';
-import { plainDataOffset } from './entries.js';
+import { l2EntryEmpty, plainDataOffset } from './entries.js';
 import { type BDRVQcow2State, offsetIntoCluster, offsetToL2Index } from './state.js';
-
-/** Entry `i` is all zeros. */
-function empty(view: DataView, i: number): boolean {
-  return view.getUint32(i * 8) === 0 && view.getUint32(i * 8 + 4) === 0;
-}
 
 /** The run at guest `offset` (at most `maxBytes`, inside the table `view`), or null. */
 export function planPlainRun(s: BDRVQcow2State, offset: number, maxBytes: number, view: DataView): Qcow2Run | null {
@@ -23,19 +18,19 @@ export function planPlainRun(s: BDRVQcow2State, offset: number, maxBytes: number
   const first = offsetToL2Index(s, offset);
   const host = plainDataOffset(view, first * 8);
   const unallocated = host === 0;
-  if (unallocated ? !empty(view, first) : host % cs !== 0) return null;
+  if (unallocated ? !l2EntryEmpty(view, first * 8) : host % cs !== 0) return null;
   const inCluster = offsetIntoCluster(s, offset);
   const end = first + Math.ceil((inCluster + maxBytes) / cs);
   let i = first + 1;
   if (unallocated) {
-    while (i < end && empty(view, i)) i++;
+    while (i < end && l2EntryEmpty(view, i * 8)) i++;
     // Ended by data: another kind. Anything else is the full plan's to judge.
     if (i < end && plainDataOffset(view, i * 8) === 0) return null;
   } else {
     // Data continues while the host offsets do, whatever COPIED says.
     while (i < end && plainDataOffset(view, i * 8) === host + (i - first) * cs) i++;
     // Ended by an unallocated entry or by data elsewhere on the host.
-    if (i < end && !empty(view, i) && plainDataOffset(view, i * 8) === 0) return null;
+    if (i < end && !l2EntryEmpty(view, i * 8) && plainDataOffset(view, i * 8) === 0) return null;
   }
   const bytes = Math.min((i - first) * cs, inCluster + maxBytes) - inCluster;
   return unallocated

@@ -65,6 +65,20 @@ export function tableWords(table: ArrayBufferView): Uint32Array {
   return new Uint32Array(table.buffer, table.byteOffset, table.byteLength >> 2);
 }
 
+/** The L2 entry at byte `at` of `view` is all zeros (unallocated, no flags): no BigInt read. */
+export function l2EntryEmpty(view: DataView, at: number): boolean {
+  return view.getUint32(at) === 0 && view.getUint32(at + 4) === 0;
+}
+
+/**
+ * Write the L2 entry at byte `at` of `view` as `hostOffset` (cluster aligned, below 2^56) with
+ * COPIED, as two 32-bit halves: a BigInt per entry was most of what linking one allocated.
+ */
+export function setCopiedEntry(view: DataView, at: number, hostOffset: number): void {
+  view.setUint32(at, 0x80000000 + Math.floor(hostOffset / 2 ** 32));
+  view.setUint32(at + 4, hostOffset >>> 0);
+}
+
 export function l2EntryOffset(entry: bigint): number {
   return Number(entry & L2E_OFFSET_MASK);
 }

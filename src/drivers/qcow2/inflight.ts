@@ -41,12 +41,13 @@ function rangeEnd(s: BDRVQcow2State, offset: number, bytes: number): number {
 export function qcow2InFlightBegin(s: BDRVQcow2State, offset: number, bytes: number, allocating: boolean): Qcow2InFlight {
   const r: Qcow2InFlight = { start: rangeStart(s, offset), end: rangeEnd(s, offset, bytes), allocating, done: null };
   s.inFlight.add(r);
+  if (allocating) s.allocationsInFlight++;
   return r;
 }
 
 /** The write is over (linked or given up): wake who waits for it. */
 export function qcow2InFlightEnd(s: BDRVQcow2State, r: Qcow2InFlight): void {
-  s.inFlight.delete(r);
+  if (s.inFlight.delete(r) && r.allocating) s.allocationsInFlight--;
   r.done?.resolve();
 }
 
@@ -55,7 +56,9 @@ export function qcow2InFlightEnd(s: BDRVQcow2State, r: Qcow2InFlight): void {
  * (handle_dependencies looks at the same list).
  */
 export function qcow2FirstAllocation(s: BDRVQcow2State, offset: number, bytes: number): Qcow2InFlight | null {
-  // Asked by every write of the fast paths: two numbers, no array per call.
+  // Asked by every write of the fast paths: two numbers, no array per call, and no walk
+  // over the rewrites in flight when nothing allocates.
+  if (s.allocationsInFlight === 0) return null;
   const start = rangeStart(s, offset);
   const end = rangeEnd(s, offset, bytes);
   let first: Qcow2InFlight | null = null;

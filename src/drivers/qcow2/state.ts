@@ -100,6 +100,8 @@ export interface BDRVQcow2State {
   plannersQueued: number;
   /** Guest writes with data I/O running outside `lock` (inflight.ts). */
   inFlight: Set<Qcow2InFlight>;
+  /** How many of them allocate: with none, a write needs no look for one (qcow2FirstAllocation). */
+  allocationsInFlight: number;
   /** Cluster-sized buffers for the head and tail of copy-on-write (qcow2PerformCow). */
   cowBuffers: BufferPool;
   openOptions: OpenOptions;

@@ -85,6 +85,28 @@ function invalidEntry(s: BDRVQcow2State, guestOffset: number, l2Index: number): 
 }
 
 /**
+ * calculateL2Meta's answer for a write into new clusters whose entries are all zeros, without
+ * extended L2 entries (what the allocating fast path maps, alloc-now.ts): the head of the
+ * first cluster before the data and the tail of the last after it are copied. No entry is read
+ * again, and the fast path's code stays small enough not to be worth optimising.
+ */
+export function plainL2Meta(s: BDRVQcow2State, hostClusterOffset: number, guestOffset: number, bytes: number): Qcow2L2Meta {
+  const cowStartTo = offsetIntoCluster(s, guestOffset);
+  const cowEndFrom = cowStartTo + bytes;
+  const nbClusters = sizeToClusters(s, cowEndFrom);
+  return {
+    allocOffset: hostClusterOffset,
+    offset: guestOffset - cowStartTo,
+    nbClusters,
+    keepOld: false,
+    cowStart: { offset: 0, nbBytes: cowStartTo },
+    cowEnd: { offset: cowEndFrom, nbBytes: nbClusters * s.clusterSize - cowEndFrom },
+    skipCow: false,
+    overwritesData: false,
+  };
+}
+
+/**
  * Describe the COW a write of guest [guestOffset, +bytes) into clusters from host
  * `hostClusterOffset` needs (calculate_l2_meta); null when it needs no L2 update at all
  * (every subcluster it writes is ours and holds data already).
