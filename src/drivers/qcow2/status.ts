@@ -87,25 +87,36 @@ export function qcow2BlockStatusExtents(bs: BlockDriverState, offset: number, by
     if (l2Offset === null) return;
     const data = l2Offset === 0 ? null : s.l2Cache.lookup(l2Offset);
     if (data === undefined) return;
-    const view = data === null ? null : tableView(data);
-    while (pos < tableEnd && out.count < out.capacity) {
-      const run = view === null ? null : planPlainRun(s, pos, tableEnd - pos, view);
-      if (view !== null && run === null) return;
-      if (run === null || run.kind === 'unallocated') {
-        // Zeros past the backing file's end, as qcow2BlockStatusNow answers.
-        const zero = unallocatedZeroNow(bs, pos);
-        if (zero === null) return;
-        const n = run === null ? tableEnd - pos : run.bytes;
-        out.push(n, zero ? BDRV_BLOCK_ZERO : 0, 0);
-        pos += n;
-      } else {
-        // Data needs the preallocation decision first (qcow2BlockStatus makes it).
-        if (s.metadataPreallocation !== false) return;
-        out.push(run.bytes, BDRV_BLOCK_DATA | BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_OFFSET_VALID, run.hostOffset);
-        pos += run.bytes;
-      }
+    pos = tableExtents(bs, s, data === null ? null : tableView(data), pos, tableEnd, out);
+    if (pos < tableEnd) return;
+  }
+}
+
+/**
+ * The extents of one table from `pos` to `tableEnd` (`view` null: no table, unallocated), as
+ * far as planPlainRun plans them; where it stopped. Apart from the table lookup: this loop is
+ * the one V8 optimises, and the lookup's keys (file offsets) turn from small integers into
+ * doubles past 2 GiB of the file, which threw the optimised code away.
+ */
+function tableExtents(bs: BlockDriverState, s: BDRVQcow2State, view: DataView | null, pos: number, tableEnd: number, out: StatusExtents): number {
+  while (pos < tableEnd && out.count < out.capacity) {
+    const run = view === null ? null : planPlainRun(s, pos, tableEnd - pos, view);
+    if (view !== null && run === null) break;
+    if (run === null || run.kind === 'unallocated') {
+      // Zeros past the backing file's end, as qcow2BlockStatusNow answers.
+      const zero = unallocatedZeroNow(bs, pos);
+      if (zero === null) break;
+      const n = run === null ? tableEnd - pos : run.bytes;
+      out.push(n, zero ? BDRV_BLOCK_ZERO : 0, 0);
+      pos += n;
+    } else {
+      // Data needs the preallocation decision first (qcow2BlockStatus makes it).
+      if (s.metadataPreallocation !== false) break;
+      out.push(run.bytes, BDRV_BLOCK_DATA | BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_OFFSET_VALID, run.hostOffset);
+      pos += run.bytes;
     }
   }
+  return pos;
 }
 
 /**
