@@ -152,6 +152,34 @@ function extentEntry(bs: BlockDriverState, ext: StatusExtents, i: number, start:
   return true;
 }
 
+/** The entry being merged, and a spare one the next extent of a batch is read into. */
+interface MapWalk {
+  curr: MapEntry;
+  spare: MapEntry;
+}
+
+/**
+ * Merge and print the extents of a batch from `start` on, as far as the top layer decides
+ * them; how many it took. A function of its own, apart from the async walk: this loop is what
+ * V8 optimises, and the walk's rarer paths (the asks one by one) then do not throw it away.
+ */
+function takeExtents(env: ImgEnv, json: MapJsonWriter | null, bs: BlockDriverState, ext: StatusExtents, got: number, start: number, w: MapWalk): number {
+  const backingLen = backingLengthNow(bs) ?? Infinity;
+  let taken = 0;
+  for (; taken < got && extentEntry(bs, ext, taken, start, backingLen, w.spare); taken++) {
+    const next = w.spare;
+    start += next.length;
+    if (entryMergeable(w.curr, next)) {
+      w.curr.length += next.length;
+      continue;
+    }
+    if (w.curr.length > 0) dumpMapEntry(env, json, w.curr, next);
+    w.spare = w.curr;
+    w.curr = next;
+  }
+  return taken;
+}
+
 /** Extents asked of the top layer at once. */
 const EXTENTS_BATCH = 1024;
 
@@ -185,32 +213,18 @@ export async function imgMap(env: ImgEnv, argv: string[]): Promise<number> {
     if (json === null) env.o.out(`${'Offset'.padEnd(16)}${'Length'.padEnd(16)}${'Mapped to'.padEnd(16)}File\n`);
     else env.o.out('[');
     const empty = (): MapEntry => ({ start: startOffset, length: 0, data: false, zero: false, offset: 0, hasOffset: false, depth: 0, present: false, filename: null });
-    let curr = empty();
-    // Filled from a batch of extents: the next entry without an object of its own.
-    let spare = empty();
+    const w: MapWalk = { curr: empty(), spare: empty() };
     const ext = new StatusExtents(EXTENTS_BATCH);
     length = Math.min(startOffset + maxLength, length);
     try {
-      while (curr.start + curr.length < length) {
-        const offset = curr.start + curr.length;
+      while (w.curr.start + w.curr.length < length) {
+        const offset = w.curr.start + w.curr.length;
         // Probe up to 1 GiB at a time.
         const n = Math.min(2 ** 30, length - offset);
         // As many extents as the top layer answers now; the rest is asked one by one.
         const got = bs.blockStatusExtents(offset, n, ext);
-        const backingLen = backingLengthNow(bs) ?? Infinity;
-        let taken = 0;
-        for (let start = offset; taken < got && extentEntry(bs, ext, taken, start, backingLen, spare); taken++) {
-          start += spare.length;
-          if (entryMergeable(curr, spare)) {
-            curr.length += spare.length;
-            continue;
-          }
-          if (curr.length > 0) dumpMapEntry(env, json, curr, spare);
-          const done = curr;
-          curr = spare;
-          spare = done;
-        }
-        if (taken > 0) continue;
+        if (got > 0 && takeExtents(env, json, bs, ext, got, offset, w) > 0) continue;
+        const curr = w.curr;
         let next: MapEntry;
         try {
           next = getBlockStatusNow(bs, offset, n) ?? (await getBlockStatus(bs, offset, n));
@@ -224,9 +238,9 @@ export async function imgMap(env: ImgEnv, argv: string[]): Promise<number> {
           continue;
         }
         if (curr.length > 0) dumpMapEntry(env, json, curr, next);
-        curr = next;
+        w.curr = next;
       }
-      dumpMapEntry(env, json, curr, null);
+      dumpMapEntry(env, json, w.curr, null);
     } finally {
       // Lines not yet handed to stdout go before any message on stderr.
       json?.flush();
