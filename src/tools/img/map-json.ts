@@ -94,17 +94,19 @@ export class MapJsonWriter {
     for (let p = 10; p <= m && len < 9; p *= 10) len++;
     if (len < width) len = width;
     const buf = this.buf;
-    let at = this.at + len;
+    const start = this.at;
+    let at = start + len;
     this.at = at;
-    while (m >= 10) {
+    // Two digits at a time, then an odd one; once m is 0 the pairs are the padding. One path
+    // for all: a padding loop of its own met its first use (past 1 GB) in optimised code.
+    while (at - start >= 2) {
       const q = (m / 100) | 0;
       const r = (m - q * 100) * 2;
-      buf[--at] = DIGIT_PAIRS[r + 1];
-      buf[--at] = DIGIT_PAIRS[r];
+      buf[at - 1] = DIGIT_PAIRS[r + 1];
+      buf[at - 2] = DIGIT_PAIRS[r];
+      at -= 2;
       m = q;
     }
-    if (m > 0 || at > this.at - len) buf[--at] = 48 + m;
-    // Zero-padding (the low half of a split number).
-    while (at > this.at - len) buf[--at] = 48;
+    if (at > start) buf[start] = 48 + m;
   }
 }
