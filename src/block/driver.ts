@@ -4,6 +4,7 @@ import type { BlkDebugEvent } from './events.js';
 import type { IOVector } from './iovec.js';
 import type { BlockDriverState } from './node.js';
 import type { RuntimeOptionSpec } from './options.js';
+import type { StatusExtents } from './status-extents.js';
 import type { FlatQDict } from './qdict.js';
 import type {
   AmendStatus,
@@ -165,6 +166,12 @@ export interface BlockDriver {
    * it saves the promises of a query (map asks once per extent).
    */
   blockStatusNow?(bs: BlockDriverState, offset: number, bytes: number): BlockStatus | null;
+  /**
+   * blockStatusNow for the extents from `offset` on, one after another, appended to `out`
+   * (empty on entry) until `bytes`, out.capacity, or an extent it would answer null for.
+   * Optional: it saves an object and a call per extent (map of a fragmented image).
+   */
+  blockStatusExtents?(bs: BlockDriverState, offset: number, bytes: number, out: StatusExtents): void;
   /** bdrv_co_is_allocated in bytes; derived from coBlockStatus when absent. */
   coIsAllocated?(bs: BlockDriverState, offset: number, bytes: number): Promise<{ allocated: boolean; pnum: number }>;
   /** Native zeroing; reject with ENOTSUP to make the generic layer write a zero buffer instead. */

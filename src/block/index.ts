@@ -33,3 +33,4 @@ export {
 } from './snapshot.js';
 export { parseOptionSize, qemuStrtosz, type StrtoszResult } from './strtosz.js';
 export * from './dirty-bitmap.js';
+export * from './status-extents.js';

@@ -50,6 +50,7 @@ import { bdrvOpenOptions } from './open-options.js';
 import type { QDictInput } from './qdict.js';
 import { bdrvChangeBackingFile, bdrvCheck, bdrvGetAllocatedFileSize, bdrvGetInfo, bdrvInvalidateCache, bdrvMakeEmpty, nodeSummary } from './info.js';
 import { NodeState } from './node-state.js';
+import { bdrvBlockStatusExtents, type StatusExtents } from './status-extents.js';
 import { bdrvBlockStatus, bdrvBlockStatusAbove, bdrvBlockStatusNow, bdrvIsAllocated, bdrvIsAllocatedAbove, type Allocation } from './status.js';
 
 export { MAX_BACKING_DEPTH } from './open.js';
@@ -201,6 +202,11 @@ export class BlockDriverState extends NodeState {
    */
   blockStatusNow(offset: number, bytes: number): BlockStatus | null {
     return bdrvBlockStatusNow(this, offset, bytes);
+  }
+
+  /** Block status of this layer's extents from `offset` on, as far as it answers now, into `out`. */
+  blockStatusExtents(offset: number, bytes: number, out: StatusExtents): number {
+    return bdrvBlockStatusExtents(this, offset, bytes, out);
   }
 
   isAllocated(offset: number, bytes: number): Promise<Allocation> {

@@ -69,4 +69,21 @@ describe('ToolOutput', () => {
     expect(text.indexOf('p: last\n')).toBe(text.indexOf(err) + err.length);
     expect(text.endsWith('tail without newline')).toBe(true);
   });
+
+  it('keeps ASCII bytes (outAscii) in order with text, through either sink', () => {
+    const ascii = (s: string): Uint8Array => new TextEncoder().encode(s);
+    const asText = pipe(false);
+    const asBytes = pipe(true);
+    for (const p of [asText, asBytes]) {
+      const o = new ToolOutput(p.io, 'p');
+      for (let i = 0; i < 30000; i++) {
+        o.out(`text ${i}, `);
+        o.outAscii(ascii(`bytes ${i}\n`));
+        if (i % 4999 === 0) o.errRaw(`message ${i}\n`);
+      }
+      o.flush();
+    }
+    expect(asBytes.text()).toBe(asText.text());
+    expect(asBytes.text()).toContain('text 29999, bytes 29999\n');
+  });
 });

@@ -169,13 +169,19 @@ export async function qcow2GetHostOffset(s: BDRVQcow2State, offset: number, byte
  */
 export function qcow2GetHostOffsetNow(s: BDRVQcow2State, offset: number, bytes: number): Qcow2Run | null {
   const maxBytes = runLimit(s, offset, bytes);
-  const l1Index = offsetToL1Index(s, offset);
-  if (l1Index >= s.l1Table.length) return unallocatedRun(maxBytes);
-  const l2Offset = Number(s.l1Table[l1Index] & L1E_OFFSET_MASK);
+  const l2Offset = qcow2L2OffsetNow(s, offset);
   if (l2Offset === 0) return unallocatedRun(maxBytes);
-  if (offsetIntoCluster(s, l2Offset) !== 0) return null;
+  if (l2Offset === null) return null;
   const data = s.l2Cache.lookup(l2Offset);
   return data === undefined ? null : planInTable(s, offset, maxBytes, l2Offset, data, true);
+}
+
+/** The L2 table's offset for guest `offset` from the L1 table: 0 for none, null if unaligned. */
+export function qcow2L2OffsetNow(s: BDRVQcow2State, offset: number): number | null {
+  const l1Index = offsetToL1Index(s, offset);
+  if (l1Index >= s.l1Table.length) return 0;
+  const l2Offset = Number(s.l1Table[l1Index] & L1E_OFFSET_MASK);
+  return offsetIntoCluster(s, l2Offset) !== 0 ? null : l2Offset;
 }
 
 /**
@@ -207,7 +213,7 @@ async function planQueued(s: BDRVQcow2State, offset: number, bytes: number): Pro
 }
 
 /** A run never crosses an L2 table. */
-function runLimit(s: BDRVQcow2State, offset: number, bytes: number): number {
+export function runLimit(s: BDRVQcow2State, offset: number, bytes: number): number {
   const l2Span = s.clusterSize * s.l2Size;
   return Math.min(bytes, l2Span - (offset % l2Span));
 }

@@ -22,7 +22,7 @@ import {
 import { qcow2CoPwritevCompressedPart } from './compress-write.js';
 import { qcow2PreadvNow } from './fast.js';
 import { qcow2WritevSubmit } from './alloc-submit.js';
-import { qcow2BlockStatus, qcow2BlockStatusNow } from './status.js';
+import { qcow2BlockStatus, qcow2BlockStatusExtents, qcow2BlockStatusNow } from './status.js';
 import { qcow2CoPwritev } from './io.js';
 import { qcow2CoPreadv } from './read.js';
 import { qcow2MakeEmpty } from './make-empty.js';
@@ -198,6 +198,7 @@ export const qcow2Driver: BlockDriver = {
   coPwritevCompressed: (bs, offset, bytes, qiov: IOVector) => qcow2CoPwritevCompressedPart(qcow2State(bs), offset, bytes, qiov),
   coBlockStatus: qcow2BlockStatus,
   blockStatusNow: qcow2BlockStatusNow,
+  blockStatusExtents: qcow2BlockStatusExtents,
   coWriteZeroes: (bs, offset, bytes, flags: WriteZeroesFlags) => qcow2CoWriteZeroes(qcow2State(bs), offset, bytes, flags),
   coDiscard: (bs, offset, bytes) => qcow2CoDiscard(qcow2State(bs), offset, bytes),
   truncate: async (bs, size, prealloc) => {

@@ -6,9 +6,11 @@
  */
 import type { BlockStatus } from '../../block/driver.js';
 import type { BlockDriverState } from '../../block/node.js';
-import { type Qcow2Run, qcow2GetHostOffsetNow, qcow2PlanUnlocked } from './cluster.js';
+import { BDRV_BLOCK_ALLOCATED, BDRV_BLOCK_DATA, BDRV_BLOCK_OFFSET_VALID, BDRV_BLOCK_ZERO, unallocatedZeroNow, type StatusExtents } from '../../block/status-extents.js';
+import { type Qcow2Run, qcow2GetHostOffsetNow, qcow2L2OffsetNow, qcow2PlanUnlocked, runLimit, tableView } from './cluster.js';
+import { planPlainRun } from './cluster-plain.js';
 import { qcow2CheckNotCorrupt } from './corrupt.js';
-import { qcow2DataNode } from './data-file.js';
+import { qcow2DataNode, qcow2HasDataFile } from './data-file.js';
 import { qcow2GetRefcount } from './refcount.js';
 import { RefcountReader } from './refcount-now.js';
 import { type BDRVQcow2State, qcow2File, qcow2State } from './state.js';
@@ -63,13 +65,58 @@ export function qcow2BlockStatusNow(bs: BlockDriverState, offset: number, bytes:
   if (s === null || s.lock.isLocked || s.corrupt) return null;
   const run = qcow2GetHostOffsetNow(s, offset, bytes);
   if (run === null || (run.kind === 'normal' && s.metadataPreallocation !== false)) return null;
-  let pastBacking = false;
-  if (run.kind === 'unallocated') {
-    const len = bs.backing === null ? 0 : bs.backing.knownLength();
-    if (len === null) return null;
-    pastBacking = offset >= len;
+  const pastBacking = run.kind === 'unallocated' ? unallocatedZeroNow(bs, offset) : false;
+  return pastBacking === null ? null : runStatus(s, run, pastBacking);
+}
+
+/**
+ * The blockStatusExtents hook: qcow2BlockStatusNow's answers for the plain runs of cached
+ * tables (data contiguous on the host, unallocated entries, planned by planPlainRun), table
+ * after table; it stops at anything else, which blockStatusNow or blockStatus then answers.
+ */
+export function qcow2BlockStatusExtents(bs: BlockDriverState, offset: number, bytes: number, out: StatusExtents): void {
+  const s = bs.opaque as BDRVQcow2State | null;
+  // planPlainRun knows standard entries in the image file only.
+  if (s === null || s.lock.isLocked || s.corrupt || s.extendedL2 || qcow2HasDataFile(s)) return;
+  out.file = qcow2DataNode(s);
+  const end = offset + bytes;
+  let pos = offset;
+  while (pos < end && out.count < out.capacity) {
+    const tableEnd = pos + runLimit(s, pos, end - pos);
+    const l2Offset = qcow2L2OffsetNow(s, pos);
+    if (l2Offset === null) return;
+    const data = l2Offset === 0 ? null : s.l2Cache.lookup(l2Offset);
+    if (data === undefined) return;
+    pos = tableExtents(bs, s, data === null ? null : tableView(data), pos, tableEnd, out);
+    if (pos < tableEnd) return;
   }
-  return runStatus(s, run, pastBacking);
+}
+
+/**
+ * The extents of one table from `pos` to `tableEnd` (`view` null: no table, unallocated), as
+ * far as planPlainRun plans them; where it stopped. Apart from the table lookup: this loop is
+ * the one V8 optimises, and the lookup's keys (file offsets) turn from small integers into
+ * doubles past 2 GiB of the file, which threw the optimised code away.
+ */
+function tableExtents(bs: BlockDriverState, s: BDRVQcow2State, view: DataView | null, pos: number, tableEnd: number, out: StatusExtents): number {
+  while (pos < tableEnd && out.count < out.capacity) {
+    const run = view === null ? null : planPlainRun(s, pos, tableEnd - pos, view);
+    if (view !== null && run === null) break;
+    if (run === null || run.kind === 'unallocated') {
+      // Zeros past the backing file's end, as qcow2BlockStatusNow answers.
+      const zero = unallocatedZeroNow(bs, pos);
+      if (zero === null) break;
+      const n = run === null ? tableEnd - pos : run.bytes;
+      out.push(n, zero ? BDRV_BLOCK_ZERO : 0, 0);
+      pos += n;
+    } else {
+      // Data needs the preallocation decision first (qcow2BlockStatus makes it).
+      if (s.metadataPreallocation !== false) break;
+      out.push(run.bytes, BDRV_BLOCK_DATA | BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_OFFSET_VALID, run.hostOffset);
+      pos += run.bytes;
+    }
+  }
+  return pos;
 }
 
 /**

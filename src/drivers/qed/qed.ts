@@ -18,7 +18,7 @@ import type { IOVector } from '../../block/iovec.js';
 import type { BlockDriverState } from '../../block/node.js';
 import { qedCheck } from './check.js';
 import { qedCreate, qedCreateOptions, qedCreateWarnings } from './create.js';
-import { qedBlockStatusNow, qedCoBlockStatus, qedCoIsAllocated } from './status.js';
+import { qedBlockStatusExtents, qedBlockStatusNow, qedCoBlockStatus, qedCoIsAllocated } from './status.js';
 import {
   decodeHeader,
   encodeHeader,
@@ -306,6 +306,7 @@ export const qedDriver: BlockDriver = {
   coBlockStatus: qedCoBlockStatus,
   coIsAllocated: qedCoIsAllocated,
   blockStatusNow: qedBlockStatusNow,
+  blockStatusExtents: qedBlockStatusExtents,
   coWriteZeroes: qedWriteZeroesHook,
   truncate: qedTruncate,
   getLength: qedGetLength,

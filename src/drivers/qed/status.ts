@@ -5,6 +5,7 @@
  */
 import type { BlockStatus } from '../../block/driver.js';
 import type { BlockDriverState } from '../../block/node.js';
+import { BDRV_BLOCK_ALLOCATED, BDRV_BLOCK_DATA, BDRV_BLOCK_OFFSET_VALID, BDRV_BLOCK_ZERO, unallocatedZeroNow, type StatusExtents } from '../../block/status-extents.js';
 import { type QEDClusterRun, qedFindCluster, qedFindClusterNow } from './cluster.js';
 import { type BDRVQEDState, type QEDRequest, qedFile, qedState } from './state.js';
 
@@ -48,11 +49,26 @@ export function qedBlockStatusNow(bs: BlockDriverState, offset: number, bytes: n
   if (s === null) return null;
   const run = qedFindClusterNow(s, offset, bytes);
   if (run === null) return null;
-  let pastBacking = false;
-  if (run.kind === 'l1-unallocated' || run.kind === 'l2-unallocated') {
-    const len = bs.backing === null ? 0 : bs.backing.knownLength();
-    if (len === null) return null;
-    pastBacking = offset >= len;
+  const pastBacking = run.kind === 'l1-unallocated' || run.kind === 'l2-unallocated' ? unallocatedZeroNow(bs, offset) : false;
+  return pastBacking === null ? null : runStatus(s, run, pastBacking);
+}
+
+/** The blockStatusExtents hook: qedBlockStatusNow's answers, one run after another. */
+export function qedBlockStatusExtents(bs: BlockDriverState, offset: number, bytes: number, out: StatusExtents): void {
+  const s = bs.opaque as BDRVQEDState | null;
+  if (s === null) return;
+  out.file = qedFile(s);
+  const end = offset + bytes;
+  for (let pos = offset; pos < end && out.count < out.capacity; ) {
+    const run = qedFindClusterNow(s, pos, end - pos);
+    if (run === null) return;
+    if (run.kind === 'found') out.push(run.length, BDRV_BLOCK_DATA | BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_OFFSET_VALID, run.hostOffset);
+    else if (run.kind === 'zero') out.push(run.length, BDRV_BLOCK_ZERO | BDRV_BLOCK_ALLOCATED, 0);
+    else {
+      const zero = unallocatedZeroNow(bs, pos);
+      if (zero === null) return;
+      out.push(run.length, zero ? BDRV_BLOCK_ZERO : 0, 0);
+    }
+    pos += run.length;
   }
-  return runStatus(s, run, pastBacking);
 }

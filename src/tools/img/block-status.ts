@@ -1,6 +1,6 @@
 // Block status as qemu-img's subcommands ask it: one layer with the generic layer's rules for
 // unallocated ranges, and the status through a chain down to a base as QEMU's flag word.
-import type { BlockDriverState, BlockStatus } from '../../index.js';
+import { BDRV_BLOCK_ALLOCATED, BDRV_BLOCK_DATA, BDRV_BLOCK_OFFSET_VALID, BDRV_BLOCK_ZERO, backingLengthNow, type BlockDriverState, type BlockStatus } from '../../index.js';
 
 /** The status of one layer, with the generic block layer's rules for unallocated ranges. */
 export type LayerStatus = BlockStatus;
@@ -28,15 +28,12 @@ export async function layerStatus(bs: BlockDriverState, offset: number, bytes: n
 export function layerStatusNow(bs: BlockDriverState, offset: number, bytes: number): LayerStatus | null {
   const st = bs.blockStatusNow(offset, bytes);
   if (st === null || st.allocated || !bs.driver.supportsBacking || st.zero) return st;
-  const backingLen = bs.backing === null ? 0 : bs.backing.knownLength();
+  const backingLen = backingLengthNow(bs);
   if (backingLen === null) return null;
   return offset >= backingLen ? { ...st, zero: true } : st;
 }
 
-export const BDRV_BLOCK_DATA = 0x01;
-export const BDRV_BLOCK_ZERO = 0x02;
-export const BDRV_BLOCK_OFFSET_VALID = 0x04;
-export const BDRV_BLOCK_ALLOCATED = 0x10;
+export { BDRV_BLOCK_ALLOCATED, BDRV_BLOCK_DATA, BDRV_BLOCK_OFFSET_VALID, BDRV_BLOCK_ZERO };
 export const BDRV_BLOCK_EOF = 0x20;
 
 function toFlags(s: LayerStatus): number {

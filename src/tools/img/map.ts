@@ -1,12 +1,12 @@
 // blk-img map: the allocation map through the backing chain, merged into extents the way
 // qemu-img map merges them (human: data extents only; json: every extent with its depth).
-import { ERRNO_MESSAGES, isBlockError, type BlockDriverState } from '../../index.js';
+import { BDRV_BLOCK_ALLOCATED, BDRV_BLOCK_DATA, BDRV_BLOCK_OFFSET_VALID, BDRV_BLOCK_ZERO, ERRNO_MESSAGES, StatusExtents, backingLengthNow, isBlockError, type BlockDriverState } from '../../index.js';
 import { closeQuietly, rootOf } from '../shared/open.js';
 import { ToolExit } from '../shared/output.js';
-import { formatU64 } from '../shared/printf.js';
 import { cvtnum } from '../shared/size.js';
 import { layerStatus, layerStatusNow, type LayerStatus } from './block-status.js';
 import type { ImgEnv } from './env.js';
+import { MapJsonWriter } from './map-json.js';
 import { imgOpen } from './open.js';
 import { FORCE_SHARE, FORMAT_LONG, HELP, IMAGE_OPTS, OBJECT, OUTPUT, imgArgs, oneFilename, parseImgOptions, parseOutputFormat, type ImgArgs, type ImgOption } from './options.js';
 
@@ -108,28 +108,80 @@ function entryMergeable(curr: MapEntry, next: MapEntry): boolean {
 
 const hex = (n: number): string => (n === 0 ? '0' : `0x${n.toString(16)}`);
 
-function dumpMapEntry(env: ImgEnv, fmt: 'human' | 'json', e: MapEntry, next: MapEntry | null): void {
-  if (fmt === 'human') {
-    if (e.data && !e.hasOffset) {
-      env.o.error('File contains external, encrypted or compressed clusters.');
-      throw new ToolExit(1);
-    }
-    if (e.data && !e.zero) {
-      env.o.out(`${hex(e.start).padEnd(16)}${hex(e.length).padEnd(16)}${hex(e.hasOffset ? e.offset : 0).padEnd(16)}${e.filename ?? ''}\n`);
-    }
-    // Human output does not tell zero from unallocated: normalise to coalesce more.
-    if (next && (!next.data || next.zero)) {
-      next.data = false;
-      next.zero = true;
-    }
+function dumpMapEntry(env: ImgEnv, json: MapJsonWriter | null, e: MapEntry, next: MapEntry | null): void {
+  if (json !== null) {
+    json.entry(e, next === null);
     return;
   }
-  let s = `{ "start": ${formatU64(e.start)}, "length": ${formatU64(e.length)}, "depth": ${e.depth}, "present": ${e.present}, "zero": ${e.zero}, "data": ${e.data}`;
-  if (e.hasOffset) s += `, "offset": ${formatU64(e.offset)}`;
-  s += '}';
-  if (next) s += ',\n';
-  env.o.out(s);
+  if (e.data && !e.hasOffset) {
+    env.o.error('File contains external, encrypted or compressed clusters.');
+    throw new ToolExit(1);
+  }
+  if (e.data && !e.zero) {
+    env.o.out(`${hex(e.start).padEnd(16)}${hex(e.length).padEnd(16)}${hex(e.hasOffset ? e.offset : 0).padEnd(16)}${e.filename ?? ''}\n`);
+  }
+  // Human output does not tell zero from unallocated: normalise to coalesce more.
+  if (next && (!next.data || next.zero)) {
+    next.data = false;
+    next.zero = true;
+  }
 }
+
+/**
+ * The map entry of extent `i` of a batch from the top layer (bdrvBlockStatusExtents), into
+ * `e`: false when the top layer does not decide it, and getBlockStatus walks down instead.
+ * Unallocated reads as zeros without a backing file or past its end, as layerStatusNow says.
+ */
+function extentEntry(bs: BlockDriverState, ext: StatusExtents, i: number, start: number, backingLen: number, e: MapEntry): boolean {
+  let flags = ext.flags[i];
+  if ((flags & (BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_ZERO)) === 0 && bs.driver.supportsBacking) {
+    if (start < backingLen) return false;
+    flags |= BDRV_BLOCK_ZERO;
+  }
+  if ((flags & (BDRV_BLOCK_DATA | BDRV_BLOCK_ZERO)) === 0) return false;
+  const hasOffset = (flags & BDRV_BLOCK_OFFSET_VALID) !== 0;
+  e.start = start;
+  e.length = ext.pnum[i];
+  e.data = (flags & BDRV_BLOCK_DATA) !== 0;
+  e.zero = (flags & BDRV_BLOCK_ZERO) !== 0;
+  e.offset = hasOffset ? ext.hostOffset[i] : 0;
+  e.hasOffset = hasOffset;
+  e.depth = 0;
+  e.present = (flags & BDRV_BLOCK_ALLOCATED) !== 0;
+  e.filename = hasOffset ? nodeFilename(ext.file ?? undefined) : null;
+  return true;
+}
+
+/** The entry being merged, and a spare one the next extent of a batch is read into. */
+interface MapWalk {
+  curr: MapEntry;
+  spare: MapEntry;
+}
+
+/**
+ * Merge and print the extents of a batch from `start` on, as far as the top layer decides
+ * them; how many it took. A function of its own, apart from the async walk: this loop is what
+ * V8 optimises, and the walk's rarer paths (the asks one by one) then do not throw it away.
+ */
+function takeExtents(env: ImgEnv, json: MapJsonWriter | null, bs: BlockDriverState, ext: StatusExtents, got: number, start: number, w: MapWalk): number {
+  const backingLen = backingLengthNow(bs) ?? Infinity;
+  let taken = 0;
+  for (; taken < got && extentEntry(bs, ext, taken, start, backingLen, w.spare); taken++) {
+    const next = w.spare;
+    start += next.length;
+    if (entryMergeable(w.curr, next)) {
+      w.curr.length += next.length;
+      continue;
+    }
+    if (w.curr.length > 0) dumpMapEntry(env, json, w.curr, next);
+    w.spare = w.curr;
+    w.curr = next;
+  }
+  return taken;
+}
+
+/** Extents asked of the top layer at once. */
+const EXTENTS_BATCH = 1024;
 
 interface MapArgs extends ImgArgs {
   startOffset: number;
@@ -157,30 +209,43 @@ export async function imgMap(env: ImgEnv, argv: string[]): Promise<number> {
   const bs = rootOf(blk);
   try {
     let length = await blk.getLength();
-    if (output === 'human') env.o.out(`${'Offset'.padEnd(16)}${'Length'.padEnd(16)}${'Mapped to'.padEnd(16)}File\n`);
+    const json = output === 'json' ? new MapJsonWriter(env.o) : null;
+    if (json === null) env.o.out(`${'Offset'.padEnd(16)}${'Length'.padEnd(16)}${'Mapped to'.padEnd(16)}File\n`);
     else env.o.out('[');
-    let curr: MapEntry = { start: startOffset, length: 0, data: false, zero: false, offset: 0, hasOffset: false, depth: 0, present: false, filename: null };
+    const empty = (): MapEntry => ({ start: startOffset, length: 0, data: false, zero: false, offset: 0, hasOffset: false, depth: 0, present: false, filename: null });
+    const w: MapWalk = { curr: empty(), spare: empty() };
+    const ext = new StatusExtents(EXTENTS_BATCH);
     length = Math.min(startOffset + maxLength, length);
-    while (curr.start + curr.length < length) {
-      const offset = curr.start + curr.length;
-      // Probe up to 1 GiB at a time.
-      const n = Math.min(2 ** 30, length - offset);
-      let next: MapEntry;
-      try {
-        next = getBlockStatusNow(bs, offset, n) ?? (await getBlockStatus(bs, offset, n));
-      } catch (e) {
-        env.o.error(`Could not read file metadata: ${isBlockError(e) ? ERRNO_MESSAGES[e.code] : String(e)}`);
-        return 1;
+    try {
+      while (w.curr.start + w.curr.length < length) {
+        const offset = w.curr.start + w.curr.length;
+        // Probe up to 1 GiB at a time.
+        const n = Math.min(2 ** 30, length - offset);
+        // As many extents as the top layer answers now; the rest is asked one by one.
+        const got = bs.blockStatusExtents(offset, n, ext);
+        if (got > 0 && takeExtents(env, json, bs, ext, got, offset, w) > 0) continue;
+        const curr = w.curr;
+        let next: MapEntry;
+        try {
+          next = getBlockStatusNow(bs, offset, n) ?? (await getBlockStatus(bs, offset, n));
+        } catch (e) {
+          json?.flush();
+          env.o.error(`Could not read file metadata: ${isBlockError(e) ? ERRNO_MESSAGES[e.code] : String(e)}`);
+          return 1;
+        }
+        if (entryMergeable(curr, next)) {
+          curr.length += next.length;
+          continue;
+        }
+        if (curr.length > 0) dumpMapEntry(env, json, curr, next);
+        w.curr = next;
       }
-      if (entryMergeable(curr, next)) {
-        curr.length += next.length;
-        continue;
-      }
-      if (curr.length > 0) dumpMapEntry(env, output, curr, next);
-      curr = next;
+      dumpMapEntry(env, json, w.curr, null);
+    } finally {
+      // Lines not yet handed to stdout go before any message on stderr.
+      json?.flush();
     }
-    dumpMapEntry(env, output, curr, null);
-    if (output === 'json') env.o.out(']\n');
+    if (json !== null) env.o.out(']\n');
     return 0;
   } finally {
     await closeQuietly(blk);

@@ -104,19 +104,40 @@ export class ToolOutput {
     if (this.text.length >= TEXT_BATCH) this.encodeText(sink);
   }
 
+  /**
+   * printf of ASCII text given as bytes (map's JSON lines, formatted without a string each):
+   * copied into the held bytes, after any text printed before it.
+   */
+  outAscii(ascii: Uint8Array): void {
+    const sink = this.io.stdoutBytes;
+    if (sink === undefined || this.io.stdoutIsTTY === true) {
+      this.out(new TextDecoder('latin1').decode(ascii));
+      return;
+    }
+    if (this.text !== '') this.encodeText(sink);
+    this.room(sink, this.held + ascii.length).set(ascii, this.held);
+    this.held += ascii.length;
+    if (this.held >= STDOUT_HOLD) this.writeFullBlocks();
+  }
+
   /** Encode the gathered text into the held bytes; write what stdio would have by then. */
   private encodeText(sink: ByteSink): void {
     const s = this.text;
     this.text = '';
-    const need = this.held + 3 * s.length;
+    // Room for 3 bytes a character at most.
+    this.held += sink.encode(s, this.room(sink, this.held + 3 * s.length), this.held);
+    if (this.held >= STDOUT_HOLD) this.writeFullBlocks();
+  }
+
+  /** The held bytes, with room for `need` in all. */
+  private room(sink: ByteSink, need: number): Uint8Array {
     if (this.bytes === null || need > this.bytes.length) {
-      // Room for a hold that is not yet full and a batch (3 bytes a character at most).
+      // Room for a hold that is not yet full and a batch.
       const bigger = sink.alloc(Math.max(STDOUT_HOLD + 4 * TEXT_BATCH, need));
       if (this.bytes !== null) bigger.set(this.bytes.subarray(0, this.held));
       this.bytes = bigger;
     }
-    this.held += sink.encode(s, this.bytes, this.held);
-    if (this.held >= STDOUT_HOLD) this.writeFullBlocks();
+    return this.bytes;
   }
 
   /** Write what stdio would have written by now: the buffered text's whole 4 KiB blocks. */

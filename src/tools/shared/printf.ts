@@ -122,14 +122,3 @@ function trimZeros(s: string, suffix: string): string {
   const i = s.indexOf('.000');
   return i >= 0 ? s.slice(0, i) + suffix : s + suffix;
 }
-
-/**
- * A non-negative safe integer in decimal ("%" PRId64). V8 turns a number past 2^31 (a heap
- * number, not a small integer) into text on its floating-point path, several times slower
- * than two small integers: map prints three offsets per extent, tens of thousands of extents.
- */
-export function formatU64(n: number): string {
-  if (n < 1e9) return `${n}`;
-  const lo = n % 1e9;
-  return `${(n - lo) / 1e9}${lo < 1e8 ? `${lo}`.padStart(9, '0') : lo}`;
-}
