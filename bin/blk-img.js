@@ -27,7 +27,7 @@ const convert = command === 'convert';
 const hot = convert || command === 'bench';
 // The tool comes as one bundled file (dist/bin, `npm run bundle`): loading the ~60 compiled
 // modules one by one took about 40 ms of every run. Without the bundle, the modules themselves.
-const { compileTool, raiseInterruptBudget, runTool } = require('./bundle.js');
+const { compileTool, lessInlining, raiseInterruptBudget, runTool } = require('./bundle.js');
 // The whole code cache holds convert's and bench's request paths; the others take the lean one
 // (scripts/bundle.ts), which V8 deserializes in less time.
 const tool = compileTool('img', hot ? '' : '.lean');
@@ -35,6 +35,7 @@ const tool = compileTool('img', hot ? '' : '.lean');
   .then(({ main }) => {
     // Once the tool is loaded (raiseInterruptBudget says why).
     if (hot) raiseInterruptBudget(convert ? 8 : 4);
+    if (command === 'map') lessInlining();
     return main(process.argv);
   })
   .then((code) => {

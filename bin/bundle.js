@@ -82,7 +82,23 @@ const INTERRUPT_BUDGET = 67584;
  * still get this one.
  */
 function raiseInterruptBudget(times = 4) {
-  const flag = `--interrupt-budget=${INTERRUPT_BUDGET * times}`;
+  setV8Flag(`--interrupt-budget=${INTERRUPT_BUDGET * times}`);
+}
+
+/**
+ * Less inlining by TurboFan (V8's default cumulative budget is 920 bytes of bytecode) for the
+ * rest of the run, set once the tool is loaded as raiseInterruptBudget is: map of a fragmented
+ * image runs its walk and its output tens of thousands of times in a fresh process, and
+ * TurboFan spent more compiling them, callees inlined into each caller, than they then ran:
+ * with 200, map's CPU fell by about 30 ms of 170 (both formats; bench/RESULTS.md, "Map's walk
+ * in batches").
+ */
+function lessInlining() {
+  setV8Flag('--max-inlined-bytecode-size-cumulative=200');
+}
+
+/** node:v8 is loaded only here: it loads Node's stream modules, which the other runs do without. */
+function setV8Flag(flag) {
   debug('V8 flags: %s', flag);
   require('node:v8').setFlagsFromString(flag);
 }
@@ -107,4 +123,4 @@ function runTool({ script, file }) {
   return module.exports;
 }
 
-module.exports = { compileTool, raiseInterruptBudget, runTool };
+module.exports = { compileTool, lessInlining, raiseInterruptBudget, runTool };
