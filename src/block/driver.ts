@@ -185,6 +185,12 @@ export interface BlockDriver {
    * unchanged, and the data's range holds its old bytes or the data (write it again).
    */
   coZeroThenPwritev?(bs: BlockDriverState, zeroOffset: number, zeroBytes: number, offset: number, bytes: number, qiov: IOVector): Promise<void>;
+  /**
+   * coZeroThenPwritev started now with its end reported through `done`, as pwritevSubmit is
+   * to coPwritev (same contract, ENOTSUP included): true when started, false when nothing was
+   * done (the caller uses coZeroThenPwritev). Optional: it saves an allocating write's promises.
+   */
+  zeroThenPwritevSubmit?(bs: BlockDriverState, zeroOffset: number, zeroBytes: number, offset: number, bytes: number, qiov: IOVector, done: CompletionFunc): boolean;
 
   /** `prealloc`: QEMU's PreallocMode name for a grown range; absent means 'off'. */
   truncate?(bs: BlockDriverState, size: number, prealloc?: string): Promise<void>;

@@ -42,7 +42,7 @@ import { inflight } from './io/requests.js';
 import { NO_FLAGS, bdrvDiscard, bdrvPwritev, bdrvWriteZeroes } from './io/write.js';
 import { bdrvPwritevSubmit } from './io/write-submit.js';
 import { bdrvPwritevCompressed, bdrvSupportsCompressedWrites } from './io/compressed.js';
-import { bdrvZeroThenPwritev } from './io/zero-write.js';
+import { bdrvZeroThenPwritev, bdrvZeroThenPwritevSubmit } from './io/zero-write.js';
 import { IOVector } from './iovec.js';
 import { bdrvClose, bdrvDrain, bdrvReopen, closeChildren, type ReopenOptions } from './lifecycle.js';
 import { bdrvOpenChain, driverOpen } from './open.js';
@@ -157,6 +157,15 @@ export class BlockDriverState extends NodeState {
    */
   zeroThenPwritev(zeroOffset: number, zeroBytes: number, offset: number, qiov: IOVector): Promise<void> {
     return bdrvZeroThenPwritev(this, zeroOffset, zeroBytes, offset, qiov);
+  }
+
+  /**
+   * zeroThenPwritev started now with a completion callback, when the driver can and the
+   * request takes the fast path: true when started (`done` runs later, exactly once), false
+   * when nothing was done and zeroThenPwritev must be used.
+   */
+  zeroThenPwritevSubmit(zeroOffset: number, zeroBytes: number, offset: number, qiov: IOVector, done: CompletionFunc): boolean {
+    return bdrvZeroThenPwritevSubmit(this, zeroOffset, zeroBytes, offset, qiov, done);
   }
 
   /** Whole clusters, compressed; ENOTSUP where the driver cannot (see io/compressed.ts). */

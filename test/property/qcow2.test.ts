@@ -69,6 +69,7 @@ describe('qcow2: concurrency and faults', () => {
     // Rewrites and allocating writes started with a callback, completed in the scheduler's order.
     expect(submitStats.sched.qcow2Rewrite - cb.qcow2Rewrite).toBeGreaterThan(5);
     expect(submitStats.sched.qcow2Alloc - cb.qcow2Alloc).toBeGreaterThan(0);
+    expect(submitStats.sched.qcow2Zero - cb.qcow2Zero).toBeGreaterThan(0);
     expect(extL2Since(ext)).toBeGreaterThan(2);
     expect(concStats.multiRequestBatches - before.multiRequestBatches).toBeGreaterThan(10);
   });
@@ -85,10 +86,12 @@ describe('qcow2: concurrency and faults', () => {
     const compressed = { ...compressStats };
     const cb = submitSnapshot().powerloss;
     await propPowerLoss({ numRuns: 80, seed, format });
-    // Every callback path ran under power loss: rewrites, allocations of whole clusters, COW
-    // writes over a raw backing file on the host.
+    // Every callback path ran under power loss: rewrites, allocations of whole clusters,
+    // allocations zeroed with their data (no backing file), COW writes over a raw backing
+    // file on the host.
     expect(submitStats.powerloss.qcow2Rewrite - cb.qcow2Rewrite).toBeGreaterThan(5);
     expect(submitStats.powerloss.qcow2Alloc - cb.qcow2Alloc).toBeGreaterThan(2);
+    expect(submitStats.powerloss.qcow2Zero - cb.qcow2Zero).toBeGreaterThan(0);
     expect(submitStats.powerloss.qcow2Cow - cb.qcow2Cow).toBeGreaterThan(0);
     expect(extL2Since(ext)).toBeGreaterThan(3);
     expect(faultStats.crashedMidRequest - before.crashedMidRequest).toBeGreaterThan(2);

@@ -77,6 +77,23 @@ export const schedDriver: BlockDriver = {
       );
     return true;
   },
+  // The zeroing and the data of an allocation as one callback request (qcow2's zeroSubmit):
+  // both land, in that order, when the scheduler lets the request through.
+  zeroThenPwritevSubmit(bs, zeroOffset, zeroBytes, offset, bytes, qiov, done) {
+    if (!(bs.opaque instanceof MemStore) || bytes === 0) return false;
+    const s = bs.opaque;
+    countSubmit(bs);
+    gate(`zero ${zeroOffset}+${zeroBytes}, write ${offset}+${bytes} (callback)`)
+      .then(() => {
+        s.writeZeroes(zeroOffset, zeroBytes, false);
+        s.write(offset, qiov.iov, bytes);
+      })
+      .then(
+        () => done(null),
+        (e: unknown) => done(toBlockError(e, { op: 'write', offset })),
+      );
+    return true;
+  },
   async coWriteZeroes(bs, offset, bytes) {
     await gate(`zero ${offset}+${bytes}`);
     store(bs).writeZeroes(offset, bytes, false);

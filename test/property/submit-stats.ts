@@ -10,6 +10,8 @@ import type { Geometry } from './harness.js';
 import type { FormatProfile } from './profile.js';
 
 export interface SubmitCounts {
+  /** qcow2: a write into a new cluster zeroed with it (no backing file), L2 entry set from its completion. */
+  qcow2Zero: number;
   /** qcow2: a COW write (head, data, tail) over a cached backing file, L2 entry set from its completion. */
   qcow2Cow: number;
   /** qcow2: an allocating write of whole clusters, L2 entries set from its completion. */
@@ -22,12 +24,13 @@ export interface SubmitCounts {
   other: number;
 }
 
-const zero = (): SubmitCounts => ({ qcow2Cow: 0, qcow2Alloc: 0, qcow2Rewrite: 0, qedRewrite: 0, other: 0 });
+const zero = (): SubmitCounts => ({ qcow2Zero: 0, qcow2Cow: 0, qcow2Alloc: 0, qcow2Rewrite: 0, qedRewrite: 0, other: 0 });
 
 export const submitStats: { powerloss: SubmitCounts; sched: SubmitCounts } = { powerloss: zero(), sched: zero() };
 
-// First match wins: cowSubmit runs inside allocSubmit.
+// First match wins: zeroSubmit and cowSubmit run inside allocSubmit.
 const PATHS: [Exclude<keyof SubmitCounts, 'other'>, RegExp][] = [
+  ['qcow2Zero', /\bzeroSubmit\b/],
   ['qcow2Cow', /\bcowSubmit\b/],
   ['qcow2Alloc', /\ballocSubmit\b/],
   ['qcow2Rewrite', /\bqcow2PwritevSubmit\b/],
@@ -45,7 +48,7 @@ export function countSubmit(bs: BlockDriverState): void {
   counts[hit === undefined ? 'other' : hit[0]]++;
 }
 
-/** `drv` with its pwritevSubmit hook counted (countSubmit) each time it takes a write. */
+/** `drv` with its submit hooks counted (countSubmit) each time one takes a write. */
 export function countingDriver(drv: BlockDriver): BlockDriver {
   if (drv.pwritevSubmit === undefined) return drv;
   return {
@@ -55,6 +58,15 @@ export function countingDriver(drv: BlockDriver): BlockDriver {
       if (started) countSubmit(bs);
       return started;
     },
+    ...(drv.zeroThenPwritevSubmit === undefined
+      ? {}
+      : {
+          zeroThenPwritevSubmit(bs, zeroOffset, zeroBytes, offset, bytes, qiov, done) {
+            const started = drv.zeroThenPwritevSubmit!(bs, zeroOffset, zeroBytes, offset, bytes, qiov, done);
+            if (started) countSubmit(bs);
+            return started;
+          },
+        }),
   };
 }
 
@@ -72,12 +84,14 @@ export function submitSnapshot(): { powerloss: SubmitCounts; sched: SubmitCounts
 
 /**
  * Where qcow2's allocating writes take the callback path often, COW ones too (alloc-submit.ts):
- * an image of several clusters over a raw backing file that covers it (its data is known
- * without asking), without subclusters or an external data file.
+ * an image of several clusters without subclusters or an external data file, over a raw
+ * backing file that covers it (its data is known without asking: COW areas copied) or over
+ * nothing (COW areas zeroed with the data).
  */
 function favoursCallbacks(g: Geometry): boolean {
   const o = g.formatOptions ?? {};
-  return g.backing === 'raw' && g.backingSize >= g.size && g.size >= 4 * g.clusterSize && o.extendedL2 !== true && o.dataFile === undefined;
+  const backing = g.backing === 'none' || (g.backing === 'raw' && g.backingSize >= g.size);
+  return backing && g.size >= 4 * g.clusterSize && o.extendedL2 !== true && o.dataFile === undefined;
 }
 
 /**

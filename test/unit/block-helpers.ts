@@ -18,8 +18,9 @@ import {
 } from '../../src/index.js';
 
 /**
- * Record every zeroThenPwritev of `file` as [zeroOffset, zeroBytes, offset, bytes], calling
- * through: how a format's allocating-write tests see the zero-and-write requests it makes.
+ * Record every zeroThenPwritev of `file`, and every zeroThenPwritevSubmit it takes, as
+ * [zeroOffset, zeroBytes, offset, bytes], calling through: how a format's allocating-write
+ * tests see the zero-and-write requests it makes.
  */
 export function spyZeroThenPwritev(file: BlockDriverState): number[][] {
   const calls: number[][] = [];
@@ -27,6 +28,12 @@ export function spyZeroThenPwritev(file: BlockDriverState): number[][] {
   file.zeroThenPwritev = (zo: number, zb: number, o: number, q: IOVector) => {
     calls.push([zo, zb, o, q.size]);
     return real(zo, zb, o, q);
+  };
+  const realSubmit = file.zeroThenPwritevSubmit.bind(file);
+  file.zeroThenPwritevSubmit = (zo, zb, o, q, done) => {
+    const started = realSubmit(zo, zb, o, q, done);
+    if (started) calls.push([zo, zb, o, q.size]);
+    return started;
   };
   return calls;
 }

@@ -196,7 +196,7 @@ describe('format callback paths over the powerloss protocol', () => {
       }
     }
     const after = submitStats.powerloss;
-    return { qcow2Cow: after.qcow2Cow - before.qcow2Cow, qcow2Alloc: after.qcow2Alloc - before.qcow2Alloc, qcow2Rewrite: after.qcow2Rewrite - before.qcow2Rewrite, qedRewrite: after.qedRewrite - before.qedRewrite, other: after.other - before.other };
+    return { qcow2Zero: after.qcow2Zero - before.qcow2Zero, qcow2Cow: after.qcow2Cow - before.qcow2Cow, qcow2Alloc: after.qcow2Alloc - before.qcow2Alloc, qcow2Rewrite: after.qcow2Rewrite - before.qcow2Rewrite, qedRewrite: after.qedRewrite - before.qedRewrite, other: after.other - before.other };
   }
 
   /** What the guest saw before the op: cluster 0 written with 1s, the backing file elsewhere. */
@@ -228,6 +228,69 @@ describe('format callback paths over the powerloss protocol', () => {
       expect(n.qcow2Rewrite).toBeGreaterThan(5);
     });
   }
+
+  it('qcow2 without a backing file: a write into a new cluster over stale bytes, zeroed and written as one request', async () => {
+    // The file runs on past the image's clusters with stale bytes, where the next cluster is
+    // allocated: an L2 entry on the disk before the zeroing and the data would show them.
+    const STALE = 0xee;
+    const before = submitSnapshot().powerloss.qcow2Zero;
+    const payload = new Uint8Array(1024).fill(2);
+    for (let k = 0; k < 24; k++) {
+      const name = `pls-zero-${process.pid}-${seq++}`;
+      await bdrvCreate(`mem:${name}`, { format: 'qcow2', options: { size: 16 * CS, clusterSize: CS }, registry });
+      const created = memStoreRead(name);
+      memStoreDelete(name);
+      const padded = new Uint8Array(created.length + 8 * CS).fill(STALE);
+      padded.set(created);
+      const store = powerlossStoreCreate(name, padded);
+      const open = (): Promise<BlockDriverState> => BlockDriverState.open(`powerloss:${name}`, { format: 'qcow2', registry, clock: new VirtualClock() });
+      try {
+        let bs = await open();
+        await bs.pwrite(0, new Uint8Array(CS).fill(1));
+        await bs.flush();
+        store.failAfter(k);
+        // Odd k: a flush issued beside the write, whose zeroing and data (in a new cluster,
+        // past cluster 0's) land long after the metadata writes.
+        const cluster0 = store.toBytes().findIndex((b, i) => i % CS === 0 && b === 1);
+        if (k % 2 === 1) store.writeHops = (at) => (at > cluster0 ? 60 : 1);
+        try {
+          const w = bs.pwrite(2 * CS + 1024, payload);
+          const f = k % 2 === 1 ? bs.flush() : null;
+          await Promise.allSettled([w, f]);
+          await w;
+          await f;
+          await bs.flush();
+        } catch (e) {
+          if (!store.dead) throw e;
+        }
+        store.writeHops = null;
+        store.failAfter(0);
+        await bs.close().catch(() => undefined);
+        // Everything volatile survives but the data and every zeroing.
+        const drawn = store.pendingOps.filter((o) => !(o.kind === 'write' && o.fua));
+        let i = 0;
+        store.crash(() => {
+          const o: VolatileOp = drawn[i++];
+          return o.kind === 'zero' || (o.kind === 'write' && contains(o.data, payload)) ? 0 : 1;
+        });
+        bs = await open();
+        try {
+          expect((await bs.check()).corruptions).toBe(0);
+          const got = new Uint8Array(CS);
+          await bs.pread(2 * CS, got);
+          const fresh = new Uint8Array(CS);
+          fresh.set(payload, 1024);
+          // The old contents (zeros) or the new: never the stale bytes.
+          if (!got.every((b) => b === 0) && !equal(got, fresh)) throw new Error(`cut after ${k} requests: the new cluster shows bytes neither zeroed nor written`);
+        } finally {
+          await bs.close();
+        }
+      } finally {
+        powerlossStoreDelete(name);
+      }
+    }
+    expect(submitSnapshot().powerloss.qcow2Zero - before).toBeGreaterThan(5);
+  });
 
   it('qcow2: a flush issued while a callback allocation is in flight does not make its L2 entry durable', async () => {
     for (const lazy of [false, true]) {

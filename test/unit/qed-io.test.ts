@@ -138,6 +138,36 @@ describe('qed: reads and writes against a model', () => {
   });
 });
 
+describe('qed: padding of new clusters', () => {
+  it('without a backing file, and over zero clusters, pads from one shared zero buffer it never writes to', async () => {
+    const backing = memRaw(new Uint8Array(4 * CS).fill(0x55));
+    for (const backingFile of [undefined, backing]) {
+      const { bs } = await newMemQed({ size: 16 * CS, clusterSize: CS, tableSize: 1, ...(backingFile ? { backingFile, backingFmt: 'raw' } : {}) });
+      await bs.writeZeroes(4 * CS, CS);
+      const model = new Uint8Array(16 * CS);
+      if (backingFile) model.fill(0x55, 0, 4 * CS);
+      model.fill(0, 4 * CS, 5 * CS);
+      // Head and tail, one after the other and at once, and a partial write into the zero cluster.
+      const writes: [number, number, number][] = [
+        [100, 200, 0x11],
+        [2 * CS + 3000, 500, 0x12],
+        [6 * CS, 1000, 0x13],
+        [7 * CS + 2048, 2048, 0x14],
+        [4 * CS + 512, 512, 0x15],
+      ];
+      await bs.pwrite(writes[0][0], new Uint8Array(writes[0][1]).fill(writes[0][2]));
+      await Promise.all(writes.slice(1).map(([o, n, v]) => bs.pwrite(o, new Uint8Array(n).fill(v))));
+      for (const [o, n, v] of writes) model.fill(v, o, o + n);
+      expect(firstDiff(await readAll(bs), model)).toBe(-1);
+      // Shared only where there was nothing to copy: then it stays all zeros.
+      const pad = qedS(bs).zeroPad;
+      expect(pad?.length).toBe(CS);
+      expect(pad!.every((b) => b === 0)).toBe(true);
+      await bs.close();
+    }
+  });
+});
+
 describe('qed: zero clusters', () => {
   it('aligned write-zeroes makes zero markers: nothing allocated, no backing fall-through', async () => {
     const backing = memRaw(new Uint8Array(4 * CS).fill(0x55));

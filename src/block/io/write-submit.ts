@@ -22,11 +22,21 @@ export function bdrvPwritevSubmit(bs: BlockDriverState, offset: number, qiov: IO
   if (drv.pwritevSubmit === undefined || flags.fua === true || bs.readOnly || invalidNumber(offset) || !fastPathOk(bs, true, offset, bytes)) {
     return false;
   }
+  return submitTracked(bs, offset, bytes, done, (end) => drv.pwritevSubmit!(bs, offset, bytes, qiov, flags, end));
+}
+
+/**
+ * Start a checked fast-path write over [offset, +bytes) through `start` (a driver's submit
+ * hook, given the completion to call): tracked from before the hook runs until its
+ * completion, as the ordinary fast path. True when the hook took it; false with the
+ * bookkeeping undone (nothing was done).
+ */
+export function submitTracked(bs: BlockDriverState, offset: number, bytes: number, done: CompletionFunc, start: (end: CompletionFunc) => boolean): boolean {
   // In flight and on the overlap list before the driver starts it, as the ordinary fast path.
   const req = fastBegin(bs, offset, bytes);
   let started = false;
   try {
-    started = drv.pwritevSubmit(bs, offset, bytes, qiov, flags, (err) => {
+    started = start((err) => {
       fastEnd(bs, req, true);
       done(err);
     });

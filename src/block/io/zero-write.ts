@@ -5,11 +5,13 @@
  * file submits them to the kernel linked); any other node, or a request the fast path cannot
  * take, gets the two ordinary requests in that order.
  */
+import type { CompletionFunc } from '../aio.js';
 import { BlockError } from '../errors.js';
 import type { IOVector } from '../iovec.js';
 import type { BlockDriverState } from '../node.js';
 import { NO_FLAGS, bdrvPwritev, bdrvWriteZeroes } from './write.js';
-import { checkArgs, checkWritable, fastPathOk, fastRun } from './requests.js';
+import { checkArgs, checkWritable, fastPathOk, fastRun, invalidNumber } from './requests.js';
+import { submitTracked } from './write-submit.js';
 
 /**
  * Zero [zeroOffset, +zeroBytes) without a fallback write, then write `qiov` at `offset`, which
@@ -35,4 +37,21 @@ export async function bdrvZeroThenPwritev(bs: BlockDriverState, zeroOffset: numb
   // The data must not be written before the zeroing: it would be cleared.
   await bdrvWriteZeroes(bs, zeroOffset, zeroBytes, { noFallback: true });
   await bdrvPwritev(bs, offset, qiov, NO_FLAGS);
+}
+
+/**
+ * bdrvZeroThenPwritev started now with a completion callback (the driver's
+ * zeroThenPwritevSubmit hook), for a request that takes the fast path: true when started
+ * (`done` runs later, exactly once, with the hook's contract: ENOTSUP when the range could
+ * not be zeroed natively), false when nothing was done and zeroThenPwritev must be used.
+ */
+export function bdrvZeroThenPwritevSubmit(bs: BlockDriverState, zeroOffset: number, zeroBytes: number, offset: number, qiov: IOVector, done: CompletionFunc): boolean {
+  const drv = bs.driver;
+  const bytes = qiov.size;
+  const align = bs.requestAlignment;
+  // What bdrvZeroThenPwritev checks and the conditions of its fast path; anything else goes
+  // that way, which reports what was wrong.
+  if (drv.zeroThenPwritevSubmit === undefined || bs.readOnly || invalidNumber(zeroOffset) || invalidNumber(zeroBytes) || invalidNumber(offset)) return false;
+  if (offset < zeroOffset || offset + bytes > zeroOffset + zeroBytes || offset % align !== 0 || bytes % align !== 0 || !fastPathOk(bs, true, zeroOffset, zeroBytes)) return false;
+  return submitTracked(bs, zeroOffset, zeroBytes, done, (end) => drv.zeroThenPwritevSubmit!(bs, zeroOffset, zeroBytes, offset, bytes, qiov, end));
 }

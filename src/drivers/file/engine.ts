@@ -122,6 +122,11 @@ export class IoEngine {
     return this.submit(OP_ZERO_WRITE, fd, buffers, zeroOffset, zeroLength, mode, 'write', offset);
   }
 
+  /** zeroThenPwritev with a completion callback (`headFailed`: the fallocate failed), as pwritevThen. */
+  zeroThenPwritevThen(fd: number, mode: number, zeroOffset: number, zeroLength: number, buffers: Uint8Array | readonly Uint8Array[], offset: number, done: EngineDone): void {
+    this.submitThen(OP_ZERO_WRITE, fd, buffers, zeroOffset, zeroLength, mode, done, offset);
+  }
+
   /** Wait for everything in flight (delivered as usual), then stop the back end. */
   stop(): void {
     this.addon.engineStop();

@@ -18,7 +18,7 @@ import { seekAddon } from './seek.js';
 import { type FileState, beginIO, endIO, fileRefreshLength, fileStripPrefix, state } from './state.js';
 import { fileBlockStatusNow, fileCoBlockStatus } from './status.js';
 import { fileCoDiscard, fileCoWriteZeroes } from './zero.js';
-import { fileCoZeroThenPwritev } from './zero-write.js';
+import { fileCoZeroThenPwritev, fileZeroThenPwritevSubmit } from './zero-write.js';
 
 export { fileStripPrefix } from './state.js';
 
@@ -212,6 +212,7 @@ export const fileDriver: BlockDriver = {
   pwritevSubmit: filePwritevSubmit,
   coWriteZeroes: fileCoWriteZeroes,
   coZeroThenPwritev: fileCoZeroThenPwritev,
+  zeroThenPwritevSubmit: fileZeroThenPwritevSubmit,
   coDiscard: fileCoDiscard,
   coFlush: fileCoFlush,
   coBlockStatus: fileCoBlockStatus,

@@ -222,7 +222,7 @@ export const filePwritevSubmit: BlockDriverHook<'pwritevSubmit'> = (bs, offset, 
 };
 
 /** The end of a write whose first pwritev was short (`first` bytes) or failed (`first` the error). */
-async function pwritevFinish(s: FileState, iov: readonly Uint8Array[], bytes: number, offset: number, first: number | Error): Promise<void> {
+export async function pwritevFinish(s: FileState, iov: readonly Uint8Array[], bytes: number, offset: number, first: number | Error): Promise<void> {
   try {
     if (typeof first !== 'number') throw first;
     await pwritevRest(s.fd, iov, bytes, offset, first);

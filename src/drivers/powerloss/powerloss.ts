@@ -81,6 +81,27 @@ const powerlossPwritevSubmit: BlockDriverHook<'pwritevSubmit'> = (bs, offset, by
   return true;
 };
 
+/**
+ * The zeroThenPwritevSubmit hook, as the file driver's: the zeroing lands, then the data, each
+ * after its turns and each a volatile operation of its own (a crash may keep either, both or
+ * neither), and `done` runs once both landed: the callback path of a qcow2 allocation whose
+ * COW areas read as zeros runs under the same power-loss model as its ordinary path.
+ */
+const powerlossZeroThenPwritevSubmit: BlockDriverHook<'zeroThenPwritevSubmit'> = (bs, zeroOffset, zeroBytes, offset, bytes, qiov, done) => {
+  const s = bs.opaque;
+  if (!(s instanceof PowerLossStore) || bytes === 0) return false;
+  const land = async (): Promise<void> => {
+    await latency(writeHops(s, zeroOffset));
+    s.writeZeroes(zeroOffset, zeroBytes);
+    await landWrite(s, offset, qiov.iov, bytes, false);
+  };
+  land().then(
+    () => done(null),
+    (e: unknown) => done(toBlockError(e, { op: 'write', offset, path: bs.filename })),
+  );
+  return true;
+};
+
 export const powerlossDriver: BlockDriver = {
   formatName: 'powerloss',
   protocolName: 'powerloss',
@@ -105,6 +126,7 @@ export const powerlossDriver: BlockDriver = {
     await landWrite(store(bs), offset, qiov.iov, bytes, flags.fua === true);
   },
   pwritevSubmit: powerlossPwritevSubmit,
+  zeroThenPwritevSubmit: powerlossZeroThenPwritevSubmit,
   async coWriteZeroes(bs, offset, bytes, _flags: WriteZeroesFlags) {
     const s = store(bs);
     await latency(writeHops(s, offset));

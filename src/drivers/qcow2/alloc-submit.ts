@@ -1,12 +1,14 @@
 /**
  * The allocating write's callback path: a guest write into unallocated clusters of a cached
  * table (alloc-now.ts maps and counts them without a wait) has only its data write left, and
- * then its L2 entries; with a COW head or tail whose contents can be read at once (a backing
- * file in the page cache), head, data and tail form that one write. It goes to the file with
- * a completion callback, and the entries are set from it: no promise per request, as a
- * rewrite (fast.ts). Whatever needs a wait (a COW area to read, zeroing instead of a copy, a
- * flush before the L2 cache may be written, the lock held, a failed write to undo) takes the
- * ordinary path's last steps (io.ts).
+ * then its L2 entries; with a COW head or tail that reads as zeros (no backing file), the
+ * zeroing of its cluster and the data form one linked request (handleAllocSpace's); with
+ * one whose contents can be read at once (a backing file in the page cache), head, data and
+ * tail form that one write. It goes to the file with a completion callback, and the entries
+ * are set from it: no promise per request, as a rewrite (fast.ts). Whatever needs a wait (a
+ * COW area to read or to ask about, a file that cannot zero so, a flush before the L2 cache
+ * may be written, the lock held, a failed write to undo) takes the ordinary path's last
+ * steps (io.ts).
  */
 import type { CompletionFunc } from '../../block/aio.js';
 import type { WriteFlags } from '../../block/driver.js';
@@ -50,7 +52,9 @@ function allocSubmit(s: BDRVQcow2State, file: BlockDriverState, offset: number, 
   flags.onAllocated?.();
   const data = qiov.size === bytes ? qiov : qiov.slice(0, bytes);
   if (a.metas.some(needsCow)) {
-    if (!cowSubmit(s, file, offset, a, flight, data, done)) settle(s, offset, qcow2WriteMapped(s, offset, a, flight, data), done);
+    if (!zeroSubmit(s, file, offset, a, flight, data, done) && !cowSubmit(s, file, offset, a, flight, data, done)) {
+      settle(s, offset, qcow2WriteMapped(s, offset, a, flight, data), done);
+    }
     return true;
   }
   // Data first; the L2 entries only from its completion, so none points at clusters whose
@@ -58,6 +62,36 @@ function allocSubmit(s: BDRVQcow2State, file: BlockDriverState, offset: number, 
   const started = file.pwritevSubmit(a.hostOffset, data, (err) => link(s, offset, a, flight, err, done));
   if (!started) settle(s, offset, qcow2WriteMapped(s, offset, a, flight, data), done);
   return true;
+}
+
+/**
+ * An allocation whose COW areas read as zeros, as handleAllocSpace writes it: its clusters
+ * zeroed and the data written inside them, one request to the file (zeroThenPwritevSubmit),
+ * and the entry set from its completion. False, with nothing done, where the file cannot
+ * take it so (cowSubmit, then qcow2WriteMapped, take the write from here).
+ */
+function zeroSubmit(s: BDRVQcow2State, file: BlockDriverState, offset: number, a: Qcow2Mapped, flight: Qcow2InFlight, data: IOVector, done: CompletionFunc): boolean {
+  const m = a.metas.length === 1 ? a.metas[0] : null;
+  // qcow2AllocNow found every entry of the allocation unallocated: with no backing file its
+  // COW areas read as zeros, what handleAllocSpace's is_zero check would answer after a wait.
+  if (m === null || m.overwritesData || s.bs.backing !== null) return false;
+  const start = m.allocOffset + m.cowStart.offset;
+  const bytes = m.cowEnd.offset + m.cowEnd.nbBytes - m.cowStart.offset;
+  if (a.hostOffset < start || a.hostOffset + data.size > start + bytes) return false;
+  // No second overlap check (handleAllocSpace's): the zeroed range is the allocation's
+  // clusters, the first and last of which hold the data, checked when mapped.
+  // The zeroing, then the data (the file keeps that order), both before the L2 entry points
+  // at the cluster: the entry is set only from this request's completion.
+  return file.zeroThenPwritevSubmit(start, bytes, a.hostOffset, data, (err) => {
+    if (err?.code === 'ENOTSUP') {
+      // Not zeroed (the data may be in place, nothing else changed): the ordinary path
+      // checks and zeroes or copies the areas, and writes the data again.
+      settle(s, offset, qcow2WriteMapped(s, offset, a, flight, data), done);
+      return;
+    }
+    if (err === null) m.skipCow = true;
+    link(s, offset, a, flight, err, done);
+  });
 }
 
 /**

@@ -83,6 +83,7 @@ async function qedDoOpen(bs: BlockDriverState, options: OpenOptions): Promise<vo
     ),
     needCheckTimer: null,
     timerTask: null,
+    zeroPad: null,
     corruptionsRemain: false,
     openOptions: options,
     closed: false,

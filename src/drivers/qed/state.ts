@@ -48,6 +48,12 @@ export interface BDRVQEDState {
   needCheckTimer: Timer | null;
   /** The running timer job, so close can wait for it. */
   timerTask: Promise<void> | null;
+  /**
+   * Zeros around the data of a new cluster that has no backing data to copy (write.ts,
+   * qedAioWriteCow): one cluster's worth, made on first use and only ever read, so an
+   * allocating write neither fills nor leaves behind a buffer of its own.
+   */
+  zeroPad: Uint8Array | null;
   /** A check left unfixable corruption: never mark the image clean (qed-format.md §17.5). */
   corruptionsRemain: boolean;
   openOptions: OpenOptions;

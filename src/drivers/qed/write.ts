@@ -193,12 +193,19 @@ async function qedAioWriteCow(
   const len = run.length;
 
   const headStart = qedStartOfCluster(s, pos);
-  const head = new Uint8Array(qedOffsetIntoCluster(s, pos));
-  qedTrace(s, 'qedAioWritePrefill', { acb, start: headStart, len: head.length, offset: cluster });
+  const headLen = qedOffsetIntoCluster(s, pos);
   const tailStart = pos + len;
-  const tail = new Uint8Array(qedStartOfCluster(s, tailStart + cs - 1) - tailStart);
-  qedTrace(s, 'qedAioWritePostfill', { acb, start: tailStart, len: tail.length, offset: cluster + head.length + len });
-  if (run.kind !== 'zero') {
+  const tailLen = qedStartOfCluster(s, tailStart + cs - 1) - tailStart;
+  // Zeros without a backing file, and over zero clusters (what qedReadBackingFile would fill
+  // in): the shared padding, read by the write only. Backing data: buffers of this write's.
+  const copy = run.kind !== 'zero' && s.bs.backing !== null;
+  const head = copy ? new Uint8Array(headLen) : qedZeroPad(s, headLen);
+  const tail = copy ? new Uint8Array(tailLen) : qedZeroPad(s, tailLen);
+  if (qedTracing(s)) {
+    qedTrace(s, 'qedAioWritePrefill', { acb, start: headStart, len: head.length, offset: cluster });
+    qedTrace(s, 'qedAioWritePostfill', { acb, start: tailStart, len: tail.length, offset: cluster + head.length + len });
+  }
+  if (copy) {
     if (head.length > 0) await qedReadBackingFile(s, headStart, IOVector.from(head));
     if (tail.length > 0) await qedReadBackingFile(s, tailStart, IOVector.from(tail));
   }
@@ -215,6 +222,12 @@ async function qedAioWriteCow(
     // durable before the L2 table points here, or a crash would expose zeros in its place.
     await qedFlushWrittenData(s);
   }
+}
+
+/** `len` bytes of zeros (at most a cluster) from the image's shared padding, never written to. */
+function qedZeroPad(s: BDRVQEDState, len: number): Uint8Array {
+  s.zeroPad ??= new Uint8Array(s.header.clusterSize);
+  return s.zeroPad.subarray(0, len);
 }
 
 /**
