@@ -89,6 +89,30 @@ export const powerLossExamples: [PowerLossCase][] = [
 ];
 
 /**
+ * qcow2 only. Fuzz seed 3 (wide): an image with an external data file over a qcow2 backing
+ * file. A write COWs cluster 0 from the backing file into the data file and links it in the
+ * L2 cache (owing a data-file flush before that table is written); an amend to
+ * refcount_bits=1 frees the old refcount structures, whose decrease made the L2 cache give up
+ * its dependency on the refcount cache, and that cleared the owed data flush with only the
+ * qcow2 file flushed. The next write wrote the L2 table out: the power kept the entry and
+ * not the data, and cluster 0 read as zeros instead of the backing file's bytes.
+ */
+export const dataFileAmendCase: PowerLossCase = {
+  geom: { clusterSize: 512, tableSize: 1, size: 1024, backing: 'qcow2', backingSize: 1024, backingClusterSize: 4096, seed: 942786070, formatOptions: { dataFile: 'data.raw' } },
+  ops: [
+    { w: { kind: 'write', span: { at: 0, len: 0, place: 'any' }, seed: 0 }, flushAfter: false, withNext: false, flushDuring: false },
+    { w: { kind: 'aio', span: { at: 0, len: 512, place: 'any' }, seed: 0 }, flushAfter: false, withNext: false, flushDuring: false },
+  ],
+  crashAfter: 20,
+  crashSeed: 0,
+  after: [],
+  repairCrash: null,
+  amend: { after: 0, pick: 105 },
+  hostBacking: false,
+  slowWrites: false,
+};
+
+/**
  * qcow2 only. Fuzz seed 11 with snapshot operations outside the dirty bit: the power went
  * after the refcount increases of a snapshot create reached the disk and before the L2
  * tables' COPIED flags did, and check found two OFLAG_COPIED errors.
@@ -162,6 +186,7 @@ export const qcow2PowerLossExamples: [PowerLossCase][] = [
       amend: null,
     },
   ],
+  [dataFileAmendCase],
 ];
 
 /**

@@ -3,7 +3,7 @@
 import { describe, expect, it } from 'vitest';
 import { bdrvCreate } from '../../src/block/create.js';
 import { memStoreDelete, memStoreGet } from '../../src/drivers/mem/index.js';
-import { BlockDriverState, BlockError, IOVector } from '../../src/index.js';
+import { BlockDriverState, BlockError, IOVector, bdrvAmendOptions } from '../../src/index.js';
 import { memName } from './block-helpers.js';
 
 function bytes(name: string, offset: number, len: number): Uint8Array {
@@ -76,6 +76,39 @@ describe('qcow2 external data files', () => {
     expect(write).toBeGreaterThanOrEqual(0);
     expect(flush).toBeGreaterThan(write);
     expect(l2).toBeGreaterThan(flush);
+  });
+
+  // An amend that frees clusters (here the old refcount structures of a refcount_bits change)
+  // makes the refcount cache depend on the L2 cache, which first honours the L2 cache's own
+  // dependency on the refcount cache: that must not drop the pending data-file flush.
+  it('a dependency switch keeps the data flush owed before the L2 entries', async () => {
+    const { image } = await newPair({ clusterSize: 512 });
+    const bs = await BlockDriverState.open(image, { format: 'qcow2' });
+    const order: string[] = [];
+    try {
+      const dataNode = bs.dataFile;
+      const file = bs.file;
+      if (!dataNode || !file) throw new Error('children missing');
+      dataNode.events.on('debug', (e: string) => order.push(`data:${e}`));
+      file.events.on('debug', (e: string) => order.push(`file:${e}`));
+      const origFlush = dataNode.flush.bind(dataNode);
+      dataNode.flush = async () => {
+        order.push('data:flush');
+        await origFlush();
+      };
+      await bs.pwrite(124, new Uint8Array(512).fill(7));
+      await bdrvAmendOptions(bs, { refcountBits: 1 });
+      await bs.pwrite(2048, new Uint8Array(512).fill(8));
+      await bs.flush();
+    } finally {
+      await bs.close();
+    }
+    // The first write's entry reaches the qcow2 file only after its data reached the disk.
+    const write = order.indexOf('data:write_aio');
+    const l2 = order.indexOf('file:l2_update', write);
+    expect(write).toBeGreaterThanOrEqual(0);
+    expect(l2, order.join(' ')).toBeGreaterThan(write);
+    expect(order.slice(write, l2), order.join(' ')).toContain('data:flush');
   });
 
   it('raw external data: metadata preallocated, zero writes zero the data file', async () => {

@@ -171,10 +171,17 @@ export class Qcow2Cache {
     }
   }
 
-  private async honourDependencies(): Promise<void> {
-    // Data in an external data file is flushed there first: the flush of file() below (or
-    // of the dependency) does not reach it (QEMU flushes only bs->file here).
+  /**
+   * Data in an external data file is flushed there first: a flush of file() (this cache's or
+   * its dependency's) does not reach it (QEMU flushes only bs->file here). Before anything
+   * clears dependsOnFlush, or an entry pointing at that data could reach the disk before it.
+   */
+  private async flushExternalData(): Promise<void> {
     if (this.dependsOnFlush && this.hooks.flushData) await this.hooks.flushData();
+  }
+
+  private async honourDependencies(): Promise<void> {
+    await this.flushExternalData();
     if (this.dependsOn) {
       const dep = this.dependsOn;
       // The dependency's flush includes a file flush: it also honours dependsOnFlush.
@@ -222,6 +229,10 @@ export class Qcow2Cache {
   private async flushDependency(): Promise<void> {
     const dep = this.dependsOn;
     if (!dep) return;
+    // dep.flush() ends in a flush of file() but not of an external data file; dependsOnFlush
+    // is cleared below, so the data it waits for goes to the disk now (a dependency switch,
+    // e.g. an amend freeing clusters, must not drop the L2 entries' "data first").
+    await this.flushExternalData();
     await dep.flush();
     this.dependsOn = null;
     this.dependsOnFlush = false;
