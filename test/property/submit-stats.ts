@@ -95,12 +95,15 @@ function favoursCallbacks(g: Geometry): boolean {
 }
 
 /**
- * The profile's geometries, one draw in four of them one that favours the callback paths: the
+ * The profile's geometries, two draws in five of them ones that favour the callback paths: the
  * general draw seldom makes one (a raw backing file in one of six, and most images are small).
  */
 export function callbackGeometryArb(profile: FormatProfile, wide: boolean): fc.Arbitrary<Geometry> {
+  // Raw-backed (COW copied) and unbacked (COW zeroed) images each get a share: together, the
+  // general draw's proportions left the COW copies few.
   return fc.oneof(
     { weight: 3, arbitrary: profile.geometryArb(wide) },
-    { weight: 1, arbitrary: profile.geometryArb(wide).filter(favoursCallbacks) },
+    { weight: 1, arbitrary: profile.geometryArb(wide).filter((g) => favoursCallbacks(g) && g.backing === 'raw') },
+    { weight: 1, arbitrary: profile.geometryArb(wide).filter((g) => favoursCallbacks(g) && g.backing === 'none') },
   );
 }
