@@ -11,7 +11,7 @@ import { BlockError, ERRNO_MESSAGES, toBlockError } from '../../block/errors.js'
 import { qcow2WriteL1Entry } from './cluster.js';
 import { checkRefcountsL2 } from './check-l2.js';
 import type { CheckSeen } from './check-seen.js';
-import { L1E_OFFSET_MASK, L1E_RESERVED_MASK, REFT_OFFSET_MASK, REFT_RESERVED_MASK, nextUsedSlot, tableWords } from './entries.js';
+import { L1E_OFFSET_MASK, L1E_RESERVED_MASK, REFT_OFFSET_MASK, REFT_RESERVED_MASK, nextUsedSlot, tableWords, usedEntries } from './entries.js';
 import { type BDRVQcow2State, qcow2File } from './state.js';
 
 export interface Imrt {
@@ -160,7 +160,8 @@ async function checkRefblocks(c: CheckRun, fix: CheckFix): Promise<void> {
   const { s, res } = c;
   const cs = s.clusterSize;
   // An entry of 0 has nothing to check or count: only the used ones are read (each read of
-  // a table's entry makes a BigInt, and a table has thousands).
+  // a table's entry makes a BigInt, and a table has thousands). The words are read as the
+  // walk goes, not listed first: a repair may change entries ahead of it.
   const n = s.refcountTable.length;
   const words = tableWords(s.refcountTable);
   for (let i = nextUsedSlot(words, 0, n, 8); i < n; i = nextUsedSlot(words, i + 1, n, 8)) {
@@ -227,18 +228,14 @@ function mapMetadata(c: CheckRun): void {
   };
   mark(0, cs, 'qcow2_header');
   mark(s.l1TableOffset, s.l1Table.length * 8, 'active L1 table');
-  // Entries of 0 point nowhere: only the used ones are read (checkRefblocks says why).
-  const l1 = s.l1Table;
-  const l1Words = tableWords(l1);
-  for (let i = nextUsedSlot(l1Words, 0, l1.length, 8); i < l1.length; i = nextUsedSlot(l1Words, i + 1, l1.length, 8)) {
-    const off = Number(l1[i] & L1E_OFFSET_MASK);
+  // Entries of 0 point nowhere.
+  for (const i of usedEntries(s.l1Table)) {
+    const off = Number(s.l1Table[i] & L1E_OFFSET_MASK);
     if (off !== 0 && off % cs === 0) mark(off, cs, 'active L2 table');
   }
   mark(s.refcountTableOffset, s.refcountTable.length * 8, 'refcount table');
-  const rt = s.refcountTable;
-  const rtWords = tableWords(rt);
-  for (let i = nextUsedSlot(rtWords, 0, rt.length, 8); i < rt.length; i = nextUsedSlot(rtWords, i + 1, rt.length, 8)) {
-    const e = rt[i];
+  for (const i of usedEntries(s.refcountTable)) {
+    const e = s.refcountTable[i];
     const off = Number(e & REFT_OFFSET_MASK);
     if (off !== 0 && off % cs === 0 && (e & REFT_RESERVED_MASK) === 0n) mark(off, cs, 'refcount block');
   }

@@ -9,7 +9,7 @@
  * when the image is writable), the request fails with EIO and so does every later request.
  */
 import { BlockError } from '../../block/errors.js';
-import { L1E_OFFSET_MASK, REFT_OFFSET_MASK, nextUsedSlot, tableWords } from './entries.js';
+import { L1E_OFFSET_MASK, REFT_OFFSET_MASK, usedEntries } from './entries.js';
 import { QCOW2_INCOMPAT_CORRUPT } from './header.js';
 import type { BDRVQcow2State } from './state.js';
 
@@ -69,15 +69,8 @@ function buildOverlapIndex(s: BDRVQcow2State): Qcow2OverlapIndex {
     const c = Math.floor(offset / s.clusterSize);
     clusters.set(c, (clusters.get(c) ?? 0) | kind);
   };
-  // Only the used entries are read: each read makes a BigInt, and a refcount table has thousands.
-  const addAll = (table: BigUint64Array, mask: bigint, kind: number): void => {
-    const words = tableWords(table);
-    for (let i = nextUsedSlot(words, 0, table.length, 8); i < table.length; i = nextUsedSlot(words, i + 1, table.length, 8)) {
-      add(Number(table[i] & mask), kind);
-    }
-  };
-  addAll(s.l1Table, L1E_OFFSET_MASK, QCOW2_OL_ACTIVE_L2);
-  addAll(s.refcountTable, REFT_OFFSET_MASK, QCOW2_OL_REFCOUNT_BLOCK);
+  for (const i of usedEntries(s.l1Table)) add(Number(s.l1Table[i] & L1E_OFFSET_MASK), QCOW2_OL_ACTIVE_L2);
+  for (const i of usedEntries(s.refcountTable)) add(Number(s.refcountTable[i] & REFT_OFFSET_MASK), QCOW2_OL_REFCOUNT_BLOCK);
   return { l1: s.l1Table, reftable: s.refcountTable, clusters };
 }
 

@@ -65,6 +65,19 @@ export function tableWords(table: ArrayBufferView): Uint32Array {
   return new Uint32Array(table.buffer, table.byteOffset, table.byteLength >> 2);
 }
 
+/**
+ * The indices of the used (not all-zero) 64-bit entries of a table (L1, refcount table), in
+ * order: the loops over such a table read only these, each read being a new BigInt, and a
+ * table has thousands of entries, mostly unused.
+ */
+export function usedEntries(table: ArrayBufferView): number[] {
+  const words = tableWords(table);
+  const n = words.length >> 1;
+  const used: number[] = [];
+  for (let i = nextUsedSlot(words, 0, n, 8); i < n; i = nextUsedSlot(words, i + 1, n, 8)) used.push(i);
+  return used;
+}
+
 /** The L2 entry at byte `at` of `view` is all zeros (unallocated, no flags): no BigInt read. */
 export function l2EntryEmpty(view: DataView, at: number): boolean {
   return view.getUint32(at) === 0 && view.getUint32(at + 4) === 0;

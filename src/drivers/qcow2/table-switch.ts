@@ -7,7 +7,7 @@
  */
 import type { BlkDebugEvent } from '../../block/events.js';
 import { qcow2PreWriteOverlapCheck } from './corrupt.js';
-import { nextUsedSlot, tableWords } from './entries.js';
+import { usedEntries } from './entries.js';
 import { qcow2FreeClusters } from './refcount.js';
 import { type BDRVQcow2State, qcow2File } from './state.js';
 
@@ -15,10 +15,7 @@ import { type BDRVQcow2State, qcow2File } from './state.js';
 export function encodeTable(entries: BigUint64Array): Uint8Array {
   const buf = new Uint8Array(entries.length * 8);
   const v = new DataView(buf.buffer);
-  // Only the used entries: tables are mostly empty, and each entry read is a new BigInt.
-  const words = tableWords(entries);
-  const n = entries.length;
-  for (let i = nextUsedSlot(words, 0, n, 8); i < n; i = nextUsedSlot(words, i + 1, n, 8)) v.setBigUint64(i * 8, entries[i]);
+  for (const i of usedEntries(entries)) v.setBigUint64(i * 8, entries[i]);
   return buf;
 }
 
@@ -27,8 +24,7 @@ export function decodeTable(raw: Uint8Array, length = raw.length / 8): BigUint64
   const table = new BigUint64Array(length);
   const n = Math.min(length, Math.floor(raw.length / 8));
   const v = new DataView(raw.buffer, raw.byteOffset, n * 8);
-  const words = new Uint32Array(raw.buffer, raw.byteOffset, n * 2);
-  for (let i = nextUsedSlot(words, 0, n, 8); i < n; i = nextUsedSlot(words, i + 1, n, 8)) table[i] = v.getBigUint64(i * 8);
+  for (const i of usedEntries(raw.subarray(0, n * 8))) table[i] = v.getBigUint64(i * 8);
   return table;
 }
 
