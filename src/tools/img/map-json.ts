@@ -3,7 +3,7 @@
 // joined per line (then gathered and encoded) cost more than the walk that found them.
 import type { ToolOutput } from '../shared/output.js';
 
-/** What a JSON line says of an extent (map.ts's MapEntry). */
+/** What a JSON line says of an extent (map.ts's MapEntry adds the human output's file name). */
 export interface MapJsonEntry {
   start: number;
   length: number;

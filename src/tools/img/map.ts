@@ -6,19 +6,11 @@ import { ToolExit } from '../shared/output.js';
 import { cvtnum } from '../shared/size.js';
 import { layerStatus, layerStatusNow, type LayerStatus } from './block-status.js';
 import type { ImgEnv } from './env.js';
-import { MapJsonWriter } from './map-json.js';
+import { MapJsonWriter, type MapJsonEntry } from './map-json.js';
 import { imgOpen } from './open.js';
 import { FORCE_SHARE, FORMAT_LONG, HELP, IMAGE_OPTS, OBJECT, OUTPUT, imgArgs, oneFilename, parseImgOptions, parseOutputFormat, type ImgArgs, type ImgOption } from './options.js';
 
-export interface MapEntry {
-  start: number;
-  length: number;
-  data: boolean;
-  zero: boolean;
-  offset: number;
-  hasOffset: boolean;
-  depth: number;
-  present: boolean;
+export interface MapEntry extends MapJsonEntry {
   filename: string | null;
 }
 
