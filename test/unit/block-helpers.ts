@@ -18,6 +18,18 @@ import {
 } from '../../src/index.js';
 
 /**
+ * Submit an AIO write of `buf` at byte `offset` and wait for its callback; also reports whether
+ * the callback ran inside the call.
+ */
+export function aioWriteAt(bs: BlockDriverState, offset: number, buf: Uint8Array): Promise<{ err: BlockError | null; sync: boolean }> {
+  return new Promise((resolve) => {
+    let returned = false;
+    bs.aioWritev(offset / 512, IOVector.from(buf), buf.length / 512, (err) => resolve({ err, sync: !returned }));
+    returned = true;
+  });
+}
+
+/**
  * Record every zeroThenPwritev of `file`, and every zeroThenPwritevSubmit it takes, as
  * [zeroOffset, zeroBytes, offset, bytes], calling through: how a format's allocating-write
  * tests see the zero-and-write requests it makes.

@@ -14,6 +14,23 @@ function bytes(name: string, offset: number, len: number): Uint8Array {
   return out;
 }
 
+/**
+ * Append to `order`, as they come, the debug events of the data file and of the qcow2 file,
+ * and the data file's flushes.
+ */
+function recordOrder(bs: BlockDriverState, order: string[]): void {
+  const dataNode = bs.dataFile;
+  const file = bs.file;
+  if (!dataNode || !file) throw new Error('children missing');
+  dataNode.events.on('debug', (e: string) => order.push(`data:${e}`));
+  file.events.on('debug', (e: string) => order.push(`file:${e}`));
+  const origFlush = dataNode.flush.bind(dataNode);
+  dataNode.flush = async () => {
+    order.push('data:flush');
+    await origFlush();
+  };
+}
+
 async function newPair(options: Record<string, string | number | boolean> = {}): Promise<{ image: string; data: string }> {
   const image = memName('qcow2');
   const data = memName('raw');
@@ -55,16 +72,7 @@ describe('qcow2 external data files', () => {
     const bs = await BlockDriverState.open(image, { format: 'qcow2' });
     const order: string[] = [];
     try {
-      const dataNode = bs.dataFile;
-      const file = bs.file;
-      if (!dataNode || !file) throw new Error('children missing');
-      dataNode.events.on('debug', (e: string) => order.push(`data:${e}`));
-      file.events.on('debug', (e: string) => order.push(`file:${e}`));
-      const origFlush = dataNode.flush.bind(dataNode);
-      dataNode.flush = async () => {
-        order.push('data:flush');
-        await origFlush();
-      };
+      recordOrder(bs, order);
       await bs.pwrite(65536, new Uint8Array(512).fill(7));
       await bs.flush();
     } finally {
@@ -86,16 +94,7 @@ describe('qcow2 external data files', () => {
     const bs = await BlockDriverState.open(image, { format: 'qcow2' });
     const order: string[] = [];
     try {
-      const dataNode = bs.dataFile;
-      const file = bs.file;
-      if (!dataNode || !file) throw new Error('children missing');
-      dataNode.events.on('debug', (e: string) => order.push(`data:${e}`));
-      file.events.on('debug', (e: string) => order.push(`file:${e}`));
-      const origFlush = dataNode.flush.bind(dataNode);
-      dataNode.flush = async () => {
-        order.push('data:flush');
-        await origFlush();
-      };
+      recordOrder(bs, order);
       await bs.pwrite(124, new Uint8Array(512).fill(7));
       await bdrvAmendOptions(bs, { refcountBits: 1 });
       await bs.pwrite(2048, new Uint8Array(512).fill(8));

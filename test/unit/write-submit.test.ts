@@ -11,17 +11,9 @@ import { BlockDriverState, type BlockError } from '../../src/index.js';
 import { IoEngine, ioEngine, type EngineDone } from '../../src/drivers/file/engine.js';
 import { loadSeekAddon } from '../../src/drivers/file/seek.js';
 import { makeTempDir, removeTempDir } from '../interop/qemu.js';
+import { aioWriteAt } from './block-helpers.js';
 
 const hasEngine = typeof loadSeekAddon()?.engineStart === 'function';
-
-/** Submit an AIO write and wait for its callback; also reports whether it ran inside the call. */
-function aioWrite(bs: BlockDriverState, offset: number, buf: Uint8Array): Promise<{ err: BlockError | null; sync: boolean }> {
-  return new Promise((resolve) => {
-    let returned = false;
-    bs.aioWritev(offset / 512, IOVector.from(buf), buf.length / 512, (err) => resolve({ err, sync: !returned }));
-    returned = true;
-  });
-}
 
 /** The engine's next write fails with ENOSPC, from a later turn. */
 function failNextEngineWrite(): void {
@@ -40,7 +32,7 @@ async function openCowImage(dir: string): Promise<BlockDriverState> {
   const img = join(dir, 'img.qcow2');
   await bdrvCreate(img, { format: 'qcow2', options: { size: 16 << 20, backingFile: backing, backingFmt: 'raw' } });
   const bs = await BlockDriverState.open(img, { format: 'qcow2' });
-  expect((await aioWrite(bs, 0, new Uint8Array(4096).fill(1))).err).toBeNull();
+  expect((await aioWriteAt(bs, 0, new Uint8Array(4096).fill(1))).err).toBeNull();
   return bs;
 }
 
@@ -63,7 +55,7 @@ describe.skipIf(!hasEngine)('writes started with a completion callback', () => {
     const bs = await BlockDriverState.open(path, { format: 'raw' });
     try {
       const gen = bs.writeGen;
-      const r = await aioWrite(bs, 65536, new Uint8Array(65536).fill(0x5a));
+      const r = await aioWriteAt(bs, 65536, new Uint8Array(65536).fill(0x5a));
       expect(r).toEqual({ err: null, sync: false });
       await bs.file!.pwritev(4096, IOVector.from(new Uint8Array(4096).fill(0x6b)));
       expect(then).toHaveBeenCalledTimes(2);
@@ -111,7 +103,7 @@ describe.skipIf(!hasEngine)('writes started with a completion callback', () => {
         real(fd, (bufs instanceof Uint8Array ? bufs : bufs[0]).subarray(0, 1000), offset, done);
       });
       const data = new Uint8Array(8192).map((_, i) => (i * 13) & 0xff);
-      expect(await aioWrite(bs, 8192, data)).toEqual({ err: null, sync: false });
+      expect(await aioWriteAt(bs, 8192, data)).toEqual({ err: null, sync: false });
     } finally {
       await bs.close();
     }
@@ -154,12 +146,12 @@ describe.skipIf(!hasEngine)('writes started with a completion callback', () => {
         // Without a listener on the file's debug events only the ordinary path runs.
         if (!submit) bs.file!.events.on('debug', () => undefined);
         // The first allocation makes the L2 table and refcount block (the ordinary path).
-        expect((await aioWrite(bs, 0, new Uint8Array(65536).fill(1))).err).toBeNull();
+        expect((await aioWriteAt(bs, 0, new Uint8Array(65536).fill(1))).err).toBeNull();
         const then = vi.spyOn(IoEngine.prototype, 'pwritevThen');
         const promised = vi.spyOn(bs.file!, 'pwritev');
         const sizes = [65536, 131072, 65536, 65536];
         const at = [3, 1, 6, 5].map((c) => c * 65536);
-        const r = await Promise.all(at.map((o, i) => aioWrite(bs, o, new Uint8Array(sizes[i]).fill(0x10 + i))));
+        const r = await Promise.all(at.map((o, i) => aioWriteAt(bs, o, new Uint8Array(sizes[i]).fill(0x10 + i))));
         expect(r.map((x) => x.err)).toEqual([null, null, null, null]);
         if (submit) {
           // One file request per guest write, the data only: the entries stay in the cache.
@@ -195,13 +187,13 @@ describe.skipIf(!hasEngine)('writes started with a completion callback', () => {
       try {
         if (!submit) bs.file!.events.on('debug', () => undefined);
         // The first allocation makes the L2 table and refcount block (the ordinary path).
-        expect((await aioWrite(bs, 7 * 65536, new Uint8Array(4096).fill(1))).err).toBeNull();
+        expect((await aioWriteAt(bs, 7 * 65536, new Uint8Array(4096).fill(1))).err).toBeNull();
         const then = vi.spyOn(IoEngine.prototype, 'pwritevThen');
         const promised = vi.spyOn(bs.file!, 'pwritev');
         // Tail only, head and tail, head only, over zeros, a tail past the backing file's end
         // (read as zeros). The overlap of the first waits for it, then rewrites in place.
         const at = [0, 65536 + 8192, 3 * 65536 - 4096, 4 * 65536 + 512, 5 * 65536 + 4096];
-        const r = await Promise.all([...at, 4096].map((o, i) => aioWrite(bs, o, new Uint8Array(4096).fill(0x20 + i))));
+        const r = await Promise.all([...at, 4096].map((o, i) => aioWriteAt(bs, o, new Uint8Array(4096).fill(0x20 + i))));
         expect(r.map((x) => x.err)).toEqual([...at, 4096].map(() => null));
         if (submit) {
           // One file request per COW write (head, data and tail together), without a promise;
@@ -232,7 +224,7 @@ describe.skipIf(!hasEngine)('writes started with a completion callback', () => {
     const bs = await openCowImage(dir);
     try {
       failNextEngineWrite();
-      expect((await aioWrite(bs, 65536 + 4096, new Uint8Array(4096).fill(2))).err?.code).toBe('ENOSPC');
+      expect((await aioWriteAt(bs, 65536 + 4096, new Uint8Array(4096).fill(2))).err?.code).toBe('ENOSPC');
       expect(bs.requests.inFlight).toBe(0);
       const back = new Uint8Array(65536);
       await bs.pread(65536, back);
@@ -240,7 +232,7 @@ describe.skipIf(!hasEngine)('writes started with a completion callback', () => {
       const check = await bs.check();
       expect([check.corruptions, check.leaks]).toEqual([0, 0]);
       // The image still takes COW writes afterwards.
-      expect((await aioWrite(bs, 65536 + 4096, new Uint8Array(4096).fill(3))).err).toBeNull();
+      expect((await aioWriteAt(bs, 65536 + 4096, new Uint8Array(4096).fill(3))).err).toBeNull();
       await bs.pread(65536, back);
       expect(back.every((b, i) => b === (i >= 4096 && i < 8192 ? 3 : 0x3c))).toBe(true);
     } finally {
@@ -255,7 +247,7 @@ describe.skipIf(!hasEngine)('writes started with a completion callback', () => {
       vi.spyOn(bs.backing!, 'preadvNow').mockImplementationOnce(() => {
         throw new Error('read now');
       });
-      expect((await aioWrite(bs, 65536 + 4096, new Uint8Array(4096).fill(2))).err).toBeNull();
+      expect((await aioWriteAt(bs, 65536 + 4096, new Uint8Array(4096).fill(2))).err).toBeNull();
       expect(bs.requests.inFlight).toBe(0);
       const back = new Uint8Array(65536);
       await bs.pread(65536, back);
@@ -272,9 +264,9 @@ describe.skipIf(!hasEngine)('writes started with a completion callback', () => {
     await bdrvCreate(img, { format: 'qcow2', options: { size: 16 << 20 } });
     const bs = await BlockDriverState.open(img, { format: 'qcow2' });
     try {
-      expect((await aioWrite(bs, 0, new Uint8Array(65536).fill(1))).err).toBeNull();
+      expect((await aioWriteAt(bs, 0, new Uint8Array(65536).fill(1))).err).toBeNull();
       failNextEngineWrite();
-      expect((await aioWrite(bs, 65536, new Uint8Array(65536).fill(2))).err?.code).toBe('ENOSPC');
+      expect((await aioWriteAt(bs, 65536, new Uint8Array(65536).fill(2))).err?.code).toBe('ENOSPC');
       expect(bs.requests.inFlight).toBe(0);
       expect(bs.file!.requests.inFlight).toBe(0);
       const back = new Uint8Array(65536);
@@ -283,7 +275,7 @@ describe.skipIf(!hasEngine)('writes started with a completion callback', () => {
       const check = await bs.check();
       expect([check.corruptions, check.leaks]).toEqual([0, 0]);
       // The image still takes allocating writes afterwards.
-      expect((await aioWrite(bs, 65536, new Uint8Array(65536).fill(3))).err).toBeNull();
+      expect((await aioWriteAt(bs, 65536, new Uint8Array(65536).fill(3))).err).toBeNull();
       await bs.pread(65536, back);
       expect(back.every((b) => b === 3)).toBe(true);
     } finally {
@@ -298,19 +290,19 @@ describe.skipIf(!hasEngine)('writes started with a completion callback', () => {
       const bs = await BlockDriverState.open(img, { format });
       try {
         // Allocating first (the ordinary path), then rewriting the same cluster.
-        expect(await aioWrite(bs, 65536, new Uint8Array(65536).fill(1))).toEqual({ err: null, sync: false });
+        expect(await aioWriteAt(bs, 65536, new Uint8Array(65536).fill(1))).toEqual({ err: null, sync: false });
         const then = vi.spyOn(IoEngine.prototype, 'pwritevThen');
         // The driver hands the data write to its file with a callback, not through pwritev.
         const submitted = vi.spyOn(bs.file!, 'pwritevSubmit');
         const promised = vi.spyOn(bs.file!, 'pwritev');
-        expect(await aioWrite(bs, 65536, new Uint8Array(65536).fill(2))).toEqual({ err: null, sync: false });
+        expect(await aioWriteAt(bs, 65536, new Uint8Array(65536).fill(2))).toEqual({ err: null, sync: false });
         expect(then).toHaveBeenCalledTimes(1);
         expect(submitted).toHaveBeenCalledTimes(1);
         expect(promised).not.toHaveBeenCalled();
         expect(bs.requests.inFlight).toBe(0);
         expect(bs.file!.requests.inFlight).toBe(0);
         // Two rewrites at once, and a read back through the image.
-        const both = await Promise.all([aioWrite(bs, 65536, new Uint8Array(4096).fill(3)), aioWrite(bs, 69632, new Uint8Array(4096).fill(4))]);
+        const both = await Promise.all([aioWriteAt(bs, 65536, new Uint8Array(4096).fill(3)), aioWriteAt(bs, 69632, new Uint8Array(4096).fill(4))]);
         expect(both.map((r) => r.err)).toEqual([null, null]);
         const back = new Uint8Array(65536);
         await bs.pread(65536, back);
@@ -327,13 +319,13 @@ describe.skipIf(!hasEngine)('writes started with a completion callback', () => {
       await bdrvCreate(img, { format, options: { size: 16 << 20 } });
       const bs = await BlockDriverState.open(img, { format });
       try {
-        expect((await aioWrite(bs, 0, new Uint8Array(65536).fill(1))).err).toBeNull();
+        expect((await aioWriteAt(bs, 0, new Uint8Array(65536).fill(1))).err).toBeNull();
         failNextEngineWrite();
-        expect((await aioWrite(bs, 0, new Uint8Array(4096).fill(2))).err?.code).toBe('ENOSPC');
+        expect((await aioWriteAt(bs, 0, new Uint8Array(4096).fill(2))).err?.code).toBe('ENOSPC');
         expect(bs.requests.inFlight).toBe(0);
         expect(bs.file!.requests.inFlight).toBe(0);
         // The image still takes writes afterwards.
-        expect((await aioWrite(bs, 0, new Uint8Array(4096).fill(3))).err).toBeNull();
+        expect((await aioWriteAt(bs, 0, new Uint8Array(4096).fill(3))).err).toBeNull();
       } finally {
         await bs.close();
       }

@@ -12,18 +12,10 @@ import { BlockDriverState, BlockError } from '../../src/index.js';
 import { IoEngine, ioEngine, type EngineDone } from '../../src/drivers/file/engine.js';
 import { loadSeekAddon } from '../../src/drivers/file/seek.js';
 import { makeTempDir, removeTempDir } from '../interop/qemu.js';
+import { aioWriteAt } from './block-helpers.js';
 
 const hasEngine = typeof loadSeekAddon()?.engineStart === 'function';
 const CS = 65536;
-
-/** Submit an AIO write and wait for its callback; also reports whether it ran inside the call. */
-function aioWrite(bs: BlockDriverState, offset: number, buf: Uint8Array): Promise<{ err: BlockError | null; sync: boolean }> {
-  return new Promise((resolve) => {
-    let returned = false;
-    bs.aioWritev(offset / 512, IOVector.from(buf), buf.length / 512, (err) => resolve({ err, sync: !returned }));
-    returned = true;
-  });
-}
 
 /** The engine's next zero-write ends with `res` (and `headFailed`), from a later turn, doing nothing. */
 function failNextZeroWrite(res: number, headFailed: boolean): void {
@@ -38,7 +30,7 @@ async function openImage(img: string, watched = false): Promise<BlockDriverState
   const bs = await BlockDriverState.open(img, { format: 'qcow2' });
   // With a listener on the file's debug events only the ordinary path runs.
   if (watched) bs.file!.events.on('debug', () => undefined);
-  expect((await aioWrite(bs, 0, new Uint8Array(CS).fill(1))).err).toBeNull();
+  expect((await aioWriteAt(bs, 0, new Uint8Array(CS).fill(1))).err).toBeNull();
   return bs;
 }
 
@@ -94,7 +86,7 @@ describe.skipIf(!hasEngine || ioEngine()?.canLink !== true)('zero-writes started
         // Head and tail, tail only, head only, two at once in one cluster (the second waits
         // for the first, then rewrites in place), and a whole cluster (no COW).
         const at = [3 * CS + 4096, 1 * CS, 5 * CS - 4096, 5 * CS + 8192, 5 * CS + 16384];
-        const r = await Promise.all([...at.map((o, i) => aioWrite(bs, o, new Uint8Array(4096).fill(0x20 + i))), aioWrite(bs, 7 * CS, new Uint8Array(CS).fill(0x30))]);
+        const r = await Promise.all([...at.map((o, i) => aioWriteAt(bs, o, new Uint8Array(4096).fill(0x20 + i))), aioWriteAt(bs, 7 * CS, new Uint8Array(CS).fill(0x30))]);
         expect(r.map((x) => x.err)).toEqual([...at, 0].map(() => null));
         if (submit) {
           expect(linked).toHaveBeenCalledTimes(4);
@@ -122,11 +114,11 @@ describe.skipIf(!hasEngine || ioEngine()?.canLink !== true)('zero-writes started
     const bs = await openImage(join(dir, 'n.qcow2'));
     try {
       failNextZeroWrite(-95 /* EOPNOTSUPP */, true);
-      expect((await aioWrite(bs, CS + 4096, new Uint8Array(4096).fill(2))).err).toBeNull();
+      expect((await aioWriteAt(bs, CS + 4096, new Uint8Array(4096).fill(2))).err).toBeNull();
       // The file now knows it cannot zero so: the next allocation goes the ordinary way at once.
       const linked = vi.spyOn(IoEngine.prototype, 'zeroThenPwritevThen');
       linked.mockClear();
-      expect((await aioWrite(bs, 2 * CS + 4096, new Uint8Array(4096).fill(3))).err).toBeNull();
+      expect((await aioWriteAt(bs, 2 * CS + 4096, new Uint8Array(4096).fill(3))).err).toBeNull();
       expect(linked).not.toHaveBeenCalled();
       expect(bs.requests.inFlight).toBe(0);
       const back = new Uint8Array(2 * CS);
@@ -149,7 +141,7 @@ describe.skipIf(!hasEngine || ioEngine()?.canLink !== true)('zero-writes started
         return true;
       });
       const zeroed = vi.spyOn(file, 'zeroThenPwritev');
-      expect((await aioWrite(bs, CS + 8192, new Uint8Array(4096).fill(4))).err).toBeNull();
+      expect((await aioWriteAt(bs, CS + 8192, new Uint8Array(4096).fill(4))).err).toBeNull();
       expect(zeroed).toHaveBeenCalledTimes(1);
       expect(bs.requests.inFlight).toBe(0);
       const back = new Uint8Array(CS);
@@ -166,7 +158,7 @@ describe.skipIf(!hasEngine || ioEngine()?.canLink !== true)('zero-writes started
     const bs = await openImage(join(dir, 'f.qcow2'));
     try {
       failNextZeroWrite(-28 /* ENOSPC */, false);
-      expect((await aioWrite(bs, CS + 4096, new Uint8Array(4096).fill(2))).err?.code).toBe('ENOSPC');
+      expect((await aioWriteAt(bs, CS + 4096, new Uint8Array(4096).fill(2))).err?.code).toBe('ENOSPC');
       expect(bs.requests.inFlight).toBe(0);
       expect(bs.file!.requests.inFlight).toBe(0);
       const back = new Uint8Array(CS);
@@ -175,7 +167,7 @@ describe.skipIf(!hasEngine || ioEngine()?.canLink !== true)('zero-writes started
       const check = await bs.check();
       expect([check.corruptions, check.leaks]).toEqual([0, 0]);
       // The image still takes such writes afterwards.
-      expect((await aioWrite(bs, CS + 4096, new Uint8Array(4096).fill(3))).err).toBeNull();
+      expect((await aioWriteAt(bs, CS + 4096, new Uint8Array(4096).fill(3))).err).toBeNull();
       await bs.pread(CS, back);
       expect(back.every((b, i) => b === (i >= 4096 && i < 8192 ? 3 : 0))).toBe(true);
     } finally {
