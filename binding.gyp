@@ -5,7 +5,7 @@
   "targets": [
     {
       "target_name": "blocklayer_seek",
-      "sources": ["native/seek.c", "native/engine.c", "native/uring.c", "native/threads.c", "native/zlib.c", "native/memalign.c", "native/sendfile.c"],
+      "sources": ["native/seek.c", "native/engine.c", "native/uring.c", "native/threads.c", "native/inline.c", "native/zlib.c", "native/memalign.c", "native/sendfile.c"],
       "cflags": ["-Wall", "-Wextra", "-Wno-unused-parameter"],
       "libraries": ["-lpthread"],
       "conditions": [

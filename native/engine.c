@@ -11,19 +11,21 @@
  * The engine never references the JS buffers: the JS side keeps them (and the promise) in its
  * table of slots until the slot completes, so the memory the kernel writes stays alive.
  *
- *   engineStart(kind, onComplete, results) -> 'io_uring' | 'threads'
+ *   engineStart(kind, onComplete, results[, inlineWrites]) -> 'io_uring' | 'threads'
  *       kind 'auto' tries io_uring then threads; 'io_uring' or 'threads' forces one (throws
  *       the system error when it cannot start). onComplete(count) reads `count` pairs.
+ *       inlineWrites (default true): a lone small write runs on the loop's thread (`held`).
  *   engineSubmit(op, fd, buffers, offset, length, mode[, writeOffset]) -> slot, or -1 when all
  *       slots are busy; op 4 (zero-write) is fallocate(mode, offset, length) then, after it,
  *       pwritev(buffers, writeOffset), as one request (engine.h)
  *   engineError(errno, syscall) -> a Node-shaped system error for a negative result
  *   engineStop() waits for everything in flight, delivers it, and stops (a later
  *       engineStart starts afresh)
- *   engineStats() -> { asyncReads, asyncWrites, canLink, writerWrites }: requests the running
+ *   engineStats() -> { asyncReads, asyncWrites, canLink, writerWrites, inlineWrites }: requests the running
  *       back end handed straight to io-wq since it started (how tests see where a request
  *       went); canLink: zero-writes are one request (linked in io_uring, in order on a worker
- *       thread); writerWrites: small writes taken by the worker threads beside io_uring
+ *       thread); writerWrites: small writes taken by the worker threads beside io_uring;
+ *       inlineWrites: lone writes the loop's thread wrote itself
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -43,7 +45,8 @@
 #define ENG_THREADS 4
 /* Linux's IOV_MAX: a longer vector is cut, and the request returns a short count. */
 #define ENG_IOV_MAX 1024
-/* Writes up to this size go to the worker threads beside io_uring (struct engine's writer). */
+/* Writes up to this size go to the worker threads beside io_uring (struct engine's writer),
+ * or are written on the loop's thread when alone (inline.c). */
 #define ENG_SMALL_WRITE (256 * 1024)
 
 struct engine {
@@ -62,6 +65,7 @@ struct engine {
    */
   struct eng_backend *writer;
   double writer_writes; /* requests the writer took since the engine started (engineStats) */
+  struct eng_inline lone; /* a small write alone in its turn, held for the flush (inline.c) */
   struct eng_req reqs[ENG_SLOTS];
   int32_t free_head;
   unsigned inflight; /* queued or running: keeps the loop alive */
@@ -81,6 +85,8 @@ static struct engine *current(napi_env env) {
 
 static void flush(struct engine *e) {
   if (e->queued == 0) return;
+  /* Still alone at the end of its turn: the loop's thread writes it now. */
+  eng_inline_run(&e->lone);
   e->queued = 0;
   e->backend->overlap = e->inflight > 1;
   e->backend->ops->flush(e->backend);
@@ -113,6 +119,8 @@ static void deliver(struct engine *e) {
   e->pending = 0;
   e->backend->ops->reap(e->backend, record, e);
   if (e->writer != NULL) e->writer->ops->reap(e->writer, record, e);
+  struct eng_req *lone = eng_inline_done(&e->lone);
+  if (lone != NULL) record(e, lone);
   if (e->inflight == 0) uv_unref((uv_handle_t *)&e->poll);
   if (e->pending == 0) return;
   napi_handle_scope scope;
@@ -227,13 +235,15 @@ static struct engine *create_engine(napi_env env) {
 }
 
 static napi_value engine_start(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3];
+  size_t argc = 4;
+  napi_value argv[4];
   char kind[16];
   size_t klen;
+  bool inline_ok = true;
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL;
-  if (argc < 3 || napi_get_value_string_utf8(env, argv[0], kind, sizeof kind, &klen) != napi_ok) {
-    napi_throw_type_error(env, "EINVAL", "expected (kind, onComplete, results)");
+  if (argc < 3 || napi_get_value_string_utf8(env, argv[0], kind, sizeof kind, &klen) != napi_ok ||
+      (argc > 3 && napi_get_value_bool(env, argv[3], &inline_ok) != napi_ok)) {
+    napi_throw_type_error(env, "EINVAL", "expected (kind, onComplete, results[, inlineWrites])");
     return NULL;
   }
   napi_typedarray_type type;
@@ -266,6 +276,7 @@ static napi_value engine_start(napi_env env, napi_callback_info info) {
     e->reqs[i].next = e->free_head;
     e->free_head = i;
   }
+  eng_inline_init(&e->lone, inline_ok, e->eventfd);
   int err = 0;
   e->backend = start_backend(e, kind, &err);
   if (e->backend == NULL) return throw_errno(env, err, strcmp(kind, "threads") == 0 ? "pthread_create" : "io_uring_setup");
@@ -350,14 +361,16 @@ static napi_value engine_submit(napi_env env, napi_callback_info info) {
     }
     r->iovcnt = (int)n;
   }
+  /* Joined by this request, a held write goes to its back end first, in issue order. */
+  eng_inline_release(&e->lone);
   struct eng_backend *b = e->backend;
-  if (e->writer != NULL && op == ENG_WRITE) {
-    size_t bytes = 0;
-    for (int i = 0; i < r->iovcnt; i++) bytes += r->iov[i].iov_len;
-    if (bytes <= ENG_SMALL_WRITE) b = e->writer;
-  }
+  size_t bytes = 0;
+  for (int i = 0; i < r->iovcnt; i++) bytes += r->iov[i].iov_len;
+  bool small = (op == ENG_WRITE || op == ENG_ZERO_WRITE) && bytes <= ENG_SMALL_WRITE;
+  if (e->writer != NULL && op == ENG_WRITE && small) b = e->writer;
   if (b == e->writer) e->writer_writes++;
-  int q = b->ops->queue(b, r);
+  /* Alone so far: held for the flush, which writes it here if nothing joins it. */
+  int q = small && e->inflight == 0 && eng_inline_hold(&e->lone, r, b) ? 0 : b->ops->queue(b, r);
   if (q == -EAGAIN) {
     /* The submission ring is full: start what it holds, then there is room. */
     e->queued = 0;
@@ -405,15 +418,17 @@ static napi_value engine_stats(napi_env env, napi_callback_info info) {
   (void)info;
   struct engine *e = current(env);
   const double *n = e != NULL && e->backend != NULL ? e->backend->forced_async : NULL;
-  napi_value o, reads, writes, link, small;
+  napi_value o, reads, writes, link, small, inl;
   if (napi_create_object(env, &o) != napi_ok || napi_create_double(env, n != NULL ? n[ENG_READ] : 0, &reads) != napi_ok ||
       napi_create_double(env, n != NULL ? n[ENG_WRITE] : 0, &writes) != napi_ok ||
       napi_get_boolean(env, n != NULL, &link) != napi_ok ||
       napi_create_double(env, e != NULL ? e->writer_writes : 0, &small) != napi_ok ||
+      napi_create_double(env, e != NULL ? e->lone.writes : 0, &inl) != napi_ok ||
       napi_set_named_property(env, o, "asyncReads", reads) != napi_ok ||
       napi_set_named_property(env, o, "asyncWrites", writes) != napi_ok ||
       napi_set_named_property(env, o, "canLink", link) != napi_ok ||
-      napi_set_named_property(env, o, "writerWrites", small) != napi_ok) {
+      napi_set_named_property(env, o, "writerWrites", small) != napi_ok ||
+      napi_set_named_property(env, o, "inlineWrites", inl) != napi_ok) {
     return NULL;
   }
   return o;

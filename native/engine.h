@@ -67,6 +67,33 @@ struct eng_backend {
   double forced_async[ENG_ZERO_WRITE + 1];
 };
 
+/* Run one request on the calling thread, blocking: its count or -errno (threads.c). */
+int64_t eng_run_sync(struct eng_req *r);
+
+/*
+ * A small write issued with nothing else in flight, held until its turn's flush (inline.c).
+ * Only the loop's thread touches it.
+ */
+struct eng_inline {
+  struct eng_req *held;
+  struct eng_backend *held_to; /* where it goes if another request joins it */
+  struct eng_req *done;        /* written inline, not yet delivered */
+  uint64_t resume_ns;          /* CLOCK_MONOTONIC: none held before this, after a slow one */
+  double writes;               /* written inline since the engine started (engineStats) */
+  int enabled;
+  int eventfd;
+};
+
+void eng_inline_init(struct eng_inline *l, int enabled, int eventfd);
+/* Hold r (bound for b) if inline writes are on; 0: not held, queue it as usual. */
+int eng_inline_hold(struct eng_inline *l, struct eng_req *r, struct eng_backend *b);
+/* Another request joins: the held write, if any, goes to its back end now. */
+void eng_inline_release(struct eng_inline *l);
+/* At the flush: write the held request, if any, on this thread, and signal the eventfd. */
+void eng_inline_run(struct eng_inline *l);
+/* The request written inline since the last call, for the reap; NULL if none. */
+struct eng_req *eng_inline_done(struct eng_inline *l);
+
 /* Set up a back end completing on `eventfd`; NULL and *err = errno when it cannot. */
 struct eng_backend *eng_uring_create(unsigned entries, int eventfd, struct eng_req *reqs, int *err);
 struct eng_backend *eng_threads_create(unsigned nthreads, unsigned capacity, int eventfd, struct eng_req *reqs, int *err);

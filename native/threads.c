@@ -48,7 +48,7 @@ static void push(struct eng_req *reqs, int32_t *head, int32_t *tail, struct eng_
   *tail = (int32_t)r->slot;
 }
 
-static int64_t run_one(struct eng_req *r) {
+int64_t eng_run_sync(struct eng_req *r) {
   ssize_t n;
   switch (r->op) {
     case ENG_READ:
@@ -109,7 +109,7 @@ static void *worker(void *arg) {
     t->todo_head = r->next;
     if (t->todo_head < 0) t->todo_tail = -1;
     pthread_mutex_unlock(&t->lock);
-    r->result = run_one(r);
+    r->result = eng_run_sync(r);
     pthread_mutex_lock(&t->lock);
     int was_empty = t->done_head < 0;
     push(t->base.reqs, &t->done_head, &t->done_tail, r);

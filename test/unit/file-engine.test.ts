@@ -51,7 +51,8 @@ describe.each(['io_uring', 'threads'] as EngineKind[])('I/O engine: %s', (kind) 
   let fd = -1;
   beforeEach((ctx) => {
     if (!hasEngine) ctx.skip();
-    const engine = setIoEngineForTest(kind);
+    // Lone writes stay on the back end here: its own paths are under test ("inline writes" below).
+    const engine = setIoEngineForTest(kind, false);
     // io_uring refused (seccomp, old kernel): forcing it gives no engine; threads must start.
     if (engine === null && kind === 'io_uring') ctx.skip();
     expect(engine?.kind).toBe(kind);
@@ -180,7 +181,7 @@ describe.each(['io_uring', 'threads'] as EngineKind[])('I/O engine: %s', (kind) 
     expect(await Promise.all(reads)).toEqual(new Array<number>(4).fill(size));
     // The worker threads hand nothing to io-wq; io_uring marks the reads that overlapped.
     if (kind === 'io_uring') expect(stats().asyncReads).toBeGreaterThanOrEqual(3);
-    else expect(stats()).toEqual({ asyncReads: 0, asyncWrites: 0, canLink: true, writerWrites: 0 });
+    else expect(stats()).toEqual({ asyncReads: 0, asyncWrites: 0, canLink: true, writerWrites: 0, inlineWrites: 0 });
     expect(readFileSync(join(dir, 'f')).subarray(3 * 64 * 1024, 4 * 64 * 1024).every((x) => x === 3)).toBe(true);
   });
 
@@ -253,7 +254,7 @@ describe('I/O engine: auto over io_uring', () => {
 
   it('small writes go to the worker threads beside io_uring, large ones and reads to io_uring', async (ctx) => {
     if (!hasEngine) ctx.skip();
-    const engine = setIoEngineForTest('auto');
+    const engine = setIoEngineForTest('auto', false);
     // io_uring refused here: auto runs the worker threads alone, with nothing beside them.
     if (engine?.kind !== 'io_uring') ctx.skip();
     const stats = loadSeekAddon()?.engineStats;

@@ -7,7 +7,9 @@
  *
  * BLOCKLAYER_IO_ENGINE picks it: unset or 'auto' (io_uring, with worker threads beside it for
  * writes up to 256 KiB; else worker threads alone), 'io_uring' (alone), 'threads', or 'fs'
- * (node:fs and libuv's pool, as without the addon). `kind` names the main back end.
+ * (node:fs and libuv's pool, as without the addon). `kind` names the main back end. A write of
+ * at most 256 KiB issued with nothing else in flight is written by this thread itself, inside
+ * the turn's flush (BLOCKLAYER_INLINE_WRITES=0 keeps it on the back end): see native/engine.c.
  *
  * The buffers of a request stay referenced here, in its slot, until it completes: the kernel
  * writes into them meanwhile.
@@ -76,8 +78,9 @@ export class IoEngine {
   constructor(
     private readonly addon: EngineAddon,
     kind: 'auto' | EngineKind,
+    inlineWrites = true,
   ) {
-    this.kind = addon.engineStart(kind, (n) => this.complete(n), this.results) as EngineKind;
+    this.kind = addon.engineStart(kind, (n) => this.complete(n), this.results, inlineWrites) as EngineKind;
     this.canLink = addon.engineStats?.().canLink === true;
   }
 
@@ -207,6 +210,11 @@ function hasEngine(a: SeekAddon | null): a is SeekAddon & EngineAddon {
   );
 }
 
+/** BLOCKLAYER_INLINE_WRITES: '0' keeps lone small writes off the loop's thread. */
+export function inlineWritesChoice(env: string | undefined = process.env.BLOCKLAYER_INLINE_WRITES): boolean {
+  return env !== '0';
+}
+
 /** BLOCKLAYER_IO_ENGINE, checked; anything else is 'auto'. */
 export function engineChoice(env: string | undefined = process.env.BLOCKLAYER_IO_ENGINE): EngineChoice {
   return env === 'io_uring' || env === 'threads' || env === 'fs' ? env : 'auto';
@@ -218,6 +226,8 @@ let engine: IoEngine | null | undefined;
 let engineAddon: SeekAddon | null = null;
 /** What BLOCKLAYER_IO_ENGINE asked for, or a test's choice. */
 let choice: EngineChoice | undefined;
+/** A test's choice of inline writes; undefined: BLOCKLAYER_INLINE_WRITES. */
+let inlineChoice: boolean | undefined;
 
 /**
  * The engine the file driver submits to, or null (node:fs and libuv's pool): no addon, an
@@ -246,7 +256,7 @@ export function ioEngineName(): EngineKind | 'fs' {
 function startEngine(c: EngineChoice, addon: SeekAddon | null): IoEngine | null {
   if (c === 'fs' || !hasEngine(addon)) return null;
   try {
-    return new IoEngine(addon, c);
+    return new IoEngine(addon, c, inlineChoice ?? inlineWritesChoice());
   } catch {
     return null;
   }
@@ -254,11 +264,13 @@ function startEngine(c: EngineChoice, addon: SeekAddon | null): IoEngine | null 
 
 /**
  * Test seam: stop the current engine (after what is in flight) and use `c` from now on
- * (undefined: BLOCKLAYER_IO_ENGINE again). Returns the engine now in use, null for node:fs.
+ * (undefined: BLOCKLAYER_IO_ENGINE again), with lone small writes inline or not (undefined:
+ * BLOCKLAYER_INLINE_WRITES). Returns the engine now in use, null for node:fs.
  */
-export function setIoEngineForTest(c: EngineChoice | undefined): IoEngine | null {
+export function setIoEngineForTest(c: EngineChoice | undefined, inlineWrites?: boolean): IoEngine | null {
   engine?.stop();
   engine = undefined;
   choice = c;
+  inlineChoice = inlineWrites;
   return ioEngine();
 }

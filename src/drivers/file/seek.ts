@@ -59,7 +59,7 @@ export interface SeekAddon {
    * The I/O engine (native/engine.c; engine.ts drives it). Optional, like the rest.
    */
   /** Start (or restart) the engine: 'auto', 'io_uring' or 'threads'; the back end started. */
-  engineStart?: (kind: string, onComplete: (count: number) => void, results: Float64Array) => string;
+  engineStart?: (kind: string, onComplete: (count: number) => void, results: Float64Array, inlineWrites?: boolean) => string;
   /** Queue one request; its slot, or -1 when every slot is busy. */
   engineSubmit?: (
     op: number,
@@ -78,7 +78,7 @@ export interface SeekAddon {
    * Requests the running back end handed straight to io-wq (IOSQE_ASYNC) since it started;
    * canLink: it takes zero-writes (op 4) as one request (an older addon has no such key).
    */
-  engineStats?: () => { asyncReads: number; asyncWrites: number; canLink?: boolean; writerWrites?: number };
+  engineStats?: () => { asyncReads: number; asyncWrites: number; canLink?: boolean; writerWrites?: number; inlineWrites?: number };
 }
 
 /**
