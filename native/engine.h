@@ -79,6 +79,7 @@ struct eng_inline {
   struct eng_backend *held_to; /* where it goes if another request joins it */
   struct eng_req *done;        /* written inline, not yet delivered */
   uint64_t resume_ns;          /* CLOCK_MONOTONIC: none held before this, after a slow one */
+  uint64_t pause_ns;           /* how long the next slow one stops them */
   double writes;               /* written inline since the engine started (engineStats) */
   int enabled;
   int eventfd;

@@ -8,8 +8,9 @@
  * The result goes back through the engine's eventfd like any other, from the loop's next
  * poll: timers and sockets get their turn between two inline writes, and no completion runs
  * inside the call that issued it. A write that held the thread for long (the kernel
- * throttling a writer of dirty pages, a journal commit) turns inline writes off for a while:
- * the loop's thread must not stall where a worker could wait instead.
+ * throttling a writer of dirty pages, a journal commit) turns inline writes off for a while
+ * (longer each time it happens again): the loop's thread must not stall where a worker could
+ * wait instead.
  */
 #define _GNU_SOURCE
 #include <stddef.h>
@@ -19,9 +20,12 @@
 #include "engine.h"
 
 /* Longer than this on the loop's thread (a 256 KiB copy takes some 40 us)... */
-#define INLINE_SLOW_NS 2000000ull
-/* ...and the next lone writes go to the back ends for this long. */
-#define INLINE_PAUSE_NS 1000000000ull
+#define INLINE_SLOW_NS 5000000ull
+/* ...and the next lone writes go to the back ends for this long, twice as long after each
+ * slow one in a row, up to INLINE_PAUSE_MAX_NS: a write preempted once (a busy machine) costs
+ * little, a file system that keeps blocking its writers sees few of them on the loop. */
+#define INLINE_PAUSE_NS 20000000ull
+#define INLINE_PAUSE_MAX_NS 2560000000ull
 
 static uint64_t now_ns(void) {
   struct timespec ts;
@@ -33,6 +37,7 @@ void eng_inline_init(struct eng_inline *l, int enabled, int eventfd) {
   l->held = l->done = NULL;
   l->held_to = NULL;
   l->resume_ns = 0;
+  l->pause_ns = INLINE_PAUSE_NS;
   l->writes = 0;
   l->enabled = enabled;
   l->eventfd = eventfd;
@@ -54,7 +59,12 @@ static void run(struct eng_inline *l, struct eng_req *r) {
   uint64_t start = now_ns();
   r->result = eng_run_sync(r);
   uint64_t end = now_ns();
-  if (end - start > INLINE_SLOW_NS) l->resume_ns = end + INLINE_PAUSE_NS;
+  if (end - start <= INLINE_SLOW_NS) {
+    l->pause_ns = INLINE_PAUSE_NS;
+  } else {
+    l->resume_ns = end + l->pause_ns;
+    if (l->pause_ns < INLINE_PAUSE_MAX_NS) l->pause_ns *= 2;
+  }
   l->writes++;
   l->done = r;
   uint64_t one = 1;
