@@ -109,6 +109,22 @@ const lazyNodeModules: esbuild.Plugin = {
   },
 };
 
+/** How the bundles and the side chunks are built: one CommonJS file each, for Node 20. */
+const COMMONJS = {
+  bundle: true,
+  platform: 'node',
+  format: 'cjs',
+  target: 'node20',
+  // Non-ASCII characters escaped (esbuild's default, relied on): bin/bundle.js reads a bundle
+  // as latin1.
+  charset: 'ascii',
+  // Every run reads its bundle and V8 copies it into a string: without the indentation and
+  // line breaks it is a quarter smaller (its source map still gives the lines of dist/src).
+  minifyWhitespace: true,
+  logLevel: 'warning',
+  write: false,
+} as const satisfies esbuild.BuildOptions;
+
 /**
  * Libraries that few runs use, each built into a file of its own next to the bundles
  * (dist/bin/<name>.cjs) and loaded on first use: zstd's encoder (libzstd in WebAssembly, a
@@ -130,19 +146,7 @@ async function buildSideChunks(): Promise<Map<string, SideChunk>> {
   const chunks = new Map<string, SideChunk>();
   for (const [pkg, name] of Object.entries(SIDE_CHUNKS)) {
     const file = `${name}.cjs`;
-    const result = await esbuild.build({
-      entryPoints: [pkg],
-      absWorkingDir: ROOT,
-      bundle: true,
-      platform: 'node',
-      format: 'cjs',
-      target: 'node20',
-      charset: 'ascii',
-      minifyWhitespace: true,
-      logLevel: 'warning',
-      outfile: join(OUT, file),
-      write: false,
-    });
+    const result = await esbuild.build({ ...COMMONJS, entryPoints: [pkg], absWorkingDir: ROOT, outfile: join(OUT, file) });
     for (const f of result.outputFiles) writeAtomically(f.path, f.contents);
     // Its export names, from the chunk itself (esbuild lists none for CommonJS output).
     const exports = Object.keys(createRequire(import.meta.url)(join(OUT, file)) as object);
@@ -195,22 +199,11 @@ async function bundle(tool: Tool, chunks: Map<string, SideChunk>): Promise<strin
   // from (bin/bundle.js compares it).
   const id = `// blocklayer ${tool.name} bundle ${randomUUID()}`;
   const result = await esbuild.build({
+    ...COMMONJS,
     entryPoints: { [tool.name]: join(ROOT, tool.entry) },
-    bundle: true,
-    platform: 'node',
-    format: 'cjs',
-    target: 'node20',
-    // Non-ASCII characters escaped (esbuild's default, relied on): bin/bundle.js reads the
-    // bundle as latin1.
-    charset: 'ascii',
-    // Every run reads the bundle and V8 copies it into a string: without the indentation and
-    // line breaks it is a quarter smaller (its source map still gives the lines of dist/src).
-    minifyWhitespace: true,
     sourcemap: true,
-    logLevel: 'warning',
     outdir: OUT,
     outExtension: { '.js': '.cjs' },
-    write: false,
     // The file is the function that CommonJS would wrap it in (bin/bundle.js runs it as is):
     // wrapping a megabyte at run time made V8 copy it into one flat string on every start.
     // Its body is strict, as the ES modules it is made of are (esbuild's own "use strict"
