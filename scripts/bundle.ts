@@ -109,6 +109,77 @@ const lazyNodeModules: esbuild.Plugin = {
   },
 };
 
+/** How the bundles and the side chunks are built: one CommonJS file each, for Node 20. */
+const COMMONJS = {
+  bundle: true,
+  platform: 'node',
+  format: 'cjs',
+  target: 'node20',
+  // Non-ASCII characters escaped (esbuild's default, relied on): bin/bundle.js reads a bundle
+  // as latin1.
+  charset: 'ascii',
+  // Every run reads its bundle and V8 copies it into a string: without the indentation and
+  // line breaks it is a quarter smaller (its source map still gives the lines of dist/src).
+  minifyWhitespace: true,
+  logLevel: 'warning',
+  write: false,
+} as const satisfies esbuild.BuildOptions;
+
+/**
+ * Libraries that few runs use, each built into a file of its own next to the bundles
+ * (dist/bin/<name>.cjs) and loaded on first use: zstd's encoder (libzstd in WebAssembly, a
+ * quarter of a megabyte of base64, for zstd compressed writes), pako (zlib in JavaScript, which
+ * qcow2 uses only where the native addon is missing) and fzstd (zstd reads). Every run reads
+ * and copies the whole bundle and runs its top level: with them in it, the bundle was a third
+ * larger, and their module bodies took some 0.7 ms of the top level's 2.3.
+ */
+const SIDE_CHUNKS: Record<string, string> = { '@hpcc-js/wasm-zstd': 'wasm-zstd', pako: 'pako', fzstd: 'fzstd' };
+
+/** A side chunk's file name (in dist/bin) and the names it exports. */
+interface SideChunk {
+  file: string;
+  exports: string[];
+}
+
+/** Build each of SIDE_CHUNKS into dist/bin as CommonJS. */
+async function buildSideChunks(): Promise<Map<string, SideChunk>> {
+  const chunks = new Map<string, SideChunk>();
+  for (const [pkg, name] of Object.entries(SIDE_CHUNKS)) {
+    const file = `${name}.cjs`;
+    const result = await esbuild.build({ ...COMMONJS, entryPoints: [pkg], absWorkingDir: ROOT, outfile: join(OUT, file) });
+    for (const f of result.outputFiles) writeAtomically(f.path, f.contents);
+    // Its export names, from the chunk itself (esbuild lists none for CommonJS output).
+    const exports = Object.keys(createRequire(import.meta.url)(join(OUT, file)) as object);
+    chunks.set(pkg, { file, exports });
+  }
+  return chunks;
+}
+
+/**
+ * A side chunk's place in a bundle: an object of getters, each of which loads the chunk on its
+ * first call. A module that imports the library statically (qcow2's codecs) then loads it only
+ * when a cluster is compressed or read, not when the module itself is set up. `__dirname` is
+ * the bundle's directory (bin/bundle.js passes it).
+ */
+function sideChunks(chunks: Map<string, SideChunk>): esbuild.Plugin {
+  return {
+    name: 'side-chunks',
+    setup(build) {
+      build.onResolve({ filter: /.*/ }, (args) => (chunks.has(args.path) ? { path: args.path, namespace: 'side-chunk' } : undefined));
+      build.onLoad({ filter: /.*/, namespace: 'side-chunk' }, (args) => {
+        const { file, exports } = chunks.get(args.path) as SideChunk;
+        const contents = [
+          'let chunk;',
+          `const load = () => (chunk ??= require(__dirname + ${JSON.stringify(`/${file}`)}));`,
+          "Object.defineProperty(exports, '__esModule', { value: true });",
+          `for (const k of ${JSON.stringify(exports)}) Object.defineProperty(exports, k, { enumerable: true, get: () => load()[k] });`,
+        ].join('\n');
+        return { contents, loader: 'js' };
+      });
+    },
+  };
+}
+
 /** What bin/bundle.js exports (CommonJS, untyped). */
 interface BundleLoader {
   compileTool(name: string, variant?: string, scriptName?: string): { script: Script; file: string; cached: boolean } | null;
@@ -123,24 +194,16 @@ function writeAtomically(path: string, data: string | Uint8Array): void {
 }
 
 /** Bundle one tool; returns the build id, the bundle's first line. */
-async function bundle(tool: Tool): Promise<string> {
+async function bundle(tool: Tool, chunks: Map<string, SideChunk>): Promise<string> {
   // The first line identifies this build: the cache is used only with the bundle it was made
   // from (bin/bundle.js compares it).
   const id = `// blocklayer ${tool.name} bundle ${randomUUID()}`;
   const result = await esbuild.build({
+    ...COMMONJS,
     entryPoints: { [tool.name]: join(ROOT, tool.entry) },
-    bundle: true,
-    platform: 'node',
-    format: 'cjs',
-    target: 'node20',
-    // Non-ASCII characters escaped (esbuild's default, relied on): bin/bundle.js reads the
-    // bundle as latin1.
-    charset: 'ascii',
     sourcemap: true,
-    logLevel: 'warning',
     outdir: OUT,
     outExtension: { '.js': '.cjs' },
-    write: false,
     // The file is the function that CommonJS would wrap it in (bin/bundle.js runs it as is):
     // wrapping a megabyte at run time made V8 copy it into one flat string on every start.
     // Its body is strict, as the ES modules it is made of are (esbuild's own "use strict"
@@ -150,7 +213,7 @@ async function bundle(tool: Tool): Promise<string> {
     // The file driver finds the package root (the addon) from import.meta.url: a getter of the
     // loader's (bin/bundle.js), which makes the URL only for the runs that look for the addon.
     define: { 'import.meta.url': '__bundle_meta.url' },
-    plugins: [lazyNodeModules],
+    plugins: [lazyNodeModules, sideChunks(chunks)],
   });
   for (const f of result.outputFiles) writeAtomically(f.path, f.contents);
   return id;
@@ -179,7 +242,8 @@ const loader = createRequire(import.meta.url)(join(ROOT, 'bin/bundle.js')) as Bu
 const dir = mkdtempSync(join(tmpdir(), 'blk-bundle-'));
 try {
   mkdirSync(OUT, { recursive: true });
-  const ids = await Promise.all(TOOLS.map(bundle));
+  const chunks = await buildSideChunks();
+  const ids = await Promise.all(TOOLS.map((t) => bundle(t, chunks)));
   for (const [i, tool] of TOOLS.entries()) {
     // The lean warm-up in a directory of its own: the others share theirs (blk-io's uses an image of blk-img's).
     const leanDir = join(dir, `${tool.name}-lean`);

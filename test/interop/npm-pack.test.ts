@@ -143,6 +143,8 @@ describe.skipIf(!(PLATFORM_OK && TOOLS_OK))('npm pack: the package as installed'
     expect(files.filter((f) => f.startsWith('package/build/'))).toEqual([]);
     expect(files).toContain('package/dist/bin/img.cjs');
     expect(files).toContain('package/dist/bin/img.cjs.cache');
+    // The libraries few runs use, next to the bundles (scripts/bundle.ts, SIDE_CHUNKS).
+    for (const f of ['wasm-zstd', 'pako', 'fzstd']) expect(files).toContain(`package/dist/bin/${f}.cjs`);
     const installed = join(app, 'node_modules', prebuilds[0].replace(/^package/, 'blocklayer'));
     const libs = sh('ldd', [installed], dir)
       .split('\n')
@@ -163,6 +165,9 @@ describe.skipIf(!(PLATFORM_OK && TOOLS_OK))('npm pack: the package as installed'
       { start: 0, length: 4096, data: true },
       { start: 4096, length: 1044480, data: false, zero: true },
     ]);
+    // zstd's encoder and decoder, loaded from their files of their own on first use.
+    blk(['convert', '-c', '-O', 'qcow2', '-o', 'compression_type=zstd', 'disk.raw', 'disk-zstd.qcow2']);
+    expect(blk(['compare', 'disk.raw', 'disk-zstd.qcow2'])).toBe('Images are identical.\n');
 
     const probe = JSON.parse(sh('node', ['probe.mjs', 'disk.raw'], app)) as { engine: string; addon: string | null; same: boolean };
     expect(probe.same).toBe(true);

@@ -11,8 +11,8 @@ import { makeTempDir, removeTempDir } from '../interop/qemu.js';
 const REPO = resolve(import.meta.dirname, '../..');
 
 /** A launcher's run with NODE_DEBUG=blk-bundle: its status, stdout and the cache verdict. */
-function launch(root: string, tool: string, args: string[], nodeArgs: string[] = []) {
-  const e: NodeJS.ProcessEnv = { ...process.env, NODE_DEBUG: 'blk-bundle' };
+function launch(root: string, tool: string, args: string[], nodeArgs: string[] = [], env: NodeJS.ProcessEnv = {}) {
+  const e: NodeJS.ProcessEnv = { ...process.env, NODE_DEBUG: 'blk-bundle', ...env };
   delete e.NODE_OPTIONS; // vitest's own options would change V8's flags
   const r = spawnSync(process.execPath, [...nodeArgs, join(root, 'bin', `blk-${tool}.js`), ...args], { cwd: root, encoding: 'utf8', env: e, timeout: 60_000 });
   const verdict = /code cache (used|missing|rejected)/.exec(r.stderr)?.[1] ?? 'none';
@@ -106,6 +106,28 @@ describe('tool bundles and their code cache', () => {
     } finally {
       server.kill();
     }
+  });
+
+  it("loads zstd's encoder, pako and fzstd from files of their own, on first use", () => {
+    // scripts/bundle.ts: SIDE_CHUNKS. The bundles hold none of them (pako's licence, the wasm).
+    for (const t of ['img', 'io', 'nbd']) expect(readFileSync(join(root, `dist/bin/${t}.cjs`), 'latin1')).not.toMatch(/nodeca\/pako|AGFzbQ/);
+    writeFileSync(cache, pristine);
+    writeFileSync(lean, pristineLean);
+    writeFileSync(join(root, 'chunks.cjs'), "process.on('exit', () => console.error('CHUNKS', Object.keys(require.cache).filter((k) => k.includes('dist/bin')).map((k) => k.replace(/.*\\//, '')).sort().join(' ')));");
+    const chunks = (tool: string, args: string[], env: NodeJS.ProcessEnv = {}) => {
+      const r = launch(root, tool, args, ['--require', join(root, 'chunks.cjs')], env);
+      expect(r.status).toBe(0);
+      return /CHUNKS (.*)/.exec(r.stderr)?.[1] ?? '';
+    };
+    expect(chunks('img', ['create', '-q', '-f', 'qcow2', '-o', 'compression_type=zstd', 'z.qcow2', '1M'])).toBe('');
+    expect(chunks('img', ['check', 'z.qcow2'])).toBe('');
+    // A zstd compressed write loads the encoder; the read back, the decoder.
+    expect(chunks('io', ['-c', 'write -c -P 7 0 64k', 'z.qcow2'])).toBe('wasm-zstd.cjs');
+    expect(chunks('io', ['-c', 'read -P 7 0 64k', 'z.qcow2'])).toBe('fzstd.cjs');
+    // zlib clusters go through the addon; without it (PREBUILDS_ONLY: no prebuild here), pako.
+    expect(chunks('img', ['create', '-q', '-f', 'qcow2', 'c.qcow2', '1M'])).toBe('');
+    expect(chunks('io', ['-c', 'write -c -P 9 0 64k', '-c', 'read -P 9 0 64k', 'c.qcow2'])).toBe('');
+    expect(chunks('io', ['-c', 'write -c -P 8 64k 64k', '-c', 'read -P 8 64k 64k', 'c.qcow2'], { PREBUILDS_ONLY: '1' })).toBe('pako.cjs');
   });
 
   it("holds bench's request paths: a bench run compiles nothing the cache lacks", () => {
