@@ -3,7 +3,8 @@
 // cache is missing, corrupt or another build's still runs, from source. A bundle is built into
 // a scratch copy of the package, from what tsc emitted in dist/src.
 import { spawn, spawnSync } from 'node:child_process';
-import { cpSync, existsSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, readFileSync, rmSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
+import { createConnection } from 'node:net';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeTempDir, removeTempDir } from '../interop/qemu.js';
@@ -130,10 +131,11 @@ describe('tool bundles and their code cache', () => {
     expect(chunks('io', ['-c', 'write -c -P 8 64k 64k', '-c', 'read -P 8 64k 64k', 'c.qcow2'], { PREBUILDS_ONLY: '1' })).toBe('pako.cjs');
   });
 
-  it("holds bench's request paths: a bench run compiles nothing the cache lacks", () => {
-    // The bench rows time from the first request: a function compiled there from source
-    // (parsed, then turned into bytecode) would be timed. V8's cache of the script grows by
-    // whatever the run compiled that it did not hold.
+  /**
+   * Each of `runs` through one cached bundle, in turn: its status, whether the cache was taken
+   * and by how much V8's cache of the script grew (whatever the runs compiled that it did not hold).
+   */
+  function cacheGrowth(runs: string[][]): { args: string; status: number; cached: boolean; grown: number }[] {
     writeFileSync(cache, pristine);
     writeFileSync(
       join(root, 'cache-growth.cjs'),
@@ -149,6 +151,16 @@ describe('tool bundles and their code cache', () => {
         }
       })();`,
     );
+    const e: NodeJS.ProcessEnv = { ...process.env };
+    delete e.NODE_OPTIONS;
+    const r = spawnSync(process.execPath, [join(root, 'cache-growth.cjs'), JSON.stringify(runs)], { cwd: root, encoding: 'utf8', env: e, timeout: 120_000 });
+    expect(r.stderr).toBe('');
+    return r.stdout.trim().split('\n').map((l) => JSON.parse(l) as { args: string; status: number; cached: boolean; grown: number });
+  }
+
+  it("holds bench's request paths: a bench run compiles nothing the cache lacks", () => {
+    // The bench rows time from the first request: a function compiled there from source
+    // (parsed, then turned into bytecode) would be timed.
     const runs: string[][] = [];
     for (const f of ['raw', 'qed', 'qcow2']) {
       const img = `growth.${f}`;
@@ -158,12 +170,49 @@ describe('tool bundles and their code cache', () => {
         runs.push(['bench', '-q', '-f', f, ...opts.split(' '), img]);
       }
     }
+    expect(cacheGrowth(runs).map((x) => [x.args, x.status, x.cached, x.grown])).toEqual(runs.map((a) => [a.join(' '), 0, true, 0]));
+  });
+
+  it("holds the NBD client's paths: a convert out of blk-nbd compiles nothing the cache lacks", async () => {
+    // A convert from an NBD export (bench row 13.3) runs the client's handshake, requests and
+    // replies: compiled from source they had cost every such run some 25 M instructions.
+    writeFileSync(join(root, 'exported.raw'), Buffer.alloc(3 << 20, 7));
+    truncateSync(join(root, 'exported.raw'), 4 << 20);
+    launch(root, 'img', ['create', '-q', '-f', 'raw', 'imported.raw', '4M']);
+    const sock = join(root, 'growth-nbd.sock');
     const e: NodeJS.ProcessEnv = { ...process.env };
     delete e.NODE_OPTIONS;
-    const r = spawnSync(process.execPath, [join(root, 'cache-growth.cjs'), JSON.stringify(runs)], { cwd: root, encoding: 'utf8', env: e, timeout: 120_000 });
-    expect(r.stderr).toBe('');
-    const results = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as { args: string; status: number; cached: boolean; grown: number });
-    expect(results.map((x) => [x.args, x.status, x.cached, x.grown])).toEqual(runs.map((a) => [a.join(' '), 0, true, 0]));
+    const server = spawn(process.execPath, [join(root, 'bin/blk-nbd.js'), '-r', '-t', '-k', sock, '-f', 'raw', 'exported.raw'], { cwd: root, env: e, stdio: 'ignore' });
+    try {
+      // Listening once a connection is taken (the socket file exists from bind(), before listen()).
+      const connects = (): Promise<boolean> =>
+        new Promise((resolve) => {
+          const c = createConnection(sock);
+          c.once('connect', () => {
+            c.destroy();
+            resolve(true);
+          });
+          c.once('error', () => resolve(false));
+        });
+      for (let i = 0; i < 100 && !(existsSync(sock) && (await connects())); i++) await new Promise((r) => setTimeout(r, 100));
+      const runs = [['convert', '-n', '--target-is-zero', '-O', 'raw', `nbd+unix:///?socket=${sock}`, 'imported.raw']];
+      expect(cacheGrowth(runs).map((x) => [x.args, x.status, x.cached, x.grown])).toEqual(runs.map((a) => [a.join(' '), 0, true, 0]));
+      expect(readFileSync(join(root, 'imported.raw')).equals(readFileSync(join(root, 'exported.raw')))).toBe(true);
+      // The launcher loads node:net before it sets V8's flags (node:v8 comes with them), so
+      // that Node's cache of it is taken; a local convert does without it.
+      writeFileSync(join(root, 'modules.cjs'), "process.on('exit', () => console.error('MODULES', process.moduleLoadList.join('|')));");
+      // Without NODE_DEBUG: its first message, on a piped stderr, would load node:net.
+      const order = (args: string[]): string[] => {
+        const r = spawnSync(process.execPath, ['--require', join(root, 'modules.cjs'), join(root, 'bin/blk-img.js'), ...args], { cwd: root, encoding: 'utf8', env: e, timeout: 60_000 });
+        expect(r.status).toBe(0);
+        const loaded = /MODULES (.*)/.exec(r.stderr)?.[1].split('|') ?? [];
+        return loaded.filter((m) => m === 'NativeModule net' || m === 'NativeModule v8');
+      };
+      expect(order(['convert', '-n', '--target-is-zero', '-O', 'raw', `nbd+unix:///?socket=${sock}`, 'imported.raw'])).toEqual(['NativeModule net', 'NativeModule v8']);
+      expect(order(['convert', '-n', '--target-is-zero', '-O', 'raw', '-f', 'raw', 'exported.raw', 'imported.raw'])[0]).toBe('NativeModule v8');
+    } finally {
+      server.kill();
+    }
   });
 
   it('convert takes the cache too, though it raises the interrupt budget', () => {
