@@ -3,8 +3,13 @@
  * path (fstat, ftruncate, fsync, fdatasync, close), on node:fs's callback API. node:fs/promises'
  * FileHandle did the same, but loading that module (and the readline and fs watcher modules it
  * pulls in) cost some 5 M instructions in every run that opens a host file.
+ *
+ * open, fstat and close run on this thread, as QEMU's file-posix makes them on its main loop's:
+ * each is a short system call, where a round trip through libuv's pool wakes a pool thread and
+ * then this one (a convert opens, stats and closes its files about a dozen times in all).
+ * ftruncate (freeing blocks) and the syncs may take long: they stay on the pool.
  */
-import { close, fdatasync, fstat, fsync, ftruncate, open, type Stats } from 'node:fs';
+import { closeSync, fdatasync, fstatSync, fsync, ftruncate, openSync, type Stats } from 'node:fs';
 
 /** A Node callback that settles a promise with its (error, value). */
 function settle<T>(resolve: (v: T) => void, reject: (e: Error) => void): (e: Error | null | undefined, v?: T) => void {
@@ -19,7 +24,7 @@ export class HostFile {
   constructor(readonly fd: number) {}
 
   stat(): Promise<Stats> {
-    return new Promise((resolve, reject) => fstat(this.fd, settle(resolve, reject)));
+    return now(() => fstatSync(this.fd));
   }
 
   truncate(len: number): Promise<void> {
@@ -35,13 +40,17 @@ export class HostFile {
   }
 
   close(): Promise<void> {
-    return new Promise((resolve, reject) => close(this.fd, settle(resolve, reject)));
+    return now(() => closeSync(this.fd));
   }
+}
+
+/** A call made now, settled as the callback API would: its value, or its error as a rejection. */
+function now<T>(call: () => T): Promise<T> {
+  // An executor that throws rejects the promise with what it threw.
+  return new Promise<T>((resolve) => resolve(call()));
 }
 
 /** open(2) with Node's flag strings ('r', 'r+', 'w'); `mode` for a file it creates. */
 export function openHostFile(path: string, flags: string, mode?: number): Promise<HostFile> {
-  return new Promise((resolve, reject) => {
-    open(path, flags, mode, (e, fd) => settle(resolve, reject)(e, e === null ? new HostFile(fd) : undefined));
-  });
+  return now(() => new HostFile(openSync(path, flags, mode)));
 }
