@@ -60,21 +60,27 @@ function cachedBlock(s: BDRVQcow2State, tableIndex: number): Uint8Array | null {
 function allocClustersNow(s: BDRVQcow2State, n: number): number | null {
   const per = s.refcountBlockEntries;
   let idx = s.freeClusterIndex;
-  for (let run = 0; run < n; ) {
-    const block = cachedBlock(s, Math.floor(idx / per));
-    if (block === null) return null;
+  // Each refcount block is looked up once, not once per cluster (a table entry, a mask and a
+  // cache lookup each): the LRU order the lookups leave is the same.
+  let blockEnd = idx;
+  let block: Uint8Array | null = null;
+  for (let run = 0; run < n; idx++) {
+    if (idx >= blockEnd || block === null) {
+      block = cachedBlock(s, Math.floor(idx / per));
+      if (block === null) return null;
+      blockEnd = (Math.floor(idx / per) + 1) * per;
+    }
     run = s.getRefcount(block, idx % per) === 0 ? run + 1 : 0;
-    idx++;
   }
   if ((idx - 1) * s.clusterSize > Number.MAX_SAFE_INTEGER) return null;
   const first = idx - n;
   // Reusing a cluster freed since the L2 cache was flushed needs that flush first (reuse.ts).
   if (qcow2FreedSinceL2Flush(s, first, n)) return null;
-  for (let i = first; i < idx; i++) {
+  for (let i = first; i < idx; ) {
     // Found cached just above, and nothing ran since.
     const entry = s.refcountCache.lookupEntry(Number(s.refcountTable[Math.floor(i / per)] & REFT_OFFSET_MASK))!;
     s.refcountCache.markDirty(entry);
-    s.setRefcount(entry.data, i % per, 1);
+    for (const end = Math.min(idx, (Math.floor(i / per) + 1) * per); i < end; i++) s.setRefcount(entry.data, i % per, 1);
   }
   s.freeClusterIndex = idx;
   forgetPackingIn(s, first * s.clusterSize, n * s.clusterSize);
