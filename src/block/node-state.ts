@@ -77,6 +77,18 @@ export class NodeState {
   protected closing: Promise<void> | null = null;
   protected opened = false;
   protected parent: NodeParent;
+  /**
+   * True from a successful open until close() begins. A field kept by driverOpen and close,
+   * not a getter: every request's checks read it, on two nodes for a format over a file, and
+   * a getter is a call each time in V8's baseline tier. Not to be set by anyone else.
+   */
+  isOpen = false;
+  /**
+   * Does a write past the end grow the node (a protocol or filter with a user; io/length.ts)?
+   * Kept by the constructor and setParent (the driver never changes), a field for the reason
+   * isOpen is. Not to be set by anyone else.
+   */
+  growable: boolean;
 
   /**
    * A bare node; `open` is the normal way to get one. Drivers that build nodes by hand call
@@ -91,6 +103,7 @@ export class NodeState {
     this.depth = options.depth ?? 0;
     this.registry = options.registry ?? getDefaultRegistry();
     this.parent = options.child === true ? 'node' : 'none';
+    this.growable = nodeGrowable(driver, this.parent);
     this.requestAlignment = driverRequestAlignment(driver);
     this.io = driverIO(driver);
     this.getLengthHook = driver.getLength?.bind(driver) ?? null;
@@ -106,18 +119,8 @@ export class NodeState {
     return this.filename;
   }
 
-  /** True from a successful open until close() begins. */
-  get isOpen(): boolean {
-    return this.opened && this.closing === null;
-  }
-
   // ---------------------------------------------------------------------------------------
   // Who uses the node (its length follows from it: BlockDriverState's userLength)
-
-  /** Does a write past the end grow the node (a protocol or filter with a user; io/length.ts)? */
-  get growable(): boolean {
-    return nodeGrowable(this.driver, this.parent);
-  }
 
   /**
    * Set who uses the node (a BlockBackend attaching it as its root sets 'backend': the
@@ -126,6 +129,7 @@ export class NodeState {
   setParent(parent: NodeParent): NodeParent {
     const prev = this.parent;
     this.parent = parent;
+    this.growable = nodeGrowable(this.driver, parent);
     return prev;
   }
 

@@ -73,6 +73,7 @@ export class BlockDriverState extends NodeState {
     if (this.opened) throw new BlockError('EINVAL', `Node '${this.filename}' is already open`, { op: 'open' });
     await driverOpen(this);
     this.opened = true;
+    this.isOpen = this.closing === null;
   }
 
 
@@ -327,6 +328,7 @@ export class BlockDriverState extends NodeState {
    */
   close(): Promise<void> {
     // Set before anything awaits: from here on isOpen is false and new requests are refused.
+    this.isOpen = false;
     this.closing ??= this.opened ? bdrvClose(this) : closeChildren(this);
     return this.closing;
   }

@@ -158,6 +158,32 @@ describe('BlockDriverState request checks', () => {
     await bs.close();
   });
 
+  it('is open from driverOpen until the moment close() is called, not when the close settles', async () => {
+    const { bs } = await openStrict(4096, { delay: true });
+    const file = bs.file!;
+    const write = bs.pwrite(0, new Uint8Array(512));
+    const closing = bs.close();
+    // Refused at once, though the close still waits for the write in flight.
+    expect(bs.isOpen).toBe(false);
+    expect(file.isOpen).toBe(true);
+    await expectCode(bs.pwrite(512, new Uint8Array(512)), 'EBADF');
+    await write;
+    await closing;
+    expect(file.isOpen).toBe(false);
+
+    // A node whose close began before its open ended never counts as open.
+    const registry = testRegistry();
+    const name = makeMem(512);
+    const proto = new BlockDriverState(registry.require('mem'), name, { registry });
+    expect(proto.isOpen).toBe(false);
+    const opening = proto.driverOpen();
+    const closed = proto.close();
+    await opening;
+    expect(proto.isOpen).toBe(false);
+    await closed;
+    await expectCode(proto.pread(0, new Uint8Array(1)), 'EBADF');
+  });
+
   it('refuses to run driverOpen on a node that is already open', async () => {
     const { bs } = await openStrict(4096);
     await expectCode(bs.driverOpen(), 'EINVAL');

@@ -259,10 +259,16 @@ function rawGetLength(bs: BlockDriverState): number | Promise<number> {
   return rawLengthNow(bs) ?? rawGetLengthAsync(file);
 }
 
-/** rawGetLength when the protocol knows its length now, else null. */
+/**
+ * rawGetLength when the protocol knows its length now, else null. The file's own lengthNow,
+ * not its knownLength: the user's view that adds can only round up to a sector, which the
+ * rounding here does anyway, and this runs twice per request (the backend's bounds, the
+ * fast-path gate).
+ */
 function rawLengthNow(bs: BlockDriverState): number | null {
-  const known = bs.file?.knownLength() ?? null;
-  return known === null ? null : Math.ceil(known / BDRV_SECTOR_SIZE) * BDRV_SECTOR_SIZE;
+  const f = bs.file;
+  const len = f !== null && f.isOpen ? f.lengthNow() : null;
+  return len === null ? null : Math.ceil(len / BDRV_SECTOR_SIZE) * BDRV_SECTOR_SIZE;
 }
 
 async function rawGetLengthAsync(file: BlockDriverState): Promise<number> {
