@@ -8,7 +8,7 @@ import { BDRV_SECTOR_SIZE } from '../../block/driver.js';
 import { BlockError } from '../../block/errors.js';
 import { IOVector } from '../../block/iovec.js';
 import type { BlockDriverState } from '../../block/node.js';
-import { qedFindCluster, qedFindClusterNow, type QEDClusterRun } from './cluster.js';
+import { qedDataOffsetNow, qedFindCluster, qedFindClusterNow, type QEDClusterRun } from './cluster.js';
 import { QED_F_NEED_CHECK } from './header.js';
 import { startNeedCheckTimer } from './need-check.js';
 import { type BDRVQEDState, type QEDRequest, qedFile, qedState, qedTrace, qedTracing } from './state.js';
@@ -141,9 +141,8 @@ export function qedPreadvNow(bs: BlockDriverState, offset: number, bytes: number
   const s = bs.opaque as BDRVQEDState | null;
   const file = s?.bs.file ?? null;
   if (s === null || file === null || qedTracing(s) || !qedDebugQuiet(file)) return false;
-  const run = qedFindClusterNow(s, offset, bytes);
-  if (run === null || run.kind !== 'found' || run.length !== bytes) return false;
-  return file.preadvNow(run.hostOffset, qiov.size === bytes ? qiov : qiov.slice(0, bytes));
+  const host = qedDataOffsetNow(s, offset, bytes);
+  return host >= 0 && file.preadvNow(host, qiov.size === bytes ? qiov : qiov.slice(0, bytes));
 }
 
 /** Run a request without an AIOCB (the coroutine entry points). */
