@@ -102,21 +102,26 @@ function cpuTable(rows: Row[]): string {
   return out.join('\n');
 }
 
-function overheadTable(rows: Row[]): string {
+/**
+ * A format's overhead over raw, each tool against itself: the format's row over its raw twin
+ * (8.x). QED rows are the plain ids; qcow2 rows (9.x) name their QED twin, whose raw twin is
+ * 8.<that id>. Rows without a raw twin (6, 7) have no line.
+ */
+function overheadTable(rows: Row[], format: 'qed' | 'qcow2'): string {
   const byId = new Map(rows.map((r) => [r.w.id, r]));
+  const name = format === 'qed' ? 'QED' : 'qcow2';
   const out: string[] = [];
-  for (const raw of rows) {
-    // Only the raw twins (8.x); the qcow2 twins (9.x) stand in the main table against QEMU.
-    if (raw.w.twinOf === undefined || !raw.w.id.startsWith('8.') || raw.skipped !== undefined) continue;
-    const qed = byId.get(raw.w.twinOf);
-    if (!qed || qed.skipped !== undefined) continue;
+  for (const r of rows) {
+    if (r.w.format !== format || r.w.kind !== 'bench' || r.skipped !== undefined) continue;
+    const raw = byId.get(`8.${r.w.twinOf ?? r.w.id}`);
+    if (!raw || raw.skipped !== undefined) continue;
     if (out.length === 0) {
-      out.push('| # | workload | QEMU: QED s / raw s | ours: QED s / raw s |');
+      out.push(`| # | workload | QEMU: ${name} s / raw s | ours: ${name} s / raw s |`);
       out.push('|---|---|---:|---:|');
     }
-    const qq = median(qed.qemu.map(timeOf)) / median(raw.qemu.map(timeOf));
-    const oo = median(qed.ours.map(timeOf)) / median(raw.ours.map(timeOf));
-    out.push(`| ${qed.w.id} | ${qed.w.title} | ${qq.toFixed(2)} | ${oo.toFixed(2)} |`);
+    const qq = median(r.qemu.map(timeOf)) / median(raw.qemu.map(timeOf));
+    const oo = median(r.ours.map(timeOf)) / median(raw.ours.map(timeOf));
+    out.push(`| ${r.w.id} | ${r.w.title} | ${qq.toFixed(2)} | ${oo.toFixed(2)} |`);
   }
   return out.join('\n');
 }
@@ -167,7 +172,8 @@ const METHOD = [
   '  included (Node starts in about 40 ms; children run without NODE_EXTRA_CA_CERTS, which',
   '  makes every Node process read a CA bundle at start-up and concerns only TLS).',
   "- Peak RSS: GNU time's maximum resident set size of the child.",
-  '- QED overhead over raw: each tool against itself, the QED workload over its raw twin (8.x).',
+  '- QED and qcow2 overhead over raw: each tool against itself, the QED workload (qcow2: 9.x)',
+  '  over its raw twin (8.x).',
   `- Memory check: the last ${MEMORY_CHECK.clusterSize / 1024} KiB cluster of a ${MEMORY_CHECK.size / 2 ** 40} TiB QED and a qcow2 image is written and read back`,
   `  (\`bench -w -o ${MEMORY_CHECK.size - MEMORY_CHECK.clusterSize} -s 64k -c 1\`); our peak RSS must stay under ${MEMORY_CHECK.limitMiB} MiB.`,
 ].join('\n');
@@ -175,7 +181,8 @@ const METHOD = [
 /** The generated part of RESULTS.md: title, method and the latest run's tables. */
 export function renderResults(run: RunInfo, rows: Row[], mem: MemoryResult | readonly MemoryResult[] | null): string {
   const mems = mem === null ? [] : Array.isArray(mem) ? (mem as readonly MemoryResult[]) : [mem as MemoryResult];
-  const overhead = overheadTable(rows);
+  const overhead = overheadTable(rows, 'qed');
+  const overheadQcow2 = overheadTable(rows, 'qcow2');
   const cpu = cpuTable(rows);
   return [
     '# Benchmark results: blk-img vs qemu-img',
@@ -192,6 +199,7 @@ export function renderResults(run: RunInfo, rows: Row[], mem: MemoryResult | rea
     '',
     ...(cpu === '' ? [] : ["CPU time of the rows timed as whole processes: median user + system seconds of each tool's process (GNU time).", '', cpu, '']),
     ...(overhead === '' ? [] : ['### QED overhead over raw', '', overhead, '']),
+    ...(overheadQcow2 === '' ? [] : ['### qcow2 overhead over raw', '', overheadQcow2, '']),
     ...(mems.length === 0 ? [] : ['### Memory check', '', ...mems.map(memoryText), '']),
   ].join('\n');
 }

@@ -1,6 +1,6 @@
 // Reads served inside the call (a cached table, data in the page cache) complete their AIOCB at
 // once (AIO_DONE_NOW): the callback runs one bottom half after the request starts, with no
-// coroutine promise in between. QED through its own AIOCB, qcow2 through the generic one.
+// coroutine promise in between, through the generic AIOCB and the format's preadvNow hook.
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { bdrvCreate } from '../../src/block/create.js';
@@ -51,6 +51,12 @@ describe.skipIf(seekAddon() === null)('AIO reads served inside the call', () => 
         const zeros = new Uint8Array(4096).fill(1);
         expect(await turns(bs, 4 * CLUSTER, zeros)).toBeGreaterThanOrEqual(2);
         expect(zeros.every((b) => b === 0)).toBe(true);
+        // The node's hook: allocated data now; unallocated is the request path's to fill.
+        const now = new Uint8Array(8192);
+        expect(bs.preadvNow(CLUSTER - 4096, IOVector.from(now))).toBe(false);
+        expect(bs.preadvNow(8192, IOVector.from(now))).toBe(true);
+        expect(now.every((b) => b === 7)).toBe(true);
+        expect(bs.preadvNow(4 * CLUSTER, IOVector.from(now))).toBe(format === 'qcow2');
       } finally {
         await bs.close();
       }

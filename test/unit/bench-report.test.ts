@@ -33,6 +33,9 @@ const w = (id: string) => allWorkloads().find((x) => x.id === id)!;
 const rows: Row[] = [
   { w: w('1'), qemu: [m(0.4), m(0.5), m(0.6)], ours: [m(0.2), m(0.25), m(0.3)] },
   { w: w('8.1'), qemu: [m(0.1), m(0.1), m(0.1)], ours: [m(0.2), m(0.2), m(0.2)] },
+  { w: w('9.1'), qemu: [m(0.3), m(0.3), m(0.3)], ours: [m(0.22), m(0.23), m(0.24)] },
+  // No raw twin: no line in the qcow2 overhead table.
+  { w: w('9.6'), qemu: [m(0.3), m(0.3), m(0.3)], ours: [m(0.3), m(0.3), m(0.3)] },
   { w: w('7'), qemu: [], ours: [], skipped: 'blk-img convert not available' },
 ];
 const mem = { write: m(0.1, 0.1, 40960), read: m(0.1, 0.1, 30720), qemuWrite: m(0.1, 0.1, 8192), pass: true };
@@ -50,6 +53,7 @@ describe('bench report', () => {
       '## Method',
       '## Latest run',
       '### QED overhead over raw',
+      '### qcow2 overhead over raw',
       '### Memory check',
     ]);
     expect(text).toContain('- code: abc1234');
@@ -59,6 +63,10 @@ describe('bench report', () => {
     expect(text).toContain(`| 1 | ${w('1').title} | 0.500 | 0.250 | **0.50** | 512 | 1024 | 0.58 | 10.0 MiB | 10.0 MiB |`);
     expect(text).toContain(`| 7 | ${w('7').title} | – | – | skipped: blk-img convert not available | | | | | |`);
     expect(text).toContain(`| 1 | ${w('1').title} | 5.00 | 1.25 |`);
+    // qcow2 over raw, each tool against itself: QEMU 0.3 / 0.1, ours 0.23 / 0.2.
+    expect(text).toContain(`| 9.1 | ${w('9.1').title} | 3.00 | 1.15 |`);
+    expect(text).toContain('| # | workload | QEMU: qcow2 s / raw s | ours: qcow2 s / raw s |');
+    expect(text.match(/^\| 9\.6 \|/gm)).toHaveLength(1);
     expect(text).toContain('read peak RSS 30.0 MiB (process 0.100 s): **PASS** (limit 100 MiB)');
   });
 

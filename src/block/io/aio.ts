@@ -89,9 +89,12 @@ export function aioRw(bs: BlockDriverState, write: boolean, sectorNum: number, q
   const native = write ? bs.io.nativeAioWritev : bs.io.nativeAioReadv;
   // The driver's AIO pool does not order requests: it also needs nothing overlapping in
   // flight, serialising or not. A native write stays inside the length even on a growable
-  // node (the driver's AIO path does not extend its storage).
+  // node (the driver's AIO path does not extend its storage). A read the driver may serve
+  // inside the call (its preadvNow hook) takes the generic AIOCB, which tries the hook when it
+  // runs: no tracked request and no completion closure for a read that is done at once.
   if (
     native !== undefined &&
+    (write || bs.driver.preadvNow === undefined) &&
     fastPathOk(bs, write, offset, bytes) &&
     !bs.requests.overlaps(offset, offset + bytes) &&
     !(write && bs.growable && offset + bytes > (bs.lengthNow() ?? 0))

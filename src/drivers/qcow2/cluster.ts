@@ -19,6 +19,7 @@ import {
   type Qcow2SubclusterType,
   subclusterRangeType,
   subclusterType,
+  tableWords,
 } from './entries.js';
 import { qcow2AllocClusters, qcow2FreeClusters } from './refcount.js';
 import { qcow2GrowL1Table } from './resize.js';
@@ -176,11 +177,26 @@ export function qcow2GetHostOffsetNow(s: BDRVQcow2State, offset: number, bytes: 
   return data === undefined ? null : planInTable(s, offset, maxBytes, l2Offset, data, true);
 }
 
+/**
+ * The L1 table last looked at as 32-bit words in host order, kept for the next lookup (as
+ * tableView): reading an entry of the BigUint64Array is a BigInt, and masking it another, in
+ * every request's lookup. LO is the index of an entry's low word in that order.
+ */
+let l1Of: BigUint64Array | null = null;
+let l1Words: Uint32Array<ArrayBufferLike> = new Uint32Array(0);
+const LO = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1 ? 0 : 1;
+
 /** The L2 table's offset for guest `offset` from the L1 table: 0 for none, null if unaligned. */
 export function qcow2L2OffsetNow(s: BDRVQcow2State, offset: number): number | null {
   const l1Index = offsetToL1Index(s, offset);
-  if (l1Index >= s.l1Table.length) return 0;
-  const l2Offset = Number(s.l1Table[l1Index] & L1E_OFFSET_MASK);
+  const l1 = s.l1Table;
+  if (l1Index >= l1.length) return 0;
+  if (l1 !== l1Of) {
+    l1Words = tableWords(l1);
+    l1Of = l1;
+  }
+  // L1E_OFFSET_MASK: bits 9-55, the high word's low 24 bits and the low word's bits 9-31.
+  const l2Offset = (l1Words[2 * l1Index + 1 - LO] & 0x00ffffff) * 2 ** 32 + ((l1Words[2 * l1Index + LO] & 0xfffffe00) >>> 0);
   return offsetIntoCluster(s, l2Offset) !== 0 ? null : l2Offset;
 }
 

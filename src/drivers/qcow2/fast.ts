@@ -14,7 +14,7 @@ import { type BlockError, toBlockError } from '../../block/errors.js';
 import type { IOVector } from '../../block/iovec.js';
 import type { BlockDriverState } from '../../block/node.js';
 import { qcow2WritableTableNow } from './alloc-now.js';
-import { qcow2GetHostOffsetNow, tableView } from './cluster.js';
+import { qcow2GetHostOffsetNow, qcow2L2OffsetNow, tableView } from './cluster.js';
 import { plainDataOffset } from './entries.js';
 import { type Qcow2InFlight, qcow2FirstAllocation, qcow2InFlightBegin, qcow2InFlightEnd } from './inflight.js';
 import { qcow2PreWriteOverlapCheck } from './corrupt.js';
@@ -50,9 +50,13 @@ function readNow(s: BDRVQcow2State, offset: number, bytes: number, qiov: IOVecto
   // A read changes nothing: the lock handed to a planner is as good as free.
   const file = quiet(s, qcow2MetadataSettled(s));
   if (file === null) return false;
+  const cur = qiov.size === bytes ? qiov : qiov.slice(0, bytes);
+  // The common case, data clusters contiguous on the host: read from the entries themselves,
+  // with no run planned (an object per read).
+  const host = plainHostOffsetNow(s, offset, bytes);
+  if (host !== 0) return file.preadvNow(host, cur);
   const run = qcow2GetHostOffsetNow(s, offset, bytes);
   if (run === null || run.bytes !== bytes) return false;
-  const cur = qiov.size === bytes ? qiov : qiov.slice(0, bytes);
   switch (run.kind) {
     case 'normal':
       return file.preadvNow(run.hostOffset, cur);
@@ -93,7 +97,7 @@ export function qcow2RewriteNow(s: BDRVQcow2State, offset: number, bytes: number
   const l2Index = offsetToL2Index(s, offset);
   const nb = sizeToClusters(s, offsetIntoCluster(s, offset) + bytes);
   if (l2Index + nb > s.l2Size) return null;
-  const host = ownedRun(s, tableView(table.data), l2Index, nb);
+  const host = plainRun(s, tableView(table.data), l2Index, nb, true);
   // Unallocated (an allocating write, alloc-now.ts), not ours or not plain: not a rewrite.
   if (host === 0) return null;
   if (qcow2FirstAllocation(s, offset, bytes) !== null) return null;
@@ -143,18 +147,37 @@ export function answerAfterMarking(s: BDRVQcow2State, err: BlockError | null, do
 }
 
 /**
- * The host offset of entries [l2Index, l2Index+nb) of a standard table when all are plain
- * data with COPIED (bit 63), aligned and contiguous on the host, else 0. Entries are read as
- * two 32-bit halves: a BigInt per entry was most of what a rewrite allocated. Zero flags,
- * compressed and reserved bits answer 0 (plainDataOffset), and the ordinary path judges them.
+ * The host offset of guest `offset` when [offset, offset+bytes) lies in plain data clusters of
+ * a cached standard table, contiguous on the host, else 0 (qcow2GetHostOffsetNow decides):
+ * what planPlainRun would plan for it, without the run.
  */
-function ownedRun(s: BDRVQcow2State, view: DataView, l2Index: number, nb: number): number {
+function plainHostOffsetNow(s: BDRVQcow2State, offset: number, bytes: number): number {
+  if (s.extendedL2) return 0;
+  const l2Offset = qcow2L2OffsetNow(s, offset);
+  if (l2Offset === null || l2Offset === 0) return 0;
+  const data = s.l2Cache.lookup(l2Offset);
+  if (data === undefined) return 0;
+  const l2Index = offsetToL2Index(s, offset);
+  const nb = sizeToClusters(s, offsetIntoCluster(s, offset) + bytes);
+  if (l2Index + nb > s.l2Size) return 0;
+  const host = plainRun(s, tableView(data), l2Index, nb, false);
+  return host === 0 ? 0 : host + offsetIntoCluster(s, offset);
+}
+
+/**
+ * The host offset of entries [l2Index, l2Index+nb) of a standard table when all are plain
+ * data (with COPIED, bit 63, when `copied`), aligned and contiguous on the host, else 0.
+ * Entries are read as two 32-bit halves: a BigInt per entry was most of what a rewrite
+ * allocated. Zero flags, compressed and reserved bits answer 0 (plainDataOffset), and the
+ * ordinary path judges them.
+ */
+function plainRun(s: BDRVQcow2State, view: DataView, l2Index: number, nb: number, copied: boolean): number {
   const cs = s.clusterSize;
   const host = plainDataOffset(view, l2Index * 8);
   if (host === 0 || host % cs !== 0) return 0;
   for (let i = 0; i < nb; i++) {
     const at = (l2Index + i) * 8;
-    if ((view.getUint32(at) & 0x80000000) === 0 || plainDataOffset(view, at) !== host + i * cs) return 0;
+    if ((copied && (view.getUint32(at) & 0x80000000) === 0) || plainDataOffset(view, at) !== host + i * cs) return 0;
   }
   return host;
 }

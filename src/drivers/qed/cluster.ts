@@ -132,6 +132,26 @@ export function qedFindClusterNow(s: BDRVQEDState, pos: number, len: number): QE
   }
 }
 
+/**
+ * The host offset of guest [pos, pos+len) when data clusters of a cached table, contiguous on
+ * the host, hold all of it, else -1: qedFindClusterNow's whole-range 'found' run without a
+ * request, a reference or a run object (the read hook, once per cached read).
+ */
+export function qedDataOffsetNow(s: BDRVQEDState, pos: number, len: number): number {
+  if (pos + len > (Math.floor(pos / s.l2Span) + 1) * s.l2Span) return -1;
+  const l2Offset = s.l1Table.get(qedL1Index(s, pos));
+  const limits = qedHotLimits(s);
+  if (l2Offset === QED_UNALLOC_CLUSTER || !qedCheckTableOffset(limits, l2Offset)) return -1;
+  const entry = s.l2Cache.lookup(l2Offset);
+  if (entry === undefined) return -1;
+  const inCluster = qedOffsetIntoCluster(s, pos);
+  const index = qedL2Index(s, pos);
+  const n = qedBytesToClusters(s, inCluster + len);
+  const first = entry.table.get(index);
+  if (first === QED_UNALLOC_CLUSTER || first === QED_ZERO_CLUSTER || !qedCheckClusterOffset(limits, first)) return -1;
+  return qedCountContiguousClusters(s, entry.table, index, n, first) < n ? -1 : first + inCluster;
+}
+
 /** Cache miss: read the table, then plan the run in it. */
 async function qedFindClusterRead(
   s: BDRVQEDState,

@@ -3,12 +3,12 @@
  * range one run at a time: plan the run with qedFindCluster (cluster.ts), then execute it:
  * reads here, writes (in place and allocating, with copy-on-write) in write.ts.
  */
-import { AIOPool, AIO_DONE_NOW, AIO_SUBMITTED, BlockAIOCB, type CompletionFunc } from '../../block/aio.js';
+import { AIOPool, AIO_SUBMITTED, BlockAIOCB, type CompletionFunc } from '../../block/aio.js';
 import { BDRV_SECTOR_SIZE } from '../../block/driver.js';
 import { BlockError } from '../../block/errors.js';
 import { IOVector } from '../../block/iovec.js';
 import type { BlockDriverState } from '../../block/node.js';
-import { qedFindCluster, qedFindClusterNow, type QEDClusterRun } from './cluster.js';
+import { qedDataOffsetNow, qedFindCluster, qedFindClusterNow, type QEDClusterRun } from './cluster.js';
 import { QED_F_NEED_CHECK } from './header.js';
 import { startNeedCheckTimer } from './need-check.js';
 import { type BDRVQEDState, type QEDRequest, qedFile, qedState, qedTrace, qedTracing } from './state.js';
@@ -110,8 +110,6 @@ function qedAioWork(acb: QEDAIOCB): Promise<void> {
   const s = acb.s!;
   // A pooled AIOCB must not keep a closed image's state alive until it is reused.
   acb.s = null;
-  // A read served inside the call completes its AIOCB at once: no coroutine promise.
-  if (qedAioReadNow(s, acb)) return AIO_DONE_NOW;
   // A rewrite of one allocated run: its data write ends the AIOCB, no coroutine promise.
   if (qedAioWriteNow(s, acb)) return AIO_SUBMITTED;
   return qedAioNextIo(s, acb);
@@ -134,19 +132,17 @@ function qedAioWriteNow(s: BDRVQEDState, acb: QEDAIOCB): boolean {
 }
 
 /**
- * The whole of a read now, when one run of a cached table covers it and the page cache holds
- * its data: what qedAioNextIo's first step does without a wait, done here and completed;
- * false with nothing done that matters otherwise (qedAioNextIo plans again and reports).
+ * The preadvNow hook: the whole read now, when one run of a cached table covers it and the
+ * page cache holds its data (what qedAioNextIo's first step does without a wait); false with
+ * nothing done that matters otherwise (the request path plans again and reports). Reads take
+ * the generic AIOCB for it (aioRw), which needs no tracked request per read.
  */
-function qedAioReadNow(s: BDRVQEDState, acb: QEDAIOCB): boolean {
-  if ((acb.flags & (QED_AIOCB_WRITE | QED_AIOCB_ZERO)) !== 0 || qedTracing(s)) return false;
-  const file = qedFile(s);
-  if (!qedDebugQuiet(file)) return false;
-  const bytes = acb.endPos - acb.curPos;
-  const run = qedFindClusterNow(s, acb.curPos, bytes);
-  if (run === null || run.kind !== 'found' || run.length !== bytes || !file.preadvNow(run.hostOffset, acb.qiov!)) return false;
-  qedAioComplete(s, acb);
-  return true;
+export function qedPreadvNow(bs: BlockDriverState, offset: number, bytes: number, qiov: IOVector): boolean {
+  const s = bs.opaque as BDRVQEDState | null;
+  const file = s?.bs.file ?? null;
+  if (s === null || file === null || qedTracing(s) || !qedDebugQuiet(file)) return false;
+  const host = qedDataOffsetNow(s, offset, bytes);
+  return host >= 0 && file.preadvNow(host, qiov.size === bytes ? qiov : qiov.slice(0, bytes));
 }
 
 /** Run a request without an AIOCB (the coroutine entry points). */

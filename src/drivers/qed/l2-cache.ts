@@ -56,15 +56,24 @@ export class L2Cache {
 
   /** Look a table up and take a reference; marks it most recently used. */
   find(offset: number): CachedL2Table | undefined {
-    const entry = this.entries.get(offset);
+    const entry = this.lookup(offset);
     if (!entry) return undefined;
-    if (entry !== this.mru) {
+    entry.ref++;
+    this.trace?.('qedFindL2CacheEntry', { l2Cache: this, entry, offset, ref: entry.ref });
+    return entry;
+  }
+
+  /**
+   * Look a table up, marked most recently used, without a reference: for lookups that end
+   * before anything else runs (the read hook), which nothing can evict meanwhile.
+   */
+  lookup(offset: number): CachedL2Table | undefined {
+    const entry = this.entries.get(offset);
+    if (entry !== undefined && entry !== this.mru) {
       this.entries.delete(offset);
       this.entries.set(offset, entry);
       this.mru = entry;
     }
-    entry.ref++;
-    this.trace?.('qedFindL2CacheEntry', { l2Cache: this, entry, offset, ref: entry.ref });
     return entry;
   }
 

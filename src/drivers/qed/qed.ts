@@ -39,6 +39,7 @@ import {
   qedAioSetup,
   qedCoRequest,
   qedCoWriteZeroes,
+  qedPreadvNow,
 } from './io.js';
 import { L2Cache } from './l2-cache.js';
 import { cancelNeedCheckTimer, qedDrainBegin, qedNeedCheckTimerCb } from './need-check.js';
@@ -303,6 +304,7 @@ export const qedDriver: BlockDriver = {
   coPreadv: qedCoPreadv,
   coPwritev: qedCoPwritev,
   aioReadv: qedAioReadv,
+  preadvNow: qedPreadvNow,
   aioWritev: qedAioWritev,
   coBlockStatus: qedCoBlockStatus,
   coIsAllocated: qedCoIsAllocated,
