@@ -14,18 +14,18 @@
  *   engineStart(kind, onComplete, results[, inlineWrites]) -> 'io_uring' | 'threads'
  *       kind 'auto' tries io_uring then threads; 'io_uring' or 'threads' forces one (throws
  *       the system error when it cannot start). onComplete(count) reads `count` pairs.
- *       inlineWrites (default true): a lone small write runs on the loop's thread (`held`).
+ *       inlineWrites (default true): a lone small write runs on the loop's thread (inline.c).
  *   engineSubmit(op, fd, buffers, offset, length, mode[, writeOffset]) -> slot, or -1 when all
  *       slots are busy; op 4 (zero-write) is fallocate(mode, offset, length) then, after it,
  *       pwritev(buffers, writeOffset), as one request (engine.h)
  *   engineError(errno, syscall) -> a Node-shaped system error for a negative result
  *   engineStop() waits for everything in flight, delivers it, and stops (a later
  *       engineStart starts afresh)
- *   engineStats() -> { asyncReads, asyncWrites, canLink, writerWrites, inlineWrites }: requests the running
- *       back end handed straight to io-wq since it started (how tests see where a request
- *       went); canLink: zero-writes are one request (linked in io_uring, in order on a worker
- *       thread); writerWrites: small writes taken by the worker threads beside io_uring;
- *       inlineWrites: lone writes the loop's thread wrote itself
+ *   engineStats() -> { asyncReads, asyncWrites, canLink, writerWrites, inlineWrites }:
+ *       requests the running back end handed straight to io-wq since it started (how tests
+ *       see where a request went); canLink: zero-writes are one request (linked in io_uring,
+ *       in order on a worker thread); writerWrites: small writes taken by the worker threads
+ *       beside io_uring; inlineWrites: lone writes the loop's thread wrote itself
  */
 #define _GNU_SOURCE
 #include <errno.h>
