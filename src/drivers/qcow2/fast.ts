@@ -157,11 +157,15 @@ function plainHostOffsetNow(s: BDRVQcow2State, offset: number, bytes: number): n
   if (l2Offset === null || l2Offset === 0) return 0;
   const data = s.l2Cache.lookup(l2Offset);
   if (data === undefined) return 0;
-  const l2Index = offsetToL2Index(s, offset);
-  const nb = sizeToClusters(s, offsetIntoCluster(s, offset) + bytes);
+  // offsetToL2Index, offsetIntoCluster and sizeToClusters spelled out: called per read, V8
+  // did not inline them here.
+  const cs = s.clusterSize;
+  const inCluster = offset % cs;
+  const l2Index = ((offset - inCluster) / cs) % s.l2Size;
+  const nb = Math.ceil((inCluster + bytes) / cs);
   if (l2Index + nb > s.l2Size) return 0;
   const host = plainRun(s, tableView(data), l2Index, nb, false);
-  return host === 0 ? 0 : host + offsetIntoCluster(s, offset);
+  return host === 0 ? 0 : host + inCluster;
 }
 
 /**
