@@ -178,8 +178,9 @@ function plainHostOffsetNow(s: BDRVQcow2State, offset: number, bytes: number): n
 function plainRun(s: BDRVQcow2State, view: DataView, l2Index: number, nb: number, copied: boolean): number {
   const cs = s.clusterSize;
   const host = plainDataOffset(view, l2Index * 8);
-  if (host === 0 || host % cs !== 0) return 0;
-  for (let i = 0; i < nb; i++) {
+  if (host === 0 || host % cs !== 0 || (copied && (view.getUint32(l2Index * 8) & 0x80000000) === 0)) return 0;
+  // The first entry is checked: a one-cluster read (the common one) reads it only once.
+  for (let i = 1; i < nb; i++) {
     const at = (l2Index + i) * 8;
     if ((copied && (view.getUint32(at) & 0x80000000) === 0) || plainDataOffset(view, at) !== host + i * cs) return 0;
   }
