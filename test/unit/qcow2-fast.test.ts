@@ -184,6 +184,9 @@ describe('qcow2 fast paths', () => {
       expect(await mappedAtOnce(0, 4096)).toBe(true);
       // Cluster 1 without COPIED (as if shared with a snapshot): the ordinary path copies it.
       setL2Entry(s, table, 1, getL2Entry(s, table, 1) & ~QCOW_OFLAG_COPIED);
+      // The same when it is the second cluster a rewrite covers (the copy is then COPIED).
+      expect(await mappedAtOnce(CLUSTER - 4096, 8192)).toBe(false);
+      setL2Entry(s, table, 1, getL2Entry(s, table, 1) & ~QCOW_OFLAG_COPIED);
       expect(await mappedAtOnce(CLUSTER, 4096)).toBe(false);
       // Cluster 2 flagged zero over its allocation (zero-alloc): the flag must go.
       setL2Entry(s, table, 2, getL2Entry(s, table, 2) | 1n);
@@ -193,7 +196,7 @@ describe('qcow2 fast paths', () => {
       const buf = new Uint8Array(5 * CLUSTER);
       await bs.pread(0, buf);
       const at = (from: number, n: number, byte: number): boolean => buf.subarray(from, from + n).every((b) => b === byte);
-      expect(at(0, 4096, 0x66) && at(4096, CLUSTER - 4096, 0x44)).toBe(true);
+      expect(at(0, 4096, 0x66) && at(4096, CLUSTER - 8192, 0x44) && at(CLUSTER - 4096, 4096, 0x66)).toBe(true);
       expect(at(CLUSTER, 4096, 0x66) && at(CLUSTER + 4096, CLUSTER - 4096, 0x44)).toBe(true);
       // The zero flag read the rest of cluster 2 as zeros, and the write kept them.
       expect(at(2 * CLUSTER, 4096, 0x66) && at(2 * CLUSTER + 4096, CLUSTER - 4096, 0)).toBe(true);

@@ -69,6 +69,10 @@ export class Qcow2Cache {
 
   /** The same, the entry itself (to mark it dirty within the same synchronous step). */
   lookupEntry(offset: number): CacheEntry | undefined {
+    // The table of the last use again (a run of reads over one table): no map lookup, and
+    // use() would move nothing.
+    const last = this.mru;
+    if (last !== null && last.offset === offset) return last;
     const e = this.entries.get(offset);
     if (e === undefined) return undefined;
     this.use(e);

@@ -188,7 +188,9 @@ const LO = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1 ? 0 : 1;
 
 /** The L2 table's offset for guest `offset` from the L1 table: 0 for none, null if unaligned. */
 export function qcow2L2OffsetNow(s: BDRVQcow2State, offset: number): number | null {
-  const l1Index = offsetToL1Index(s, offset);
+  // offsetToL1Index and offsetIntoCluster spelled out: called per read, V8 did not inline them.
+  const cs = s.clusterSize;
+  const l1Index = Math.floor(offset / (cs * s.l2Size));
   const l1 = s.l1Table;
   if (l1Index >= l1.length) return 0;
   if (l1 !== l1Of) {
@@ -197,7 +199,7 @@ export function qcow2L2OffsetNow(s: BDRVQcow2State, offset: number): number | nu
   }
   // L1E_OFFSET_MASK: bits 9-55, the high word's low 24 bits and the low word's bits 9-31.
   const l2Offset = (l1Words[2 * l1Index + 1 - LO] & 0x00ffffff) * 2 ** 32 + ((l1Words[2 * l1Index + LO] & 0xfffffe00) >>> 0);
-  return offsetIntoCluster(s, l2Offset) !== 0 ? null : l2Offset;
+  return l2Offset % cs !== 0 ? null : l2Offset;
 }
 
 /**

@@ -157,11 +157,15 @@ function plainHostOffsetNow(s: BDRVQcow2State, offset: number, bytes: number): n
   if (l2Offset === null || l2Offset === 0) return 0;
   const data = s.l2Cache.lookup(l2Offset);
   if (data === undefined) return 0;
-  const l2Index = offsetToL2Index(s, offset);
-  const nb = sizeToClusters(s, offsetIntoCluster(s, offset) + bytes);
+  // offsetToL2Index, offsetIntoCluster and sizeToClusters spelled out: called per read, V8
+  // did not inline them here.
+  const cs = s.clusterSize;
+  const inCluster = offset % cs;
+  const l2Index = ((offset - inCluster) / cs) % s.l2Size;
+  const nb = Math.ceil((inCluster + bytes) / cs);
   if (l2Index + nb > s.l2Size) return 0;
   const host = plainRun(s, tableView(data), l2Index, nb, false);
-  return host === 0 ? 0 : host + offsetIntoCluster(s, offset);
+  return host === 0 ? 0 : host + inCluster;
 }
 
 /**
@@ -174,8 +178,9 @@ function plainHostOffsetNow(s: BDRVQcow2State, offset: number, bytes: number): n
 function plainRun(s: BDRVQcow2State, view: DataView, l2Index: number, nb: number, copied: boolean): number {
   const cs = s.clusterSize;
   const host = plainDataOffset(view, l2Index * 8);
-  if (host === 0 || host % cs !== 0) return 0;
-  for (let i = 0; i < nb; i++) {
+  if (host === 0 || host % cs !== 0 || (copied && (view.getUint32(l2Index * 8) & 0x80000000) === 0)) return 0;
+  // The first entry is checked: a one-cluster read (the common one) reads it only once.
+  for (let i = 1; i < nb; i++) {
     const at = (l2Index + i) * 8;
     if ((copied && (view.getUint32(at) & 0x80000000) === 0) || plainDataOffset(view, at) !== host + i * cs) return 0;
   }
