@@ -1,10 +1,10 @@
 // NBD servers for the benchmarks: the same image exported read-only by qemu-nbd or by blk-nbd
 // on a unix socket in a temporary directory, up for one client run and stopped by its pid.
 // Shared by `npm run bench` (workloads 13.x) and `npm run bench:nbd` (bench/nbd.ts).
-import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync, rmSync } from 'node:fs';
-import { createConnection } from 'node:net';
+import { spawn } from 'node:child_process';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
+import { waitForListen } from '../scripts/listen.js';
 import { REPO, run } from './lib.js';
 
 export const BLK_NBD = join(REPO, 'bin', 'blk-nbd.js');
@@ -30,32 +30,6 @@ export function makeNbdSource(path: string, sizeMiB: number): void {
   const cmds: string[] = [];
   for (let m = 0; m < sizeMiB; m++) if (m % 4 !== 3) cmds.push('-c', `write -P ${(m % 250) + 1} ${m}M 1M`);
   run(['qemu-io', '-f', 'raw', ...cmds, path]);
-}
-
-/** How long a server may take to create its socket. */
-const LISTEN_TIMEOUT_MS = 10_000;
-
-function connects(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const c = createConnection(path);
-    c.once('connect', () => {
-      c.destroy();
-      resolve(true);
-    });
-    c.once('error', () => resolve(false));
-  });
-}
-
-/**
- * Wait until the server accepts a connection: its socket file exists from bind(), before
- * listen(). The probe is a connection closed before the handshake, which -t survives.
- */
-async function waitForListen(path: string, child: ChildProcess): Promise<void> {
-  const deadline = Date.now() + LISTEN_TIMEOUT_MS;
-  while (!(existsSync(path) && (await connects(path)))) {
-    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`server did not listen on ${path}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
 }
 
 /**

@@ -7,13 +7,13 @@
 // top level only).
 import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, renameSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, renameSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { Script } from 'node:vm';
 import * as esbuild from 'esbuild';
+import { waitForListen } from './listen.js';
 
 /**
  * The package to bundle: this repository, or the directory given (tests: a copy holding bin/
@@ -232,17 +232,6 @@ async function bundle(tool: Tool, chunks: Map<string, SideChunk>): Promise<strin
 /** The image blk-nbd serves for nbdClient warm-ups: 4 MiB, 3 MiB of data and a hole. */
 const NBD_SOURCE_BYTES = 4 << 20;
 
-function connects(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const c = createConnection(path);
-    c.once('connect', () => {
-      c.destroy();
-      resolve(true);
-    });
-    c.once('error', () => resolve(false));
-  });
-}
-
 /**
  * Run `fn` while blk-nbd (this build, a process of its own) serves a scratch image read-only
  * on a unix socket in `dir`; `fn` gets the export's URI. The server exits when its one client
@@ -257,12 +246,7 @@ async function withNbdServer(dir: string, fn: (uri: string) => Promise<void>): P
   const child = spawn(process.execPath, [join(ROOT, 'bin/blk-nbd.js'), '-r', '-f', 'raw', '-k', sock, img], { stdio: 'ignore' });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   try {
-    // The socket file exists from bind(), before listen(): wait until a connection is taken
-    // (one closed before the handshake, which the server does not count as its client).
-    for (let i = 0; !(existsSync(sock) && (await connects(sock))); i++) {
-      if (child.exitCode !== null || i > 1000) throw new Error('blk-nbd did not listen for the warm-up');
-      await new Promise((r) => setTimeout(r, 10));
-    }
+    await waitForListen(sock, child);
     await fn(`nbd+unix:///?socket=${sock}`);
   } finally {
     if (child.exitCode === null) child.kill('SIGTERM');

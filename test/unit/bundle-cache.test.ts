@@ -4,9 +4,9 @@
 // a scratch copy of the package, from what tsc emitted in dist/src.
 import { spawn, spawnSync } from 'node:child_process';
 import { cpSync, existsSync, readFileSync, rmSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
-import { createConnection } from 'node:net';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { waitForListen } from '../../scripts/listen.js';
 import { makeTempDir, removeTempDir } from '../interop/qemu.js';
 
 const REPO = resolve(import.meta.dirname, '../..');
@@ -184,17 +184,7 @@ describe('tool bundles and their code cache', () => {
     delete e.NODE_OPTIONS;
     const server = spawn(process.execPath, [join(root, 'bin/blk-nbd.js'), '-r', '-t', '-k', sock, '-f', 'raw', 'exported.raw'], { cwd: root, env: e, stdio: 'ignore' });
     try {
-      // Listening once a connection is taken (the socket file exists from bind(), before listen()).
-      const connects = (): Promise<boolean> =>
-        new Promise((resolve) => {
-          const c = createConnection(sock);
-          c.once('connect', () => {
-            c.destroy();
-            resolve(true);
-          });
-          c.once('error', () => resolve(false));
-        });
-      for (let i = 0; i < 100 && !(existsSync(sock) && (await connects())); i++) await new Promise((r) => setTimeout(r, 100));
+      await waitForListen(sock, server);
       const runs = [['convert', '-n', '--target-is-zero', '-O', 'raw', `nbd+unix:///?socket=${sock}`, 'imported.raw']];
       expect(cacheGrowth(runs).map((x) => [x.args, x.status, x.cached, x.grown])).toEqual(runs.map((a) => [a.join(' '), 0, true, 0]));
       expect(readFileSync(join(root, 'imported.raw')).equals(readFileSync(join(root, 'exported.raw')))).toBe(true);
