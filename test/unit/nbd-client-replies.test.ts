@@ -24,6 +24,7 @@ function setup(reqs: Map<bigint, Pending>, structured = true): { parser: ReplyPa
       reqs.delete(cookie);
       done.push(cookie);
     },
+    largeReadsOnly: () => [...reqs.values()].every((r) => r.cmd === p.NBD_CMD_READ && r.length >= 64 * 1024) && reqs.size > 0,
   };
   return { parser: new ReplyParser(handler, structured, CONTEXT), done };
 }
@@ -77,7 +78,11 @@ describe('ReplyParser', () => {
   it('hands a large payload its own memory for the next read, and staging for the rest', () => {
     const big = pattern(300 * 1024, 3);
     const into = new IOVector([new Uint8Array(100 * 1024), new Uint8Array(200 * 1024)]);
-    const table = new Map([[5n, pending(p.NBD_CMD_READ, 0, big.length, into)]]);
+    // A write in flight too: its reply may come in the same read(2) as the READ's tail.
+    const table = new Map([
+      [5n, pending(p.NBD_CMD_READ, 0, big.length, into)],
+      [6n, pending(p.NBD_CMD_WRITE, 0, 512)],
+    ]);
     const { parser, done } = setup(table, false);
     const staging = new Uint8Array(256 * 1024);
     const wire = Buffer.concat([p.encodeSimpleReply(5n), big]);
@@ -103,6 +108,40 @@ describe('ReplyParser', () => {
     expect(done).toEqual([5n]);
     expect(Buffer.from(into.toBuffer()).equals(Buffer.from(big))).toBe(true);
     expect(parser.nextBuffer(staging)).toBe(staging);
+    expect(table.has(6n)).toBe(true);
+  });
+
+  it('reads a header alone between replies when only large READs are in flight', () => {
+    const staging = new Uint8Array(256 * 1024);
+    const data = pattern(128 * 1024, 9);
+    const into = new IOVector([new Uint8Array(data.length)]);
+    const table = new Map([
+      [1n, pending(p.NBD_CMD_READ, 4096, data.length, into)],
+      [2n, pending(p.NBD_CMD_BLOCK_STATUS, 0, 4096)],
+    ]);
+    const { parser, done } = setup(table);
+    // A block status answer is still to come: one read may bring several replies.
+    expect(parser.nextBuffer(staging)).toBe(staging);
+    const status = p.chunkBytes(p.encodeBlockStatusChunk(2n, CONTEXT, [{ length: 4096, flags: 0 }], true));
+    staging.set(status);
+    parser.received(Buffer.from(staging.buffer, 0, staging.length), status.length);
+    expect(done).toEqual([2n]);
+    // Now the chunk header and offset alone, then the data in place, its tail too.
+    const head = parser.nextBuffer(staging);
+    expect([head.buffer, head.byteOffset, head.length]).toEqual([staging.buffer, 0, 28]);
+    const wire = p.chunkBytes(p.encodeOffsetDataChunk(1n, 4096, data, true));
+    head.set(wire.subarray(0, 28));
+    parser.received(Buffer.from(head.buffer, head.byteOffset, head.length), 28);
+    let sent = 28;
+    for (const n of [100 * 1024, 28 * 1024]) {
+      const direct = parser.nextBuffer(staging);
+      expect([direct.buffer, direct.length]).toEqual([into.iov[0].buffer, wire.length - sent]);
+      direct.set(wire.subarray(sent, sent + n));
+      parser.received(direct, n);
+      sent += n;
+    }
+    expect(done).toEqual([2n, 1n]);
+    expect(Buffer.from(into.toBuffer()).equals(Buffer.from(data))).toBe(true);
   });
 
   it('after abandon, says whether memory was handed out and parses nothing more', () => {

@@ -44,7 +44,13 @@ const MAX_METADATA_CHUNK = 4 + 8 * (1 << 20);
  * there directly; less goes through the staging buffer, where one read(2) may bring several
  * small replies at once.
  */
-const DIRECT_READ_MIN = 64 * 1024;
+export const DIRECT_READ_MIN = 64 * 1024;
+
+/**
+ * What a reply to a READ has before its data: a structured OFFSET_DATA chunk's header and
+ * offset, or a simple reply's header.
+ */
+const DATA_HEAD_STRUCTURED = NBD_CHUNK_HEADER_SIZE + 8;
 
 /** A request in flight, as its replies fill it in. */
 export interface Pending {
@@ -69,6 +75,8 @@ export interface ReplyHandler {
   take(cookie: bigint): Pending;
   /** The request's last reply or chunk has been received. */
   finish(cookie: bigint, p: Pending): void;
+  /** Every request in flight, if any, is a READ whose data will be read in place. */
+  largeReadsOnly(): boolean;
 }
 
 export function protocolError(message: string): BlockError {
@@ -104,6 +112,8 @@ export class ReplyParser {
   private direct: Uint8Array | null = null;
   /** PAYLOAD: a metadata chunk's payload, gathered whole (bounded by MAX_METADATA_CHUNK). */
   private payload: Buffer = Buffer.alloc(0);
+  /** The start of the staging buffer that a READ reply's header is read into alone. */
+  private headRead: Uint8Array | null = null;
 
   constructor(
     private readonly handler: ReplyHandler,
@@ -117,12 +127,26 @@ export class ReplyParser {
    */
   nextBuffer(staging: Uint8Array): Uint8Array {
     this.direct = null;
-    if (this.state !== DATA || this.left < DIRECT_READ_MIN || this.seg >= this.segs.length) return staging;
+    if (this.state !== DATA && this.state !== HEADER) return staging;
+    // When only large READs are coming, no read goes past the reply it is in: the header
+    // alone between replies, then the data in place up to its last byte, so that none of it
+    // is copied out of staging (up to a socket buffer's worth a reply before the header, a
+    // tail of up to 64 KiB after its last direct read: 46 MB in a 512 MiB copy).
+    const large = this.handler.largeReadsOnly();
+    if (this.state === HEADER) return this.have === 0 && large ? this.headerOnly(staging) : staging;
+    const min = large ? 1 : DIRECT_READ_MIN;
+    if (this.left < min || this.seg >= this.segs.length) return staging;
     const s = this.segs[this.seg];
     const n = Math.min(s.length - this.segPos, this.left);
-    if (n < DIRECT_READ_MIN) return staging;
+    if (n < min) return staging;
     this.direct = s.subarray(this.segPos, this.segPos + n);
     return this.direct;
+  }
+
+  private headerOnly(staging: Uint8Array): Uint8Array {
+    const n = this.structured ? DATA_HEAD_STRUCTURED : NBD_SIMPLE_REPLY_SIZE;
+    if (this.headRead?.buffer !== staging.buffer || this.headRead.byteOffset !== staging.byteOffset) this.headRead = staging.subarray(0, n);
+    return this.headRead;
   }
 
   /**

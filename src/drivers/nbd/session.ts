@@ -17,7 +17,7 @@ import { NBD_CMD_BLOCK_STATUS, NBD_CMD_DISC, NBD_CMD_READ, NBD_ESHUTDOWN, type B
 import type { NbdExportInfo } from './handshake.js';
 import { ConnectionClosed, type SocketReader } from '../../nbd/reader.js';
 import type { OnreadRoute, ReadSink } from './onread.js';
-import { protocolError, ReplyParser, type Pending, type ReplyHandler } from './replies.js';
+import { DIRECT_READ_MIN, protocolError, ReplyParser, type Pending, type ReplyHandler } from './replies.js';
 
 /** Requests in flight per connection (QEMU's MAX_NBD_REQUESTS). */
 export const MAX_NBD_REQUESTS = 16;
@@ -57,6 +57,8 @@ export class NbdSession implements ReplyHandler, ReadSink {
   private readonly pending = new Map<bigint, Pending>();
   private nextCookie = 1n;
   private inFlight = 0;
+  /** Requests in flight other than READs whose data is read in place. */
+  private smallInFlight = 0;
   private readonly slotWaiters: (() => void)[] = [];
   /** READ bytes in flight, and the READs waiting for room (in the order they came). */
   private readBytes = 0;
@@ -106,6 +108,8 @@ export class NbdSession implements ReplyHandler, ReadSink {
     const readLen = cmd === NBD_CMD_READ ? length : 0;
     if (readLen > 0 && !this.admitRead(readLen)) await new Promise<void>((go) => this.readWaiters.push({ len: readLen, go }));
     await this.acquireSlot();
+    const small = readLen < DIRECT_READ_MIN;
+    if (small) this.smallInFlight++;
     try {
       if (this.dead !== null) throw this.dead;
       const cookie = this.nextCookie++;
@@ -131,6 +135,7 @@ export class NbdSession implements ReplyHandler, ReadSink {
       if (p.error !== null) throw p.error;
       return p;
     } finally {
+      if (small) this.smallInFlight--;
       this.releaseSlot();
       if (readLen > 0) this.releaseRead(readLen);
     }
@@ -212,6 +217,12 @@ export class NbdSession implements ReplyHandler, ReadSink {
 
   nextBuffer(staging: Uint8Array): Uint8Array {
     return this.parser.nextBuffer(staging);
+  }
+
+  largeReadsOnly(): boolean {
+    // None in flight counts too: the read is asked for before the reply's continuation sends
+    // the next request, which is most often the next READ.
+    return this.smallInFlight === 0;
   }
 
   take(cookie: bigint): Pending {
