@@ -13,6 +13,7 @@
  * runs, leaves the list (waking who waited on it), and is counted out last.
  */
 import { CoQueue } from '../coroutine.js';
+import { bdrvDebugWatched } from '../debug-event.js';
 import { bdrvSetDirty } from '../dirty-bitmap.js';
 import { BlockError } from '../errors.js';
 import { BDRV_SECTOR_SIZE, type BlockDriver } from '../driver.js';
@@ -232,7 +233,7 @@ export async function withTracked<T>(
  */
 export function fastPathOk(bs: BlockDriverState, write: boolean, offset: number, bytes: number): boolean {
   if (bytes === 0 || !bs.isOpen) return false;
-  if (write ? bs.debugWatched : bs.copyOnReadActive) return false;
+  if (write ? bdrvDebugWatched(bs) : bs.copyOnReadActive) return false;
   const len = write && bs.growable ? Number.MAX_SAFE_INTEGER : bs.lengthNow();
   const align = bs.requestAlignment;
   return (

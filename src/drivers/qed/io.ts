@@ -4,6 +4,7 @@
  * reads here, writes (in place and allocating, with copy-on-write) in write.ts.
  */
 import { AIOPool, AIO_SUBMITTED, BlockAIOCB, type CompletionFunc } from '../../block/aio.js';
+import { bdrvDebugWatched } from '../../block/debug-event.js';
 import { BDRV_SECTOR_SIZE } from '../../block/driver.js';
 import { BlockError } from '../../block/errors.js';
 import { IOVector } from '../../block/iovec.js';
@@ -210,7 +211,7 @@ export async function qedAioNextIo(s: BDRVQEDState, acb: QEDRequestState): Promi
  * do nothing, so the hot path skips it (and the microtask its settled promise costs).
  */
 function qedDebugQuiet(file: BlockDriverState): boolean {
-  return file.driver.debugEvent === undefined && file.events.listenerCount('debug') === 0;
+  return !bdrvDebugWatched(file);
 }
 
 /**
