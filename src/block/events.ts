@@ -82,6 +82,8 @@ export class BlockEventEmitter extends EventEmitter<BlockEvents> {
    * more than the check (V8's baseline tier, a fresh process's first thousands of requests).
    */
   debugListened = false;
+  /** Has the 'trace' event a listener? Kept as debugListened, for the same reason (QED). */
+  traceListened = false;
 
   override on<T extends Name>(event: T, fn: Listener<T>, context?: unknown): this {
     super.on(event, fn, context);
@@ -116,6 +118,7 @@ export class BlockEventEmitter extends EventEmitter<BlockEvents> {
 
   private listened(): this {
     this.debugListened = this.listenerCount('debug') > 0;
+    this.traceListened = this.listenerCount('trace') > 0;
     return this;
   }
 }

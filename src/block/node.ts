@@ -282,7 +282,7 @@ export class BlockDriverState extends NodeState {
   // Events
 
   trace(name: string, args: Record<string, unknown> = {}): void {
-    if (this.events.listenerCount('trace') > 0) this.events.emit('trace', { name, args });
+    if (this.events.traceListened) this.events.emit('trace', { name, args });
   }
 
   /** Does anything act on this node's debug events? Paths that would announce none ask. */

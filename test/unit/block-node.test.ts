@@ -422,13 +422,14 @@ describe('copy-on-read', () => {
 });
 
 describe('events', () => {
-  it('debugWatched follows debug listeners as they come and go', async () => {
+  it('debugWatched and traceListened follow listeners as they come and go', async () => {
     const bs = await BlockDriverState.open(makeMem(4096), { format: 'mem' });
     const fn = (): void => undefined;
     const other = (): void => undefined;
     expect(bs.debugWatched).toBe(false);
     bs.events.on('trace', fn);
     expect(bs.debugWatched).toBe(false);
+    expect(bs.events.traceListened).toBe(true);
     bs.events.on('debug', fn);
     bs.events.addListener('debug', other);
     expect(bs.debugWatched).toBe(true);
@@ -444,6 +445,7 @@ describe('events', () => {
     bs.events.on('debug', fn);
     bs.events.removeAllListeners();
     expect(bs.debugWatched).toBe(false);
+    expect(bs.events.traceListened).toBe(false);
     await bs.close();
   });
 
