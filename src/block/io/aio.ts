@@ -82,13 +82,16 @@ function rwWork(acb: RwAIOCB): Promise<void> {
 
 export function aioRw(bs: BlockDriverState, write: boolean, sectorNum: number, qiov: IOVector, nbSectors: number, cb: CompletionFunc): BlockAIOCB {
   const op = write ? 'aio_write' : 'aio_read';
-  const offset = sectorNum * BDRV_SECTOR_SIZE;
-  const bytes = nbSectors * BDRV_SECTOR_SIZE;
+  let offset: number;
+  let bytes: number;
   try {
     checkOpen(bs, op);
     if (invalidNumber(sectorNum) || invalidNumber(nbSectors)) {
       throw new BlockError('EINVAL', `${op}: invalid sector ${sectorNum} count ${nbSectors}`, { op });
     }
+    // Only now: a sector count of another type (a BigInt) would throw here, not report.
+    offset = sectorNum * BDRV_SECTOR_SIZE;
+    bytes = nbSectors * BDRV_SECTOR_SIZE;
     // Whole sectors from valid counts: checkArgs can only fail on the sum, so it is asked
     // (and reports) only then.
     if (offset + bytes > Number.MAX_SAFE_INTEGER) checkArgs(bs, op, offset, bytes);
