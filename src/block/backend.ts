@@ -202,12 +202,20 @@ export class BlockBackend extends BlockBackendRoot {
       }
       if (write) this.requirePerm(op, 'write', bs);
       len = bs.knownLength();
-      if (len !== null && (offset > len || len - offset < bytes)) throw this.outOfBounds(op, bs, offset, bytes, len);
+      // Not len - offset: past 2 GiB that difference is a heap number V8's lower tiers allocate.
+      if (len !== null && offset + bytes > len) throw this.outOfBounds(op, bs, offset, bytes, len);
     } catch (e) {
       return this.aioFail(e, op, cb);
     }
     if (len !== null) return write ? bs.aioWritev(sectorNum, qiov, nbSectors, cb) : bs.aioReadv(sectorNum, qiov, nbSectors, cb);
-    // Length not known now: check it inside a generic AIOCB, then run the node's request.
+    return this.aioSlow(op, bs, write, offset, bytes, qiov, cb);
+  }
+
+  /**
+   * Length not known now: check it inside a generic AIOCB, then run the node's request. Apart
+   * from aioRw, which would otherwise allocate these closures' context on every request.
+   */
+  private aioSlow(op: string, bs: BlockDriverState, write: boolean, offset: number, bytes: number, qiov: IOVector, cb: CompletionFunc): BlockAIOCB {
     return genericAioPool.get(bs, cb).start(() =>
       this.slowRequest(op, bs, offset, bytes, (node) => (write ? node.pwritev(offset, qiov) : node.preadv(offset, qiov))),
     );

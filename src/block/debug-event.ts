@@ -11,7 +11,7 @@ const RESOLVED: Promise<void> = Promise.resolve();
 
 /** Does anything act on `bs`'s debug events (a driver hook such as blkdebug's, or a listener)? */
 export function bdrvDebugWatched(bs: BlockDriverState): boolean {
-  return bs.driver.debugEvent !== undefined || bs.events.listenerCount('debug') > 0;
+  return bs.driver.debugEvent !== undefined || bs.events.debugListened;
 }
 
 /** Announce `event` on `bs` to its listeners, then let its driver act on it. */

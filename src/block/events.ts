@@ -72,4 +72,53 @@ export interface BlockEvents {
   close: () => void;
 }
 
-export class BlockEventEmitter extends EventEmitter<BlockEvents> {}
+type Name = EventEmitter.EventNames<BlockEvents>;
+type Listener<T extends Name> = EventEmitter.EventListener<BlockEvents, T>;
+
+export class BlockEventEmitter extends EventEmitter<BlockEvents> {
+  /**
+   * Has the 'debug' event a listener? listenerCount('debug') > 0 kept in a field as listeners
+   * come and go: the write path asks it of every node for every request, where a call costs
+   * more than the check (V8's baseline tier, a fresh process's first thousands of requests).
+   */
+  debugListened = false;
+  /** Has the 'trace' event a listener? Kept as debugListened, for the same reason (QED). */
+  traceListened = false;
+
+  override on<T extends Name>(event: T, fn: Listener<T>, context?: unknown): this {
+    super.on(event, fn, context);
+    return this.listened();
+  }
+
+  override addListener<T extends Name>(event: T, fn: Listener<T>, context?: unknown): this {
+    super.addListener(event, fn, context);
+    return this.listened();
+  }
+
+  override once<T extends Name>(event: T, fn: Listener<T>, context?: unknown): this {
+    super.once(event, fn, context);
+    return this.listened();
+  }
+
+  /** Also how emit() drops a once() listener after its call. */
+  override removeListener<T extends Name>(event: T, fn?: Listener<T>, context?: unknown, once?: boolean): this {
+    super.removeListener(event, fn, context, once);
+    return this.listened();
+  }
+
+  override off<T extends Name>(event: T, fn?: Listener<T>, context?: unknown, once?: boolean): this {
+    super.off(event, fn, context, once);
+    return this.listened();
+  }
+
+  override removeAllListeners(event?: Name): this {
+    super.removeAllListeners(event);
+    return this.listened();
+  }
+
+  private listened(): this {
+    this.debugListened = this.listenerCount('debug') > 0;
+    this.traceListened = this.listenerCount('trace') > 0;
+    return this;
+  }
+}

@@ -10,7 +10,7 @@ import { realClock, type Clock } from './clock.js';
 import type { BdrvDirtyBitmap } from './dirty-bitmap.js';
 import type { BlockDriver, OpenOptions } from './driver.js';
 import { BlockEventEmitter } from './events.js';
-import { nodeGrowable, type NodeParent } from './io/length.js';
+import { nodeGrowable, userLengthInSectors, type NodeParent } from './io/length.js';
 import { RequestTracker, driverRequestAlignment } from './io/requests.js';
 import type { BlockDriverState } from './node.js';
 import { BlockDriverRegistry, driverIO, getDefaultRegistry } from './registry.js';
@@ -89,6 +89,11 @@ export class NodeState {
    * isOpen is. Not to be set by anyone else.
    */
   growable: boolean;
+  /**
+   * Does the user see the driver's length in whole sectors (io/length.ts)? Kept with
+   * `growable`, for the same reason: the backend's bounds ask it on every request.
+   */
+  userSectors: boolean;
 
   /**
    * A bare node; `open` is the normal way to get one. Drivers that build nodes by hand call
@@ -104,6 +109,7 @@ export class NodeState {
     this.registry = options.registry ?? getDefaultRegistry();
     this.parent = options.child === true ? 'node' : 'none';
     this.growable = nodeGrowable(driver, this.parent);
+    this.userSectors = userLengthInSectors(driver, this.parent);
     this.requestAlignment = driverRequestAlignment(driver);
     this.io = driverIO(driver);
     this.getLengthHook = driver.getLength?.bind(driver) ?? null;
@@ -130,6 +136,7 @@ export class NodeState {
     const prev = this.parent;
     this.parent = parent;
     this.growable = nodeGrowable(this.driver, parent);
+    this.userSectors = userLengthInSectors(this.driver, parent);
     return prev;
   }
 

@@ -82,7 +82,7 @@ export class BlockDriverState extends NodeState {
 
   /** The length requests are bounded by and padded against (no open check, not in flight). */
   async userLength(): Promise<number> {
-    return userLengthOf(this.driver, this.parent, await driverLength(this));
+    return userLengthOf(this.userSectors, await driverLength(this));
   }
 
   /** The user's length, counted as a request (a closed node refuses). */
@@ -98,7 +98,7 @@ export class BlockDriverState extends NodeState {
   knownLength(): number | null {
     if (!this.isOpen) return null;
     const len = this.lengthNow();
-    return len === null ? null : userLengthOf(this.driver, this.parent, len);
+    return len === null ? null : userLengthOf(this.userSectors, len);
   }
 
   /** The driver's length if it knows it without waiting (the fast-path gate), else null. */
@@ -282,7 +282,7 @@ export class BlockDriverState extends NodeState {
   // Events
 
   trace(name: string, args: Record<string, unknown> = {}): void {
-    if (this.events.listenerCount('trace') > 0) this.events.emit('trace', { name, args });
+    if (this.events.traceListened) this.events.emit('trace', { name, args });
   }
 
   /** Does anything act on this node's debug events? Paths that would announce none ask. */

@@ -422,6 +422,33 @@ describe('copy-on-read', () => {
 });
 
 describe('events', () => {
+  it('debugWatched and traceListened follow listeners as they come and go', async () => {
+    const bs = await BlockDriverState.open(makeMem(4096), { format: 'mem' });
+    const fn = (): void => undefined;
+    const other = (): void => undefined;
+    expect(bs.debugWatched).toBe(false);
+    bs.events.on('trace', fn);
+    expect(bs.debugWatched).toBe(false);
+    expect(bs.events.traceListened).toBe(true);
+    bs.events.on('debug', fn);
+    bs.events.addListener('debug', other);
+    expect(bs.debugWatched).toBe(true);
+    bs.events.off('debug', fn);
+    expect(bs.debugWatched).toBe(true);
+    bs.events.removeListener('debug', other);
+    expect(bs.debugWatched).toBe(false);
+    // A once() listener is dropped by the emit that calls it.
+    bs.events.once('debug', fn);
+    expect(bs.debugWatched).toBe(true);
+    await bs.debugEvent('l2_update');
+    expect(bs.debugWatched).toBe(false);
+    bs.events.on('debug', fn);
+    bs.events.removeAllListeners();
+    expect(bs.debugWatched).toBe(false);
+    expect(bs.events.traceListened).toBe(false);
+    await bs.close();
+  });
+
   it('trace emits to listeners; debugEvent emits then runs the driver hook', async () => {
     const seen: string[] = [];
     const dbg: BlockDriver = {

@@ -17,6 +17,7 @@ import { coPreadv } from './read.js';
 import { checkArgs, checkOpen, checkWritable, fastBegin, fastEnd, fastPathOk, fastRun, invalidNumber } from './requests.js';
 import { NO_FLAGS, coPwritev } from './write.js';
 import { bdrvPwritevSubmit } from './write-submit.js';
+import type { AioRwFn } from '../registry.js';
 
 export function aioFlush(bs: BlockDriverState, cb: CompletionFunc): BlockAIOCB {
   try {
@@ -64,19 +65,37 @@ class RwAIOCB extends BlockAIOCB {
 /** The pool of the generic path's reads and writes (exported for tests). */
 export const rwAioPool = new AIOPool<RwAIOCB>((pool) => new RwAIOCB(pool as unknown as AIOPool<BlockAIOCB>));
 
+/**
+ * The work of a generic read or write. The paths that take a closure (fastRun's) are helpers
+ * of their own: a function that makes a closure allocates its context on every call, taken
+ * or not, and this runs for every request.
+ */
 function rwWork(acb: RwAIOCB): Promise<void> {
-  return aioGenericRw(acb, acb.bs!, acb.write, acb.offset, acb.bytes, acb.qiov!);
+  const bs = acb.bs!;
+  if (!acb.write) return aioGenericRead(bs, acb.offset, acb.bytes, acb.qiov!);
+  // Started through the driver's callback hook: no promise until the AIOCB's callback.
+  if (bs.driver.pwritevSubmit !== undefined && bdrvPwritevSubmit(bs, acb.offset, acb.qiov!, NO_FLAGS, acb.submittedDone)) {
+    return AIO_SUBMITTED;
+  }
+  return aioGenericWrite(bs, acb.offset, acb.bytes, acb.qiov!);
 }
 
 export function aioRw(bs: BlockDriverState, write: boolean, sectorNum: number, qiov: IOVector, nbSectors: number, cb: CompletionFunc): BlockAIOCB {
   const op = write ? 'aio_write' : 'aio_read';
+  let offset: number;
+  let bytes: number;
   try {
     checkOpen(bs, op);
     if (invalidNumber(sectorNum) || invalidNumber(nbSectors)) {
       throw new BlockError('EINVAL', `${op}: invalid sector ${sectorNum} count ${nbSectors}`, { op });
     }
-    checkArgs(bs, op, sectorNum * BDRV_SECTOR_SIZE, nbSectors * BDRV_SECTOR_SIZE);
-    if (qiov.size !== nbSectors * BDRV_SECTOR_SIZE) {
+    // Only now: a sector count of another type (a BigInt) would throw here, not report.
+    offset = sectorNum * BDRV_SECTOR_SIZE;
+    bytes = nbSectors * BDRV_SECTOR_SIZE;
+    // Whole sectors from valid counts: checkArgs can only fail on the sum, so it is asked
+    // (and reports) only then.
+    if (offset + bytes > Number.MAX_SAFE_INTEGER) checkArgs(bs, op, offset, bytes);
+    if (qiov.size !== bytes) {
       throw new BlockError('EINVAL', `${op}: vector of ${qiov.size} bytes for ${nbSectors} sectors`, { op });
     }
     if (write) checkWritable(bs, op);
@@ -84,8 +103,6 @@ export function aioRw(bs: BlockDriverState, write: boolean, sectorNum: number, q
     return aioFail(bs, e, op, cb);
   }
 
-  const offset = sectorNum * BDRV_SECTOR_SIZE;
-  const bytes = nbSectors * BDRV_SECTOR_SIZE;
   const native = write ? bs.io.nativeAioWritev : bs.io.nativeAioReadv;
   // The driver's AIO pool does not order requests: it also needs nothing overlapping in
   // flight, serialising or not. A native write stays inside the length even on a growable
@@ -99,14 +116,7 @@ export function aioRw(bs: BlockDriverState, write: boolean, sectorNum: number, q
     !bs.requests.overlaps(offset, offset + bytes) &&
     !(write && bs.growable && offset + bytes > (bs.lengthNow() ?? 0))
   ) {
-    const req = fastBegin(bs, offset, bytes);
-    let ended = false;
-    return native(bs, sectorNum, qiov, nbSectors, (err) => {
-      if (ended) return;
-      ended = true;
-      fastEnd(bs, req, write);
-      cb(err);
-    });
+    return aioNative(bs, native, write, sectorNum, qiov, nbSectors, cb);
   }
   // The generic path still takes the request fast path when it applies (decided when the
   // request runs, not at submission: other requests may have started or ended meanwhile).
@@ -120,22 +130,41 @@ export function aioRw(bs: BlockDriverState, write: boolean, sectorNum: number, q
   return acb.start(rwWork);
 }
 
-function aioGenericRw(acb: BlockAIOCB, bs: BlockDriverState, write: boolean, offset: number, bytes: number, qiov: IOVector): Promise<void> {
-  if (write) {
-    // Started through the driver's callback hook: no promise until the AIOCB's callback.
-    if (bs.driver.pwritevSubmit !== undefined && bdrvPwritevSubmit(bs, offset, qiov, NO_FLAGS, acb.submittedDone)) {
-      return AIO_SUBMITTED;
-    }
-    const fn = bs.io.coPwritev;
-    if (fn !== undefined && fastPathOk(bs, true, offset, bytes)) {
-      return fastRun(bs, offset, bytes, true, () => fn(bs, offset, bytes, qiov, NO_FLAGS));
-    }
-    return coPwritev(bs, offset, qiov, NO_FLAGS);
+/**
+ * The driver's own AIO, tracked as a fast-path request until its callback. Apart from aioRw:
+ * a function that makes a closure allocates its context on every call, and aioRw runs for
+ * every request, most of which take the generic AIOCB.
+ */
+function aioNative(bs: BlockDriverState, native: AioRwFn, write: boolean, sectorNum: number, qiov: IOVector, nbSectors: number, cb: CompletionFunc): BlockAIOCB {
+  const offset = sectorNum * BDRV_SECTOR_SIZE;
+  const req = fastBegin(bs, offset, nbSectors * BDRV_SECTOR_SIZE);
+  let ended = false;
+  return native(bs, sectorNum, qiov, nbSectors, (err) => {
+    if (ended) return;
+    ended = true;
+    fastEnd(bs, req, write);
+    cb(err);
+  });
+}
+
+function aioGenericWrite(bs: BlockDriverState, offset: number, bytes: number, qiov: IOVector): Promise<void> {
+  const fn = bs.io.coPwritev;
+  if (fn !== undefined && fastPathOk(bs, true, offset, bytes)) {
+    return fastRun(bs, offset, bytes, true, () => fn(bs, offset, bytes, qiov, NO_FLAGS));
   }
+  return coPwritev(bs, offset, qiov, NO_FLAGS);
+}
+
+function aioGenericRead(bs: BlockDriverState, offset: number, bytes: number, qiov: IOVector): Promise<void> {
   const fn = bs.io.coPreadv;
   if (fn !== undefined && fastPathOk(bs, false, offset, bytes)) {
     if (bs.driver.preadvNow?.(bs, offset, bytes, qiov) === true) return AIO_DONE_NOW;
-    return fastRun(bs, offset, bytes, false, () => fn(bs, offset, bytes, qiov));
+    return fastRead(bs, fn, offset, bytes, qiov);
   }
   return coPreadv(bs, offset, qiov);
+}
+
+/** A read the page cache did not answer, on the fast path (its closure kept out of aioGenericRead). */
+function fastRead(bs: BlockDriverState, fn: NonNullable<BlockDriverState['io']['coPreadv']>, offset: number, bytes: number, qiov: IOVector): Promise<void> {
+  return fastRun(bs, offset, bytes, false, () => fn(bs, offset, bytes, qiov));
 }

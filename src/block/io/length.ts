@@ -36,13 +36,18 @@ export function nodeGrowable(driver: BlockDriver, parent: NodeParent): boolean {
 }
 
 /**
- * The user's view of a driver length: a protocol or filter node not under a parent node
- * counts whole sectors, as QEMU's bdrv_getlength does (the tail of the last sector reads as
+ * Does the user's view of a driver length count whole sectors? A protocol or filter node not
+ * under a parent node does, as QEMU's bdrv_getlength (the tail of the last sector reads as
  * zeros, and a write there grows the file, as in qemu-io -f file). A parent node sees the
  * driver's own length (a format checks its file size against it).
  */
-export function userLengthOf(driver: BlockDriver, parent: NodeParent, len: number): number {
-  return parent === 'node' || !isStorage(driver) ? len : roundUp(len, BDRV_SECTOR_SIZE);
+export function userLengthInSectors(driver: BlockDriver, parent: NodeParent): boolean {
+  return parent !== 'node' && isStorage(driver);
+}
+
+/** The user's view of a driver length `len` (userLengthInSectors says which). */
+export function userLengthOf(inSectors: boolean, len: number): number {
+  return inSectors ? roundUp(len, BDRV_SECTOR_SIZE) : len;
 }
 
 /** The driver's length if its hook knows it without waiting (the fast-path gate), else null. */

@@ -8,7 +8,7 @@ import type { CompletionFunc } from '../aio.js';
 import type { WriteFlags } from '../driver.js';
 import type { IOVector } from '../iovec.js';
 import type { BlockDriverState } from '../node.js';
-import { fastBegin, fastEnd, fastPathOk, invalidNumber } from './requests.js';
+import { fastBegin, fastEnd, fastPathOk, invalidNumber, type TrackedRequest } from './requests.js';
 
 /**
  * Start a write of `qiov` at `offset` on `bs` now: true when the driver took it (`done` runs
@@ -22,33 +22,31 @@ export function bdrvPwritevSubmit(bs: BlockDriverState, offset: number, qiov: IO
   if (drv.pwritevSubmit === undefined || flags.fua === true || bs.readOnly || invalidNumber(offset) || !fastPathOk(bs, true, offset, bytes)) {
     return false;
   }
-  return submitTracked(bs, offset, bytes, done, (end) => drv.pwritevSubmit!(bs, offset, bytes, qiov, flags, end));
-}
-
-/**
- * Start a checked fast-path write over [offset, +bytes) through `start` (a driver's submit
- * hook, given the completion to call): tracked from before the hook runs until its
- * completion, as the ordinary fast path. True when the hook took it; false with the
- * bookkeeping undone (nothing was done).
- */
-export function submitTracked(bs: BlockDriverState, offset: number, bytes: number, done: CompletionFunc, start: (end: CompletionFunc) => boolean): boolean {
   // In flight and on the overlap list before the driver starts it, as the ordinary fast path.
+  // The hook is called here, not through a closure: this runs for every write of every layer.
   const req = fastBegin(bs, offset, bytes);
   let started = false;
   try {
-    started = start((err) => {
-      fastEnd(bs, req, true);
-      done(err);
-    });
+    started = drv.pwritevSubmit(bs, offset, bytes, qiov, flags, trackedEnd(bs, req, done));
   } catch {
     // A hook that throws took nothing: the ordinary path tries again and reports the error.
   }
-  if (!started) {
-    // Undo the bookkeeping without counting a write.
-    bs.requests.end(req);
-    bs.requests.leave();
-  }
+  if (!started) untrack(bs, req);
   return started;
+}
+
+/** The completion of a tracked fast-path write (fastBegin): ends the tracking, then reports. */
+export function trackedEnd(bs: BlockDriverState, req: TrackedRequest, done: CompletionFunc): CompletionFunc {
+  return (err) => {
+    fastEnd(bs, req, true);
+    done(err);
+  };
+}
+
+/** Undo fastBegin's bookkeeping for a write the driver did not take, counting no write. */
+export function untrack(bs: BlockDriverState, req: TrackedRequest): void {
+  bs.requests.end(req);
+  bs.requests.leave();
 }
 
 /** bdrvPwritevSubmit as a promise; null when the driver did not take the write. */

@@ -10,8 +10,8 @@ import { BlockError } from '../errors.js';
 import type { IOVector } from '../iovec.js';
 import type { BlockDriverState } from '../node.js';
 import { NO_FLAGS, bdrvPwritev, bdrvWriteZeroes } from './write.js';
-import { checkArgs, checkWritable, fastPathOk, fastRun, invalidNumber } from './requests.js';
-import { submitTracked } from './write-submit.js';
+import { checkArgs, checkWritable, fastBegin, fastPathOk, fastRun, invalidNumber } from './requests.js';
+import { trackedEnd, untrack } from './write-submit.js';
 
 /**
  * Zero [zeroOffset, +zeroBytes) without a fallback write, then write `qiov` at `offset`, which
@@ -53,5 +53,14 @@ export function bdrvZeroThenPwritevSubmit(bs: BlockDriverState, zeroOffset: numb
   // that way, which reports what was wrong.
   if (drv.zeroThenPwritevSubmit === undefined || bs.readOnly || invalidNumber(zeroOffset) || invalidNumber(zeroBytes) || invalidNumber(offset)) return false;
   if (offset < zeroOffset || offset + bytes > zeroOffset + zeroBytes || offset % align !== 0 || bytes % align !== 0 || !fastPathOk(bs, true, zeroOffset, zeroBytes)) return false;
-  return submitTracked(bs, zeroOffset, zeroBytes, done, (end) => drv.zeroThenPwritevSubmit!(bs, zeroOffset, zeroBytes, offset, bytes, qiov, end));
+  // Tracked from before the hook runs until its completion, as bdrvPwritevSubmit's writes.
+  const req = fastBegin(bs, zeroOffset, zeroBytes);
+  let started = false;
+  try {
+    started = drv.zeroThenPwritevSubmit(bs, zeroOffset, zeroBytes, offset, bytes, qiov, trackedEnd(bs, req, done));
+  } catch {
+    // A hook that throws took nothing: the ordinary path tries again and reports the error.
+  }
+  if (!started) untrack(bs, req);
+  return started;
 }

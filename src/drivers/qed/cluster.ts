@@ -135,7 +135,7 @@ export function qedFindClusterNow(s: BDRVQEDState, pos: number, len: number): QE
 /**
  * The host offset of guest [pos, pos+len) when data clusters of a cached table, contiguous on
  * the host, hold all of it, else -1: qedFindClusterNow's whole-range 'found' run without a
- * request, a reference or a run object (the read hook, once per cached read).
+ * request, a reference or a run object (the read hook and in-place rewrites, once per request).
  */
 export function qedDataOffsetNow(s: BDRVQEDState, pos: number, len: number): number {
   if (pos + len > (Math.floor(pos / s.l2Span) + 1) * s.l2Span) return -1;

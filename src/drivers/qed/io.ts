@@ -4,11 +4,12 @@
  * reads here, writes (in place and allocating, with copy-on-write) in write.ts.
  */
 import { AIOPool, AIO_SUBMITTED, BlockAIOCB, type CompletionFunc } from '../../block/aio.js';
+import { bdrvDebugWatched } from '../../block/debug-event.js';
 import { BDRV_SECTOR_SIZE } from '../../block/driver.js';
 import { BlockError } from '../../block/errors.js';
 import { IOVector } from '../../block/iovec.js';
 import type { BlockDriverState } from '../../block/node.js';
-import { qedDataOffsetNow, qedFindCluster, qedFindClusterNow, type QEDClusterRun } from './cluster.js';
+import { qedDataOffsetNow, qedFindCluster, type QEDClusterRun } from './cluster.js';
 import { QED_F_NEED_CHECK } from './header.js';
 import { startNeedCheckTimer } from './need-check.js';
 import { type BDRVQEDState, type QEDRequest, qedFile, qedState, qedTrace, qedTracing } from './state.js';
@@ -125,10 +126,10 @@ function qedAioWriteNow(s: BDRVQEDState, acb: QEDAIOCB): boolean {
   const file = qedFile(s);
   // A file that cannot start writes so (not a host file) would only make us plan twice.
   if (file.driver.pwritevSubmit === undefined || !qedDebugQuiet(file)) return false;
-  const bytes = acb.endPos - acb.curPos;
-  const run = qedFindClusterNow(s, acb.curPos, bytes);
-  if (run === null || run.kind !== 'found' || run.length !== bytes) return false;
-  return acb.submitWriteNow(s, file, run.hostOffset);
+  // The read hook's lookup: a whole-range 'found' run of a cached table, without a request,
+  // a table reference or a run object (nothing runs between the lookup and the submission).
+  const host = qedDataOffsetNow(s, acb.curPos, acb.endPos - acb.curPos);
+  return host >= 0 && acb.submitWriteNow(s, file, host);
 }
 
 /**
@@ -210,7 +211,7 @@ export async function qedAioNextIo(s: BDRVQEDState, acb: QEDRequestState): Promi
  * do nothing, so the hot path skips it (and the microtask its settled promise costs).
  */
 function qedDebugQuiet(file: BlockDriverState): boolean {
-  return file.driver.debugEvent === undefined && file.events.listenerCount('debug') === 0;
+  return !bdrvDebugWatched(file);
 }
 
 /**

@@ -71,7 +71,7 @@ async function qedDoOpen(bs: BlockDriverState, options: OpenOptions): Promise<vo
     l2Span: tableNelems * header.clusterSize,
     l1Table: new QEDTable(tableNelems),
     l2Cache: new L2Cache(tableNelems, QED_L2_CACHE_SIZE, (name, args) => {
-      if (bs.events.listenerCount('trace') > 0) bs.trace(name, args);
+      if (bs.events.traceListened) bs.trace(name, args);
     }),
     allocLock: new CoMutex(),
     allocPending: 0,

@@ -90,12 +90,12 @@ export function qedFile(s: BDRVQEDState): BlockDriverState {
  * object literal is not even built per request when nobody listens.
  */
 export function qedTracing(s: BDRVQEDState): boolean {
-  return s.bs.events.listenerCount('trace') > 0;
+  return s.bs.events.traceListened;
 }
 
 /** Emit a trace point, building nothing when nobody listens. */
 export function qedTrace(s: BDRVQEDState, name: string, args: Record<string, unknown>): void {
-  if (s.bs.events.listenerCount('trace') > 0) s.bs.trace(name, { s, ...args });
+  if (s.bs.events.traceListened) s.bs.trace(name, { s, ...args });
 }
 
 export function qedStartOfCluster(s: BDRVQEDState, offset: number): number {

@@ -21,6 +21,7 @@ import {
 import { BlockError } from '../../block/errors.js';
 import type { IOVector } from '../../block/iovec.js';
 import type { BlockDriverState } from '../../block/node.js';
+import { roundUp } from '../../block/io/requests.js';
 import { BLOCK_PROBE_BUF_SIZE } from '../../block/registry.js';
 
 interface RawState {
@@ -268,7 +269,9 @@ function rawGetLength(bs: BlockDriverState): number | Promise<number> {
 function rawLengthNow(bs: BlockDriverState): number | null {
   const f = bs.file;
   const len = f !== null && f.isOpen ? f.lengthNow() : null;
-  return len === null ? null : Math.ceil(len / BDRV_SECTOR_SIZE) * BDRV_SECTOR_SIZE;
+  // Whole already (the usual case): no arithmetic, which past 2 GiB makes a heap number in
+  // V8's lower tiers.
+  return len === null || len % BDRV_SECTOR_SIZE === 0 ? len : roundUp(len, BDRV_SECTOR_SIZE);
 }
 
 async function rawGetLengthAsync(file: BlockDriverState): Promise<number> {

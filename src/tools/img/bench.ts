@@ -2,7 +2,7 @@
 // qemu-img 7.2 as observed; the engine keeps `depth` requests in flight through the AIO API and
 // recycles a fixed set of request slots (buffer, vector, callback), so the measured loop
 // allocates nothing per request.
-import { BDRV_SECTOR_SIZE, BlockBackend, ERRNO_MESSAGES, IOVector, toBlockError, type BlockError } from '../../index.js';
+import { BDRV_SECTOR_SIZE, BlockBackend, ERRNO_MESSAGES, FreeStack, IOVector, toBlockError, type BlockError } from '../../index.js';
 import { openImageOpts } from '../shared/image-opts.js';
 import { runTool, ToolExit, ToolOutput, errorMessage } from '../shared/output.js';
 import { formatFixed } from '../shared/printf.js';
@@ -58,7 +58,7 @@ export class BenchRun {
   private inFlush = false;
   private offset: number;
   private readonly step: number;
-  private readonly free: Slot[] = [];
+  private readonly free = new FreeStack<Slot>();
   private failure: BlockError | null = null;
   private settle: (() => void) | null = null;
   private readonly flushCb = (err: BlockError | null): void => this.complete(null, err, true);
