@@ -36,6 +36,8 @@ export interface CheckRun {
   metadata: Map<number, string>;
   /** The active tables' data entries, for the COPIED pass (none kept when absent). */
   seen?: CheckSeen;
+  /** The buffer checkRefcountsL2 reads each table into (made on first use). */
+  l2Buf?: Uint8Array;
 }
 
 const hex = (v: bigint | number): string => v.toString(16);

@@ -184,11 +184,15 @@ export async function checkRefcountsL2(c: CheckRun, fix: CheckFix, l2Offset: num
   const active = l1Index >= 0;
   const cs = s.clusterSize;
   const bytes = s.l2Size * s.l2EntrySize;
-  const table = new Uint8Array(bytes);
+  // One buffer for every table of the check: a fresh one per table was zeroed, then faulted
+  // in page by page by the read (8 MiB for a 64 GiB image), and nothing keeps a table.
+  const table = c.l2Buf?.length === bytes ? c.l2Buf : (c.l2Buf = new Uint8Array(bytes));
   try {
     const len = await qcow2File(s).getLength();
+    const avail = Math.max(0, Math.min(bytes, len - l2Offset));
+    if (avail > 0) await qcow2File(s).pread(l2Offset, table.subarray(0, avail));
     // Past the end of the file a table reads as zeros (already reported as a corruption).
-    if (l2Offset < len) await qcow2File(s).pread(l2Offset, table.subarray(0, Math.min(bytes, len - l2Offset)));
+    table.fill(0, avail);
   } catch (e) {
     c.report('ERROR: I/O error in check_refcounts_l2');
     res.checkErrors++;

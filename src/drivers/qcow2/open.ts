@@ -119,11 +119,14 @@ export async function qcow2DoOpen(bs: BlockDriverState, options: OpenOptions): P
     version: header.version,
     lazyRefcountsBit: (header.compatibleFeatures & QCOW2_COMPAT_LAZY_REFCOUNTS) !== 0n,
   });
-  const s = {} as BDRVQcow2State;
   // Data written to a data file must be durable before an L2 entry points at it.
   const dataFile = bs.dataFile;
   const hooks = { file: () => file, ...(dataFile ? { flushData: () => dataFile.flush() } : {}) };
-  Object.assign(s, {
+  // One object literal (the closures below use `s` only once it is made): assigned onto an
+  // empty object one property at a time, the state turned into a dictionary past its
+  // sixteenth property, and every `s.x` of the request paths and walks, optimised or not,
+  // became a hash lookup (a LoadIC call).
+  const s: BDRVQcow2State = {
     bs,
     header,
     clusterBits: header.clusterBits,
@@ -180,7 +183,7 @@ export async function qcow2DoOpen(bs: BlockDriverState, options: OpenOptions): P
     plannersQueued: 0,
     openOptions: options,
     closed: false,
-  } satisfies BDRVQcow2State);
+  };
 
   await loadL1Table(s, fileLength);
   await qcow2LoadRefcountTable(s);

@@ -50,7 +50,7 @@ export function qedLimits(s: BDRVQEDState) {
  * at once and keep nothing, and a request path that allocates nothing warms up faster.
  */
 const hotLimits = { clusterSize: 0, tableSize: 0, headerSize: 0, fileSize: 0 };
-function qedHotLimits(s: BDRVQEDState): typeof hotLimits {
+export function qedHotLimits(s: BDRVQEDState): typeof hotLimits {
   hotLimits.clusterSize = s.header.clusterSize;
   hotLimits.tableSize = s.header.tableSize;
   hotLimits.headerSize = s.header.headerSize;
@@ -166,7 +166,21 @@ async function qedFindClusterRead(
 
 /** Plan the run in the request's L2 table (already held). */
 function qedFindClusterInTable(s: BDRVQEDState, request: QEDRequest, pos: number, len: number): QEDClusterRun {
-  const table = request.l2Table!.table;
+  const run = qedPlanInTable(s, request.l2Table!.table, pos, len);
+  if (run.kind === 'found' && !qedCheckClusterOffset(qedHotLimits(s), run.hostOffset - qedOffsetIntoCluster(s, pos))) {
+    throw new BlockError('EINVAL', `QED data cluster offset ${run.hostOffset - qedOffsetIntoCluster(s, pos)} is invalid`, {
+      op: 'qed_find_cluster',
+      offset: pos,
+    });
+  }
+  return run;
+}
+
+/**
+ * The run at `pos` (at most `len` bytes, inside `table`'s span) as the table says, its data
+ * offset not yet checked (the caller refuses an invalid one).
+ */
+export function qedPlanInTable(s: BDRVQEDState, table: QEDTable, pos: number, len: number): QEDClusterRun {
   const inCluster = qedOffsetIntoCluster(s, pos);
   const n = qedBytesToClusters(s, inCluster + len);
   const index = qedL2Index(s, pos);
@@ -176,11 +190,17 @@ function qedFindClusterInTable(s: BDRVQEDState, request: QEDRequest, pos: number
 
   if (first === QED_UNALLOC_CLUSTER) return { kind: 'l2-unallocated', hostOffset: 0, length };
   if (first === QED_ZERO_CLUSTER) return { kind: 'zero', hostOffset: 0, length };
-  if (!qedCheckClusterOffset(qedHotLimits(s), first)) {
-    throw new BlockError('EINVAL', `QED data cluster offset ${first} is invalid`, {
-      op: 'qed_find_cluster',
-      offset: pos,
-    });
-  }
   return { kind: 'found', hostOffset: first + inCluster, length };
+}
+
+/**
+ * The L2 table covering guest `pos` now: null when L1 has none there (unallocated), undefined
+ * when it is not cached or its offset is invalid (the asynchronous path reads or reports it).
+ * A use of the cache, without a reference: for callers that finish before anything else runs.
+ */
+export function qedL2TableNow(s: BDRVQEDState, pos: number): QEDTable | null | undefined {
+  const l2Offset = s.l1Table.get(qedL1Index(s, pos));
+  if (l2Offset === QED_UNALLOC_CLUSTER) return null;
+  if (!qedCheckTableOffset(qedHotLimits(s), l2Offset)) return undefined;
+  return s.l2Cache.lookup(l2Offset)?.table;
 }

@@ -6,8 +6,10 @@
 import type { BlockStatus } from '../../block/driver.js';
 import type { BlockDriverState } from '../../block/node.js';
 import { BDRV_BLOCK_ALLOCATED, BDRV_BLOCK_DATA, BDRV_BLOCK_OFFSET_VALID, BDRV_BLOCK_ZERO, unallocatedZeroNow, type StatusExtents } from '../../block/status-extents.js';
-import { type QEDClusterRun, qedFindCluster, qedFindClusterNow } from './cluster.js';
-import { type BDRVQEDState, type QEDRequest, qedFile, qedState } from './state.js';
+import { type QEDClusterRun, qedFindCluster, qedFindClusterNow, qedHotLimits, qedL2TableNow, qedPlanInTable } from './cluster.js';
+import { qedCheckClusterOffset } from './header.js';
+import type { QEDTable } from './table.js';
+import { type BDRVQEDState, type QEDRequest, qedFile, qedL1Index, qedOffsetIntoCluster, qedState } from './state.js';
 
 /**
  * The status of a planned run. Not allocated here: the data comes from the backing file, and
@@ -53,22 +55,44 @@ export function qedBlockStatusNow(bs: BlockDriverState, offset: number, bytes: n
   return pastBacking === null ? null : runStatus(s, run, pastBacking);
 }
 
-/** The blockStatusExtents hook: qedBlockStatusNow's answers, one run after another. */
+/**
+ * The blockStatusExtents hook: qedBlockStatusNow's answers, one run after another, a cached
+ * table at a time (one L1 and cache lookup per table, not per run: map meets tens of
+ * thousands of runs).
+ */
 export function qedBlockStatusExtents(bs: BlockDriverState, offset: number, bytes: number, out: StatusExtents): void {
   const s = bs.opaque as BDRVQEDState | null;
   if (s === null) return;
   out.file = qedFile(s);
   const end = offset + bytes;
-  for (let pos = offset; pos < end && out.count < out.capacity; ) {
-    const run = qedFindClusterNow(s, pos, end - pos);
-    if (run === null) return;
-    if (run.kind === 'found') out.push(run.length, BDRV_BLOCK_DATA | BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_OFFSET_VALID, run.hostOffset);
-    else if (run.kind === 'zero') out.push(run.length, BDRV_BLOCK_ZERO | BDRV_BLOCK_ALLOCATED, 0);
-    else {
+  let pos = offset;
+  while (pos < end && out.count < out.capacity) {
+    const tableEnd = Math.min(end, (qedL1Index(s, pos) + 1) * s.l2Span);
+    const table = qedL2TableNow(s, pos);
+    if (table === undefined) return;
+    pos = tableExtents(bs, s, table, pos, tableEnd, out);
+    if (pos < tableEnd) return;
+  }
+}
+
+/**
+ * The runs of one table's span from `pos` to `tableEnd` (`table` null: no table, unallocated);
+ * where it stopped (at an invalid entry, or where the backing length is not known now).
+ */
+function tableExtents(bs: BlockDriverState, s: BDRVQEDState, table: QEDTable | null, pos: number, tableEnd: number, out: StatusExtents): number {
+  while (pos < tableEnd && out.count < out.capacity) {
+    const run: QEDClusterRun = table === null ? { kind: 'l1-unallocated', hostOffset: 0, length: tableEnd - pos } : qedPlanInTable(s, table, pos, tableEnd - pos);
+    if (run.kind === 'found') {
+      if (!qedCheckClusterOffset(qedHotLimits(s), run.hostOffset - qedOffsetIntoCluster(s, pos))) break;
+      out.push(run.length, BDRV_BLOCK_DATA | BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_OFFSET_VALID, run.hostOffset);
+    } else if (run.kind === 'zero') {
+      out.push(run.length, BDRV_BLOCK_ZERO | BDRV_BLOCK_ALLOCATED, 0);
+    } else {
       const zero = unallocatedZeroNow(bs, pos);
-      if (zero === null) return;
+      if (zero === null) break;
       out.push(run.length, zero ? BDRV_BLOCK_ZERO : 0, 0);
     }
     pos += run.length;
   }
+  return pos;
 }

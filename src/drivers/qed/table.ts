@@ -35,9 +35,11 @@ export class QEDTable {
    * get() per entry kept the walk's own large loop hot enough for V8 to optimise it.
    */
   nextNonZero(i: number): number {
-    const words = this.words;
-    for (let k = i * 2, end = this.nelems * 2; k < end; k++) if (words[k] !== 0) return k >> 1;
-    return this.nelems;
+    // nelems read before the loop: read only after it, its load had no type feedback when V8
+    // optimised the first long scan, and the first scan to reach the end threw that code away.
+    const { words, nelems } = this;
+    for (let k = i * 2, end = nelems * 2; k < end; k++) if (words[k] !== 0) return k >> 1;
+    return nelems;
   }
 
   /**
