@@ -48,7 +48,17 @@ export interface StatusBatch {
 /** Extents asked of a source at once. */
 const EXTENTS_BATCH = 1024;
 
-export function selectPart(s: ConvertState, sectorNum: number): { cur: number; curOffset: number } {
+/** A source and the sector where it starts in the concatenation. */
+export interface Part {
+  readonly cur: number;
+  readonly curOffset: number;
+}
+
+/** The part of a lone source (the common case): no object per status run or read. */
+const ONLY_PART: Part = { cur: 0, curOffset: 0 };
+
+export function selectPart(s: ConvertState, sectorNum: number): Part {
+  if (s.src.length === 1) return ONLY_PART;
   let off = 0;
   for (let i = 0; i < s.src.length; i++) {
     if (sectorNum < off + s.srcSectors[i]) return { cur: i, curOffset: off };
@@ -70,19 +80,23 @@ function askStatus(env: ImgEnv, s: ConvertState, sectorNum: number, n: number, c
   // The sector-rounded tail of a source whose length is not a sector multiple.
   if (offset >= srcLen) return void takeStatus(s, sectorNum, n * SECTOR, BDRV_BLOCK_ZERO, cur, curOffset, postBackingZero);
   const bytes = Math.min(n * SECTOR, srcLen - offset);
-  const failed: (e: unknown) => never = (e) => {
-    env.o.error(`error while reading block status at offset ${offset}: ${errnoMessage(e)}`);
-    throw new ToolExit(1);
-  };
   if (takeBatched(s, srcBs, base, cur, offset, bytes)) return void takeStatus(s, sectorNum, s.batchPnum, s.batchFlags, cur, curOffset, postBackingZero);
   let now;
   try {
     now = blockStatusAboveFlagsNow(srcBs, base, offset, bytes);
   } catch (e) {
-    failed(e);
+    statusFailed(env, offset, e);
   }
   if (now !== null) return void takeStatus(s, sectorNum, now.pnum, now.flags, cur, curOffset, postBackingZero);
-  return blockStatusAboveFlags(srcBs, base, offset, bytes).then((r) => takeStatus(s, sectorNum, r.pnum, r.flags, cur, curOffset, postBackingZero), failed);
+  return blockStatusAboveFlags(srcBs, base, offset, bytes).then(
+    (r) => takeStatus(s, sectorNum, r.pnum, r.flags, cur, curOffset, postBackingZero),
+    (e: unknown) => statusFailed(env, offset, e),
+  );
+}
+
+function statusFailed(env: ImgEnv, offset: number, e: unknown): never {
+  env.o.error(`error while reading block status at offset ${offset}: ${errnoMessage(e)}`);
+  throw new ToolExit(1);
 }
 
 /**
