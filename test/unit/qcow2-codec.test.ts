@@ -192,6 +192,43 @@ describe('qcow2 entries', () => {
     expect(nextUsedSlot(tableWords(l2), 0, 3, 16)).toBe(1);
   });
 
+  it('finds used slots past long unused runs (the native search) as a loop over words does', () => {
+    const naive = (words: Uint32Array, i: number, end: number, es: number): number => {
+      for (let k = (i * es) / 4; k < (end * es) / 4; k++) if (words[k] !== 0) return Math.floor(k / (es / 4));
+      return end;
+    };
+    // 64 KiB tables with one non-zero byte: every byte of a word, near and far, and values
+    // a UTF-16 decoder treats specially (byte order marks, lone and paired surrogates).
+    const t = new BigUint64Array(8192);
+    const bytes = new Uint8Array(t.buffer);
+    const words = tableWords(t);
+    for (const at of [0, 1, 2, 3, 4, 1023, 1024, 1025, 2046, 2047, 2048, 2049, 4097, 30001, 65534, 65535]) {
+      for (const v of [0x01, 0xfe, 0xff, 0xd8, 0xdc, 0x80]) {
+        bytes.fill(0);
+        bytes[at] = v;
+        for (const es of [8, 16]) {
+          const n = 65536 / es;
+          for (const from of [0, 1, 100, Math.floor(at / es), Math.floor(at / es) + 1]) {
+            if (from > n) continue;
+            expect(nextUsedSlot(words, from, n, es)).toBe(naive(words, from, n, es));
+          }
+          expect(nextUsedSlot(words, 0, Math.floor(at / es), es)).toBe(Math.floor(at / es));
+        }
+      }
+    }
+    // Pairs that make surrogates (0xd800 then 0xdc00 as little-endian units) before the slot.
+    bytes.fill(0);
+    bytes.set([0x00, 0xd8, 0x00, 0xdc], 40000);
+    bytes.set([0xff, 0xfe], 50000);
+    expect(nextUsedSlot(words, 0, 8192, 8)).toBe(5000);
+    expect(nextUsedSlot(words, 5001, 8192, 8)).toBe(6250);
+    expect(nextUsedSlot(words, 6251, 8192, 8)).toBe(8192);
+    // A view into a larger buffer, from an odd word.
+    const big = new Uint32Array(20000);
+    big[19999] = 7;
+    expect(nextUsedSlot(big.subarray(3), 0, 19996 / 2, 8)).toBe(naive(big.subarray(3), 0, 19996 / 2, 8));
+  });
+
   it('classifies L2 entries', () => {
     expect(clusterType(0n)).toBe('unallocated');
     expect(clusterType(1n)).toBe('zero-plain');

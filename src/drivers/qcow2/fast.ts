@@ -39,6 +39,19 @@ export function qcow2PreadvNow(bs: BlockDriverState, offset: number, bytes: numb
 }
 
 /**
+ * The file and the host offset of a read of [offset, offset+bytes) that lies in plain data
+ * clusters of a cached table, contiguous on the host, while nothing changes metadata: the one
+ * file read is all that is left of it (readNow's common case, for a read too large for the
+ * page cache hook). Null otherwise: the ordinary path plans and reads it.
+ */
+export function qcow2PlainRead(s: BDRVQcow2State, offset: number, bytes: number): { file: BlockDriverState; host: number } | null {
+  const file = quiet(s, qcow2MetadataSettled(s));
+  if (file === null) return null;
+  const host = plainHostOffsetNow(s, offset, bytes);
+  return host === 0 ? null : { file, host };
+}
+
+/**
  * A COW area now (qcow2PerformCow's read, outside s.lock), or false: as the hook, and data of
  * the backing file too when its length is known and its page cache holds the bytes.
  */

@@ -40,6 +40,7 @@ import {
   qedCoRequest,
   qedCoWriteZeroes,
   qedPreadvNow,
+  qedReadHostNow,
 } from './io.js';
 import { L2Cache } from './l2-cache.js';
 import { cancelNeedCheckTimer, qedDrainBegin, qedNeedCheckTimerCb } from './need-check.js';
@@ -177,7 +178,12 @@ const qedAioWritev: BlockDriverHook<'aioWritev'> = (bs, sectorNum, qiov, nbSecto
   qedAioSetup(bs, sectorNum, qiov, nbSectors, cb, QED_AIOCB_WRITE);
 
 async function qedCoPreadv(bs: BlockDriverState, offset: number, bytes: number, qiov: IOVector): Promise<void> {
-  await qedCoRequest(bs, offset, bytes, qiov, 0);
+  const s = qedState(bs);
+  // One run of data clusters (every read of a convert out of a QED image, too large for the
+  // page cache hook): the file read alone, without a request state and its loop.
+  const host = bytes > 0 ? qedReadHostNow(s, offset, bytes) : -1;
+  if (host >= 0) await qedFile(s).preadv(host, qiov.size === bytes ? qiov : qiov.slice(0, bytes));
+  else await qedCoRequest(bs, offset, bytes, qiov, 0);
 }
 
 const qedCoPwritev: BlockDriverHook<'coPwritev'> = async (bs, offset, bytes, qiov, flags) => {

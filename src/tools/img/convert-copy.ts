@@ -5,7 +5,7 @@
 import { AioTaskPool, bufferIsZero, qemuMemalign, type BlockBackend, type WriteFlags } from '../../index.js';
 import { rootOf } from '../shared/open.js';
 import { ToolExit, errnoMessage } from '../shared/output.js';
-import { iterationSectors, selectPart, type Run, type Status, type StatusRun } from './convert-status.js';
+import { iterationSectors, selectPart, type Run, type Status, type StatusBatch, type StatusRun } from './convert-status.js';
 import { allDataAtStride, isAllocatedSectorsMin, SECTOR } from './convert-zero-scan.js';
 import type { ImgEnv } from './env.js';
 import type { Progress } from './progress.js';
@@ -45,6 +45,10 @@ export interface ConvertState {
   statusRuns: StatusRun[];
   /** The next run to replay; -1 while the counting pass records them. */
   statusReplay: number;
+  /** The counting pass's batch of source extents (null until asked), and its last answer. */
+  statusBatch: StatusBatch | null;
+  batchPnum: number;
+  batchFlags: number;
 }
 
 /** convert_co_read: the sectors may span several sources (concatenation). */

@@ -196,6 +196,9 @@ export async function imgConvert(env: ImgEnv, argv: string[]): Promise<number> {
       sectorNextStatus: 0,
       statusRuns: [],
       statusReplay: -1,
+      statusBatch: null,
+      batchPnum: 0,
+      batchFlags: 0,
     };
     for (const name of s.srcNames) {
       const blk = await imgOpen(env, name, { imageOpts: args.imageOpts, format: fmt, readOnly: true, forceShare });
