@@ -16,7 +16,7 @@ import { type BlockError, toBlockError } from '../../block/errors.js';
 import type { IOVector } from '../../block/iovec.js';
 import type { BlockDriverState } from '../../block/node.js';
 import { qcow2AllocNow, qcow2LinkL2Now } from './alloc-now.js';
-import { mayZeroCow, mergeCow, needsCow, qcow2GiveCowBuffers, qcow2MergedCowNow } from './cow.js';
+import { mayZeroFreshCow, mergeCow, needsCow, qcow2GiveCowBuffers, qcow2MergedCowNow } from './cow.js';
 import { answerAfterMarking, qcow2PwritevSubmit } from './fast.js';
 import { type Qcow2InFlight, qcow2InFlightEnd } from './inflight.js';
 import { type Qcow2Mapped, qcow2FinishPiece, qcow2MappedInFlight, qcow2WriteMapped } from './io.js';
@@ -97,13 +97,13 @@ function zeroSubmit(s: BDRVQcow2State, file: BlockDriverState, offset: number, a
 /**
  * An allocation with a COW head or tail, as qcow2WriteMapped would write it when that needs no
  * wait: its one allocation frames the data exactly (merge_cow), its areas are not zeroed
- * instead (mayZeroCow: the ordinary path then asks is_zero first) and both read at once; then
- * head, data and tail go out as one write and the entries are set from its completion. False,
- * with nothing done, otherwise: qcow2WriteMapped takes the write from here.
+ * instead (mayZeroFreshCow: the ordinary path then asks is_zero first) and both read at
+ * once; then head, data and tail go out as one write and the entries are set from its
+ * completion. False, with nothing done, otherwise: qcow2WriteMapped takes the write from here.
  */
 function cowSubmit(s: BDRVQcow2State, file: BlockDriverState, offset: number, a: Qcow2Mapped, flight: Qcow2InFlight, data: IOVector, done: CompletionFunc): boolean {
   const m = a.metas.length === 1 ? a.metas[0] : null;
-  if (m === null || mayZeroCow(s, m) || mergeCow(s, offset, a.bytes, a.metas) !== m) return false;
+  if (m === null || mayZeroFreshCow(s, m) || mergeCow(s, offset, a.bytes, a.metas) !== m) return false;
   const cow = qcow2MergedCowNow(s, m, data);
   if (cow === null) return false;
   // No second overlap check (perform_cow's): the data, checked when mapped, starts in the

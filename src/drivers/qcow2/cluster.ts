@@ -394,8 +394,23 @@ export function qcow2HoldsDataNow(s: BDRVQcow2State, offset: number, bytes: numb
   const run = qcow2GetHostOffsetNow(s, offset, end - offset);
   if (run === null) return false;
   if (run.kind === 'normal' || run.kind === 'compressed') return true;
+  return run.kind === 'unallocated' && backingHoldsData(s, offset + run.bytes);
+}
+
+/**
+ * qcow2HoldsDataNow of guest [offset, offset+bytes) whose L2 entries are known to be
+ * unallocated (a fresh allocation's COW area, alloc-now.ts): the backing file's answer, with
+ * no run planned.
+ */
+export function qcow2UnallocatedHoldsDataNow(s: BDRVQcow2State, offset: number, bytes: number): boolean {
+  const end = Math.min(offset + bytes, s.header.size);
+  return end > offset && backingHoldsData(s, end);
+}
+
+/** Does the backing file read as data, to the fast check, up to guest `stop`? */
+function backingHoldsData(s: BDRVQcow2State, stop: number): boolean {
   const backing = s.bs.backing;
-  return run.kind === 'unallocated' && backing !== null && rawBackingData(backing, offset + run.bytes);
+  return backing !== null && rawBackingData(backing, stop);
 }
 
 /**

@@ -8,9 +8,9 @@ import { BlockError } from '../../block/errors.js';
 import type { BufferPool } from '../../block/buffer-pool.js';
 import { IOVector } from '../../block/iovec.js';
 import type { Qcow2L2Meta } from './alloc.js';
-import { qcow2HoldsDataNow, qcow2IsZero } from './cluster.js';
+import { qcow2HoldsDataNow, qcow2IsZero, qcow2UnallocatedHoldsDataNow } from './cluster.js';
 import { qcow2DataNode, qcow2PreWriteDataCheck } from './data-file.js';
-import { qcow2CowReadNow } from './fast.js';
+import { qcow2CowReadNow, qcow2FreshCowReadNow } from './fast.js';
 import { qcow2ReadRange } from './read.js';
 import type { BDRVQcow2State } from './state.js';
 
@@ -66,6 +66,17 @@ export function mayZeroCow(s: BDRVQcow2State, m: Qcow2L2Meta): boolean {
   return !qcow2HoldsDataNow(s, m.offset + m.cowStart.offset, m.cowStart.nbBytes) && !qcow2HoldsDataNow(s, m.offset + m.cowEnd.offset, m.cowEnd.nbBytes);
 }
 
+/**
+ * mayZeroCow of a fresh allocation (alloc-now.ts: every entry of its clusters unallocated, so
+ * it needs COW and overwrites no data), with no run planned: its areas are the backing file's.
+ */
+export function mayZeroFreshCow(s: BDRVQcow2State, m: Qcow2L2Meta): boolean {
+  return (
+    !qcow2UnallocatedHoldsDataNow(s, m.offset + m.cowStart.offset, m.cowStart.nbBytes) &&
+    !qcow2UnallocatedHoldsDataNow(s, m.offset + m.cowEnd.offset, m.cowEnd.nbBytes)
+  );
+}
+
 /** The allocation whose COW areas frame the data exactly, to write all three at once (merge_cow). */
 export function mergeCow(s: BDRVQcow2State, offset: number, bytes: number, metas: readonly Qcow2L2Meta[]): Qcow2L2Meta | null {
   for (const m of metas) {
@@ -111,8 +122,9 @@ export function qcow2GiveCowBuffers(s: BDRVQcow2State, bufs: Qcow2CowBuffers): v
 }
 
 /**
- * perform_cow of a merged allocation (mergeCow) without a wait: head and tail read now from
- * what the guest sees there (qcow2CowReadNow: cached tables, the page cache), framed around
+ * perform_cow of a fresh merged allocation (alloc-now.ts, mergeCow) without a wait: head and
+ * tail read now from what the guest sees there (qcow2FreshCowReadNow: the entries are
+ * unallocated, so the backing file's page cache, or zeros), framed around
  * `data` as the one vector to write at m.allocOffset + m.cowStart.offset; null, with nothing
  * taken, when an area cannot be read at once (qcow2PerformCow then reads it the ordinary way).
  * Never throws. The caller writes the vector and then gives `bufs` back.
@@ -123,7 +135,9 @@ export function qcow2MergedCowNow(s: BDRVQcow2State, m: Qcow2L2Meta, data: IOVec
   const tail = bufs.tail?.subarray(0, m.cowEnd.nbBytes) ?? EMPTY;
   let read = false;
   try {
-    read = (head.length === 0 || qcow2CowReadNow(s, m.offset + m.cowStart.offset, IOVector.from(head))) && (tail.length === 0 || qcow2CowReadNow(s, m.offset + m.cowEnd.offset, IOVector.from(tail)));
+    read =
+      (head.length === 0 || qcow2FreshCowReadNow(s, m.offset + m.cowStart.offset, IOVector.from(head))) &&
+      (tail.length === 0 || qcow2FreshCowReadNow(s, m.offset + m.cowEnd.offset, IOVector.from(tail)));
   } catch {
     // The caller's write is mapped and in flight: it must not throw. The ordinary read
     // (qcow2PerformCow) tries again and reports the error.

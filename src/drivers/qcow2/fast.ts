@@ -76,25 +76,41 @@ function readNow(s: BDRVQcow2State, offset: number, bytes: number, qiov: IOVecto
     case 'zero':
       cur.memset(0, 0);
       return true;
-    case 'unallocated': {
-      const backing = s.bs.backing;
-      if (backing === null) {
-        // Without a backing file the guest sees zeros.
-        cur.memset(0, 0);
-        return true;
-      }
-      if (!backingToo) return false;
-      // readBacking's steps, when none waits: zeros past the backing file's end.
-      const len = backing.knownLength();
-      if (len === null) return false;
-      const n = Math.max(0, Math.min(len - offset, bytes));
-      if (n > 0 && !backing.preadvNow(offset, n === bytes ? cur : cur.slice(0, n))) return false;
-      if (n < bytes) cur.memset(n, 0);
-      return true;
-    }
+    case 'unallocated':
+      return (backingToo || s.bs.backing === null) && unallocatedReadNow(s, offset, cur);
     default:
       return false;
   }
+}
+
+/**
+ * What the guest sees at unallocated [offset, offset+qiov.size), read now (readBacking's
+ * steps when none waits), or false: zeros without a backing file, else the backing file's
+ * data from its page cache, zeros past its end.
+ */
+function unallocatedReadNow(s: BDRVQcow2State, offset: number, qiov: IOVector): boolean {
+  const backing = s.bs.backing;
+  const bytes = qiov.size;
+  if (backing === null) {
+    qiov.memset(0, 0);
+    return true;
+  }
+  const len = backing.knownLength();
+  if (len === null) return false;
+  const n = Math.max(0, Math.min(len - offset, bytes));
+  if (n > 0 && !backing.preadvNow(offset, n === bytes ? qiov : qiov.slice(0, n))) return false;
+  if (n < bytes) qiov.memset(n, 0);
+  return true;
+}
+
+/**
+ * A COW area of a fresh allocation (alloc-now.ts: its L2 entries found unallocated, the
+ * write in flight since, so nobody changed them) now, or false: what the guest sees there
+ * with no run planned from the table. Inside the image only; the rest plans as ever.
+ */
+export function qcow2FreshCowReadNow(s: BDRVQcow2State, offset: number, qiov: IOVector): boolean {
+  if (offset + qiov.size > s.header.size) return qcow2CowReadNow(s, offset, qiov);
+  return unallocatedReadNow(s, offset, qiov);
 }
 
 /**

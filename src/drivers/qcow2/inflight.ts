@@ -41,7 +41,15 @@ function rangeEnd(s: BDRVQcow2State, offset: number, bytes: number): number {
 export function qcow2InFlightBegin(s: BDRVQcow2State, offset: number, bytes: number, allocating: boolean): Qcow2InFlight {
   const r: Qcow2InFlight = { start: rangeStart(s, offset), end: rangeEnd(s, offset, bytes), allocating, done: null };
   s.inFlight.add(r);
-  if (allocating) s.allocationsInFlight++;
+  if (allocating) {
+    if (s.allocationsInFlight++ === 0) {
+      s.allocationsLow = r.start;
+      s.allocationsHigh = r.end;
+    } else {
+      s.allocationsLow = Math.min(s.allocationsLow, r.start);
+      s.allocationsHigh = Math.max(s.allocationsHigh, r.end);
+    }
+  }
   return r;
 }
 
@@ -57,10 +65,12 @@ export function qcow2InFlightEnd(s: BDRVQcow2State, r: Qcow2InFlight): void {
  */
 export function qcow2FirstAllocation(s: BDRVQcow2State, offset: number, bytes: number): Qcow2InFlight | null {
   // Asked by every write of the fast paths: two numbers, no array per call, and no walk
-  // over the rewrites in flight when nothing allocates.
+  // over the writes in flight when nothing allocates or the range is outside all that do
+  // (sequential writes: each starts where the last allocation in flight ends).
   if (s.allocationsInFlight === 0) return null;
   const start = rangeStart(s, offset);
   const end = rangeEnd(s, offset, bytes);
+  if (end <= s.allocationsLow || start >= s.allocationsHigh) return null;
   let first: Qcow2InFlight | null = null;
   for (const r of s.inFlight) {
     if (!r.allocating || r.end <= start || r.start >= end) continue;

@@ -178,6 +178,8 @@ export async function qcow2DoOpen(bs: BlockDriverState, options: OpenOptions): P
     lock: new CoMutex(),
     inFlight: new Set(),
     allocationsInFlight: 0,
+    allocationsLow: 0,
+    allocationsHigh: 0,
     // Enough for a full queue of COW requests (two areas each) at 64 KiB clusters.
     cowBuffers: new BufferPool(cs, Math.max(2, Math.floor(COW_POOL_BYTES / cs))),
     plannersQueued: 0,

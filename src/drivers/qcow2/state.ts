@@ -102,6 +102,13 @@ export interface BDRVQcow2State {
   inFlight: Set<Qcow2InFlight>;
   /** How many of them allocate: with none, a write needs no look for one (qcow2FirstAllocation). */
   allocationsInFlight: number;
+  /**
+   * A guest range [low, high) that holds every allocating write in flight, widened as they
+   * begin and reset by the first to begin when none is: sequential writes start past it, and
+   * need no walk over the writes in flight (qcow2FirstAllocation).
+   */
+  allocationsLow: number;
+  allocationsHigh: number;
   /** Cluster-sized buffers for the head and tail of copy-on-write (qcow2PerformCow). */
   cowBuffers: BufferPool;
   openOptions: OpenOptions;
