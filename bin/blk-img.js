@@ -34,7 +34,7 @@ const { compileTool, lessInlining, raiseInterruptBudget, runTool } = require('./
 // (scripts/bundle.ts), which V8 deserializes in less time.
 const tool = compileTool('img', hot ? '' : '.lean');
 (tool === null ? import('../dist/src/tools/img/main.js') : Promise.resolve(runTool(tool)))
-  .then(({ main }) => {
+  .then(({ main, exitWhenDone }) => {
     // Node's own modules take their built-in code cache only under the V8 flags it was made
     // with: node:net (and the stream code under it), loaded by the NBD client once the budget
     // below is set, was parsed and compiled anew in every convert out of an NBD export, and its
@@ -43,8 +43,5 @@ const tool = compileTool('img', hot ? '' : '.lean');
     // Once the tool is loaded (raiseInterruptBudget says why).
     if (hot) raiseInterruptBudget(convert ? 8 : 4);
     if (command === 'map') lessInlining();
-    return main(process.argv);
-  })
-  .then((code) => {
-    process.exitCode = code;
+    return main(process.argv).then(exitWhenDone);
   });

@@ -1,8 +1,9 @@
 // blk-img's stdout and stderr written on descriptors 1 and 2 (src/tools/shared/fd-output.ts):
 // the whole output arrives in order through a pipe that is slow to be read, also when the
 // descriptor is non-blocking (shared with a Node parent that made it so: write(2) then fails
-// with EAGAIN and the process's stream takes over), and a reader that went away ends the tool
-// with SIGPIPE's status.
+// with EAGAIN and the process's stream takes over, whose output the exit then waits for), a
+// done tool exits at once with its status, and a reader that went away ends the tool with
+// SIGPIPE's status.
 import { spawn, spawnSync } from 'node:child_process';
 import { closeSync, existsSync, openSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
@@ -97,6 +98,19 @@ describe('blk-img output on the descriptors', () => {
     } finally {
       closeSync(devNull);
     }
+  });
+
+  it('exits at once when done, with the status, without running the loop dry', () => {
+    // 'beforeExit' comes only when the loop runs dry: exitWhenDone leaves before that.
+    const hook = join(dir, 'before-exit.cjs');
+    writeFileSync(hook, "process.on('beforeExit', () => require('node:fs').writeSync(2, 'RAN DRY\\n'));");
+    const ok = spawnSync(process.execPath, ['--require', hook, BIN, 'check', img], { encoding: 'utf8', env: env() });
+    expect(ok.status).toBe(0);
+    expect(ok.stderr).not.toContain('RAN DRY');
+    const bad = spawnSync(process.execPath, ['--require', hook, BIN, 'check', join(dir, 'missing.qcow2')], { encoding: 'utf8', env: env() });
+    expect(bad.status).toBe(1);
+    expect(bad.stderr).toMatch(/^blk-img: Could not open/);
+    expect(bad.stderr).not.toContain('RAN DRY');
   });
 
   it('leaves with status 141 when the reader went away', () => {

@@ -6,6 +6,7 @@ import type { ToolIO } from '../shared/output.js';
 import { imgMain } from './cli.js';
 
 export { BLK_IMG_VERSION, helpText, imgMain } from './cli.js';
+export { exitWhenDone } from '../shared/fd-output.js';
 
 /**
  * blk-img's entry point. argv is process.argv-shaped: argv[0] = node, argv[1] = the script (its

@@ -12,11 +12,29 @@ function exitOnEpipe(e: NodeJS.ErrnoException): void {
   throw e;
 }
 
+/** The process's streams that a sink fell back to: output may wait in them. */
+const streamsInUse = new Set<NodeJS.WriteStream>();
+
 /** The process's stream for `fd`, with exitOnEpipe as its error handler. */
 function processStream(fd: 1 | 2): NodeJS.WriteStream {
   const stream = fd === 1 ? process.stdout : process.stderr;
   if (stream.listenerCount('error') === 0) stream.on('error', exitOnEpipe);
+  streamsInUse.add(stream);
   return stream;
+}
+
+/**
+ * End the process with the tool's exit status once its command is done, as qemu-img's exit()
+ * does: letting the loop run dry instead tears Node's environment and V8's heap down page by
+ * page (some forty munmap calls), about 1.5 ms of CPU and 2.5 ms of a check's wall time. By
+ * then every image is closed and no request is in flight. Output still waiting in a stream a
+ * sink fell back to is left to drain first, with the status set. The streams are not asked
+ * otherwise: making process.stdout on a pipe would load Node's net modules.
+ */
+export function exitWhenDone(code: number): void {
+  process.exitCode = code;
+  for (const stream of streamsInUse) if (stream.writableLength > 0) return;
+  process.exit(code);
 }
 
 /**
