@@ -132,6 +132,12 @@ export interface BlockDriver {
    */
   preadvNow?(bs: BlockDriverState, offset: number, bytes: number, qiov: IOVector): boolean;
   /**
+   * The largest read preadvNow may serve (a protocol's limit on reads done on the caller's
+   * thread); undefined: no limit. A format whose hook only maps a read onto this child's
+   * hook declines a larger read before mapping it, which its coPreadv would map again.
+   */
+  readonly preadvNowMaxBytes?: number;
+  /**
    * A reply to a network read, its `bytes` bytes at `offset` sent from the host's page cache
    * into the socket without a copy (sendfile), now, synchronously: see SendfileReply. Called
    * for requests checked as for preadvNow; declines (nothing sent) whenever preadvNow would.

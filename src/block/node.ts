@@ -126,6 +126,12 @@ export class BlockDriverState extends NodeState {
     return preadvNow(this, offset, qiov);
   }
 
+  /** A read of `bytes` that preadvNow declines whatever is cached (its driver's limit). */
+  preadvNowTooLarge(bytes: number): boolean {
+    const max = this.driver.preadvNowMaxBytes;
+    return max !== undefined && bytes > max;
+  }
+
   /** A read's reply sent into a socket from the host file now (its sendfileNow hook). */
   sendfileNow(offset: number, bytes: number, reply: SendfileReply): number {
     return sendfileNow(this, offset, bytes, reply);

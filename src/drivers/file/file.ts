@@ -12,7 +12,7 @@ import { storageGetInfo } from '../../block/info.js';
 import type { BlockDriverState } from '../../block/node.js';
 import { type HostFile, openHostFile } from './handle.js';
 import { allocateFirstBlock, filePreallocate, parsePreallocMode } from './prealloc.js';
-import { fileCoFlush, fileCoPreadv, fileCoPwritev, filePreadvNow, filePwritevSubmit, fileSendfileNow } from './rw.js';
+import { NOWAIT_MAX_BYTES, fileCoFlush, fileCoPreadv, fileCoPwritev, filePreadvNow, filePwritevSubmit, fileSendfileNow } from './rw.js';
 import { ioEngine } from './engine.js';
 import { seekAddon } from './seek.js';
 import { type FileState, beginIO, endIO, fileRefreshLength, fileStripPrefix, state } from './state.js';
@@ -207,6 +207,7 @@ export const fileDriver: BlockDriver = {
   create: fileCreate,
   coPreadv: fileCoPreadv,
   preadvNow: filePreadvNow,
+  preadvNowMaxBytes: NOWAIT_MAX_BYTES,
   sendfileNow: fileSendfileNow,
   coPwritev: fileCoPwritev,
   pwritevSubmit: filePwritevSubmit,

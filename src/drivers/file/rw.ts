@@ -131,7 +131,7 @@ export async function fileCoPreadv(bs: BlockDriverState, offset: number, bytes: 
  * microseconds); the engine's workers copy them while other requests are in flight
  * (native/uring.c), so that they overlap (convert: read ahead while writing).
  */
-const NOWAIT_MAX_BYTES = 256 * 1024;
+export const NOWAIT_MAX_BYTES = 256 * 1024;
 
 /**
  * The preadvNow hook: the whole request from the page cache, now, or nothing (false: a miss,

@@ -34,8 +34,11 @@ function quiet(s: BDRVQcow2State, settled: boolean): BlockDriverState | null {
 /** The preadvNow hook: the whole read now, or false (nothing done that matters). */
 export function qcow2PreadvNow(bs: BlockDriverState, offset: number, bytes: number, qiov: IOVector): boolean {
   const s = bs.opaque as BDRVQcow2State | null;
+  // Before the mapping: a read the file would decline (a convert's 1 MiB chunk) is mapped
+  // once, by coPreadv. Zero and unallocated clusters that large are read there too.
+  if (s === null || s.bs.file?.preadvNowTooLarge(bytes) !== false) return false;
   // A guest read of backing data takes the ordinary path (copy-on-read, the backing's events).
-  return s !== null && readNow(s, offset, bytes, qiov, false);
+  return readNow(s, offset, bytes, qiov, false);
 }
 
 /**

@@ -140,8 +140,11 @@ function qedAioWriteNow(s: BDRVQEDState, acb: QEDAIOCB): boolean {
  */
 export function qedPreadvNow(bs: BlockDriverState, offset: number, bytes: number, qiov: IOVector): boolean {
   const s = bs.opaque as BDRVQEDState | null;
-  const host = s === null ? -1 : qedReadHostNow(s, offset, bytes);
-  return host >= 0 && qedFile(s!).preadvNow(host, qiov.size === bytes ? qiov : qiov.slice(0, bytes));
+  // Before the mapping: a read the file would decline (a convert's 1 MiB chunk) is mapped
+  // once, by coPreadv.
+  if (s === null || s.bs.file?.preadvNowTooLarge(bytes) !== false) return false;
+  const host = qedReadHostNow(s, offset, bytes);
+  return host >= 0 && qedFile(s).preadvNow(host, qiov.size === bytes ? qiov : qiov.slice(0, bytes));
 }
 
 /**
