@@ -189,11 +189,15 @@ function memoryCheck(ctx: Ctx, ours: Ours, format: 'qed' | 'qcow2'): MemoryResul
 // ---------------------------------------------------------------------------------------------
 // Reporting
 
-/** The code measured: the commit, and whether the worktree had changes on top of it. */
+/**
+ * The code measured: the commit, and whether the worktree had changes on top of it. This file's
+ * own output does not count: a second run after a first one wrote it measures the same code.
+ */
 function codeVersion(): string {
   try {
     const commit = run(['git', 'rev-parse', '--short', 'HEAD'], { cwd: REPO }).stdout.trim();
-    const dirty = run(['git', 'status', '--porcelain', '--untracked-files=no'], { cwd: REPO }).stdout.trim() !== '';
+    const status = ['git', 'status', '--porcelain', '--untracked-files=no', '--', '.', ':!bench/RESULTS.md'];
+    const dirty = run(status, { cwd: REPO }).stdout.trim() !== '';
     return dirty ? `${commit} + local changes` : commit;
   } catch {
     return 'unknown (not a git checkout)';
