@@ -50,7 +50,7 @@ export function qedLimits(s: BDRVQEDState) {
  * at once and keep nothing, and a request path that allocates nothing warms up faster.
  */
 const hotLimits = { clusterSize: 0, tableSize: 0, headerSize: 0, fileSize: 0 };
-export function qedHotLimits(s: BDRVQEDState): typeof hotLimits {
+function qedHotLimits(s: BDRVQEDState): typeof hotLimits {
   hotLimits.clusterSize = s.header.clusterSize;
   hotLimits.tableSize = s.header.tableSize;
   hotLimits.headerSize = s.header.headerSize;
@@ -139,17 +139,14 @@ export function qedFindClusterNow(s: BDRVQEDState, pos: number, len: number): QE
  */
 export function qedDataOffsetNow(s: BDRVQEDState, pos: number, len: number): number {
   if (pos + len > (Math.floor(pos / s.l2Span) + 1) * s.l2Span) return -1;
-  const l2Offset = s.l1Table.get(qedL1Index(s, pos));
-  const limits = qedHotLimits(s);
-  if (l2Offset === QED_UNALLOC_CLUSTER || !qedCheckTableOffset(limits, l2Offset)) return -1;
-  const entry = s.l2Cache.lookup(l2Offset);
-  if (entry === undefined) return -1;
+  const table = qedL2TableNow(s, pos);
+  if (table === null || table === undefined) return -1;
   const inCluster = qedOffsetIntoCluster(s, pos);
   const index = qedL2Index(s, pos);
   const n = qedBytesToClusters(s, inCluster + len);
-  const first = entry.table.get(index);
-  if (first === QED_UNALLOC_CLUSTER || first === QED_ZERO_CLUSTER || !qedCheckClusterOffset(limits, first)) return -1;
-  return qedCountContiguousClusters(s, entry.table, index, n, first) < n ? -1 : first + inCluster;
+  const first = table.get(index);
+  if (first === QED_UNALLOC_CLUSTER || first === QED_ZERO_CLUSTER || !qedCheckClusterOffset(qedHotLimits(s), first)) return -1;
+  return qedCountContiguousClusters(s, table, index, n, first) < n ? -1 : first + inCluster;
 }
 
 /** Cache miss: read the table, then plan the run in it. */
@@ -167,13 +164,18 @@ async function qedFindClusterRead(
 /** Plan the run in the request's L2 table (already held). */
 function qedFindClusterInTable(s: BDRVQEDState, request: QEDRequest, pos: number, len: number): QEDClusterRun {
   const run = qedPlanInTable(s, request.l2Table!.table, pos, len);
-  if (run.kind === 'found' && !qedCheckClusterOffset(qedHotLimits(s), run.hostOffset - qedOffsetIntoCluster(s, pos))) {
+  if (!qedRunOffsetValid(s, run, pos)) {
     throw new BlockError('EINVAL', `QED data cluster offset ${run.hostOffset - qedOffsetIntoCluster(s, pos)} is invalid`, {
       op: 'qed_find_cluster',
       offset: pos,
     });
   }
   return run;
+}
+
+/** Does a run planned at `pos` (qedPlanInTable) point at a valid data cluster, if at any? */
+export function qedRunOffsetValid(s: BDRVQEDState, run: QEDClusterRun, pos: number): boolean {
+  return run.kind !== 'found' || qedCheckClusterOffset(qedHotLimits(s), run.hostOffset - qedOffsetIntoCluster(s, pos));
 }
 
 /**

@@ -6,10 +6,9 @@
 import type { BlockStatus } from '../../block/driver.js';
 import type { BlockDriverState } from '../../block/node.js';
 import { BDRV_BLOCK_ALLOCATED, BDRV_BLOCK_DATA, BDRV_BLOCK_OFFSET_VALID, BDRV_BLOCK_ZERO, unallocatedZeroNow, type StatusExtents } from '../../block/status-extents.js';
-import { type QEDClusterRun, qedFindCluster, qedFindClusterNow, qedHotLimits, qedL2TableNow, qedPlanInTable } from './cluster.js';
-import { qedCheckClusterOffset } from './header.js';
+import { type QEDClusterRun, qedFindCluster, qedFindClusterNow, qedL2TableNow, qedPlanInTable, qedRunOffsetValid } from './cluster.js';
 import type { QEDTable } from './table.js';
-import { type BDRVQEDState, type QEDRequest, qedFile, qedL1Index, qedOffsetIntoCluster, qedState } from './state.js';
+import { type BDRVQEDState, type QEDRequest, qedFile, qedL1Index, qedState } from './state.js';
 
 /**
  * The status of a planned run. Not allocated here: the data comes from the backing file, and
@@ -83,7 +82,7 @@ function tableExtents(bs: BlockDriverState, s: BDRVQEDState, table: QEDTable | n
   while (pos < tableEnd && out.count < out.capacity) {
     const run: QEDClusterRun = table === null ? { kind: 'l1-unallocated', hostOffset: 0, length: tableEnd - pos } : qedPlanInTable(s, table, pos, tableEnd - pos);
     if (run.kind === 'found') {
-      if (!qedCheckClusterOffset(qedHotLimits(s), run.hostOffset - qedOffsetIntoCluster(s, pos))) break;
+      if (!qedRunOffsetValid(s, run, pos)) break;
       out.push(run.length, BDRV_BLOCK_DATA | BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_OFFSET_VALID, run.hostOffset);
     } else if (run.kind === 'zero') {
       out.push(run.length, BDRV_BLOCK_ZERO | BDRV_BLOCK_ALLOCATED, 0);
